@@ -1,0 +1,895 @@
+//! The record-batch format.
+//!
+//! A batch is the unit producers send, brokers append, stores persist and
+//! consumers fetch. Brokers and stores handle it as opaque bytes after
+//! checking the header and the CRC; only clients decode records.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! offset size field
+//!      0    8 base_offset      offset of the first record; set by the broker
+//!      8    4 batch_length     total bytes of the batch, header included
+//!     12    4 writer_epoch     ownership epoch of the appending broker; set by the broker
+//!     16    1 magic            format version, currently 1
+//!     17    4 crc              CRC-32C of bytes [21, batch_length)
+//!     21    2 attributes       bits 0-2: compression (0 none, 1 lz4, 2 zstd); rest reserved, must be 0
+//!     23    4 record_count     >= 1
+//!     27    8 first_timestamp  unix ms of the first record
+//!     35    8 max_timestamp    largest record timestamp, unix ms
+//!     43    8 producer_id      -1 when not idempotent (reserved for idempotence)
+//!     51    2 producer_epoch   -1 when not idempotent
+//!     53    4 base_sequence    -1 when not idempotent
+//!     57      records          possibly compressed as one block
+//! ```
+//!
+//! The fields the broker sets (base offset, writer epoch) sit before the CRC
+//! so assigning offsets never recomputes it, and the CRC the producer
+//! computed protects the records end to end.
+//!
+//! Each record: `length` (varint) then `timestamp_delta` (zigzag varint,
+//! relative to first_timestamp), `offset_delta` (varint), key and value (each
+//! a zigzag varint length, -1 for null, then bytes), header count (varint)
+//! and headers (name length varint + UTF-8 name, value length zigzag varint +
+//! bytes), tag count (varint) and tags (length varint + UTF-8).
+
+use crate::limits::{MAX_RECORDS_PER_BATCH, MAX_UNCOMPRESSED_RECORDS_BYTES};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::io::Read;
+
+pub const MAGIC: u8 = 1;
+/// Bytes of the fixed batch header.
+pub const HEADER_BYTES: usize = 57;
+
+const BASE_OFFSET_AT: usize = 0;
+const BATCH_LENGTH_AT: usize = 8;
+const WRITER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const CRC_COVERS_FROM: usize = 21;
+const ATTRIBUTES_AT: usize = 21;
+const RECORD_COUNT_AT: usize = 23;
+const FIRST_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+
+const COMPRESSION_MASK: u16 = 0b111;
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch is truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("unsupported batch format version {0} (expected {MAGIC})")]
+    BadMagic(u8),
+    #[error("batch length field {declared} is invalid (have {available} bytes)")]
+    BadLength { declared: u32, available: usize },
+    #[error("batch CRC mismatch: header says {expected:#010x}, data gives {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("batch is {length} bytes; the limit is {limit}")]
+    TooLarge { length: usize, limit: usize },
+    #[error("batch record count {0} is out of range (1..={MAX_RECORDS_PER_BATCH})")]
+    BadRecordCount(u32),
+    #[error("unknown batch attributes {0:#06x}")]
+    BadAttributes(u16),
+    #[error("record {index} is malformed: {reason}")]
+    BadRecord { index: u32, reason: &'static str },
+    #[error("records decompress to more than {MAX_UNCOMPRESSED_RECORDS_BYTES} bytes")]
+    DecompressionBomb,
+    #[error("records failed to decompress: {0}")]
+    Decompression(String),
+    #[error("batch holds {actual} records, header says {declared}")]
+    RecordCountMismatch { declared: u32, actual: u32 },
+}
+
+/// Compression of a batch's records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn from_attributes(attributes: u16) -> Result<Self, BatchError> {
+        if attributes & !COMPRESSION_MASK != 0 {
+            return Err(BatchError::BadAttributes(attributes));
+        }
+        match attributes & COMPRESSION_MASK {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Lz4),
+            2 => Ok(Compression::Zstd),
+            _ => Err(BatchError::BadAttributes(attributes)),
+        }
+    }
+
+    fn attributes(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+            Compression::Zstd => 2,
+        }
+    }
+
+    /// Parses `none`, `lz4` or `zstd`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(Compression::None),
+            "lz4" => Some(Compression::Lz4),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// The fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub batch_length: u32,
+    pub writer_epoch: u32,
+    pub crc: u32,
+    pub compression: Compression,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut buffer = [0u8; 8];
+    buffer.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(buffer)
+}
+
+impl BatchHeader {
+    /// Parses and sanity-checks the header at the start of `bytes`. Does not
+    /// check the CRC; see [`validate`].
+    pub fn parse(bytes: &[u8]) -> Result<Self, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                available: bytes.len(),
+            });
+        }
+        let magic = bytes[MAGIC_AT];
+        if magic != MAGIC {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let batch_length = read_u32(bytes, BATCH_LENGTH_AT);
+        if (batch_length as usize) < HEADER_BYTES {
+            return Err(BatchError::BadLength {
+                declared: batch_length,
+                available: bytes.len(),
+            });
+        }
+        let attributes = u16::from_le_bytes([bytes[ATTRIBUTES_AT], bytes[ATTRIBUTES_AT + 1]]);
+        let compression = Compression::from_attributes(attributes)?;
+        let record_count = read_u32(bytes, RECORD_COUNT_AT);
+        if record_count == 0 || record_count > MAX_RECORDS_PER_BATCH {
+            return Err(BatchError::BadRecordCount(record_count));
+        }
+        Ok(Self {
+            base_offset: read_u64(bytes, BASE_OFFSET_AT),
+            batch_length,
+            writer_epoch: read_u32(bytes, WRITER_EPOCH_AT),
+            crc: read_u32(bytes, CRC_AT),
+            compression,
+            record_count,
+            first_timestamp_ms: read_u64(bytes, FIRST_TIMESTAMP_AT) as i64,
+            max_timestamp_ms: read_u64(bytes, MAX_TIMESTAMP_AT) as i64,
+            producer_id: read_u64(bytes, PRODUCER_ID_AT) as i64,
+            producer_epoch: i16::from_le_bytes([
+                bytes[PRODUCER_EPOCH_AT],
+                bytes[PRODUCER_EPOCH_AT + 1],
+            ]),
+            base_sequence: read_u32(bytes, BASE_SEQUENCE_AT) as i32,
+        })
+    }
+
+    /// One past the offset of the last record.
+    pub fn end_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.end_offset() - 1
+    }
+}
+
+/// Checks that `bytes` is exactly one well-formed batch of at most
+/// `max_batch_bytes` whose CRC matches. This is what brokers and stores do
+/// to every batch they receive or read back from disk.
+pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    if bytes.len() > max_batch_bytes {
+        return Err(BatchError::TooLarge {
+            length: bytes.len(),
+            limit: max_batch_bytes,
+        });
+    }
+    let header = BatchHeader::parse(bytes)?;
+    if header.batch_length as usize != bytes.len() {
+        return Err(BatchError::BadLength {
+            declared: header.batch_length,
+            available: bytes.len(),
+        });
+    }
+    let actual = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+    if actual != header.crc {
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    if header.compression == Compression::None {
+        walk_records(&bytes[HEADER_BYTES..], header.record_count)?;
+    }
+    Ok(header)
+}
+
+/// Overwrites the broker-assigned fields of a batch (outside the CRC).
+pub fn assign(batch: &mut [u8], base_offset: u64, writer_epoch: u32) {
+    assert!(batch.len() >= HEADER_BYTES, "assign on a validated batch");
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
+    batch[WRITER_EPOCH_AT..WRITER_EPOCH_AT + 4].copy_from_slice(&writer_epoch.to_le_bytes());
+}
+
+/// Splits concatenated batches, checking only that each header parses and
+/// its length fits. Stops with an error at the first malformed one.
+pub struct BatchIter<'a> {
+    remaining: &'a [u8],
+    position: usize,
+}
+
+impl<'a> BatchIter<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            remaining: bytes,
+            position: 0,
+        }
+    }
+
+    /// Byte position of the next batch within the original slice.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    /// `(position, header, batch bytes)`.
+    type Item = Result<(usize, BatchHeader, &'a [u8]), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining.is_empty() {
+            return None;
+        }
+        let header = match BatchHeader::parse(self.remaining) {
+            Ok(header) => header,
+            Err(error) => {
+                self.remaining = &[];
+                return Some(Err(error));
+            }
+        };
+        let length = header.batch_length as usize;
+        if length > self.remaining.len() {
+            let available = self.remaining.len();
+            self.remaining = &[];
+            return Some(Err(BatchError::Truncated {
+                needed: length,
+                available,
+            }));
+        }
+        let (batch, rest) = self.remaining.split_at(length);
+        let position = self.position;
+        self.remaining = rest;
+        self.position += length;
+        Some(Ok((position, header, batch)))
+    }
+}
+
+// ------------------------------------------------------------ varints
+
+fn put_varint(buffer: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        buffer.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buffer.put_u8(value as u8);
+}
+
+fn put_zigzag(buffer: &mut BytesMut, value: i64) {
+    put_varint(buffer, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+fn varint_length(mut value: u64) -> usize {
+    let mut length = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        length += 1;
+    }
+    length
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    index: u32,
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, reason: &'static str) -> BatchError {
+        BatchError::BadRecord {
+            index: self.index,
+            reason,
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64, BatchError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let Some((&byte, rest)) = self.bytes.split_first() else {
+                return Err(self.fail("truncated varint"));
+            };
+            self.bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(self.fail("varint longer than 10 bytes"))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, BatchError> {
+        let raw = self.varint()?;
+        Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], BatchError> {
+        if length > self.bytes.len() {
+            return Err(self.fail("field longer than the record"));
+        }
+        let (taken, rest) = self.bytes.split_at(length);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    /// A nullable field: zigzag length, -1 for null.
+    fn nullable(&mut self) -> Result<Option<&'a [u8]>, BatchError> {
+        let length = self.zigzag()?;
+        match length {
+            -1 => Ok(None),
+            length if length < 0 => Err(self.fail("negative length")),
+            length => self.take(length as usize).map(Some),
+        }
+    }
+
+    fn string(&mut self) -> Result<&'a str, BatchError> {
+        let length = self.varint()?;
+        let bytes = self.take(usize::try_from(length).map_err(|_| self.fail("huge length"))?)?;
+        std::str::from_utf8(bytes).map_err(|_| self.fail("name is not UTF-8"))
+    }
+}
+
+// ------------------------------------------------------------ records
+
+/// A record as a producer hands it to [`BatchBuilder::push`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordData {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+    pub tags: Vec<String>,
+    /// Unix ms; the builder stamps the current time when `None`.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A decoded record with its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+    pub tags: Vec<String>,
+}
+
+/// Builds one batch from records.
+pub struct BatchBuilder {
+    compression: Compression,
+    records: BytesMut,
+    record_count: u32,
+    first_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> Self {
+        Self {
+            compression,
+            records: BytesMut::new(),
+            record_count: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: i64::MIN,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+
+    /// Reserved for idempotent producers.
+    pub fn with_producer(
+        mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        base_sequence: i32,
+    ) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.record_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Uncompressed size so far, header included.
+    pub fn size_bytes(&self) -> usize {
+        HEADER_BYTES + self.records.len()
+    }
+
+    /// Size a record adds to a batch, before compression.
+    pub fn record_size(record: &RecordData) -> usize {
+        let body = Self::body_length(record, 0, 0);
+        varint_length(body as u64) + body
+    }
+
+    fn body_length(record: &RecordData, timestamp_delta: i64, offset_delta: u32) -> usize {
+        let nullable = |field: &Option<Bytes>| match field {
+            Some(bytes) => varint_length(zig(bytes.len() as i64)) + bytes.len(),
+            None => 1,
+        };
+        let mut length = varint_length(zig(timestamp_delta))
+            + varint_length(u64::from(offset_delta))
+            + nullable(&record.key)
+            + nullable(&record.value)
+            + varint_length(record.headers.len() as u64)
+            + varint_length(record.tags.len() as u64);
+        for (name, value) in &record.headers {
+            length += varint_length(name.len() as u64)
+                + name.len()
+                + varint_length(zig(value.len() as i64))
+                + value.len();
+        }
+        for tag in &record.tags {
+            length += varint_length(tag.len() as u64) + tag.len();
+        }
+        length
+    }
+
+    /// Appends a record.
+    pub fn push(&mut self, record: &RecordData) {
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(crate::now_unix_ms);
+        if self.record_count == 0 {
+            self.first_timestamp_ms = timestamp_ms;
+        }
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        let timestamp_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
+        let offset_delta = self.record_count;
+        let body = Self::body_length(record, timestamp_delta, offset_delta);
+        let buffer = &mut self.records;
+        buffer.reserve(body + 10);
+        put_varint(buffer, body as u64);
+        put_zigzag(buffer, timestamp_delta);
+        put_varint(buffer, u64::from(offset_delta));
+        for field in [&record.key, &record.value] {
+            match field {
+                Some(bytes) => {
+                    put_zigzag(buffer, bytes.len() as i64);
+                    buffer.put_slice(bytes);
+                }
+                None => put_zigzag(buffer, -1),
+            }
+        }
+        put_varint(buffer, record.headers.len() as u64);
+        for (name, value) in &record.headers {
+            put_varint(buffer, name.len() as u64);
+            buffer.put_slice(name.as_bytes());
+            put_zigzag(buffer, value.len() as i64);
+            buffer.put_slice(value);
+        }
+        put_varint(buffer, record.tags.len() as u64);
+        for tag in &record.tags {
+            put_varint(buffer, tag.len() as u64);
+            buffer.put_slice(tag.as_bytes());
+        }
+        self.record_count += 1;
+    }
+
+    /// Finishes the batch (base offset 0, writer epoch 0: the broker sets
+    /// both). Panics if empty: an empty batch is a caller bug.
+    pub fn build(self) -> Bytes {
+        assert!(self.record_count > 0, "a batch needs at least one record");
+        let records: Bytes = match self.compression {
+            Compression::None => self.records.freeze(),
+            Compression::Lz4 => Bytes::from(lz4_flex::block::compress_prepend_size(&self.records)),
+            Compression::Zstd => match zstd::bulk::compress(&self.records, 1) {
+                Ok(compressed) => Bytes::from(compressed),
+                // zstd only fails on allocation problems; fall back to none
+                // rather than lose the records.
+                Err(_) => {
+                    return Self {
+                        compression: Compression::None,
+                        ..self
+                    }
+                    .build()
+                }
+            },
+        };
+        let batch_length = HEADER_BYTES + records.len();
+        let mut batch = BytesMut::with_capacity(batch_length);
+        batch.put_u64_le(0);
+        batch.put_u32_le(batch_length as u32);
+        batch.put_u32_le(0);
+        batch.put_u8(MAGIC);
+        batch.put_u32_le(0); // CRC, filled below.
+        batch.put_u16_le(self.compression.attributes());
+        batch.put_u32_le(self.record_count);
+        batch.put_i64_le(self.first_timestamp_ms);
+        batch.put_i64_le(self.max_timestamp_ms);
+        batch.put_i64_le(self.producer_id);
+        batch.put_i16_le(self.producer_epoch);
+        batch.put_i32_le(self.base_sequence);
+        debug_assert_eq!(batch.len(), HEADER_BYTES);
+        batch.put_slice(&records);
+        let crc = crc32c::crc32c(&batch[CRC_COVERS_FROM..]);
+        batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        batch.freeze()
+    }
+}
+
+fn zig(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+/// Checks the framing of `record_count` uncompressed records without
+/// allocating.
+fn walk_records(mut bytes: &[u8], record_count: u32) -> Result<(), BatchError> {
+    for index in 0..record_count {
+        let mut reader = Reader { bytes, index };
+        let length = reader.varint()?;
+        let length = usize::try_from(length).map_err(|_| reader.fail("huge length"))?;
+        let body = reader.take(length)?;
+        bytes = reader.bytes;
+        let mut record = Reader { bytes: body, index };
+        parse_record_body(&mut record, |_, _, _, _, _, _| ())?;
+    }
+    if !bytes.is_empty() {
+        return Err(BatchError::BadRecord {
+            index: record_count,
+            reason: "trailing bytes after the last record",
+        });
+    }
+    Ok(())
+}
+
+type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
+fn parse_record_body<'a, T>(
+    reader: &mut Reader<'a>,
+    mut make: impl FnMut(i64, u64, Option<&'a [u8]>, Option<&'a [u8]>, Headers<'a>, Vec<&'a str>) -> T,
+) -> Result<T, BatchError> {
+    let timestamp_delta = reader.zigzag()?;
+    let offset_delta = reader.varint()?;
+    let key = reader.nullable()?;
+    let value = reader.nullable()?;
+    let header_count = reader.varint()?;
+    // Each header takes at least two bytes, which bounds the allocation.
+    if header_count > reader.bytes.len() as u64 / 2 {
+        return Err(reader.fail("header count exceeds the record"));
+    }
+    let mut headers = Vec::with_capacity(header_count as usize);
+    for _ in 0..header_count {
+        let name = reader.string()?;
+        let value = reader.nullable()?.unwrap_or_default();
+        headers.push((name, value));
+    }
+    let tag_count = reader.varint()?;
+    if tag_count > reader.bytes.len() as u64 {
+        return Err(reader.fail("tag count exceeds the record"));
+    }
+    let mut tags = Vec::with_capacity(tag_count as usize);
+    for _ in 0..tag_count {
+        tags.push(reader.string()?);
+    }
+    if !reader.bytes.is_empty() {
+        return Err(reader.fail("trailing bytes in record"));
+    }
+    Ok(make(
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers,
+        tags,
+    ))
+}
+
+fn decompress(compression: Compression, compressed: &[u8]) -> Result<Vec<u8>, BatchError> {
+    match compression {
+        Compression::None => Ok(compressed.to_vec()),
+        Compression::Lz4 => {
+            if compressed.len() < 4 {
+                return Err(BatchError::Decompression("lz4 block too short".into()));
+            }
+            let declared = read_u32(compressed, 0) as usize;
+            if declared > MAX_UNCOMPRESSED_RECORDS_BYTES {
+                return Err(BatchError::DecompressionBomb);
+            }
+            lz4_flex::block::decompress_size_prepended(compressed)
+                .map_err(|error| BatchError::Decompression(error.to_string()))
+        }
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(compressed)
+                .map_err(|error| BatchError::Decompression(error.to_string()))?;
+            let mut output = Vec::new();
+            decoder
+                .take(MAX_UNCOMPRESSED_RECORDS_BYTES as u64 + 1)
+                .read_to_end(&mut output)
+                .map_err(|error| BatchError::Decompression(error.to_string()))?;
+            if output.len() > MAX_UNCOMPRESSED_RECORDS_BYTES {
+                return Err(BatchError::DecompressionBomb);
+            }
+            Ok(output)
+        }
+    }
+}
+
+/// Decodes every record of one batch, checking the CRC first. Keys and
+/// values of uncompressed batches share `batch`'s memory.
+pub fn decode(
+    batch: &Bytes,
+    max_batch_bytes: usize,
+) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+    let header = validate(batch, max_batch_bytes)?;
+    let records = match header.compression {
+        Compression::None => batch.slice(HEADER_BYTES..),
+        compression => Bytes::from(decompress(compression, &batch[HEADER_BYTES..])?),
+    };
+    let mut output = Vec::with_capacity(header.record_count as usize);
+    let mut cursor = records.clone();
+    for index in 0..header.record_count {
+        let mut reader = Reader {
+            bytes: &cursor,
+            index,
+        };
+        let length = reader.varint()? as usize;
+        let prefix = cursor.len() - reader.bytes.len();
+        if length > reader.bytes.len() {
+            return Err(reader.fail("record longer than the batch"));
+        }
+        let body = cursor.slice(prefix..prefix + length);
+        cursor.advance(prefix + length);
+        let mut body_reader = Reader {
+            bytes: &body,
+            index,
+        };
+        let slice = |part: &[u8]| body.slice_ref(part);
+        let record = parse_record_body(
+            &mut body_reader,
+            |timestamp_delta, offset_delta, key, value, headers, tags| Record {
+                offset: header.base_offset.wrapping_add(offset_delta),
+                timestamp_ms: header.first_timestamp_ms.wrapping_add(timestamp_delta),
+                key: key.map(slice),
+                value: value.map(slice),
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| {
+                        (
+                            name.to_string(),
+                            if value.is_empty() {
+                                Bytes::new()
+                            } else {
+                                slice(value)
+                            },
+                        )
+                    })
+                    .collect(),
+                tags: tags.into_iter().map(str::to_string).collect(),
+            },
+        )?;
+        output.push(record);
+    }
+    if output.len() as u32 != header.record_count || !cursor.is_empty() {
+        return Err(BatchError::RecordCountMismatch {
+            declared: header.record_count,
+            actual: output.len() as u32,
+        });
+    }
+    Ok((header, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn sample(count: usize, compression: Compression) -> Bytes {
+        let mut builder = BatchBuilder::new(compression);
+        for index in 0..count {
+            builder.push(&RecordData {
+                key: if index % 3 == 0 {
+                    None
+                } else {
+                    Some(Bytes::from(format!("key-{index}")))
+                },
+                value: Some(Bytes::from(vec![index as u8; index % 50])),
+                headers: vec![("h".to_string(), Bytes::from_static(b"v"))],
+                tags: if index % 2 == 0 {
+                    vec!["tagA".into()]
+                } else {
+                    vec![]
+                },
+                timestamp_ms: Some(1_700_000_000_000 + index as i64),
+            });
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn round_trip_every_compression() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let mut batch = BytesMut::from(&sample(100, compression)[..]);
+            assign(&mut batch, 1000, 7);
+            let batch = batch.freeze();
+            let (header, records) = decode(&batch, 1 << 20).expect("decodes");
+            assert_eq!(header.compression, compression);
+            assert_eq!(header.base_offset, 1000);
+            assert_eq!(header.writer_epoch, 7);
+            assert_eq!(header.record_count, 100);
+            assert_eq!(header.max_timestamp_ms, 1_700_000_000_099);
+            assert_eq!(records.len(), 100);
+            for (index, record) in records.iter().enumerate() {
+                assert_eq!(record.offset, 1000 + index as u64);
+                assert_eq!(record.timestamp_ms, 1_700_000_000_000 + index as i64);
+                assert_eq!(
+                    record.value.as_deref(),
+                    Some(&vec![index as u8; index % 50][..])
+                );
+                assert_eq!(record.key.is_none(), index % 3 == 0);
+                assert_eq!(
+                    record.headers,
+                    vec![("h".to_string(), Bytes::from_static(b"v"))]
+                );
+                assert_eq!(record.tags.len(), usize::from(index % 2 == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn size_estimate_matches_encoding() {
+        let record = RecordData {
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from(vec![0u8; 1024])),
+            ..Default::default()
+        };
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(&RecordData {
+            timestamp_ms: Some(5),
+            ..record.clone()
+        });
+        assert_eq!(
+            builder.size_bytes(),
+            HEADER_BYTES + BatchBuilder::record_size(&record)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let batch = sample(5, Compression::None);
+        for byte in CRC_COVERS_FROM..batch.len() {
+            for bit in 0..8 {
+                let mut corrupt = batch.to_vec();
+                corrupt[byte] ^= 1 << bit;
+                assert!(
+                    validate(&corrupt, 1 << 20).is_err(),
+                    "flip at {byte}:{bit} passed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_and_length_lies_are_errors() {
+        let batch = sample(5, Compression::Lz4);
+        for length in 0..batch.len() {
+            assert!(validate(&batch[..length], 1 << 20).is_err());
+        }
+        let mut lying = batch.to_vec();
+        lying[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            validate(&lying, 1 << 20),
+            Err(BatchError::BadLength { .. })
+        ));
+        assert!(matches!(
+            validate(&batch, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut random = rand::rngs::StdRng::seed_from_u64(42);
+        for _ in 0..20_000 {
+            let length = random.random_range(0..300);
+            let mut bytes: Vec<u8> = (0..length).map(|_| random.random()).collect();
+            if bytes.len() >= HEADER_BYTES && random.random_bool(0.5) {
+                // Make the header plausible so the record parser runs too.
+                bytes[MAGIC_AT] = MAGIC;
+                bytes[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4]
+                    .copy_from_slice(&(length as u32).to_le_bytes());
+                bytes[ATTRIBUTES_AT] = random.random_range(0..3);
+                bytes[ATTRIBUTES_AT + 1] = 0;
+                let crc = crc32c::crc32c(&bytes[CRC_COVERS_FROM..]);
+                bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+            let _ = decode(&Bytes::from(bytes), 1 << 20);
+        }
+    }
+
+    #[test]
+    fn compression_bomb_is_refused() {
+        let mut bomb = BatchBuilder::new(Compression::None);
+        bomb.push(&RecordData {
+            value: Some(Bytes::from_static(b"x")),
+            ..Default::default()
+        });
+        let plain = bomb.build();
+        // Claim an lz4 block that decompresses to 1 GiB.
+        let mut forged = plain[..HEADER_BYTES].to_vec();
+        forged[ATTRIBUTES_AT] = 1;
+        forged.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        forged.extend_from_slice(&[0u8; 16]);
+        let length = forged.len() as u32;
+        forged[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&length.to_le_bytes());
+        let crc = crc32c::crc32c(&forged[CRC_COVERS_FROM..]);
+        forged[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&Bytes::from(forged), 1 << 20).unwrap_err(),
+            BatchError::DecompressionBomb
+        );
+    }
+
+    #[test]
+    fn iterator_splits_concatenated_batches() {
+        let first = sample(3, Compression::None);
+        let second = sample(4, Compression::Zstd);
+        let mut joined = first.to_vec();
+        joined.extend_from_slice(&second);
+        let parts: Vec<_> = BatchIter::new(&joined)
+            .collect::<Result<_, _>>()
+            .expect("splits");
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].0, first.len());
+        assert_eq!(parts[1].1.record_count, 4);
+        let truncated: Vec<_> = BatchIter::new(&joined[..joined.len() - 1]).collect();
+        assert!(truncated[1].is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! The Sluice wire contract.
+//!
+//! - [`v1`]: generated gRPC messages and services (package `sluice.v1`).
+//! - [`batch`]: the binary record-batch format, with CRC-32C and compression.
+//! - [`error`]: stable error codes and their one mapping to `tonic::Status`.
+//! - [`names`]: validated topic and group names.
+//! - [`limits`]: default message-size limits shared by servers and clients.
+//! - [`partitioning`]: the key and group hashes every client and server agree on.
+//!
+//! Everything that crosses a process boundary is defined here, so the
+//! services and the SDK agree by construction.
+
+pub mod batch;
+pub mod error;
+pub mod limits;
+pub mod names;
+pub mod partitioning;
+
+/// Generated code for `proto/sluice/v1/sluice.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("sluice.v1");
+}
+
+pub use error::{ErrorCode, SluiceError};
+
+/// Milliseconds since the Unix epoch, saturating at zero for clocks set
+/// before 1970.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,26 @@
+//! Default size limits for gRPC messages and record batches.
+//!
+//! tonic decodes at most 4 MiB per message by default and encodes without
+//! any bound; every Sluice server and client sets both explicitly from these
+//! values (servers make them configurable).
+
+/// Largest record batch a broker accepts by default, in bytes.
+pub const DEFAULT_MAX_BATCH_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Largest gRPC message any Sluice endpoint decodes or encodes by default,
+/// in bytes. A produce request carries one batch plus a small envelope; a
+/// fetch response is bounded by its `max_bytes` plus one batch.
+pub const DEFAULT_MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest decompressed size of one batch's records, in bytes; guards
+/// against compression bombs.
+pub const MAX_UNCOMPRESSED_RECORDS_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest number of records in one batch.
+pub const MAX_RECORDS_PER_BATCH: u32 = 1_000_000;
+
+/// Longest topic or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 249;
+
+/// Largest partition count of one topic.
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
