@@ -1,1 +1,4 @@
-//! placeholder
+//! Test harness for Sluice clusters: a real etcd and real service processes
+//! on loopback, cleaned up on drop.
+
+pub mod etcd;
