@@ -1,1 +1,150 @@
-fn main() {}
+//! `sluice`: the command-line tool.
+//!
+//! - `sluice dev`: a whole cluster in one process, for trying Sluice out.
+//! - `sluice topic|group|cluster`: administration.
+//! - `sluice produce|consume`: records from stdin / to stdout.
+//! - `sluice bench`: throughput and latency measurements.
+//!
+//! Every command finds the cluster through `--bootstrap` or
+//! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
+
+mod admin;
+mod bench;
+mod consume;
+mod dev;
+mod produce;
+
+use clap::{Parser, Subcommand};
+use sluice_client::{ClientConfig, ClientError};
+use std::process::ExitCode;
+
+/// Where `sluice dev` puts its nameserver, and so the default bootstrap.
+pub const DEFAULT_BOOTSTRAP: &str = "http://127.0.0.1:7400";
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Sluice: a distributed message queue and event-streaming platform")]
+struct Cli {
+    /// Nameserver addresses, comma separated (host:port or http://host:port).
+    #[arg(long, global = true, env = "SLUICE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
+    bootstrap: String,
+
+    /// Timeout of each request to the cluster, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run nameserver, broker and store in this process (embedded metadata, no etcd needed).
+    Dev(dev::DevArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(admin::TopicCommand),
+    /// List and describe consumer groups, with lag.
+    #[command(subcommand)]
+    Group(admin::GroupCommand),
+    /// Cluster health: nameservers, brokers, stores and their leases.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
+    /// Produce records: arguments, or one per line from stdin.
+    Produce(produce::ProduceArgs),
+    /// Consume records to stdout, in a group or from an offset.
+    Consume(consume::ConsumeArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Turns `host:port` into `http://host:port` and splits the list.
+pub fn parse_bootstrap(bootstrap: &str) -> Vec<String> {
+    bootstrap
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(|address| {
+            if address.starts_with("http://") || address.starts_with("https://") {
+                address.to_string()
+            } else {
+                format!("http://{address}")
+            }
+        })
+        .collect()
+}
+
+fn client_config(cli: &Cli) -> ClientConfig {
+    ClientConfig {
+        bootstrap: parse_bootstrap(&cli.bootstrap),
+        request_timeout_ms: cli.request_timeout_ms,
+        ..ClientConfig::default()
+    }
+}
+
+/// Adds what a person can do about an error to its message.
+fn explain(error: &anyhow::Error) -> String {
+    let mut text = format!("error: {error:#}");
+    if let Some(client_error) = error.downcast_ref::<ClientError>() {
+        match client_error {
+            ClientError::NoNameserver { .. } => text.push_str(
+                "\nhint: is a cluster running? Start one with `sluice dev`, or point at yours with \
+                 --bootstrap HOST:PORT or SLUICE_BOOTSTRAP.",
+            ),
+            ClientError::Server(server) if server.code == sluice_proto::ErrorCode::UnknownTopic => {
+                text.push_str("\nhint: list topics with `sluice topic list`; create one with `sluice topic create NAME --partitions N`.")
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = client_config(&cli);
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Topic(command) => admin::topic(config, command).await,
+            Command::Group(command) => admin::group(config, command).await,
+            Command::Cluster(command) => admin::cluster(config, command).await,
+            Command::Produce(args) => produce::run(config, args).await,
+            Command::Consume(args) => consume::run(config, args).await,
+            Command::Bench(command) => bench::run(config, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", explain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_accepts_bare_and_full_addresses() {
+        assert_eq!(
+            parse_bootstrap("127.0.0.1:7400, http://a:1,,"),
+            vec!["http://127.0.0.1:7400".to_string(), "http://a:1".to_string()]
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,4 +1,5 @@
 //! Test harness for Sluice clusters: a real etcd and real service processes
 //! on loopback, cleaned up on drop.
 
+pub mod cluster;
 pub mod etcd;

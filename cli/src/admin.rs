@@ -1,0 +1,299 @@
+//! `sluice topic`, `sluice group` and `sluice cluster`: administration
+//! through the SDK's `Admin`, printed as aligned tables.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use sluice_client::{Admin, ClientConfig};
+use sluice_proto::v1::{Durability, NodeInfo, SegmentState, TopicConfig};
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create(CreateTopicArgs),
+    /// List topics.
+    List {
+        /// Also show internal topics such as __consumer_offsets.
+        #[arg(long)]
+        internal: bool,
+    },
+    /// Show a topic's configuration, partitions, owners and segments.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Args)]
+pub struct CreateTopicArgs {
+    pub name: String,
+    /// Number of partitions.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Delete closed segments older than this many milliseconds (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub retention_ms: u64,
+    /// Keep each partition below this many bytes by deleting its oldest segments (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub retention_bytes: u64,
+    /// `fsync` (acknowledge after fsync, the default) or `periodic` (fsync on a timer; a power
+    /// loss can lose recently acknowledged records).
+    #[arg(long, default_value = "fsync")]
+    pub durability: String,
+    /// Roll segments at this size in bytes (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub segment_bytes: u64,
+    /// Largest accepted batch in bytes (0: server default).
+    #[arg(long, default_value_t = 0)]
+    pub max_batch_bytes: u32,
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    List,
+    /// Members, assignment, committed offsets and lag of a group.
+    Describe { group: String },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Nameservers, brokers and stores with their leases and load.
+    Status,
+}
+
+pub fn parse_durability(name: &str) -> Result<Durability> {
+    match name {
+        "fsync" => Ok(Durability::Fsync),
+        "periodic" => Ok(Durability::Periodic),
+        other => bail!("unknown durability {other:?}: use `fsync` or `periodic`"),
+    }
+}
+
+/// Prints rows as columns padded to their widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            widths[index] = widths[index].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(index, cell)| format!("{cell:<width$}", width = widths[index]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
+    let admin = Admin::connect(config).await?;
+    match command {
+        TopicCommand::Create(args) => {
+            let topic_config = TopicConfig {
+                partitions: args.partitions,
+                retention_ms: args.retention_ms,
+                retention_bytes: args.retention_bytes,
+                durability: parse_durability(&args.durability)? as i32,
+                segment_bytes: args.segment_bytes,
+                max_batch_bytes: args.max_batch_bytes,
+                ..TopicConfig::default()
+            };
+            let topic = admin
+                .create_topic(&args.name, topic_config)
+                .await
+                .with_context(|| format!("creating topic {:?}", args.name))?;
+            println!(
+                "created topic {} with {} partition(s)",
+                topic.name,
+                topic.config.map(|config| config.partitions).unwrap_or_default()
+            );
+        }
+        TopicCommand::List { internal } => {
+            let topics = admin.list_topics(internal).await?;
+            let rows: Vec<Vec<String>> = topics
+                .iter()
+                .map(|topic| {
+                    let config = topic.config.clone().unwrap_or_default();
+                    vec![
+                        topic.name.clone(),
+                        config.partitions.to_string(),
+                        durability_name(config.durability).to_string(),
+                        format_retention(config.retention_ms, config.retention_bytes),
+                    ]
+                })
+                .collect();
+            print_table(&["TOPIC", "PARTITIONS", "DURABILITY", "RETENTION"], &rows);
+        }
+        TopicCommand::Describe { name } => {
+            let description = admin.describe_topic(&name).await?;
+            let topic = description.topic.unwrap_or_default();
+            let config = topic.config.unwrap_or_default();
+            println!("topic:        {}", topic.name);
+            println!("partitions:   {}", config.partitions);
+            println!("durability:   {}", durability_name(config.durability));
+            println!("retention:    {}", format_retention(config.retention_ms, config.retention_bytes));
+            println!("segment size: {} bytes", config.segment_bytes);
+            println!(
+                "replication:  ensemble {} / write {} / ack {}",
+                config.ensemble_size, config.write_quorum, config.ack_quorum
+            );
+            println!();
+            let mut rows = Vec::new();
+            for partition in description.partitions {
+                let route = partition.route.unwrap_or_default();
+                let open = partition
+                    .segments
+                    .iter()
+                    .filter(|segment| segment.state == SegmentState::Open as i32)
+                    .count();
+                let start = partition.segments.first().map(|segment| segment.base_offset).unwrap_or(0);
+                let stores: Vec<String> = partition
+                    .segments
+                    .last()
+                    .map(|segment| segment.replicas.iter().map(|replica| replica.store_id.clone()).collect())
+                    .unwrap_or_default();
+                rows.push(vec![
+                    route.partition.to_string(),
+                    if route.broker_id.is_empty() { "(none)".to_string() } else { route.broker_id },
+                    route.epoch.to_string(),
+                    partition.segments.len().to_string(),
+                    open.to_string(),
+                    start.to_string(),
+                    stores.join(","),
+                ]);
+            }
+            print_table(&["PARTITION", "OWNER", "EPOCH", "SEGMENTS", "OPEN", "LOG-START", "STORES"], &rows);
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+fn durability_name(value: i32) -> &'static str {
+    match Durability::try_from(value) {
+        Ok(Durability::Fsync) => "fsync",
+        Ok(Durability::Periodic) => "periodic",
+        _ => "default",
+    }
+}
+
+fn format_retention(retention_ms: u64, retention_bytes: u64) -> String {
+    let time = if retention_ms == 0 { "forever".to_string() } else { format!("{} h", retention_ms / 3_600_000) };
+    if retention_bytes == 0 {
+        time
+    } else {
+        format!("{time}, {} MiB/partition", retention_bytes / (1024 * 1024))
+    }
+}
+
+pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
+    let admin = Admin::connect(config).await?;
+    match command {
+        GroupCommand::List => {
+            let groups = admin.list_groups().await?;
+            let rows: Vec<Vec<String>> = groups.iter().map(|group| vec![group.group.clone()]).collect();
+            print_table(&["GROUP"], &rows);
+        }
+        GroupCommand::Describe { group } => {
+            let description = admin.describe_group(&group).await?;
+            println!("group:      {}", description.group);
+            println!("state:      {}", description.state);
+            println!("generation: {}", description.generation);
+            println!("topics:     {}", description.topics.join(", "));
+            println!("members:    {}", description.members.len());
+            for member in &description.members {
+                let owned: Vec<String> = member
+                    .assignment
+                    .iter()
+                    .map(|topic| format!("{}{:?}", topic.topic, topic.partitions))
+                    .collect();
+                println!(
+                    "  {} ({}) epoch {} last heartbeat {} ms ago: {}",
+                    member.member_id,
+                    member.client_id,
+                    member.member_epoch,
+                    member.last_heartbeat_ms_ago,
+                    owned.join(" ")
+                );
+            }
+            println!();
+            let total: u64 = description.lag.iter().map(|lag| lag.lag).sum();
+            let rows: Vec<Vec<String>> = description
+                .lag
+                .iter()
+                .map(|lag| {
+                    vec![
+                        lag.topic.clone(),
+                        lag.partition.to_string(),
+                        if lag.committed_offset < 0 { "-".to_string() } else { lag.committed_offset.to_string() },
+                        lag.high_watermark.to_string(),
+                        lag.lag.to_string(),
+                        lag.member_id.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"], &rows);
+            println!("total lag: {total}");
+        }
+    }
+    Ok(())
+}
+
+fn node_rows(nodes: &[NodeInfo]) -> Vec<Vec<String>> {
+    nodes
+        .iter()
+        .map(|node| {
+            let load = node.load.clone().unwrap_or_default();
+            let disk = if load.disk_total_bytes > 0 {
+                format!(
+                    "{:.1}/{:.1} GiB free",
+                    load.disk_free_bytes as f64 / (1u64 << 30) as f64,
+                    load.disk_total_bytes as f64 / (1u64 << 30) as f64
+                )
+            } else {
+                String::new()
+            };
+            vec![
+                node.node_id.clone(),
+                node.address.clone(),
+                format!("{} ms", node.lease_remaining_ms),
+                if load.healthy { "healthy".to_string() } else { format!("unhealthy {}", load.detail) },
+                load.partitions.to_string(),
+                load.segments.to_string(),
+                disk,
+            ]
+        })
+        .collect()
+}
+
+pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()> {
+    let admin = Admin::connect(config).await?;
+    match command {
+        ClusterCommand::Status => {
+            let status = admin.cluster_status().await?;
+            println!("metadata backend: {}", status.metadata_backend);
+            println!(
+                "topics: {}  partitions: {}  offline partitions: {}",
+                status.topics, status.partitions, status.offline_partitions
+            );
+            let header = ["ID", "ADDRESS", "LEASE-LEFT", "HEALTH", "PARTITIONS", "SEGMENTS", "DISK"];
+            for (title, nodes) in [
+                ("nameservers", &status.nameservers),
+                ("brokers", &status.brokers),
+                ("stores", &status.stores),
+            ] {
+                println!("\n{title} ({})", nodes.len());
+                print_table(&header, &node_rows(nodes));
+            }
+        }
+    }
+    Ok(())
+}

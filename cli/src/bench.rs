@@ -1,0 +1,357 @@
+//! `sluice bench produce|consume|e2e`: throughput and latency against a
+//! running cluster.
+//!
+//! Latencies go into an HdrHistogram (microsecond resolution). With
+//! `--rate`, latency is measured from each record's *scheduled* send time,
+//! not from when the producer got round to it, so a stall shows up in the
+//! percentiles instead of hiding (coordinated omission).
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use sluice_client::{Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_proto::v1::TopicConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Produce as fast as allowed and report acknowledgement latency.
+    Produce(BenchArgs),
+    /// Read a backlog as fast as possible.
+    Consume(BenchArgs),
+    /// Produce and consume at once; latency is send → receive.
+    E2e(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Topic to use; created with --partitions if missing.
+    #[arg(long, default_value = "sluice-bench")]
+    pub topic: String,
+    /// Number of messages in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Batches in flight per partition and producer.
+    #[arg(long, default_value_t = 16)]
+    pub in_flight: usize,
+    /// Concurrent producers (each its own connection).
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Partitions of the topic (when creating it) and to spread over.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Target total rate in messages per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Producer linger in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u64,
+    /// `none`, `lz4` or `zstd`.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// Topic durability when creating it: `fsync` or `periodic`.
+    #[arg(long, default_value = "fsync")]
+    pub durability: String,
+    /// Producer memory limit in bytes.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub memory_limit_bytes: usize,
+}
+
+pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Produce(args) => {
+            ensure_topic(&client, &args).await?;
+            let report = produce(&client, &args, None).await?;
+            report.print("produce", args.size);
+        }
+        BenchCommand::Consume(args) => {
+            ensure_topic(&client, &args).await?;
+            let report = consume(&client, &args, false).await?;
+            report.print("consume", args.size);
+        }
+        BenchCommand::E2e(args) => {
+            ensure_topic(&client, &args).await?;
+            let consumer_client = client.clone();
+            let consumer_args = args.clone();
+            let consumer = tokio::spawn(async move { consume(&consumer_client, &consumer_args, true).await });
+            // Give the consumer time to position itself at the end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let produced = produce(&client, &args, None).await?;
+            let consumed = consumer.await.context("consumer task panicked")??;
+            produced.print("produce (ack latency)", args.size);
+            consumed.print("end to end (send → receive)", args.size);
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_topic(client: &ClientConfig, args: &BenchArgs) -> Result<()> {
+    let admin = Admin::connect(client.clone()).await?;
+    match admin.describe_topic(&args.topic).await {
+        Ok(description) => {
+            let partitions = description.topic.and_then(|topic| topic.config).map(|config| config.partitions).unwrap_or(0);
+            if partitions != args.partitions {
+                bail!(
+                    "topic {} exists with {partitions} partition(s), not {}; delete it (`sluice topic delete {}`) or pass --partitions {partitions}",
+                    args.topic,
+                    args.partitions,
+                    args.topic
+                );
+            }
+            Ok(())
+        }
+        Err(ClientError::Server(error)) if error.code == sluice_proto::ErrorCode::UnknownTopic => {
+            let config = TopicConfig {
+                partitions: args.partitions,
+                durability: crate::admin::parse_durability(&args.durability)? as i32,
+                ..TopicConfig::default()
+            };
+            admin.create_topic(&args.topic, config).await?;
+            // Partitions need an owner before the first produce.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub struct Report {
+    messages: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    errors: u64,
+}
+
+impl Report {
+    fn print(&self, what: &str, size: usize) {
+        let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        let rate = self.messages as f64 / seconds;
+        let megabytes = rate * size as f64 / 1_000_000.0;
+        println!("{what}: {} messages of {size} bytes in {seconds:.2} s", self.messages);
+        println!("  throughput: {rate:.0} msg/s, {megabytes:.1} MB/s");
+        if !self.latency_us.is_empty() {
+            let ms = |quantile: f64| self.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+            println!(
+                "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                self.latency_us.max() as f64 / 1000.0
+            );
+        }
+        if self.errors > 0 {
+            println!("  errors: {}", self.errors);
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// Prints progress every second until `done` is set.
+fn spawn_progress(label: &'static str, counter: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = 0;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let now = counter.load(Ordering::Relaxed);
+            eprintln!(
+                "{label}: {now}/{total} ({} msg/s now, {:.0} s)",
+                now - last,
+                started.elapsed().as_secs_f64()
+            );
+            last = now;
+            if now >= total {
+                break;
+            }
+        }
+    })
+}
+
+async fn produce(client: &ClientConfig, args: &BenchArgs, _unused: Option<()>) -> Result<Report> {
+    let compression = sluice_proto::batch::Compression::parse(&args.compression)
+        .with_context(|| format!("unknown compression {:?}", args.compression))?;
+    let producers = args.producers.max(1);
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let progress = spawn_progress("produce", acknowledged.clone(), args.messages);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for producer_index in 0..producers {
+        let share = args.messages / producers as u64 + u64::from((producer_index as u64) < args.messages % producers as u64);
+        let config = ProducerConfig {
+            client: client.clone(),
+            linger_ms: args.linger_ms,
+            batch_max_records: args.batch,
+            batch_max_bytes: (args.batch * (args.size + 64)).max(1024),
+            max_in_flight_per_partition: args.in_flight,
+            memory_limit_bytes: args.memory_limit_bytes,
+            compression,
+            ..ProducerConfig::default()
+        };
+        let args = args.clone();
+        let acknowledged = acknowledged.clone();
+        tasks.push(tokio::spawn(async move {
+            produce_one(config, args, share, producers as u64, started, acknowledged).await
+        }));
+    }
+    let mut latency_us = new_histogram();
+    let mut errors = 0;
+    for task in tasks {
+        let (histogram, task_errors) = task.await.context("producer task panicked")??;
+        latency_us.add(&histogram).context("merging histograms")?;
+        errors += task_errors;
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    Ok(Report {
+        messages: args.messages - errors,
+        elapsed,
+        latency_us,
+        errors,
+    })
+}
+
+async fn produce_one(
+    config: ProducerConfig,
+    args: BenchArgs,
+    messages: u64,
+    producers: u64,
+    started: Instant,
+    acknowledged: Arc<AtomicU64>,
+) -> Result<(Histogram<u64>, u64)> {
+    let producer = Producer::new(config).await?;
+    let (sender, mut receiver) = mpsc::channel::<(Instant, sluice_client::DeliveryFuture)>(100_000);
+    let collector = tokio::spawn(async move {
+        let mut histogram = new_histogram();
+        let mut errors = 0u64;
+        while let Some((scheduled, delivery)) = receiver.recv().await {
+            match delivery.await {
+                Ok(_) => {
+                    let micros = scheduled.elapsed().as_micros().max(1) as u64;
+                    histogram.saturating_record(micros);
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    if errors < 5 {
+                        eprintln!("bench: send failed: {error}");
+                    }
+                    errors += 1;
+                }
+            }
+        }
+        (histogram, errors)
+    });
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    let per_producer_rate = args.rate as f64 / producers as f64;
+    for index in 0..messages {
+        let scheduled = if per_producer_rate > 0.0 {
+            let due = started + Duration::from_secs_f64(index as f64 / per_producer_rate);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            due
+        } else {
+            Instant::now()
+        };
+        let record = Record {
+            topic: args.topic.clone(),
+            partition: Some((index % u64::from(args.partitions.max(1))) as u32),
+            key: None,
+            value: Some(stamp(&payload)),
+            headers: Vec::new(),
+            tags: Vec::new(),
+            timestamp_ms: None,
+        };
+        let delivery = producer.enqueue(record).await?;
+        if sender.send((scheduled, delivery)).await.is_err() {
+            bail!("latency collector stopped early");
+        }
+    }
+    drop(sender);
+    producer.flush().await?;
+    let (histogram, errors) = collector.await.context("collector panicked")?;
+    producer.close().await?;
+    Ok((histogram, errors))
+}
+
+/// The payload with its first 8 bytes set to the send time (µs since the
+/// Unix epoch), so a consumer in the same host can compute end-to-end
+/// latency.
+fn stamp(payload: &Bytes) -> Bytes {
+    if payload.len() < 8 {
+        return payload.clone();
+    }
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as u64)
+        .unwrap_or(0);
+    let mut stamped = payload.to_vec();
+    stamped[..8].copy_from_slice(&micros.to_le_bytes());
+    Bytes::from(stamped)
+}
+
+async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> Result<Report> {
+    let start = if from_latest { StartOffset::Latest } else { StartOffset::Earliest };
+    let assignment = (0..args.partitions).map(|partition| (args.topic.clone(), partition, start.clone())).collect();
+    let mut consumer = Consumer::assign(
+        ConsumerConfig {
+            client: client.clone(),
+            group: None,
+            reset: start,
+            ..ConsumerConfig::default()
+        },
+        assignment,
+    )
+    .await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = spawn_progress("consume", received.clone(), args.messages);
+    let mut latency_us = new_histogram();
+    let mut started: Option<Instant> = None;
+    let mut count = 0u64;
+    let idle = Duration::from_secs(10);
+    while count < args.messages {
+        let Some(record) = consumer.recv_timeout(idle).await? else {
+            eprintln!("consume: no record for {} s after {count} records; stopping", idle.as_secs());
+            break;
+        };
+        started.get_or_insert_with(Instant::now);
+        count += 1;
+        received.store(count, Ordering::Relaxed);
+        if from_latest {
+            if let Some(value) = record.value.as_deref().filter(|value| value.len() >= 8) {
+                let mut sent = [0u8; 8];
+                sent.copy_from_slice(&value[..8]);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|elapsed| elapsed.as_micros() as u64)
+                    .unwrap_or(0);
+                latency_us.saturating_record(now.saturating_sub(u64::from_le_bytes(sent)).max(1));
+            }
+        }
+    }
+    let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
+    progress.abort();
+    consumer.close().await?;
+    Ok(Report {
+        messages: count,
+        elapsed,
+        latency_us,
+        errors: 0,
+    })
+}

@@ -1,0 +1,108 @@
+//! `sluice produce TOPIC`: sends each argument, or each line of stdin, as
+//! one record; waits until every record is acknowledged.
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use sluice_client::{ClientConfig, Producer, ProducerConfig, Record};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Record values; when absent, one record per line of stdin.
+    pub values: Vec<String>,
+    /// Key for every record (records with one key stay in one partition).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Read `KEY<separator>VALUE` lines and key each record (Kafka's `parse.key`).
+    #[arg(long)]
+    pub key_separator: Option<String>,
+    /// A header `name=value`; repeatable.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// A tag; repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Send to this partition instead of choosing by key.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// `none`, `lz4` or `zstd`.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// Print partition and offset of every record.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+fn parse_header(header: &str) -> Result<(String, Bytes)> {
+    match header.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), Bytes::from(value.to_string()))),
+        _ => bail!("header {header:?} is not of the form name=value"),
+    }
+}
+
+pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
+    let compression = sluice_proto::batch::Compression::parse(&args.compression)
+        .with_context(|| format!("unknown compression {:?}: use none, lz4 or zstd", args.compression))?;
+    let headers: Vec<(String, Bytes)> = args.headers.iter().map(|header| parse_header(header)).collect::<Result<_>>()?;
+    let producer = Producer::new(ProducerConfig {
+        client,
+        compression,
+        ..ProducerConfig::default()
+    })
+    .await?;
+
+    let make_record = |line: String| -> Record {
+        let (key, value) = match (&args.key_separator, &args.key) {
+            (Some(separator), _) => match line.split_once(separator.as_str()) {
+                Some((key, value)) => (Some(Bytes::from(key.to_string())), value.to_string()),
+                None => (None, line),
+            },
+            (None, Some(key)) => (Some(Bytes::from(key.clone())), line),
+            (None, None) => (None, line),
+        };
+        Record {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            key,
+            value: Some(Bytes::from(value)),
+            headers: headers.clone(),
+            tags: args.tags.clone(),
+            timestamp_ms: None,
+        }
+    };
+
+    let mut pending = Vec::new();
+    let mut count: u64 = 0;
+    if args.values.is_empty() {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await.context("reading stdin")? {
+            pending.push(producer.enqueue(make_record(line)).await?);
+            count += 1;
+            // Report as we go and keep the list of waiting acks short.
+            if pending.len() >= 10_000 {
+                report(std::mem::take(&mut pending), args.verbose).await?;
+            }
+        }
+    } else {
+        for value in args.values.clone() {
+            pending.push(producer.enqueue(make_record(value)).await?);
+            count += 1;
+        }
+    }
+    report(pending, args.verbose).await?;
+    producer.close().await?;
+    eprintln!("produced {count} record(s) to {}", args.topic);
+    Ok(())
+}
+
+async fn report(pending: Vec<sluice_client::DeliveryFuture>, verbose: bool) -> Result<()> {
+    for delivery in pending {
+        let metadata = delivery.await?;
+        if verbose {
+            println!("{}/{}@{}", metadata.topic, metadata.partition, metadata.offset);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs from Debian/Ubuntu packages
+# when it is missing: protoc (protobuf-compiler) and etcd (etcd-server).
+set -euo pipefail
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ "${1:-}" = "--with-etcd" ]; then
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole Sluice test suite: unit tests, store crash tests and the
+# process-level cluster tests (real etcd, real service binaries).
+# Installs protoc and etcd through apt when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh --with-etcd
+# The cluster tests spawn the service binaries; build them first.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast

@@ -1,0 +1,327 @@
+//! A Sluice cluster of real processes: one etcd, nameservers, brokers and
+//! stores, each the real binary with its own TOML config, log file and
+//! loopback port, so tests can `kill -9`, stop and restart them.
+//!
+//! The service binaries come from the same `target/` directory as the test
+//! executable; the README's test command builds them first (`cargo build
+//! --bins`). A missing binary fails the test with that instruction.
+
+use crate::etcd::{free_port, Etcd};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a cluster gets to register every node.
+const READY_TIMEOUT_MS: u64 = 60_000;
+
+/// The kinds of Sluice service processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Nameserver,
+    Broker,
+    Store,
+}
+
+impl ServiceKind {
+    fn binary_name(self) -> &'static str {
+        match self {
+            ServiceKind::Nameserver => "sluice-nameserver",
+            ServiceKind::Broker => "sluice-broker",
+            ServiceKind::Store => "sluice-store",
+        }
+    }
+}
+
+/// Directory holding the workspace's binaries (`target/debug` or
+/// `target/release`), derived from the running test executable.
+pub fn binaries_dir() -> PathBuf {
+    let executable = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test-binary>
+    let deps = executable.parent().expect("test binary lives in a directory");
+    let profile = if deps.ends_with("deps") { deps.parent().expect("deps has a parent") } else { deps };
+    profile.to_path_buf()
+}
+
+/// Path of a workspace binary, failing with instructions when it is
+/// missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = binaries_dir().join(name);
+    if !path.exists() {
+        panic!(
+            "{} is missing: build the service binaries first with `cargo build --bins` \
+             (the README's test command does this)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// One service process.
+pub struct Service {
+    pub kind: ServiceKind,
+    pub node_id: String,
+    pub port: u16,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the process.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.node_id);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open service log");
+        let child = Command::new(binary(self.kind.binary_name()))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_string()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("spawn {}: {error}", self.node_id));
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: no chance to flush or deregister.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit (SIGKILL after `timeout`).
+    pub fn stop(&mut self, timeout: Duration) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGTERM);
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Service::pause`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, libc::SIGCONT);
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    let result = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(result, 0, "kill({}, {signal}) failed", child.id());
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Shape of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nameservers: usize,
+    pub brokers: usize,
+    pub stores: usize,
+    /// Registration lease of brokers and stores, in milliseconds. Short in
+    /// tests so failover happens quickly.
+    pub lease_ttl_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub offsets_partitions: u32,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            nameservers: 1,
+            brokers: 1,
+            stores: 1,
+            lease_ttl_ms: 3000,
+            heartbeat_interval_ms: 500,
+            offsets_partitions: 4,
+        }
+    }
+}
+
+/// A running cluster; everything is killed and deleted on drop.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub nameservers: Vec<Service>,
+    pub brokers: Vec<Service>,
+    pub stores: Vec<Service>,
+    pub spec: ClusterSpec,
+    directory: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts etcd and every service, and waits until all brokers and stores
+    /// are registered.
+    pub async fn start(spec: ClusterSpec) -> Self {
+        let etcd = Etcd::start();
+        let directory = tempfile::tempdir().expect("create cluster temp dir");
+        let mut cluster = Self {
+            etcd,
+            nameservers: Vec::new(),
+            brokers: Vec::new(),
+            stores: Vec::new(),
+            spec: spec.clone(),
+            directory,
+        };
+        for index in 0..spec.nameservers {
+            let service = cluster.make_service(ServiceKind::Nameserver, index);
+            cluster.nameservers.push(service);
+        }
+        for index in 0..spec.stores {
+            let service = cluster.make_service(ServiceKind::Store, index);
+            cluster.stores.push(service);
+        }
+        for index in 0..spec.brokers {
+            let service = cluster.make_service(ServiceKind::Broker, index);
+            cluster.brokers.push(service);
+        }
+        for service in cluster
+            .nameservers
+            .iter_mut()
+            .chain(cluster.stores.iter_mut())
+            .chain(cluster.brokers.iter_mut())
+        {
+            service.start();
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn make_service(&self, kind: ServiceKind, index: usize) -> Service {
+        let port = free_port();
+        let (prefix, body) = match kind {
+            ServiceKind::Nameserver => {
+                let node_id = format!("nameserver-{}", index + 1);
+                let body = format!(
+                    "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nlease_ttl_ms = {lease}\n\
+                     heartbeat_interval_ms = {heartbeat}\nreconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
+                     [metadata]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\n",
+                    lease = self.spec.lease_ttl_ms,
+                    heartbeat = self.spec.heartbeat_interval_ms,
+                    offsets = self.spec.offsets_partitions,
+                    etcd = self.etcd.client_url(),
+                );
+                (node_id, body)
+            }
+            ServiceKind::Store | ServiceKind::Broker => {
+                let name = if kind == ServiceKind::Store { "store" } else { "broker" };
+                let node_id = format!("{name}-{}", index + 1);
+                let nameservers: Vec<String> =
+                    self.nameservers.iter().map(|nameserver| format!("\"{}\"", nameserver.url())).collect();
+                let mut body = format!(
+                    "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n",
+                    nameservers.join(", ")
+                );
+                if kind == ServiceKind::Store {
+                    let data = self.directory.path().join(&node_id).join("data");
+                    body.push_str(&format!("data_dir = \"{}\"\n", data.display()));
+                }
+                (node_id, body)
+            }
+        };
+        let config_path = self.directory.path().join(format!("{prefix}.toml"));
+        fs::write(&config_path, body).expect("write service config");
+        Service {
+            kind,
+            node_id: prefix.clone(),
+            port,
+            config_path,
+            log_path: self.directory.path().join(format!("{prefix}.log")),
+            child: None,
+        }
+    }
+
+    /// Nameserver URLs for clients.
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.nameservers.iter().map(Service::url).collect()
+    }
+
+    pub fn client_config(&self) -> sluice_client::ClientConfig {
+        sluice_client::ClientConfig {
+            bootstrap: self.bootstrap(),
+            ..sluice_client::ClientConfig::default()
+        }
+    }
+
+    /// Waits until the nameserver sees every running broker and store.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+        let want_brokers = self.brokers.iter_mut().filter(|service| service.is_running()).count();
+        let want_stores = self.stores.iter_mut().filter(|service| service.is_running()).count();
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match sluice_client::Admin::connect(self.client_config()).await {
+                Ok(admin) => match admin.cluster_status().await {
+                    Ok(status) if status.brokers.len() >= want_brokers && status.stores.len() >= want_stores => return,
+                    Ok(status) => {
+                        last = format!("{} broker(s), {} store(s) registered", status.brokers.len(), status.stores.len())
+                    }
+                    Err(error) => last = error.to_string(),
+                },
+                Err(error) => last = error.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.dump_logs();
+        panic!("cluster not ready within {READY_TIMEOUT_MS} ms: {last}");
+    }
+
+    /// Prints the tail of every service log (called on failure).
+    pub fn dump_logs(&self) {
+        for service in self.nameservers.iter().chain(&self.stores).chain(&self.brokers) {
+            let text = fs::read_to_string(&service.log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("----- {} ({}) -----\n{}", service.node_id, service.log_path.display(), tail.join("\n"));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+    }
+}
