@@ -1,0 +1,150 @@
+//! Configuration of a store node, loaded with figment from defaults, an
+//! optional TOML file and `SLUICE_STORE_*` environment variables.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use sluice_telemetry::TelemetryConfig;
+use std::path::{Path, PathBuf};
+
+/// Every setting of a store node. See `config/store.toml` for an annotated
+/// copy with the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Identity of this node in the cluster. Default `"store-1"`.
+    pub node_id: String,
+    /// Address the gRPC server binds. Default `"127.0.0.1:7402"`.
+    pub listen_address: String,
+    /// Address registered with the nameserver (`host:port`); default: the
+    /// listener's actual address.
+    pub advertised_address: Option<String>,
+    /// Nameserver endpoints, tried in turn. Default `["http://127.0.0.1:7400"]`.
+    pub nameservers: Vec<String>,
+    /// Rack (failure domain) reported at registration. Default `""`.
+    pub rack: String,
+    /// Directory holding the journal, segments and checkpoint. Default
+    /// `"./data/store"`.
+    pub data_dir: PathBuf,
+    /// A journal file is rolled once it reaches this size. Default 64 MiB.
+    pub journal_file_max_bytes: u64,
+    /// Bytes of appends waiting for the journal writer before appenders
+    /// wait. Default 64 MiB.
+    pub journal_queue_max_bytes: u64,
+    /// Entries waiting for the journal writer before appenders wait.
+    /// Default 4096.
+    pub journal_queue_max_entries: usize,
+    /// Interval between checkpoints (fsync segment files, record the journal
+    /// position, delete older journal files). Default 10000.
+    pub checkpoint_interval_ms: u64,
+    /// An offset/time index entry every this many bytes of segment data.
+    /// Default 4096.
+    pub index_interval_bytes: u64,
+    /// For `DURABILITY_PERIODIC` segments: the journal is fsynced at least
+    /// this often. Appends to such segments are acknowledged once written
+    /// to the OS, so a power loss (not a process crash) can lose
+    /// acknowledged writes from the last interval. Default 1000.
+    pub periodic_flush_interval_ms: u64,
+    /// Largest record batch accepted by `Append`. Default
+    /// `sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES` (8 MiB).
+    pub max_batch_bytes: u32,
+    /// Largest `Read` answer (a single batch larger than the request's
+    /// `max_bytes` is still returned whole). Default 8 MiB.
+    pub max_read_bytes: u32,
+    /// gRPC message size limit, both directions. Default
+    /// `sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES` (16 MiB).
+    pub max_grpc_message_bytes: usize,
+    /// Appends of one `Append` stream accepted but not yet answered.
+    /// Default 1024.
+    pub append_stream_max_in_flight: usize,
+    /// Bytes of appends of one `Append` stream accepted but not yet
+    /// answered. Default 32 MiB.
+    pub append_stream_max_in_flight_bytes: u64,
+    /// First retry delay after a failed registration. Default 200.
+    pub register_retry_initial_backoff_ms: u64,
+    /// Cap of the exponential registration retry delay. Default 10000.
+    pub register_retry_max_backoff_ms: u64,
+    /// Timeout of each call to a nameserver. Default 5000.
+    pub nameserver_request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests before closing the
+    /// storage anyway. Default 10000.
+    pub shutdown_drain_timeout_ms: u64,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "store-1".to_string(),
+            listen_address: "127.0.0.1:7402".to_string(),
+            advertised_address: None,
+            nameservers: vec!["http://127.0.0.1:7400".to_string()],
+            rack: String::new(),
+            data_dir: PathBuf::from("./data/store"),
+            journal_file_max_bytes: 64 * 1024 * 1024,
+            journal_queue_max_bytes: 64 * 1024 * 1024,
+            journal_queue_max_entries: 4096,
+            checkpoint_interval_ms: 10_000,
+            index_interval_bytes: 4096,
+            periodic_flush_interval_ms: 1000,
+            max_batch_bytes: sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES,
+            max_read_bytes: 8 * 1024 * 1024,
+            max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            append_stream_max_in_flight: 1024,
+            append_stream_max_in_flight_bytes: 32 * 1024 * 1024,
+            register_retry_initial_backoff_ms: 200,
+            register_retry_max_backoff_ms: 10_000,
+            nameserver_request_timeout_ms: 5000,
+            shutdown_drain_timeout_ms: 10_000,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Defaults, then the TOML file at `path` (which must exist if given),
+    /// then `SLUICE_STORE_*` variables (`__` separates nested keys).
+    pub fn load(path: Option<&Path>) -> Result<StoreConfig, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(StoreConfig::default()));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("SLUICE_STORE_").split("__"))
+            .extract()
+    }
+
+    /// The engine settings derived from this configuration.
+    pub fn storage_options(&self) -> crate::storage::StorageOptions {
+        crate::storage::StorageOptions {
+            journal_file_max_bytes: self.journal_file_max_bytes,
+            journal_queue_max_bytes: self.journal_queue_max_bytes,
+            journal_queue_max_entries: self.journal_queue_max_entries,
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            index_interval_bytes: self.index_interval_bytes,
+            periodic_flush_interval_ms: self.periodic_flush_interval_ms,
+            max_batch_bytes: self.max_batch_bytes,
+            max_read_bytes: self.max_read_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/store.toml");
+        let loaded = StoreConfig::load(Some(&path)).expect("config/store.toml must parse");
+        assert_eq!(loaded, StoreConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("store.toml");
+        std::fs::write(&path, "no_such_key = 1\n").expect("write config");
+        assert!(StoreConfig::load(Some(&path)).is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! One segment on disk: its metadata file, its log file of concatenated
+//! record batches, the sparse offset and time indexes kept in memory, and
+//! the recovery scan that rebuilds them.
+
+use crate::error::StoreError;
+use serde::{Deserialize, Serialize};
+use sluice_proto::batch::{self, BatchHeader, HEADER_BYTES};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest batch the recovery scan accepts from disk; anything declaring
+/// more is corruption.
+pub const MAX_BATCH_BYTES_ON_DISK: usize = 256 * 1024 * 1024;
+
+/// Durable identity and state of a segment (`{id:020}.meta`, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentMeta {
+    pub segment_id: u64,
+    pub topic: String,
+    pub partition: u32,
+    pub base_offset: u64,
+    /// Fence epoch: appends with an older writer epoch are refused.
+    pub writer_epoch: u64,
+    pub sealed: bool,
+    /// `sluice.v1.Durability` value.
+    pub durability: i32,
+}
+
+/// Path of the log file of `segment_id`.
+pub fn log_path(segments_dir: &Path, segment_id: u64) -> PathBuf {
+    segments_dir.join(format!("{segment_id:020}.log"))
+}
+
+/// Path of the metadata file of `segment_id`.
+pub fn meta_path(segments_dir: &Path, segment_id: u64) -> PathBuf {
+    segments_dir.join(format!("{segment_id:020}.meta"))
+}
+
+/// fsyncs a directory so that created, renamed and removed entries are
+/// durable.
+pub fn sync_directory(directory: &Path) -> Result<(), StoreError> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| StoreError::io(format!("fsync directory {}", directory.display()), error))
+}
+
+/// Writes `contents` to `path` atomically and durably: temp file, fsync,
+/// rename, fsync of the directory.
+pub fn write_file_durably(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let directory = path.parent().unwrap_or(Path::new("."));
+    let temporary = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = File::create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.map_err(|error| StoreError::io(format!("write {}", path.display()), error))?;
+    sync_directory(directory)
+}
+
+/// Writes the metadata file of a segment durably.
+pub fn write_meta(segments_dir: &Path, meta: &SegmentMeta) -> Result<(), StoreError> {
+    let encoded = serde_json::to_vec_pretty(meta).map_err(|error| {
+        StoreError::io(
+            "encode segment metadata",
+            std::io::Error::other(error.to_string()),
+        )
+    })?;
+    write_file_durably(&meta_path(segments_dir, meta.segment_id), &encoded)
+}
+
+/// Entry of the sparse offset index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetIndexEntry {
+    pub base_offset: u64,
+    pub position: u64,
+}
+
+/// Entry of the sparse time index: the largest timestamp of every batch up
+/// to and including the batch at `position`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeIndexEntry {
+    pub max_timestamp_ms: i64,
+    pub base_offset: u64,
+    pub position: u64,
+}
+
+/// A byte range of the log file that failed its checksum while valid
+/// batches follow it; never served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CorruptRegion {
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub start_position: u64,
+    pub end_position: u64,
+    /// How far journal replay has rewritten the region (offset, position).
+    pub repaired_offset: u64,
+    pub repaired_position: u64,
+}
+
+/// The log file and what is known about its contents. Everything up to
+/// `size_bytes` / `end_offset` is acknowledged data.
+#[derive(Debug)]
+pub struct SegmentLog {
+    pub file: Arc<File>,
+    pub base_offset: u64,
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp_ms: i64,
+    pub offset_index: Vec<OffsetIndexEntry>,
+    pub time_index: Vec<TimeIndexEntry>,
+    pub corrupt_regions: Vec<CorruptRegion>,
+    /// Written since the last fsync of the file.
+    pub dirty: bool,
+    index_interval_bytes: u64,
+    last_offset_index_position: Option<u64>,
+    last_time_index_position: Option<u64>,
+}
+
+impl SegmentLog {
+    /// An empty log over `file`.
+    pub fn new(file: File, base_offset: u64, index_interval_bytes: u64) -> Self {
+        Self {
+            file: Arc::new(file),
+            base_offset,
+            end_offset: base_offset,
+            size_bytes: 0,
+            max_timestamp_ms: -1,
+            offset_index: Vec::new(),
+            time_index: Vec::new(),
+            corrupt_regions: Vec::new(),
+            dirty: false,
+            index_interval_bytes: index_interval_bytes.max(1),
+            last_offset_index_position: None,
+            last_time_index_position: None,
+        }
+    }
+
+    /// Records a batch now present at `position` in the indexes.
+    pub fn index_batch(&mut self, header: &BatchHeader, position: u64) {
+        let due = |last: Option<u64>, interval: u64| match last {
+            None => true,
+            Some(last) => position >= last + interval,
+        };
+        if due(self.last_offset_index_position, self.index_interval_bytes) {
+            self.offset_index.push(OffsetIndexEntry {
+                base_offset: header.base_offset,
+                position,
+            });
+            self.last_offset_index_position = Some(position);
+        }
+        let new_maximum = header.max_timestamp_ms > self.max_timestamp_ms;
+        if new_maximum {
+            self.max_timestamp_ms = header.max_timestamp_ms;
+        }
+        // A time entry is only useful where the running maximum grew.
+        if new_maximum && due(self.last_time_index_position, self.index_interval_bytes) {
+            self.time_index.push(TimeIndexEntry {
+                max_timestamp_ms: self.max_timestamp_ms,
+                base_offset: header.base_offset,
+                position,
+            });
+            self.last_time_index_position = Some(position);
+        }
+    }
+
+    /// Writes a batch at the end of the file and indexes it. No fsync.
+    pub fn append(&mut self, header: &BatchHeader, bytes: &[u8]) -> std::io::Result<()> {
+        let position = self.size_bytes;
+        self.file.write_all_at(bytes, position)?;
+        self.size_bytes += bytes.len() as u64;
+        self.end_offset = header.end_offset();
+        self.dirty = true;
+        self.index_batch(header, position);
+        Ok(())
+    }
+
+    /// Index position to start scanning from for `offset`.
+    pub fn scan_start_for_offset(&self, offset: u64) -> u64 {
+        let index = self
+            .offset_index
+            .partition_point(|entry| entry.base_offset <= offset);
+        if index == 0 {
+            0
+        } else {
+            self.offset_index[index - 1].position
+        }
+    }
+
+    /// Position to start scanning from when looking for the first batch
+    /// whose max timestamp is >= `timestamp_ms`.
+    pub fn scan_start_for_timestamp(&self, timestamp_ms: i64) -> u64 {
+        let index = self
+            .time_index
+            .partition_point(|entry| entry.max_timestamp_ms < timestamp_ms);
+        if index == 0 {
+            0
+        } else {
+            self.time_index[index - 1].position
+        }
+    }
+
+    /// The corrupt region containing `offset`, if any.
+    pub fn corrupt_region_at(&self, offset: u64) -> Option<&CorruptRegion> {
+        self.corrupt_regions
+            .iter()
+            .find(|region| offset >= region.start_offset && offset < region.end_offset)
+    }
+
+    /// First corrupt offset, if any region is not repaired.
+    pub fn corrupt_from_offset(&self) -> Option<u64> {
+        self.corrupt_regions
+            .iter()
+            .map(|region| region.start_offset)
+            .min()
+    }
+}
+
+/// Reads and parses the batch header at `position`.
+pub fn read_header_at(file: &File, position: u64) -> std::io::Result<BatchHeader> {
+    let mut buffer = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut buffer, position)?;
+    BatchHeader::parse(&buffer)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string()))
+}
+
+/// What the recovery scan of one log file found.
+#[derive(Debug)]
+pub struct ScanOutcome {
+    pub log: SegmentLog,
+    /// Bytes cut off the end (a torn or damaged tail with nothing valid
+    /// after it).
+    pub truncated_bytes: u64,
+}
+
+/// Checks a whole batch at the start of `bytes` whose base offset must be
+/// `expected_offset` (or, when `None`, anything above `minimum_offset`).
+fn valid_batch_at(bytes: &[u8]) -> Option<BatchHeader> {
+    let header = BatchHeader::parse(bytes).ok()?;
+    let length = header.batch_length as usize;
+    if length > bytes.len() || length > MAX_BATCH_BYTES_ON_DISK {
+        return None;
+    }
+    batch::validate(&bytes[..length], MAX_BATCH_BYTES_ON_DISK).ok()
+}
+
+/// Reads a log file, validates every batch and rebuilds the indexes. A
+/// damaged tail is truncated; damage followed by valid batches becomes a
+/// [`CorruptRegion`].
+pub fn scan_log(
+    path: &Path,
+    segment_id: u64,
+    base_offset: u64,
+    index_interval_bytes: u64,
+) -> Result<ScanOutcome, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+    let bytes = std::fs::read(path)
+        .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
+    let mut log = SegmentLog::new(file, base_offset, index_interval_bytes);
+    let mut position = 0usize;
+    let mut expected_offset = base_offset;
+    while position < bytes.len() {
+        if let Some(header) = valid_batch_at(&bytes[position..]) {
+            if header.base_offset == expected_offset {
+                log.index_batch(&header, position as u64);
+                position += header.batch_length as usize;
+                expected_offset = header.end_offset();
+                continue;
+            }
+        }
+        // Damage at `position`: is there a valid continuation after it?
+        let resume = (position + 1..bytes.len()).find(|&candidate| {
+            valid_batch_at(&bytes[candidate..])
+                .map(|header| header.base_offset > expected_offset)
+                .unwrap_or(false)
+        });
+        match resume {
+            Some(resume_position) => {
+                let header = valid_batch_at(&bytes[resume_position..])
+                    .expect("the search above just validated this batch");
+                tracing::error!(
+                    segment_id,
+                    offset = expected_offset,
+                    position,
+                    "segment file has a corrupt entry in the middle; it will not be served"
+                );
+                log.corrupt_regions.push(CorruptRegion {
+                    start_offset: expected_offset,
+                    end_offset: header.base_offset,
+                    start_position: position as u64,
+                    end_position: resume_position as u64,
+                    repaired_offset: expected_offset,
+                    repaired_position: position as u64,
+                });
+                position = resume_position;
+                expected_offset = header.base_offset;
+            }
+            None => break,
+        }
+    }
+    let truncated_bytes = (bytes.len() - position) as u64;
+    if truncated_bytes > 0 {
+        tracing::warn!(
+            segment_id,
+            truncated_bytes,
+            end_offset = expected_offset,
+            "truncating a torn or damaged tail of a segment file"
+        );
+        log.file
+            .set_len(position as u64)
+            .map_err(|error| StoreError::io(format!("truncate {}", path.display()), error))?;
+        log.file
+            .sync_all()
+            .map_err(|error| StoreError::io(format!("fsync {}", path.display()), error))?;
+    }
+    log.size_bytes = position as u64;
+    log.end_offset = expected_offset;
+    Ok(ScanOutcome {
+        log,
+        truncated_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
+
+    pub(crate) fn make_batch(base_offset: u64, records: u32, timestamp_ms: i64) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for index in 0..records {
+            builder.push(&RecordData {
+                key: None,
+                value: Some(bytes::Bytes::from(vec![b'v'; 100 + index as usize])),
+                headers: Vec::new(),
+                tags: Vec::new(),
+                timestamp_ms: Some(timestamp_ms + i64::from(index)),
+            });
+        }
+        let mut bytes = builder.build().to_vec();
+        batch::assign(&mut bytes, base_offset, 1);
+        bytes
+    }
+
+    #[test]
+    fn offset_index_is_sparse_and_points_at_or_before_the_batch() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let file = File::create(directory.path().join("x.log")).expect("create");
+        let mut log = SegmentLog::new(file, 100, 1024);
+        let mut offset = 100;
+        let mut positions = Vec::new();
+        for index in 0..50 {
+            let bytes = make_batch(offset, 2, 1000 + index * 10);
+            let header = BatchHeader::parse(&bytes).expect("header");
+            positions.push((offset, log.size_bytes));
+            log.append(&header, &bytes).expect("append");
+            offset = header.end_offset();
+        }
+        assert!(log.offset_index.len() > 1, "index has entries");
+        assert!(
+            log.offset_index.len() < 50,
+            "index is sparse: {} entries for 50 batches",
+            log.offset_index.len()
+        );
+        for (batch_offset, position) in positions {
+            for probe in [batch_offset, batch_offset + 1] {
+                let start = log.scan_start_for_offset(probe);
+                assert!(start <= position, "scan start after the batch");
+                assert!(position - start < 1024 + 400, "scan start too far back");
+            }
+        }
+        assert_eq!(log.end_offset, 200);
+    }
+
+    #[test]
+    fn time_index_start_is_before_the_first_matching_batch() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let file = File::create(directory.path().join("x.log")).expect("create");
+        let mut log = SegmentLog::new(file, 0, 512);
+        let mut offset = 0;
+        let mut batches = Vec::new();
+        for index in 0..40i64 {
+            let bytes = make_batch(offset, 1, 1000 + index * 100);
+            let header = BatchHeader::parse(&bytes).expect("header");
+            batches.push((log.size_bytes, header));
+            log.append(&header, &bytes).expect("append");
+            offset = header.end_offset();
+        }
+        assert!(log.time_index.len() < 40 && !log.time_index.is_empty());
+        for target in [0i64, 1000, 1050, 2500, 4900] {
+            let first = batches
+                .iter()
+                .find(|(_, header)| header.max_timestamp_ms >= target)
+                .expect("a batch matches");
+            assert!(log.scan_start_for_timestamp(target) <= first.0);
+        }
+    }
+
+    #[test]
+    fn scan_truncates_torn_tail_and_reports_middle_damage() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("s.log");
+        let mut contents = Vec::new();
+        let mut offset = 0;
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let bytes = make_batch(offset, 3, 10);
+            starts.push(contents.len());
+            contents.extend_from_slice(&bytes);
+            offset += 3;
+        }
+        let full = contents.len();
+        // Damage batch 2 (offsets 6..9) and tear the tail.
+        contents[starts[2] + 70] ^= 0xff;
+        contents.extend_from_slice(&make_batch(15, 3, 10)[..30]);
+        std::fs::write(&path, &contents).expect("write");
+        let outcome = scan_log(&path, 9, 0, 4096).expect("scan");
+        assert_eq!(outcome.truncated_bytes, 30);
+        assert_eq!(outcome.log.end_offset, 15);
+        assert_eq!(outcome.log.size_bytes, full as u64);
+        assert_eq!(outcome.log.corrupt_from_offset(), Some(6));
+        assert!(outcome.log.corrupt_region_at(7).is_some());
+        assert!(outcome.log.corrupt_region_at(9).is_none());
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            full as u64,
+            "torn tail was cut off"
+        );
+    }
+}

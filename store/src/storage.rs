@@ -1,0 +1,1413 @@
+//! The storage engine: segments, the shared journal with group commit,
+//! checkpoints and crash recovery. Usable without gRPC.
+//!
+//! Write path: an append is validated and ordered under its segment's
+//! lock, then queued (bounded in bytes and entries) to the single journal
+//! writer thread. The writer takes everything queued, writes it to the
+//! journal with one write, fsyncs once if any entry needs it, then writes
+//! each batch to its segment file (no fsync) and only then completes the
+//! appends. So a segment file never holds data the journal does not, and
+//! everything in a segment file up to its recorded size is acknowledged.
+//!
+//! Checkpoints fsync dirty segment files, durably record the journal
+//! position they cover and delete older journal files. Recovery scans the
+//! segment files (truncating torn tails, reporting damaged middles) and
+//! replays the journal from the checkpoint.
+
+use crate::error::StoreError;
+use crate::journal::{self, RecordKind};
+use crate::segment::{self, SegmentLog, SegmentMeta};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_proto::batch::{self, BatchHeader, BatchIter};
+use sluice_proto::v1::{Durability, SegmentStatus};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+const CHECKPOINT_FILE: &str = "checkpoint";
+const SEGMENTS_DIR: &str = "segments";
+const JOURNAL_DIR: &str = "journal";
+
+/// Engine settings (see `StoreConfig` for meanings and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageOptions {
+    pub journal_file_max_bytes: u64,
+    pub journal_queue_max_bytes: u64,
+    pub journal_queue_max_entries: usize,
+    pub checkpoint_interval_ms: u64,
+    pub index_interval_bytes: u64,
+    pub periodic_flush_interval_ms: u64,
+    pub max_batch_bytes: u32,
+    pub max_read_bytes: u32,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        crate::config::StoreConfig::default().storage_options()
+    }
+}
+
+/// What opening the storage found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments_loaded: usize,
+    /// Metadata files that could not be used, with the reason; their
+    /// segments are not served (unless the journal recreated them).
+    pub skipped_segments: Vec<(PathBuf, String)>,
+    /// `(segment id, bytes)` cut off damaged or torn segment tails.
+    pub truncated_segment_tails: Vec<(u64, u64)>,
+    /// `(segment id, first corrupt offset)` still corrupt after replay.
+    pub corrupt_segments: Vec<(u64, u64)>,
+    /// Segments whose damaged middle was rewritten from the journal.
+    pub repaired_segments: Vec<u64>,
+    pub journal_records_replayed: u64,
+    pub journal_batches_reappended: u64,
+    pub journal_torn_tail_bytes: u64,
+    /// Damage found inside journal files (records after it were kept).
+    pub journal_corruptions: Vec<String>,
+    /// Set when the checkpoint file was unreadable (the whole journal was
+    /// replayed instead).
+    pub checkpoint_problem: Option<String>,
+}
+
+impl RecoveryReport {
+    /// True when recovery found nothing wrong beyond a torn journal tail.
+    pub fn is_clean(&self) -> bool {
+        self.skipped_segments.is_empty()
+            && self.truncated_segment_tails.is_empty()
+            && self.corrupt_segments.is_empty()
+            && self.journal_corruptions.is_empty()
+            && self.checkpoint_problem.is_none()
+    }
+}
+
+/// Counters for observing the journal, e.g. how well group commit works.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub fsyncs: AtomicU64,
+    pub appends: AtomicU64,
+    pub groups: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Whole, CRC-checked batches; the first contains the requested offset.
+    pub batches: Bytes,
+    pub segment_end_offset: u64,
+    pub sealed: bool,
+}
+
+/// Arguments of [`Storage::create_segment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSegment {
+    pub segment_id: u64,
+    pub topic: String,
+    pub partition: u32,
+    pub base_offset: u64,
+    pub writer_epoch: u64,
+    pub durability: Durability,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    journal_sequence: u64,
+    position: u64,
+}
+
+/// Ordering state of a segment, changed only under its lock.
+#[derive(Debug)]
+struct Control {
+    /// One past the last offset accepted (queued or durable).
+    accepted_end: u64,
+    deleted: bool,
+}
+
+#[derive(Debug)]
+struct SegmentHandle {
+    id: u64,
+    topic: String,
+    partition: u32,
+    base_offset: u64,
+    durability: Durability,
+    /// Held while an append is ordered and queued, and across a seal, so
+    /// that appends reach the journal in arrival order and a seal sees
+    /// every append accepted before it.
+    control: tokio::sync::Mutex<Control>,
+    sealed: AtomicBool,
+    fence_epoch: AtomicU64,
+    log: Mutex<SegmentLog>,
+}
+
+impl SegmentHandle {
+    fn meta(&self) -> SegmentMeta {
+        SegmentMeta {
+            segment_id: self.id,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: self.base_offset,
+            writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
+            sealed: self.sealed.load(Ordering::SeqCst),
+            durability: self.durability as i32,
+        }
+    }
+
+    fn lock_log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        // A panic while holding this lock cannot leave the log half
+        // updated in a way later readers trip over: sizes are updated after
+        // the write succeeds.
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn status(&self) -> SegmentStatus {
+        let log = self.lock_log();
+        SegmentStatus {
+            segment_id: self.id,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: self.base_offset,
+            end_offset: log.end_offset,
+            size_bytes: log.size_bytes,
+            sealed: self.sealed.load(Ordering::SeqCst),
+            max_timestamp_ms: log.max_timestamp_ms,
+            writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
+            corrupt_from_offset: log.corrupt_from_offset(),
+        }
+    }
+}
+
+type Registry = RwLock<HashMap<u64, Arc<SegmentHandle>>>;
+
+enum Command {
+    Append {
+        segment: Arc<SegmentHandle>,
+        header: BatchHeader,
+        batch: Bytes,
+        fsync: bool,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+        _permit: OwnedSemaphorePermit,
+    },
+    Metadata {
+        kind: RecordKind,
+        segment_id: u64,
+        payload: Vec<u8>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Flush,
+    Checkpoint {
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+}
+
+struct Inner {
+    segments_dir: PathBuf,
+    options: StorageOptions,
+    registry: Arc<Registry>,
+    commands: mpsc::Sender<Command>,
+    queue_bytes: Arc<Semaphore>,
+    failure: Arc<Mutex<Option<String>>>,
+    closing: AtomicBool,
+    stats: Arc<JournalStats>,
+    /// Serializes create and delete so two creates of one id agree.
+    admin_lock: tokio::sync::Mutex<()>,
+}
+
+/// A handle to the storage engine; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+/// An append that was accepted and queued; await [`PendingAppend::wait`]
+/// for durability.
+pub struct PendingAppend {
+    done: oneshot::Receiver<Result<u64, StoreError>>,
+}
+
+impl PendingAppend {
+    /// Waits until the append is durable; returns the segment end after it.
+    pub async fn wait(self) -> Result<u64, StoreError> {
+        match self.done.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::ShuttingDown),
+        }
+    }
+}
+
+fn read_failure(failure: &Mutex<Option<String>>) -> Option<String> {
+    failure
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+impl Storage {
+    /// Opens (creating if needed) the storage in `directory`, recovering
+    /// from whatever a crash left behind, and starts the journal writer.
+    pub fn open(
+        directory: &Path,
+        options: StorageOptions,
+    ) -> Result<(Storage, RecoveryReport), StoreError> {
+        let segments_dir = directory.join(SEGMENTS_DIR);
+        let journal_dir = directory.join(JOURNAL_DIR);
+        for path in [directory, &segments_dir, &journal_dir] {
+            std::fs::create_dir_all(path).map_err(|error| StoreError::DataDirectory {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            })?;
+        }
+        let mut report = RecoveryReport::default();
+        let mut segments = load_segments(&segments_dir, &options, &mut report)?;
+        let checkpoint = read_checkpoint(directory, &mut report);
+        let next_sequence = replay_journal(
+            &journal_dir,
+            &segments_dir,
+            checkpoint,
+            &options,
+            &mut segments,
+            &mut report,
+        )?;
+        for (segment_id, handle) in &segments {
+            if let Some(offset) = handle.lock_log().corrupt_from_offset() {
+                tracing::error!(
+                    segment_id,
+                    offset,
+                    "segment keeps a corrupt range after recovery; it is not served"
+                );
+                report.corrupt_segments.push((*segment_id, offset));
+            }
+        }
+        report.corrupt_segments.sort_unstable();
+        report.segments_loaded = segments.len();
+        let registry: Arc<Registry> = Arc::new(RwLock::new(segments));
+        let journal_file = open_new_journal_file(&journal_dir, next_sequence)?;
+        let stats = Arc::new(JournalStats::default());
+        let failure = Arc::new(Mutex::new(None));
+        let mut writer = JournalWriter {
+            directory: directory.to_path_buf(),
+            journal_dir,
+            segments_dir: segments_dir.clone(),
+            registry: registry.clone(),
+            file: journal_file,
+            sequence: next_sequence,
+            position: 0,
+            journal_unsynced: false,
+            file_max_bytes: options.journal_file_max_bytes.max(1),
+            stats: stats.clone(),
+            failure: failure.clone(),
+        };
+        // Replayed data is made durable and the old journal dropped before
+        // anything new is accepted.
+        writer.checkpoint()?;
+        let (sender, receiver) = mpsc::channel(options.journal_queue_max_entries.max(1));
+        let weak_sender = sender.downgrade();
+        std::thread::Builder::new()
+            .name("sluice-journal".to_string())
+            .spawn(move || writer.run(receiver))
+            .map_err(|error| StoreError::io("start the journal writer thread", error))?;
+        let flush_interval = Duration::from_millis(options.periodic_flush_interval_ms.max(1));
+        let checkpoint_interval = Duration::from_millis(options.checkpoint_interval_ms.max(1));
+        std::thread::Builder::new()
+            .name("sluice-journal-timer".to_string())
+            .spawn(move || run_timer(weak_sender, flush_interval, checkpoint_interval))
+            .map_err(|error| StoreError::io("start the journal timer thread", error))?;
+        let queue_permits = options
+            .journal_queue_max_bytes
+            .clamp(u64::from(options.max_batch_bytes), Semaphore::MAX_PERMITS as u64)
+            as usize;
+        let storage = Storage {
+            inner: Arc::new(Inner {
+                segments_dir,
+                options,
+                registry,
+                commands: sender,
+                queue_bytes: Arc::new(Semaphore::new(queue_permits)),
+                failure,
+                closing: AtomicBool::new(false),
+                stats,
+                admin_lock: tokio::sync::Mutex::new(()),
+            }),
+        };
+        tracing::info!(?report, directory = %directory.display(), "storage opened");
+        Ok((storage, report))
+    }
+
+    /// Journal counters (fsyncs, appends, groups, checkpoints).
+    pub fn journal_stats(&self) -> &JournalStats {
+        &self.inner.stats
+    }
+
+    /// The engine settings.
+    pub fn options(&self) -> &StorageOptions {
+        &self.inner.options
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(StoreError::ShuttingDown);
+        }
+        if let Some(reason) = read_failure(&self.inner.failure) {
+            return Err(StoreError::Failed(reason));
+        }
+        Ok(())
+    }
+
+    fn segment(&self, segment_id: u64) -> Result<Arc<SegmentHandle>, StoreError> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&segment_id)
+            .cloned()
+            .ok_or(StoreError::UnknownSegment { segment_id })
+    }
+
+    async fn journal_metadata(
+        &self,
+        kind: RecordKind,
+        segment_id: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (done, completion) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Metadata {
+                kind,
+                segment_id,
+                payload,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        completion.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Creates a segment; succeeds without change if it exists with the
+    /// same topic, partition and base offset.
+    pub async fn create_segment(&self, new: NewSegment) -> Result<(), StoreError> {
+        self.check_writable()?;
+        if new.topic.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "segment topic must not be empty".to_string(),
+            ));
+        }
+        let _admin = self.inner.admin_lock.lock().await;
+        if let Ok(existing) = self.segment(new.segment_id) {
+            if existing.topic == new.topic
+                && existing.partition == new.partition
+                && existing.base_offset == new.base_offset
+            {
+                return Ok(());
+            }
+            return Err(StoreError::SegmentConflict {
+                segment_id: new.segment_id,
+                detail: format!(
+                    "exists as {}/{} at base offset {}, asked for {}/{} at {}",
+                    existing.topic,
+                    existing.partition,
+                    existing.base_offset,
+                    new.topic,
+                    new.partition,
+                    new.base_offset
+                ),
+            });
+        }
+        let durability = match new.durability {
+            Durability::Periodic => Durability::Periodic,
+            Durability::Fsync | Durability::Unspecified => Durability::Fsync,
+        };
+        let meta = SegmentMeta {
+            segment_id: new.segment_id,
+            topic: new.topic,
+            partition: new.partition,
+            base_offset: new.base_offset,
+            writer_epoch: new.writer_epoch,
+            sealed: false,
+            durability: durability as i32,
+        };
+        let segments_dir = self.inner.segments_dir.clone();
+        let index_interval_bytes = self.inner.options.index_interval_bytes;
+        let meta_for_disk = meta.clone();
+        let log = tokio::task::spawn_blocking(move || {
+            create_segment_files(&segments_dir, &meta_for_disk, index_interval_bytes)
+        })
+        .await
+        .map_err(|error| StoreError::Failed(format!("segment creation task failed: {error}")))??;
+        let payload = serde_json::to_vec(&meta).map_err(|error| {
+            StoreError::io("encode segment metadata", std::io::Error::other(error))
+        })?;
+        self.journal_metadata(RecordKind::CreateSegment, meta.segment_id, payload)
+            .await?;
+        let handle = Arc::new(handle_from(meta, log));
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(handle.id, handle);
+        Ok(())
+    }
+
+    /// Validates and queues an append; the returned [`PendingAppend`]
+    /// completes once it is durable. Appends to one segment are ordered by
+    /// the order in which this function is called (and awaited).
+    pub async fn submit_append(
+        &self,
+        segment_id: u64,
+        writer_epoch: u64,
+        batch: Bytes,
+    ) -> Result<PendingAppend, StoreError> {
+        self.check_writable()?;
+        let header = batch::validate(&batch, self.inner.options.max_batch_bytes as usize)
+            .map_err(StoreError::InvalidBatch)?;
+        let segment = self.segment(segment_id)?;
+        let permit = self
+            .inner
+            .queue_bytes
+            .clone()
+            .acquire_many_owned(batch.len().max(1) as u32)
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let mut control = segment.control.lock().await;
+        if control.deleted {
+            return Err(StoreError::UnknownSegment { segment_id });
+        }
+        if segment.sealed.load(Ordering::SeqCst) {
+            return Err(StoreError::SegmentSealed { segment_id });
+        }
+        let fence_epoch = segment.fence_epoch.load(Ordering::SeqCst);
+        if writer_epoch < fence_epoch {
+            return Err(StoreError::Fenced {
+                segment_id,
+                given: writer_epoch,
+                fence_epoch,
+            });
+        }
+        if header.base_offset != control.accepted_end {
+            return Err(StoreError::WrongBaseOffset {
+                segment_id,
+                expected: control.accepted_end,
+                given: header.base_offset,
+            });
+        }
+        let (done, completion) = oneshot::channel();
+        let fsync = segment.durability != Durability::Periodic;
+        self.inner
+            .commands
+            .send(Command::Append {
+                segment: segment.clone(),
+                header,
+                batch,
+                fsync,
+                done,
+                _permit: permit,
+            })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        control.accepted_end = header.end_offset();
+        Ok(PendingAppend { done: completion })
+    }
+
+    /// Appends one batch and waits until it is durable; returns the segment
+    /// end after it.
+    pub async fn append(
+        &self,
+        segment_id: u64,
+        writer_epoch: u64,
+        batch: Bytes,
+    ) -> Result<u64, StoreError> {
+        self.submit_append(segment_id, writer_epoch, batch)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Seals a segment (idempotent), raising its fence epoch to at least
+    /// `writer_epoch`; durable before it returns.
+    pub async fn seal_segment(
+        &self,
+        segment_id: u64,
+        writer_epoch: u64,
+    ) -> Result<SegmentStatus, StoreError> {
+        let segment = self.segment(segment_id)?;
+        let control = segment.control.lock().await;
+        if control.deleted {
+            return Err(StoreError::UnknownSegment { segment_id });
+        }
+        let old_fence = segment.fence_epoch.load(Ordering::SeqCst);
+        let new_fence = old_fence.max(writer_epoch);
+        if segment.sealed.load(Ordering::SeqCst) && new_fence == old_fence {
+            return Ok(segment.status());
+        }
+        self.check_writable()?;
+        segment.sealed.store(true, Ordering::SeqCst);
+        segment.fence_epoch.store(new_fence, Ordering::SeqCst);
+        // Queued behind every append accepted before it, so once it is
+        // durable the segment end is final.
+        self.journal_metadata(RecordKind::Seal, segment_id, new_fence.to_le_bytes().to_vec())
+            .await?;
+        let segments_dir = self.inner.segments_dir.clone();
+        let meta = segment.meta();
+        tokio::task::spawn_blocking(move || segment::write_meta(&segments_dir, &meta))
+            .await
+            .map_err(|error| StoreError::Failed(format!("seal task failed: {error}")))??;
+        drop(control);
+        Ok(segment.status())
+    }
+
+    /// Deletes a segment and its files, durably.
+    pub async fn delete_segment(&self, segment_id: u64) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let _admin = self.inner.admin_lock.lock().await;
+        let segment = self.segment(segment_id)?;
+        let mut control = segment.control.lock().await;
+        if control.deleted {
+            return Err(StoreError::UnknownSegment { segment_id });
+        }
+        self.journal_metadata(RecordKind::Delete, segment_id, Vec::new())
+            .await?;
+        control.deleted = true;
+        segment.sealed.store(true, Ordering::SeqCst);
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&segment_id);
+        let segments_dir = self.inner.segments_dir.clone();
+        tokio::task::spawn_blocking(move || remove_segment_files(&segments_dir, segment_id))
+            .await
+            .map_err(|error| StoreError::Failed(format!("delete task failed: {error}")))?
+    }
+
+    /// Status of one segment.
+    pub fn segment_status(&self, segment_id: u64) -> Result<SegmentStatus, StoreError> {
+        Ok(self.segment(segment_id)?.status())
+    }
+
+    /// Status of every segment, by id.
+    pub fn list_segments(&self) -> Vec<SegmentStatus> {
+        let handles: Vec<Arc<SegmentHandle>> = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut statuses: Vec<SegmentStatus> =
+            handles.iter().map(|handle| handle.status()).collect();
+        statuses.sort_by_key(|status| status.segment_id);
+        statuses
+    }
+
+    /// Number of segments held.
+    pub fn segment_count(&self) -> usize {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// Reads whole batches starting with the one containing `offset`, up to
+    /// `max_bytes` (0: the configured cap; always at least one batch) and
+    /// below `end_offset` (0: the durable end). Blocking file I/O.
+    pub fn read(
+        &self,
+        segment_id: u64,
+        offset: u64,
+        max_bytes: u32,
+        end_offset: u64,
+    ) -> Result<ReadOutcome, StoreError> {
+        let segment = self.segment(segment_id)?;
+        let sealed = segment.sealed.load(Ordering::SeqCst);
+        let (file, size_bytes, durable_end, start_position, regions) = {
+            let log = segment.lock_log();
+            (
+                log.file.clone(),
+                log.size_bytes,
+                log.end_offset,
+                log.scan_start_for_offset(offset),
+                log.corrupt_regions.clone(),
+            )
+        };
+        if offset < segment.base_offset || offset > durable_end {
+            return Err(StoreError::OffsetOutOfRange {
+                segment_id,
+                offset,
+                base_offset: segment.base_offset,
+                end_offset: durable_end,
+            });
+        }
+        let limit_offset = if end_offset == 0 {
+            durable_end
+        } else {
+            end_offset.min(durable_end)
+        };
+        let empty = ReadOutcome {
+            batches: Bytes::new(),
+            segment_end_offset: durable_end,
+            sealed,
+        };
+        if offset >= limit_offset {
+            return Ok(empty);
+        }
+        let corrupt = |at_offset: u64, detail: String| {
+            tracing::error!(segment_id, offset = at_offset, %detail, "refusing to serve corrupt data");
+            StoreError::StorageCorrupt {
+                segment_id,
+                offset: at_offset,
+                detail,
+            }
+        };
+        if let Some(region) = regions
+            .iter()
+            .find(|region| offset >= region.start_offset && offset < region.end_offset)
+        {
+            return Err(corrupt(
+                region.start_offset,
+                "the range failed its checksum during recovery".to_string(),
+            ));
+        }
+        let region_at = |position: u64| regions.iter().find(|r| r.start_position == position);
+        // Find the batch containing `offset`.
+        let mut position = start_position;
+        let first = loop {
+            if position >= size_bytes {
+                return Err(corrupt(offset, "offset not found in the segment file".into()));
+            }
+            if let Some(region) = region_at(position) {
+                position = region.end_position;
+                continue;
+            }
+            let header = segment::read_header_at(&file, position)
+                .map_err(|error| corrupt(offset, format!("batch header at {position}: {error}")))?;
+            if position + u64::from(header.batch_length) > size_bytes {
+                return Err(corrupt(offset, format!("batch at {position} overruns the file")));
+            }
+            if header.end_offset() > offset {
+                break header;
+            }
+            position += u64::from(header.batch_length);
+        };
+        let cap = u64::from(self.inner.options.max_read_bytes.max(1));
+        let budget = if max_bytes == 0 {
+            cap
+        } else {
+            u64::from(max_bytes).min(cap)
+        };
+        let first_position = position;
+        let mut total = u64::from(first.batch_length);
+        let mut next_position = first_position + total;
+        while next_position < size_bytes && region_at(next_position).is_none() {
+            let header = match segment::read_header_at(&file, next_position) {
+                Ok(header) => header,
+                // Served up to here; the next read reports the damage.
+                Err(_) => break,
+            };
+            let length = u64::from(header.batch_length);
+            if header.base_offset >= limit_offset
+                || total + length > budget
+                || next_position + length > size_bytes
+            {
+                break;
+            }
+            total += length;
+            next_position += length;
+        }
+        let mut buffer = vec![0u8; total as usize];
+        file.read_exact_at(&mut buffer, first_position)
+            .map_err(|error| StoreError::io(format!("read segment {segment_id}"), error))?;
+        let mut expected_offset = first.base_offset;
+        for item in BatchIter::new(&buffer) {
+            let (_, header, bytes) =
+                item.map_err(|error| corrupt(expected_offset, error.to_string()))?;
+            if header.base_offset != expected_offset {
+                return Err(corrupt(
+                    expected_offset,
+                    format!("found base offset {} on disk", header.base_offset),
+                ));
+            }
+            batch::validate(bytes, segment::MAX_BATCH_BYTES_ON_DISK)
+                .map_err(|error| corrupt(expected_offset, error.to_string()))?;
+            expected_offset = header.end_offset();
+        }
+        Ok(ReadOutcome {
+            batches: Bytes::from(buffer),
+            ..empty
+        })
+    }
+
+    /// Base offset of the first batch whose max timestamp is >=
+    /// `timestamp_ms` (that batch holds the first offset with such a
+    /// timestamp); `None` if no batch qualifies. Blocking file I/O.
+    pub fn find_offset(&self, segment_id: u64, timestamp_ms: i64) -> Result<Option<u64>, StoreError> {
+        let segment = self.segment(segment_id)?;
+        let (file, size_bytes, start, max_timestamp_ms, regions) = {
+            let log = segment.lock_log();
+            (
+                log.file.clone(),
+                log.size_bytes,
+                log.scan_start_for_timestamp(timestamp_ms),
+                log.max_timestamp_ms,
+                log.corrupt_regions.clone(),
+            )
+        };
+        if size_bytes == 0 || max_timestamp_ms < timestamp_ms {
+            return Ok(None);
+        }
+        let mut position = start;
+        while position < size_bytes {
+            if let Some(region) = regions.iter().find(|r| r.start_position == position) {
+                position = region.end_position;
+                continue;
+            }
+            let header = segment::read_header_at(&file, position).map_err(|error| {
+                StoreError::StorageCorrupt {
+                    segment_id,
+                    offset: 0,
+                    detail: format!("batch header at {position}: {error}"),
+                }
+            })?;
+            if header.max_timestamp_ms >= timestamp_ms {
+                return Ok(Some(header.base_offset));
+            }
+            position += u64::from(header.batch_length);
+        }
+        Ok(None)
+    }
+
+    /// Forces a checkpoint now (fsync segment files, record the journal
+    /// position, delete older journal files).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (done, completion) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Checkpoint { done: Some(done) })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        completion.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Refuses new writes, then checkpoints everything already accepted.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.closing.store(true, Ordering::SeqCst);
+        self.checkpoint().await
+    }
+}
+
+fn handle_from(meta: SegmentMeta, log: SegmentLog) -> SegmentHandle {
+    let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
+    SegmentHandle {
+        id: meta.segment_id,
+        topic: meta.topic,
+        partition: meta.partition,
+        base_offset: meta.base_offset,
+        durability,
+        control: tokio::sync::Mutex::new(Control {
+            accepted_end: log.end_offset,
+            deleted: false,
+        }),
+        sealed: AtomicBool::new(meta.sealed),
+        fence_epoch: AtomicU64::new(meta.writer_epoch),
+        log: Mutex::new(log),
+    }
+}
+
+fn create_segment_files(
+    segments_dir: &Path,
+    meta: &SegmentMeta,
+    index_interval_bytes: u64,
+) -> Result<SegmentLog, StoreError> {
+    let path = segment::log_path(segments_dir, meta.segment_id);
+    // A log without metadata is a leftover of an interrupted delete.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
+    segment::write_meta(segments_dir, meta)?;
+    Ok(SegmentLog::new(file, meta.base_offset, index_interval_bytes))
+}
+
+fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
+    for path in [
+        segment::meta_path(segments_dir, segment_id),
+        segment::log_path(segments_dir, segment_id),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(StoreError::io(format!("remove {}", path.display()), error));
+            }
+        }
+    }
+    segment::sync_directory(segments_dir)
+}
+
+fn load_segments(
+    segments_dir: &Path,
+    options: &StorageOptions,
+    report: &mut RecoveryReport,
+) -> Result<HashMap<u64, Arc<SegmentHandle>>, StoreError> {
+    let mut segments = HashMap::new();
+    let entries = std::fs::read_dir(segments_dir)
+        .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
+    let mut meta_paths = Vec::new();
+    for entry in entries {
+        let entry = entry
+            .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
+        let path = entry.path();
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("meta") => meta_paths.push(path),
+            Some("tmp") => {
+                // An interrupted metadata write; the previous file is intact.
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove temp file");
+                }
+            }
+            _ => {}
+        }
+    }
+    meta_paths.sort();
+    for path in meta_paths {
+        let skip = |report: &mut RecoveryReport, reason: String| {
+            tracing::error!(path = %path.display(), %reason, "skipping segment with unusable metadata");
+            report.skipped_segments.push((path.clone(), reason));
+        };
+        let contents = match std::fs::read(&path) {
+            Ok(contents) => contents,
+            Err(error) => {
+                skip(report, format!("unreadable: {error}"));
+                continue;
+            }
+        };
+        let meta: SegmentMeta = match serde_json::from_slice(&contents) {
+            Ok(meta) => meta,
+            Err(error) => {
+                skip(report, format!("not valid metadata: {error}"));
+                continue;
+            }
+        };
+        let expected_name = segment::meta_path(segments_dir, meta.segment_id);
+        if expected_name != path {
+            skip(
+                report,
+                format!("names segment {} but file name differs", meta.segment_id),
+            );
+            continue;
+        }
+        let outcome = match segment::scan_log(
+            &segment::log_path(segments_dir, meta.segment_id),
+            meta.segment_id,
+            meta.base_offset,
+            options.index_interval_bytes,
+        ) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                skip(report, format!("log unusable: {error}"));
+                continue;
+            }
+        };
+        if outcome.truncated_bytes > 0 {
+            report
+                .truncated_segment_tails
+                .push((meta.segment_id, outcome.truncated_bytes));
+        }
+        let handle = handle_from(meta, outcome.log);
+        segments.insert(handle.id, Arc::new(handle));
+    }
+    Ok(segments)
+}
+
+fn read_checkpoint(directory: &Path, report: &mut RecoveryReport) -> Option<Checkpoint> {
+    let path = directory.join(CHECKPOINT_FILE);
+    let contents = match std::fs::read(&path) {
+        Ok(contents) => contents,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            report.checkpoint_problem = Some(format!("unreadable: {error}"));
+            return None;
+        }
+    };
+    match serde_json::from_slice(&contents) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(error) => {
+            tracing::error!(%error, "checkpoint file is garbage; replaying the whole journal");
+            report.checkpoint_problem = Some(format!("not a checkpoint: {error}"));
+            None
+        }
+    }
+}
+
+/// Replays journal files from the checkpoint; returns the sequence number
+/// for the next journal file.
+fn replay_journal(
+    journal_dir: &Path,
+    segments_dir: &Path,
+    checkpoint: Option<Checkpoint>,
+    options: &StorageOptions,
+    segments: &mut HashMap<u64, Arc<SegmentHandle>>,
+    report: &mut RecoveryReport,
+) -> Result<u64, StoreError> {
+    let sequences = journal::list_journal_files(journal_dir)?;
+    let (start_sequence, start_position) = checkpoint
+        .as_ref()
+        .map(|checkpoint| (checkpoint.journal_sequence, checkpoint.position))
+        .unwrap_or((0, 0));
+    let mut touched: HashMap<u64, ()> = HashMap::new();
+    for &sequence in sequences.iter().filter(|&&sequence| sequence >= start_sequence) {
+        let path = journal::journal_file_path(journal_dir, sequence);
+        let bytes = std::fs::read(&path)
+            .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
+        let mut position = if sequence == start_sequence {
+            (start_position as usize).min(bytes.len())
+        } else {
+            0
+        };
+        while position < bytes.len() {
+            let record = match journal::decode_record(&bytes[position..]) {
+                Ok(record) => record,
+                Err(reason) => match journal::find_next_valid_record(&bytes, position + 1) {
+                    Some(next) => {
+                        let message = format!(
+                            "{}: {reason} at {position}; skipped {} bytes",
+                            path.display(),
+                            next - position
+                        );
+                        tracing::error!(%message, "damaged journal record");
+                        report.journal_corruptions.push(message);
+                        position = next;
+                        continue;
+                    }
+                    None => {
+                        let torn = (bytes.len() - position) as u64;
+                        tracing::warn!(path = %path.display(), torn, "truncating torn journal tail");
+                        report.journal_torn_tail_bytes += torn;
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+                        file.set_len(position as u64)
+                            .and_then(|()| file.sync_all())
+                            .map_err(|error| StoreError::io(format!("truncate {}", path.display()), error))?;
+                        break;
+                    }
+                },
+            };
+            position += record.encoded_bytes;
+            report.journal_records_replayed += 1;
+            apply_record(&record, segments_dir, options, segments, report, &mut touched)?;
+        }
+    }
+    for segment_id in touched.keys() {
+        if let Some(handle) = segments.get(segment_id) {
+            let log = handle.lock_log();
+            log.file
+                .sync_all()
+                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
+        }
+    }
+    let last = sequences.last().copied().unwrap_or(0).max(start_sequence);
+    Ok(last + 1)
+}
+
+fn apply_record(
+    record: &journal::DecodedRecord<'_>,
+    segments_dir: &Path,
+    options: &StorageOptions,
+    segments: &mut HashMap<u64, Arc<SegmentHandle>>,
+    report: &mut RecoveryReport,
+    touched: &mut HashMap<u64, ()>,
+) -> Result<(), StoreError> {
+    let segment_id = record.segment_id;
+    match record.kind {
+        RecordKind::Append => {
+            let Some(handle) = segments.get(&segment_id) else {
+                return Ok(());
+            };
+            let header = match batch::validate(record.payload, segment::MAX_BATCH_BYTES_ON_DISK) {
+                Ok(header) => header,
+                Err(error) => {
+                    report
+                        .journal_corruptions
+                        .push(format!("segment {segment_id}: journal batch invalid: {error}"));
+                    return Ok(());
+                }
+            };
+            let mut log = handle.lock_log();
+            if header.base_offset == log.end_offset {
+                log.append(&header, record.payload)
+                    .map_err(|error| StoreError::io(format!("replay into segment {segment_id}"), error))?;
+                report.journal_batches_reappended += 1;
+                touched.insert(segment_id, ());
+            } else if header.base_offset < log.end_offset {
+                repair_from_journal(&mut log, &header, record.payload, segment_id, report)?;
+                touched.insert(segment_id, ());
+            } else {
+                report.journal_corruptions.push(format!(
+                    "segment {segment_id}: journal batch at {} is beyond the segment end {}",
+                    header.base_offset, log.end_offset
+                ));
+            }
+            drop(log);
+            let end = handle.lock_log().end_offset;
+            if let Ok(mut control) = handle.control.try_lock() {
+                control.accepted_end = end;
+            }
+        }
+        RecordKind::CreateSegment => {
+            if segments.contains_key(&segment_id) {
+                return Ok(());
+            }
+            let meta = match serde_json::from_slice::<SegmentMeta>(record.payload) {
+                Ok(meta) if meta.segment_id == segment_id => meta,
+                _ => {
+                    report
+                        .journal_corruptions
+                        .push(format!("segment {segment_id}: create record unreadable"));
+                    return Ok(());
+                }
+            };
+            // The metadata file is missing or was unusable: rebuild it
+            // from the journal and keep whatever log data is valid.
+            segment::write_meta(segments_dir, &meta)?;
+            let outcome = segment::scan_log(
+                &segment::log_path(segments_dir, segment_id),
+                segment_id,
+                meta.base_offset,
+                options.index_interval_bytes,
+            )?;
+            if outcome.truncated_bytes > 0 {
+                report
+                    .truncated_segment_tails
+                    .push((segment_id, outcome.truncated_bytes));
+            }
+            tracing::warn!(segment_id, "segment metadata restored from the journal");
+            segments.insert(segment_id, Arc::new(handle_from(meta, outcome.log)));
+        }
+        RecordKind::Seal => {
+            let Some(handle) = segments.get(&segment_id) else {
+                return Ok(());
+            };
+            let mut epoch = [0u8; 8];
+            if record.payload.len() == 8 {
+                epoch.copy_from_slice(record.payload);
+            }
+            let epoch = u64::from_le_bytes(epoch);
+            let old_fence = handle.fence_epoch.load(Ordering::SeqCst);
+            if !handle.sealed.load(Ordering::SeqCst) || epoch > old_fence {
+                handle.sealed.store(true, Ordering::SeqCst);
+                handle.fence_epoch.store(old_fence.max(epoch), Ordering::SeqCst);
+                segment::write_meta(segments_dir, &handle.meta())?;
+            }
+        }
+        RecordKind::Delete => {
+            if segments.remove(&segment_id).is_some() {
+                report.segments_loaded = report.segments_loaded.saturating_sub(0);
+            }
+            touched.remove(&segment_id);
+            remove_segment_files(segments_dir, segment_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a damaged middle range of a log from a journal batch when the
+/// batch is the next one missing in that range.
+fn repair_from_journal(
+    log: &mut SegmentLog,
+    header: &BatchHeader,
+    bytes: &[u8],
+    segment_id: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let length = bytes.len() as u64;
+    let Some(index) = log.corrupt_regions.iter().position(|region| {
+        region.repaired_offset == header.base_offset
+            && region.repaired_position + length <= region.end_position
+            && header.end_offset() <= region.end_offset
+    }) else {
+        return Ok(());
+    };
+    let region = &mut log.corrupt_regions[index];
+    log.file
+        .write_all_at(bytes, region.repaired_position)
+        .map_err(|error| StoreError::io(format!("repair segment {segment_id}"), error))?;
+    region.repaired_position += length;
+    region.repaired_offset = header.end_offset();
+    if region.repaired_position == region.end_position && region.repaired_offset == region.end_offset
+    {
+        tracing::warn!(segment_id, "damaged segment range rewritten from the journal");
+        log.corrupt_regions.remove(index);
+        report.repaired_segments.push(segment_id);
+    }
+    log.dirty = true;
+    Ok(())
+}
+
+fn open_new_journal_file(journal_dir: &Path, sequence: u64) -> Result<File, StoreError> {
+    let path = journal::journal_file_path(journal_dir, sequence);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
+    segment::sync_directory(journal_dir)?;
+    Ok(file)
+}
+
+fn run_timer(
+    commands: mpsc::WeakSender<Command>,
+    flush_interval: Duration,
+    checkpoint_interval: Duration,
+) {
+    let mut next_flush = Instant::now() + flush_interval;
+    let mut next_checkpoint = Instant::now() + checkpoint_interval;
+    loop {
+        let now = Instant::now();
+        let wake = next_flush.min(next_checkpoint);
+        if wake > now {
+            // Short naps so the thread notices a dropped storage soon.
+            std::thread::sleep((wake - now).min(Duration::from_millis(200)));
+            if commands.upgrade().is_none() {
+                return;
+            }
+            continue;
+        }
+        let Some(sender) = commands.upgrade() else {
+            return;
+        };
+        // A full queue means the writer is busy; the tick is retried later.
+        if now >= next_flush {
+            let _ = sender.try_send(Command::Flush);
+            next_flush = now + flush_interval;
+        }
+        if now >= next_checkpoint {
+            let _ = sender.try_send(Command::Checkpoint { done: None });
+            next_checkpoint = now + checkpoint_interval;
+        }
+    }
+}
+
+struct JournalWriter {
+    directory: PathBuf,
+    journal_dir: PathBuf,
+    segments_dir: PathBuf,
+    registry: Arc<Registry>,
+    file: File,
+    sequence: u64,
+    position: u64,
+    journal_unsynced: bool,
+    file_max_bytes: u64,
+    stats: Arc<JournalStats>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl JournalWriter {
+    fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut group = Vec::new();
+        while let Some(first) = commands.blocking_recv() {
+            group.push(first);
+            while let Ok(next) = commands.try_recv() {
+                group.push(next);
+            }
+            self.process(std::mem::take(&mut group));
+        }
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(%error, "final checkpoint failed");
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "journal writer failed; refusing further writes");
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            *failure = Some(reason);
+        }
+    }
+
+    fn process(&mut self, group: Vec<Command>) {
+        if let Some(reason) = read_failure(&self.failure) {
+            complete_all_with_error(group, &reason);
+            return;
+        }
+        let mut buffer = Vec::new();
+        let mut needs_fsync = false;
+        let mut appends = 0u64;
+        for command in &group {
+            match command {
+                Command::Append {
+                    segment,
+                    batch,
+                    fsync,
+                    ..
+                } => {
+                    journal::encode_record(&mut buffer, RecordKind::Append, segment.id, batch);
+                    needs_fsync |= *fsync;
+                    appends += 1;
+                }
+                Command::Metadata {
+                    kind,
+                    segment_id,
+                    payload,
+                    ..
+                } => {
+                    journal::encode_record(&mut buffer, *kind, *segment_id, payload);
+                    needs_fsync = true;
+                }
+                Command::Flush => needs_fsync |= self.journal_unsynced || !buffer.is_empty(),
+                Command::Checkpoint { .. } => {}
+            }
+        }
+        if !buffer.is_empty() {
+            if let Err(error) = self.file.write_all(&buffer) {
+                self.fail(format!("journal write failed: {error}"));
+                complete_all_with_error(group, "journal write failed");
+                return;
+            }
+            self.position += buffer.len() as u64;
+            self.journal_unsynced = true;
+        }
+        if needs_fsync && self.journal_unsynced {
+            if let Err(error) = self.file.sync_data() {
+                // After a failed fsync the page cache state is unknown:
+                // never retry, stop accepting writes.
+                self.fail(format!("journal fsync failed: {error}"));
+                complete_all_with_error(group, "journal fsync failed");
+                return;
+            }
+            self.journal_unsynced = false;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.appends.fetch_add(appends, Ordering::Relaxed);
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        // Apply to segment files before completing anything, so a reader
+        // (or a seal) that follows an acknowledgement sees the data.
+        let mut results: Vec<Result<u64, String>> = Vec::with_capacity(group.len());
+        for command in &group {
+            let result = match command {
+                Command::Append {
+                    segment, header, batch, ..
+                } => {
+                    let mut log = segment.lock_log();
+                    match log.append(header, batch) {
+                        Ok(()) => Ok(log.end_offset),
+                        Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
+                    }
+                }
+                _ => Ok(0),
+            };
+            if let Err(reason) = &result {
+                self.fail(reason.clone());
+            }
+            results.push(result);
+        }
+        let mut checkpoint_result = None;
+        for (command, result) in group.into_iter().zip(results) {
+            match command {
+                Command::Append { done, .. } => {
+                    let _ = done.send(result.map_err(StoreError::Failed));
+                }
+                Command::Metadata { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                Command::Flush => {}
+                Command::Checkpoint { done } => {
+                    let outcome = checkpoint_result
+                        .get_or_insert_with(|| self.checkpoint().map_err(|error| error.to_string()))
+                        .clone();
+                    if let Some(done) = done {
+                        let _ = done.send(outcome.map_err(StoreError::Failed));
+                    }
+                }
+            }
+        }
+        if self.position >= self.file_max_bytes {
+            if let Err(error) = self.roll() {
+                self.fail(format!("journal roll failed: {error}"));
+            }
+        }
+    }
+
+    fn roll(&mut self) -> Result<(), StoreError> {
+        if self.journal_unsynced {
+            self.file
+                .sync_data()
+                .map_err(|error| StoreError::io("fsync journal before roll", error))?;
+            self.journal_unsynced = false;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sequence += 1;
+        self.file = open_new_journal_file(&self.journal_dir, self.sequence)?;
+        self.position = 0;
+        Ok(())
+    }
+
+    /// fsync dirty segment files and the segments directory, record the
+    /// journal position they cover, delete older journal files.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        let handles: Vec<Arc<SegmentHandle>> = self
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for handle in handles {
+            let mut log = handle.lock_log();
+            if log.dirty {
+                log.file.sync_data().map_err(|error| {
+                    StoreError::io(format!("fsync segment {}", handle.id), error)
+                })?;
+                log.dirty = false;
+            }
+        }
+        segment::sync_directory(&self.segments_dir)?;
+        let checkpoint = Checkpoint {
+            journal_sequence: self.sequence,
+            position: self.position,
+        };
+        let encoded = serde_json::to_vec(&checkpoint)
+            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
+        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        for sequence in journal::list_journal_files(&self.journal_dir)? {
+            if sequence < self.sequence {
+                let path = journal::journal_file_path(&self.journal_dir, sequence);
+                std::fs::remove_file(&path)
+                    .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
+            }
+        }
+        segment::sync_directory(&self.journal_dir)?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn complete_all_with_error(group: Vec<Command>, reason: &str) {
+    for command in group {
+        match command {
+            Command::Append { done, .. } => {
+                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+            }
+            Command::Metadata { done, .. } => {
+                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+            }
+            Command::Checkpoint { done: Some(done) } => {
+                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+            }
+            Command::Checkpoint { done: None } | Command::Flush => {}
+        }
+    }
+}
