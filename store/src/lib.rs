@@ -16,3 +16,94 @@ pub mod storage;
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use storage::{NewSegment, ReadOutcome, RecoveryReport, Storage, StorageOptions};
+pub mod registration;
+pub mod service;
+
+use sluice_proto::v1::store_server::StoreServer;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Runs a store node: opens (and recovers) the storage, serves the `Store`
+/// service on `listener`, registers with the nameserver in the background,
+/// and on `shutdown` stops accepting, drains in-flight appends,
+/// checkpoints and deregisters.
+pub async fn run(
+    config: StoreConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StoreError> {
+    let local_address = listener
+        .local_addr()
+        .map_err(|error| StoreError::io("read the listener address", error))?;
+    let data_dir = config.data_dir.clone();
+    let options = config.storage_options();
+    let (storage, report) =
+        tokio::task::spawn_blocking(move || Storage::open(&data_dir, options))
+            .await
+            .map_err(|error| StoreError::Failed(format!("storage open task failed: {error}")))??;
+    if !report.is_clean() {
+        tracing::warn!(?report, "recovery found damage; see the report");
+    }
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let service = service::StoreService::new(
+        storage.clone(),
+        service::AppendStreamLimits {
+            max_in_flight: config.append_stream_max_in_flight,
+            max_in_flight_bytes: config.append_stream_max_in_flight_bytes,
+        },
+        stop_receiver.clone(),
+    );
+    let server = StoreServer::new(service)
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
+    let advertised_address = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| local_address.to_string());
+    let registration = tokio::spawn(registration::run(
+        config.clone(),
+        storage.clone(),
+        advertised_address,
+        stop_receiver.clone(),
+    ));
+    let mut serve_stop = stop_receiver.clone();
+    let serve = tonic::transport::Server::builder()
+        .trace_fn(sluice_telemetry::grpc_server_span)
+        .add_service(server)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = serve_stop.wait_for(|stopping| *stopping).await;
+            },
+        );
+    tokio::pin!(serve);
+    tracing::info!(address = %local_address, node_id = %config.node_id, "store serving");
+    let drain_timeout = Duration::from_millis(config.shutdown_drain_timeout_ms);
+    let served = tokio::select! {
+        result = &mut serve => result,
+        () = shutdown => {
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stop_sender.send(true);
+            match tokio::time::timeout(drain_timeout, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("drain timed out; closing with requests still open");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_sender.send(true);
+    if let Err(error) = storage.close().await {
+        tracing::error!(%error, "final checkpoint failed; recovery will replay the journal");
+    }
+    if tokio::time::timeout(drain_timeout, registration).await.is_err() {
+        tracing::warn!("deregistration did not finish in time");
+    }
+    served.map_err(|error| StoreError::Serve {
+        address: local_address.to_string(),
+        reason: error.to_string(),
+    })
+}

@@ -607,6 +607,11 @@ impl Storage {
         statuses
     }
 
+    /// False once a journal or segment write failed (writes are refused).
+    pub fn is_healthy(&self) -> bool {
+        read_failure(&self.inner.failure).is_none()
+    }
+
     /// Number of segments held.
     pub fn segment_count(&self) -> usize {
         self.inner
