@@ -1,1 +1,227 @@
-//! placeholder
+//! The Sluice nameserver: node registration with leases, topic admin,
+//! partition assignment, segment metadata, routes and coordinator lookup,
+//! all kept in a [`metadata::MetadataStore`] (etcd, or the embedded store
+//! for `sluice dev`).
+//!
+//! Run it with [`run`] (builds the store from the config) or
+//! [`run_with_store`] (an already-built store, e.g. an
+//! [`metadata::EmbeddedMetadataStore`] inside `sluice dev`).
+
+pub mod assignment;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metadata;
+mod service;
+
+pub use config::{MetadataBackend, NameServerConfig};
+pub use error::NameServerError;
+pub use metadata::{EmbeddedMetadataStore, EtcdMetadataStore, MetadataStore};
+pub use service::NameServerHandler;
+
+use metadata::{EtcdOptions, LeaseId, MetadataError};
+use sluice_proto::v1::name_server_server::NameServerServer;
+use sluice_proto::v1::{NodeInfo, NodeKind};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Builds the metadata store the config asks for.
+pub async fn build_store(
+    config: &NameServerConfig,
+) -> Result<Arc<dyn MetadataStore>, NameServerError> {
+    match config.metadata.backend {
+        MetadataBackend::Etcd => {
+            let store = EtcdMetadataStore::connect(EtcdOptions {
+                endpoints: config.metadata.endpoints.clone(),
+                connect_timeout_ms: config.metadata.connect_timeout_ms,
+                request_timeout_ms: config.metadata.request_timeout_ms,
+                key_prefix: config.metadata.key_prefix.clone(),
+            })
+            .await?;
+            Ok(Arc::new(store))
+        }
+        MetadataBackend::Embedded => {
+            let data_dir = config.metadata.data_dir.clone().ok_or_else(|| {
+                NameServerError::Config(
+                    "metadata.backend = \"embedded\" needs metadata.data_dir".to_string(),
+                )
+            })?;
+            Ok(EmbeddedMetadataStore::open(data_dir).await?)
+        }
+    }
+}
+
+/// Runs the nameserver on `listener` with the store from `config` until
+/// `shutdown` completes.
+pub async fn run(
+    config: NameServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NameServerError> {
+    let store = build_store(&config).await?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// Runs the nameserver on `listener` with an already-built store until
+/// `shutdown` completes; then stops the background loops and removes its
+/// own registration.
+pub async fn run_with_store(
+    config: NameServerConfig,
+    store: Arc<dyn MetadataStore>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NameServerError> {
+    if config.heartbeat_interval_ms == 0
+        || config.lease_ttl_ms <= config.heartbeat_interval_ms
+        || config.reconcile_interval_ms == 0
+    {
+        return Err(NameServerError::Config(format!(
+            "need 0 < heartbeat_interval_ms ({}) < lease_ttl_ms ({}) and reconcile_interval_ms > 0",
+            config.heartbeat_interval_ms, config.lease_ttl_ms
+        )));
+    }
+    let local_address = listener.local_addr()?;
+    let advertised_address = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| local_address.to_string());
+    let (stop_sender, stopping) = watch::channel(false);
+    let handler = Arc::new(NameServerHandler::new(
+        config.clone(),
+        store.clone(),
+        stopping.clone(),
+    ));
+
+    let reconciler = tokio::spawn(reconcile_loop(handler.clone(), stopping.clone()));
+    let registration = tokio::spawn(self_registration_loop(
+        store.clone(),
+        config.clone(),
+        advertised_address.clone(),
+        stopping.clone(),
+    ));
+
+    let service = NameServerServer::from_arc(handler)
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
+    tracing::info!(
+        node_id = %config.node_id,
+        address = %local_address,
+        advertised = %advertised_address,
+        backend = store.backend_name(),
+        "nameserver serving"
+    );
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("nameserver shutting down");
+        // Ends watch streams and background loops so the server can drain.
+        let _ = stop_sender.send(true);
+    };
+    let served = tonic::transport::Server::builder()
+        .trace_fn(sluice_telemetry::grpc_server_span)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            signal,
+        )
+        .await;
+    for task in [reconciler, registration] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "nameserver background task failed");
+        }
+    }
+    served?;
+    Ok(())
+}
+
+async fn wait_or_stop(stopping: &mut watch::Receiver<bool>, interval: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => false,
+        _ = stopping.wait_for(|stopping| *stopping) => true,
+    }
+}
+
+async fn reconcile_loop(handler: Arc<NameServerHandler>, mut stopping: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(handler.config.reconcile_interval_ms);
+    let max_moves = usize::try_from(handler.config.max_moves_per_reconcile).unwrap_or(usize::MAX);
+    let mut offsets_topic_ready = false;
+    loop {
+        if !offsets_topic_ready {
+            match handler.ensure_offsets_topic().await {
+                Ok(()) => offsets_topic_ready = true,
+                Err(error) => tracing::warn!(%error, "cannot create the consumer offsets topic yet"),
+            }
+        }
+        if let Err(error) = assignment::reconcile_once(handler.store.as_ref(), max_moves).await {
+            tracing::warn!(%error, "reconcile round failed");
+        }
+        tokio::select! {
+            stop = wait_or_stop(&mut stopping, interval) => if stop { return },
+            _ = handler.reconcile_now.notified() => {}
+        }
+    }
+}
+
+async fn register_self(
+    store: &dyn MetadataStore,
+    config: &NameServerConfig,
+    address: &str,
+) -> Result<LeaseId, MetadataError> {
+    let lease = store.grant(config.lease_ttl_ms).await?;
+    let info = NodeInfo {
+        kind: NodeKind::Nameserver as i32,
+        node_id: config.node_id.clone(),
+        address: address.to_string(),
+        session_id: lease as u64,
+        load: None,
+        lease_remaining_ms: 0,
+        rack: String::new(),
+    };
+    store
+        .put(
+            &keys::node(NodeKind::Nameserver, &config.node_id),
+            keys::encode(&info),
+            Some(lease),
+        )
+        .await?;
+    Ok(lease)
+}
+
+async fn self_registration_loop(
+    store: Arc<dyn MetadataStore>,
+    config: NameServerConfig,
+    address: String,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(config.heartbeat_interval_ms);
+    let mut session: Option<LeaseId> = None;
+    loop {
+        match session {
+            None => match register_self(store.as_ref(), &config, &address).await {
+                Ok(lease) => {
+                    tracing::info!(session = lease, "nameserver registered itself");
+                    session = Some(lease);
+                }
+                Err(error) => tracing::warn!(%error, "nameserver self-registration failed"),
+            },
+            Some(lease) => match store.keep_alive(lease).await {
+                Ok(_) => {}
+                Err(MetadataError::LeaseExpired(_)) => {
+                    tracing::warn!(session = lease, "nameserver session expired; registering again");
+                    session = None;
+                    continue;
+                }
+                Err(error) => tracing::warn!(%error, "nameserver keep-alive failed"),
+            },
+        }
+        if wait_or_stop(&mut stopping, interval).await {
+            break;
+        }
+    }
+    if let Some(lease) = session {
+        if let Err(error) = store.revoke(lease).await {
+            tracing::warn!(%error, "could not remove the nameserver registration");
+        }
+    }
+}

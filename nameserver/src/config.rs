@@ -1,0 +1,250 @@
+//! The nameserver's configuration: defaults, then a TOML file, then
+//! `SLUICE_NAMESERVER_*` environment variables (nested keys split by `__`,
+//! e.g. `SLUICE_NAMESERVER_METADATA__BACKEND=embedded`).
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use sluice_proto::limits;
+use sluice_proto::v1::{Durability, TopicConfig};
+use sluice_telemetry::TelemetryConfig;
+use std::path::{Path, PathBuf};
+
+/// Which metadata backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// etcd at `endpoints` (real clusters).
+    Etcd,
+    /// In-process store persisted in `data_dir` (`sluice dev` only).
+    Embedded,
+}
+
+/// `[metadata]`: where cluster metadata lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// "etcd" (default) or "embedded".
+    pub backend: MetadataBackend,
+    /// etcd client URLs. Default `["http://127.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Bound on establishing an etcd connection. Default 5000.
+    pub connect_timeout_ms: u64,
+    /// Bound on every single etcd request. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Prefix of every key in etcd. Default "/sluice/v1/".
+    pub key_prefix: String,
+    /// Directory of the embedded store's file; required with
+    /// `backend = "embedded"`. Default unset.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            backend: MetadataBackend::Etcd,
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 5_000,
+            key_prefix: crate::metadata::etcd_default_key_prefix().to_string(),
+            data_dir: None,
+        }
+    }
+}
+
+/// `[topic_defaults]`: values filled into a `CreateTopic` config for every
+/// field left at 0 / unspecified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    /// Delete closed segments older than this. Default 604800000 (7 days).
+    pub retention_ms: u64,
+    /// Delete oldest closed segments while a partition is larger; 0 = no
+    /// limit. Default 0.
+    pub retention_bytes: u64,
+    /// Roll the open segment at this size. Default 67108864 (64 MiB).
+    pub segment_bytes: u64,
+    /// Roll the open segment at this age. Default 3600000 (1 hour).
+    pub segment_ms: u64,
+    /// "fsync" or "periodic". Default "fsync".
+    pub durability: DurabilityConfig,
+    /// Stores per segment. Default 1.
+    pub ensemble_size: u32,
+    /// Stores each append is written to. Default 1.
+    pub write_quorum: u32,
+    /// Stores that must confirm an append. Default 1.
+    pub ack_quorum: u32,
+    /// Largest accepted record batch. Default 8388608 (8 MiB).
+    pub max_batch_bytes: u32,
+}
+
+/// Durability as written in TOML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityConfig {
+    Fsync,
+    Periodic,
+}
+
+impl From<DurabilityConfig> for Durability {
+    fn from(value: DurabilityConfig) -> Self {
+        match value {
+            DurabilityConfig::Fsync => Durability::Fsync,
+            DurabilityConfig::Periodic => Durability::Periodic,
+        }
+    }
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
+            retention_bytes: 0,
+            segment_bytes: 64 * 1024 * 1024,
+            segment_ms: 60 * 60 * 1000,
+            durability: DurabilityConfig::Fsync,
+            ensemble_size: 1,
+            write_quorum: 1,
+            ack_quorum: 1,
+            max_batch_bytes: limits::DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+}
+
+impl TopicDefaults {
+    /// A full config for `partitions` partitions from these defaults.
+    pub fn topic_config(&self, partitions: u32) -> TopicConfig {
+        TopicConfig {
+            partitions,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            durability: Durability::from(self.durability) as i32,
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            ensemble_size: self.ensemble_size,
+            write_quorum: self.write_quorum,
+            ack_quorum: self.ack_quorum,
+            max_batch_bytes: self.max_batch_bytes,
+        }
+    }
+}
+
+/// Everything the nameserver can be configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NameServerConfig {
+    /// This nameserver's id, registered under `nodes/nameserver/{id}`.
+    /// Default "nameserver-1".
+    pub node_id: String,
+    /// gRPC listen address. Default "127.0.0.1:7400".
+    pub listen_address: String,
+    /// Address others should use; default unset = the bound address.
+    pub advertised_address: Option<String>,
+    pub metadata: MetadataConfig,
+    /// Lease granted to registered nodes; a node that does not heartbeat
+    /// for this long loses its session. Default 10000.
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval told to nodes (and used for our own lease).
+    /// Default 2000.
+    pub heartbeat_interval_ms: u64,
+    /// Minimum time between writes of a node's reported load into its key.
+    /// Default 5000.
+    pub load_update_interval_ms: u64,
+    /// How often the assignment reconciler runs. Default 1000.
+    pub reconcile_interval_ms: u64,
+    /// Upper bound on balancing moves per reconcile round (orphaned
+    /// partitions are always reassigned). Default 4.
+    pub max_moves_per_reconcile: u32,
+    /// Partitions of the internal `__consumer_offsets` topic, created at
+    /// startup when missing. Default 8.
+    pub offsets_partitions: u32,
+    /// Largest number of operations put into one metadata transaction
+    /// (etcd's `--max-txn-ops` defaults to 128). Topics with more
+    /// partitions get their owner keys created by the reconciler. Default 128.
+    pub max_transaction_operations: u32,
+    /// Upper bound on segments deleted by one `DeleteSegments`. Default 100.
+    pub max_segments_per_delete: u32,
+    /// How often `WatchRoutes` re-reads routes. Default 500.
+    pub watch_routes_interval_ms: u64,
+    /// Upper bound on concurrently open `WatchRoutes` streams. Default 1024.
+    pub max_route_watches: u32,
+    /// Upper bound on retries of a lost compare-and-set (segment id
+    /// counter). Default 16.
+    pub max_cas_retries: u32,
+    /// gRPC message size limit, both directions. Default 16777216.
+    pub max_grpc_message_bytes: usize,
+    pub topic_defaults: TopicDefaults,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for NameServerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "nameserver-1".to_string(),
+            listen_address: "127.0.0.1:7400".to_string(),
+            advertised_address: None,
+            metadata: MetadataConfig::default(),
+            lease_ttl_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+            load_update_interval_ms: 5_000,
+            reconcile_interval_ms: 1_000,
+            max_moves_per_reconcile: 4,
+            offsets_partitions: 8,
+            max_transaction_operations: 128,
+            max_segments_per_delete: 100,
+            watch_routes_interval_ms: 500,
+            max_route_watches: 1024,
+            max_cas_retries: 16,
+            max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            topic_defaults: TopicDefaults::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl NameServerConfig {
+    /// Defaults, then `path` (must exist when given), then environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("SLUICE_NAMESERVER_").split("__"))
+            .extract()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nameserver.toml");
+        let loaded = NameServerConfig::load(Some(&path)).expect("config/nameserver.toml loads");
+        assert_eq!(loaded, NameServerConfig::default());
+    }
+
+    #[test]
+    fn embedded_backend_parses() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("ns.toml");
+        std::fs::write(
+            &path,
+            "[metadata]\nbackend = \"embedded\"\ndata_dir = \"/tmp/x\"\n",
+        )
+        .expect("write config");
+        let loaded = NameServerConfig::load(Some(&path)).expect("loads");
+        assert_eq!(loaded.metadata.backend, MetadataBackend::Embedded);
+        assert_eq!(loaded.metadata.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("ns.toml");
+        std::fs::write(&path, "lease_ttl = 5\n").expect("write config");
+        assert!(NameServerConfig::load(Some(&path)).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The metadata key layout (see ARCHITECTURE.md, "Metadata layout") and the
+//! nameserver's own stored records, all prost-encoded.
+
+use crate::error::NameServerError;
+use sluice_proto::v1::NodeKind;
+
+pub const NODES: &str = "nodes/";
+pub const TOPICS: &str = "topics/";
+pub const PARTITIONS: &str = "partitions/";
+pub const SEGMENTS: &str = "segments/";
+pub const GROUPS: &str = "groups/";
+pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
+
+/// Owner of a partition: written only by the reconciler, with a CAS on the
+/// key's mod revision. An empty `broker_id` means "never assigned".
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PartitionOwner {
+    #[prost(string, tag = "1")]
+    pub broker_id: String,
+    /// The broker's session (lease id) when it was given the partition.
+    #[prost(uint64, tag = "2")]
+    pub broker_session: u64,
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+}
+
+/// Value of `counters/segment_id`: the next id to hand out.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SegmentIdCounter {
+    #[prost(uint64, tag = "1")]
+    pub next_segment_id: u64,
+}
+
+pub fn kind_segment(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Broker => "broker",
+        NodeKind::Store => "store",
+        NodeKind::Nameserver => "nameserver",
+        NodeKind::Unspecified => "unspecified",
+    }
+}
+
+pub fn nodes_of_kind(kind: NodeKind) -> String {
+    format!("{NODES}{}/", kind_segment(kind))
+}
+
+pub fn node(kind: NodeKind, node_id: &str) -> String {
+    format!("{NODES}{}/{node_id}", kind_segment(kind))
+}
+
+pub fn topic(topic: &str) -> String {
+    format!("{TOPICS}{topic}")
+}
+
+pub fn partitions_of(topic: &str) -> String {
+    format!("{PARTITIONS}{topic}/")
+}
+
+pub fn partition(topic: &str, partition: u32) -> String {
+    format!("{PARTITIONS}{topic}/{partition:05}")
+}
+
+pub fn segments_of_topic(topic: &str) -> String {
+    format!("{SEGMENTS}{topic}/")
+}
+
+pub fn segments_of(topic: &str, partition: u32) -> String {
+    format!("{SEGMENTS}{topic}/{partition:05}/")
+}
+
+pub fn segment(topic: &str, partition: u32, segment_id: u64) -> String {
+    format!("{SEGMENTS}{topic}/{partition:05}/{segment_id:020}")
+}
+
+pub fn group(group: &str) -> String {
+    format!("{GROUPS}{group}")
+}
+
+/// Parses `partitions/{topic}/{partition:05}` back into its parts.
+pub fn parse_partition(key: &str) -> Option<(String, u32)> {
+    let rest = key.strip_prefix(PARTITIONS)?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic.to_string(), partition.parse().ok()?))
+}
+
+/// Decodes a stored value; garbage is logged and reported, never a panic.
+pub fn decode<T: prost::Message + Default>(key: &str, value: &[u8]) -> Result<T, NameServerError> {
+    T::decode(value).map_err(|error| {
+        tracing::error!(key, %error, "undecodable metadata value");
+        NameServerError::CorruptValue {
+            key: key.to_string(),
+            reason: error.to_string(),
+        }
+    })
+}
+
+pub fn encode<T: prost::Message>(message: &T) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_round_trip() {
+        let key = partition("orders", 7);
+        assert_eq!(key, "partitions/orders/00007");
+        assert_eq!(parse_partition(&key), Some(("orders".to_string(), 7)));
+        assert_eq!(parse_partition("partitions/x"), None);
+        assert_eq!(
+            segment("t", 1, 42),
+            "segments/t/00001/00000000000000000042"
+        );
+    }
+
+    #[test]
+    fn garbage_values_are_errors() {
+        let result: Result<PartitionOwner, _> = decode("k", &[0xff, 0xff, 0xff]);
+        assert!(result.is_err());
+    }
+}
