@@ -1,0 +1,382 @@
+//! Connections and cluster metadata shared by every client object: the
+//! nameserver list with fail-over, one gRPC channel per broker address, the
+//! route cache (rate-limited refresh) and group-coordinator lookup.
+
+use crate::{ClientConfig, ClientError};
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::{FindCoordinatorRequest, GetRoutesRequest, PartitionRoute};
+use sluice_proto::{ErrorCode, SluiceError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Minimum time between two route refreshes of the same topic, in
+/// milliseconds; errors from many in-flight requests would otherwise turn
+/// into a storm of `GetRoutes` calls.
+pub(crate) const ROUTE_REFRESH_MIN_INTERVAL_MS: u64 = 100;
+
+/// The interceptor that injects W3C trace context into every request.
+pub(crate) type TraceInterceptor =
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+pub(crate) type BrokerGrpc = BrokerClient<InterceptedService<Channel, TraceInterceptor>>;
+pub(crate) type NameServerGrpc = NameServerClient<InterceptedService<Channel, TraceInterceptor>>;
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Routes of one topic as last seen.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicRoutes {
+    /// Indexed by partition number.
+    pub partitions: Vec<PartitionRoute>,
+}
+
+struct RouteCache {
+    topics: HashMap<String, Arc<TopicRoutes>>,
+    last_refresh: HashMap<String, Instant>,
+}
+
+/// Shared connection state.
+pub(crate) struct Cluster {
+    pub config: ClientConfig,
+    /// Index into `bootstrap` of the nameserver that answered last.
+    preferred_nameserver: Mutex<usize>,
+    channels: Mutex<HashMap<String, Channel>>,
+    routes: Mutex<RouteCache>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short, non-awaiting locks leaves
+    // plain data behind; keep going with it.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Adds `http://` to addresses that have no scheme (brokers register
+/// `host:port`).
+pub(crate) fn normalize_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+impl Cluster {
+    /// Connects to the first bootstrap nameserver that accepts a connection.
+    pub async fn connect(config: ClientConfig) -> Result<Arc<Cluster>, ClientError> {
+        if config.bootstrap.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "ClientConfig.bootstrap is empty: give at least one nameserver URL such as http://127.0.0.1:7400"
+                    .into(),
+            ));
+        }
+        let cluster = Arc::new(Cluster {
+            config: config.clone(),
+            preferred_nameserver: Mutex::new(0),
+            channels: Mutex::new(HashMap::new()),
+            routes: Mutex::new(RouteCache {
+                topics: HashMap::new(),
+                last_refresh: HashMap::new(),
+            }),
+        });
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        for (index, url) in config.bootstrap.iter().enumerate() {
+            tried.push(url.clone());
+            let endpoint = match cluster.endpoint(url) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    last = error.to_string();
+                    continue;
+                }
+            };
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    lock(&cluster.channels).insert(normalize_address(url), channel);
+                    *lock(&cluster.preferred_nameserver) = index;
+                    return Ok(cluster);
+                }
+                Err(error) => {
+                    tracing::warn!(nameserver = %url, %error, "nameserver did not accept a connection");
+                    last = format!("{url}: {error}");
+                }
+            }
+        }
+        Err(ClientError::NoNameserver { tried, last })
+    }
+
+    fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
+        let address = normalize_address(address);
+        let endpoint = Endpoint::from_shared(address.clone()).map_err(|error| {
+            ClientError::InvalidArgument(format!("bad server address '{address}': {error}"))
+        })?;
+        Ok(endpoint
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true))
+    }
+
+    /// The (lazily connected) channel to `address`, one per address.
+    pub fn channel(&self, address: &str) -> Result<Channel, ClientError> {
+        let address = normalize_address(address);
+        if let Some(channel) = lock(&self.channels).get(&address) {
+            return Ok(channel.clone());
+        }
+        let channel = self.endpoint(&address)?.connect_lazy();
+        Ok(lock(&self.channels)
+            .entry(address)
+            .or_insert(channel)
+            .clone())
+    }
+
+    pub fn broker(&self, address: &str) -> Result<BrokerGrpc, ClientError> {
+        let channel = self.channel(address)?;
+        let interceptor: TraceInterceptor = sluice_telemetry::inject_interceptor;
+        Ok(BrokerClient::with_interceptor(channel, interceptor)
+            .max_decoding_message_size(self.config.max_grpc_message_bytes)
+            .max_encoding_message_size(self.config.max_grpc_message_bytes))
+    }
+
+    fn nameserver(&self, address: &str) -> Result<NameServerGrpc, ClientError> {
+        let channel = self.channel(address)?;
+        let interceptor: TraceInterceptor = sluice_telemetry::inject_interceptor;
+        Ok(NameServerClient::with_interceptor(channel, interceptor)
+            .max_decoding_message_size(self.config.max_grpc_message_bytes)
+            .max_encoding_message_size(self.config.max_grpc_message_bytes))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Runs one unary call bounded by the request timeout.
+    pub async fn unary<T, Fut>(
+        &self,
+        what: &str,
+        address: &str,
+        call: Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.request_timeout(), call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(address, &status)),
+            Err(_) => Err(ClientError::Timeout {
+                what: format!("{what} at {address}"),
+                timeout_ms: self.config.request_timeout_ms,
+            }),
+        }
+    }
+
+    /// Calls a nameserver, starting with the one that answered last and
+    /// failing over to the others on transport errors and timeouts.
+    pub async fn call_nameserver<T, F, Fut>(&self, what: &str, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(NameServerGrpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let count = self.config.bootstrap.len();
+        let start = *lock(&self.preferred_nameserver);
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        for step in 0..count {
+            let index = (start + step) % count;
+            let address = &self.config.bootstrap[index];
+            tried.push(address.clone());
+            let client = match self.nameserver(address) {
+                Ok(client) => client,
+                Err(error) => {
+                    last = error.to_string();
+                    continue;
+                }
+            };
+            match self.unary(what, address, call(client)).await {
+                Ok(value) => {
+                    *lock(&self.preferred_nameserver) = index;
+                    return Ok(value);
+                }
+                Err(ClientError::Server(error))
+                    if !matches!(error.code, ErrorCode::Unavailable | ErrorCode::ShuttingDown) =>
+                {
+                    return Err(ClientError::Server(error));
+                }
+                Err(error) => {
+                    tracing::warn!(nameserver = %address, %error, what, "nameserver call failed; trying the next one");
+                    last = error.to_string();
+                }
+            }
+        }
+        Err(ClientError::NoNameserver { tried, last })
+    }
+
+    /// Routes of `topic`, from the cache or fetched.
+    pub async fn topic_routes(&self, topic: &str) -> Result<Arc<TopicRoutes>, ClientError> {
+        if let Some(routes) = lock(&self.routes).topics.get(topic) {
+            return Ok(routes.clone());
+        }
+        self.fetch_routes(&[topic.to_string()]).await?;
+        lock(&self.routes).topics.get(topic).cloned().ok_or_else(|| {
+            ClientError::Server(SluiceError::new(
+                ErrorCode::UnknownTopic,
+                format!("topic '{topic}' does not exist (create it with `sluice topic create {topic}`)"),
+            ))
+        })
+    }
+
+    /// The cached route of one partition, if any.
+    pub fn cached_route(&self, topic: &str, partition: u32) -> Option<PartitionRoute> {
+        lock(&self.routes)
+            .topics
+            .get(topic)
+            .and_then(|routes| routes.partitions.get(partition as usize).cloned())
+    }
+
+    /// Refreshes `topics` unless each was refreshed within
+    /// [`ROUTE_REFRESH_MIN_INTERVAL_MS`].
+    pub async fn refresh_routes(&self, topics: &[String]) -> Result<(), ClientError> {
+        let due: Vec<String> = {
+            let cache = lock(&self.routes);
+            let now = Instant::now();
+            topics
+                .iter()
+                .filter(|topic| {
+                    cache.last_refresh.get(*topic).is_none_or(|at| {
+                        now.duration_since(*at)
+                            >= Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS)
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.fetch_routes(&due).await
+    }
+
+    async fn fetch_routes(&self, topics: &[String]) -> Result<(), ClientError> {
+        {
+            let mut cache = lock(&self.routes);
+            let now = Instant::now();
+            for topic in topics {
+                cache.last_refresh.insert(topic.clone(), now);
+            }
+        }
+        let request = GetRoutesRequest {
+            topics: topics.to_vec(),
+        };
+        let response = self
+            .call_nameserver("GetRoutes", |mut client| {
+                let request = request.clone();
+                async move { client.get_routes(request).await }
+            })
+            .await?;
+        let mut cache = lock(&self.routes);
+        let mut first_error = None;
+        for route in response.topics {
+            if let Some(error) =
+                ClientError::from_code(route.error, format!("topic '{}'", route.topic))
+            {
+                cache.topics.remove(&route.topic);
+                if first_error.is_none() && topics.len() == 1 {
+                    first_error = Some(error);
+                }
+                continue;
+            }
+            let mut partitions = route.partitions;
+            partitions.sort_by_key(|partition| partition.partition);
+            cache
+                .topics
+                .insert(route.topic, Arc::new(TopicRoutes { partitions }));
+        }
+        match first_error {
+            Some(ClientError::Server(error)) if error.code == ErrorCode::UnknownTopic => {
+                Err(ClientError::Server(SluiceError::new(
+                    ErrorCode::UnknownTopic,
+                    format!(
+                        "{} does not exist (create it with `sluice topic create`)",
+                        error.message
+                    ),
+                )))
+            }
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The address of the coordinator of `group`.
+    pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
+        let request = FindCoordinatorRequest {
+            group: group.to_string(),
+        };
+        let response = self
+            .call_nameserver("FindCoordinator", |mut client| {
+                let request = request.clone();
+                async move { client.find_coordinator(request).await }
+            })
+            .await?;
+        if response.broker_address.is_empty() {
+            return Err(ClientError::Server(SluiceError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "group '{group}' has no coordinator right now (offsets partition {} has no live owner); retry shortly",
+                    response.offsets_partition
+                ),
+            )));
+        }
+        Ok(normalize_address(&response.broker_address))
+    }
+}
+
+/// Exponential backoff: `base_ms * 2^attempt`, capped at `max_ms`.
+pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let factor = 1u64.checked_shl(attempt.min(30)).unwrap_or(u64::MAX);
+    Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms.max(base_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0, 100, 1000), Duration::from_millis(100));
+        assert_eq!(backoff(1, 100, 1000), Duration::from_millis(200));
+        assert_eq!(backoff(3, 100, 1000), Duration::from_millis(800));
+        assert_eq!(backoff(4, 100, 1000), Duration::from_millis(1000));
+        assert_eq!(backoff(200, 100, 1000), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(normalize_address("127.0.0.1:7401"), "http://127.0.0.1:7401");
+        assert_eq!(normalize_address("http://a:1"), "http://a:1");
+    }
+}

@@ -1,0 +1,541 @@
+//! Background fetching: one task per broker address fetches the assigned
+//! partitions that broker owns (long poll), decodes batches and hands
+//! records to the consumer through a buffer bounded by `max_buffered_bytes`.
+
+use super::{ConsumerConfig, ConsumerRecord, StartOffset};
+use crate::cluster::{backoff, normalize_address, Cluster, TopicPartition};
+use crate::ClientError;
+use bytes::Bytes;
+use sluice_proto::batch::{decode, BatchIter};
+use sluice_proto::v1::{FetchPartition, FetchRequest, FetchedPartition, OffsetSpec};
+use sluice_proto::ErrorCode;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// How often the manager re-checks routes and fetcher tasks, in milliseconds.
+const MANAGER_INTERVAL_MS: u64 = 100;
+/// Pause after a failed fetch before trying again, in milliseconds.
+const FETCH_RETRY_BACKOFF_MS: u64 = 100;
+const FETCH_RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+
+/// Fetch position of one assigned partition.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchPosition {
+    /// Next offset to fetch.
+    pub offset: u64,
+    /// Set while the start still has to be resolved with `ListOffsets`.
+    pub unresolved: Option<StartOffset>,
+    /// Changes on every seek/assignment; fetched data of an older
+    /// generation is dropped.
+    pub generation: u64,
+    /// Stopped after an error retrying cannot fix (until the next seek).
+    pub paused: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FetchState {
+    pub partitions: HashMap<TopicPartition, FetchPosition>,
+    /// Bytes fetched and not yet taken by the consumer.
+    pub buffered_bytes: usize,
+    next_generation: u64,
+}
+
+impl FetchState {
+    /// Starts (or restarts) fetching `partition` from `start`.
+    pub fn set_start(&mut self, partition: TopicPartition, start: StartOffset) {
+        self.next_generation += 1;
+        let (offset, unresolved) = match start {
+            StartOffset::Offset(offset) => (offset, None),
+            other => (0, Some(other)),
+        };
+        self.partitions.insert(
+            partition,
+            FetchPosition {
+                offset,
+                unresolved,
+                generation: self.next_generation,
+                paused: false,
+            },
+        );
+    }
+}
+
+/// What fetchers hand to the consumer.
+pub(crate) enum Fetched {
+    Records {
+        partition: TopicPartition,
+        generation: u64,
+        /// The offset the fetch asked for; earlier records are skipped.
+        start: u64,
+        records: Vec<ConsumerRecord>,
+        bytes: usize,
+    },
+    Error {
+        partition: TopicPartition,
+        generation: u64,
+        error: ClientError,
+    },
+}
+
+pub(crate) struct FetchShared {
+    pub state: Mutex<FetchState>,
+    /// Signalled when buffer room or partitions change.
+    pub wake: Notify,
+    pub closed: AtomicBool,
+}
+
+impl FetchShared {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(FetchState::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FetchState> {
+        // Plain data; a panic elsewhere does not make it unusable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The consumer took `bytes` out of the buffer.
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.buffered_bytes = state.buffered_bytes.saturating_sub(bytes);
+        drop(state);
+        self.wake.notify_waiters();
+    }
+}
+
+/// Keeps one fetcher task per broker that owns an assigned partition.
+pub(crate) async fn run_manager(
+    cluster: Arc<Cluster>,
+    config: Arc<ConsumerConfig>,
+    shared: Arc<FetchShared>,
+    output: mpsc::UnboundedSender<Fetched>,
+) {
+    let mut fetchers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    while !shared.closed.load(Ordering::Acquire) {
+        let partitions: Vec<TopicPartition> = shared.lock().partitions.keys().cloned().collect();
+        let mut addresses = HashSet::new();
+        let mut unrouted = HashSet::new();
+        for partition in &partitions {
+            match cluster.cached_route(&partition.topic, partition.partition) {
+                Some(route) if !route.broker_address.is_empty() => {
+                    addresses.insert(normalize_address(&route.broker_address));
+                }
+                _ => {
+                    unrouted.insert(partition.topic.clone());
+                }
+            }
+        }
+        if !unrouted.is_empty() {
+            let topics: Vec<String> = unrouted.into_iter().collect();
+            if let Err(error) = cluster.refresh_routes(&topics).await {
+                tracing::warn!(?topics, %error, "cannot get routes for assigned partitions");
+            }
+        }
+        fetchers.retain(|_, task| !task.is_finished());
+        for address in addresses {
+            fetchers.entry(address.clone()).or_insert_with(|| {
+                tokio::spawn(run_fetcher(
+                    cluster.clone(),
+                    config.clone(),
+                    shared.clone(),
+                    output.clone(),
+                    address,
+                ))
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(MANAGER_INTERVAL_MS)) => {}
+            _ = shared.wake.notified() => {}
+        }
+    }
+    for (_, task) in fetchers {
+        task.abort();
+    }
+}
+
+fn routed_to(cluster: &Cluster, partition: &TopicPartition, address: &str) -> bool {
+    cluster
+        .cached_route(&partition.topic, partition.partition)
+        .is_some_and(|route| {
+            !route.broker_address.is_empty() && normalize_address(&route.broker_address) == address
+        })
+}
+
+/// Fetches from one broker until it owns none of the assigned partitions.
+async fn run_fetcher(
+    cluster: Arc<Cluster>,
+    config: Arc<ConsumerConfig>,
+    shared: Arc<FetchShared>,
+    output: mpsc::UnboundedSender<Fetched>,
+    address: String,
+) {
+    let mut failures = 0u32;
+    while !shared.closed.load(Ordering::Acquire) {
+        let room = config
+            .max_buffered_bytes
+            .saturating_sub(shared.lock().buffered_bytes);
+        if room == 0 {
+            // Buffer full: stop fetching until the application catches up.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(MANAGER_INTERVAL_MS),
+                shared.wake.notified(),
+            )
+            .await;
+            continue;
+        }
+        let (to_resolve, to_fetch) = {
+            let state = shared.lock();
+            let mut to_resolve = Vec::new();
+            let mut to_fetch = Vec::new();
+            for (partition, position) in &state.partitions {
+                if position.paused || !routed_to(&cluster, partition, &address) {
+                    continue;
+                }
+                match position.unresolved {
+                    Some(start) => to_resolve.push((partition.clone(), start, position.generation)),
+                    None => {
+                        to_fetch.push((partition.clone(), position.offset, position.generation))
+                    }
+                }
+            }
+            (to_resolve, to_fetch)
+        };
+        if to_resolve.is_empty() && to_fetch.is_empty() {
+            return;
+        }
+        let mut failed = false;
+        for (partition, start, generation) in to_resolve {
+            match resolve_start(&cluster, &partition, start).await {
+                Ok(offset) => {
+                    let mut state = shared.lock();
+                    if let Some(position) = state.partitions.get_mut(&partition) {
+                        if position.generation == generation {
+                            tracing::debug!(%partition, offset, ?start, "start position resolved");
+                            position.offset = offset;
+                            position.unresolved = None;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%partition, %error, "cannot resolve start offset");
+                    failed = true;
+                    if error.needs_route_refresh() {
+                        let _ = cluster
+                            .refresh_routes(std::slice::from_ref(&partition.topic))
+                            .await;
+                    }
+                }
+            }
+        }
+        if !to_fetch.is_empty() {
+            let max_bytes = config
+                .fetch_max_bytes
+                .min(u32::try_from(room).unwrap_or(u32::MAX))
+                .max(1);
+            let request = FetchRequest {
+                partitions: to_fetch
+                    .iter()
+                    .map(|(partition, offset, _)| FetchPartition {
+                        topic: partition.topic.clone(),
+                        partition: partition.partition,
+                        offset: *offset,
+                        max_bytes: config.fetch_partition_max_bytes,
+                    })
+                    .collect(),
+                max_wait_ms: config.fetch_max_wait_ms,
+                min_bytes: 1,
+                max_bytes,
+            };
+            let result = match cluster.broker(&address) {
+                Ok(mut client) => {
+                    cluster
+                        .unary("Fetch", &address, client.fetch(request))
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(response) => {
+                    let requested: HashMap<TopicPartition, (u64, u64)> = to_fetch
+                        .into_iter()
+                        .map(|(partition, offset, generation)| (partition, (offset, generation)))
+                        .collect();
+                    let mut refresh = HashSet::new();
+                    for fetched in response.partitions {
+                        let partition =
+                            TopicPartition::new(fetched.topic.clone(), fetched.partition);
+                        let Some(&(offset, generation)) = requested.get(&partition) else {
+                            continue;
+                        };
+                        match handle_partition(
+                            &config, &shared, &output, &partition, offset, generation, fetched,
+                        ) {
+                            Handled::Ok => {}
+                            Handled::Refresh => {
+                                refresh.insert(partition.topic.clone());
+                                failed = true;
+                            }
+                        }
+                    }
+                    if !refresh.is_empty() {
+                        let topics: Vec<String> = refresh.into_iter().collect();
+                        let _ = cluster.refresh_routes(&topics).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(address, %error, "fetch failed");
+                    failed = true;
+                    if error.needs_route_refresh() {
+                        let topics: Vec<String> = requested_topics(&shared);
+                        let _ = cluster.refresh_routes(&topics).await;
+                    }
+                }
+            }
+        }
+        if failed {
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(backoff(
+                failures - 1,
+                FETCH_RETRY_BACKOFF_MS,
+                FETCH_RETRY_BACKOFF_MAX_MS,
+            ))
+            .await;
+        } else {
+            failures = 0;
+        }
+    }
+}
+
+fn requested_topics(shared: &FetchShared) -> Vec<String> {
+    let state = shared.lock();
+    let topics: HashSet<String> = state
+        .partitions
+        .keys()
+        .map(|partition| partition.topic.clone())
+        .collect();
+    topics.into_iter().collect()
+}
+
+async fn resolve_start(
+    cluster: &Cluster,
+    partition: &TopicPartition,
+    start: StartOffset,
+) -> Result<u64, ClientError> {
+    let (spec, timestamp_ms) = match start {
+        StartOffset::Offset(offset) => return Ok(offset),
+        StartOffset::Earliest => (OffsetSpec::Earliest, 0),
+        StartOffset::Latest => (OffsetSpec::Latest, 0),
+        StartOffset::Timestamp(timestamp_ms) => (OffsetSpec::Timestamp, timestamp_ms),
+    };
+    let response = crate::admin::list_offsets(
+        cluster,
+        &partition.topic,
+        partition.partition,
+        spec,
+        timestamp_ms,
+    )
+    .await?;
+    Ok(response.offset)
+}
+
+enum Handled {
+    Ok,
+    Refresh,
+}
+
+/// Applies one partition of a fetch response.
+fn handle_partition(
+    config: &ConsumerConfig,
+    shared: &FetchShared,
+    output: &mpsc::UnboundedSender<Fetched>,
+    partition: &TopicPartition,
+    offset: u64,
+    generation: u64,
+    fetched: FetchedPartition,
+) -> Handled {
+    if let Some(error) = ClientError::from_code(
+        fetched.error,
+        format!(
+            "fetch of {partition} at offset {offset}: {}",
+            fetched.error_message
+        ),
+    ) {
+        let mut state = shared.lock();
+        let Some(position) = state.partitions.get_mut(partition) else {
+            return Handled::Ok;
+        };
+        if position.generation != generation || position.offset != offset {
+            return Handled::Ok;
+        }
+        if error.code() == Some(ErrorCode::OffsetOutOfRange) {
+            tracing::warn!(
+                %partition, offset, log_start = fetched.log_start_offset, high_watermark = fetched.high_watermark,
+                reset = ?config.reset, "offset out of range; applying the reset policy"
+            );
+            position.unresolved = Some(config.reset);
+            return Handled::Ok;
+        }
+        if error.is_retriable() || error.needs_route_refresh() {
+            tracing::debug!(%partition, %error, "retriable fetch error");
+            return Handled::Refresh;
+        }
+        tracing::error!(%partition, %error, "fetch failed; partition paused until seek");
+        position.paused = true;
+        let _ = output.send(Fetched::Error {
+            partition: partition.clone(),
+            generation,
+            error,
+        });
+        return Handled::Ok;
+    }
+    let bytes = fetched.batches.len();
+    let decoded = decode_batches(
+        partition,
+        &fetched.batches,
+        offset,
+        config.client.max_grpc_message_bytes,
+    );
+    let mut state = shared.lock();
+    let Some(position) = state.partitions.get_mut(partition) else {
+        return Handled::Ok;
+    };
+    // A seek or a second fetcher (after a route change) got there first.
+    if position.generation != generation || position.offset != offset {
+        return Handled::Ok;
+    }
+    match decoded {
+        Ok((records, next_offset)) => {
+            if next_offset <= offset && records.is_empty() {
+                return Handled::Ok;
+            }
+            position.offset = next_offset.max(offset);
+            state.buffered_bytes += bytes;
+            let _ = output.send(Fetched::Records {
+                partition: partition.clone(),
+                generation,
+                start: offset,
+                records,
+                bytes,
+            });
+        }
+        Err(error) => {
+            tracing::error!(%partition, offset, %error, "fetched data does not decode; partition paused until seek");
+            position.paused = true;
+            let _ = output.send(Fetched::Error {
+                partition: partition.clone(),
+                generation,
+                error,
+            });
+        }
+    }
+    Handled::Ok
+}
+
+/// Decodes concatenated batches into records at or after `offset`; returns
+/// them and the offset after the last batch.
+pub(crate) fn decode_batches(
+    partition: &TopicPartition,
+    batches: &Bytes,
+    offset: u64,
+    max_batch_bytes: usize,
+) -> Result<(Vec<ConsumerRecord>, u64), ClientError> {
+    let mut records = Vec::new();
+    let mut next_offset = offset;
+    for item in BatchIter::new(batches) {
+        let (_, _, batch) = item.map_err(|error| {
+            ClientError::Decode(format!(
+                "{partition} at offset {offset}: malformed batch: {error}"
+            ))
+        })?;
+        let batch = batches.slice_ref(batch);
+        let (header, decoded) = decode(&batch, max_batch_bytes).map_err(|error| {
+            ClientError::Decode(format!("{partition} at offset {offset}: {error}"))
+        })?;
+        next_offset = next_offset.max(header.end_offset());
+        for record in decoded {
+            if record.offset < offset {
+                continue;
+            }
+            records.push(ConsumerRecord {
+                topic: partition.topic.clone(),
+                partition: partition.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key,
+                value: record.value,
+                headers: record.headers,
+                tags: record.tags,
+            });
+        }
+    }
+    Ok((records, next_offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::batch::{assign, BatchBuilder, Compression, RecordData};
+
+    fn batch(base_offset: u64, values: &[&str]) -> Vec<u8> {
+        let mut builder = BatchBuilder::new(Compression::Lz4);
+        for value in values {
+            builder.push(&RecordData {
+                value: Some(Bytes::from(value.to_string())),
+                timestamp_ms: Some(7),
+                ..RecordData::default()
+            });
+        }
+        let mut bytes = builder.build().to_vec();
+        assign(&mut bytes, base_offset, 1);
+        bytes
+    }
+
+    #[test]
+    fn skips_records_before_the_requested_offset() {
+        let mut bytes = batch(10, &["a", "b", "c"]);
+        bytes.extend(batch(13, &["d"]));
+        let partition = TopicPartition::new("t", 0);
+        let (records, next) =
+            decode_batches(&partition, &Bytes::from(bytes), 11, 1 << 20).expect("valid batches");
+        let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, vec![11, 12, 13]);
+        assert_eq!(records[0].value.as_deref(), Some(&b"b"[..]));
+        assert_eq!(next, 14);
+    }
+
+    #[test]
+    fn corrupt_data_is_an_error_not_a_panic() {
+        let mut bytes = batch(0, &["a", "b"]);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        let partition = TopicPartition::new("t", 0);
+        let result = decode_batches(&partition, &Bytes::from(bytes), 0, 1 << 20);
+        assert!(matches!(result, Err(ClientError::Decode(_))));
+        let result = decode_batches(&partition, &Bytes::from_static(&[1, 2, 3]), 0, 1 << 20);
+        assert!(matches!(result, Err(ClientError::Decode(_))));
+    }
+
+    #[test]
+    fn set_start_bumps_the_generation() {
+        let mut state = FetchState::default();
+        let partition = TopicPartition::new("t", 0);
+        state.set_start(partition.clone(), StartOffset::Offset(5));
+        let first = state.partitions[&partition].generation;
+        assert_eq!(state.partitions[&partition].offset, 5);
+        state.set_start(partition.clone(), StartOffset::Latest);
+        assert!(state.partitions[&partition].generation > first);
+        assert_eq!(
+            state.partitions[&partition].unresolved,
+            Some(StartOffset::Latest)
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! Group membership: the background `GroupHeartbeat` loop and offset
+//! commit/fetch at the coordinator.
+
+use crate::cluster::{backoff, Cluster, TopicPartition};
+use crate::ClientError;
+use sluice_proto::v1::{
+    CommitOffsetsRequest, FetchOffsetsRequest, GroupHeartbeatRequest, PartitionOffset,
+    TopicPartitions,
+};
+use sluice_proto::ErrorCode;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Attempts of one commit/fetch-offsets call while the coordinator moves.
+const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
+/// Backoff between failed heartbeats, in milliseconds (first and largest).
+const HEARTBEAT_RETRY_BACKOFF_MS: u64 = 100;
+const HEARTBEAT_RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+/// Used until the coordinator says otherwise, in milliseconds.
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    pub member_id: String,
+    pub member_epoch: i64,
+    /// What this member owns (fetches); reported in every heartbeat.
+    pub owned: BTreeSet<TopicPartition>,
+    /// The coordinator's latest target assignment.
+    pub target: Option<BTreeSet<TopicPartition>>,
+    pub coordinator: Option<String>,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// State shared between the consumer and its heartbeat task.
+pub(crate) struct GroupShared {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub session_timeout_ms: u32,
+    pub state: Mutex<GroupState>,
+    /// Signalled when the target assignment changed.
+    pub assignment_changed: Notify,
+    /// Signalled when the owned set changed, to report it promptly.
+    pub heartbeat_now: Notify,
+    pub closed: AtomicBool,
+}
+
+impl GroupShared {
+    pub fn new(group: String, topics: Vec<String>, session_timeout_ms: u32) -> Self {
+        Self {
+            group,
+            topics,
+            session_timeout_ms,
+            state: Mutex::new(GroupState {
+                heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+                ..GroupState::default()
+            }),
+            assignment_changed: Notify::new(),
+            heartbeat_now: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, GroupState> {
+        // Plain data; a panic elsewhere does not make it unusable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub(crate) fn to_topic_partitions(partitions: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for partition in partitions {
+        by_topic
+            .entry(partition.topic.as_str())
+            .or_default()
+            .push(partition.partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+pub(crate) fn from_topic_partitions(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
+    list.iter()
+        .flat_map(|entry| {
+            entry
+                .partitions
+                .iter()
+                .map(|partition| TopicPartition::new(entry.topic.clone(), *partition))
+        })
+        .collect()
+}
+
+async fn coordinator(cluster: &Cluster, shared: &GroupShared) -> Result<String, ClientError> {
+    if let Some(address) = shared.lock().coordinator.clone() {
+        return Ok(address);
+    }
+    let address = cluster.find_coordinator(&shared.group).await?;
+    shared.lock().coordinator = Some(address.clone());
+    Ok(address)
+}
+
+fn coordinator_lost(error: &ClientError) -> bool {
+    matches!(
+        error.code(),
+        Some(ErrorCode::NotCoordinator | ErrorCode::Unavailable | ErrorCode::ShuttingDown)
+    ) || matches!(
+        error,
+        ClientError::Transport { .. } | ClientError::Timeout { .. }
+    )
+}
+
+/// One heartbeat (join when the member id is empty). Applies the answer to
+/// the shared state; returns whether the target changed.
+pub(crate) async fn heartbeat_once(
+    cluster: &Cluster,
+    shared: &GroupShared,
+) -> Result<bool, ClientError> {
+    let address = coordinator(cluster, shared).await?;
+    let request = {
+        let state = shared.lock();
+        GroupHeartbeatRequest {
+            group: shared.group.clone(),
+            member_id: state.member_id.clone(),
+            member_epoch: state.member_epoch,
+            topics: shared.topics.clone(),
+            owned: to_topic_partitions(&state.owned),
+            session_timeout_ms: shared.session_timeout_ms,
+            client_id: cluster.config.client_id.clone(),
+        }
+    };
+    let mut client = cluster.broker(&address)?;
+    let result = cluster
+        .unary("GroupHeartbeat", &address, client.group_heartbeat(request))
+        .await
+        .and_then(|response| {
+            match ClientError::from_code(
+                response.error,
+                format!("group '{}': {}", shared.group, response.error_message),
+            ) {
+                Some(error) => Err(error),
+                None => Ok(response),
+            }
+        });
+    let mut state = shared.lock();
+    match result {
+        Ok(response) => {
+            state.member_id = response.member_id;
+            state.member_epoch = response.member_epoch;
+            if response.heartbeat_interval_ms > 0 {
+                state.heartbeat_interval_ms = u64::from(response.heartbeat_interval_ms);
+            }
+            let target = from_topic_partitions(&response.assignment);
+            let changed = state.target.as_ref() != Some(&target);
+            state.target = Some(target);
+            Ok(changed)
+        }
+        Err(error) => {
+            if coordinator_lost(&error) {
+                state.coordinator = None;
+            }
+            if matches!(
+                error.code(),
+                Some(ErrorCode::UnknownMember | ErrorCode::StaleMemberEpoch)
+            ) {
+                tracing::info!(group = %shared.group, %error, "fenced by the coordinator; rejoining with what it still owns");
+                state.member_id.clear();
+                state.member_epoch = 0;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Heartbeats until the consumer closes.
+pub(crate) async fn heartbeat_loop(cluster: Arc<Cluster>, shared: Arc<GroupShared>) {
+    let mut failures = 0u32;
+    while !shared.closed.load(Ordering::Acquire) {
+        let wait = match heartbeat_once(&cluster, &shared).await {
+            Ok(changed) => {
+                failures = 0;
+                if changed {
+                    shared.assignment_changed.notify_one();
+                }
+                Duration::from_millis(shared.lock().heartbeat_interval_ms)
+            }
+            Err(error) => {
+                let rejoin = matches!(
+                    error.code(),
+                    Some(ErrorCode::UnknownMember | ErrorCode::StaleMemberEpoch)
+                );
+                if !rejoin {
+                    tracing::warn!(group = %shared.group, %error, "group heartbeat failed");
+                }
+                failures = failures.saturating_add(1);
+                backoff(
+                    failures - 1,
+                    HEARTBEAT_RETRY_BACKOFF_MS,
+                    HEARTBEAT_RETRY_BACKOFF_MAX_MS,
+                )
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.heartbeat_now.notified() => {}
+        }
+    }
+}
+
+/// Leaves the group (epoch -1); best effort.
+pub(crate) async fn leave(cluster: &Cluster, shared: &GroupShared) -> Result<(), ClientError> {
+    let address = coordinator(cluster, shared).await?;
+    let request = {
+        let state = shared.lock();
+        if state.member_id.is_empty() {
+            return Ok(());
+        }
+        GroupHeartbeatRequest {
+            group: shared.group.clone(),
+            member_id: state.member_id.clone(),
+            member_epoch: -1,
+            topics: shared.topics.clone(),
+            owned: Vec::new(),
+            session_timeout_ms: shared.session_timeout_ms,
+            client_id: cluster.config.client_id.clone(),
+        }
+    };
+    let mut client = cluster.broker(&address)?;
+    cluster
+        .unary(
+            "GroupHeartbeat (leave)",
+            &address,
+            client.group_heartbeat(request),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Where offset calls go: the live member's coordinator, or a coordinator
+/// looked up for an out-of-group commit (assign mode).
+pub(crate) struct OffsetTarget<'a> {
+    pub group: &'a str,
+    pub member: Option<&'a GroupShared>,
+}
+
+async fn offsets_coordinator(
+    cluster: &Cluster,
+    target: &OffsetTarget<'_>,
+) -> Result<String, ClientError> {
+    match target.member {
+        Some(shared) => coordinator(cluster, shared).await,
+        None => cluster.find_coordinator(target.group).await,
+    }
+}
+
+fn forget_coordinator(target: &OffsetTarget<'_>) {
+    if let Some(shared) = target.member {
+        shared.lock().coordinator = None;
+    }
+}
+
+/// Commits `offsets` (next offsets to consume).
+pub(crate) async fn commit(
+    cluster: &Cluster,
+    target: &OffsetTarget<'_>,
+    offsets: &[(TopicPartition, u64)],
+) -> Result<(), ClientError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (member_id, member_epoch) = match target.member {
+            Some(shared) => {
+                let state = shared.lock();
+                (state.member_id.clone(), state.member_epoch)
+            }
+            None => (String::new(), -1),
+        };
+        let request = CommitOffsetsRequest {
+            group: target.group.to_string(),
+            member_id,
+            member_epoch,
+            offsets: offsets
+                .iter()
+                .map(|(partition, offset)| PartitionOffset {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                    error: 0,
+                })
+                .collect(),
+        };
+        let result = async {
+            let address = offsets_coordinator(cluster, target).await?;
+            let mut client = cluster.broker(&address)?;
+            let response = cluster
+                .unary("CommitOffsets", &address, client.commit_offsets(request))
+                .await?;
+            for offset in response.offsets {
+                if let Some(error) = ClientError::from_code(
+                    offset.error,
+                    format!(
+                        "commit of {}/{} at {} for group '{}'",
+                        offset.topic, offset.partition, offset.offset, target.group
+                    ),
+                ) {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Err(error) if coordinator_lost(&error) && attempt < MAX_COORDINATOR_ATTEMPTS => {
+                forget_coordinator(target);
+                tokio::time::sleep(backoff(attempt - 1, 50, 1_000)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Committed offsets of `partitions`; absent ones have none.
+pub(crate) async fn fetch_committed(
+    cluster: &Cluster,
+    target: &OffsetTarget<'_>,
+    partitions: &BTreeSet<TopicPartition>,
+) -> Result<BTreeMap<TopicPartition, u64>, ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let request = FetchOffsetsRequest {
+            group: target.group.to_string(),
+            partitions: to_topic_partitions(partitions),
+        };
+        let result = async {
+            let address = offsets_coordinator(cluster, target).await?;
+            let mut client = cluster.broker(&address)?;
+            cluster
+                .unary("FetchOffsets", &address, client.fetch_offsets(request))
+                .await
+        }
+        .await;
+        match result {
+            Ok(response) => {
+                let mut committed = BTreeMap::new();
+                for offset in response.offsets {
+                    let partition = TopicPartition::new(offset.topic, offset.partition);
+                    if offset.error == 0 && partitions.contains(&partition) {
+                        committed.insert(partition, offset.offset);
+                    }
+                }
+                return Ok(committed);
+            }
+            Err(error) if coordinator_lost(&error) && attempt < MAX_COORDINATOR_ATTEMPTS => {
+                forget_coordinator(target);
+                tokio::time::sleep(backoff(attempt - 1, 50, 1_000)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_partitions_round_trip() {
+        let set: BTreeSet<_> = [
+            TopicPartition::new("a", 1),
+            TopicPartition::new("b", 0),
+            TopicPartition::new("a", 0),
+        ]
+        .into_iter()
+        .collect();
+        let list = to_topic_partitions(&set);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].topic, "a");
+        assert_eq!(list[0].partitions, vec![0, 1]);
+        assert_eq!(from_topic_partitions(&list), set);
+    }
+}

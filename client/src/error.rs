@@ -1,0 +1,139 @@
+//! The one error type of the SDK, and the one place a `tonic::Status` is
+//! turned into it.
+
+use sluice_proto::{ErrorCode, SluiceError};
+
+/// Everything that can go wrong in the SDK.
+///
+/// ```
+/// use sluice_client::ClientError;
+/// use sluice_proto::{ErrorCode, SluiceError};
+///
+/// let error = ClientError::Server(SluiceError::new(ErrorCode::NotOwner, "moved"));
+/// assert!(error.is_retriable());
+/// assert_eq!(error.code(), Some(ErrorCode::NotOwner));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// A server answered with a Sluice error code.
+    #[error("server error: {0}")]
+    Server(SluiceError),
+    /// Could not talk to `address` at all.
+    #[error("cannot reach {address}: {message} (is the server running and the address right?)")]
+    Transport { address: String, message: String },
+    /// No bootstrap nameserver answered.
+    #[error("no nameserver answered (tried {}): {last}; check `bootstrap` in the client config and that a nameserver is running", tried.join(", "))]
+    NoNameserver { tried: Vec<String>, last: String },
+    /// The caller passed something impossible.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// `what` did not finish within `timeout_ms`.
+    #[error("{what} timed out after {timeout_ms} ms")]
+    Timeout { what: String, timeout_ms: u64 },
+    /// The producer or consumer was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// Data from the server could not be decoded (corrupt batch).
+    #[error("cannot decode data from the server: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The Sluice error code, for server errors.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server(error) => Some(error.code),
+            _ => None,
+        }
+    }
+
+    /// True when a retry (after refreshing routes or backing off) can succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Server(error) => error.is_retriable(),
+            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+            ClientError::NoNameserver { .. }
+            | ClientError::InvalidArgument(_)
+            | ClientError::Closed
+            | ClientError::Decode(_) => false,
+        }
+    }
+
+    /// True when the error suggests cached routes are stale.
+    pub(crate) fn needs_route_refresh(&self) -> bool {
+        match self {
+            ClientError::Server(error) => matches!(
+                error.code,
+                ErrorCode::NotOwner
+                    | ErrorCode::Unavailable
+                    | ErrorCode::UnknownPartition
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Fenced
+                    | ErrorCode::SegmentSealed
+            ),
+            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Converts the status of a call to `address`. Statuses without a Sluice
+    /// code that look like connection failures become [`ClientError::Transport`].
+    pub(crate) fn from_status(address: &str, status: &tonic::Status) -> Self {
+        let has_sluice_code = status
+            .metadata()
+            .get(sluice_proto::error::ERROR_CODE_METADATA_KEY)
+            .is_some();
+        if !has_sluice_code
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            )
+        {
+            return ClientError::Transport {
+                address: address.to_string(),
+                message: status.message().to_string(),
+            };
+        }
+        ClientError::Server(SluiceError::from_status(status))
+    }
+
+    /// A per-item error code inside a response.
+    pub(crate) fn from_code(code: i32, message: impl Into<String>) -> Option<Self> {
+        let code = ErrorCode::try_from(code).unwrap_or(ErrorCode::Internal);
+        if code == ErrorCode::None {
+            None
+        } else {
+            Some(ClientError::Server(SluiceError::new(code, message)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_without_code_is_transport() {
+        let error = ClientError::from_status("http://b:1", &tonic::Status::unavailable("refused"));
+        assert!(matches!(error, ClientError::Transport { .. }));
+        assert!(error.is_retriable());
+        assert!(error.to_string().contains("http://b:1"));
+    }
+
+    #[test]
+    fn status_with_code_is_server() {
+        let status: tonic::Status = SluiceError::new(ErrorCode::TooLarge, "big").into();
+        let error = ClientError::from_status("a", &status);
+        assert_eq!(error.code(), Some(ErrorCode::TooLarge));
+        assert!(!error.is_retriable());
+    }
+
+    #[test]
+    fn item_codes() {
+        assert!(ClientError::from_code(0, "").is_none());
+        assert_eq!(
+            ClientError::from_code(ErrorCode::NotOwner as i32, "x").and_then(|error| error.code()),
+            Some(ErrorCode::NotOwner)
+        );
+    }
+}

@@ -1,0 +1,981 @@
+//! [`Producer`]: batching, pipelined, ordered produce with bounded memory.
+//!
+//! Records are placed on a partition (explicit, by key, or sticky), gather
+//! in per-partition batches, and travel over one `Broker.Produce` stream
+//! per broker. A single dispatcher task owns all batching and send state,
+//! so there are no locks on the hot path besides the memory semaphore.
+
+mod accumulator;
+mod partitioner;
+mod pipeline;
+
+use crate::cluster::{normalize_address, Cluster, TopicPartition};
+use crate::{ClientConfig, ClientError};
+use accumulator::{Accumulator, BatchLimits, ClosedBatch};
+use bytes::Bytes;
+use partitioner::{choose_partition, StickyPartitioner};
+use pipeline::{Answer, Effect, Pipeline};
+use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
+use sluice_proto::v1::{ProduceRequest, ProduceResponse};
+use sluice_proto::SluiceError;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// How often the dispatcher checks timeouts when nothing else wakes it, in
+/// milliseconds.
+const MAINTENANCE_INTERVAL_MS: u64 = 50;
+
+/// A record to produce.
+///
+/// ```
+/// use sluice_client::Record;
+///
+/// let record = Record::new("orders", "order #1 paid")
+///     .with_key("customer-17")
+///     .with_header("source", "web")
+///     .with_tag("payments");
+/// assert_eq!(record.topic, "orders");
+/// assert_eq!(record.partition, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    /// Explicit partition; otherwise chosen by key hash, or sticky for
+    /// unkeyed records.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Bytes)>,
+    pub tags: Vec<String>,
+    /// Unix ms; the producer stamps the enqueue time when `None`.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// A record with a value and nothing else.
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+}
+
+/// Where an acknowledged record was written.
+///
+/// ```
+/// # use sluice_client::RecordMetadata;
+/// # fn show(metadata: RecordMetadata) {
+/// println!("{}/{} @ {}", metadata.topic, metadata.partition, metadata.offset);
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// The record's timestamp (given or stamped at enqueue), unix ms.
+    pub timestamp_ms: i64,
+}
+
+/// Producer settings.
+///
+/// ```
+/// use sluice_client::{ClientConfig, ProducerConfig};
+/// use sluice_proto::batch::Compression;
+///
+/// let config = ProducerConfig {
+///     client: ClientConfig::default(),
+///     linger_ms: 20,
+///     compression: Compression::Zstd,
+///     ..ProducerConfig::default()
+/// };
+/// assert_eq!(config.max_in_flight_per_partition, 8);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub client: ClientConfig,
+    /// How long a batch waits for more records before it is sent, in
+    /// milliseconds. Default: 5.
+    pub linger_ms: u64,
+    /// A batch is sent once it holds this many bytes (uncompressed). A
+    /// single larger record travels alone. Default: 1 MiB.
+    pub batch_max_bytes: usize,
+    /// A batch is sent once it holds this many records. Default: 10000.
+    pub batch_max_records: usize,
+    /// Batches of one partition sent and not yet acknowledged. Default: 8.
+    pub max_in_flight_per_partition: usize,
+    /// Bytes of records buffered (waiting or in flight); `send`/`enqueue`
+    /// wait for room beyond it. Default: 64 MiB.
+    pub memory_limit_bytes: usize,
+    /// Compression of batches. Default: none.
+    pub compression: Compression,
+    /// Upper bound on the time from enqueue to acknowledgement (waiting for
+    /// memory included), in milliseconds; then the record fails with
+    /// [`ClientError::Timeout`]. Default: 30000.
+    pub delivery_timeout_ms: u64,
+    /// First backoff after a failed send, in milliseconds; doubles per
+    /// consecutive failure. Default: 100.
+    pub retry_backoff_ms: u64,
+    /// Largest backoff between retries, in milliseconds. Default: 1000.
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            linger_ms: 5,
+            batch_max_bytes: 1024 * 1024,
+            batch_max_records: 10_000,
+            max_in_flight_per_partition: 8,
+            memory_limit_bytes: 64 * 1024 * 1024,
+            compression: Compression::None,
+            delivery_timeout_ms: 30_000,
+            retry_backoff_ms: 100,
+            retry_backoff_max_ms: 1_000,
+        }
+    }
+}
+
+/// Resolves to the outcome of one enqueued record.
+///
+/// ```no_run
+/// # async fn example(producer: sluice_client::Producer) -> Result<(), sluice_client::ClientError> {
+/// use sluice_client::Record;
+/// let delivery = producer.enqueue(Record::new("events", "hello")).await?;
+/// let metadata = delivery.await?;
+/// println!("written at offset {}", metadata.offset);
+/// # Ok(()) }
+/// ```
+pub struct DeliveryFuture {
+    receiver: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(context)
+            .map(|result| result.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+/// Produces records to Sluice.
+///
+/// Delivery is **at least once**: a batch whose outcome is unknown (the
+/// connection broke after sending, a timeout) is resent, which can write it
+/// twice. Order within a partition is kept across retries (in-order resend
+/// after draining, see the module docs). Idempotent produce, which removes
+/// the duplicates, is a later addition.
+///
+/// Memory is bounded by `memory_limit_bytes`: `send` and `enqueue` wait
+/// (backpressure) until acknowledged or failed batches free room, up to
+/// `delivery_timeout_ms`.
+///
+/// ```no_run
+/// use sluice_client::{Producer, ProducerConfig, Record};
+///
+/// # async fn example() -> Result<(), sluice_client::ClientError> {
+/// let producer = Producer::new(ProducerConfig::default()).await?;
+/// let metadata = producer.send(Record::new("orders", "paid").with_key("customer-17")).await?;
+/// println!("{}/{} @ {}", metadata.topic, metadata.partition, metadata.offset);
+///
+/// // Pipelined: enqueue many, await the acknowledgements later.
+/// let mut deliveries = Vec::new();
+/// for index in 0..1000 {
+///     deliveries.push(producer.enqueue(Record::new("orders", format!("event {index}"))).await?);
+/// }
+/// for delivery in deliveries {
+///     delivery.await?;
+/// }
+/// producer.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Producer {
+    cluster: Arc<Cluster>,
+    config: ProducerConfig,
+    memory: Arc<Semaphore>,
+    sticky: Mutex<StickyPartitioner>,
+    commands: mpsc::UnboundedSender<Command>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl Producer {
+    /// Connects to the cluster and starts the dispatcher task.
+    pub async fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
+        if config.memory_limit_bytes == 0
+            || config.batch_max_bytes == 0
+            || config.batch_max_records == 0
+        {
+            return Err(ClientError::InvalidArgument(
+                "memory_limit_bytes, batch_max_bytes and batch_max_records must be above zero"
+                    .into(),
+            ));
+        }
+        let cluster = Cluster::connect(config.client.clone()).await?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let dispatcher = Dispatcher::new(cluster.clone(), config.clone());
+        let dispatcher = tokio::spawn(dispatcher.run(receiver));
+        let permits = config.memory_limit_bytes.min(Semaphore::MAX_PERMITS);
+        Ok(Producer {
+            cluster,
+            memory: Arc::new(Semaphore::new(permits)),
+            sticky: Mutex::new(StickyPartitioner::new(rand::random::<u32>())),
+            config,
+            commands,
+            dispatcher,
+        })
+    }
+
+    /// Enqueues and waits for the acknowledgement.
+    pub async fn send(&self, record: Record) -> Result<RecordMetadata, ClientError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Enqueues a record, waiting only for memory (backpressure). The
+    /// returned future resolves when the record is acknowledged or failed;
+    /// it may be awaited after the producer is gone.
+    pub async fn enqueue(&self, record: Record) -> Result<DeliveryFuture, ClientError> {
+        if record.topic.is_empty() {
+            return Err(ClientError::InvalidArgument("record has no topic".into()));
+        }
+        let enqueued_at = Instant::now();
+        let timestamp_ms = record
+            .timestamp_ms
+            .unwrap_or_else(sluice_proto::now_unix_ms);
+        let data = RecordData {
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            tags: record.tags,
+            timestamp_ms: Some(timestamp_ms),
+        };
+        let record_bytes = BatchBuilder::record_size(&data);
+        if record_bytes > self.config.memory_limit_bytes {
+            return Err(ClientError::InvalidArgument(format!(
+                "record of {record_bytes} bytes is larger than the producer's memory_limit_bytes ({})",
+                self.config.memory_limit_bytes
+            )));
+        }
+        let permits = u32::try_from(record_bytes).map_err(|_| {
+            ClientError::InvalidArgument(format!("record of {record_bytes} bytes is too large"))
+        })?;
+        let timeout_ms = self.config.delivery_timeout_ms;
+        let permit = match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.memory.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    what: format!(
+                        "waiting for producer memory (memory_limit_bytes = {}; is the cluster accepting writes?)",
+                        self.config.memory_limit_bytes
+                    ),
+                    timeout_ms,
+                })
+            }
+        };
+        let routes = self.cluster.topic_routes(&record.topic).await?;
+        let partitions = routes.partitions.len() as u32;
+        let partition = choose_partition(record.partition, data.key.as_deref(), partitions, || {
+            self.sticky
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .choose(
+                    &record.topic,
+                    partitions,
+                    record_bytes,
+                    self.config.batch_max_bytes,
+                )
+        })
+        .map_err(|message| {
+            ClientError::InvalidArgument(format!("topic '{}': {message}", record.topic))
+        })?;
+        let (completion, receiver) = oneshot::channel();
+        let pending = PendingRecord {
+            completion,
+            timestamp_ms,
+            enqueued_at,
+            _memory: permit,
+        };
+        self.commands
+            .send(Command::Record {
+                partition: TopicPartition::new(record.topic, partition),
+                data,
+                pending,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        Ok(DeliveryFuture { receiver })
+    }
+
+    /// Sends every buffered record now and waits until all outstanding
+    /// records are acknowledged or failed.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::Flush(done))
+            .map_err(|_| ClientError::Closed)?;
+        wait.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes, then stops the dispatcher.
+    pub async fn close(self) -> Result<(), ClientError> {
+        self.flush().await?;
+        drop(self.commands);
+        self.dispatcher.await.map_err(|error| {
+            tracing::error!(%error, "producer dispatcher task failed");
+            ClientError::Closed
+        })
+    }
+}
+
+/// One record waiting for its acknowledgement; holds its share of memory
+/// until dropped.
+struct PendingRecord {
+    completion: oneshot::Sender<Result<RecordMetadata, ClientError>>,
+    timestamp_ms: i64,
+    enqueued_at: Instant,
+    _memory: OwnedSemaphorePermit,
+}
+
+enum Command {
+    Record {
+        partition: TopicPartition,
+        data: RecordData,
+        pending: PendingRecord,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+enum StreamEvent {
+    Answer {
+        address: String,
+        generation: u64,
+        response: ProduceResponse,
+    },
+    Broken {
+        address: String,
+        generation: u64,
+        error: ClientError,
+    },
+    RoutesRefreshed,
+}
+
+/// A batch ready to be sent.
+struct ReadyBatch {
+    data: Bytes,
+    items: Vec<PendingRecord>,
+    created_at: Instant,
+}
+
+impl ReadyBatch {
+    fn from_closed(closed: ClosedBatch<PendingRecord>) -> (TopicPartition, ReadyBatch) {
+        let created_at = closed
+            .items
+            .iter()
+            .map(|item| item.enqueued_at)
+            .min()
+            .unwrap_or(closed.created_at);
+        (
+            closed.partition,
+            ReadyBatch {
+                data: closed.data,
+                items: closed.items,
+                created_at,
+            },
+        )
+    }
+}
+
+struct PartitionSender {
+    pipeline: Pipeline<ReadyBatch>,
+    /// Broker the in-flight batches went to; nothing is sent elsewhere
+    /// until they answered, or a move could reorder.
+    in_flight_address: Option<String>,
+    /// Error of the last failed answer, used for batches that time out.
+    last_error: Option<ClientError>,
+}
+
+struct ProduceStream {
+    generation: u64,
+    requests: mpsc::UnboundedSender<ProduceRequest>,
+    /// request id -> (partition, sent at).
+    in_flight: HashMap<u64, (TopicPartition, Instant)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Dispatcher {
+    cluster: Arc<Cluster>,
+    config: ProducerConfig,
+    accumulator: Accumulator<PendingRecord>,
+    partitions: HashMap<TopicPartition, PartitionSender>,
+    streams: HashMap<String, ProduceStream>,
+    next_request_id: u64,
+    next_generation: u64,
+    events: mpsc::UnboundedSender<StreamEvent>,
+    event_receiver: Option<mpsc::UnboundedReceiver<StreamEvent>>,
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    refreshing: bool,
+}
+
+impl Dispatcher {
+    fn new(cluster: Arc<Cluster>, config: ProducerConfig) -> Self {
+        let (events, event_receiver) = mpsc::unbounded_channel();
+        let limits = BatchLimits {
+            max_bytes: config.batch_max_bytes,
+            max_records: config.batch_max_records,
+            linger: Duration::from_millis(config.linger_ms),
+            compression: config.compression,
+        };
+        Self {
+            cluster,
+            accumulator: Accumulator::new(limits),
+            config,
+            partitions: HashMap::new(),
+            streams: HashMap::new(),
+            next_request_id: 1,
+            next_generation: 1,
+            events,
+            event_receiver: Some(event_receiver),
+            flush_waiters: Vec::new(),
+            refreshing: false,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let Some(mut events) = self.event_receiver.take() else {
+            return;
+        };
+        let mut accepting = true;
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                command = commands.recv(), if accepting => match command {
+                    Some(command) => self.on_command(command),
+                    None => {
+                        // The producer was dropped or closed: deliver what is
+                        // buffered, then stop.
+                        accepting = false;
+                        self.close_all_batches();
+                    }
+                },
+                Some(event) = events.recv() => self.on_event(event),
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if self.flush_waiters.is_empty() && accepting {
+                for closed in self.accumulator.expire(now) {
+                    self.enqueue_batch(closed);
+                }
+            } else {
+                self.close_all_batches();
+            }
+            self.expire_deliveries(now);
+            self.expire_stalled_streams(now);
+            self.pump(now);
+            if self.is_idle() {
+                for waiter in self.flush_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                if !accepting {
+                    break;
+                }
+            }
+        }
+        for (_, stream) in self.streams.drain() {
+            stream.task.abort();
+        }
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_millis(MAINTENANCE_INTERVAL_MS);
+        if let Some(deadline) = self.accumulator.next_deadline() {
+            wake = wake.min(deadline);
+        }
+        for sender in self.partitions.values() {
+            if let Some(until) = sender.pipeline.backoff_until() {
+                wake = wake.min(until);
+            }
+        }
+        wake
+    }
+
+    fn is_idle(&self) -> bool {
+        self.accumulator.is_empty()
+            && self
+                .partitions
+                .values()
+                .all(|sender| sender.pipeline.is_idle())
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Record {
+                partition,
+                data,
+                pending,
+            } => {
+                let closed = self
+                    .accumulator
+                    .append(partition, &data, pending, Instant::now());
+                for batch in closed {
+                    self.enqueue_batch(batch);
+                }
+            }
+            Command::Flush(waiter) => {
+                self.flush_waiters.push(waiter);
+                self.close_all_batches();
+            }
+        }
+    }
+
+    fn close_all_batches(&mut self) {
+        for closed in self.accumulator.drain() {
+            self.enqueue_batch(closed);
+        }
+    }
+
+    fn enqueue_batch(&mut self, closed: ClosedBatch<PendingRecord>) {
+        let (partition, batch) = ReadyBatch::from_closed(closed);
+        let config = &self.config;
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionSender {
+                pipeline: Pipeline::new(
+                    config.max_in_flight_per_partition,
+                    Duration::from_millis(config.retry_backoff_ms),
+                    Duration::from_millis(config.retry_backoff_max_ms),
+                ),
+                in_flight_address: None,
+                last_error: None,
+            })
+            .pipeline
+            .push(batch);
+    }
+
+    /// Fails queued batches older than the delivery timeout.
+    fn expire_deliveries(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.config.delivery_timeout_ms);
+        for (partition, sender) in &mut self.partitions {
+            let expired = sender
+                .pipeline
+                .take_expired(|batch| now.duration_since(batch.created_at) >= timeout);
+            for batch in expired {
+                let last = sender
+                    .last_error
+                    .as_ref()
+                    .map(|error| format!("; last error: {error}"))
+                    .unwrap_or_default();
+                tracing::warn!(%partition, records = batch.items.len(), "produce delivery timed out{last}");
+                let error = ClientError::Timeout {
+                    what: format!(
+                        "delivery of {} record(s) to {partition}{last}",
+                        batch.items.len()
+                    ),
+                    timeout_ms: self.config.delivery_timeout_ms,
+                };
+                fail_batch(batch, &error);
+            }
+        }
+    }
+
+    /// Breaks streams with a request unanswered for longer than the request
+    /// timeout, so their batches are retried (or time out).
+    fn expire_stalled_streams(&mut self, now: Instant) {
+        let timeout = self.cluster.request_timeout();
+        let stalled: Vec<(String, u64)> = self
+            .streams
+            .iter()
+            .filter(|(_, stream)| {
+                stream
+                    .in_flight
+                    .values()
+                    .any(|(_, sent_at)| now.duration_since(*sent_at) >= timeout)
+            })
+            .map(|(address, stream)| (address.clone(), stream.generation))
+            .collect();
+        for (address, generation) in stalled {
+            let error = ClientError::Timeout {
+                what: format!("produce acknowledgement from {address}"),
+                timeout_ms: self.config.client.request_timeout_ms,
+            };
+            self.on_stream_broken(&address, generation, error);
+        }
+    }
+
+    fn on_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Answer {
+                address,
+                generation,
+                response,
+            } => self.on_answer(&address, generation, response),
+            StreamEvent::Broken {
+                address,
+                generation,
+                error,
+            } => self.on_stream_broken(&address, generation, error),
+            StreamEvent::RoutesRefreshed => self.refreshing = false,
+        }
+    }
+
+    fn on_answer(&mut self, address: &str, generation: u64, response: ProduceResponse) {
+        let Some(stream) = self.streams.get_mut(address) else {
+            return;
+        };
+        if stream.generation != generation {
+            return;
+        }
+        let Some((partition, _)) = stream.in_flight.remove(&response.request_id) else {
+            tracing::warn!(
+                address,
+                request_id = response.request_id,
+                "produce answer for an unknown request"
+            );
+            return;
+        };
+        let error = ClientError::from_code(
+            response.error,
+            format!("{partition} at {address}: {}", response.error_message),
+        );
+        self.apply_answer(&partition, response.request_id, error, Some(&response));
+    }
+
+    fn apply_answer(
+        &mut self,
+        partition: &TopicPartition,
+        request_id: u64,
+        error: Option<ClientError>,
+        response: Option<&ProduceResponse>,
+    ) {
+        let Some(sender) = self.partitions.get_mut(partition) else {
+            return;
+        };
+        let answer = match &error {
+            None => Answer::Success,
+            Some(error) if error.is_retriable() => Answer::Retriable,
+            Some(_) => Answer::Fatal,
+        };
+        let effect = sender
+            .pipeline
+            .on_answer(request_id, answer, Instant::now());
+        if sender.pipeline.in_flight_count() == 0 {
+            sender.in_flight_address = None;
+        }
+        let needs_refresh = error.as_ref().is_some_and(ClientError::needs_route_refresh);
+        if let Some(error) = &error {
+            tracing::debug!(%partition, %error, "produce request failed");
+            sender.last_error = Some(error.clone());
+        }
+        match effect {
+            Effect::Delivered(batch) => {
+                let base_offset = response.map(|response| response.base_offset).unwrap_or(0);
+                for (index, item) in batch.items.into_iter().enumerate() {
+                    let _ = item.completion.send(Ok(RecordMetadata {
+                        topic: partition.topic.clone(),
+                        partition: partition.partition,
+                        offset: base_offset + index as u64,
+                        timestamp_ms: item.timestamp_ms,
+                    }));
+                }
+            }
+            Effect::Failed(batch) => {
+                let error = error.unwrap_or_else(|| {
+                    ClientError::Server(SluiceError::new(
+                        sluice_proto::ErrorCode::Internal,
+                        "produce failed",
+                    ))
+                });
+                tracing::warn!(%partition, %error, records = batch.items.len(), "produce failed; not retriable");
+                fail_batch(batch, &error);
+            }
+            Effect::Pending | Effect::Unknown => {}
+        }
+        if needs_refresh {
+            self.refresh_routes(vec![partition.topic.clone()]);
+        }
+    }
+
+    fn on_stream_broken(&mut self, address: &str, generation: u64, error: ClientError) {
+        let Some(stream) = self.streams.get(address) else {
+            return;
+        };
+        if stream.generation != generation {
+            return;
+        }
+        let Some(stream) = self.streams.remove(address) else {
+            return;
+        };
+        stream.task.abort();
+        tracing::warn!(address, %error, in_flight = stream.in_flight.len(), "produce stream broken; retrying its batches");
+        let mut in_flight: Vec<(u64, TopicPartition)> = stream
+            .in_flight
+            .into_iter()
+            .map(|(request_id, (partition, _))| (request_id, partition))
+            .collect();
+        in_flight.sort();
+        for (request_id, partition) in in_flight {
+            self.apply_answer(&partition, request_id, Some(error.clone()), None);
+        }
+    }
+
+    fn refresh_routes(&mut self, topics: Vec<String>) {
+        if self.refreshing {
+            return;
+        }
+        self.refreshing = true;
+        let cluster = self.cluster.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Err(error) = cluster.refresh_routes(&topics).await {
+                tracing::warn!(?topics, %error, "route refresh failed");
+            }
+            let _ = events.send(StreamEvent::RoutesRefreshed);
+        });
+    }
+
+    /// Sends whatever the pipelines allow.
+    fn pump(&mut self, now: Instant) {
+        let mut missing_routes = HashSet::new();
+        let partitions: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+        for partition in partitions {
+            while let Some(sender) = self.partitions.get_mut(&partition) {
+                if !sender.pipeline.can_send(now) {
+                    break;
+                }
+                let address = match self
+                    .cluster
+                    .cached_route(&partition.topic, partition.partition)
+                {
+                    Some(route) if !route.broker_address.is_empty() => {
+                        normalize_address(&route.broker_address)
+                    }
+                    _ => {
+                        missing_routes.insert(partition.topic.clone());
+                        break;
+                    }
+                };
+                if sender
+                    .in_flight_address
+                    .as_ref()
+                    .is_some_and(|in_flight| *in_flight != address)
+                {
+                    // The partition moved; wait for the old owner's answers.
+                    break;
+                }
+                let request_id = self.next_request_id;
+                self.next_request_id += 1;
+                let Some(batch) = sender.pipeline.send_next(request_id) else {
+                    break;
+                };
+                let request = ProduceRequest {
+                    request_id,
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    batch: batch.data.clone(),
+                };
+                sender.in_flight_address = Some(address.clone());
+                let stream = match self.stream(&address) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        self.apply_answer(&partition, request_id, Some(error), None);
+                        break;
+                    }
+                };
+                stream
+                    .in_flight
+                    .insert(request_id, (partition.clone(), now));
+                if stream.requests.send(request).is_err() {
+                    let generation = stream.generation;
+                    self.on_stream_broken(
+                        &address,
+                        generation,
+                        ClientError::Transport {
+                            address: address.clone(),
+                            message: "produce stream closed".into(),
+                        },
+                    );
+                    break;
+                }
+            }
+        }
+        if !missing_routes.is_empty() {
+            self.refresh_routes(missing_routes.into_iter().collect());
+        }
+    }
+
+    fn stream(&mut self, address: &str) -> Result<&mut ProduceStream, ClientError> {
+        if !self.streams.contains_key(address) {
+            let client = self.cluster.broker(address)?;
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let (requests, outbound) = mpsc::unbounded_channel();
+            let task = tokio::spawn(run_stream(
+                client,
+                address.to_string(),
+                generation,
+                outbound,
+                self.events.clone(),
+            ));
+            self.streams.insert(
+                address.to_string(),
+                ProduceStream {
+                    generation,
+                    requests,
+                    in_flight: HashMap::new(),
+                    task,
+                },
+            );
+        }
+        self.streams.get_mut(address).ok_or(ClientError::Closed)
+    }
+}
+
+fn fail_batch(batch: ReadyBatch, error: &ClientError) {
+    for item in batch.items {
+        let _ = item.completion.send(Err(error.clone()));
+    }
+}
+
+/// Runs one `Broker.Produce` stream, forwarding every answer.
+async fn run_stream(
+    mut client: crate::cluster::BrokerGrpc,
+    address: String,
+    generation: u64,
+    outbound: mpsc::UnboundedReceiver<ProduceRequest>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) {
+    let error = match client.produce(UnboundedReceiverStream::new(outbound)).await {
+        Ok(response) => {
+            let mut inbound = response.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(response)) => {
+                        if events
+                            .send(StreamEvent::Answer {
+                                address: address.clone(),
+                                generation,
+                                response,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        break ClientError::Transport {
+                            address: address.clone(),
+                            message: "the broker closed the produce stream".into(),
+                        }
+                    }
+                    Err(status) => break ClientError::from_status(&address, &status),
+                }
+            }
+        }
+        Err(status) => ClientError::from_status(&address, &status),
+    };
+    let _ = events.send(StreamEvent::Broken {
+        address,
+        generation,
+        error,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limit_blocks_and_releases() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("test runtime");
+        runtime.block_on(async {
+            let memory = Arc::new(Semaphore::new(100));
+            let first = memory
+                .clone()
+                .acquire_many_owned(60)
+                .await
+                .expect("open semaphore");
+            let (completion, receiver) = oneshot::channel();
+            let pending = PendingRecord {
+                completion,
+                timestamp_ms: 0,
+                enqueued_at: Instant::now(),
+                _memory: first,
+            };
+            // 60 of 100 used: 50 more must wait.
+            let waiter = tokio::spawn({
+                let memory = memory.clone();
+                async move { memory.acquire_many_owned(50).await.map(|_| ()) }
+            });
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished());
+            // Failing the batch drops the record and frees its memory.
+            fail_batch(
+                ReadyBatch {
+                    data: Bytes::new(),
+                    items: vec![pending],
+                    created_at: Instant::now(),
+                },
+                &ClientError::Closed,
+            );
+            waiter.await.expect("task").expect("semaphore open");
+            assert!(matches!(
+                DeliveryFuture { receiver }.await,
+                Err(ClientError::Closed)
+            ));
+        });
+    }
+
+    #[test]
+    fn record_builders() {
+        let record = Record::new("t", "v")
+            .with_key("k")
+            .with_partition(2)
+            .with_timestamp_ms(5);
+        assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(record.partition, Some(2));
+        assert_eq!(record.timestamp_ms, Some(5));
+    }
+}

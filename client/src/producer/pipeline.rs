@@ -1,0 +1,357 @@
+//! The per-partition send pipeline and its retry ordering, as a pure state
+//! machine (no IO; time passed in).
+//!
+//! Batches are sent in order with at most `max_in_flight` outstanding. The
+//! broker fails every later request of a partition after one failed, so on
+//! any error the pipeline stops sending, waits until every in-flight batch
+//! has answered, then puts the failed batches back at the front of the
+//! queue in their original order and resumes after a backoff. Resending in
+//! order therefore never reorders records.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// How the broker answered one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Success,
+    /// Worth retrying (after refreshing routes and a backoff).
+    Retriable,
+    /// Retrying cannot help; the batch fails.
+    Fatal,
+}
+
+/// What the caller must do after an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Effect<B> {
+    /// Acknowledge the batch's records.
+    Delivered(B),
+    /// Fail the batch's records with the error of the answer.
+    Failed(B),
+    /// The batch will be resent; nothing to report yet.
+    Pending,
+    /// Nothing matched the request id (a late answer); ignore.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Sending,
+    /// An error was seen; waiting for in-flight requests to answer.
+    Draining,
+    /// Resend after this instant.
+    Backoff(Instant),
+}
+
+pub(crate) struct Pipeline<B> {
+    max_in_flight: usize,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    next_sequence: u64,
+    /// Waiting to be sent, in send order (sequence ascending).
+    queued: VecDeque<(u64, B)>,
+    /// request id -> (sequence, batch), sent and unanswered.
+    in_flight: BTreeMap<u64, (u64, B)>,
+    /// Failed retriably during this drain; resent in sequence order.
+    to_retry: BTreeMap<u64, B>,
+    state: State,
+    /// Consecutive failed rounds, for the backoff.
+    attempts: u32,
+}
+
+impl<B> Pipeline<B> {
+    pub fn new(max_in_flight: usize, backoff_base: Duration, backoff_max: Duration) -> Self {
+        Self {
+            max_in_flight: max_in_flight.max(1),
+            backoff_base,
+            backoff_max,
+            next_sequence: 0,
+            queued: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            to_retry: BTreeMap::new(),
+            state: State::Sending,
+            attempts: 0,
+        }
+    }
+
+    /// Queues a new batch behind everything already queued.
+    pub fn push(&mut self, batch: B) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.queued.push_back((sequence, batch));
+    }
+
+    /// True when the next queued batch may be sent now.
+    pub fn can_send(&mut self, now: Instant) -> bool {
+        if let State::Backoff(until) = self.state {
+            if now < until {
+                return false;
+            }
+            self.state = State::Sending;
+        }
+        self.state == State::Sending
+            && !self.queued.is_empty()
+            && self.in_flight.len() < self.max_in_flight
+    }
+
+    /// Moves the next queued batch to in-flight under `request_id`. Call
+    /// only after [`Pipeline::can_send`] said yes.
+    pub fn send_next(&mut self, request_id: u64) -> Option<&B> {
+        let (sequence, batch) = self.queued.pop_front()?;
+        self.in_flight.insert(request_id, (sequence, batch));
+        self.in_flight.get(&request_id).map(|(_, batch)| batch)
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// True when nothing is queued, in flight or waiting for a retry.
+    pub fn is_idle(&self) -> bool {
+        self.queued.is_empty() && self.in_flight.is_empty() && self.to_retry.is_empty()
+    }
+
+    /// When a backoff ends, if one is running.
+    pub fn backoff_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Backoff(until) => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Applies the answer to `request_id`.
+    pub fn on_answer(&mut self, request_id: u64, answer: Answer, now: Instant) -> Effect<B> {
+        let Some((sequence, batch)) = self.in_flight.remove(&request_id) else {
+            return Effect::Unknown;
+        };
+        let effect = match answer {
+            Answer::Success => {
+                if self.state == State::Sending {
+                    self.attempts = 0;
+                }
+                Effect::Delivered(batch)
+            }
+            Answer::Fatal if self.state == State::Sending => {
+                // Later in-flight requests fail because of this one: drain
+                // and resend them.
+                self.state = State::Draining;
+                Effect::Failed(batch)
+            }
+            // While draining, an error is most likely the broker failing a
+            // request behind the first failure, so it is retried.
+            Answer::Fatal | Answer::Retriable => {
+                self.state = State::Draining;
+                self.to_retry.insert(sequence, batch);
+                Effect::Pending
+            }
+        };
+        if self.state == State::Draining && self.in_flight.is_empty() {
+            self.finish_drain(now);
+        }
+        effect
+    }
+
+    fn finish_drain(&mut self, now: Instant) {
+        if self.to_retry.is_empty() {
+            self.state = State::Sending;
+            return;
+        }
+        // Failed ones go first, in original order; they all precede the
+        // queued ones because they were sent earlier.
+        let retry = std::mem::take(&mut self.to_retry);
+        for (sequence, batch) in retry.into_iter().rev() {
+            self.queued.push_front((sequence, batch));
+        }
+        let delay = crate::cluster::backoff(
+            self.attempts,
+            self.backoff_base.as_millis() as u64,
+            self.backoff_max.as_millis() as u64,
+        );
+        self.attempts = self.attempts.saturating_add(1);
+        self.state = State::Backoff(now + delay);
+    }
+
+    /// Removes queued (not in-flight) batches for which `expired` holds, in
+    /// order; the caller fails them with a timeout.
+    pub fn take_expired(&mut self, mut expired: impl FnMut(&B) -> bool) -> Vec<B> {
+        let mut kept = VecDeque::with_capacity(self.queued.len());
+        let mut removed = Vec::new();
+        for (sequence, batch) in self.queued.drain(..) {
+            if expired(&batch) {
+                removed.push(batch);
+            } else {
+                kept.push_back((sequence, batch));
+            }
+        }
+        self.queued = kept;
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(max_in_flight: usize) -> Pipeline<&'static str> {
+        Pipeline::new(
+            max_in_flight,
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        )
+    }
+
+    fn send_all(
+        pipeline: &mut Pipeline<&'static str>,
+        now: Instant,
+        next_id: &mut u64,
+    ) -> Vec<(u64, &'static str)> {
+        let mut sent = Vec::new();
+        while pipeline.can_send(now) {
+            *next_id += 1;
+            let batch = *pipeline.send_next(*next_id).expect("can_send said yes");
+            sent.push((*next_id, batch));
+        }
+        sent
+    }
+
+    #[test]
+    fn respects_max_in_flight_and_order() {
+        let mut pipeline = pipeline(2);
+        let now = Instant::now();
+        for batch in ["a", "b", "c"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        let sent = send_all(&mut pipeline, now, &mut id);
+        assert_eq!(sent, vec![(1, "a"), (2, "b")]);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        let sent = send_all(&mut pipeline, now, &mut id);
+        assert_eq!(sent, vec![(3, "c")]);
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Success, now),
+            Effect::Delivered("b")
+        );
+        assert_eq!(
+            pipeline.on_answer(3, Answer::Success, now),
+            Effect::Delivered("c")
+        );
+        assert!(pipeline.is_idle());
+        assert_eq!(pipeline.on_answer(3, Answer::Success, now), Effect::Unknown);
+    }
+
+    #[test]
+    fn retry_waits_for_in_flight_then_resends_in_original_order() {
+        let mut pipeline = pipeline(3);
+        let now = Instant::now();
+        for batch in ["a", "b", "c", "d"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        assert_eq!(send_all(&mut pipeline, now, &mut id).len(), 3);
+        // "a" fails: nothing more is sent until b and c answered.
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Retriable, now),
+            Effect::Pending
+        );
+        assert!(!pipeline.can_send(now));
+        // Answers may come in any order; the broker fails later ones.
+        assert_eq!(
+            pipeline.on_answer(3, Answer::Retriable, now),
+            Effect::Pending
+        );
+        assert!(!pipeline.can_send(now));
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Retriable, now),
+            Effect::Pending
+        );
+        // Backoff now runs.
+        let until = pipeline
+            .backoff_until()
+            .expect("backoff after a failed round");
+        assert!(!pipeline.can_send(now));
+        let resent = send_all(&mut pipeline, until, &mut id);
+        assert_eq!(resent, vec![(4, "a"), (5, "b"), (6, "c")]);
+        for request in [4, 5, 6] {
+            assert!(matches!(
+                pipeline.on_answer(request, Answer::Success, until),
+                Effect::Delivered(_)
+            ));
+        }
+        assert_eq!(send_all(&mut pipeline, until, &mut id), vec![(7, "d")]);
+    }
+
+    #[test]
+    fn fatal_error_fails_only_that_batch_and_retries_the_rest() {
+        let mut pipeline = pipeline(3);
+        let now = Instant::now();
+        for batch in ["a", "b", "c"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        send_all(&mut pipeline, now, &mut id);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Fatal, now),
+            Effect::Failed("b")
+        );
+        // "c" fails because "b" did; it is resent, not failed.
+        assert_eq!(pipeline.on_answer(3, Answer::Fatal, now), Effect::Pending);
+        let until = pipeline.backoff_until().expect("c waits for a retry");
+        assert_eq!(send_all(&mut pipeline, until, &mut id), vec![(4, "c")]);
+    }
+
+    #[test]
+    fn fatal_error_alone_resumes_without_backoff() {
+        let mut pipeline = pipeline(1);
+        let now = Instant::now();
+        pipeline.push("a");
+        pipeline.push("b");
+        let mut id = 0;
+        send_all(&mut pipeline, now, &mut id);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Fatal, now),
+            Effect::Failed("a")
+        );
+        assert_eq!(pipeline.backoff_until(), None);
+        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(2, "b")]);
+    }
+
+    #[test]
+    fn backoff_grows_with_consecutive_failures() {
+        let mut pipeline = pipeline(1);
+        let now = Instant::now();
+        pipeline.push("a");
+        let mut id = 0;
+        send_all(&mut pipeline, now, &mut id);
+        pipeline.on_answer(id, Answer::Retriable, now);
+        let first = pipeline.backoff_until().expect("backoff") - now;
+        let at = now + first;
+        send_all(&mut pipeline, at, &mut id);
+        pipeline.on_answer(id, Answer::Retriable, at);
+        let second = pipeline.backoff_until().expect("backoff") - at;
+        assert!(second > first, "{second:?} > {first:?}");
+    }
+
+    #[test]
+    fn expiry_removes_only_queued_batches_keeping_order() {
+        let mut pipeline = pipeline(1);
+        let now = Instant::now();
+        for batch in ["a", "b", "c", "d"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        send_all(&mut pipeline, now, &mut id);
+        let expired = pipeline.take_expired(|batch| *batch == "a" || *batch == "c");
+        assert_eq!(expired, vec!["c"], "in-flight a is not expired here");
+        pipeline.on_answer(1, Answer::Success, now);
+        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(2, "b")]);
+        pipeline.on_answer(2, Answer::Success, now);
+        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(3, "d")]);
+    }
+}
