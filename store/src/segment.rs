@@ -281,8 +281,14 @@ pub fn scan_log(
         }
         // Damage at `position`: is there a valid continuation after it?
         let resume = (position + 1..bytes.len()).find(|&candidate| {
+            // The base offset lies outside the batch CRC, so a candidate
+            // is only believed if it skips no more offsets than bytes (a
+            // record takes more than one byte).
             valid_batch_at(&bytes[candidate..])
-                .map(|header| header.base_offset > expected_offset)
+                .map(|header| {
+                    header.base_offset > expected_offset
+                        && header.base_offset - expected_offset <= (candidate - position) as u64
+                })
                 .unwrap_or(false)
         });
         match resume {

@@ -218,6 +218,22 @@ struct Inner {
     stats: Arc<JournalStats>,
     /// Serializes create and delete so two creates of one id agree.
     admin_lock: tokio::sync::Mutex<()>,
+    /// Declared after `commands`: dropping it (after the sender closed the
+    /// queue) waits for the writer's final checkpoint, so a dropped storage
+    /// no longer touches its directory.
+    _writer_thread: WriterThread,
+}
+
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            if handle.join().is_err() {
+                tracing::error!("journal writer thread panicked");
+            }
+        }
+    }
 }
 
 /// A handle to the storage engine; cheap to clone.
@@ -264,6 +280,7 @@ impl Storage {
                 reason: error.to_string(),
             })?;
         }
+        let directory_lock = lock_directory(directory)?;
         let mut report = RecoveryReport::default();
         let mut segments = load_segments(&segments_dir, &options, &mut report)?;
         let checkpoint = read_checkpoint(directory, &mut report);
@@ -303,13 +320,14 @@ impl Storage {
             file_max_bytes: options.journal_file_max_bytes.max(1),
             stats: stats.clone(),
             failure: failure.clone(),
+            _directory_lock: directory_lock,
         };
         // Replayed data is made durable and the old journal dropped before
         // anything new is accepted.
         writer.checkpoint()?;
         let (sender, receiver) = mpsc::channel(options.journal_queue_max_entries.max(1));
         let weak_sender = sender.downgrade();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("sluice-journal".to_string())
             .spawn(move || writer.run(receiver))
             .map_err(|error| StoreError::io("start the journal writer thread", error))?;
@@ -334,6 +352,7 @@ impl Storage {
                 closing: AtomicBool::new(false),
                 stats,
                 admin_lock: tokio::sync::Mutex::new(()),
+                _writer_thread: WriterThread(Some(writer_thread)),
             }),
         };
         tracing::info!(?report, directory = %directory.display(), "storage opened");
@@ -731,18 +750,35 @@ impl Storage {
         file.read_exact_at(&mut buffer, first_position)
             .map_err(|error| StoreError::io(format!("read segment {segment_id}"), error))?;
         let mut expected_offset = first.base_offset;
+        let mut valid_bytes = 0usize;
+        let mut damage = None;
         for item in BatchIter::new(&buffer) {
-            let (_, header, bytes) =
-                item.map_err(|error| corrupt(expected_offset, error.to_string()))?;
-            if header.base_offset != expected_offset {
-                return Err(corrupt(
-                    expected_offset,
-                    format!("found base offset {} on disk", header.base_offset),
-                ));
+            let checked = item.map_err(|error| error.to_string()).and_then(|(_, header, bytes)| {
+                if header.base_offset != expected_offset {
+                    return Err(format!("found base offset {} on disk", header.base_offset));
+                }
+                batch::validate(bytes, segment::MAX_BATCH_BYTES_ON_DISK)
+                    .map_err(|error| error.to_string())?;
+                Ok((header, bytes.len()))
+            });
+            match checked {
+                Ok((header, length)) => {
+                    valid_bytes += length;
+                    expected_offset = header.end_offset();
+                }
+                Err(detail) => {
+                    damage = Some(corrupt(expected_offset, detail));
+                    break;
+                }
             }
-            batch::validate(bytes, segment::MAX_BATCH_BYTES_ON_DISK)
-                .map_err(|error| corrupt(expected_offset, error.to_string()))?;
-            expected_offset = header.end_offset();
+        }
+        if let Some(error) = damage {
+            // Serve the good batches before the damage; the next read,
+            // starting at the damaged batch, reports it.
+            if valid_bytes == 0 {
+                return Err(error);
+            }
+            buffer.truncate(valid_bytes);
         }
         Ok(ReadOutcome {
             batches: Bytes::from(buffer),
@@ -806,6 +842,32 @@ impl Storage {
         self.inner.closing.store(true, Ordering::SeqCst);
         self.checkpoint().await
     }
+}
+
+/// Takes an exclusive `flock` on `{directory}/LOCK` so that two stores
+/// never share a directory.
+fn lock_directory(directory: &Path) -> Result<File, StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let path = directory.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result != 0 {
+        return Err(StoreError::DataDirectory {
+            path: directory.to_path_buf(),
+            reason: format!(
+                "locked by another store process: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+    }
+    Ok(file)
 }
 
 fn handle_from(meta: SegmentMeta, log: SegmentLog) -> SegmentHandle {
@@ -1218,6 +1280,8 @@ struct JournalWriter {
     file_max_bytes: u64,
     stats: Arc<JournalStats>,
     failure: Arc<Mutex<Option<String>>>,
+    /// Held (flock) while the writer lives: one storage per directory.
+    _directory_lock: File,
 }
 
 impl JournalWriter {
@@ -1230,9 +1294,8 @@ impl JournalWriter {
             }
             self.process(std::mem::take(&mut group));
         }
-        if let Err(error) = self.checkpoint() {
-            tracing::error!(%error, "final checkpoint failed");
-        }
+        // No checkpoint here: a storage dropped without `close` behaves like
+        // a crash (the journal holds everything), which tests rely on.
     }
 
     fn fail(&self, reason: String) {
@@ -1414,5 +1477,319 @@ fn complete_all_with_error(group: Vec<Command>, reason: &str) {
             }
             Command::Checkpoint { done: None } | Command::Flush => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
+    use sluice_proto::ErrorCode;
+
+    fn make_batch(base_offset: u64, records: u32, timestamp_ms: i64) -> Bytes {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for index in 0..records {
+            builder.push(&RecordData {
+                key: None,
+                value: Some(Bytes::from(format!("value-{base_offset}-{index}"))),
+                headers: Vec::new(),
+                tags: Vec::new(),
+                timestamp_ms: Some(timestamp_ms),
+            });
+        }
+        let mut bytes = builder.build().to_vec();
+        batch::assign(&mut bytes, base_offset, 1);
+        Bytes::from(bytes)
+    }
+
+    fn new_segment(segment_id: u64, base_offset: u64) -> NewSegment {
+        NewSegment {
+            segment_id,
+            topic: "orders".to_string(),
+            partition: 3,
+            base_offset,
+            writer_epoch: 5,
+            durability: Durability::Fsync,
+        }
+    }
+
+    fn options() -> StorageOptions {
+        StorageOptions {
+            index_interval_bytes: 512,
+            checkpoint_interval_ms: 3_600_000,
+            ..StorageOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_uses_far_fewer_fsyncs_than_appends() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        let segments = 16u64;
+        let appends_per_segment = 40u64;
+        for segment_id in 0..segments {
+            storage
+                .create_segment(new_segment(segment_id, 0))
+                .await
+                .expect("create");
+        }
+        let fsyncs_before = storage.journal_stats().fsyncs.load(Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for segment_id in 0..segments {
+            let storage = storage.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for offset in 0..appends_per_segment {
+                    pending.push(
+                        storage
+                            .submit_append(segment_id, 5, make_batch(offset, 1, 1000))
+                            .await
+                            .expect("submit"),
+                    );
+                }
+                for (index, append) in pending.into_iter().enumerate() {
+                    assert_eq!(append.wait().await.expect("durable"), index as u64 + 1);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let appends = segments * appends_per_segment;
+        let fsyncs = storage.journal_stats().fsyncs.load(Ordering::SeqCst) - fsyncs_before;
+        println!("group commit: {appends} appends, {fsyncs} fsyncs");
+        assert!(fsyncs >= 1);
+        assert!(
+            fsyncs * 4 <= appends,
+            "{fsyncs} fsyncs for {appends} appends: group commit is not grouping"
+        );
+        for segment_id in 0..segments {
+            let status = storage.segment_status(segment_id).expect("status");
+            assert_eq!(status.end_offset, appends_per_segment);
+        }
+    }
+
+    #[tokio::test]
+    async fn append_and_read_back_whole_batches() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, report) = Storage::open(directory.path(), options()).expect("open");
+        assert!(report.is_clean());
+        storage.create_segment(new_segment(7, 100)).await.expect("create");
+        let mut written = Vec::new();
+        let mut offset = 100;
+        for index in 0..30 {
+            let batch = make_batch(offset, 3, 1000 + index * 10);
+            offset = storage.append(7, 5, batch.clone()).await.expect("append");
+            written.push(batch);
+        }
+        assert_eq!(offset, 190);
+        // Everything from the start.
+        let all = storage.read(7, 100, 0, 0).expect("read");
+        let expected: Vec<u8> = written.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(all.batches.to_vec(), expected);
+        assert_eq!(all.segment_end_offset, 190);
+        // From the middle of a batch: starts with the batch containing it.
+        let middle = storage.read(7, 134, 0, 0).expect("read");
+        assert!(middle.batches.starts_with(&written[11]));
+        // max_bytes smaller than one batch still returns exactly one.
+        let one = storage.read(7, 100, 1, 0).expect("read");
+        assert_eq!(one.batches, written[0]);
+        // end_offset bounds the answer.
+        let bounded = storage.read(7, 100, 0, 106).expect("read");
+        assert_eq!(bounded.batches.len(), written[0].len() + written[1].len());
+        // At the end: empty; beyond or before: out of range.
+        assert!(storage.read(7, 190, 0, 0).expect("read").batches.is_empty());
+        for bad in [99, 191] {
+            let error = storage.read(7, bad, 0, 0).expect_err("out of range");
+            assert_eq!(error.code(), ErrorCode::OffsetOutOfRange);
+        }
+        assert_eq!(
+            storage.read(8, 0, 0, 0).expect_err("unknown").code(),
+            ErrorCode::UnknownSegment
+        );
+    }
+
+    #[tokio::test]
+    async fn append_validation_errors() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let options = StorageOptions {
+            max_batch_bytes: 4096,
+            ..options()
+        };
+        let (storage, _) = Storage::open(directory.path(), options).expect("open");
+        storage.create_segment(new_segment(1, 0)).await.expect("create");
+        storage.append(1, 5, make_batch(0, 2, 1)).await.expect("append");
+
+        let wrong_offset = storage.append(1, 5, make_batch(5, 1, 1)).await.expect_err("gap");
+        assert_eq!(wrong_offset.code(), ErrorCode::InvalidArgument);
+        assert!(wrong_offset.to_string().contains("end 2"), "{wrong_offset}");
+
+        let mut corrupt = make_batch(2, 1, 1).to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x55;
+        let bad_crc = storage.append(1, 5, Bytes::from(corrupt)).await.expect_err("crc");
+        assert_eq!(bad_crc.code(), ErrorCode::CorruptBatch);
+
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(&RecordData {
+            key: None,
+            value: Some(Bytes::from(vec![0u8; 8192])),
+            headers: Vec::new(),
+            tags: Vec::new(),
+            timestamp_ms: Some(1),
+        });
+        let mut large = builder.build().to_vec();
+        batch::assign(&mut large, 2, 1);
+        let too_large = storage.append(1, 5, Bytes::from(large)).await.expect_err("size");
+        assert_eq!(too_large.code(), ErrorCode::TooLarge);
+
+        let unknown = storage.append(9, 5, make_batch(0, 1, 1)).await.expect_err("unknown");
+        assert_eq!(unknown.code(), ErrorCode::UnknownSegment);
+
+        let fenced = storage.append(1, 4, make_batch(2, 1, 1)).await.expect_err("fenced");
+        assert_eq!(fenced.code(), ErrorCode::Fenced);
+        // None of the refusals moved the end.
+        assert_eq!(storage.append(1, 5, make_batch(2, 1, 1)).await.expect("append"), 3);
+    }
+
+    #[tokio::test]
+    async fn seal_fences_and_is_idempotent_and_durable() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        {
+            let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+            storage.create_segment(new_segment(1, 0)).await.expect("create");
+            // Creating again with the same identity is fine; otherwise not.
+            storage.create_segment(new_segment(1, 0)).await.expect("idempotent");
+            let conflict = storage
+                .create_segment(new_segment(1, 10))
+                .await
+                .expect_err("conflict");
+            assert_eq!(conflict.code(), ErrorCode::Conflict);
+            storage.append(1, 5, make_batch(0, 4, 50)).await.expect("append");
+            let status = storage.seal_segment(1, 9).await.expect("seal");
+            assert!(status.sealed);
+            assert_eq!(status.end_offset, 4);
+            assert_eq!(status.writer_epoch, 9);
+            assert_eq!(status.max_timestamp_ms, 50);
+            let again = storage.seal_segment(1, 3).await.expect("seal again");
+            assert_eq!(again, status);
+            let sealed = storage.append(1, 9, make_batch(4, 1, 1)).await.expect_err("sealed");
+            assert_eq!(sealed.code(), ErrorCode::SegmentSealed);
+            // Dropped without close: the seal must already be durable.
+        }
+        let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
+        let status = storage.segment_status(1).expect("status");
+        assert!(status.sealed);
+        assert_eq!(status.writer_epoch, 9);
+        assert_eq!(status.end_offset, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn append_racing_seal_is_either_included_or_refused() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage.create_segment(new_segment(1, 0)).await.expect("create");
+        let appender = {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let mut acknowledged_end = 0;
+                for offset in 0..200 {
+                    match storage.append(1, 5, make_batch(offset, 1, 1)).await {
+                        Ok(end) => acknowledged_end = end,
+                        Err(error) => {
+                            assert_eq!(error.code(), ErrorCode::SegmentSealed);
+                            break;
+                        }
+                    }
+                }
+                acknowledged_end
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let status = storage.seal_segment(1, 6).await.expect("seal");
+        let acknowledged_end = appender.await.expect("task");
+        assert_eq!(status.end_offset, acknowledged_end);
+    }
+
+    #[tokio::test]
+    async fn find_offset_uses_batch_max_timestamps() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage.create_segment(new_segment(1, 0)).await.expect("create");
+        for index in 0..50u64 {
+            storage
+                .append(1, 5, make_batch(index * 2, 2, 1000 + index as i64 * 100))
+                .await
+                .expect("append");
+        }
+        assert_eq!(storage.find_offset(1, 0).expect("find"), Some(0));
+        assert_eq!(storage.find_offset(1, 1000).expect("find"), Some(0));
+        assert_eq!(storage.find_offset(1, 1001).expect("find"), Some(2));
+        assert_eq!(storage.find_offset(1, 3450).expect("find"), Some(50));
+        assert_eq!(storage.find_offset(1, 5900).expect("find"), Some(98));
+        assert_eq!(storage.find_offset(1, 5901).expect("find"), None);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_durably() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        {
+            let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+            storage.create_segment(new_segment(1, 0)).await.expect("create");
+            storage.create_segment(new_segment(2, 0)).await.expect("create");
+            storage.append(1, 5, make_batch(0, 1, 1)).await.expect("append");
+            storage.delete_segment(1).await.expect("delete");
+            assert_eq!(storage.list_segments().len(), 1);
+        }
+        let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
+        let listed: Vec<u64> = storage.list_segments().iter().map(|s| s.segment_id).collect();
+        assert_eq!(listed, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn periodic_durability_acknowledges_and_survives_reopen() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        {
+            let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+            storage
+                .create_segment(NewSegment {
+                    durability: Durability::Periodic,
+                    ..new_segment(1, 0)
+                })
+                .await
+                .expect("create");
+            for offset in 0..20 {
+                storage.append(1, 5, make_batch(offset, 1, 1)).await.expect("append");
+            }
+        }
+        let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
+        assert_eq!(storage.segment_status(1).expect("status").end_offset, 20);
+    }
+
+    #[tokio::test]
+    async fn checkpoint_deletes_old_journal_files_and_data_survives() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let small_journal = StorageOptions {
+            journal_file_max_bytes: 512,
+            ..options()
+        };
+        {
+            let (storage, _) = Storage::open(directory.path(), small_journal.clone()).expect("open");
+            storage.create_segment(new_segment(1, 0)).await.expect("create");
+            for offset in 0..40 {
+                storage.append(1, 5, make_batch(offset, 1, 1)).await.expect("append");
+            }
+            let before = journal::list_journal_files(&directory.path().join(JOURNAL_DIR))
+                .expect("list");
+            assert!(before.len() > 2, "journal rolled: {before:?}");
+            storage.checkpoint().await.expect("checkpoint");
+            let after = journal::list_journal_files(&directory.path().join(JOURNAL_DIR))
+                .expect("list");
+            assert_eq!(after.len(), 1, "older journal files deleted: {after:?}");
+        }
+        let (storage, report) = Storage::open(directory.path(), small_journal).expect("reopen");
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(storage.segment_status(1).expect("status").end_offset, 40);
+        assert_eq!(storage.read(1, 0, 0, 0).expect("read").batches.len() > 0, true);
     }
 }
