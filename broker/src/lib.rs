@@ -1,1 +1,296 @@
-//! placeholder
+//! `sluice-broker`: the stateless serving layer of Sluice.
+//!
+//! A broker registers with the nameservers, takes over the partitions it is
+//! assigned (sealing and closing the previous owner's open segment, opening
+//! a new one on the stores), appends produced batches through one ordered
+//! pipeline per partition, serves fetches from a bounded tail cache or the
+//! stores, applies retention, and coordinates the consumer groups whose
+//! `__consumer_offsets` partition it owns. It holds no data of its own.
+//!
+//! Public API: [`BrokerConfig`], [`BrokerError`] and [`run`].
+
+mod assignment;
+mod clients;
+mod commit_record;
+pub mod config;
+mod coordinator;
+mod decisions;
+pub mod error;
+mod ownership;
+mod partition;
+mod retention;
+mod service;
+mod tail_cache;
+
+pub use config::BrokerConfig;
+pub use error::BrokerError;
+
+use clients::{nameserver_call, Clients};
+use coordinator::Coordinator;
+use partition::Partition;
+use sluice_proto::v1::broker_server::BrokerServer;
+use sluice_proto::v1::{GetRoutesRequest, TopicRoute};
+use sluice_proto::ErrorCode;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tail_cache::{PartitionKey, TailCache};
+use tokio::sync::watch;
+
+/// Most topics whose partition counts are cached.
+const MAX_CACHED_ROUTES: usize = 10_000;
+
+/// Everything the broker's tasks share.
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub advertised_address: String,
+    pub clients: Clients,
+    pub coordinator: Coordinator,
+    /// Becomes true when the broker shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
+    tail_cache: Mutex<TailCache>,
+    /// Topic → partition count (None: no such topic), and when learned.
+    partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
+}
+
+impl Shared {
+    pub fn partition(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    pub fn insert_partition(&self, key: PartitionKey, partition: Arc<Partition>) {
+        self.partitions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key, partition);
+    }
+
+    pub fn remove_partition(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+        self.partitions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(key)
+    }
+
+    fn tail_cache(&self) -> std::sync::MutexGuard<'_, TailCache> {
+        self.tail_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn tail_cache_read(
+        &self,
+        key: &PartitionKey,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Option<bytes::Bytes> {
+        self.tail_cache().read(key, offset, max_bytes)
+    }
+
+    pub fn tail_cache_insert(
+        &self,
+        key: &PartitionKey,
+        base_offset: u64,
+        end_offset: u64,
+        bytes: bytes::Bytes,
+    ) {
+        self.tail_cache()
+            .insert(key, base_offset, end_offset, bytes);
+    }
+
+    pub fn tail_cache_add(&self, key: PartitionKey) {
+        self.tail_cache().add_partition(key);
+    }
+
+    pub fn tail_cache_remove(&self, key: &PartitionKey) {
+        self.tail_cache().remove_partition(key);
+    }
+
+    /// Current routes of `topics` from the nameserver.
+    pub async fn routes(&self, topics: &[String]) -> Result<Vec<TopicRoute>, BrokerError> {
+        Ok(nameserver_call!(
+            &self.clients,
+            get_routes,
+            GetRoutesRequest {
+                topics: topics.to_vec(),
+            }
+        )?
+        .topics)
+    }
+
+    /// Partition counts of the existing topics among `topics`, cached for
+    /// `route_refresh_interval_ms`.
+    pub async fn partition_counts(
+        &self,
+        topics: &[String],
+    ) -> Result<BTreeMap<String, u32>, BrokerError> {
+        let refresh = Duration::from_millis(self.config.route_refresh_interval_ms);
+        let stale: Vec<String> = {
+            let cache = self
+                .partition_counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            topics
+                .iter()
+                .filter(|topic| {
+                    cache
+                        .get(*topic)
+                        .is_none_or(|(_, at)| at.elapsed() > refresh)
+                })
+                .cloned()
+                .collect()
+        };
+        if !stale.is_empty() {
+            let routes = self.routes(&stale).await?;
+            let mut cache = self
+                .partition_counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if cache.len() + stale.len() > MAX_CACHED_ROUTES {
+                cache.clear();
+            }
+            let now = Instant::now();
+            for topic in &stale {
+                let count = routes
+                    .iter()
+                    .find(|route| &route.topic == topic && route.error == ErrorCode::None as i32)
+                    .map(|route| {
+                        route
+                            .partitions
+                            .iter()
+                            .map(|partition| partition.partition + 1)
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .filter(|count| *count > 0);
+                cache.insert(topic.clone(), (count, now));
+            }
+        }
+        let cache = self
+            .partition_counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(topics
+            .iter()
+            .filter_map(|topic| {
+                cache
+                    .get(topic)
+                    .and_then(|(count, _)| *count)
+                    .map(|count| (topic.clone(), count))
+            })
+            .collect())
+    }
+
+    /// Why a partition is not served here: unknown topic, unknown
+    /// partition, or someone else's.
+    pub async fn not_served_error(&self, topic: &str, partition: u32) -> BrokerError {
+        let not_owner = BrokerError::NotOwner {
+            topic: topic.to_string(),
+            partition,
+        };
+        match self.partition_counts(&[topic.to_string()]).await {
+            Ok(counts) => match counts.get(topic) {
+                None => BrokerError::UnknownTopic(topic.to_string()),
+                Some(count) if partition >= *count => BrokerError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                },
+                Some(_) => not_owner,
+            },
+            Err(error) => {
+                tracing::debug!(%error, "cannot classify an unserved partition; answering NOT_OWNER");
+                not_owner
+            }
+        }
+    }
+}
+
+/// Serves the broker on `listener` until `shutdown` completes, then stops
+/// serving partitions and deregisters.
+pub async fn run(
+    config: BrokerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BrokerError> {
+    let local_address = listener
+        .local_addr()
+        .map_err(|error| BrokerError::Transport(format!("listener has no address: {error}")))?;
+    let advertised_address = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| local_address.to_string());
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        clients: Clients::new(&config),
+        coordinator: Coordinator::new(&config),
+        tail_cache: Mutex::new(TailCache::new(config.tail_cache_bytes)),
+        partitions: RwLock::new(HashMap::new()),
+        partition_counts: Mutex::new(HashMap::new()),
+        shutdown: stop_receiver.clone(),
+        advertised_address: advertised_address.clone(),
+        config,
+    });
+    tracing::info!(node_id = %shared.config.node_id, address = %advertised_address, "broker starting");
+    let ownership = tokio::spawn(ownership::run(shared.clone(), stop_receiver.clone()));
+    let retention = tokio::spawn(retention::run(shared.clone(), stop_receiver.clone()));
+    let stop_on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("broker shutting down");
+        stop_sender.send_replace(true);
+    };
+    let max_message_bytes = shared.config.max_grpc_message_bytes;
+    let service = BrokerServer::new(service::BrokerService {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
+    let served = tonic::transport::Server::builder()
+        .trace_fn(sluice_telemetry::grpc_server_span)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop_on_shutdown,
+        )
+        .await;
+    // The shutdown future (and with it the stop sender) is gone once the
+    // server returns, which ends the background tasks: ownership stops every
+    // partition and deregisters.
+    let _ = retention.await;
+    let deregister_timeout = shared.clients.nameserver_timeout * 2;
+    if tokio::time::timeout(deregister_timeout, ownership)
+        .await
+        .is_err()
+    {
+        tracing::warn!("deregistration did not finish in time");
+        ownership::stop_all(&shared);
+    }
+    served.map_err(|error| BrokerError::Transport(error.to_string()))
+}
+
+/// Completes once `flag` is true (or its sender is gone). Returns no guard,
+/// so it can sit in a `select!` whose other branches await.
+pub(crate) async fn wait_until_set(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}

@@ -1,0 +1,161 @@
+//! gRPC clients to nameservers, stores and other brokers: one channel per
+//! address (reused), explicit message limits, per-request timeouts and
+//! trace-context injection.
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::store_client::StoreClient;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Most distinct peer addresses kept connected; beyond it the pool is reset
+/// (channels reconnect lazily), so a churning cluster cannot grow it forever.
+const MAX_CACHED_CHANNELS: usize = 1024;
+
+pub struct Clients {
+    channels: Mutex<HashMap<String, Channel>>,
+    nameservers: Vec<String>,
+    current_nameserver: AtomicUsize,
+    max_message_bytes: usize,
+    connect_timeout: Duration,
+    pub store_timeout: Duration,
+    pub nameserver_timeout: Duration,
+}
+
+/// Builds a request carrying the current trace context and a deadline.
+pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    sluice_telemetry::inject_context(request.metadata_mut());
+    request
+}
+
+/// A request without a deadline (long-lived streams), with trace context.
+pub fn stream_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    sluice_telemetry::inject_context(request.metadata_mut());
+    request
+}
+
+fn with_scheme(address: &str) -> String {
+    if address.starts_with("http://") || address.starts_with("https://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
+}
+
+impl Clients {
+    pub fn new(config: &BrokerConfig) -> Self {
+        Self {
+            channels: Mutex::new(HashMap::new()),
+            nameservers: config.nameservers.clone(),
+            current_nameserver: AtomicUsize::new(0),
+            max_message_bytes: config.max_grpc_message_bytes,
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+            store_timeout: Duration::from_millis(config.store_request_timeout_ms),
+            nameserver_timeout: Duration::from_millis(config.nameserver_request_timeout_ms),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, BrokerError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| BrokerError::Internal("channel pool lock poisoned".into()))?;
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        if channels.len() >= MAX_CACHED_CHANNELS {
+            channels.clear();
+        }
+        let endpoint = Endpoint::from_shared(with_scheme(address))
+            .map_err(|error| {
+                BrokerError::InvalidArgument(format!("bad peer address {address:?}: {error}"))
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The nameserver currently preferred.
+    pub fn nameserver(&self) -> Result<NameServerClient<Channel>, BrokerError> {
+        if self.nameservers.is_empty() {
+            return Err(BrokerError::Unavailable("no nameservers configured".into()));
+        }
+        let index = self.current_nameserver.load(Ordering::Relaxed) % self.nameservers.len();
+        let channel = self.channel(&self.nameservers[index])?;
+        Ok(NameServerClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// Moves on to the next nameserver after a failure that may be the
+    /// nameserver's own (unavailable, timeout).
+    pub fn nameserver_failed(&self, status: &tonic::Status) {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ) {
+            self.current_nameserver.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn store(&self, address: &str) -> Result<StoreClient<Channel>, BrokerError> {
+        Ok(StoreClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    pub fn broker(&self, address: &str) -> Result<BrokerClient<Channel>, BrokerError> {
+        Ok(BrokerClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+}
+
+/// Calls the preferred nameserver with `$method($message)`, rotating to
+/// the next one on transport failures. Evaluates to `Result<Response, BrokerError>`.
+macro_rules! nameserver_call {
+    ($clients:expr, $method:ident, $message:expr) => {{
+        let clients: &$crate::clients::Clients = $clients;
+        match clients.nameserver() {
+            Err(error) => Err(error),
+            Ok(mut client) => match client
+                .$method($crate::clients::request(
+                    $message,
+                    clients.nameserver_timeout,
+                ))
+                .await
+            {
+                Ok(response) => Ok(response.into_inner()),
+                Err(status) => {
+                    clients.nameserver_failed(&status);
+                    Err($crate::error::BrokerError::remote(
+                        concat!("nameserver ", stringify!($method)),
+                        &status,
+                    ))
+                }
+            },
+        }
+    }};
+}
+pub(crate) use nameserver_call;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_a_scheme() {
+        assert_eq!(with_scheme("127.0.0.1:1"), "http://127.0.0.1:1");
+        assert_eq!(with_scheme("http://a:1"), "http://a:1");
+    }
+}

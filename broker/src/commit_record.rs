@@ -1,0 +1,102 @@
+//! The record a coordinator appends to `__consumer_offsets` for one commit:
+//! key = group name, value = JSON list of {topic, partition, offset,
+//! metadata}. Replaying the partition in order rebuilds every group's
+//! committed offsets.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    #[serde(default)]
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub offsets: Vec<CommittedOffset>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitRecordError {
+    #[error("commit record has no key")]
+    MissingKey,
+    #[error("commit record key is not UTF-8")]
+    KeyNotUtf8,
+    #[error("commit record has no value")]
+    MissingValue,
+    #[error("commit record value is not valid: {0}")]
+    Value(String),
+}
+
+/// One batch holding one commit record for `group`.
+pub fn encode(group: &str, offsets: &[CommittedOffset]) -> Result<Bytes, CommitRecordError> {
+    let value = serde_json::to_vec(&CommitRecord {
+        offsets: offsets.to_vec(),
+    })
+    .map_err(|error| CommitRecordError::Value(error.to_string()))?;
+    let mut builder = BatchBuilder::new(Compression::None);
+    builder.push(&RecordData {
+        key: Some(Bytes::copy_from_slice(group.as_bytes())),
+        value: Some(Bytes::from(value)),
+        ..Default::default()
+    });
+    Ok(builder.build())
+}
+
+/// The group and offsets of one decoded record.
+pub fn decode(
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+) -> Result<(String, Vec<CommittedOffset>), CommitRecordError> {
+    let key = key.ok_or(CommitRecordError::MissingKey)?;
+    let group = std::str::from_utf8(key)
+        .map_err(|_| CommitRecordError::KeyNotUtf8)?
+        .to_string();
+    let value = value.ok_or(CommitRecordError::MissingValue)?;
+    let record: CommitRecord = serde_json::from_slice(value)
+        .map_err(|error| CommitRecordError::Value(error.to_string()))?;
+    Ok((group, record.offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_batch() {
+        let offsets = vec![
+            CommittedOffset {
+                topic: "orders".into(),
+                partition: 3,
+                offset: 42,
+                metadata: "m".into(),
+            },
+            CommittedOffset {
+                topic: "orders".into(),
+                partition: 0,
+                offset: 0,
+                metadata: String::new(),
+            },
+        ];
+        let batch = encode("billing", &offsets).expect("encodes");
+        let (_, records) = sluice_proto::batch::decode(&batch, usize::MAX).expect("a valid batch");
+        assert_eq!(records.len(), 1);
+        let (group, decoded) =
+            decode(records[0].key.as_ref(), records[0].value.as_ref()).expect("decodes");
+        assert_eq!(group, "billing");
+        assert_eq!(decoded, offsets);
+    }
+
+    #[test]
+    fn rejects_garbage_values() {
+        let key = Bytes::from_static(b"g");
+        let value = Bytes::from_static(b"not json");
+        assert!(decode(Some(&key), Some(&value)).is_err());
+        assert!(decode(None, Some(&value)).is_err());
+    }
+}

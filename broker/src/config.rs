@@ -1,0 +1,137 @@
+//! Broker configuration: one struct, loaded from defaults, an optional TOML
+//! file and `SLUICE_BROKER_*` environment variables (in that order).
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::limits::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES};
+use sluice_telemetry::TelemetryConfig;
+use std::path::Path;
+
+/// Everything a broker can be told. See `config/broker.toml` for the
+/// commented list with defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Stable id of this broker in the cluster. Default `broker-1`.
+    pub node_id: String,
+    /// Address the gRPC server binds. Default `127.0.0.1:7401`.
+    pub listen_address: String,
+    /// Address clients and other brokers use to reach this broker; default
+    /// the listener's actual address.
+    pub advertised_address: Option<String>,
+    /// Nameserver endpoints, tried in order. Default `["http://127.0.0.1:7400"]`.
+    pub nameservers: Vec<String>,
+    /// Rack (failure domain) reported at registration. Default empty.
+    pub rack: String,
+    /// Total bytes of recent batches kept in memory across all served
+    /// partitions (split evenly between them). Default 256 MiB.
+    pub tail_cache_bytes: u64,
+    /// Produce bytes accepted but not yet answered per produce stream; the
+    /// broker stops reading the stream at this limit. Default 64 MiB.
+    pub max_in_flight_bytes_per_connection: u64,
+    /// Bytes queued in one partition's append pipeline (waiting or in flight
+    /// to the stores); beyond it produce requests fail with THROTTLED.
+    /// Default 32 MiB.
+    pub partition_queue_bytes: u64,
+    /// Appends one partition keeps in flight to its stores. Default 1024.
+    pub max_in_flight_appends_per_partition: usize,
+    /// Longest a fetch long-poll waits, whatever the client asks. Default 30000.
+    pub max_fetch_wait_ms: u64,
+    /// Largest fetch response, whatever the client asks. Default 8 MiB.
+    pub max_fetch_bytes: u64,
+    /// Batch size limit for topics whose config does not set one. Default 8 MiB.
+    pub max_batch_bytes: u32,
+    /// gRPC message limit for the server and every client. Default 16 MiB.
+    pub max_grpc_message_bytes: usize,
+    /// Timeout of each store request, and of each append waiting for its
+    /// store acknowledgement. Default 10000.
+    pub store_request_timeout_ms: u64,
+    /// Timeout of each nameserver request. Default 5000.
+    pub nameserver_request_timeout_ms: u64,
+    /// TCP connect timeout to any peer. Default 3000.
+    pub connect_timeout_ms: u64,
+    /// Cap of the exponential backoff between registration attempts. Default 5000.
+    pub register_backoff_max_ms: u64,
+    /// Cap of the exponential backoff between takeover/recovery attempts. Default 5000.
+    pub takeover_backoff_max_ms: u64,
+    /// Session timeout of group members that do not ask for one. Default 45000.
+    pub group_session_timeout_ms: u64,
+    /// Smallest session timeout a member may ask for. Default 6000.
+    pub group_min_session_timeout_ms: u64,
+    /// Largest session timeout a member may ask for. Default 300000.
+    pub group_max_session_timeout_ms: u64,
+    /// Heartbeat interval told to group members. Default 3000.
+    pub group_heartbeat_interval_ms: u64,
+    /// Most members one group may have. Default 1000.
+    pub group_max_members: usize,
+    /// Most offsets one commit request may carry. Default 10000.
+    pub max_offsets_per_commit: usize,
+    /// Longest commit metadata string, in bytes. Default 4096.
+    pub max_commit_metadata_bytes: usize,
+    /// How long cached topic partition counts (from GetRoutes) are trusted. Default 10000.
+    pub route_refresh_interval_ms: u64,
+    /// How often retention runs over served partitions. Default 60000.
+    pub retention_check_interval_ms: u64,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "broker-1".to_string(),
+            listen_address: "127.0.0.1:7401".to_string(),
+            advertised_address: None,
+            nameservers: vec!["http://127.0.0.1:7400".to_string()],
+            rack: String::new(),
+            tail_cache_bytes: 256 * 1024 * 1024,
+            max_in_flight_bytes_per_connection: 64 * 1024 * 1024,
+            partition_queue_bytes: 32 * 1024 * 1024,
+            max_in_flight_appends_per_partition: 1024,
+            max_fetch_wait_ms: 30_000,
+            max_fetch_bytes: 8 * 1024 * 1024,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_grpc_message_bytes: DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            store_request_timeout_ms: 10_000,
+            nameserver_request_timeout_ms: 5_000,
+            connect_timeout_ms: 3_000,
+            register_backoff_max_ms: 5_000,
+            takeover_backoff_max_ms: 5_000,
+            group_session_timeout_ms: 45_000,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 300_000,
+            group_heartbeat_interval_ms: 3_000,
+            group_max_members: 1000,
+            max_offsets_per_commit: 10_000,
+            max_commit_metadata_bytes: 4096,
+            route_refresh_interval_ms: 10_000,
+            retention_check_interval_ms: 60_000,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Defaults, then the TOML file at `path` (which must exist when given),
+    /// then `SLUICE_BROKER_*` variables (`__` separates nested keys).
+    pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
+        use figment::providers::{Env, Format, Serialized, Toml};
+        let mut figment = figment::Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("SLUICE_BROKER_").split("__"))
+            .extract()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
+        let loaded = BrokerConfig::load(Some(&path)).expect("config/broker.toml parses");
+        assert_eq!(loaded, BrokerConfig::default());
+    }
+}

@@ -1,0 +1,710 @@
+//! Consumer-group coordinator for the groups whose `__consumer_offsets`
+//! partition is served here: membership (join, heartbeat, leave, session
+//! expiry) with the sticky, revoke-before-assign assignment of
+//! `assignment`, and committed offsets kept as records in the offsets
+//! partition and rebuilt by replaying it on takeover.
+
+use crate::assignment::{compute_targets, grantable, MemberInput, TopicPartition};
+use crate::clients::{nameserver_call, request};
+use crate::commit_record::{self, CommittedOffset};
+use crate::error::BrokerError;
+use crate::partition::{Partition, Phase};
+use crate::tail_cache::PartitionKey;
+use crate::Shared;
+use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
+use sluice_proto::partitioning::offsets_partition_for_group;
+use sluice_proto::v1::{
+    CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest, DescribeGroupResponse,
+    FetchOffsetsRequest, FetchOffsetsResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    GroupMember, ListOffsetsRequest, OffsetSpec, PartitionLag, PartitionOffset,
+    RegisterGroupRequest, TopicPartitions,
+};
+use sluice_proto::ErrorCode;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Bytes read per store request while replaying an offsets partition.
+const REPLAY_READ_BYTES: usize = 1024 * 1024;
+/// Most topics one member may subscribe to.
+const MAX_TOPICS_PER_MEMBER: usize = 1000;
+
+#[derive(Debug)]
+struct Member {
+    client_id: String,
+    epoch: i64,
+    previous_epoch: i64,
+    topics: BTreeSet<String>,
+    owned: BTreeSet<TopicPartition>,
+    target: BTreeSet<TopicPartition>,
+    granted: BTreeSet<TopicPartition>,
+    last_heartbeat: Instant,
+    session_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: BTreeMap<String, Member>,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Offsets partitions replayed and served here.
+    loaded: HashSet<u32>,
+    /// Partition count of `__consumer_offsets`.
+    offsets_partitions: u32,
+    groups: HashMap<String, Group>,
+    committed: HashMap<String, BTreeMap<TopicPartition, (u64, String)>>,
+    registered: HashSet<String>,
+}
+
+pub struct Coordinator {
+    state: Arc<Mutex<State>>,
+    default_session_timeout_ms: u64,
+    min_session_timeout_ms: u64,
+    max_session_timeout_ms: u64,
+    heartbeat_interval_ms: u64,
+    max_members: usize,
+    max_offsets_per_commit: usize,
+    max_metadata_bytes: usize,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave the maps half-updated in
+    // a way later requests could not cope with.
+    match state.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn group_topic_partitions(set: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (topic, partition) in set {
+        by_topic.entry(topic).or_default().push(*partition);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+fn flatten(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
+    list.iter()
+        .flat_map(|entry| {
+            entry
+                .partitions
+                .iter()
+                .map(|partition| (entry.topic.clone(), *partition))
+        })
+        .collect()
+}
+
+fn apply_commits(state: &mut State, group: &str, offsets: &[CommittedOffset]) {
+    let committed = state.committed.entry(group.to_string()).or_default();
+    for offset in offsets {
+        committed.insert(
+            (offset.topic.clone(), offset.partition),
+            (offset.offset, offset.metadata.clone()),
+        );
+    }
+}
+
+impl Coordinator {
+    pub fn new(config: &crate::config::BrokerConfig) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            default_session_timeout_ms: config.group_session_timeout_ms,
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config
+                .group_max_session_timeout_ms
+                .max(config.group_min_session_timeout_ms),
+            heartbeat_interval_ms: config.group_heartbeat_interval_ms,
+            max_members: config.group_max_members,
+            max_offsets_per_commit: config.max_offsets_per_commit,
+            max_metadata_bytes: config.max_commit_metadata_bytes,
+        }
+    }
+
+    /// Replays an offsets partition from its log start to its high
+    /// watermark, then starts coordinating its groups.
+    pub async fn load_partition(
+        &self,
+        shared: &Shared,
+        partition: &Partition,
+    ) -> Result<(), BrokerError> {
+        let status = partition.status();
+        let partition_count = partition.config.partitions;
+        let mut offset = status.log_start_offset;
+        let end = status.high_watermark;
+        let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
+        while offset < end {
+            let bytes = partition.read(shared, offset, REPLAY_READ_BYTES).await?;
+            if bytes.is_empty() {
+                return Err(BrokerError::Unavailable(format!(
+                    "replay of {} found no data at offset {offset} below the high watermark {end}",
+                    partition.key
+                )));
+            }
+            for item in BatchIter::new(&bytes) {
+                let (position, header, slice) = item.map_err(BrokerError::Batch)?;
+                let batch = bytes.slice(position..position + slice.len());
+                match batch::decode(&batch, usize::MAX) {
+                    Ok((_, records)) => {
+                        for record in records.iter().filter(|record| record.offset >= offset) {
+                            match commit_record::decode(record.key.as_ref(), record.value.as_ref())
+                            {
+                                Ok(decoded) => replayed.push(decoded),
+                                Err(error) => {
+                                    tracing::warn!(partition = %partition.key, offset = record.offset, %error, "skipping undecodable commit record")
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, "skipping undecodable offsets batch");
+                    }
+                }
+                offset = offset.max(header.end_offset());
+            }
+        }
+        let mut state = lock(&self.state);
+        state.offsets_partitions = partition_count;
+        for (group, offsets) in &replayed {
+            if offsets_partition_for_group(group, partition_count.max(1)) == partition.key.partition
+            {
+                apply_commits(&mut state, group, offsets);
+            }
+        }
+        state.loaded.insert(partition.key.partition);
+        tracing::info!(partition = %partition.key, records = replayed.len(), "offsets partition replayed; coordinating its groups");
+        Ok(())
+    }
+
+    /// Forgets the groups of an offsets partition no longer served here.
+    pub fn unload_partition(&self, offsets_partition: u32) {
+        let mut state = lock(&self.state);
+        state.loaded.remove(&offsets_partition);
+        let partitions = state.offsets_partitions.max(1);
+        let belongs =
+            |group: &str| offsets_partition_for_group(group, partitions) == offsets_partition;
+        state.groups.retain(|group, _| !belongs(group));
+        state.committed.retain(|group, _| !belongs(group));
+        state.registered.retain(|group| !belongs(group));
+    }
+
+    /// The served, loaded offsets partition coordinating `group`.
+    fn offsets_partition(
+        &self,
+        shared: &Shared,
+        group: &str,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let not_coordinator = || BrokerError::NotCoordinator(group.to_string());
+        let partition_count = {
+            let state = lock(&self.state);
+            state.offsets_partitions
+        };
+        if partition_count == 0 {
+            return Err(not_coordinator());
+        }
+        let index = offsets_partition_for_group(group, partition_count);
+        let partition = shared
+            .partition(&PartitionKey::new(CONSUMER_OFFSETS_TOPIC, index))
+            .ok_or_else(not_coordinator)?;
+        let loaded = lock(&self.state).loaded.contains(&index);
+        if !loaded || partition.status().phase == Phase::Stopped {
+            return Err(not_coordinator());
+        }
+        Ok(partition)
+    }
+
+    fn session_timeout(&self, requested_ms: u32) -> Duration {
+        let wanted = if requested_ms == 0 {
+            self.default_session_timeout_ms
+        } else {
+            u64::from(requested_ms)
+        };
+        Duration::from_millis(
+            wanted.clamp(self.min_session_timeout_ms, self.max_session_timeout_ms),
+        )
+    }
+
+    /// Removes members whose session timed out, in every group.
+    pub fn evict_expired_members(&self) {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        for (name, group) in state.groups.iter_mut() {
+            let before = group.members.len();
+            group.members.retain(|member_id, member| {
+                let alive = now.duration_since(member.last_heartbeat) <= member.session_timeout;
+                if !alive {
+                    tracing::info!(group = %name, member = %member_id, "session timed out; evicting");
+                }
+                alive
+            });
+            if group.members.len() != before {
+                group.generation += 1;
+            }
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        shared: &Shared,
+        request: GroupHeartbeatRequest,
+    ) -> Result<GroupHeartbeatResponse, BrokerError> {
+        GroupName::new(&request.group)
+            .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+        if request.topics.len() > MAX_TOPICS_PER_MEMBER {
+            return Err(BrokerError::InvalidArgument(format!(
+                "at most {MAX_TOPICS_PER_MEMBER} topics per member"
+            )));
+        }
+        self.offsets_partition(shared, &request.group)?;
+        self.evict_expired_members();
+        let topics: Vec<String> = {
+            let state = lock(&self.state);
+            let mut topics: BTreeSet<String> = request.topics.iter().cloned().collect();
+            if let Some(group) = state.groups.get(&request.group) {
+                for member in group.members.values() {
+                    topics.extend(member.topics.iter().cloned());
+                }
+            }
+            topics.into_iter().collect()
+        };
+        let partition_counts = shared.partition_counts(&topics).await?;
+        let (response, register) = {
+            let mut state = lock(&self.state);
+            let response = self.apply_heartbeat(&mut state, &request, &partition_counts)?;
+            let register = !state.registered.contains(&request.group);
+            (response, register)
+        };
+        if register {
+            let registered = nameserver_call!(
+                &shared.clients,
+                register_group,
+                RegisterGroupRequest {
+                    group: request.group.clone(),
+                }
+            );
+            match registered {
+                Ok(_) => {
+                    lock(&self.state).registered.insert(request.group.clone());
+                }
+                Err(error) => {
+                    tracing::warn!(group = %request.group, %error, "group registration failed; retrying on the next heartbeat")
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    fn apply_heartbeat(
+        &self,
+        state: &mut State,
+        request: &GroupHeartbeatRequest,
+        partition_counts: &BTreeMap<String, u32>,
+    ) -> Result<GroupHeartbeatResponse, BrokerError> {
+        let now = Instant::now();
+        let session_timeout = self.session_timeout(request.session_timeout_ms);
+        let group = state.groups.entry(request.group.clone()).or_default();
+        let owned = flatten(&request.owned);
+        if request.member_epoch == -1 {
+            if group.members.remove(&request.member_id).is_some() {
+                group.generation += 1;
+                tracing::info!(group = %request.group, member = %request.member_id, "member left");
+            }
+            return Ok(GroupHeartbeatResponse {
+                member_id: request.member_id.clone(),
+                member_epoch: -1,
+                heartbeat_interval_ms: self.heartbeat_interval_ms as u32,
+                ..Default::default()
+            });
+        }
+        let member_id = if request.member_id.is_empty() {
+            if request.member_epoch != 0 {
+                return Err(BrokerError::InvalidArgument(
+                    "joining needs member epoch 0".into(),
+                ));
+            }
+            let prefix = if request.client_id.is_empty() {
+                "member"
+            } else {
+                request.client_id.as_str()
+            };
+            let prefix: String = prefix.chars().take(64).collect();
+            format!("{prefix}-{:016x}", rand::random::<u64>())
+        } else {
+            request.member_id.clone()
+        };
+        if !group.members.contains_key(&member_id) {
+            if request.member_epoch != 0 {
+                return Err(BrokerError::UnknownMember {
+                    group: request.group.clone(),
+                    member_id,
+                });
+            }
+            if group.members.len() >= self.max_members {
+                return Err(BrokerError::Throttled(format!(
+                    "group {} already has {} members",
+                    request.group, self.max_members
+                )));
+            }
+            group.members.insert(
+                member_id.clone(),
+                Member {
+                    client_id: request.client_id.clone(),
+                    epoch: 0,
+                    previous_epoch: 0,
+                    topics: BTreeSet::new(),
+                    owned: BTreeSet::new(),
+                    target: BTreeSet::new(),
+                    granted: BTreeSet::new(),
+                    last_heartbeat: now,
+                    session_timeout,
+                },
+            );
+            group.generation += 1;
+            tracing::info!(group = %request.group, member = %member_id, "member joined");
+        }
+        {
+            let member = group
+                .members
+                .get_mut(&member_id)
+                .expect("the member was found or inserted above");
+            let epoch_ok = request.member_epoch == 0
+                || request.member_epoch == member.epoch
+                || request.member_epoch == member.previous_epoch;
+            if !epoch_ok {
+                return Err(BrokerError::StaleMemberEpoch {
+                    member_id,
+                    current: member.epoch,
+                    requested: request.member_epoch,
+                });
+            }
+            if !request.topics.is_empty() || request.member_epoch == 0 {
+                let topics: BTreeSet<String> = request.topics.iter().cloned().collect();
+                if topics != member.topics {
+                    member.topics = topics;
+                    group.generation += 1;
+                }
+            }
+            member.owned = owned;
+            member.last_heartbeat = now;
+            member.session_timeout = session_timeout;
+        }
+        let inputs: BTreeMap<String, MemberInput> = group
+            .members
+            .iter()
+            .map(|(id, member)| {
+                (
+                    id.clone(),
+                    MemberInput {
+                        topics: member.topics.clone(),
+                        sticky: member.target.union(&member.owned).cloned().collect(),
+                    },
+                )
+            })
+            .collect();
+        let targets = compute_targets(&inputs, partition_counts);
+        for (id, target) in targets {
+            if let Some(member) = group.members.get_mut(&id) {
+                member.target = target;
+            }
+        }
+        let held: BTreeMap<String, BTreeSet<TopicPartition>> = group
+            .members
+            .iter()
+            .map(|(id, member)| {
+                (
+                    id.clone(),
+                    member.owned.union(&member.granted).cloned().collect(),
+                )
+            })
+            .collect();
+        let member = group
+            .members
+            .get_mut(&member_id)
+            .expect("the member was found or inserted above");
+        let grant = grantable(&member_id, &member.target, &held);
+        if grant != member.granted || member.epoch == 0 {
+            member.previous_epoch = member.epoch;
+            member.epoch += 1;
+            member.granted = grant;
+            group.generation += 1;
+        }
+        Ok(GroupHeartbeatResponse {
+            error: ErrorCode::None as i32,
+            error_message: String::new(),
+            member_id,
+            member_epoch: member.epoch,
+            heartbeat_interval_ms: u32::try_from(self.heartbeat_interval_ms).unwrap_or(u32::MAX),
+            assignment: group_topic_partitions(&member.granted),
+        })
+    }
+
+    pub async fn commit(
+        &self,
+        shared: &Shared,
+        request: CommitOffsetsRequest,
+    ) -> Result<CommitOffsetsResponse, BrokerError> {
+        GroupName::new(&request.group)
+            .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+        if request.offsets.len() > self.max_offsets_per_commit {
+            return Err(BrokerError::InvalidArgument(format!(
+                "at most {} offsets per commit",
+                self.max_offsets_per_commit
+            )));
+        }
+        if let Some(offset) = request
+            .offsets
+            .iter()
+            .find(|offset| offset.metadata.len() > self.max_metadata_bytes)
+        {
+            return Err(BrokerError::InvalidArgument(format!(
+                "metadata of {}/{} exceeds {} bytes",
+                offset.topic, offset.partition, self.max_metadata_bytes
+            )));
+        }
+        let partition = self.offsets_partition(shared, &request.group)?;
+        self.evict_expired_members();
+        {
+            let state = lock(&self.state);
+            let members = state.groups.get(&request.group).map(|group| &group.members);
+            let has_members = members.is_some_and(|members| !members.is_empty());
+            if request.member_id.is_empty() {
+                if request.member_epoch != -1 || has_members {
+                    return Err(BrokerError::UnknownMember {
+                        group: request.group.clone(),
+                        member_id: String::new(),
+                    });
+                }
+            } else {
+                let member = members
+                    .and_then(|members| members.get(&request.member_id))
+                    .ok_or_else(|| BrokerError::UnknownMember {
+                        group: request.group.clone(),
+                        member_id: request.member_id.clone(),
+                    })?;
+                if request.member_epoch != member.epoch
+                    && request.member_epoch != member.previous_epoch
+                {
+                    return Err(BrokerError::StaleMemberEpoch {
+                        member_id: request.member_id.clone(),
+                        current: member.epoch,
+                        requested: request.member_epoch,
+                    });
+                }
+            }
+        }
+        let offsets: Vec<CommittedOffset> = request
+            .offsets
+            .iter()
+            .map(|offset| CommittedOffset {
+                topic: offset.topic.clone(),
+                partition: offset.partition,
+                offset: offset.offset,
+                metadata: offset.metadata.clone(),
+            })
+            .collect();
+        let batch = commit_record::encode(&request.group, &offsets)
+            .map_err(|error| BrokerError::Internal(error.to_string()))?;
+        let header = batch::validate(&batch, usize::MAX).map_err(BrokerError::Batch)?;
+        let state = self.state.clone();
+        let group = request.group.clone();
+        let apply = Box::new(move |_base_offset: u64| {
+            apply_commits(&mut lock(&state), &group, &offsets);
+        });
+        let generation = partition.status().generation;
+        let receiver = partition.submit(batch, header, generation, Some(apply))?;
+        receiver
+            .await
+            .map_err(|_| BrokerError::Unavailable("offsets partition stopped".into()))??;
+        Ok(CommitOffsetsResponse {
+            offsets: request
+                .offsets
+                .into_iter()
+                .map(|offset| PartitionOffset {
+                    error: ErrorCode::None as i32,
+                    ..offset
+                })
+                .collect(),
+        })
+    }
+
+    pub fn fetch_offsets(
+        &self,
+        shared: &Shared,
+        request: FetchOffsetsRequest,
+    ) -> Result<FetchOffsetsResponse, BrokerError> {
+        self.offsets_partition(shared, &request.group)?;
+        let wanted = flatten(&request.partitions);
+        let state = lock(&self.state);
+        let offsets = state
+            .committed
+            .get(&request.group)
+            .map(|committed| {
+                committed
+                    .iter()
+                    .filter(|(key, _)| wanted.is_empty() || wanted.contains(*key))
+                    .map(|((topic, partition), (offset, metadata))| PartitionOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        metadata: metadata.clone(),
+                        error: ErrorCode::None as i32,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(FetchOffsetsResponse { offsets })
+    }
+
+    pub async fn describe(
+        &self,
+        shared: &Shared,
+        request: DescribeGroupRequest,
+    ) -> Result<DescribeGroupResponse, BrokerError> {
+        self.offsets_partition(shared, &request.group)?;
+        self.evict_expired_members();
+        let now = Instant::now();
+        let (mut response, owners, committed) = {
+            let state = lock(&self.state);
+            let mut response = DescribeGroupResponse {
+                group: request.group.clone(),
+                state: "Empty".into(),
+                ..Default::default()
+            };
+            let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
+            let mut topics: BTreeSet<String> = BTreeSet::new();
+            if let Some(group) = state.groups.get(&request.group) {
+                response.generation = group.generation;
+                if !group.members.is_empty() {
+                    let stable = group.members.values().all(|member| {
+                        member.granted == member.target && member.owned == member.target
+                    });
+                    response.state = if stable { "Stable" } else { "Reconciling" }.into();
+                }
+                for (id, member) in &group.members {
+                    topics.extend(member.topics.iter().cloned());
+                    for partition in &member.granted {
+                        owners.insert(partition.clone(), id.clone());
+                    }
+                    response.members.push(GroupMember {
+                        member_id: id.clone(),
+                        client_id: member.client_id.clone(),
+                        member_epoch: member.epoch,
+                        assignment: group_topic_partitions(&member.granted),
+                        last_heartbeat_ms_ago: i64::try_from(
+                            now.duration_since(member.last_heartbeat).as_millis(),
+                        )
+                        .unwrap_or(i64::MAX),
+                    });
+                }
+            }
+            response.topics = topics.into_iter().collect();
+            let committed = state
+                .committed
+                .get(&request.group)
+                .cloned()
+                .unwrap_or_default();
+            (response, owners, committed)
+        };
+        let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
+        partitions.extend(owners.keys().cloned());
+        let high_watermarks = high_watermarks(shared, &partitions).await;
+        for partition in partitions {
+            let committed_offset = committed.get(&partition).map(|(offset, _)| *offset);
+            let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
+            response.lag.push(PartitionLag {
+                topic: partition.0.clone(),
+                partition: partition.1,
+                committed_offset: committed_offset
+                    .map(|offset| i64::try_from(offset).unwrap_or(i64::MAX))
+                    .unwrap_or(-1),
+                high_watermark,
+                lag: high_watermark.saturating_sub(committed_offset.unwrap_or(0)),
+                member_id: owners.get(&partition).cloned().unwrap_or_default(),
+            });
+        }
+        Ok(response)
+    }
+}
+
+/// High watermarks of `partitions`: local ones from their status, others
+/// from their owners' `ListOffsets`. Unknown ones are left out (logged).
+async fn high_watermarks(
+    shared: &Shared,
+    partitions: &BTreeSet<TopicPartition>,
+) -> HashMap<TopicPartition, u64> {
+    let mut result = HashMap::new();
+    let mut remote: Vec<&TopicPartition> = Vec::new();
+    for partition in partitions {
+        match shared.partition(&PartitionKey::new(&partition.0, partition.1)) {
+            Some(local) if local.status().loaded => {
+                result.insert(partition.clone(), local.status().high_watermark);
+            }
+            _ => remote.push(partition),
+        }
+    }
+    if remote.is_empty() {
+        return result;
+    }
+    let topics: Vec<String> = remote
+        .iter()
+        .map(|partition| partition.0.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let routes = match shared.routes(&topics).await {
+        Ok(routes) => routes,
+        Err(error) => {
+            tracing::warn!(%error, "describe group: routes unavailable; lag incomplete");
+            return result;
+        }
+    };
+    for partition in remote {
+        let address = routes
+            .iter()
+            .find(|route| route.topic == partition.0)
+            .and_then(|route| {
+                route
+                    .partitions
+                    .iter()
+                    .find(|entry| entry.partition == partition.1)
+            })
+            .map(|entry| entry.broker_address.clone())
+            .filter(|address| !address.is_empty());
+        let Some(address) = address else { continue };
+        let answer = match shared.clients.broker(&address) {
+            Ok(mut broker) => broker
+                .list_offsets(request(
+                    ListOffsetsRequest {
+                        topic: partition.0.clone(),
+                        partition: partition.1,
+                        spec: OffsetSpec::Latest as i32,
+                        timestamp_ms: 0,
+                    },
+                    shared.clients.store_timeout,
+                ))
+                .await
+                .map(|response| response.into_inner().high_watermark)
+                .map_err(|status| status.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match answer {
+            Ok(high_watermark) => {
+                result.insert(partition.clone(), high_watermark);
+            }
+            Err(error) => {
+                tracing::warn!(topic = %partition.0, partition = partition.1, %error, "describe group: high watermark unavailable")
+            }
+        }
+    }
+    result
+}

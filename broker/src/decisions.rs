@@ -1,0 +1,180 @@
+//! Pure decisions of the data path: where a fetch offset falls, which
+//! segments retention deletes, how much of a store read may be returned.
+
+use sluice_proto::batch::BatchIter;
+use sluice_proto::v1::{SegmentInfo, SegmentState};
+
+/// What a fetch at `offset` should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchDecision {
+    /// Before the log start or beyond the high watermark.
+    OutOfRange,
+    /// At the high watermark: nothing yet (long-poll).
+    NothingYet,
+    /// Data is available from `offset`.
+    Read,
+}
+
+pub fn fetch_decision(offset: u64, log_start_offset: u64, high_watermark: u64) -> FetchDecision {
+    if offset < log_start_offset || offset > high_watermark {
+        FetchDecision::OutOfRange
+    } else if offset == high_watermark {
+        FetchDecision::NothingYet
+    } else {
+        FetchDecision::Read
+    }
+}
+
+/// Length of the prefix of concatenated `batches` holding only whole
+/// batches that end at or before `high_watermark`.
+pub fn prefix_within_high_watermark(batches: &[u8], high_watermark: u64) -> usize {
+    let mut length = 0;
+    for item in BatchIter::new(batches) {
+        match item {
+            Ok((position, header, batch)) if header.end_offset() <= high_watermark => {
+                length = position + batch.len();
+            }
+            _ => break,
+        }
+    }
+    length
+}
+
+/// The segment holding `offset`: the last one starting at or before it
+/// that is open or ends after it.
+pub fn segment_for_offset(segments: &[SegmentInfo], offset: u64) -> Option<&SegmentInfo> {
+    segments.iter().rev().find(|segment| {
+        segment.base_offset <= offset
+            && (segment.state() == SegmentState::Open || segment.end_offset > offset)
+    })
+}
+
+/// Segments retention deletes, oldest first: a prefix of the closed
+/// segments (sorted by base offset) that are older than `retention_ms` (by
+/// max timestamp) or needed to bring the partition within
+/// `retention_bytes`. Never the last segment nor an open one.
+pub fn select_for_deletion(
+    segments: &[SegmentInfo],
+    now_ms: i64,
+    retention_ms: u64,
+    retention_bytes: u64,
+) -> Vec<u64> {
+    let mut total_bytes: u64 = segments.iter().map(|segment| segment.size_bytes).sum();
+    let mut selected = Vec::new();
+    let deletable = segments.len().saturating_sub(1);
+    for segment in &segments[..deletable] {
+        if segment.state() != SegmentState::Closed {
+            break;
+        }
+        let expired = retention_ms > 0
+            && now_ms.saturating_sub(segment.max_timestamp_ms) > retention_ms as i64;
+        let oversized = retention_bytes > 0 && total_bytes > retention_bytes;
+        if !(expired || oversized) {
+            break;
+        }
+        total_bytes -= segment.size_bytes;
+        selected.push(segment.segment_id);
+    }
+    selected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use sluice_proto::batch::{assign, BatchBuilder, Compression, RecordData};
+
+    fn segment(id: u64, base: u64, end: u64, size: u64, max_ts: i64, open: bool) -> SegmentInfo {
+        SegmentInfo {
+            segment_id: id,
+            base_offset: base,
+            end_offset: end,
+            size_bytes: size,
+            max_timestamp_ms: max_ts,
+            state: if open {
+                SegmentState::Open
+            } else {
+                SegmentState::Closed
+            } as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fetch_offsets_relative_to_log_bounds() {
+        assert_eq!(fetch_decision(4, 5, 10), FetchDecision::OutOfRange);
+        assert_eq!(fetch_decision(11, 5, 10), FetchDecision::OutOfRange);
+        assert_eq!(fetch_decision(10, 5, 10), FetchDecision::NothingYet);
+        assert_eq!(fetch_decision(5, 5, 10), FetchDecision::Read);
+        assert_eq!(fetch_decision(0, 0, 0), FetchDecision::NothingYet);
+    }
+
+    #[test]
+    fn retention_by_age_deletes_old_prefix_only() {
+        let segments = vec![
+            segment(1, 0, 10, 100, 1_000, false),
+            segment(2, 10, 20, 100, 9_000, false),
+            segment(3, 20, 30, 100, 1_000, false),
+            segment(4, 30, 30, 0, 0, true),
+        ];
+        // Segment 3 is old but follows a young one: the log stays contiguous.
+        assert_eq!(select_for_deletion(&segments, 10_000, 5_000, 0), vec![1]);
+        assert!(select_for_deletion(&segments, 10_000, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn retention_by_size_never_deletes_the_open_or_last_segment() {
+        let segments = vec![
+            segment(1, 0, 10, 100, 0, false),
+            segment(2, 10, 20, 100, 0, false),
+            segment(3, 20, 25, 50, 0, true),
+        ];
+        assert_eq!(select_for_deletion(&segments, 0, 0, 120), vec![1, 2]);
+        assert_eq!(select_for_deletion(&segments, 0, 0, 150), vec![1]);
+        assert_eq!(
+            select_for_deletion(&segments, 0, 0, 1000),
+            Vec::<u64>::new()
+        );
+        let only_closed = vec![segment(1, 0, 10, 100, 0, false)];
+        assert!(select_for_deletion(&only_closed, 0, 0, 1).is_empty());
+    }
+
+    #[test]
+    fn finds_segment_holding_offset() {
+        let segments = vec![
+            segment(1, 0, 10, 1, 0, false),
+            segment(2, 10, 10, 0, 0, false),
+            segment(3, 10, 0, 0, 0, true),
+        ];
+        assert_eq!(
+            segment_for_offset(&segments, 3).map(|s| s.segment_id),
+            Some(1)
+        );
+        assert_eq!(
+            segment_for_offset(&segments, 10).map(|s| s.segment_id),
+            Some(3)
+        );
+        assert_eq!(segment_for_offset(&segments[..2], 10), None);
+    }
+
+    #[test]
+    fn trims_batches_beyond_high_watermark() {
+        let mut bytes = Vec::new();
+        for base in [0u64, 2] {
+            let mut builder = BatchBuilder::new(Compression::None);
+            for _ in 0..2 {
+                builder.push(&RecordData {
+                    value: Some(Bytes::from_static(b"v")),
+                    ..Default::default()
+                });
+            }
+            let mut batch = builder.build().to_vec();
+            assign(&mut batch, base, 1);
+            bytes.extend_from_slice(&batch);
+        }
+        let first_length = bytes.len() / 2;
+        assert_eq!(prefix_within_high_watermark(&bytes, 4), bytes.len());
+        assert_eq!(prefix_within_high_watermark(&bytes, 3), first_length);
+        assert_eq!(prefix_within_high_watermark(&bytes, 1), 0);
+    }
+}

@@ -1,0 +1,145 @@
+//! The broker's error type and its one mapping to `SluiceError` (and so to
+//! `tonic::Status` and per-item `ErrorCode`s).
+
+use sluice_proto::batch::BatchError;
+use sluice_proto::{ErrorCode, SluiceError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("this broker does not serve {topic}/{partition}")]
+    NotOwner { topic: String, partition: u32 },
+    #[error("partition {topic}/{partition} is recovering; retry shortly")]
+    Recovering { topic: String, partition: u32 },
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("invalid batch: {0}")]
+    Batch(BatchError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("offset {offset} is outside [{log_start_offset}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start_offset: u64,
+        high_watermark: u64,
+    },
+    #[error("this broker is not the coordinator of group {0:?}")]
+    NotCoordinator(String),
+    #[error("unknown member {member_id:?} of group {group:?}")]
+    UnknownMember { group: String, member_id: String },
+    #[error("member {member_id:?} has epoch {current}, request carried {requested}")]
+    StaleMemberEpoch {
+        member_id: String,
+        current: i64,
+        requested: i64,
+    },
+    #[error("{0}")]
+    Throttled(String),
+    #[error("earlier request for {topic}/{partition} on this stream failed; retry in order")]
+    EarlierRequestFailed { topic: String, partition: u32 },
+    #[error("{context}: {error}")]
+    Remote { context: String, error: SluiceError },
+    #[error("{0} timed out")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    #[error("cannot serve: {0}")]
+    Transport(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BrokerError {
+    /// Wraps a status from a nameserver, store or broker we called.
+    pub fn remote(context: impl Into<String>, status: &tonic::Status) -> Self {
+        BrokerError::Remote {
+            context: context.into(),
+            error: SluiceError::from_status(status),
+        }
+    }
+
+    /// The stable code this error travels under.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::NotOwner { .. } => ErrorCode::NotOwner,
+            BrokerError::Recovering { .. } => ErrorCode::Unavailable,
+            BrokerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+            BrokerError::Batch(BatchError::TooLarge { .. }) => ErrorCode::TooLarge,
+            BrokerError::Batch(_) => ErrorCode::CorruptBatch,
+            BrokerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            BrokerError::NotCoordinator(_) => ErrorCode::NotCoordinator,
+            BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
+            BrokerError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
+            BrokerError::Throttled(_) => ErrorCode::Throttled,
+            BrokerError::EarlierRequestFailed { .. } => ErrorCode::Unavailable,
+            // Ownership errors from the nameserver or a fence from a store
+            // mean someone else owns the partition now.
+            BrokerError::Remote { error, .. } => match error.code {
+                ErrorCode::Fenced | ErrorCode::Conflict | ErrorCode::SegmentSealed => {
+                    ErrorCode::NotOwner
+                }
+                ErrorCode::None => ErrorCode::Internal,
+                code if code.is_retriable() => code,
+                ErrorCode::StorageCorrupt => ErrorCode::StorageCorrupt,
+                _ => ErrorCode::Unavailable,
+            },
+            BrokerError::Timeout(_) => ErrorCode::Timeout,
+            BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+            BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
+            BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The code a remote peer answered with, if this came from one.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        match self {
+            BrokerError::Remote { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<BrokerError> for SluiceError {
+    fn from(error: BrokerError) -> Self {
+        SluiceError::new(error.code(), error.to_string())
+    }
+}
+
+impl From<BrokerError> for tonic::Status {
+    fn from(error: BrokerError) -> Self {
+        SluiceError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_errors_map_to_size_or_corruption() {
+        let too_large = BrokerError::Batch(BatchError::TooLarge {
+            length: 10,
+            limit: 5,
+        });
+        assert_eq!(too_large.code(), ErrorCode::TooLarge);
+        let bad_crc = BrokerError::Batch(BatchError::CrcMismatch {
+            expected: 1,
+            actual: 2,
+        });
+        assert_eq!(bad_crc.code(), ErrorCode::CorruptBatch);
+    }
+
+    #[test]
+    fn store_fence_means_not_owner() {
+        let status: tonic::Status = SluiceError::new(ErrorCode::Fenced, "newer epoch").into();
+        assert_eq!(
+            BrokerError::remote("append", &status).code(),
+            ErrorCode::NotOwner
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! Registration with the nameservers, the heartbeat loop, and turning each
+//! heartbeat's assignment list into started and stopped partitions.
+//! Self-fences (stops every partition) when no heartbeat succeeded for a
+//! whole lease TTL.
+
+use crate::clients::nameserver_call;
+use crate::error::BrokerError;
+use crate::partition::Partition;
+use crate::tail_cache::PartitionKey;
+use crate::Shared;
+use sluice_proto::v1::{
+    DeregisterNodeRequest, HeartbeatRequest, NodeKind, NodeLoad, PartitionAssignment,
+    RegisterNodeRequest, TopicConfig,
+};
+use sluice_proto::ErrorCode;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Smallest heartbeat interval honoured, whatever the nameserver says.
+const MIN_HEARTBEAT_INTERVAL_MS: u64 = 50;
+const INITIAL_REGISTER_BACKOFF_MS: u64 = 50;
+
+struct Session {
+    session_id: u64,
+    lease_ttl: Duration,
+    heartbeat_interval: Duration,
+}
+
+fn load(shared: &Shared) -> NodeLoad {
+    NodeLoad {
+        partitions: u32::try_from(shared.partition_count()).unwrap_or(u32::MAX),
+        healthy: true,
+        ..Default::default()
+    }
+}
+
+async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option<Session> {
+    let mut backoff_ms = INITIAL_REGISTER_BACKOFF_MS;
+    loop {
+        let attempt = nameserver_call!(
+            &shared.clients,
+            register_node,
+            RegisterNodeRequest {
+                kind: NodeKind::Broker as i32,
+                node_id: shared.config.node_id.clone(),
+                address: shared.advertised_address.clone(),
+                load: Some(load(shared)),
+                rack: shared.config.rack.clone(),
+            }
+        );
+        match attempt {
+            Ok(answer) => {
+                tracing::info!(
+                    session = answer.session_id,
+                    lease_ttl_ms = answer.lease_ttl_ms,
+                    "registered with the nameserver"
+                );
+                return Some(Session {
+                    session_id: answer.session_id,
+                    lease_ttl: Duration::from_millis(answer.lease_ttl_ms.max(1)),
+                    heartbeat_interval: Duration::from_millis(
+                        answer.heartbeat_interval_ms.max(MIN_HEARTBEAT_INTERVAL_MS),
+                    ),
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff_ms, "registration failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = crate::wait_until_set(shutdown) => return None,
+        }
+        backoff_ms = (backoff_ms * 2).min(shared.config.register_backoff_max_ms.max(1));
+    }
+}
+
+/// Registers, heartbeats and applies assignments until shutdown; then
+/// stops every partition and deregisters.
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_session = None;
+    'registration: while let Some(session) = register(&shared, &mut shutdown).await {
+        last_session = Some(session.session_id);
+        let mut last_success = Instant::now();
+        loop {
+            let answer = nameserver_call!(
+                &shared.clients,
+                heartbeat,
+                HeartbeatRequest {
+                    kind: NodeKind::Broker as i32,
+                    node_id: shared.config.node_id.clone(),
+                    session_id: session.session_id,
+                    load: Some(load(&shared)),
+                }
+            );
+            match answer {
+                Ok(answer) => {
+                    last_success = Instant::now();
+                    reconcile(&shared, &answer.assignments);
+                }
+                Err(error) if error.remote_code() == Some(ErrorCode::SessionExpired) => {
+                    tracing::warn!(
+                        "session expired; dropping all partitions and registering again"
+                    );
+                    stop_all(&shared);
+                    continue 'registration;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat failed");
+                    if last_success.elapsed() >= session.lease_ttl && shared.partition_count() > 0 {
+                        tracing::error!("no heartbeat succeeded for a whole lease; self-fencing");
+                        stop_all(&shared);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(session.heartbeat_interval) => {}
+                _ = crate::wait_until_set(&mut shutdown) => break 'registration,
+            }
+        }
+    }
+    stop_all(&shared);
+    if let Some(session_id) = last_session {
+        let result: Result<_, BrokerError> = nameserver_call!(
+            &shared.clients,
+            deregister_node,
+            DeregisterNodeRequest {
+                kind: NodeKind::Broker as i32,
+                node_id: shared.config.node_id.clone(),
+                session_id,
+            }
+        );
+        if let Err(error) = result {
+            tracing::warn!(%error, "deregistration failed; the lease will expire");
+        }
+    }
+}
+
+/// What should change given the assignment list: partitions to stop and
+/// (key, epoch, config) to start.
+pub fn diff(
+    served: &HashMap<PartitionKey, u64>,
+    assignments: &[PartitionAssignment],
+) -> (Vec<PartitionKey>, Vec<(PartitionKey, u64, TopicConfig)>) {
+    let wanted: HashMap<PartitionKey, (u64, TopicConfig)> = assignments
+        .iter()
+        .map(|assignment| {
+            (
+                PartitionKey::new(&assignment.topic, assignment.partition),
+                (
+                    assignment.epoch,
+                    assignment.config.clone().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect();
+    let mut stop: Vec<PartitionKey> = served
+        .iter()
+        .filter(|(key, epoch)| {
+            wanted
+                .get(*key)
+                .is_none_or(|(wanted_epoch, _)| wanted_epoch != *epoch)
+        })
+        .map(|(key, _)| key.clone())
+        .collect();
+    stop.sort();
+    let mut start: Vec<(PartitionKey, u64, TopicConfig)> = wanted
+        .into_iter()
+        .filter(|(key, (epoch, _))| served.get(key) != Some(epoch))
+        .map(|(key, (epoch, config))| (key, epoch, config))
+        .collect();
+    start.sort_by(|left, right| left.0.cmp(&right.0));
+    (stop, start)
+}
+
+fn reconcile(shared: &Arc<Shared>, assignments: &[PartitionAssignment]) {
+    let served: HashMap<PartitionKey, u64> = shared
+        .partitions()
+        .into_iter()
+        .map(|partition| (partition.key.clone(), partition.epoch))
+        .collect();
+    let (stop, start) = diff(&served, assignments);
+    for key in stop {
+        stop_partition(shared, &key);
+    }
+    for (key, epoch, config) in start {
+        tracing::info!(partition = %key, epoch, "assigned; taking over");
+        shared.tail_cache_add(key.clone());
+        let partition = Partition::spawn(shared.clone(), key.clone(), epoch, config);
+        shared.insert_partition(key, partition);
+    }
+}
+
+fn stop_partition(shared: &Shared, key: &PartitionKey) {
+    if let Some(partition) = shared.remove_partition(key) {
+        tracing::info!(partition = %key, epoch = partition.epoch, "no longer assigned; stopping");
+        partition.stop();
+        shared.tail_cache_remove(key);
+        if partition.is_offsets_topic() {
+            shared.coordinator.unload_partition(key.partition);
+        }
+    }
+}
+
+pub fn stop_all(shared: &Shared) {
+    for partition in shared.partitions() {
+        stop_partition(shared, &partition.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(topic: &str, partition: u32, epoch: u64) -> PartitionAssignment {
+        PartitionAssignment {
+            topic: topic.into(),
+            partition,
+            epoch,
+            config: None,
+        }
+    }
+
+    #[test]
+    fn new_epoch_restarts_and_missing_stops() {
+        let mut served = HashMap::new();
+        served.insert(PartitionKey::new("a", 0), 1);
+        served.insert(PartitionKey::new("a", 1), 1);
+        served.insert(PartitionKey::new("b", 0), 3);
+        let (stop, start) = diff(
+            &served,
+            &[
+                assignment("a", 0, 1),
+                assignment("a", 1, 2),
+                assignment("c", 0, 1),
+            ],
+        );
+        assert_eq!(
+            stop,
+            vec![PartitionKey::new("a", 1), PartitionKey::new("b", 0)]
+        );
+        let started: Vec<(PartitionKey, u64)> = start
+            .into_iter()
+            .map(|(key, epoch, _)| (key, epoch))
+            .collect();
+        assert_eq!(
+            started,
+            vec![
+                (PartitionKey::new("a", 1), 2),
+                (PartitionKey::new("c", 0), 1)
+            ]
+        );
+    }
+}

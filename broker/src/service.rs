@@ -1,0 +1,495 @@
+//! The `Broker` gRPC service: ordered pipelined produce streams, fetch with
+//! long-poll, list offsets, and the group RPCs (delegated to the
+//! coordinator).
+
+use crate::clients::request;
+use crate::decisions::{fetch_decision, FetchDecision};
+use crate::error::BrokerError;
+use crate::partition::{Partition, PartitionStatus, Phase};
+use crate::tail_cache::PartitionKey;
+use crate::Shared;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, Stream, StreamExt};
+use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::names::TopicName;
+use sluice_proto::v1::broker_server::Broker;
+use sluice_proto::v1::{
+    CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest, DescribeGroupResponse,
+    FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FetchedPartition,
+    FindOffsetRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetSpec, ProduceRequest, ProduceResponse, SegmentState,
+};
+use sluice_proto::ErrorCode;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Produce responses buffered towards a slow client before the stream
+/// stops being read.
+const PRODUCE_RESPONSE_QUEUE: usize = 1024;
+/// Most partitions one fetch request may name.
+const MAX_FETCH_PARTITIONS: usize = 10_000;
+
+pub struct BrokerService {
+    pub shared: Arc<Shared>,
+}
+
+type ProduceResponseStream = Pin<Box<dyn Stream<Item = Result<ProduceResponse, Status>> + Send>>;
+
+/// A produce answer in stream order, with the bytes it held and the
+/// partition it counted against.
+type PendingProduce = BoxFuture<'static, (ProduceResponse, u64, PartitionKey)>;
+
+fn error_response(request_id: u64, error: &BrokerError) -> ProduceResponse {
+    ProduceResponse {
+        request_id,
+        error: error.code() as i32,
+        error_message: error.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Per stream and partition: the pipeline generation this stream's
+/// outstanding requests were submitted under, and how many are outstanding.
+#[derive(Default)]
+struct StreamPartition {
+    generation: u64,
+    outstanding: usize,
+}
+
+fn submit_produce(
+    shared: &Arc<Shared>,
+    produce: ProduceRequest,
+    streams: &mut HashMap<PartitionKey, StreamPartition>,
+) -> PendingProduce {
+    let request_id = produce.request_id;
+    let size = produce.batch.len() as u64;
+    let key = PartitionKey::new(&produce.topic, produce.partition);
+    let entry = streams.entry(key.clone()).or_default();
+    entry.outstanding += 1;
+    let first_outstanding = entry.outstanding == 1;
+    if let Err(error) = TopicName::any(&produce.topic) {
+        let error = BrokerError::InvalidArgument(error.to_string());
+        return async move { (error_response(request_id, &error), size, key) }.boxed();
+    }
+    let Some(partition) = shared.partition(&key) else {
+        let shared = shared.clone();
+        return async move {
+            let error = shared.not_served_error(&key.topic, key.partition).await;
+            (error_response(request_id, &error), size, key)
+        }
+        .boxed();
+    };
+    let max_batch_bytes = partition.max_batch_bytes(shared.config.max_batch_bytes);
+    let header = match batch::validate(&produce.batch, max_batch_bytes) {
+        Ok(header) => header,
+        Err(error) => {
+            let error = BrokerError::Batch(error);
+            return async move { (error_response(request_id, &error), size, key) }.boxed();
+        }
+    };
+    let current = partition.status().generation;
+    if first_outstanding {
+        entry.generation = current;
+    }
+    // An earlier request of this stream is still pending under an older
+    // generation: it failed (or will), so this one must not overtake it.
+    let submitted = partition.submit(produce.batch, header, entry.generation, None);
+    async move {
+        let outcome = match submitted {
+            Ok(receiver) => receiver.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable("append pipeline stopped".into()))
+            }),
+            Err(error) => Err(error),
+        };
+        let response = match outcome {
+            Ok(outcome) => ProduceResponse {
+                request_id,
+                error: ErrorCode::None as i32,
+                error_message: String::new(),
+                base_offset: outcome.base_offset,
+                append_time_ms: outcome.append_time_ms,
+                epoch: outcome.epoch,
+            },
+            Err(error) => error_response(request_id, &error),
+        };
+        (response, size, key)
+    }
+    .boxed()
+}
+
+async fn produce_loop(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<ProduceRequest>,
+    responses: mpsc::Sender<Result<ProduceResponse, Status>>,
+) {
+    let max_in_flight_bytes = shared.config.max_in_flight_bytes_per_connection.max(1);
+    let mut pending: FuturesOrdered<PendingProduce> = FuturesOrdered::new();
+    let mut in_flight_bytes: u64 = 0;
+    let mut streams: HashMap<PartitionKey, StreamPartition> = HashMap::new();
+    let mut inbound_open = true;
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        if !inbound_open && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some((response, size, key)) = pending.next(), if !pending.is_empty() => {
+                in_flight_bytes = in_flight_bytes.saturating_sub(size);
+                if let Some(entry) = streams.get_mut(&key) {
+                    entry.outstanding = entry.outstanding.saturating_sub(1);
+                    if entry.outstanding == 0 {
+                        streams.remove(&key);
+                    }
+                }
+                if responses.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+            message = inbound.message(), if inbound_open && in_flight_bytes < max_in_flight_bytes => {
+                match message {
+                    Ok(Some(produce)) => {
+                        in_flight_bytes += produce.batch.len() as u64;
+                        pending.push_back(submit_produce(&shared, produce, &mut streams));
+                    }
+                    Ok(None) => inbound_open = false,
+                    Err(status) => {
+                        tracing::debug!(%status, "produce stream ended with an error");
+                        inbound_open = false;
+                    }
+                }
+            }
+            _ = crate::wait_until_set(&mut shutdown) => {
+                let _ = responses.send(Err(BrokerError::ShuttingDown.into())).await;
+                break;
+            }
+        }
+    }
+}
+
+/// Keeps the prefix of whole batches fitting in `limit` bytes.
+fn whole_batches_within(batches: Bytes, limit: usize) -> Bytes {
+    if batches.len() <= limit {
+        return batches;
+    }
+    let mut length = 0;
+    for (position, _, batch) in BatchIter::new(&batches).map_while(Result::ok) {
+        if position + batch.len() > limit {
+            break;
+        }
+        length = position + batch.len();
+    }
+    batches.slice(..length)
+}
+
+impl BrokerService {
+    async fn fetch_once(
+        &self,
+        request: &FetchRequest,
+        total_max_bytes: usize,
+    ) -> (FetchResponse, usize, bool) {
+        let mut response = FetchResponse::default();
+        let mut used_bytes = 0usize;
+        let mut any_error = false;
+        for wanted in &request.partitions {
+            let mut fetched = FetchedPartition {
+                topic: wanted.topic.clone(),
+                partition: wanted.partition,
+                ..Default::default()
+            };
+            let result = self
+                .fetch_partition(
+                    wanted.offset,
+                    &wanted.topic,
+                    wanted.partition,
+                    wanted.max_bytes,
+                    total_max_bytes,
+                    used_bytes,
+                    &mut fetched,
+                )
+                .await;
+            if let Err(error) = result {
+                any_error = true;
+                fetched.error = error.code() as i32;
+                fetched.error_message = error.to_string();
+            }
+            used_bytes += fetched.batches.len();
+            response.partitions.push(fetched);
+        }
+        (response, used_bytes, any_error)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_partition(
+        &self,
+        offset: u64,
+        topic: &str,
+        partition_index: u32,
+        partition_max_bytes: u32,
+        total_max_bytes: usize,
+        used_bytes: usize,
+        fetched: &mut FetchedPartition,
+    ) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let partition = self.served(topic, partition_index).await?;
+        let status = loaded_status(&partition)?;
+        fetched.high_watermark = status.high_watermark;
+        fetched.log_start_offset = status.log_start_offset;
+        match fetch_decision(offset, status.log_start_offset, status.high_watermark) {
+            FetchDecision::OutOfRange => Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset: status.log_start_offset,
+                high_watermark: status.high_watermark,
+            }),
+            FetchDecision::NothingYet => Ok(()),
+            FetchDecision::Read => {
+                let remaining = total_max_bytes.saturating_sub(used_bytes);
+                let partition_limit = if partition_max_bytes == 0 {
+                    remaining
+                } else {
+                    (partition_max_bytes as usize).min(remaining)
+                };
+                if partition_limit == 0 && used_bytes > 0 {
+                    return Ok(());
+                }
+                let batches = partition
+                    .read(shared, offset, partition_limit.max(1))
+                    .await?;
+                // Only the first data of the response may exceed the limits
+                // (one whole batch always goes out).
+                fetched.batches = if used_bytes == 0 {
+                    batches
+                } else {
+                    whole_batches_within(batches, partition_limit)
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// The partition if served here, else the right error.
+    async fn served(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        TopicName::any(topic).map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+        match self.shared.partition(&PartitionKey::new(topic, partition)) {
+            Some(partition) => Ok(partition),
+            None => Err(self.shared.not_served_error(topic, partition).await),
+        }
+    }
+}
+
+fn loaded_status(partition: &Partition) -> Result<PartitionStatus, BrokerError> {
+    let status = partition.status();
+    if status.phase == Phase::Stopped {
+        return Err(BrokerError::NotOwner {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+        });
+    }
+    if !status.loaded {
+        return Err(BrokerError::Recovering {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+        });
+    }
+    Ok(status)
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    type ProduceStream = ProduceResponseStream;
+
+    async fn produce(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStream>, Status> {
+        let inbound = request.into_inner();
+        let (sender, receiver) = mpsc::channel(PRODUCE_RESPONSE_QUEUE);
+        tokio::spawn(produce_loop(self.shared.clone(), inbound, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let request = request.into_inner();
+        if request.partitions.len() > MAX_FETCH_PARTITIONS {
+            return Err(BrokerError::InvalidArgument(format!(
+                "a fetch may name at most {MAX_FETCH_PARTITIONS} partitions"
+            ))
+            .into());
+        }
+        let config = &self.shared.config;
+        let wait =
+            Duration::from_millis(u64::from(request.max_wait_ms).min(config.max_fetch_wait_ms));
+        let deadline = Instant::now() + wait;
+        let configured_max = usize::try_from(config.max_fetch_bytes).unwrap_or(usize::MAX);
+        let total_max_bytes = if request.max_bytes == 0 {
+            configured_max
+        } else {
+            (request.max_bytes as usize).min(configured_max)
+        };
+        let min_bytes = (request.min_bytes as usize).max(1);
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            // Subscribe before reading so a wake-up between read and wait
+            // is not lost.
+            let mut watchers: Vec<watch::Receiver<PartitionStatus>> = request
+                .partitions
+                .iter()
+                .filter_map(|wanted| {
+                    self.shared
+                        .partition(&PartitionKey::new(&wanted.topic, wanted.partition))
+                })
+                .map(|partition| partition.subscribe())
+                .collect();
+            for watcher in &mut watchers {
+                watcher.borrow_and_update();
+            }
+            let (response, used_bytes, any_error) =
+                self.fetch_once(&request, total_max_bytes).await;
+            if used_bytes >= min_bytes
+                || any_error
+                || watchers.is_empty()
+                || Instant::now() >= deadline
+            {
+                return Ok(Response::new(response));
+            }
+            let changed = futures::future::select_all(
+                watchers
+                    .iter_mut()
+                    .map(|watcher| Box::pin(watcher.changed())),
+            );
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = crate::wait_until_set(&mut shutdown) => return Ok(Response::new(response)),
+            }
+        }
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        let partition = self.served(&request.topic, request.partition).await?;
+        let status = loaded_status(&partition)?;
+        let offset = match request.spec() {
+            OffsetSpec::Earliest => status.log_start_offset,
+            OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
+            OffsetSpec::Timestamp => {
+                self.offset_for_timestamp(&partition, &status, request.timestamp_ms)
+                    .await?
+            }
+        };
+        Ok(Response::new(ListOffsetsResponse {
+            offset,
+            log_start_offset: status.log_start_offset,
+            high_watermark: status.high_watermark,
+        }))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        let shared = &self.shared;
+        Ok(Response::new(
+            shared
+                .coordinator
+                .heartbeat(shared, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let shared = &self.shared;
+        Ok(Response::new(
+            shared
+                .coordinator
+                .commit(shared, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let shared = &self.shared;
+        Ok(Response::new(
+            shared
+                .coordinator
+                .fetch_offsets(shared, request.into_inner())?,
+        ))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let shared = &self.shared;
+        Ok(Response::new(
+            shared
+                .coordinator
+                .describe(shared, request.into_inner())
+                .await?,
+        ))
+    }
+}
+
+impl BrokerService {
+    /// First offset whose timestamp is >= `timestamp_ms`: the first segment
+    /// whose max timestamp reaches it (closed ones from metadata, the open
+    /// one by asking its store), then the store's time index.
+    async fn offset_for_timestamp(
+        &self,
+        partition: &Partition,
+        status: &PartitionStatus,
+        timestamp_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        let shared = &self.shared;
+        for segment in partition.segments() {
+            let open = segment.state() == SegmentState::Open;
+            if !open
+                && (segment.max_timestamp_ms < timestamp_ms
+                    || segment.end_offset <= segment.base_offset)
+            {
+                continue;
+            }
+            let Some(replica) = segment.replicas.first() else {
+                continue;
+            };
+            let mut store = shared.clients.store(&replica.address)?;
+            let found = store
+                .find_offset(request(
+                    FindOffsetRequest {
+                        segment_id: segment.segment_id,
+                        timestamp_ms,
+                    },
+                    shared.clients.store_timeout,
+                ))
+                .await
+                .map_err(|status| BrokerError::remote("store FindOffset", &status))?
+                .into_inner()
+                .offset;
+            if let Some(offset) = found {
+                if offset < status.high_watermark {
+                    return Ok(offset.max(status.log_start_offset));
+                }
+            }
+        }
+        Ok(status.high_watermark)
+    }
+}
