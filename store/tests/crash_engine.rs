@@ -297,7 +297,7 @@ fn damage_after_open_is_caught_by_the_read_crc_check() {
 
 #[test]
 fn random_damage_never_panics_and_never_serves_wrong_bytes() {
-    for seed in 0..12u64 {
+    for seed in 0..24u64 {
         let directory = tempfile::tempdir().expect("temp dir");
         let checkpoint = if seed % 2 == 0 { Some(30) } else { None };
         let written = write_entries(directory.path(), checkpoint);

@@ -90,3 +90,34 @@ fn offset_start(bytes: &[u8]) -> u64 {
         .expect("served bytes start with a batch header")
         .base_offset
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Connects a `Store` client to `address`, retrying while the server
+/// starts (up to about 20 s).
+pub async fn connect_store(
+    address: &str,
+) -> sluice_proto::v1::store_client::StoreClient<tonic::transport::Channel> {
+    let mut last_error = String::new();
+    for _ in 0..400 {
+        match sluice_proto::v1::store_client::StoreClient::connect(format!("http://{address}"))
+            .await
+        {
+            Ok(client) => {
+                return client
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(64 * 1024 * 1024)
+            }
+            Err(error) => last_error = error.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("store at {address} never accepted a connection: {last_error}");
+}
