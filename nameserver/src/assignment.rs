@@ -56,7 +56,11 @@ pub struct Change {
 /// partitions; then up to `max_moves` partitions move from the most loaded
 /// broker to the least loaded while they differ by more than one. Every
 /// change bumps the epoch. Deterministic for a given input.
-pub fn plan(partitions: &[PartitionState], brokers: &[LiveBroker], max_moves: usize) -> Vec<Change> {
+pub fn plan(
+    partitions: &[PartitionState],
+    brokers: &[LiveBroker],
+    max_moves: usize,
+) -> Vec<Change> {
     if brokers.is_empty() {
         return Vec::new();
     }
@@ -167,7 +171,9 @@ fn most_loaded(counts: &[usize]) -> usize {
 }
 
 /// Live brokers from `nodes/broker/`.
-pub async fn live_brokers(store: &dyn MetadataStore) -> Result<Vec<(NodeInfo, i64)>, NameServerError> {
+pub async fn live_brokers(
+    store: &dyn MetadataStore,
+) -> Result<Vec<(NodeInfo, i64)>, NameServerError> {
     let mut brokers = Vec::new();
     for entry in store.range(&keys::nodes_of_kind(NodeKind::Broker)).await? {
         match keys::decode::<NodeInfo>(&entry.key, &entry.value) {
@@ -258,7 +264,10 @@ pub async fn reconcile_once(
             );
             applied += 1;
         } else {
-            tracing::debug!(key, "partition assignment lost a race; re-planning next round");
+            tracing::debug!(
+                key,
+                "partition assignment lost a race; re-planning next round"
+            );
         }
     }
     Ok(applied)
@@ -304,7 +313,12 @@ mod tests {
     fn count(states: &[PartitionState], id: &str) -> usize {
         states
             .iter()
-            .filter(|state| state.owner.as_ref().is_some_and(|owner| owner.broker_id == id))
+            .filter(|state| {
+                state
+                    .owner
+                    .as_ref()
+                    .is_some_and(|owner| owner.broker_id == id)
+            })
             .count()
     }
 
@@ -320,9 +334,16 @@ mod tests {
         let changes = plan(&states, &[broker("a", 1), broker("b", 2)], 0);
         assert_eq!(changes.len(), 4);
         assert!(changes.iter().all(|change| change.new_owner.epoch == 1));
-        assert!(changes.iter().all(|change| change.reason == ChangeReason::Orphaned));
-        assert!(changes.iter().all(|change| change.expected_mod_revision.is_none()));
-        let on_a = changes.iter().filter(|c| c.new_owner.broker_id == "a").count();
+        assert!(changes
+            .iter()
+            .all(|change| change.reason == ChangeReason::Orphaned));
+        assert!(changes
+            .iter()
+            .all(|change| change.expected_mod_revision.is_none()));
+        let on_a = changes
+            .iter()
+            .filter(|c| c.new_owner.broker_id == "a")
+            .count();
         assert_eq!(on_a, 2);
     }
 
@@ -386,11 +407,23 @@ mod tests {
     #[test]
     fn new_broker_gets_partitions() {
         let states: Vec<_> = (0..6)
-            .map(|p| owned("t", p, Some(if p % 2 == 0 { ("a", 1, 1) } else { ("b", 2, 1) })))
+            .map(|p| {
+                owned(
+                    "t",
+                    p,
+                    Some(if p % 2 == 0 { ("a", 1, 1) } else { ("b", 2, 1) }),
+                )
+            })
             .collect();
-        let changes = plan(&states, &[broker("a", 1), broker("b", 2), broker("c", 3)], 10);
+        let changes = plan(
+            &states,
+            &[broker("a", 1), broker("b", 2), broker("c", 3)],
+            10,
+        );
         assert_eq!(changes.len(), 2);
-        assert!(changes.iter().all(|change| change.new_owner.broker_id == "c"));
+        assert!(changes
+            .iter()
+            .all(|change| change.new_owner.broker_id == "c"));
         assert!(changes.iter().all(|change| change.new_owner.epoch == 2));
     }
 

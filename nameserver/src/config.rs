@@ -204,6 +204,9 @@ impl Default for NameServerConfig {
 
 impl NameServerConfig {
     /// Defaults, then `path` (must exist when given), then environment.
+    // The signature is the one every Sluice service shares; figment's error
+    // is large but only built once at startup.
+    #[allow(clippy::result_large_err)]
     pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
         let mut figment = Figment::from(Serialized::defaults(Self::default()));
         if let Some(path) = path {

@@ -108,10 +108,7 @@ mod tests {
         assert_eq!(key, "partitions/orders/00007");
         assert_eq!(parse_partition(&key), Some(("orders".to_string(), 7)));
         assert_eq!(parse_partition("partitions/x"), None);
-        assert_eq!(
-            segment("t", 1, 42),
-            "segments/t/00001/00000000000000000042"
-        );
+        assert_eq!(segment("t", 1, 42), "segments/t/00001/00000000000000000042");
     }
 
     #[test]

@@ -150,7 +150,9 @@ async fn reconcile_loop(handler: Arc<NameServerHandler>, mut stopping: watch::Re
         if !offsets_topic_ready {
             match handler.ensure_offsets_topic().await {
                 Ok(()) => offsets_topic_ready = true,
-                Err(error) => tracing::warn!(%error, "cannot create the consumer offsets topic yet"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot create the consumer offsets topic yet")
+                }
             }
         }
         if let Err(error) = assignment::reconcile_once(handler.store.as_ref(), max_moves).await {
@@ -208,7 +210,10 @@ async fn self_registration_loop(
             Some(lease) => match store.keep_alive(lease).await {
                 Ok(_) => {}
                 Err(MetadataError::LeaseExpired(_)) => {
-                    tracing::warn!(session = lease, "nameserver session expired; registering again");
+                    tracing::warn!(
+                        session = lease,
+                        "nameserver session expired; registering again"
+                    );
                     session = None;
                     continue;
                 }

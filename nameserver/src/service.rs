@@ -10,7 +10,7 @@ use crate::metadata::{Compare, KeyValue, LeaseId, MetadataError, MetadataStore, 
 use sluice_proto::names::{self, GroupName, TopicName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, CloseSegmentRequest, CreateSegmentRequest,
+    CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSegmentRequest,
     CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteTopicRequest,
     DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse, DescribeTopicRequest,
     DescribeTopicResponse, Durability, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse,
@@ -55,9 +55,7 @@ fn invalid(message: impl Into<String>) -> NameServerError {
 fn node_kind(value: i32) -> Result<NodeKind, NameServerError> {
     match NodeKind::try_from(value) {
         Ok(kind @ (NodeKind::Broker | NodeKind::Store)) => Ok(kind),
-        _ => Err(invalid(format!(
-            "node kind {value} is not BROKER or STORE"
-        ))),
+        _ => Err(invalid(format!("node kind {value} is not BROKER or STORE"))),
     }
 }
 
@@ -74,9 +72,9 @@ fn validate_address(address: &str) -> Result<(), NameServerError> {
     let valid = without_scheme.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty()
             && port.parse::<u16>().is_ok_and(|port| port != 0)
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+            && host.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':')
+            })
     });
     if valid {
         Ok(())
@@ -137,7 +135,11 @@ impl NameServerHandler {
 
     async fn live_stores(&self) -> Result<Vec<NodeInfo>, NameServerError> {
         let mut stores = Vec::new();
-        for entry in self.store.range(&keys::nodes_of_kind(NodeKind::Store)).await? {
+        for entry in self
+            .store
+            .range(&keys::nodes_of_kind(NodeKind::Store))
+            .await?
+        {
             match keys::decode::<NodeInfo>(&entry.key, &entry.value) {
                 Ok(info) => stores.push(info),
                 Err(error) => tracing::warn!(%error, "skipping undecodable store registration"),
@@ -232,11 +234,7 @@ impl NameServerHandler {
             let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
             let routes = (0..partitions)
                 .map(|partition| {
-                    Self::route(
-                        partition,
-                        owners.get(&(name.clone(), partition)),
-                        &brokers,
-                    )
+                    Self::route(partition, owners.get(&(name.clone(), partition)), &brokers)
                 })
                 .collect();
             response.topics.push(TopicRoute {
@@ -249,10 +247,15 @@ impl NameServerHandler {
     }
 
     /// Fills zero fields from the configured defaults and checks the result.
-    fn complete_topic_config(&self, given: Option<TopicConfig>) -> Result<TopicConfig, NameServerError> {
+    fn complete_topic_config(
+        &self,
+        given: Option<TopicConfig>,
+    ) -> Result<TopicConfig, NameServerError> {
         let given = given.unwrap_or_default();
         let defaults = &self.config.topic_defaults;
-        if given.partitions == 0 || given.partitions > sluice_proto::limits::MAX_PARTITIONS_PER_TOPIC {
+        if given.partitions == 0
+            || given.partitions > sluice_proto::limits::MAX_PARTITIONS_PER_TOPIC
+        {
             return Err(invalid(format!(
                 "partitions must be between 1 and {}, got {}",
                 sluice_proto::limits::MAX_PARTITIONS_PER_TOPIC,
@@ -318,7 +321,7 @@ impl NameServerHandler {
             puts: vec![Put::new(keys::topic(&topic.name), keys::encode(topic))],
             deletes: Vec::new(),
         };
-        let fits = u64::from(partitions) + 1 <= u64::from(self.config.max_transaction_operations);
+        let fits = u64::from(partitions) < u64::from(self.config.max_transaction_operations);
         if fits {
             for partition in 0..partitions {
                 transaction.puts.push(Put::new(
@@ -459,10 +462,16 @@ impl NameServerHandler {
 
     /// Picks `count` stores: fewest segments, then most free disk, then id;
     /// distinct racks first when racks are set.
-    fn choose_stores(mut stores: Vec<NodeInfo>, count: u32) -> Result<Vec<NodeInfo>, NameServerError> {
+    fn choose_stores(
+        mut stores: Vec<NodeInfo>,
+        count: u32,
+    ) -> Result<Vec<NodeInfo>, NameServerError> {
         let live = u32::try_from(stores.len()).unwrap_or(u32::MAX);
         if live < count {
-            return Err(NameServerError::NotEnoughStores { needed: count, live });
+            return Err(NameServerError::NotEnoughStores {
+                needed: count,
+                live,
+            });
         }
         stores.sort_by(|a, b| {
             let load_a = a.load.clone().unwrap_or_default();
@@ -514,7 +523,10 @@ impl NameServerHandler {
         }
     }
 
-    async fn do_register(&self, request: RegisterNodeRequest) -> Result<RegisterNodeResponse, NameServerError> {
+    async fn do_register(
+        &self,
+        request: RegisterNodeRequest,
+    ) -> Result<RegisterNodeResponse, NameServerError> {
         let kind = node_kind(request.kind)?;
         names::validate_node_id(&request.node_id).map_err(|error| invalid(error.to_string()))?;
         validate_address(&request.address)?;
@@ -533,7 +545,9 @@ impl NameServerHandler {
             lease_remaining_ms: 0,
             rack: request.rack,
         };
-        self.store.put(&key, keys::encode(&info), Some(lease)).await?;
+        self.store
+            .put(&key, keys::encode(&info), Some(lease))
+            .await?;
         if let Some(previous) = previous {
             if let Ok(old) = keys::decode::<NodeInfo>(&key, &previous.value) {
                 if lease_of(old.session_id) != lease {
@@ -552,13 +566,18 @@ impl NameServerHandler {
         })
     }
 
-    async fn do_heartbeat(&self, request: HeartbeatRequest) -> Result<HeartbeatResponse, NameServerError> {
+    async fn do_heartbeat(
+        &self,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, NameServerError> {
         let kind = node_kind(request.kind)?;
         names::validate_node_id(&request.node_id).map_err(|error| invalid(error.to_string()))?;
         let session = request.session_id;
         match self.store.keep_alive(lease_of(session)).await {
             Ok(_) => {}
-            Err(MetadataError::LeaseExpired(_)) => return Err(NameServerError::SessionExpired(session)),
+            Err(MetadataError::LeaseExpired(_)) => {
+                return Err(NameServerError::SessionExpired(session))
+            }
             Err(error) => return Err(error.into()),
         }
         let key = keys::node(kind, &request.node_id);
@@ -599,16 +618,20 @@ impl NameServerHandler {
                 .owners()
                 .await?
                 .into_iter()
-                .filter(|(_, owner)| owner.broker_id == request.node_id && owner.broker_session == session)
+                .filter(|(_, owner)| {
+                    owner.broker_id == request.node_id && owner.broker_session == session
+                })
                 .collect();
             owned.sort_by(|a, b| a.0.cmp(&b.0));
             for ((topic, partition), owner) in owned {
-                let Some(record) = topics.get(&topic) else { continue };
+                let Some(record) = topics.get(&topic) else {
+                    continue;
+                };
                 response.assignments.push(PartitionAssignment {
                     topic,
                     partition,
                     epoch: owner.epoch,
-                    config: record.config.clone(),
+                    config: record.config,
                 });
             }
         }
@@ -663,18 +686,25 @@ impl NameServerHandler {
                 Err(error) => tracing::warn!(%error, "skipping undecodable segment"),
             }
         }
-        segments.sort_by_key(|segment| (segment.partition, segment.base_offset, segment.segment_id));
+        segments
+            .sort_by_key(|segment| (segment.partition, segment.base_offset, segment.segment_id));
         Ok(segments)
     }
 
-    async fn do_describe_topic(&self, name: &str) -> Result<DescribeTopicResponse, NameServerError> {
+    async fn do_describe_topic(
+        &self,
+        name: &str,
+    ) -> Result<DescribeTopicResponse, NameServerError> {
         lookup_topic_name(name)?;
         let (topic, _) = self.get_topic(name).await?;
         let routes = self.compute_routes(&[name.to_string()]).await?;
         let segments = self.segments_of(&keys::segments_of_topic(name)).await?;
         let mut by_partition: BTreeMap<u32, Vec<SegmentInfo>> = BTreeMap::new();
         for segment in segments {
-            by_partition.entry(segment.partition).or_default().push(segment);
+            by_partition
+                .entry(segment.partition)
+                .or_default()
+                .push(segment);
         }
         let partitions = routes
             .topics
@@ -711,16 +741,24 @@ impl NameServerHandler {
             )));
         }
         self.store.delete_prefix(&keys::partitions_of(name)).await?;
-        self.store.delete_prefix(&keys::segments_of_topic(name)).await?;
+        self.store
+            .delete_prefix(&keys::segments_of_topic(name))
+            .await?;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
 
-    async fn do_create_segment(&self, request: CreateSegmentRequest) -> Result<SegmentInfo, NameServerError> {
+    async fn do_create_segment(
+        &self,
+        request: CreateSegmentRequest,
+    ) -> Result<SegmentInfo, NameServerError> {
         let (topic, ownership) = self
             .check_epoch(&request.topic, request.partition, request.epoch)
             .await?;
-        let ensemble_size = topic.config.as_ref().map_or(1, |config| config.ensemble_size.max(1));
+        let ensemble_size = topic
+            .config
+            .as_ref()
+            .map_or(1, |config| config.ensemble_size.max(1));
         let stores = Self::choose_stores(self.live_stores().await?, ensemble_size)?;
         let segment_id = self.allocate_segment_id().await?;
         let segment = SegmentInfo {
@@ -763,7 +801,10 @@ impl NameServerHandler {
         Ok(segment)
     }
 
-    async fn do_close_segment(&self, request: CloseSegmentRequest) -> Result<SegmentInfo, NameServerError> {
+    async fn do_close_segment(
+        &self,
+        request: CloseSegmentRequest,
+    ) -> Result<SegmentInfo, NameServerError> {
         let (_, ownership) = self
             .check_epoch(&request.topic, request.partition, request.epoch)
             .await?;
@@ -795,7 +836,10 @@ impl NameServerHandler {
         segment.size_bytes = request.size_bytes;
         segment.max_timestamp_ms = request.max_timestamp_ms;
         let transaction = Transaction {
-            compares: vec![ownership, Compare::ModRevisionEquals(key.clone(), entry.mod_revision)],
+            compares: vec![
+                ownership,
+                Compare::ModRevisionEquals(key.clone(), entry.mod_revision),
+            ],
             puts: vec![Put::new(key, keys::encode(&segment))],
             deletes: Vec::new(),
         };
@@ -807,7 +851,10 @@ impl NameServerHandler {
         Ok(segment)
     }
 
-    async fn do_delete_segments(&self, request: DeleteSegmentsRequest) -> Result<(), NameServerError> {
+    async fn do_delete_segments(
+        &self,
+        request: DeleteSegmentsRequest,
+    ) -> Result<(), NameServerError> {
         let limit = self.config.max_segments_per_delete;
         if request.segment_ids.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(invalid(format!(
@@ -835,14 +882,22 @@ impl NameServerHandler {
         Ok(())
     }
 
-    async fn do_find_coordinator(&self, group: &str) -> Result<FindCoordinatorResponse, NameServerError> {
+    async fn do_find_coordinator(
+        &self,
+        group: &str,
+    ) -> Result<FindCoordinatorResponse, NameServerError> {
         GroupName::new(group).map_err(|error| invalid(error.to_string()))?;
-        let (topic, _) = self.get_topic(CONSUMER_OFFSETS_TOPIC).await.map_err(|error| match error {
-            NameServerError::UnknownTopic(_) => NameServerError::Metadata(MetadataError::Unavailable(
-                format!("{CONSUMER_OFFSETS_TOPIC} is not created yet"),
-            )),
-            other => other,
-        })?;
+        let (topic, _) =
+            self.get_topic(CONSUMER_OFFSETS_TOPIC)
+                .await
+                .map_err(|error| match error {
+                    NameServerError::UnknownTopic(_) => {
+                        NameServerError::Metadata(MetadataError::Unavailable(format!(
+                            "{CONSUMER_OFFSETS_TOPIC} is not created yet"
+                        )))
+                    }
+                    other => other,
+                })?;
         let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
         if partitions == 0 {
             return Err(NameServerError::CorruptValue {
@@ -900,10 +955,11 @@ impl NameServerHandler {
             let Ok(mut info) = keys::decode::<NodeInfo>(&entry.key, &entry.value) else {
                 continue;
             };
-            info.lease_remaining_ms = match self.store.time_to_live(lease_of(info.session_id)).await? {
-                Some(remaining) => i64::try_from(remaining).unwrap_or(i64::MAX),
-                None => -1,
-            };
+            info.lease_remaining_ms =
+                match self.store.time_to_live(lease_of(info.session_id)).await? {
+                    Some(remaining) => i64::try_from(remaining).unwrap_or(i64::MAX),
+                    None => -1,
+                };
             nodes.push(info);
         }
         Ok(nodes)
@@ -944,24 +1000,40 @@ impl NameServerHandler {
 
 #[tonic::async_trait]
 impl NameServer for NameServerHandler {
-    async fn register_node(&self, request: Request<RegisterNodeRequest>) -> ServiceResult<RegisterNodeResponse> {
+    async fn register_node(
+        &self,
+        request: Request<RegisterNodeRequest>,
+    ) -> ServiceResult<RegisterNodeResponse> {
         Ok(Response::new(self.do_register(request.into_inner()).await?))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> ServiceResult<HeartbeatResponse> {
-        Ok(Response::new(self.do_heartbeat(request.into_inner()).await?))
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> ServiceResult<HeartbeatResponse> {
+        Ok(Response::new(
+            self.do_heartbeat(request.into_inner()).await?,
+        ))
     }
 
-    async fn deregister_node(&self, request: Request<DeregisterNodeRequest>) -> ServiceResult<DeregisterNodeResponse> {
+    async fn deregister_node(
+        &self,
+        request: Request<DeregisterNodeRequest>,
+    ) -> ServiceResult<DeregisterNodeResponse> {
         self.do_deregister(request.into_inner()).await?;
         Ok(Response::new(DeregisterNodeResponse {}))
     }
 
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> ServiceResult<Topic> {
-        Ok(Response::new(self.do_create_topic(request.into_inner()).await?))
+        Ok(Response::new(
+            self.do_create_topic(request.into_inner()).await?,
+        ))
     }
 
-    async fn list_topics(&self, request: Request<ListTopicsRequest>) -> ServiceResult<ListTopicsResponse> {
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> ServiceResult<ListTopicsResponse> {
         let include_internal = request.into_inner().include_internal;
         let topics = self
             .all_topics()
@@ -973,28 +1045,46 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
-    async fn describe_topic(&self, request: Request<DescribeTopicRequest>) -> ServiceResult<DescribeTopicResponse> {
-        Ok(Response::new(self.do_describe_topic(&request.into_inner().name).await?))
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> ServiceResult<DescribeTopicResponse> {
+        Ok(Response::new(
+            self.do_describe_topic(&request.into_inner().name).await?,
+        ))
     }
 
-    async fn delete_topic(&self, request: Request<DeleteTopicRequest>) -> ServiceResult<DeleteTopicResponse> {
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> ServiceResult<DeleteTopicResponse> {
         self.do_delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
-    async fn get_routes(&self, request: Request<GetRoutesRequest>) -> ServiceResult<GetRoutesResponse> {
-        Ok(Response::new(self.compute_routes(&request.into_inner().topics).await?))
+    async fn get_routes(
+        &self,
+        request: Request<GetRoutesRequest>,
+    ) -> ServiceResult<GetRoutesResponse> {
+        Ok(Response::new(
+            self.compute_routes(&request.into_inner().topics).await?,
+        ))
     }
 
     type WatchRoutesStream = ReceiverStream<Result<GetRoutesResponse, Status>>;
 
-    async fn watch_routes(&self, request: Request<WatchRoutesRequest>) -> ServiceResult<Self::WatchRoutesStream> {
-        let permit = self.watch_permits.clone().try_acquire_owned().map_err(|_| {
-            NameServerError::Throttled {
+    async fn watch_routes(
+        &self,
+        request: Request<WatchRoutesRequest>,
+    ) -> ServiceResult<Self::WatchRoutesStream> {
+        let permit = self
+            .watch_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NameServerError::Throttled {
                 what: "route watches",
                 limit: self.config.max_route_watches,
-            }
-        })?;
+            })?;
         let topics = request.into_inner().topics;
         let first = self.compute_routes(&topics).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_ROUTES_CHANNEL_CAPACITY);
@@ -1010,11 +1100,20 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
-    async fn find_coordinator(&self, request: Request<FindCoordinatorRequest>) -> ServiceResult<FindCoordinatorResponse> {
-        Ok(Response::new(self.do_find_coordinator(&request.into_inner().group).await?))
+    async fn find_coordinator(
+        &self,
+        request: Request<FindCoordinatorRequest>,
+    ) -> ServiceResult<FindCoordinatorResponse> {
+        Ok(Response::new(
+            self.do_find_coordinator(&request.into_inner().group)
+                .await?,
+        ))
     }
 
-    async fn list_segments(&self, request: Request<ListSegmentsRequest>) -> ServiceResult<ListSegmentsResponse> {
+    async fn list_segments(
+        &self,
+        request: Request<ListSegmentsRequest>,
+    ) -> ServiceResult<ListSegmentsResponse> {
         let request = request.into_inner();
         lookup_topic_name(&request.topic)?;
         self.get_topic(&request.topic).await?;
@@ -1024,29 +1123,51 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(ListSegmentsResponse { segments }))
     }
 
-    async fn create_segment(&self, request: Request<CreateSegmentRequest>) -> ServiceResult<SegmentInfo> {
-        Ok(Response::new(self.do_create_segment(request.into_inner()).await?))
+    async fn create_segment(
+        &self,
+        request: Request<CreateSegmentRequest>,
+    ) -> ServiceResult<SegmentInfo> {
+        Ok(Response::new(
+            self.do_create_segment(request.into_inner()).await?,
+        ))
     }
 
-    async fn close_segment(&self, request: Request<CloseSegmentRequest>) -> ServiceResult<SegmentInfo> {
-        Ok(Response::new(self.do_close_segment(request.into_inner()).await?))
+    async fn close_segment(
+        &self,
+        request: Request<CloseSegmentRequest>,
+    ) -> ServiceResult<SegmentInfo> {
+        Ok(Response::new(
+            self.do_close_segment(request.into_inner()).await?,
+        ))
     }
 
-    async fn delete_segments(&self, request: Request<DeleteSegmentsRequest>) -> ServiceResult<DeleteSegmentsResponse> {
+    async fn delete_segments(
+        &self,
+        request: Request<DeleteSegmentsRequest>,
+    ) -> ServiceResult<DeleteSegmentsResponse> {
         self.do_delete_segments(request.into_inner()).await?;
         Ok(Response::new(DeleteSegmentsResponse {}))
     }
 
-    async fn register_group(&self, request: Request<RegisterGroupRequest>) -> ServiceResult<RegisterGroupResponse> {
+    async fn register_group(
+        &self,
+        request: Request<RegisterGroupRequest>,
+    ) -> ServiceResult<RegisterGroupResponse> {
         self.do_register_group(&request.into_inner().group).await?;
         Ok(Response::new(RegisterGroupResponse {}))
     }
 
-    async fn list_groups(&self, _request: Request<ListGroupsRequest>) -> ServiceResult<ListGroupsResponse> {
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> ServiceResult<ListGroupsResponse> {
         Ok(Response::new(self.do_list_groups().await?))
     }
 
-    async fn cluster_status(&self, _request: Request<ClusterStatusRequest>) -> ServiceResult<ClusterStatusResponse> {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> ServiceResult<ClusterStatusResponse> {
         Ok(Response::new(self.do_cluster_status().await?))
     }
 }
@@ -1067,7 +1188,11 @@ impl WatchContext {
         sender: tokio::sync::mpsc::Sender<Result<GetRoutesResponse, Status>>,
     ) {
         let interval = Duration::from_millis(self.config.watch_routes_interval_ms.max(10));
-        let reader = NameServerHandler::new(self.config.clone(), self.store.clone(), self.stopping.clone());
+        let reader = NameServerHandler::new(
+            self.config.clone(),
+            self.store.clone(),
+            self.stopping.clone(),
+        );
         let mut last = first.clone();
         if sender.send(Ok(first)).await.is_err() {
             return;

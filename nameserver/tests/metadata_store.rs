@@ -43,11 +43,22 @@ async fn compare_and_set(store: Arc<dyn MetadataStore>) {
     // Stale revision: nothing is written, not even the other put.
     let stale = Transaction {
         compares: vec![Compare::ModRevisionEquals("cas/a".into(), first - 1)],
-        puts: vec![Put::new("cas/a", b"2".to_vec()), Put::new("cas/b", b"x".to_vec())],
+        puts: vec![
+            Put::new("cas/a", b"2".to_vec()),
+            Put::new("cas/b", b"x".to_vec()),
+        ],
         deletes: vec![],
     };
     assert!(!store.commit(stale).await.expect("commit"));
-    assert_eq!(store.get("cas/a").await.expect("get").expect("present").value, b"1");
+    assert_eq!(
+        store
+            .get("cas/a")
+            .await
+            .expect("get")
+            .expect("present")
+            .value,
+        b"1"
+    );
     assert!(store.get("cas/b").await.expect("get").is_none());
 
     // Current revision: applied, create revision kept.
@@ -97,7 +108,15 @@ async fn compare_and_set(store: Arc<dyn MetadataStore>) {
     };
     assert!(store.commit(right_value).await.expect("commit"));
     assert!(store.get("cas/a").await.expect("get").is_none());
-    assert_eq!(store.get("cas/d").await.expect("get").expect("present").value, b"d");
+    assert_eq!(
+        store
+            .get("cas/d")
+            .await
+            .expect("get")
+            .expect("present")
+            .value,
+        b"d"
+    );
 
     assert!(store.delete("cas/d").await.expect("delete"));
     assert!(!store.delete("cas/d").await.expect("delete"));
@@ -105,7 +124,10 @@ async fn compare_and_set(store: Arc<dyn MetadataStore>) {
 
 async fn prefix_range(store: Arc<dyn MetadataStore>) {
     for key in ["range/a/2", "range/a/1", "range/ab/1", "range/b"] {
-        store.put(key, key.as_bytes().to_vec(), None).await.expect("put");
+        store
+            .put(key, key.as_bytes().to_vec(), None)
+            .await
+            .expect("put");
     }
     let keys: Vec<String> = store
         .range("range/a/")
@@ -145,8 +167,15 @@ async fn leases(store: Arc<dyn MetadataStore>) {
         .put("lease/node", b"n".to_vec(), Some(lease))
         .await
         .expect("put under lease");
-    store.put("lease/plain", b"p".to_vec(), None).await.expect("put");
-    let remaining = store.time_to_live(lease).await.expect("ttl").expect("lease live");
+    store
+        .put("lease/plain", b"p".to_vec(), None)
+        .await
+        .expect("put");
+    let remaining = store
+        .time_to_live(lease)
+        .await
+        .expect("ttl")
+        .expect("lease live");
     assert!(remaining > 0 && remaining <= 2_000, "{remaining}");
     let renewed = store.keep_alive(lease).await.expect("keep alive");
     assert!(renewed > 0);
@@ -161,7 +190,10 @@ async fn leases(store: Arc<dyn MetadataStore>) {
     assert_eq!(store.time_to_live(lease).await.expect("ttl"), None);
     assert!(store.get("lease/plain").await.expect("get").is_some());
     // Writing under a dead lease fails.
-    assert!(store.put("lease/late", b"x".to_vec(), Some(lease)).await.is_err());
+    assert!(store
+        .put("lease/late", b"x".to_vec(), Some(lease))
+        .await
+        .is_err());
     let under_dead_lease = Transaction {
         compares: vec![],
         puts: vec![Put {
@@ -255,7 +287,10 @@ async fn embedded_kept_alive_lease_survives() {
 async fn etcd_keys_live_under_the_sluice_prefix() {
     let etcd = Etcd::start();
     let store = etcd_store(&etcd).await;
-    store.put("topics/x", b"v".to_vec(), None).await.expect("put");
+    store
+        .put("topics/x", b"v".to_vec(), None)
+        .await
+        .expect("put");
     let mut raw = etcd_client::Client::connect([etcd.client_url()], None)
         .await
         .expect("raw etcd client");
@@ -288,7 +323,10 @@ async fn embedded_store_persists_unleased_keys_across_reopen() {
     let (revision, lease_key_revision) = {
         let store = embedded_store(&directory).await;
         let revision = store.put("keep/a", b"a".to_vec(), None).await.expect("put");
-        store.put("keep/gone", b"g".to_vec(), None).await.expect("put");
+        store
+            .put("keep/gone", b"g".to_vec(), None)
+            .await
+            .expect("put");
         store.delete("keep/gone").await.expect("delete");
         let lease = store.grant(60_000).await.expect("grant");
         let lease_key_revision = store
@@ -298,7 +336,11 @@ async fn embedded_store_persists_unleased_keys_across_reopen() {
         (revision, lease_key_revision)
     };
     let store = embedded_store(&directory).await;
-    let entry = store.get("keep/a").await.expect("get").expect("survived reopen");
+    let entry = store
+        .get("keep/a")
+        .await
+        .expect("get")
+        .expect("survived reopen");
     assert_eq!(entry.value, b"a");
     assert_eq!(entry.mod_revision, revision);
     assert!(store.get("keep/gone").await.expect("get").is_none());
@@ -314,7 +356,9 @@ async fn embedded_store_reports_a_corrupt_file() {
     let directory = tempfile::tempdir().expect("temp dir");
     std::fs::write(directory.path().join("metadata.json"), b"{not json").expect("write");
     match EmbeddedMetadataStore::open(directory.path()).await {
-        Err(MetadataError::Corrupt(message)) => assert!(message.contains("metadata.json"), "{message}"),
+        Err(MetadataError::Corrupt(message)) => {
+            assert!(message.contains("metadata.json"), "{message}")
+        }
         Err(other) => panic!("expected Corrupt, got {other:?}"),
         Ok(_) => panic!("a corrupt file must not open"),
     }

@@ -168,7 +168,9 @@ fn write_file(data_dir: &Path, contents: &[u8]) -> Result<(), MetadataError> {
     std::fs::rename(&temporary_path, &final_path).map_err(|e| persist_error(&final_path, e))?;
     // The rename is only durable once the directory entry is.
     let directory = std::fs::File::open(data_dir).map_err(|e| persist_error(data_dir, e))?;
-    directory.sync_all().map_err(|e| persist_error(data_dir, e))?;
+    directory
+        .sync_all()
+        .map_err(|e| persist_error(data_dir, e))?;
     Ok(())
 }
 
@@ -180,7 +182,9 @@ impl EmbeddedMetadataStore {
         let load_dir = data_dir.clone();
         let state = tokio::task::spawn_blocking(move || Self::load(&load_dir))
             .await
-            .map_err(|error| MetadataError::Unavailable(format!("loader task failed: {error}")))??;
+            .map_err(|error| {
+                MetadataError::Unavailable(format!("loader task failed: {error}"))
+            })??;
         let store = Arc::new(Self {
             state: Arc::new(Mutex::new(state)),
             data_dir,

@@ -54,18 +54,16 @@ impl EtcdMetadataStore {
                 Duration::from_millis(options.request_timeout_ms),
             );
         let connect = Client::connect(options.endpoints.clone(), Some(connect_options));
-        let client = tokio::time::timeout(
-            Duration::from_millis(options.connect_timeout_ms),
-            connect,
-        )
-        .await
-        .map_err(|_| {
-            MetadataError::Unavailable(format!(
-                "connecting to etcd {:?} timed out after {} ms",
-                options.endpoints, options.connect_timeout_ms
-            ))
-        })?
-        .map_err(unavailable)?;
+        let client =
+            tokio::time::timeout(Duration::from_millis(options.connect_timeout_ms), connect)
+                .await
+                .map_err(|_| {
+                    MetadataError::Unavailable(format!(
+                        "connecting to etcd {:?} timed out after {} ms",
+                        options.endpoints, options.connect_timeout_ms
+                    ))
+                })?
+                .map_err(unavailable)?;
         Ok(Self {
             client,
             request_timeout: Duration::from_millis(options.request_timeout_ms),
@@ -123,8 +121,14 @@ fn is_lease_not_found(error: &etcd_client::Error) -> bool {
 impl MetadataStore for EtcdMetadataStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetadataError> {
         let mut kv = self.client.kv_client();
-        let response = self.bounded("get", kv.get(self.full_key(key), None)).await?;
-        response.kvs().first().map(|kv| self.convert(kv)).transpose()
+        let response = self
+            .bounded("get", kv.get(self.full_key(key), None))
+            .await?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| self.convert(kv))
+            .transpose()
     }
 
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, MetadataError> {
@@ -161,7 +165,10 @@ impl MetadataStore for EtcdMetadataStore {
             }
         };
         match result {
-            Ok(response) => Ok(response.header().map(|header| header.revision()).unwrap_or(0)),
+            Ok(response) => Ok(response
+                .header()
+                .map(|header| header.revision())
+                .unwrap_or(0)),
             Err(error) if is_lease_not_found(&error) => {
                 Err(MetadataError::LeaseExpired(lease.unwrap_or_default()))
             }
@@ -205,11 +212,9 @@ impl MetadataStore for EtcdMetadataStore {
                 Compare::Absent(key) => {
                     etcd_client::Compare::version(self.full_key(key), CompareOp::Equal, 0)
                 }
-                Compare::ValueEquals(key, value) => etcd_client::Compare::value(
-                    self.full_key(key),
-                    CompareOp::Equal,
-                    value.clone(),
-                ),
+                Compare::ValueEquals(key, value) => {
+                    etcd_client::Compare::value(self.full_key(key), CompareOp::Equal, value.clone())
+                }
             })
             .collect();
         let mut operations: Vec<TxnOp> = Vec::new();

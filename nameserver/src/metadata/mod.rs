@@ -97,8 +97,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Every key starting with `prefix`, in key order.
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, MetadataError>;
     /// Writes `key`; returns the new revision.
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>)
-        -> Result<i64, MetadataError>;
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64, MetadataError>;
     /// Removes `key`; returns whether it existed.
     async fn delete(&self, key: &str) -> Result<bool, MetadataError>;
     /// Removes every key starting with `prefix`; returns how many.
