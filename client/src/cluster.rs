@@ -130,6 +130,38 @@ impl Cluster {
         Err(ClientError::NoNameserver { tried, last })
     }
 
+    /// A cluster handle that has not connected anywhere (tests seed routes).
+    #[cfg(test)]
+    pub fn unconnected(config: ClientConfig) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            config,
+            preferred_nameserver: Mutex::new(0),
+            channels: Mutex::new(HashMap::new()),
+            routes: Mutex::new(RouteCache {
+                topics: HashMap::new(),
+                last_refresh: HashMap::new(),
+            }),
+        })
+    }
+
+    /// Replaces the cached routes of a topic.
+    #[cfg(test)]
+    pub fn set_routes(&self, topic: &str, addresses: &[&str]) {
+        let partitions = addresses
+            .iter()
+            .enumerate()
+            .map(|(partition, address)| PartitionRoute {
+                partition: partition as u32,
+                broker_id: format!("broker-{address}"),
+                broker_address: address.to_string(),
+                epoch: 1,
+            })
+            .collect();
+        lock(&self.routes)
+            .topics
+            .insert(topic.to_string(), Arc::new(TopicRoutes { partitions }));
+    }
+
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
         let address = normalize_address(address);
         let endpoint = Endpoint::from_shared(address.clone()).map_err(|error| {

@@ -27,6 +27,8 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+#[cfg(test)]
+mod testing;
 
 pub use admin::Admin;
 pub use config::ClientConfig;

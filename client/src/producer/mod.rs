@@ -229,7 +229,7 @@ impl Future for DeliveryFuture {
 pub struct Producer {
     cluster: Arc<Cluster>,
     config: ProducerConfig,
-    memory: Arc<Semaphore>,
+    memory: MemoryBudget,
     sticky: Mutex<StickyPartitioner>,
     commands: mpsc::UnboundedSender<Command>,
     dispatcher: tokio::task::JoinHandle<()>,
@@ -248,18 +248,21 @@ impl Producer {
             ));
         }
         let cluster = Cluster::connect(config.client.clone()).await?;
+        Ok(Self::with_cluster(cluster, config))
+    }
+
+    fn with_cluster(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
         let (commands, receiver) = mpsc::unbounded_channel();
         let dispatcher = Dispatcher::new(cluster.clone(), config.clone());
         let dispatcher = tokio::spawn(dispatcher.run(receiver));
-        let permits = config.memory_limit_bytes.min(Semaphore::MAX_PERMITS);
-        Ok(Producer {
+        Producer {
             cluster,
-            memory: Arc::new(Semaphore::new(permits)),
+            memory: MemoryBudget::new(config.memory_limit_bytes),
             sticky: Mutex::new(StickyPartitioner::new(rand::random::<u32>())),
             config,
             commands,
             dispatcher,
-        })
+        }
     }
 
     /// Enqueues and waits for the acknowledgement.
@@ -286,34 +289,13 @@ impl Producer {
             timestamp_ms: Some(timestamp_ms),
         };
         let record_bytes = BatchBuilder::record_size(&data);
-        if record_bytes > self.config.memory_limit_bytes {
-            return Err(ClientError::InvalidArgument(format!(
-                "record of {record_bytes} bytes is larger than the producer's memory_limit_bytes ({})",
-                self.config.memory_limit_bytes
-            )));
-        }
-        let permits = u32::try_from(record_bytes).map_err(|_| {
-            ClientError::InvalidArgument(format!("record of {record_bytes} bytes is too large"))
-        })?;
-        let timeout_ms = self.config.delivery_timeout_ms;
-        let permit = match tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            self.memory.clone().acquire_many_owned(permits),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(ClientError::Closed),
-            Err(_) => {
-                return Err(ClientError::Timeout {
-                    what: format!(
-                        "waiting for producer memory (memory_limit_bytes = {}; is the cluster accepting writes?)",
-                        self.config.memory_limit_bytes
-                    ),
-                    timeout_ms,
-                })
-            }
-        };
+        let permit = self
+            .memory
+            .acquire(
+                record_bytes,
+                Duration::from_millis(self.config.delivery_timeout_ms),
+            )
+            .await?;
         let routes = self.cluster.topic_routes(&record.topic).await?;
         let partitions = routes.partitions.len() as u32;
         let partition = choose_partition(record.partition, data.key.as_deref(), partitions, || {
@@ -365,6 +347,56 @@ impl Producer {
             tracing::error!(%error, "producer dispatcher task failed");
             ClientError::Closed
         })
+    }
+}
+
+/// The producer's memory limit: each record holds its size in permits
+/// from enqueue until its batch is acknowledged or failed.
+struct MemoryBudget {
+    semaphore: Arc<Semaphore>,
+    limit_bytes: usize,
+}
+
+impl MemoryBudget {
+    fn new(limit_bytes: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit_bytes.min(Semaphore::MAX_PERMITS))),
+            limit_bytes,
+        }
+    }
+
+    /// Waits up to `timeout` for `bytes` of room.
+    async fn acquire(
+        &self,
+        bytes: usize,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, ClientError> {
+        let too_large = || {
+            ClientError::InvalidArgument(format!(
+                "record of {bytes} bytes is larger than the producer's memory_limit_bytes ({})",
+                self.limit_bytes
+            ))
+        };
+        if bytes > self.limit_bytes {
+            return Err(too_large());
+        }
+        let permits = u32::try_from(bytes).map_err(|_| too_large())?;
+        match tokio::time::timeout(timeout, self.semaphore.clone().acquire_many_owned(permits)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout {
+                what: format!(
+                    "waiting for producer memory (memory_limit_bytes = {}; is the cluster accepting writes?)",
+                    self.limit_bytes
+                ),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    #[cfg(test)]
+    fn available_bytes(&self) -> usize {
+        self.semaphore.available_permits()
     }
 }
 
@@ -924,48 +956,202 @@ async fn run_stream(
 mod tests {
     use super::*;
 
-    #[test]
-    fn memory_limit_blocks_and_releases() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("test runtime");
-        runtime.block_on(async {
-            let memory = Arc::new(Semaphore::new(100));
-            let first = memory
-                .clone()
-                .acquire_many_owned(60)
-                .await
-                .expect("open semaphore");
-            let (completion, receiver) = oneshot::channel();
-            let pending = PendingRecord {
-                completion,
-                timestamp_ms: 0,
-                enqueued_at: Instant::now(),
-                _memory: first,
-            };
-            // 60 of 100 used: 50 more must wait.
-            let waiter = tokio::spawn({
-                let memory = memory.clone();
-                async move { memory.acquire_many_owned(50).await.map(|_| ()) }
-            });
-            tokio::task::yield_now().await;
-            assert!(!waiter.is_finished());
-            // Failing the batch drops the record and frees its memory.
-            fail_batch(
-                ReadyBatch {
-                    data: Bytes::new(),
-                    items: vec![pending],
-                    created_at: Instant::now(),
-                },
-                &ClientError::Closed,
-            );
-            waiter.await.expect("task").expect("semaphore open");
-            assert!(matches!(
-                DeliveryFuture { receiver }.await,
-                Err(ClientError::Closed)
+    use crate::testing::FakeBroker;
+    use sluice_proto::ErrorCode;
+
+    fn test_client_config() -> ClientConfig {
+        ClientConfig {
+            // Nothing listens there: route refreshes fail fast and the
+            // seeded routes stay.
+            bootstrap: vec!["http://127.0.0.1:1".into()],
+            connect_timeout_ms: 200,
+            request_timeout_ms: 5_000,
+            ..ClientConfig::default()
+        }
+    }
+
+    fn fast_config() -> ProducerConfig {
+        ProducerConfig {
+            client: test_client_config(),
+            linger_ms: 1,
+            batch_max_records: 7,
+            max_in_flight_per_partition: 4,
+            retry_backoff_ms: 1,
+            retry_backoff_max_ms: 5,
+            ..ProducerConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_budget_blocks_and_releases() {
+        let budget = MemoryBudget::new(100);
+        let first = budget
+            .acquire(60, Duration::from_secs(60))
+            .await
+            .expect("room for 60 of 100");
+        let semaphore = budget.semaphore.clone();
+        let waiter =
+            tokio::spawn(async move { semaphore.acquire_many_owned(50).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "60 + 50 > 100 must wait");
+        drop(first);
+        waiter.await.expect("task").expect("semaphore open");
+        assert_eq!(budget.available_bytes(), 100);
+        assert!(matches!(
+            budget.acquire(101, Duration::from_secs(1)).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+        let _all = budget
+            .acquire(100, Duration::from_secs(1))
+            .await
+            .expect("whole budget");
+        assert!(matches!(
+            budget.acquire(1, Duration::from_millis(10)).await,
+            Err(ClientError::Timeout { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn undeliverable_records_time_out_and_free_their_memory() {
+        // A port nobody listens on.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", dead.local_addr().expect("address"));
+        drop(dead);
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &[&address]);
+        let config = ProducerConfig {
+            delivery_timeout_ms: 300,
+            memory_limit_bytes: 10_000,
+            ..fast_config()
+        };
+        let producer = Producer::with_cluster(cluster, config);
+        let delivery = producer
+            .enqueue(Record::new("t", "lost"))
+            .await
+            .expect("enqueued");
+        assert!(producer.memory.available_bytes() < 10_000);
+        match delivery.await {
+            Err(ClientError::Timeout { what, .. }) => assert!(what.contains("t/0"), "{what}"),
+            other => panic!("expected a delivery timeout, got {other:?}"),
+        }
+        producer
+            .flush()
+            .await
+            .expect("flush completes once nothing is outstanding");
+        assert_eq!(producer.memory.available_bytes(), 10_000);
+        producer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn retries_keep_order_without_loss_or_duplicates() {
+        let broker = FakeBroker::default();
+        {
+            let mut state = broker.lock();
+            state.fail_produce.insert(3, ErrorCode::NotOwner);
+            state.fail_produce.insert(10, ErrorCode::Unavailable);
+            state.fail_produce.insert(25, ErrorCode::NotOwner);
+            state.poison_after_failure = 3;
+        }
+        let address = broker.start().await;
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &[&address, &address]);
+        let producer = Producer::with_cluster(cluster, fast_config());
+        let mut deliveries = Vec::new();
+        for index in 0..400u32 {
+            let partition = index % 2;
+            let record = Record::new("t", format!("{partition}-{index}")).with_partition(partition);
+            deliveries.push((
+                partition,
+                index,
+                producer.enqueue(record).await.expect("enqueued"),
             ));
-        });
+        }
+        let mut acknowledged: HashMap<u32, Vec<(u64, String)>> = HashMap::new();
+        for (partition, index, delivery) in deliveries {
+            let metadata = delivery
+                .await
+                .expect("every record is delivered after retries");
+            assert_eq!(metadata.partition, partition);
+            acknowledged
+                .entry(partition)
+                .or_default()
+                .push((metadata.offset, format!("{partition}-{index}")));
+        }
+        producer.close().await.expect("close");
+        let failed = broker.lock().failed_requests;
+        assert!(
+            failed >= 6,
+            "injected failures and the ones behind them happened ({failed})"
+        );
+        for partition in 0..2 {
+            let log = broker.values("t", partition);
+            let expected = acknowledged
+                .remove(&partition)
+                .expect("records for the partition");
+            assert_eq!(
+                log, expected,
+                "partition {partition}: log order equals send order, offsets match"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn non_retriable_error_fails_only_its_batch() {
+        let broker = FakeBroker::default();
+        {
+            let mut state = broker.lock();
+            state.fail_produce.insert(2, ErrorCode::TooLarge);
+            state.poison_after_failure = 1;
+        }
+        let address = broker.start().await;
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &[&address]);
+        let config = ProducerConfig {
+            batch_max_records: 1,
+            max_in_flight_per_partition: 1,
+            ..fast_config()
+        };
+        let producer = Producer::with_cluster(cluster, config);
+        let mut outcomes = Vec::new();
+        for index in 0..5 {
+            outcomes.push(
+                producer
+                    .enqueue(Record::new("t", format!("{index}")))
+                    .await
+                    .expect("enqueued"),
+            );
+        }
+        let mut results = Vec::new();
+        for outcome in outcomes {
+            results.push(outcome.await);
+        }
+        producer.close().await.expect("close");
+        assert!(results[0].is_ok());
+        assert_eq!(
+            results[1].as_ref().err().and_then(ClientError::code),
+            Some(ErrorCode::TooLarge)
+        );
+        assert!(results[2..].iter().all(Result::is_ok), "{results:?}");
+        let values: Vec<String> = broker
+            .values("t", 0)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(values, vec!["0", "2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_partition_is_refused_at_enqueue() {
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &["http://127.0.0.1:1"]);
+        let producer = Producer::with_cluster(cluster, fast_config());
+        let result = producer
+            .enqueue(Record::new("t", "x").with_partition(3))
+            .await;
+        assert!(matches!(result, Err(ClientError::InvalidArgument(_))));
+        producer.close().await.expect("close");
     }
 
     #[test]
