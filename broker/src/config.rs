@@ -112,6 +112,9 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Defaults, then the TOML file at `path` (which must exist when given),
     /// then `SLUICE_BROKER_*` variables (`__` separates nested keys).
+    // The signature is the one every Sluice service shares; the error is
+    // built once at startup, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
         use figment::providers::{Env, Format, Serialized, Toml};
         let mut figment = figment::Figment::from(Serialized::defaults(Self::default()));

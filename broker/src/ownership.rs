@@ -150,10 +150,7 @@ pub fn diff(
         .map(|assignment| {
             (
                 PartitionKey::new(&assignment.topic, assignment.partition),
-                (
-                    assignment.epoch,
-                    assignment.config.clone().unwrap_or_default(),
-                ),
+                (assignment.epoch, assignment.config.unwrap_or_default()),
             )
         })
         .collect();

@@ -498,26 +498,25 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
     )?
     .segments;
     segments.sort_by_key(|segment| (segment.base_offset, segment.segment_id));
-    for index in 0..segments.len() {
-        if segments[index].state() != SegmentState::Open {
+    for segment in segments.iter_mut() {
+        if segment.state() != SegmentState::Open {
             continue;
         }
         let (end_offset, size_bytes, max_timestamp_ms) =
-            seal_replicas(shared, &segments[index], epoch).await?;
-        let closed = nameserver_call!(
+            seal_replicas(shared, segment, epoch).await?;
+        *segment = nameserver_call!(
             clients,
             close_segment,
             CloseSegmentRequest {
                 topic: key.topic.clone(),
                 partition: key.partition,
                 epoch,
-                segment_id: segments[index].segment_id,
+                segment_id: segment.segment_id,
                 end_offset,
                 size_bytes,
                 max_timestamp_ms,
             }
         )?;
-        segments[index] = closed;
     }
     let high_watermark = segments
         .last()

@@ -1,0 +1,529 @@
+//! In-process cluster test: a real nameserver (embedded metadata), a real
+//! store and the broker on loopback ports, driven over gRPC. Covers produce
+//! and fetch, error codes for bad requests, consumer-group heartbeat and
+//! offsets, and offsets surviving a broker restart.
+
+use bytes::Bytes;
+use sluice_broker::BrokerConfig;
+use sluice_nameserver::config::{MetadataBackend, MetadataConfig};
+use sluice_nameserver::NameServerConfig;
+use sluice_proto::batch::{self, BatchBuilder, BatchIter, Compression, RecordData};
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::{
+    CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchPartition, FetchRequest,
+    FetchResponse, GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, OffsetSpec,
+    PartitionOffset, ProduceRequest, ProduceResponse, TopicConfig,
+};
+use sluice_proto::ErrorCode;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const DEADLINE_MS: u64 = 60_000;
+const TOPIC: &str = "orders";
+const TOPIC_MAX_BATCH_BYTES: u32 = 64 * 1024;
+
+async fn signal(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral loopback port")
+}
+
+struct RunningBroker {
+    address: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), sluice_broker::BrokerError>>,
+}
+
+async fn start_broker(nameserver_url: &str) -> RunningBroker {
+    let listener = listener().await;
+    let address = listener.local_addr().expect("listener address").to_string();
+    let config = BrokerConfig {
+        node_id: "test-broker".into(),
+        listen_address: address.clone(),
+        nameservers: vec![nameserver_url.to_string()],
+        takeover_backoff_max_ms: 200,
+        register_backoff_max_ms: 200,
+        route_refresh_interval_ms: 100,
+        ..BrokerConfig::default()
+    };
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(sluice_broker::run(config, listener, signal(stopped)));
+    RunningBroker {
+        address,
+        stop,
+        task,
+    }
+}
+
+async fn broker_client(address: &str) -> BrokerClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("valid broker address")
+        .connect_lazy();
+    BrokerClient::new(channel)
+}
+
+/// Retries `attempt` until it returns `Some` or the deadline passes.
+async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn batch_of(values: &[&str]) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for value in values {
+        builder.push(&RecordData {
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..Default::default()
+        });
+    }
+    builder.build()
+}
+
+/// Sends `requests` on one produce stream and collects one answer each.
+async fn produce(
+    client: &mut BrokerClient<Channel>,
+    requests: Vec<ProduceRequest>,
+) -> Vec<ProduceResponse> {
+    let count = requests.len();
+    let (sender, receiver) = mpsc::channel(count.max(1));
+    for request in requests {
+        sender.send(request).await.expect("queue produce request");
+    }
+    let mut stream = client
+        .produce(ReceiverStream::new(receiver))
+        .await
+        .expect("open produce stream")
+        .into_inner();
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        match stream.message().await.expect("produce stream healthy") {
+            Some(response) => responses.push(response),
+            None => panic!("produce stream ended after {} responses", responses.len()),
+        }
+    }
+    drop(sender);
+    responses
+}
+
+fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceRequest {
+    ProduceRequest {
+        request_id,
+        topic: topic.into(),
+        partition: 0,
+        batch,
+    }
+}
+
+async fn fetch(client: &mut BrokerClient<Channel>, offset: u64, max_wait_ms: u32) -> FetchResponse {
+    client
+        .fetch(FetchRequest {
+            partitions: vec![FetchPartition {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset,
+                max_bytes: 1024 * 1024,
+            }],
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: 4 * 1024 * 1024,
+        })
+        .await
+        .expect("fetch answers")
+        .into_inner()
+}
+
+fn values(batches: &Bytes) -> Vec<String> {
+    let mut output = Vec::new();
+    for item in BatchIter::new(batches) {
+        let (position, _, slice) = item.expect("well-formed batches");
+        let batch = batches.slice(position..position + slice.len());
+        let (_, records) = batch::decode(&batch, usize::MAX).expect("decodable batch");
+        for record in records {
+            let value = record.value.expect("records carry values");
+            output.push(String::from_utf8(value.to_vec()).expect("UTF-8 values"));
+        }
+    }
+    output
+}
+
+async fn heartbeat(
+    client: &mut BrokerClient<Channel>,
+    member_id: &str,
+    member_epoch: i64,
+    owned: Vec<sluice_proto::v1::TopicPartitions>,
+) -> Result<GroupHeartbeatResponse, tonic::Status> {
+    client
+        .group_heartbeat(GroupHeartbeatRequest {
+            group: "billing".into(),
+            member_id: member_id.into(),
+            member_epoch,
+            topics: vec![TOPIC.into()],
+            owned,
+            session_timeout_ms: 30_000,
+            client_id: "test".into(),
+        })
+        .await
+        .map(|response| response.into_inner())
+}
+
+async fn committed_offset(client: &mut BrokerClient<Channel>) -> Option<u64> {
+    let answer = client
+        .fetch_offsets(FetchOffsetsRequest {
+            group: "billing".into(),
+            partitions: vec![],
+        })
+        .await
+        .ok()?
+        .into_inner();
+    answer
+        .offsets
+        .iter()
+        .find(|offset| offset.topic == TOPIC && offset.partition == 0)
+        .map(|offset| offset.offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_fetch_groups_and_restart() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (stop_cluster, cluster_stopped) = watch::channel(false);
+
+    let nameserver_listener = listener().await;
+    let nameserver_url = format!(
+        "http://{}",
+        nameserver_listener
+            .local_addr()
+            .expect("nameserver address")
+    );
+    let nameserver_config = NameServerConfig {
+        node_id: "test-nameserver".into(),
+        metadata: MetadataConfig {
+            backend: MetadataBackend::Embedded,
+            data_dir: Some(directory.path().join("metadata")),
+            ..MetadataConfig::default()
+        },
+        lease_ttl_ms: 3_000,
+        heartbeat_interval_ms: 300,
+        reconcile_interval_ms: 200,
+        offsets_partitions: 2,
+        ..NameServerConfig::default()
+    };
+    let nameserver = tokio::spawn(sluice_nameserver::run(
+        nameserver_config,
+        nameserver_listener,
+        signal(cluster_stopped.clone()),
+    ));
+
+    let store_listener = listener().await;
+    let store_config = sluice_store::StoreConfig {
+        node_id: "test-store".into(),
+        listen_address: store_listener
+            .local_addr()
+            .expect("store address")
+            .to_string(),
+        nameservers: vec![nameserver_url.clone()],
+        data_dir: directory.path().join("store"),
+        ..sluice_store::StoreConfig::default()
+    };
+    let store = tokio::spawn(sluice_store::run(
+        store_config,
+        store_listener,
+        signal(cluster_stopped.clone()),
+    ));
+
+    let mut broker = start_broker(&nameserver_url).await;
+
+    let nameserver_channel = tonic::transport::Endpoint::from_shared(nameserver_url.clone())
+        .expect("valid nameserver url")
+        .connect_lazy();
+    let mut admin = NameServerClient::new(nameserver_channel);
+    eventually("the topic to be created (store registered)", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .create_topic(CreateTopicRequest {
+                    name: TOPIC.into(),
+                    config: Some(TopicConfig {
+                        partitions: 1,
+                        max_batch_bytes: TOPIC_MAX_BATCH_BYTES,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let _ = &mut admin;
+
+    let mut client = broker_client(&broker.address).await;
+
+    // First produce once the broker took the partition over.
+    let first = eventually("the broker to accept produce", || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(1, TOPIC, batch_of(&["a", "b"]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
+        }
+    })
+    .await;
+    assert_eq!(first.base_offset, 0);
+
+    // Pipelined produce on one stream: offsets in order.
+    let answers = produce(
+        &mut client,
+        vec![
+            produce_request(2, TOPIC, batch_of(&["c"])),
+            produce_request(3, TOPIC, batch_of(&["d", "e", "f"])),
+        ],
+    )
+    .await;
+    assert_eq!(answers[0].request_id, 2);
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].base_offset, 2);
+    assert_eq!(answers[1].base_offset, 3);
+
+    // Fetch everything back, in order.
+    let fetched = fetch(&mut client, 0, 0).await;
+    let partition = &fetched.partitions[0];
+    assert_eq!(
+        partition.error,
+        ErrorCode::None as i32,
+        "{}",
+        partition.error_message
+    );
+    assert_eq!(partition.high_watermark, 6);
+    assert_eq!(
+        values(&partition.batches),
+        vec!["a", "b", "c", "d", "e", "f"]
+    );
+
+    // From the middle of a batch: the batch holding the offset comes back.
+    let fetched = fetch(&mut client, 4, 0).await;
+    assert_eq!(values(&fetched.partitions[0].batches), vec!["d", "e", "f"]);
+
+    // At the high watermark: nothing, no error. Beyond it: out of range.
+    let fetched = fetch(&mut client, 6, 0).await;
+    assert_eq!(fetched.partitions[0].error, ErrorCode::None as i32);
+    assert!(fetched.partitions[0].batches.is_empty());
+    let fetched = fetch(&mut client, 100, 0).await;
+    assert_eq!(
+        fetched.partitions[0].error,
+        ErrorCode::OffsetOutOfRange as i32
+    );
+    assert_eq!(fetched.partitions[0].high_watermark, 6);
+
+    // Long poll: a waiting fetch is woken by a produce.
+    let mut waiting_client = client.clone();
+    let waiting = tokio::spawn(async move { fetch(&mut waiting_client, 6, 20_000).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answers = produce(
+        &mut client,
+        vec![produce_request(4, TOPIC, batch_of(&["g"]))],
+    )
+    .await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    let woken = waiting.await.expect("long-poll task");
+    assert_eq!(values(&woken.partitions[0].batches), vec!["g"]);
+
+    // Bad requests get the right codes and the stream keeps serving.
+    let mut corrupt = batch_of(&["x"]).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let oversized_value = "z".repeat(TOPIC_MAX_BATCH_BYTES as usize + 1);
+    let answers = produce(
+        &mut client,
+        vec![
+            produce_request(10, "no-such-topic", batch_of(&["x"])),
+            produce_request(11, TOPIC, batch_of(&[oversized_value.as_str()])),
+            produce_request(12, TOPIC, Bytes::from(corrupt)),
+            produce_request(13, TOPIC, Bytes::from_static(b"short")),
+            produce_request(14, TOPIC, batch_of(&["h"])),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::UnknownTopic as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(
+        answers[1].error,
+        ErrorCode::TooLarge as i32,
+        "{}",
+        answers[1].error_message
+    );
+    assert_eq!(
+        answers[2].error,
+        ErrorCode::CorruptBatch as i32,
+        "{}",
+        answers[2].error_message
+    );
+    assert_eq!(
+        answers[3].error,
+        ErrorCode::CorruptBatch as i32,
+        "{}",
+        answers[3].error_message
+    );
+    assert_eq!(
+        answers[4].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[4].error_message
+    );
+    assert_eq!(answers[4].base_offset, 7);
+
+    let latest = client
+        .list_offsets(ListOffsetsRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            spec: OffsetSpec::Latest as i32,
+            timestamp_ms: 0,
+        })
+        .await
+        .expect("list offsets")
+        .into_inner();
+    assert_eq!(latest.offset, 8);
+    assert_eq!(latest.log_start_offset, 0);
+
+    // Consumer group: join, get the partition, commit, read the commit back.
+    let joined = eventually("the group coordinator to be ready", || {
+        let mut client = client.clone();
+        async move { heartbeat(&mut client, "", 0, vec![]).await.ok() }
+    })
+    .await;
+    assert!(!joined.member_id.is_empty());
+    assert_eq!(joined.member_epoch, 1);
+    assert_eq!(joined.assignment.len(), 1);
+    assert_eq!(joined.assignment[0].topic, TOPIC);
+    assert_eq!(joined.assignment[0].partitions, vec![0]);
+    let again = heartbeat(
+        &mut client,
+        &joined.member_id,
+        joined.member_epoch,
+        joined.assignment.clone(),
+    )
+    .await
+    .expect("heartbeat with owned partitions");
+    assert_eq!(again.member_epoch, 1);
+    let stale = heartbeat(&mut client, &joined.member_id, 7, vec![]).await;
+    let stale = stale.expect_err("a wrong epoch is refused");
+    assert_eq!(
+        sluice_proto::SluiceError::from_status(&stale).code,
+        ErrorCode::StaleMemberEpoch
+    );
+    client
+        .commit_offsets(CommitOffsetsRequest {
+            group: "billing".into(),
+            member_id: joined.member_id.clone(),
+            member_epoch: joined.member_epoch,
+            offsets: vec![PartitionOffset {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: 5,
+                metadata: "m".into(),
+                error: 0,
+            }],
+        })
+        .await
+        .expect("commit accepted");
+    assert_eq!(committed_offset(&mut client).await, Some(5));
+    let described = client
+        .describe_group(sluice_proto::v1::DescribeGroupRequest {
+            group: "billing".into(),
+        })
+        .await
+        .expect("describe group")
+        .into_inner();
+    assert_eq!(described.members.len(), 1);
+    let lag = described
+        .lag
+        .iter()
+        .find(|lag| lag.topic == TOPIC && lag.partition == 0)
+        .expect("lag of the committed partition");
+    assert_eq!(
+        (lag.committed_offset, lag.high_watermark, lag.lag),
+        (5, 8, 3)
+    );
+
+    // Restart the broker: committed offsets and data come back from the log.
+    broker.stop.send_replace(true);
+    broker
+        .task
+        .await
+        .expect("broker task")
+        .expect("broker stops cleanly");
+    broker = start_broker(&nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    let offset = eventually("committed offsets after restart", || {
+        let mut client = client.clone();
+        async move { committed_offset(&mut client).await }
+    })
+    .await;
+    assert_eq!(offset, 5);
+    let fetched = eventually("the topic served after restart", || {
+        let mut client = client.clone();
+        async move {
+            let fetched = fetch(&mut client, 0, 0).await;
+            (fetched.partitions[0].error == ErrorCode::None as i32).then_some(fetched)
+        }
+    })
+    .await;
+    assert_eq!(
+        values(&fetched.partitions[0].batches),
+        vec!["a", "b", "c", "d", "e", "f", "g", "h"]
+    );
+    let answers = produce(
+        &mut client,
+        vec![produce_request(20, TOPIC, batch_of(&["i"]))],
+    )
+    .await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].base_offset, 8);
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    stop_cluster.send_replace(true);
+    let _ = store.await;
+    let _ = nameserver.await;
+    let _ = &mut client;
+}
