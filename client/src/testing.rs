@@ -39,6 +39,8 @@ pub(crate) struct FakeState {
     pub commits: Vec<(String, u32, u64)>,
     pub committed: HashMap<(String, u32), u64>,
     pub left: bool,
+    /// Group calls in arrival order, e.g. `commit t/0 12`, `heartbeat t/1`.
+    pub group_events: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -211,12 +213,15 @@ impl Broker for FakeBroker {
                             .expect("one batch")
                             .expect("valid batch")
                             .1;
-                        if header.end_offset() > wanted.offset
-                            && (bytes.is_empty()
-                                || bytes.len() + batch.len() <= wanted.max_bytes as usize)
-                        {
-                            bytes.extend_from_slice(batch);
+                        if header.end_offset() <= wanted.offset {
+                            continue;
                         }
+                        if !bytes.is_empty()
+                            && bytes.len() + batch.len() > wanted.max_bytes as usize
+                        {
+                            break;
+                        }
+                        bytes.extend_from_slice(batch);
                     }
                     any |= !bytes.is_empty();
                     fetched.batches = Bytes::from(bytes);
@@ -261,7 +266,15 @@ impl Broker for FakeBroker {
         if request.member_epoch == -1 {
             state.left = true;
         }
-        state.heartbeats_owned.push(Self::tp_set(&request.owned));
+        let owned = Self::tp_set(&request.owned);
+        let described: Vec<String> = owned
+            .iter()
+            .map(|(topic, partition)| format!("{topic}/{partition}"))
+            .collect();
+        state
+            .group_events
+            .push(format!("heartbeat {}", described.join(",")));
+        state.heartbeats_owned.push(owned);
         let mut by_topic: HashMap<String, Vec<u32>> = HashMap::new();
         for (topic, partition) in &state.group_target {
             by_topic.entry(topic.clone()).or_default().push(*partition);
@@ -288,6 +301,10 @@ impl Broker for FakeBroker {
             state
                 .commits
                 .push((offset.topic.clone(), offset.partition, offset.offset));
+            state.group_events.push(format!(
+                "commit {}/{} {}",
+                offset.topic, offset.partition, offset.offset
+            ));
             state
                 .committed
                 .insert((offset.topic.clone(), offset.partition), offset.offset);

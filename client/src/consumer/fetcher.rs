@@ -460,6 +460,16 @@ pub(crate) fn decode_batches(
         let (header, decoded) = decode(&batch, max_batch_bytes).map_err(|error| {
             ClientError::Decode(format!("{partition} at offset {offset}: {error}"))
         })?;
+        if header.base_offset > next_offset {
+            // Batches of a partition are contiguous; a hole means the
+            // response is wrong. Keep what precedes it and fetch again from
+            // the hole rather than skip offsets.
+            tracing::warn!(
+                %partition, expected = next_offset, found = header.base_offset,
+                "fetched batches are not contiguous; refetching from the gap"
+            );
+            break;
+        }
         next_offset = next_offset.max(header.end_offset());
         for record in decoded {
             if record.offset < offset {
@@ -510,6 +520,17 @@ mod tests {
         assert_eq!(offsets, vec![11, 12, 13]);
         assert_eq!(records[0].value.as_deref(), Some(&b"b"[..]));
         assert_eq!(next, 14);
+    }
+
+    #[test]
+    fn stops_at_a_gap_instead_of_skipping_offsets() {
+        let mut bytes = batch(0, &["a", "b"]);
+        bytes.extend(batch(5, &["f"]));
+        let partition = TopicPartition::new("t", 0);
+        let (records, next) =
+            decode_batches(&partition, &Bytes::from(bytes), 0, 1 << 20).expect("valid batches");
+        assert_eq!(records.len(), 2);
+        assert_eq!(next, 2);
     }
 
     #[test]

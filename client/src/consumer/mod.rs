@@ -181,7 +181,18 @@ impl Consumer {
                 "subscribe to at least one topic".into(),
             ));
         }
-        let mut consumer = Self::start(config).await?;
+        let cluster = Cluster::connect(config.client.clone()).await?;
+        Self::subscribe_on(cluster, config, group_name, topics, None).await
+    }
+
+    async fn subscribe_on(
+        cluster: Arc<Cluster>,
+        config: ConsumerConfig,
+        group_name: String,
+        topics: &[&str],
+        coordinator: Option<String>,
+    ) -> Result<Consumer, ClientError> {
+        let mut consumer = Self::start_on(cluster, config);
         for topic in topics {
             // Fail early and clearly on a missing topic.
             consumer.cluster.topic_routes(topic).await?;
@@ -191,6 +202,7 @@ impl Consumer {
             topics.iter().map(|topic| topic.to_string()).collect(),
             consumer.config.session_timeout_ms,
         ));
+        shared.lock().coordinator = coordinator;
         match group::heartbeat_once(&consumer.cluster, &shared).await {
             Ok(_) => {}
             Err(error) if error.is_retriable() => {
@@ -212,7 +224,16 @@ impl Consumer {
         config: ConsumerConfig,
         partitions: Vec<(String, u32, StartOffset)>,
     ) -> Result<Consumer, ClientError> {
-        let consumer = Self::start(config).await?;
+        let cluster = Cluster::connect(config.client.clone()).await?;
+        Self::assign_on(cluster, config, partitions).await
+    }
+
+    async fn assign_on(
+        cluster: Arc<Cluster>,
+        config: ConsumerConfig,
+        partitions: Vec<(String, u32, StartOffset)>,
+    ) -> Result<Consumer, ClientError> {
+        let consumer = Self::start_on(cluster, config);
         for (topic, partition, start) in partitions {
             let routes = consumer.cluster.topic_routes(&topic).await?;
             if partition as usize >= routes.partitions.len() {
@@ -230,8 +251,7 @@ impl Consumer {
         Ok(consumer)
     }
 
-    async fn start(config: ConsumerConfig) -> Result<Consumer, ClientError> {
-        let cluster = Cluster::connect(config.client.clone()).await?;
+    fn start_on(cluster: Arc<Cluster>, config: ConsumerConfig) -> Consumer {
         let config = Arc::new(config);
         let fetch = Arc::new(FetchShared::new());
         let (output, fetched) = mpsc::unbounded_channel();
@@ -241,7 +261,7 @@ impl Consumer {
             fetch.clone(),
             output,
         ));
-        Ok(Consumer {
+        Consumer {
             cluster,
             config,
             fetch,
@@ -252,7 +272,7 @@ impl Consumer {
             idle: Arc::new(Notify::new()),
             last_auto_commit: Instant::now(),
             tasks: vec![manager],
-        })
+        }
     }
 
     /// The next record. Also where rebalances are applied and automatic
@@ -568,5 +588,242 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeBroker;
+    use crate::{Producer, ProducerConfig, Record};
+
+    fn test_client_config() -> ClientConfig {
+        ClientConfig {
+            // Nothing listens there: route refreshes fail fast and the
+            // seeded routes stay.
+            bootstrap: vec!["http://127.0.0.1:1".into()],
+            connect_timeout_ms: 200,
+            request_timeout_ms: 5_000,
+            ..ClientConfig::default()
+        }
+    }
+
+    /// A fake broker owning both partitions of topic `t`, each holding
+    /// `per_partition` records valued `{partition}-{index}`.
+    async fn broker_with_data(per_partition: u32) -> (FakeBroker, Arc<Cluster>, String) {
+        let broker = FakeBroker::default();
+        let address = broker.start().await;
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &[&address, &address]);
+        let producer = Producer::with_cluster(
+            cluster.clone(),
+            ProducerConfig {
+                client: test_client_config(),
+                linger_ms: 1,
+                batch_max_records: 9,
+                ..ProducerConfig::default()
+            },
+        );
+        for index in 0..per_partition {
+            for partition in 0..2 {
+                producer
+                    .enqueue(
+                        Record::new("t", format!("{partition}-{index}")).with_partition(partition),
+                    )
+                    .await
+                    .expect("enqueued");
+            }
+        }
+        producer.close().await.expect("all records written");
+        (broker, cluster, address)
+    }
+
+    fn small_buffer_config() -> ConsumerConfig {
+        ConsumerConfig {
+            client: test_client_config(),
+            fetch_max_wait_ms: 10,
+            fetch_partition_max_bytes: 300,
+            // Far less than the data: fetching must pause and resume.
+            max_buffered_bytes: 600,
+            ..ConsumerConfig::default()
+        }
+    }
+
+    async fn receive(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
+        let mut records = Vec::new();
+        while records.len() < count {
+            match consumer.recv_timeout(Duration::from_secs(10)).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => panic!("only {} of {count} records arrived", records.len()),
+                Err(error) => panic!("recv failed: {error}"),
+            }
+        }
+        records
+    }
+
+    fn offsets_of(records: &[ConsumerRecord], partition: u32) -> Vec<u64> {
+        records
+            .iter()
+            .filter(|record| record.partition == partition)
+            .map(|record| record.offset)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn assigned_partitions_arrive_in_order_from_their_start() {
+        let (_broker, cluster, _) = broker_with_data(100).await;
+        let mut consumer = Consumer::assign_on(
+            cluster,
+            small_buffer_config(),
+            vec![
+                ("t".into(), 0, StartOffset::Offset(5)),
+                ("t".into(), 1, StartOffset::Earliest),
+            ],
+        )
+        .await
+        .expect("assigned");
+        assert_eq!(
+            consumer.assignment(),
+            vec![("t".to_string(), 0), ("t".to_string(), 1)]
+        );
+        let records = receive(&mut consumer, 195).await;
+        assert_eq!(offsets_of(&records, 0), (5..100).collect::<Vec<_>>());
+        assert_eq!(offsets_of(&records, 1), (0..100).collect::<Vec<_>>());
+        let first = records
+            .iter()
+            .find(|record| record.partition == 0)
+            .expect("partition 0");
+        assert_eq!(first.value.as_deref(), Some(&b"0-5"[..]));
+        // Nothing more, and nothing twice.
+        assert_eq!(
+            consumer
+                .recv_timeout(Duration::from_millis(100))
+                .await
+                .expect("no error"),
+            None
+        );
+
+        // Seek back: buffered data is dropped, delivery restarts there.
+        consumer
+            .seek("t", 0, StartOffset::Offset(90))
+            .await
+            .expect("seek");
+        let records = receive(&mut consumer, 10).await;
+        assert_eq!(offsets_of(&records, 0), (90..100).collect::<Vec<_>>());
+        assert!(consumer
+            .seek("other", 0, StartOffset::Earliest)
+            .await
+            .is_err());
+        assert!(
+            matches!(
+                consumer.commit().await,
+                Err(ClientError::InvalidArgument(_))
+            ),
+            "no group, nothing to commit to"
+        );
+        consumer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn latest_starts_at_the_end() {
+        let (_broker, cluster, _) = broker_with_data(10).await;
+        let mut consumer = Consumer::assign_on(
+            cluster,
+            small_buffer_config(),
+            vec![("t".into(), 0, StartOffset::Latest)],
+        )
+        .await
+        .expect("assigned");
+        assert_eq!(
+            consumer
+                .recv_timeout(Duration::from_millis(200))
+                .await
+                .expect("no error"),
+            None
+        );
+        consumer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn revoked_partition_is_committed_before_it_is_reported_released() {
+        let (broker, cluster, address) = broker_with_data(50).await;
+        {
+            let mut state = broker.lock();
+            state.group_target = [("t".to_string(), 0), ("t".to_string(), 1)]
+                .into_iter()
+                .collect();
+            // Partition 1 resumes from a committed offset.
+            state.committed.insert(("t".to_string(), 1), 20);
+        }
+        let config = ConsumerConfig {
+            group: Some("g".into()),
+            auto_commit_interval_ms: 3_600_000,
+            ..small_buffer_config()
+        };
+        let mut consumer =
+            Consumer::subscribe_on(cluster, config, "g".into(), &["t"], Some(address))
+                .await
+                .expect("subscribed");
+        let records = receive(&mut consumer, 80).await;
+        assert_eq!(offsets_of(&records, 0), (0..50).collect::<Vec<_>>());
+        assert_eq!(offsets_of(&records, 1), (20..50).collect::<Vec<_>>());
+
+        // The coordinator takes partition 0 away.
+        broker.lock().group_target = [("t".to_string(), 1)].into_iter().collect();
+        let mut released = false;
+        for _ in 0..200 {
+            assert_eq!(
+                consumer
+                    .recv_timeout(Duration::from_millis(20))
+                    .await
+                    .expect("no error"),
+                None
+            );
+            if consumer.assignment() == vec![("t".to_string(), 1)] {
+                released = true;
+                break;
+            }
+        }
+        assert!(released, "partition 0 was never released");
+        // Wait for the heartbeat that reports it.
+        let mut reported = false;
+        for _ in 0..200 {
+            if broker.lock().group_events.last().map(String::as_str) == Some("heartbeat t/1") {
+                reported = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            reported,
+            "release never reported: {:?}",
+            broker.lock().group_events
+        );
+        let events = broker.lock().group_events.clone();
+        let commit = events
+            .iter()
+            .position(|event| event == "commit t/0 50")
+            .unwrap_or_else(|| panic!("position of t/0 committed on release: {events:?}"));
+        let release = events
+            .iter()
+            .position(|event| event == "heartbeat t/1")
+            .expect("release heartbeat");
+        assert!(
+            commit < release,
+            "commit precedes the release report: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|event| event.starts_with("commit t/1")),
+            "partition 1 is not committed on a release of partition 0: {events:?}"
+        );
+
+        consumer.close().await.expect("close");
+        let state = broker.lock();
+        assert!(state.left, "close leaves the group");
+        assert_eq!(
+            state.committed.get(&("t".to_string(), 1)),
+            Some(&50),
+            "close commits"
+        );
     }
 }

@@ -251,7 +251,7 @@ impl Producer {
         Ok(Self::with_cluster(cluster, config))
     }
 
-    fn with_cluster(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
+    pub(crate) fn with_cluster(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
         let (commands, receiver) = mpsc::unbounded_channel();
         let dispatcher = Dispatcher::new(cluster.clone(), config.clone());
         let dispatcher = tokio::spawn(dispatcher.run(receiver));
