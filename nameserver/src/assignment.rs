@@ -22,6 +22,10 @@ pub struct PartitionState {
     pub owner: Option<PartitionOwner>,
     /// Mod revision of the owner key; `None` when it does not exist.
     pub mod_revision: Option<i64>,
+    /// New epochs are above this: the topic key's create revision. Every
+    /// epoch bump is a metadata write, so epochs of a deleted and
+    /// re-created topic never repeat those of the earlier one.
+    pub epoch_floor: u64,
 }
 
 /// A broker with a live session.
@@ -133,7 +137,11 @@ pub fn plan(
         .filter_map(|(index, reason)| {
             let state = ordered[index];
             let broker = sorted_brokers[holder[index]?];
-            let old_epoch = state.owner.as_ref().map_or(0, |owner| owner.epoch);
+            let old_epoch = state
+                .owner
+                .as_ref()
+                .map_or(0, |owner| owner.epoch)
+                .max(state.epoch_floor);
             Some(Change {
                 topic: state.topic.clone(),
                 partition: state.partition,
@@ -211,6 +219,8 @@ pub async fn reconcile_once(
 
     let mut states = Vec::new();
     let mut topic_revisions: HashMap<String, i64> = HashMap::new();
+    // Keys are deleted with their topic; a later topic of the same name
+    // starts its epochs above its own create revision.
     for entry in &topics {
         let Ok(topic) = keys::decode::<Topic>(&entry.key, &entry.value) else {
             continue;
@@ -228,6 +238,7 @@ pub async fn reconcile_once(
                 partition,
                 owner,
                 mod_revision,
+                epoch_floor: u64::try_from(entry.create_revision).unwrap_or(0),
             });
         }
     }
@@ -294,6 +305,7 @@ mod tests {
                 epoch,
             }),
             mod_revision: owner.map(|_| 10 + i64::from(partition)),
+            epoch_floor: 0,
         }
     }
 
@@ -366,6 +378,22 @@ mod tests {
         // one each and a wins the tie.
         assert_eq!(changes[0].new_owner.broker_id, "b");
         assert_eq!(changes[0].expected_mod_revision, Some(11));
+    }
+
+    #[test]
+    fn epochs_start_above_the_floor() {
+        let mut fresh = owned("t", 0, None);
+        fresh.epoch_floor = 40;
+        let mut reset = owned("t", 1, Some(("", 0, 0)));
+        reset.epoch_floor = 40;
+        let mut already_above = owned("t", 2, Some(("dead", 1, 90)));
+        already_above.epoch_floor = 40;
+        let changes = plan(&[fresh, reset, already_above], &[broker("a", 1)], 0);
+        let epochs: Vec<u64> = changes
+            .iter()
+            .map(|change| change.new_owner.epoch)
+            .collect();
+        assert_eq!(epochs, [41, 41, 91]);
     }
 
     #[test]

@@ -315,14 +315,29 @@ impl NameServerHandler {
     /// transaction; otherwise the reconciler creates them). `Ok(false)`
     /// when the topic already exists.
     async fn write_new_topic(&self, topic: &Topic) -> Result<bool, NameServerError> {
+        let topic_key = keys::topic(&topic.name);
+        if self.store.get(&topic_key).await?.is_some() {
+            return Ok(false);
+        }
+        // Leftovers of an earlier topic of this name (a delete that failed
+        // half-way) must not leak into the new one. Epochs cannot repeat
+        // either way: the reconciler starts them above the new topic key's
+        // create revision. (Two nameservers creating the same name at the
+        // same instant could have one clear the other's fresh owner keys;
+        // the reconciler re-creates them.)
+        self.store
+            .delete_prefix(&keys::partitions_of(&topic.name))
+            .await?;
+        self.store
+            .delete_prefix(&keys::segments_of_topic(&topic.name))
+            .await?;
         let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
         let mut transaction = Transaction {
-            compares: vec![Compare::Absent(keys::topic(&topic.name))],
-            puts: vec![Put::new(keys::topic(&topic.name), keys::encode(topic))],
+            compares: vec![Compare::Absent(topic_key.clone())],
+            puts: vec![Put::new(topic_key, keys::encode(topic))],
             deletes: Vec::new(),
         };
-        let fits = u64::from(partitions) < u64::from(self.config.max_transaction_operations);
-        if fits {
+        if u64::from(partitions) < u64::from(self.config.max_transaction_operations) {
             for partition in 0..partitions {
                 transaction.puts.push(Put::new(
                     keys::partition(&topic.name, partition),
@@ -330,19 +345,7 @@ impl NameServerHandler {
                 ));
             }
         }
-        let created = self.store.commit(transaction).await?;
-        if created {
-            // Leftovers of an earlier topic with this name must not leak in.
-            self.store
-                .delete_prefix(&keys::segments_of_topic(&topic.name))
-                .await?;
-            if !fits {
-                self.store
-                    .delete_prefix(&keys::partitions_of(&topic.name))
-                    .await?;
-            }
-        }
-        Ok(created)
+        Ok(self.store.commit(transaction).await?)
     }
 
     /// Creates `__consumer_offsets` when missing.
@@ -1214,6 +1217,90 @@ impl WatchContext {
                 // A metadata hiccup ends nothing: the next poll may succeed.
                 Err(error) => tracing::debug!(%error, "route watch poll failed"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::v1::NodeLoad;
+
+    fn store(id: &str, segments: u32, free: u64, rack: &str) -> NodeInfo {
+        NodeInfo {
+            kind: NodeKind::Store as i32,
+            node_id: id.to_string(),
+            address: format!("{id}:1"),
+            load: Some(NodeLoad {
+                segments,
+                disk_free_bytes: free,
+                ..NodeLoad::default()
+            }),
+            rack: rack.to_string(),
+            ..NodeInfo::default()
+        }
+    }
+
+    fn ids(stores: &[NodeInfo]) -> Vec<&str> {
+        stores.iter().map(|store| store.node_id.as_str()).collect()
+    }
+
+    #[test]
+    fn stores_with_fewest_segments_then_most_free_disk_are_chosen() {
+        let stores = vec![
+            store("busy", 9, 100, ""),
+            store("idle-small", 1, 10, ""),
+            store("idle-big", 1, 50, ""),
+        ];
+        let chosen = NameServerHandler::choose_stores(stores, 2).expect("enough stores");
+        assert_eq!(ids(&chosen), ["idle-big", "idle-small"]);
+    }
+
+    #[test]
+    fn distinct_racks_are_preferred() {
+        let stores = vec![
+            store("a1", 0, 0, "a"),
+            store("a2", 0, 0, "a"),
+            store("b1", 5, 0, "b"),
+        ];
+        let chosen = NameServerHandler::choose_stores(stores.clone(), 2).expect("enough");
+        assert_eq!(ids(&chosen), ["a1", "b1"]);
+        // More replicas than racks: racks repeat rather than failing.
+        let chosen = NameServerHandler::choose_stores(stores, 3).expect("enough");
+        assert_eq!(ids(&chosen), ["a1", "b1", "a2"]);
+    }
+
+    #[test]
+    fn too_few_stores_is_not_enough_stores() {
+        let error = NameServerHandler::choose_stores(vec![store("only", 0, 0, "")], 2)
+            .expect_err("one store for two replicas");
+        assert!(matches!(
+            error,
+            NameServerError::NotEnoughStores { needed: 2, live: 1 }
+        ));
+    }
+
+    #[test]
+    fn addresses_must_be_host_and_port() {
+        for good in [
+            "127.0.0.1:7401",
+            "broker-1.internal:80",
+            "http://h:1",
+            "[::1]:7401",
+        ] {
+            assert!(validate_address(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "host",
+            "host:",
+            ":80",
+            "host:0",
+            "host:99999",
+            "a b:1",
+            "h/x:1",
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+// Not ours to format: rustfmt would otherwise rewrite the shared file.
+#[rustfmt::skip]
 #[path = "../../../tests/src/etcd.rs"]
 pub mod etcd;
 
@@ -30,7 +32,7 @@ pub fn test_config(etcd_url: &str, node_id: &str) -> NameServerConfig {
     let mut config = NameServerConfig {
         node_id: node_id.to_string(),
         listen_address: "127.0.0.1:0".to_string(),
-        lease_ttl_ms: 2_000,
+        lease_ttl_ms: 4_000,
         heartbeat_interval_ms: 300,
         reconcile_interval_ms: 200,
         offsets_partitions: 2,
@@ -220,5 +222,79 @@ impl Heartbeater {
 impl Drop for Heartbeater {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// An etcd that can be stopped and started again on the same ports and
+/// data, to test reconnecting after an etcd restart.
+pub struct RestartableEtcd {
+    child: Option<std::process::Child>,
+    client_port: u16,
+    peer_port: u16,
+    directory: tempfile::TempDir,
+}
+
+impl RestartableEtcd {
+    pub fn start() -> Self {
+        let mut etcd = Self {
+            child: None,
+            client_port: etcd::free_port(),
+            peer_port: etcd::free_port(),
+            directory: tempfile::tempdir().expect("temp dir for etcd"),
+        };
+        etcd.resume();
+        etcd
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (SIGKILL, like a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data directory.
+    pub fn resume(&mut self) {
+        let client_url = self.client_url();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.directory.path().join("etcd.log"))
+            .expect("open etcd log");
+        let child = std::process::Command::new(etcd::etcd_binary())
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.directory.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("test={peer_url}")])
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_millis(EVENTUALLY_TIMEOUT_MS);
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not listen on {client_url}: {}",
+                std::fs::read_to_string(self.directory.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RestartableEtcd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
