@@ -45,6 +45,17 @@ struct RunningBroker {
 }
 
 async fn start_broker(nameserver_url: &str) -> RunningBroker {
+    start_broker_with(
+        nameserver_url,
+        BrokerConfig::default().retention_check_interval_ms,
+    )
+    .await
+}
+
+async fn start_broker_with(
+    nameserver_url: &str,
+    retention_check_interval_ms: u64,
+) -> RunningBroker {
     let listener = listener().await;
     let address = listener.local_addr().expect("listener address").to_string();
     let config = BrokerConfig {
@@ -54,6 +65,7 @@ async fn start_broker(nameserver_url: &str) -> RunningBroker {
         takeover_backoff_max_ms: 200,
         register_backoff_max_ms: 200,
         route_refresh_interval_ms: 100,
+        retention_check_interval_ms,
         ..BrokerConfig::default()
     };
     let (stop, stopped) = watch::channel(false);
@@ -86,6 +98,18 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn batch_at(values: &[&str], timestamp_ms: i64) -> Bytes {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for value in values {
+        builder.push(&RecordData {
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            timestamp_ms: Some(timestamp_ms),
+            ..Default::default()
+        });
+    }
+    builder.build()
 }
 
 fn batch_of(values: &[&str]) -> Bytes {
@@ -135,10 +159,19 @@ fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceRequest
 }
 
 async fn fetch(client: &mut BrokerClient<Channel>, offset: u64, max_wait_ms: u32) -> FetchResponse {
+    fetch_topic(client, TOPIC, offset, max_wait_ms).await
+}
+
+async fn fetch_topic(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    offset: u64,
+    max_wait_ms: u32,
+) -> FetchResponse {
     client
         .fetch(FetchRequest {
             partitions: vec![FetchPartition {
-                topic: TOPIC.into(),
+                topic: topic.into(),
                 partition: 0,
                 offset,
                 max_bytes: 1024 * 1024,
@@ -202,78 +235,109 @@ async fn committed_offset(client: &mut BrokerClient<Channel>) -> Option<u64> {
         .map(|offset| offset.offset)
 }
 
+/// A nameserver (embedded metadata) and a store running in this process.
+struct Cluster {
+    nameserver_url: String,
+    stop: watch::Sender<bool>,
+    nameserver: JoinHandle<Result<(), sluice_nameserver::NameServerError>>,
+    store: JoinHandle<Result<(), sluice_store::StoreError>>,
+}
+
+impl Cluster {
+    async fn start(directory: &std::path::Path) -> Cluster {
+        let (stop_cluster, cluster_stopped) = watch::channel(false);
+
+        let nameserver_listener = listener().await;
+        let nameserver_url = format!(
+            "http://{}",
+            nameserver_listener
+                .local_addr()
+                .expect("nameserver address")
+        );
+        let nameserver_config = NameServerConfig {
+            node_id: "test-nameserver".into(),
+            metadata: MetadataConfig {
+                backend: MetadataBackend::Embedded,
+                data_dir: Some(directory.join("metadata")),
+                ..MetadataConfig::default()
+            },
+            lease_ttl_ms: 3_000,
+            heartbeat_interval_ms: 300,
+            reconcile_interval_ms: 200,
+            offsets_partitions: 2,
+            ..NameServerConfig::default()
+        };
+        let nameserver = tokio::spawn(sluice_nameserver::run(
+            nameserver_config,
+            nameserver_listener,
+            signal(cluster_stopped.clone()),
+        ));
+
+        let store_listener = listener().await;
+        let store_config = sluice_store::StoreConfig {
+            node_id: "test-store".into(),
+            listen_address: store_listener
+                .local_addr()
+                .expect("store address")
+                .to_string(),
+            nameservers: vec![nameserver_url.clone()],
+            data_dir: directory.join("store"),
+            ..sluice_store::StoreConfig::default()
+        };
+        let store = tokio::spawn(sluice_store::run(
+            store_config,
+            store_listener,
+            signal(cluster_stopped.clone()),
+        ));
+
+        Cluster {
+            nameserver_url,
+            stop: stop_cluster,
+            nameserver,
+            store,
+        }
+    }
+
+    async fn create_topic(&self, name: &str, config: TopicConfig) {
+        let channel = tonic::transport::Endpoint::from_shared(self.nameserver_url.clone())
+            .expect("valid nameserver url")
+            .connect_lazy();
+        let admin = NameServerClient::new(channel);
+        eventually("the topic to be created (store registered)", || {
+            let mut admin = admin.clone();
+            let request = CreateTopicRequest {
+                name: name.into(),
+                config: Some(config),
+            };
+            async move { admin.create_topic(request).await.ok() }
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.store.await;
+        let _ = self.nameserver.await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_fetch_groups_and_restart() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let (stop_cluster, cluster_stopped) = watch::channel(false);
-
-    let nameserver_listener = listener().await;
-    let nameserver_url = format!(
-        "http://{}",
-        nameserver_listener
-            .local_addr()
-            .expect("nameserver address")
-    );
-    let nameserver_config = NameServerConfig {
-        node_id: "test-nameserver".into(),
-        metadata: MetadataConfig {
-            backend: MetadataBackend::Embedded,
-            data_dir: Some(directory.path().join("metadata")),
-            ..MetadataConfig::default()
-        },
-        lease_ttl_ms: 3_000,
-        heartbeat_interval_ms: 300,
-        reconcile_interval_ms: 200,
-        offsets_partitions: 2,
-        ..NameServerConfig::default()
-    };
-    let nameserver = tokio::spawn(sluice_nameserver::run(
-        nameserver_config,
-        nameserver_listener,
-        signal(cluster_stopped.clone()),
-    ));
-
-    let store_listener = listener().await;
-    let store_config = sluice_store::StoreConfig {
-        node_id: "test-store".into(),
-        listen_address: store_listener
-            .local_addr()
-            .expect("store address")
-            .to_string(),
-        nameservers: vec![nameserver_url.clone()],
-        data_dir: directory.path().join("store"),
-        ..sluice_store::StoreConfig::default()
-    };
-    let store = tokio::spawn(sluice_store::run(
-        store_config,
-        store_listener,
-        signal(cluster_stopped.clone()),
-    ));
-
+    let cluster = Cluster::start(directory.path()).await;
+    let nameserver_url = cluster.nameserver_url.clone();
     let mut broker = start_broker(&nameserver_url).await;
 
-    let nameserver_channel = tonic::transport::Endpoint::from_shared(nameserver_url.clone())
-        .expect("valid nameserver url")
-        .connect_lazy();
-    let mut admin = NameServerClient::new(nameserver_channel);
-    eventually("the topic to be created (store registered)", || {
-        let mut admin = admin.clone();
-        async move {
-            admin
-                .create_topic(CreateTopicRequest {
-                    name: TOPIC.into(),
-                    config: Some(TopicConfig {
-                        partitions: 1,
-                        max_batch_bytes: TOPIC_MAX_BATCH_BYTES,
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .ok()
-        }
-    })
-    .await;
-    let _ = &mut admin;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                max_batch_bytes: TOPIC_MAX_BATCH_BYTES,
+                ..Default::default()
+            },
+        )
+        .await;
 
     let mut client = broker_client(&broker.address).await;
 
@@ -522,8 +586,167 @@ async fn produce_fetch_groups_and_restart() {
 
     broker.stop.send_replace(true);
     let _ = broker.task.await;
-    stop_cluster.send_replace(true);
-    let _ = store.await;
-    let _ = nameserver.await;
+    cluster.stop().await;
+    let _ = &mut client;
+}
+
+async fn list_offsets(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    spec: OffsetSpec,
+    timestamp_ms: i64,
+) -> sluice_proto::v1::ListOffsetsResponse {
+    client
+        .list_offsets(ListOffsetsRequest {
+            topic: topic.into(),
+            partition: 0,
+            spec: spec as i32,
+            timestamp_ms,
+        })
+        .await
+        .expect("list offsets")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_roll_and_retention_deletes_them() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(directory.path()).await;
+    // Every batch fills a segment, so each append is followed by a roll.
+    let rolled = TopicConfig {
+        partitions: 1,
+        segment_bytes: 1,
+        ..Default::default()
+    };
+    cluster.create_topic("rolled", rolled).await;
+    cluster
+        .create_topic(
+            "retained",
+            TopicConfig {
+                retention_bytes: 1,
+                ..rolled
+            },
+        )
+        .await;
+    let broker = start_broker_with(&cluster.nameserver_url, 100).await;
+    // Recent timestamps, so age-based retention (7 days) keeps "rolled".
+    let start_ms = sluice_proto::now_unix_ms() - 60_000;
+    let mut client = broker_client(&broker.address).await;
+
+    for topic in ["rolled", "retained"] {
+        eventually("the broker to accept produce", || {
+            let mut client = client.clone();
+            async move {
+                let answer = produce(
+                    &mut client,
+                    vec![produce_request(
+                        1,
+                        topic,
+                        batch_at(&["a"], start_ms + 1_000),
+                    )],
+                )
+                .await;
+                (answer[0].error == ErrorCode::None as i32).then_some(())
+            }
+        })
+        .await;
+    }
+    let answers = produce(
+        &mut client,
+        vec![
+            produce_request(2, "rolled", batch_at(&["b", "c"], start_ms + 2_000)),
+            produce_request(3, "rolled", batch_at(&["d"], start_ms + 3_000)),
+            produce_request(4, "retained", batch_at(&["b"], start_ms + 2_000)),
+        ],
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(
+            answer.error,
+            ErrorCode::None as i32,
+            "{}",
+            answer.error_message
+        );
+    }
+    assert_eq!((answers[0].base_offset, answers[1].base_offset), (1, 3));
+
+    // Offsets by timestamp come from the closed segments' time indexes.
+    let by_time = list_offsets(
+        &mut client,
+        "rolled",
+        OffsetSpec::Timestamp,
+        start_ms + 1_500,
+    )
+    .await;
+    assert_eq!(by_time.offset, 1);
+    let by_time = list_offsets(
+        &mut client,
+        "rolled",
+        OffsetSpec::Timestamp,
+        start_ms + 3_000,
+    )
+    .await;
+    assert_eq!(by_time.offset, 3);
+    let by_time = list_offsets(
+        &mut client,
+        "rolled",
+        OffsetSpec::Timestamp,
+        start_ms + 9_000,
+    )
+    .await;
+    assert_eq!(by_time.offset, 4);
+
+    // Retention deletes the closed segments of "retained".
+    let retained = eventually("retention to delete closed segments", || {
+        let mut client = client.clone();
+        async move {
+            let answer = list_offsets(&mut client, "retained", OffsetSpec::Earliest, 0).await;
+            (answer.log_start_offset == answer.high_watermark).then_some(answer)
+        }
+    })
+    .await;
+    assert_eq!(retained.high_watermark, 2);
+    let fetched = fetch_topic(&mut client, "retained", 0, 0).await;
+    assert_eq!(
+        fetched.partitions[0].error,
+        ErrorCode::OffsetOutOfRange as i32
+    );
+    assert_eq!(fetched.partitions[0].log_start_offset, 2);
+
+    // A new broker (empty tail cache) reads every segment back from the store.
+    broker.stop.send_replace(true);
+    broker
+        .task
+        .await
+        .expect("broker task")
+        .expect("broker stops cleanly");
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    let mut collected = Vec::new();
+    let mut offset = 0;
+    while offset < 4 {
+        let fetched = eventually("the rolled topic served after restart", || {
+            let mut client = client.clone();
+            async move {
+                let fetched = fetch_topic(&mut client, "rolled", offset, 0).await;
+                let partition = fetched.partitions[0].clone();
+                (partition.error == ErrorCode::None as i32 && !partition.batches.is_empty())
+                    .then_some(partition)
+            }
+        })
+        .await;
+        let mut next = offset;
+        for item in BatchIter::new(&fetched.batches) {
+            let (_, header, _) = item.expect("well-formed batches");
+            next = header.end_offset();
+        }
+        collected.extend(values(&fetched.batches));
+        offset = next;
+    }
+    assert_eq!(collected, vec!["a", "b", "c", "d"]);
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
     let _ = &mut client;
 }
