@@ -39,6 +39,10 @@ pub(crate) struct FakeState {
     pub commits: Vec<(String, u32, u64)>,
     pub committed: HashMap<(String, u32), u64>,
     pub left: bool,
+    /// Errors the next heartbeats answer with, first first.
+    pub fail_heartbeats: Vec<ErrorCode>,
+    /// (member id, member epoch, owned) of every heartbeat received.
+    pub heartbeat_members: Vec<(String, i64, BTreeSet<(String, u32)>)>,
     /// Group calls in arrival order, e.g. `commit t/0 12`, `heartbeat t/1`.
     pub group_events: Vec<String>,
 }
@@ -274,7 +278,18 @@ impl Broker for FakeBroker {
         state
             .group_events
             .push(format!("heartbeat {}", described.join(",")));
-        state.heartbeats_owned.push(owned);
+        state.heartbeats_owned.push(owned.clone());
+        state
+            .heartbeat_members
+            .push((request.member_id.clone(), request.member_epoch, owned));
+        if !state.fail_heartbeats.is_empty() {
+            let code = state.fail_heartbeats.remove(0);
+            return Ok(Response::new(GroupHeartbeatResponse {
+                error: code as i32,
+                error_message: "injected heartbeat failure".into(),
+                ..GroupHeartbeatResponse::default()
+            }));
+        }
         let mut by_topic: HashMap<String, Vec<u32>> = HashMap::new();
         for (topic, partition) in &state.group_target {
             by_topic.entry(topic.clone()).or_default().push(*partition);

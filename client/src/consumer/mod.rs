@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
+/// Pause before retrying to start newly assigned partitions after a
+/// retriable failure (coordinator moving), in milliseconds.
+const ASSIGNMENT_RETRY_BACKOFF_MS: u64 = 100;
+
 /// Where to start reading a partition.
 ///
 /// ```
@@ -277,12 +281,30 @@ impl Consumer {
 
     /// The next record. Also where rebalances are applied and automatic
     /// commits happen.
+    ///
+    /// Errors: a partition whose data cannot be decoded (or that fails
+    /// with an error retrying cannot fix, such as a deleted topic) yields
+    /// one error here and is paused until [`Consumer::seek`]; the other
+    /// partitions keep going, so calling `recv` again is fine. Transient
+    /// errors (owner moved, coordinator moved) are retried internally.
     pub async fn recv(&mut self) -> Result<ConsumerRecord, ClientError> {
         loop {
             if self.fetch.closed.load(Ordering::Acquire) {
                 return Err(ClientError::Closed);
             }
-            self.apply_assignment().await?;
+            match self.apply_assignment().await {
+                Ok(()) => {}
+                Err(error) if error.is_retriable() => {
+                    // New partitions wait until their committed offsets can
+                    // be read; records of the others keep flowing.
+                    tracing::warn!(%error, "cannot start newly assigned partitions yet; retrying");
+                    if self.current.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(ASSIGNMENT_RETRY_BACKOFF_MS))
+                            .await;
+                    }
+                }
+                Err(error) => return Err(error),
+            }
             self.maybe_auto_commit().await;
             if let Some(record) = self.next_record() {
                 return Ok(record);
@@ -596,6 +618,7 @@ mod tests {
     use super::*;
     use crate::testing::FakeBroker;
     use crate::{Producer, ProducerConfig, Record};
+    use sluice_proto::ErrorCode;
 
     fn test_client_config() -> ClientConfig {
         ClientConfig {
@@ -825,5 +848,72 @@ mod tests {
             Some(&50),
             "close commits"
         );
+    }
+
+    #[tokio::test]
+    async fn out_of_range_position_applies_the_reset_policy() {
+        let (_broker, cluster, _) = broker_with_data(10).await;
+        let mut consumer = Consumer::assign_on(
+            cluster,
+            small_buffer_config(),
+            vec![("t".into(), 0, StartOffset::Offset(1_000))],
+        )
+        .await
+        .expect("assigned");
+        let records = receive(&mut consumer, 10).await;
+        assert_eq!(offsets_of(&records, 0), (0..10).collect::<Vec<_>>());
+        consumer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn fenced_member_rejoins_reporting_what_it_owns() {
+        let (broker, cluster, address) = broker_with_data(30).await;
+        broker.lock().group_target = [("t".to_string(), 0)].into_iter().collect();
+        let config = ConsumerConfig {
+            group: Some("g".into()),
+            ..small_buffer_config()
+        };
+        let mut consumer =
+            Consumer::subscribe_on(cluster, config, "g".into(), &["t"], Some(address))
+                .await
+                .expect("subscribed");
+        let first = receive(&mut consumer, 10).await;
+        broker.lock().fail_heartbeats = vec![ErrorCode::UnknownMember];
+        let rest = receive(&mut consumer, 20).await;
+        let offsets: Vec<u64> = first
+            .iter()
+            .chain(&rest)
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..30).collect::<Vec<_>>(),
+            "no gap, no duplicate across the rejoin"
+        );
+        let mut rejoined = false;
+        for _ in 0..200 {
+            {
+                let state = broker.lock();
+                // After the first join (empty member id) came heartbeats as
+                // member-1; a later empty member id is the rejoin.
+                rejoined = state
+                    .heartbeat_members
+                    .iter()
+                    .skip_while(|(member, _, _)| member.is_empty())
+                    .any(|(member, epoch, owned)| {
+                        member.is_empty() && *epoch == 0 && owned.contains(&("t".to_string(), 0))
+                    });
+            }
+            if rejoined {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            rejoined,
+            "rejoin with empty member id, epoch 0 and owned partitions: {:?}",
+            broker.lock().heartbeat_members
+        );
+        consumer.close().await.expect("close");
     }
 }
