@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// (member id, member epoch, owned partitions) of one heartbeat.
+pub(crate) type HeartbeatSeen = (String, i64, BTreeSet<(String, u32)>);
+
 #[derive(Default)]
 pub(crate) struct FakeState {
     /// Appended batches per partition (base offsets assigned).
@@ -42,7 +45,7 @@ pub(crate) struct FakeState {
     /// Errors the next heartbeats answer with, first first.
     pub fail_heartbeats: Vec<ErrorCode>,
     /// (member id, member epoch, owned) of every heartbeat received.
-    pub heartbeat_members: Vec<(String, i64, BTreeSet<(String, u32)>)>,
+    pub heartbeat_members: Vec<HeartbeatSeen>,
     /// Group calls in arrival order, e.g. `commit t/0 12`, `heartbeat t/1`.
     pub group_events: Vec<String>,
 }
