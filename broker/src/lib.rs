@@ -253,8 +253,11 @@ pub async fn run(
         config,
     });
     tracing::info!(node_id = %shared.config.node_id, address = %advertised_address, "broker starting");
-    let ownership = tokio::spawn(ownership::run(shared.clone(), stop_receiver.clone()));
-    let retention = tokio::spawn(retention::run(shared.clone(), stop_receiver.clone()));
+    // Partitions keep serving until the server drained its requests, so
+    // accepted appends still get their answers during shutdown.
+    let (background_stop, background_stopped) = watch::channel(false);
+    let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
+    let retention = tokio::spawn(retention::run(shared.clone(), background_stopped));
     let stop_on_shutdown = async move {
         shutdown.await;
         tracing::info!("broker shutting down");
@@ -274,9 +277,8 @@ pub async fn run(
             stop_on_shutdown,
         )
         .await;
-    // The shutdown future (and with it the stop sender) is gone once the
-    // server returns, which ends the background tasks: ownership stops every
-    // partition and deregisters.
+    drop(stop_receiver);
+    background_stop.send_replace(true);
     let _ = retention.await;
     let deregister_timeout = shared.clients.nameserver_timeout * 2;
     if tokio::time::timeout(deregister_timeout, ownership)

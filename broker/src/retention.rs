@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Most segments deleted per partition and round; the nameserver bounds
+/// one metadata transaction, and the next round continues.
+const MAX_SEGMENTS_PER_ROUND: usize = 100;
+
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis(shared.config.retention_check_interval_ms.max(1));
     loop {
@@ -34,12 +38,13 @@ async fn apply(shared: &Shared, partition: &Partition) {
         return;
     }
     let segments = partition.segments();
-    let doomed = select_for_deletion(
+    let mut doomed = select_for_deletion(
         &segments,
         sluice_proto::now_unix_ms(),
         config.retention_ms,
         config.retention_bytes,
     );
+    doomed.truncate(MAX_SEGMENTS_PER_ROUND);
     if doomed.is_empty() {
         return;
     }

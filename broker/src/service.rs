@@ -166,9 +166,10 @@ async fn produce_loop(
                     }
                 }
             }
-            _ = crate::wait_until_set(&mut shutdown) => {
-                let _ = responses.send(Err(BrokerError::ShuttingDown.into())).await;
-                break;
+            _ = crate::wait_until_set(&mut shutdown), if inbound_open => {
+                // Stop taking requests but deliver the answers of those
+                // already accepted: the pipelines run until the server is done.
+                inbound_open = false;
             }
         }
     }
