@@ -75,7 +75,9 @@ fn submit_produce(
     let entry = streams.entry(key.clone()).or_default();
     entry.outstanding += 1;
     let first_outstanding = entry.outstanding == 1;
-    if let Err(error) = TopicName::any(&produce.topic) {
+    // Internal topics (consumer offsets) are written only by the
+    // coordinator; a client record there could corrupt group state.
+    if let Err(error) = TopicName::new(&produce.topic) {
         let error = BrokerError::InvalidArgument(error.to_string());
         return async move { (error_response(request_id, &error), size, key) }.boxed();
     }

@@ -435,7 +435,8 @@ async fn produce_fetch_groups_and_restart() {
             produce_request(11, TOPIC, batch_of(&[oversized_value.as_str()])),
             produce_request(12, TOPIC, Bytes::from(corrupt)),
             produce_request(13, TOPIC, Bytes::from_static(b"short")),
-            produce_request(14, TOPIC, batch_of(&["h"])),
+            produce_request(14, "__consumer_offsets", batch_of(&["x"])),
+            produce_request(15, TOPIC, batch_of(&["h"])),
         ],
     )
     .await;
@@ -465,11 +466,17 @@ async fn produce_fetch_groups_and_restart() {
     );
     assert_eq!(
         answers[4].error,
-        ErrorCode::None as i32,
+        ErrorCode::InvalidArgument as i32,
         "{}",
         answers[4].error_message
     );
-    assert_eq!(answers[4].base_offset, 7);
+    assert_eq!(
+        answers[5].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[5].error_message
+    );
+    assert_eq!(answers[5].base_offset, 7);
 
     let latest = client
         .list_offsets(ListOffsetsRequest {
