@@ -287,8 +287,8 @@ impl Cluster {
     /// Waits until the nameserver sees every running broker and store.
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
-        let want_brokers = self.brokers.iter_mut().filter(|service| service.is_running()).count();
-        let want_stores = self.stores.iter_mut().filter(|service| service.is_running()).count();
+        let want_brokers = self.brokers.iter_mut().map(Service::is_running).filter(|running| *running).count();
+        let want_stores = self.stores.iter_mut().map(Service::is_running).filter(|running| *running).count();
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             match sluice_client::Admin::connect(self.client_config()).await {

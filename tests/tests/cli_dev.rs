@@ -35,7 +35,10 @@ impl Dev {
         loop {
             let output = dev.sluice(&["cluster", "status"], None);
             let text = String::from_utf8_lossy(&output.stdout).to_string();
-            if output.status.success() && text.contains("brokers (1)") && text.contains("stores (1)") {
+            if output.status.success() && text.contains("brokers (1)")
+                && text.contains("stores (1)")
+                && text.contains("offline partitions: 0")
+            {
                 return dev;
             }
             assert!(Instant::now() < deadline, "sluice dev not ready: {text} {}", String::from_utf8_lossy(&output.stderr));
