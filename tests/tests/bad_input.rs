@@ -128,6 +128,17 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
         .await
         .expect("create topic");
     let broker = broker_for(&admin, TOPIC, 0).await;
+    // The route is published before the broker finished taking the
+    // partition over; wait until it accepts a valid batch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, message) = produce_raw(&broker, TOPIC, 0, batch_of(&["warm-up"])).await;
+        if code == ErrorCode::None {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partition never became writable: {code:?} {message}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Invalid topic names.
     let overlong = "t".repeat(300);
