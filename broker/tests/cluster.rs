@@ -241,6 +241,30 @@ struct Cluster {
     stop: watch::Sender<bool>,
     nameserver: JoinHandle<Result<(), sluice_nameserver::NameServerError>>,
     store: JoinHandle<Result<(), sluice_store::StoreError>>,
+    store_stop: watch::Sender<bool>,
+    store_address: String,
+    store_directory: std::path::PathBuf,
+}
+
+fn spawn_store(
+    nameserver_url: &str,
+    store_address: &str,
+    store_directory: &std::path::Path,
+    store_listener: TcpListener,
+) -> (
+    watch::Sender<bool>,
+    JoinHandle<Result<(), sluice_store::StoreError>>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let config = sluice_store::StoreConfig {
+        node_id: "test-store".into(),
+        listen_address: store_address.to_string(),
+        nameservers: vec![nameserver_url.to_string()],
+        data_dir: store_directory.to_path_buf(),
+        ..sluice_store::StoreConfig::default()
+    };
+    let task = tokio::spawn(sluice_store::run(config, store_listener, signal(stopped)));
+    (stop, task)
 }
 
 impl Cluster {
@@ -274,27 +298,26 @@ impl Cluster {
         ));
 
         let store_listener = listener().await;
-        let store_config = sluice_store::StoreConfig {
-            node_id: "test-store".into(),
-            listen_address: store_listener
-                .local_addr()
-                .expect("store address")
-                .to_string(),
-            nameservers: vec![nameserver_url.clone()],
-            data_dir: directory.join("store"),
-            ..sluice_store::StoreConfig::default()
-        };
-        let store = tokio::spawn(sluice_store::run(
-            store_config,
+        let store_address = store_listener
+            .local_addr()
+            .expect("store address")
+            .to_string();
+        let store_directory = directory.join("store");
+        let (store_stop, store) = spawn_store(
+            &nameserver_url,
+            &store_address,
+            &store_directory,
             store_listener,
-            signal(cluster_stopped.clone()),
-        ));
+        );
 
         Cluster {
             nameserver_url,
             stop: stop_cluster,
             nameserver,
             store,
+            store_stop,
+            store_address,
+            store_directory,
         }
     }
 
@@ -314,8 +337,31 @@ impl Cluster {
         .await;
     }
 
+    /// Stops the store and starts it again on the same address and data.
+    async fn restart_store(&mut self, while_down: impl Future<Output = ()>) {
+        self.store_stop.send_replace(true);
+        let stopped = (&mut self.store).await;
+        assert!(
+            matches!(stopped, Ok(Ok(()))),
+            "store stops cleanly: {stopped:?}"
+        );
+        while_down.await;
+        let listener = TcpListener::bind(&self.store_address)
+            .await
+            .expect("rebind the store address");
+        let (stop, task) = spawn_store(
+            &self.nameserver_url,
+            &self.store_address,
+            &self.store_directory,
+            listener,
+        );
+        self.store_stop = stop;
+        self.store = task;
+    }
+
     async fn stop(self) {
         self.stop.send_replace(true);
+        self.store_stop.send_replace(true);
         let _ = self.store.await;
         let _ = self.nameserver.await;
     }
@@ -756,4 +802,79 @@ async fn segments_roll_and_retention_deletes_them() {
     let _ = broker.task.await;
     cluster.stop().await;
     let _ = &mut client;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_recovers_after_store_outage_without_reordering() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(directory.path()).await;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    eventually("the broker to accept produce", || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(1, TOPIC, batch_of(&["a"]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then_some(())
+        }
+    })
+    .await;
+
+    let outage_client = client.clone();
+    cluster
+        .restart_store(async move {
+            let mut client = outage_client;
+            let answers = produce(
+                &mut client,
+                vec![
+                    produce_request(2, TOPIC, batch_of(&["lost-1"])),
+                    produce_request(3, TOPIC, batch_of(&["lost-2"])),
+                ],
+            )
+            .await;
+            for answer in &answers {
+                let code = ErrorCode::try_from(answer.error).expect("a known code");
+                assert_ne!(
+                    code,
+                    ErrorCode::None,
+                    "append acknowledged with the store down"
+                );
+                assert!(code.is_retriable(), "{code:?}: {}", answer.error_message);
+            }
+        })
+        .await;
+
+    // After recovery (seal, close, new segment) the partition accepts again
+    // and the log continues right after the last acknowledged record.
+    let resumed = eventually("the partition to recover", || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(4, TOPIC, batch_of(&["b"]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
+        }
+    })
+    .await;
+    assert_eq!(resumed.base_offset, 1);
+    let fetched = fetch(&mut client, 0, 0).await;
+    assert_eq!(values(&fetched.partitions[0].batches), vec!["a", "b"]);
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
 }
