@@ -156,6 +156,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
         assert!(acknowledged.insert(value, (metadata.partition, metadata.offset)).is_none());
     }
     producer.close().await.expect("producer close");
+    eprintln!("produced and acknowledged {} messages", acknowledged.len());
     // Offsets are dense and unique per partition.
     let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
     for &(partition, offset) in acknowledged.values() {
@@ -171,6 +172,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     let half = MESSAGES / 2;
     let phase_one = consume_in_group(&cluster, 3, half, Some((2, half / 3))).await;
     assert!(phase_one.len() as u64 >= half);
+    eprintln!("phase one: the group consumed {} messages", phase_one.len());
 
     // kill -9 the store and the broker, then restart them.
     cluster.stores[0].kill();
@@ -179,6 +181,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     cluster.brokers[0].start();
     cluster.wait_ready().await;
     wait_for_owners(&admin, TOPIC).await;
+    eprintln!("killed and restarted store and broker");
 
     // Every acknowledged message is still there, at its offset.
     let assignment = (0..PARTITIONS).map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest)).collect();
@@ -199,6 +202,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     }
     reader.close().await.expect("close reader");
     assert_eq!(found, acknowledged, "messages moved or vanished across kill -9");
+    eprintln!("all {} acknowledged messages read back at their offsets", found.len());
 
     // Phase 2: the group resumes from its commits and reads the rest.
     let remaining = MESSAGES - phase_one.len() as u64;
@@ -218,6 +222,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
         total += entries.len();
     }
     assert_eq!(total as u64, MESSAGES);
+    eprintln!("phase two: the group consumed the remaining {}; every message exactly once", phase_two.len());
     // In order within each partition, per consumer session: phase records
     // of one partition were appended in increasing offset order.
     for phase in [&phase_one, &phase_two] {
