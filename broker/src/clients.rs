@@ -104,8 +104,13 @@ impl Clients {
             status.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
         ) {
-            self.current_nameserver.fetch_add(1, Ordering::Relaxed);
+            self.next_nameserver();
         }
+    }
+
+    /// Prefers the next configured nameserver from now on.
+    pub fn next_nameserver(&self) {
+        self.current_nameserver.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn store(&self, address: &str) -> Result<StoreClient<Channel>, BrokerError> {

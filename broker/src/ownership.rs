@@ -67,7 +67,8 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff_ms, "registration failed");
+                tracing::warn!(%error, retry_in_ms = backoff_ms, "registration failed; trying the next nameserver");
+                shared.clients.next_nameserver();
             }
         }
         tokio::select! {
@@ -86,19 +87,30 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         last_session = Some(session.session_id);
         let mut last_success = Instant::now();
         loop {
-            let answer = nameserver_call!(
-                &shared.clients,
-                heartbeat,
-                HeartbeatRequest {
-                    kind: NodeKind::Broker as i32,
-                    node_id: shared.config.node_id.clone(),
-                    session_id: session.session_id,
-                    load: Some(load(&shared)),
-                }
-            );
+            // A heartbeat may not outlive the lease: past it the broker
+            // must already have fenced itself.
+            let fence_at = last_success + session.lease_ttl;
+            // The lease was renewed no earlier than the request left.
+            let sent_at = Instant::now();
+            let heartbeat = async {
+                nameserver_call!(
+                    &shared.clients,
+                    heartbeat,
+                    HeartbeatRequest {
+                        kind: NodeKind::Broker as i32,
+                        node_id: shared.config.node_id.clone(),
+                        session_id: session.session_id,
+                        load: Some(load(&shared)),
+                    }
+                )
+            };
+            let answer = match tokio::time::timeout_at(fence_at, heartbeat).await {
+                Ok(answer) => answer,
+                Err(_) => Err(BrokerError::Timeout("heartbeat".into())),
+            };
             match answer {
                 Ok(answer) => {
-                    last_success = Instant::now();
+                    last_success = sent_at;
                     reconcile(&shared, &answer.assignments);
                 }
                 Err(error) if error.remote_code() == Some(ErrorCode::SessionExpired) => {
