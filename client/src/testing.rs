@@ -28,10 +28,12 @@ pub(crate) struct FakeState {
     pub produce_requests: u64,
     /// Fail the produce request with this 1-based number with this code.
     pub fail_produce: HashMap<u64, ErrorCode>,
-    /// After an injected failure, fail this many more requests of the
-    /// same partition (the real broker fails the ones behind a failure).
-    pub poison_after_failure: u32,
-    poisoned: HashMap<(String, u32), u32>,
+    /// After an injected failure of batch A, fail every request of the
+    /// partition until A is sent again. Like the real broker, which fails
+    /// whatever was pipelined behind a failure: the requests a client sent
+    /// before it reacted fail, its in-order resend starts with A.
+    pub poison_after_failure: bool,
+    poisoned: HashMap<(String, u32), Bytes>,
     /// Produce requests answered with an error.
     pub failed_requests: u64,
     /// Group: the assignment every heartbeat answers with.
@@ -106,13 +108,20 @@ impl FakeBroker {
         let number = state.produce_requests;
         let key = (request.topic.clone(), request.partition);
         let injected = state.fail_produce.get(&number).copied();
-        let poisoned = state.poisoned.get(&key).copied().unwrap_or(0);
+        let poisoned_by_other = match state.poisoned.get(&key) {
+            Some(failed) if *failed == request.batch => {
+                state.poisoned.remove(&key);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
         let error = if let Some(code) = injected {
-            let poison = state.poison_after_failure;
-            state.poisoned.insert(key.clone(), poison);
+            if state.poison_after_failure {
+                state.poisoned.insert(key.clone(), request.batch.clone());
+            }
             Some(code)
-        } else if poisoned > 0 {
-            state.poisoned.insert(key.clone(), poisoned - 1);
+        } else if poisoned_by_other {
             Some(ErrorCode::NotOwner)
         } else {
             None
