@@ -744,6 +744,28 @@ mod tests {
             ),
             "no group, nothing to commit to"
         );
+
+        // The stream view yields the same records.
+        consumer
+            .seek("t", 1, StartOffset::Offset(97))
+            .await
+            .expect("seek");
+        let streamed: Vec<u64> = {
+            use futures::StreamExt;
+            let stream = consumer.stream();
+            futures::pin_mut!(stream);
+            let mut offsets = Vec::new();
+            while offsets.len() < 3 {
+                let record = stream
+                    .next()
+                    .await
+                    .expect("endless stream")
+                    .expect("record");
+                offsets.push(record.offset);
+            }
+            offsets
+        };
+        assert_eq!(streamed, vec![97, 98, 99]);
         consumer.close().await.expect("close");
     }
 
