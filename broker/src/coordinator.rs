@@ -448,6 +448,49 @@ impl Coordinator {
         })
     }
 
+    /// Re-appends the committed offsets of every group of an offsets
+    /// partition, so deleting its old segments (retention) loses no group's
+    /// latest commit.
+    pub async fn snapshot_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
+        let snapshot: Vec<(String, Vec<CommittedOffset>)> = {
+            let state = lock(&self.state);
+            let partitions = state.offsets_partitions.max(1);
+            state
+                .committed
+                .iter()
+                .filter(|(group, _)| {
+                    offsets_partition_for_group(group, partitions) == partition.key.partition
+                })
+                .map(|(group, offsets)| {
+                    let offsets = offsets
+                        .iter()
+                        .map(|((topic, index), (offset, metadata))| CommittedOffset {
+                            topic: topic.clone(),
+                            partition: *index,
+                            offset: *offset,
+                            metadata: metadata.clone(),
+                        })
+                        .collect();
+                    (group.clone(), offsets)
+                })
+                .collect()
+        };
+        let generation = partition.status().generation;
+        let mut pending = Vec::with_capacity(snapshot.len());
+        for (group, offsets) in &snapshot {
+            let batch = commit_record::encode(group, offsets)
+                .map_err(|error| BrokerError::Internal(error.to_string()))?;
+            let header = batch::validate(&batch, usize::MAX).map_err(BrokerError::Batch)?;
+            pending.push(partition.submit(batch, header, generation, None)?);
+        }
+        for receiver in pending {
+            receiver
+                .await
+                .map_err(|_| BrokerError::Unavailable("offsets partition stopped".into()))??;
+        }
+        Ok(())
+    }
+
     pub async fn commit(
         &self,
         shared: &Shared,

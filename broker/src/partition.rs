@@ -398,6 +398,14 @@ async fn run(
             Ok(segment) => segment,
             Err(error) => {
                 tracing::warn!(partition = %partition.key, epoch = partition.epoch, %error, "takeover failed; retrying");
+                // A failed roll: appends queued behind it fail, so later
+                // ones must not be accepted under the same generation.
+                partition.status.send_modify(|status| {
+                    if status.phase == Phase::Serving {
+                        status.phase = Phase::Recovering;
+                        status.generation += 1;
+                    }
+                });
                 drain_queue(&mut jobs, &error);
                 let delay = backoff.next();
                 tokio::select! {

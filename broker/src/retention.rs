@@ -48,6 +48,14 @@ async fn apply(shared: &Shared, partition: &Partition) {
     if doomed.is_empty() {
         return;
     }
+    if partition.is_offsets_topic() {
+        // No compaction: keep every group's latest commit in the live log
+        // before its older copies go.
+        if let Err(error) = shared.coordinator.snapshot_partition(partition).await {
+            tracing::warn!(partition = %partition.key, %error, "retention: offsets snapshot failed; not deleting");
+            return;
+        }
+    }
     let deleted = nameserver_call!(
         &shared.clients,
         delete_segments,

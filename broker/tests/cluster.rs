@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use sluice_broker::BrokerConfig;
-use sluice_nameserver::config::{MetadataBackend, MetadataConfig};
+use sluice_nameserver::config::{MetadataBackend, MetadataConfig, TopicDefaults};
 use sluice_nameserver::NameServerConfig;
 use sluice_proto::batch::{self, BatchBuilder, BatchIter, Compression, RecordData};
 use sluice_proto::v1::broker_client::BrokerClient;
@@ -269,6 +269,10 @@ fn spawn_store(
 
 impl Cluster {
     async fn start(directory: &std::path::Path) -> Cluster {
+        Self::start_with(directory, TopicDefaults::default()).await
+    }
+
+    async fn start_with(directory: &std::path::Path, topic_defaults: TopicDefaults) -> Cluster {
         let (stop_cluster, cluster_stopped) = watch::channel(false);
 
         let nameserver_listener = listener().await;
@@ -289,6 +293,7 @@ impl Cluster {
             heartbeat_interval_ms: 300,
             reconcile_interval_ms: 200,
             offsets_partitions: 2,
+            topic_defaults,
             ..NameServerConfig::default()
         };
         let nameserver = tokio::spawn(sluice_nameserver::run(
@@ -873,6 +878,93 @@ async fn partition_recovers_after_store_outage_without_reordering() {
     assert_eq!(resumed.base_offset, 1);
     let fetched = fetch(&mut client, 0, 0).await;
     assert_eq!(values(&fetched.partitions[0].batches), vec!["a", "b"]);
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_survive_retention_of_the_offsets_topic() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    // Every topic, `__consumer_offsets` included, rolls after each batch
+    // and keeps no closed segment.
+    let cluster = Cluster::start_with(
+        directory.path(),
+        TopicDefaults {
+            segment_bytes: 1,
+            retention_bytes: 1,
+            ..TopicDefaults::default()
+        },
+    )
+    .await;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let broker = start_broker_with(&cluster.nameserver_url, 100).await;
+    let mut client = broker_client(&broker.address).await;
+    eventually("the group coordinator to be ready", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .commit_offsets(CommitOffsetsRequest {
+                    group: "billing".into(),
+                    member_id: String::new(),
+                    member_epoch: -1,
+                    offsets: vec![PartitionOffset {
+                        topic: TOPIC.into(),
+                        partition: 0,
+                        offset: 42,
+                        metadata: String::new(),
+                        error: 0,
+                    }],
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let offsets_partition = sluice_proto::partitioning::offsets_partition_for_group("billing", 2);
+    let offsets_topic = sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
+    // Wait until retention moved the log start past the commit record.
+    eventually("retention of the offsets partition", || {
+        let mut client = client.clone();
+        async move {
+            let answer = client
+                .list_offsets(ListOffsetsRequest {
+                    topic: offsets_topic.into(),
+                    partition: offsets_partition,
+                    spec: OffsetSpec::Earliest as i32,
+                    timestamp_ms: 0,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (answer.log_start_offset >= 1).then_some(())
+        }
+    })
+    .await;
+
+    broker.stop.send_replace(true);
+    broker
+        .task
+        .await
+        .expect("broker task")
+        .expect("broker stops cleanly");
+    let broker = start_broker_with(&cluster.nameserver_url, 100).await;
+    client = broker_client(&broker.address).await;
+    let offset = eventually("committed offsets after restart", || {
+        let mut client = client.clone();
+        async move { committed_offset(&mut client).await }
+    })
+    .await;
+    assert_eq!(offset, 42);
 
     broker.stop.send_replace(true);
     let _ = broker.task.await;
