@@ -66,6 +66,8 @@ pub(crate) struct Cluster {
     preferred_nameserver: Mutex<usize>,
     channels: Mutex<HashMap<String, Channel>>,
     routes: Mutex<RouteCache>,
+    /// Minimum time between refreshes of one topic.
+    route_refresh_min_interval: Duration,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +105,7 @@ impl Cluster {
                 topics: HashMap::new(),
                 last_refresh: HashMap::new(),
             }),
+            route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
         });
         let mut tried = Vec::new();
         let mut last = String::new();
@@ -141,6 +144,7 @@ impl Cluster {
                 topics: HashMap::new(),
                 last_refresh: HashMap::new(),
             }),
+            route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
         })
     }
 
@@ -299,10 +303,10 @@ impl Cluster {
             topics
                 .iter()
                 .filter(|topic| {
-                    cache.last_refresh.get(*topic).is_none_or(|at| {
-                        now.duration_since(*at)
-                            >= Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS)
-                    })
+                    cache
+                        .last_refresh
+                        .get(*topic)
+                        .is_none_or(|at| now.duration_since(*at) >= self.route_refresh_min_interval)
                 })
                 .cloned()
                 .collect()
@@ -404,6 +408,72 @@ mod tests {
         assert_eq!(backoff(3, 100, 1000), Duration::from_millis(800));
         assert_eq!(backoff(4, 100, 1000), Duration::from_millis(1000));
         assert_eq!(backoff(200, 100, 1000), Duration::from_millis(1000));
+    }
+
+    async fn dead_address() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port");
+        let address = format!("http://{}", listener.local_addr().expect("bound address"));
+        drop(listener);
+        address
+    }
+
+    #[tokio::test]
+    async fn no_nameserver_lists_every_address_tried() {
+        let first = dead_address().await;
+        let second = dead_address().await;
+        let config = ClientConfig {
+            bootstrap: vec![first.clone(), second.clone()],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        };
+        match Cluster::connect(config).await {
+            Err(ClientError::NoNameserver { tried, .. }) => assert_eq!(tried, vec![first, second]),
+            Err(other) => panic!("expected NoNameserver, got {other}"),
+            Ok(_) => panic!("nothing listens there"),
+        }
+        let error = Cluster::connect(ClientConfig {
+            bootstrap: Vec::new(),
+            ..ClientConfig::default()
+        })
+        .await
+        .err()
+        .expect("empty bootstrap is refused");
+        assert!(matches!(error, ClientError::InvalidArgument(_)));
+    }
+
+    #[tokio::test]
+    async fn nameserver_calls_fail_over_and_report_what_was_tried() {
+        let cluster = Cluster::unconnected(ClientConfig {
+            bootstrap: vec![dead_address().await, dead_address().await],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        });
+        let error = cluster
+            .topic_routes("orders")
+            .await
+            .expect_err("no nameserver answers");
+        match error {
+            ClientError::NoNameserver { tried, .. } => assert_eq!(tried.len(), 2),
+            other => panic!("expected NoNameserver, got {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn route_refresh_is_rate_limited() {
+        let mut cluster = Cluster::unconnected(ClientConfig {
+            bootstrap: vec![dead_address().await],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        });
+        Arc::get_mut(&mut cluster)
+            .expect("sole owner")
+            .route_refresh_min_interval = Duration::from_secs(3600);
+        // The first refresh tries (and fails); an immediate second one is
+        // skipped without calling anyone.
+        assert!(cluster.refresh_routes(&["t".to_string()]).await.is_err());
+        assert!(cluster.refresh_routes(&["t".to_string()]).await.is_ok());
     }
 
     #[test]
