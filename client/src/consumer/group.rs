@@ -326,6 +326,17 @@ pub(crate) async fn commit(
                 forget_coordinator(target);
                 tokio::time::sleep(backoff(attempt - 1, 50, 1_000)).await;
             }
+            Err(error)
+                if error.code() == Some(ErrorCode::StaleMemberEpoch)
+                    && attempt < MAX_COORDINATOR_ATTEMPTS =>
+            {
+                // The epoch moved on (rebalance in progress): heartbeat now
+                // to learn the new one, then commit again.
+                if let Some(shared) = target.member {
+                    shared.heartbeat_now.notify_one();
+                }
+                tokio::time::sleep(backoff(attempt - 1, 50, 1_000)).await;
+            }
             result => return result,
         }
     }

@@ -31,6 +31,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 /// milliseconds.
 const MAINTENANCE_INTERVAL_MS: u64 = 50;
 
+/// Room left in a gRPC message for the produce request around its batch
+/// (request id, topic name, framing), in bytes.
+const PRODUCE_ENVELOPE_BYTES: usize = 64 * 1024;
+
 /// Commands or stream events handled per dispatcher round before batches
 /// are sent; bounds the latency a burst adds to other work.
 const MAX_COMMANDS_PER_ROUND: usize = 1024;
@@ -251,6 +255,12 @@ impl Producer {
                     .into(),
             ));
         }
+        if config.batch_max_bytes + PRODUCE_ENVELOPE_BYTES > config.client.max_grpc_message_bytes {
+            return Err(ClientError::InvalidArgument(format!(
+                "batch_max_bytes ({}) must leave {PRODUCE_ENVELOPE_BYTES} bytes of room under client.max_grpc_message_bytes ({})",
+                config.batch_max_bytes, config.client.max_grpc_message_bytes
+            )));
+        }
         let cluster = Cluster::connect(config.client.clone()).await?;
         Ok(Self::with_cluster(cluster, config))
     }
@@ -293,6 +303,16 @@ impl Producer {
             timestamp_ms: Some(timestamp_ms),
         };
         let record_bytes = BatchBuilder::record_size(&data);
+        let largest_record_bytes = self
+            .config
+            .client
+            .max_grpc_message_bytes
+            .saturating_sub(PRODUCE_ENVELOPE_BYTES + sluice_proto::batch::HEADER_BYTES);
+        if record_bytes > largest_record_bytes {
+            return Err(ClientError::InvalidArgument(format!(
+                "record of {record_bytes} bytes cannot be sent: the largest is {largest_record_bytes} (client.max_grpc_message_bytes)"
+            )));
+        }
         let permit = self
             .memory
             .acquire(
@@ -333,8 +353,9 @@ impl Producer {
         Ok(DeliveryFuture { receiver })
     }
 
-    /// Sends every buffered record now and waits until all outstanding
-    /// records are acknowledged or failed.
+    /// Sends every buffered record now (ignoring `linger_ms`) and waits
+    /// until no record is outstanding: every record enqueued before the
+    /// call, and any enqueued concurrently, is acknowledged or failed.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let (done, wait) = oneshot::channel();
         self.commands
@@ -866,6 +887,7 @@ impl Dispatcher {
                     topic: partition.topic.clone(),
                     partition: partition.partition,
                     batch: batch.data.clone(),
+                    resume: false,
                 };
                 sender.in_flight_address = Some(address.clone());
                 let stream = match self.stream(&address) {
