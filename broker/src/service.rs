@@ -62,7 +62,14 @@ fn error_response(request_id: u64, error: &BrokerError) -> ProduceResponse {
 struct StreamPartition {
     generation: u64,
     outstanding: usize,
+    /// Set when a request for this partition failed retriably on this
+    /// stream: later requests are refused until one carries `resume`.
+    poisoned: Option<ErrorCode>,
 }
+
+/// Most partitions one produce stream may track at once (each poisoned
+/// partition is remembered until the client resumes it).
+const MAX_PARTITIONS_PER_PRODUCE_STREAM: usize = 65_536;
 
 fn submit_produce(
     shared: &Arc<Shared>,
@@ -72,8 +79,29 @@ fn submit_produce(
     let request_id = produce.request_id;
     let size = produce.batch.len() as u64;
     let key = PartitionKey::new(&produce.topic, produce.partition);
+    if streams.len() >= MAX_PARTITIONS_PER_PRODUCE_STREAM && !streams.contains_key(&key) {
+        let error = BrokerError::Throttled(format!(
+            "this produce stream already tracks {MAX_PARTITIONS_PER_PRODUCE_STREAM} partitions; open another stream"
+        ));
+        return async move { (error_response(request_id, &error), size, key) }.boxed();
+    }
     let entry = streams.entry(key.clone()).or_default();
     entry.outstanding += 1;
+    if produce.resume {
+        entry.poisoned = None;
+    }
+    if let Some(code) = entry.poisoned {
+        let response = ProduceResponse {
+            request_id,
+            error: code as i32,
+            error_message: format!(
+                "an earlier request for {}/{} failed on this stream; resend from the first failed request with `resume` set",
+                key.topic, key.partition
+            ),
+            ..Default::default()
+        };
+        return async move { (response, size, key) }.boxed();
+    }
     let first_outstanding = entry.outstanding == 1;
     // Internal topics (consumer offsets) are written only by the
     // coordinator; a client record there could corrupt group state.
@@ -147,7 +175,11 @@ async fn produce_loop(
                 in_flight_bytes = in_flight_bytes.saturating_sub(size);
                 if let Some(entry) = streams.get_mut(&key) {
                     entry.outstanding = entry.outstanding.saturating_sub(1);
-                    if entry.outstanding == 0 {
+                    let code = ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal);
+                    if code != ErrorCode::None && code.is_retriable() {
+                        entry.poisoned = Some(code);
+                    }
+                    if entry.outstanding == 0 && entry.poisoned.is_none() {
                         streams.remove(&key);
                     }
                 }

@@ -155,6 +155,7 @@ fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceRequest
         topic: topic.into(),
         partition: 0,
         batch,
+        resume: false,
     }
 }
 

@@ -49,7 +49,7 @@ async fn produce_raw(broker: &str, topic: &str, partition: u32, batch: Bytes) ->
         .expect("connect broker")
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let request = ProduceRequest { request_id: 1, topic: topic.to_string(), partition, batch };
+    let request = ProduceRequest { request_id: 1, topic: topic.to_string(), partition, batch, resume: false };
     match client.produce(tokio_stream::iter(vec![request])).await {
         Ok(response) => {
             let mut stream = response.into_inner();
