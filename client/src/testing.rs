@@ -28,12 +28,13 @@ pub(crate) struct FakeState {
     pub produce_requests: u64,
     /// Fail the produce request with this 1-based number with this code.
     pub fail_produce: HashMap<u64, ErrorCode>,
-    /// After an injected failure of batch A, fail every request of the
-    /// partition until A is sent again. Like the real broker, which fails
-    /// whatever was pipelined behind a failure: the requests a client sent
-    /// before it reacted fail, its in-order resend starts with A.
+    /// After an injected failure, fail every request of the partition
+    /// until one says `resume` (the real broker's contract: what a client
+    /// pipelined before it noticed the failure cannot overtake the retry).
     pub poison_after_failure: bool,
-    poisoned: HashMap<(String, u32), Bytes>,
+    poisoned: BTreeSet<(String, u32)>,
+    /// `resume` flags seen, per request number.
+    pub resumed_requests: Vec<u64>,
     /// Produce requests answered with an error.
     pub failed_requests: u64,
     /// Group: the assignment every heartbeat answers with.
@@ -108,20 +109,16 @@ impl FakeBroker {
         let number = state.produce_requests;
         let key = (request.topic.clone(), request.partition);
         let injected = state.fail_produce.get(&number).copied();
-        let poisoned_by_other = match state.poisoned.get(&key) {
-            Some(failed) if *failed == request.batch => {
-                state.poisoned.remove(&key);
-                false
-            }
-            Some(_) => true,
-            None => false,
-        };
+        if request.resume {
+            state.resumed_requests.push(number);
+            state.poisoned.remove(&key);
+        }
         let error = if let Some(code) = injected {
             if state.poison_after_failure {
-                state.poisoned.insert(key.clone(), request.batch.clone());
+                state.poisoned.insert(key.clone());
             }
             Some(code)
-        } else if poisoned_by_other {
+        } else if state.poisoned.contains(&key) {
             Some(ErrorCode::NotOwner)
         } else {
             None

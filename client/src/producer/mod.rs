@@ -488,6 +488,10 @@ struct PartitionSender {
     /// Broker the in-flight batches went to; nothing is sent elsewhere
     /// until they answered, or a move could reorder.
     in_flight_address: Option<String>,
+    /// A request failed: the broker refuses this partition's requests on
+    /// the stream until one says `resume`, which the first one sent after
+    /// the failed round does.
+    needs_resume: bool,
     /// Error of the last failed answer, used for batches that time out.
     last_error: Option<ClientError>,
 }
@@ -661,6 +665,7 @@ impl Dispatcher {
                     Duration::from_millis(config.retry_backoff_max_ms),
                 ),
                 in_flight_address: None,
+                needs_resume: false,
                 last_error: None,
             })
             .pipeline
@@ -780,6 +785,7 @@ impl Dispatcher {
         if let Some(error) = &error {
             tracing::debug!(%partition, %error, "produce request failed");
             sender.last_error = Some(error.clone());
+            sender.needs_resume = true;
         }
         match effect {
             Effect::Delivered(batch) => {
@@ -887,7 +893,7 @@ impl Dispatcher {
                     topic: partition.topic.clone(),
                     partition: partition.partition,
                     batch: batch.data.clone(),
-                    resume: false,
+                    resume: std::mem::take(&mut sender.needs_resume),
                 };
                 sender.in_flight_address = Some(address.clone());
                 let stream = match self.stream(&address) {
@@ -1124,6 +1130,10 @@ mod tests {
                 .push((metadata.offset, format!("{partition}-{index}")));
         }
         producer.close().await.expect("close");
+        assert!(
+            !broker.lock().resumed_requests.is_empty(),
+            "retries after a failure carry `resume`"
+        );
         let failed = broker.lock().failed_requests;
         assert!(
             failed >= 6,
@@ -1146,9 +1156,8 @@ mod tests {
         let broker = FakeBroker::default();
         {
             let mut state = broker.lock();
-            // The batches behind it are not failed by this fake; the pure
-            // pipeline tests cover that case.
             state.fail_produce.insert(2, ErrorCode::TooLarge);
+            state.poison_after_failure = true;
         }
         let address = broker.start().await;
         let cluster = Cluster::unconnected(test_client_config());
