@@ -48,6 +48,9 @@ impl Admin {
         name: &str,
         config: v1::TopicConfig,
     ) -> Result<v1::Topic, ClientError> {
+        sluice_proto::names::TopicName::new(name).map_err(|error| {
+            ClientError::InvalidArgument(format!("topic name '{name}': {error}"))
+        })?;
         let request = v1::CreateTopicRequest {
             name: name.to_string(),
             config: Some(config),

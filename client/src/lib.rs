@@ -1,8 +1,28 @@
 //! The Sluice SDK: [`Producer`], [`Consumer`] and [`Admin`].
 //!
-//! All three start from a [`ClientConfig`] naming bootstrap nameservers;
-//! routes to partition owners are looked up and cached, and refreshed when
-//! a broker says it no longer owns a partition.
+//! All three start from a [`ClientConfig`] naming bootstrap nameservers
+//! (tried in turn; any one can answer). Routes to partition owners are
+//! looked up with `GetRoutes`, cached, and refreshed (rate-limited) when a
+//! broker says it no longer owns a partition, is unavailable, or cannot be
+//! reached. There is one gRPC channel per server address, with explicit
+//! message-size limits and timeouts, and W3C trace context is injected into
+//! every request.
+//!
+//! # Guarantees
+//!
+//! - **Producer**: at least once. Records of one partition are written in
+//!   the order they were enqueued, retries included: after a failure the
+//!   producer waits for every in-flight batch of the partition to answer,
+//!   then resends the failed ones in order (flagged `resume`). A retry after
+//!   an unknown outcome (connection lost, timeout) can write a batch twice
+//!   until idempotent produce exists. Memory is bounded by
+//!   `memory_limit_bytes` (backpressure in `send`/`enqueue`).
+//! - **Consumer**: within one consumer's ownership of a partition, offsets
+//!   arrive in order, none skipped and none twice. In a group with
+//!   auto-commit, a revoked partition is committed inside the next `recv()`
+//!   before it is reported released, so an application that finishes each
+//!   record before calling `recv()` again sees every record once across
+//!   graceful rebalances (at least once after crashes).
 //!
 //! ```no_run
 //! use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record};

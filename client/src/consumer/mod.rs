@@ -180,6 +180,9 @@ impl Consumer {
                 "Consumer::subscribe needs ConsumerConfig.group (use Consumer::assign to read without a group)".into(),
             ));
         };
+        sluice_proto::names::GroupName::new(&group_name).map_err(|error| {
+            ClientError::InvalidArgument(format!("group name '{group_name}': {error}"))
+        })?;
         if topics.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "subscribe to at least one topic".into(),
