@@ -217,3 +217,62 @@ pub(crate) async fn list_offsets(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeNameServer;
+
+    #[tokio::test]
+    async fn admin_fails_over_to_a_live_nameserver() {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let dead_address = format!("http://{}", dead.local_addr().expect("address"));
+        drop(dead);
+        let nameserver = FakeNameServer::default();
+        let live_address = nameserver.start().await;
+        let admin = Admin::connect(ClientConfig {
+            bootstrap: vec![dead_address, live_address],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        })
+        .await
+        .expect("the second nameserver answers");
+        let topic = admin
+            .create_topic(
+                "orders",
+                v1::TopicConfig {
+                    partitions: 2,
+                    ..v1::TopicConfig::default()
+                },
+            )
+            .await
+            .expect("created");
+        assert_eq!(topic.name, "orders");
+        assert_eq!(nameserver.lock().created, vec!["orders".to_string()]);
+        nameserver
+            .lock()
+            .routes
+            .insert("orders".into(), vec!["a:1".into(), "b:2".into()]);
+        let error = admin
+            .create_topic("orders", v1::TopicConfig::default())
+            .await
+            .expect_err("exists");
+        assert_eq!(error.code(), Some(ErrorCode::TopicAlreadyExists));
+        let names: Vec<String> = admin
+            .list_topics(false)
+            .await
+            .expect("listed")
+            .into_iter()
+            .map(|topic| topic.name)
+            .collect();
+        assert_eq!(names, vec!["orders".to_string()]);
+        assert!(matches!(
+            admin
+                .create_topic("bad name!", v1::TopicConfig::default())
+                .await,
+            Err(ClientError::InvalidArgument(_))
+        ));
+    }
+}

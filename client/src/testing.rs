@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use sluice_proto::batch::{assign, BatchIter};
 use sluice_proto::v1::broker_server::{Broker, BrokerServer};
+use sluice_proto::v1::name_server_server;
 use sluice_proto::v1::*;
 use sluice_proto::ErrorCode;
 use std::collections::{BTreeSet, HashMap};
@@ -35,6 +36,9 @@ pub(crate) struct FakeState {
     poisoned: BTreeSet<(String, u32)>,
     /// `resume` flags seen, per request number.
     pub resumed_requests: Vec<u64>,
+    /// From this produce request number on, answer NOT_OWNER to every
+    /// produce and fetch (the partition moved away).
+    pub not_owner_from: Option<u64>,
     /// Produce requests answered with an error.
     pub failed_requests: u64,
     /// Group: the assignment every heartbeat answers with.
@@ -108,7 +112,12 @@ impl FakeBroker {
         state.produce_requests += 1;
         let number = state.produce_requests;
         let key = (request.topic.clone(), request.partition);
-        let injected = state.fail_produce.get(&number).copied();
+        let injected = state.fail_produce.get(&number).copied().or_else(|| {
+            state
+                .not_owner_from
+                .filter(|from| number >= *from)
+                .map(|_| ErrorCode::NotOwner)
+        });
         if request.resume {
             state.resumed_requests.push(number);
             state.poisoned.remove(&key);
@@ -366,5 +375,226 @@ impl Broker for FakeBroker {
         _request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+}
+
+/// A fake nameserver answering `GetRoutes`, `FindCoordinator` and a few
+/// admin calls from in-memory state; the rest is unimplemented.
+#[derive(Clone, Default)]
+pub(crate) struct FakeNameServer {
+    pub state: Arc<Mutex<FakeNameServerState>>,
+}
+
+#[derive(Default)]
+pub(crate) struct FakeNameServerState {
+    /// Broker address of each partition, per topic.
+    pub routes: HashMap<String, Vec<String>>,
+    pub coordinator: String,
+    pub get_routes_calls: u64,
+    pub created: Vec<String>,
+}
+
+impl FakeNameServer {
+    pub fn lock(&self) -> MutexGuard<'_, FakeNameServerState> {
+        self.state
+            .lock()
+            .expect("fake nameserver state lock (test code)")
+    }
+
+    pub async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a local port for the fake nameserver");
+        let address = listener.local_addr().expect("bound address");
+        let service = name_server_server::NameServerServer::new(self.clone());
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        format!("http://{address}")
+    }
+}
+
+type RoutesStream = Pin<Box<dyn Stream<Item = Result<GetRoutesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl name_server_server::NameServer for FakeNameServer {
+    type WatchRoutesStream = RoutesStream;
+
+    async fn register_node(
+        &self,
+        _request: Request<RegisterNodeRequest>,
+    ) -> Result<Response<RegisterNodeResponse>, Status> {
+        Err(Status::unimplemented("register_node is not faked"))
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("heartbeat is not faked"))
+    }
+
+    async fn deregister_node(
+        &self,
+        _request: Request<DeregisterNodeRequest>,
+    ) -> Result<Response<DeregisterNodeResponse>, Status> {
+        Err(Status::unimplemented("deregister_node is not faked"))
+    }
+
+    async fn describe_topic(
+        &self,
+        _request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        Err(Status::unimplemented("describe_topic is not faked"))
+    }
+
+    async fn delete_topic(
+        &self,
+        _request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        Err(Status::unimplemented("delete_topic is not faked"))
+    }
+
+    async fn watch_routes(
+        &self,
+        _request: Request<WatchRoutesRequest>,
+    ) -> Result<Response<RoutesStream>, Status> {
+        Err(Status::unimplemented("watch_routes is not faked"))
+    }
+
+    async fn list_segments(
+        &self,
+        _request: Request<ListSegmentsRequest>,
+    ) -> Result<Response<ListSegmentsResponse>, Status> {
+        Err(Status::unimplemented("list_segments is not faked"))
+    }
+
+    async fn create_segment(
+        &self,
+        _request: Request<CreateSegmentRequest>,
+    ) -> Result<Response<SegmentInfo>, Status> {
+        Err(Status::unimplemented("create_segment is not faked"))
+    }
+
+    async fn close_segment(
+        &self,
+        _request: Request<CloseSegmentRequest>,
+    ) -> Result<Response<SegmentInfo>, Status> {
+        Err(Status::unimplemented("close_segment is not faked"))
+    }
+
+    async fn delete_segments(
+        &self,
+        _request: Request<DeleteSegmentsRequest>,
+    ) -> Result<Response<DeleteSegmentsResponse>, Status> {
+        Err(Status::unimplemented("delete_segments is not faked"))
+    }
+
+    async fn register_group(
+        &self,
+        _request: Request<RegisterGroupRequest>,
+    ) -> Result<Response<RegisterGroupResponse>, Status> {
+        Err(Status::unimplemented("register_group is not faked"))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("list_groups is not faked"))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Err(Status::unimplemented("cluster_status is not faked"))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<Topic>, Status> {
+        let request = request.into_inner();
+        let mut state = self.lock();
+        if state.routes.contains_key(&request.name) {
+            return Err(
+                sluice_proto::SluiceError::new(ErrorCode::TopicAlreadyExists, "exists").into(),
+            );
+        }
+        state.created.push(request.name.clone());
+        Ok(Response::new(Topic {
+            name: request.name,
+            config: request.config,
+            ..Topic::default()
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let state = self.lock();
+        let mut names: Vec<&String> = state.routes.keys().collect();
+        names.sort();
+        Ok(Response::new(ListTopicsResponse {
+            topics: names
+                .into_iter()
+                .map(|name| Topic {
+                    name: name.clone(),
+                    ..Topic::default()
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_routes(
+        &self,
+        request: Request<GetRoutesRequest>,
+    ) -> Result<Response<GetRoutesResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = self.lock();
+        state.get_routes_calls += 1;
+        let topics = request
+            .topics
+            .iter()
+            .map(|topic| match state.routes.get(topic) {
+                Some(addresses) => TopicRoute {
+                    topic: topic.clone(),
+                    partitions: addresses
+                        .iter()
+                        .enumerate()
+                        .map(|(partition, address)| PartitionRoute {
+                            partition: partition as u32,
+                            broker_id: format!("broker-{address}"),
+                            broker_address: address.clone(),
+                            epoch: 1,
+                        })
+                        .collect(),
+                    error: 0,
+                },
+                None => TopicRoute {
+                    topic: topic.clone(),
+                    partitions: Vec::new(),
+                    error: ErrorCode::UnknownTopic as i32,
+                },
+            })
+            .collect();
+        Ok(Response::new(GetRoutesResponse { topics }))
+    }
+
+    async fn find_coordinator(
+        &self,
+        _request: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let state = self.lock();
+        Ok(Response::new(FindCoordinatorResponse {
+            broker_id: "coordinator".into(),
+            broker_address: state.coordinator.clone(),
+            offsets_partition: 0,
+        }))
     }
 }

@@ -941,4 +941,42 @@ mod tests {
         );
         consumer.close().await.expect("close");
     }
+
+    #[tokio::test]
+    async fn subscribe_finds_the_coordinator_through_the_nameserver() {
+        use crate::testing::FakeNameServer;
+        let (broker, _, address) = broker_with_data(5).await;
+        broker.lock().group_target = [("t".to_string(), 0), ("t".to_string(), 1)]
+            .into_iter()
+            .collect();
+        let nameserver = FakeNameServer::default();
+        {
+            let mut state = nameserver.lock();
+            state
+                .routes
+                .insert("t".into(), vec![address.clone(), address.clone()]);
+            state.coordinator = address;
+        }
+        let nameserver_address = nameserver.start().await;
+        let config = ConsumerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                ..test_client_config()
+            },
+            group: Some("g".into()),
+            ..small_buffer_config()
+        };
+        assert!(matches!(
+            Consumer::subscribe(config.clone(), &["missing"]).await,
+            Err(ClientError::Server(error)) if error.code == ErrorCode::UnknownTopic
+        ));
+        let mut consumer = Consumer::subscribe(config, &["t"])
+            .await
+            .expect("subscribed");
+        let records = receive(&mut consumer, 10).await;
+        assert_eq!(offsets_of(&records, 0), (0..5).collect::<Vec<_>>());
+        assert_eq!(offsets_of(&records, 1), (0..5).collect::<Vec<_>>());
+        consumer.close().await.expect("close");
+        assert_eq!(broker.lock().committed.get(&("t".to_string(), 0)), Some(&5));
+    }
 }

@@ -1218,4 +1218,81 @@ mod tests {
         assert_eq!(record.partition, Some(2));
         assert_eq!(record.timestamp_ms, Some(5));
     }
+
+    #[tokio::test]
+    async fn follows_a_partition_to_its_new_owner_in_order() {
+        use crate::testing::FakeNameServer;
+        let old_owner = FakeBroker::default();
+        let new_owner = FakeBroker::default();
+        let old_address = old_owner.start().await;
+        let new_address = new_owner.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![old_address]);
+        let nameserver_address = nameserver.start().await;
+        let config = ProducerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                ..test_client_config()
+            },
+            batch_max_records: 5,
+            ..fast_config()
+        };
+        let producer = Producer::new(config)
+            .await
+            .expect("connected to the fake nameserver");
+        let send_range = |range: std::ops::Range<u32>| {
+            let producer = &producer;
+            async move {
+                let mut deliveries = Vec::new();
+                for index in range {
+                    deliveries.push(
+                        producer
+                            .enqueue(Record::new("t", format!("{index}")))
+                            .await
+                            .expect("enqueued"),
+                    );
+                }
+                for delivery in deliveries {
+                    delivery.await.expect("delivered");
+                }
+            }
+        };
+        send_range(0..20).await;
+        // The partition moves: the old owner refuses from its next-but-one
+        // request on, the nameserver points at the new owner.
+        {
+            let mut state = old_owner.lock();
+            state.not_owner_from = Some(state.produce_requests + 2);
+        }
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![new_address]);
+        send_range(20..100).await;
+        producer.close().await.expect("close");
+        let mut values: Vec<String> = old_owner
+            .values("t", 0)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        let moved: Vec<String> = new_owner
+            .values("t", 0)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        assert!(!moved.is_empty(), "records went to the new owner");
+        values.extend(moved);
+        let expected: Vec<String> = (0..100).map(|index| index.to_string()).collect();
+        assert_eq!(
+            values, expected,
+            "old owner's log then new owner's log is the send order"
+        );
+        assert!(
+            nameserver.lock().get_routes_calls >= 2,
+            "routes were refreshed"
+        );
+    }
 }
