@@ -273,7 +273,8 @@ pub async fn run(
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Nagle off: pipelined small responses must not wait for delayed ACKs.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop_on_shutdown,
         )
         .await;
