@@ -60,6 +60,11 @@ pub(crate) struct FakeState {
 #[derive(Clone, Default)]
 pub(crate) struct FakeBroker {
     pub state: Arc<Mutex<FakeState>>,
+    /// This server answers NOT_OWNER to fetches (another server sharing
+    /// `state` owns the partitions now).
+    pub refuse_fetch: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes of batches this server returned from fetches.
+    pub fetched_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeBroker {
@@ -225,7 +230,9 @@ impl Broker for FakeBroker {
                     high_watermark: end,
                     ..FetchedPartition::default()
                 };
-                if wanted.offset > end {
+                if self.refuse_fetch.load(std::sync::atomic::Ordering::SeqCst) {
+                    fetched.error = ErrorCode::NotOwner as i32;
+                } else if wanted.offset > end {
                     fetched.error = ErrorCode::OffsetOutOfRange as i32;
                 } else {
                     let mut bytes = Vec::new();
@@ -246,6 +253,8 @@ impl Broker for FakeBroker {
                         bytes.extend_from_slice(batch);
                     }
                     any |= !bytes.is_empty();
+                    self.fetched_bytes
+                        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::SeqCst);
                     fetched.batches = Bytes::from(bytes);
                 }
                 answer.partitions.push(fetched);

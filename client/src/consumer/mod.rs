@@ -979,4 +979,55 @@ mod tests {
         consumer.close().await.expect("close");
         assert_eq!(broker.lock().committed.get(&("t".to_string(), 0)), Some(&5));
     }
+
+    #[tokio::test]
+    async fn fetching_follows_a_partition_to_its_new_owner() {
+        use crate::testing::FakeNameServer;
+        let (old_owner, _, old_address) = broker_with_data(200).await;
+        // Same log, another server.
+        let new_owner = FakeBroker {
+            state: old_owner.state.clone(),
+            ..FakeBroker::default()
+        };
+        let new_address = new_owner.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![old_address.clone(), old_address]);
+        let nameserver_address = nameserver.start().await;
+        let config = ConsumerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                ..test_client_config()
+            },
+            ..small_buffer_config()
+        };
+        let mut consumer = Consumer::assign(config, vec![("t".into(), 0, StartOffset::Earliest)])
+            .await
+            .expect("assigned");
+        let first = receive(&mut consumer, 10).await;
+        old_owner
+            .refuse_fetch
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![new_address.clone(), new_address]);
+        let rest = receive(&mut consumer, 190).await;
+        let offsets: Vec<u64> = first
+            .iter()
+            .chain(&rest)
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(offsets, (0..200).collect::<Vec<_>>());
+        assert!(
+            new_owner
+                .fetched_bytes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0,
+            "the new owner served data"
+        );
+        consumer.close().await.expect("close");
+    }
 }
