@@ -62,7 +62,10 @@ pub struct ConsumerConfig {
     /// its membership).
     pub group: Option<String>,
     /// Commit positions automatically (from within `recv`, on release of
-    /// a partition and on close). Default: true.
+    /// a partition and on close). Default: true. When off, call
+    /// [`Consumer::commit`] yourself; a partition released by a rebalance
+    /// is then not committed, so its next owner resumes from your last
+    /// commit.
     pub auto_commit: bool,
     /// Interval between automatic commits, in milliseconds. Default: 1000.
     pub auto_commit_interval_ms: u64,
@@ -78,8 +81,9 @@ pub struct ConsumerConfig {
     pub fetch_partition_max_bytes: u32,
     /// Long-poll wait for new data, in milliseconds. Default: 500.
     pub fetch_max_wait_ms: u32,
-    /// Fetched bytes buffered ahead of the application; fetching pauses
-    /// above it (it can be exceeded by one fetch response). Default: 64 MiB.
+    /// Fetched bytes (as sent, i.e. compressed) buffered ahead of the
+    /// application; fetching pauses above it (it can be exceeded by one
+    /// fetch response). Default: 64 MiB.
     pub max_buffered_bytes: usize,
 }
 
