@@ -179,6 +179,7 @@ async fn run_fetcher(
     address: String,
 ) {
     let mut failures = 0u32;
+    let mut round = 0usize;
     while !shared.closed.load(Ordering::Acquire) {
         let room = config
             .max_buffered_bytes
@@ -211,6 +212,15 @@ async fn run_fetcher(
         };
         if to_resolve.is_empty() && to_fetch.is_empty() {
             return;
+        }
+        let mut to_fetch = to_fetch;
+        if !to_fetch.is_empty() {
+            // The broker fills the response in request order; rotating the
+            // order keeps a busy partition from starving the others.
+            to_fetch.sort_by(|left, right| left.0.cmp(&right.0));
+            let shift = round % to_fetch.len();
+            to_fetch.rotate_left(shift);
+            round = round.wrapping_add(1);
         }
         let mut failed = false;
         for (partition, start, generation) in to_resolve {
