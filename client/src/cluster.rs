@@ -391,6 +391,15 @@ impl Cluster {
     }
 }
 
+/// `start + duration`, saturating far in the future instead of panicking
+/// on absurd configured durations.
+pub(crate) fn instant_after(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .or_else(|| start.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(start)
+}
+
 /// Exponential backoff: `base_ms * 2^attempt`, capped at `max_ms`.
 pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
     let factor = 1u64.checked_shl(attempt.min(30)).unwrap_or(u64::MAX);
@@ -474,6 +483,16 @@ mod tests {
         // skipped without calling anyone.
         assert!(cluster.refresh_routes(&["t".to_string()]).await.is_err());
         assert!(cluster.refresh_routes(&["t".to_string()]).await.is_ok());
+    }
+
+    #[test]
+    fn instant_after_saturates() {
+        let now = Instant::now();
+        assert_eq!(
+            instant_after(now, Duration::from_millis(5)),
+            now + Duration::from_millis(5)
+        );
+        assert!(instant_after(now, Duration::MAX) > now);
     }
 
     #[test]

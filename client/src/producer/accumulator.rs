@@ -118,7 +118,7 @@ impl<T> Accumulator<T> {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
-            .map(|open| open.opened_at + self.limits.linger)
+            .map(|open| crate::cluster::instant_after(open.opened_at, self.limits.linger))
             .min()
     }
 

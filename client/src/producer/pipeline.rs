@@ -168,7 +168,7 @@ impl<B> Pipeline<B> {
             self.backoff_max.as_millis() as u64,
         );
         self.attempts = self.attempts.saturating_add(1);
-        self.state = State::Backoff(now + delay);
+        self.state = State::Backoff(crate::cluster::instant_after(now, delay));
     }
 
     /// Removes queued (not in-flight) batches for which `expired` holds, in
