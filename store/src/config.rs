@@ -104,6 +104,9 @@ impl Default for StoreConfig {
 impl StoreConfig {
     /// Defaults, then the TOML file at `path` (which must exist if given),
     /// then `SLUICE_STORE_*` variables (`__` separates nested keys).
+    // The signature is the one every service shares; the error is built
+    // once at startup, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn load(path: Option<&Path>) -> Result<StoreConfig, figment::Error> {
         let mut figment = Figment::from(Serialized::defaults(StoreConfig::default()));
         if let Some(path) = path {

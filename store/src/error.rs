@@ -20,7 +20,9 @@ pub enum StoreError {
         given: u64,
         fence_epoch: u64,
     },
-    #[error("segment {segment_id}: batch base offset {given} does not match the segment end {expected}")]
+    #[error(
+        "segment {segment_id}: batch base offset {given} does not match the segment end {expected}"
+    )]
     WrongBaseOffset {
         segment_id: u64,
         expected: u64,

@@ -117,8 +117,8 @@ pub fn list_journal_files(journal_dir: &Path) -> Result<Vec<u64>, StoreError> {
         .map_err(|error| StoreError::io(format!("list {}", journal_dir.display()), error))?;
     let mut sequences = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|error| StoreError::io(format!("list {}", journal_dir.display()), error))?;
+        let entry = entry
+            .map_err(|error| StoreError::io(format!("list {}", journal_dir.display()), error))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(stem) = name.strip_suffix(".journal") {

@@ -39,10 +39,9 @@ pub async fn run(
         .map_err(|error| StoreError::io("read the listener address", error))?;
     let data_dir = config.data_dir.clone();
     let options = config.storage_options();
-    let (storage, report) =
-        tokio::task::spawn_blocking(move || Storage::open(&data_dir, options))
-            .await
-            .map_err(|error| StoreError::Failed(format!("storage open task failed: {error}")))??;
+    let (storage, report) = tokio::task::spawn_blocking(move || Storage::open(&data_dir, options))
+        .await
+        .map_err(|error| StoreError::Failed(format!("storage open task failed: {error}")))??;
     if !report.is_clean() {
         tracing::warn!(?report, "recovery found damage; see the report");
     }
@@ -73,7 +72,8 @@ pub async fn run(
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(server)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Nagle off: pipelined small responses must not wait for delayed ACKs.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 let _ = serve_stop.wait_for(|stopping| *stopping).await;
             },
@@ -99,7 +99,10 @@ pub async fn run(
     if let Err(error) = storage.close().await {
         tracing::error!(%error, "final checkpoint failed; recovery will replay the journal");
     }
-    if tokio::time::timeout(drain_timeout, registration).await.is_err() {
+    if tokio::time::timeout(drain_timeout, registration)
+        .await
+        .is_err()
+    {
         tracing::warn!("deregistration did not finish in time");
     }
     served.map_err(|error| StoreError::Serve {

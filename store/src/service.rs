@@ -5,8 +5,8 @@ use crate::error::StoreError;
 use crate::storage::{NewSegment, PendingAppend, Storage};
 use sluice_proto::v1::store_server::Store;
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, Durability, FindOffsetRequest, FindOffsetResponse,
-    ReadRequest, ReadResponse, SealSegmentRequest, SegmentStatus, SegmentStatusRequest,
+    AppendRequest, AppendResponse, Durability, FindOffsetRequest, FindOffsetResponse, ReadRequest,
+    ReadResponse, SealSegmentRequest, SegmentStatus, SegmentStatusRequest,
     StoreCreateSegmentRequest, StoreCreateSegmentResponse, StoreDeleteSegmentRequest,
     StoreDeleteSegmentResponse, StoreListSegmentsRequest, StoreListSegmentsResponse,
 };
@@ -33,7 +33,11 @@ pub struct StoreService {
 }
 
 impl StoreService {
-    pub fn new(storage: Storage, limits: AppendStreamLimits, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        storage: Storage,
+        limits: AppendStreamLimits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             storage,
             limits,
@@ -72,7 +76,8 @@ impl Store for StoreService {
         request: Request<StoreCreateSegmentRequest>,
     ) -> Result<Response<StoreCreateSegmentResponse>, Status> {
         let request = request.into_inner();
-        let durability = Durability::try_from(request.durability).unwrap_or(Durability::Unspecified);
+        let durability =
+            Durability::try_from(request.durability).unwrap_or(Durability::Unspecified);
         self.storage
             .create_segment(NewSegment {
                 segment_id: request.segment_id,

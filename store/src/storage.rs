@@ -164,7 +164,9 @@ impl SegmentHandle {
         // A panic while holding this lock cannot leave the log half
         // updated in a way later readers trip over: sizes are updated after
         // the write succeeds.
-        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn status(&self) -> SegmentStatus {
@@ -337,10 +339,10 @@ impl Storage {
             .name("sluice-journal-timer".to_string())
             .spawn(move || run_timer(weak_sender, flush_interval, checkpoint_interval))
             .map_err(|error| StoreError::io("start the journal timer thread", error))?;
-        let queue_permits = options
-            .journal_queue_max_bytes
-            .clamp(u64::from(options.max_batch_bytes), Semaphore::MAX_PERMITS as u64)
-            as usize;
+        let queue_permits = options.journal_queue_max_bytes.clamp(
+            u64::from(options.max_batch_bytes),
+            Semaphore::MAX_PERMITS as u64,
+        ) as usize;
         let storage = Storage {
             inner: Arc::new(Inner {
                 segments_dir,
@@ -570,8 +572,12 @@ impl Storage {
         segment.fence_epoch.store(new_fence, Ordering::SeqCst);
         // Queued behind every append accepted before it, so once it is
         // durable the segment end is final.
-        self.journal_metadata(RecordKind::Seal, segment_id, new_fence.to_le_bytes().to_vec())
-            .await?;
+        self.journal_metadata(
+            RecordKind::Seal,
+            segment_id,
+            new_fence.to_le_bytes().to_vec(),
+        )
+        .await?;
         let segments_dir = self.inner.segments_dir.clone();
         let meta = segment.meta();
         tokio::task::spawn_blocking(move || segment::write_meta(&segments_dir, &meta))
@@ -705,7 +711,10 @@ impl Storage {
         let mut position = start_position;
         let first = loop {
             if position >= size_bytes {
-                return Err(corrupt(offset, "offset not found in the segment file".into()));
+                return Err(corrupt(
+                    offset,
+                    "offset not found in the segment file".into(),
+                ));
             }
             if let Some(region) = region_at(position) {
                 position = region.end_position;
@@ -714,7 +723,10 @@ impl Storage {
             let header = segment::read_header_at(&file, position)
                 .map_err(|error| corrupt(offset, format!("batch header at {position}: {error}")))?;
             if position + u64::from(header.batch_length) > size_bytes {
-                return Err(corrupt(offset, format!("batch at {position} overruns the file")));
+                return Err(corrupt(
+                    offset,
+                    format!("batch at {position} overruns the file"),
+                ));
             }
             if header.end_offset() > offset {
                 break header;
@@ -753,14 +765,16 @@ impl Storage {
         let mut valid_bytes = 0usize;
         let mut damage = None;
         for item in BatchIter::new(&buffer) {
-            let checked = item.map_err(|error| error.to_string()).and_then(|(_, header, bytes)| {
-                if header.base_offset != expected_offset {
-                    return Err(format!("found base offset {} on disk", header.base_offset));
-                }
-                batch::validate(bytes, segment::MAX_BATCH_BYTES_ON_DISK)
-                    .map_err(|error| error.to_string())?;
-                Ok((header, bytes.len()))
-            });
+            let checked = item
+                .map_err(|error| error.to_string())
+                .and_then(|(_, header, bytes)| {
+                    if header.base_offset != expected_offset {
+                        return Err(format!("found base offset {} on disk", header.base_offset));
+                    }
+                    batch::validate(bytes, segment::MAX_BATCH_BYTES_ON_DISK)
+                        .map_err(|error| error.to_string())?;
+                    Ok((header, bytes.len()))
+                });
             match checked {
                 Ok((header, length)) => {
                     valid_bytes += length;
@@ -789,7 +803,11 @@ impl Storage {
     /// Base offset of the first batch whose max timestamp is >=
     /// `timestamp_ms` (that batch holds the first offset with such a
     /// timestamp); `None` if no batch qualifies. Blocking file I/O.
-    pub fn find_offset(&self, segment_id: u64, timestamp_ms: i64) -> Result<Option<u64>, StoreError> {
+    pub fn find_offset(
+        &self,
+        segment_id: u64,
+        timestamp_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
         let segment = self.segment(segment_id)?;
         let (file, size_bytes, start, max_timestamp_ms, regions) = {
             let log = segment.lock_log();
@@ -903,7 +921,11 @@ fn create_segment_files(
         .open(&path)
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
     segment::write_meta(segments_dir, meta)?;
-    Ok(SegmentLog::new(file, meta.base_offset, index_interval_bytes))
+    Ok(SegmentLog::new(
+        file,
+        meta.base_offset,
+        index_interval_bytes,
+    ))
 }
 
 fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
@@ -1033,7 +1055,10 @@ fn replay_journal(
         .map(|checkpoint| (checkpoint.journal_sequence, checkpoint.position))
         .unwrap_or((0, 0));
     let mut touched: HashMap<u64, ()> = HashMap::new();
-    for &sequence in sequences.iter().filter(|&&sequence| sequence >= start_sequence) {
+    for &sequence in sequences
+        .iter()
+        .filter(|&&sequence| sequence >= start_sequence)
+    {
         let path = journal::journal_file_path(journal_dir, sequence);
         let bytes = std::fs::read(&path)
             .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
@@ -1064,17 +1089,28 @@ fn replay_journal(
                         let file = std::fs::OpenOptions::new()
                             .write(true)
                             .open(&path)
-                            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+                            .map_err(|error| {
+                                StoreError::io(format!("open {}", path.display()), error)
+                            })?;
                         file.set_len(position as u64)
                             .and_then(|()| file.sync_all())
-                            .map_err(|error| StoreError::io(format!("truncate {}", path.display()), error))?;
+                            .map_err(|error| {
+                                StoreError::io(format!("truncate {}", path.display()), error)
+                            })?;
                         break;
                     }
                 },
             };
             position += record.encoded_bytes;
             report.journal_records_replayed += 1;
-            apply_record(&record, segments_dir, options, segments, report, &mut touched)?;
+            apply_record(
+                &record,
+                segments_dir,
+                options,
+                segments,
+                report,
+                &mut touched,
+            )?;
         }
     }
     for segment_id in touched.keys() {
@@ -1106,16 +1142,17 @@ fn apply_record(
             let header = match batch::validate(record.payload, segment::MAX_BATCH_BYTES_ON_DISK) {
                 Ok(header) => header,
                 Err(error) => {
-                    report
-                        .journal_corruptions
-                        .push(format!("segment {segment_id}: journal batch invalid: {error}"));
+                    report.journal_corruptions.push(format!(
+                        "segment {segment_id}: journal batch invalid: {error}"
+                    ));
                     return Ok(());
                 }
             };
             let mut log = handle.lock_log();
             if header.base_offset == log.end_offset {
-                log.append(&header, record.payload)
-                    .map_err(|error| StoreError::io(format!("replay into segment {segment_id}"), error))?;
+                log.append(&header, record.payload).map_err(|error| {
+                    StoreError::io(format!("replay into segment {segment_id}"), error)
+                })?;
                 report.journal_batches_reappended += 1;
                 touched.insert(segment_id, ());
             } else if header.base_offset < log.end_offset {
@@ -1175,14 +1212,14 @@ fn apply_record(
             let old_fence = handle.fence_epoch.load(Ordering::SeqCst);
             if !handle.sealed.load(Ordering::SeqCst) || epoch > old_fence {
                 handle.sealed.store(true, Ordering::SeqCst);
-                handle.fence_epoch.store(old_fence.max(epoch), Ordering::SeqCst);
+                handle
+                    .fence_epoch
+                    .store(old_fence.max(epoch), Ordering::SeqCst);
                 segment::write_meta(segments_dir, &handle.meta())?;
             }
         }
         RecordKind::Delete => {
-            if segments.remove(&segment_id).is_some() {
-                report.segments_loaded = report.segments_loaded.saturating_sub(0);
-            }
+            segments.remove(&segment_id);
             touched.remove(&segment_id);
             remove_segment_files(segments_dir, segment_id)?;
         }
@@ -1213,9 +1250,13 @@ fn repair_from_journal(
         .map_err(|error| StoreError::io(format!("repair segment {segment_id}"), error))?;
     region.repaired_position += length;
     region.repaired_offset = header.end_offset();
-    if region.repaired_position == region.end_position && region.repaired_offset == region.end_offset
+    if region.repaired_position == region.end_position
+        && region.repaired_offset == region.end_offset
     {
-        tracing::warn!(segment_id, "damaged segment range rewritten from the journal");
+        tracing::warn!(
+            segment_id,
+            "damaged segment range rewritten from the journal"
+        );
         log.corrupt_regions.remove(index);
         report.repaired_segments.push(segment_id);
     }
@@ -1367,7 +1408,10 @@ impl JournalWriter {
         for command in &group {
             let result = match command {
                 Command::Append {
-                    segment, header, batch, ..
+                    segment,
+                    header,
+                    batch,
+                    ..
                 } => {
                     let mut log = segment.lock_log();
                     match log.append(header, batch) {
@@ -1574,7 +1618,10 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let (storage, report) = Storage::open(directory.path(), options()).expect("open");
         assert!(report.is_clean());
-        storage.create_segment(new_segment(7, 100)).await.expect("create");
+        storage
+            .create_segment(new_segment(7, 100))
+            .await
+            .expect("create");
         let mut written = Vec::new();
         let mut offset = 100;
         for index in 0..30 {
@@ -1617,17 +1664,29 @@ mod tests {
             ..options()
         };
         let (storage, _) = Storage::open(directory.path(), options).expect("open");
-        storage.create_segment(new_segment(1, 0)).await.expect("create");
-        storage.append(1, 5, make_batch(0, 2, 1)).await.expect("append");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
+        storage
+            .append(1, 5, make_batch(0, 2, 1))
+            .await
+            .expect("append");
 
-        let wrong_offset = storage.append(1, 5, make_batch(5, 1, 1)).await.expect_err("gap");
+        let wrong_offset = storage
+            .append(1, 5, make_batch(5, 1, 1))
+            .await
+            .expect_err("gap");
         assert_eq!(wrong_offset.code(), ErrorCode::InvalidArgument);
         assert!(wrong_offset.to_string().contains("end 2"), "{wrong_offset}");
 
         let mut corrupt = make_batch(2, 1, 1).to_vec();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0x55;
-        let bad_crc = storage.append(1, 5, Bytes::from(corrupt)).await.expect_err("crc");
+        let bad_crc = storage
+            .append(1, 5, Bytes::from(corrupt))
+            .await
+            .expect_err("crc");
         assert_eq!(bad_crc.code(), ErrorCode::CorruptBatch);
 
         let mut builder = BatchBuilder::new(Compression::None);
@@ -1640,16 +1699,31 @@ mod tests {
         });
         let mut large = builder.build().to_vec();
         batch::assign(&mut large, 2, 1);
-        let too_large = storage.append(1, 5, Bytes::from(large)).await.expect_err("size");
+        let too_large = storage
+            .append(1, 5, Bytes::from(large))
+            .await
+            .expect_err("size");
         assert_eq!(too_large.code(), ErrorCode::TooLarge);
 
-        let unknown = storage.append(9, 5, make_batch(0, 1, 1)).await.expect_err("unknown");
+        let unknown = storage
+            .append(9, 5, make_batch(0, 1, 1))
+            .await
+            .expect_err("unknown");
         assert_eq!(unknown.code(), ErrorCode::UnknownSegment);
 
-        let fenced = storage.append(1, 4, make_batch(2, 1, 1)).await.expect_err("fenced");
+        let fenced = storage
+            .append(1, 4, make_batch(2, 1, 1))
+            .await
+            .expect_err("fenced");
         assert_eq!(fenced.code(), ErrorCode::Fenced);
         // None of the refusals moved the end.
-        assert_eq!(storage.append(1, 5, make_batch(2, 1, 1)).await.expect("append"), 3);
+        assert_eq!(
+            storage
+                .append(1, 5, make_batch(2, 1, 1))
+                .await
+                .expect("append"),
+            3
+        );
     }
 
     #[tokio::test]
@@ -1657,15 +1731,24 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         {
             let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-            storage.create_segment(new_segment(1, 0)).await.expect("create");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
             // Creating again with the same identity is fine; otherwise not.
-            storage.create_segment(new_segment(1, 0)).await.expect("idempotent");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("idempotent");
             let conflict = storage
                 .create_segment(new_segment(1, 10))
                 .await
                 .expect_err("conflict");
             assert_eq!(conflict.code(), ErrorCode::Conflict);
-            storage.append(1, 5, make_batch(0, 4, 50)).await.expect("append");
+            storage
+                .append(1, 5, make_batch(0, 4, 50))
+                .await
+                .expect("append");
             let status = storage.seal_segment(1, 9).await.expect("seal");
             assert!(status.sealed);
             assert_eq!(status.end_offset, 4);
@@ -1673,7 +1756,10 @@ mod tests {
             assert_eq!(status.max_timestamp_ms, 50);
             let again = storage.seal_segment(1, 3).await.expect("seal again");
             assert_eq!(again, status);
-            let sealed = storage.append(1, 9, make_batch(4, 1, 1)).await.expect_err("sealed");
+            let sealed = storage
+                .append(1, 9, make_batch(4, 1, 1))
+                .await
+                .expect_err("sealed");
             assert_eq!(sealed.code(), ErrorCode::SegmentSealed);
             // Dropped without close: the seal must already be durable.
         }
@@ -1688,7 +1774,10 @@ mod tests {
     async fn append_racing_seal_is_either_included_or_refused() {
         let directory = tempfile::tempdir().expect("temp dir");
         let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage.create_segment(new_segment(1, 0)).await.expect("create");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
         let appender = {
             let storage = storage.clone();
             tokio::spawn(async move {
@@ -1715,7 +1804,10 @@ mod tests {
     async fn find_offset_uses_batch_max_timestamps() {
         let directory = tempfile::tempdir().expect("temp dir");
         let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage.create_segment(new_segment(1, 0)).await.expect("create");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
         for index in 0..50u64 {
             storage
                 .append(1, 5, make_batch(index * 2, 2, 1000 + index as i64 * 100))
@@ -1735,14 +1827,27 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         {
             let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-            storage.create_segment(new_segment(1, 0)).await.expect("create");
-            storage.create_segment(new_segment(2, 0)).await.expect("create");
-            storage.append(1, 5, make_batch(0, 1, 1)).await.expect("append");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
+            storage
+                .create_segment(new_segment(2, 0))
+                .await
+                .expect("create");
+            storage
+                .append(1, 5, make_batch(0, 1, 1))
+                .await
+                .expect("append");
             storage.delete_segment(1).await.expect("delete");
             assert_eq!(storage.list_segments().len(), 1);
         }
         let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
-        let listed: Vec<u64> = storage.list_segments().iter().map(|s| s.segment_id).collect();
+        let listed: Vec<u64> = storage
+            .list_segments()
+            .iter()
+            .map(|s| s.segment_id)
+            .collect();
         assert_eq!(listed, vec![2]);
     }
 
@@ -1759,7 +1864,10 @@ mod tests {
                 .await
                 .expect("create");
             for offset in 0..20 {
-                storage.append(1, 5, make_batch(offset, 1, 1)).await.expect("append");
+                storage
+                    .append(1, 5, make_batch(offset, 1, 1))
+                    .await
+                    .expect("append");
             }
         }
         let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
@@ -1774,22 +1882,29 @@ mod tests {
             ..options()
         };
         {
-            let (storage, _) = Storage::open(directory.path(), small_journal.clone()).expect("open");
-            storage.create_segment(new_segment(1, 0)).await.expect("create");
+            let (storage, _) =
+                Storage::open(directory.path(), small_journal.clone()).expect("open");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
             for offset in 0..40 {
-                storage.append(1, 5, make_batch(offset, 1, 1)).await.expect("append");
+                storage
+                    .append(1, 5, make_batch(offset, 1, 1))
+                    .await
+                    .expect("append");
             }
-            let before = journal::list_journal_files(&directory.path().join(JOURNAL_DIR))
-                .expect("list");
+            let before =
+                journal::list_journal_files(&directory.path().join(JOURNAL_DIR)).expect("list");
             assert!(before.len() > 2, "journal rolled: {before:?}");
             storage.checkpoint().await.expect("checkpoint");
-            let after = journal::list_journal_files(&directory.path().join(JOURNAL_DIR))
-                .expect("list");
+            let after =
+                journal::list_journal_files(&directory.path().join(JOURNAL_DIR)).expect("list");
             assert_eq!(after.len(), 1, "older journal files deleted: {after:?}");
         }
         let (storage, report) = Storage::open(directory.path(), small_journal).expect("reopen");
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(storage.segment_status(1).expect("status").end_offset, 40);
-        assert_eq!(storage.read(1, 0, 0, 0).expect("read").batches.len() > 0, true);
+        assert!(!storage.read(1, 0, 0, 0).expect("read").batches.is_empty());
     }
 }

@@ -63,7 +63,10 @@ fn write_entries(directory: &Path, checkpoint_after: Option<u64>) -> Written {
                     .await
                     .expect("append acknowledged");
                 assert_eq!(end, base_offset + 3);
-                written.entry(segment_id).or_default().insert(base_offset, batch);
+                written
+                    .entry(segment_id)
+                    .or_default()
+                    .insert(base_offset, batch);
             }
             if checkpoint_after == Some(index + 1) {
                 storage.checkpoint().await.expect("checkpoint");
@@ -74,11 +77,15 @@ fn write_entries(directory: &Path, checkpoint_after: Option<u64>) -> Written {
 }
 
 fn log_path(directory: &Path, segment_id: u64) -> PathBuf {
-    directory.join("segments").join(format!("{segment_id:020}.log"))
+    directory
+        .join("segments")
+        .join(format!("{segment_id:020}.log"))
 }
 
 fn meta_path(directory: &Path, segment_id: u64) -> PathBuf {
-    directory.join("segments").join(format!("{segment_id:020}.meta"))
+    directory
+        .join("segments")
+        .join(format!("{segment_id:020}.meta"))
 }
 
 fn latest_journal(directory: &Path) -> PathBuf {
@@ -152,7 +159,10 @@ fn truncated_segment_tail_is_cut_and_refilled_from_the_journal() {
     let written = write_entries(directory.path(), None);
     let path = log_path(directory.path(), 11);
     let length = std::fs::metadata(&path).expect("stat").len();
-    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     file.set_len(length - 100).expect("truncate");
     drop(file);
     let (storage, report) = reopen(directory.path());
@@ -172,7 +182,11 @@ fn torn_journal_tail_is_truncated() {
     torn.extend_from_slice(&[7u8; 40]);
     append_garbage(&journal, &torn);
     let (storage, report) = reopen(directory.path());
-    assert_eq!(report.journal_torn_tail_bytes, torn.len() as u64, "{report:?}");
+    assert_eq!(
+        report.journal_torn_tail_bytes,
+        torn.len() as u64,
+        "{report:?}"
+    );
     assert_everything_readable(&storage, &written);
     drop(storage);
     // The second recovery finds a clean journal.
@@ -202,7 +216,10 @@ fn flipped_bit_in_the_middle_is_repaired_from_the_journal() {
     assert!(report.corrupt_segments.is_empty());
     assert_everything_readable(&storage, &written);
     assert_eq!(
-        storage.segment_status(11).expect("status").corrupt_from_offset,
+        storage
+            .segment_status(11)
+            .expect("status")
+            .corrupt_from_offset,
         None
     );
 }
@@ -252,7 +269,11 @@ fn middle_corruption_without_journal_copy_is_reported_and_never_served() {
     let position = position_of(&written[&11], damaged_offset) + 90;
     flip_byte(&log_path(directory.path(), 11), position);
     let (storage, report) = reopen(directory.path());
-    assert_eq!(report.corrupt_segments, vec![(11, damaged_offset)], "{report:?}");
+    assert_eq!(
+        report.corrupt_segments,
+        vec![(11, damaged_offset)],
+        "{report:?}"
+    );
     let status = storage.segment_status(11).expect("status");
     assert_eq!(status.corrupt_from_offset, Some(damaged_offset));
     assert_eq!(status.end_offset, 1000 + BATCHES_PER_SEGMENT * 3);

@@ -7,9 +7,9 @@ mod common;
 use common::{connect_store, make_batch};
 use sluice_proto::v1::store_client::StoreClient;
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, Durability, FindOffsetRequest, ReadRequest,
-    SealSegmentRequest, SegmentStatusRequest, StoreCreateSegmentRequest,
-    StoreDeleteSegmentRequest, StoreListSegmentsRequest,
+    AppendRequest, AppendResponse, Durability, FindOffsetRequest, ReadRequest, SealSegmentRequest,
+    SegmentStatusRequest, StoreCreateSegmentRequest, StoreDeleteSegmentRequest,
+    StoreListSegmentsRequest,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use sluice_store::StoreConfig;
@@ -124,15 +124,27 @@ async fn bad_requests_get_the_right_codes_and_the_server_keeps_serving() {
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
     let response = append_one(&mut client, 5, damaged.into()).await;
-    assert_eq!(response.error, ErrorCode::CorruptBatch as i32, "{response:?}");
+    assert_eq!(
+        response.error,
+        ErrorCode::CorruptBatch as i32,
+        "{response:?}"
+    );
 
     // Not a batch at all.
     let response = append_one(&mut client, 5, bytes::Bytes::from_static(b"hello")).await;
-    assert_eq!(response.error, ErrorCode::CorruptBatch as i32, "{response:?}");
+    assert_eq!(
+        response.error,
+        ErrorCode::CorruptBatch as i32,
+        "{response:?}"
+    );
 
     // Wrong base offset.
     let response = append_one(&mut client, 5, make_batch(9, 1, 1)).await;
-    assert_eq!(response.error, ErrorCode::InvalidArgument as i32, "{response:?}");
+    assert_eq!(
+        response.error,
+        ErrorCode::InvalidArgument as i32,
+        "{response:?}"
+    );
     assert!(response.error_message.contains("end 2"), "{response:?}");
 
     // Unknown segment.

@@ -35,7 +35,10 @@ pub fn split_batches(bytes: &[u8], expected_start: u64) -> BTreeMap<u64, Vec<u8>
     let mut expected = expected_start;
     for item in BatchIter::new(bytes) {
         let (_, header, batch_bytes) = item.expect("served bytes are whole batches");
-        assert_eq!(header.base_offset, expected, "served offsets are contiguous");
+        assert_eq!(
+            header.base_offset, expected,
+            "served offsets are contiguous"
+        );
         batch::validate(batch_bytes, usize::MAX).expect("served batches pass their CRC");
         batches.insert(header.base_offset, batch_bytes.to_vec());
         expected = header.end_offset();
@@ -59,7 +62,10 @@ pub fn read_all(storage: &Storage, segment_id: u64, from: u64) -> SegmentContent
     while offset < status.end_offset {
         match storage.read(segment_id, offset, 700, 0) {
             Ok(outcome) => {
-                assert!(!outcome.batches.is_empty(), "a read below the end returns data");
+                assert!(
+                    !outcome.batches.is_empty(),
+                    "a read below the end returns data"
+                );
                 let part = split_batches(&outcome.batches, offset_start(&outcome.batches));
                 let first = *part.keys().next().expect("nonempty");
                 assert!(first <= offset, "first batch contains the requested offset");
