@@ -56,3 +56,34 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
 pub use error::ClientError;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata};
 pub use sluice_proto::batch::Compression;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Applications share producers and admins across tasks and move
+    /// consumers and futures into spawned tasks; this fails to compile if
+    /// that stops being possible.
+    #[allow(dead_code)]
+    fn futures_are_send(producer: &Producer, admin: &Admin, consumer: &mut Consumer) {
+        assert_send(&producer.enqueue(Record::new("t", "v")));
+        assert_send(&producer.send(Record::new("t", "v")));
+        assert_send(&producer.flush());
+        assert_send(&admin.describe_group("g"));
+        assert_send(&consumer.recv());
+        assert_send(&consumer.commit());
+    }
+
+    #[test]
+    fn public_types_are_thread_safe() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send + 'static>() {}
+        send_sync::<Producer>();
+        send_sync::<Admin>();
+        send_sync::<ClientError>();
+        send::<Consumer>();
+        send::<DeliveryFuture>();
+    }
+}
