@@ -25,6 +25,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Room left in a gRPC message for the fields around the batches.
+const READ_ENVELOPE_BYTES: usize = 64 * 1024;
+
 /// Runs a store node: opens (and recovers) the storage, serves the `Store`
 /// service on `listener`, registers with the nameserver in the background,
 /// and on `shutdown` stops accepting, drains in-flight appends,
@@ -37,6 +40,16 @@ pub async fn run(
     let local_address = listener
         .local_addr()
         .map_err(|error| StoreError::io("read the listener address", error))?;
+    // A read answer is at most max(max_read_bytes, one batch) plus a small
+    // envelope; it must fit the gRPC message limit.
+    let largest_read_bytes = config.max_read_bytes.max(config.max_batch_bytes) as usize;
+    if largest_read_bytes + READ_ENVELOPE_BYTES > config.max_grpc_message_bytes {
+        return Err(StoreError::InvalidArgument(format!(
+            "max_read_bytes/max_batch_bytes ({largest_read_bytes}) plus {READ_ENVELOPE_BYTES} \
+             bytes of envelope exceed max_grpc_message_bytes ({})",
+            config.max_grpc_message_bytes
+        )));
+    }
     let data_dir = config.data_dir.clone();
     let options = config.storage_options();
     let (storage, report) = tokio::task::spawn_blocking(move || Storage::open(&data_dir, options))

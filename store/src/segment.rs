@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Largest batch the recovery scan accepts from disk; anything declaring
 /// more is corruption.
-pub const MAX_BATCH_BYTES_ON_DISK: usize = 256 * 1024 * 1024;
+pub const MAX_BATCH_BYTES_ON_DISK: usize = sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 
 /// Durable identity and state of a segment (`{id:020}.meta`, JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,19 +238,75 @@ pub struct ScanOutcome {
     pub truncated_bytes: u64,
 }
 
-/// Checks a whole batch at the start of `bytes` whose base offset must be
-/// `expected_offset` (or, when `None`, anything above `minimum_offset`).
-fn valid_batch_at(bytes: &[u8]) -> Option<BatchHeader> {
-    let header = BatchHeader::parse(bytes).ok()?;
-    let length = header.batch_length as usize;
-    if length > bytes.len() || length > MAX_BATCH_BYTES_ON_DISK {
-        return None;
-    }
-    batch::validate(&bytes[..length], MAX_BATCH_BYTES_ON_DISK).ok()
+/// Bytes examined per read while looking for valid data after damage.
+const RESYNC_WINDOW_BYTES: usize = 1024 * 1024;
+
+fn io_error(path: &Path, what: &str, error: std::io::Error) -> StoreError {
+    StoreError::io(format!("{what} {}", path.display()), error)
 }
 
-/// Reads a log file, validates every batch and rebuilds the indexes. A
-/// damaged tail is truncated; damage followed by valid batches becomes a
+/// Reads and fully validates the batch at `position` (header, length, CRC,
+/// framing) into `buffer`; `None` if there is no valid batch there.
+fn valid_batch_at(
+    file: &File,
+    position: u64,
+    file_length: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<BatchHeader>> {
+    if position + HEADER_BYTES as u64 > file_length {
+        return Ok(None);
+    }
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header_bytes, position)?;
+    let Ok(header) = BatchHeader::parse(&header_bytes) else {
+        return Ok(None);
+    };
+    let length = header.batch_length as usize;
+    if length > MAX_BATCH_BYTES_ON_DISK || position + length as u64 > file_length {
+        return Ok(None);
+    }
+    buffer.resize(length, 0);
+    file.read_exact_at(buffer, position)?;
+    Ok(batch::validate(buffer, MAX_BATCH_BYTES_ON_DISK).ok())
+}
+
+/// First position after damage at `damaged_position` holding a valid batch
+/// that plausibly continues the log, reading a window at a time.
+fn find_resume(
+    file: &File,
+    damaged_position: u64,
+    file_length: u64,
+    expected_offset: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<(u64, BatchHeader)>> {
+    let mut window = vec![0u8; RESYNC_WINDOW_BYTES + HEADER_BYTES];
+    let mut window_start = damaged_position + 1;
+    while window_start < file_length {
+        let available = ((file_length - window_start) as usize).min(window.len());
+        file.read_exact_at(&mut window[..available], window_start)?;
+        let candidates = available.min(RESYNC_WINDOW_BYTES);
+        for index in 0..candidates {
+            let candidate = window_start + index as u64;
+            let Ok(header) = BatchHeader::parse(&window[index..available]) else {
+                continue;
+            };
+            // The base offset lies outside the batch CRC, so a candidate is
+            // only believed if it skips no more offsets than bytes (a
+            // record takes more than one byte).
+            let plausible = header.base_offset > expected_offset
+                && header.base_offset - expected_offset <= candidate - damaged_position;
+            if plausible && valid_batch_at(file, candidate, file_length, buffer)?.is_some() {
+                return Ok(Some((candidate, header)));
+            }
+        }
+        window_start += candidates as u64;
+    }
+    Ok(None)
+}
+
+/// Reads a log file batch by batch (memory: one batch plus a resync
+/// window), validates every batch and rebuilds the indexes. A damaged tail
+/// is truncated; damage followed by valid batches becomes a
 /// [`CorruptRegion`].
 pub fn scan_log(
     path: &Path,
@@ -264,58 +320,56 @@ pub fn scan_log(
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
-    let bytes = std::fs::read(path)
-        .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
+        .map_err(|error| io_error(path, "open", error))?;
+    let file_length = file
+        .metadata()
+        .map_err(|error| io_error(path, "stat", error))?
+        .len();
     let mut log = SegmentLog::new(file, base_offset, index_interval_bytes);
-    let mut position = 0usize;
+    let mut buffer = Vec::new();
+    let mut position = 0u64;
     let mut expected_offset = base_offset;
-    while position < bytes.len() {
-        if let Some(header) = valid_batch_at(&bytes[position..]) {
+    while position < file_length {
+        let found = valid_batch_at(&log.file, position, file_length, &mut buffer)
+            .map_err(|error| io_error(path, "read", error))?;
+        if let Some(header) = found {
             if header.base_offset == expected_offset {
-                log.index_batch(&header, position as u64);
-                position += header.batch_length as usize;
+                log.index_batch(&header, position);
+                position += u64::from(header.batch_length);
                 expected_offset = header.end_offset();
                 continue;
             }
         }
         // Damage at `position`: is there a valid continuation after it?
-        let resume = (position + 1..bytes.len()).find(|&candidate| {
-            // The base offset lies outside the batch CRC, so a candidate
-            // is only believed if it skips no more offsets than bytes (a
-            // record takes more than one byte).
-            valid_batch_at(&bytes[candidate..])
-                .map(|header| {
-                    header.base_offset > expected_offset
-                        && header.base_offset - expected_offset <= (candidate - position) as u64
-                })
-                .unwrap_or(false)
+        let resume = find_resume(
+            &log.file,
+            position,
+            file_length,
+            expected_offset,
+            &mut buffer,
+        )
+        .map_err(|error| io_error(path, "read", error))?;
+        let Some((resume_position, header)) = resume else {
+            break;
+        };
+        tracing::error!(
+            segment_id,
+            offset = expected_offset,
+            position,
+            "segment file has a corrupt entry in the middle; it will not be served"
+        );
+        log.corrupt_regions.push(CorruptRegion {
+            start_offset: expected_offset,
+            end_offset: header.base_offset,
+            start_position: position,
+            end_position: resume_position,
+            repaired_offset: expected_offset,
+            repaired_position: position,
         });
-        match resume {
-            Some(resume_position) => {
-                let header = valid_batch_at(&bytes[resume_position..])
-                    .expect("the search above just validated this batch");
-                tracing::error!(
-                    segment_id,
-                    offset = expected_offset,
-                    position,
-                    "segment file has a corrupt entry in the middle; it will not be served"
-                );
-                log.corrupt_regions.push(CorruptRegion {
-                    start_offset: expected_offset,
-                    end_offset: header.base_offset,
-                    start_position: position as u64,
-                    end_position: resume_position as u64,
-                    repaired_offset: expected_offset,
-                    repaired_position: position as u64,
-                });
-                position = resume_position;
-                expected_offset = header.base_offset;
-            }
-            None => break,
-        }
+        position = resume_position;
+        expected_offset = header.base_offset;
     }
-    let truncated_bytes = (bytes.len() - position) as u64;
+    let truncated_bytes = file_length - position;
     if truncated_bytes > 0 {
         tracing::warn!(
             segment_id,
@@ -324,13 +378,11 @@ pub fn scan_log(
             "truncating a torn or damaged tail of a segment file"
         );
         log.file
-            .set_len(position as u64)
-            .map_err(|error| StoreError::io(format!("truncate {}", path.display()), error))?;
-        log.file
-            .sync_all()
-            .map_err(|error| StoreError::io(format!("fsync {}", path.display()), error))?;
+            .set_len(position)
+            .and_then(|()| log.file.sync_all())
+            .map_err(|error| io_error(path, "truncate", error))?;
     }
-    log.size_bytes = position as u64;
+    log.size_bytes = position;
     log.end_offset = expected_offset;
     Ok(ScanOutcome {
         log,

@@ -274,6 +274,13 @@ impl Storage {
         directory: &Path,
         options: StorageOptions,
     ) -> Result<(Storage, RecoveryReport), StoreError> {
+        if options.max_batch_bytes as usize > segment::MAX_BATCH_BYTES_ON_DISK {
+            return Err(StoreError::InvalidArgument(format!(
+                "max_batch_bytes {} exceeds the largest batch recovery accepts ({})",
+                options.max_batch_bytes,
+                segment::MAX_BATCH_BYTES_ON_DISK
+            )));
+        }
         let segments_dir = directory.join(SEGMENTS_DIR);
         let journal_dir = directory.join(JOURNAL_DIR);
         for path in [directory, &segments_dir, &journal_dir] {
