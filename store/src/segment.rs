@@ -384,6 +384,10 @@ pub fn scan_log(
     }
     log.size_bytes = position;
     log.end_offset = expected_offset;
+    // A previous process may have written this file without fsync (its
+    // journal covered it); the next checkpoint, which deletes that
+    // journal, must fsync the file first.
+    log.dirty = true;
     Ok(ScanOutcome {
         log,
         truncated_bytes,

@@ -919,7 +919,18 @@ fn create_segment_files(
     index_interval_bytes: u64,
 ) -> Result<SegmentLog, StoreError> {
     let path = segment::log_path(segments_dir, meta.segment_id);
-    // A log without metadata is a leftover of an interrupted delete.
+    // A log without usable metadata is a leftover of an interrupted delete
+    // or of a segment skipped at recovery: keep its bytes for inspection
+    // rather than overwrite them.
+    if std::fs::metadata(&path)
+        .map(|stat| stat.len() > 0)
+        .unwrap_or(false)
+    {
+        let kept = path.with_extension(format!("log.orphan-{}", sluice_proto::now_unix_ms()));
+        tracing::warn!(from = %path.display(), to = %kept.display(), "keeping an orphaned segment log aside");
+        std::fs::rename(&path, &kept)
+            .map_err(|error| StoreError::io(format!("move {} aside", path.display()), error))?;
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
