@@ -1631,6 +1631,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_directory_is_used_by_one_storage_at_a_time() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        let Err(error) = Storage::open(directory.path(), options()) else {
+            panic!("a second storage opened the same directory");
+        };
+        assert!(error.to_string().contains("locked"), "{error}");
+        drop(storage);
+        Storage::open(directory.path(), options()).expect("open after the first closed");
+    }
+
+    #[tokio::test]
+    async fn sequential_fsync_appends_each_wait_for_an_fsync() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
+        let fsyncs_before = storage.journal_stats().fsyncs.load(Ordering::SeqCst);
+        for offset in 0..10 {
+            storage
+                .append(1, 5, make_batch(offset, 1, 1))
+                .await
+                .expect("append");
+        }
+        let fsyncs = storage.journal_stats().fsyncs.load(Ordering::SeqCst) - fsyncs_before;
+        assert!(
+            fsyncs >= 10,
+            "only {fsyncs} fsyncs for 10 acknowledged appends"
+        );
+    }
+
     #[tokio::test]
     async fn append_and_read_back_whole_batches() {
         let directory = tempfile::tempdir().expect("temp dir");
@@ -1881,15 +1915,20 @@ mod tests {
                 })
                 .await
                 .expect("create");
-            for offset in 0..20 {
+            let fsyncs_before = storage.journal_stats().fsyncs.load(Ordering::SeqCst);
+            // One at a time: with fsync durability each would need its own
+            // fsync; periodic ones are acknowledged once written.
+            for offset in 0..60 {
                 storage
                     .append(1, 5, make_batch(offset, 1, 1))
                     .await
                     .expect("append");
             }
+            let fsyncs = storage.journal_stats().fsyncs.load(Ordering::SeqCst) - fsyncs_before;
+            assert!(fsyncs < 30, "{fsyncs} fsyncs for 60 periodic appends");
         }
         let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
-        assert_eq!(storage.segment_status(1).expect("status").end_offset, 20);
+        assert_eq!(storage.segment_status(1).expect("status").end_offset, 60);
     }
 
     #[tokio::test]
