@@ -110,7 +110,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             println!(
                 "created topic {} with {} partition(s)",
                 topic.name,
-                topic.config.map(|config| config.partitions).unwrap_or_default()
+                topic
+                    .config
+                    .map(|config| config.partitions)
+                    .unwrap_or_default()
             );
         }
         TopicCommand::List { internal } => {
@@ -118,7 +121,7 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             let rows: Vec<Vec<String>> = topics
                 .iter()
                 .map(|topic| {
-                    let config = topic.config.clone().unwrap_or_default();
+                    let config = topic.config.unwrap_or_default();
                     vec![
                         topic.name.clone(),
                         config.partitions.to_string(),
@@ -136,7 +139,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             println!("topic:        {}", topic.name);
             println!("partitions:   {}", config.partitions);
             println!("durability:   {}", durability_name(config.durability));
-            println!("retention:    {}", format_retention(config.retention_ms, config.retention_bytes));
+            println!(
+                "retention:    {}",
+                format_retention(config.retention_ms, config.retention_bytes)
+            );
             println!("segment size: {} bytes", config.segment_bytes);
             println!(
                 "replication:  ensemble {} / write {} / ack {}",
@@ -151,15 +157,29 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     .iter()
                     .filter(|segment| segment.state == SegmentState::Open as i32)
                     .count();
-                let start = partition.segments.first().map(|segment| segment.base_offset).unwrap_or(0);
+                let start = partition
+                    .segments
+                    .first()
+                    .map(|segment| segment.base_offset)
+                    .unwrap_or(0);
                 let stores: Vec<String> = partition
                     .segments
                     .last()
-                    .map(|segment| segment.replicas.iter().map(|replica| replica.store_id.clone()).collect())
+                    .map(|segment| {
+                        segment
+                            .replicas
+                            .iter()
+                            .map(|replica| replica.store_id.clone())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 rows.push(vec![
                     route.partition.to_string(),
-                    if route.broker_id.is_empty() { "(none)".to_string() } else { route.broker_id },
+                    if route.broker_id.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        route.broker_id
+                    },
                     route.epoch.to_string(),
                     partition.segments.len().to_string(),
                     open.to_string(),
@@ -167,7 +187,18 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     stores.join(","),
                 ]);
             }
-            print_table(&["PARTITION", "OWNER", "EPOCH", "SEGMENTS", "OPEN", "LOG-START", "STORES"], &rows);
+            print_table(
+                &[
+                    "PARTITION",
+                    "OWNER",
+                    "EPOCH",
+                    "SEGMENTS",
+                    "OPEN",
+                    "LOG-START",
+                    "STORES",
+                ],
+                &rows,
+            );
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
@@ -186,7 +217,11 @@ fn durability_name(value: i32) -> &'static str {
 }
 
 fn format_retention(retention_ms: u64, retention_bytes: u64) -> String {
-    let time = if retention_ms == 0 { "forever".to_string() } else { format!("{} h", retention_ms / 3_600_000) };
+    let time = if retention_ms == 0 {
+        "forever".to_string()
+    } else {
+        format!("{} h", retention_ms / 3_600_000)
+    };
     if retention_bytes == 0 {
         time
     } else {
@@ -199,7 +234,10 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
     match command {
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
-            let rows: Vec<Vec<String>> = groups.iter().map(|group| vec![group.group.clone()]).collect();
+            let rows: Vec<Vec<String>> = groups
+                .iter()
+                .map(|group| vec![group.group.clone()])
+                .collect();
             print_table(&["GROUP"], &rows);
         }
         GroupCommand::Describe { group } => {
@@ -233,14 +271,21 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
                     vec![
                         lag.topic.clone(),
                         lag.partition.to_string(),
-                        if lag.committed_offset < 0 { "-".to_string() } else { lag.committed_offset.to_string() },
+                        if lag.committed_offset < 0 {
+                            "-".to_string()
+                        } else {
+                            lag.committed_offset.to_string()
+                        },
                         lag.high_watermark.to_string(),
                         lag.lag.to_string(),
                         lag.member_id.clone(),
                     ]
                 })
                 .collect();
-            print_table(&["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"], &rows);
+            print_table(
+                &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"],
+                &rows,
+            );
             println!("total lag: {total}");
         }
     }
@@ -265,7 +310,11 @@ fn node_rows(nodes: &[NodeInfo]) -> Vec<Vec<String>> {
                 node.node_id.clone(),
                 node.address.clone(),
                 format!("{} ms", node.lease_remaining_ms),
-                if load.healthy { "healthy".to_string() } else { format!("unhealthy {}", load.detail) },
+                if load.healthy {
+                    "healthy".to_string()
+                } else {
+                    format!("unhealthy {}", load.detail)
+                },
                 load.partitions.to_string(),
                 load.segments.to_string(),
                 disk,
@@ -284,7 +333,15 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
                 "topics: {}  partitions: {}  offline partitions: {}",
                 status.topics, status.partitions, status.offline_partitions
             );
-            let header = ["ID", "ADDRESS", "LEASE-LEFT", "HEALTH", "PARTITIONS", "SEGMENTS", "DISK"];
+            let header = [
+                "ID",
+                "ADDRESS",
+                "LEASE-LEFT",
+                "HEALTH",
+                "PARTITIONS",
+                "SEGMENTS",
+                "DISK",
+            ];
             for (title, nodes) in [
                 ("nameservers", &status.nameservers),
                 ("brokers", &status.brokers),

@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
-use sluice_client::{Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{
+    Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record,
+    StartOffset,
+};
 use sluice_proto::v1::TopicConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,7 +86,8 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
             ensure_topic(&client, &args).await?;
             let consumer_client = client.clone();
             let consumer_args = args.clone();
-            let consumer = tokio::spawn(async move { consume(&consumer_client, &consumer_args, true).await });
+            let consumer =
+                tokio::spawn(async move { consume(&consumer_client, &consumer_args, true).await });
             // Give the consumer time to position itself at the end.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let produced = produce(&client, &args, None).await?;
@@ -99,7 +103,11 @@ async fn ensure_topic(client: &ClientConfig, args: &BenchArgs) -> Result<()> {
     let admin = Admin::connect(client.clone()).await?;
     match admin.describe_topic(&args.topic).await {
         Ok(description) => {
-            let partitions = description.topic.and_then(|topic| topic.config).map(|config| config.partitions).unwrap_or(0);
+            let partitions = description
+                .topic
+                .and_then(|topic| topic.config)
+                .map(|config| config.partitions)
+                .unwrap_or(0);
             if partitions != args.partitions {
                 bail!(
                     "topic {} exists with {partitions} partition(s), not {}; delete it (`sluice topic delete {}`) or pass --partitions {partitions}",
@@ -137,7 +145,10 @@ impl Report {
         let seconds = self.elapsed.as_secs_f64().max(1e-9);
         let rate = self.messages as f64 / seconds;
         let megabytes = rate * size as f64 / 1_000_000.0;
-        println!("{what}: {} messages of {size} bytes in {seconds:.2} s", self.messages);
+        println!(
+            "{what}: {} messages of {size} bytes in {seconds:.2} s",
+            self.messages
+        );
         println!("  throughput: {rate:.0} msg/s, {megabytes:.1} MB/s");
         if !self.latency_us.is_empty() {
             let ms = |quantile: f64| self.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
@@ -161,7 +172,11 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Prints progress every second until `done` is set.
-fn spawn_progress(label: &'static str, counter: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(
+    label: &'static str,
+    counter: Arc<AtomicU64>,
+    total: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         let mut last = 0;
@@ -192,7 +207,8 @@ async fn produce(client: &ClientConfig, args: &BenchArgs, _unused: Option<()>) -
     let started = Instant::now();
     let mut tasks = Vec::new();
     for producer_index in 0..producers {
-        let share = args.messages / producers as u64 + u64::from((producer_index as u64) < args.messages % producers as u64);
+        let share = args.messages / producers as u64
+            + u64::from((producer_index as u64) < args.messages % producers as u64);
         let config = ProducerConfig {
             client: client.clone(),
             linger_ms: args.linger_ms,
@@ -307,8 +323,14 @@ fn stamp(payload: &Bytes) -> Bytes {
 }
 
 async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> Result<Report> {
-    let start = if from_latest { StartOffset::Latest } else { StartOffset::Earliest };
-    let assignment = (0..args.partitions).map(|partition| (args.topic.clone(), partition, start.clone())).collect();
+    let start = if from_latest {
+        StartOffset::Latest
+    } else {
+        StartOffset::Earliest
+    };
+    let assignment = (0..args.partitions)
+        .map(|partition| (args.topic.clone(), partition, start))
+        .collect();
     let mut consumer = Consumer::assign(
         ConsumerConfig {
             client: client.clone(),
@@ -327,7 +349,10 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
     let idle = Duration::from_secs(10);
     while count < args.messages {
         let Some(record) = consumer.recv_timeout(idle).await? else {
-            eprintln!("consume: no record for {} s after {count} records; stopping", idle.as_secs());
+            eprintln!(
+                "consume: no record for {} s after {count} records; stopping",
+                idle.as_secs()
+            );
             break;
         };
         started.get_or_insert_with(Instant::now);

@@ -61,15 +61,27 @@ fn start_offset(args: &ConsumeArgs) -> StartOffset {
     }
 }
 
-fn print_record(record: &ConsumerRecord, args: &ConsumeArgs, out: &mut impl Write) -> std::io::Result<()> {
+fn print_record(
+    record: &ConsumerRecord,
+    args: &ConsumeArgs,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     if args.print_offset {
         write!(out, "{}\t{}\t", record.partition, record.offset)?;
     }
     if args.print_key {
-        let key = record.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let key = record
+            .key
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         write!(out, "{key}\t")?;
     }
-    let value = record.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+    let value = record
+        .value
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
     write!(out, "{value}")?;
     if args.print_headers {
         for (name, value) in &record.headers {
@@ -84,12 +96,13 @@ pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
     let config = ConsumerConfig {
         client: client.clone(),
         group: args.group.clone(),
-        reset: start.clone(),
+        reset: start,
         ..ConsumerConfig::default()
     };
     let mut consumer = match &args.group {
         Some(_) => {
-            if args.partition.is_some() || args.offset.is_some() || args.from_timestamp_ms.is_some() {
+            if args.partition.is_some() || args.offset.is_some() || args.from_timestamp_ms.is_some()
+            {
                 bail!("--partition, --offset and --from-timestamp-ms read without a group; drop --group or them");
             }
             Consumer::subscribe(config, &[args.topic.as_str()]).await?
@@ -103,11 +116,18 @@ pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
                 None => {
                     let admin = Admin::connect(client).await?;
                     let description = admin.describe_topic(&args.topic).await?;
-                    let count = description.topic.and_then(|topic| topic.config).map(|config| config.partitions).unwrap_or(0);
+                    let count = description
+                        .topic
+                        .and_then(|topic| topic.config)
+                        .map(|config| config.partitions)
+                        .unwrap_or(0);
                     (0..count).collect()
                 }
             };
-            let assignment = partitions.into_iter().map(|partition| (args.topic.clone(), partition, start.clone())).collect();
+            let assignment = partitions
+                .into_iter()
+                .map(|partition| (args.topic.clone(), partition, start))
+                .collect();
             Consumer::assign(config, assignment).await?
         }
     };

@@ -33,7 +33,10 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 7402)]
     pub store_port: u16,
     /// Log filter (tracing directives), e.g. `info` or `debug`.
-    #[arg(long, default_value = "warn,sluice_nameserver=info,sluice_broker=info,sluice_store=info")]
+    #[arg(
+        long,
+        default_value = "warn,sluice_nameserver=info,sluice_broker=info,sluice_store=info"
+    )]
     pub log_filter: String,
 }
 
@@ -51,8 +54,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
             ..TelemetryConfig::default()
         },
     )?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
     let data_dir = args
         .data_dir
         .canonicalize()
@@ -92,11 +99,26 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // Either a stop was sent or every sender is gone: both mean stop.
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let nameserver = tokio::spawn(sluice_nameserver::run(nameserver_config, nameserver_listener, signal(stopped.clone())));
-    let store = tokio::spawn(sluice_store::run(store_config, store_listener, signal(stopped.clone())));
-    let broker = tokio::spawn(sluice_broker::run(broker_config, broker_listener, signal(stopped.clone())));
+    let nameserver = tokio::spawn(sluice_nameserver::run(
+        nameserver_config,
+        nameserver_listener,
+        signal(stopped.clone()),
+    ));
+    let store = tokio::spawn(sluice_store::run(
+        store_config,
+        store_listener,
+        signal(stopped.clone()),
+    ));
+    let broker = tokio::spawn(sluice_broker::run(
+        broker_config,
+        broker_listener,
+        signal(stopped.clone()),
+    ));
 
-    println!("Sluice dev cluster running (data in {})", data_dir.display());
+    println!(
+        "Sluice dev cluster running (data in {})",
+        data_dir.display()
+    );
     println!("  nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)");
     println!("  broker:     http://127.0.0.1:{}", args.broker_port);
     println!("  store:      http://127.0.0.1:{}", args.store_port);
@@ -122,7 +144,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Ok((broker, store, nameserver)) => {
             broker.context("broker task panicked")?.context("broker")?;
             store.context("store task panicked")?.context("store")?;
-            nameserver.context("nameserver task panicked")?.context("nameserver")?;
+            nameserver
+                .context("nameserver task panicked")?
+                .context("nameserver")?;
             Ok(())
         }
         Err(_) => anyhow::bail!("services did not stop within {SHUTDOWN_TIMEOUT_MS} ms"),

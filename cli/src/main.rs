@@ -22,7 +22,11 @@ use std::process::ExitCode;
 pub const DEFAULT_BOOTSTRAP: &str = "http://127.0.0.1:7400";
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Sluice: a distributed message queue and event-streaming platform")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a distributed message queue and event-streaming platform"
+)]
 struct Cli {
     /// Nameserver addresses, comma separated (host:port or http://host:port).
     #[arg(long, global = true, env = "SLUICE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
@@ -102,7 +106,10 @@ fn explain(error: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -138,7 +145,10 @@ mod tests {
     fn bootstrap_accepts_bare_and_full_addresses() {
         assert_eq!(
             parse_bootstrap("127.0.0.1:7400, http://a:1,,"),
-            vec!["http://127.0.0.1:7400".to_string(), "http://a:1".to_string()]
+            vec![
+                "http://127.0.0.1:7400".to_string(),
+                "http://a:1".to_string()
+            ]
         );
     }
 

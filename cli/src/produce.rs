@@ -37,15 +37,26 @@ pub struct ProduceArgs {
 
 fn parse_header(header: &str) -> Result<(String, Bytes)> {
     match header.split_once('=') {
-        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), Bytes::from(value.to_string()))),
+        Some((name, value)) if !name.is_empty() => {
+            Ok((name.to_string(), Bytes::from(value.to_string())))
+        }
         _ => bail!("header {header:?} is not of the form name=value"),
     }
 }
 
 pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
-    let compression = sluice_proto::batch::Compression::parse(&args.compression)
-        .with_context(|| format!("unknown compression {:?}: use none, lz4 or zstd", args.compression))?;
-    let headers: Vec<(String, Bytes)> = args.headers.iter().map(|header| parse_header(header)).collect::<Result<_>>()?;
+    let compression =
+        sluice_proto::batch::Compression::parse(&args.compression).with_context(|| {
+            format!(
+                "unknown compression {:?}: use none, lz4 or zstd",
+                args.compression
+            )
+        })?;
+    let headers: Vec<(String, Bytes)> = args
+        .headers
+        .iter()
+        .map(|header| parse_header(header))
+        .collect::<Result<_>>()?;
     let producer = Producer::new(ProducerConfig {
         client,
         compression,
@@ -101,7 +112,10 @@ async fn report(pending: Vec<sluice_client::DeliveryFuture>, verbose: bool) -> R
     for delivery in pending {
         let metadata = delivery.await?;
         if verbose {
-            println!("{}/{}@{}", metadata.topic, metadata.partition, metadata.offset);
+            println!(
+                "{}/{}@{}",
+                metadata.topic, metadata.partition, metadata.offset
+            );
         }
     }
     Ok(())

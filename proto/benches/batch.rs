@@ -29,8 +29,14 @@ fn build(compression: Compression) -> Bytes {
 fn codec(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("batch_100x1KiB");
     group.throughput(Throughput::Bytes((RECORDS * VALUE_BYTES) as u64));
-    for (name, compression) in [("none", Compression::None), ("lz4", Compression::Lz4), ("zstd", Compression::Zstd)] {
-        group.bench_function(format!("build/{name}"), |bencher| bencher.iter(|| black_box(build(compression))));
+    for (name, compression) in [
+        ("none", Compression::None),
+        ("lz4", Compression::Lz4),
+        ("zstd", Compression::Zstd),
+    ] {
+        group.bench_function(format!("build/{name}"), |bencher| {
+            bencher.iter(|| black_box(build(compression)))
+        });
         let batch = build(compression);
         group.bench_function(format!("decode/{name}"), |bencher| {
             bencher.iter(|| black_box(decode(&batch, 64 << 20).expect("valid batch")))

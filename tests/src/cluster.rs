@@ -38,8 +38,14 @@ impl ServiceKind {
 pub fn binaries_dir() -> PathBuf {
     let executable = std::env::current_exe().expect("the test knows its own path");
     // target/<profile>/deps/<test-binary>
-    let deps = executable.parent().expect("test binary lives in a directory");
-    let profile = if deps.ends_with("deps") { deps.parent().expect("deps has a parent") } else { deps };
+    let deps = executable
+        .parent()
+        .expect("test binary lives in a directory");
+    let profile = if deps.ends_with("deps") {
+        deps.parent().expect("deps has a parent")
+    } else {
+        deps
+    };
     profile.to_path_buf()
 }
 
@@ -84,7 +90,10 @@ impl Service {
         let child = Command::new(binary(self.kind.binary_name()))
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_string()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -245,10 +254,17 @@ impl Cluster {
                 (node_id, body)
             }
             ServiceKind::Store | ServiceKind::Broker => {
-                let name = if kind == ServiceKind::Store { "store" } else { "broker" };
+                let name = if kind == ServiceKind::Store {
+                    "store"
+                } else {
+                    "broker"
+                };
                 let node_id = format!("{name}-{}", index + 1);
-                let nameservers: Vec<String> =
-                    self.nameservers.iter().map(|nameserver| format!("\"{}\"", nameserver.url())).collect();
+                let nameservers: Vec<String> = self
+                    .nameservers
+                    .iter()
+                    .map(|nameserver| format!("\"{}\"", nameserver.url()))
+                    .collect();
                 let mut body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n",
                     nameservers.join(", ")
@@ -287,15 +303,34 @@ impl Cluster {
     /// Waits until the nameserver sees every running broker and store.
     pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
-        let want_brokers = self.brokers.iter_mut().map(Service::is_running).filter(|running| *running).count();
-        let want_stores = self.stores.iter_mut().map(Service::is_running).filter(|running| *running).count();
+        let want_brokers = self
+            .brokers
+            .iter_mut()
+            .map(Service::is_running)
+            .filter(|running| *running)
+            .count();
+        let want_stores = self
+            .stores
+            .iter_mut()
+            .map(Service::is_running)
+            .filter(|running| *running)
+            .count();
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             match sluice_client::Admin::connect(self.client_config()).await {
                 Ok(admin) => match admin.cluster_status().await {
-                    Ok(status) if status.brokers.len() >= want_brokers && status.stores.len() >= want_stores => return,
+                    Ok(status)
+                        if status.brokers.len() >= want_brokers
+                            && status.stores.len() >= want_stores =>
+                    {
+                        return
+                    }
                     Ok(status) => {
-                        last = format!("{} broker(s), {} store(s) registered", status.brokers.len(), status.stores.len())
+                        last = format!(
+                            "{} broker(s), {} store(s) registered",
+                            status.brokers.len(),
+                            status.stores.len()
+                        )
                     }
                     Err(error) => last = error.to_string(),
                 },
@@ -309,11 +344,21 @@ impl Cluster {
 
     /// Prints the tail of every service log (called on failure).
     pub fn dump_logs(&self) {
-        for service in self.nameservers.iter().chain(&self.stores).chain(&self.brokers) {
+        for service in self
+            .nameservers
+            .iter()
+            .chain(&self.stores)
+            .chain(&self.brokers)
+        {
             let text = fs::read_to_string(&service.log_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!("----- {} ({}) -----\n{}", service.node_id, service.log_path.display(), tail.join("\n"));
+            eprintln!(
+                "----- {} ({}) -----\n{}",
+                service.node_id,
+                service.log_path.display(),
+                tail.join("\n")
+            );
         }
     }
 }

@@ -55,7 +55,8 @@ impl Etcd {
             let peer_port = free_port();
             let client_url = format!("http://127.0.0.1:{client_port}");
             let peer_url = format!("http://127.0.0.1:{peer_port}");
-            let log = std::fs::File::create(data_dir.path().join("etcd.log")).expect("create etcd log");
+            let log =
+                std::fs::File::create(data_dir.path().join("etcd.log")).expect("create etcd log");
             let mut child = Command::new(&binary)
                 .arg("--name")
                 .arg("test")
@@ -84,7 +85,8 @@ impl Etcd {
                 if let Ok(Some(status)) = child.try_wait() {
                     last_error = format!(
                         "etcd exited with {status}: {}",
-                        std::fs::read_to_string(data_dir.path().join("etcd.log")).unwrap_or_default()
+                        std::fs::read_to_string(data_dir.path().join("etcd.log"))
+                            .unwrap_or_default()
                     );
                     break;
                 }
@@ -98,7 +100,9 @@ impl Etcd {
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last_error = format!("etcd did not listen on {client_url} within {STARTUP_TIMEOUT_MS} ms");
+                    last_error = format!(
+                        "etcd did not listen on {client_url} within {STARTUP_TIMEOUT_MS} ms"
+                    );
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));

@@ -2,7 +2,9 @@
 //! stable code, and every server keeps serving afterwards.
 
 use bytes::{Bytes, BytesMut};
-use sluice_client::{Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{
+    Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
+};
 use sluice_proto::batch::{BatchBuilder, RecordData};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::store_client::StoreClient;
@@ -29,32 +31,57 @@ async fn broker_for(admin: &Admin, topic: &str, partition: u32) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(description) = admin.describe_topic(topic).await {
-            if let Some(route) = description.partitions.get(partition as usize).and_then(|p| p.route.clone()) {
+            if let Some(route) = description
+                .partitions
+                .get(partition as usize)
+                .and_then(|p| p.route.clone())
+            {
                 if !route.broker_address.is_empty() {
                     let address = route.broker_address;
-                    return if address.starts_with("http") { address } else { format!("http://{address}") };
+                    return if address.starts_with("http") {
+                        address
+                    } else {
+                        format!("http://{address}")
+                    };
                 }
             }
         }
-        assert!(Instant::now() < deadline, "no owner for {topic}/{partition}");
+        assert!(
+            Instant::now() < deadline,
+            "no owner for {topic}/{partition}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Sends one produce request on a fresh stream and returns the answer's
 /// error code.
-async fn produce_raw(broker: &str, topic: &str, partition: u32, batch: Bytes) -> (ErrorCode, String) {
+async fn produce_raw(
+    broker: &str,
+    topic: &str,
+    partition: u32,
+    batch: Bytes,
+) -> (ErrorCode, String) {
     let mut client = BrokerClient::connect(broker.to_string())
         .await
         .expect("connect broker")
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let request = ProduceRequest { request_id: 1, topic: topic.to_string(), partition, batch, resume: false };
+    let request = ProduceRequest {
+        request_id: 1,
+        topic: topic.to_string(),
+        partition,
+        batch,
+        resume: false,
+    };
     match client.produce(tokio_stream::iter(vec![request])).await {
         Ok(response) => {
             let mut stream = response.into_inner();
             match stream.message().await {
-                Ok(Some(answer)) => (ErrorCode::try_from(answer.error).unwrap_or(ErrorCode::Internal), answer.error_message),
+                Ok(Some(answer)) => (
+                    ErrorCode::try_from(answer.error).unwrap_or(ErrorCode::Internal),
+                    answer.error_message,
+                ),
                 Ok(None) => (ErrorCode::Internal, "stream ended without an answer".into()),
                 Err(status) => {
                     let error = SluiceError::from_status(&status);
@@ -88,13 +115,21 @@ fn garbage_to(port: u16) {
 }
 
 async fn assert_still_serves(cluster: &Cluster) {
-    let admin = Admin::connect(cluster.client_config()).await.expect("nameserver still answers");
-    let status = admin.cluster_status().await.expect("cluster status after garbage");
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("nameserver still answers");
+    let status = admin
+        .cluster_status()
+        .await
+        .expect("cluster status after garbage");
     assert_eq!(status.brokers.len(), 1);
     assert_eq!(status.stores.len(), 1);
-    let producer = Producer::new(ProducerConfig { client: cluster.client_config(), ..ProducerConfig::default() })
-        .await
-        .expect("producer");
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
     let metadata = producer
         .send(Record {
             topic: TOPIC.to_string(),
@@ -109,12 +144,20 @@ async fn assert_still_serves(cluster: &Cluster) {
         .expect("broker and store still accept produce");
     producer.close().await.expect("close");
     let mut consumer = Consumer::assign(
-        ConsumerConfig { client: cluster.client_config(), group: None, ..ConsumerConfig::default() },
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            ..ConsumerConfig::default()
+        },
         vec![(TOPIC.to_string(), 0, StartOffset::Offset(metadata.offset))],
     )
     .await
     .expect("consumer");
-    let record = consumer.recv_timeout(Duration::from_secs(20)).await.expect("recv").expect("record arrives");
+    let record = consumer
+        .recv_timeout(Duration::from_secs(20))
+        .await
+        .expect("recv")
+        .expect("record arrives");
     assert_eq!(record.value.as_deref(), Some(&b"still here"[..]));
     consumer.close().await.expect("close");
 }
@@ -122,9 +165,18 @@ async fn assert_still_serves(cluster: &Cluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
     let cluster = Cluster::start(ClusterSpec::default()).await;
-    let admin = Admin::connect(cluster.client_config()).await.expect("admin");
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
     admin
-        .create_topic(TOPIC, TopicConfig { partitions: 2, max_batch_bytes: 1024 * 1024, ..TopicConfig::default() })
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 2,
+                max_batch_bytes: 1024 * 1024,
+                ..TopicConfig::default()
+            },
+        )
         .await
         .expect("create topic");
     let broker = broker_for(&admin, TOPIC, 0).await;
@@ -136,16 +188,40 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
         if code == ErrorCode::None {
             break;
         }
-        assert!(Instant::now() < deadline, "partition never became writable: {code:?} {message}");
+        assert!(
+            Instant::now() < deadline,
+            "partition never became writable: {code:?} {message}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Invalid topic names.
     let overlong = "t".repeat(300);
-    for name in ["../x", "", overlong.as_str(), "a\0b", "a/b", "..", "with space"] {
-        match admin.create_topic(name, TopicConfig { partitions: 1, ..TopicConfig::default() }).await {
+    for name in [
+        "../x",
+        "",
+        overlong.as_str(),
+        "a\0b",
+        "a/b",
+        "..",
+        "with space",
+    ] {
+        match admin
+            .create_topic(
+                name,
+                TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                },
+            )
+            .await
+        {
             Err(ClientError::Server(error)) => {
-                assert_eq!(error.code, ErrorCode::InvalidArgument, "name {name:?}: {error}");
+                assert_eq!(
+                    error.code,
+                    ErrorCode::InvalidArgument,
+                    "name {name:?}: {error}"
+                );
                 assert!(!error.message.is_empty());
             }
             Err(ClientError::InvalidArgument(_)) => {}
@@ -154,7 +230,15 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
     }
     // Impossible partition counts.
     for partitions in [0, 1_000_000] {
-        let result = admin.create_topic("fine-name", TopicConfig { partitions, ..TopicConfig::default() }).await;
+        let result = admin
+            .create_topic(
+                "fine-name",
+                TopicConfig {
+                    partitions,
+                    ..TopicConfig::default()
+                },
+            )
+            .await;
         assert!(result.is_err(), "{partitions} partitions accepted");
     }
     // Unknown topic.
@@ -173,27 +257,46 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
     corrupt[last] ^= 0x01;
     let (code, message) = produce_raw(&broker, TOPIC, 0, corrupt.freeze()).await;
     assert_eq!(code, ErrorCode::CorruptBatch, "{message}");
-    assert!(message.to_lowercase().contains("crc"), "message should name the CRC: {message}");
+    assert!(
+        message.to_lowercase().contains("crc"),
+        "message should name the CRC: {message}"
+    );
     // Truncated batch and plain garbage.
     let truncated = batch_of(&["hello"]).slice(..20);
     let (code, _) = produce_raw(&broker, TOPIC, 0, truncated).await;
     assert_eq!(code, ErrorCode::CorruptBatch);
     // Unknown topic and partition on the data path.
     let (code, _) = produce_raw(&broker, "no-such-topic", 0, batch_of(&["x"])).await;
-    assert!(matches!(code, ErrorCode::UnknownTopic | ErrorCode::NotOwner), "{code:?}");
+    assert!(
+        matches!(code, ErrorCode::UnknownTopic | ErrorCode::NotOwner),
+        "{code:?}"
+    );
     let (code, _) = produce_raw(&broker, TOPIC, 99, batch_of(&["x"])).await;
-    assert!(matches!(code, ErrorCode::UnknownPartition | ErrorCode::NotOwner), "{code:?}");
+    assert!(
+        matches!(code, ErrorCode::UnknownPartition | ErrorCode::NotOwner),
+        "{code:?}"
+    );
     let (code, _) = produce_raw(&broker, "../etc", 0, batch_of(&["x"])).await;
-    assert!(matches!(code, ErrorCode::InvalidArgument | ErrorCode::UnknownTopic), "{code:?}");
+    assert!(
+        matches!(code, ErrorCode::InvalidArgument | ErrorCode::UnknownTopic),
+        "{code:?}"
+    );
 
     // Offsets beyond the end.
     let (code, _) = produce_raw(&broker, TOPIC, 0, batch_of(&["one", "two"])).await;
     assert_eq!(code, ErrorCode::None);
-    let mut client = BrokerClient::connect(broker.clone()).await.expect("connect");
+    let mut client = BrokerClient::connect(broker.clone())
+        .await
+        .expect("connect");
     for offset in [1_000_000, i64::MAX as u64, u64::MAX] {
         let response = client
             .fetch(FetchRequest {
-                partitions: vec![FetchPartition { topic: TOPIC.into(), partition: 0, offset, max_bytes: 1 << 20 }],
+                partitions: vec![FetchPartition {
+                    topic: TOPIC.into(),
+                    partition: 0,
+                    offset,
+                    max_bytes: 1 << 20,
+                }],
                 max_wait_ms: 0,
                 min_bytes: 0,
                 max_bytes: 1 << 20,
@@ -202,23 +305,45 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
         match response {
             Ok(response) => {
                 let partition = &response.get_ref().partitions[0];
-                assert_eq!(partition.error, ErrorCode::OffsetOutOfRange as i32, "offset {offset}");
+                assert_eq!(
+                    partition.error,
+                    ErrorCode::OffsetOutOfRange as i32,
+                    "offset {offset}"
+                );
                 assert!(partition.batches.is_empty());
             }
-            Err(status) => assert_eq!(SluiceError::from_status(&status).code, ErrorCode::OffsetOutOfRange),
+            Err(status) => assert_eq!(
+                SluiceError::from_status(&status).code,
+                ErrorCode::OffsetOutOfRange
+            ),
         }
     }
     // A store read of an unknown segment and an impossible offset.
     let store_url = cluster.stores[0].url();
-    let mut store = StoreClient::connect(store_url).await.expect("connect store");
+    let mut store = StoreClient::connect(store_url)
+        .await
+        .expect("connect store");
     let status = store
-        .read(ReadRequest { segment_id: u64::MAX, offset: 0, max_bytes: 1024, end_offset: 0 })
+        .read(ReadRequest {
+            segment_id: u64::MAX,
+            offset: 0,
+            max_bytes: 1024,
+            end_offset: 0,
+        })
         .await
         .expect_err("unknown segment");
-    assert_eq!(SluiceError::from_status(&status).code, ErrorCode::UnknownSegment);
+    assert_eq!(
+        SluiceError::from_status(&status).code,
+        ErrorCode::UnknownSegment
+    );
 
     // Garbage on every port.
-    for service in cluster.nameservers.iter().chain(&cluster.brokers).chain(&cluster.stores) {
+    for service in cluster
+        .nameservers
+        .iter()
+        .chain(&cluster.brokers)
+        .chain(&cluster.stores)
+    {
         garbage_to(service.port);
     }
     assert_still_serves(&cluster).await;

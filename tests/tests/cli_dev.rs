@@ -35,13 +35,18 @@ impl Dev {
         loop {
             let output = dev.sluice(&["cluster", "status"], None);
             let text = String::from_utf8_lossy(&output.stdout).to_string();
-            if output.status.success() && text.contains("brokers (1)")
+            if output.status.success()
+                && text.contains("brokers (1)")
                 && text.contains("stores (1)")
                 && text.contains("offline partitions: 0")
             {
                 return dev;
             }
-            assert!(Instant::now() < deadline, "sluice dev not ready: {text} {}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                Instant::now() < deadline,
+                "sluice dev not ready: {text} {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -107,19 +112,51 @@ fn newcomer_round_trip_and_restart() {
     let listed = dev.ok(&["topic", "list"], None);
     assert!(listed.contains("greetings"), "{listed}");
 
-    dev.ok(&["produce", "greetings", "--key", "k"], Some("hello\nbonjour\nhallo\n"));
-    dev.ok(&["produce", "greetings", "one more", "--header", "source=test"], None);
+    dev.ok(
+        &["produce", "greetings", "--key", "k"],
+        Some("hello\nbonjour\nhallo\n"),
+    );
+    dev.ok(
+        &[
+            "produce",
+            "greetings",
+            "one more",
+            "--header",
+            "source=test",
+        ],
+        None,
+    );
 
     let consumed = dev.ok(
-        &["consume", "greetings", "--group", "readers", "--from-beginning", "--max-messages", "4"],
+        &[
+            "consume",
+            "greetings",
+            "--group",
+            "readers",
+            "--from-beginning",
+            "--max-messages",
+            "4",
+        ],
         None,
     );
     let mut lines: Vec<&str> = consumed.lines().collect();
     lines.sort_unstable();
     assert_eq!(lines, vec!["bonjour", "hallo", "hello", "one more"]);
     // Same key, same partition, in order.
-    let keyed = dev.ok(&["consume", "greetings", "--print-key", "--idle-timeout-ms", "1500"], None);
-    let order: Vec<&str> = keyed.lines().filter(|line| line.starts_with("k\t")).collect();
+    let keyed = dev.ok(
+        &[
+            "consume",
+            "greetings",
+            "--print-key",
+            "--idle-timeout-ms",
+            "1500",
+        ],
+        None,
+    );
+    let order: Vec<&str> = keyed
+        .lines()
+        .filter(|line| line.starts_with("k\t"))
+        .collect();
     assert_eq!(order, vec!["k\thello", "k\tbonjour", "k\thallo"]);
 
     let described = dev.ok(&["group", "describe", "readers"], None);
@@ -130,7 +167,10 @@ fn newcomer_round_trip_and_restart() {
     let bad = dev.sluice(&["topic", "create", "../x"], None);
     assert!(!bad.status.success());
     let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("error:") && message.contains("topic"), "{message}");
+    assert!(
+        message.contains("error:") && message.contains("topic"),
+        "{message}"
+    );
     let unknown = dev.sluice(&["produce", "nope", "x"], None);
     assert!(!unknown.status.success());
 
@@ -141,13 +181,32 @@ fn newcomer_round_trip_and_restart() {
     let again = dev.ok(&["consume", "greetings", "--idle-timeout-ms", "1500"], None);
     assert_eq!(again.lines().count(), 4, "{again}");
     dev.ok(&["produce", "greetings", "after restart"], None);
-    let resumed = dev.ok(&["consume", "greetings", "--group", "readers", "--idle-timeout-ms", "1500"], None);
-    assert_eq!(resumed.trim(), "after restart", "the group should resume after its committed offsets");
+    let resumed = dev.ok(
+        &[
+            "consume",
+            "greetings",
+            "--group",
+            "readers",
+            "--idle-timeout-ms",
+            "1500",
+        ],
+        None,
+    );
+    assert_eq!(
+        resumed.trim(),
+        "after restart",
+        "the group should resume after its committed offsets"
+    );
     dev.stop();
 
     // No cluster: the error says where it looked and what to do.
     let output = Command::new(binary("sluice"))
-        .args(["--bootstrap", &format!("127.0.0.1:{}", free_port()), "topic", "list"])
+        .args([
+            "--bootstrap",
+            &format!("127.0.0.1:{}", free_port()),
+            "topic",
+            "list",
+        ])
         .output()
         .expect("run sluice");
     assert!(!output.status.success());

@@ -9,7 +9,9 @@
 //! order within its partition, and same-key messages share a partition.
 
 use bytes::Bytes;
-use sluice_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
+};
 use sluice_proto::partitioning::partition_for_key;
 use sluice_proto::v1::TopicConfig;
 use sluice_tests::cluster::{Cluster, ClusterSpec};
@@ -34,13 +36,21 @@ async fn wait_for_owners(admin: &Admin, topic: &str) {
             let owned = description
                 .partitions
                 .iter()
-                .filter(|partition| partition.route.as_ref().is_some_and(|route| !route.broker_id.is_empty()))
+                .filter(|partition| {
+                    partition
+                        .route
+                        .as_ref()
+                        .is_some_and(|route| !route.broker_id.is_empty())
+                })
                 .count();
             if owned == description.partitions.len() && owned > 0 {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "partitions of {topic} got no owner within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "partitions of {topic} got no owner within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -69,22 +79,36 @@ async fn consume_in_group(
         let total = total.clone();
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
-            let mut consumer = Consumer::subscribe(config, &[TOPIC]).await.expect("subscribe");
+            let mut consumer = Consumer::subscribe(config, &[TOPIC])
+                .await
+                .expect("subscribe");
             let deadline = Instant::now() + Duration::from_secs(240);
             loop {
                 let done = total.load(Ordering::SeqCst) >= target;
-                let leaving = leaver.is_some_and(|(who, after)| who == index && total.load(Ordering::SeqCst) >= after);
+                let leaving = leaver.is_some_and(|(who, after)| {
+                    who == index && total.load(Ordering::SeqCst) >= after
+                });
                 if done || leaving {
                     break;
                 }
-                assert!(Instant::now() < deadline, "consumer {index} did not finish in time");
-                match consumer.recv_timeout(Duration::from_millis(200)).await.expect("recv") {
+                assert!(
+                    Instant::now() < deadline,
+                    "consumer {index} did not finish in time"
+                );
+                match consumer
+                    .recv_timeout(Duration::from_millis(200))
+                    .await
+                    .expect("recv")
+                {
                     Some(record) => {
-                        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
-                            .expect("utf8")
-                            .parse()
-                            .expect("number");
-                        seen.lock().expect("lock").push((record.partition, record.offset, value));
+                        let value: u64 =
+                            std::str::from_utf8(record.value.as_deref().expect("value"))
+                                .expect("utf8")
+                                .parse()
+                                .expect("number");
+                        seen.lock()
+                            .expect("lock")
+                            .push((record.partition, record.offset, value));
                         total.fetch_add(1, Ordering::SeqCst);
                     }
                     None => continue,
@@ -115,9 +139,17 @@ fn by_partition(seen: &Seen) -> BTreeMap<u32, Vec<(u64, u64)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     let mut cluster = Cluster::start(ClusterSpec::default()).await;
-    let admin = Admin::connect(cluster.client_config()).await.expect("admin");
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
     admin
-        .create_topic(TOPIC, TopicConfig { partitions: PARTITIONS, ..TopicConfig::default() })
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: PARTITIONS,
+                ..TopicConfig::default()
+            },
+        )
         .await
         .expect("create topic");
     wait_for_owners(&admin, TOPIC).await;
@@ -153,7 +185,9 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
             partition_for_key(key.as_bytes(), PARTITIONS),
             "key {key} went to the wrong partition"
         );
-        assert!(acknowledged.insert(value, (metadata.partition, metadata.offset)).is_none());
+        assert!(acknowledged
+            .insert(value, (metadata.partition, metadata.offset))
+            .is_none());
     }
     producer.close().await.expect("producer close");
     eprintln!("produced and acknowledged {} messages", acknowledged.len());
@@ -165,7 +199,10 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     for (partition, offsets) in &mut per_partition {
         offsets.sort_unstable();
         let expected: Vec<u64> = (0..offsets.len() as u64).collect();
-        assert_eq!(offsets, &expected, "partition {partition} offsets are not 0..n");
+        assert_eq!(
+            offsets, &expected,
+            "partition {partition} offsets are not 0..n"
+        );
     }
 
     // Phase 1: three consumers, one leaves midway, until half is consumed.
@@ -184,9 +221,15 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     eprintln!("killed and restarted store and broker");
 
     // Every acknowledged message is still there, at its offset.
-    let assignment = (0..PARTITIONS).map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest)).collect();
+    let assignment = (0..PARTITIONS)
+        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
+        .collect();
     let mut reader = Consumer::assign(
-        ConsumerConfig { client: cluster.client_config(), group: None, ..ConsumerConfig::default() },
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            ..ConsumerConfig::default()
+        },
         assignment,
     )
     .await
@@ -194,15 +237,37 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     let mut found: HashMap<u64, (u32, u64)> = HashMap::with_capacity(MESSAGES as usize);
     let deadline = Instant::now() + Duration::from_secs(180);
     while (found.len() as u64) < MESSAGES {
-        assert!(Instant::now() < deadline, "only {} of {MESSAGES} messages readable after restart", found.len());
-        if let Some(record) = reader.recv_timeout(Duration::from_secs(1)).await.expect("read back") {
-            let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value")).expect("utf8").parse().expect("number");
-            assert!(found.insert(value, (record.partition, record.offset)).is_none(), "value {value} read twice");
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {MESSAGES} messages readable after restart",
+            found.len()
+        );
+        if let Some(record) = reader
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("read back")
+        {
+            let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
+                .expect("utf8")
+                .parse()
+                .expect("number");
+            assert!(
+                found
+                    .insert(value, (record.partition, record.offset))
+                    .is_none(),
+                "value {value} read twice"
+            );
         }
     }
     reader.close().await.expect("close reader");
-    assert_eq!(found, acknowledged, "messages moved or vanished across kill -9");
-    eprintln!("all {} acknowledged messages read back at their offsets", found.len());
+    assert_eq!(
+        found, acknowledged,
+        "messages moved or vanished across kill -9"
+    );
+    eprintln!(
+        "all {} acknowledged messages read back at their offsets",
+        found.len()
+    );
 
     // Phase 2: the group resumes from its commits and reads the rest.
     let remaining = MESSAGES - phase_one.len() as u64;
@@ -215,21 +280,34 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     for (partition, entries) in &grouped {
         let offsets: Vec<u64> = entries.iter().map(|(offset, _)| *offset).collect();
         let expected: Vec<u64> = (0..per_partition[partition].len() as u64).collect();
-        assert_eq!(offsets, expected, "partition {partition}: duplicates or gaps across the group's two phases");
+        assert_eq!(
+            offsets, expected,
+            "partition {partition}: duplicates or gaps across the group's two phases"
+        );
         for (offset, value) in entries {
-            assert_eq!(acknowledged[value], (*partition, *offset), "value {value} at the wrong place");
+            assert_eq!(
+                acknowledged[value],
+                (*partition, *offset),
+                "value {value} at the wrong place"
+            );
         }
         total += entries.len();
     }
     assert_eq!(total as u64, MESSAGES);
-    eprintln!("phase two: the group consumed the remaining {}; every message exactly once", phase_two.len());
+    eprintln!(
+        "phase two: the group consumed the remaining {}; every message exactly once",
+        phase_two.len()
+    );
     // In order within each partition, per consumer session: phase records
     // of one partition were appended in increasing offset order.
     for phase in [&phase_one, &phase_two] {
         let mut last: HashMap<u32, u64> = HashMap::new();
         for &(partition, offset, _) in phase.iter() {
             if let Some(previous) = last.insert(partition, offset) {
-                assert!(offset > previous, "partition {partition} went back from {previous} to {offset}");
+                assert!(
+                    offset > previous,
+                    "partition {partition} went back from {previous} to {offset}"
+                );
             }
         }
     }

@@ -7,8 +7,9 @@
 //! counted and reported, not treated as loss, but they must never sit at an
 //! acknowledged offset of another value.
 
-use bytes::Bytes;
-use sluice_client::{Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
+};
 use sluice_proto::v1::TopicConfig;
 use sluice_tests::cluster::{Cluster, ClusterSpec};
 use std::collections::HashMap;
@@ -23,9 +24,17 @@ const KEYS: u64 = 64;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_mid_stream() {
     let mut cluster = Cluster::start(ClusterSpec::default()).await;
-    let admin = Admin::connect(cluster.client_config()).await.expect("admin");
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
     admin
-        .create_topic(TOPIC, TopicConfig { partitions: PARTITIONS, ..TopicConfig::default() })
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: PARTITIONS,
+                ..TopicConfig::default()
+            },
+        )
         .await
         .expect("create topic");
 
@@ -54,7 +63,8 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
             let mut waiting = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 for _ in 0..200 {
-                    let record = Record::new(TOPIC, value.to_string()).with_key(format!("key-{}", value % KEYS));
+                    let record = Record::new(TOPIC, value.to_string())
+                        .with_key(format!("key-{}", value % KEYS));
                     let delivery = producer.enqueue(record).await.expect("enqueue");
                     let acknowledged = acknowledged.clone();
                     let failed = failed.clone();
@@ -62,7 +72,10 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
                     waiting.push(tokio::spawn(async move {
                         match delivery.await {
                             Ok(metadata) => {
-                                acknowledged.lock().expect("lock").insert(sent, (metadata.partition, metadata.offset));
+                                acknowledged
+                                    .lock()
+                                    .expect("lock")
+                                    .insert(sent, (metadata.partition, metadata.offset));
                             }
                             Err(_) => {
                                 failed.fetch_add(1, Ordering::SeqCst);
@@ -85,7 +98,10 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(120);
             while acknowledged.lock().expect("lock").len() < target {
-                assert!(Instant::now() < deadline, "acknowledgements stalled below {target}");
+                assert!(
+                    Instant::now() < deadline,
+                    "acknowledgements stalled below {target}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -112,9 +128,15 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
     );
 
     // Read every partition back from the start.
-    let assignment = (0..PARTITIONS).map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest)).collect();
+    let assignment = (0..PARTITIONS)
+        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
+        .collect();
     let mut reader = Consumer::assign(
-        ConsumerConfig { client: cluster.client_config(), group: None, ..ConsumerConfig::default() },
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            ..ConsumerConfig::default()
+        },
         assignment,
     )
     .await
@@ -122,12 +144,27 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
     let mut at: HashMap<(u32, u64), u64> = HashMap::new();
     let mut occurrences: HashMap<u64, u32> = HashMap::new();
     let mut last_offset: HashMap<u32, u64> = HashMap::new();
-    while let Some(record) = reader.recv_timeout(Duration::from_secs(5)).await.expect("read") {
-        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value")).expect("utf8").parse().expect("number");
+    while let Some(record) = reader
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .expect("read")
+    {
+        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
         if let Some(previous) = last_offset.insert(record.partition, record.offset) {
-            assert!(record.offset > previous, "partition {} went back", record.partition);
+            assert!(
+                record.offset > previous,
+                "partition {} went back",
+                record.partition
+            );
         }
-        assert!(at.insert((record.partition, record.offset), value).is_none(), "one offset read twice");
+        assert!(
+            at.insert((record.partition, record.offset), value)
+                .is_none(),
+            "one offset read twice"
+        );
         *occurrences.entry(value).or_default() += 1;
     }
     reader.close().await.expect("close");
@@ -136,7 +173,9 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
     for (value, (partition, offset)) in &acknowledged {
         match at.get(&(*partition, *offset)) {
             Some(found) if found == value => {}
-            Some(found) => panic!("acknowledged value {value} at {partition}@{offset} but {found} is there"),
+            Some(found) => {
+                panic!("acknowledged value {value} at {partition}@{offset} but {found} is there")
+            }
             None => lost += 1,
         }
     }
@@ -147,11 +186,17 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
     // Each key's acknowledged values appear in increasing order.
     let mut by_key: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
     for (value, (partition, offset)) in &acknowledged {
-        by_key.entry(value % KEYS).or_default().push((*partition, *offset, *value));
+        by_key
+            .entry(value % KEYS)
+            .or_default()
+            .push((*partition, *offset, *value));
     }
     for (key, mut writes) in by_key {
         writes.sort();
-        assert!(writes.windows(2).all(|pair| pair[0].0 == pair[1].0), "key {key} spans partitions");
+        assert!(
+            writes.windows(2).all(|pair| pair[0].0 == pair[1].0),
+            "key {key} spans partitions"
+        );
         assert!(
             writes.windows(2).all(|pair| pair[0].2 < pair[1].2),
             "key {key}: acknowledged values out of send order"
