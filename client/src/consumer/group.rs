@@ -32,6 +32,11 @@ pub(crate) struct GroupState {
     pub target: Option<BTreeSet<TopicPartition>>,
     pub coordinator: Option<String>,
     pub heartbeat_interval_ms: u64,
+    /// Set when no heartbeat succeeded for a whole session timeout: the
+    /// coordinator has evicted this member and may have given its
+    /// partitions to others, so they are released without claiming them on
+    /// rejoin.
+    pub session_lost: bool,
 }
 
 /// State shared between the consumer and its heartbeat task.
@@ -132,7 +137,11 @@ pub(crate) async fn heartbeat_once(
             member_id: state.member_id.clone(),
             member_epoch: state.member_epoch,
             topics: shared.topics.clone(),
-            owned: to_topic_partitions(&state.owned),
+            owned: if state.session_lost {
+                Vec::new()
+            } else {
+                to_topic_partitions(&state.owned)
+            },
             session_timeout_ms: shared.session_timeout_ms,
             client_id: cluster.config.client_id.clone(),
         }
@@ -180,12 +189,54 @@ pub(crate) async fn heartbeat_once(
     }
 }
 
+/// Marks the session lost: every partition is to be released (without
+/// claiming it again on rejoin) and the member rejoins under a new id.
+/// Returns false when there was nothing to release.
+pub(crate) fn lose_session(state: &mut GroupState) -> bool {
+    let holds_something = !state.owned.is_empty()
+        || state
+            .target
+            .as_ref()
+            .is_some_and(|target| !target.is_empty());
+    state.target = Some(BTreeSet::new());
+    state.member_id.clear();
+    state.member_epoch = 0;
+    state.session_lost = true;
+    holds_something
+}
+
 /// Heartbeats until the consumer closes.
 pub(crate) async fn heartbeat_loop(cluster: Arc<Cluster>, shared: Arc<GroupShared>) {
     let mut failures = 0u32;
+    let session_timeout = Duration::from_millis(u64::from(shared.session_timeout_ms));
+    // Counted from when the last successful heartbeat was *sent*, which is
+    // no later than when the coordinator received it: this member gives up
+    // its partitions before the coordinator can hand them to someone else.
+    let mut last_success_sent = std::time::Instant::now();
     while !shared.closed.load(Ordering::Acquire) {
+        let releasing = {
+            let state = shared.lock();
+            state.session_lost && !state.owned.is_empty()
+        };
+        if releasing {
+            // Rejoin only once the application's next recv() has released
+            // the lost partitions, so a stale position is never resumed.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_RETRY_BACKOFF_MS)) => {}
+                _ = shared.heartbeat_now.notified() => {}
+            }
+            continue;
+        }
+        let sent_at = std::time::Instant::now();
         let wait = match heartbeat_once(&cluster, &shared).await {
             Ok(changed) => {
+                last_success_sent = sent_at;
+                {
+                    let mut state = shared.lock();
+                    if state.session_lost && state.owned.is_empty() {
+                        state.session_lost = false;
+                    }
+                }
                 failures = 0;
                 if changed {
                     shared.assignment_changed.notify_one();
@@ -199,6 +250,16 @@ pub(crate) async fn heartbeat_loop(cluster: Arc<Cluster>, shared: Arc<GroupShare
                 );
                 if !rejoin {
                     tracing::warn!(group = %shared.group, %error, "group heartbeat failed");
+                }
+                if last_success_sent.elapsed() >= session_timeout
+                    && lose_session(&mut shared.lock())
+                {
+                    tracing::warn!(
+                        group = %shared.group,
+                        session_timeout_ms = shared.session_timeout_ms,
+                        "no successful heartbeat for a whole session; releasing every partition"
+                    );
+                    shared.assignment_changed.notify_one();
                 }
                 failures = failures.saturating_add(1);
                 backoff(
@@ -380,6 +441,35 @@ pub(crate) async fn fetch_committed(
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    #[test]
+    fn losing_the_session_releases_everything_and_rejoins_fresh() {
+        let mut state = GroupState {
+            member_id: "m-1".into(),
+            member_epoch: 7,
+            owned: [TopicPartition::new("t".to_string(), 0)]
+                .into_iter()
+                .collect(),
+            target: Some(
+                [TopicPartition::new("t".to_string(), 0)]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..GroupState::default()
+        };
+        assert!(lose_session(&mut state));
+        assert_eq!(state.target, Some(BTreeSet::new()));
+        assert!(state.member_id.is_empty());
+        assert_eq!(state.member_epoch, 0);
+        assert!(state.session_lost);
+        let mut idle = GroupState::default();
+        assert!(!lose_session(&mut idle));
     }
 }
 
