@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the BENCHMARKS.md measurements against a real multi-process cluster
+# on this machine: etcd, one nameserver, one store, one broker (release
+# builds, data in a temp dir), then `sluice bench` with the given
+# arguments, then prints the peak resident memory (VmHWM) of broker and
+# store.
+#
+#   benchmarks/run-sluice.sh produce --messages 1000000 --size 1024 --batch 100 --partitions 1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
+cargo build --release --quiet --bins
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
+  --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
+  --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster bench=http://127.0.0.1:23800 \
+  >"$work/etcd.log" 2>&1 &
+pids+=($!)
+cat >"$work/nameserver.toml" <<TOML
+listen_address = "127.0.0.1:27400"
+[metadata]
+backend = "etcd"
+endpoints = ["http://127.0.0.1:23790"]
+TOML
+cat >"$work/store.toml" <<TOML
+listen_address = "127.0.0.1:27402"
+nameservers = ["http://127.0.0.1:27400"]
+data_dir = "$work/store"
+TOML
+cat >"$work/broker.toml" <<TOML
+listen_address = "127.0.0.1:27401"
+nameservers = ["http://127.0.0.1:27400"]
+TOML
+sleep 1
+"$bin/sluice-nameserver" --config "$work/nameserver.toml" >"$work/nameserver.log" 2>&1 &
+pids+=($!)
+"$bin/sluice-store" --config "$work/store.toml" >"$work/store.log" 2>&1 &
+store=$!; pids+=($store)
+"$bin/sluice-broker" --config "$work/broker.toml" >"$work/broker.log" 2>&1 &
+broker=$!; pids+=($broker)
+export SLUICE_BOOTSTRAP=127.0.0.1:27400
+for _ in $(seq 1 100); do
+  "$bin/sluice" cluster status 2>/dev/null | grep -q "stores (1)" && break
+  sleep 0.2
+done
+"$bin/sluice" bench "$@"
+echo "peak resident memory: broker $(grep VmHWM /proc/$broker/status | awk '{print $2/1024 " MiB"}'), store $(grep VmHWM /proc/$store/status | awk '{print $2/1024 " MiB"}')"
