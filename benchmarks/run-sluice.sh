@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the BENCHMARKS.md measurements against a real multi-process cluster
 # on this machine: etcd, one nameserver, one store, one broker (release
-# builds, data in a temp dir), then `sluice bench` with the given
-# arguments, then prints the peak resident memory (VmHWM) of broker and
-# store.
+# builds, data in a temp dir), then one `sluice bench` per argument, in
+# order on the same cluster, then the peak resident memory (VmHWM) of
+# broker and store.
 #
-#   benchmarks/run-sluice.sh produce --messages 1000000 --size 1024 --batch 100 --partitions 1
+#   benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100" "consume --messages 1000000"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
@@ -48,5 +48,9 @@ for _ in $(seq 1 100); do
   "$bin/sluice" cluster status 2>/dev/null | grep -q "stores (1)" && break
   sleep 0.2
 done
-"$bin/sluice" bench "$@"
+for command in "$@"; do
+  echo "== sluice bench $command"
+  # shellcheck disable=SC2086
+  "$bin/sluice" bench $command 2>/dev/null
+done
 echo "peak resident memory: broker $(grep VmHWM /proc/$broker/status | awk '{print $2/1024 " MiB"}'), store $(grep VmHWM /proc/$store/status | awk '{print $2/1024 " MiB"}')"
