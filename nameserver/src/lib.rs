@@ -177,7 +177,11 @@ async fn register_self(
         node_id: config.node_id.clone(),
         address: address.to_string(),
         session_id: lease as u64,
-        load: None,
+        // A nameserver that can write its own key is serving.
+        load: Some(sluice_proto::v1::NodeLoad {
+            healthy: true,
+            ..Default::default()
+        }),
         lease_remaining_ms: 0,
         rack: String::new(),
     };
