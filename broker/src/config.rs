@@ -137,4 +137,13 @@ mod tests {
         let loaded = BrokerConfig::load(Some(&path)).expect("config/broker.toml parses");
         assert_eq!(loaded, BrokerConfig::default());
     }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("broker.toml");
+        std::fs::write(&path, "tail_cache_byte = 1\n").expect("write config");
+        let error = BrokerConfig::load(Some(&path)).expect_err("a misspelt key must not be ignored");
+        assert!(error.to_string().contains("tail_cache_byte"), "{error}");
+    }
 }
