@@ -47,17 +47,34 @@ impl RecordKind {
     }
 }
 
+/// The header (length, CRC, kind, segment id) of a record carrying
+/// `payload`, so that header and payload can be written without copying the
+/// payload. The CRC covers kind, segment id and payload.
+pub fn encode_record_header(
+    kind: RecordKind,
+    segment_id: u64,
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_BYTES] {
+    let length = (1 + 8 + payload.len()) as u32;
+    let mut header = [0u8; RECORD_HEADER_BYTES];
+    header[0..4].copy_from_slice(&length.to_le_bytes());
+    header[8] = kind as u8;
+    header[9..17].copy_from_slice(&segment_id.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[FRAME_BYTES..]), payload);
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
 /// Appends one encoded record to `buffer`.
 pub fn encode_record(buffer: &mut Vec<u8>, kind: RecordKind, segment_id: u64, payload: &[u8]) {
-    let length = (1 + 8 + payload.len()) as u32;
-    let start = buffer.len();
-    buffer.extend_from_slice(&length.to_le_bytes());
-    buffer.extend_from_slice(&[0u8; 4]);
-    buffer.push(kind as u8);
-    buffer.extend_from_slice(&segment_id.to_le_bytes());
+    buffer.extend_from_slice(&encode_record_header(kind, segment_id, payload));
     buffer.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&buffer[start + FRAME_BYTES..]);
-    buffer[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// True when every byte of `bytes` is zero: the unwritten, preallocated
+/// end of a journal or segment file rather than a torn or damaged record.
+pub fn is_zero_fill(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
 }
 
 /// A record decoded from a journal file.
@@ -156,5 +173,22 @@ mod tests {
             Some(first.encoded_bytes)
         );
         assert!(decode_record(&buffer[..first.encoded_bytes - 1]).is_err());
+    }
+
+    #[test]
+    fn header_crc_matches_a_crc_over_the_whole_record() {
+        let payload = vec![9u8; 3000];
+        let header = encode_record_header(RecordKind::Append, 77, &payload);
+        let mut covered = header[FRAME_BYTES..].to_vec();
+        covered.extend_from_slice(&payload);
+        assert_eq!(
+            u32::from_le_bytes([header[4], header[5], header[6], header[7]]),
+            crc32c::crc32c(&covered)
+        );
+        let mut record = header.to_vec();
+        record.extend_from_slice(&payload);
+        let decoded = decode_record(&record).expect("decodes");
+        assert_eq!(decoded.payload, payload.as_slice());
+        assert!(decode_record(&[0u8; 64]).is_err(), "zeros are not a record");
     }
 }
