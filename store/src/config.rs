@@ -28,6 +28,12 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// A journal file is rolled once it reaches this size. Default 64 MiB.
     pub journal_file_max_bytes: u64,
+    /// Segment files grow in preallocated chunks of this many bytes
+    /// (`fallocate` keeping the file length), so appends write into
+    /// allocated blocks; the unused rest of the last chunk is released when
+    /// the segment is sealed. 0 turns preallocation off. Journal files are
+    /// always preallocated to `journal_file_max_bytes`. Default 16 MiB.
+    pub segment_preallocate_bytes: u64,
     /// Bytes of appends waiting for the journal writer before appenders
     /// wait. Default 64 MiB.
     pub journal_queue_max_bytes: u64,
@@ -82,6 +88,7 @@ impl Default for StoreConfig {
             rack: String::new(),
             data_dir: PathBuf::from("./data/store"),
             journal_file_max_bytes: 64 * 1024 * 1024,
+            segment_preallocate_bytes: 16 * 1024 * 1024,
             journal_queue_max_bytes: 64 * 1024 * 1024,
             journal_queue_max_entries: 4096,
             checkpoint_interval_ms: 10_000,
@@ -121,6 +128,7 @@ impl StoreConfig {
     pub fn storage_options(&self) -> crate::storage::StorageOptions {
         crate::storage::StorageOptions {
             journal_file_max_bytes: self.journal_file_max_bytes,
+            segment_preallocate_bytes: self.segment_preallocate_bytes,
             journal_queue_max_bytes: self.journal_queue_max_bytes,
             journal_queue_max_entries: self.journal_queue_max_entries,
             checkpoint_interval_ms: self.checkpoint_interval_ms,

@@ -74,8 +74,14 @@ pub fn encode_record(buffer: &mut Vec<u8>, kind: RecordKind, segment_id: u64, pa
 /// True when every byte of `bytes` is zero: the unwritten, preallocated
 /// end of a journal or segment file rather than a torn or damaged record.
 pub fn is_zero_fill(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&byte| byte == 0)
+    // Compared a block at a time (memcmp): preallocated tails are large.
+    bytes
+        .chunks(ZERO_BLOCK.len())
+        .all(|chunk| chunk == &ZERO_BLOCK[..chunk.len()])
 }
+
+/// Zeros to compare preallocated space against.
+static ZERO_BLOCK: [u8; 64 * 1024] = [0u8; 64 * 1024];
 
 /// A record decoded from a journal file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +121,30 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, &'static str> {
     })
 }
 
+/// One past the last non-zero byte of `bytes` (0 if all are zero).
+pub fn end_of_nonzero_data(bytes: &[u8]) -> usize {
+    let mut end = bytes.len();
+    // Skip whole zero blocks from the end, then look within the last one.
+    while end > 0 {
+        let start = end.saturating_sub(ZERO_BLOCK.len());
+        if !is_zero_fill(&bytes[start..end]) {
+            return bytes[start..end]
+                .iter()
+                .rposition(|&byte| byte != 0)
+                .map_or(start, |last| start + last + 1);
+        }
+        end = start;
+    }
+    0
+}
+
 /// Position of the first valid record at or after `from`, if any. Used to
 /// tell a torn tail (nothing valid after) from damage in the middle.
 pub fn find_next_valid_record(bytes: &[u8], from: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1))
+    // A record starts with a non-zero length, so none starts in the zero
+    // fill of a preallocated file; skipping it keeps the search short.
+    let last_start = bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1);
+    (from..last_start.min(end_of_nonzero_data(bytes)))
         .find(|&position| decode_record(&bytes[position..]).is_ok())
 }
 
@@ -190,5 +216,12 @@ mod tests {
         let decoded = decode_record(&record).expect("decodes");
         assert_eq!(decoded.payload, payload.as_slice());
         assert!(decode_record(&[0u8; 64]).is_err(), "zeros are not a record");
+        let mut tail = vec![0u8; 200_000];
+        assert_eq!(end_of_nonzero_data(&tail), 0);
+        assert!(is_zero_fill(&tail));
+        tail[70_001] = 1;
+        assert_eq!(end_of_nonzero_data(&tail), 70_002);
+        assert!(!is_zero_fill(&tail));
+        assert!(is_zero_fill(&tail[70_002..]));
     }
 }

@@ -74,6 +74,70 @@ pub fn write_meta(segments_dir: &Path, meta: &SegmentMeta) -> Result<(), StoreEr
     write_file_durably(&meta_path(segments_dir, meta.segment_id), &encoded)
 }
 
+/// Whether `fallocate` was refused as unsupported once already (logged
+/// once per process, then preallocation is skipped silently).
+static PREALLOCATE_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Allocates `length_bytes` of disk blocks at `offset` of `file` so later
+/// writes there do not allocate. With `keep_size` the file length stays
+/// as it is (blocks past the end are reserved, not visible). Best effort:
+/// a file system without `fallocate` or a failure (e.g. out of space,
+/// which the write itself will then report) only costs speed, so it is
+/// logged and ignored. Returns whether the blocks were allocated.
+pub fn preallocate(file: &File, offset: u64, length_bytes: u64, keep_size: bool) -> bool {
+    use std::os::unix::io::AsRawFd;
+    use std::sync::atomic::Ordering;
+    if length_bytes == 0 || PREALLOCATE_UNSUPPORTED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let (Ok(offset), Ok(length)) = (
+        libc::off_t::try_from(offset),
+        libc::off_t::try_from(length_bytes),
+    ) else {
+        return false;
+    };
+    let mode = if keep_size {
+        libc::FALLOC_FL_KEEP_SIZE
+    } else {
+        0
+    };
+    // SAFETY: fallocate on a file descriptor we own; no memory is involved.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, length) };
+    if result == 0 {
+        return true;
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+            if !PREALLOCATE_UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%error, "the file system does not support fallocate; writing without preallocation");
+            }
+        }
+        _ => {
+            tracing::warn!(%error, offset, length_bytes, "fallocate failed; writing without preallocation")
+        }
+    }
+    false
+}
+
+/// True when the bytes of `file` in `[from, to)` are all zero: blocks that
+/// were allocated (or whose size reached the disk) but whose data never
+/// did, i.e. the end of the data rather than damage.
+fn is_zero_range(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buffer = vec![0u8; RESYNC_WINDOW_BYTES];
+    let mut position = from;
+    while position < to {
+        let length = ((to - position) as usize).min(buffer.len());
+        file.read_exact_at(&mut buffer[..length], position)?;
+        if !crate::journal::is_zero_fill(&buffer[..length]) {
+            return Ok(false);
+        }
+        position += length as u64;
+    }
+    Ok(true)
+}
+
 /// Entry of the sparse offset index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetIndexEntry {
@@ -117,6 +181,12 @@ pub struct SegmentLog {
     pub corrupt_regions: Vec<CorruptRegion>,
     /// Written since the last fsync of the file.
     pub dirty: bool,
+    /// Grow the file's allocation by at least this much at a time (0: no
+    /// preallocation).
+    pub preallocate_chunk_bytes: u64,
+    /// The file has blocks allocated up to here (as far as this process
+    /// knows; 0 after opening).
+    allocated_bytes: u64,
     index_interval_bytes: u64,
     last_offset_index_position: Option<u64>,
     last_time_index_position: Option<u64>,
@@ -135,6 +205,8 @@ impl SegmentLog {
             time_index: Vec::new(),
             corrupt_regions: Vec::new(),
             dirty: false,
+            preallocate_chunk_bytes: 0,
+            allocated_bytes: 0,
             index_interval_bytes: index_interval_bytes.max(1),
             last_offset_index_position: None,
             last_time_index_position: None,
@@ -172,11 +244,34 @@ impl SegmentLog {
     /// Writes a batch at the end of the file and indexes it. No fsync.
     pub fn append(&mut self, header: &BatchHeader, bytes: &[u8]) -> std::io::Result<()> {
         let position = self.size_bytes;
+        let end = position + bytes.len() as u64;
+        if self.preallocate_chunk_bytes > 0 && end > self.allocated_bytes {
+            // Writing into allocated blocks is much cheaper than allocating
+            // on every write; the file length stays the data length, so
+            // recovery never sees the reserved space.
+            let length = (end - position).max(self.preallocate_chunk_bytes);
+            self.allocated_bytes = if preallocate(&self.file, position, length, true) {
+                position + length
+            } else {
+                // Unsupported or failed: do not retry on every append.
+                end + self.preallocate_chunk_bytes
+            };
+        }
         self.file.write_all_at(bytes, position)?;
         self.size_bytes += bytes.len() as u64;
         self.end_offset = header.end_offset();
         self.dirty = true;
         self.index_batch(header, position);
+        Ok(())
+    }
+
+    /// Gives back blocks reserved past the data (a sealed segment grows no
+    /// more). Truncating to the current length frees them.
+    pub fn release_preallocation(&mut self) -> std::io::Result<()> {
+        if self.allocated_bytes > self.size_bytes {
+            self.file.set_len(self.size_bytes)?;
+        }
+        self.allocated_bytes = self.size_bytes;
         Ok(())
     }
 
@@ -236,6 +331,10 @@ pub struct ScanOutcome {
     /// Bytes cut off the end (a torn or damaged tail with nothing valid
     /// after it).
     pub truncated_bytes: u64,
+    /// The cut-off tail was all zeros: space whose data never reached the
+    /// disk before a crash (unacknowledged, or still in the journal), not
+    /// damage.
+    pub zero_tail: bool,
 }
 
 /// Bytes examined per read while looking for valid data after damage.
@@ -370,13 +469,25 @@ pub fn scan_log(
         expected_offset = header.base_offset;
     }
     let truncated_bytes = file_length - position;
-    if truncated_bytes > 0 {
+    let zero_tail = truncated_bytes > 0
+        && is_zero_range(&log.file, position, file_length)
+            .map_err(|error| io_error(path, "read", error))?;
+    if zero_tail {
+        tracing::info!(
+            segment_id,
+            truncated_bytes,
+            end_offset = expected_offset,
+            "cutting an unwritten (all zero) tail off a segment file"
+        );
+    } else if truncated_bytes > 0 {
         tracing::warn!(
             segment_id,
             truncated_bytes,
             end_offset = expected_offset,
             "truncating a torn or damaged tail of a segment file"
         );
+    }
+    if truncated_bytes > 0 {
         log.file
             .set_len(position)
             .and_then(|()| log.file.sync_all())
@@ -391,6 +502,7 @@ pub fn scan_log(
     Ok(ScanOutcome {
         log,
         truncated_bytes,
+        zero_tail,
     })
 }
 

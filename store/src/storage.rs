@@ -39,6 +39,7 @@ const JOURNAL_DIR: &str = "journal";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageOptions {
     pub journal_file_max_bytes: u64,
+    pub segment_preallocate_bytes: u64,
     pub journal_queue_max_bytes: u64,
     pub journal_queue_max_entries: usize,
     pub checkpoint_interval_ms: u64,
@@ -314,7 +315,8 @@ impl Storage {
         report.corrupt_segments.sort_unstable();
         report.segments_loaded = segments.len();
         let registry: Arc<Registry> = Arc::new(RwLock::new(segments));
-        let journal_file = open_new_journal_file(&journal_dir, next_sequence)?;
+        let journal_file =
+            open_new_journal_file(&journal_dir, next_sequence, options.journal_file_max_bytes)?;
         let stats = Arc::new(JournalStats::default());
         let failure = Arc::new(Mutex::new(None));
         let mut writer = JournalWriter {
@@ -474,7 +476,7 @@ impl Storage {
         })?;
         self.journal_metadata(RecordKind::CreateSegment, meta.segment_id, payload)
             .await?;
-        let handle = Arc::new(handle_from(meta, log));
+        let handle = Arc::new(handle_from(meta, log, &self.inner.options));
         self.inner
             .registry
             .write()
@@ -587,9 +589,18 @@ impl Storage {
         .await?;
         let segments_dir = self.inner.segments_dir.clone();
         let meta = segment.meta();
-        tokio::task::spawn_blocking(move || segment::write_meta(&segments_dir, &meta))
-            .await
-            .map_err(|error| StoreError::Failed(format!("seal task failed: {error}")))??;
+        let sealed_segment = segment.clone();
+        tokio::task::spawn_blocking(move || {
+            segment::write_meta(&segments_dir, &meta)?;
+            // Every append accepted before the seal is applied by now (the
+            // seal record completed after them), so the file is final.
+            if let Err(error) = sealed_segment.lock_log().release_preallocation() {
+                tracing::warn!(segment_id, %error, "cannot release preallocated space of a sealed segment");
+            }
+            Ok::<(), StoreError>(())
+        })
+        .await
+        .map_err(|error| StoreError::Failed(format!("seal task failed: {error}")))??;
         drop(control);
         Ok(segment.status())
     }
@@ -895,7 +906,8 @@ fn lock_directory(directory: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-fn handle_from(meta: SegmentMeta, log: SegmentLog) -> SegmentHandle {
+fn handle_from(meta: SegmentMeta, mut log: SegmentLog, options: &StorageOptions) -> SegmentHandle {
+    log.preallocate_chunk_bytes = options.segment_preallocate_bytes;
     let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
     SegmentHandle {
         id: meta.segment_id,
@@ -1026,12 +1038,12 @@ fn load_segments(
                 continue;
             }
         };
-        if outcome.truncated_bytes > 0 {
+        if outcome.truncated_bytes > 0 && !outcome.zero_tail {
             report
                 .truncated_segment_tails
                 .push((meta.segment_id, outcome.truncated_bytes));
         }
-        let handle = handle_from(meta, outcome.log);
+        let handle = handle_from(meta, outcome.log, options);
         segments.insert(handle.id, Arc::new(handle));
     }
     Ok(segments)
@@ -1088,6 +1100,9 @@ fn replay_journal(
         while position < bytes.len() {
             let record = match journal::decode_record(&bytes[position..]) {
                 Ok(record) => record,
+                // The preallocated, never written rest of the file: the
+                // end of the journal, not a torn record.
+                Err(_) if journal::is_zero_fill(&bytes[position..]) => break,
                 Err(reason) => match journal::find_next_valid_record(&bytes, position + 1) {
                     Some(next) => {
                         let message = format!(
@@ -1101,7 +1116,10 @@ fn replay_journal(
                         continue;
                     }
                     None => {
-                        let torn = (bytes.len() - position) as u64;
+                        // Zeros after the torn record are preallocated
+                        // space, not part of what was torn.
+                        let data_end = journal::end_of_nonzero_data(&bytes);
+                        let torn = data_end.saturating_sub(position) as u64;
                         tracing::warn!(path = %path.display(), torn, "truncating torn journal tail");
                         report.journal_torn_tail_bytes += torn;
                         let file = std::fs::OpenOptions::new()
@@ -1210,13 +1228,16 @@ fn apply_record(
                 meta.base_offset,
                 options.index_interval_bytes,
             )?;
-            if outcome.truncated_bytes > 0 {
+            if outcome.truncated_bytes > 0 && !outcome.zero_tail {
                 report
                     .truncated_segment_tails
                     .push((segment_id, outcome.truncated_bytes));
             }
             tracing::warn!(segment_id, "segment metadata restored from the journal");
-            segments.insert(segment_id, Arc::new(handle_from(meta, outcome.log)));
+            segments.insert(
+                segment_id,
+                Arc::new(handle_from(meta, outcome.log, options)),
+            );
         }
         RecordKind::Seal => {
             let Some(handle) = segments.get(&segment_id) else {
@@ -1282,7 +1303,16 @@ fn repair_from_journal(
     Ok(())
 }
 
-fn open_new_journal_file(journal_dir: &Path, sequence: u64) -> Result<File, StoreError> {
+/// Creates journal file `sequence`, preallocated to `preallocate_bytes`
+/// so that journal writes land in allocated blocks (much faster than
+/// allocating on every write). The file length is then the preallocated
+/// size, not the data length: recovery treats the zeros after the last
+/// record as the end.
+fn open_new_journal_file(
+    journal_dir: &Path,
+    sequence: u64,
+    preallocate_bytes: u64,
+) -> Result<File, StoreError> {
     let path = journal::journal_file_path(journal_dir, sequence);
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -1290,6 +1320,7 @@ fn open_new_journal_file(journal_dir: &Path, sequence: u64) -> Result<File, Stor
         .truncate(true)
         .open(&path)
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
+    segment::preallocate(&file, 0, preallocate_bytes, false);
     segment::sync_directory(journal_dir)?;
     Ok(file)
 }
@@ -1505,7 +1536,7 @@ impl JournalWriter {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.sequence += 1;
-        self.file = open_new_journal_file(&self.journal_dir, self.sequence)?;
+        self.file = open_new_journal_file(&self.journal_dir, self.sequence, self.file_max_bytes)?;
         self.position = 0;
         Ok(())
     }
@@ -1626,6 +1657,49 @@ mod tests {
             checkpoint_interval_ms: 3_600_000,
             ..StorageOptions::default()
         }
+    }
+
+    #[tokio::test]
+    async fn segment_files_grow_in_preallocated_chunks_released_at_seal() {
+        use std::os::unix::fs::MetadataExt;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let chunk_bytes = 4 * 1024 * 1024;
+        let (storage, _) = Storage::open(
+            directory.path(),
+            StorageOptions {
+                segment_preallocate_bytes: chunk_bytes,
+                ..options()
+            },
+        )
+        .expect("open");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
+        let mut data_bytes = 0u64;
+        for offset in 0..10 {
+            let batch = make_batch(offset, 1, 1000);
+            data_bytes += batch.len() as u64;
+            storage.append(1, 5, batch).await.expect("append");
+        }
+        let path = segment::log_path(&directory.path().join(SEGMENTS_DIR), 1);
+        let stat = std::fs::metadata(&path).expect("stat");
+        assert_eq!(stat.len(), data_bytes, "the file length is the data length");
+        assert!(
+            stat.blocks() * 512 >= chunk_bytes,
+            "segment blocks must be preallocated with fallocate: {} bytes allocated; does the temp dir's file system support fallocate?",
+            stat.blocks() * 512
+        );
+        storage.seal_segment(1, 5).await.expect("seal");
+        let stat = std::fs::metadata(&path).expect("stat");
+        assert_eq!(stat.len(), data_bytes);
+        assert!(
+            stat.blocks() * 512 < chunk_bytes,
+            "sealing releases the unused preallocation: {} bytes allocated",
+            stat.blocks() * 512
+        );
+        let read = storage.read(1, 0, 0, 0).expect("read");
+        assert_eq!(read.segment_end_offset, 10);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use sluice_proto::ErrorCode;
 use sluice_store::storage::{NewSegment, Storage, StorageOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const SEGMENTS: [u64; 2] = [11, 12];
@@ -23,6 +24,10 @@ fn options() -> StorageOptions {
         index_interval_bytes: 1024,
         // Checkpoints only when a test asks for one.
         checkpoint_interval_ms: 3_600_000,
+        // Journal files are preallocated to this size; 1 MiB holds all
+        // the test writes in one file while keeping damage-and-reopen
+        // rounds cheap.
+        journal_file_max_bytes: 1024 * 1024,
         ..StorageOptions::default()
     }
 }
@@ -95,6 +100,28 @@ fn latest_journal(directory: &Path) -> PathBuf {
         .collect();
     files.sort();
     files.pop().expect("a journal file exists")
+}
+
+/// End of the records of a journal file: journal files are preallocated,
+/// so what follows the last record is zero fill up to the file length.
+fn journal_data_end(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read journal");
+    let mut position = 0;
+    while let Ok(record) = sluice_store::journal::decode_record(&bytes[position..]) {
+        position += record.encoded_bytes;
+    }
+    position as u64
+}
+
+/// Writes `bytes` at the end of the journal's records, where a write cut
+/// short by a crash leaves them (inside the preallocated zero fill).
+fn write_at_journal_end(path: &Path, bytes: &[u8]) {
+    let end = journal_data_end(path);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.write_all_at(bytes, end).expect("write");
 }
 
 fn flip_byte(path: &Path, position: u64) {
@@ -180,7 +207,7 @@ fn torn_journal_tail_is_truncated() {
     let mut torn = Vec::new();
     torn.extend_from_slice(&500u32.to_le_bytes());
     torn.extend_from_slice(&[7u8; 40]);
-    append_garbage(&journal, &torn);
+    write_at_journal_end(&journal, &torn);
     let (storage, report) = reopen(directory.path());
     assert_eq!(
         report.journal_torn_tail_bytes,
@@ -193,6 +220,80 @@ fn torn_journal_tail_is_truncated() {
     let (storage, report) = reopen(directory.path());
     assert!(report.is_clean(), "{report:?}");
     assert_everything_readable(&storage, &written);
+}
+
+#[test]
+fn preallocated_journal_zero_fill_is_the_end_not_a_torn_tail() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_entries(directory.path(), None);
+    let journal = latest_journal(directory.path());
+    let data_end = journal_data_end(&journal);
+    let length = std::fs::metadata(&journal).expect("stat").len();
+    assert!(data_end > 0, "the journal holds the records");
+    assert!(
+        length >= options().journal_file_max_bytes && length > data_end,
+        "journal files must be preallocated (fallocate) to journal_file_max_bytes: length {length}, records end at {data_end}; does the temp dir's file system support fallocate?"
+    );
+    for segment_id in SEGMENTS {
+        let batches = &written[&segment_id];
+        assert_eq!(
+            std::fs::metadata(log_path(directory.path(), segment_id))
+                .expect("stat")
+                .len(),
+            position_of(batches, u64::MAX),
+            "segment preallocation keeps the file length at the data length"
+        );
+    }
+    let (storage, report) = reopen(directory.path());
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.journal_torn_tail_bytes, 0, "{report:?}");
+    assert!(report.journal_records_replayed >= 2 * BATCHES_PER_SEGMENT);
+    assert_everything_readable(&storage, &written);
+}
+
+#[test]
+fn zeros_inside_the_journal_before_valid_records_are_damage_not_the_end() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_entries(directory.path(), None);
+    let journal = latest_journal(directory.path());
+    let data_end = journal_data_end(&journal);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .expect("open");
+    // A lost page in the middle: later records must still be replayed.
+    file.write_all_at(&[0u8; 600], data_end / 2)
+        .expect("zero a range");
+    drop(file);
+    let (storage, report) = reopen(directory.path());
+    assert_eq!(report.journal_corruptions.len(), 1, "{report:?}");
+    assert_eq!(report.journal_torn_tail_bytes, 0, "{report:?}");
+    assert_everything_readable(&storage, &written);
+}
+
+#[test]
+fn zeroed_segment_tail_is_end_of_data_and_refilled_from_the_journal() {
+    // After a crash, a file's length (or its preallocated blocks) can be on
+    // disk while the data written there is not: the tail reads as zeros.
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_entries(directory.path(), None);
+    let path = log_path(directory.path(), 11);
+    let lost_from = position_of(&written[&11], 1000 + (BATCHES_PER_SEGMENT - 2) * 3);
+    let length = std::fs::metadata(&path).expect("stat").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    file.write_all_at(&vec![0u8; (length - lost_from) as usize], lost_from)
+        .expect("zero the tail");
+    file.set_len(length + 1024 * 1024)
+        .expect("extend with zeros");
+    drop(file);
+    let (storage, report) = reopen(directory.path());
+    assert!(report.is_clean(), "a zero tail is not damage: {report:?}");
+    assert!(report.journal_batches_reappended >= 2, "{report:?}");
+    assert_everything_readable(&storage, &written);
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), length);
 }
 
 #[test]
@@ -332,20 +433,29 @@ fn random_damage_never_panics_and_never_serves_wrong_bytes() {
             targets.push(meta_path(directory.path(), 12));
             targets.push(directory.path().join("checkpoint"));
         }
+        let journal = latest_journal(directory.path());
         for target in &targets {
+            // Damage lands where the data is, not in the preallocated zero
+            // fill of the journal (damage there is covered separately).
+            let data_end = if *target == journal {
+                journal_data_end(target) as usize
+            } else {
+                usize::MAX
+            };
             let mut bytes = std::fs::read(target).expect("read");
-            if bytes.is_empty() {
+            let damageable = data_end.saturating_add(64).min(bytes.len());
+            if damageable == 0 {
                 continue;
             }
             for _ in 0..random.random_range(1..6) {
-                let at = random.random_range(0..bytes.len());
+                let at = random.random_range(0..damageable);
                 let run = random.random_range(1..64).min(bytes.len() - at);
                 for byte in &mut bytes[at..at + run] {
                     *byte = random.random();
                 }
             }
             if random.random_bool(0.5) {
-                let keep = random.random_range(0..bytes.len());
+                let keep = random.random_range(0..damageable);
                 bytes.truncate(keep);
             }
             std::fs::write(target, bytes).expect("write");
