@@ -40,6 +40,11 @@ pub struct StoreConfig {
     /// Entries waiting for the journal writer before appenders wait.
     /// Default 4096.
     pub journal_queue_max_entries: usize,
+    /// Groups the journal writer has committed (written and fsynced) that
+    /// wait for the applier thread to write them to segment files and
+    /// acknowledge them; the writer journals the next group meanwhile.
+    /// Default 4.
+    pub apply_queue_max_groups: usize,
     /// Interval between checkpoints (fsync segment files, record the journal
     /// position, delete older journal files). Default 10000.
     pub checkpoint_interval_ms: u64,
@@ -91,6 +96,7 @@ impl Default for StoreConfig {
             segment_preallocate_bytes: 16 * 1024 * 1024,
             journal_queue_max_bytes: 64 * 1024 * 1024,
             journal_queue_max_entries: 4096,
+            apply_queue_max_groups: 4,
             checkpoint_interval_ms: 10_000,
             index_interval_bytes: 4096,
             periodic_flush_interval_ms: 1000,
@@ -131,6 +137,7 @@ impl StoreConfig {
             segment_preallocate_bytes: self.segment_preallocate_bytes,
             journal_queue_max_bytes: self.journal_queue_max_bytes,
             journal_queue_max_entries: self.journal_queue_max_entries,
+            apply_queue_max_groups: self.apply_queue_max_groups,
             checkpoint_interval_ms: self.checkpoint_interval_ms,
             index_interval_bytes: self.index_interval_bytes,
             periodic_flush_interval_ms: self.periodic_flush_interval_ms,

@@ -4,10 +4,15 @@
 //! Write path: an append is validated and ordered under its segment's
 //! lock, then queued (bounded in bytes and entries) to the single journal
 //! writer thread. The writer takes everything queued, writes it to the
-//! journal with one write, fsyncs once if any entry needs it, then writes
-//! each batch to its segment file (no fsync) and only then completes the
-//! appends. So a segment file never holds data the journal does not, and
-//! everything in a segment file up to its recorded size is acknowledged.
+//! journal with vectored writes straight from the appenders' buffers
+//! (journal files are preallocated), fsyncs once if any entry needs it,
+//! and passes the committed group (bounded queue, journal order) to the
+//! applier thread, then goes on with the next group. The applier writes
+//! each batch to its segment file (no fsync; segment files grow in
+//! preallocated chunks) and only then completes the appends, so the next
+//! group's journal write and fsync overlap this group's segment writes. A
+//! segment file never holds data the journal does not, and everything in a
+//! segment file up to its recorded size is acknowledged or journaled.
 //!
 //! Checkpoints fsync dirty segment files, durably record the journal
 //! position they cover and delete older journal files. Recovery scans the
@@ -42,6 +47,7 @@ pub struct StorageOptions {
     pub segment_preallocate_bytes: u64,
     pub journal_queue_max_bytes: u64,
     pub journal_queue_max_entries: usize,
+    pub apply_queue_max_groups: usize,
     pub checkpoint_interval_ms: u64,
     pub index_interval_bytes: u64,
     pub periodic_flush_interval_ms: u64,
@@ -222,8 +228,8 @@ struct Inner {
     /// Serializes create and delete so two creates of one id agree.
     admin_lock: tokio::sync::Mutex<()>,
     /// Declared after `commands`: dropping it (after the sender closed the
-    /// queue) waits for the writer's final checkpoint, so a dropped storage
-    /// no longer touches its directory.
+    /// queue) waits for the writer, which waits for the applier, so a
+    /// dropped storage no longer touches its directory.
     _writer_thread: WriterThread,
 }
 
@@ -319,11 +325,25 @@ impl Storage {
             open_new_journal_file(&journal_dir, next_sequence, options.journal_file_max_bytes)?;
         let stats = Arc::new(JournalStats::default());
         let failure = Arc::new(Mutex::new(None));
-        let mut writer = JournalWriter {
+        let applier = SegmentApplier {
             directory: directory.to_path_buf(),
-            journal_dir,
+            journal_dir: journal_dir.clone(),
             segments_dir: segments_dir.clone(),
             registry: registry.clone(),
+            stats: stats.clone(),
+            failure: failure.clone(),
+        };
+        // Replayed data is made durable and the old journal dropped before
+        // anything new is accepted.
+        applier.checkpoint(next_sequence, 0)?;
+        let (committed_sender, committed_receiver) =
+            std::sync::mpsc::sync_channel(options.apply_queue_max_groups.max(1));
+        let applier_thread = std::thread::Builder::new()
+            .name("sluice-apply".to_string())
+            .spawn(move || applier.run(committed_receiver))
+            .map_err(|error| StoreError::io("start the segment applier thread", error))?;
+        let writer = JournalWriter {
+            journal_dir,
             file: journal_file,
             sequence: next_sequence,
             position: 0,
@@ -331,11 +351,10 @@ impl Storage {
             file_max_bytes: options.journal_file_max_bytes.max(1),
             stats: stats.clone(),
             failure: failure.clone(),
+            committed: Some(committed_sender),
+            applier_thread: Some(applier_thread),
             _directory_lock: directory_lock,
         };
-        // Replayed data is made durable and the old journal dropped before
-        // anything new is accepted.
-        writer.checkpoint()?;
         let (sender, receiver) = mpsc::channel(options.journal_queue_max_entries.max(1));
         let weak_sender = sender.downgrade();
         let writer_thread = std::thread::Builder::new()
@@ -1358,20 +1377,48 @@ fn run_timer(
     }
 }
 
+/// The first stage of the write path: takes everything queued, writes it
+/// to the journal (vectored, no copy) and fsyncs once if any entry needs
+/// it, then hands the committed group to the [`SegmentApplier`] and goes
+/// on with the next group while the applier writes this one to the
+/// segment files. Nothing is acknowledged here.
 struct JournalWriter {
-    directory: PathBuf,
     journal_dir: PathBuf,
-    segments_dir: PathBuf,
-    registry: Arc<Registry>,
     file: File,
     sequence: u64,
+    /// Logical end of the journal file (the file itself is preallocated
+    /// past it).
     position: u64,
     journal_unsynced: bool,
     file_max_bytes: u64,
     stats: Arc<JournalStats>,
     failure: Arc<Mutex<Option<String>>>,
-    /// Held (flock) while the writer lives: one storage per directory.
+    /// Committed groups, in journal order, to the applier; bounded
+    /// (`apply_queue_max_groups`), so a slow applier slows the writer.
+    committed: Option<std::sync::mpsc::SyncSender<CommittedGroup>>,
+    applier_thread: Option<std::thread::JoinHandle<()>>,
+    /// Held (flock) while the writer lives, which is longer than the
+    /// applier (joined before): one storage per directory.
     _directory_lock: File,
+}
+
+/// Commands whose journal records are written (and fsynced if any of them
+/// needs it), in journal order, with where they end in the journal.
+struct CommittedGroup {
+    commands: Vec<Command>,
+    /// Journal file and position just after the group's records: a
+    /// checkpoint in this group covers the journal up to here, since the
+    /// applier has applied everything before it when it checkpoints.
+    journal_sequence: u64,
+    journal_position: u64,
+}
+
+fn record_failure(failure: &Mutex<Option<String>>, reason: String) {
+    tracing::error!(%reason, "storage write path failed; refusing further writes");
+    let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
+    if failure.is_none() {
+        *failure = Some(reason);
+    }
 }
 
 impl JournalWriter {
@@ -1385,15 +1432,18 @@ impl JournalWriter {
             self.process(std::mem::take(&mut group));
         }
         // No checkpoint here: a storage dropped without `close` behaves like
-        // a crash (the journal holds everything), which tests rely on.
+        // a crash (the journal holds everything), which tests rely on. The
+        // applier finishes the groups it was given, then stops.
+        drop(self.committed.take());
+        if let Some(applier) = self.applier_thread.take() {
+            if applier.join().is_err() {
+                tracing::error!("segment applier thread panicked");
+            }
+        }
     }
 
     fn fail(&self, reason: String) {
-        tracing::error!(%reason, "journal writer failed; refusing further writes");
-        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        if failure.is_none() {
-            *failure = Some(reason);
-        }
+        record_failure(&self.failure, reason);
     }
 
     fn process(&mut self, group: Vec<Command>) {
@@ -1476,49 +1526,19 @@ impl JournalWriter {
         }
         self.stats.appends.fetch_add(appends, Ordering::Relaxed);
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
-        // Apply to segment files before completing anything, so a reader
-        // (or a seal) that follows an acknowledgement sees the data.
-        let mut results: Vec<Result<u64, String>> = Vec::with_capacity(group.len());
-        for command in &group {
-            let result = match command {
-                Command::Append {
-                    segment,
-                    header,
-                    batch,
-                    ..
-                } => {
-                    let mut log = segment.lock_log();
-                    match log.append(header, batch) {
-                        Ok(()) => Ok(log.end_offset),
-                        Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
-                    }
-                }
-                _ => Ok(0),
-            };
-            if let Err(reason) = &result {
-                self.fail(reason.clone());
-            }
-            results.push(result);
-        }
-        let mut checkpoint_result = None;
-        for (command, result) in group.into_iter().zip(results) {
-            match command {
-                Command::Append { done, .. } => {
-                    let _ = done.send(result.map_err(StoreError::Failed));
-                }
-                Command::Metadata { done, .. } => {
-                    let _ = done.send(Ok(()));
-                }
-                Command::Flush => {}
-                Command::Checkpoint { done } => {
-                    let outcome = checkpoint_result
-                        .get_or_insert_with(|| self.checkpoint().map_err(|error| error.to_string()))
-                        .clone();
-                    if let Some(done) = done {
-                        let _ = done.send(outcome.map_err(StoreError::Failed));
-                    }
-                }
-            }
+        let committed = CommittedGroup {
+            commands: group,
+            journal_sequence: self.sequence,
+            journal_position: self.position,
+        };
+        let sent = match &self.committed {
+            Some(sender) => sender.send(committed).map_err(|error| error.0),
+            None => Err(committed),
+        };
+        if let Err(unsent) = sent {
+            self.fail("the segment applier stopped".to_string());
+            complete_all_with_error(unsent.commands, "the segment applier stopped");
+            return;
         }
         if self.position >= self.file_max_bytes {
             if let Err(error) = self.roll() {
@@ -1540,10 +1560,97 @@ impl JournalWriter {
         self.position = 0;
         Ok(())
     }
+}
+
+/// The second stage of the write path: applies committed groups, in
+/// journal order, to the segment files (no fsync), then completes their
+/// commands, and runs checkpoints. Completing only after applying means a
+/// reader or a seal that follows an acknowledgement sees the data, and a
+/// metadata command completes after every append journaled before it.
+struct SegmentApplier {
+    directory: PathBuf,
+    journal_dir: PathBuf,
+    segments_dir: PathBuf,
+    registry: Arc<Registry>,
+    stats: Arc<JournalStats>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl SegmentApplier {
+    fn run(self, groups: std::sync::mpsc::Receiver<CommittedGroup>) {
+        while let Ok(group) = groups.recv() {
+            self.apply(group);
+        }
+    }
+
+    fn apply(&self, group: CommittedGroup) {
+        let CommittedGroup {
+            commands,
+            journal_sequence,
+            journal_position,
+        } = group;
+        if let Some(reason) = read_failure(&self.failure) {
+            complete_all_with_error(commands, &reason);
+            return;
+        }
+        // Every append of the group is applied before anything completes
+        // or a checkpoint runs: a checkpoint records the position after the
+        // whole group.
+        let mut results: Vec<Result<u64, String>> = Vec::with_capacity(commands.len());
+        for command in &commands {
+            let result = match command {
+                Command::Append {
+                    segment,
+                    header,
+                    batch,
+                    ..
+                } => {
+                    let mut log = segment.lock_log();
+                    match log.append(header, batch) {
+                        Ok(()) => Ok(log.end_offset),
+                        Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
+                    }
+                }
+                _ => Ok(0),
+            };
+            if let Err(reason) = &result {
+                record_failure(&self.failure, reason.clone());
+            }
+            results.push(result);
+        }
+        let mut checkpoint_result = None;
+        for (command, result) in commands.into_iter().zip(results) {
+            match command {
+                Command::Append { done, .. } => {
+                    let _ = done.send(result.map_err(StoreError::Failed));
+                }
+                Command::Metadata { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                Command::Flush => {}
+                Command::Checkpoint { done } => {
+                    let outcome = checkpoint_result
+                        .get_or_insert_with(|| {
+                            self.checkpoint(journal_sequence, journal_position)
+                                .map_err(|error| error.to_string())
+                        })
+                        .clone();
+                    if let Err(reason) = &outcome {
+                        tracing::error!(%reason, "checkpoint failed");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(outcome.map_err(StoreError::Failed));
+                    }
+                }
+            }
+        }
+    }
 
     /// fsync dirty segment files and the segments directory, record the
-    /// journal position they cover, delete older journal files.
-    fn checkpoint(&mut self) -> Result<(), StoreError> {
+    /// journal position they cover, delete older journal files. Everything
+    /// journaled before `journal_sequence`/`journal_position` must already
+    /// be applied to the segment files.
+    fn checkpoint(&self, journal_sequence: u64, journal_position: u64) -> Result<(), StoreError> {
         let handles: Vec<Arc<SegmentHandle>> = self
             .registry
             .read()
@@ -1562,14 +1669,16 @@ impl JournalWriter {
         }
         segment::sync_directory(&self.segments_dir)?;
         let checkpoint = Checkpoint {
-            journal_sequence: self.sequence,
-            position: self.position,
+            journal_sequence,
+            position: journal_position,
         };
         let encoded = serde_json::to_vec(&checkpoint)
             .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
         segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        // The writer may have rolled on to newer files meanwhile; only
+        // files before the recorded one are covered.
         for sequence in journal::list_journal_files(&self.journal_dir)? {
-            if sequence < self.sequence {
+            if sequence < journal_sequence {
                 let path = journal::journal_file_path(&self.journal_dir, sequence);
                 std::fs::remove_file(&path)
                     .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
@@ -1700,6 +1809,96 @@ mod tests {
         );
         let read = storage.read(1, 0, 0, 0).expect("read");
         assert_eq!(read.segment_end_offset, 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_appends_are_readable_when_acknowledged_and_survive_checkpoints_and_a_crash()
+    {
+        let directory = tempfile::tempdir().expect("temp dir");
+        // Small journal files: many rolls and checkpoints while groups are
+        // between the writer and the applier.
+        let busy = StorageOptions {
+            journal_file_max_bytes: 16 * 1024,
+            apply_queue_max_groups: 2,
+            ..options()
+        };
+        let segments = 4u64;
+        let appends_per_segment = 150u64;
+        {
+            let (storage, _) = Storage::open(directory.path(), busy.clone()).expect("open");
+            for segment_id in 0..segments {
+                storage
+                    .create_segment(new_segment(segment_id, 0))
+                    .await
+                    .expect("create");
+            }
+            let checkpointer = {
+                let storage = storage.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        storage.checkpoint().await.expect("checkpoint");
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            };
+            let mut tasks = Vec::new();
+            for segment_id in 0..segments {
+                let storage = storage.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (sender, mut receiver) = mpsc::channel(32);
+                    let reader_storage = storage.clone();
+                    let waiter = tokio::spawn(async move {
+                        while let Some((offset, batch, pending)) = receiver.recv().await {
+                            let pending: PendingAppend = pending;
+                            let batch: Bytes = batch;
+                            assert_eq!(pending.wait().await.expect("durable"), offset + 1);
+                            // Acknowledged means applied: a read sees it.
+                            let read = reader_storage
+                                .read(segment_id, offset, 0, offset + 1)
+                                .expect("read after acknowledgement");
+                            assert_eq!(read.batches, batch);
+                        }
+                    });
+                    for offset in 0..appends_per_segment {
+                        let batch = make_batch(offset, 1, 1000);
+                        let pending = storage
+                            .submit_append(segment_id, 5, batch.clone())
+                            .await
+                            .expect("submit");
+                        sender
+                            .send((offset, batch, pending))
+                            .await
+                            .expect("waiter alive");
+                    }
+                    drop(sender);
+                    waiter.await.expect("waiter");
+                }));
+            }
+            for task in tasks {
+                task.await.expect("task");
+            }
+            checkpointer.await.expect("checkpointer");
+            let stats = storage.journal_stats();
+            assert!(stats.checkpoints.load(Ordering::SeqCst) >= 20);
+            // Dropped without close: a crash.
+        }
+        let (storage, report) = Storage::open(directory.path(), busy).expect("reopen");
+        assert!(report.is_clean(), "{report:?}");
+        for segment_id in 0..segments {
+            assert_eq!(
+                storage
+                    .segment_status(segment_id)
+                    .expect("status")
+                    .end_offset,
+                appends_per_segment
+            );
+            for offset in 0..appends_per_segment {
+                let read = storage
+                    .read(segment_id, offset, 0, offset + 1)
+                    .expect("read");
+                assert_eq!(read.batches, make_batch(offset, 1, 1000));
+            }
+        }
     }
 
     #[test]
