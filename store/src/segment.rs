@@ -266,11 +266,11 @@ impl SegmentLog {
     }
 
     /// Gives back blocks reserved past the data (a sealed segment grows no
-    /// more). Truncating to the current length frees them.
+    /// more). Truncating to the current length frees them. Done even when
+    /// this process reserved nothing: an earlier one may have, before a
+    /// restart.
     pub fn release_preallocation(&mut self) -> std::io::Result<()> {
-        if self.allocated_bytes > self.size_bytes {
-            self.file.set_len(self.size_bytes)?;
-        }
+        self.file.set_len(self.size_bytes)?;
         self.allocated_bytes = self.size_bytes;
         Ok(())
     }
