@@ -143,7 +143,8 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("broker.toml");
         std::fs::write(&path, "tail_cache_byte = 1\n").expect("write config");
-        let error = BrokerConfig::load(Some(&path)).expect_err("a misspelt key must not be ignored");
+        let error =
+            BrokerConfig::load(Some(&path)).expect_err("a misspelt key must not be ignored");
         assert!(error.to_string().contains("tail_cache_byte"), "{error}");
     }
 }

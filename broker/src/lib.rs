@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     tail_cache: Mutex<TailCache>,
     /// Topic → partition count (None: no such topic), and when learned.
     partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
+    /// Produce bytes accepted since start; the heartbeat reports the rate
+    /// so the nameserver can weigh brokers by load.
+    pub produced_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -248,6 +251,7 @@ pub async fn run(
         tail_cache: Mutex::new(TailCache::new(config.tail_cache_bytes)),
         partitions: RwLock::new(HashMap::new()),
         partition_counts: Mutex::new(HashMap::new()),
+        produced_bytes: std::sync::atomic::AtomicU64::new(0),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,

@@ -29,9 +29,40 @@ struct Session {
     heartbeat_interval: Duration,
 }
 
-fn load(shared: &Shared) -> NodeLoad {
+/// Turns the broker's running count of produce bytes into a rate between
+/// two heartbeats.
+struct RateMeter {
+    since: Instant,
+    bytes_then: u64,
+}
+
+impl RateMeter {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            since: Instant::now(),
+            bytes_then: shared
+                .produced_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    fn bytes_per_sec(&mut self, shared: &Shared) -> u64 {
+        let now = Instant::now();
+        let bytes = shared
+            .produced_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let elapsed_ms = now.duration_since(self.since).as_millis().max(1) as u64;
+        let rate = bytes.saturating_sub(self.bytes_then).saturating_mul(1000) / elapsed_ms;
+        self.since = now;
+        self.bytes_then = bytes;
+        rate
+    }
+}
+
+fn load(shared: &Shared, meter: &mut RateMeter) -> NodeLoad {
     NodeLoad {
         partitions: u32::try_from(shared.partition_count()).unwrap_or(u32::MAX),
+        bytes_in_per_sec: meter.bytes_per_sec(shared),
         healthy: true,
         ..Default::default()
     }
@@ -47,7 +78,7 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
                 kind: NodeKind::Broker as i32,
                 node_id: shared.config.node_id.clone(),
                 address: shared.advertised_address.clone(),
-                load: Some(load(shared)),
+                load: Some(load(shared, &mut RateMeter::new(shared))),
                 rack: shared.config.rack.clone(),
             }
         );
@@ -86,6 +117,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     'registration: while let Some(session) = register(&shared, &mut shutdown).await {
         last_session = Some(session.session_id);
         let mut last_success = Instant::now();
+        let mut meter = RateMeter::new(&shared);
         loop {
             // A heartbeat may not outlive the lease: past it the broker
             // must already have fenced itself.
@@ -100,7 +132,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                         kind: NodeKind::Broker as i32,
                         node_id: shared.config.node_id.clone(),
                         session_id: session.session_id,
-                        load: Some(load(&shared)),
+                        load: Some(load(&shared, &mut meter)),
                     }
                 )
             };

@@ -191,6 +191,9 @@ async fn produce_loop(
                 match message {
                     Ok(Some(produce)) => {
                         in_flight_bytes += produce.batch.len() as u64;
+                        shared
+                            .produced_bytes
+                            .fetch_add(produce.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         pending.push_back(submit_produce(&shared, produce, &mut streams));
                     }
                     Ok(None) => inbound_open = false,

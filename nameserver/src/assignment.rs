@@ -33,6 +33,9 @@ pub struct PartitionState {
 pub struct LiveBroker {
     pub broker_id: String,
     pub session_id: u64,
+    /// Produce bytes per second the broker last reported; breaks ties
+    /// between brokers with equally many partitions.
+    pub bytes_in_per_sec: u64,
 }
 
 /// Why a partition changes owner.
@@ -105,15 +108,19 @@ pub fn plan(
         }
     }
     let orphans: Vec<usize> = changed.keys().copied().collect();
+    let loads: Vec<u64> = sorted_brokers
+        .iter()
+        .map(|broker| broker.bytes_in_per_sec)
+        .collect();
     for index in orphans {
-        let target = least_loaded(&counts);
+        let target = least_loaded(&counts, &loads);
         holder[index] = Some(target);
         counts[target] += 1;
     }
 
     let mut moves = 0;
     while moves < max_moves {
-        let target = least_loaded(&counts);
+        let target = least_loaded(&counts, &loads);
         let donor = most_loaded(&counts);
         if counts[donor] <= counts[target] + 1 {
             break;
@@ -157,11 +164,11 @@ pub fn plan(
         .collect()
 }
 
-fn least_loaded(counts: &[usize]) -> usize {
-    // First minimum: ties go to the lowest broker id.
+fn least_loaded(counts: &[usize], loads: &[u64]) -> usize {
+    // Fewest partitions, then least produce traffic, then lowest broker id.
     let mut best = 0;
-    for (index, count) in counts.iter().enumerate() {
-        if *count < counts[best] {
+    for index in 0..counts.len() {
+        if (counts[index], loads[index]) < (counts[best], loads[best]) {
             best = index;
         }
     }
@@ -204,6 +211,7 @@ pub async fn reconcile_once(
         .await?
         .into_iter()
         .map(|(info, _)| LiveBroker {
+            bytes_in_per_sec: info.load.map(|load| load.bytes_in_per_sec).unwrap_or(0),
             broker_id: info.node_id,
             session_id: info.session_id,
         })
@@ -288,10 +296,35 @@ pub async fn reconcile_once(
 mod tests {
     use super::*;
 
+    #[test]
+    fn ties_in_partition_count_go_to_the_less_loaded_broker() {
+        let brokers = vec![
+            LiveBroker {
+                bytes_in_per_sec: 50_000_000,
+                ..broker("a", 1)
+            },
+            LiveBroker {
+                bytes_in_per_sec: 1_000,
+                ..broker("b", 2)
+            },
+        ];
+        let orphan = PartitionState {
+            topic: "t".into(),
+            partition: 0,
+            owner: None,
+            mod_revision: None,
+            epoch_floor: 0,
+        };
+        let changes = plan(&[orphan], &brokers, 0);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].new_owner.broker_id, "b");
+    }
+
     fn broker(id: &str, session: u64) -> LiveBroker {
         LiveBroker {
             broker_id: id.to_string(),
             session_id: session,
+            bytes_in_per_sec: 0,
         }
     }
 
