@@ -13,7 +13,9 @@
 //!
 //! Files are `journal/{sequence:020}.journal`; the writer never appends to a
 //! file written by an earlier process, so a torn tail is only ever at the
-//! end of a file from before a crash.
+//! end of a file from before a crash. Files are preallocated (zero filled)
+//! to the journal file size when created: the records end where an invalid
+//! record is followed only by zeros, which is not a torn tail.
 
 use crate::error::StoreError;
 use std::path::{Path, PathBuf};
