@@ -1598,14 +1598,154 @@ struct SegmentApplier {
     failure: Arc<Mutex<Option<String>>>,
 }
 
-impl SegmentApplier {
-    fn run(self, groups: std::sync::mpsc::Receiver<CommittedGroup>) {
-        while let Ok(group) = groups.recv() {
-            self.apply(group);
+/// A checkpoint handed from the applier to the checkpointer thread: the
+/// segment files that were dirty when the applier reached the journal
+/// position, to be fsynced before that position is recorded.
+struct CheckpointJob {
+    files: Vec<(u64, File)>,
+    journal_sequence: u64,
+    journal_position: u64,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The third stage: fsyncs segment files, records checkpoints and deletes
+/// old journal files, on its own thread so that the seconds an fsync of
+/// many megabytes can take never hold up acknowledgements.
+struct CheckpointWriter {
+    directory: PathBuf,
+    journal_dir: PathBuf,
+    segments_dir: PathBuf,
+    stats: Arc<JournalStats>,
+    failure: Arc<Mutex<Option<String>>>,
+    /// Set while a periodic checkpoint is queued or running; the next
+    /// periodic one is skipped rather than queued behind it.
+    busy: Arc<AtomicBool>,
+}
+
+impl CheckpointWriter {
+    fn run(self, jobs: std::sync::mpsc::Receiver<CheckpointJob>) {
+        while let Ok(job) = jobs.recv() {
+            let periodic = job.done.is_none();
+            let outcome = self.finish(job.files, job.journal_sequence, job.journal_position);
+            if let Err(error) = &outcome {
+                tracing::error!(%error, "checkpoint failed");
+                record_failure(&self.failure, format!("checkpoint failed: {error}"));
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(outcome);
+            }
+            if periodic {
+                self.busy.store(false, Ordering::Release);
+            }
         }
     }
 
-    fn apply(&self, group: CommittedGroup) {
+    /// fsyncs `files` and the segments directory, records the journal
+    /// position they cover, deletes older journal files.
+    fn finish(
+        &self,
+        files: Vec<(u64, File)>,
+        journal_sequence: u64,
+        journal_position: u64,
+    ) -> Result<(), StoreError> {
+        for (segment_id, file) in files {
+            file.sync_data()
+                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
+        }
+        segment::sync_directory(&self.segments_dir)?;
+        let checkpoint = Checkpoint {
+            journal_sequence,
+            position: journal_position,
+        };
+        let encoded = serde_json::to_vec(&checkpoint)
+            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
+        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        // The writer may have rolled on to newer files meanwhile; only
+        // files before the recorded one are covered.
+        for sequence in journal::list_journal_files(&self.journal_dir)? {
+            if sequence < journal_sequence {
+                let path = journal::journal_file_path(&self.journal_dir, sequence);
+                std::fs::remove_file(&path)
+                    .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
+            }
+        }
+        segment::sync_directory(&self.journal_dir)?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl SegmentApplier {
+    fn run(self, groups: std::sync::mpsc::Receiver<CommittedGroup>) {
+        let busy = Arc::new(AtomicBool::new(false));
+        let writer = self.checkpoint_writer(busy.clone());
+        // Bounded: at most one periodic checkpoint plus explicit ones
+        // (close, tests) wait here.
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<CheckpointJob>(4);
+        let checkpointer = match std::thread::Builder::new()
+            .name("sluice-checkpoint".to_string())
+            .spawn(move || writer.run(receiver))
+        {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                record_failure(
+                    &self.failure,
+                    format!("cannot start the checkpoint thread: {error}"),
+                );
+                None
+            }
+        };
+        while let Ok(group) = groups.recv() {
+            self.apply(group, &jobs, &busy);
+        }
+        drop(jobs);
+        if let Some(handle) = checkpointer {
+            let _ = handle.join();
+        }
+    }
+
+    fn checkpoint_writer(&self, busy: Arc<AtomicBool>) -> CheckpointWriter {
+        CheckpointWriter {
+            directory: self.directory.clone(),
+            journal_dir: self.journal_dir.clone(),
+            segments_dir: self.segments_dir.clone(),
+            stats: self.stats.clone(),
+            failure: self.failure.clone(),
+            busy,
+        }
+    }
+
+    /// Takes every dirty segment file (a duplicate handle) and marks it
+    /// clean: whatever is written after this is dirty again and belongs to
+    /// a later checkpoint.
+    fn take_dirty_files(&self) -> Result<Vec<(u64, File)>, StoreError> {
+        let handles: Vec<Arc<SegmentHandle>> = self
+            .registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut files = Vec::new();
+        for handle in handles {
+            let mut log = handle.lock_log();
+            if log.dirty {
+                let file = log.file.try_clone().map_err(|error| {
+                    StoreError::io(format!("duplicate segment {} handle", handle.id), error)
+                })?;
+                log.dirty = false;
+                files.push((handle.id, file));
+            }
+        }
+        Ok(files)
+    }
+
+    fn apply(
+        &self,
+        group: CommittedGroup,
+        jobs: &std::sync::mpsc::SyncSender<CheckpointJob>,
+        busy: &AtomicBool,
+    ) {
         let CommittedGroup {
             commands,
             journal_sequence,
@@ -1640,7 +1780,6 @@ impl SegmentApplier {
             }
             results.push(result);
         }
-        let mut checkpoint_result = None;
         for (command, result) in commands.into_iter().zip(results) {
             match command {
                 Command::Append { done, .. } => {
@@ -1651,17 +1790,36 @@ impl SegmentApplier {
                 }
                 Command::Flush => {}
                 Command::Checkpoint { done } => {
-                    let outcome = checkpoint_result
-                        .get_or_insert_with(|| {
-                            self.checkpoint(journal_sequence, journal_position)
-                                .map_err(|error| error.to_string())
-                        })
-                        .clone();
-                    if let Err(reason) = &outcome {
-                        tracing::error!(%reason, "checkpoint failed");
+                    let periodic = done.is_none();
+                    if periodic && busy.swap(true, Ordering::AcqRel) {
+                        // The previous one is still fsyncing; the next
+                        // tick covers this one's data too.
+                        continue;
                     }
-                    if let Some(done) = done {
-                        let _ = done.send(outcome.map_err(StoreError::Failed));
+                    let files = match self.take_dirty_files() {
+                        Ok(files) => files,
+                        Err(error) => {
+                            tracing::error!(%error, "checkpoint failed");
+                            record_failure(&self.failure, format!("checkpoint failed: {error}"));
+                            if let Some(done) = done {
+                                let _ = done.send(Err(error));
+                            }
+                            if periodic {
+                                busy.store(false, Ordering::Release);
+                            }
+                            continue;
+                        }
+                    };
+                    let job = CheckpointJob {
+                        files,
+                        journal_sequence,
+                        journal_position,
+                        done,
+                    };
+                    if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                        if let Some(done) = job.done {
+                            let _ = done.send(Err(StoreError::ShuttingDown));
+                        }
                     }
                 }
             }
@@ -1669,46 +1827,14 @@ impl SegmentApplier {
     }
 
     /// fsync dirty segment files and the segments directory, record the
-    /// journal position they cover, delete older journal files. Everything
-    /// journaled before `journal_sequence`/`journal_position` must already
-    /// be applied to the segment files.
+    /// journal position they cover, delete older journal files, all on the
+    /// calling thread (used at open). Everything journaled before
+    /// `journal_sequence`/`journal_position` must already be applied to the
+    /// segment files.
     fn checkpoint(&self, journal_sequence: u64, journal_position: u64) -> Result<(), StoreError> {
-        let handles: Vec<Arc<SegmentHandle>> = self
-            .registry
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for handle in handles {
-            let mut log = handle.lock_log();
-            if log.dirty {
-                log.file.sync_data().map_err(|error| {
-                    StoreError::io(format!("fsync segment {}", handle.id), error)
-                })?;
-                log.dirty = false;
-            }
-        }
-        segment::sync_directory(&self.segments_dir)?;
-        let checkpoint = Checkpoint {
-            journal_sequence,
-            position: journal_position,
-        };
-        let encoded = serde_json::to_vec(&checkpoint)
-            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
-        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
-        // The writer may have rolled on to newer files meanwhile; only
-        // files before the recorded one are covered.
-        for sequence in journal::list_journal_files(&self.journal_dir)? {
-            if sequence < journal_sequence {
-                let path = journal::journal_file_path(&self.journal_dir, sequence);
-                std::fs::remove_file(&path)
-                    .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
-            }
-        }
-        segment::sync_directory(&self.journal_dir)?;
-        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let files = self.take_dirty_files()?;
+        self.checkpoint_writer(Arc::new(AtomicBool::new(false)))
+            .finish(files, journal_sequence, journal_position)
     }
 }
 
