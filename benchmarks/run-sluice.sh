@@ -6,6 +6,7 @@
 # broker and store.
 #
 #   benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100" "consume --messages 1000000"
+#   benchmarks/run-sluice.sh "cli:topic create big --segment-bytes 1073741824" "produce --topic big"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
@@ -49,8 +50,15 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 for command in "$@"; do
-  echo "== sluice bench $command"
-  # shellcheck disable=SC2086
-  "$bin/sluice" bench $command 2>/dev/null
+  case "$command" in
+    cli:*)  # a plain CLI command, e.g. "cli:topic create t --partitions 1 --segment-bytes 1073741824"
+      echo "== sluice ${command#cli:}"
+      # shellcheck disable=SC2086
+      "$bin/sluice" ${command#cli:} ;;
+    *)
+      echo "== sluice bench $command"
+      # shellcheck disable=SC2086
+      "$bin/sluice" bench $command 2>/dev/null ;;
+  esac
 done
 echo "peak resident memory: broker $(grep VmHWM /proc/$broker/status | awk '{print $2/1024 " MiB"}'), store $(grep VmHWM /proc/$store/status | awk '{print $2/1024 " MiB"}')"

@@ -116,7 +116,7 @@ async fn ensure_topic(client: &ClientConfig, args: &BenchArgs) -> Result<()> {
                     args.topic
                 );
             }
-            Ok(())
+            wait_until_writable(&admin, &args.topic).await
         }
         Err(ClientError::Server(error)) if error.code == sluice_proto::ErrorCode::UnknownTopic => {
             let config = TopicConfig {
@@ -125,11 +125,36 @@ async fn ensure_topic(client: &ClientConfig, args: &BenchArgs) -> Result<()> {
                 ..TopicConfig::default()
             };
             admin.create_topic(&args.topic, config).await?;
-            // Partitions need an owner before the first produce.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            Ok(())
+            wait_until_writable(&admin, &args.topic).await
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Waits until every partition has an owner that finished taking it over
+/// (an open segment exists), so the measurement does not include the
+/// first assignment.
+async fn wait_until_writable(admin: &Admin, topic: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let description = admin.describe_topic(topic).await?;
+        let ready = description.partitions.iter().all(|partition| {
+            partition
+                .route
+                .as_ref()
+                .is_some_and(|route| !route.broker_id.is_empty())
+                && partition
+                    .segments
+                    .iter()
+                    .any(|segment| segment.state == sluice_proto::v1::SegmentState::Open as i32)
+        });
+        if ready && !description.partitions.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("partitions of {topic} were not all writable within 60 s; check `sluice cluster status`");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -46,7 +46,10 @@ pub struct StoreConfig {
     /// Default 4.
     pub apply_queue_max_groups: usize,
     /// Interval between checkpoints (fsync segment files, record the journal
-    /// position, delete older journal files). Default 10000.
+    /// position, delete older journal files). Default 200: frequent small
+    /// segment fsyncs keep the disk queue short, so journal fsyncs (and so
+    /// acknowledgements) are not stuck behind a burst of seconds' worth of
+    /// segment data (p99 at 50k msg/s: ~15 ms at 200 ms, ~45-80 ms at 10 s).
     pub checkpoint_interval_ms: u64,
     /// An offset/time index entry every this many bytes of segment data.
     /// Default 4096.
@@ -97,7 +100,7 @@ impl Default for StoreConfig {
             journal_queue_max_bytes: 64 * 1024 * 1024,
             journal_queue_max_entries: 4096,
             apply_queue_max_groups: 4,
-            checkpoint_interval_ms: 10_000,
+            checkpoint_interval_ms: 200,
             index_interval_bytes: 4096,
             periodic_flush_interval_ms: 1000,
             max_batch_bytes: sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES,
