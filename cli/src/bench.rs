@@ -74,7 +74,7 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Produce(args) => {
             ensure_topic(&client, &args).await?;
-            let report = produce(&client, &args, None).await?;
+            let report = produce(&client, &args, false).await?;
             report.print("produce", args.size);
         }
         BenchCommand::Consume(args) => {
@@ -90,7 +90,7 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
                 tokio::spawn(async move { consume(&consumer_client, &consumer_args, true).await });
             // Give the consumer time to position itself at the end.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let produced = produce(&client, &args, None).await?;
+            let produced = produce(&client, &args, true).await?;
             let consumed = consumer.await.context("consumer task panicked")??;
             produced.print("produce (ack latency)", args.size);
             consumed.print("end to end (send → receive)", args.size);
@@ -223,7 +223,10 @@ fn spawn_progress(
     })
 }
 
-async fn produce(client: &ClientConfig, args: &BenchArgs, _unused: Option<()>) -> Result<Report> {
+/// Produces `args.messages` records. With `stamp_send_time` each value
+/// starts with its send time (a copy of the payload per record, which only
+/// end-to-end latency needs); otherwise every record shares one payload.
+async fn produce(client: &ClientConfig, args: &BenchArgs, stamp_send_time: bool) -> Result<Report> {
     let compression = sluice_proto::batch::Compression::parse(&args.compression)
         .with_context(|| format!("unknown compression {:?}", args.compression))?;
     let producers = args.producers.max(1);
@@ -244,10 +247,15 @@ async fn produce(client: &ClientConfig, args: &BenchArgs, _unused: Option<()>) -
             compression,
             ..ProducerConfig::default()
         };
-        let args = args.clone();
-        let acknowledged = acknowledged.clone();
+        let run = ProduceRun {
+            args: args.clone(),
+            producers: producers as u64,
+            started,
+            acknowledged: acknowledged.clone(),
+            stamp_send_time,
+        };
         tasks.push(tokio::spawn(async move {
-            produce_one(config, args, share, producers as u64, started, acknowledged).await
+            produce_one(config, run, share).await
         }));
     }
     let mut latency_us = new_histogram();
@@ -267,14 +275,27 @@ async fn produce(client: &ClientConfig, args: &BenchArgs, _unused: Option<()>) -
     })
 }
 
-async fn produce_one(
-    config: ProducerConfig,
+/// What every producer task of one `produce` run shares.
+struct ProduceRun {
     args: BenchArgs,
-    messages: u64,
     producers: u64,
     started: Instant,
     acknowledged: Arc<AtomicU64>,
+    stamp_send_time: bool,
+}
+
+async fn produce_one(
+    config: ProducerConfig,
+    run: ProduceRun,
+    messages: u64,
 ) -> Result<(Histogram<u64>, u64)> {
+    let ProduceRun {
+        args,
+        producers,
+        started,
+        acknowledged,
+        stamp_send_time,
+    } = run;
     let producer = Producer::new(config).await?;
     let (sender, mut receiver) = mpsc::channel::<(Instant, sluice_client::DeliveryFuture)>(100_000);
     let collector = tokio::spawn(async move {
@@ -314,7 +335,11 @@ async fn produce_one(
             topic: args.topic.clone(),
             partition: Some((index % u64::from(args.partitions.max(1))) as u32),
             key: None,
-            value: Some(stamp(&payload)),
+            value: Some(if stamp_send_time {
+                stamp(&payload)
+            } else {
+                payload.clone()
+            }),
             headers: Vec::new(),
             tags: Vec::new(),
             timestamp_ms: None,

@@ -46,6 +46,7 @@ mod cluster;
 mod config;
 mod consumer;
 mod error;
+mod fast_hash;
 mod producer;
 #[cfg(test)]
 mod testing;

@@ -1,11 +1,16 @@
 //! Per-partition batching: records gather in an open batch that closes at
 //! `batch_max_bytes`, `batch_max_records` or after `linger_ms`. Pure (no IO,
 //! time passed in) so it is tested directly.
+//!
+//! Each batch carries one attachment `T` (the producer keeps the batch's
+//! shared completion and merged memory permit there) instead of one item
+//! per record, so a record costs no allocation of its own.
 
 use crate::cluster::TopicPartition;
+use crate::fast_hash::FastHashMap;
 use bytes::Bytes;
 use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Limits that close a batch.
@@ -19,99 +24,155 @@ pub(crate) struct BatchLimits {
 
 struct OpenBatch<T> {
     builder: BatchBuilder,
-    items: Vec<T>,
+    records: u32,
     opened_at: Instant,
+    attachment: T,
 }
 
-/// A finished batch with whatever the caller attached to each record (in
-/// record order).
+/// A finished batch with what the caller attached to it.
 pub(crate) struct ClosedBatch<T> {
     pub partition: TopicPartition,
     pub data: Bytes,
-    pub items: Vec<T>,
+    pub records: u32,
+    pub attachment: T,
     /// When its first record arrived; the delivery timeout counts from here.
     pub created_at: Instant,
 }
 
+/// What [`Accumulator::append`] did with a record.
+pub(crate) struct Appended<R> {
+    /// What the `add` callback returned.
+    pub value: R,
+    /// The record opened a batch that is still open: its linger deadline
+    /// is new.
+    pub opened: bool,
+}
+
 pub(crate) struct Accumulator<T> {
     limits: BatchLimits,
-    open: HashMap<TopicPartition, OpenBatch<T>>,
+    open: FastHashMap<TopicPartition, OpenBatch<T>>,
 }
 
 impl<T> Accumulator<T> {
     pub fn new(limits: BatchLimits) -> Self {
         Self {
             limits,
-            open: HashMap::new(),
+            open: FastHashMap::default(),
         }
     }
 
-    /// Adds a record; returns the batches this closed (the previous open
-    /// one if the record does not fit, and the new one if it is full). A
+    fn fits(&self, open: &OpenBatch<T>, record_bytes: usize) -> bool {
+        open.builder.size_bytes() + record_bytes <= self.limits.max_bytes
+            && (open.records as usize) < self.limits.max_records
+    }
+
+    fn is_full(&self, open: &OpenBatch<T>) -> bool {
+        open.builder.size_bytes() >= self.limits.max_bytes
+            || open.records as usize >= self.limits.max_records
+    }
+
+    /// Adds a record to its partition's open batch, opening one (time from
+    /// `now`, attachment from `attach`) if needed, and calls `add` with the
+    /// batch's attachment and the record's index in the batch. Batches this
+    /// closes (the previous open one if the record does not fit, and the
+    /// record's own if it is full) go to the back of `closed`, in order. A
     /// record larger than `max_bytes` travels alone in its own batch.
-    pub fn append(
+    pub fn append<R>(
         &mut self,
         partition: TopicPartition,
         record: &RecordData,
-        item: T,
-        now: Instant,
-    ) -> Vec<ClosedBatch<T>> {
-        let mut closed = Vec::new();
+        now: impl FnOnce() -> Instant,
+        attach: impl FnOnce(&TopicPartition) -> T,
+        add: impl FnOnce(&mut T, u32) -> R,
+        closed: &mut VecDeque<ClosedBatch<T>>,
+    ) -> Appended<R> {
         let record_bytes = BatchBuilder::record_size(record);
-        let fits = self.open.get(&partition).is_none_or(|open| {
-            open.builder.size_bytes() + record_bytes <= self.limits.max_bytes
-                && (open.items.len()) < self.limits.max_records
-        });
-        if !fits {
-            if let Some(open) = self.open.remove(&partition) {
-                closed.push(close(partition.clone(), open));
-            }
-        }
-        let compression = self.limits.compression;
-        let open = self
+        let fits = self
             .open
-            .entry(partition.clone())
-            .or_insert_with(|| OpenBatch {
-                builder: BatchBuilder::new(compression),
-                items: Vec::new(),
-                opened_at: now,
-            });
+            .get(&partition)
+            .map(|open| self.fits(open, record_bytes));
+        match fits {
+            Some(true) => {
+                let open = self
+                    .open
+                    .get_mut(&partition)
+                    .expect("the open batch was just looked up");
+                open.builder.push(record);
+                let index = open.records;
+                open.records += 1;
+                let value = add(&mut open.attachment, index);
+                let full = open.builder.size_bytes() >= self.limits.max_bytes
+                    || open.records as usize >= self.limits.max_records;
+                if full {
+                    if let Some(open) = self.open.remove(&partition) {
+                        closed.push_back(close(partition, open));
+                    }
+                }
+                return Appended {
+                    value,
+                    opened: false,
+                };
+            }
+            Some(false) => {
+                if let Some(previous) = self.open.remove(&partition) {
+                    closed.push_back(close(partition.clone(), previous));
+                }
+            }
+            None => {}
+        }
+        let mut open = OpenBatch {
+            builder: BatchBuilder::new(self.limits.compression),
+            records: 1,
+            opened_at: now(),
+            attachment: attach(&partition),
+        };
         open.builder.push(record);
-        open.items.push(item);
-        if open.builder.size_bytes() >= self.limits.max_bytes
-            || open.items.len() >= self.limits.max_records
-        {
-            if let Some(open) = self.open.remove(&partition) {
-                closed.push(close(partition, open));
+        let value = add(&mut open.attachment, 0);
+        if self.is_full(&open) {
+            closed.push_back(close(partition, open));
+            Appended {
+                value,
+                opened: false,
+            }
+        } else {
+            self.open.insert(partition, open);
+            Appended {
+                value,
+                opened: true,
             }
         }
-        closed
     }
 
-    /// Closes batches that have lingered long enough.
-    pub fn expire(&mut self, now: Instant) -> Vec<ClosedBatch<T>> {
+    /// Closes batches that have lingered long enough, onto `closed`.
+    pub fn expire(&mut self, now: Instant, closed: &mut VecDeque<ClosedBatch<T>>) {
         let linger = self.limits.linger;
+        if self
+            .open
+            .values()
+            .all(|open| now.duration_since(open.opened_at) < linger)
+        {
+            return;
+        }
         let due: Vec<TopicPartition> = self
             .open
             .iter()
             .filter(|(_, open)| now.duration_since(open.opened_at) >= linger)
             .map(|(partition, _)| partition.clone())
             .collect();
-        due.into_iter()
-            .filter_map(|partition| {
-                self.open
-                    .remove(&partition)
-                    .map(|open| close(partition, open))
-            })
-            .collect()
+        for partition in due {
+            if let Some(open) = self.open.remove(&partition) {
+                closed.push_back(close(partition, open));
+            }
+        }
     }
 
-    /// Closes every open batch (flush, close).
-    pub fn drain(&mut self) -> Vec<ClosedBatch<T>> {
-        self.open
-            .drain()
-            .map(|(partition, open)| close(partition, open))
-            .collect()
+    /// Closes every open batch (flush, close), onto `closed`.
+    pub fn drain(&mut self, closed: &mut VecDeque<ClosedBatch<T>>) {
+        closed.extend(
+            self.open
+                .drain()
+                .map(|(partition, open)| close(partition, open)),
+        );
     }
 
     /// When the oldest open batch's linger ends.
@@ -131,7 +192,8 @@ fn close<T>(partition: TopicPartition, open: OpenBatch<T>) -> ClosedBatch<T> {
     ClosedBatch {
         partition,
         data: open.builder.build(),
-        items: open.items,
+        records: open.records,
+        attachment: open.attachment,
         created_at: open.opened_at,
     }
 }
@@ -162,86 +224,152 @@ mod tests {
         TopicPartition::new("t", 0)
     }
 
+    /// The test attachment lists (id, index in batch) of its records.
+    type Items = Vec<(u32, u32)>;
+
+    struct Harness {
+        accumulator: Accumulator<Items>,
+        closed: VecDeque<ClosedBatch<Items>>,
+    }
+
+    impl Harness {
+        fn new(limits: BatchLimits) -> Self {
+            Self {
+                accumulator: Accumulator::new(limits),
+                closed: VecDeque::new(),
+            }
+        }
+
+        /// Appends; returns whether a batch was opened and left open.
+        fn append(
+            &mut self,
+            partition: TopicPartition,
+            record: &RecordData,
+            id: u32,
+            now: Instant,
+        ) -> bool {
+            self.accumulator
+                .append(
+                    partition,
+                    record,
+                    || now,
+                    |_| Vec::new(),
+                    |items, index| items.push((id, index)),
+                    &mut self.closed,
+                )
+                .opened
+        }
+
+        fn take_closed(&mut self) -> Vec<ClosedBatch<Items>> {
+            self.closed.drain(..).collect()
+        }
+    }
+
+    fn ids(batch: &ClosedBatch<Items>) -> Vec<u32> {
+        batch.attachment.iter().map(|(id, _)| *id).collect()
+    }
+
     #[test]
     fn closes_at_record_limit() {
-        let mut accumulator = Accumulator::new(limits(1 << 20, 3, 1000));
+        let mut harness = Harness::new(limits(1 << 20, 3, 1000));
         let now = Instant::now();
-        assert!(accumulator.append(tp(), &record(10), 1, now).is_empty());
-        assert!(accumulator.append(tp(), &record(10), 2, now).is_empty());
-        let closed = accumulator.append(tp(), &record(10), 3, now);
+        assert!(harness.append(tp(), &record(10), 1, now), "opens a batch");
+        assert!(!harness.append(tp(), &record(10), 2, now));
+        assert!(harness.take_closed().is_empty());
+        harness.append(tp(), &record(10), 3, now);
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].items, vec![1, 2, 3]);
+        assert_eq!(closed[0].attachment, vec![(1, 0), (2, 1), (3, 2)]);
+        assert_eq!(closed[0].records, 3);
         let (header, records) = decode(&closed[0].data, 1 << 20).expect("valid batch");
         assert_eq!(header.record_count, 3);
         assert_eq!(records.len(), 3);
-        assert!(accumulator.is_empty());
+        assert!(harness.accumulator.is_empty());
     }
 
     #[test]
     fn closes_at_byte_limit_before_overflowing() {
         let one = BatchBuilder::record_size(&record(100));
         let max_bytes = sluice_proto::batch::HEADER_BYTES + 2 * one + one / 2;
-        let mut accumulator = Accumulator::new(limits(max_bytes, 1000, 1000));
+        let mut harness = Harness::new(limits(max_bytes, 1000, 1000));
         let now = Instant::now();
-        assert!(accumulator.append(tp(), &record(100), 1, now).is_empty());
-        assert!(accumulator.append(tp(), &record(100), 2, now).is_empty());
-        let closed = accumulator.append(tp(), &record(100), 3, now);
+        harness.append(tp(), &record(100), 1, now);
+        harness.append(tp(), &record(100), 2, now);
+        assert!(harness.take_closed().is_empty());
+        assert!(
+            harness.append(tp(), &record(100), 3, now),
+            "the third record opens a new batch"
+        );
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 1, "third record does not fit");
-        assert_eq!(closed[0].items, vec![1, 2]);
+        assert_eq!(ids(&closed[0]), vec![1, 2]);
         assert!(closed[0].data.len() <= max_bytes);
-        let rest = accumulator.drain();
+        harness.accumulator.drain(&mut harness.closed);
+        let rest = harness.take_closed();
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].items, vec![3]);
+        assert_eq!(rest[0].attachment, vec![(3, 0)]);
     }
 
     #[test]
     fn oversized_record_gets_its_own_batch() {
-        let mut accumulator = Accumulator::new(limits(200, 1000, 1000));
+        let mut harness = Harness::new(limits(200, 1000, 1000));
         let now = Instant::now();
-        assert!(accumulator.append(tp(), &record(10), 1, now).is_empty());
-        let closed = accumulator.append(tp(), &record(1000), 2, now);
+        harness.append(tp(), &record(10), 1, now);
+        assert!(
+            !harness.append(tp(), &record(1000), 2, now),
+            "an oversized record's batch closes at once"
+        );
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 2);
-        assert_eq!(closed[0].items, vec![1]);
-        assert_eq!(closed[1].items, vec![2]);
-        assert!(accumulator.is_empty());
+        assert_eq!(ids(&closed[0]), vec![1]);
+        assert_eq!(ids(&closed[1]), vec![2]);
+        assert!(harness.accumulator.is_empty());
     }
 
     #[test]
     fn linger_closes_only_old_batches() {
-        let mut accumulator = Accumulator::new(limits(1 << 20, 1000, 5));
+        let mut harness = Harness::new(limits(1 << 20, 1000, 5));
         let start = Instant::now();
-        accumulator.append(tp(), &record(10), 1, start);
-        accumulator.append(
+        harness.append(tp(), &record(10), 1, start);
+        harness.append(
             TopicPartition::new("t", 1),
             &record(10),
             2,
             start + Duration::from_millis(3),
         );
         assert_eq!(
-            accumulator.next_deadline(),
+            harness.accumulator.next_deadline(),
             Some(start + Duration::from_millis(5))
         );
-        assert!(accumulator
-            .expire(start + Duration::from_millis(4))
-            .is_empty());
-        let closed = accumulator.expire(start + Duration::from_millis(5));
+        harness
+            .accumulator
+            .expire(start + Duration::from_millis(4), &mut harness.closed);
+        assert!(harness.take_closed().is_empty());
+        harness
+            .accumulator
+            .expire(start + Duration::from_millis(5), &mut harness.closed);
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].partition, tp());
         assert_eq!(closed[0].created_at, start);
-        let closed = accumulator.expire(start + Duration::from_millis(8));
+        harness
+            .accumulator
+            .expire(start + Duration::from_millis(8), &mut harness.closed);
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].partition.partition, 1);
-        assert_eq!(accumulator.next_deadline(), None);
+        assert_eq!(harness.accumulator.next_deadline(), None);
     }
 
     #[test]
     fn partitions_batch_separately() {
-        let mut accumulator = Accumulator::new(limits(1 << 20, 2, 1000));
+        let mut harness = Harness::new(limits(1 << 20, 2, 1000));
         let now = Instant::now();
-        accumulator.append(TopicPartition::new("t", 0), &record(1), 1, now);
-        accumulator.append(TopicPartition::new("t", 1), &record(1), 2, now);
-        let closed = accumulator.append(TopicPartition::new("t", 0), &record(1), 3, now);
+        harness.append(TopicPartition::new("t", 0), &record(1), 1, now);
+        harness.append(TopicPartition::new("t", 1), &record(1), 2, now);
+        harness.append(TopicPartition::new("t", 0), &record(1), 3, now);
+        let closed = harness.take_closed();
         assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].items, vec![1, 3]);
+        assert_eq!(closed[0].attachment, vec![(1, 0), (3, 1)]);
     }
 }

@@ -6,25 +6,28 @@
 //! so there are no locks on the hot path besides the memory semaphore.
 
 mod accumulator;
+mod completion;
 mod partitioner;
 mod pipeline;
 
 use crate::cluster::{normalize_address, Cluster, TopicPartition};
+use crate::fast_hash::{FastHashMap, FastHashSet};
 use crate::{ClientConfig, ClientError};
 use accumulator::{Accumulator, BatchLimits, ClosedBatch};
 use bytes::Bytes;
+use completion::{BatchCompletion, Completer};
 use partitioner::{choose_partition, StickyPartitioner};
 use pipeline::{Answer, Effect, Pipeline};
 use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
 use sluice_proto::v1::{ProduceRequest, ProduceResponse};
 use sluice_proto::SluiceError;
-use std::collections::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 /// How often the dispatcher checks timeouts when nothing else wakes it, in
@@ -189,16 +192,23 @@ impl Default for ProducerConfig {
 /// # Ok(()) }
 /// ```
 pub struct DeliveryFuture {
-    receiver: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+    /// Shared by every record of the batch this record went into.
+    batch: Arc<BatchCompletion>,
+    /// The record's position in its batch: its offset is the batch's base
+    /// offset plus this.
+    index: u32,
+    timestamp_ms: i64,
+    /// Where this future's waker sits in the batch's waiter list.
+    waker_slot: Option<usize>,
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.receiver)
-            .poll(context)
-            .map(|result| result.unwrap_or(Err(ClientError::Closed)))
+        let this = &mut *self;
+        this.batch
+            .poll_record(this.index, this.timestamp_ms, &mut this.waker_slot, context)
     }
 }
 
@@ -239,6 +249,13 @@ pub struct Producer {
     config: ProducerConfig,
     memory: MemoryBudget,
     sticky: Mutex<StickyPartitioner>,
+    /// Open batches, shared with the dispatcher: records are appended
+    /// here by `enqueue` itself, so the dispatcher sees one closed batch
+    /// instead of one message per record.
+    batching: Arc<Mutex<Batching>>,
+    /// Wakes the dispatcher when a batch closed or opened (new linger
+    /// deadline).
+    wake: Arc<Notify>,
     commands: mpsc::UnboundedSender<Command>,
     dispatcher: tokio::task::JoinHandle<()>,
 }
@@ -267,12 +284,30 @@ impl Producer {
 
     pub(crate) fn with_cluster(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
         let (commands, receiver) = mpsc::unbounded_channel();
-        let dispatcher = Dispatcher::new(cluster.clone(), config.clone());
+        let limits = BatchLimits {
+            max_bytes: config.batch_max_bytes,
+            max_records: config.batch_max_records,
+            linger: Duration::from_millis(config.linger_ms),
+            compression: config.compression,
+        };
+        let batching = Arc::new(Mutex::new(Batching {
+            accumulator: Accumulator::new(limits),
+            ready: VecDeque::new(),
+        }));
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Dispatcher::new(
+            cluster.clone(),
+            config.clone(),
+            batching.clone(),
+            wake.clone(),
+        );
         let dispatcher = tokio::spawn(dispatcher.run(receiver));
         Producer {
             cluster,
             memory: MemoryBudget::new(config.memory_limit_bytes),
             sticky: Mutex::new(StickyPartitioner::new(rand::random::<u32>())),
+            batching,
+            wake,
             config,
             commands,
             dispatcher,
@@ -291,7 +326,9 @@ impl Producer {
         if record.topic.is_empty() {
             return Err(ClientError::InvalidArgument("record has no topic".into()));
         }
-        let enqueued_at = Instant::now();
+        if self.commands.is_closed() {
+            return Err(ClientError::Closed);
+        }
         let timestamp_ms = record
             .timestamp_ms
             .unwrap_or_else(sluice_proto::now_unix_ms);
@@ -313,13 +350,23 @@ impl Producer {
                 "record of {record_bytes} bytes cannot be sent: the largest is {largest_record_bytes} (client.max_grpc_message_bytes)"
             )));
         }
-        let permit = self
-            .memory
-            .acquire(
-                record_bytes,
-                Duration::from_millis(self.config.delivery_timeout_ms),
-            )
-            .await?;
+        // Usually there is room and the record's delivery clock starts when
+        // its batch opens (a moment ago at most); only a record that waits
+        // for memory needs its own start time.
+        let (permit, waited_since) = match self.memory.try_acquire(record_bytes)? {
+            Some(permit) => (permit, None),
+            None => {
+                let enqueued_at = Instant::now();
+                let permit = self
+                    .memory
+                    .acquire(
+                        record_bytes,
+                        Duration::from_millis(self.config.delivery_timeout_ms),
+                    )
+                    .await?;
+                (permit, Some(enqueued_at))
+            }
+        };
         let routes = self.cluster.topic_routes(&record.topic).await?;
         let partitions = routes.partitions.len() as u32;
         let partition = choose_partition(record.partition, data.key.as_deref(), partitions, || {
@@ -336,21 +383,40 @@ impl Producer {
         .map_err(|message| {
             ClientError::InvalidArgument(format!("topic '{}': {message}", record.topic))
         })?;
-        let (completion, receiver) = oneshot::channel();
-        let pending = PendingRecord {
-            completion,
-            timestamp_ms,
-            enqueued_at,
-            _memory: permit,
+        let (delivery, wake) = {
+            let mut batching = lock(&self.batching);
+            let Batching { accumulator, ready } = &mut *batching;
+            let had_ready = !ready.is_empty();
+            let appended = accumulator.append(
+                TopicPartition::new(record.topic, partition),
+                &data,
+                Instant::now,
+                |partition| BatchAttachment {
+                    completion: BatchCompletion::new(partition.clone()),
+                    memory: None,
+                    earliest_enqueued_at: None,
+                },
+                |batch, index| {
+                    batch.add(permit, waited_since);
+                    DeliveryFuture {
+                        batch: batch.completion.clone(),
+                        index,
+                        timestamp_ms,
+                        waker_slot: None,
+                    }
+                },
+                ready,
+            );
+            // The dispatcher needs a nudge only for news: the first ready
+            // batch (later ones are taken together with it) or a new
+            // linger deadline.
+            let wake = appended.opened || (!had_ready && !ready.is_empty());
+            (appended.value, wake)
         };
-        self.commands
-            .send(Command::Record {
-                partition: TopicPartition::new(record.topic, partition),
-                data,
-                pending,
-            })
-            .map_err(|_| ClientError::Closed)?;
-        Ok(DeliveryFuture { receiver })
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(delivery)
     }
 
     /// Sends every buffered record now (ignoring `linger_ms`) and waits
@@ -390,6 +456,22 @@ impl MemoryBudget {
         }
     }
 
+    /// Takes `bytes` of room if there is some right now.
+    fn try_acquire(&self, bytes: usize) -> Result<Option<OwnedSemaphorePermit>, ClientError> {
+        let Some(permits) = u32::try_from(bytes)
+            .ok()
+            .filter(|_| bytes <= self.limit_bytes)
+        else {
+            // `acquire` reports the error.
+            return Ok(None);
+        };
+        match self.semaphore.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(ClientError::Closed),
+        }
+    }
+
     /// Waits up to `timeout` for `bytes` of room.
     async fn acquire(
         &self,
@@ -425,21 +507,50 @@ impl MemoryBudget {
     }
 }
 
-/// One record waiting for its acknowledgement; holds its share of memory
-/// until dropped.
-struct PendingRecord {
-    completion: oneshot::Sender<Result<RecordMetadata, ClientError>>,
-    timestamp_ms: i64,
-    enqueued_at: Instant,
-    _memory: OwnedSemaphorePermit,
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds
+    // a consistent state.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Batching state shared by `enqueue` (appends) and the dispatcher
+/// (lingers, flushes, takes closed batches). Closed batches wait in
+/// `ready`, in closing order, so batches of one partition reach the
+/// pipeline in the order their records were enqueued.
+struct Batching {
+    accumulator: Accumulator<BatchAttachment>,
+    ready: VecDeque<ClosedBatch<BatchAttachment>>,
+}
+
+/// What a batch carries for its records besides their bytes.
+struct BatchAttachment {
+    completion: Arc<BatchCompletion>,
+    /// The records' memory, merged into one permit; released when the
+    /// batch is acknowledged or failed.
+    memory: Option<OwnedSemaphorePermit>,
+    /// Earliest start of a record that waited for memory (the delivery
+    /// timeout counts that wait).
+    earliest_enqueued_at: Option<Instant>,
+}
+
+impl BatchAttachment {
+    fn add(&mut self, permit: OwnedSemaphorePermit, waited_since: Option<Instant>) {
+        match &mut self.memory {
+            Some(memory) => memory.merge(permit),
+            None => self.memory = Some(permit),
+        }
+        if let Some(since) = waited_since {
+            self.earliest_enqueued_at = Some(
+                self.earliest_enqueued_at
+                    .map_or(since, |earliest| earliest.min(since)),
+            );
+        }
+    }
 }
 
 enum Command {
-    Record {
-        partition: TopicPartition,
-        data: RecordData,
-        pending: PendingRecord,
-    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -460,23 +571,28 @@ enum StreamEvent {
 /// A batch ready to be sent.
 struct ReadyBatch {
     data: Bytes,
-    items: Vec<PendingRecord>,
+    records: u32,
+    completer: Completer,
+    /// Released after the completion, when the batch is dropped.
+    _memory: Option<OwnedSemaphorePermit>,
     created_at: Instant,
 }
 
 impl ReadyBatch {
-    fn from_closed(closed: ClosedBatch<PendingRecord>) -> (TopicPartition, ReadyBatch) {
-        let created_at = closed
-            .items
-            .iter()
-            .map(|item| item.enqueued_at)
-            .min()
-            .unwrap_or(closed.created_at);
+    fn from_closed(closed: ClosedBatch<BatchAttachment>) -> (TopicPartition, ReadyBatch) {
+        let attachment = closed.attachment;
+        let created_at = attachment
+            .earliest_enqueued_at
+            .map_or(closed.created_at, |earliest| {
+                earliest.min(closed.created_at)
+            });
         (
             closed.partition,
             ReadyBatch {
                 data: closed.data,
-                items: closed.items,
+                records: closed.records,
+                completer: Completer::new(attachment.completion),
+                _memory: attachment.memory,
                 created_at,
             },
         )
@@ -500,16 +616,19 @@ struct ProduceStream {
     generation: u64,
     requests: mpsc::UnboundedSender<ProduceRequest>,
     /// request id -> (partition, sent at).
-    in_flight: HashMap<u64, (TopicPartition, Instant)>,
+    in_flight: FastHashMap<u64, (TopicPartition, Instant)>,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct Dispatcher {
     cluster: Arc<Cluster>,
     config: ProducerConfig,
-    accumulator: Accumulator<PendingRecord>,
-    partitions: HashMap<TopicPartition, PartitionSender>,
-    streams: HashMap<String, ProduceStream>,
+    batching: Arc<Mutex<Batching>>,
+    wake: Arc<Notify>,
+    /// Closed batches taken from `batching` this round.
+    taken: VecDeque<ClosedBatch<BatchAttachment>>,
+    partitions: FastHashMap<TopicPartition, PartitionSender>,
+    streams: FastHashMap<String, ProduceStream>,
     next_request_id: u64,
     next_generation: u64,
     events: mpsc::UnboundedSender<StreamEvent>,
@@ -519,20 +638,21 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(cluster: Arc<Cluster>, config: ProducerConfig) -> Self {
+    fn new(
+        cluster: Arc<Cluster>,
+        config: ProducerConfig,
+        batching: Arc<Mutex<Batching>>,
+        wake: Arc<Notify>,
+    ) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
-        let limits = BatchLimits {
-            max_bytes: config.batch_max_bytes,
-            max_records: config.batch_max_records,
-            linger: Duration::from_millis(config.linger_ms),
-            compression: config.compression,
-        };
         Self {
             cluster,
-            accumulator: Accumulator::new(limits),
+            batching,
+            wake,
+            taken: VecDeque::new(),
             config,
-            partitions: HashMap::new(),
-            streams: HashMap::new(),
+            partitions: FastHashMap::default(),
+            streams: FastHashMap::default(),
             next_request_id: 1,
             next_generation: 1,
             events,
@@ -547,9 +667,11 @@ impl Dispatcher {
             return;
         };
         let mut accepting = true;
+        let notify = self.wake.clone();
         loop {
             let wake = self.next_wakeup();
             tokio::select! {
+                () = notify.notified() => {}
                 command = commands.recv(), if accepting => match command {
                     Some(command) => {
                         self.on_command(command);
@@ -581,13 +703,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
-            if self.flush_waiters.is_empty() && accepting {
-                for closed in self.accumulator.expire(now) {
-                    self.enqueue_batch(closed);
-                }
-            } else {
-                self.close_all_batches();
-            }
+            self.take_ready_batches(now, !(self.flush_waiters.is_empty() && accepting));
             self.expire_deliveries(now);
             self.expire_stalled_streams(now);
             self.pump(now);
@@ -607,7 +723,7 @@ impl Dispatcher {
 
     fn next_wakeup(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_millis(MAINTENANCE_INTERVAL_MS);
-        if let Some(deadline) = self.accumulator.next_deadline() {
+        if let Some(deadline) = lock(&self.batching).accumulator.next_deadline() {
             wake = wake.min(deadline);
         }
         for sender in self.partitions.values() {
@@ -619,7 +735,9 @@ impl Dispatcher {
     }
 
     fn is_idle(&self) -> bool {
-        self.accumulator.is_empty()
+        let batching = lock(&self.batching);
+        batching.accumulator.is_empty()
+            && batching.ready.is_empty()
             && self
                 .partitions
                 .values()
@@ -628,18 +746,6 @@ impl Dispatcher {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Record {
-                partition,
-                data,
-                pending,
-            } => {
-                let closed = self
-                    .accumulator
-                    .append(partition, &data, pending, Instant::now());
-                for batch in closed {
-                    self.enqueue_batch(batch);
-                }
-            }
             Command::Flush(waiter) => {
                 self.flush_waiters.push(waiter);
                 self.close_all_batches();
@@ -648,12 +754,28 @@ impl Dispatcher {
     }
 
     fn close_all_batches(&mut self) {
-        for closed in self.accumulator.drain() {
+        self.take_ready_batches(Instant::now(), true);
+    }
+
+    /// Moves closed batches (and lingered ones, or with `all` every open
+    /// one) from the shared batching state into the pipelines.
+    fn take_ready_batches(&mut self, now: Instant, all: bool) {
+        {
+            let mut batching = lock(&self.batching);
+            let Batching { accumulator, ready } = &mut *batching;
+            if all {
+                accumulator.drain(ready);
+            } else {
+                accumulator.expire(now, ready);
+            }
+            std::mem::swap(ready, &mut self.taken);
+        }
+        while let Some(closed) = self.taken.pop_front() {
             self.enqueue_batch(closed);
         }
     }
 
-    fn enqueue_batch(&mut self, closed: ClosedBatch<PendingRecord>) {
+    fn enqueue_batch(&mut self, closed: ClosedBatch<BatchAttachment>) {
         let (partition, batch) = ReadyBatch::from_closed(closed);
         let config = &self.config;
         self.partitions
@@ -685,15 +807,15 @@ impl Dispatcher {
                     .as_ref()
                     .map(|error| format!("; last error: {error}"))
                     .unwrap_or_default();
-                tracing::warn!(%partition, records = batch.items.len(), "produce delivery timed out{last}");
+                tracing::warn!(%partition, records = batch.records, "produce delivery timed out{last}");
                 let error = ClientError::Timeout {
                     what: format!(
                         "delivery of {} record(s) to {partition}{last}",
-                        batch.items.len()
+                        batch.records
                     ),
                     timeout_ms: self.config.delivery_timeout_ms,
                 };
-                fail_batch(batch, &error);
+                fail_batch(batch, error);
             }
         }
     }
@@ -790,14 +912,7 @@ impl Dispatcher {
         match effect {
             Effect::Delivered(batch) => {
                 let base_offset = response.map(|response| response.base_offset).unwrap_or(0);
-                for (index, item) in batch.items.into_iter().enumerate() {
-                    let _ = item.completion.send(Ok(RecordMetadata {
-                        topic: partition.topic.clone(),
-                        partition: partition.partition,
-                        offset: base_offset + index as u64,
-                        timestamp_ms: item.timestamp_ms,
-                    }));
-                }
+                batch.completer.deliver(base_offset);
             }
             Effect::Failed(batch) => {
                 let error = error.unwrap_or_else(|| {
@@ -806,8 +921,8 @@ impl Dispatcher {
                         "produce failed",
                     ))
                 });
-                tracing::warn!(%partition, %error, records = batch.items.len(), "produce failed; not retriable");
-                fail_batch(batch, &error);
+                tracing::warn!(%partition, %error, records = batch.records, "produce failed; not retriable");
+                fail_batch(batch, error);
             }
             Effect::Pending | Effect::Unknown => {}
         }
@@ -856,7 +971,7 @@ impl Dispatcher {
 
     /// Sends whatever the pipelines allow.
     fn pump(&mut self, now: Instant) {
-        let mut missing_routes = HashSet::new();
+        let mut missing_routes = FastHashSet::default();
         let partitions: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         for partition in partitions {
             while let Some(sender) = self.partitions.get_mut(&partition) {
@@ -943,7 +1058,7 @@ impl Dispatcher {
                 ProduceStream {
                     generation,
                     requests,
-                    in_flight: HashMap::new(),
+                    in_flight: FastHashMap::default(),
                     task,
                 },
             );
@@ -952,10 +1067,8 @@ impl Dispatcher {
     }
 }
 
-fn fail_batch(batch: ReadyBatch, error: &ClientError) {
-    for item in batch.items {
-        let _ = item.completion.send(Err(error.clone()));
-    }
+fn fail_batch(batch: ReadyBatch, error: ClientError) {
+    batch.completer.fail(error);
 }
 
 /// Runs one `Broker.Produce` stream, forwarding every answer.
@@ -1008,6 +1121,7 @@ mod tests {
 
     use crate::testing::FakeBroker;
     use sluice_proto::ErrorCode;
+    use std::collections::HashMap;
 
     fn test_client_config() -> ClientConfig {
         ClientConfig {

@@ -171,19 +171,23 @@ impl<B> Pipeline<B> {
         self.state = State::Backoff(crate::cluster::instant_after(now, delay));
     }
 
-    /// Removes queued (not in-flight) batches for which `expired` holds, in
-    /// order; the caller fails them with a timeout.
+    /// Removes queued (not in-flight) batches from the front of the queue
+    /// while `expired` holds for them, in order; the caller fails them with
+    /// a timeout. Queued batches are in enqueue order (retries, which go
+    /// back to the front, are older still), so checking only the head is
+    /// enough and costs O(1) per call plus O(1) per expired batch, instead
+    /// of a scan of the whole queue on every dispatcher round. A younger
+    /// batch stuck behind an older one expires once it becomes the head.
     pub fn take_expired(&mut self, mut expired: impl FnMut(&B) -> bool) -> Vec<B> {
-        let mut kept = VecDeque::with_capacity(self.queued.len());
         let mut removed = Vec::new();
-        for (sequence, batch) in self.queued.drain(..) {
-            if expired(&batch) {
+        while let Some((_, batch)) = self.queued.front() {
+            if !expired(batch) {
+                break;
+            }
+            if let Some((_, batch)) = self.queued.pop_front() {
                 removed.push(batch);
-            } else {
-                kept.push_back((sequence, batch));
             }
         }
-        self.queued = kept;
         removed
     }
 }
@@ -339,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_removes_only_queued_batches_keeping_order() {
+    fn expiry_removes_only_queued_batches_from_the_front_keeping_order() {
         let mut pipeline = pipeline(1);
         let now = Instant::now();
         for batch in ["a", "b", "c", "d"] {
@@ -347,11 +351,26 @@ mod tests {
         }
         let mut id = 0;
         send_all(&mut pipeline, now, &mut id);
-        let expired = pipeline.take_expired(|batch| *batch == "a" || *batch == "c");
-        assert_eq!(expired, vec!["c"], "in-flight a is not expired here");
+        // "a" is in flight; "b" and "c" are the oldest queued ones.
+        let expired = pipeline.take_expired(|batch| *batch != "d");
+        assert_eq!(expired, vec!["b", "c"], "in-flight a is not expired here");
+        assert!(pipeline.take_expired(|_| false).is_empty());
         pipeline.on_answer(1, Answer::Success, now);
-        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(2, "b")]);
-        pipeline.on_answer(2, Answer::Success, now);
-        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(3, "d")]);
+        assert_eq!(send_all(&mut pipeline, now, &mut id), vec![(2, "d")]);
+    }
+
+    #[test]
+    fn expiry_looks_only_at_the_head() {
+        let mut pipeline = pipeline(1);
+        for batch in ["a", "b", "c"] {
+            pipeline.push(batch);
+        }
+        let mut checked = Vec::new();
+        let expired = pipeline.take_expired(|batch| {
+            checked.push(*batch);
+            false
+        });
+        assert!(expired.is_empty());
+        assert_eq!(checked, vec!["a"], "a fresh head stops the check");
     }
 }
