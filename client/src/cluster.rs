@@ -2,6 +2,7 @@
 //! nameserver list with fail-over, one gRPC channel per broker address, the
 //! route cache (rate-limited refresh) and group-coordinator lookup.
 
+use crate::fast_hash::FastHashMap;
 use crate::{ClientConfig, ClientError};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
@@ -55,7 +56,8 @@ pub(crate) struct TopicRoutes {
 }
 
 struct RouteCache {
-    topics: HashMap<String, Arc<TopicRoutes>>,
+    /// Looked up for every produced record, hence the fast hasher.
+    topics: FastHashMap<String, Arc<TopicRoutes>>,
     last_refresh: HashMap<String, Instant>,
 }
 
@@ -102,7 +104,7 @@ impl Cluster {
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
             routes: Mutex::new(RouteCache {
-                topics: HashMap::new(),
+                topics: FastHashMap::default(),
                 last_refresh: HashMap::new(),
             }),
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
@@ -141,7 +143,7 @@ impl Cluster {
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
             routes: Mutex::new(RouteCache {
-                topics: HashMap::new(),
+                topics: FastHashMap::default(),
                 last_refresh: HashMap::new(),
             }),
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),

@@ -6,10 +6,11 @@
 //! shared completion and merged memory permit there) instead of one item
 //! per record, so a record costs no allocation of its own.
 
+use super::batch_writer::BatchWriter;
 use crate::cluster::TopicPartition;
 use crate::fast_hash::FastHashMap;
 use bytes::Bytes;
-use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
+use sluice_proto::batch::{BatchBuilder, Compression, RecordData, HEADER_BYTES};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ pub(crate) struct BatchLimits {
 }
 
 struct OpenBatch<T> {
-    builder: BatchBuilder,
+    builder: BatchWriter,
     records: u32,
     opened_at: Instant,
     attachment: T,
@@ -51,6 +52,9 @@ pub(crate) struct Appended<R> {
 pub(crate) struct Accumulator<T> {
     limits: BatchLimits,
     open: FastHashMap<TopicPartition, OpenBatch<T>>,
+    /// Size of the last closed batch: new batches reserve about that much
+    /// up front so their buffer rarely grows (and copies) while filling.
+    last_batch_bytes: usize,
 }
 
 impl<T> Accumulator<T> {
@@ -58,6 +62,7 @@ impl<T> Accumulator<T> {
         Self {
             limits,
             open: FastHashMap::default(),
+            last_batch_bytes: 0,
         }
     }
 
@@ -105,7 +110,7 @@ impl<T> Accumulator<T> {
                     || open.records as usize >= self.limits.max_records;
                 if full {
                     if let Some(open) = self.open.remove(&partition) {
-                        closed.push_back(close(partition, open));
+                        closed.push_back(close(partition, open, &mut self.last_batch_bytes));
                     }
                 }
                 return Appended {
@@ -115,13 +120,20 @@ impl<T> Accumulator<T> {
             }
             Some(false) => {
                 if let Some(previous) = self.open.remove(&partition) {
-                    closed.push_back(close(partition.clone(), previous));
+                    closed.push_back(close(
+                        partition.clone(),
+                        previous,
+                        &mut self.last_batch_bytes,
+                    ));
                 }
             }
             None => {}
         }
+        let expected_bytes = (self.last_batch_bytes + self.last_batch_bytes / 8)
+            .min(self.limits.max_bytes)
+            .max(HEADER_BYTES + record_bytes);
         let mut open = OpenBatch {
-            builder: BatchBuilder::new(self.limits.compression),
+            builder: BatchWriter::new(self.limits.compression, expected_bytes),
             records: 1,
             opened_at: now(),
             attachment: attach(&partition),
@@ -129,7 +141,7 @@ impl<T> Accumulator<T> {
         open.builder.push(record);
         let value = add(&mut open.attachment, 0);
         if self.is_full(&open) {
-            closed.push_back(close(partition, open));
+            closed.push_back(close(partition, open, &mut self.last_batch_bytes));
             Appended {
                 value,
                 opened: false,
@@ -161,17 +173,18 @@ impl<T> Accumulator<T> {
             .collect();
         for partition in due {
             if let Some(open) = self.open.remove(&partition) {
-                closed.push_back(close(partition, open));
+                closed.push_back(close(partition, open, &mut self.last_batch_bytes));
             }
         }
     }
 
     /// Closes every open batch (flush, close), onto `closed`.
     pub fn drain(&mut self, closed: &mut VecDeque<ClosedBatch<T>>) {
+        let last_batch_bytes = &mut self.last_batch_bytes;
         closed.extend(
             self.open
                 .drain()
-                .map(|(partition, open)| close(partition, open)),
+                .map(|(partition, open)| close(partition, open, last_batch_bytes)),
         );
     }
 
@@ -188,7 +201,12 @@ impl<T> Accumulator<T> {
     }
 }
 
-fn close<T>(partition: TopicPartition, open: OpenBatch<T>) -> ClosedBatch<T> {
+fn close<T>(
+    partition: TopicPartition,
+    open: OpenBatch<T>,
+    last_batch_bytes: &mut usize,
+) -> ClosedBatch<T> {
+    *last_batch_bytes = open.builder.size_bytes();
     ClosedBatch {
         partition,
         data: open.builder.build(),

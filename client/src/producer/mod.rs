@@ -6,6 +6,7 @@
 //! so there are no locks on the hot path besides the memory semaphore.
 
 mod accumulator;
+mod batch_writer;
 mod completion;
 mod partitioner;
 mod pipeline;
