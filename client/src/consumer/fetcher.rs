@@ -481,6 +481,7 @@ pub(crate) fn decode_batches(
             break;
         }
         next_offset = next_offset.max(header.end_offset());
+        records.reserve(decoded.len());
         for record in decoded {
             if record.offset < offset {
                 continue;

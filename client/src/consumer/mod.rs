@@ -15,6 +15,7 @@ use positions::{accept_offset, AssignmentChange, PositionTracker};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
@@ -341,7 +342,13 @@ impl Consumer {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<ConsumerRecord>, ClientError> {
-        match tokio::time::timeout(timeout, self.recv()).await {
+        let mut receive = std::pin::pin!(self.recv());
+        // A buffered record needs no timer: skip arming one (a clock read
+        // and timer bookkeeping per record).
+        if let Poll::Ready(result) = futures::poll!(receive.as_mut()) {
+            return result.map(Some);
+        }
+        match tokio::time::timeout(timeout, receive).await {
             Ok(result) => result.map(Some),
             Err(_) => Ok(None),
         }
@@ -459,11 +466,12 @@ impl Consumer {
     }
 
     fn next_record(&mut self) -> Option<ConsumerRecord> {
-        let record = self.current.pop_front()?;
-        self.positions.record_returned(
-            &TopicPartition::new(record.topic.clone(), record.partition),
-            record.offset,
-        );
+        let mut record = self.current.pop_front()?;
+        // Lend the record's topic to the lookup key instead of copying it:
+        // this runs for every record.
+        let partition = TopicPartition::new(std::mem::take(&mut record.topic), record.partition);
+        self.positions.record_returned(&partition, record.offset);
+        record.topic = partition.topic;
         Some(record)
     }
 
@@ -485,11 +493,20 @@ impl Consumer {
                     return Ok(());
                 }
                 let mut expected = self.positions.position(&partition);
-                for record in records {
-                    if accept_offset(expected, start, record.offset) {
+                let mut records = records;
+                records.retain(|record| {
+                    let accepted = accept_offset(expected, start, record.offset);
+                    if accepted {
                         expected = Some(record.offset + 1);
-                        self.current.push_back(record);
                     }
+                    accepted
+                });
+                if self.current.is_empty() {
+                    // Usual case: take the fetched vector over (O(1))
+                    // instead of moving every record into the queue.
+                    self.current = VecDeque::from(records);
+                } else {
+                    self.current.extend(records);
                 }
                 Ok(())
             }

@@ -16,8 +16,13 @@ impl PositionTracker {
     /// The application received the record at `offset`.
     pub fn record_returned(&mut self, partition: &TopicPartition, offset: u64) {
         let next = offset.saturating_add(1);
-        let entry = self.consumed.entry(partition.clone()).or_insert(next);
-        *entry = (*entry).max(next);
+        // Runs for every record: only a new partition costs a key copy.
+        match self.consumed.get_mut(partition) {
+            Some(position) => *position = (*position).max(next),
+            None => {
+                self.consumed.insert(partition.clone(), next);
+            }
+        }
     }
 
     /// Moves the position (seek); a later commit stores it.
