@@ -342,9 +342,12 @@ impl Consumer {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<ConsumerRecord>, ClientError> {
-        let mut receive = std::pin::pin!(self.recv());
         // A buffered record needs no timer: skip arming one (a clock read
         // and timer bookkeeping per record).
+        if let Some(record) = self.buffered_record() {
+            return Ok(Some(record));
+        }
+        let mut receive = std::pin::pin!(self.recv());
         if let Poll::Ready(result) = futures::poll!(receive.as_mut()) {
             return result.map(Some);
         }
@@ -463,6 +466,19 @@ impl Consumer {
         for task in &self.tasks {
             task.abort();
         }
+    }
+
+    /// A buffered record when `recv` would return it without other work
+    /// (assign mode: no rebalance to apply, no automatic commit), taken
+    /// without going through `recv`'s future.
+    fn buffered_record(&mut self) -> Option<ConsumerRecord> {
+        if self.group.is_some()
+            || self.config.group.is_some()
+            || self.fetch.closed.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        self.next_record()
     }
 
     fn next_record(&mut self) -> Option<ConsumerRecord> {
