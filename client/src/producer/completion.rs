@@ -105,6 +105,10 @@ impl Completer {
         Self { shared }
     }
 
+    pub fn shared(&self) -> &Arc<BatchCompletion> {
+        &self.shared
+    }
+
     /// Every record of the batch was written from `base_offset` on.
     pub fn deliver(self, base_offset: u64) {
         self.shared.complete(Ok(base_offset));

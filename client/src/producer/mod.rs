@@ -393,14 +393,14 @@ impl Producer {
                 &data,
                 Instant::now,
                 |partition| BatchAttachment {
-                    completion: BatchCompletion::new(partition.clone()),
+                    completer: Completer::new(BatchCompletion::new(partition.clone())),
                     memory: None,
                     earliest_enqueued_at: None,
                 },
                 |batch, index| {
                     batch.add(permit, waited_since);
                     DeliveryFuture {
-                        batch: batch.completion.clone(),
+                        batch: batch.completer.shared().clone(),
                         index,
                         timestamp_ms,
                         waker_slot: None,
@@ -527,7 +527,9 @@ struct Batching {
 
 /// What a batch carries for its records besides their bytes.
 struct BatchAttachment {
-    completion: Arc<BatchCompletion>,
+    /// Fails the records with `Closed` if the batch is dropped unsent
+    /// (the dispatcher is gone).
+    completer: Completer,
     /// The records' memory, merged into one permit; released when the
     /// batch is acknowledged or failed.
     memory: Option<OwnedSemaphorePermit>,
@@ -592,7 +594,7 @@ impl ReadyBatch {
             ReadyBatch {
                 data: closed.data,
                 records: closed.records,
-                completer: Completer::new(attachment.completion),
+                completer: attachment.completer,
                 _memory: attachment.memory,
                 created_at,
             },
@@ -1264,6 +1266,71 @@ mod tests {
                 "partition {partition}: log order equals send order, offsets match"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn records_of_a_batch_resolve_together_and_free_memory() {
+        let broker = FakeBroker::default();
+        let address = broker.start().await;
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &[&address]);
+        let config = ProducerConfig {
+            memory_limit_bytes: 1_000_000,
+            ..fast_config()
+        };
+        let producer = Producer::with_cluster(cluster, config);
+        let mut deliveries = Vec::new();
+        for index in 0..30 {
+            deliveries.push(
+                producer
+                    .enqueue(Record::new("t", format!("{index}")).with_timestamp_ms(index))
+                    .await
+                    .expect("enqueued"),
+            );
+        }
+        assert!(producer.memory.available_bytes() < 1_000_000);
+        // Awaited out of order: each future still gets its own record.
+        let last = deliveries.pop().expect("30 deliveries");
+        let last = last.await.expect("delivered");
+        assert_eq!((last.offset, last.timestamp_ms), (29, 29));
+        for (index, delivery) in deliveries.into_iter().enumerate() {
+            let metadata = delivery.await.expect("delivered");
+            assert_eq!(metadata.topic, "t");
+            assert_eq!(metadata.offset, index as u64, "offset = batch base + index");
+            assert_eq!(metadata.timestamp_ms, index as i64);
+        }
+        producer.flush().await.expect("flush");
+        assert_eq!(producer.memory.available_bytes(), 1_000_000);
+        assert!(
+            broker.lock().produce_requests >= 5,
+            "30 records in batches of at most 7"
+        );
+        producer.close().await.expect("close");
+        let values: Vec<String> = broker.values("t", 0).into_iter().map(|(_, v)| v).collect();
+        let expected: Vec<String> = (0..30).map(|index| index.to_string()).collect();
+        assert_eq!(values, expected);
+    }
+
+    #[tokio::test]
+    async fn deliveries_fail_with_closed_when_the_dispatcher_is_gone() {
+        let cluster = Cluster::unconnected(test_client_config());
+        cluster.set_routes("t", &["http://127.0.0.1:1"]);
+        let config = ProducerConfig {
+            linger_ms: 60_000,
+            ..fast_config()
+        };
+        let producer = Producer::with_cluster(cluster, config);
+        let delivery = producer
+            .enqueue(Record::new("t", "x"))
+            .await
+            .expect("enqueued");
+        producer.dispatcher.abort();
+        // The open batch is only dropped with the producer's shared state.
+        drop(producer);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), delivery)
+            .await
+            .expect("the delivery resolves instead of waiting forever");
+        assert!(matches!(outcome, Err(ClientError::Closed)), "{outcome:?}");
     }
 
     #[tokio::test]
