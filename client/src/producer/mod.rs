@@ -2,8 +2,12 @@
 //!
 //! Records are placed on a partition (explicit, by key, or sticky), gather
 //! in per-partition batches, and travel over one `Broker.Produce` stream
-//! per broker. A single dispatcher task owns all batching and send state,
-//! so there are no locks on the hot path besides the memory semaphore.
+//! per broker. `enqueue` appends the record to its partition's open batch
+//! itself, under one short lock shared with the dispatcher task, and gets
+//! back a future on that batch's shared completion: a record costs no
+//! channel message and no allocation of its own. The dispatcher owns all
+//! send state (pipelines, streams, retries) and takes closed batches, in
+//! closing order, from the shared state when woken.
 
 mod accumulator;
 mod batch_writer;
