@@ -404,9 +404,16 @@ pub struct Record {
 }
 
 /// Builds one batch from records.
+///
+/// Records are encoded straight behind room reserved for the header in one
+/// buffer; an uncompressed batch is finished in place (header and CRC
+/// filled in, no copy), a compressed one compresses the records section.
+/// Size the buffer with [`BatchBuilder::with_capacity`] when the final size
+/// is roughly known (a producer uses its previous batch's size).
 pub struct BatchBuilder {
     compression: Compression,
-    records: BytesMut,
+    /// `HEADER_BYTES` of room (zero until `build`) then the records.
+    buffer: BytesMut,
     record_count: u32,
     first_timestamp_ms: i64,
     max_timestamp_ms: i64,
@@ -417,9 +424,17 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 0)
+    }
+
+    /// A builder whose buffer holds `capacity_hint_bytes` (the expected
+    /// uncompressed batch size, header included) before it has to grow.
+    pub fn with_capacity(compression: Compression, capacity_hint_bytes: usize) -> Self {
+        let mut buffer = BytesMut::with_capacity(capacity_hint_bytes.max(HEADER_BYTES));
+        buffer.put_bytes(0, HEADER_BYTES);
         Self {
             compression,
-            records: BytesMut::new(),
+            buffer,
             record_count: 0,
             first_timestamp_ms: 0,
             max_timestamp_ms: i64::MIN,
@@ -452,7 +467,7 @@ impl BatchBuilder {
 
     /// Uncompressed size so far, header included.
     pub fn size_bytes(&self) -> usize {
-        HEADER_BYTES + self.records.len()
+        self.buffer.len()
     }
 
     /// Size a record adds to a batch, before compression.
@@ -494,7 +509,7 @@ impl BatchBuilder {
         let timestamp_delta = timestamp_ms.wrapping_sub(self.first_timestamp_ms);
         let offset_delta = self.record_count;
         let body = Self::body_length(record, timestamp_delta, offset_delta);
-        let buffer = &mut self.records;
+        let buffer = &mut self.buffer;
         buffer.reserve(body + 10);
         put_varint(buffer, body as u64);
         put_zigzag(buffer, timestamp_delta);
@@ -523,45 +538,55 @@ impl BatchBuilder {
         self.record_count += 1;
     }
 
-    /// Finishes the batch (base offset 0, writer epoch 0: the broker sets
-    /// both). Panics if empty: an empty batch is a caller bug.
-    pub fn build(self) -> Bytes {
-        assert!(self.record_count > 0, "a batch needs at least one record");
-        let records: Bytes = match self.compression {
-            Compression::None => self.records.freeze(),
-            Compression::Lz4 => Bytes::from(lz4_flex::block::compress_prepend_size(&self.records)),
-            Compression::Zstd => match zstd::bulk::compress(&self.records, 1) {
-                Ok(compressed) => Bytes::from(compressed),
-                // zstd only fails on allocation problems; fall back to none
-                // rather than lose the records.
-                Err(_) => {
-                    return Self {
-                        compression: Compression::None,
-                        ..self
-                    }
-                    .build()
-                }
-            },
-        };
-        let batch_length = HEADER_BYTES + records.len();
-        let mut batch = BytesMut::with_capacity(batch_length);
-        batch.put_u64_le(0);
-        batch.put_u32_le(batch_length as u32);
-        batch.put_u32_le(0);
-        batch.put_u8(MAGIC);
-        batch.put_u32_le(0); // CRC, filled below.
-        batch.put_u16_le(self.compression.attributes());
-        batch.put_u32_le(self.record_count);
-        batch.put_i64_le(self.first_timestamp_ms);
-        batch.put_i64_le(self.max_timestamp_ms);
-        batch.put_i64_le(self.producer_id);
-        batch.put_i16_le(self.producer_epoch);
-        batch.put_i32_le(self.base_sequence);
-        debug_assert_eq!(batch.len(), HEADER_BYTES);
-        batch.put_slice(&records);
+    /// Writes the header into `batch[..HEADER_BYTES]` and the CRC over the
+    /// rest; `batch` is the whole batch.
+    fn seal(&self, batch: &mut [u8], attributes: u16) {
+        let batch_length = batch.len() as u32;
+        let mut header = &mut batch[..HEADER_BYTES];
+        header.put_u64_le(0); // base offset: the broker assigns it
+        header.put_u32_le(batch_length);
+        header.put_u32_le(0); // writer epoch: the broker assigns it
+        header.put_u8(MAGIC);
+        header.put_u32_le(0); // CRC, filled below
+        header.put_u16_le(attributes);
+        header.put_u32_le(self.record_count);
+        header.put_i64_le(self.first_timestamp_ms);
+        header.put_i64_le(self.max_timestamp_ms);
+        header.put_i64_le(self.producer_id);
+        header.put_i16_le(self.producer_epoch);
+        header.put_i32_le(self.base_sequence);
+        debug_assert!(header.is_empty(), "the header fills its room exactly");
         let crc = crc32c::crc32c(&batch[CRC_COVERS_FROM..]);
         batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
-        batch.freeze()
+    }
+
+    /// Finishes the batch (base offset 0, writer epoch 0: the broker sets
+    /// both). Panics if empty: an empty batch is a caller bug.
+    pub fn build(mut self) -> Bytes {
+        assert!(self.record_count > 0, "a batch needs at least one record");
+        let compressed = match self.compression {
+            Compression::None => None,
+            Compression::Lz4 => Some(lz4_flex::block::compress_prepend_size(
+                &self.buffer[HEADER_BYTES..],
+            )),
+            // zstd only fails on allocation problems; fall back to none
+            // rather than lose the records.
+            Compression::Zstd => zstd::bulk::compress(&self.buffer[HEADER_BYTES..], 1).ok(),
+        };
+        match compressed {
+            None => {
+                let mut buffer = std::mem::take(&mut self.buffer);
+                self.seal(&mut buffer, Compression::None.attributes());
+                buffer.freeze()
+            }
+            Some(records) => {
+                let mut batch = BytesMut::with_capacity(HEADER_BYTES + records.len());
+                batch.put_bytes(0, HEADER_BYTES);
+                batch.put_slice(&records);
+                self.seal(&mut batch, self.compression.attributes());
+                batch.freeze()
+            }
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! shared completion and merged memory permit there) instead of one item
 //! per record, so a record costs no allocation of its own.
 
-use super::batch_writer::BatchWriter;
 use crate::cluster::TopicPartition;
 use crate::fast_hash::FastHashMap;
 use bytes::Bytes;
@@ -24,7 +23,7 @@ pub(crate) struct BatchLimits {
 }
 
 struct OpenBatch<T> {
-    builder: BatchWriter,
+    builder: BatchBuilder,
     records: u32,
     opened_at: Instant,
     attachment: T,
@@ -133,7 +132,7 @@ impl<T> Accumulator<T> {
             .min(self.limits.max_bytes)
             .max(HEADER_BYTES + record_bytes);
         let mut open = OpenBatch {
-            builder: BatchWriter::new(self.limits.compression, expected_bytes),
+            builder: BatchBuilder::with_capacity(self.limits.compression, expected_bytes),
             records: 1,
             opened_at: now(),
             attachment: attach(&partition),

@@ -10,7 +10,6 @@
 //! closing order, from the shared state when woken.
 
 mod accumulator;
-mod batch_writer;
 mod completion;
 mod partitioner;
 mod pipeline;
