@@ -10,6 +10,7 @@ for run in $(seq 1 "$runs"); do
   ./run-sluice.sh \
     "produce --messages 1000000 --size 1024 --batch 100 --partitions 1 --topic p1" \
     "consume --messages 1000000 --size 1024 --partitions 1 --topic p1"
+  ./run-sluice.sh "produce --messages 1000000 --size 1024 --batch 100 --partitions 1 --in-flight 64 --topic p64"
   ./run-sluice.sh "produce --messages 1000000 --size 1024 --batch 100 --partitions 16 --topic p16"
   ./run-sluice.sh "produce --messages 500000 --size 1024 --batch 100 --partitions 1 --rate 50000 --topic r1"
   ./run-nats.sh --messages 1000000 --size 1024 --batch 100 --in-flight 16 --consume
