@@ -32,11 +32,8 @@ pub struct DevArgs {
     pub broker_port: u16,
     #[arg(long, default_value_t = 7402)]
     pub store_port: u16,
-    /// Log filter (tracing directives), e.g. `info` or `debug`.
-    #[arg(
-        long,
-        default_value = "warn,sluice_nameserver=info,sluice_broker=info,sluice_store=info"
-    )]
+    /// Log filter (tracing directives): `warn` keeps the terminal quiet, `info` shows what each service does.
+    #[arg(long, default_value = "warn")]
     pub log_filter: String,
 }
 
