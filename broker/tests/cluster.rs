@@ -971,3 +971,125 @@ async fn commits_survive_retention_of_the_offsets_topic() {
     let _ = broker.task.await;
     cluster.stop().await;
 }
+
+/// One produce stream kept open across steps, so later requests travel on
+/// the same stream as an earlier failed one.
+struct OpenStream {
+    sender: mpsc::Sender<ProduceRequest>,
+    answers: tonic::Streaming<ProduceResponse>,
+}
+
+impl OpenStream {
+    async fn open(client: &mut BrokerClient<Channel>) -> Self {
+        let (sender, receiver) = mpsc::channel(16);
+        let answers = client
+            .produce(ReceiverStream::new(receiver))
+            .await
+            .expect("open produce stream")
+            .into_inner();
+        Self { sender, answers }
+    }
+
+    async fn send(&mut self, request: ProduceRequest) -> ProduceResponse {
+        self.sender
+            .send(request)
+            .await
+            .expect("queue produce request");
+        self.answers
+            .message()
+            .await
+            .expect("produce stream healthy")
+            .expect("an answer")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(directory.path()).await;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    eventually("the broker to accept produce", || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(1, TOPIC, batch_of(&["a"]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then_some(())
+        }
+    })
+    .await;
+
+    // A request fails retriably on this stream while the store is down.
+    let stream = std::sync::Arc::new(tokio::sync::Mutex::new(OpenStream::open(&mut client).await));
+    let during_outage = stream.clone();
+    cluster
+        .restart_store(async move {
+            let answer = during_outage
+                .lock()
+                .await
+                .send(produce_request(2, TOPIC, batch_of(&["failed"])))
+                .await;
+            let code = ErrorCode::try_from(answer.error).expect("a known code");
+            assert!(code != ErrorCode::None && code.is_retriable(), "{code:?}");
+        })
+        .await;
+    // The partition recovers; other streams write again.
+    eventually("the partition to recover", || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(3, TOPIC, batch_of(&["b"]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then_some(())
+        }
+    })
+    .await;
+
+    let mut stream = stream.lock().await;
+    // Sent after the failure without `resume`: it could overtake the
+    // client's retry of the failed request, so it is refused.
+    let refused = stream
+        .send(produce_request(4, TOPIC, batch_of(&["overtaker"])))
+        .await;
+    let code = ErrorCode::try_from(refused.error).expect("a known code");
+    assert!(
+        code != ErrorCode::None && code.is_retriable(),
+        "{code:?}: {}",
+        refused.error_message
+    );
+    // The retry, marked `resume`, is accepted and lands next.
+    let mut retry = produce_request(5, TOPIC, batch_of(&["failed"]));
+    retry.resume = true;
+    let accepted = stream.send(retry).await;
+    assert_eq!(
+        accepted.error,
+        ErrorCode::None as i32,
+        "{}",
+        accepted.error_message
+    );
+    assert_eq!(accepted.base_offset, 2);
+    let fetched = fetch(&mut client, 0, 0).await;
+    assert_eq!(
+        values(&fetched.partitions[0].batches),
+        vec!["a", "b", "failed"]
+    );
+    drop(stream);
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
+}
