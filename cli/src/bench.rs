@@ -131,31 +131,15 @@ async fn ensure_topic(client: &ClientConfig, args: &BenchArgs) -> Result<()> {
     }
 }
 
-/// Waits until every partition has an owner that finished taking it over
-/// (an open segment exists), so the measurement does not include the
-/// first assignment.
+/// Waits until every partition was taken over by its owner, so the
+/// measurement does not include the first assignment.
 async fn wait_until_writable(admin: &Admin, topic: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let description = admin.describe_topic(topic).await?;
-        let ready = description.partitions.iter().all(|partition| {
-            partition
-                .route
-                .as_ref()
-                .is_some_and(|route| !route.broker_id.is_empty())
-                && partition
-                    .segments
-                    .iter()
-                    .any(|segment| segment.state == sluice_proto::v1::SegmentState::Open as i32)
-        });
-        if ready && !description.partitions.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("partitions of {topic} were not all writable within 60 s; check `sluice cluster status`");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    admin
+        .wait_until_writable(topic, Duration::from_secs(60))
+        .await
+        .with_context(|| {
+            format!("partitions of {topic} are not writable; check `sluice cluster status`")
+        })
 }
 
 pub struct Report {

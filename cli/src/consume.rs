@@ -91,8 +91,17 @@ fn print_record(
     writeln!(out)
 }
 
+/// How long `sluice consume` waits for the topic's partitions to be served
+/// (right after a topic is created or the cluster restarted) before the
+/// idle timeout starts to count.
+const WAIT_FOR_OWNERS_MS: u64 = 30_000;
+
 pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
     let start = start_offset(&args);
+    Admin::connect(client.clone())
+        .await?
+        .wait_until_writable(&args.topic, Duration::from_millis(WAIT_FOR_OWNERS_MS))
+        .await?;
     let config = ConsumerConfig {
         client: client.clone(),
         group: args.group.clone(),

@@ -76,6 +76,40 @@ impl Admin {
     }
 
     /// A topic's configuration, routes and segments.
+    /// Waits until every partition of `topic` is served by an owner that
+    /// finished taking it over (its last segment is open under the owner's
+    /// current epoch), for at most `timeout`. Useful right after creating a
+    /// topic or restarting a cluster; producers and consumers also cope on
+    /// their own by retrying.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: &sluice_client::Admin) -> Result<(), sluice_client::ClientError> {
+    /// admin.wait_until_writable("orders", std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_until_writable(
+        &self,
+        topic: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let description = self.describe_topic(topic).await?;
+            if !description.partitions.is_empty()
+                && description.partitions.iter().all(partition_writable)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClientError::Timeout {
+                    what: format!("partitions of {topic} to be taken over by a broker"),
+                    timeout_ms: timeout.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn describe_topic(
         &self,
         name: &str,
@@ -216,6 +250,20 @@ pub(crate) async fn list_offsets(
             result => return result,
         }
     }
+}
+
+/// An owner is serving the partition: its last segment is open and was
+/// opened under the owner's current epoch. (The route appears before the
+/// takeover is done, and after a restart the previous owner's open segment
+/// is still listed until the new owner seals it.)
+fn partition_writable(partition: &v1::PartitionDescription) -> bool {
+    let Some(route) = &partition.route else {
+        return false;
+    };
+    !route.broker_id.is_empty()
+        && partition.segments.last().is_some_and(|segment| {
+            segment.state == v1::SegmentState::Open as i32 && segment.writer_epoch == route.epoch
+        })
 }
 
 #[cfg(test)]

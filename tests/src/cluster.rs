@@ -370,3 +370,24 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Waits until every partition of `topic` was taken over by its owner
+/// (see `Admin::wait_until_writable`).
+pub async fn wait_until_writable(client: sluice_client::ClientConfig, topic: &str) {
+    let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match sluice_client::Admin::connect(client.clone()).await {
+            Ok(admin) => match admin
+                .wait_until_writable(topic, Duration::from_millis(READY_TIMEOUT_MS))
+                .await
+            {
+                Ok(()) => return,
+                Err(error) => last = error.to_string(),
+            },
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{topic} not writable within {READY_TIMEOUT_MS} ms: {last}");
+}

@@ -3,7 +3,7 @@
 //! group, group describe, cluster status; then a restart of `sluice dev`
 //! keeps the data and the group's committed offsets.
 
-use sluice_tests::cluster::binary;
+use sluice_tests::cluster::{binary, wait_until_writable};
 use sluice_tests::etcd::free_port;
 use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
@@ -77,6 +77,20 @@ impl Dev {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
+    /// Waits until the partitions of `topic` were taken over by the
+    /// (restarted) broker.
+    fn wait_until_writable(&self, topic: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a test runtime");
+        let client = sluice_client::ClientConfig {
+            bootstrap: vec![format!("http://{}", self.bootstrap)],
+            ..sluice_client::ClientConfig::default()
+        };
+        runtime.block_on(wait_until_writable(client, topic));
     }
 
     fn stop(mut self) {
@@ -178,6 +192,7 @@ fn newcomer_round_trip_and_restart() {
 
     // Data and committed offsets survive a restart.
     let dev = Dev::start(&data_dir, ports);
+    dev.wait_until_writable("greetings");
     let again = dev.ok(&["consume", "greetings", "--idle-timeout-ms", "1500"], None);
     assert_eq!(again.lines().count(), 4, "{again}");
     dev.ok(&["produce", "greetings", "after restart"], None);

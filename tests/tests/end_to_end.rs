@@ -14,7 +14,7 @@ use sluice_client::{
 };
 use sluice_proto::partitioning::partition_for_key;
 use sluice_proto::v1::TopicConfig;
-use sluice_tests::cluster::{Cluster, ClusterSpec};
+use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,32 +28,6 @@ const GROUP: &str = "billing";
 
 /// (partition, offset, value) as a consumer saw it.
 type Seen = Vec<(u32, u64, u64)>;
-
-async fn wait_for_owners(admin: &Admin, topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(description) = admin.describe_topic(topic).await {
-            let owned = description
-                .partitions
-                .iter()
-                .filter(|partition| {
-                    partition
-                        .route
-                        .as_ref()
-                        .is_some_and(|route| !route.broker_id.is_empty())
-                })
-                .count();
-            if owned == description.partitions.len() && owned > 0 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partitions of {topic} got no owner within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// Runs `members` group consumers until `target` records were consumed in
 /// total; the member with index `leaver` (if any) leaves after
@@ -152,7 +126,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
         )
         .await
         .expect("create topic");
-    wait_for_owners(&admin, TOPIC).await;
+    wait_until_writable(cluster.client_config(), TOPIC).await;
 
     // Produce 100,000 keyed messages; remember where each was acknowledged.
     let producer = Producer::new(ProducerConfig {
@@ -217,7 +191,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     cluster.stores[0].start();
     cluster.brokers[0].start();
     cluster.wait_ready().await;
-    wait_for_owners(&admin, TOPIC).await;
+    wait_until_writable(cluster.client_config(), TOPIC).await;
     eprintln!("killed and restarted store and broker");
 
     // Every acknowledged message is still there, at its offset.
