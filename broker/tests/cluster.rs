@@ -149,6 +149,48 @@ async fn produce(
     responses
 }
 
+/// Produces `value` on fresh streams until the broker accepts it.
+async fn produce_until_accepted(
+    client: &BrokerClient<Channel>,
+    request_id: u64,
+    value: &'static str,
+    what: &str,
+) -> ProduceResponse {
+    eventually(what, || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(request_id, TOPIC, batch_of(&[value]))],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
+        }
+    })
+    .await
+}
+
+/// A cluster with a one-partition `TOPIC`, its broker, a client, and the
+/// record "a" at offset 0.
+async fn one_partition_holding_a(
+    directory: &std::path::Path,
+) -> (Cluster, RunningBroker, BrokerClient<Channel>) {
+    let cluster = Cluster::start(directory).await;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let client = broker_client(&broker.address).await;
+    produce_until_accepted(&client, 1, "a", "the broker to accept produce").await;
+    (cluster, broker, client)
+}
+
 fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceRequest {
     ProduceRequest {
         request_id,
@@ -813,30 +855,7 @@ async fn segments_roll_and_retention_deletes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_recovers_after_store_outage_without_reordering() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let mut cluster = Cluster::start(directory.path()).await;
-    cluster
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: 1,
-                ..Default::default()
-            },
-        )
-        .await;
-    let broker = start_broker(&cluster.nameserver_url).await;
-    let mut client = broker_client(&broker.address).await;
-    eventually("the broker to accept produce", || {
-        let mut client = client.clone();
-        async move {
-            let answer = produce(
-                &mut client,
-                vec![produce_request(1, TOPIC, batch_of(&["a"]))],
-            )
-            .await;
-            (answer[0].error == ErrorCode::None as i32).then_some(())
-        }
-    })
-    .await;
+    let (mut cluster, broker, mut client) = one_partition_holding_a(directory.path()).await;
 
     let outage_client = client.clone();
     cluster
@@ -864,18 +883,7 @@ async fn partition_recovers_after_store_outage_without_reordering() {
 
     // After recovery (seal, close, new segment) the partition accepts again
     // and the log continues right after the last acknowledged record.
-    let resumed = eventually("the partition to recover", || {
-        let mut client = client.clone();
-        async move {
-            let answer = produce(
-                &mut client,
-                vec![produce_request(4, TOPIC, batch_of(&["b"]))],
-            )
-            .await;
-            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
-        }
-    })
-    .await;
+    let resumed = produce_until_accepted(&client, 4, "b", "the partition to recover").await;
     assert_eq!(resumed.base_offset, 1);
     let fetched = fetch(&mut client, 0, 0).await;
     assert_eq!(values(&fetched.partitions[0].batches), vec!["a", "b"]);
@@ -1006,30 +1014,7 @@ impl OpenStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let mut cluster = Cluster::start(directory.path()).await;
-    cluster
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: 1,
-                ..Default::default()
-            },
-        )
-        .await;
-    let broker = start_broker(&cluster.nameserver_url).await;
-    let mut client = broker_client(&broker.address).await;
-    eventually("the broker to accept produce", || {
-        let mut client = client.clone();
-        async move {
-            let answer = produce(
-                &mut client,
-                vec![produce_request(1, TOPIC, batch_of(&["a"]))],
-            )
-            .await;
-            (answer[0].error == ErrorCode::None as i32).then_some(())
-        }
-    })
-    .await;
+    let (mut cluster, broker, mut client) = one_partition_holding_a(directory.path()).await;
 
     // A request fails retriably on this stream while the store is down.
     let stream = std::sync::Arc::new(tokio::sync::Mutex::new(OpenStream::open(&mut client).await));
@@ -1046,18 +1031,7 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
         })
         .await;
     // The partition recovers; other streams write again.
-    eventually("the partition to recover", || {
-        let mut client = client.clone();
-        async move {
-            let answer = produce(
-                &mut client,
-                vec![produce_request(3, TOPIC, batch_of(&["b"]))],
-            )
-            .await;
-            (answer[0].error == ErrorCode::None as i32).then_some(())
-        }
-    })
-    .await;
+    produce_until_accepted(&client, 3, "b", "the partition to recover").await;
 
     let mut stream = stream.lock().await;
     // Sent after the failure without `resume`: it could overtake the
