@@ -288,6 +288,23 @@ impl Cluster {
         }
     }
 
+    /// Creates a topic with default settings and waits until every
+    /// partition was taken over by a broker.
+    pub async fn create_topic(&self, name: &str, partitions: u32) {
+        let admin = sluice_client::Admin::connect(self.client_config())
+            .await
+            .expect("admin client");
+        let config = sluice_proto::v1::TopicConfig {
+            partitions,
+            ..sluice_proto::v1::TopicConfig::default()
+        };
+        admin
+            .create_topic(name, config)
+            .await
+            .expect("create topic");
+        wait_until_writable(self.client_config(), name).await;
+    }
+
     /// Nameserver URLs for clients.
     pub fn bootstrap(&self) -> Vec<String> {
         self.nameservers.iter().map(Service::url).collect()

@@ -9,11 +9,8 @@
 //! order within its partition, and same-key messages share a partition.
 
 use bytes::Bytes;
-use sluice_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
-};
+use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
 use sluice_proto::partitioning::partition_for_key;
-use sluice_proto::v1::TopicConfig;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,20 +110,7 @@ fn by_partition(seen: &Seen) -> BTreeMap<u32, Vec<(u64, u64)>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     let mut cluster = Cluster::start(ClusterSpec::default()).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
-    admin
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: PARTITIONS,
-                ..TopicConfig::default()
-            },
-        )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), TOPIC).await;
+    cluster.create_topic(TOPIC, PARTITIONS).await;
 
     // Produce 100,000 keyed messages; remember where each was acknowledged.
     let producer = Producer::new(ProducerConfig {

@@ -7,10 +7,7 @@
 //! counted and reported, not treated as loss, but they must never sit at an
 //! acknowledged offset of another value.
 
-use sluice_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
-};
-use sluice_proto::v1::TopicConfig;
+use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
 use sluice_tests::cluster::{Cluster, ClusterSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,19 +21,7 @@ const KEYS: u64 = 64;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9_mid_stream() {
     let mut cluster = Cluster::start(ClusterSpec::default()).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
-    admin
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: PARTITIONS,
-                ..TopicConfig::default()
-            },
-        )
-        .await
-        .expect("create topic");
+    cluster.create_topic(TOPIC, PARTITIONS).await;
 
     let producer = Arc::new(
         Producer::new(ProducerConfig {
