@@ -4,6 +4,8 @@
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# etcd-client compiles etcd's protos, which import protobuf's well-known types.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 if [ "${1:-}" = "--with-etcd" ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 fi

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sluice_broker::BrokerConfig;
 use sluice_nameserver::config::{MetadataBackend, MetadataConfig};
-use sluice_nameserver::NameServerConfig;
+use sluice_nameserver::{NameServerConfig, TopicDefaults};
 use sluice_store::StoreConfig;
 use sluice_telemetry::TelemetryConfig;
 use std::path::PathBuf;
@@ -74,6 +74,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
             backend: MetadataBackend::Embedded,
             data_dir: Some(data_dir.join("metadata")),
             ..MetadataConfig::default()
+        },
+        // One store in a dev cluster: one copy of each segment.
+        topic_defaults: TopicDefaults {
+            ensemble_size: 1,
+            write_quorum: 1,
+            ack_quorum: 1,
+            ..TopicDefaults::default()
         },
         ..NameServerConfig::default()
     };

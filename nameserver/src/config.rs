@@ -68,11 +68,13 @@ pub struct TopicDefaults {
     pub segment_ms: u64,
     /// "fsync" or "periodic". Default "fsync".
     pub durability: DurabilityConfig,
-    /// Stores per segment. Default 1.
+    /// Stores per segment (E). Default 3. A cluster with fewer live stores
+    /// refuses to create topics with the default; `sluice dev` sets 1.
     pub ensemble_size: u32,
-    /// Stores each append is written to. Default 1.
+    /// Stores each append is written to (W). Default 3.
     pub write_quorum: u32,
-    /// Stores that must confirm an append. Default 1.
+    /// Stores that must confirm an append durable before the producer is
+    /// acknowledged (A). Default 2.
     pub ack_quorum: u32,
     /// Largest accepted record batch. Default 8388608 (8 MiB).
     pub max_batch_bytes: u32,
@@ -103,9 +105,9 @@ impl Default for TopicDefaults {
             segment_bytes: 64 * 1024 * 1024,
             segment_ms: 60 * 60 * 1000,
             durability: DurabilityConfig::Fsync,
-            ensemble_size: 1,
-            write_quorum: 1,
-            ack_quorum: 1,
+            ensemble_size: 3,
+            write_quorum: 3,
+            ack_quorum: 2,
             max_batch_bytes: limits::DEFAULT_MAX_BATCH_BYTES,
         }
     }

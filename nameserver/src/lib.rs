@@ -14,7 +14,7 @@ pub mod keys;
 pub mod metadata;
 mod service;
 
-pub use config::{MetadataBackend, NameServerConfig};
+pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};
 pub use error::NameServerError;
 pub use metadata::{EmbeddedMetadataStore, EtcdMetadataStore, MetadataStore};
 pub use service::NameServerHandler;

@@ -176,6 +176,19 @@ pub struct ClusterSpec {
     pub offsets_partitions: u32,
 }
 
+impl ClusterSpec {
+    /// Default ensemble of the cluster's topics: the production default of
+    /// 3 where there are enough stores, else every store.
+    pub fn ensemble_size(&self) -> usize {
+        self.stores.clamp(1, 3)
+    }
+
+    /// Default ack quorum: 2 of 3 (a majority), 1 of 1.
+    pub fn ack_quorum(&self) -> usize {
+        self.ensemble_size() / 2 + 1
+    }
+}
+
 impl Default for ClusterSpec {
     fn default() -> Self {
         Self {
@@ -245,11 +258,14 @@ impl Cluster {
                 let body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nlease_ttl_ms = {lease}\n\
                      heartbeat_interval_ms = {heartbeat}\nreconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
-                     [metadata]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\n",
+                     [metadata]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\n\
+                     [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
                     lease = self.spec.lease_ttl_ms,
                     heartbeat = self.spec.heartbeat_interval_ms,
                     offsets = self.spec.offsets_partitions,
                     etcd = self.etcd.client_url(),
+                    ensemble = self.spec.ensemble_size(),
+                    ack = self.spec.ack_quorum(),
                 );
                 (node_id, body)
             }
