@@ -161,6 +161,13 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+
+    async fn allocate_producer_id(
+        &self,
+        _request: Request<sluice_proto::v1::AllocateProducerIdRequest>,
+    ) -> Result<Response<sluice_proto::v1::AllocateProducerIdResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
 }
 
 async fn wait_for(what: &str, condition: impl Fn() -> bool) {
