@@ -10,6 +10,7 @@ pub const PARTITIONS: &str = "partitions/";
 pub const SEGMENTS: &str = "segments/";
 pub const GROUPS: &str = "groups/";
 pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
+pub const PRODUCER_ID_COUNTER: &str = "counters/producer_id";
 
 /// Owner of a partition: written only by the reconciler, with a CAS on the
 /// key's mod revision. An empty `broker_id` means "never assigned".
@@ -29,6 +30,15 @@ pub struct PartitionOwner {
 pub struct SegmentIdCounter {
     #[prost(uint64, tag = "1")]
     pub next_segment_id: u64,
+}
+
+/// Value of `counters/producer_id`: the next idempotent-producer id to hand
+/// out. Ids are never reused, so a broker never mistakes a new producer's
+/// batches for an old one's.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ProducerIdCounter {
+    #[prost(uint64, tag = "1")]
+    pub next_producer_id: u64,
 }
 
 pub fn kind_segment(kind: NodeKind) -> &'static str {

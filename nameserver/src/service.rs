@@ -1173,6 +1173,62 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<ClusterStatusResponse> {
         Ok(Response::new(self.do_cluster_status().await?))
     }
+
+    async fn allocate_producer_id(
+        &self,
+        _request: Request<sluice_proto::v1::AllocateProducerIdRequest>,
+    ) -> ServiceResult<sluice_proto::v1::AllocateProducerIdResponse> {
+        Ok(Response::new(sluice_proto::v1::AllocateProducerIdResponse {
+            producer_id: self.do_allocate_producer_id().await?,
+        }))
+    }
+}
+
+impl NameServerHandler {
+    /// Hands out the next producer id: a compare-and-set increment of
+    /// `counters/producer_id`, so concurrent nameservers never give out the
+    /// same id and an id is never reused (a restarted producer gets a new
+    /// one, and brokers never confuse its sequences with the old ones).
+    async fn do_allocate_producer_id(&self) -> Result<u64, NameServerError> {
+        let key = keys::PRODUCER_ID_COUNTER;
+        for attempt in 0..self.config.max_cas_retries.max(1) {
+            if attempt > 0 {
+                // Producers starting together all race for this one key;
+                // a short random pause spreads the retries out.
+                let pause_ms = rand::random_range(0..=u64::from(attempt).min(20) * 2);
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let entry = self.store.get(key).await?;
+            let (next, compare) = match entry {
+                Some(entry) => (
+                    keys::decode::<keys::ProducerIdCounter>(key, &entry.value)?.next_producer_id,
+                    Compare::ModRevisionEquals(key.to_string(), entry.mod_revision),
+                ),
+                None => (0, Compare::Absent(key.to_string())),
+            };
+            // Record batches carry the id as a signed 64-bit field.
+            if next >= i64::MAX as u64 {
+                return Err(NameServerError::Refused(
+                    "producer ids are exhausted".to_string(),
+                ));
+            }
+            let following = keys::ProducerIdCounter {
+                next_producer_id: next + 1,
+            };
+            let transaction = Transaction {
+                compares: vec![compare],
+                puts: vec![Put::new(key, keys::encode(&following))],
+                deletes: Vec::new(),
+            };
+            if self.store.commit(transaction).await? {
+                return Ok(next);
+            }
+        }
+        Err(NameServerError::Conflict(format!(
+            "producer id counter contended for {} attempts",
+            self.config.max_cas_retries
+        )))
+    }
 }
 
 /// What a `WatchRoutes` task needs; it re-reads routes through a

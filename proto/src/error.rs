@@ -65,7 +65,9 @@ impl ErrorCode {
         match self {
             ErrorCode::None => Code::Ok,
             ErrorCode::Internal => Code::Internal,
-            ErrorCode::NotOwner | ErrorCode::NotCoordinator => Code::FailedPrecondition,
+            ErrorCode::NotOwner
+            | ErrorCode::NotCoordinator
+            | ErrorCode::OutOfOrderSequence => Code::FailedPrecondition,
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownMember
@@ -80,7 +82,8 @@ impl ErrorCode {
             | ErrorCode::Fenced
             | ErrorCode::SegmentSealed
             | ErrorCode::SessionExpired
-            | ErrorCode::Conflict => Code::Aborted,
+            | ErrorCode::Conflict
+            | ErrorCode::DuplicateInFlight => Code::Aborted,
             ErrorCode::Unavailable | ErrorCode::NotEnoughStores | ErrorCode::ShuttingDown => {
                 Code::Unavailable
             }
@@ -105,6 +108,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Conflict
                 | ErrorCode::UnknownPartition
+                | ErrorCode::DuplicateInFlight
         )
     }
 }
@@ -141,6 +145,8 @@ mod tests {
             ErrorCode::CorruptBatch,
             ErrorCode::Throttled,
             ErrorCode::StorageCorrupt,
+            ErrorCode::OutOfOrderSequence,
+            ErrorCode::DuplicateInFlight,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -24,3 +24,10 @@ pub const MAX_NAME_BYTES: usize = 249;
 
 /// Largest partition count of one topic.
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
+
+/// Batches an idempotent producer may have in flight per partition, and so
+/// how many of each producer's latest batches a broker remembers per
+/// partition to recognise a resent one: every batch a producer may resend
+/// after an unknown outcome is among its last this many. The SDK refuses a
+/// larger `max_in_flight_per_partition` while idempotence is on.
+pub const MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER: usize = 16;
