@@ -53,6 +53,21 @@ pub struct BrokerConfig {
     pub register_backoff_max_ms: u64,
     /// Cap of the exponential backoff between takeover/recovery attempts. Default 5000.
     pub takeover_backoff_max_ms: u64,
+    /// A store that leaves an append unacknowledged this long is dropped
+    /// from the open segment's ensemble, which then rolls to a new one.
+    /// Bounds how long a hung store can stall producers when its
+    /// acknowledgement is needed for the ack quorum. Default 2000.
+    pub replica_ack_timeout_ms: u64,
+    /// When fencing a segment on takeover: once a fence quorum of replicas
+    /// answered, how much longer to wait for the others (their copies then
+    /// get the recovered tail at once instead of through repair).
+    /// Default 200.
+    pub fence_grace_ms: u64,
+    /// How often a partition whose open segment has fewer replicas than the
+    /// topic's ensemble size (stores were down when it was created) checks
+    /// whether enough stores are live again to roll to a full ensemble.
+    /// Default 10000.
+    pub degraded_ensemble_check_interval_ms: u64,
     /// Session timeout of group members that do not ask for one. Default 45000.
     pub group_session_timeout_ms: u64,
     /// Smallest session timeout a member may ask for. Default 6000.
@@ -71,6 +86,18 @@ pub struct BrokerConfig {
     pub route_refresh_interval_ms: u64,
     /// How often retention runs over served partitions. Default 60000.
     pub retention_check_interval_ms: u64,
+    /// Idempotent producers remembered per partition (each with its last
+    /// few batches, to recognise resends); beyond it the least recently
+    /// used is forgotten, and a resend of its batches could then be
+    /// appended twice. Default 10000.
+    pub max_producer_states_per_partition: usize,
+    /// Bytes at the end of a partition's log read on takeover to rebuild
+    /// the idempotent producers' state. A resend is recognised after a
+    /// failover if its original is within this tail, so it must exceed
+    /// what the partition takes in during a producer's delivery timeout
+    /// (client `delivery_timeout_ms`, default 30 s; ADR 0010). Default
+    /// 64 MiB.
+    pub producer_state_rebuild_bytes: u64,
     pub telemetry: TelemetryConfig,
 }
 
@@ -95,6 +122,9 @@ impl Default for BrokerConfig {
             connect_timeout_ms: 3_000,
             register_backoff_max_ms: 5_000,
             takeover_backoff_max_ms: 5_000,
+            replica_ack_timeout_ms: 2_000,
+            fence_grace_ms: 200,
+            degraded_ensemble_check_interval_ms: 10_000,
             group_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 300_000,
@@ -104,6 +134,8 @@ impl Default for BrokerConfig {
             max_commit_metadata_bytes: 4096,
             route_refresh_interval_ms: 10_000,
             retention_check_interval_ms: 60_000,
+            max_producer_states_per_partition: 10_000,
+            producer_state_rebuild_bytes: 64 * 1024 * 1024,
             telemetry: TelemetryConfig::default(),
         }
     }

@@ -1,5 +1,6 @@
 //! Pure decisions of the data path: where a fetch offset falls, which
-//! segments retention deletes, how much of a store read may be returned.
+//! segments retention deletes, how much of a store read may be returned,
+//! and the quorum arithmetic of replicated segments (ADR 0008).
 
 use sluice_proto::batch::BatchIter;
 use sluice_proto::v1::{SegmentInfo, SegmentState};
@@ -76,6 +77,48 @@ pub fn select_for_deletion(
         selected.push(segment.segment_id);
     }
     selected
+}
+
+/// Ack quorum of a segment with `replicas` copies under a topic asking for
+/// `configured` (0 = unset means 1): never more than the copies there are.
+pub fn effective_ack_quorum(configured: u32, replicas: usize) -> usize {
+    (configured as usize).clamp(1, replicas.max(1))
+}
+
+/// How many of a segment's replicas a new owner must fence before it may
+/// trust what they hold: enough that every set of `ack_quorum` replicas
+/// includes a fenced one. Then (a) the previous writer can get no further
+/// append acknowledged, since an acknowledgement needs `ack_quorum`
+/// unfenced replicas, and (b) every acknowledged append, being on
+/// `ack_quorum` replicas, is on at least one fenced replica.
+pub fn fence_quorum(replicas: usize, ack_quorum: usize) -> usize {
+    let ack_quorum = ack_quorum.clamp(1, replicas.max(1));
+    replicas.saturating_sub(ack_quorum) + 1
+}
+
+/// A fenced replica's answer: where its copy of the segment ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FencedCopy {
+    pub replica: usize,
+    /// One past the last offset it holds that it can serve (a corrupt
+    /// entry ends the usable copy there).
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp_ms: i64,
+}
+
+/// The recovered end of a fenced segment: the longest fenced copy. Every
+/// replica's copy is a prefix of the one sequence its single writer sent,
+/// so the longest copy contains every other, and by [`fence_quorum`] every
+/// acknowledged append. `None` when fewer than `quorum` copies answered.
+pub fn recovered_copy(fenced: &[FencedCopy], quorum: usize) -> Option<FencedCopy> {
+    if fenced.len() < quorum.max(1) {
+        return None;
+    }
+    fenced
+        .iter()
+        .copied()
+        .max_by_key(|copy| (copy.end_offset, std::cmp::Reverse(copy.replica)))
 }
 
 #[cfg(test)]
@@ -176,5 +219,43 @@ mod tests {
         assert_eq!(prefix_within_high_watermark(&bytes, 4), bytes.len());
         assert_eq!(prefix_within_high_watermark(&bytes, 3), first_length);
         assert_eq!(prefix_within_high_watermark(&bytes, 1), 0);
+    }
+
+    #[test]
+    fn fence_quorum_intersects_every_ack_quorum() {
+        for replicas in 1..=7usize {
+            for ack_quorum in 1..=replicas {
+                let fence = fence_quorum(replicas, ack_quorum);
+                assert!(fence <= replicas);
+                // Any ack quorum and any fence quorum share a replica.
+                assert!(fence + ack_quorum > replicas, "{replicas}/{ack_quorum}");
+                // And the fence quorum is the smallest such set.
+                assert!(fence - 1 + ack_quorum <= replicas);
+            }
+        }
+        assert_eq!(fence_quorum(3, 2), 2);
+        assert_eq!(fence_quorum(3, 3), 1);
+        assert_eq!(fence_quorum(3, 1), 3);
+        assert_eq!(fence_quorum(1, 1), 1);
+        // A quorum asked above the copies there are is clamped.
+        assert_eq!(fence_quorum(2, 3), 1);
+        assert_eq!(effective_ack_quorum(2, 1), 1);
+        assert_eq!(effective_ack_quorum(0, 3), 1);
+        assert_eq!(effective_ack_quorum(2, 3), 2);
+    }
+
+    #[test]
+    fn recovery_takes_the_longest_fenced_copy_once_a_quorum_answered() {
+        let copy = |replica, end_offset| FencedCopy {
+            replica,
+            end_offset,
+            size_bytes: end_offset * 10,
+            max_timestamp_ms: end_offset as i64,
+        };
+        assert_eq!(recovered_copy(&[copy(0, 5)], 2), None);
+        assert_eq!(recovered_copy(&[], 1), None);
+        let recovered = recovered_copy(&[copy(0, 5), copy(2, 9), copy(1, 9)], 2);
+        assert_eq!(recovered, Some(copy(1, 9)));
+        assert_eq!(recovered_copy(&[copy(1, 3), copy(0, 1)], 2), Some(copy(1, 3)));
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 mod coordinator;
 mod decisions;
 pub mod error;
+mod idempotence;
 mod ownership;
 mod partition;
 mod retention;
@@ -56,9 +57,15 @@ pub(crate) struct Shared {
     /// Produce bytes accepted since start; the heartbeat reports the rate
     /// so the nameserver can weigh brokers by load.
     pub produced_bytes: std::sync::atomic::AtomicU64,
+    /// Stores with a live lease, as of the last heartbeat.
+    pub live_stores: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
+    pub fn live_stores(&self) -> usize {
+        self.live_stores.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn partition(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
         self.partitions
             .read()
@@ -252,6 +259,7 @@ pub async fn run(
         partitions: RwLock::new(HashMap::new()),
         partition_counts: Mutex::new(HashMap::new()),
         produced_bytes: std::sync::atomic::AtomicU64::new(0),
+        live_stores: std::sync::atomic::AtomicUsize::new(0),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,
@@ -262,9 +270,24 @@ pub async fn run(
     let (background_stop, background_stopped) = watch::channel(false);
     let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
     let retention = tokio::spawn(retention::run(shared.clone(), background_stopped));
+    // grpc.health.v1 for orchestrators (the compose healthcheck runs
+    // `sluice health`): SERVING from here on, NOT_SERVING once shutdown starts.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<BrokerServer<service::BrokerService>>()
+        .await;
+    let health_service = health_service
+        .max_decoding_message_size(shared.config.max_grpc_message_bytes)
+        .max_encoding_message_size(shared.config.max_grpc_message_bytes);
     let stop_on_shutdown = async move {
         shutdown.await;
         tracing::info!("broker shutting down");
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health_reporter
+            .set_not_serving::<BrokerServer<service::BrokerService>>()
+            .await;
         stop_sender.send_replace(true);
     };
     let max_message_bytes = shared.config.max_grpc_message_bytes;
@@ -276,6 +299,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(service)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(
             // Nagle off: pipelined small responses must not wait for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

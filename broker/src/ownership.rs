@@ -143,6 +143,10 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             match answer {
                 Ok(answer) => {
                     last_success = sent_at;
+                    shared.live_stores.store(
+                        usize::try_from(answer.live_stores).unwrap_or(usize::MAX),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     reconcile(&shared, &answer.assignments);
                 }
                 Err(error) if error.remote_code() == Some(ErrorCode::SessionExpired) => {

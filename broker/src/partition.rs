@@ -9,18 +9,21 @@
 //! client retry never reorders.
 
 use crate::clients::{nameserver_call, request, stream_request};
-use crate::decisions::{prefix_within_high_watermark, segment_for_offset};
+use crate::decisions::{
+    effective_ack_quorum, fence_quorum, prefix_within_high_watermark, recovered_copy,
+    segment_for_offset, FencedCopy,
+};
 use crate::error::BrokerError;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
-use futures::stream::{BoxStream, SelectAll};
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::StreamExt;
 use sluice_proto::batch::{assign, BatchHeader};
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest, Durability,
-    ListSegmentsRequest, ReadRequest, SealSegmentRequest, SegmentInfo, SegmentState,
+    ListSegmentsRequest, ReadRequest, RecoveryAppendRequest, SealSegmentRequest, SegmentInfo, SegmentState,
     StoreCreateSegmentRequest, TopicConfig,
 };
 use sluice_proto::{ErrorCode, SluiceError};
@@ -94,6 +97,9 @@ pub struct Partition {
     queue_limit_permits: u32,
     segments: RwLock<Vec<SegmentInfo>>,
     stopped: watch::Sender<bool>,
+    /// Idempotent producers' latest batches (ADR 0010); used by the
+    /// pipeline task only.
+    producers: std::sync::Mutex<crate::idempotence::ProducerStates>,
 }
 
 impl Partition {
@@ -124,6 +130,9 @@ impl Partition {
             queue_limit_permits: u32::try_from(queue_permits).unwrap_or(u32::MAX),
             segments: RwLock::new(Vec::new()),
             stopped: watch::Sender::new(false),
+            producers: std::sync::Mutex::new(crate::idempotence::ProducerStates::new(
+                shared.config.max_producer_states_per_partition,
+            )),
         });
         tokio::spawn(run(shared, partition.clone(), jobs_receiver));
         partition
@@ -294,7 +303,15 @@ impl Partition {
                 Ok(response) => {
                     let batches = response.into_inner().batches;
                     let keep = prefix_within_high_watermark(&batches, high_watermark);
-                    return Ok(batches.slice(..keep));
+                    if keep > 0 {
+                        return Ok(batches.slice(..keep));
+                    }
+                    // A copy that ends before `offset` (a replica that
+                    // missed the tail and awaits repair): try the next.
+                    last_error = BrokerError::Unavailable(format!(
+                        "no replica of segment {} of {} holds offset {offset} yet",
+                        segment.segment_id, self.key
+                    ));
                 }
                 Err(status) => {
                     tracing::warn!(partition = %self.key, store = %replica.store_id, %status, "store read failed");
@@ -308,8 +325,15 @@ impl Partition {
 
 enum ServeEnd {
     Stopped,
-    Roll,
-    Failed(BrokerError),
+    /// Open a new segment; `failed_stores` dropped out of this one's
+    /// ensemble and are avoided in the next.
+    Roll {
+        failed_stores: Vec<String>,
+    },
+    Failed {
+        error: BrokerError,
+        failed_stores: Vec<String>,
+    },
 }
 
 type ReplicaResponses =
@@ -318,9 +342,53 @@ type ReplicaResponses =
 /// The open segment being appended to, with one ordered stream per replica.
 struct OpenSegment {
     info: SegmentInfo,
-    senders: Vec<mpsc::Sender<AppendRequest>>,
+    replicas: Vec<ReplicaStream>,
     responses: ReplicaResponses,
     opened_at: Instant,
+}
+
+/// One replica of the open segment: its ordered append stream and how far
+/// it has acknowledged (stores answer in order, so one number says it).
+struct ReplicaStream {
+    store_id: String,
+    sender: mpsc::Sender<AppendRequest>,
+    acknowledged_sequence: u64,
+    /// Broke, refused an append, or fell behind: no longer written to, and
+    /// avoided in the next ensemble.
+    failed: bool,
+}
+
+impl OpenSegment {
+    fn healthy_replicas(&self) -> usize {
+        self.replicas.iter().filter(|replica| !replica.failed).count()
+    }
+
+    /// Replicas (failed or not) that acknowledged `sequence`: an entry
+    /// acknowledged by a replica that failed later is still durable there.
+    fn acknowledgements(&self, sequence: u64) -> usize {
+        self.replicas
+            .iter()
+            .filter(|replica| replica.acknowledged_sequence >= sequence)
+            .count()
+    }
+
+    fn failed_stores(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .filter(|replica| replica.failed)
+            .map(|replica| replica.store_id.clone())
+            .collect()
+    }
+
+    /// The oldest append some healthy replica has not acknowledged yet.
+    fn slowest_acknowledged(&self) -> u64 {
+        self.replicas
+            .iter()
+            .filter(|replica| !replica.failed)
+            .map(|replica| replica.acknowledged_sequence)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
 }
 
 struct InFlight {
@@ -329,8 +397,6 @@ struct InFlight {
     base_offset: u64,
     end_offset: u64,
     bytes: Bytes,
-    acknowledgements: usize,
-    sent_at: Instant,
     append_time_ms: i64,
 }
 
@@ -375,12 +441,14 @@ async fn run(
     let mut stopped = partition.stopped.subscribe();
     let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
     let mut replayed = !partition.is_offsets_topic();
+    // Stores that just failed this partition: kept out of the next ensemble.
+    let mut excluded: Vec<String> = Vec::new();
     loop {
         if *stopped.borrow() {
             break;
         }
         let opened = tokio::select! {
-            result = open_segment(&shared, &partition) => result,
+            result = open_segment(&shared, &partition, &mut excluded) => result,
             _ = crate::wait_until_set(&mut stopped) => break,
         };
         let mut outcome = opened;
@@ -392,6 +460,16 @@ async fn run(
             match loaded {
                 Ok(()) => replayed = true,
                 Err(error) => outcome = Err(error),
+            }
+        }
+        if outcome.is_ok() {
+            // After a takeover or a failure (a no-op after a roll).
+            let rebuilt = tokio::select! {
+                result = crate::idempotence::rebuild(&shared, &partition) => result,
+                _ = crate::wait_until_set(&mut stopped) => break,
+            };
+            if let Err(error) = rebuilt {
+                outcome = Err(error);
             }
         }
         let segment = match outcome {
@@ -419,11 +497,22 @@ async fn run(
             .status
             .send_modify(|status| status.phase = Phase::Serving);
         backoff.reset();
+        excluded.clear();
         match serve(&shared, &partition, segment, &mut jobs).await {
             ServeEnd::Stopped => break,
-            ServeEnd::Roll => continue,
-            ServeEnd::Failed(error) => {
-                tracing::warn!(partition = %partition.key, %error, "append pipeline failed; recovering");
+            ServeEnd::Roll { failed_stores } => {
+                if !failed_stores.is_empty() {
+                    tracing::warn!(partition = %partition.key, ?failed_stores, "replicas failed; moving to a new ensemble");
+                }
+                excluded = failed_stores;
+                continue;
+            }
+            ServeEnd::Failed {
+                error,
+                failed_stores,
+            } => {
+                excluded = failed_stores;
+                tracing::warn!(partition = %partition.key, %error, ?excluded, "append pipeline failed; recovering");
                 partition.status.send_modify(|status| {
                     status.phase = Phase::Recovering;
                     status.generation += 1;
@@ -447,52 +536,183 @@ fn durability(config: &TopicConfig) -> i32 {
     }
 }
 
-/// Seals an open segment on its replicas and returns (end offset, size,
-/// max timestamp). A replica that never created it (the previous owner died
-/// between metadata and store) counts as empty.
-async fn seal_replicas(
+/// What fencing and recovering an open segment established.
+struct RecoveredSegment {
+    end_offset: u64,
+    size_bytes: u64,
+    max_timestamp_ms: i64,
+}
+
+/// Fences an open segment and recovers its end (ADR 0008): seals it on its
+/// replicas in parallel, waits for a fence quorum (and briefly for the
+/// rest), takes the longest fenced copy as the segment's content, and
+/// copies the missing tail to every other fenced replica so the recovered
+/// entries are on as many copies as answered. Replicas that did not answer
+/// are left to repair.
+async fn fence_and_recover(
     shared: &Shared,
+    partition: &Partition,
     segment: &SegmentInfo,
-    epoch: u64,
-) -> Result<(u64, u64, i64), BrokerError> {
-    let mut sealed: Option<(u64, u64, i64)> = None;
-    for replica in &segment.replicas {
-        let mut store = shared.clients.store(&replica.address)?;
+) -> Result<RecoveredSegment, BrokerError> {
+    let epoch = partition.epoch;
+    let replicas = &segment.replicas;
+    if replicas.is_empty() {
+        return Ok(RecoveredSegment {
+            end_offset: segment.base_offset,
+            size_bytes: 0,
+            max_timestamp_ms: segment.max_timestamp_ms,
+        });
+    }
+    let ack_quorum = effective_ack_quorum(partition.config.ack_quorum, replicas.len());
+    let quorum = fence_quorum(replicas.len(), ack_quorum);
+    let mut seals = FuturesUnordered::new();
+    for (index, replica) in replicas.iter().enumerate() {
         let seal = SealSegmentRequest {
             segment_id: segment.segment_id,
             writer_epoch: epoch,
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+            base_offset: segment.base_offset,
+            durability: durability(&partition.config),
         };
-        let answer = match store
-            .seal_segment(request(seal, shared.clients.store_timeout))
-            .await
-        {
-            Ok(response) => {
-                let status = response.into_inner();
-                (
-                    status.end_offset.max(segment.base_offset),
-                    status.size_bytes,
-                    status.max_timestamp_ms,
-                )
-            }
-            Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {
-                (segment.base_offset, 0, segment.max_timestamp_ms)
-            }
-            Err(status) => return Err(BrokerError::remote("store SealSegment", &status)),
-        };
-        // Acknowledged data reached every replica of the write quorum, so
-        // the longest sealed replica holds all of it.
-        sealed = Some(match sealed {
-            Some(previous) if previous.0 >= answer.0 => previous,
-            _ => answer,
+        let store = shared.clients.store(&replica.address);
+        let timeout = shared.clients.store_timeout;
+        seals.push(async move {
+            let answer = match store {
+                Ok(mut store) => store
+                    .seal_segment(request(seal, timeout))
+                    .await
+                    .map(|response| response.into_inner())
+                    .map_err(|status| BrokerError::remote("store SealSegment", &status)),
+                Err(error) => Err(error),
+            };
+            (index, answer)
         });
     }
-    Ok(sealed.unwrap_or((segment.base_offset, 0, segment.max_timestamp_ms)))
+    let mut fenced: Vec<FencedCopy> = Vec::new();
+    let mut last_error: Option<BrokerError> = None;
+    let grace = Duration::from_millis(shared.config.fence_grace_ms);
+    let mut grace_deadline: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            next = seals.next() => next,
+            _ = tokio::time::sleep_until(grace_deadline.unwrap_or_else(never)), if grace_deadline.is_some() => None,
+        };
+        let Some((index, answer)) = next else { break };
+        match answer {
+            Ok(status) => {
+                let usable_end = status
+                    .corrupt_from_offset
+                    .map_or(status.end_offset, |corrupt| corrupt.min(status.end_offset))
+                    .max(segment.base_offset);
+                if status.corrupt_from_offset.is_some() {
+                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, usable_end, "fenced copy is damaged; using it only up to the damage");
+                }
+                fenced.push(FencedCopy {
+                    replica: index,
+                    end_offset: usable_end,
+                    size_bytes: status.size_bytes,
+                    max_timestamp_ms: status.max_timestamp_ms,
+                });
+                if fenced.len() >= quorum && grace_deadline.is_none() {
+                    grace_deadline = Some(Instant::now() + grace);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, %error, "cannot fence a replica");
+                last_error = Some(error);
+            }
+        }
+    }
+    let Some(longest) = recovered_copy(&fenced, quorum) else {
+        return Err(BrokerError::Unavailable(format!(
+            "fenced {} of the {} replicas of segment {} of {}, need {quorum}{}",
+            fenced.len(),
+            replicas.len(),
+            segment.segment_id,
+            partition.key,
+            last_error.map(|error| format!(" (last error: {error})")).unwrap_or_default()
+        )));
+    };
+    for copy in &fenced {
+        if copy.end_offset < longest.end_offset {
+            copy_tail(shared, partition, segment, &longest, copy).await?;
+        }
+    }
+    Ok(RecoveredSegment {
+        end_offset: longest.end_offset,
+        size_bytes: longest.size_bytes,
+        max_timestamp_ms: longest.max_timestamp_ms,
+    })
 }
 
-/// Takeover (and recovery, and roll): close whatever segment is open at
-/// the stores' end, then create a new segment at the high watermark on its
-/// replicas and open the append streams.
-async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegment, BrokerError> {
+/// Copies `[to.end_offset, from.end_offset)` of a fenced segment from one
+/// replica to another, in chunks of at most one fetch, with the owner's
+/// epoch (allowed on the sealed copy because the owner fenced it).
+async fn copy_tail(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    from: &FencedCopy,
+    to: &FencedCopy,
+) -> Result<(), BrokerError> {
+    let source = &segment.replicas[from.replica];
+    let target = &segment.replicas[to.replica];
+    let mut source_store = shared.clients.store(&source.address)?;
+    let mut target_store = shared.clients.store(&target.address)?;
+    let chunk_bytes = u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX);
+    let mut offset = to.end_offset;
+    while offset < from.end_offset {
+        let read = ReadRequest {
+            segment_id: segment.segment_id,
+            offset,
+            max_bytes: chunk_bytes,
+            end_offset: from.end_offset,
+        };
+        let batches = source_store
+            .read(request(read, shared.clients.store_timeout))
+            .await
+            .map_err(|status| BrokerError::remote("store Read (recovery)", &status))?
+            .into_inner()
+            .batches;
+        if batches.is_empty() {
+            return Err(BrokerError::Internal(format!(
+                "store {} returned nothing at {offset} of segment {} below its end {}",
+                source.store_id, segment.segment_id, from.end_offset
+            )));
+        }
+        let append = RecoveryAppendRequest {
+            segment_id: segment.segment_id,
+            fence_epoch: partition.epoch,
+            batches,
+        };
+        let status = target_store
+            .recovery_append(request(append, shared.clients.store_timeout))
+            .await
+            .map_err(|status| BrokerError::remote("store RecoveryAppend", &status))?
+            .into_inner();
+        if status.end_offset <= offset {
+            return Err(BrokerError::Internal(format!(
+                "store {} did not advance segment {} past {offset} while recovering",
+                target.store_id, segment.segment_id
+            )));
+        }
+        offset = status.end_offset;
+    }
+    tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = to.end_offset, end = from.end_offset, "re-replicated the tail of a fenced segment");
+    Ok(())
+}
+
+/// Takeover (and recovery, and roll): fence and close whatever segment is
+/// open, then create a new segment at the recovered end on a new ensemble
+/// (avoiding `excluded` stores, which just failed) and open the append
+/// streams. A store that fails while the segment is being opened is added
+/// to `excluded` for the next attempt.
+async fn open_segment(
+    shared: &Shared,
+    partition: &Partition,
+    excluded: &mut Vec<String>,
+) -> Result<OpenSegment, BrokerError> {
     let key = &partition.key;
     let epoch = partition.epoch;
     let clients = &shared.clients;
@@ -510,8 +730,7 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
         if segment.state() != SegmentState::Open {
             continue;
         }
-        let (end_offset, size_bytes, max_timestamp_ms) =
-            seal_replicas(shared, segment, epoch).await?;
+        let recovered = fence_and_recover(shared, partition, segment).await?;
         *segment = nameserver_call!(
             clients,
             close_segment,
@@ -520,9 +739,9 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
                 partition: key.partition,
                 epoch,
                 segment_id: segment.segment_id,
-                end_offset,
-                size_bytes,
-                max_timestamp_ms,
+                end_offset: recovered.end_offset,
+                size_bytes: recovered.size_bytes,
+                max_timestamp_ms: recovered.max_timestamp_ms,
             }
         )?;
     }
@@ -542,6 +761,7 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
             partition: key.partition,
             epoch,
             base_offset: high_watermark,
+            exclude_store_ids: excluded.clone(),
         }
     )?;
     if created.replicas.is_empty() {
@@ -551,35 +771,35 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
         )));
     }
     let capacity = shared.config.max_in_flight_appends_per_partition.max(1) + 1;
-    let mut senders = Vec::with_capacity(created.replicas.len());
+    let mut replicas = Vec::with_capacity(created.replicas.len());
     let mut responses: ReplicaResponses = SelectAll::new();
     for (index, replica) in created.replicas.iter().enumerate() {
-        let mut store = clients.store(&replica.address)?;
-        let create = StoreCreateSegmentRequest {
-            segment_id: created.segment_id,
-            topic: key.topic.clone(),
-            partition: key.partition,
-            base_offset: created.base_offset,
-            writer_epoch: epoch,
-            durability: durability(&partition.config),
+        let opened = open_append_stream(shared, partition, &created, &replica.address, capacity)
+            .await;
+        let (sender, stream) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                if !excluded.contains(&replica.store_id) {
+                    excluded.push(replica.store_id.clone());
+                }
+                return Err(error);
+            }
         };
-        store
-            .create_segment(request(create, clients.store_timeout))
-            .await
-            .map_err(|status| BrokerError::remote("store CreateSegment", &status))?;
-        let (sender, receiver) = mpsc::channel(capacity);
-        let stream = tokio::time::timeout(
-            clients.store_timeout,
-            store.append(stream_request(ReceiverStream::new(receiver))),
-        )
-        .await
-        .map_err(|_| {
-            BrokerError::Timeout(format!("opening the append stream to {}", replica.address))
-        })?
-        .map_err(|status| BrokerError::remote("store Append", &status))?
-        .into_inner();
-        senders.push(sender);
-        responses.push(stream.map(move |item| (index, item)).boxed());
+        replicas.push(ReplicaStream {
+            store_id: replica.store_id.clone(),
+            sender,
+            acknowledged_sequence: 0,
+            failed: false,
+        });
+        // A stream that ends fails its replica at once rather than after
+        // the acknowledgement timeout.
+        let ended = futures::stream::once(async move {
+            (
+                index,
+                Err(tonic::Status::unavailable("the store ended the append stream")),
+            )
+        });
+        responses.push(stream.map(move |item| (index, item)).chain(ended).boxed());
     }
     segments.push(created.clone());
     partition.set_segments(segments);
@@ -590,10 +810,50 @@ async fn open_segment(shared: &Shared, partition: &Partition) -> Result<OpenSegm
     });
     Ok(OpenSegment {
         info: created,
-        senders,
+        replicas,
         responses,
         opened_at: Instant::now(),
     })
+}
+
+/// Creates the new segment on one store and opens its ordered append stream.
+async fn open_append_stream(
+    shared: &Shared,
+    partition: &Partition,
+    created: &SegmentInfo,
+    address: &str,
+    capacity: usize,
+) -> Result<
+    (
+        mpsc::Sender<AppendRequest>,
+        tonic::Streaming<AppendResponse>,
+    ),
+    BrokerError,
+> {
+    let clients = &shared.clients;
+    let mut store = clients.store(address)?;
+    let create = StoreCreateSegmentRequest {
+        segment_id: created.segment_id,
+        topic: partition.key.topic.clone(),
+        partition: partition.key.partition,
+        base_offset: created.base_offset,
+        writer_epoch: partition.epoch,
+        durability: durability(&partition.config),
+    };
+    store
+        .create_segment(request(create, clients.store_timeout))
+        .await
+        .map_err(|status| BrokerError::remote("store CreateSegment", &status))?;
+    let (sender, receiver) = mpsc::channel(capacity);
+    let stream = tokio::time::timeout(
+        clients.store_timeout,
+        store.append(stream_request(ReceiverStream::new(receiver))),
+    )
+    .await
+    .map_err(|_| BrokerError::Timeout(format!("opening the append stream to {address}")))?
+    .map_err(|status| BrokerError::remote("store Append", &status))?
+    .into_inner();
+    Ok((sender, stream))
 }
 
 fn fail_all(in_flight: &mut VecDeque<InFlight>, error: &BrokerError) {
@@ -608,6 +868,15 @@ fn never() -> Instant {
 }
 
 /// The pipeline over one open segment until it must roll, fails or stops.
+///
+/// Each append goes to every healthy replica (write quorum = ensemble) and
+/// completes, in order, once `ack_quorum` replicas acknowledged it. A
+/// replica that breaks, refuses an append, falls more than the stream
+/// capacity behind, or leaves an append unacknowledged for
+/// `replica_ack_timeout_ms` is dropped: while `ack_quorum` healthy replicas
+/// remain, the pipeline stops taking new appends, lets those in flight
+/// complete, and rolls to a new segment on a new ensemble; otherwise it
+/// fails (and recovery fences the segment).
 async fn serve(
     shared: &Shared,
     partition: &Partition,
@@ -615,24 +884,43 @@ async fn serve(
     jobs: &mut mpsc::UnboundedReceiver<AppendJob>,
 ) -> ServeEnd {
     let config = &partition.config;
-    let replica_count = segment.senders.len();
-    let ack_quorum = (config.ack_quorum as usize).clamp(1, replica_count);
+    let ack_quorum = effective_ack_quorum(config.ack_quorum, segment.replicas.len());
     let max_in_flight = shared.config.max_in_flight_appends_per_partition.max(1);
-    let ack_timeout = shared.clients.store_timeout;
+    let replica_ack_timeout = Duration::from_millis(shared.config.replica_ack_timeout_ms.max(1));
     let mut stopped = partition.stopped.subscribe();
     let mut next_offset = partition.status().high_watermark;
     let mut sequence: u64 = 0;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // Send times of appends some healthy replica has not acknowledged yet.
+    let mut unacknowledged: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut size_bytes: u64 = 0;
     let mut rolling = false;
     let roll_at = (config.segment_ms > 0)
         .then(|| segment.opened_at + Duration::from_millis(config.segment_ms));
+    let ensemble_size = (config.ensemble_size as usize).max(1);
+    let degraded_check_every =
+        Duration::from_millis(shared.config.degraded_ensemble_check_interval_ms.max(1));
+    let mut degraded_check_at = (segment.replicas.len() < ensemble_size)
+        .then(|| segment.opened_at + degraded_check_every);
     loop {
         if rolling && in_flight.is_empty() {
-            return ServeEnd::Roll;
+            return ServeEnd::Roll {
+                failed_stores: segment.failed_stores(),
+            };
         }
-        let ack_deadline = in_flight.front().map(|entry| entry.sent_at + ack_timeout);
+        let slowest = segment.slowest_acknowledged();
+        while unacknowledged
+            .front()
+            .is_some_and(|(sequence, _)| *sequence <= slowest)
+        {
+            unacknowledged.pop_front();
+        }
+        let replica_deadline = unacknowledged
+            .front()
+            .map(|(_, sent_at)| *sent_at + replica_ack_timeout);
         let time_roll_armed = roll_at.is_some() && !rolling && size_bytes > 0;
+        // A replica dropped below: decide whether the rest can go on.
+        let mut dropped: Option<BrokerError> = None;
         tokio::select! {
             _ = crate::wait_until_set(&mut stopped) => {
                 fail_all(&mut in_flight, &partition.not_owner());
@@ -650,6 +938,9 @@ async fn serve(
                     });
                     continue;
                 }
+                let Some(job) = deduplicate(partition, job, next_offset) else {
+                    continue;
+                };
                 let mut bytes = job.batch.to_vec();
                 // The ownership epoch fits the batch's 32-bit field for any
                 // realistic number of reassignments; saturate otherwise.
@@ -662,14 +953,21 @@ async fn serve(
                     batch: bytes.clone(),
                     sequence,
                 };
-                // Capacity exceeds the in-flight bound, so a full channel
-                // cannot happen; a closed one means the stream broke.
-                if segment.senders.iter().any(|sender| sender.try_send(append.clone()).is_err()) {
-                    let error = BrokerError::Unavailable(format!("append stream of {} closed", partition.key));
-                    job.fail(error.clone());
-                    fail_all(&mut in_flight, &error);
-                    return ServeEnd::Failed(error);
+                let now = Instant::now();
+                for replica in segment.replicas.iter_mut().filter(|replica| !replica.failed) {
+                    // The channel holds more than the in-flight bound, so a
+                    // full one means this replica fell that far behind the
+                    // others; a closed one, that its stream broke.
+                    if replica.sender.try_send(append.clone()).is_err() {
+                        tracing::warn!(partition = %partition.key, store = %replica.store_id, "replica fell behind or its stream closed; dropping it");
+                        replica.failed = true;
+                        dropped = Some(BrokerError::Unavailable(format!(
+                            "store {} fell behind or closed the append stream of {}",
+                            replica.store_id, partition.key
+                        )));
+                    }
                 }
+                unacknowledged.push_back((sequence, now));
                 let end_offset = next_offset + u64::from(job.header.record_count);
                 size_bytes += bytes.len() as u64;
                 in_flight.push_back(InFlight {
@@ -678,8 +976,6 @@ async fn serve(
                     base_offset: next_offset,
                     end_offset,
                     bytes,
-                    acknowledgements: 0,
-                    sent_at: Instant::now(),
                     append_time_ms: sluice_proto::now_unix_ms(),
                 });
                 next_offset = end_offset;
@@ -687,53 +983,85 @@ async fn serve(
                     rolling = true;
                 }
             }
-            response = segment.responses.next(), if !in_flight.is_empty() => {
-                let error = match response {
-                    Some((_, Ok(answer))) if answer.error == ErrorCode::None as i32 => {
-                        let front_sequence = in_flight.front().map(|entry| entry.sequence).unwrap_or(0);
-                        let entry = answer
-                            .sequence
-                            .checked_sub(front_sequence)
-                            .and_then(|index| usize::try_from(index).ok())
-                            .and_then(|index| in_flight.get_mut(index));
-                        match entry {
-                            Some(entry) => {
-                                entry.acknowledgements += 1;
-                                while in_flight.front().is_some_and(|entry| entry.acknowledgements >= ack_quorum) {
-                                    if let Some(done) = in_flight.pop_front() {
-                                        complete(shared, partition, done);
-                                    }
-                                }
-                                None
+            response = segment.responses.next(), if !in_flight.is_empty() || !unacknowledged.is_empty() => {
+                let Some((index, answer)) = response else {
+                    let error = BrokerError::Unavailable(format!("every append stream of {} closed", partition.key));
+                    fail_all(&mut in_flight, &error);
+                    return ServeEnd::Failed { error, failed_stores: segment.failed_stores() };
+                };
+                let store_id = segment.replicas[index].store_id.clone();
+                let failure = match answer {
+                    Ok(answer) if answer.error == ErrorCode::None as i32 => {
+                        let replica = &mut segment.replicas[index];
+                        if answer.sequence <= replica.acknowledged_sequence || answer.sequence > sequence {
+                            Some(BrokerError::Internal(format!(
+                                "store {store_id} acknowledged sequence {} out of order for {} (had {}, sent {sequence})",
+                                answer.sequence, partition.key, replica.acknowledged_sequence
+                            )))
+                        } else {
+                            if !replica.failed {
+                                replica.acknowledged_sequence = answer.sequence;
                             }
-                            None => Some(BrokerError::Internal(format!(
-                                "store acknowledged unknown sequence {} for {}", answer.sequence, partition.key
-                            ))),
+                            while in_flight.front().is_some_and(|entry| segment.acknowledgements(entry.sequence) >= ack_quorum) {
+                                if let Some(done) = in_flight.pop_front() {
+                                    complete(shared, partition, done);
+                                }
+                            }
+                            None
                         }
                     }
-                    Some((_, Ok(answer))) => {
+                    Ok(answer) => {
                         let code = ErrorCode::try_from(answer.error).unwrap_or(ErrorCode::Internal);
                         Some(BrokerError::Remote {
-                            context: "store Append".into(),
+                            context: format!("store {store_id} Append"),
                             error: SluiceError::new(code, answer.error_message),
                         })
                     }
-                    Some((_, Err(status))) => Some(BrokerError::remote("store Append", &status)),
-                    None => Some(BrokerError::Unavailable(format!("store closed the append stream of {}", partition.key))),
+                    Err(status) => Some(BrokerError::remote("store Append", &status)),
                 };
-                if let Some(error) = error {
-                    fail_all(&mut in_flight, &error);
-                    return ServeEnd::Failed(error);
+                if let Some(error) = failure {
+                    let replica = &mut segment.replicas[index];
+                    if !replica.failed {
+                        tracing::warn!(partition = %partition.key, store = %store_id, %error, "replica failed; dropping it");
+                        replica.failed = true;
+                        dropped = Some(error);
+                    }
                 }
             }
-            _ = tokio::time::sleep_until(ack_deadline.unwrap_or_else(never)), if ack_deadline.is_some() => {
-                let error = BrokerError::Timeout(format!("append to {}", partition.key));
-                fail_all(&mut in_flight, &error);
-                return ServeEnd::Failed(error);
+            _ = tokio::time::sleep_until(replica_deadline.unwrap_or_else(never)), if replica_deadline.is_some() => {
+                let overdue = unacknowledged.front().map_or(0, |(sequence, _)| *sequence);
+                for replica in segment.replicas.iter_mut().filter(|replica| !replica.failed && replica.acknowledged_sequence < overdue) {
+                    tracing::warn!(partition = %partition.key, store = %replica.store_id, timeout_ms = shared.config.replica_ack_timeout_ms, "replica did not acknowledge in time; dropping it");
+                    replica.failed = true;
+                    dropped = Some(BrokerError::Timeout(format!(
+                        "store {} did not acknowledge an append of {} within {} ms",
+                        replica.store_id, partition.key, shared.config.replica_ack_timeout_ms
+                    )));
+                }
             }
             _ = tokio::time::sleep_until(roll_at.unwrap_or_else(never)), if time_roll_armed => {
                 rolling = true;
             }
+            _ = tokio::time::sleep_until(degraded_check_at.unwrap_or_else(never)), if degraded_check_at.is_some() && !rolling => {
+                if shared.live_stores() >= ensemble_size {
+                    tracing::info!(partition = %partition.key, replicas = segment.replicas.len(), ensemble_size, "enough stores are live again; rolling to a full ensemble");
+                    rolling = true;
+                } else {
+                    degraded_check_at = Some(Instant::now() + degraded_check_every);
+                }
+            }
+        }
+        if let Some(error) = dropped {
+            if segment.healthy_replicas() < ack_quorum {
+                // In-flight appends that already reached the ack quorum
+                // were completed above; the rest cannot be.
+                fail_all(&mut in_flight, &error);
+                return ServeEnd::Failed {
+                    error,
+                    failed_stores: segment.failed_stores(),
+                };
+            }
+            rolling = true;
         }
     }
 }
@@ -750,6 +1078,9 @@ fn complete(shared: &Shared, partition: &Partition, done: InFlight) {
     partition.status.send_modify(|status| {
         status.high_watermark = status.high_watermark.max(done.end_offset);
     });
+    partition.producer_states(|states| {
+        states.appended(&done.job.header, done.base_offset, done.append_time_ms)
+    });
     let AppendJob {
         reply, on_durable, ..
     } = done.job;
@@ -761,4 +1092,52 @@ fn complete(shared: &Shared, partition: &Partition, done: InFlight) {
         append_time_ms: done.append_time_ms,
         epoch: partition.epoch,
     }));
+}
+
+impl Partition {
+    /// Runs `access` on the idempotent producers' state.
+    pub fn producer_states<R>(
+        &self,
+        access: impl FnOnce(&mut crate::idempotence::ProducerStates) -> R,
+    ) -> R {
+        // Nothing panics while holding the lock; a poisoned one is still
+        // consistent.
+        let mut states = self
+            .producers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        access(&mut states)
+    }
+}
+
+/// Idempotence (ADR 0010): answers a resent batch from the producer state
+/// instead of appending it again, refuses one that does not fit its
+/// producer's sequence; returns the job if it is to be appended at
+/// `base_offset`.
+fn deduplicate(partition: &Partition, job: AppendJob, base_offset: u64) -> Option<AppendJob> {
+    use crate::idempotence::Verdict;
+    match partition.producer_states(|states| states.check(&job.header, base_offset)) {
+        Verdict::NotIdempotent | Verdict::Accept => Some(job),
+        Verdict::Duplicate(original) => {
+            // The producer stream may be gone; nothing to tell then.
+            let _ = job.reply.send(Ok(AppendOutcome {
+                base_offset: original.base_offset,
+                append_time_ms: original.append_time_ms,
+                epoch: partition.epoch,
+            }));
+            None
+        }
+        Verdict::DuplicateInFlight => {
+            let producer_id = job.header.producer_id;
+            job.fail(BrokerError::DuplicateInFlight(format!(
+                "the original of this batch of producer {producer_id} is still being appended to {}; retry after a backoff",
+                partition.key
+            )));
+            None
+        }
+        Verdict::OutOfOrder(reason) => {
+            job.fail(BrokerError::OutOfOrderSequence(reason));
+            None
+        }
+    }
 }

@@ -316,6 +316,13 @@ impl Cluster {
     }
 
     async fn start_with(directory: &std::path::Path, topic_defaults: TopicDefaults) -> Cluster {
+        // One store: one copy of each segment.
+        let topic_defaults = TopicDefaults {
+            ensemble_size: 1,
+            write_quorum: 1,
+            ack_quorum: 1,
+            ..topic_defaults
+        };
         let (stop_cluster, cluster_stopped) = watch::channel(false);
 
         let nameserver_listener = listener().await;
@@ -1063,6 +1070,133 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
     );
     drop(stream);
 
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
+}
+
+fn idempotent_batch(values: &[&str], producer_id: i64, base_sequence: i32) -> Bytes {
+    let mut builder =
+        BatchBuilder::new(Compression::None).with_producer(producer_id, 0, base_sequence);
+    for value in values {
+        builder.push(&RecordData {
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..Default::default()
+        });
+    }
+    builder.build()
+}
+
+/// Idempotence (ADR 0010): a resent identical batch is answered with the
+/// original's offset and stored once, on the same broker and after another
+/// broker took the partition over (state rebuilt from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (cluster, broker, mut client) = one_partition_holding_a(directory.path()).await;
+    let first = idempotent_batch(&["x", "y"], 42, 0);
+    let second = idempotent_batch(&["z"], 42, 2);
+
+    let answers = produce(&mut client, vec![produce_request(2, TOPIC, first.clone())]).await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].base_offset, 1);
+    // The resend (a new stream, as after a broken connection).
+    let answers = produce(
+        &mut client,
+        vec![
+            produce_request(3, TOPIC, first.clone()),
+            produce_request(4, TOPIC, second.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].base_offset, 1, "the original offset");
+    assert_eq!(
+        answers[1].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[1].error_message
+    );
+    assert_eq!(
+        answers[1].base_offset, 3,
+        "nothing was appended for the resend"
+    );
+    // A sequence older than any remembered batch that matches none of them
+    // cannot be placed: refused, not appended.
+    let overlapping = produce(
+        &mut client,
+        vec![produce_request(5, TOPIC, idempotent_batch(&["w"], 42, 1))],
+    )
+    .await;
+    assert_eq!(overlapping[0].error, ErrorCode::OutOfOrderSequence as i32);
+
+    // Another broker takes over: it rebuilds the producer state from the log.
+    broker.stop.send_replace(true);
+    broker
+        .task
+        .await
+        .expect("broker task")
+        .expect("broker stops cleanly");
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    let resent = eventually("the new owner answers the resend", || {
+        let mut client = client.clone();
+        let second = second.clone();
+        async move {
+            let answer = produce(&mut client, vec![produce_request(6, TOPIC, second)]).await;
+            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
+        }
+    })
+    .await;
+    assert_eq!(
+        resent.base_offset, 3,
+        "the original offset after the takeover"
+    );
+    let answers = produce(
+        &mut client,
+        vec![produce_request(
+            7,
+            TOPIC,
+            idempotent_batch(&["after"], 42, 3),
+        )],
+    )
+    .await;
+    assert_eq!(
+        answers[0].error,
+        ErrorCode::None as i32,
+        "{}",
+        answers[0].error_message
+    );
+    assert_eq!(answers[0].base_offset, 4);
+
+    // The takeover started a new segment: read on until the end.
+    let mut stored = Vec::new();
+    let mut offset = 0;
+    while offset < 5 {
+        let fetched = fetch(&mut client, offset, 0).await;
+        let batches = &fetched.partitions[0].batches;
+        assert!(!batches.is_empty(), "nothing at {offset} below the end 5");
+        for item in BatchIter::new(batches) {
+            let (_, header, _) = item.expect("well-formed batches");
+            offset = header.end_offset();
+        }
+        stored.extend(values(batches));
+    }
+    assert_eq!(
+        stored,
+        vec!["a", "x", "y", "z", "after"],
+        "each batch stored once"
+    );
     broker.stop.send_replace(true);
     let _ = broker.task.await;
     cluster.stop().await;

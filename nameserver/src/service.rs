@@ -301,6 +301,15 @@ impl NameServerHandler {
                 config.ensemble_size, config.write_quorum, config.ack_quorum
             )));
         }
+        // Every replica holds the whole segment (no striping), which keeps
+        // each copy a prefix of the writer's log: what recovery relies on.
+        if config.write_quorum != config.ensemble_size {
+            return Err(invalid(format!(
+                "write_quorum {} below ensemble_size {} (striping entries over the ensemble) \
+                 is not supported yet; use write_quorum = ensemble_size",
+                config.write_quorum, config.ensemble_size
+            )));
+        }
         let message_limit = u64::try_from(self.config.max_grpc_message_bytes).unwrap_or(u64::MAX);
         if u64::from(config.max_batch_bytes) > message_limit {
             return Err(invalid(format!(
@@ -311,41 +320,60 @@ impl NameServerHandler {
         Ok(config)
     }
 
-    /// Writes the topic key (and the owner keys when they fit in one
-    /// transaction; otherwise the reconciler creates them). `Ok(false)`
-    /// when the topic already exists.
+    /// Writes the topic key; `Ok(false)` when the topic already exists.
+    /// Owner keys are written only by the elected assigner's reconciler
+    /// (fenced by its election), never here.
     async fn write_new_topic(&self, topic: &Topic) -> Result<bool, NameServerError> {
         let topic_key = keys::topic(&topic.name);
         if self.store.get(&topic_key).await?.is_some() {
             return Ok(false);
         }
         // Leftovers of an earlier topic of this name (a delete that failed
-        // half-way) must not leak into the new one. Epochs cannot repeat
-        // either way: the reconciler starts them above the new topic key's
-        // create revision. (Two nameservers creating the same name at the
-        // same instant could have one clear the other's fresh owner keys;
-        // the reconciler re-creates them.)
-        self.store
-            .delete_prefix(&keys::partitions_of(&topic.name))
-            .await?;
-        self.store
-            .delete_prefix(&keys::segments_of_topic(&topic.name))
-            .await?;
-        let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
-        let mut transaction = Transaction {
+        // half-way) must not leak into the new one. The clean-up is
+        // conditional on the topic still being absent: an unconditional
+        // one racing with a concurrent creation on another nameserver could
+        // delete the new topic's fresh owner keys, and the reconciler would
+        // then hand out the same epoch a second time.
+        if !self.delete_leftovers(&topic.name).await? {
+            return Ok(false);
+        }
+        let transaction = Transaction {
             compares: vec![Compare::Absent(topic_key.clone())],
             puts: vec![Put::new(topic_key, keys::encode(topic))],
             deletes: Vec::new(),
         };
-        if u64::from(partitions) < u64::from(self.config.max_transaction_operations) {
-            for partition in 0..partitions {
-                transaction.puts.push(Put::new(
-                    keys::partition(&topic.name, partition),
-                    keys::encode(&PartitionOwner::default()),
-                ));
+        Ok(self.store.commit(transaction).await?)
+    }
+
+    /// Deletes the owner and segment keys of topic `name`, in transactions
+    /// of at most `max_transaction_operations` keys, each only while the
+    /// topic key is absent. `Ok(false)` when the topic exists (again), so
+    /// its keys are not leftovers.
+    async fn delete_leftovers(&self, name: &str) -> Result<bool, NameServerError> {
+        let topic_key = keys::topic(name);
+        let chunk = usize::try_from(self.config.max_transaction_operations)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        for prefix in [keys::partitions_of(name), keys::segments_of_topic(name)] {
+            let leftovers: Vec<String> = self
+                .store
+                .range(&prefix)
+                .await?
+                .into_iter()
+                .map(|entry| entry.key)
+                .collect();
+            for keys in leftovers.chunks(chunk) {
+                let transaction = Transaction {
+                    compares: vec![Compare::Absent(topic_key.clone())],
+                    puts: Vec::new(),
+                    deletes: keys.to_vec(),
+                };
+                if !self.store.commit(transaction).await? {
+                    return Ok(false);
+                }
             }
         }
-        Ok(self.store.commit(transaction).await?)
+        Ok(true)
     }
 
     /// Creates `__consumer_offsets` when missing.
@@ -465,6 +493,40 @@ impl NameServerHandler {
 
     /// Picks `count` stores: fewest segments, then most free disk, then id;
     /// distinct racks first when racks are set.
+    /// The ensemble of a new segment: `ensemble_size` live stores chosen
+    /// by [`Self::choose_stores`], avoiding `excluded` (stores the writer
+    /// just saw fail). When fewer are available the ensemble shrinks, down
+    /// to `ack_quorum` (writes go on with fewer copies; the broker rolls to
+    /// a full ensemble once enough stores are live and repair restores the
+    /// closed segments); an excluded store is used again only if that is
+    /// the only way to reach `ack_quorum`.
+    fn choose_ensemble(
+        live: Vec<NodeInfo>,
+        excluded: &[String],
+        ensemble_size: u32,
+        ack_quorum: u32,
+    ) -> Result<Vec<NodeInfo>, NameServerError> {
+        let ack_quorum = ack_quorum.clamp(1, ensemble_size.max(1));
+        let (avoided, eligible): (Vec<NodeInfo>, Vec<NodeInfo>) = live
+            .into_iter()
+            .partition(|store| excluded.contains(&store.node_id));
+        let eligible_count = u32::try_from(eligible.len()).unwrap_or(u32::MAX);
+        if eligible_count >= ack_quorum {
+            return Self::choose_stores(eligible, ensemble_size.min(eligible_count));
+        }
+        let mut chosen = Self::choose_stores(eligible, eligible_count)?;
+        let missing = ack_quorum - eligible_count;
+        let available = u32::try_from(avoided.len()).unwrap_or(u32::MAX);
+        if available < missing {
+            return Err(NameServerError::NotEnoughStores {
+                needed: ack_quorum,
+                live: eligible_count + available,
+            });
+        }
+        chosen.extend(Self::choose_stores(avoided, missing)?);
+        Ok(chosen)
+    }
+
     fn choose_stores(
         mut stores: Vec<NodeInfo>,
         count: u32,
@@ -611,6 +673,7 @@ impl NameServerHandler {
         }
         let mut response = HeartbeatResponse::default();
         if kind == NodeKind::Broker {
+            response.live_stores = u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
             let topics: HashMap<String, Topic> = self
                 .all_topics()
                 .await?
@@ -743,10 +806,11 @@ impl NameServerHandler {
                 "topic {name} changed while being deleted; retry"
             )));
         }
-        self.store.delete_prefix(&keys::partitions_of(name)).await?;
-        self.store
-            .delete_prefix(&keys::segments_of_topic(name))
-            .await?;
+        // Conditional like the clean-up before a creation: if the topic is
+        // created again meanwhile, its keys are kept.
+        if !self.delete_leftovers(name).await? {
+            tracing::info!(topic = name, "topic re-created while its keys were deleted");
+        }
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
@@ -758,11 +822,15 @@ impl NameServerHandler {
         let (topic, ownership) = self
             .check_epoch(&request.topic, request.partition, request.epoch)
             .await?;
-        let ensemble_size = topic
-            .config
-            .as_ref()
-            .map_or(1, |config| config.ensemble_size.max(1));
-        let stores = Self::choose_stores(self.live_stores().await?, ensemble_size)?;
+        let (ensemble_size, ack_quorum) = topic.config.as_ref().map_or((1, 1), |config| {
+            (config.ensemble_size.max(1), config.ack_quorum.max(1))
+        });
+        let stores = Self::choose_ensemble(
+            self.live_stores().await?,
+            &request.exclude_store_ids,
+            ensemble_size,
+            ack_quorum,
+        )?;
         let segment_id = self.allocate_segment_id().await?;
         let segment = SegmentInfo {
             segment_id,
@@ -997,6 +1065,9 @@ impl NameServerHandler {
             partitions,
             offline_partitions: offline,
             metadata_backend: self.store.backend_name().to_string(),
+            active_assigner: crate::election::active_assigner(self.store.as_ref())
+                .await?
+                .unwrap_or_default(),
         })
     }
 }
@@ -1324,6 +1395,38 @@ mod tests {
         // More replicas than racks: racks repeat rather than failing.
         let chosen = NameServerHandler::choose_stores(stores, 3).expect("enough");
         assert_eq!(ids(&chosen), ["a1", "b1", "a2"]);
+    }
+
+    #[test]
+    fn ensembles_avoid_failed_stores_and_shrink_down_to_the_ack_quorum() {
+        let stores = vec![
+            store("s1", 0, 0, ""),
+            store("s2", 0, 0, ""),
+            store("s3", 0, 0, ""),
+            store("s4", 9, 0, ""),
+        ];
+        let failed = vec!["s1".to_string()];
+        // A spare store replaces the failed one.
+        let chosen = NameServerHandler::choose_ensemble(stores.clone(), &failed, 3, 2)
+            .expect("enough");
+        assert_eq!(ids(&chosen), ["s2", "s3", "s4"]);
+        // No spare: a smaller ensemble, still at least the ack quorum.
+        let chosen = NameServerHandler::choose_ensemble(stores[..3].to_vec(), &failed, 3, 2)
+            .expect("degraded");
+        assert_eq!(ids(&chosen), ["s2", "s3"]);
+        // Below the ack quorum, a failed store is tried again rather than
+        // refusing every write.
+        let failed_two = vec!["s1".to_string(), "s2".to_string()];
+        let chosen = NameServerHandler::choose_ensemble(stores[..3].to_vec(), &failed_two, 3, 2)
+            .expect("reuses one failed store");
+        assert_eq!(ids(&chosen), ["s3", "s1"]);
+        // Not enough live stores at all.
+        let error = NameServerHandler::choose_ensemble(stores[..1].to_vec(), &[], 3, 2)
+            .expect_err("one store for an ack quorum of two");
+        assert!(matches!(
+            error,
+            NameServerError::NotEnoughStores { needed: 2, live: 1 }
+        ));
     }
 
     #[test]

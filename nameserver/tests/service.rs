@@ -83,11 +83,27 @@ async fn topic_lifecycle_assignment_and_segments() {
             config: Some(TopicConfig {
                 partitions: 1,
                 ensemble_size: 2,
+                write_quorum: 2,
                 ..TopicConfig::default()
             }),
         })
         .await
         .expect_err("ensemble larger than live stores");
+    assert_eq!(code(&too_wide), ErrorCode::NotEnoughStores);
+    let striped = client
+        .create_topic(CreateTopicRequest {
+            name: "striped-2".to_string(),
+            config: Some(TopicConfig {
+                partitions: 1,
+                ensemble_size: 3,
+                write_quorum: 2,
+                ..TopicConfig::default()
+            }),
+        })
+        .await
+        .expect_err("striping is refused with a clear error");
+    assert_eq!(code(&striped), ErrorCode::InvalidArgument);
+    assert!(striped.message().contains("not supported yet"), "{}", striped.message());
     assert_eq!(code(&too_wide), ErrorCode::NotEnoughStores);
 
     // The broker's heartbeat lists all three partitions.
@@ -146,6 +162,7 @@ async fn topic_lifecycle_assignment_and_segments() {
             partition: 0,
             epoch,
             base_offset: 0,
+            exclude_store_ids: Vec::new(),
         })
         .await
         .expect("create segment")
@@ -161,6 +178,7 @@ async fn topic_lifecycle_assignment_and_segments() {
                 partition: 0,
                 epoch: stale,
                 base_offset: 0,
+                exclude_store_ids: Vec::new(),
             })
             .await
             .expect_err("stale epoch");
@@ -187,6 +205,7 @@ async fn topic_lifecycle_assignment_and_segments() {
             partition: 0,
             epoch,
             base_offset: 100,
+            exclude_store_ids: Vec::new(),
         })
         .await
         .expect("second segment")
@@ -471,6 +490,7 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
             partition: a_partition.0,
             epoch: a_partition.1,
             base_offset: 0,
+            exclude_store_ids: Vec::new(),
         })
         .await
         .expect_err("old owner is fenced");
@@ -689,6 +709,7 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
             partition: 9,
             epoch: 1,
             base_offset: 0,
+            exclude_store_ids: Vec::new(),
         })
         .await
         .expect_err("no partition 9");
@@ -975,6 +996,7 @@ async fn wide_topics_and_recreated_topics() {
             partition: first[0].partition,
             epoch: first[0].epoch,
             base_offset: 0,
+            exclude_store_ids: Vec::new(),
         })
         .await
         .expect_err("old epoch");

@@ -6,7 +6,7 @@ use crate::storage::{NewSegment, PendingAppend, Storage};
 use sluice_proto::v1::store_server::Store;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, Durability, FindOffsetRequest, FindOffsetResponse, ReadRequest,
-    ReadResponse, SealSegmentRequest, SegmentStatus, SegmentStatusRequest,
+    ReadResponse, RecoveryAppendRequest, SealSegmentRequest, SegmentStatus, SegmentStatusRequest,
     StoreCreateSegmentRequest, StoreCreateSegmentResponse, StoreDeleteSegmentRequest,
     StoreDeleteSegmentResponse, StoreListSegmentsRequest, StoreListSegmentsResponse,
 };
@@ -202,6 +202,25 @@ impl Store for StoreService {
         request: Request<SealSegmentRequest>,
     ) -> Result<Response<SegmentStatus>, Status> {
         let request = request.into_inner();
+        let unknown = matches!(
+            self.storage.segment_status(request.segment_id),
+            Err(StoreError::UnknownSegment { .. })
+        );
+        if unknown && !request.topic.is_empty() {
+            let durability =
+                Durability::try_from(request.durability).unwrap_or(Durability::Unspecified);
+            self.storage
+                .create_segment(NewSegment {
+                    segment_id: request.segment_id,
+                    topic: request.topic,
+                    partition: request.partition,
+                    base_offset: request.base_offset,
+                    writer_epoch: request.writer_epoch,
+                    durability,
+                })
+                .await
+                .map_err(log_and_convert)?;
+        }
         let status = self
             .storage
             .seal_segment(request.segment_id, request.writer_epoch)
@@ -217,6 +236,19 @@ impl Store for StoreService {
         let status = self
             .storage
             .segment_status(request.into_inner().segment_id)
+            .map_err(log_and_convert)?;
+        Ok(Response::new(status))
+    }
+
+    async fn recovery_append(
+        &self,
+        request: Request<RecoveryAppendRequest>,
+    ) -> Result<Response<SegmentStatus>, Status> {
+        let request = request.into_inner();
+        let status = self
+            .storage
+            .recovery_append(request.segment_id, request.fence_epoch, request.batches)
+            .await
             .map_err(log_and_convert)?;
         Ok(Response::new(status))
     }

@@ -517,6 +517,17 @@ impl Storage {
         writer_epoch: u64,
         batch: Bytes,
     ) -> Result<PendingAppend, StoreError> {
+        self.submit_append_as(AppendMode::Writer, segment_id, writer_epoch, batch)
+            .await
+    }
+
+    async fn submit_append_as(
+        &self,
+        mode: AppendMode,
+        segment_id: u64,
+        writer_epoch: u64,
+        batch: Bytes,
+    ) -> Result<PendingAppend, StoreError> {
         self.check_writable()?;
         let header = batch::validate(&batch, self.inner.options.max_batch_bytes as usize)
             .map_err(StoreError::InvalidBatch)?;
@@ -532,7 +543,7 @@ impl Storage {
         if control.deleted {
             return Err(StoreError::UnknownSegment { segment_id });
         }
-        if segment.sealed.load(Ordering::SeqCst) {
+        if mode == AppendMode::Writer && segment.sealed.load(Ordering::SeqCst) {
             return Err(StoreError::SegmentSealed { segment_id });
         }
         let fence_epoch = segment.fence_epoch.load(Ordering::SeqCst);
@@ -551,7 +562,9 @@ impl Storage {
             });
         }
         let (done, completion) = oneshot::channel();
-        let fsync = segment.durability != Durability::Periodic;
+        // A recovery copy stands in for a copy that was acknowledged
+        // durable, so it is fsynced whatever the topic's durability.
+        let fsync = mode == AppendMode::Recovery || segment.durability != Durability::Periodic;
         self.inner
             .commands
             .send(Command::Append {
@@ -580,6 +593,37 @@ impl Storage {
             .await?
             .wait()
             .await
+    }
+
+    /// Copies concatenated whole batches into a segment, sealed or not, for
+    /// the owner that fenced it (`fence_epoch` at least the segment's
+    /// fence): batches the segment already holds are skipped, so copying
+    /// the same range twice is harmless; the others must continue at its
+    /// end. Returns the status once every copied batch is durable.
+    pub async fn recovery_append(
+        &self,
+        segment_id: u64,
+        fence_epoch: u64,
+        batches: Bytes,
+    ) -> Result<SegmentStatus, StoreError> {
+        let segment = self.segment(segment_id)?;
+        let mut pending = Vec::new();
+        for item in BatchIter::new(&batches) {
+            let (position, header, bytes) = item.map_err(StoreError::InvalidBatch)?;
+            let accepted_end = segment.control.lock().await.accepted_end;
+            if header.end_offset() <= accepted_end {
+                continue;
+            }
+            let batch = batches.slice(position..position + bytes.len());
+            pending.push(
+                self.submit_append_as(AppendMode::Recovery, segment_id, fence_epoch, batch)
+                    .await?,
+            );
+        }
+        for append in pending {
+            append.wait().await?;
+        }
+        self.segment_status(segment_id)
     }
 
     /// Seals a segment (idempotent), raising its fence epoch to at least
@@ -1287,6 +1331,15 @@ fn apply_record(
         }
     }
     Ok(())
+}
+
+/// Who appends: the segment's writer over its append stream, or an owner
+/// copying batches into it during recovery or repair (allowed on a sealed
+/// segment, see [`Storage::recovery_append`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    Writer,
+    Recovery,
 }
 
 /// Rewrites a damaged middle range of a log from a journal batch when the
@@ -2314,6 +2367,64 @@ mod tests {
         assert!(status.sealed);
         assert_eq!(status.writer_epoch, 9);
         assert_eq!(status.end_offset, 4);
+    }
+
+    #[tokio::test]
+    async fn recovery_append_fills_a_sealed_copy_for_the_fencing_owner_only() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let tail = [make_batch(2, 2, 20), make_batch(4, 3, 30)].concat();
+        {
+            let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
+            storage
+                .append(1, 5, make_batch(0, 2, 10))
+                .await
+                .expect("append");
+            storage.seal_segment(1, 7).await.expect("seal");
+            // The previous owner's epoch is below the fence: refused.
+            let stale = storage
+                .recovery_append(1, 6, Bytes::from(tail.clone()))
+                .await
+                .expect_err("stale owner");
+            assert_eq!(stale.code(), ErrorCode::Fenced);
+            // The fencing owner copies the batches the copy lacks, starting
+            // with one it already holds (skipped).
+            let batches = [make_batch(0, 2, 10).to_vec(), tail.clone()].concat();
+            let status = storage
+                .recovery_append(1, 7, Bytes::from(batches.clone()))
+                .await
+                .expect("copy");
+            assert_eq!(status.end_offset, 7);
+            assert!(status.sealed, "still sealed: the writer stays fenced");
+            // Copying again changes nothing.
+            let again = storage
+                .recovery_append(1, 7, Bytes::from(batches))
+                .await
+                .expect("copy again");
+            assert_eq!(again.end_offset, 7);
+            // A gap is refused.
+            let gap = storage
+                .recovery_append(1, 7, make_batch(9, 1, 1))
+                .await
+                .expect_err("gap");
+            assert_eq!(gap.code(), ErrorCode::InvalidArgument);
+            // The writer is still refused.
+            let writer = storage
+                .append(1, 5, make_batch(7, 1, 1))
+                .await
+                .expect_err("sealed");
+            assert_eq!(writer.code(), ErrorCode::SegmentSealed);
+        }
+        // Copies are durable and replay after a restart.
+        let (storage, _) = Storage::open(directory.path(), options()).expect("reopen");
+        let status = storage.segment_status(1).expect("status");
+        assert_eq!(status.end_offset, 7);
+        assert!(status.sealed);
+        let read = storage.read(1, 4, 0, 0).expect("read");
+        assert_eq!(read.batches.len(), make_batch(4, 3, 30).len());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,7 @@ async fn bad_requests_get_the_right_codes_and_the_server_keeps_serving() {
         .seal_segment(SealSegmentRequest {
             segment_id: 5,
             writer_epoch: 2,
+            ..SealSegmentRequest::default()
         })
         .await
         .expect("seal")

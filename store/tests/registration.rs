@@ -60,6 +60,7 @@ impl NameServer for FakeNameServer {
         }
         Ok(Response::new(HeartbeatResponse {
             assignments: Vec::new(),
+            live_stores: 0,
         }))
     }
 

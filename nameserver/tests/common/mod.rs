@@ -39,6 +39,10 @@ pub fn test_config(etcd_url: &str, node_id: &str) -> NameServerConfig {
         watch_routes_interval_ms: 100,
         ..NameServerConfig::default()
     };
+    // These tests register a single store.
+    config.topic_defaults.ensemble_size = 1;
+    config.topic_defaults.write_quorum = 1;
+    config.topic_defaults.ack_quorum = 1;
     config.metadata.endpoints = vec![etcd_url.to_string()];
     config.metadata.request_timeout_ms = 3_000;
     config
