@@ -50,6 +50,13 @@ pub enum BrokerError {
     Transport(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An idempotent producer resent a batch whose original is still being
+    /// appended.
+    #[error("{0}")]
+    DuplicateInFlight(String),
+    /// An idempotent producer's batch does not fit its sequence.
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
 }
 
 impl BrokerError {
@@ -92,6 +99,8 @@ impl BrokerError {
             BrokerError::Unavailable(_) => ErrorCode::Unavailable,
             BrokerError::ShuttingDown => ErrorCode::ShuttingDown,
             BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::Internal,
+            BrokerError::DuplicateInFlight(_) => ErrorCode::DuplicateInFlight,
+            BrokerError::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
         }
     }
 
