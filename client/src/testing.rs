@@ -41,6 +41,8 @@ pub(crate) struct FakeState {
     pub not_owner_from: Option<u64>,
     /// Produce requests answered with an error.
     pub failed_requests: u64,
+    /// The batch of every produce request, in arrival order.
+    pub sent_batches: Vec<Bytes>,
     /// Group: the assignment every heartbeat answers with.
     pub group_target: BTreeSet<(String, u32)>,
     /// Owned sets reported by heartbeats, in order.
@@ -115,6 +117,7 @@ impl FakeBroker {
     fn produce_one(&self, request: ProduceRequest) -> ProduceResponse {
         let mut state = self.lock();
         state.produce_requests += 1;
+        state.sent_batches.push(request.batch.clone());
         let number = state.produce_requests;
         let key = (request.topic.clone(), request.partition);
         let injected = state.fail_produce.get(&number).copied().or_else(|| {
@@ -401,6 +404,8 @@ pub(crate) struct FakeNameServerState {
     pub coordinator: String,
     pub get_routes_calls: u64,
     pub created: Vec<String>,
+    /// Producer ids handed out so far.
+    pub allocated_producer_ids: u64,
 }
 
 impl FakeNameServer {
@@ -495,6 +500,13 @@ impl name_server_server::NameServer for FakeNameServer {
         Err(Status::unimplemented("close_segment is not faked"))
     }
 
+    async fn update_segment_replicas(
+        &self,
+        _request: Request<UpdateSegmentReplicasRequest>,
+    ) -> Result<Response<SegmentInfo>, Status> {
+        Err(Status::unimplemented("update_segment_replicas is not faked"))
+    }
+
     async fn delete_segments(
         &self,
         _request: Request<DeleteSegmentsRequest>,
@@ -521,6 +533,17 @@ impl name_server_server::NameServer for FakeNameServer {
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         Err(Status::unimplemented("cluster_status is not faked"))
+    }
+
+    async fn allocate_producer_id(
+        &self,
+        _request: Request<AllocateProducerIdRequest>,
+    ) -> Result<Response<AllocateProducerIdResponse>, Status> {
+        let mut state = self.lock();
+        state.allocated_producer_ids += 1;
+        Ok(Response::new(AllocateProducerIdResponse {
+            producer_id: 1000 + state.allocated_producer_ids,
+        }))
     }
 
     async fn create_topic(

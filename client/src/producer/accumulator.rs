@@ -5,6 +5,12 @@
 //! Each batch carries one attachment `T` (the producer keeps the batch's
 //! shared completion and merged memory permit there) instead of one item
 //! per record, so a record costs no allocation of its own.
+//!
+//! For an idempotent producer a batch gets its producer id, epoch and base
+//! sequence when it closes (ADR 0010): batches of a partition close one
+//! after the other, in the order they are sent, so each partition's
+//! sequence counts its records in send order. A retry resends the closed
+//! bytes unchanged, sequence included.
 
 use crate::cluster::TopicPartition;
 use crate::fast_hash::FastHashMap;
@@ -54,6 +60,41 @@ pub(crate) struct Accumulator<T> {
     /// Size of the last closed batch: new batches reserve about that much
     /// up front so their buffer rarely grows (and copies) while filling.
     last_batch_bytes: usize,
+    /// Set for an idempotent producer.
+    sequencer: Option<Sequencer>,
+}
+
+/// An idempotent producer's id and its next sequence per partition.
+pub(crate) struct Sequencer {
+    producer_id: i64,
+    /// partition -> (producer epoch, next sequence; up to `i32::MAX + 1`).
+    next: FastHashMap<TopicPartition, (i16, i64)>,
+}
+
+impl Sequencer {
+    pub fn new(producer_id: i64) -> Self {
+        Self {
+            producer_id,
+            next: FastHashMap::default(),
+        }
+    }
+
+    /// (epoch, base sequence) of the next batch of `records` records on
+    /// `partition`. The sequence counts records from 0, like Kafka's; when
+    /// it would pass `i32::MAX` (2^31 records on one partition from one
+    /// producer) it restarts at 0 under the next epoch, which the broker
+    /// takes as a fresh start of that producer.
+    pub fn assign(&mut self, partition: &TopicPartition, records: u32) -> (i16, i32) {
+        let records = i64::from(records.max(1));
+        let (epoch, next) = self.next.entry(partition.clone()).or_insert((0, 0));
+        if *next + records - 1 > i64::from(i32::MAX) {
+            *epoch = epoch.saturating_add(1);
+            *next = 0;
+        }
+        let base = i32::try_from(*next).unwrap_or(i32::MAX);
+        *next += records;
+        (*epoch, base)
+    }
 }
 
 impl<T> Accumulator<T> {
@@ -62,7 +103,14 @@ impl<T> Accumulator<T> {
             limits,
             open: FastHashMap::default(),
             last_batch_bytes: 0,
+            sequencer: None,
         }
+    }
+
+    /// Stamps closed batches with `producer_id` and per-partition sequences.
+    pub fn idempotent(mut self, producer_id: i64) -> Self {
+        self.sequencer = Some(Sequencer::new(producer_id));
+        self
     }
 
     fn fits(&self, open: &OpenBatch<T>, record_bytes: usize) -> bool {
@@ -109,7 +157,12 @@ impl<T> Accumulator<T> {
                     || open.records as usize >= self.limits.max_records;
                 if full {
                     if let Some(open) = self.open.remove(&partition) {
-                        closed.push_back(close(partition, open, &mut self.last_batch_bytes));
+                        closed.push_back(close(
+                            partition,
+                            open,
+                            &mut self.last_batch_bytes,
+                            self.sequencer.as_mut(),
+                        ));
                     }
                 }
                 return Appended {
@@ -123,6 +176,7 @@ impl<T> Accumulator<T> {
                         partition.clone(),
                         previous,
                         &mut self.last_batch_bytes,
+                        self.sequencer.as_mut(),
                     ));
                 }
             }
@@ -140,7 +194,12 @@ impl<T> Accumulator<T> {
         open.builder.push(record);
         let value = add(&mut open.attachment, 0);
         if self.is_full(&open) {
-            closed.push_back(close(partition, open, &mut self.last_batch_bytes));
+            closed.push_back(close(
+                partition,
+                open,
+                &mut self.last_batch_bytes,
+                self.sequencer.as_mut(),
+            ));
             Appended {
                 value,
                 opened: false,
@@ -172,7 +231,12 @@ impl<T> Accumulator<T> {
             .collect();
         for partition in due {
             if let Some(open) = self.open.remove(&partition) {
-                closed.push_back(close(partition, open, &mut self.last_batch_bytes));
+                closed.push_back(close(
+                    partition,
+                    open,
+                    &mut self.last_batch_bytes,
+                    self.sequencer.as_mut(),
+                ));
             }
         }
     }
@@ -180,11 +244,10 @@ impl<T> Accumulator<T> {
     /// Closes every open batch (flush, close), onto `closed`.
     pub fn drain(&mut self, closed: &mut VecDeque<ClosedBatch<T>>) {
         let last_batch_bytes = &mut self.last_batch_bytes;
-        closed.extend(
-            self.open
-                .drain()
-                .map(|(partition, open)| close(partition, open, last_batch_bytes)),
-        );
+        let mut sequencer = self.sequencer.as_mut();
+        closed.extend(self.open.drain().map(|(partition, open)| {
+            close(partition, open, last_batch_bytes, sequencer.as_deref_mut())
+        }));
     }
 
     /// When the oldest open batch's linger ends.
@@ -204,11 +267,20 @@ fn close<T>(
     partition: TopicPartition,
     open: OpenBatch<T>,
     last_batch_bytes: &mut usize,
+    sequencer: Option<&mut Sequencer>,
 ) -> ClosedBatch<T> {
     *last_batch_bytes = open.builder.size_bytes();
+    let builder = match sequencer {
+        Some(sequencer) => {
+            let (epoch, base_sequence) = sequencer.assign(&partition, open.records);
+            open.builder
+                .with_producer(sequencer.producer_id, epoch, base_sequence)
+        }
+        None => open.builder,
+    };
     ClosedBatch {
         partition,
-        data: open.builder.build(),
+        data: builder.build(),
         records: open.records,
         attachment: open.attachment,
         created_at: open.opened_at,
@@ -376,6 +448,65 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].partition.partition, 1);
         assert_eq!(harness.accumulator.next_deadline(), None);
+    }
+
+    #[test]
+    fn idempotent_batches_carry_per_partition_record_sequences() {
+        let mut harness = Harness::new(limits(1 << 20, 3, 1000));
+        harness.accumulator = Accumulator::new(limits(1 << 20, 3, 1000)).idempotent(77);
+        let now = Instant::now();
+        let other = TopicPartition::new("t", 1);
+        for id in 0..7 {
+            harness.append(tp(), &record(1), id, now);
+        }
+        harness.append(other.clone(), &record(1), 100, now);
+        harness.accumulator.drain(&mut harness.closed);
+        let mut seen = Vec::new();
+        for batch in harness.take_closed() {
+            let (header, _) = decode(&batch.data, 1 << 20).expect("valid batch");
+            assert_eq!((header.producer_id, header.producer_epoch), (77, 0));
+            seen.push((
+                batch.partition.partition,
+                header.base_sequence,
+                header.record_count,
+            ));
+        }
+        seen.sort();
+        // Partition 0: 3 + 3 + 1 records; partition 1 counts on its own.
+        assert_eq!(seen, vec![(0, 0, 3), (0, 3, 3), (0, 6, 1), (1, 0, 1)]);
+    }
+
+    #[test]
+    fn plain_batches_have_no_producer() {
+        let mut harness = Harness::new(limits(1 << 20, 1, 1000));
+        harness.append(tp(), &record(1), 1, Instant::now());
+        let closed = harness.take_closed();
+        let (header, _) = decode(&closed[0].data, 1 << 20).expect("valid batch");
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (-1, -1, -1)
+        );
+    }
+
+    #[test]
+    fn sequences_restart_under_a_new_epoch_before_overflowing() {
+        let mut sequencer = Sequencer::new(5);
+        let partition = tp();
+        assert_eq!(sequencer.assign(&partition, 10), (0, 0));
+        sequencer
+            .next
+            .insert(partition.clone(), (0, i64::from(i32::MAX) - 4));
+        assert_eq!(
+            sequencer.assign(&partition, 5),
+            (0, i32::MAX - 4),
+            "the last record gets i32::MAX"
+        );
+        assert_eq!(sequencer.assign(&partition, 1), (1, 0));
+        assert_eq!(sequencer.assign(&partition, 2), (1, 1));
     }
 
     #[test]

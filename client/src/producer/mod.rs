@@ -166,6 +166,18 @@ pub struct ProducerConfig {
     pub retry_backoff_ms: u64,
     /// Largest backoff between retries, in milliseconds. Default: 1000.
     pub retry_backoff_max_ms: u64,
+    /// Idempotent produce (ADR 0010): the producer gets a cluster-unique id
+    /// when it is built and numbers each partition's records, so brokers
+    /// recognise a resent batch (after a lost answer, a broken connection,
+    /// a broker or store failover) and answer it with its original offset
+    /// instead of writing it twice. Requires `max_in_flight_per_partition`
+    /// of at most
+    /// [`MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER`](sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER)
+    /// (16). A resend is recognised when its original is among the last
+    /// broker `producer_state_rebuild_bytes` of the partition's log, which
+    /// `delivery_timeout_ms` keeps true unless the partition takes in more
+    /// than that within the timeout. Default: true.
+    pub idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -181,6 +193,7 @@ impl Default for ProducerConfig {
             delivery_timeout_ms: 30_000,
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 1_000,
+            idempotence: true,
         }
     }
 }
@@ -218,11 +231,13 @@ impl Future for DeliveryFuture {
 
 /// Produces records to Sluice.
 ///
-/// Delivery is **at least once**: a batch whose outcome is unknown (the
-/// connection broke after sending, a timeout) is resent, which can write it
-/// twice. Order within a partition is kept across retries (in-order resend
-/// after draining, see the module docs). Idempotent produce, which removes
-/// the duplicates, is a later addition.
+/// A batch whose outcome is unknown (the connection broke after sending, a
+/// timeout, a broker or store failed) is resent. With `idempotence` (the
+/// default) the broker recognises the resend and answers it with the
+/// original's offset, so each record is written once; without it a resend
+/// can write a batch twice (at least once). Order within a partition is
+/// kept across retries (in-order resend after draining, see the module
+/// docs).
 ///
 /// Memory is bounded by `memory_limit_bytes`: `send` and `enqueue` wait
 /// (backpressure) until acknowledged or failed batches free room, up to
@@ -282,11 +297,35 @@ impl Producer {
                 config.batch_max_bytes, config.client.max_grpc_message_bytes
             )));
         }
+        let limit = sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER;
+        if config.idempotence && config.max_in_flight_per_partition > limit {
+            return Err(ClientError::InvalidArgument(format!(
+                "an idempotent producer may keep at most {limit} batches in flight per partition (brokers remember that many to recognise resends); lower max_in_flight_per_partition ({}) or set idempotence to false",
+                config.max_in_flight_per_partition
+            )));
+        }
         let cluster = Cluster::connect(config.client.clone()).await?;
-        Ok(Self::with_cluster(cluster, config))
+        let producer_id = if config.idempotence {
+            Some(allocate_producer_id(&cluster).await?)
+        } else {
+            None
+        };
+        Ok(Self::with_identity(cluster, config, producer_id))
     }
 
+    /// A producer whose batches carry no producer id (tests).
+    #[cfg(test)]
     pub(crate) fn with_cluster(cluster: Arc<Cluster>, config: ProducerConfig) -> Producer {
+        Self::with_identity(cluster, config, None)
+    }
+
+    /// A producer that stamps its batches with `producer_id` (idempotent)
+    /// or with none.
+    pub(crate) fn with_identity(
+        cluster: Arc<Cluster>,
+        config: ProducerConfig,
+        producer_id: Option<i64>,
+    ) -> Producer {
         let (commands, receiver) = mpsc::unbounded_channel();
         let limits = BatchLimits {
             max_bytes: config.batch_max_bytes,
@@ -294,8 +333,12 @@ impl Producer {
             linger: Duration::from_millis(config.linger_ms),
             compression: config.compression,
         };
+        let accumulator = match producer_id {
+            Some(producer_id) => Accumulator::new(limits).idempotent(producer_id),
+            None => Accumulator::new(limits),
+        };
         let batching = Arc::new(Mutex::new(Batching {
-            accumulator: Accumulator::new(limits),
+            accumulator,
             ready: VecDeque::new(),
         }));
         let wake = Arc::new(Notify::new());
@@ -443,6 +486,40 @@ impl Producer {
             ClientError::Closed
         })
     }
+}
+
+/// A new producer id from the nameservers (ADR 0010).
+async fn allocate_producer_id(cluster: &Cluster) -> Result<i64, ClientError> {
+    /// Attempts while the answer is retriable (the nameservers' counter is
+    /// contended, a nameserver is restarting).
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    let response = loop {
+        let result = cluster
+            .call_nameserver("AllocateProducerId", |mut client| async move {
+                client
+                    .allocate_producer_id(sluice_proto::v1::AllocateProducerIdRequest {})
+                    .await
+            })
+            .await;
+        match result {
+            Err(error) if error.is_retriable() && attempt + 1 < ATTEMPTS => {
+                tracing::debug!(%error, attempt, "producer id allocation failed; retrying");
+                tokio::time::sleep(crate::cluster::backoff(attempt, 50, 1_000)).await;
+                attempt += 1;
+            }
+            result => break result?,
+        }
+    };
+    i64::try_from(response.producer_id).map_err(|_| {
+        ClientError::Server(SluiceError::new(
+            sluice_proto::ErrorCode::Internal,
+            format!(
+                "the nameserver allocated producer id {}, beyond the batch format's range",
+                response.producer_id
+            ),
+        ))
+    })
 }
 
 /// The producer's memory limit: each record holds its size in permits
@@ -1402,6 +1479,102 @@ mod tests {
         assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(record.partition, Some(2));
         assert_eq!(record.timestamp_ms, Some(5));
+    }
+
+    #[tokio::test]
+    async fn idempotent_producer_numbers_records_and_resends_batches_unchanged() {
+        use crate::testing::FakeNameServer;
+        use sluice_proto::batch::BatchHeader;
+        let broker = FakeBroker::default();
+        {
+            let mut state = broker.lock();
+            state.fail_produce.insert(2, ErrorCode::Unavailable);
+            state.fail_produce.insert(9, ErrorCode::NotOwner);
+            state.poison_after_failure = true;
+        }
+        let address = broker.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![address.clone(), address]);
+        let nameserver_address = nameserver.start().await;
+        let config = ProducerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                ..test_client_config()
+            },
+            ..fast_config()
+        };
+        assert!(config.idempotence, "on by default");
+        let producer = Producer::new(config).await.expect("producer");
+        let mut deliveries = Vec::new();
+        for index in 0..120u32 {
+            let record = Record::new("t", format!("{index}")).with_partition(index % 2);
+            deliveries.push(producer.enqueue(record).await.expect("enqueued"));
+        }
+        for delivery in deliveries {
+            delivery.await.expect("delivered after retries");
+        }
+        producer.close().await.expect("close");
+        assert_eq!(nameserver.lock().allocated_producer_ids, 1);
+        let state = broker.lock();
+        assert!(state.failed_requests >= 2, "failures were injected");
+        for partition in 0..2u32 {
+            let log = &state.logs[&("t".to_string(), partition)];
+            let mut next_sequence = 0;
+            for batch in log {
+                let header = BatchHeader::parse(batch).expect("valid header");
+                assert_eq!((header.producer_id, header.producer_epoch), (1001, 0));
+                assert_eq!(
+                    header.base_sequence, next_sequence,
+                    "partition {partition}: sequences count records in order"
+                );
+                next_sequence += header.record_count as i32;
+            }
+            assert_eq!(next_sequence, 60);
+        }
+        // Every request, retries included, carried a batch identical to
+        // one in the log (same sequence, same CRC): resends are unchanged.
+        let logged: std::collections::HashSet<(i32, u32)> = state
+            .logs
+            .values()
+            .flatten()
+            .map(|batch| {
+                let header = BatchHeader::parse(batch).expect("valid header");
+                (header.base_sequence, header.crc)
+            })
+            .collect();
+        for sent in &state.sent_batches {
+            let header = BatchHeader::parse(sent).expect("valid header");
+            assert!(logged.contains(&(header.base_sequence, header.crc)));
+        }
+        assert!(state.sent_batches.len() > logged.len(), "some were resent");
+    }
+
+    #[tokio::test]
+    async fn idempotence_limits_batches_in_flight() {
+        let config = ProducerConfig {
+            max_in_flight_per_partition:
+                sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER + 1,
+            ..fast_config()
+        };
+        match Producer::new(config.clone()).await {
+            Err(ClientError::InvalidArgument(message)) => {
+                assert!(message.contains("idempotence"), "{message}")
+            }
+            other => panic!("expected InvalidArgument, got {:?}", other.err()),
+        }
+        // Without idempotence the limit does not apply (connecting then
+        // fails: nothing listens at the bootstrap address).
+        let plain = ProducerConfig {
+            idempotence: false,
+            ..config
+        };
+        assert!(!matches!(
+            Producer::new(plain).await,
+            Err(ClientError::InvalidArgument(_))
+        ));
     }
 
     #[tokio::test]
