@@ -1,5 +1,6 @@
 //! Test harness for Sluice clusters: a real etcd and real service processes
 //! on loopback, cleaned up on drop.
 
+pub mod chaos;
 pub mod cluster;
 pub mod etcd;

@@ -1,0 +1,107 @@
+//! `sluice-chaos`: runs the chaos test with a long schedule against a
+//! process cluster (3 stores, 3 brokers, 2 nameservers, real etcd) and
+//! prints the report. Exits non-zero when any anomaly count is non-zero or
+//! a fault could not be applied.
+//!
+//! `cargo run -p sluice-tests --bin sluice-chaos -- --seed 7 --faults 100 --duration-s 600 --partitions 6`
+//! (build the service binaries first: `cargo build -p sluice-nameserver
+//! -p sluice-broker -p sluice-store --bins`).
+
+use clap::Parser;
+use sluice_tests::chaos::faults::FaultKind;
+use sluice_tests::chaos::runner::{
+    cluster_spec, parse_seed, run, save_logs, ChaosOptions, DEFAULT_SEED,
+};
+use sluice_tests::cluster::Cluster;
+
+#[derive(Debug, Parser)]
+#[command(about = "Chaos run of a Sluice process cluster with a history checker")]
+struct Arguments {
+    /// Seed of the fault schedule (decimal or 0x-hex).
+    #[arg(long, value_parser = parse_seed, default_value_t = DEFAULT_SEED)]
+    seed: u64,
+    /// Number of faults.
+    #[arg(long, default_value_t = 50)]
+    faults: usize,
+    /// Time over which the faults are spread, in seconds.
+    #[arg(long = "duration-s", default_value_t = 300)]
+    duration_s: u64,
+    /// Partitions of the chaos topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// Producers writing unique values.
+    #[arg(long, default_value_t = 3)]
+    producers: u32,
+    /// Members of the consumer group.
+    #[arg(long, default_value_t = 2)]
+    group_members: u32,
+    /// Leave out the network cut (it needs root, iptables and cgroup v2).
+    #[arg(long)]
+    no_network: bool,
+    /// Print the tail of every service log at the end, pass or fail.
+    #[arg(long)]
+    dump_logs: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let arguments = Arguments::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the tokio runtime: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let mut options = ChaosOptions::new(
+            arguments.seed,
+            arguments.faults,
+            arguments.duration_s.saturating_mul(1_000),
+            arguments.partitions,
+        );
+        options.workload.producers = arguments.producers;
+        options.workload.group_members = arguments.group_members;
+        if arguments.no_network {
+            options.kinds.retain(|kind| *kind != FaultKind::CutNode);
+        }
+        // The cluster is dropped (every process killed, files removed)
+        // before the exit code is returned.
+        let mut cluster = Cluster::start(cluster_spec()).await;
+        let outcome = run(&mut cluster, options).await;
+        match outcome {
+            Ok(report) => {
+                println!("{report}");
+                if !report.passed() || arguments.dump_logs {
+                    cluster.dump_logs();
+                    match save_logs(&cluster, arguments.seed) {
+                        Ok(directory) => {
+                            eprintln!("full service logs saved in {}", directory.display())
+                        }
+                        Err(error) => eprintln!("could not save the service logs: {error}"),
+                    }
+                }
+                if report.passed() {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("chaos run could not run: {error:#}");
+                cluster.dump_logs();
+                std::process::ExitCode::from(2)
+            }
+        }
+    })
+}

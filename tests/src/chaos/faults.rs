@@ -1,0 +1,1119 @@
+//! Faults of the chaos tests: a seeded schedule of what to break and when,
+//! the [`FaultTarget`] interface a backend implements (processes here; a
+//! Docker/compose backend implements the same methods with `docker kill`,
+//! `docker pause`, `docker network disconnect`), the [`Nemesis`] that
+//! applies a schedule and heals everything afterwards, and the process
+//! backend over [`Cluster`].
+//!
+//! The network cut of the process backend: every service listens on
+//! 127.0.0.1, so a network namespace per service would need the harness to
+//! spawn services inside namespaces and to translate every loopback
+//! address. Instead the cut service is moved into its own cgroup (v2) and
+//! an iptables chain of this run drops every packet that process sends
+//! (`-m cgroup --path`) and every packet to or from its port. Nothing it
+//! sends leaves, nobody reaches it, and its sockets stay open as in a real
+//! partition. The chain and cgroups are removed by a drop guard (also on
+//! panic); chains left by dead runs are removed when a new one starts.
+
+use crate::cluster::{Cluster, Service};
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Grace period of a graceful restart before SIGKILL, in milliseconds.
+const GRACEFUL_STOP_TIMEOUT_MS: u64 = 10_000;
+
+/// Shortest time a fault stays in effect, in milliseconds.
+const MIN_FAULT_MS: u64 = 300;
+
+/// Longest time a kill or cut stays in effect, in milliseconds.
+const MAX_FAULT_MS: u64 = 4_000;
+
+/// What kind of service a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeKind {
+    Nameserver,
+    Broker,
+    Store,
+    Etcd,
+}
+
+/// One node of a cluster: its kind and its index among nodes of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub index: usize,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.kind {
+            NodeKind::Nameserver => "nameserver",
+            NodeKind::Broker => "broker",
+            NodeKind::Store => "store",
+            NodeKind::Etcd => "etcd",
+        };
+        write!(formatter, "{name}-{}", self.index + 1)
+    }
+}
+
+/// How many nodes of each kind a cluster has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub nameservers: usize,
+    pub brokers: usize,
+    pub stores: usize,
+    /// etcd members the backend can kill (0 or 1 means the etcd-member
+    /// fault is left out: killing the only member is not a fault the
+    /// cluster is expected to ride out).
+    pub etcd_members: usize,
+}
+
+/// The kinds of fault a schedule draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    KillStore,
+    KillPartitionOwner,
+    KillActiveNameserver,
+    KillEtcdMember,
+    PausePartitionOwner,
+    CutNode,
+    RestartBroker,
+    RestartStore,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::KillStore,
+        FaultKind::KillPartitionOwner,
+        FaultKind::KillActiveNameserver,
+        FaultKind::KillEtcdMember,
+        FaultKind::PausePartitionOwner,
+        FaultKind::CutNode,
+        FaultKind::RestartBroker,
+        FaultKind::RestartStore,
+    ];
+}
+
+/// One fault with its target as far as it is known before the run;
+/// "the owner of partition P" and "the active nameserver" are resolved when
+/// the fault is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9` a store, restart it when healed.
+    KillStore { store: usize },
+    /// `kill -9` the broker owning `partition`, restart it when healed.
+    KillPartitionOwner { partition: u32 },
+    /// `kill -9` the first running nameserver in bootstrap order (the one
+    /// clients and services talk to), restart it when healed.
+    KillActiveNameserver,
+    /// `kill -9` one etcd member, restart it when healed.
+    KillEtcdMember { member: usize },
+    /// SIGSTOP the owner of `partition` for longer than its lease, SIGCONT
+    /// when healed. It must get nothing acknowledged once replaced.
+    PausePartitionOwner { partition: u32 },
+    /// Cut a node off the network; reconnect it when healed.
+    CutNode { node: Node },
+    /// SIGTERM (graceful) a broker, start it again when healed.
+    RestartBroker { broker: usize },
+    /// SIGTERM (graceful) a store, start it again when healed.
+    RestartStore { store: usize },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::KillStore { store } => write!(formatter, "kill -9 store-{}", store + 1),
+            Fault::KillPartitionOwner { partition } => {
+                write!(formatter, "kill -9 the owner of partition {partition}")
+            }
+            Fault::KillActiveNameserver => write!(formatter, "kill -9 the active nameserver"),
+            Fault::KillEtcdMember { member } => {
+                write!(formatter, "kill -9 etcd member {}", member + 1)
+            }
+            Fault::PausePartitionOwner { partition } => {
+                write!(formatter, "SIGSTOP the owner of partition {partition}")
+            }
+            Fault::CutNode { node } => write!(formatter, "cut {node} off the network"),
+            Fault::RestartBroker { broker } => {
+                write!(formatter, "graceful restart of broker-{}", broker + 1)
+            }
+            Fault::RestartStore { store } => {
+                write!(formatter, "graceful restart of store-{}", store + 1)
+            }
+        }
+    }
+}
+
+/// A fault at a time, healed after a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledFault {
+    /// Milliseconds after the workload started.
+    pub at_ms: u64,
+    /// How long the fault stays in effect before it is healed.
+    pub heal_after_ms: u64,
+    pub fault: Fault,
+}
+
+impl fmt::Display for ScheduledFault {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "at {:>6} ms: {} (healed after {} ms)",
+            self.at_ms, self.fault, self.heal_after_ms
+        )
+    }
+}
+
+/// What a schedule is drawn for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    pub seed: u64,
+    pub faults: usize,
+    /// Time over which the faults are spread, in milliseconds.
+    pub duration_ms: u64,
+    pub topology: Topology,
+    pub partitions: u32,
+    /// Registration lease of brokers: a pause lasts longer than this.
+    pub lease_ttl_ms: u64,
+    /// Kinds to draw from; kinds the topology cannot support (etcd member
+    /// with one member, pause when the slots are shorter than a lease) are
+    /// dropped.
+    pub kinds: Vec<FaultKind>,
+}
+
+/// Kinds a schedule for `config` actually uses.
+pub fn usable_kinds(config: &ScheduleConfig) -> Vec<FaultKind> {
+    let slot_ms = config.duration_ms / config.faults.max(1) as u64;
+    let mut kinds: Vec<FaultKind> = config
+        .kinds
+        .iter()
+        .copied()
+        .filter(|kind| match kind {
+            FaultKind::KillEtcdMember => config.topology.etcd_members > 1,
+            FaultKind::KillStore | FaultKind::RestartStore => config.topology.stores > 0,
+            FaultKind::KillPartitionOwner
+            | FaultKind::PausePartitionOwner
+            | FaultKind::RestartBroker => config.topology.brokers > 0 && config.partitions > 0,
+            FaultKind::KillActiveNameserver => config.topology.nameservers > 0,
+            FaultKind::CutNode => true,
+        })
+        .filter(|kind| {
+            // A fault starts within the first fifth of its slot.
+            *kind != FaultKind::PausePartitionOwner
+                || slot_ms * 4 / 5 > pause_ms(config.lease_ttl_ms, 0)
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// A pause lasts the lease plus at least a second (so the broker is
+/// replaced while frozen).
+fn pause_ms(lease_ttl_ms: u64, extra_ms: u64) -> u64 {
+    lease_ttl_ms + 1_000 + extra_ms
+}
+
+/// Draws a schedule: `faults` faults, one per equal slot of the duration
+/// (so they never overlap and each heals before the next), the kinds
+/// dealt round-robin in a shuffled order so that every usable kind appears
+/// once the count allows. The same config gives the same schedule.
+pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
+    let kinds = usable_kinds(config);
+    if kinds.is_empty() || config.faults == 0 {
+        return Vec::new();
+    }
+    let mut random = StdRng::seed_from_u64(config.seed);
+    let mut deck: Vec<FaultKind> = Vec::with_capacity(config.faults);
+    while deck.len() < config.faults {
+        let mut round = kinds.clone();
+        round.shuffle(&mut random);
+        deck.extend(round);
+    }
+    deck.truncate(config.faults);
+    deck.shuffle(&mut random);
+    let slot_ms = config.duration_ms / config.faults as u64;
+    let topology = config.topology;
+    deck.into_iter()
+        .enumerate()
+        .map(|(slot, kind)| {
+            // Start in the first fifth of the slot; heal well before the
+            // next slot begins, leaving time to recover.
+            let start_ms = slot as u64 * slot_ms + random.random_range(0..=slot_ms / 5);
+            let room_ms = (slot as u64 + 1) * slot_ms - start_ms;
+            let longest_ms = (room_ms * 3 / 5).clamp(MIN_FAULT_MS, MAX_FAULT_MS);
+            let mut heal_after_ms = random.random_range(MIN_FAULT_MS..=longest_ms);
+            let fault = match kind {
+                FaultKind::KillStore => Fault::KillStore {
+                    store: random.random_range(0..topology.stores),
+                },
+                FaultKind::RestartStore => Fault::RestartStore {
+                    store: random.random_range(0..topology.stores),
+                },
+                FaultKind::KillPartitionOwner => Fault::KillPartitionOwner {
+                    partition: random.random_range(0..config.partitions),
+                },
+                FaultKind::PausePartitionOwner => {
+                    let spare_ms = room_ms.saturating_sub(pause_ms(config.lease_ttl_ms, 0));
+                    heal_after_ms =
+                        pause_ms(config.lease_ttl_ms, random.random_range(0..=spare_ms / 3));
+                    Fault::PausePartitionOwner {
+                        partition: random.random_range(0..config.partitions),
+                    }
+                }
+                FaultKind::KillActiveNameserver => Fault::KillActiveNameserver,
+                FaultKind::KillEtcdMember => Fault::KillEtcdMember {
+                    member: random.random_range(0..topology.etcd_members),
+                },
+                FaultKind::RestartBroker => Fault::RestartBroker {
+                    broker: random.random_range(0..topology.brokers),
+                },
+                FaultKind::CutNode => {
+                    let mut nodes = Vec::new();
+                    for (kind, count) in [
+                        (NodeKind::Broker, topology.brokers),
+                        (NodeKind::Store, topology.stores),
+                        (NodeKind::Nameserver, topology.nameservers),
+                        (
+                            NodeKind::Etcd,
+                            if topology.etcd_members > 1 {
+                                topology.etcd_members
+                            } else {
+                                0
+                            },
+                        ),
+                    ] {
+                        nodes.extend((0..count).map(|index| Node { kind, index }));
+                    }
+                    let node = nodes[random.random_range(0..nodes.len())];
+                    Fault::CutNode { node }
+                }
+            };
+            ScheduledFault {
+                at_ms: start_ms,
+                heal_after_ms,
+                fault,
+            }
+        })
+        .collect()
+}
+
+/// What a backend must offer to break and heal nodes. Methods are
+/// synchronous and return once the action took effect (a killed process
+/// is reaped, a paused one is stopped).
+pub trait FaultTarget {
+    fn topology(&self) -> Topology;
+    /// The node running the broker registered as `broker_id`.
+    fn broker_by_id(&self, broker_id: &str) -> Option<Node>;
+    fn is_running(&mut self, node: Node) -> bool;
+    /// Hard kill: no flush, no deregistration.
+    fn kill(&mut self, node: Node) -> anyhow::Result<()>;
+    /// Graceful stop (SIGTERM, then kill after a grace period).
+    fn stop(&mut self, node: Node) -> anyhow::Result<()>;
+    fn start(&mut self, node: Node) -> anyhow::Result<()>;
+    fn pause(&mut self, node: Node) -> anyhow::Result<()>;
+    fn resume(&mut self, node: Node) -> anyhow::Result<()>;
+    /// Cut the node off from every other node and from clients.
+    fn cut(&mut self, node: Node) -> anyhow::Result<()>;
+    fn reconnect(&mut self, node: Node) -> anyhow::Result<()>;
+}
+
+/// How an applied fault is undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heal {
+    Start(Node),
+    Resume(Node),
+    Reconnect(Node),
+}
+
+impl fmt::Display for Heal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Heal::Start(node) => write!(formatter, "start {node}"),
+            Heal::Resume(node) => write!(formatter, "SIGCONT {node}"),
+            Heal::Reconnect(node) => write!(formatter, "reconnect {node}"),
+        }
+    }
+}
+
+/// A line of the fault log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultEvent {
+    pub at_ms: u64,
+    pub text: String,
+    /// True when the backend could not do what was asked.
+    pub error: bool,
+}
+
+impl fmt::Display for FaultEvent {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            formatter,
+            "{:>6} ms  {}{}",
+            self.at_ms,
+            if self.error { "ERROR " } else { "" },
+            self.text
+        )
+    }
+}
+
+/// Applies faults to a target, remembers how to undo each one and heals
+/// them; keeps a log of everything it did.
+pub struct Nemesis<T: FaultTarget> {
+    pub target: T,
+    active: Vec<Heal>,
+    pub log: Vec<FaultEvent>,
+}
+
+impl<T: FaultTarget> Nemesis<T> {
+    pub fn new(target: T) -> Self {
+        Self {
+            target,
+            active: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, at_ms: u64, text: String, error: bool) {
+        let event = FaultEvent { at_ms, text, error };
+        // Printed as it happens so that a run that hangs or panics still
+        // shows which faults preceded it.
+        eprintln!("[chaos] {event}");
+        self.log.push(event);
+    }
+
+    /// Applies `fault`. `owner` is the broker owning the fault's partition
+    /// (when it names one), looked up by the caller just before; when it
+    /// is unknown a running broker is chosen.
+    pub fn apply(&mut self, at_ms: u64, fault: &Fault, owner: Option<Node>) {
+        let topology = self.target.topology();
+        let node = match *fault {
+            Fault::KillStore { store } | Fault::RestartStore { store } => Node {
+                kind: NodeKind::Store,
+                index: store,
+            },
+            Fault::RestartBroker { broker } => Node {
+                kind: NodeKind::Broker,
+                index: broker,
+            },
+            Fault::KillEtcdMember { member } => Node {
+                kind: NodeKind::Etcd,
+                index: member,
+            },
+            Fault::CutNode { node } => node,
+            Fault::KillActiveNameserver => {
+                let running = (0..topology.nameservers)
+                    .map(|index| Node {
+                        kind: NodeKind::Nameserver,
+                        index,
+                    })
+                    .find(|node| self.target.is_running(*node));
+                match running {
+                    Some(node) => node,
+                    None => {
+                        self.note(at_ms, format!("{fault}: no nameserver is running"), true);
+                        return;
+                    }
+                }
+            }
+            Fault::KillPartitionOwner { .. } | Fault::PausePartitionOwner { .. } => match owner {
+                Some(node) => node,
+                None => {
+                    let fallback = (0..topology.brokers)
+                        .map(|index| Node {
+                            kind: NodeKind::Broker,
+                            index,
+                        })
+                        .find(|node| self.target.is_running(*node));
+                    match fallback {
+                        Some(node) => {
+                            self.note(
+                                at_ms,
+                                format!("{fault}: owner unknown right now, using {node}"),
+                                false,
+                            );
+                            node
+                        }
+                        None => {
+                            self.note(at_ms, format!("{fault}: no broker is running"), true);
+                            return;
+                        }
+                    }
+                }
+            },
+        };
+        if self.active.iter().any(|heal| match heal {
+            Heal::Start(other) | Heal::Resume(other) | Heal::Reconnect(other) => *other == node,
+        }) {
+            self.note(
+                at_ms,
+                format!("{fault}: {node} is already faulted; skipped"),
+                false,
+            );
+            return;
+        }
+        let (result, heal) = match fault {
+            Fault::KillStore { .. }
+            | Fault::KillPartitionOwner { .. }
+            | Fault::KillActiveNameserver
+            | Fault::KillEtcdMember { .. } => (self.target.kill(node), Heal::Start(node)),
+            Fault::RestartBroker { .. } | Fault::RestartStore { .. } => {
+                (self.target.stop(node), Heal::Start(node))
+            }
+            Fault::PausePartitionOwner { .. } => (self.target.pause(node), Heal::Resume(node)),
+            Fault::CutNode { .. } => (self.target.cut(node), Heal::Reconnect(node)),
+        };
+        match result {
+            Ok(()) => {
+                self.note(at_ms, format!("{fault}: {node}"), false);
+                self.active.push(heal);
+            }
+            Err(error) => self.note(at_ms, format!("{fault}: {node}: {error:#}"), true),
+        }
+    }
+
+    /// Undoes every fault still in effect, most recent first.
+    pub fn heal_all(&mut self, at_ms: u64) {
+        while let Some(heal) = self.active.pop() {
+            let result = match heal {
+                Heal::Start(node) => self.target.start(node),
+                Heal::Resume(node) => self.target.resume(node),
+                Heal::Reconnect(node) => self.target.reconnect(node),
+            };
+            match result {
+                Ok(()) => self.note(at_ms, format!("heal: {heal}"), false),
+                Err(error) => self.note(at_ms, format!("heal: {heal}: {error:#}"), true),
+            }
+        }
+    }
+
+    /// Faults still in effect.
+    pub fn active(&self) -> &[Heal] {
+        &self.active
+    }
+
+    /// Log lines of actions the backend could not perform.
+    pub fn errors(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|event| event.error)
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
+/// Fault backend over a process [`Cluster`].
+pub struct ProcessTarget<'a> {
+    pub cluster: &'a mut Cluster,
+    network: Option<NetworkCuts>,
+}
+
+impl<'a> ProcessTarget<'a> {
+    /// `network_cuts`: set up the iptables/cgroup network cut (fails when
+    /// this machine cannot do it; see [`NetworkCuts::new`]).
+    pub fn new(cluster: &'a mut Cluster, network_cuts: bool) -> anyhow::Result<Self> {
+        let network = if network_cuts {
+            Some(NetworkCuts::new()?)
+        } else {
+            None
+        };
+        Ok(Self { cluster, network })
+    }
+
+    fn service(&mut self, node: Node) -> anyhow::Result<&mut Service> {
+        let services = match node.kind {
+            NodeKind::Nameserver => &mut self.cluster.nameservers,
+            NodeKind::Broker => &mut self.cluster.brokers,
+            NodeKind::Store => &mut self.cluster.stores,
+            NodeKind::Etcd => bail!("{node} is an etcd member, not a Sluice service"),
+        };
+        services
+            .get_mut(node.index)
+            .with_context(|| format!("{node} does not exist"))
+    }
+
+    fn etcd_member(&self, node: Node) -> anyhow::Result<usize> {
+        if node.index >= self.cluster.etcd.size() {
+            bail!("{node} does not exist");
+        }
+        Ok(node.index)
+    }
+
+    /// The port the node listens on (an etcd member: its client port).
+    fn port(&mut self, node: Node) -> anyhow::Result<u16> {
+        if node.kind == NodeKind::Etcd {
+            let member = self.etcd_member(node)?;
+            let url = self.cluster.etcd.client_url(member);
+            return url
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse().ok())
+                .with_context(|| format!("no port in {url}"));
+        }
+        Ok(self.service(node)?.port)
+    }
+}
+
+impl FaultTarget for ProcessTarget<'_> {
+    fn topology(&self) -> Topology {
+        Topology {
+            nameservers: self.cluster.nameservers.len(),
+            brokers: self.cluster.brokers.len(),
+            stores: self.cluster.stores.len(),
+            etcd_members: self.cluster.etcd.size(),
+        }
+    }
+
+    fn broker_by_id(&self, broker_id: &str) -> Option<Node> {
+        self.cluster
+            .brokers
+            .iter()
+            .position(|broker| broker.node_id == broker_id)
+            .map(|index| Node {
+                kind: NodeKind::Broker,
+                index,
+            })
+    }
+
+    fn is_running(&mut self, node: Node) -> bool {
+        if node.kind == NodeKind::Etcd {
+            return self
+                .etcd_member(node)
+                .is_ok_and(|member| self.cluster.etcd.is_running(member));
+        }
+        self.service(node)
+            .map(|service| service.is_running())
+            .unwrap_or(false)
+    }
+
+    fn kill(&mut self, node: Node) -> anyhow::Result<()> {
+        if node.kind == NodeKind::Etcd {
+            let member = self.etcd_member(node)?;
+            if !self.cluster.etcd.is_running(member) {
+                bail!("{node} is not running");
+            }
+            self.cluster.etcd.kill(member);
+            return Ok(());
+        }
+        let service = self.service(node)?;
+        if !service.is_running() {
+            bail!("{node} is not running");
+        }
+        service.kill();
+        Ok(())
+    }
+
+    fn stop(&mut self, node: Node) -> anyhow::Result<()> {
+        let service = self.service(node)?;
+        if !service.is_running() {
+            bail!("{node} is not running");
+        }
+        service.stop(Duration::from_millis(GRACEFUL_STOP_TIMEOUT_MS));
+        Ok(())
+    }
+
+    fn start(&mut self, node: Node) -> anyhow::Result<()> {
+        if node.kind == NodeKind::Etcd {
+            let member = self.etcd_member(node)?;
+            if self.cluster.etcd.is_running(member) {
+                bail!("{node} is already running");
+            }
+            // Waits until the member is healthy again.
+            self.cluster.etcd.restart(member);
+            return Ok(());
+        }
+        let service = self.service(node)?;
+        if service.is_running() {
+            bail!("{node} is already running");
+        }
+        service.start();
+        Ok(())
+    }
+
+    fn pause(&mut self, node: Node) -> anyhow::Result<()> {
+        let service = self.service(node)?;
+        if !service.is_running() {
+            bail!("{node} is not running");
+        }
+        service.pause();
+        Ok(())
+    }
+
+    fn resume(&mut self, node: Node) -> anyhow::Result<()> {
+        self.service(node)?.resume();
+        Ok(())
+    }
+
+    fn cut(&mut self, node: Node) -> anyhow::Result<()> {
+        let port = self.port(node)?;
+        let network = self
+            .network
+            .as_mut()
+            .context("network cuts are disabled for this run")?;
+        network.cut(&node.to_string(), port)
+    }
+
+    fn reconnect(&mut self, node: Node) -> anyhow::Result<()> {
+        let network = self
+            .network
+            .as_mut()
+            .context("network cuts are disabled for this run")?;
+        network.reconnect(&node.to_string())
+    }
+}
+
+/// Runs a command, failing with its output when it does not succeed.
+fn run(program: &str, arguments: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program)
+        .args(arguments)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            arguments.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The pid of the process listening on 127.0.0.1:`port`.
+fn listening_pid(port: u16) -> anyhow::Result<u32> {
+    let filter = format!("sport = :{port}");
+    let output = run("ss", &["-Hltnp", &filter])?;
+    // users:(("sluice-broker",pid=1234,fd=9))
+    output
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .with_context(|| format!("no process listens on port {port} (ss said {output:?})"))
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _device = fields.next()?;
+            let path = fields.next()?;
+            let kind = fields.next()?;
+            (kind == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .next()
+        .context("no cgroup2 hierarchy is mounted (needed to cut a process off the network)")
+}
+
+/// One cut node.
+struct CutNode {
+    name: String,
+    port: u16,
+    /// The cgroup (relative to the cgroup2 root) the process was moved to.
+    cgroup: String,
+    pid: u32,
+}
+
+/// iptables chain and cgroups of this run's network cuts; everything is
+/// removed on drop.
+pub struct NetworkCuts {
+    chain: String,
+    cgroup_root: PathBuf,
+    cut: Vec<CutNode>,
+}
+
+impl NetworkCuts {
+    /// Checks that iptables with the cgroup match and a writable cgroup v2
+    /// hierarchy are available (root is needed), removes chains of earlier
+    /// runs whose process is gone, and installs this run's empty chain.
+    pub fn new() -> anyhow::Result<Self> {
+        let cgroup_root = cgroup2_root()?;
+        remove_stale_chains();
+        let chain = format!("SLUICE_CHAOS_{}", std::process::id());
+        run("iptables", &["-N", &chain]).context(
+            "iptables is needed to cut a process off the network (run as root, or disable the network fault)",
+        )?;
+        let cuts = Self {
+            chain,
+            cgroup_root,
+            cut: Vec::new(),
+        };
+        run("iptables", &["-I", "OUTPUT", "1", "-j", &cuts.chain])?;
+        // Prove the cgroup match and the cgroup hierarchy work now rather
+        // than in the middle of a run.
+        let probe = format!("sluice-chaos-{}-probe", std::process::id());
+        let probe_dir = cuts.cgroup_root.join(&probe);
+        std::fs::create_dir(&probe_dir)
+            .with_context(|| format!("create cgroup {}", probe_dir.display()))?;
+        let matched = run(
+            "iptables",
+            &[
+                "-A",
+                &cuts.chain,
+                "-m",
+                "cgroup",
+                "--path",
+                &probe,
+                "-j",
+                "DROP",
+            ],
+        );
+        let _ = run(
+            "iptables",
+            &[
+                "-D",
+                &cuts.chain,
+                "-m",
+                "cgroup",
+                "--path",
+                &probe,
+                "-j",
+                "DROP",
+            ],
+        );
+        let _ = std::fs::remove_dir(&probe_dir);
+        matched.context("iptables cannot match cgroups (xt_cgroup) on this kernel")?;
+        Ok(cuts)
+    }
+
+    fn rules(&self, node: &CutNode) -> Vec<Vec<String>> {
+        let port = node.port.to_string();
+        vec![
+            vec!["-m", "cgroup", "--path", &node.cgroup, "-j", "DROP"],
+            vec!["-p", "tcp", "--dport", &port, "-j", "DROP"],
+            vec!["-p", "tcp", "--sport", &port, "-j", "DROP"],
+        ]
+        .into_iter()
+        .map(|rule| rule.into_iter().map(str::to_string).collect())
+        .collect()
+    }
+
+    /// Drops everything the process listening on `port` sends and every
+    /// packet to or from `port`.
+    pub fn cut(&mut self, name: &str, port: u16) -> anyhow::Result<()> {
+        let pid = listening_pid(port)?;
+        let cgroup = format!("sluice-chaos-{}-{name}", std::process::id());
+        let directory = self.cgroup_root.join(&cgroup);
+        if !directory.exists() {
+            std::fs::create_dir(&directory)
+                .with_context(|| format!("create cgroup {}", directory.display()))?;
+        }
+        std::fs::write(directory.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("move pid {pid} into {}", directory.display()))?;
+        let node = CutNode {
+            name: name.to_string(),
+            port,
+            cgroup,
+            pid,
+        };
+        for rule in self.rules(&node) {
+            let mut arguments = vec!["-A", self.chain.as_str()];
+            arguments.extend(rule.iter().map(String::as_str));
+            run("iptables", &arguments)?;
+        }
+        self.cut.push(node);
+        Ok(())
+    }
+
+    /// Removes the cut of `name`.
+    pub fn reconnect(&mut self, name: &str) -> anyhow::Result<()> {
+        let position = self
+            .cut
+            .iter()
+            .position(|node| node.name == name)
+            .with_context(|| format!("{name} is not cut off"))?;
+        let node = self.cut.remove(position);
+        self.undo(&node)
+    }
+
+    fn undo(&self, node: &CutNode) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for rule in self.rules(node) {
+            let mut arguments = vec!["-D", self.chain.as_str()];
+            arguments.extend(rule.iter().map(String::as_str));
+            if let Err(error) = run("iptables", &arguments) {
+                first_error.get_or_insert(error);
+            }
+        }
+        let directory = self.cgroup_root.join(&node.cgroup);
+        // Back to the root cgroup, where the harness started it.
+        if std::path::Path::new(&format!("/proc/{}", node.pid)).exists() {
+            let _ = std::fs::write(self.cgroup_root.join("cgroup.procs"), node.pid.to_string());
+        }
+        if let Err(error) = std::fs::remove_dir(&directory) {
+            tracing::warn!(cgroup = %directory.display(), %error, "cannot remove the cut's cgroup");
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetworkCuts {
+    fn drop(&mut self) {
+        for node in std::mem::take(&mut self.cut) {
+            if let Err(error) = self.undo(&node) {
+                eprintln!("network cut cleanup of {}: {error:#}", node.name);
+            }
+        }
+        let _ = run("iptables", &["-D", "OUTPUT", "-j", &self.chain]);
+        let _ = run("iptables", &["-F", &self.chain]);
+        if let Err(error) = run("iptables", &["-X", &self.chain]) {
+            eprintln!("network cut cleanup: {error:#}");
+        }
+    }
+}
+
+/// Removes `SLUICE_CHAOS_<pid>` chains (and their cgroups) of runs whose
+/// process no longer exists (killed before their drop guard ran).
+fn remove_stale_chains() {
+    let Ok(rules) = run("iptables", &["-S"]) else {
+        return;
+    };
+    for line in rules.lines() {
+        let Some(chain) = line.strip_prefix("-N ") else {
+            continue;
+        };
+        let Some(pid) = chain.strip_prefix("SLUICE_CHAOS_") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = run("iptables", &["-D", "OUTPUT", "-j", chain]);
+        let _ = run("iptables", &["-F", chain]);
+        let _ = run("iptables", &["-X", chain]);
+        if let Ok(root) = cgroup2_root() {
+            if let Ok(entries) = std::fs::read_dir(&root) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&format!("sluice-chaos-{pid}-")) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn config(seed: u64, faults: usize) -> ScheduleConfig {
+        ScheduleConfig {
+            seed,
+            faults,
+            duration_ms: 60_000,
+            topology: Topology {
+                nameservers: 2,
+                brokers: 3,
+                stores: 3,
+                etcd_members: 1,
+            },
+            partitions: 6,
+            lease_ttl_ms: 3_000,
+            kinds: FaultKind::ALL.to_vec(),
+        }
+    }
+
+    #[test]
+    fn same_seed_same_schedule_other_seed_other_schedule() {
+        assert_eq!(schedule(&config(7, 10)), schedule(&config(7, 10)));
+        assert_ne!(schedule(&config(7, 10)), schedule(&config(8, 10)));
+    }
+
+    #[test]
+    fn faults_do_not_overlap_and_fit_the_duration() {
+        for seed in 0..50 {
+            let faults = schedule(&config(seed, 10));
+            assert_eq!(faults.len(), 10);
+            for pair in faults.windows(2) {
+                assert!(
+                    pair[0].at_ms + pair[0].heal_after_ms < pair[1].at_ms,
+                    "seed {seed}: {} overlaps {}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            let last = faults.last().expect("ten faults");
+            assert!(
+                last.at_ms + last.heal_after_ms <= 60_000,
+                "seed {seed}: {last}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_usable_kind_appears_and_etcd_needs_members() {
+        let faults = schedule(&config(1, 10));
+        let kinds: BTreeSet<&str> = faults
+            .iter()
+            .map(|scheduled| match scheduled.fault {
+                Fault::KillStore { .. } => "kill-store",
+                Fault::KillPartitionOwner { .. } => "kill-owner",
+                Fault::KillActiveNameserver => "kill-nameserver",
+                Fault::KillEtcdMember { .. } => "kill-etcd",
+                Fault::PausePartitionOwner { .. } => "pause-owner",
+                Fault::CutNode { .. } => "cut",
+                Fault::RestartBroker { .. } => "restart-broker",
+                Fault::RestartStore { .. } => "restart-store",
+            })
+            .collect();
+        assert_eq!(kinds.len(), 7, "{kinds:?}");
+        assert!(!kinds.contains("kill-etcd"));
+        let mut three_members = config(1, 16);
+        three_members.topology.etcd_members = 3;
+        assert!(schedule(&three_members)
+            .iter()
+            .any(|scheduled| matches!(scheduled.fault, Fault::KillEtcdMember { .. })));
+    }
+
+    #[test]
+    fn pauses_outlast_the_lease() {
+        for seed in 0..50 {
+            for scheduled in schedule(&config(seed, 10)) {
+                if matches!(scheduled.fault, Fault::PausePartitionOwner { .. }) {
+                    assert!(scheduled.heal_after_ms > 3_000, "{scheduled}");
+                }
+            }
+        }
+        // Slots shorter than a lease leave pauses out.
+        let mut short = config(3, 40);
+        short.duration_ms = 40_000;
+        assert!(!usable_kinds(&short).contains(&FaultKind::PausePartitionOwner));
+    }
+
+    #[derive(Default)]
+    struct FakeTarget {
+        running: BTreeSet<Node>,
+        paused: BTreeSet<Node>,
+        cut: BTreeSet<Node>,
+        actions: Vec<String>,
+    }
+
+    impl FaultTarget for FakeTarget {
+        fn topology(&self) -> Topology {
+            Topology {
+                nameservers: 2,
+                brokers: 2,
+                stores: 1,
+                etcd_members: 1,
+            }
+        }
+        fn broker_by_id(&self, broker_id: &str) -> Option<Node> {
+            broker_id
+                .strip_prefix("broker-")
+                .and_then(|index| index.parse::<usize>().ok())
+                .map(|index| Node {
+                    kind: NodeKind::Broker,
+                    index: index - 1,
+                })
+        }
+        fn is_running(&mut self, node: Node) -> bool {
+            self.running.contains(&node)
+        }
+        fn kill(&mut self, node: Node) -> anyhow::Result<()> {
+            if !self.running.remove(&node) {
+                bail!("{node} is not running");
+            }
+            self.actions.push(format!("kill {node}"));
+            Ok(())
+        }
+        fn stop(&mut self, node: Node) -> anyhow::Result<()> {
+            self.kill(node)
+        }
+        fn start(&mut self, node: Node) -> anyhow::Result<()> {
+            self.running.insert(node);
+            self.actions.push(format!("start {node}"));
+            Ok(())
+        }
+        fn pause(&mut self, node: Node) -> anyhow::Result<()> {
+            self.paused.insert(node);
+            self.actions.push(format!("pause {node}"));
+            Ok(())
+        }
+        fn resume(&mut self, node: Node) -> anyhow::Result<()> {
+            self.paused.remove(&node);
+            self.actions.push(format!("resume {node}"));
+            Ok(())
+        }
+        fn cut(&mut self, node: Node) -> anyhow::Result<()> {
+            self.cut.insert(node);
+            Ok(())
+        }
+        fn reconnect(&mut self, node: Node) -> anyhow::Result<()> {
+            self.cut.remove(&node);
+            Ok(())
+        }
+    }
+
+    fn everything_running() -> FakeTarget {
+        let mut target = FakeTarget::default();
+        for (kind, count) in [
+            (NodeKind::Nameserver, 2),
+            (NodeKind::Broker, 2),
+            (NodeKind::Store, 1),
+        ] {
+            for index in 0..count {
+                target.running.insert(Node { kind, index });
+            }
+        }
+        target
+    }
+
+    #[test]
+    fn nemesis_heals_everything_it_broke() {
+        let mut nemesis = Nemesis::new(everything_running());
+        let owner = nemesis.target.broker_by_id("broker-2");
+        nemesis.apply(0, &Fault::KillPartitionOwner { partition: 0 }, owner);
+        nemesis.apply(1, &Fault::KillActiveNameserver, None);
+        nemesis.apply(2, &Fault::PausePartitionOwner { partition: 1 }, None);
+        nemesis.apply(
+            3,
+            &Fault::CutNode {
+                node: Node {
+                    kind: NodeKind::Store,
+                    index: 0,
+                },
+            },
+            None,
+        );
+        assert_eq!(nemesis.active().len(), 4);
+        assert_eq!(
+            nemesis.target.actions,
+            ["kill broker-2", "kill nameserver-1", "pause broker-1"]
+        );
+        // The killed owner is faulted already: a second fault on it is skipped.
+        nemesis.apply(4, &Fault::RestartBroker { broker: 1 }, None);
+        assert_eq!(nemesis.active().len(), 4);
+        nemesis.heal_all(5);
+        assert!(nemesis.active().is_empty());
+        assert!(nemesis.target.paused.is_empty());
+        assert!(nemesis.target.cut.is_empty());
+        assert_eq!(nemesis.target.running.len(), 5);
+        assert!(nemesis.errors().is_empty(), "{:?}", nemesis.log);
+    }
+
+    #[test]
+    fn nemesis_logs_what_the_backend_could_not_do() {
+        let mut target = everything_running();
+        target.running.clear();
+        let mut nemesis = Nemesis::new(target);
+        nemesis.apply(0, &Fault::KillStore { store: 0 }, None);
+        nemesis.apply(1, &Fault::KillActiveNameserver, None);
+        assert_eq!(nemesis.errors().len(), 2, "{:?}", nemesis.log);
+        assert!(nemesis.active().is_empty());
+    }
+}

@@ -1,0 +1,15 @@
+//! Chaos tests with a history checker (Jepsen-style): a workload of unique
+//! writes and a consumer group runs while a seeded schedule of faults
+//! (kill -9, SIGSTOP beyond the lease, network cuts, restarts) hits the
+//! cluster; after healing, every partition is drained from offset 0 and the
+//! checker counts lost, duplicated, reordered and inconsistent data.
+//!
+//! `history` logs operations, `checker` is the pure checker, `faults` the
+//! schedule and backends, `workload` the SDK side, `runner` ties them
+//! together for the process-level test and the `sluice-chaos` binary.
+
+pub mod checker;
+pub mod faults;
+pub mod history;
+pub mod runner;
+pub mod workload;

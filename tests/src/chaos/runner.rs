@@ -1,0 +1,395 @@
+//! One chaos run end to end: create the topic, start the workload, apply
+//! the fault schedule, heal, stop the workload, drain, check, report.
+
+use super::checker::{check, CheckInput, CheckReport};
+use super::faults::{
+    schedule, FaultEvent, FaultKind, FaultTarget, Nemesis, Node, ProcessTarget, ScheduleConfig,
+    ScheduledFault,
+};
+use super::history::History;
+use super::workload::{drain, Workload, WorkloadConfig};
+use crate::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use anyhow::Context;
+use sluice_client::Admin;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Seed of the CI run when `SLUICE_CHAOS_SEED` is not set.
+pub const DEFAULT_SEED: u64 = 0x51CE_C4A0;
+
+/// Workload time before the first fault, in milliseconds.
+const WARM_UP_MS: u64 = 2_000;
+
+/// Longest wait for the owner of a partition before a fault goes ahead
+/// without knowing it, in milliseconds.
+const OWNER_LOOKUP_TIMEOUT_MS: u64 = 2_000;
+
+/// Longest wait after healing for every node to be registered and every
+/// partition writable, in milliseconds.
+const RECOVERY_TIMEOUT_MS: u64 = 60_000;
+
+/// Longest time the drain waits for a next record, in milliseconds.
+const DRAIN_IDLE_TIMEOUT_MS: u64 = 20_000;
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    pub seed: u64,
+    pub faults: usize,
+    /// Time over which the faults are spread, in milliseconds.
+    pub fault_duration_ms: u64,
+    pub partitions: u32,
+    /// Keep writing this long after the last heal, in milliseconds, so the
+    /// healed cluster is written to as well.
+    pub quiet_after_ms: u64,
+    /// Fault kinds to draw from (those the cluster cannot do are dropped).
+    pub kinds: Vec<FaultKind>,
+    pub workload: WorkloadConfig,
+}
+
+impl ChaosOptions {
+    /// The CI run: `faults` faults over `fault_duration_ms`.
+    pub fn new(seed: u64, faults: usize, fault_duration_ms: u64, partitions: u32) -> Self {
+        Self {
+            seed,
+            faults,
+            fault_duration_ms,
+            partitions,
+            quiet_after_ms: 3_000,
+            kinds: FaultKind::ALL.to_vec(),
+            workload: WorkloadConfig::default(),
+        }
+    }
+
+    /// Whether the network cut is among the kinds.
+    pub fn network_cuts(&self) -> bool {
+        self.kinds.contains(&FaultKind::CutNode)
+    }
+}
+
+/// The cluster of the chaos runs: 2 nameservers, 3 brokers, 3 stores, a
+/// 3-member etcd.
+pub fn cluster_spec() -> ClusterSpec {
+    ClusterSpec {
+        nameservers: 2,
+        brokers: 3,
+        stores: 3,
+        lease_ttl_ms: 3_000,
+        heartbeat_interval_ms: 500,
+        offsets_partitions: 4,
+        etcd_members: 3,
+    }
+}
+
+/// Reads the seed from `SLUICE_CHAOS_SEED` (decimal or 0x-hex), else the
+/// default.
+pub fn seed_from_env() -> anyhow::Result<u64> {
+    match std::env::var("SLUICE_CHAOS_SEED") {
+        Ok(text) => parse_seed(&text),
+        Err(_) => Ok(DEFAULT_SEED),
+    }
+}
+
+/// Parses a seed written in decimal or as `0x` hex.
+pub fn parse_seed(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.with_context(|| format!("seed {text:?} is not a u64 (decimal or 0x-hex)"))
+}
+
+/// Everything a run found.
+#[derive(Debug)]
+pub struct ChaosReport {
+    pub options: ChaosOptions,
+    /// ensemble/write/ack of the topic.
+    pub replication: (u32, u32, u32),
+    pub schedule: Vec<ScheduledFault>,
+    pub fault_log: Vec<FaultEvent>,
+    /// Faults the backend could not apply or heal.
+    pub fault_errors: Vec<String>,
+    /// The cluster did not come back after healing within the limit.
+    pub recovery_problems: Vec<String>,
+    pub drain_problems: Vec<String>,
+    pub check: CheckReport,
+    pub elapsed_ms: u64,
+}
+
+impl ChaosReport {
+    /// Every anomaly count is zero and every fault was applied and healed.
+    pub fn passed(&self) -> bool {
+        self.check.is_valid() && self.fault_errors.is_empty() && self.recovery_problems.is_empty()
+    }
+}
+
+impl fmt::Display for ChaosReport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = &self.options;
+        writeln!(formatter, "===== sluice chaos report =====")?;
+        writeln!(
+            formatter,
+            "seed: {} (0x{:x}; rerun with SLUICE_CHAOS_SEED={} or `sluice-chaos --seed {}`)",
+            options.seed, options.seed, options.seed, options.seed
+        )?;
+        writeln!(
+            formatter,
+            "faults: {} over {} ms; partitions: {}; replication {}/{}/{}; producers: {}; group members: {}; run took {} ms",
+            options.faults,
+            options.fault_duration_ms,
+            options.partitions,
+            self.replication.0,
+            self.replication.1,
+            self.replication.2,
+            options.workload.producers,
+            options.workload.group_members,
+            self.elapsed_ms
+        )?;
+        writeln!(formatter, "schedule (ms after the first fault slot):")?;
+        for scheduled in &self.schedule {
+            writeln!(formatter, "  {scheduled}")?;
+        }
+        writeln!(formatter, "fault log (ms since the workload started):")?;
+        for event in &self.fault_log {
+            writeln!(formatter, "  {event}")?;
+        }
+        for problem in &self.recovery_problems {
+            writeln!(formatter, "RECOVERY PROBLEM: {problem}")?;
+        }
+        for problem in &self.drain_problems {
+            writeln!(formatter, "drain problem: {problem}")?;
+        }
+        writeln!(formatter, "{}", self.check)?;
+        if !self.fault_errors.is_empty() {
+            writeln!(
+                formatter,
+                "FAULT ERRORS ({}): the run did not do what it claims",
+                self.fault_errors.len()
+            )?;
+        }
+        write!(
+            formatter,
+            "result: {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Copies every service log of `cluster` into a fresh directory under
+/// `target/<profile>/chaos-logs/` (kept after the cluster's temporary
+/// directory is gone) and returns it.
+pub fn save_logs(cluster: &Cluster, seed: u64) -> std::io::Result<std::path::PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    let directory = crate::cluster::binaries_dir()
+        .join("chaos-logs")
+        .join(format!("seed-{seed}-{stamp}-{}", std::process::id()));
+    std::fs::create_dir_all(&directory)?;
+    for service in cluster
+        .nameservers
+        .iter()
+        .chain(&cluster.stores)
+        .chain(&cluster.brokers)
+    {
+        std::fs::copy(
+            service.log_path(),
+            directory.join(format!("{}.log", service.node_id)),
+        )?;
+    }
+    Ok(directory)
+}
+
+/// The broker owning `partition` right now, if a nameserver knows.
+async fn partition_owner(admin: &Admin, topic: &str, partition: u32) -> Option<String> {
+    let lookup = admin.describe_topic(topic);
+    match tokio::time::timeout(Duration::from_millis(OWNER_LOOKUP_TIMEOUT_MS), lookup).await {
+        Ok(Ok(description)) => description
+            .partitions
+            .get(partition as usize)
+            .and_then(|description| description.route.as_ref())
+            .map(|route| route.broker_id.clone())
+            .filter(|broker_id| !broker_id.is_empty()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "describe topic failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Waits until every broker and store is registered again and every
+/// partition is writable; says what is missing when that takes longer than
+/// [`RECOVERY_TIMEOUT_MS`].
+async fn wait_recovered(cluster: &mut Cluster, topic: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(RECOVERY_TIMEOUT_MS);
+    let want_brokers = cluster.brokers.len();
+    let want_stores = cluster.stores.len();
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        let status = match Admin::connect(cluster.client_config()).await {
+            Ok(admin) => admin.cluster_status().await.map(|status| (admin, status)),
+            Err(error) => Err(error),
+        };
+        match status {
+            Ok((admin, status))
+                if status.brokers.len() >= want_brokers && status.stores.len() >= want_stores =>
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return admin
+                    .wait_until_writable(topic, left)
+                    .await
+                    .map_err(|error| format!("{topic} not writable after healing: {error}"));
+            }
+            Ok((_, status)) => {
+                last = format!(
+                    "{} of {want_brokers} brokers and {} of {want_stores} stores registered",
+                    status.brokers.len(),
+                    status.stores.len()
+                )
+            }
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "cluster not recovered {RECOVERY_TIMEOUT_MS} ms after healing: {last}"
+    ))
+}
+
+async fn sleep_until(history: &History, at_ms: u64) {
+    let now = history.now_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+}
+
+/// Runs the workload against `cluster` while `options`' schedule of faults
+/// hits it, then heals, drains and checks.
+pub async fn run(cluster: &mut Cluster, options: ChaosOptions) -> anyhow::Result<ChaosReport> {
+    let started = Instant::now();
+    let topic = options.workload.topic.clone();
+    let client = cluster.client_config();
+    let admin = Admin::connect(client.clone())
+        .await
+        .context("admin client")?;
+    let ensemble = cluster.spec.ensemble_size() as u32;
+    let replication = (ensemble, ensemble, cluster.spec.ack_quorum() as u32);
+    admin
+        .create_topic(
+            &topic,
+            sluice_proto::v1::TopicConfig {
+                partitions: options.partitions,
+                ensemble_size: replication.0,
+                write_quorum: replication.1,
+                ack_quorum: replication.2,
+                ..sluice_proto::v1::TopicConfig::default()
+            },
+        )
+        .await
+        .context("create the chaos topic")?;
+    wait_until_writable(client.clone(), &topic).await;
+
+    let history = History::new();
+    let mut workload = Workload::start(client.clone(), options.workload.clone(), history.clone());
+    let schedule_config = ScheduleConfig {
+        seed: options.seed,
+        faults: options.faults,
+        duration_ms: options.fault_duration_ms,
+        topology: super::faults::Topology {
+            nameservers: cluster.nameservers.len(),
+            brokers: cluster.brokers.len(),
+            stores: cluster.stores.len(),
+            etcd_members: cluster.etcd.size(),
+        },
+        partitions: options.partitions,
+        lease_ttl_ms: cluster.spec.lease_ttl_ms,
+        kinds: options.kinds.clone(),
+    };
+    let faults = schedule(&schedule_config);
+    eprintln!(
+        "[chaos] seed {} (0x{:x}), {} faults over {} ms:",
+        options.seed, options.seed, options.faults, options.fault_duration_ms
+    );
+    for scheduled in &faults {
+        eprintln!("[chaos]   {scheduled}");
+    }
+    let (fault_log, fault_errors) = {
+        let target = ProcessTarget::new(cluster, options.network_cuts())?;
+        let mut nemesis = Nemesis::new(target);
+        let phase_start_ms = history.now_ms() + WARM_UP_MS;
+        for scheduled in &faults {
+            sleep_until(&history, phase_start_ms + scheduled.at_ms).await;
+            let owner: Option<Node> = match scheduled.fault {
+                super::faults::Fault::KillPartitionOwner { partition }
+                | super::faults::Fault::PausePartitionOwner { partition } => {
+                    partition_owner(&admin, &topic, partition)
+                        .await
+                        .and_then(|broker_id| nemesis.target.broker_by_id(&broker_id))
+                }
+                _ => None,
+            };
+            nemesis.apply(history.now_ms(), &scheduled.fault, owner);
+            sleep_until(
+                &history,
+                phase_start_ms + scheduled.at_ms + scheduled.heal_after_ms,
+            )
+            .await;
+            nemesis.heal_all(history.now_ms());
+        }
+        nemesis.heal_all(history.now_ms());
+        sleep_until(&history, phase_start_ms + options.fault_duration_ms).await;
+        (nemesis.log.clone(), nemesis.errors())
+    };
+
+    let mut recovery_problems = Vec::new();
+    if let Err(problem) = wait_recovered(cluster, &topic).await {
+        eprintln!("[chaos] {problem}");
+        recovery_problems.push(problem);
+    }
+    tokio::time::sleep(Duration::from_millis(options.quiet_after_ms)).await;
+    workload.stop_producers().await;
+    workload.stop_consumers().await;
+    let drained = drain(
+        client,
+        &topic,
+        options.partitions,
+        Duration::from_millis(DRAIN_IDLE_TIMEOUT_MS),
+    )
+    .await;
+    let operations = history.operations();
+    let deliveries = history.deliveries();
+    let commits = history.commits();
+    let check = check(CheckInput {
+        operations: &operations,
+        drained: &drained.records,
+        high_watermarks: &drained.high_watermarks,
+        deliveries: &deliveries,
+        commits: &commits,
+    });
+    Ok(ChaosReport {
+        options,
+        replication,
+        schedule: faults,
+        fault_log,
+        fault_errors,
+        recovery_problems,
+        drain_problems: drained.problems,
+        check,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_in_decimal_and_hex() {
+        assert_eq!(parse_seed("42").expect("decimal"), 42);
+        assert_eq!(parse_seed("0x2a").expect("hex"), 42);
+        assert!(parse_seed("forty-two").is_err());
+    }
+}
