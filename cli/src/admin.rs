@@ -329,6 +329,12 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
         ClusterCommand::Status => {
             let status = admin.cluster_status().await?;
             println!("metadata backend: {}", status.metadata_backend);
+            let assigner = if status.active_assigner.is_empty() {
+                "none (election in progress)"
+            } else {
+                status.active_assigner.as_str()
+            };
+            println!("active nameserver (assigner): {assigner}");
             println!(
                 "topics: {}  partitions: {}  offline partitions: {}",
                 status.topics, status.partitions, status.offline_partitions

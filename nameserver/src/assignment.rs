@@ -1,11 +1,11 @@
 //! Partition assignment: the pure decision function [`plan`] and the
 //! reconcile round that applies its decisions with compare-and-set writes.
 //!
-//! Every nameserver runs the reconciler. Each write is a CAS on the
-//! partition key's mod revision (and on the topic key, so a deleted topic is
-//! never resurrected), so concurrent nameservers cannot lose updates; the
-//! loser simply re-plans next round. Leader election (one active
-//! reconciler) comes with the replication issue.
+//! Only the elected assigner runs the reconciler (see `election.rs`). Each
+//! write is a CAS on the partition key's mod revision and on the topic key
+//! (so a deleted topic is never resurrected), and carries the election
+//! fence, so a deposed assigner's writes are refused by the metadata store
+//! even if it still believes it leads. A lost race is re-planned next round.
 
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
@@ -199,11 +199,14 @@ pub async fn live_brokers(
     Ok(brokers)
 }
 
-/// One reconcile round: read, [`plan`], CAS-write. Returns how many
+/// One reconcile round: read, [`plan`], CAS-write. Every transaction also
+/// carries `fence` (the assigner's election token as a compare), so nothing
+/// is written once this nameserver no longer leads. Returns how many
 /// changes were applied (lost races are retried next round).
 pub async fn reconcile_once(
     store: &dyn MetadataStore,
     max_moves: usize,
+    fence: &Compare,
 ) -> Result<usize, NameServerError> {
     let topics = store.range(keys::TOPICS).await?;
     let owners = store.range(keys::PARTITIONS).await?;
@@ -238,6 +241,10 @@ pub async fn reconcile_once(
         for partition in 0..partitions {
             let key = keys::partition(&topic.name, partition);
             let (owner, mod_revision) = match owner_by_key.get(key.as_str()) {
+                // Written before this topic was created: left over from an
+                // earlier topic of the same name, so not an owner of this
+                // one (overwritten with a fresh epoch, CAS on its revision).
+                Some((_, revision)) if *revision < entry.create_revision => (None, Some(*revision)),
                 Some((owner, revision)) => (owner.clone(), Some(*revision)),
                 None => (None, None),
             };
@@ -268,6 +275,7 @@ pub async fn reconcile_once(
             compares: vec![
                 owner_compare,
                 Compare::ModRevisionEquals(keys::topic(&change.topic), *topic_revision),
+                fence.clone(),
             ],
             puts: vec![Put::new(key.clone(), keys::encode(&change.new_owner))],
             deletes: Vec::new(),
@@ -285,7 +293,7 @@ pub async fn reconcile_once(
         } else {
             tracing::debug!(
                 key,
-                "partition assignment lost a race; re-planning next round"
+                "partition assignment refused (lost a race, or no longer the assigner); re-planning next round"
             );
         }
     }

@@ -152,8 +152,19 @@ pub struct NameServerConfig {
     /// Minimum time between writes of a node's reported load into its key.
     /// Default 5000.
     pub load_update_interval_ms: u64,
-    /// How often the assignment reconciler runs. Default 1000.
+    /// How often the assignment reconciler runs (on the elected assigner
+    /// only). Default 1000.
     pub reconcile_interval_ms: u64,
+    /// TTL of the assigner's election lease: when the assigner dies,
+    /// another nameserver takes over after at most about this plus
+    /// `election_check_interval_ms` (see docs/adr/0009). etcd rounds it up
+    /// to whole seconds. Default 3000.
+    pub election_lease_ttl_ms: u64,
+    /// How often the assigner renews its election lease and the other
+    /// nameservers check whether the role is free; also the margin by which
+    /// an assigner that cannot renew steps down before its lease could
+    /// expire. At most a third of `election_lease_ttl_ms`. Default 500.
+    pub election_check_interval_ms: u64,
     /// Upper bound on balancing moves per reconcile round (orphaned
     /// partitions are always reassigned). Default 4.
     pub max_moves_per_reconcile: u32,
@@ -161,8 +172,8 @@ pub struct NameServerConfig {
     /// startup when missing. Default 8.
     pub offsets_partitions: u32,
     /// Largest number of operations put into one metadata transaction
-    /// (etcd's `--max-txn-ops` defaults to 128). Topics with more
-    /// partitions get their owner keys created by the reconciler. Default 128.
+    /// (etcd's `--max-txn-ops` defaults to 128); deleting a topic's keys is
+    /// split into transactions of at most this many. Default 128.
     pub max_transaction_operations: u32,
     /// Upper bound on segments deleted by one `DeleteSegments`. Default 100.
     pub max_segments_per_delete: u32,
@@ -190,6 +201,8 @@ impl Default for NameServerConfig {
             heartbeat_interval_ms: 2_000,
             load_update_interval_ms: 5_000,
             reconcile_interval_ms: 1_000,
+            election_lease_ttl_ms: 3_000,
+            election_check_interval_ms: 500,
             max_moves_per_reconcile: 4,
             offsets_partitions: 8,
             max_transaction_operations: 128,

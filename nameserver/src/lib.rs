@@ -9,6 +9,7 @@
 
 pub mod assignment;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod keys;
 pub mod metadata;
@@ -26,6 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Builds the metadata store the config asks for.
 pub async fn build_store(
@@ -82,6 +84,13 @@ pub async fn run_with_store(
             config.heartbeat_interval_ms, config.lease_ttl_ms
         )));
     }
+    let election_timings = election::ElectionTimings {
+        lease_ttl: Duration::from_millis(config.election_lease_ttl_ms),
+        check_interval: Duration::from_millis(config.election_check_interval_ms),
+    };
+    election_timings
+        .validate()
+        .map_err(NameServerError::Config)?;
     let local_address = listener.local_addr()?;
     let advertised_address = config
         .advertised_address
@@ -94,7 +103,25 @@ pub async fn run_with_store(
         stopping.clone(),
     ));
 
-    let reconciler = tokio::spawn(reconcile_loop(handler.clone(), stopping.clone()));
+    let (leadership_sender, leadership) = watch::channel(None);
+    let became_leader = Arc::new(tokio::sync::Notify::new());
+    let election = tokio::spawn(election::run_election(
+        store.clone(),
+        election::Candidate {
+            node_id: config.node_id.clone(),
+            address: advertised_address.clone(),
+        },
+        election_timings,
+        leadership_sender,
+        became_leader.clone(),
+        stopping.clone(),
+    ));
+    let reconciler = tokio::spawn(reconcile_loop(
+        handler.clone(),
+        leadership,
+        became_leader,
+        stopping.clone(),
+    ));
     let registration = tokio::spawn(self_registration_loop(
         store.clone(),
         config.clone(),
@@ -127,7 +154,7 @@ pub async fn run_with_store(
             signal,
         )
         .await;
-    for task in [reconciler, registration] {
+    for task in [reconciler, election, registration] {
         if let Err(error) = task.await {
             tracing::error!(%error, "nameserver background task failed");
         }
@@ -143,7 +170,15 @@ async fn wait_or_stop(stopping: &mut watch::Receiver<bool>, interval: Duration) 
     }
 }
 
-async fn reconcile_loop(handler: Arc<NameServerHandler>, mut stopping: watch::Receiver<bool>) {
+/// Creates the offsets topic when missing (any nameserver may) and, while
+/// this nameserver is the elected assigner, runs reconcile rounds fenced by
+/// its election token.
+async fn reconcile_loop(
+    handler: Arc<NameServerHandler>,
+    leadership: watch::Receiver<Option<election::Leadership>>,
+    became_leader: Arc<tokio::sync::Notify>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let interval = Duration::from_millis(handler.config.reconcile_interval_ms);
     let max_moves = usize::try_from(handler.config.max_moves_per_reconcile).unwrap_or(usize::MAX);
     let mut offsets_topic_ready = false;
@@ -156,12 +191,19 @@ async fn reconcile_loop(handler: Arc<NameServerHandler>, mut stopping: watch::Re
                 }
             }
         }
-        if let Err(error) = assignment::reconcile_once(handler.store.as_ref(), max_moves).await {
-            tracing::warn!(%error, "reconcile round failed");
+        let current = *leadership.borrow();
+        if let Some(current) = current.filter(|current| current.is_valid_at(Instant::now())) {
+            let fence = current.token.fence();
+            if let Err(error) =
+                assignment::reconcile_once(handler.store.as_ref(), max_moves, &fence).await
+            {
+                tracing::warn!(%error, "reconcile round failed");
+            }
         }
         tokio::select! {
             stop = wait_or_stop(&mut stopping, interval) => if stop { return },
             _ = handler.reconcile_now.notified() => {}
+            _ = became_leader.notified() => {}
         }
     }
 }

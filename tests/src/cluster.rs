@@ -1,12 +1,13 @@
-//! A Sluice cluster of real processes: one etcd, nameservers, brokers and
-//! stores, each the real binary with its own TOML config, log file and
-//! loopback port, so tests can `kill -9`, stop and restart them.
+//! A Sluice cluster of real processes: etcd (one member or several),
+//! nameservers, brokers and stores, each the real binary with its own TOML
+//! config, log file and loopback port, so tests can `kill -9`, stop and
+//! restart them.
 //!
 //! The service binaries come from the same `target/` directory as the test
 //! executable; the README's test command builds them first (`cargo build
 //! --bins`). A missing binary fails the test with that instruction.
 
-use crate::etcd::{free_port, Etcd};
+use crate::etcd::{free_port, EtcdCluster};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -174,6 +175,12 @@ pub struct ClusterSpec {
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub offsets_partitions: u32,
+    /// Members of the etcd cluster; every nameserver is given all of their
+    /// client URLs. Default 1.
+    pub etcd_members: usize,
+    /// Extra TOML lines appended to every broker's config (top-level keys),
+    /// e.g. shorter repair intervals. Default empty.
+    pub broker_config: String,
 }
 
 impl ClusterSpec {
@@ -198,13 +205,15 @@ impl Default for ClusterSpec {
             lease_ttl_ms: 3000,
             heartbeat_interval_ms: 500,
             offsets_partitions: 4,
+            etcd_members: 1,
+            broker_config: String::new(),
         }
     }
 }
 
 /// A running cluster; everything is killed and deleted on drop.
 pub struct Cluster {
-    pub etcd: Etcd,
+    pub etcd: EtcdCluster,
     pub nameservers: Vec<Service>,
     pub brokers: Vec<Service>,
     pub stores: Vec<Service>,
@@ -216,7 +225,7 @@ impl Cluster {
     /// Starts etcd and every service, and waits until all brokers and stores
     /// are registered.
     pub async fn start(spec: ClusterSpec) -> Self {
-        let etcd = Etcd::start();
+        let etcd = EtcdCluster::start(spec.etcd_members);
         let directory = tempfile::tempdir().expect("create cluster temp dir");
         let mut cluster = Self {
             etcd,
@@ -258,12 +267,18 @@ impl Cluster {
                 let body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nlease_ttl_ms = {lease}\n\
                      heartbeat_interval_ms = {heartbeat}\nreconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
-                     [metadata]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\n\
+                     [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n\
                      [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
                     lease = self.spec.lease_ttl_ms,
                     heartbeat = self.spec.heartbeat_interval_ms,
                     offsets = self.spec.offsets_partitions,
-                    etcd = self.etcd.client_url(),
+                    etcd = self
+                        .etcd
+                        .client_urls()
+                        .iter()
+                        .map(|url| format!("\"{url}\""))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     ensemble = self.spec.ensemble_size(),
                     ack = self.spec.ack_quorum(),
                 );
@@ -288,6 +303,11 @@ impl Cluster {
                 if kind == ServiceKind::Store {
                     let data = self.directory.path().join(&node_id).join("data");
                     body.push_str(&format!("data_dir = \"{}\"\n", data.display()));
+                } else {
+                    body.push_str(&self.spec.broker_config);
+                    if !body.ends_with('\n') {
+                        body.push('\n');
+                    }
                 }
                 (node_id, body)
             }
@@ -373,6 +393,11 @@ impl Cluster {
         }
         self.dump_logs();
         panic!("cluster not ready within {READY_TIMEOUT_MS} ms: {last}");
+    }
+
+    /// Directory holding every service's config, log and data.
+    pub fn directory(&self) -> &Path {
+        self.directory.path()
     }
 
     /// Prints the tail of every service log (called on failure).

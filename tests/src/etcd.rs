@@ -1,5 +1,7 @@
 //! A real `etcd` for tests: spawned on free loopback ports in a temporary
-//! directory, killed and cleaned up on drop.
+//! directory, killed and cleaned up on drop. [`Etcd`] is one member;
+//! [`EtcdCluster`] is a static N-member cluster whose members can be
+//! killed and restarted one by one.
 //!
 //! If the binary is missing the test fails and says how to install it; it
 //! never skips.
@@ -121,5 +123,241 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One member of an [`EtcdCluster`].
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+/// A running etcd cluster of N members on loopback, each with its own data
+/// directory and log, all killed and deleted on drop.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    cluster_token: String,
+    directory: tempfile::TempDir,
+}
+
+/// Whether etcd at `client_port` reports itself healthy (it has a leader
+/// and serves reads), through its plain-HTTP `/health` endpoint.
+fn is_healthy(client_port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", client_port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(2_000)));
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(2_000)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.contains("\"health\":\"true\"")
+}
+
+impl EtcdCluster {
+    /// Starts `size` members with a static `--initial-cluster` and waits
+    /// until every one of them reports healthy.
+    pub fn start(size: usize) -> Self {
+        assert!(size >= 1, "an etcd cluster needs at least one member");
+        let binary = etcd_binary();
+        let mut last_error = String::new();
+        for attempt in 0..5 {
+            let directory = tempfile::tempdir().expect("create a temp dir for etcd");
+            let members: Vec<Member> = (0..size)
+                .map(|index| Member {
+                    name: format!("etcd-{}", index + 1),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                })
+                .collect();
+            let initial_cluster = members
+                .iter()
+                .map(|member| format!("{}={}", member.name, member.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut cluster = Self {
+                members,
+                initial_cluster,
+                cluster_token: format!("sluice-test-{}-{attempt}", std::process::id()),
+                directory,
+            };
+            for index in 0..size {
+                cluster.spawn(&binary, index);
+            }
+            match cluster.wait_healthy((0..size).collect()) {
+                Ok(()) => return cluster,
+                // Most likely a port taken between choosing and binding it.
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("could not start a {size}-member etcd cluster: {last_error}");
+    }
+
+    fn log_path(&self, index: usize) -> PathBuf {
+        self.directory
+            .path()
+            .join(format!("{}.log", self.members[index].name))
+    }
+
+    fn spawn(&mut self, binary: &std::path::Path, index: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(index))
+            .expect("open etcd member log");
+        let data_dir = self
+            .directory
+            .path()
+            .join(format!("{}.data", self.members[index].name));
+        let member = &self.members[index];
+        let child = Command::new(binary)
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen-client-urls")
+            .arg(member.client_url())
+            .arg("--advertise-client-urls")
+            .arg(member.client_url())
+            .arg("--listen-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(member.peer_url())
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .arg("--initial-cluster-token")
+            .arg(&self.cluster_token)
+            // Ignored on restart: the data directory already knows the cluster.
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--quota-backend-bytes")
+            .arg("1073741824")
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to spawn {}: {error}", binary.display()));
+        self.members[index].child = Some(child);
+    }
+
+    fn wait_healthy(&mut self, indexes: Vec<usize>) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS);
+        for index in indexes {
+            loop {
+                let member = &mut self.members[index];
+                if let Some(child) = member.child.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let log = std::fs::read_to_string(self.log_path(index)).unwrap_or_default();
+                        self.kill_all();
+                        return Err(format!(
+                            "{} exited with {status}: {log}",
+                            self.members[index].name
+                        ));
+                    }
+                }
+                if is_healthy(self.members[index].client_port) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let name = self.members[index].name.clone();
+                    self.kill_all();
+                    return Err(format!("{name} not healthy within {STARTUP_TIMEOUT_MS} ms"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_all(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+
+    /// Number of members (running or not).
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Every member's client URL, for clients that fail over between them.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(Member::client_url).collect()
+    }
+
+    /// Client URL of one member.
+    pub fn client_url(&self, member: usize) -> String {
+        self.members[member].client_url()
+    }
+
+    /// `kill -9` of one member.
+    pub fn kill(&mut self, member: usize) {
+        if let Some(mut child) = self.members[member].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed member again on its ports and data directory and
+    /// waits until it is healthy (caught up with the others).
+    pub fn restart(&mut self, member: usize) {
+        assert!(
+            self.members[member].child.is_none(),
+            "{} is still running",
+            self.members[member].name
+        );
+        let binary = etcd_binary();
+        self.spawn(&binary, member);
+        if let Err(error) = self.wait_healthy(vec![member]) {
+            panic!("etcd member did not come back: {error}");
+        }
+    }
+
+    pub fn is_running(&mut self, member: usize) -> bool {
+        match self.members[member].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The last lines of every member's log (for failure reports).
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for index in 0..self.members.len() {
+            let text = std::fs::read_to_string(self.log_path(index)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "----- {} -----\n{}\n",
+                self.members[index].name,
+                all[all.len().saturating_sub(lines)..].join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }

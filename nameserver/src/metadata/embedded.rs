@@ -146,6 +146,10 @@ impl State {
                 .entries
                 .get(key)
                 .is_some_and(|entry| &entry.value == value),
+            Compare::CreateRevisionEquals(key, revision) => self
+                .entries
+                .get(key)
+                .is_some_and(|entry| entry.create_revision == *revision),
         }
     }
 }

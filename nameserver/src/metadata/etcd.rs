@@ -93,17 +93,151 @@ impl EtcdMetadataStore {
         })
     }
 
-    async fn bounded<T>(
+    /// Runs `attempt` until it succeeds, fails in a way that must not be
+    /// retried, or `request_timeout` (the bound on the whole call, retries
+    /// included) has passed. With several endpoints the channel balances
+    /// over them; a request that met a dead member fails and is sent again,
+    /// and the balancer then prefers the members it can reach.
+    async fn call<T, F, Fut>(
         &self,
         what: &str,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, MetadataError> {
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(MetadataError::Unavailable(format!(
-                "etcd {what} timed out after {} ms",
-                self.request_timeout.as_millis()
-            ))),
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // A request etcd forwarded to a leader that just died is never
+            // answered (etcd gives up on it only after its own ~7 s
+            // timeout); an idempotent call abandons such an attempt early
+            // and sends it again, by then to the new leader.
+            let attempt_deadline = match retry {
+                Retry::Idempotent => deadline.min(
+                    tokio::time::Instant::now()
+                        + (self.request_timeout / ATTEMPTS_PER_IDEMPOTENT_CALL)
+                            .max(Duration::from_millis(MIN_ATTEMPT_TIMEOUT_MS)),
+                ),
+                Retry::NotApplied => deadline,
+            };
+            let error = match tokio::time::timeout_at(attempt_deadline, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(error)) => error,
+                Err(_) if attempt_deadline < deadline => {
+                    tracing::debug!(what, attempts, "etcd call unanswered; sending it again");
+                    continue;
+                }
+                Err(_) => {
+                    return Err(CallError::TimedOut(format!(
+                        "etcd {what} timed out after {} ms ({attempts} attempts)",
+                        self.request_timeout.as_millis()
+                    )))
+                }
+            };
+            let backoff = Duration::from_millis(RETRY_BACKOFF_MS);
+            if !retry.allows(&error) || tokio::time::Instant::now() + backoff >= deadline {
+                return Err(CallError::Etcd(error));
+            }
+            tracing::debug!(%error, what, attempts, "etcd call failed; retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn bounded<T, F, Fut>(
+        &self,
+        what: &str,
+        retry: Retry,
+        attempt: F,
+    ) -> Result<T, MetadataError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call(what, retry, attempt)
+            .await
+            .map_err(CallError::into_unavailable)
+    }
+}
+
+/// Pause between attempts of one call, so a member that just died is not
+/// hammered while the channel notices.
+const RETRY_BACKOFF_MS: u64 = 100;
+/// An idempotent call's budget (`request_timeout_ms`) is split into this
+/// many attempts at most, so one unanswered attempt leaves room for more.
+const ATTEMPTS_PER_IDEMPOTENT_CALL: u32 = 4;
+/// Shortest time one attempt is given.
+const MIN_ATTEMPT_TIMEOUT_MS: u64 = 250;
+
+/// Which failures a call may be repeated after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and writes whose repetition changes nothing (get, range, put
+    /// of the same value, delete, lease keep-alive/revoke/time-to-live,
+    /// grant, whose extra lease would only expire): any transient failure.
+    Idempotent,
+    /// Transactions: repeating one whose first attempt was applied would
+    /// report a failed compare for a write that happened, so only failures
+    /// where the request cannot have reached etcd's log are repeated (the
+    /// rule etcd's own Go client applies to mutating calls).
+    NotApplied,
+}
+
+impl Retry {
+    fn allows(self, error: &etcd_client::Error) -> bool {
+        match self {
+            Retry::Idempotent => is_transient(error),
+            Retry::NotApplied => was_not_applied(error),
+        }
+    }
+}
+
+/// Connection-level or leader-election failures: another attempt (maybe
+/// on another member) can succeed.
+fn is_transient(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+            ) && !status.message().contains("lease not found")
+        }
+        etcd_client::Error::LeaseKeepAliveError(message) => !message.contains("lease not found"),
+        _ => false,
+    }
+}
+
+/// The request was refused before etcd could have proposed it: no
+/// connection could be made, or the member had no leader to forward to.
+fn was_not_applied(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            let message = status.message().to_ascii_lowercase();
+            status.code() == tonic::Code::Unavailable
+                && (message.contains("connect")
+                    || message.contains("connection refused")
+                    || message.contains("no leader")
+                    || message.contains("not ready"))
+        }
+        _ => false,
+    }
+}
+
+enum CallError {
+    TimedOut(String),
+    Etcd(etcd_client::Error),
+}
+
+impl CallError {
+    fn into_unavailable(self) -> MetadataError {
+        match self {
+            CallError::TimedOut(message) => MetadataError::Unavailable(message),
+            CallError::Etcd(error) => unavailable(error),
         }
     }
 }
@@ -120,9 +254,13 @@ fn is_lease_not_found(error: &etcd_client::Error) -> bool {
 #[async_trait]
 impl MetadataStore for EtcdMetadataStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetadataError> {
-        let mut kv = self.client.kv_client();
+        let full_key = self.full_key(key);
         let response = self
-            .bounded("get", kv.get(self.full_key(key), None))
+            .bounded("get", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let full_key = full_key.clone();
+                async move { kv.get(full_key, None).await }
+            })
             .await?;
         response
             .kvs()
@@ -132,12 +270,16 @@ impl MetadataStore for EtcdMetadataStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<Vec<KeyValue>, MetadataError> {
-        let mut kv = self.client.kv_client();
+        let full_prefix = self.full_key(prefix);
         let response = self
-            .bounded(
-                "range",
-                kv.get(self.full_key(prefix), Some(GetOptions::new().with_prefix())),
-            )
+            .bounded("range", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let full_prefix = full_prefix.clone();
+                async move {
+                    kv.get(full_prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         response.kvs().iter().map(|kv| self.convert(kv)).collect()
     }
@@ -148,58 +290,57 @@ impl MetadataStore for EtcdMetadataStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<i64, MetadataError> {
-        let mut kv = self.client.kv_client();
-        let options = lease.map(|lease| PutOptions::new().with_lease(lease));
-        let result = match tokio::time::timeout(
-            self.request_timeout,
-            kv.put(self.full_key(key), value, options),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(MetadataError::Unavailable(format!(
-                    "etcd put timed out after {} ms",
-                    self.request_timeout.as_millis()
-                )))
-            }
-        };
+        let full_key = self.full_key(key);
+        let result = self
+            .call("put", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let options = lease.map(|lease| PutOptions::new().with_lease(lease));
+                let full_key = full_key.clone();
+                let value = value.clone();
+                async move { kv.put(full_key, value, options).await }
+            })
+            .await;
         match result {
             Ok(response) => Ok(response
                 .header()
                 .map(|header| header.revision())
                 .unwrap_or(0)),
-            Err(error) if is_lease_not_found(&error) => {
+            Err(CallError::Etcd(error)) if is_lease_not_found(&error) => {
                 Err(MetadataError::LeaseExpired(lease.unwrap_or_default()))
             }
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(error.into_unavailable()),
         }
     }
 
     async fn delete(&self, key: &str) -> Result<bool, MetadataError> {
-        let mut kv = self.client.kv_client();
+        let full_key = self.full_key(key);
         let response = self
-            .bounded("delete", kv.delete(self.full_key(key), None))
+            .bounded("delete", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let full_key = full_key.clone();
+                async move { kv.delete(full_key, None).await }
+            })
             .await?;
         Ok(response.deleted() > 0)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, MetadataError> {
-        let mut kv = self.client.kv_client();
+        let full_prefix = self.full_key(prefix);
         let response = self
-            .bounded(
-                "delete_prefix",
-                kv.delete(
-                    self.full_key(prefix),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-            )
+            .bounded("delete_prefix", Retry::Idempotent, || {
+                let mut kv = self.client.kv_client();
+                let full_prefix = full_prefix.clone();
+                async move {
+                    kv.delete(full_prefix, Some(DeleteOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         Ok(u64::try_from(response.deleted()).unwrap_or(0))
     }
 
     async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError> {
-        let compares: Vec<etcd_client::Compare> = transaction
+        let mut compares: Vec<etcd_client::Compare> = transaction
             .compares
             .iter()
             .map(|compare| match compare {
@@ -215,19 +356,19 @@ impl MetadataStore for EtcdMetadataStore {
                 Compare::ValueEquals(key, value) => {
                     etcd_client::Compare::value(self.full_key(key), CompareOp::Equal, value.clone())
                 }
+                // A missing key has create revision 0, which no real
+                // revision equals, so this also requires existence.
+                Compare::CreateRevisionEquals(key, revision) => {
+                    etcd_client::Compare::create_revision(
+                        self.full_key(key),
+                        CompareOp::Equal,
+                        *revision,
+                    )
+                }
             })
             .collect();
-        let mut operations: Vec<TxnOp> = Vec::new();
-        for put in transaction.puts {
-            let options = put.lease.map(|lease| PutOptions::new().with_lease(lease));
-            operations.push(TxnOp::put(self.full_key(&put.key), put.value, options));
-        }
-        for key in transaction.deletes {
-            operations.push(TxnOp::delete(self.full_key(&key), None));
-        }
         // etcd treats a missing key as value "" for a value compare; require
         // existence explicitly so ValueEquals means "exists and equals".
-        let mut compares = compares;
         for compare in &transaction.compares {
             if let Compare::ValueEquals(key, _) = compare {
                 compares.push(etcd_client::Compare::version(
@@ -237,23 +378,28 @@ impl MetadataStore for EtcdMetadataStore {
                 ));
             }
         }
+        let mut operations: Vec<TxnOp> = Vec::new();
+        for put in transaction.puts {
+            let options = put.lease.map(|lease| PutOptions::new().with_lease(lease));
+            operations.push(TxnOp::put(self.full_key(&put.key), put.value, options));
+        }
+        for key in transaction.deletes {
+            operations.push(TxnOp::delete(self.full_key(&key), None));
+        }
         let txn = Txn::new().when(compares).and_then(operations);
-        let mut kv = self.client.kv_client();
-        let result = match tokio::time::timeout(self.request_timeout, kv.txn(txn)).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(MetadataError::Unavailable(format!(
-                    "etcd transaction timed out after {} ms",
-                    self.request_timeout.as_millis()
-                )))
-            }
-        };
+        let result = self
+            .call("transaction", Retry::NotApplied, || {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await;
         match result {
             Ok(response) => Ok(response.succeeded()),
-            Err(error) if is_lease_not_found(&error) => {
+            Err(CallError::Etcd(error)) if is_lease_not_found(&error) => {
                 Err(MetadataError::Conflict(error.to_string()))
             }
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(error.into_unavailable()),
         }
     }
 
@@ -261,73 +407,72 @@ impl MetadataStore for EtcdMetadataStore {
         // etcd leases have whole-second TTLs; round up so a lease never
         // lives shorter than asked.
         let ttl_seconds = i64::try_from(ttl_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
         let response = self
-            .bounded("lease grant", lease.grant(ttl_seconds, None))
+            .bounded("lease grant", Retry::Idempotent, || {
+                let mut lease = self.client.lease_client();
+                async move { lease.grant(ttl_seconds, None).await }
+            })
             .await?;
         Ok(response.id())
     }
 
     async fn keep_alive(&self, lease_id: LeaseId) -> Result<u64, MetadataError> {
-        let mut lease = self.client.lease_client();
-        let request_timeout = self.request_timeout;
-        let call = async move {
-            let (mut keeper, mut stream) = lease.keep_alive(lease_id).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
-        };
-        let response = match tokio::time::timeout(request_timeout, call).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) if is_lease_not_found(&error) => {
-                return Err(MetadataError::LeaseExpired(lease_id))
-            }
-            Ok(Err(error)) => return Err(unavailable(error)),
-            Err(_) => {
-                return Err(MetadataError::Unavailable(format!(
-                    "etcd lease keep-alive timed out after {} ms",
-                    request_timeout.as_millis()
-                )))
-            }
-        };
-        match response {
-            Some(response) if response.ttl() > 0 => {
+        let result = self
+            .call("lease keep-alive", Retry::Idempotent, || {
+                let mut lease = self.client.lease_client();
+                async move {
+                    let (mut keeper, mut stream) = lease.keep_alive(lease_id).await?;
+                    keeper.keep_alive().await?;
+                    match stream.message().await? {
+                        Some(response) => Ok(response),
+                        // Retried like any broken stream.
+                        None => Err(etcd_client::Error::LeaseKeepAliveError(
+                            "etcd closed the lease keep-alive stream".to_string(),
+                        )),
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(response) if response.ttl() > 0 => {
                 Ok(u64::try_from(response.ttl()).unwrap_or(0) * 1000)
             }
-            Some(_) => Err(MetadataError::LeaseExpired(lease_id)),
-            None => Err(MetadataError::Unavailable(
-                "etcd closed the lease keep-alive stream".to_string(),
-            )),
+            Ok(_) => Err(MetadataError::LeaseExpired(lease_id)),
+            Err(CallError::Etcd(error)) if is_lease_not_found(&error) => {
+                Err(MetadataError::LeaseExpired(lease_id))
+            }
+            Err(error) => Err(error.into_unavailable()),
         }
     }
 
     async fn revoke(&self, lease_id: LeaseId) -> Result<(), MetadataError> {
-        let mut lease = self.client.lease_client();
-        match tokio::time::timeout(self.request_timeout, lease.revoke(lease_id)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) if is_lease_not_found(&error) => Ok(()),
-            Ok(Err(error)) => Err(unavailable(error)),
-            Err(_) => Err(MetadataError::Unavailable(format!(
-                "etcd lease revoke timed out after {} ms",
-                self.request_timeout.as_millis()
-            ))),
+        let result = self
+            .call("lease revoke", Retry::Idempotent, || {
+                let mut lease = self.client.lease_client();
+                async move { lease.revoke(lease_id).await }
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(CallError::Etcd(error)) if is_lease_not_found(&error) => Ok(()),
+            Err(error) => Err(error.into_unavailable()),
         }
     }
 
     async fn time_to_live(&self, lease_id: LeaseId) -> Result<Option<u64>, MetadataError> {
-        let mut lease = self.client.lease_client();
-        let result =
-            tokio::time::timeout(self.request_timeout, lease.time_to_live(lease_id, None)).await;
+        let result = self
+            .call("lease time-to-live", Retry::Idempotent, || {
+                let mut lease = self.client.lease_client();
+                async move { lease.time_to_live(lease_id, None).await }
+            })
+            .await;
         match result {
-            Ok(Ok(response)) if response.ttl() > 0 => {
+            Ok(response) if response.ttl() > 0 => {
                 Ok(Some(u64::try_from(response.ttl()).unwrap_or(0) * 1000))
             }
-            Ok(Ok(_)) => Ok(None),
-            Ok(Err(error)) if is_lease_not_found(&error) => Ok(None),
-            Ok(Err(error)) => Err(unavailable(error)),
-            Err(_) => Err(MetadataError::Unavailable(format!(
-                "etcd lease time-to-live timed out after {} ms",
-                self.request_timeout.as_millis()
-            ))),
+            Ok(_) => Ok(None),
+            Err(CallError::Etcd(error)) if is_lease_not_found(&error) => Ok(None),
+            Err(error) => Err(error.into_unavailable()),
         }
     }
 

@@ -43,6 +43,10 @@ pub enum Compare {
     Absent(String),
     /// The key exists and holds exactly these bytes.
     ValueEquals(String, Vec<u8>),
+    /// The key exists and was created at exactly this revision: the same
+    /// incarnation of the key (a deleted and re-created key has a new
+    /// create revision). The assigner election's fence.
+    CreateRevisionEquals(String, i64),
 }
 
 /// A write inside a transaction.
