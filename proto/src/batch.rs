@@ -17,9 +17,9 @@
 //!     23    4 record_count     >= 1
 //!     27    8 first_timestamp  unix ms of the first record
 //!     35    8 max_timestamp    largest record timestamp, unix ms
-//!     43    8 producer_id      -1 when not idempotent (reserved for idempotence)
+//!     43    8 producer_id      idempotent producer's id (ADR 0010); -1 when not idempotent
 //!     51    2 producer_epoch   -1 when not idempotent
-//!     53    4 base_sequence    -1 when not idempotent
+//!     53    4 base_sequence    sequence of the first record on the partition; -1 when not idempotent
 //!     57      records          possibly compressed as one block
 //! ```
 //!
@@ -444,7 +444,8 @@ impl BatchBuilder {
         }
     }
 
-    /// Reserved for idempotent producers.
+    /// Stamps the batch as an idempotent producer's (ADR 0010): its id,
+    /// epoch and the partition sequence of the first record.
     pub fn with_producer(
         mut self,
         producer_id: i64,
