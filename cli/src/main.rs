@@ -4,6 +4,7 @@
 //! - `sluice topic|group|cluster`: administration.
 //! - `sluice produce|consume`: records from stdin / to stdout.
 //! - `sluice bench`: throughput and latency measurements.
+//! - `sluice health`: whether one node is serving (container healthchecks).
 //!
 //! Every command finds the cluster through `--bootstrap` or
 //! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
@@ -12,6 +13,7 @@ mod admin;
 mod bench;
 mod consume;
 mod dev;
+mod health;
 mod produce;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +62,8 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Ask one node whether it is serving (gRPC health); exits non-zero if not.
+    Health(health::HealthArgs),
 }
 
 /// Turns `host:port` into `http://host:port` and splits the list.
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(config, args).await,
             Command::Consume(args) => consume::run(config, args).await,
             Command::Bench(command) => bench::run(config, command).await,
+            Command::Health(args) => health::run(args).await,
         }
     });
     match result {

@@ -132,6 +132,15 @@ pub async fn run_with_store(
     let service = NameServerServer::from_arc(handler)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);
+    // grpc.health.v1 for orchestrators (the compose healthcheck runs
+    // `sluice health`): SERVING from here on, NOT_SERVING once shutdown starts.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<NameServerServer<NameServerHandler>>()
+        .await;
+    let health_service = health_service
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
     tracing::info!(
         node_id = %config.node_id,
         address = %local_address,
@@ -142,12 +151,19 @@ pub async fn run_with_store(
     let signal = async move {
         shutdown.await;
         tracing::info!("nameserver shutting down");
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health_reporter
+            .set_not_serving::<NameServerServer<NameServerHandler>>()
+            .await;
         // Ends watch streams and background loops so the server can drain.
         let _ = stop_sender.send(true);
     };
     let served = tonic::transport::Server::builder()
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(service)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(
             // Nagle off: pipelined small responses must not wait for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -70,6 +70,16 @@ pub async fn run(
     let server = StoreServer::new(service)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);
+    // grpc.health.v1 for orchestrators (the compose healthcheck runs
+    // `sluice health`): SERVING once recovery is done (it is, here),
+    // NOT_SERVING once shutdown starts.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<StoreServer<service::StoreService>>()
+        .await;
+    let health_service = health_service
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
     let advertised_address = config
         .advertised_address
         .clone()
@@ -84,6 +94,7 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(server)
+        .add_service(health_service)
         .serve_with_incoming_shutdown(
             // Nagle off: pipelined small responses must not wait for delayed ACKs.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -98,6 +109,12 @@ pub async fn run(
         result = &mut serve => result,
         () = shutdown => {
             tracing::info!("shutting down: draining in-flight requests");
+            health_reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health_reporter
+                .set_not_serving::<StoreServer<service::StoreService>>()
+                .await;
             let _ = stop_sender.send(true);
             match tokio::time::timeout(drain_timeout, &mut serve).await {
                 Ok(result) => result,
