@@ -10,9 +10,12 @@
 //! without root/iptables/cgroup v2 (it is printed, not silent). Longer
 //! schedules: the `sluice-chaos` binary.
 
-use sluice_tests::chaos::faults::FaultKind;
+use sluice_tests::chaos::faults::{listening_pid, FaultKind, NetworkCuts};
 use sluice_tests::chaos::runner::{cluster_spec, run, save_logs, seed_from_env, ChaosOptions};
 use sluice_tests::cluster::Cluster;
+use sluice_tests::etcd::Etcd;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 const FAULTS: usize = 10;
 const FAULT_DURATION_MS: u64 = 60_000;
@@ -43,6 +46,11 @@ async fn history_stays_clean_under_process_faults() {
         }
     }
     assert!(
+        report.recovery_problems.is_empty(),
+        "the cluster did not recover after the faults were healed (seed {seed}): {:?}",
+        report.recovery_problems
+    );
+    assert!(
         report.check.is_valid(),
         "history anomalies under faults (seed {seed}); see the report above"
     );
@@ -51,4 +59,41 @@ async fn history_stays_clean_under_process_faults() {
         "faults not applied or healed (seed {seed}): {:?}",
         report.fault_errors
     );
+}
+
+/// The network cut the chaos run uses, on a real process (etcd): while cut,
+/// nothing reaches its port and the process sits in the cut's cgroup (whose
+/// outgoing packets are dropped); after reconnecting it is reachable again
+/// and back in its old cgroup.
+#[test]
+fn network_cut_isolates_a_process_and_heals() {
+    let etcd = Etcd::start();
+    let address: SocketAddr = etcd
+        .client_url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd's client URL is host:port");
+    let reachable = || TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_ok();
+    assert!(reachable(), "etcd is not reachable before the cut");
+    let pid = listening_pid(address.port()).expect("find the pid listening on etcd's port");
+    let cgroup = || std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut cuts = NetworkCuts::new()
+        .expect("network cuts need root, iptables with the cgroup match and a cgroup v2 hierarchy");
+    cuts.cut("etcd-under-test", address.port())
+        .expect("cut etcd off");
+    assert!(!reachable(), "etcd is still reachable while cut off");
+    assert!(
+        cgroup().contains("etcd-under-test"),
+        "etcd is not in the cut's cgroup: {}",
+        cgroup()
+    );
+    cuts.reconnect("etcd-under-test").expect("reconnect etcd");
+    assert!(reachable(), "etcd is not reachable after reconnecting");
+    assert!(!cgroup().contains("etcd-under-test"), "{}", cgroup());
+    // A cut left in place is undone when the guard drops.
+    cuts.cut("etcd-under-test", address.port())
+        .expect("cut etcd off again");
+    assert!(!reachable());
+    drop(cuts);
+    assert!(reachable(), "etcd is not reachable after the guard dropped");
 }

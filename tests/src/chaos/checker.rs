@@ -132,18 +132,28 @@ pub struct Stats {
 pub struct CheckReport {
     counts: BTreeMap<Anomaly, usize>,
     examples: BTreeMap<Anomaly, Vec<String>>,
+    example_times: BTreeMap<Anomaly, Vec<Option<u64>>>,
     pub unseen_examples: Vec<String>,
     pub stats: Stats,
 }
 
 impl CheckReport {
-    fn add(&mut self, anomaly: Anomaly, example: impl FnOnce() -> String) {
+    /// Counts one `anomaly`; `at_ms` is when the operation involved was
+    /// invoked (or the observation made), to line examples up with faults.
+    fn add(&mut self, anomaly: Anomaly, at_ms: Option<u64>, example: impl FnOnce() -> String) {
         let count = self.counts.entry(anomaly).or_default();
         *count += 1;
         let examples = self.examples.entry(anomaly).or_default();
         if examples.len() < MAX_EXAMPLES {
             examples.push(example());
+            self.example_times.entry(anomaly).or_default().push(at_ms);
         }
+    }
+
+    /// When each example's operation was invoked (same order as
+    /// [`CheckReport::examples`]).
+    pub fn example_times(&self, anomaly: Anomaly) -> &[Option<u64>] {
+        self.example_times.get(&anomaly).map_or(&[], Vec::as_slice)
     }
 
     pub fn count(&self, anomaly: Anomaly) -> usize {
@@ -230,7 +240,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
         for record in records {
             if let Some(previous) = previous {
                 if record.offset <= previous {
-                    report.add(Anomaly::NonmonotonicRead, || {
+                    report.add(Anomaly::NonmonotonicRead, None, || {
                         format!(
                             "partition {partition}: offset {} read after {previous}",
                             record.offset
@@ -258,7 +268,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
         if let Some(&high_watermark) = input.high_watermarks.get(&partition) {
             let end = offsets.last().map_or(0, |last| last + 1);
             if end < high_watermark {
-                report.add(Anomaly::IncompleteDrain, || {
+                report.add(Anomaly::IncompleteDrain, None, || {
                     format!("partition {partition}: drained up to {end}, high watermark {high_watermark}")
                 });
             }
@@ -266,7 +276,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
     }
     for (&partition, &high_watermark) in input.high_watermarks {
         if high_watermark > 0 && !input.drained.contains_key(&partition) {
-            report.add(Anomaly::IncompleteDrain, || {
+            report.add(Anomaly::IncompleteDrain, None, || {
                 format!("partition {partition}: nothing drained, high watermark {high_watermark}")
             });
         }
@@ -284,7 +294,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
         }
     }
     for value in unexpected {
-        report.add(Anomaly::UnexpectedValue, || {
+        report.add(Anomaly::UnexpectedValue, None, || {
             format!("{value:?} was read but never written")
         });
     }
@@ -301,7 +311,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
                     .or_default()
                     .insert(value);
                 match drained {
-                    None => report.add(Anomaly::LostWrite, || {
+                    None => report.add(Anomaly::LostWrite, Some(operation.invoked_at_ms), || {
                         format!(
                             "{value} acknowledged at {partition}@{offset} (invoked {} ms, ok {} ms) is not in the drain",
                             operation.invoked_at_ms,
@@ -309,7 +319,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
                         )
                     }),
                     Some(positions) if !positions.contains(&(*partition, *offset)) => {
-                        report.add(Anomaly::MovedWrite, || {
+                        report.add(Anomaly::MovedWrite, Some(operation.invoked_at_ms), || {
                             format!(
                                 "{value} acknowledged at {partition}@{offset} but read at {}",
                                 describe_positions(positions)
@@ -322,9 +332,11 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
             Some(Outcome::Fail { error }) => {
                 report.stats.failed += 1;
                 if read {
-                    report.add(Anomaly::FailedWriteRead, || {
-                        format!("{value} failed ({error}) but was read")
-                    });
+                    report.add(
+                        Anomaly::FailedWriteRead,
+                        Some(operation.invoked_at_ms),
+                        || format!("{value} failed ({error}) but was read"),
+                    );
                 }
             }
             Some(Outcome::Info { .. }) | None => {
@@ -332,7 +344,7 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
                 if drained.is_some() {
                     report.stats.info_read += 1;
                 } else if delivered.contains(value) {
-                    report.add(Anomaly::LostWrite, || {
+                    report.add(Anomaly::LostWrite, Some(operation.invoked_at_ms), || {
                         format!(
                             "{value} (outcome unknown) was delivered to the group but is not in the drain"
                         )
@@ -361,33 +373,47 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
         .collect();
     duplicates.sort();
     for (value, positions) in duplicates {
-        report.add(Anomaly::Duplicate, || {
-            format!(
-                "{value} at {}{}",
-                describe_positions(positions),
-                describe_operation(operations.get(value).copied())
-            )
-        });
+        report.add(
+            Anomaly::Duplicate,
+            operations
+                .get(value)
+                .map(|operation| operation.invoked_at_ms),
+            || {
+                format!(
+                    "{value} at {}{}",
+                    describe_positions(positions),
+                    describe_operation(operations.get(value).copied())
+                )
+            },
+        );
     }
 
     for ((partition, offset), values) in &values_at {
         if values.len() > 1 {
-            report.add(Anomaly::InconsistentOffset, || {
-                let described: Vec<String> = values
+            report.add(
+                Anomaly::InconsistentOffset,
+                values
                     .iter()
-                    .map(|value| {
-                        format!(
-                            "{value}{}",
-                            describe_operation(operations.get(value).copied())
-                        )
-                    })
-                    .collect();
-                format!("{partition}@{offset} holds {}", described.join(" and "))
-            });
+                    .filter_map(|value| operations.get(value))
+                    .map(|operation| operation.invoked_at_ms)
+                    .min(),
+                || {
+                    let described: Vec<String> = values
+                        .iter()
+                        .map(|value| {
+                            format!(
+                                "{value}{}",
+                                describe_operation(operations.get(value).copied())
+                            )
+                        })
+                        .collect();
+                    format!("{partition}@{offset} holds {}", described.join(" and "))
+                },
+            );
         }
     }
 
-    check_write_order(input.drained, &mut report);
+    check_write_order(input.drained, &operations, &mut report);
     check_group(&input, &mut report);
     report
 }
@@ -420,7 +446,11 @@ fn describe_positions(positions: &BTreeSet<(u32, u64)>) -> String {
 
 /// Within each partition, the first occurrences of one producer's values,
 /// in offset order, must follow its send order.
-fn check_write_order(drained: &BTreeMap<u32, Vec<ReadRecord>>, report: &mut CheckReport) {
+fn check_write_order(
+    drained: &BTreeMap<u32, Vec<ReadRecord>>,
+    operations: &HashMap<&str, &Operation>,
+    report: &mut CheckReport,
+) {
     for (&partition, records) in drained {
         let mut in_offset_order: Vec<&ReadRecord> = records.iter().collect();
         in_offset_order.sort_by_key(|record| record.offset);
@@ -436,7 +466,7 @@ fn check_write_order(drained: &BTreeMap<u32, Vec<ReadRecord>>, report: &mut Chec
             };
             match highest.get(&producer) {
                 Some(&(top, top_offset)) if sequence < top => {
-                    report.add(Anomaly::OutOfOrderWrite, || {
+                    report.add(Anomaly::OutOfOrderWrite, operations.get(record.value.as_str()).map(|operation| operation.invoked_at_ms), || {
                         format!(
                             "partition {partition}: {} at offset {} after p{producer}-{top} at offset {top_offset}",
                             record.value, record.offset
@@ -462,7 +492,7 @@ fn check_group(input: &CheckInput<'_>, report: &mut CheckReport) {
                 None => true,
             };
             if went_back {
-                report.add(Anomaly::CommitRegression, || {
+                report.add(Anomaly::CommitRegression, Some(observation.at_ms), || {
                     format!(
                         "partition {partition}: committed offset {} at {} ms after {previous}",
                         observation
@@ -488,13 +518,13 @@ fn check_group(input: &CheckInput<'_>, report: &mut CheckReport) {
         let offsets: BTreeSet<u64> = records.iter().map(|record| record.offset).collect();
         let end = offsets.last().map_or(0, |last| last + 1);
         if committed > end {
-            report.add(Anomaly::CommitBeyondLog, || {
+            report.add(Anomaly::CommitBeyondLog, None, || {
                 format!("partition {partition}: committed {committed}, log ends at {end}")
             });
         }
         for offset in offsets.range(..committed) {
             if !delivered.contains(&(partition, *offset)) {
-                report.add(Anomaly::GroupSkip, || {
+                report.add(Anomaly::GroupSkip, None, || {
                     format!(
                         "partition {partition}: offset {offset} is below the committed {committed} but no member received it"
                     )
@@ -624,6 +654,7 @@ mod tests {
         let report = scenario.check();
         only(&report, Anomaly::LostWrite, 1);
         assert!(report.examples(Anomaly::LostWrite)[0].contains(&value));
+        assert_eq!(report.example_times(Anomaly::LostWrite), [Some(4)]);
     }
 
     #[test]

@@ -686,7 +686,7 @@ fn run(program: &str, arguments: &[&str]) -> anyhow::Result<String> {
 }
 
 /// The pid of the process listening on 127.0.0.1:`port`.
-fn listening_pid(port: u16) -> anyhow::Result<u32> {
+pub fn listening_pid(port: u16) -> anyhow::Result<u32> {
     let filter = format!("sport = :{port}");
     let output = run("ss", &["-Hltnp", &filter])?;
     // users:(("sluice-broker",pid=1234,fd=9))
@@ -714,6 +714,9 @@ fn cgroup2_root() -> anyhow::Result<PathBuf> {
         .context("no cgroup2 hierarchy is mounted (needed to cut a process off the network)")
 }
 
+/// Numbers the [`NetworkCuts`] of this process.
+static NEXT_INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// One cut node.
 struct CutNode {
     name: String,
@@ -727,6 +730,8 @@ struct CutNode {
 /// removed on drop.
 pub struct NetworkCuts {
     chain: String,
+    /// Start of this instance's cgroup names.
+    prefix: String,
     cgroup_root: PathBuf,
     cut: Vec<CutNode>,
 }
@@ -738,11 +743,14 @@ impl NetworkCuts {
     pub fn new() -> anyhow::Result<Self> {
         let cgroup_root = cgroup2_root()?;
         remove_stale_chains();
-        let chain = format!("SLUICE_CHAOS_{}", std::process::id());
+        // Unique per instance: tests of one process may run side by side.
+        let instance = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chain = format!("SLUICE_CHAOS_{}_{instance}", std::process::id());
         run("iptables", &["-N", &chain]).context(
             "iptables is needed to cut a process off the network (run as root, or disable the network fault)",
         )?;
         let cuts = Self {
+            prefix: format!("sluice-chaos-{}-{instance}", std::process::id()),
             chain,
             cgroup_root,
             cut: Vec::new(),
@@ -750,7 +758,7 @@ impl NetworkCuts {
         run("iptables", &["-I", "OUTPUT", "1", "-j", &cuts.chain])?;
         // Prove the cgroup match and the cgroup hierarchy work now rather
         // than in the middle of a run.
-        let probe = format!("sluice-chaos-{}-probe", std::process::id());
+        let probe = format!("{}-probe", cuts.prefix);
         let probe_dir = cuts.cgroup_root.join(&probe);
         std::fs::create_dir(&probe_dir)
             .with_context(|| format!("create cgroup {}", probe_dir.display()))?;
@@ -801,7 +809,7 @@ impl NetworkCuts {
     /// packet to or from `port`.
     pub fn cut(&mut self, name: &str, port: u16) -> anyhow::Result<()> {
         let pid = listening_pid(port)?;
-        let cgroup = format!("sluice-chaos-{}-{name}", std::process::id());
+        let cgroup = format!("{}-{name}", self.prefix);
         let directory = self.cgroup_root.join(&cgroup);
         if !directory.exists() {
             std::fs::create_dir(&directory)
@@ -884,7 +892,10 @@ fn remove_stale_chains() {
         let Some(chain) = line.strip_prefix("-N ") else {
             continue;
         };
-        let Some(pid) = chain.strip_prefix("SLUICE_CHAOS_") else {
+        let Some(pid) = chain
+            .strip_prefix("SLUICE_CHAOS_")
+            .and_then(|rest| rest.split('_').next())
+        else {
             continue;
         };
         if pid.parse::<u32>().is_err() || std::path::Path::new(&format!("/proc/{pid}")).exists() {

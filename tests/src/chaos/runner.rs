@@ -1,7 +1,7 @@
 //! One chaos run end to end: create the topic, start the workload, apply
 //! the fault schedule, heal, stop the workload, drain, check, report.
 
-use super::checker::{check, CheckInput, CheckReport};
+use super::checker::{check, Anomaly, CheckInput, CheckReport};
 use super::faults::{
     schedule, FaultEvent, FaultKind, FaultTarget, Nemesis, Node, ProcessTarget, ScheduleConfig,
     ScheduledFault,
@@ -78,6 +78,7 @@ pub fn cluster_spec() -> ClusterSpec {
         heartbeat_interval_ms: 500,
         offsets_partitions: 4,
         etcd_members: 3,
+        broker_config: String::new(),
     }
 }
 
@@ -161,6 +162,35 @@ impl fmt::Display for ChaosReport {
             writeln!(formatter, "drain problem: {problem}")?;
         }
         writeln!(formatter, "{}", self.check)?;
+        if !self.check.is_valid() {
+            writeln!(
+                formatter,
+                "anomaly examples and the last fault event before each (ms since the workload started):"
+            )?;
+            for anomaly in Anomaly::ALL {
+                let examples = self.check.examples(anomaly);
+                let times = self.check.example_times(anomaly);
+                for (example, at_ms) in examples.iter().zip(times) {
+                    let Some(at_ms) = at_ms else {
+                        continue;
+                    };
+                    let before = self
+                        .fault_log
+                        .iter()
+                        .rev()
+                        .find(|event| event.at_ms <= *at_ms)
+                        .map_or("none (before the first fault)".to_string(), |event| {
+                            event.to_string()
+                        });
+                    writeln!(
+                        formatter,
+                        "  {} at {at_ms} ms: {example}\n      after: {}",
+                        anomaly.name(),
+                        before.trim()
+                    )?;
+                }
+            }
+        }
         if !self.fault_errors.is_empty() {
             writeln!(
                 formatter,
