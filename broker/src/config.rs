@@ -68,6 +68,14 @@ pub struct BrokerConfig {
     /// whether enough stores are live again to roll to a full ensemble.
     /// Default 10000.
     pub degraded_ensemble_check_interval_ms: u64,
+    /// How often the repair task checks the copies of the closed segments
+    /// of served partitions and repairs those short of the ensemble size.
+    /// Default 30000.
+    pub repair_interval_ms: u64,
+    /// How long a store must have been gone (no live lease) before repair
+    /// replaces its copies on other stores; a store back sooner has its
+    /// copies checked and filled instead. Default 60000.
+    pub repair_dead_store_grace_ms: u64,
     /// Session timeout of group members that do not ask for one. Default 45000.
     pub group_session_timeout_ms: u64,
     /// Smallest session timeout a member may ask for. Default 6000.
@@ -125,6 +133,8 @@ impl Default for BrokerConfig {
             replica_ack_timeout_ms: 2_000,
             fence_grace_ms: 200,
             degraded_ensemble_check_interval_ms: 10_000,
+            repair_interval_ms: 30_000,
+            repair_dead_store_grace_ms: 60_000,
             group_session_timeout_ms: 45_000,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 300_000,

@@ -19,6 +19,7 @@ pub mod error;
 mod idempotence;
 mod ownership;
 mod partition;
+mod repair;
 mod retention;
 mod service;
 mod tail_cache;
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub produced_bytes: std::sync::atomic::AtomicU64,
     /// Stores with a live lease, as of the last heartbeat.
     pub live_stores: std::sync::atomic::AtomicUsize,
+    /// Counters of the segment repair task, reported in heartbeats.
+    pub repair: repair::RepairProgress,
 }
 
 impl Shared {
@@ -260,6 +263,7 @@ pub async fn run(
         partition_counts: Mutex::new(HashMap::new()),
         produced_bytes: std::sync::atomic::AtomicU64::new(0),
         live_stores: std::sync::atomic::AtomicUsize::new(0),
+        repair: repair::RepairProgress::default(),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,
@@ -269,7 +273,8 @@ pub async fn run(
     // accepted appends still get their answers during shutdown.
     let (background_stop, background_stopped) = watch::channel(false);
     let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
-    let retention = tokio::spawn(retention::run(shared.clone(), background_stopped));
+    let retention = tokio::spawn(retention::run(shared.clone(), background_stopped.clone()));
+    let repair = tokio::spawn(repair::run(shared.clone(), background_stopped));
     // grpc.health.v1 for orchestrators (the compose healthcheck runs
     // `sluice health`): SERVING from here on, NOT_SERVING once shutdown starts.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -309,6 +314,7 @@ pub async fn run(
     drop(stop_receiver);
     background_stop.send_replace(true);
     let _ = retention.await;
+    let _ = repair.await;
     let deregister_timeout = shared.clients.nameserver_timeout * 2;
     if tokio::time::timeout(deregister_timeout, ownership)
         .await

@@ -64,6 +64,18 @@ fn load(shared: &Shared, meter: &mut RateMeter) -> NodeLoad {
         partitions: u32::try_from(shared.partition_count()).unwrap_or(u32::MAX),
         bytes_in_per_sec: meter.bytes_per_sec(shared),
         healthy: true,
+        repairs_in_progress: shared
+            .repair
+            .in_progress
+            .load(std::sync::atomic::Ordering::Relaxed),
+        repaired_segments: shared
+            .repair
+            .repaired_segments
+            .load(std::sync::atomic::Ordering::Relaxed),
+        repair_bytes_copied: shared
+            .repair
+            .bytes_copied
+            .load(std::sync::atomic::Ordering::Relaxed),
         ..Default::default()
     }
 }

@@ -23,8 +23,8 @@ use sluice_proto::batch::{assign, BatchHeader};
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest, Durability,
-    ListSegmentsRequest, ReadRequest, RecoveryAppendRequest, SealSegmentRequest, SegmentInfo, SegmentState,
-    StoreCreateSegmentRequest, TopicConfig,
+    ListSegmentsRequest, ReadRequest, RecoveryAppendRequest, SealSegmentRequest, SegmentInfo,
+    SegmentState, StoreCreateSegmentRequest, TopicConfig,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::VecDeque;
@@ -158,6 +158,19 @@ impl Partition {
         match self.segments.write() {
             Ok(mut guard) => *guard = segments,
             Err(poisoned) => *poisoned.into_inner() = segments,
+        }
+    }
+
+    /// Replaces one segment's cached metadata (after repair changed its
+    /// replicas).
+    pub fn segment_updated(&self, updated: SegmentInfo) {
+        let mut segments = self.segments();
+        if let Some(segment) = segments
+            .iter_mut()
+            .find(|segment| segment.segment_id == updated.segment_id)
+        {
+            *segment = updated;
+            self.set_segments(segments);
         }
     }
 
@@ -360,7 +373,10 @@ struct ReplicaStream {
 
 impl OpenSegment {
     fn healthy_replicas(&self) -> usize {
-        self.replicas.iter().filter(|replica| !replica.failed).count()
+        self.replicas
+            .iter()
+            .filter(|replica| !replica.failed)
+            .count()
     }
 
     /// Replicas (failed or not) that acknowledged `sequence`: an entry
@@ -631,7 +647,9 @@ async fn fence_and_recover(
             replicas.len(),
             segment.segment_id,
             partition.key,
-            last_error.map(|error| format!(" (last error: {error})")).unwrap_or_default()
+            last_error
+                .map(|error| format!(" (last error: {error})"))
+                .unwrap_or_default()
         )));
     };
     for copy in &fenced {
@@ -774,8 +792,8 @@ async fn open_segment(
     let mut replicas = Vec::with_capacity(created.replicas.len());
     let mut responses: ReplicaResponses = SelectAll::new();
     for (index, replica) in created.replicas.iter().enumerate() {
-        let opened = open_append_stream(shared, partition, &created, &replica.address, capacity)
-            .await;
+        let opened =
+            open_append_stream(shared, partition, &created, &replica.address, capacity).await;
         let (sender, stream) = match opened {
             Ok(opened) => opened,
             Err(error) => {
@@ -796,7 +814,9 @@ async fn open_segment(
         let ended = futures::stream::once(async move {
             (
                 index,
-                Err(tonic::Status::unavailable("the store ended the append stream")),
+                Err(tonic::Status::unavailable(
+                    "the store ended the append stream",
+                )),
             )
         });
         responses.push(stream.map(move |item| (index, item)).chain(ended).boxed());
@@ -900,8 +920,8 @@ async fn serve(
     let ensemble_size = (config.ensemble_size as usize).max(1);
     let degraded_check_every =
         Duration::from_millis(shared.config.degraded_ensemble_check_interval_ms.max(1));
-    let mut degraded_check_at = (segment.replicas.len() < ensemble_size)
-        .then(|| segment.opened_at + degraded_check_every);
+    let mut degraded_check_at =
+        (segment.replicas.len() < ensemble_size).then(|| segment.opened_at + degraded_check_every);
     loop {
         if rolling && in_flight.is_empty() {
             return ServeEnd::Roll {
@@ -983,7 +1003,9 @@ async fn serve(
                     rolling = true;
                 }
             }
-            response = segment.responses.next(), if !in_flight.is_empty() || !unacknowledged.is_empty() => {
+            // Polled while idle too, so a store that dies between appends
+            // is dropped (and the segment rolled) at once.
+            response = segment.responses.next() => {
                 let Some((index, answer)) = response else {
                     let error = BrokerError::Unavailable(format!("every append stream of {} closed", partition.key));
                     fail_all(&mut in_flight, &error);

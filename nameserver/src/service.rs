@@ -19,7 +19,7 @@ use sluice_proto::v1::{
     ListTopicsRequest, ListTopicsResponse, NodeInfo, NodeKind, PartitionAssignment,
     PartitionDescription, PartitionRoute, RegisterGroupRequest, RegisterGroupResponse,
     RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, SegmentReplica, SegmentState, Topic,
-    TopicConfig, TopicRoute, WatchRoutesRequest,
+    TopicConfig, TopicRoute, UpdateSegmentReplicasRequest, WatchRoutesRequest,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -922,6 +922,62 @@ impl NameServerHandler {
         Ok(segment)
     }
 
+    async fn do_update_segment_replicas(
+        &self,
+        request: UpdateSegmentReplicasRequest,
+    ) -> Result<SegmentInfo, NameServerError> {
+        let (_, ownership) = self
+            .check_epoch(&request.topic, request.partition, request.epoch)
+            .await?;
+        if request.replicas.is_empty() {
+            return Err(invalid("a segment needs at least one replica".to_string()));
+        }
+        let mut seen = HashSet::new();
+        for replica in &request.replicas {
+            names::validate_node_id(&replica.store_id)
+                .map_err(|error| invalid(error.to_string()))?;
+            if !seen.insert(replica.store_id.as_str()) {
+                return Err(invalid(format!(
+                    "store {} listed twice as a replica",
+                    replica.store_id
+                )));
+            }
+        }
+        let key = keys::segment(&request.topic, request.partition, request.segment_id);
+        let entry = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| NameServerError::UnknownSegment {
+                topic: request.topic.clone(),
+                partition: request.partition,
+                segment_id: request.segment_id,
+            })?;
+        let mut segment: SegmentInfo = keys::decode(&key, &entry.value)?;
+        if segment.state != SegmentState::Closed as i32 {
+            return Err(NameServerError::Conflict(format!(
+                "segment {} is open; only closed segments are repaired",
+                request.segment_id
+            )));
+        }
+        segment.replicas = request.replicas;
+        let transaction = Transaction {
+            compares: vec![
+                ownership,
+                Compare::ModRevisionEquals(key.clone(), entry.mod_revision),
+            ],
+            puts: vec![Put::new(key, keys::encode(&segment))],
+            deletes: Vec::new(),
+        };
+        if !self.store.commit(transaction).await? {
+            return Err(self
+                .explain_failed_commit(&request.topic, request.partition, request.epoch)
+                .await);
+        }
+        tracing::info!(topic = %request.topic, partition = request.partition, segment_id = request.segment_id, replicas = ?segment.replicas.iter().map(|replica| &replica.store_id).collect::<Vec<_>>(), "segment replicas updated by repair");
+        Ok(segment)
+    }
+
     async fn do_delete_segments(
         &self,
         request: DeleteSegmentsRequest,
@@ -1057,7 +1113,35 @@ impl NameServerHandler {
                 }
             }
         }
+        let live_stores: HashSet<&str> = stores
+            .iter()
+            .map(|store| store.node_id.as_str())
+            .collect();
+        let mut segment_count = 0u32;
+        let mut under_replicated = 0u32;
+        for (topic, _) in &topics {
+            let ensemble_size = topic
+                .config
+                .as_ref()
+                .map_or(1, |config| config.ensemble_size.max(1)) as usize;
+            for segment in self
+                .segments_of(&keys::segments_of_topic(&topic.name))
+                .await?
+            {
+                segment_count = segment_count.saturating_add(1);
+                let usable = segment
+                    .replicas
+                    .iter()
+                    .filter(|replica| live_stores.contains(replica.store_id.as_str()))
+                    .count();
+                if usable < ensemble_size {
+                    under_replicated = under_replicated.saturating_add(1);
+                }
+            }
+        }
         Ok(ClusterStatusResponse {
+            under_replicated_segments: under_replicated,
+            segments: segment_count,
             nameservers,
             brokers,
             stores,
@@ -1212,6 +1296,16 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<SegmentInfo> {
         Ok(Response::new(
             self.do_close_segment(request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_segment_replicas(
+        &self,
+        request: Request<UpdateSegmentReplicasRequest>,
+    ) -> ServiceResult<SegmentInfo> {
+        Ok(Response::new(
+            self.do_update_segment_replicas(request.into_inner())
+                .await?,
         ))
     }
 

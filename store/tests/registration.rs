@@ -138,6 +138,12 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<SegmentInfo>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn update_segment_replicas(
+        &self,
+        _request: Request<sluice_proto::v1::UpdateSegmentReplicasRequest>,
+    ) -> Result<Response<SegmentInfo>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
     async fn delete_segments(
         &self,
         _request: Request<DeleteSegmentsRequest>,

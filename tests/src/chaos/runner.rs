@@ -4,7 +4,7 @@
 use super::checker::{check, Anomaly, CheckInput, CheckReport};
 use super::faults::{
     schedule, FaultEvent, FaultKind, FaultTarget, Nemesis, Node, ProcessTarget, ScheduleConfig,
-    ScheduledFault,
+    ScheduledFault, Topology,
 };
 use super::history::History;
 use super::workload::{drain, Workload, WorkloadConfig};
@@ -253,13 +253,17 @@ async fn partition_owner(admin: &Admin, topic: &str, partition: u32) -> Option<S
 /// Waits until every broker and store is registered again and every
 /// partition is writable; says what is missing when that takes longer than
 /// [`RECOVERY_TIMEOUT_MS`].
-async fn wait_recovered(cluster: &mut Cluster, topic: &str) -> Result<(), String> {
+async fn wait_recovered(
+    client: &sluice_client::ClientConfig,
+    topology: &Topology,
+    topic: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_millis(RECOVERY_TIMEOUT_MS);
-    let want_brokers = cluster.brokers.len();
-    let want_stores = cluster.stores.len();
+    let want_brokers = topology.brokers;
+    let want_stores = topology.stores;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        let status = match Admin::connect(cluster.client_config()).await {
+        let status = match Admin::connect(client.clone()).await {
             Ok(admin) => admin.cluster_status().await.map(|status| (admin, status)),
             Err(error) => Err(error),
         };
@@ -296,17 +300,48 @@ async fn sleep_until(history: &History, at_ms: u64) {
     }
 }
 
-/// Runs the workload against `cluster` while `options`' schedule of faults
-/// hits it, then heals, drains and checks.
+/// Runs the workload against a process `cluster` while `options`'
+/// schedule of faults hits it, then heals, drains and checks.
 pub async fn run(cluster: &mut Cluster, options: ChaosOptions) -> anyhow::Result<ChaosReport> {
+    let deployment = Deployment {
+        client: cluster.client_config(),
+        lease_ttl_ms: cluster.spec.lease_ttl_ms,
+        replication: (
+            cluster.spec.ensemble_size() as u32,
+            cluster.spec.ensemble_size() as u32,
+            cluster.spec.ack_quorum() as u32,
+        ),
+    };
+    let network_cuts = options.network_cuts();
+    let mut target = ProcessTarget::new(cluster, network_cuts)?;
+    run_with(&mut target, &deployment, options).await
+}
+
+/// How to reach a deployment under test and what to create on it.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub client: sluice_client::ClientConfig,
+    /// Registration lease of its brokers: pauses last longer.
+    pub lease_ttl_ms: u64,
+    /// ensemble/write/ack of the chaos topic.
+    pub replication: (u32, u32, u32),
+}
+
+/// Runs the workload against any deployment a [`FaultTarget`] can break
+/// (processes, containers) while `options`' schedule of faults hits it,
+/// then heals, drains and checks.
+pub async fn run_with<T: FaultTarget>(
+    target: &mut T,
+    deployment: &Deployment,
+    options: ChaosOptions,
+) -> anyhow::Result<ChaosReport> {
     let started = Instant::now();
     let topic = options.workload.topic.clone();
-    let client = cluster.client_config();
+    let client = deployment.client.clone();
+    let replication = deployment.replication;
     let admin = Admin::connect(client.clone())
         .await
         .context("admin client")?;
-    let ensemble = cluster.spec.ensemble_size() as u32;
-    let replication = (ensemble, ensemble, cluster.spec.ack_quorum() as u32);
     admin
         .create_topic(
             &topic,
@@ -324,18 +359,14 @@ pub async fn run(cluster: &mut Cluster, options: ChaosOptions) -> anyhow::Result
 
     let history = History::new();
     let mut workload = Workload::start(client.clone(), options.workload.clone(), history.clone());
+    let topology = target.topology();
     let schedule_config = ScheduleConfig {
         seed: options.seed,
         faults: options.faults,
         duration_ms: options.fault_duration_ms,
-        topology: super::faults::Topology {
-            nameservers: cluster.nameservers.len(),
-            brokers: cluster.brokers.len(),
-            stores: cluster.stores.len(),
-            etcd_members: cluster.etcd.size(),
-        },
+        topology,
         partitions: options.partitions,
-        lease_ttl_ms: cluster.spec.lease_ttl_ms,
+        lease_ttl_ms: deployment.lease_ttl_ms,
         kinds: options.kinds.clone(),
     };
     let faults = schedule(&schedule_config);
@@ -347,8 +378,7 @@ pub async fn run(cluster: &mut Cluster, options: ChaosOptions) -> anyhow::Result
         eprintln!("[chaos]   {scheduled}");
     }
     let (fault_log, fault_errors) = {
-        let target = ProcessTarget::new(cluster, options.network_cuts())?;
-        let mut nemesis = Nemesis::new(target);
+        let mut nemesis = Nemesis::new(&mut *target);
         let phase_start_ms = history.now_ms() + WARM_UP_MS;
         for scheduled in &faults {
             sleep_until(&history, phase_start_ms + scheduled.at_ms).await;
@@ -375,7 +405,7 @@ pub async fn run(cluster: &mut Cluster, options: ChaosOptions) -> anyhow::Result
     };
 
     let mut recovery_problems = Vec::new();
-    if let Err(problem) = wait_recovered(cluster, &topic).await {
+    if let Err(problem) = wait_recovered(&client, &topology, &topic).await {
         eprintln!("[chaos] {problem}");
         recovery_problems.push(problem);
     }

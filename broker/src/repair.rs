@@ -1,0 +1,520 @@
+//! Repair of closed segments with fewer good copies than their topic's
+//! ensemble size: the partition's owner checks each copy (`GetSegmentStatus`)
+//! and, from a complete copy, fills copies that missed the tail, recopies
+//! damaged ones, and places new copies on other live stores in place of
+//! stores that are gone or for segments written to a reduced ensemble.
+//! Then it records the new replica list (conditional on its epoch).
+//!
+//! The owner does it because copying into a sealed segment needs an epoch
+//! at least the segment's fence (ADR 0008), and the metadata update is
+//! fenced by ownership like every other segment change. What to do is a
+//! pure decision (`plan`); this module's loop is the IO around it.
+
+use crate::clients::{nameserver_call, request};
+use crate::partition::{Partition, Phase};
+use crate::Shared;
+use sluice_proto::v1::{
+    ClusterStatusRequest, NodeInfo, ReadRequest, RecoveryAppendRequest, SealSegmentRequest,
+    SegmentInfo, SegmentReplica, SegmentState, SegmentStatusRequest, StoreCreateSegmentRequest,
+    StoreDeleteSegmentRequest, UpdateSegmentReplicasRequest,
+};
+use sluice_proto::{ErrorCode, SluiceError};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Most segments repaired per partition and round, so one partition with a
+/// long history does not hold up the others; the next round continues.
+const MAX_REPAIRS_PER_PARTITION_PER_ROUND: usize = 4;
+
+/// What one copy of a closed segment looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    /// Holds the whole segment, undamaged.
+    Complete,
+    /// Undamaged but ends at `end_offset`, before the segment's end (its
+    /// store was down while the tail was written or recovered).
+    Incomplete { end_offset: u64 },
+    /// Corrupt below the segment's end, or missing on a live store.
+    Damaged,
+    /// The store is live but did not answer now: try again next round.
+    Unreachable,
+    /// The store has not been live for longer than the grace period.
+    Gone,
+}
+
+/// What to do for one segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// Replica index of the copy to read from.
+    pub source: Option<usize>,
+    /// Replicas to fill from their end to the segment's end.
+    pub fill: Vec<(usize, u64)>,
+    /// Replicas to delete and copy again from the start.
+    pub recopy: Vec<usize>,
+    /// Replicas to drop from the list.
+    pub drop: Vec<usize>,
+    /// Stores (ids) that get a new copy.
+    pub add: Vec<String>,
+}
+
+impl RepairPlan {
+    pub fn is_empty(&self) -> bool {
+        self.fill.is_empty()
+            && self.recopy.is_empty()
+            && self.drop.is_empty()
+            && self.add.is_empty()
+    }
+}
+
+/// Decides the repair of one closed segment. `states` is per replica, in
+/// replica order; `spares` are live stores not among the replicas, best
+/// first. Nothing is done without a complete copy to copy from, and nothing
+/// is dropped while its store might come back (`Unreachable`).
+pub fn plan(
+    states: &[CopyState],
+    replica_ids: &[String],
+    ensemble_size: usize,
+    spares: &[String],
+) -> RepairPlan {
+    let Some(source) = states
+        .iter()
+        .position(|state| *state == CopyState::Complete)
+    else {
+        return RepairPlan::default();
+    };
+    let mut repair = RepairPlan {
+        source: Some(source),
+        ..RepairPlan::default()
+    };
+    for (index, state) in states.iter().enumerate() {
+        match state {
+            CopyState::Incomplete { end_offset } => repair.fill.push((index, *end_offset)),
+            CopyState::Damaged => repair.recopy.push(index),
+            CopyState::Gone => repair.drop.push(index),
+            CopyState::Complete | CopyState::Unreachable => {}
+        }
+    }
+    let kept = states.len() - repair.drop.len();
+    let wanted = ensemble_size.saturating_sub(kept);
+    repair.add = spares
+        .iter()
+        .filter(|spare| !replica_ids.contains(spare))
+        .take(wanted)
+        .cloned()
+        .collect();
+    if repair.add.len() < repair.drop.len() {
+        // Not enough spares to replace every gone store: keep listing the
+        // ones that cannot be replaced, so the segment's copy count is not
+        // understated and a returning store is checked again.
+        let keep = repair.drop.len() - repair.add.len();
+        repair.drop.truncate(repair.drop.len() - keep);
+    }
+    repair
+}
+
+/// Counters shown in the broker's load report (`sluice cluster status`).
+#[derive(Default)]
+pub struct RepairProgress {
+    pub in_progress: std::sync::atomic::AtomicU32,
+    pub repaired_segments: std::sync::atomic::AtomicU64,
+    pub bytes_copied: std::sync::atomic::AtomicU64,
+}
+
+pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(shared.config.repair_interval_ms.max(1));
+    // When each store was first seen not live, for the grace period.
+    let mut missing_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = crate::wait_until_set(&mut shutdown) => return,
+        }
+        let status = nameserver_call!(&shared.clients, cluster_status, ClusterStatusRequest {});
+        let live_stores = match status {
+            Ok(status) => status.stores,
+            Err(error) => {
+                tracing::debug!(%error, "repair: cluster status unavailable; skipping this round");
+                continue;
+            }
+        };
+        let live_ids: HashSet<String> = live_stores
+            .iter()
+            .map(|store| store.node_id.clone())
+            .collect();
+        missing_since.retain(|store, _| !live_ids.contains(store));
+        for partition in shared.partitions() {
+            if partition.status().phase != Phase::Serving {
+                continue;
+            }
+            for segment in partition.segments() {
+                for replica in &segment.replicas {
+                    if !live_ids.contains(&replica.store_id) {
+                        missing_since
+                            .entry(replica.store_id.clone())
+                            .or_insert_with(Instant::now);
+                    }
+                }
+            }
+            repair_partition(&shared, &partition, &live_stores, &missing_since).await;
+        }
+    }
+}
+
+async fn repair_partition(
+    shared: &Shared,
+    partition: &Partition,
+    live_stores: &[NodeInfo],
+    missing_since: &HashMap<String, Instant>,
+) {
+    let ensemble_size = (partition.config.ensemble_size as usize).max(1);
+    let grace = Duration::from_millis(shared.config.repair_dead_store_grace_ms);
+    let mut repairs = 0;
+    for segment in partition.segments() {
+        // Empty closed segments are repaired too: their replica list is
+        // what the cluster status counts, and an empty copy is cheap.
+        if segment.state() != SegmentState::Closed {
+            continue;
+        }
+        if repairs >= MAX_REPAIRS_PER_PARTITION_PER_ROUND {
+            break;
+        }
+        let mut states = Vec::with_capacity(segment.replicas.len());
+        for replica in &segment.replicas {
+            let gone = missing_since
+                .get(&replica.store_id)
+                .is_some_and(|since| since.elapsed() >= grace);
+            let live = live_stores
+                .iter()
+                .any(|store| store.node_id == replica.store_id);
+            states.push(if gone {
+                CopyState::Gone
+            } else if !live {
+                CopyState::Unreachable
+            } else {
+                copy_state(shared, &segment, replica).await
+            });
+        }
+        let replica_ids: Vec<String> = segment
+            .replicas
+            .iter()
+            .map(|replica| replica.store_id.clone())
+            .collect();
+        let mut spares: Vec<&NodeInfo> = live_stores
+            .iter()
+            .filter(|store| !replica_ids.contains(&store.node_id))
+            .collect();
+        spares.sort_by_key(|store| {
+            (
+                store.load.as_ref().map_or(0, |load| load.segments),
+                store.node_id.clone(),
+            )
+        });
+        let spare_ids: Vec<String> = spares.iter().map(|store| store.node_id.clone()).collect();
+        let repair = plan(&states, &replica_ids, ensemble_size, &spare_ids);
+        if repair.is_empty() {
+            continue;
+        }
+        if repair.source.is_none() {
+            tracing::error!(partition = %partition.key, segment = segment.segment_id, ?states, "segment has no complete copy to repair from");
+            continue;
+        }
+        repairs += 1;
+        shared.repair.in_progress.fetch_add(1, Ordering::Relaxed);
+        let outcome = apply(shared, partition, &segment, &repair, live_stores).await;
+        shared.repair.in_progress.fetch_sub(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                shared
+                    .repair
+                    .repaired_segments
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(partition = %partition.key, segment = segment.segment_id, ?states, ?repair, "segment repaired");
+            }
+            Err(error) => {
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "segment repair failed; retrying next round")
+            }
+        }
+    }
+}
+
+/// Asks one store for its copy of a closed segment.
+async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentReplica) -> CopyState {
+    let Ok(mut store) = shared.clients.store(&replica.address) else {
+        return CopyState::Unreachable;
+    };
+    let asked = SegmentStatusRequest {
+        segment_id: segment.segment_id,
+    };
+    match store
+        .get_segment_status(request(asked, shared.clients.store_timeout))
+        .await
+    {
+        Ok(response) => {
+            let status = response.into_inner();
+            match status.corrupt_from_offset {
+                Some(corrupt) if corrupt < segment.end_offset => CopyState::Damaged,
+                _ if status.end_offset >= segment.end_offset => CopyState::Complete,
+                _ if status.end_offset < segment.base_offset => CopyState::Damaged,
+                _ => CopyState::Incomplete {
+                    end_offset: status.end_offset,
+                },
+            }
+        }
+        Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {
+            CopyState::Damaged
+        }
+        Err(_) => CopyState::Unreachable,
+    }
+}
+
+async fn apply(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    repair: &RepairPlan,
+    live_stores: &[NodeInfo],
+) -> Result<(), crate::error::BrokerError> {
+    let Some(source_index) = repair.source else {
+        return Ok(());
+    };
+    let source = &segment.replicas[source_index];
+    for (index, end_offset) in &repair.fill {
+        let target = &segment.replicas[*index];
+        copy_range(shared, partition, segment, source, target, *end_offset).await?;
+        // A copy whose store was down during the fence is still unsealed.
+        seal_copy(shared, partition, segment, target).await?;
+    }
+    for index in &repair.recopy {
+        let target = &segment.replicas[*index];
+        let mut store = shared.clients.store(&target.address)?;
+        let delete = StoreDeleteSegmentRequest {
+            segment_id: segment.segment_id,
+        };
+        match store
+            .delete_segment(request(delete, shared.clients.store_timeout))
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {}
+            Err(status) => {
+                return Err(crate::error::BrokerError::remote(
+                    "store DeleteSegment (repair)",
+                    &status,
+                ))
+            }
+        }
+        create_sealed_copy(shared, partition, segment, source, target).await?;
+    }
+    let mut replicas: Vec<SegmentReplica> = segment
+        .replicas
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !repair.drop.contains(index))
+        .map(|(_, replica)| replica.clone())
+        .collect();
+    for store_id in &repair.add {
+        let Some(store) = live_stores.iter().find(|store| &store.node_id == store_id) else {
+            continue;
+        };
+        let target = SegmentReplica {
+            store_id: store.node_id.clone(),
+            address: store.address.clone(),
+        };
+        create_sealed_copy(shared, partition, segment, source, &target).await?;
+        replicas.push(target);
+    }
+    if !repair.drop.is_empty() || !repair.add.is_empty() {
+        let updated = nameserver_call!(
+            &shared.clients,
+            update_segment_replicas,
+            UpdateSegmentReplicasRequest {
+                topic: partition.key.topic.clone(),
+                partition: partition.key.partition,
+                epoch: partition.epoch,
+                segment_id: segment.segment_id,
+                replicas,
+            }
+        )?;
+        partition.segment_updated(updated);
+    }
+    Ok(())
+}
+
+/// Creates an empty copy on `target`, fills it from `source`, and seals it.
+async fn create_sealed_copy(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    source: &SegmentReplica,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let mut store = shared.clients.store(&target.address)?;
+    let create = StoreCreateSegmentRequest {
+        segment_id: segment.segment_id,
+        topic: partition.key.topic.clone(),
+        partition: partition.key.partition,
+        base_offset: segment.base_offset,
+        writer_epoch: partition.epoch,
+        durability: partition.config.durability,
+    };
+    store
+        .create_segment(request(create, shared.clients.store_timeout))
+        .await
+        .map_err(|status| {
+            crate::error::BrokerError::remote("store CreateSegment (repair)", &status)
+        })?;
+    copy_range(
+        shared,
+        partition,
+        segment,
+        source,
+        target,
+        segment.base_offset,
+    )
+    .await?;
+    seal_copy(shared, partition, segment, target).await
+}
+
+async fn seal_copy(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let mut store = shared.clients.store(&target.address)?;
+    let seal = SealSegmentRequest {
+        segment_id: segment.segment_id,
+        writer_epoch: partition.epoch,
+        ..SealSegmentRequest::default()
+    };
+    store
+        .seal_segment(request(seal, shared.clients.store_timeout))
+        .await
+        .map_err(|status| {
+            crate::error::BrokerError::remote("store SealSegment (repair)", &status)
+        })?;
+    Ok(())
+}
+
+/// Copies `[from_offset, segment end)` from one store to another.
+async fn copy_range(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    source: &SegmentReplica,
+    target: &SegmentReplica,
+    from_offset: u64,
+) -> Result<(), crate::error::BrokerError> {
+    let mut source_store = shared.clients.store(&source.address)?;
+    let mut target_store = shared.clients.store(&target.address)?;
+    let chunk_bytes = u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX);
+    let mut offset = from_offset;
+    while offset < segment.end_offset {
+        let read = ReadRequest {
+            segment_id: segment.segment_id,
+            offset,
+            max_bytes: chunk_bytes,
+            end_offset: segment.end_offset,
+        };
+        let batches = source_store
+            .read(request(read, shared.clients.store_timeout))
+            .await
+            .map_err(|status| crate::error::BrokerError::remote("store Read (repair)", &status))?
+            .into_inner()
+            .batches;
+        if batches.is_empty() {
+            return Err(crate::error::BrokerError::Internal(format!(
+                "store {} returned nothing at {offset} of segment {}",
+                source.store_id, segment.segment_id
+            )));
+        }
+        let copied = batches.len() as u64;
+        let append = RecoveryAppendRequest {
+            segment_id: segment.segment_id,
+            fence_epoch: partition.epoch,
+            batches,
+        };
+        let status = target_store
+            .recovery_append(request(append, shared.clients.store_timeout))
+            .await
+            .map_err(|status| {
+                crate::error::BrokerError::remote("store RecoveryAppend (repair)", &status)
+            })?
+            .into_inner();
+        if status.end_offset <= offset {
+            return Err(crate::error::BrokerError::Internal(format!(
+                "store {} did not advance segment {} past {offset}",
+                target.store_id, segment.segment_id
+            )));
+        }
+        shared
+            .repair
+            .bytes_copied
+            .fetch_add(copied, Ordering::Relaxed);
+        offset = status.end_offset;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn healthy_segments_need_nothing() {
+        let states = [CopyState::Complete; 3];
+        assert!(plan(&states, &ids(&["a", "b", "c"]), 3, &ids(&["d"])).is_empty());
+    }
+
+    #[test]
+    fn short_and_damaged_copies_are_fixed_in_place_from_a_complete_one() {
+        let states = [
+            CopyState::Incomplete { end_offset: 40 },
+            CopyState::Complete,
+            CopyState::Damaged,
+        ];
+        let repair = plan(&states, &ids(&["a", "b", "c"]), 3, &[]);
+        assert_eq!(repair.source, Some(1));
+        assert_eq!(repair.fill, vec![(0, 40)]);
+        assert_eq!(repair.recopy, vec![2]);
+        assert!(repair.drop.is_empty() && repair.add.is_empty());
+    }
+
+    #[test]
+    fn gone_stores_are_replaced_by_spares_and_reduced_ensembles_grow() {
+        let states = [CopyState::Gone, CopyState::Complete, CopyState::Complete];
+        let repair = plan(&states, &ids(&["a", "b", "c"]), 3, &ids(&["d", "e"]));
+        assert_eq!(repair.drop, vec![0]);
+        assert_eq!(repair.add, ids(&["d"]));
+        // A segment written to two stores while the third was down.
+        let states = [CopyState::Complete, CopyState::Complete];
+        let repair = plan(&states, &ids(&["b", "c"]), 3, &ids(&["a"]));
+        assert_eq!(repair.add, ids(&["a"]));
+    }
+
+    #[test]
+    fn nothing_is_dropped_without_a_replacement_or_done_without_a_source() {
+        let states = [CopyState::Gone, CopyState::Complete, CopyState::Complete];
+        let repair = plan(&states, &ids(&["a", "b", "c"]), 3, &[]);
+        assert!(repair.is_empty(), "{repair:?}");
+        // An unreachable store is neither dropped nor replaced yet.
+        let states = [
+            CopyState::Unreachable,
+            CopyState::Complete,
+            CopyState::Complete,
+        ];
+        assert!(plan(&states, &ids(&["a", "b", "c"]), 3, &ids(&["d"])).is_empty());
+        // No complete copy: nothing to copy from.
+        let states = [CopyState::Incomplete { end_offset: 3 }, CopyState::Gone];
+        let repair = plan(&states, &ids(&["a", "b"]), 3, &ids(&["d"]));
+        assert_eq!(repair.source, None);
+        assert!(repair.fill.is_empty() && repair.add.is_empty());
+    }
+}

@@ -1,0 +1,391 @@
+//! Replicated segments (ensemble 3, write quorum 3, ack quorum 2) under
+//! store and broker failures, against real processes and a real etcd.
+//!
+//! Four stores. A producer writes without pause while, one after another: a
+//! store is killed with `kill -9` (writes must go on without it, on a new
+//! ensemble), restarted, another store is frozen with SIGSTOP (a hung
+//! store: dropped after the replica acknowledgement timeout), thawed, the
+//! broker that owns partition 0 is killed (its partitions are fenced and
+//! recovered by the other broker) and restarted, and a third store is
+//! killed for good. Repair must then bring every closed segment back to 3
+//! complete copies on live stores (copies that missed writes while their
+//! store was down are filled; the dead store's copies are replaced), which
+//! the test checks by asking each store for its copy. Then every partition
+//! is read back from offset 0:
+//! every acknowledged write must be at the partition and offset it was
+//! acknowledged with, each key's values in send order, and no value twice
+//! (the producer is idempotent). Reading from the start also goes through
+//! copies that missed writes while their store was down, which a reader
+//! must skip rather than stop at. Finally, once all stores are back, every
+//! partition's open segment returns to a full ensemble of 3.
+
+use sluice_client::{
+    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
+};
+use sluice_proto::v1::store_client::StoreClient;
+use sluice_proto::v1::{SegmentState, SegmentStatusRequest};
+use sluice_tests::cluster::{Cluster, ClusterSpec};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "ledger";
+const PARTITIONS: u32 = 4;
+const KEYS: u64 = 64;
+/// Acknowledgements awaited between two faults.
+const STEP: usize = 3_000;
+
+type Acknowledged = Arc<Mutex<HashMap<u64, (u32, u64)>>>;
+
+/// Waits until `target` writes were acknowledged; returns how long it took.
+async fn wait_for_acks(acknowledged: &Acknowledged, target: usize, what: &str) -> Duration {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    while acknowledged.lock().expect("lock").len() < target {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledgements stalled below {target} {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn acknowledged_count(acknowledged: &Acknowledged) -> usize {
+    acknowledged.lock().expect("lock").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_writes_survive_store_and_broker_failures() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        stores: 4,
+        brokers: 2,
+        broker_config: "repair_interval_ms = 1000\nrepair_dead_store_grace_ms = 3000\n\
+                        degraded_ensemble_check_interval_ms = 2000\n"
+            .to_string(),
+        ..ClusterSpec::default()
+    })
+    .await;
+    assert_eq!(cluster.spec.ensemble_size(), 3);
+    cluster.create_topic(TOPIC, PARTITIONS).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let topic = admin.describe_topic(TOPIC).await.expect("describe");
+    let config = topic.topic.and_then(|topic| topic.config).expect("config");
+    assert_eq!(
+        (config.ensemble_size, config.write_quorum, config.ack_quorum),
+        (3, 3, 2)
+    );
+
+    let producer = Arc::new(
+        Producer::new(ProducerConfig {
+            client: cluster.client_config(),
+            linger_ms: 2,
+            ..ProducerConfig::default()
+        })
+        .await
+        .expect("producer"),
+    );
+    let acknowledged: Acknowledged = Arc::default();
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let producer = producer.clone();
+        let acknowledged = acknowledged.clone();
+        let failed = failed.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut value = 0u64;
+            let mut waiting = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for _ in 0..100 {
+                    let record = Record::new(TOPIC, value.to_string())
+                        .with_key(format!("key-{}", value % KEYS));
+                    let delivery = producer.enqueue(record).await.expect("enqueue");
+                    let acknowledged = acknowledged.clone();
+                    let failed = failed.clone();
+                    let sent = value;
+                    waiting.push(tokio::spawn(async move {
+                        match delivery.await {
+                            Ok(metadata) => {
+                                acknowledged
+                                    .lock()
+                                    .expect("lock")
+                                    .insert(sent, (metadata.partition, metadata.offset));
+                            }
+                            Err(error) => {
+                                eprintln!("write {sent} failed: {error}");
+                                failed.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }));
+                    value += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for task in waiting {
+                task.await.expect("delivery task");
+            }
+            value
+        })
+    };
+
+    let mut report = Vec::new();
+    wait_for_acks(&acknowledged, STEP, "at start").await;
+
+    cluster.stores[0].kill();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    let took = wait_for_acks(&acknowledged, target, "with store-1 killed").await;
+    report.push(format!(
+        "{STEP} acks after kill -9 of store-1 took {took:?}"
+    ));
+
+    cluster.stores[0].start();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    wait_for_acks(&acknowledged, target, "after store-1 restarted").await;
+
+    cluster.stores[1].pause();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    let took = wait_for_acks(&acknowledged, target, "with store-2 frozen").await;
+    report.push(format!(
+        "{STEP} acks with store-2 frozen (SIGSTOP) took {took:?}"
+    ));
+    cluster.stores[1].resume();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    wait_for_acks(&acknowledged, target, "after store-2 thawed").await;
+
+    let routes = admin.describe_topic(TOPIC).await.expect("describe");
+    let owner = routes
+        .partitions
+        .iter()
+        .find_map(|partition| {
+            partition
+                .route
+                .as_ref()
+                .filter(|route| route.partition == 0)
+                .map(|route| route.broker_id.clone())
+        })
+        .expect("partition 0 has an owner");
+    let owner_index = cluster
+        .brokers
+        .iter()
+        .position(|broker| broker.node_id == owner)
+        .expect("owner is one of ours");
+    cluster.brokers[owner_index].kill();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    let took = wait_for_acks(
+        &acknowledged,
+        target,
+        "with the owner of partition 0 killed",
+    )
+    .await;
+    report.push(format!(
+        "{STEP} acks after kill -9 of {owner} took {took:?}"
+    ));
+    cluster.brokers[owner_index].start();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    wait_for_acks(&acknowledged, target, "after the broker restarted").await;
+
+    cluster.stores[2].kill();
+    let target = acknowledged_count(&acknowledged) + STEP;
+    wait_for_acks(&acknowledged, target, "with store-3 killed for good").await;
+
+    stop.store(true, Ordering::SeqCst);
+    let sent = writer.await.expect("writer");
+    producer.flush().await.expect("flush");
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    eprintln!(
+        "sent {sent}, acknowledged {}, failed {}; {}",
+        acknowledged.len(),
+        failed.load(Ordering::SeqCst),
+        report.join("; ")
+    );
+
+    // Read every partition back from the start.
+    let assignment = (0..PARTITIONS)
+        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
+        .collect();
+    let mut reader = Consumer::assign(
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            ..ConsumerConfig::default()
+        },
+        assignment,
+    )
+    .await
+    .expect("reader");
+    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
+    let mut occurrences: HashMap<u64, u32> = HashMap::new();
+    let mut last_offset: HashMap<u32, u64> = HashMap::new();
+    while let Some(record) = reader
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .expect("read")
+    {
+        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        if let Some(previous) = last_offset.insert(record.partition, record.offset) {
+            assert!(
+                record.offset > previous,
+                "partition {} went back from {previous} to {}",
+                record.partition,
+                record.offset
+            );
+        }
+        assert!(
+            at.insert((record.partition, record.offset), value)
+                .is_none(),
+            "offset {}@{} read twice",
+            record.partition,
+            record.offset
+        );
+        *occurrences.entry(value).or_default() += 1;
+    }
+    reader.close().await.expect("close");
+
+    let mut lost = Vec::new();
+    for (value, (partition, offset)) in &acknowledged {
+        match at.get(&(*partition, *offset)) {
+            Some(found) if found == value => {}
+            Some(found) => {
+                panic!("acknowledged value {value} at {partition}@{offset} but {found} is there")
+            }
+            None => lost.push((*value, *partition, *offset)),
+        }
+    }
+    lost.sort();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, first {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let duplicated: Vec<u64> = occurrences
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(value, _)| *value)
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} values stored more than once, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(10)]
+    );
+    let mut by_key: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
+    for (value, (partition, offset)) in &acknowledged {
+        by_key
+            .entry(value % KEYS)
+            .or_default()
+            .push((*partition, *offset, *value));
+    }
+    for (key, mut writes) in by_key {
+        writes.sort();
+        assert!(
+            writes.windows(2).all(|pair| pair[0].0 == pair[1].0),
+            "key {key} spans partitions"
+        );
+        assert!(
+            writes.windows(2).all(|pair| pair[0].2 < pair[1].2),
+            "key {key}: acknowledged values out of send order"
+        );
+    }
+
+    // Repair: every segment ends up with 3 complete copies on live stores
+    // (the dead store-3 no longer listed), as each store itself reports,
+    // and the cluster status shows nothing under-replicated.
+    let dead = cluster.stores[2].node_id.clone();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let problems = replication_problems(&admin, &dead).await;
+        let status = admin.cluster_status().await.expect("cluster status");
+        if problems.is_empty() && status.under_replicated_segments == 0 {
+            let repaired: u64 = status
+                .brokers
+                .iter()
+                .filter_map(|broker| broker.load.as_ref())
+                .map(|load| load.repaired_segments)
+                .sum();
+            eprintln!(
+                "repair done: {} segments, {repaired} repaired by the brokers",
+                status.segments
+            );
+            assert!(repaired > 0, "the failures above must have needed repair");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not repaired in time ({} under-replicated per the nameserver): {problems:?}",
+            status.under_replicated_segments
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every way the topic's segments fall short of 3 complete copies on live
+/// stores, as the stores report them.
+async fn replication_problems(admin: &Admin, dead_store: &str) -> Vec<String> {
+    let described = admin.describe_topic(TOPIC).await.expect("describe");
+    let mut problems = Vec::new();
+    for partition in &described.partitions {
+        for segment in &partition.segments {
+            if segment.replicas.len() < 3 {
+                problems.push(format!(
+                    "segment {} of partition {} has {} replicas",
+                    segment.segment_id,
+                    segment.partition,
+                    segment.replicas.len()
+                ));
+            }
+            for replica in &segment.replicas {
+                if replica.store_id == dead_store {
+                    problems.push(format!(
+                        "segment {} still lists the dead {dead_store}",
+                        segment.segment_id
+                    ));
+                    continue;
+                }
+                if segment.state() != SegmentState::Closed {
+                    continue;
+                }
+                let url = if replica.address.contains("://") {
+                    replica.address.clone()
+                } else {
+                    format!("http://{}", replica.address)
+                };
+                let answer = match StoreClient::connect(url).await {
+                    Ok(mut store) => store
+                        .get_segment_status(SegmentStatusRequest {
+                            segment_id: segment.segment_id,
+                        })
+                        .await
+                        .map(|response| response.into_inner()),
+                    Err(error) => {
+                        problems.push(format!("cannot reach {}: {error}", replica.store_id));
+                        continue;
+                    }
+                };
+                match answer {
+                    Ok(status)
+                        if status.end_offset >= segment.end_offset
+                            && status.corrupt_from_offset.is_none() => {}
+                    Ok(status) => problems.push(format!(
+                        "{}'s copy of segment {} ends at {} of {}",
+                        replica.store_id, segment.segment_id, status.end_offset, segment.end_offset
+                    )),
+                    Err(status) => problems.push(format!(
+                        "{} has no copy of segment {}: {}",
+                        replica.store_id,
+                        segment.segment_id,
+                        status.message()
+                    )),
+                }
+            }
+        }
+    }
+    problems
+}
