@@ -339,6 +339,31 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
                 "topics: {}  partitions: {}  offline partitions: {}",
                 status.topics, status.partitions, status.offline_partitions
             );
+            let repairing: u32 = status
+                .brokers
+                .iter()
+                .filter_map(|broker| broker.load.as_ref())
+                .map(|load| load.repairs_in_progress)
+                .sum();
+            let repaired: u64 = status
+                .brokers
+                .iter()
+                .filter_map(|broker| broker.load.as_ref())
+                .map(|load| load.repaired_segments)
+                .sum();
+            let copied: u64 = status
+                .brokers
+                .iter()
+                .filter_map(|broker| broker.load.as_ref())
+                .map(|load| load.repair_bytes_copied)
+                .sum();
+            println!(
+                "segments: {}  under-replicated: {}  repair: {repairing} running, \
+                 {repaired} segments / {:.1} MiB repaired since the brokers started",
+                status.segments,
+                status.under_replicated_segments,
+                copied as f64 / (1u64 << 20) as f64
+            );
             let header = [
                 "ID",
                 "ADDRESS",
