@@ -10,15 +10,22 @@ use sluice_proto::v1::store_client::StoreClient;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 /// Most distinct peer addresses kept connected; beyond it the pool is reset
 /// (channels reconnect lazily), so a churning cluster cannot grow it forever.
 const MAX_CACHED_CHANNELS: usize = 1024;
 
+/// How long a store that failed a request is tried after the others when
+/// reading: a frozen store would otherwise cost every read a full timeout.
+const STORE_SUSPECT_MS: u64 = 10_000;
+
 pub struct Clients {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Store address -> when it last failed a request (bounded like the
+    /// channel pool).
+    suspect_stores: Mutex<HashMap<String, Instant>>,
     nameservers: Vec<String>,
     current_nameserver: AtomicUsize,
     max_message_bytes: usize,
@@ -54,6 +61,7 @@ impl Clients {
     pub fn new(config: &BrokerConfig) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
+            suspect_stores: Mutex::new(HashMap::new()),
             nameservers: config.nameservers.clone(),
             current_nameserver: AtomicUsize::new(0),
             max_message_bytes: config.max_grpc_message_bytes,
@@ -111,6 +119,40 @@ impl Clients {
     /// Prefers the next configured nameserver from now on.
     pub fn next_nameserver(&self) {
         self.current_nameserver.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers that a store failed a request, so reads try it last for a
+    /// while.
+    pub fn store_failed(&self, address: &str) {
+        let mut suspects = self
+            .suspect_stores
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if suspects.len() >= MAX_CACHED_CHANNELS {
+            suspects.clear();
+        }
+        suspects.insert(address.to_string(), Instant::now());
+    }
+
+    /// Indexes of `addresses` in the order reads should try them: stores
+    /// that failed recently last, otherwise as given.
+    pub fn read_order<'a>(&self, addresses: impl Iterator<Item = &'a str>) -> Vec<usize> {
+        let suspects = self
+            .suspect_stores
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let window = Duration::from_millis(STORE_SUSPECT_MS);
+        let mut order: Vec<(bool, usize)> = addresses
+            .enumerate()
+            .map(|(index, address)| {
+                let suspect = suspects
+                    .get(address)
+                    .is_some_and(|failed_at| failed_at.elapsed() < window);
+                (suspect, index)
+            })
+            .collect();
+        order.sort();
+        order.into_iter().map(|(_, index)| index).collect()
     }
 
     pub fn store(&self, address: &str) -> Result<StoreClient<Channel>, BrokerError> {

@@ -301,7 +301,10 @@ impl Partition {
             "segment {} of {} has no replicas",
             segment.segment_id, self.key
         ));
-        for replica in &segment.replicas {
+        let order = shared
+            .clients
+            .read_order(segment.replicas.iter().map(|replica| replica.address.as_str()));
+        for replica in order.iter().map(|index| &segment.replicas[*index]) {
             let mut store = shared.clients.store(&replica.address)?;
             let read = ReadRequest {
                 segment_id: segment.segment_id,
@@ -327,6 +330,7 @@ impl Partition {
                     ));
                 }
                 Err(status) => {
+                    shared.clients.store_failed(&replica.address);
                     tracing::warn!(partition = %self.key, store = %replica.store_id, %status, "store read failed");
                     last_error = BrokerError::remote("store Read", &status);
                 }
