@@ -6,11 +6,17 @@
 //! `cargo run -p sluice-tests --bin sluice-chaos -- --seed 7 --faults 100 --duration-s 600 --partitions 6`
 //! (build the service binaries first: `cargo build -p sluice-nameserver
 //! -p sluice-broker -p sluice-store --bins`).
+//!
+//! With `--compose compose.yaml` the same run targets the Docker Compose
+//! stack instead (images from `scripts/build-images.sh`): containers are
+//! killed, paused, stopped and disconnected from the network. The stack
+//! runs as its own project on free ports and is removed afterwards.
 
 use clap::Parser;
+use sluice_tests::chaos::compose::ComposeTarget;
 use sluice_tests::chaos::faults::FaultKind;
 use sluice_tests::chaos::runner::{
-    cluster_spec, parse_seed, run, save_logs, ChaosOptions, DEFAULT_SEED,
+    cluster_spec, parse_seed, run, run_with, save_logs, ChaosOptions, Deployment, DEFAULT_SEED,
 };
 use sluice_tests::cluster::Cluster;
 
@@ -41,6 +47,20 @@ struct Arguments {
     /// Print the tail of every service log at the end, pass or fail.
     #[arg(long)]
     dump_logs: bool,
+    /// Run against the Docker Compose stack of this file instead of
+    /// processes.
+    #[arg(long)]
+    compose: Option<std::path::PathBuf>,
+    /// Compose project name (default: sluice-chaos-<pid>).
+    #[arg(long)]
+    compose_project: Option<String>,
+    /// Leave the compose stack running afterwards.
+    #[arg(long)]
+    keep_compose: bool,
+    /// Broker lease of the compose stack, in milliseconds (pauses outlast
+    /// it); the nameserver's default.
+    #[arg(long, default_value_t = 10_000)]
+    compose_lease_ttl_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +95,9 @@ fn main() -> std::process::ExitCode {
         if arguments.no_network {
             options.kinds.retain(|kind| *kind != FaultKind::CutNode);
         }
+        if let Some(file) = arguments.compose.clone() {
+            return run_compose(&arguments, file, options).await;
+        }
         // The cluster is dropped (every process killed, files removed)
         // before the exit code is returned.
         let mut cluster = Cluster::start(cluster_spec()).await;
@@ -104,4 +127,46 @@ fn main() -> std::process::ExitCode {
             }
         }
     })
+}
+
+async fn run_compose(
+    arguments: &Arguments,
+    file: std::path::PathBuf,
+    options: ChaosOptions,
+) -> std::process::ExitCode {
+    let project = arguments
+        .compose_project
+        .clone()
+        .unwrap_or_else(|| format!("sluice-chaos-{}", std::process::id()));
+    let mut target = match ComposeTarget::up(file, &project).await {
+        Ok(target) => target,
+        Err(error) => {
+            eprintln!("cannot start the compose stack: {error:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    target.keep = arguments.keep_compose;
+    let deployment = Deployment {
+        client: target.client_config(),
+        lease_ttl_ms: arguments.compose_lease_ttl_ms,
+        replication: (3, 3, 2),
+    };
+    match run_with(&mut target, &deployment, options).await {
+        Ok(report) => {
+            println!("{report}");
+            if !report.passed() || arguments.dump_logs {
+                eprintln!("{}", target.logs(40));
+            }
+            if report.passed() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("chaos run could not run: {error:#}");
+            eprintln!("{}", target.logs(40));
+            std::process::ExitCode::from(2)
+        }
+    }
 }

@@ -54,6 +54,9 @@ pub struct CheckInput<'a> {
     pub high_watermarks: &'a BTreeMap<u32, u64>,
     pub deliveries: &'a [Delivery],
     pub commits: &'a [CommitObservation],
+    /// Partitions of the topic: one whose end is unknown (no high
+    /// watermark) counts as an incomplete drain.
+    pub partitions: u32,
 }
 
 /// The kinds of anomaly, in report order.
@@ -272,6 +275,13 @@ pub fn check(input: CheckInput<'_>) -> CheckReport {
                     format!("partition {partition}: drained up to {end}, high watermark {high_watermark}")
                 });
             }
+        }
+    }
+    for partition in 0..input.partitions {
+        if !input.high_watermarks.contains_key(&partition) {
+            report.add(Anomaly::IncompleteDrain, None, || {
+                format!("partition {partition}: the end of its log is unknown (no high watermark)")
+            });
         }
     }
     for (&partition, &high_watermark) in input.high_watermarks {
@@ -547,6 +557,7 @@ mod tests {
         high_watermarks: BTreeMap<u32, u64>,
         deliveries: Vec<Delivery>,
         commits: Vec<CommitObservation>,
+        partitions: u32,
     }
 
     impl Scenario {
@@ -599,6 +610,7 @@ mod tests {
                 high_watermarks: &self.high_watermarks,
                 deliveries: &self.deliveries,
                 commits: &self.commits,
+                partitions: self.partitions,
             })
         }
 
@@ -779,6 +791,10 @@ mod tests {
         scenario.high_watermarks.insert(1, 6);
         scenario.high_watermarks.insert(2, 1);
         only(&scenario.check(), Anomaly::IncompleteDrain, 2);
+        // A partition whose end could not be learnt at all.
+        scenario.high_watermarks.remove(&2);
+        scenario.partitions = 4;
+        only(&scenario.check(), Anomaly::IncompleteDrain, 3);
     }
 
     #[test]

@@ -324,6 +324,41 @@ pub trait FaultTarget {
     fn reconnect(&mut self, node: Node) -> anyhow::Result<()>;
 }
 
+/// A borrowed target is a target, so a [`Nemesis`] can work on a target
+/// its caller keeps.
+impl<T: FaultTarget + ?Sized> FaultTarget for &mut T {
+    fn topology(&self) -> Topology {
+        (**self).topology()
+    }
+    fn broker_by_id(&self, broker_id: &str) -> Option<Node> {
+        (**self).broker_by_id(broker_id)
+    }
+    fn is_running(&mut self, node: Node) -> bool {
+        (**self).is_running(node)
+    }
+    fn kill(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).kill(node)
+    }
+    fn stop(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).stop(node)
+    }
+    fn start(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).start(node)
+    }
+    fn pause(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).pause(node)
+    }
+    fn resume(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).resume(node)
+    }
+    fn cut(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).cut(node)
+    }
+    fn reconnect(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).reconnect(node)
+    }
+}
+
 /// How an applied fault is undone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heal {

@@ -5,10 +5,12 @@
 //! checker counts lost, duplicated, reordered and inconsistent data.
 //!
 //! `history` logs operations, `checker` is the pure checker, `faults` the
-//! schedule and backends, `workload` the SDK side, `runner` ties them
-//! together for the process-level test and the `sluice-chaos` binary.
+//! schedule and the process backend, `compose` the Docker Compose backend,
+//! `workload` the SDK side, `runner` ties them together for the
+//! process-level test and the `sluice-chaos` binary.
 
 pub mod checker;
+pub mod compose;
 pub mod faults;
 pub mod history;
 pub mod runner;

@@ -428,6 +428,7 @@ pub async fn run_with<T: FaultTarget>(
         high_watermarks: &drained.high_watermarks,
         deliveries: &deliveries,
         commits: &commits,
+        partitions: options.partitions,
     });
     Ok(ChaosReport {
         options,
