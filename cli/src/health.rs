@@ -74,3 +74,84 @@ pub async fn run(args: HealthArgs) -> Result<()> {
         Err(_) => bail!("{address}: {what} answered an unknown status {status}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::server::HealthReporter;
+
+    /// A server with only the health service on a free loopback port.
+    async fn health_server() -> (String, HealthReporter, tokio::sync::oneshot::Sender<()>) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("bound address").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        (address, reporter, stop)
+    }
+
+    fn args(address: &str, service: &str) -> HealthArgs {
+        HealthArgs {
+            address: address.to_string(),
+            service: service.to_string(),
+            timeout_ms: 5_000,
+            quiet: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn serving_server_passes() {
+        let (address, _reporter, _stop) = health_server().await;
+        run(args(&address, ""))
+            .await
+            .expect("a serving server passes");
+    }
+
+    #[tokio::test]
+    async fn not_serving_server_fails_with_its_status() {
+        let (address, reporter, _stop) = health_server().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let error = run(args(&address, ""))
+            .await
+            .expect_err("NOT_SERVING must fail");
+        assert!(error.to_string().contains("NOT_SERVING"), "{error:#}");
+    }
+
+    #[tokio::test]
+    async fn unknown_service_fails() {
+        let (address, _reporter, _stop) = health_server().await;
+        let error = run(args(&address, "sluice.v1.NoSuchService"))
+            .await
+            .expect_err("an unregistered service must fail");
+        assert!(
+            format!("{error:#}").contains("health check of"),
+            "{error:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_fails_with_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("bound address").to_string();
+        drop(listener);
+        let error = run(args(&address, ""))
+            .await
+            .expect_err("nothing listens there");
+        assert!(error.to_string().contains("cannot connect"), "{error:#}");
+    }
+}
