@@ -65,9 +65,9 @@ impl ErrorCode {
         match self {
             ErrorCode::None => Code::Ok,
             ErrorCode::Internal => Code::Internal,
-            ErrorCode::NotOwner
-            | ErrorCode::NotCoordinator
-            | ErrorCode::OutOfOrderSequence => Code::FailedPrecondition,
+            ErrorCode::NotOwner | ErrorCode::NotCoordinator | ErrorCode::OutOfOrderSequence => {
+                Code::FailedPrecondition
+            }
             ErrorCode::UnknownTopic
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownMember
