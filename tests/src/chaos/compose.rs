@@ -1,9 +1,10 @@
 //! Docker Compose backend of the chaos faults: the cluster of
 //! `compose.yaml` (3 etcd members, 2 nameservers, 3 stores, 3 brokers) in
-//! containers, broken with `docker kill -s KILL`, `docker-compose stop`,
-//! `docker-compose pause` (the freezer: SIGSTOP for a whole container) and
-//! `docker network disconnect` (a real network cut), healed with `start`,
-//! `unpause` and `network connect`.
+//! containers, started with compose and broken with the docker CLI by
+//! container id: `docker kill -s KILL`, `docker stop`, `docker pause` (the
+//! freezer: SIGSTOP for a whole container) and `docker network disconnect`
+//! (a real network cut), healed with `start`, `unpause` and `network
+//! connect`.
 //!
 //! The stack runs under its own project name with every published port
 //! chosen free on this host, so it does not collide with a `docker compose
@@ -39,6 +40,8 @@ pub struct ComposeTarget {
     /// (variable, port) for every published port.
     ports: Vec<(String, u16)>,
     services: Vec<String>,
+    /// service -> container id (ids survive stop, start, kill and pause).
+    containers: std::collections::BTreeMap<String, String>,
     /// Leave the stack running on drop (for inspection).
     pub keep: bool,
 }
@@ -93,6 +96,7 @@ impl ComposeTarget {
             project: project.to_string(),
             ports,
             services: Vec::new(),
+            containers: std::collections::BTreeMap::new(),
             keep: false,
         };
         target.services = target
@@ -105,6 +109,24 @@ impl ComposeTarget {
         let services = target.services.clone();
         arguments.extend(services.iter().map(String::as_str));
         target.compose(&arguments)?;
+        // The plain docker CLI is much faster than compose's: faults go
+        // through it, by container id.
+        let label = format!("label=com.docker.compose.project={}", target.project);
+        let listing = target.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &label,
+            "--format",
+            "{{.ID}} {{.Label \"com.docker.compose.service\"}}",
+        ])?;
+        for line in listing.lines() {
+            if let Some((id, service)) = line.split_once(' ') {
+                target
+                    .containers
+                    .insert(service.trim().to_string(), id.trim().to_string());
+            }
+        }
         target.wait_ready().await?;
         Ok(target)
     }
@@ -194,11 +216,10 @@ impl ComposeTarget {
 
     fn container(&self, node: Node) -> anyhow::Result<String> {
         let service = self.service(node)?;
-        let id = self.compose(&["ps", "-q", &service])?.trim().to_string();
-        if id.is_empty() {
-            bail!("{service} has no container");
-        }
-        Ok(id)
+        self.containers
+            .get(&service)
+            .cloned()
+            .with_context(|| format!("{service} has no container"))
     }
 
     fn network(&self) -> String {
@@ -250,25 +271,24 @@ impl FaultTarget for ComposeTarget {
     }
 
     fn stop(&mut self, node: Node) -> anyhow::Result<()> {
-        let service = self.service(node)?;
+        let id = self.container(node)?;
         let timeout = STOP_TIMEOUT_S.to_string();
-        self.compose(&["stop", "-t", &timeout, &service])
-            .map(|_| ())
+        self.docker(&["stop", "-t", &timeout, &id]).map(|_| ())
     }
 
     fn start(&mut self, node: Node) -> anyhow::Result<()> {
-        let service = self.service(node)?;
-        self.compose(&["start", &service]).map(|_| ())
+        let id = self.container(node)?;
+        self.docker(&["start", &id]).map(|_| ())
     }
 
     fn pause(&mut self, node: Node) -> anyhow::Result<()> {
-        let service = self.service(node)?;
-        self.compose(&["pause", &service]).map(|_| ())
+        let id = self.container(node)?;
+        self.docker(&["pause", &id]).map(|_| ())
     }
 
     fn resume(&mut self, node: Node) -> anyhow::Result<()> {
-        let service = self.service(node)?;
-        self.compose(&["unpause", &service]).map(|_| ())
+        let id = self.container(node)?;
+        self.docker(&["unpause", &id]).map(|_| ())
     }
 
     fn cut(&mut self, node: Node) -> anyhow::Result<()> {
