@@ -109,6 +109,14 @@ fn explain(error: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of stdout goes
+    // away (`sluice cluster status | head -3`) instead of panicking in
+    // `println!` on EPIPE: Rust ignores SIGPIPE by default.
+    // SAFETY: called first thing on the main thread, before any other
+    // thread exists; restores the default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
