@@ -280,7 +280,8 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to the cluster and starts the dispatcher task.
+    /// Connects to the cluster, gets a producer id from the nameservers
+    /// when `idempotence` is on, and starts the dispatcher task.
     pub async fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
         if config.memory_limit_bytes == 0
             || config.batch_max_bytes == 0
