@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the BENCHMARKS.md measurements against a real multi-process cluster
-# on this machine: etcd, one nameserver, one store, one broker (release
-# builds, data in a temp dir), then one `sluice bench` per argument, in
-# order on the same cluster, then the peak resident memory (VmHWM) of
-# broker and store.
+# on this machine: etcd, one nameserver, STORES stores (default 1; topics
+# then default to ensemble = write quorum = STORES capped at 3, ack quorum a
+# majority: 1/1/1 or 3/3/2), one broker (release builds, data in a temp
+# dir), then one `sluice bench` per argument, in order on the same cluster,
+# then the peak resident memory (VmHWM) of broker and stores.
 #
 #   benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100" "consume --messages 1000000"
 #   benchmarks/run-sluice.sh "cli:topic create big --segment-bytes 1073741824" "produce --topic big"
+#   STORES=3 benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
@@ -22,17 +24,27 @@ etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:
   --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster bench=http://127.0.0.1:23800 \
   >"$work/etcd.log" 2>&1 &
 pids+=($!)
+stores=${STORES:-1}
+ensemble=$(( stores < 3 ? stores : 3 ))
+ack=$(( ensemble / 2 + 1 ))
 cat >"$work/nameserver.toml" <<TOML
 listen_address = "127.0.0.1:27400"
 [metadata]
 backend = "etcd"
 endpoints = ["http://127.0.0.1:23790"]
+[topic_defaults]
+ensemble_size = $ensemble
+write_quorum = $ensemble
+ack_quorum = $ack
 TOML
-cat >"$work/store.toml" <<TOML
-listen_address = "127.0.0.1:27402"
+for index in $(seq 1 "$stores"); do
+  cat >"$work/store-$index.toml" <<TOML
+node_id = "store-$index"
+listen_address = "127.0.0.1:$(( 27410 + index ))"
 nameservers = ["http://127.0.0.1:27400"]
-data_dir = "$work/store"
+data_dir = "$work/store-$index"
 TOML
+done
 cat >"$work/broker.toml" <<TOML
 listen_address = "127.0.0.1:27401"
 nameservers = ["http://127.0.0.1:27400"]
@@ -40,13 +52,16 @@ TOML
 sleep 1
 "$bin/sluice-nameserver" --config "$work/nameserver.toml" >"$work/nameserver.log" 2>&1 &
 pids+=($!)
-"$bin/sluice-store" --config "$work/store.toml" >"$work/store.log" 2>&1 &
-store=$!; pids+=($store)
+store_pids=()
+for index in $(seq 1 "$stores"); do
+  "$bin/sluice-store" --config "$work/store-$index.toml" >"$work/store-$index.log" 2>&1 &
+  store_pids+=($!); pids+=($!)
+done
 "$bin/sluice-broker" --config "$work/broker.toml" >"$work/broker.log" 2>&1 &
 broker=$!; pids+=($broker)
 export SLUICE_BOOTSTRAP=127.0.0.1:27400
 for _ in $(seq 1 100); do
-  "$bin/sluice" cluster status 2>/dev/null | grep -q "stores (1)" && break
+  "$bin/sluice" cluster status 2>/dev/null | grep -q "stores ($stores)" && break
   sleep 0.2
 done
 for command in "$@"; do
@@ -61,4 +76,8 @@ for command in "$@"; do
       "$bin/sluice" bench $command 2>/dev/null ;;
   esac
 done
-echo "peak resident memory: broker $(grep VmHWM /proc/$broker/status | awk '{print $2/1024 " MiB"}'), store $(grep VmHWM /proc/$store/status | awk '{print $2/1024 " MiB"}')"
+store_memory=""
+for pid in "${store_pids[@]}"; do
+  store_memory+=" $(grep VmHWM /proc/"$pid"/status | awk '{print $2/1024 " MiB"}')"
+done
+echo "peak resident memory: broker $(grep VmHWM /proc/$broker/status | awk '{print $2/1024 " MiB"}'), stores$store_memory"

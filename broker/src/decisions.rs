@@ -256,6 +256,9 @@ mod tests {
         assert_eq!(recovered_copy(&[], 1), None);
         let recovered = recovered_copy(&[copy(0, 5), copy(2, 9), copy(1, 9)], 2);
         assert_eq!(recovered, Some(copy(1, 9)));
-        assert_eq!(recovered_copy(&[copy(1, 3), copy(0, 1)], 2), Some(copy(1, 3)));
+        assert_eq!(
+            recovered_copy(&[copy(1, 3), copy(0, 1)], 2),
+            Some(copy(1, 3))
+        );
     }
 }
