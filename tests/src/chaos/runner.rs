@@ -82,12 +82,12 @@ pub fn cluster_spec() -> ClusterSpec {
     }
 }
 
-/// Reads the seed from `SLUICE_CHAOS_SEED` (decimal or 0x-hex), else the
-/// default.
+/// Reads the seed from `SLUICE_CHAOS_SEED` (decimal or 0x-hex); unset or
+/// empty means the default.
 pub fn seed_from_env() -> anyhow::Result<u64> {
     match std::env::var("SLUICE_CHAOS_SEED") {
-        Ok(text) => parse_seed(&text),
-        Err(_) => Ok(DEFAULT_SEED),
+        Ok(text) if !text.trim().is_empty() => parse_seed(&text),
+        _ => Ok(DEFAULT_SEED),
     }
 }
 
