@@ -44,6 +44,15 @@ pub struct CreateTopicArgs {
     /// Largest accepted batch in bytes (0: server default).
     #[arg(long, default_value_t = 0)]
     pub max_batch_bytes: u32,
+    /// Stores holding each segment (0: server default, 3).
+    #[arg(long, default_value_t = 0)]
+    pub ensemble_size: u32,
+    /// Stores each record is written to; must equal the ensemble size (0: server default, 3).
+    #[arg(long, default_value_t = 0)]
+    pub write_quorum: u32,
+    /// Stores that must have a record on disk before it is acknowledged (0: server default, 2).
+    #[arg(long, default_value_t = 0)]
+    pub ack_quorum: u32,
 }
 
 #[derive(Subcommand)]
@@ -101,6 +110,9 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 durability: parse_durability(&args.durability)? as i32,
                 segment_bytes: args.segment_bytes,
                 max_batch_bytes: args.max_batch_bytes,
+                ensemble_size: args.ensemble_size,
+                write_quorum: args.write_quorum,
+                ack_quorum: args.ack_quorum,
                 ..TopicConfig::default()
             };
             let topic = admin
