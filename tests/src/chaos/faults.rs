@@ -109,8 +109,9 @@ pub enum Fault {
     KillStore { store: usize },
     /// `kill -9` the broker owning `partition`, restart it when healed.
     KillPartitionOwner { partition: u32 },
-    /// `kill -9` the first running nameserver in bootstrap order (the one
-    /// clients and services talk to), restart it when healed.
+    /// `kill -9` the active nameserver: the elected assigner, or (when
+    /// none is known) the first running nameserver in bootstrap order, the
+    /// one clients and services talk to. Restart it when healed.
     KillActiveNameserver,
     /// `kill -9` one etcd member, restart it when healed.
     KillEtcdMember { member: usize },
@@ -324,6 +325,21 @@ pub trait FaultTarget {
     fn reconnect(&mut self, node: Node) -> anyhow::Result<()>;
 }
 
+/// The node a Sluice node id names (`broker-2`, `nameserver-1`, ...: the
+/// ids both backends give their nodes).
+pub fn node_from_id(node_id: &str) -> Option<Node> {
+    let (kind, number) = node_id.rsplit_once('-')?;
+    let kind = match kind {
+        "nameserver" => NodeKind::Nameserver,
+        "broker" => NodeKind::Broker,
+        "store" => NodeKind::Store,
+        "etcd" => NodeKind::Etcd,
+        _ => return None,
+    };
+    let index = number.parse::<usize>().ok()?.checked_sub(1)?;
+    Some(Node { kind, index })
+}
+
 /// A borrowed target is a target, so a [`Nemesis`] can work on a target
 /// its caller keeps.
 impl<T: FaultTarget + ?Sized> FaultTarget for &mut T {
@@ -423,10 +439,12 @@ impl<T: FaultTarget> Nemesis<T> {
         self.log.push(event);
     }
 
-    /// Applies `fault`. `owner` is the broker owning the fault's partition
-    /// (when it names one), looked up by the caller just before; when it
-    /// is unknown a running broker is chosen.
-    pub fn apply(&mut self, at_ms: u64, fault: &Fault, owner: Option<Node>) {
+    /// Applies `fault`. `resolved` is the node the caller looked up just
+    /// before for faults that name a role: the broker owning the fault's
+    /// partition, the active nameserver (the elected assigner). When it is
+    /// unknown a running node of that kind is chosen.
+    pub fn apply(&mut self, at_ms: u64, fault: &Fault, resolved: Option<Node>) {
+        let owner = resolved;
         let topology = self.target.topology();
         let node = match *fault {
             Fault::KillStore { store } | Fault::RestartStore { store } => Node {
@@ -442,6 +460,9 @@ impl<T: FaultTarget> Nemesis<T> {
                 index: member,
             },
             Fault::CutNode { node } => node,
+            Fault::KillActiveNameserver if resolved.is_some() => {
+                resolved.expect("matched on is_some just above")
+            }
             Fault::KillActiveNameserver => {
                 let running = (0..topology.nameservers)
                     .map(|index| Node {
@@ -1150,6 +1171,39 @@ mod tests {
         assert!(nemesis.target.cut.is_empty());
         assert_eq!(nemesis.target.running.len(), 5);
         assert!(nemesis.errors().is_empty(), "{:?}", nemesis.log);
+    }
+
+    #[test]
+    fn node_ids_name_nodes() {
+        for node in [
+            Node {
+                kind: NodeKind::Nameserver,
+                index: 1,
+            },
+            Node {
+                kind: NodeKind::Etcd,
+                index: 0,
+            },
+        ] {
+            assert_eq!(node_from_id(&node.to_string()), Some(node));
+        }
+        assert_eq!(node_from_id("broker-0"), None);
+        assert_eq!(node_from_id("client-1"), None);
+        assert_eq!(node_from_id(""), None);
+    }
+
+    #[test]
+    fn active_nameserver_is_the_one_named() {
+        let mut nemesis = Nemesis::new(everything_running());
+        let assigner = node_from_id("nameserver-2");
+        nemesis.apply(0, &Fault::KillActiveNameserver, assigner);
+        assert_eq!(nemesis.target.actions, ["kill nameserver-2"]);
+        // Unknown: the first running one.
+        nemesis.apply(1, &Fault::KillActiveNameserver, None);
+        assert_eq!(
+            nemesis.target.actions,
+            ["kill nameserver-2", "kill nameserver-1"]
+        );
     }
 
     #[test]

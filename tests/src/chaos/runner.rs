@@ -3,8 +3,8 @@
 
 use super::checker::{check, Anomaly, CheckInput, CheckReport};
 use super::faults::{
-    schedule, FaultEvent, FaultKind, FaultTarget, Nemesis, Node, ProcessTarget, ScheduleConfig,
-    ScheduledFault, Topology,
+    node_from_id, schedule, FaultEvent, FaultKind, FaultTarget, Nemesis, Node, ProcessTarget,
+    ScheduleConfig, ScheduledFault, Topology,
 };
 use super::history::History;
 use super::workload::{drain, Workload, WorkloadConfig};
@@ -232,6 +232,19 @@ pub fn save_logs(cluster: &Cluster, seed: u64) -> std::io::Result<std::path::Pat
     Ok(directory)
 }
 
+/// The nameserver elected to make assignments right now, if one is.
+async fn active_assigner(admin: &Admin) -> Option<String> {
+    let lookup = admin.cluster_status();
+    match tokio::time::timeout(Duration::from_millis(OWNER_LOOKUP_TIMEOUT_MS), lookup).await {
+        Ok(Ok(status)) => Some(status.active_assigner).filter(|node_id| !node_id.is_empty()),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cluster status failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// The broker owning `partition` right now, if a nameserver knows.
 async fn partition_owner(admin: &Admin, topic: &str, partition: u32) -> Option<String> {
     let lookup = admin.describe_topic(topic);
@@ -382,16 +395,19 @@ pub async fn run_with<T: FaultTarget>(
         let phase_start_ms = history.now_ms() + WARM_UP_MS;
         for scheduled in &faults {
             sleep_until(&history, phase_start_ms + scheduled.at_ms).await;
-            let owner: Option<Node> = match scheduled.fault {
+            let resolved: Option<Node> = match scheduled.fault {
                 super::faults::Fault::KillPartitionOwner { partition }
                 | super::faults::Fault::PausePartitionOwner { partition } => {
                     partition_owner(&admin, &topic, partition)
                         .await
                         .and_then(|broker_id| nemesis.target.broker_by_id(&broker_id))
                 }
+                super::faults::Fault::KillActiveNameserver => active_assigner(&admin)
+                    .await
+                    .and_then(|node_id| node_from_id(&node_id)),
                 _ => None,
             };
-            nemesis.apply(history.now_ms(), &scheduled.fault, owner);
+            nemesis.apply(history.now_ms(), &scheduled.fault, resolved);
             sleep_until(
                 &history,
                 phase_start_ms + scheduled.at_ms + scheduled.heal_after_ms,
