@@ -44,9 +44,14 @@ pub struct BenchArgs {
     /// Records per batch.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// Batches in flight per partition and producer.
+    /// Batches in flight per partition and producer (at most 16 while the
+    /// producer is idempotent).
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
+    /// Turn the idempotent producer off (allows more than 16 batches in
+    /// flight; retries after failures may then duplicate).
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Concurrent producers (each its own connection).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -229,6 +234,7 @@ async fn produce(client: &ClientConfig, args: &BenchArgs, stamp_send_time: bool)
             max_in_flight_per_partition: args.in_flight,
             memory_limit_bytes: args.memory_limit_bytes,
             compression,
+            idempotence: !args.no_idempotence,
             ..ProducerConfig::default()
         };
         let run = ProduceRun {
