@@ -170,9 +170,16 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "heartbeat failed");
-                    if last_success.elapsed() >= session.lease_ttl && shared.partition_count() > 0 {
-                        tracing::error!("no heartbeat succeeded for a whole lease; self-fencing");
-                        stop_all(&shared);
+                    if last_success.elapsed() >= session.lease_ttl {
+                        // The lease is gone (or as good as): stop serving,
+                        // and get a new session rather than heartbeating an
+                        // old one forever (every later heartbeat would be
+                        // past its fence deadline before it is sent).
+                        if shared.partition_count() > 0 {
+                            tracing::error!("no heartbeat succeeded for a whole lease; self-fencing");
+                            stop_all(&shared);
+                        }
+                        continue 'registration;
                     }
                 }
             }
