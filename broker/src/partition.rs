@@ -23,8 +23,8 @@ use sluice_proto::batch::{assign, BatchHeader};
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest, Durability,
-    ListSegmentsRequest, ReadRequest, RecoveryAppendRequest, SealSegmentRequest, SegmentInfo,
-    SegmentState, StoreCreateSegmentRequest, TopicConfig,
+    ListSegmentsRequest, ReadRequest, SealSegmentRequest, SegmentInfo, SegmentState,
+    StoreCreateSegmentRequest, TopicConfig,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::VecDeque;
@@ -301,9 +301,12 @@ impl Partition {
             "segment {} of {} has no replicas",
             segment.segment_id, self.key
         ));
-        let order = shared
-            .clients
-            .read_order(segment.replicas.iter().map(|replica| replica.address.as_str()));
+        let order = shared.clients.read_order(
+            segment
+                .replicas
+                .iter()
+                .map(|replica| replica.address.as_str()),
+        );
         for replica in order.iter().map(|index| &segment.replicas[*index]) {
             let mut store = shared.clients.store(&replica.address)?;
             let read = ReadRequest {
@@ -669,8 +672,7 @@ async fn fence_and_recover(
 }
 
 /// Copies `[to.end_offset, from.end_offset)` of a fenced segment from one
-/// replica to another, in chunks of at most one fetch, with the owner's
-/// epoch (allowed on the sealed copy because the owner fenced it).
+/// replica to another.
 async fn copy_tail(
     shared: &Shared,
     partition: &Partition,
@@ -680,47 +682,16 @@ async fn copy_tail(
 ) -> Result<(), BrokerError> {
     let source = &segment.replicas[from.replica];
     let target = &segment.replicas[to.replica];
-    let mut source_store = shared.clients.store(&source.address)?;
-    let mut target_store = shared.clients.store(&target.address)?;
-    let chunk_bytes = u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX);
-    let mut offset = to.end_offset;
-    while offset < from.end_offset {
-        let read = ReadRequest {
-            segment_id: segment.segment_id,
-            offset,
-            max_bytes: chunk_bytes,
-            end_offset: from.end_offset,
-        };
-        let batches = source_store
-            .read(request(read, shared.clients.store_timeout))
-            .await
-            .map_err(|status| BrokerError::remote("store Read (recovery)", &status))?
-            .into_inner()
-            .batches;
-        if batches.is_empty() {
-            return Err(BrokerError::Internal(format!(
-                "store {} returned nothing at {offset} of segment {} below its end {}",
-                source.store_id, segment.segment_id, from.end_offset
-            )));
-        }
-        let append = RecoveryAppendRequest {
-            segment_id: segment.segment_id,
-            fence_epoch: partition.epoch,
-            batches,
-        };
-        let status = target_store
-            .recovery_append(request(append, shared.clients.store_timeout))
-            .await
-            .map_err(|status| BrokerError::remote("store RecoveryAppend", &status))?
-            .into_inner();
-        if status.end_offset <= offset {
-            return Err(BrokerError::Internal(format!(
-                "store {} did not advance segment {} past {offset} while recovering",
-                target.store_id, segment.segment_id
-            )));
-        }
-        offset = status.end_offset;
-    }
+    crate::repair::copy_range(
+        shared,
+        partition,
+        segment.segment_id,
+        source,
+        target,
+        to.end_offset,
+        from.end_offset,
+    )
+    .await?;
     tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = to.end_offset, end = from.end_offset, "re-replicated the tail of a fenced segment");
     Ok(())
 }

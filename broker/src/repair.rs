@@ -283,7 +283,16 @@ async fn apply(
     let source = &segment.replicas[source_index];
     for (index, end_offset) in &repair.fill {
         let target = &segment.replicas[*index];
-        copy_range(shared, partition, segment, source, target, *end_offset).await?;
+        copy_range(
+            shared,
+            partition,
+            segment.segment_id,
+            source,
+            target,
+            *end_offset,
+            segment.end_offset,
+        )
+        .await?;
         // A copy whose store was down during the fence is still unsealed.
         seal_copy(shared, partition, segment, target).await?;
     }
@@ -369,10 +378,11 @@ async fn create_sealed_copy(
     copy_range(
         shared,
         partition,
-        segment,
+        segment.segment_id,
         source,
         target,
         segment.base_offset,
+        segment.end_offset,
     )
     .await?;
     seal_copy(shared, partition, segment, target).await
@@ -399,55 +409,57 @@ async fn seal_copy(
     Ok(())
 }
 
-/// Copies `[from_offset, segment end)` from one store to another.
-async fn copy_range(
+/// Copies `[from_offset, end_offset)` of a segment from one store to
+/// another, in chunks of at most one fetch, as the owner at `partition`'s
+/// epoch (allowed on a sealed copy the owner fenced). Used by repair and
+/// by takeover recovery.
+pub(crate) async fn copy_range(
     shared: &Shared,
     partition: &Partition,
-    segment: &SegmentInfo,
+    segment_id: u64,
     source: &SegmentReplica,
     target: &SegmentReplica,
     from_offset: u64,
+    end_offset: u64,
 ) -> Result<(), crate::error::BrokerError> {
     let mut source_store = shared.clients.store(&source.address)?;
     let mut target_store = shared.clients.store(&target.address)?;
     let chunk_bytes = u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX);
     let mut offset = from_offset;
-    while offset < segment.end_offset {
+    while offset < end_offset {
         let read = ReadRequest {
-            segment_id: segment.segment_id,
+            segment_id,
             offset,
             max_bytes: chunk_bytes,
-            end_offset: segment.end_offset,
+            end_offset,
         };
         let batches = source_store
             .read(request(read, shared.clients.store_timeout))
             .await
-            .map_err(|status| crate::error::BrokerError::remote("store Read (repair)", &status))?
+            .map_err(|status| crate::error::BrokerError::remote("store Read (copy)", &status))?
             .into_inner()
             .batches;
         if batches.is_empty() {
             return Err(crate::error::BrokerError::Internal(format!(
-                "store {} returned nothing at {offset} of segment {}",
-                source.store_id, segment.segment_id
+                "store {} returned nothing at {offset} of segment {segment_id} below {end_offset}",
+                source.store_id
             )));
         }
         let copied = batches.len() as u64;
         let append = RecoveryAppendRequest {
-            segment_id: segment.segment_id,
+            segment_id,
             fence_epoch: partition.epoch,
             batches,
         };
         let status = target_store
             .recovery_append(request(append, shared.clients.store_timeout))
             .await
-            .map_err(|status| {
-                crate::error::BrokerError::remote("store RecoveryAppend (repair)", &status)
-            })?
+            .map_err(|status| crate::error::BrokerError::remote("store RecoveryAppend", &status))?
             .into_inner();
         if status.end_offset <= offset {
             return Err(crate::error::BrokerError::Internal(format!(
-                "store {} did not advance segment {} past {offset}",
-                target.store_id, segment.segment_id
+                "store {} did not advance segment {segment_id} past {offset}",
+                target.store_id
             )));
         }
         shared
