@@ -176,7 +176,9 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                         // old one forever (every later heartbeat would be
                         // past its fence deadline before it is sent).
                         if shared.partition_count() > 0 {
-                            tracing::error!("no heartbeat succeeded for a whole lease; self-fencing");
+                            tracing::error!(
+                                "no heartbeat succeeded for a whole lease; self-fencing"
+                            );
                             stop_all(&shared);
                         }
                         continue 'registration;
