@@ -41,6 +41,10 @@ struct Arguments {
     /// Members of the consumer group.
     #[arg(long, default_value_t = 2)]
     group_members: u32,
+    /// Let faults overlap (start times drawn over the whole duration)
+    /// instead of one fault per slot, each healed before the next.
+    #[arg(long)]
+    overlap: bool,
     /// Leave out the network cut (it needs root, iptables and cgroup v2).
     #[arg(long)]
     no_network: bool,
@@ -92,6 +96,7 @@ fn main() -> std::process::ExitCode {
         );
         options.workload.producers = arguments.producers;
         options.workload.group_members = arguments.group_members;
+        options.overlapping = arguments.overlap;
         if arguments.no_network {
             options.kinds.retain(|kind| *kind != FaultKind::CutNode);
         }

@@ -186,6 +186,10 @@ pub struct ScheduleConfig {
     /// with one member, pause when the slots are shorter than a lease) are
     /// dropped.
     pub kinds: Vec<FaultKind>,
+    /// Draw start times over the whole duration, so faults can overlap
+    /// (a fault on a node that is already faulted is skipped when applied);
+    /// otherwise one fault per slot, each healed before the next.
+    pub overlapping: bool,
 }
 
 /// Kinds a schedule for `config` actually uses.
@@ -206,8 +210,12 @@ pub fn usable_kinds(config: &ScheduleConfig) -> Vec<FaultKind> {
         })
         .filter(|kind| {
             // A fault starts within the first fifth of its slot.
-            *kind != FaultKind::PausePartitionOwner
-                || slot_ms * 4 / 5 > pause_ms(config.lease_ttl_ms, 0)
+            let room_ms = if config.overlapping {
+                config.duration_ms
+            } else {
+                slot_ms * 4 / 5
+            };
+            *kind != FaultKind::PausePartitionOwner || room_ms > pause_ms(config.lease_ttl_ms, 0)
         })
         .collect();
     kinds.sort();
@@ -241,13 +249,23 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
     deck.shuffle(&mut random);
     let slot_ms = config.duration_ms / config.faults as u64;
     let topology = config.topology;
-    deck.into_iter()
+    let mut faults: Vec<ScheduledFault> = deck
+        .into_iter()
         .enumerate()
         .map(|(slot, kind)| {
-            // Start in the first fifth of the slot; heal well before the
-            // next slot begins, leaving time to recover.
-            let start_ms = slot as u64 * slot_ms + random.random_range(0..=slot_ms / 5);
-            let room_ms = (slot as u64 + 1) * slot_ms - start_ms;
+            let (start_ms, room_ms) = if config.overlapping {
+                // Anywhere, leaving room for the longest fault to heal
+                // within the duration.
+                let longest_ms = MAX_FAULT_MS.max(pause_ms(config.lease_ttl_ms, 0));
+                let latest_ms = config.duration_ms.saturating_sub(longest_ms);
+                let start_ms = random.random_range(0..=latest_ms);
+                (start_ms, config.duration_ms - start_ms)
+            } else {
+                // Start in the first fifth of the slot; heal well before
+                // the next slot begins, leaving time to recover.
+                let start_ms = slot as u64 * slot_ms + random.random_range(0..=slot_ms / 5);
+                (start_ms, (slot as u64 + 1) * slot_ms - start_ms)
+            };
             let longest_ms = (room_ms * 3 / 5).clamp(MIN_FAULT_MS, MAX_FAULT_MS);
             let mut heal_after_ms = random.random_range(MIN_FAULT_MS..=longest_ms);
             let fault = match kind {
@@ -262,8 +280,10 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
                 },
                 FaultKind::PausePartitionOwner => {
                     let spare_ms = room_ms.saturating_sub(pause_ms(config.lease_ttl_ms, 0));
-                    heal_after_ms =
-                        pause_ms(config.lease_ttl_ms, random.random_range(0..=spare_ms / 3));
+                    heal_after_ms = pause_ms(
+                        config.lease_ttl_ms,
+                        random.random_range(0..=(spare_ms / 3).min(MAX_FAULT_MS)),
+                    );
                     Fault::PausePartitionOwner {
                         partition: random.random_range(0..config.partitions),
                     }
@@ -302,7 +322,9 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
                 fault,
             }
         })
-        .collect()
+        .collect();
+    faults.sort_by_key(|scheduled| scheduled.at_ms);
+    faults
 }
 
 /// What a backend must offer to break and heal nodes. Methods are
@@ -443,7 +465,8 @@ impl<T: FaultTarget> Nemesis<T> {
     /// before for faults that name a role: the broker owning the fault's
     /// partition, the active nameserver (the elected assigner). When it is
     /// unknown a running node of that kind is chosen.
-    pub fn apply(&mut self, at_ms: u64, fault: &Fault, resolved: Option<Node>) {
+    /// Returns how the fault will be undone, `None` when it was not applied.
+    pub fn apply(&mut self, at_ms: u64, fault: &Fault, resolved: Option<Node>) -> Option<Heal> {
         let owner = resolved;
         let topology = self.target.topology();
         let node = match *fault {
@@ -474,7 +497,7 @@ impl<T: FaultTarget> Nemesis<T> {
                     Some(node) => node,
                     None => {
                         self.note(at_ms, format!("{fault}: no nameserver is running"), true);
-                        return;
+                        return None;
                     }
                 }
             }
@@ -498,7 +521,7 @@ impl<T: FaultTarget> Nemesis<T> {
                         }
                         None => {
                             self.note(at_ms, format!("{fault}: no broker is running"), true);
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -512,7 +535,7 @@ impl<T: FaultTarget> Nemesis<T> {
                 format!("{fault}: {node} is already faulted; skipped"),
                 false,
             );
-            return;
+            return None;
         }
         let (result, heal) = match fault {
             Fault::KillStore { .. }
@@ -529,23 +552,40 @@ impl<T: FaultTarget> Nemesis<T> {
             Ok(()) => {
                 self.note(at_ms, format!("{fault}: {node}"), false);
                 self.active.push(heal);
+                Some(heal)
             }
-            Err(error) => self.note(at_ms, format!("{fault}: {node}: {error:#}"), true),
+            Err(error) => {
+                self.note(at_ms, format!("{fault}: {node}: {error:#}"), true);
+                None
+            }
+        }
+    }
+
+    /// Undoes one fault, if it is still in effect.
+    pub fn heal(&mut self, at_ms: u64, heal: Heal) {
+        let Some(position) = self.active.iter().position(|active| *active == heal) else {
+            return;
+        };
+        self.active.remove(position);
+        self.perform(at_ms, heal);
+    }
+
+    fn perform(&mut self, at_ms: u64, heal: Heal) {
+        let result = match heal {
+            Heal::Start(node) => self.target.start(node),
+            Heal::Resume(node) => self.target.resume(node),
+            Heal::Reconnect(node) => self.target.reconnect(node),
+        };
+        match result {
+            Ok(()) => self.note(at_ms, format!("heal: {heal}"), false),
+            Err(error) => self.note(at_ms, format!("heal: {heal}: {error:#}"), true),
         }
     }
 
     /// Undoes every fault still in effect, most recent first.
     pub fn heal_all(&mut self, at_ms: u64) {
         while let Some(heal) = self.active.pop() {
-            let result = match heal {
-                Heal::Start(node) => self.target.start(node),
-                Heal::Resume(node) => self.target.resume(node),
-                Heal::Reconnect(node) => self.target.reconnect(node),
-            };
-            match result {
-                Ok(()) => self.note(at_ms, format!("heal: {heal}"), false),
-                Err(error) => self.note(at_ms, format!("heal: {heal}: {error:#}"), true),
-            }
+            self.perform(at_ms, heal);
         }
     }
 
@@ -992,7 +1032,25 @@ mod tests {
             partitions: 6,
             lease_ttl_ms: 3_000,
             kinds: FaultKind::ALL.to_vec(),
+            overlapping: false,
         }
+    }
+
+    #[test]
+    fn overlapping_schedules_are_sorted_and_fit_the_duration() {
+        let mut overlapping = config(5, 40);
+        overlapping.overlapping = true;
+        let faults = schedule(&overlapping);
+        assert_eq!(faults.len(), 40);
+        assert!(faults.windows(2).all(|pair| pair[0].at_ms <= pair[1].at_ms));
+        assert!(faults
+            .iter()
+            .all(|scheduled| scheduled.at_ms + scheduled.heal_after_ms <= 60_000));
+        // 40 faults in 60 s cannot all be apart: some overlap.
+        assert!(faults
+            .windows(2)
+            .any(|pair| pair[0].at_ms + pair[0].heal_after_ms > pair[1].at_ms));
+        assert!(usable_kinds(&overlapping).contains(&FaultKind::PausePartitionOwner));
     }
 
     #[test]

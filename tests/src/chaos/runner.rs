@@ -44,6 +44,8 @@ pub struct ChaosOptions {
     pub quiet_after_ms: u64,
     /// Fault kinds to draw from (those the cluster cannot do are dropped).
     pub kinds: Vec<FaultKind>,
+    /// Let faults overlap (see [`ScheduleConfig::overlapping`]).
+    pub overlapping: bool,
     pub workload: WorkloadConfig,
 }
 
@@ -57,6 +59,7 @@ impl ChaosOptions {
             partitions,
             quiet_after_ms: 3_000,
             kinds: FaultKind::ALL.to_vec(),
+            overlapping: false,
             workload: WorkloadConfig::default(),
         }
     }
@@ -381,6 +384,7 @@ pub async fn run_with<T: FaultTarget>(
         partitions: options.partitions,
         lease_ttl_ms: deployment.lease_ttl_ms,
         kinds: options.kinds.clone(),
+        overlapping: options.overlapping,
     };
     let faults = schedule(&schedule_config);
     eprintln!(
@@ -393,8 +397,25 @@ pub async fn run_with<T: FaultTarget>(
     let (fault_log, fault_errors) = {
         let mut nemesis = Nemesis::new(&mut *target);
         let phase_start_ms = history.now_ms() + WARM_UP_MS;
-        for scheduled in &faults {
-            sleep_until(&history, phase_start_ms + scheduled.at_ms).await;
+        // Every fault is applied at its time and healed `heal_after_ms`
+        // later; with overlapping schedules several are in effect at once.
+        let mut events: Vec<(u64, usize, bool)> = Vec::with_capacity(faults.len() * 2);
+        for (index, scheduled) in faults.iter().enumerate() {
+            events.push((scheduled.at_ms, index, true));
+            events.push((scheduled.at_ms + scheduled.heal_after_ms, index, false));
+        }
+        // Heals before applies at the same instant.
+        events.sort_by_key(|(at_ms, index, apply)| (*at_ms, *apply, *index));
+        let mut heals: Vec<Option<super::faults::Heal>> = vec![None; faults.len()];
+        for (at_ms, index, apply) in events {
+            sleep_until(&history, phase_start_ms + at_ms).await;
+            if !apply {
+                if let Some(heal) = heals[index].take() {
+                    nemesis.heal(history.now_ms(), heal);
+                }
+                continue;
+            }
+            let scheduled = &faults[index];
             let resolved: Option<Node> = match scheduled.fault {
                 super::faults::Fault::KillPartitionOwner { partition }
                 | super::faults::Fault::PausePartitionOwner { partition } => {
@@ -407,13 +428,7 @@ pub async fn run_with<T: FaultTarget>(
                     .and_then(|node_id| node_from_id(&node_id)),
                 _ => None,
             };
-            nemesis.apply(history.now_ms(), &scheduled.fault, resolved);
-            sleep_until(
-                &history,
-                phase_start_ms + scheduled.at_ms + scheduled.heal_after_ms,
-            )
-            .await;
-            nemesis.heal_all(history.now_ms());
+            heals[index] = nemesis.apply(history.now_ms(), &scheduled.fault, resolved);
         }
         nemesis.heal_all(history.now_ms());
         sleep_until(&history, phase_start_ms + options.fault_duration_ms).await;
