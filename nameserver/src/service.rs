@@ -339,10 +339,22 @@ impl NameServerHandler {
         }
         let transaction = Transaction {
             compares: vec![Compare::Absent(topic_key.clone())],
-            puts: vec![Put::new(topic_key, keys::encode(topic))],
+            puts: vec![Put::new(topic_key.clone(), keys::encode(topic))],
             deletes: Vec::new(),
         };
-        Ok(self.store.commit(transaction).await?)
+        match self.store.commit(transaction).await {
+            Ok(created) => Ok(created),
+            // Outcome unknown (etcd lost its leader while the request was in
+            // flight): the topic is ours if the stored record is exactly the
+            // one we wrote, so a retry does not turn into "already exists".
+            Err(MetadataError::Unavailable(reason)) => {
+                match self.store.get(&topic_key).await? {
+                    Some(entry) => Ok(entry.value == keys::encode(topic)),
+                    None => Err(MetadataError::Unavailable(reason).into()),
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Deletes the owner and segment keys of topic `name`, in transactions

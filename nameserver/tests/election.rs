@@ -323,3 +323,51 @@ async fn etcd_client_fails_over_when_a_member_dies() {
         cluster.restart(member);
     }
 }
+
+async fn active_via(client: &mut common::Client) -> Option<String> {
+    let status = client
+        .cluster_status(sluice_proto::v1::ClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    (!status.active_assigner.is_empty()).then_some(status.active_assigner)
+}
+
+#[tokio::test]
+async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
+    let etcd = Etcd::start();
+    let first =
+        common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-1")).await;
+    let second =
+        common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-2")).await;
+    let mut one = first.client().await;
+    let mut two = second.client().await;
+    let active = common::eventually("an assigner is elected", || {
+        let mut one = one.clone();
+        async move { active_via(&mut one).await }
+    })
+    .await;
+    // Both nameservers report the same assigner.
+    assert_eq!(active_via(&mut two).await.as_deref(), Some(active.as_str()));
+
+    // Stopping the assigner revokes its lease: the other takes over.
+    let (survivor, mut survivor_client) = if active == "ns-1" {
+        first.stop().await;
+        (second, two)
+    } else {
+        second.stop().await;
+        (first, one.clone())
+    };
+    let next = common::eventually("the survivor becomes the assigner", || {
+        let mut client = survivor_client.clone();
+        let active = active.clone();
+        async move { active_via(&mut client).await.filter(|next| *next != active) }
+    })
+    .await;
+    assert_ne!(next, active);
+    assert_eq!(
+        active_via(&mut survivor_client).await.as_deref(),
+        Some(next.as_str())
+    );
+    survivor.stop().await;
+}
