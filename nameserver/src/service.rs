@@ -347,12 +347,10 @@ impl NameServerHandler {
             // Outcome unknown (etcd lost its leader while the request was in
             // flight): the topic is ours if the stored record is exactly the
             // one we wrote, so a retry does not turn into "already exists".
-            Err(MetadataError::Unavailable(reason)) => {
-                match self.store.get(&topic_key).await? {
-                    Some(entry) => Ok(entry.value == keys::encode(topic)),
-                    None => Err(MetadataError::Unavailable(reason).into()),
-                }
-            }
+            Err(MetadataError::Unavailable(reason)) => match self.store.get(&topic_key).await? {
+                Some(entry) => Ok(entry.value == keys::encode(topic)),
+                None => Err(MetadataError::Unavailable(reason).into()),
+            },
             Err(error) => Err(error.into()),
         }
     }
