@@ -340,7 +340,7 @@ async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
         common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-1")).await;
     let second =
         common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-2")).await;
-    let mut one = first.client().await;
+    let one = first.client().await;
     let mut two = second.client().await;
     let active = common::eventually("an assigner is elected", || {
         let mut one = one.clone();
@@ -356,7 +356,7 @@ async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
         (second, two)
     } else {
         second.stop().await;
-        (first, one.clone())
+        (first, one)
     };
     let next = common::eventually("the survivor becomes the assigner", || {
         let mut client = survivor_client.clone();
