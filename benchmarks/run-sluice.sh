@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
-cargo build --release --quiet --bins
+cargo build --release --quiet -p sluice-nameserver -p sluice-broker -p sluice-store -p sluice-cli --bins
 bin=target/release
 work=$(mktemp -d)
 pids=()
