@@ -504,7 +504,9 @@ impl name_server_server::NameServer for FakeNameServer {
         &self,
         _request: Request<UpdateSegmentReplicasRequest>,
     ) -> Result<Response<SegmentInfo>, Status> {
-        Err(Status::unimplemented("update_segment_replicas is not faked"))
+        Err(Status::unimplemented(
+            "update_segment_replicas is not faked",
+        ))
     }
 
     async fn delete_segments(
