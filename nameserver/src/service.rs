@@ -683,7 +683,8 @@ impl NameServerHandler {
         }
         let mut response = HeartbeatResponse::default();
         if kind == NodeKind::Broker {
-            response.live_stores = u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
+            response.live_stores =
+                u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
             let topics: HashMap<String, Topic> = self
                 .all_topics()
                 .await?
@@ -1123,17 +1124,16 @@ impl NameServerHandler {
                 }
             }
         }
-        let live_stores: HashSet<&str> = stores
-            .iter()
-            .map(|store| store.node_id.as_str())
-            .collect();
+        let live_stores: HashSet<&str> =
+            stores.iter().map(|store| store.node_id.as_str()).collect();
         let mut segment_count = 0u32;
         let mut under_replicated = 0u32;
         for (topic, _) in &topics {
             let ensemble_size = topic
                 .config
                 .as_ref()
-                .map_or(1, |config| config.ensemble_size.max(1)) as usize;
+                .map_or(1, |config| config.ensemble_size.max(1))
+                as usize;
             for segment in self
                 .segments_of(&keys::segments_of_topic(&topic.name))
                 .await?
@@ -1353,9 +1353,11 @@ impl NameServer for NameServerHandler {
         &self,
         _request: Request<sluice_proto::v1::AllocateProducerIdRequest>,
     ) -> ServiceResult<sluice_proto::v1::AllocateProducerIdResponse> {
-        Ok(Response::new(sluice_proto::v1::AllocateProducerIdResponse {
-            producer_id: self.do_allocate_producer_id().await?,
-        }))
+        Ok(Response::new(
+            sluice_proto::v1::AllocateProducerIdResponse {
+                producer_id: self.do_allocate_producer_id().await?,
+            },
+        ))
     }
 }
 
@@ -1511,8 +1513,8 @@ mod tests {
         ];
         let failed = vec!["s1".to_string()];
         // A spare store replaces the failed one.
-        let chosen = NameServerHandler::choose_ensemble(stores.clone(), &failed, 3, 2)
-            .expect("enough");
+        let chosen =
+            NameServerHandler::choose_ensemble(stores.clone(), &failed, 3, 2).expect("enough");
         assert_eq!(ids(&chosen), ["s2", "s3", "s4"]);
         // No spare: a smaller ensemble, still at least the ack quorum.
         let chosen = NameServerHandler::choose_ensemble(stores[..3].to_vec(), &failed, 3, 2)

@@ -103,7 +103,11 @@ async fn topic_lifecycle_assignment_and_segments() {
         .await
         .expect_err("striping is refused with a clear error");
     assert_eq!(code(&striped), ErrorCode::InvalidArgument);
-    assert!(striped.message().contains("not supported yet"), "{}", striped.message());
+    assert!(
+        striped.message().contains("not supported yet"),
+        "{}",
+        striped.message()
+    );
     assert_eq!(code(&too_wide), ErrorCode::NotEnoughStores);
 
     // The broker's heartbeat lists all three partitions.
