@@ -6,8 +6,8 @@
 //! ensemble), restarted, another store is frozen with SIGSTOP (a hung
 //! store: dropped after the replica acknowledgement timeout), thawed, the
 //! broker that owns partition 0 is killed (its partitions are fenced and
-//! recovered by the other broker) and restarted, and a third store is
-//! killed for good. Repair must then bring every closed segment back to 3
+//! recovered by the other broker) and restarted, and a store holding
+//! partition 0's open segment is killed for good. Repair must then bring every closed segment back to 3
 //! complete copies on live stores (copies that missed writes while their
 //! store was down are filled; the dead store's copies are replaced), which
 //! the test checks by asking each store for its copy. Then every partition
@@ -16,8 +16,9 @@
 //! acknowledged with, each key's values in send order, and no value twice
 //! (the producer is idempotent). Reading from the start also goes through
 //! copies that missed writes while their store was down, which a reader
-//! must skip rather than stop at. Finally, once all stores are back, every
-//! partition's open segment returns to a full ensemble of 3.
+//! must skip rather than stop at. Finally a stopped store gets a byte of a
+//! segment file flipped; after its restart the damaged copy must be found
+//! and repaired, and the log must read back unchanged.
 
 use sluice_client::{
     Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
@@ -188,9 +189,26 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     let target = acknowledged_count(&acknowledged) + STEP;
     wait_for_acks(&acknowledged, target, "after the broker restarted").await;
 
-    cluster.stores[2].kill();
+    // Kill for good a store that holds the open segment of partition 0, so
+    // repair has copies to replace.
+    let described = admin.describe_topic(TOPIC).await.expect("describe");
+    let victim = described
+        .partitions
+        .iter()
+        .flat_map(|partition| partition.segments.iter())
+        .filter(|segment| segment.partition == 0 && segment.state() == SegmentState::Open)
+        .flat_map(|segment| segment.replicas.iter())
+        .map(|replica| replica.store_id.clone())
+        .next()
+        .expect("partition 0 has an open segment with replicas");
+    let victim_index = cluster
+        .stores
+        .iter()
+        .position(|store| store.node_id == victim)
+        .expect("the victim is one of our stores");
+    cluster.stores[victim_index].kill();
     let target = acknowledged_count(&acknowledged) + STEP;
-    wait_for_acks(&acknowledged, target, "with store-3 killed for good").await;
+    wait_for_acks(&acknowledged, target, "with a store killed for good").await;
 
     stop.store(true, Ordering::SeqCst);
     let sent = writer.await.expect("writer");
@@ -204,49 +222,7 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     );
 
     // Read every partition back from the start.
-    let assignment = (0..PARTITIONS)
-        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
-        .collect();
-    let mut reader = Consumer::assign(
-        ConsumerConfig {
-            client: cluster.client_config(),
-            group: None,
-            ..ConsumerConfig::default()
-        },
-        assignment,
-    )
-    .await
-    .expect("reader");
-    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
-    let mut occurrences: HashMap<u64, u32> = HashMap::new();
-    let mut last_offset: HashMap<u32, u64> = HashMap::new();
-    while let Some(record) = reader
-        .recv_timeout(Duration::from_secs(5))
-        .await
-        .expect("read")
-    {
-        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
-            .expect("utf8")
-            .parse()
-            .expect("number");
-        if let Some(previous) = last_offset.insert(record.partition, record.offset) {
-            assert!(
-                record.offset > previous,
-                "partition {} went back from {previous} to {}",
-                record.partition,
-                record.offset
-            );
-        }
-        assert!(
-            at.insert((record.partition, record.offset), value)
-                .is_none(),
-            "offset {}@{} read twice",
-            record.partition,
-            record.offset
-        );
-        *occurrences.entry(value).or_default() += 1;
-    }
-    reader.close().await.expect("close");
+    let (at, occurrences) = read_back(&cluster).await;
 
     let mut lost = Vec::new();
     for (value, (partition, offset)) in &acknowledged {
@@ -296,12 +272,91 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     }
 
     // Repair: every segment ends up with 3 complete copies on live stores
-    // (the dead store-3 no longer listed), as each store itself reports,
+    // (the dead store no longer listed), as each store itself reports,
     // and the cluster status shows nothing under-replicated.
-    let dead = cluster.stores[2].node_id.clone();
+    let dead = victim.clone();
+    let repaired = wait_until_repaired(&admin, &dead).await;
+    assert!(repaired > 0, "the failures above must have needed repair");
+
+    // A store that comes back with a damaged copy is not trusted: the
+    // damage is found and the copy repaired from a good one, and reads
+    // still return exactly what was acknowledged.
+    let damaged_index = (victim_index + 1) % cluster.stores.len();
+    cluster.stores[damaged_index].stop(Duration::from_secs(10));
+    let data_dir = cluster
+        .directory()
+        .join(&cluster.stores[damaged_index].node_id)
+        .join("data");
+    let corrupted = corrupt_largest_segment(&data_dir);
+    eprintln!("flipped a byte in {}", corrupted.display());
+    cluster.stores[damaged_index].start();
+    wait_until_repaired(&admin, &dead).await;
+    let (again, _) = read_back(&cluster).await;
+    assert_eq!(
+        again, at,
+        "the log reads back the same after the damaged copy was repaired"
+    );
+}
+
+/// Reads every partition from offset 0: value at each (partition, offset)
+/// and how often each value occurs. Offsets must only go up.
+async fn read_back(cluster: &Cluster) -> (HashMap<(u32, u64), u64>, HashMap<u64, u32>) {
+    let assignment = (0..PARTITIONS)
+        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
+        .collect();
+    let mut reader = Consumer::assign(
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            ..ConsumerConfig::default()
+        },
+        assignment,
+    )
+    .await
+    .expect("reader");
+    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
+    let mut occurrences: HashMap<u64, u32> = HashMap::new();
+    let mut last_offset: HashMap<u32, u64> = HashMap::new();
+    while let Some(record) = reader
+        .recv_timeout(Duration::from_secs(5))
+        .await
+        .expect("read")
+    {
+        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        if let Some(previous) = last_offset.insert(record.partition, record.offset) {
+            assert!(
+                record.offset > previous,
+                "partition {} went back from {previous} to {}",
+                record.partition,
+                record.offset
+            );
+        }
+        assert!(
+            at.insert((record.partition, record.offset), value)
+                .is_none(),
+            "offset {}@{} read twice",
+            record.partition,
+            record.offset
+        );
+        *occurrences.entry(value).or_default() += 1;
+    }
+    reader.close().await.expect("close");
+    (at, occurrences)
+}
+
+/// Waits until every segment has 3 complete, undamaged copies on live
+/// stores and the nameserver counts none under-replicated; returns the
+/// segments repaired by the brokers since they started.
+async fn wait_until_repaired(admin: &Admin, dead_store: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let problems = replication_problems(&admin, &dead).await;
+        let problems = replication_problems(admin, dead_store).await;
+        if !problems.is_empty() {
+            eprintln!("waiting for repair: {problems:?}");
+        }
         let status = admin.cluster_status().await.expect("cluster status");
         if problems.is_empty() && status.under_replicated_segments == 0 {
             let repaired: u64 = status
@@ -314,8 +369,7 @@ async fn replicated_writes_survive_store_and_broker_failures() {
                 "repair done: {} segments, {repaired} repaired by the brokers",
                 status.segments
             );
-            assert!(repaired > 0, "the failures above must have needed repair");
-            break;
+            return repaired;
         }
         assert!(
             Instant::now() < deadline,
@@ -324,6 +378,23 @@ async fn replicated_writes_survive_store_and_broker_failures() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Flips one byte in the middle of the largest segment file of a stopped
+/// store: a bad CRC its recovery finds and reports.
+fn corrupt_largest_segment(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let segments = data_dir.join("segments");
+    let largest = std::fs::read_dir(&segments)
+        .expect("segments directory")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .max_by_key(|path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0))
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&largest).expect("read segment");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&largest, bytes).expect("write segment");
+    largest
 }
 
 /// Every way the topic's segments fall short of 3 complete copies on live
@@ -374,8 +445,15 @@ async fn replication_problems(admin: &Admin, dead_store: &str) -> Vec<String> {
                         if status.end_offset >= segment.end_offset
                             && status.corrupt_from_offset.is_none() => {}
                     Ok(status) => problems.push(format!(
-                        "{}'s copy of segment {} ends at {} of {}",
-                        replica.store_id, segment.segment_id, status.end_offset, segment.end_offset
+                        "{}'s copy of segment {} ends at {} of {}{}",
+                        replica.store_id,
+                        segment.segment_id,
+                        status.end_offset,
+                        segment.end_offset,
+                        status
+                            .corrupt_from_offset
+                            .map(|offset| format!(", damaged from {offset}"))
+                            .unwrap_or_default()
                     )),
                     Err(status) => problems.push(format!(
                         "{} has no copy of segment {}: {}",
