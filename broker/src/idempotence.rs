@@ -9,14 +9,13 @@
 //! with appends whose fate the stores' seal decided, [`rebuild`] restores
 //! the state from batch headers at the tail of the log.
 
-use crate::clients::request;
 use crate::decisions::segment_for_offset;
 use crate::error::BrokerError;
 use crate::partition::Partition;
 use crate::Shared;
 use sluice_proto::batch::{BatchError, BatchHeader, BatchIter};
 use sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER;
-use sluice_proto::v1::{ReadRequest, SegmentInfo, SegmentState};
+use sluice_proto::v1::{SegmentInfo, SegmentState};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Batches remembered per producer and partition. A producer resends only
@@ -409,7 +408,15 @@ pub async fn rebuild(shared: &Shared, partition: &Partition) -> Result<(), Broke
         } else {
             segment.end_offset.min(high_watermark)
         };
-        let batches = read_from_replicas(shared, partition, segment, offset, end_offset).await?;
+        let batches = crate::partition::read_segment(
+            shared,
+            &partition.key,
+            segment,
+            offset,
+            end_offset,
+            REBUILD_READ_BYTES as usize,
+        )
+        .await?;
         let next = partition
             .producer_states(|states| states.apply_log(&batches, offset))
             .map_err(|error| {
@@ -432,50 +439,6 @@ pub async fn rebuild(shared: &Shared, partition: &Partition) -> Result<(), Broke
     });
     tracing::info!(partition = %partition.key, from_offset = start, high_watermark, producers, "producer state rebuilt from the log");
     Ok(())
-}
-
-/// Whole batches from `offset` (below `end_offset`) from the first replica
-/// that has them.
-async fn read_from_replicas(
-    shared: &Shared,
-    partition: &Partition,
-    segment: &SegmentInfo,
-    offset: u64,
-    end_offset: u64,
-) -> Result<bytes::Bytes, BrokerError> {
-    let mut last_error = BrokerError::Unavailable(format!(
-        "segment {} of {} has no replicas",
-        segment.segment_id, partition.key
-    ));
-    for replica in &segment.replicas {
-        let mut store = shared.clients.store(&replica.address)?;
-        let read = ReadRequest {
-            segment_id: segment.segment_id,
-            offset,
-            max_bytes: REBUILD_READ_BYTES,
-            end_offset,
-        };
-        match store
-            .read(request(read, shared.clients.store_timeout))
-            .await
-        {
-            Ok(response) => {
-                let batches = response.into_inner().batches;
-                if !batches.is_empty() {
-                    return Ok(batches);
-                }
-                last_error = BrokerError::Unavailable(format!(
-                    "store {} has nothing of segment {} at offset {offset}",
-                    replica.store_id, segment.segment_id
-                ));
-            }
-            Err(status) => {
-                tracing::warn!(partition = %partition.key, store = %replica.store_id, %status, "store read for the producer state rebuild failed");
-                last_error = BrokerError::remote("store Read", &status);
-            }
-        }
-    }
-    Err(last_error)
 }
 
 #[cfg(test)]

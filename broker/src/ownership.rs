@@ -148,9 +148,16 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     }
                 )
             };
-            let answer = match tokio::time::timeout_at(fence_at, heartbeat).await {
+            // One attempt may take a third of the lease, so a nameserver
+            // that hangs (cut off, or stuck on a lost etcd member) leaves
+            // time to try the next one before the lease runs out.
+            let attempt_deadline = fence_at.min(sent_at + session.lease_ttl / 3);
+            let answer = match tokio::time::timeout_at(attempt_deadline, heartbeat).await {
                 Ok(answer) => answer,
-                Err(_) => Err(BrokerError::Timeout("heartbeat".into())),
+                Err(_) => {
+                    shared.clients.next_nameserver();
+                    Err(BrokerError::Timeout("heartbeat".into()))
+                }
             };
             match answer {
                 Ok(answer) => {

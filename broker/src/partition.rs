@@ -297,50 +297,65 @@ impl Partition {
         if offset >= end_offset {
             return Ok(Bytes::new());
         }
-        let mut last_error = BrokerError::Unavailable(format!(
-            "segment {} of {} has no replicas",
-            segment.segment_id, self.key
-        ));
-        let order = shared.clients.read_order(
-            segment
-                .replicas
-                .iter()
-                .map(|replica| replica.address.as_str()),
-        );
-        for replica in order.iter().map(|index| &segment.replicas[*index]) {
-            let mut store = shared.clients.store(&replica.address)?;
-            let read = ReadRequest {
-                segment_id: segment.segment_id,
-                offset,
-                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
-                end_offset,
-            };
-            match store
-                .read(request(read, shared.clients.store_timeout))
-                .await
-            {
-                Ok(response) => {
-                    let batches = response.into_inner().batches;
-                    let keep = prefix_within_high_watermark(&batches, high_watermark);
-                    if keep > 0 {
-                        return Ok(batches.slice(..keep));
-                    }
-                    // A copy that ends before `offset` (a replica that
-                    // missed the tail and awaits repair): try the next.
-                    last_error = BrokerError::Unavailable(format!(
-                        "no replica of segment {} of {} holds offset {offset} yet",
-                        segment.segment_id, self.key
-                    ));
+        let batches =
+            read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?;
+        let keep = prefix_within_high_watermark(&batches, high_watermark);
+        Ok(batches.slice(..keep))
+    }
+}
+
+/// Whole batches of `segment` from `offset` (below `end_offset`, at most
+/// `max_bytes` unless one batch is larger) from the first replica that has
+/// them, trying recently failed stores last. A replica whose copy ends
+/// before `offset` (it missed the tail and awaits repair) is skipped.
+pub(crate) async fn read_segment(
+    shared: &Shared,
+    key: &PartitionKey,
+    segment: &SegmentInfo,
+    offset: u64,
+    end_offset: u64,
+    max_bytes: usize,
+) -> Result<Bytes, BrokerError> {
+    let mut last_error = BrokerError::Unavailable(format!(
+        "segment {} of {key} has no replicas",
+        segment.segment_id
+    ));
+    let order = shared.clients.read_order(
+        segment
+            .replicas
+            .iter()
+            .map(|replica| replica.address.as_str()),
+    );
+    for replica in order.iter().map(|index| &segment.replicas[*index]) {
+        let mut store = shared.clients.store(&replica.address)?;
+        let read = ReadRequest {
+            segment_id: segment.segment_id,
+            offset,
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            end_offset,
+        };
+        match store
+            .read(request(read, shared.clients.store_timeout))
+            .await
+        {
+            Ok(response) => {
+                let batches = response.into_inner().batches;
+                if !batches.is_empty() {
+                    return Ok(batches);
                 }
-                Err(status) => {
-                    shared.clients.store_failed(&replica.address);
-                    tracing::warn!(partition = %self.key, store = %replica.store_id, %status, "store read failed");
-                    last_error = BrokerError::remote("store Read", &status);
-                }
+                last_error = BrokerError::Unavailable(format!(
+                    "no replica of segment {} of {key} holds offset {offset} yet",
+                    segment.segment_id
+                ));
+            }
+            Err(status) => {
+                shared.clients.store_failed(&replica.address);
+                tracing::warn!(partition = %key, store = %replica.store_id, %status, "store read failed");
+                last_error = BrokerError::remote("store Read", &status);
             }
         }
-        Err(last_error)
     }
+    Err(last_error)
 }
 
 enum ServeEnd {
