@@ -67,6 +67,26 @@ fn log_and_convert(error: StoreError) -> Status {
     error.into()
 }
 
+/// A segment to create, from the fields of a create or seal request
+/// (an unknown durability counts as unspecified: fsync).
+fn new_segment(
+    segment_id: u64,
+    topic: String,
+    partition: u32,
+    base_offset: u64,
+    writer_epoch: u64,
+    durability: i32,
+) -> NewSegment {
+    NewSegment {
+        segment_id,
+        topic,
+        partition,
+        base_offset,
+        writer_epoch,
+        durability: Durability::try_from(durability).unwrap_or(Durability::Unspecified),
+    }
+}
+
 type PendingItem = (u64, Result<PendingAppend, StoreError>, OwnedSemaphorePermit);
 
 #[tonic::async_trait]
@@ -76,17 +96,15 @@ impl Store for StoreService {
         request: Request<StoreCreateSegmentRequest>,
     ) -> Result<Response<StoreCreateSegmentResponse>, Status> {
         let request = request.into_inner();
-        let durability =
-            Durability::try_from(request.durability).unwrap_or(Durability::Unspecified);
         self.storage
-            .create_segment(NewSegment {
-                segment_id: request.segment_id,
-                topic: request.topic,
-                partition: request.partition,
-                base_offset: request.base_offset,
-                writer_epoch: request.writer_epoch,
-                durability,
-            })
+            .create_segment(new_segment(
+                request.segment_id,
+                request.topic,
+                request.partition,
+                request.base_offset,
+                request.writer_epoch,
+                request.durability,
+            ))
             .await
             .map_err(log_and_convert)?;
         Ok(Response::new(StoreCreateSegmentResponse {}))
@@ -207,17 +225,15 @@ impl Store for StoreService {
             Err(StoreError::UnknownSegment { .. })
         );
         if unknown && !request.topic.is_empty() {
-            let durability =
-                Durability::try_from(request.durability).unwrap_or(Durability::Unspecified);
             self.storage
-                .create_segment(NewSegment {
-                    segment_id: request.segment_id,
-                    topic: request.topic,
-                    partition: request.partition,
-                    base_offset: request.base_offset,
-                    writer_epoch: request.writer_epoch,
-                    durability,
-                })
+                .create_segment(new_segment(
+                    request.segment_id,
+                    request.topic,
+                    request.partition,
+                    request.base_offset,
+                    request.writer_epoch,
+                    request.durability,
+                ))
                 .await
                 .map_err(log_and_convert)?;
         }

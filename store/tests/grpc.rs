@@ -243,6 +243,54 @@ async fn bad_requests_get_the_right_codes_and_the_server_keeps_serving() {
         .into_inner();
     assert!(listed.segments.is_empty());
 
+    // A fence that reaches a store before the old owner's create leaves the
+    // segment there empty and sealed: the delayed create then finds it (same
+    // identity), and the old owner's appends are refused.
+    let placeholder = client
+        .seal_segment(SealSegmentRequest {
+            segment_id: 6,
+            writer_epoch: 4,
+            topic: "orders".to_string(),
+            partition: 0,
+            base_offset: 10,
+            durability: 0,
+        })
+        .await
+        .expect("seal of an unknown segment")
+        .into_inner();
+    assert!(placeholder.sealed);
+    assert_eq!(placeholder.end_offset, 10);
+    client
+        .create_segment(StoreCreateSegmentRequest {
+            segment_id: 6,
+            topic: "orders".to_string(),
+            partition: 0,
+            base_offset: 10,
+            writer_epoch: 3,
+            durability: 0,
+        })
+        .await
+        .expect("the delayed create succeeds without reopening it");
+    let response = append_one(&mut client, 6, make_batch(10, 1, 1)).await;
+    assert_eq!(
+        response.error,
+        ErrorCode::SegmentSealed as i32,
+        "the fenced writer's append is refused"
+    );
+    // Without an identity, an unknown segment stays unknown.
+    let unknown = client
+        .seal_segment(SealSegmentRequest {
+            segment_id: 7,
+            writer_epoch: 4,
+            ..SealSegmentRequest::default()
+        })
+        .await
+        .expect_err("unknown segment");
+    assert_eq!(
+        sluice_proto::SluiceError::from_status(&unknown).code,
+        ErrorCode::UnknownSegment
+    );
+
     if let Some(stop) = server.stop.take() {
         let _ = stop.send(());
     }
