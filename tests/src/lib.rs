@@ -4,3 +4,4 @@
 pub mod chaos;
 pub mod cluster;
 pub mod etcd;
+pub mod read_back;

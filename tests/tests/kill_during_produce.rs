@@ -8,8 +8,9 @@
 //! broker (the same one after the store restart, the new owner after the
 //! broker restart, which rebuilds the producer state from the log).
 
-use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{Producer, ProducerConfig, Record};
 use sluice_tests::cluster::{Cluster, ClusterSpec};
+use sluice_tests::read_back::{read_back, ReadBack};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,46 +115,7 @@ async fn acknowledged_writes_survive_kill_9_mid_stream() {
     );
 
     // Read every partition back from the start.
-    let assignment = (0..PARTITIONS)
-        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
-        .collect();
-    let mut reader = Consumer::assign(
-        ConsumerConfig {
-            client: cluster.client_config(),
-            group: None,
-            ..ConsumerConfig::default()
-        },
-        assignment,
-    )
-    .await
-    .expect("reader");
-    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
-    let mut occurrences: HashMap<u64, u32> = HashMap::new();
-    let mut last_offset: HashMap<u32, u64> = HashMap::new();
-    while let Some(record) = reader
-        .recv_timeout(Duration::from_secs(5))
-        .await
-        .expect("read")
-    {
-        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
-            .expect("utf8")
-            .parse()
-            .expect("number");
-        if let Some(previous) = last_offset.insert(record.partition, record.offset) {
-            assert!(
-                record.offset > previous,
-                "partition {} went back",
-                record.partition
-            );
-        }
-        assert!(
-            at.insert((record.partition, record.offset), value)
-                .is_none(),
-            "one offset read twice"
-        );
-        *occurrences.entry(value).or_default() += 1;
-    }
-    reader.close().await.expect("close");
+    let ReadBack { at, occurrences } = read_back(cluster.client_config(), TOPIC, PARTITIONS).await;
 
     let mut lost = 0;
     for (value, (partition, offset)) in &acknowledged {

@@ -20,12 +20,11 @@
 //! segment file flipped; after its restart the damaged copy must be found
 //! and repaired, and the log must read back unchanged.
 
-use sluice_client::{
-    Admin, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
-};
+use sluice_client::{Admin, Producer, ProducerConfig, Record};
 use sluice_proto::v1::store_client::StoreClient;
 use sluice_proto::v1::{SegmentState, SegmentStatusRequest};
 use sluice_tests::cluster::{Cluster, ClusterSpec};
+use sluice_tests::read_back::{read_back, ReadBack};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -222,7 +221,7 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     );
 
     // Read every partition back from the start.
-    let (at, occurrences) = read_back(&cluster).await;
+    let ReadBack { at, occurrences } = read_back(cluster.client_config(), TOPIC, PARTITIONS).await;
 
     let mut lost = Vec::new();
     for (value, (partition, offset)) in &acknowledged {
@@ -300,60 +299,13 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     eprintln!("flipped a byte in {}", corrupted.display());
     cluster.stores[damaged_index].start();
     wait_until_repaired(&admin, &dead).await;
-    let (again, _) = read_back(&cluster).await;
+    let again = read_back(cluster.client_config(), TOPIC, PARTITIONS)
+        .await
+        .at;
     assert_eq!(
         again, at,
         "the log reads back the same after the damaged copy was repaired"
     );
-}
-
-/// Reads every partition from offset 0: value at each (partition, offset)
-/// and how often each value occurs. Offsets must only go up.
-async fn read_back(cluster: &Cluster) -> (HashMap<(u32, u64), u64>, HashMap<u64, u32>) {
-    let assignment = (0..PARTITIONS)
-        .map(|partition| (TOPIC.to_string(), partition, StartOffset::Earliest))
-        .collect();
-    let mut reader = Consumer::assign(
-        ConsumerConfig {
-            client: cluster.client_config(),
-            group: None,
-            ..ConsumerConfig::default()
-        },
-        assignment,
-    )
-    .await
-    .expect("reader");
-    let mut at: HashMap<(u32, u64), u64> = HashMap::new();
-    let mut occurrences: HashMap<u64, u32> = HashMap::new();
-    let mut last_offset: HashMap<u32, u64> = HashMap::new();
-    while let Some(record) = reader
-        .recv_timeout(Duration::from_secs(5))
-        .await
-        .expect("read")
-    {
-        let value: u64 = std::str::from_utf8(record.value.as_deref().expect("value"))
-            .expect("utf8")
-            .parse()
-            .expect("number");
-        if let Some(previous) = last_offset.insert(record.partition, record.offset) {
-            assert!(
-                record.offset > previous,
-                "partition {} went back from {previous} to {}",
-                record.partition,
-                record.offset
-            );
-        }
-        assert!(
-            at.insert((record.partition, record.offset), value)
-                .is_none(),
-            "offset {}@{} read twice",
-            record.partition,
-            record.offset
-        );
-        *occurrences.entry(value).or_default() += 1;
-    }
-    reader.close().await.expect("close");
-    (at, occurrences)
 }
 
 /// Waits until every segment has 3 complete, undamaged copies on live
