@@ -201,6 +201,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_try_recently_failed_stores_last() {
+        let clients = Clients::new(&BrokerConfig::default());
+        let stores = ["a:1", "b:1", "c:1"];
+        assert_eq!(clients.read_order(stores.iter().copied()), [0, 1, 2]);
+        clients.store_failed("a:1");
+        assert_eq!(clients.read_order(stores.iter().copied()), [1, 2, 0]);
+        clients.store_failed("c:1");
+        assert_eq!(clients.read_order(stores.iter().copied()), [1, 0, 2]);
+    }
+
+    #[test]
     fn addresses_get_a_scheme() {
         assert_eq!(with_scheme("127.0.0.1:1"), "http://127.0.0.1:1");
         assert_eq!(with_scheme("http://a:1"), "http://a:1");
