@@ -601,6 +601,7 @@ impl Coordinator {
                         offset: *offset,
                         metadata: metadata.clone(),
                         error: ErrorCode::None as i32,
+                        cursor: Default::default(),
                     })
                     .collect()
             })

@@ -22,6 +22,7 @@ mod partition;
 mod repair;
 mod retention;
 mod service;
+mod subscription;
 mod tail_cache;
 
 pub use config::BrokerConfig;

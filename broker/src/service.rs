@@ -6,6 +6,7 @@ use crate::clients::request;
 use crate::decisions::{fetch_decision, FetchDecision};
 use crate::error::BrokerError;
 use crate::partition::{Partition, PartitionStatus, Phase};
+use crate::subscription;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
@@ -484,6 +485,18 @@ impl Broker for BrokerService {
                 .describe(shared, request.into_inner())
                 .await?,
         ))
+    }
+
+    type SubscribeStream = subscription::SubscribeResponseStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<sluice_proto::v1::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Ok(Response::new(subscription::serve(
+            self.shared.clone(),
+            request.into_inner(),
+        )))
     }
 }
 

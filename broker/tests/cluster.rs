@@ -629,6 +629,7 @@ async fn produce_fetch_groups_and_restart() {
                 offset: 5,
                 metadata: "m".into(),
                 error: 0,
+                ..Default::default()
             }],
         })
         .await
@@ -939,6 +940,7 @@ async fn commits_survive_retention_of_the_offsets_topic() {
                         offset: 42,
                         metadata: String::new(),
                         error: 0,
+                        ..Default::default()
                     }],
                 })
                 .await

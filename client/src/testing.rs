@@ -388,6 +388,18 @@ impl Broker for FakeBroker {
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
+
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<sluice_proto::v1::SubscribeResponse, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<tonic::Streaming<sluice_proto::v1::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented(
+            "subscriptions are not faked in the SDK unit tests",
+        ))
+    }
 }
 
 /// A fake nameserver answering `GetRoutes`, `FindCoordinator` and a few
@@ -432,6 +444,8 @@ impl FakeNameServer {
 }
 
 type RoutesStream = Pin<Box<dyn Stream<Item = Result<GetRoutesResponse, Status>> + Send>>;
+
+const UNFAKED_SUBSCRIPTIONS: &str = "subscriptions are not faked in the SDK unit tests";
 
 #[tonic::async_trait]
 impl name_server_server::NameServer for FakeNameServer {
@@ -630,5 +644,33 @@ impl name_server_server::NameServer for FakeNameServer {
             broker_address: state.coordinator.clone(),
             offsets_partition: 0,
         }))
+    }
+
+    async fn create_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn get_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::GetSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _request: Request<sluice_proto::v1::ListSubscriptionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn delete_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteSubscriptionResponse>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
     }
 }

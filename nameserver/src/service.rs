@@ -1359,6 +1359,42 @@ impl NameServer for NameServerHandler {
             },
         ))
     }
+
+    async fn create_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,
+    ) -> ServiceResult<sluice_proto::v1::Subscription> {
+        Err(Status::unimplemented(
+            "subscriptions: being built (issue 4)",
+        ))
+    }
+
+    async fn get_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::GetSubscriptionRequest>,
+    ) -> ServiceResult<sluice_proto::v1::Subscription> {
+        Err(Status::unimplemented(
+            "subscriptions: being built (issue 4)",
+        ))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _request: Request<sluice_proto::v1::ListSubscriptionsRequest>,
+    ) -> ServiceResult<sluice_proto::v1::ListSubscriptionsResponse> {
+        Err(Status::unimplemented(
+            "subscriptions: being built (issue 4)",
+        ))
+    }
+
+    async fn delete_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteSubscriptionRequest>,
+    ) -> ServiceResult<sluice_proto::v1::DeleteSubscriptionResponse> {
+        Err(Status::unimplemented(
+            "subscriptions: being built (issue 4)",
+        ))
+    }
 }
 
 impl NameServerHandler {

@@ -72,9 +72,16 @@ impl ErrorCode {
             | ErrorCode::UnknownPartition
             | ErrorCode::UnknownMember
             | ErrorCode::UnknownSegment
-            | ErrorCode::UnknownGroup => Code::NotFound,
+            | ErrorCode::UnknownGroup
+            | ErrorCode::UnknownSubscription
+            | ErrorCode::UnknownMessage => Code::NotFound,
             ErrorCode::TooLarge => Code::ResourceExhausted,
-            ErrorCode::CorruptBatch | ErrorCode::InvalidArgument => Code::InvalidArgument,
+            ErrorCode::CorruptBatch | ErrorCode::InvalidArgument | ErrorCode::InvalidSelector => {
+                Code::InvalidArgument
+            }
+            ErrorCode::SubscriptionConflict => Code::AlreadyExists,
+            ErrorCode::ConsumerBusy => Code::ResourceExhausted,
+            ErrorCode::DeliveryExpired => Code::Aborted,
             ErrorCode::Throttled => Code::ResourceExhausted,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
@@ -147,6 +154,12 @@ mod tests {
             ErrorCode::StorageCorrupt,
             ErrorCode::OutOfOrderSequence,
             ErrorCode::DuplicateInFlight,
+            ErrorCode::UnknownSubscription,
+            ErrorCode::SubscriptionConflict,
+            ErrorCode::ConsumerBusy,
+            ErrorCode::InvalidSelector,
+            ErrorCode::UnknownMessage,
+            ErrorCode::DeliveryExpired,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -26,6 +26,8 @@ struct FakeNameServer {
 
 type RouteStream = tokio_stream::wrappers::ReceiverStream<Result<GetRoutesResponse, Status>>;
 
+const UNFAKED_SUBSCRIPTIONS: &str = "subscriptions are not faked: the store never calls them";
+
 #[tonic::async_trait]
 impl NameServer for FakeNameServer {
     async fn register_node(
@@ -174,6 +176,34 @@ impl NameServer for FakeNameServer {
         _request: Request<sluice_proto::v1::AllocateProducerIdRequest>,
     ) -> Result<Response<sluice_proto::v1::AllocateProducerIdResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
+    }
+
+    async fn create_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn get_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::GetSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        _request: Request<sluice_proto::v1::ListSubscriptionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+    }
+
+    async fn delete_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteSubscriptionResponse>, Status> {
+        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
     }
 }
 

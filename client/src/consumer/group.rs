@@ -359,6 +359,7 @@ pub(crate) async fn commit(
                     offset: *offset,
                     metadata: String::new(),
                     error: 0,
+                    ..Default::default()
                 })
                 .collect(),
         };
