@@ -184,6 +184,11 @@ pub struct NameServerConfig {
     /// Upper bound on retries of a lost compare-and-set (segment id
     /// counter). Default 16.
     pub max_cas_retries: u32,
+    /// Upper bound on subscriptions of one topic; `CreateSubscription`
+    /// beyond it is refused (INVALID_ARGUMENT). Checked before the write,
+    /// so nameservers creating at the same moment may each pass it once.
+    /// Default 1000.
+    pub max_subscriptions_per_topic: u32,
     /// gRPC message size limit, both directions. Default 16777216.
     pub max_grpc_message_bytes: usize,
     pub topic_defaults: TopicDefaults,
@@ -210,6 +215,7 @@ impl Default for NameServerConfig {
             watch_routes_interval_ms: 500,
             max_route_watches: 1024,
             max_cas_retries: 16,
+            max_subscriptions_per_topic: 1_000,
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             topic_defaults: TopicDefaults::default(),
             telemetry: TelemetryConfig::default(),

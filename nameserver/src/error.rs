@@ -20,6 +20,21 @@ pub enum NameServerError {
         partition: u32,
         segment_id: u64,
     },
+    #[error("topic {topic:?} has no subscription {name:?}")]
+    UnknownSubscription { topic: String, name: String },
+    /// The subscription exists with other settings; `differences` names
+    /// each differing field with the stored and the requested value.
+    #[error("subscription {name:?} of topic {topic:?} already exists with other settings: {differences}")]
+    SubscriptionConflict {
+        topic: String,
+        name: String,
+        differences: String,
+    },
+    /// The selector does not parse; the message carries the column.
+    #[error("invalid selector {expression:?}: {reason}")]
+    InvalidSelector { expression: String, reason: String },
+    #[error("topic {topic:?} already has {limit} subscriptions, the limit (max_subscriptions_per_topic)")]
+    TooManySubscriptions { topic: String, limit: u32 },
     #[error("topic {0:?} already exists")]
     TopicAlreadyExists(String),
     #[error("{needed} stores needed but {live} live")]
@@ -63,6 +78,10 @@ impl From<NameServerError> for SluiceError {
             NameServerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             NameServerError::UnknownSegment { .. } => ErrorCode::UnknownSegment,
             NameServerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            NameServerError::UnknownSubscription { .. } => ErrorCode::UnknownSubscription,
+            NameServerError::SubscriptionConflict { .. } => ErrorCode::SubscriptionConflict,
+            NameServerError::InvalidSelector { .. } => ErrorCode::InvalidSelector,
+            NameServerError::TooManySubscriptions { .. } => ErrorCode::InvalidArgument,
             NameServerError::NotEnoughStores { .. } => ErrorCode::NotEnoughStores,
             NameServerError::Fenced { .. } => ErrorCode::Fenced,
             NameServerError::SessionExpired(_) => ErrorCode::SessionExpired,

@@ -9,6 +9,7 @@ pub const TOPICS: &str = "topics/";
 pub const PARTITIONS: &str = "partitions/";
 pub const SEGMENTS: &str = "segments/";
 pub const GROUPS: &str = "groups/";
+pub const SUBSCRIPTIONS: &str = "subscriptions/";
 pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
 pub const PRODUCER_ID_COUNTER: &str = "counters/producer_id";
 
@@ -86,6 +87,16 @@ pub fn group(group: &str) -> String {
     format!("{GROUPS}{group}")
 }
 
+/// Prefix of every subscription of `topic` (`subscriptions/{topic}/`).
+pub fn subscriptions_of(topic: &str) -> String {
+    format!("{SUBSCRIPTIONS}{topic}/")
+}
+
+/// Key of one subscription definition (a prost-encoded `Subscription`).
+pub fn subscription(topic: &str, name: &str) -> String {
+    format!("{SUBSCRIPTIONS}{topic}/{name}")
+}
+
 /// Parses `partitions/{topic}/{partition:05}` back into its parts.
 pub fn parse_partition(key: &str) -> Option<(String, u32)> {
     let rest = key.strip_prefix(PARTITIONS)?;
@@ -119,6 +130,12 @@ mod tests {
         assert_eq!(parse_partition(&key), Some(("orders".to_string(), 7)));
         assert_eq!(parse_partition("partitions/x"), None);
         assert_eq!(segment("t", 1, 42), "segments/t/00001/00000000000000000042");
+        assert_eq!(
+            subscription("orders", "billing"),
+            "subscriptions/orders/billing"
+        );
+        // The trailing slash keeps topic "orders" from listing "orders-eu"'s.
+        assert!(!subscription("orders-eu", "x").starts_with(&subscriptions_of("orders")));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The Sluice nameserver: node registration with leases, topic admin,
-//! partition assignment, segment metadata, routes and coordinator lookup,
+//! partition assignment, segment metadata, routes, coordinator lookup and
+//! subscription definitions,
 //! all kept in a [`metadata::MetadataStore`] (etcd, or the embedded store
 //! for `sluice dev`).
 //!
@@ -14,6 +15,7 @@ pub mod error;
 pub mod keys;
 pub mod metadata;
 mod service;
+pub mod subscriptions;
 
 pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};
 pub use error::NameServerError;

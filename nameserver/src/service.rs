@@ -1,5 +1,5 @@
 //! The `NameServer` gRPC service: registration, topics, segments, routes,
-//! groups and cluster status, all answered from the metadata store so any
+//! groups, subscriptions (their logic in `subscriptions.rs`) and cluster status, all answered from the metadata store so any
 //! nameserver can answer any request.
 
 use crate::assignment;
@@ -11,15 +11,17 @@ use sluice_proto::names::{self, GroupName, TopicName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
     CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse, CreateSegmentRequest,
-    CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse, DescribeTopicRequest,
-    DescribeTopicResponse, Durability, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse,
-    GetRoutesRequest, GetRoutesResponse, GroupListing, HeartbeatRequest, HeartbeatResponse,
+    CreateSubscriptionRequest, CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse,
+    DeleteSubscriptionRequest, DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DeregisterNodeRequest, DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse,
+    Durability, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse, GetRoutesRequest,
+    GetRoutesResponse, GetSubscriptionRequest, GroupListing, HeartbeatRequest, HeartbeatResponse,
     ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest, ListSegmentsResponse,
-    ListTopicsRequest, ListTopicsResponse, NodeInfo, NodeKind, PartitionAssignment,
-    PartitionDescription, PartitionRoute, RegisterGroupRequest, RegisterGroupResponse,
-    RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, SegmentReplica, SegmentState, Topic,
-    TopicConfig, TopicRoute, UpdateSegmentReplicasRequest, WatchRoutesRequest,
+    ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest, ListTopicsResponse,
+    NodeInfo, NodeKind, PartitionAssignment, PartitionDescription, PartitionRoute,
+    RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest, RegisterNodeResponse,
+    SegmentInfo, SegmentReplica, SegmentState, Subscription, Topic, TopicConfig, TopicRoute,
+    UpdateSegmentReplicasRequest, WatchRoutesRequest,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -48,7 +50,7 @@ pub struct NameServerHandler {
 
 type ServiceResult<T> = Result<Response<T>, Status>;
 
-fn invalid(message: impl Into<String>) -> NameServerError {
+pub(crate) fn invalid(message: impl Into<String>) -> NameServerError {
     NameServerError::InvalidArgument(message.into())
 }
 
@@ -87,7 +89,7 @@ fn lookup_topic_name(name: &str) -> Result<TopicName, NameServerError> {
     TopicName::any(name).map_err(|error| invalid(error.to_string()))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0)
 }
 
@@ -355,7 +357,7 @@ impl NameServerHandler {
         }
     }
 
-    /// Deletes the owner and segment keys of topic `name`, in transactions
+    /// Deletes the owner, segment and subscription keys of topic `name`, in transactions
     /// of at most `max_transaction_operations` keys, each only while the
     /// topic key is absent. `Ok(false)` when the topic exists (again), so
     /// its keys are not leftovers.
@@ -364,7 +366,11 @@ impl NameServerHandler {
         let chunk = usize::try_from(self.config.max_transaction_operations)
             .unwrap_or(usize::MAX)
             .max(1);
-        for prefix in [keys::partitions_of(name), keys::segments_of_topic(name)] {
+        for prefix in [
+            keys::partitions_of(name),
+            keys::segments_of_topic(name),
+            keys::subscriptions_of(name),
+        ] {
             let leftovers: Vec<String> = self
                 .store
                 .range(&prefix)
@@ -731,7 +737,10 @@ impl NameServerHandler {
         Ok(())
     }
 
-    async fn do_create_topic(&self, request: CreateTopicRequest) -> Result<Topic, NameServerError> {
+    pub(crate) async fn do_create_topic(
+        &self,
+        request: CreateTopicRequest,
+    ) -> Result<Topic, NameServerError> {
         let name = TopicName::new(&request.name).map_err(|error| invalid(error.to_string()))?;
         let config = self.complete_topic_config(request.config)?;
         let live = u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
@@ -1362,38 +1371,43 @@ impl NameServer for NameServerHandler {
 
     async fn create_subscription(
         &self,
-        _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,
-    ) -> ServiceResult<sluice_proto::v1::Subscription> {
-        Err(Status::unimplemented(
-            "subscriptions: being built (issue 4)",
+        request: Request<CreateSubscriptionRequest>,
+    ) -> ServiceResult<Subscription> {
+        Ok(Response::new(
+            self.do_create_subscription(request.into_inner().subscription)
+                .await?,
         ))
     }
 
     async fn get_subscription(
         &self,
-        _request: Request<sluice_proto::v1::GetSubscriptionRequest>,
-    ) -> ServiceResult<sluice_proto::v1::Subscription> {
-        Err(Status::unimplemented(
-            "subscriptions: being built (issue 4)",
+        request: Request<GetSubscriptionRequest>,
+    ) -> ServiceResult<Subscription> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.do_get_subscription(&request.topic, &request.name)
+                .await?,
         ))
     }
 
     async fn list_subscriptions(
         &self,
-        _request: Request<sluice_proto::v1::ListSubscriptionsRequest>,
-    ) -> ServiceResult<sluice_proto::v1::ListSubscriptionsResponse> {
-        Err(Status::unimplemented(
-            "subscriptions: being built (issue 4)",
-        ))
+        request: Request<ListSubscriptionsRequest>,
+    ) -> ServiceResult<ListSubscriptionsResponse> {
+        let subscriptions = self
+            .do_list_subscriptions(&request.into_inner().topic)
+            .await?;
+        Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
     async fn delete_subscription(
         &self,
-        _request: Request<sluice_proto::v1::DeleteSubscriptionRequest>,
-    ) -> ServiceResult<sluice_proto::v1::DeleteSubscriptionResponse> {
-        Err(Status::unimplemented(
-            "subscriptions: being built (issue 4)",
-        ))
+        request: Request<DeleteSubscriptionRequest>,
+    ) -> ServiceResult<DeleteSubscriptionResponse> {
+        let request = request.into_inner();
+        self.do_delete_subscription(&request.topic, &request.name)
+            .await?;
+        Ok(Response::new(DeleteSubscriptionResponse {}))
     }
 }
 

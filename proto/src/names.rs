@@ -1,4 +1,4 @@
-//! Validated names for topics and consumer groups.
+//! Validated names for topics, consumer groups and subscriptions.
 //!
 //! Names end up in etcd keys and log lines, so the rules are strict: 1 to
 //! [`MAX_NAME_BYTES`] bytes of ASCII letters, digits, `.`, `_` and `-`; not
@@ -117,6 +117,36 @@ impl fmt::Display for GroupName {
     }
 }
 
+/// A subscription name that passed validation: the same rules as a
+/// user-supplied topic name (it ends up in the key
+/// `subscriptions/{topic}/{name}` and in the default dead-letter topic's
+/// name). Names starting with `__` are reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionName(String);
+
+impl SubscriptionName {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        validate("subscription", name)?;
+        if name.starts_with("__") {
+            return Err(NameError::Reserved {
+                kind: "subscription",
+                name: name.to_string(),
+            });
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SubscriptionName {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
 /// Validates a node id (broker or store): same character rules as topics.
 pub fn validate_node_id(node_id: &str) -> Result<(), NameError> {
     validate("node", node_id)
@@ -159,6 +189,21 @@ mod tests {
             assert!(TopicName::new(name).is_err(), "{name:?} should be refused");
         }
         assert!(GroupName::new("../etc").is_err());
+        for name in [
+            "",
+            "../x",
+            "a/b",
+            "__internal",
+            &"s".repeat(MAX_NAME_BYTES + 1),
+        ] {
+            assert!(
+                SubscriptionName::new(name).is_err(),
+                "subscription {name:?} should be refused"
+            );
+        }
+        assert!(SubscriptionName::new("billing.v2_eu-west").is_ok());
+        let error = SubscriptionName::new("a b").unwrap_err().to_string();
+        assert!(error.starts_with("subscription name"), "{error}");
         assert!(TopicName::any(CONSUMER_OFFSETS_TOPIC).is_ok());
     }
 

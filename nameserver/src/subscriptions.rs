@@ -1,0 +1,692 @@
+//! Subscription definitions (ADR 0011): validation, defaults and the
+//! `CreateSubscription` / `GetSubscription` / `ListSubscriptions` /
+//! `DeleteSubscription` operations on `subscriptions/{topic}/{name}`.
+//!
+//! The nameserver only keeps the definitions; the brokers owning a topic's
+//! partitions keep the subscriptions' cursors and ask `GetSubscription`
+//! when a consumer opens a stream.
+
+use crate::error::NameServerError;
+use crate::keys;
+use crate::metadata::{Compare, MetadataError, Put, Transaction};
+use crate::service::{invalid, now_ms, NameServerHandler};
+use sluice_proto::names::{SubscriptionName, TopicName};
+use sluice_proto::v1::{
+    CreateTopicRequest, InitialPosition, SelectorKind, Subscription, SubscriptionType, TopicConfig,
+};
+
+/// Ack timeout used when a subscription is created with 0, in milliseconds.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+/// Shortest accepted ack timeout (below it redeliveries would race ordinary
+/// processing and network delays), in milliseconds.
+pub const MIN_ACK_TIMEOUT_MS: u64 = 1_000;
+/// Longest accepted ack timeout (one day), in milliseconds.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 86_400_000;
+/// First redelivery delay after a negative acknowledgement when created
+/// with 0, in milliseconds.
+pub const DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS: u64 = 1_000;
+/// Largest redelivery delay when created with 0, in milliseconds.
+pub const DEFAULT_REDELIVERY_BACKOFF_MAX_MS: u64 = 60_000;
+/// Largest accepted redelivery delay (one day), in milliseconds.
+pub const MAX_REDELIVERY_BACKOFF_MS: u64 = 86_400_000;
+/// Largest accepted `max_deliveries` (deliveries of one message before it is
+/// dead-lettered); beyond it a poison message would cycle practically
+/// forever.
+pub const LARGEST_MAX_DELIVERIES: u32 = 1_000;
+/// Longest accepted selector expression, in bytes: the selector crate's.
+pub const MAX_SELECTOR_BYTES: usize = sluice_selector::MAX_SELECTOR_BYTES;
+/// Suffix of the default dead-letter topic `<topic>-<name>-DLQ`.
+pub const DEAD_LETTER_TOPIC_SUFFIX: &str = "-DLQ";
+/// Partitions of a dead-letter topic the nameserver creates.
+pub const DEAD_LETTER_TOPIC_PARTITIONS: u32 = 1;
+
+const ALLOWED_TYPES: &str = "SUBSCRIPTION_TYPE_EXCLUSIVE (1), SUBSCRIPTION_TYPE_FAILOVER (2), \
+     SUBSCRIPTION_TYPE_SHARED (3) or SUBSCRIPTION_TYPE_KEY_SHARED (4)";
+
+fn validate_type(value: i32) -> Result<SubscriptionType, NameServerError> {
+    match SubscriptionType::try_from(value) {
+        Ok(SubscriptionType::Unspecified) => Err(invalid(format!(
+            "subscription type 0 (SUBSCRIPTION_TYPE_UNSPECIFIED) is not allowed; give {ALLOWED_TYPES}"
+        ))),
+        Ok(subscription_type) => Ok(subscription_type),
+        Err(_) => Err(invalid(format!(
+            "unknown subscription type {value}; give {ALLOWED_TYPES}"
+        ))),
+    }
+}
+
+/// Checks the selector parses as its kind. `SELECTOR_KIND_ALL` takes no
+/// expression at all (not even the selector crate's `*`), so a stored
+/// "every message" subscription has one spelling and compares equal.
+fn validate_selector(kind_value: i32, expression: &str) -> Result<(), NameServerError> {
+    let kind = match SelectorKind::try_from(kind_value) {
+        Ok(SelectorKind::All) => {
+            if expression.is_empty() {
+                return Ok(());
+            }
+            return Err(invalid(format!(
+                "selector kind SELECTOR_KIND_ALL takes no selector, got {expression:?}; \
+                 leave it empty or use SELECTOR_KIND_TAG / SELECTOR_KIND_SQL"
+            )));
+        }
+        Ok(SelectorKind::Tag) => sluice_selector::SelectorKind::Tag,
+        Ok(SelectorKind::Sql) => sluice_selector::SelectorKind::Sql,
+        Err(_) => {
+            return Err(invalid(format!(
+                "unknown selector kind {kind_value}; give SELECTOR_KIND_ALL (0), \
+                 SELECTOR_KIND_TAG (1) or SELECTOR_KIND_SQL (2)"
+            )))
+        }
+    };
+    if expression.len() > MAX_SELECTOR_BYTES {
+        return Err(invalid(format!(
+            "selector is {} bytes; the limit is {MAX_SELECTOR_BYTES}",
+            expression.len()
+        )));
+    }
+    sluice_selector::Selector::parse(kind, expression).map_err(|error| {
+        NameServerError::InvalidSelector {
+            expression: expression.to_string(),
+            reason: error.to_string(),
+        }
+    })?;
+    Ok(())
+}
+
+/// Validates a requested subscription and fills its defaults: what is
+/// stored (apart from `created_at_ms`, set when it is written). Pure, so
+/// the same request always completes to the same record and an identical
+/// re-creation compares equal.
+pub fn complete_subscription(given: Subscription) -> Result<Subscription, NameServerError> {
+    let topic = TopicName::new(&given.topic).map_err(|error| invalid(error.to_string()))?;
+    let name = SubscriptionName::new(&given.name).map_err(|error| invalid(error.to_string()))?;
+    let subscription_type = validate_type(given.r#type)?;
+    validate_selector(given.selector_kind, &given.selector)?;
+    let initial_position = InitialPosition::try_from(given.initial_position).map_err(|_| {
+        invalid(format!(
+            "unknown initial position {}; give INITIAL_POSITION_LATEST (0) or \
+             INITIAL_POSITION_EARLIEST (1)",
+            given.initial_position
+        ))
+    })?;
+
+    let ack_timeout_ms = match given.ack_timeout_ms {
+        0 => DEFAULT_ACK_TIMEOUT_MS,
+        given => given,
+    };
+    if !(MIN_ACK_TIMEOUT_MS..=MAX_ACK_TIMEOUT_MS).contains(&ack_timeout_ms) {
+        return Err(invalid(format!(
+            "ack_timeout_ms {ack_timeout_ms} is outside [{MIN_ACK_TIMEOUT_MS}, {MAX_ACK_TIMEOUT_MS}] \
+             (0 means {DEFAULT_ACK_TIMEOUT_MS})"
+        )));
+    }
+    let backoff_initial_ms = match given.redelivery_backoff_initial_ms {
+        0 => DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS,
+        given => given,
+    };
+    let backoff_max_ms = match given.redelivery_backoff_max_ms {
+        0 => DEFAULT_REDELIVERY_BACKOFF_MAX_MS,
+        given => given,
+    };
+    if backoff_max_ms > MAX_REDELIVERY_BACKOFF_MS {
+        return Err(invalid(format!(
+            "redelivery_backoff_max_ms {backoff_max_ms} exceeds the limit {MAX_REDELIVERY_BACKOFF_MS}"
+        )));
+    }
+    if backoff_initial_ms > backoff_max_ms {
+        return Err(invalid(format!(
+            "redelivery_backoff_initial_ms {backoff_initial_ms} exceeds redelivery_backoff_max_ms \
+             {backoff_max_ms} (0 means {DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS} and \
+             {DEFAULT_REDELIVERY_BACKOFF_MAX_MS})"
+        )));
+    }
+    if given.max_deliveries > LARGEST_MAX_DELIVERIES {
+        return Err(invalid(format!(
+            "max_deliveries {} exceeds the limit {LARGEST_MAX_DELIVERIES} (0 means never \
+             dead-letter)",
+            given.max_deliveries
+        )));
+    }
+
+    // Without max_deliveries nothing is ever dead-lettered, so no default
+    // name is made up (a long topic and subscription name must not fail
+    // for a topic that is never used).
+    let dead_letter_topic = if !given.dead_letter_topic.is_empty() {
+        TopicName::new(&given.dead_letter_topic)
+            .map_err(|error| invalid(format!("dead_letter_topic: {error}")))?;
+        given.dead_letter_topic.clone()
+    } else if given.max_deliveries > 0 {
+        let default = format!(
+            "{}-{}{DEAD_LETTER_TOPIC_SUFFIX}",
+            topic.as_str(),
+            name.as_str()
+        );
+        TopicName::new(&default).map_err(|error| {
+            invalid(format!(
+                "the default dead-letter topic {default:?} is not a valid topic name ({error}); \
+                 give dead_letter_topic explicitly"
+            ))
+        })?;
+        default
+    } else {
+        String::new()
+    };
+    if dead_letter_topic == topic.as_str() {
+        return Err(invalid(format!(
+            "dead_letter_topic must differ from the subscribed topic {:?}",
+            topic.as_str()
+        )));
+    }
+
+    Ok(Subscription {
+        topic: topic.as_str().to_string(),
+        name: name.as_str().to_string(),
+        r#type: subscription_type as i32,
+        selector_kind: given.selector_kind,
+        selector: given.selector,
+        initial_position: initial_position as i32,
+        ack_timeout_ms,
+        redelivery_backoff_initial_ms: backoff_initial_ms,
+        redelivery_backoff_max_ms: backoff_max_ms,
+        max_deliveries: given.max_deliveries,
+        dead_letter_topic,
+        created_at_ms: 0,
+    })
+}
+
+fn type_name(value: i32) -> String {
+    SubscriptionType::try_from(value)
+        .map(|value| value.as_str_name().to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn selector_kind_name(value: i32) -> String {
+    SelectorKind::try_from(value)
+        .map(|value| value.as_str_name().to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn initial_position_name(value: i32) -> String {
+    InitialPosition::try_from(value)
+        .map(|value| value.as_str_name().to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+/// The settings in which `stored` and `requested` differ, as
+/// `field (stored X, requested Y)`; empty when they are the same.
+/// `created_at_ms` is not a setting.
+pub fn differences(stored: &Subscription, requested: &Subscription) -> Vec<String> {
+    let mut differences = Vec::new();
+    let mut compare = |field: &str, stored: String, requested: String| {
+        if stored != requested {
+            differences.push(format!("{field} (stored {stored}, requested {requested})"));
+        }
+    };
+    compare(
+        "type",
+        type_name(stored.r#type),
+        type_name(requested.r#type),
+    );
+    compare(
+        "selector_kind",
+        selector_kind_name(stored.selector_kind),
+        selector_kind_name(requested.selector_kind),
+    );
+    compare(
+        "selector",
+        format!("{:?}", stored.selector),
+        format!("{:?}", requested.selector),
+    );
+    compare(
+        "initial_position",
+        initial_position_name(stored.initial_position),
+        initial_position_name(requested.initial_position),
+    );
+    compare(
+        "ack_timeout_ms",
+        stored.ack_timeout_ms.to_string(),
+        requested.ack_timeout_ms.to_string(),
+    );
+    compare(
+        "redelivery_backoff_initial_ms",
+        stored.redelivery_backoff_initial_ms.to_string(),
+        requested.redelivery_backoff_initial_ms.to_string(),
+    );
+    compare(
+        "redelivery_backoff_max_ms",
+        stored.redelivery_backoff_max_ms.to_string(),
+        requested.redelivery_backoff_max_ms.to_string(),
+    );
+    compare(
+        "max_deliveries",
+        stored.max_deliveries.to_string(),
+        requested.max_deliveries.to_string(),
+    );
+    compare(
+        "dead_letter_topic",
+        format!("{:?}", stored.dead_letter_topic),
+        format!("{:?}", requested.dead_letter_topic),
+    );
+    differences
+}
+
+/// The stored subscription if it has `requested`'s settings, otherwise
+/// `SUBSCRIPTION_CONFLICT` naming the differences.
+fn same_or_conflict(
+    stored: Subscription,
+    requested: &Subscription,
+) -> Result<Subscription, NameServerError> {
+    let differences = differences(&stored, requested);
+    if differences.is_empty() {
+        return Ok(stored);
+    }
+    Err(NameServerError::SubscriptionConflict {
+        topic: requested.topic.clone(),
+        name: requested.name.clone(),
+        differences: differences.join(", "),
+    })
+}
+
+fn lookup_names(topic: &str, name: &str) -> Result<(), NameServerError> {
+    TopicName::any(topic).map_err(|error| invalid(error.to_string()))?;
+    SubscriptionName::new(name).map_err(|error| invalid(error.to_string()))?;
+    Ok(())
+}
+
+impl NameServerHandler {
+    /// The topic's key and create revision (its incarnation), or
+    /// UNKNOWN_TOPIC.
+    async fn topic_incarnation(&self, topic: &str) -> Result<(String, i64), NameServerError> {
+        let key = keys::topic(topic);
+        match self.store.get(&key).await? {
+            Some(entry) => Ok((key, entry.create_revision)),
+            None => Err(NameServerError::UnknownTopic(topic.to_string())),
+        }
+    }
+
+    async fn read_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Option<Subscription>, NameServerError> {
+        let key = keys::subscription(topic, name);
+        match self.store.get(&key).await? {
+            Some(entry) => Ok(Some(keys::decode(&key, &entry.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates the dead-letter topic through the ordinary topic creation
+    /// (defaults, store check, reconcile) unless it exists; a concurrent
+    /// creation of the same topic is success.
+    async fn ensure_dead_letter_topic(&self, name: &str) -> Result<(), NameServerError> {
+        if self.store.get(&keys::topic(name)).await?.is_some() {
+            return Ok(());
+        }
+        let request = CreateTopicRequest {
+            name: name.to_string(),
+            config: Some(TopicConfig {
+                partitions: DEAD_LETTER_TOPIC_PARTITIONS,
+                ..TopicConfig::default()
+            }),
+        };
+        match self.do_create_topic(request).await {
+            Ok(_) => {
+                tracing::info!(topic = name, "dead-letter topic created");
+                Ok(())
+            }
+            Err(NameServerError::TopicAlreadyExists(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub(crate) async fn do_create_subscription(
+        &self,
+        given: Option<Subscription>,
+    ) -> Result<Subscription, NameServerError> {
+        let given = given.ok_or_else(|| invalid("CreateSubscription needs a subscription"))?;
+        let requested = complete_subscription(given)?;
+        let (topic_key, topic_revision) = self.topic_incarnation(&requested.topic).await?;
+        if let Some(stored) = self
+            .read_subscription(&requested.topic, &requested.name)
+            .await?
+        {
+            return same_or_conflict(stored, &requested);
+        }
+        // Counted before the write without a lock, so nameservers creating
+        // different subscriptions of one topic at the same moment can each
+        // pass: the limit may be exceeded by the number of such concurrent
+        // creations (a bound on metadata size, not an exact quota).
+        let existing = self
+            .store
+            .range(&keys::subscriptions_of(&requested.topic))
+            .await?
+            .len();
+        let limit = self.config.max_subscriptions_per_topic;
+        if existing >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(NameServerError::TooManySubscriptions {
+                topic: requested.topic.clone(),
+                limit,
+            });
+        }
+        if requested.max_deliveries > 0 {
+            self.ensure_dead_letter_topic(&requested.dead_letter_topic)
+                .await?;
+        }
+        let subscription = Subscription {
+            created_at_ms: now_ms(),
+            ..requested.clone()
+        };
+        let key = keys::subscription(&requested.topic, &requested.name);
+        let value = keys::encode(&subscription);
+        // Absent: of two nameservers creating it at once, one writes and
+        // the other compares with what was written. The topic's create
+        // revision: a topic deleted (or deleted and re-created) meanwhile
+        // gets no subscription of the old one.
+        let transaction = Transaction {
+            compares: vec![
+                Compare::Absent(key.clone()),
+                Compare::CreateRevisionEquals(topic_key, topic_revision),
+            ],
+            puts: vec![Put::new(key.clone(), value.clone())],
+            deletes: Vec::new(),
+        };
+        let written = match self.store.commit(transaction).await {
+            Ok(written) => written,
+            // Outcome unknown: ours if the stored record is exactly ours.
+            Err(MetadataError::Unavailable(reason)) => match self.store.get(&key).await? {
+                Some(entry) if entry.value == value => true,
+                Some(_) => false,
+                None => return Err(MetadataError::Unavailable(reason).into()),
+            },
+            Err(error) => return Err(error.into()),
+        };
+        if written {
+            tracing::info!(
+                topic = %subscription.topic,
+                subscription = %subscription.name,
+                r#type = %type_name(subscription.r#type),
+                "subscription created"
+            );
+            return Ok(subscription);
+        }
+        match self
+            .read_subscription(&requested.topic, &requested.name)
+            .await?
+        {
+            Some(stored) => same_or_conflict(stored, &requested),
+            None => match self.topic_incarnation(&requested.topic).await {
+                Err(error) => Err(error),
+                Ok(_) => Err(NameServerError::Conflict(format!(
+                    "topic {} was re-created while subscription {} was created; retry",
+                    requested.topic, requested.name
+                ))),
+            },
+        }
+    }
+
+    pub(crate) async fn do_get_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Subscription, NameServerError> {
+        lookup_names(topic, name)?;
+        self.topic_incarnation(topic).await?;
+        self.read_subscription(topic, name).await?.ok_or_else(|| {
+            NameServerError::UnknownSubscription {
+                topic: topic.to_string(),
+                name: name.to_string(),
+            }
+        })
+    }
+
+    pub(crate) async fn do_list_subscriptions(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<Subscription>, NameServerError> {
+        TopicName::any(topic).map_err(|error| invalid(error.to_string()))?;
+        self.topic_incarnation(topic).await?;
+        let mut subscriptions = Vec::new();
+        for entry in self.store.range(&keys::subscriptions_of(topic)).await? {
+            match keys::decode::<Subscription>(&entry.key, &entry.value) {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(error) => tracing::warn!(%error, "skipping undecodable subscription"),
+            }
+        }
+        Ok(subscriptions)
+    }
+
+    pub(crate) async fn do_delete_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<(), NameServerError> {
+        lookup_names(topic, name)?;
+        self.topic_incarnation(topic).await?;
+        if !self.store.delete(&keys::subscription(topic, name)).await? {
+            return Err(NameServerError::UnknownSubscription {
+                topic: topic.to_string(),
+                name: name.to_string(),
+            });
+        }
+        tracing::info!(topic, subscription = name, "subscription deleted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::limits::MAX_NAME_BYTES;
+
+    fn request() -> Subscription {
+        Subscription {
+            topic: "orders".to_string(),
+            name: "billing".to_string(),
+            r#type: SubscriptionType::Shared as i32,
+            ..Subscription::default()
+        }
+    }
+
+    fn message(result: Result<Subscription, NameServerError>) -> String {
+        match result {
+            Ok(subscription) => panic!("accepted {subscription:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_fields_take_the_defaults() {
+        let completed = complete_subscription(request()).expect("valid");
+        assert_eq!(completed.ack_timeout_ms, DEFAULT_ACK_TIMEOUT_MS);
+        assert_eq!(
+            completed.redelivery_backoff_initial_ms,
+            DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS
+        );
+        assert_eq!(
+            completed.redelivery_backoff_max_ms,
+            DEFAULT_REDELIVERY_BACKOFF_MAX_MS
+        );
+        assert_eq!(completed.dead_letter_topic, "");
+        let with_dead_letters = complete_subscription(Subscription {
+            max_deliveries: 5,
+            ..request()
+        })
+        .expect("valid");
+        assert_eq!(with_dead_letters.dead_letter_topic, "orders-billing-DLQ");
+    }
+
+    #[test]
+    fn the_default_dead_letter_topic_must_fit_the_name_rules() {
+        let long = Subscription {
+            topic: "t".repeat(200),
+            name: "s".repeat(100),
+            max_deliveries: 3,
+            ..request()
+        };
+        let error = message(complete_subscription(long.clone()));
+        assert!(
+            error.contains("give dead_letter_topic explicitly"),
+            "{error}"
+        );
+        assert!(complete_subscription(Subscription {
+            dead_letter_topic: "short-dlq".to_string(),
+            ..long
+        })
+        .is_ok());
+        assert!(
+            MAX_NAME_BYTES < 200 + 100,
+            "the test needs a default name over the limit"
+        );
+    }
+
+    #[test]
+    fn types_and_kinds_must_be_known() {
+        let error = message(complete_subscription(Subscription {
+            r#type: 0,
+            ..request()
+        }));
+        assert!(
+            error.contains("UNSPECIFIED") && error.contains("KEY_SHARED"),
+            "{error}"
+        );
+        let error = message(complete_subscription(Subscription {
+            r#type: 9,
+            ..request()
+        }));
+        assert!(error.contains("unknown subscription type 9"), "{error}");
+        let error = message(complete_subscription(Subscription {
+            selector_kind: 7,
+            ..request()
+        }));
+        assert!(error.contains("unknown selector kind 7"), "{error}");
+        let error = message(complete_subscription(Subscription {
+            initial_position: 5,
+            ..request()
+        }));
+        assert!(error.contains("unknown initial position 5"), "{error}");
+    }
+
+    #[test]
+    fn selectors_must_parse_and_all_takes_none() {
+        let error = complete_subscription(Subscription {
+            selector: "*".to_string(),
+            ..request()
+        })
+        .expect_err("ALL with an expression");
+        assert!(
+            matches!(error, NameServerError::InvalidArgument(_)),
+            "{error}"
+        );
+        let error = complete_subscription(Subscription {
+            selector_kind: SelectorKind::Sql as i32,
+            selector: "region = ".to_string(),
+            ..request()
+        })
+        .expect_err("unfinished SQL");
+        assert!(
+            matches!(error, NameServerError::InvalidSelector { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("column"), "{error}");
+        let error = complete_subscription(Subscription {
+            selector_kind: SelectorKind::Tag as i32,
+            selector: "a".repeat(MAX_SELECTOR_BYTES + 1),
+            ..request()
+        })
+        .expect_err("overlong");
+        assert!(error.to_string().contains("limit"), "{error}");
+        assert!(complete_subscription(Subscription {
+            selector_kind: SelectorKind::Sql as i32,
+            selector: "region = 'eu' AND amount > 100".to_string(),
+            ..request()
+        })
+        .is_ok());
+        assert!(complete_subscription(Subscription {
+            selector_kind: SelectorKind::Tag as i32,
+            selector: "red || blue".to_string(),
+            ..request()
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        for (field, subscription) in [
+            (
+                "ack_timeout_ms",
+                Subscription {
+                    ack_timeout_ms: 999,
+                    ..request()
+                },
+            ),
+            (
+                "ack_timeout_ms",
+                Subscription {
+                    ack_timeout_ms: MAX_ACK_TIMEOUT_MS + 1,
+                    ..request()
+                },
+            ),
+            (
+                "redelivery_backoff_max_ms",
+                Subscription {
+                    redelivery_backoff_max_ms: MAX_REDELIVERY_BACKOFF_MS + 1,
+                    ..request()
+                },
+            ),
+            (
+                "redelivery_backoff_initial_ms",
+                Subscription {
+                    redelivery_backoff_initial_ms: 120_000,
+                    ..request()
+                },
+            ),
+            (
+                "max_deliveries",
+                Subscription {
+                    max_deliveries: LARGEST_MAX_DELIVERIES + 1,
+                    ..request()
+                },
+            ),
+            (
+                "dead_letter_topic",
+                Subscription {
+                    dead_letter_topic: "orders".to_string(),
+                    ..request()
+                },
+            ),
+        ] {
+            let error = message(complete_subscription(subscription));
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        assert!(complete_subscription(Subscription {
+            ack_timeout_ms: MAX_ACK_TIMEOUT_MS,
+            redelivery_backoff_initial_ms: MAX_REDELIVERY_BACKOFF_MS,
+            redelivery_backoff_max_ms: MAX_REDELIVERY_BACKOFF_MS,
+            max_deliveries: LARGEST_MAX_DELIVERIES,
+            ..request()
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn differences_name_each_field_and_ignore_the_creation_time() {
+        let stored = complete_subscription(request()).expect("valid");
+        let same = Subscription {
+            created_at_ms: 42,
+            ..stored.clone()
+        };
+        assert!(differences(&stored, &same).is_empty());
+        let other = Subscription {
+            r#type: SubscriptionType::Exclusive as i32,
+            ack_timeout_ms: 5_000,
+            ..stored.clone()
+        };
+        let found = differences(&stored, &other);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with(
+            "type (stored SUBSCRIPTION_TYPE_SHARED, requested SUBSCRIPTION_TYPE_EXCLUSIVE)"
+        ));
+        assert!(found[1].starts_with("ack_timeout_ms (stored 30000, requested 5000)"));
+    }
+}
