@@ -1,0 +1,782 @@
+//! Subscription definitions over gRPC, in-process: the same scenario
+//! against a real etcd (spawned per test) and against the embedded store,
+//! plus the per-topic limit and two nameservers creating at once.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::{code, register, test_config, Client, Heartbeater, RunningNameServer};
+use sluice_nameserver::metadata::{
+    EmbeddedMetadataStore, EtcdMetadataStore, EtcdOptions, MetadataStore, DEFAULT_KEY_PREFIX,
+};
+use sluice_nameserver::subscriptions::{
+    DEFAULT_ACK_TIMEOUT_MS, DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS,
+    DEFAULT_REDELIVERY_BACKOFF_MAX_MS, LARGEST_MAX_DELIVERIES, MAX_ACK_TIMEOUT_MS,
+    MAX_REDELIVERY_BACKOFF_MS,
+};
+use sluice_nameserver::NameServerConfig;
+use sluice_proto::limits::MAX_NAME_BYTES;
+use sluice_proto::v1::{
+    CreateSubscriptionRequest, CreateTopicRequest, DeleteSubscriptionRequest, DeleteTopicRequest,
+    DescribeTopicRequest, GetSubscriptionRequest, InitialPosition, ListSubscriptionsRequest,
+    NodeKind, SelectorKind, Subscription, SubscriptionType, TopicConfig,
+};
+use sluice_proto::ErrorCode;
+use std::sync::Arc;
+
+fn subscription(topic: &str, name: &str, subscription_type: SubscriptionType) -> Subscription {
+    Subscription {
+        topic: topic.to_string(),
+        name: name.to_string(),
+        r#type: subscription_type as i32,
+        ..Subscription::default()
+    }
+}
+
+async fn create(
+    client: &mut Client,
+    subscription: Subscription,
+) -> Result<Subscription, tonic::Status> {
+    client
+        .create_subscription(CreateSubscriptionRequest {
+            subscription: Some(subscription),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn get(client: &mut Client, topic: &str, name: &str) -> Result<Subscription, tonic::Status> {
+    client
+        .get_subscription(GetSubscriptionRequest {
+            topic: topic.to_string(),
+            name: name.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn list(client: &mut Client, topic: &str) -> Result<Vec<String>, tonic::Status> {
+    client
+        .list_subscriptions(ListSubscriptionsRequest {
+            topic: topic.to_string(),
+        })
+        .await
+        .map(|response| {
+            response
+                .into_inner()
+                .subscriptions
+                .into_iter()
+                .map(|subscription| subscription.name)
+                .collect()
+        })
+}
+
+async fn delete(client: &mut Client, topic: &str, name: &str) -> Result<(), tonic::Status> {
+    client
+        .delete_subscription(DeleteSubscriptionRequest {
+            topic: topic.to_string(),
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn create_topic(client: &mut Client, name: &str, partitions: u32) {
+    client
+        .create_topic(CreateTopicRequest {
+            name: name.to_string(),
+            config: Some(TopicConfig {
+                partitions,
+                ..TopicConfig::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|status| panic!("create topic {name}: {status}"));
+}
+
+/// Partitions of `topic`, or `None` when it does not exist.
+async fn partitions_of(client: &mut Client, topic: &str) -> Option<u32> {
+    match client
+        .describe_topic(DescribeTopicRequest {
+            name: topic.to_string(),
+        })
+        .await
+    {
+        Ok(response) => Some(
+            response
+                .into_inner()
+                .topic
+                .and_then(|topic| topic.config)
+                .map_or(0, |config| config.partitions),
+        ),
+        Err(status) if code(&status) == ErrorCode::UnknownTopic => None,
+        Err(status) => panic!("describe {topic}: {status}"),
+    }
+}
+
+/// Registers a store so topics (ensemble 1 in the test config) can be
+/// created; keep the heartbeater alive for the test.
+async fn with_a_store(client: &mut Client) -> Heartbeater {
+    let session = register(client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
+    Heartbeater::start(client.clone(), NodeKind::Store, "store-1", session)
+}
+
+fn expect_refused(
+    what: &str,
+    result: Result<Subscription, tonic::Status>,
+    expected: ErrorCode,
+    fragment: &str,
+) -> String {
+    let status = match result {
+        Ok(subscription) => panic!("{what}: accepted {subscription:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(code(&status), expected, "{what}: {status}");
+    assert!(
+        status.message().contains(fragment),
+        "{what}: {:?} does not mention {fragment:?}",
+        status.message()
+    );
+    status.message().to_string()
+}
+
+/// The whole life of subscriptions on one backend; `store` is the same
+/// metadata the nameserver uses, to check what is (not) left behind.
+async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
+    let _store_node = with_a_store(client).await;
+    create_topic(client, "orders", 2).await;
+
+    // Defaults are filled and the creation time is set.
+    let billing = create(
+        client,
+        subscription("orders", "billing", SubscriptionType::Shared),
+    )
+    .await
+    .expect("create billing");
+    assert_eq!(billing.topic, "orders");
+    assert_eq!(billing.name, "billing");
+    assert_eq!(billing.r#type, SubscriptionType::Shared as i32);
+    assert_eq!(billing.selector_kind, SelectorKind::All as i32);
+    assert_eq!(billing.initial_position, InitialPosition::Latest as i32);
+    assert_eq!(billing.ack_timeout_ms, DEFAULT_ACK_TIMEOUT_MS);
+    assert_eq!(billing.ack_timeout_ms, 30_000);
+    assert_eq!(
+        billing.redelivery_backoff_initial_ms,
+        DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS
+    );
+    assert_eq!(
+        billing.redelivery_backoff_max_ms,
+        DEFAULT_REDELIVERY_BACKOFF_MAX_MS
+    );
+    assert_eq!(billing.max_deliveries, 0);
+    assert_eq!(billing.dead_letter_topic, "");
+    assert!(billing.created_at_ms > 0);
+    assert_eq!(
+        get(client, "orders", "billing").await.expect("get"),
+        billing
+    );
+
+    // Idempotent: the same settings (also spelled out instead of 0, and
+    // whatever creation time the caller sends) return the stored record.
+    let again = create(
+        client,
+        subscription("orders", "billing", SubscriptionType::Shared),
+    )
+    .await
+    .expect("create billing again");
+    assert_eq!(again, billing);
+    let explicit = Subscription {
+        ack_timeout_ms: 30_000,
+        redelivery_backoff_initial_ms: 1_000,
+        redelivery_backoff_max_ms: 60_000,
+        created_at_ms: 7,
+        ..subscription("orders", "billing", SubscriptionType::Shared)
+    };
+    assert_eq!(
+        create(client, explicit)
+            .await
+            .expect("defaults spelled out"),
+        billing
+    );
+
+    // Other settings: a conflict naming each differing field.
+    let message = expect_refused(
+        "billing with other settings",
+        create(
+            client,
+            Subscription {
+                ack_timeout_ms: 5_000,
+                ..subscription("orders", "billing", SubscriptionType::Exclusive)
+            },
+        )
+        .await,
+        ErrorCode::SubscriptionConflict,
+        "ack_timeout_ms (stored 30000, requested 5000)",
+    );
+    assert!(
+        message.contains(
+            "type (stored SUBSCRIPTION_TYPE_SHARED, requested SUBSCRIPTION_TYPE_EXCLUSIVE)"
+        ),
+        "{message}"
+    );
+    assert!(!message.contains("selector"), "{message}");
+
+    // Dead letters: the default topic is created with one partition.
+    assert_eq!(partitions_of(client, "orders-audit-DLQ").await, None);
+    let audit = create(
+        client,
+        Subscription {
+            selector_kind: SelectorKind::Sql as i32,
+            selector: "region = 'eu' AND amount > 100".to_string(),
+            initial_position: InitialPosition::Earliest as i32,
+            max_deliveries: 5,
+            ..subscription("orders", "audit", SubscriptionType::KeyShared)
+        },
+    )
+    .await
+    .expect("create audit");
+    assert_eq!(audit.dead_letter_topic, "orders-audit-DLQ");
+    assert_eq!(audit.selector, "region = 'eu' AND amount > 100");
+    assert_eq!(partitions_of(client, "orders-audit-DLQ").await, Some(1));
+    // An explicitly named one that does not exist is created the same way.
+    let tagged = create(
+        client,
+        Subscription {
+            selector_kind: SelectorKind::Tag as i32,
+            selector: "red || blue".to_string(),
+            max_deliveries: 3,
+            dead_letter_topic: "orders-parked".to_string(),
+            ack_timeout_ms: 2_000,
+            redelivery_backoff_initial_ms: 10,
+            redelivery_backoff_max_ms: 20,
+            ..subscription("orders", "tagged", SubscriptionType::Failover)
+        },
+    )
+    .await
+    .expect("create tagged");
+    assert_eq!(tagged.dead_letter_topic, "orders-parked");
+    assert_eq!(
+        (
+            tagged.ack_timeout_ms,
+            tagged.redelivery_backoff_initial_ms,
+            tagged.redelivery_backoff_max_ms
+        ),
+        (2_000, 10, 20)
+    );
+    assert_eq!(partitions_of(client, "orders-parked").await, Some(1));
+    // An existing one is used as it is.
+    create_topic(client, "shared-dlq", 3).await;
+    create(
+        client,
+        Subscription {
+            max_deliveries: 1,
+            dead_letter_topic: "shared-dlq".to_string(),
+            ..subscription("orders", "reuses", SubscriptionType::Shared)
+        },
+    )
+    .await
+    .expect("create with an existing dead-letter topic");
+    assert_eq!(partitions_of(client, "shared-dlq").await, Some(3));
+    // No max_deliveries, no dead-letter topic.
+    assert_eq!(partitions_of(client, "orders-billing-DLQ").await, None);
+
+    assert_eq!(
+        list(client, "orders").await.expect("list"),
+        ["audit", "billing", "reuses", "tagged"]
+    );
+    assert!(list(client, "orders-parked")
+        .await
+        .expect("list a topic without subscriptions")
+        .is_empty());
+
+    validation_errors(client).await;
+
+    // Missing ones.
+    let status = get(client, "orders", "nobody").await.expect_err("missing");
+    assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
+    let status = delete(client, "orders", "nobody")
+        .await
+        .expect_err("missing");
+    assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
+    let status = list(client, "no-such-topic")
+        .await
+        .expect_err("unknown topic");
+    assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
+    let status = get(client, "no-such-topic", "billing")
+        .await
+        .expect_err("unknown topic");
+    assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
+    let status = get(client, "orders", "../x").await.expect_err("bad name");
+    assert_eq!(code(&status), ErrorCode::InvalidArgument, "{status}");
+
+    // Delete, then the name can be created afresh with other settings.
+    delete(client, "orders", "billing").await.expect("delete");
+    let status = get(client, "orders", "billing").await.expect_err("deleted");
+    assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
+    let recreated = create(
+        client,
+        subscription("orders", "billing", SubscriptionType::Exclusive),
+    )
+    .await
+    .expect("re-create with other settings");
+    assert_eq!(recreated.r#type, SubscriptionType::Exclusive as i32);
+    assert_eq!(
+        list(client, "orders").await.expect("list"),
+        ["audit", "billing", "reuses", "tagged"]
+    );
+
+    // Deleting the topic deletes its subscriptions (and only its own: the
+    // dead-letter topics and their own subscriptions stay).
+    create(
+        client,
+        subscription("orders-parked", "inspect", SubscriptionType::Shared),
+    )
+    .await
+    .expect("subscription of the dead-letter topic");
+    assert_eq!(
+        store
+            .range("subscriptions/orders/")
+            .await
+            .expect("range")
+            .len(),
+        4
+    );
+    client
+        .delete_topic(DeleteTopicRequest {
+            name: "orders".to_string(),
+        })
+        .await
+        .expect("delete topic");
+    assert!(
+        store
+            .range("subscriptions/orders/")
+            .await
+            .expect("range")
+            .is_empty(),
+        "subscriptions of a deleted topic are left in the metadata"
+    );
+    let status = list(client, "orders").await.expect_err("topic deleted");
+    assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
+    let status = create(
+        client,
+        subscription("orders", "billing", SubscriptionType::Shared),
+    )
+    .await
+    .expect_err("topic deleted");
+    assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
+    assert_eq!(
+        list(client, "orders-parked").await.expect("list"),
+        ["inspect"]
+    );
+    create_topic(client, "orders", 1).await;
+    assert!(list(client, "orders").await.expect("list").is_empty());
+}
+
+/// Every refused request, each with its code and the words that explain it.
+async fn validation_errors(client: &mut Client) {
+    let valid = || subscription("orders", "checked", SubscriptionType::Shared);
+    let overlong = "x".repeat(MAX_NAME_BYTES + 1);
+    let cases: Vec<(&str, Subscription, ErrorCode, &str)> = vec![
+        (
+            "topic ../x",
+            Subscription {
+                topic: "../x".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "'/'",
+        ),
+        (
+            "empty topic",
+            Subscription {
+                topic: String::new(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "topic name is empty",
+        ),
+        (
+            "name ../x",
+            Subscription {
+                name: "../x".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "subscription name",
+        ),
+        (
+            "empty name",
+            Subscription {
+                name: String::new(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "subscription name is empty",
+        ),
+        (
+            "overlong name",
+            Subscription {
+                name: overlong.clone(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "the limit is 249",
+        ),
+        (
+            "overlong topic",
+            Subscription {
+                topic: overlong.clone(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "the limit is 249",
+        ),
+        (
+            "unknown topic",
+            subscription("no-such-topic", "checked", SubscriptionType::Shared),
+            ErrorCode::UnknownTopic,
+            "no-such-topic",
+        ),
+        (
+            "unspecified type",
+            Subscription {
+                r#type: 0,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "SUBSCRIPTION_TYPE_UNSPECIFIED",
+        ),
+        (
+            "unknown type",
+            Subscription {
+                r#type: 17,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "unknown subscription type 17",
+        ),
+        (
+            "unknown selector kind",
+            Subscription {
+                selector_kind: 9,
+                selector: "a".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "unknown selector kind 9",
+        ),
+        (
+            "ALL with a selector",
+            Subscription {
+                selector: "red".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "SELECTOR_KIND_ALL takes no selector",
+        ),
+        (
+            "unknown initial position",
+            Subscription {
+                initial_position: 4,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "unknown initial position 4",
+        ),
+        (
+            "ack timeout too short",
+            Subscription {
+                ack_timeout_ms: 1,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "ack_timeout_ms 1 is outside",
+        ),
+        (
+            "absurd ack timeout",
+            Subscription {
+                ack_timeout_ms: u64::MAX,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "ack_timeout_ms",
+        ),
+        (
+            "ack timeout over a day",
+            Subscription {
+                ack_timeout_ms: MAX_ACK_TIMEOUT_MS + 1,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "86400000",
+        ),
+        (
+            "backoff initial above max",
+            Subscription {
+                redelivery_backoff_initial_ms: 5_000,
+                redelivery_backoff_max_ms: 1_000,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "redelivery_backoff_initial_ms 5000 exceeds redelivery_backoff_max_ms 1000",
+        ),
+        (
+            "absurd backoff",
+            Subscription {
+                redelivery_backoff_max_ms: MAX_REDELIVERY_BACKOFF_MS * 1_000,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "redelivery_backoff_max_ms",
+        ),
+        (
+            "absurd max deliveries",
+            Subscription {
+                max_deliveries: LARGEST_MAX_DELIVERIES * 1_000,
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "max_deliveries 1000000 exceeds the limit 1000",
+        ),
+        (
+            "bad dead-letter topic",
+            Subscription {
+                max_deliveries: 2,
+                dead_letter_topic: "../dlq".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "dead_letter_topic",
+        ),
+        (
+            "dead letters into the topic itself",
+            Subscription {
+                max_deliveries: 2,
+                dead_letter_topic: "orders".to_string(),
+                ..valid()
+            },
+            ErrorCode::InvalidArgument,
+            "must differ",
+        ),
+    ];
+    for (what, request, expected, fragment) in cases {
+        expect_refused(what, create(client, request).await, expected, fragment);
+    }
+
+    // A default dead-letter name over the limit asks for an explicit one.
+    let long_topic = "t".repeat(200);
+    create_topic(client, &long_topic, 1).await;
+    let long = Subscription {
+        max_deliveries: 1,
+        ..subscription(&long_topic, &"s".repeat(60), SubscriptionType::Shared)
+    };
+    expect_refused(
+        "default dead-letter topic too long",
+        create(client, long.clone()).await,
+        ErrorCode::InvalidArgument,
+        "give dead_letter_topic explicitly",
+    );
+    create(
+        client,
+        Subscription {
+            dead_letter_topic: "long-dlq".to_string(),
+            ..long
+        },
+    )
+    .await
+    .expect("explicit dead-letter topic");
+
+    // Selectors that do not parse: INVALID_SELECTOR with the column the
+    // selector crate reports.
+    for (kind, selector_kind, expression) in [
+        (
+            sluice_selector::SelectorKind::Sql,
+            SelectorKind::Sql,
+            "amount > 100 AND region = = 'eu'",
+        ),
+        (
+            sluice_selector::SelectorKind::Tag,
+            SelectorKind::Tag,
+            "red || || blue",
+        ),
+    ] {
+        let position = sluice_selector::Selector::parse(kind, expression)
+            .expect_err("the test's selector is invalid")
+            .position;
+        assert!(position > 0, "{expression:?} fails at its start");
+        expect_refused(
+            expression,
+            create(
+                client,
+                Subscription {
+                    selector_kind: selector_kind as i32,
+                    selector: expression.to_string(),
+                    ..valid()
+                },
+            )
+            .await,
+            ErrorCode::InvalidSelector,
+            &format!("column {position}"),
+        );
+    }
+
+    let status = client
+        .create_subscription(CreateSubscriptionRequest { subscription: None })
+        .await
+        .expect_err("no subscription");
+    assert_eq!(code(&status), ErrorCode::InvalidArgument, "{status}");
+    // Nothing refused was stored.
+    let status = get(client, "orders", "checked").await.expect_err("refused");
+    assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
+}
+
+async fn etcd_store(etcd: &Etcd) -> Arc<dyn MetadataStore> {
+    Arc::new(
+        EtcdMetadataStore::connect(EtcdOptions {
+            endpoints: vec![etcd.client_url().to_string()],
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 5_000,
+            key_prefix: DEFAULT_KEY_PREFIX.to_string(),
+        })
+        .await
+        .expect("connect to the spawned etcd"),
+    )
+}
+
+#[tokio::test]
+async fn subscription_lifecycle_on_etcd() {
+    let etcd = Etcd::start();
+    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
+    let mut client = nameserver.client().await;
+    lifecycle(&mut client, etcd_store(&etcd).await).await;
+    nameserver.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_lifecycle_on_the_embedded_store() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn MetadataStore> = EmbeddedMetadataStore::open(directory.path())
+        .await
+        .expect("open embedded store");
+    let mut config = test_config("http://127.0.0.1:1", "ns-dev");
+    config.metadata.backend = sluice_nameserver::MetadataBackend::Embedded;
+    let nameserver = RunningNameServer::start_with_store(config, store.clone()).await;
+    let mut client = nameserver.client().await;
+    lifecycle(&mut client, store).await;
+    nameserver.stop().await;
+}
+
+#[tokio::test]
+async fn subscriptions_per_topic_are_limited() {
+    let etcd = Etcd::start();
+    let config = NameServerConfig {
+        max_subscriptions_per_topic: 3,
+        ..test_config(etcd.client_url(), "ns-1")
+    };
+    let nameserver = RunningNameServer::start(config).await;
+    let mut client = nameserver.client().await;
+    let _store_node = with_a_store(&mut client).await;
+    create_topic(&mut client, "orders", 1).await;
+    create_topic(&mut client, "other", 1).await;
+    for name in ["a", "b", "c"] {
+        create(
+            &mut client,
+            subscription("orders", name, SubscriptionType::Shared),
+        )
+        .await
+        .expect("within the limit");
+    }
+    expect_refused(
+        "a fourth subscription",
+        create(
+            &mut client,
+            subscription("orders", "d", SubscriptionType::Shared),
+        )
+        .await,
+        ErrorCode::InvalidArgument,
+        "max_subscriptions_per_topic",
+    );
+    // At the limit an existing one is still returned, and the limit is
+    // per topic.
+    create(
+        &mut client,
+        subscription("orders", "a", SubscriptionType::Shared),
+    )
+    .await
+    .expect("idempotent at the limit");
+    create(
+        &mut client,
+        subscription("other", "d", SubscriptionType::Shared),
+    )
+    .await
+    .expect("another topic");
+    delete(&mut client, "orders", "b").await.expect("delete");
+    create(
+        &mut client,
+        subscription("orders", "d", SubscriptionType::Shared),
+    )
+    .await
+    .expect("room again after a delete");
+    assert_eq!(
+        list(&mut client, "orders").await.expect("list"),
+        ["a", "c", "d"]
+    );
+    nameserver.stop().await;
+}
+
+#[tokio::test]
+async fn two_nameservers_creating_at_once_write_once() {
+    let etcd = Etcd::start();
+    let first = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
+    let second = RunningNameServer::start(test_config(etcd.client_url(), "ns-2")).await;
+    let mut first_client = first.client().await;
+    let mut second_client = second.client().await;
+    let _store_node = with_a_store(&mut first_client).await;
+    create_topic(&mut first_client, "orders", 1).await;
+
+    for round in 0..10 {
+        // Different settings: one wins, the other is told what differs.
+        let name = format!("differ-{round}");
+        let (shared, exclusive) = tokio::join!(
+            create(
+                &mut first_client,
+                subscription("orders", &name, SubscriptionType::Shared)
+            ),
+            create(
+                &mut second_client,
+                subscription("orders", &name, SubscriptionType::Exclusive)
+            ),
+        );
+        let stored = get(&mut first_client, "orders", &name).await.expect("get");
+        match (shared, exclusive) {
+            (Ok(winner), Err(status)) | (Err(status), Ok(winner)) => {
+                assert_eq!(winner, stored, "the winner's record is the stored one");
+                assert_eq!(code(&status), ErrorCode::SubscriptionConflict, "{status}");
+                assert!(status.message().contains("type (stored"), "{status}");
+            }
+            other => panic!("round {round}: expected one success and one conflict, got {other:?}"),
+        }
+
+        // Same settings: both get the one stored record, creation time and all.
+        let name = format!("same-{round}");
+        let (one, other) = tokio::join!(
+            create(
+                &mut first_client,
+                subscription("orders", &name, SubscriptionType::KeyShared)
+            ),
+            create(
+                &mut second_client,
+                subscription("orders", &name, SubscriptionType::KeyShared)
+            ),
+        );
+        let one = one.expect("first creation");
+        let other = other.expect("second creation");
+        assert_eq!(one, other);
+        assert_eq!(
+            get(&mut second_client, "orders", &name).await.expect("get"),
+            one
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+}
