@@ -48,6 +48,7 @@ mod consumer;
 mod error;
 mod fast_hash;
 mod producer;
+mod subscriber;
 #[cfg(test)]
 mod testing;
 
@@ -57,6 +58,11 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
 pub use error::ClientError;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata};
 pub use sluice_proto::batch::Compression;
+pub use sluice_proto::v1::{InitialPosition, SelectorKind, SubscriptionType};
+pub use subscriber::{
+    AckFuture, ListenerConfig, ListenerHandle, Message, MessageId, Ordering, Subscriber,
+    SubscriberConfig, MAX_LISTENER_CONCURRENCY, MAX_RECEIVER_QUEUE_SIZE,
+};
 
 #[cfg(test)]
 mod tests {

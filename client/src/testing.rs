@@ -2,7 +2,9 @@
 //! without real servers: ordered produce with injectable failures (that,
 //! like the real broker, also fail the partition's requests behind them),
 //! fetch from an in-memory log, list offsets, and a scripted group
-//! coordinator.
+//! coordinator, and a scripted `Subscribe` (one subscription, shared by
+//! every stream: credit, acks with receipts, nacks, redelivery of what a
+//! closed stream held, injected refusals and stream breaks).
 
 use bytes::Bytes;
 use sluice_proto::batch::{assign, BatchIter};
@@ -57,6 +59,50 @@ pub(crate) struct FakeState {
     pub heartbeat_members: Vec<HeartbeatSeen>,
     /// Group calls in arrival order, e.g. `commit t/0 12`, `heartbeat t/1`.
     pub group_events: Vec<String>,
+    /// The fake subscription behind `Subscribe`.
+    pub subscription: FakeSubscription,
+}
+
+/// One delivered, unacknowledged message of the fake subscription.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FakeDelivered {
+    pub stream: u64,
+    pub count: u32,
+}
+
+/// State of the fake broker's one subscription (any name), shared by
+/// every `Subscribe` stream like a shared subscription.
+#[derive(Default)]
+pub(crate) struct FakeSubscription {
+    /// The type `opened` reports.
+    pub subscription_type: SubscriptionType,
+    /// Whether `opened` says the consumer is active.
+    pub active: bool,
+    /// Codes the next opens are refused with, first first.
+    pub refuse_opens: std::collections::VecDeque<ErrorCode>,
+    /// Streams opened so far (stream ids are 1, 2, ...).
+    pub opens: u64,
+    /// Next offset never delivered, per partition.
+    pub cursor: HashMap<(String, u32), u64>,
+    /// Delivered and not acknowledged, per partition.
+    pub delivered: HashMap<(String, u32), std::collections::BTreeMap<u64, FakeDelivered>>,
+    /// To deliver again, with their previous delivery count.
+    pub redeliver: HashMap<(String, u32), std::collections::BTreeMap<u64, u32>>,
+    /// Durably acknowledged (topic, partition, offset).
+    pub acked: BTreeSet<(String, u32, u64)>,
+    /// Acknowledgements of these offsets are refused with the code.
+    pub reject_acks: HashMap<u64, ErrorCode>,
+    /// Receipts are not sent while set.
+    pub hold_receipts: bool,
+    /// Streams with an id up to this end with the code at their next tick.
+    pub break_streams: Option<(u64, ErrorCode)>,
+    /// Sent as a `status` by every open stream at its next tick, then cleared.
+    pub push_status: Option<bool>,
+    /// Messages delivered so far (first deliveries and redeliveries).
+    pub deliveries: u64,
+    /// Requests in arrival order: `open t/0 permits=10`, `flow 5`,
+    /// `ack 3,4`, `cumulative 7`, `nack 5 delay=0`.
+    pub events: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -394,11 +440,260 @@ impl Broker for FakeBroker {
 
     async fn subscribe(
         &self,
-        _request: Request<tonic::Streaming<sluice_proto::v1::SubscribeRequest>>,
+        request: Request<tonic::Streaming<sluice_proto::v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented(
-            "subscriptions are not faked in the SDK unit tests",
-        ))
+        use sluice_proto::v1::subscribe_request::Request as Incoming;
+        use sluice_proto::v1::subscribe_response::Response as Outgoing;
+        let mut inbound = request.into_inner();
+        let Some(Incoming::Open(open)) = inbound.message().await?.and_then(|first| first.request)
+        else {
+            return Err(Status::invalid_argument("open first"));
+        };
+        let key = (open.topic.clone(), open.partition);
+        let (stream, opened) = {
+            let mut state = self.lock();
+            let sub = &mut state.subscription;
+            sub.events.push(format!(
+                "open {}/{} permits={}",
+                open.topic, open.partition, open.permits
+            ));
+            sub.opens += 1;
+            if let Some(code) = sub.refuse_opens.pop_front() {
+                return Err(sluice_proto::SluiceError::new(code, "injected refusal").into());
+            }
+            let opened = SubscribeOpened {
+                subscription: Some(Subscription {
+                    topic: open.topic.clone(),
+                    name: open.subscription.clone(),
+                    r#type: sub.subscription_type as i32,
+                    ..Subscription::default()
+                }),
+                consumer_id: sub.opens,
+                active: sub.active,
+            };
+            (sub.opens, opened)
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let respond = |response| SubscribeResponse {
+            response: Some(response),
+        };
+        let _ = sender.send(Ok(respond(Outgoing::Opened(opened)))).await;
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let mut permits = u64::from(open.permits);
+            loop {
+                tokio::select! {
+                    request = inbound.message() => {
+                        let Ok(Some(request)) = request else { break };
+                        let receipt = broker.on_subscribe_request(&key, stream, &mut permits, request);
+                        if let Some(receipt) = receipt {
+                            if sender.send(Ok(respond(Outgoing::AckReceipt(receipt)))).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                        let (broken, status, delivery) = broker.subscribe_tick(&key, stream, &mut permits);
+                        if let Some(code) = broken {
+                            broker.end_stream(stream);
+                            let _ = sender.send(Err(sluice_proto::SluiceError::new(code, "injected break").into())).await;
+                            return;
+                        }
+                        if let Some(active) = status {
+                            let _ = sender.send(Ok(respond(Outgoing::Status(ConsumerStatus { active })))).await;
+                        }
+                        if let Some(delivery) = delivery {
+                            if sender.send(Ok(respond(Outgoing::Delivery(delivery)))).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            broker.end_stream(stream);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+impl FakeBroker {
+    /// Applies one request of a `Subscribe` stream; returns the receipt to send.
+    fn on_subscribe_request(
+        &self,
+        key: &(String, u32),
+        stream: u64,
+        permits: &mut u64,
+        request: SubscribeRequest,
+    ) -> Option<AckReceipt> {
+        use sluice_proto::v1::subscribe_request::Request as Incoming;
+        let mut state = self.lock();
+        let sub = &mut state.subscription;
+        match request.request? {
+            Incoming::Open(_) => None,
+            Incoming::Flow(flow) => {
+                sub.events.push(format!("flow {}", flow.permits));
+                *permits += u64::from(flow.permits);
+                None
+            }
+            Incoming::Nack(nack) => {
+                let listed: Vec<String> = nack.offsets.iter().map(u64::to_string).collect();
+                sub.events
+                    .push(format!("nack {} delay={}", listed.join(","), nack.delay_ms));
+                for offset in nack.offsets {
+                    let delivered = sub.delivered.entry(key.clone()).or_default();
+                    if delivered
+                        .get(&offset)
+                        .is_some_and(|entry| entry.stream == stream)
+                    {
+                        if let Some(entry) = delivered.remove(&offset) {
+                            sub.redeliver
+                                .entry(key.clone())
+                                .or_default()
+                                .insert(offset, entry.count);
+                        }
+                    }
+                }
+                None
+            }
+            Incoming::Ack(ack) => {
+                let listed: Vec<String> = ack.offsets.iter().map(u64::to_string).collect();
+                sub.events.push(format!("ack {}", listed.join(",")));
+                let mut receipt = AckReceipt {
+                    request_id: ack.request_id,
+                    ..AckReceipt::default()
+                };
+                if let Some(cumulative) = ack.cumulative_offset {
+                    sub.events.push(format!("cumulative {cumulative}"));
+                    let delivered = sub.delivered.entry(key.clone()).or_default();
+                    let covered: Vec<u64> = delivered
+                        .range(..=cumulative)
+                        .filter(|(_, entry)| entry.stream == stream)
+                        .map(|(offset, _)| *offset)
+                        .collect();
+                    for offset in covered {
+                        delivered.remove(&offset);
+                        sub.acked.insert((key.0.clone(), key.1, offset));
+                    }
+                }
+                for offset in ack.offsets {
+                    let delivered = sub.delivered.entry(key.clone()).or_default();
+                    let error = if let Some(code) = sub.reject_acks.get(&offset) {
+                        Some(*code)
+                    } else if delivered
+                        .get(&offset)
+                        .is_some_and(|entry| entry.stream == stream)
+                    {
+                        delivered.remove(&offset);
+                        sub.acked.insert((key.0.clone(), key.1, offset));
+                        None
+                    } else if sub.acked.contains(&(key.0.clone(), key.1, offset)) {
+                        None
+                    } else {
+                        Some(ErrorCode::DeliveryExpired)
+                    };
+                    match error {
+                        None => receipt.acknowledged.push(offset),
+                        Some(code) => receipt.rejected.push(AckResult {
+                            offset,
+                            error: code as i32,
+                        }),
+                    }
+                }
+                (!sub.hold_receipts).then_some(receipt)
+            }
+        }
+    }
+
+    /// One tick of a `Subscribe` stream: whether to break it, a status to
+    /// push, and what to deliver within its permits.
+    fn subscribe_tick(
+        &self,
+        key: &(String, u32),
+        stream: u64,
+        permits: &mut u64,
+    ) -> (Option<ErrorCode>, Option<bool>, Option<Delivery>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let sub = &mut state.subscription;
+        if let Some((up_to, code)) = sub.break_streams {
+            if stream <= up_to {
+                return (Some(code), None, None);
+            }
+        }
+        let status = sub.push_status.take();
+        let end = *state.next_offset.get(key).unwrap_or(&0);
+        let mut chosen: Vec<(u64, u32)> = Vec::new();
+        let redeliver = sub.redeliver.entry(key.clone()).or_default();
+        while (chosen.len() as u64) < *permits {
+            let Some((offset, count)) = redeliver.pop_first() else {
+                break;
+            };
+            chosen.push((offset, count + 1));
+        }
+        let cursor = sub.cursor.entry(key.clone()).or_insert(0);
+        while (chosen.len() as u64) < *permits && *cursor < end {
+            chosen.push((*cursor, 1));
+            *cursor += 1;
+        }
+        if chosen.is_empty() {
+            return (None, status, None);
+        }
+        chosen.sort_unstable();
+        *permits -= chosen.len() as u64;
+        sub.deliveries += chosen.len() as u64;
+        let delivered = sub.delivered.entry(key.clone()).or_default();
+        for (offset, count) in &chosen {
+            delivered.insert(
+                *offset,
+                FakeDelivered {
+                    stream,
+                    count: *count,
+                },
+            );
+        }
+        let mut batches = Vec::new();
+        for batch in state.logs.get(key).into_iter().flatten() {
+            let header = BatchIter::new(batch)
+                .next()
+                .expect("one batch")
+                .expect("valid batch")
+                .1;
+            if chosen
+                .iter()
+                .any(|(offset, _)| *offset >= header.base_offset && *offset < header.end_offset())
+            {
+                batches.extend_from_slice(batch);
+            }
+        }
+        let delivery = Delivery {
+            batches: Bytes::from(batches),
+            offsets: chosen.iter().map(|(offset, _)| *offset).collect(),
+            delivery_counts: chosen.iter().map(|(_, count)| *count).collect(),
+        };
+        (None, status, Some(delivery))
+    }
+
+    /// A stream ended: what it held unacknowledged is delivered again.
+    fn end_stream(&self, stream: u64) {
+        let mut state = self.lock();
+        let sub = &mut state.subscription;
+        for (key, delivered) in sub.delivered.iter_mut() {
+            let held: Vec<u64> = delivered
+                .iter()
+                .filter(|(_, entry)| entry.stream == stream)
+                .map(|(offset, _)| *offset)
+                .collect();
+            for offset in held {
+                if let Some(entry) = delivered.remove(&offset) {
+                    sub.redeliver
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(offset, entry.count);
+                }
+            }
+        }
     }
 }
 
