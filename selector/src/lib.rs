@@ -63,10 +63,11 @@
 //! * A plain or double-quoted identifier names a **header**; its value is
 //!   read as UTF-8 text. A header that is absent, or whose value is not valid
 //!   UTF-8, is NULL. If a record holds the same header twice, the first one
-//!   counts. Identifiers may contain `.` and `-` (`x-region` needs no
-//!   quotes), so write `a - 1` with spaces if you ever mean a minus; names
-//!   that are keywords or hold other characters need double quotes
-//!   (`"and"`, `"content type"`), and `""` inside quotes is one `"`.
+//!   counts. Identifiers may contain `.` and `-` (`x-region` and
+//!   `app.version` need no quotes; there is no arithmetic, so `a-1` is a
+//!   name too); names that are keywords or hold other characters need
+//!   double quotes (`"and"`, `"content type"`), and `""` inside quotes is
+//!   one `"`.
 //! * Bare names starting with `__` are reserved for built-ins; an unknown one
 //!   is an error. A double-quoted `"__key"` always names a header.
 //!   * `__key`: the record key as UTF-8 text (NULL when the record has no
@@ -321,6 +322,19 @@ impl Selector {
     /// The expression exactly as given to [`parse`](Selector::parse).
     pub fn expression(&self) -> &str {
         &self.expression
+    }
+}
+
+/// Whether a sorted, deduplicated set holds `item`. Small sets (the usual
+/// case) are scanned, which compares lengths first and beats a binary
+/// search's ordered comparisons; large ones are searched.
+fn sorted_contains(set: &[String], item: &str) -> bool {
+    const MAX_SCANNED: usize = 8;
+    if set.len() <= MAX_SCANNED {
+        set.iter().any(|listed| listed == item)
+    } else {
+        set.binary_search_by(|listed| listed.as_str().cmp(item))
+            .is_ok()
     }
 }
 

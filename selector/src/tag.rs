@@ -17,9 +17,7 @@ impl TagSet {
     }
 
     fn contains(&self, tag: &str) -> bool {
-        self.tags
-            .binary_search_by(|listed| listed.as_str().cmp(tag))
-            .is_ok()
+        crate::sorted_contains(&self.tags, tag)
     }
 }
 

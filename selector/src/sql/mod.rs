@@ -14,7 +14,7 @@ mod parser;
 
 pub(crate) use parser::compile;
 
-use crate::MessageView;
+use crate::{sorted_contains, MessageView};
 use like::LikePattern;
 use number::Number;
 use std::cmp::Ordering;
@@ -233,11 +233,6 @@ pub(crate) enum Condition {
         property: Property,
         negated: bool,
     },
-}
-
-fn sorted_contains(set: &[String], item: &str) -> bool {
-    set.binary_search_by(|listed| listed.as_str().cmp(item))
-        .is_ok()
 }
 
 impl Condition {

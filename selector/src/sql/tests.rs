@@ -354,6 +354,13 @@ fn in_lists() {
     ] {
         check(expression, expected);
     }
+    // Long lists are binary-searched rather than scanned.
+    let long: Vec<String> = (0..50).map(|index| format!("'r{index}'")).collect();
+    let long = long.join(", ");
+    check(&format!("region IN ({long})"), False);
+    check(&format!("region IN ({long}, 'eu')"), True);
+    check(&format!("'r37' IN ({long})"), True);
+    check(&format!("region NOT IN ({long})"), True);
 }
 
 #[test]
