@@ -779,3 +779,6 @@ pub(crate) fn test_message(partition: u32, offset: u64, key: Option<&str>) -> Me
         session: 1,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -210,7 +210,11 @@ pub(crate) async fn run(
             shared.push_error(error);
         }
         if reaction.refresh_routes {
-            if let Err(error) = shared.cluster.refresh_routes(&[topic.clone()]).await {
+            if let Err(error) = shared
+                .cluster
+                .refresh_routes(std::slice::from_ref(&topic))
+                .await
+            {
                 tracing::warn!(%topic, %error, "cannot refresh routes");
             }
         }
@@ -282,7 +286,7 @@ impl Session<'_> {
         let topic = &self.shared.config.topic;
         let cluster = &self.shared.cluster;
         if cluster.cached_route(topic, self.partition.index).is_none() {
-            cluster.refresh_routes(&[topic.clone()]).await?;
+            cluster.refresh_routes(std::slice::from_ref(topic)).await?;
         }
         match cluster.cached_route(topic, self.partition.index) {
             Some(route) if !route.broker_address.is_empty() => {
