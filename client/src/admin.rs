@@ -1,4 +1,4 @@
-//! [`Admin`]: topic, group and cluster administration.
+//! [`Admin`]: topic, subscription, group and cluster administration.
 
 use crate::cluster::Cluster;
 use crate::ClientConfig;
@@ -134,6 +134,110 @@ impl Admin {
             .call_nameserver("DeleteTopic", |mut client| {
                 let request = request.clone();
                 async move { client.delete_topic(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a durable subscription of `subscription.topic` (the topic
+    /// must exist). Zero fields take the server defaults (ack timeout
+    /// 30 s, redelivery backoff 1 s doubling up to 60 s, dead-letter topic
+    /// `<topic>-<name>-DLQ` when `max_deliveries` > 0, created if missing);
+    /// the stored subscription, defaults filled, is returned. Creating an
+    /// existing subscription with the same settings returns it; other
+    /// settings fail with `SUBSCRIPTION_CONFLICT` naming the differences.
+    /// A selector that does not parse fails with `INVALID_SELECTOR` and the
+    /// column in the message.
+    ///
+    /// ```no_run
+    /// use sluice_proto::v1::{SelectorKind, Subscription, SubscriptionType};
+    /// # async fn demo(admin: &sluice_client::Admin) -> Result<(), sluice_client::ClientError> {
+    /// let created = admin
+    ///     .create_subscription(Subscription {
+    ///         topic: "orders".to_string(),
+    ///         name: "billing".to_string(),
+    ///         r#type: SubscriptionType::Shared as i32,
+    ///         selector_kind: SelectorKind::Sql as i32,
+    ///         selector: "region = 'eu'".to_string(),
+    ///         max_deliveries: 5,
+    ///         ..Subscription::default()
+    ///     })
+    ///     .await?;
+    /// println!("dead letters go to {}", created.dead_letter_topic);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_subscription(
+        &self,
+        subscription: v1::Subscription,
+    ) -> Result<v1::Subscription, ClientError> {
+        sluice_proto::names::TopicName::new(&subscription.topic).map_err(|error| {
+            ClientError::InvalidArgument(format!("topic name '{}': {error}", subscription.topic))
+        })?;
+        sluice_proto::names::SubscriptionName::new(&subscription.name).map_err(|error| {
+            ClientError::InvalidArgument(format!(
+                "subscription name '{}': {error}",
+                subscription.name
+            ))
+        })?;
+        let request = v1::CreateSubscriptionRequest {
+            subscription: Some(subscription),
+        };
+        self.cluster
+            .call_nameserver("CreateSubscription", |mut client| {
+                let request = request.clone();
+                async move { client.create_subscription(request).await }
+            })
+            .await
+    }
+
+    /// One subscription of `topic` (`UNKNOWN_SUBSCRIPTION` if it has none
+    /// of that name, `UNKNOWN_TOPIC` if the topic does not exist).
+    pub async fn get_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<v1::Subscription, ClientError> {
+        let request = v1::GetSubscriptionRequest {
+            topic: topic.to_string(),
+            name: name.to_string(),
+        };
+        self.cluster
+            .call_nameserver("GetSubscription", |mut client| {
+                let request = request.clone();
+                async move { client.get_subscription(request).await }
+            })
+            .await
+    }
+
+    /// Every subscription of `topic`, by name.
+    pub async fn list_subscriptions(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<v1::Subscription>, ClientError> {
+        let request = v1::ListSubscriptionsRequest {
+            topic: topic.to_string(),
+        };
+        let response = self
+            .cluster
+            .call_nameserver("ListSubscriptions", |mut client| {
+                let request = request.clone();
+                async move { client.list_subscriptions(request).await }
+            })
+            .await?;
+        Ok(response.subscriptions)
+    }
+
+    /// Deletes a subscription's definition; created again under the same
+    /// name it starts afresh from its initial position.
+    pub async fn delete_subscription(&self, topic: &str, name: &str) -> Result<(), ClientError> {
+        let request = v1::DeleteSubscriptionRequest {
+            topic: topic.to_string(),
+            name: name.to_string(),
+        };
+        self.cluster
+            .call_nameserver("DeleteSubscription", |mut client| {
+                let request = request.clone();
+                async move { client.delete_subscription(request).await }
             })
             .await?;
         Ok(())
@@ -322,5 +426,79 @@ mod tests {
                 .await,
             Err(ClientError::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_created_listed_and_deleted() {
+        let nameserver = FakeNameServer::default();
+        let address = nameserver.start().await;
+        let admin = Admin::connect(ClientConfig {
+            bootstrap: vec![address],
+            ..ClientConfig::default()
+        })
+        .await
+        .expect("connect");
+        let billing = v1::Subscription {
+            topic: "orders".to_string(),
+            name: "billing".to_string(),
+            r#type: v1::SubscriptionType::Shared as i32,
+            ..v1::Subscription::default()
+        };
+        let created = admin
+            .create_subscription(billing.clone())
+            .await
+            .expect("created");
+        assert_eq!(created.name, "billing");
+        assert_eq!(
+            admin
+                .create_subscription(billing.clone())
+                .await
+                .expect("same settings"),
+            created
+        );
+        let conflict = admin
+            .create_subscription(v1::Subscription {
+                r#type: v1::SubscriptionType::Exclusive as i32,
+                ..billing.clone()
+            })
+            .await
+            .expect_err("other settings");
+        assert_eq!(conflict.code(), Some(ErrorCode::SubscriptionConflict));
+        assert_eq!(
+            admin
+                .get_subscription("orders", "billing")
+                .await
+                .expect("get"),
+            created
+        );
+        let names: Vec<String> = admin
+            .list_subscriptions("orders")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|subscription| subscription.name)
+            .collect();
+        assert_eq!(names, ["billing"]);
+        admin
+            .delete_subscription("orders", "billing")
+            .await
+            .expect("delete");
+        let missing = admin
+            .get_subscription("orders", "billing")
+            .await
+            .expect_err("deleted");
+        assert_eq!(missing.code(), Some(ErrorCode::UnknownSubscription));
+        // Bad names are refused before any request.
+        for (topic, name) in [("orders", "../x"), ("", "billing")] {
+            let error = admin
+                .create_subscription(v1::Subscription {
+                    topic: topic.to_string(),
+                    name: name.to_string(),
+                    ..billing.clone()
+                })
+                .await
+                .expect_err("bad name");
+            assert!(matches!(error, ClientError::InvalidArgument(_)), "{error}");
+        }
     }
 }

@@ -713,6 +713,8 @@ pub(crate) struct FakeNameServerState {
     pub created: Vec<String>,
     /// Producer ids handed out so far.
     pub allocated_producer_ids: u64,
+    /// Subscriptions by (topic, name), as created (no defaults filled).
+    pub subscriptions: std::collections::BTreeMap<(String, String), Subscription>,
 }
 
 impl FakeNameServer {
@@ -739,8 +741,6 @@ impl FakeNameServer {
 }
 
 type RoutesStream = Pin<Box<dyn Stream<Item = Result<GetRoutesResponse, Status>> + Send>>;
-
-const UNFAKED_SUBSCRIPTIONS: &str = "subscriptions are not faked in the SDK unit tests";
 
 #[tonic::async_trait]
 impl name_server_server::NameServer for FakeNameServer {
@@ -941,31 +941,85 @@ impl name_server_server::NameServer for FakeNameServer {
         }))
     }
 
+    /// Stores the subscription as given; the same settings again return
+    /// it, other settings are a SUBSCRIPTION_CONFLICT (no defaults, no
+    /// topic check, no validation: the real nameserver's are tested there).
     async fn create_subscription(
         &self,
-        _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,
-    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
-        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+        request: Request<CreateSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        let subscription = request
+            .into_inner()
+            .subscription
+            .ok_or_else(|| Status::invalid_argument("no subscription"))?;
+        let key = (subscription.topic.clone(), subscription.name.clone());
+        let mut state = self.lock();
+        if let Some(stored) = state.subscriptions.get(&key) {
+            let same = Subscription {
+                created_at_ms: stored.created_at_ms,
+                ..subscription
+            };
+            if &same == stored {
+                return Ok(Response::new(stored.clone()));
+            }
+            return Err(sluice_proto::SluiceError::new(
+                ErrorCode::SubscriptionConflict,
+                "exists with other settings",
+            )
+            .into());
+        }
+        let stored = Subscription {
+            created_at_ms: 1,
+            ..subscription
+        };
+        state.subscriptions.insert(key, stored.clone());
+        Ok(Response::new(stored))
     }
 
     async fn get_subscription(
         &self,
-        _request: Request<sluice_proto::v1::GetSubscriptionRequest>,
-    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
-        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+        request: Request<GetSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        let request = request.into_inner();
+        self.lock()
+            .subscriptions
+            .get(&(request.topic, request.name))
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| {
+                sluice_proto::SluiceError::new(ErrorCode::UnknownSubscription, "no such").into()
+            })
     }
 
     async fn list_subscriptions(
         &self,
-        _request: Request<sluice_proto::v1::ListSubscriptionsRequest>,
-    ) -> Result<Response<sluice_proto::v1::ListSubscriptionsResponse>, Status> {
-        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+        request: Request<ListSubscriptionsRequest>,
+    ) -> Result<Response<ListSubscriptionsResponse>, Status> {
+        let topic = request.into_inner().topic;
+        let subscriptions = self
+            .lock()
+            .subscriptions
+            .values()
+            .filter(|subscription| subscription.topic == topic)
+            .cloned()
+            .collect();
+        Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
     async fn delete_subscription(
         &self,
-        _request: Request<sluice_proto::v1::DeleteSubscriptionRequest>,
-    ) -> Result<Response<sluice_proto::v1::DeleteSubscriptionResponse>, Status> {
-        Err(Status::unimplemented(UNFAKED_SUBSCRIPTIONS))
+        request: Request<DeleteSubscriptionRequest>,
+    ) -> Result<Response<DeleteSubscriptionResponse>, Status> {
+        let request = request.into_inner();
+        match self
+            .lock()
+            .subscriptions
+            .remove(&(request.topic, request.name))
+        {
+            Some(_) => Ok(Response::new(DeleteSubscriptionResponse {})),
+            None => Err(
+                sluice_proto::SluiceError::new(ErrorCode::UnknownSubscription, "no such").into(),
+            ),
+        }
     }
 }
