@@ -77,7 +77,9 @@
 //!     `__tags IN ('a', 'b')` (TRUE when any tag is listed, else FALSE) and
 //!     `__tags NOT IN (...)` (TRUE when none is); never NULL or UNKNOWN, a
 //!     record without tags is simply not IN any list. `__tags = 'a'` is an
-//!     error: write `__tags IN ('a')`.
+//!     error: write `__tags IN ('a')`. (RocketMQ exposes a message's one
+//!     tag as the property `TAGS`; here `TAGS` is just a header name, and
+//!     `TAGS = 'a'` becomes `__tags IN ('a')`.)
 //!
 //! ## Types and coercion
 //!
@@ -132,8 +134,9 @@
 //! [`MAX_IN_LIST_ITEMS`] values per `IN` list, [`MAX_TAGS`] tags per tag
 //! expression; anything beyond is a [`SelectorError`], never a panic.
 //! `AND`/`OR` chains are flat, so evaluation recurses only as deep as the
-//! nesting limit allows, and `LIKE` matching takes at most (pattern length ×
-//! text length) steps, never exponential time.
+//! nesting limit allows. `LIKE` never takes exponential time: linear in the
+//! text when the pieces between `%`s hold no `_` (`'eu%'`, `'%error%'`),
+//! at most (pattern length × text length) steps otherwise.
 
 mod error;
 mod sql;
