@@ -99,6 +99,10 @@
 //!   UNKNOWN; booleans only support `=` and `<>`.
 //! * two properties compare as text.
 //!
+//! `BETWEEN` takes its type from all three operands the same way, and `IN`
+//! from its list, which holds strings or numbers but not both:
+//! `amount IN (1, 2)` compares numerically, `amount IN ('1', '2')` as text.
+//!
 //! Type errors visible in the expression are parse errors: `'5' = 5`,
 //! `'x' > TRUE`, `a LIKE 5`, `__timestamp_ms = 'x'`, `flag < TRUE`,
 //! `IN ('a', 1)`. A property alone is not a condition (`flag AND ...` is an
