@@ -1,6 +1,8 @@
-//! The Sluice SDK: [`Producer`], [`Consumer`] and [`Admin`].
+//! The Sluice SDK: [`Producer`], [`Consumer`] (log consumption in
+//! consumer groups), [`Subscriber`] (queue consumption: durable
+//! subscriptions with per-message acknowledgements) and [`Admin`].
 //!
-//! All three start from a [`ClientConfig`] naming bootstrap nameservers
+//! All of them start from a [`ClientConfig`] naming bootstrap nameservers
 //! (tried in turn; any one can answer). Routes to partition owners are
 //! looked up with `GetRoutes`, cached, and refreshed (rate-limited) when a
 //! broker says it no longer owns a partition, is unavailable, or cannot be
@@ -23,6 +25,38 @@
 //!   before it is reported released, so an application that finishes each
 //!   record before calling `recv()` again sees every record once across
 //!   graceful rebalances (at least once after crashes).
+//! - **Subscriber**: at least once, per message. A subscription's type
+//!   says how its consumers share messages: *exclusive* (one consumer per
+//!   partition; another is refused with CONSUMER_BUSY), *failover* (one
+//!   active consumer per partition, the others stand by:
+//!   [`Subscriber::is_active`]), *shared* (a work queue: each message to
+//!   one of any number of consumers) and *key-shared* (shared, but one
+//!   key's messages go to one consumer at a time, in order).
+//!   - A successful [`Subscriber::ack`] means the acknowledgement is
+//!     durable on the broker's side: the message is never delivered again
+//!     on this subscription. [`Subscriber::ack_nowait`] queues it and
+//!     returns the same outcome as a future.
+//!   - A message not acknowledged is delivered again: after the
+//!     subscription's ack timeout, after [`Subscriber::nack`] (following
+//!     its redelivery backoff), or at once when the stream it came on ends
+//!     (owner moved, connection lost, [`Subscriber::close`]), possibly to
+//!     another consumer. [`Message::delivery_count`] counts deliveries;
+//!     after `max_deliveries` the message goes to the dead-letter topic
+//!     instead.
+//!   - An acknowledgement that comes after the delivery ended is refused
+//!     with DELIVERY_EXPIRED ([`ClientError::code`]); so is one whose
+//!     stream ended before the broker's receipt arrived (its outcome is
+//!     unknown). The SDK never reports such an acknowledgement as a
+//!     success: the application must expect to see the message again, so
+//!     handlers should be idempotent.
+//!   - Memory is bounded: the broker delivers only what the subscriber
+//!     granted (`receiver_queue_size` messages across the partitions,
+//!     refilled as the application takes them), and at most
+//!     `max_pending_acks` acknowledgements wait for receipts.
+//!   - Order: exclusive and failover consumers get each partition's
+//!     messages in offset order (redeliveries aside); a listener with
+//!     [`Ordering::PerKey`] or [`Ordering::PerPartition`] runs the
+//!     handlers of one key or partition one at a time, in delivery order.
 //!
 //! ```no_run
 //! use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record};
@@ -37,6 +71,21 @@
 //! let record = consumer.recv().await?;
 //! println!("{:?}", record.value);
 //! consumer.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A work queue (shared subscription, created on first use):
+//!
+//! ```no_run
+//! use sluice_client::{Subscriber, SubscriberConfig};
+//!
+//! # async fn example() -> Result<(), sluice_client::ClientError> {
+//! let subscriber = Subscriber::connect(SubscriberConfig::new("orders", "billing")).await?;
+//! let message = subscriber.recv().await?;
+//! println!("{} delivered {} time(s)", message.id(), message.delivery_count);
+//! subscriber.ack(&message).await?; // durable: never delivered again
+//! subscriber.close().await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -83,6 +132,14 @@ mod tests {
         assert_send(&consumer.commit());
     }
 
+    #[allow(dead_code)]
+    fn subscriber_futures_are_send(subscriber: &Subscriber, message: &Message) {
+        assert_send(&subscriber.recv());
+        assert_send(&subscriber.ack(message));
+        assert_send(&subscriber.ack_nowait(message));
+        assert_send(&subscriber.nack(message));
+    }
+
     #[test]
     fn public_types_are_thread_safe() {
         fn send_sync<T: Send + Sync>() {}
@@ -92,5 +149,9 @@ mod tests {
         send_sync::<ClientError>();
         send::<Consumer>();
         send::<DeliveryFuture>();
+        send_sync::<Subscriber>();
+        send_sync::<Message>();
+        send::<AckFuture>();
+        send_sync::<ListenerHandle>();
     }
 }
