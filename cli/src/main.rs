@@ -1,7 +1,7 @@
 //! `sluice`: the command-line tool.
 //!
 //! - `sluice dev`: a whole cluster in one process, for trying Sluice out.
-//! - `sluice topic|group|cluster`: administration.
+//! - `sluice topic|subscription|group|cluster`: administration.
 //! - `sluice produce|consume`: records from stdin / to stdout.
 //! - `sluice bench`: throughput and latency measurements.
 //! - `sluice health`: whether one node is serving (container healthchecks).
@@ -15,6 +15,7 @@ mod consume;
 mod dev;
 mod health;
 mod produce;
+mod subscription;
 
 use clap::{Parser, Subcommand};
 use sluice_client::{ClientConfig, ClientError};
@@ -49,6 +50,9 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(admin::TopicCommand),
+    /// Create, list, describe and delete subscriptions (queue semantics).
+    #[command(subcommand)]
+    Subscription(subscription::SubscriptionCommand),
     /// List and describe consumer groups, with lag.
     #[command(subcommand)]
     Group(admin::GroupCommand),
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Topic(command) => admin::topic(config, command).await,
+            Command::Subscription(command) => subscription::run(config, command).await,
             Command::Group(command) => admin::group(config, command).await,
             Command::Cluster(command) => admin::cluster(config, command).await,
             Command::Produce(args) => produce::run(config, args).await,

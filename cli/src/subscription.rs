@@ -1,0 +1,486 @@
+//! `sluice subscription`: create, list, describe and delete durable
+//! subscriptions (queue semantics: exclusive, failover, shared,
+//! key-shared) through the SDK's `Admin`.
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use sluice_client::{Admin, ClientConfig, ClientError};
+use sluice_proto::v1::{InitialPosition, SelectorKind, Subscription, SubscriptionType};
+use sluice_proto::ErrorCode;
+
+#[derive(Subcommand)]
+pub enum SubscriptionCommand {
+    /// Create a subscription of a topic (the same settings again are accepted).
+    Create(CreateSubscriptionArgs),
+    /// List a topic's subscriptions.
+    List { topic: String },
+    /// Show every setting of one subscription.
+    Describe { topic: String, name: String },
+    /// Delete a subscription; created again it starts afresh.
+    Delete { topic: String, name: String },
+}
+
+/// How the subscription's consumers share its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    /// One consumer per partition; others are refused.
+    Exclusive,
+    /// One active consumer per partition, the others on standby.
+    Failover,
+    /// Any number of consumers, each message to one of them.
+    Shared,
+    /// Like shared, but one consumer at a time per key, in order.
+    KeyShared,
+}
+
+impl From<TypeArg> for SubscriptionType {
+    fn from(value: TypeArg) -> Self {
+        match value {
+            TypeArg::Exclusive => SubscriptionType::Exclusive,
+            TypeArg::Failover => SubscriptionType::Failover,
+            TypeArg::Shared => SubscriptionType::Shared,
+            TypeArg::KeyShared => SubscriptionType::KeyShared,
+        }
+    }
+}
+
+/// The language of `--selector`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SelectorKindArg {
+    /// `tagA || tagB`: messages carrying any listed tag.
+    Tag,
+    /// An SQL-92 condition over headers, e.g. `region = 'eu' AND amount > 100`.
+    Sql,
+}
+
+impl SelectorKindArg {
+    fn proto(self) -> SelectorKind {
+        match self {
+            SelectorKindArg::Tag => SelectorKind::Tag,
+            SelectorKindArg::Sql => SelectorKind::Sql,
+        }
+    }
+
+    fn parser(self) -> sluice_selector::SelectorKind {
+        match self {
+            SelectorKindArg::Tag => sluice_selector::SelectorKind::Tag,
+            SelectorKindArg::Sql => sluice_selector::SelectorKind::Sql,
+        }
+    }
+}
+
+/// Where a new subscription starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitialPositionArg {
+    /// The first retained message.
+    Earliest,
+    /// Messages produced after the subscription is created.
+    Latest,
+}
+
+#[derive(Args)]
+pub struct CreateSubscriptionArgs {
+    pub topic: String,
+    pub name: String,
+    /// How consumers share the messages.
+    #[arg(long = "type", value_enum)]
+    pub subscription_type: TypeArg,
+    /// Language of --selector; without both, every message is selected.
+    #[arg(long, value_enum, requires = "selector")]
+    pub selector_kind: Option<SelectorKindArg>,
+    /// Only messages this expression selects are delivered.
+    #[arg(long, requires = "selector_kind")]
+    pub selector: Option<String>,
+    /// Where the subscription starts.
+    #[arg(long, value_enum, default_value = "latest")]
+    pub initial_position: InitialPositionArg,
+    /// Redeliver a message not acknowledged within this many milliseconds (0: server default, 30000).
+    #[arg(long, default_value_t = 0)]
+    pub ack_timeout_ms: u64,
+    /// Move a message to the dead-letter topic after this many deliveries (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub max_deliveries: u32,
+    /// Where dead letters go (default TOPIC-NAME-DLQ, created when missing).
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// First redelivery delay after a negative acknowledgement, in milliseconds (0: server default, 1000).
+    #[arg(long, default_value_t = 0)]
+    pub redelivery_backoff_initial_ms: u64,
+    /// Largest redelivery delay, in milliseconds (0: server default, 60000).
+    #[arg(long, default_value_t = 0)]
+    pub redelivery_backoff_max_ms: u64,
+}
+
+impl CreateSubscriptionArgs {
+    fn to_subscription(&self) -> Subscription {
+        Subscription {
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+            r#type: SubscriptionType::from(self.subscription_type) as i32,
+            selector_kind: self
+                .selector_kind
+                .map_or(SelectorKind::All, SelectorKindArg::proto)
+                as i32,
+            selector: self.selector.clone().unwrap_or_default(),
+            initial_position: match self.initial_position {
+                InitialPositionArg::Earliest => InitialPosition::Earliest,
+                InitialPositionArg::Latest => InitialPosition::Latest,
+            } as i32,
+            ack_timeout_ms: self.ack_timeout_ms,
+            redelivery_backoff_initial_ms: self.redelivery_backoff_initial_ms,
+            redelivery_backoff_max_ms: self.redelivery_backoff_max_ms,
+            max_deliveries: self.max_deliveries,
+            dead_letter_topic: self.dead_letter_topic.clone().unwrap_or_default(),
+            created_at_ms: 0,
+        }
+    }
+}
+
+pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<()> {
+    let admin = Admin::connect(config).await?;
+    match command {
+        SubscriptionCommand::Create(args) => {
+            let created = admin
+                .create_subscription(args.to_subscription())
+                .await
+                .map_err(|error| point_at_selector(error, &args))
+                .with_context(|| {
+                    format!("creating subscription {:?} of {:?}", args.name, args.topic)
+                })?;
+            print!("{}", describe(&created));
+        }
+        SubscriptionCommand::List { topic } => {
+            let subscriptions = admin
+                .list_subscriptions(&topic)
+                .await
+                .with_context(|| format!("listing subscriptions of {topic:?}"))?;
+            let rows: Vec<Vec<String>> = subscriptions
+                .iter()
+                .map(|subscription| {
+                    vec![
+                        subscription.name.clone(),
+                        type_name(subscription.r#type).to_string(),
+                        selector_text(subscription),
+                        subscription.ack_timeout_ms.to_string(),
+                        subscription.max_deliveries.to_string(),
+                        dash_if_empty(&subscription.dead_letter_topic),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NAME",
+                        "TYPE",
+                        "SELECTOR",
+                        "ACK_TIMEOUT_MS",
+                        "MAX_DELIVERIES",
+                        "DEAD_LETTER_TOPIC"
+                    ],
+                    &rows
+                )
+            );
+        }
+        SubscriptionCommand::Describe { topic, name } => {
+            let subscription = admin
+                .get_subscription(&topic, &name)
+                .await
+                .with_context(|| format!("describing subscription {name:?} of {topic:?}"))?;
+            print!("{}", describe(&subscription));
+        }
+        SubscriptionCommand::Delete { topic, name } => {
+            admin
+                .delete_subscription(&topic, &name)
+                .await
+                .with_context(|| format!("deleting subscription {name:?} of {topic:?}"))?;
+            println!("deleted subscription {name} of {topic}");
+        }
+    }
+    Ok(())
+}
+
+/// A selector the server refused is shown again with a caret under the
+/// column. The server's message is the authority; the column comes from
+/// parsing locally with the same crate, and is left out if this build
+/// would accept the expression (a server of another version).
+fn point_at_selector(error: ClientError, args: &CreateSubscriptionArgs) -> anyhow::Error {
+    let (Some(kind), Some(expression)) = (args.selector_kind, args.selector.as_deref()) else {
+        return error.into();
+    };
+    if error.code() != Some(ErrorCode::InvalidSelector) {
+        return error.into();
+    }
+    match sluice_selector::Selector::parse(kind.parser(), expression) {
+        Err(local) => anyhow!(
+            "{error}\n  {expression}\n  {}^ column {}",
+            " ".repeat(local.position),
+            local.position
+        ),
+        Ok(_) => error.into(),
+    }
+}
+
+fn type_name(value: i32) -> &'static str {
+    match SubscriptionType::try_from(value) {
+        Ok(SubscriptionType::Exclusive) => "exclusive",
+        Ok(SubscriptionType::Failover) => "failover",
+        Ok(SubscriptionType::Shared) => "shared",
+        Ok(SubscriptionType::KeyShared) => "key-shared",
+        Ok(SubscriptionType::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn selector_text(subscription: &Subscription) -> String {
+    match SelectorKind::try_from(subscription.selector_kind) {
+        Ok(SelectorKind::All) => "all".to_string(),
+        Ok(SelectorKind::Tag) => format!("tag: {}", subscription.selector),
+        Ok(SelectorKind::Sql) => format!("sql: {}", subscription.selector),
+        Err(_) => format!("unknown: {}", subscription.selector),
+    }
+}
+
+fn dash_if_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Every setting, one per line.
+fn describe(subscription: &Subscription) -> String {
+    let initial_position = match InitialPosition::try_from(subscription.initial_position) {
+        Ok(InitialPosition::Earliest) => "earliest",
+        Ok(InitialPosition::Latest) => "latest",
+        Err(_) => "unknown",
+    };
+    let dead_letters = if subscription.max_deliveries == 0 {
+        "never (max deliveries 0)".to_string()
+    } else {
+        format!(
+            "after {} deliveries, to {}",
+            subscription.max_deliveries, subscription.dead_letter_topic
+        )
+    };
+    let rows = [
+        ("topic", subscription.topic.clone()),
+        ("subscription", subscription.name.clone()),
+        ("type", type_name(subscription.r#type).to_string()),
+        ("selector", selector_text(subscription)),
+        ("initial position", initial_position.to_string()),
+        ("ack timeout ms", subscription.ack_timeout_ms.to_string()),
+        (
+            "redelivery backoff ms",
+            format!(
+                "{} doubling up to {}",
+                subscription.redelivery_backoff_initial_ms, subscription.redelivery_backoff_max_ms
+            ),
+        ),
+        ("dead letters", dead_letters),
+        ("created at ms", subscription.created_at_ms.to_string()),
+    ];
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(label, value)| format!("{:<width$} {value}\n", format!("{label}:")))
+        .collect()
+}
+
+/// Rows as columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.len()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            if let Some(width) = widths.get_mut(index) {
+                *width = (*width).max(cell.len());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut text = line(header.to_vec());
+    for row in rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        command: SubscriptionCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<SubscriptionCommand, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("subscription").chain(args.iter().copied()))
+            .map(|wrapper| wrapper.command)
+    }
+
+    #[test]
+    fn create_flags_become_the_request() {
+        let Ok(SubscriptionCommand::Create(args)) = parse(&[
+            "create",
+            "orders",
+            "billing",
+            "--type",
+            "key-shared",
+            "--selector-kind",
+            "sql",
+            "--selector",
+            "region = 'eu'",
+            "--initial-position",
+            "earliest",
+            "--ack-timeout-ms",
+            "5000",
+            "--max-deliveries",
+            "4",
+            "--dead-letter-topic",
+            "parked",
+            "--redelivery-backoff-initial-ms",
+            "10",
+            "--redelivery-backoff-max-ms",
+            "20",
+        ]) else {
+            panic!("create parses");
+        };
+        assert_eq!(
+            args.to_subscription(),
+            Subscription {
+                topic: "orders".to_string(),
+                name: "billing".to_string(),
+                r#type: SubscriptionType::KeyShared as i32,
+                selector_kind: SelectorKind::Sql as i32,
+                selector: "region = 'eu'".to_string(),
+                initial_position: InitialPosition::Earliest as i32,
+                ack_timeout_ms: 5_000,
+                redelivery_backoff_initial_ms: 10,
+                redelivery_backoff_max_ms: 20,
+                max_deliveries: 4,
+                dead_letter_topic: "parked".to_string(),
+                created_at_ms: 0,
+            }
+        );
+        let Ok(SubscriptionCommand::Create(minimal)) =
+            parse(&["create", "orders", "audit", "--type", "shared"])
+        else {
+            panic!("minimal create parses");
+        };
+        let request = minimal.to_subscription();
+        assert_eq!(request.selector_kind, SelectorKind::All as i32);
+        assert_eq!(request.initial_position, InitialPosition::Latest as i32);
+        assert_eq!(request.ack_timeout_ms, 0);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        for args in [
+            &["create", "orders", "billing"][..],
+            &["create", "orders", "billing", "--type", "fanout"],
+            &[
+                "create",
+                "orders",
+                "billing",
+                "--type",
+                "shared",
+                "--selector",
+                "x",
+            ],
+            &[
+                "create",
+                "orders",
+                "billing",
+                "--type",
+                "shared",
+                "--selector-kind",
+                "sql",
+            ],
+            &[
+                "create",
+                "orders",
+                "billing",
+                "--type",
+                "shared",
+                "--selector-kind",
+                "all",
+                "--selector",
+                "x",
+            ],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_refused_selector_gets_a_caret_under_its_column() {
+        let Ok(SubscriptionCommand::Create(args)) = parse(&[
+            "create",
+            "orders",
+            "billing",
+            "--type",
+            "shared",
+            "--selector-kind",
+            "sql",
+            "--selector",
+            "a = = 1",
+        ]) else {
+            panic!("create parses");
+        };
+        let refused = ClientError::Server(sluice_proto::SluiceError::new(
+            ErrorCode::InvalidSelector,
+            "invalid selector",
+        ));
+        let text = point_at_selector(refused, &args).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[1], "  a = = 1");
+        assert_eq!(lines[2], "      ^ column 4");
+        // Other errors pass through unchanged.
+        let other = ClientError::Server(sluice_proto::SluiceError::new(
+            ErrorCode::UnknownTopic,
+            "unknown topic",
+        ));
+        assert!(!point_at_selector(other, &args).to_string().contains('^'));
+    }
+
+    #[test]
+    fn descriptions_show_every_setting() {
+        let text = describe(&Subscription {
+            topic: "orders".to_string(),
+            name: "billing".to_string(),
+            r#type: SubscriptionType::Failover as i32,
+            selector_kind: SelectorKind::Tag as i32,
+            selector: "red || blue".to_string(),
+            ack_timeout_ms: 30_000,
+            redelivery_backoff_initial_ms: 1_000,
+            redelivery_backoff_max_ms: 60_000,
+            max_deliveries: 5,
+            dead_letter_topic: "orders-billing-DLQ".to_string(),
+            ..Subscription::default()
+        });
+        for expected in [
+            "type:                  failover",
+            "selector:              tag: red || blue",
+            "initial position:      latest",
+            "redelivery backoff ms: 1000 doubling up to 60000",
+            "dead letters:          after 5 deliveries, to orders-billing-DLQ",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+        }
+        let listed = table(
+            &["NAME", "TYPE"],
+            &[vec!["billing".to_string(), "shared".to_string()]],
+        );
+        assert_eq!(listed, "NAME     TYPE\nbilling  shared\n");
+    }
+}
