@@ -28,6 +28,8 @@ pub enum BenchCommand {
     Consume(BenchArgs),
     /// Produce and consume at once; latency is send → receive.
     E2e(BenchArgs),
+    /// Work queue: subscribers on one shared subscription acknowledge every message.
+    Subscribe(crate::bench_subscription::SubscribeBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -100,6 +102,7 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
             produced.print("produce (ack latency)", args.size);
             consumed.print("end to end (send → receive)", args.size);
         }
+        BenchCommand::Subscribe(args) => crate::bench_subscription::run(client, args).await?,
     }
     Ok(())
 }

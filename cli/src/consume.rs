@@ -1,12 +1,18 @@
 //! `sluice consume TOPIC`: prints records to stdout, in a consumer group
-//! (`--group`) or from a position without one.
+//! (`--group`), from a position without one, or as a consumer of a
+//! subscription (`--subscription`, queue semantics: each message is
+//! acknowledged once it is printed).
 //!
 //! Without `--follow` it stops once no record arrived for
 //! `--idle-timeout-ms`, so scripts can drain a topic.
 
 use anyhow::{bail, Result};
 use clap::Args;
-use sluice_client::{Admin, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
+use sluice_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, InitialPosition, Message,
+    SelectorKind, StartOffset, Subscriber, SubscriberConfig, SubscriptionType,
+};
+use std::future::IntoFuture;
 use std::io::Write;
 use std::time::Duration;
 
@@ -46,6 +52,26 @@ pub struct ConsumeArgs {
     /// Print headers as `name=value` after the value.
     #[arg(long)]
     pub print_headers: bool,
+    /// Consume as a consumer of this subscription (created if missing with
+    /// the options below): every printed message is acknowledged.
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// Subscription type when creating it: shared, exclusive, failover or
+    /// key-shared.
+    #[arg(
+        long = "type",
+        value_name = "TYPE",
+        default_value = "shared",
+        requires = "subscription"
+    )]
+    pub subscription_type: String,
+    /// Selector kind when creating the subscription: all, tag or sql.
+    #[arg(long, default_value = "all", requires = "subscription")]
+    pub selector_kind: String,
+    /// Selector expression (`tagA || tagB`, or SQL over headers such as
+    /// `region = 'eu' AND amount > 100`).
+    #[arg(long, requires = "subscription")]
+    pub selector: Option<String>,
 }
 
 fn start_offset(args: &ConsumeArgs) -> StartOffset {
@@ -97,6 +123,9 @@ fn print_record(
 const WAIT_FOR_OWNERS_MS: u64 = 30_000;
 
 pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
+    if args.subscription.is_some() {
+        return run_subscription(client, args).await;
+    }
     let start = start_offset(&args);
     Admin::connect(client.clone())
         .await?
@@ -163,5 +192,134 @@ pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
     drop(out);
     consumer.close().await?;
     eprintln!("consumed {count} record(s) from {}", args.topic);
+    Ok(())
+}
+
+pub fn parse_subscription_type(text: &str) -> Result<SubscriptionType> {
+    Ok(match text {
+        "shared" => SubscriptionType::Shared,
+        "exclusive" => SubscriptionType::Exclusive,
+        "failover" => SubscriptionType::Failover,
+        "key-shared" | "key_shared" => SubscriptionType::KeyShared,
+        other => bail!(
+            "unknown subscription type {other:?}: use shared, exclusive, failover or key-shared"
+        ),
+    })
+}
+
+pub fn parse_selector_kind(text: &str) -> Result<SelectorKind> {
+    Ok(match text {
+        "all" => SelectorKind::All,
+        "tag" => SelectorKind::Tag,
+        "sql" => SelectorKind::Sql,
+        other => bail!("unknown selector kind {other:?}: use all, tag or sql"),
+    })
+}
+
+fn as_record(message: Message) -> ConsumerRecord {
+    ConsumerRecord {
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
+        timestamp_ms: message.timestamp_ms,
+        key: message.key,
+        value: message.value,
+        headers: message.headers,
+        tags: message.tags,
+    }
+}
+
+/// Acknowledgements awaited at once before the next message is printed.
+const MAX_ACKS_IN_FLIGHT: usize = 1024;
+
+/// `--subscription`: prints each message, flushes stdout, then
+/// acknowledges it (so a crash never loses a message that was not
+/// printed; it may print one twice).
+async fn run_subscription(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    if args.group.is_some()
+        || args.partition.is_some()
+        || args.offset.is_some()
+        || args.from_timestamp_ms.is_some()
+    {
+        bail!("--subscription reads the whole topic from the subscription's cursor; drop --group, --partition, --offset and --from-timestamp-ms");
+    }
+    let Some(subscription) = args.subscription.clone() else {
+        bail!("--subscription is missing");
+    };
+    let selector_kind = parse_selector_kind(&args.selector_kind)?;
+    let selector = args.selector.clone().unwrap_or_default();
+    if selector_kind != SelectorKind::All && selector.is_empty() {
+        bail!(
+            "--selector-kind {} needs --selector EXPRESSION",
+            args.selector_kind
+        );
+    }
+    Admin::connect(client.clone())
+        .await?
+        .wait_until_writable(&args.topic, Duration::from_millis(WAIT_FOR_OWNERS_MS))
+        .await?;
+    let config = SubscriberConfig {
+        client,
+        subscription_type: parse_subscription_type(&args.subscription_type)?,
+        selector_kind,
+        selector,
+        // Draining without --follow from the end would print nothing.
+        initial_position: if args.from_beginning || !args.follow {
+            InitialPosition::Earliest
+        } else {
+            InitialPosition::Latest
+        },
+        ..SubscriberConfig::new(args.topic.clone(), subscription.clone())
+    };
+    let subscriber = Subscriber::connect(config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut count: u64 = 0;
+    let mut refused: u64 = 0;
+    let mut receipts = FuturesUnordered::new();
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    loop {
+        if args.max_messages.is_some_and(|max| count >= max) {
+            break;
+        }
+        while receipts.len() >= MAX_ACKS_IN_FLIGHT {
+            if let Some(Err(error)) = receipts.next().await {
+                refused += 1;
+                eprintln!("warning: acknowledgement failed (the message may come again): {error}");
+            }
+        }
+        let message = if args.follow {
+            Some(subscriber.recv().await?)
+        } else {
+            subscriber.recv_timeout(idle).await?
+        };
+        let Some(message) = message else { break };
+        let receipt = {
+            let record = as_record(message.clone());
+            print_record(&record, &args, &mut out)?;
+            out.flush()?;
+            subscriber.ack_nowait(&message).await?
+        };
+        receipts.push(receipt.into_future());
+        count += 1;
+    }
+    while let Some(result) = receipts.next().await {
+        if let Err(error) = result {
+            refused += 1;
+            eprintln!("warning: acknowledgement failed (the message may come again): {error}");
+        }
+    }
+    drop(out);
+    subscriber.close().await?;
+    eprintln!(
+        "consumed {count} message(s) from {} as subscription {subscription}{}",
+        args.topic,
+        if refused > 0 {
+            format!(", {refused} acknowledgement(s) refused")
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
