@@ -31,7 +31,8 @@ pub enum NameServerError {
         differences: String,
     },
     /// The selector does not parse; the message carries the column.
-    #[error("invalid selector {expression:?}: {reason}")]
+    /// `expression` is already quoted (and cut when long).
+    #[error("invalid selector {expression}: {reason}")]
     InvalidSelector { expression: String, reason: String },
     #[error("topic {topic:?} already has {limit} subscriptions, the limit (max_subscriptions_per_topic)")]
     TooManySubscriptions { topic: String, limit: u32 },

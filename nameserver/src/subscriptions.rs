@@ -40,6 +40,20 @@ pub const DEAD_LETTER_TOPIC_SUFFIX: &str = "-DLQ";
 /// Partitions of a dead-letter topic the nameserver creates.
 pub const DEAD_LETTER_TOPIC_PARTITIONS: u32 = 1;
 
+/// Longest part of a selector quoted back in an error message, in
+/// characters: messages travel in a gRPC header, and the caller has the
+/// whole expression anyway.
+const MAX_QUOTED_SELECTOR_CHARS: usize = 100;
+
+/// `text` for an error message: debug-quoted, cut after
+/// [`MAX_QUOTED_SELECTOR_CHARS`] characters.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_SELECTOR_CHARS) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
 const ALLOWED_TYPES: &str = "SUBSCRIPTION_TYPE_EXCLUSIVE (1), SUBSCRIPTION_TYPE_FAILOVER (2), \
      SUBSCRIPTION_TYPE_SHARED (3) or SUBSCRIPTION_TYPE_KEY_SHARED (4)";
 
@@ -65,8 +79,9 @@ fn validate_selector(kind_value: i32, expression: &str) -> Result<(), NameServer
                 return Ok(());
             }
             return Err(invalid(format!(
-                "selector kind SELECTOR_KIND_ALL takes no selector, got {expression:?}; \
-                 leave it empty or use SELECTOR_KIND_TAG / SELECTOR_KIND_SQL"
+                "selector kind SELECTOR_KIND_ALL takes no selector, got {}; \
+                 leave it empty or use SELECTOR_KIND_TAG / SELECTOR_KIND_SQL",
+                quoted(expression)
             )));
         }
         Ok(SelectorKind::Tag) => sluice_selector::SelectorKind::Tag,
@@ -86,7 +101,7 @@ fn validate_selector(kind_value: i32, expression: &str) -> Result<(), NameServer
     }
     sluice_selector::Selector::parse(kind, expression).map_err(|error| {
         NameServerError::InvalidSelector {
-            expression: expression.to_string(),
+            expression: quoted(expression),
             reason: error.to_string(),
         }
     })?;
@@ -234,8 +249,8 @@ pub fn differences(stored: &Subscription, requested: &Subscription) -> Vec<Strin
     );
     compare(
         "selector",
-        format!("{:?}", stored.selector),
-        format!("{:?}", requested.selector),
+        quoted(&stored.selector),
+        quoted(&requested.selector),
     );
     compare(
         "initial_position",
@@ -604,6 +619,30 @@ mod tests {
             ..request()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn long_selectors_are_not_quoted_whole() {
+        let long = "x".repeat(MAX_SELECTOR_BYTES * 100);
+        let error = message(complete_subscription(Subscription {
+            selector: long.clone(),
+            ..request()
+        }));
+        assert!(error.len() < 400, "{error}");
+        assert!(
+            error.contains(&format!("({} bytes in all)", long.len())),
+            "{error}"
+        );
+        let stored = complete_subscription(request()).expect("valid");
+        let found = differences(
+            &stored,
+            &Subscription {
+                selector: long,
+                ..stored.clone()
+            },
+        );
+        assert!(found[0].len() < 400, "{found:?}");
+        assert_eq!(quoted("a'b"), "\"a'b\"");
     }
 
     #[test]
