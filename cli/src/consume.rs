@@ -56,18 +56,15 @@ pub struct ConsumeArgs {
     /// the options below): every printed message is acknowledged.
     #[arg(long)]
     pub subscription: Option<String>,
-    /// Subscription type when creating it: shared, exclusive, failover or
-    /// key-shared.
-    #[arg(
-        long = "type",
-        value_name = "TYPE",
-        default_value = "shared",
-        requires = "subscription"
-    )]
-    pub subscription_type: String,
-    /// Selector kind when creating the subscription: all, tag or sql.
-    #[arg(long, default_value = "all", requires = "subscription")]
-    pub selector_kind: String,
+    /// Subscription type when creating it: shared (the default), exclusive,
+    /// failover or key-shared. Without --type, --selector-kind and
+    /// --selector an existing subscription is used as it is.
+    #[arg(long = "type", value_name = "TYPE", requires = "subscription")]
+    pub subscription_type: Option<String>,
+    /// Selector kind when creating the subscription: all (the default), tag
+    /// or sql.
+    #[arg(long, requires = "subscription")]
+    pub selector_kind: Option<String>,
     /// Selector expression (`tagA || tagB`, or SQL over headers such as
     /// `region = 'eu' AND amount > 100`).
     #[arg(long, requires = "subscription")]
@@ -247,21 +244,34 @@ async fn run_subscription(client: ClientConfig, args: ConsumeArgs) -> Result<()>
     let Some(subscription) = args.subscription.clone() else {
         bail!("--subscription is missing");
     };
-    let selector_kind = parse_selector_kind(&args.selector_kind)?;
+    let selector_kind_name = args.selector_kind.as_deref().unwrap_or("all");
+    let selector_kind = parse_selector_kind(selector_kind_name)?;
     let selector = args.selector.clone().unwrap_or_default();
     if selector_kind != SelectorKind::All && selector.is_empty() {
-        bail!(
-            "--selector-kind {} needs --selector EXPRESSION",
-            args.selector_kind
-        );
+        bail!("--selector-kind {selector_kind_name} needs --selector EXPRESSION");
     }
-    Admin::connect(client.clone())
-        .await?
+    let admin = Admin::connect(client.clone()).await?;
+    admin
         .wait_until_writable(&args.topic, Duration::from_millis(WAIT_FOR_OWNERS_MS))
         .await?;
+    let settings_given =
+        args.subscription_type.is_some() || args.selector_kind.is_some() || args.selector.is_some();
+    // Without settings, an existing subscription is consumed as it is
+    // (creating it again with the defaults could conflict with its type).
+    let create_if_missing = settings_given
+        || match admin.get_subscription(&args.topic, &subscription).await {
+            Ok(_) => false,
+            Err(error) if error.code() == Some(sluice_proto::ErrorCode::UnknownSubscription) => {
+                true
+            }
+            Err(error) => return Err(error.into()),
+        };
     let config = SubscriberConfig {
         client,
-        subscription_type: parse_subscription_type(&args.subscription_type)?,
+        create_if_missing,
+        subscription_type: parse_subscription_type(
+            args.subscription_type.as_deref().unwrap_or("shared"),
+        )?,
         selector_kind,
         selector,
         // Draining without --follow from the end would print nothing.
@@ -322,4 +332,27 @@ async fn run_subscription(client: ClientConfig, args: ConsumeArgs) -> Result<()>
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_settings_parse() {
+        assert_eq!(
+            parse_subscription_type("key-shared").expect("valid"),
+            SubscriptionType::KeyShared
+        );
+        assert_eq!(
+            parse_subscription_type("failover").expect("valid"),
+            SubscriptionType::Failover
+        );
+        assert!(parse_subscription_type("queue").is_err());
+        assert_eq!(
+            parse_selector_kind("sql").expect("valid"),
+            SelectorKind::Sql
+        );
+        assert!(parse_selector_kind("regex").is_err());
+    }
 }

@@ -326,6 +326,15 @@ impl Session<'_> {
             if closing.is_some() && self.acks.is_idle() && self.nacks.is_empty() {
                 break SessionEnd::Closed;
             }
+            // Credit is also picked up here, not only on a wake-up, so a
+            // grant can never be left behind.
+            let permits = partition.take_permits_due();
+            if permits > 0 {
+                let flow = Outgoing::Flow(SubscribeFlow { permits });
+                if let Err(error) = self.send(&requests, flow).await {
+                    break SessionEnd::Failed(error);
+                }
+            }
             let close_deadline = closing.as_ref().map(|(_, deadline)| *deadline);
             tokio::select! {
                 response = responses.message() => match response {

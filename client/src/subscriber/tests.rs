@@ -5,7 +5,7 @@
 //! (`fake_topic`, `subscriber_on`, `wait_for`) are meant for further tests.
 
 use super::*;
-use crate::testing::FakeBroker;
+use crate::testing::{FakeBroker, FakeNameServer};
 use crate::{Producer, ProducerConfig, Record};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -396,4 +396,104 @@ async fn the_listener_keeps_per_key_order_and_redelivers_failures() {
         sorted.sort_unstable();
         assert_eq!(first_attempts, sorted, "{partition}/{key}: {offsets:?}");
     }
+}
+
+#[tokio::test]
+async fn connect_creates_the_subscription_once_and_reports_conflicts() {
+    let (broker, cluster) = fake_topic(2, 1, 0).await;
+    let broker_address = cluster
+        .cached_route("t", 0)
+        .expect("seeded route")
+        .broker_address;
+    let nameserver = FakeNameServer::default();
+    nameserver
+        .lock()
+        .routes
+        .insert("t".into(), vec![broker_address.clone(), broker_address]);
+    let nameserver_address = nameserver.start().await;
+    let config = SubscriberConfig {
+        client: ClientConfig {
+            bootstrap: vec![nameserver_address],
+            ..test_client_config()
+        },
+        subscription_type: SubscriptionType::KeyShared,
+        max_deliveries: 3,
+        ..test_config()
+    };
+    let subscriber = Subscriber::connect(config.clone())
+        .await
+        .expect("connects through the nameserver");
+    let created = nameserver
+        .lock()
+        .subscriptions
+        .get(&("t".to_string(), "s".to_string()))
+        .cloned()
+        .expect("the subscription was created");
+    assert_eq!(created.r#type, SubscriptionType::KeyShared as i32);
+    assert_eq!(created.max_deliveries, 3);
+    let mut values = vec![
+        text(&recv(&subscriber).await),
+        text(&recv(&subscriber).await),
+    ];
+    values.sort();
+    assert_eq!(values, vec!["0-0".to_string(), "1-0".to_string()]);
+    subscriber.close().await.expect("closed");
+    // Same settings again: fine. Other settings: refused, with the code.
+    Subscriber::connect(config.clone())
+        .await
+        .expect("creating again with the same settings is a no-op")
+        .close()
+        .await
+        .expect("closed");
+    let error = Subscriber::connect(SubscriberConfig {
+        max_deliveries: 4,
+        ..config
+    })
+    .await
+    .err()
+    .expect("other settings conflict");
+    assert_eq!(error.code(), Some(ErrorCode::SubscriptionConflict));
+    assert_eq!(broker.lock().subscription.opens, 4);
+}
+
+#[test]
+fn settings_are_checked() {
+    for (config, what) in [
+        (SubscriberConfig::new("t", ""), "subscription name"),
+        (SubscriberConfig::new("", "s"), "topic name"),
+        (
+            SubscriberConfig {
+                receiver_queue_size: 0,
+                ..SubscriberConfig::new("t", "s")
+            },
+            "receiver_queue_size",
+        ),
+        (
+            SubscriberConfig {
+                receiver_queue_size: MAX_RECEIVER_QUEUE_SIZE + 1,
+                ..SubscriberConfig::new("t", "s")
+            },
+            "receiver_queue_size",
+        ),
+        (
+            SubscriberConfig {
+                max_pending_acks: 0,
+                ..SubscriberConfig::new("t", "s")
+            },
+            "max_pending_acks",
+        ),
+    ] {
+        match config.validate() {
+            Err(ClientError::InvalidArgument(message)) => {
+                assert!(message.contains(what), "{message} should name {what}")
+            }
+            other => panic!("{what}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    assert!(SubscriberConfig::new("t", "s").validate().is_ok());
+    assert_ne!(
+        SubscriberConfig::default().consumer_name,
+        SubscriberConfig::default().consumer_name,
+        "consumer names are random"
+    );
 }
