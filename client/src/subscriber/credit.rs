@@ -6,6 +6,11 @@
 //! takes (or the SDK discards) is counted; once half the queue has been
 //! taken, that many permits are granted again in one `flow`. Messages
 //! granted and not yet taken therefore never exceed `queue_size`.
+//!
+//! When the application waits on an empty queue, whatever was taken is
+//! granted at once ([`CreditWindow::take_all`]): a broker that holds less
+//! credit than asked (it caps each consumer's) never leaves the subscriber
+//! waiting for a refill threshold it cannot reach.
 
 /// The credit of one stream (one partition, one session).
 #[derive(Debug, Clone)]
@@ -39,6 +44,12 @@ impl CreditWindow {
         } else {
             None
         }
+    }
+
+    /// Everything taken since the last grant, to grant now (the
+    /// application is waiting and nothing is buffered).
+    pub fn take_all(&mut self) -> Option<u32> {
+        (self.taken_since_grant > 0).then(|| std::mem::take(&mut self.taken_since_grant))
     }
 
     fn refill_threshold(&self) -> u32 {
@@ -102,6 +113,31 @@ mod tests {
         let mut single = CreditWindow::new(0);
         assert_eq!(single.initial_permits(), 1);
         assert_eq!(single.taken(1), Some(1));
+    }
+
+    /// A broker that caps credit below half the queue still gets more
+    /// once the application has taken everything and waits.
+    #[test]
+    fn an_idle_application_grants_what_it_took() {
+        let broker_cap = 3u32;
+        let mut window = CreditWindow::new(100);
+        let mut broker_permits = window.initial_permits().min(broker_cap);
+        let mut taken_total = 0;
+        for _ in 0..50 {
+            assert!(broker_permits > 0, "stalled after {taken_total} messages");
+            // The broker delivers its permits; the application takes them all.
+            let delivered = std::mem::take(&mut broker_permits);
+            let mut granted = 0;
+            for _ in 0..delivered {
+                taken_total += 1;
+                granted += window.taken(1).unwrap_or(0);
+            }
+            // The queue is empty and the application waits.
+            granted += window.take_all().unwrap_or(0);
+            broker_permits = granted.min(broker_cap);
+        }
+        assert_eq!(taken_total, 150);
+        assert_eq!(window.take_all(), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 /// Largest accepted `receiver_queue_size`, in messages.
-pub const MAX_RECEIVER_QUEUE_SIZE: u32 = 1_000_000;
+pub const MAX_RECEIVER_QUEUE_SIZE: u32 = 100_000;
 /// Errors kept for `recv` to report; older ones are dropped (and were
 /// logged when they happened).
 const MAX_QUEUED_ERRORS: usize = 64;
@@ -357,6 +357,9 @@ impl Shared {
             }
             if self.is_closed() {
                 return Err(ClientError::Closed);
+            }
+            for partition in &self.partitions {
+                partition.grant_taken();
             }
             notified.await;
         }

@@ -119,6 +119,16 @@ impl PartitionShared {
         }
     }
 
+    /// The application waits on an empty queue: grant whatever was taken.
+    pub fn grant_taken(&self) {
+        let mut state = self.lock();
+        if let Some(grant) = state.credit.take_all() {
+            state.permits_due = state.permits_due.saturating_add(grant);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
     /// Starts a new stream: a new session number and a full window.
     fn begin_session(&self) -> (u64, u32) {
         let mut state = self.lock();
