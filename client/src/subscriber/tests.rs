@@ -497,3 +497,91 @@ fn settings_are_checked() {
         "consumer names are random"
     );
 }
+
+#[tokio::test]
+async fn the_listener_bounds_concurrency_and_gives_back_panics() {
+    let (broker, cluster) = fake_topic(1, 40, 0).await;
+    let subscriber = subscriber_on(&cluster, test_config()).await;
+    let running = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (handler_running, handler_most) = (running.clone(), most.clone());
+    let listener = subscriber
+        .listen(
+            ListenerConfig {
+                concurrency: 3,
+                ..ListenerConfig::default()
+            },
+            move |message: Message| {
+                let running = handler_running.clone();
+                let most = handler_most.clone();
+                async move {
+                    let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    if message.offset == 5 && message.delivery_count == 1 {
+                        panic!("a handler bug (test)");
+                    }
+                    Ok::<(), String>(())
+                }
+            },
+        )
+        .expect("listening");
+    wait_for("every message to be acknowledged", || {
+        broker.lock().subscription.acked.len() == 40
+    })
+    .await;
+    listener.shutdown().await.expect("shut down");
+    assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+    assert!(broker
+        .lock()
+        .subscription
+        .events
+        .iter()
+        .any(|event| event.starts_with("nack 5")));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_running_handlers_and_sends_their_acknowledgements() {
+    let (broker, cluster) = fake_topic(1, 1, 0).await;
+    let config = SubscriberConfig {
+        // Only the final flush can send it.
+        ack_flush_interval_ms: 60_000,
+        ..test_config()
+    };
+    let subscriber = subscriber_on(&cluster, config).await;
+    let (started, started_signal) = tokio::sync::oneshot::channel();
+    let started = Arc::new(Mutex::new(Some(started)));
+    let listener = subscriber
+        .listen(ListenerConfig::default(), move |_message: Message| {
+            let started = started.clone();
+            async move {
+                if let Some(started) = lock(&started).take() {
+                    let _ = started.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<(), String>(())
+            }
+        })
+        .expect("listening");
+    started_signal.await.expect("the handler started");
+    listener.shutdown().await.expect("shut down");
+    assert_eq!(broker.lock().subscription.acked.len(), 1);
+}
+
+#[tokio::test]
+async fn listener_settings_are_checked() {
+    let (_broker, cluster) = fake_topic(1, 0, 0).await;
+    let subscriber = subscriber_on(&cluster, test_config()).await;
+    let error = subscriber
+        .listen(
+            ListenerConfig {
+                concurrency: 0,
+                ..ListenerConfig::default()
+            },
+            |_message: Message| async { Ok::<(), String>(()) },
+        )
+        .err()
+        .expect("zero concurrency is refused");
+    assert!(matches!(error, ClientError::InvalidArgument(_)));
+}
