@@ -114,7 +114,7 @@ pub async fn run(client: ClientConfig, args: SubscribeBenchArgs) -> Result<()> {
     let mut consumers = Vec::new();
     for index in 0..args.consumers {
         let config = SubscriberConfig {
-            consumer_name: format!("{}-{index}", config.consumer_name),
+            consumer_name: format!("{subscription}-{index}"),
             ..config.clone()
         };
         let subscriber = Subscriber::connect(config).await?;

@@ -57,8 +57,8 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub subscription: Option<String>,
     /// Subscription type when creating it: shared (the default), exclusive,
-    /// failover or key-shared. Without --type, --selector-kind and
-    /// --selector an existing subscription is used as it is.
+    /// failover or key-shared. An existing subscription is used as it is
+    /// (this, --selector-kind and --selector must then match it).
     #[arg(long = "type", value_name = "TYPE", requires = "subscription")]
     pub subscription_type: Option<String>,
     /// Selector kind when creating the subscription: all (the default), tag
@@ -254,24 +254,42 @@ async fn run_subscription(client: ClientConfig, args: ConsumeArgs) -> Result<()>
     admin
         .wait_until_writable(&args.topic, Duration::from_millis(WAIT_FOR_OWNERS_MS))
         .await?;
-    let settings_given =
-        args.subscription_type.is_some() || args.selector_kind.is_some() || args.selector.is_some();
-    // Without settings, an existing subscription is consumed as it is
-    // (creating it again with the defaults could conflict with its type).
-    let create_if_missing = settings_given
-        || match admin.get_subscription(&args.topic, &subscription).await {
-            Ok(_) => false,
-            Err(error) if error.code() == Some(sluice_proto::ErrorCode::UnknownSubscription) => {
-                true
+    let subscription_type =
+        parse_subscription_type(args.subscription_type.as_deref().unwrap_or("shared"))?;
+    // An existing subscription is consumed as it is (its initial position,
+    // ack timeout and so on stay); settings given on the command line must
+    // match it. A missing one is created with them.
+    let create_if_missing = match admin.get_subscription(&args.topic, &subscription).await {
+        Ok(stored) => {
+            let mut differences = Vec::new();
+            if args.subscription_type.is_some() && stored.r#type != subscription_type as i32 {
+                differences.push(format!("type {}", stored.r#type().as_str_name()));
             }
-            Err(error) => return Err(error.into()),
-        };
+            if args.selector_kind.is_some() && stored.selector_kind != selector_kind as i32 {
+                differences.push(format!(
+                    "selector kind {}",
+                    stored.selector_kind().as_str_name()
+                ));
+            }
+            if args.selector.is_some() && stored.selector != selector {
+                differences.push(format!("selector {:?}", stored.selector));
+            }
+            if !differences.is_empty() {
+                bail!(
+                    "subscription {subscription} of {} exists with {}; drop the differing options or delete it (`sluice subscription delete`)",
+                    args.topic,
+                    differences.join(", ")
+                );
+            }
+            false
+        }
+        Err(error) if error.code() == Some(sluice_proto::ErrorCode::UnknownSubscription) => true,
+        Err(error) => return Err(error.into()),
+    };
     let config = SubscriberConfig {
         client,
         create_if_missing,
-        subscription_type: parse_subscription_type(
-            args.subscription_type.as_deref().unwrap_or("shared"),
-        )?,
+        subscription_type,
         selector_kind,
         selector,
         // Draining without --follow from the end would print nothing.

@@ -85,7 +85,7 @@ pub struct SubscriberConfig {
     pub redelivery_backoff_initial_ms: u64,
     pub redelivery_backoff_max_ms: u64,
     /// This consumer's name (diagnostics; orders failover standbys).
-    /// Default: `<client_id>-<random>`.
+    /// Default: empty, meaning `<client.client_id>-<8 random hex digits>`.
     pub consumer_name: String,
     /// Failover: the connected consumer with the lowest priority (then
     /// name) is active. Default: 0.
@@ -162,10 +162,12 @@ impl SubscriberConfig {
                 "max_pending_acks must be at least 1".into(),
             ));
         }
-        if self.consumer_name.is_empty() {
-            return Err(ClientError::InvalidArgument(
-                "consumer_name must not be empty".into(),
-            ));
+        if self.consumer_name.len() > sluice_proto::limits::MAX_NAME_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "consumer_name is {} bytes; at most {}",
+                self.consumer_name.len(),
+                sluice_proto::limits::MAX_NAME_BYTES
+            )));
         }
         Ok(())
     }
@@ -173,10 +175,8 @@ impl SubscriberConfig {
 
 impl Default for SubscriberConfig {
     fn default() -> Self {
-        let client = ClientConfig::default();
-        let consumer_name = format!("{}-{:08x}", client.client_id, rand::random::<u32>());
         Self {
-            client,
+            client: ClientConfig::default(),
             topic: String::new(),
             subscription: String::new(),
             create_if_missing: true,
@@ -189,7 +189,7 @@ impl Default for SubscriberConfig {
             dead_letter_topic: None,
             redelivery_backoff_initial_ms: 0,
             redelivery_backoff_max_ms: 0,
-            consumer_name,
+            consumer_name: String::new(),
             priority: 0,
             receiver_queue_size: 1000,
             ack_flush_interval_ms: 1,
@@ -412,9 +412,13 @@ impl Subscriber {
 
     pub(crate) async fn connect_on(
         cluster: Arc<Cluster>,
-        config: SubscriberConfig,
+        mut config: SubscriberConfig,
     ) -> Result<Subscriber, ClientError> {
         config.validate()?;
+        if config.consumer_name.is_empty() {
+            config.consumer_name =
+                format!("{}-{:08x}", config.client.client_id, rand::random::<u32>());
+        }
         let routes = cluster.topic_routes(&config.topic).await?;
         let partition_count = routes.partitions.len();
         if partition_count == 0 {

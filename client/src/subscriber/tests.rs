@@ -491,11 +491,23 @@ fn settings_are_checked() {
         }
     }
     assert!(SubscriberConfig::new("t", "s").validate().is_ok());
-    assert_ne!(
-        SubscriberConfig::default().consumer_name,
-        SubscriberConfig::default().consumer_name,
-        "consumer names are random"
+}
+
+#[tokio::test]
+async fn consumer_names_default_to_the_client_id() {
+    let (broker, cluster) = fake_topic(1, 0, 0).await;
+    let mut config = test_config();
+    config.client.client_id = "worker".into();
+    let first = subscriber_on(&cluster, config.clone()).await;
+    let second = subscriber_on(&cluster, config.clone()).await;
+    assert!(first.consumer_name().starts_with("worker-"));
+    assert_ne!(first.consumer_name(), second.consumer_name());
+    config.consumer_name = "named".into();
+    assert_eq!(
+        subscriber_on(&cluster, config).await.consumer_name(),
+        "named"
     );
+    assert_eq!(broker.lock().subscription.opens, 3);
 }
 
 #[tokio::test]
