@@ -1,7 +1,8 @@
 //! The record a coordinator appends to `__consumer_offsets` for one commit:
 //! key = group name, value = JSON list of {topic, partition, offset,
-//! metadata}. Replaying the partition in order rebuilds every group's
-//! committed offsets.
+//! metadata, cursor}. Replaying the partition in order rebuilds every
+//! group's committed offsets. `cursor` (base64, absent when empty) is a
+//! subscription's cursor (ADR 0011).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,9 @@ pub struct CommittedOffset {
     pub offset: u64,
     #[serde(default)]
     pub metadata: String,
+    /// Base64 of a subscription cursor; empty for streaming groups.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,12 +79,14 @@ mod tests {
                 partition: 3,
                 offset: 42,
                 metadata: "m".into(),
+                cursor: String::new(),
             },
             CommittedOffset {
                 topic: "orders".into(),
                 partition: 0,
                 offset: 0,
                 metadata: String::new(),
+                cursor: "AQID".into(),
             },
         ];
         let batch = encode("billing", &offsets).expect("encodes");

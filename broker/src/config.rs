@@ -106,6 +106,25 @@ pub struct BrokerConfig {
     /// (client `delivery_timeout_ms`, default 30 s; ADR 0010). Default
     /// 64 MiB.
     pub producer_state_rebuild_bytes: u64,
+    /// Subscriptions (ADR 0011): most scanned, unacknowledged messages one
+    /// subscription holds per partition (delivered or waiting); bounds its
+    /// memory and its cursor's size. Default 20000.
+    pub subscription_window_messages: usize,
+    /// Subscriptions: most bytes of record batches one subscription keeps
+    /// read ahead per partition. Default 64 MiB.
+    pub subscription_window_bytes: u64,
+    /// Subscriptions: most credit (undelivered permits) one consumer may
+    /// hold; larger flow requests are capped. Default 10000.
+    pub subscription_max_permits_per_consumer: u64,
+    /// Subscriptions: most consumers of one subscription on one partition.
+    /// Default 1000.
+    pub subscription_max_consumers_per_partition: usize,
+    /// Subscriptions: acknowledgements are made durable (the cursor
+    /// committed) at most this often; receipts wait for it. Default 2.
+    pub subscription_ack_flush_interval_ms: u64,
+    /// Subscriptions: a dispatcher with no consumer for this long persists
+    /// its cursor and stops. Default 60000.
+    pub subscription_idle_stop_ms: u64,
     pub telemetry: TelemetryConfig,
 }
 
@@ -146,6 +165,12 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 60_000,
             max_producer_states_per_partition: 10_000,
             producer_state_rebuild_bytes: 64 * 1024 * 1024,
+            subscription_window_messages: 20_000,
+            subscription_window_bytes: 64 * 1024 * 1024,
+            subscription_max_permits_per_consumer: 10_000,
+            subscription_max_consumers_per_partition: 1000,
+            subscription_ack_flush_interval_ms: 2,
+            subscription_idle_stop_ms: 60_000,
             telemetry: TelemetryConfig::default(),
         }
     }

@@ -57,6 +57,8 @@ struct State {
     offsets_partitions: u32,
     groups: HashMap<String, Group>,
     committed: HashMap<String, BTreeMap<TopicPartition, (u64, String)>>,
+    /// Subscription cursors (base64, as committed) by group and partition.
+    cursors: HashMap<String, BTreeMap<TopicPartition, String>>,
     registered: HashSet<String>,
 }
 
@@ -113,6 +115,54 @@ fn apply_commits(state: &mut State, group: &str, offsets: &[CommittedOffset]) {
             (offset.offset, offset.metadata.clone()),
         );
     }
+    for offset in offsets.iter().filter(|offset| !offset.cursor.is_empty()) {
+        state.cursors.entry(group.to_string()).or_default().insert(
+            (offset.topic.clone(), offset.partition),
+            offset.cursor.clone(),
+        );
+    }
+}
+
+/// Refuses a subscription cursor written under an older ownership epoch
+/// than the one held: a deposed partition owner must not roll a cursor
+/// back (ADR 0011).
+fn check_cursor_epoch(
+    state: &State,
+    group: &str,
+    offset: &PartitionOffset,
+) -> Result<(), BrokerError> {
+    use crate::subscription::CursorSnapshot;
+    let new_epoch = CursorSnapshot::peek_epoch(&offset.cursor)
+        .map_err(|error| BrokerError::InvalidArgument(format!("cursor: {error}")))?;
+    let held = state
+        .cursors
+        .get(group)
+        .and_then(|cursors| cursors.get(&(offset.topic.clone(), offset.partition)));
+    if let Some(held) = held {
+        if let Some(held_epoch) = decode_base64(held)
+            .ok()
+            .and_then(|bytes| CursorSnapshot::peek_epoch(&bytes).ok())
+        {
+            if new_epoch < held_epoch {
+                return Err(BrokerError::CursorFenced(format!(
+                    "cursor of {}/{} for {group:?} was written under epoch {held_epoch}; \
+                     epoch {new_epoch} is stale",
+                    offset.topic, offset.partition
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text)
 }
 
 impl Coordinator {
@@ -195,6 +245,7 @@ impl Coordinator {
             |group: &str| offsets_partition_for_group(group, partitions) == offsets_partition;
         state.groups.retain(|group, _| !belongs(group));
         state.committed.retain(|group, _| !belongs(group));
+        state.cursors.retain(|group, _| !belongs(group));
         state.registered.retain(|group| !belongs(group));
     }
 
@@ -469,6 +520,12 @@ impl Coordinator {
                             partition: *index,
                             offset: *offset,
                             metadata: metadata.clone(),
+                            cursor: state
+                                .cursors
+                                .get(group)
+                                .and_then(|cursors| cursors.get(&(topic.clone(), *index)))
+                                .cloned()
+                                .unwrap_or_default(),
                         })
                         .collect();
                     (group.clone(), offsets)
@@ -545,6 +602,16 @@ impl Coordinator {
                 }
             }
         }
+        {
+            let state = lock(&self.state);
+            for offset in request
+                .offsets
+                .iter()
+                .filter(|offset| !offset.cursor.is_empty())
+            {
+                check_cursor_epoch(&state, &request.group, offset)?;
+            }
+        }
         let offsets: Vec<CommittedOffset> = request
             .offsets
             .iter()
@@ -553,6 +620,11 @@ impl Coordinator {
                 partition: offset.partition,
                 offset: offset.offset,
                 metadata: offset.metadata.clone(),
+                cursor: if offset.cursor.is_empty() {
+                    String::new()
+                } else {
+                    encode_base64(&offset.cursor)
+                },
             })
             .collect();
         let batch = commit_record::encode(&request.group, &offsets)
@@ -601,7 +673,13 @@ impl Coordinator {
                         offset: *offset,
                         metadata: metadata.clone(),
                         error: ErrorCode::None as i32,
-                        cursor: Default::default(),
+                        cursor: state
+                            .cursors
+                            .get(&request.group)
+                            .and_then(|cursors| cursors.get(&(topic.clone(), *partition)))
+                            .and_then(|text| decode_base64(text).ok())
+                            .map(bytes::Bytes::from)
+                            .unwrap_or_default(),
                     })
                     .collect()
             })

@@ -57,6 +57,16 @@ pub enum BrokerError {
     /// An idempotent producer's batch does not fit its sequence.
     #[error("out of order sequence: {0}")]
     OutOfOrderSequence(String),
+    #[error("{0}")]
+    ConsumerBusy(String),
+    #[error("{0}")]
+    InvalidSelector(String),
+    /// A subscription cursor from an older ownership epoch.
+    #[error("{0}")]
+    CursorFenced(String),
+    /// An error decided elsewhere in this broker, passed on with its code.
+    #[error("{}", .0.message)]
+    Relayed(SluiceError),
 }
 
 impl BrokerError {
@@ -92,6 +102,9 @@ impl BrokerError {
                 }
                 ErrorCode::None => ErrorCode::Internal,
                 code if code.is_retriable() => code,
+                // The nameserver's answers about subscriptions reach the
+                // consumer as they are.
+                code @ (ErrorCode::UnknownSubscription | ErrorCode::InvalidSelector) => code,
                 ErrorCode::StorageCorrupt => ErrorCode::StorageCorrupt,
                 _ => ErrorCode::Unavailable,
             },
@@ -101,6 +114,10 @@ impl BrokerError {
             BrokerError::Transport(_) | BrokerError::Internal(_) => ErrorCode::Internal,
             BrokerError::DuplicateInFlight(_) => ErrorCode::DuplicateInFlight,
             BrokerError::OutOfOrderSequence(_) => ErrorCode::OutOfOrderSequence,
+            BrokerError::ConsumerBusy(_) => ErrorCode::ConsumerBusy,
+            BrokerError::InvalidSelector(_) => ErrorCode::InvalidSelector,
+            BrokerError::CursorFenced(_) => ErrorCode::Fenced,
+            BrokerError::Relayed(error) => error.code,
         }
     }
 

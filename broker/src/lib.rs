@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub live_stores: std::sync::atomic::AtomicUsize,
     /// Counters of the segment repair task, reported in heartbeats.
     pub repair: repair::RepairProgress,
+    /// Subscription dispatchers running here (ADR 0011).
+    pub subscriptions: subscription::Registry,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ pub async fn run(
         produced_bytes: std::sync::atomic::AtomicU64::new(0),
         live_stores: std::sync::atomic::AtomicUsize::new(0),
         repair: repair::RepairProgress::default(),
+        subscriptions: subscription::Registry::default(),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,

@@ -1,25 +1,1183 @@
-//! Subscriptions with queue semantics (ADR 0011): the dispatcher of each
-//! (partition, subscription) served here, its consumers' streams, and the
-//! durable cursor of acknowledged messages.
+//! Subscriptions with queue semantics (ADR 0011): one dispatcher task per
+//! (partition, subscription) served here, the consumers' `Subscribe`
+//! streams, and the durable cursor of acknowledged messages.
+//!
+//! The task owns a pure [`dispatcher::Dispatcher`] and does its IO: it
+//! scans the partition's log (decoding records to apply the selector and
+//! hash keys), sends deliveries as the stored batches plus the offsets meant
+//! for the consumer, commits the cursor to the subscription's coordinator
+//! (the owner of its `__consumer_offsets` partition, as for groups) before
+//! answering acknowledgements, and writes dead letters with the SDK's
+//! producer. Everything is bounded: the window of held messages and bytes,
+//! each consumer's credit and response queue, the command queue.
 
+mod cursor;
+mod dispatcher;
+
+pub use cursor::CursorSnapshot;
+
+use crate::clients::{nameserver_call, request};
+use crate::error::BrokerError;
+use crate::partition::{Partition, Phase};
+use crate::tail_cache::PartitionKey;
 use crate::Shared;
-use futures::Stream;
-use sluice_proto::v1::{SubscribeRequest, SubscribeResponse};
+use bytes::Bytes;
+use cursor::AckedRanges;
+use dispatcher::{Action, ConsumerId, Dispatcher, Scanned, Settings};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use sluice_proto::batch::{self, BatchIter, Record};
+use sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
+use sluice_proto::names::{GroupName, TopicName};
+use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
+use sluice_proto::v1::subscribe_response::Response as ToConsumer;
+use sluice_proto::v1::{
+    AckReceipt, AckResult, CommitOffsetsRequest, ConsumerStatus, Delivery, FetchOffsetsRequest,
+    FindCoordinatorRequest, GetSubscriptionRequest, InitialPosition, PartitionOffset,
+    SubscribeOpened, SubscribeRequest, SubscribeResponse, Subscription, SubscriptionType,
+    TopicPartitions,
+};
+use sluice_proto::ErrorCode;
+use sluice_selector::{Selector, SelectorKind};
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 pub type SubscribeResponseStream =
     Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
+/// Longest a consumer may take to send `open` after starting the stream.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a dispatcher tries to load its subscription and cursor.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Commands queued to one dispatcher; a consumer whose command does not
+/// fit waits (its own stream stalls, nobody else's).
+const COMMAND_QUEUE: usize = 4096;
+/// Commands handled before the dispatcher decides deliveries again.
+const COMMANDS_PER_STEP: usize = 512;
+/// Responses queued to one consumer beyond its credit (receipts, status).
+/// A consumer that lets more pile up is not reading and is disconnected.
+const RESPONSE_QUEUE_SLACK: usize = 1024;
+/// Most offsets in one ack or nack request.
+pub const MAX_OFFSETS_PER_REQUEST: usize = 10_000;
+/// Bytes read from the log per scan step.
+const SCAN_READ_BYTES: usize = 1024 * 1024;
+/// Pause before retrying a failed cursor commit or log read.
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest a single nack delay may be (a day); longer requests are capped.
+const MAX_NACK_DELAY_MS: u64 = 86_400_000;
+/// Group-name prefix under which subscription cursors are committed.
+const CURSOR_GROUP_PREFIX: &str = "__sub.";
+
+/// The dispatchers running on this broker.
+#[derive(Default)]
+pub struct Registry {
+    dispatchers: Mutex<HashMap<(PartitionKey, String), mpsc::Sender<Command>>>,
+    next_consumer_id: AtomicU64,
+    dead_letter_producer: tokio::sync::OnceCell<sluice_client::Producer>,
+}
+
+impl Registry {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(PartitionKey, String), mpsc::Sender<Command>>> {
+        self.dispatchers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The running dispatcher of (`key`, `subscription`), started if needed.
+    fn dispatcher(
+        &self,
+        shared: &Arc<Shared>,
+        key: &PartitionKey,
+        subscription: &str,
+        partition: Arc<Partition>,
+    ) -> mpsc::Sender<Command> {
+        let mut dispatchers = self.lock();
+        let map_key = (key.clone(), subscription.to_string());
+        if let Some(sender) = dispatchers.get(&map_key) {
+            if !sender.is_closed() {
+                return sender.clone();
+            }
+        }
+        let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+        dispatchers.insert(map_key, sender.clone());
+        tokio::spawn(run_dispatcher(
+            shared.clone(),
+            key.clone(),
+            subscription.to_string(),
+            partition,
+            receiver,
+            sender.clone(),
+        ));
+        sender
+    }
+
+    fn remove(&self, key: &PartitionKey, subscription: &str, sender: &mpsc::Sender<Command>) {
+        let mut dispatchers = self.lock();
+        let map_key = (key.clone(), subscription.to_string());
+        if dispatchers
+            .get(&map_key)
+            .is_some_and(|current| current.same_channel(sender))
+        {
+            dispatchers.remove(&map_key);
+        }
+    }
+
+    /// Dispatchers running (for tests and status).
+    #[allow(dead_code)]
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+enum Command {
+    Open {
+        consumer: ConsumerId,
+        name: String,
+        priority: u32,
+        permits: u64,
+        responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
+        opened: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    Flow {
+        consumer: ConsumerId,
+        permits: u64,
+    },
+    Ack {
+        consumer: ConsumerId,
+        request_id: u64,
+        offsets: Vec<u64>,
+        cumulative: Option<u64>,
+    },
+    Nack {
+        consumer: ConsumerId,
+        offsets: Vec<u64>,
+        delay_ms: u64,
+    },
+    Close {
+        consumer: ConsumerId,
+    },
+}
+
 /// Serves one consumer's `Subscribe` stream.
 pub fn serve(
-    _shared: Arc<Shared>,
-    _requests: Streaming<SubscribeRequest>,
+    shared: Arc<Shared>,
+    requests: Streaming<SubscribeRequest>,
 ) -> SubscribeResponseStream {
-    Box::pin(futures::stream::once(async {
-        Err(Status::unimplemented(
-            "subscriptions: being built (issue 4)",
+    let capacity = usize::try_from(shared.config.subscription_max_permits_per_consumer)
+        .unwrap_or(usize::MAX)
+        .saturating_add(RESPONSE_QUEUE_SLACK);
+    let (responses, receiver) = mpsc::channel(capacity);
+    tokio::spawn(async move {
+        if let Err(error) = run_consumer(shared, requests, responses.clone()).await {
+            tracing::debug!(%error, "subscribe stream ends with an error");
+            let _ = responses.send(Err(error.into())).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
+async fn run_consumer(
+    shared: Arc<Shared>,
+    mut requests: Streaming<SubscribeRequest>,
+    responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
+) -> Result<(), BrokerError> {
+    let first = tokio::time::timeout(OPEN_TIMEOUT, requests.message())
+        .await
+        .map_err(|_| BrokerError::Timeout("waiting for the subscribe stream's open".into()))?
+        .map_err(|status| BrokerError::InvalidArgument(format!("subscribe stream: {status}")))?;
+    let Some(SubscribeRequest {
+        request: Some(ConsumerRequest::Open(open)),
+    }) = first
+    else {
+        return Err(BrokerError::InvalidArgument(
+            "the first message of a subscribe stream must be `open`".into(),
+        ));
+    };
+    let topic = TopicName::any(&open.topic)
+        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+    GroupName::new(&open.subscription).map_err(|error| {
+        BrokerError::InvalidArgument(error.to_string().replace("group", "subscription"))
+    })?;
+    cursor_group(&open.subscription)?;
+    if open.consumer_name.len() > sluice_proto::limits::MAX_NAME_BYTES {
+        return Err(BrokerError::InvalidArgument(format!(
+            "consumer name is {} bytes; at most {}",
+            open.consumer_name.len(),
+            sluice_proto::limits::MAX_NAME_BYTES
+        )));
+    }
+    let key = PartitionKey::new(topic.as_str(), open.partition);
+    let Some(partition) = shared.partition(&key) else {
+        return Err(shared
+            .not_served_error(topic.as_str(), open.partition)
+            .await);
+    };
+    let consumer = shared
+        .subscriptions
+        .next_consumer_id
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    let dispatcher =
+        shared
+            .subscriptions
+            .dispatcher(&shared, &key, &open.subscription, partition.clone());
+    let not_owner = || BrokerError::NotOwner {
+        topic: key.topic.clone(),
+        partition: key.partition,
+    };
+    let (opened_sender, opened) = oneshot::channel();
+    dispatcher
+        .send(Command::Open {
+            consumer,
+            name: open.consumer_name.clone(),
+            priority: open.priority,
+            permits: u64::from(open.permits),
+            responses: responses.clone(),
+            opened: opened_sender,
+        })
+        .await
+        .map_err(|_| not_owner())?;
+    opened.await.map_err(|_| not_owner())??;
+    let result = forward_requests(consumer, &mut requests, &responses, &dispatcher).await;
+    // Whatever ended the stream, the consumer is gone: what it held is
+    // delivered again.
+    let _ = dispatcher.send(Command::Close { consumer }).await;
+    result
+}
+
+async fn forward_requests(
+    consumer: ConsumerId,
+    requests: &mut Streaming<SubscribeRequest>,
+    responses: &mpsc::Sender<Result<SubscribeResponse, Status>>,
+    dispatcher: &mpsc::Sender<Command>,
+) -> Result<(), BrokerError> {
+    loop {
+        let message = tokio::select! {
+            message = requests.message() => message,
+            _ = responses.closed() => return Ok(()),
+            _ = dispatcher.closed() => return Ok(()),
+        };
+        let request = match message {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                tracing::debug!(%status, consumer, "subscribe stream broke");
+                return Ok(());
+            }
+        };
+        let command =
+            match request.request {
+                Some(ConsumerRequest::Flow(flow)) => Command::Flow {
+                    consumer,
+                    permits: u64::from(flow.permits),
+                },
+                Some(ConsumerRequest::Ack(ack)) => {
+                    if ack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
+                        return Err(too_many_offsets(ack.offsets.len()));
+                    }
+                    Command::Ack {
+                        consumer,
+                        request_id: ack.request_id,
+                        offsets: ack.offsets,
+                        cumulative: ack.cumulative_offset,
+                    }
+                }
+                Some(ConsumerRequest::Nack(nack)) => {
+                    if nack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
+                        return Err(too_many_offsets(nack.offsets.len()));
+                    }
+                    Command::Nack {
+                        consumer,
+                        offsets: nack.offsets,
+                        delay_ms: nack.delay_ms.min(MAX_NACK_DELAY_MS),
+                    }
+                }
+                Some(ConsumerRequest::Open(_)) => return Err(BrokerError::InvalidArgument(
+                    "a subscribe stream is opened once; start a new stream for another partition"
+                        .into(),
+                )),
+                None => {
+                    return Err(BrokerError::InvalidArgument(
+                        "empty subscribe request".into(),
+                    ))
+                }
+            };
+        if dispatcher.send(command).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn too_many_offsets(count: usize) -> BrokerError {
+    BrokerError::InvalidArgument(format!(
+        "{count} offsets in one request; at most {MAX_OFFSETS_PER_REQUEST}"
+    ))
+}
+
+/// The coordinator group under which a subscription's cursors are kept.
+fn cursor_group(subscription: &str) -> Result<String, BrokerError> {
+    let group = format!("{CURSOR_GROUP_PREFIX}{subscription}");
+    if group.len() > sluice_proto::limits::MAX_NAME_BYTES {
+        return Err(BrokerError::InvalidArgument(format!(
+            "subscription name {subscription:?} is too long: at most {} bytes",
+            sluice_proto::limits::MAX_NAME_BYTES - CURSOR_GROUP_PREFIX.len()
+        )));
+    }
+    Ok(group)
+}
+
+/// A stable 64-bit hash of a record key (FNV-1a): parked keys are
+/// persisted by hash, so it must not change between brokers or versions.
+fn key_hash(key: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn selector_of(subscription: &Subscription) -> Result<Selector, BrokerError> {
+    let kind = match subscription.selector_kind() {
+        sluice_proto::v1::SelectorKind::All => SelectorKind::All,
+        sluice_proto::v1::SelectorKind::Tag => SelectorKind::Tag,
+        sluice_proto::v1::SelectorKind::Sql => SelectorKind::Sql,
+    };
+    if kind == SelectorKind::All {
+        return Ok(Selector::all());
+    }
+    Selector::parse(kind, &subscription.selector).map_err(|error| {
+        BrokerError::InvalidSelector(format!(
+            "selector of subscription {:?}: {error}",
+            subscription.name
         ))
-    }))
+    })
+}
+
+struct ConsumerLink {
+    responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
+}
+
+/// The dispatcher task's state besides the pure dispatcher.
+struct Task {
+    shared: Arc<Shared>,
+    key: PartitionKey,
+    subscription: Subscription,
+    group: String,
+    selector: Selector,
+    partition: Arc<Partition>,
+    dispatcher: Dispatcher,
+    consumers: HashMap<ConsumerId, ConsumerLink>,
+    /// Batches read ahead: base offset → (end offset, bytes).
+    batches: BTreeMap<u64, (u64, Bytes)>,
+    batch_bytes: u64,
+    /// Acknowledgements applied but not yet in a started cursor commit.
+    receipts_waiting: Vec<(ConsumerId, AckReceipt)>,
+    started: Instant,
+}
+
+impl Task {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn send(&mut self, consumer: ConsumerId, response: ToConsumer) {
+        let Some(link) = self.consumers.get(&consumer) else {
+            return;
+        };
+        let message = SubscribeResponse {
+            response: Some(response),
+        };
+        if link.responses.try_send(Ok(message)).is_err() {
+            // Full: the consumer stopped reading beyond its credit; closed:
+            // it left. Either way what it holds goes to others.
+            tracing::debug!(consumer, partition = %self.key, "consumer not reading; dropping it");
+            self.drop_consumer(consumer);
+        }
+    }
+
+    fn drop_consumer(&mut self, consumer: ConsumerId) {
+        self.consumers.remove(&consumer);
+        self.dispatcher.remove_consumer(consumer);
+        self.receipts_waiting.retain(|(id, _)| *id != consumer);
+    }
+
+    fn fail_all(&mut self, error: BrokerError) {
+        let status: Status = SluiceError::from(error).into();
+        for (_, link) in self.consumers.drain() {
+            let _ = link.responses.try_send(Err(status.clone()));
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Open {
+                consumer,
+                name,
+                priority,
+                permits,
+                responses,
+                opened,
+            } => {
+                if self.consumers.len()
+                    >= self.shared.config.subscription_max_consumers_per_partition
+                {
+                    let _ = opened.send(Err(BrokerError::Throttled(format!(
+                        "subscription {:?} has {} consumers on {}, the most allowed",
+                        self.subscription.name,
+                        self.consumers.len(),
+                        self.key
+                    ))));
+                    return;
+                }
+                let permits = permits.min(self.shared.config.subscription_max_permits_per_consumer);
+                if let Err(error) = self
+                    .dispatcher
+                    .add_consumer(consumer, name, priority, permits)
+                {
+                    let _ = opened.send(Err(BrokerError::ConsumerBusy(format!(
+                        "{error} ({} of subscription {:?})",
+                        self.key, self.subscription.name
+                    ))));
+                    return;
+                }
+                self.consumers.insert(consumer, ConsumerLink { responses });
+                let active = !matches!(self.dispatcher.kind(), SubscriptionType::Failover);
+                self.send(
+                    consumer,
+                    ToConsumer::Opened(SubscribeOpened {
+                        subscription: Some(self.subscription.clone()),
+                        consumer_id: consumer,
+                        active,
+                    }),
+                );
+                let _ = opened.send(Ok(()));
+            }
+            Command::Flow { consumer, permits } => {
+                let cap = self.shared.config.subscription_max_permits_per_consumer;
+                self.dispatcher.flow(consumer, permits.min(cap));
+                self.dispatcher.cap_permits(consumer, cap);
+            }
+            Command::Ack {
+                consumer,
+                request_id,
+                offsets,
+                cumulative,
+            } => {
+                if !self.consumers.contains_key(&consumer) {
+                    return;
+                }
+                let mut receipt = AckReceipt {
+                    request_id,
+                    acknowledged: Vec::with_capacity(offsets.len()),
+                    rejected: Vec::new(),
+                };
+                for offset in offsets {
+                    match self.dispatcher.ack(consumer, offset) {
+                        Ok(()) => receipt.acknowledged.push(offset),
+                        Err(code) => receipt.rejected.push(AckResult {
+                            offset,
+                            error: code as i32,
+                        }),
+                    }
+                }
+                if let Some(offset) = cumulative {
+                    match self.dispatcher.ack_cumulative(consumer, offset) {
+                        Ok(()) => receipt.acknowledged.push(offset),
+                        Err(code) => receipt.rejected.push(AckResult {
+                            offset,
+                            error: code as i32,
+                        }),
+                    }
+                }
+                if receipt.acknowledged.is_empty() {
+                    // Nothing to make durable: answer now.
+                    self.send(consumer, ToConsumer::AckReceipt(receipt));
+                } else {
+                    self.receipts_waiting.push((consumer, receipt));
+                }
+            }
+            Command::Nack {
+                consumer,
+                offsets,
+                delay_ms,
+            } => {
+                let now_ms = self.now_ms();
+                let delay = (delay_ms > 0).then_some(delay_ms);
+                for offset in offsets {
+                    // A nack for something not held is moot: it is or will
+                    // be delivered again anyway.
+                    let _ = self.dispatcher.nack(consumer, offset, delay, now_ms);
+                }
+            }
+            Command::Close { consumer } => self.drop_consumer(consumer),
+        }
+    }
+
+    /// Reads ahead while the window has room.
+    async fn scan(&mut self) -> Result<(), BrokerError> {
+        loop {
+            let status = self.partition.status();
+            let position = self.dispatcher.read_position();
+            if position < status.log_start_offset {
+                // Retention removed what the cursor had not reached.
+                self.dispatcher.skip_to(status.log_start_offset);
+                continue;
+            }
+            if position >= status.high_watermark
+                || self.dispatcher.window_room() == 0
+                || self.batch_bytes >= self.shared.config.subscription_window_bytes
+            {
+                return Ok(());
+            }
+            let bytes = self
+                .partition
+                .read(&self.shared, position, SCAN_READ_BYTES)
+                .await?;
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let mut progressed = false;
+            for item in BatchIter::new(&bytes) {
+                let (start, header, slice) = item.map_err(BrokerError::Batch)?;
+                if header.end_offset() <= self.dispatcher.read_position() {
+                    continue;
+                }
+                let batch = bytes.slice(start..start + slice.len());
+                let scanned = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
+                    Ok((_, records)) => self.classify(&records),
+                    Err(error) => {
+                        // The stores checked its CRC, so this is a producer's
+                        // malformed compressed batch: nobody can read it.
+                        tracing::warn!(partition = %self.key, offset = header.base_offset, %error,
+                            "skipping an undecodable batch in subscription {:?}", self.subscription.name);
+                        Vec::new()
+                    }
+                };
+                self.dispatcher.add_scanned(&scanned);
+                self.dispatcher.skip_to(header.end_offset());
+                self.batch_bytes += batch.len() as u64;
+                self.batches
+                    .insert(header.base_offset, (header.end_offset(), batch));
+                progressed = true;
+                if self.dispatcher.window_room() == 0 {
+                    break;
+                }
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn classify(&self, records: &[Record]) -> Vec<Scanned> {
+        let from = self.dispatcher.read_position();
+        records
+            .iter()
+            .filter(|record| record.offset >= from)
+            .map(|record| Scanned {
+                offset: record.offset,
+                key_hash: record.key.as_deref().map(key_hash),
+                selected: self.selector.matches(record),
+            })
+            .collect()
+    }
+
+    /// Drops read-ahead batches wholly below the mark-delete offset.
+    fn prune_batches(&mut self) {
+        let mark = self.dispatcher.mark_delete();
+        while let Some((&base, &(end, ref bytes))) = self.batches.first_key_value() {
+            if end > mark {
+                break;
+            }
+            self.batch_bytes -= bytes.len() as u64;
+            self.batches.remove(&base);
+        }
+    }
+
+    fn batch_of(&self, offset: u64) -> Option<(u64, Bytes)> {
+        self.batches
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, (end, _))| offset < *end)
+            .map(|(base, (_, bytes))| (*base, bytes.clone()))
+    }
+
+    /// Carries out the dispatcher's decisions; dead letters become futures.
+    fn execute(&mut self, actions: Vec<Action>, dead_letters: &mut DeadLetters) {
+        for action in actions {
+            match action {
+                Action::Deliver { consumer, messages } => self.deliver(consumer, messages),
+                Action::Status { consumer, active } => {
+                    self.send(consumer, ToConsumer::Status(ConsumerStatus { active }));
+                }
+                Action::DeadLetter { offset, deliveries } => {
+                    let record = self.batch_of(offset).and_then(|(_, batch)| {
+                        batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES)
+                            .ok()
+                            .and_then(|(_, records)| {
+                                records.into_iter().find(|record| record.offset == offset)
+                            })
+                    });
+                    let Some(record) = record else {
+                        tracing::warn!(partition = %self.key, offset, "dead letter's batch is gone; retrying later");
+                        self.dispatcher.dead_letter_failed(offset);
+                        continue;
+                    };
+                    dead_letters.push(
+                        write_dead_letter(
+                            self.shared.clone(),
+                            self.key.clone(),
+                            self.subscription.clone(),
+                            record,
+                            deliveries,
+                        )
+                        .map(move |result| (offset, result))
+                        .boxed(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, consumer: ConsumerId, messages: Vec<(u64, u32)>) {
+        let mut current: Option<(u64, Bytes, Delivery)> = None;
+        let mut ready: Vec<Delivery> = Vec::new();
+        for (offset, count) in messages {
+            let same_batch = current
+                .as_ref()
+                .and_then(|(base, _, _)| self.batches.get(base))
+                .is_some_and(|(end, _)| offset < *end)
+                && current.as_ref().is_some_and(|(base, _, _)| offset >= *base);
+            if !same_batch {
+                if let Some((_, _, delivery)) = current.take() {
+                    ready.push(delivery);
+                }
+                let Some((base, bytes)) = self.batch_of(offset) else {
+                    // Cannot happen while batches are pruned only below the
+                    // mark; if it does, the ack timeout redelivers it.
+                    tracing::error!(partition = %self.key, offset, "no batch for a delivery");
+                    continue;
+                };
+                current = Some((
+                    base,
+                    bytes.clone(),
+                    Delivery {
+                        batches: bytes,
+                        offsets: Vec::new(),
+                        delivery_counts: Vec::new(),
+                    },
+                ));
+            }
+            if let Some((_, _, delivery)) = current.as_mut() {
+                delivery.offsets.push(offset);
+                delivery.delivery_counts.push(count);
+            }
+        }
+        if let Some((_, _, delivery)) = current {
+            ready.push(delivery);
+        }
+        for delivery in ready {
+            self.send(consumer, ToConsumer::Delivery(delivery));
+        }
+    }
+}
+
+use sluice_proto::SluiceError;
+
+type DeadLetters = FuturesUnordered<BoxFuture<'static, (u64, Result<(), String>)>>;
+type CommitFuture = BoxFuture<'static, Result<(), BrokerError>>;
+
+/// Writes `record` to the subscription's dead-letter topic with its history
+/// in headers. Durable (acknowledged by the dead-letter topic's stores)
+/// when it returns Ok.
+async fn write_dead_letter(
+    shared: Arc<Shared>,
+    key: PartitionKey,
+    subscription: Subscription,
+    record: Record,
+    deliveries: u32,
+) -> Result<(), String> {
+    let producer = shared
+        .subscriptions
+        .dead_letter_producer
+        .get_or_try_init(|| async {
+            let config = sluice_client::ProducerConfig {
+                client: sluice_client::ClientConfig {
+                    bootstrap: shared.config.nameservers.clone(),
+                    client_id: format!("{}-dead-letters", shared.config.node_id),
+                    ..sluice_client::ClientConfig::default()
+                },
+                ..sluice_client::ProducerConfig::default()
+            };
+            sluice_client::Producer::new(config).await
+        })
+        .await
+        .map_err(|error| format!("dead-letter producer: {error}"))?;
+    let mut letter = sluice_client::Record::new(
+        subscription.dead_letter_topic.clone(),
+        record.value.unwrap_or_default(),
+    )
+    .with_timestamp_ms(record.timestamp_ms);
+    if let Some(record_key) = record.key {
+        letter = letter.with_key(record_key);
+    }
+    for (name, value) in record.headers {
+        letter = letter.with_header(name, value);
+    }
+    for tag in record.tags {
+        letter = letter.with_tag(tag);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis().to_string())
+        .unwrap_or_default();
+    letter = letter
+        .with_header("sluice-dlq-topic", key.topic.clone())
+        .with_header("sluice-dlq-partition", key.partition.to_string())
+        .with_header("sluice-dlq-offset", record.offset.to_string())
+        .with_header("sluice-dlq-subscription", subscription.name.clone())
+        .with_header("sluice-dlq-deliveries", deliveries.to_string())
+        .with_header("sluice-dlq-time-ms", now_ms);
+    producer
+        .send(letter)
+        .await
+        .map(|_| ())
+        .map_err(|error| format!("dead letter to {}: {error}", subscription.dead_letter_topic))
+}
+
+/// The subscription's settings and its cursor, loading or creating it.
+async fn load(
+    shared: &Arc<Shared>,
+    key: &PartitionKey,
+    name: &str,
+    partition: &Partition,
+) -> Result<(Subscription, String, CursorSnapshot), BrokerError> {
+    let subscription = nameserver_call!(
+        &shared.clients,
+        get_subscription,
+        GetSubscriptionRequest {
+            topic: key.topic.clone(),
+            name: name.to_string(),
+        }
+    )?;
+    let group = cursor_group(name)?;
+    // Wait until the partition knows its bounds (takeover finished).
+    let mut status = partition.subscribe();
+    loop {
+        let current = status.borrow_and_update().clone();
+        if current.phase == Phase::Stopped {
+            return Err(BrokerError::NotOwner {
+                topic: key.topic.clone(),
+                partition: key.partition,
+            });
+        }
+        if current.loaded {
+            break;
+        }
+        if status.changed().await.is_err() {
+            return Err(BrokerError::NotOwner {
+                topic: key.topic.clone(),
+                partition: key.partition,
+            });
+        }
+    }
+    let stored = fetch_cursor(shared, &group, key).await?;
+    let restored = stored.and_then(|bytes| match CursorSnapshot::decode(&bytes) {
+        Ok(snapshot) if snapshot.subscription_created_at_ms == subscription.created_at_ms => {
+            Some(snapshot)
+        }
+        Ok(_) => None, // An earlier subscription of the same name.
+        Err(error) => {
+            tracing::error!(partition = %key, subscription = name, %error, "stored cursor is corrupt; starting from the initial position");
+            None
+        }
+    });
+    let snapshot = match restored {
+        Some(snapshot) => snapshot,
+        None => {
+            let status = partition.status();
+            let start = match subscription.initial_position() {
+                InitialPosition::Earliest => status.log_start_offset,
+                InitialPosition::Latest => status.high_watermark,
+            };
+            let snapshot = CursorSnapshot {
+                epoch: partition.epoch,
+                subscription_created_at_ms: subscription.created_at_ms,
+                acked: AckedRanges::new(start),
+                delivery_counts: BTreeMap::new(),
+                parked_keys: Default::default(),
+            };
+            // Pinned before anyone consumes, so "latest" means the same
+            // offset after a failover.
+            commit_cursor(shared, &group, key, &snapshot).await?;
+            snapshot
+        }
+    };
+    Ok((subscription, group, snapshot))
+}
+
+async fn coordinator_client(
+    shared: &Shared,
+    group: &str,
+) -> Result<sluice_proto::v1::broker_client::BrokerClient<tonic::transport::Channel>, BrokerError> {
+    let coordinator = nameserver_call!(
+        &shared.clients,
+        find_coordinator,
+        FindCoordinatorRequest {
+            group: group.to_string(),
+        }
+    )?;
+    if coordinator.broker_address.is_empty() {
+        return Err(BrokerError::Unavailable(format!(
+            "no coordinator for {group:?} right now"
+        )));
+    }
+    shared.clients.broker(&coordinator.broker_address)
+}
+
+async fn fetch_cursor(
+    shared: &Shared,
+    group: &str,
+    key: &PartitionKey,
+) -> Result<Option<Bytes>, BrokerError> {
+    let mut client = coordinator_client(shared, group).await?;
+    let response = client
+        .fetch_offsets(request(
+            FetchOffsetsRequest {
+                group: group.to_string(),
+                partitions: vec![TopicPartitions {
+                    topic: key.topic.clone(),
+                    partitions: vec![key.partition],
+                }],
+            },
+            shared.clients.nameserver_timeout,
+        ))
+        .await
+        .map_err(|status| BrokerError::remote("coordinator fetch_offsets", &status))?
+        .into_inner();
+    Ok(response
+        .offsets
+        .into_iter()
+        .find(|offset| offset.topic == key.topic && offset.partition == key.partition)
+        .map(|offset| offset.cursor)
+        .filter(|cursor| !cursor.is_empty()))
+}
+
+async fn commit_cursor(
+    shared: &Shared,
+    group: &str,
+    key: &PartitionKey,
+    snapshot: &CursorSnapshot,
+) -> Result<(), BrokerError> {
+    let mut client = coordinator_client(shared, group).await?;
+    let response = client
+        .commit_offsets(request(
+            CommitOffsetsRequest {
+                group: group.to_string(),
+                member_id: String::new(),
+                member_epoch: -1,
+                offsets: vec![PartitionOffset {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    offset: snapshot.acked.mark_delete(),
+                    metadata: String::new(),
+                    error: 0,
+                    cursor: Bytes::from(snapshot.encode()),
+                }],
+            },
+            shared.clients.nameserver_timeout,
+        ))
+        .await
+        .map_err(|status| BrokerError::remote("coordinator commit_offsets", &status))?
+        .into_inner();
+    match response.offsets.first().map(|offset| offset.error()) {
+        Some(ErrorCode::None) => Ok(()),
+        Some(code) => Err(BrokerError::Remote {
+            context: "coordinator commit_offsets".into(),
+            error: SluiceError::new(code, "cursor commit refused"),
+        }),
+        None => Err(BrokerError::Internal(
+            "coordinator answered a commit without offsets".into(),
+        )),
+    }
+}
+
+/// The dispatcher task of one (partition, subscription).
+async fn run_dispatcher(
+    shared: Arc<Shared>,
+    key: PartitionKey,
+    name: String,
+    partition: Arc<Partition>,
+    mut commands: mpsc::Receiver<Command>,
+    own_sender: mpsc::Sender<Command>,
+) {
+    // Drop our own handle: the task ends when consumers stop sending and
+    // the registry entry is removed.
+    let loaded = tokio::time::timeout(LOAD_TIMEOUT, async {
+        loop {
+            match load(&shared, &key, &name, &partition).await {
+                Ok(loaded) => return Ok(loaded),
+                Err(error) if error.code().is_retriable() && !*shared.shutdown.borrow() => {
+                    tracing::debug!(partition = %key, subscription = %name, %error, "loading the subscription; retrying");
+                    tokio::time::sleep(RETRY_BACKOFF).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(BrokerError::Unavailable(format!(
+            "could not load subscription {name:?} on {key} within {LOAD_TIMEOUT:?}"
+        )))
+    });
+    let mut task = match loaded.and_then(|(subscription, group, snapshot)| {
+        selector_of(&subscription).map(|selector| (subscription, group, snapshot, selector))
+    }) {
+        Ok((subscription, group, snapshot, selector)) => {
+            let settings = Settings {
+                kind: subscription.r#type(),
+                ack_timeout_ms: subscription.ack_timeout_ms.max(1),
+                redelivery_backoff_initial_ms: subscription.redelivery_backoff_initial_ms,
+                redelivery_backoff_max_ms: subscription
+                    .redelivery_backoff_max_ms
+                    .max(subscription.redelivery_backoff_initial_ms),
+                max_deliveries: subscription.max_deliveries,
+                window_messages: shared.config.subscription_window_messages.max(1),
+            };
+            Task {
+                shared: shared.clone(),
+                key: key.clone(),
+                dispatcher: Dispatcher::new(settings, partition.epoch, snapshot),
+                subscription,
+                group,
+                selector,
+                partition: partition.clone(),
+                consumers: HashMap::new(),
+                batches: BTreeMap::new(),
+                batch_bytes: 0,
+                receipts_waiting: Vec::new(),
+                started: Instant::now(),
+            }
+        }
+        Err(error) => {
+            tracing::info!(partition = %key, subscription = %name, %error, "cannot serve the subscription");
+            let error = SluiceError::from(error);
+            refuse_remaining(&shared, &key, &name, &own_sender, &mut commands, &error).await;
+            return;
+        }
+    };
+    serve_dispatcher(&mut task, &mut commands).await;
+    tracing::debug!(
+        partition = %key,
+        subscription = %name,
+        consumers = task.dispatcher.consumer_count(),
+        unacknowledged = task.dispatcher.unacknowledged(),
+        in_flight = task.dispatcher.in_flight(),
+        mark_delete = task.dispatcher.mark_delete(),
+        "subscription dispatcher stops"
+    );
+    let error = SluiceError::from(BrokerError::NotOwner {
+        topic: key.topic.clone(),
+        partition: key.partition,
+    });
+    refuse_remaining(&shared, &key, &name, &own_sender, &mut commands, &error).await;
+}
+
+/// Unregisters the dispatcher and answers opens that raced in with `error`
+/// (consumers then look again).
+async fn refuse_remaining(
+    shared: &Shared,
+    key: &PartitionKey,
+    name: &str,
+    own_sender: &mpsc::Sender<Command>,
+    commands: &mut mpsc::Receiver<Command>,
+    error: &SluiceError,
+) {
+    shared.subscriptions.remove(key, name, own_sender);
+    commands.close();
+    while let Some(command) = commands.recv().await {
+        if let Command::Open { opened, .. } = command {
+            let _ = opened.send(Err(BrokerError::Relayed(error.clone())));
+        }
+    }
+}
+
+/// The dispatcher's loop: consumers' commands, new data, timers, cursor
+/// commits and dead-letter writes, until the partition leaves this broker,
+/// the broker shuts down, or nobody consumed for `subscription_idle_stop_ms`.
+async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command>) {
+    let flush_interval =
+        Duration::from_millis(task.shared.config.subscription_ack_flush_interval_ms);
+    let idle_stop = Duration::from_millis(task.shared.config.subscription_idle_stop_ms);
+    let mut status = task.partition.subscribe();
+    let mut shutdown = task.shared.shutdown.clone();
+    let mut dead_letters: DeadLetters = FuturesUnordered::new();
+    let mut dead_letter_retries: Vec<(Instant, u64)> = Vec::new();
+    let mut commit: Option<(CommitFuture, Vec<(ConsumerId, AckReceipt)>)> = None;
+    let mut last_commit = Instant::now();
+    let mut retry_at: Option<Instant> = None;
+    let mut idle_since: Option<Instant> = Some(Instant::now());
+    let not_owner = || BrokerError::NotOwner {
+        topic: task.key.topic.clone(),
+        partition: task.key.partition,
+    };
+    let not_owner_error = not_owner();
+    loop {
+        let now = Instant::now();
+        if retry_at.is_none_or(|at| at <= now) {
+            retry_at = None;
+            if let Err(error) = task.scan().await {
+                if error.code() == ErrorCode::NotOwner {
+                    task.fail_all(error);
+                    return;
+                }
+                tracing::debug!(partition = %task.key, %error, "subscription scan failed; retrying");
+                retry_at = Some(now + RETRY_BACKOFF);
+            }
+        }
+        let due: Vec<u64> = dead_letter_retries
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, offset)| *offset)
+            .collect();
+        dead_letter_retries.retain(|(at, _)| *at > now);
+        for offset in due {
+            task.dispatcher.dead_letter_failed(offset);
+        }
+        let actions = task.dispatcher.dispatch(task.now_ms());
+        task.execute(actions, &mut dead_letters);
+        task.prune_batches();
+        let wants_commit = task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty();
+        if commit.is_none() && wants_commit && now >= last_commit + flush_interval {
+            let snapshot = task.dispatcher.snapshot();
+            let receipts = std::mem::take(&mut task.receipts_waiting);
+            let shared = task.shared.clone();
+            let group = task.group.clone();
+            let key = task.key.clone();
+            commit = Some((
+                async move { commit_cursor(&shared, &group, &key, &snapshot).await }.boxed(),
+                receipts,
+            ));
+            last_commit = now;
+        }
+        if task.consumers.is_empty() {
+            let since = *idle_since.get_or_insert(now);
+            if now.duration_since(since) >= idle_stop
+                && commit.is_none()
+                && !task.dispatcher.is_dirty()
+                && dead_letters.is_empty()
+            {
+                return;
+            }
+        } else {
+            idle_since = None;
+        }
+        let mut wake = now + idle_stop;
+        if let Some(deadline_ms) = task.dispatcher.next_deadline_ms() {
+            wake = wake.min(task.started + Duration::from_millis(deadline_ms));
+        }
+        if commit.is_none() && wants_commit {
+            wake = wake.min(last_commit + flush_interval);
+        }
+        if let Some(at) = retry_at {
+            wake = wake.min(at);
+        }
+        if let Some(at) = dead_letter_retries.iter().map(|(at, _)| *at).min() {
+            wake = wake.min(at);
+        }
+        if let Some(since) = idle_since {
+            wake = wake.min(since + idle_stop);
+        }
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                task.handle(command);
+                for _ in 0..COMMANDS_PER_STEP {
+                    match commands.try_recv() {
+                        Ok(command) => task.handle(command),
+                        Err(_) => break,
+                    }
+                }
+            }
+            changed = status.changed() => {
+                if changed.is_err() || status.borrow().phase == Phase::Stopped {
+                    task.fail_all(clone_broker_error(&not_owner_error));
+                    return;
+                }
+            }
+            result = async {
+                match commit.as_mut() {
+                    Some((future, _)) => future.await,
+                    None => std::future::pending().await,
+                }
+            }, if commit.is_some() => {
+                let receipts = commit.take().map(|(_, receipts)| receipts).unwrap_or_default();
+                match result {
+                    Ok(()) => {
+                        for (consumer, receipt) in receipts {
+                            task.send(consumer, ToConsumer::AckReceipt(receipt));
+                        }
+                    }
+                    Err(error) if error.code() == ErrorCode::NotOwner => {
+                        // A newer owner committed this cursor: we are deposed.
+                        tracing::info!(partition = %task.key, %error, "cursor commit fenced; stopping the subscription here");
+                        task.fail_all(error);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::debug!(partition = %task.key, %error, "cursor commit failed; retrying");
+                        let mut receipts = receipts;
+                        receipts.append(&mut task.receipts_waiting);
+                        task.receipts_waiting = receipts;
+                        task.dispatcher.mark_dirty();
+                        last_commit = Instant::now() + RETRY_BACKOFF;
+                    }
+                }
+            }
+            Some((offset, result)) = dead_letters.next(), if !dead_letters.is_empty() => {
+                match result {
+                    Ok(()) => task.dispatcher.dead_lettered(offset),
+                    Err(error) => {
+                        tracing::warn!(partition = %task.key, offset, %error, "dead-letter write failed; retrying");
+                        dead_letter_retries.push((Instant::now() + RETRY_BACKOFF * 5, offset));
+                    }
+                }
+            }
+            _ = crate::wait_until_set(&mut shutdown) => {
+                if let Some((future, receipts)) = commit.take() {
+                    if future.await.is_ok() {
+                        for (consumer, receipt) in receipts {
+                            task.send(consumer, ToConsumer::AckReceipt(receipt));
+                        }
+                    }
+                }
+                if task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty() {
+                    let snapshot = task.dispatcher.snapshot();
+                    if commit_cursor(&task.shared, &task.group, &task.key, &snapshot).await.is_ok() {
+                        for (consumer, receipt) in std::mem::take(&mut task.receipts_waiting) {
+                            task.send(consumer, ToConsumer::AckReceipt(receipt));
+                        }
+                    }
+                }
+                task.fail_all(BrokerError::ShuttingDown);
+                return;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+fn clone_broker_error(error: &BrokerError) -> BrokerError {
+    BrokerError::Relayed(SluiceError::new(error.code(), error.to_string()))
 }

@@ -1,0 +1,703 @@
+//! The decisions of one subscription on one partition, as a pure state
+//! machine (no IO, time passed in): which scanned message goes to which
+//! consumer, what an acknowledgement or negative acknowledgement does, when
+//! an unacknowledged message is delivered again, when it is dead-lettered,
+//! and what the cursor is. The task in `mod.rs` feeds it the log and the
+//! consumers' requests and carries out its [`Action`]s.
+//!
+//! Rules (ADR 0011):
+//! - A message is *in flight* from its delivery until it is acknowledged,
+//!   negatively acknowledged, its ack timeout passes, or its consumer goes;
+//!   then it is *ready* again (after the backoff, for a negative ack).
+//! - Only the consumer holding a message may acknowledge it; an ack for a
+//!   message whose delivery ended is refused (`DeliveryExpired`), so one
+//!   message is never acknowledged twice.
+//! - A message delivered `max_deliveries` times without an ack goes to the
+//!   dead-letter topic instead of a further delivery.
+//! - Key-shared: a key has at most one message outstanding (in flight,
+//!   waiting for redelivery, or being dead-lettered), so a key's messages
+//!   are processed in log order whichever consumers come and go. A key
+//!   whose message was dead-lettered is *parked*: its later messages go to
+//!   the dead-letter topic too, in order, while other keys flow.
+//! - Failover: the connected consumer with the lowest (priority, name) is
+//!   active and gets everything; when it changes, what the previous one
+//!   held is delivered again to the new one.
+//! - At most `window_messages` scanned, unacknowledged messages are held,
+//!   which bounds memory and the cursor's size.
+
+use super::cursor::{AckedRanges, CursorSnapshot};
+use sluice_proto::v1::SubscriptionType;
+use sluice_proto::ErrorCode;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+pub type ConsumerId = u64;
+
+/// Most consecutive messages handed to one shared consumer before the next
+/// one gets a turn: large enough to keep whole batches together, small
+/// enough to spread load.
+const SHARED_RUN_MESSAGES: u64 = 100;
+/// Most parked keys remembered per subscription and partition; beyond it
+/// the oldest parking is forgotten (those keys flow again).
+pub const MAX_PARKED_KEYS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kind: SubscriptionType,
+    pub ack_timeout_ms: u64,
+    pub redelivery_backoff_initial_ms: u64,
+    pub redelivery_backoff_max_ms: u64,
+    /// 0: never dead-letter.
+    pub max_deliveries: u32,
+    /// Most scanned, unacknowledged messages held.
+    pub window_messages: usize,
+}
+
+/// A message read from the log, as the dispatcher needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    pub offset: u64,
+    /// Hash of the record key; None for keyless records.
+    pub key_hash: Option<u64>,
+    /// False when the subscription's selector filtered it out (or it
+    /// expired): it counts as handled.
+    pub selected: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    InFlight {
+        consumer: ConsumerId,
+        deadline_ms: u64,
+    },
+    Waiting {
+        until_ms: u64,
+    },
+    DeadLettering,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key_hash: Option<u64>,
+    deliveries: u32,
+    state: State,
+}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    name: String,
+    priority: u32,
+    permits: u64,
+}
+
+/// What the IO shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send these (offset, delivery count) to the consumer, ascending.
+    Deliver {
+        consumer: ConsumerId,
+        messages: Vec<(u64, u32)>,
+    },
+    /// Write this message to the dead-letter topic, then call
+    /// [`Dispatcher::dead_lettered`]. Issued in offset order per key.
+    DeadLetter { offset: u64, deliveries: u32 },
+    /// Failover: tell the consumer whether it is active.
+    Status { consumer: ConsumerId, active: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("the exclusive subscription already has a consumer on this partition")]
+    Busy,
+}
+
+pub struct Dispatcher {
+    settings: Settings,
+    epoch: u64,
+    subscription_created_at_ms: u64,
+    acked: AckedRanges,
+    /// Next offset to scan.
+    read_position: u64,
+    entries: BTreeMap<u64, Entry>,
+    ready: BTreeSet<u64>,
+    deadlines: BTreeSet<(u64, u64)>,
+    waiting: BTreeSet<(u64, u64)>,
+    consumers: BTreeMap<ConsumerId, Consumer>,
+    /// Key-shared: key hash → the offset holding it.
+    held_keys: HashMap<u64, u64>,
+    parked_keys: BTreeSet<u64>,
+    /// Delivery counts restored from a cursor for messages not yet scanned.
+    restored_deliveries: BTreeMap<u64, u32>,
+    /// Failover: the active consumer, as last announced.
+    active: Option<ConsumerId>,
+    /// Shared: the consumer whose turn it is, and how many it got in it.
+    turn: Option<(ConsumerId, u64)>,
+    dirty: bool,
+}
+
+impl Dispatcher {
+    /// A dispatcher resuming from `snapshot` (acknowledged ranges, counts,
+    /// parked keys) under ownership `epoch`.
+    pub fn new(settings: Settings, epoch: u64, snapshot: CursorSnapshot) -> Self {
+        Self {
+            read_position: snapshot.acked.mark_delete(),
+            settings,
+            epoch,
+            subscription_created_at_ms: snapshot.subscription_created_at_ms,
+            acked: snapshot.acked,
+            entries: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            consumers: BTreeMap::new(),
+            held_keys: HashMap::new(),
+            parked_keys: snapshot.parked_keys,
+            restored_deliveries: snapshot.delivery_counts,
+            active: None,
+            turn: None,
+            dirty: false,
+        }
+    }
+
+    pub fn kind(&self) -> SubscriptionType {
+        self.settings.kind
+    }
+
+    /// Next offset the shell should scan from.
+    pub fn read_position(&self) -> u64 {
+        self.read_position
+    }
+
+    /// Every offset below this is acknowledged.
+    pub fn mark_delete(&self) -> u64 {
+        self.acked.mark_delete()
+    }
+
+    /// How many more messages may be scanned now.
+    pub fn window_room(&self) -> usize {
+        self.settings
+            .window_messages
+            .saturating_sub(self.entries.len())
+    }
+
+    /// Scanned, unacknowledged messages held.
+    pub fn unacknowledged(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// True if the cursor changed since the last [`Self::snapshot`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The cursor to persist; clears the dirty flag.
+    pub fn snapshot(&mut self) -> CursorSnapshot {
+        self.dirty = false;
+        let mut delivery_counts: BTreeMap<u64, u32> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.deliveries >= 2)
+            .map(|(offset, entry)| (*offset, entry.deliveries))
+            .collect();
+        delivery_counts.extend(
+            self.restored_deliveries
+                .range(self.read_position..)
+                .map(|(offset, count)| (*offset, *count)),
+        );
+        CursorSnapshot {
+            epoch: self.epoch,
+            subscription_created_at_ms: self.subscription_created_at_ms,
+            acked: self.acked.clone(),
+            delivery_counts,
+            parked_keys: self.parked_keys.clone(),
+        }
+    }
+
+    /// Adds scanned messages (ascending, from [`Self::read_position`]).
+    /// Acknowledged ones (from the restored cursor) are skipped, filtered
+    /// ones count as acknowledged.
+    pub fn add_scanned(&mut self, messages: &[Scanned]) {
+        for message in messages {
+            if message.offset < self.read_position {
+                continue;
+            }
+            self.read_position = message.offset + 1;
+            if self.acked.contains(message.offset) {
+                continue;
+            }
+            if !message.selected {
+                self.acked.insert(message.offset);
+                self.dirty = true;
+                continue;
+            }
+            let deliveries = self
+                .restored_deliveries
+                .remove(&message.offset)
+                .unwrap_or(0);
+            self.entries.insert(
+                message.offset,
+                Entry {
+                    key_hash: message.key_hash,
+                    deliveries,
+                    state: State::Ready,
+                },
+            );
+            self.ready.insert(message.offset);
+        }
+    }
+
+    /// Skips the log up to `offset` (offsets with no record: control data,
+    /// or retention removed them). Unscanned offsets below it count as
+    /// acknowledged.
+    pub fn skip_to(&mut self, offset: u64) {
+        if offset <= self.read_position {
+            return;
+        }
+        self.acked.insert_range(self.read_position, offset);
+        self.read_position = offset;
+        self.dirty = true;
+    }
+
+    pub fn add_consumer(
+        &mut self,
+        id: ConsumerId,
+        name: String,
+        priority: u32,
+        permits: u64,
+    ) -> Result<(), OpenError> {
+        if self.settings.kind == SubscriptionType::Exclusive && !self.consumers.is_empty() {
+            return Err(OpenError::Busy);
+        }
+        self.consumers.insert(
+            id,
+            Consumer {
+                name,
+                priority,
+                permits,
+            },
+        );
+        Ok(())
+    }
+
+    /// The consumer left: what it held is delivered again.
+    pub fn remove_consumer(&mut self, id: ConsumerId) {
+        if self.consumers.remove(&id).is_none() {
+            return;
+        }
+        self.release_held_by(id);
+        if self.turn.is_some_and(|(turn, _)| turn == id) {
+            self.turn = None;
+        }
+    }
+
+    fn release_held_by(&mut self, id: ConsumerId) {
+        let held: Vec<(u64, u64)> = self
+            .entries
+            .iter()
+            .filter_map(|(offset, entry)| match entry.state {
+                State::InFlight {
+                    consumer,
+                    deadline_ms,
+                } if consumer == id => Some((*offset, deadline_ms)),
+                _ => None,
+            })
+            .collect();
+        for (offset, deadline_ms) in held {
+            self.deadlines.remove(&(deadline_ms, offset));
+            self.make_ready(offset);
+        }
+    }
+
+    fn make_ready(&mut self, offset: u64) {
+        if let Some(entry) = self.entries.get_mut(&offset) {
+            entry.state = State::Ready;
+            self.ready.insert(offset);
+        }
+    }
+
+    /// Marks the cursor changed (its last commit failed).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Limits a consumer's outstanding credit to `cap`.
+    pub fn cap_permits(&mut self, id: ConsumerId, cap: u64) {
+        if let Some(consumer) = self.consumers.get_mut(&id) {
+            consumer.permits = consumer.permits.min(cap);
+        }
+    }
+
+    /// Adds credit; saturates.
+    pub fn flow(&mut self, id: ConsumerId, permits: u64) {
+        if let Some(consumer) = self.consumers.get_mut(&id) {
+            consumer.permits = consumer.permits.saturating_add(permits);
+        }
+    }
+
+    /// Acknowledges `offset` for consumer `id`.
+    pub fn ack(&mut self, id: ConsumerId, offset: u64) -> Result<(), ErrorCode> {
+        if self.acked.contains(offset) {
+            // A retried ack whose receipt was lost, or a filtered message.
+            return Ok(());
+        }
+        let Some(entry) = self.entries.get(&offset) else {
+            return Err(ErrorCode::UnknownMessage);
+        };
+        match entry.state {
+            State::InFlight {
+                consumer,
+                deadline_ms,
+            } if consumer == id => {
+                self.deadlines.remove(&(deadline_ms, offset));
+                self.complete(offset);
+                Ok(())
+            }
+            _ if entry.deliveries == 0 => Err(ErrorCode::UnknownMessage),
+            _ => Err(ErrorCode::DeliveryExpired),
+        }
+    }
+
+    /// Exclusive and failover: acknowledges everything in flight to `id`
+    /// at or below `offset`.
+    pub fn ack_cumulative(&mut self, id: ConsumerId, offset: u64) -> Result<(), ErrorCode> {
+        if !matches!(
+            self.settings.kind,
+            SubscriptionType::Exclusive | SubscriptionType::Failover
+        ) {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        let held: Vec<u64> = self
+            .entries
+            .range(..=offset)
+            .filter(|(_, entry)| {
+                matches!(entry.state, State::InFlight { consumer, .. } if consumer == id)
+            })
+            .map(|(offset, _)| *offset)
+            .collect();
+        for offset in held {
+            self.ack(id, offset)?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledged or dead-lettered: forget it, release its key.
+    fn complete(&mut self, offset: u64) {
+        if let Some(entry) = self.entries.remove(&offset) {
+            self.ready.remove(&offset);
+            if let Some(key) = entry.key_hash {
+                if self.held_keys.get(&key) == Some(&offset) {
+                    self.held_keys.remove(&key);
+                }
+            }
+        }
+        self.acked.insert(offset);
+        self.dirty = true;
+    }
+
+    /// Negative acknowledgement: deliver again after `delay_ms` (None: the
+    /// subscription's backoff for this delivery count). Ignored unless `id`
+    /// holds the message.
+    pub fn nack(
+        &mut self,
+        id: ConsumerId,
+        offset: u64,
+        delay_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), ErrorCode> {
+        let backoff = self.backoff_ms(offset);
+        let Some(entry) = self.entries.get_mut(&offset) else {
+            return Err(if self.acked.contains(offset) {
+                ErrorCode::DeliveryExpired
+            } else {
+                ErrorCode::UnknownMessage
+            });
+        };
+        match entry.state {
+            State::InFlight {
+                consumer,
+                deadline_ms,
+            } if consumer == id => {
+                self.deadlines.remove(&(deadline_ms, offset));
+                let until_ms = now_ms.saturating_add(delay_ms.unwrap_or(backoff));
+                entry.state = State::Waiting { until_ms };
+                self.waiting.insert((until_ms, offset));
+                Ok(())
+            }
+            _ => Err(ErrorCode::DeliveryExpired),
+        }
+    }
+
+    fn backoff_ms(&self, offset: u64) -> u64 {
+        let deliveries = self
+            .entries
+            .get(&offset)
+            .map(|entry| entry.deliveries)
+            .unwrap_or(1);
+        let doublings = deliveries.saturating_sub(1).min(32);
+        self.settings
+            .redelivery_backoff_initial_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.settings.redelivery_backoff_max_ms)
+    }
+
+    /// The dead-letter write of `offset` is durable.
+    pub fn dead_lettered(&mut self, offset: u64) {
+        if matches!(
+            self.entries.get(&offset).map(|entry| entry.state),
+            Some(State::DeadLettering)
+        ) {
+            self.complete(offset);
+        }
+    }
+
+    /// The dead-letter write failed; try again on a later dispatch.
+    pub fn dead_letter_failed(&mut self, offset: u64) {
+        if matches!(
+            self.entries.get(&offset).map(|entry| entry.state),
+            Some(State::DeadLettering)
+        ) {
+            self.make_ready(offset);
+        }
+    }
+
+    /// Expires ack timeouts and ends backoffs due by `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) {
+        while let Some(&(deadline_ms, offset)) = self.deadlines.first() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.deadlines.remove(&(deadline_ms, offset));
+            self.make_ready(offset);
+        }
+        while let Some(&(until_ms, offset)) = self.waiting.first() {
+            if until_ms > now_ms {
+                break;
+            }
+            self.waiting.remove(&(until_ms, offset));
+            self.make_ready(offset);
+        }
+    }
+
+    /// When [`Self::tick`] next has something to do.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let deadline = self.deadlines.first().map(|(at, _)| *at);
+        let waiting = self.waiting.first().map(|(at, _)| *at);
+        match (deadline, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Failover and exclusive: the consumer that gets the messages.
+    fn preferred_active(&self) -> Option<ConsumerId> {
+        self.consumers
+            .iter()
+            .min_by(|(id_a, a), (id_b, b)| {
+                (a.priority, &a.name, *id_a).cmp(&(b.priority, &b.name, *id_b))
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Decides deliveries, dead letters and failover switches for now.
+    pub fn dispatch(&mut self, now_ms: u64) -> Vec<Action> {
+        self.tick(now_ms);
+        let mut actions = Vec::new();
+        if matches!(
+            self.settings.kind,
+            SubscriptionType::Failover | SubscriptionType::Exclusive
+        ) {
+            let preferred = self.preferred_active();
+            if preferred != self.active {
+                if let Some(previous) = self.active {
+                    if self.consumers.contains_key(&previous) {
+                        self.release_held_by(previous);
+                        actions.push(Action::Status {
+                            consumer: previous,
+                            active: false,
+                        });
+                    }
+                }
+                if let Some(next) = preferred {
+                    actions.push(Action::Status {
+                        consumer: next,
+                        active: true,
+                    });
+                }
+                self.active = preferred;
+            }
+        }
+        let mut deliveries: BTreeMap<ConsumerId, Vec<(u64, u32)>> = BTreeMap::new();
+        // Keys that must not move in this pass (an earlier message of the
+        // key is waiting for its consumer's credit).
+        let mut blocked_keys: BTreeSet<u64> = BTreeSet::new();
+        let candidates: Vec<u64> = self.ready.iter().copied().collect();
+        for offset in candidates {
+            if self.total_permits() == 0 {
+                break;
+            }
+            let Some(entry) = self.entries.get(&offset).copied() else {
+                continue;
+            };
+            let key_shared = self.settings.kind == SubscriptionType::KeyShared;
+            if key_shared {
+                if let Some(key) = entry.key_hash {
+                    if blocked_keys.contains(&key)
+                        || self
+                            .held_keys
+                            .get(&key)
+                            .is_some_and(|holder| *holder != offset)
+                    {
+                        continue;
+                    }
+                }
+            }
+            let exhausted = self.settings.max_deliveries > 0
+                && entry.deliveries >= self.settings.max_deliveries;
+            let parked = key_shared
+                && entry
+                    .key_hash
+                    .is_some_and(|key| self.parked_keys.contains(&key));
+            if exhausted || parked {
+                self.ready.remove(&offset);
+                if let Some(entry) = self.entries.get_mut(&offset) {
+                    entry.state = State::DeadLettering;
+                }
+                if key_shared {
+                    if let Some(key) = entry.key_hash {
+                        self.held_keys.insert(key, offset);
+                        self.park(key);
+                    }
+                }
+                actions.push(Action::DeadLetter {
+                    offset,
+                    deliveries: entry.deliveries,
+                });
+                continue;
+            }
+            let Some(consumer) = self.choose_consumer(&entry) else {
+                if let Some(key) = entry.key_hash.filter(|_| key_shared) {
+                    blocked_keys.insert(key);
+                    continue;
+                }
+                if key_shared {
+                    continue;
+                }
+                break;
+            };
+            let deadline_ms = now_ms.saturating_add(self.settings.ack_timeout_ms);
+            let deliveries_now = entry.deliveries.saturating_add(1);
+            if let Some(entry) = self.entries.get_mut(&offset) {
+                entry.deliveries = deliveries_now;
+                entry.state = State::InFlight {
+                    consumer,
+                    deadline_ms,
+                };
+            }
+            self.ready.remove(&offset);
+            self.deadlines.insert((deadline_ms, offset));
+            if let Some(key) = entry.key_hash.filter(|_| key_shared) {
+                self.held_keys.insert(key, offset);
+            }
+            if let Some(state) = self.consumers.get_mut(&consumer) {
+                state.permits -= 1;
+            }
+            deliveries
+                .entry(consumer)
+                .or_default()
+                .push((offset, deliveries_now));
+        }
+        actions.extend(
+            deliveries
+                .into_iter()
+                .map(|(consumer, messages)| Action::Deliver { consumer, messages }),
+        );
+        actions
+    }
+
+    fn park(&mut self, key: u64) {
+        if self.parked_keys.insert(key) {
+            self.dirty = true;
+            if self.parked_keys.len() > MAX_PARKED_KEYS {
+                // Forget an arbitrary (the smallest) parking: bounded memory
+                // beats remembering every key forever.
+                self.parked_keys.pop_first();
+            }
+        }
+    }
+
+    fn total_permits(&self) -> u64 {
+        self.consumers.values().fold(0u64, |total, consumer| {
+            total.saturating_add(consumer.permits)
+        })
+    }
+
+    fn choose_consumer(&mut self, entry: &Entry) -> Option<ConsumerId> {
+        match self.settings.kind {
+            SubscriptionType::Exclusive | SubscriptionType::Failover => self
+                .active
+                .filter(|id| self.consumers.get(id).is_some_and(|c| c.permits > 0)),
+            SubscriptionType::KeyShared if entry.key_hash.is_some() => {
+                let key = entry.key_hash.unwrap_or_default();
+                // Rendezvous hashing: a key stays with its consumer while
+                // the set of consumers does not change.
+                let chosen = self
+                    .consumers
+                    .keys()
+                    .max_by_key(|id| mix(key ^ mix(**id)))
+                    .copied()?;
+                self.consumers
+                    .get(&chosen)
+                    .filter(|consumer| consumer.permits > 0)
+                    .map(|_| chosen)
+            }
+            _ => self.next_shared_consumer(),
+        }
+    }
+
+    /// Shared: runs of up to `SHARED_RUN_MESSAGES` per consumer, in turn.
+    fn next_shared_consumer(&mut self) -> Option<ConsumerId> {
+        if let Some((id, given)) = self.turn {
+            if given < SHARED_RUN_MESSAGES && self.consumers.get(&id).is_some_and(|c| c.permits > 0)
+            {
+                self.turn = Some((id, given + 1));
+                return Some(id);
+            }
+        }
+        let after = self.turn.map(|(id, _)| id);
+        let next = after
+            .and_then(|after| {
+                self.consumers
+                    .range(after + 1..)
+                    .find(|(_, consumer)| consumer.permits > 0)
+                    .map(|(id, _)| *id)
+            })
+            .or_else(|| {
+                self.consumers
+                    .iter()
+                    .find(|(_, consumer)| consumer.permits > 0)
+                    .map(|(id, _)| *id)
+            })?;
+        self.turn = Some((next, 1));
+        Some(next)
+    }
+}
+
+/// A 64-bit mixer (splitmix64's finaliser) for rendezvous hashing.
+fn mix(mut value: u64) -> u64 {
+    value ^= value >> 30;
+    value = value.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value ^= value >> 27;
+    value = value.wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,743 @@
+//! Queue semantics against real processes (etcd, nameserver, brokers,
+//! stores): shared subscriptions with consumers crashing mid-flight and the
+//! owning broker killed, key order under key-shared while consumers come and
+//! go, redelivery and dead letters, selectors, exclusive and failover, and
+//! bad input on the `Subscribe` stream.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sluice_client::{
+    Admin, ClientError, Message, Producer, ProducerConfig, Record, Subscriber, SubscriberConfig,
+};
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
+use sluice_proto::v1::subscribe_response::Response as ToConsumer;
+use sluice_proto::v1::{
+    InitialPosition, SelectorKind, SubscribeAck, SubscribeOpen, SubscribeRequest, Subscription,
+    SubscriptionType,
+};
+use sluice_proto::{ErrorCode, SluiceError};
+use sluice_tests::cluster::{Cluster, ClusterSpec};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Writes `count` messages `0..count` (value = decimal number) with the
+/// given key function; returns when all are acknowledged.
+async fn produce(
+    cluster: &Cluster,
+    topic: &str,
+    count: u64,
+    key: impl Fn(u64) -> Option<String>,
+    decorate: impl Fn(u64, Record) -> Record,
+) {
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    let mut pending = Vec::new();
+    for value in 0..count {
+        let mut record = Record::new(topic, value.to_string());
+        if let Some(key) = key(value) {
+            record = record.with_key(key);
+        }
+        pending.push(
+            producer
+                .enqueue(decorate(value, record))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    for delivery in pending {
+        delivery.await.expect("acknowledged");
+    }
+    producer.close().await.expect("close producer");
+}
+
+fn value_of(message: &Message) -> u64 {
+    let value = message.value.as_ref().expect("a value");
+    std::str::from_utf8(value)
+        .expect("utf-8")
+        .parse()
+        .expect("a number")
+}
+
+fn subscriber_config(
+    cluster: &Cluster,
+    topic: &str,
+    subscription: &str,
+    kind: SubscriptionType,
+) -> SubscriberConfig {
+    SubscriberConfig {
+        client: cluster.client_config(),
+        subscription_type: kind,
+        initial_position: InitialPosition::Earliest,
+        // Longer than a consumer needs to work through its receiver queue
+        // acknowledging one message at a time (each waits for its durable
+        // receipt), so only crashes cause redeliveries here.
+        ack_timeout_ms: 30_000,
+        receiver_queue_size: 100,
+        ..SubscriberConfig::new(topic, subscription)
+    }
+}
+
+/// Waits until `condition` holds, panicking with `what` after `timeout`.
+async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Acknowledged values with how often each was acknowledged.
+type Acked = Arc<Mutex<HashMap<u64, u32>>>;
+
+/// One consumer that acknowledges what it receives until `stop_after`
+/// messages, then "crashes": drops the subscriber without acknowledging
+/// what it still holds (its streams close; the broker redelivers). With
+/// `leave_unacknowledged`, every seventh message is never acknowledged
+/// (held when the consumer dies).
+async fn crashing_worker(
+    config: SubscriberConfig,
+    acked: Acked,
+    stop_after: usize,
+    leave_unacknowledged: bool,
+) {
+    let subscriber = Subscriber::connect(config).await.expect("connect");
+    let mut handled = 0usize;
+    while handled < stop_after {
+        let Ok(Some(message)) = subscriber.recv_timeout(Duration::from_secs(2)).await else {
+            break;
+        };
+        handled += 1;
+        if leave_unacknowledged && handled % 7 == 0 {
+            continue;
+        }
+        match subscriber.ack(&message).await {
+            Ok(()) => {
+                *acked
+                    .lock()
+                    .expect("lock")
+                    .entry(value_of(&message))
+                    .or_default() += 1
+            }
+            Err(ClientError::Server(error)) if error.code == ErrorCode::DeliveryExpired => {}
+            Err(error) => panic!("ack failed: {error}"),
+        }
+    }
+    drop(subscriber);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_subscription_acknowledges_each_message_once_while_consumers_crash() {
+    const MESSAGES: u64 = 3_000;
+    let cluster = Cluster::start(ClusterSpec {
+        brokers: 2,
+        ..ClusterSpec::default()
+    })
+    .await;
+    cluster.create_topic("jobs", 2).await;
+    produce(&cluster, "jobs", MESSAGES, |_| None, |_, record| record).await;
+    let acked: Acked = Arc::default();
+    // Waves of consumers that each take some messages and die holding
+    // some, then finishers that take everything left.
+    for wave in 0..3 {
+        let mut workers = Vec::new();
+        for index in 0..4 {
+            let mut config =
+                subscriber_config(&cluster, "jobs", "workers", SubscriptionType::Shared);
+            config.consumer_name = format!("wave{wave}-{index}");
+            workers.push(tokio::spawn(crashing_worker(
+                config,
+                acked.clone(),
+                150 + index * 40,
+                true,
+            )));
+        }
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+    }
+    let mut finishers = Vec::new();
+    for index in 0..3 {
+        let mut config = subscriber_config(&cluster, "jobs", "workers", SubscriptionType::Shared);
+        config.consumer_name = format!("finisher-{index}");
+        finishers.push(tokio::spawn(crashing_worker(
+            config,
+            acked.clone(),
+            usize::MAX,
+            false,
+        )));
+    }
+    let acked_check = acked.clone();
+    eventually(
+        "every message acknowledged",
+        Duration::from_secs(120),
+        || acked_check.lock().expect("lock").len() as u64 == MESSAGES,
+    )
+    .await;
+    for finisher in finishers {
+        finisher.await.expect("finisher");
+    }
+    let acked = acked.lock().expect("lock");
+    let twice: Vec<_> = acked.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "acknowledged more than once: {twice:?}");
+    assert_eq!(acked.len() as u64, MESSAGES, "a message was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledgements_survive_the_owning_broker_being_killed() {
+    const MESSAGES: u64 = 2_000;
+    let mut cluster = Cluster::start(ClusterSpec {
+        brokers: 2,
+        ..ClusterSpec::default()
+    })
+    .await;
+    cluster.create_topic("ledger", 1).await;
+    produce(&cluster, "ledger", MESSAGES, |_| None, |_, record| record).await;
+    let acked: Acked = Arc::default();
+    let config = subscriber_config(&cluster, "ledger", "auditors", SubscriptionType::Shared);
+    let subscriber = Subscriber::connect(config.clone()).await.expect("connect");
+    // Acknowledge the first half.
+    while acked.lock().expect("lock").len() < (MESSAGES / 2) as usize {
+        let message = subscriber.recv().await.expect("recv");
+        subscriber.ack(&message).await.expect("ack before the kill");
+        *acked
+            .lock()
+            .expect("lock")
+            .entry(value_of(&message))
+            .or_default() += 1;
+    }
+    drop(subscriber);
+    // Kill -9 the broker owning the partition; the other takes over.
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let owner = admin
+        .describe_topic("ledger")
+        .await
+        .expect("describe")
+        .partitions
+        .first()
+        .and_then(|partition| partition.route.as_ref())
+        .map(|route| route.broker_id.clone())
+        .expect("an owner");
+    let victim = cluster
+        .brokers
+        .iter_mut()
+        .find(|broker| broker.node_id == owner)
+        .expect("owner is one of ours");
+    victim.kill();
+    let subscriber = Subscriber::connect(config).await.expect("reconnect");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (acked.lock().expect("lock").len() as u64) < MESSAGES {
+        assert!(
+            Instant::now() < deadline,
+            "the rest did not arrive after failover"
+        );
+        let Some(message) = subscriber
+            .recv_timeout(Duration::from_secs(5))
+            .await
+            .expect("recv")
+        else {
+            continue;
+        };
+        let value = value_of(&message);
+        assert!(
+            !acked.lock().expect("lock").contains_key(&value),
+            "{value} was acknowledged before the failover and delivered again"
+        );
+        match subscriber.ack(&message).await {
+            Ok(()) => *acked.lock().expect("lock").entry(value).or_default() += 1,
+            Err(ClientError::Server(error)) if error.code.is_retriable() => {}
+            Err(ClientError::Server(error)) if error.code == ErrorCode::DeliveryExpired => {}
+            Err(error) => panic!("ack failed: {error}"),
+        }
+    }
+    subscriber.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_shared_keeps_each_keys_order_while_consumers_join_and_leave() {
+    const MESSAGES: u64 = 2_000;
+    const KEYS: u64 = 20;
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("events", 1).await;
+    produce(
+        &cluster,
+        "events",
+        MESSAGES,
+        |value| Some(format!("key-{}", value % KEYS)),
+        |_, record| record,
+    )
+    .await;
+    // Per key, the values in the order they were processed (acknowledged).
+    let processed: Arc<Mutex<BTreeMap<String, Vec<u64>>>> = Arc::default();
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for index in 0..5u64 {
+        let mut config =
+            subscriber_config(&cluster, "events", "per-key", SubscriptionType::KeyShared);
+        config.consumer_name = format!("worker-{index}");
+        let processed = processed.clone();
+        let total = total.clone();
+        handles.push(tokio::spawn(async move {
+            // Consumers start at different times and the first two leave
+            // early, so keys move between consumers.
+            tokio::time::sleep(Duration::from_millis(300 * index)).await;
+            let subscriber = Subscriber::connect(config).await.expect("connect");
+            let quota = if index < 2 { 150 } else { u64::MAX };
+            let mut handled = 0;
+            while handled < quota && total.load(std::sync::atomic::Ordering::SeqCst) < MESSAGES {
+                let Ok(Some(message)) = subscriber.recv_timeout(Duration::from_secs(1)).await
+                else {
+                    continue;
+                };
+                let key =
+                    String::from_utf8(message.key.clone().expect("keyed").to_vec()).expect("utf-8");
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                if subscriber.ack(&message).await.is_ok() {
+                    processed
+                        .lock()
+                        .expect("lock")
+                        .entry(key)
+                        .or_default()
+                        .push(value_of(&message));
+                    total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    handled += 1;
+                }
+            }
+            drop(subscriber);
+        }));
+    }
+    for handle in handles {
+        handle.await.expect("worker");
+    }
+    let processed = processed.lock().expect("lock");
+    assert_eq!(processed.len() as u64, KEYS);
+    for (key, values) in processed.iter() {
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        assert_eq!(values, &sorted, "{key} was processed out of order");
+        assert_eq!(
+            values.len() as u64,
+            MESSAGES / KEYS,
+            "{key} lost or repeated messages"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nacked_messages_come_back_and_go_to_the_dead_letter_topic_after_max_deliveries() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("payments", 1).await;
+    produce(
+        &cluster,
+        "payments",
+        50,
+        |value| {
+            Some(if value % 10 == 3 {
+                "poison".into()
+            } else {
+                format!("k{value}")
+            })
+        },
+        |_, record| record,
+    )
+    .await;
+    let mut config = subscriber_config(&cluster, "payments", "settle", SubscriptionType::Shared);
+    config.max_deliveries = 3;
+    config.redelivery_backoff_initial_ms = 50;
+    config.redelivery_backoff_max_ms = 100;
+    let subscriber = Subscriber::connect(config).await.expect("connect");
+    let mut deliveries: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut acked = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let poisons_done = |deliveries: &HashMap<u64, Vec<u32>>| {
+        [3, 13, 23, 33, 43]
+            .iter()
+            .all(|poison| deliveries.get(poison).is_some_and(|seen| seen.len() >= 3))
+    };
+    while acked.len() < 45 || !poisons_done(&deliveries) {
+        assert!(
+            Instant::now() < deadline,
+            "acked {}, deliveries {deliveries:?}",
+            acked.len()
+        );
+        let Some(message) = subscriber
+            .recv_timeout(Duration::from_secs(2))
+            .await
+            .expect("recv")
+        else {
+            continue;
+        };
+        let value = value_of(&message);
+        deliveries
+            .entry(value)
+            .or_default()
+            .push(message.delivery_count);
+        if message.key.as_deref() == Some(b"poison".as_slice()) {
+            subscriber.nack(&message).await.expect("nack");
+        } else {
+            subscriber.ack(&message).await.expect("ack");
+            acked.insert(value);
+        }
+    }
+    // The dead letters arrive in "<topic>-<subscription>-DLQ".
+    let dead = Subscriber::connect(SubscriberConfig {
+        client: cluster.client_config(),
+        initial_position: InitialPosition::Earliest,
+        ..SubscriberConfig::new("payments-settle-DLQ", "inspect")
+    })
+    .await
+    .expect("connect to the dead-letter topic");
+    let mut letters = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while letters.len() < 5 {
+        assert!(Instant::now() < deadline, "dead letters: {letters:?}");
+        let Some(letter) = dead
+            .recv_timeout(Duration::from_secs(2))
+            .await
+            .expect("recv dead letter")
+        else {
+            continue;
+        };
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(header, _)| header == name)
+                .map(|(_, value)| String::from_utf8_lossy(value).to_string())
+        };
+        assert_eq!(header("sluice-dlq-topic").as_deref(), Some("payments"));
+        assert_eq!(header("sluice-dlq-subscription").as_deref(), Some("settle"));
+        assert_eq!(header("sluice-dlq-deliveries").as_deref(), Some("3"));
+        letters.insert(value_of(&letter), header("sluice-dlq-offset"));
+        dead.ack(&letter).await.expect("ack dead letter");
+    }
+    assert_eq!(
+        letters.keys().copied().collect::<Vec<_>>(),
+        vec![3, 13, 23, 33, 43]
+    );
+    for poison in [3, 13, 23, 33, 43] {
+        assert_eq!(deliveries[&poison], vec![1, 2, 3], "deliveries of {poison}");
+    }
+    subscriber.close().await.expect("close");
+    dead.close().await.expect("close dead");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn selectors_deliver_only_matching_messages_and_bad_ones_are_refused() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("orders", 1).await;
+    produce(
+        &cluster,
+        "orders",
+        100,
+        |_| None,
+        |value, record| {
+            let record = record
+                .with_header("region", if value % 2 == 0 { "eu" } else { "us" })
+                .with_header("amount", (value * 10).to_string());
+            if value % 5 == 0 {
+                record.with_tag("vip")
+            } else {
+                record.with_tag("standard")
+            }
+        },
+    )
+    .await;
+    let collect = |mut config: SubscriberConfig| async move {
+        config.receiver_queue_size = 1000;
+        let subscriber = Subscriber::connect(config).await.expect("connect");
+        let mut values = Vec::new();
+        while let Ok(Some(message)) = subscriber.recv_timeout(Duration::from_secs(2)).await {
+            subscriber.ack(&message).await.expect("ack");
+            values.push(value_of(&message));
+        }
+        subscriber.close().await.expect("close");
+        values.sort_unstable();
+        values
+    };
+    let mut sql = subscriber_config(&cluster, "orders", "big-eu", SubscriptionType::Shared);
+    sql.selector_kind = SelectorKind::Sql;
+    sql.selector = "region = 'eu' AND amount > 500".into();
+    let expected: Vec<u64> = (0..100)
+        .filter(|value| value % 2 == 0 && value * 10 > 500)
+        .collect();
+    assert_eq!(collect(sql).await, expected);
+    let mut tags = subscriber_config(&cluster, "orders", "vips", SubscriptionType::Shared);
+    tags.selector_kind = SelectorKind::Tag;
+    tags.selector = "vip || gold".into();
+    let expected: Vec<u64> = (0..100).filter(|value| value % 5 == 0).collect();
+    assert_eq!(collect(tags).await, expected);
+    // Everything else counted as handled: nothing is left in the backlog.
+    let mut bad = subscriber_config(&cluster, "orders", "broken", SubscriptionType::Shared);
+    bad.selector_kind = SelectorKind::Sql;
+    bad.selector = "region = 'eu' AND amount >".into();
+    match Subscriber::connect(bad).await {
+        Err(ClientError::Server(error)) => {
+            assert_eq!(error.code, ErrorCode::InvalidSelector);
+            assert!(error.message.contains("column"), "{}", error.message);
+        }
+        other => panic!("a bad selector was accepted: {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exclusive_refuses_a_second_consumer_and_failover_hands_over_in_order() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("audit", 1).await;
+    produce(&cluster, "audit", 100, |_| None, |_, record| record).await;
+    let first = Subscriber::connect(subscriber_config(
+        &cluster,
+        "audit",
+        "solo",
+        SubscriptionType::Exclusive,
+    ))
+    .await
+    .expect("first exclusive consumer");
+    let second = Subscriber::connect(subscriber_config(
+        &cluster,
+        "audit",
+        "solo",
+        SubscriptionType::Exclusive,
+    ))
+    .await;
+    match second {
+        Err(ClientError::Server(error)) => assert_eq!(error.code, ErrorCode::ConsumerBusy),
+        Ok(subscriber) => {
+            // The SDK may surface the refusal on the first receive instead.
+            match subscriber.recv_timeout(Duration::from_secs(5)).await {
+                Err(ClientError::Server(error)) => {
+                    assert_eq!(error.code, ErrorCode::ConsumerBusy)
+                }
+                other => panic!("a second exclusive consumer got {other:?}"),
+            }
+        }
+        Err(other) => panic!("unexpected error {other}"),
+    }
+    first.close().await.expect("close");
+
+    // Failover: the active consumer takes 40 in order, acknowledging
+    // cumulatively, then leaves; the standby continues at 40.
+    let mut active_config = subscriber_config(
+        &cluster,
+        "audit",
+        "standby-pair",
+        SubscriptionType::Failover,
+    );
+    active_config.consumer_name = "a-primary".into();
+    let mut standby_config = active_config.clone();
+    standby_config.consumer_name = "b-standby".into();
+    let active = Subscriber::connect(active_config).await.expect("active");
+    let standby = Subscriber::connect(standby_config).await.expect("standby");
+    let mut last = None;
+    for expected in 0..40 {
+        let message = active.recv().await.expect("recv");
+        assert_eq!(
+            value_of(&message),
+            expected,
+            "in order on the active consumer"
+        );
+        last = Some(message);
+    }
+    active
+        .ack_cumulative(&last.expect("received"))
+        .await
+        .expect("cumulative ack");
+    active.close().await.expect("close active");
+    for expected in 40..100 {
+        let message = standby.recv().await.expect("standby recv");
+        assert_eq!(
+            value_of(&message),
+            expected,
+            "the standby continues in order"
+        );
+        standby.ack(&message).await.expect("ack");
+    }
+    standby.close().await.expect("close standby");
+}
+
+/// Opens a raw `Subscribe` stream to the owner of `topic`/0.
+async fn raw_stream(
+    cluster: &Cluster,
+    first: SubscribeRequest,
+) -> (
+    tokio::sync::mpsc::Sender<SubscribeRequest>,
+    tonic::Streaming<sluice_proto::v1::SubscribeResponse>,
+) {
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let topic = match &first.request {
+        Some(ConsumerRequest::Open(open)) => open.topic.clone(),
+        _ => "raw".to_string(),
+    };
+    let address = admin
+        .describe_topic(&topic)
+        .await
+        .ok()
+        .and_then(|description| description.partitions.into_iter().next())
+        .and_then(|partition| partition.route)
+        .map(|route| route.broker_address)
+        .unwrap_or_else(|| cluster.brokers[0].url().replace("http://", ""));
+    let mut client = BrokerClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect broker");
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    sender.send(first).await.expect("queue first request");
+    let responses = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("stream starts")
+        .into_inner();
+    (sender, responses)
+}
+
+fn open(topic: &str, subscription: &str, permits: u32) -> SubscribeRequest {
+    SubscribeRequest {
+        request: Some(ConsumerRequest::Open(SubscribeOpen {
+            topic: topic.into(),
+            partition: 0,
+            subscription: subscription.into(),
+            consumer_name: "raw".into(),
+            priority: 0,
+            permits,
+        })),
+    }
+}
+
+async fn stream_error(
+    responses: &mut tonic::Streaming<sluice_proto::v1::SubscribeResponse>,
+) -> SluiceError {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), responses.next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => return SluiceError::from_status(&status),
+            None => panic!("the stream ended without an error"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_on_the_subscribe_stream_gets_clear_errors() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("raw", 1).await;
+    produce(&cluster, "raw", 10, |_| None, |_, record| record).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_subscription(Subscription {
+            topic: "raw".into(),
+            name: "raw-sub".into(),
+            r#type: SubscriptionType::Shared as i32,
+            initial_position: InitialPosition::Earliest as i32,
+            ..Subscription::default()
+        })
+        .await
+        .expect("create subscription");
+
+    // Unknown subscription.
+    let (_sender, mut responses) = raw_stream(&cluster, open("raw", "nobody", 10)).await;
+    assert_eq!(
+        stream_error(&mut responses).await.code,
+        ErrorCode::UnknownSubscription
+    );
+    // A stream that does not start with open.
+    let (_sender, mut responses) = raw_stream(
+        &cluster,
+        SubscribeRequest {
+            request: Some(ConsumerRequest::Ack(SubscribeAck::default())),
+        },
+    )
+    .await;
+    assert_eq!(
+        stream_error(&mut responses).await.code,
+        ErrorCode::InvalidArgument
+    );
+    // Bad names.
+    for name in ["../x", "", &"s".repeat(300)] {
+        let (_sender, mut responses) = raw_stream(&cluster, open("raw", name, 10)).await;
+        assert_eq!(
+            stream_error(&mut responses).await.code,
+            ErrorCode::InvalidArgument,
+            "subscription name {name:?}"
+        );
+    }
+    // A huge credit request is capped, acks of unknown or foreign offsets
+    // are refused per offset, and the broker keeps serving.
+    let (sender, mut responses) = raw_stream(&cluster, open("raw", "raw-sub", u32::MAX)).await;
+    let mut delivered = Vec::new();
+    while delivered.len() < 10 {
+        match responses.next().await.expect("stream open").expect("ok") {
+            sluice_proto::v1::SubscribeResponse {
+                response: Some(ToConsumer::Delivery(delivery)),
+            } => delivered.extend(delivery.offsets),
+            _ => continue,
+        }
+    }
+    sender
+        .send(SubscribeRequest {
+            request: Some(ConsumerRequest::Ack(SubscribeAck {
+                request_id: 7,
+                offsets: vec![delivered[0], 1_000_000, u64::MAX],
+                cumulative_offset: Some(5),
+            })),
+        })
+        .await
+        .expect("send ack");
+    let receipt = loop {
+        match responses.next().await.expect("stream open").expect("ok") {
+            sluice_proto::v1::SubscribeResponse {
+                response: Some(ToConsumer::AckReceipt(receipt)),
+            } => break receipt,
+            _ => continue,
+        }
+    };
+    assert_eq!(receipt.request_id, 7);
+    assert_eq!(receipt.acknowledged, vec![delivered[0]]);
+    let rejected: HashMap<u64, i32> = receipt
+        .rejected
+        .iter()
+        .map(|result| (result.offset, result.error))
+        .collect();
+    assert_eq!(rejected[&1_000_000], ErrorCode::UnknownMessage as i32);
+    assert_eq!(rejected[&u64::MAX], ErrorCode::UnknownMessage as i32);
+    assert_eq!(
+        rejected[&5],
+        ErrorCode::InvalidArgument as i32,
+        "cumulative ack on a shared subscription"
+    );
+    // Too many offsets in one request end the stream with a clear error.
+    sender
+        .send(SubscribeRequest {
+            request: Some(ConsumerRequest::Ack(SubscribeAck {
+                request_id: 8,
+                offsets: vec![0; 20_000],
+                cumulative_offset: None,
+            })),
+        })
+        .await
+        .expect("send huge ack");
+    assert_eq!(
+        stream_error(&mut responses).await.code,
+        ErrorCode::InvalidArgument
+    );
+    // Still serving.
+    let (_sender, mut responses) = raw_stream(&cluster, open("raw", "raw-sub", 10)).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), responses.next())
+        .await
+        .expect("answer")
+        .expect("stream")
+        .expect("ok");
+    assert!(matches!(first.response, Some(ToConsumer::Opened(_))));
+    let _ = Bytes::new();
+}
