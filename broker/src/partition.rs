@@ -22,9 +22,9 @@ use futures::StreamExt;
 use sluice_proto::batch::{assign, BatchHeader};
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest, Durability,
-    ListSegmentsRequest, ReadRequest, SealSegmentRequest, SegmentInfo, SegmentState,
-    StoreCreateSegmentRequest, TopicConfig,
+    AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest,
+    DeleteSegmentsRequest, Durability, ListSegmentsRequest, ReadRequest, SealSegmentRequest,
+    SegmentInfo, SegmentState, StoreCreateSegmentRequest, TopicConfig,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::VecDeque;
@@ -364,12 +364,31 @@ enum ServeEnd {
     /// ensemble and are avoided in the next.
     Roll {
         failed_stores: Vec<String>,
+        /// When the pipeline stopped taking appends to roll, and when the
+        /// last of them completed: the roll's pause is measured from the
+        /// first.
+        stopped_at: Instant,
+        drained_at: Instant,
+        /// The next segment, created while the last appends drained, and
+        /// the one rolled away from with its end; `None` if it could not
+        /// be prepared (the roll then goes through takeover).
+        prepared: Option<Box<(OpenSegment, SegmentInfo, u64)>>,
     },
     Failed {
         error: BrokerError,
         failed_stores: Vec<String>,
     },
 }
+
+/// The next segment being created ahead of a roll; yields the stores that
+/// failed with the error.
+type PreparingSegment<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<OpenSegment, (BrokerError, Vec<String>)>>
+            + Send
+            + 'a,
+    >,
+>;
 
 type ReplicaResponses =
     SelectAll<BoxStream<'static, (usize, Result<AppendResponse, tonic::Status>)>>;
@@ -438,6 +457,10 @@ struct InFlight {
     append_time_ms: i64,
 }
 
+/// Attempts to seal and close a segment rolled away from before leaving it
+/// to the next takeover (which fences and closes any open segment).
+const ROLLED_SEGMENT_CLOSE_ATTEMPTS_MAX: u32 = 10;
+
 /// Exponential backoff between takeover attempts.
 struct Backoff {
     current_ms: u64,
@@ -481,9 +504,39 @@ async fn run(
     let mut replayed = !partition.is_offsets_topic();
     // Stores that just failed this partition: kept out of the next ensemble.
     let mut excluded: Vec<String> = Vec::new();
+    // Set while rolling: when appends stopped and when the last completed.
+    let mut roll_pause: Option<(Instant, Instant)> = None;
+    // The next segment when a roll prepared it: served without a takeover.
+    let mut next_segment: Option<OpenSegment> = None;
     loop {
         if *stopped.borrow() {
             break;
+        }
+        if let Some(segment) = next_segment.take() {
+            if let Some((stopped_at, drained_at)) = roll_pause.take() {
+                tracing::debug!(
+                    partition = %partition.key,
+                    segment = segment.info.segment_id,
+                    drain_ms = (drained_at - stopped_at).as_secs_f64() * 1000.0,
+                    pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0,
+                    "rolled to a segment prepared in advance"
+                );
+            }
+            match serve(&shared, &partition, segment, &mut jobs).await {
+                ServeEnd::Stopped => break,
+                end => {
+                    handle_end(
+                        &shared,
+                        &partition,
+                        end,
+                        &mut jobs,
+                        &mut excluded,
+                        &mut roll_pause,
+                        &mut next_segment,
+                    );
+                    continue;
+                }
+            }
         }
         let opened = tokio::select! {
             result = open_segment(&shared, &partition, &mut excluded) => result,
@@ -530,6 +583,15 @@ async fn run(
                 }
             }
         };
+        if let Some((stopped_at, drained_at)) = roll_pause.take() {
+            tracing::info!(
+                partition = %partition.key,
+                segment = segment.info.segment_id,
+                drain_ms = (drained_at - stopped_at).as_secs_f64() * 1000.0,
+                pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0,
+                "rolled through takeover (the next segment could not be prepared)"
+            );
+        }
         tracing::info!(partition = %partition.key, epoch = partition.epoch, segment = segment.info.segment_id, base_offset = segment.info.base_offset, "serving");
         partition
             .status
@@ -538,25 +600,15 @@ async fn run(
         excluded.clear();
         match serve(&shared, &partition, segment, &mut jobs).await {
             ServeEnd::Stopped => break,
-            ServeEnd::Roll { failed_stores } => {
-                if !failed_stores.is_empty() {
-                    tracing::warn!(partition = %partition.key, ?failed_stores, "replicas failed; moving to a new ensemble");
-                }
-                excluded = failed_stores;
-                continue;
-            }
-            ServeEnd::Failed {
-                error,
-                failed_stores,
-            } => {
-                excluded = failed_stores;
-                tracing::warn!(partition = %partition.key, %error, ?excluded, "append pipeline failed; recovering");
-                partition.status.send_modify(|status| {
-                    status.phase = Phase::Recovering;
-                    status.generation += 1;
-                });
-                drain_queue(&mut jobs, &error);
-            }
+            end => handle_end(
+                &shared,
+                &partition,
+                end,
+                &mut jobs,
+                &mut excluded,
+                &mut roll_pause,
+                &mut next_segment,
+            ),
         }
     }
     partition
@@ -565,6 +617,61 @@ async fn run(
     jobs.close();
     drain_queue(&mut jobs, &partition.not_owner());
     tracing::info!(partition = %partition.key, epoch = partition.epoch, "stopped serving");
+}
+
+/// What the pipeline task does after [`serve`] returned anything but
+/// `Stopped`: a roll with a prepared segment goes on with it at once and
+/// closes the old one in the background; any other roll, or a failure,
+/// goes through takeover.
+fn handle_end(
+    shared: &Arc<Shared>,
+    partition: &Arc<Partition>,
+    end: ServeEnd,
+    jobs: &mut mpsc::UnboundedReceiver<AppendJob>,
+    excluded: &mut Vec<String>,
+    roll_pause: &mut Option<(Instant, Instant)>,
+    next_segment: &mut Option<OpenSegment>,
+) {
+    match end {
+        ServeEnd::Stopped => {}
+        ServeEnd::Roll {
+            failed_stores,
+            stopped_at,
+            drained_at,
+            prepared,
+        } => {
+            *roll_pause = Some((stopped_at, drained_at));
+            if !failed_stores.is_empty() {
+                tracing::warn!(partition = %partition.key, ?failed_stores, "replicas failed; moving to a new ensemble");
+            }
+            *excluded = failed_stores;
+            if let Some(prepared) = prepared {
+                let (next, rolled, end_offset) = *prepared;
+                let mut segments = partition.segments();
+                segments.push(next.info.clone());
+                partition.set_segments(segments);
+                tokio::spawn(close_rolled_segment(
+                    shared.clone(),
+                    partition.clone(),
+                    rolled,
+                    end_offset,
+                ));
+                *next_segment = Some(next);
+            }
+        }
+        ServeEnd::Failed {
+            error,
+            failed_stores,
+        } => {
+            *excluded = failed_stores;
+            tracing::warn!(partition = %partition.key, %error, ?excluded, "append pipeline failed; recovering");
+            partition.status.send_modify(|status| {
+                status.phase = Phase::Recovering;
+                status.generation += 1;
+            });
+            drain_queue(jobs, &error);
+        }
+    }
 }
 
 fn durability(config: &TopicConfig) -> i32 {
@@ -711,11 +818,18 @@ async fn copy_tail(
     Ok(())
 }
 
-/// Takeover (and recovery, and roll): fence and close whatever segment is
-/// open, then create a new segment at the recovered end on a new ensemble
-/// (avoiding `excluded` stores, which just failed) and open the append
-/// streams. A store that fails while the segment is being opened is added
-/// to `excluded` for the next attempt.
+/// Takeover (and recovery, and a roll whose next segment could not be
+/// prepared): fence and close whatever segment is open, then create a new
+/// segment at the recovered end on a new ensemble (avoiding `excluded`
+/// stores, which just failed) and open the append streams. A store that
+/// fails while the segment is being opened is added to `excluded` for the
+/// next attempt.
+///
+/// A segment created ahead of a roll (see [`serve`]) holds nothing until
+/// every append to its predecessor reached the ack quorum, so if it starts
+/// beyond where its predecessor was recovered to, the owner stopped before
+/// using it: it is empty and is deleted rather than closed, which would
+/// leave a hole in the offsets.
 async fn open_segment(
     shared: &Shared,
     partition: &Partition,
@@ -734,11 +848,22 @@ async fn open_segment(
     )?
     .segments;
     segments.sort_by_key(|segment| (segment.base_offset, segment.segment_id));
+    let mut unused: Vec<u64> = Vec::new();
+    let mut previous_end: Option<u64> = None;
     for segment in segments.iter_mut() {
         if segment.state() != SegmentState::Open {
+            previous_end = Some(segment.end_offset);
             continue;
         }
         let recovered = fence_and_recover(shared, partition, segment).await?;
+        if previous_end.is_some_and(|end| segment.base_offset > end) {
+            if recovered.end_offset == segment.base_offset {
+                unused.push(segment.segment_id);
+                continue;
+            }
+            // Cannot happen (see above); closing it keeps what is there.
+            tracing::error!(partition = %key, segment = segment.segment_id, base_offset = segment.base_offset, previous_end, "open segment with data starts beyond its predecessor's end");
+        }
         *segment = nameserver_call!(
             clients,
             close_segment,
@@ -752,6 +877,21 @@ async fn open_segment(
                 max_timestamp_ms: recovered.max_timestamp_ms,
             }
         )?;
+        previous_end = Some(segment.end_offset);
+    }
+    if !unused.is_empty() {
+        nameserver_call!(
+            clients,
+            delete_segments,
+            DeleteSegmentsRequest {
+                topic: key.topic.clone(),
+                partition: key.partition,
+                epoch,
+                segment_ids: unused.clone(),
+            }
+        )?;
+        tracing::info!(partition = %key, segments = ?unused, "deleted segments created ahead of a roll that never happened");
+        segments.retain(|segment| !unused.contains(&segment.segment_id));
     }
     let high_watermark = segments
         .last()
@@ -761,14 +901,35 @@ async fn open_segment(
         .first()
         .map(|segment| segment.base_offset)
         .unwrap_or(high_watermark);
+    let opened = create_and_open(shared, partition, high_watermark, excluded).await?;
+    segments.push(opened.info.clone());
+    partition.set_segments(segments);
+    partition.status.send_modify(|status| {
+        status.high_watermark = high_watermark;
+        status.log_start_offset = log_start_offset;
+        status.loaded = true;
+    });
+    Ok(opened)
+}
+
+/// Creates a segment at `base_offset` (in metadata, then on each replica)
+/// on an ensemble avoiding `excluded`, and opens its append streams. A
+/// store that fails here is added to `excluded`.
+async fn create_and_open(
+    shared: &Shared,
+    partition: &Partition,
+    base_offset: u64,
+    excluded: &mut Vec<String>,
+) -> Result<OpenSegment, BrokerError> {
+    let key = &partition.key;
     let created = nameserver_call!(
-        clients,
+        &shared.clients,
         create_segment,
         CreateSegmentRequest {
             topic: key.topic.clone(),
             partition: key.partition,
-            epoch,
-            base_offset: high_watermark,
+            epoch: partition.epoch,
+            base_offset,
             exclude_store_ids: excluded.clone(),
         }
     )?;
@@ -779,18 +940,24 @@ async fn open_segment(
         )));
     }
     let capacity = shared.config.max_in_flight_appends_per_partition.max(1) + 1;
+    // Created on every replica at once: each creation waits for a journal
+    // fsync on its store.
+    let opened = futures::future::join_all(created.replicas.iter().map(|replica| {
+        open_append_stream(shared, partition, &created, &replica.address, capacity)
+    }))
+    .await;
     let mut replicas = Vec::with_capacity(created.replicas.len());
     let mut responses: ReplicaResponses = SelectAll::new();
-    for (index, replica) in created.replicas.iter().enumerate() {
-        let opened =
-            open_append_stream(shared, partition, &created, &replica.address, capacity).await;
+    let mut failure = None;
+    for (index, (replica, opened)) in created.replicas.iter().zip(opened).enumerate() {
         let (sender, stream) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 if !excluded.contains(&replica.store_id) {
                     excluded.push(replica.store_id.clone());
                 }
-                return Err(error);
+                failure = Some(error);
+                continue;
             }
         };
         replicas.push(ReplicaStream {
@@ -811,19 +978,71 @@ async fn open_segment(
         });
         responses.push(stream.map(move |item| (index, item)).chain(ended).boxed());
     }
-    segments.push(created.clone());
-    partition.set_segments(segments);
-    partition.status.send_modify(|status| {
-        status.high_watermark = high_watermark;
-        status.log_start_offset = log_start_offset;
-        status.loaded = true;
-    });
+    if let Some(error) = failure {
+        return Err(error);
+    }
     Ok(OpenSegment {
         info: created,
         replicas,
         responses,
         opened_at: Instant::now(),
     })
+}
+
+/// Seals and closes a segment the pipeline rolled away from, after every
+/// append to it reached the ack quorum (so it ends at `end_offset`), while
+/// the next segment already takes appends. Retried with backoff until it
+/// succeeds or the partition stops; if it never does, the next takeover
+/// fences and closes it like any open segment.
+async fn close_rolled_segment(
+    shared: Arc<Shared>,
+    partition: Arc<Partition>,
+    segment: SegmentInfo,
+    end_offset: u64,
+) {
+    let mut stopped = partition.stopped.subscribe();
+    let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
+    let key = &partition.key;
+    for attempt_number in 1..=ROLLED_SEGMENT_CLOSE_ATTEMPTS_MAX {
+        let attempt = async {
+            let recovered = fence_and_recover(&shared, &partition, &segment).await?;
+            if recovered.end_offset != end_offset {
+                tracing::error!(partition = %key, segment = segment.segment_id, end_offset, recovered = recovered.end_offset, "a rolled segment's copies do not end where its appends did");
+            }
+            nameserver_call!(
+                &shared.clients,
+                close_segment,
+                CloseSegmentRequest {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    epoch: partition.epoch,
+                    segment_id: segment.segment_id,
+                    end_offset: recovered.end_offset,
+                    size_bytes: recovered.size_bytes,
+                    max_timestamp_ms: recovered.max_timestamp_ms,
+                }
+            )
+        };
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = crate::wait_until_set(&mut stopped) => return,
+        };
+        match result {
+            Ok(closed) => {
+                partition.segment_updated(closed);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(partition = %key, segment = segment.segment_id, attempt_number, %error, "closing a rolled segment failed");
+                let delay = backoff.next();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::wait_until_set(&mut stopped) => return,
+                }
+            }
+        }
+    }
+    tracing::warn!(partition = %key, segment = segment.segment_id, "giving up closing a rolled segment; the next takeover closes it");
 }
 
 /// Creates the new segment on one store and opens its ordered append stream.
@@ -905,6 +1124,10 @@ async fn serve(
     let mut unacknowledged: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut size_bytes: u64 = 0;
     let mut rolling = false;
+    let mut rolling_since: Option<Instant> = None;
+    let mut drained_at: Option<Instant> = None;
+    let mut preparing: Option<PreparingSegment<'_>> = None;
+    let mut prepared: Option<Result<OpenSegment, (BrokerError, Vec<String>)>> = None;
     let roll_at = (config.segment_ms > 0)
         .then(|| segment.opened_at + Duration::from_millis(config.segment_ms));
     let ensemble_size = (config.ensemble_size as usize).max(1);
@@ -913,10 +1136,46 @@ async fn serve(
     let mut degraded_check_at =
         (segment.replicas.len() < ensemble_size).then(|| segment.opened_at + degraded_check_every);
     loop {
+        if rolling && rolling_since.is_none() {
+            rolling_since = Some(Instant::now());
+            // The next segment starts where the last append accepted into
+            // this one ends; create it and open its streams while those
+            // appends drain. Nothing is sent to it before they all reached
+            // the ack quorum (see `open_segment`).
+            let mut excluded = segment.failed_stores();
+            let base_offset = next_offset;
+            preparing = Some(Box::pin(async move {
+                create_and_open(shared, partition, base_offset, &mut excluded)
+                    .await
+                    .map_err(|error| (error, excluded))
+            }));
+        }
         if rolling && in_flight.is_empty() {
-            return ServeEnd::Roll {
-                failed_stores: segment.failed_stores(),
-            };
+            if drained_at.is_none() {
+                drained_at = Some(Instant::now());
+            }
+            if prepared.is_some() || preparing.is_none() {
+                let mut failed_stores = segment.failed_stores();
+                let prepared = match prepared {
+                    Some(Ok(next)) => Some(Box::new((next, segment.info.clone(), next_offset))),
+                    Some(Err((error, excluded))) => {
+                        tracing::warn!(partition = %partition.key, %error, "could not prepare the next segment; rolling through takeover");
+                        for store in excluded {
+                            if !failed_stores.contains(&store) {
+                                failed_stores.push(store);
+                            }
+                        }
+                        None
+                    }
+                    None => None,
+                };
+                return ServeEnd::Roll {
+                    failed_stores,
+                    stopped_at: rolling_since.unwrap_or_else(Instant::now),
+                    drained_at: drained_at.unwrap_or_else(Instant::now),
+                    prepared,
+                };
+            }
         }
         let slowest = segment.slowest_acknowledged();
         while unacknowledged
@@ -951,11 +1210,18 @@ async fn serve(
                 let Some(job) = deduplicate(partition, job, next_offset) else {
                     continue;
                 };
-                let mut bytes = job.batch.to_vec();
+                let mut job = job;
+                // Stamped in place when this is the only reference to the
+                // batch's memory (the request it came in is gone); copied
+                // otherwise, since a shared buffer must not change.
+                // (About 4 in 5 batches of a produce stream measured, ADR 0006.)
+                let mut bytes = std::mem::take(&mut job.batch)
+                    .try_into_mut()
+                    .unwrap_or_else(|shared_batch| bytes::BytesMut::from(&shared_batch[..]));
                 // The ownership epoch fits the batch's 32-bit field for any
                 // realistic number of reassignments; saturate otherwise.
                 assign(&mut bytes, next_offset, u32::try_from(partition.epoch).unwrap_or(u32::MAX));
-                let bytes = Bytes::from(bytes);
+                let bytes = bytes.freeze();
                 sequence += 1;
                 let append = AppendRequest {
                     segment_id: segment.info.segment_id,
@@ -1050,6 +1316,9 @@ async fn serve(
                         replica.store_id, partition.key, shared.config.replica_ack_timeout_ms
                     )));
                 }
+            }
+            next = async { preparing.as_mut().expect("polled only while preparing").await }, if preparing.is_some() && prepared.is_none() => {
+                prepared = Some(next);
             }
             _ = tokio::time::sleep_until(roll_at.unwrap_or_else(never)), if time_roll_armed => {
                 rolling = true;
