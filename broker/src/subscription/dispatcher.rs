@@ -133,6 +133,59 @@ pub struct Dispatcher {
     /// Shared: the consumer whose turn it is, and how many it got in it.
     turn: Option<(ConsumerId, u64)>,
     dirty: bool,
+    counters: Counters,
+    /// Offsets recently handled without an acknowledgement (filtered,
+    /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
+    /// answers "why was this not delivered" for recent messages.
+    recently_handled: std::collections::VecDeque<(u64, Handled)>,
+}
+
+/// Most offsets remembered in [`Dispatcher`]'s recently-handled list.
+const RECENTLY_HANDLED: usize = 10_000;
+
+/// Totals since the dispatcher started (rates are derived by the caller).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acknowledged: u64,
+    pub filtered: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+}
+
+/// How a message was handled without an acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    Filtered,
+    Expired,
+    DeadLettered { deliveries: u32 },
+}
+
+/// Where one message stands in a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Explanation {
+    /// Below the cursor's read position and handled: acknowledged, or
+    /// handled as said when still remembered.
+    Handled(Option<Handled>),
+    /// Not read by the subscription yet (beyond its read-ahead).
+    NotYetRead,
+    /// Read and waiting to be delivered (first time or again).
+    Ready {
+        deliveries: u32,
+    },
+    InFlight {
+        consumer: ConsumerId,
+        deliveries: u32,
+        ack_deadline_ms: u64,
+    },
+    WaitingForRedelivery {
+        deliveries: u32,
+        until_ms: u64,
+    },
+    BeingDeadLettered {
+        deliveries: u32,
+    },
 }
 
 impl Dispatcher {
@@ -156,7 +209,61 @@ impl Dispatcher {
             active: None,
             turn: None,
             dirty: false,
+            counters: Counters::default(),
+            recently_handled: std::collections::VecDeque::new(),
         }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The oldest offset read and not yet acknowledged.
+    pub fn oldest_unacknowledged(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
+
+    /// Where `offset` stands (`now_ms` on the dispatcher's clock).
+    pub fn explain(&self, offset: u64) -> Explanation {
+        if let Some(entry) = self.entries.get(&offset) {
+            return match entry.state {
+                State::Ready => Explanation::Ready {
+                    deliveries: entry.deliveries,
+                },
+                State::InFlight {
+                    consumer,
+                    deadline_ms,
+                } => Explanation::InFlight {
+                    consumer,
+                    deliveries: entry.deliveries,
+                    ack_deadline_ms: deadline_ms,
+                },
+                State::Waiting { until_ms } => Explanation::WaitingForRedelivery {
+                    deliveries: entry.deliveries,
+                    until_ms,
+                },
+                State::DeadLettering => Explanation::BeingDeadLettered {
+                    deliveries: entry.deliveries,
+                },
+            };
+        }
+        if offset >= self.read_position && !self.acked.contains(offset) {
+            return Explanation::NotYetRead;
+        }
+        Explanation::Handled(
+            self.recently_handled
+                .iter()
+                .rev()
+                .find(|(handled, _)| *handled == offset)
+                .map(|(_, how)| *how),
+        )
+    }
+
+    fn remember_handled(&mut self, offset: u64, how: Handled) {
+        if self.recently_handled.len() >= RECENTLY_HANDLED {
+            self.recently_handled.pop_front();
+        }
+        self.recently_handled.push_back((offset, how));
     }
 
     pub fn kind(&self) -> SubscriptionType {
@@ -236,6 +343,8 @@ impl Dispatcher {
             if !message.selected {
                 self.acked.insert(message.offset);
                 self.dirty = true;
+                self.counters.filtered += 1;
+                self.remember_handled(message.offset, Handled::Filtered);
                 continue;
             }
             let deliveries = self
@@ -358,6 +467,7 @@ impl Dispatcher {
             } if consumer == id => {
                 self.deadlines.remove(&(deadline_ms, offset));
                 self.complete(offset);
+                self.counters.acknowledged += 1;
                 Ok(())
             }
             _ if entry.deliveries == 0 => Err(ErrorCode::UnknownMessage),
@@ -450,11 +560,17 @@ impl Dispatcher {
 
     /// The dead-letter write of `offset` is durable.
     pub fn dead_lettered(&mut self, offset: u64) {
-        if matches!(
-            self.entries.get(&offset).map(|entry| entry.state),
-            Some(State::DeadLettering)
-        ) {
-            self.complete(offset);
+        if let Some(entry) = self.entries.get(&offset).copied() {
+            if entry.state == State::DeadLettering {
+                self.complete(offset);
+                self.counters.dead_lettered += 1;
+                self.remember_handled(
+                    offset,
+                    Handled::DeadLettered {
+                        deliveries: entry.deliveries,
+                    },
+                );
+            }
         }
     }
 
@@ -603,6 +719,10 @@ impl Dispatcher {
             }
             self.ready.remove(&offset);
             self.deadlines.insert((deadline_ms, offset));
+            self.counters.delivered += 1;
+            if deliveries_now > 1 {
+                self.counters.redelivered += 1;
+            }
             if let Some(key) = entry.key_hash.filter(|_| key_shared) {
                 self.held_keys.insert(key, offset);
             }

@@ -14,7 +14,9 @@
 mod cursor;
 mod dispatcher;
 
-pub use cursor::CursorSnapshot;
+pub use cursor::{AckedRanges, CursorSnapshot};
+#[allow(unused_imports)]
+pub use dispatcher::{Counters, Explanation, Handled};
 
 use crate::clients::{nameserver_call, request};
 use crate::error::BrokerError;
@@ -22,7 +24,6 @@ use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
-use cursor::AckedRanges;
 use dispatcher::{Action, ConsumerId, Dispatcher, Scanned, Settings};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -136,6 +137,72 @@ impl Registry {
     pub fn running(&self) -> usize {
         self.lock().len()
     }
+
+    #[allow(dead_code)] // Used by the backlog and message-lookup features being built.
+    fn senders_of(&self, key: &PartitionKey) -> Vec<(String, mpsc::Sender<Command>)> {
+        self.lock()
+            .iter()
+            .filter(|((partition, _), _)| partition == key)
+            .map(|((_, subscription), sender)| (subscription.clone(), sender.clone()))
+            .collect()
+    }
+
+    /// Statistics of every subscription with a running dispatcher on
+    /// partition `key` (those without consumers for a while have none; read
+    /// their cursor from the coordinator instead).
+    #[allow(dead_code)]
+    pub async fn stats(&self, key: &PartitionKey) -> Vec<SubscriptionStats> {
+        let mut all = Vec::new();
+        for (_, sender) in self.senders_of(key) {
+            let (reply, answer) = oneshot::channel();
+            if sender.send(Command::Stats { reply }).await.is_ok() {
+                if let Ok(stats) = answer.await {
+                    all.push(stats);
+                }
+            }
+        }
+        all
+    }
+
+    /// Where message `offset` of partition `key` stands in `subscription`,
+    /// if its dispatcher runs here.
+    #[allow(dead_code)]
+    pub async fn explain(
+        &self,
+        key: &PartitionKey,
+        subscription: &str,
+        offset: u64,
+    ) -> Option<Explanation> {
+        let sender = self
+            .senders_of(key)
+            .into_iter()
+            .find(|(name, _)| name == subscription)?
+            .1;
+        let (reply, answer) = oneshot::channel();
+        sender.send(Command::Explain { offset, reply }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// One subscription's state on one partition, from its running dispatcher.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct SubscriptionStats {
+    pub subscription: String,
+    pub kind: SubscriptionType,
+    /// Every offset below is acknowledged (or filtered, expired,
+    /// dead-lettered).
+    pub mark_delete: u64,
+    /// Next offset the dispatcher reads.
+    pub read_position: u64,
+    /// Read and not yet acknowledged (delivered, waiting, delayed).
+    pub unacknowledged: u64,
+    pub in_flight: u64,
+    pub consumers: u32,
+    pub oldest_unacknowledged: Option<u64>,
+    pub counters: Counters,
+    /// How long the dispatcher has run: with `counters`, gives rates.
+    pub running_ms: u64,
 }
 
 enum Command {
@@ -164,6 +231,13 @@ enum Command {
     },
     Close {
         consumer: ConsumerId,
+    },
+    Stats {
+        reply: oneshot::Sender<SubscriptionStats>,
+    },
+    Explain {
+        offset: u64,
+        reply: oneshot::Sender<Explanation>,
     },
 }
 
@@ -520,6 +594,23 @@ impl Task {
                 }
             }
             Command::Close { consumer } => self.drop_consumer(consumer),
+            Command::Stats { reply } => {
+                let _ = reply.send(SubscriptionStats {
+                    subscription: self.subscription.name.clone(),
+                    kind: self.dispatcher.kind(),
+                    mark_delete: self.dispatcher.mark_delete(),
+                    read_position: self.dispatcher.read_position(),
+                    unacknowledged: self.dispatcher.unacknowledged() as u64,
+                    in_flight: self.dispatcher.in_flight() as u64,
+                    consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
+                    oldest_unacknowledged: self.dispatcher.oldest_unacknowledged(),
+                    counters: self.dispatcher.counters(),
+                    running_ms: self.now_ms(),
+                });
+            }
+            Command::Explain { offset, reply } => {
+                let _ = reply.send(self.dispatcher.explain(offset));
+            }
         }
     }
 
