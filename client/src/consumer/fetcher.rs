@@ -1,6 +1,9 @@
 //! Background fetching: one task per broker address fetches the assigned
-//! partitions that broker owns (long poll), decodes batches and hands
-//! records to the consumer through a buffer bounded by `max_buffered_bytes`.
+//! partitions that broker owns (long poll) and hands the fetched batches
+//! to a decoder task, which decodes them and hands records to the consumer
+//! through a buffer bounded by `max_buffered_bytes`. Fetch and decode are
+//! pipelined: the next offset is read from the batch headers, so the next
+//! fetch is in flight while the previous response is decoded.
 
 use super::{ConsumerConfig, ConsumerRecord, StartOffset};
 use crate::cluster::{backoff, normalize_address, Cluster, TopicPartition};
@@ -180,6 +183,15 @@ async fn run_fetcher(
 ) {
     let mut failures = 0u32;
     let mut round = 0usize;
+    // Ends when this task drops its sender, after decoding what was queued.
+    let (decoder, decoder_input) = mpsc::unbounded_channel();
+    tokio::spawn(run_decoder(
+        config.clone(),
+        shared.clone(),
+        output,
+        decoder_input,
+    ));
+    let output = decoder;
     while !shared.closed.load(Ordering::Acquire) {
         let room = config
             .max_buffered_bytes
@@ -362,11 +374,87 @@ enum Handled {
     Refresh,
 }
 
-/// Applies one partition of a fetch response.
+/// What a fetcher hands its decoder, in fetch order (so an error never
+/// overtakes records fetched before it).
+pub(crate) enum DecoderInput {
+    /// Batches of one partition fetched at `start`; the fetch position was
+    /// already moved to `end` (read from their headers).
+    Decode {
+        partition: TopicPartition,
+        generation: u64,
+        start: u64,
+        end: u64,
+        batches: Bytes,
+    },
+    /// Passed to the consumer as it is.
+    Forward(Fetched),
+}
+
+/// Decodes fetched batches off the fetch loop and hands records (and
+/// errors) to the consumer in the order they were fetched.
+async fn run_decoder(
+    config: Arc<ConsumerConfig>,
+    shared: Arc<FetchShared>,
+    output: mpsc::UnboundedSender<Fetched>,
+    mut input: mpsc::UnboundedReceiver<DecoderInput>,
+) {
+    while let Some(item) = input.recv().await {
+        let fetched = match item {
+            DecoderInput::Forward(fetched) => fetched,
+            DecoderInput::Decode {
+                partition,
+                generation,
+                start,
+                end,
+                batches,
+            } => {
+                let bytes = batches.len();
+                match decode_batches(
+                    &partition,
+                    &batches,
+                    start,
+                    config.client.max_grpc_message_bytes,
+                ) {
+                    Ok((records, _)) => Fetched::Records {
+                        partition,
+                        generation,
+                        start,
+                        records,
+                        bytes,
+                    },
+                    Err(error) => {
+                        tracing::error!(%partition, offset = start, %error, "fetched data does not decode; partition paused until seek");
+                        let mut state = shared.lock();
+                        state.buffered_bytes = state.buffered_bytes.saturating_sub(bytes);
+                        if let Some(position) = state.partitions.get_mut(&partition) {
+                            if position.generation == generation && position.offset == end {
+                                position.paused = true;
+                                position.offset = start;
+                            }
+                        }
+                        drop(state);
+                        shared.wake.notify_waiters();
+                        Fetched::Error {
+                            partition,
+                            generation,
+                            error,
+                        }
+                    }
+                }
+            }
+        };
+        if output.send(fetched).is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies one partition of a fetch response: moves its position past the
+/// fetched batches and queues them for decoding.
 fn handle_partition(
     config: &ConsumerConfig,
     shared: &FetchShared,
-    output: &mpsc::UnboundedSender<Fetched>,
+    output: &mpsc::UnboundedSender<DecoderInput>,
     partition: &TopicPartition,
     offset: u64,
     generation: u64,
@@ -400,20 +488,15 @@ fn handle_partition(
         }
         tracing::error!(%partition, %error, "fetch failed; partition paused until seek");
         position.paused = true;
-        let _ = output.send(Fetched::Error {
+        let _ = output.send(DecoderInput::Forward(Fetched::Error {
             partition: partition.clone(),
             generation,
             error,
-        });
+        }));
         return Handled::Ok;
     }
     let bytes = fetched.batches.len();
-    let decoded = decode_batches(
-        partition,
-        &fetched.batches,
-        offset,
-        config.client.max_grpc_message_bytes,
-    );
+    let scanned = next_offset_after(partition, &fetched.batches, offset);
     let mut state = shared.lock();
     let Some(position) = state.partitions.get_mut(partition) else {
         return Handled::Ok;
@@ -422,32 +505,56 @@ fn handle_partition(
     if position.generation != generation || position.offset != offset {
         return Handled::Ok;
     }
-    match decoded {
-        Ok((records, next_offset)) => {
-            if next_offset <= offset && records.is_empty() {
+    match scanned {
+        Ok(next_offset) => {
+            if next_offset <= offset {
                 return Handled::Ok;
             }
-            position.offset = next_offset.max(offset);
+            position.offset = next_offset;
             state.buffered_bytes += bytes;
-            let _ = output.send(Fetched::Records {
+            let _ = output.send(DecoderInput::Decode {
                 partition: partition.clone(),
                 generation,
                 start: offset,
-                records,
-                bytes,
+                end: next_offset,
+                batches: fetched.batches,
             });
         }
         Err(error) => {
             tracing::error!(%partition, offset, %error, "fetched data does not decode; partition paused until seek");
             position.paused = true;
-            let _ = output.send(Fetched::Error {
+            let _ = output.send(DecoderInput::Forward(Fetched::Error {
                 partition: partition.clone(),
                 generation,
                 error,
-            });
+            }));
         }
     }
     Handled::Ok
+}
+
+/// The offset after the last of the concatenated `batches` fetched at
+/// `offset`, from their headers alone (framing checked, CRCs not: the
+/// decoder checks them); stops at a hole like [`decode_batches`], so both
+/// agree on where the fetched data ends.
+pub(crate) fn next_offset_after(
+    partition: &TopicPartition,
+    batches: &Bytes,
+    offset: u64,
+) -> Result<u64, ClientError> {
+    let mut next_offset = offset;
+    for item in BatchIter::new(batches) {
+        let (_, header, _) = item.map_err(|error| {
+            ClientError::Decode(format!(
+                "{partition} at offset {offset}: malformed batch: {error}"
+            ))
+        })?;
+        if header.base_offset > next_offset {
+            break;
+        }
+        next_offset = next_offset.max(header.end_offset());
+    }
+    Ok(next_offset)
 }
 
 /// Decodes concatenated batches into records at or after `offset`; returns
@@ -542,6 +649,28 @@ mod tests {
             decode_batches(&partition, &Bytes::from(bytes), 0, 1 << 20).expect("valid batches");
         assert_eq!(records.len(), 2);
         assert_eq!(next, 2);
+    }
+
+    #[test]
+    fn header_scan_ends_where_decoding_does() {
+        let partition = TopicPartition::new("t", 0);
+        let mut contiguous = batch(10, &["a", "b", "c"]);
+        contiguous.extend(batch(13, &["d"]));
+        let mut with_gap = batch(0, &["a", "b"]);
+        with_gap.extend(batch(5, &["f"]));
+        for (bytes, offset, expected) in [(contiguous, 11, 14), (with_gap, 0, 2)] {
+            let bytes = Bytes::from(bytes);
+            let (_, decoded_end) =
+                decode_batches(&partition, &bytes, offset, 1 << 20).expect("valid batches");
+            let scanned_end = next_offset_after(&partition, &bytes, offset).expect("valid framing");
+            assert_eq!(scanned_end, expected);
+            assert_eq!(scanned_end, decoded_end);
+        }
+        // Framing errors are found by the scan; CRC errors by the decoder.
+        assert!(matches!(
+            next_offset_after(&partition, &Bytes::from_static(&[1, 2, 3]), 0),
+            Err(ClientError::Decode(_))
+        ));
     }
 
     #[test]
