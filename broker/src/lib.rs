@@ -17,6 +17,7 @@ mod coordinator;
 mod decisions;
 pub mod error;
 mod idempotence;
+mod lookup;
 mod ownership;
 mod partition;
 mod repair;

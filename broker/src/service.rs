@@ -487,6 +487,33 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn get_message(
+        &self,
+        request: Request<sluice_proto::v1::GetMessageRequest>,
+    ) -> Result<Response<sluice_proto::v1::GetMessageResponse>, Status> {
+        Ok(Response::new(
+            crate::lookup::get_message(&self.shared, request.into_inner()).await?,
+        ))
+    }
+
+    async fn find_messages(
+        &self,
+        request: Request<sluice_proto::v1::FindMessagesRequest>,
+    ) -> Result<Response<sluice_proto::v1::FindMessagesResponse>, Status> {
+        Ok(Response::new(
+            crate::lookup::find_messages(&self.shared, request.into_inner()).await?,
+        ))
+    }
+
+    async fn explain_message(
+        &self,
+        request: Request<sluice_proto::v1::ExplainMessageRequest>,
+    ) -> Result<Response<sluice_proto::v1::ExplainMessageResponse>, Status> {
+        Ok(Response::new(
+            crate::lookup::explain_message(&self.shared, request.into_inner()).await?,
+        ))
+    }
+
     type SubscribeStream = subscription::SubscribeResponseStream;
 
     async fn subscribe(

@@ -435,6 +435,27 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn get_message(
+        &self,
+        _request: Request<sluice_proto::v1::GetMessageRequest>,
+    ) -> Result<Response<sluice_proto::v1::GetMessageResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn find_messages(
+        &self,
+        _request: Request<sluice_proto::v1::FindMessagesRequest>,
+    ) -> Result<Response<sluice_proto::v1::FindMessagesResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn explain_message(
+        &self,
+        _request: Request<sluice_proto::v1::ExplainMessageRequest>,
+    ) -> Result<Response<sluice_proto::v1::ExplainMessageResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     type SubscribeStream =
         Pin<Box<dyn Stream<Item = Result<sluice_proto::v1::SubscribeResponse, Status>> + Send>>;
 

@@ -83,6 +83,22 @@ pub struct StoreConfig {
     /// How long shutdown waits for in-flight requests before closing the
     /// storage anyway. Default 10000.
     pub shutdown_drain_timeout_ms: u64,
+    /// Message lookup (ADR 0013): most segments whose key and tag index is
+    /// kept in memory; the least recently looked up is dropped beyond it
+    /// (and rebuilt by reading its segment when looked up again). Default 32.
+    pub message_index_max_segments: usize,
+    /// Most batches indexed per segment; the index stops at the batch that
+    /// would exceed it and lookups scan the rest. Default 262144 (32 bytes
+    /// each).
+    pub message_index_max_batches_per_segment: usize,
+    /// Most distinct record keys and tags (hashes) indexed per segment.
+    /// Default 65536.
+    pub message_index_max_terms_per_segment: usize,
+    /// Most (key or tag, batch) pairs indexed per segment. Default 1048576
+    /// (4 bytes each).
+    pub message_index_max_postings_per_segment: usize,
+    /// Most candidate batches in one `FindInSegment` answer. Default 1024.
+    pub message_index_max_candidate_batches: u32,
     pub telemetry: TelemetryConfig,
 }
 
@@ -112,6 +128,11 @@ impl Default for StoreConfig {
             register_retry_max_backoff_ms: 10_000,
             nameserver_request_timeout_ms: 5000,
             shutdown_drain_timeout_ms: 10_000,
+            message_index_max_segments: 32,
+            message_index_max_batches_per_segment: 262_144,
+            message_index_max_terms_per_segment: 65_536,
+            message_index_max_postings_per_segment: 1_048_576,
+            message_index_max_candidate_batches: 1024,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -146,6 +167,17 @@ impl StoreConfig {
             periodic_flush_interval_ms: self.periodic_flush_interval_ms,
             max_batch_bytes: self.max_batch_bytes,
             max_read_bytes: self.max_read_bytes,
+        }
+    }
+
+    /// The bounds of the message lookup indexes.
+    pub fn message_index_limits(&self) -> crate::message_index::MessageIndexLimits {
+        crate::message_index::MessageIndexLimits {
+            max_indexed_segments: self.message_index_max_segments,
+            max_batches_per_segment: self.message_index_max_batches_per_segment,
+            max_terms_per_segment: self.message_index_max_terms_per_segment,
+            max_postings_per_segment: self.message_index_max_postings_per_segment,
+            max_candidate_batches: self.message_index_max_candidate_batches,
         }
     }
 }

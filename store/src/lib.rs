@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod message_index;
 pub mod segment;
 pub mod storage;
 
@@ -66,7 +67,8 @@ pub async fn run(
             max_in_flight_bytes: config.append_stream_max_in_flight_bytes,
         },
         stop_receiver.clone(),
-    );
+    )
+    .with_message_index_limits(config.message_index_limits());
     let server = StoreServer::new(service)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);

@@ -30,6 +30,8 @@ pub struct StoreService {
     /// Becomes true at shutdown: append streams stop taking new requests,
     /// answer what they accepted, and end.
     shutdown: watch::Receiver<bool>,
+    /// Key and tag indexes of segments, built on first lookup (ADR 0013).
+    message_indexes: Arc<crate::message_index::MessageIndexes>,
 }
 
 impl StoreService {
@@ -42,7 +44,19 @@ impl StoreService {
             storage,
             limits,
             shutdown,
+            message_indexes: Arc::new(crate::message_index::MessageIndexes::new(
+                crate::message_index::MessageIndexLimits::default(),
+            )),
         }
+    }
+
+    /// Bounds the key and tag indexes of message lookup (ADR 0013).
+    pub fn with_message_index_limits(
+        mut self,
+        limits: crate::message_index::MessageIndexLimits,
+    ) -> Self {
+        self.message_indexes = Arc::new(crate::message_index::MessageIndexes::new(limits));
+        self
     }
 }
 
@@ -289,6 +303,17 @@ impl Store for StoreService {
         let offset =
             blocking(move || storage.find_offset(request.segment_id, request.timestamp_ms)).await?;
         Ok(Response::new(FindOffsetResponse { offset }))
+    }
+
+    async fn find_in_segment(
+        &self,
+        request: Request<sluice_proto::v1::FindInSegmentRequest>,
+    ) -> Result<Response<sluice_proto::v1::FindInSegmentResponse>, Status> {
+        let request = request.into_inner();
+        let storage = self.storage.clone();
+        let indexes = self.message_indexes.clone();
+        let response = blocking(move || indexes.find(&storage, &request)).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_segments(
