@@ -140,6 +140,17 @@ impl Default for BrokerConfig {
             max_in_flight_bytes_per_connection: 64 * 1024 * 1024,
             partition_queue_bytes: 32 * 1024 * 1024,
             max_in_flight_appends_per_partition: 1024,
+    /// Backlog monitor (ADR 0012): how often each served partition's
+    /// subscriptions are measured (backlog, age, rates) and the quota
+    /// policies applied. Produce answers carry the latest measurement.
+    /// Default 1000.
+    pub backlog_check_interval_ms: u64,
+    /// Backlog monitor: a topic's subscription list is asked from the
+    /// nameserver at most this often. Default 5000.
+    pub backlog_subscriptions_refresh_ms: u64,
+    /// Backlog monitor: drain and incoming rates are measured over this
+    /// sliding window. Default 30000.
+    pub backlog_rate_window_ms: u64,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 8 * 1024 * 1024,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
@@ -190,6 +201,9 @@ impl BrokerConfig {
         }
         figment
             .merge(Env::prefixed("SLUICE_BROKER_").split("__"))
+            backlog_check_interval_ms: 1000,
+            backlog_subscriptions_refresh_ms: 5000,
+            backlog_rate_window_ms: 30_000,
             .extract()
     }
 }

@@ -10,6 +10,7 @@
 //! Public API: [`BrokerConfig`], [`BrokerError`] and [`run`].
 
 mod assignment;
+mod backlog;
 mod clients;
 mod commit_record;
 pub mod config;
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     pub repair: repair::RepairProgress,
     /// Subscription dispatchers running here (ADR 0011).
     pub subscriptions: subscription::Registry,
+    /// Backlog measurements and pressure per partition (ADR 0012).
+    pub backlog: backlog::Monitor,
 }
 
 impl Shared {
@@ -269,6 +272,7 @@ pub async fn run(
         live_stores: std::sync::atomic::AtomicUsize::new(0),
         repair: repair::RepairProgress::default(),
         subscriptions: subscription::Registry::default(),
+        backlog: backlog::Monitor::default(),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,
@@ -279,6 +283,7 @@ pub async fn run(
     let (background_stop, background_stopped) = watch::channel(false);
     let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
     let retention = tokio::spawn(retention::run(shared.clone(), background_stopped.clone()));
+    let backlog = tokio::spawn(backlog::run(shared.clone(), background_stopped.clone()));
     let repair = tokio::spawn(repair::run(shared.clone(), background_stopped));
     // grpc.health.v1 for orchestrators (the compose healthcheck runs
     // `sluice health`): SERVING from here on, NOT_SERVING once shutdown starts.
@@ -320,6 +325,7 @@ pub async fn run(
     background_stop.send_replace(true);
     let _ = retention.await;
     let _ = repair.await;
+    let _ = backlog.await;
     let deregister_timeout = shared.clients.nameserver_timeout * 2;
     if tokio::time::timeout(deregister_timeout, ownership)
         .await

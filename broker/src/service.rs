@@ -2,6 +2,7 @@
 //! long-poll, list offsets, and the group RPCs (delegated to the
 //! coordinator).
 
+use crate::backlog;
 use crate::clients::request;
 use crate::decisions::{fetch_decision, FetchDecision};
 use crate::error::BrokerError;
@@ -17,10 +18,11 @@ use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
 use sluice_proto::v1::{
-    CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest, DescribeGroupResponse,
+    BacklogPolicy, CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest,
+    DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
     FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FetchedPartition,
     FindOffsetRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest,
-    ListOffsetsResponse, OffsetSpec, ProduceRequest, ProduceResponse, SegmentState,
+    ListOffsetsResponse, OffsetSpec, PressureLevel, ProduceRequest, ProduceResponse, SegmentState,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;
@@ -118,6 +120,9 @@ fn submit_produce(
         }
         .boxed();
     };
+    if let Some(error) = backlog_rejection(shared, &partition) {
+        return async move { (error_response(request_id, &error), size, key) }.boxed();
+    }
     let max_batch_bytes = partition.max_batch_bytes(shared.config.max_batch_bytes);
     let header = match batch::validate(&produce.batch, max_batch_bytes) {
         Ok(header) => header,
@@ -148,12 +153,95 @@ fn submit_produce(
                 base_offset: outcome.base_offset,
                 append_time_ms: outcome.append_time_ms,
                 epoch: outcome.epoch,
+                ..Default::default()
             },
             Err(error) => error_response(request_id, &error),
         };
         (response, size, key)
     }
     .boxed()
+}
+
+fn backlog_quota_error(message: String) -> BrokerError {
+    BrokerError::Relayed(sluice_proto::SluiceError::new(
+        ErrorCode::BacklogQuotaExceeded,
+        message,
+    ))
+}
+
+/// REJECT (ADR 0012): the partition's backlog is at its quota.
+fn backlog_rejection(shared: &Shared, partition: &Partition) -> Option<BrokerError> {
+    let quota = backlog::Quota::of(&partition.config);
+    if !quota.any() || quota.policy != BacklogPolicy::Reject {
+        return None;
+    }
+    let pressure = shared.backlog.pressure(&partition.key);
+    (pressure.level == PressureLevel::Limit).then(|| {
+        backlog_quota_error(format!(
+            "{} is at its backlog quota ({} messages, about {} bytes not acknowledged by its slowest subscription); policy REJECT",
+            partition.key, pressure.backlog_messages, pressure.backlog_bytes
+        ))
+    })
+}
+
+/// A produce request held by the HOLD policy (ADR 0012) until its
+/// partition's backlog drops below the quota or `deadline` passes.
+struct Held {
+    produce: ProduceRequest,
+    started: Instant,
+    deadline: Instant,
+    pressure: watch::Receiver<backlog::Pressure>,
+}
+
+/// HOLD: whether `produce` must wait for its partition's backlog.
+fn hold_for(
+    shared: &Shared,
+    produce: &ProduceRequest,
+) -> Option<(Instant, watch::Receiver<backlog::Pressure>)> {
+    let key = PartitionKey::new(&produce.topic, produce.partition);
+    let partition = shared.partition(&key)?;
+    let quota = backlog::Quota::of(&partition.config);
+    if !quota.any() || quota.policy != BacklogPolicy::Hold {
+        return None;
+    }
+    if shared.backlog.pressure(&key).level != PressureLevel::Limit {
+        return None;
+    }
+    Some((
+        Instant::now() + Duration::from_millis(quota.hold_timeout_ms),
+        shared.backlog.watch(&partition),
+    ))
+}
+
+/// True once the held request may go on, false when its time is up.
+async fn hold_ends(held: Option<&mut Held>) -> bool {
+    let Some(held) = held else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        // A closed channel: the partition left or was taken over again;
+        // submitting finds out.
+        result = held.pressure.wait_for(|pressure| pressure.level != PressureLevel::Limit) => {
+            let _ = result;
+            true
+        }
+        _ = tokio::time::sleep_until(held.deadline) => false,
+    }
+}
+
+/// Adds the partition's latest backlog pressure to a produce answer.
+fn with_pressure(
+    shared: &Shared,
+    key: &PartitionKey,
+    mut response: ProduceResponse,
+) -> ProduceResponse {
+    let pressure = shared.backlog.pressure(key);
+    let (level, messages, bytes, drain_ms) = backlog::answer_fields(&pressure);
+    response.pressure = level;
+    response.backlog_messages = messages;
+    response.backlog_bytes = bytes;
+    response.estimated_drain_ms = drain_ms;
+    response
 }
 
 async fn produce_loop(
@@ -167,12 +255,31 @@ async fn produce_loop(
     let mut streams: HashMap<PartitionKey, StreamPartition> = HashMap::new();
     let mut inbound_open = true;
     let mut shutdown = shared.shutdown.clone();
+    let mut held: Option<Held> = None;
     loop {
-        if !inbound_open && pending.is_empty() {
+        if !inbound_open && pending.is_empty() && held.is_none() {
             break;
         }
         tokio::select! {
+            released = hold_ends(held.as_mut()), if held.is_some() => {
+                if let Some(Held { produce, started, .. }) = held.take() {
+                    if released {
+                        pending.push_back(submit_produce(&shared, produce, &mut streams));
+                    } else {
+                        let error = backlog_quota_error(format!(
+                            "{}/{} stayed at its backlog quota for {} ms (policy HOLD)",
+                            produce.topic, produce.partition, started.elapsed().as_millis()
+                        ));
+                        let response = error_response(produce.request_id, &error);
+                        let size = produce.batch.len() as u64;
+                        let key = PartitionKey::new(&produce.topic, produce.partition);
+                        streams.entry(key.clone()).or_default().outstanding += 1;
+                        pending.push_back(async move { (response, size, key) }.boxed());
+                    }
+                }
+            }
             Some((response, size, key)) = pending.next(), if !pending.is_empty() => {
+                let response = with_pressure(&shared, &key, response);
                 in_flight_bytes = in_flight_bytes.saturating_sub(size);
                 if let Some(entry) = streams.get_mut(&key) {
                     entry.outstanding = entry.outstanding.saturating_sub(1);
@@ -188,13 +295,19 @@ async fn produce_loop(
                     break;
                 }
             }
-            message = inbound.message(), if inbound_open && in_flight_bytes < max_in_flight_bytes => {
+            message = inbound.message(), if inbound_open && held.is_none() && in_flight_bytes < max_in_flight_bytes => {
                 match message {
                     Ok(Some(produce)) => {
                         in_flight_bytes += produce.batch.len() as u64;
                         shared
                             .produced_bytes
                             .fetch_add(produce.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        // HOLD stops reading this stream, so nothing sent
+                        // after the held request overtakes it.
+                        if let Some((deadline, pressure)) = hold_for(&shared, &produce) {
+                            held = Some(Held { produce, started: Instant::now(), deadline, pressure });
+                            continue;
+                        }
                         pending.push_back(submit_produce(&shared, produce, &mut streams));
                     }
                     Ok(None) => inbound_open = false,
@@ -204,10 +317,17 @@ async fn produce_loop(
                     }
                 }
             }
-            _ = crate::wait_until_set(&mut shutdown), if inbound_open => {
+            _ = crate::wait_until_set(&mut shutdown), if inbound_open || held.is_some() => {
                 // Stop taking requests but deliver the answers of those
                 // already accepted: the pipelines run until the server is done.
                 inbound_open = false;
+                if let Some(Held { produce, .. }) = held.take() {
+                    let response = error_response(produce.request_id, &BrokerError::ShuttingDown);
+                    let size = produce.batch.len() as u64;
+                    let key = PartitionKey::new(&produce.topic, produce.partition);
+                    streams.entry(key.clone()).or_default().outstanding += 1;
+                    pending.push_back(async move { (response, size, key) }.boxed());
+                }
             }
         }
     }
@@ -511,6 +631,15 @@ impl Broker for BrokerService {
     ) -> Result<Response<sluice_proto::v1::ExplainMessageResponse>, Status> {
         Ok(Response::new(
             crate::lookup::explain_message(&self.shared, request.into_inner()).await?,
+        ))
+    }
+
+    async fn describe_subscription(
+        &self,
+        request: Request<DescribeSubscriptionRequest>,
+    ) -> Result<Response<DescribeSubscriptionResponse>, Status> {
+        Ok(Response::new(
+            backlog::describe(&self.shared, request.into_inner()).await?,
         ))
     }
 

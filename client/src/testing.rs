@@ -456,6 +456,13 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn describe_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::DescribeSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::DescribeSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     type SubscribeStream =
         Pin<Box<dyn Stream<Item = Result<sluice_proto::v1::SubscribeResponse, Status>> + Send>>;
 

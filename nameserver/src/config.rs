@@ -127,6 +127,9 @@ impl TopicDefaults {
             write_quorum: self.write_quorum,
             ack_quorum: self.ack_quorum,
             max_batch_bytes: self.max_batch_bytes,
+            // Backlog quotas are per topic only (no nameserver-wide
+            // default); `complete_topic_config` fills their defaults.
+            ..TopicConfig::default()
         }
     }
 }

@@ -312,6 +312,7 @@ impl NameServerHandler {
                 config.write_quorum, config.ensemble_size
             )));
         }
+        complete_backlog_quota(&given, &mut config)?;
         let message_limit = u64::try_from(self.config.max_grpc_message_bytes).unwrap_or(u64::MAX);
         if u64::from(config.max_batch_bytes) > message_limit {
             return Err(invalid(format!(
@@ -1502,6 +1503,52 @@ impl WatchContext {
             }
         }
     }
+}
+
+/// Default warning line of a backlog quota, in percent (ADR 0012).
+const DEFAULT_BACKLOG_WARN_RATIO_PERCENT: u32 = 80;
+/// Default and largest time a HOLD policy holds a batch (ADR 0012).
+const DEFAULT_BACKLOG_HOLD_TIMEOUT_MS: u64 = 30_000;
+const MAX_BACKLOG_HOLD_TIMEOUT_MS: u64 = 600_000;
+
+/// Copies the backlog quota settings (ADR 0012) from `given`, filling
+/// defaults and refusing impossible values.
+fn complete_backlog_quota(
+    given: &TopicConfig,
+    config: &mut TopicConfig,
+) -> Result<(), NameServerError> {
+    config.backlog_quota_bytes = given.backlog_quota_bytes;
+    config.backlog_quota_messages = given.backlog_quota_messages;
+    config.backlog_quota_age_ms = given.backlog_quota_age_ms;
+    config.backlog_warn_ratio_percent = match given.backlog_warn_ratio_percent {
+        0 => DEFAULT_BACKLOG_WARN_RATIO_PERCENT,
+        ratio @ 1..=100 => ratio,
+        ratio => {
+            return Err(invalid(format!(
+                "backlog_warn_ratio_percent must be between 1 and 100, got {ratio}"
+            )))
+        }
+    };
+    config.backlog_policy = match sluice_proto::v1::BacklogPolicy::try_from(given.backlog_policy) {
+        Ok(sluice_proto::v1::BacklogPolicy::Unspecified) => {
+            sluice_proto::v1::BacklogPolicy::Hold as i32
+        }
+        Ok(policy) => policy as i32,
+        Err(_) => {
+            return Err(invalid(format!(
+                "unknown backlog policy {}",
+                given.backlog_policy
+            )))
+        }
+    };
+    config.backlog_hold_timeout_ms = match given.backlog_hold_timeout_ms {
+        0 => DEFAULT_BACKLOG_HOLD_TIMEOUT_MS,
+        timeout @ 1..=MAX_BACKLOG_HOLD_TIMEOUT_MS => timeout,
+        timeout => return Err(invalid(format!(
+            "backlog_hold_timeout_ms must be at most {MAX_BACKLOG_HOLD_TIMEOUT_MS}, got {timeout}"
+        ))),
+    };
+    Ok(())
 }
 
 #[cfg(test)]

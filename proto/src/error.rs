@@ -82,7 +82,7 @@ impl ErrorCode {
             ErrorCode::SubscriptionConflict => Code::AlreadyExists,
             ErrorCode::ConsumerBusy => Code::ResourceExhausted,
             ErrorCode::DeliveryExpired => Code::Aborted,
-            ErrorCode::Throttled => Code::ResourceExhausted,
+            ErrorCode::Throttled | ErrorCode::BacklogQuotaExceeded => Code::ResourceExhausted,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
             ErrorCode::StaleMemberEpoch
@@ -160,12 +160,20 @@ mod tests {
             ErrorCode::InvalidSelector,
             ErrorCode::UnknownMessage,
             ErrorCode::DeliveryExpired,
+            ErrorCode::BacklogQuotaExceeded,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);
             assert_eq!(back.code, code);
             assert_eq!(back.message, "why");
         }
+    }
+
+    #[test]
+    fn backlog_quota_exceeded_is_not_retried_by_clients() {
+        // The application decides what to do with a rejected batch; an
+        // automatic retry would turn REJECT into an unbounded HOLD.
+        assert!(!ErrorCode::BacklogQuotaExceeded.is_retriable());
     }
 
     #[test]

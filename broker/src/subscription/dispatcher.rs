@@ -453,6 +453,43 @@ impl Dispatcher {
 
     /// Acknowledges `offset` for consumer `id`.
     pub fn ack(&mut self, id: ConsumerId, offset: u64) -> Result<(), ErrorCode> {
+    /// Backlog eviction (ADR 0012): every message below `offset` counts as
+    /// acknowledged, whatever its state (a consumer's later ack of one is
+    /// answered like a retried ack). Returns how many unacknowledged
+    /// messages that skipped.
+    pub fn evict_before(&mut self, offset: u64) -> u64 {
+        if offset <= self.acked.mark_delete() {
+            return 0;
+        }
+        let held: Vec<u64> = self.entries.range(..offset).map(|(at, _)| *at).collect();
+        let mut evicted = held.len() as u64;
+        for at in held {
+            // Ready first, so every per-state count is released, then
+            // forgotten like an acknowledged message.
+            self.make_ready(at);
+            self.complete(at);
+        }
+        self.deadlines.retain(|(_, at)| *at >= offset);
+        self.waiting.retain(|(_, at)| *at >= offset);
+        self.restored_deliveries = self.restored_deliveries.split_off(&offset);
+        if offset > self.read_position {
+            let unread = offset - self.read_position;
+            let acked_unread: u64 = self
+                .acked
+                .ranges()
+                .map(|(start, end)| {
+                    end.min(offset)
+                        .saturating_sub(start.max(self.read_position))
+                })
+                .sum();
+            evicted += unread.saturating_sub(acked_unread);
+            self.skip_to(offset);
+        }
+        self.acked.insert_range(self.acked.mark_delete(), offset);
+        self.dirty = true;
+        evicted
+    }
+
         if self.acked.contains(offset) {
             // A retried ack whose receipt was lost, or a filtered message.
             return Ok(());

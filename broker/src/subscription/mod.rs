@@ -165,6 +165,27 @@ impl Registry {
     }
 
     /// Where message `offset` of partition `key` stands in `subscription`,
+    /// Backlog eviction (ADR 0012): makes the running dispatcher of
+    /// (`key`, `subscription`) skip every message below `offset` (it then
+    /// commits its cursor). Returns how many unacknowledged messages it
+    /// skipped, or None when no dispatcher runs here (change the committed
+    /// cursor instead).
+    pub async fn evict_before(
+        &self,
+        key: &PartitionKey,
+        subscription: &str,
+        offset: u64,
+    ) -> Option<u64> {
+        let sender = self
+            .senders_of(key)
+            .into_iter()
+            .find(|(name, _)| name == subscription)?
+            .1;
+        let (reply, answer) = oneshot::channel();
+        sender.send(Command::Evict { offset, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
     /// if its dispatcher runs here.
     #[allow(dead_code)]
     pub async fn explain(
@@ -242,6 +263,11 @@ enum Command {
 }
 
 /// Serves one consumer's `Subscribe` stream.
+    /// Backlog eviction (ADR 0012): skip everything below `offset`.
+    Evict {
+        offset: u64,
+        reply: oneshot::Sender<u64>,
+    },
 pub fn serve(
     shared: Arc<Shared>,
     requests: Streaming<SubscribeRequest>,
@@ -398,7 +424,7 @@ fn too_many_offsets(count: usize) -> BrokerError {
 }
 
 /// The coordinator group under which a subscription's cursors are kept.
-fn cursor_group(subscription: &str) -> Result<String, BrokerError> {
+pub(crate) fn cursor_group(subscription: &str) -> Result<String, BrokerError> {
     let group = format!("{CURSOR_GROUP_PREFIX}{subscription}");
     if group.len() > sluice_proto::limits::MAX_NAME_BYTES {
         return Err(BrokerError::InvalidArgument(format!(
@@ -622,6 +648,9 @@ impl Task {
             if position < status.log_start_offset {
                 // Retention removed what the cursor had not reached.
                 self.dispatcher.skip_to(status.log_start_offset);
+            Command::Evict { offset, reply } => {
+                let _ = reply.send(self.dispatcher.evict_before(offset));
+            }
                 continue;
             }
             if position >= status.high_watermark
@@ -936,7 +965,7 @@ async fn coordinator_client(
     shared.clients.broker(&coordinator.broker_address)
 }
 
-async fn fetch_cursor(
+pub(crate) async fn fetch_cursor(
     shared: &Shared,
     group: &str,
     key: &PartitionKey,
@@ -964,7 +993,7 @@ async fn fetch_cursor(
         .filter(|cursor| !cursor.is_empty()))
 }
 
-async fn commit_cursor(
+pub(crate) async fn commit_cursor(
     shared: &Shared,
     group: &str,
     key: &PartitionKey,
