@@ -38,6 +38,16 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u64,
     /// Largest fetch response, whatever the client asks. Default 8 MiB.
     pub max_fetch_bytes: u64,
+    /// Message lookup (ADR 0013): most messages one `FindMessages` answer
+    /// returns, whatever the client asks. Default 1000.
+    pub max_find_results: u32,
+    /// Message lookup: most bytes of record batches one `FindMessages`
+    /// reads from the log to verify candidates and scan unindexed ranges;
+    /// beyond it the answer stops and says where to continue. Default 64 MiB.
+    pub max_find_scan_bytes: u64,
+    /// Message lookup: largest `FindMessages` answer (the batches holding
+    /// the matches). Default 8 MiB.
+    pub max_find_response_bytes: u64,
     /// Batch size limit for topics whose config does not set one. Default 8 MiB.
     pub max_batch_bytes: u32,
     /// gRPC message limit for the server and every client. Default 16 MiB.
@@ -110,6 +120,11 @@ pub struct BrokerConfig {
     /// subscription holds per partition (delivered or waiting); bounds its
     /// memory and its cursor's size. Default 20000.
     pub subscription_window_messages: usize,
+    /// Subscriptions: most delayed messages (waiting for their delivery
+    /// time) one subscription holds per partition, about 100 bytes of
+    /// memory each; beyond it the subscription reads no further until some
+    /// come due. Default 1000000.
+    pub subscription_max_delayed_messages: usize,
     /// Subscriptions: most bytes of record batches one subscription keeps
     /// read ahead per partition. Default 64 MiB.
     pub subscription_window_bytes: u64,
@@ -125,6 +140,17 @@ pub struct BrokerConfig {
     /// Subscriptions: a dispatcher with no consumer for this long persists
     /// its cursor and stops. Default 60000.
     pub subscription_idle_stop_ms: u64,
+    /// Backlog monitor (ADR 0012): how often each served partition's
+    /// subscriptions are measured (backlog, age, rates) and the quota
+    /// policies applied. Produce answers carry the latest measurement.
+    /// Default 1000.
+    pub backlog_check_interval_ms: u64,
+    /// Backlog monitor: a topic's subscription list is asked from the
+    /// nameserver at most this often. Default 5000.
+    pub backlog_subscriptions_refresh_ms: u64,
+    /// Backlog monitor: drain and incoming rates are measured over this
+    /// sliding window. Default 30000.
+    pub backlog_rate_window_ms: u64,
     pub telemetry: TelemetryConfig,
 }
 
@@ -140,19 +166,11 @@ impl Default for BrokerConfig {
             max_in_flight_bytes_per_connection: 64 * 1024 * 1024,
             partition_queue_bytes: 32 * 1024 * 1024,
             max_in_flight_appends_per_partition: 1024,
-    /// Backlog monitor (ADR 0012): how often each served partition's
-    /// subscriptions are measured (backlog, age, rates) and the quota
-    /// policies applied. Produce answers carry the latest measurement.
-    /// Default 1000.
-    pub backlog_check_interval_ms: u64,
-    /// Backlog monitor: a topic's subscription list is asked from the
-    /// nameserver at most this often. Default 5000.
-    pub backlog_subscriptions_refresh_ms: u64,
-    /// Backlog monitor: drain and incoming rates are measured over this
-    /// sliding window. Default 30000.
-    pub backlog_rate_window_ms: u64,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 8 * 1024 * 1024,
+            max_find_results: 1000,
+            max_find_scan_bytes: 64 * 1024 * 1024,
+            max_find_response_bytes: 8 * 1024 * 1024,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_grpc_message_bytes: DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             store_request_timeout_ms: 10_000,
@@ -177,11 +195,15 @@ impl Default for BrokerConfig {
             max_producer_states_per_partition: 10_000,
             producer_state_rebuild_bytes: 64 * 1024 * 1024,
             subscription_window_messages: 20_000,
+            subscription_max_delayed_messages: 1_000_000,
             subscription_window_bytes: 64 * 1024 * 1024,
             subscription_max_permits_per_consumer: 10_000,
             subscription_max_consumers_per_partition: 1000,
             subscription_ack_flush_interval_ms: 2,
             subscription_idle_stop_ms: 60_000,
+            backlog_check_interval_ms: 1000,
+            backlog_subscriptions_refresh_ms: 5000,
+            backlog_rate_window_ms: 30_000,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -201,9 +223,6 @@ impl BrokerConfig {
         }
         figment
             .merge(Env::prefixed("SLUICE_BROKER_").split("__"))
-            backlog_check_interval_ms: 1000,
-            backlog_subscriptions_refresh_ms: 5000,
-            backlog_rate_window_ms: 30_000,
             .extract()
     }
 }

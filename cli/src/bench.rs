@@ -30,6 +30,8 @@ pub enum BenchCommand {
     E2e(BenchArgs),
     /// Work queue: subscribers on one shared subscription acknowledge every message.
     Subscribe(crate::bench_subscription::SubscribeBenchArgs),
+    /// Delayed delivery: schedule messages, measure the timing error of firing.
+    Delay(crate::bench_delay::DelayBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -103,6 +105,7 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
             consumed.print("end to end (send → receive)", args.size);
         }
         BenchCommand::Subscribe(args) => crate::bench_subscription::run(client, args).await?,
+        BenchCommand::Delay(args) => crate::bench_delay::run(client, args).await?,
     }
     Ok(())
 }

@@ -79,7 +79,7 @@ pub async fn run(client: ClientConfig, args: SubscribeBenchArgs) -> Result<()> {
     if args.consumers == 0 || args.messages == 0 {
         bail!("--consumers and --messages must be at least 1");
     }
-    ensure_topic(&client, &args).await?;
+    ensure_topic(&client, &args.topic, args.partitions).await?;
     let subscription = args
         .subscription
         .clone()
@@ -196,7 +196,7 @@ pub async fn run(client: ClientConfig, args: SubscribeBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn rand_suffix() -> u32 {
+pub(crate) fn rand_suffix() -> u32 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.subsec_nanos())
@@ -204,23 +204,29 @@ fn rand_suffix() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-async fn ensure_topic(client: &ClientConfig, args: &SubscribeBenchArgs) -> Result<()> {
+/// Creates `topic` with `partitions` unless it exists, and waits until it
+/// is writable.
+pub(crate) async fn ensure_topic(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: u32,
+) -> Result<()> {
     let admin = Admin::connect(client.clone()).await?;
-    match admin.describe_topic(&args.topic).await {
+    match admin.describe_topic(topic).await {
         Ok(_) => {}
         Err(ClientError::Server(error)) if error.code == sluice_proto::ErrorCode::UnknownTopic => {
             let config = TopicConfig {
-                partitions: args.partitions,
+                partitions,
                 ..TopicConfig::default()
             };
-            admin.create_topic(&args.topic, config).await?;
+            admin.create_topic(topic, config).await?;
         }
         Err(error) => return Err(error.into()),
     }
     admin
-        .wait_until_writable(&args.topic, Duration::from_secs(60))
+        .wait_until_writable(topic, Duration::from_secs(60))
         .await
-        .with_context(|| format!("partitions of {} are not writable", args.topic))
+        .with_context(|| format!("partitions of {topic} are not writable"))
 }
 
 async fn produce(client: &ClientConfig, args: &SubscribeBenchArgs) -> Result<()> {

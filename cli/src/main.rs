@@ -11,6 +11,7 @@
 
 mod admin;
 mod bench;
+mod bench_delay;
 mod bench_subscription;
 mod consume;
 mod dev;

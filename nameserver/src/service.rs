@@ -294,6 +294,14 @@ impl NameServerHandler {
         if given.max_batch_bytes != 0 {
             config.max_batch_bytes = given.max_batch_bytes;
         }
+        if given.message_ttl_ms > sluice_proto::headers::MAX_TTL_MS {
+            return Err(invalid(format!(
+                "message_ttl_ms {} exceeds the longest time-to-live, {} ms",
+                given.message_ttl_ms,
+                sluice_proto::headers::MAX_TTL_MS
+            )));
+        }
+        config.message_ttl_ms = given.message_ttl_ms;
         if !(config.ensemble_size >= config.write_quorum
             && config.write_quorum >= config.ack_quorum
             && config.ack_quorum >= 1)

@@ -3,6 +3,7 @@
 //! - [`v1`]: generated gRPC messages and services (package `sluice.v1`).
 //! - [`batch`]: the binary record-batch format, with CRC-32C and compression.
 //! - [`error`]: stable error codes and their one mapping to `tonic::Status`.
+//! - [`headers`]: record headers with a meaning to Sluice (delays, TTL, dead letters).
 //! - [`names`]: validated topic and group names.
 //! - [`limits`]: default message-size limits shared by servers and clients.
 //! - [`partitioning`]: the key and group hashes every client and server agree on.
@@ -12,6 +13,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod headers;
 pub mod limits;
 pub mod names;
 pub mod partitioning;

@@ -741,3 +741,176 @@ async fn bad_input_on_the_subscribe_stream_gets_clear_errors() {
     assert!(matches!(first.response, Some(ToConsumer::Opened(_))));
     let _ = Bytes::new();
 }
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    u64::try_from(sluice_proto::now_unix_ms()).expect("clock after 1970")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never_arrive() {
+    // Stated tolerance of delivery after the requested time on an idle
+    // cluster; the failover part allows the takeover bound on top.
+    const LATE_TOLERANCE_MS: u64 = 1_000;
+    let mut cluster = Cluster::start(ClusterSpec {
+        brokers: 2,
+        ..ClusterSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_topic(
+            "reminders",
+            sluice_proto::v1::TopicConfig {
+                partitions: 1,
+                // Topic-wide TTL: anything older than a minute is dropped.
+                message_ttl_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    sluice_tests::cluster::wait_until_writable(cluster.client_config(), "reminders").await;
+    let config = subscriber_config(&cluster, "reminders", "due", SubscriptionType::Shared);
+    // Create the subscription first: it starts at the end ("latest").
+    let subscriber = Subscriber::connect(SubscriberConfig {
+        initial_position: InitialPosition::Latest,
+        ..config.clone()
+    })
+    .await
+    .expect("connect");
+    let base = now_ms();
+    // value → requested delivery time; values 100.. expire (1 ms TTL, or a
+    // timestamp older than the topic's TTL).
+    let mut due: BTreeMap<u64, u64> = BTreeMap::new();
+    produce(
+        &cluster,
+        "reminders",
+        40,
+        |_| None,
+        |value, record| record.with_deliver_at_ms(base + 200 + (value * 97) % 2_500),
+    )
+    .await;
+    for value in 0..40u64 {
+        due.insert(value, base + 200 + (value * 97) % 2_500);
+    }
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    for value in 100..105u64 {
+        producer
+            .send(Record::new("reminders", value.to_string()).with_ttl(Duration::from_millis(1)))
+            .await
+            .expect("send expiring");
+    }
+    producer
+        .send(
+            Record::new("reminders", "105")
+                .with_timestamp_ms(sluice_proto::now_unix_ms() - 120_000),
+        )
+        .await
+        .expect("send old");
+    // Too long a delay is refused by the SDK with a clear error.
+    match producer
+        .send(Record::new("reminders", "x").with_delay(Duration::from_secs(365 * 86_400)))
+        .await
+    {
+        Err(ClientError::InvalidArgument(message)) => assert!(message.contains("days ahead")),
+        other => panic!("an absurd delay was accepted: {:?}", other.map(|_| ())),
+    }
+    let mut received: BTreeMap<u64, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.len() < 40 {
+        assert!(Instant::now() < deadline, "received only {received:?}");
+        let Some(message) = subscriber
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("recv")
+        else {
+            continue;
+        };
+        let at = now_ms();
+        let value = value_of(&message);
+        assert!(value < 100, "expired message {value} was delivered");
+        received.insert(value, at);
+        subscriber.ack(&message).await.expect("ack");
+    }
+    for (value, at) in &received {
+        let wanted = due[value];
+        // The delivery time is checked against the broker's clock, which is
+        // this machine's; 20 ms of slack for the clock read order.
+        assert!(*at + 20 >= wanted, "{value} came {} ms early", wanted - at);
+        assert!(
+            *at <= wanted + LATE_TOLERANCE_MS,
+            "{value} came {} ms late",
+            at - wanted
+        );
+    }
+    // Nothing else (the expired ones) arrives.
+    assert!(subscriber
+        .recv_timeout(Duration::from_secs(2))
+        .await
+        .expect("recv")
+        .is_none());
+    drop(subscriber);
+
+    // Delays survive the owner's death: due in 6-8 s, owner killed now.
+    let base = now_ms();
+    for value in 200..210u64 {
+        producer
+            .send(
+                Record::new("reminders", value.to_string())
+                    .with_deliver_at_ms(base + 6_000 + (value - 200) * 200),
+            )
+            .await
+            .expect("send delayed");
+    }
+    producer.close().await.expect("close producer");
+    let owner = admin
+        .describe_topic("reminders")
+        .await
+        .expect("describe")
+        .partitions
+        .first()
+        .and_then(|partition| partition.route.as_ref())
+        .map(|route| route.broker_id.clone())
+        .expect("an owner");
+    cluster
+        .brokers
+        .iter_mut()
+        .find(|broker| broker.node_id == owner)
+        .expect("owner is ours")
+        .kill();
+    let subscriber = Subscriber::connect(config).await.expect("reconnect");
+    let mut late = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while late.len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "after failover got only {late:?}"
+        );
+        let Some(message) = subscriber
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("recv")
+        else {
+            continue;
+        };
+        let value = value_of(&message);
+        assert!(
+            (200..210).contains(&value),
+            "unexpected {value} after failover"
+        );
+        let wanted = base + 6_000 + (value - 200) * 200;
+        let at = now_ms();
+        assert!(at + 20 >= wanted, "{value} came early after failover");
+        late.insert(value, at - wanted.min(at));
+        subscriber.ack(&message).await.expect("ack");
+    }
+    subscriber.close().await.expect("close");
+}

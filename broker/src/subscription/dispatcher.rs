@@ -23,7 +23,12 @@
 //!   active and gets everything; when it changes, what the previous one
 //!   held is delivered again to the new one.
 //! - At most `window_messages` scanned, unacknowledged messages are held,
-//!   which bounds memory and the cursor's size.
+//!   which bounds memory and the cursor's size; delayed messages are bounded
+//!   separately (`max_delayed_messages`).
+//! - A delayed message waits until its delivery time (it does not hold its
+//!   key: delays reorder by design). An expired message (TTL) is never
+//!   delivered; it counts as handled.
+//! - Time is Unix milliseconds, passed in by the caller.
 
 use super::cursor::{AckedRanges, CursorSnapshot};
 use sluice_proto::v1::SubscriptionType;
@@ -48,8 +53,10 @@ pub struct Settings {
     pub redelivery_backoff_max_ms: u64,
     /// 0: never dead-letter.
     pub max_deliveries: u32,
-    /// Most scanned, unacknowledged messages held.
+    /// Most scanned, unacknowledged messages held (delayed ones apart).
     pub window_messages: usize,
+    /// Most delayed messages held.
+    pub max_delayed_messages: usize,
 }
 
 /// A message read from the log, as the dispatcher needs it.
@@ -58,9 +65,13 @@ pub struct Scanned {
     pub offset: u64,
     /// Hash of the record key; None for keyless records.
     pub key_hash: Option<u64>,
-    /// False when the subscription's selector filtered it out (or it
-    /// expired): it counts as handled.
+    /// False when the subscription's selector filtered it out: it counts
+    /// as handled.
     pub selected: bool,
+    /// Not to be delivered before this time.
+    pub deliver_at_ms: Option<u64>,
+    /// Never delivered from this time on.
+    pub expire_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +84,9 @@ enum State {
     Waiting {
         until_ms: u64,
     },
+    Delayed {
+        until_ms: u64,
+    },
     DeadLettering,
 }
 
@@ -81,6 +95,7 @@ struct Entry {
     key_hash: Option<u64>,
     deliveries: u32,
     state: State,
+    expire_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +148,8 @@ pub struct Dispatcher {
     /// Shared: the consumer whose turn it is, and how many it got in it.
     turn: Option<(ConsumerId, u64)>,
     dirty: bool,
+    /// Entries in `State::Delayed`.
+    delayed: usize,
     counters: Counters,
     /// Offsets recently handled without an acknowledgement (filtered,
     /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
@@ -183,6 +200,9 @@ pub enum Explanation {
         deliveries: u32,
         until_ms: u64,
     },
+    Delayed {
+        until_ms: u64,
+    },
     BeingDeadLettered {
         deliveries: u32,
     },
@@ -209,6 +229,7 @@ impl Dispatcher {
             active: None,
             turn: None,
             dirty: false,
+            delayed: 0,
             counters: Counters::default(),
             recently_handled: std::collections::VecDeque::new(),
         }
@@ -242,6 +263,7 @@ impl Dispatcher {
                     deliveries: entry.deliveries,
                     until_ms,
                 },
+                State::Delayed { until_ms } => Explanation::Delayed { until_ms },
                 State::DeadLettering => Explanation::BeingDeadLettered {
                     deliveries: entry.deliveries,
                 },
@@ -282,9 +304,25 @@ impl Dispatcher {
 
     /// How many more messages may be scanned now.
     pub fn window_room(&self) -> usize {
+        if self.delayed >= self.settings.max_delayed_messages {
+            return 0;
+        }
         self.settings
             .window_messages
-            .saturating_sub(self.entries.len())
+            .saturating_sub(self.entries.len() - self.delayed)
+    }
+
+    /// Delayed messages held.
+    pub fn delayed(&self) -> usize {
+        self.delayed
+    }
+
+    /// True if any offset in `[start, end)` is held and not delayed (its
+    /// batch must stay in memory; delayed ones are read again when due).
+    pub fn holds_undelayed_in(&self, start: u64, end: u64) -> bool {
+        self.entries
+            .range(start..end)
+            .any(|(_, entry)| !matches!(entry.state, State::Delayed { .. }))
     }
 
     /// Scanned, unacknowledged messages held.
@@ -330,8 +368,8 @@ impl Dispatcher {
 
     /// Adds scanned messages (ascending, from [`Self::read_position`]).
     /// Acknowledged ones (from the restored cursor) are skipped, filtered
-    /// ones count as acknowledged.
-    pub fn add_scanned(&mut self, messages: &[Scanned]) {
+    /// and expired ones count as acknowledged.
+    pub fn add_scanned(&mut self, messages: &[Scanned], now_ms: u64) {
         for message in messages {
             if message.offset < self.read_position {
                 continue;
@@ -347,20 +385,60 @@ impl Dispatcher {
                 self.remember_handled(message.offset, Handled::Filtered);
                 continue;
             }
+            if message.expire_at_ms.is_some_and(|at| at <= now_ms) {
+                self.acked.insert(message.offset);
+                self.dirty = true;
+                self.counters.expired += 1;
+                self.remember_handled(message.offset, Handled::Expired);
+                continue;
+            }
             let deliveries = self
                 .restored_deliveries
                 .remove(&message.offset)
                 .unwrap_or(0);
+            let state = match message.deliver_at_ms.filter(|at| *at > now_ms) {
+                Some(until_ms) => {
+                    self.waiting.insert((until_ms, message.offset));
+                    self.delayed += 1;
+                    State::Delayed { until_ms }
+                }
+                None => {
+                    self.ready.insert(message.offset);
+                    State::Ready
+                }
+            };
             self.entries.insert(
                 message.offset,
                 Entry {
                     key_hash: message.key_hash,
                     deliveries,
-                    state: State::Ready,
+                    state,
+                    expire_at_ms: message.expire_at_ms,
                 },
             );
-            self.ready.insert(message.offset);
         }
+    }
+
+    /// A held message's time is up: handled without delivery.
+    fn expire(&mut self, offset: u64) {
+        if let Some(entry) = self.entries.get(&offset).copied() {
+            match entry.state {
+                State::Delayed { until_ms } => {
+                    self.waiting.remove(&(until_ms, offset));
+                    self.delayed -= 1;
+                }
+                State::Waiting { until_ms } => {
+                    self.waiting.remove(&(until_ms, offset));
+                }
+                State::InFlight { deadline_ms, .. } => {
+                    self.deadlines.remove(&(deadline_ms, offset));
+                }
+                State::Ready | State::DeadLettering => {}
+            }
+        }
+        self.complete(offset);
+        self.counters.expired += 1;
+        self.remember_handled(offset, Handled::Expired);
     }
 
     /// Skips the log up to `offset` (offsets with no record: control data,
@@ -373,6 +451,43 @@ impl Dispatcher {
         self.acked.insert_range(self.read_position, offset);
         self.read_position = offset;
         self.dirty = true;
+    }
+
+    /// Backlog eviction (ADR 0012): every message below `offset` counts as
+    /// acknowledged, whatever its state (a consumer's later ack of one is
+    /// answered like a retried ack). Returns how many unacknowledged
+    /// messages that skipped.
+    pub fn evict_before(&mut self, offset: u64) -> u64 {
+        if offset <= self.acked.mark_delete() {
+            return 0;
+        }
+        let held: Vec<u64> = self.entries.range(..offset).map(|(at, _)| *at).collect();
+        let mut evicted = held.len() as u64;
+        for at in held {
+            // Ready first, so every per-state count is released, then
+            // forgotten like an acknowledged message.
+            self.make_ready(at);
+            self.complete(at);
+        }
+        self.deadlines.retain(|(_, at)| *at >= offset);
+        self.waiting.retain(|(_, at)| *at >= offset);
+        self.restored_deliveries = self.restored_deliveries.split_off(&offset);
+        if offset > self.read_position {
+            let unread = offset - self.read_position;
+            let acked_unread: u64 = self
+                .acked
+                .ranges()
+                .map(|(start, end)| {
+                    end.min(offset)
+                        .saturating_sub(start.max(self.read_position))
+                })
+                .sum();
+            evicted += unread.saturating_sub(acked_unread);
+            self.skip_to(offset);
+        }
+        self.acked.insert_range(self.acked.mark_delete(), offset);
+        self.dirty = true;
+        evicted
     }
 
     pub fn add_consumer(
@@ -427,6 +542,9 @@ impl Dispatcher {
 
     fn make_ready(&mut self, offset: u64) {
         if let Some(entry) = self.entries.get_mut(&offset) {
+            if matches!(entry.state, State::Delayed { .. }) {
+                self.delayed -= 1;
+            }
             entry.state = State::Ready;
             self.ready.insert(offset);
         }
@@ -453,43 +571,6 @@ impl Dispatcher {
 
     /// Acknowledges `offset` for consumer `id`.
     pub fn ack(&mut self, id: ConsumerId, offset: u64) -> Result<(), ErrorCode> {
-    /// Backlog eviction (ADR 0012): every message below `offset` counts as
-    /// acknowledged, whatever its state (a consumer's later ack of one is
-    /// answered like a retried ack). Returns how many unacknowledged
-    /// messages that skipped.
-    pub fn evict_before(&mut self, offset: u64) -> u64 {
-        if offset <= self.acked.mark_delete() {
-            return 0;
-        }
-        let held: Vec<u64> = self.entries.range(..offset).map(|(at, _)| *at).collect();
-        let mut evicted = held.len() as u64;
-        for at in held {
-            // Ready first, so every per-state count is released, then
-            // forgotten like an acknowledged message.
-            self.make_ready(at);
-            self.complete(at);
-        }
-        self.deadlines.retain(|(_, at)| *at >= offset);
-        self.waiting.retain(|(_, at)| *at >= offset);
-        self.restored_deliveries = self.restored_deliveries.split_off(&offset);
-        if offset > self.read_position {
-            let unread = offset - self.read_position;
-            let acked_unread: u64 = self
-                .acked
-                .ranges()
-                .map(|(start, end)| {
-                    end.min(offset)
-                        .saturating_sub(start.max(self.read_position))
-                })
-                .sum();
-            evicted += unread.saturating_sub(acked_unread);
-            self.skip_to(offset);
-        }
-        self.acked.insert_range(self.acked.mark_delete(), offset);
-        self.dirty = true;
-        evicted
-    }
-
         if self.acked.contains(offset) {
             // A retried ack whose receipt was lost, or a filtered message.
             return Ok(());
@@ -699,6 +780,10 @@ impl Dispatcher {
             let Some(entry) = self.entries.get(&offset).copied() else {
                 continue;
             };
+            if entry.expire_at_ms.is_some_and(|at| at <= now_ms) {
+                self.expire(offset);
+                continue;
+            }
             let key_shared = self.settings.kind == SubscriptionType::KeyShared;
             if key_shared {
                 if let Some(key) = entry.key_hash {

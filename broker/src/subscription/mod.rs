@@ -29,6 +29,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use sluice_proto::batch::{self, BatchIter, Record};
+use sluice_proto::headers;
 use sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 use sluice_proto::names::{GroupName, TopicName};
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
@@ -164,7 +165,6 @@ impl Registry {
         all
     }
 
-    /// Where message `offset` of partition `key` stands in `subscription`,
     /// Backlog eviction (ADR 0012): makes the running dispatcher of
     /// (`key`, `subscription`) skip every message below `offset` (it then
     /// commits its cursor). Returns how many unacknowledged messages it
@@ -186,6 +186,7 @@ impl Registry {
         answer.await.ok()
     }
 
+    /// Where message `offset` of partition `key` stands in `subscription`,
     /// if its dispatcher runs here.
     #[allow(dead_code)]
     pub async fn explain(
@@ -219,6 +220,8 @@ pub struct SubscriptionStats {
     /// Read and not yet acknowledged (delivered, waiting, delayed).
     pub unacknowledged: u64,
     pub in_flight: u64,
+    /// Waiting for their delivery time (part of `unacknowledged`).
+    pub delayed: u64,
     pub consumers: u32,
     pub oldest_unacknowledged: Option<u64>,
     pub counters: Counters,
@@ -260,14 +263,14 @@ enum Command {
         offset: u64,
         reply: oneshot::Sender<Explanation>,
     },
-}
-
-/// Serves one consumer's `Subscribe` stream.
     /// Backlog eviction (ADR 0012): skip everything below `offset`.
     Evict {
         offset: u64,
         reply: oneshot::Sender<u64>,
     },
+}
+
+/// Serves one consumer's `Subscribe` stream.
 pub fn serve(
     shared: Arc<Shared>,
     requests: Streaming<SubscribeRequest>,
@@ -446,7 +449,7 @@ fn key_hash(key: &[u8]) -> u64 {
     hash
 }
 
-fn selector_of(subscription: &Subscription) -> Result<Selector, BrokerError> {
+pub(crate) fn selector_of(subscription: &Subscription) -> Result<Selector, BrokerError> {
     let kind = match subscription.selector_kind() {
         sluice_proto::v1::SelectorKind::All => SelectorKind::All,
         sluice_proto::v1::SelectorKind::Tag => SelectorKind::Tag,
@@ -486,7 +489,14 @@ struct Task {
 }
 
 impl Task {
+    /// The dispatcher's clock: Unix milliseconds, because delivery times
+    /// and expiry come from producers' wall clocks. A clock stepping back
+    /// only delays timeouts and redeliveries.
     fn now_ms(&self) -> u64 {
+        u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0)
+    }
+
+    fn running_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -628,14 +638,18 @@ impl Task {
                     read_position: self.dispatcher.read_position(),
                     unacknowledged: self.dispatcher.unacknowledged() as u64,
                     in_flight: self.dispatcher.in_flight() as u64,
+                    delayed: self.dispatcher.delayed() as u64,
                     consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
                     oldest_unacknowledged: self.dispatcher.oldest_unacknowledged(),
                     counters: self.dispatcher.counters(),
-                    running_ms: self.now_ms(),
+                    running_ms: self.running_ms(),
                 });
             }
             Command::Explain { offset, reply } => {
                 let _ = reply.send(self.dispatcher.explain(offset));
+            }
+            Command::Evict { offset, reply } => {
+                let _ = reply.send(self.dispatcher.evict_before(offset));
             }
         }
     }
@@ -648,9 +662,6 @@ impl Task {
             if position < status.log_start_offset {
                 // Retention removed what the cursor had not reached.
                 self.dispatcher.skip_to(status.log_start_offset);
-            Command::Evict { offset, reply } => {
-                let _ = reply.send(self.dispatcher.evict_before(offset));
-            }
                 continue;
             }
             if position >= status.high_watermark
@@ -683,11 +694,20 @@ impl Task {
                         Vec::new()
                     }
                 };
-                self.dispatcher.add_scanned(&scanned);
+                let now_ms = self.now_ms();
+                self.dispatcher.add_scanned(&scanned, now_ms);
                 self.dispatcher.skip_to(header.end_offset());
-                self.batch_bytes += batch.len() as u64;
-                self.batches
-                    .insert(header.base_offset, (header.end_offset(), batch));
+                // Batches holding only delayed messages are read again when
+                // those are due, so a million delayed messages do not pin
+                // their bytes.
+                if self
+                    .dispatcher
+                    .holds_undelayed_in(header.base_offset, header.end_offset())
+                {
+                    self.batch_bytes += batch.len() as u64;
+                    self.batches
+                        .insert(header.base_offset, (header.end_offset(), batch));
+                }
                 progressed = true;
                 if self.dispatcher.window_room() == 0 {
                     break;
@@ -701,26 +721,71 @@ impl Task {
 
     fn classify(&self, records: &[Record]) -> Vec<Scanned> {
         let from = self.dispatcher.read_position();
+        let now_ms = self.now_ms();
+        let topic_ttl_ms = self.partition.config.message_ttl_ms;
         records
             .iter()
             .filter(|record| record.offset >= from)
-            .map(|record| Scanned {
-                offset: record.offset,
-                key_hash: record.key.as_deref().map(key_hash),
-                selected: self.selector.matches(record),
+            .map(|record| {
+                let timestamp_ms = u64::try_from(record.timestamp_ms).unwrap_or(0);
+                let message_ttl_ms = headers::number(&record.headers, headers::TTL_MS)
+                    .map(|ttl| ttl.min(headers::MAX_TTL_MS));
+                let ttl_ms = match (topic_ttl_ms, message_ttl_ms) {
+                    (0, None) => None,
+                    (0, Some(message)) => Some(message),
+                    (topic, None) => Some(topic),
+                    (topic, Some(message)) => Some(topic.min(message)),
+                };
+                Scanned {
+                    offset: record.offset,
+                    key_hash: record.key.as_deref().map(key_hash),
+                    selected: self.selector.matches(record),
+                    deliver_at_ms: headers::number(&record.headers, headers::DELIVER_AT_MS)
+                        .map(|at| at.min(now_ms.saturating_add(headers::MAX_DELAY_MS))),
+                    expire_at_ms: ttl_ms.map(|ttl| timestamp_ms.saturating_add(ttl)),
+                }
             })
             .collect()
     }
 
-    /// Drops read-ahead batches wholly below the mark-delete offset.
+    /// Drops read-ahead batches that hold no message still to be delivered
+    /// from memory (all acknowledged, or only delayed ones).
     fn prune_batches(&mut self) {
-        let mark = self.dispatcher.mark_delete();
-        while let Some((&base, &(end, ref bytes))) = self.batches.first_key_value() {
-            if end > mark {
-                break;
+        let unneeded: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(base, (end, _))| !self.dispatcher.holds_undelayed_in(**base, *end))
+            .map(|(base, _)| *base)
+            .collect();
+        for base in unneeded {
+            if let Some((_, bytes)) = self.batches.remove(&base) {
+                self.batch_bytes -= bytes.len() as u64;
             }
-            self.batch_bytes -= bytes.len() as u64;
-            self.batches.remove(&base);
+        }
+    }
+
+    /// Reads back the batches of `offsets` that are not in memory (delayed
+    /// messages that came due).
+    async fn load_batches(&mut self, offsets: &[u64]) {
+        for offset in offsets {
+            if self.batch_of(*offset).is_some() {
+                continue;
+            }
+            match self.partition.read(&self.shared, *offset, 1).await {
+                Ok(bytes) => {
+                    if let Some(Ok((start, header, slice))) = BatchIter::new(&bytes).next() {
+                        if header.base_offset <= *offset && *offset < header.end_offset() {
+                            let batch = bytes.slice(start..start + slice.len());
+                            self.batch_bytes += batch.len() as u64;
+                            self.batches
+                                .insert(header.base_offset, (header.end_offset(), batch));
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(partition = %self.key, offset, %error, "cannot read a due message back; it is retried after its ack timeout");
+                }
+            }
         }
     }
 
@@ -733,14 +798,19 @@ impl Task {
     }
 
     /// Carries out the dispatcher's decisions; dead letters become futures.
-    fn execute(&mut self, actions: Vec<Action>, dead_letters: &mut DeadLetters) {
+    async fn execute(&mut self, actions: Vec<Action>, dead_letters: &mut DeadLetters) {
         for action in actions {
             match action {
-                Action::Deliver { consumer, messages } => self.deliver(consumer, messages),
+                Action::Deliver { consumer, messages } => {
+                    let offsets: Vec<u64> = messages.iter().map(|(offset, _)| *offset).collect();
+                    self.load_batches(&offsets).await;
+                    self.deliver(consumer, messages);
+                }
                 Action::Status { consumer, active } => {
                     self.send(consumer, ToConsumer::Status(ConsumerStatus { active }));
                 }
                 Action::DeadLetter { offset, deliveries } => {
+                    self.load_batches(&[offset]).await;
                     let record = self.batch_of(offset).and_then(|(_, batch)| {
                         batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES)
                             .ok()
@@ -783,9 +853,9 @@ impl Task {
                     ready.push(delivery);
                 }
                 let Some((base, bytes)) = self.batch_of(offset) else {
-                    // Cannot happen while batches are pruned only below the
-                    // mark; if it does, the ack timeout redelivers it.
-                    tracing::error!(partition = %self.key, offset, "no batch for a delivery");
+                    // It could not be read back (stores unavailable): the
+                    // ack timeout delivers it again.
+                    tracing::debug!(partition = %self.key, offset, "no batch for a delivery");
                     continue;
                 };
                 current = Some((
@@ -1074,6 +1144,7 @@ async fn run_dispatcher(
                     .max(subscription.redelivery_backoff_initial_ms),
                 max_deliveries: subscription.max_deliveries,
                 window_messages: shared.config.subscription_window_messages.max(1),
+                max_delayed_messages: shared.config.subscription_max_delayed_messages,
             };
             Task {
                 shared: shared.clone(),
@@ -1176,7 +1247,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
             task.dispatcher.dead_letter_failed(offset);
         }
         let actions = task.dispatcher.dispatch(task.now_ms());
-        task.execute(actions, &mut dead_letters);
+        task.execute(actions, &mut dead_letters).await;
         task.prune_batches();
         let wants_commit = task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty();
         if commit.is_none() && wants_commit && now >= last_commit + flush_interval {
@@ -1205,7 +1276,8 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
         }
         let mut wake = now + idle_stop;
         if let Some(deadline_ms) = task.dispatcher.next_deadline_ms() {
-            wake = wake.min(task.started + Duration::from_millis(deadline_ms));
+            let now_ms = task.now_ms();
+            wake = wake.min(now + Duration::from_millis(deadline_ms.saturating_sub(now_ms)));
         }
         if commit.is_none() && wants_commit {
             wake = wake.min(last_commit + flush_interval);

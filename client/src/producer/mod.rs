@@ -106,6 +106,63 @@ impl Record {
         self.timestamp_ms = Some(timestamp_ms);
         self
     }
+
+    /// Subscriptions deliver the message `delay` from now (milliseconds to
+    /// days; at most [`sluice_proto::headers::MAX_DELAY_MS`]). Stream
+    /// consumers (`Consumer`) see it at once. Sets the
+    /// `sluice-deliver-at-ms` header.
+    pub fn with_delay(self, delay: std::time::Duration) -> Self {
+        let now_ms = u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0);
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.with_deliver_at_ms(now_ms.saturating_add(delay_ms))
+    }
+
+    /// Subscriptions deliver the message at this time (Unix milliseconds).
+    pub fn with_deliver_at_ms(self, deliver_at_ms: u64) -> Self {
+        self.with_header(
+            sluice_proto::headers::DELIVER_AT_MS,
+            deliver_at_ms.to_string(),
+        )
+    }
+
+    /// The message expires `ttl` after its timestamp: subscriptions never
+    /// deliver it afterwards (a topic's `message_ttl_ms` can shorten it).
+    pub fn with_ttl(self, ttl: std::time::Duration) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.with_header(sluice_proto::headers::TTL_MS, ttl_ms.to_string())
+    }
+
+    /// Refuses delivery times and TTLs that are malformed or absurd.
+    fn check_timing_headers(&self) -> Result<(), ClientError> {
+        use sluice_proto::headers::{DELIVER_AT_MS, MAX_DELAY_MS, MAX_TTL_MS, TTL_MS};
+        for (name, value) in &self.headers {
+            if name != DELIVER_AT_MS && name != TTL_MS {
+                continue;
+            }
+            let number: u64 = std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| {
+                    ClientError::InvalidArgument(format!(
+                        "header {name} must be a non-negative whole number of milliseconds"
+                    ))
+                })?;
+            if name == DELIVER_AT_MS {
+                let now_ms = u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0);
+                if number > now_ms.saturating_add(MAX_DELAY_MS) {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "delivery time {number} is more than {} days ahead; the longest delay is {MAX_DELAY_MS} ms",
+                        MAX_DELAY_MS / 86_400_000
+                    )));
+                }
+            } else if number == 0 || number > MAX_TTL_MS {
+                return Err(ClientError::InvalidArgument(format!(
+                    "time-to-live of {number} ms is outside 1 ms to {MAX_TTL_MS} ms"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where an acknowledged record was written.
@@ -374,6 +431,7 @@ impl Producer {
         if record.topic.is_empty() {
             return Err(ClientError::InvalidArgument("record has no topic".into()));
         }
+        record.check_timing_headers()?;
         if self.commands.is_closed() {
             return Err(ClientError::Closed);
         }
@@ -1653,5 +1711,24 @@ mod tests {
             nameserver.lock().get_routes_calls >= 2,
             "routes were refreshed"
         );
+    }
+
+    #[test]
+    fn delays_and_ttls_are_checked_before_sending() {
+        use std::time::Duration;
+        let ok = Record::new("t", "v")
+            .with_delay(Duration::from_secs(3600))
+            .with_ttl(Duration::from_secs(60));
+        assert!(ok.check_timing_headers().is_ok());
+        let too_far = Record::new("t", "v").with_delay(Duration::from_secs(200 * 86_400));
+        assert!(matches!(
+            too_far.check_timing_headers(),
+            Err(ClientError::InvalidArgument(message)) if message.contains("days ahead")
+        ));
+        let zero_ttl = Record::new("t", "v").with_ttl(Duration::ZERO);
+        assert!(zero_ttl.check_timing_headers().is_err());
+        let garbage =
+            Record::new("t", "v").with_header(sluice_proto::headers::DELIVER_AT_MS, "soon");
+        assert!(garbage.check_timing_headers().is_err());
     }
 }

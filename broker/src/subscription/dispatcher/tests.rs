@@ -12,6 +12,7 @@ fn settings(kind: SubscriptionType) -> Settings {
         redelivery_backoff_max_ms: 400,
         max_deliveries: 0,
         window_messages: 10_000,
+        max_delayed_messages: 1_000,
     }
 }
 
@@ -35,6 +36,8 @@ fn scanned(range: std::ops::Range<u64>, keys: u64) -> Vec<Scanned> {
             offset,
             key_hash: (keys > 0).then_some(offset % keys.max(1)),
             selected: true,
+            deliver_at_ms: None,
+            expire_at_ms: None,
         })
         .collect()
 }
@@ -54,7 +57,7 @@ fn shared_spreads_runs_over_consumers_and_delivers_each_once() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 1_000).unwrap();
     dispatcher.add_consumer(2, "b".into(), 0, 1_000).unwrap();
-    dispatcher.add_scanned(&scanned(0..250, 0));
+    dispatcher.add_scanned(&scanned(0..250, 0), 0);
     let given = delivered(&dispatcher.dispatch(0));
     let first: Vec<u64> = given[&1].iter().map(|(offset, _)| *offset).collect();
     let second: Vec<u64> = given[&2].iter().map(|(offset, _)| *offset).collect();
@@ -73,7 +76,7 @@ fn shared_spreads_runs_over_consumers_and_delivers_each_once() {
 fn credit_limits_deliveries() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 3).unwrap();
-    dispatcher.add_scanned(&scanned(0..10, 0));
+    dispatcher.add_scanned(&scanned(0..10, 0), 0);
     assert_eq!(delivered(&dispatcher.dispatch(0))[&1].len(), 3);
     assert!(dispatcher.dispatch(0).is_empty());
     dispatcher.flow(1, 2);
@@ -85,7 +88,7 @@ fn only_the_holder_acknowledges() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 1).unwrap();
     dispatcher.add_consumer(2, "b".into(), 0, 0).unwrap();
-    dispatcher.add_scanned(&scanned(0..3, 0));
+    dispatcher.add_scanned(&scanned(0..3, 0), 0);
     dispatcher.dispatch(0);
     assert_eq!(dispatcher.ack(2, 0), Err(ErrorCode::DeliveryExpired));
     assert_eq!(
@@ -112,7 +115,7 @@ fn only_the_holder_acknowledges() {
 fn a_departed_consumers_messages_go_to_another_and_its_late_ack_is_refused() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 5).unwrap();
-    dispatcher.add_scanned(&scanned(0..5, 0));
+    dispatcher.add_scanned(&scanned(0..5, 0), 0);
     dispatcher.dispatch(0);
     dispatcher.ack(1, 2).unwrap();
     dispatcher.remove_consumer(1);
@@ -126,7 +129,7 @@ fn a_departed_consumers_messages_go_to_another_and_its_late_ack_is_refused() {
 fn ack_timeout_redelivers() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 10).unwrap();
-    dispatcher.add_scanned(&scanned(0..1, 0));
+    dispatcher.add_scanned(&scanned(0..1, 0), 0);
     dispatcher.dispatch(0);
     assert_eq!(dispatcher.next_deadline_ms(), Some(1_000));
     assert!(dispatcher.dispatch(999).is_empty());
@@ -137,7 +140,7 @@ fn ack_timeout_redelivers() {
 fn nack_waits_for_a_doubling_capped_backoff() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
     dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
-    dispatcher.add_scanned(&scanned(0..1, 0));
+    dispatcher.add_scanned(&scanned(0..1, 0), 0);
     let mut now = 0;
     let mut waits = Vec::new();
     for delivery in 1..=5u32 {
@@ -162,7 +165,7 @@ fn max_deliveries_dead_letters_instead_of_delivering_again() {
         ..settings(SubscriptionType::Shared)
     });
     dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
-    dispatcher.add_scanned(&scanned(0..2, 0));
+    dispatcher.add_scanned(&scanned(0..2, 0), 0);
     dispatcher.dispatch(0);
     dispatcher.ack(1, 1).unwrap();
     dispatcher.nack(1, 0, Some(0), 0).unwrap();
@@ -189,23 +192,32 @@ fn max_deliveries_dead_letters_instead_of_delivering_again() {
 #[test]
 fn filtered_messages_count_as_handled() {
     let mut dispatcher = fresh(settings(SubscriptionType::Shared));
-    dispatcher.add_scanned(&[
-        Scanned {
-            offset: 0,
-            key_hash: None,
-            selected: false,
-        },
-        Scanned {
-            offset: 1,
-            key_hash: None,
-            selected: true,
-        },
-        Scanned {
-            offset: 2,
-            key_hash: None,
-            selected: false,
-        },
-    ]);
+    dispatcher.add_scanned(
+        &[
+            Scanned {
+                offset: 0,
+                key_hash: None,
+                selected: false,
+                deliver_at_ms: None,
+                expire_at_ms: None,
+            },
+            Scanned {
+                offset: 1,
+                key_hash: None,
+                selected: true,
+                deliver_at_ms: None,
+                expire_at_ms: None,
+            },
+            Scanned {
+                offset: 2,
+                key_hash: None,
+                selected: false,
+                deliver_at_ms: None,
+                expire_at_ms: None,
+            },
+        ],
+        0,
+    );
     assert_eq!(dispatcher.mark_delete(), 1);
     assert_eq!(dispatcher.unacknowledged(), 1);
     assert_eq!(dispatcher.read_position(), 3);
@@ -220,7 +232,7 @@ fn the_window_bounds_what_is_held() {
         ..settings(SubscriptionType::Shared)
     });
     assert_eq!(dispatcher.window_room(), 4);
-    dispatcher.add_scanned(&scanned(0..4, 0));
+    dispatcher.add_scanned(&scanned(0..4, 0), 0);
     assert_eq!(dispatcher.window_room(), 0);
 }
 
@@ -240,7 +252,7 @@ fn exclusive_refuses_a_second_consumer() {
 fn failover_switches_to_the_preferred_consumer_and_hands_over_what_was_held() {
     let mut dispatcher = fresh(settings(SubscriptionType::Failover));
     dispatcher.add_consumer(1, "b".into(), 5, 100).unwrap();
-    dispatcher.add_scanned(&scanned(0..3, 0));
+    dispatcher.add_scanned(&scanned(0..3, 0), 0);
     let actions = dispatcher.dispatch(0);
     assert!(actions.contains(&Action::Status {
         consumer: 1,
@@ -281,7 +293,7 @@ fn key_shared_holds_one_message_per_key() {
     dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
     dispatcher.add_consumer(2, "b".into(), 0, 100).unwrap();
     // Keys 0, 1, 2 repeating.
-    dispatcher.add_scanned(&scanned(0..9, 3));
+    dispatcher.add_scanned(&scanned(0..9, 3), 0);
     let first: Vec<u64> = delivered(&dispatcher.dispatch(0))
         .values()
         .flatten()
@@ -313,7 +325,7 @@ fn key_shared_parks_a_failing_key_and_keeps_the_others_flowing() {
     });
     dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
     // Offsets 0..6 with keys 0,1,0,1,0,1.
-    dispatcher.add_scanned(&scanned(0..6, 2));
+    dispatcher.add_scanned(&scanned(0..6, 2), 0);
     dispatcher.dispatch(0);
     dispatcher.nack(1, 0, Some(0), 0).unwrap();
     dispatcher.ack(1, 1).unwrap();
@@ -348,7 +360,7 @@ fn key_shared_parks_a_failing_key_and_keeps_the_others_flowing() {
 fn a_restored_cursor_skips_what_was_acknowledged_and_keeps_counts() {
     let mut first = fresh(settings(SubscriptionType::Shared));
     first.add_consumer(1, "a".into(), 0, 100).unwrap();
-    first.add_scanned(&scanned(0..10, 0));
+    first.add_scanned(&scanned(0..10, 0), 0);
     first.dispatch(0);
     for offset in [0, 1, 2, 5, 7] {
         first.ack(1, offset).unwrap();
@@ -360,7 +372,7 @@ fn a_restored_cursor_skips_what_was_acknowledged_and_keeps_counts() {
     assert_eq!(snapshot.delivery_counts.get(&3), Some(&2));
     let mut second = Dispatcher::new(settings(SubscriptionType::Shared), 2, snapshot);
     second.add_consumer(9, "z".into(), 0, 100).unwrap();
-    second.add_scanned(&scanned(3..12, 0));
+    second.add_scanned(&scanned(3..12, 0), 0);
     let given = delivered(&second.dispatch(0));
     assert_eq!(
         given[&9],
@@ -406,7 +418,7 @@ fn simulate(kind: SubscriptionType, seed: u64) {
         if dispatcher.read_position() < MESSAGES {
             let room = dispatcher.window_room() as u64;
             let end = (dispatcher.read_position() + room.min(10)).min(MESSAGES);
-            dispatcher.add_scanned(&scanned(dispatcher.read_position()..end, KEYS));
+            dispatcher.add_scanned(&scanned(dispatcher.read_position()..end, KEYS), 0);
         }
         match random.below(10) {
             0 if live.len() < 4 => {
@@ -501,7 +513,7 @@ fn simulate(kind: SubscriptionType, seed: u64) {
     for _ in 0..200 {
         if dispatcher.read_position() < MESSAGES {
             let end = (dispatcher.read_position() + dispatcher.window_room() as u64).min(MESSAGES);
-            dispatcher.add_scanned(&scanned(dispatcher.read_position()..end, KEYS));
+            dispatcher.add_scanned(&scanned(dispatcher.read_position()..end, KEYS), 0);
         }
         now += 2_000;
         for action in dispatcher.dispatch(now) {
@@ -547,4 +559,137 @@ fn randomized_failover_acknowledges_each_message_exactly_once() {
     for seed in 1..=30 {
         simulate(SubscriptionType::Failover, seed * 15_485_863);
     }
+}
+
+fn timed(offset: u64, deliver_at_ms: Option<u64>, expire_at_ms: Option<u64>) -> Scanned {
+    Scanned {
+        offset,
+        key_hash: Some(offset % 2),
+        selected: true,
+        deliver_at_ms,
+        expire_at_ms,
+    }
+}
+
+#[test]
+fn delayed_messages_wait_for_their_time_outside_the_window() {
+    let mut dispatcher = fresh(Settings {
+        window_messages: 2,
+        max_delayed_messages: 3,
+        ..settings(SubscriptionType::KeyShared)
+    });
+    dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
+    let now = 1_000_000;
+    dispatcher.add_scanned(
+        &[
+            timed(0, Some(now + 500), None),
+            timed(1, Some(now + 100), None),
+            timed(2, None, None),
+        ],
+        now,
+    );
+    assert_eq!(dispatcher.delayed(), 2);
+    assert_eq!(
+        dispatcher.window_room(),
+        1,
+        "delayed ones are not in the window"
+    );
+    assert!(!dispatcher.holds_undelayed_in(0, 2));
+    assert!(dispatcher.holds_undelayed_in(0, 3));
+    assert_eq!(
+        dispatcher.explain(0),
+        Explanation::Delayed {
+            until_ms: now + 500
+        }
+    );
+    // Offset 2 (key 0) is not held back by the delayed offset 0 of its key.
+    assert_eq!(delivered(&dispatcher.dispatch(now))[&1], vec![(2, 1)]);
+    assert_eq!(dispatcher.next_deadline_ms(), Some(now + 100));
+    assert!(dispatcher.dispatch(now + 99).is_empty());
+    assert_eq!(delivered(&dispatcher.dispatch(now + 100))[&1], vec![(1, 1)]);
+    // Due, but key 0 has offset 2 outstanding: it waits for that ack.
+    assert!(dispatcher.dispatch(now + 500).is_empty());
+    dispatcher.ack(1, 2).unwrap();
+    assert_eq!(delivered(&dispatcher.dispatch(now + 500))[&1], vec![(0, 1)]);
+    assert_eq!(dispatcher.delayed(), 0);
+    // The delayed bound stops reading.
+    dispatcher.add_scanned(
+        &[
+            timed(3, Some(now + 10_000), None),
+            timed(4, Some(now + 10_000), None),
+            timed(5, Some(now + 10_000), None),
+        ],
+        now + 500,
+    );
+    assert_eq!(dispatcher.window_room(), 0);
+}
+
+#[test]
+fn expired_messages_are_never_delivered_and_are_counted() {
+    let mut dispatcher = fresh(settings(SubscriptionType::Shared));
+    let now = 5_000;
+    dispatcher.add_scanned(
+        &[
+            timed(0, None, Some(now)),
+            timed(1, None, Some(now + 100)),
+            timed(2, Some(now + 200), Some(now + 150)),
+            timed(3, None, None),
+        ],
+        now,
+    );
+    assert_eq!(dispatcher.counters().expired, 1, "expired when read");
+    assert_eq!(
+        dispatcher.explain(0),
+        Explanation::Handled(Some(Handled::Expired))
+    );
+    // Nobody takes offset 1 before it expires.
+    assert!(dispatcher.dispatch(now + 100).is_empty());
+    dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
+    assert_eq!(delivered(&dispatcher.dispatch(now + 100))[&1], vec![(3, 1)]);
+    // Offset 2 comes due after it expired: never delivered.
+    assert!(dispatcher.dispatch(now + 300).is_empty());
+    assert_eq!(dispatcher.counters().expired, 3);
+    dispatcher.ack(1, 3).unwrap();
+    assert_eq!(dispatcher.mark_delete(), 4);
+}
+
+#[test]
+fn eviction_skips_held_and_unread_messages_and_counts_them() {
+    let mut dispatcher = fresh(settings(SubscriptionType::Shared));
+    dispatcher.add_consumer(1, "a".into(), 0, 3).unwrap();
+    dispatcher.add_scanned(&scanned(0..6, 0), 0);
+    dispatcher.dispatch(0);
+    dispatcher.ack(1, 1).unwrap();
+    dispatcher.nack(1, 2, Some(500), 0).unwrap();
+    // 0 in flight, 1 acknowledged, 2 waiting, 3..6 ready, 6..10 unread.
+    assert_eq!(dispatcher.evict_before(10), 9);
+    assert_eq!(dispatcher.mark_delete(), 10);
+    assert_eq!(dispatcher.read_position(), 10);
+    assert_eq!(dispatcher.unacknowledged(), 0);
+    assert_eq!(dispatcher.in_flight(), 0);
+    assert_eq!(dispatcher.next_deadline_ms(), None);
+    assert!(dispatcher.is_dirty());
+    // The consumer's late ack of an evicted message is answered like a
+    // retried one, and nothing evicted is delivered again.
+    assert_eq!(dispatcher.ack(1, 0), Ok(()));
+    assert!(delivered(&dispatcher.dispatch(10_000)).is_empty());
+    assert_eq!(dispatcher.evict_before(5), 0, "already below the cursor");
+    // The subscription goes on with later messages.
+    dispatcher.flow(1, 2);
+    dispatcher.add_scanned(&scanned(10..12, 0), 0);
+    assert_eq!(
+        delivered(&dispatcher.dispatch(10_000))[&1],
+        vec![(10, 1), (11, 1)]
+    );
+}
+
+#[test]
+fn eviction_of_a_key_shared_message_releases_its_key() {
+    let mut dispatcher = fresh(settings(SubscriptionType::KeyShared));
+    dispatcher.add_consumer(1, "a".into(), 0, 10).unwrap();
+    // One key: only offset 0 may be outstanding.
+    dispatcher.add_scanned(&scanned(0..3, 1), 0);
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1], vec![(0, 1)]);
+    assert_eq!(dispatcher.evict_before(1), 1);
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1], vec![(1, 1)]);
 }
