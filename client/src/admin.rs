@@ -244,6 +244,20 @@ impl Admin {
     }
 
     /// Every consumer group the cluster knows.
+    /// Backlog and lag of a subscription (ADR 0012) from every partition's
+    /// owner: per partition and in total, with the pressure against the
+    /// topic's backlog quotas and the recommended consumer count
+    /// ([`crate::lag::recommended_consumers`], aiming to work off the
+    /// backlog within [`crate::lag::DEFAULT_TARGET_DRAIN_MS`]).
+    pub async fn describe_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<crate::SubscriptionLag, ClientError> {
+        let subscription = self.get_subscription(topic, name).await?;
+        crate::lag::describe_subscription(&self.cluster, topic, name, subscription.r#type()).await
+    }
+
     pub async fn list_groups(&self) -> Result<Vec<v1::GroupListing>, ClientError> {
         let response = self
             .cluster

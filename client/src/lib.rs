@@ -96,6 +96,7 @@ mod config;
 mod consumer;
 mod error;
 mod fast_hash;
+pub mod lag;
 mod producer;
 mod subscriber;
 #[cfg(test)]
@@ -105,7 +106,11 @@ pub use admin::Admin;
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
 pub use error::ClientError;
-pub use producer::{DeliveryFuture, Producer, ProducerConfig, Record, RecordMetadata};
+pub use lag::SubscriptionLag;
+pub use producer::{
+    DeliveryFuture, Pressure, PressureEvent, PressureLevel, PressureListener, PressureMetrics,
+    Producer, ProducerConfig, Record, RecordMetadata,
+};
 pub use sluice_proto::batch::Compression;
 pub use sluice_proto::v1::{InitialPosition, SelectorKind, SubscriptionType};
 pub use subscriber::{

@@ -220,6 +220,7 @@ impl FakeBroker {
             base_offset,
             append_time_ms: sluice_proto::now_unix_ms(),
             epoch: 1,
+            ..Default::default()
         }
     }
 

@@ -3,7 +3,7 @@
 //! its batch instead of a channel of its own.
 
 use crate::cluster::TopicPartition;
-use crate::producer::RecordMetadata;
+use crate::producer::{Pressure, RecordMetadata};
 use crate::ClientError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -15,8 +15,8 @@ pub(crate) struct BatchCompletion {
 }
 
 struct CompletionState {
-    /// Base offset on success.
-    outcome: Option<Result<u64, ClientError>>,
+    /// Base offset and backlog pressure on success.
+    outcome: Option<Result<(u64, Pressure), ClientError>>,
     /// Tasks waiting on records of the batch. A future keeps the slot it
     /// registered in, so polling again replaces instead of growing.
     wakers: Vec<Waker>,
@@ -52,12 +52,13 @@ impl BatchCompletion {
     ) -> Poll<Result<RecordMetadata, ClientError>> {
         let mut state = self.state();
         match &state.outcome {
-            Some(Ok(base_offset)) => {
+            Some(Ok((base_offset, pressure))) => {
                 return Poll::Ready(Ok(RecordMetadata {
                     topic: self.partition.topic.clone(),
                     partition: self.partition.partition,
                     offset: base_offset + u64::from(index),
                     timestamp_ms,
+                    pressure: *pressure,
                 }))
             }
             Some(Err(error)) => return Poll::Ready(Err(error.clone())),
@@ -78,7 +79,7 @@ impl BatchCompletion {
         Poll::Pending
     }
 
-    fn complete(&self, outcome: Result<u64, ClientError>) {
+    fn complete(&self, outcome: Result<(u64, Pressure), ClientError>) {
         let wakers = {
             let mut state = self.state();
             if state.outcome.is_some() {
@@ -110,8 +111,8 @@ impl Completer {
     }
 
     /// Every record of the batch was written from `base_offset` on.
-    pub fn deliver(self, base_offset: u64) {
-        self.shared.complete(Ok(base_offset));
+    pub fn deliver(self, base_offset: u64, pressure: Pressure) {
+        self.shared.complete(Ok((base_offset, pressure)));
     }
 
     pub fn fail(self, error: ClientError) {
@@ -160,7 +161,7 @@ mod tests {
         // Polling again with the same waker reuses the slot.
         assert!(poll(&shared, 3, &mut slot, &waker).is_pending());
         assert_eq!(shared.state().wakers.len(), 1);
-        Completer::new(shared.clone()).deliver(100);
+        Completer::new(shared.clone()).deliver(100, Pressure::default());
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         match poll(&shared, 3, &mut slot, noop_waker_ref()) {
             Poll::Ready(Ok(metadata)) => {

@@ -13,6 +13,7 @@ mod accumulator;
 mod completion;
 mod partitioner;
 mod pipeline;
+mod pressure;
 
 use crate::cluster::{normalize_address, Cluster, TopicPartition};
 use crate::fast_hash::{FastHashMap, FastHashSet};
@@ -22,6 +23,8 @@ use bytes::Bytes;
 use completion::{BatchCompletion, Completer};
 use partitioner::{choose_partition, StickyPartitioner};
 use pipeline::{Answer, Effect, Pipeline};
+use pressure::PressureTracker;
+pub use pressure::{Pressure, PressureEvent, PressureLevel, PressureListener, PressureMetrics};
 use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
 use sluice_proto::v1::{ProduceRequest, ProduceResponse};
 use sluice_proto::SluiceError;
@@ -180,6 +183,8 @@ pub struct RecordMetadata {
     pub offset: u64,
     /// The record's timestamp (given or stamped at enqueue), unix ms.
     pub timestamp_ms: i64,
+    /// The partition's backlog pressure as of this acknowledgement (ADR 0012).
+    pub pressure: Pressure,
 }
 
 /// Producer settings.
@@ -235,6 +240,9 @@ pub struct ProducerConfig {
     /// `delivery_timeout_ms` keeps true unless the partition takes in more
     /// than that within the timeout. Default: true.
     pub idempotence: bool,
+    /// Called when a partition's backlog pressure level (ADR 0012)
+    /// changes, as seen in produce acknowledgements. Default: none.
+    pub on_pressure: Option<PressureListener>,
 }
 
 impl Default for ProducerConfig {
@@ -251,6 +259,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 100,
             retry_backoff_max_ms: 1_000,
             idempotence: true,
+            on_pressure: None,
         }
     }
 }
@@ -334,9 +343,22 @@ pub struct Producer {
     wake: Arc<Notify>,
     commands: mpsc::UnboundedSender<Command>,
     dispatcher: tokio::task::JoinHandle<()>,
+    pressure: Arc<PressureTracker>,
 }
 
 impl Producer {
+    /// The latest backlog pressure of a partition, from its last
+    /// acknowledgement (None before the first).
+    pub fn pressure(&self, topic: &str, partition: u32) -> Option<Pressure> {
+        self.pressure.latest(&TopicPartition::new(topic, partition))
+    }
+
+    /// Counters and gauges of backlog pressure over all partitions (for an
+    /// application's metrics; the SDK exports none itself).
+    pub fn pressure_metrics(&self) -> PressureMetrics {
+        self.pressure.metrics()
+    }
+
     /// Connects to the cluster, gets a producer id from the nameservers
     /// when `idempotence` is on, and starts the dispatcher task.
     pub async fn new(config: ProducerConfig) -> Result<Producer, ClientError> {
@@ -400,12 +422,14 @@ impl Producer {
             ready: VecDeque::new(),
         }));
         let wake = Arc::new(Notify::new());
-        let dispatcher = Dispatcher::new(
+        let pressure = Arc::new(PressureTracker::default());
+        let mut dispatcher = Dispatcher::new(
             cluster.clone(),
             config.clone(),
             batching.clone(),
             wake.clone(),
         );
+        dispatcher.pressure = pressure.clone();
         let dispatcher = tokio::spawn(dispatcher.run(receiver));
         Producer {
             cluster,
@@ -416,6 +440,7 @@ impl Producer {
             config,
             commands,
             dispatcher,
+            pressure,
         }
     }
 
@@ -777,6 +802,7 @@ struct Dispatcher {
     event_receiver: Option<mpsc::UnboundedReceiver<StreamEvent>>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     refreshing: bool,
+    pressure: Arc<PressureTracker>,
 }
 
 impl Dispatcher {
@@ -801,6 +827,7 @@ impl Dispatcher {
             event_receiver: Some(event_receiver),
             flush_waiters: Vec::new(),
             refreshing: false,
+            pressure: Arc::new(PressureTracker::default()),
         }
     }
 
@@ -1021,6 +1048,19 @@ impl Dispatcher {
             response.error,
             format!("{partition} at {address}: {}", response.error_message),
         );
+        // Other errors come from brokers that did not look at the
+        // partition's backlog (not the owner, shutting down).
+        let measured = [
+            sluice_proto::ErrorCode::None as i32,
+            sluice_proto::ErrorCode::BacklogQuotaExceeded as i32,
+        ];
+        if measured.contains(&response.error) {
+            self.pressure.observe(
+                &partition,
+                Pressure::of(&response),
+                self.config.on_pressure.as_ref(),
+            );
+        }
         self.apply_answer(&partition, response.request_id, error, Some(&response));
     }
 
@@ -1054,7 +1094,8 @@ impl Dispatcher {
         match effect {
             Effect::Delivered(batch) => {
                 let base_offset = response.map(|response| response.base_offset).unwrap_or(0);
-                batch.completer.deliver(base_offset);
+                let pressure = response.map(Pressure::of).unwrap_or_default();
+                batch.completer.deliver(base_offset, pressure);
             }
             Effect::Failed(batch) => {
                 let error = error.unwrap_or_else(|| {
