@@ -773,14 +773,12 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
         .await
         .expect("create topic");
     sluice_tests::cluster::wait_until_writable(cluster.client_config(), "reminders").await;
-    let config = subscriber_config(&cluster, "reminders", "due", SubscriptionType::Shared);
-    // Create the subscription first: it starts at the end ("latest").
-    let subscriber = Subscriber::connect(SubscriberConfig {
+    // Created before anything is produced: it starts at the end ("latest").
+    let config = SubscriberConfig {
         initial_position: InitialPosition::Latest,
-        ..config.clone()
-    })
-    .await
-    .expect("connect");
+        ..subscriber_config(&cluster, "reminders", "due", SubscriptionType::Shared)
+    };
+    let subscriber = Subscriber::connect(config.clone()).await.expect("connect");
     let base = now_ms();
     // value → requested delivery time; values 100.. expire (1 ms TTL, or a
     // timestamp older than the topic's TTL).
