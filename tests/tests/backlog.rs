@@ -1,0 +1,457 @@
+//! Backlog quotas and producer pressure (ADR 0012) against real processes:
+//! each policy (REJECT refuses with BACKLOG_QUOTA_EXCEEDED, HOLD blocks
+//! producers until consumers drain and gives up after its timeout, EVICT
+//! skips and counts the oldest unconsumed messages while the subscription
+//! goes on), pressure levels OK → WARN → LIMIT in produce acknowledgements
+//! and the SDK listener, and `DescribeSubscription` numbers that match what
+//! was produced and acknowledged.
+
+use sluice_client::{
+    Admin, ClientError, PressureEvent, PressureLevel, PressureListener, Producer, ProducerConfig,
+    Record, Subscriber, SubscriberConfig, SubscriptionLag,
+};
+use sluice_proto::v1::{
+    BacklogPolicy, InitialPosition, Subscription, SubscriptionType, TopicConfig,
+};
+use sluice_proto::ErrorCode;
+use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Short monitor intervals so the tests see pressure change quickly.
+fn spec() -> ClusterSpec {
+    ClusterSpec {
+        broker_config: "backlog_check_interval_ms = 100\nbacklog_subscriptions_refresh_ms = 200\n"
+            .to_string(),
+        ..ClusterSpec::default()
+    }
+}
+
+/// Creates a one-partition topic with a message quota and a shared
+/// subscription `workers` from the earliest offset.
+async fn topic_with_quota(
+    cluster: &Cluster,
+    topic: &str,
+    quota_messages: u64,
+    policy: BacklogPolicy,
+    hold_timeout_ms: u64,
+) -> Admin {
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin client");
+    admin
+        .create_topic(
+            topic,
+            TopicConfig {
+                partitions: 1,
+                backlog_quota_messages: quota_messages,
+                backlog_warn_ratio_percent: 50,
+                backlog_policy: policy as i32,
+                backlog_hold_timeout_ms: hold_timeout_ms,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    wait_until_writable(cluster.client_config(), topic).await;
+    admin
+        .create_subscription(Subscription {
+            topic: topic.to_string(),
+            name: "workers".to_string(),
+            r#type: SubscriptionType::Shared as i32,
+            initial_position: InitialPosition::Earliest as i32,
+            ..Subscription::default()
+        })
+        .await
+        .expect("create subscription");
+    admin
+}
+
+fn subscriber_config(cluster: &Cluster, topic: &str) -> SubscriberConfig {
+    SubscriberConfig {
+        client: cluster.client_config(),
+        subscription_type: SubscriptionType::Shared,
+        initial_position: InitialPosition::Earliest,
+        ack_timeout_ms: 30_000,
+        receiver_queue_size: 100,
+        ..SubscriberConfig::new(topic, "workers")
+    }
+}
+
+fn value_of(value: Option<&bytes::Bytes>) -> u64 {
+    std::str::from_utf8(value.expect("a value"))
+        .expect("utf-8")
+        .parse()
+        .expect("a number")
+}
+
+/// Polls `DescribeSubscription` until `condition` holds; panics with the
+/// last answer after `timeout`.
+async fn describe_until(
+    admin: &Admin,
+    topic: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl Fn(&SubscriptionLag) -> bool,
+) -> SubscriptionLag {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lag = admin.describe_subscription(topic, "workers").await;
+        if let Ok(lag) = &lag {
+            if condition(lag) {
+                return lag.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last answer: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Receives and acknowledges up to `count` messages (stops after 5 s
+/// without one); returns their values.
+async fn consume(subscriber: &Subscriber, count: usize) -> Vec<u64> {
+    let mut values = Vec::new();
+    while values.len() < count {
+        let Some(message) = subscriber
+            .recv_timeout(Duration::from_secs(5))
+            .await
+            .expect("receive")
+        else {
+            break;
+        };
+        subscriber.ack(&message).await.expect("acknowledge");
+        values.push(value_of(message.value.as_ref()));
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reject_policy_refuses_produce_at_the_quota_with_levels_in_acks_listener_and_describe() {
+    const QUOTA: u64 = 100;
+    let cluster = Cluster::start(spec()).await;
+    let admin = topic_with_quota(&cluster, "orders", QUOTA, BacklogPolicy::Reject, 0).await;
+    let heard: Arc<Mutex<Vec<PressureEvent>>> = Arc::default();
+    let sink = heard.clone();
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        linger_ms: 0,
+        on_pressure: Some(PressureListener::new(move |event| {
+            sink.lock().expect("lock").push(event)
+        })),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    // One record at a time until the broker refuses: the acknowledgements
+    // go from OK through WARN (half the quota) to the refusal.
+    let mut levels = Vec::new();
+    let mut accepted = 0u64;
+    let refusal = loop {
+        assert!(
+            accepted < 20 * QUOTA,
+            "never refused; levels seen: {levels:?}"
+        );
+        match producer
+            .send(Record::new("orders", accepted.to_string()))
+            .await
+        {
+            Ok(metadata) => {
+                assert_eq!(metadata.offset, accepted);
+                if levels.last() != Some(&metadata.pressure.level) {
+                    levels.push(metadata.pressure.level);
+                }
+                accepted += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(
+        refusal.code(),
+        Some(ErrorCode::BacklogQuotaExceeded),
+        "refused with {refusal}"
+    );
+    assert!(
+        refusal.to_string().contains("backlog quota") && refusal.to_string().contains("REJECT"),
+        "the refusal says why: {refusal}"
+    );
+    assert!(accepted >= QUOTA, "refused below the quota ({accepted})");
+    assert_eq!(
+        levels.first(),
+        Some(&PressureLevel::Ok),
+        "levels: {levels:?}"
+    );
+    assert!(levels.contains(&PressureLevel::Warn), "levels: {levels:?}");
+    let changes: Vec<(PressureLevel, PressureLevel)> = heard
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|event| (event.previous, event.pressure.level))
+        .collect();
+    assert!(
+        changes.starts_with(&[
+            (PressureLevel::Ok, PressureLevel::Warn),
+            (PressureLevel::Warn, PressureLevel::Limit)
+        ]),
+        "listener heard {changes:?}"
+    );
+    let metrics = producer.pressure_metrics();
+    assert_eq!(metrics.partitions_limit, 1, "{metrics:?}");
+    assert!(metrics.acknowledgements_warn > 0, "{metrics:?}");
+    let latest = producer.pressure("orders", 0).expect("pressure known");
+    assert_eq!(latest.level, PressureLevel::Limit);
+    assert!(latest.backlog_messages >= QUOTA, "{latest:?}");
+
+    // Nobody consumed: the backlog is everything accepted.
+    let lag = describe_until(
+        &admin,
+        "orders",
+        "the backlog",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == accepted,
+    )
+    .await;
+    assert_eq!(lag.pressure, PressureLevel::Limit);
+    assert_eq!(lag.pressure_reason, "messages");
+    assert_eq!(lag.consumers, 0);
+    assert_eq!(lag.partitions.len(), 1);
+    assert_eq!(lag.partitions[0].mark_delete, 0);
+    assert_eq!(lag.partitions[0].high_watermark, accepted);
+    assert!(lag.backlog_bytes > 0, "{lag:?}");
+    assert!(lag.recommended_consumers >= 1, "{lag:?}");
+
+    // Consumers catch up on 60: the backlog drops below the quota and
+    // produce is accepted again.
+    let subscriber = Subscriber::connect(subscriber_config(&cluster, "orders"))
+        .await
+        .expect("subscriber");
+    let values = consume(&subscriber, 60).await;
+    assert_eq!(values, (0..60).collect::<Vec<_>>());
+    let lag = describe_until(
+        &admin,
+        "orders",
+        "the acknowledgements",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == accepted - 60,
+    )
+    .await;
+    assert_eq!(lag.partitions[0].mark_delete, 60);
+    assert_eq!(lag.consumers, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match producer.send(Record::new("orders", "after")).await {
+            Ok(metadata) => {
+                assert_ne!(metadata.pressure.level, PressureLevel::Limit);
+                break;
+            }
+            Err(error) if error.code() == Some(ErrorCode::BacklogQuotaExceeded) => {
+                assert!(Instant::now() < deadline, "still refused: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("unexpected produce error: {error}"),
+        }
+    }
+    subscriber.close().await.expect("close subscriber");
+    producer.close().await.expect("close producer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hold_policy_blocks_producers_until_consumers_drain_and_gives_up_after_its_timeout() {
+    const QUOTA: u64 = 50;
+    const RECORDS: u64 = 150;
+    let cluster = Cluster::start(spec()).await;
+    let admin = topic_with_quota(&cluster, "held", QUOTA, BacklogPolicy::Hold, 120_000).await;
+    let producer = Arc::new(
+        Producer::new(ProducerConfig {
+            client: cluster.client_config(),
+            linger_ms: 0,
+            // Longer than the broker may hold a batch.
+            delivery_timeout_ms: 300_000,
+            ..ProducerConfig::default()
+        })
+        .await
+        .expect("producer"),
+    );
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let producer = producer.clone();
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            for value in 0..RECORDS {
+                producer
+                    .send(Record::new("held", value.to_string()))
+                    .await
+                    .expect("held, then accepted");
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // The broker holds the producer once the backlog reaches the quota.
+    let lag = describe_until(
+        &admin,
+        "held",
+        "the limit",
+        Duration::from_secs(60),
+        |lag| lag.pressure == PressureLevel::Limit,
+    )
+    .await;
+    assert!(lag.backlog_messages >= QUOTA, "{lag:?}");
+    // While nobody consumes, it stays held.
+    let before = sent.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sent.load(Ordering::SeqCst);
+    assert!(after < RECORDS, "the producer was never held");
+    assert!(
+        after <= before + 1,
+        "the producer went on while held: {before} then {after}"
+    );
+    // A consumer drains: the producer proceeds and everything arrives, in
+    // order, once.
+    let subscriber = Subscriber::connect(subscriber_config(&cluster, "held"))
+        .await
+        .expect("subscriber");
+    let values = consume(&subscriber, RECORDS as usize).await;
+    writer.await.expect("writer finished");
+    assert_eq!(sent.load(Ordering::SeqCst), RECORDS);
+    assert_eq!(values, (0..RECORDS).collect::<Vec<_>>());
+    subscriber.close().await.expect("close subscriber");
+
+    // With a short hold timeout the batch fails with the quota error.
+    topic_with_quota(&cluster, "held-briefly", QUOTA, BacklogPolicy::Hold, 1_000).await;
+    let mut accepted = 0u64;
+    let failure = loop {
+        assert!(accepted < 20 * QUOTA, "never held");
+        match producer
+            .send(Record::new("held-briefly", accepted.to_string()))
+            .await
+        {
+            Ok(_) => {
+                accepted += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(
+        failure.code(),
+        Some(ErrorCode::BacklogQuotaExceeded),
+        "{failure}"
+    );
+    assert!(failure.to_string().contains("HOLD"), "{failure}");
+    assert!(accepted >= QUOTA);
+    match Arc::try_unwrap(producer) {
+        Ok(producer) => producer.close().await.expect("close producer"),
+        Err(_) => panic!("the writer still holds the producer"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evict_policy_skips_and_counts_the_oldest_unconsumed_messages_and_the_subscription_goes_on()
+{
+    const QUOTA: u64 = 100;
+    const RECORDS: u64 = 300;
+    // What eviction keeps: the warning line (50% of the quota).
+    const KEPT: u64 = 50;
+    let cluster = Cluster::start(spec()).await;
+    let admin = topic_with_quota(&cluster, "metrics", QUOTA, BacklogPolicy::Evict, 0).await;
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    // Producers are never held or refused under EVICT.
+    let mut pending = Vec::new();
+    for value in 0..RECORDS {
+        pending.push(
+            producer
+                .enqueue(Record::new("metrics", value.to_string()))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    for delivery in pending {
+        delivery.await.expect("accepted under EVICT");
+    }
+    let lag = describe_until(
+        &admin,
+        "metrics",
+        "the eviction",
+        Duration::from_secs(60),
+        |lag| lag.backlog_messages == KEPT,
+    )
+    .await;
+    assert_eq!(lag.evicted, RECORDS - KEPT, "{lag:?}");
+    assert_eq!(lag.partitions[0].mark_delete, RECORDS - KEPT);
+    assert_eq!(lag.pressure, PressureLevel::Warn, "{lag:?}");
+    // The subscription gets what was not evicted, then carries on.
+    let subscriber = Subscriber::connect(subscriber_config(&cluster, "metrics"))
+        .await
+        .expect("subscriber");
+    let values = consume(&subscriber, KEPT as usize).await;
+    assert_eq!(values, (RECORDS - KEPT..RECORDS).collect::<Vec<_>>());
+    for value in RECORDS..RECORDS + 10 {
+        producer
+            .send(Record::new("metrics", value.to_string()))
+            .await
+            .expect("produce");
+    }
+    let values: BTreeSet<u64> = consume(&subscriber, 10).await.into_iter().collect();
+    assert_eq!(values, (RECORDS..RECORDS + 10).collect::<BTreeSet<_>>());
+    let lag = describe_until(
+        &admin,
+        "metrics",
+        "the backlog drained",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == 0,
+    )
+    .await;
+    assert_eq!(lag.evicted, RECORDS - KEPT);
+    assert_eq!(lag.pressure, PressureLevel::Ok);
+    assert_eq!(lag.estimated_drain_ms, Some(0));
+    subscriber.close().await.expect("close subscriber");
+    producer.close().await.expect("close producer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn describing_an_unknown_subscription_fails_clearly() {
+    let cluster = Cluster::start(spec()).await;
+    let admin = topic_with_quota(&cluster, "plain", 0, BacklogPolicy::Reject, 0).await;
+    match admin.describe_subscription("plain", "nobody").await {
+        Err(ClientError::Server(error)) => {
+            assert_eq!(error.code, ErrorCode::UnknownSubscription)
+        }
+        other => panic!("expected UNKNOWN_SUBSCRIPTION, got {other:?}"),
+    }
+    // Without a quota the level stays OK whatever the backlog.
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    for value in 0..20u64 {
+        let metadata = producer
+            .send(Record::new("plain", value.to_string()))
+            .await
+            .expect("produce");
+        assert_eq!(metadata.pressure.level, PressureLevel::Ok);
+    }
+    let lag = describe_until(
+        &admin,
+        "plain",
+        "the backlog",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == 20,
+    )
+    .await;
+    assert_eq!(lag.pressure, PressureLevel::Ok);
+    assert_eq!(lag.estimated_drain_ms, None, "nothing drains: unknown");
+    producer.close().await.expect("close producer");
+}
