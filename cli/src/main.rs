@@ -5,6 +5,7 @@
 //! - `sluice produce|consume`: records from stdin / to stdout.
 //! - `sluice bench`: throughput and latency measurements.
 //! - `sluice health`: whether one node is serving (container healthchecks).
+//! - `sluice message get|find|why`: message lookup (ADR 0013).
 //!
 //! Every command finds the cluster through `--bootstrap` or
 //! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
@@ -16,6 +17,7 @@ mod bench_subscription;
 mod consume;
 mod dev;
 mod health;
+mod message;
 mod produce;
 mod subscription;
 
@@ -70,6 +72,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Ask one node whether it is serving (gRPC health); exits non-zero if not.
     Health(health::HealthArgs),
+    /// Look messages up by id, key, tag or time; ask why one was (not) delivered.
+    #[command(subcommand)]
+    Message(message::MessageCommand),
 }
 
 /// Turns `host:port` into `http://host:port` and splits the list.
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume::run(config, args).await,
             Command::Bench(command) => bench::run(config, command).await,
             Command::Health(args) => health::run(args).await,
+            Command::Message(command) => message::run(config, command).await,
         }
     });
     match result {

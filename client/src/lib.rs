@@ -102,7 +102,7 @@ mod subscriber;
 #[cfg(test)]
 mod testing;
 
-pub use admin::Admin;
+pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
 pub use error::ClientError;
