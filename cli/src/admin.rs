@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sluice_client::{Admin, ClientConfig};
-use sluice_proto::v1::{Durability, NodeInfo, SegmentState, TopicConfig};
+use sluice_proto::v1::{BacklogPolicy, Durability, NodeInfo, SegmentState, TopicConfig};
 
 #[derive(Subcommand)]
 pub enum TopicCommand {
@@ -53,6 +53,64 @@ pub struct CreateTopicArgs {
     /// Stores that must have a record on disk before it is acknowledged (0: server default, 2).
     #[arg(long, default_value_t = 0)]
     pub ack_quorum: u32,
+    /// Backlog quota (ADR 0012): most messages a partition's slowest subscription may leave
+    /// unacknowledged (0: no quota).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_messages: u64,
+    /// Backlog quota in (estimated) bytes (0: no quota).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_bytes: u64,
+    /// Backlog quota on the age of the oldest unacknowledged message (0: no quota).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_age_ms: u64,
+    /// Produce acknowledgements say WARN from this percentage of a quota (0: 80).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_warn_percent: u32,
+    /// At a backlog quota: `hold` producers (bounded by --backlog-hold-timeout-ms), `reject`
+    /// their batches, or `evict` the oldest unacknowledged messages.
+    #[arg(long, default_value = "hold")]
+    pub backlog_policy: String,
+    /// HOLD: longest a batch waits for the backlog to drop (0: 30000).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_hold_timeout_ms: u64,
+}
+
+/// The topic's backlog quotas (ADR 0012) in one line.
+fn format_backlog_quota(config: &TopicConfig) -> String {
+    let mut limits = Vec::new();
+    if config.backlog_quota_messages > 0 {
+        limits.push(format!("{} messages", config.backlog_quota_messages));
+    }
+    if config.backlog_quota_bytes > 0 {
+        limits.push(format!("{} bytes", config.backlog_quota_bytes));
+    }
+    if config.backlog_quota_age_ms > 0 {
+        limits.push(format!("{} ms old", config.backlog_quota_age_ms));
+    }
+    if limits.is_empty() {
+        return "none".to_string();
+    }
+    let policy = match config.backlog_policy() {
+        BacklogPolicy::Reject => "reject".to_string(),
+        BacklogPolicy::Evict => "evict".to_string(),
+        BacklogPolicy::Hold | BacklogPolicy::Unspecified => {
+            format!("hold up to {} ms", config.backlog_hold_timeout_ms)
+        }
+    };
+    format!(
+        "{}; warn from {}%; at the limit: {policy}",
+        limits.join(", "),
+        config.backlog_warn_ratio_percent
+    )
+}
+
+pub fn parse_backlog_policy(name: &str) -> Result<BacklogPolicy> {
+    match name {
+        "hold" => Ok(BacklogPolicy::Hold),
+        "reject" => Ok(BacklogPolicy::Reject),
+        "evict" => Ok(BacklogPolicy::Evict),
+        other => bail!("unknown backlog policy {other:?}: use `hold`, `reject` or `evict`"),
+    }
 }
 
 #[derive(Subcommand)]
@@ -113,6 +171,12 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 ensemble_size: args.ensemble_size,
                 write_quorum: args.write_quorum,
                 ack_quorum: args.ack_quorum,
+                backlog_quota_messages: args.backlog_quota_messages,
+                backlog_quota_bytes: args.backlog_quota_bytes,
+                backlog_quota_age_ms: args.backlog_quota_age_ms,
+                backlog_warn_ratio_percent: args.backlog_warn_percent,
+                backlog_policy: parse_backlog_policy(&args.backlog_policy)? as i32,
+                backlog_hold_timeout_ms: args.backlog_hold_timeout_ms,
                 ..TopicConfig::default()
             };
             let topic = admin
@@ -160,6 +224,7 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 "replication:  ensemble {} / write {} / ack {}",
                 config.ensemble_size, config.write_quorum, config.ack_quorum
             );
+            println!("backlog quota: {}", format_backlog_quota(&config));
             println!();
             let mut rows = Vec::new();
             for partition in description.partitions {

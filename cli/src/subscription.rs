@@ -4,8 +4,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use sluice_client::{Admin, ClientConfig, ClientError};
-use sluice_proto::v1::{InitialPosition, SelectorKind, Subscription, SubscriptionType};
+use sluice_client::{Admin, ClientConfig, ClientError, SubscriptionLag};
+use sluice_proto::v1::{
+    InitialPosition, PressureLevel, SelectorKind, Subscription, SubscriptionType,
+};
 use sluice_proto::ErrorCode;
 
 #[derive(Subcommand)]
@@ -14,7 +16,8 @@ pub enum SubscriptionCommand {
     Create(CreateSubscriptionArgs),
     /// List a topic's subscriptions.
     List { topic: String },
-    /// Show every setting of one subscription.
+    /// Show every setting of one subscription, then its backlog and lag per
+    /// partition (with a warning when a backlog quota is crossed).
     Describe { topic: String, name: String },
     /// Delete a subscription; created again it starts afresh.
     Delete { topic: String, name: String },
@@ -188,6 +191,10 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .await
                 .with_context(|| format!("describing subscription {name:?} of {topic:?}"))?;
             print!("{}", describe(&subscription));
+            match admin.describe_subscription(&topic, &name).await {
+                Ok(lag) => print!("\n{}", lag_report(&lag)),
+                Err(error) => println!("\nbacklog: not available ({error})"),
+            }
         }
         SubscriptionCommand::Delete { topic, name } => {
             admin
@@ -284,6 +291,117 @@ fn describe(subscription: &Subscription) -> String {
     rows.iter()
         .map(|(label, value)| format!("{:<width$} {value}\n", format!("{label}:")))
         .collect()
+}
+
+fn milliseconds(value: Option<u64>) -> String {
+    match value {
+        None => "unknown".to_string(),
+        Some(ms) if ms >= 10_000 => format!("{}s", ms / 1000),
+        Some(ms) => format!("{ms}ms"),
+    }
+}
+
+fn level_name(level: i32) -> &'static str {
+    match PressureLevel::try_from(level) {
+        Ok(PressureLevel::Ok) => "ok",
+        Ok(PressureLevel::Warn) => "WARN",
+        Ok(PressureLevel::Limit) => "LIMIT",
+        Err(_) => "unknown",
+    }
+}
+
+/// Totals, one row per partition, and a warning line per partition whose
+/// backlog crossed a quota's warning line (ADR 0012).
+fn lag_report(lag: &SubscriptionLag) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "backlog: {} messages, ~{} bytes, oldest unacknowledged {} old
+",
+        lag.backlog_messages,
+        lag.backlog_bytes,
+        milliseconds(Some(lag.oldest_unacknowledged_age_ms))
+    ));
+    out.push_str(&format!(
+        "rates: drain {:.1} msg/s, incoming {:.1} msg/s; estimated drain time {}
+",
+        lag.drain_rate,
+        lag.incoming_rate,
+        milliseconds(lag.estimated_drain_ms)
+    ));
+    out.push_str(&format!(
+        "consumers: {} connected, {} recommended; evicted by quota: {}
+",
+        lag.consumers, lag.recommended_consumers, lag.evicted
+    ));
+    let rows: Vec<Vec<String>> = lag
+        .partitions
+        .iter()
+        .map(|partition| {
+            if partition.error != ErrorCode::None as i32 {
+                let code = ErrorCode::try_from(partition.error)
+                    .map(|code| code.as_str_name())
+                    .unwrap_or("ERROR");
+                return vec![
+                    partition.partition.to_string(),
+                    format!("{code}: {}", partition.error_message),
+                ];
+            }
+            vec![
+                partition.partition.to_string(),
+                partition.mark_delete.to_string(),
+                partition.high_watermark.to_string(),
+                partition.backlog_messages.to_string(),
+                partition.backlog_bytes.to_string(),
+                milliseconds(Some(partition.oldest_unacknowledged_age_ms)),
+                format!("{:.1}", partition.drain_rate_milli_per_sec as f64 / 1000.0),
+                milliseconds(u64::try_from(partition.estimated_drain_ms).ok()),
+                partition.consumers.to_string(),
+                partition.in_flight.to_string(),
+                partition.redelivered.to_string(),
+                partition.dead_lettered.to_string(),
+                partition.evicted.to_string(),
+                level_name(partition.pressure).to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "PARTITION",
+            "MARK_DELETE",
+            "HIGH_WATERMARK",
+            "BACKLOG",
+            "BYTES",
+            "OLDEST",
+            "DRAIN/S",
+            "DRAIN_TIME",
+            "CONSUMERS",
+            "IN_FLIGHT",
+            "REDELIVERED",
+            "DEAD_LETTERED",
+            "EVICTED",
+            "PRESSURE",
+        ],
+        &rows,
+    ));
+    for partition in &lag.partitions {
+        let level = PressureLevel::try_from(partition.pressure).unwrap_or(PressureLevel::Ok);
+        if partition.error == ErrorCode::None as i32 && level != PressureLevel::Ok {
+            let what = if level == PressureLevel::Limit {
+                "is at"
+            } else {
+                "crossed the warning line of"
+            };
+            out.push_str(&format!(
+                "WARNING: partition {} {what} its backlog quota ({} messages, ~{} bytes, oldest {}; quota kind: {})\n",
+                partition.partition,
+                partition.backlog_messages,
+                partition.backlog_bytes,
+                milliseconds(Some(partition.oldest_unacknowledged_age_ms)),
+                if partition.pressure_reason.is_empty() { "-" } else { &partition.pressure_reason },
+            ));
+        }
+    }
+    out
 }
 
 /// Rows as columns padded to their widest cell.
@@ -482,5 +600,45 @@ mod tests {
             &[vec!["billing".to_string(), "shared".to_string()]],
         );
         assert_eq!(listed, "NAME     TYPE\nbilling  shared\n");
+    }
+
+    #[test]
+    fn lag_report_shows_partitions_and_warns_at_the_quota() {
+        let lag = SubscriptionLag::merge(
+            "orders",
+            "billing",
+            SubscriptionType::Shared,
+            vec![
+                sluice_proto::v1::SubscriptionPartitionLag {
+                    partition: 0,
+                    backlog_messages: 85,
+                    high_watermark: 100,
+                    mark_delete: 15,
+                    pressure: PressureLevel::Warn as i32,
+                    pressure_reason: "messages".into(),
+                    estimated_drain_ms: -1,
+                    ..Default::default()
+                },
+                sluice_proto::v1::SubscriptionPartitionLag {
+                    partition: 1,
+                    error: ErrorCode::Unavailable as i32,
+                    error_message: "no owner".into(),
+                    ..Default::default()
+                },
+            ],
+            60_000,
+        );
+        let report = lag_report(&lag);
+        assert!(report.contains("backlog: 85 messages"), "{report}");
+        assert!(report.contains("estimated drain time unknown"), "{report}");
+        assert!(
+            report.contains(
+                "WARNING: partition 0 crossed the warning line of its backlog quota (85 messages"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("quota kind: messages"), "{report}");
+        assert!(report.contains("UNAVAILABLE: no owner"), "{report}");
+        assert!(!report.contains("WARNING: partition 1"), "{report}");
     }
 }

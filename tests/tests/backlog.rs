@@ -20,6 +20,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Runs the `sluice` CLI against the cluster; returns its standard output.
+fn sluice_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let output = std::process::Command::new(sluice_tests::cluster::binary("sluice"))
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .args(args)
+        .output()
+        .expect("run sluice");
+    assert!(
+        output.status.success(),
+        "`sluice {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
 /// Short monitor intervals so the tests see pressure change quickly.
 fn spec() -> ClusterSpec {
     ClusterSpec {
@@ -224,6 +240,17 @@ async fn reject_policy_refuses_produce_at_the_quota_with_levels_in_acks_listener
     assert_eq!(lag.partitions[0].high_watermark, accepted);
     assert!(lag.backlog_bytes > 0, "{lag:?}");
     assert!(lag.recommended_consumers >= 1, "{lag:?}");
+    // The CLI shows the lag table with the warning.
+    let described = sluice_cli(&cluster, &["subscription", "describe", "orders", "workers"]);
+    assert!(
+        described.contains("WARNING: partition 0 is at its backlog quota")
+            && described.contains("quota kind: messages"),
+        "{described}"
+    );
+    assert!(
+        described.contains(&format!("backlog: {accepted} messages")),
+        "{described}"
+    );
 
     // Consumers catch up on 60: the backlog drops below the quota and
     // produce is accepted again.
@@ -423,6 +450,24 @@ async fn evict_policy_skips_and_counts_the_oldest_unconsumed_messages_and_the_su
 async fn describing_an_unknown_subscription_fails_clearly() {
     let cluster = Cluster::start(spec()).await;
     let admin = topic_with_quota(&cluster, "plain", 0, BacklogPolicy::Reject, 0).await;
+    // Quotas given on the command line are stored and shown.
+    sluice_cli(
+        &cluster,
+        &[
+            "topic",
+            "create",
+            "capped",
+            "--backlog-quota-messages",
+            "1000",
+            "--backlog-policy",
+            "evict",
+        ],
+    );
+    let described = sluice_cli(&cluster, &["topic", "describe", "capped"]);
+    assert!(
+        described.contains("backlog quota: 1000 messages; warn from 80%; at the limit: evict"),
+        "{described}"
+    );
     match admin.describe_subscription("plain", "nobody").await {
         Err(ClientError::Server(error)) => {
             assert_eq!(error.code, ErrorCode::UnknownSubscription)
