@@ -162,7 +162,9 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
     // By tag, across both partitions (each partition answers up to the
     // broker's max_find_results of 50: 43 fit).
     let (values, _) = find_values(&admin, MessageQuery::new("orders").tag("vip").limit(100)).await;
-    let expected: BTreeSet<u64> = (0..MESSAGES).filter(|value| value.is_multiple_of(7)).collect();
+    let expected: BTreeSet<u64> = (0..MESSAGES)
+        .filter(|value| value.is_multiple_of(7))
+        .collect();
     assert_eq!(values, expected);
     // By time range, and by key within a time range.
     let (values, _) = find_values(
@@ -658,4 +660,71 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
         .await
         .expect_err("unknown topic");
     assert_eq!(code_of(&error), Some(ErrorCode::UnknownTopic));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unindexed_ranges_are_scanned_and_every_answer_is_bounded() {
+    // Stores index one batch per segment; the broker scans the rest, at
+    // most 3000 bytes per answer. (The variable reaches every store this
+    // test binary starts; other tests' answers do not depend on it.)
+    std::env::set_var("SLUICE_STORE_MESSAGE_INDEX_MAX_BATCHES_PER_SEGMENT", "1");
+    let cluster = Cluster::start(ClusterSpec {
+        broker_config: "max_find_scan_bytes = 3000\n".to_string(),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_topic(
+            "events",
+            TopicConfig {
+                partitions: 1,
+                segment_bytes: 2048,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    wait_until_writable(cluster.client_config(), "events").await;
+    for round in 0..10u64 {
+        let records = (round * 30..(round + 1) * 30)
+            .map(|value| {
+                Record::new("events", value.to_string()).with_key(format!("k{}", value % 3))
+            })
+            .collect();
+        produce(&cluster, records).await;
+    }
+    let mut query = MessageQuery::new("events").key("k1").limit(1000);
+    let mut seen = Vec::new();
+    let mut notes = Vec::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 1000, "the search does not progress");
+        let found = admin.find_messages(query.clone()).await.expect("find");
+        seen.extend(found.records.iter().map(|record| value_of(&record.value)));
+        notes.extend(found.notes);
+        if found.continue_from.is_empty() {
+            break;
+        }
+        query.from_offsets = found.continue_from;
+    }
+    seen.sort_unstable();
+    let expected: Vec<u64> = (0..300).filter(|value| value % 3 == 1).collect();
+    assert_eq!(seen, expected);
+    assert!(pages > 1, "the scan budget never stopped an answer");
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("the rest was scanned")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("max_find_scan_bytes")),
+        "{notes:?}"
+    );
 }
