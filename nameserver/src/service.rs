@@ -1552,9 +1552,12 @@ fn complete_backlog_quota(
     config.backlog_hold_timeout_ms = match given.backlog_hold_timeout_ms {
         0 => DEFAULT_BACKLOG_HOLD_TIMEOUT_MS,
         timeout @ 1..=MAX_BACKLOG_HOLD_TIMEOUT_MS => timeout,
-        timeout => return Err(invalid(format!(
-            "backlog_hold_timeout_ms must be at most {MAX_BACKLOG_HOLD_TIMEOUT_MS}, got {timeout}"
-        ))),
+        timeout => {
+            let most = MAX_BACKLOG_HOLD_TIMEOUT_MS;
+            return Err(invalid(format!(
+                "backlog_hold_timeout_ms must be at most {most}, got {timeout}"
+            )));
+        }
     };
     Ok(())
 }
@@ -1576,6 +1579,43 @@ mod tests {
             }),
             rack: rack.to_string(),
             ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn backlog_quotas_get_defaults_and_impossible_values_are_refused() {
+        let mut config = TopicConfig::default();
+        let given = TopicConfig {
+            backlog_quota_messages: 1000,
+            ..TopicConfig::default()
+        };
+        complete_backlog_quota(&given, &mut config).expect("valid");
+        assert_eq!(config.backlog_quota_messages, 1000);
+        assert_eq!(config.backlog_warn_ratio_percent, 80);
+        assert_eq!(
+            config.backlog_policy,
+            sluice_proto::v1::BacklogPolicy::Hold as i32
+        );
+        assert_eq!(config.backlog_hold_timeout_ms, 30_000);
+        for bad in [
+            TopicConfig {
+                backlog_warn_ratio_percent: 101,
+                ..TopicConfig::default()
+            },
+            TopicConfig {
+                backlog_policy: 99,
+                ..TopicConfig::default()
+            },
+            TopicConfig {
+                backlog_hold_timeout_ms: 600_001,
+                ..TopicConfig::default()
+            },
+        ] {
+            let refused = complete_backlog_quota(&bad, &mut config);
+            assert!(
+                matches!(refused, Err(NameServerError::InvalidArgument(_))),
+                "{bad:?} gave {refused:?}"
+            );
         }
     }
 
