@@ -660,6 +660,62 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
         .await
         .expect_err("unknown topic");
     assert_eq!(code_of(&error), Some(ErrorCode::UnknownTopic));
+
+    // The same through `sluice message`.
+    let get = sluice(&cluster, &["message", "get", "jobs", "0", "3"]);
+    assert!(get.status.success(), "{get:?}");
+    let line = String::from_utf8_lossy(&get.stdout).to_string();
+    let fields: Vec<&str> = line.trim_end().split('\t').collect();
+    assert_eq!(fields[..2], ["0", "3"], "{line}");
+    assert_eq!(fields[3..], ["key=k3", "tags=work", "3"], "{line}");
+    let find = sluice(&cluster, &["message", "find", "jobs", "--key", "k7"]);
+    assert!(find.status.success(), "{find:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&find.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("0\t7\t"), "{lines:?}");
+    assert!(String::from_utf8_lossy(&find.stderr).contains("1 message(s) found"));
+    let why = sluice(
+        &cluster,
+        &[
+            "message",
+            "why",
+            "jobs",
+            "0",
+            "5",
+            "--subscription",
+            "workers",
+        ],
+    );
+    assert!(why.status.success(), "{why:?}");
+    assert!(
+        String::from_utf8_lossy(&why.stdout).starts_with("FILTERED: "),
+        "{why:?}"
+    );
+    for bad in [
+        vec!["message", "find", "jobs"],
+        vec!["message", "find", "jobs", "--key", "k", "--limit", "0"],
+        vec!["message", "get", "jobs", "0", "999"],
+        vec!["message", "why", "jobs", "0", "1", "--subscription", "nope"],
+    ] {
+        let output = sluice(&cluster, &bad);
+        assert!(!output.status.success(), "{bad:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).starts_with("error: "),
+            "{bad:?}: {output:?}"
+        );
+    }
+}
+
+/// Runs the `sluice` CLI against `cluster`.
+fn sluice(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(sluice_tests::cluster::binary("sluice"))
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .args(args)
+        .output()
+        .expect("run sluice")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
