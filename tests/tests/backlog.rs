@@ -500,3 +500,133 @@ async fn describing_an_unknown_subscription_fails_clearly() {
     assert_eq!(lag.estimated_drain_ms, None, "nothing drains: unknown");
     producer.close().await.expect("close producer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn age_and_byte_quotas_are_measured_and_applied() {
+    let cluster = Cluster::start(spec()).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin client");
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    let subscription = |topic: &str| Subscription {
+        topic: topic.to_string(),
+        name: "workers".to_string(),
+        r#type: SubscriptionType::Shared as i32,
+        initial_position: InitialPosition::Earliest as i32,
+        ..Subscription::default()
+    };
+
+    // Age: messages an hour old are evicted down to those younger than
+    // the warning line (half of one minute); the young ones stay.
+    admin
+        .create_topic(
+            "aged",
+            TopicConfig {
+                partitions: 1,
+                backlog_quota_age_ms: 60_000,
+                backlog_warn_ratio_percent: 50,
+                backlog_policy: BacklogPolicy::Evict as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    wait_until_writable(cluster.client_config(), "aged").await;
+    admin
+        .create_subscription(subscription("aged"))
+        .await
+        .expect("create subscription");
+    let an_hour_ago = sluice_proto::now_unix_ms() - 3_600_000;
+    let mut pending = Vec::new();
+    for value in 0..100u64 {
+        pending.push(
+            producer
+                .enqueue(Record::new("aged", value.to_string()).with_timestamp_ms(an_hour_ago))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    producer.flush().await.expect("flush");
+    for delivery in pending {
+        delivery.await.expect("old records accepted");
+    }
+    for value in 100..120u64 {
+        producer
+            .send(Record::new("aged", value.to_string()))
+            .await
+            .expect("young records accepted");
+    }
+    let lag = describe_until(
+        &admin,
+        "aged",
+        "the old ones evicted",
+        Duration::from_secs(60),
+        |lag| lag.evicted == 100 && lag.backlog_messages == 20,
+    )
+    .await;
+    assert!(lag.oldest_unacknowledged_age_ms < 60_000, "{lag:?}");
+    assert_eq!(lag.pressure, PressureLevel::Ok, "{lag:?}");
+    let subscriber = Subscriber::connect(subscriber_config(&cluster, "aged"))
+        .await
+        .expect("subscriber");
+    assert_eq!(
+        consume(&subscriber, 20).await,
+        (100..120).collect::<Vec<_>>()
+    );
+    subscriber.close().await.expect("close subscriber");
+
+    // Bytes: records of about 1 KiB against a 20 KiB quota are refused
+    // after about 20.
+    admin
+        .create_topic(
+            "heavy",
+            TopicConfig {
+                partitions: 1,
+                backlog_quota_bytes: 20 * 1024,
+                backlog_policy: BacklogPolicy::Reject as i32,
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .expect("create topic");
+    wait_until_writable(cluster.client_config(), "heavy").await;
+    admin
+        .create_subscription(subscription("heavy"))
+        .await
+        .expect("create subscription");
+    let payload = "x".repeat(1024);
+    let mut accepted = 0u64;
+    let refusal = loop {
+        assert!(accepted < 1000, "never refused");
+        match producer.send(Record::new("heavy", payload.clone())).await {
+            Ok(_) => {
+                accepted += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(
+        refusal.code(),
+        Some(ErrorCode::BacklogQuotaExceeded),
+        "{refusal}"
+    );
+    assert!(accepted >= 15, "refused after {accepted} records");
+    let lag = describe_until(
+        &admin,
+        "heavy",
+        "the byte backlog",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == accepted,
+    )
+    .await;
+    assert!(lag.backlog_bytes >= 20 * 1024, "{lag:?}");
+    assert_eq!(lag.pressure, PressureLevel::Limit);
+    assert_eq!(lag.pressure_reason, "bytes");
+    producer.close().await.expect("close producer");
+}
