@@ -75,6 +75,33 @@ pub struct CreateTopicArgs {
     pub backlog_hold_timeout_ms: u64,
 }
 
+/// Most partitions whose time lag `group describe` looks up.
+const MAX_TIME_LAG_LOOKUPS: usize = 256;
+
+/// Time lag per partition of a group: how old the first unconsumed record
+/// is (its timestamp, read at the committed offset; "-" without lag or
+/// when it cannot be read).
+async fn oldest_unconsumed_ages(
+    admin: &sluice_client::Admin,
+    lags: &[sluice_proto::v1::PartitionLag],
+) -> Vec<String> {
+    let now_ms = sluice_proto::now_unix_ms();
+    let lookups = lags.iter().enumerate().map(|(index, lag)| async move {
+        if lag.lag == 0 || index >= MAX_TIME_LAG_LOOKUPS {
+            return "-".to_string();
+        }
+        let offset = u64::try_from(lag.committed_offset).unwrap_or(0);
+        match admin.get_message(&lag.topic, lag.partition, offset).await {
+            Ok(record) => format!("{}ms", now_ms.saturating_sub(record.timestamp_ms).max(0)),
+            Err(error) => {
+                tracing::debug!(topic = %lag.topic, partition = lag.partition, %error, "no time lag");
+                "-".to_string()
+            }
+        }
+    });
+    futures::future::join_all(lookups).await
+}
+
 /// The topic's backlog quotas (ADR 0012) in one line.
 fn format_backlog_quota(config: &TopicConfig) -> String {
     let mut limits = Vec::new();
@@ -341,10 +368,12 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
             }
             println!();
             let total: u64 = description.lag.iter().map(|lag| lag.lag).sum();
+            let ages = oldest_unconsumed_ages(&admin, &description.lag).await;
             let rows: Vec<Vec<String>> = description
                 .lag
                 .iter()
-                .map(|lag| {
+                .zip(ages)
+                .map(|(lag, age)| {
                     vec![
                         lag.topic.clone(),
                         lag.partition.to_string(),
@@ -355,12 +384,21 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
                         },
                         lag.high_watermark.to_string(),
                         lag.lag.to_string(),
+                        age,
                         lag.member_id.clone(),
                     ]
                 })
                 .collect();
             print_table(
-                &["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"],
+                &[
+                    "TOPIC",
+                    "PARTITION",
+                    "COMMITTED",
+                    "END",
+                    "LAG",
+                    "LAG_TIME",
+                    "MEMBER",
+                ],
                 &rows,
             );
             println!("total lag: {total}");

@@ -630,3 +630,58 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
     assert_eq!(lag.pressure_reason, "bytes");
     producer.close().await.expect("close producer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_describe_shows_the_time_lag_of_a_streaming_group() {
+    let cluster = Cluster::start(spec()).await;
+    cluster.create_topic("clicks", 1).await;
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    let ten_minutes_ago = sluice_proto::now_unix_ms() - 600_000;
+    for value in 0..20u64 {
+        producer
+            .send(Record::new("clicks", value.to_string()).with_timestamp_ms(ten_minutes_ago))
+            .await
+            .expect("produce");
+    }
+    producer.close().await.expect("close producer");
+    // A group that read and committed 5 of them.
+    let mut consumer = sluice_client::Consumer::subscribe(
+        sluice_client::ConsumerConfig {
+            client: cluster.client_config(),
+            group: Some("readers".to_string()),
+            auto_commit: false,
+            reset: sluice_client::StartOffset::Earliest,
+            ..sluice_client::ConsumerConfig::default()
+        },
+        &["clicks"],
+    )
+    .await
+    .expect("consumer");
+    for expected in 0..5u64 {
+        let record = consumer.recv().await.expect("record");
+        assert_eq!(record.offset, expected);
+    }
+    consumer.commit().await.expect("commit");
+    consumer.close().await.expect("close consumer");
+    let described = sluice_cli(&cluster, &["group", "describe", "readers"]);
+    let row = described
+        .lines()
+        .find(|line| line.starts_with("clicks"))
+        .unwrap_or_else(|| panic!("no row for clicks: {described}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // TOPIC PARTITION COMMITTED END LAG LAG_TIME [MEMBER]
+    assert_eq!(&cells[..5], ["clicks", "0", "5", "20", "15"], "{described}");
+    let lag_ms: i64 = cells[5]
+        .strip_suffix("ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no time lag in {row:?}"));
+    assert!(
+        lag_ms >= 600_000,
+        "the first unconsumed record is ten minutes old: {row}"
+    );
+}
