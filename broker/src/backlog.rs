@@ -487,11 +487,31 @@ async fn check(
             estimated_drain_ms: measurement.estimated_drain_ms,
         })
         .unwrap_or_default();
+    let mut previous_level = PressureLevel::Ok;
     state.pressure.send_if_modified(|current| {
+        previous_level = current.level;
         let changed = *current != pressure;
         *current = pressure;
         changed
     });
+    if previous_level != pressure.level {
+        // The operator's alert: a quota's warning line or limit crossed
+        // (either way), once per change.
+        let reason = slowest
+            .and_then(|measurement| measurement.level)
+            .and_then(|(_, reason)| reason)
+            .unwrap_or("-");
+        tracing::warn!(
+            partition = %partition.key,
+            from = previous_level.as_str_name(),
+            to = pressure.level.as_str_name(),
+            quota = reason,
+            backlog_messages = pressure.backlog_messages,
+            backlog_bytes = pressure.backlog_bytes,
+            policy = quota.policy.as_str_name(),
+            "backlog pressure level changed"
+        );
+    }
     if quota.policy == BacklogPolicy::Evict {
         for (subscription, measurement) in &measured {
             if measurement.level.map(|(level, _)| level) == Some(PressureLevel::Limit) {
