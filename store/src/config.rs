@@ -85,7 +85,8 @@ pub struct StoreConfig {
     pub shutdown_drain_timeout_ms: u64,
     /// Message lookup (ADR 0013): most segments whose key and tag index is
     /// kept in memory; the least recently looked up is dropped beyond it
-    /// (and rebuilt by reading its segment when looked up again). Default 32.
+    /// (and read from its file, if sealed, or rebuilt by reading its
+    /// segment when looked up again). Default 32.
     pub message_index_max_segments: usize,
     /// Most batches indexed per segment; the index stops at the batch that
     /// would exceed it and lookups scan the rest. Default 262144 (32 bytes

@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Directory under `data_dir` holding the message lookup indexes of
+/// sealed segments (ADR 0013).
+const MESSAGE_INDEX_DIR: &str = "message-index";
 /// Room left in a gRPC message for the fields around the batches.
 const READ_ENVELOPE_BYTES: usize = 64 * 1024;
 
@@ -59,6 +62,17 @@ pub async fn run(
     if !report.is_clean() {
         tracing::warn!(?report, "recovery found damage; see the report");
     }
+    let message_indexes = std::sync::Arc::new(message_index::MessageIndexes::with_directory(
+        config.message_index_limits(),
+        config.data_dir.join(MESSAGE_INDEX_DIR),
+    ));
+    let orphan_indexes = message_indexes.remove_orphans(&storage);
+    if orphan_indexes > 0 {
+        tracing::info!(
+            orphan_indexes,
+            "removed message index files of segments no longer held"
+        );
+    }
     let (stop_sender, stop_receiver) = watch::channel(false);
     let service = service::StoreService::new(
         storage.clone(),
@@ -68,7 +82,7 @@ pub async fn run(
         },
         stop_receiver.clone(),
     )
-    .with_message_index_limits(config.message_index_limits());
+    .with_message_indexes(message_indexes);
     let server = StoreServer::new(service)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);

@@ -9,11 +9,24 @@
 //! The index is built off the write path: on the first lookup of a segment
 //! it is built by reading the segment's CRC-checked batches through
 //! [`Storage::read`], and every later lookup first indexes what was
-//! appended since. Nothing is persisted, so nothing on disk has to be
-//! trusted: after a restart (and its recovery scan) the index is rebuilt
-//! from the recovered segment on its next lookup; an index that no longer
-//! fits its segment (a different base, or a segment now shorter than what
-//! was indexed) is dropped and rebuilt.
+//! appended since. An index that no longer fits its segment (a different
+//! base, or a segment now shorter than what was indexed) is dropped and
+//! rebuilt.
+//!
+//! Once a *sealed* segment is fully indexed (or up to a cap) the index is
+//! written to `{segment_id:020}.index` in the index directory (temp file and
+//! rename; no fsync: it is a cache), so the first lookup after a restart
+//! need not read the segment again. A file is only used when its CRC is
+//! right, it names the segment, the segment is still sealed with the same
+//! base, end and size, and its contents are within the current caps and
+//! consistent; otherwise it is deleted and the index rebuilt from the
+//! segment. Files of segments the store no longer holds are removed at
+//! start ([`MessageIndexes::remove_orphans`]) and when looked up.
+//! Layout (little-endian): `SLIX`, version u8 (1), segment id, base offset,
+//! end offset, size bytes, indexed end (u64 each), stop reason (u32 length,
+//! UTF-8), batch count u32 then per batch base, end (u64), min and max
+//! timestamp (i64), term count u32 then per term hash u64, count u32,
+//! positions u32..., and a CRC-32C of everything before it.
 //!
 //! Bounds: at most `max_indexed_segments` segments are indexed at once (the
 //! least recently used is dropped), and per segment at most
@@ -25,9 +38,16 @@ use crate::error::StoreError;
 use crate::storage::Storage;
 use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
+use sluice_proto::v1::SegmentStatus;
 use sluice_proto::v1::{FindInSegmentRequest, FindInSegmentResponse};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+const FILE_MAGIC: &[u8; 4] = b"SLIX";
+const FILE_VERSION: u8 = 1;
+const FILE_EXTENSION: &str = "index";
 
 /// Bounds of the message indexes (see `StoreConfig` for meanings and
 /// defaults).
@@ -90,6 +110,12 @@ struct SegmentIndex {
     indexed_end: u64,
     /// Why indexing stopped at `indexed_end` for good (a cap, damage).
     stopped: Option<String>,
+    /// Stopped at damage: never persisted (a repair may fix the segment).
+    damaged: bool,
+    /// Written to (or read from) its file as it is now.
+    persisted: bool,
+    /// Whether its file was looked for (once per index).
+    file_checked: bool,
     last_used: u64,
 }
 
@@ -102,8 +128,149 @@ impl SegmentIndex {
             postings: 0,
             indexed_end: base_offset,
             stopped: None,
+            damaged: false,
+            persisted: false,
+            file_checked: false,
             last_used: 0,
         }
+    }
+
+    /// The file form (see the module documentation).
+    fn encode(&self, segment_id: u64, status: &SegmentStatus) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.batches.len() * 32 + self.postings * 4);
+        out.extend_from_slice(FILE_MAGIC);
+        out.push(FILE_VERSION);
+        for value in [
+            segment_id,
+            status.base_offset,
+            status.end_offset,
+            status.size_bytes,
+            self.indexed_end,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        let reason = self.stopped.as_deref().unwrap_or("").as_bytes();
+        out.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+        out.extend_from_slice(reason);
+        out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
+        for entry in &self.batches {
+            out.extend_from_slice(&entry.base_offset.to_le_bytes());
+            out.extend_from_slice(&entry.end_offset.to_le_bytes());
+            out.extend_from_slice(&entry.min_timestamp_ms.to_le_bytes());
+            out.extend_from_slice(&entry.max_timestamp_ms.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.terms.len() as u32).to_le_bytes());
+        // Sorted, so one index always has the same file.
+        let mut terms: Vec<(&u64, &Vec<u32>)> = self.terms.iter().collect();
+        terms.sort_unstable_by_key(|(term, _)| **term);
+        for (term, positions) in terms {
+            out.extend_from_slice(&term.to_le_bytes());
+            out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+            for position in positions {
+                out.extend_from_slice(&position.to_le_bytes());
+            }
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Reads a file form back, checking everything it claims against the
+    /// segment's current status and the caps.
+    fn decode(
+        bytes: &[u8],
+        segment_id: u64,
+        status: &SegmentStatus,
+        limits: &MessageIndexLimits,
+    ) -> Result<SegmentIndex, String> {
+        if bytes.len() < FILE_MAGIC.len() + 1 + 4 {
+            return Err(format!("{} bytes is too short", bytes.len()));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let stored_crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(body) != stored_crc {
+            return Err("checksum mismatch".to_string());
+        }
+        let mut reader = FileReader { bytes: body };
+        if reader.take(4)? != FILE_MAGIC || reader.take(1)? != [FILE_VERSION] {
+            return Err("not a version 1 message index".to_string());
+        }
+        let header = [reader.u64()?, reader.u64()?, reader.u64()?, reader.u64()?];
+        let expected = [
+            segment_id,
+            status.base_offset,
+            status.end_offset,
+            status.size_bytes,
+        ];
+        if header != expected || !status.sealed {
+            return Err(format!(
+                "it describes segment/base/end/size {header:?}, the segment is {expected:?} (sealed: {})",
+                status.sealed
+            ));
+        }
+        let indexed_end = reader.u64()?;
+        let reason_length = reader.u32()? as usize;
+        let reason = std::str::from_utf8(reader.take(reason_length)?)
+            .map_err(|_| "stop reason is not UTF-8".to_string())?
+            .to_string();
+        let batch_count = reader.u32()? as usize;
+        if batch_count > limits.max_batches_per_segment {
+            return Err(format!("{batch_count} batches exceed the cap"));
+        }
+        let mut index = SegmentIndex::new(status.base_offset);
+        let mut previous_end = status.base_offset;
+        for _ in 0..batch_count {
+            let entry = BatchEntry {
+                base_offset: reader.u64()?,
+                end_offset: reader.u64()?,
+                min_timestamp_ms: reader.i64()?,
+                max_timestamp_ms: reader.i64()?,
+            };
+            if entry.base_offset < previous_end || entry.end_offset <= entry.base_offset {
+                return Err("batches are not in offset order".to_string());
+            }
+            previous_end = entry.end_offset;
+            index.batches.push(entry);
+        }
+        let term_count = reader.u32()? as usize;
+        if term_count > limits.max_terms_per_segment {
+            return Err(format!("{term_count} keys and tags exceed the cap"));
+        }
+        for _ in 0..term_count {
+            let term = reader.u64()?;
+            let count = reader.u32()? as usize;
+            if index.postings + count > limits.max_postings_per_segment {
+                return Err("pairs exceed the cap".to_string());
+            }
+            let mut positions = Vec::with_capacity(count);
+            for _ in 0..count {
+                let position = reader.u32()?;
+                if position as usize >= batch_count
+                    || positions.last().is_some_and(|last| *last >= position)
+                {
+                    return Err("a position is out of order or range".to_string());
+                }
+                positions.push(position);
+            }
+            index.postings += count;
+            if index.terms.insert(term, positions).is_some() {
+                return Err("a key or tag is listed twice".to_string());
+            }
+        }
+        if !reader.bytes.is_empty() {
+            return Err("trailing bytes".to_string());
+        }
+        if indexed_end != previous_end || indexed_end > status.end_offset {
+            return Err("its end does not match its batches".to_string());
+        }
+        if reason.is_empty() != (indexed_end == status.end_offset) {
+            return Err("it stops early without a reason".to_string());
+        }
+        index.indexed_end = indexed_end;
+        index.stopped = (!reason.is_empty()).then_some(reason);
+        index.persisted = true;
+        index.file_checked = true;
+        Ok(index)
     }
 
     /// Adds one decoded batch unless a cap forbids it (then indexing stops
@@ -169,6 +336,7 @@ impl SegmentIndex {
             let outcome = match storage.read(segment_id, self.indexed_end, 0, 0) {
                 Ok(outcome) => outcome,
                 Err(StoreError::StorageCorrupt { offset, detail, .. }) => {
+                    self.damaged = true;
                     self.stopped = Some(format!(
                         "the segment is damaged at offset {offset} ({detail}); not indexed from offset {}",
                         self.indexed_end
@@ -275,10 +443,56 @@ struct Query {
     end_offset: u64,
 }
 
+/// Bounds-checked reads of an index file.
+struct FileReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> FileReader<'a> {
+    fn take(&mut self, length: usize) -> Result<&'a [u8], String> {
+        if length > self.bytes.len() {
+            return Err("truncated".to_string());
+        }
+        let (head, rest) = self.bytes.split_at(length);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut buffer = [0u8; 8];
+        buffer.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(buffer))
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(self.u64()? as i64)
+    }
+}
+
+/// Counters of the indexes, for tests and status.
+#[derive(Debug, Default)]
+pub struct MessageIndexStats {
+    /// Batches decoded to build indexes.
+    pub batches_indexed: AtomicU64,
+    /// Indexes read from their files.
+    pub loaded_from_files: AtomicU64,
+    /// Index files refused (damaged, stale) and deleted.
+    pub files_refused: AtomicU64,
+    pub files_written: AtomicU64,
+}
+
 /// The indexes of the segments looked up recently.
 pub struct MessageIndexes {
     limits: MessageIndexLimits,
     segments: Mutex<Registry>,
+    /// Where indexes of sealed segments are kept; `None`: memory only.
+    directory: Option<PathBuf>,
+    stats: MessageIndexStats,
 }
 
 #[derive(Default)]
@@ -288,10 +502,136 @@ struct Registry {
 }
 
 impl MessageIndexes {
+    /// Indexes kept in memory only.
     pub fn new(limits: MessageIndexLimits) -> Self {
         Self {
             limits,
             segments: Mutex::new(Registry::default()),
+            directory: None,
+            stats: MessageIndexStats::default(),
+        }
+    }
+
+    /// Indexes whose sealed segments' indexes are also kept as files in
+    /// `directory` (created if needed; without it, memory only).
+    pub fn with_directory(limits: MessageIndexLimits, directory: PathBuf) -> Self {
+        let mut indexes = Self::new(limits);
+        match std::fs::create_dir_all(&directory) {
+            Ok(()) => indexes.directory = Some(directory),
+            Err(error) => tracing::warn!(directory = %directory.display(), %error,
+                "cannot create the message index directory; indexes are kept in memory only"),
+        }
+        indexes
+    }
+
+    pub fn stats(&self) -> &MessageIndexStats {
+        &self.stats
+    }
+
+    fn file_path(&self, segment_id: u64) -> Option<PathBuf> {
+        self.directory
+            .as_ref()
+            .map(|directory| directory.join(format!("{segment_id:020}.{FILE_EXTENSION}")))
+    }
+
+    fn remove_file(&self, segment_id: u64) {
+        if let Some(path) = self.file_path(segment_id) {
+            remove_quietly(&path);
+        }
+    }
+
+    /// Deletes index files (and leftover temp files) of segments `storage`
+    /// does not hold. Returns how many were deleted.
+    pub fn remove_orphans(&self, storage: &Storage) -> usize {
+        let Some(directory) = &self.directory else {
+            return 0;
+        };
+        let held: std::collections::HashSet<u64> = storage
+            .list_segments()
+            .iter()
+            .map(|status| status.segment_id)
+            .collect();
+        let Ok(entries) = std::fs::read_dir(directory) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let segment_id = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .and_then(|stem| stem.parse::<u64>().ok());
+            let is_index =
+                path.extension().and_then(|extension| extension.to_str()) == Some(FILE_EXTENSION);
+            if !is_index || segment_id.is_none_or(|id| !held.contains(&id)) {
+                remove_quietly(&path);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Replaces a fresh index by its file's, if the file is usable; a file
+    /// that is not is deleted.
+    fn load(&self, index: &mut SegmentIndex, segment_id: u64, status: &SegmentStatus) {
+        index.file_checked = true;
+        let Some(path) = self.file_path(segment_id) else {
+            return;
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read a message index file");
+                return;
+            }
+        };
+        if !status.sealed {
+            // Sealed ones only are written; an open segment with a file
+            // was reopened by recovery: the file is stale.
+            remove_quietly(&path);
+            self.stats.files_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match SegmentIndex::decode(&bytes, segment_id, status, &self.limits) {
+            Ok(loaded) => {
+                let last_used = index.last_used;
+                *index = loaded;
+                index.last_used = last_used;
+                self.stats.loaded_from_files.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                tracing::warn!(segment_id, %reason, "ignoring a message index file; rebuilding the index");
+                remove_quietly(&path);
+                self.stats.files_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes the index of a sealed segment that is complete (or stopped
+    /// at a cap) to its file, once.
+    fn persist(&self, index: &mut SegmentIndex, segment_id: u64, status: &SegmentStatus) {
+        let Some(path) = self.file_path(segment_id) else {
+            return;
+        };
+        let complete = index.indexed_end == status.end_offset || index.stopped.is_some();
+        if index.persisted || !status.sealed || index.damaged || !complete {
+            return;
+        }
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::write(&temporary, index.encode(segment_id, status))
+            .and_then(|()| std::fs::rename(&temporary, &path));
+        match written {
+            Ok(()) => {
+                index.persisted = true;
+                self.stats.files_written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // Only the next restart's first lookup is slower.
+                tracing::warn!(path = %path.display(), %error, "cannot write a message index file");
+                remove_quietly(&temporary);
+                index.persisted = true;
+            }
         }
     }
 
@@ -345,6 +685,7 @@ impl MessageIndexes {
 
     fn forget(&self, segment_id: u64) {
         self.lock().indexes.remove(&segment_id);
+        self.remove_file(segment_id);
     }
 
     /// Answers a `FindInSegment` request. Blocking file I/O (indexing).
@@ -373,7 +714,9 @@ impl MessageIndexes {
         let status = match storage.segment_status(request.segment_id) {
             Ok(status) => status,
             Err(error) => {
-                self.forget(request.segment_id);
+                if matches!(error, StoreError::UnknownSegment { .. }) {
+                    self.forget(request.segment_id);
+                }
                 return Err(error);
             }
         };
@@ -398,8 +741,26 @@ impl MessageIndexes {
                 "message index no longer fits its segment; rebuilding it"
             );
             *index = SegmentIndex::new(status.base_offset);
+            index.file_checked = true;
+            self.remove_file(request.segment_id);
         }
-        index.catch_up(storage, request.segment_id, status.end_offset, &self.limits)?;
+        if !index.file_checked {
+            self.load(&mut index, request.segment_id, &status);
+        }
+        let batches_before = index.batches.len();
+        let caught_up =
+            index.catch_up(storage, request.segment_id, status.end_offset, &self.limits);
+        let added = index.batches.len().saturating_sub(batches_before);
+        if added > 0 {
+            // A sealed segment still grows by recovery copies: its file
+            // must be written again.
+            index.persisted = false;
+        }
+        self.stats
+            .batches_indexed
+            .fetch_add(added as u64, Ordering::Relaxed);
+        caught_up?;
+        self.persist(&mut index, request.segment_id, &status);
         let cap = self.limits.max_candidate_batches.max(1);
         let max_batches = if request.max_batches == 0 {
             cap
@@ -428,6 +789,16 @@ impl MessageIndexes {
                 String::new()
             },
         })
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot remove a message index file")
+        }
     }
 }
 
@@ -858,5 +1229,129 @@ mod tests {
             ),
             Err(StoreError::UnknownSegment { .. })
         ));
+    }
+
+    fn index_file(directory: &std::path::Path, segment_id: u64) -> std::path::PathBuf {
+        directory.join(format!("{segment_id:020}.index"))
+    }
+
+    #[tokio::test]
+    async fn sealed_segment_indexes_are_written_and_used_after_a_restart() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let index_directory = directory.path().join("message-index");
+        let storage = storage_with_segment(directory.path()).await;
+        fill(&storage).await;
+        let indexes =
+            MessageIndexes::with_directory(MessageIndexLimits::default(), index_directory.clone());
+        // Open segments are not written: they still grow.
+        let open = indexes.find(&storage, &by_key("k2")).expect("find");
+        assert!(!index_file(&index_directory, 7).exists());
+        storage.seal_segment(7, 1).await.expect("seal");
+        assert_eq!(indexes.find(&storage, &by_key("k2")).expect("find"), open);
+        assert!(index_file(&index_directory, 7).exists());
+        assert_eq!(indexes.stats().files_written.load(Ordering::Relaxed), 1);
+        assert_eq!(indexes.stats().batches_indexed.load(Ordering::Relaxed), 20);
+        storage.close().await.expect("close");
+        drop(storage);
+        let (storage, _) =
+            Storage::open(directory.path(), StorageOptions::default()).expect("reopen");
+        let restarted =
+            MessageIndexes::with_directory(MessageIndexLimits::default(), index_directory.clone());
+        assert_eq!(restarted.remove_orphans(&storage), 0);
+        for (key, request) in [("k2", by_key("k2")), ("shared", by_key("shared"))] {
+            let fresh = MessageIndexes::new(MessageIndexLimits::default());
+            assert_eq!(
+                restarted.find(&storage, &request).expect("find"),
+                fresh.find(&storage, &request).expect("find"),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            restarted.stats().loaded_from_files.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(restarted.stats().batches_indexed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn damaged_stale_and_orphaned_index_files_are_never_trusted() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let index_directory = directory.path().join("message-index");
+        let storage = storage_with_segment(directory.path()).await;
+        fill(&storage).await;
+        storage.seal_segment(7, 1).await.expect("seal");
+        let expected = MessageIndexes::new(MessageIndexLimits::default())
+            .find(&storage, &by_key("k3"))
+            .expect("find");
+        MessageIndexes::with_directory(MessageIndexLimits::default(), index_directory.clone())
+            .find(&storage, &by_key("k3"))
+            .expect("write the file");
+        let path = index_file(&index_directory, 7);
+        let good = std::fs::read(&path).expect("read index file");
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x40;
+        // A file of another segment under this one's name: its CRC is
+        // right, what it describes is not.
+        let mut other = SegmentIndex::new(100);
+        other.indexed_end = 100;
+        let mut status = storage.segment_status(7).expect("status");
+        status.end_offset = 100;
+        let stale = other.encode(7, &status);
+        for (what, contents) in [
+            ("flipped byte", flipped),
+            ("truncated", good[..good.len() - 9].to_vec()),
+            ("describes another state of the segment", stale),
+            ("empty", Vec::new()),
+        ] {
+            std::fs::write(&path, &contents).expect("write index file");
+            let indexes = MessageIndexes::with_directory(
+                MessageIndexLimits::default(),
+                index_directory.clone(),
+            );
+            assert_eq!(
+                indexes.find(&storage, &by_key("k3")).expect("find"),
+                expected,
+                "{what}"
+            );
+            assert_eq!(
+                indexes.stats().files_refused.load(Ordering::Relaxed),
+                1,
+                "{what}"
+            );
+            assert_eq!(
+                indexes.stats().batches_indexed.load(Ordering::Relaxed),
+                20,
+                "{what}: rebuilt from the segment"
+            );
+            assert_eq!(
+                std::fs::read(&path).expect("rewritten"),
+                good,
+                "{what}: rewritten"
+            );
+        }
+        // Caps lower than what a file holds: rebuilt within the new caps.
+        let capped = MessageIndexes::with_directory(
+            MessageIndexLimits {
+                max_batches_per_segment: 2,
+                ..MessageIndexLimits::default()
+            },
+            index_directory.clone(),
+        );
+        let found = capped.find(&storage, &by_key("k3")).expect("find");
+        assert_eq!(found.indexed_end_offset, 106);
+        assert_eq!(capped.stats().files_refused.load(Ordering::Relaxed), 1);
+        // Files of segments the store does not hold, and anything else in
+        // the directory, are removed.
+        std::fs::write(index_file(&index_directory, 999), b"old").expect("write orphan");
+        std::fs::write(index_directory.join("notes.txt"), b"x").expect("write junk");
+        let indexes =
+            MessageIndexes::with_directory(MessageIndexLimits::default(), index_directory.clone());
+        assert_eq!(indexes.remove_orphans(&storage), 2);
+        assert!(path.exists());
+        assert!(!index_file(&index_directory, 999).exists());
+        // A deleted segment's file goes with its first lookup.
+        storage.delete_segment(7).await.expect("delete");
+        assert!(indexes.find(&storage, &by_key("k3")).is_err());
+        assert!(!path.exists());
     }
 }

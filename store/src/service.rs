@@ -50,12 +50,12 @@ impl StoreService {
         }
     }
 
-    /// Bounds the key and tag indexes of message lookup (ADR 0013).
-    pub fn with_message_index_limits(
+    /// The key and tag indexes of message lookup (ADR 0013).
+    pub fn with_message_indexes(
         mut self,
-        limits: crate::message_index::MessageIndexLimits,
+        indexes: Arc<crate::message_index::MessageIndexes>,
     ) -> Self {
-        self.message_indexes = Arc::new(crate::message_index::MessageIndexes::new(limits));
+        self.message_indexes = indexes;
         self
     }
 }
