@@ -489,14 +489,21 @@ pub async fn find_messages(
             continue;
         }
         if let Err(error) = search.segment(&segment, start, segment_end).await {
-            if search.offsets.is_empty() && search.notes.is_empty() {
-                // Nothing to show yet: let the caller retry.
+            if search.offsets.is_empty() {
+                // Nothing to show yet: the caller retries.
                 return Err(error);
             }
+            // Show what was found; continuing from here meets the error
+            // again (and so reports it) or finds the segment readable.
             search.note(format!(
-                "segment {} (offsets {start} to {segment_end}) could not be searched: {error}",
+                "stopped at segment {} (offsets from {start}): {error}",
                 segment.segment_id
             ));
+            let resume = search
+                .offsets
+                .last()
+                .map_or(start, |last| (last + 1).max(start));
+            search.stopped_at = Some(resume);
         }
     }
     Ok(FindMessagesResponse {
@@ -530,6 +537,36 @@ fn expires_at_ms(partition: &Partition, record: &Record) -> Option<u64> {
             .unwrap_or(0)
             .saturating_add(ttl_ms),
     )
+}
+
+/// A message not yet acknowledged that will not be delivered now anyway:
+/// expired (its TTL ran out: it will be skipped) or delayed (its delivery
+/// time is ahead).
+fn unread_state(
+    partition: &Partition,
+    record: &Record,
+    now_ms: u64,
+    name: &str,
+) -> Option<ExplainMessageResponse> {
+    if let Some(expires) = expires_at_ms(partition, record).filter(|expires| *expires <= now_ms) {
+        return Some(answer(
+            MessageState::Expired,
+            format!(
+                "its time-to-live ran out at {expires} (unix ms) before subscription {name:?} delivered it; it is skipped"
+            ),
+        ));
+    }
+    let deliver_at = headers::number(&record.headers, headers::DELIVER_AT_MS)
+        .filter(|deliver_at| *deliver_at > now_ms)?;
+    let remaining = (deliver_at - now_ms).min(headers::MAX_DELAY_MS);
+    let mut response = answer(
+        MessageState::Delayed,
+        format!(
+            "its producer delayed it: subscription {name:?} delivers it in {remaining} ms, not before"
+        ),
+    );
+    response.remaining_ms = Some(remaining);
+    Some(response)
 }
 
 /// The explanation being built.
@@ -624,7 +661,11 @@ async fn explain_state(
             .find(|stats| stats.subscription == name);
         // The dispatcher's clock is unix milliseconds.
         let now_ms = u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0);
-        let mut response = from_dispatcher(explanation, now_ms, name);
+        let mut response = match explanation {
+            Explanation::NotYetRead => unread_state(partition, &record, now_ms, name)
+                .unwrap_or_else(|| from_dispatcher(explanation, now_ms, name)),
+            explanation => from_dispatcher(explanation, now_ms, name),
+        };
         response.from_dispatcher = true;
         response.mark_delete = stats.map_or(0, |stats| stats.mark_delete);
         return Ok(response);
@@ -642,7 +683,11 @@ async fn explain_state(
             )))
         }
     };
+    let now_ms = u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0);
     let Some(snapshot) = snapshot else {
+        if let Some(response) = unread_state(partition, &record, now_ms, name) {
+            return Ok(response);
+        }
         return Ok(answer(
             MessageState::Pending,
             format!(
@@ -658,15 +703,8 @@ async fn explain_state(
                 "acknowledged in subscription {name:?} (or before where it started; dead-lettered and expired messages count as acknowledged too)"
             ),
         )
-    } else if let Some(expires) = expires_at_ms(partition, &record)
-        .filter(|expires| *expires <= u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0))
-    {
-        answer(
-            MessageState::Expired,
-            format!(
-                "its time-to-live ran out at {expires} (unix ms) before subscription {name:?} delivered it; it will be skipped"
-            ),
-        )
+    } else if let Some(response) = unread_state(partition, &record, now_ms, name) {
+        response
     } else {
         let deliveries = snapshot.delivery_counts.get(&offset).copied().unwrap_or(0);
         let mut pending = answer(

@@ -645,6 +645,54 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
     let cursor = explain_until(&admin, 1, "slow", MessageState::Pending).await;
     assert!(!cursor.from_dispatcher);
 
+    // Time-to-live and delays: an expired message and a delayed one, first
+    // from no cursor, then from the running dispatcher.
+    cluster.create_topic("timed", 1).await;
+    let old_ms = sluice_proto::now_unix_ms() - 60_000;
+    produce(
+        &cluster,
+        vec![
+            Record::new("timed", "0")
+                .with_timestamp_ms(old_ms)
+                .with_ttl(Duration::from_secs(1)),
+            Record::new("timed", "1").with_delay(Duration::from_secs(600)),
+            Record::new("timed", "2"),
+        ],
+    )
+    .await;
+    admin
+        .create_subscription(Subscription {
+            topic: "timed".into(),
+            ..subscription("later", "", 0)
+        })
+        .await
+        .expect("create subscription");
+    let timed = |offset: u64| {
+        let admin = &admin;
+        async move {
+            admin
+                .explain_message("timed", 0, offset, "later")
+                .await
+                .expect("explain")
+        }
+    };
+    assert_eq!(timed(0).await.state(), MessageState::Expired);
+    let delayed = timed(1).await;
+    assert_eq!(delayed.state(), MessageState::Delayed, "{delayed:?}");
+    assert!(delayed
+        .remaining_ms
+        .is_some_and(|ms| ms > 0 && ms <= 600_000));
+    assert_eq!(timed(2).await.state(), MessageState::Pending);
+    let (_later_sender, mut later) = raw_stream(&admin, "timed", "later", 10).await;
+    assert_eq!(next_delivery(&mut later).await.offsets, vec![2]);
+    let expired = timed(0).await;
+    assert_eq!(expired.state(), MessageState::Expired, "{expired:?}");
+    assert!(expired.from_dispatcher);
+    let delayed = timed(1).await;
+    assert_eq!(delayed.state(), MessageState::Delayed, "{delayed:?}");
+    assert!(delayed.from_dispatcher);
+    assert_eq!(timed(2).await.state(), MessageState::InFlight);
+
     // Bad input.
     let error = admin
         .explain_message("jobs", 0, 1, "no-such-subscription")
