@@ -46,6 +46,9 @@ const MAX_CONCURRENT_CHECKS: usize = 16;
 /// Longest one partition's check may take; a slow coordinator or store
 /// must not stall the others' next round.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the consumer groups coordinated here get their partitions'
+/// lag refreshed for backlog-weighted assignment.
+const GROUP_BACKLOG_REFRESH: Duration = Duration::from_secs(10);
 /// Most rate samples kept per subscription and partition.
 const MAX_SAMPLES: usize = 1000;
 /// Most topics whose subscription lists are cached.
@@ -378,6 +381,7 @@ impl PartitionState {
 /// The monitor task.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis(shared.config.backlog_check_interval_ms.max(1));
+    let mut groups_refreshed = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -411,6 +415,15 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 }
             })
             .await;
+        if groups_refreshed.elapsed() >= GROUP_BACKLOG_REFRESH {
+            groups_refreshed = Instant::now();
+            if tokio::time::timeout(CHECK_TIMEOUT, shared.coordinator.refresh_backlog(&shared))
+                .await
+                .is_err()
+            {
+                tracing::debug!("consumer group backlog refresh timed out");
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! `assignment`, and committed offsets kept as records in the offsets
 //! partition and rebuilt by replaying it on takeover.
 
-use crate::assignment::{compute_targets, grantable, MemberInput, TopicPartition};
+use crate::assignment::{balance_backlog, compute_targets, grantable, MemberInput, TopicPartition};
 use crate::clients::{nameserver_call, request};
 use crate::commit_record::{self, CommittedOffset};
 use crate::error::BrokerError;
@@ -60,7 +60,14 @@ struct State {
     /// Subscription cursors (base64, as committed) by group and partition.
     cursors: HashMap<String, BTreeMap<TopicPartition, String>>,
     registered: HashSet<String>,
+    /// Lag per assigned partition of groups with several members, as last
+    /// refreshed ([`Coordinator::refresh_backlog`]): weighs assignment
+    /// (ADR 0012).
+    backlog: HashMap<String, BTreeMap<TopicPartition, u64>>,
 }
+
+/// Most partitions whose lag one backlog refresh looks up (over all groups).
+const MAX_BACKLOG_REFRESH_PARTITIONS: usize = 10_000;
 
 pub struct Coordinator {
     state: Arc<Mutex<State>>,
@@ -462,7 +469,13 @@ impl Coordinator {
                 )
             })
             .collect();
-        let targets = compute_targets(&inputs, partition_counts);
+        let mut targets = compute_targets(&inputs, partition_counts);
+        if let Some(backlog) = state.backlog.get(&request.group) {
+            let swaps = balance_backlog(&mut targets, &inputs, backlog);
+            if swaps > 0 {
+                tracing::info!(group = %request.group, swaps, "assignment weighed by backlog");
+            }
+        }
         for (id, target) in targets {
             if let Some(member) = group.members.get_mut(&id) {
                 member.target = target;
@@ -685,6 +698,60 @@ impl Coordinator {
             })
             .unwrap_or_default();
         Ok(FetchOffsetsResponse { offsets })
+    }
+
+    /// Refreshes the lag of the partitions assigned in groups with more
+    /// than one member (committed offset against the high watermark), so
+    /// heartbeats can weigh assignment by backlog (ADR 0012). Partitions
+    /// without a committed offset weigh nothing.
+    pub async fn refresh_backlog(&self, shared: &Shared) {
+        let wanted: Vec<(String, BTreeMap<TopicPartition, u64>)> = {
+            let state = lock(&self.state);
+            state
+                .groups
+                .iter()
+                .filter(|(_, group)| group.members.len() > 1)
+                .map(|(name, group)| {
+                    let committed = state.committed.get(name);
+                    let assigned: BTreeMap<TopicPartition, u64> = group
+                        .members
+                        .values()
+                        .flat_map(|member| member.target.iter())
+                        .filter_map(|partition| {
+                            committed
+                                .and_then(|offsets| offsets.get(partition))
+                                .map(|(offset, _)| (partition.clone(), *offset))
+                        })
+                        .collect();
+                    (name.clone(), assigned)
+                })
+                .collect()
+        };
+        let partitions: BTreeSet<TopicPartition> = wanted
+            .iter()
+            .flat_map(|(_, assigned)| assigned.keys().cloned())
+            .take(MAX_BACKLOG_REFRESH_PARTITIONS)
+            .collect();
+        let high_watermarks = if partitions.is_empty() {
+            HashMap::new()
+        } else {
+            high_watermarks(shared, &partitions).await
+        };
+        let mut state = lock(&self.state);
+        state.backlog = wanted
+            .into_iter()
+            .map(|(group, assigned)| {
+                let lag = assigned
+                    .into_iter()
+                    .filter_map(|(partition, committed)| {
+                        high_watermarks
+                            .get(&partition)
+                            .map(|end| (partition, end.saturating_sub(committed)))
+                    })
+                    .collect();
+                (group, lag)
+            })
+            .collect();
     }
 
     pub async fn describe(
