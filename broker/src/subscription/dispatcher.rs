@@ -41,6 +41,9 @@ pub type ConsumerId = u64;
 /// one gets a turn: large enough to keep whole batches together, small
 /// enough to spread load.
 const SHARED_RUN_MESSAGES: u64 = 100;
+/// Key-shared: ready messages looked at per pass beyond the available
+/// credit (messages of busy keys are skipped), bounding each pass's work.
+const KEY_SHARED_LOOK_AHEAD: usize = 4096;
 /// Most parked keys remembered per subscription and partition; beyond it
 /// the oldest parking is forgotten (those keys flow again).
 pub const MAX_PARKED_KEYS: usize = 10_000;
@@ -72,6 +75,9 @@ pub struct Scanned {
     pub deliver_at_ms: Option<u64>,
     /// Never delivered from this time on.
     pub expire_at_ms: Option<u64>,
+    /// The last record of its batch: shared runs end only here, so one
+    /// stored batch goes to one consumer instead of being sent to two.
+    pub ends_batch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +102,7 @@ struct Entry {
     deliveries: u32,
     state: State,
     expire_at_ms: Option<u64>,
+    ends_batch: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -147,9 +154,13 @@ pub struct Dispatcher {
     active: Option<ConsumerId>,
     /// Shared: the consumer whose turn it is, and how many it got in it.
     turn: Option<(ConsumerId, u64)>,
+    /// Shared: the last message given ended its batch (a turn may end).
+    turn_at_batch_end: bool,
     dirty: bool,
     /// Entries in `State::Delayed`.
     delayed: usize,
+    /// Held offsets delivered more than once (their counts are persisted).
+    redelivered: BTreeSet<u64>,
     counters: Counters,
     /// Offsets recently handled without an acknowledgement (filtered,
     /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
@@ -228,8 +239,10 @@ impl Dispatcher {
             restored_deliveries: snapshot.delivery_counts,
             active: None,
             turn: None,
+            turn_at_batch_end: true,
             dirty: false,
             delayed: 0,
+            redelivered: BTreeSet::new(),
             counters: Counters::default(),
             recently_handled: std::collections::VecDeque::new(),
         }
@@ -347,10 +360,13 @@ impl Dispatcher {
     pub fn snapshot(&mut self) -> CursorSnapshot {
         self.dirty = false;
         let mut delivery_counts: BTreeMap<u64, u32> = self
-            .entries
+            .redelivered
             .iter()
-            .filter(|(_, entry)| entry.deliveries >= 2)
-            .map(|(offset, entry)| (*offset, entry.deliveries))
+            .filter_map(|offset| {
+                self.entries
+                    .get(offset)
+                    .map(|entry| (*offset, entry.deliveries))
+            })
             .collect();
         delivery_counts.extend(
             self.restored_deliveries
@@ -396,6 +412,9 @@ impl Dispatcher {
                 .restored_deliveries
                 .remove(&message.offset)
                 .unwrap_or(0);
+            if deliveries >= 2 {
+                self.redelivered.insert(message.offset);
+            }
             let state = match message.deliver_at_ms.filter(|at| *at > now_ms) {
                 Some(until_ms) => {
                     self.waiting.insert((until_ms, message.offset));
@@ -414,6 +433,7 @@ impl Dispatcher {
                     deliveries,
                     state,
                     expire_at_ms: message.expire_at_ms,
+                    ends_batch: message.ends_batch,
                 },
             );
         }
@@ -620,6 +640,9 @@ impl Dispatcher {
     fn complete(&mut self, offset: u64) {
         if let Some(entry) = self.entries.remove(&offset) {
             self.ready.remove(&offset);
+            if entry.deliveries >= 2 {
+                self.redelivered.remove(&offset);
+            }
             if let Some(key) = entry.key_hash {
                 if self.held_keys.get(&key) == Some(&offset) {
                     self.held_keys.remove(&key);
@@ -772,9 +795,20 @@ impl Dispatcher {
         // Keys that must not move in this pass (an earlier message of the
         // key is waiting for its consumer's credit).
         let mut blocked_keys: BTreeSet<u64> = BTreeSet::new();
-        let candidates: Vec<u64> = self.ready.iter().copied().collect();
+        // Bounded work per pass: as many candidates as there is credit
+        // (key-shared may skip blocked keys, so it looks further).
+        let mut permits_left = self.total_permits();
+        let look_ahead = if self.settings.kind == SubscriptionType::KeyShared {
+            KEY_SHARED_LOOK_AHEAD
+        } else {
+            0
+        };
+        let limit = usize::try_from(permits_left)
+            .unwrap_or(usize::MAX)
+            .saturating_add(look_ahead);
+        let candidates: Vec<u64> = self.ready.iter().take(limit).copied().collect();
         for offset in candidates {
-            if self.total_permits() == 0 {
+            if permits_left == 0 {
                 break;
             }
             let Some(entry) = self.entries.get(&offset).copied() else {
@@ -844,7 +878,10 @@ impl Dispatcher {
             self.counters.delivered += 1;
             if deliveries_now > 1 {
                 self.counters.redelivered += 1;
+                self.redelivered.insert(offset);
             }
+            permits_left -= 1;
+            self.turn_at_batch_end = entry.ends_batch;
             if let Some(key) = entry.key_hash.filter(|_| key_shared) {
                 self.held_keys.insert(key, offset);
             }
@@ -907,8 +944,9 @@ impl Dispatcher {
     /// Shared: runs of up to `SHARED_RUN_MESSAGES` per consumer, in turn.
     fn next_shared_consumer(&mut self) -> Option<ConsumerId> {
         if let Some((id, given)) = self.turn {
-            if given < SHARED_RUN_MESSAGES && self.consumers.get(&id).is_some_and(|c| c.permits > 0)
-            {
+            let run_may_go_on = given < SHARED_RUN_MESSAGES
+                || (!self.turn_at_batch_end && given < SHARED_RUN_MESSAGES * 4);
+            if run_may_go_on && self.consumers.get(&id).is_some_and(|c| c.permits > 0) {
                 self.turn = Some((id, given + 1));
                 return Some(id);
             }

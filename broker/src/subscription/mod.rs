@@ -685,7 +685,7 @@ impl Task {
                 }
                 let batch = bytes.slice(start..start + slice.len());
                 let scanned = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
-                    Ok((_, records)) => self.classify(&records),
+                    Ok((_, records)) => self.classify(&records, header.end_offset()),
                     Err(error) => {
                         // The stores checked its CRC, so this is a producer's
                         // malformed compressed batch: nobody can read it.
@@ -719,7 +719,7 @@ impl Task {
         }
     }
 
-    fn classify(&self, records: &[Record]) -> Vec<Scanned> {
+    fn classify(&self, records: &[Record], batch_end: u64) -> Vec<Scanned> {
         let from = self.dispatcher.read_position();
         let now_ms = self.now_ms();
         let topic_ttl_ms = self.partition.config.message_ttl_ms;
@@ -743,20 +743,25 @@ impl Task {
                     deliver_at_ms: headers::number(&record.headers, headers::DELIVER_AT_MS)
                         .map(|at| at.min(now_ms.saturating_add(headers::MAX_DELAY_MS))),
                     expire_at_ms: ttl_ms.map(|ttl| timestamp_ms.saturating_add(ttl)),
+                    ends_batch: record.offset + 1 == batch_end,
                 }
             })
             .collect()
     }
 
     /// Drops read-ahead batches that hold no message still to be delivered
-    /// from memory (all acknowledged, or only delayed ones).
+    /// from memory (all acknowledged, or only delayed ones): from the front
+    /// on every pass, and all of them when the read-ahead is half full.
     fn prune_batches(&mut self) {
-        let unneeded: Vec<u64> = self
-            .batches
-            .iter()
-            .filter(|(base, (end, _))| !self.dispatcher.holds_undelayed_in(**base, *end))
-            .map(|(base, _)| *base)
-            .collect();
+        let sweep_all = self.batch_bytes >= self.shared.config.subscription_window_bytes / 2;
+        let mut unneeded = Vec::new();
+        for (base, (end, _)) in &self.batches {
+            if !self.dispatcher.holds_undelayed_in(*base, *end) {
+                unneeded.push(*base);
+            } else if !sweep_all {
+                break;
+            }
+        }
         for base in unneeded {
             if let Some((_, bytes)) = self.batches.remove(&base) {
                 self.batch_bytes -= bytes.len() as u64;

@@ -38,6 +38,7 @@ fn scanned(range: std::ops::Range<u64>, keys: u64) -> Vec<Scanned> {
             selected: true,
             deliver_at_ms: None,
             expire_at_ms: None,
+            ends_batch: offset % 10 == 9,
         })
         .collect()
 }
@@ -200,6 +201,7 @@ fn filtered_messages_count_as_handled() {
                 selected: false,
                 deliver_at_ms: None,
                 expire_at_ms: None,
+                ends_batch: true,
             },
             Scanned {
                 offset: 1,
@@ -207,6 +209,7 @@ fn filtered_messages_count_as_handled() {
                 selected: true,
                 deliver_at_ms: None,
                 expire_at_ms: None,
+                ends_batch: true,
             },
             Scanned {
                 offset: 2,
@@ -214,6 +217,7 @@ fn filtered_messages_count_as_handled() {
                 selected: false,
                 deliver_at_ms: None,
                 expire_at_ms: None,
+                ends_batch: true,
             },
         ],
         0,
@@ -568,6 +572,7 @@ fn timed(offset: u64, deliver_at_ms: Option<u64>, expire_at_ms: Option<u64>) -> 
         selected: true,
         deliver_at_ms,
         expire_at_ms,
+        ends_batch: true,
     }
 }
 
