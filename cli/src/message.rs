@@ -50,6 +50,24 @@ pub struct FindArgs {
     /// Most messages printed.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
+    /// Continue an earlier search: PARTITION:OFFSET as it printed
+    /// (repeatable); only those partitions are searched.
+    #[arg(long = "continue", value_parser = parse_position)]
+    pub continue_from: Vec<(u32, u64)>,
+}
+
+/// `PARTITION:OFFSET`.
+fn parse_position(text: &str) -> Result<(u32, u64), String> {
+    let (partition, offset) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not PARTITION:OFFSET"))?;
+    let partition = partition
+        .parse()
+        .map_err(|_| format!("{partition:?} is not a partition number"))?;
+    let offset = offset
+        .parse()
+        .map_err(|_| format!("{offset:?} is not an offset"))?;
+    Ok((partition, offset))
 }
 
 pub async fn run(client: ClientConfig, command: MessageCommand) -> Result<()> {
@@ -78,11 +96,11 @@ pub async fn run(client: ClientConfig, command: MessageCommand) -> Result<()> {
                 let positions: Vec<String> = found
                     .continue_from
                     .iter()
-                    .map(|(partition, offset)| format!("partition {partition} at offset {offset}"))
+                    .map(|(partition, offset)| format!("--continue {partition}:{offset}"))
                     .collect();
                 eprintln!(
-                    "more may match: the search stopped early at {} (raise --limit or narrow the filters)",
-                    positions.join(", ")
+                    "more may match: the search stopped early; go on with {}",
+                    positions.join(" ")
                 );
             }
             eprintln!("{} message(s) found", found.records.len());
@@ -143,6 +161,7 @@ fn query_of(args: &FindArgs) -> Result<MessageQuery> {
     if !args.partitions.is_empty() {
         query = query.partitions(args.partitions.clone());
     }
+    query.from_offsets = args.continue_from.clone();
     Ok(query)
 }
 
@@ -204,6 +223,7 @@ mod tests {
             from_time_ms: Some(5),
             to_time_ms: None,
             limit,
+            continue_from: vec![(1, 40)],
         }
     }
 
@@ -214,6 +234,11 @@ mod tests {
         assert_eq!(query.partitions, Some(vec![1]));
         assert_eq!(query.from_time_ms, Some(5));
         assert_eq!(query.limit, 7);
+        assert_eq!(query.from_offsets, vec![(1, 40)]);
+        assert_eq!(parse_position("3:17"), Ok((3, 17)));
+        for bad in ["3", "x:1", "1:-2", ""] {
+            assert!(parse_position(bad).is_err(), "{bad}");
+        }
         assert!(query_of(&args(Some("k"), 0)).is_err());
         assert!(query_of(&args(Some("k"), MAX_FIND_LIMIT + 1)).is_err());
         let mut no_filter = args(None, 5);

@@ -403,6 +403,12 @@ impl Admin {
             )));
         }
         let partitions = match &query.partitions {
+            // A continuation searches only the partitions that stopped early.
+            _ if !query.from_offsets.is_empty() => query
+                .from_offsets
+                .iter()
+                .map(|(partition, _)| *partition)
+                .collect(),
             Some(partitions) => partitions.clone(),
             None => {
                 let routes = self.cluster.topic_routes(&query.topic).await?;
@@ -460,19 +466,23 @@ impl Admin {
             .records
             .sort_by_key(|record| (record.timestamp_ms, record.partition, record.offset));
         if found.records.len() > query.limit as usize {
-            // Partitions whose matches were cut continue after the last kept.
+            // A partition whose matches were cut continues at its first
+            // dropped offset; its later matches that were kept are dropped
+            // too (timestamps need not grow with offsets), so continuing
+            // never returns a message twice.
+            let mut resume: std::collections::BTreeMap<u32, u64> =
+                found.continue_from.iter().copied().collect();
             for dropped in &found.records[query.limit as usize..] {
-                let resume = (dropped.partition, dropped.offset);
-                match found
-                    .continue_from
-                    .iter_mut()
-                    .find(|(partition, _)| *partition == resume.0)
-                {
-                    Some(entry) => entry.1 = entry.1.min(resume.1),
-                    None => found.continue_from.push(resume),
-                }
+                let offset = resume.entry(dropped.partition).or_insert(dropped.offset);
+                *offset = (*offset).min(dropped.offset);
             }
             found.records.truncate(query.limit as usize);
+            found.records.retain(|record| {
+                resume
+                    .get(&record.partition)
+                    .is_none_or(|first_dropped| record.offset < *first_dropped)
+            });
+            found.continue_from = resume.into_iter().collect();
         }
         found.continue_from.sort_unstable();
         Ok(found)
@@ -538,7 +548,9 @@ pub struct MessageQuery {
     pub to_time_ms: Option<i64>,
     /// Most messages returned. Default 100.
     pub limit: u32,
-    /// Where to continue per partition (from [`FoundMessages::continue_from`]).
+    /// A continuation: [`FoundMessages::continue_from`] of the previous
+    /// answer. When not empty only these partitions are searched, each from
+    /// its offset.
     pub from_offsets: Vec<(u32, u64)>,
 }
 

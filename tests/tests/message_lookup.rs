@@ -209,6 +209,25 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
     seen.sort_unstable();
     assert_eq!(seen, expected);
 
+    // Pages over both partitions, cut by the query's limit: every match
+    // once.
+    let mut query = MessageQuery::new("orders").tag("vip").limit(10);
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let found = admin.find_messages(query.clone()).await.expect("find page");
+        assert!(found.records.len() <= 10);
+        seen.extend(found.records.iter().map(|record| value_of(&record.value)));
+        if found.continue_from.is_empty() {
+            break;
+        }
+        query.from_offsets = found.continue_from.clone();
+    }
+    let expected: Vec<u64> = (0..MESSAGES)
+        .filter(|value| value.is_multiple_of(7))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, expected);
+
     // By id: what `find` returned is what `get` returns.
     let found = admin
         .find_messages(MessageQuery::new("orders").tag("vip").limit(20))
