@@ -685,3 +685,178 @@ async fn group_describe_shows_the_time_lag_of_a_streaming_group() {
         "the first unconsumed record is ten minutes old: {row}"
     );
 }
+
+/// Commits `offset` for every partition of `topic` on behalf of `group`,
+/// from outside the group (as admin tools do).
+async fn commit_from_outside(cluster: &Cluster, group: &str, topic: &str, partitions: u32) {
+    use sluice_proto::v1::broker_client::BrokerClient;
+    use sluice_proto::v1::name_server_client::NameServerClient;
+    use sluice_proto::v1::{CommitOffsetsRequest, FindCoordinatorRequest, PartitionOffset};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let mut nameserver = NameServerClient::connect(cluster.bootstrap()[0].clone())
+                .await
+                .map_err(|error| error.to_string())?;
+            let coordinator = nameserver
+                .find_coordinator(FindCoordinatorRequest {
+                    group: group.to_string(),
+                })
+                .await
+                .map_err(|status| status.to_string())?
+                .into_inner();
+            if coordinator.broker_address.is_empty() {
+                return Err("no coordinator yet".to_string());
+            }
+            let address = if coordinator.broker_address.starts_with("http") {
+                coordinator.broker_address.clone()
+            } else {
+                format!("http://{}", coordinator.broker_address)
+            };
+            let mut broker = BrokerClient::connect(address)
+                .await
+                .map_err(|error| error.to_string())?;
+            let answer = broker
+                .commit_offsets(CommitOffsetsRequest {
+                    group: group.to_string(),
+                    member_id: String::new(),
+                    member_epoch: -1,
+                    offsets: (0..partitions)
+                        .map(|partition| PartitionOffset {
+                            topic: topic.to_string(),
+                            partition,
+                            offset: 0,
+                            ..PartitionOffset::default()
+                        })
+                        .collect(),
+                })
+                .await
+                .map_err(|status| status.to_string())?
+                .into_inner();
+            if answer.offsets.iter().all(|offset| offset.error == 0) {
+                Ok(())
+            } else {
+                Err(format!("commit refused: {answer:?}"))
+            }
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot commit: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A group member that keeps polling (so it heartbeats and releases what
+/// it is told to) without committing, until `stop` is set.
+fn polling_member(
+    cluster: &Cluster,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let config = sluice_client::ConsumerConfig {
+        client: cluster.client_config(),
+        group: Some("dashboards".to_string()),
+        auto_commit: false,
+        reset: sluice_client::StartOffset::Earliest,
+        ..sluice_client::ConsumerConfig::default()
+    };
+    tokio::spawn(async move {
+        let mut consumer = sluice_client::Consumer::subscribe(config, &["skewed"])
+            .await
+            .expect("consumer");
+        while !stop.load(Ordering::SeqCst) {
+            consumer
+                .recv_timeout(Duration::from_millis(200))
+                .await
+                .expect("poll");
+        }
+        consumer.close().await.expect("close consumer");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_assignment_spreads_the_lagging_partitions_over_members() {
+    let cluster = Cluster::start(spec()).await;
+    cluster.create_topic("skewed", 4).await;
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    // Partitions 0 and 1 carry the backlog; 2 and 3 almost nothing.
+    let mut pending = Vec::new();
+    for value in 0..2000u64 {
+        let partition = if value < 10 {
+            2 + (value % 2) as u32
+        } else {
+            (value % 2) as u32
+        };
+        pending.push(
+            producer
+                .enqueue(Record::new("skewed", value.to_string()).with_partition(partition))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    for delivery in pending {
+        delivery.await.expect("produce");
+    }
+    producer.close().await.expect("close producer");
+    commit_from_outside(&cluster, "dashboards", "skewed", 4).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin client");
+    let owned = |description: &sluice_proto::v1::DescribeGroupResponse| -> Vec<BTreeSet<u32>> {
+        description
+            .members
+            .iter()
+            .map(|member| {
+                member
+                    .assignment
+                    .iter()
+                    .flat_map(|topic| topic.partitions.iter().copied())
+                    .collect()
+            })
+            .collect()
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The first member takes everything; by count a second one would then
+    // take 2 and 3 and leave both lagging partitions with the first.
+    let first = polling_member(&cluster, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let description = admin.describe_group("dashboards").await.expect("describe");
+        if owned(&description) == vec![BTreeSet::from([0, 1, 2, 3])] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "first member never owned all: {description:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let second = polling_member(&cluster, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let description = admin.describe_group("dashboards").await.expect("describe");
+        let sets = owned(&description);
+        let spread = sets.len() == 2
+            && sets.iter().all(|set| {
+                set.len() == 2 && set.iter().filter(|partition| **partition < 2).count() == 1
+            });
+        if spread {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lagging partitions were not spread: {sets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    first.await.expect("first member");
+    second.await.expect("second member");
+}
