@@ -298,6 +298,46 @@ impl Monitor {
             .unwrap_or_default()
     }
 
+    /// The lowest mark-delete offset of the partition's subscriptions as
+    /// last measured, for retention: `Some(u64::MAX)` when the topic has no
+    /// subscription, `None` while one of them has not been measured under
+    /// this ownership `epoch` or the list cannot be had (retention then
+    /// waits rather than delete what a subscription may still need). The
+    /// list is asked afresh: a subscription created a moment ago counts.
+    pub async fn slowest_mark_delete(
+        &self,
+        shared: &Shared,
+        key: &PartitionKey,
+        epoch: u64,
+    ) -> Option<u64> {
+        let listed = match self.subscriptions_of(shared, &key.topic, true).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::debug!(partition = %key, %error, "retention: cannot list subscriptions; keeping segments");
+                return None;
+            }
+        };
+        if listed.is_empty() {
+            return Some(u64::MAX);
+        }
+        let state = self.read().get(key).cloned()?;
+        if state.epoch != epoch {
+            return None;
+        }
+        let measured = state.lock();
+        let mut floor = u64::MAX;
+        for subscription in &listed {
+            let measurement = measured.get(&subscription.name)?;
+            if measurement.latest.measured_at_ms == 0
+                || measurement.created_at_ms != subscription.created_at_ms
+            {
+                return None;
+            }
+            floor = floor.min(measurement.latest.mark_delete);
+        }
+        Some(floor)
+    }
+
     /// Changes of a partition's pressure, for HOLD.
     pub fn watch(&self, partition: &Partition) -> watch::Receiver<Pressure> {
         self.state_of(partition).pressure.subscribe()

@@ -79,6 +79,29 @@ pub fn select_for_deletion(
     selected
 }
 
+/// The prefix of `doomed` (segment ids, oldest first) whose segments every
+/// subscription has finished with: they end at or below `floor`, the
+/// slowest subscription's mark-delete offset (None: unknown yet, nothing
+/// may go).
+pub fn keep_for_subscriptions(
+    segments: &[SegmentInfo],
+    doomed: Vec<u64>,
+    floor: Option<u64>,
+) -> Vec<u64> {
+    let Some(floor) = floor else {
+        return Vec::new();
+    };
+    doomed
+        .into_iter()
+        .take_while(|id| {
+            segments
+                .iter()
+                .find(|segment| segment.segment_id == *id)
+                .is_some_and(|segment| segment.end_offset <= floor)
+        })
+        .collect()
+}
+
 /// Ack quorum of a segment with `replicas` copies under a topic asking for
 /// `configured` (0 = unset means 1): never more than the copies there are.
 pub fn effective_ack_quorum(configured: u32, replicas: usize) -> usize {
@@ -150,6 +173,31 @@ mod tests {
         assert_eq!(fetch_decision(10, 5, 10), FetchDecision::NothingYet);
         assert_eq!(fetch_decision(5, 5, 10), FetchDecision::Read);
         assert_eq!(fetch_decision(0, 0, 0), FetchDecision::NothingYet);
+    }
+
+    #[test]
+    fn retention_keeps_what_a_subscription_still_needs() {
+        let segment = |id: u64, base: u64, end: u64| SegmentInfo {
+            segment_id: id,
+            base_offset: base,
+            end_offset: end,
+            ..SegmentInfo::default()
+        };
+        let segments = vec![
+            segment(1, 0, 100),
+            segment(2, 100, 200),
+            segment(3, 200, 300),
+        ];
+        assert_eq!(
+            keep_for_subscriptions(&segments, vec![1, 2], Some(150)),
+            vec![1]
+        );
+        assert_eq!(
+            keep_for_subscriptions(&segments, vec![1, 2], Some(u64::MAX)),
+            vec![1, 2]
+        );
+        assert!(keep_for_subscriptions(&segments, vec![1, 2], None).is_empty());
+        assert!(keep_for_subscriptions(&segments, vec![1], Some(99)).is_empty());
     }
 
     #[test]

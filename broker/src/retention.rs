@@ -3,7 +3,7 @@
 //! metadata first (conditional on our epoch), then on the stores.
 
 use crate::clients::{nameserver_call, request};
-use crate::decisions::select_for_deletion;
+use crate::decisions::{keep_for_subscriptions, select_for_deletion};
 use crate::partition::{Partition, Phase};
 use crate::Shared;
 use sluice_proto::v1::{DeleteSegmentsRequest, StoreDeleteSegmentRequest};
@@ -45,6 +45,16 @@ async fn apply(shared: &Shared, partition: &Partition) {
         config.retention_bytes,
     );
     doomed.truncate(MAX_SEGMENTS_PER_ROUND);
+    if !partition.is_offsets_topic() && !config.retention_ignores_subscriptions {
+        // Segments a subscription has not finished with stay (ADR 0011),
+        // unless the topic says retention ignores subscriptions; the
+        // backlog quota's EVICT policy is what bounds them otherwise.
+        let floor = shared
+            .backlog
+            .slowest_mark_delete(shared, &partition.key, partition.epoch)
+            .await;
+        doomed = keep_for_subscriptions(&segments, doomed, floor);
+    }
     if doomed.is_empty() {
         return;
     }

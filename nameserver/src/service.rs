@@ -302,6 +302,7 @@ impl NameServerHandler {
             )));
         }
         config.message_ttl_ms = given.message_ttl_ms;
+        config.retention_ignores_subscriptions = given.retention_ignores_subscriptions;
         if !(config.ensemble_size >= config.write_quorum
             && config.write_quorum >= config.ack_quorum
             && config.ack_quorum >= 1)

@@ -113,7 +113,7 @@ async fn crashing_worker(
             break;
         };
         handled += 1;
-        if leave_unacknowledged && handled % 7 == 0 {
+        if leave_unacknowledged && handled.is_multiple_of(7) {
             continue;
         }
         match subscriber.ack(&message).await {
@@ -911,4 +911,117 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
         subscriber.ack(&message).await.expect("ack");
     }
     subscriber.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherwise() {
+    let cluster = Cluster::start(ClusterSpec {
+        broker_config: "retention_check_interval_ms = 300\nbacklog_check_interval_ms = 200\n"
+            .into(),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    for (topic, ignores) in [("kept", false), ("dropped", true)] {
+        admin
+            .create_topic(
+                topic,
+                sluice_proto::v1::TopicConfig {
+                    partitions: 1,
+                    retention_ms: 1,
+                    segment_bytes: 16 * 1024,
+                    retention_ignores_subscriptions: ignores,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create topic");
+        sluice_tests::cluster::wait_until_writable(cluster.client_config(), topic).await;
+        admin
+            .create_subscription(Subscription {
+                topic: topic.into(),
+                name: "slow".into(),
+                r#type: SubscriptionType::Shared as i32,
+                initial_position: InitialPosition::Earliest as i32,
+                ..Subscription::default()
+            })
+            .await
+            .expect("create subscription");
+        // One record per batch, so the 16 KiB segments roll often.
+        let producer = Producer::new(ProducerConfig {
+            client: cluster.client_config(),
+            ..ProducerConfig::default()
+        })
+        .await
+        .expect("producer");
+        for value in 0..300u64 {
+            producer
+                .send(Record::new(topic, value.to_string()).with_header("pad", vec![b'p'; 512]))
+                .await
+                .expect("send");
+        }
+        producer.close().await.expect("close producer");
+    }
+    // Several retention rounds pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        segments_of(&admin, "kept").await > 3,
+        "kept segments were deleted: {} left",
+        segments_of(&admin, "kept").await
+    );
+    eventually_async(
+        "retention of the topic that ignores subscriptions",
+        || async { segments_of(&admin, "dropped").await <= 2 },
+    )
+    .await;
+    // Everything is still there for the subscription.
+    let subscriber = Subscriber::connect(subscriber_config(
+        &cluster,
+        "kept",
+        "slow",
+        SubscriptionType::Shared,
+    ))
+    .await
+    .expect("connect");
+    let mut values = HashSet::new();
+    while values.len() < 300 {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscriber.recv())
+            .await
+            .expect("the backlog is still there")
+            .expect("recv");
+        values.insert(value_of(&message));
+        subscriber.ack(&message).await.expect("ack");
+    }
+    subscriber.close().await.expect("close");
+    // Consumed: now retention may take it.
+    eventually_async("retention after the subscription caught up", || async {
+        segments_of(&admin, "kept").await <= 2
+    })
+    .await;
+}
+
+async fn segments_of(admin: &Admin, topic: &str) -> usize {
+    admin
+        .describe_topic(topic)
+        .await
+        .expect("describe")
+        .partitions
+        .iter()
+        .map(|partition| partition.segments.len())
+        .sum()
+}
+
+/// Like `eventually`, for conditions that need to await.
+async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
