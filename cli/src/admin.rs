@@ -73,6 +73,12 @@ pub struct CreateTopicArgs {
     /// HOLD: longest a batch waits for the backlog to drop (0: 30000).
     #[arg(long, default_value_t = 0)]
     pub backlog_hold_timeout_ms: u64,
+    /// Messages older than this are never delivered to subscriptions (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub message_ttl_ms: u64,
+    /// Retention deletes by time and size alone, even what a subscription has not consumed.
+    #[arg(long)]
+    pub retention_ignores_subscriptions: bool,
 }
 
 /// Most partitions whose time lag `group describe` looks up.
@@ -204,6 +210,8 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 backlog_warn_ratio_percent: args.backlog_warn_percent,
                 backlog_policy: parse_backlog_policy(&args.backlog_policy)? as i32,
                 backlog_hold_timeout_ms: args.backlog_hold_timeout_ms,
+                message_ttl_ms: args.message_ttl_ms,
+                retention_ignores_subscriptions: args.retention_ignores_subscriptions,
                 ..TopicConfig::default()
             };
             let topic = admin
