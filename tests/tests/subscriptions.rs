@@ -1025,3 +1025,73 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_subscription_gets_every_message_and_a_stuck_consumer_stalls_nobody() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("fanout", 1).await;
+    produce(&cluster, "fanout", 200, |_| None, |_, record| record).await;
+    // A consumer that takes its credit's worth and then never reads nor
+    // acknowledges again.
+    let stuck = Subscriber::connect(SubscriberConfig {
+        ack_timeout_ms: 1_000,
+        receiver_queue_size: 10,
+        consumer_name: "stuck".into(),
+        ..subscriber_config(&cluster, "fanout", "work", SubscriptionType::Shared)
+    })
+    .await
+    .expect("stuck consumer");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let healthy = Subscriber::connect(SubscriberConfig {
+        ack_timeout_ms: 1_000,
+        // Small enough to work through well within the ack timeout.
+        receiver_queue_size: 20,
+        consumer_name: "healthy".into(),
+        ..subscriber_config(&cluster, "fanout", "work", SubscriptionType::Shared)
+    })
+    .await
+    .expect("healthy consumer");
+    // Another subscription on the same topic gets every message too.
+    let audit = Subscriber::connect(subscriber_config(
+        &cluster,
+        "fanout",
+        "audit",
+        SubscriptionType::Shared,
+    ))
+    .await
+    .expect("audit consumer");
+    let mut audited = HashSet::new();
+    while audited.len() < 200 {
+        let message = tokio::time::timeout(Duration::from_secs(20), audit.recv())
+            .await
+            .expect("audit receives everything")
+            .expect("recv audit");
+        audit.ack(&message).await.expect("ack audit");
+        audited.insert(value_of(&message));
+    }
+    let mut work = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while work.len() < 200 {
+        assert!(Instant::now() < deadline, "work got {}", work.len());
+        if let Some(message) = healthy
+            .recv_timeout(Duration::from_secs(1))
+            .await
+            .expect("recv work")
+        {
+            if healthy.ack(&message).await.is_ok() {
+                work.insert(value_of(&message), message.delivery_count);
+            }
+        }
+    }
+    // What the stuck consumer held (its 10 of credit) came to the healthy
+    // one after the ack timeout, as later deliveries; so may some of the
+    // healthy one's own 20 buffered while the audit was read.
+    let redelivered = work.values().filter(|count| **count >= 2).count();
+    assert!(
+        (1..=30).contains(&redelivered),
+        "{redelivered} redelivered messages"
+    );
+    drop(stuck);
+    healthy.close().await.expect("close");
+    audit.close().await.expect("close");
+}
