@@ -95,6 +95,22 @@ impl Quota {
         }
     }
 
+    /// The quota of `subscription`: its own non-zero quotas and its policy
+    /// (unless UNSPECIFIED) replace the topic's.
+    pub fn for_subscription(&self, subscription: &Subscription) -> Self {
+        let own = |value: u64, topic: u64| if value > 0 { value } else { topic };
+        Self {
+            bytes: own(subscription.backlog_quota_bytes, self.bytes),
+            messages: own(subscription.backlog_quota_messages, self.messages),
+            age_ms: own(subscription.backlog_quota_age_ms, self.age_ms),
+            policy: match subscription.backlog_policy() {
+                BacklogPolicy::Unspecified => self.policy,
+                policy => policy,
+            },
+            ..*self
+        }
+    }
+
     pub fn any(&self) -> bool {
         self.bytes > 0 || self.messages > 0 || self.age_ms > 0
     }
@@ -220,6 +236,10 @@ impl RateWindow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pressure {
     pub level: PressureLevel,
+    /// At LIMIT: what producers are subject to (REJECT if a subscription at
+    /// its limit rejects, else HOLD if one holds); EVICT or UNSPECIFIED
+    /// leave producers alone.
+    pub policy: BacklogPolicy,
     pub backlog_messages: u64,
     pub backlog_bytes: u64,
     pub estimated_drain_ms: Option<u64>,
@@ -229,6 +249,7 @@ impl Default for Pressure {
     fn default() -> Self {
         Self {
             level: PressureLevel::Ok,
+            policy: BacklogPolicy::Unspecified,
             backlog_messages: 0,
             backlog_bytes: 0,
             estimated_drain_ms: Some(0),
@@ -484,7 +505,7 @@ async fn check(
         .backlog
         .subscriptions_of(shared, &partition.key.topic, refresh_subscriptions)
         .await?;
-    let quota = Quota::of(&partition.config);
+    let topic_quota = Quota::of(&partition.config);
     let running: HashMap<String, SubscriptionStats> = shared
         .subscriptions
         .stats(&partition.key)
@@ -493,9 +514,10 @@ async fn check(
         .map(|stats| (stats.subscription.clone(), stats))
         .collect();
     let bytes_per_offset = closed_segments_bytes_per_offset(partition);
-    let mut measured: Vec<(Subscription, Measurement)> = Vec::new();
+    let mut measured: Vec<(Subscription, Measurement, Quota)> = Vec::new();
     for subscription in subscriptions {
         let stats = running.get(&subscription.name).cloned();
+        let quota = topic_quota.for_subscription(&subscription);
         match measure(
             shared,
             partition,
@@ -507,7 +529,7 @@ async fn check(
         )
         .await
         {
-            Ok(measurement) => measured.push((subscription, measurement)),
+            Ok(measurement) => measured.push((subscription, measurement, quota)),
             Err(error) => {
                 tracing::debug!(partition = %partition.key, subscription = %subscription.name, %error, "cannot measure the backlog")
             }
@@ -516,13 +538,29 @@ async fn check(
     {
         let names: HashSet<&str> = measured
             .iter()
-            .map(|(subscription, _)| subscription.name.as_str())
+            .map(|(subscription, _, _)| subscription.name.as_str())
             .collect();
         state.lock().retain(|name, _| names.contains(name.as_str()));
     }
+    let at_limit = |measurement: &Measurement| {
+        measurement.level.map(|(level, _)| level) == Some(PressureLevel::Limit)
+    };
+    let limiting: Vec<BacklogPolicy> = measured
+        .iter()
+        .filter(|(_, measurement, _)| at_limit(measurement))
+        .map(|(_, _, quota)| quota.policy)
+        .collect();
+    let policy = [
+        BacklogPolicy::Reject,
+        BacklogPolicy::Hold,
+        BacklogPolicy::Evict,
+    ]
+    .into_iter()
+    .find(|policy| limiting.contains(policy))
+    .unwrap_or(BacklogPolicy::Unspecified);
     let slowest = measured
         .iter()
-        .map(|(_, measurement)| measurement)
+        .map(|(_, measurement, _)| measurement)
         .max_by_key(|measurement| {
             (
                 measurement.level.map(|(level, _)| level),
@@ -535,6 +573,7 @@ async fn check(
                 .level
                 .map(|(level, _)| level)
                 .unwrap_or(PressureLevel::Ok),
+            policy,
             backlog_messages: measurement.backlog_messages,
             backlog_bytes: measurement.backlog_bytes,
             estimated_drain_ms: measurement.estimated_drain_ms,
@@ -561,18 +600,16 @@ async fn check(
             quota = reason,
             backlog_messages = pressure.backlog_messages,
             backlog_bytes = pressure.backlog_bytes,
-            policy = quota.policy.as_str_name(),
+            policy = pressure.policy.as_str_name(),
             "backlog pressure level changed"
         );
     }
-    if quota.policy == BacklogPolicy::Evict {
-        for (subscription, measurement) in &measured {
-            if measurement.level.map(|(level, _)| level) == Some(PressureLevel::Limit) {
-                if let Err(error) =
-                    evict(shared, partition, &state, subscription, measurement, &quota).await
-                {
-                    tracing::warn!(partition = %partition.key, subscription = %subscription.name, %error, "backlog eviction failed; retrying next check");
-                }
+    for (subscription, measurement, quota) in &measured {
+        if quota.policy == BacklogPolicy::Evict && at_limit(measurement) {
+            if let Err(error) =
+                evict(shared, partition, &state, subscription, measurement, quota).await
+            {
+                tracing::warn!(partition = %partition.key, subscription = %subscription.name, %error, "backlog eviction failed; retrying next check");
             }
         }
     }
@@ -1121,6 +1158,21 @@ mod tests {
         assert_eq!(quota.hold_timeout_ms, DEFAULT_HOLD_TIMEOUT_MS);
         assert!(quota.any());
         assert!(!Quota::of(&TopicConfig::default()).any());
+    }
+
+    #[test]
+    fn a_subscriptions_own_quotas_replace_the_topics() {
+        let topic = quota(100, 1000, 0);
+        let own = topic.for_subscription(&Subscription {
+            backlog_quota_messages: 10,
+            backlog_policy: BacklogPolicy::Evict as i32,
+            ..Subscription::default()
+        });
+        assert_eq!((own.messages, own.bytes, own.age_ms), (10, 1000, 0));
+        assert_eq!(own.policy, BacklogPolicy::Evict);
+        assert_eq!(own.warn_ratio_percent, 80);
+        let inherited = topic.for_subscription(&Subscription::default());
+        assert_eq!(inherited, topic);
     }
 
     #[test]

@@ -171,12 +171,8 @@ fn backlog_quota_error(message: String) -> BrokerError {
 
 /// REJECT (ADR 0012): the partition's backlog is at its quota.
 fn backlog_rejection(shared: &Shared, partition: &Partition) -> Option<BrokerError> {
-    let quota = backlog::Quota::of(&partition.config);
-    if !quota.any() || quota.policy != BacklogPolicy::Reject {
-        return None;
-    }
     let pressure = shared.backlog.pressure(&partition.key);
-    (pressure.level == PressureLevel::Limit).then(|| {
+    (pressure.level == PressureLevel::Limit && pressure.policy == BacklogPolicy::Reject).then(|| {
         backlog_quota_error(format!(
             "{} is at its backlog quota ({} messages, about {} bytes not acknowledged by its slowest subscription); policy REJECT",
             partition.key, pressure.backlog_messages, pressure.backlog_bytes
@@ -200,17 +196,19 @@ fn hold_for(
 ) -> Option<(Instant, watch::Receiver<backlog::Pressure>)> {
     let key = PartitionKey::new(&produce.topic, produce.partition);
     let partition = shared.partition(&key)?;
+    if !holds(&shared.backlog.pressure(&key)) {
+        return None;
+    }
     let quota = backlog::Quota::of(&partition.config);
-    if !quota.any() || quota.policy != BacklogPolicy::Hold {
-        return None;
-    }
-    if shared.backlog.pressure(&key).level != PressureLevel::Limit {
-        return None;
-    }
     Some((
         Instant::now() + Duration::from_millis(quota.hold_timeout_ms),
         shared.backlog.watch(&partition),
     ))
+}
+
+/// HOLD applies: the partition is at a limit whose policy holds producers.
+fn holds(pressure: &backlog::Pressure) -> bool {
+    pressure.level == PressureLevel::Limit && pressure.policy == BacklogPolicy::Hold
 }
 
 /// True once the held request may go on, false when its time is up.
@@ -221,7 +219,7 @@ async fn hold_ends(held: Option<&mut Held>) -> bool {
     tokio::select! {
         // A closed channel: the partition left or was taken over again;
         // submitting finds out.
-        result = held.pressure.wait_for(|pressure| pressure.level != PressureLevel::Limit) => {
+        result = held.pressure.wait_for(|pressure| !holds(pressure)) => {
             let _ = result;
             true
         }

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use sluice_client::{Admin, ClientConfig, ClientError, SubscriptionLag};
 use sluice_proto::v1::{
-    InitialPosition, PressureLevel, SelectorKind, Subscription, SubscriptionType,
+    BacklogPolicy, InitialPosition, PressureLevel, SelectorKind, Subscription, SubscriptionType,
 };
 use sluice_proto::ErrorCode;
 
@@ -93,6 +93,17 @@ pub struct CreateSubscriptionArgs {
     pub selector_kind: Option<SelectorKindArg>,
     /// Only messages this expression selects are delivered.
     #[arg(long, requires = "selector_kind")]
+/// What happens when a subscription reaches its backlog quota (ADR 0012).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BacklogPolicyArg {
+    /// Producers wait (bounded by the topic's hold timeout).
+    Hold,
+    /// Producers' batches are refused.
+    Reject,
+    /// The subscription's oldest unacknowledged messages are skipped.
+    Evict,
+}
+
     pub selector: Option<String>,
     /// Where the subscription starts.
     #[arg(long, value_enum, default_value = "latest")]
@@ -124,6 +135,18 @@ impl CreateSubscriptionArgs {
                 .selector_kind
                 .map_or(SelectorKind::All, SelectorKindArg::proto)
                 as i32,
+    /// This subscription's backlog quota in messages, replacing the topic's (0: the topic's).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_messages: u64,
+    /// This subscription's backlog quota in (estimated) bytes (0: the topic's).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_bytes: u64,
+    /// This subscription's quota on the oldest unacknowledged message's age (0: the topic's).
+    #[arg(long, default_value_t = 0)]
+    pub backlog_quota_age_ms: u64,
+    /// At this subscription's quota (default: the topic's policy).
+    #[arg(long, value_enum)]
+    pub backlog_policy: Option<BacklogPolicyArg>,
             selector: self.selector.clone().unwrap_or_default(),
             initial_position: match self.initial_position {
                 InitialPositionArg::Earliest => InitialPosition::Earliest,
@@ -147,6 +170,15 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .create_subscription(args.to_subscription())
                 .await
                 .map_err(|error| point_at_selector(error, &args))
+            backlog_quota_bytes: self.backlog_quota_bytes,
+            backlog_quota_messages: self.backlog_quota_messages,
+            backlog_quota_age_ms: self.backlog_quota_age_ms,
+            backlog_policy: match self.backlog_policy {
+                None => BacklogPolicy::Unspecified,
+                Some(BacklogPolicyArg::Hold) => BacklogPolicy::Hold,
+                Some(BacklogPolicyArg::Reject) => BacklogPolicy::Reject,
+                Some(BacklogPolicyArg::Evict) => BacklogPolicy::Evict,
+            } as i32,
                 .with_context(|| {
                     format!("creating subscription {:?} of {:?}", args.name, args.topic)
                 })?;
@@ -275,6 +307,39 @@ fn describe(subscription: &Subscription) -> String {
         ("subscription", subscription.name.clone()),
         ("type", type_name(subscription.r#type).to_string()),
         ("selector", selector_text(subscription)),
+/// The subscription's own backlog quotas (ADR 0012), or that the topic's
+/// apply.
+fn subscription_quota_text(subscription: &Subscription) -> String {
+    let mut parts = Vec::new();
+    if subscription.backlog_quota_messages > 0 {
+        parts.push(format!("{} messages", subscription.backlog_quota_messages));
+    }
+    if subscription.backlog_quota_bytes > 0 {
+        parts.push(format!("{} bytes", subscription.backlog_quota_bytes));
+    }
+    if subscription.backlog_quota_age_ms > 0 {
+        parts.push(format!("{} ms old", subscription.backlog_quota_age_ms));
+    }
+    let policy = match BacklogPolicy::try_from(subscription.backlog_policy) {
+        Ok(BacklogPolicy::Hold) => Some("hold"),
+        Ok(BacklogPolicy::Reject) => Some("reject"),
+        Ok(BacklogPolicy::Evict) => Some("evict"),
+        _ => None,
+    };
+    if parts.is_empty() && policy.is_none() {
+        return "the topic's".to_string();
+    }
+    let quotas = if parts.is_empty() {
+        "the topic's quotas".to_string()
+    } else {
+        format!("{} (others the topic's)", parts.join(", "))
+    };
+    format!(
+        "{quotas}; at the limit: {}",
+        policy.unwrap_or("the topic's policy")
+    )
+}
+
         ("initial position", initial_position.to_string()),
         ("ack timeout ms", subscription.ack_timeout_ms.to_string()),
         (
@@ -305,6 +370,7 @@ fn level_name(level: i32) -> &'static str {
     match PressureLevel::try_from(level) {
         Ok(PressureLevel::Ok) => "ok",
         Ok(PressureLevel::Warn) => "WARN",
+        ("backlog quota", subscription_quota_text(subscription)),
         Ok(PressureLevel::Limit) => "LIMIT",
         Err(_) => "unknown",
     }
@@ -507,6 +573,7 @@ mod tests {
             &["create", "orders", "billing", "--type", "fanout"],
             &[
                 "create",
+                ..Subscription::default()
                 "orders",
                 "billing",
                 "--type",

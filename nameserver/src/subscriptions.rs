@@ -206,7 +206,24 @@ pub fn complete_subscription(given: Subscription) -> Result<Subscription, NameSe
         max_deliveries: given.max_deliveries,
         dead_letter_topic,
         created_at_ms: 0,
+        backlog_quota_bytes: given.backlog_quota_bytes,
+        backlog_quota_messages: given.backlog_quota_messages,
+        backlog_quota_age_ms: given.backlog_quota_age_ms,
+        backlog_policy: validate_backlog_policy(given.backlog_policy)?,
     })
+}
+
+/// A subscription's own backlog policy (ADR 0012); UNSPECIFIED keeps the
+/// topic's.
+fn validate_backlog_policy(value: i32) -> Result<i32, NameServerError> {
+    sluice_proto::v1::BacklogPolicy::try_from(value)
+        .map(|policy| policy as i32)
+        .map_err(|_| {
+            invalid(format!(
+                "unknown backlog policy {value}; give BACKLOG_POLICY_HOLD (1), \
+                 BACKLOG_POLICY_REJECT (2), BACKLOG_POLICY_EVICT (3) or 0 for the topic's"
+            ))
+        })
 }
 
 fn type_name(value: i32) -> String {
@@ -282,6 +299,35 @@ pub fn differences(stored: &Subscription, requested: &Subscription) -> Vec<Strin
         format!("{:?}", stored.dead_letter_topic),
         format!("{:?}", requested.dead_letter_topic),
     );
+    // Backlog quotas are the operator's, not the consumers': a request
+    // that leaves them 0 (as consumers creating on subscribe do) accepts
+    // whatever is stored.
+    for (field, stored, requested) in [
+        (
+            "backlog_quota_bytes",
+            stored.backlog_quota_bytes,
+            requested.backlog_quota_bytes,
+        ),
+        (
+            "backlog_quota_messages",
+            stored.backlog_quota_messages,
+            requested.backlog_quota_messages,
+        ),
+        (
+            "backlog_quota_age_ms",
+            stored.backlog_quota_age_ms,
+            requested.backlog_quota_age_ms,
+        ),
+        (
+            "backlog_policy",
+            u64::try_from(stored.backlog_policy).unwrap_or(0),
+            u64::try_from(requested.backlog_policy).unwrap_or(0),
+        ),
+    ] {
+        if requested != 0 {
+            compare(field, stored.to_string(), requested.to_string());
+        }
+    }
     differences
 }
 
@@ -702,6 +748,34 @@ mod tests {
             ..request()
         })
         .is_ok());
+    }
+
+    #[test]
+    fn backlog_quotas_are_kept_and_only_compared_when_requested() {
+        let stored = complete_subscription(Subscription {
+            backlog_quota_messages: 500,
+            backlog_policy: sluice_proto::v1::BacklogPolicy::Evict as i32,
+            ..request()
+        })
+        .expect("valid");
+        assert_eq!(stored.backlog_quota_messages, 500);
+        // Consumers creating on subscribe leave quotas 0: no conflict.
+        let consumer = complete_subscription(request()).expect("valid");
+        assert!(differences(&stored, &consumer).is_empty());
+        let other = complete_subscription(Subscription {
+            backlog_quota_messages: 600,
+            ..request()
+        })
+        .expect("valid");
+        assert_eq!(
+            differences(&stored, &other),
+            vec!["backlog_quota_messages (stored 500, requested 600)".to_string()]
+        );
+        let refused = complete_subscription(Subscription {
+            backlog_policy: 42,
+            ..request()
+        });
+        assert!(message(refused).contains("unknown backlog policy 42"));
     }
 
     #[test]

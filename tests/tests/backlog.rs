@@ -103,8 +103,8 @@ fn value_of(value: Option<&bytes::Bytes>) -> u64 {
         .expect("a number")
 }
 
-/// Polls `DescribeSubscription` until `condition` holds; panics with the
-/// last answer after `timeout`.
+/// Polls `DescribeSubscription` of `workers` until `condition` holds;
+/// panics with the last answer after `timeout`.
 async fn describe_until(
     admin: &Admin,
     topic: &str,
@@ -112,9 +112,20 @@ async fn describe_until(
     timeout: Duration,
     condition: impl Fn(&SubscriptionLag) -> bool,
 ) -> SubscriptionLag {
+    describe_subscription_until(admin, topic, "workers", what, timeout, condition).await
+}
+
+async fn describe_subscription_until(
+    admin: &Admin,
+    topic: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl Fn(&SubscriptionLag) -> bool,
+) -> SubscriptionLag {
     let deadline = Instant::now() + timeout;
     loop {
-        let lag = admin.describe_subscription(topic, "workers").await;
+        let lag = admin.describe_subscription(topic, name).await;
         if let Ok(lag) = &lag {
             if condition(lag) {
                 return lag.clone();
@@ -859,4 +870,82 @@ async fn group_assignment_spreads_the_lagging_partitions_over_members() {
     stop.store(true, Ordering::SeqCst);
     first.await.expect("first member");
     second.await.expect("second member");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriptions_own_quota_evicts_only_its_backlog() {
+    let cluster = Cluster::start(spec()).await;
+    // No topic quota; "workers" keeps everything.
+    let admin = topic_with_quota(&cluster, "feed", 0, BacklogPolicy::Hold, 0).await;
+    sluice_cli(
+        &cluster,
+        &[
+            "subscription",
+            "create",
+            "feed",
+            "analytics",
+            "--type",
+            "shared",
+            "--initial-position",
+            "earliest",
+            "--backlog-quota-messages",
+            "50",
+            "--backlog-policy",
+            "evict",
+        ],
+    );
+    let described = sluice_cli(&cluster, &["subscription", "describe", "feed", "analytics"]);
+    assert!(
+        described.contains("50 messages (others the topic's); at the limit: evict"),
+        "{described}"
+    );
+    // A consumer creating it on subscribe with default settings is not in
+    // conflict with the operator's quota.
+    let subscriber = Subscriber::connect(SubscriberConfig {
+        client: cluster.client_config(),
+        subscription_type: SubscriptionType::Shared,
+        initial_position: InitialPosition::Earliest,
+        ..SubscriberConfig::new("feed", "analytics")
+    })
+    .await
+    .expect("subscriber with default settings");
+    subscriber.close().await.expect("close subscriber");
+
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    for value in 0..200u64 {
+        let metadata = producer
+            .send(Record::new("feed", value.to_string()))
+            .await
+            .expect("producers are never held for an evicting subscription");
+        assert!(metadata.offset == value);
+    }
+    producer.close().await.expect("close producer");
+    // Eviction keeps the topic's warning line (50 % of the subscription's
+    // 50): everything else was evicted, possibly over several checks while
+    // the records arrived.
+    let analytics = describe_subscription_until(
+        &admin,
+        "feed",
+        "analytics",
+        "analytics evicted",
+        Duration::from_secs(60),
+        |lag| lag.backlog_messages < 50 && lag.evicted + lag.backlog_messages == 200,
+    )
+    .await;
+    assert!(analytics.backlog_messages >= 25, "{analytics:?}");
+    let workers = describe_until(
+        &admin,
+        "feed",
+        "the other backlog",
+        Duration::from_secs(30),
+        |lag| lag.backlog_messages == 200,
+    )
+    .await;
+    assert_eq!(workers.evicted, 0);
+    assert_eq!(workers.pressure, PressureLevel::Ok);
 }

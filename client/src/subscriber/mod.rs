@@ -138,6 +138,9 @@ impl SubscriberConfig {
             max_deliveries: self.max_deliveries,
             dead_letter_topic: self.dead_letter_topic.clone().unwrap_or_default(),
             created_at_ms: 0,
+            // Backlog quotas are the operator's (ADR 0012): left to the
+            // stored subscription.
+            ..v1::Subscription::default()
         }
     }
 
