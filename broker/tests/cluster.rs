@@ -11,9 +11,10 @@ use sluice_proto::batch::{self, BatchBuilder, BatchIter, Compression, RecordData
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{
-    CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchPartition, FetchRequest,
-    FetchResponse, GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, OffsetSpec,
-    PartitionOffset, ProduceRequest, ProduceResponse, TopicConfig,
+    CommitOffsetsRequest, CreateSegmentRequest, CreateTopicRequest, FetchOffsetsRequest,
+    FetchPartition, FetchRequest, FetchResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    ListOffsetsRequest, ListSegmentsRequest, OffsetSpec, PartitionOffset, ProduceRequest,
+    ProduceResponse, TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::future::Future;
@@ -858,6 +859,82 @@ async fn segments_roll_and_retention_deletes_them() {
     let _ = broker.task.await;
     cluster.stop().await;
     let _ = &mut client;
+}
+
+/// A roll creates the next segment while the last appends to the full one
+/// drain (ADR 0006). If the owner stops before they drained, that segment
+/// is empty and may start beyond where the full one is recovered to: the
+/// next owner deletes it instead of leaving a hole in the offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_deletes_a_segment_created_ahead_of_a_roll_that_never_happened() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (cluster, broker, _client) = one_partition_holding_a(directory.path()).await;
+    broker.stop.send_replace(true);
+    broker
+        .task
+        .await
+        .expect("broker task")
+        .expect("broker stops cleanly");
+
+    // What the stopped owner would have left: a segment at offset 5 while
+    // the log ends at 1 (appends to 1..5 never became durable).
+    let channel = tonic::transport::Endpoint::from_shared(cluster.nameserver_url.clone())
+        .expect("valid nameserver url")
+        .connect_lazy();
+    let mut nameserver = NameServerClient::new(channel);
+    let list = ListSegmentsRequest {
+        topic: TOPIC.into(),
+        partition: 0,
+    };
+    let segments = nameserver
+        .list_segments(list.clone())
+        .await
+        .expect("list segments")
+        .into_inner()
+        .segments;
+    let epoch = segments
+        .iter()
+        .map(|segment| segment.writer_epoch)
+        .max()
+        .expect("the partition has a segment");
+    let ahead = nameserver
+        .create_segment(CreateSegmentRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            epoch,
+            base_offset: 5,
+            exclude_store_ids: Vec::new(),
+        })
+        .await
+        .expect("create a segment ahead")
+        .into_inner();
+
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    let resumed = produce_until_accepted(&client, 2, "b", "the new owner to serve").await;
+    assert_eq!(resumed.base_offset, 1, "the log continues without a hole");
+    // One segment per fetch: "a" is in the recovered one, "b" in the new.
+    let fetched = fetch(&mut client, 0, 0).await;
+    assert_eq!(values(&fetched.partitions[0].batches), vec!["a"]);
+    let fetched = fetch(&mut client, 1, 0).await;
+    assert_eq!(values(&fetched.partitions[0].batches), vec!["b"]);
+    assert_eq!(fetched.partitions[0].high_watermark, 2);
+    let segments = nameserver
+        .list_segments(list)
+        .await
+        .expect("list segments")
+        .into_inner()
+        .segments;
+    assert!(
+        segments
+            .iter()
+            .all(|segment| segment.segment_id != ahead.segment_id),
+        "the unused segment is deleted: {segments:?}"
+    );
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
