@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_delay;
+mod dead_letters;
 mod bench_subscription;
 mod consume;
 mod dev;

@@ -21,6 +21,18 @@ pub enum SubscriptionCommand {
     Describe { topic: String, name: String },
     /// Delete a subscription; created again it starts afresh.
     Delete { topic: String, name: String },
+    /// Write the subscription's dead letters back to the topic they came
+    /// from (each acknowledged in the dead-letter topic once written).
+    ReplayDeadLetters {
+        topic: String,
+        name: String,
+        /// Stop after this long without a letter, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        idle_timeout_ms: u64,
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 /// How the subscription's consumers share its messages.
@@ -81,6 +93,17 @@ pub enum InitialPositionArg {
     Latest,
 }
 
+/// What happens when a subscription reaches its backlog quota (ADR 0012).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BacklogPolicyArg {
+    /// Producers wait (bounded by the topic's hold timeout).
+    Hold,
+    /// Producers' batches are refused.
+    Reject,
+    /// The subscription's oldest unacknowledged messages are skipped.
+    Evict,
+}
+
 #[derive(Args)]
 pub struct CreateSubscriptionArgs {
     pub topic: String,
@@ -93,17 +116,6 @@ pub struct CreateSubscriptionArgs {
     pub selector_kind: Option<SelectorKindArg>,
     /// Only messages this expression selects are delivered.
     #[arg(long, requires = "selector_kind")]
-/// What happens when a subscription reaches its backlog quota (ADR 0012).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BacklogPolicyArg {
-    /// Producers wait (bounded by the topic's hold timeout).
-    Hold,
-    /// Producers' batches are refused.
-    Reject,
-    /// The subscription's oldest unacknowledged messages are skipped.
-    Evict,
-}
-
     pub selector: Option<String>,
     /// Where the subscription starts.
     #[arg(long, value_enum, default_value = "latest")]
@@ -123,18 +135,6 @@ pub enum BacklogPolicyArg {
     /// Largest redelivery delay, in milliseconds (0: server default, 60000).
     #[arg(long, default_value_t = 0)]
     pub redelivery_backoff_max_ms: u64,
-}
-
-impl CreateSubscriptionArgs {
-    fn to_subscription(&self) -> Subscription {
-        Subscription {
-            topic: self.topic.clone(),
-            name: self.name.clone(),
-            r#type: SubscriptionType::from(self.subscription_type) as i32,
-            selector_kind: self
-                .selector_kind
-                .map_or(SelectorKind::All, SelectorKindArg::proto)
-                as i32,
     /// This subscription's backlog quota in messages, replacing the topic's (0: the topic's).
     #[arg(long, default_value_t = 0)]
     pub backlog_quota_messages: u64,
@@ -147,6 +147,18 @@ impl CreateSubscriptionArgs {
     /// At this subscription's quota (default: the topic's policy).
     #[arg(long, value_enum)]
     pub backlog_policy: Option<BacklogPolicyArg>,
+}
+
+impl CreateSubscriptionArgs {
+    fn to_subscription(&self) -> Subscription {
+        Subscription {
+            topic: self.topic.clone(),
+            name: self.name.clone(),
+            r#type: SubscriptionType::from(self.subscription_type) as i32,
+            selector_kind: self
+                .selector_kind
+                .map_or(SelectorKind::All, SelectorKindArg::proto)
+                as i32,
             selector: self.selector.clone().unwrap_or_default(),
             initial_position: match self.initial_position {
                 InitialPositionArg::Earliest => InitialPosition::Earliest,
@@ -158,18 +170,6 @@ impl CreateSubscriptionArgs {
             max_deliveries: self.max_deliveries,
             dead_letter_topic: self.dead_letter_topic.clone().unwrap_or_default(),
             created_at_ms: 0,
-        }
-    }
-}
-
-pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<()> {
-    let admin = Admin::connect(config).await?;
-    match command {
-        SubscriptionCommand::Create(args) => {
-            let created = admin
-                .create_subscription(args.to_subscription())
-                .await
-                .map_err(|error| point_at_selector(error, &args))
             backlog_quota_bytes: self.backlog_quota_bytes,
             backlog_quota_messages: self.backlog_quota_messages,
             backlog_quota_age_ms: self.backlog_quota_age_ms,
@@ -179,6 +179,26 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 Some(BacklogPolicyArg::Reject) => BacklogPolicy::Reject,
                 Some(BacklogPolicyArg::Evict) => BacklogPolicy::Evict,
             } as i32,
+        }
+    }
+}
+
+pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<()> {
+    let admin = Admin::connect(config.clone()).await?;
+    match command {
+        SubscriptionCommand::ReplayDeadLetters {
+            topic,
+            name,
+            idle_timeout_ms,
+            limit,
+        } => {
+            crate::dead_letters::replay(config, &topic, &name, idle_timeout_ms, limit).await?;
+        }
+        SubscriptionCommand::Create(args) => {
+            let created = admin
+                .create_subscription(args.to_subscription())
+                .await
+                .map_err(|error| point_at_selector(error, &args))
                 .with_context(|| {
                     format!("creating subscription {:?} of {:?}", args.name, args.topic)
                 })?;
@@ -287,26 +307,6 @@ fn dash_if_empty(text: &str) -> String {
     }
 }
 
-/// Every setting, one per line.
-fn describe(subscription: &Subscription) -> String {
-    let initial_position = match InitialPosition::try_from(subscription.initial_position) {
-        Ok(InitialPosition::Earliest) => "earliest",
-        Ok(InitialPosition::Latest) => "latest",
-        Err(_) => "unknown",
-    };
-    let dead_letters = if subscription.max_deliveries == 0 {
-        "never (max deliveries 0)".to_string()
-    } else {
-        format!(
-            "after {} deliveries, to {}",
-            subscription.max_deliveries, subscription.dead_letter_topic
-        )
-    };
-    let rows = [
-        ("topic", subscription.topic.clone()),
-        ("subscription", subscription.name.clone()),
-        ("type", type_name(subscription.r#type).to_string()),
-        ("selector", selector_text(subscription)),
 /// The subscription's own backlog quotas (ADR 0012), or that the topic's
 /// apply.
 fn subscription_quota_text(subscription: &Subscription) -> String {
@@ -340,6 +340,26 @@ fn subscription_quota_text(subscription: &Subscription) -> String {
     )
 }
 
+/// Every setting, one per line.
+fn describe(subscription: &Subscription) -> String {
+    let initial_position = match InitialPosition::try_from(subscription.initial_position) {
+        Ok(InitialPosition::Earliest) => "earliest",
+        Ok(InitialPosition::Latest) => "latest",
+        Err(_) => "unknown",
+    };
+    let dead_letters = if subscription.max_deliveries == 0 {
+        "never (max deliveries 0)".to_string()
+    } else {
+        format!(
+            "after {} deliveries, to {}",
+            subscription.max_deliveries, subscription.dead_letter_topic
+        )
+    };
+    let rows = [
+        ("topic", subscription.topic.clone()),
+        ("subscription", subscription.name.clone()),
+        ("type", type_name(subscription.r#type).to_string()),
+        ("selector", selector_text(subscription)),
         ("initial position", initial_position.to_string()),
         ("ack timeout ms", subscription.ack_timeout_ms.to_string()),
         (
@@ -350,6 +370,7 @@ fn subscription_quota_text(subscription: &Subscription) -> String {
             ),
         ),
         ("dead letters", dead_letters),
+        ("backlog quota", subscription_quota_text(subscription)),
         ("created at ms", subscription.created_at_ms.to_string()),
     ];
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 1;
@@ -370,7 +391,6 @@ fn level_name(level: i32) -> &'static str {
     match PressureLevel::try_from(level) {
         Ok(PressureLevel::Ok) => "ok",
         Ok(PressureLevel::Warn) => "WARN",
-        ("backlog quota", subscription_quota_text(subscription)),
         Ok(PressureLevel::Limit) => "LIMIT",
         Err(_) => "unknown",
     }
@@ -553,6 +573,7 @@ mod tests {
                 max_deliveries: 4,
                 dead_letter_topic: "parked".to_string(),
                 created_at_ms: 0,
+                ..Subscription::default()
             }
         );
         let Ok(SubscriptionCommand::Create(minimal)) =
@@ -573,7 +594,6 @@ mod tests {
             &["create", "orders", "billing", "--type", "fanout"],
             &[
                 "create",
-                ..Subscription::default()
                 "orders",
                 "billing",
                 "--type",

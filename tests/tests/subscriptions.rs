@@ -427,6 +427,46 @@ async fn nacked_messages_come_back_and_go_to_the_dead_letter_topic_after_max_del
     }
     subscriber.close().await.expect("close");
     dead.close().await.expect("close dead");
+
+    // Replayed from the dead-letter topic, the letters come back to the
+    // subscription as new messages, without their dead-letter history.
+    let output = std::process::Command::new(sluice_tests::cluster::binary("sluice"))
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .args(["subscription", "replay-dead-letters", "payments", "settle"])
+        .output()
+        .expect("run sluice");
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("replayed 5 dead letter(s)"));
+    let mut config = subscriber_config(&cluster, "payments", "settle", SubscriptionType::Shared);
+    config.max_deliveries = 3;
+    config.redelivery_backoff_initial_ms = 50;
+    config.redelivery_backoff_max_ms = 100;
+    let subscriber = Subscriber::connect(config).await.expect("reconnect");
+    let mut replayed = Vec::new();
+    while replayed.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscriber.recv())
+            .await
+            .expect("the replayed letters arrive")
+            .expect("recv");
+        assert!(
+            message
+                .headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("sluice-dlq-")),
+            "history headers were replayed"
+        );
+        assert_eq!(message.delivery_count, 1);
+        assert_eq!(message.key.as_deref(), Some(b"poison".as_slice()));
+        replayed.push(value_of(&message));
+        subscriber.ack(&message).await.expect("ack replayed");
+    }
+    replayed.sort_unstable();
+    assert_eq!(replayed, vec![3, 13, 23, 33, 43]);
+    subscriber.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
