@@ -131,6 +131,9 @@ pub struct BrokerConfig {
     /// Subscriptions: most credit (undelivered permits) one consumer may
     /// hold; larger flow requests are capped. Default 10000.
     pub subscription_max_permits_per_consumer: u64,
+    /// Subscriptions: most messages in flight (delivered, unacknowledged) to
+    /// one consumer whatever its credit; 0 means no limit. Default 5000.
+    pub subscription_max_unacknowledged_per_consumer: u64,
     /// Subscriptions: most consumers of one subscription on one partition.
     /// Default 1000.
     pub subscription_max_consumers_per_partition: usize,
@@ -198,6 +201,7 @@ impl Default for BrokerConfig {
             subscription_max_delayed_messages: 1_000_000,
             subscription_window_bytes: 64 * 1024 * 1024,
             subscription_max_permits_per_consumer: 10_000,
+            subscription_max_unacknowledged_per_consumer: 5000,
             subscription_max_consumers_per_partition: 1000,
             subscription_ack_flush_interval_ms: 2,
             subscription_idle_stop_ms: 60_000,

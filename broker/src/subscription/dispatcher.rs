@@ -60,6 +60,9 @@ pub struct Settings {
     pub window_messages: usize,
     /// Most delayed messages held.
     pub max_delayed_messages: usize,
+    /// Most messages in flight to one consumer whatever its credit
+    /// (Pulsar's max unacknowledged per consumer); 0: no limit.
+    pub max_unacknowledged_per_consumer: u64,
 }
 
 /// A message read from the log, as the dispatcher needs it.
@@ -110,6 +113,8 @@ struct Consumer {
     name: String,
     priority: u32,
     permits: u64,
+    /// Messages in flight to it (delivered, not yet acknowledged).
+    in_flight: u64,
 }
 
 /// What the IO shell must do.
@@ -526,6 +531,7 @@ impl Dispatcher {
                 name,
                 priority,
                 permits,
+                in_flight: 0,
             },
         );
         Ok(())
@@ -561,6 +567,9 @@ impl Dispatcher {
     }
 
     fn make_ready(&mut self, offset: u64) {
+        if let Some(state) = self.entries.get(&offset).map(|entry| entry.state) {
+            self.leave_flight(state);
+        }
         if let Some(entry) = self.entries.get_mut(&offset) {
             if matches!(entry.state, State::Delayed { .. }) {
                 self.delayed -= 1;
@@ -637,8 +646,18 @@ impl Dispatcher {
     }
 
     /// Acknowledged or dead-lettered: forget it, release its key.
+    /// Bookkeeping when a message stops being in flight to a consumer.
+    fn leave_flight(&mut self, state: State) {
+        if let State::InFlight { consumer, .. } = state {
+            if let Some(consumer) = self.consumers.get_mut(&consumer) {
+                consumer.in_flight = consumer.in_flight.saturating_sub(1);
+            }
+        }
+    }
+
     fn complete(&mut self, offset: u64) {
         if let Some(entry) = self.entries.remove(&offset) {
+            self.leave_flight(entry.state);
             self.ready.remove(&offset);
             if entry.deliveries >= 2 {
                 self.redelivered.remove(&offset);
@@ -679,6 +698,9 @@ impl Dispatcher {
                 self.deadlines.remove(&(deadline_ms, offset));
                 let until_ms = now_ms.saturating_add(delay_ms.unwrap_or(backoff));
                 entry.state = State::Waiting { until_ms };
+                if let Some(consumer) = self.consumers.get_mut(&id) {
+                    consumer.in_flight = consumer.in_flight.saturating_sub(1);
+                }
                 self.waiting.insert((until_ms, offset));
                 Ok(())
             }
@@ -887,6 +909,7 @@ impl Dispatcher {
             }
             if let Some(state) = self.consumers.get_mut(&consumer) {
                 state.permits -= 1;
+                state.in_flight += 1;
             }
             deliveries
                 .entry(consumer)
@@ -920,9 +943,11 @@ impl Dispatcher {
 
     fn choose_consumer(&mut self, entry: &Entry) -> Option<ConsumerId> {
         match self.settings.kind {
-            SubscriptionType::Exclusive | SubscriptionType::Failover => self
-                .active
-                .filter(|id| self.consumers.get(id).is_some_and(|c| c.permits > 0)),
+            SubscriptionType::Exclusive | SubscriptionType::Failover => self.active.filter(|id| {
+                self.consumers
+                    .get(id)
+                    .is_some_and(|c| can_take(c, self.settings.max_unacknowledged_per_consumer))
+            }),
             SubscriptionType::KeyShared if entry.key_hash.is_some() => {
                 let key = entry.key_hash.unwrap_or_default();
                 // Rendezvous hashing: a key stays with its consumer while
@@ -934,7 +959,9 @@ impl Dispatcher {
                     .copied()?;
                 self.consumers
                     .get(&chosen)
-                    .filter(|consumer| consumer.permits > 0)
+                    .filter(|consumer| {
+                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
+                    })
                     .map(|_| chosen)
             }
             _ => self.next_shared_consumer(),
@@ -946,7 +973,12 @@ impl Dispatcher {
         if let Some((id, given)) = self.turn {
             let run_may_go_on = given < SHARED_RUN_MESSAGES
                 || (!self.turn_at_batch_end && given < SHARED_RUN_MESSAGES * 4);
-            if run_may_go_on && self.consumers.get(&id).is_some_and(|c| c.permits > 0) {
+            if run_may_go_on
+                && self
+                    .consumers
+                    .get(&id)
+                    .is_some_and(|c| can_take(c, self.settings.max_unacknowledged_per_consumer))
+            {
                 self.turn = Some((id, given + 1));
                 return Some(id);
             }
@@ -956,18 +988,28 @@ impl Dispatcher {
             .and_then(|after| {
                 self.consumers
                     .range(after + 1..)
-                    .find(|(_, consumer)| consumer.permits > 0)
+                    .find(|(_, consumer)| {
+                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
+                    })
                     .map(|(id, _)| *id)
             })
             .or_else(|| {
                 self.consumers
                     .iter()
-                    .find(|(_, consumer)| consumer.permits > 0)
+                    .find(|(_, consumer)| {
+                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
+                    })
                     .map(|(id, _)| *id)
             })?;
         self.turn = Some((next, 1));
         Some(next)
     }
+}
+
+/// Whether a consumer may be given one more message: it has credit and is
+/// below the limit of unacknowledged messages (0: none).
+fn can_take(consumer: &Consumer, max_unacknowledged: u64) -> bool {
+    consumer.permits > 0 && (max_unacknowledged == 0 || consumer.in_flight < max_unacknowledged)
 }
 
 /// A 64-bit mixer (splitmix64's finaliser) for rendezvous hashing.

@@ -1150,6 +1150,9 @@ async fn run_dispatcher(
                 max_deliveries: subscription.max_deliveries,
                 window_messages: shared.config.subscription_window_messages.max(1),
                 max_delayed_messages: shared.config.subscription_max_delayed_messages,
+                max_unacknowledged_per_consumer: shared
+                    .config
+                    .subscription_max_unacknowledged_per_consumer,
             };
             Task {
                 shared: shared.clone(),

@@ -13,6 +13,7 @@ fn settings(kind: SubscriptionType) -> Settings {
         max_deliveries: 0,
         window_messages: 10_000,
         max_delayed_messages: 1_000,
+        max_unacknowledged_per_consumer: 0,
     }
 }
 
@@ -697,4 +698,29 @@ fn eviction_of_a_key_shared_message_releases_its_key() {
     assert_eq!(delivered(&dispatcher.dispatch(0))[&1], vec![(0, 1)]);
     assert_eq!(dispatcher.evict_before(1), 1);
     assert_eq!(delivered(&dispatcher.dispatch(0))[&1], vec![(1, 1)]);
+}
+
+#[test]
+fn a_consumer_stops_receiving_at_its_unacknowledged_limit_whatever_its_credit() {
+    let mut dispatcher = fresh(Settings {
+        max_unacknowledged_per_consumer: 3,
+        ..settings(SubscriptionType::Shared)
+    });
+    dispatcher
+        .add_consumer(1, "hoarder".into(), 0, 100)
+        .unwrap();
+    dispatcher.add_scanned(&scanned(0..10, 0), 0);
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1].len(), 3);
+    assert!(
+        dispatcher.dispatch(0).is_empty(),
+        "credit left, but at the limit"
+    );
+    dispatcher.ack(1, 0).unwrap();
+    dispatcher.nack(1, 1, Some(1_000_000), 0).unwrap();
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1], vec![(3, 1), (4, 1)]);
+    // Another consumer takes the rest meanwhile.
+    dispatcher.add_consumer(2, "other".into(), 0, 100).unwrap();
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&2].len(), 3);
+    // An ack timeout frees room too.
+    assert_eq!(delivered(&dispatcher.dispatch(1_000))[&1].len(), 3);
 }
