@@ -172,9 +172,12 @@ async fn subscription_commands_against_a_cluster() {
         lines[3].starts_with("tagged") && lines[3].contains("tag: red || blue"),
         "{listed}"
     );
-    assert_eq!(
-        ok(&cluster, &["subscription", "describe", "orders", "audit"]),
-        audit
+    // The definition as created, then its backlog (ADR 0012).
+    let described = ok(&cluster, &["subscription", "describe", "orders", "audit"]);
+    assert!(described.starts_with(&audit), "{described}");
+    assert!(
+        described[audit.len()..].contains("backlog: 0 messages"),
+        "{described}"
     );
 
     // A selector that does not parse: the server's message with the
