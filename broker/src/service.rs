@@ -25,7 +25,7 @@ use sluice_proto::v1::{
     ListOffsetsResponse, OffsetSpec, PressureLevel, ProduceRequest, ProduceResponse, SegmentState,
 };
 use sluice_proto::ErrorCode;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,28 +180,34 @@ fn backlog_rejection(shared: &Shared, partition: &Partition) -> Option<BrokerErr
     })
 }
 
-/// A produce request held by the HOLD policy (ADR 0012) until its
-/// partition's backlog drops below the quota or `deadline` passes.
-struct Held {
-    produce: ProduceRequest,
-    started: Instant,
-    deadline: Instant,
+/// Most produce requests one stream may have held by the HOLD policy; beyond
+/// it the stream is not read until some are released or time out.
+const MAX_HELD_REQUESTS_PER_STREAM: usize = 10_000;
+
+/// A partition's requests held by the HOLD policy (ADR 0012), in arrival
+/// order, each until the partition's backlog drops below its limit or its
+/// own hold timeout passes. Later requests for the partition queue behind
+/// (so none overtakes another); other partitions of the stream go on.
+struct HeldPartition {
+    /// Each request with when it started waiting.
+    queue: VecDeque<(ProduceRequest, Instant)>,
+    timeout: Duration,
     pressure: watch::Receiver<backlog::Pressure>,
 }
 
-/// HOLD: whether `produce` must wait for its partition's backlog.
+/// HOLD: whether `produce` must wait for its partition's backlog; the hold
+/// timeout and the partition's pressure to wait on.
 fn hold_for(
     shared: &Shared,
-    produce: &ProduceRequest,
-) -> Option<(Instant, watch::Receiver<backlog::Pressure>)> {
-    let key = PartitionKey::new(&produce.topic, produce.partition);
-    let partition = shared.partition(&key)?;
-    if !holds(&shared.backlog.pressure(&key)) {
+    key: &PartitionKey,
+) -> Option<(Duration, watch::Receiver<backlog::Pressure>)> {
+    let partition = shared.partition(key)?;
+    if !holds(&shared.backlog.pressure(key)) {
         return None;
     }
     let quota = backlog::Quota::of(&partition.config);
     Some((
-        Instant::now() + Duration::from_millis(quota.hold_timeout_ms),
+        Duration::from_millis(quota.hold_timeout_ms),
         shared.backlog.watch(&partition),
     ))
 }
@@ -211,20 +217,45 @@ fn holds(pressure: &backlog::Pressure) -> bool {
     pressure.level == PressureLevel::Limit && pressure.policy == BacklogPolicy::Hold
 }
 
-/// True once the held request may go on, false when its time is up.
-async fn hold_ends(held: Option<&mut Held>) -> bool {
-    let Some(held) = held else {
+/// The next held partition whose hold ends: `true` when its backlog
+/// dropped below the limit (or its pressure channel closed: the partition
+/// left, and submitting finds out), `false` when its first request's time
+/// is up.
+async fn next_hold_event(held: &mut HashMap<PartitionKey, HeldPartition>) -> (PartitionKey, bool) {
+    if held.is_empty() {
         return std::future::pending().await;
-    };
-    tokio::select! {
-        // A closed channel: the partition left or was taken over again;
-        // submitting finds out.
-        result = held.pressure.wait_for(|pressure| !holds(pressure)) => {
-            let _ = result;
-            true
-        }
-        _ = tokio::time::sleep_until(held.deadline) => false,
     }
+    let waits = held.iter_mut().map(|(key, partition)| {
+        let deadline = partition
+            .queue
+            .front()
+            .map_or_else(Instant::now, |(_, started)| *started + partition.timeout);
+        let pressure = &mut partition.pressure;
+        Box::pin(async move {
+            tokio::select! {
+                result = pressure.wait_for(|pressure| !holds(pressure)) => {
+                    let _ = result;
+                    (key.clone(), true)
+                }
+                _ = tokio::time::sleep_until(deadline) => (key.clone(), false),
+            }
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+/// Answers a held request with `error` in stream order.
+fn refuse_held(
+    pending: &mut FuturesOrdered<PendingProduce>,
+    streams: &mut HashMap<PartitionKey, StreamPartition>,
+    produce: ProduceRequest,
+    error: &BrokerError,
+) {
+    let response = error_response(produce.request_id, error);
+    let size = produce.batch.len() as u64;
+    let key = PartitionKey::new(&produce.topic, produce.partition);
+    streams.entry(key.clone()).or_default().outstanding += 1;
+    pending.push_back(async move { (response, size, key) }.boxed());
 }
 
 /// Adds the partition's latest backlog pressure to a produce answer.
@@ -253,26 +284,42 @@ async fn produce_loop(
     let mut streams: HashMap<PartitionKey, StreamPartition> = HashMap::new();
     let mut inbound_open = true;
     let mut shutdown = shared.shutdown.clone();
-    let mut held: Option<Held> = None;
+    let mut held: HashMap<PartitionKey, HeldPartition> = HashMap::new();
+    let mut held_requests = 0usize;
     loop {
-        if !inbound_open && pending.is_empty() && held.is_none() {
+        if !inbound_open && pending.is_empty() && held.is_empty() {
             break;
         }
         tokio::select! {
-            released = hold_ends(held.as_mut()), if held.is_some() => {
-                if let Some(Held { produce, started, .. }) = held.take() {
-                    if released {
-                        pending.push_back(submit_produce(&shared, produce, &mut streams));
-                    } else {
+            (key, released) = next_hold_event(&mut held), if !held.is_empty() => {
+                if released {
+                    if let Some(partition) = held.remove(&key) {
+                        held_requests -= partition.queue.len();
+                        for (produce, _) in partition.queue {
+                            pending.push_back(submit_produce(&shared, produce, &mut streams));
+                        }
+                    }
+                } else if let Some(partition) = held.get_mut(&key) {
+                    let now = Instant::now();
+                    while partition
+                        .queue
+                        .front()
+                        .is_some_and(|(_, started)| *started + partition.timeout <= now)
+                    {
+                        let Some((produce, started)) = partition.queue.pop_front() else {
+                            break;
+                        };
+                        held_requests -= 1;
                         let error = backlog_quota_error(format!(
                             "{}/{} stayed at its backlog quota for {} ms (policy HOLD)",
-                            produce.topic, produce.partition, started.elapsed().as_millis()
+                            produce.topic,
+                            produce.partition,
+                            started.elapsed().as_millis()
                         ));
-                        let response = error_response(produce.request_id, &error);
-                        let size = produce.batch.len() as u64;
-                        let key = PartitionKey::new(&produce.topic, produce.partition);
-                        streams.entry(key.clone()).or_default().outstanding += 1;
-                        pending.push_back(async move { (response, size, key) }.boxed());
+                        refuse_held(&mut pending, &mut streams, produce, &error);
+                    }
+                    if partition.queue.is_empty() {
+                        held.remove(&key);
                     }
                 }
             }
@@ -293,17 +340,27 @@ async fn produce_loop(
                     break;
                 }
             }
-            message = inbound.message(), if inbound_open && held.is_none() && in_flight_bytes < max_in_flight_bytes => {
+            message = inbound.message(), if inbound_open
+                && held_requests < MAX_HELD_REQUESTS_PER_STREAM
+                && in_flight_bytes < max_in_flight_bytes => {
                 match message {
                     Ok(Some(produce)) => {
                         in_flight_bytes += produce.batch.len() as u64;
                         shared
                             .produced_bytes
                             .fetch_add(produce.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        // HOLD stops reading this stream, so nothing sent
-                        // after the held request overtakes it.
-                        if let Some((deadline, pressure)) = hold_for(&shared, &produce) {
-                            held = Some(Held { produce, started: Instant::now(), deadline, pressure });
+                        // HOLD: behind a held request of its partition, or
+                        // held itself while the partition is at its limit.
+                        let key = PartitionKey::new(&produce.topic, produce.partition);
+                        if let Some(partition) = held.get_mut(&key) {
+                            partition.queue.push_back((produce, Instant::now()));
+                            held_requests += 1;
+                            continue;
+                        }
+                        if let Some((timeout, pressure)) = hold_for(&shared, &key) {
+                            let queue = VecDeque::from([(produce, Instant::now())]);
+                            held.insert(key, HeldPartition { queue, timeout, pressure });
+                            held_requests += 1;
                             continue;
                         }
                         pending.push_back(submit_produce(&shared, produce, &mut streams));
@@ -315,17 +372,16 @@ async fn produce_loop(
                     }
                 }
             }
-            _ = crate::wait_until_set(&mut shutdown), if inbound_open || held.is_some() => {
+            _ = crate::wait_until_set(&mut shutdown), if inbound_open || !held.is_empty() => {
                 // Stop taking requests but deliver the answers of those
                 // already accepted: the pipelines run until the server is done.
                 inbound_open = false;
-                if let Some(Held { produce, .. }) = held.take() {
-                    let response = error_response(produce.request_id, &BrokerError::ShuttingDown);
-                    let size = produce.batch.len() as u64;
-                    let key = PartitionKey::new(&produce.topic, produce.partition);
-                    streams.entry(key.clone()).or_default().outstanding += 1;
-                    pending.push_back(async move { (response, size, key) }.boxed());
+                for (_, partition) in held.drain() {
+                    for (produce, _) in partition.queue {
+                        refuse_held(&mut pending, &mut streams, produce, &BrokerError::ShuttingDown);
+                    }
                 }
+                held_requests = 0;
             }
         }
     }

@@ -304,6 +304,7 @@ async fn hold_policy_blocks_producers_until_consumers_drain_and_gives_up_after_i
     const RECORDS: u64 = 150;
     let cluster = Cluster::start(spec()).await;
     let admin = topic_with_quota(&cluster, "held", QUOTA, BacklogPolicy::Hold, 120_000).await;
+    cluster.create_topic("free", 1).await;
     let producer = Arc::new(
         Producer::new(ProducerConfig {
             client: cluster.client_config(),
@@ -349,6 +350,14 @@ async fn hold_policy_blocks_producers_until_consumers_drain_and_gives_up_after_i
         after <= before + 1,
         "the producer went on while held: {before} then {after}"
     );
+    // Only the held partition waits: the same producer (the same stream to
+    // the broker) still writes elsewhere.
+    let free = producer
+        .send(Record::new("free", "not held"))
+        .await
+        .expect("another topic is not held");
+    assert_eq!(free.pressure.level, PressureLevel::Ok);
+    assert!(sent.load(Ordering::SeqCst) < RECORDS, "no longer held?");
     // A consumer drains: the producer proceeds and everything arrives, in
     // order, once.
     let subscriber = Subscriber::connect(subscriber_config(&cluster, "held"))
