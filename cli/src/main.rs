@@ -13,9 +13,9 @@
 mod admin;
 mod bench;
 mod bench_delay;
-mod dead_letters;
 mod bench_subscription;
 mod consume;
+mod dead_letters;
 mod dev;
 mod health;
 mod message;
