@@ -193,6 +193,15 @@ async fn reject_policy_refuses_produce_at_the_quota_with_levels_in_acks_listener
                     levels.push(metadata.pressure.level);
                 }
                 accepted += 1;
+                if accepted == QUOTA * 6 / 10 {
+                    // Between the warning line and the quota: let the
+                    // monitor see it, so the next acknowledgements say WARN
+                    // however loaded the machine is.
+                    describe_until(&admin, "orders", "WARN", Duration::from_secs(30), |lag| {
+                        lag.pressure == PressureLevel::Warn
+                    })
+                    .await;
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(error) => break error,
