@@ -9,14 +9,26 @@
 #   benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100" "consume --messages 1000000"
 #   benchmarks/run-sluice.sh "cli:topic create big --segment-bytes 1073741824" "produce --topic big"
 #   STORES=3 benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100"
+#
+# Prints, per command, the CPU seconds of the client, the broker and the
+# stores. NO_BUILD=1 skips the build, BIN=<dir> takes the binaries from
+# <dir>, LOGS=<dir> keeps the services' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
-cargo build --release --quiet -p sluice-nameserver -p sluice-broker -p sluice-store -p sluice-cli --bins
-bin=target/release
+# NO_BUILD=1 runs the binaries already in target/release (e.g. while the
+# workspace does not build).
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet -p sluice-nameserver -p sluice-broker -p sluice-store -p sluice-cli --bins
+# BIN=<dir> runs binaries from elsewhere (e.g. a copy kept for an A/B comparison).
+bin=${BIN:-target/release}
 work=$(mktemp -d)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# LOGS=<dir> keeps the services' logs there (they go with the temp dir otherwise).
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ -n "${LOGS:-}" ]; then mkdir -p "$LOGS" && cp "$work"/*.log "$LOGS"/; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
@@ -64,7 +76,15 @@ for _ in $(seq 1 100); do
   "$bin/sluice" cluster status 2>/dev/null | grep -q "stores ($stores)" && break
   sleep 0.2
 done
+# CPU seconds (user + system) a process used so far, from /proc/<pid>/stat.
+cpu_seconds() {
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/stat"; done |
+    awk -v tick="$(getconf CLK_TCK)" '{total += $14 + $15} END {printf "%.2f", total / tick}'
+}
 for command in "$@"; do
+  broker_cpu_before=$(cpu_seconds "$broker")
+  stores_cpu_before=$(cpu_seconds "${store_pids[@]}")
   case "$command" in
     cli:*)  # a plain CLI command, e.g. "cli:topic create t --partitions 1 --segment-bytes 1073741824"
       echo "== sluice ${command#cli:}"
@@ -73,8 +93,13 @@ for command in "$@"; do
     *)
       echo "== sluice bench $command"
       # shellcheck disable=SC2086
-      "$bin/sluice" bench $command 2>/dev/null ;;
+      /usr/bin/time -o "$work/time.txt" -f "  client CPU: %U s user, %S s system" "$bin/sluice" bench $command 2>/dev/null
+      cat "$work/time.txt" ;;
   esac
+  # Per command, so CPU per byte can be compared across runs on a loaded machine.
+  awk -v broker="$(cpu_seconds "$broker")" -v broker_before="$broker_cpu_before" \
+    -v stores="$(cpu_seconds "${store_pids[@]}")" -v stores_before="$stores_cpu_before" \
+    'BEGIN {printf "  broker CPU: %.2f s, stores CPU: %.2f s\n", broker - broker_before, stores - stores_before}'
 done
 store_memory=""
 for pid in "${store_pids[@]}"; do
