@@ -86,6 +86,7 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
 
     let mut pending = Vec::new();
     let mut count: u64 = 0;
+    let mut partitions = std::collections::BTreeSet::new();
     if args.values.is_empty() {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Some(line) = lines.next_line().await.context("reading stdin")? {
@@ -93,7 +94,7 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
             // Report as we go and keep the list of waiting acks short.
             if pending.len() >= 10_000 {
-                report(std::mem::take(&mut pending), args.verbose).await?;
+                report(std::mem::take(&mut pending), args.verbose, &mut partitions).await?;
             }
         }
     } else {
@@ -102,15 +103,35 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
         }
     }
-    report(pending, args.verbose).await?;
+    report(pending, args.verbose, &mut partitions).await?;
+    // The alert of ADR 0012: consumers are falling behind on a partition.
+    for partition in &partitions {
+        let Some(pressure) = producer.pressure(&args.topic, *partition) else {
+            continue;
+        };
+        if pressure.level != sluice_client::PressureLevel::Ok {
+            let drain = pressure
+                .estimated_drain_ms
+                .map_or("unknown".to_string(), |ms| format!("{ms} ms"));
+            eprintln!(
+                "warning: {}/{partition} backlog at {:?} of its quota: {} messages (~{} bytes) not acknowledged by its slowest subscription; drain time {drain}",
+                args.topic, pressure.level, pressure.backlog_messages, pressure.backlog_bytes
+            );
+        }
+    }
     producer.close().await?;
     eprintln!("produced {count} record(s) to {}", args.topic);
     Ok(())
 }
 
-async fn report(pending: Vec<sluice_client::DeliveryFuture>, verbose: bool) -> Result<()> {
+async fn report(
+    pending: Vec<sluice_client::DeliveryFuture>,
+    verbose: bool,
+    partitions: &mut std::collections::BTreeSet<u32>,
+) -> Result<()> {
     for delivery in pending {
         let metadata = delivery.await?;
+        partitions.insert(metadata.partition);
         if verbose {
             println!(
                 "{}/{}@{}",

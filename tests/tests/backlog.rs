@@ -966,4 +966,18 @@ async fn a_subscriptions_own_quota_evicts_only_its_backlog() {
     .await;
     assert_eq!(workers.evicted, 0);
     assert_eq!(workers.pressure, PressureLevel::Ok);
+    // `sluice produce` warns when the acknowledgement says consumers fall
+    // behind (analytics is past its warning line).
+    let output = std::process::Command::new(sluice_tests::cluster::binary("sluice"))
+        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+        .args(["produce", "feed", "one more"])
+        .output()
+        .expect("run sluice");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning: feed/0 backlog at")
+            && stderr.contains("not acknowledged by its slowest subscription"),
+        "{stderr}"
+    );
 }
