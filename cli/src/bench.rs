@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// Producer memory limit in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub memory_limit_bytes: usize,
+    /// Consumer: most bytes one fetch returns per partition; the SDK's
+    /// default when not given (BENCHMARKS.md figures use the default).
+    #[arg(long)]
+    pub fetch_partition_max_bytes: Option<u32>,
 }
 
 pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
@@ -377,12 +381,16 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
     let assignment = (0..args.partitions)
         .map(|partition| (args.topic.clone(), partition, start))
         .collect();
+    let defaults = ConsumerConfig::default();
     let mut consumer = Consumer::assign(
         ConsumerConfig {
             client: client.clone(),
             group: None,
             reset: start,
-            ..ConsumerConfig::default()
+            fetch_partition_max_bytes: args
+                .fetch_partition_max_bytes
+                .unwrap_or(defaults.fetch_partition_max_bytes),
+            ..defaults
         },
         assignment,
     )
