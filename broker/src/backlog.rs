@@ -288,6 +288,9 @@ struct PartitionState {
     epoch: u64,
     pressure: watch::Sender<Pressure>,
     subscriptions: Mutex<BTreeMap<String, SubscriptionState>>,
+    /// One check at a time per partition: the monitor's and a describe's
+    /// would otherwise both evict the same messages and count them twice.
+    checking: tokio::sync::Mutex<()>,
 }
 
 /// The monitor's state for every partition served here.
@@ -429,6 +432,7 @@ impl PartitionState {
             epoch,
             pressure: watch::channel(Pressure::default()).0,
             subscriptions: Mutex::new(BTreeMap::new()),
+            checking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -501,6 +505,7 @@ async fn check(
     refresh_subscriptions: bool,
 ) -> Result<(), BrokerError> {
     let state = shared.backlog.state_of(partition);
+    let _checking = state.checking.lock().await;
     let subscriptions = shared
         .backlog
         .subscriptions_of(shared, &partition.key.topic, refresh_subscriptions)
