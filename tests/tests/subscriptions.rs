@@ -298,16 +298,27 @@ async fn key_shared_keeps_each_keys_order_while_consumers_join_and_leave() {
                 };
                 let key =
                     String::from_utf8(message.key.clone().expect("keyed").to_vec()).expect("utf-8");
+                // Processing is recorded before the acknowledgement: the
+                // key's next message cannot be delivered before the ack, so
+                // the recorded order is the processing order.
+                let value = value_of(&message);
+                processed
+                    .lock()
+                    .expect("lock")
+                    .entry(key.clone())
+                    .or_default()
+                    .push(value);
                 tokio::time::sleep(Duration::from_micros(200)).await;
                 if subscriber.ack(&message).await.is_ok() {
-                    processed
-                        .lock()
-                        .expect("lock")
-                        .entry(key)
-                        .or_default()
-                        .push(value_of(&message));
                     total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     handled += 1;
+                } else {
+                    // Not acknowledged: it comes again, and counts then.
+                    let mut processed = processed.lock().expect("lock");
+                    let values = processed.entry(key).or_default();
+                    if let Some(position) = values.iter().rposition(|seen| *seen == value) {
+                        values.remove(position);
+                    }
                 }
             }
             drop(subscriber);

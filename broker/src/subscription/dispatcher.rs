@@ -166,6 +166,11 @@ pub struct Dispatcher {
     delayed: usize,
     /// Held offsets delivered more than once (their counts are persisted).
     redelivered: BTreeSet<u64>,
+    /// Key-shared: keys held by an acknowledgement not yet in a cursor
+    /// commit, and those in the commit in flight (released when it is
+    /// durable).
+    keys_awaiting_commit: Vec<(u64, u64)>,
+    keys_in_commit: Vec<(u64, u64)>,
     counters: Counters,
     /// Offsets recently handled without an acknowledgement (filtered,
     /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
@@ -248,6 +253,8 @@ impl Dispatcher {
             dirty: false,
             delayed: 0,
             redelivered: BTreeSet::new(),
+            keys_awaiting_commit: Vec::new(),
+            keys_in_commit: Vec::new(),
             counters: Counters::default(),
             recently_handled: std::collections::VecDeque::new(),
         }
@@ -361,9 +368,31 @@ impl Dispatcher {
         self.dirty
     }
 
-    /// The cursor to persist; clears the dirty flag.
+    /// The cursor committed durably: keys held by the acknowledgements it
+    /// holds go free.
+    pub fn commit_succeeded(&mut self) {
+        for (key, offset) in std::mem::take(&mut self.keys_in_commit) {
+            if self.held_keys.get(&key) == Some(&offset) {
+                self.held_keys.remove(&key);
+            }
+        }
+    }
+
+    /// The cursor commit failed: its acknowledgements go into the next one.
+    pub fn commit_failed(&mut self) {
+        self.dirty = true;
+        let mut keys = std::mem::take(&mut self.keys_in_commit);
+        keys.append(&mut self.keys_awaiting_commit);
+        self.keys_awaiting_commit = keys;
+    }
+
+    /// The cursor to persist (the caller commits it, then reports with
+    /// [`Self::commit_succeeded`] or [`Self::commit_failed`]; one commit at
+    /// a time); clears the dirty flag.
     pub fn snapshot(&mut self) -> CursorSnapshot {
         self.dirty = false;
+        let awaiting = std::mem::take(&mut self.keys_awaiting_commit);
+        self.keys_in_commit.extend(awaiting);
         let mut delivery_counts: BTreeMap<u64, u32> = self
             .redelivered
             .iter()
@@ -579,11 +608,6 @@ impl Dispatcher {
         }
     }
 
-    /// Marks the cursor changed (its last commit failed).
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
-    }
-
     /// Limits a consumer's outstanding credit to `cap`.
     pub fn cap_permits(&mut self, id: ConsumerId, cap: u64) {
         if let Some(consumer) = self.consumers.get_mut(&id) {
@@ -612,9 +636,18 @@ impl Dispatcher {
                 consumer,
                 deadline_ms,
             } if consumer == id => {
+                let key = entry.key_hash;
                 self.deadlines.remove(&(deadline_ms, offset));
                 self.complete(offset);
                 self.counters.acknowledged += 1;
+                if let Some(key) = key.filter(|_| self.settings.kind == SubscriptionType::KeyShared)
+                {
+                    // The key's next message waits until this ack is
+                    // durable: were it lost in a failover, this message
+                    // would come again after the next one.
+                    self.held_keys.insert(key, offset);
+                    self.keys_awaiting_commit.push((key, offset));
+                }
                 Ok(())
             }
             _ if entry.deliveries == 0 => Err(ErrorCode::UnknownMessage),

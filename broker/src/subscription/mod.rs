@@ -1325,6 +1325,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                 let receipts = commit.take().map(|(_, receipts)| receipts).unwrap_or_default();
                 match result {
                     Ok(()) => {
+                        task.dispatcher.commit_succeeded();
                         for (consumer, receipt) in receipts {
                             task.send(consumer, ToConsumer::AckReceipt(receipt));
                         }
@@ -1340,7 +1341,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                         let mut receipts = receipts;
                         receipts.append(&mut task.receipts_waiting);
                         task.receipts_waiting = receipts;
-                        task.dispatcher.mark_dirty();
+                        task.dispatcher.commit_failed();
                         last_commit = Instant::now() + RETRY_BACKOFF;
                     }
                 }

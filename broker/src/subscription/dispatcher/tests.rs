@@ -44,6 +44,12 @@ fn scanned(range: std::ops::Range<u64>, keys: u64) -> Vec<Scanned> {
         .collect()
 }
 
+/// Commits the cursor as the shell does: snapshot, then success.
+fn durable(dispatcher: &mut Dispatcher) {
+    let _ = dispatcher.snapshot();
+    dispatcher.commit_succeeded();
+}
+
 fn delivered(actions: &[Action]) -> BTreeMap<ConsumerId, Vec<(u64, u32)>> {
     let mut map: BTreeMap<ConsumerId, Vec<(u64, u32)>> = BTreeMap::new();
     for action in actions {
@@ -314,6 +320,13 @@ fn key_shared_holds_one_message_per_key() {
     };
     let consumer = holder(&dispatcher, 1);
     dispatcher.ack(consumer, 1).unwrap();
+    // Not before the acknowledgement is durable.
+    assert!(dispatcher.dispatch(0).is_empty());
+    let _ = dispatcher.snapshot();
+    assert!(dispatcher.dispatch(0).is_empty(), "the commit is in flight");
+    dispatcher.commit_failed();
+    let _ = dispatcher.snapshot();
+    dispatcher.commit_succeeded();
     let next: Vec<u64> = delivered(&dispatcher.dispatch(0))
         .values()
         .flatten()
@@ -334,6 +347,7 @@ fn key_shared_parks_a_failing_key_and_keeps_the_others_flowing() {
     dispatcher.dispatch(0);
     dispatcher.nack(1, 0, Some(0), 0).unwrap();
     dispatcher.ack(1, 1).unwrap();
+    durable(&mut dispatcher);
     let actions = dispatcher.dispatch(0);
     assert!(actions.contains(&Action::DeadLetter {
         offset: 0,
@@ -505,6 +519,11 @@ fn simulate(kind: SubscriptionType, seed: u64) {
             }
             dispatcher.flow(id, 1);
         }
+        // The cursor is committed now and then; key-shared holds a key
+        // until its acknowledgement is durable.
+        if random.below(3) == 0 {
+            durable(&mut dispatcher);
+        }
         now += 7;
     }
     // Drain: one well-behaved consumer acknowledges everything left.
@@ -521,6 +540,7 @@ fn simulate(kind: SubscriptionType, seed: u64) {
             dispatcher.add_scanned(&scanned(dispatcher.read_position()..end, KEYS), 0);
         }
         now += 2_000;
+        durable(&mut dispatcher);
         for action in dispatcher.dispatch(now) {
             if let Action::Deliver { messages, .. } = action {
                 for (offset, _) in messages {
@@ -616,6 +636,7 @@ fn delayed_messages_wait_for_their_time_outside_the_window() {
     // Due, but key 0 has offset 2 outstanding: it waits for that ack.
     assert!(dispatcher.dispatch(now + 500).is_empty());
     dispatcher.ack(1, 2).unwrap();
+    durable(&mut dispatcher);
     assert_eq!(delivered(&dispatcher.dispatch(now + 500))[&1], vec![(0, 1)]);
     assert_eq!(dispatcher.delayed(), 0);
     // The delayed bound stops reading.
