@@ -125,6 +125,11 @@ pub struct BrokerConfig {
     /// memory each; beyond it the subscription reads no further until some
     /// come due. Default 1000000.
     pub subscription_max_delayed_messages: usize,
+    /// Subscriptions: bytes of delayed records one subscription keeps in
+    /// memory per partition (each as a single-record batch) so they are
+    /// sent from memory when due; beyond it due ones are read back from the
+    /// log. Default 256 MiB.
+    pub subscription_delayed_records_bytes: u64,
     /// Subscriptions: most bytes of record batches one subscription keeps
     /// read ahead per partition. Default 64 MiB.
     pub subscription_window_bytes: u64,
@@ -199,6 +204,7 @@ impl Default for BrokerConfig {
             producer_state_rebuild_bytes: 64 * 1024 * 1024,
             subscription_window_messages: 20_000,
             subscription_max_delayed_messages: 1_000_000,
+            subscription_delayed_records_bytes: 256 * 1024 * 1024,
             subscription_window_bytes: 64 * 1024 * 1024,
             subscription_max_permits_per_consumer: 10_000,
             subscription_max_unacknowledged_per_consumer: 5000,

@@ -694,12 +694,25 @@ pub fn decode(
     batch: &Bytes,
     max_batch_bytes: usize,
 ) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+    decode_selected(batch, max_batch_bytes, |_| true)
+}
+
+/// Like [`decode`], but builds only the records whose offset `wanted`
+/// accepts; the others are stepped over (their framing is still walked
+/// and the CRC covers them). A subscriber given a few records of a large
+/// batch pays for those few.
+pub fn decode_selected(
+    batch: &Bytes,
+    max_batch_bytes: usize,
+    wanted: impl Fn(u64) -> bool,
+) -> Result<(BatchHeader, Vec<Record>), BatchError> {
     let header = validate(batch, max_batch_bytes)?;
     let records = match header.compression {
         Compression::None => batch.slice(HEADER_BYTES..),
         compression => Bytes::from(decompress(compression, &batch[HEADER_BYTES..])?),
     };
     let mut output = Vec::with_capacity(header.record_count as usize);
+    let mut skipped = 0u32;
     let mut cursor = records.clone();
     for index in 0..header.record_count {
         let mut reader = Reader {
@@ -717,6 +730,18 @@ pub fn decode(
             bytes: &body,
             index,
         };
+        {
+            let mut peek = Reader {
+                bytes: &body,
+                index,
+            };
+            let _timestamp_delta = peek.zigzag()?;
+            let offset_delta = peek.varint()?;
+            if !wanted(header.base_offset.wrapping_add(offset_delta)) {
+                skipped += 1;
+                continue;
+            }
+        }
         let slice = |part: &[u8]| body.slice_ref(part);
         let record = parse_record_body(
             &mut body_reader,
@@ -743,10 +768,11 @@ pub fn decode(
         )?;
         output.push(record);
     }
-    if output.len() as u32 != header.record_count || !cursor.is_empty() {
+    let walked = output.len() as u32 + skipped;
+    if walked != header.record_count || !cursor.is_empty() {
         return Err(BatchError::RecordCountMismatch {
             declared: header.record_count,
-            actual: output.len() as u32,
+            actual: walked,
         });
     }
     Ok((header, output))
@@ -777,6 +803,26 @@ mod tests {
             });
         }
         builder.build()
+    }
+
+    #[test]
+    fn selected_decoding_builds_only_the_wanted_records() {
+        for compression in [Compression::None, Compression::Lz4] {
+            let mut batch = BytesMut::from(&sample(100, compression)[..]);
+            assign(&mut batch, 500, 1);
+            let batch = batch.freeze();
+            let (_, all) = decode(&batch, 1 << 20).expect("decodes");
+            let (_, some) = decode_selected(&batch, 1 << 20, |offset| offset % 10 == 3)
+                .expect("decodes selected");
+            assert_eq!(some.len(), 10);
+            let expected: Vec<&Record> = all.iter().filter(|r| r.offset % 10 == 3).collect();
+            assert_eq!(some.iter().collect::<Vec<_>>(), expected);
+            // The CRC still covers the skipped records.
+            let mut damaged = BytesMut::from(&batch[..]);
+            let last = damaged.len() - 1;
+            damaged[last] ^= 0x40;
+            assert!(decode_selected(&damaged.freeze(), 1 << 20, |_| false).is_err());
+        }
     }
 
     #[test]

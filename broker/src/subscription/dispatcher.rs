@@ -342,6 +342,14 @@ impl Dispatcher {
         self.delayed
     }
 
+    /// True if `offset` is held and waiting for its delivery time.
+    pub fn is_delayed(&self, offset: u64) -> bool {
+        matches!(
+            self.entries.get(&offset).map(|entry| entry.state),
+            Some(State::Delayed { .. })
+        )
+    }
+
     /// True if any offset in `[start, end)` is held and not delayed (its
     /// batch must stay in memory; delayed ones are read again when due).
     pub fn holds_undelayed_in(&self, start: u64, end: u64) -> bool {

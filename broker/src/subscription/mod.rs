@@ -74,6 +74,10 @@ const SCAN_READ_BYTES: usize = 1024 * 1024;
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest a single nack delay may be (a day); longer requests are capped.
 const MAX_NACK_DELAY_MS: u64 = 86_400_000;
+/// Cursor bytes committed per second at most, per dispatcher: a cursor of
+/// N bytes is committed at most every N / this seconds (and at most every
+/// `subscription_ack_flush_interval_ms`).
+const CURSOR_COMMIT_BYTES_PER_SECOND: f64 = 4.0 * 1024.0 * 1024.0;
 /// Group-name prefix under which subscription cursors are committed.
 const CURSOR_GROUP_PREFIX: &str = "__sub.";
 
@@ -483,6 +487,9 @@ struct Task {
     /// Batches read ahead: base offset → (end offset, bytes).
     batches: BTreeMap<u64, (u64, Bytes)>,
     batch_bytes: u64,
+    /// Delayed records kept in memory (single-record batches) by offset.
+    delayed_records: HashMap<u64, Bytes>,
+    delayed_records_bytes: u64,
     /// Acknowledgements applied but not yet in a started cursor commit.
     receipts_waiting: Vec<(ConsumerId, AckReceipt)>,
     started: Instant,
@@ -609,6 +616,9 @@ impl Task {
                         }),
                     }
                 }
+                for offset in &receipt.acknowledged {
+                    self.prune_batch_of(*offset);
+                }
                 if receipt.acknowledged.is_empty() {
                     // Nothing to make durable: answer now.
                     self.send(consumer, ToConsumer::AckReceipt(receipt));
@@ -684,8 +694,8 @@ impl Task {
                     continue;
                 }
                 let batch = bytes.slice(start..start + slice.len());
-                let scanned = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
-                    Ok((_, records)) => self.classify(&records, header.end_offset()),
+                let records = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
+                    Ok((_, records)) => records,
                     Err(error) => {
                         // The stores checked its CRC, so this is a producer's
                         // malformed compressed batch: nobody can read it.
@@ -694,6 +704,7 @@ impl Task {
                         Vec::new()
                     }
                 };
+                let scanned = self.classify(&records, header.end_offset());
                 let now_ms = self.now_ms();
                 self.dispatcher.add_scanned(&scanned, now_ms);
                 self.dispatcher.skip_to(header.end_offset());
@@ -707,6 +718,8 @@ impl Task {
                     self.batch_bytes += batch.len() as u64;
                     self.batches
                         .insert(header.base_offset, (header.end_offset(), batch));
+                } else {
+                    self.keep_delayed_records(records, header.writer_epoch);
                 }
                 progressed = true;
                 if self.dispatcher.window_room() == 0 {
@@ -769,11 +782,71 @@ impl Task {
         }
     }
 
+    /// Keeps the delayed records of a batch that is not kept, each as a
+    /// single-record batch, while `subscription_delayed_records_bytes`
+    /// allows: when they come due they are sent from memory instead of
+    /// reading their whole batch back from the stores (which bounded the
+    /// firing rate of a million delayed messages).
+    fn keep_delayed_records(&mut self, records: Vec<Record>, writer_epoch: u32) {
+        let budget = self.shared.config.subscription_delayed_records_bytes;
+        if self.delayed_records_bytes >= budget {
+            // Drop what expired or was evicted while delayed.
+            let dispatcher = &self.dispatcher;
+            let mut freed = 0u64;
+            self.delayed_records.retain(|offset, single| {
+                let keep = dispatcher.is_delayed(*offset);
+                if !keep {
+                    freed += single.len() as u64;
+                }
+                keep
+            });
+            self.delayed_records_bytes -= freed;
+        }
+        for record in records {
+            if self.delayed_records_bytes >= budget {
+                return;
+            }
+            if !self.dispatcher.is_delayed(record.offset) {
+                continue;
+            }
+            let offset = record.offset;
+            let single = single_record_batch(record, writer_epoch);
+            self.delayed_records_bytes += single.len() as u64;
+            self.delayed_records.insert(offset, single);
+        }
+    }
+
+    /// Drops the batch holding `offset` if nothing in it is still to be
+    /// delivered (checked on each acknowledgement, so read-back batches of
+    /// delayed messages do not pile up behind an old mark-delete offset).
+    fn prune_batch_of(&mut self, offset: u64) {
+        let Some((base, end)) = self
+            .batches
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, (end, _))| offset < *end)
+            .map(|(base, (end, _))| (*base, *end))
+        else {
+            return;
+        };
+        if !self.dispatcher.holds_undelayed_in(base, end) {
+            if let Some((_, bytes)) = self.batches.remove(&base) {
+                self.batch_bytes -= bytes.len() as u64;
+            }
+        }
+    }
+
     /// Reads back the batches of `offsets` that are not in memory (delayed
     /// messages that came due).
     async fn load_batches(&mut self, offsets: &[u64]) {
         for offset in offsets {
             if self.batch_of(*offset).is_some() {
+                continue;
+            }
+            if let Some(single) = self.delayed_records.remove(offset) {
+                self.delayed_records_bytes -= single.len() as u64;
+                self.batch_bytes += single.len() as u64;
+                self.batches.insert(*offset, (*offset + 1, single));
                 continue;
             }
             match self.partition.read(&self.shared, *offset, 1).await {
@@ -881,13 +954,61 @@ impl Task {
         if let Some((_, _, delivery)) = current {
             ready.push(delivery);
         }
-        for delivery in ready {
+        for mut delivery in ready {
+            if let Some(sparse) = sparse_batches(&delivery.batches, &delivery.offsets) {
+                delivery.batches = sparse;
+            }
             self.send(consumer, ToConsumer::Delivery(delivery));
         }
     }
 }
 
 use sluice_proto::SluiceError;
+
+/// A delivery listing at most one record in this many of a batch is sparse.
+const SPARSE_DELIVERY_RATIO: usize = 8;
+/// Batches smaller than this are sent whole however few records are meant.
+const SPARSE_DELIVERY_MIN_BATCH_BYTES: usize = 4096;
+
+/// For a delivery that lists only a few records of a large stored batch
+/// (delayed messages firing out of order, redeliveries, selective
+/// subscriptions), the listed records re-encoded as one single-record batch
+/// each, at their own offsets and with a new CRC, instead of the whole
+/// stored batch per message; None to send the stored batch as it is.
+fn sparse_batches(batch: &Bytes, offsets: &[u64]) -> Option<Bytes> {
+    if batch.len() < SPARSE_DELIVERY_MIN_BATCH_BYTES {
+        return None;
+    }
+    let header = batch::BatchHeader::parse(batch).ok()?;
+    if offsets.len().saturating_mul(SPARSE_DELIVERY_RATIO) >= header.record_count as usize {
+        return None;
+    }
+    let (_, records) = batch::decode_selected(batch, MAX_UNCOMPRESSED_RECORDS_BYTES, |offset| {
+        offsets.binary_search(&offset).is_ok()
+    })
+    .ok()?;
+    let mut out = bytes::BytesMut::new();
+    for record in records {
+        out.extend_from_slice(&single_record_batch(record, header.writer_epoch));
+    }
+    Some(out.freeze())
+}
+
+/// `record` alone in a batch at its own offset (new CRC, same content).
+fn single_record_batch(record: Record, writer_epoch: u32) -> Bytes {
+    let mut builder = batch::BatchBuilder::new(batch::Compression::None);
+    let offset = record.offset;
+    builder.push(&batch::RecordData {
+        key: record.key,
+        value: record.value,
+        headers: record.headers,
+        tags: record.tags,
+        timestamp_ms: Some(record.timestamp_ms),
+    });
+    let mut single = bytes::BytesMut::from(&builder.build()[..]);
+    batch::assign(&mut single, offset, writer_epoch);
+    single.freeze()
+}
 
 type DeadLetters = FuturesUnordered<BoxFuture<'static, (u64, Result<(), String>)>>;
 type CommitFuture = BoxFuture<'static, Result<(), BrokerError>>;
@@ -1074,6 +1195,23 @@ pub(crate) async fn commit_cursor(
     key: &PartitionKey,
     snapshot: &CursorSnapshot,
 ) -> Result<(), BrokerError> {
+    commit_encoded_cursor(
+        shared,
+        group,
+        key,
+        snapshot.acked.mark_delete(),
+        Bytes::from(snapshot.encode()),
+    )
+    .await
+}
+
+async fn commit_encoded_cursor(
+    shared: &Shared,
+    group: &str,
+    key: &PartitionKey,
+    mark_delete: u64,
+    cursor: Bytes,
+) -> Result<(), BrokerError> {
     let mut client = coordinator_client(shared, group).await?;
     let response = client
         .commit_offsets(request(
@@ -1084,10 +1222,10 @@ pub(crate) async fn commit_cursor(
                 offsets: vec![PartitionOffset {
                     topic: key.topic.clone(),
                     partition: key.partition,
-                    offset: snapshot.acked.mark_delete(),
+                    offset: mark_delete,
                     metadata: String::new(),
                     error: 0,
-                    cursor: Bytes::from(snapshot.encode()),
+                    cursor,
                 }],
             },
             shared.clients.nameserver_timeout,
@@ -1165,6 +1303,8 @@ async fn run_dispatcher(
                 consumers: HashMap::new(),
                 batches: BTreeMap::new(),
                 batch_bytes: 0,
+                delayed_records: HashMap::new(),
+                delayed_records_bytes: 0,
                 receipts_waiting: Vec::new(),
                 started: Instant::now(),
             }
@@ -1225,6 +1365,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
     let mut dead_letter_retries: Vec<(Instant, u64)> = Vec::new();
     let mut commit: Option<(CommitFuture, Vec<(ConsumerId, AckReceipt)>)> = None;
     let mut last_commit = Instant::now();
+    let mut commit_gap = flush_interval;
     let mut retry_at: Option<Instant> = None;
     let mut idle_since: Option<Instant> = Some(Instant::now());
     let not_owner = || BrokerError::NotOwner {
@@ -1258,16 +1399,27 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
         task.execute(actions, &mut dead_letters).await;
         task.prune_batches();
         let wants_commit = task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty();
-        if commit.is_none() && wants_commit && now >= last_commit + flush_interval {
+        if commit.is_none() && wants_commit && now >= last_commit + commit_gap {
             let snapshot = task.dispatcher.snapshot();
+            let mark_delete = snapshot.acked.mark_delete();
+            let encoded = Bytes::from(snapshot.encode());
+            // A large cursor (many gaps: delayed messages firing out of
+            // order) is committed less often, bounding commit traffic.
+            commit_gap = flush_interval.max(Duration::from_secs_f64(
+                encoded.len() as f64 / CURSOR_COMMIT_BYTES_PER_SECOND,
+            ));
             let receipts = std::mem::take(&mut task.receipts_waiting);
             let shared = task.shared.clone();
             let group = task.group.clone();
             let key = task.key.clone();
-            commit = Some((
-                async move { commit_cursor(&shared, &group, &key, &snapshot).await }.boxed(),
-                receipts,
-            ));
+            commit =
+                Some((
+                    async move {
+                        commit_encoded_cursor(&shared, &group, &key, mark_delete, encoded).await
+                    }
+                    .boxed(),
+                    receipts,
+                ));
             last_commit = now;
         }
         if task.consumers.is_empty() {
@@ -1288,7 +1440,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
             wake = wake.min(now + Duration::from_millis(deadline_ms.saturating_sub(now_ms)));
         }
         if commit.is_none() && wants_commit {
-            wake = wake.min(last_commit + flush_interval);
+            wake = wake.min(last_commit + commit_gap);
         }
         if let Some(at) = retry_at {
             wake = wake.min(at);
@@ -1381,4 +1533,56 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
 
 fn clone_broker_error(error: &BrokerError) -> BrokerError {
     BrokerError::Relayed(SluiceError::new(error.code(), error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_batch(records: u64, base_offset: u64) -> Bytes {
+        let mut builder = batch::BatchBuilder::new(batch::Compression::None);
+        for index in 0..records {
+            builder.push(&batch::RecordData {
+                key: Some(Bytes::from(format!("key-{index}"))),
+                value: Some(Bytes::from(vec![b'v'; 100])),
+                headers: vec![("h".into(), Bytes::from(index.to_string()))],
+                tags: vec!["t".into()],
+                timestamp_ms: Some(1_700_000_000_000 + index as i64),
+            });
+        }
+        let mut stored = bytes::BytesMut::from(&builder.build()[..]);
+        batch::assign(&mut stored, base_offset, 3);
+        stored.freeze()
+    }
+
+    #[test]
+    fn a_few_records_of_a_large_batch_travel_as_single_record_batches() {
+        let stored = stored_batch(100, 1000);
+        let (_, originals) = batch::decode(&stored, usize::MAX).expect("decodes");
+        let sparse = sparse_batches(&stored, &[1003, 1050]).expect("sparse");
+        assert!(sparse.len() < stored.len() / 10);
+        let mut seen = Vec::new();
+        for item in BatchIter::new(&sparse) {
+            let (start, header, slice) = item.expect("well formed");
+            let single = sparse.slice(start..start + slice.len());
+            let (_, records) = batch::decode(&single, usize::MAX).expect("valid CRC");
+            assert_eq!(header.writer_epoch, 3);
+            assert_eq!(records.len(), 1);
+            seen.push(records[0].clone());
+        }
+        let expected: Vec<Record> = originals
+            .into_iter()
+            .filter(|record| record.offset == 1003 || record.offset == 1050)
+            .collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn dense_or_small_deliveries_send_the_stored_batch() {
+        let stored = stored_batch(100, 0);
+        let many: Vec<u64> = (0..20).collect();
+        assert!(sparse_batches(&stored, &many).is_none());
+        let small = stored_batch(3, 0);
+        assert!(sparse_batches(&small, &[1]).is_none());
+    }
 }

@@ -11,7 +11,7 @@ use super::reconnect::ReconnectState;
 use super::{Message, Shared};
 use crate::cluster::{instant_after, normalize_address};
 use crate::ClientError;
-use sluice_proto::batch::{decode, BatchIter};
+use sluice_proto::batch::{decode_selected, BatchIter};
 use sluice_proto::v1::subscribe_request::Request as Outgoing;
 use sluice_proto::v1::subscribe_response::Response as Incoming;
 use sluice_proto::v1::{
@@ -665,7 +665,9 @@ pub(crate) fn decode_delivery(
             }
         };
         let batch = delivery.batches.slice_ref(batch);
-        let records = match decode(&batch, max_batch_bytes) {
+        let records = match decode_selected(&batch, max_batch_bytes, |offset| {
+            wanted.binary_search(&offset).is_ok()
+        }) {
             Ok((_, records)) => records,
             Err(error) => {
                 fail(
