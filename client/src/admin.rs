@@ -244,7 +244,6 @@ impl Admin {
         Ok(())
     }
 
-    /// Every consumer group the cluster knows.
     /// Backlog and lag of a subscription (ADR 0012) from every partition's
     /// owner: per partition and in total, with the pressure against the
     /// topic's backlog quotas and the recommended consumer count
@@ -259,6 +258,7 @@ impl Admin {
         crate::lag::describe_subscription(&self.cluster, topic, name, subscription.r#type()).await
     }
 
+    /// Every consumer group the cluster knows.
     pub async fn list_groups(&self) -> Result<Vec<v1::GroupListing>, ClientError> {
         let response = self
             .cluster
