@@ -269,10 +269,22 @@ async fn exercise(store: &dyn MetadataStore, tag: &str, lease: i64, rounds: u32)
             )],
             deletes: Vec::new(),
         };
-        match store.commit(transaction).await {
+        let txn_key = format!("failover/txn/{tag}/{round}");
+        match store.commit(transaction.clone()).await {
             Ok(true) => {}
             Ok(false) => errors.push(format!("txn {round}: compare failed")),
-            Err(error) => errors.push(format!("txn: {error}")),
+            // A transaction cut off with its member has an unknown outcome
+            // (never repeated blindly: ADR 0009); callers read back, as the
+            // nameserver does. Either it was applied, or a retry applies it.
+            Err(first) => match store.get(&txn_key).await {
+                Ok(Some(entry)) if entry.value == b"t" => {}
+                Ok(_) => match store.commit(transaction).await {
+                    Ok(true) => {}
+                    Ok(false) => errors.push(format!("txn {round}: compare failed on retry")),
+                    Err(error) => errors.push(format!("txn: {first}; retry: {error}")),
+                },
+                Err(error) => errors.push(format!("txn: {first}; read back: {error}")),
+            },
         }
         if let Err(error) = store.keep_alive(lease).await {
             errors.push(format!("keep-alive: {error}"));

@@ -21,9 +21,22 @@ pub struct Etcd {
     _data_dir: tempfile::TempDir,
 }
 
-/// Picks a port the OS reports free on 127.0.0.1. Another process may take
-/// it before we bind it; spawns retry on a fresh port when that happens.
+/// Ports handed to test services: below Linux's ephemeral range (32768 and
+/// up by default), so an outgoing connection of some other test can never
+/// take a port between our check and the service's bind (seen in CI as
+/// "Address already in use").
+const TEST_PORTS: std::ops::Range<u16> = 15_000..32_000;
+
+/// Picks a port free on 127.0.0.1 outside the ephemeral range (at random,
+/// so parallel tests rarely pick the same one; the bind check rules out
+/// ports in use).
 pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = rand::random_range(TEST_PORTS);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
     listener
         .local_addr()
