@@ -22,7 +22,7 @@
 //! - rates: handled messages (high watermark − backlog − evicted) and the
 //!   high watermark sampled every check, over `backlog_rate_window_ms`.
 
-use crate::clients::{nameserver_call, request};
+use crate::clients::nameserver_call;
 use crate::error::BrokerError;
 use crate::partition::{Partition, Phase};
 use crate::subscription::{self, AckedRanges, CursorSnapshot, SubscriptionStats};
@@ -30,9 +30,9 @@ use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use futures::StreamExt;
 use sluice_proto::v1::{
-    BacklogPolicy, DescribeSubscriptionRequest, DescribeSubscriptionResponse, FindOffsetRequest,
-    InitialPosition, ListSubscriptionsRequest, PressureLevel, SegmentState, Subscription,
-    SubscriptionPartitionLag, TopicConfig,
+    BacklogPolicy, DescribeSubscriptionRequest, DescribeSubscriptionResponse, InitialPosition,
+    ListSubscriptionsRequest, PressureLevel, SegmentState, Subscription, SubscriptionPartitionLag,
+    TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -842,7 +842,9 @@ async fn evict(
     if quota.age_ms > 0 && measurement.oldest_age_ms >= quota.age_ms {
         let cutoff = sluice_proto::now_unix_ms()
             .saturating_sub(i64::try_from(quota.keep_line(quota.age_ms)).unwrap_or(i64::MAX));
-        let first_young = offset_for_timestamp(shared, partition, cutoff, high_watermark).await?;
+        let first_young = partition
+            .offset_for_timestamp(shared, &partition.status(), cutoff)
+            .await?;
         target = target.max(first_young);
     }
     let target = target.min(high_watermark);
@@ -900,45 +902,6 @@ async fn evict_committed(
     let group = subscription::cursor_group(&subscription.name)?;
     subscription::commit_cursor(shared, &group, &partition.key, &snapshot).await?;
     Ok(before.saturating_sub(after))
-}
-
-/// First offset whose record timestamp is at least `timestamp_ms` (the
-/// stores' time indexes), `high_watermark` when none.
-async fn offset_for_timestamp(
-    shared: &Shared,
-    partition: &Partition,
-    timestamp_ms: i64,
-    high_watermark: u64,
-) -> Result<u64, BrokerError> {
-    for segment in partition.segments() {
-        let open = segment.state() == SegmentState::Open;
-        if !open
-            && (segment.max_timestamp_ms < timestamp_ms
-                || segment.end_offset <= segment.base_offset)
-        {
-            continue;
-        }
-        let Some(replica) = segment.replicas.first() else {
-            continue;
-        };
-        let mut store = shared.clients.store(&replica.address)?;
-        let found = store
-            .find_offset(request(
-                FindOffsetRequest {
-                    segment_id: segment.segment_id,
-                    timestamp_ms,
-                },
-                shared.clients.store_timeout,
-            ))
-            .await
-            .map_err(|status| BrokerError::remote("store FindOffset", &status))?
-            .into_inner()
-            .offset;
-        if let Some(offset) = found {
-            return Ok(offset.min(high_watermark));
-        }
-    }
-    Ok(high_watermark)
 }
 
 fn milli(rate_per_sec: f64) -> u64 {

@@ -23,8 +23,8 @@ use sluice_proto::batch::{assign, BatchHeader};
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest,
-    DeleteSegmentsRequest, Durability, ListSegmentsRequest, ReadRequest, SealSegmentRequest,
-    SegmentInfo, SegmentState, StoreCreateSegmentRequest, TopicConfig,
+    DeleteSegmentsRequest, Durability, FindOffsetRequest, ListSegmentsRequest, ReadRequest,
+    SealSegmentRequest, SegmentInfo, SegmentState, StoreCreateSegmentRequest, TopicConfig,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::VecDeque;
@@ -301,6 +301,52 @@ impl Partition {
             read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?;
         let keep = prefix_within_high_watermark(&batches, high_watermark);
         Ok(batches.slice(..keep))
+    }
+}
+
+impl Partition {
+    /// First offset whose record timestamp is at least `timestamp_ms`, as
+    /// of `status`: the first segment whose max timestamp reaches it
+    /// (closed ones from metadata, the open one by asking its store), then
+    /// that store's time index; the high watermark when none. Used by
+    /// ListOffsets and by the backlog quota's age eviction.
+    pub async fn offset_for_timestamp(
+        &self,
+        shared: &Shared,
+        status: &PartitionStatus,
+        timestamp_ms: i64,
+    ) -> Result<u64, BrokerError> {
+        for segment in self.segments() {
+            let open = segment.state() == SegmentState::Open;
+            if !open
+                && (segment.max_timestamp_ms < timestamp_ms
+                    || segment.end_offset <= segment.base_offset)
+            {
+                continue;
+            }
+            let Some(replica) = segment.replicas.first() else {
+                continue;
+            };
+            let mut store = shared.clients.store(&replica.address)?;
+            let found = store
+                .find_offset(request(
+                    FindOffsetRequest {
+                        segment_id: segment.segment_id,
+                        timestamp_ms,
+                    },
+                    shared.clients.store_timeout,
+                ))
+                .await
+                .map_err(|status| BrokerError::remote("store FindOffset", &status))?
+                .into_inner()
+                .offset;
+            if let Some(offset) = found {
+                if offset < status.high_watermark {
+                    return Ok(offset.max(status.log_start_offset));
+                }
+            }
+        }
+        Ok(status.high_watermark)
     }
 }
 

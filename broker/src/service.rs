@@ -3,7 +3,6 @@
 //! coordinator).
 
 use crate::backlog;
-use crate::clients::request;
 use crate::decisions::{fetch_decision, FetchDecision};
 use crate::error::BrokerError;
 use crate::partition::{Partition, PartitionStatus, Phase};
@@ -21,8 +20,8 @@ use sluice_proto::v1::{
     BacklogPolicy, CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest,
     DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
     FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FetchedPartition,
-    FindOffsetRequest, GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest,
-    ListOffsetsResponse, OffsetSpec, PressureLevel, ProduceRequest, ProduceResponse, SegmentState,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetSpec, PressureLevel, ProduceRequest, ProduceResponse,
 };
 use sluice_proto::ErrorCode;
 use std::collections::{HashMap, VecDeque};
@@ -599,7 +598,8 @@ impl Broker for BrokerService {
             OffsetSpec::Earliest => status.log_start_offset,
             OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
             OffsetSpec::Timestamp => {
-                self.offset_for_timestamp(&partition, &status, request.timestamp_ms)
+                partition
+                    .offset_for_timestamp(&self.shared, &status, request.timestamp_ms)
                     .await?
             }
         };
@@ -707,50 +707,5 @@ impl Broker for BrokerService {
             self.shared.clone(),
             request.into_inner(),
         )))
-    }
-}
-
-impl BrokerService {
-    /// First offset whose timestamp is >= `timestamp_ms`: the first segment
-    /// whose max timestamp reaches it (closed ones from metadata, the open
-    /// one by asking its store), then the store's time index.
-    async fn offset_for_timestamp(
-        &self,
-        partition: &Partition,
-        status: &PartitionStatus,
-        timestamp_ms: i64,
-    ) -> Result<u64, BrokerError> {
-        let shared = &self.shared;
-        for segment in partition.segments() {
-            let open = segment.state() == SegmentState::Open;
-            if !open
-                && (segment.max_timestamp_ms < timestamp_ms
-                    || segment.end_offset <= segment.base_offset)
-            {
-                continue;
-            }
-            let Some(replica) = segment.replicas.first() else {
-                continue;
-            };
-            let mut store = shared.clients.store(&replica.address)?;
-            let found = store
-                .find_offset(request(
-                    FindOffsetRequest {
-                        segment_id: segment.segment_id,
-                        timestamp_ms,
-                    },
-                    shared.clients.store_timeout,
-                ))
-                .await
-                .map_err(|status| BrokerError::remote("store FindOffset", &status))?
-                .into_inner()
-                .offset;
-            if let Some(offset) = found {
-                if offset < status.high_watermark {
-                    return Ok(offset.max(status.log_start_offset));
-                }
-            }
-        }
-        Ok(status.high_watermark)
     }
 }
