@@ -327,13 +327,22 @@ impl Cluster {
     /// Creates a topic with default settings and waits until every
     /// partition was taken over by a broker.
     pub async fn create_topic(&self, name: &str, partitions: u32) {
+        self.create_topic_with(
+            name,
+            sluice_proto::v1::TopicConfig {
+                partitions,
+                ..sluice_proto::v1::TopicConfig::default()
+            },
+        )
+        .await;
+    }
+
+    /// Creates a topic with `config` and waits until every partition was
+    /// taken over by a broker.
+    pub async fn create_topic_with(&self, name: &str, config: sluice_proto::v1::TopicConfig) {
         let admin = sluice_client::Admin::connect(self.client_config())
             .await
             .expect("admin client");
-        let config = sluice_proto::v1::TopicConfig {
-            partitions,
-            ..sluice_proto::v1::TopicConfig::default()
-        };
         admin
             .create_topic(name, config)
             .await

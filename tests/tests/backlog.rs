@@ -14,7 +14,7 @@ use sluice_proto::v1::{
     BacklogPolicy, InitialPosition, Subscription, SubscriptionType, TopicConfig,
 };
 use sluice_proto::ErrorCode;
-use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use sluice_tests::cluster::{Cluster, ClusterSpec};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,8 +57,8 @@ async fn topic_with_quota(
     let admin = Admin::connect(cluster.client_config())
         .await
         .expect("admin client");
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             topic,
             TopicConfig {
                 partitions: 1,
@@ -69,9 +69,7 @@ async fn topic_with_quota(
                 ..TopicConfig::default()
             },
         )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), topic).await;
+        .await;
     admin
         .create_subscription(Subscription {
             topic: topic.to_string(),
@@ -552,8 +550,8 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
 
     // Age: messages an hour old are evicted down to those younger than
     // the warning line (half of one minute); the young ones stay.
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             "aged",
             TopicConfig {
                 partitions: 1,
@@ -563,9 +561,7 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
                 ..TopicConfig::default()
             },
         )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), "aged").await;
+        .await;
     admin
         .create_subscription(subscription("aged"))
         .await
@@ -611,8 +607,8 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
 
     // Bytes: records of about 1 KiB against a 20 KiB quota are refused
     // after about 20.
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             "heavy",
             TopicConfig {
                 partitions: 1,
@@ -621,9 +617,7 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
                 ..TopicConfig::default()
             },
         )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), "heavy").await;
+        .await;
     admin
         .create_subscription(subscription("heavy"))
         .await

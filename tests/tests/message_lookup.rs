@@ -17,7 +17,7 @@ use sluice_proto::v1::{
     Subscription, SubscriptionType, TopicConfig,
 };
 use sluice_proto::ErrorCode;
-use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use sluice_tests::cluster::{Cluster, ClusterSpec};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -115,8 +115,8 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
     let admin = Admin::connect(cluster.client_config())
         .await
         .expect("admin");
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             "orders",
             TopicConfig {
                 partitions: 2,
@@ -125,9 +125,7 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
                 ..TopicConfig::default()
             },
         )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), "orders").await;
+        .await;
     // Several rounds so batches stay small and segments roll in between.
     for round in 0..10u64 {
         let records = (round * 30..(round + 1) * 30)
@@ -799,8 +797,8 @@ async fn unindexed_ranges_are_scanned_and_every_answer_is_bounded() {
     let admin = Admin::connect(cluster.client_config())
         .await
         .expect("admin");
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             "events",
             TopicConfig {
                 partitions: 1,
@@ -808,9 +806,7 @@ async fn unindexed_ranges_are_scanned_and_every_answer_is_bounded() {
                 ..TopicConfig::default()
             },
         )
-        .await
-        .expect("create topic");
-    wait_until_writable(cluster.client_config(), "events").await;
+        .await;
     for round in 0..10u64 {
         let records = (round * 30..(round + 1) * 30)
             .map(|value| {

@@ -83,6 +83,21 @@ fn subscriber_config(
     }
 }
 
+/// Receives and acknowledges until `count` distinct values were
+/// acknowledged, each receive within 20 s (`what` says what is expected).
+async fn acknowledge_distinct(subscriber: &Subscriber, count: usize, what: &str) -> HashSet<u64> {
+    let mut values = HashSet::new();
+    while values.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), subscriber.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out: {what} ({} of {count})", values.len()))
+            .expect("recv");
+        subscriber.ack(&message).await.expect("ack");
+        values.insert(value_of(&message));
+    }
+    values
+}
+
 /// Waits until `condition` holds, panicking with `what` after `timeout`.
 async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -811,8 +826,8 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
     let admin = Admin::connect(cluster.client_config())
         .await
         .expect("admin");
-    admin
-        .create_topic(
+    cluster
+        .create_topic_with(
             "reminders",
             sluice_proto::v1::TopicConfig {
                 partitions: 1,
@@ -821,9 +836,7 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
                 ..Default::default()
             },
         )
-        .await
-        .expect("create topic");
-    sluice_tests::cluster::wait_until_writable(cluster.client_config(), "reminders").await;
+        .await;
     // Created before anything is produced: it starts at the end ("latest").
     let config = SubscriberConfig {
         initial_position: InitialPosition::Latest,
@@ -976,8 +989,8 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
         .await
         .expect("admin");
     for (topic, ignores) in [("kept", false), ("dropped", true)] {
-        admin
-            .create_topic(
+        cluster
+            .create_topic_with(
                 topic,
                 sluice_proto::v1::TopicConfig {
                     partitions: 1,
@@ -987,9 +1000,7 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
                     ..Default::default()
                 },
             )
-            .await
-            .expect("create topic");
-        sluice_tests::cluster::wait_until_writable(cluster.client_config(), topic).await;
+            .await;
         admin
             .create_subscription(Subscription {
                 topic: topic.into(),
@@ -1036,15 +1047,7 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
     ))
     .await
     .expect("connect");
-    let mut values = HashSet::new();
-    while values.len() < 300 {
-        let message = tokio::time::timeout(Duration::from_secs(20), subscriber.recv())
-            .await
-            .expect("the backlog is still there")
-            .expect("recv");
-        values.insert(value_of(&message));
-        subscriber.ack(&message).await.expect("ack");
-    }
+    acknowledge_distinct(&subscriber, 300, "the backlog is still there").await;
     subscriber.close().await.expect("close");
     // Consumed: now retention may take it.
     eventually_async("retention after the subscription caught up", || async {
@@ -1111,15 +1114,7 @@ async fn every_subscription_gets_every_message_and_a_stuck_consumer_stalls_nobod
     ))
     .await
     .expect("audit consumer");
-    let mut audited = HashSet::new();
-    while audited.len() < 200 {
-        let message = tokio::time::timeout(Duration::from_secs(20), audit.recv())
-            .await
-            .expect("audit receives everything")
-            .expect("recv audit");
-        audit.ack(&message).await.expect("ack audit");
-        audited.insert(value_of(&message));
-    }
+    acknowledge_distinct(&audit, 200, "audit receives everything").await;
     let mut work = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while work.len() < 200 {
