@@ -60,6 +60,9 @@ pub struct Settings {
     pub window_messages: usize,
     /// Most delayed messages held.
     pub max_delayed_messages: usize,
+    /// Most undelivered credit one consumer may hold; larger grants are
+    /// capped.
+    pub max_permits_per_consumer: u64,
     /// Most messages in flight to one consumer whatever its credit
     /// (Pulsar's max unacknowledged per consumer); 0: no limit.
     pub max_unacknowledged_per_consumer: u64,
@@ -264,11 +267,6 @@ impl Dispatcher {
         self.counters
     }
 
-    /// The oldest offset read and not yet acknowledged.
-    pub fn oldest_unacknowledged(&self) -> Option<u64> {
-        self.entries.keys().next().copied()
-    }
-
     /// Where `offset` stands (`now_ms` on the dispatcher's clock).
     pub fn explain(&self, offset: u64) -> Explanation {
         if let Some(entry) = self.entries.get(&offset) {
@@ -338,6 +336,7 @@ impl Dispatcher {
     }
 
     /// Delayed messages held.
+    #[cfg(test)]
     pub fn delayed(&self) -> usize {
         self.delayed
     }
@@ -567,7 +566,7 @@ impl Dispatcher {
             Consumer {
                 name,
                 priority,
-                permits,
+                permits: permits.min(self.settings.max_permits_per_consumer),
                 in_flight: 0,
             },
         );
@@ -616,17 +615,13 @@ impl Dispatcher {
         }
     }
 
-    /// Limits a consumer's outstanding credit to `cap`.
-    pub fn cap_permits(&mut self, id: ConsumerId, cap: u64) {
-        if let Some(consumer) = self.consumers.get_mut(&id) {
-            consumer.permits = consumer.permits.min(cap);
-        }
-    }
-
-    /// Adds credit; saturates.
+    /// Adds credit, up to `max_permits_per_consumer`.
     pub fn flow(&mut self, id: ConsumerId, permits: u64) {
         if let Some(consumer) = self.consumers.get_mut(&id) {
-            consumer.permits = consumer.permits.saturating_add(permits);
+            consumer.permits = consumer
+                .permits
+                .saturating_add(permits)
+                .min(self.settings.max_permits_per_consumer);
         }
     }
 

@@ -15,7 +15,6 @@ mod cursor;
 mod dispatcher;
 
 pub use cursor::{AckedRanges, CursorSnapshot};
-#[allow(unused_imports)]
 pub use dispatcher::{Counters, Explanation, Handled};
 
 use crate::clients::{nameserver_call, request};
@@ -137,13 +136,6 @@ impl Registry {
         }
     }
 
-    /// Dispatchers running (for tests and status).
-    #[allow(dead_code)]
-    pub fn running(&self) -> usize {
-        self.lock().len()
-    }
-
-    #[allow(dead_code)] // Used by the backlog and message-lookup features being built.
     fn senders_of(&self, key: &PartitionKey) -> Vec<(String, mpsc::Sender<Command>)> {
         self.lock()
             .iter()
@@ -155,7 +147,6 @@ impl Registry {
     /// Statistics of every subscription with a running dispatcher on
     /// partition `key` (those without consumers for a while have none; read
     /// their cursor from the coordinator instead).
-    #[allow(dead_code)]
     pub async fn stats(&self, key: &PartitionKey) -> Vec<SubscriptionStats> {
         let mut all = Vec::new();
         for (_, sender) in self.senders_of(key) {
@@ -192,7 +183,6 @@ impl Registry {
 
     /// Where message `offset` of partition `key` stands in `subscription`,
     /// if its dispatcher runs here.
-    #[allow(dead_code)]
     pub async fn explain(
         &self,
         key: &PartitionKey,
@@ -211,11 +201,9 @@ impl Registry {
 }
 
 /// One subscription's state on one partition, from its running dispatcher.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct SubscriptionStats {
     pub subscription: String,
-    pub kind: SubscriptionType,
     /// Every offset below is acknowledged (or filtered, expired,
     /// dead-lettered).
     pub mark_delete: u64,
@@ -224,13 +212,8 @@ pub struct SubscriptionStats {
     /// Read and not yet acknowledged (delivered, waiting, delayed).
     pub unacknowledged: u64,
     pub in_flight: u64,
-    /// Waiting for their delivery time (part of `unacknowledged`).
-    pub delayed: u64,
     pub consumers: u32,
-    pub oldest_unacknowledged: Option<u64>,
     pub counters: Counters,
-    /// How long the dispatcher has run: with `counters`, gives rates.
-    pub running_ms: u64,
 }
 
 enum Command {
@@ -492,7 +475,6 @@ struct Task {
     delayed_records_bytes: u64,
     /// Acknowledgements applied but not yet in a started cursor commit.
     receipts_waiting: Vec<(ConsumerId, AckReceipt)>,
-    started: Instant,
 }
 
 impl Task {
@@ -501,10 +483,6 @@ impl Task {
     /// only delays timeouts and redeliveries.
     fn now_ms(&self) -> u64 {
         u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0)
-    }
-
-    fn running_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn send(&mut self, consumer: ConsumerId, response: ToConsumer) {
@@ -556,7 +534,6 @@ impl Task {
                     ))));
                     return;
                 }
-                let permits = permits.min(self.shared.config.subscription_max_permits_per_consumer);
                 if let Err(error) = self
                     .dispatcher
                     .add_consumer(consumer, name, priority, permits)
@@ -580,9 +557,7 @@ impl Task {
                 let _ = opened.send(Ok(()));
             }
             Command::Flow { consumer, permits } => {
-                let cap = self.shared.config.subscription_max_permits_per_consumer;
-                self.dispatcher.flow(consumer, permits.min(cap));
-                self.dispatcher.cap_permits(consumer, cap);
+                self.dispatcher.flow(consumer, permits);
             }
             Command::Ack {
                 consumer,
@@ -643,16 +618,12 @@ impl Task {
             Command::Stats { reply } => {
                 let _ = reply.send(SubscriptionStats {
                     subscription: self.subscription.name.clone(),
-                    kind: self.dispatcher.kind(),
                     mark_delete: self.dispatcher.mark_delete(),
                     read_position: self.dispatcher.read_position(),
                     unacknowledged: self.dispatcher.unacknowledged() as u64,
                     in_flight: self.dispatcher.in_flight() as u64,
-                    delayed: self.dispatcher.delayed() as u64,
                     consumers: u32::try_from(self.consumers.len()).unwrap_or(u32::MAX),
-                    oldest_unacknowledged: self.dispatcher.oldest_unacknowledged(),
                     counters: self.dispatcher.counters(),
-                    running_ms: self.running_ms(),
                 });
             }
             Command::Explain { offset, reply } => {
@@ -1288,6 +1259,7 @@ async fn run_dispatcher(
                 max_deliveries: subscription.max_deliveries,
                 window_messages: shared.config.subscription_window_messages.max(1),
                 max_delayed_messages: shared.config.subscription_max_delayed_messages,
+                max_permits_per_consumer: shared.config.subscription_max_permits_per_consumer,
                 max_unacknowledged_per_consumer: shared
                     .config
                     .subscription_max_unacknowledged_per_consumer,
@@ -1306,7 +1278,6 @@ async fn run_dispatcher(
                 delayed_records: HashMap::new(),
                 delayed_records_bytes: 0,
                 receipts_waiting: Vec::new(),
-                started: Instant::now(),
             }
         }
         Err(error) => {

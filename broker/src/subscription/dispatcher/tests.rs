@@ -13,6 +13,7 @@ fn settings(kind: SubscriptionType) -> Settings {
         max_deliveries: 0,
         window_messages: 10_000,
         max_delayed_messages: 1_000,
+        max_permits_per_consumer: 10_000,
         max_unacknowledged_per_consumer: 0,
     }
 }
@@ -744,4 +745,19 @@ fn a_consumer_stops_receiving_at_its_unacknowledged_limit_whatever_its_credit() 
     assert_eq!(delivered(&dispatcher.dispatch(0))[&2].len(), 3);
     // An ack timeout frees room too.
     assert_eq!(delivered(&dispatcher.dispatch(1_000))[&1].len(), 3);
+}
+
+#[test]
+fn credit_is_capped_per_consumer() {
+    let mut dispatcher = fresh(Settings {
+        max_permits_per_consumer: 5,
+        ..settings(SubscriptionType::Shared)
+    });
+    dispatcher
+        .add_consumer(1, "greedy".into(), 0, u64::MAX)
+        .unwrap();
+    dispatcher.add_scanned(&scanned(0..20, 0), 0);
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1].len(), 5);
+    dispatcher.flow(1, u64::MAX);
+    assert_eq!(delivered(&dispatcher.dispatch(0))[&1].len(), 5);
 }
