@@ -1059,4 +1059,48 @@ mod tests {
         .expect("heartbeat");
         assert_eq!(assigned(&after).len(), 4);
     }
+
+    #[test]
+    fn a_cursor_from_an_older_owner_epoch_is_refused() {
+        use crate::subscription::{AckedRanges, CursorSnapshot};
+        let cursor = |epoch: u64, mark: u64| {
+            CursorSnapshot {
+                epoch,
+                subscription_created_at_ms: 1,
+                acked: AckedRanges::new(mark),
+                delivery_counts: Default::default(),
+                parked_keys: Default::default(),
+            }
+            .encode()
+        };
+        let offset = |bytes: Vec<u8>| PartitionOffset {
+            topic: "t".into(),
+            partition: 0,
+            cursor: bytes.into(),
+            ..PartitionOffset::default()
+        };
+        let mut state = State::default();
+        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(5, 10))).is_ok());
+        apply_commits(
+            &mut state,
+            "__sub.s",
+            &[CommittedOffset {
+                topic: "t".into(),
+                partition: 0,
+                offset: 10,
+                metadata: String::new(),
+                cursor: encode_base64(&cursor(5, 10)),
+            }],
+        );
+        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(5, 12))).is_ok());
+        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(6, 12))).is_ok());
+        assert!(matches!(
+            check_cursor_epoch(&state, "__sub.s", &offset(cursor(4, 20))),
+            Err(BrokerError::CursorFenced(_))
+        ));
+        assert!(matches!(
+            check_cursor_epoch(&state, "__sub.s", &offset(vec![1, 2, 3])),
+            Err(BrokerError::InvalidArgument(_))
+        ));
+    }
 }
