@@ -38,6 +38,10 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u64,
     /// Largest fetch response, whatever the client asks. Default 8 MiB.
     pub max_fetch_bytes: u64,
+    /// Bytes of store reads started ahead of sequential readers' next
+    /// fetches, across all partitions (at most one range per partition);
+    /// 0 turns read-ahead off. Default 64 MiB.
+    pub fetch_read_ahead_bytes: u64,
     /// Message lookup (ADR 0013): most messages one `FindMessages` answer
     /// returns, whatever the client asks. Default 1000.
     pub max_find_results: u32,
@@ -176,6 +180,7 @@ impl Default for BrokerConfig {
             max_in_flight_appends_per_partition: 1024,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 8 * 1024 * 1024,
+            fetch_read_ahead_bytes: 64 * 1024 * 1024,
             max_find_results: 1000,
             max_find_scan_bytes: 64 * 1024 * 1024,
             max_find_response_bytes: 8 * 1024 * 1024,

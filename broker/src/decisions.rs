@@ -2,6 +2,7 @@
 //! segments retention deletes, how much of a store read may be returned,
 //! and the quorum arithmetic of replicated segments (ADR 0008).
 
+use bytes::Bytes;
 use sluice_proto::batch::BatchIter;
 use sluice_proto::v1::{SegmentInfo, SegmentState};
 
@@ -39,6 +40,24 @@ pub fn prefix_within_high_watermark(batches: &[u8], high_watermark: u64) -> usiz
         }
     }
     length
+}
+
+/// The whole batches at the start of `batches` that fit in `limit` bytes;
+/// with `at_least_one`, the first batch even when it alone is larger (the
+/// first data of a fetch always goes out whole).
+pub fn whole_batches_within(batches: Bytes, limit: usize, at_least_one: bool) -> Bytes {
+    if batches.len() <= limit {
+        return batches;
+    }
+    let mut length = 0;
+    for (position, _, batch) in BatchIter::new(&batches).map_while(Result::ok) {
+        let first = length == 0 && at_least_one;
+        if !first && position + batch.len() > limit {
+            break;
+        }
+        length = position + batch.len();
+    }
+    batches.slice(..length)
 }
 
 /// The segment holding `offset`: the last one starting at or before it

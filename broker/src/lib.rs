@@ -21,6 +21,7 @@ mod idempotence;
 mod lookup;
 mod ownership;
 mod partition;
+mod read_ahead;
 mod repair;
 mod retention;
 mod service;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
     tail_cache: Mutex<TailCache>,
+    /// Bytes all partitions' fetch read-aheads may hold (`fetch_read_ahead_bytes`).
+    pub read_ahead_budget: Arc<tokio::sync::Semaphore>,
     /// Topic → partition count (None: no such topic), and when learned.
     partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
     /// Produce bytes accepted since start; the heartbeat reports the rate
@@ -266,6 +269,11 @@ pub async fn run(
         clients: Clients::new(&config),
         coordinator: Coordinator::new(&config),
         tail_cache: Mutex::new(TailCache::new(config.tail_cache_bytes)),
+        read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.fetch_read_ahead_bytes)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
         partitions: RwLock::new(HashMap::new()),
         partition_counts: Mutex::new(HashMap::new()),
         produced_bytes: std::sync::atomic::AtomicU64::new(0),

@@ -11,9 +11,10 @@
 use crate::clients::{nameserver_call, request, stream_request};
 use crate::decisions::{
     effective_ack_quorum, fence_quorum, prefix_within_high_watermark, recovered_copy,
-    segment_for_offset, FencedCopy,
+    segment_for_offset, whole_batches_within, FencedCopy,
 };
 use crate::error::BrokerError;
+use crate::read_ahead::{end_offset_of, ReadAhead};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
@@ -100,6 +101,8 @@ pub struct Partition {
     /// Idempotent producers' latest batches (ADR 0010); used by the
     /// pipeline task only.
     producers: std::sync::Mutex<crate::idempotence::ProducerStates>,
+    /// The store read started ahead of a sequential reader's next fetch.
+    read_ahead: ReadAhead,
 }
 
 impl Partition {
@@ -133,6 +136,7 @@ impl Partition {
             producers: std::sync::Mutex::new(crate::idempotence::ProducerStates::new(
                 shared.config.max_producer_states_per_partition,
             )),
+            read_ahead: ReadAhead::default(),
         });
         tokio::spawn(run(shared, partition.clone(), jobs_receiver));
         partition
@@ -286,22 +290,108 @@ impl Partition {
             return Ok(cached);
         }
         let segments = self.segments();
-        let Some(segment) = segment_for_offset(&segments, offset) else {
+        let Some((segment, end_offset)) = readable_segment(&segments, offset, high_watermark)
+        else {
             return Ok(Bytes::new());
         };
-        let end_offset = if segment.state() == SegmentState::Open {
-            high_watermark
-        } else {
-            segment.end_offset.min(high_watermark)
-        };
-        if offset >= end_offset {
-            return Ok(Bytes::new());
-        }
         let batches =
             read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?;
         let keep = prefix_within_high_watermark(&batches, high_watermark);
         Ok(batches.slice(..keep))
     }
+
+    /// [`Partition::read`] for fetches: once this partition's reads from
+    /// the stores are sequential, the store read of the range after the
+    /// answer is started before returning it (see [`crate::read_ahead`]).
+    pub async fn read_for_fetch(
+        &self,
+        shared: &Arc<Shared>,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Bytes, BrokerError> {
+        let high_watermark = self.status().high_watermark;
+        if offset >= high_watermark {
+            return Ok(Bytes::new());
+        }
+        if let Some(cached) = shared.tail_cache_read(&self.key, offset, max_bytes) {
+            return Ok(cached);
+        }
+        let segments = self.segments();
+        let Some((segment, end_offset)) = readable_segment(&segments, offset, high_watermark)
+        else {
+            return Ok(Bytes::new());
+        };
+        let (pending, sequential) = self.read_ahead.take(offset, segment.segment_id);
+        let ahead = match pending {
+            // A failed or empty read-ahead is retried directly, with the
+            // replica order and error handling of a direct read.
+            Some(pending) => pending.wait().await.ok().filter(|bytes| !bytes.is_empty()),
+            None => None,
+        };
+        let batches = match ahead {
+            Some(batches) => whole_batches_within(batches, max_bytes, true),
+            None => read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?,
+        };
+        let keep = prefix_within_high_watermark(&batches, high_watermark);
+        let batches = batches.slice(..keep);
+        if let Some(next_offset) = end_offset_of(&batches) {
+            self.read_ahead.read_ended(next_offset);
+            if sequential {
+                self.start_read_ahead(shared, &segments, next_offset, high_watermark, max_bytes);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Starts the store read of `offset` for the next fetch, if there is
+    /// durable data there and budget for `max_bytes` more.
+    fn start_read_ahead(
+        &self,
+        shared: &Arc<Shared>,
+        segments: &[SegmentInfo],
+        offset: u64,
+        high_watermark: u64,
+        max_bytes: usize,
+    ) {
+        let Some((segment, end_offset)) = readable_segment(segments, offset, high_watermark) else {
+            return;
+        };
+        let Ok(permits) = u32::try_from(max_bytes) else {
+            return;
+        };
+        let Ok(budget) = shared
+            .read_ahead_budget
+            .clone()
+            .try_acquire_many_owned(permits)
+        else {
+            return;
+        };
+        let segment = segment.clone();
+        let segment_id = segment.segment_id;
+        let task_shared = shared.clone();
+        let key = self.key.clone();
+        let task = tokio::spawn(async move {
+            read_segment(&task_shared, &key, &segment, offset, end_offset, max_bytes).await
+        });
+        self.read_ahead.keep(offset, segment_id, task, budget);
+    }
+}
+
+/// The segment holding `offset` and where reading it must stop: its end,
+/// or the high watermark while it is open. None when nothing durable is
+/// there.
+fn readable_segment(
+    segments: &[SegmentInfo],
+    offset: u64,
+    high_watermark: u64,
+) -> Option<(&SegmentInfo, u64)> {
+    let segment = segment_for_offset(segments, offset)?;
+    let end_offset = if segment.state() == SegmentState::Open {
+        high_watermark
+    } else {
+        segment.end_offset.min(high_watermark)
+    };
+    (offset < end_offset).then_some((segment, end_offset))
 }
 
 impl Partition {

@@ -3,17 +3,16 @@
 //! coordinator).
 
 use crate::backlog;
-use crate::decisions::{fetch_decision, FetchDecision};
+use crate::decisions::{fetch_decision, whole_batches_within, FetchDecision};
 use crate::error::BrokerError;
 use crate::partition::{Partition, PartitionStatus, Phase};
 use crate::subscription;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
-use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::batch;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
 use sluice_proto::v1::{
@@ -386,21 +385,6 @@ async fn produce_loop(
     }
 }
 
-/// Keeps the prefix of whole batches fitting in `limit` bytes.
-fn whole_batches_within(batches: Bytes, limit: usize) -> Bytes {
-    if batches.len() <= limit {
-        return batches;
-    }
-    let mut length = 0;
-    for (position, _, batch) in BatchIter::new(&batches).map_while(Result::ok) {
-        if position + batch.len() > limit {
-            break;
-        }
-        length = position + batch.len();
-    }
-    batches.slice(..length)
-}
-
 impl BrokerService {
     async fn fetch_once(
         &self,
@@ -472,14 +456,14 @@ impl BrokerService {
                     return Ok(());
                 }
                 let batches = partition
-                    .read(shared, offset, partition_limit.max(1))
+                    .read_for_fetch(shared, offset, partition_limit.max(1))
                     .await?;
                 // Only the first data of the response may exceed the limits
                 // (one whole batch always goes out).
                 fetched.batches = if used_bytes == 0 {
                     batches
                 } else {
-                    whole_batches_within(batches, partition_limit)
+                    whole_batches_within(batches, partition_limit, false)
                 };
                 Ok(())
             }

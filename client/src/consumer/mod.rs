@@ -78,7 +78,9 @@ pub struct ConsumerConfig {
     pub reset: StartOffset,
     /// Upper bound on one fetch response, in bytes. Default: 8 MiB.
     pub fetch_max_bytes: u32,
-    /// Upper bound on one partition in a fetch response, in bytes. Default: 1 MiB.
+    /// Upper bound on one partition in a fetch response, in bytes. Default:
+    /// 4 MiB (a reader draining a backlog from the stores needs ranges this
+    /// large for the broker's read-ahead to keep up; see BENCHMARKS.md).
     pub fetch_partition_max_bytes: u32,
     /// Long-poll wait for new data, in milliseconds. Default: 500.
     pub fetch_max_wait_ms: u32,
@@ -98,7 +100,7 @@ impl Default for ConsumerConfig {
             session_timeout_ms: 10_000,
             reset: StartOffset::Earliest,
             fetch_max_bytes: 8 * 1024 * 1024,
-            fetch_partition_max_bytes: 1024 * 1024,
+            fetch_partition_max_bytes: 4 * 1024 * 1024,
             fetch_max_wait_ms: 500,
             max_buffered_bytes: 64 * 1024 * 1024,
         }
