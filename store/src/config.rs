@@ -28,6 +28,10 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// A journal file is rolled once it reaches this size. Default 64 MiB.
     pub journal_file_max_bytes: u64,
+    /// Write the journal with direct I/O (`O_DIRECT`), bypassing the page
+    /// cache (journal data is only read back by recovery); falls back to
+    /// the page cache where the file system refuses it. Default true.
+    pub journal_direct_io: bool,
     /// Segment files grow in preallocated chunks of this many bytes
     /// (`fallocate` keeping the file length), so appends write into
     /// allocated blocks; the unused rest of the last chunk is released when
@@ -113,6 +117,7 @@ impl Default for StoreConfig {
             rack: String::new(),
             data_dir: PathBuf::from("./data/store"),
             journal_file_max_bytes: 64 * 1024 * 1024,
+            journal_direct_io: true,
             segment_preallocate_bytes: 16 * 1024 * 1024,
             journal_queue_max_bytes: 64 * 1024 * 1024,
             journal_queue_max_entries: 4096,
@@ -159,6 +164,7 @@ impl StoreConfig {
     pub fn storage_options(&self) -> crate::storage::StorageOptions {
         crate::storage::StorageOptions {
             journal_file_max_bytes: self.journal_file_max_bytes,
+            journal_direct_io: self.journal_direct_io,
             segment_preallocate_bytes: self.segment_preallocate_bytes,
             journal_queue_max_bytes: self.journal_queue_max_bytes,
             journal_queue_max_entries: self.journal_queue_max_entries,

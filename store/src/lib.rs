@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod journal;
+mod journal_file;
 pub mod message_index;
 pub mod segment;
 pub mod storage;

@@ -21,6 +21,7 @@
 
 use crate::error::StoreError;
 use crate::journal::{self, RecordKind};
+use crate::journal_file::JournalFile;
 use crate::segment::{self, SegmentLog, SegmentMeta};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,6 @@ use sluice_proto::batch::{self, BatchHeader, BatchIter};
 use sluice_proto::v1::{Durability, SegmentStatus};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +48,7 @@ const JOURNAL_WRITE_CHUNK_BYTES: usize = 512 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageOptions {
     pub journal_file_max_bytes: u64,
+    pub journal_direct_io: bool,
     pub segment_preallocate_bytes: u64,
     pub journal_queue_max_bytes: u64,
     pub journal_queue_max_entries: usize,
@@ -325,8 +326,12 @@ impl Storage {
         report.corrupt_segments.sort_unstable();
         report.segments_loaded = segments.len();
         let registry: Arc<Registry> = Arc::new(RwLock::new(segments));
-        let journal_file =
-            open_new_journal_file(&journal_dir, next_sequence, options.journal_file_max_bytes)?;
+        let journal_file = open_new_journal_file(
+            &journal_dir,
+            next_sequence,
+            options.journal_file_max_bytes,
+            options.journal_direct_io,
+        )?;
         let stats = Arc::new(JournalStats::default());
         let failure = Arc::new(Mutex::new(None));
         let applier = SegmentApplier {
@@ -350,9 +355,9 @@ impl Storage {
             journal_dir,
             file: journal_file,
             sequence: next_sequence,
-            position: 0,
             journal_unsynced: false,
             file_max_bytes: options.journal_file_max_bytes.max(1),
+            direct_io: options.journal_direct_io,
             stats: stats.clone(),
             failure: failure.clone(),
             committed: Some(committed_sender),
@@ -1379,24 +1384,22 @@ fn repair_from_journal(
     Ok(())
 }
 
-/// Creates journal file `sequence`, preallocated to `preallocate_bytes`
+/// Creates journal file `sequence`, preallocated to the journal file size
 /// so that journal writes land in allocated blocks (much faster than
-/// allocating on every write). The file length is then the preallocated
-/// size, not the data length: recovery treats the zeros after the last
-/// record as the end.
+/// allocating on every write), with direct I/O if configured (see
+/// `journal_file.rs`). The file length is then the preallocated size, not
+/// the data length: recovery treats the zeros after the last record as the
+/// end.
 fn open_new_journal_file(
     journal_dir: &Path,
     sequence: u64,
     preallocate_bytes: u64,
-) -> Result<File, StoreError> {
+    direct_io: bool,
+) -> Result<JournalFile, StoreError> {
     let path = journal::journal_file_path(journal_dir, sequence);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
+    let file = JournalFile::create(&path, direct_io)
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
-    segment::preallocate(&file, 0, preallocate_bytes, false);
+    segment::preallocate(file.file(), 0, preallocate_bytes, false);
     segment::sync_directory(journal_dir)?;
     Ok(file)
 }
@@ -1441,13 +1444,14 @@ fn run_timer(
 /// segment files. Nothing is acknowledged here.
 struct JournalWriter {
     journal_dir: PathBuf,
-    file: File,
+    /// The journal file being written; its logical end is where the next
+    /// record goes (the file itself is preallocated past it).
+    file: JournalFile,
     sequence: u64,
-    /// Logical end of the journal file (the file itself is preallocated
-    /// past it).
-    position: u64,
     journal_unsynced: bool,
     file_max_bytes: u64,
+    /// Whether new journal files are opened with direct I/O.
+    direct_io: bool,
     stats: Arc<JournalStats>,
     failure: Arc<Mutex<Option<String>>>,
     /// Committed groups, in journal order, to the applier; bounded
@@ -1585,7 +1589,7 @@ impl JournalWriter {
         let committed = CommittedGroup {
             commands: group,
             journal_sequence: self.sequence,
-            journal_position: self.position,
+            journal_position: self.file.position(),
         };
         let sent = match &self.committed {
             Some(sender) => sender.send(committed).map_err(|error| error.0),
@@ -1596,7 +1600,7 @@ impl JournalWriter {
             complete_all_with_error(unsent.commands, "the segment applier stopped");
             return;
         }
-        if self.position >= self.file_max_bytes {
+        if self.file.position() >= self.file_max_bytes {
             if let Err(error) = self.roll() {
                 self.fail(format!("journal roll failed: {error}"));
             }
@@ -1608,16 +1612,12 @@ impl JournalWriter {
         &mut self,
         records: &[([u8; journal::RECORD_HEADER_BYTES], &[u8])],
     ) -> std::io::Result<()> {
-        let mut slices = Vec::with_capacity(records.len() * 2);
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(records.len() * 2);
         for (header, payload) in records {
-            slices.push(IoSlice::new(header));
-            if !payload.is_empty() {
-                slices.push(IoSlice::new(payload));
-            }
+            slices.push(header);
+            slices.push(payload);
         }
-        let written: u64 = slices.iter().map(|slice| slice.len() as u64).sum();
-        write_all_vectored(&mut self.file, &mut slices)?;
-        self.position += written;
+        self.file.append(&slices)?;
         self.journal_unsynced = true;
         Ok(())
     }
@@ -1631,8 +1631,12 @@ impl JournalWriter {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.sequence += 1;
-        self.file = open_new_journal_file(&self.journal_dir, self.sequence, self.file_max_bytes)?;
-        self.position = 0;
+        self.file = open_new_journal_file(
+            &self.journal_dir,
+            self.sequence,
+            self.file_max_bytes,
+            self.direct_io,
+        )?;
         Ok(())
     }
 }
@@ -1893,24 +1897,6 @@ impl SegmentApplier {
 
 /// Writes every byte of `slices`, retrying after partial writes and
 /// interruptions (a vectored write may stop anywhere, also inside a slice).
-fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    // Empty slices would make a zero-length write look like "no progress".
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "journal write made no progress",
-                ))
-            }
-            Ok(written) => IoSlice::advance_slices(&mut slices, written),
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
-
 fn complete_all_with_error(group: Vec<Command>, reason: &str) {
     for command in group {
         match command {
@@ -2112,22 +2098,6 @@ mod tests {
                 assert_eq!(read.batches, make_batch(offset, 1, 1000));
             }
         }
-    }
-
-    #[test]
-    fn vectored_journal_write_writes_every_slice_in_order() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let path = directory.path().join("v");
-        let mut file = File::create(&path).expect("create");
-        // More slices than one writev takes (IOV_MAX is 1024 on Linux), of
-        // varying sizes, so the loop has to resume after partial writes.
-        let pieces: Vec<Vec<u8>> = (0..3000u32)
-            .map(|index| vec![(index % 251) as u8; 1 + (index as usize * 7) % 300])
-            .collect();
-        let mut slices: Vec<IoSlice<'_>> = pieces.iter().map(|piece| IoSlice::new(piece)).collect();
-        write_all_vectored(&mut file, &mut slices).expect("write");
-        drop(file);
-        assert_eq!(std::fs::read(&path).expect("read"), pieces.concat());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
