@@ -4,6 +4,7 @@
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use sluice_proto::limits;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
@@ -87,7 +88,10 @@ impl Clients {
                 BrokerError::InvalidArgument(format!("bad peer address {address:?}: {error}"))
             })?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(limits::HTTP2_MAX_FRAME_BYTES);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

@@ -320,6 +320,9 @@ pub async fn run(
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
     let served = tonic::transport::Server::builder()
+        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
         .trace_fn(sluice_telemetry::grpc_server_span)
         .add_service(service)
         .add_service(health_service)

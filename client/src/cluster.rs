@@ -4,6 +4,7 @@
 
 use crate::fast_hash::FastHashMap;
 use crate::{ClientConfig, ClientError};
+use sluice_proto::limits;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{FindCoordinatorRequest, GetRoutesRequest, PartitionRoute};
@@ -176,6 +177,9 @@ impl Cluster {
         Ok(endpoint
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)
+            .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(limits::HTTP2_MAX_FRAME_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true))
     }

@@ -12,6 +12,23 @@ pub const DEFAULT_MAX_BATCH_BYTES: u32 = 8 * 1024 * 1024;
 /// fetch response is bounded by its `max_bytes` plus one batch.
 pub const DEFAULT_MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// HTTP/2 flow-control window of one stream, set on every Sluice server and
+/// channel: how many bytes a peer may send on a stream before the receiver
+/// has taken them. hyper's defaults (1 MiB on servers, 2 MiB on clients)
+/// are smaller than the bytes a produce stream keeps in flight (16 batches
+/// of ~100 KiB) and than a 4 MiB fetch answer, so the sender stalled a
+/// round trip for every window update. Application-level limits (in-flight
+/// bytes per produce stream, fetch sizes) still bound memory.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+/// HTTP/2 flow-control window of one connection (all its streams).
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Largest HTTP/2 DATA frame a Sluice endpoint accepts (the protocol's
+/// default is 16 KiB): a 100 KiB batch then travels in one frame instead
+/// of seven.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
+
 /// Largest decompressed size of one batch's records, in bytes; guards
 /// against compression bombs.
 pub const MAX_UNCOMPRESSED_RECORDS_BYTES: usize = 64 * 1024 * 1024;
