@@ -190,7 +190,18 @@ pub struct SegmentLog {
     index_interval_bytes: u64,
     last_offset_index_position: Option<u64>,
     last_time_index_position: Option<u64>,
+    /// Writeback of the file's pages has been started up to here (see
+    /// [`WRITEBACK_CHUNK_BYTES`]).
+    writeback_started_bytes: u64,
 }
+
+/// Once this many bytes were written to a segment file since its writeback
+/// was last started, the kernel is asked to start writing them out
+/// (`sync_file_range`, asynchronous, no wait): the checkpoint's fsync then
+/// finds little left to write, instead of a burst of everything written
+/// since the last one, which queued in front of the journal's fsyncs and
+/// made the acknowledgement tail (BENCHMARKS.md, session 4).
+pub const WRITEBACK_CHUNK_BYTES: u64 = 1024 * 1024;
 
 impl SegmentLog {
     /// An empty log over `file`.
@@ -210,6 +221,7 @@ impl SegmentLog {
             index_interval_bytes: index_interval_bytes.max(1),
             last_offset_index_position: None,
             last_time_index_position: None,
+            writeback_started_bytes: 0,
         }
     }
 
@@ -262,7 +274,38 @@ impl SegmentLog {
         self.end_offset = header.end_offset();
         self.dirty = true;
         self.index_batch(header, position);
+        self.start_writeback();
         Ok(())
+    }
+
+    /// Starts writeback of what was written since the last start, once
+    /// that is at least [`WRITEBACK_CHUNK_BYTES`]. Only a hint: a failure
+    /// is left to the checkpoint's fsync to find and report.
+    fn start_writeback(&mut self) {
+        let start = self.writeback_started_bytes;
+        if self.size_bytes < start + WRITEBACK_CHUNK_BYTES {
+            return;
+        }
+        let (Ok(offset), Ok(length)) = (
+            libc::off64_t::try_from(start),
+            libc::off64_t::try_from(self.size_bytes - start),
+        ) else {
+            return;
+        };
+        // SAFETY: sync_file_range on a file descriptor we own; no memory
+        // is passed.
+        let result = unsafe {
+            libc::sync_file_range(
+                std::os::unix::io::AsRawFd::as_raw_fd(self.file.as_ref()),
+                offset,
+                length,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "sync_file_range failed; the checkpoint will write the pages");
+        }
+        self.writeback_started_bytes = self.size_bytes;
     }
 
     /// Gives back blocks reserved past the data (a sealed segment grows no

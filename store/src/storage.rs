@@ -1895,8 +1895,6 @@ impl SegmentApplier {
     }
 }
 
-/// Writes every byte of `slices`, retrying after partial writes and
-/// interruptions (a vectored write may stop anywhere, also inside a slice).
 fn complete_all_with_error(group: Vec<Command>, reason: &str) {
     for command in group {
         match command {
