@@ -72,10 +72,22 @@ impl DirectBuffer {
 impl JournalFile {
     /// Creates (truncating) the file at `path`, with direct I/O when
     /// `direct_io` is set and the file system allows it (otherwise through
-    /// the page cache, logged once per file).
+    /// the page cache, with a warning).
     pub(crate) fn create(path: &Path, direct_io: bool) -> std::io::Result<Self> {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
+        Self::open(options, path, direct_io)
+    }
+
+    /// Opens the existing, all-zero file at `path` (a recycled spare, see
+    /// `journal_spares.rs`) to write from its start, like [`Self::create`].
+    pub(crate) fn open_zeroed(path: &Path, direct_io: bool) -> std::io::Result<Self> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true);
+        Self::open(options, path, direct_io)
+    }
+
+    fn open(options: std::fs::OpenOptions, path: &Path, direct_io: bool) -> std::io::Result<Self> {
         if direct_io {
             let mut direct_options = options.clone();
             direct_options.custom_flags(libc::O_DIRECT);

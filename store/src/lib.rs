@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod journal;
 mod journal_file;
+mod journal_spares;
 pub mod message_index;
 pub mod segment;
 pub mod storage;

@@ -22,6 +22,7 @@
 use crate::error::StoreError;
 use crate::journal::{self, RecordKind};
 use crate::journal_file::JournalFile;
+use crate::journal_spares::JournalSpares;
 use crate::segment::{self, SegmentLog, SegmentMeta};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -334,6 +335,8 @@ impl Storage {
         )?;
         let stats = Arc::new(JournalStats::default());
         let failure = Arc::new(Mutex::new(None));
+        let spares = JournalSpares::start(&journal_dir, options.journal_direct_io)
+            .map_err(|error| StoreError::io("start recycling journal files", error))?;
         let applier = SegmentApplier {
             directory: directory.to_path_buf(),
             journal_dir: journal_dir.clone(),
@@ -341,6 +344,7 @@ impl Storage {
             registry: registry.clone(),
             stats: stats.clone(),
             failure: failure.clone(),
+            spares: spares.clone(),
         };
         // Replayed data is made durable and the old journal dropped before
         // anything new is accepted.
@@ -358,6 +362,7 @@ impl Storage {
             journal_unsynced: false,
             file_max_bytes: options.journal_file_max_bytes.max(1),
             direct_io: options.journal_direct_io,
+            spares,
             stats: stats.clone(),
             failure: failure.clone(),
             committed: Some(committed_sender),
@@ -1452,6 +1457,8 @@ struct JournalWriter {
     file_max_bytes: u64,
     /// Whether new journal files are opened with direct I/O.
     direct_io: bool,
+    /// Zeroed obsolete journal files, reused instead of new ones.
+    spares: JournalSpares,
     stats: Arc<JournalStats>,
     failure: Arc<Mutex<Option<String>>>,
     /// Committed groups, in journal order, to the applier; bounded
@@ -1631,6 +1638,18 @@ impl JournalWriter {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.sequence += 1;
+        if let Some(spare) = self.spares.take() {
+            match self.reuse_spare(&spare) {
+                Ok(file) => {
+                    self.file = file;
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, spare = %spare.display(), "cannot reuse a spare journal file; creating a new one");
+                    let _ = std::fs::remove_file(&spare);
+                }
+            }
+        }
         self.file = open_new_journal_file(
             &self.journal_dir,
             self.sequence,
@@ -1638,6 +1657,17 @@ impl JournalWriter {
             self.direct_io,
         )?;
         Ok(())
+    }
+
+    /// Makes the zeroed spare at `spare` the journal file for the current
+    /// sequence (durably renamed before anything is written to it).
+    fn reuse_spare(&self, spare: &Path) -> Result<JournalFile, StoreError> {
+        let path = journal::journal_file_path(&self.journal_dir, self.sequence);
+        std::fs::rename(spare, &path)
+            .map_err(|error| StoreError::io(format!("rename {}", spare.display()), error))?;
+        segment::sync_directory(&self.journal_dir)?;
+        JournalFile::open_zeroed(&path, self.direct_io)
+            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))
     }
 }
 
@@ -1653,6 +1683,7 @@ struct SegmentApplier {
     registry: Arc<Registry>,
     stats: Arc<JournalStats>,
     failure: Arc<Mutex<Option<String>>>,
+    spares: JournalSpares,
 }
 
 /// A checkpoint handed from the applier to the checkpointer thread: the
@@ -1677,6 +1708,8 @@ struct CheckpointWriter {
     /// Set while a periodic checkpoint is queued or running; the next
     /// periodic one is skipped rather than queued behind it.
     busy: Arc<AtomicBool>,
+    /// Takes obsolete journal files for reuse instead of deleting them.
+    spares: JournalSpares,
 }
 
 impl CheckpointWriter {
@@ -1722,6 +1755,9 @@ impl CheckpointWriter {
         for sequence in journal::list_journal_files(&self.journal_dir)? {
             if sequence < journal_sequence {
                 let path = journal::journal_file_path(&self.journal_dir, sequence);
+                if self.spares.offer(&path) {
+                    continue;
+                }
                 std::fs::remove_file(&path)
                     .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
             }
@@ -1769,6 +1805,7 @@ impl SegmentApplier {
             stats: self.stats.clone(),
             failure: self.failure.clone(),
             busy,
+            spares: self.spares.clone(),
         }
     }
 
@@ -2536,5 +2573,87 @@ mod tests {
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(storage.segment_status(1).expect("status").end_offset, 40);
         assert!(!storage.read(1, 0, 0, 0).expect("read").batches.is_empty());
+    }
+
+    /// Obsolete journal files come back as the next ones (zeroed first);
+    /// after a crash, recovery finds exactly the records written since,
+    /// never the stale ones they held before (here: records of a segment
+    /// that was deleted, behind the few new records of a reused file).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recycled_journal_files_replay_only_their_new_records_after_a_crash() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let journal_dir = directory.path().join(JOURNAL_DIR);
+        let small_journal = StorageOptions {
+            journal_file_max_bytes: 32 * 1024,
+            ..options()
+        };
+        let count_ready_spares = || {
+            std::fs::read_dir(&journal_dir)
+                .expect("list")
+                .filter(|entry| {
+                    let name = entry.as_ref().expect("entry").file_name();
+                    let name = name.to_str().expect("utf-8").to_string();
+                    name.starts_with("spare-") && name.ends_with(".ready")
+                })
+                .count()
+        };
+        let mut end_offset = 0u64;
+        {
+            let (storage, _) =
+                Storage::open(directory.path(), small_journal.clone()).expect("open");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
+            for index in 0..30 {
+                storage
+                    .append(1, 5, make_batch(index * 200, 200, 1))
+                    .await
+                    .expect("append");
+            }
+            storage.delete_segment(1).await.expect("delete");
+            storage.checkpoint().await.expect("checkpoint");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while count_ready_spares() < crate::journal_spares::MAX_SPARES {
+                assert!(Instant::now() < deadline, "spares were not zeroed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            storage
+                .create_segment(new_segment(2, 0))
+                .await
+                .expect("create");
+            // Until a roll took a spare, then two small records at the
+            // start of that reused file, before the crash.
+            while count_ready_spares() == crate::journal_spares::MAX_SPARES {
+                assert!(end_offset < 200 * 100, "no roll reused a spare");
+                storage
+                    .append(2, 5, make_batch(end_offset, 200, 3))
+                    .await
+                    .expect("append");
+                end_offset += 200;
+            }
+            for _ in 0..2 {
+                storage
+                    .append(2, 5, make_batch(end_offset, 1, 3))
+                    .await
+                    .expect("append");
+                end_offset += 1;
+            }
+            // Dropped without close: like a crash, the journal holds it all.
+        }
+        let (storage, report) = Storage::open(directory.path(), small_journal).expect("reopen");
+        assert!(report.is_clean(), "{report:?}");
+        assert!(
+            storage.segment_status(1).is_err(),
+            "the deleted segment stays deleted"
+        );
+        assert_eq!(
+            storage.segment_status(2).expect("status").end_offset,
+            end_offset
+        );
+        let last = storage
+            .read(2, end_offset - 1, 0, end_offset)
+            .expect("read");
+        assert_eq!(last.batches, make_batch(end_offset - 1, 1, 3));
     }
 }
