@@ -27,19 +27,33 @@ pub fn fetch_decision(offset: u64, log_start_offset: u64, high_watermark: u64) -
     }
 }
 
-/// Length of the prefix of concatenated `batches` holding only whole
-/// batches that end at or before `high_watermark`.
-pub fn prefix_within_high_watermark(batches: &[u8], high_watermark: u64) -> usize {
-    let mut length = 0;
+/// The prefix of concatenated batches holding only whole batches that end
+/// at or before a high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholePrefix {
+    pub length: usize,
+    /// End offset of its last batch (None when empty): where a reader
+    /// continues.
+    pub end_offset: Option<u64>,
+}
+
+/// The prefix of concatenated `batches` holding only whole batches that
+/// end at or before `high_watermark`.
+pub fn prefix_within_high_watermark(batches: &[u8], high_watermark: u64) -> WholePrefix {
+    let mut prefix = WholePrefix {
+        length: 0,
+        end_offset: None,
+    };
     for item in BatchIter::new(batches) {
         match item {
             Ok((position, header, batch)) if header.end_offset() <= high_watermark => {
-                length = position + batch.len();
+                prefix.length = position + batch.len();
+                prefix.end_offset = Some(header.end_offset());
             }
             _ => break,
         }
     }
-    length
+    prefix
 }
 
 /// The whole batches at the start of `batches` that fit in `limit` bytes;
@@ -283,9 +297,9 @@ mod tests {
             bytes.extend_from_slice(&batch);
         }
         let first_length = bytes.len() / 2;
-        assert_eq!(prefix_within_high_watermark(&bytes, 4), bytes.len());
-        assert_eq!(prefix_within_high_watermark(&bytes, 3), first_length);
-        assert_eq!(prefix_within_high_watermark(&bytes, 1), 0);
+        assert_eq!(prefix_within_high_watermark(&bytes, 4).length, bytes.len());
+        assert_eq!(prefix_within_high_watermark(&bytes, 3).length, first_length);
+        assert_eq!(prefix_within_high_watermark(&bytes, 1).length, 0);
     }
 
     #[test]

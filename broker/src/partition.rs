@@ -14,7 +14,7 @@ use crate::decisions::{
     segment_for_offset, whole_batches_within, FencedCopy,
 };
 use crate::error::BrokerError;
-use crate::read_ahead::{end_offset_of, ReadAhead};
+use crate::read_ahead::ReadAhead;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
@@ -282,22 +282,7 @@ impl Partition {
         offset: u64,
         max_bytes: usize,
     ) -> Result<Bytes, BrokerError> {
-        let high_watermark = self.status().high_watermark;
-        if offset >= high_watermark {
-            return Ok(Bytes::new());
-        }
-        if let Some(cached) = shared.tail_cache_read(&self.key, offset, max_bytes) {
-            return Ok(cached);
-        }
-        let segments = self.segments();
-        let Some((segment, end_offset)) = readable_segment(&segments, offset, high_watermark)
-        else {
-            return Ok(Bytes::new());
-        };
-        let batches =
-            read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?;
-        let keep = prefix_within_high_watermark(&batches, high_watermark);
-        Ok(batches.slice(..keep))
+        self.read_from(shared, None, offset, max_bytes).await
     }
 
     /// [`Partition::read`] for fetches: once this partition's reads from
@@ -306,6 +291,19 @@ impl Partition {
     pub async fn read_for_fetch(
         &self,
         shared: &Arc<Shared>,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Bytes, BrokerError> {
+        self.read_from(shared, Some(shared), offset, max_bytes)
+            .await
+    }
+
+    /// [`Partition::read`], reading ahead when `read_ahead` is given (the
+    /// shared state a read-ahead task keeps).
+    async fn read_from(
+        &self,
+        shared: &Shared,
+        read_ahead: Option<&Arc<Shared>>,
         offset: u64,
         max_bytes: usize,
     ) -> Result<Bytes, BrokerError> {
@@ -321,7 +319,10 @@ impl Partition {
         else {
             return Ok(Bytes::new());
         };
-        let (pending, sequential) = self.read_ahead.take(offset, segment.segment_id);
+        let (pending, sequential) = match read_ahead {
+            Some(_) => self.read_ahead.take(offset, segment.segment_id),
+            None => (None, false),
+        };
         let ahead = match pending {
             // A failed or empty read-ahead is retried directly, with the
             // replica order and error handling of a direct read.
@@ -332,15 +333,14 @@ impl Partition {
             Some(batches) => whole_batches_within(batches, max_bytes, true),
             None => read_segment(shared, &self.key, segment, offset, end_offset, max_bytes).await?,
         };
-        let keep = prefix_within_high_watermark(&batches, high_watermark);
-        let batches = batches.slice(..keep);
-        if let Some(next_offset) = end_offset_of(&batches) {
+        let prefix = prefix_within_high_watermark(&batches, high_watermark);
+        if let (Some(shared), Some(next_offset)) = (read_ahead, prefix.end_offset) {
             self.read_ahead.read_ended(next_offset);
             if sequential {
                 self.start_read_ahead(shared, &segments, next_offset, high_watermark, max_bytes);
             }
         }
-        Ok(batches)
+        Ok(batches.slice(..prefix.length))
     }
 
     /// Starts the store read of `offset` for the next fetch, if there is

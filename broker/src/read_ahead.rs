@@ -18,7 +18,6 @@
 
 use crate::error::BrokerError;
 use bytes::Bytes;
-use sluice_proto::batch::BatchIter;
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
@@ -107,14 +106,6 @@ impl ReadAhead {
     }
 }
 
-/// End offset of the last whole batch in `batches` (None when empty).
-pub(crate) fn end_offset_of(batches: &[u8]) -> Option<u64> {
-    BatchIter::new(batches)
-        .map_while(Result::ok)
-        .last()
-        .map(|(_, header, _)| header.end_offset())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +127,9 @@ mod tests {
 
     #[test]
     fn end_offset_is_that_of_the_last_whole_batch() {
+        use crate::decisions::prefix_within_high_watermark;
+        let end_offset_of =
+            |batches: &[u8]| prefix_within_high_watermark(batches, u64::MAX).end_offset;
         let mut batches = batch(10, 3);
         batches.extend(batch(13, 2));
         assert_eq!(end_offset_of(&batches), Some(15));

@@ -19,17 +19,17 @@
 //! preallocated journal file.
 
 use std::fs::File;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Alignment of direct writes (offset, length and memory): the largest
 /// logical block size in use, so it also holds on 512-byte devices.
-const BLOCK_BYTES: usize = 4096;
+pub(crate) const BLOCK_BYTES: usize = 4096;
 /// Size of the aligned staging buffer: writes go out in pieces of at most
 /// this much. A multiple of `BLOCK_BYTES`.
-const DIRECT_BUFFER_BYTES: usize = 1024 * 1024;
+pub(crate) const DIRECT_BUFFER_BYTES: usize = 1024 * 1024;
 
 pub(crate) struct JournalFile {
     file: File,
@@ -40,8 +40,9 @@ pub(crate) struct JournalFile {
 }
 
 /// A block-aligned window of `DIRECT_BUFFER_BYTES` inside an ordinary
-/// vector (over-allocated by one block to find the aligned start).
-struct DirectBuffer {
+/// vector (over-allocated by one block to find the aligned start); all
+/// zeros when new.
+pub(crate) struct DirectBuffer {
     storage: Vec<u8>,
     start: usize,
     /// Bytes of the window in use: the partial block at the logical end,
@@ -50,7 +51,7 @@ struct DirectBuffer {
 }
 
 impl DirectBuffer {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let storage = vec![0u8; DIRECT_BUFFER_BYTES + BLOCK_BYTES];
         let start = storage.as_ptr().align_offset(BLOCK_BYTES);
         assert!(
@@ -64,9 +65,31 @@ impl DirectBuffer {
         }
     }
 
-    fn window(&mut self) -> &mut [u8] {
+    pub(crate) fn window(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + DIRECT_BUFFER_BYTES]
     }
+}
+
+/// Opens `path` with `options`, adding `O_DIRECT` when `direct_io` is set
+/// and the file system allows it (else through the page cache, with a
+/// warning); says whether it is direct.
+pub(crate) fn open_maybe_direct(
+    options: std::fs::OpenOptions,
+    path: &Path,
+    direct_io: bool,
+) -> std::io::Result<(File, bool)> {
+    if direct_io {
+        let mut direct_options = options.clone();
+        direct_options.custom_flags(libc::O_DIRECT);
+        match direct_options.open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(), %error, "direct I/O refused by the file system; writing through the page cache");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((options.open(path)?, false))
 }
 
 impl JournalFile {
@@ -88,27 +111,11 @@ impl JournalFile {
     }
 
     fn open(options: std::fs::OpenOptions, path: &Path, direct_io: bool) -> std::io::Result<Self> {
-        if direct_io {
-            let mut direct_options = options.clone();
-            direct_options.custom_flags(libc::O_DIRECT);
-            match direct_options.open(path) {
-                Ok(file) => {
-                    return Ok(Self {
-                        file,
-                        position: 0,
-                        direct: Some(DirectBuffer::new()),
-                    })
-                }
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(path = %path.display(), %error, "direct I/O refused by the file system; writing the journal through the page cache");
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let (file, direct) = open_maybe_direct(options, path, direct_io)?;
         Ok(Self {
-            file: options.open(path)?,
+            file,
             position: 0,
-            direct: None,
+            direct: direct.then(DirectBuffer::new),
         })
     }
 
@@ -133,7 +140,10 @@ impl JournalFile {
                 .filter(|slice| !slice.is_empty())
                 .map(|slice| IoSlice::new(slice))
                 .collect();
-            write_all_vectored(&self.file, self.position, &mut io_slices)?;
+            // Through the page cache the file is written at its cursor,
+            // which is the logical end: journal files are only ever
+            // written from their start, in order.
+            write_all_vectored(&self.file, &mut io_slices)?;
         }
         self.position += written as u64;
         Ok(())
@@ -185,44 +195,23 @@ impl JournalFile {
     }
 }
 
-/// Writes all of `slices` at `position` (vectored, through the page cache).
-fn write_all_vectored(
-    file: &File,
-    mut position: u64,
-    mut slices: &mut [IoSlice<'_>],
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// Writes all of `slices` at the file's cursor (vectored, through the
+/// page cache), retrying after partial writes and interruptions (a
+/// vectored write may stop anywhere, also inside a slice).
+fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    // Empty slices would make a zero-length write look like "no progress".
     while !slices.is_empty() {
-        let count = slices.len().min(1024);
-        let offset = libc::off_t::try_from(position).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "journal offset too large")
-        })?;
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec`; the slices and
-        // the file descriptor outlive the call.
-        let result = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                slices.as_ptr().cast::<libc::iovec>(),
-                count as libc::c_int,
-                offset,
-            )
-        };
-        if result < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        match file.write_vectored(slices) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "journal write made no progress",
+                ))
             }
-            return Err(error);
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
-        let written = result as usize;
-        if written == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "journal write made no progress",
-            ));
-        }
-        position += written as u64;
-        IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
 }

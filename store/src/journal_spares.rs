@@ -20,7 +20,7 @@
 //! every spare left by an earlier process (possibly half zeroed) is
 //! deleted when the storage opens.
 
-use std::os::unix::fs::OpenOptionsExt;
+use crate::journal_file::{open_maybe_direct, DirectBuffer, BLOCK_BYTES};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -29,10 +29,6 @@ use std::time::Duration;
 /// Spares kept at most (being zeroed or ready); obsolete files beyond
 /// these are deleted.
 pub const MAX_SPARES: usize = 2;
-/// Zeros are written in pieces of this size (block aligned).
-const ZERO_CHUNK_BYTES: usize = 1024 * 1024;
-/// Alignment of direct writes.
-const BLOCK_BYTES: usize = 4096;
 /// Pause after each zeroed piece: a spare zeroed in one burst would queue
 /// 64 MiB of writes in front of the journal's next fsync; paced, each
 /// fsync waits behind at most one piece. (A 64 MiB file takes ~130 ms,
@@ -200,30 +196,20 @@ fn zero_spares(inner: Weak<Inner>) {
     }
 }
 
-/// Overwrites the whole file at `path` with zeros and fsyncs it.
+/// Overwrites the whole file at `path` with zeros and fsyncs it, in
+/// pieces of one (all-zero) direct-write buffer.
 fn zero_file(path: &Path, direct_io: bool) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
-    if direct_io {
-        options.custom_flags(libc::O_DIRECT);
-    }
-    let file = match options.open(path) {
-        Ok(file) => file,
-        Err(error) if direct_io && error.raw_os_error() == Some(libc::EINVAL) => {
-            return zero_file(path, false);
-        }
-        Err(error) => return Err(error),
-    };
+    let (file, _) = open_maybe_direct(options, path, direct_io)?;
     let length = file.metadata()?.len();
     let end = length.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64;
-    // Over-allocated by one block to find a block-aligned start.
-    let storage = vec![0u8; ZERO_CHUNK_BYTES + BLOCK_BYTES];
-    let start = storage.as_ptr().align_offset(BLOCK_BYTES);
-    let zeros = &storage[start..start + ZERO_CHUNK_BYTES];
+    let mut zeros = DirectBuffer::new();
+    let zeros = zeros.window();
     let mut position = 0u64;
     while position < end {
-        let piece = (end - position).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let piece = (end - position).min(zeros.len() as u64) as usize;
         file.write_all_at(&zeros[..piece], position)?;
         position += piece as u64;
         std::thread::sleep(Duration::from_millis(ZERO_PAUSE_MS));
@@ -238,6 +224,7 @@ fn zero_file(path: &Path, direct_io: bool) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal_file::DIRECT_BUFFER_BYTES;
     use std::time::Instant;
 
     fn wait_for_ready(spares: &JournalSpares) -> PathBuf {
@@ -261,7 +248,7 @@ mod tests {
         let mut paths = Vec::new();
         for index in 0..MAX_SPARES + 1 {
             let path = directory.path().join(format!("{index:020}.journal"));
-            std::fs::write(&path, vec![0xabu8; 3 * ZERO_CHUNK_BYTES / 2 + 123]).expect("write");
+            std::fs::write(&path, vec![0xabu8; 3 * DIRECT_BUFFER_BYTES / 2 + 123]).expect("write");
             paths.push(path);
         }
         for path in &paths[..MAX_SPARES] {
@@ -284,7 +271,11 @@ mod tests {
                 .expect("name");
             assert!(name.starts_with(SPARE_PREFIX) && name.ends_with(READY_SUFFIX));
             let bytes = std::fs::read(&ready).expect("read spare");
-            assert_eq!(bytes.len(), 3 * ZERO_CHUNK_BYTES / 2 + 123, "length kept");
+            assert_eq!(
+                bytes.len(),
+                3 * DIRECT_BUFFER_BYTES / 2 + 123,
+                "length kept"
+            );
             assert!(bytes.iter().all(|byte| *byte == 0), "all zeros");
         }
         assert_eq!(
