@@ -350,6 +350,35 @@ impl Cluster {
         wait_until_writable(self.client_config(), name).await;
     }
 
+    /// A producer with the SDK's default settings against this cluster.
+    pub async fn producer(&self) -> sluice_client::Producer {
+        sluice_client::Producer::new(sluice_client::ProducerConfig {
+            client: self.client_config(),
+            ..sluice_client::ProducerConfig::default()
+        })
+        .await
+        .expect("producer")
+    }
+
+    /// Writes `records` with a default producer, pipelined, and waits until
+    /// every one is acknowledged; their metadata in the same order.
+    pub async fn produce_acknowledged(
+        &self,
+        records: Vec<sluice_client::Record>,
+    ) -> Vec<sluice_client::RecordMetadata> {
+        let producer = self.producer().await;
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            pending.push(producer.enqueue(record).await.expect("enqueue"));
+        }
+        let mut acknowledged = Vec::with_capacity(pending.len());
+        for delivery in pending {
+            acknowledged.push(delivery.await.expect("acknowledged"));
+        }
+        producer.close().await.expect("close producer");
+        acknowledged
+    }
+
     /// Nameserver URLs for clients.
     pub fn bootstrap(&self) -> Vec<String> {
         self.nameservers.iter().map(Service::url).collect()

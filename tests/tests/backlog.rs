@@ -414,12 +414,7 @@ async fn evict_policy_skips_and_counts_the_oldest_unconsumed_messages_and_the_su
     const KEPT: u64 = 50;
     let cluster = Cluster::start(spec()).await;
     let admin = topic_with_quota(&cluster, "metrics", QUOTA, BacklogPolicy::Evict, 0).await;
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     // Producers are never held or refused under EVICT.
     let mut pending = Vec::new();
     for value in 0..RECORDS {
@@ -502,12 +497,7 @@ async fn describing_an_unknown_subscription_fails_clearly() {
         other => panic!("expected UNKNOWN_SUBSCRIPTION, got {other:?}"),
     }
     // Without a quota the level stays OK whatever the backlog.
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     for value in 0..20u64 {
         let metadata = producer
             .send(Record::new("plain", value.to_string()))
@@ -534,12 +524,7 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
     let admin = Admin::connect(cluster.client_config())
         .await
         .expect("admin client");
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     let subscription = |topic: &str| Subscription {
         topic: topic.to_string(),
         name: "workers".to_string(),
@@ -658,12 +643,7 @@ async fn age_and_byte_quotas_are_measured_and_applied() {
 async fn group_describe_shows_the_time_lag_of_a_streaming_group() {
     let cluster = Cluster::start(spec()).await;
     cluster.create_topic("clicks", 1).await;
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     let ten_minutes_ago = sluice_proto::now_unix_ms() - 600_000;
     for value in 0..20u64 {
         producer
@@ -803,31 +783,18 @@ fn polling_member(
 async fn group_assignment_spreads_the_lagging_partitions_over_members() {
     let cluster = Cluster::start(spec()).await;
     cluster.create_topic("skewed", 4).await;
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
     // Partitions 0 and 1 carry the backlog; 2 and 3 almost nothing.
-    let mut pending = Vec::new();
-    for value in 0..2000u64 {
-        let partition = if value < 10 {
-            2 + (value % 2) as u32
-        } else {
-            (value % 2) as u32
-        };
-        pending.push(
-            producer
-                .enqueue(Record::new("skewed", value.to_string()).with_partition(partition))
-                .await
-                .expect("enqueue"),
-        );
-    }
-    for delivery in pending {
-        delivery.await.expect("produce");
-    }
-    producer.close().await.expect("close producer");
+    let records = (0..2000u64)
+        .map(|value| {
+            let partition = if value < 10 {
+                2 + (value % 2) as u32
+            } else {
+                (value % 2) as u32
+            };
+            Record::new("skewed", value.to_string()).with_partition(partition)
+        })
+        .collect();
+    cluster.produce_acknowledged(records).await;
     commit_from_outside(&cluster, "dashboards", "skewed", 4).await;
     let admin = Admin::connect(cluster.client_config())
         .await
@@ -923,12 +890,7 @@ async fn a_subscriptions_own_quota_evicts_only_its_backlog() {
     .expect("subscriber with default settings");
     subscriber.close().await.expect("close subscriber");
 
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     for value in 0..200u64 {
         let metadata = producer
             .send(Record::new("feed", value.to_string()))

@@ -2,9 +2,7 @@
 //! stable code, and every server keeps serving afterwards.
 
 use bytes::{Bytes, BytesMut};
-use sluice_client::{
-    Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
-};
+use sluice_client::{Admin, ClientError, Consumer, ConsumerConfig, Record, StartOffset};
 use sluice_proto::batch::{BatchBuilder, RecordData};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::store_client::StoreClient;
@@ -124,12 +122,7 @@ async fn assert_still_serves(cluster: &Cluster) {
         .expect("cluster status after garbage");
     assert_eq!(status.brokers.len(), 1);
     assert_eq!(status.stores.len(), 1);
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     let metadata = producer
         .send(Record {
             topic: TOPIC.to_string(),

@@ -9,7 +9,7 @@
 //! order within its partition, and same-key messages share a partition.
 
 use bytes::Bytes;
-use sluice_client::{Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{Consumer, ConsumerConfig, Record, StartOffset};
 use sluice_proto::partitioning::partition_for_key;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use std::collections::{BTreeMap, HashMap};
@@ -113,12 +113,7 @@ async fn keyed_messages_survive_kill_and_group_resumes_exactly_once() {
     cluster.create_topic(TOPIC, PARTITIONS).await;
 
     // Produce 100,000 keyed messages; remember where each was acknowledged.
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     let mut deliveries = Vec::with_capacity(MESSAGES as usize);
     for value in 0..MESSAGES {
         let key = format!("key-{}", value % KEYS);

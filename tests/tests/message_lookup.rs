@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_client::{Admin, ClientError, MessageQuery, Producer, ProducerConfig, Record};
+use sluice_client::{Admin, ClientError, MessageQuery, Record};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
@@ -39,20 +39,7 @@ fn tag_of(value: u64) -> &'static str {
 
 /// Writes `records` and waits until every one is acknowledged.
 async fn produce(cluster: &Cluster, records: Vec<Record>) {
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
-    let mut pending = Vec::new();
-    for record in records {
-        pending.push(producer.enqueue(record).await.expect("enqueue"));
-    }
-    for delivery in pending {
-        delivery.await.expect("acknowledged");
-    }
-    producer.close().await.expect("close producer");
+    cluster.produce_acknowledged(records).await;
 }
 
 fn value_of(value: &Option<Bytes>) -> u64 {

@@ -6,9 +6,7 @@
 //! one store of three is killed. Every reader must see every acknowledged
 //! record once, in offset order, with the value written at that offset.
 
-use sluice_client::{
-    ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
-};
+use sluice_client::{ClientConfig, Consumer, ConsumerConfig, Record, StartOffset};
 use sluice_proto::v1::TopicConfig;
 use sluice_tests::cluster::{Cluster, ClusterSpec};
 use std::time::Duration;
@@ -76,38 +74,31 @@ async fn sequential_and_interleaved_readers_see_every_record_once_in_order() {
             },
         )
         .await;
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        linger_ms: 1,
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
     // Writes in rounds of 200 (each acknowledged before the next), so the
     // readers below chase a high watermark that keeps moving.
-    let writer = tokio::spawn(async move {
-        for round in 0..MESSAGES / 200 {
-            let mut pending = Vec::new();
-            for offset in round * 200..(round + 1) * 200 {
-                let record = Record::new(TOPIC, value_for(offset)).with_partition(0);
-                pending.push(producer.enqueue(record).await.expect("enqueue"));
-            }
-            for (index, delivery) in pending.into_iter().enumerate() {
-                let delivered = delivery.await.expect("acknowledged");
-                assert_eq!(
-                    delivered.offset,
-                    round * 200 + index as u64,
-                    "offset assigned"
-                );
+    let writer = {
+        let cluster = &cluster;
+        async move {
+            for round in 0..MESSAGES / 200 {
+                let records = (round * 200..(round + 1) * 200)
+                    .map(|offset| Record::new(TOPIC, value_for(offset)).with_partition(0))
+                    .collect();
+                let acknowledged = cluster.produce_acknowledged(records).await;
+                for (index, delivered) in acknowledged.iter().enumerate() {
+                    assert_eq!(
+                        delivered.offset,
+                        round * 200 + index as u64,
+                        "offset assigned"
+                    );
+                }
             }
         }
-        producer.close().await.expect("close producer");
-    });
+    };
     // Two readers at once, on different fetch sizes: they interleave on
     // the one partition, so read-aheads are started, taken and dropped.
     let small = tokio::spawn(read_all(cluster.client_config(), 2 * 1024));
     let large = tokio::spawn(read_all(cluster.client_config(), 7 * 1024));
-    writer.await.expect("writer");
+    writer.await;
     small.await.expect("reader with 2 KiB fetches");
     large.await.expect("reader with 7 KiB fetches");
     // Alone (every read sequential, read-ahead always on), from the

@@ -6,9 +6,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_client::{
-    Admin, ClientError, Message, Producer, ProducerConfig, Record, Subscriber, SubscriberConfig,
-};
+use sluice_client::{Admin, ClientError, Message, Record, Subscriber, SubscriberConfig};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
@@ -31,29 +29,16 @@ async fn produce(
     key: impl Fn(u64) -> Option<String>,
     decorate: impl Fn(u64, Record) -> Record,
 ) {
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
-    let mut pending = Vec::new();
-    for value in 0..count {
-        let mut record = Record::new(topic, value.to_string());
-        if let Some(key) = key(value) {
-            record = record.with_key(key);
-        }
-        pending.push(
-            producer
-                .enqueue(decorate(value, record))
-                .await
-                .expect("enqueue"),
-        );
-    }
-    for delivery in pending {
-        delivery.await.expect("acknowledged");
-    }
-    producer.close().await.expect("close producer");
+    let records = (0..count)
+        .map(|value| {
+            let mut record = Record::new(topic, value.to_string());
+            if let Some(key) = key(value) {
+                record = record.with_key(key);
+            }
+            decorate(value, record)
+        })
+        .collect();
+    cluster.produce_acknowledged(records).await;
 }
 
 fn value_of(message: &Message) -> u64 {
@@ -858,12 +843,7 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
     for value in 0..40u64 {
         due.insert(value, base + 200 + (value * 97) % 2_500);
     }
-    let producer = Producer::new(ProducerConfig {
-        client: cluster.client_config(),
-        ..ProducerConfig::default()
-    })
-    .await
-    .expect("producer");
+    let producer = cluster.producer().await;
     for value in 100..105u64 {
         producer
             .send(Record::new("reminders", value.to_string()).with_ttl(Duration::from_millis(1)))
@@ -1012,12 +992,7 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
             .await
             .expect("create subscription");
         // One record per batch, so the 16 KiB segments roll often.
-        let producer = Producer::new(ProducerConfig {
-            client: cluster.client_config(),
-            ..ProducerConfig::default()
-        })
-        .await
-        .expect("producer");
+        let producer = cluster.producer().await;
         for value in 0..300u64 {
             producer
                 .send(Record::new(topic, value.to_string()).with_header("pad", vec![b'p'; 512]))
