@@ -45,6 +45,17 @@ struct RunningBroker {
     task: JoinHandle<Result<(), sluice_broker::BrokerError>>,
 }
 
+impl RunningBroker {
+    /// Shuts the broker down gracefully and checks that it stopped cleanly.
+    async fn stop_cleanly(self) {
+        self.stop.send_replace(true);
+        self.task
+            .await
+            .expect("broker task")
+            .expect("broker stops cleanly");
+    }
+}
+
 async fn start_broker(nameserver_url: &str) -> RunningBroker {
     start_broker_with(
         nameserver_url,
@@ -655,12 +666,7 @@ async fn produce_fetch_groups_and_restart() {
     );
 
     // Restart the broker: committed offsets and data come back from the log.
-    broker.stop.send_replace(true);
-    broker
-        .task
-        .await
-        .expect("broker task")
-        .expect("broker stops cleanly");
+    broker.stop_cleanly().await;
     broker = start_broker(&nameserver_url).await;
     let mut client = broker_client(&broker.address).await;
     let offset = eventually("committed offsets after restart", || {
@@ -824,12 +830,7 @@ async fn segments_roll_and_retention_deletes_them() {
     assert_eq!(fetched.partitions[0].log_start_offset, 2);
 
     // A new broker (empty tail cache) reads every segment back from the store.
-    broker.stop.send_replace(true);
-    broker
-        .task
-        .await
-        .expect("broker task")
-        .expect("broker stops cleanly");
+    broker.stop_cleanly().await;
     let broker = start_broker(&cluster.nameserver_url).await;
     let mut client = broker_client(&broker.address).await;
     let mut collected = Vec::new();
@@ -869,12 +870,7 @@ async fn segments_roll_and_retention_deletes_them() {
 async fn takeover_deletes_a_segment_created_ahead_of_a_roll_that_never_happened() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (cluster, broker, _client) = one_partition_holding_a(directory.path()).await;
-    broker.stop.send_replace(true);
-    broker
-        .task
-        .await
-        .expect("broker task")
-        .expect("broker stops cleanly");
+    broker.stop_cleanly().await;
 
     // What the stopped owner would have left: a segment at offset 5 while
     // the log ends at 1 (appends to 1..5 never became durable).
@@ -1046,12 +1042,7 @@ async fn commits_survive_retention_of_the_offsets_topic() {
     })
     .await;
 
-    broker.stop.send_replace(true);
-    broker
-        .task
-        .await
-        .expect("broker task")
-        .expect("broker stops cleanly");
+    broker.stop_cleanly().await;
     let broker = start_broker_with(&cluster.nameserver_url, 100).await;
     client = broker_client(&broker.address).await;
     let offset = eventually("committed offsets after restart", || {
@@ -1220,12 +1211,7 @@ async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
     assert_eq!(overlapping[0].error, ErrorCode::OutOfOrderSequence as i32);
 
     // Another broker takes over: it rebuilds the producer state from the log.
-    broker.stop.send_replace(true);
-    broker
-        .task
-        .await
-        .expect("broker task")
-        .expect("broker stops cleanly");
+    broker.stop_cleanly().await;
     let broker = start_broker(&cluster.nameserver_url).await;
     let mut client = broker_client(&broker.address).await;
     let resent = eventually("the new owner answers the resend", || {
