@@ -108,18 +108,28 @@ async fn oldest_unconsumed_ages(
     futures::future::join_all(lookups).await
 }
 
+/// The set limits of a backlog quota (ADR 0012; 0 is unset), as text.
+pub(crate) fn backlog_quota_limits(messages: u64, bytes: u64, age_ms: u64) -> Vec<String> {
+    let mut limits = Vec::new();
+    if messages > 0 {
+        limits.push(format!("{messages} messages"));
+    }
+    if bytes > 0 {
+        limits.push(format!("{bytes} bytes"));
+    }
+    if age_ms > 0 {
+        limits.push(format!("{age_ms} ms old"));
+    }
+    limits
+}
+
 /// The topic's backlog quotas (ADR 0012) in one line.
 fn format_backlog_quota(config: &TopicConfig) -> String {
-    let mut limits = Vec::new();
-    if config.backlog_quota_messages > 0 {
-        limits.push(format!("{} messages", config.backlog_quota_messages));
-    }
-    if config.backlog_quota_bytes > 0 {
-        limits.push(format!("{} bytes", config.backlog_quota_bytes));
-    }
-    if config.backlog_quota_age_ms > 0 {
-        limits.push(format!("{} ms old", config.backlog_quota_age_ms));
-    }
+    let limits = backlog_quota_limits(
+        config.backlog_quota_messages,
+        config.backlog_quota_bytes,
+        config.backlog_quota_age_ms,
+    );
     if limits.is_empty() {
         return "none".to_string();
     }

@@ -310,16 +310,11 @@ fn dash_if_empty(text: &str) -> String {
 /// The subscription's own backlog quotas (ADR 0012), or that the topic's
 /// apply.
 fn subscription_quota_text(subscription: &Subscription) -> String {
-    let mut parts = Vec::new();
-    if subscription.backlog_quota_messages > 0 {
-        parts.push(format!("{} messages", subscription.backlog_quota_messages));
-    }
-    if subscription.backlog_quota_bytes > 0 {
-        parts.push(format!("{} bytes", subscription.backlog_quota_bytes));
-    }
-    if subscription.backlog_quota_age_ms > 0 {
-        parts.push(format!("{} ms old", subscription.backlog_quota_age_ms));
-    }
+    let parts = crate::admin::backlog_quota_limits(
+        subscription.backlog_quota_messages,
+        subscription.backlog_quota_bytes,
+        subscription.backlog_quota_age_ms,
+    );
     let policy = match BacklogPolicy::try_from(subscription.backlog_policy) {
         Ok(BacklogPolicy::Hold) => Some("hold"),
         Ok(BacklogPolicy::Reject) => Some("reject"),
