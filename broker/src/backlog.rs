@@ -734,7 +734,7 @@ async fn measure(
     } else if let Some(cached) = cached_oldest {
         Some(cached)
     } else {
-        let sample = first_batch_at(shared, partition, position.mark_delete).await;
+        let sample = first_batch_at(partition, position.mark_delete).await;
         sample.map(|(timestamp_ms, ratio)| (position.mark_delete, timestamp_ms, ratio))
     };
     let oldest_age_ms = oldest
@@ -797,12 +797,8 @@ fn closed_segments_bytes_per_offset(partition: &Partition) -> Option<f64> {
 
 /// The first timestamp of the batch holding `offset`, and that batch's
 /// bytes per offset.
-async fn first_batch_at(
-    shared: &Shared,
-    partition: &Partition,
-    offset: u64,
-) -> Option<(i64, Option<f64>)> {
-    let bytes = match partition.read(shared, offset, OLDEST_READ_BYTES).await {
+async fn first_batch_at(partition: &Partition, offset: u64) -> Option<(i64, Option<f64>)> {
+    let bytes = match partition.read(offset, OLDEST_READ_BYTES).await {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::debug!(partition = %partition.key, offset, %error, "cannot read the oldest unacknowledged batch");
@@ -843,7 +839,7 @@ async fn evict(
         let cutoff = sluice_proto::now_unix_ms()
             .saturating_sub(i64::try_from(quota.keep_line(quota.age_ms)).unwrap_or(i64::MAX));
         let first_young = partition
-            .offset_for_timestamp(shared, &partition.status(), cutoff)
+            .offset_for_timestamp(&partition.status(), cutoff)
             .await?;
         target = target.max(first_young);
     }

@@ -190,18 +190,14 @@ impl Coordinator {
 
     /// Replays an offsets partition from its log start to its high
     /// watermark, then starts coordinating its groups.
-    pub async fn load_partition(
-        &self,
-        shared: &Shared,
-        partition: &Partition,
-    ) -> Result<(), BrokerError> {
+    pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
         let status = partition.status();
         let partition_count = partition.config.partitions;
         let mut offset = status.log_start_offset;
         let end = status.high_watermark;
         let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
         while offset < end {
-            let bytes = partition.read(shared, offset, REPLAY_READ_BYTES).await?;
+            let bytes = partition.read(offset, REPLAY_READ_BYTES).await?;
             if bytes.is_empty() {
                 return Err(BrokerError::Unavailable(format!(
                     "replay of {} found no data at offset {offset} below the high watermark {end}",

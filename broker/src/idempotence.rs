@@ -6,13 +6,10 @@
 //! pipeline task: [`ProducerStates::check`] judges a batch before offsets
 //! are assigned (and reserves it as in flight), [`ProducerStates::appended`]
 //! records it once durable. After a takeover, or after the pipeline failed
-//! with appends whose fate the stores' seal decided, [`rebuild`] restores
-//! the state from batch headers at the tail of the log.
+//! with appends whose fate the stores' seal decided, the partition's
+//! takeover restores the state from batch headers at the tail of the log
+//! ([`ProducerStates::rebuild_start`], [`ProducerStates::apply_log`]).
 
-use crate::decisions::segment_for_offset;
-use crate::error::BrokerError;
-use crate::partition::Partition;
-use crate::Shared;
 use sluice_proto::batch::{BatchError, BatchHeader, BatchIter};
 use sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER;
 use sluice_proto::v1::{SegmentInfo, SegmentState};
@@ -23,9 +20,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 /// `max_in_flight_per_partition` with idempotence on), and they are its
 /// latest ones: so every batch it may resend is among those remembered.
 pub const REMEMBERED_BATCHES_PER_PRODUCER: usize = MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER;
-
-/// Most bytes one store read of the rebuild asks for.
-const REBUILD_READ_BYTES: u32 = 4 * 1024 * 1024;
 
 /// A durable batch of one producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,67 +372,6 @@ pub fn window_start(segments: &[SegmentInfo], window_bytes: u64) -> u64 {
         return segment.end_offset - keep.min(records);
     }
     first.base_offset
-}
-
-/// Restores the producer states of a partition whose pipeline just
-/// (re)opened after a takeover or a failure, from the batch headers in the
-/// tail of its log (read from the stores, like a fetch). Does nothing after
-/// a plain roll, where the state is exact. An error fails the takeover,
-/// which is retried: serving without the state could append duplicates.
-pub async fn rebuild(shared: &Shared, partition: &Partition) -> Result<(), BrokerError> {
-    let status = partition.status();
-    let segments = partition.segments();
-    let window_bytes = shared.config.producer_state_rebuild_bytes;
-    let Some(start) = partition.producer_states(|states| {
-        states.rebuild_start(&segments, status.log_start_offset, window_bytes)
-    }) else {
-        return Ok(());
-    };
-    let high_watermark = status.high_watermark;
-    let mut offset = start;
-    while offset < high_watermark {
-        let Some(segment) = segment_for_offset(&segments, offset) else {
-            return Err(BrokerError::Internal(format!(
-                "no segment of {} holds offset {offset} below the high watermark {high_watermark}",
-                partition.key
-            )));
-        };
-        let end_offset = if segment.state() == SegmentState::Open {
-            high_watermark
-        } else {
-            segment.end_offset.min(high_watermark)
-        };
-        let batches = crate::partition::read_segment(
-            shared,
-            &partition.key,
-            segment,
-            offset,
-            end_offset,
-            REBUILD_READ_BYTES as usize,
-        )
-        .await?;
-        let next = partition
-            .producer_states(|states| states.apply_log(&batches, offset))
-            .map_err(|error| {
-                BrokerError::Internal(format!(
-                    "rebuilding producer state of {} at offset {offset}: {error}",
-                    partition.key
-                ))
-            })?;
-        if next <= offset {
-            return Err(BrokerError::Unavailable(format!(
-                "stores of segment {} of {} returned nothing at offset {offset} (end {end_offset})",
-                segment.segment_id, partition.key
-            )));
-        }
-        offset = next;
-    }
-    let producers = partition.producer_states(|states| {
-        states.finish_rebuild();
-        states.len()
-    });
-    tracing::info!(partition = %partition.key, from_offset = start, high_watermark, producers, "producer state rebuilt from the log");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod ownership;
 mod partition;
 mod read_ahead;
 mod repair;
+mod replica_io;
 mod retention;
 mod service;
 mod subscription;
@@ -41,7 +42,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tail_cache::{PartitionKey, TailCache};
+use tail_cache::{PartitionKey, SharedTailCache};
 use tokio::sync::watch;
 
 /// Most topics whose partition counts are cached.
@@ -51,12 +52,12 @@ const MAX_CACHED_ROUTES: usize = 10_000;
 pub(crate) struct Shared {
     pub config: BrokerConfig,
     pub advertised_address: String,
-    pub clients: Clients,
+    pub clients: Arc<Clients>,
     pub coordinator: Coordinator,
     /// Becomes true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
-    tail_cache: Mutex<TailCache>,
+    pub tail_cache: SharedTailCache,
     /// Bytes all partitions' fetch read-aheads may hold (`fetch_read_ahead_bytes`).
     pub read_ahead_budget: Arc<tokio::sync::Semaphore>,
     /// Topic → partition count (None: no such topic), and when learned.
@@ -115,40 +116,6 @@ impl Shared {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(key)
-    }
-
-    fn tail_cache(&self) -> std::sync::MutexGuard<'_, TailCache> {
-        self.tail_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn tail_cache_read(
-        &self,
-        key: &PartitionKey,
-        offset: u64,
-        max_bytes: usize,
-    ) -> Option<bytes::Bytes> {
-        self.tail_cache().read(key, offset, max_bytes)
-    }
-
-    pub fn tail_cache_insert(
-        &self,
-        key: &PartitionKey,
-        base_offset: u64,
-        end_offset: u64,
-        bytes: bytes::Bytes,
-    ) {
-        self.tail_cache()
-            .insert(key, base_offset, end_offset, bytes);
-    }
-
-    pub fn tail_cache_add(&self, key: PartitionKey) {
-        self.tail_cache().add_partition(key);
-    }
-
-    pub fn tail_cache_remove(&self, key: &PartitionKey) {
-        self.tail_cache().remove_partition(key);
     }
 
     /// Current routes of `topics` from the nameserver.
@@ -266,9 +233,9 @@ pub async fn run(
         .unwrap_or_else(|| local_address.to_string());
     let (stop_sender, stop_receiver) = watch::channel(false);
     let shared = Arc::new(Shared {
-        clients: Clients::new(&config),
+        clients: Arc::new(Clients::new(&config)),
         coordinator: Coordinator::new(&config),
-        tail_cache: Mutex::new(TailCache::new(config.tail_cache_bytes)),
+        tail_cache: SharedTailCache::new(config.tail_cache_bytes),
         read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
             usize::try_from(config.fetch_read_ahead_bytes)
                 .unwrap_or(usize::MAX)

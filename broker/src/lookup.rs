@@ -60,12 +60,8 @@ async fn served(
 
 /// The whole batch holding `offset` (which must lie in the log) and the
 /// decoded record at `offset`.
-async fn batch_holding(
-    shared: &Shared,
-    partition: &Partition,
-    offset: u64,
-) -> Result<(Bytes, Record), BrokerError> {
-    let bytes = partition.read(shared, offset, 1).await?;
+async fn batch_holding(partition: &Partition, offset: u64) -> Result<(Bytes, Record), BrokerError> {
+    let bytes = partition.read(offset, 1).await?;
     let missing = || {
         BrokerError::Internal(format!(
             "the log of {} did not return offset {offset}",
@@ -107,7 +103,7 @@ pub async fn get_message(
 ) -> Result<GetMessageResponse, BrokerError> {
     let (partition, status) = served(shared, &request.topic, request.partition).await?;
     check_in_log(request.offset, &status)?;
-    let (batch, _) = batch_holding(shared, &partition, request.offset).await?;
+    let (batch, _) = batch_holding(&partition, request.offset).await?;
     Ok(GetMessageResponse {
         batch,
         offset: request.offset,
@@ -293,10 +289,7 @@ impl Search<'_> {
     async fn scan(&mut self, from_offset: u64, end_offset: u64) -> Result<(), BrokerError> {
         let mut position = from_offset;
         while position < end_offset && !self.done() {
-            let bytes = self
-                .partition
-                .read(self.shared, position, SCAN_READ_BYTES)
-                .await?;
+            let bytes = self.partition.read(position, SCAN_READ_BYTES).await?;
             if bytes.is_empty() {
                 return Ok(());
             }
@@ -364,10 +357,7 @@ impl Search<'_> {
                 if *offset >= end_offset || *offset < self.last_verified_end {
                     continue;
                 }
-                let bytes = self
-                    .partition
-                    .read(self.shared, (*offset).max(position), 1)
-                    .await?;
+                let bytes = self.partition.read((*offset).max(position), 1).await?;
                 self.verify(&bytes, position, end_offset);
             }
             if self.done() {
@@ -640,7 +630,7 @@ async fn explain_state(
             ),
         ));
     }
-    let (_, record) = batch_holding(shared, partition, offset).await?;
+    let (_, record) = batch_holding(partition, offset).await?;
     let selector = subscription::selector_of(definition)?;
     if !selector.matches(&record) {
         return Ok(answer(

@@ -261,7 +261,7 @@ fn reconcile(shared: &Arc<Shared>, assignments: &[PartitionAssignment]) {
     }
     for (key, epoch, config) in start {
         tracing::info!(partition = %key, epoch, "assigned; taking over");
-        shared.tail_cache_add(key.clone());
+        shared.tail_cache.add_partition(key.clone());
         let partition = Partition::spawn(shared.clone(), key.clone(), epoch, config);
         shared.insert_partition(key, partition);
     }
@@ -271,7 +271,7 @@ fn stop_partition(shared: &Shared, key: &PartitionKey) {
     if let Some(partition) = shared.remove_partition(key) {
         tracing::info!(partition = %key, epoch = partition.epoch, "no longer assigned; stopping");
         partition.stop();
-        shared.tail_cache_remove(key);
+        shared.tail_cache.remove_partition(key);
         if partition.is_offsets_topic() {
             shared.coordinator.unload_partition(key.partition);
         }

@@ -12,11 +12,12 @@
 
 use crate::clients::{nameserver_call, request};
 use crate::partition::{Partition, Phase};
+use crate::replica_io::{copy_range, CopyRange};
 use crate::Shared;
 use sluice_proto::v1::{
-    ClusterStatusRequest, NodeInfo, ReadRequest, RecoveryAppendRequest, SealSegmentRequest,
-    SegmentInfo, SegmentReplica, SegmentState, SegmentStatusRequest, StoreCreateSegmentRequest,
-    StoreDeleteSegmentRequest, UpdateSegmentReplicasRequest,
+    ClusterStatusRequest, NodeInfo, SealSegmentRequest, SegmentInfo, SegmentReplica, SegmentState,
+    SegmentStatusRequest, StoreCreateSegmentRequest, StoreDeleteSegmentRequest,
+    UpdateSegmentReplicasRequest,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::{HashMap, HashSet};
@@ -283,14 +284,12 @@ async fn apply(
     let source = &segment.replicas[source_index];
     for (index, end_offset) in &repair.fill {
         let target = &segment.replicas[*index];
-        copy_range(
+        copy(
             shared,
             partition,
             segment.segment_id,
-            source,
-            target,
-            *end_offset,
-            segment.end_offset,
+            (source, target),
+            (*end_offset, segment.end_offset),
         )
         .await?;
         // A copy whose store was down during the fence is still unsealed.
@@ -375,14 +374,12 @@ async fn create_sealed_copy(
         .map_err(|status| {
             crate::error::BrokerError::remote("store CreateSegment (repair)", &status)
         })?;
-    copy_range(
+    copy(
         shared,
         partition,
         segment.segment_id,
-        source,
-        target,
-        segment.base_offset,
-        segment.end_offset,
+        (source, target),
+        (segment.base_offset, segment.end_offset),
     )
     .await?;
     seal_copy(shared, partition, segment, target).await
@@ -409,66 +406,25 @@ async fn seal_copy(
     Ok(())
 }
 
-/// Copies `[from_offset, end_offset)` of a segment from one store to
-/// another, in chunks of at most one fetch, as the owner at `partition`'s
-/// epoch (allowed on a sealed copy the owner fenced). Used by repair and
-/// by takeover recovery.
-pub(crate) async fn copy_range(
+/// Copies `[range.0, range.1)` of a segment from one replica to another
+/// as `partition`'s owner, counting the bytes in the repair progress.
+async fn copy(
     shared: &Shared,
     partition: &Partition,
     segment_id: u64,
-    source: &SegmentReplica,
-    target: &SegmentReplica,
-    from_offset: u64,
-    end_offset: u64,
+    (source, target): (&SegmentReplica, &SegmentReplica),
+    (from_offset, end_offset): (u64, u64),
 ) -> Result<(), crate::error::BrokerError> {
-    let mut source_store = shared.clients.store(&source.address)?;
-    let mut target_store = shared.clients.store(&target.address)?;
-    let chunk_bytes = u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX);
-    let mut offset = from_offset;
-    while offset < end_offset {
-        let read = ReadRequest {
-            segment_id,
-            offset,
-            max_bytes: chunk_bytes,
-            end_offset,
-        };
-        let batches = source_store
-            .read(request(read, shared.clients.store_timeout))
-            .await
-            .map_err(|status| crate::error::BrokerError::remote("store Read (copy)", &status))?
-            .into_inner()
-            .batches;
-        if batches.is_empty() {
-            return Err(crate::error::BrokerError::Internal(format!(
-                "store {} returned nothing at {offset} of segment {segment_id} below {end_offset}",
-                source.store_id
-            )));
-        }
-        let copied = batches.len() as u64;
-        let append = RecoveryAppendRequest {
-            segment_id,
-            fence_epoch: partition.epoch,
-            batches,
-        };
-        let status = target_store
-            .recovery_append(request(append, shared.clients.store_timeout))
-            .await
-            .map_err(|status| crate::error::BrokerError::remote("store RecoveryAppend", &status))?
-            .into_inner();
-        if status.end_offset <= offset {
-            return Err(crate::error::BrokerError::Internal(format!(
-                "store {} did not advance segment {segment_id} past {offset}",
-                target.store_id
-            )));
-        }
-        shared
-            .repair
-            .bytes_copied
-            .fetch_add(copied, Ordering::Relaxed);
-        offset = status.end_offset;
-    }
-    Ok(())
+    let range = CopyRange {
+        segment_id,
+        source,
+        target,
+        from_offset,
+        end_offset,
+        fence_epoch: partition.epoch,
+        chunk_bytes: u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX),
+    };
+    copy_range(&shared.clients, &range, &shared.repair.bytes_copied).await
 }
 
 #[cfg(test)]

@@ -433,7 +433,6 @@ impl BrokerService {
         used_bytes: usize,
         fetched: &mut FetchedPartition,
     ) -> Result<(), BrokerError> {
-        let shared = &self.shared;
         let partition = self.served(topic, partition_index).await?;
         let status = loaded_status(&partition)?;
         fetched.high_watermark = status.high_watermark;
@@ -456,7 +455,7 @@ impl BrokerService {
                     return Ok(());
                 }
                 let batches = partition
-                    .read_for_fetch(shared, offset, partition_limit.max(1))
+                    .read_for_fetch(offset, partition_limit.max(1))
                     .await?;
                 // Only the first data of the response may exceed the limits
                 // (one whole batch always goes out).
@@ -583,7 +582,7 @@ impl Broker for BrokerService {
             OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
             OffsetSpec::Timestamp => {
                 partition
-                    .offset_for_timestamp(&self.shared, &status, request.timestamp_ms)
+                    .offset_for_timestamp(&status, request.timestamp_ms)
                     .await?
             }
         };

@@ -167,6 +167,42 @@ impl TailCache {
     }
 }
 
+/// The broker's one tail cache, shared by its partitions' tasks and reads.
+#[derive(Clone)]
+pub struct SharedTailCache(std::sync::Arc<std::sync::Mutex<TailCache>>);
+
+impl SharedTailCache {
+    pub fn new(budget_bytes: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(TailCache::new(
+            budget_bytes,
+        ))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TailCache> {
+        // Nothing panics while holding the lock; a poisoned one is still
+        // consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn read(&self, key: &PartitionKey, offset: u64, max_bytes: usize) -> Option<Bytes> {
+        self.lock().read(key, offset, max_bytes)
+    }
+
+    pub fn insert(&self, key: &PartitionKey, base_offset: u64, end_offset: u64, bytes: Bytes) {
+        self.lock().insert(key, base_offset, end_offset, bytes);
+    }
+
+    pub fn add_partition(&self, key: PartitionKey) {
+        self.lock().add_partition(key);
+    }
+
+    pub fn remove_partition(&self, key: &PartitionKey) {
+        self.lock().remove_partition(key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -651,10 +651,7 @@ impl Task {
             {
                 return Ok(());
             }
-            let bytes = self
-                .partition
-                .read(&self.shared, position, SCAN_READ_BYTES)
-                .await?;
+            let bytes = self.partition.read(position, SCAN_READ_BYTES).await?;
             if bytes.is_empty() {
                 return Ok(());
             }
@@ -820,7 +817,7 @@ impl Task {
                 self.batches.insert(*offset, (*offset + 1, single));
                 continue;
             }
-            match self.partition.read(&self.shared, *offset, 1).await {
+            match self.partition.read(*offset, 1).await {
                 Ok(bytes) => {
                     if let Some(Ok((start, header, slice))) = BatchIter::new(&bytes).next() {
                         if header.base_offset <= *offset && *offset < header.end_offset() {

@@ -1,0 +1,319 @@
+//! One partition served by this broker: takeover (seal the previous open
+//! segment, close it, open a new one), the ordered append pipeline to the
+//! segment's stores, segment rolling, and reads for fetch.
+//!
+//! A single task per partition owns the pipeline, so offsets are assigned
+//! in arrival order and acknowledgements go back in that order. After any
+//! failure every queued and in-flight append fails and the task re-runs
+//! takeover before it accepts again (a new *generation*), so an in-order
+//! client retry never reorders.
+//!
+//! One concern per file:
+//! - `mod.rs`: the [`Partition`] handle: status, queueing appends, the
+//!   cached segment list, idempotent producers' state;
+//! - `reads.rs`: reads for fetch (tail cache, stores, read-ahead) and
+//!   offset-for-timestamp lookups;
+//! - `task.rs`: the partition's task: takeover, serving, rolls, recovery
+//!   after a failure, with backoff;
+//! - `takeover.rs`: fencing and recovering open segments (ADR 0008),
+//!   creating a segment and opening its append streams, closing a rolled
+//!   segment;
+//! - `pipeline.rs`: the quorum append pipeline as a pure state machine;
+//! - `serve.rs`: the IO loop that feeds the pipeline and carries out its
+//!   effects.
+
+mod pipeline;
+mod reads;
+mod serve;
+mod takeover;
+mod task;
+
+use crate::clients::Clients;
+use crate::error::BrokerError;
+use crate::idempotence::ProducerStates;
+use crate::read_ahead::ReadAhead;
+use crate::tail_cache::{PartitionKey, SharedTailCache};
+use crate::Shared;
+use bytes::Bytes;
+use sluice_proto::batch::BatchHeader;
+use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
+use sluice_proto::v1::{SegmentInfo, TopicConfig};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+/// Where the partition is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking over (and, for offsets partitions, replaying).
+    Loading,
+    Serving,
+    /// Re-running takeover after a failure or while rolling is impossible.
+    Recovering,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct PartitionStatus {
+    pub phase: Phase,
+    /// End of durable data: nothing at or beyond it is served.
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// Bumped after each pipeline failure; appends submitted under an older
+    /// generation fail.
+    pub generation: u64,
+    /// True once high watermark and log start are known from a takeover.
+    pub loaded: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AppendOutcome {
+    pub base_offset: u64,
+    pub append_time_ms: i64,
+    pub epoch: u64,
+}
+
+/// Runs inside the pipeline, in log order, once an append is durable; gets
+/// its base offset.
+pub type OnDurable = Box<dyn FnOnce(u64) + Send>;
+
+struct AppendJob {
+    batch: Bytes,
+    header: BatchHeader,
+    generation: u64,
+    reply: oneshot::Sender<Result<AppendOutcome, BrokerError>>,
+    on_durable: Option<OnDurable>,
+    _queued_bytes: OwnedSemaphorePermit,
+}
+
+impl AppendJob {
+    fn fail(self, error: BrokerError) {
+        // The producer stream may be gone; nothing to tell then.
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+pub struct Partition {
+    pub key: PartitionKey,
+    pub epoch: u64,
+    pub config: TopicConfig,
+    status: watch::Sender<PartitionStatus>,
+    jobs: mpsc::UnboundedSender<AppendJob>,
+    queue_bytes: Arc<Semaphore>,
+    /// Total permits of `queue_bytes`: a batch larger than the whole queue
+    /// takes all of it rather than waiting forever.
+    queue_limit_permits: u32,
+    segments: RwLock<Vec<SegmentInfo>>,
+    stopped: watch::Sender<bool>,
+    /// Idempotent producers' latest batches (ADR 0010); used by the
+    /// pipeline task only.
+    producers: Mutex<ProducerStates>,
+    /// The store read started ahead of a sequential reader's next fetch.
+    read_ahead: ReadAhead,
+    io: PartitionIo,
+}
+
+/// What a partition's reads use, handed to it at spawn.
+#[derive(Clone)]
+pub(crate) struct PartitionIo {
+    pub clients: Arc<Clients>,
+    pub tail_cache: SharedTailCache,
+    /// Bytes all partitions' fetch read-aheads may hold together.
+    pub read_ahead_budget: Arc<Semaphore>,
+}
+
+impl PartitionIo {
+    pub fn of(shared: &Shared) -> Self {
+        Self {
+            clients: shared.clients.clone(),
+            tail_cache: shared.tail_cache.clone(),
+            read_ahead_budget: shared.read_ahead_budget.clone(),
+        }
+    }
+}
+
+impl Partition {
+    /// Creates the partition and starts its takeover and pipeline task.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        key: PartitionKey,
+        epoch: u64,
+        config: TopicConfig,
+    ) -> Arc<Partition> {
+        let (jobs, jobs_receiver) = mpsc::unbounded_channel();
+        let queue_permits = usize::try_from(shared.config.partition_queue_bytes)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let partition = Arc::new(Partition {
+            key,
+            epoch,
+            config,
+            status: watch::Sender::new(PartitionStatus {
+                phase: Phase::Loading,
+                high_watermark: 0,
+                log_start_offset: 0,
+                generation: 0,
+                loaded: false,
+            }),
+            jobs,
+            queue_bytes: Arc::new(Semaphore::new(queue_permits)),
+            queue_limit_permits: u32::try_from(queue_permits).unwrap_or(u32::MAX),
+            segments: RwLock::new(Vec::new()),
+            stopped: watch::Sender::new(false),
+            producers: Mutex::new(ProducerStates::new(
+                shared.config.max_producer_states_per_partition,
+            )),
+            read_ahead: ReadAhead::default(),
+            io: PartitionIo::of(&shared),
+        });
+        tokio::spawn(task::run(shared, partition.clone(), jobs_receiver));
+        partition
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Changes whenever the high watermark or phase changes (long-poll).
+    pub fn subscribe(&self) -> watch::Receiver<PartitionStatus> {
+        self.status.subscribe()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        match self.segments.read() {
+            Ok(segments) => segments.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_segments(&self, segments: Vec<SegmentInfo>) {
+        match self.segments.write() {
+            Ok(mut guard) => *guard = segments,
+            Err(poisoned) => *poisoned.into_inner() = segments,
+        }
+    }
+
+    /// Replaces one segment's cached metadata (after repair changed its
+    /// replicas).
+    pub fn segment_updated(&self, updated: SegmentInfo) {
+        let mut segments = self.segments();
+        if let Some(segment) = segments
+            .iter_mut()
+            .find(|segment| segment.segment_id == updated.segment_id)
+        {
+            *segment = updated;
+            self.set_segments(segments);
+        }
+    }
+
+    /// Drops deleted segments from the cached list and advances the log start.
+    pub fn segments_deleted(&self, deleted: &[u64]) {
+        let mut segments = self.segments();
+        segments.retain(|segment| !deleted.contains(&segment.segment_id));
+        if let Some(first) = segments.first() {
+            let base = first.base_offset;
+            self.status.send_modify(|status| {
+                status.log_start_offset = status.log_start_offset.max(base);
+            });
+        }
+        self.set_segments(segments);
+    }
+
+    pub fn is_offsets_topic(&self) -> bool {
+        self.key.topic == CONSUMER_OFFSETS_TOPIC
+    }
+
+    /// Largest batch accepted for this topic.
+    pub fn max_batch_bytes(&self, default_bytes: u32) -> usize {
+        if self.config.max_batch_bytes == 0 {
+            default_bytes as usize
+        } else {
+            self.config.max_batch_bytes as usize
+        }
+    }
+
+    /// Stops serving: pending appends fail with NOT_OWNER.
+    pub fn stop(&self) {
+        self.stopped.send_replace(true);
+        self.status
+            .send_modify(|status| status.phase = Phase::Stopped);
+    }
+
+    fn not_owner(&self) -> BrokerError {
+        BrokerError::NotOwner {
+            topic: self.key.topic.clone(),
+            partition: self.key.partition,
+        }
+    }
+
+    /// Queues a validated batch. `generation` is the one the caller saw when
+    /// it first sent to this partition; a newer one means an earlier append
+    /// failed. The receiver answers once the batch is durable (or failed).
+    pub fn submit(
+        &self,
+        batch: Bytes,
+        header: BatchHeader,
+        generation: u64,
+        on_durable: Option<OnDurable>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
+        let status = self.status();
+        match status.phase {
+            Phase::Serving => {}
+            Phase::Stopped => return Err(self.not_owner()),
+            Phase::Loading | Phase::Recovering => {
+                return Err(BrokerError::Recovering {
+                    topic: self.key.topic.clone(),
+                    partition: self.key.partition,
+                })
+            }
+        }
+        if generation != status.generation {
+            return Err(BrokerError::EarlierRequestFailed {
+                topic: self.key.topic.clone(),
+                partition: self.key.partition,
+            });
+        }
+        let permits = u32::try_from(batch.len())
+            .unwrap_or(u32::MAX)
+            .min(self.queue_limit_permits);
+        let permit = self
+            .queue_bytes
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| {
+                BrokerError::Throttled(format!(
+                    "append queue of {} is full; retry after a backoff",
+                    self.key
+                ))
+            })?;
+        let (reply, receiver) = oneshot::channel();
+        self.jobs
+            .send(AppendJob {
+                batch,
+                header,
+                generation,
+                reply,
+                on_durable,
+                _queued_bytes: permit,
+            })
+            .map_err(|_| self.not_owner())?;
+        Ok(receiver)
+    }
+}
+
+impl Partition {
+    /// Runs `access` on the idempotent producers' state.
+    pub fn producer_states<R>(&self, access: impl FnOnce(&mut ProducerStates) -> R) -> R {
+        // Nothing panics while holding the lock; a poisoned one is still
+        // consistent.
+        let mut states = self
+            .producers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        access(&mut states)
+    }
+}
+
+/// Far enough in the future to stand for "never" in a `select!`.
+fn never() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(24 * 3600)
+}

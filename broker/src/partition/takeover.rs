@@ -1,0 +1,503 @@
+//! Takeover and the segment changes around the append pipeline: fencing
+//! an open segment and recovering its end (ADR 0008), closing it, creating
+//! the next segment on a new ensemble and opening its append streams, and
+//! closing a segment rolled away from in the background.
+
+use super::task::Backoff;
+use super::{never, Partition};
+use crate::clients::{nameserver_call, request};
+use crate::decisions::segment_for_offset;
+use crate::decisions::{effective_ack_quorum, fence_quorum, recovered_copy, FencedCopy};
+use crate::error::BrokerError;
+use crate::replica_io::{copy_range, open_append_stream, read_segment, CopyRange};
+use crate::Shared;
+use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
+use futures::StreamExt;
+use sluice_proto::v1::{
+    AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest,
+    DeleteSegmentsRequest, Durability, ListSegmentsRequest, SealSegmentRequest, SegmentInfo,
+    SegmentState, StoreCreateSegmentRequest, TopicConfig,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Most bytes one store read of a producer-state rebuild asks for.
+const REBUILD_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Attempts to seal and close a segment rolled away from before leaving it
+/// to the next takeover (which fences and closes any open segment).
+const ROLLED_SEGMENT_CLOSE_ATTEMPTS_MAX: u32 = 10;
+
+pub(super) type ReplicaResponses =
+    SelectAll<BoxStream<'static, (usize, Result<AppendResponse, tonic::Status>)>>;
+
+/// The open segment being appended to, with one ordered stream per
+/// replica, in the order of `info.replicas`.
+pub(super) struct OpenSegment {
+    pub info: SegmentInfo,
+    pub senders: Vec<mpsc::Sender<AppendRequest>>,
+    pub responses: ReplicaResponses,
+    pub opened_at: Instant,
+}
+
+pub(super) fn durability(config: &TopicConfig) -> i32 {
+    match config.durability() {
+        Durability::Unspecified => Durability::Fsync as i32,
+        other => other as i32,
+    }
+}
+
+/// What fencing and recovering an open segment established.
+struct RecoveredSegment {
+    end_offset: u64,
+    size_bytes: u64,
+    max_timestamp_ms: i64,
+}
+
+/// Fences an open segment and recovers its end (ADR 0008): seals it on its
+/// replicas in parallel, waits for a fence quorum (and briefly for the
+/// rest), takes the longest fenced copy as the segment's content, and
+/// copies the missing tail to every other fenced replica so the recovered
+/// entries are on as many copies as answered. Replicas that did not answer
+/// are left to repair.
+async fn fence_and_recover(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+) -> Result<RecoveredSegment, BrokerError> {
+    let epoch = partition.epoch;
+    let replicas = &segment.replicas;
+    if replicas.is_empty() {
+        return Ok(RecoveredSegment {
+            end_offset: segment.base_offset,
+            size_bytes: 0,
+            max_timestamp_ms: segment.max_timestamp_ms,
+        });
+    }
+    let ack_quorum = effective_ack_quorum(partition.config.ack_quorum, replicas.len());
+    let quorum = fence_quorum(replicas.len(), ack_quorum);
+    let mut seals = FuturesUnordered::new();
+    for (index, replica) in replicas.iter().enumerate() {
+        let seal = SealSegmentRequest {
+            segment_id: segment.segment_id,
+            writer_epoch: epoch,
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+            base_offset: segment.base_offset,
+            durability: durability(&partition.config),
+        };
+        let store = shared.clients.store(&replica.address);
+        let timeout = shared.clients.store_timeout;
+        seals.push(async move {
+            let answer = match store {
+                Ok(mut store) => store
+                    .seal_segment(request(seal, timeout))
+                    .await
+                    .map(|response| response.into_inner())
+                    .map_err(|status| BrokerError::remote("store SealSegment", &status)),
+                Err(error) => Err(error),
+            };
+            (index, answer)
+        });
+    }
+    let mut fenced: Vec<FencedCopy> = Vec::new();
+    let mut last_error: Option<BrokerError> = None;
+    let grace = Duration::from_millis(shared.config.fence_grace_ms);
+    let mut grace_deadline: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            next = seals.next() => next,
+            _ = tokio::time::sleep_until(grace_deadline.unwrap_or_else(never)), if grace_deadline.is_some() => None,
+        };
+        let Some((index, answer)) = next else { break };
+        match answer {
+            Ok(status) => {
+                let usable_end = status
+                    .corrupt_from_offset
+                    .map_or(status.end_offset, |corrupt| corrupt.min(status.end_offset))
+                    .max(segment.base_offset);
+                if status.corrupt_from_offset.is_some() {
+                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, usable_end, "fenced copy is damaged; using it only up to the damage");
+                }
+                fenced.push(FencedCopy {
+                    replica: index,
+                    end_offset: usable_end,
+                    size_bytes: status.size_bytes,
+                    max_timestamp_ms: status.max_timestamp_ms,
+                });
+                if fenced.len() >= quorum && grace_deadline.is_none() {
+                    grace_deadline = Some(Instant::now() + grace);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, %error, "cannot fence a replica");
+                last_error = Some(error);
+            }
+        }
+    }
+    let Some(longest) = recovered_copy(&fenced, quorum) else {
+        return Err(BrokerError::Unavailable(format!(
+            "fenced {} of the {} replicas of segment {} of {}, need {quorum}{}",
+            fenced.len(),
+            replicas.len(),
+            segment.segment_id,
+            partition.key,
+            last_error
+                .map(|error| format!(" (last error: {error})"))
+                .unwrap_or_default()
+        )));
+    };
+    for copy in &fenced {
+        if copy.end_offset < longest.end_offset {
+            copy_tail(shared, partition, segment, &longest, copy).await?;
+        }
+    }
+    Ok(RecoveredSegment {
+        end_offset: longest.end_offset,
+        size_bytes: longest.size_bytes,
+        max_timestamp_ms: longest.max_timestamp_ms,
+    })
+}
+
+/// Copies `[to.end_offset, from.end_offset)` of a fenced segment from one
+/// replica to another.
+async fn copy_tail(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    from: &FencedCopy,
+    to: &FencedCopy,
+) -> Result<(), BrokerError> {
+    let source = &segment.replicas[from.replica];
+    let target = &segment.replicas[to.replica];
+    let range = CopyRange {
+        segment_id: segment.segment_id,
+        source,
+        target,
+        from_offset: to.end_offset,
+        end_offset: from.end_offset,
+        fence_epoch: partition.epoch,
+        chunk_bytes: u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX),
+    };
+    copy_range(&shared.clients, &range, &shared.repair.bytes_copied).await?;
+    tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = to.end_offset, end = from.end_offset, "re-replicated the tail of a fenced segment");
+    Ok(())
+}
+
+/// Takeover (and recovery, and a roll whose next segment could not be
+/// prepared): fence and close whatever segment is open, then create a new
+/// segment at the recovered end on a new ensemble (avoiding `excluded`
+/// stores, which just failed) and open the append streams. A store that
+/// fails while the segment is being opened is added to `excluded` for the
+/// next attempt.
+///
+/// A segment created ahead of a roll (see [`serve`]) holds nothing until
+/// every append to its predecessor reached the ack quorum, so if it starts
+/// beyond where its predecessor was recovered to, the owner stopped before
+/// using it: it is empty and is deleted rather than closed, which would
+/// leave a hole in the offsets.
+pub(super) async fn open_segment(
+    shared: &Shared,
+    partition: &Partition,
+    excluded: &mut Vec<String>,
+) -> Result<OpenSegment, BrokerError> {
+    let key = &partition.key;
+    let epoch = partition.epoch;
+    let clients = &shared.clients;
+    let mut segments = nameserver_call!(
+        clients,
+        list_segments,
+        ListSegmentsRequest {
+            topic: key.topic.clone(),
+            partition: key.partition,
+        }
+    )?
+    .segments;
+    segments.sort_by_key(|segment| (segment.base_offset, segment.segment_id));
+    let mut unused: Vec<u64> = Vec::new();
+    let mut previous_end: Option<u64> = None;
+    for segment in segments.iter_mut() {
+        if segment.state() != SegmentState::Open {
+            previous_end = Some(segment.end_offset);
+            continue;
+        }
+        let recovered = fence_and_recover(shared, partition, segment).await?;
+        refuse_rewind(partition, segment, recovered.end_offset)?;
+        if previous_end.is_some_and(|end| segment.base_offset > end) {
+            if recovered.end_offset == segment.base_offset {
+                unused.push(segment.segment_id);
+                continue;
+            }
+            // Cannot happen (see above); closing it keeps what is there.
+            tracing::error!(partition = %key, segment = segment.segment_id, base_offset = segment.base_offset, previous_end, "open segment with data starts beyond its predecessor's end");
+        }
+        *segment = nameserver_call!(
+            clients,
+            close_segment,
+            CloseSegmentRequest {
+                topic: key.topic.clone(),
+                partition: key.partition,
+                epoch,
+                segment_id: segment.segment_id,
+                end_offset: recovered.end_offset,
+                size_bytes: recovered.size_bytes,
+                max_timestamp_ms: recovered.max_timestamp_ms,
+            }
+        )?;
+        previous_end = Some(segment.end_offset);
+    }
+    if !unused.is_empty() {
+        nameserver_call!(
+            clients,
+            delete_segments,
+            DeleteSegmentsRequest {
+                topic: key.topic.clone(),
+                partition: key.partition,
+                epoch,
+                segment_ids: unused.clone(),
+            }
+        )?;
+        tracing::info!(partition = %key, segments = ?unused, "deleted segments created ahead of a roll that never happened");
+        segments.retain(|segment| !unused.contains(&segment.segment_id));
+    }
+    let high_watermark = segments
+        .last()
+        .map(|segment| segment.end_offset)
+        .unwrap_or(0);
+    let log_start_offset = segments
+        .first()
+        .map(|segment| segment.base_offset)
+        .unwrap_or(high_watermark);
+    let opened = create_and_open(shared, partition, high_watermark, excluded).await?;
+    segments.push(opened.info.clone());
+    partition.set_segments(segments);
+    partition.status.send_modify(|status| {
+        status.high_watermark = high_watermark;
+        status.log_start_offset = log_start_offset;
+        status.loaded = true;
+    });
+    Ok(opened)
+}
+
+/// Refuses to close a segment shorter than what this broker already
+/// acknowledged from it: with every acknowledged append on `ack_quorum`
+/// replicas and a fence quorum answering, the recovered end can only fall
+/// below the high watermark if copies were damaged or lost, and closing it
+/// there would hand the lost offsets to new data. The takeover is retried
+/// (with backoff) instead, in case the missing copies come back.
+fn refuse_rewind(
+    partition: &Partition,
+    segment: &SegmentInfo,
+    recovered_end: u64,
+) -> Result<(), BrokerError> {
+    let status = partition.status();
+    if status.loaded && recovered_end < status.high_watermark {
+        return Err(BrokerError::Unavailable(format!(
+            "the fenced copies of segment {} of {} end at {recovered_end}, below the acknowledged high watermark {}; not closing it shorter, which would reuse offsets",
+            segment.segment_id, partition.key, status.high_watermark
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a segment at `base_offset` (in metadata, then on each replica)
+/// on an ensemble avoiding `excluded`, and opens its append streams. A
+/// store that fails here is added to `excluded`.
+pub(super) async fn create_and_open(
+    shared: &Shared,
+    partition: &Partition,
+    base_offset: u64,
+    excluded: &mut Vec<String>,
+) -> Result<OpenSegment, BrokerError> {
+    let key = &partition.key;
+    let created = nameserver_call!(
+        &shared.clients,
+        create_segment,
+        CreateSegmentRequest {
+            topic: key.topic.clone(),
+            partition: key.partition,
+            epoch: partition.epoch,
+            base_offset,
+            exclude_store_ids: excluded.clone(),
+        }
+    )?;
+    if created.replicas.is_empty() {
+        return Err(BrokerError::Unavailable(format!(
+            "segment {} of {key} has no replicas",
+            created.segment_id
+        )));
+    }
+    let capacity = shared.config.max_in_flight_appends_per_partition.max(1) + 1;
+    // Created on every replica at once: each creation waits for a journal
+    // fsync on its store.
+    let create = StoreCreateSegmentRequest {
+        segment_id: created.segment_id,
+        topic: key.topic.clone(),
+        partition: key.partition,
+        base_offset: created.base_offset,
+        writer_epoch: partition.epoch,
+        durability: durability(&partition.config),
+    };
+    let opened = futures::future::join_all(created.replicas.iter().map(|replica| {
+        open_append_stream(&shared.clients, create.clone(), &replica.address, capacity)
+    }))
+    .await;
+    let mut senders = Vec::with_capacity(created.replicas.len());
+    let mut responses: ReplicaResponses = SelectAll::new();
+    let mut failure = None;
+    for (index, (replica, opened)) in created.replicas.iter().zip(opened).enumerate() {
+        let (sender, stream) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                if !excluded.contains(&replica.store_id) {
+                    excluded.push(replica.store_id.clone());
+                }
+                failure = Some(error);
+                continue;
+            }
+        };
+        senders.push(sender);
+        // A stream that ends fails its replica at once rather than after
+        // the acknowledgement timeout.
+        let ended = futures::stream::once(async move {
+            (
+                index,
+                Err(tonic::Status::unavailable(
+                    "the store ended the append stream",
+                )),
+            )
+        });
+        responses.push(stream.map(move |item| (index, item)).chain(ended).boxed());
+    }
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(OpenSegment {
+        info: created,
+        senders,
+        responses,
+        opened_at: Instant::now(),
+    })
+}
+
+/// Seals and closes a segment the pipeline rolled away from, after every
+/// append to it reached the ack quorum (so it ends at `end_offset`), while
+/// the next segment already takes appends. Retried with backoff until it
+/// succeeds or the partition stops; if it never does, the next takeover
+/// fences and closes it like any open segment.
+pub(super) async fn close_rolled_segment(
+    shared: Arc<Shared>,
+    partition: Arc<Partition>,
+    segment: SegmentInfo,
+    end_offset: u64,
+) {
+    let mut stopped = partition.stopped.subscribe();
+    let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
+    let key = &partition.key;
+    for attempt_number in 1..=ROLLED_SEGMENT_CLOSE_ATTEMPTS_MAX {
+        let attempt = async {
+            let recovered = fence_and_recover(&shared, &partition, &segment).await?;
+            if recovered.end_offset != end_offset {
+                tracing::error!(partition = %key, segment = segment.segment_id, end_offset, recovered = recovered.end_offset, "a rolled segment's copies do not end where its appends did");
+            }
+            nameserver_call!(
+                &shared.clients,
+                close_segment,
+                CloseSegmentRequest {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    epoch: partition.epoch,
+                    segment_id: segment.segment_id,
+                    end_offset: recovered.end_offset,
+                    size_bytes: recovered.size_bytes,
+                    max_timestamp_ms: recovered.max_timestamp_ms,
+                }
+            )
+        };
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = crate::wait_until_set(&mut stopped) => return,
+        };
+        match result {
+            Ok(closed) => {
+                partition.segment_updated(closed);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(partition = %key, segment = segment.segment_id, attempt_number, %error, "closing a rolled segment failed");
+                let delay = backoff.next();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::wait_until_set(&mut stopped) => return,
+                }
+            }
+        }
+    }
+    tracing::warn!(partition = %key, segment = segment.segment_id, "giving up closing a rolled segment; the next takeover closes it");
+}
+
+/// Restores the producer states of a partition whose pipeline just
+/// (re)opened after a takeover or a failure, from the batch headers in the
+/// tail of its log (read from the stores, like a fetch). Does nothing after
+/// a plain roll, where the state is exact. An error fails the takeover,
+/// which is retried: serving without the state could append duplicates.
+pub(super) async fn rebuild_producer_states(
+    shared: &Shared,
+    partition: &Partition,
+) -> Result<(), BrokerError> {
+    let status = partition.status();
+    let segments = partition.segments();
+    let window_bytes = shared.config.producer_state_rebuild_bytes;
+    let Some(start) = partition.producer_states(|states| {
+        states.rebuild_start(&segments, status.log_start_offset, window_bytes)
+    }) else {
+        return Ok(());
+    };
+    let high_watermark = status.high_watermark;
+    let mut offset = start;
+    while offset < high_watermark {
+        let Some(segment) = segment_for_offset(&segments, offset) else {
+            return Err(BrokerError::Internal(format!(
+                "no segment of {} holds offset {offset} below the high watermark {high_watermark}",
+                partition.key
+            )));
+        };
+        let end_offset = if segment.state() == SegmentState::Open {
+            high_watermark
+        } else {
+            segment.end_offset.min(high_watermark)
+        };
+        let batches = read_segment(
+            &shared.clients,
+            &partition.key,
+            segment,
+            offset,
+            end_offset,
+            REBUILD_READ_BYTES as usize,
+        )
+        .await?;
+        let next = partition
+            .producer_states(|states| states.apply_log(&batches, offset))
+            .map_err(|error| {
+                BrokerError::Internal(format!(
+                    "rebuilding producer state of {} at offset {offset}: {error}",
+                    partition.key
+                ))
+            })?;
+        if next <= offset {
+            return Err(BrokerError::Unavailable(format!(
+                "stores of segment {} of {} returned nothing at offset {offset} (end {end_offset})",
+                segment.segment_id, partition.key
+            )));
+        }
+        offset = next;
+    }
+    let producers = partition.producer_states(|states| {
+        states.finish_rebuild();
+        states.len()
+    });
+    tracing::info!(partition = %partition.key, from_offset = start, high_watermark, producers, "producer state rebuilt from the log");
+    Ok(())
+}
