@@ -7,7 +7,8 @@ use bytes::Bytes;
 use sluice_broker::BrokerConfig;
 use sluice_nameserver::config::{MetadataBackend, MetadataConfig, TopicDefaults};
 use sluice_nameserver::NameServerConfig;
-use sluice_proto::batch::{self, BatchBuilder, BatchIter, Compression, RecordData};
+use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::test_util::{self, BatchSpec};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{
@@ -18,7 +19,7 @@ use sluice_proto::v1::{
 };
 use sluice_proto::ErrorCode;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -97,42 +98,21 @@ async fn broker_client(address: &str) -> BrokerClient<Channel> {
 }
 
 /// Retries `attempt` until it returns `Some` or the deadline passes.
-async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    test_util::eventually(what, Duration::from_millis(DEADLINE_MS), attempt).await
 }
 
 fn batch_at(values: &[&str], timestamp_ms: i64) -> Bytes {
-    let mut builder = BatchBuilder::new(Compression::None);
-    for value in values {
-        builder.push(&RecordData {
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            timestamp_ms: Some(timestamp_ms),
-            ..Default::default()
-        });
+    BatchSpec {
+        values,
+        timestamp_ms: Some(timestamp_ms),
+        ..BatchSpec::default()
     }
-    builder.build()
-}
-
-fn batch_of(values: &[&str]) -> Bytes {
-    let mut builder = BatchBuilder::new(Compression::None);
-    for value in values {
-        builder.push(&RecordData {
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            ..Default::default()
-        });
-    }
-    builder.build()
+    .build()
 }
 
 /// Sends `requests` on one produce stream and collects one answer each.
@@ -173,7 +153,11 @@ async fn produce_until_accepted(
         async move {
             let answer = produce(
                 &mut client,
-                vec![produce_request(request_id, TOPIC, batch_of(&[value]))],
+                vec![produce_request(
+                    request_id,
+                    TOPIC,
+                    test_util::batch(&[value]),
+                )],
             )
             .await;
             (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
@@ -440,7 +424,6 @@ async fn produce_fetch_groups_and_restart() {
     let cluster = Cluster::start(directory.path()).await;
     let nameserver_url = cluster.nameserver_url.clone();
     let mut broker = start_broker(&nameserver_url).await;
-
     cluster
         .create_topic(
             TOPIC,
@@ -451,16 +434,33 @@ async fn produce_fetch_groups_and_restart() {
             },
         )
         .await;
-
     let mut client = broker_client(&broker.address).await;
+    first_produce_is_accepted_once_the_partition_is_taken_over(&client).await;
+    pipelined_produce_gets_offsets_in_order(&mut client).await;
+    fetch_reads_back_in_order_within_the_high_watermark(&mut client).await;
+    a_long_poll_is_woken_by_a_produce(&mut client).await;
+    bad_produce_requests_get_their_codes_and_the_stream_keeps_serving(&mut client).await;
+    a_group_member_joins_commits_and_is_described(&mut client).await;
 
-    // First produce once the broker took the partition over.
+    broker.stop_cleanly().await;
+    broker = start_broker(&nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    commits_and_data_come_back_from_the_log_after_a_restart(&mut client).await;
+
+    broker.stop.send_replace(true);
+    let _ = broker.task.await;
+    cluster.stop().await;
+}
+
+async fn first_produce_is_accepted_once_the_partition_is_taken_over(
+    client: &BrokerClient<Channel>,
+) {
     let first = eventually("the broker to accept produce", || {
         let mut client = client.clone();
         async move {
             let answer = produce(
                 &mut client,
-                vec![produce_request(1, TOPIC, batch_of(&["a", "b"]))],
+                vec![produce_request(1, TOPIC, test_util::batch(&["a", "b"]))],
             )
             .await;
             (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
@@ -468,13 +468,14 @@ async fn produce_fetch_groups_and_restart() {
     })
     .await;
     assert_eq!(first.base_offset, 0);
+}
 
-    // Pipelined produce on one stream: offsets in order.
+async fn pipelined_produce_gets_offsets_in_order(client: &mut BrokerClient<Channel>) {
     let answers = produce(
-        &mut client,
+        client,
         vec![
-            produce_request(2, TOPIC, batch_of(&["c"])),
-            produce_request(3, TOPIC, batch_of(&["d", "e", "f"])),
+            produce_request(2, TOPIC, test_util::batch(&["c"])),
+            produce_request(3, TOPIC, test_util::batch(&["d", "e", "f"])),
         ],
     )
     .await;
@@ -487,9 +488,12 @@ async fn produce_fetch_groups_and_restart() {
     );
     assert_eq!(answers[0].base_offset, 2);
     assert_eq!(answers[1].base_offset, 3);
+}
 
-    // Fetch everything back, in order.
-    let fetched = fetch(&mut client, 0, 0).await;
+/// Everything back in order; from the middle of a batch the batch holding
+/// the offset; at the high watermark nothing; beyond it out of range.
+async fn fetch_reads_back_in_order_within_the_high_watermark(client: &mut BrokerClient<Channel>) {
+    let fetched = fetch(client, 0, 0).await;
     let partition = &fetched.partitions[0];
     assert_eq!(
         partition.error,
@@ -504,27 +508,28 @@ async fn produce_fetch_groups_and_restart() {
     );
 
     // From the middle of a batch: the batch holding the offset comes back.
-    let fetched = fetch(&mut client, 4, 0).await;
+    let fetched = fetch(client, 4, 0).await;
     assert_eq!(values(&fetched.partitions[0].batches), vec!["d", "e", "f"]);
 
     // At the high watermark: nothing, no error. Beyond it: out of range.
-    let fetched = fetch(&mut client, 6, 0).await;
+    let fetched = fetch(client, 6, 0).await;
     assert_eq!(fetched.partitions[0].error, ErrorCode::None as i32);
     assert!(fetched.partitions[0].batches.is_empty());
-    let fetched = fetch(&mut client, 100, 0).await;
+    let fetched = fetch(client, 100, 0).await;
     assert_eq!(
         fetched.partitions[0].error,
         ErrorCode::OffsetOutOfRange as i32
     );
     assert_eq!(fetched.partitions[0].high_watermark, 6);
+}
 
-    // Long poll: a waiting fetch is woken by a produce.
+async fn a_long_poll_is_woken_by_a_produce(client: &mut BrokerClient<Channel>) {
     let mut waiting_client = client.clone();
     let waiting = tokio::spawn(async move { fetch(&mut waiting_client, 6, 20_000).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answers = produce(
-        &mut client,
-        vec![produce_request(4, TOPIC, batch_of(&["g"]))],
+        client,
+        vec![produce_request(4, TOPIC, test_util::batch(&["g"]))],
     )
     .await;
     assert_eq!(
@@ -535,21 +540,24 @@ async fn produce_fetch_groups_and_restart() {
     );
     let woken = waiting.await.expect("long-poll task");
     assert_eq!(values(&woken.partitions[0].batches), vec!["g"]);
+}
 
-    // Bad requests get the right codes and the stream keeps serving.
-    let mut corrupt = batch_of(&["x"]).to_vec();
+async fn bad_produce_requests_get_their_codes_and_the_stream_keeps_serving(
+    client: &mut BrokerClient<Channel>,
+) {
+    let mut corrupt = test_util::batch(&["x"]).to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
     let oversized_value = "z".repeat(TOPIC_MAX_BATCH_BYTES as usize + 1);
     let answers = produce(
-        &mut client,
+        client,
         vec![
-            produce_request(10, "no-such-topic", batch_of(&["x"])),
-            produce_request(11, TOPIC, batch_of(&[oversized_value.as_str()])),
+            produce_request(10, "no-such-topic", test_util::batch(&["x"])),
+            produce_request(11, TOPIC, test_util::batch(&[oversized_value.as_str()])),
             produce_request(12, TOPIC, Bytes::from(corrupt)),
             produce_request(13, TOPIC, Bytes::from_static(b"short")),
-            produce_request(14, "__consumer_offsets", batch_of(&["x"])),
-            produce_request(15, TOPIC, batch_of(&["h"])),
+            produce_request(14, "__consumer_offsets", test_util::batch(&["x"])),
+            produce_request(15, TOPIC, test_util::batch(&["h"])),
         ],
     )
     .await;
@@ -603,8 +611,11 @@ async fn produce_fetch_groups_and_restart() {
         .into_inner();
     assert_eq!(latest.offset, 8);
     assert_eq!(latest.log_start_offset, 0);
+}
 
-    // Consumer group: join, get the partition, commit, read the commit back.
+/// Join, get the partition, refuse a wrong epoch, commit, read the commit
+/// and the lag back.
+async fn a_group_member_joins_commits_and_is_described(client: &mut BrokerClient<Channel>) {
     let joined = eventually("the group coordinator to be ready", || {
         let mut client = client.clone();
         async move { heartbeat(&mut client, "", 0, vec![]).await.ok() }
@@ -616,7 +627,7 @@ async fn produce_fetch_groups_and_restart() {
     assert_eq!(joined.assignment[0].topic, TOPIC);
     assert_eq!(joined.assignment[0].partitions, vec![0]);
     let again = heartbeat(
-        &mut client,
+        client,
         &joined.member_id,
         joined.member_epoch,
         joined.assignment.clone(),
@@ -624,7 +635,7 @@ async fn produce_fetch_groups_and_restart() {
     .await
     .expect("heartbeat with owned partitions");
     assert_eq!(again.member_epoch, 1);
-    let stale = heartbeat(&mut client, &joined.member_id, 7, vec![]).await;
+    let stale = heartbeat(client, &joined.member_id, 7, vec![]).await;
     let stale = stale.expect_err("a wrong epoch is refused");
     assert_eq!(
         sluice_proto::SluiceError::from_status(&stale).code,
@@ -646,7 +657,7 @@ async fn produce_fetch_groups_and_restart() {
         })
         .await
         .expect("commit accepted");
-    assert_eq!(committed_offset(&mut client).await, Some(5));
+    assert_eq!(committed_offset(client).await, Some(5));
     let described = client
         .describe_group(sluice_proto::v1::DescribeGroupRequest {
             group: "billing".into(),
@@ -664,11 +675,11 @@ async fn produce_fetch_groups_and_restart() {
         (lag.committed_offset, lag.high_watermark, lag.lag),
         (5, 8, 3)
     );
+}
 
-    // Restart the broker: committed offsets and data come back from the log.
-    broker.stop_cleanly().await;
-    broker = start_broker(&nameserver_url).await;
-    let mut client = broker_client(&broker.address).await;
+async fn commits_and_data_come_back_from_the_log_after_a_restart(
+    client: &mut BrokerClient<Channel>,
+) {
     let offset = eventually("committed offsets after restart", || {
         let mut client = client.clone();
         async move { committed_offset(&mut client).await }
@@ -688,8 +699,8 @@ async fn produce_fetch_groups_and_restart() {
         vec!["a", "b", "c", "d", "e", "f", "g", "h"]
     );
     let answers = produce(
-        &mut client,
-        vec![produce_request(20, TOPIC, batch_of(&["i"]))],
+        client,
+        vec![produce_request(20, TOPIC, test_util::batch(&["i"]))],
     )
     .await;
     assert_eq!(
@@ -699,11 +710,6 @@ async fn produce_fetch_groups_and_restart() {
         answers[0].error_message
     );
     assert_eq!(answers[0].base_offset, 8);
-
-    broker.stop.send_replace(true);
-    let _ = broker.task.await;
-    cluster.stop().await;
-    let _ = &mut client;
 }
 
 async fn list_offsets(
@@ -945,8 +951,8 @@ async fn partition_recovers_after_store_outage_without_reordering() {
             let answers = produce(
                 &mut client,
                 vec![
-                    produce_request(2, TOPIC, batch_of(&["lost-1"])),
-                    produce_request(3, TOPIC, batch_of(&["lost-2"])),
+                    produce_request(2, TOPIC, test_util::batch(&["lost-1"])),
+                    produce_request(3, TOPIC, test_util::batch(&["lost-2"])),
                 ],
             )
             .await;
@@ -1101,7 +1107,7 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
             let answer = during_outage
                 .lock()
                 .await
-                .send(produce_request(2, TOPIC, batch_of(&["failed"])))
+                .send(produce_request(2, TOPIC, test_util::batch(&["failed"])))
                 .await;
             let code = ErrorCode::try_from(answer.error).expect("a known code");
             assert!(code != ErrorCode::None && code.is_retriable(), "{code:?}");
@@ -1114,7 +1120,7 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
     // Sent after the failure without `resume`: it could overtake the
     // client's retry of the failed request, so it is refused.
     let refused = stream
-        .send(produce_request(4, TOPIC, batch_of(&["overtaker"])))
+        .send(produce_request(4, TOPIC, test_util::batch(&["overtaker"])))
         .await;
     let code = ErrorCode::try_from(refused.error).expect("a known code");
     assert!(
@@ -1123,7 +1129,7 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
         refused.error_message
     );
     // The retry, marked `resume`, is accepted and lands next.
-    let mut retry = produce_request(5, TOPIC, batch_of(&["failed"]));
+    let mut retry = produce_request(5, TOPIC, test_util::batch(&["failed"]));
     retry.resume = true;
     let accepted = stream.send(retry).await;
     assert_eq!(
@@ -1146,15 +1152,12 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
 }
 
 fn idempotent_batch(values: &[&str], producer_id: i64, base_sequence: i32) -> Bytes {
-    let mut builder =
-        BatchBuilder::new(Compression::None).with_producer(producer_id, 0, base_sequence);
-    for value in values {
-        builder.push(&RecordData {
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            ..Default::default()
-        });
+    BatchSpec {
+        values,
+        producer: Some((producer_id, 0, base_sequence)),
+        ..BatchSpec::default()
     }
-    builder.build()
+    .build()
 }
 
 /// Idempotence (ADR 0010): a resent identical batch is answered with the

@@ -17,6 +17,8 @@ pub mod headers;
 pub mod limits;
 pub mod names;
 pub mod partitioning;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 
 /// Generated code for `proto/sluice/v1/sluice.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use sluice_client::{Admin, ClientError, Consumer, ConsumerConfig, Record, StartOffset};
-use sluice_proto::batch::{BatchBuilder, RecordData};
+use sluice_proto::test_util::batch;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::store_client::StoreClient;
 use sluice_proto::v1::{FetchPartition, FetchRequest, ProduceRequest, ReadRequest, TopicConfig};
@@ -13,17 +13,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "inputs";
-
-fn batch_of(values: &[&str]) -> Bytes {
-    let mut builder = BatchBuilder::new(sluice_proto::batch::Compression::None);
-    for value in values {
-        builder.push(&RecordData {
-            value: Some(Bytes::from(value.to_string())),
-            ..RecordData::default()
-        });
-    }
-    builder.build()
-}
 
 async fn broker_for(admin: &Admin, topic: &str, partition: u32) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -177,7 +166,7 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
     // partition over; wait until it accepts a valid batch.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, message) = produce_raw(&broker, TOPIC, 0, batch_of(&["warm-up"])).await;
+        let (code, message) = produce_raw(&broker, TOPIC, 0, batch(&["warm-up"])).await;
         if code == ErrorCode::None {
             break;
         }
@@ -242,10 +231,10 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
 
     // Oversized batch (topic limit 1 MiB).
     let big = "x".repeat(2 * 1024 * 1024);
-    let (code, message) = produce_raw(&broker, TOPIC, 0, batch_of(&[big.as_str()])).await;
+    let (code, message) = produce_raw(&broker, TOPIC, 0, batch(&[big.as_str()])).await;
     assert_eq!(code, ErrorCode::TooLarge, "{message}");
     // Bad CRC: flip one bit in the records.
-    let mut corrupt = BytesMut::from(&batch_of(&["hello", "world"])[..]);
+    let mut corrupt = BytesMut::from(&batch(&["hello", "world"])[..]);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0x01;
     let (code, message) = produce_raw(&broker, TOPIC, 0, corrupt.freeze()).await;
@@ -255,28 +244,28 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
         "message should name the CRC: {message}"
     );
     // Truncated batch and plain garbage.
-    let truncated = batch_of(&["hello"]).slice(..20);
+    let truncated = batch(&["hello"]).slice(..20);
     let (code, _) = produce_raw(&broker, TOPIC, 0, truncated).await;
     assert_eq!(code, ErrorCode::CorruptBatch);
     // Unknown topic and partition on the data path.
-    let (code, _) = produce_raw(&broker, "no-such-topic", 0, batch_of(&["x"])).await;
+    let (code, _) = produce_raw(&broker, "no-such-topic", 0, batch(&["x"])).await;
     assert!(
         matches!(code, ErrorCode::UnknownTopic | ErrorCode::NotOwner),
         "{code:?}"
     );
-    let (code, _) = produce_raw(&broker, TOPIC, 99, batch_of(&["x"])).await;
+    let (code, _) = produce_raw(&broker, TOPIC, 99, batch(&["x"])).await;
     assert!(
         matches!(code, ErrorCode::UnknownPartition | ErrorCode::NotOwner),
         "{code:?}"
     );
-    let (code, _) = produce_raw(&broker, "../etc", 0, batch_of(&["x"])).await;
+    let (code, _) = produce_raw(&broker, "../etc", 0, batch(&["x"])).await;
     assert!(
         matches!(code, ErrorCode::InvalidArgument | ErrorCode::UnknownTopic),
         "{code:?}"
     );
 
     // Offsets beyond the end.
-    let (code, _) = produce_raw(&broker, TOPIC, 0, batch_of(&["one", "two"])).await;
+    let (code, _) = produce_raw(&broker, TOPIC, 0, batch(&["one", "two"])).await;
     assert_eq!(code, ErrorCode::None);
     let mut client = BrokerClient::connect(broker.clone())
         .await

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_client::{Admin, ClientError, Message, Record, Subscriber, SubscriberConfig};
+use sluice_proto::test_util::eventually;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
@@ -81,15 +82,6 @@ async fn acknowledge_distinct(subscriber: &Subscriber, count: usize, what: &str)
         values.insert(value_of(&message));
     }
     values
-}
-
-/// Waits until `condition` holds, panicking with `what` after `timeout`.
-async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Acknowledged values with how often each was acknowledged.
@@ -176,7 +168,10 @@ async fn shared_subscription_acknowledges_each_message_once_while_consumers_cras
     eventually(
         "every message acknowledged",
         Duration::from_secs(120),
-        || acked_check.lock().expect("lock").len() as u64 == MESSAGES,
+        || {
+            let all = acked_check.lock().expect("lock").len() as u64 == MESSAGES;
+            async move { all.then_some(()) }
+        },
     )
     .await;
     for finisher in finishers {
@@ -1008,9 +1003,10 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
         "kept segments were deleted: {} left",
         segments_of(&admin, "kept").await
     );
-    eventually_async(
+    eventually(
         "retention of the topic that ignores subscriptions",
-        || async { segments_of(&admin, "dropped").await <= 2 },
+        Duration::from_secs(30),
+        || async { (segments_of(&admin, "dropped").await <= 2).then_some(()) },
     )
     .await;
     // Everything is still there for the subscription.
@@ -1025,9 +1021,11 @@ async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherw
     acknowledge_distinct(&subscriber, 300, "the backlog is still there").await;
     subscriber.close().await.expect("close");
     // Consumed: now retention may take it.
-    eventually_async("retention after the subscription caught up", || async {
-        segments_of(&admin, "kept").await <= 2
-    })
+    eventually(
+        "retention after the subscription caught up",
+        Duration::from_secs(30),
+        || async { (segments_of(&admin, "kept").await <= 2).then_some(()) },
+    )
     .await;
 }
 
@@ -1040,19 +1038,6 @@ async fn segments_of(admin: &Admin, topic: &str) -> usize {
         .iter()
         .map(|partition| partition.segments.len())
         .sum()
-}
-
-/// Like `eventually`, for conditions that need to await.
-async fn eventually_async<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

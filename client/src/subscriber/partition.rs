@@ -721,20 +721,15 @@ pub(crate) fn decode_delivery(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use sluice_proto::batch::{assign, BatchBuilder, Compression, RecordData};
+    use sluice_proto::test_util::BatchSpec;
 
     fn batch(base_offset: u64, values: &[&str]) -> Vec<u8> {
-        let mut builder = BatchBuilder::new(Compression::None);
-        for value in values {
-            builder.push(&RecordData {
-                value: Some(Bytes::from(value.to_string())),
-                timestamp_ms: Some(7),
-                ..RecordData::default()
-            });
+        BatchSpec {
+            values,
+            timestamp_ms: Some(7),
+            ..BatchSpec::default()
         }
-        let mut bytes = builder.build().to_vec();
-        assign(&mut bytes, base_offset, 1);
-        bytes
+        .stored_at(base_offset)
     }
 
     fn values(decoded: &DecodedDelivery) -> Vec<(u64, String, u32)> {

@@ -1,0 +1,140 @@
+//! Fixtures shared by the tests of every crate (feature `test-util`, for
+//! dev-dependencies only): record batches built from values, and
+//! [`eventually`] for conditions a test waits for.
+
+use crate::batch::{assign, BatchBuilder, Compression, RecordData};
+use bytes::Bytes;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How often [`eventually`] checks again.
+pub const EVENTUALLY_POLL_MS: u64 = 50;
+
+/// What a fixture batch is made of; `..BatchSpec::default()` for the rest.
+#[derive(Debug, Clone)]
+pub struct BatchSpec<'a> {
+    pub values: &'a [&'a str],
+    pub compression: Compression,
+    /// Every record's timestamp; `None` leaves it to the builder (now).
+    pub timestamp_ms: Option<i64>,
+    /// Idempotent producer id, epoch and first sequence.
+    pub producer: Option<(i64, i16, i32)>,
+}
+
+impl Default for BatchSpec<'_> {
+    fn default() -> Self {
+        Self {
+            values: &[],
+            compression: Compression::None,
+            timestamp_ms: None,
+            producer: None,
+        }
+    }
+}
+
+impl BatchSpec<'_> {
+    /// The batch as a producer sends it (base offset 0, no writer epoch).
+    pub fn build(&self) -> Bytes {
+        assert!(!self.values.is_empty(), "a batch needs at least one record");
+        let mut builder = BatchBuilder::new(self.compression);
+        if let Some((producer_id, epoch, sequence)) = self.producer {
+            builder = builder.with_producer(producer_id, epoch, sequence);
+        }
+        for value in self.values {
+            builder.push(&RecordData {
+                value: Some(Bytes::copy_from_slice(value.as_bytes())),
+                timestamp_ms: self.timestamp_ms,
+                ..RecordData::default()
+            });
+        }
+        builder.build()
+    }
+
+    /// The batch as a broker stores it: at `base_offset`, writer epoch 1.
+    pub fn stored_at(&self, base_offset: u64) -> Vec<u8> {
+        let mut bytes = self.build().to_vec();
+        assign(&mut bytes, base_offset, 1);
+        bytes
+    }
+}
+
+/// An uncompressed batch of `values` as a producer sends it.
+pub fn batch(values: &[&str]) -> Bytes {
+    BatchSpec {
+        values,
+        ..BatchSpec::default()
+    }
+    .build()
+}
+
+/// An uncompressed batch of `values` as a broker stores it at `base_offset`.
+pub fn stored_batch(base_offset: u64, values: &[&str]) -> Vec<u8> {
+    BatchSpec {
+        values,
+        ..BatchSpec::default()
+    }
+    .stored_at(base_offset)
+}
+
+/// Polls `check` every [`EVENTUALLY_POLL_MS`] until it returns `Some`;
+/// panics naming `what` once `timeout` has passed.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {} ms waiting for {what}",
+            timeout.as_millis()
+        );
+        tokio::time::sleep(Duration::from_millis(EVENTUALLY_POLL_MS)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchHeader;
+
+    #[test]
+    fn fixture_batches_parse_with_their_offsets_and_producer() {
+        let stored = stored_batch(10, &["a", "b"]);
+        let header = BatchHeader::parse(&stored).expect("valid");
+        assert_eq!((header.base_offset, header.record_count), (10, 2));
+        let spec = BatchSpec {
+            values: &["x"],
+            compression: Compression::Lz4,
+            producer: Some((5, 1, 3)),
+            ..BatchSpec::default()
+        };
+        let header = BatchHeader::parse(&spec.build()).expect("valid");
+        assert_eq!((header.producer_id, header.base_sequence), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn eventually_returns_the_first_value() {
+        let mut calls = 0;
+        let value = eventually("the third call", Duration::from_secs(5), || {
+            calls += 1;
+            let ready = calls >= 3;
+            async move { ready.then_some(calls) }
+        })
+        .await;
+        assert_eq!(value, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting for nothing")]
+    async fn eventually_gives_up_after_the_timeout() {
+        eventually("nothing", Duration::from_millis(120), || async {
+            None::<()>
+        })
+        .await;
+    }
+}
