@@ -66,25 +66,77 @@ use writer::{read_failure, Command, Failure, JournalWriter, WriterThread};
 const SEGMENTS_DIR: &str = "segments";
 const JOURNAL_DIR: &str = "journal";
 
-/// Engine settings (see `StoreConfig` for meanings and defaults).
+/// Default [`StorageOptions::journal_file_max_bytes`]: 64 MiB.
+pub const DEFAULT_JOURNAL_FILE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default [`StorageOptions::journal_direct_io`].
+pub const DEFAULT_JOURNAL_DIRECT_IO: bool = true;
+/// Default [`StorageOptions::segment_preallocate_bytes`]: 16 MiB.
+pub const DEFAULT_SEGMENT_PREALLOCATE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default [`StorageOptions::journal_queue_max_bytes`]: 64 MiB.
+pub const DEFAULT_JOURNAL_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default [`StorageOptions::journal_queue_max_entries`].
+pub const DEFAULT_JOURNAL_QUEUE_MAX_ENTRIES: usize = 4096;
+/// Default [`StorageOptions::apply_queue_max_groups`].
+pub const DEFAULT_APPLY_QUEUE_MAX_GROUPS: usize = 4;
+/// Default [`StorageOptions::checkpoint_interval_ms`]: frequent small
+/// segment fsyncs keep the disk queue short, so journal fsyncs (and so
+/// acknowledgements) are not stuck behind a burst of seconds' worth of
+/// segment data (p99 at 50k msg/s: ~15 ms at 200 ms, ~45-80 ms at 10 s).
+pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 200;
+/// Default [`StorageOptions::index_interval_bytes`].
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;
+/// Default [`StorageOptions::periodic_flush_interval_ms`].
+pub const DEFAULT_PERIODIC_FLUSH_INTERVAL_MS: u64 = 1000;
+/// Default [`StorageOptions::max_batch_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: u32 = sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES;
+/// Default [`StorageOptions::max_read_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_READ_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Engine settings. The service configuration (`StoreConfig`, whose
+/// documentation explains each in full) takes its defaults from here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageOptions {
+    /// A journal file is rolled once it reaches this size.
     pub journal_file_max_bytes: u64,
+    /// Write the journal with direct I/O where the file system allows it.
     pub journal_direct_io: bool,
+    /// Segment files grow in preallocated chunks of this size (0: off).
     pub segment_preallocate_bytes: u64,
+    /// Bytes of appends waiting for the journal writer before appenders
+    /// wait.
     pub journal_queue_max_bytes: u64,
+    /// Entries waiting for the journal writer before appenders wait.
     pub journal_queue_max_entries: usize,
+    /// Committed groups waiting for the applier before the writer waits.
     pub apply_queue_max_groups: usize,
+    /// Interval between periodic checkpoints.
     pub checkpoint_interval_ms: u64,
+    /// An offset/time index entry every this many bytes of segment data.
     pub index_interval_bytes: u64,
+    /// The journal is fsynced at least this often (for
+    /// `DURABILITY_PERIODIC` segments).
     pub periodic_flush_interval_ms: u64,
+    /// Largest record batch accepted by an append.
     pub max_batch_bytes: u32,
+    /// Largest read answer (a single larger batch is still returned whole).
     pub max_read_bytes: u32,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        crate::config::StoreConfig::default().storage_options()
+        Self {
+            journal_file_max_bytes: DEFAULT_JOURNAL_FILE_MAX_BYTES,
+            journal_direct_io: DEFAULT_JOURNAL_DIRECT_IO,
+            segment_preallocate_bytes: DEFAULT_SEGMENT_PREALLOCATE_BYTES,
+            journal_queue_max_bytes: DEFAULT_JOURNAL_QUEUE_MAX_BYTES,
+            journal_queue_max_entries: DEFAULT_JOURNAL_QUEUE_MAX_ENTRIES,
+            apply_queue_max_groups: DEFAULT_APPLY_QUEUE_MAX_GROUPS,
+            checkpoint_interval_ms: DEFAULT_CHECKPOINT_INTERVAL_MS,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            periodic_flush_interval_ms: DEFAULT_PERIODIC_FLUSH_INTERVAL_MS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_read_bytes: DEFAULT_MAX_READ_BYTES,
+        }
     }
 }
 
