@@ -142,6 +142,7 @@ impl SegmentApplier {
     /// other commands). A failed write sets the failure latch.
     fn apply_appends(&self, commands: &[Command]) -> Vec<Result<u64, String>> {
         let mut results: Vec<Result<u64, String>> = Vec::with_capacity(commands.len());
+        let mut earlier_write_failed = false;
         for command in commands {
             let result = match command {
                 Command::Append {
@@ -149,11 +150,12 @@ impl SegmentApplier {
                     header,
                     batch,
                     ..
-                } => append_to_segment(segment, header, batch),
+                } => append_to_segment(segment, header, batch, earlier_write_failed),
                 _ => Ok(0),
             };
             if let Err(reason) = &result {
                 record_failure(&self.failure, reason.clone());
+                earlier_write_failed = true;
             }
             results.push(result);
         }
@@ -223,14 +225,102 @@ impl SegmentApplier {
 
 /// Writes one committed batch at the end of its segment file (no fsync);
 /// the segment end after it, or why the write failed.
+///
+/// Appends reach the applier in the order they were accepted under the
+/// segment's control lock, each at the accepted end then, so a batch
+/// continues exactly where the segment ends. The one exception: a write
+/// of this segment failed earlier in the same group (later groups are
+/// refused by the failure latch), leaving the segment short of the
+/// batches accepted after it; the end still never moves backwards.
+///
+/// These are invariants of the engine, not checks of input: appends were
+/// validated and ordered before they were queued.
 fn append_to_segment(
     segment: &SegmentHandle,
     header: &BatchHeader,
     batch: &[u8],
+    earlier_write_failed: bool,
 ) -> Result<u64, String> {
     let mut log = segment.lock_log();
+    // Debug only: in release builds offsets near `u64::MAX` wrap
+    // (`BatchHeader::end_offset`), which a client can reach.
+    debug_assert!(
+        header.base_offset >= log.end_offset,
+        "segment {}: batch at {} would move the end {} backwards",
+        segment.id,
+        header.base_offset,
+        log.end_offset
+    );
+    assert!(
+        earlier_write_failed || header.base_offset == log.end_offset,
+        "segment {}: batch at {} does not continue the end {}",
+        segment.id,
+        header.base_offset,
+        log.end_offset
+    );
     match log.append(header, batch) {
         Ok(()) => Ok(log.end_offset),
         Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::registry::test_handle;
+    use crate::storage::tests::make_batch;
+    use sluice_proto::batch;
+
+    fn header(bytes: &[u8]) -> BatchHeader {
+        batch::validate(bytes, 1 << 20).expect("valid batch")
+    }
+
+    #[test]
+    fn appends_continue_the_segment_end() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segment = test_handle(directory.path(), 1, 10);
+        let first = make_batch(10, 3, 1);
+        let second = make_batch(13, 2, 1);
+        assert_eq!(
+            append_to_segment(&segment, &header(&first), &first, false),
+            Ok(13)
+        );
+        assert_eq!(
+            append_to_segment(&segment, &header(&second), &second, false),
+            Ok(15)
+        );
+        assert_eq!(segment.status().end_offset, 15);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not continue the end")]
+    fn an_append_leaving_a_gap_is_a_bug() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segment = test_handle(directory.path(), 1, 0);
+        let batch = make_batch(5, 1, 1);
+        let _ = append_to_segment(&segment, &header(&batch), &batch, false);
+    }
+
+    #[test]
+    fn after_a_failed_write_in_the_group_a_later_batch_may_leave_a_gap() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segment = test_handle(directory.path(), 1, 0);
+        let batch = make_batch(5, 1, 1);
+        assert_eq!(
+            append_to_segment(&segment, &header(&batch), &batch, true),
+            Ok(6)
+        );
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "backwards")]
+    fn an_append_moving_the_end_backwards_is_a_bug() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segment = test_handle(directory.path(), 1, 0);
+        let first = make_batch(0, 4, 1);
+        append_to_segment(&segment, &header(&first), &first, false).expect("append");
+        let behind = make_batch(2, 1, 1);
+        let _ = append_to_segment(&segment, &header(&behind), &behind, true);
     }
 }

@@ -12,7 +12,7 @@ use crate::error::StoreError;
 use crate::journal::{self, RecordKind};
 use crate::segment::{self, SegmentLog, SegmentMeta};
 use sluice_proto::batch::{self, BatchHeader};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -70,14 +70,18 @@ pub(super) fn recover(
 ) -> Result<Recovered, StoreError> {
     let mut segments = load_segments(segments_dir, options, report)?;
     let checkpoint = read_checkpoint(directory, report);
+    let ends_at_load = segment_ends(&segments);
     let mut replay = Replay {
         segments_dir,
         options,
         segments: &mut segments,
         report,
         touched: HashMap::new(),
+        deleted: HashSet::new(),
     };
     let next_sequence = replay.run(journal_dir, checkpoint)?;
+    let deleted = std::mem::take(&mut replay.deleted);
+    debug_assert_replay_kept_ends(&ends_at_load, &deleted, &segments);
     for (segment_id, handle) in &segments {
         if let Some(offset) = handle.lock_log().corrupt_from_offset() {
             tracing::error!(
@@ -94,6 +98,44 @@ pub(super) fn recover(
         segments,
         next_sequence,
     })
+}
+
+fn segment_ends(segments: &HashMap<u64, Arc<SegmentHandle>>) -> HashMap<u64, u64> {
+    segments
+        .iter()
+        .map(|(segment_id, handle)| (*segment_id, handle.lock_log().end_offset))
+        .collect()
+}
+
+/// Replay only appends to a segment (at its end) or rewrites damaged
+/// ranges inside it, so it never leaves a segment shorter than the scan of
+/// its file found, unless a delete record removed it (a create record may
+/// then bring the id back with a new, shorter log). Shorter ends from the
+/// scan itself are reported there (`truncated_segment_tails`), except an
+/// all-zero tail, which is space whose data never reached the disk.
+///
+/// A debug assertion only: in release builds offsets near `u64::MAX` wrap
+/// (`BatchHeader::end_offset`), which bad input can reach.
+fn debug_assert_replay_kept_ends(
+    ends_at_load: &HashMap<u64, u64>,
+    deleted: &HashSet<u64>,
+    segments: &HashMap<u64, Arc<SegmentHandle>>,
+) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    for (segment_id, end_at_load) in ends_at_load {
+        if deleted.contains(segment_id) {
+            continue;
+        }
+        if let Some(handle) = segments.get(segment_id) {
+            let end = handle.lock_log().end_offset;
+            debug_assert!(
+                end >= *end_at_load,
+                "segment {segment_id}: journal replay moved the end from {end_at_load} back to {end}"
+            );
+        }
+    }
 }
 
 fn load_segments(
@@ -217,6 +259,8 @@ struct Replay<'a> {
     report: &'a mut RecoveryReport,
     /// Segments the replay wrote to, fsynced once it is done.
     touched: HashMap<u64, ()>,
+    /// Segments a delete record removed.
+    deleted: HashSet<u64>,
 }
 
 impl Replay<'_> {
@@ -326,6 +370,7 @@ impl Replay<'_> {
             RecordKind::Delete => {
                 self.segments.remove(&segment_id);
                 self.touched.remove(&segment_id);
+                self.deleted.insert(segment_id);
                 remove_segment_files(self.segments_dir, segment_id)
             }
         }
@@ -462,4 +507,56 @@ fn repair_from_journal(
     }
     log.dirty = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::registry::test_handle;
+    use crate::storage::tests::make_batch;
+
+    fn held(directory: &Path, segment_id: u64) -> (u64, Arc<SegmentHandle>) {
+        (segment_id, Arc::new(test_handle(directory, segment_id, 0)))
+    }
+
+    #[test]
+    fn replay_that_only_appends_keeps_every_end() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segments = HashMap::from([held(directory.path(), 1), held(directory.path(), 2)]);
+        let ends_at_load = segment_ends(&segments);
+        let batch = make_batch(0, 3, 1);
+        let header = batch::validate(&batch, 1 << 20).expect("valid");
+        segments[&1]
+            .lock_log()
+            .append(&header, &batch)
+            .expect("append");
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::new(), &segments);
+    }
+
+    #[test]
+    fn a_deleted_and_recreated_segment_may_come_back_shorter() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut segments = HashMap::from([held(directory.path(), 1)]);
+        let batch = make_batch(0, 3, 1);
+        let header = batch::validate(&batch, 1 << 20).expect("valid");
+        segments[&1]
+            .lock_log()
+            .append(&header, &batch)
+            .expect("append");
+        let ends_at_load = segment_ends(&segments);
+        let other = tempfile::tempdir().expect("temp dir");
+        segments.insert(1, held(other.path(), 1).1);
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::from([1]), &segments);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "journal replay moved the end")]
+    fn a_replay_shortening_a_kept_segment_is_a_bug() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut segments = HashMap::from([held(directory.path(), 1)]);
+        let ends_at_load = HashMap::from([(1, 5)]);
+        segments.insert(1, held(directory.path(), 1).1);
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::new(), &segments);
+    }
 }

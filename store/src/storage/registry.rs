@@ -168,3 +168,20 @@ pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Resu
     }
     segment::sync_directory(segments_dir)
 }
+
+/// A handle over a fresh, empty log in `directory`, for unit tests of the
+/// stages that take handles.
+#[cfg(test)]
+pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -> SegmentHandle {
+    let meta = SegmentMeta {
+        segment_id,
+        topic: "orders".to_string(),
+        partition: 0,
+        base_offset,
+        writer_epoch: 1,
+        sealed: false,
+        durability: Durability::Fsync as i32,
+    };
+    let log = create_segment_files(directory, &meta, 4096).expect("create segment files");
+    handle_from(meta, log, &StorageOptions::default())
+}
