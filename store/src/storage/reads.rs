@@ -2,6 +2,7 @@
 //! durable end, never serving a range recovery found corrupt; and the
 //! lookup of an offset by timestamp.
 
+use super::registry::SegmentHandle;
 use super::Storage;
 use crate::error::StoreError;
 use crate::segment::{self, CorruptRegion};
@@ -32,6 +33,18 @@ struct LogView {
 }
 
 impl LogView {
+    /// The log of `segment` as it is now, for a read of `offset`.
+    fn of(segment: &SegmentHandle, offset: u64) -> LogView {
+        let log = segment.lock_log();
+        LogView {
+            file: log.file.clone(),
+            size_bytes: log.size_bytes,
+            durable_end: log.end_offset,
+            start_position: log.scan_start_for_offset(offset),
+            regions: log.corrupt_regions.clone(),
+        }
+    }
+
     fn region_at(&self, position: u64) -> Option<&CorruptRegion> {
         self.regions.iter().find(|r| r.start_position == position)
     }
@@ -160,16 +173,7 @@ impl Storage {
     ) -> Result<ReadOutcome, StoreError> {
         let segment = self.segment(segment_id)?;
         let sealed = segment.sealed.load(Ordering::SeqCst);
-        let view = {
-            let log = segment.lock_log();
-            LogView {
-                file: log.file.clone(),
-                size_bytes: log.size_bytes,
-                durable_end: log.end_offset,
-                start_position: log.scan_start_for_offset(offset),
-                regions: log.corrupt_regions.clone(),
-            }
-        };
+        let view = LogView::of(&segment, offset);
         let durable_end = view.durable_end;
         if offset < segment.base_offset || offset > durable_end {
             return Err(StoreError::OffsetOutOfRange {
@@ -204,12 +208,7 @@ impl Storage {
             ));
         }
         let (first_position, first) = view.find_batch(segment_id, offset)?;
-        let cap = u64::from(self.inner.options.max_read_bytes.max(1));
-        let budget = if max_bytes == 0 {
-            cap
-        } else {
-            u64::from(max_bytes).min(cap)
-        };
+        let budget = self.read_budget(max_bytes);
         let total = view.run_bytes(first_position, &first, limit_offset, budget);
         let mut buffer = vec![0u8; total as usize];
         view.file
@@ -228,6 +227,17 @@ impl Storage {
             batches: Bytes::from(buffer),
             ..empty
         })
+    }
+
+    /// Bytes a read asking for `max_bytes` (0: no limit of its own) may
+    /// return, within the configured cap.
+    fn read_budget(&self, max_bytes: u32) -> u64 {
+        let cap = u64::from(self.inner.options.max_read_bytes.max(1));
+        if max_bytes == 0 {
+            cap
+        } else {
+            u64::from(max_bytes).min(cap)
+        }
     }
 
     /// Base offset of the first batch whose max timestamp is >=
