@@ -1,6 +1,8 @@
 //! Configuration of a store node, loaded with figment from defaults, an
 //! optional TOML file and `SLUICE_STORE_*` environment variables.
 
+use crate::message_index::MessageIndexLimits;
+use crate::storage::StorageOptions;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -108,7 +110,12 @@ pub struct StoreConfig {
 }
 
 impl Default for StoreConfig {
+    /// Node settings have their defaults here; the engine's and the
+    /// message indexes' come from [`StorageOptions`] and
+    /// [`MessageIndexLimits`], which own them.
     fn default() -> Self {
+        let storage = StorageOptions::default();
+        let message_index = MessageIndexLimits::default();
         Self {
             node_id: "store-1".to_string(),
             listen_address: "127.0.0.1:7402".to_string(),
@@ -116,17 +123,17 @@ impl Default for StoreConfig {
             nameservers: vec!["http://127.0.0.1:7400".to_string()],
             rack: String::new(),
             data_dir: PathBuf::from("./data/store"),
-            journal_file_max_bytes: 64 * 1024 * 1024,
-            journal_direct_io: true,
-            segment_preallocate_bytes: 16 * 1024 * 1024,
-            journal_queue_max_bytes: 64 * 1024 * 1024,
-            journal_queue_max_entries: 4096,
-            apply_queue_max_groups: 4,
-            checkpoint_interval_ms: 200,
-            index_interval_bytes: 4096,
-            periodic_flush_interval_ms: 1000,
-            max_batch_bytes: sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES,
-            max_read_bytes: 8 * 1024 * 1024,
+            journal_file_max_bytes: storage.journal_file_max_bytes,
+            journal_direct_io: storage.journal_direct_io,
+            segment_preallocate_bytes: storage.segment_preallocate_bytes,
+            journal_queue_max_bytes: storage.journal_queue_max_bytes,
+            journal_queue_max_entries: storage.journal_queue_max_entries,
+            apply_queue_max_groups: storage.apply_queue_max_groups,
+            checkpoint_interval_ms: storage.checkpoint_interval_ms,
+            index_interval_bytes: storage.index_interval_bytes,
+            periodic_flush_interval_ms: storage.periodic_flush_interval_ms,
+            max_batch_bytes: storage.max_batch_bytes,
+            max_read_bytes: storage.max_read_bytes,
             max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             append_stream_max_in_flight: 1024,
             append_stream_max_in_flight_bytes: 32 * 1024 * 1024,
@@ -134,11 +141,11 @@ impl Default for StoreConfig {
             register_retry_max_backoff_ms: 10_000,
             nameserver_request_timeout_ms: 5000,
             shutdown_drain_timeout_ms: 10_000,
-            message_index_max_segments: 32,
-            message_index_max_batches_per_segment: 262_144,
-            message_index_max_terms_per_segment: 65_536,
-            message_index_max_postings_per_segment: 1_048_576,
-            message_index_max_candidate_batches: 1024,
+            message_index_max_segments: message_index.max_indexed_segments,
+            message_index_max_batches_per_segment: message_index.max_batches_per_segment,
+            message_index_max_terms_per_segment: message_index.max_terms_per_segment,
+            message_index_max_postings_per_segment: message_index.max_postings_per_segment,
+            message_index_max_candidate_batches: message_index.max_candidate_batches,
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -161,8 +168,8 @@ impl StoreConfig {
     }
 
     /// The engine settings derived from this configuration.
-    pub fn storage_options(&self) -> crate::storage::StorageOptions {
-        crate::storage::StorageOptions {
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
             journal_file_max_bytes: self.journal_file_max_bytes,
             journal_direct_io: self.journal_direct_io,
             segment_preallocate_bytes: self.segment_preallocate_bytes,
@@ -178,8 +185,8 @@ impl StoreConfig {
     }
 
     /// The bounds of the message lookup indexes.
-    pub fn message_index_limits(&self) -> crate::message_index::MessageIndexLimits {
-        crate::message_index::MessageIndexLimits {
+    pub fn message_index_limits(&self) -> MessageIndexLimits {
+        MessageIndexLimits {
             max_indexed_segments: self.message_index_max_segments,
             max_batches_per_segment: self.message_index_max_batches_per_segment,
             max_terms_per_segment: self.message_index_max_terms_per_segment,
@@ -206,5 +213,12 @@ mod tests {
         let path = directory.path().join("store.toml");
         std::fs::write(&path, "no_such_key = 1\n").expect("write config");
         assert!(StoreConfig::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn default_engine_settings_are_the_engines_own_defaults() {
+        let config = StoreConfig::default();
+        assert_eq!(config.storage_options(), StorageOptions::default());
+        assert_eq!(config.message_index_limits(), MessageIndexLimits::default());
     }
 }

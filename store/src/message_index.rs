@@ -49,20 +49,43 @@ const FILE_MAGIC: &[u8; 4] = b"SLIX";
 const FILE_VERSION: u8 = 1;
 const FILE_EXTENSION: &str = "index";
 
-/// Bounds of the message indexes (see `StoreConfig` for meanings and
-/// defaults).
+/// Default [`MessageIndexLimits::max_indexed_segments`].
+pub const DEFAULT_MAX_INDEXED_SEGMENTS: usize = 32;
+/// Default [`MessageIndexLimits::max_batches_per_segment`] (32 bytes each).
+pub const DEFAULT_MAX_BATCHES_PER_SEGMENT: usize = 262_144;
+/// Default [`MessageIndexLimits::max_terms_per_segment`].
+pub const DEFAULT_MAX_TERMS_PER_SEGMENT: usize = 65_536;
+/// Default [`MessageIndexLimits::max_postings_per_segment`] (4 bytes each).
+pub const DEFAULT_MAX_POSTINGS_PER_SEGMENT: usize = 1_048_576;
+/// Default [`MessageIndexLimits::max_candidate_batches`].
+pub const DEFAULT_MAX_CANDIDATE_BATCHES: u32 = 1024;
+
+/// Bounds of the message indexes. The service configuration
+/// (`StoreConfig`, `message_index_*`) takes its defaults from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageIndexLimits {
+    /// Most segments whose index is kept in memory (least recently looked
+    /// up dropped beyond it).
     pub max_indexed_segments: usize,
+    /// Most batches indexed per segment; lookups scan the rest.
     pub max_batches_per_segment: usize,
+    /// Most distinct record keys and tags (hashes) indexed per segment.
     pub max_terms_per_segment: usize,
+    /// Most (key or tag, batch) pairs indexed per segment.
     pub max_postings_per_segment: usize,
+    /// Most candidate batches in one `FindInSegment` answer.
     pub max_candidate_batches: u32,
 }
 
 impl Default for MessageIndexLimits {
     fn default() -> Self {
-        crate::config::StoreConfig::default().message_index_limits()
+        Self {
+            max_indexed_segments: DEFAULT_MAX_INDEXED_SEGMENTS,
+            max_batches_per_segment: DEFAULT_MAX_BATCHES_PER_SEGMENT,
+            max_terms_per_segment: DEFAULT_MAX_TERMS_PER_SEGMENT,
+            max_postings_per_segment: DEFAULT_MAX_POSTINGS_PER_SEGMENT,
+            max_candidate_batches: DEFAULT_MAX_CANDIDATE_BATCHES,
+        }
     }
 }
 

@@ -1,0 +1,150 @@
+//! The third stage of the write path: checkpoints. The checkpoint file
+//! records the journal position up to which every record is in fsynced
+//! segment files; recovery replays the journal from there (see
+//! `recovery.rs`), and journal files before it are deleted or recycled.
+
+use super::writer::{record_failure, Failure};
+use super::JournalStats;
+use crate::error::StoreError;
+use crate::journal;
+use crate::journal_spares::JournalSpares;
+use crate::segment;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Name of the checkpoint file in the storage directory.
+pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
+
+/// Contents of the checkpoint file: the journal position it covers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Checkpoint {
+    pub(super) journal_sequence: u64,
+    pub(super) position: u64,
+}
+
+/// A checkpoint handed from the applier to the checkpointer thread: the
+/// segment files that were dirty when the applier reached the journal
+/// position, to be fsynced before that position is recorded.
+pub(super) struct CheckpointJob {
+    pub(super) files: Vec<(u64, File)>,
+    pub(super) journal_sequence: u64,
+    pub(super) journal_position: u64,
+    pub(super) done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The third stage: fsyncs segment files, records checkpoints and deletes
+/// old journal files, on its own thread so that the seconds an fsync of
+/// many megabytes can take never hold up acknowledgements.
+pub(super) struct CheckpointWriter {
+    pub(super) directory: PathBuf,
+    pub(super) journal_dir: PathBuf,
+    pub(super) segments_dir: PathBuf,
+    pub(super) stats: Arc<JournalStats>,
+    pub(super) failure: Failure,
+    /// Set while a periodic checkpoint is queued or running; the next
+    /// periodic one is skipped rather than queued behind it.
+    pub(super) busy: Arc<AtomicBool>,
+    /// Takes obsolete journal files for reuse instead of deleting them.
+    pub(super) spares: JournalSpares,
+}
+
+impl CheckpointWriter {
+    pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<CheckpointJob>) {
+        while let Ok(job) = jobs.recv() {
+            let periodic = job.done.is_none();
+            let outcome = self.finish(job.files, job.journal_sequence, job.journal_position);
+            if let Err(error) = &outcome {
+                tracing::error!(%error, "checkpoint failed");
+                record_failure(&self.failure, format!("checkpoint failed: {error}"));
+            }
+            if let Some(done) = job.done {
+                let _ = done.send(outcome);
+            }
+            if periodic {
+                self.busy.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// fsyncs `files` and the segments directory, records the journal
+    /// position they cover, deletes older journal files.
+    pub(super) fn finish(
+        &self,
+        files: Vec<(u64, File)>,
+        journal_sequence: u64,
+        journal_position: u64,
+    ) -> Result<(), StoreError> {
+        for (segment_id, file) in files {
+            file.sync_data()
+                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
+        }
+        segment::sync_directory(&self.segments_dir)?;
+        let checkpoint = Checkpoint {
+            journal_sequence,
+            position: journal_position,
+        };
+        let encoded = serde_json::to_vec(&checkpoint)
+            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
+        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        // The writer may have rolled on to newer files meanwhile; only
+        // files before the recorded one are covered.
+        for sequence in journal::list_journal_files(&self.journal_dir)? {
+            if sequence < journal_sequence {
+                let path = journal::journal_file_path(&self.journal_dir, sequence);
+                if self.spares.offer(&path) {
+                    continue;
+                }
+                std::fs::remove_file(&path)
+                    .map_err(|error| StoreError::io(format!("remove {}", path.display()), error))?;
+            }
+        }
+        segment::sync_directory(&self.journal_dir)?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::journal;
+    use crate::storage::tests::{make_batch, new_segment, options};
+    use crate::storage::{Storage, StorageOptions, JOURNAL_DIR};
+
+    #[tokio::test]
+    async fn checkpoint_deletes_old_journal_files_and_data_survives() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let small_journal = StorageOptions {
+            journal_file_max_bytes: 512,
+            ..options()
+        };
+        {
+            let (storage, _) =
+                Storage::open(directory.path(), small_journal.clone()).expect("open");
+            storage
+                .create_segment(new_segment(1, 0))
+                .await
+                .expect("create");
+            for offset in 0..40 {
+                storage
+                    .append(1, 5, make_batch(offset, 1, 1))
+                    .await
+                    .expect("append");
+            }
+            let before =
+                journal::list_journal_files(&directory.path().join(JOURNAL_DIR)).expect("list");
+            assert!(before.len() > 2, "journal rolled: {before:?}");
+            storage.checkpoint().await.expect("checkpoint");
+            let after =
+                journal::list_journal_files(&directory.path().join(JOURNAL_DIR)).expect("list");
+            assert_eq!(after.len(), 1, "older journal files deleted: {after:?}");
+        }
+        let (storage, report) = Storage::open(directory.path(), small_journal).expect("reopen");
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(storage.segment_status(1).expect("status").end_offset, 40);
+        assert!(!storage.read(1, 0, 0, 0).expect("read").batches.is_empty());
+    }
+}

@@ -1,0 +1,562 @@
+//! Crash recovery, run by [`Storage::open`](super::Storage::open) before
+//! anything is accepted: scan the segment files (truncating torn tails,
+//! reporting damaged middles), read the checkpoint, replay the journal
+//! from it (re-appending batches the segment files lack, rewriting damaged
+//! ranges the journal still holds, redoing creates, seals and deletes) and
+//! report what was found in a [`RecoveryReport`].
+
+use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
+use super::registry::{handle_from, remove_segment_files, SegmentHandle};
+use super::StorageOptions;
+use crate::error::StoreError;
+use crate::journal::{self, RecordKind};
+use crate::segment::{self, SegmentLog, SegmentMeta};
+use sluice_proto::batch::{self, BatchHeader};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What opening the storage found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments_loaded: usize,
+    /// Metadata files that could not be used, with the reason; their
+    /// segments are not served (unless the journal recreated them).
+    pub skipped_segments: Vec<(PathBuf, String)>,
+    /// `(segment id, bytes)` cut off damaged or torn segment tails.
+    pub truncated_segment_tails: Vec<(u64, u64)>,
+    /// `(segment id, first corrupt offset)` still corrupt after replay.
+    pub corrupt_segments: Vec<(u64, u64)>,
+    /// Segments whose damaged middle was rewritten from the journal.
+    pub repaired_segments: Vec<u64>,
+    pub journal_records_replayed: u64,
+    pub journal_batches_reappended: u64,
+    pub journal_torn_tail_bytes: u64,
+    /// Damage found inside journal files (records after it were kept).
+    pub journal_corruptions: Vec<String>,
+    /// Set when the checkpoint file was unreadable (the whole journal was
+    /// replayed instead).
+    pub checkpoint_problem: Option<String>,
+}
+
+impl RecoveryReport {
+    /// True when recovery found nothing wrong beyond a torn journal tail.
+    pub fn is_clean(&self) -> bool {
+        self.skipped_segments.is_empty()
+            && self.truncated_segment_tails.is_empty()
+            && self.corrupt_segments.is_empty()
+            && self.journal_corruptions.is_empty()
+            && self.checkpoint_problem.is_none()
+    }
+}
+
+/// What recovery hands to the engine: the segments, by id, and the
+/// sequence number for the next journal file.
+pub(super) struct Recovered {
+    pub(super) segments: HashMap<u64, Arc<SegmentHandle>>,
+    pub(super) next_sequence: u64,
+}
+
+/// Recovers the segments in `segments_dir` and replays `journal_dir` from
+/// the checkpoint in `directory`, filling `report`.
+pub(super) fn recover(
+    directory: &Path,
+    segments_dir: &Path,
+    journal_dir: &Path,
+    options: &StorageOptions,
+    report: &mut RecoveryReport,
+) -> Result<Recovered, StoreError> {
+    let mut segments = load_segments(segments_dir, options, report)?;
+    let checkpoint = read_checkpoint(directory, report);
+    let ends_at_load = segment_ends(&segments);
+    let mut replay = Replay {
+        segments_dir,
+        options,
+        segments: &mut segments,
+        report,
+        touched: HashMap::new(),
+        deleted: HashSet::new(),
+    };
+    let next_sequence = replay.run(journal_dir, checkpoint)?;
+    let deleted = std::mem::take(&mut replay.deleted);
+    debug_assert_replay_kept_ends(&ends_at_load, &deleted, &segments);
+    for (segment_id, handle) in &segments {
+        if let Some(offset) = handle.lock_log().corrupt_from_offset() {
+            tracing::error!(
+                segment_id,
+                offset,
+                "segment keeps a corrupt range after recovery; it is not served"
+            );
+            report.corrupt_segments.push((*segment_id, offset));
+        }
+    }
+    report.corrupt_segments.sort_unstable();
+    report.segments_loaded = segments.len();
+    Ok(Recovered {
+        segments,
+        next_sequence,
+    })
+}
+
+fn segment_ends(segments: &HashMap<u64, Arc<SegmentHandle>>) -> HashMap<u64, u64> {
+    segments
+        .iter()
+        .map(|(segment_id, handle)| (*segment_id, handle.lock_log().end_offset))
+        .collect()
+}
+
+/// Replay only appends to a segment (at its end) or rewrites damaged
+/// ranges inside it, so it never leaves a segment shorter than the scan of
+/// its file found, unless a delete record removed it (a create record may
+/// then bring the id back with a new, shorter log). Shorter ends from the
+/// scan itself are reported there (`truncated_segment_tails`), except an
+/// all-zero tail, which is space whose data never reached the disk.
+///
+/// A debug assertion only: in release builds offsets near `u64::MAX` wrap
+/// (`BatchHeader::end_offset`), which bad input can reach.
+fn debug_assert_replay_kept_ends(
+    ends_at_load: &HashMap<u64, u64>,
+    deleted: &HashSet<u64>,
+    segments: &HashMap<u64, Arc<SegmentHandle>>,
+) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    for (segment_id, end_at_load) in ends_at_load {
+        if deleted.contains(segment_id) {
+            continue;
+        }
+        if let Some(handle) = segments.get(segment_id) {
+            let end = handle.lock_log().end_offset;
+            debug_assert!(
+                end >= *end_at_load,
+                "segment {segment_id}: journal replay moved the end from {end_at_load} back to {end}"
+            );
+        }
+    }
+}
+
+fn load_segments(
+    segments_dir: &Path,
+    options: &StorageOptions,
+    report: &mut RecoveryReport,
+) -> Result<HashMap<u64, Arc<SegmentHandle>>, StoreError> {
+    let mut segments = HashMap::new();
+    for path in list_meta_files(segments_dir)? {
+        if let Some(handle) = load_segment(&path, segments_dir, options, report) {
+            segments.insert(handle.id, Arc::new(handle));
+        }
+    }
+    Ok(segments)
+}
+
+/// The metadata files in `segments_dir`, sorted, after removing the temp
+/// files of interrupted metadata writes.
+fn list_meta_files(segments_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = std::fs::read_dir(segments_dir)
+        .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
+    let mut meta_paths = Vec::new();
+    for entry in entries {
+        let entry = entry
+            .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
+        let path = entry.path();
+        match path.extension().and_then(|extension| extension.to_str()) {
+            Some("meta") => meta_paths.push(path),
+            Some("tmp") => {
+                // An interrupted metadata write; the previous file is intact.
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove temp file");
+                }
+            }
+            _ => {}
+        }
+    }
+    meta_paths.sort();
+    Ok(meta_paths)
+}
+
+/// The segment described by the metadata file at `path`, with its log
+/// scanned; `None` (and a report entry) if either is unusable.
+fn load_segment(
+    path: &Path,
+    segments_dir: &Path,
+    options: &StorageOptions,
+    report: &mut RecoveryReport,
+) -> Option<SegmentHandle> {
+    let skip = |report: &mut RecoveryReport, reason: String| {
+        tracing::error!(path = %path.display(), %reason, "skipping segment with unusable metadata");
+        report.skipped_segments.push((path.to_path_buf(), reason));
+    };
+    let contents = match std::fs::read(path) {
+        Ok(contents) => contents,
+        Err(error) => {
+            skip(report, format!("unreadable: {error}"));
+            return None;
+        }
+    };
+    let meta: SegmentMeta = match serde_json::from_slice(&contents) {
+        Ok(meta) => meta,
+        Err(error) => {
+            skip(report, format!("not valid metadata: {error}"));
+            return None;
+        }
+    };
+    let expected_name = segment::meta_path(segments_dir, meta.segment_id);
+    if expected_name != path {
+        skip(
+            report,
+            format!("names segment {} but file name differs", meta.segment_id),
+        );
+        return None;
+    }
+    let outcome = match segment::scan_log(
+        &segment::log_path(segments_dir, meta.segment_id),
+        meta.segment_id,
+        meta.base_offset,
+        options.index_interval_bytes,
+    ) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            skip(report, format!("log unusable: {error}"));
+            return None;
+        }
+    };
+    if outcome.truncated_bytes > 0 && !outcome.zero_tail {
+        report
+            .truncated_segment_tails
+            .push((meta.segment_id, outcome.truncated_bytes));
+    }
+    Some(handle_from(meta, outcome.log, options))
+}
+
+fn read_checkpoint(directory: &Path, report: &mut RecoveryReport) -> Option<Checkpoint> {
+    let path = directory.join(CHECKPOINT_FILE);
+    let contents = match std::fs::read(&path) {
+        Ok(contents) => contents,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            report.checkpoint_problem = Some(format!("unreadable: {error}"));
+            return None;
+        }
+    };
+    match serde_json::from_slice(&contents) {
+        Ok(checkpoint) => Some(checkpoint),
+        Err(error) => {
+            tracing::error!(%error, "checkpoint file is garbage; replaying the whole journal");
+            report.checkpoint_problem = Some(format!("not a checkpoint: {error}"));
+            None
+        }
+    }
+}
+
+/// A journal replay in progress over the loaded segments.
+struct Replay<'a> {
+    segments_dir: &'a Path,
+    options: &'a StorageOptions,
+    segments: &'a mut HashMap<u64, Arc<SegmentHandle>>,
+    report: &'a mut RecoveryReport,
+    /// Segments the replay wrote to, fsynced once it is done.
+    touched: HashMap<u64, ()>,
+    /// Segments a delete record removed.
+    deleted: HashSet<u64>,
+}
+
+impl Replay<'_> {
+    /// Replays journal files from the checkpoint; returns the sequence
+    /// number for the next journal file.
+    fn run(
+        &mut self,
+        journal_dir: &Path,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<u64, StoreError> {
+        let sequences = journal::list_journal_files(journal_dir)?;
+        let (start_sequence, start_position) = checkpoint
+            .as_ref()
+            .map(|checkpoint| (checkpoint.journal_sequence, checkpoint.position))
+            .unwrap_or((0, 0));
+        for &sequence in sequences
+            .iter()
+            .filter(|&&sequence| sequence >= start_sequence)
+        {
+            let path = journal::journal_file_path(journal_dir, sequence);
+            let start = if sequence == start_sequence {
+                start_position
+            } else {
+                0
+            };
+            self.replay_file(&path, start)?;
+        }
+        for segment_id in self.touched.keys() {
+            if let Some(handle) = self.segments.get(segment_id) {
+                let log = handle.lock_log();
+                log.file.sync_all().map_err(|error| {
+                    StoreError::io(format!("fsync segment {segment_id}"), error)
+                })?;
+            }
+        }
+        let last = sequences.last().copied().unwrap_or(0).max(start_sequence);
+        Ok(last + 1)
+    }
+
+    /// Replays the records of the journal file at `path` from
+    /// `start_position`, skipping damaged records and truncating a torn
+    /// tail.
+    fn replay_file(&mut self, path: &Path, start_position: u64) -> Result<(), StoreError> {
+        let bytes = std::fs::read(path)
+            .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
+        let mut position = (start_position as usize).min(bytes.len());
+        while position < bytes.len() {
+            let record = match journal::decode_record(&bytes[position..]) {
+                Ok(record) => record,
+                // The preallocated, never written rest of the file: the
+                // end of the journal, not a torn record.
+                Err(_) if journal::is_zero_fill(&bytes[position..]) => break,
+                Err(reason) => match journal::find_next_valid_record(&bytes, position + 1) {
+                    Some(next) => {
+                        let message = format!(
+                            "{}: {reason} at {position}; skipped {} bytes",
+                            path.display(),
+                            next - position
+                        );
+                        tracing::error!(%message, "damaged journal record");
+                        self.report.journal_corruptions.push(message);
+                        position = next;
+                        continue;
+                    }
+                    None => {
+                        self.truncate_torn_tail(path, &bytes, position)?;
+                        break;
+                    }
+                },
+            };
+            position += record.encoded_bytes;
+            self.report.journal_records_replayed += 1;
+            self.apply_record(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the journal file at `path` (contents `bytes`) at `position`,
+    /// where a torn record with nothing valid after it starts.
+    fn truncate_torn_tail(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        position: usize,
+    ) -> Result<(), StoreError> {
+        // Zeros after the torn record are preallocated
+        // space, not part of what was torn.
+        let data_end = journal::end_of_nonzero_data(bytes);
+        let torn = data_end.saturating_sub(position) as u64;
+        tracing::warn!(path = %path.display(), torn, "truncating torn journal tail");
+        self.report.journal_torn_tail_bytes += torn;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+        file.set_len(position as u64)
+            .and_then(|()| file.sync_all())
+            .map_err(|error| StoreError::io(format!("truncate {}", path.display()), error))
+    }
+
+    fn apply_record(&mut self, record: &journal::DecodedRecord<'_>) -> Result<(), StoreError> {
+        let segment_id = record.segment_id;
+        match record.kind {
+            RecordKind::Append => self.replay_append(segment_id, record.payload),
+            RecordKind::CreateSegment => self.replay_create(segment_id, record.payload),
+            RecordKind::Seal => self.replay_seal(segment_id, record.payload),
+            RecordKind::Delete => {
+                self.segments.remove(&segment_id);
+                self.touched.remove(&segment_id);
+                self.deleted.insert(segment_id);
+                remove_segment_files(self.segments_dir, segment_id)
+            }
+        }
+    }
+
+    /// Re-appends a journaled batch the segment lacks, or rewrites it into
+    /// a damaged range; a batch beyond the segment end is reported.
+    fn replay_append(&mut self, segment_id: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let Some(handle) = self.segments.get(&segment_id) else {
+            return Ok(());
+        };
+        let header = match batch::validate(payload, segment::MAX_BATCH_BYTES_ON_DISK) {
+            Ok(header) => header,
+            Err(error) => {
+                self.report.journal_corruptions.push(format!(
+                    "segment {segment_id}: journal batch invalid: {error}"
+                ));
+                return Ok(());
+            }
+        };
+        let mut log = handle.lock_log();
+        if header.base_offset == log.end_offset {
+            log.append(&header, payload).map_err(|error| {
+                StoreError::io(format!("replay into segment {segment_id}"), error)
+            })?;
+            self.report.journal_batches_reappended += 1;
+            self.touched.insert(segment_id, ());
+        } else if header.base_offset < log.end_offset {
+            repair_from_journal(&mut log, &header, payload, segment_id, self.report)?;
+            self.touched.insert(segment_id, ());
+        } else {
+            self.report.journal_corruptions.push(format!(
+                "segment {segment_id}: journal batch at {} is beyond the segment end {}",
+                header.base_offset, log.end_offset
+            ));
+        }
+        drop(log);
+        let end = handle.lock_log().end_offset;
+        if let Ok(mut control) = handle.control.try_lock() {
+            control.accepted_end = end;
+        }
+        Ok(())
+    }
+
+    /// Restores a segment whose metadata file is missing or was unusable.
+    fn replay_create(&mut self, segment_id: u64, payload: &[u8]) -> Result<(), StoreError> {
+        if self.segments.contains_key(&segment_id) {
+            return Ok(());
+        }
+        let meta = match serde_json::from_slice::<SegmentMeta>(payload) {
+            Ok(meta) if meta.segment_id == segment_id => meta,
+            _ => {
+                self.report
+                    .journal_corruptions
+                    .push(format!("segment {segment_id}: create record unreadable"));
+                return Ok(());
+            }
+        };
+        // The metadata file is missing or was unusable: rebuild it
+        // from the journal and keep whatever log data is valid.
+        segment::write_meta(self.segments_dir, &meta)?;
+        let outcome = segment::scan_log(
+            &segment::log_path(self.segments_dir, segment_id),
+            segment_id,
+            meta.base_offset,
+            self.options.index_interval_bytes,
+        )?;
+        if outcome.truncated_bytes > 0 && !outcome.zero_tail {
+            self.report
+                .truncated_segment_tails
+                .push((segment_id, outcome.truncated_bytes));
+        }
+        tracing::warn!(segment_id, "segment metadata restored from the journal");
+        self.segments.insert(
+            segment_id,
+            Arc::new(handle_from(meta, outcome.log, self.options)),
+        );
+        Ok(())
+    }
+
+    fn replay_seal(&mut self, segment_id: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let Some(handle) = self.segments.get(&segment_id) else {
+            return Ok(());
+        };
+        let mut epoch = [0u8; 8];
+        if payload.len() == 8 {
+            epoch.copy_from_slice(payload);
+        }
+        let epoch = u64::from_le_bytes(epoch);
+        let old_fence = handle.fence_epoch.load(Ordering::SeqCst);
+        if !handle.sealed.load(Ordering::SeqCst) || epoch > old_fence {
+            handle.sealed.store(true, Ordering::SeqCst);
+            handle
+                .fence_epoch
+                .store(old_fence.max(epoch), Ordering::SeqCst);
+            segment::write_meta(self.segments_dir, &handle.meta())?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites a damaged middle range of a log from a journal batch when the
+/// batch is the next one missing in that range.
+fn repair_from_journal(
+    log: &mut SegmentLog,
+    header: &BatchHeader,
+    bytes: &[u8],
+    segment_id: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), StoreError> {
+    let length = bytes.len() as u64;
+    let Some(index) = log.corrupt_regions.iter().position(|region| {
+        region.repaired_offset == header.base_offset
+            && region.repaired_position + length <= region.end_position
+            && header.end_offset() <= region.end_offset
+    }) else {
+        return Ok(());
+    };
+    let region = &mut log.corrupt_regions[index];
+    log.file
+        .write_all_at(bytes, region.repaired_position)
+        .map_err(|error| StoreError::io(format!("repair segment {segment_id}"), error))?;
+    region.repaired_position += length;
+    region.repaired_offset = header.end_offset();
+    if region.repaired_position == region.end_position
+        && region.repaired_offset == region.end_offset
+    {
+        tracing::warn!(
+            segment_id,
+            "damaged segment range rewritten from the journal"
+        );
+        log.corrupt_regions.remove(index);
+        report.repaired_segments.push(segment_id);
+    }
+    log.dirty = true;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::registry::test_handle;
+    use crate::storage::tests::make_batch;
+
+    fn held(directory: &Path, segment_id: u64) -> (u64, Arc<SegmentHandle>) {
+        (segment_id, Arc::new(test_handle(directory, segment_id, 0)))
+    }
+
+    #[test]
+    fn replay_that_only_appends_keeps_every_end() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let segments = HashMap::from([held(directory.path(), 1), held(directory.path(), 2)]);
+        let ends_at_load = segment_ends(&segments);
+        let batch = make_batch(0, 3, 1);
+        let header = batch::validate(&batch, 1 << 20).expect("valid");
+        segments[&1]
+            .lock_log()
+            .append(&header, &batch)
+            .expect("append");
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::new(), &segments);
+    }
+
+    #[test]
+    fn a_deleted_and_recreated_segment_may_come_back_shorter() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut segments = HashMap::from([held(directory.path(), 1)]);
+        let batch = make_batch(0, 3, 1);
+        let header = batch::validate(&batch, 1 << 20).expect("valid");
+        segments[&1]
+            .lock_log()
+            .append(&header, &batch)
+            .expect("append");
+        let ends_at_load = segment_ends(&segments);
+        let other = tempfile::tempdir().expect("temp dir");
+        segments.insert(1, held(other.path(), 1).1);
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::from([1]), &segments);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "journal replay moved the end")]
+    fn a_replay_shortening_a_kept_segment_is_a_bug() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let mut segments = HashMap::from([held(directory.path(), 1)]);
+        let ends_at_load = HashMap::from([(1, 5)]);
+        segments.insert(1, held(directory.path(), 1).1);
+        debug_assert_replay_kept_ends(&ends_at_load, &HashSet::new(), &segments);
+    }
+}

@@ -1,0 +1,187 @@
+//! The segment registry: every segment the engine holds, by id, as a
+//! [`SegmentHandle`] (identity, ordering state, seal and fence, and the
+//! segment file with its indexes), and the creation and removal of a
+//! segment's files.
+
+use super::StorageOptions;
+use crate::error::StoreError;
+use crate::segment::{self, SegmentLog, SegmentMeta};
+use sluice_proto::v1::{Durability, SegmentStatus};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Ordering state of a segment, changed only under its lock.
+#[derive(Debug)]
+pub(super) struct Control {
+    /// One past the last offset accepted (queued or durable).
+    pub(super) accepted_end: u64,
+    pub(super) deleted: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct SegmentHandle {
+    pub(super) id: u64,
+    pub(super) topic: String,
+    pub(super) partition: u32,
+    pub(super) base_offset: u64,
+    pub(super) durability: Durability,
+    /// Held while an append is ordered and queued, and across a seal, so
+    /// that appends reach the journal in arrival order and a seal sees
+    /// every append accepted before it.
+    pub(super) control: tokio::sync::Mutex<Control>,
+    pub(super) sealed: AtomicBool,
+    pub(super) fence_epoch: AtomicU64,
+    log: Mutex<SegmentLog>,
+}
+
+impl SegmentHandle {
+    pub(super) fn meta(&self) -> SegmentMeta {
+        SegmentMeta {
+            segment_id: self.id,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: self.base_offset,
+            writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
+            sealed: self.sealed.load(Ordering::SeqCst),
+            durability: self.durability as i32,
+        }
+    }
+
+    pub(super) fn lock_log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        // A panic while holding this lock cannot leave the log half
+        // updated in a way later readers trip over: sizes are updated after
+        // the write succeeds.
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn status(&self) -> SegmentStatus {
+        let log = self.lock_log();
+        SegmentStatus {
+            segment_id: self.id,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            base_offset: self.base_offset,
+            end_offset: log.end_offset,
+            size_bytes: log.size_bytes,
+            sealed: self.sealed.load(Ordering::SeqCst),
+            max_timestamp_ms: log.max_timestamp_ms,
+            writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
+            corrupt_from_offset: log.corrupt_from_offset(),
+        }
+    }
+}
+
+/// Every segment held, by id.
+pub(super) type Registry = RwLock<HashMap<u64, Arc<SegmentHandle>>>;
+
+/// The segment `segment_id`, if held.
+pub(super) fn lookup(registry: &Registry, segment_id: u64) -> Option<Arc<SegmentHandle>> {
+    registry
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .get(&segment_id)
+        .cloned()
+}
+
+/// Every segment held, in no particular order.
+pub(super) fn all_handles(registry: &Registry) -> Vec<Arc<SegmentHandle>> {
+    registry
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+pub(super) fn handle_from(
+    meta: SegmentMeta,
+    mut log: SegmentLog,
+    options: &StorageOptions,
+) -> SegmentHandle {
+    log.preallocate_chunk_bytes = options.segment_preallocate_bytes;
+    let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
+    SegmentHandle {
+        id: meta.segment_id,
+        topic: meta.topic,
+        partition: meta.partition,
+        base_offset: meta.base_offset,
+        durability,
+        control: tokio::sync::Mutex::new(Control {
+            accepted_end: log.end_offset,
+            deleted: false,
+        }),
+        sealed: AtomicBool::new(meta.sealed),
+        fence_epoch: AtomicU64::new(meta.writer_epoch),
+        log: Mutex::new(log),
+    }
+}
+
+pub(super) fn create_segment_files(
+    segments_dir: &Path,
+    meta: &SegmentMeta,
+    index_interval_bytes: u64,
+) -> Result<SegmentLog, StoreError> {
+    let path = segment::log_path(segments_dir, meta.segment_id);
+    // A log without usable metadata is a leftover of an interrupted delete
+    // or of a segment skipped at recovery: keep its bytes for inspection
+    // rather than overwrite them.
+    if std::fs::metadata(&path)
+        .map(|stat| stat.len() > 0)
+        .unwrap_or(false)
+    {
+        let kept = path.with_extension(format!("log.orphan-{}", sluice_proto::now_unix_ms()));
+        tracing::warn!(from = %path.display(), to = %kept.display(), "keeping an orphaned segment log aside");
+        std::fs::rename(&path, &kept)
+            .map_err(|error| StoreError::io(format!("move {} aside", path.display()), error))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
+    segment::write_meta(segments_dir, meta)?;
+    Ok(SegmentLog::new(
+        file,
+        meta.base_offset,
+        index_interval_bytes,
+    ))
+}
+
+pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
+    for path in [
+        segment::meta_path(segments_dir, segment_id),
+        segment::log_path(segments_dir, segment_id),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(StoreError::io(format!("remove {}", path.display()), error));
+            }
+        }
+    }
+    segment::sync_directory(segments_dir)
+}
+
+/// A handle over a fresh, empty log in `directory`, for unit tests of the
+/// stages that take handles.
+#[cfg(test)]
+pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -> SegmentHandle {
+    let meta = SegmentMeta {
+        segment_id,
+        topic: "orders".to_string(),
+        partition: 0,
+        base_offset,
+        writer_epoch: 1,
+        sealed: false,
+        durability: Durability::Fsync as i32,
+    };
+    let log = create_segment_files(directory, &meta, 4096).expect("create segment files");
+    handle_from(meta, log, &StorageOptions::default())
+}
