@@ -14,6 +14,7 @@ pub mod election;
 pub mod error;
 pub mod keys;
 pub mod metadata;
+mod placement;
 mod service;
 pub mod subscriptions;
 

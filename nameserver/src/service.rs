@@ -7,6 +7,7 @@ use crate::config::NameServerConfig;
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner, SegmentIdCounter};
 use crate::metadata::{Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Put, Transaction};
+use crate::placement::{self, EnsembleShape};
 use sluice_proto::names::{self, GroupName, TopicName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
@@ -517,82 +518,6 @@ impl NameServerHandler {
         )))
     }
 
-    /// Picks `count` stores: fewest segments, then most free disk, then id;
-    /// distinct racks first when racks are set.
-    /// The ensemble of a new segment: `ensemble_size` live stores chosen
-    /// by [`Self::choose_stores`], avoiding `excluded` (stores the writer
-    /// just saw fail). When fewer are available the ensemble shrinks, down
-    /// to `ack_quorum` (writes go on with fewer copies; the broker rolls to
-    /// a full ensemble once enough stores are live and repair restores the
-    /// closed segments); an excluded store is used again only if that is
-    /// the only way to reach `ack_quorum`.
-    fn choose_ensemble(
-        live: Vec<NodeInfo>,
-        excluded: &[String],
-        ensemble_size: u32,
-        ack_quorum: u32,
-    ) -> Result<Vec<NodeInfo>, NameServerError> {
-        let ack_quorum = ack_quorum.clamp(1, ensemble_size.max(1));
-        let (avoided, eligible): (Vec<NodeInfo>, Vec<NodeInfo>) = live
-            .into_iter()
-            .partition(|store| excluded.contains(&store.node_id));
-        let eligible_count = u32::try_from(eligible.len()).unwrap_or(u32::MAX);
-        if eligible_count >= ack_quorum {
-            return Self::choose_stores(eligible, ensemble_size.min(eligible_count));
-        }
-        let mut chosen = Self::choose_stores(eligible, eligible_count)?;
-        let missing = ack_quorum - eligible_count;
-        let available = u32::try_from(avoided.len()).unwrap_or(u32::MAX);
-        if available < missing {
-            return Err(NameServerError::NotEnoughStores {
-                needed: ack_quorum,
-                live: eligible_count + available,
-            });
-        }
-        chosen.extend(Self::choose_stores(avoided, missing)?);
-        Ok(chosen)
-    }
-
-    fn choose_stores(
-        mut stores: Vec<NodeInfo>,
-        count: u32,
-    ) -> Result<Vec<NodeInfo>, NameServerError> {
-        let live = u32::try_from(stores.len()).unwrap_or(u32::MAX);
-        if live < count {
-            return Err(NameServerError::NotEnoughStores {
-                needed: count,
-                live,
-            });
-        }
-        stores.sort_by(|a, b| {
-            let load_a = a.load.clone().unwrap_or_default();
-            let load_b = b.load.clone().unwrap_or_default();
-            load_a
-                .segments
-                .cmp(&load_b.segments)
-                .then(load_b.disk_free_bytes.cmp(&load_a.disk_free_bytes))
-                .then(a.node_id.cmp(&b.node_id))
-        });
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
-        let mut chosen: Vec<NodeInfo> = Vec::new();
-        let mut racks: HashSet<String> = HashSet::new();
-        let mut rest = Vec::new();
-        for store in stores {
-            if chosen.len() < count && (store.rack.is_empty() || racks.insert(store.rack.clone())) {
-                chosen.push(store);
-            } else {
-                rest.push(store);
-            }
-        }
-        for store in rest {
-            if chosen.len() >= count {
-                break;
-            }
-            chosen.push(store);
-        }
-        Ok(chosen)
-    }
-
     fn should_write_load(&self, key: &str) -> bool {
         let interval = Duration::from_millis(self.config.load_update_interval_ms);
         let Ok(mut written) = self.load_written_at.lock() else {
@@ -753,13 +678,7 @@ impl NameServerHandler {
     ) -> Result<Topic, NameServerError> {
         let name = TopicName::new(&request.name).map_err(|error| invalid(error.to_string()))?;
         let config = self.complete_topic_config(request.config)?;
-        let live = u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
-        if config.ensemble_size > live {
-            return Err(NameServerError::NotEnoughStores {
-                needed: config.ensemble_size,
-                live,
-            });
-        }
+        placement::check_ensemble_fits(config.ensemble_size, self.live_stores().await?.len())?;
         let topic = Topic {
             name: name.as_str().to_string(),
             config: Some(config),
@@ -852,14 +771,10 @@ impl NameServerHandler {
         let (topic, ownership) = self
             .check_epoch(&request.topic, request.partition, request.epoch)
             .await?;
-        let (ensemble_size, ack_quorum) = topic.config.as_ref().map_or((1, 1), |config| {
-            (config.ensemble_size.max(1), config.ack_quorum.max(1))
-        });
-        let stores = Self::choose_ensemble(
+        let stores = placement::choose_ensemble(
             self.live_stores().await?,
             &request.exclude_store_ids,
-            ensemble_size,
-            ack_quorum,
+            EnsembleShape::of(topic.config.as_ref()),
         )?;
         let segment_id = self.allocate_segment_id().await?;
         let segment = SegmentInfo {
@@ -1566,22 +1481,6 @@ fn complete_backlog_quota(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_proto::v1::NodeLoad;
-
-    fn store(id: &str, segments: u32, free: u64, rack: &str) -> NodeInfo {
-        NodeInfo {
-            kind: NodeKind::Store as i32,
-            node_id: id.to_string(),
-            address: format!("{id}:1"),
-            load: Some(NodeLoad {
-                segments,
-                disk_free_bytes: free,
-                ..NodeLoad::default()
-            }),
-            rack: rack.to_string(),
-            ..NodeInfo::default()
-        }
-    }
 
     #[test]
     fn backlog_quotas_get_defaults_and_impossible_values_are_refused() {
@@ -1618,77 +1517,6 @@ mod tests {
                 "{bad:?} gave {refused:?}"
             );
         }
-    }
-
-    fn ids(stores: &[NodeInfo]) -> Vec<&str> {
-        stores.iter().map(|store| store.node_id.as_str()).collect()
-    }
-
-    #[test]
-    fn stores_with_fewest_segments_then_most_free_disk_are_chosen() {
-        let stores = vec![
-            store("busy", 9, 100, ""),
-            store("idle-small", 1, 10, ""),
-            store("idle-big", 1, 50, ""),
-        ];
-        let chosen = NameServerHandler::choose_stores(stores, 2).expect("enough stores");
-        assert_eq!(ids(&chosen), ["idle-big", "idle-small"]);
-    }
-
-    #[test]
-    fn distinct_racks_are_preferred() {
-        let stores = vec![
-            store("a1", 0, 0, "a"),
-            store("a2", 0, 0, "a"),
-            store("b1", 5, 0, "b"),
-        ];
-        let chosen = NameServerHandler::choose_stores(stores.clone(), 2).expect("enough");
-        assert_eq!(ids(&chosen), ["a1", "b1"]);
-        // More replicas than racks: racks repeat rather than failing.
-        let chosen = NameServerHandler::choose_stores(stores, 3).expect("enough");
-        assert_eq!(ids(&chosen), ["a1", "b1", "a2"]);
-    }
-
-    #[test]
-    fn ensembles_avoid_failed_stores_and_shrink_down_to_the_ack_quorum() {
-        let stores = vec![
-            store("s1", 0, 0, ""),
-            store("s2", 0, 0, ""),
-            store("s3", 0, 0, ""),
-            store("s4", 9, 0, ""),
-        ];
-        let failed = vec!["s1".to_string()];
-        // A spare store replaces the failed one.
-        let chosen =
-            NameServerHandler::choose_ensemble(stores.clone(), &failed, 3, 2).expect("enough");
-        assert_eq!(ids(&chosen), ["s2", "s3", "s4"]);
-        // No spare: a smaller ensemble, still at least the ack quorum.
-        let chosen = NameServerHandler::choose_ensemble(stores[..3].to_vec(), &failed, 3, 2)
-            .expect("degraded");
-        assert_eq!(ids(&chosen), ["s2", "s3"]);
-        // Below the ack quorum, a failed store is tried again rather than
-        // refusing every write.
-        let failed_two = vec!["s1".to_string(), "s2".to_string()];
-        let chosen = NameServerHandler::choose_ensemble(stores[..3].to_vec(), &failed_two, 3, 2)
-            .expect("reuses one failed store");
-        assert_eq!(ids(&chosen), ["s3", "s1"]);
-        // Not enough live stores at all.
-        let error = NameServerHandler::choose_ensemble(stores[..1].to_vec(), &[], 3, 2)
-            .expect_err("one store for an ack quorum of two");
-        assert!(matches!(
-            error,
-            NameServerError::NotEnoughStores { needed: 2, live: 1 }
-        ));
-    }
-
-    #[test]
-    fn too_few_stores_is_not_enough_stores() {
-        let error = NameServerHandler::choose_stores(vec![store("only", 0, 0, "")], 2)
-            .expect_err("one store for two replicas");
-        assert!(matches!(
-            error,
-            NameServerError::NotEnoughStores { needed: 2, live: 1 }
-        ));
     }
 
     #[test]
