@@ -67,6 +67,7 @@ impl NameServerHandler {
         } else {
             names.to_vec()
         };
+        let wanted_count = wanted.len();
         let mut response = GetRoutesResponse::default();
         for name in wanted {
             let Some(topic) = topics.get(&name) else {
@@ -92,6 +93,8 @@ impl NameServerHandler {
                 error: ErrorCode::None as i32,
             });
         }
+        // One entry per wanted name (unknown ones with their error).
+        debug_assert_eq!(response.topics.len(), wanted_count);
         Ok(response)
     }
 

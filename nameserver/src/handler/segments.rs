@@ -132,6 +132,8 @@ impl NameServerHandler {
             let following = SegmentIdCounter {
                 next_segment_id: next + 1,
             };
+            // Ids start at 1 (0 is never a segment) and only increase.
+            debug_assert!(next >= 1 && following.next_segment_id > next);
             let transaction = Transaction {
                 compares: vec![compare],
                 puts: vec![Put::new(keys::SEGMENT_ID_COUNTER, keys::encode(&following))],
@@ -180,6 +182,8 @@ impl NameServerHandler {
             writer_epoch: request.epoch,
             created_at_ms: now_ms(),
         };
+        // Placement never returns fewer stores than the ack quorum (>= 1).
+        debug_assert!(!segment.replicas.is_empty(), "a segment without replicas");
         let key = keys::segment(&request.topic, request.partition, segment_id);
         let transaction = Transaction {
             compares: vec![ownership, Compare::Absent(key.clone())],
@@ -239,6 +243,8 @@ impl NameServerHandler {
         segment.end_offset = request.end_offset;
         segment.size_bytes = request.size_bytes;
         segment.max_timestamp_ms = request.max_timestamp_ms;
+        // Checked above; a closed segment covers [base, end).
+        debug_assert!(segment.end_offset >= segment.base_offset);
         let transaction = Transaction {
             compares: vec![
                 ownership,
