@@ -133,7 +133,19 @@ async fn with_orders(fixture: Fixture) -> Cluster {
 /// of two partitions; `store` is the same metadata the nameserver uses,
 /// to check what is (not) left behind.
 async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
-    // Defaults are filled and the creation time is set.
+    let billing = defaults_are_filled_on_creation(client).await;
+    same_settings_return_the_stored_record(client, &billing).await;
+    other_settings_conflict_naming_each_field(client).await;
+    dead_letter_topics_are_created_or_reused(client).await;
+    listing_is_by_topic(client).await;
+    validation_errors(client).await;
+    missing_ones_are_refused(client).await;
+    deleted_subscriptions_can_be_created_afresh(client).await;
+    deleting_the_topic_deletes_its_subscriptions(client, store.as_ref()).await;
+}
+
+/// Defaults are filled and the creation time is set.
+async fn defaults_are_filled_on_creation(client: &mut Client) -> Subscription {
     let billing = create(
         client,
         subscription("orders", "billing", SubscriptionType::Shared),
@@ -162,16 +174,19 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         get(client, "orders", "billing").await.expect("get"),
         billing
     );
+    billing
+}
 
-    // Idempotent: the same settings (also spelled out instead of 0, and
-    // whatever creation time the caller sends) return the stored record.
+/// Idempotent: the same settings (also spelled out instead of 0, and
+/// whatever creation time the caller sends) return the stored record.
+async fn same_settings_return_the_stored_record(client: &mut Client, billing: &Subscription) {
     let again = create(
         client,
         subscription("orders", "billing", SubscriptionType::Shared),
     )
     .await
     .expect("create billing again");
-    assert_eq!(again, billing);
+    assert_eq!(&again, billing);
     let explicit = Subscription {
         ack_timeout_ms: 30_000,
         redelivery_backoff_initial_ms: 1_000,
@@ -183,10 +198,12 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         create(client, explicit)
             .await
             .expect("defaults spelled out"),
-        billing
+        *billing
     );
+}
 
-    // Other settings: a conflict naming each differing field.
+/// Other settings: a conflict naming each differing field.
+async fn other_settings_conflict_naming_each_field(client: &mut Client) {
     let message = expect_refused(
         "billing with other settings",
         create(
@@ -207,8 +224,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         "{message}"
     );
     assert!(!message.contains("selector"), "{message}");
+}
 
-    // Dead letters: the default topic is created with one partition.
+/// Dead letters: the default topic is created with one partition.
+async fn dead_letter_topics_are_created_or_reused(client: &mut Client) {
     assert_eq!(partitions_of(client, "orders-audit-DLQ").await, None);
     let audit = create(
         client,
@@ -266,7 +285,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
     assert_eq!(partitions_of(client, "shared-dlq").await, Some(3));
     // No max_deliveries, no dead-letter topic.
     assert_eq!(partitions_of(client, "orders-billing-DLQ").await, None);
+}
 
+/// Listing is per topic, by name; a topic without subscriptions lists none.
+async fn listing_is_by_topic(client: &mut Client) {
     assert_eq!(
         list(client, "orders").await.expect("list"),
         ["audit", "billing", "reuses", "tagged"]
@@ -275,10 +297,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         .await
         .expect("list a topic without subscriptions")
         .is_empty());
+}
 
-    validation_errors(client).await;
-
-    // Missing ones.
+/// Unknown subscriptions and topics, and bad names, are refused.
+async fn missing_ones_are_refused(client: &mut Client) {
     let status = get(client, "orders", "nobody").await.expect_err("missing");
     assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
     let status = delete(client, "orders", "nobody")
@@ -295,8 +317,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
     assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
     let status = get(client, "orders", "../x").await.expect_err("bad name");
     assert_eq!(code(&status), ErrorCode::InvalidArgument, "{status}");
+}
 
-    // Delete, then the name can be created afresh with other settings.
+/// Delete, then the name can be created afresh with other settings.
+async fn deleted_subscriptions_can_be_created_afresh(client: &mut Client) {
     delete(client, "orders", "billing").await.expect("delete");
     let status = get(client, "orders", "billing").await.expect_err("deleted");
     assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
@@ -311,9 +335,14 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         list(client, "orders").await.expect("list"),
         ["audit", "billing", "reuses", "tagged"]
     );
+}
 
-    // Deleting the topic deletes its subscriptions (and only its own: the
-    // dead-letter topics and their own subscriptions stay).
+/// Deleting the topic deletes its subscriptions (and only its own: the
+/// dead-letter topics and their own subscriptions stay).
+async fn deleting_the_topic_deletes_its_subscriptions(
+    client: &mut Client,
+    store: &dyn MetadataStore,
+) {
     create(
         client,
         subscription("orders-parked", "inspect", SubscriptionType::Shared),
