@@ -12,15 +12,17 @@ pub mod assignment;
 pub mod config;
 pub mod election;
 pub mod error;
+mod handler;
 pub mod keys;
 pub mod metadata;
+mod placement;
 mod service;
 pub mod subscriptions;
 
 pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};
 pub use error::NameServerError;
+pub use handler::NameServerHandler;
 pub use metadata::{EmbeddedMetadataStore, EtcdMetadataStore, MetadataStore};
-pub use service::NameServerHandler;
 
 use metadata::{EtcdOptions, LeaseId, MetadataError};
 use sluice_proto::v1::name_server_server::NameServerServer;

@@ -7,9 +7,9 @@
 //! when a consumer opens a stream.
 
 use crate::error::NameServerError;
+use crate::handler::{invalid, now_ms, NameServerHandler};
 use crate::keys;
 use crate::metadata::{Compare, MetadataError, Put, Transaction};
-use crate::service::{invalid, now_ms, NameServerHandler};
 use sluice_proto::names::{SubscriptionName, TopicName};
 use sluice_proto::v1::{
     CreateTopicRequest, InitialPosition, SelectorKind, Subscription, SubscriptionType, TopicConfig,

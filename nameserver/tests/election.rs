@@ -6,31 +6,18 @@
 mod common;
 
 use common::etcd::{Etcd, EtcdCluster};
+use common::{etcd_store, Fixture};
 use sluice_nameserver::assignment;
 use sluice_nameserver::election::{self, CampaignOutcome, Candidate, ElectionToken};
 use sluice_nameserver::keys::{self, PartitionOwner};
 use sluice_nameserver::metadata::{
-    Compare, EmbeddedMetadataStore, EtcdMetadataStore, EtcdOptions, MetadataStore, Put,
-    Transaction, DEFAULT_KEY_PREFIX,
+    Compare, EmbeddedMetadataStore, MetadataStore, Put, Transaction,
 };
 use sluice_proto::v1::{NodeInfo, NodeKind, Topic, TopicConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LEASE_TTL: Duration = Duration::from_millis(3_000);
-
-async fn etcd_store(endpoints: Vec<String>) -> Arc<dyn MetadataStore> {
-    Arc::new(
-        EtcdMetadataStore::connect(EtcdOptions {
-            endpoints,
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 5_000,
-            key_prefix: DEFAULT_KEY_PREFIX.to_string(),
-        })
-        .await
-        .expect("connect to the spawned etcd"),
-    )
-}
 
 fn candidate(id: &str) -> Candidate {
     Candidate {
@@ -347,13 +334,9 @@ async fn active_via(client: &mut common::Client) -> Option<String> {
 
 #[tokio::test]
 async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
-    let etcd = Etcd::start();
-    let first =
-        common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-1")).await;
-    let second =
-        common::RunningNameServer::start(common::test_config(etcd.client_url(), "ns-2")).await;
-    let one = first.client().await;
-    let mut two = second.client().await;
+    let mut cluster = Fixture::new().nameservers(2).build().await;
+    let one = cluster.client_of("ns-1");
+    let mut two = cluster.client_of("ns-2");
     let active = common::eventually("an assigner is elected", || {
         let mut one = one.clone();
         async move { active_via(&mut one).await }
@@ -363,13 +346,9 @@ async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
     assert_eq!(active_via(&mut two).await.as_deref(), Some(active.as_str()));
 
     // Stopping the assigner revokes its lease: the other takes over.
-    let (survivor, mut survivor_client) = if active == "ns-1" {
-        first.stop().await;
-        (second, two)
-    } else {
-        second.stop().await;
-        (first, one)
-    };
+    cluster.stop_nameserver(&active).await;
+    let survivor = if active == "ns-1" { "ns-2" } else { "ns-1" };
+    let mut survivor_client = cluster.client_of(survivor);
     let next = common::eventually("the survivor becomes the assigner", || {
         let mut client = survivor_client.clone();
         let active = active.clone();
@@ -381,5 +360,5 @@ async fn one_nameserver_assigns_and_a_stopped_one_hands_over() {
         active_via(&mut survivor_client).await.as_deref(),
         Some(next.as_str())
     );
-    survivor.stop().await;
+    cluster.stop().await;
 }

@@ -16,15 +16,7 @@ use std::time::{Duration, Instant};
 const LEASE_EXPIRY_WAIT_MS: u64 = 20_000;
 
 async fn etcd_store(etcd: &Etcd) -> Arc<dyn MetadataStore> {
-    let store = EtcdMetadataStore::connect(EtcdOptions {
-        endpoints: vec![etcd.client_url().to_string()],
-        connect_timeout_ms: 5_000,
-        request_timeout_ms: 5_000,
-        key_prefix: DEFAULT_KEY_PREFIX.to_string(),
-    })
-    .await
-    .expect("connect to the spawned etcd");
-    Arc::new(store)
+    common::etcd_store(vec![etcd.client_url().to_string()]).await
 }
 
 async fn embedded_store(directory: &tempfile::TempDir) -> Arc<dyn MetadataStore> {

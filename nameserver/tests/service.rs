@@ -3,30 +3,18 @@
 
 mod common;
 
-use common::etcd::Etcd;
-use common::{code, eventually, register, test_config, Heartbeater, RunningNameServer};
-use sluice_nameserver::metadata::EmbeddedMetadataStore;
+use common::{code, eventually, topic_request, Client, Cluster, Fixture};
 use sluice_proto::v1::{
     CloseSegmentRequest, ClusterStatusRequest, CreateSegmentRequest, CreateTopicRequest,
     DeleteSegmentsRequest, DeleteTopicRequest, DeregisterNodeRequest, DescribeTopicRequest,
     FindCoordinatorRequest, GetRoutesRequest, HeartbeatRequest, ListGroupsRequest,
-    ListSegmentsRequest, ListTopicsRequest, NodeKind, RegisterGroupRequest, RegisterNodeRequest,
-    SegmentState, TopicConfig, WatchRoutesRequest,
+    ListSegmentsRequest, ListTopicsRequest, NodeKind, PartitionAssignment, RegisterGroupRequest,
+    RegisterNodeRequest, SegmentInfo, SegmentState, TopicConfig, WatchRoutesRequest,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;
 
-fn topic_request(name: &str, partitions: u32) -> CreateTopicRequest {
-    CreateTopicRequest {
-        name: name.to_string(),
-        config: Some(TopicConfig {
-            partitions,
-            ..TopicConfig::default()
-        }),
-    }
-}
-
-async fn routes_of(client: &mut common::Client, topic: &str) -> Vec<(String, u64)> {
+async fn routes_of(client: &mut Client, topic: &str) -> Vec<(String, u64)> {
     let response = client
         .get_routes(GetRoutesRequest {
             topics: vec![topic.to_string()],
@@ -41,11 +29,90 @@ async fn routes_of(client: &mut common::Client, topic: &str) -> Vec<(String, u64
         .collect()
 }
 
+fn create_segment_request(
+    topic: &str,
+    partition: u32,
+    epoch: u64,
+    base_offset: u64,
+) -> CreateSegmentRequest {
+    CreateSegmentRequest {
+        topic: topic.to_string(),
+        partition,
+        epoch,
+        base_offset,
+        exclude_store_ids: Vec::new(),
+    }
+}
+
+fn close_segment_request(
+    epoch: u64,
+    segment_id: u64,
+    end_offset: u64,
+    size_bytes: u64,
+    max_timestamp_ms: i64,
+) -> CloseSegmentRequest {
+    CloseSegmentRequest {
+        topic: "orders".to_string(),
+        partition: 0,
+        epoch,
+        segment_id,
+        end_offset,
+        size_bytes,
+        max_timestamp_ms,
+    }
+}
+
+fn heartbeat_request(kind: NodeKind, node_id: &str, session_id: u64) -> HeartbeatRequest {
+    HeartbeatRequest {
+        kind: kind as i32,
+        node_id: node_id.to_string(),
+        session_id,
+        load: None,
+    }
+}
+
+async fn list_topics(client: &mut Client, include_internal: bool) -> Vec<sluice_proto::v1::Topic> {
+    client
+        .list_topics(ListTopicsRequest { include_internal })
+        .await
+        .expect("list")
+        .into_inner()
+        .topics
+}
+
+async fn segments_of_orders_0(client: &mut Client) -> Vec<SegmentInfo> {
+    client
+        .list_segments(ListSegmentsRequest {
+            topic: "orders".to_string(),
+            partition: 0,
+        })
+        .await
+        .expect("list segments")
+        .into_inner()
+        .segments
+}
+
+/// Waits until `broker` owns `count` partitions of `topic`.
+async fn owned_partitions(
+    cluster: &Cluster,
+    broker: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<PartitionAssignment> {
+    eventually(
+        &format!("{broker} owns {count} partitions of {topic}"),
+        || {
+            let owned = cluster.node(broker).assignments_of(topic);
+            async move { (owned.len() == count).then_some(owned) }
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn topic_lifecycle_assignment_and_segments() {
-    let etcd = Etcd::start();
-    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
+    let mut cluster = Fixture::new().build().await;
+    let mut client = cluster.client();
 
     // No stores yet: a topic cannot be placed.
     let status = client
@@ -54,12 +121,26 @@ async fn topic_lifecycle_assignment_and_segments() {
         .expect_err("no live stores");
     assert_eq!(code(&status), ErrorCode::NotEnoughStores);
 
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    let broker_session =
-        register(&mut client, NodeKind::Broker, "broker-1", "127.0.0.1:7401").await;
-    let broker = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-1", broker_session);
+    cluster.start_store("store-1").await;
+    cluster.start_broker("broker-1").await;
+    topics_are_created_with_defaults_and_checked(&mut client).await;
+    let assignments = owned_partitions(&cluster, "broker-1", "orders", 3).await;
+    routes_and_listing_show_the_assignment(&mut client, &assignments).await;
+    let epoch = assignments
+        .iter()
+        .find(|assignment| assignment.partition == 0)
+        .expect("partition 0 assigned")
+        .epoch;
+    segments_are_epoch_checked(&cluster, &mut client, epoch).await;
+    groups_find_their_coordinator(&cluster, &mut client).await;
+    status_counts_nodes_topics_and_partitions(&mut client).await;
+    deleted_topics_are_gone(&cluster, &mut client).await;
+    cluster.stop().await;
+}
 
+/// Created with defaults filled; duplicates, ensembles wider than the live
+/// stores and striping refused.
+async fn topics_are_created_with_defaults_and_checked(client: &mut Client) {
     let topic = client
         .create_topic(topic_request("orders", 3))
         .await
@@ -109,121 +190,77 @@ async fn topic_lifecycle_assignment_and_segments() {
         striped.message()
     );
     assert_eq!(code(&too_wide), ErrorCode::NotEnoughStores);
+}
 
-    // The broker's heartbeat lists all three partitions.
-    let assignments = eventually("broker-1 owns orders/0..3", || {
-        let owned = broker.assignments_of("orders");
-        async move { (owned.len() == 3).then_some(owned) }
-    })
-    .await;
+/// The broker's heartbeat lists all three partitions with their configs,
+/// routes name it, and the internal topic exists but is hidden by default.
+async fn routes_and_listing_show_the_assignment(
+    client: &mut Client,
+    assignments: &[PartitionAssignment],
+) {
     assert!(assignments.iter().all(|assignment| assignment.epoch >= 1));
     assert!(assignments
         .iter()
         .all(|assignment| assignment.config.is_some()));
-    let routes = routes_of(&mut client, "orders").await;
+    let routes = routes_of(client, "orders").await;
     assert!(
         routes.iter().all(|(broker_id, _)| broker_id == "broker-1"),
         "{routes:?}"
     );
-
-    // Internal topic exists, hidden by default.
-    let listed = client
-        .list_topics(ListTopicsRequest {
-            include_internal: false,
-        })
-        .await
-        .expect("list")
-        .into_inner();
+    let listed = list_topics(client, false).await;
     assert_eq!(
-        listed
-            .topics
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>(),
+        listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         ["orders"]
     );
-    let all = client
-        .list_topics(ListTopicsRequest {
-            include_internal: true,
-        })
-        .await
-        .expect("list")
-        .into_inner();
+    let all = list_topics(client, true).await;
     assert!(all
-        .topics
         .iter()
         .any(|t| t.name == "__consumer_offsets" && t.internal));
+}
 
-    // Segments, epoch-checked.
-    let epoch = assignments
-        .iter()
-        .find(|assignment| assignment.partition == 0)
-        .expect("partition 0 assigned")
-        .epoch;
+/// Segments of orders/0 created, closed, listed, described and deleted by
+/// the owner at `epoch`; stale epochs and unknown segments refused.
+async fn segments_are_epoch_checked(cluster: &Cluster, client: &mut Client, epoch: u64) {
     let first = client
-        .create_segment(CreateSegmentRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-            epoch,
-            base_offset: 0,
-            exclude_store_ids: Vec::new(),
-        })
+        .create_segment(create_segment_request("orders", 0, epoch, 0))
         .await
         .expect("create segment")
         .into_inner();
     assert_eq!(first.state, SegmentState::Open as i32);
     assert_eq!(first.replicas.len(), 1);
     assert_eq!(first.replicas[0].store_id, "store-1");
-    assert_eq!(first.replicas[0].address, "127.0.0.1:7402");
+    assert_eq!(first.replicas[0].address, cluster.address_of("store-1"));
     for stale in [epoch - 1, epoch + 1] {
         let fenced = client
-            .create_segment(CreateSegmentRequest {
-                topic: "orders".to_string(),
-                partition: 0,
-                epoch: stale,
-                base_offset: 0,
-                exclude_store_ids: Vec::new(),
-            })
+            .create_segment(create_segment_request("orders", 0, stale, 0))
             .await
             .expect_err("stale epoch");
         assert_eq!(code(&fenced), ErrorCode::Fenced, "epoch {stale}");
     }
     let closed = client
-        .close_segment(CloseSegmentRequest {
-            topic: "orders".to_string(),
-            partition: 0,
+        .close_segment(close_segment_request(
             epoch,
-            segment_id: first.segment_id,
-            end_offset: 100,
-            size_bytes: 4096,
-            max_timestamp_ms: 1234,
-        })
+            first.segment_id,
+            100,
+            4096,
+            1234,
+        ))
         .await
         .expect("close")
         .into_inner();
     assert_eq!(closed.state, SegmentState::Closed as i32);
     assert_eq!(closed.end_offset, 100);
     let second = client
-        .create_segment(CreateSegmentRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-            epoch,
-            base_offset: 100,
-            exclude_store_ids: Vec::new(),
-        })
+        .create_segment(create_segment_request("orders", 0, epoch, 100))
         .await
         .expect("second segment")
         .into_inner();
     assert!(second.segment_id > first.segment_id);
-    let listed = client
-        .list_segments(ListSegmentsRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-        })
+    let bases: Vec<u64> = segments_of_orders_0(client)
         .await
-        .expect("list segments")
-        .into_inner();
-    let bases: Vec<u64> = listed.segments.iter().map(|s| s.base_offset).collect();
+        .iter()
+        .map(|s| s.base_offset)
+        .collect();
     assert_eq!(bases, [0, 100]);
     let described = client
         .describe_topic(DescribeTopicRequest {
@@ -242,59 +279,46 @@ async fn topic_lifecycle_assignment_and_segments() {
         Some("broker-1")
     );
     let unknown_segment = client
-        .close_segment(CloseSegmentRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-            epoch,
-            segment_id: 999_999,
-            end_offset: 1,
-            size_bytes: 1,
-            max_timestamp_ms: 0,
-        })
+        .close_segment(close_segment_request(epoch, 999_999, 1, 1, 0))
         .await
         .expect_err("unknown segment");
     assert_eq!(code(&unknown_segment), ErrorCode::UnknownSegment);
+    segment_deletes_are_epoch_checked(client, epoch, first.segment_id).await;
+    let listed = segments_of_orders_0(client).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].segment_id, second.segment_id);
+}
+
+async fn segment_deletes_are_epoch_checked(client: &mut Client, epoch: u64, segment_id: u64) {
+    let delete = |epoch: u64| DeleteSegmentsRequest {
+        topic: "orders".to_string(),
+        partition: 0,
+        epoch,
+        segment_ids: vec![segment_id],
+    };
     let fenced_delete = client
-        .delete_segments(DeleteSegmentsRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-            epoch: epoch + 7,
-            segment_ids: vec![first.segment_id],
-        })
+        .delete_segments(delete(epoch + 7))
         .await
         .expect_err("stale delete");
     assert_eq!(code(&fenced_delete), ErrorCode::Fenced);
     client
-        .delete_segments(DeleteSegmentsRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-            epoch,
-            segment_ids: vec![first.segment_id],
-        })
+        .delete_segments(delete(epoch))
         .await
         .expect("delete segment");
-    let listed = client
-        .list_segments(ListSegmentsRequest {
-            topic: "orders".to_string(),
-            partition: 0,
-        })
-        .await
-        .expect("list segments")
-        .into_inner();
-    assert_eq!(listed.segments.len(), 1);
-    assert_eq!(listed.segments[0].segment_id, second.segment_id);
+}
 
-    // Groups and coordinator.
+/// Registering a group twice lists it once; its coordinator is the owner
+/// of its offsets partition; bad group names are refused.
+async fn groups_find_their_coordinator(cluster: &Cluster, client: &mut Client) {
+    let register = || RegisterGroupRequest {
+        group: "billing".to_string(),
+    };
     client
-        .register_group(RegisterGroupRequest {
-            group: "billing".to_string(),
-        })
+        .register_group(register())
         .await
         .expect("register group");
     client
-        .register_group(RegisterGroupRequest {
-            group: "billing".to_string(),
-        })
+        .register_group(register())
         .await
         .expect("register group again");
     let groups = client
@@ -318,7 +342,7 @@ async fn topic_lifecycle_assignment_and_segments() {
     })
     .await;
     assert_eq!(coordinator.broker_id, "broker-1");
-    assert_eq!(coordinator.broker_address, "127.0.0.1:7401");
+    assert_eq!(coordinator.broker_address, cluster.address_of("broker-1"));
     assert_eq!(
         coordinator.offsets_partition,
         sluice_proto::partitioning::offsets_partition_for_group("billing", 2)
@@ -330,7 +354,9 @@ async fn topic_lifecycle_assignment_and_segments() {
         .await
         .expect_err("bad group");
     assert_eq!(code(&bad_group), ErrorCode::InvalidArgument);
+}
 
+async fn status_counts_nodes_topics_and_partitions(client: &mut Client) {
     let status = client
         .cluster_status(ClusterStatusRequest {})
         .await
@@ -342,8 +368,11 @@ async fn topic_lifecycle_assignment_and_segments() {
     assert_eq!(status.topics, 2);
     assert_eq!(status.partitions, 5);
     assert!(status.brokers[0].lease_remaining_ms > 0);
+}
 
-    // Delete: internal refused, ordinary topic gone with its segments.
+/// Internal topics cannot be deleted; an ordinary one goes with its
+/// segments and leaves the broker's assignments.
+async fn deleted_topics_are_gone(cluster: &Cluster, client: &mut Client) {
     let internal = client
         .delete_topic(DeleteTopicRequest {
             name: "__consumer_offsets".to_string(),
@@ -364,31 +393,19 @@ async fn topic_lifecycle_assignment_and_segments() {
         .await
         .expect_err("deleted");
     assert_eq!(code(&gone), ErrorCode::UnknownTopic);
-    eventually("deleted topic leaves the broker's assignments", || {
-        let owned = broker.assignments_of("orders");
-        async move { owned.is_empty().then_some(()) }
-    })
-    .await;
-
-    nameserver.stop().await;
+    owned_partitions(cluster, "broker-1", "orders", 0).await;
 }
 
 #[tokio::test]
 async fn expired_broker_partitions_move_with_higher_epoch() {
-    let etcd = Etcd::start();
-    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:17402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    let session_a = register(&mut client, NodeKind::Broker, "broker-a", "127.0.0.1:17401").await;
-    let broker_a = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-a", session_a);
-    let session_b = register(&mut client, NodeKind::Broker, "broker-b", "127.0.0.1:17411").await;
-    let broker_b = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-b", session_b);
-    client
-        .create_topic(topic_request("events", 4))
-        .await
-        .expect("create topic");
-
+    let mut cluster = Fixture::new()
+        .store("store-1")
+        .broker("broker-a")
+        .broker("broker-b")
+        .topic("events", 4)
+        .build()
+        .await;
+    let mut client = cluster.client();
     let mut watch = client
         .watch_routes(WatchRoutesRequest {
             topics: vec!["events".to_string()],
@@ -403,44 +420,7 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
         .expect("first routes");
     assert_eq!(first.topics[0].partitions.len(), 4);
 
-    // Balanced over both brokers, counting the two offsets partitions too
-    // (3 each); whichever way the reconciler got there, broker-a holds at
-    // least one `events` partition.
-    let before: HashMap<u32, (String, u64)> =
-        eventually("partitions balanced over both brokers", || {
-            let mut client = client.clone();
-            async move {
-                let response = client
-                    .get_routes(GetRoutesRequest {
-                        topics: vec!["events".to_string(), "__consumer_offsets".to_string()],
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                let all: Vec<&str> = response
-                    .topics
-                    .iter()
-                    .flat_map(|topic| {
-                        topic
-                            .partitions
-                            .iter()
-                            .map(|route| route.broker_id.as_str())
-                    })
-                    .collect();
-                let on_a = all.iter().filter(|id| **id == "broker-a").count();
-                let on_b = all.iter().filter(|id| **id == "broker-b").count();
-                let routes = routes_of(&mut client, "events").await;
-                let events_on_a = routes.iter().filter(|(id, _)| id == "broker-a").count();
-                (on_a == 3 && on_b == 3 && events_on_a >= 1).then(|| {
-                    routes
-                        .into_iter()
-                        .enumerate()
-                        .map(|(partition, route)| (partition as u32, route))
-                        .collect()
-                })
-            }
-        })
-        .await;
+    let before = balanced_over_both_brokers(&client).await;
     let a_partition = before
         .iter()
         .find(|(_, (id, _))| id == "broker-a")
@@ -448,7 +428,7 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
         .expect("broker-a owns a partition");
 
     // broker-a stops heartbeating; its lease expires.
-    drop(broker_a);
+    let session_a = cluster.stop_heartbeating("broker-a");
     let after = eventually("all partitions on broker-b", || {
         let mut client = client.clone();
         async move {
@@ -460,7 +440,78 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
         }
     })
     .await;
-    for (partition, (owner, epoch)) in &before {
+    only_moved_partitions_get_a_new_epoch(&before, &after);
+    owned_partitions(&cluster, "broker-b", "events", 4).await;
+    the_old_session_is_gone_and_fenced(&mut client, session_a, a_partition).await;
+    the_watch_saw_the_move(&mut watch).await;
+
+    // broker-a restarts (new session): it gets partitions back, with new epochs.
+    let session_a2 = cluster.start_broker("broker-a").await.session_id;
+    assert_ne!(session_a2, session_a);
+    // Balancing gives it three of the six partitions back.
+    eventually("restarted broker-a gets three partitions", || {
+        let owned = cluster.node("broker-a").assignments.borrow().len();
+        async move { (owned == 3).then_some(()) }
+    })
+    .await;
+    let regained = cluster.node("broker-a").assignments_of("events");
+    assert!(
+        !regained.is_empty(),
+        "balancing moves events partitions too"
+    );
+    for assignment in regained {
+        let (_, epoch_after_failover) = &after[assignment.partition as usize];
+        assert!(assignment.epoch > *epoch_after_failover);
+    }
+    cluster.stop().await;
+}
+
+/// Waits until the partitions are balanced over both brokers, counting the
+/// two offsets partitions too (3 each); whichever way the reconciler got
+/// there, broker-a holds at least one `events` partition. Returns the
+/// routes of `events` by partition.
+async fn balanced_over_both_brokers(client: &Client) -> HashMap<u32, (String, u64)> {
+    eventually("partitions balanced over both brokers", || {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .get_routes(GetRoutesRequest {
+                    topics: vec!["events".to_string(), "__consumer_offsets".to_string()],
+                })
+                .await
+                .ok()?
+                .into_inner();
+            let all: Vec<&str> = response
+                .topics
+                .iter()
+                .flat_map(|topic| {
+                    topic
+                        .partitions
+                        .iter()
+                        .map(|route| route.broker_id.as_str())
+                })
+                .collect();
+            let on_a = all.iter().filter(|id| **id == "broker-a").count();
+            let on_b = all.iter().filter(|id| **id == "broker-b").count();
+            let routes = routes_of(&mut client, "events").await;
+            let events_on_a = routes.iter().filter(|(id, _)| id == "broker-a").count();
+            (on_a == 3 && on_b == 3 && events_on_a >= 1).then(|| {
+                routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(partition, route)| (partition as u32, route))
+                    .collect()
+            })
+        }
+    })
+    .await
+}
+
+fn only_moved_partitions_get_a_new_epoch(
+    before: &HashMap<u32, (String, u64)>,
+    after: &[(String, u64)],
+) {
+    for (partition, (owner, epoch)) in before {
         let (_, new_epoch) = &after[*partition as usize];
         if owner == "broker-a" {
             assert!(
@@ -471,36 +522,26 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
             assert_eq!(new_epoch, epoch, "partition {partition} should not move");
         }
     }
-    eventually("broker-b's heartbeat lists all four", || {
-        let owned = broker_b.assignments_of("events");
-        async move { (owned.len() == 4).then_some(()) }
-    })
-    .await;
+}
 
-    // The old session is gone, and its epoch is fenced.
+async fn the_old_session_is_gone_and_fenced(
+    client: &mut Client,
+    session_a: u64,
+    (partition, epoch): (u32, u64),
+) {
     let expired = client
-        .heartbeat(HeartbeatRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "broker-a".to_string(),
-            session_id: session_a,
-            load: None,
-        })
+        .heartbeat(heartbeat_request(NodeKind::Broker, "broker-a", session_a))
         .await
         .expect_err("expired session");
     assert_eq!(code(&expired), ErrorCode::SessionExpired);
     let fenced = client
-        .create_segment(CreateSegmentRequest {
-            topic: "events".to_string(),
-            partition: a_partition.0,
-            epoch: a_partition.1,
-            base_offset: 0,
-            exclude_store_ids: Vec::new(),
-        })
+        .create_segment(create_segment_request("events", partition, epoch, 0))
         .await
         .expect_err("old owner is fenced");
     assert_eq!(code(&fenced), ErrorCode::Fenced);
+}
 
-    // The watch saw the move.
+async fn the_watch_saw_the_move(watch: &mut tonic::Streaming<sluice_proto::v1::GetRoutesResponse>) {
     let moved = tokio::time::timeout(
         std::time::Duration::from_millis(common::EVENTUALLY_TIMEOUT_MS),
         async {
@@ -523,64 +564,37 @@ async fn expired_broker_partitions_move_with_higher_epoch() {
     .await
     .expect("watch reports all partitions on broker-b");
     assert_eq!(moved.topics[0].partitions.len(), 4);
-
-    // broker-a restarts (new session): it gets partitions back, with new epochs.
-    let session_a2 = register(&mut client, NodeKind::Broker, "broker-a", "127.0.0.1:17401").await;
-    assert_ne!(session_a2, session_a);
-    let broker_a2 = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-a", session_a2);
-    // Balancing gives it three of the six partitions back.
-    eventually("restarted broker-a gets three partitions", || {
-        let owned = broker_a2.assignments.borrow().len();
-        async move { (owned == 3).then_some(()) }
-    })
-    .await;
-    let regained = broker_a2.assignments_of("events");
-    assert!(
-        !regained.is_empty(),
-        "balancing moves events partitions too"
-    );
-    for assignment in regained {
-        let (_, epoch_after_failover) = &after[assignment.partition as usize];
-        assert!(assignment.epoch > *epoch_after_failover);
-    }
-    nameserver.stop().await;
 }
 
 #[tokio::test]
 async fn restarted_broker_gets_its_partitions_with_a_new_epoch() {
-    let etcd = Etcd::start();
-    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    let first_session = register(&mut client, NodeKind::Broker, "broker-1", "127.0.0.1:7401").await;
-    let first = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-1", first_session);
-    client
-        .create_topic(topic_request("t", 1))
-        .await
-        .expect("create");
+    let mut cluster = Fixture::new()
+        .store("store-1")
+        .broker("broker-1")
+        .topic("t", 1)
+        .build()
+        .await;
+    let mut client = cluster.client();
     let before = eventually("broker-1 owns t/0", || {
-        let owned = first.assignments_of("t");
+        let owned = cluster.node("broker-1").assignments_of("t");
         async move { owned.first().map(|assignment| assignment.epoch) }
     })
     .await;
-    drop(first);
+    let first_session = cluster.stop_heartbeating("broker-1");
     // Registering again replaces (and revokes) the old session at once.
-    let second_session =
-        register(&mut client, NodeKind::Broker, "broker-1", "127.0.0.1:7401").await;
+    let second_session = cluster.register(NodeKind::Broker, "broker-1").await;
     let old = client
-        .heartbeat(HeartbeatRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "broker-1".to_string(),
-            session_id: first_session,
-            load: None,
-        })
+        .heartbeat(heartbeat_request(
+            NodeKind::Broker,
+            "broker-1",
+            first_session,
+        ))
         .await
         .expect_err("old session revoked");
     assert_eq!(code(&old), ErrorCode::SessionExpired);
-    let second = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-1", second_session);
+    cluster.heartbeat(NodeKind::Broker, "broker-1", second_session);
     let after = eventually("new session of broker-1 owns t/0", || {
-        let owned = second.assignments_of("t");
+        let owned = cluster.node("broker-1").assignments_of("t");
         async move { owned.first().map(|assignment| assignment.epoch) }
     })
     .await;
@@ -604,17 +618,31 @@ async fn restarted_broker_gets_its_partitions_with_a_new_epoch() {
     })
     .await;
     assert_eq!(routes[0].1, after);
-    nameserver.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn bad_requests_are_refused_and_the_server_keeps_serving() {
-    let etcd = Etcd::start();
-    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
+    let cluster = Fixture::new().store("store-1").build().await;
+    let mut client = cluster.client();
+    bad_topics_are_refused(&mut client).await;
+    bad_registrations_are_refused(&mut client).await;
+    unknown_names_are_reported(&mut client).await;
 
+    // Still serving.
+    client
+        .create_topic(topic_request("ok", 2))
+        .await
+        .expect("good topic");
+    let unknown_partition = client
+        .create_segment(create_segment_request("ok", 9, 1, 0))
+        .await
+        .expect_err("no partition 9");
+    assert_eq!(code(&unknown_partition), ErrorCode::UnknownPartition);
+    cluster.stop().await;
+}
+
+async fn bad_topics_are_refused(client: &mut Client) {
     let overlong = "x".repeat(300);
     for name in ["../x", "", overlong.as_str(), "a\0b", "a/b", "__mine", ".."] {
         let status = client
@@ -645,29 +673,29 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         .await
         .expect_err("write quorum above ensemble");
     assert_eq!(code(&bad_quorum), ErrorCode::InvalidArgument);
+}
+
+async fn bad_registrations_are_refused(client: &mut Client) {
+    let registration = |node_id: &str, address: &str| RegisterNodeRequest {
+        kind: NodeKind::Broker as i32,
+        node_id: node_id.to_string(),
+        address: address.to_string(),
+        load: None,
+        rack: String::new(),
+    };
     let bad_node = client
-        .register_node(RegisterNodeRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "../b".to_string(),
-            address: "127.0.0.1:1".to_string(),
-            load: None,
-            rack: String::new(),
-        })
+        .register_node(registration("../b", "127.0.0.1:1"))
         .await
         .expect_err("bad node id");
     assert_eq!(code(&bad_node), ErrorCode::InvalidArgument);
     let bad_address = client
-        .register_node(RegisterNodeRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "b".to_string(),
-            address: "no port".to_string(),
-            load: None,
-            rack: String::new(),
-        })
+        .register_node(registration("b", "no port"))
         .await
         .expect_err("bad address");
     assert_eq!(code(&bad_address), ErrorCode::InvalidArgument);
+}
 
+async fn unknown_names_are_reported(client: &mut Client) {
     let unknown = client
         .describe_topic(DescribeTopicRequest {
             name: "nope".to_string(),
@@ -692,49 +720,23 @@ async fn bad_requests_are_refused_and_the_server_keeps_serving() {
         .into_inner();
     assert_eq!(routes.topics[0].error, ErrorCode::UnknownTopic as i32);
     let heartbeat = client
-        .heartbeat(HeartbeatRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "ghost".to_string(),
-            session_id: 12345,
-            load: None,
-        })
+        .heartbeat(heartbeat_request(NodeKind::Broker, "ghost", 12345))
         .await
         .expect_err("unknown session");
     assert_eq!(code(&heartbeat), ErrorCode::SessionExpired);
-
-    // Still serving.
-    client
-        .create_topic(topic_request("ok", 2))
-        .await
-        .expect("good topic");
-    let unknown_partition = client
-        .create_segment(CreateSegmentRequest {
-            topic: "ok".to_string(),
-            partition: 9,
-            epoch: 1,
-            base_offset: 0,
-            exclude_store_ids: Vec::new(),
-        })
-        .await
-        .expect_err("no partition 9");
-    assert_eq!(code(&unknown_partition), ErrorCode::UnknownPartition);
-    nameserver.stop().await;
 }
 
 #[tokio::test]
 async fn two_nameservers_on_one_etcd_agree() {
-    let etcd = Etcd::start();
-    let first = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let second = RunningNameServer::start(test_config(etcd.client_url(), "ns-2")).await;
-    let mut one = first.client().await;
-    let mut two = second.client().await;
-
-    let store_session = register(&mut one, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(two.clone(), NodeKind::Store, "store-1", store_session);
-    let session_a = register(&mut one, NodeKind::Broker, "broker-a", "127.0.0.1:7401").await;
-    let _a = Heartbeater::start(two.clone(), NodeKind::Broker, "broker-a", session_a);
-    let session_b = register(&mut two, NodeKind::Broker, "broker-b", "127.0.0.1:7411").await;
-    let _b = Heartbeater::start(one.clone(), NodeKind::Broker, "broker-b", session_b);
+    let mut cluster = Fixture::new()
+        .nameservers(2)
+        .store("store-1")
+        .broker("broker-a")
+        .broker("broker-b")
+        .build()
+        .await;
+    let mut one = cluster.client_of("ns-1");
+    let mut two = cluster.client_of("ns-2");
 
     one.create_topic(topic_request("shared", 6))
         .await
@@ -764,34 +766,21 @@ async fn two_nameservers_on_one_etcd_agree() {
     // Two reconcilers never hand out an epoch twice: one CAS wins per change.
     assert!(routes.iter().all(|(_, epoch)| *epoch >= 1));
 
-    let coordinator_one = one
-        .find_coordinator(FindCoordinatorRequest {
-            group: "g".to_string(),
-        })
-        .await
-        .expect("coordinator via ns-1")
-        .into_inner();
-    let coordinator_two = two
-        .find_coordinator(FindCoordinatorRequest {
-            group: "g".to_string(),
-        })
-        .await
-        .expect("coordinator via ns-2")
-        .into_inner();
-    assert_eq!(coordinator_one, coordinator_two);
+    let coordinator = |mut client: Client, via: &'static str| async move {
+        client
+            .find_coordinator(FindCoordinatorRequest {
+                group: "g".to_string(),
+            })
+            .await
+            .expect(via)
+            .into_inner()
+    };
+    assert_eq!(
+        coordinator(one.clone(), "coordinator via ns-1").await,
+        coordinator(two.clone(), "coordinator via ns-2").await
+    );
 
-    let status = eventually("both nameservers registered", || {
-        let mut two = two.clone();
-        async move {
-            let status = two
-                .cluster_status(ClusterStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (status.nameservers.len() == 2).then_some(status)
-        }
-    })
-    .await;
+    let status = registered_nameservers(&two, 2).await;
     let mut ids: Vec<&str> = status
         .nameservers
         .iter()
@@ -802,83 +791,65 @@ async fn two_nameservers_on_one_etcd_agree() {
     assert_eq!(status.brokers.len(), 2);
 
     // Stopping ns-1 removes its registration; ns-2 keeps serving.
-    first.stop().await;
-    eventually("ns-1 deregistered", || {
-        let mut two = two.clone();
+    cluster.stop_nameserver("ns-1").await;
+    registered_nameservers(&two, 1).await;
+    cluster.stop().await;
+}
+
+/// Waits until `count` nameservers are registered, as `client` sees it.
+async fn registered_nameservers(
+    client: &Client,
+    count: usize,
+) -> sluice_proto::v1::ClusterStatusResponse {
+    eventually(&format!("{count} nameservers registered"), || {
+        let mut client = client.clone();
         async move {
-            let status = two
+            let status = client
                 .cluster_status(ClusterStatusRequest {})
                 .await
                 .ok()?
                 .into_inner();
-            (status.nameservers.len() == 1).then_some(())
+            (status.nameservers.len() == count).then_some(status)
         }
     })
-    .await;
-    second.stop().await;
+    .await
 }
 
 #[tokio::test]
 async fn runs_on_the_embedded_store() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedMetadataStore::open(directory.path())
-        .await
-        .expect("open embedded store");
-    let mut config = test_config("http://127.0.0.1:1", "ns-dev");
-    config.metadata.backend = sluice_nameserver::MetadataBackend::Embedded;
-    let nameserver = RunningNameServer::start_with_store(config.clone(), store).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    let broker_session =
-        register(&mut client, NodeKind::Broker, "broker-1", "127.0.0.1:7401").await;
-    let broker = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-1", broker_session);
-    client
-        .create_topic(topic_request("dev", 2))
-        .await
-        .expect("create");
-    eventually("broker-1 owns dev/0..2", || {
-        let owned = broker.assignments_of("dev");
-        async move { (owned.len() == 2).then_some(()) }
-    })
-    .await;
+    let mut cluster = Fixture::embedded()
+        .store("store-1")
+        .broker("broker-1")
+        .topic("dev", 2)
+        .build()
+        .await;
+    let mut client = cluster.client();
+    owned_partitions(&cluster, "broker-1", "dev", 2).await;
     let status = client
         .cluster_status(ClusterStatusRequest {})
         .await
         .expect("status")
         .into_inner();
     assert_eq!(status.metadata_backend, "embedded");
-    nameserver.stop().await;
 
     // The topic survives a restart of the dev nameserver on the same directory.
-    config.metadata.data_dir = Some(directory.path().to_path_buf());
-    let restarted = RunningNameServer::start(config).await;
-    let mut client = restarted.client().await;
-    let topics = client
-        .list_topics(ListTopicsRequest {
-            include_internal: false,
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(topics.topics.len(), 1);
-    assert_eq!(topics.topics[0].name, "dev");
-    restarted.stop().await;
+    cluster.restart_on_the_same_directory().await;
+    let topics = list_topics(&mut cluster.client(), false).await;
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].name, "dev");
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn survives_an_etcd_restart() {
-    let mut etcd = common::RestartableEtcd::start();
-    let nameserver = RunningNameServer::start(test_config(&etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    client
-        .create_topic(topic_request("durable", 1))
-        .await
-        .expect("create");
+    let mut cluster = Fixture::restartable_etcd()
+        .store("store-1")
+        .topic("durable", 1)
+        .build()
+        .await;
+    let mut client = cluster.client();
 
-    etcd.stop();
+    cluster.stop_etcd();
     // A bounded, typed failure while etcd is down; the server stays up.
     let down = client
         .list_topics(ListTopicsRequest {
@@ -888,7 +859,7 @@ async fn survives_an_etcd_restart() {
         .expect_err("etcd is down");
     assert_eq!(code(&down), ErrorCode::Unavailable, "{down:?}");
 
-    etcd.resume();
+    cluster.resume_etcd();
     let topics = eventually("requests succeed again after etcd is back", || {
         let mut client = client.clone();
         async move {
@@ -916,27 +887,25 @@ async fn survives_an_etcd_restart() {
         }
     })
     .await;
-    nameserver.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn heartbeat_load_is_written_at_most_once_per_interval() {
-    let etcd = Etcd::start();
-    let mut config = test_config(etcd.client_url(), "ns-1");
-    // Long enough that the second report inside this test is never written.
-    config.load_update_interval_ms = 3_600_000;
-    let nameserver = RunningNameServer::start(config).await;
-    let mut client = nameserver.client().await;
-    let session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
+    let mut cluster = Fixture::new()
+        // Long enough that the second report inside this test is never written.
+        .configure(|config| config.load_update_interval_ms = 3_600_000)
+        .build()
+        .await;
+    let mut client = cluster.client();
+    let session = cluster.register(NodeKind::Store, "store-1").await;
     let report = |segments: u32| HeartbeatRequest {
-        kind: NodeKind::Store as i32,
-        node_id: "store-1".to_string(),
-        session_id: session,
         load: Some(sluice_proto::v1::NodeLoad {
             segments,
             healthy: true,
             ..Default::default()
         }),
+        ..heartbeat_request(NodeKind::Store, "store-1", session)
     };
     client.heartbeat(report(5)).await.expect("heartbeat");
     client.heartbeat(report(6)).await.expect("heartbeat");
@@ -948,31 +917,21 @@ async fn heartbeat_load_is_written_at_most_once_per_interval() {
     let load = status.stores[0].load.clone().expect("load recorded");
     assert_eq!(load.segments, 5);
     assert!(status.stores[0].lease_remaining_ms > 0);
-    nameserver.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn wide_topics_and_recreated_topics() {
-    let etcd = Etcd::start();
-    let mut config = test_config(etcd.client_url(), "ns-1");
-    // Forces the path where the reconciler creates the owner keys.
-    config.max_transaction_operations = 4;
-    let nameserver = RunningNameServer::start(config).await;
-    let mut client = nameserver.client().await;
-    let store_session = register(&mut client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    let _store = Heartbeater::start(client.clone(), NodeKind::Store, "store-1", store_session);
-    let session = register(&mut client, NodeKind::Broker, "broker-1", "127.0.0.1:7401").await;
-    let broker = Heartbeater::start(client.clone(), NodeKind::Broker, "broker-1", session);
-
-    client
-        .create_topic(topic_request("wide", 10))
-        .await
-        .expect("create");
-    let first = eventually("all ten partitions of wide assigned", || {
-        let owned = broker.assignments_of("wide");
-        async move { (owned.len() == 10).then_some(owned) }
-    })
-    .await;
+    let cluster = Fixture::new()
+        // Forces the path where the reconciler creates the owner keys.
+        .configure(|config| config.max_transaction_operations = 4)
+        .store("store-1")
+        .broker("broker-1")
+        .topic("wide", 10)
+        .build()
+        .await;
+    let mut client = cluster.client();
+    let first = owned_partitions(&cluster, "broker-1", "wide", 10).await;
     let first_max = first.iter().map(|a| a.epoch).max().expect("ten partitions");
 
     client
@@ -987,7 +946,7 @@ async fn wide_topics_and_recreated_topics() {
         .expect("re-create");
     let second =
         eventually("re-created wide assigned again", || {
-            let owned = broker.assignments_of("wide");
+            let owned = cluster.node("broker-1").assignments_of("wide");
             async move {
                 (owned.len() == 10 && owned.iter().all(|a| a.epoch > first_max)).then_some(owned)
             }
@@ -995,16 +954,15 @@ async fn wide_topics_and_recreated_topics() {
         .await;
     // An owner of the old topic's epochs is fenced on the new one.
     let fenced = client
-        .create_segment(CreateSegmentRequest {
-            topic: "wide".to_string(),
-            partition: first[0].partition,
-            epoch: first[0].epoch,
-            base_offset: 0,
-            exclude_store_ids: Vec::new(),
-        })
+        .create_segment(create_segment_request(
+            "wide",
+            first[0].partition,
+            first[0].epoch,
+            0,
+        ))
         .await
         .expect_err("old epoch");
     assert_eq!(code(&fenced), ErrorCode::Fenced);
     assert_eq!(second.len(), 10);
-    nameserver.stop().await;
+    cluster.stop().await;
 }

@@ -4,22 +4,18 @@
 
 mod common;
 
-use common::etcd::Etcd;
-use common::{code, register, test_config, Client, Heartbeater, RunningNameServer};
-use sluice_nameserver::metadata::{
-    EmbeddedMetadataStore, EtcdMetadataStore, EtcdOptions, MetadataStore, DEFAULT_KEY_PREFIX,
-};
+use common::{code, topic_request, Client, Cluster, Fixture};
+use sluice_nameserver::metadata::MetadataStore;
 use sluice_nameserver::subscriptions::{
     DEFAULT_ACK_TIMEOUT_MS, DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS,
     DEFAULT_REDELIVERY_BACKOFF_MAX_MS, LARGEST_MAX_DELIVERIES, MAX_ACK_TIMEOUT_MS,
     MAX_REDELIVERY_BACKOFF_MS,
 };
-use sluice_nameserver::NameServerConfig;
 use sluice_proto::limits::MAX_NAME_BYTES;
 use sluice_proto::v1::{
-    CreateSubscriptionRequest, CreateTopicRequest, DeleteSubscriptionRequest, DeleteTopicRequest,
-    DescribeTopicRequest, GetSubscriptionRequest, InitialPosition, ListSubscriptionsRequest,
-    NodeKind, SelectorKind, Subscription, SubscriptionType, TopicConfig,
+    CreateSubscriptionRequest, DeleteSubscriptionRequest, DeleteTopicRequest, DescribeTopicRequest,
+    GetSubscriptionRequest, InitialPosition, ListSubscriptionsRequest, SelectorKind, Subscription,
+    SubscriptionType,
 };
 use sluice_proto::ErrorCode;
 use std::sync::Arc;
@@ -83,13 +79,7 @@ async fn delete(client: &mut Client, topic: &str, name: &str) -> Result<(), toni
 
 async fn create_topic(client: &mut Client, name: &str, partitions: u32) {
     client
-        .create_topic(CreateTopicRequest {
-            name: name.to_string(),
-            config: Some(TopicConfig {
-                partitions,
-                ..TopicConfig::default()
-            }),
-        })
+        .create_topic(topic_request(name, partitions))
         .await
         .unwrap_or_else(|status| panic!("create topic {name}: {status}"));
 }
@@ -114,13 +104,6 @@ async fn partitions_of(client: &mut Client, topic: &str) -> Option<u32> {
     }
 }
 
-/// Registers a store so topics (ensemble 1 in the test config) can be
-/// created; keep the heartbeater alive for the test.
-async fn with_a_store(client: &mut Client) -> Heartbeater {
-    let session = register(client, NodeKind::Store, "store-1", "127.0.0.1:7402").await;
-    Heartbeater::start(client.clone(), NodeKind::Store, "store-1", session)
-}
-
 fn expect_refused(
     what: &str,
     result: Result<Subscription, tonic::Status>,
@@ -140,13 +123,29 @@ fn expect_refused(
     status.message().to_string()
 }
 
-/// The whole life of subscriptions on one backend; `store` is the same
-/// metadata the nameserver uses, to check what is (not) left behind.
-async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
-    let _store_node = with_a_store(client).await;
-    create_topic(client, "orders", 2).await;
+/// A cluster on `fixture` with a store (topics have ensemble 1 in the test
+/// config) and the topic `orders` of two partitions.
+async fn with_orders(fixture: Fixture) -> Cluster {
+    fixture.store("store-1").topic("orders", 2).build().await
+}
 
-    // Defaults are filled and the creation time is set.
+/// The whole life of subscriptions on one backend, on the topic `orders`
+/// of two partitions; `store` is the same metadata the nameserver uses,
+/// to check what is (not) left behind.
+async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
+    let billing = defaults_are_filled_on_creation(client).await;
+    same_settings_return_the_stored_record(client, &billing).await;
+    other_settings_conflict_naming_each_field(client).await;
+    dead_letter_topics_are_created_or_reused(client).await;
+    listing_is_by_topic(client).await;
+    validation_errors(client).await;
+    missing_ones_are_refused(client).await;
+    deleted_subscriptions_can_be_created_afresh(client).await;
+    deleting_the_topic_deletes_its_subscriptions(client, store.as_ref()).await;
+}
+
+/// Defaults are filled and the creation time is set.
+async fn defaults_are_filled_on_creation(client: &mut Client) -> Subscription {
     let billing = create(
         client,
         subscription("orders", "billing", SubscriptionType::Shared),
@@ -175,16 +174,19 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         get(client, "orders", "billing").await.expect("get"),
         billing
     );
+    billing
+}
 
-    // Idempotent: the same settings (also spelled out instead of 0, and
-    // whatever creation time the caller sends) return the stored record.
+/// Idempotent: the same settings (also spelled out instead of 0, and
+/// whatever creation time the caller sends) return the stored record.
+async fn same_settings_return_the_stored_record(client: &mut Client, billing: &Subscription) {
     let again = create(
         client,
         subscription("orders", "billing", SubscriptionType::Shared),
     )
     .await
     .expect("create billing again");
-    assert_eq!(again, billing);
+    assert_eq!(&again, billing);
     let explicit = Subscription {
         ack_timeout_ms: 30_000,
         redelivery_backoff_initial_ms: 1_000,
@@ -196,10 +198,12 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         create(client, explicit)
             .await
             .expect("defaults spelled out"),
-        billing
+        *billing
     );
+}
 
-    // Other settings: a conflict naming each differing field.
+/// Other settings: a conflict naming each differing field.
+async fn other_settings_conflict_naming_each_field(client: &mut Client) {
     let message = expect_refused(
         "billing with other settings",
         create(
@@ -220,8 +224,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         "{message}"
     );
     assert!(!message.contains("selector"), "{message}");
+}
 
-    // Dead letters: the default topic is created with one partition.
+/// Dead letters: the default topic is created with one partition.
+async fn dead_letter_topics_are_created_or_reused(client: &mut Client) {
     assert_eq!(partitions_of(client, "orders-audit-DLQ").await, None);
     let audit = create(
         client,
@@ -279,7 +285,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
     assert_eq!(partitions_of(client, "shared-dlq").await, Some(3));
     // No max_deliveries, no dead-letter topic.
     assert_eq!(partitions_of(client, "orders-billing-DLQ").await, None);
+}
 
+/// Listing is per topic, by name; a topic without subscriptions lists none.
+async fn listing_is_by_topic(client: &mut Client) {
     assert_eq!(
         list(client, "orders").await.expect("list"),
         ["audit", "billing", "reuses", "tagged"]
@@ -288,10 +297,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         .await
         .expect("list a topic without subscriptions")
         .is_empty());
+}
 
-    validation_errors(client).await;
-
-    // Missing ones.
+/// Unknown subscriptions and topics, and bad names, are refused.
+async fn missing_ones_are_refused(client: &mut Client) {
     let status = get(client, "orders", "nobody").await.expect_err("missing");
     assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
     let status = delete(client, "orders", "nobody")
@@ -308,8 +317,10 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
     assert_eq!(code(&status), ErrorCode::UnknownTopic, "{status}");
     let status = get(client, "orders", "../x").await.expect_err("bad name");
     assert_eq!(code(&status), ErrorCode::InvalidArgument, "{status}");
+}
 
-    // Delete, then the name can be created afresh with other settings.
+/// Delete, then the name can be created afresh with other settings.
+async fn deleted_subscriptions_can_be_created_afresh(client: &mut Client) {
     delete(client, "orders", "billing").await.expect("delete");
     let status = get(client, "orders", "billing").await.expect_err("deleted");
     assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
@@ -324,9 +335,14 @@ async fn lifecycle(client: &mut Client, store: Arc<dyn MetadataStore>) {
         list(client, "orders").await.expect("list"),
         ["audit", "billing", "reuses", "tagged"]
     );
+}
 
-    // Deleting the topic deletes its subscriptions (and only its own: the
-    // dead-letter topics and their own subscriptions stay).
+/// Deleting the topic deletes its subscriptions (and only its own: the
+/// dead-letter topics and their own subscriptions stay).
+async fn deleting_the_topic_deletes_its_subscriptions(
+    client: &mut Client,
+    store: &dyn MetadataStore,
+) {
     create(
         client,
         subscription("orders-parked", "inspect", SubscriptionType::Shared),
@@ -630,54 +646,30 @@ async fn validation_errors(client: &mut Client) {
     assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
 }
 
-async fn etcd_store(etcd: &Etcd) -> Arc<dyn MetadataStore> {
-    Arc::new(
-        EtcdMetadataStore::connect(EtcdOptions {
-            endpoints: vec![etcd.client_url().to_string()],
-            connect_timeout_ms: 5_000,
-            request_timeout_ms: 5_000,
-            key_prefix: DEFAULT_KEY_PREFIX.to_string(),
-        })
-        .await
-        .expect("connect to the spawned etcd"),
-    )
-}
-
 #[tokio::test]
 async fn subscription_lifecycle_on_etcd() {
-    let etcd = Etcd::start();
-    let nameserver = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let mut client = nameserver.client().await;
-    lifecycle(&mut client, etcd_store(&etcd).await).await;
-    nameserver.stop().await;
+    let cluster = with_orders(Fixture::new()).await;
+    lifecycle(&mut cluster.client(), cluster.metadata_store().await).await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn subscription_lifecycle_on_the_embedded_store() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn MetadataStore> = EmbeddedMetadataStore::open(directory.path())
-        .await
-        .expect("open embedded store");
-    let mut config = test_config("http://127.0.0.1:1", "ns-dev");
-    config.metadata.backend = sluice_nameserver::MetadataBackend::Embedded;
-    let nameserver = RunningNameServer::start_with_store(config, store.clone()).await;
-    let mut client = nameserver.client().await;
-    lifecycle(&mut client, store).await;
-    nameserver.stop().await;
+    let cluster = with_orders(Fixture::embedded()).await;
+    lifecycle(&mut cluster.client(), cluster.metadata_store().await).await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn subscriptions_per_topic_are_limited() {
-    let etcd = Etcd::start();
-    let config = NameServerConfig {
-        max_subscriptions_per_topic: 3,
-        ..test_config(etcd.client_url(), "ns-1")
-    };
-    let nameserver = RunningNameServer::start(config).await;
-    let mut client = nameserver.client().await;
-    let _store_node = with_a_store(&mut client).await;
-    create_topic(&mut client, "orders", 1).await;
-    create_topic(&mut client, "other", 1).await;
+    let cluster = Fixture::new()
+        .configure(|config| config.max_subscriptions_per_topic = 3)
+        .store("store-1")
+        .topic("orders", 1)
+        .topic("other", 1)
+        .build()
+        .await;
+    let mut client = cluster.client();
     for name in ["a", "b", "c"] {
         create(
             &mut client,
@@ -721,18 +713,19 @@ async fn subscriptions_per_topic_are_limited() {
         list(&mut client, "orders").await.expect("list"),
         ["a", "c", "d"]
     );
-    nameserver.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn two_nameservers_creating_at_once_write_once() {
-    let etcd = Etcd::start();
-    let first = RunningNameServer::start(test_config(etcd.client_url(), "ns-1")).await;
-    let second = RunningNameServer::start(test_config(etcd.client_url(), "ns-2")).await;
-    let mut first_client = first.client().await;
-    let mut second_client = second.client().await;
-    let _store_node = with_a_store(&mut first_client).await;
-    create_topic(&mut first_client, "orders", 1).await;
+    let cluster = Fixture::new()
+        .nameservers(2)
+        .store("store-1")
+        .topic("orders", 1)
+        .build()
+        .await;
+    let mut first_client = cluster.client_of("ns-1");
+    let mut second_client = cluster.client_of("ns-2");
 
     for round in 0..10 {
         // Different settings: one wins, the other is told what differs.
@@ -777,6 +770,5 @@ async fn two_nameservers_creating_at_once_write_once() {
             one
         );
     }
-    first.stop().await;
-    second.stop().await;
+    cluster.stop().await;
 }

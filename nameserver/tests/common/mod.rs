@@ -10,6 +10,11 @@
 #[rustfmt::skip]
 #[path = "../../../tests/src/etcd.rs"]
 pub mod etcd;
+pub mod fixture;
+
+// Each test binary uses a different part.
+#[allow(unused_imports)]
+pub use fixture::{etcd_store, topic_request, Cluster, Fixture};
 
 use sluice_nameserver::metadata::MetadataStore;
 use sluice_nameserver::NameServerConfig;

@@ -1,0 +1,142 @@
+//! The nameserver's request handling, one file per resource: `nodes`
+//! (registration, heartbeats, load), `topics`, `topic_config` (filling and
+//! checking a topic's config), `segments`, `routes` (routes, route
+//! watches, coordinator lookup), `groups` (groups and producer ids) and
+//! `status`; subscriptions are in `crate::subscriptions`. Everything is
+//! answered from the metadata store, so any nameserver can answer any
+//! request. This file holds the shared state and the reads several
+//! resources use; `crate::service` maps the gRPC trait onto it.
+
+mod groups;
+mod nodes;
+mod routes;
+mod segments;
+mod status;
+mod topic_config;
+mod topics;
+
+pub(crate) use routes::RouteStream;
+
+use crate::assignment;
+use crate::config::NameServerConfig;
+use crate::error::NameServerError;
+use crate::keys::{self, PartitionOwner};
+use crate::metadata::{LeaseId, MetadataStore};
+use sluice_proto::names::TopicName;
+use sluice_proto::v1::{NodeInfo, NodeKind, Topic};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Shared state of one nameserver; implements the gRPC service.
+pub struct NameServerHandler {
+    pub(crate) config: NameServerConfig,
+    pub(crate) store: Arc<dyn MetadataStore>,
+    /// When each node's load was last written, so heartbeats do not write
+    /// etcd every time. One entry per registered node key.
+    load_written_at: std::sync::Mutex<HashMap<String, Instant>>,
+    watch_permits: Arc<Semaphore>,
+    stopping: watch::Receiver<bool>,
+    /// Wakes the reconciler early (after a topic is created).
+    pub(crate) reconcile_now: Notify,
+}
+
+pub(crate) fn invalid(message: impl Into<String>) -> NameServerError {
+    NameServerError::InvalidArgument(message.into())
+}
+
+/// Checks a topic name given for a lookup (internal names allowed).
+fn lookup_topic_name(name: &str) -> Result<TopicName, NameServerError> {
+    TopicName::any(name).map_err(|error| invalid(error.to_string()))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0)
+}
+
+fn lease_of(session_id: u64) -> LeaseId {
+    LeaseId::try_from(session_id).unwrap_or(LeaseId::MAX)
+}
+
+/// What is live among brokers: id → (session, address).
+type LiveBrokers = HashMap<String, (u64, String)>;
+
+impl NameServerHandler {
+    pub(crate) fn new(
+        config: NameServerConfig,
+        store: Arc<dyn MetadataStore>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        let permits = usize::try_from(config.max_route_watches).unwrap_or(usize::MAX);
+        Self {
+            config,
+            store,
+            load_written_at: std::sync::Mutex::new(HashMap::new()),
+            watch_permits: Arc::new(Semaphore::new(permits)),
+            stopping,
+            reconcile_now: Notify::new(),
+        }
+    }
+
+    /// The topic record and its revision, or `UnknownTopic`.
+    async fn get_topic(&self, name: &str) -> Result<(Topic, i64), NameServerError> {
+        let key = keys::topic(name);
+        let entry = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| NameServerError::UnknownTopic(name.to_string()))?;
+        Ok((keys::decode(&key, &entry.value)?, entry.mod_revision))
+    }
+
+    /// Every decodable topic record with its revision.
+    async fn all_topics(&self) -> Result<Vec<(Topic, i64)>, NameServerError> {
+        let mut topics = Vec::new();
+        for entry in self.store.range(keys::TOPICS).await? {
+            match keys::decode::<Topic>(&entry.key, &entry.value) {
+                Ok(topic) => topics.push((topic, entry.mod_revision)),
+                Err(error) => tracing::warn!(%error, "skipping undecodable topic"),
+            }
+        }
+        Ok(topics)
+    }
+
+    async fn live_brokers(&self) -> Result<LiveBrokers, NameServerError> {
+        Ok(assignment::live_brokers(self.store.as_ref())
+            .await?
+            .into_iter()
+            .map(|(info, _)| (info.node_id, (info.session_id, info.address)))
+            .collect())
+    }
+
+    async fn live_stores(&self) -> Result<Vec<NodeInfo>, NameServerError> {
+        let mut stores = Vec::new();
+        for entry in self
+            .store
+            .range(&keys::nodes_of_kind(NodeKind::Store))
+            .await?
+        {
+            match keys::decode::<NodeInfo>(&entry.key, &entry.value) {
+                Ok(info) => stores.push(info),
+                Err(error) => tracing::warn!(%error, "skipping undecodable store registration"),
+            }
+        }
+        Ok(stores)
+    }
+
+    /// Every partition owner record, keyed by (topic, partition).
+    async fn owners(&self) -> Result<HashMap<(String, u32), PartitionOwner>, NameServerError> {
+        let mut owners = HashMap::new();
+        for entry in self.store.range(keys::PARTITIONS).await? {
+            let Some(parsed) = keys::parse_partition(&entry.key) else {
+                tracing::warn!(key = entry.key, "ignoring malformed partition key");
+                continue;
+            };
+            if let Ok(owner) = keys::decode::<PartitionOwner>(&entry.key, &entry.value) {
+                owners.insert(parsed, owner);
+            }
+        }
+        Ok(owners)
+    }
+}

@@ -1,0 +1,252 @@
+//! Routes: which live broker serves each partition (at which epoch),
+//! polled by `GetRoutes`, streamed on change by `WatchRoutes`, and the
+//! coordinator lookup (the broker owning a group's offsets partition).
+
+use super::{invalid, lookup_topic_name, LiveBrokers, NameServerHandler};
+use crate::config::NameServerConfig;
+use crate::error::NameServerError;
+use crate::keys::{self, PartitionOwner};
+use crate::metadata::{MetadataError, MetadataStore};
+use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
+use sluice_proto::v1::{
+    ErrorCode, FindCoordinatorResponse, GetRoutesResponse, PartitionRoute, Topic, TopicRoute,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Messages buffered per `WatchRoutes` stream before the sender waits.
+const WATCH_ROUTES_CHANNEL_CAPACITY: usize = 4;
+
+/// The stream a `WatchRoutes` call answers with.
+pub(crate) type RouteStream = ReceiverStream<Result<GetRoutesResponse, Status>>;
+
+/// The route of `partition`: its epoch, and its broker only while that
+/// broker is live in the session the owner record names.
+fn route(partition: u32, owner: Option<&PartitionOwner>, brokers: &LiveBrokers) -> PartitionRoute {
+    let mut route = PartitionRoute {
+        partition,
+        ..PartitionRoute::default()
+    };
+    if let Some(owner) = owner {
+        route.epoch = owner.epoch;
+        if let Some((session, address)) = brokers.get(&owner.broker_id) {
+            if *session == owner.broker_session {
+                route.broker_id = owner.broker_id.clone();
+                route.broker_address = address.clone();
+            }
+        }
+    }
+    route
+}
+
+impl NameServerHandler {
+    /// Routes of `names` (every non-internal topic when empty); a name that
+    /// is unknown or invalid gets an error entry instead of partitions.
+    pub(crate) async fn compute_routes(
+        &self,
+        names: &[String],
+    ) -> Result<GetRoutesResponse, NameServerError> {
+        let topics: BTreeMap<String, Topic> = self
+            .all_topics()
+            .await?
+            .into_iter()
+            .map(|(topic, _)| (topic.name.clone(), topic))
+            .collect();
+        let owners = self.owners().await?;
+        let brokers = self.live_brokers().await?;
+        let wanted: Vec<String> = if names.is_empty() {
+            topics
+                .values()
+                .filter(|topic| !topic.internal)
+                .map(|topic| topic.name.clone())
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let wanted_count = wanted.len();
+        let mut response = GetRoutesResponse::default();
+        for name in wanted {
+            let Some(topic) = topics.get(&name) else {
+                let error = if lookup_topic_name(&name).is_err() {
+                    ErrorCode::InvalidArgument
+                } else {
+                    ErrorCode::UnknownTopic
+                };
+                response.topics.push(TopicRoute {
+                    topic: name,
+                    partitions: Vec::new(),
+                    error: error as i32,
+                });
+                continue;
+            };
+            let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
+            let routes = (0..partitions)
+                .map(|partition| route(partition, owners.get(&(name.clone(), partition)), &brokers))
+                .collect();
+            response.topics.push(TopicRoute {
+                topic: name,
+                partitions: routes,
+                error: ErrorCode::None as i32,
+            });
+        }
+        // One entry per wanted name (unknown ones with their error).
+        debug_assert_eq!(response.topics.len(), wanted_count);
+        Ok(response)
+    }
+
+    /// Starts a route watch on `topics`: the current routes first, then
+    /// every change (polled). At most `max_route_watches` at once.
+    pub(crate) async fn do_watch_routes(
+        &self,
+        topics: Vec<String>,
+    ) -> Result<RouteStream, NameServerError> {
+        let permit = self
+            .watch_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NameServerError::Throttled {
+                what: "route watches",
+                limit: self.config.max_route_watches,
+            })?;
+        let first = self.compute_routes(&topics).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_ROUTES_CHANNEL_CAPACITY);
+        let watcher = WatchContext {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            stopping: self.stopping.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            watcher.run(topics, first, sender).await;
+        });
+        Ok(ReceiverStream::new(receiver))
+    }
+
+    /// The broker coordinating `group`: the owner of its offsets partition
+    /// (empty while that partition is offline).
+    pub(crate) async fn do_find_coordinator(
+        &self,
+        group: &str,
+    ) -> Result<FindCoordinatorResponse, NameServerError> {
+        GroupName::new(group).map_err(|error| invalid(error.to_string()))?;
+        let (topic, _) =
+            self.get_topic(CONSUMER_OFFSETS_TOPIC)
+                .await
+                .map_err(|error| match error {
+                    NameServerError::UnknownTopic(_) => {
+                        NameServerError::Metadata(MetadataError::Unavailable(format!(
+                            "{CONSUMER_OFFSETS_TOPIC} is not created yet"
+                        )))
+                    }
+                    other => other,
+                })?;
+        let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
+        if partitions == 0 {
+            return Err(NameServerError::CorruptValue {
+                key: keys::topic(CONSUMER_OFFSETS_TOPIC),
+                reason: "zero partitions".to_string(),
+            });
+        }
+        let partition = sluice_proto::partitioning::offsets_partition_for_group(group, partitions);
+        let key = keys::partition(CONSUMER_OFFSETS_TOPIC, partition);
+        let owner = match self.store.get(&key).await? {
+            Some(entry) => Some(keys::decode::<PartitionOwner>(&key, &entry.value)?),
+            None => None,
+        };
+        let brokers = self.live_brokers().await?;
+        let route = route(partition, owner.as_ref(), &brokers);
+        Ok(FindCoordinatorResponse {
+            broker_id: route.broker_id,
+            broker_address: route.broker_address,
+            offsets_partition: partition,
+        })
+    }
+}
+
+/// What a `WatchRoutes` task needs; it re-reads routes through a
+/// short-lived handler so it shares no locks with the service.
+struct WatchContext {
+    store: Arc<dyn MetadataStore>,
+    config: NameServerConfig,
+    stopping: watch::Receiver<bool>,
+}
+
+impl WatchContext {
+    async fn run(
+        mut self,
+        topics: Vec<String>,
+        first: GetRoutesResponse,
+        sender: tokio::sync::mpsc::Sender<Result<GetRoutesResponse, Status>>,
+    ) {
+        let interval = Duration::from_millis(self.config.watch_routes_interval_ms.max(10));
+        let reader = NameServerHandler::new(
+            self.config.clone(),
+            self.store.clone(),
+            self.stopping.clone(),
+        );
+        let mut last = first.clone();
+        if sender.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.stopping.wait_for(|stopping| *stopping) => return,
+                _ = sender.closed() => return,
+            }
+            match reader.compute_routes(&topics).await {
+                Ok(routes) if routes != last => {
+                    last = routes.clone();
+                    if sender.send(Ok(routes)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // A metadata hiccup ends nothing: the next poll may succeed.
+                Err(error) => tracing::debug!(%error, "route watch poll failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(broker: &str, session: u64, epoch: u64) -> PartitionOwner {
+        PartitionOwner {
+            broker_id: broker.to_string(),
+            broker_session: session,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn a_route_names_its_broker_only_while_the_owning_session_is_live() {
+        let brokers: LiveBrokers = [("b1".to_string(), (7, "h:1".to_string()))]
+            .into_iter()
+            .collect();
+        let live = route(3, Some(&owner("b1", 7, 4)), &brokers);
+        assert_eq!(
+            (
+                live.partition,
+                live.epoch,
+                live.broker_id.as_str(),
+                live.broker_address.as_str()
+            ),
+            (3, 4, "b1", "h:1")
+        );
+        // The broker restarted (new session) or is gone: offline, epoch kept.
+        for stale in [owner("b1", 6, 4), owner("b2", 7, 4)] {
+            let offline = route(3, Some(&stale), &brokers);
+            assert_eq!(offline.epoch, 4);
+            assert!(offline.broker_id.is_empty() && offline.broker_address.is_empty());
+        }
+        // Never assigned: offline at epoch 0.
+        assert_eq!(route(3, None, &brokers).epoch, 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! Cluster status: the registered nodes with their remaining lease, topic
+//! and partition counts (offline ones too), segment counts (under-replicated
+//! ones too), the metadata backend and the active assigner.
+
+use super::{lease_of, NameServerHandler};
+use crate::error::NameServerError;
+use crate::keys;
+use sluice_proto::v1::{ClusterStatusResponse, GetRoutesResponse, NodeInfo, NodeKind, Topic};
+use std::collections::HashSet;
+
+/// Partitions counted over routes, and how many of them have no live broker.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PartitionCounts {
+    partitions: u32,
+    offline: u32,
+}
+
+/// Segments counted over topics, and how many have fewer live replicas
+/// than their topic's ensemble size.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SegmentCounts {
+    segments: u32,
+    under_replicated: u32,
+}
+
+fn count_partitions(routes: &GetRoutesResponse) -> PartitionCounts {
+    let mut counts = PartitionCounts::default();
+    for topic in &routes.topics {
+        for route in &topic.partitions {
+            counts.partitions += 1;
+            if route.broker_id.is_empty() {
+                counts.offline += 1;
+            }
+        }
+    }
+    counts
+}
+
+impl NameServerHandler {
+    /// The registered nodes of `kind`, each with its lease's remaining time
+    /// (-1 when the lease is gone).
+    async fn nodes_with_ttl(&self, kind: NodeKind) -> Result<Vec<NodeInfo>, NameServerError> {
+        let mut nodes = Vec::new();
+        for entry in self.store.range(&keys::nodes_of_kind(kind)).await? {
+            let Ok(mut info) = keys::decode::<NodeInfo>(&entry.key, &entry.value) else {
+                continue;
+            };
+            info.lease_remaining_ms =
+                match self.store.time_to_live(lease_of(info.session_id)).await? {
+                    Some(remaining) => i64::try_from(remaining).unwrap_or(i64::MAX),
+                    None => -1,
+                };
+            nodes.push(info);
+        }
+        Ok(nodes)
+    }
+
+    pub(crate) async fn do_cluster_status(&self) -> Result<ClusterStatusResponse, NameServerError> {
+        let nameservers = self.nodes_with_ttl(NodeKind::Nameserver).await?;
+        let brokers = self.nodes_with_ttl(NodeKind::Broker).await?;
+        let stores = self.nodes_with_ttl(NodeKind::Store).await?;
+        let topics = self.all_topics().await?;
+        let all_names: Vec<String> = topics.iter().map(|(topic, _)| topic.name.clone()).collect();
+        let all_routes = if all_names.is_empty() {
+            GetRoutesResponse::default()
+        } else {
+            self.compute_routes(&all_names).await?
+        };
+        let partitions = count_partitions(&all_routes);
+        let live_stores: HashSet<&str> =
+            stores.iter().map(|store| store.node_id.as_str()).collect();
+        let segments = self.count_segments(&topics, &live_stores).await?;
+        debug_assert!(partitions.offline <= partitions.partitions);
+        debug_assert!(segments.under_replicated <= segments.segments);
+        Ok(ClusterStatusResponse {
+            under_replicated_segments: segments.under_replicated,
+            segments: segments.segments,
+            nameservers,
+            brokers,
+            stores,
+            topics: u32::try_from(topics.len()).unwrap_or(u32::MAX),
+            partitions: partitions.partitions,
+            offline_partitions: partitions.offline,
+            metadata_backend: self.store.backend_name().to_string(),
+            active_assigner: crate::election::active_assigner(self.store.as_ref())
+                .await?
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn count_segments(
+        &self,
+        topics: &[(Topic, i64)],
+        live_stores: &HashSet<&str>,
+    ) -> Result<SegmentCounts, NameServerError> {
+        let mut counts = SegmentCounts::default();
+        for (topic, _) in topics {
+            let ensemble_size = topic
+                .config
+                .as_ref()
+                .map_or(1, |config| config.ensemble_size.max(1))
+                as usize;
+            for segment in self
+                .segments_of(&keys::segments_of_topic(&topic.name))
+                .await?
+            {
+                counts.segments = counts.segments.saturating_add(1);
+                let usable = segment
+                    .replicas
+                    .iter()
+                    .filter(|replica| live_stores.contains(replica.store_id.as_str()))
+                    .count();
+                if usable < ensemble_size {
+                    counts.under_replicated = counts.under_replicated.saturating_add(1);
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::v1::{PartitionRoute, TopicRoute};
+
+    #[test]
+    fn partitions_without_a_broker_count_as_offline() {
+        let route = |broker: &str| PartitionRoute {
+            broker_id: broker.to_string(),
+            ..PartitionRoute::default()
+        };
+        let routes = GetRoutesResponse {
+            topics: vec![
+                TopicRoute {
+                    partitions: vec![route("b1"), route("")],
+                    ..TopicRoute::default()
+                },
+                TopicRoute {
+                    partitions: vec![route("")],
+                    ..TopicRoute::default()
+                },
+            ],
+        };
+        assert_eq!(
+            count_partitions(&routes),
+            PartitionCounts {
+                partitions: 3,
+                offline: 2
+            }
+        );
+    }
+}
