@@ -149,7 +149,13 @@ pub fn effective_ack_quorum(configured: u32, replicas: usize) -> usize {
 /// `ack_quorum` replicas, is on at least one fenced replica.
 pub fn fence_quorum(replicas: usize, ack_quorum: usize) -> usize {
     let ack_quorum = ack_quorum.clamp(1, replicas.max(1));
-    replicas.saturating_sub(ack_quorum) + 1
+    let fence = replicas.saturating_sub(ack_quorum) + 1;
+    // Within the ensemble, and every ack quorum meets every fence quorum.
+    assert!(
+        replicas == 0 || (fence <= replicas && fence + ack_quorum > replicas),
+        "fence quorum {fence} of {replicas} replicas misses ack quorum {ack_quorum}"
+    );
+    fence
 }
 
 /// A fenced replica's answer: where its copy of the segment ends.

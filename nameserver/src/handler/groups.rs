@@ -7,7 +7,6 @@ use crate::keys;
 use crate::metadata::{Compare, Put, Transaction};
 use sluice_proto::names::GroupName;
 use sluice_proto::v1::{GroupListing, ListGroupsResponse};
-use std::time::Duration;
 
 impl NameServerHandler {
     /// Records `group` for listing; registering again keeps the first
@@ -48,12 +47,8 @@ impl NameServerHandler {
     pub(crate) async fn do_allocate_producer_id(&self) -> Result<u64, NameServerError> {
         let key = keys::PRODUCER_ID_COUNTER;
         for attempt in 0..self.config.max_cas_retries.max(1) {
-            if attempt > 0 {
-                // Producers starting together all race for this one key;
-                // a short random pause spreads the retries out.
-                let pause_ms = rand::random_range(0..=u64::from(attempt).min(20) * 2);
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            }
+            // Producers starting together all race for this one key.
+            super::pause_before_cas_retry(attempt).await;
             let entry = self.store.get(key).await?;
             let (next, compare) = match entry {
                 Some(entry) => (

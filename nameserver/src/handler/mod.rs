@@ -140,3 +140,23 @@ impl NameServerHandler {
         Ok(owners)
     }
 }
+
+/// First cap of the jittered pause between attempts of a contended
+/// counter increment; it doubles per attempt up to [`CAS_BACKOFF_MAX_MS`].
+const CAS_BACKOFF_BASE_MS: u64 = 4;
+/// Largest pause between attempts of a contended counter increment.
+const CAS_BACKOFF_MAX_MS: u64 = 250;
+
+/// Before attempt `attempt` (from 0) of a compare-and-set on a key many
+/// callers race for (the id counters): nothing before the first, then a
+/// pause with exponential backoff and full jitter. With a fixed short
+/// pause, eight concurrent allocators on a loaded machine used up every
+/// attempt.
+pub(crate) async fn pause_before_cas_retry(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let cap_ms = (CAS_BACKOFF_BASE_MS << attempt.min(8)).min(CAS_BACKOFF_MAX_MS);
+    let pause_ms = rand::random_range(0..=cap_ms);
+    tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+}

@@ -115,7 +115,8 @@ impl NameServerHandler {
     /// The next segment id: a compare-and-set increment of the cluster-wide
     /// counter, so ids are never handed out twice and only increase.
     async fn allocate_segment_id(&self) -> Result<u64, NameServerError> {
-        for _ in 0..self.config.max_cas_retries.max(1) {
+        for attempt in 0..self.config.max_cas_retries.max(1) {
+            super::pause_before_cas_retry(attempt).await;
             let entry = self.store.get(keys::SEGMENT_ID_COUNTER).await?;
             let (next, compare) = match entry {
                 Some(entry) => (
@@ -129,9 +130,14 @@ impl NameServerHandler {
                 ),
                 None => (1, Compare::Absent(keys::SEGMENT_ID_COUNTER.to_string())),
             };
-            let following = SegmentIdCounter {
-                next_segment_id: next + 1,
+            // The counter comes from the metadata store: an exhausted one
+            // is refused rather than wrapped, which would reuse ids.
+            let Some(next_segment_id) = next.checked_add(1) else {
+                return Err(NameServerError::Refused(
+                    "segment ids are exhausted".to_string(),
+                ));
             };
+            let following = SegmentIdCounter { next_segment_id };
             // Ids start at 1 (0 is never a segment) and only increase.
             debug_assert!(next >= 1 && following.next_segment_id > next);
             let transaction = Transaction {

@@ -147,24 +147,15 @@ pub fn code(status: &tonic::Status) -> ErrorCode {
     SluiceError::from_status(status).code
 }
 
-/// Polls `check` until it returns `Some`, failing after the timeout with
-/// `what` in the message.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, failing after
+/// [`EVENTUALLY_TIMEOUT_MS`] with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_millis(EVENTUALLY_TIMEOUT_MS);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {EVENTUALLY_TIMEOUT_MS} ms waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sluice_proto::test_util::eventually(what, Duration::from_millis(EVENTUALLY_TIMEOUT_MS), check)
+        .await
 }
 
 pub async fn register(client: &mut Client, kind: NodeKind, node_id: &str, address: &str) -> u64 {
