@@ -114,7 +114,7 @@ pub(super) async fn serve(
     loop {
         carry_out(shared, partition, &mut pipeline, &mut preparing);
         if let Some(end) = pipeline.take_end() {
-            return finish(partition, end, info, prepared);
+            return finish(end, info, prepared);
         }
         let deadline = pipeline.next_deadline().map(Instant::from_std);
         tokio::select! {
@@ -195,12 +195,7 @@ fn carry_out<'a>(
     }
 }
 
-fn finish(
-    partition: &Partition,
-    end: End,
-    info: SegmentInfo,
-    prepared: Option<OpenSegment>,
-) -> ServeEnd {
+fn finish(end: End, info: SegmentInfo, prepared: Option<OpenSegment>) -> ServeEnd {
     match end {
         End::Roll {
             failed_stores,
@@ -208,19 +203,14 @@ fn finish(
             drained_at,
             next_segment_ready,
             next_offset,
-        } => {
-            if !failed_stores.is_empty() {
-                tracing::warn!(partition = %partition.key, ?failed_stores, "replicas failed; moving to a new ensemble");
-            }
-            ServeEnd::Roll {
-                failed_stores,
-                stopped_at: Instant::from_std(stopped_at),
-                drained_at: Instant::from_std(drained_at),
-                prepared: prepared
-                    .filter(|_| next_segment_ready)
-                    .map(|next| Box::new((next, info, next_offset))),
-            }
-        }
+        } => ServeEnd::Roll {
+            failed_stores,
+            stopped_at: Instant::from_std(stopped_at),
+            drained_at: Instant::from_std(drained_at),
+            prepared: prepared
+                .filter(|_| next_segment_ready)
+                .map(|next| Box::new((next, info, next_offset))),
+        },
         End::Failed {
             error,
             failed_stores,

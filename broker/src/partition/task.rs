@@ -48,121 +48,64 @@ fn drain_queue(jobs: &mut mpsc::UnboundedReceiver<AppendJob>, error: &BrokerErro
     }
 }
 
+/// What the task carries from one segment to the next.
+struct Carried {
+    backoff: Backoff,
+    /// The offsets log was replayed into the coordinator (offsets
+    /// partitions only; true from the start for others).
+    replayed: bool,
+    /// Stores that just failed this partition: kept out of the next ensemble.
+    excluded: Vec<String>,
+    /// Set while rolling: when appends stopped and when the last completed.
+    roll_pause: Option<(Instant, Instant)>,
+    /// The next segment when a roll prepared it: served without a takeover.
+    next_segment: Option<OpenSegment>,
+}
+
 pub(super) async fn run(
     shared: Arc<Shared>,
     partition: Arc<Partition>,
     mut jobs: mpsc::UnboundedReceiver<AppendJob>,
 ) {
     let mut stopped = partition.stopped.subscribe();
-    let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
-    let mut replayed = !partition.is_offsets_topic();
-    // Stores that just failed this partition: kept out of the next ensemble.
-    let mut excluded: Vec<String> = Vec::new();
-    // Set while rolling: when appends stopped and when the last completed.
-    let mut roll_pause: Option<(Instant, Instant)> = None;
-    // The next segment when a roll prepared it: served without a takeover.
-    let mut next_segment: Option<OpenSegment> = None;
+    let mut carried = Carried {
+        backoff: Backoff::new(shared.config.takeover_backoff_max_ms),
+        replayed: !partition.is_offsets_topic(),
+        excluded: Vec::new(),
+        roll_pause: None,
+        next_segment: None,
+    };
     loop {
         if *stopped.borrow() {
             break;
         }
-        if let Some(segment) = next_segment.take() {
-            if let Some((stopped_at, drained_at)) = roll_pause.take() {
-                tracing::debug!(
-                    partition = %partition.key,
-                    segment = segment.info.segment_id,
-                    drain_ms = (drained_at - stopped_at).as_secs_f64() * 1000.0,
-                    pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0,
-                    "rolled to a segment prepared in advance"
-                );
+        let segment = match carried.next_segment.take() {
+            Some(segment) => {
+                log_roll(&partition, &segment, carried.roll_pause.take(), true);
+                segment
             }
-            match serve(&shared, &partition, segment, &mut jobs).await {
-                ServeEnd::Stopped => break,
-                end => {
-                    handle_end(
-                        &shared,
-                        &partition,
-                        end,
-                        &mut jobs,
-                        &mut excluded,
-                        &mut roll_pause,
-                        &mut next_segment,
-                    );
-                    continue;
-                }
-            }
-        }
-        let opened = tokio::select! {
-            result = open_segment(&shared, &partition, &mut excluded) => result,
-            _ = crate::wait_until_set(&mut stopped) => break,
-        };
-        let mut outcome = opened;
-        if outcome.is_ok() && !replayed {
-            let loaded = tokio::select! {
-                result = shared.coordinator.load_partition(&partition) => result,
-                _ = crate::wait_until_set(&mut stopped) => break,
-            };
-            match loaded {
-                Ok(()) => replayed = true,
-                Err(error) => outcome = Err(error),
-            }
-        }
-        if outcome.is_ok() {
-            // After a takeover or a failure (a no-op after a roll).
-            let rebuilt = tokio::select! {
-                result = super::takeover::rebuild_producer_states(&shared, &partition) => result,
-                _ = crate::wait_until_set(&mut stopped) => break,
-            };
-            if let Err(error) = rebuilt {
-                outcome = Err(error);
-            }
-        }
-        let segment = match outcome {
-            Ok(segment) => segment,
-            Err(error) => {
-                tracing::warn!(partition = %partition.key, epoch = partition.epoch, %error, "takeover failed; retrying");
-                // A failed roll: appends queued behind it fail, so later
-                // ones must not be accepted under the same generation.
-                partition.status.send_modify(|status| {
-                    if status.phase == Phase::Serving {
-                        status.phase = Phase::Recovering;
-                        status.generation += 1;
-                    }
-                });
-                drain_queue(&mut jobs, &error);
-                let delay = backoff.next();
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
+            None => {
+                let taken = tokio::select! {
+                    result = take_over(&shared, &partition, &mut carried) => result,
                     _ = crate::wait_until_set(&mut stopped) => break,
+                };
+                match taken {
+                    Ok(segment) => segment,
+                    Err(error) => {
+                        tracing::warn!(partition = %partition.key, epoch = partition.epoch, %error, "takeover failed; retrying");
+                        fail_generation(&partition, &mut jobs, &error);
+                        let delay = carried.backoff.next();
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = crate::wait_until_set(&mut stopped) => break,
+                        }
+                    }
                 }
             }
         };
-        if let Some((stopped_at, drained_at)) = roll_pause.take() {
-            tracing::info!(
-                partition = %partition.key,
-                segment = segment.info.segment_id,
-                drain_ms = (drained_at - stopped_at).as_secs_f64() * 1000.0,
-                pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0,
-                "rolled through takeover (the next segment could not be prepared)"
-            );
-        }
-        tracing::info!(partition = %partition.key, epoch = partition.epoch, segment = segment.info.segment_id, base_offset = segment.info.base_offset, "serving");
-        partition
-            .status
-            .send_modify(|status| status.phase = Phase::Serving);
-        backoff.reset();
-        excluded.clear();
         match serve(&shared, &partition, segment, &mut jobs).await {
             ServeEnd::Stopped => break,
-            end => handle_end(
-                &shared,
-                &partition,
-                end,
-                &mut jobs,
-                &mut excluded,
-                &mut roll_pause,
-                &mut next_segment,
-            ),
+            end => handle_end(&shared, &partition, end, &mut jobs, &mut carried),
         }
     }
     partition
@@ -171,6 +114,67 @@ pub(super) async fn run(
     jobs.close();
     drain_queue(&mut jobs, &partition.not_owner());
     tracing::info!(partition = %partition.key, epoch = partition.epoch, "stopped serving");
+}
+
+/// Takeover (also after a failure, or a roll whose next segment could not
+/// be prepared): fences and closes what is open and opens a new segment,
+/// replays the offsets log once, rebuilds the idempotent producers' state
+/// (a no-op after a roll); then the partition serves.
+async fn take_over(
+    shared: &Arc<Shared>,
+    partition: &Arc<Partition>,
+    carried: &mut Carried,
+) -> Result<OpenSegment, BrokerError> {
+    let segment = open_segment(shared, partition, &mut carried.excluded).await?;
+    if !carried.replayed {
+        shared.coordinator.load_partition(partition).await?;
+        carried.replayed = true;
+    }
+    super::takeover::rebuild_producer_states(shared, partition).await?;
+    log_roll(partition, &segment, carried.roll_pause.take(), false);
+    tracing::info!(partition = %partition.key, epoch = partition.epoch, segment = segment.info.segment_id, base_offset = segment.info.base_offset, "serving");
+    partition
+        .status
+        .send_modify(|status| status.phase = Phase::Serving);
+    carried.backoff.reset();
+    carried.excluded.clear();
+    Ok(segment)
+}
+
+/// After a roll: how long appends paused, and how the next segment came.
+fn log_roll(
+    partition: &Partition,
+    segment: &OpenSegment,
+    roll_pause: Option<(Instant, Instant)>,
+    prepared: bool,
+) {
+    let Some((stopped_at, drained_at)) = roll_pause else {
+        return;
+    };
+    let drain_ms = (drained_at - stopped_at).as_secs_f64() * 1000.0;
+    let pause_ms = stopped_at.elapsed().as_secs_f64() * 1000.0;
+    let segment_id = segment.info.segment_id;
+    if prepared {
+        tracing::debug!(partition = %partition.key, segment = segment_id, drain_ms, pause_ms, "rolled to a segment prepared in advance");
+    } else {
+        tracing::info!(partition = %partition.key, segment = segment_id, drain_ms, pause_ms, "rolled through takeover (the next segment could not be prepared)");
+    }
+}
+
+/// A failed takeover or pipeline: appends queued behind the failure fail,
+/// and later ones are not accepted under the same generation.
+fn fail_generation(
+    partition: &Partition,
+    jobs: &mut mpsc::UnboundedReceiver<AppendJob>,
+    error: &BrokerError,
+) {
+    partition.status.send_modify(|status| {
+        if status.phase == Phase::Serving {
+            status.phase = Phase::Recovering;
+            status.generation += 1;
+        }
+    });
+    drain_queue(jobs, error);
 }
 
 /// What the pipeline task does after [`serve`] returned anything but
@@ -182,9 +186,7 @@ fn handle_end(
     partition: &Arc<Partition>,
     end: ServeEnd,
     jobs: &mut mpsc::UnboundedReceiver<AppendJob>,
-    excluded: &mut Vec<String>,
-    roll_pause: &mut Option<(Instant, Instant)>,
-    next_segment: &mut Option<OpenSegment>,
+    carried: &mut Carried,
 ) {
     match end {
         ServeEnd::Stopped => {}
@@ -194,11 +196,11 @@ fn handle_end(
             drained_at,
             prepared,
         } => {
-            *roll_pause = Some((stopped_at, drained_at));
+            carried.roll_pause = Some((stopped_at, drained_at));
             if !failed_stores.is_empty() {
                 tracing::warn!(partition = %partition.key, ?failed_stores, "replicas failed; moving to a new ensemble");
             }
-            *excluded = failed_stores;
+            carried.excluded = failed_stores;
             if let Some(prepared) = prepared {
                 let (next, rolled, end_offset) = *prepared;
                 let mut segments = partition.segments();
@@ -210,15 +212,17 @@ fn handle_end(
                     rolled,
                     end_offset,
                 ));
-                *next_segment = Some(next);
+                carried.next_segment = Some(next);
             }
         }
         ServeEnd::Failed {
             error,
             failed_stores,
         } => {
-            *excluded = failed_stores;
-            tracing::warn!(partition = %partition.key, %error, ?excluded, "append pipeline failed; recovering");
+            tracing::warn!(partition = %partition.key, %error, excluded = ?failed_stores, "append pipeline failed; recovering");
+            carried.excluded = failed_stores;
+            // Unlike a failed takeover, always a new generation: the
+            // partition was serving.
             partition.status.send_modify(|status| {
                 status.phase = Phase::Recovering;
                 status.generation += 1;
