@@ -219,54 +219,37 @@ impl NameServerHandler {
         &self,
         request: CloseSegmentRequest,
     ) -> Result<SegmentInfo, NameServerError> {
-        let (_, ownership) = self
-            .check_epoch(&request.topic, request.partition, request.epoch)
-            .await?;
-        let key = keys::segment(&request.topic, request.partition, request.segment_id);
-        let unknown = || NameServerError::UnknownSegment {
-            topic: request.topic.clone(),
+        let at = SegmentAt {
+            topic: &request.topic,
             partition: request.partition,
+            epoch: request.epoch,
             segment_id: request.segment_id,
         };
-        let entry = self.store.get(&key).await?.ok_or_else(unknown)?;
-        let mut segment: SegmentInfo = keys::decode(&key, &entry.value)?;
-        if request.end_offset < segment.base_offset {
-            return Err(invalid(format!(
-                "end offset {} is before the segment's base offset {}",
-                request.end_offset, segment.base_offset
-            )));
-        }
-        if segment.state == SegmentState::Closed as i32 {
-            if segment.end_offset == request.end_offset {
-                return Ok(segment);
+        self.change_segment(at, |segment| {
+            if request.end_offset < segment.base_offset {
+                return Err(invalid(format!(
+                    "end offset {} is before the segment's base offset {}",
+                    request.end_offset, segment.base_offset
+                )));
             }
-            return Err(NameServerError::Conflict(format!(
-                "segment {} is already closed at {}",
-                request.segment_id, segment.end_offset
-            )));
-        }
-        segment.state = SegmentState::Closed as i32;
-        segment.end_offset = request.end_offset;
-        segment.size_bytes = request.size_bytes;
-        segment.max_timestamp_ms = request.max_timestamp_ms;
-        // Checked above; a closed segment covers [base, end).
-        debug_assert!(segment.end_offset >= segment.base_offset);
-        let transaction = Transaction {
-            compares: vec![
-                ownership,
-                Compare::ModRevisionEquals(key.clone(), entry.mod_revision),
-            ],
-            puts: vec![Put::new(key, keys::encode(&segment))],
-            deletes: Vec::new(),
-        };
-        self.commit_as_owner(
-            transaction,
-            &request.topic,
-            request.partition,
-            request.epoch,
-        )
-        .await?;
-        Ok(segment)
+            if segment.state == SegmentState::Closed as i32 {
+                if segment.end_offset == request.end_offset {
+                    return Ok(false);
+                }
+                return Err(NameServerError::Conflict(format!(
+                    "segment {} is already closed at {}",
+                    request.segment_id, segment.end_offset
+                )));
+            }
+            segment.state = SegmentState::Closed as i32;
+            segment.end_offset = request.end_offset;
+            segment.size_bytes = request.size_bytes;
+            segment.max_timestamp_ms = request.max_timestamp_ms;
+            // Checked above; a closed segment covers [base, end).
+            debug_assert!(segment.end_offset >= segment.base_offset);
+            Ok(true)
+        })
+        .await
     }
 
     /// Replaces a closed segment's replica list (after repair copied it).
@@ -274,28 +257,53 @@ impl NameServerHandler {
         &self,
         request: UpdateSegmentReplicasRequest,
     ) -> Result<SegmentInfo, NameServerError> {
-        let (_, ownership) = self
-            .check_epoch(&request.topic, request.partition, request.epoch)
-            .await?;
         validate_replicas(&request.replicas)?;
-        let key = keys::segment(&request.topic, request.partition, request.segment_id);
+        let at = SegmentAt {
+            topic: &request.topic,
+            partition: request.partition,
+            epoch: request.epoch,
+            segment_id: request.segment_id,
+        };
+        let segment = self
+            .change_segment(at, |segment| {
+                if segment.state != SegmentState::Closed as i32 {
+                    return Err(NameServerError::Conflict(format!(
+                        "segment {} is open; only closed segments are repaired",
+                        request.segment_id
+                    )));
+                }
+                segment.replicas = request.replicas.clone();
+                Ok(true)
+            })
+            .await?;
+        tracing::info!(topic = %request.topic, partition = request.partition, segment_id = request.segment_id, replicas = ?segment.replicas.iter().map(|replica| &replica.store_id).collect::<Vec<_>>(), "segment replicas updated by repair");
+        Ok(segment)
+    }
+
+    /// Reads a segment as the partition's owner at `at.epoch`, lets
+    /// `change` edit it (`Ok(false)`: nothing to write, answer it as it
+    /// is), and writes it back conditional on the ownership and on the
+    /// segment not having changed since it was read.
+    async fn change_segment(
+        &self,
+        at: SegmentAt<'_>,
+        change: impl FnOnce(&mut SegmentInfo) -> Result<bool, NameServerError>,
+    ) -> Result<SegmentInfo, NameServerError> {
+        let (_, ownership) = self.check_epoch(at.topic, at.partition, at.epoch).await?;
+        let key = keys::segment(at.topic, at.partition, at.segment_id);
         let entry = self
             .store
             .get(&key)
             .await?
             .ok_or_else(|| NameServerError::UnknownSegment {
-                topic: request.topic.clone(),
-                partition: request.partition,
-                segment_id: request.segment_id,
+                topic: at.topic.to_string(),
+                partition: at.partition,
+                segment_id: at.segment_id,
             })?;
         let mut segment: SegmentInfo = keys::decode(&key, &entry.value)?;
-        if segment.state != SegmentState::Closed as i32 {
-            return Err(NameServerError::Conflict(format!(
-                "segment {} is open; only closed segments are repaired",
-                request.segment_id
-            )));
+        if !change(&mut segment)? {
+            return Ok(segment);
         }
-        segment.replicas = request.replicas;
         let transaction = Transaction {
             compares: vec![
                 ownership,
@@ -304,14 +312,8 @@ impl NameServerHandler {
             puts: vec![Put::new(key, keys::encode(&segment))],
             deletes: Vec::new(),
         };
-        self.commit_as_owner(
-            transaction,
-            &request.topic,
-            request.partition,
-            request.epoch,
-        )
-        .await?;
-        tracing::info!(topic = %request.topic, partition = request.partition, segment_id = request.segment_id, replicas = ?segment.replicas.iter().map(|replica| &replica.store_id).collect::<Vec<_>>(), "segment replicas updated by repair");
+        self.commit_as_owner(transaction, at.topic, at.partition, at.epoch)
+            .await?;
         Ok(segment)
     }
 
@@ -366,6 +368,14 @@ fn validate_replicas(replicas: &[SegmentReplica]) -> Result<(), NameServerError>
         }
     }
     Ok(())
+}
+
+/// One segment of a partition, changed by its owner at `epoch`.
+struct SegmentAt<'a> {
+    topic: &'a str,
+    partition: u32,
+    epoch: u64,
+    segment_id: u64,
 }
 
 #[cfg(test)]
