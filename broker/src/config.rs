@@ -1,8 +1,10 @@
-//! Broker configuration: one struct, loaded from defaults, an optional TOML
-//! file and `SLUICE_BROKER_*` environment variables (in that order).
+//! Broker configuration: one struct, loaded by the service shell from
+//! defaults, an optional TOML file and `SLUICE_BROKER_*` environment
+//! variables (in that order).
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES};
+use sluice_service::{ConfigError, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
 
@@ -227,18 +229,20 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Defaults, then the TOML file at `path` (which must exist when given),
     /// then `SLUICE_BROKER_*` variables (`__` separates nested keys).
-    // The signature is the one every Sluice service shares; the error is
-    // built once at startup, so its size does not matter.
-    #[allow(clippy::result_large_err)]
-    pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
-        use figment::providers::{Env, Format, Serialized, Toml};
-        let mut figment = figment::Figment::from(Serialized::defaults(Self::default()));
-        if let Some(path) = path {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment
-            .merge(Env::prefixed("SLUICE_BROKER_").split("__"))
-            .extract()
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        sluice_service::load_config(path)
+    }
+}
+
+impl ServiceConfig for BrokerConfig {
+    const ENV_PREFIX: &'static str = "SLUICE_BROKER_";
+
+    fn listen_address(&self) -> &str {
+        &self.listen_address
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
     }
 }
 

@@ -286,18 +286,10 @@ pub async fn run(
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let served = tonic::transport::Server::builder()
-        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
-        .trace_fn(sluice_telemetry::grpc_server_span)
+    let served = sluice_service::grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            // Nagle off: pipelined small responses must not wait for delayed ACKs.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_on_shutdown,
-        )
+        .serve_with_incoming_shutdown(sluice_service::incoming(listener), stop_on_shutdown)
         .await;
     drop(stop_receiver);
     background_stop.send_replace(true);
