@@ -1,4 +1,4 @@
-//! The backlog monitor (ADR 0012): every `backlog_check_interval_ms` it
+//! The backlog monitor (ADR 0012): every `[backlog] check_interval_ms` it
 //! measures each served partition's subscriptions (messages and estimated
 //! bytes not yet acknowledged, age of the oldest one, drain and incoming
 //! rates), derives the partition's pressure level against the topic's
@@ -20,7 +20,7 @@
 //! - oldest age: now − first timestamp of the batch holding the
 //!   mark-delete offset (read once per mark-delete value, then cached);
 //! - rates: handled messages (high watermark − backlog − evicted) and the
-//!   high watermark sampled every check, over `backlog_rate_window_ms`.
+//!   high watermark sampled every check, over `[backlog] rate_window_ms`.
 
 use crate::clients::nameserver_call;
 use crate::error::BrokerError;
@@ -397,7 +397,7 @@ impl Monitor {
         topic: &str,
         refresh: bool,
     ) -> Result<Vec<Subscription>, BrokerError> {
-        let max_age = Duration::from_millis(shared.config.backlog_subscriptions_refresh_ms);
+        let max_age = Duration::from_millis(shared.config.backlog.subscriptions_refresh_ms);
         if !refresh {
             let cache = self
                 .subscriptions
@@ -448,7 +448,7 @@ impl PartitionState {
 
 /// The monitor task.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let interval = Duration::from_millis(shared.config.backlog_check_interval_ms.max(1));
+    let interval = Duration::from_millis(shared.config.backlog.check_interval_ms.max(1));
     let mut groups_refreshed = Instant::now();
     loop {
         tokio::select! {
@@ -760,7 +760,7 @@ async fn measure(
         now_ms,
         handled,
         status.high_watermark,
-        shared.config.backlog_rate_window_ms,
+        shared.config.backlog.rate_window_ms,
     );
     let (drain_per_sec, incoming_per_sec) = entry.rates.rates().unwrap_or((0.0, 0.0));
     let level = quota

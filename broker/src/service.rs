@@ -121,7 +121,7 @@ fn submit_produce(
     if let Some(error) = backlog_rejection(shared, &partition) {
         return async move { (error_response(request_id, &error), size, key) }.boxed();
     }
-    let max_batch_bytes = partition.max_batch_bytes(shared.config.max_batch_bytes);
+    let max_batch_bytes = partition.max_batch_bytes(shared.config.produce.max_batch_bytes);
     let header = match batch::validate(&produce.batch, max_batch_bytes) {
         Ok(header) => header,
         Err(error) => {
@@ -275,7 +275,11 @@ async fn produce_loop(
     mut inbound: Streaming<ProduceRequest>,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
-    let max_in_flight_bytes = shared.config.max_in_flight_bytes_per_connection.max(1);
+    let max_in_flight_bytes = shared
+        .config
+        .produce
+        .max_in_flight_bytes_per_connection
+        .max(1);
     let mut pending: FuturesOrdered<PendingProduce> = FuturesOrdered::new();
     let mut in_flight_bytes: u64 = 0;
     let mut streams: HashMap<PartitionKey, StreamPartition> = HashMap::new();
@@ -522,9 +526,9 @@ impl Broker for BrokerService {
         }
         let config = &self.shared.config;
         let wait =
-            Duration::from_millis(u64::from(request.max_wait_ms).min(config.max_fetch_wait_ms));
+            Duration::from_millis(u64::from(request.max_wait_ms).min(config.fetch.max_wait_ms));
         let deadline = Instant::now() + wait;
-        let configured_max = usize::try_from(config.max_fetch_bytes).unwrap_or(usize::MAX);
+        let configured_max = usize::try_from(config.fetch.max_bytes).unwrap_or(usize::MAX);
         let total_max_bytes = if request.max_bytes == 0 {
             configured_max
         } else {

@@ -54,7 +54,7 @@ pub(super) async fn run(
     mut jobs: mpsc::UnboundedReceiver<AppendJob>,
 ) {
     let mut stopped = partition.stopped.subscribe();
-    let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
+    let mut backoff = Backoff::new(shared.config.replication.takeover_backoff_max_ms);
     let mut replayed = !partition.is_offsets_topic();
     // Stores that just failed this partition: kept out of the next ensemble.
     let mut excluded: Vec<String> = Vec::new();
