@@ -58,7 +58,9 @@ data_dir = "$work/store-$index"
 TOML
 done
 cat >"$work/broker.toml" <<TOML
+[server]
 listen_address = "127.0.0.1:27401"
+[cluster]
 nameservers = ["http://127.0.0.1:27400"]
 TOML
 sleep 1

@@ -1,9 +1,9 @@
-//! The backlog monitor (ADR 0012): every `backlog_check_interval_ms` it
+//! The backlog monitor (ADR 0012): every `[backlog] check_interval_ms` it
 //! measures each served partition's subscriptions (messages and estimated
 //! bytes not yet acknowledged, age of the oldest one, drain and incoming
 //! rates), derives the partition's pressure level against the topic's
 //! backlog quotas, and applies the EVICT policy. The produce path reads the
-//! latest [`Pressure`] of a partition without IO ([`Monitor::pressure`]) and
+//! latest [`PartitionPressure`] of a partition without IO ([`Monitor::pressure`]) and
 //! HOLD waits on its changes ([`Monitor::watch`]); `DescribeSubscription`
 //! answers from the measurements ([`describe`]).
 //!
@@ -20,7 +20,7 @@
 //! - oldest age: now − first timestamp of the batch holding the
 //!   mark-delete offset (read once per mark-delete value, then cached);
 //! - rates: handled messages (high watermark − backlog − evicted) and the
-//!   high watermark sampled every check, over `backlog_rate_window_ms`.
+//!   high watermark sampled every check, over `[backlog] rate_window_ms`.
 
 use crate::clients::nameserver_call;
 use crate::error::BrokerError;
@@ -29,12 +29,13 @@ use crate::subscription::{self, AckedRanges, CursorSnapshot, SubscriptionStats};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use futures::StreamExt;
+use sluice_proto::pressure::signed_drain_ms;
 use sluice_proto::v1::{
     BacklogPolicy, DescribeSubscriptionRequest, DescribeSubscriptionResponse, InitialPosition,
     ListSubscriptionsRequest, PressureLevel, SegmentState, Subscription, SubscriptionPartitionLag,
     TopicConfig,
 };
-use sluice_proto::ErrorCode;
+use sluice_proto::{ErrorCode, Pressure};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -232,28 +233,30 @@ impl RateWindow {
     }
 }
 
-/// The partition's pressure as produce answers report it.
+/// The partition's pressure: what produce answers report, and at LIMIT
+/// what producers are subject to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pressure {
-    pub level: PressureLevel,
+pub struct PartitionPressure {
+    pub reported: Pressure,
     /// At LIMIT: what producers are subject to (REJECT if a subscription at
     /// its limit rejects, else HOLD if one holds); EVICT or UNSPECIFIED
     /// leave producers alone.
     pub policy: BacklogPolicy,
-    pub backlog_messages: u64,
-    pub backlog_bytes: u64,
-    pub estimated_drain_ms: Option<u64>,
 }
 
-impl Default for Pressure {
+impl Default for PartitionPressure {
     fn default() -> Self {
         Self {
-            level: PressureLevel::Ok,
+            reported: Pressure::default(),
             policy: BacklogPolicy::Unspecified,
-            backlog_messages: 0,
-            backlog_bytes: 0,
-            estimated_drain_ms: Some(0),
         }
+    }
+}
+
+impl PartitionPressure {
+    /// At a limit whose policy is `policy`.
+    pub fn limits_with(&self, policy: BacklogPolicy) -> bool {
+        self.reported.level == PressureLevel::Limit && self.policy == policy
     }
 }
 
@@ -286,7 +289,7 @@ struct SubscriptionState {
 
 struct PartitionState {
     epoch: u64,
-    pressure: watch::Sender<Pressure>,
+    pressure: watch::Sender<PartitionPressure>,
     subscriptions: Mutex<BTreeMap<String, SubscriptionState>>,
     /// One check at a time per partition: the monitor's and a describe's
     /// would otherwise both evict the same messages and count them twice.
@@ -315,7 +318,7 @@ impl Monitor {
     }
 
     /// The latest pressure of a partition (OK when never measured). No IO.
-    pub fn pressure(&self, key: &PartitionKey) -> Pressure {
+    pub fn pressure(&self, key: &PartitionKey) -> PartitionPressure {
         self.read()
             .get(key)
             .map(|state| *state.pressure.borrow())
@@ -363,7 +366,7 @@ impl Monitor {
     }
 
     /// Changes of a partition's pressure, for HOLD.
-    pub fn watch(&self, partition: &Partition) -> watch::Receiver<Pressure> {
+    pub fn watch(&self, partition: &Partition) -> watch::Receiver<PartitionPressure> {
         self.state_of(partition).pressure.subscribe()
     }
 
@@ -394,7 +397,7 @@ impl Monitor {
         topic: &str,
         refresh: bool,
     ) -> Result<Vec<Subscription>, BrokerError> {
-        let max_age = Duration::from_millis(shared.config.backlog_subscriptions_refresh_ms);
+        let max_age = Duration::from_millis(shared.config.backlog.subscriptions_refresh_ms);
         if !refresh {
             let cache = self
                 .subscriptions
@@ -430,7 +433,7 @@ impl PartitionState {
     fn new(epoch: u64) -> Self {
         Self {
             epoch,
-            pressure: watch::channel(Pressure::default()).0,
+            pressure: watch::channel(PartitionPressure::default()).0,
             subscriptions: Mutex::new(BTreeMap::new()),
             checking: tokio::sync::Mutex::new(()),
         }
@@ -445,7 +448,7 @@ impl PartitionState {
 
 /// The monitor task.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let interval = Duration::from_millis(shared.config.backlog_check_interval_ms.max(1));
+    let interval = Duration::from_millis(shared.config.backlog.check_interval_ms.max(1));
     let mut groups_refreshed = Instant::now();
     loop {
         tokio::select! {
@@ -573,25 +576,27 @@ async fn check(
             )
         });
     let pressure = slowest
-        .map(|measurement| Pressure {
-            level: measurement
-                .level
-                .map(|(level, _)| level)
-                .unwrap_or(PressureLevel::Ok),
+        .map(|measurement| PartitionPressure {
+            reported: Pressure {
+                level: measurement
+                    .level
+                    .map(|(level, _)| level)
+                    .unwrap_or(PressureLevel::Ok),
+                backlog_messages: measurement.backlog_messages,
+                backlog_bytes: measurement.backlog_bytes,
+                estimated_drain_ms: measurement.estimated_drain_ms,
+            },
             policy,
-            backlog_messages: measurement.backlog_messages,
-            backlog_bytes: measurement.backlog_bytes,
-            estimated_drain_ms: measurement.estimated_drain_ms,
         })
         .unwrap_or_default();
     let mut previous_level = PressureLevel::Ok;
     state.pressure.send_if_modified(|current| {
-        previous_level = current.level;
+        previous_level = current.reported.level;
         let changed = *current != pressure;
         *current = pressure;
         changed
     });
-    if previous_level != pressure.level {
+    if previous_level != pressure.reported.level {
         // The operator's alert: a quota's warning line or limit crossed
         // (either way), once per change.
         let reason = slowest
@@ -601,10 +606,10 @@ async fn check(
         tracing::warn!(
             partition = %partition.key,
             from = previous_level.as_str_name(),
-            to = pressure.level.as_str_name(),
+            to = pressure.reported.level.as_str_name(),
             quota = reason,
-            backlog_messages = pressure.backlog_messages,
-            backlog_bytes = pressure.backlog_bytes,
+            backlog_messages = pressure.reported.backlog_messages,
+            backlog_bytes = pressure.reported.backlog_bytes,
             policy = pressure.policy.as_str_name(),
             "backlog pressure level changed"
         );
@@ -755,7 +760,7 @@ async fn measure(
         now_ms,
         handled,
         status.high_watermark,
-        shared.config.backlog_rate_window_ms,
+        shared.config.backlog.rate_window_ms,
     );
     let (drain_per_sec, incoming_per_sec) = entry.rates.rates().unwrap_or((0.0, 0.0));
     let level = quota
@@ -908,10 +913,6 @@ fn milli(rate_per_sec: f64) -> u64 {
     }
 }
 
-fn signed_drain_ms(estimate: Option<u64>) -> i64 {
-    estimate.map_or(-1, |ms| i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
 /// `DescribeSubscription`: the subscription on the partitions served here
 /// (measured now when the monitor has not yet).
 pub async fn describe(
@@ -1051,16 +1052,6 @@ async fn describe_partition(
         },
         measured_at_ms: measurement.measured_at_ms,
     }
-}
-
-/// The produce answer's fields for `pressure`.
-pub fn answer_fields(pressure: &Pressure) -> (i32, u64, u64, i64) {
-    (
-        pressure.level as i32,
-        pressure.backlog_messages,
-        pressure.backlog_bytes,
-        signed_drain_ms(pressure.estimated_drain_ms),
-    )
 }
 
 #[cfg(test)]

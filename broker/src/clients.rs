@@ -63,12 +63,12 @@ impl Clients {
         Self {
             channels: Mutex::new(HashMap::new()),
             suspect_stores: Mutex::new(HashMap::new()),
-            nameservers: config.nameservers.clone(),
+            nameservers: config.cluster.nameservers.clone(),
             current_nameserver: AtomicUsize::new(0),
-            max_message_bytes: config.max_grpc_message_bytes,
-            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
-            store_timeout: Duration::from_millis(config.store_request_timeout_ms),
-            nameserver_timeout: Duration::from_millis(config.nameserver_request_timeout_ms),
+            max_message_bytes: config.server.max_grpc_message_bytes,
+            connect_timeout: Duration::from_millis(config.server.connect_timeout_ms),
+            store_timeout: Duration::from_millis(config.replication.store_request_timeout_ms),
+            nameserver_timeout: Duration::from_millis(config.cluster.nameserver_request_timeout_ms),
         }
     }
 

@@ -1,30 +1,96 @@
-//! Broker configuration: one struct, loaded from defaults, an optional TOML
-//! file and `SLUICE_BROKER_*` environment variables (in that order).
+//! Broker configuration: one struct in sections, loaded by the service
+//! shell from defaults, an optional TOML file and `SLUICE_BROKER_*`
+//! environment variables (in that order; `__` separates a section from its
+//! key, e.g. `SLUICE_BROKER_FETCH__TAIL_CACHE_BYTES`).
+//!
+//! The keys were flat before; the old names ([`MOVED_KEYS`]) are refused
+//! with where they went.
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES};
+use sluice_service::{ConfigError, MovedKey, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
 
 /// Everything a broker can be told. See `config/broker.toml` for the
 /// commented list with defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// Stable id of this broker in the cluster. Default `broker-1`.
-    pub node_id: String,
+    pub server: ServerConfig,
+    pub cluster: ClusterConfig,
+    pub produce: ProduceConfig,
+    pub replication: ReplicationConfig,
+    pub fetch: FetchConfig,
+    pub lookup: LookupConfig,
+    pub groups: GroupsConfig,
+    pub retention: RetentionConfig,
+    pub subscriptions: SubscriptionsConfig,
+    pub backlog: BacklogConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[server]`: the gRPC server and connections to peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
     /// Address the gRPC server binds. Default `127.0.0.1:7401`.
     pub listen_address: String,
     /// Address clients and other brokers use to reach this broker; default
     /// the listener's actual address.
     pub advertised_address: Option<String>,
+    /// gRPC message limit for the server and every client. Default 16 MiB.
+    pub max_grpc_message_bytes: usize,
+    /// TCP connect timeout to any peer. Default 3000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:7401".to_string(),
+            advertised_address: None,
+            max_grpc_message_bytes: DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            connect_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// `[cluster]`: this broker's identity and its nameservers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Stable id of this broker in the cluster. Default `broker-1`.
+    pub node_id: String,
     /// Nameserver endpoints, tried in order. Default `["http://127.0.0.1:7400"]`.
     pub nameservers: Vec<String>,
     /// Rack (failure domain) reported at registration. Default empty.
     pub rack: String,
-    /// Total bytes of recent batches kept in memory across all served
-    /// partitions (split evenly between them). Default 256 MiB.
-    pub tail_cache_bytes: u64,
+    /// Timeout of each nameserver request. Default 5000.
+    pub nameserver_request_timeout_ms: u64,
+    /// Cap of the exponential backoff between registration attempts. Default 5000.
+    pub register_backoff_max_ms: u64,
+    /// How long cached topic partition counts (from GetRoutes) are trusted. Default 10000.
+    pub route_refresh_interval_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: "broker-1".to_string(),
+            nameservers: vec!["http://127.0.0.1:7400".to_string()],
+            rack: String::new(),
+            nameserver_request_timeout_ms: 5_000,
+            register_backoff_max_ms: 5_000,
+            route_refresh_interval_ms: 10_000,
+        }
+    }
+}
+
+/// `[produce]`: the produce path's bounds and the idempotent producers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProduceConfig {
     /// Produce bytes accepted but not yet answered per produce stream; the
     /// broker stops reading the stream at this limit. Default 64 MiB.
     pub max_in_flight_bytes_per_connection: u64,
@@ -34,39 +100,43 @@ pub struct BrokerConfig {
     pub partition_queue_bytes: u64,
     /// Appends one partition keeps in flight to its stores. Default 1024.
     pub max_in_flight_appends_per_partition: usize,
-    /// Longest a fetch long-poll waits, whatever the client asks. Default 30000.
-    pub max_fetch_wait_ms: u64,
-    /// Largest fetch response, whatever the client asks. Default 8 MiB.
-    pub max_fetch_bytes: u64,
-    /// Bytes of store reads started ahead of sequential readers' next
-    /// fetches, across all partitions (at most one range per partition);
-    /// 0 turns read-ahead off. Default 64 MiB.
-    pub fetch_read_ahead_bytes: u64,
-    /// Message lookup (ADR 0013): most messages one `FindMessages` answer
-    /// returns, whatever the client asks. Default 1000.
-    pub max_find_results: u32,
-    /// Message lookup: most bytes of record batches one `FindMessages`
-    /// reads from the log to verify candidates and scan unindexed ranges;
-    /// beyond it the answer stops and says where to continue. Default 64 MiB.
-    pub max_find_scan_bytes: u64,
-    /// Message lookup: largest `FindMessages` answer (the batches holding
-    /// the matches). Default 8 MiB.
-    pub max_find_response_bytes: u64,
     /// Batch size limit for topics whose config does not set one. Default 8 MiB.
     pub max_batch_bytes: u32,
-    /// gRPC message limit for the server and every client. Default 16 MiB.
-    pub max_grpc_message_bytes: usize,
+    /// Idempotent producers remembered per partition (each with its last
+    /// few batches, to recognise resends); beyond it the least recently
+    /// used is forgotten, and a resend of its batches could then be
+    /// appended twice. Default 10000.
+    pub max_producer_states_per_partition: usize,
+    /// Bytes at the end of a partition's log read on takeover to rebuild
+    /// the idempotent producers' state. A resend is recognised after a
+    /// failover if its original is within this tail, so it must exceed
+    /// what the partition takes in during a producer's delivery timeout
+    /// (client `delivery_timeout_ms`, default 30 s; ADR 0010). Default
+    /// 64 MiB.
+    pub producer_state_rebuild_bytes: u64,
+}
+
+impl Default for ProduceConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight_bytes_per_connection: 64 * 1024 * 1024,
+            partition_queue_bytes: 32 * 1024 * 1024,
+            max_in_flight_appends_per_partition: 1024,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_producer_states_per_partition: 10_000,
+            producer_state_rebuild_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[replication]`: segments on the stores (ADR 0008): requests,
+/// acknowledgements, takeover and repair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
     /// Timeout of each store request, and of each append waiting for its
     /// store acknowledgement. Default 10000.
     pub store_request_timeout_ms: u64,
-    /// Timeout of each nameserver request. Default 5000.
-    pub nameserver_request_timeout_ms: u64,
-    /// TCP connect timeout to any peer. Default 3000.
-    pub connect_timeout_ms: u64,
-    /// Cap of the exponential backoff between registration attempts. Default 5000.
-    pub register_backoff_max_ms: u64,
-    /// Cap of the exponential backoff between takeover/recovery attempts. Default 5000.
-    pub takeover_backoff_max_ms: u64,
     /// A store that leaves an append unacknowledged this long is dropped
     /// from the open segment's ensemble, which then rolls to a new one.
     /// Bounds how long a hung store can stall producers when its
@@ -82,6 +152,8 @@ pub struct BrokerConfig {
     /// whether enough stores are live again to roll to a full ensemble.
     /// Default 10000.
     pub degraded_ensemble_check_interval_ms: u64,
+    /// Cap of the exponential backoff between takeover/recovery attempts. Default 5000.
+    pub takeover_backoff_max_ms: u64,
     /// How often the repair task checks the copies of the closed segments
     /// of served partitions and repairs those short of the ensemble size.
     /// Default 30000.
@@ -90,176 +162,500 @@ pub struct BrokerConfig {
     /// replaces its copies on other stores; a store back sooner has its
     /// copies checked and filled instead. Default 60000.
     pub repair_dead_store_grace_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            store_request_timeout_ms: 10_000,
+            replica_ack_timeout_ms: 2_000,
+            fence_grace_ms: 200,
+            degraded_ensemble_check_interval_ms: 10_000,
+            takeover_backoff_max_ms: 5_000,
+            repair_interval_ms: 30_000,
+            repair_dead_store_grace_ms: 60_000,
+        }
+    }
+}
+
+/// `[fetch]`: serving reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Total bytes of recent batches kept in memory across all served
+    /// partitions (split evenly between them). Default 256 MiB.
+    pub tail_cache_bytes: u64,
+    /// Longest a fetch long-poll waits, whatever the client asks. Default 30000.
+    pub max_wait_ms: u64,
+    /// Largest fetch response, whatever the client asks. Default 8 MiB.
+    pub max_bytes: u64,
+    /// Bytes of store reads started ahead of sequential readers' next
+    /// fetches, across all partitions (at most one range per partition);
+    /// 0 turns read-ahead off. Default 64 MiB.
+    pub read_ahead_bytes: u64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            tail_cache_bytes: 256 * 1024 * 1024,
+            max_wait_ms: 30_000,
+            max_bytes: 8 * 1024 * 1024,
+            read_ahead_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[lookup]`: message lookup (ADR 0013), `FindMessages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// Most messages one `FindMessages` answer returns, whatever the client
+    /// asks. Default 1000.
+    pub max_results: u32,
+    /// Most bytes of record batches one `FindMessages` reads from the log
+    /// to verify candidates and scan unindexed ranges; beyond it the answer
+    /// stops and says where to continue. Default 64 MiB.
+    pub max_scan_bytes: u64,
+    /// Largest `FindMessages` answer (the batches holding the matches).
+    /// Default 8 MiB.
+    pub max_response_bytes: u64,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        Self {
+            max_results: 1000,
+            max_scan_bytes: 64 * 1024 * 1024,
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[groups]`: consumer groups coordinated here, and their offset commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
     /// Session timeout of group members that do not ask for one. Default 45000.
-    pub group_session_timeout_ms: u64,
+    pub session_timeout_ms: u64,
     /// Smallest session timeout a member may ask for. Default 6000.
-    pub group_min_session_timeout_ms: u64,
+    pub min_session_timeout_ms: u64,
     /// Largest session timeout a member may ask for. Default 300000.
-    pub group_max_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
     /// Heartbeat interval told to group members. Default 3000.
-    pub group_heartbeat_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
     /// Most members one group may have. Default 1000.
-    pub group_max_members: usize,
+    pub max_members: usize,
     /// Most offsets one commit request may carry. Default 10000.
     pub max_offsets_per_commit: usize,
     /// Longest commit metadata string, in bytes. Default 4096.
     pub max_commit_metadata_bytes: usize,
-    /// How long cached topic partition counts (from GetRoutes) are trusted. Default 10000.
-    pub route_refresh_interval_ms: u64,
-    /// How often retention runs over served partitions. Default 60000.
-    pub retention_check_interval_ms: u64,
-    /// Idempotent producers remembered per partition (each with its last
-    /// few batches, to recognise resends); beyond it the least recently
-    /// used is forgotten, and a resend of its batches could then be
-    /// appended twice. Default 10000.
-    pub max_producer_states_per_partition: usize,
-    /// Bytes at the end of a partition's log read on takeover to rebuild
-    /// the idempotent producers' state. A resend is recognised after a
-    /// failover if its original is within this tail, so it must exceed
-    /// what the partition takes in during a producer's delivery timeout
-    /// (client `delivery_timeout_ms`, default 30 s; ADR 0010). Default
-    /// 64 MiB.
-    pub producer_state_rebuild_bytes: u64,
-    /// Subscriptions (ADR 0011): most scanned, unacknowledged messages one
-    /// subscription holds per partition (delivered or waiting); bounds its
-    /// memory and its cursor's size. Default 20000.
-    pub subscription_window_messages: usize,
-    /// Subscriptions: most delayed messages (waiting for their delivery
-    /// time) one subscription holds per partition, about 100 bytes of
-    /// memory each; beyond it the subscription reads no further until some
-    /// come due. Default 1000000.
-    pub subscription_max_delayed_messages: usize,
-    /// Subscriptions: bytes of delayed records one subscription keeps in
-    /// memory per partition (each as a single-record batch) so they are
-    /// sent from memory when due; beyond it due ones are read back from the
-    /// log. Default 256 MiB.
-    pub subscription_delayed_records_bytes: u64,
-    /// Subscriptions: most bytes of record batches one subscription keeps
-    /// read ahead per partition. Default 64 MiB.
-    pub subscription_window_bytes: u64,
-    /// Subscriptions: most credit (undelivered permits) one consumer may
-    /// hold; larger flow requests are capped. Default 10000.
-    pub subscription_max_permits_per_consumer: u64,
-    /// Subscriptions: most messages in flight (delivered, unacknowledged) to
-    /// one consumer whatever its credit; 0 means no limit. Default 5000.
-    pub subscription_max_unacknowledged_per_consumer: u64,
-    /// Subscriptions: most consumers of one subscription on one partition.
-    /// Default 1000.
-    pub subscription_max_consumers_per_partition: usize,
-    /// Subscriptions: acknowledgements are made durable (the cursor
-    /// committed) at most this often; receipts wait for it. Default 2.
-    pub subscription_ack_flush_interval_ms: u64,
-    /// Subscriptions: a dispatcher with no consumer for this long persists
-    /// its cursor and stops. Default 60000.
-    pub subscription_idle_stop_ms: u64,
-    /// Backlog monitor (ADR 0012): how often each served partition's
-    /// subscriptions are measured (backlog, age, rates) and the quota
-    /// policies applied. Produce answers carry the latest measurement.
-    /// Default 1000.
-    pub backlog_check_interval_ms: u64,
-    /// Backlog monitor: a topic's subscription list is asked from the
-    /// nameserver at most this often. Default 5000.
-    pub backlog_subscriptions_refresh_ms: u64,
-    /// Backlog monitor: drain and incoming rates are measured over this
-    /// sliding window. Default 30000.
-    pub backlog_rate_window_ms: u64,
-    pub telemetry: TelemetryConfig,
 }
 
-impl Default for BrokerConfig {
+impl Default for GroupsConfig {
     fn default() -> Self {
         Self {
-            node_id: "broker-1".to_string(),
-            listen_address: "127.0.0.1:7401".to_string(),
-            advertised_address: None,
-            nameservers: vec!["http://127.0.0.1:7400".to_string()],
-            rack: String::new(),
-            tail_cache_bytes: 256 * 1024 * 1024,
-            max_in_flight_bytes_per_connection: 64 * 1024 * 1024,
-            partition_queue_bytes: 32 * 1024 * 1024,
-            max_in_flight_appends_per_partition: 1024,
-            max_fetch_wait_ms: 30_000,
-            max_fetch_bytes: 8 * 1024 * 1024,
-            fetch_read_ahead_bytes: 64 * 1024 * 1024,
-            max_find_results: 1000,
-            max_find_scan_bytes: 64 * 1024 * 1024,
-            max_find_response_bytes: 8 * 1024 * 1024,
-            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
-            max_grpc_message_bytes: DEFAULT_MAX_GRPC_MESSAGE_BYTES,
-            store_request_timeout_ms: 10_000,
-            nameserver_request_timeout_ms: 5_000,
-            connect_timeout_ms: 3_000,
-            register_backoff_max_ms: 5_000,
-            takeover_backoff_max_ms: 5_000,
-            replica_ack_timeout_ms: 2_000,
-            fence_grace_ms: 200,
-            degraded_ensemble_check_interval_ms: 10_000,
-            repair_interval_ms: 30_000,
-            repair_dead_store_grace_ms: 60_000,
-            group_session_timeout_ms: 45_000,
-            group_min_session_timeout_ms: 6_000,
-            group_max_session_timeout_ms: 300_000,
-            group_heartbeat_interval_ms: 3_000,
-            group_max_members: 1000,
+            session_timeout_ms: 45_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 300_000,
+            heartbeat_interval_ms: 3_000,
+            max_members: 1000,
             max_offsets_per_commit: 10_000,
             max_commit_metadata_bytes: 4096,
-            route_refresh_interval_ms: 10_000,
-            retention_check_interval_ms: 60_000,
-            max_producer_states_per_partition: 10_000,
-            producer_state_rebuild_bytes: 64 * 1024 * 1024,
-            subscription_window_messages: 20_000,
-            subscription_max_delayed_messages: 1_000_000,
-            subscription_delayed_records_bytes: 256 * 1024 * 1024,
-            subscription_window_bytes: 64 * 1024 * 1024,
-            subscription_max_permits_per_consumer: 10_000,
-            subscription_max_unacknowledged_per_consumer: 5000,
-            subscription_max_consumers_per_partition: 1000,
-            subscription_ack_flush_interval_ms: 2,
-            subscription_idle_stop_ms: 60_000,
-            backlog_check_interval_ms: 1000,
-            backlog_subscriptions_refresh_ms: 5000,
-            backlog_rate_window_ms: 30_000,
-            telemetry: TelemetryConfig::default(),
         }
     }
 }
+
+/// `[retention]`: deleting old segments of served partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How often retention runs over served partitions (and expired group
+    /// members are evicted). Default 60000.
+    pub check_interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_ms: 60_000,
+        }
+    }
+}
+
+/// `[subscriptions]`: subscription dispatchers (ADR 0011), per subscription
+/// and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Most scanned, unacknowledged messages one subscription holds per
+    /// partition (delivered or waiting); bounds its memory and its cursor's
+    /// size. Default 20000.
+    pub window_messages: usize,
+    /// Most delayed messages (waiting for their delivery time) one
+    /// subscription holds per partition, about 100 bytes of memory each;
+    /// beyond it the subscription reads no further until some come due.
+    /// Default 1000000.
+    pub max_delayed_messages: usize,
+    /// Bytes of delayed records one subscription keeps in memory per
+    /// partition (each as a single-record batch) so they are sent from
+    /// memory when due; beyond it due ones are read back from the log.
+    /// Default 256 MiB.
+    pub delayed_records_bytes: u64,
+    /// Most bytes of record batches one subscription keeps read ahead per
+    /// partition. Default 64 MiB.
+    pub window_bytes: u64,
+    /// Most credit (undelivered permits) one consumer may hold; larger flow
+    /// requests are capped. Default 10000.
+    pub max_permits_per_consumer: u64,
+    /// Most messages in flight (delivered, unacknowledged) to one consumer
+    /// whatever its credit; 0 means no limit. Default 5000.
+    pub max_unacknowledged_per_consumer: u64,
+    /// Most consumers of one subscription on one partition. Default 1000.
+    pub max_consumers_per_partition: usize,
+    /// Acknowledgements are made durable (the cursor committed) at most
+    /// this often; receipts wait for it. Default 2.
+    pub ack_flush_interval_ms: u64,
+    /// A dispatcher with no consumer for this long persists its cursor and
+    /// stops. Default 60000.
+    pub idle_stop_ms: u64,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            window_messages: 20_000,
+            max_delayed_messages: 1_000_000,
+            delayed_records_bytes: 256 * 1024 * 1024,
+            window_bytes: 64 * 1024 * 1024,
+            max_permits_per_consumer: 10_000,
+            max_unacknowledged_per_consumer: 5000,
+            max_consumers_per_partition: 1000,
+            ack_flush_interval_ms: 2,
+            idle_stop_ms: 60_000,
+        }
+    }
+}
+
+/// `[backlog]`: the backlog monitor (ADR 0012).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BacklogConfig {
+    /// How often each served partition's subscriptions are measured
+    /// (backlog, age, rates) and the quota policies applied. Produce
+    /// answers carry the latest measurement. Default 1000.
+    pub check_interval_ms: u64,
+    /// A topic's subscription list is asked from the nameserver at most
+    /// this often. Default 5000.
+    pub subscriptions_refresh_ms: u64,
+    /// Drain and incoming rates are measured over this sliding window.
+    /// Default 30000.
+    pub rate_window_ms: u64,
+}
+
+impl Default for BacklogConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_ms: 1000,
+            subscriptions_refresh_ms: 5000,
+            rate_window_ms: 30_000,
+        }
+    }
+}
+
+const fn moved(old: &'static str, section: &'static str, key: &'static str) -> MovedKey {
+    MovedKey { old, section, key }
+}
+
+/// The flat keys of the configuration before it had sections, and where
+/// each went. Refused (from the file and from `SLUICE_BROKER_*`) with a
+/// message naming the new key.
+pub const MOVED_KEYS: &[MovedKey] = &[
+    moved("listen_address", "server", "listen_address"),
+    moved("advertised_address", "server", "advertised_address"),
+    moved("max_grpc_message_bytes", "server", "max_grpc_message_bytes"),
+    moved("connect_timeout_ms", "server", "connect_timeout_ms"),
+    moved("node_id", "cluster", "node_id"),
+    moved("nameservers", "cluster", "nameservers"),
+    moved("rack", "cluster", "rack"),
+    moved(
+        "nameserver_request_timeout_ms",
+        "cluster",
+        "nameserver_request_timeout_ms",
+    ),
+    moved(
+        "register_backoff_max_ms",
+        "cluster",
+        "register_backoff_max_ms",
+    ),
+    moved(
+        "route_refresh_interval_ms",
+        "cluster",
+        "route_refresh_interval_ms",
+    ),
+    moved(
+        "max_in_flight_bytes_per_connection",
+        "produce",
+        "max_in_flight_bytes_per_connection",
+    ),
+    moved("partition_queue_bytes", "produce", "partition_queue_bytes"),
+    moved(
+        "max_in_flight_appends_per_partition",
+        "produce",
+        "max_in_flight_appends_per_partition",
+    ),
+    moved("max_batch_bytes", "produce", "max_batch_bytes"),
+    moved(
+        "max_producer_states_per_partition",
+        "produce",
+        "max_producer_states_per_partition",
+    ),
+    moved(
+        "producer_state_rebuild_bytes",
+        "produce",
+        "producer_state_rebuild_bytes",
+    ),
+    moved(
+        "store_request_timeout_ms",
+        "replication",
+        "store_request_timeout_ms",
+    ),
+    moved(
+        "replica_ack_timeout_ms",
+        "replication",
+        "replica_ack_timeout_ms",
+    ),
+    moved("fence_grace_ms", "replication", "fence_grace_ms"),
+    moved(
+        "degraded_ensemble_check_interval_ms",
+        "replication",
+        "degraded_ensemble_check_interval_ms",
+    ),
+    moved(
+        "takeover_backoff_max_ms",
+        "replication",
+        "takeover_backoff_max_ms",
+    ),
+    moved("repair_interval_ms", "replication", "repair_interval_ms"),
+    moved(
+        "repair_dead_store_grace_ms",
+        "replication",
+        "repair_dead_store_grace_ms",
+    ),
+    moved("tail_cache_bytes", "fetch", "tail_cache_bytes"),
+    moved("max_fetch_wait_ms", "fetch", "max_wait_ms"),
+    moved("max_fetch_bytes", "fetch", "max_bytes"),
+    moved("fetch_read_ahead_bytes", "fetch", "read_ahead_bytes"),
+    moved("max_find_results", "lookup", "max_results"),
+    moved("max_find_scan_bytes", "lookup", "max_scan_bytes"),
+    moved("max_find_response_bytes", "lookup", "max_response_bytes"),
+    moved("group_session_timeout_ms", "groups", "session_timeout_ms"),
+    moved(
+        "group_min_session_timeout_ms",
+        "groups",
+        "min_session_timeout_ms",
+    ),
+    moved(
+        "group_max_session_timeout_ms",
+        "groups",
+        "max_session_timeout_ms",
+    ),
+    moved(
+        "group_heartbeat_interval_ms",
+        "groups",
+        "heartbeat_interval_ms",
+    ),
+    moved("group_max_members", "groups", "max_members"),
+    moved("max_offsets_per_commit", "groups", "max_offsets_per_commit"),
+    moved(
+        "max_commit_metadata_bytes",
+        "groups",
+        "max_commit_metadata_bytes",
+    ),
+    moved(
+        "retention_check_interval_ms",
+        "retention",
+        "check_interval_ms",
+    ),
+    moved(
+        "subscription_window_messages",
+        "subscriptions",
+        "window_messages",
+    ),
+    moved(
+        "subscription_max_delayed_messages",
+        "subscriptions",
+        "max_delayed_messages",
+    ),
+    moved(
+        "subscription_delayed_records_bytes",
+        "subscriptions",
+        "delayed_records_bytes",
+    ),
+    moved("subscription_window_bytes", "subscriptions", "window_bytes"),
+    moved(
+        "subscription_max_permits_per_consumer",
+        "subscriptions",
+        "max_permits_per_consumer",
+    ),
+    moved(
+        "subscription_max_unacknowledged_per_consumer",
+        "subscriptions",
+        "max_unacknowledged_per_consumer",
+    ),
+    moved(
+        "subscription_max_consumers_per_partition",
+        "subscriptions",
+        "max_consumers_per_partition",
+    ),
+    moved(
+        "subscription_ack_flush_interval_ms",
+        "subscriptions",
+        "ack_flush_interval_ms",
+    ),
+    moved("subscription_idle_stop_ms", "subscriptions", "idle_stop_ms"),
+    moved("backlog_check_interval_ms", "backlog", "check_interval_ms"),
+    moved(
+        "backlog_subscriptions_refresh_ms",
+        "backlog",
+        "subscriptions_refresh_ms",
+    ),
+    moved("backlog_rate_window_ms", "backlog", "rate_window_ms"),
+];
 
 impl BrokerConfig {
     /// Defaults, then the TOML file at `path` (which must exist when given),
     /// then `SLUICE_BROKER_*` variables (`__` separates nested keys).
-    // The signature is the one every Sluice service shares; the error is
-    // built once at startup, so its size does not matter.
-    #[allow(clippy::result_large_err)]
-    pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
-        use figment::providers::{Env, Format, Serialized, Toml};
-        let mut figment = figment::Figment::from(Serialized::defaults(Self::default()));
-        if let Some(path) = path {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment
-            .merge(Env::prefixed("SLUICE_BROKER_").split("__"))
-            .extract()
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        sluice_service::load_config(path)
+    }
+}
+
+impl ServiceConfig for BrokerConfig {
+    const ENV_PREFIX: &'static str = "SLUICE_BROKER_";
+    const MOVED_KEYS: &'static [MovedKey] = MOVED_KEYS;
+
+    fn listen_address(&self) -> &str {
+        &self.server.listen_address
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
     }
 }
 
 #[cfg(test)]
+// figment::Jail (which serializes environment changes between tests)
+// takes closures returning figment::Error.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
     #[test]
     fn example_file_matches_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
-        let loaded = BrokerConfig::load(Some(&path)).expect("config/broker.toml parses");
-        assert_eq!(loaded, BrokerConfig::default());
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
+            let loaded = BrokerConfig::load(Some(&path)).expect("config/broker.toml parses");
+            assert_eq!(loaded, BrokerConfig::default());
+            Ok(())
+        });
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let path = directory.path().join("broker.toml");
-        std::fs::write(&path, "tail_cache_byte = 1\n").expect("write config");
-        let error =
-            BrokerConfig::load(Some(&path)).expect_err("a misspelt key must not be ignored");
-        assert!(error.to_string().contains("tail_cache_byte"), "{error}");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("broker.toml", "[fetch]\ntail_cache_byte = 1\n")?;
+            let error = BrokerConfig::load(Some(Path::new("broker.toml")))
+                .expect_err("a misspelt key must not be ignored");
+            assert!(error.to_string().contains("tail_cache_byte"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sections_are_read_from_the_file_and_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "broker.toml",
+                "[subscriptions]\nwindow_messages = 7\n[cluster]\nnode_id = \"b-9\"\n",
+            )?;
+            jail.set_env("SLUICE_BROKER_FETCH__TAIL_CACHE_BYTES", "4096");
+            let loaded = BrokerConfig::load(Some(Path::new("broker.toml"))).expect("loads");
+            assert_eq!(loaded.subscriptions.window_messages, 7);
+            assert_eq!(loaded.cluster.node_id, "b-9");
+            assert_eq!(loaded.fetch.tail_cache_bytes, 4096);
+            assert_eq!(loaded.fetch.max_bytes, FetchConfig::default().max_bytes);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn old_flat_keys_in_the_file_name_their_new_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "broker.toml",
+                "subscription_window_messages = 7\nnode_id = \"b-9\"\n",
+            )?;
+            let error = BrokerConfig::load(Some(Path::new("broker.toml")))
+                .expect_err("old keys must be refused");
+            let message = error.to_string();
+            assert!(
+                message.contains(
+                    "`subscription_window_messages` moved to `[subscriptions] window_messages`"
+                ),
+                "{message}"
+            );
+            assert!(
+                message.contains("`node_id` moved to `[cluster] node_id`"),
+                "{message}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn old_flat_environment_variables_name_their_new_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_BROKER_TAIL_CACHE_BYTES", "4096");
+            let error = BrokerConfig::load(None).expect_err("old variables must be refused");
+            assert_eq!(
+                error.to_string(),
+                "SLUICE_BROKER_TAIL_CACHE_BYTES: `tail_cache_bytes` moved to \
+                 `[fetch] tail_cache_bytes` (set SLUICE_BROKER_FETCH__TAIL_CACHE_BYTES)"
+            );
+            Ok(())
+        });
+    }
+
+    /// Every old key points at a key that exists, none is a current
+    /// top-level key, and every key of the sections has its old name.
+    #[test]
+    fn moved_keys_cover_every_section_key() {
+        let defaults = serde_json::to_value(BrokerConfig::default()).expect("serializes");
+        let sections = defaults.as_object().expect("a table");
+        let mut section_keys = 0;
+        for (section, keys) in sections {
+            if section == "telemetry" {
+                continue;
+            }
+            section_keys += keys.as_object().expect("a section").len();
+        }
+        assert_eq!(MOVED_KEYS.len(), section_keys);
+        for moved in MOVED_KEYS {
+            assert!(
+                !sections.contains_key(moved.old),
+                "{} is a section",
+                moved.old
+            );
+            assert!(
+                sections[moved.section]
+                    .as_object()
+                    .expect("a section")
+                    .contains_key(moved.key),
+                "{} has no {}",
+                moved.section,
+                moved.key
+            );
+        }
     }
 }

@@ -173,16 +173,16 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 }
 
 impl Coordinator {
-    pub fn new(config: &crate::config::BrokerConfig) -> Self {
+    pub fn new(config: &crate::config::GroupsConfig) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
-            default_session_timeout_ms: config.group_session_timeout_ms,
-            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            default_session_timeout_ms: config.session_timeout_ms,
+            min_session_timeout_ms: config.min_session_timeout_ms,
             max_session_timeout_ms: config
-                .group_max_session_timeout_ms
-                .max(config.group_min_session_timeout_ms),
-            heartbeat_interval_ms: config.group_heartbeat_interval_ms,
-            max_members: config.group_max_members,
+                .max_session_timeout_ms
+                .max(config.min_session_timeout_ms),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            max_members: config.max_members,
             max_offsets_per_commit: config.max_offsets_per_commit,
             max_metadata_bytes: config.max_commit_metadata_bytes,
         }
@@ -897,12 +897,12 @@ async fn high_watermarks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BrokerConfig;
+    use crate::config::GroupsConfig;
 
     fn coordinator() -> Coordinator {
-        Coordinator::new(&BrokerConfig {
-            group_min_session_timeout_ms: 1,
-            ..BrokerConfig::default()
+        Coordinator::new(&GroupsConfig {
+            min_session_timeout_ms: 1,
+            ..GroupsConfig::default()
         })
     }
 

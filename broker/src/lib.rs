@@ -58,7 +58,7 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
     pub tail_cache: SharedTailCache,
-    /// Bytes all partitions' fetch read-aheads may hold (`fetch_read_ahead_bytes`).
+    /// Bytes all partitions' fetch read-aheads may hold (`[fetch] read_ahead_bytes`).
     pub read_ahead_budget: Arc<tokio::sync::Semaphore>,
     /// Topic → partition count (None: no such topic), and when learned.
     partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
@@ -131,12 +131,12 @@ impl Shared {
     }
 
     /// Partition counts of the existing topics among `topics`, cached for
-    /// `route_refresh_interval_ms`.
+    /// `[cluster] route_refresh_interval_ms`.
     pub async fn partition_counts(
         &self,
         topics: &[String],
     ) -> Result<BTreeMap<String, u32>, BrokerError> {
-        let refresh = Duration::from_millis(self.config.route_refresh_interval_ms);
+        let refresh = Duration::from_millis(self.config.cluster.route_refresh_interval_ms);
         let stale: Vec<String> = {
             let cache = self
                 .partition_counts
@@ -228,16 +228,17 @@ pub async fn run(
         .local_addr()
         .map_err(|error| BrokerError::Transport(format!("listener has no address: {error}")))?;
     let advertised_address = config
+        .server
         .advertised_address
         .clone()
         .unwrap_or_else(|| local_address.to_string());
     let (stop_sender, stop_receiver) = watch::channel(false);
     let shared = Arc::new(Shared {
         clients: Arc::new(Clients::new(&config)),
-        coordinator: Coordinator::new(&config),
-        tail_cache: SharedTailCache::new(config.tail_cache_bytes),
+        coordinator: Coordinator::new(&config.groups),
+        tail_cache: SharedTailCache::new(config.fetch.tail_cache_bytes),
         read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(config.fetch_read_ahead_bytes)
+            usize::try_from(config.fetch.read_ahead_bytes)
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
@@ -252,7 +253,7 @@ pub async fn run(
         advertised_address: advertised_address.clone(),
         config,
     });
-    tracing::info!(node_id = %shared.config.node_id, address = %advertised_address, "broker starting");
+    tracing::info!(node_id = %shared.config.cluster.node_id, address = %advertised_address, "broker starting");
     // Partitions keep serving until the server drained its requests, so
     // accepted appends still get their answers during shutdown.
     let (background_stop, background_stopped) = watch::channel(false);
@@ -267,8 +268,8 @@ pub async fn run(
         .set_serving::<BrokerServer<service::BrokerService>>()
         .await;
     let health_service = health_service
-        .max_decoding_message_size(shared.config.max_grpc_message_bytes)
-        .max_encoding_message_size(shared.config.max_grpc_message_bytes);
+        .max_decoding_message_size(shared.config.server.max_grpc_message_bytes)
+        .max_encoding_message_size(shared.config.server.max_grpc_message_bytes);
     let stop_on_shutdown = async move {
         shutdown.await;
         tracing::info!("broker shutting down");
@@ -280,24 +281,16 @@ pub async fn run(
             .await;
         stop_sender.send_replace(true);
     };
-    let max_message_bytes = shared.config.max_grpc_message_bytes;
+    let max_message_bytes = shared.config.server.max_grpc_message_bytes;
     let service = BrokerServer::new(service::BrokerService {
         shared: shared.clone(),
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let served = tonic::transport::Server::builder()
-        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
-        .trace_fn(sluice_telemetry::grpc_server_span)
+    let served = sluice_service::grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            // Nagle off: pipelined small responses must not wait for delayed ACKs.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_on_shutdown,
-        )
+        .serve_with_incoming_shutdown(sluice_service::incoming(listener), stop_on_shutdown)
         .await;
     drop(stop_receiver);
     background_stop.send_replace(true);

@@ -226,11 +226,11 @@ impl Search<'_> {
                 next = next.max(header.end_offset());
                 continue;
             }
-            let max_scan = self.shared.config.max_find_scan_bytes;
+            let max_scan = self.shared.config.lookup.max_scan_bytes;
             if self.scanned_bytes + slice.len() as u64 > max_scan && self.scanned_bytes > 0 {
                 self.stopped_at = Some(header.base_offset.max(from_offset));
                 self.note(format!(
-                    "stopped after reading {} bytes (max_find_scan_bytes {max_scan})",
+                    "stopped after reading {} bytes ([lookup] max_scan_bytes {max_scan})",
                     self.scanned_bytes
                 ));
                 return next;
@@ -261,13 +261,13 @@ impl Search<'_> {
             if matched.is_empty() {
                 continue;
             }
-            let max_response = self.shared.config.max_find_response_bytes;
+            let max_response = self.shared.config.lookup.max_response_bytes;
             if !self.offsets.is_empty()
                 && self.batches.len() as u64 + batch.len() as u64 > max_response
             {
                 self.stopped_at = Some(matched[0]);
                 self.note(format!(
-                    "stopped at {} bytes of answer (max_find_response_bytes {max_response})",
+                    "stopped at {} bytes of answer ([lookup] max_response_bytes {max_response})",
                     self.batches.len()
                 ));
                 return next;
@@ -438,7 +438,7 @@ pub async fn find_messages(
 ) -> Result<FindMessagesResponse, BrokerError> {
     let filter = Filter::from_request(&request)?;
     let (partition, status) = served(shared, &request.topic, request.partition).await?;
-    let configured = shared.config.max_find_results.max(1);
+    let configured = shared.config.lookup.max_results.max(1);
     let limit = if request.limit == 0 {
         configured
     } else {

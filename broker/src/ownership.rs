@@ -88,10 +88,10 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
             register_node,
             RegisterNodeRequest {
                 kind: NodeKind::Broker as i32,
-                node_id: shared.config.node_id.clone(),
+                node_id: shared.config.cluster.node_id.clone(),
                 address: shared.advertised_address.clone(),
                 load: Some(load(shared, &mut RateMeter::new(shared))),
-                rack: shared.config.rack.clone(),
+                rack: shared.config.cluster.rack.clone(),
             }
         );
         match attempt {
@@ -118,7 +118,7 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
             _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
             _ = crate::wait_until_set(shutdown) => return None,
         }
-        backoff_ms = (backoff_ms * 2).min(shared.config.register_backoff_max_ms.max(1));
+        backoff_ms = (backoff_ms * 2).min(shared.config.cluster.register_backoff_max_ms.max(1));
     }
 }
 
@@ -142,7 +142,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     heartbeat,
                     HeartbeatRequest {
                         kind: NodeKind::Broker as i32,
-                        node_id: shared.config.node_id.clone(),
+                        node_id: shared.config.cluster.node_id.clone(),
                         session_id: session.session_id,
                         load: Some(load(&shared, &mut meter)),
                     }
@@ -205,7 +205,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             deregister_node,
             DeregisterNodeRequest {
                 kind: NodeKind::Broker as i32,
-                node_id: shared.config.node_id.clone(),
+                node_id: shared.config.cluster.node_id.clone(),
                 session_id,
             }
         );

@@ -12,7 +12,7 @@
 //! Only data below the high watermark is ever read ahead, and that data
 //! never changes, so a read-ahead cannot serve anything a direct read would
 //! not. One read-ahead per partition at most; all of them together hold at
-//! most `fetch_read_ahead_bytes` (a permit per range). A read at another
+//! most `[fetch] read_ahead_bytes` (a permit per range). A read at another
 //! offset (a second reader, a seek) drops the pending one and, not being
 //! sequential, starts none: interleaved readers cost no wasted store reads.
 

@@ -125,7 +125,7 @@ pub struct RepairProgress {
 }
 
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let interval = Duration::from_millis(shared.config.repair_interval_ms.max(1));
+    let interval = Duration::from_millis(shared.config.replication.repair_interval_ms.max(1));
     // When each store was first seen not live, for the grace period.
     let mut missing_since: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -171,7 +171,7 @@ async fn repair_partition(
     missing_since: &HashMap<String, Instant>,
 ) {
     let ensemble_size = (partition.config.ensemble_size as usize).max(1);
-    let grace = Duration::from_millis(shared.config.repair_dead_store_grace_ms);
+    let grace = Duration::from_millis(shared.config.replication.repair_dead_store_grace_ms);
     let mut repairs = 0;
     for segment in partition.segments() {
         // Empty closed segments are repaired too: their replica list is
@@ -422,7 +422,7 @@ async fn copy(
         from_offset,
         end_offset,
         fence_epoch: partition.epoch,
-        chunk_bytes: u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX),
+        chunk_bytes: u32::try_from(shared.config.fetch.max_bytes).unwrap_or(u32::MAX),
     };
     copy_range(&shared.clients, &range, &shared.repair.bytes_copied).await
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 const MAX_SEGMENTS_PER_ROUND: usize = 100;
 
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let interval = Duration::from_millis(shared.config.retention_check_interval_ms.max(1));
+    let interval = Duration::from_millis(shared.config.retention.check_interval_ms.max(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

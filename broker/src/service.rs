@@ -20,7 +20,7 @@ use sluice_proto::v1::{
     DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
     FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FetchedPartition,
     GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetSpec, PressureLevel, ProduceRequest, ProduceResponse,
+    OffsetSpec, ProduceRequest, ProduceResponse,
 };
 use sluice_proto::ErrorCode;
 use std::collections::{HashMap, VecDeque};
@@ -121,7 +121,7 @@ fn submit_produce(
     if let Some(error) = backlog_rejection(shared, &partition) {
         return async move { (error_response(request_id, &error), size, key) }.boxed();
     }
-    let max_batch_bytes = partition.max_batch_bytes(shared.config.max_batch_bytes);
+    let max_batch_bytes = partition.max_batch_bytes(shared.config.produce.max_batch_bytes);
     let header = match batch::validate(&produce.batch, max_batch_bytes) {
         Ok(header) => header,
         Err(error) => {
@@ -170,10 +170,10 @@ fn backlog_quota_error(message: String) -> BrokerError {
 /// REJECT (ADR 0012): the partition's backlog is at its quota.
 fn backlog_rejection(shared: &Shared, partition: &Partition) -> Option<BrokerError> {
     let pressure = shared.backlog.pressure(&partition.key);
-    (pressure.level == PressureLevel::Limit && pressure.policy == BacklogPolicy::Reject).then(|| {
+    pressure.limits_with(BacklogPolicy::Reject).then(|| {
         backlog_quota_error(format!(
             "{} is at its backlog quota ({} messages, about {} bytes not acknowledged by its slowest subscription); policy REJECT",
-            partition.key, pressure.backlog_messages, pressure.backlog_bytes
+            partition.key, pressure.reported.backlog_messages, pressure.reported.backlog_bytes
         ))
     })
 }
@@ -190,7 +190,7 @@ struct HeldPartition {
     /// Each request with when it started waiting.
     queue: VecDeque<(ProduceRequest, Instant)>,
     timeout: Duration,
-    pressure: watch::Receiver<backlog::Pressure>,
+    pressure: watch::Receiver<backlog::PartitionPressure>,
 }
 
 /// HOLD: whether `produce` must wait for its partition's backlog; the hold
@@ -198,7 +198,7 @@ struct HeldPartition {
 fn hold_for(
     shared: &Shared,
     key: &PartitionKey,
-) -> Option<(Duration, watch::Receiver<backlog::Pressure>)> {
+) -> Option<(Duration, watch::Receiver<backlog::PartitionPressure>)> {
     let partition = shared.partition(key)?;
     if !holds(&shared.backlog.pressure(key)) {
         return None;
@@ -211,8 +211,8 @@ fn hold_for(
 }
 
 /// HOLD applies: the partition is at a limit whose policy holds producers.
-fn holds(pressure: &backlog::Pressure) -> bool {
-    pressure.level == PressureLevel::Limit && pressure.policy == BacklogPolicy::Hold
+fn holds(pressure: &backlog::PartitionPressure) -> bool {
+    pressure.limits_with(BacklogPolicy::Hold)
 }
 
 /// The next held partition whose hold ends: `true` when its backlog
@@ -262,12 +262,11 @@ fn with_pressure(
     key: &PartitionKey,
     mut response: ProduceResponse,
 ) -> ProduceResponse {
-    let pressure = shared.backlog.pressure(key);
-    let (level, messages, bytes, drain_ms) = backlog::answer_fields(&pressure);
-    response.pressure = level;
-    response.backlog_messages = messages;
-    response.backlog_bytes = bytes;
-    response.estimated_drain_ms = drain_ms;
+    shared
+        .backlog
+        .pressure(key)
+        .reported
+        .write_to(&mut response);
     response
 }
 
@@ -276,7 +275,11 @@ async fn produce_loop(
     mut inbound: Streaming<ProduceRequest>,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
-    let max_in_flight_bytes = shared.config.max_in_flight_bytes_per_connection.max(1);
+    let max_in_flight_bytes = shared
+        .config
+        .produce
+        .max_in_flight_bytes_per_connection
+        .max(1);
     let mut pending: FuturesOrdered<PendingProduce> = FuturesOrdered::new();
     let mut in_flight_bytes: u64 = 0;
     let mut streams: HashMap<PartitionKey, StreamPartition> = HashMap::new();
@@ -523,9 +526,9 @@ impl Broker for BrokerService {
         }
         let config = &self.shared.config;
         let wait =
-            Duration::from_millis(u64::from(request.max_wait_ms).min(config.max_fetch_wait_ms));
+            Duration::from_millis(u64::from(request.max_wait_ms).min(config.fetch.max_wait_ms));
         let deadline = Instant::now() + wait;
-        let configured_max = usize::try_from(config.max_fetch_bytes).unwrap_or(usize::MAX);
+        let configured_max = usize::try_from(config.fetch.max_bytes).unwrap_or(usize::MAX);
         let total_max_bytes = if request.max_bytes == 0 {
             configured_max
         } else {

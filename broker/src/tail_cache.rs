@@ -1,6 +1,6 @@
 //! The in-memory tail cache: the most recent acknowledged batches of every
 //! served partition, so consumers near the head never touch a store. The
-//! total is bounded by `tail_cache_bytes`, split evenly across partitions;
+//! total is bounded by `[fetch] tail_cache_bytes`, split evenly across partitions;
 //! each partition evicts its oldest batches first.
 
 use bytes::{Bytes, BytesMut};

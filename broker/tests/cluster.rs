@@ -4,6 +4,7 @@
 //! offsets, and offsets surviving a broker restart.
 
 use bytes::Bytes;
+use sluice_broker::config::{ClusterConfig, ReplicationConfig, RetentionConfig, ServerConfig};
 use sluice_broker::BrokerConfig;
 use sluice_nameserver::config::{MetadataBackend, MetadataConfig, TopicDefaults};
 use sluice_nameserver::NameServerConfig;
@@ -58,11 +59,7 @@ impl RunningBroker {
 }
 
 async fn start_broker(nameserver_url: &str) -> RunningBroker {
-    start_broker_with(
-        nameserver_url,
-        BrokerConfig::default().retention_check_interval_ms,
-    )
-    .await
+    start_broker_with(nameserver_url, RetentionConfig::default().check_interval_ms).await
 }
 
 async fn start_broker_with(
@@ -72,13 +69,24 @@ async fn start_broker_with(
     let listener = listener().await;
     let address = listener.local_addr().expect("listener address").to_string();
     let config = BrokerConfig {
-        node_id: "test-broker".into(),
-        listen_address: address.clone(),
-        nameservers: vec![nameserver_url.to_string()],
-        takeover_backoff_max_ms: 200,
-        register_backoff_max_ms: 200,
-        route_refresh_interval_ms: 100,
-        retention_check_interval_ms,
+        server: ServerConfig {
+            listen_address: address.clone(),
+            ..ServerConfig::default()
+        },
+        cluster: ClusterConfig {
+            node_id: "test-broker".into(),
+            nameservers: vec![nameserver_url.to_string()],
+            register_backoff_max_ms: 200,
+            route_refresh_interval_ms: 100,
+            ..ClusterConfig::default()
+        },
+        replication: ReplicationConfig {
+            takeover_backoff_max_ms: 200,
+            ..ReplicationConfig::default()
+        },
+        retention: RetentionConfig {
+            check_interval_ms: retention_check_interval_ms,
+        },
         ..BrokerConfig::default()
     };
     let (stop, stopped) = watch::channel(false);

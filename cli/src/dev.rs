@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sluice_broker::config::{ClusterConfig, ServerConfig};
 use sluice_broker::BrokerConfig;
 use sluice_nameserver::config::{MetadataBackend, MetadataConfig};
 use sluice_nameserver::{NameServerConfig, TopicDefaults};
@@ -92,9 +93,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ..StoreConfig::default()
     };
     let broker_config = BrokerConfig {
-        node_id: "dev-broker".to_string(),
-        listen_address: format!("127.0.0.1:{}", args.broker_port),
-        nameservers: vec![nameserver_url.clone()],
+        server: ServerConfig {
+            listen_address: format!("127.0.0.1:{}", args.broker_port),
+            ..ServerConfig::default()
+        },
+        cluster: ClusterConfig {
+            node_id: "dev-broker".to_string(),
+            nameservers: vec![nameserver_url.clone()],
+            ..ClusterConfig::default()
+        },
         ..BrokerConfig::default()
     };
 

@@ -369,7 +369,7 @@ impl Admin {
 
     /// Messages by key, tag and/or time range (ADR 0013): every partition
     /// asked (or those listed), in parallel, each answer bounded by the
-    /// brokers' `max_find_results` and scan limits; merged by timestamp and
+    /// brokers' `[lookup] max_results` and scan limits; merged by timestamp and
     /// cut to `query.limit`. [`FoundMessages::continue_from`] says where a
     /// partition's search stopped early.
     ///

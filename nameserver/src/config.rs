@@ -2,11 +2,10 @@
 //! `SLUICE_NAMESERVER_*` environment variables (nested keys split by `__`,
 //! e.g. `SLUICE_NAMESERVER_METADATA__BACKEND=embedded`).
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::v1::{Durability, TopicConfig};
+use sluice_service::{ConfigError, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -228,17 +227,20 @@ impl Default for NameServerConfig {
 
 impl NameServerConfig {
     /// Defaults, then `path` (must exist when given), then environment.
-    // The signature is the one every Sluice service shares; figment's error
-    // is large but only built once at startup.
-    #[allow(clippy::result_large_err)]
-    pub fn load(path: Option<&Path>) -> Result<Self, figment::Error> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        if let Some(path) = path {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment
-            .merge(Env::prefixed("SLUICE_NAMESERVER_").split("__"))
-            .extract()
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        sluice_service::load_config(path)
+    }
+}
+
+impl ServiceConfig for NameServerConfig {
+    const ENV_PREFIX: &'static str = "SLUICE_NAMESERVER_";
+
+    fn listen_address(&self) -> &str {
+        &self.listen_address
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
     }
 }
 

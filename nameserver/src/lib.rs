@@ -164,18 +164,10 @@ pub async fn run_with_store(
         // Ends watch streams and background loops so the server can drain.
         let _ = stop_sender.send(true);
     };
-    let served = tonic::transport::Server::builder()
-        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
-        .trace_fn(sluice_telemetry::grpc_server_span)
+    let served = sluice_service::grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            // Nagle off: pipelined small responses must not wait for delayed ACKs.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        )
+        .serve_with_incoming_shutdown(sluice_service::incoming(listener), signal)
         .await;
     for task in [reconciler, election, registration] {
         if let Err(error) = task.await {

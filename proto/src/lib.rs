@@ -7,6 +7,7 @@
 //! - [`names`]: validated topic and group names.
 //! - [`limits`]: default message-size limits shared by servers and clients.
 //! - [`partitioning`]: the key and group hashes every client and server agree on.
+//! - [`pressure`]: backlog pressure as produce answers carry it.
 //!
 //! Everything that crosses a process boundary is defined here, so the
 //! services and the SDK agree by construction.
@@ -17,6 +18,7 @@ pub mod headers;
 pub mod limits;
 pub mod names;
 pub mod partitioning;
+pub mod pressure;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
@@ -27,6 +29,7 @@ pub mod v1 {
 }
 
 pub use error::{ErrorCode, SluiceError};
+pub use pressure::Pressure;
 
 /// Milliseconds since the Unix epoch, saturating at zero for clocks set
 /// before 1970.

@@ -1,11 +1,11 @@
-//! Configuration of a store node, loaded with figment from defaults, an
-//! optional TOML file and `SLUICE_STORE_*` environment variables.
+//! Configuration of a store node, loaded by the service shell from
+//! defaults, an optional TOML file and `SLUICE_STORE_*` environment
+//! variables.
 
 use crate::message_index::MessageIndexLimits;
 use crate::storage::StorageOptions;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sluice_service::{ConfigError, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -151,20 +151,23 @@ impl Default for StoreConfig {
     }
 }
 
+impl ServiceConfig for StoreConfig {
+    const ENV_PREFIX: &'static str = "SLUICE_STORE_";
+
+    fn listen_address(&self) -> &str {
+        &self.listen_address
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+}
+
 impl StoreConfig {
     /// Defaults, then the TOML file at `path` (which must exist if given),
     /// then `SLUICE_STORE_*` variables (`__` separates nested keys).
-    // The signature is the one every service shares; the error is built
-    // once at startup, so its size does not matter.
-    #[allow(clippy::result_large_err)]
-    pub fn load(path: Option<&Path>) -> Result<StoreConfig, figment::Error> {
-        let mut figment = Figment::from(Serialized::defaults(StoreConfig::default()));
-        if let Some(path) = path {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment
-            .merge(Env::prefixed("SLUICE_STORE_").split("__"))
-            .extract()
+    pub fn load(path: Option<&Path>) -> Result<StoreConfig, ConfigError> {
+        sluice_service::load_config(path)
     }
 
     /// The engine settings derived from this configuration.

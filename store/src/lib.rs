@@ -109,20 +109,12 @@ pub async fn run(
         stop_receiver.clone(),
     ));
     let mut serve_stop = stop_receiver.clone();
-    let serve = tonic::transport::Server::builder()
-        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
-        .trace_fn(sluice_telemetry::grpc_server_span)
+    let serve = sluice_service::grpc_server()
         .add_service(server)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            // Nagle off: pipelined small responses must not wait for delayed ACKs.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = serve_stop.wait_for(|stopping| *stopping).await;
-            },
-        );
+        .serve_with_incoming_shutdown(sluice_service::incoming(listener), async move {
+            let _ = serve_stop.wait_for(|stopping| *stopping).await;
+        });
     tokio::pin!(serve);
     tracing::info!(address = %local_address, node_id = %config.node_id, "store serving");
     let drain_timeout = Duration::from_millis(config.shutdown_drain_timeout_ms);

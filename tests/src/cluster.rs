@@ -164,6 +164,28 @@ impl Drop for Service {
     }
 }
 
+/// `base` with `extra`'s keys added, section by section; `extra` wins.
+fn merge_toml(base: &str, extra: &str) -> String {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (key, value) in from {
+            match (into.get_mut(&key), value) {
+                (Some(toml::Value::Table(section)), toml::Value::Table(more)) => {
+                    merge(section, more)
+                }
+                (_, value) => {
+                    into.insert(key, value);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse().expect("the harness's own TOML parses");
+    let extra: toml::Table = extra
+        .parse()
+        .unwrap_or_else(|error| panic!("ClusterSpec::broker_config is not TOML: {error}"));
+    merge(&mut table, extra);
+    toml::to_string(&table).expect("a TOML table serializes")
+}
+
 /// Shape of a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -178,8 +200,10 @@ pub struct ClusterSpec {
     /// Members of the etcd cluster; every nameserver is given all of their
     /// client URLs. Default 1.
     pub etcd_members: usize,
-    /// Extra TOML lines appended to every broker's config (top-level keys),
-    /// e.g. shorter repair intervals. Default empty.
+    /// Extra TOML merged into every broker's config, in its sections (e.g.
+    /// `[replication]\nrepair_interval_ms = 1000`); its keys win over the
+    /// harness's own (`[server] listen_address`, `[cluster] node_id` and
+    /// `nameservers`). Default empty.
     pub broker_config: String,
 }
 
@@ -296,19 +320,22 @@ impl Cluster {
                     .iter()
                     .map(|nameserver| format!("\"{}\"", nameserver.url()))
                     .collect();
-                let mut body = format!(
-                    "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n",
-                    nameservers.join(", ")
-                );
-                if kind == ServiceKind::Store {
+                let body = if kind == ServiceKind::Store {
                     let data = self.directory.path().join(&node_id).join("data");
-                    body.push_str(&format!("data_dir = \"{}\"\n", data.display()));
+                    format!(
+                        "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n\
+                         data_dir = \"{}\"\n",
+                        nameservers.join(", "),
+                        data.display()
+                    )
                 } else {
-                    body.push_str(&self.spec.broker_config);
-                    if !body.ends_with('\n') {
-                        body.push('\n');
-                    }
-                }
+                    let own = format!(
+                        "[server]\nlisten_address = \"127.0.0.1:{port}\"\n\
+                         [cluster]\nnode_id = \"{node_id}\"\nnameservers = [{}]\n",
+                        nameservers.join(", ")
+                    );
+                    merge_toml(&own, &self.spec.broker_config)
+                };
                 (node_id, body)
             }
         };

@@ -39,7 +39,7 @@ fn sluice_cli(cluster: &Cluster, args: &[&str]) -> String {
 /// Short monitor intervals so the tests see pressure change quickly.
 fn spec() -> ClusterSpec {
     ClusterSpec {
-        broker_config: "backlog_check_interval_ms = 100\nbacklog_subscriptions_refresh_ms = 200\n"
+        broker_config: "[backlog]\ncheck_interval_ms = 100\nsubscriptions_refresh_ms = 200\n"
             .to_string(),
         ..ClusterSpec::default()
     }

@@ -95,7 +95,7 @@ fn code_of(error: &ClientError) -> Option<ErrorCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
     let cluster = Cluster::start(ClusterSpec {
-        broker_config: "max_find_results = 50\n".to_string(),
+        broker_config: "[lookup]\nmax_results = 50\n".to_string(),
         ..ClusterSpec::default()
     })
     .await;
@@ -145,7 +145,7 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
         assert_eq!(count, expected.len(), "no duplicates for key {key}");
     }
     // By tag, across both partitions (each partition answers up to the
-    // broker's max_find_results of 50: 43 fit).
+    // broker's [lookup] max_results of 50: 43 fit).
     let (values, _) = find_values(&admin, MessageQuery::new("orders").tag("vip").limit(100)).await;
     let expected: BTreeSet<u64> = (0..MESSAGES)
         .filter(|value| value.is_multiple_of(7))
@@ -232,7 +232,7 @@ async fn messages_are_found_by_key_tag_time_and_id_across_segment_rolls() {
         );
     }
 
-    // The broker caps an absurd limit at its max_find_results.
+    // The broker caps an absurd limit at its [lookup] max_results.
     let mut broker = broker_of(&admin, "orders", 0).await;
     let capped = broker
         .find_messages(FindMessagesRequest {
@@ -453,7 +453,7 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
     let cluster = Cluster::start(ClusterSpec {
         // Dispatchers without consumers stop soon, so the stored cursor
         // answers.
-        broker_config: "subscription_idle_stop_ms = 1000\n".to_string(),
+        broker_config: "[subscriptions]\nidle_stop_ms = 1000\n".to_string(),
         ..ClusterSpec::default()
     })
     .await;
@@ -777,7 +777,7 @@ async fn unindexed_ranges_are_scanned_and_every_answer_is_bounded() {
     // test binary starts; other tests' answers do not depend on it.)
     std::env::set_var("SLUICE_STORE_MESSAGE_INDEX_MAX_BATCHES_PER_SEGMENT", "1");
     let cluster = Cluster::start(ClusterSpec {
-        broker_config: "max_find_scan_bytes = 3000\n".to_string(),
+        broker_config: "[lookup]\nmax_scan_bytes = 3000\n".to_string(),
         ..ClusterSpec::default()
     })
     .await;
@@ -830,7 +830,7 @@ async fn unindexed_ranges_are_scanned_and_every_answer_is_bounded() {
     assert!(
         notes
             .iter()
-            .any(|note| note.contains("max_find_scan_bytes")),
+            .any(|note| note.contains("[lookup] max_scan_bytes")),
         "{notes:?}"
     );
 }

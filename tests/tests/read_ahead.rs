@@ -60,7 +60,7 @@ async fn read_all(client: ClientConfig, fetch_partition_max_bytes: u32) {
 async fn sequential_and_interleaved_readers_see_every_record_once_in_order() {
     let mut cluster = Cluster::start(ClusterSpec {
         stores: 3,
-        broker_config: "tail_cache_bytes = 4096\nfetch_read_ahead_bytes = 1048576\n".to_string(),
+        broker_config: "[fetch]\ntail_cache_bytes = 4096\nread_ahead_bytes = 1048576\n".to_string(),
         ..ClusterSpec::default()
     })
     .await;

@@ -61,9 +61,10 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     let mut cluster = Cluster::start(ClusterSpec {
         stores: 4,
         brokers: 2,
-        broker_config: "repair_interval_ms = 1000\nrepair_dead_store_grace_ms = 3000\n\
+        broker_config:
+            "[replication]\nrepair_interval_ms = 1000\nrepair_dead_store_grace_ms = 3000\n\
                         degraded_ensemble_check_interval_ms = 2000\n"
-            .to_string(),
+                .to_string(),
         ..ClusterSpec::default()
     })
     .await;

@@ -955,7 +955,7 @@ async fn delayed_messages_arrive_on_time_survive_failover_and_expired_ones_never
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_keeps_what_a_subscription_has_not_consumed_unless_told_otherwise() {
     let cluster = Cluster::start(ClusterSpec {
-        broker_config: "retention_check_interval_ms = 300\nbacklog_check_interval_ms = 200\n"
+        broker_config: "[retention]\ncheck_interval_ms = 300\n[backlog]\ncheck_interval_ms = 200\n"
             .into(),
         ..ClusterSpec::default()
     })

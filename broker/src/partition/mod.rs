@@ -140,7 +140,7 @@ impl Partition {
         config: TopicConfig,
     ) -> Arc<Partition> {
         let (jobs, jobs_receiver) = mpsc::unbounded_channel();
-        let queue_permits = usize::try_from(shared.config.partition_queue_bytes)
+        let queue_permits = usize::try_from(shared.config.produce.partition_queue_bytes)
             .unwrap_or(usize::MAX)
             .clamp(1, Semaphore::MAX_PERMITS);
         let partition = Arc::new(Partition {
@@ -160,7 +160,7 @@ impl Partition {
             segments: RwLock::new(Vec::new()),
             stopped: watch::Sender::new(false),
             producers: Mutex::new(ProducerStates::new(
-                shared.config.max_producer_states_per_partition,
+                shared.config.produce.max_producer_states_per_partition,
             )),
             read_ahead: ReadAhead::default(),
             io: PartitionIo::of(&shared),

@@ -64,13 +64,23 @@ fn settings(shared: &Shared, partition: &Partition, replicas: usize) -> Settings
     let config = &partition.config;
     Settings {
         ack_quorum: effective_ack_quorum(config.ack_quorum, replicas),
-        max_in_flight: shared.config.max_in_flight_appends_per_partition.max(1),
-        replica_ack_timeout: Duration::from_millis(shared.config.replica_ack_timeout_ms.max(1)),
+        max_in_flight: shared
+            .config
+            .produce
+            .max_in_flight_appends_per_partition
+            .max(1),
+        replica_ack_timeout: Duration::from_millis(
+            shared.config.replication.replica_ack_timeout_ms.max(1),
+        ),
         segment_bytes: config.segment_bytes,
         segment_age: (config.segment_ms > 0).then(|| Duration::from_millis(config.segment_ms)),
         ensemble_size: (config.ensemble_size as usize).max(1),
         degraded_check_every: Duration::from_millis(
-            shared.config.degraded_ensemble_check_interval_ms.max(1),
+            shared
+                .config
+                .replication
+                .degraded_ensemble_check_interval_ms
+                .max(1),
         ),
     }
 }

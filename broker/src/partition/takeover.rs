@@ -104,7 +104,7 @@ async fn fence_and_recover(
     }
     let mut fenced: Vec<FencedCopy> = Vec::new();
     let mut last_error: Option<BrokerError> = None;
-    let grace = Duration::from_millis(shared.config.fence_grace_ms);
+    let grace = Duration::from_millis(shared.config.replication.fence_grace_ms);
     let mut grace_deadline: Option<Instant> = None;
     loop {
         let next = tokio::select! {
@@ -179,7 +179,7 @@ async fn copy_tail(
         from_offset: to.end_offset,
         end_offset: from.end_offset,
         fence_epoch: partition.epoch,
-        chunk_bytes: u32::try_from(shared.config.max_fetch_bytes).unwrap_or(u32::MAX),
+        chunk_bytes: u32::try_from(shared.config.fetch.max_bytes).unwrap_or(u32::MAX),
     };
     copy_range(&shared.clients, &range, &shared.repair.bytes_copied).await?;
     tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = to.end_offset, end = from.end_offset, "re-replicated the tail of a fenced segment");
@@ -329,7 +329,12 @@ pub(super) async fn create_and_open(
             created.segment_id
         )));
     }
-    let capacity = shared.config.max_in_flight_appends_per_partition.max(1) + 1;
+    let capacity = shared
+        .config
+        .produce
+        .max_in_flight_appends_per_partition
+        .max(1)
+        + 1;
     // Created on every replica at once: each creation waits for a journal
     // fsync on its store.
     let create = StoreCreateSegmentRequest {
@@ -394,7 +399,7 @@ pub(super) async fn close_rolled_segment(
     end_offset: u64,
 ) {
     let mut stopped = partition.stopped.subscribe();
-    let mut backoff = Backoff::new(shared.config.takeover_backoff_max_ms);
+    let mut backoff = Backoff::new(shared.config.replication.takeover_backoff_max_ms);
     let key = &partition.key;
     for attempt_number in 1..=ROLLED_SEGMENT_CLOSE_ATTEMPTS_MAX {
         let attempt = async {
@@ -449,7 +454,7 @@ pub(super) async fn rebuild_producer_states(
 ) -> Result<(), BrokerError> {
     let status = partition.status();
     let segments = partition.segments();
-    let window_bytes = shared.config.producer_state_rebuild_bytes;
+    let window_bytes = shared.config.produce.producer_state_rebuild_bytes;
     let Some(start) = partition.producer_states(|states| {
         states.rebuild_start(&segments, status.log_start_offset, window_bytes)
     }) else {

@@ -69,7 +69,7 @@ pub(super) async fn run(
 ) {
     let mut stopped = partition.stopped.subscribe();
     let mut carried = Carried {
-        backoff: Backoff::new(shared.config.takeover_backoff_max_ms),
+        backoff: Backoff::new(shared.config.replication.takeover_backoff_max_ms),
         replayed: !partition.is_offsets_topic(),
         excluded: Vec::new(),
         roll_pause: None,

@@ -75,7 +75,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_NACK_DELAY_MS: u64 = 86_400_000;
 /// Cursor bytes committed per second at most, per dispatcher: a cursor of
 /// N bytes is committed at most every N / this seconds (and at most every
-/// `subscription_ack_flush_interval_ms`).
+/// `[subscriptions] ack_flush_interval_ms`).
 const CURSOR_COMMIT_BYTES_PER_SECOND: f64 = 4.0 * 1024.0 * 1024.0;
 /// Group-name prefix under which subscription cursors are committed.
 const CURSOR_GROUP_PREFIX: &str = "__sub.";
@@ -262,7 +262,7 @@ pub fn serve(
     shared: Arc<Shared>,
     requests: Streaming<SubscribeRequest>,
 ) -> SubscribeResponseStream {
-    let capacity = usize::try_from(shared.config.subscription_max_permits_per_consumer)
+    let capacity = usize::try_from(shared.config.subscriptions.max_permits_per_consumer)
         .unwrap_or(usize::MAX)
         .saturating_add(RESPONSE_QUEUE_SLACK);
     let (responses, receiver) = mpsc::channel(capacity);
@@ -524,7 +524,7 @@ impl Task {
                 opened,
             } => {
                 if self.consumers.len()
-                    >= self.shared.config.subscription_max_consumers_per_partition
+                    >= self.shared.config.subscriptions.max_consumers_per_partition
                 {
                     let _ = opened.send(Err(BrokerError::Throttled(format!(
                         "subscription {:?} has {} consumers on {}, the most allowed",
@@ -647,7 +647,7 @@ impl Task {
             }
             if position >= status.high_watermark
                 || self.dispatcher.window_room() == 0
-                || self.batch_bytes >= self.shared.config.subscription_window_bytes
+                || self.batch_bytes >= self.shared.config.subscriptions.window_bytes
             {
                 return Ok(());
             }
@@ -734,7 +734,7 @@ impl Task {
     /// from memory (all acknowledged, or only delayed ones): from the front
     /// on every pass, and all of them when the read-ahead is half full.
     fn prune_batches(&mut self) {
-        let sweep_all = self.batch_bytes >= self.shared.config.subscription_window_bytes / 2;
+        let sweep_all = self.batch_bytes >= self.shared.config.subscriptions.window_bytes / 2;
         let mut unneeded = Vec::new();
         for (base, (end, _)) in &self.batches {
             if !self.dispatcher.holds_undelayed_in(*base, *end) {
@@ -751,12 +751,12 @@ impl Task {
     }
 
     /// Keeps the delayed records of a batch that is not kept, each as a
-    /// single-record batch, while `subscription_delayed_records_bytes`
+    /// single-record batch, while `[subscriptions] delayed_records_bytes`
     /// allows: when they come due they are sent from memory instead of
     /// reading their whole batch back from the stores (which bounded the
     /// firing rate of a million delayed messages).
     fn keep_delayed_records(&mut self, records: Vec<Record>, writer_epoch: u32) {
-        let budget = self.shared.config.subscription_delayed_records_bytes;
+        let budget = self.shared.config.subscriptions.delayed_records_bytes;
         if self.delayed_records_bytes >= budget {
             // Drop what expired or was evicted while delayed.
             let dispatcher = &self.dispatcher;
@@ -997,8 +997,8 @@ async fn write_dead_letter(
         .get_or_try_init(|| async {
             let config = sluice_client::ProducerConfig {
                 client: sluice_client::ClientConfig {
-                    bootstrap: shared.config.nameservers.clone(),
-                    client_id: format!("{}-dead-letters", shared.config.node_id),
+                    bootstrap: shared.config.cluster.nameservers.clone(),
+                    client_id: format!("{}-dead-letters", shared.config.cluster.node_id),
                     ..sluice_client::ClientConfig::default()
                 },
                 ..sluice_client::ProducerConfig::default()
@@ -1254,12 +1254,13 @@ async fn run_dispatcher(
                     .redelivery_backoff_max_ms
                     .max(subscription.redelivery_backoff_initial_ms),
                 max_deliveries: subscription.max_deliveries,
-                window_messages: shared.config.subscription_window_messages.max(1),
-                max_delayed_messages: shared.config.subscription_max_delayed_messages,
-                max_permits_per_consumer: shared.config.subscription_max_permits_per_consumer,
+                window_messages: shared.config.subscriptions.window_messages.max(1),
+                max_delayed_messages: shared.config.subscriptions.max_delayed_messages,
+                max_permits_per_consumer: shared.config.subscriptions.max_permits_per_consumer,
                 max_unacknowledged_per_consumer: shared
                     .config
-                    .subscription_max_unacknowledged_per_consumer,
+                    .subscriptions
+                    .max_unacknowledged_per_consumer,
             };
             Task {
                 shared: shared.clone(),
@@ -1322,11 +1323,11 @@ async fn refuse_remaining(
 
 /// The dispatcher's loop: consumers' commands, new data, timers, cursor
 /// commits and dead-letter writes, until the partition leaves this broker,
-/// the broker shuts down, or nobody consumed for `subscription_idle_stop_ms`.
+/// the broker shuts down, or nobody consumed for `[subscriptions] idle_stop_ms`.
 async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command>) {
     let flush_interval =
-        Duration::from_millis(task.shared.config.subscription_ack_flush_interval_ms);
-    let idle_stop = Duration::from_millis(task.shared.config.subscription_idle_stop_ms);
+        Duration::from_millis(task.shared.config.subscriptions.ack_flush_interval_ms);
+    let idle_stop = Duration::from_millis(task.shared.config.subscriptions.idle_stop_ms);
     let mut status = task.partition.subscribe();
     let mut shutdown = task.shared.shutdown.clone();
     let mut dead_letters: DeadLetters = FuturesUnordered::new();

@@ -236,7 +236,7 @@ pub struct ProducerConfig {
     /// of at most
     /// [`MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER`](sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER)
     /// (16). A resend is recognised when its original is among the last
-    /// broker `producer_state_rebuild_bytes` of the partition's log, which
+    /// broker `[produce] producer_state_rebuild_bytes` of the partition's log, which
     /// `delivery_timeout_ms` keeps true unless the partition takes in more
     /// than that within the timeout. Default: true.
     pub idempotence: bool,

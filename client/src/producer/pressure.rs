@@ -10,44 +10,9 @@
 use crate::cluster::TopicPartition;
 use crate::fast_hash::FastHashMap;
 pub use sluice_proto::v1::PressureLevel;
-use sluice_proto::v1::ProduceResponse;
+pub use sluice_proto::Pressure;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-
-/// A partition's backlog pressure as of one acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pressure {
-    pub level: PressureLevel,
-    /// Messages its slowest subscription has not acknowledged.
-    pub backlog_messages: u64,
-    /// Their estimated size.
-    pub backlog_bytes: u64,
-    /// Time that subscription needs to work through them at its current
-    /// rate; None when unknown (no progress).
-    pub estimated_drain_ms: Option<u64>,
-}
-
-impl Default for Pressure {
-    fn default() -> Self {
-        Self {
-            level: PressureLevel::Ok,
-            backlog_messages: 0,
-            backlog_bytes: 0,
-            estimated_drain_ms: Some(0),
-        }
-    }
-}
-
-impl Pressure {
-    pub(crate) fn of(response: &ProduceResponse) -> Self {
-        Self {
-            level: PressureLevel::try_from(response.pressure).unwrap_or(PressureLevel::Ok),
-            backlog_messages: response.backlog_messages,
-            backlog_bytes: response.backlog_bytes,
-            estimated_drain_ms: u64::try_from(response.estimated_drain_ms).ok(),
-        }
-    }
-}
 
 /// A partition's pressure level changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,15 +201,5 @@ mod tests {
         let partition = TopicPartition::new("orders", 0);
         tracker.observe(&partition, at(PressureLevel::Limit, 5), Some(&listener));
         assert_eq!(tracker.metrics().partitions_limit, 1);
-    }
-
-    #[test]
-    fn answers_without_pressure_fields_read_as_ok() {
-        let pressure = Pressure::of(&ProduceResponse {
-            estimated_drain_ms: -1,
-            ..Default::default()
-        });
-        assert_eq!(pressure.level, PressureLevel::Ok);
-        assert_eq!(pressure.estimated_drain_ms, None);
     }
 }
