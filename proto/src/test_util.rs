@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How often [`eventually`] checks again.
-pub const EVENTUALLY_POLL_MS: u64 = 50;
+pub const EVENTUALLY_POLL_MS: u64 = 20;
 
 /// What a fixture batch is made of; `..BatchSpec::default()` for the rest.
 #[derive(Debug, Clone)]
@@ -95,6 +95,15 @@ where
         );
         tokio::time::sleep(Duration::from_millis(EVENTUALLY_POLL_MS)).await;
     }
+}
+
+/// [`eventually`] for a condition that needs no awaiting.
+pub async fn eventually_true(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    eventually(what, timeout, || {
+        let holds = condition();
+        async move { holds.then_some(()) }
+    })
+    .await
 }
 
 #[cfg(test)]

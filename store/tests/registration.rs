@@ -9,7 +9,7 @@ use sluice_proto::v1::*;
 use sluice_proto::{ErrorCode, SluiceError};
 use sluice_store::StoreConfig;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -208,11 +208,7 @@ impl NameServer for FakeNameServer {
 }
 
 async fn wait_for(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    sluice_proto::test_util::eventually_true(what, Duration::from_secs(20), condition).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_client::{Admin, ClientError, Message, Record, Subscriber, SubscriberConfig};
-use sluice_proto::test_util::eventually;
+use sluice_proto::test_util::{eventually, eventually_true};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
@@ -165,13 +165,10 @@ async fn shared_subscription_acknowledges_each_message_once_while_consumers_cras
         )));
     }
     let acked_check = acked.clone();
-    eventually(
+    eventually_true(
         "every message acknowledged",
         Duration::from_secs(120),
-        || {
-            let all = acked_check.lock().expect("lock").len() as u64 == MESSAGES;
-            async move { all.then_some(()) }
-        },
+        || acked_check.lock().expect("lock").len() as u64 == MESSAGES,
     )
     .await;
     for finisher in finishers {

@@ -78,12 +78,9 @@ pub(crate) async fn subscriber_on(cluster: &Arc<Cluster>, config: SubscriberConf
 }
 
 /// Waits (up to [`WAIT_LIMIT_MS`]) until `condition` holds.
-pub(crate) async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_millis(WAIT_LIMIT_MS);
-    while !condition() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+pub(crate) async fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    sluice_proto::test_util::eventually_true(what, Duration::from_millis(WAIT_LIMIT_MS), condition)
+        .await
 }
 
 async fn recv(subscriber: &Subscriber) -> Message {
