@@ -33,7 +33,7 @@
 //! and headers (name length varint + UTF-8 name, value length zigzag varint +
 //! bytes), tag count (varint) and tags (length varint + UTF-8).
 
-use crate::limits::{MAX_RECORDS_PER_BATCH, MAX_UNCOMPRESSED_RECORDS_BYTES};
+use crate::limits::{MAX_OFFSET, MAX_RECORDS_PER_BATCH, MAX_UNCOMPRESSED_RECORDS_BYTES};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io::Read;
 
@@ -72,6 +72,8 @@ pub enum BatchError {
     TooLarge { length: usize, limit: usize },
     #[error("batch record count {0} is out of range (1..={MAX_RECORDS_PER_BATCH})")]
     BadRecordCount(u32),
+    #[error("batch base offset {0} is beyond the largest offset {MAX_OFFSET}")]
+    BadBaseOffset(u64),
     #[error("unknown batch attributes {0:#06x}")]
     BadAttributes(u16),
     #[error("record {index} is malformed: {reason}")]
@@ -178,8 +180,12 @@ impl BatchHeader {
         if record_count == 0 || record_count > MAX_RECORDS_PER_BATCH {
             return Err(BatchError::BadRecordCount(record_count));
         }
+        let base_offset = read_u64(bytes, BASE_OFFSET_AT);
+        if base_offset > MAX_OFFSET {
+            return Err(BatchError::BadBaseOffset(base_offset));
+        }
         Ok(Self {
-            base_offset: read_u64(bytes, BASE_OFFSET_AT),
+            base_offset,
             batch_length,
             writer_epoch: read_u32(bytes, WRITER_EPOCH_AT),
             crc: read_u32(bytes, CRC_AT),
@@ -803,6 +809,26 @@ mod tests {
             });
         }
         builder.build()
+    }
+
+    #[test]
+    fn a_base_offset_beyond_the_offset_range_is_refused_so_ends_never_overflow() {
+        let mut bytes = BatchBuilder::new(Compression::None);
+        bytes.push(&RecordData {
+            value: Some(Bytes::from_static(b"v")),
+            ..RecordData::default()
+        });
+        let mut batch = bytes.build().to_vec();
+        assign(&mut batch, MAX_OFFSET, 1);
+        let header = BatchHeader::parse(&batch).expect("the largest offset is valid");
+        assert_eq!(header.end_offset(), MAX_OFFSET + 1);
+        for beyond in [MAX_OFFSET + 1, u64::MAX] {
+            assign(&mut batch, beyond, 1);
+            assert!(matches!(
+                BatchHeader::parse(&batch),
+                Err(BatchError::BadBaseOffset(offset)) if offset == beyond
+            ));
+        }
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub const MAX_UNCOMPRESSED_RECORDS_BYTES: usize = 64 * 1024 * 1024;
 /// Largest number of records in one batch.
 pub const MAX_RECORDS_PER_BATCH: u32 = 1_000_000;
 
+/// Largest offset a batch or a segment may start at: the signed 64-bit
+/// range Kafka's offsets have. Refusing anything beyond it at the edges
+/// (batch parsing, segment creation) means `base + records` can never
+/// overflow anywhere inside.
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
 /// Longest topic or group name, in bytes.
 pub const MAX_NAME_BYTES: usize = 249;
 

@@ -242,9 +242,9 @@ fn append_to_segment(
     earlier_write_failed: bool,
 ) -> Result<u64, String> {
     let mut log = segment.lock_log();
-    // Debug only: in release builds offsets near `u64::MAX` wrap
-    // (`BatchHeader::end_offset`), which a client can reach.
-    debug_assert!(
+    // Ends cannot wrap: parsing and segment creation refuse base offsets
+    // beyond `limits::MAX_OFFSET`.
+    assert!(
         header.base_offset >= log.end_offset,
         "segment {}: batch at {} would move the end {} backwards",
         segment.id,
@@ -313,7 +313,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg(debug_assertions)]
     #[should_panic(expected = "backwards")]
     fn an_append_moving_the_end_backwards_is_a_bug() {
         let directory = tempfile::tempdir().expect("temp dir");

@@ -337,6 +337,13 @@ impl Storage {
                 "segment topic must not be empty".to_string(),
             ));
         }
+        if new.base_offset > sluice_proto::limits::MAX_OFFSET {
+            return Err(StoreError::InvalidArgument(format!(
+                "segment base offset {} is beyond the largest offset {}",
+                new.base_offset,
+                sluice_proto::limits::MAX_OFFSET
+            )));
+        }
         let _admin = self.inner.admin_lock.lock().await;
         if let Ok(existing) = self.segment(new.segment_id) {
             if existing.topic == new.topic

@@ -267,6 +267,44 @@ async fn append_validation_errors() {
     );
 }
 
+/// Offsets at the edge of the range (the overflow a client could once
+/// cause by creating a segment near `u64::MAX`): the base offset of a
+/// segment and of a batch is at most `MAX_OFFSET`, so no end overflows.
+#[tokio::test]
+async fn offsets_beyond_the_offset_range_are_refused_and_ends_never_overflow() {
+    use sluice_proto::limits::MAX_OFFSET;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+    for base_offset in [MAX_OFFSET + 1, u64::MAX] {
+        let refused = storage
+            .create_segment(new_segment(1, base_offset))
+            .await
+            .expect_err("beyond the offset range");
+        assert_eq!(refused.code(), ErrorCode::InvalidArgument, "{refused}");
+    }
+    // The last valid base offset: a batch there ends past it, and the
+    // next one would start beyond the range, which parsing refuses.
+    storage
+        .create_segment(new_segment(2, MAX_OFFSET))
+        .await
+        .expect("the largest offset is a valid base");
+    storage
+        .append(2, 5, make_batch(MAX_OFFSET, 3, 1))
+        .await
+        .expect("append at the largest offset");
+    let mut beyond = make_batch(0, 1, 1).to_vec();
+    sluice_proto::batch::assign(&mut beyond, MAX_OFFSET + 3, 5);
+    let refused = storage
+        .append(2, 5, Bytes::from(beyond))
+        .await
+        .expect_err("a batch beyond the offset range");
+    assert_eq!(refused.code(), ErrorCode::CorruptBatch, "{refused}");
+    assert!(
+        storage.is_healthy(),
+        "refusing bad input does not latch the store"
+    );
+}
+
 #[tokio::test]
 async fn seal_fences_and_is_idempotent_and_durable() {
     let directory = tempfile::tempdir().expect("temp dir");
