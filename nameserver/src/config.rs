@@ -274,6 +274,11 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("ns.toml");
         std::fs::write(&path, "lease_ttl = 5\n").expect("write config");
-        assert!(NameServerConfig::load(Some(&path)).is_err());
+        let error = NameServerConfig::load(Some(&path)).expect_err("an unknown key");
+        assert!(error.to_string().contains("lease_ttl"), "{error}");
+        // In a section too.
+        std::fs::write(&path, "[metadata]\nbackend_kind = \"etcd\"\n").expect("write config");
+        let error = NameServerConfig::load(Some(&path)).expect_err("an unknown key");
+        assert!(error.to_string().contains("backend_kind"), "{error}");
     }
 }

@@ -215,7 +215,12 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("store.toml");
         std::fs::write(&path, "no_such_key = 1\n").expect("write config");
-        assert!(StoreConfig::load(Some(&path)).is_err());
+        let error = StoreConfig::load(Some(&path)).expect_err("an unknown key");
+        assert!(error.to_string().contains("no_such_key"), "{error}");
+        // In a section too.
+        std::fs::write(&path, "[telemetry]\nno_such_key = 1\n").expect("write config");
+        let error = StoreConfig::load(Some(&path)).expect_err("an unknown key");
+        assert!(error.to_string().contains("no_such_key"), "{error}");
     }
 
     #[test]
