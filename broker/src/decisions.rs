@@ -158,6 +158,16 @@ pub fn fence_quorum(replicas: usize, ack_quorum: usize) -> usize {
     fence
 }
 
+/// Whether closing an open segment at `recovered_end` would take the
+/// partition below the high watermark this broker already acknowledged
+/// up to (known once `loaded`): with every acknowledged append on an ack
+/// quorum and a fence quorum answering, only damaged or lost copies can
+/// recover less, and closing there would hand acknowledged offsets to new
+/// data.
+pub fn closing_would_rewind(loaded: bool, high_watermark: u64, recovered_end: u64) -> bool {
+    loaded && recovered_end < high_watermark
+}
+
 /// A fenced replica's answer: where its copy of the segment ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FencedCopy {
@@ -203,6 +213,19 @@ mod tests {
             } as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_recovered_end_below_the_acknowledged_high_watermark_is_a_rewind() {
+        // Before the first takeover nothing was acknowledged here.
+        assert!(!closing_would_rewind(false, 100, 0));
+        assert!(!closing_would_rewind(true, 100, 100));
+        assert!(
+            !closing_would_rewind(true, 100, 150),
+            "more than acknowledged is fine"
+        );
+        assert!(closing_would_rewind(true, 100, 99));
+        assert!(closing_would_rewind(true, u64::MAX, 0));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::task::Backoff;
 use super::{never, Partition};
 use crate::clients::{nameserver_call, request};
-use crate::decisions::segment_for_offset;
+use crate::decisions::{closing_would_rewind, segment_for_offset};
 use crate::decisions::{effective_ack_quorum, fence_quorum, recovered_copy, FencedCopy};
 use crate::error::BrokerError;
 use crate::replica_io::{copy_range, open_append_stream, read_segment, CopyRange};
@@ -293,7 +293,7 @@ fn refuse_rewind(
     recovered_end: u64,
 ) -> Result<(), BrokerError> {
     let status = partition.status();
-    if status.loaded && recovered_end < status.high_watermark {
+    if closing_would_rewind(status.loaded, status.high_watermark, recovered_end) {
         return Err(BrokerError::Unavailable(format!(
             "the fenced copies of segment {} of {} end at {recovered_end}, below the acknowledged high watermark {}; not closing it shorter, which would reuse offsets",
             segment.segment_id, partition.key, status.high_watermark
