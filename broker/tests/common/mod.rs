@@ -1,0 +1,486 @@
+//! The in-process cluster the broker's tests run against: a real
+//! nameserver (embedded metadata) and a real store on loopback ports, the
+//! broker started and stopped in this process, and the produce, fetch and
+//! group requests the tests send over gRPC.
+
+use bytes::Bytes;
+use sluice_broker::config::{ClusterConfig, ReplicationConfig, RetentionConfig, ServerConfig};
+use sluice_broker::BrokerConfig;
+use sluice_nameserver::config::{MetadataBackend, MetadataConfig, TopicDefaults};
+use sluice_nameserver::NameServerConfig;
+use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::test_util::{self, BatchSpec};
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::{
+    CreateTopicRequest, FetchOffsetsRequest, FetchPartition, FetchRequest, FetchResponse,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, OffsetSpec, ProduceRequest,
+    ProduceResponse, TopicConfig,
+};
+use sluice_proto::ErrorCode;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub const DEADLINE_MS: u64 = 60_000;
+pub const TOPIC: &str = "orders";
+pub const TOPIC_MAX_BATCH_BYTES: u32 = 64 * 1024;
+
+pub async fn signal(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+pub async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an ephemeral loopback port")
+}
+
+pub struct RunningBroker {
+    pub address: String,
+    pub stop: watch::Sender<bool>,
+    pub task: JoinHandle<Result<(), sluice_broker::BrokerError>>,
+}
+
+impl RunningBroker {
+    /// Shuts the broker down gracefully and checks that it stopped cleanly.
+    pub async fn stop_cleanly(self) {
+        self.stop.send_replace(true);
+        self.task
+            .await
+            .expect("broker task")
+            .expect("broker stops cleanly");
+    }
+}
+
+pub async fn start_broker(nameserver_url: &str) -> RunningBroker {
+    start_broker_with(nameserver_url, RetentionConfig::default().check_interval_ms).await
+}
+
+pub async fn start_broker_with(
+    nameserver_url: &str,
+    retention_check_interval_ms: u64,
+) -> RunningBroker {
+    let listener = listener().await;
+    let address = listener.local_addr().expect("listener address").to_string();
+    let config = BrokerConfig {
+        server: ServerConfig {
+            listen_address: address.clone(),
+            ..ServerConfig::default()
+        },
+        cluster: ClusterConfig {
+            node_id: "test-broker".into(),
+            nameservers: vec![nameserver_url.to_string()],
+            register_backoff_max_ms: 200,
+            route_refresh_interval_ms: 100,
+            ..ClusterConfig::default()
+        },
+        replication: ReplicationConfig {
+            takeover_backoff_max_ms: 200,
+            ..ReplicationConfig::default()
+        },
+        retention: RetentionConfig {
+            check_interval_ms: retention_check_interval_ms,
+        },
+        ..BrokerConfig::default()
+    };
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(sluice_broker::run(config, listener, signal(stopped)));
+    RunningBroker {
+        address,
+        stop,
+        task,
+    }
+}
+
+pub async fn broker_client(address: &str) -> BrokerClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("valid broker address")
+        .connect_lazy();
+    BrokerClient::new(channel)
+}
+
+/// Retries `attempt` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    test_util::eventually(what, Duration::from_millis(DEADLINE_MS), attempt).await
+}
+
+pub fn batch_at(values: &[&str], timestamp_ms: i64) -> Bytes {
+    BatchSpec {
+        values,
+        timestamp_ms: Some(timestamp_ms),
+        ..BatchSpec::default()
+    }
+    .build()
+}
+
+/// Sends `requests` on one produce stream and collects one answer each.
+pub async fn produce(
+    client: &mut BrokerClient<Channel>,
+    requests: Vec<ProduceRequest>,
+) -> Vec<ProduceResponse> {
+    let count = requests.len();
+    let (sender, receiver) = mpsc::channel(count.max(1));
+    for request in requests {
+        sender.send(request).await.expect("queue produce request");
+    }
+    let mut stream = client
+        .produce(ReceiverStream::new(receiver))
+        .await
+        .expect("open produce stream")
+        .into_inner();
+    let mut responses = Vec::new();
+    while responses.len() < count {
+        match stream.message().await.expect("produce stream healthy") {
+            Some(response) => responses.push(response),
+            None => panic!("produce stream ended after {} responses", responses.len()),
+        }
+    }
+    drop(sender);
+    responses
+}
+
+/// Produces `value` on fresh streams until the broker accepts it.
+pub async fn produce_until_accepted(
+    client: &BrokerClient<Channel>,
+    request_id: u64,
+    value: &'static str,
+    what: &str,
+) -> ProduceResponse {
+    eventually(what, || {
+        let mut client = client.clone();
+        async move {
+            let answer = produce(
+                &mut client,
+                vec![produce_request(
+                    request_id,
+                    TOPIC,
+                    test_util::batch(&[value]),
+                )],
+            )
+            .await;
+            (answer[0].error == ErrorCode::None as i32).then(|| answer[0].clone())
+        }
+    })
+    .await
+}
+
+/// A cluster with a one-partition `TOPIC`, its broker, a client, and the
+/// record "a" at offset 0.
+pub async fn one_partition_holding_a(
+    directory: &std::path::Path,
+) -> (Cluster, RunningBroker, BrokerClient<Channel>) {
+    let cluster = Cluster::start(directory).await;
+    cluster
+        .create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let client = broker_client(&broker.address).await;
+    produce_until_accepted(&client, 1, "a", "the broker to accept produce").await;
+    (cluster, broker, client)
+}
+
+pub fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceRequest {
+    ProduceRequest {
+        request_id,
+        topic: topic.into(),
+        partition: 0,
+        batch,
+        resume: false,
+    }
+}
+
+pub async fn fetch(
+    client: &mut BrokerClient<Channel>,
+    offset: u64,
+    max_wait_ms: u32,
+) -> FetchResponse {
+    fetch_topic(client, TOPIC, offset, max_wait_ms).await
+}
+
+pub async fn fetch_topic(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    offset: u64,
+    max_wait_ms: u32,
+) -> FetchResponse {
+    client
+        .fetch(FetchRequest {
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+                max_bytes: 1024 * 1024,
+            }],
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes: 4 * 1024 * 1024,
+        })
+        .await
+        .expect("fetch answers")
+        .into_inner()
+}
+
+pub fn values(batches: &Bytes) -> Vec<String> {
+    let mut output = Vec::new();
+    for item in BatchIter::new(batches) {
+        let (position, _, slice) = item.expect("well-formed batches");
+        let batch = batches.slice(position..position + slice.len());
+        let (_, records) = batch::decode(&batch, usize::MAX).expect("decodable batch");
+        for record in records {
+            let value = record.value.expect("records carry values");
+            output.push(String::from_utf8(value.to_vec()).expect("UTF-8 values"));
+        }
+    }
+    output
+}
+
+pub async fn heartbeat(
+    client: &mut BrokerClient<Channel>,
+    member_id: &str,
+    member_epoch: i64,
+    owned: Vec<sluice_proto::v1::TopicPartitions>,
+) -> Result<GroupHeartbeatResponse, tonic::Status> {
+    client
+        .group_heartbeat(GroupHeartbeatRequest {
+            group: "billing".into(),
+            member_id: member_id.into(),
+            member_epoch,
+            topics: vec![TOPIC.into()],
+            owned,
+            session_timeout_ms: 30_000,
+            client_id: "test".into(),
+        })
+        .await
+        .map(|response| response.into_inner())
+}
+
+pub async fn committed_offset(client: &mut BrokerClient<Channel>) -> Option<u64> {
+    let answer = client
+        .fetch_offsets(FetchOffsetsRequest {
+            group: "billing".into(),
+            partitions: vec![],
+        })
+        .await
+        .ok()?
+        .into_inner();
+    answer
+        .offsets
+        .iter()
+        .find(|offset| offset.topic == TOPIC && offset.partition == 0)
+        .map(|offset| offset.offset)
+}
+
+/// A nameserver (embedded metadata) and a store running in this process.
+pub struct Cluster {
+    pub nameserver_url: String,
+    pub stop: watch::Sender<bool>,
+    pub nameserver: JoinHandle<Result<(), sluice_nameserver::NameServerError>>,
+    pub store: JoinHandle<Result<(), sluice_store::StoreError>>,
+    pub store_stop: watch::Sender<bool>,
+    pub store_address: String,
+    pub store_directory: std::path::PathBuf,
+}
+
+pub fn spawn_store(
+    nameserver_url: &str,
+    store_address: &str,
+    store_directory: &std::path::Path,
+    store_listener: TcpListener,
+) -> (
+    watch::Sender<bool>,
+    JoinHandle<Result<(), sluice_store::StoreError>>,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let config = sluice_store::StoreConfig {
+        node_id: "test-store".into(),
+        listen_address: store_address.to_string(),
+        nameservers: vec![nameserver_url.to_string()],
+        data_dir: store_directory.to_path_buf(),
+        ..sluice_store::StoreConfig::default()
+    };
+    let task = tokio::spawn(sluice_store::run(config, store_listener, signal(stopped)));
+    (stop, task)
+}
+
+impl Cluster {
+    pub async fn start(directory: &std::path::Path) -> Cluster {
+        Self::start_with(directory, TopicDefaults::default()).await
+    }
+
+    pub async fn start_with(directory: &std::path::Path, topic_defaults: TopicDefaults) -> Cluster {
+        // One store: one copy of each segment.
+        let topic_defaults = TopicDefaults {
+            ensemble_size: 1,
+            write_quorum: 1,
+            ack_quorum: 1,
+            ..topic_defaults
+        };
+        let (stop_cluster, cluster_stopped) = watch::channel(false);
+
+        let nameserver_listener = listener().await;
+        let nameserver_url = format!(
+            "http://{}",
+            nameserver_listener
+                .local_addr()
+                .expect("nameserver address")
+        );
+        let nameserver_config = NameServerConfig {
+            node_id: "test-nameserver".into(),
+            metadata: MetadataConfig {
+                backend: MetadataBackend::Embedded,
+                data_dir: Some(directory.join("metadata")),
+                ..MetadataConfig::default()
+            },
+            lease_ttl_ms: 3_000,
+            heartbeat_interval_ms: 300,
+            reconcile_interval_ms: 200,
+            offsets_partitions: 2,
+            topic_defaults,
+            ..NameServerConfig::default()
+        };
+        let nameserver = tokio::spawn(sluice_nameserver::run(
+            nameserver_config,
+            nameserver_listener,
+            signal(cluster_stopped.clone()),
+        ));
+
+        let store_listener = listener().await;
+        let store_address = store_listener
+            .local_addr()
+            .expect("store address")
+            .to_string();
+        let store_directory = directory.join("store");
+        let (store_stop, store) = spawn_store(
+            &nameserver_url,
+            &store_address,
+            &store_directory,
+            store_listener,
+        );
+
+        Cluster {
+            nameserver_url,
+            stop: stop_cluster,
+            nameserver,
+            store,
+            store_stop,
+            store_address,
+            store_directory,
+        }
+    }
+
+    pub async fn create_topic(&self, name: &str, config: TopicConfig) {
+        let channel = tonic::transport::Endpoint::from_shared(self.nameserver_url.clone())
+            .expect("valid nameserver url")
+            .connect_lazy();
+        let admin = NameServerClient::new(channel);
+        eventually("the topic to be created (store registered)", || {
+            let mut admin = admin.clone();
+            let request = CreateTopicRequest {
+                name: name.into(),
+                config: Some(config),
+            };
+            async move { admin.create_topic(request).await.ok() }
+        })
+        .await;
+    }
+
+    /// Stops the store and starts it again on the same address and data.
+    pub async fn restart_store(&mut self, while_down: impl Future<Output = ()>) {
+        self.store_stop.send_replace(true);
+        let stopped = (&mut self.store).await;
+        assert!(
+            matches!(stopped, Ok(Ok(()))),
+            "store stops cleanly: {stopped:?}"
+        );
+        while_down.await;
+        let listener = TcpListener::bind(&self.store_address)
+            .await
+            .expect("rebind the store address");
+        let (stop, task) = spawn_store(
+            &self.nameserver_url,
+            &self.store_address,
+            &self.store_directory,
+            listener,
+        );
+        self.store_stop = stop;
+        self.store = task;
+    }
+
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        self.store_stop.send_replace(true);
+        let _ = self.store.await;
+        let _ = self.nameserver.await;
+    }
+}
+
+pub async fn list_offsets(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    spec: OffsetSpec,
+    timestamp_ms: i64,
+) -> sluice_proto::v1::ListOffsetsResponse {
+    client
+        .list_offsets(ListOffsetsRequest {
+            topic: topic.into(),
+            partition: 0,
+            spec: spec as i32,
+            timestamp_ms,
+        })
+        .await
+        .expect("list offsets")
+        .into_inner()
+}
+
+pub struct OpenStream {
+    pub sender: mpsc::Sender<ProduceRequest>,
+    pub answers: tonic::Streaming<ProduceResponse>,
+}
+
+impl OpenStream {
+    pub async fn open(client: &mut BrokerClient<Channel>) -> Self {
+        let (sender, receiver) = mpsc::channel(16);
+        let answers = client
+            .produce(ReceiverStream::new(receiver))
+            .await
+            .expect("open produce stream")
+            .into_inner();
+        Self { sender, answers }
+    }
+
+    pub async fn send(&mut self, request: ProduceRequest) -> ProduceResponse {
+        self.sender
+            .send(request)
+            .await
+            .expect("queue produce request");
+        self.answers
+            .message()
+            .await
+            .expect("produce stream healthy")
+            .expect("an answer")
+    }
+}
+
+pub fn idempotent_batch(values: &[&str], producer_id: i64, base_sequence: i32) -> Bytes {
+    BatchSpec {
+        values,
+        producer: Some((producer_id, 0, base_sequence)),
+        ..BatchSpec::default()
+    }
+    .build()
+}
