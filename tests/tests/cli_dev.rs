@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 struct Dev {
     child: Child,
     bootstrap: String,
+    /// Where `sluice dev` logs; its tail goes into every failure message.
+    log_path: std::path::PathBuf,
 }
 
 impl Dev {
     fn start(data_dir: &std::path::Path, ports: (u16, u16, u16)) -> Self {
-        let log = std::fs::File::create(data_dir.with_extension("log")).expect("dev log");
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("dev log");
         let child = Command::new(binary("sluice"))
             .args(["dev", "--data-dir"])
             .arg(data_dir)
@@ -30,6 +33,7 @@ impl Dev {
         let dev = Self {
             child,
             bootstrap: format!("127.0.0.1:{}", ports.0),
+            log_path,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -44,8 +48,9 @@ impl Dev {
             }
             assert!(
                 Instant::now() < deadline,
-                "sluice dev not ready: {text} {}",
-                String::from_utf8_lossy(&output.stderr)
+                "sluice dev not ready: {text} {}\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                dev.log_tail()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -72,11 +77,22 @@ impl Dev {
         let output = self.sluice(args, stdin);
         assert!(
             output.status.success(),
-            "`sluice {}` failed: {}",
+            "`sluice {}` failed: {}\n{}",
             args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
+            String::from_utf8_lossy(&output.stderr),
+            self.log_tail()
         );
         String::from_utf8_lossy(&output.stdout).to_string()
+    }
+
+    /// The last lines `sluice dev` logged, and whether it is still running.
+    fn log_tail(&self) -> String {
+        const LINES: usize = 60;
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
+        let running = std::path::Path::new(&format!("/proc/{}", self.child.id())).exists();
+        format!("sluice dev (running: {running}) logged, last {LINES} lines:\n{tail}")
     }
 
     /// Waits until the partitions of `topic` were taken over by the
