@@ -87,7 +87,15 @@ impl JournalSpares {
                 .to_str()
                 .is_some_and(|name| name.starts_with(SPARE_PREFIX))
             {
-                std::fs::remove_file(entry.path())?;
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    // Gone since it was listed: the zeroing thread of an
+                    // engine on this directory that was just dropped (in
+                    // this process; it ends on its own) renamed or removed
+                    // it. What it leaves is removed at the next start.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
         let inner = Arc::new(Inner {
