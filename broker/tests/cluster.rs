@@ -578,15 +578,7 @@ async fn commits_survive_retention_of_the_offsets_topic() {
         },
     )
     .await;
-    cluster
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: 1,
-                ..Default::default()
-            },
-        )
-        .await;
+    cluster.create_one_partition_topic().await;
     let broker = start_broker_with(&cluster.nameserver_url, 100).await;
     let mut client = broker_client(&broker.address).await;
     eventually("the group coordinator to be ready", || {

@@ -179,15 +179,7 @@ pub async fn one_partition_holding_a(
     directory: &std::path::Path,
 ) -> (Cluster, RunningBroker, BrokerClient<Channel>) {
     let cluster = Cluster::start(directory).await;
-    cluster
-        .create_topic(
-            TOPIC,
-            TopicConfig {
-                partitions: 1,
-                ..Default::default()
-            },
-        )
-        .await;
+    cluster.create_one_partition_topic().await;
     let broker = start_broker(&cluster.nameserver_url).await;
     let client = broker_client(&broker.address).await;
     produce_until_accepted(&client, 1, "a", "the broker to accept produce").await;
@@ -318,6 +310,18 @@ pub fn spawn_store(
 }
 
 impl Cluster {
+    /// Creates [`TOPIC`] with one partition and the cluster's defaults.
+    pub async fn create_one_partition_topic(&self) {
+        self.create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+
     pub async fn start(directory: &std::path::Path) -> Cluster {
         Self::start_with(directory, TopicDefaults::default()).await
     }
