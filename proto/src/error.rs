@@ -91,9 +91,10 @@ impl ErrorCode {
             | ErrorCode::SessionExpired
             | ErrorCode::Conflict
             | ErrorCode::DuplicateInFlight => Code::Aborted,
-            ErrorCode::Unavailable | ErrorCode::NotEnoughStores | ErrorCode::ShuttingDown => {
-                Code::Unavailable
-            }
+            ErrorCode::Unavailable
+            | ErrorCode::NotEnoughStores
+            | ErrorCode::ShuttingDown
+            | ErrorCode::OutcomeUnknown => Code::Unavailable,
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::StorageCorrupt => Code::DataLoss,
         }
@@ -116,6 +117,7 @@ impl ErrorCode {
                 | ErrorCode::Conflict
                 | ErrorCode::UnknownPartition
                 | ErrorCode::DuplicateInFlight
+                | ErrorCode::OutcomeUnknown
         )
     }
 }

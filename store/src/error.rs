@@ -51,8 +51,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("storage stopped accepting writes after an earlier I/O failure: {0}")]
+    #[error("storage failed: {0}")]
     Failed(String),
+    /// The write path failed and is recovering by itself (see
+    /// `storage/healer.rs`); nothing of this request was written.
+    #[error("writes are suspended while the store recovers from an I/O failure ({0}); retry")]
+    WritesSuspended(String),
+    /// An I/O failure hit this write after its journal record was written:
+    /// it may be stored, and is visible after the store recovered if so.
+    #[error("outcome unknown: {0}; the write is visible after the store recovers if it reached the disk")]
+    OutcomeUnknown(String),
     #[error("the store is shutting down")]
     ShuttingDown,
     #[error("too much work in flight: {0}")]
@@ -91,6 +99,8 @@ impl StoreError {
             | StoreError::Serve { .. }
             | StoreError::DataDirectory { .. } => ErrorCode::Internal,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
+            StoreError::WritesSuspended(_) => ErrorCode::Unavailable,
+            StoreError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             StoreError::Throttled(_) => ErrorCode::Throttled,
         }
     }

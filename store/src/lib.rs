@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod journal;
 mod journal_file;
 mod journal_spares;

@@ -4,9 +4,10 @@
 
 use super::checkpoint::{CheckpointJob, CheckpointWriter};
 use super::registry::{self, Registry, SegmentHandle};
-use super::writer::{complete_all_with_error, read_failure, record_failure, Command, Failure};
+use super::writer::{complete_all_unknown, read_failure, record_failure, Command, Failure};
 use super::JournalStats;
 use crate::error::StoreError;
+use crate::fault::{self, FileOp};
 use crate::journal_spares::JournalSpares;
 use sluice_proto::batch::BatchHeader;
 use std::fs::File;
@@ -84,18 +85,36 @@ impl SegmentApplier {
 
     /// Takes every dirty segment file (a duplicate handle) and marks it
     /// clean: whatever is written after this is dirty again and belongs to
-    /// a later checkpoint.
+    /// a later checkpoint. If a handle cannot be duplicated (no file
+    /// handles left), every file taken is marked dirty again and the
+    /// checkpoint is skipped: a later one covers them.
     fn take_dirty_files(&self) -> Result<Vec<(u64, File)>, StoreError> {
         let handles = registry::all_handles(&self.registry);
         let mut files = Vec::new();
-        for handle in handles {
+        for handle in &handles {
             let mut log = handle.lock_log();
-            if log.dirty {
-                let file = log.file.try_clone().map_err(|error| {
-                    StoreError::io(format!("duplicate segment {} handle", handle.id), error)
-                })?;
-                log.dirty = false;
-                files.push((handle.id, file));
+            if !log.dirty {
+                continue;
+            }
+            let duplicated =
+                fault::check(&self.segments_dir, FileOp::Open).and_then(|()| log.file.try_clone());
+            match duplicated {
+                Ok(file) => {
+                    log.dirty = false;
+                    files.push((handle.id, file));
+                }
+                Err(error) => {
+                    drop(log);
+                    for (segment_id, _) in &files {
+                        if let Some(taken) = handles.iter().find(|h| h.id == *segment_id) {
+                            taken.lock_log().dirty = true;
+                        }
+                    }
+                    return Err(StoreError::io(
+                        format!("duplicate segment {} handle", handle.id),
+                        error,
+                    ));
+                }
             }
         }
         Ok(files)
@@ -113,7 +132,8 @@ impl SegmentApplier {
             journal_position,
         } = group;
         if let Some(reason) = read_failure(&self.failure) {
-            complete_all_with_error(commands, &reason);
+            // Journaled, not applied: recovery applies them.
+            complete_all_unknown(commands, &reason);
             return;
         }
         // Every append of the group is applied before anything completes
@@ -123,13 +143,20 @@ impl SegmentApplier {
         for (command, result) in commands.into_iter().zip(results) {
             match command {
                 Command::Append { done, .. } => {
-                    let _ = done.send(result.map_err(StoreError::Failed));
+                    let _ = done.send(result.map_err(StoreError::OutcomeUnknown));
                 }
                 Command::Metadata { done, .. } => {
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(result.map(|_| ()).map_err(StoreError::OutcomeUnknown));
                 }
                 Command::Flush => {}
                 Command::Checkpoint { done } => {
+                    // A group not wholly applied must never be covered.
+                    if let Some(reason) = read_failure(&self.failure) {
+                        if let Some(done) = done {
+                            let _ = done.send(Err(StoreError::WritesSuspended(reason)));
+                        }
+                        continue;
+                    }
                     let position = (journal_sequence, journal_position);
                     self.start_checkpoint(done, position, jobs, busy);
                 }
@@ -139,23 +166,33 @@ impl SegmentApplier {
 
     /// Writes the group's appends to their segment files, in order; the
     /// result of each command (the segment end after an append, 0 for
-    /// other commands). A failed write sets the failure latch.
+    /// other commands). A failed write sets the failure latch, and nothing
+    /// after it in the group is applied: those commands are journaled, so
+    /// their outcome is left to recovery, which replays them in order.
     fn apply_appends(&self, commands: &[Command]) -> Vec<Result<u64, String>> {
         let mut results: Vec<Result<u64, String>> = Vec::with_capacity(commands.len());
-        let mut earlier_write_failed = false;
+        let mut failed: Option<String> = None;
         for command in commands {
+            if let Some(reason) = &failed {
+                results.push(Err(format!(
+                    "not applied after an earlier failure: {reason}"
+                )));
+                continue;
+            }
             let result = match command {
                 Command::Append {
                     segment,
                     header,
                     batch,
                     ..
-                } => append_to_segment(segment, header, batch, earlier_write_failed),
+                } => fault::check(&self.segments_dir, FileOp::Write)
+                    .map_err(|error| format!("segment {} write failed: {error}", segment.id))
+                    .and_then(|()| append_to_segment(segment, header, batch)),
                 _ => Ok(0),
             };
             if let Err(reason) = &result {
                 record_failure(&self.failure, reason.clone());
-                earlier_write_failed = true;
+                failed = Some(reason.clone());
             }
             results.push(result);
         }
@@ -182,8 +219,8 @@ impl SegmentApplier {
         let files = match self.take_dirty_files() {
             Ok(files) => files,
             Err(error) => {
-                tracing::error!(%error, "checkpoint failed");
-                record_failure(&self.failure, format!("checkpoint failed: {error}"));
+                // Nothing was fsynced or recorded; the next one retries.
+                tracing::warn!(%error, "checkpoint skipped");
                 if let Some(done) = done {
                     let _ = done.send(Err(error));
                 }
@@ -228,10 +265,9 @@ impl SegmentApplier {
 ///
 /// Appends reach the applier in the order they were accepted under the
 /// segment's control lock, each at the accepted end then, so a batch
-/// continues exactly where the segment ends. The one exception: a write
-/// of this segment failed earlier in the same group (later groups are
-/// refused by the failure latch), leaving the segment short of the
-/// batches accepted after it; the end still never moves backwards.
+/// continues exactly where the segment ends: after a failed write nothing
+/// more is applied on this write path (later commands of the group are
+/// left to recovery, later groups refused by the failure latch).
 ///
 /// These are invariants of the engine, not checks of input: appends were
 /// validated and ordered before they were queued.
@@ -239,20 +275,12 @@ fn append_to_segment(
     segment: &SegmentHandle,
     header: &BatchHeader,
     batch: &[u8],
-    earlier_write_failed: bool,
 ) -> Result<u64, String> {
     let mut log = segment.lock_log();
     // Ends cannot wrap: parsing and segment creation refuse base offsets
     // beyond `limits::MAX_OFFSET`.
     assert!(
-        header.base_offset >= log.end_offset,
-        "segment {}: batch at {} would move the end {} backwards",
-        segment.id,
-        header.base_offset,
-        log.end_offset
-    );
-    assert!(
-        earlier_write_failed || header.base_offset == log.end_offset,
+        header.base_offset == log.end_offset,
         "segment {}: batch at {} does not continue the end {}",
         segment.id,
         header.base_offset,
@@ -281,12 +309,9 @@ mod tests {
         let segment = test_handle(directory.path(), 1, 10);
         let first = make_batch(10, 3, 1);
         let second = make_batch(13, 2, 1);
+        assert_eq!(append_to_segment(&segment, &header(&first), &first), Ok(13));
         assert_eq!(
-            append_to_segment(&segment, &header(&first), &first, false),
-            Ok(13)
-        );
-        assert_eq!(
-            append_to_segment(&segment, &header(&second), &second, false),
+            append_to_segment(&segment, &header(&second), &second),
             Ok(15)
         );
         assert_eq!(segment.status().end_offset, 15);
@@ -298,28 +323,17 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let batch = make_batch(5, 1, 1);
-        let _ = append_to_segment(&segment, &header(&batch), &batch, false);
+        let _ = append_to_segment(&segment, &header(&batch), &batch);
     }
 
     #[test]
-    fn after_a_failed_write_in_the_group_a_later_batch_may_leave_a_gap() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let segment = test_handle(directory.path(), 1, 0);
-        let batch = make_batch(5, 1, 1);
-        assert_eq!(
-            append_to_segment(&segment, &header(&batch), &batch, true),
-            Ok(6)
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "backwards")]
+    #[should_panic(expected = "does not continue the end")]
     fn an_append_moving_the_end_backwards_is_a_bug() {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let first = make_batch(0, 4, 1);
-        append_to_segment(&segment, &header(&first), &first, false).expect("append");
+        append_to_segment(&segment, &header(&first), &first).expect("append");
         let behind = make_batch(2, 1, 1);
-        let _ = append_to_segment(&segment, &header(&behind), &behind, true);
+        let _ = append_to_segment(&segment, &header(&behind), &behind);
     }
 }

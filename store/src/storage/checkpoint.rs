@@ -6,6 +6,7 @@
 use super::writer::{record_failure, Failure};
 use super::JournalStats;
 use crate::error::StoreError;
+use crate::fault::{self, FileOp};
 use crate::journal;
 use crate::journal_spares::JournalSpares;
 use crate::segment;
@@ -58,8 +59,7 @@ impl CheckpointWriter {
             let periodic = job.done.is_none();
             let outcome = self.finish(job.files, job.journal_sequence, job.journal_position);
             if let Err(error) = &outcome {
-                tracing::error!(%error, "checkpoint failed");
-                record_failure(&self.failure, format!("checkpoint failed: {error}"));
+                tracing::warn!(%error, "checkpoint failed; the next one retries");
             }
             if let Some(done) = job.done {
                 let _ = done.send(outcome);
@@ -72,23 +72,31 @@ impl CheckpointWriter {
 
     /// fsyncs `files` and the segments directory, records the journal
     /// position they cover, deletes older journal files.
+    ///
+    /// A failed fsync sets the failure latch: the kernel may have dropped
+    /// the dirty pages it could not write, so a later fsync succeeding
+    /// proves nothing, and only a recovery (which replays the journal from
+    /// the last recorded checkpoint) may go on. Any other failure (the
+    /// checkpoint file, removing journal files) only skips this
+    /// checkpoint: the journal still holds everything after the last one.
     pub(super) fn finish(
         &self,
         files: Vec<(u64, File)>,
         journal_sequence: u64,
         journal_position: u64,
     ) -> Result<(), StoreError> {
-        for (segment_id, file) in files {
-            file.sync_data()
-                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
+        if let Err(error) = self.sync_segments(files) {
+            record_failure(&self.failure, format!("checkpoint: {error}"));
+            return Err(error);
         }
-        segment::sync_directory(&self.segments_dir)?;
         let checkpoint = Checkpoint {
             journal_sequence,
             position: journal_position,
         };
         let encoded = serde_json::to_vec(&checkpoint)
             .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
+        fault::check(&self.directory.join(CHECKPOINT_FILE), FileOp::Write)
+            .map_err(|error| StoreError::io("write the checkpoint file", error))?;
         segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
         // The writer may have rolled on to newer files meanwhile; only
         // files before the recorded one are covered.
@@ -105,6 +113,17 @@ impl CheckpointWriter {
         segment::sync_directory(&self.journal_dir)?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn sync_segments(&self, files: Vec<(u64, File)>) -> Result<(), StoreError> {
+        for (segment_id, file) in files {
+            fault::check(&self.segments_dir, FileOp::Sync)
+                .and_then(|()| file.sync_data())
+                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
+        }
+        fault::check(&self.segments_dir, FileOp::Sync)
+            .map_err(|error| StoreError::io("fsync the segments directory", error))?;
+        segment::sync_directory(&self.segments_dir)
     }
 }
 

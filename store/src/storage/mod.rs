@@ -29,6 +29,8 @@
 //!   journal replay and repair) and the [`RecoveryReport`];
 //! - `writer.rs`: the journal writer thread (group commit), its timer,
 //!   the commands it takes and the failure latch;
+//! - `healer.rs`: after a write-path failure, replacing the write path
+//!   over a fresh recovery once the cause is gone (when to try);
 //! - `applier.rs`: the applier thread writing committed groups to the
 //!   segment files and completing them;
 //! - `checkpoint.rs`: the checkpoint thread and the checkpoint file;
@@ -36,6 +38,9 @@
 
 mod applier;
 mod checkpoint;
+#[cfg(test)]
+mod fault_tests;
+mod healer;
 mod reads;
 mod recovery;
 mod registry;
@@ -60,7 +65,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, RwLockReadGuard, Semaphore};
 use writer::{read_failure, Command, Failure, JournalWriter, WriterThread};
 
 const SEGMENTS_DIR: &str = "segments";
@@ -147,6 +152,8 @@ pub struct JournalStats {
     pub appends: AtomicU64,
     pub groups: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Write paths replaced after a failure (see `healer.rs`).
+    pub write_path_recoveries: AtomicU64,
 }
 
 /// Arguments of [`Storage::create_segment`].
@@ -168,20 +175,34 @@ struct Layout {
 }
 
 struct Inner {
-    segments_dir: PathBuf,
+    layout: Layout,
     options: StorageOptions,
     registry: Arc<Registry>,
-    commands: mpsc::Sender<Command>,
+    /// The write path in use; `None` while the healer replaces it. Every
+    /// write holds it shared while it uses it (until its command is
+    /// queued, or for metadata until it completes); the healer takes it
+    /// exclusively, and writes never wait for that (`try_read`).
+    write_path: tokio::sync::RwLock<Option<WritePath>>,
     queue_bytes: Arc<Semaphore>,
-    failure: Failure,
     closing: AtomicBool,
     stats: Arc<JournalStats>,
     /// Serializes create and delete so two creates of one id agree.
     admin_lock: tokio::sync::Mutex<()>,
-    /// Declared after `commands`: dropping it (after the sender closed the
-    /// queue) waits for the writer, which waits for the applier, so a
-    /// dropped storage no longer touches its directory.
-    _writer_thread: WriterThread,
+    /// Held (flock) for the storage's life: one storage per directory.
+    /// Declared after `write_path`, so it is released only once the write
+    /// path's threads were joined and no longer touch the directory.
+    _directory_lock: File,
+}
+
+/// One write path: the journal writer's queue, its failure latch and its
+/// thread (which owns the applier and checkpoint threads). Dropping it
+/// closes the queue, then waits for the threads: the writer refuses what
+/// is still queued (failed) or writes it, and the applier finishes the
+/// groups it was given.
+struct WritePath {
+    commands: mpsc::Sender<Command>,
+    failure: Failure,
+    _thread: WriterThread,
 }
 
 /// A handle to the storage engine; cheap to clone.
@@ -251,36 +272,31 @@ impl Storage {
         )?;
         let registry: Arc<Registry> = Arc::new(RwLock::new(recovered.segments));
         let stats = Arc::new(JournalStats::default());
-        let failure: Failure = Arc::new(Mutex::new(None));
-        let (sender, writer_thread) = start_write_path(
+        let write_path = start_write_path(
             &layout,
             recovered.next_sequence,
             &options,
             &registry,
             &stats,
-            &failure,
-            directory_lock,
         )?;
         let queue_permits = options.journal_queue_max_bytes.clamp(
             u64::from(options.max_batch_bytes),
             Semaphore::MAX_PERMITS as u64,
         ) as usize;
-        let storage = Storage {
-            inner: Arc::new(Inner {
-                segments_dir: layout.segments_dir,
-                options,
-                registry,
-                commands: sender,
-                queue_bytes: Arc::new(Semaphore::new(queue_permits)),
-                failure,
-                closing: AtomicBool::new(false),
-                stats,
-                admin_lock: tokio::sync::Mutex::new(()),
-                _writer_thread: writer_thread,
-            }),
-        };
+        let inner = Arc::new(Inner {
+            layout,
+            options,
+            registry,
+            write_path: tokio::sync::RwLock::new(Some(write_path)),
+            queue_bytes: Arc::new(Semaphore::new(queue_permits)),
+            closing: AtomicBool::new(false),
+            stats,
+            admin_lock: tokio::sync::Mutex::new(()),
+            _directory_lock: directory_lock,
+        });
+        healer::start(Arc::downgrade(&inner))?;
         tracing::info!(?report, directory = %directory.display(), "storage opened");
-        Ok((storage, report))
+        Ok((Storage { inner }, report))
     }
 
     /// Journal counters (fsyncs, appends, groups, checkpoints).
@@ -293,14 +309,32 @@ impl Storage {
         &self.inner.options
     }
 
-    fn check_writable(&self) -> Result<(), StoreError> {
+    /// The write path, for a write: refused at once while closing, while
+    /// the path is failed, or while the healer replaces it.
+    fn writable(&self) -> Result<RwLockReadGuard<'_, WritePath>, StoreError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(StoreError::ShuttingDown);
         }
-        if let Some(reason) = read_failure(&self.inner.failure) {
-            return Err(StoreError::Failed(reason));
+        self.current_write_path()
+    }
+
+    fn current_write_path(&self) -> Result<RwLockReadGuard<'_, WritePath>, StoreError> {
+        let recovering =
+            || StoreError::WritesSuspended("the write path is being recovered".to_string());
+        let slot = self.inner.write_path.try_read().map_err(|_| recovering())?;
+        let path = RwLockReadGuard::try_map(slot, Option::as_ref).map_err(|_| recovering())?;
+        match read_failure(&path.failure) {
+            Some(reason) => Err(StoreError::WritesSuspended(reason)),
+            None => Ok(path),
         }
-        Ok(())
+    }
+
+    /// Why writes are refused now, if they are: the write path failed (and
+    /// is recovering by itself) or is being replaced.
+    pub fn write_fault(&self) -> Option<String> {
+        self.current_write_path()
+            .err()
+            .map(|error| error.to_string())
     }
 
     fn segment(&self, segment_id: u64) -> Result<Arc<SegmentHandle>, StoreError> {
@@ -309,14 +343,13 @@ impl Storage {
     }
 
     async fn journal_metadata(
-        &self,
+        path: &WritePath,
         kind: RecordKind,
         segment_id: u64,
         payload: Vec<u8>,
     ) -> Result<(), StoreError> {
         let (done, completion) = oneshot::channel();
-        self.inner
-            .commands
+        path.commands
             .send(Command::Metadata {
                 kind,
                 segment_id,
@@ -331,7 +364,7 @@ impl Storage {
     /// Creates a segment; succeeds without change if it exists with the
     /// same topic, partition and base offset.
     pub async fn create_segment(&self, new: NewSegment) -> Result<(), StoreError> {
-        self.check_writable()?;
+        let path = self.writable()?;
         if new.topic.is_empty() {
             return Err(StoreError::InvalidArgument(
                 "segment topic must not be empty".to_string(),
@@ -378,7 +411,7 @@ impl Storage {
             sealed: false,
             durability: durability as i32,
         };
-        let segments_dir = self.inner.segments_dir.clone();
+        let segments_dir = self.inner.layout.segments_dir.clone();
         let index_interval_bytes = self.inner.options.index_interval_bytes;
         let meta_for_disk = meta.clone();
         let log = tokio::task::spawn_blocking(move || {
@@ -389,8 +422,7 @@ impl Storage {
         let payload = serde_json::to_vec(&meta).map_err(|error| {
             StoreError::io("encode segment metadata", std::io::Error::other(error))
         })?;
-        self.journal_metadata(RecordKind::CreateSegment, meta.segment_id, payload)
-            .await?;
+        Self::journal_metadata(&path, RecordKind::CreateSegment, meta.segment_id, payload).await?;
         let handle = Arc::new(registry::handle_from(meta, log, &self.inner.options));
         self.inner
             .registry
@@ -420,7 +452,7 @@ impl Storage {
         writer_epoch: u64,
         batch: Bytes,
     ) -> Result<PendingAppend, StoreError> {
-        self.check_writable()?;
+        let path = self.writable()?;
         let header = batch::validate(&batch, self.inner.options.max_batch_bytes as usize)
             .map_err(StoreError::InvalidBatch)?;
         let segment = self.segment(segment_id)?;
@@ -457,8 +489,7 @@ impl Storage {
         // A recovery copy stands in for a copy that was acknowledged
         // durable, so it is fsynced whatever the topic's durability.
         let fsync = mode == AppendMode::Recovery || segment.durability != Durability::Periodic;
-        self.inner
-            .commands
+        path.commands
             .send(Command::Append {
                 segment: segment.clone(),
                 header,
@@ -535,18 +566,19 @@ impl Storage {
         if segment.sealed.load(Ordering::SeqCst) && new_fence == old_fence {
             return Ok(segment.status());
         }
-        self.check_writable()?;
+        let path = self.writable()?;
         segment.sealed.store(true, Ordering::SeqCst);
         segment.fence_epoch.store(new_fence, Ordering::SeqCst);
         // Queued behind every append accepted before it, so once it is
         // durable the segment end is final.
-        self.journal_metadata(
+        Self::journal_metadata(
+            &path,
             RecordKind::Seal,
             segment_id,
             new_fence.to_le_bytes().to_vec(),
         )
         .await?;
-        let segments_dir = self.inner.segments_dir.clone();
+        let segments_dir = self.inner.layout.segments_dir.clone();
         let meta = segment.meta();
         let sealed_segment = segment.clone();
         tokio::task::spawn_blocking(move || {
@@ -560,21 +592,21 @@ impl Storage {
         })
         .await
         .map_err(|error| StoreError::Failed(format!("seal task failed: {error}")))??;
+        drop(path);
         drop(control);
         Ok(segment.status())
     }
 
     /// Deletes a segment and its files, durably.
     pub async fn delete_segment(&self, segment_id: u64) -> Result<(), StoreError> {
-        self.check_writable()?;
+        let path = self.writable()?;
         let _admin = self.inner.admin_lock.lock().await;
         let segment = self.segment(segment_id)?;
         let mut control = segment.control.lock().await;
         if control.deleted {
             return Err(StoreError::UnknownSegment { segment_id });
         }
-        self.journal_metadata(RecordKind::Delete, segment_id, Vec::new())
-            .await?;
+        Self::journal_metadata(&path, RecordKind::Delete, segment_id, Vec::new()).await?;
         control.deleted = true;
         segment.sealed.store(true, Ordering::SeqCst);
         self.inner
@@ -582,12 +614,14 @@ impl Storage {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&segment_id);
-        let segments_dir = self.inner.segments_dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let segments_dir = self.inner.layout.segments_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
             registry::remove_segment_files(&segments_dir, segment_id)
         })
         .await
-        .map_err(|error| StoreError::Failed(format!("delete task failed: {error}")))?
+        .map_err(|error| StoreError::Failed(format!("delete task failed: {error}")))?;
+        drop(path);
+        removed
     }
 
     /// Status of one segment.
@@ -604,9 +638,10 @@ impl Storage {
         statuses
     }
 
-    /// False once a journal or segment write failed (writes are refused).
+    /// False while writes are refused after a write-path failure (until
+    /// the healer has recovered the write path).
     pub fn is_healthy(&self) -> bool {
-        read_failure(&self.inner.failure).is_none()
+        self.write_fault().is_none()
     }
 
     /// Number of segments held.
@@ -622,11 +657,12 @@ impl Storage {
     /// position, delete older journal files).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let (done, completion) = oneshot::channel();
-        self.inner
-            .commands
+        let path = self.current_write_path()?;
+        path.commands
             .send(Command::Checkpoint { done: Some(done) })
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
+        drop(path);
         completion.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
@@ -637,19 +673,59 @@ impl Storage {
     }
 }
 
-/// Starts the write path over the recovered segments: opens the journal
+impl Inner {
+    /// Replaces a failed write path, as a restart would: drops it (its
+    /// threads answer what they hold and stop), recovers the directory
+    /// afresh (segment scan, journal replay from the last checkpoint) and
+    /// starts a new write path over the recovered segments. Writes are
+    /// refused meanwhile; reads go on over the segments as they were. On
+    /// failure no write path is left and the healer tries again.
+    fn recover_write_path(&self) -> Result<RecoveryReport, StoreError> {
+        let mut slot = self.write_path.blocking_write();
+        if let Some(path) = slot.as_ref() {
+            if read_failure(&path.failure).is_none() {
+                return Ok(RecoveryReport::default());
+            }
+        }
+        drop(slot.take());
+        let layout = &self.layout;
+        let mut report = RecoveryReport::default();
+        let recovered = recovery::recover(
+            &layout.directory,
+            &layout.segments_dir,
+            &layout.journal_dir,
+            &self.options,
+            &mut report,
+        )?;
+        *self
+            .registry
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = recovered.segments;
+        *slot = Some(start_write_path(
+            layout,
+            recovered.next_sequence,
+            &self.options,
+            &self.registry,
+            &self.stats,
+        )?);
+        self.stats
+            .write_path_recoveries
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+/// Starts a write path over the recovered segments: opens the journal
 /// file `next_sequence`, checkpoints what replay wrote, then starts the
-/// applier, the journal writer and its timer. Returns the writer's queue
-/// and its thread.
+/// applier, the journal writer and its timer.
 fn start_write_path(
     layout: &Layout,
     next_sequence: u64,
     options: &StorageOptions,
     registry: &Arc<Registry>,
     stats: &Arc<JournalStats>,
-    failure: &Failure,
-    directory_lock: File,
-) -> Result<(mpsc::Sender<Command>, WriterThread), StoreError> {
+) -> Result<WritePath, StoreError> {
+    let failure: Failure = Arc::new(Mutex::new(None));
     let journal_file = writer::open_new_journal_file(
         &layout.journal_dir,
         next_sequence,
@@ -688,7 +764,6 @@ fn start_write_path(
         failure: failure.clone(),
         committed: Some(committed_sender),
         applier_thread: Some(applier_thread),
-        _directory_lock: directory_lock,
     };
     let (sender, receiver) = mpsc::channel(options.journal_queue_max_entries.max(1));
     let weak_sender = sender.downgrade();
@@ -702,7 +777,11 @@ fn start_write_path(
         .name("sluice-journal-timer".to_string())
         .spawn(move || writer::run_timer(weak_sender, flush_interval, checkpoint_interval))
         .map_err(|error| StoreError::io("start the journal timer thread", error))?;
-    Ok((sender, WriterThread(Some(writer_thread))))
+    Ok(WritePath {
+        commands: sender,
+        failure,
+        _thread: WriterThread(Some(writer_thread)),
+    })
 }
 
 /// Takes an exclusive `flock` on `{directory}/LOCK` so that two stores

@@ -1,19 +1,29 @@
 //! The first stage of the write path: the journal writer thread with group
 //! commit, the timer that asks it for periodic flushes and checkpoints, and
-//! the failure latch every stage sets and checks (once a journal or segment
-//! write failed, writes are refused until restart).
+//! the failure latch every stage sets and checks. Once a journal write,
+//! journal fsync, segment write or segment fsync failed, this write path
+//! refuses everything; the healer (`healer.rs`) then replaces it with a
+//! new one over a fresh recovery, as a restart would, once the cause is
+//! gone.
+//!
+//! A command that fails answers one of two ways, and the difference is the
+//! contract with the writer: [`StoreError::WritesSuspended`] when nothing
+//! of it reached the journal (it never becomes visible), and
+//! [`StoreError::OutcomeUnknown`] when its journal record was written, or
+//! may have been (it becomes visible after the recovery if it reached the
+//! disk, at the offsets it was accepted at, never at others).
 
 use super::applier::CommittedGroup;
 use super::registry::SegmentHandle;
 use super::JournalStats;
 use crate::error::StoreError;
+use crate::fault::{self, FileOp};
 use crate::journal::{self, RecordKind};
 use crate::journal_file::JournalFile;
 use crate::journal_spares::JournalSpares;
 use crate::segment;
 use bytes::Bytes;
 use sluice_proto::batch::BatchHeader;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -58,24 +68,36 @@ pub(super) fn read_failure(failure: &Mutex<Option<String>>) -> Option<String> {
 }
 
 pub(super) fn record_failure(failure: &Mutex<Option<String>>, reason: String) {
-    tracing::error!(%reason, "storage write path failed; refusing further writes");
+    tracing::error!(%reason, "storage write path failed; writes are suspended until it recovers");
     let mut failure = failure.lock().unwrap_or_else(|p| p.into_inner());
     if failure.is_none() {
         *failure = Some(reason);
     }
 }
 
-pub(super) fn complete_all_with_error(group: Vec<Command>, reason: &str) {
+/// Answers commands none of which reached the journal: they never become
+/// visible.
+pub(super) fn refuse_all(group: Vec<Command>, reason: &str) {
+    complete_all(group, || StoreError::WritesSuspended(reason.to_string()));
+}
+
+/// Answers commands whose journal records were (or may have been)
+/// written: recovery makes them visible if they reached the disk.
+pub(super) fn complete_all_unknown(group: Vec<Command>, reason: &str) {
+    complete_all(group, || StoreError::OutcomeUnknown(reason.to_string()));
+}
+
+fn complete_all(group: Vec<Command>, error: impl Fn() -> StoreError) {
     for command in group {
         match command {
             Command::Append { done, .. } => {
-                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
             Command::Metadata { done, .. } => {
-                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
             Command::Checkpoint { done: Some(done) } => {
-                let _ = done.send(Err(StoreError::Failed(reason.to_string())));
+                let _ = done.send(Err(error()));
             }
             Command::Checkpoint { done: None } | Command::Flush => {}
         }
@@ -108,6 +130,8 @@ pub(super) fn open_new_journal_file(
     direct_io: bool,
 ) -> Result<JournalFile, StoreError> {
     let path = journal::journal_file_path(journal_dir, sequence);
+    fault::check(&path, FileOp::Open)
+        .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
     let file = JournalFile::create(&path, direct_io)
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
     segment::preallocate(file.file(), 0, preallocate_bytes, false);
@@ -171,9 +195,6 @@ pub(super) struct JournalWriter {
     /// (`apply_queue_max_groups`), so a slow applier slows the writer.
     pub(super) committed: Option<std::sync::mpsc::SyncSender<CommittedGroup>>,
     pub(super) applier_thread: Option<std::thread::JoinHandle<()>>,
-    /// Held (flock) while the writer lives, which is longer than the
-    /// applier (joined before): one storage per directory.
-    pub(super) _directory_lock: File,
 }
 
 /// What writing a group's records to the journal found it needs.
@@ -210,23 +231,26 @@ impl JournalWriter {
 
     fn process(&mut self, group: Vec<Command>) {
         if let Some(reason) = read_failure(&self.failure) {
-            complete_all_with_error(group, &reason);
+            refuse_all(group, &reason);
             return;
         }
         let written = match self.write_group(&group) {
             Ok(written) => written,
             Err(error) => {
-                self.fail(format!("journal write failed: {error}"));
-                complete_all_with_error(group, "journal write failed");
+                // Part of the group may be in the journal: recovery decides.
+                let reason = format!("journal write failed: {error}");
+                self.fail(reason.clone());
+                complete_all_unknown(group, &reason);
                 return;
             }
         };
         if written.needs_fsync && self.journal_unsynced {
-            if let Err(error) = self.file.sync_data() {
+            if let Err(error) = self.sync_journal() {
                 // After a failed fsync the page cache state is unknown:
-                // never retry, stop accepting writes.
-                self.fail(format!("journal fsync failed: {error}"));
-                complete_all_with_error(group, "journal fsync failed");
+                // never retry on this write path; recovery decides.
+                let reason = format!("journal fsync failed: {error}");
+                self.fail(reason.clone());
+                complete_all_unknown(group, &reason);
                 return;
             }
             self.journal_unsynced = false;
@@ -247,7 +271,7 @@ impl JournalWriter {
         };
         if let Err(unsent) = sent {
             self.fail("the segment applier stopped".to_string());
-            complete_all_with_error(unsent.commands, "the segment applier stopped");
+            complete_all_unknown(unsent.commands, "the segment applier stopped");
             return;
         }
         if self.file.position() >= self.file_max_bytes {
@@ -324,15 +348,20 @@ impl JournalWriter {
             slices.push(header);
             slices.push(payload);
         }
-        self.file.append(&slices)?;
+        // Set before the write: a failed write may have written part.
         self.journal_unsynced = true;
-        Ok(())
+        fault::check(&self.journal_dir, FileOp::Write)?;
+        self.file.append(&slices)
+    }
+
+    fn sync_journal(&self) -> std::io::Result<()> {
+        fault::check(&self.journal_dir, FileOp::Sync)?;
+        self.file.sync_data()
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
         if self.journal_unsynced {
-            self.file
-                .sync_data()
+            self.sync_journal()
                 .map_err(|error| StoreError::io("fsync journal before roll", error))?;
             self.journal_unsynced = false;
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +392,8 @@ impl JournalWriter {
     /// sequence (durably renamed before anything is written to it).
     fn reuse_spare(&self, spare: &Path) -> Result<JournalFile, StoreError> {
         let path = journal::journal_file_path(&self.journal_dir, self.sequence);
+        fault::check(&path, FileOp::Rename)
+            .map_err(|error| StoreError::io(format!("rename {}", spare.display()), error))?;
         std::fs::rename(spare, &path)
             .map_err(|error| StoreError::io(format!("rename {}", spare.display()), error))?;
         segment::sync_directory(&self.journal_dir)?;
