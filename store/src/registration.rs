@@ -38,11 +38,13 @@ pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
 
 fn current_load(config: &StoreConfig, storage: &Storage) -> NodeLoad {
     let (disk_total_bytes, disk_free_bytes) = disk_space(&config.data_dir).unwrap_or((0, 0));
+    let fault = storage.write_fault();
     NodeLoad {
         disk_total_bytes,
         disk_free_bytes,
         segments: storage.segment_count() as u32,
-        healthy: storage.is_healthy(),
+        healthy: fault.is_none(),
+        detail: fault.unwrap_or_default(),
         ..NodeLoad::default()
     }
 }

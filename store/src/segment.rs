@@ -86,16 +86,30 @@ static PREALLOCATE_UNSUPPORTED: std::sync::atomic::AtomicBool =
 /// which the write itself will then report) only costs speed, so it is
 /// logged and ignored. Returns whether the blocks were allocated.
 pub fn preallocate(file: &File, offset: u64, length_bytes: u64, keep_size: bool) -> bool {
+    try_preallocate(file, offset, length_bytes, keep_size).unwrap_or_else(|error| {
+        tracing::warn!(%error, offset, length_bytes, "fallocate failed; writing without preallocation");
+        false
+    })
+}
+
+/// [`preallocate`], but a full disk (`ENOSPC`) is an error rather than a
+/// warning: for files that must have their space before they are used.
+pub fn try_preallocate(
+    file: &File,
+    offset: u64,
+    length_bytes: u64,
+    keep_size: bool,
+) -> std::io::Result<bool> {
     use std::os::unix::io::AsRawFd;
     use std::sync::atomic::Ordering;
     if length_bytes == 0 || PREALLOCATE_UNSUPPORTED.load(Ordering::Relaxed) {
-        return false;
+        return Ok(false);
     }
     let (Ok(offset), Ok(length)) = (
         libc::off_t::try_from(offset),
         libc::off_t::try_from(length_bytes),
     ) else {
-        return false;
+        return Ok(false);
     };
     let mode = if keep_size {
         libc::FALLOC_FL_KEEP_SIZE
@@ -105,10 +119,11 @@ pub fn preallocate(file: &File, offset: u64, length_bytes: u64, keep_size: bool)
     // SAFETY: fallocate on a file descriptor we own; no memory is involved.
     let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, length) };
     if result == 0 {
-        return true;
+        return Ok(true);
     }
     let error = std::io::Error::last_os_error();
     match error.raw_os_error() {
+        Some(libc::ENOSPC) => return Err(error),
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
             if !PREALLOCATE_UNSUPPORTED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(%error, "the file system does not support fallocate; writing without preallocation");
@@ -118,7 +133,7 @@ pub fn preallocate(file: &File, offset: u64, length_bytes: u64, keep_size: bool)
             tracing::warn!(%error, offset, length_bytes, "fallocate failed; writing without preallocation")
         }
     }
-    false
+    Ok(false)
 }
 
 /// True when the bytes of `file` in `[from, to)` are all zero: blocks that

@@ -181,7 +181,7 @@ fn merge_toml(base: &str, extra: &str) -> String {
     let mut table: toml::Table = base.parse().expect("the harness's own TOML parses");
     let extra: toml::Table = extra
         .parse()
-        .unwrap_or_else(|error| panic!("ClusterSpec::broker_config is not TOML: {error}"));
+        .unwrap_or_else(|error| panic!("ClusterSpec's extra service config is not TOML: {error}"));
     merge(&mut table, extra);
     toml::to_string(&table).expect("a TOML table serializes")
 }
@@ -205,6 +205,10 @@ pub struct ClusterSpec {
     /// harness's own (`[server] listen_address`, `[cluster] node_id` and
     /// `nameservers`). Default empty.
     pub broker_config: String,
+    /// Extra TOML merged into every store's config (flat keys, e.g.
+    /// `data_dir = "/mnt/small"`); its keys win over the harness's own.
+    /// Default empty.
+    pub store_config: String,
 }
 
 impl ClusterSpec {
@@ -231,6 +235,7 @@ impl Default for ClusterSpec {
             offsets_partitions: 4,
             etcd_members: 1,
             broker_config: String::new(),
+            store_config: String::new(),
         }
     }
 }
@@ -322,12 +327,13 @@ impl Cluster {
                     .collect();
                 let body = if kind == ServiceKind::Store {
                     let data = self.directory.path().join(&node_id).join("data");
-                    format!(
+                    let own = format!(
                         "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n\
                          data_dir = \"{}\"\n",
                         nameservers.join(", "),
                         data.display()
-                    )
+                    );
+                    merge_toml(&own, &self.spec.store_config)
                 } else {
                     let own = format!(
                         "[server]\nlisten_address = \"127.0.0.1:{port}\"\n\

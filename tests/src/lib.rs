@@ -5,3 +5,4 @@ pub mod chaos;
 pub mod cluster;
 pub mod etcd;
 pub mod read_back;
+pub mod small_fs;

@@ -134,7 +134,17 @@ pub(super) fn open_new_journal_file(
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
     let file = JournalFile::create(&path, direct_io)
         .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
-    segment::preallocate(file.file(), 0, preallocate_bytes, false);
+    // A journal file gets its whole space before it is used: a disk too
+    // full for one refuses here (the healer retries) rather than failing
+    // the writes in it one by one.
+    if let Err(error) = segment::try_preallocate(file.file(), 0, preallocate_bytes, false) {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(StoreError::io(
+            format!("preallocate {} ({preallocate_bytes} bytes)", path.display()),
+            error,
+        ));
+    }
     segment::sync_directory(journal_dir)?;
     Ok(file)
 }
