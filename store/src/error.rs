@@ -51,6 +51,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The process's (or the system's) limit of open files refused an
+    /// open this request needed; retriable once files are closed.
+    #[error("{context}: the limit of open files is reached ({source}); retry later, or raise the limit (RLIMIT_NOFILE) or lower max_open_segment_files")]
+    FileLimit {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("storage stopped accepting writes after an earlier I/O failure: {0}")]
     Failed(String),
     #[error("the store is shutting down")]
@@ -64,8 +72,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done; the limit of open
+    /// files becomes [`StoreError::FileLimit`].
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ) {
+            return StoreError::FileLimit {
+                context: context.into(),
+                source,
+            };
+        }
         StoreError::Io {
             context: context.into(),
             source,
@@ -91,6 +109,7 @@ impl StoreError {
             | StoreError::Serve { .. }
             | StoreError::DataDirectory { .. } => ErrorCode::Internal,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
+            StoreError::FileLimit { .. } => ErrorCode::Unavailable,
             StoreError::Throttled(_) => ErrorCode::Throttled,
         }
     }

@@ -85,16 +85,11 @@ impl SegmentApplier {
     /// Takes every dirty segment file (a duplicate handle) and marks it
     /// clean: whatever is written after this is dirty again and belongs to
     /// a later checkpoint.
-    fn take_dirty_files(&self) -> Result<Vec<(u64, File)>, StoreError> {
+    fn take_dirty_files(&self) -> Result<Vec<(u64, Arc<File>)>, StoreError> {
         let handles = registry::all_handles(&self.registry);
         let mut files = Vec::new();
         for handle in handles {
-            let mut log = handle.lock_log();
-            if log.dirty {
-                let file = log.file.try_clone().map_err(|error| {
-                    StoreError::io(format!("duplicate segment {} handle", handle.id), error)
-                })?;
-                log.dirty = false;
+            if let Some(file) = handle.lock_log().take_dirty_file() {
                 files.push((handle.id, file));
             }
         }
@@ -147,10 +142,11 @@ impl SegmentApplier {
             let result = match command {
                 Command::Append {
                     segment,
+                    file,
                     header,
                     batch,
                     ..
-                } => append_to_segment(segment, header, batch, earlier_write_failed),
+                } => append_to_segment(segment, file, header, batch, earlier_write_failed),
                 _ => Ok(0),
             };
             if let Err(reason) = &result {
@@ -237,6 +233,7 @@ impl SegmentApplier {
 /// validated and ordered before they were queued.
 fn append_to_segment(
     segment: &SegmentHandle,
+    file: &Arc<File>,
     header: &BatchHeader,
     batch: &[u8],
     earlier_write_failed: bool,
@@ -258,7 +255,7 @@ fn append_to_segment(
         header.base_offset,
         log.end_offset
     );
-    match log.append(header, batch) {
+    match log.append(file, header, batch) {
         Ok(()) => Ok(log.end_offset),
         Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
     }
@@ -267,7 +264,7 @@ fn append_to_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::registry::test_handle;
+    use crate::storage::registry::{test_file, test_handle};
     use crate::storage::tests::make_batch;
     use sluice_proto::batch;
 
@@ -282,11 +279,23 @@ mod tests {
         let first = make_batch(10, 3, 1);
         let second = make_batch(13, 2, 1);
         assert_eq!(
-            append_to_segment(&segment, &header(&first), &first, false),
+            append_to_segment(
+                &segment,
+                &test_file(directory.path(), 1),
+                &header(&first),
+                &first,
+                false
+            ),
             Ok(13)
         );
         assert_eq!(
-            append_to_segment(&segment, &header(&second), &second, false),
+            append_to_segment(
+                &segment,
+                &test_file(directory.path(), 1),
+                &header(&second),
+                &second,
+                false
+            ),
             Ok(15)
         );
         assert_eq!(segment.status().end_offset, 15);
@@ -298,7 +307,13 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let batch = make_batch(5, 1, 1);
-        let _ = append_to_segment(&segment, &header(&batch), &batch, false);
+        let _ = append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&batch),
+            &batch,
+            false,
+        );
     }
 
     #[test]
@@ -307,7 +322,13 @@ mod tests {
         let segment = test_handle(directory.path(), 1, 0);
         let batch = make_batch(5, 1, 1);
         assert_eq!(
-            append_to_segment(&segment, &header(&batch), &batch, true),
+            append_to_segment(
+                &segment,
+                &test_file(directory.path(), 1),
+                &header(&batch),
+                &batch,
+                true
+            ),
             Ok(6)
         );
     }
@@ -318,8 +339,21 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let first = make_batch(0, 4, 1);
-        append_to_segment(&segment, &header(&first), &first, false).expect("append");
+        append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&first),
+            &first,
+            false,
+        )
+        .expect("append");
         let behind = make_batch(2, 1, 1);
-        let _ = append_to_segment(&segment, &header(&behind), &behind, true);
+        let _ = append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&behind),
+            &behind,
+            true,
+        );
     }
 }

@@ -30,7 +30,7 @@ pub(super) struct Checkpoint {
 /// segment files that were dirty when the applier reached the journal
 /// position, to be fsynced before that position is recorded.
 pub(super) struct CheckpointJob {
-    pub(super) files: Vec<(u64, File)>,
+    pub(super) files: Vec<(u64, Arc<File>)>,
     pub(super) journal_sequence: u64,
     pub(super) journal_position: u64,
     pub(super) done: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -74,7 +74,7 @@ impl CheckpointWriter {
     /// position they cover, deletes older journal files.
     pub(super) fn finish(
         &self,
-        files: Vec<(u64, File)>,
+        files: Vec<(u64, Arc<File>)>,
         journal_sequence: u64,
         journal_position: u64,
     ) -> Result<(), StoreError> {

@@ -29,6 +29,9 @@ const JOURNAL_WRITE_CHUNK_BYTES: usize = 512 * 1024;
 pub(super) enum Command {
     Append {
         segment: Arc<SegmentHandle>,
+        /// The segment's file, open from before the append was journaled
+        /// until it is applied (and then kept by the log until fsynced).
+        file: Arc<File>,
         header: BatchHeader,
         batch: Bytes,
         fsync: bool,
