@@ -72,6 +72,8 @@ pub struct Service {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// `RLIMIT_NOFILE` (soft and hard) the process starts with, if set.
+    file_limit: Option<u64>,
 }
 
 impl Service {
@@ -88,7 +90,11 @@ impl Service {
             .append(true)
             .open(&self.log_path)
             .expect("open service log");
-        let child = Command::new(binary(self.kind.binary_name()))
+        let mut command = Command::new(binary(self.kind.binary_name()));
+        if let Some(limit) = self.file_limit {
+            limit_open_files(&mut command, limit);
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env(
@@ -164,6 +170,26 @@ impl Drop for Service {
     }
 }
 
+/// Starts `command` with at most `limit` open files: soft and hard limit,
+/// so raising the soft limit to the hard one cannot escape it.
+fn limit_open_files(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: only setrlimit, async-signal-safe, runs in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// `base` with `extra`'s keys added, section by section; `extra` wins.
 fn merge_toml(base: &str, extra: &str) -> String {
     fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -205,6 +231,12 @@ pub struct ClusterSpec {
     /// harness's own (`[server] listen_address`, `[cluster] node_id` and
     /// `nameservers`). Default empty.
     pub broker_config: String,
+    /// Extra TOML appended to every store's config (its keys are
+    /// top-level). Default empty.
+    pub store_config: String,
+    /// Stores start with this `RLIMIT_NOFILE` (soft and hard). Default
+    /// `None`: inherited.
+    pub store_file_limit: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -231,6 +263,8 @@ impl Default for ClusterSpec {
             offsets_partitions: 4,
             etcd_members: 1,
             broker_config: String::new(),
+            store_config: String::new(),
+            store_file_limit: None,
         }
     }
 }
@@ -324,9 +358,10 @@ impl Cluster {
                     let data = self.directory.path().join(&node_id).join("data");
                     format!(
                         "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n\
-                         data_dir = \"{}\"\n",
+                         data_dir = \"{}\"\n{}\n",
                         nameservers.join(", "),
-                        data.display()
+                        data.display(),
+                        self.spec.store_config
                     )
                 } else {
                     let own = format!(
@@ -348,6 +383,10 @@ impl Cluster {
             config_path,
             log_path: self.directory.path().join(format!("{prefix}.log")),
             child: None,
+            file_limit: match kind {
+                ServiceKind::Store => self.spec.store_file_limit,
+                _ => None,
+            },
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::checkpoint::{CheckpointJob, CheckpointWriter};
 use super::registry::{self, Registry, SegmentHandle};
+use super::segment_files::SegmentFiles;
 use super::writer::{complete_all_with_error, read_failure, record_failure, Command, Failure};
 use super::JournalStats;
 use crate::error::StoreError;
@@ -39,6 +40,9 @@ pub(super) struct SegmentApplier {
     pub(super) stats: Arc<JournalStats>,
     pub(super) failure: Failure,
     pub(super) spares: JournalSpares,
+    /// The open segment files: beyond their budget, a checkpoint is
+    /// started early, so files kept for unsynced writes can close.
+    pub(super) files: Arc<SegmentFiles>,
 }
 
 impl SegmentApplier {
@@ -129,6 +133,10 @@ impl SegmentApplier {
                     self.start_checkpoint(done, position, jobs, busy);
                 }
             }
+        }
+        if self.files.over_budget() {
+            let position = (journal_sequence, journal_position);
+            self.start_checkpoint(None, position, jobs, busy);
         }
     }
 

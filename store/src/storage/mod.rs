@@ -278,6 +278,7 @@ impl Storage {
             &registry,
             &stats,
             &failure,
+            &files,
             directory_lock,
         )?;
         let queue_permits = options.journal_queue_max_bytes.clamp(
@@ -684,6 +685,7 @@ impl Storage {
 /// file `next_sequence`, checkpoints what replay wrote, then starts the
 /// applier, the journal writer and its timer. Returns the writer's queue
 /// and its thread.
+#[allow(clippy::too_many_arguments)]
 fn start_write_path(
     layout: &Layout,
     next_sequence: u64,
@@ -691,6 +693,7 @@ fn start_write_path(
     registry: &Arc<Registry>,
     stats: &Arc<JournalStats>,
     failure: &Failure,
+    files: &Arc<SegmentFiles>,
     directory_lock: File,
 ) -> Result<(mpsc::Sender<Command>, WriterThread), StoreError> {
     let journal_file = writer::open_new_journal_file(
@@ -709,6 +712,7 @@ fn start_write_path(
         stats: stats.clone(),
         failure: failure.clone(),
         spares: spares.clone(),
+        files: files.clone(),
     };
     // Replayed data is made durable and the old journal dropped before
     // anything new is accepted.

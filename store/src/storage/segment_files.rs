@@ -168,6 +168,13 @@ impl SegmentFiles {
         drop(removed);
     }
 
+    /// Whether more files are open than the budget allows (files in use
+    /// or kept for unsynced writes).
+    pub(crate) fn over_budget(&self) -> bool {
+        let state = self.lock();
+        state.files.len() > state.budget.capacity()
+    }
+
     /// Segment files open now.
     pub(crate) fn open_count(&self) -> usize {
         self.lock().files.len()
