@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use sluice_client::{Admin, ClientConfig};
-use sluice_proto::v1::{BacklogPolicy, Durability, NodeInfo, SegmentState, TopicConfig};
+use sluice_proto::v1::{BacklogPolicy, Durability, NodeInfo, NodeLoad, SegmentState, TopicConfig};
 
 #[derive(Subcommand)]
 pub enum TopicCommand {
@@ -425,6 +425,25 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
     Ok(())
 }
 
+/// A store's open segment files against its budget, and opens the file
+/// limit refused; empty for other nodes.
+fn segment_files(load: &NodeLoad) -> String {
+    if load.max_open_segment_files == 0 {
+        return String::new();
+    }
+    let mut text = format!(
+        "{}/{}",
+        load.open_segment_files, load.max_open_segment_files
+    );
+    if load.refused_segment_file_opens > 0 {
+        text.push_str(&format!(
+            " ({} refused: file limit)",
+            load.refused_segment_file_opens
+        ));
+    }
+    text
+}
+
 fn node_rows(nodes: &[NodeInfo]) -> Vec<Vec<String>> {
     nodes
         .iter()
@@ -451,6 +470,7 @@ fn node_rows(nodes: &[NodeInfo]) -> Vec<Vec<String>> {
                 load.partitions.to_string(),
                 load.segments.to_string(),
                 disk,
+                segment_files(&load),
             ]
         })
         .collect()
@@ -505,6 +525,7 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
                 "PARTITIONS",
                 "SEGMENTS",
                 "DISK",
+                "SEGMENT-FILES",
             ];
             for (title, nodes) in [
                 ("nameservers", &status.nameservers),

@@ -26,7 +26,8 @@ pub struct Binary {
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Runs a service binary: parses `--config PATH`, loads the configuration
-/// ([`load_config`]), starts telemetry, binds its `listen_address` and
+/// ([`load_config`]), starts telemetry, raises the soft limit of open
+/// files to the hard limit ([`raise_open_file_limit`](crate::raise_open_file_limit)), binds its `listen_address` and
 /// calls `run` with ctrl-c/SIGTERM as shutdown. Failures are printed to
 /// stderr (and logged, once telemetry is up) and exit non-zero.
 pub async fn main<C, E, Run, Running>(binary: Binary, run: Run) -> ExitCode
@@ -51,6 +52,8 @@ where
             return ExitCode::FAILURE;
         }
     };
+    // Logged by the call; a refusal leaves the limit as it was.
+    let _ = crate::file_limit::raise_open_file_limit();
     let address = config.listen_address().to_string();
     let listener = match TcpListener::bind(&address).await {
         Ok(listener) => listener,

@@ -71,6 +71,14 @@ pub struct StoreConfig {
     /// Largest `Read` answer (a single batch larger than the request's
     /// `max_bytes` is still returned whole). Default 8 MiB.
     pub max_read_bytes: u32,
+    /// Segment files kept open at most (reads and writes open a segment's
+    /// file on demand; the least recently used unused one is closed beyond
+    /// this). Files in use at once (reads in progress, appends not yet
+    /// fsynced by a checkpoint) may exceed it while they are. 0: half the
+    /// soft limit of open files (`RLIMIT_NOFILE`, raised to the hard limit
+    /// at start), at least 16 and at most 1048576, leaving the other half
+    /// to the journal, connections and the rest. Default 0.
+    pub max_open_segment_files: u64,
     /// gRPC message size limit, both directions. Default
     /// `sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES` (16 MiB).
     pub max_grpc_message_bytes: usize,
@@ -134,6 +142,7 @@ impl Default for StoreConfig {
             periodic_flush_interval_ms: storage.periodic_flush_interval_ms,
             max_batch_bytes: storage.max_batch_bytes,
             max_read_bytes: storage.max_read_bytes,
+            max_open_segment_files: storage.max_open_segment_files,
             max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             append_stream_max_in_flight: 1024,
             append_stream_max_in_flight_bytes: 32 * 1024 * 1024,
@@ -184,6 +193,7 @@ impl StoreConfig {
             periodic_flush_interval_ms: self.periodic_flush_interval_ms,
             max_batch_bytes: self.max_batch_bytes,
             max_read_bytes: self.max_read_bytes,
+            max_open_segment_files: self.max_open_segment_files,
         }
     }
 

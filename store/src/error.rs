@@ -51,6 +51,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The process's (or the system's) limit of open files refused an
+    /// open this request needed; retriable once files are closed.
+    #[error("{context}: the limit of open files is reached ({source}); retry later, or raise the limit (RLIMIT_NOFILE) or lower max_open_segment_files")]
+    FileLimit {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("storage failed: {0}")]
     Failed(String),
     /// The write path failed and is recovering by itself (see
@@ -72,8 +80,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Wraps an I/O error with what was being done.
+    /// Wraps an I/O error with what was being done; the limit of open
+    /// files becomes [`StoreError::FileLimit`].
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ) {
+            return StoreError::FileLimit {
+                context: context.into(),
+                source,
+            };
+        }
         StoreError::Io {
             context: context.into(),
             source,
@@ -99,7 +117,7 @@ impl StoreError {
             | StoreError::Serve { .. }
             | StoreError::DataDirectory { .. } => ErrorCode::Internal,
             StoreError::ShuttingDown => ErrorCode::ShuttingDown,
-            StoreError::WritesSuspended(_) => ErrorCode::Unavailable,
+            StoreError::WritesSuspended(_) | StoreError::FileLimit { .. } => ErrorCode::Unavailable,
             StoreError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             StoreError::Throttled(_) => ErrorCode::Throttled,
         }

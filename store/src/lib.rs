@@ -57,6 +57,9 @@ pub async fn run(
             config.max_grpc_message_bytes
         )));
     }
+    // Before the file budget is derived from it (done by the service's
+    // `main` already, but not in `sluice dev`); a refusal is logged.
+    let _ = sluice_service::raise_open_file_limit();
     let data_dir = config.data_dir.clone();
     let options = config.storage_options();
     let (storage, report) = tokio::task::spawn_blocking(move || Storage::open(&data_dir, options))

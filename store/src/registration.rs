@@ -39,12 +39,16 @@ pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
 fn current_load(config: &StoreConfig, storage: &Storage) -> NodeLoad {
     let (disk_total_bytes, disk_free_bytes) = disk_space(&config.data_dir).unwrap_or((0, 0));
     let fault = storage.write_fault();
+    let files = storage.file_budget();
     NodeLoad {
         disk_total_bytes,
         disk_free_bytes,
         segments: storage.segment_count() as u32,
         healthy: fault.is_none(),
         detail: fault.unwrap_or_default(),
+        open_segment_files: files.open_segment_files,
+        max_open_segment_files: files.max_open_segment_files,
+        refused_segment_file_opens: files.refused_opens,
         ..NodeLoad::default()
     }
 }

@@ -43,7 +43,8 @@ pub fn meta_path(segments_dir: &Path, segment_id: u64) -> PathBuf {
 /// fsyncs a directory so that created, renamed and removed entries are
 /// durable.
 pub fn sync_directory(directory: &Path) -> Result<(), StoreError> {
-    File::open(directory)
+    crate::fault::check(directory, crate::fault::FileOp::Open)
+        .and_then(|()| File::open(directory))
         .and_then(|handle| handle.sync_all())
         .map_err(|error| StoreError::io(format!("fsync directory {}", directory.display()), error))
 }
@@ -182,11 +183,18 @@ pub struct CorruptRegion {
     pub repaired_position: u64,
 }
 
-/// The log file and what is known about its contents. Everything up to
-/// `size_bytes` / `end_offset` is acknowledged data.
+/// What is known about the contents of a segment's log file. Everything
+/// up to `size_bytes` / `end_offset` is acknowledged data. The file itself
+/// is opened on demand within the store's budget of open files
+/// (`storage/segment_files.rs`); the log only keeps it while it has
+/// writes not yet fsynced.
 #[derive(Debug)]
 pub struct SegmentLog {
-    pub file: Arc<File>,
+    /// The file, kept from the first write after an fsync until the
+    /// checkpoint takes it to fsync it ([`SegmentLog::take_dirty_file`]):
+    /// `Some` whenever `dirty`, so a file with unsynced writes is never
+    /// closed (a write-back error could then go unreported).
+    pub file: Option<Arc<File>>,
     pub base_offset: u64,
     pub end_offset: u64,
     pub size_bytes: u64,
@@ -219,10 +227,10 @@ pub struct SegmentLog {
 pub const WRITEBACK_CHUNK_BYTES: u64 = 1024 * 1024;
 
 impl SegmentLog {
-    /// An empty log over `file`.
-    pub fn new(file: File, base_offset: u64, index_interval_bytes: u64) -> Self {
+    /// An empty log (of an empty file).
+    pub fn new(base_offset: u64, index_interval_bytes: u64) -> Self {
         Self {
-            file: Arc::new(file),
+            file: None,
             base_offset,
             end_offset: base_offset,
             size_bytes: 0,
@@ -268,8 +276,15 @@ impl SegmentLog {
         }
     }
 
-    /// Writes a batch at the end of the file and indexes it. No fsync.
-    pub fn append(&mut self, header: &BatchHeader, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes a batch at the end of the log's `file` and indexes it, and
+    /// keeps the file until it is fsynced. No fsync.
+    pub fn append(
+        &mut self,
+        file: &Arc<File>,
+        header: &BatchHeader,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        let file = self.keep_file(file);
         let position = self.size_bytes;
         let end = position + bytes.len() as u64;
         if self.preallocate_chunk_bytes > 0 && end > self.allocated_bytes {
@@ -277,26 +292,58 @@ impl SegmentLog {
             // on every write; the file length stays the data length, so
             // recovery never sees the reserved space.
             let length = (end - position).max(self.preallocate_chunk_bytes);
-            self.allocated_bytes = if preallocate(&self.file, position, length, true) {
+            self.allocated_bytes = if preallocate(&file, position, length, true) {
                 position + length
             } else {
                 // Unsupported or failed: do not retry on every append.
                 end + self.preallocate_chunk_bytes
             };
         }
-        self.file.write_all_at(bytes, position)?;
+        file.write_all_at(bytes, position)?;
         self.size_bytes += bytes.len() as u64;
         self.end_offset = header.end_offset();
         self.dirty = true;
         self.index_batch(header, position);
-        self.start_writeback();
+        self.start_writeback(&file);
         Ok(())
+    }
+
+    /// Writes `bytes` at `position` inside the data (a repair of a damaged
+    /// range), keeping the file until it is fsynced. No fsync.
+    pub fn rewrite_at(
+        &mut self,
+        file: &Arc<File>,
+        bytes: &[u8],
+        position: u64,
+    ) -> std::io::Result<()> {
+        let file = self.keep_file(file);
+        file.write_all_at(bytes, position)?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The file kept for unsynced writes: the one kept already (the same
+    /// open file as `file`, which the budget never closes while kept), or
+    /// `file`, now kept.
+    fn keep_file(&mut self, file: &Arc<File>) -> Arc<File> {
+        self.file.get_or_insert_with(|| file.clone()).clone()
+    }
+
+    /// The file with writes not yet fsynced, if any, for the checkpoint
+    /// to fsync; the log is clean from here on (later writes keep a file
+    /// again).
+    pub fn take_dirty_file(&mut self) -> Option<Arc<File>> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        self.file.take()
     }
 
     /// Starts writeback of what was written since the last start, once
     /// that is at least [`WRITEBACK_CHUNK_BYTES`]. Only a hint: a failure
     /// is left to the checkpoint's fsync to find and report.
-    fn start_writeback(&mut self) {
+    fn start_writeback(&mut self, file: &File) {
         let start = self.writeback_started_bytes;
         if self.size_bytes < start + WRITEBACK_CHUNK_BYTES {
             return;
@@ -311,7 +358,7 @@ impl SegmentLog {
         // is passed.
         let result = unsafe {
             libc::sync_file_range(
-                std::os::unix::io::AsRawFd::as_raw_fd(self.file.as_ref()),
+                std::os::unix::io::AsRawFd::as_raw_fd(file),
                 offset,
                 length,
                 libc::SYNC_FILE_RANGE_WRITE,
@@ -327,8 +374,8 @@ impl SegmentLog {
     /// more). Truncating to the current length frees them. Done even when
     /// this process reserved nothing: an earlier one may have, before a
     /// restart.
-    pub fn release_preallocation(&mut self) -> std::io::Result<()> {
-        self.file.set_len(self.size_bytes)?;
+    pub fn release_preallocation(&mut self, file: &File) -> std::io::Result<()> {
+        file.set_len(self.size_bytes)?;
         self.allocated_bytes = self.size_bytes;
         Ok(())
     }
@@ -482,12 +529,12 @@ pub fn scan_log(
         .metadata()
         .map_err(|error| io_error(path, "stat", error))?
         .len();
-    let mut log = SegmentLog::new(file, base_offset, index_interval_bytes);
+    let mut log = SegmentLog::new(base_offset, index_interval_bytes);
     let mut buffer = Vec::new();
     let mut position = 0u64;
     let mut expected_offset = base_offset;
     while position < file_length {
-        let found = valid_batch_at(&log.file, position, file_length, &mut buffer)
+        let found = valid_batch_at(&file, position, file_length, &mut buffer)
             .map_err(|error| io_error(path, "read", error))?;
         if let Some(header) = found {
             if header.base_offset == expected_offset {
@@ -498,14 +545,8 @@ pub fn scan_log(
             }
         }
         // Damage at `position`: is there a valid continuation after it?
-        let resume = find_resume(
-            &log.file,
-            position,
-            file_length,
-            expected_offset,
-            &mut buffer,
-        )
-        .map_err(|error| io_error(path, "read", error))?;
+        let resume = find_resume(&file, position, file_length, expected_offset, &mut buffer)
+            .map_err(|error| io_error(path, "read", error))?;
         let Some((resume_position, header)) = resume else {
             break;
         };
@@ -528,7 +569,7 @@ pub fn scan_log(
     }
     let truncated_bytes = file_length - position;
     let zero_tail = truncated_bytes > 0
-        && is_zero_range(&log.file, position, file_length)
+        && is_zero_range(&file, position, file_length)
             .map_err(|error| io_error(path, "read", error))?;
     if zero_tail {
         tracing::info!(
@@ -545,18 +586,18 @@ pub fn scan_log(
             "truncating a torn or damaged tail of a segment file"
         );
     }
-    if truncated_bytes > 0 {
-        log.file
-            .set_len(position)
-            .and_then(|()| log.file.sync_all())
-            .map_err(|error| io_error(path, "truncate", error))?;
-    }
+    // A previous process may have written this file without fsync (its
+    // journal covered it): fsynced here, before anything deletes that
+    // journal, and then closed, so that loading many segments holds no
+    // files open.
+    let synced = if truncated_bytes > 0 {
+        file.set_len(position).and_then(|()| file.sync_all())
+    } else {
+        file.sync_data()
+    };
+    synced.map_err(|error| io_error(path, "truncate or fsync", error))?;
     log.size_bytes = position;
     log.end_offset = expected_offset;
-    // A previous process may have written this file without fsync (its
-    // journal covered it); the next checkpoint, which deletes that
-    // journal, must fsync the file first.
-    log.dirty = true;
     Ok(ScanOutcome {
         log,
         truncated_bytes,
@@ -588,15 +629,15 @@ mod tests {
     #[test]
     fn offset_index_is_sparse_and_points_at_or_before_the_batch() {
         let directory = tempfile::tempdir().expect("temp dir");
-        let file = File::create(directory.path().join("x.log")).expect("create");
-        let mut log = SegmentLog::new(file, 100, 1024);
+        let file = Arc::new(File::create(directory.path().join("x.log")).expect("create"));
+        let mut log = SegmentLog::new(100, 1024);
         let mut offset = 100;
         let mut positions = Vec::new();
         for index in 0..50 {
             let bytes = make_batch(offset, 2, 1000 + index * 10);
             let header = BatchHeader::parse(&bytes).expect("header");
             positions.push((offset, log.size_bytes));
-            log.append(&header, &bytes).expect("append");
+            log.append(&file, &header, &bytes).expect("append");
             offset = header.end_offset();
         }
         assert!(log.offset_index.len() > 1, "index has entries");
@@ -618,15 +659,15 @@ mod tests {
     #[test]
     fn time_index_start_is_before_the_first_matching_batch() {
         let directory = tempfile::tempdir().expect("temp dir");
-        let file = File::create(directory.path().join("x.log")).expect("create");
-        let mut log = SegmentLog::new(file, 0, 512);
+        let file = Arc::new(File::create(directory.path().join("x.log")).expect("create"));
+        let mut log = SegmentLog::new(0, 512);
         let mut offset = 0;
         let mut batches = Vec::new();
         for index in 0..40i64 {
             let bytes = make_batch(offset, 1, 1000 + index * 100);
             let header = BatchHeader::parse(&bytes).expect("header");
             batches.push((log.size_bytes, header));
-            log.append(&header, &bytes).expect("append");
+            log.append(&file, &header, &bytes).expect("append");
             offset = header.end_offset();
         }
         assert!(log.time_index.len() < 40 && !log.time_index.is_empty());

@@ -72,6 +72,8 @@ pub struct Service {
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// `RLIMIT_NOFILE` (soft and hard) the process starts with, if set.
+    file_limit: Option<u64>,
 }
 
 impl Service {
@@ -88,7 +90,11 @@ impl Service {
             .append(true)
             .open(&self.log_path)
             .expect("open service log");
-        let child = Command::new(binary(self.kind.binary_name()))
+        let mut command = Command::new(binary(self.kind.binary_name()));
+        if let Some(limit) = self.file_limit {
+            limit_open_files(&mut command, limit);
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config_path)
             .env(
@@ -164,6 +170,26 @@ impl Drop for Service {
     }
 }
 
+/// Starts `command` with at most `limit` open files: soft and hard limit,
+/// so raising the soft limit to the hard one cannot escape it.
+fn limit_open_files(command: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: only setrlimit, async-signal-safe, runs in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// `base` with `extra`'s keys added, section by section; `extra` wins.
 fn merge_toml(base: &str, extra: &str) -> String {
     fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -209,6 +235,9 @@ pub struct ClusterSpec {
     /// `data_dir = "/mnt/small"`); its keys win over the harness's own.
     /// Default empty.
     pub store_config: String,
+    /// Stores start with this `RLIMIT_NOFILE` (soft and hard). Default
+    /// `None`: inherited.
+    pub store_file_limit: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -236,6 +265,7 @@ impl Default for ClusterSpec {
             etcd_members: 1,
             broker_config: String::new(),
             store_config: String::new(),
+            store_file_limit: None,
         }
     }
 }
@@ -354,6 +384,10 @@ impl Cluster {
             config_path,
             log_path: self.directory.path().join(format!("{prefix}.log")),
             child: None,
+            file_limit: match kind {
+                ServiceKind::Store => self.spec.store_file_limit,
+                _ => None,
+            },
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::checkpoint::{CheckpointJob, CheckpointWriter};
 use super::registry::{self, Registry, SegmentHandle};
+use super::segment_files::SegmentFiles;
 use super::writer::{complete_all_unknown, read_failure, record_failure, Command, Failure};
 use super::JournalStats;
 use crate::error::StoreError;
@@ -40,6 +41,9 @@ pub(super) struct SegmentApplier {
     pub(super) stats: Arc<JournalStats>,
     pub(super) failure: Failure,
     pub(super) spares: JournalSpares,
+    /// The open segment files: beyond their budget, a checkpoint is
+    /// started early, so files kept for unsynced writes can close.
+    pub(super) files: Arc<SegmentFiles>,
 }
 
 impl SegmentApplier {
@@ -85,36 +89,13 @@ impl SegmentApplier {
 
     /// Takes every dirty segment file (a duplicate handle) and marks it
     /// clean: whatever is written after this is dirty again and belongs to
-    /// a later checkpoint. If a handle cannot be duplicated (no file
-    /// handles left), every file taken is marked dirty again and the
-    /// checkpoint is skipped: a later one covers them.
-    fn take_dirty_files(&self) -> Result<Vec<(u64, File)>, StoreError> {
+    /// a later checkpoint.
+    fn take_dirty_files(&self) -> Result<Vec<(u64, Arc<File>)>, StoreError> {
         let handles = registry::all_handles(&self.registry);
         let mut files = Vec::new();
-        for handle in &handles {
-            let mut log = handle.lock_log();
-            if !log.dirty {
-                continue;
-            }
-            let duplicated =
-                fault::check(&self.segments_dir, FileOp::Open).and_then(|()| log.file.try_clone());
-            match duplicated {
-                Ok(file) => {
-                    log.dirty = false;
-                    files.push((handle.id, file));
-                }
-                Err(error) => {
-                    drop(log);
-                    for (segment_id, _) in &files {
-                        if let Some(taken) = handles.iter().find(|h| h.id == *segment_id) {
-                            taken.lock_log().dirty = true;
-                        }
-                    }
-                    return Err(StoreError::io(
-                        format!("duplicate segment {} handle", handle.id),
-                        error,
-                    ));
-                }
+        for handle in handles {
+            if let Some(file) = handle.lock_log().take_dirty_file() {
+                files.push((handle.id, file));
             }
         }
         Ok(files)
@@ -162,6 +143,10 @@ impl SegmentApplier {
                 }
             }
         }
+        if self.files.over_budget() {
+            let position = (journal_sequence, journal_position);
+            self.start_checkpoint(None, position, jobs, busy);
+        }
     }
 
     /// Writes the group's appends to their segment files, in order; the
@@ -182,12 +167,13 @@ impl SegmentApplier {
             let result = match command {
                 Command::Append {
                     segment,
+                    file,
                     header,
                     batch,
                     ..
                 } => fault::check(&self.segments_dir, FileOp::Write)
                     .map_err(|error| format!("segment {} write failed: {error}", segment.id))
-                    .and_then(|()| append_to_segment(segment, header, batch)),
+                    .and_then(|()| append_to_segment(segment, file, header, batch)),
                 _ => Ok(0),
             };
             if let Err(reason) = &result {
@@ -273,6 +259,7 @@ impl SegmentApplier {
 /// validated and ordered before they were queued.
 fn append_to_segment(
     segment: &SegmentHandle,
+    file: &Arc<File>,
     header: &BatchHeader,
     batch: &[u8],
 ) -> Result<u64, String> {
@@ -286,7 +273,7 @@ fn append_to_segment(
         header.base_offset,
         log.end_offset
     );
-    match log.append(header, batch) {
+    match log.append(file, header, batch) {
         Ok(()) => Ok(log.end_offset),
         Err(error) => Err(format!("segment {} write failed: {error}", segment.id)),
     }
@@ -295,7 +282,7 @@ fn append_to_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::registry::test_handle;
+    use crate::storage::registry::{test_file, test_handle};
     use crate::storage::tests::make_batch;
     use sluice_proto::batch;
 
@@ -309,9 +296,22 @@ mod tests {
         let segment = test_handle(directory.path(), 1, 10);
         let first = make_batch(10, 3, 1);
         let second = make_batch(13, 2, 1);
-        assert_eq!(append_to_segment(&segment, &header(&first), &first), Ok(13));
         assert_eq!(
-            append_to_segment(&segment, &header(&second), &second),
+            append_to_segment(
+                &segment,
+                &test_file(directory.path(), 1),
+                &header(&first),
+                &first
+            ),
+            Ok(13)
+        );
+        assert_eq!(
+            append_to_segment(
+                &segment,
+                &test_file(directory.path(), 1),
+                &header(&second),
+                &second
+            ),
             Ok(15)
         );
         assert_eq!(segment.status().end_offset, 15);
@@ -323,7 +323,12 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let batch = make_batch(5, 1, 1);
-        let _ = append_to_segment(&segment, &header(&batch), &batch);
+        let _ = append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&batch),
+            &batch,
+        );
     }
 
     #[test]
@@ -332,8 +337,19 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let segment = test_handle(directory.path(), 1, 0);
         let first = make_batch(0, 4, 1);
-        append_to_segment(&segment, &header(&first), &first).expect("append");
+        append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&first),
+            &first,
+        )
+        .expect("append");
         let behind = make_batch(2, 1, 1);
-        let _ = append_to_segment(&segment, &header(&behind), &behind);
+        let _ = append_to_segment(
+            &segment,
+            &test_file(directory.path(), 1),
+            &header(&behind),
+            &behind,
+        );
     }
 }

@@ -31,7 +31,7 @@ pub(super) struct Checkpoint {
 /// segment files that were dirty when the applier reached the journal
 /// position, to be fsynced before that position is recorded.
 pub(super) struct CheckpointJob {
-    pub(super) files: Vec<(u64, File)>,
+    pub(super) files: Vec<(u64, Arc<File>)>,
     pub(super) journal_sequence: u64,
     pub(super) journal_position: u64,
     pub(super) done: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -81,12 +81,16 @@ impl CheckpointWriter {
     /// checkpoint: the journal still holds everything after the last one.
     pub(super) fn finish(
         &self,
-        files: Vec<(u64, File)>,
+        files: Vec<(u64, Arc<File>)>,
         journal_sequence: u64,
         journal_position: u64,
     ) -> Result<(), StoreError> {
         if let Err(error) = self.sync_segments(files) {
-            record_failure(&self.failure, format!("checkpoint: {error}"));
+            // Out of file handles to open the directory: nothing failed to
+            // reach the disk, so skip without latching.
+            if !matches!(error, StoreError::FileLimit { .. }) {
+                record_failure(&self.failure, format!("checkpoint: {error}"));
+            }
             return Err(error);
         }
         let checkpoint = Checkpoint {
@@ -115,7 +119,7 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    fn sync_segments(&self, files: Vec<(u64, File)>) -> Result<(), StoreError> {
+    fn sync_segments(&self, files: Vec<(u64, Arc<File>)>) -> Result<(), StoreError> {
         for (segment_id, file) in files {
             fault::check(&self.segments_dir, FileOp::Sync)
                 .and_then(|()| file.sync_data())

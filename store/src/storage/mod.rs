@@ -34,22 +34,29 @@
 //! - `applier.rs`: the applier thread writing committed groups to the
 //!   segment files and completing them;
 //! - `checkpoint.rs`: the checkpoint thread and the checkpoint file;
-//! - `reads.rs`: reads and the timestamp lookup ([`ReadOutcome`]).
+//! - `reads.rs`: reads and the timestamp lookup ([`ReadOutcome`]);
+//! - `file_budget.rs`: the budget of open segment files (pure LRU);
+//! - `segment_files.rs`: segment files opened on demand within it.
 
 mod applier;
+#[cfg(test)]
+mod budget_tests;
 mod checkpoint;
 #[cfg(test)]
 mod fault_tests;
+mod file_budget;
 mod healer;
 mod reads;
 mod recovery;
 mod registry;
+mod segment_files;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 pub use reads::ReadOutcome;
 pub use recovery::RecoveryReport;
+pub use segment_files::FileBudgetStatus;
 
 use crate::error::StoreError;
 use crate::journal::RecordKind;
@@ -58,6 +65,7 @@ use crate::segment::{self, SegmentMeta};
 use applier::SegmentApplier;
 use bytes::Bytes;
 use registry::{Registry, SegmentHandle};
+use segment_files::SegmentFiles;
 use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::v1::{Durability, SegmentStatus};
 use std::fs::File;
@@ -96,6 +104,9 @@ pub const DEFAULT_PERIODIC_FLUSH_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_MAX_BATCH_BYTES: u32 = sluice_proto::limits::DEFAULT_MAX_BATCH_BYTES;
 /// Default [`StorageOptions::max_read_bytes`]: 8 MiB.
 pub const DEFAULT_MAX_READ_BYTES: u32 = 8 * 1024 * 1024;
+/// Default [`StorageOptions::max_open_segment_files`]: 0, half the
+/// process's soft limit of open files at open (16 at least, 2^20 at most).
+pub const DEFAULT_MAX_OPEN_SEGMENT_FILES: u64 = 0;
 
 /// Engine settings. The service configuration (`StoreConfig`, whose
 /// documentation explains each in full) takes its defaults from here.
@@ -125,6 +136,9 @@ pub struct StorageOptions {
     pub max_batch_bytes: u32,
     /// Largest read answer (a single larger batch is still returned whole).
     pub max_read_bytes: u32,
+    /// Segment files kept open at most (0: half the soft limit of open
+    /// files); files in use at once can exceed it for as long as they are.
+    pub max_open_segment_files: u64,
 }
 
 impl Default for StorageOptions {
@@ -141,6 +155,7 @@ impl Default for StorageOptions {
             periodic_flush_interval_ms: DEFAULT_PERIODIC_FLUSH_INTERVAL_MS,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_read_bytes: DEFAULT_MAX_READ_BYTES,
+            max_open_segment_files: DEFAULT_MAX_OPEN_SEGMENT_FILES,
         }
     }
 }
@@ -183,6 +198,8 @@ struct Inner {
     /// queued, or for metadata until it completes); the healer takes it
     /// exclusively, and writes never wait for that (`try_read`).
     write_path: tokio::sync::RwLock<Option<WritePath>>,
+    /// The segment files open now, within the budget.
+    files: Arc<SegmentFiles>,
     queue_bytes: Arc<Semaphore>,
     closing: AtomicBool,
     stats: Arc<JournalStats>,
@@ -262,12 +279,14 @@ impl Storage {
             })?;
         }
         let directory_lock = lock_directory(directory)?;
+        let files = Arc::new(open_file_budget(&layout.segments_dir, &options));
         let mut report = RecoveryReport::default();
         let recovered = recovery::recover(
             directory,
             &layout.segments_dir,
             &layout.journal_dir,
             &options,
+            &files,
             &mut report,
         )?;
         let registry: Arc<Registry> = Arc::new(RwLock::new(recovered.segments));
@@ -278,6 +297,7 @@ impl Storage {
             &options,
             &registry,
             &stats,
+            &files,
         )?;
         let queue_permits = options.journal_queue_max_bytes.clamp(
             u64::from(options.max_batch_bytes),
@@ -288,6 +308,7 @@ impl Storage {
             options,
             registry,
             write_path: tokio::sync::RwLock::new(Some(write_path)),
+            files,
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
             closing: AtomicBool::new(false),
             stats,
@@ -302,6 +323,11 @@ impl Storage {
     /// Journal counters (fsyncs, appends, groups, checkpoints).
     pub fn journal_stats(&self) -> &JournalStats {
         &self.inner.stats
+    }
+
+    /// The budget of open segment files and its use.
+    pub fn file_budget(&self) -> FileBudgetStatus {
+        self.inner.files.status()
     }
 
     /// The engine settings.
@@ -414,8 +440,14 @@ impl Storage {
         let segments_dir = self.inner.layout.segments_dir.clone();
         let index_interval_bytes = self.inner.options.index_interval_bytes;
         let meta_for_disk = meta.clone();
+        let files = self.inner.files.clone();
         let log = tokio::task::spawn_blocking(move || {
-            registry::create_segment_files(&segments_dir, &meta_for_disk, index_interval_bytes)
+            registry::create_segment_files(
+                &segments_dir,
+                &meta_for_disk,
+                index_interval_bytes,
+                &files,
+            )
         })
         .await
         .map_err(|error| StoreError::Failed(format!("segment creation task failed: {error}")))??;
@@ -456,6 +488,9 @@ impl Storage {
         let header = batch::validate(&batch, self.inner.options.max_batch_bytes as usize)
             .map_err(StoreError::InvalidBatch)?;
         let segment = self.segment(segment_id)?;
+        // Opened (if it is not open) before anything is journaled: a file
+        // limit fails this request alone, never a journaled append.
+        let file = self.inner.files.get(segment_id)?;
         let permit = self
             .inner
             .queue_bytes
@@ -492,6 +527,7 @@ impl Storage {
         path.commands
             .send(Command::Append {
                 segment: segment.clone(),
+                file,
                 header,
                 batch,
                 fsync,
@@ -581,11 +617,18 @@ impl Storage {
         let segments_dir = self.inner.layout.segments_dir.clone();
         let meta = segment.meta();
         let sealed_segment = segment.clone();
+        let files = self.inner.files.clone();
         tokio::task::spawn_blocking(move || {
             segment::write_meta(&segments_dir, &meta)?;
             // Every append accepted before the seal is applied by now (the
             // seal record completed after them), so the file is final.
-            if let Err(error) = sealed_segment.lock_log().release_preallocation() {
+            let released = files.get(segment_id).and_then(|file| {
+                sealed_segment
+                    .lock_log()
+                    .release_preallocation(&file)
+                    .map_err(|error| StoreError::io("truncate", error))
+            });
+            if let Err(error) = released {
                 tracing::warn!(segment_id, %error, "cannot release preallocated space of a sealed segment");
             }
             Ok::<(), StoreError>(())
@@ -614,6 +657,7 @@ impl Storage {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&segment_id);
+        self.inner.files.forget(segment_id);
         let segments_dir = self.inner.layout.segments_dir.clone();
         let removed = tokio::task::spawn_blocking(move || {
             registry::remove_segment_files(&segments_dir, segment_id)
@@ -695,6 +739,7 @@ impl Inner {
             &layout.segments_dir,
             &layout.journal_dir,
             &self.options,
+            &self.files,
             &mut report,
         )?;
         *self
@@ -707,6 +752,7 @@ impl Inner {
             &self.options,
             &self.registry,
             &self.stats,
+            &self.files,
         )?);
         self.stats
             .write_path_recoveries
@@ -724,6 +770,7 @@ fn start_write_path(
     options: &StorageOptions,
     registry: &Arc<Registry>,
     stats: &Arc<JournalStats>,
+    files: &Arc<SegmentFiles>,
 ) -> Result<WritePath, StoreError> {
     let failure: Failure = Arc::new(Mutex::new(None));
     let journal_file = writer::open_new_journal_file(
@@ -742,6 +789,7 @@ fn start_write_path(
         stats: stats.clone(),
         failure: failure.clone(),
         spares: spares.clone(),
+        files: files.clone(),
     };
     // Replayed data is made durable and the old journal dropped before
     // anything new is accepted.
@@ -782,6 +830,28 @@ fn start_write_path(
         failure,
         _thread: WriterThread(Some(writer_thread)),
     })
+}
+
+/// The budget of open segment files for `options` (derived from the soft
+/// limit of open files if not configured), logged.
+fn open_file_budget(segments_dir: &Path, options: &StorageOptions) -> SegmentFiles {
+    let soft_limit = segment_files::soft_file_limit();
+    let budget = file_budget::resolve_budget(options.max_open_segment_files, soft_limit);
+    let configured = options.max_open_segment_files;
+    tracing::info!(
+        max_open_segment_files = budget,
+        configured,
+        soft_file_limit = ?soft_limit,
+        "segment file budget"
+    );
+    if soft_limit.is_some_and(|limit| budget as u64 >= limit) {
+        tracing::warn!(
+            max_open_segment_files = budget,
+            soft_file_limit = ?soft_limit,
+            "the segment file budget is not below the limit of open files: opens may fail with EMFILE (retriable) before the budget closes files"
+        );
+    }
+    SegmentFiles::new(segments_dir, budget)
 }
 
 /// Takes an exclusive `flock` on `{directory}/LOCK` so that two stores

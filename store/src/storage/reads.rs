@@ -33,11 +33,12 @@ struct LogView {
 }
 
 impl LogView {
-    /// The log of `segment` as it is now, for a read of `offset`.
-    fn of(segment: &SegmentHandle, offset: u64) -> LogView {
+    /// The log of `segment` (its file: `file`) as it is now, for a read
+    /// of `offset`.
+    fn of(segment: &SegmentHandle, file: Arc<File>, offset: u64) -> LogView {
         let log = segment.lock_log();
         LogView {
-            file: log.file.clone(),
+            file,
             size_bytes: log.size_bytes,
             durable_end: log.end_offset,
             start_position: log.scan_start_for_offset(offset),
@@ -172,8 +173,9 @@ impl Storage {
         end_offset: u64,
     ) -> Result<ReadOutcome, StoreError> {
         let segment = self.segment(segment_id)?;
+        let file = self.inner.files.get(segment_id)?;
         let sealed = segment.sealed.load(Ordering::SeqCst);
-        let view = LogView::of(&segment, offset);
+        let view = LogView::of(&segment, file, offset);
         let durable_end = view.durable_end;
         if offset < segment.base_offset || offset > durable_end {
             return Err(StoreError::OffsetOutOfRange {
@@ -249,10 +251,10 @@ impl Storage {
         timestamp_ms: i64,
     ) -> Result<Option<u64>, StoreError> {
         let segment = self.segment(segment_id)?;
-        let (file, size_bytes, start, max_timestamp_ms, regions) = {
+        let file = self.inner.files.get(segment_id)?;
+        let (size_bytes, start, max_timestamp_ms, regions) = {
             let log = segment.lock_log();
             (
-                log.file.clone(),
                 log.size_bytes,
                 log.scan_start_for_timestamp(timestamp_ms),
                 log.max_timestamp_ms,

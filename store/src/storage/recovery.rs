@@ -7,13 +7,13 @@
 
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
 use super::registry::{handle_from, remove_segment_files, SegmentHandle};
+use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
 use crate::journal::{self, RecordKind};
 use crate::segment::{self, SegmentLog, SegmentMeta};
 use sluice_proto::batch::{self, BatchHeader};
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,6 +66,7 @@ pub(super) fn recover(
     segments_dir: &Path,
     journal_dir: &Path,
     options: &StorageOptions,
+    files: &SegmentFiles,
     report: &mut RecoveryReport,
 ) -> Result<Recovered, StoreError> {
     let mut segments = load_segments(segments_dir, options, report)?;
@@ -74,6 +75,7 @@ pub(super) fn recover(
     let mut replay = Replay {
         segments_dir,
         options,
+        files,
         segments: &mut segments,
         report,
         touched: HashMap::new(),
@@ -255,6 +257,7 @@ fn read_checkpoint(directory: &Path, report: &mut RecoveryReport) -> Option<Chec
 struct Replay<'a> {
     segments_dir: &'a Path,
     options: &'a StorageOptions,
+    files: &'a SegmentFiles,
     segments: &'a mut HashMap<u64, Arc<SegmentHandle>>,
     report: &'a mut RecoveryReport,
     /// Segments the replay wrote to, fsynced once it is done.
@@ -288,16 +291,25 @@ impl Replay<'_> {
             };
             self.replay_file(&path, start)?;
         }
-        for segment_id in self.touched.keys() {
-            if let Some(handle) = self.segments.get(segment_id) {
-                let log = handle.lock_log();
-                log.file.sync_all().map_err(|error| {
+        self.sync_touched()?;
+        let last = sequences.last().copied().unwrap_or(0).max(start_sequence);
+        Ok(last + 1)
+    }
+
+    /// fsyncs the segments replay wrote to, letting their files close.
+    fn sync_touched(&mut self) -> Result<(), StoreError> {
+        for (segment_id, ()) in self.touched.drain() {
+            let Some(handle) = self.segments.get(&segment_id) else {
+                continue;
+            };
+            let file = handle.lock_log().take_dirty_file();
+            if let Some(file) = file {
+                file.sync_all().map_err(|error| {
                     StoreError::io(format!("fsync segment {segment_id}"), error)
                 })?;
             }
         }
-        let last = sequences.last().copied().unwrap_or(0).max(start_sequence);
-        Ok(last + 1)
+        Ok(())
     }
 
     /// Replays the records of the journal file at `path` from
@@ -371,6 +383,7 @@ impl Replay<'_> {
                 self.segments.remove(&segment_id);
                 self.touched.remove(&segment_id);
                 self.deleted.insert(segment_id);
+                self.files.forget(segment_id);
                 remove_segment_files(self.segments_dir, segment_id)
             }
         }
@@ -391,15 +404,16 @@ impl Replay<'_> {
                 return Ok(());
             }
         };
+        let file = self.files.get(segment_id)?;
         let mut log = handle.lock_log();
         if header.base_offset == log.end_offset {
-            log.append(&header, payload).map_err(|error| {
+            log.append(&file, &header, payload).map_err(|error| {
                 StoreError::io(format!("replay into segment {segment_id}"), error)
             })?;
             self.report.journal_batches_reappended += 1;
             self.touched.insert(segment_id, ());
         } else if header.base_offset < log.end_offset {
-            repair_from_journal(&mut log, &header, payload, segment_id, self.report)?;
+            repair_from_journal(&mut log, &file, &header, payload, segment_id, self.report)?;
             self.touched.insert(segment_id, ());
         } else {
             self.report.journal_corruptions.push(format!(
@@ -411,6 +425,12 @@ impl Replay<'_> {
         let end = handle.lock_log().end_offset;
         if let Ok(mut control) = handle.control.try_lock() {
             control.accepted_end = end;
+        }
+        drop(file);
+        // Files kept for unsynced writes are never closed: beyond the
+        // budget, fsync them so that they can be.
+        if self.files.open_count() > self.files.budget() {
+            self.sync_touched()?;
         }
         Ok(())
     }
@@ -476,6 +496,7 @@ impl Replay<'_> {
 /// batch is the next one missing in that range.
 fn repair_from_journal(
     log: &mut SegmentLog,
+    file: &Arc<std::fs::File>,
     header: &BatchHeader,
     bytes: &[u8],
     segment_id: u64,
@@ -489,10 +510,10 @@ fn repair_from_journal(
     }) else {
         return Ok(());
     };
-    let region = &mut log.corrupt_regions[index];
-    log.file
-        .write_all_at(bytes, region.repaired_position)
+    let position = log.corrupt_regions[index].repaired_position;
+    log.rewrite_at(file, bytes, position)
         .map_err(|error| StoreError::io(format!("repair segment {segment_id}"), error))?;
+    let region = &mut log.corrupt_regions[index];
     region.repaired_position += length;
     region.repaired_offset = header.end_offset();
     if region.repaired_position == region.end_position
@@ -505,14 +526,13 @@ fn repair_from_journal(
         log.corrupt_regions.remove(index);
         report.repaired_segments.push(segment_id);
     }
-    log.dirty = true;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::registry::test_handle;
+    use crate::storage::registry::{test_file, test_handle};
     use crate::storage::tests::make_batch;
 
     fn held(directory: &Path, segment_id: u64) -> (u64, Arc<SegmentHandle>) {
@@ -528,7 +548,7 @@ mod tests {
         let header = batch::validate(&batch, 1 << 20).expect("valid");
         segments[&1]
             .lock_log()
-            .append(&header, &batch)
+            .append(&test_file(directory.path(), 1), &header, &batch)
             .expect("append");
         debug_assert_replay_kept_ends(&ends_at_load, &HashSet::new(), &segments);
     }
@@ -541,7 +561,7 @@ mod tests {
         let header = batch::validate(&batch, 1 << 20).expect("valid");
         segments[&1]
             .lock_log()
-            .append(&header, &batch)
+            .append(&test_file(directory.path(), 1), &header, &batch)
             .expect("append");
         let ends_at_load = segment_ends(&segments);
         let other = tempfile::tempdir().expect("temp dir");

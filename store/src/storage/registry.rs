@@ -3,6 +3,7 @@
 //! segment file with its indexes), and the creation and removal of a
 //! segment's files.
 
+use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
 use crate::segment::{self, SegmentLog, SegmentMeta};
@@ -120,10 +121,13 @@ pub(super) fn handle_from(
     }
 }
 
+/// Creates the files of a new segment: an empty log, opened within the
+/// budget of `files`, and the metadata file.
 pub(super) fn create_segment_files(
     segments_dir: &Path,
     meta: &SegmentMeta,
     index_interval_bytes: u64,
+    files: &SegmentFiles,
 ) -> Result<SegmentLog, StoreError> {
     let path = segment::log_path(segments_dir, meta.segment_id);
     // A log without usable metadata is a leftover of an interrupted delete
@@ -138,19 +142,16 @@ pub(super) fn create_segment_files(
         std::fs::rename(&path, &kept)
             .map_err(|error| StoreError::io(format!("move {} aside", path.display()), error))?;
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|error| StoreError::io(format!("create {}", path.display()), error))?;
+    files.open_with(meta.segment_id, |path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    })?;
     segment::write_meta(segments_dir, meta)?;
-    Ok(SegmentLog::new(
-        file,
-        meta.base_offset,
-        index_interval_bytes,
-    ))
+    Ok(SegmentLog::new(meta.base_offset, index_interval_bytes))
 }
 
 pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
@@ -170,7 +171,7 @@ pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Resu
 }
 
 /// A handle over a fresh, empty log in `directory`, for unit tests of the
-/// stages that take handles.
+/// stages that take handles; write to it through [`test_file`].
 #[cfg(test)]
 pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -> SegmentHandle {
     let meta = SegmentMeta {
@@ -182,6 +183,15 @@ pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -
         sealed: false,
         durability: Durability::Fsync as i32,
     };
-    let log = create_segment_files(directory, &meta, 4096).expect("create segment files");
+    let files = SegmentFiles::new(directory, 4);
+    let log = create_segment_files(directory, &meta, 4096, &files).expect("create segment files");
     handle_from(meta, log, &StorageOptions::default())
+}
+
+/// The log file of a [`test_handle`].
+#[cfg(test)]
+pub(super) fn test_file(directory: &Path, segment_id: u64) -> Arc<std::fs::File> {
+    SegmentFiles::new(directory, 4)
+        .get(segment_id)
+        .expect("open the segment file")
 }

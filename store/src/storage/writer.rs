@@ -24,6 +24,7 @@ use crate::journal_spares::JournalSpares;
 use crate::segment;
 use bytes::Bytes;
 use sluice_proto::batch::BatchHeader;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,9 @@ const JOURNAL_WRITE_CHUNK_BYTES: usize = 512 * 1024;
 pub(super) enum Command {
     Append {
         segment: Arc<SegmentHandle>,
+        /// The segment's file, open from before the append was journaled
+        /// until it is applied (and then kept by the log until fsynced).
+        file: Arc<File>,
         header: BatchHeader,
         batch: Bytes,
         fsync: bool,

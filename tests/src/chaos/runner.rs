@@ -82,7 +82,7 @@ pub fn cluster_spec() -> ClusterSpec {
         offsets_partitions: 4,
         etcd_members: 3,
         broker_config: String::new(),
-        store_config: String::new(),
+        ..ClusterSpec::default()
     }
 }
 
