@@ -89,7 +89,8 @@ impl SelectorKindArg {
 pub enum InitialPositionArg {
     /// The first retained message.
     Earliest,
-    /// Messages produced after the subscription is created.
+    /// Messages produced after the subscription is created (it records
+    /// each partition's end at creation).
     Latest,
 }
 
@@ -179,6 +180,8 @@ impl CreateSubscriptionArgs {
                 Some(BacklogPolicyArg::Reject) => BacklogPolicy::Reject,
                 Some(BacklogPolicyArg::Evict) => BacklogPolicy::Evict,
             } as i32,
+            // "latest": the SDK reads each partition's end before creating.
+            start_offsets: Vec::new(),
         }
     }
 }

@@ -150,6 +150,13 @@ impl Admin {
     /// A selector that does not parse fails with `INVALID_SELECTOR` and the
     /// column in the message.
     ///
+    /// A new subscription starting at "latest" (the default initial
+    /// position) without `start_offsets` starts at the end each partition
+    /// has when it is created: each owner is asked for its high watermark
+    /// first (again while an owner moves, up to the client's
+    /// `request_timeout_ms`; after that nothing is created and the call
+    /// fails with the retriable `UNAVAILABLE`).
+    ///
     /// ```no_run
     /// use sluice_proto::v1::{SelectorKind, Subscription, SubscriptionType};
     /// # async fn demo(admin: &sluice_client::Admin) -> Result<(), sluice_client::ClientError> {
@@ -180,15 +187,7 @@ impl Admin {
                 subscription.name
             ))
         })?;
-        let request = v1::CreateSubscriptionRequest {
-            subscription: Some(subscription),
-        };
-        self.cluster
-            .call_nameserver("CreateSubscription", |mut client| {
-                let request = request.clone();
-                async move { client.create_subscription(request).await }
-            })
-            .await
+        crate::subscription_create::create_subscription(&self.cluster, subscription).await
     }
 
     /// One subscription of `topic` (`UNKNOWN_SUBSCRIPTION` if it has none
