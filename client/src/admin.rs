@@ -766,7 +766,7 @@ fn partition_writable(partition: &v1::PartitionDescription) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeNameServer;
+    use crate::testing::{FakeBroker, FakeNameServer};
 
     #[tokio::test]
     async fn admin_fails_over_to_a_live_nameserver() {
@@ -821,9 +821,73 @@ mod tests {
         ));
     }
 
+    /// A partition without an owner: a new "latest" subscription is not
+    /// created (its start there is unknown), an existing one is returned
+    /// without asking the owners.
+    #[tokio::test]
+    async fn a_latest_subscription_needs_every_partition_end_only_when_new() {
+        let broker = FakeBroker::default();
+        let broker_address = broker.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("orders".into(), vec![broker_address, String::new()]);
+        let existing = v1::Subscription {
+            topic: "orders".to_string(),
+            name: "existing".to_string(),
+            ..v1::Subscription::default()
+        };
+        let stored = v1::Subscription {
+            start_offsets: vec![3, 4],
+            created_at_ms: 1,
+            ..existing.clone()
+        };
+        nameserver.lock().subscriptions.insert(
+            ("orders".to_string(), "existing".to_string()),
+            stored.clone(),
+        );
+        let address = nameserver.start().await;
+        let admin = Admin::connect(ClientConfig {
+            bootstrap: vec![address],
+            request_timeout_ms: 200,
+            ..ClientConfig::default()
+        })
+        .await
+        .expect("connect");
+        let error = admin
+            .create_subscription(v1::Subscription {
+                name: "new".to_string(),
+                ..existing.clone()
+            })
+            .await
+            .expect_err("partition 1 has no owner");
+        assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+        assert!(error.to_string().contains("partition 1"), "{error}");
+        assert!(!nameserver
+            .lock()
+            .subscriptions
+            .contains_key(&("orders".to_string(), "new".to_string())));
+        assert_eq!(
+            admin
+                .create_subscription(existing)
+                .await
+                .expect("existing"),
+            stored
+        );
+    }
+
     #[tokio::test]
     async fn subscriptions_are_created_listed_and_deleted() {
+        let broker = FakeBroker::default();
+        let broker_address = broker.start().await;
+        broker.lock().next_offset.insert(("orders".into(), 0), 5);
+        broker.lock().next_offset.insert(("orders".into(), 1), 7);
         let nameserver = FakeNameServer::default();
+        nameserver.lock().routes.insert(
+            "orders".into(),
+            vec![broker_address.clone(), broker_address.clone()],
+        );
         let address = nameserver.start().await;
         let admin = Admin::connect(ClientConfig {
             bootstrap: vec![address],
@@ -842,6 +906,11 @@ mod tests {
             .await
             .expect("created");
         assert_eq!(created.name, "billing");
+        // "latest": where each partition ended when it was created.
+        assert_eq!(created.start_offsets, [5, 7]);
+        // The same settings return the stored record, whatever the ends
+        // are now.
+        broker.lock().next_offset.insert(("orders".into(), 0), 9);
         assert_eq!(
             admin
                 .create_subscription(billing.clone())
