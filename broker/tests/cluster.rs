@@ -7,16 +7,16 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use sluice_client::{Admin, Producer, ProducerConfig, Subscriber, SubscriberConfig};
 use sluice_nameserver::config::TopicDefaults;
 use sluice_proto::batch::BatchIter;
 use sluice_proto::test_util;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
-use sluice_client::{Admin, Producer, ProducerConfig, Subscriber, SubscriberConfig};
 use sluice_proto::v1::{
     CommitOffsetsRequest, CreateSegmentRequest, InitialPosition, ListOffsetsRequest,
-    ListSegmentsRequest, MessageState, OffsetSpec, PartitionOffset, Subscription,
-    SubscriptionType, TopicConfig,
+    ListSegmentsRequest, MessageState, OffsetSpec, PartitionOffset, Subscription, SubscriptionType,
+    TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::time::Duration;

@@ -359,10 +359,7 @@ fn latest_text(start_offsets: &[u64]) -> String {
     } else {
         String::new()
     };
-    format!(
-        "latest (from partition:offset {}{more})",
-        shown.join(" ")
-    )
+    format!("latest (from partition:offset {}{more})", shown.join(" "))
 }
 
 /// Every setting, one per line.

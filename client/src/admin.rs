@@ -869,10 +869,7 @@ mod tests {
             .subscriptions
             .contains_key(&("orders".to_string(), "new".to_string())));
         assert_eq!(
-            admin
-                .create_subscription(existing)
-                .await
-                .expect("existing"),
+            admin.create_subscription(existing).await.expect("existing"),
             stored
         );
     }

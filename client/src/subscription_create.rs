@@ -189,8 +189,10 @@ mod tests {
             assert!(retry_after(&server(code), 1, long).is_some(), "{code:?}");
         }
         // Backoff grows and caps.
-        assert!(retry_after(&server(ErrorCode::NotOwner), 1, long)
-            < retry_after(&server(ErrorCode::NotOwner), 3, long));
+        assert!(
+            retry_after(&server(ErrorCode::NotOwner), 1, long)
+                < retry_after(&server(ErrorCode::NotOwner), 3, long)
+        );
         assert_eq!(
             retry_after(&server(ErrorCode::NotOwner), u32::MAX, long),
             Some(Duration::from_millis(RETRY_BACKOFF_MAX_MS))
@@ -209,10 +211,7 @@ mod tests {
     #[test]
     fn errors_retrying_cannot_cure_are_given_up_at_once() {
         let long = Duration::from_secs(30);
-        assert_eq!(
-            retry_after(&server(ErrorCode::UnknownTopic), 1, long),
-            None
-        );
+        assert_eq!(retry_after(&server(ErrorCode::UnknownTopic), 1, long), None);
         assert_eq!(
             retry_after(&ClientError::InvalidArgument("x".into()), 1, long),
             None

@@ -859,7 +859,12 @@ async fn latest_records_where_each_partition_starts() {
 
     for (what, start_offsets, initial_position, fragment) in [
         ("too few", vec![1], InitialPosition::Latest, "2 partitions"),
-        ("too many", vec![1, 2, 3], InitialPosition::Latest, "3 entries"),
+        (
+            "too many",
+            vec![1, 2, 3],
+            InitialPosition::Latest,
+            "3 entries",
+        ),
         (
             "beyond the largest offset",
             vec![0, u64::MAX],

@@ -282,7 +282,14 @@ async fn a_new_subscription_gets_what_is_produced_after_its_creation() {
     // One partition, delivered in offset order: "old" would come first.
     let consumed = ok(
         &cluster,
-        &["consume", "t1", "--subscription", "q", "--max-messages", "3"],
+        &[
+            "consume",
+            "t1",
+            "--subscription",
+            "q",
+            "--max-messages",
+            "3",
+        ],
     );
     assert_eq!(consumed.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
     let why = ok(

@@ -36,9 +36,8 @@ use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
 use sluice_proto::v1::{
     AckReceipt, AckResult, CommitOffsetsRequest, ConsumerStatus, Delivery, FetchOffsetsRequest,
-    FindCoordinatorRequest, GetSubscriptionRequest, PartitionOffset,
-    SubscribeOpened, SubscribeRequest, SubscribeResponse, Subscription, SubscriptionType,
-    TopicPartitions,
+    FindCoordinatorRequest, GetSubscriptionRequest, PartitionOffset, SubscribeOpened,
+    SubscribeRequest, SubscribeResponse, Subscription, SubscriptionType, TopicPartitions,
 };
 use sluice_proto::ErrorCode;
 use sluice_selector::{Selector, SelectorKind};
