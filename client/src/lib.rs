@@ -99,6 +99,7 @@ mod fast_hash;
 pub mod lag;
 mod producer;
 mod subscriber;
+mod subscription_create;
 #[cfg(test)]
 mod testing;
 
