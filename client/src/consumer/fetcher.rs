@@ -381,12 +381,11 @@ enum Handled {
 /// overtakes records fetched before it).
 pub(crate) enum DecoderInput {
     /// Batches of one partition fetched at `start`; the fetch position was
-    /// already moved to `end` (read from their headers).
+    /// already moved past them (read from their headers).
     Decode {
         partition: TopicPartition,
         generation: u64,
         start: u64,
-        end: u64,
         batches: Bytes,
     },
     /// Passed to the consumer as it is.
@@ -408,7 +407,6 @@ async fn run_decoder(
                 partition,
                 generation,
                 start,
-                end,
                 batches,
             } => {
                 if stopped_before(&shared, &partition, generation, start) {
@@ -427,7 +425,7 @@ async fn run_decoder(
                     &shared,
                     partition,
                     generation,
-                    (start, end),
+                    start,
                     batches.len(),
                     decoded,
                 )
@@ -459,8 +457,8 @@ fn stopped_before(
         })
 }
 
-/// Stops `partition` at `offset` after an error in data fetched up to
-/// `end` (unless a seek changed its generation meanwhile).
+/// Stops `partition` at `offset` after an error in data fetched from
+/// there (unless a seek changed its generation meanwhile).
 fn stop_at(shared: &FetchShared, partition: &TopicPartition, generation: u64, offset: u64) {
     let mut state = shared.lock();
     if let Some(position) = state.partitions.get_mut(partition) {
@@ -480,7 +478,7 @@ fn decoded_items(
     shared: &FetchShared,
     partition: TopicPartition,
     generation: u64,
-    (start, _end): (u64, u64),
+    start: u64,
     bytes: usize,
     decoded: Result<DecodedRange, ClientError>,
 ) -> Vec<Fetched> {
@@ -589,7 +587,6 @@ fn handle_partition(
                 partition: partition.clone(),
                 generation,
                 start: offset,
-                end: next_offset,
                 batches: fetched.batches,
             });
         }
