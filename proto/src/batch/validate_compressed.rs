@@ -25,6 +25,7 @@
 use super::HEADER_BYTES;
 use super::{parse_record_body, read_u32, BatchError, BatchHeader, Compression, Reader};
 use crate::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
+use std::cell::RefCell;
 use std::io::Read;
 
 /// Most output bytes an lz4 block expands one input byte to: a match's
@@ -139,6 +140,27 @@ fn decompress_lz4(block: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     Ok(output)
 }
 
+thread_local! {
+    /// One zstd decompression context per thread, reused: creating one per
+    /// batch (about 100 KiB of tables) cost as much as decompressing a
+    /// 100 KiB batch.
+    static ZSTD_CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn with_zstd_context<T>(
+    work: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    ZSTD_CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let context = match slot.as_mut() {
+            Some(context) => context,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        work(context)
+    })
+}
+
 fn decompress_zstd(block: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     // A frame that states its size (the SDK's always do) decompresses in
     // one call into a buffer of that size; a frame holding more fails.
@@ -146,7 +168,7 @@ fn decompress_zstd(block: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
         if size > limit as u64 {
             return Err(BatchError::DecompressionBomb { limit_bytes: limit });
         }
-        return zstd::bulk::decompress(block, size as usize)
+        return with_zstd_context(|context| context.decompress(block, size as usize))
             .map_err(|error| BatchError::Decompression(error.to_string()));
     }
     let decoder = zstd::stream::read::Decoder::with_buffer(block)
