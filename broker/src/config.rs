@@ -418,6 +418,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
     ),
     moved("max_batch_bytes", "produce", "max_batch_bytes"),
     moved(
+        "max_decompressed_batch_bytes",
+        "produce",
+        "max_decompressed_batch_bytes",
+    ),
+    moved(
         "max_producer_states_per_partition",
         "produce",
         "max_producer_states_per_partition",
