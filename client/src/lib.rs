@@ -105,7 +105,7 @@ mod testing;
 
 pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
 pub use error::ClientError;
 pub use lag::SubscriptionLag;
 pub use producer::{

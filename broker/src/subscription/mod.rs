@@ -665,10 +665,14 @@ impl Task {
                 let records = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
                     Ok((_, records)) => records,
                     Err(error) => {
-                        // The stores checked its CRC, so this is a producer's
-                        // malformed compressed batch: nobody can read it.
-                        tracing::warn!(partition = %self.key, offset = header.base_offset, %error,
-                            "skipping an undecodable batch in subscription {:?}", self.subscription.name);
+                        // The stores checked its CRC, so this is a poison
+                        // batch that bypassed the produce path's check:
+                        // nobody can read it. Step over it (counted).
+                        tracing::error!(partition = %self.key, base_offset = header.base_offset,
+                            end_offset = header.end_offset(), %error,
+                            "skipping a batch whose records cannot be decoded in subscription {:?}",
+                            self.subscription.name);
+                        self.dispatcher.skip_undecodable(header.end_offset());
                         Vec::new()
                     }
                 };

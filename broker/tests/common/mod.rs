@@ -65,9 +65,20 @@ pub async fn start_broker_with(
     nameserver_url: &str,
     retention_check_interval_ms: u64,
 ) -> RunningBroker {
+    start_broker_configured(nameserver_url, |config| {
+        config.retention.check_interval_ms = retention_check_interval_ms;
+    })
+    .await
+}
+
+/// A broker with the kit's test settings, then `configure`'s changes.
+pub async fn start_broker_configured(
+    nameserver_url: &str,
+    configure: impl FnOnce(&mut BrokerConfig),
+) -> RunningBroker {
     let listener = listener().await;
     let address = listener.local_addr().expect("listener address").to_string();
-    let config = BrokerConfig {
+    let mut config = BrokerConfig {
         server: ServerConfig {
             listen_address: address.clone(),
             ..ServerConfig::default()
@@ -83,11 +94,9 @@ pub async fn start_broker_with(
             takeover_backoff_max_ms: 200,
             ..ReplicationConfig::default()
         },
-        retention: RetentionConfig {
-            check_interval_ms: retention_check_interval_ms,
-        },
         ..BrokerConfig::default()
     };
+    configure(&mut config);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(sluice_broker::run(config, listener, signal(stopped)));
     RunningBroker {
