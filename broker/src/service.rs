@@ -122,7 +122,7 @@ fn submit_produce(
         return async move { (error_response(request_id, &error), size, key) }.boxed();
     }
     let max_batch_bytes = partition.max_batch_bytes(shared.config.produce.max_batch_bytes);
-    let header = match batch::validate(&produce.batch, max_batch_bytes) {
+    let header = match batch::validate_produced(&produce.batch, max_batch_bytes) {
         Ok(header) => header,
         Err(error) => {
             let error = BrokerError::Batch(error);
