@@ -287,8 +287,14 @@ async fn produce_loop(
     let mut shutdown = shared.shutdown.clone();
     let mut held: HashMap<PartitionKey, HeldPartition> = HashMap::new();
     let mut held_requests = 0usize;
+    // Why the client's side of the stream failed, answered once every
+    // accepted request got its answer.
+    let mut ended_with: Option<Status> = None;
     loop {
         if !inbound_open && pending.is_empty() && held.is_empty() {
+            if let Some(status) = ended_with.take() {
+                let _ = responses.send(Err(status)).await;
+            }
             break;
         }
         tokio::select! {
@@ -370,6 +376,7 @@ async fn produce_loop(
                     Err(status) => {
                         tracing::debug!(%status, "produce stream ended with an error");
                         inbound_open = false;
+                        ended_with = inbound_failure(&shared, &status);
                     }
                 }
             }
@@ -386,6 +393,30 @@ async fn produce_loop(
             }
         }
     }
+}
+
+/// The status a produce stream ends with after its inbound side failed:
+/// a request over the gRPC message limit (tonic refuses to decode it and
+/// the stream cannot go on) is TOO_LARGE naming the limit; anything else
+/// (the client went away) needs no answer.
+fn inbound_failure(shared: &Shared, status: &Status) -> Option<Status> {
+    if !matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) {
+        return None;
+    }
+    let limit = shared.config.server.max_grpc_message_bytes;
+    let error = BrokerError::Relayed(sluice_proto::SluiceError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "a produce request exceeds the broker's gRPC message limit of {limit} bytes \
+             ([server] max_grpc_message_bytes); keep batches within the topic's max_batch_bytes \
+             ({}); the stream ends here and its later requests were not read",
+            status.message()
+        ),
+    ));
+    Some(error.into())
 }
 
 impl BrokerService {
@@ -578,9 +609,19 @@ impl Broker for BrokerService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
+        let spec = OffsetSpec::try_from(request.spec)
+            .ok()
+            .filter(|spec| *spec != OffsetSpec::Unspecified)
+            .ok_or_else(|| {
+                BrokerError::InvalidArgument(format!(
+                    "unknown offset spec {}; give OFFSET_SPEC_EARLIEST (1), OFFSET_SPEC_LATEST (2) \
+                     or OFFSET_SPEC_TIMESTAMP (3)",
+                    request.spec
+                ))
+            })?;
         let partition = self.served(&request.topic, request.partition).await?;
         let status = loaded_status(&partition)?;
-        let offset = match request.spec() {
+        let offset = match spec {
             OffsetSpec::Earliest => status.log_start_offset,
             OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
             OffsetSpec::Timestamp => {
