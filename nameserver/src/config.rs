@@ -187,9 +187,10 @@ pub struct NameServerConfig {
     /// counter). Default 16.
     pub max_cas_retries: u32,
     /// Upper bound on subscriptions of one topic; `CreateSubscription`
-    /// beyond it is refused (INVALID_ARGUMENT). Checked before the write,
-    /// so nameservers creating at the same moment may each pass it once.
-    /// Default 1000.
+    /// beyond it is refused (INVALID_ARGUMENT). Exact under concurrency: the
+    /// count and the write are one transaction (conditional on the topic's
+    /// subscription guard). 0 = no subscriptions may be created. Default
+    /// 1000.
     pub max_subscriptions_per_topic: u32,
     /// gRPC message size limit, both directions. Default 16777216.
     pub max_grpc_message_bytes: usize,

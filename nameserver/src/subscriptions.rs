@@ -348,6 +348,14 @@ fn same_or_conflict(
     })
 }
 
+/// Which of `stripes` serialization locks guards creations on `topic`.
+fn stripe_of(topic: &str, stripes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    usize::try_from(hasher.finish() % stripes.max(1) as u64).unwrap_or(0)
+}
+
 fn lookup_names(topic: &str, name: &str) -> Result<(), NameServerError> {
     TopicName::any(topic).map_err(|error| invalid(error.to_string()))?;
     SubscriptionName::new(name).map_err(|error| invalid(error.to_string()))?;
@@ -407,17 +415,45 @@ impl NameServerHandler {
     ) -> Result<Subscription, NameServerError> {
         let given = given.ok_or_else(|| invalid("CreateSubscription needs a subscription"))?;
         let requested = complete_subscription(given)?;
+        // One creation per topic at a time here; other nameservers are
+        // kept out by the guard's compare-and-set.
+        let stripe = stripe_of(&requested.topic, self.subscription_creation.len());
+        let _serialized = self.subscription_creation[stripe].lock().await;
+        let attempts = self.config.max_cas_retries.max(1);
+        for attempt in 0..attempts {
+            crate::handler::pause_before_cas_retry(attempt).await;
+            if let Some(outcome) = self.try_create_subscription(&requested).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(NameServerError::Conflict(format!(
+            "subscriptions of topic {} kept being created by other nameservers \
+             ({attempts} attempts); retry",
+            requested.topic
+        )))
+    }
+
+    /// One attempt: the stored subscription if it exists (same settings),
+    /// else the new one written with the count check and the guard in one
+    /// transaction; `None` when another creation moved the guard first.
+    async fn try_create_subscription(
+        &self,
+        requested: &Subscription,
+    ) -> Result<Option<Subscription>, NameServerError> {
         let (topic_key, topic_revision) = self.topic_incarnation(&requested.topic).await?;
         if let Some(stored) = self
             .read_subscription(&requested.topic, &requested.name)
             .await?
         {
-            return same_or_conflict(stored, &requested);
+            return same_or_conflict(stored, requested).map(Some);
         }
-        // Counted before the write without a lock, so nameservers creating
-        // different subscriptions of one topic at the same moment can each
-        // pass: the limit may be exceeded by the number of such concurrent
-        // creations (a bound on metadata size, not an exact quota).
+        // The guard is read before the count: a creation committed after
+        // this read moves it, and this attempt's transaction fails.
+        let guard_key = keys::subscription_guard(&requested.topic);
+        let guard = match self.store.get(&guard_key).await? {
+            Some(entry) => Compare::ModRevisionEquals(guard_key.clone(), entry.mod_revision),
+            None => Compare::Absent(guard_key.clone()),
+        };
         let existing = self
             .store
             .range(&keys::subscriptions_of(&requested.topic))
@@ -443,13 +479,18 @@ impl NameServerHandler {
         // Absent: of two nameservers creating it at once, one writes and
         // the other compares with what was written. The topic's create
         // revision: a topic deleted (or deleted and re-created) meanwhile
-        // gets no subscription of the old one.
+        // gets no subscription of the old one. The guard: nobody created
+        // another subscription of the topic since it was counted.
         let transaction = Transaction {
             compares: vec![
                 Compare::Absent(key.clone()),
                 Compare::CreateRevisionEquals(topic_key, topic_revision),
+                guard,
             ],
-            puts: vec![Put::new(key.clone(), value.clone())],
+            puts: vec![
+                Put::new(key.clone(), value.clone()),
+                Put::new(guard_key, (existing as u64 + 1).to_le_bytes().to_vec()),
+            ],
             deletes: Vec::new(),
         };
         let written = match self.store.commit(transaction).await {
@@ -469,20 +510,27 @@ impl NameServerHandler {
                 r#type = %type_name(subscription.r#type),
                 "subscription created"
             );
-            return Ok(subscription);
+            return Ok(Some(subscription));
         }
+        self.after_lost_creation(requested).await
+    }
+
+    /// The creation's transaction failed: the same subscription written
+    /// meanwhile is the answer; a topic gone is its error; otherwise the
+    /// guard moved (or the topic was re-created) and the caller tries again.
+    async fn after_lost_creation(
+        &self,
+        requested: &Subscription,
+    ) -> Result<Option<Subscription>, NameServerError> {
         match self
             .read_subscription(&requested.topic, &requested.name)
             .await?
         {
-            Some(stored) => same_or_conflict(stored, &requested),
-            None => match self.topic_incarnation(&requested.topic).await {
-                Err(error) => Err(error),
-                Ok(_) => Err(NameServerError::Conflict(format!(
-                    "topic {} was re-created while subscription {} was created; retry",
-                    requested.topic, requested.name
-                ))),
-            },
+            Some(stored) => same_or_conflict(stored, requested).map(Some),
+            None => {
+                self.topic_incarnation(&requested.topic).await?;
+                Ok(None)
+            }
         }
     }
 
