@@ -15,6 +15,7 @@ mod clients;
 mod commit_check;
 mod commit_record;
 pub mod config;
+mod config_ranges;
 mod coordinator;
 mod decisions;
 pub mod error;

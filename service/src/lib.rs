@@ -11,10 +11,12 @@
 
 mod config;
 mod main_wiring;
+mod ranges;
 mod server;
 mod signal;
 
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use main_wiring::{main, Binary, Shutdown};
+pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use server::{grpc_server, incoming};
 pub use signal::shutdown_signal;
