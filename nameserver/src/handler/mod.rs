@@ -16,6 +16,7 @@ mod topic_config;
 mod topics;
 
 pub(crate) use routes::RouteStream;
+pub(crate) use topic_config::complete_topic_config;
 
 use crate::assignment;
 use crate::config::NameServerConfig;

@@ -18,7 +18,7 @@ const MAX_BACKLOG_HOLD_TIMEOUT_MS: u64 = 600_000;
 
 /// Fills zero fields of `given` from `defaults` and checks the result;
 /// `max_message_bytes` is the nameserver's gRPC message limit.
-pub(super) fn complete_topic_config(
+pub(crate) fn complete_topic_config(
     given: Option<TopicConfig>,
     defaults: &TopicDefaults,
     max_message_bytes: usize,
