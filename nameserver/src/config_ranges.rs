@@ -25,7 +25,10 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms("load_update_interval_ms", config.load_update_interval_ms),
         KeyRange::duration_ms("reconcile_interval_ms", config.reconcile_interval_ms),
         KeyRange::duration_ms("election_lease_ttl_ms", config.election_lease_ttl_ms),
-        KeyRange::duration_ms("election_check_interval_ms", config.election_check_interval_ms),
+        KeyRange::duration_ms(
+            "election_check_interval_ms",
+            config.election_check_interval_ms,
+        ),
         KeyRange::count("max_moves_per_reconcile", config.max_moves_per_reconcile)
             .or_zero("no balancing moves (orphaned partitions are still reassigned)"),
         KeyRange::new(
@@ -34,14 +37,20 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
             1,
             MAX_PARTITIONS_PER_TOPIC.into(),
         ),
-        KeyRange::count("max_transaction_operations", config.max_transaction_operations),
+        KeyRange::count(
+            "max_transaction_operations",
+            config.max_transaction_operations,
+        ),
         KeyRange::count("max_segments_per_delete", config.max_segments_per_delete),
         KeyRange::duration_ms("watch_routes_interval_ms", config.watch_routes_interval_ms),
         KeyRange::count("max_route_watches", config.max_route_watches)
             .or_zero("WatchRoutes is refused"),
         KeyRange::count("max_cas_retries", config.max_cas_retries),
-        KeyRange::count("max_subscriptions_per_topic", config.max_subscriptions_per_topic)
-            .or_zero("no subscriptions may be created"),
+        KeyRange::count(
+            "max_subscriptions_per_topic",
+            config.max_subscriptions_per_topic,
+        )
+        .or_zero("no subscriptions may be created"),
         KeyRange::new(
             "max_grpc_message_bytes",
             config.max_grpc_message_bytes,
