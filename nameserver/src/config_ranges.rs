@@ -110,8 +110,9 @@ mod tests {
 
     #[test]
     fn topic_defaults_at_their_extremes() {
+        type Change = fn(&mut NameServerConfig);
         // (change, refused)
-        let cases: [(fn(&mut NameServerConfig), bool); 8] = [
+        let cases: [(Change, bool); 8] = [
             (|c| c.topic_defaults.retention_ms = 0, false),
             (|c| c.topic_defaults.retention_ms = u64::MAX, false),
             (|c| c.topic_defaults.segment_bytes = 1, false),

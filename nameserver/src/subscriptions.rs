@@ -611,7 +611,9 @@ mod tests {
         type Set = fn(&mut Subscription, u64);
         type Get = fn(&Subscription) -> u64;
         let day = 86_400_000;
-        let rows: Vec<(&str, Set, Get, u64, Result<u64, &str>)> = vec![
+        /// (field, setter, getter, value, stored value or field named)
+        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
+        let rows: Vec<Row> = vec![
             (
                 "ack_timeout_ms",
                 |s, v| s.ack_timeout_ms = v,

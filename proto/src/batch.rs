@@ -911,8 +911,10 @@ mod tests {
     fn produced_batches_need_ordered_offset_deltas_and_sane_timestamps() {
         let max = MAX_TIMESTAMP_MS;
         let ordered = [(0, 0), (1, 1), (2, 2)];
-        // (first timestamp, max timestamp, records, accepted)
-        let cases: Vec<(i64, i64, Vec<(i64, u64)>, bool)> = vec![
+        /// (first timestamp, max timestamp, (timestamp delta, offset delta)
+        /// of each record, accepted)
+        type Case = (i64, i64, Vec<(i64, u64)>, bool);
+        let cases: Vec<Case> = vec![
             (1_000, 1_002, ordered.to_vec(), true),
             (0, 0, vec![(0, 0)], true),
             (max, max, vec![(0, 0)], true),

@@ -109,13 +109,13 @@ mod tests {
         ];
         for (range, accepted) in cases {
             assert_eq!(
-                out_of_range(&[range.clone()]).is_empty(),
+                out_of_range(std::slice::from_ref(&range)).is_empty(),
                 accepted,
                 "{range}"
             );
         }
         let refused = out_of_range(&[
-            KeyRange::bytes("[a] b_bytes", 0u64).or_zero("x").clone(),
+            KeyRange::bytes("[a] b_bytes", 0u64).or_zero("x"),
             KeyRange::duration_ms("[fetch] max_wait_ms", 0),
         ]);
         assert_eq!(

@@ -232,7 +232,9 @@ mod tests {
         let grpc_limit = sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES;
         let largest_batch = u64::from(sluice_proto::limits::largest_max_batch_bytes(grpc_limit));
         let ttl = sluice_proto::headers::MAX_TTL_MS;
-        let rows: Vec<(&str, Set, Get, u64, Result<u64, &str>)> = vec![
+        /// (field, setter, getter, value, stored value or field named)
+        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
+        let rows: Vec<Row> = vec![
             (
                 "partitions",
                 |c, v| c.partitions = v as u32,
