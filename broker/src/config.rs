@@ -559,6 +559,14 @@ impl ServiceConfig for BrokerConfig {
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
     }
+
+    fn ranges(&self) -> Vec<sluice_service::KeyRange> {
+        crate::config_ranges::ranges(self)
+    }
+
+    fn cross_checks(&self) -> Vec<String> {
+        crate::config_ranges::cross_checks(self)
+    }
 }
 
 #[cfg(test)]
@@ -576,6 +584,37 @@ mod tests {
             assert_eq!(loaded, BrokerConfig::default());
             Ok(())
         });
+    }
+
+    /// Every numeric key at 0 and at u64::MAX through the environment:
+    /// u64::MAX is refused naming the key (out of range, or too large for
+    /// the field), 0 only where it has a meaning of its own.
+    #[test]
+    fn every_numeric_key_at_its_extremes() {
+        for range in crate::config_ranges::ranges(&BrokerConfig::default()) {
+            let (section, key) = range
+                .key
+                .trim_start_matches('[')
+                .split_once("] ")
+                .expect("[section] key");
+            let variable = format!("SLUICE_BROKER_{}__{}", section, key).to_uppercase();
+            for value in [0, u64::MAX] {
+                let accepted = value == 0 && range.zero_means.is_some();
+                figment::Jail::expect_with(|jail| {
+                    jail.set_env(&variable, value);
+                    let loaded = BrokerConfig::load(None);
+                    match (&loaded, accepted) {
+                        (Ok(_), true) => {}
+                        (Err(error), false) => {
+                            let message = error.to_string().to_lowercase();
+                            assert!(message.contains(key), "{variable}={value}: {error}")
+                        }
+                        _ => panic!("{variable}={value}: {loaded:?}"),
+                    }
+                    Ok(())
+                });
+            }
+        }
     }
 
     #[test]

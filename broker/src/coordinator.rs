@@ -581,6 +581,7 @@ impl Coordinator {
             )));
         }
         let partition = self.offsets_partition(shared, &request.group)?;
+        crate::commit_check::check_commits(shared, &request.offsets).await?;
         self.evict_expired_members();
         {
             let state = lock(&self.state);

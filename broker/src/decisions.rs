@@ -83,30 +83,51 @@ pub fn segment_for_offset(segments: &[SegmentInfo], offset: u64) -> Option<&Segm
     })
 }
 
+/// `retention_ms` meaning "keep forever": `u64::MAX` as documented, and
+/// any value above `i64::MAX`, which no age of an `i64` clock can exceed.
+pub const RETENTION_FOREVER_FROM_MS: u64 = i64::MAX as u64 + 1;
+
+/// Whether a closed segment whose newest record is `max_timestamp_ms` is
+/// older than `retention_ms` at `now_ms`. 0 means no age limit, and so
+/// does anything from [`RETENTION_FOREVER_FROM_MS`] (`u64::MAX` = keep
+/// forever); a segment stamped in the future (clock skew) is not old.
+/// Exact over the whole `i64` / `u64` ranges: no wrapping.
+pub fn expired_by_age(now_ms: i64, max_timestamp_ms: i64, retention_ms: u64) -> bool {
+    if retention_ms == 0 || retention_ms >= RETENTION_FOREVER_FROM_MS {
+        return false;
+    }
+    let age_ms = i128::from(now_ms) - i128::from(max_timestamp_ms);
+    age_ms > i128::from(retention_ms)
+}
+
 /// Segments retention deletes, oldest first: a prefix of the closed
 /// segments (sorted by base offset) that are older than `retention_ms` (by
-/// max timestamp) or needed to bring the partition within
-/// `retention_bytes`. Never the last segment nor an open one.
+/// max timestamp; see [`expired_by_age`]) or needed to bring the partition
+/// within `retention_bytes` (0 = no size limit). Never the last segment
+/// nor an open one.
 pub fn select_for_deletion(
     segments: &[SegmentInfo],
     now_ms: i64,
     retention_ms: u64,
     retention_bytes: u64,
 ) -> Vec<u64> {
-    let mut total_bytes: u64 = segments.iter().map(|segment| segment.size_bytes).sum();
+    // u128: a sum of u64 sizes (from metadata) cannot overflow it.
+    let mut total_bytes: u128 = segments
+        .iter()
+        .map(|segment| u128::from(segment.size_bytes))
+        .sum();
     let mut selected = Vec::new();
     let deletable = segments.len().saturating_sub(1);
     for segment in &segments[..deletable] {
         if segment.state() != SegmentState::Closed {
             break;
         }
-        let expired = retention_ms > 0
-            && now_ms.saturating_sub(segment.max_timestamp_ms) > retention_ms as i64;
-        let oversized = retention_bytes > 0 && total_bytes > retention_bytes;
+        let expired = expired_by_age(now_ms, segment.max_timestamp_ms, retention_ms);
+        let oversized = retention_bytes > 0 && total_bytes > u128::from(retention_bytes);
         if !(expired || oversized) {
             break;
         }
-        total_bytes -= segment.size_bytes;
+        total_bytes -= u128::from(segment.size_bytes);
         selected.push(segment.segment_id);
     }
     selected
@@ -273,6 +294,61 @@ mod tests {
         // Segment 3 is old but follows a young one: the log stays contiguous.
         assert_eq!(select_for_deletion(&segments, 10_000, 5_000, 0), vec![1]);
         assert!(select_for_deletion(&segments, 10_000, 0, 0).is_empty());
+    }
+
+    /// Extremes of `retention_ms` (0 = no age limit, u64::MAX and anything
+    /// beyond i64::MAX = keep forever), of the clock and of segment
+    /// timestamps: nothing may wrap into "expired".
+    #[test]
+    fn retention_by_age_at_the_extremes() {
+        let old = |max_timestamp_ms: i64| {
+            vec![
+                segment(1, 0, 10, 100, max_timestamp_ms, false),
+                segment(2, 10, 10, 0, 0, true),
+            ]
+        };
+        let now = 1_700_000_000_000;
+        // (now, segment max timestamp, retention_ms, deleted)
+        let cases: [(i64, i64, u64, bool); 14] = [
+            (now, 0, 0, false),
+            (now, 0, 1, true),
+            (now, now, 1, false),
+            (now, now - 2, 1, true),
+            (now, now - 1, 1, false),
+            (now, 0, u64::MAX, false),
+            (now, i64::MIN, u64::MAX, false),
+            (now, 0, i64::MAX as u64, false),
+            (now, 0, i64::MAX as u64 + 1, false),
+            (i64::MAX, i64::MIN, u64::MAX, false),
+            (i64::MAX, i64::MIN, i64::MAX as u64, true),
+            (i64::MIN, i64::MAX, 1, false),
+            (now, i64::MAX, 1, false),
+            (now, i64::MIN, 1, true),
+        ];
+        for (now_ms, max_timestamp_ms, retention_ms, deleted) in cases {
+            let selected = select_for_deletion(&old(max_timestamp_ms), now_ms, retention_ms, 0);
+            assert_eq!(
+                !selected.is_empty(),
+                deleted,
+                "now {now_ms}, segment max timestamp {max_timestamp_ms}, retention_ms {retention_ms}"
+            );
+        }
+    }
+
+    #[test]
+    fn retention_by_size_at_the_extremes() {
+        let segments = vec![
+            segment(1, 0, 10, u64::MAX, 0, false),
+            segment(2, 10, 20, u64::MAX, 0, false),
+            segment(3, 20, 20, 0, 0, true),
+        ];
+        // Sizes whose sum overflows u64: counted exactly, no panic.
+        assert_eq!(
+            select_for_deletion(&segments, 0, 0, u64::MAX - 1),
+            vec![1, 2]
+        );
+        assert_eq!(select_for_deletion(&segments, 0, 0, u64::MAX), vec![1]);
+        assert_eq!(select_for_deletion(&segments, 0, 0, 1), vec![1, 2]);
     }
 
     #[test]

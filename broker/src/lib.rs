@@ -12,8 +12,10 @@
 mod assignment;
 mod backlog;
 mod clients;
+mod commit_check;
 mod commit_record;
 pub mod config;
+mod config_ranges;
 mod coordinator;
 mod decisions;
 pub mod error;
@@ -191,6 +193,24 @@ impl Shared {
                     .map(|count| (topic.clone(), count))
             })
             .collect())
+    }
+
+    /// [`Self::partition_counts`] read from the nameserver now, whatever
+    /// the cache holds (a cached "no such topic" may predate its creation).
+    pub async fn partition_counts_fresh(
+        &self,
+        topics: &[String],
+    ) -> Result<BTreeMap<String, u32>, BrokerError> {
+        {
+            let mut cache = self
+                .partition_counts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for topic in topics {
+                cache.remove(topic);
+            }
+        }
+        self.partition_counts(topics).await
     }
 
     /// Why a partition is not served here: unknown topic, unknown

@@ -124,9 +124,10 @@ fn submit_produce(
     let max_batch_bytes = partition.max_batch_bytes(shared.config.produce.max_batch_bytes);
     let max_decompressed_bytes =
         usize::try_from(shared.config.produce.max_decompressed_batch_bytes).unwrap_or(usize::MAX);
-    // Compressed records are decompressed and walked here, once, so no
-    // batch whose records cannot be decoded takes offsets (issue 11).
-    let checked = batch::validate(&produce.batch, max_batch_bytes).and_then(|header| {
+    // Uncompressed records are walked by `validate_produced`; compressed
+    // ones are decompressed and walked here, once, so no batch whose
+    // records cannot be decoded takes offsets (issue 11).
+    let checked = batch::validate_produced(&produce.batch, max_batch_bytes).and_then(|header| {
         batch::validate_compressed(&produce.batch, &header, max_decompressed_bytes).map(|()| header)
     });
     let header = match checked {
@@ -294,8 +295,14 @@ async fn produce_loop(
     let mut shutdown = shared.shutdown.clone();
     let mut held: HashMap<PartitionKey, HeldPartition> = HashMap::new();
     let mut held_requests = 0usize;
+    // Why the client's side of the stream failed, answered once every
+    // accepted request got its answer.
+    let mut ended_with: Option<Status> = None;
     loop {
         if !inbound_open && pending.is_empty() && held.is_empty() {
+            if let Some(status) = ended_with.take() {
+                let _ = responses.send(Err(status)).await;
+            }
             break;
         }
         tokio::select! {
@@ -377,6 +384,7 @@ async fn produce_loop(
                     Err(status) => {
                         tracing::debug!(%status, "produce stream ended with an error");
                         inbound_open = false;
+                        ended_with = inbound_failure(&shared, &status);
                     }
                 }
             }
@@ -393,6 +401,30 @@ async fn produce_loop(
             }
         }
     }
+}
+
+/// The status a produce stream ends with after its inbound side failed:
+/// a request over the gRPC message limit (tonic refuses to decode it and
+/// the stream cannot go on) is TOO_LARGE naming the limit; anything else
+/// (the client went away) needs no answer.
+fn inbound_failure(shared: &Shared, status: &Status) -> Option<Status> {
+    if !matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) {
+        return None;
+    }
+    let limit = shared.config.server.max_grpc_message_bytes;
+    let error = BrokerError::Relayed(sluice_proto::SluiceError::new(
+        ErrorCode::TooLarge,
+        format!(
+            "a produce request exceeds the broker's gRPC message limit of {limit} bytes \
+             ([server] max_grpc_message_bytes); keep batches within the topic's max_batch_bytes \
+             ({}); the stream ends here and its later requests were not read",
+            status.message()
+        ),
+    ));
+    Some(error.into())
 }
 
 impl BrokerService {
@@ -585,9 +617,19 @@ impl Broker for BrokerService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
+        let spec = OffsetSpec::try_from(request.spec)
+            .ok()
+            .filter(|spec| *spec != OffsetSpec::Unspecified)
+            .ok_or_else(|| {
+                BrokerError::InvalidArgument(format!(
+                    "unknown offset spec {}; give OFFSET_SPEC_EARLIEST (1), OFFSET_SPEC_LATEST (2) \
+                     or OFFSET_SPEC_TIMESTAMP (3)",
+                    request.spec
+                ))
+            })?;
         let partition = self.served(&request.topic, request.partition).await?;
         let status = loaded_status(&partition)?;
-        let offset = match request.spec() {
+        let offset = match spec {
             OffsetSpec::Earliest => status.log_start_offset,
             OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
             OffsetSpec::Timestamp => {

@@ -187,9 +187,10 @@ pub struct NameServerConfig {
     /// counter). Default 16.
     pub max_cas_retries: u32,
     /// Upper bound on subscriptions of one topic; `CreateSubscription`
-    /// beyond it is refused (INVALID_ARGUMENT). Checked before the write,
-    /// so nameservers creating at the same moment may each pass it once.
-    /// Default 1000.
+    /// beyond it is refused (INVALID_ARGUMENT). Exact under concurrency: the
+    /// count and the write are one transaction (conditional on the topic's
+    /// subscription guard). 0 = no subscriptions may be created. Default
+    /// 1000.
     pub max_subscriptions_per_topic: u32,
     /// gRPC message size limit, both directions. Default 16777216.
     pub max_grpc_message_bytes: usize,
@@ -242,6 +243,14 @@ impl ServiceConfig for NameServerConfig {
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
     }
+
+    fn ranges(&self) -> Vec<sluice_service::KeyRange> {
+        crate::config_ranges::ranges(self)
+    }
+
+    fn cross_checks(&self) -> Vec<String> {
+        crate::config_ranges::cross_checks(self)
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +276,33 @@ mod tests {
         let loaded = NameServerConfig::load(Some(&path)).expect("loads");
         assert_eq!(loaded.metadata.backend, MetadataBackend::Embedded);
         assert_eq!(loaded.metadata.data_dir, Some(PathBuf::from("/tmp/x")));
+    }
+
+    /// Every numeric key at 0 and at TOML's largest integer (i64::MAX):
+    /// the maximum is refused naming the key (out of range, or too large
+    /// for the field), 0 only where it has a meaning of its own.
+    #[test]
+    fn every_numeric_key_at_its_extremes() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("ns.toml");
+        for range in crate::config_ranges::ranges(&NameServerConfig::default()) {
+            let (section, key) = match range.key.trim_start_matches('[').split_once("] ") {
+                Some((section, key)) => (format!("[{section}]\n"), key.to_string()),
+                None => (String::new(), range.key.clone()),
+            };
+            for value in [0, i64::MAX] {
+                std::fs::write(&path, format!("{section}{key} = {value}\n")).expect("write");
+                let loaded = NameServerConfig::load(Some(&path));
+                let accepted = value == 0 && range.zero_means.is_some();
+                match (&loaded, accepted) {
+                    (Ok(_), true) => {}
+                    (Err(error), false) => {
+                        assert!(error.to_string().contains(&key), "{key} = {value}: {error}")
+                    }
+                    _ => panic!("{key} = {value}: {loaded:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub const PARTITIONS: &str = "partitions/";
 pub const SEGMENTS: &str = "segments/";
 pub const GROUPS: &str = "groups/";
 pub const SUBSCRIPTIONS: &str = "subscriptions/";
+pub const SUBSCRIPTION_GUARDS: &str = "subscription-guards/";
 pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
 pub const PRODUCER_ID_COUNTER: &str = "counters/producer_id";
 
@@ -90,6 +91,21 @@ pub fn group(group: &str) -> String {
 /// Prefix of every subscription of `topic` (`subscriptions/{topic}/`).
 pub fn subscriptions_of(topic: &str) -> String {
     format!("{SUBSCRIPTIONS}{topic}/")
+}
+
+/// Prefix of the subscription guard of `topic`
+/// (`subscription-guards/{topic}/`), deleted with the topic.
+pub fn subscription_guard_of(topic: &str) -> String {
+    format!("{SUBSCRIPTION_GUARDS}{topic}/")
+}
+
+/// The key every subscription creation on `topic` rewrites, conditional on
+/// its revision, in the transaction that writes the subscription: of two
+/// creations that counted the same subscriptions, one commits and the
+/// other counts again, so the per-topic limit holds exactly. Its value is
+/// the count after the last creation (informational).
+pub fn subscription_guard(topic: &str) -> String {
+    format!("{}guard", subscription_guard_of(topic))
 }
 
 /// Key of one subscription definition (a prost-encoded `Subscription`).

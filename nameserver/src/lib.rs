@@ -10,6 +10,7 @@
 
 pub mod assignment;
 pub mod config;
+mod config_ranges;
 pub mod election;
 pub mod error;
 mod handler;

@@ -353,6 +353,14 @@ fn same_or_conflict(
     })
 }
 
+/// Which of `stripes` serialization locks guards creations on `topic`.
+fn stripe_of(topic: &str, stripes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    usize::try_from(hasher.finish() % stripes.max(1) as u64).unwrap_or(0)
+}
+
 fn lookup_names(topic: &str, name: &str) -> Result<(), NameServerError> {
     TopicName::any(topic).map_err(|error| invalid(error.to_string()))?;
     SubscriptionName::new(name).map_err(|error| invalid(error.to_string()))?;
@@ -441,6 +449,31 @@ impl NameServerHandler {
     ) -> Result<Subscription, NameServerError> {
         let given = given.ok_or_else(|| invalid("CreateSubscription needs a subscription"))?;
         let requested = complete_subscription(given)?;
+        // One creation per topic at a time here; other nameservers are
+        // kept out by the guard's compare-and-set.
+        let stripe = stripe_of(&requested.topic, self.subscription_creation.len());
+        let _serialized = self.subscription_creation[stripe].lock().await;
+        let attempts = self.config.max_cas_retries.max(1);
+        for attempt in 0..attempts {
+            crate::handler::pause_before_cas_retry(attempt).await;
+            if let Some(outcome) = self.try_create_subscription(&requested).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(NameServerError::Conflict(format!(
+            "subscriptions of topic {} kept being created by other nameservers \
+             ({attempts} attempts); retry",
+            requested.topic
+        )))
+    }
+
+    /// One attempt: the stored subscription if it exists (same settings),
+    /// else the new one written with the count check and the guard in one
+    /// transaction; `None` when another creation moved the guard first.
+    async fn try_create_subscription(
+        &self,
+        requested: &Subscription,
+    ) -> Result<Option<Subscription>, NameServerError> {
         let (topic_key, topic_revision, topic) = self.topic_record(&requested.topic).await?;
         let partitions = topic.config.map_or(0, |config| config.partitions);
         check_start_offsets(
@@ -452,12 +485,15 @@ impl NameServerHandler {
             .read_subscription(&requested.topic, &requested.name)
             .await?
         {
-            return same_or_conflict(stored, &requested);
+            return same_or_conflict(stored, requested).map(Some);
         }
-        // Counted before the write without a lock, so nameservers creating
-        // different subscriptions of one topic at the same moment can each
-        // pass: the limit may be exceeded by the number of such concurrent
-        // creations (a bound on metadata size, not an exact quota).
+        // The guard is read before the count: a creation committed after
+        // this read moves it, and this attempt's transaction fails.
+        let guard_key = keys::subscription_guard(&requested.topic);
+        let guard = match self.store.get(&guard_key).await? {
+            Some(entry) => Compare::ModRevisionEquals(guard_key.clone(), entry.mod_revision),
+            None => Compare::Absent(guard_key.clone()),
+        };
         let existing = self
             .store
             .range(&keys::subscriptions_of(&requested.topic))
@@ -476,7 +512,7 @@ impl NameServerHandler {
         }
         let subscription = Subscription {
             created_at_ms: now_ms(),
-            start_offsets: self.start_offsets(&requested, partitions).await?,
+            start_offsets: self.start_offsets(requested, partitions).await?,
             ..requested.clone()
         };
         let key = keys::subscription(&requested.topic, &requested.name);
@@ -484,13 +520,18 @@ impl NameServerHandler {
         // Absent: of two nameservers creating it at once, one writes and
         // the other compares with what was written. The topic's create
         // revision: a topic deleted (or deleted and re-created) meanwhile
-        // gets no subscription of the old one.
+        // gets no subscription of the old one. The guard: nobody created
+        // another subscription of the topic since it was counted.
         let transaction = Transaction {
             compares: vec![
                 Compare::Absent(key.clone()),
                 Compare::CreateRevisionEquals(topic_key, topic_revision),
+                guard,
             ],
-            puts: vec![Put::new(key.clone(), value.clone())],
+            puts: vec![
+                Put::new(key.clone(), value.clone()),
+                Put::new(guard_key, (existing as u64 + 1).to_le_bytes().to_vec()),
+            ],
             deletes: Vec::new(),
         };
         let written = match self.store.commit(transaction).await {
@@ -510,20 +551,27 @@ impl NameServerHandler {
                 r#type = %type_name(subscription.r#type),
                 "subscription created"
             );
-            return Ok(subscription);
+            return Ok(Some(subscription));
         }
+        self.after_lost_creation(requested).await
+    }
+
+    /// The creation's transaction failed: the same subscription written
+    /// meanwhile is the answer; a topic gone is its error; otherwise the
+    /// guard moved (or the topic was re-created) and the caller tries again.
+    async fn after_lost_creation(
+        &self,
+        requested: &Subscription,
+    ) -> Result<Option<Subscription>, NameServerError> {
         match self
             .read_subscription(&requested.topic, &requested.name)
             .await?
         {
-            Some(stored) => same_or_conflict(stored, &requested),
-            None => match self.topic_incarnation(&requested.topic).await {
-                Err(error) => Err(error),
-                Ok(_) => Err(NameServerError::Conflict(format!(
-                    "topic {} was re-created while subscription {} was created; retry",
-                    requested.topic, requested.name
-                ))),
-            },
+            Some(stored) => same_or_conflict(stored, requested).map(Some),
+            None => {
+                self.topic_incarnation(&requested.topic).await?;
+                Ok(None)
+            }
         }
     }
 
@@ -593,6 +641,246 @@ mod tests {
         match result {
             Ok(subscription) => panic!("accepted {subscription:?}"),
             Err(error) => error.to_string(),
+        }
+    }
+
+    /// One row per numeric setting at 0, 1 and its maximum (plus the first
+    /// value past an upper bound): `Ok(stored value)` or the field the
+    /// INVALID_ARGUMENT message must name.
+    #[test]
+    fn every_numeric_subscription_setting_at_its_extremes() {
+        type Set = fn(&mut Subscription, u64);
+        type Get = fn(&Subscription) -> u64;
+        let day = 86_400_000;
+        /// (field, setter, getter, value, stored value or field named)
+        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
+        let rows: Vec<Row> = vec![
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                0,
+                Ok(DEFAULT_ACK_TIMEOUT_MS),
+            ),
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                1,
+                Err("ack_timeout_ms"),
+            ),
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                MIN_ACK_TIMEOUT_MS,
+                Ok(MIN_ACK_TIMEOUT_MS),
+            ),
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                day,
+                Ok(day),
+            ),
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                day + 1,
+                Err("ack_timeout_ms"),
+            ),
+            (
+                "ack_timeout_ms",
+                |s, v| s.ack_timeout_ms = v,
+                |s| s.ack_timeout_ms,
+                u64::MAX,
+                Err("ack_timeout_ms"),
+            ),
+            (
+                "redelivery_backoff_initial_ms",
+                |s, v| s.redelivery_backoff_initial_ms = v,
+                |s| s.redelivery_backoff_initial_ms,
+                0,
+                Ok(DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS),
+            ),
+            (
+                "redelivery_backoff_initial_ms",
+                |s, v| s.redelivery_backoff_initial_ms = v,
+                |s| s.redelivery_backoff_initial_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "redelivery_backoff_initial_ms",
+                |s, v| s.redelivery_backoff_initial_ms = v,
+                |s| s.redelivery_backoff_initial_ms,
+                u64::MAX,
+                Err("redelivery_backoff_initial_ms"),
+            ),
+            (
+                "redelivery_backoff_max_ms",
+                |s, v| s.redelivery_backoff_max_ms = v,
+                |s| s.redelivery_backoff_max_ms,
+                0,
+                Ok(DEFAULT_REDELIVERY_BACKOFF_MAX_MS),
+            ),
+            (
+                "redelivery_backoff_max_ms",
+                |s, v| s.redelivery_backoff_max_ms = v,
+                |s| s.redelivery_backoff_max_ms,
+                1,
+                Err("redelivery_backoff_max_ms"),
+            ),
+            (
+                "redelivery_backoff_max_ms",
+                |s, v| s.redelivery_backoff_max_ms = v,
+                |s| s.redelivery_backoff_max_ms,
+                MAX_REDELIVERY_BACKOFF_MS,
+                Ok(MAX_REDELIVERY_BACKOFF_MS),
+            ),
+            (
+                "redelivery_backoff_max_ms",
+                |s, v| s.redelivery_backoff_max_ms = v,
+                |s| s.redelivery_backoff_max_ms,
+                u64::MAX,
+                Err("redelivery_backoff_max_ms"),
+            ),
+            (
+                "max_deliveries",
+                |s, v| s.max_deliveries = v as u32,
+                |s| s.max_deliveries.into(),
+                0,
+                Ok(0),
+            ),
+            (
+                "max_deliveries",
+                |s, v| s.max_deliveries = v as u32,
+                |s| s.max_deliveries.into(),
+                1,
+                Ok(1),
+            ),
+            (
+                "max_deliveries",
+                |s, v| s.max_deliveries = v as u32,
+                |s| s.max_deliveries.into(),
+                LARGEST_MAX_DELIVERIES.into(),
+                Ok(LARGEST_MAX_DELIVERIES.into()),
+            ),
+            (
+                "max_deliveries",
+                |s, v| s.max_deliveries = v as u32,
+                |s| s.max_deliveries.into(),
+                u32::MAX.into(),
+                Err("max_deliveries"),
+            ),
+            (
+                "backlog_quota_bytes",
+                |s, v| s.backlog_quota_bytes = v,
+                |s| s.backlog_quota_bytes,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_bytes",
+                |s, v| s.backlog_quota_bytes = v,
+                |s| s.backlog_quota_bytes,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_bytes",
+                |s, v| s.backlog_quota_bytes = v,
+                |s| s.backlog_quota_bytes,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_quota_messages",
+                |s, v| s.backlog_quota_messages = v,
+                |s| s.backlog_quota_messages,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_messages",
+                |s, v| s.backlog_quota_messages = v,
+                |s| s.backlog_quota_messages,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_messages",
+                |s, v| s.backlog_quota_messages = v,
+                |s| s.backlog_quota_messages,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |s, v| s.backlog_quota_age_ms = v,
+                |s| s.backlog_quota_age_ms,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |s, v| s.backlog_quota_age_ms = v,
+                |s| s.backlog_quota_age_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |s, v| s.backlog_quota_age_ms = v,
+                |s| s.backlog_quota_age_ms,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_policy",
+                |s, v| s.backlog_policy = v as i32,
+                |s| s.backlog_policy as u64,
+                99,
+                Err("backlog policy"),
+            ),
+            (
+                "type",
+                |s, v| s.r#type = v as i32,
+                |s| s.r#type as u64,
+                0,
+                Err("subscription type"),
+            ),
+            (
+                "type",
+                |s, v| s.r#type = v as i32,
+                |s| s.r#type as u64,
+                u64::MAX,
+                Err("subscription type"),
+            ),
+            (
+                "initial_position",
+                |s, v| s.initial_position = v as i32,
+                |s| s.initial_position as u64,
+                99,
+                Err("initial position"),
+            ),
+        ];
+        for (field, set, get, value, expected) in rows {
+            let mut given = request();
+            set(&mut given, value);
+            match (complete_subscription(given), expected) {
+                (Ok(completed), Ok(stored)) => {
+                    assert_eq!(get(&completed), stored, "{field} = {value}")
+                }
+                (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
+                    message.contains(named),
+                    "{field} = {value}: message {message:?} does not name {named}"
+                ),
+                (result, expected) => {
+                    panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+                }
+            }
         }
     }
 

@@ -716,6 +716,53 @@ async fn subscriptions_per_topic_are_limited() {
     cluster.stop().await;
 }
 
+/// Many creations of different subscriptions at once, over two
+/// nameservers, never exceed the per-topic limit (the count check and the
+/// write are one atomic step), and every refusal names the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_never_exceed_the_limit() {
+    const LIMIT: u32 = 10;
+    const CREATIONS: usize = 60;
+    let cluster = Fixture::new()
+        .nameservers(2)
+        .configure(|config| config.max_subscriptions_per_topic = LIMIT)
+        .store("store-1")
+        .topic("orders", 1)
+        .build()
+        .await;
+    let clients = [cluster.client_of("ns-1"), cluster.client_of("ns-2")];
+    let creations: Vec<_> = (0..CREATIONS)
+        .map(|index| {
+            let mut client = clients[index % 2].clone();
+            tokio::spawn(async move {
+                let name = format!("s{index}");
+                create(
+                    &mut client,
+                    subscription("orders", &name, SubscriptionType::Shared),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for creation in creations {
+        match creation.await.expect("creation task") {
+            Ok(_) => created += 1,
+            Err(status) => {
+                assert_eq!(code(&status), ErrorCode::InvalidArgument, "{status:?}");
+                assert!(
+                    status.message().contains("max_subscriptions_per_topic"),
+                    "{status:?}"
+                );
+            }
+        }
+    }
+    let stored = list(&mut cluster.client(), "orders").await.expect("list");
+    assert_eq!(stored.len(), LIMIT as usize, "{stored:?}");
+    assert_eq!(created, LIMIT as usize);
+    cluster.stop().await;
+}
+
 #[tokio::test]
 async fn two_nameservers_creating_at_once_write_once() {
     let cluster = Fixture::new()

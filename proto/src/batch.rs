@@ -33,7 +33,10 @@
 //! and headers (name length varint + UTF-8 name, value length zigzag varint +
 //! bytes), tag count (varint) and tags (length varint + UTF-8).
 
-use crate::limits::{MAX_OFFSET, MAX_RECORDS_PER_BATCH, MAX_UNCOMPRESSED_RECORDS_BYTES};
+use crate::limits::{
+    MAX_OFFSET, MAX_RECORDS_PER_BATCH, MAX_TIMESTAMP_MS, MAX_UNCOMPRESSED_RECORDS_BYTES,
+    MIN_TIMESTAMP_MS,
+};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 mod validate_compressed;
@@ -88,6 +91,21 @@ pub enum BatchError {
     Decompression(String),
     #[error("batch holds {actual} records, header says {declared}")]
     RecordCountMismatch { declared: u32, actual: u32 },
+    #[error(
+        "record {index} has offset delta {delta}; the records of a batch must carry \
+         offset deltas 0, 1, 2, ... in order"
+    )]
+    BadOffsetDelta { index: u32, delta: u64 },
+    #[error(
+        "{what} {timestamp_ms} is outside the accepted range \
+         {MIN_TIMESTAMP_MS}..={MAX_TIMESTAMP_MS} (unix ms)"
+    )]
+    BadTimestamp {
+        what: &'static str,
+        timestamp_ms: i64,
+    },
+    #[error("batch max_timestamp {declared} differs from its largest record timestamp {actual}")]
+    MaxTimestampMismatch { declared: i64, actual: i64 },
 }
 
 impl BatchError {
@@ -263,6 +281,84 @@ pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
         walk_records(&bytes[HEADER_BYTES..], header.record_count)?;
     }
     Ok(header)
+}
+
+/// [`validate`] plus what a producer's batch must also satisfy before a
+/// broker appends it: header timestamps within
+/// [`MIN_TIMESTAMP_MS`]..=[`MAX_TIMESTAMP_MS`], and for uncompressed
+/// batches record offset deltas exactly 0..record_count in order, every
+/// record timestamp in that range and `max_timestamp` equal to the largest.
+/// Not applied to data read back from stores, which was accepted under
+/// earlier rules and must stay readable.
+pub fn validate_produced(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    let header = validate(bytes, max_batch_bytes)?;
+    check_header_timestamps(&header)?;
+    if header.compression == Compression::None {
+        check_record_sequence(&bytes[HEADER_BYTES..], &header)?;
+    }
+    Ok(header)
+}
+
+/// `timestamp_ms` if it lies in the accepted range.
+fn accepted_timestamp(what: &'static str, timestamp_ms: i64) -> Result<i64, BatchError> {
+    if (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
+        Ok(timestamp_ms)
+    } else {
+        Err(BatchError::BadTimestamp { what, timestamp_ms })
+    }
+}
+
+/// The header's timestamps are in range and first <= max.
+fn check_header_timestamps(header: &BatchHeader) -> Result<(), BatchError> {
+    let first = accepted_timestamp("first_timestamp", header.first_timestamp_ms)?;
+    let max = accepted_timestamp("max_timestamp", header.max_timestamp_ms)?;
+    if first > max {
+        return Err(BatchError::MaxTimestampMismatch {
+            declared: max,
+            actual: first,
+        });
+    }
+    Ok(())
+}
+
+/// The per-record checks of an uncompressed records section whose framing
+/// [`walk_records`] already accepted: offset deltas 0, 1, 2, ... and
+/// timestamps in range, their largest equal to the header's
+/// `max_timestamp`.
+fn check_record_sequence(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    let mut largest = MIN_TIMESTAMP_MS;
+    for index in 0..header.record_count {
+        let mut reader = Reader {
+            bytes: records,
+            index,
+        };
+        let length = usize::try_from(reader.varint()?).map_err(|_| reader.fail("huge length"))?;
+        let mut record = Reader {
+            bytes: reader.take(length)?,
+            index,
+        };
+        records = reader.bytes;
+        let timestamp_delta = record.zigzag()?;
+        let offset_delta = record.varint()?;
+        if offset_delta != u64::from(index) {
+            return Err(BatchError::BadOffsetDelta {
+                index,
+                delta: offset_delta,
+            });
+        }
+        let timestamp_ms = header
+            .first_timestamp_ms
+            .checked_add(timestamp_delta)
+            .unwrap_or(i64::MAX);
+        largest = largest.max(accepted_timestamp("record timestamp", timestamp_ms)?);
+    }
+    if largest != header.max_timestamp_ms {
+        return Err(BatchError::MaxTimestampMismatch {
+            declared: header.max_timestamp_ms,
+            actual: largest,
+        });
+    }
+    Ok(())
 }
 
 /// Overwrites the broker-assigned fields of a batch (outside the CRC).
@@ -789,6 +885,84 @@ pub fn decode_selected(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// An uncompressed batch whose records (empty key and value) carry
+    /// exactly the given (timestamp delta, offset delta) pairs, with the
+    /// header's first and max timestamps as given.
+    fn crafted(first_timestamp_ms: i64, max_timestamp_ms: i64, records: &[(i64, u64)]) -> Bytes {
+        let mut builder = BatchBuilder::new(Compression::None);
+        for &(timestamp_delta, offset_delta) in records {
+            let mut body = BytesMut::new();
+            put_zigzag(&mut body, timestamp_delta);
+            put_varint(&mut body, offset_delta);
+            put_zigzag(&mut body, -1);
+            put_zigzag(&mut body, -1);
+            put_varint(&mut body, 0);
+            put_varint(&mut body, 0);
+            put_varint(&mut builder.buffer, body.len() as u64);
+            builder.buffer.put_slice(&body);
+            builder.record_count += 1;
+        }
+        builder.first_timestamp_ms = first_timestamp_ms;
+        builder.max_timestamp_ms = max_timestamp_ms;
+        builder.build()
+    }
+
+    #[test]
+    fn produced_batches_need_ordered_offset_deltas_and_sane_timestamps() {
+        let max = MAX_TIMESTAMP_MS;
+        let ordered = [(0, 0), (1, 1), (2, 2)];
+        /// (first timestamp, max timestamp, (timestamp delta, offset delta)
+        /// of each record, accepted)
+        type Case = (i64, i64, Vec<(i64, u64)>, bool);
+        let cases: Vec<Case> = vec![
+            (1_000, 1_002, ordered.to_vec(), true),
+            (0, 0, vec![(0, 0)], true),
+            (max, max, vec![(0, 0)], true),
+            (1_000, 1_000, vec![(0, 0), (-1, 1)], true),
+            (1_000, 1_002, vec![(0, 0), (2, 2), (1, 1)], false),
+            (1_000, 1_002, vec![(0, 1), (1, 2), (2, 3)], false),
+            (1_000, 1_000, vec![(0, 0), (0, 0)], false),
+            (1_000, 1_000, vec![(0, 0), (0, u64::MAX)], false),
+            (i64::MIN, i64::MIN, vec![(0, 0)], false),
+            (i64::MAX, i64::MAX, vec![(0, 0)], false),
+            (-1, -1, vec![(0, 0)], false),
+            (max, max, vec![(0, 0), (1, 1)], false),
+            (1_000, 1_000, vec![(0, 0), (i64::MAX, 1)], false),
+            (1_000, 1_000, vec![(0, 0), (i64::MIN, 1)], false),
+            (1_000, 5_000, ordered.to_vec(), false),
+            (1_000, 999, vec![(-1, 0)], false),
+        ];
+        for (first, max_timestamp, records, accepted) in cases {
+            let batch = crafted(first, max_timestamp, &records);
+            validate(&batch, 1 << 20).expect("framing and CRC are valid");
+            let result = validate_produced(&batch, 1 << 20);
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "first {first}, max {max_timestamp}, records {records:?}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_builder_batch_with_an_extreme_timestamp_is_refused() {
+        for timestamp_ms in [i64::MIN, -1, MAX_TIMESTAMP_MS + 1, i64::MAX] {
+            let mut builder = BatchBuilder::new(Compression::None);
+            builder.push(&RecordData {
+                timestamp_ms: Some(timestamp_ms),
+                ..RecordData::default()
+            });
+            let refused = validate_produced(&builder.build(), 1 << 20);
+            assert!(
+                matches!(refused, Err(BatchError::BadTimestamp { .. })),
+                "{timestamp_ms}: {refused:?}"
+            );
+        }
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            validate_produced(&sample(100, compression), 1 << 20).expect("SDK batches pass");
+        }
+    }
 
     fn sample(count: usize, compression: Compression) -> Bytes {
         let mut builder = BatchBuilder::new(compression);

@@ -54,3 +54,41 @@ pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 /// after an unknown outcome is among its last this many. The SDK refuses a
 /// larger `max_in_flight_per_partition` while idempotence is on.
 pub const MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER: usize = 16;
+
+/// Smallest `max_batch_bytes` a topic may have, in bytes: below it no
+/// useful batch (a 57-byte header plus records) could ever be accepted.
+pub const MIN_MAX_BATCH_BYTES: u32 = 1024;
+
+/// Bytes of a gRPC message kept for the envelope around a record batch (a
+/// produce request's topic name, partition, ids and protobuf framing): a
+/// topic's `max_batch_bytes` may be at most the gRPC message limit less
+/// this, so a batch the topic accepts always fits in a request the server
+/// decodes.
+pub const PRODUCE_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Largest `max_batch_bytes` a topic may have under a gRPC message limit of
+/// `max_grpc_message_bytes`, in bytes: the limit less
+/// [`PRODUCE_ENVELOPE_BYTES`] (0 when the limit is smaller), at most
+/// `u32::MAX`.
+pub const fn largest_max_batch_bytes(max_grpc_message_bytes: usize) -> u32 {
+    let largest = max_grpc_message_bytes.saturating_sub(PRODUCE_ENVELOPE_BYTES);
+    if largest > u32::MAX as usize {
+        u32::MAX
+    } else {
+        largest as u32
+    }
+}
+
+/// Largest ensemble (stores per segment) a topic may ask for; the write
+/// and ack quorums are at most the ensemble.
+pub const MAX_ENSEMBLE_SIZE: u32 = 16;
+
+/// Smallest record or batch timestamp a producer may send, in unix
+/// milliseconds (1970-01-01T00:00:00Z): timestamps are wall-clock times,
+/// and negative ones only come from bugs or hostile input.
+pub const MIN_TIMESTAMP_MS: i64 = 0;
+
+/// Largest record or batch timestamp a producer may send, in unix
+/// milliseconds (9999-12-31T23:59:59.999Z): far beyond any clock, yet far
+/// from `i64::MAX`, so ages and deltas computed from it never overflow.
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;

@@ -25,6 +25,16 @@ pub trait ServiceConfig: Serialize + DeserializeOwned + Default {
     fn listen_address(&self) -> &str;
     /// The `[telemetry]` section.
     fn telemetry(&self) -> &TelemetryConfig;
+    /// Every numeric key with its value and accepted range; loading
+    /// refuses the config while any is outside (see [`crate::KeyRange`]).
+    fn ranges(&self) -> Vec<crate::KeyRange> {
+        Vec::new()
+    }
+    /// Rules between keys (e.g. a minimum below a maximum), one message per
+    /// broken rule; loading refuses the config while any is broken.
+    fn cross_checks(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A top-level key that moved into a section.
@@ -102,6 +112,10 @@ pub enum ConfigError {
     /// Unreadable file, bad TOML, unknown key, wrong type.
     #[error(transparent)]
     Invalid(Box<figment::Error>),
+    /// Values outside their key's range or breaking a rule between keys,
+    /// one message each naming the key and the range.
+    #[error("{}", .0.join("; "))]
+    OutOfRange(Vec<String>),
 }
 
 fn join(uses: &[MovedKeyUse]) -> String {
@@ -129,7 +143,13 @@ pub fn load_config<C: ServiceConfig>(path: Option<&Path>) -> Result<C, ConfigErr
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));
     }
-    Ok(figment.merge(environment()).extract()?)
+    let config: C = figment.merge(environment()).extract()?;
+    let mut refused = crate::out_of_range(&config.ranges());
+    refused.extend(config.cross_checks());
+    if !refused.is_empty() {
+        return Err(ConfigError::OutOfRange(refused));
+    }
+    Ok(config)
 }
 
 fn moved_keys_in<C: ServiceConfig>(path: Option<&Path>, environment: &Figment) -> Vec<MovedKeyUse> {

@@ -15,11 +15,13 @@
 mod config;
 mod file_limit;
 mod main_wiring;
+mod ranges;
 mod server;
 mod signal;
 
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
+pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use server::{grpc_server, incoming, Incoming};
 pub use signal::shutdown_signal;

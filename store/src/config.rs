@@ -170,6 +170,14 @@ impl ServiceConfig for StoreConfig {
     fn telemetry(&self) -> &TelemetryConfig {
         &self.telemetry
     }
+
+    fn ranges(&self) -> Vec<sluice_service::KeyRange> {
+        crate::config_ranges::ranges(self)
+    }
+
+    fn cross_checks(&self) -> Vec<String> {
+        crate::config_ranges::cross_checks(self)
+    }
 }
 
 impl StoreConfig {
@@ -218,6 +226,31 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/store.toml");
         let loaded = StoreConfig::load(Some(&path)).expect("config/store.toml must parse");
         assert_eq!(loaded, StoreConfig::default());
+    }
+
+    /// Every numeric key at 0 and at TOML's largest integer (i64::MAX):
+    /// the maximum is refused naming the key (out of range, or too large
+    /// for the field), 0 only where it has a meaning of its own.
+    #[test]
+    fn every_numeric_key_at_its_extremes() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("store.toml");
+        for range in crate::config_ranges::ranges(&StoreConfig::default()) {
+            for value in [0, i64::MAX] {
+                std::fs::write(&path, format!("{} = {value}\n", range.key)).expect("write");
+                let loaded = StoreConfig::load(Some(&path));
+                let accepted = value == 0 && range.zero_means.is_some();
+                match (&loaded, accepted) {
+                    (Ok(_), true) => {}
+                    (Err(error), false) => assert!(
+                        error.to_string().contains(&range.key),
+                        "{} = {value}: {error}",
+                        range.key
+                    ),
+                    _ => panic!("{} = {value}: {loaded:?}", range.key),
+                }
+            }
+        }
     }
 
     #[test]

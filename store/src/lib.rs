@@ -8,6 +8,7 @@
 //! - [`run`]: the whole node.
 
 pub mod config;
+mod config_ranges;
 pub mod error;
 pub mod fault;
 pub mod journal;

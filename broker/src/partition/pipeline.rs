@@ -157,9 +157,13 @@ impl<J> AppendPipeline<J> {
         let mut settings = settings;
         settings.ack_quorum = settings.ack_quorum.clamp(1, store_ids.len());
         settings.max_in_flight = settings.max_in_flight.max(1);
-        let roll_at = settings.segment_age.map(|age| opened_at + age);
+        // A time beyond the clock's range (segment_ms = u64::MAX) is never.
+        let roll_at = settings
+            .segment_age
+            .and_then(|age| opened_at.checked_add(age));
         let degraded_check_at = (store_ids.len() < settings.ensemble_size)
-            .then(|| opened_at + settings.degraded_check_every);
+            .then(|| opened_at.checked_add(settings.degraded_check_every))
+            .flatten();
         Self {
             settings,
             replicas: store_ids
@@ -292,7 +296,7 @@ impl<J> AppendPipeline<J> {
         let replica_deadline = self
             .unacknowledged
             .front()
-            .map(|(_, sent_at)| *sent_at + self.settings.replica_ack_timeout);
+            .and_then(|(_, sent_at)| sent_at.checked_add(self.settings.replica_ack_timeout));
         let not_rolling = self.rolling.is_none();
         let roll_at = self.roll_at.filter(|_| not_rolling && self.size_bytes > 0);
         let check_at = self.degraded_check_at.filter(|_| not_rolling);
@@ -309,7 +313,10 @@ impl<J> AppendPipeline<J> {
             return;
         }
         if let Some(&(overdue, sent_at)) = self.unacknowledged.front() {
-            if now >= sent_at + self.settings.replica_ack_timeout {
+            if sent_at
+                .checked_add(self.settings.replica_ack_timeout)
+                .is_some_and(|deadline| now >= deadline)
+            {
                 self.drop_overdue(overdue, now);
             }
         }
@@ -322,7 +329,8 @@ impl<J> AppendPipeline<J> {
                 if live_stores >= self.settings.ensemble_size {
                     self.start_rolling(now);
                 } else {
-                    self.degraded_check_at = Some(at.max(now) + self.settings.degraded_check_every);
+                    self.degraded_check_at =
+                        at.max(now).checked_add(self.settings.degraded_check_every);
                 }
             }
         }

@@ -16,6 +16,7 @@ mod topic_config;
 mod topics;
 
 pub(crate) use routes::RouteStream;
+pub(crate) use topic_config::complete_topic_config;
 
 use crate::assignment;
 use crate::config::NameServerConfig;
@@ -40,7 +41,15 @@ pub struct NameServerHandler {
     stopping: watch::Receiver<bool>,
     /// Wakes the reconciler early (after a topic is created).
     pub(crate) reconcile_now: Notify,
+    /// Subscription creations of one topic run one at a time on this
+    /// nameserver (a topic hashes to one of these), so they do not race
+    /// each other for the topic's subscription guard; nameservers still
+    /// race, and the guard's compare-and-set decides.
+    pub(crate) subscription_creation: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`NameServerHandler::subscription_creation`].
+const SUBSCRIPTION_CREATION_STRIPES: usize = 64;
 
 pub(crate) fn invalid(message: impl Into<String>) -> NameServerError {
     NameServerError::InvalidArgument(message.into())
@@ -76,6 +85,9 @@ impl NameServerHandler {
             watch_permits: Arc::new(Semaphore::new(permits)),
             stopping,
             reconcile_now: Notify::new(),
+            subscription_creation: (0..SUBSCRIPTION_CREATION_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 

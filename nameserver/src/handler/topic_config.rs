@@ -5,6 +5,9 @@
 use super::invalid;
 use crate::config::TopicDefaults;
 use crate::error::NameServerError;
+use sluice_proto::limits::{
+    largest_max_batch_bytes, MAX_ENSEMBLE_SIZE, MIN_MAX_BATCH_BYTES, PRODUCE_ENVELOPE_BYTES,
+};
 use sluice_proto::v1::{BacklogPolicy, Durability, TopicConfig};
 
 /// Default warning line of a backlog quota, in percent (ADR 0012).
@@ -15,7 +18,7 @@ const MAX_BACKLOG_HOLD_TIMEOUT_MS: u64 = 600_000;
 
 /// Fills zero fields of `given` from `defaults` and checks the result;
 /// `max_message_bytes` is the nameserver's gRPC message limit.
-pub(super) fn complete_topic_config(
+pub(crate) fn complete_topic_config(
     given: Option<TopicConfig>,
     defaults: &TopicDefaults,
     max_message_bytes: usize,
@@ -41,14 +44,27 @@ pub(super) fn complete_topic_config(
     config.retention_ignores_subscriptions = given.retention_ignores_subscriptions;
     check_quorums(&config)?;
     complete_backlog_quota(&given, &mut config)?;
-    let message_limit = u64::try_from(max_message_bytes).unwrap_or(u64::MAX);
-    if u64::from(config.max_batch_bytes) > message_limit {
+    check_max_batch_bytes(config.max_batch_bytes, max_message_bytes)?;
+    Ok(config)
+}
+
+/// A batch limit between [`MIN_MAX_BATCH_BYTES`] and what a produce
+/// request under the gRPC message limit can carry (the limit less the
+/// request envelope): a larger one would let producers build batches the
+/// broker cannot even decode.
+fn check_max_batch_bytes(
+    max_batch_bytes: u32,
+    max_message_bytes: usize,
+) -> Result<(), NameServerError> {
+    let largest = largest_max_batch_bytes(max_message_bytes);
+    if !(MIN_MAX_BATCH_BYTES..=largest).contains(&max_batch_bytes) {
         return Err(invalid(format!(
-            "max_batch_bytes {} exceeds the gRPC message limit {message_limit}",
-            config.max_batch_bytes
+            "max_batch_bytes must be between {MIN_MAX_BATCH_BYTES} and {largest} bytes \
+             (the gRPC message limit {max_message_bytes} less {PRODUCE_ENVELOPE_BYTES} for \
+             the request envelope; 0 means the nameserver's default), got {max_batch_bytes}"
         )));
     }
-    Ok(config)
+    Ok(())
 }
 
 /// Copies every field `given` sets (non-zero) over the defaults in `config`.
@@ -65,7 +81,13 @@ fn fill_nonzero_fields(
     match Durability::try_from(given.durability) {
         Ok(Durability::Unspecified) => {}
         Ok(durability) => config.durability = durability as i32,
-        Err(_) => return Err(invalid(format!("unknown durability {}", given.durability))),
+        Err(_) => {
+            return Err(invalid(format!(
+                "unknown durability {}; give DURABILITY_FSYNC (1), DURABILITY_PERIODIC (2) or 0 \
+                 for the nameserver's default",
+                given.durability
+            )))
+        }
     }
     if given.segment_bytes != 0 {
         config.segment_bytes = given.segment_bytes;
@@ -88,8 +110,15 @@ fn fill_nonzero_fields(
     Ok(())
 }
 
-/// `ensemble_size >= write_quorum >= ack_quorum >= 1`, and no striping.
+/// `MAX_ENSEMBLE_SIZE >= ensemble_size >= write_quorum >= ack_quorum >= 1`,
+/// and no striping.
 fn check_quorums(config: &TopicConfig) -> Result<(), NameServerError> {
+    if config.ensemble_size > MAX_ENSEMBLE_SIZE {
+        return Err(invalid(format!(
+            "ensemble_size must be between 1 and {MAX_ENSEMBLE_SIZE}, got {}",
+            config.ensemble_size
+        )));
+    }
     if !(config.ensemble_size >= config.write_quorum
         && config.write_quorum >= config.ack_quorum
         && config.ack_quorum >= 1)
@@ -134,7 +163,8 @@ fn complete_backlog_quota(
         Ok(policy) => policy as i32,
         Err(_) => {
             return Err(invalid(format!(
-                "unknown backlog policy {}",
+                "unknown backlog_policy {}; give BACKLOG_POLICY_HOLD (1), \
+                 BACKLOG_POLICY_REJECT (2), BACKLOG_POLICY_EVICT (3) or 0 for HOLD",
                 given.backlog_policy
             )))
         }
@@ -145,7 +175,8 @@ fn complete_backlog_quota(
         timeout => {
             let most = MAX_BACKLOG_HOLD_TIMEOUT_MS;
             return Err(invalid(format!(
-                "backlog_hold_timeout_ms must be at most {most}, got {timeout}"
+                "backlog_hold_timeout_ms must be between 1 and {most} (0 means \
+                 {DEFAULT_BACKLOG_HOLD_TIMEOUT_MS}), got {timeout}"
             )));
         }
     };
@@ -188,5 +219,421 @@ mod tests {
                 "{bad:?} gave {refused:?}"
             );
         }
+    }
+
+    /// One row per numeric setting at 0, 1 and its maximum (plus the first
+    /// value past an upper bound): `Ok(expected stored value)` or the
+    /// field the INVALID_ARGUMENT message must name.
+    #[test]
+    fn every_numeric_topic_setting_at_its_extremes() {
+        type Set = fn(&mut TopicConfig, u64);
+        type Get = fn(&TopicConfig) -> u64;
+        let defaults = TopicDefaults::default();
+        let grpc_limit = sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES;
+        let largest_batch = u64::from(sluice_proto::limits::largest_max_batch_bytes(grpc_limit));
+        let ttl = sluice_proto::headers::MAX_TTL_MS;
+        /// (field, setter, getter, value, stored value or field named)
+        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
+        let rows: Vec<Row> = vec![
+            (
+                "partitions",
+                |c, v| c.partitions = v as u32,
+                |c| c.partitions.into(),
+                0,
+                Err("partitions"),
+            ),
+            (
+                "partitions",
+                |c, v| c.partitions = v as u32,
+                |c| c.partitions.into(),
+                1,
+                Ok(1),
+            ),
+            (
+                "partitions",
+                |c, v| c.partitions = v as u32,
+                |c| c.partitions.into(),
+                4096,
+                Ok(4096),
+            ),
+            (
+                "partitions",
+                |c, v| c.partitions = v as u32,
+                |c| c.partitions.into(),
+                4097,
+                Err("partitions"),
+            ),
+            (
+                "partitions",
+                |c, v| c.partitions = v as u32,
+                |c| c.partitions.into(),
+                u32::MAX.into(),
+                Err("partitions"),
+            ),
+            (
+                "retention_ms",
+                |c, v| c.retention_ms = v,
+                |c| c.retention_ms,
+                0,
+                Ok(defaults.retention_ms),
+            ),
+            (
+                "retention_ms",
+                |c, v| c.retention_ms = v,
+                |c| c.retention_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "retention_ms",
+                |c, v| c.retention_ms = v,
+                |c| c.retention_ms,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "retention_bytes",
+                |c, v| c.retention_bytes = v,
+                |c| c.retention_bytes,
+                0,
+                Ok(defaults.retention_bytes),
+            ),
+            (
+                "retention_bytes",
+                |c, v| c.retention_bytes = v,
+                |c| c.retention_bytes,
+                1,
+                Ok(1),
+            ),
+            (
+                "retention_bytes",
+                |c, v| c.retention_bytes = v,
+                |c| c.retention_bytes,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "durability",
+                |c, v| c.durability = v as i32,
+                |c| c.durability as u64,
+                99,
+                Err("durability"),
+            ),
+            (
+                "segment_bytes",
+                |c, v| c.segment_bytes = v,
+                |c| c.segment_bytes,
+                0,
+                Ok(defaults.segment_bytes),
+            ),
+            (
+                "segment_bytes",
+                |c, v| c.segment_bytes = v,
+                |c| c.segment_bytes,
+                1,
+                Ok(1),
+            ),
+            (
+                "segment_bytes",
+                |c, v| c.segment_bytes = v,
+                |c| c.segment_bytes,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "segment_ms",
+                |c, v| c.segment_ms = v,
+                |c| c.segment_ms,
+                0,
+                Ok(defaults.segment_ms),
+            ),
+            (
+                "segment_ms",
+                |c, v| c.segment_ms = v,
+                |c| c.segment_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "segment_ms",
+                |c, v| c.segment_ms = v,
+                |c| c.segment_ms,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "replication",
+                replication,
+                |c| c.ensemble_size.into(),
+                1,
+                Ok(1),
+            ),
+            (
+                "replication",
+                replication,
+                |c| c.ensemble_size.into(),
+                sluice_proto::limits::MAX_ENSEMBLE_SIZE.into(),
+                Ok(sluice_proto::limits::MAX_ENSEMBLE_SIZE.into()),
+            ),
+            (
+                "replication",
+                replication,
+                |c| c.ensemble_size.into(),
+                u64::from(sluice_proto::limits::MAX_ENSEMBLE_SIZE) + 1,
+                Err("ensemble_size"),
+            ),
+            (
+                "replication",
+                replication,
+                |c| c.ensemble_size.into(),
+                u32::MAX.into(),
+                Err("ensemble_size"),
+            ),
+            (
+                "ack_quorum",
+                |c, v| c.ack_quorum = v as u32,
+                |c| c.ack_quorum.into(),
+                u32::MAX.into(),
+                Err("ack_quorum"),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                0,
+                Ok(defaults.max_batch_bytes.into()),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                1,
+                Err("max_batch_bytes"),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                sluice_proto::limits::MIN_MAX_BATCH_BYTES.into(),
+                Ok(sluice_proto::limits::MIN_MAX_BATCH_BYTES.into()),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                largest_batch,
+                Ok(largest_batch),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                largest_batch + 1,
+                Err("max_batch_bytes"),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                grpc_limit as u64,
+                Err("max_batch_bytes"),
+            ),
+            (
+                "max_batch_bytes",
+                |c, v| c.max_batch_bytes = v as u32,
+                |c| c.max_batch_bytes.into(),
+                u32::MAX.into(),
+                Err("max_batch_bytes"),
+            ),
+            (
+                "message_ttl_ms",
+                |c, v| c.message_ttl_ms = v,
+                |c| c.message_ttl_ms,
+                0,
+                Ok(0),
+            ),
+            (
+                "message_ttl_ms",
+                |c, v| c.message_ttl_ms = v,
+                |c| c.message_ttl_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "message_ttl_ms",
+                |c, v| c.message_ttl_ms = v,
+                |c| c.message_ttl_ms,
+                ttl,
+                Ok(ttl),
+            ),
+            (
+                "message_ttl_ms",
+                |c, v| c.message_ttl_ms = v,
+                |c| c.message_ttl_ms,
+                u64::MAX,
+                Err("message_ttl_ms"),
+            ),
+            (
+                "backlog_quota_bytes",
+                |c, v| c.backlog_quota_bytes = v,
+                |c| c.backlog_quota_bytes,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_bytes",
+                |c, v| c.backlog_quota_bytes = v,
+                |c| c.backlog_quota_bytes,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_bytes",
+                |c, v| c.backlog_quota_bytes = v,
+                |c| c.backlog_quota_bytes,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_quota_messages",
+                |c, v| c.backlog_quota_messages = v,
+                |c| c.backlog_quota_messages,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_messages",
+                |c, v| c.backlog_quota_messages = v,
+                |c| c.backlog_quota_messages,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_messages",
+                |c, v| c.backlog_quota_messages = v,
+                |c| c.backlog_quota_messages,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |c, v| c.backlog_quota_age_ms = v,
+                |c| c.backlog_quota_age_ms,
+                0,
+                Ok(0),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |c, v| c.backlog_quota_age_ms = v,
+                |c| c.backlog_quota_age_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_quota_age_ms",
+                |c, v| c.backlog_quota_age_ms = v,
+                |c| c.backlog_quota_age_ms,
+                u64::MAX,
+                Ok(u64::MAX),
+            ),
+            (
+                "backlog_warn_ratio_percent",
+                |c, v| c.backlog_warn_ratio_percent = v as u32,
+                |c| c.backlog_warn_ratio_percent.into(),
+                0,
+                Ok(80),
+            ),
+            (
+                "backlog_warn_ratio_percent",
+                |c, v| c.backlog_warn_ratio_percent = v as u32,
+                |c| c.backlog_warn_ratio_percent.into(),
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_warn_ratio_percent",
+                |c, v| c.backlog_warn_ratio_percent = v as u32,
+                |c| c.backlog_warn_ratio_percent.into(),
+                100,
+                Ok(100),
+            ),
+            (
+                "backlog_warn_ratio_percent",
+                |c, v| c.backlog_warn_ratio_percent = v as u32,
+                |c| c.backlog_warn_ratio_percent.into(),
+                u32::MAX.into(),
+                Err("backlog_warn_ratio_percent"),
+            ),
+            (
+                "backlog_policy",
+                |c, v| c.backlog_policy = v as i32,
+                |c| c.backlog_policy as u64,
+                99,
+                Err("backlog_policy"),
+            ),
+            (
+                "backlog_policy",
+                |c, v| c.backlog_policy = v as i32,
+                |c| c.backlog_policy as u64,
+                u64::MAX,
+                Err("backlog_policy"),
+            ),
+            (
+                "backlog_hold_timeout_ms",
+                |c, v| c.backlog_hold_timeout_ms = v,
+                |c| c.backlog_hold_timeout_ms,
+                0,
+                Ok(30_000),
+            ),
+            (
+                "backlog_hold_timeout_ms",
+                |c, v| c.backlog_hold_timeout_ms = v,
+                |c| c.backlog_hold_timeout_ms,
+                1,
+                Ok(1),
+            ),
+            (
+                "backlog_hold_timeout_ms",
+                |c, v| c.backlog_hold_timeout_ms = v,
+                |c| c.backlog_hold_timeout_ms,
+                600_000,
+                Ok(600_000),
+            ),
+            (
+                "backlog_hold_timeout_ms",
+                |c, v| c.backlog_hold_timeout_ms = v,
+                |c| c.backlog_hold_timeout_ms,
+                u64::MAX,
+                Err("backlog_hold_timeout_ms"),
+            ),
+        ];
+        for (field, set, get, value, expected) in rows {
+            let mut given = TopicConfig {
+                partitions: 1,
+                ..TopicConfig::default()
+            };
+            set(&mut given, value);
+            let result = complete_topic_config(Some(given), &defaults, grpc_limit);
+            match (result, expected) {
+                (Ok(config), Ok(stored)) => {
+                    assert_eq!(get(&config), stored, "{field} = {value}")
+                }
+                (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
+                    message.contains(named),
+                    "{field} = {value}: message {message:?} does not name {named}"
+                ),
+                (result, expected) => {
+                    panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+                }
+            }
+        }
+    }
+
+    /// Sets the whole replication (ensemble, write and ack quorum) to `value`.
+    fn replication(config: &mut TopicConfig, value: u64) {
+        let value = value as u32;
+        config.ensemble_size = value;
+        config.write_quorum = value;
+        config.ack_quorum = value;
     }
 }

@@ -88,6 +88,7 @@ impl NameServerHandler {
             keys::partitions_of(name),
             keys::segments_of_topic(name),
             keys::subscriptions_of(name),
+            keys::subscription_guard_of(name),
         ] {
             let leftovers: Vec<String> = self
                 .store

@@ -314,6 +314,55 @@ fn an_old_segment_rolls_only_once_it_holds_data() {
     assert_eq!(drain(&mut pipeline).prepare.len(), 1);
 }
 
+/// segment_ms and the broker's timeouts at u64::MAX milliseconds: far
+/// beyond any run (never, where the clock cannot even represent it), not a
+/// panic; 1 ms rolls at once.
+#[test]
+fn durations_at_their_extremes_never_overflow_the_clock() {
+    let start = Instant::now();
+    let forever = Duration::from_millis(u64::MAX);
+    let mut pipeline = pipeline(
+        Settings {
+            segment_age: Some(forever),
+            replica_ack_timeout: forever,
+            degraded_check_every: forever,
+            ..settings()
+        },
+        2,
+        start,
+    );
+    pipeline.append("a", 1, 1, start);
+    let year = Duration::from_secs(365 * 24 * 3600);
+    assert!(
+        pipeline
+            .next_deadline()
+            .is_none_or(|deadline| deadline > start + year),
+        "nothing is due in any foreseeable time"
+    );
+    pipeline.tick(start + 1_000_000 * MS, 3);
+    let seen = drain(&mut pipeline);
+    assert!(
+        seen.prepare.is_empty() && seen.dropped.is_empty(),
+        "{seen:?}"
+    );
+
+    let mut pipeline = pipeline_with_age(MS, start);
+    pipeline.append("a", 1, 1, start);
+    pipeline.tick(start + 2 * MS, 3);
+    assert_eq!(drain(&mut pipeline).prepare.len(), 1, "1 ms: rolls at once");
+}
+
+fn pipeline_with_age(age: Duration, start: Instant) -> AppendPipeline<&'static str> {
+    pipeline(
+        Settings {
+            segment_age: Some(age),
+            ..settings()
+        },
+        3,
+        start,
+    )
+}
+
 #[test]
 fn a_degraded_ensemble_rolls_once_enough_stores_are_live() {
     let start = Instant::now();
