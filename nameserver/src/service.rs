@@ -5,7 +5,7 @@
 use crate::handler::{NameServerHandler, RouteStream};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AllocateProducerIdRequest, AllocateProducerIdResponse, CloseSegmentRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest, AllocateProducerIdResponse, CloseSegmentRequest,
     ClusterStatusRequest, ClusterStatusResponse, CreateSegmentRequest, CreateSubscriptionRequest,
     CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
     DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
@@ -155,6 +155,14 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<DeleteSegmentsResponse> {
         self.do_delete_segments(request.into_inner()).await?;
         Ok(Response::new(DeleteSegmentsResponse {}))
+    }
+
+    async fn accept_data_loss(
+        &self,
+        request: Request<AcceptDataLossRequest>,
+    ) -> ServiceResult<AcceptDataLossResponse> {
+        let segment_ids = self.do_accept_data_loss(request.into_inner()).await?;
+        Ok(Response::new(AcceptDataLossResponse { segment_ids }))
     }
 
     async fn register_group(
