@@ -591,11 +591,28 @@ pub(super) async fn rebuild_producer_states(
                 partition.key
             )));
         };
+        if let Some(lost) = segment
+            .lost_ranges
+            .iter()
+            .find(|range| range.start_offset <= offset && offset < range.end_offset)
+        {
+            // Accepted as lost: nothing to read there (idempotence has no
+            // state from it, like a batch older than the window).
+            offset = lost.end_offset;
+            continue;
+        }
         let end_offset = if segment.state() == SegmentState::Open {
             high_watermark
         } else {
             segment.end_offset.min(high_watermark)
         };
+        // Stop a read before the next lost range.
+        let end_offset = segment
+            .lost_ranges
+            .iter()
+            .map(|range| range.start_offset)
+            .filter(|start| *start > offset)
+            .fold(end_offset, u64::min);
         let batches = read_segment(
             &shared.clients,
             &partition.key,
