@@ -10,8 +10,7 @@ use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_proto::v1::{
     DeregisterNodeRequest, HeartbeatRequest, NodeKind, NodeLoad, OfflinePartition,
-    PartitionAssignment,
-    RegisterNodeRequest, TopicConfig,
+    PartitionAssignment, RegisterNodeRequest, TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;

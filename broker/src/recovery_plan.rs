@@ -300,7 +300,10 @@ mod tests {
             end_offset,
             size_bytes: end_offset * 10,
             max_timestamp_ms: end_offset as i64,
-            damaged: damaged.iter().map(|(start, end)| range(*start, *end)).collect(),
+            damaged: damaged
+                .iter()
+                .map(|(start, end)| range(*start, *end))
+                .collect(),
         }
     }
 
@@ -545,7 +548,10 @@ mod tests {
         );
         // Damage reported beyond the copy's end is ignored there.
         let beyond = [copy(0, 50, &[(60, 70)])];
-        assert_eq!(closed_at(&recover_segment(0, &beyond, 0, 1, false, 0)), Some(50));
+        assert_eq!(
+            closed_at(&recover_segment(0, &beyond, 0, 1, false, 0)),
+            Some(50)
+        );
         assert_eq!(
             closed_at(&recover_segment(0, &beyond, 0, 1, true, u64::MAX)),
             Some(u64::MAX)

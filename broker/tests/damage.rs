@@ -46,7 +46,12 @@ async fn produce_records(client: &mut BrokerClient<Channel>) {
         ));
     }
     for (index, answer) in produce(client, requests).await.iter().enumerate() {
-        assert_eq!(answer.error, ErrorCode::None as i32, "{}", answer.error_message);
+        assert_eq!(
+            answer.error,
+            ErrorCode::None as i32,
+            "{}",
+            answer.error_message
+        );
         assert_eq!(answer.base_offset, (index * RECORDS_PER_BATCH) as u64);
     }
 }
@@ -79,7 +84,10 @@ fn largest_segment_file(store_directory: &Path) -> (PathBuf, usize) {
             continue;
         }
         let bytes = std::fs::read(&entry).expect("read segment file");
-        let data = bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
+        let data = bytes
+            .iter()
+            .rposition(|byte| *byte != 0)
+            .map_or(0, |last| last + 1);
         if best.as_ref().is_none_or(|(_, size)| data > *size) {
             best = Some((entry, data));
         }
@@ -130,7 +138,10 @@ async fn read_from(
         let fetched = fetch(client, offset, 0).await;
         let partition = &fetched.partitions[0];
         if partition.error != ErrorCode::None as i32 {
-            return (read, Some((partition.error, partition.error_message.clone())));
+            return (
+                read,
+                Some((partition.error, partition.error_message.clone())),
+            );
         }
         let batch_values = values(&partition.batches);
         if batch_values.is_empty() {
@@ -166,7 +177,11 @@ async fn produce_one(client: &BrokerClient<Channel>, request_id: u64) -> (i32, S
             answer.base_offset
         );
     }
-    (answer.error, answer.error_message.clone(), answer.base_offset)
+    (
+        answer.error,
+        answer.error_message.clone(),
+        answer.base_offset,
+    )
 }
 
 /// The single-copy scenario after the damage: offline, visible, never
@@ -196,7 +211,11 @@ async fn single_copy_goes_offline_until_recovered(cluster: &Cluster) {
     eventually("cluster status to count the offline partition", || {
         let mut admin = admin.clone();
         async move {
-            let status = admin.cluster_status(ClusterStatusRequest {}).await.ok()?.into_inner();
+            let status = admin
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             let reported = status.brokers.iter().any(|broker| {
                 broker.load.as_ref().is_some_and(|load| {
                     load.offline_partitions
@@ -219,7 +238,10 @@ async fn single_copy_goes_offline_until_recovered(cluster: &Cluster) {
         })
         .await
         .expect_err("refused without --accept-data-loss");
-    assert!(refused.message().contains("--accept-data-loss"), "{refused:?}");
+    assert!(
+        refused.message().contains("--accept-data-loss"),
+        "{refused:?}"
+    );
     admin
         .accept_data_loss(AcceptDataLossRequest {
             topic: TOPIC.into(),
@@ -235,7 +257,10 @@ async fn single_copy_goes_offline_until_recovered(cluster: &Cluster) {
         "the log continues after the highest offset ever assigned"
     );
     let closed = segments(cluster).await;
-    let lost: Vec<_> = closed.iter().flat_map(|segment| segment.lost_ranges.clone()).collect();
+    let lost: Vec<_> = closed
+        .iter()
+        .flat_map(|segment| segment.lost_ranges.clone())
+        .collect();
     assert!(!lost.is_empty(), "the lost range is recorded: {closed:?}");
     let damage_start = lost[0].start_offset as usize;
     assert!(damage_start > 0 && damage_start < RECORDS, "{lost:?}");
@@ -304,7 +329,10 @@ async fn one_damaged_replica_of_three_loses_nothing(damage: fn(&Path)) {
     let broker = start_broker_configured(&cluster.nameserver_url, fast_repair).await;
     let mut client = broker_client(&broker.address).await;
     let resumed = produce_until_accepted(&client, 10, "resumed", "produce after takeover").await;
-    assert_eq!(resumed.base_offset, RECORDS as u64, "nothing lost, nothing reused");
+    assert_eq!(
+        resumed.base_offset, RECORDS as u64,
+        "nothing lost, nothing reused"
+    );
     let (read, error) = read_from(&mut client, 0, RECORDS as u64 + 1).await;
     assert_eq!(error, None, "every record is served from some copy");
     let mut all = expected(0..RECORDS);
@@ -328,8 +356,14 @@ async fn one_damaged_replica_of_three_loses_nothing(damage: fn(&Path)) {
         let node_id = damaged.node_id.clone();
         async move {
             let listed = segments(nameserver_cluster).await;
-            let segment = listed.iter().find(|segment| segment.segment_id == first.segment_id)?;
-            if !segment.replicas.iter().any(|replica| replica.store_id == node_id) {
+            let segment = listed
+                .iter()
+                .find(|segment| segment.segment_id == first.segment_id)?;
+            if !segment
+                .replicas
+                .iter()
+                .any(|replica| replica.store_id == node_id)
+            {
                 return Some(()); // replaced elsewhere
             }
             let status = store

@@ -5,17 +5,18 @@
 use crate::handler::{NameServerHandler, RouteStream};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest, AllocateProducerIdResponse, CloseSegmentRequest,
-    ClusterStatusRequest, ClusterStatusResponse, CreateSegmentRequest, CreateSubscriptionRequest,
-    CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
-    DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
-    DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest,
-    HeartbeatRequest, HeartbeatResponse, ListGroupsRequest, ListGroupsResponse,
-    ListSegmentsRequest, ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
-    ListTopicsRequest, ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse,
-    RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, Subscription, Topic,
-    UpdateSegmentReplicasRequest, WatchRoutesRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
+    AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CreateSegmentRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteSegmentsRequest,
+    DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
+    DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest,
+    HeartbeatResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
+    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
+    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
+    WatchRoutesRequest,
 };
 use tonic::{Request, Response, Status};
 

@@ -270,7 +270,7 @@ impl Partition {
                 return Err(BrokerError::Recovering {
                     topic: self.key.topic.clone(),
                     partition: self.key.partition,
-                })
+                });
             }
         }
         if generation != status.generation {

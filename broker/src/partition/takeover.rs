@@ -9,8 +9,8 @@ use crate::clients::{nameserver_call, request};
 use crate::decisions::{closing_would_rewind, segment_for_offset};
 use crate::decisions::{effective_ack_quorum, fence_quorum, recover_segment};
 use crate::decisions::{FencedCopy, OffsetRange, SegmentRecovery};
-use crate::recovery_plan::Piece;
 use crate::error::BrokerError;
+use crate::recovery_plan::Piece;
 use crate::replica_io::{copy_range, open_append_stream, read_segment, CopyRange};
 use crate::Shared;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
@@ -239,7 +239,11 @@ fn offline_reason(
         .filter(|copy| !copy.damaged.is_empty())
         .map(|copy| {
             let ranges: Vec<String> = copy.damaged.iter().map(ToString::to_string).collect();
-            format!("{} damaged at {}", replicas[copy.replica].store_id, ranges.join(", "))
+            format!(
+                "{} damaged at {}",
+                replicas[copy.replica].store_id,
+                ranges.join(", ")
+            )
         })
         .chain(
             seals

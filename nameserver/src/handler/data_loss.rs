@@ -98,7 +98,10 @@ mod tests {
             resume_at_offset: 0,
         };
         let refused = check_request(&request).expect_err("refused");
-        assert!(refused.to_string().contains("--accept-data-loss"), "{refused}");
+        assert!(
+            refused.to_string().contains("--accept-data-loss"),
+            "{refused}"
+        );
         let accepted = AcceptDataLossRequest {
             accept_data_loss: true,
             ..request

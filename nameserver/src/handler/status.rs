@@ -214,7 +214,11 @@ mod tests {
         };
         // b1 reports partition 1; a stale report by a previous owner of
         // partition 0 and one from an expired lease do not count.
-        let brokers = vec![broker("b1", 1000, 1), broker("b0", 1000, 0), broker("b1", -1, 0)];
+        let brokers = vec![
+            broker("b1", 1000, 1),
+            broker("b0", 1000, 0),
+            broker("b1", -1, 0),
+        ];
         assert_eq!(
             count_partitions(&routes, &reported_offline(&brokers)),
             PartitionCounts {
