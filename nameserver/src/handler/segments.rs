@@ -442,4 +442,35 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn lost_ranges_need_an_operator_and_must_lie_inside_the_segment() {
+        use sluice_proto::v1::DamagedRange;
+        let lost = |start_offset, end_offset| DamagedRange {
+            start_offset,
+            end_offset,
+            detail: String::new(),
+        };
+        let mut segment = SegmentInfo {
+            segment_id: 7,
+            base_offset: 100,
+            ..SegmentInfo::default()
+        };
+        let mut request = CloseSegmentRequest {
+            end_offset: 4000,
+            ..CloseSegmentRequest::default()
+        };
+        assert!(check_lost_ranges(&segment, &request).is_ok());
+        request.lost_ranges = vec![lost(2980, 3000)];
+        assert!(
+            check_lost_ranges(&segment, &request).is_err(),
+            "no operator accepted the loss"
+        );
+        segment.data_loss_accepted = true;
+        assert!(check_lost_ranges(&segment, &request).is_ok());
+        for (start, end) in [(99, 200), (3990, 4001), (10, 10), (u64::MAX, 0)] {
+            request.lost_ranges = vec![lost(start, end)];
+            assert!(check_lost_ranges(&segment, &request).is_err(), "{start}..{end}");
+        }
+    }
 }
