@@ -298,7 +298,7 @@ mod tests {
         FencedCopy {
             replica,
             end_offset,
-            size_bytes: end_offset * 10,
+            size_bytes: end_offset.saturating_mul(10),
             max_timestamp_ms: end_offset as i64,
             damaged: damaged
                 .iter()
