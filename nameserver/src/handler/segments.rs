@@ -470,7 +470,10 @@ mod tests {
         assert!(check_lost_ranges(&segment, &request).is_ok());
         for (start, end) in [(99, 200), (3990, 4001), (10, 10), (u64::MAX, 0)] {
             request.lost_ranges = vec![lost(start, end)];
-            assert!(check_lost_ranges(&segment, &request).is_err(), "{start}..{end}");
+            assert!(
+                check_lost_ranges(&segment, &request).is_err(),
+                "{start}..{end}"
+            );
         }
     }
 }
