@@ -31,7 +31,7 @@ use crate::Shared;
 use futures::StreamExt;
 use sluice_proto::pressure::signed_drain_ms;
 use sluice_proto::v1::{
-    BacklogPolicy, DescribeSubscriptionRequest, DescribeSubscriptionResponse, InitialPosition,
+    BacklogPolicy, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
     ListSubscriptionsRequest, PressureLevel, SegmentState, Subscription, SubscriptionPartitionLag,
     TopicConfig,
 };
@@ -662,17 +662,19 @@ async fn cursor_position(
                     backlog: backlog_of_cursor(&acked, high_watermark),
                 }
             }
-            None => match subscription.initial_position() {
-                InitialPosition::Earliest => CursorPosition {
-                    mark_delete: log_start_offset,
-                    backlog: high_watermark.saturating_sub(log_start_offset),
-                },
-                // Pinned at the end when its first consumer comes.
-                InitialPosition::Latest => CursorPosition {
-                    mark_delete: high_watermark,
-                    backlog: 0,
-                },
-            },
+            None => {
+                // Where the first consumer will start.
+                let start = subscription::start::initial_offset(
+                    subscription,
+                    partition.key.partition,
+                    log_start_offset,
+                    high_watermark,
+                );
+                CursorPosition {
+                    mark_delete: start,
+                    backlog: high_watermark.saturating_sub(start),
+                }
+            }
         },
     )
 }

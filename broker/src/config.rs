@@ -7,7 +7,9 @@
 //! with where they went.
 
 use serde::{Deserialize, Serialize};
-use sluice_proto::limits::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES};
+use sluice_proto::limits::{
+    DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES, MAX_UNCOMPRESSED_RECORDS_BYTES,
+};
 use sluice_service::{ConfigError, MovedKey, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
@@ -102,6 +104,15 @@ pub struct ProduceConfig {
     pub max_in_flight_appends_per_partition: usize,
     /// Batch size limit for topics whose config does not set one. Default 8 MiB.
     pub max_batch_bytes: u32,
+    /// Largest size a compressed batch's records may decompress to, in
+    /// bytes. The broker decompresses every compressed batch once before
+    /// taking its offsets and refuses with CORRUPT_BATCH one that does not
+    /// decompress, decompresses to more than this (a decompression bomb)
+    /// or whose records are badly framed or not as many as its header
+    /// claims. Values above 64 MiB (`limits::MAX_UNCOMPRESSED_RECORDS_BYTES`,
+    /// what consumers decode) act as 64 MiB; 0 refuses every compressed
+    /// batch. Default 64 MiB.
+    pub max_decompressed_batch_bytes: u64,
     /// Idempotent producers remembered per partition (each with its last
     /// few batches, to recognise resends); beyond it the least recently
     /// used is forgotten, and a resend of its batches could then be
@@ -123,6 +134,7 @@ impl Default for ProduceConfig {
             partition_queue_bytes: 32 * 1024 * 1024,
             max_in_flight_appends_per_partition: 1024,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_decompressed_batch_bytes: MAX_UNCOMPRESSED_RECORDS_BYTES as u64,
             max_producer_states_per_partition: 10_000,
             producer_state_rebuild_bytes: 64 * 1024 * 1024,
         }
@@ -405,6 +417,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "max_in_flight_appends_per_partition",
     ),
     moved("max_batch_bytes", "produce", "max_batch_bytes"),
+    moved(
+        "max_decompressed_batch_bytes",
+        "produce",
+        "max_decompressed_batch_bytes",
+    ),
     moved(
         "max_producer_states_per_partition",
         "produce",

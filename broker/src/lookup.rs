@@ -597,9 +597,43 @@ pub async fn explain_message(
         name,
     )
     .await?;
+    if let Some(before) = before_start(&response, &definition, &partition.key, offset, name) {
+        response = ExplainMessageResponse {
+            mark_delete: response.mark_delete,
+            from_dispatcher: response.from_dispatcher,
+            ..before
+        };
+    }
     response.log_start_offset = status.log_start_offset;
     response.high_watermark = status.high_watermark;
     Ok(response)
+}
+
+/// A message the answer calls acknowledged that lies below where the
+/// subscription started on its partition (initial position latest, the
+/// start recorded at creation) was never delivered: it predates the
+/// subscription.
+fn before_start(
+    response: &ExplainMessageResponse,
+    definition: &sluice_proto::v1::Subscription,
+    key: &PartitionKey,
+    offset: u64,
+    name: &str,
+) -> Option<ExplainMessageResponse> {
+    if response.state() != MessageState::Acknowledged {
+        return None;
+    }
+    let start = subscription::start::recorded_start(definition, key.partition)?;
+    (offset < start).then(|| before_start_answer(key, name, start))
+}
+
+fn before_start_answer(key: &PartitionKey, name: &str, start: u64) -> ExplainMessageResponse {
+    answer(
+        MessageState::BeforeStart,
+        format!(
+            "produced before subscription {name:?} existed: it was created with initial position latest when {key} ended at offset {start}, so it starts there and never delivers this message"
+        ),
+    )
 }
 
 async fn explain_state(
@@ -675,6 +709,16 @@ async fn explain_state(
     };
     let now_ms = u64::try_from(sluice_proto::now_unix_ms()).unwrap_or(0);
     let Some(snapshot) = snapshot else {
+        // Where its first consumer will start.
+        let start = subscription::start::initial_offset(
+            definition,
+            key.partition,
+            status.log_start_offset,
+            status.high_watermark,
+        );
+        if offset < start {
+            return Ok(before_start_answer(key, name, start));
+        }
         if let Some(response) = unread_state(partition, &record, now_ms, name) {
             return Ok(response);
         }

@@ -122,7 +122,14 @@ fn submit_produce(
         return async move { (error_response(request_id, &error), size, key) }.boxed();
     }
     let max_batch_bytes = partition.max_batch_bytes(shared.config.produce.max_batch_bytes);
-    let header = match batch::validate(&produce.batch, max_batch_bytes) {
+    let max_decompressed_bytes =
+        usize::try_from(shared.config.produce.max_decompressed_batch_bytes).unwrap_or(usize::MAX);
+    // Compressed records are decompressed and walked here, once, so no
+    // batch whose records cannot be decoded takes offsets (issue 11).
+    let checked = batch::validate(&produce.batch, max_batch_bytes).and_then(|header| {
+        batch::validate_compressed(&produce.batch, &header, max_decompressed_bytes).map(|()| header)
+    });
+    let header = match checked {
         Ok(header) => header,
         Err(error) => {
             let error = BrokerError::Batch(error);

@@ -7,14 +7,16 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use sluice_client::{Admin, Producer, ProducerConfig, Subscriber, SubscriberConfig};
 use sluice_nameserver::config::TopicDefaults;
 use sluice_proto::batch::BatchIter;
 use sluice_proto::test_util;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{
-    CommitOffsetsRequest, CreateSegmentRequest, ListOffsetsRequest, ListSegmentsRequest,
-    OffsetSpec, PartitionOffset, TopicConfig,
+    CommitOffsetsRequest, CreateSegmentRequest, InitialPosition, ListOffsetsRequest,
+    ListSegmentsRequest, MessageState, OffsetSpec, PartitionOffset, Subscription, SubscriptionType,
+    TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::time::Duration;
@@ -805,5 +807,154 @@ async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
     );
     broker.stop.send_replace(true);
     let _ = broker.task.await;
+    cluster.stop().await;
+}
+
+/// A shared "latest" subscription of [`TOPIC`] named `name`, without
+/// start offsets (the SDK reads them).
+fn latest_subscription(name: &str) -> Subscription {
+    Subscription {
+        topic: TOPIC.to_string(),
+        name: name.to_string(),
+        r#type: SubscriptionType::Shared as i32,
+        initial_position: InitialPosition::Latest as i32,
+        ..Subscription::default()
+    }
+}
+
+async fn connect_subscriber(nameserver_url: &str, name: &str) -> Subscriber {
+    Subscriber::connect(SubscriberConfig {
+        client: client_config(nameserver_url),
+        ..SubscriberConfig::new(TOPIC, name)
+    })
+    .await
+    .expect("subscriber connects")
+}
+
+async fn start_producer(nameserver_url: &str) -> Producer {
+    Producer::new(ProducerConfig {
+        client: client_config(nameserver_url),
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer")
+}
+
+/// Issue 11 item 5: "latest" is where each partition ended when the
+/// subscription was created, not when its first consumer came. Created,
+/// then a, b, c produced, then consumed: all three arrive, nothing older;
+/// `message why` calls an older message BEFORE_START, not ACKNOWLEDGED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_subscription_gets_everything_produced_after_its_creation() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(directory.path()).await;
+    let url = cluster.nameserver_url.clone();
+    let broker = start_broker(&url).await;
+    let partitions = TopicConfig {
+        partitions: 2,
+        ..Default::default()
+    };
+    cluster.create_topic(TOPIC, partitions).await;
+    let producer = start_producer(&url).await;
+    let old = send_all(&producer, 0, &["old-1", "old-2"]).await;
+    send_all(&producer, 1, &["old-3"]).await;
+
+    let admin = Admin::connect(client_config(&url)).await.expect("admin");
+    let created = admin
+        .create_subscription(latest_subscription("q"))
+        .await
+        .expect("create");
+    assert_eq!(created.start_offsets, [2, 1]);
+    // What is produced after the creation, before any consumer.
+    let new = send_all(&producer, 0, &["a", "c"]).await;
+    send_all(&producer, 1, &["b"]).await;
+
+    let before = admin
+        .explain_message(TOPIC, 0, old[1], "q")
+        .await
+        .expect("why old-2");
+    assert_eq!(before.state(), MessageState::BeforeStart, "{before:?}");
+    let pending = admin
+        .explain_message(TOPIC, 0, new[0], "q")
+        .await
+        .expect("why a");
+    assert_eq!(pending.state(), MessageState::Pending, "{pending:?}");
+
+    let subscriber = connect_subscriber(&url, "q").await;
+    receive_exactly(&subscriber, &["a", "b", "c"]).await;
+    // With the dispatcher running, still not "acknowledged".
+    let before = admin
+        .explain_message(TOPIC, 0, old[0], "q")
+        .await
+        .expect("why old-1");
+    assert_eq!(before.state(), MessageState::BeforeStart, "{before:?}");
+
+    subscriber.close().await.expect("close");
+    producer.close().await.expect("close producer");
+    broker.stop_cleanly().await;
+    cluster.stop().await;
+}
+
+/// A latest subscription created while its partition has no owner (the
+/// broker replaced) waits for the next owner and records its end; one
+/// that cannot get it within the client's request timeout is not created
+/// (UNAVAILABLE, retriable). The recorded start survives a broker restart
+/// before the first consumer comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_subscription_created_while_the_owner_moves_starts_at_its_creation() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(directory.path()).await;
+    let url = cluster.nameserver_url.clone();
+    let broker = start_broker(&url).await;
+    cluster.create_one_partition_topic().await;
+    let producer = start_producer(&url).await;
+    send_all(&producer, 0, &["old-1", "old-2", "old-3"]).await;
+    producer.close().await.expect("close producer");
+    broker.stop_cleanly().await;
+
+    // Nobody owns the partition: given up after the timeout, nothing made.
+    let impatient = Admin::connect(sluice_client::ClientConfig {
+        request_timeout_ms: 300,
+        ..client_config(&url)
+    })
+    .await
+    .expect("admin");
+    let error = impatient
+        .create_subscription(latest_subscription("impatient"))
+        .await
+        .expect_err("no owner to read the end from");
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    assert!(error.to_string().contains("was not created"), "{error}");
+    let missing = impatient
+        .get_subscription(TOPIC, "impatient")
+        .await
+        .expect_err("not created");
+    assert_eq!(missing.code(), Some(ErrorCode::UnknownSubscription));
+
+    // Started while nobody owns it, finished once the replacement took
+    // over: the end of what the previous owner acknowledged.
+    let admin = Admin::connect(client_config(&url)).await.expect("admin");
+    let creating = tokio::spawn(async move {
+        admin
+            .create_subscription(latest_subscription("q"))
+            .await
+            .expect("created once the new owner serves")
+    });
+    let replacement = start_broker(&url).await;
+    let created = creating.await.expect("creation task");
+    assert_eq!(created.start_offsets, [3]);
+
+    let producer = start_producer(&url).await;
+    send_all(&producer, 0, &["a", "b", "c"]).await;
+    producer.close().await.expect("close producer");
+    // Restarted before any consumer came: the start is the recorded one,
+    // not the end when the first consumer comes.
+    replacement.stop_cleanly().await;
+    let broker = start_broker(&url).await;
+    let subscriber = connect_subscriber(&url, "q").await;
+    receive_exactly(&subscriber, &["a", "b", "c"]).await;
+
+    subscriber.close().await.expect("close");
+    broker.stop_cleanly().await;
     cluster.stop().await;
 }

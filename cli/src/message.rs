@@ -207,6 +207,7 @@ fn state_name(state: MessageState) -> &'static str {
         MessageState::Expired => "EXPIRED",
         MessageState::DeadLettered => "DEAD_LETTERED",
         MessageState::Delayed => "DELAYED",
+        MessageState::BeforeStart => "BEFORE_START",
     }
 }
 

@@ -89,7 +89,8 @@ impl SelectorKindArg {
 pub enum InitialPositionArg {
     /// The first retained message.
     Earliest,
-    /// Messages produced after the subscription is created.
+    /// Messages produced after the subscription is created (it records
+    /// each partition's end at creation).
     Latest,
 }
 
@@ -179,6 +180,8 @@ impl CreateSubscriptionArgs {
                 Some(BacklogPolicyArg::Reject) => BacklogPolicy::Reject,
                 Some(BacklogPolicyArg::Evict) => BacklogPolicy::Evict,
             } as i32,
+            // "latest": the SDK reads each partition's end before creating.
+            start_offsets: Vec::new(),
         }
     }
 }
@@ -335,12 +338,36 @@ fn subscription_quota_text(subscription: &Subscription) -> String {
     )
 }
 
+/// Start offsets shown by `describe`; more partitions are counted.
+const SHOWN_START_OFFSETS: usize = 8;
+
+/// "latest", with where each partition starts when it was recorded at
+/// creation.
+fn latest_text(start_offsets: &[u64]) -> String {
+    if start_offsets.is_empty() {
+        return "latest".to_string();
+    }
+    let shown: Vec<String> = start_offsets
+        .iter()
+        .take(SHOWN_START_OFFSETS)
+        .enumerate()
+        .map(|(partition, offset)| format!("{partition}:{offset}"))
+        .collect();
+    let more = start_offsets.len().saturating_sub(SHOWN_START_OFFSETS);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("latest (from partition:offset {}{more})", shown.join(" "))
+}
+
 /// Every setting, one per line.
 fn describe(subscription: &Subscription) -> String {
     let initial_position = match InitialPosition::try_from(subscription.initial_position) {
-        Ok(InitialPosition::Earliest) => "earliest",
-        Ok(InitialPosition::Latest) => "latest",
-        Err(_) => "unknown",
+        Ok(InitialPosition::Earliest) => "earliest".to_string(),
+        Ok(InitialPosition::Latest) => latest_text(&subscription.start_offsets),
+        Err(_) => "unknown".to_string(),
     };
     let dead_letters = if subscription.max_deliveries == 0 {
         "never (max deliveries 0)".to_string()
@@ -355,7 +382,7 @@ fn describe(subscription: &Subscription) -> String {
         ("subscription", subscription.name.clone()),
         ("type", type_name(subscription.r#type).to_string()),
         ("selector", selector_text(subscription)),
-        ("initial position", initial_position.to_string()),
+        ("initial position", initial_position),
         ("ack timeout ms", subscription.ack_timeout_ms.to_string()),
         (
             "redelivery backoff ms",
@@ -677,6 +704,15 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
+        assert_eq!(latest_text(&[]), "latest");
+        assert_eq!(
+            latest_text(&[2, 0, u64::MAX]),
+            format!("latest (from partition:offset 0:2 1:0 2:{})", u64::MAX)
+        );
+        assert_eq!(
+            latest_text(&[7; 10]),
+            "latest (from partition:offset 0:7 1:7 2:7 3:7 4:7 5:7 6:7 7:7 and 2 more)"
+        );
         let listed = table(
             &["NAME", "TYPE"],
             &[vec!["billing".to_string(), "shared".to_string()]],

@@ -150,6 +150,13 @@ impl Admin {
     /// A selector that does not parse fails with `INVALID_SELECTOR` and the
     /// column in the message.
     ///
+    /// A new subscription starting at "latest" (the default initial
+    /// position) without `start_offsets` starts at the end each partition
+    /// has when it is created: each owner is asked for its high watermark
+    /// first (again while an owner moves, up to the client's
+    /// `request_timeout_ms`; after that nothing is created and the call
+    /// fails with the retriable `UNAVAILABLE`).
+    ///
     /// ```no_run
     /// use sluice_proto::v1::{SelectorKind, Subscription, SubscriptionType};
     /// # async fn demo(admin: &sluice_client::Admin) -> Result<(), sluice_client::ClientError> {
@@ -180,15 +187,7 @@ impl Admin {
                 subscription.name
             ))
         })?;
-        let request = v1::CreateSubscriptionRequest {
-            subscription: Some(subscription),
-        };
-        self.cluster
-            .call_nameserver("CreateSubscription", |mut client| {
-                let request = request.clone();
-                async move { client.create_subscription(request).await }
-            })
-            .await
+        crate::subscription_create::create_subscription(&self.cluster, subscription).await
     }
 
     /// One subscription of `topic` (`UNKNOWN_SUBSCRIPTION` if it has none
@@ -798,7 +797,7 @@ fn partition_writable(partition: &v1::PartitionDescription) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::FakeNameServer;
+    use crate::testing::{FakeBroker, FakeNameServer};
 
     #[tokio::test]
     async fn admin_fails_over_to_a_live_nameserver() {
@@ -853,9 +852,70 @@ mod tests {
         ));
     }
 
+    /// A partition without an owner: a new "latest" subscription is not
+    /// created (its start there is unknown), an existing one is returned
+    /// without asking the owners.
+    #[tokio::test]
+    async fn a_latest_subscription_needs_every_partition_end_only_when_new() {
+        let broker = FakeBroker::default();
+        let broker_address = broker.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("orders".into(), vec![broker_address, String::new()]);
+        let existing = v1::Subscription {
+            topic: "orders".to_string(),
+            name: "existing".to_string(),
+            ..v1::Subscription::default()
+        };
+        let stored = v1::Subscription {
+            start_offsets: vec![3, 4],
+            created_at_ms: 1,
+            ..existing.clone()
+        };
+        nameserver.lock().subscriptions.insert(
+            ("orders".to_string(), "existing".to_string()),
+            stored.clone(),
+        );
+        let address = nameserver.start().await;
+        let admin = Admin::connect(ClientConfig {
+            bootstrap: vec![address],
+            request_timeout_ms: 200,
+            ..ClientConfig::default()
+        })
+        .await
+        .expect("connect");
+        let error = admin
+            .create_subscription(v1::Subscription {
+                name: "new".to_string(),
+                ..existing.clone()
+            })
+            .await
+            .expect_err("partition 1 has no owner");
+        assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+        assert!(error.to_string().contains("partition 1"), "{error}");
+        assert!(!nameserver
+            .lock()
+            .subscriptions
+            .contains_key(&("orders".to_string(), "new".to_string())));
+        assert_eq!(
+            admin.create_subscription(existing).await.expect("existing"),
+            stored
+        );
+    }
+
     #[tokio::test]
     async fn subscriptions_are_created_listed_and_deleted() {
+        let broker = FakeBroker::default();
+        let broker_address = broker.start().await;
+        broker.lock().next_offset.insert(("orders".into(), 0), 5);
+        broker.lock().next_offset.insert(("orders".into(), 1), 7);
         let nameserver = FakeNameServer::default();
+        nameserver.lock().routes.insert(
+            "orders".into(),
+            vec![broker_address.clone(), broker_address.clone()],
+        );
         let address = nameserver.start().await;
         let admin = Admin::connect(ClientConfig {
             bootstrap: vec![address],
@@ -874,6 +934,11 @@ mod tests {
             .await
             .expect("created");
         assert_eq!(created.name, "billing");
+        // "latest": where each partition ended when it was created.
+        assert_eq!(created.start_offsets, [5, 7]);
+        // The same settings return the stored record, whatever the ends
+        // are now.
+        broker.lock().next_offset.insert(("orders".into(), 0), 9);
         assert_eq!(
             admin
                 .create_subscription(billing.clone())

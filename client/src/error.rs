@@ -36,6 +36,23 @@ pub enum ClientError {
     /// Data from the server could not be decoded (corrupt batch).
     #[error("cannot decode data from the server: {0}")]
     Decode(String),
+    /// A stored batch whose records cannot be decoded (a poison batch a
+    /// producer wrote past an older broker, or straight to a store): it
+    /// takes the offsets `base_offset..end_offset` of `topic`/`partition`
+    /// and reading it again gives the same error. The consumer stops the
+    /// partition at it (after every record before it), unless
+    /// `ConsumerConfig::on_corrupt_batch` skips such batches; to go on,
+    /// seek the partition to `end_offset`.
+    #[error("{topic}/{partition}: the batch at offsets {base_offset}..{end_offset} cannot be decoded ({reason}); seek to {end_offset} to skip it")]
+    CorruptBatch {
+        topic: String,
+        partition: u32,
+        /// Offset of the batch's first record.
+        base_offset: u64,
+        /// One past the batch's last offset: where to seek to skip it.
+        end_offset: u64,
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -55,7 +72,8 @@ impl ClientError {
             ClientError::NoNameserver { .. }
             | ClientError::InvalidArgument(_)
             | ClientError::Closed
-            | ClientError::Decode(_) => false,
+            | ClientError::Decode(_)
+            | ClientError::CorruptBatch { .. } => false,
         }
     }
 

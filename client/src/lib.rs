@@ -99,12 +99,13 @@ mod fast_hash;
 pub mod lag;
 mod producer;
 mod subscriber;
+mod subscription_create;
 #[cfg(test)]
 mod testing;
 
 pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartOffset};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
 pub use error::ClientError;
 pub use lag::SubscriptionLag;
 pub use producer::{

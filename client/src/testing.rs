@@ -991,8 +991,10 @@ impl name_server_server::NameServer for FakeNameServer {
         let key = (subscription.topic.clone(), subscription.name.clone());
         let mut state = self.lock();
         if let Some(stored) = state.subscriptions.get(&key) {
+            // Neither is a setting (as at the real nameserver).
             let same = Subscription {
                 created_at_ms: stored.created_at_ms,
+                start_offsets: stored.start_offsets.clone(),
                 ..subscription
             };
             if &same == stored {

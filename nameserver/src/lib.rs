@@ -17,6 +17,7 @@ pub mod keys;
 pub mod metadata;
 mod placement;
 mod service;
+pub mod subscription_start;
 pub mod subscriptions;
 
 pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};

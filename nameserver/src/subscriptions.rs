@@ -10,9 +10,11 @@ use crate::error::NameServerError;
 use crate::handler::{invalid, now_ms, NameServerHandler};
 use crate::keys;
 use crate::metadata::{Compare, MetadataError, Put, Transaction};
+use crate::subscription_start::{check_start_offsets, closed_ends};
 use sluice_proto::names::{SubscriptionName, TopicName};
 use sluice_proto::v1::{
-    CreateTopicRequest, InitialPosition, SelectorKind, Subscription, SubscriptionType, TopicConfig,
+    CreateTopicRequest, InitialPosition, SelectorKind, Subscription, SubscriptionType, Topic,
+    TopicConfig,
 };
 
 /// Ack timeout used when a subscription is created with 0, in milliseconds.
@@ -210,6 +212,8 @@ pub fn complete_subscription(given: Subscription) -> Result<Subscription, NameSe
         backlog_quota_messages: given.backlog_quota_messages,
         backlog_quota_age_ms: given.backlog_quota_age_ms,
         backlog_policy: validate_backlog_policy(given.backlog_policy)?,
+        // Checked against the topic's partitions when it is created.
+        start_offsets: given.start_offsets,
     })
 }
 
@@ -246,7 +250,8 @@ fn initial_position_name(value: i32) -> String {
 
 /// The settings in which `stored` and `requested` differ, as
 /// `field (stored X, requested Y)`; empty when they are the same.
-/// `created_at_ms` is not a setting.
+/// `created_at_ms` and `start_offsets` are not settings (each creator
+/// resolves the latter at its own moment).
 pub fn differences(stored: &Subscription, requested: &Subscription) -> Vec<String> {
     let mut differences = Vec::new();
     let mut compare = |field: &str, stored: String, requested: String| {
@@ -358,11 +363,40 @@ impl NameServerHandler {
     /// The topic's key and create revision (its incarnation), or
     /// UNKNOWN_TOPIC.
     async fn topic_incarnation(&self, topic: &str) -> Result<(String, i64), NameServerError> {
+        let (key, revision, _) = self.topic_record(topic).await?;
+        Ok((key, revision))
+    }
+
+    /// The topic's key, create revision and record, or UNKNOWN_TOPIC.
+    async fn topic_record(&self, topic: &str) -> Result<(String, i64, Topic), NameServerError> {
         let key = keys::topic(topic);
         match self.store.get(&key).await? {
-            Some(entry) => Ok((key, entry.create_revision)),
+            Some(entry) => {
+                let record = keys::decode(&key, &entry.value)?;
+                Ok((key, entry.create_revision, record))
+            }
             None => Err(NameServerError::UnknownTopic(topic.to_string())),
         }
+    }
+
+    /// The `start_offsets` to record (the request's were checked with
+    /// `check_start_offsets`): none for EARLIEST, the requested ones for
+    /// LATEST, or the partitions' closed ends (a lower bound of the log's
+    /// end, see `subscription_start`) when the request has none.
+    async fn start_offsets(
+        &self,
+        requested: &Subscription,
+        partitions: u32,
+    ) -> Result<Vec<u64>, NameServerError> {
+        if requested.initial_position() != InitialPosition::Latest
+            || !requested.start_offsets.is_empty()
+        {
+            return Ok(requested.start_offsets.clone());
+        }
+        let segments = self
+            .segments_of(&keys::segments_of_topic(&requested.topic))
+            .await?;
+        Ok(closed_ends(&segments, partitions))
     }
 
     async fn read_subscription(
@@ -407,7 +441,13 @@ impl NameServerHandler {
     ) -> Result<Subscription, NameServerError> {
         let given = given.ok_or_else(|| invalid("CreateSubscription needs a subscription"))?;
         let requested = complete_subscription(given)?;
-        let (topic_key, topic_revision) = self.topic_incarnation(&requested.topic).await?;
+        let (topic_key, topic_revision, topic) = self.topic_record(&requested.topic).await?;
+        let partitions = topic.config.map_or(0, |config| config.partitions);
+        check_start_offsets(
+            requested.initial_position(),
+            &requested.start_offsets,
+            partitions,
+        )?;
         if let Some(stored) = self
             .read_subscription(&requested.topic, &requested.name)
             .await?
@@ -436,6 +476,7 @@ impl NameServerHandler {
         }
         let subscription = Subscription {
             created_at_ms: now_ms(),
+            start_offsets: self.start_offsets(&requested, partitions).await?,
             ..requested.clone()
         };
         let key = keys::subscription(&requested.topic, &requested.name);

@@ -14,8 +14,8 @@ use sluice_nameserver::subscriptions::{
 use sluice_proto::limits::MAX_NAME_BYTES;
 use sluice_proto::v1::{
     CreateSubscriptionRequest, DeleteSubscriptionRequest, DeleteTopicRequest, DescribeTopicRequest,
-    GetSubscriptionRequest, InitialPosition, ListSubscriptionsRequest, SelectorKind, Subscription,
-    SubscriptionType,
+    GetSubscriptionRequest, InitialPosition, ListSubscriptionsRequest, SegmentInfo, SegmentState,
+    SelectorKind, Subscription, SubscriptionType,
 };
 use sluice_proto::ErrorCode;
 use std::sync::Arc;
@@ -770,5 +770,132 @@ async fn two_nameservers_creating_at_once_write_once() {
             one
         );
     }
+    cluster.stop().await;
+}
+
+/// Writes a segment record as the owner's calls would have left it.
+async fn put_segment(
+    store: &dyn MetadataStore,
+    (partition, segment_id): (u32, u64),
+    state: SegmentState,
+    (base_offset, end_offset): (u64, u64),
+) {
+    let key = sluice_nameserver::keys::segment("orders", partition, segment_id);
+    let segment = SegmentInfo {
+        segment_id,
+        topic: "orders".to_string(),
+        partition,
+        state: state as i32,
+        base_offset,
+        end_offset,
+        ..SegmentInfo::default()
+    };
+    store
+        .put(&key, sluice_nameserver::keys::encode(&segment), None)
+        .await
+        .expect("put segment");
+}
+
+/// Issue 11: "latest" is where each partition ended when the subscription
+/// was created, recorded with it. The SDK sends the high watermarks; a
+/// request without them gets the ends of the last closed segments (never
+/// an open segment's base, which a segment prepared ahead of a roll can
+/// put above what was acknowledged).
+#[tokio::test]
+async fn latest_records_where_each_partition_starts() {
+    let cluster = with_orders(Fixture::embedded()).await;
+    let store = cluster.metadata_store().await;
+    let mut client = cluster.client();
+    put_segment(store.as_ref(), (0, 1), SegmentState::Closed, (0, 10)).await;
+    put_segment(store.as_ref(), (0, 2), SegmentState::Closed, (10, 25)).await;
+    put_segment(store.as_ref(), (0, 3), SegmentState::Open, (25, 0)).await;
+    put_segment(store.as_ref(), (1, 4), SegmentState::Open, (0, 0)).await;
+    put_segment(store.as_ref(), (1, 5), SegmentState::Open, (40, 0)).await;
+
+    let latest = subscription("orders", "latest", SubscriptionType::Shared);
+    let created = create(&mut client, latest.clone()).await.expect("create");
+    assert_eq!(created.start_offsets, [25, 0]);
+    assert_eq!(
+        get(&mut client, "orders", "latest")
+            .await
+            .expect("get")
+            .start_offsets,
+        [25, 0]
+    );
+    // Another creator's ends are not a different setting: the stored
+    // record comes back unchanged.
+    let again = create(
+        &mut client,
+        Subscription {
+            start_offsets: vec![99, 99],
+            ..latest
+        },
+    )
+    .await
+    .expect("create again");
+    assert_eq!(again, created);
+
+    let given = create(
+        &mut client,
+        Subscription {
+            start_offsets: vec![30, sluice_proto::limits::MAX_OFFSET],
+            ..subscription("orders", "given", SubscriptionType::Shared)
+        },
+    )
+    .await
+    .expect("create with the ends given");
+    assert_eq!(given.start_offsets, [30, sluice_proto::limits::MAX_OFFSET]);
+
+    let earliest = create(
+        &mut client,
+        Subscription {
+            initial_position: InitialPosition::Earliest as i32,
+            ..subscription("orders", "earliest", SubscriptionType::Shared)
+        },
+    )
+    .await
+    .expect("create earliest");
+    assert!(earliest.start_offsets.is_empty());
+
+    for (what, start_offsets, initial_position, fragment) in [
+        ("too few", vec![1], InitialPosition::Latest, "2 partitions"),
+        (
+            "too many",
+            vec![1, 2, 3],
+            InitialPosition::Latest,
+            "3 entries",
+        ),
+        (
+            "beyond the largest offset",
+            vec![0, u64::MAX],
+            InitialPosition::Latest,
+            "start_offsets[1]",
+        ),
+        (
+            "with earliest",
+            vec![0, 0],
+            InitialPosition::Earliest,
+            "INITIAL_POSITION_LATEST",
+        ),
+    ] {
+        expect_refused(
+            what,
+            create(
+                &mut client,
+                Subscription {
+                    start_offsets,
+                    initial_position: initial_position as i32,
+                    ..subscription("orders", "refused", SubscriptionType::Shared)
+                },
+            )
+            .await,
+            ErrorCode::InvalidArgument,
+            fragment,
+        );
+    }
+    let status = get(&mut client, "orders", "refused")
+        .await
+        .expect_err("nothing refused was stored");
+    assert_eq!(code(&status), ErrorCode::UnknownSubscription, "{status}");
     cluster.stop().await;
 }

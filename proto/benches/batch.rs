@@ -6,7 +6,10 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sluice_proto::batch::{assign, decode, validate, BatchBuilder, Compression, RecordData};
+use sluice_proto::batch::{
+    assign, decode, validate, validate_compressed, BatchBuilder, Compression, RecordData,
+};
+use sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 use std::hint::black_box;
 
 const RECORDS: usize = 100;
@@ -42,15 +45,25 @@ fn codec(criterion: &mut Criterion) {
             bencher.iter(|| black_box(decode(&batch, 64 << 20).expect("valid batch")))
         });
     }
-    let batch = build(Compression::None);
-    group.bench_function("broker_validate_and_assign/none", |bencher| {
-        bencher.iter(|| {
-            validate(&batch, 64 << 20).expect("valid batch");
-            let mut copy = BytesMut::from(&batch[..]);
-            assign(&mut copy, 42, 1);
-            black_box(copy.freeze())
-        })
-    });
+    // What the broker's produce path does to each batch: header, CRC and
+    // records (compressed ones decompressed once), then the offsets.
+    for (name, compression) in [
+        ("none", Compression::None),
+        ("lz4", Compression::Lz4),
+        ("zstd", Compression::Zstd),
+    ] {
+        let batch = build(compression);
+        group.bench_function(format!("broker_validate_and_assign/{name}"), |bencher| {
+            bencher.iter(|| {
+                let header = validate(&batch, 64 << 20).expect("valid batch");
+                validate_compressed(&batch, &header, MAX_UNCOMPRESSED_RECORDS_BYTES)
+                    .expect("valid records");
+                let mut copy = BytesMut::from(&batch[..]);
+                assign(&mut copy, 42, 1);
+                black_box(copy.freeze())
+            })
+        });
+    }
     group.finish();
 }
 

@@ -35,20 +35,22 @@
 
 use crate::limits::{MAX_OFFSET, MAX_RECORDS_PER_BATCH, MAX_UNCOMPRESSED_RECORDS_BYTES};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::io::Read;
+
+mod validate_compressed;
+pub use validate_compressed::{validate_compressed, validate_records};
 
 pub const MAGIC: u8 = 1;
 /// Bytes of the fixed batch header.
 pub const HEADER_BYTES: usize = 57;
 
 const BASE_OFFSET_AT: usize = 0;
-const BATCH_LENGTH_AT: usize = 8;
+pub(crate) const BATCH_LENGTH_AT: usize = 8;
 const WRITER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
-const CRC_AT: usize = 17;
-const CRC_COVERS_FROM: usize = 21;
-const ATTRIBUTES_AT: usize = 21;
-const RECORD_COUNT_AT: usize = 23;
+pub(crate) const CRC_AT: usize = 17;
+pub(crate) const CRC_COVERS_FROM: usize = 21;
+pub(crate) const ATTRIBUTES_AT: usize = 21;
+pub(crate) const RECORD_COUNT_AT: usize = 23;
 const FIRST_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
 const PRODUCER_ID_AT: usize = 43;
@@ -78,12 +80,32 @@ pub enum BatchError {
     BadAttributes(u16),
     #[error("record {index} is malformed: {reason}")]
     BadRecord { index: u32, reason: &'static str },
-    #[error("records decompress to more than {MAX_UNCOMPRESSED_RECORDS_BYTES} bytes")]
-    DecompressionBomb,
+    #[error(
+        "records decompress to more than {limit_bytes} bytes, the limit (a decompression bomb?)"
+    )]
+    DecompressionBomb { limit_bytes: usize },
     #[error("records failed to decompress: {0}")]
     Decompression(String),
     #[error("batch holds {actual} records, header says {declared}")]
     RecordCountMismatch { declared: u32, actual: u32 },
+}
+
+impl BatchError {
+    /// True when the batch itself is sound (header and CRC check out, so
+    /// its offsets are known and it is stored as its producer sent it) but
+    /// its records cannot be decoded: bad framing, a block that does not
+    /// decompress or decompresses past the limit, a record count that
+    /// lies. Reading it again gives the same answer; a consumer can only
+    /// stop at it or skip exactly its offsets.
+    pub fn is_undecodable_records(&self) -> bool {
+        matches!(
+            self,
+            BatchError::BadRecord { .. }
+                | BatchError::DecompressionBomb { .. }
+                | BatchError::Decompression(_)
+                | BatchError::RecordCountMismatch { .. }
+        )
+    }
 }
 
 /// Compression of a batch's records section.
@@ -108,7 +130,7 @@ impl Compression {
         }
     }
 
-    fn attributes(self) -> u16 {
+    pub(crate) fn attributes(self) -> u16 {
         match self {
             Compression::None => 0,
             Compression::Lz4 => 1,
@@ -665,33 +687,7 @@ fn parse_record_body<'a, T>(
 }
 
 fn decompress(compression: Compression, compressed: &[u8]) -> Result<Vec<u8>, BatchError> {
-    match compression {
-        Compression::None => Ok(compressed.to_vec()),
-        Compression::Lz4 => {
-            if compressed.len() < 4 {
-                return Err(BatchError::Decompression("lz4 block too short".into()));
-            }
-            let declared = read_u32(compressed, 0) as usize;
-            if declared > MAX_UNCOMPRESSED_RECORDS_BYTES {
-                return Err(BatchError::DecompressionBomb);
-            }
-            lz4_flex::block::decompress_size_prepended(compressed)
-                .map_err(|error| BatchError::Decompression(error.to_string()))
-        }
-        Compression::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(compressed)
-                .map_err(|error| BatchError::Decompression(error.to_string()))?;
-            let mut output = Vec::new();
-            decoder
-                .take(MAX_UNCOMPRESSED_RECORDS_BYTES as u64 + 1)
-                .read_to_end(&mut output)
-                .map_err(|error| BatchError::Decompression(error.to_string()))?;
-            if output.len() > MAX_UNCOMPRESSED_RECORDS_BYTES {
-                return Err(BatchError::DecompressionBomb);
-            }
-            Ok(output)
-        }
-    }
+    validate_compressed::decompress_bounded(compression, compressed, MAX_UNCOMPRESSED_RECORDS_BYTES)
 }
 
 /// Decodes every record of one batch, checking the CRC first. Keys and
@@ -743,6 +739,11 @@ pub fn decode_selected(
             };
             let _timestamp_delta = peek.zigzag()?;
             let offset_delta = peek.varint()?;
+            if offset_delta != u64::from(index) {
+                // Any other delta would put the record outside the
+                // offsets the batch takes, or two records at one offset.
+                return Err(peek.fail("offset delta is not the record's index in the batch"));
+            }
             if !wanted(header.base_offset.wrapping_add(offset_delta)) {
                 skipped += 1;
                 continue;
@@ -971,7 +972,9 @@ mod tests {
         forged[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode(&Bytes::from(forged), 1 << 20).unwrap_err(),
-            BatchError::DecompressionBomb
+            BatchError::DecompressionBomb {
+                limit_bytes: MAX_UNCOMPRESSED_RECORDS_BYTES
+            }
         );
     }
 

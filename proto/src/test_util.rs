@@ -2,6 +2,8 @@
 //! dev-dependencies only): record batches built from values, and
 //! [`eventually`] for conditions a test waits for.
 
+pub mod poison;
+
 use crate::batch::{assign, BatchBuilder, Compression, RecordData};
 use bytes::Bytes;
 use std::future::Future;

@@ -21,5 +21,5 @@ mod signal;
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
-pub use server::{grpc_server, incoming};
+pub use server::{grpc_server, incoming, Incoming};
 pub use signal::shutdown_signal;

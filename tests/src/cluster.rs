@@ -8,6 +8,7 @@
 //! --bins`). A missing binary fails the test with that instruction.
 
 use crate::etcd::{free_port, EtcdCluster};
+use crate::small_fs::SmallFilesystem;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -238,6 +239,10 @@ pub struct ClusterSpec {
     /// Stores start with this `RLIMIT_NOFILE` (soft and hard). Default
     /// `None`: inherited.
     pub store_file_limit: Option<u64>,
+    /// Give each store its own `tmpfs` of this many bytes as its data
+    /// directory ([`SmallFilesystem`]; needs root), so a test can fill
+    /// one store's disk. Default `None`: the cluster's temp directory.
+    pub store_filesystem_bytes: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -266,6 +271,7 @@ impl Default for ClusterSpec {
             broker_config: String::new(),
             store_config: String::new(),
             store_file_limit: None,
+            store_filesystem_bytes: None,
         }
     }
 }
@@ -277,6 +283,9 @@ pub struct Cluster {
     pub brokers: Vec<Service>,
     pub stores: Vec<Service>,
     pub spec: ClusterSpec,
+    /// Each store's own file system (with `store_filesystem_bytes`);
+    /// after the services, so they are gone before it is unmounted.
+    store_filesystems: Vec<SmallFilesystem>,
     directory: tempfile::TempDir,
 }
 
@@ -292,8 +301,14 @@ impl Cluster {
             brokers: Vec::new(),
             stores: Vec::new(),
             spec: spec.clone(),
+            store_filesystems: Vec::new(),
             directory,
         };
+        if let Some(bytes) = spec.store_filesystem_bytes {
+            cluster.store_filesystems = (0..spec.stores)
+                .map(|_| SmallFilesystem::mount(bytes))
+                .collect();
+        }
         for index in 0..spec.nameservers {
             let service = cluster.make_service(ServiceKind::Nameserver, index);
             cluster.nameservers.push(service);
@@ -356,7 +371,10 @@ impl Cluster {
                     .map(|nameserver| format!("\"{}\"", nameserver.url()))
                     .collect();
                 let body = if kind == ServiceKind::Store {
-                    let data = self.directory.path().join(&node_id).join("data");
+                    let data = match self.store_filesystems.get(index) {
+                        Some(filesystem) => filesystem.path().join("data"),
+                        None => self.directory.path().join(&node_id).join("data"),
+                    };
                     let own = format!(
                         "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n\
                          data_dir = \"{}\"\n",
@@ -498,6 +516,11 @@ impl Cluster {
         }
         self.dump_logs();
         panic!("cluster not ready within {READY_TIMEOUT_MS} ms: {last}");
+    }
+
+    /// Store `index`'s own file system, with `store_filesystem_bytes`.
+    pub fn store_filesystem(&self, index: usize) -> Option<&SmallFilesystem> {
+        self.store_filesystems.get(index)
     }
 
     /// Directory holding every service's config, log and data.

@@ -1,6 +1,8 @@
 //! Process-level chaos test: a short seeded schedule of at least 10 faults
 //! (kill -9 of stores, of partition owners and of the active nameserver,
-//! SIGSTOP of an owner beyond its lease, network cuts, graceful restarts)
+//! SIGSTOP of an owner beyond its lease, network cuts, graceful restarts,
+//! a store's disk filled, a store's file handles used up by idle
+//! connections)
 //! while producers write unique values and a consumer group commits; then
 //! heal, drain every partition from 0 and check the history. Every anomaly
 //! count must be zero.

@@ -257,3 +257,45 @@ async fn subscription_commands_against_a_cluster() {
         3
     );
 }
+
+/// Issue 11 item 5, as reported: `subscription create t1 q`, then a, b, c
+/// produced, then `consume --subscription q` gets all three (the start
+/// is where the partition ended at the creation, not when the first
+/// consumer came), and `message why` calls an older message BEFORE_START.
+#[tokio::test]
+async fn a_new_subscription_gets_what_is_produced_after_its_creation() {
+    let cluster = Cluster::start(ClusterSpec::default()).await;
+    cluster.create_topic("t1", 1).await;
+    ok(&cluster, &["produce", "t1", "old"]);
+
+    let created = ok(
+        &cluster,
+        &["subscription", "create", "t1", "q", "--type", "shared"],
+    );
+    assert!(
+        created.contains("initial position:      latest (from partition:offset 0:1)"),
+        "{created}"
+    );
+    for value in ["a", "b", "c"] {
+        ok(&cluster, &["produce", "t1", value]);
+    }
+    // One partition, delivered in offset order: "old" would come first.
+    let consumed = ok(
+        &cluster,
+        &[
+            "consume",
+            "t1",
+            "--subscription",
+            "q",
+            "--max-messages",
+            "3",
+        ],
+    );
+    assert_eq!(consumed.lines().collect::<Vec<_>>(), ["a", "b", "c"]);
+    let why = ok(
+        &cluster,
+        &["message", "why", "t1", "0", "0", "--subscription", "q"],
+    );
+    assert!(why.starts_with("BEFORE_START: "), "{why}");
+    assert!(why.contains("before subscription \"q\" existed"), "{why}");
+}

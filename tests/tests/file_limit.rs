@@ -107,3 +107,70 @@ async fn read_all(cluster: &Cluster) -> HashMap<String, Vec<u64>> {
         })
         .collect()
 }
+
+/// Idle connections use up the store's file limit (the finding: 1,100 idle
+/// connections made a checkpoint fail with "too many open files" and the
+/// store refused writes until restarted). While they are open the store
+/// may refuse what needs a new file, with a clear error; once they close,
+/// everything works again without a restart, and what was acknowledged
+/// before is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_out_of_file_handles_recovers_by_itself_when_connections_close() {
+    let mut cluster = Cluster::start(ClusterSpec {
+        store_file_limit: Some(FILE_LIMIT),
+        ..ClusterSpec::default()
+    })
+    .await;
+    cluster.create_topic("before", 1).await;
+    let before: Vec<Record> = (0..50u64)
+        .map(|value| Record::new("before", Bytes::from(value.to_string())))
+        .collect();
+    cluster.produce_acknowledged(before).await;
+
+    let address = cluster.stores[0]
+        .url()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut idle = Vec::new();
+    for _ in 0..FILE_LIMIT * 2 {
+        match tokio::net::TcpStream::connect(&address).await {
+            Ok(stream) => idle.push(stream),
+            Err(_) => break,
+        }
+    }
+    // Let the store accept what it can and run into its limit: several
+    // checkpoints (every 200 ms) and a new topic needing new files.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_topic(
+            "during",
+            sluice_proto::v1::TopicConfig {
+                partitions: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the nameserver creates the topic");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        cluster.stores[0].is_running(),
+        "the store died at its file limit"
+    );
+    drop(idle);
+
+    sluice_tests::cluster::wait_until_writable(cluster.client_config(), "during").await;
+    let after: Vec<Record> = ["before", "during"]
+        .iter()
+        .flat_map(|topic| {
+            (50..60u64).map(move |value| Record::new(*topic, Bytes::from(value.to_string())))
+        })
+        .collect();
+    cluster.produce_acknowledged(after).await;
+    let status = admin.cluster_status().await.expect("cluster status");
+    let load = status.stores[0].load.clone().expect("store load");
+    assert!(load.healthy, "healthy again without a restart: {load:?}");
+    assert!(cluster.stores[0].is_running());
+}

@@ -193,6 +193,9 @@ pub struct Counters {
     pub filtered: u64,
     pub expired: u64,
     pub dead_lettered: u64,
+    /// Stored batches stepped over because their records cannot be
+    /// decoded (poison batches that bypassed the produce path's check).
+    pub undecodable_batches: u64,
 }
 
 /// How a message was handled without an acknowledgement.
@@ -505,6 +508,14 @@ impl Dispatcher {
     /// Skips the log up to `offset` (offsets with no record: control data,
     /// or retention removed them). Unscanned offsets below it count as
     /// acknowledged.
+    /// Steps over a stored batch whose records cannot be decoded: nobody
+    /// can read its messages, so they are treated as acknowledged (like
+    /// filtered ones) and counted, instead of stopping the subscription.
+    pub fn skip_undecodable(&mut self, end_offset: u64) {
+        self.counters.undecodable_batches += 1;
+        self.skip_to(end_offset);
+    }
+
     pub fn skip_to(&mut self, offset: u64) {
         if offset <= self.read_position {
             return;

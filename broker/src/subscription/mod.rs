@@ -13,6 +13,7 @@
 
 mod cursor;
 mod dispatcher;
+pub mod start;
 
 pub use cursor::{AckedRanges, CursorSnapshot};
 pub use dispatcher::{Counters, Explanation, Handled};
@@ -35,9 +36,8 @@ use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::subscribe_response::Response as ToConsumer;
 use sluice_proto::v1::{
     AckReceipt, AckResult, CommitOffsetsRequest, ConsumerStatus, Delivery, FetchOffsetsRequest,
-    FindCoordinatorRequest, GetSubscriptionRequest, InitialPosition, PartitionOffset,
-    SubscribeOpened, SubscribeRequest, SubscribeResponse, Subscription, SubscriptionType,
-    TopicPartitions,
+    FindCoordinatorRequest, GetSubscriptionRequest, PartitionOffset, SubscribeOpened,
+    SubscribeRequest, SubscribeResponse, Subscription, SubscriptionType, TopicPartitions,
 };
 use sluice_proto::ErrorCode;
 use sluice_selector::{Selector, SelectorKind};
@@ -665,10 +665,14 @@ impl Task {
                 let records = match batch::decode(&batch, MAX_UNCOMPRESSED_RECORDS_BYTES) {
                     Ok((_, records)) => records,
                     Err(error) => {
-                        // The stores checked its CRC, so this is a producer's
-                        // malformed compressed batch: nobody can read it.
-                        tracing::warn!(partition = %self.key, offset = header.base_offset, %error,
-                            "skipping an undecodable batch in subscription {:?}", self.subscription.name);
+                        // The stores checked its CRC, so this is a poison
+                        // batch that bypassed the produce path's check:
+                        // nobody can read it. Step over it (counted).
+                        tracing::error!(partition = %self.key, base_offset = header.base_offset,
+                            end_offset = header.end_offset(), %error,
+                            "skipping a batch whose records cannot be decoded in subscription {:?}",
+                            self.subscription.name);
+                        self.dispatcher.skip_undecodable(header.end_offset());
                         Vec::new()
                     }
                 };
@@ -1090,10 +1094,12 @@ async fn load(
         Some(snapshot) => snapshot,
         None => {
             let status = partition.status();
-            let start = match subscription.initial_position() {
-                InitialPosition::Earliest => status.log_start_offset,
-                InitialPosition::Latest => status.high_watermark,
-            };
+            let start = start::initial_offset(
+                &subscription,
+                key.partition,
+                status.log_start_offset,
+                status.high_watermark,
+            );
             let snapshot = CursorSnapshot {
                 epoch: partition.epoch,
                 subscription_created_at_ms: subscription.created_at_ms,
@@ -1101,8 +1107,9 @@ async fn load(
                 delivery_counts: BTreeMap::new(),
                 parked_keys: Default::default(),
             };
-            // Pinned before anyone consumes, so "latest" means the same
-            // offset after a failover.
+            // Pinned before anyone consumes, so a subscription created
+            // before `start_offsets` existed keeps its "latest" after a
+            // failover.
             commit_cursor(shared, &group, key, &snapshot).await?;
             snapshot
         }

@@ -73,14 +73,14 @@ pub async fn start_broker_with(
     .await
 }
 
-/// A broker with the tests' settings, changed by `configure`.
+/// A broker with the kit's test settings, then `configure`'s changes.
 pub async fn start_broker_configured(
     nameserver_url: &str,
     configure: impl FnOnce(&mut BrokerConfig),
 ) -> RunningBroker {
     let listener = listener().await;
     let address = listener.local_addr().expect("listener address").to_string();
-    let config = BrokerConfig {
+    let mut config = BrokerConfig {
         server: ServerConfig {
             listen_address: address.clone(),
             ..ServerConfig::default()
@@ -98,7 +98,6 @@ pub async fn start_broker_configured(
         },
         ..BrokerConfig::default()
     };
-    let mut config = config;
     configure(&mut config);
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(sluice_broker::run(config, listener, signal(stopped)));
@@ -597,4 +596,61 @@ pub fn idempotent_batch(values: &[&str], producer_id: i64, base_sequence: i32) -
         ..BatchSpec::default()
     }
     .build()
+}
+
+/// SDK settings for this cluster (owners move fast in these tests, so
+/// requests time out sooner than the SDK's default).
+pub fn client_config(nameserver_url: &str) -> sluice_client::ClientConfig {
+    sluice_client::ClientConfig {
+        bootstrap: vec![nameserver_url.to_string()],
+        request_timeout_ms: 10_000,
+        ..sluice_client::ClientConfig::default()
+    }
+}
+
+/// Sends `values` (each to `partition`) with the SDK's producer, waiting
+/// for each acknowledgement; their offsets.
+pub async fn send_all(
+    producer: &sluice_client::Producer,
+    partition: u32,
+    values: &[&str],
+) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for value in values {
+        let record = sluice_client::Record::new(TOPIC, value.to_string()).with_partition(partition);
+        let sent = producer
+            .send(record)
+            .await
+            .unwrap_or_else(|error| panic!("send {value}: {error}"));
+        offsets.push(sent.offset);
+    }
+    offsets
+}
+
+/// Receives and acknowledges messages until every one of `expected`
+/// arrived (failing after [`DEADLINE_MS`]), failing at once on any other.
+/// Each partition delivers in offset order, so a message below the
+/// expected ones of its partition would come before them: when every
+/// partition has an expected message, no wait beyond them is needed to
+/// know nothing else was delivered.
+pub async fn receive_exactly(subscriber: &sluice_client::Subscriber, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(DEADLINE_MS);
+    let mut missing: Vec<&str> = expected.to_vec();
+    while !missing.is_empty() {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = subscriber.recv_timeout(wait).await.expect("receive");
+        let Some(message) = message else {
+            panic!("still waiting for {missing:?} after {DEADLINE_MS} ms");
+        };
+        subscriber.ack(&message).await.expect("ack");
+        let bytes = message.value.as_deref().unwrap_or_default();
+        let value = String::from_utf8_lossy(bytes).into_owned();
+        let Some(index) = missing.iter().position(|wanted| *wanted == value) else {
+            panic!(
+                "received {value:?} (partition {}, offset {}); expected only {expected:?}",
+                message.partition, message.offset
+            );
+        };
+        missing.remove(index);
+    }
 }

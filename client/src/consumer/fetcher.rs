@@ -5,7 +5,7 @@
 //! pipelined: the next offset is read from the batch headers, so the next
 //! fetch is in flight while the previous response is decoded.
 
-use super::{ConsumerConfig, ConsumerRecord, StartOffset};
+use super::{ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
 use crate::cluster::{backoff, normalize_address, Cluster, TopicPartition};
 use crate::ClientError;
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use sluice_proto::batch::{decode, BatchIter};
 use sluice_proto::v1::{FetchPartition, FetchRequest, FetchedPartition, OffsetSpec};
 use sluice_proto::ErrorCode;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -88,6 +88,8 @@ pub(crate) struct FetchShared {
     /// Signalled when buffer room or partitions change.
     pub wake: Notify,
     pub closed: AtomicBool,
+    /// Corrupt batches skipped under [`CorruptBatchPolicy::Skip`].
+    pub skipped_corrupt_batches: AtomicU64,
 }
 
 impl FetchShared {
@@ -96,6 +98,7 @@ impl FetchShared {
             state: Mutex::new(FetchState::default()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            skipped_corrupt_batches: AtomicU64::new(0),
         }
     }
 
@@ -378,12 +381,11 @@ enum Handled {
 /// overtakes records fetched before it).
 pub(crate) enum DecoderInput {
     /// Batches of one partition fetched at `start`; the fetch position was
-    /// already moved to `end` (read from their headers).
+    /// already moved past them (read from their headers).
     Decode {
         partition: TopicPartition,
         generation: u64,
         start: u64,
-        end: u64,
         batches: Bytes,
     },
     /// Passed to the consumer as it is.
@@ -400,53 +402,122 @@ async fn run_decoder(
 ) {
     while let Some(item) = input.recv().await {
         let fetched = match item {
-            DecoderInput::Forward(fetched) => fetched,
+            DecoderInput::Forward(fetched) => vec![fetched],
             DecoderInput::Decode {
                 partition,
                 generation,
                 start,
-                end,
                 batches,
             } => {
-                let bytes = batches.len();
-                match decode_batches(
+                if stopped_before(&shared, &partition, generation, start) {
+                    // Fetched ahead of a batch the partition stopped at.
+                    shared.release(batches.len());
+                    continue;
+                }
+                let decoded = decode_batches(
                     &partition,
                     &batches,
                     start,
                     config.client.max_grpc_message_bytes,
-                ) {
-                    Ok((records, _)) => Fetched::Records {
-                        partition,
-                        generation,
-                        start,
-                        records,
-                        bytes,
-                    },
-                    Err(error) => {
-                        tracing::error!(%partition, offset = start, %error, "fetched data does not decode; partition paused until seek");
-                        let mut state = shared.lock();
-                        state.buffered_bytes = state.buffered_bytes.saturating_sub(bytes);
-                        if let Some(position) = state.partitions.get_mut(&partition) {
-                            if position.generation == generation && position.offset == end {
-                                position.paused = true;
-                                position.offset = start;
-                            }
-                        }
-                        drop(state);
-                        shared.wake.notify_waiters();
-                        Fetched::Error {
-                            partition,
-                            generation,
-                            error,
-                        }
-                    }
-                }
+                    config.on_corrupt_batch,
+                );
+                decoded_items(
+                    &shared,
+                    partition,
+                    generation,
+                    start,
+                    batches.len(),
+                    decoded,
+                )
             }
         };
-        if output.send(fetched).is_err() {
-            return;
+        for fetched in fetched {
+            if output.send(fetched).is_err() {
+                return;
+            }
         }
     }
+}
+
+/// Whether `partition` stopped (paused by an error of this generation)
+/// at or before `start`: then data fetched from `start` comes after the
+/// error and must not reach the application.
+fn stopped_before(
+    shared: &FetchShared,
+    partition: &TopicPartition,
+    generation: u64,
+    start: u64,
+) -> bool {
+    shared
+        .lock()
+        .partitions
+        .get(partition)
+        .is_some_and(|position| {
+            position.generation == generation && position.paused && position.offset <= start
+        })
+}
+
+/// Stops `partition` at `offset` after an error in data fetched from
+/// there (unless a seek changed its generation meanwhile).
+fn stop_at(shared: &FetchShared, partition: &TopicPartition, generation: u64, offset: u64) {
+    let mut state = shared.lock();
+    if let Some(position) = state.partitions.get_mut(partition) {
+        if position.generation == generation {
+            position.paused = true;
+            position.offset = offset;
+        }
+    }
+    drop(state);
+    shared.wake.notify_waiters();
+}
+
+/// What the consumer gets for one decoded range: its records, then the
+/// error that stopped the partition, if any. Logs and counts the corrupt
+/// batches skipped.
+fn decoded_items(
+    shared: &FetchShared,
+    partition: TopicPartition,
+    generation: u64,
+    start: u64,
+    bytes: usize,
+    decoded: Result<DecodedRange, ClientError>,
+) -> Vec<Fetched> {
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            tracing::error!(%partition, offset = start, %error, "fetched data does not decode; partition paused until seek");
+            shared.release(bytes);
+            stop_at(shared, &partition, generation, start);
+            return vec![Fetched::Error {
+                partition,
+                generation,
+                error,
+            }];
+        }
+    };
+    for skipped in &decoded.skipped {
+        shared
+            .skipped_corrupt_batches
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%partition, error = %skipped, "skipping a batch that cannot be decoded (on_corrupt_batch = Skip)");
+    }
+    let mut items = vec![Fetched::Records {
+        partition: partition.clone(),
+        generation,
+        start,
+        records: decoded.records,
+        bytes,
+    }];
+    if let Some(error) = decoded.stopped_at {
+        tracing::error!(%partition, %error, "a batch cannot be decoded; partition stopped at it until seek (on_corrupt_batch = Fail)");
+        stop_at(shared, &partition, generation, decoded.next_offset);
+        items.push(Fetched::Error {
+            partition,
+            generation,
+            error,
+        });
+    }
+    items
 }
 
 /// Applies one partition of a fetch response: moves its position past the
@@ -516,7 +587,6 @@ fn handle_partition(
                 partition: partition.clone(),
                 generation,
                 start: offset,
-                end: next_offset,
                 batches: fetched.batches,
             });
         }
@@ -557,43 +627,85 @@ pub(crate) fn next_offset_after(
     Ok(next_offset)
 }
 
-/// Decodes concatenated batches into records at or after `offset`; returns
-/// them and the offset after the last batch.
+/// What decoding one fetched range gave.
+#[derive(Debug)]
+pub(crate) struct DecodedRange {
+    /// Records at or after the fetch offset, in offset order.
+    pub records: Vec<ConsumerRecord>,
+    /// Offset after the last batch decoded or skipped; under
+    /// [`CorruptBatchPolicy::Fail`], where the corrupt batch starts.
+    pub next_offset: u64,
+    /// Corrupt batches skipped ([`CorruptBatchPolicy::Skip`]), each as
+    /// [`ClientError::CorruptBatch`].
+    pub skipped: Vec<ClientError>,
+    /// The corrupt batch decoding stopped at ([`CorruptBatchPolicy::Fail`]).
+    pub stopped_at: Option<ClientError>,
+}
+
+/// Decodes concatenated batches into records at or after `offset`. A batch
+/// whose header or CRC is bad fails the whole range (it may be damage in
+/// transit; the partition is paused); a sound batch whose records cannot
+/// be decoded is a corrupt batch, handled as `policy` says.
 pub(crate) fn decode_batches(
     partition: &TopicPartition,
     batches: &Bytes,
     offset: u64,
     max_batch_bytes: usize,
-) -> Result<(Vec<ConsumerRecord>, u64), ClientError> {
-    let mut records = Vec::new();
-    let mut next_offset = offset;
+    policy: CorruptBatchPolicy,
+) -> Result<DecodedRange, ClientError> {
+    let mut decoded = DecodedRange {
+        records: Vec::new(),
+        next_offset: offset,
+        skipped: Vec::new(),
+        stopped_at: None,
+    };
     for item in BatchIter::new(batches) {
-        let (_, _, batch) = item.map_err(|error| {
+        let (_, header, batch) = item.map_err(|error| {
             ClientError::Decode(format!(
                 "{partition} at offset {offset}: malformed batch: {error}"
             ))
         })?;
-        let batch = batches.slice_ref(batch);
-        let (header, decoded) = decode(&batch, max_batch_bytes).map_err(|error| {
-            ClientError::Decode(format!("{partition} at offset {offset}: {error}"))
-        })?;
-        if header.base_offset > next_offset {
+        if header.base_offset > decoded.next_offset {
             // Batches of a partition are contiguous; a hole means the
             // response is wrong. Keep what precedes it and fetch again from
             // the hole rather than skip offsets.
             tracing::warn!(
-                %partition, expected = next_offset, found = header.base_offset,
+                %partition, expected = decoded.next_offset, found = header.base_offset,
                 "fetched batches are not contiguous; refetching from the gap"
             );
             break;
         }
-        next_offset = next_offset.max(header.end_offset());
-        records.reserve(decoded.len());
-        for record in decoded {
+        let batch = batches.slice_ref(batch);
+        let records = match decode(&batch, max_batch_bytes) {
+            Ok((_, records)) => records,
+            Err(error) if error.is_undecodable_records() => {
+                let corrupt = ClientError::CorruptBatch {
+                    topic: partition.topic.clone(),
+                    partition: partition.partition,
+                    base_offset: header.base_offset,
+                    end_offset: header.end_offset(),
+                    reason: error.to_string(),
+                };
+                if policy == CorruptBatchPolicy::Fail {
+                    decoded.stopped_at = Some(corrupt);
+                    return Ok(decoded);
+                }
+                decoded.skipped.push(corrupt);
+                Vec::new()
+            }
+            Err(error) => {
+                return Err(ClientError::Decode(format!(
+                    "{partition} at offset {offset}: {error}"
+                )))
+            }
+        };
+        decoded.next_offset = decoded.next_offset.max(header.end_offset());
+        decoded.records.reserve(records.len());
+        for record in records {
             if record.offset < offset {
                 continue;
             }
-            records.push(ConsumerRecord {
+            decoded.records.push(ConsumerRecord {
                 topic: partition.topic.clone(),
                 partition: partition.partition,
                 offset: record.offset,
@@ -605,7 +717,7 @@ pub(crate) fn decode_batches(
             });
         }
     }
-    Ok((records, next_offset))
+    Ok(decoded)
 }
 
 #[cfg(test)]
@@ -613,6 +725,101 @@ mod tests {
     use super::*;
     use sluice_proto::batch::Compression;
     use sluice_proto::test_util::BatchSpec;
+
+    fn decode_all(partition: &TopicPartition, bytes: Vec<u8>, offset: u64) -> DecodedRange {
+        let decoded = decode_batches(
+            partition,
+            &Bytes::from(bytes),
+            offset,
+            1 << 20,
+            CorruptBatchPolicy::Fail,
+        )
+        .expect("valid batches");
+        assert!(decoded.stopped_at.is_none() && decoded.skipped.is_empty());
+        decoded
+    }
+
+    /// "a" "b" at 0, a poison batch claiming 1000 records at 2, "c" at 1002.
+    fn with_poison(compression: Compression) -> Bytes {
+        use sluice_proto::test_util::poison::{compress, forged_batch, records_section};
+        // Three records in a block whose header claims 1000: spans 2..1002.
+        let block = compress(compression, &records_section(&["x", "y", "z"]));
+        let mut poison = forged_batch(compression, 1000, &block).to_vec();
+        sluice_proto::batch::assign(&mut poison, 2, 1);
+        let mut bytes = batch(0, &["a", "b"]);
+        bytes.extend(poison);
+        bytes.extend(batch(1002, &["c"]));
+        Bytes::from(bytes)
+    }
+
+    fn corrupt_range(error: &ClientError) -> (u64, u64) {
+        match error {
+            ClientError::CorruptBatch {
+                topic,
+                partition,
+                base_offset,
+                end_offset,
+                ..
+            } => {
+                assert_eq!((topic.as_str(), *partition), ("t", 0));
+                (*base_offset, *end_offset)
+            }
+            other => panic!("not a corrupt batch: {other}"),
+        }
+    }
+
+    #[test]
+    fn fail_stops_at_a_corrupt_batch_after_the_records_before_it() {
+        let partition = TopicPartition::new("t", 0);
+        for compression in [Compression::Lz4, Compression::Zstd] {
+            let bytes = with_poison(compression);
+            let decoded = decode_batches(&partition, &bytes, 0, 1 << 20, CorruptBatchPolicy::Fail)
+                .expect("the batches are sound");
+            let offsets: Vec<u64> = decoded.records.iter().map(|record| record.offset).collect();
+            assert_eq!(offsets, vec![0, 1]);
+            assert_eq!(
+                decoded.next_offset, 2,
+                "stopped where the corrupt batch starts"
+            );
+            let error = decoded.stopped_at.expect("stopped at the corrupt batch");
+            assert_eq!(corrupt_range(&error), (2, 1002));
+            assert!(error.to_string().contains("seek to 1002"), "{error}");
+            // Fetched from inside it: nothing before it, stopped at once.
+            let decoded = decode_batches(
+                &partition,
+                &bytes.slice(..),
+                500,
+                1 << 20,
+                CorruptBatchPolicy::Fail,
+            )
+            .expect("sound");
+            assert!(decoded.records.is_empty());
+            assert_eq!(decoded.next_offset, 500);
+            assert_eq!(
+                corrupt_range(&decoded.stopped_at.expect("stopped")),
+                (2, 1002)
+            );
+        }
+    }
+
+    #[test]
+    fn skip_goes_on_after_a_corrupt_batch_and_reports_its_offsets() {
+        let partition = TopicPartition::new("t", 0);
+        let decoded = decode_batches(
+            &partition,
+            &with_poison(Compression::Zstd),
+            1,
+            1 << 20,
+            CorruptBatchPolicy::Skip,
+        )
+        .expect("the batches are sound");
+        let offsets: Vec<u64> = decoded.records.iter().map(|record| record.offset).collect();
+        assert_eq!(offsets, vec![1, 1002]);
+        assert_eq!(decoded.next_offset, 1003);
+        assert!(decoded.stopped_at.is_none());
+        assert_eq!(decoded.skipped.len(), 1);
+        assert_eq!(corrupt_range(&decoded.skipped[0]), (2, 1002));
+    }
 
     fn batch(base_offset: u64, values: &[&str]) -> Vec<u8> {
         BatchSpec {
@@ -629,8 +836,11 @@ mod tests {
         let mut bytes = batch(10, &["a", "b", "c"]);
         bytes.extend(batch(13, &["d"]));
         let partition = TopicPartition::new("t", 0);
-        let (records, next) =
-            decode_batches(&partition, &Bytes::from(bytes), 11, 1 << 20).expect("valid batches");
+        let DecodedRange {
+            records,
+            next_offset: next,
+            ..
+        } = decode_all(&partition, bytes, 11);
         let offsets: Vec<u64> = records.iter().map(|record| record.offset).collect();
         assert_eq!(offsets, vec![11, 12, 13]);
         assert_eq!(records[0].value.as_deref(), Some(&b"b"[..]));
@@ -642,8 +852,11 @@ mod tests {
         let mut bytes = batch(0, &["a", "b"]);
         bytes.extend(batch(5, &["f"]));
         let partition = TopicPartition::new("t", 0);
-        let (records, next) =
-            decode_batches(&partition, &Bytes::from(bytes), 0, 1 << 20).expect("valid batches");
+        let DecodedRange {
+            records,
+            next_offset: next,
+            ..
+        } = decode_all(&partition, bytes, 0);
         assert_eq!(records.len(), 2);
         assert_eq!(next, 2);
     }
@@ -657,8 +870,7 @@ mod tests {
         with_gap.extend(batch(5, &["f"]));
         for (bytes, offset, expected) in [(contiguous, 11, 14), (with_gap, 0, 2)] {
             let bytes = Bytes::from(bytes);
-            let (_, decoded_end) =
-                decode_batches(&partition, &bytes, offset, 1 << 20).expect("valid batches");
+            let decoded_end = decode_all(&partition, bytes.to_vec(), offset).next_offset;
             let scanned_end = next_offset_after(&partition, &bytes, offset).expect("valid framing");
             assert_eq!(scanned_end, expected);
             assert_eq!(scanned_end, decoded_end);
@@ -676,10 +888,20 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         let partition = TopicPartition::new("t", 0);
-        let result = decode_batches(&partition, &Bytes::from(bytes), 0, 1 << 20);
-        assert!(matches!(result, Err(ClientError::Decode(_))));
-        let result = decode_batches(&partition, &Bytes::from_static(&[1, 2, 3]), 0, 1 << 20);
-        assert!(matches!(result, Err(ClientError::Decode(_))));
+        for policy in [CorruptBatchPolicy::Fail, CorruptBatchPolicy::Skip] {
+            // A CRC that fails may be damage in transit: never skipped.
+            let result =
+                decode_batches(&partition, &Bytes::from(bytes.clone()), 0, 1 << 20, policy);
+            assert!(matches!(result, Err(ClientError::Decode(_))));
+            let result = decode_batches(
+                &partition,
+                &Bytes::from_static(&[1, 2, 3]),
+                0,
+                1 << 20,
+                policy,
+            );
+            assert!(matches!(result, Err(ClientError::Decode(_))));
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! [`Consumer`]: group (subscribe) or manual (assign) consumption with
 //! background fetching, tracked positions and commits.
 
+mod corrupt;
 mod fetcher;
 mod group;
 mod positions;
+
+pub use corrupt::CorruptBatchPolicy;
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};
@@ -88,6 +91,11 @@ pub struct ConsumerConfig {
     /// application; fetching pauses above it (it can be exceeded by one
     /// fetch response). Default: 64 MiB.
     pub max_buffered_bytes: usize,
+    /// What to do with a stored batch whose records cannot be decoded:
+    /// stop the partition at it with [`ClientError::CorruptBatch`] (its
+    /// offsets; seek past it to go on) or skip it. See
+    /// [`CorruptBatchPolicy`]. Default: `Fail`.
+    pub on_corrupt_batch: CorruptBatchPolicy,
 }
 
 impl Default for ConsumerConfig {
@@ -103,6 +111,7 @@ impl Default for ConsumerConfig {
             fetch_partition_max_bytes: 4 * 1024 * 1024,
             fetch_max_wait_ms: 500,
             max_buffered_bytes: 64 * 1024 * 1024,
+            on_corrupt_batch: CorruptBatchPolicy::Fail,
         }
     }
 }
@@ -424,6 +433,12 @@ impl Consumer {
         Ok(())
     }
 
+    /// Corrupt batches skipped so far under [`CorruptBatchPolicy::Skip`]
+    /// (each also logged at error level with its offsets).
+    pub fn skipped_corrupt_batches(&self) -> u64 {
+        self.fetch.skipped_corrupt_batches.load(Ordering::Relaxed)
+    }
+
     /// The partitions this consumer reads now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         let mut partitions: Vec<(String, u32)> = self
@@ -701,6 +716,112 @@ mod tests {
         }
         producer.close().await.expect("all records written");
         (broker, cluster, address)
+    }
+
+    /// Partition 0 of `t` holds 100 records, then a poison batch at
+    /// 100..1100 (a block of three records claiming 1000), then 10 more
+    /// records; partition 1 holds 100 records.
+    async fn broker_with_a_poison_batch() -> (FakeBroker, Arc<Cluster>) {
+        use sluice_proto::test_util::poison::{compress, forged_batch, records_section};
+        let (broker, cluster, _) = broker_with_data(100).await;
+        let key = ("t".to_string(), 0);
+        let compression = sluice_proto::batch::Compression::Zstd;
+        let block = compress(compression, &records_section(&["x", "y", "z"]));
+        let mut poison = forged_batch(compression, 1000, &block).to_vec();
+        sluice_proto::batch::assign(&mut poison, 100, 1);
+        let mut state = broker.lock();
+        state
+            .logs
+            .entry(key.clone())
+            .or_default()
+            .push(Bytes::from(poison));
+        for index in 0..10u64 {
+            let mut after = sluice_proto::test_util::batch(&["after"]).to_vec();
+            sluice_proto::batch::assign(&mut after, 1100 + index, 1);
+            state
+                .logs
+                .entry(key.clone())
+                .or_default()
+                .push(Bytes::from(after));
+        }
+        state.next_offset.insert(key, 1110);
+        drop(state);
+        (broker, cluster)
+    }
+
+    async fn assign_both(cluster: Arc<Cluster>, policy: CorruptBatchPolicy) -> Consumer {
+        let config = ConsumerConfig {
+            on_corrupt_batch: policy,
+            ..small_buffer_config()
+        };
+        Consumer::assign_on(
+            cluster,
+            config,
+            vec![
+                ("t".into(), 0, StartOffset::Earliest),
+                ("t".into(), 1, StartOffset::Earliest),
+            ],
+        )
+        .await
+        .expect("assigned")
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_batch_stops_its_partition_with_its_offsets_until_a_seek_past_it() {
+        let (_broker, cluster) = broker_with_a_poison_batch().await;
+        let mut consumer = assign_both(cluster, CorruptBatchPolicy::default()).await;
+        let mut records = Vec::new();
+        let error = loop {
+            match consumer.recv_timeout(Duration::from_secs(10)).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => panic!("no error after {} records", records.len()),
+                Err(error) => break error,
+            }
+        };
+        let ClientError::CorruptBatch {
+            topic,
+            partition: 0,
+            base_offset: 100,
+            end_offset: 1100,
+            ..
+        } = &error
+        else {
+            panic!("not the poison batch's error: {error}");
+        };
+        assert_eq!(topic, "t");
+        // Every record before the batch came first; partition 1 goes on.
+        records.extend(receive(&mut consumer, 200 - records.len()).await);
+        assert_eq!(offsets_of(&records, 0), (0..100).collect::<Vec<_>>());
+        assert_eq!(offsets_of(&records, 1), (0..100).collect::<Vec<_>>());
+        // Stopped: nothing more from partition 0, no error twice.
+        assert_eq!(
+            consumer
+                .recv_timeout(Duration::from_millis(200))
+                .await
+                .expect("no second error"),
+            None
+        );
+        consumer
+            .seek("t", 0, StartOffset::Offset(1100))
+            .await
+            .expect("seek past it");
+        let after = receive(&mut consumer, 10).await;
+        assert_eq!(offsets_of(&after, 0), (1100..1110).collect::<Vec<_>>());
+        assert_eq!(consumer.skipped_corrupt_batches(), 0);
+        consumer.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn skip_goes_past_a_corrupt_batch_and_counts_it() {
+        let (_broker, cluster) = broker_with_a_poison_batch().await;
+        let mut consumer = assign_both(cluster, CorruptBatchPolicy::Skip).await;
+        let records = receive(&mut consumer, 210).await;
+        let mut expected: Vec<u64> = (0..100).collect();
+        expected.extend(1100..1110);
+        assert_eq!(offsets_of(&records, 0), expected);
+        assert_eq!(offsets_of(&records, 1), (0..100).collect::<Vec<_>>());
+        assert_eq!(consumer.skipped_corrupt_batches(), 1);
+        consumer.close().await.expect("close");
     }
 
     fn small_buffer_config() -> ConsumerConfig {

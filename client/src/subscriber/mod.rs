@@ -755,19 +755,12 @@ impl std::future::IntoFuture for AckFuture {
 }
 
 /// Creates the subscription on the nameserver (idempotent with the same
-/// settings).
+/// settings; "latest" starts at the partitions' ends at its creation).
 async fn create_subscription(
     cluster: &Cluster,
     config: &SubscriberConfig,
 ) -> Result<(), ClientError> {
-    let request = v1::CreateSubscriptionRequest {
-        subscription: Some(config.to_subscription()),
-    };
-    cluster
-        .call_nameserver("CreateSubscription", |mut client| {
-            let request = request.clone();
-            async move { client.create_subscription(request).await }
-        })
+    crate::subscription_create::create_subscription(cluster, config.to_subscription())
         .await
         .map(|_| ())
 }

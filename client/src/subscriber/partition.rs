@@ -670,10 +670,20 @@ pub(crate) fn decode_delivery(
         }) {
             Ok((_, records)) => records,
             Err(error) => {
-                fail(
-                    &mut decoded,
-                    format!("batch at offset {}: {error}", header.base_offset),
-                );
+                if !error.is_undecodable_records() {
+                    fail(
+                        &mut decoded,
+                        format!("batch at offset {}: {error}", header.base_offset),
+                    );
+                } else if decoded.error.is_none() {
+                    decoded.error = Some(ClientError::CorruptBatch {
+                        topic: topic.to_string(),
+                        partition,
+                        base_offset: header.base_offset,
+                        end_offset: header.end_offset(),
+                        reason: error.to_string(),
+                    });
+                }
                 while next < wanted.len() && wanted[next] < header.end_offset() {
                     decoded.unreadable.push(wanted[next]);
                     next += 1;
@@ -789,6 +799,46 @@ mod tests {
         assert_eq!(values(&decoded), vec![(2, "c".to_string(), 1)]);
         assert_eq!(decoded.unreadable, vec![1, 9]);
         assert!(matches!(decoded.error, Some(ClientError::Decode(_))));
+    }
+
+    #[test]
+    fn a_poison_batch_is_reported_with_its_offsets_and_its_messages_given_back() {
+        use sluice_proto::batch::{assign, Compression};
+        use sluice_proto::test_util::poison::poison_batches;
+        for compression in [Compression::Lz4, Compression::Zstd] {
+            for (kind, poison) in poison_batches(compression, 1 << 20) {
+                let mut poison = poison.to_vec();
+                assign(&mut poison, 3, 1);
+                let end = sluice_proto::batch::BatchHeader::parse(&poison)
+                    .expect("sound header")
+                    .end_offset();
+                let mut bytes = batch(0, &["a", "b", "c"]);
+                bytes.extend(poison);
+                bytes.extend(batch(end, &["after"]));
+                let delivery = Delivery {
+                    batches: Bytes::from(bytes),
+                    offsets: vec![2, 3, end],
+                    delivery_counts: vec![1, 1, 1],
+                };
+                let decoded = decode_delivery("t", 4, 1, &delivery, 1 << 20);
+                assert_eq!(
+                    values(&decoded),
+                    vec![(2, "c".to_string(), 1), (end, "after".to_string(), 1)],
+                    "{compression:?} {kind}"
+                );
+                assert_eq!(decoded.unreadable, vec![3], "{compression:?} {kind}");
+                match decoded.error {
+                    Some(ClientError::CorruptBatch {
+                        topic,
+                        partition: 4,
+                        base_offset: 3,
+                        end_offset,
+                        ..
+                    }) if topic == "t" && end_offset == end => {}
+                    other => panic!("{compression:?} {kind}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 impl NameServerHandler {
     /// The decodable segments under `prefix`, by (partition, base offset, id).
-    pub(super) async fn segments_of(
+    pub(crate) async fn segments_of(
         &self,
         prefix: &str,
     ) -> Result<Vec<SegmentInfo>, NameServerError> {

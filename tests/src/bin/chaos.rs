@@ -101,6 +101,9 @@ fn main() -> std::process::ExitCode {
             options.kinds.retain(|kind| *kind != FaultKind::CutNode);
         }
         if let Some(file) = arguments.compose.clone() {
+            options
+                .kinds
+                .retain(|kind| !FaultKind::PROCESS_ONLY.contains(kind));
             return run_compose(&arguments, file, options).await;
         }
         // The cluster is dropped (every process killed, files removed)

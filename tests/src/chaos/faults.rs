@@ -85,10 +85,18 @@ pub enum FaultKind {
     CutNode,
     RestartBroker,
     RestartStore,
+    FillStoreDisk,
+    ExhaustStoreFiles,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    /// Kinds only the process backend can apply (the compose backend's
+    /// containers have no shell to fill a disk with, and their file limits
+    /// are the engine's).
+    pub const PROCESS_ONLY: [FaultKind; 2] =
+        [FaultKind::FillStoreDisk, FaultKind::ExhaustStoreFiles];
+
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillStore,
         FaultKind::KillPartitionOwner,
         FaultKind::KillActiveNameserver,
@@ -97,6 +105,8 @@ impl FaultKind {
         FaultKind::CutNode,
         FaultKind::RestartBroker,
         FaultKind::RestartStore,
+        FaultKind::FillStoreDisk,
+        FaultKind::ExhaustStoreFiles,
     ];
 }
 
@@ -124,6 +134,12 @@ pub enum Fault {
     RestartBroker { broker: usize },
     /// SIGTERM (graceful) a store, start it again when healed.
     RestartStore { store: usize },
+    /// Fill a store's file system (it keeps running: writes fail until the
+    /// space is freed), free it when healed.
+    FillStoreDisk { store: usize },
+    /// Hold idle connections to a store until it is out of file handles,
+    /// close them when healed.
+    ExhaustStoreFiles { store: usize },
 }
 
 impl fmt::Display for Fault {
@@ -146,6 +162,12 @@ impl fmt::Display for Fault {
             }
             Fault::RestartStore { store } => {
                 write!(formatter, "graceful restart of store-{}", store + 1)
+            }
+            Fault::FillStoreDisk { store } => {
+                write!(formatter, "fill the disk of store-{}", store + 1)
+            }
+            Fault::ExhaustStoreFiles { store } => {
+                write!(formatter, "exhaust the file handles of store-{}", store + 1)
             }
         }
     }
@@ -201,7 +223,10 @@ pub fn usable_kinds(config: &ScheduleConfig) -> Vec<FaultKind> {
         .copied()
         .filter(|kind| match kind {
             FaultKind::KillEtcdMember => config.topology.etcd_members > 1,
-            FaultKind::KillStore | FaultKind::RestartStore => config.topology.stores > 0,
+            FaultKind::KillStore
+            | FaultKind::RestartStore
+            | FaultKind::FillStoreDisk
+            | FaultKind::ExhaustStoreFiles => config.topology.stores > 0,
             FaultKind::KillPartitionOwner
             | FaultKind::PausePartitionOwner
             | FaultKind::RestartBroker => config.topology.brokers > 0 && config.partitions > 0,
@@ -275,6 +300,12 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
                 FaultKind::RestartStore => Fault::RestartStore {
                     store: random.random_range(0..topology.stores),
                 },
+                FaultKind::FillStoreDisk => Fault::FillStoreDisk {
+                    store: random.random_range(0..topology.stores),
+                },
+                FaultKind::ExhaustStoreFiles => Fault::ExhaustStoreFiles {
+                    store: random.random_range(0..topology.stores),
+                },
                 FaultKind::KillPartitionOwner => Fault::KillPartitionOwner {
                     partition: random.random_range(0..config.partitions),
                 },
@@ -345,6 +376,20 @@ pub trait FaultTarget {
     /// Cut the node off from every other node and from clients.
     fn cut(&mut self, node: Node) -> anyhow::Result<()>;
     fn reconnect(&mut self, node: Node) -> anyhow::Result<()>;
+    /// Fill the file system holding the node's data (it keeps running).
+    fn fill_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        bail!("this backend cannot fill {node}'s disk")
+    }
+    fn free_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        bail!("this backend cannot free {node}'s disk")
+    }
+    /// Use up the node's file handles with idle connections.
+    fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
+        bail!("this backend cannot exhaust {node}'s file handles")
+    }
+    fn release_files(&mut self, node: Node) -> anyhow::Result<()> {
+        bail!("this backend cannot release {node}'s file handles")
+    }
 }
 
 /// The node a Sluice node id names (`broker-2`, `nameserver-1`, ...: the
@@ -395,6 +440,18 @@ impl<T: FaultTarget + ?Sized> FaultTarget for &mut T {
     fn reconnect(&mut self, node: Node) -> anyhow::Result<()> {
         (**self).reconnect(node)
     }
+    fn fill_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).fill_disk(node)
+    }
+    fn free_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).free_disk(node)
+    }
+    fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).exhaust_files(node)
+    }
+    fn release_files(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).release_files(node)
+    }
 }
 
 /// How an applied fault is undone.
@@ -403,6 +460,21 @@ pub enum Heal {
     Start(Node),
     Resume(Node),
     Reconnect(Node),
+    FreeDisk(Node),
+    ReleaseFiles(Node),
+}
+
+impl Heal {
+    /// The node this heal is for.
+    pub fn node(&self) -> Node {
+        match self {
+            Heal::Start(node)
+            | Heal::Resume(node)
+            | Heal::Reconnect(node)
+            | Heal::FreeDisk(node)
+            | Heal::ReleaseFiles(node) => *node,
+        }
+    }
 }
 
 impl fmt::Display for Heal {
@@ -411,6 +483,8 @@ impl fmt::Display for Heal {
             Heal::Start(node) => write!(formatter, "start {node}"),
             Heal::Resume(node) => write!(formatter, "SIGCONT {node}"),
             Heal::Reconnect(node) => write!(formatter, "reconnect {node}"),
+            Heal::FreeDisk(node) => write!(formatter, "free the disk of {node}"),
+            Heal::ReleaseFiles(node) => write!(formatter, "close the idle connections to {node}"),
         }
     }
 }
@@ -470,7 +544,10 @@ impl<T: FaultTarget> Nemesis<T> {
         let owner = resolved;
         let topology = self.target.topology();
         let node = match *fault {
-            Fault::KillStore { store } | Fault::RestartStore { store } => Node {
+            Fault::KillStore { store }
+            | Fault::RestartStore { store }
+            | Fault::FillStoreDisk { store }
+            | Fault::ExhaustStoreFiles { store } => Node {
                 kind: NodeKind::Store,
                 index: store,
             },
@@ -527,9 +604,7 @@ impl<T: FaultTarget> Nemesis<T> {
                 }
             },
         };
-        if self.active.iter().any(|heal| match heal {
-            Heal::Start(other) | Heal::Resume(other) | Heal::Reconnect(other) => *other == node,
-        }) {
+        if self.active.iter().any(|heal| heal.node() == node) {
             self.note(
                 at_ms,
                 format!("{fault}: {node} is already faulted; skipped"),
@@ -547,6 +622,10 @@ impl<T: FaultTarget> Nemesis<T> {
             }
             Fault::PausePartitionOwner { .. } => (self.target.pause(node), Heal::Resume(node)),
             Fault::CutNode { .. } => (self.target.cut(node), Heal::Reconnect(node)),
+            Fault::FillStoreDisk { .. } => (self.target.fill_disk(node), Heal::FreeDisk(node)),
+            Fault::ExhaustStoreFiles { .. } => {
+                (self.target.exhaust_files(node), Heal::ReleaseFiles(node))
+            }
         };
         match result {
             Ok(()) => {
@@ -575,6 +654,8 @@ impl<T: FaultTarget> Nemesis<T> {
             Heal::Start(node) => self.target.start(node),
             Heal::Resume(node) => self.target.resume(node),
             Heal::Reconnect(node) => self.target.reconnect(node),
+            Heal::FreeDisk(node) => self.target.free_disk(node),
+            Heal::ReleaseFiles(node) => self.target.release_files(node),
         };
         match result {
             Ok(()) => self.note(at_ms, format!("heal: {heal}"), false),
@@ -608,7 +689,20 @@ impl<T: FaultTarget> Nemesis<T> {
 pub struct ProcessTarget<'a> {
     pub cluster: &'a mut Cluster,
     network: Option<NetworkCuts>,
+    /// Filler files on stores' file systems, by store.
+    fillers: std::collections::HashMap<Node, PathBuf>,
+    /// Idle connections held to stores, by store.
+    idle: std::collections::HashMap<Node, Vec<std::net::TcpStream>>,
 }
+
+/// Bytes a full store's file system keeps free: less than a record batch
+/// plus the journal's next write.
+const FULL_DISK_LEFT_BYTES: u64 = 64 * 1024;
+/// Idle connections opened at most to exhaust a store's file handles
+/// (beyond its file limit, the rest wait in its listen backlog).
+const MAX_IDLE_CONNECTIONS: usize = 1024;
+/// A connect that takes longer means the store's listen backlog is full.
+const IDLE_CONNECT_TIMEOUT_MS: u64 = 200;
 
 impl<'a> ProcessTarget<'a> {
     /// `network_cuts`: set up the iptables/cgroup network cut (fails when
@@ -619,7 +713,12 @@ impl<'a> ProcessTarget<'a> {
         } else {
             None
         };
-        Ok(Self { cluster, network })
+        Ok(Self {
+            cluster,
+            network,
+            fillers: std::collections::HashMap::new(),
+            idle: std::collections::HashMap::new(),
+        })
     }
 
     fn service(&mut self, node: Node) -> anyhow::Result<&mut Service> {
@@ -761,6 +860,51 @@ impl FaultTarget for ProcessTarget<'_> {
             .as_mut()
             .context("network cuts are disabled for this run")?;
         network.reconnect(&node.to_string())
+    }
+
+    fn fill_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        if node.kind != NodeKind::Store {
+            bail!("only a store's disk can be filled");
+        }
+        let filesystem = self.cluster.store_filesystem(node.index).context(
+            "the cluster's stores have no small file systems (ClusterSpec::store_filesystem_bytes)",
+        )?;
+        let filler = filesystem.fill_leaving(FULL_DISK_LEFT_BYTES);
+        self.fillers.insert(node, filler);
+        Ok(())
+    }
+
+    fn free_disk(&mut self, node: Node) -> anyhow::Result<()> {
+        let filler = self
+            .fillers
+            .remove(&node)
+            .context("the disk was not filled")?;
+        std::fs::remove_file(&filler).with_context(|| format!("remove {}", filler.display()))
+    }
+
+    fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
+        if node.kind != NodeKind::Store {
+            bail!("only a store's file handles are exhausted");
+        }
+        let port = self.port(node)?;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let timeout = Duration::from_millis(IDLE_CONNECT_TIMEOUT_MS);
+        let mut connections = Vec::new();
+        while connections.len() < MAX_IDLE_CONNECTIONS {
+            match std::net::TcpStream::connect_timeout(&address, timeout) {
+                Ok(stream) => connections.push(stream),
+                Err(_) => break,
+            }
+        }
+        self.idle.insert(node, connections);
+        Ok(())
+    }
+
+    fn release_files(&mut self, node: Node) -> anyhow::Result<()> {
+        self.idle
+            .remove(&node)
+            .map(drop)
+            .context("no idle connections were held")
     }
 }
 
@@ -1094,9 +1238,11 @@ mod tests {
                 Fault::CutNode { .. } => "cut",
                 Fault::RestartBroker { .. } => "restart-broker",
                 Fault::RestartStore { .. } => "restart-store",
+                Fault::FillStoreDisk { .. } => "fill-disk",
+                Fault::ExhaustStoreFiles { .. } => "exhaust-files",
             })
             .collect();
-        assert_eq!(kinds.len(), 7, "{kinds:?}");
+        assert_eq!(kinds.len(), 9, "{kinds:?}");
         assert!(!kinds.contains("kill-etcd"));
         let mut three_members = config(1, 16);
         three_members.topology.etcd_members = 3;

@@ -71,7 +71,9 @@ impl ChaosOptions {
 }
 
 /// The cluster of the chaos runs: 2 nameservers, 3 brokers, 3 stores, a
-/// 3-member etcd.
+/// 3-member etcd. Each store runs on its own 256 MiB `tmpfs` (so one
+/// store's disk can be filled) with 8 MiB journal files and a file limit
+/// of 256 (so idle connections can exhaust it).
 pub fn cluster_spec() -> ClusterSpec {
     ClusterSpec {
         nameservers: 2,
@@ -82,7 +84,10 @@ pub fn cluster_spec() -> ClusterSpec {
         offsets_partitions: 4,
         etcd_members: 3,
         broker_config: String::new(),
-        ..ClusterSpec::default()
+        store_config: "journal_file_max_bytes = 8388608\nsegment_preallocate_bytes = 1048576\n"
+            .to_string(),
+        store_file_limit: Some(256),
+        store_filesystem_bytes: Some(256 * 1024 * 1024),
     }
 }
 

@@ -761,3 +761,24 @@ fn credit_is_capped_per_consumer() {
     dispatcher.flow(1, u64::MAX);
     assert_eq!(delivered(&dispatcher.dispatch(0))[&1].len(), 5);
 }
+
+#[test]
+fn an_undecodable_batch_is_stepped_over_counted_and_not_delivered() {
+    let mut dispatcher = fresh(settings(SubscriptionType::Shared));
+    dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
+    dispatcher.add_scanned(&scanned(0..2, 0), 0);
+    // A poison batch at 2..1002 (its records cannot be decoded).
+    dispatcher.skip_undecodable(1002);
+    dispatcher.add_scanned(&scanned(1002..1004, 0), 0);
+    let given: Vec<u64> = delivered(&dispatcher.dispatch(0))[&1]
+        .iter()
+        .map(|(offset, _)| *offset)
+        .collect();
+    assert_eq!(given, vec![0, 1, 1002, 1003]);
+    assert_eq!(dispatcher.counters().undecodable_batches, 1);
+    for offset in given {
+        dispatcher.ack(1, offset).expect("the holder acknowledges");
+    }
+    durable(&mut dispatcher);
+    assert_eq!(dispatcher.mark_delete(), 1004, "the cursor passes it");
+}
