@@ -1,5 +1,3 @@
-#![allow(dead_code)] // Each test file uses a part of the kit.
-
 //! The in-process cluster the broker's tests run against: a real
 //! nameserver (embedded metadata) and a real store on loopback ports, the
 //! broker started and stopped in this process, and the produce, fetch and
