@@ -184,35 +184,13 @@ pub fn fence_quorum(replicas: usize, ack_quorum: usize) -> usize {
 /// up to (known once `loaded`): with every acknowledged append on an ack
 /// quorum and a fence quorum answering, only damaged or lost copies can
 /// recover less, and closing there would hand acknowledged offsets to new
-/// data.
+/// data. [`recover_segment`] never recovers less than the highest end a
+/// fenced copy reports, so this fires only when copies were lost.
 pub fn closing_would_rewind(loaded: bool, high_watermark: u64, recovered_end: u64) -> bool {
     loaded && recovered_end < high_watermark
 }
 
-/// A fenced replica's answer: where its copy of the segment ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FencedCopy {
-    pub replica: usize,
-    /// One past the last offset it holds that it can serve (a corrupt
-    /// entry ends the usable copy there).
-    pub end_offset: u64,
-    pub size_bytes: u64,
-    pub max_timestamp_ms: i64,
-}
-
-/// The recovered end of a fenced segment: the longest fenced copy. Every
-/// replica's copy is a prefix of the one sequence its single writer sent,
-/// so the longest copy contains every other, and by [`fence_quorum`] every
-/// acknowledged append. `None` when fewer than `quorum` copies answered.
-pub fn recovered_copy(fenced: &[FencedCopy], quorum: usize) -> Option<FencedCopy> {
-    if fenced.len() < quorum.max(1) {
-        return None;
-    }
-    fenced
-        .iter()
-        .copied()
-        .max_by_key(|copy| (copy.end_offset, std::cmp::Reverse(copy.replica)))
-}
+pub use crate::recovery_plan::{recover_segment, FencedCopy, OffsetRange, SegmentRecovery};
 
 #[cfg(test)]
 mod tests {
@@ -428,23 +406,5 @@ mod tests {
         assert_eq!(effective_ack_quorum(2, 1), 1);
         assert_eq!(effective_ack_quorum(0, 3), 1);
         assert_eq!(effective_ack_quorum(2, 3), 2);
-    }
-
-    #[test]
-    fn recovery_takes_the_longest_fenced_copy_once_a_quorum_answered() {
-        let copy = |replica, end_offset| FencedCopy {
-            replica,
-            end_offset,
-            size_bytes: end_offset * 10,
-            max_timestamp_ms: end_offset as i64,
-        };
-        assert_eq!(recovered_copy(&[copy(0, 5)], 2), None);
-        assert_eq!(recovered_copy(&[], 1), None);
-        let recovered = recovered_copy(&[copy(0, 5), copy(2, 9), copy(1, 9)], 2);
-        assert_eq!(recovered, Some(copy(1, 9)));
-        assert_eq!(
-            recovered_copy(&[copy(1, 3), copy(0, 1)], 2),
-            Some(copy(1, 3))
-        );
     }
 }

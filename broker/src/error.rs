@@ -64,6 +64,11 @@ pub enum BrokerError {
     /// A subscription cursor from an older ownership epoch.
     #[error("{0}")]
     CursorFenced(String),
+    /// A range of the partition's log is damaged on every copy: it does
+    /// not serve until an operator decides (`sluice partition recover`).
+    /// The message names the segment, stores, range and command.
+    #[error("{0}")]
+    PartitionOffline(String),
     /// An error decided elsewhere in this broker, passed on with its code.
     #[error("{}", .0.message)]
     Relayed(SluiceError),
@@ -117,6 +122,7 @@ impl BrokerError {
             BrokerError::ConsumerBusy(_) => ErrorCode::ConsumerBusy,
             BrokerError::InvalidSelector(_) => ErrorCode::InvalidSelector,
             BrokerError::CursorFenced(_) => ErrorCode::Fenced,
+            BrokerError::PartitionOffline(_) => ErrorCode::StorageCorrupt,
             BrokerError::Relayed(error) => error.code,
         }
     }

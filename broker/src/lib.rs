@@ -24,6 +24,7 @@ mod lookup;
 mod ownership;
 mod partition;
 mod read_ahead;
+mod recovery_plan;
 mod repair;
 mod replica_io;
 mod retention;

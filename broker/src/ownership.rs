@@ -9,8 +9,8 @@ use crate::partition::Partition;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_proto::v1::{
-    DeregisterNodeRequest, HeartbeatRequest, NodeKind, NodeLoad, PartitionAssignment,
-    RegisterNodeRequest, TopicConfig,
+    DeregisterNodeRequest, HeartbeatRequest, NodeKind, NodeLoad, OfflinePartition,
+    PartitionAssignment, RegisterNodeRequest, TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;
@@ -59,8 +59,26 @@ impl RateMeter {
     }
 }
 
+/// The owned partitions that are offline, with why.
+fn offline_partitions(shared: &Shared) -> Vec<OfflinePartition> {
+    let mut offline: Vec<OfflinePartition> = shared
+        .partitions()
+        .iter()
+        .filter_map(|partition| {
+            partition.status().offline.map(|reason| OfflinePartition {
+                topic: partition.key.topic.clone(),
+                partition: partition.key.partition,
+                reason,
+            })
+        })
+        .collect();
+    offline.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    offline
+}
+
 fn load(shared: &Shared, meter: &mut RateMeter) -> NodeLoad {
     NodeLoad {
+        offline_partitions: offline_partitions(shared),
         partitions: u32::try_from(shared.partition_count()).unwrap_or(u32::MAX),
         bytes_in_per_sec: meter.bytes_per_sec(shared),
         healthy: true,

@@ -529,6 +529,9 @@ fn loaded_status(partition: &Partition) -> Result<PartitionStatus, BrokerError> 
             partition: partition.key.partition,
         });
     }
+    if let (false, Some(reason)) = (status.loaded, &status.offline) {
+        return Err(BrokerError::PartitionOffline(reason.clone()));
+    }
     if !status.loaded {
         return Err(BrokerError::Recovering {
             topic: partition.key.topic.clone(),

@@ -535,7 +535,27 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
                 println!("\n{title} ({})", nodes.len());
                 print_table(&header, &node_rows(nodes));
             }
+            print_offline_partitions(&status.brokers);
         }
     }
     Ok(())
+}
+
+/// The partitions brokers report offline, each with why and what to do.
+fn print_offline_partitions(brokers: &[NodeInfo]) {
+    let offline: Vec<_> = brokers
+        .iter()
+        .filter_map(|broker| broker.load.as_ref())
+        .flat_map(|load| load.offline_partitions.iter())
+        .collect();
+    if offline.is_empty() {
+        return;
+    }
+    println!("\noffline partitions ({})", offline.len());
+    for partition in offline {
+        println!(
+            "  {}/{}: {}",
+            partition.topic, partition.partition, partition.reason
+        );
+    }
 }

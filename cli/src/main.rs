@@ -19,6 +19,7 @@ mod dead_letters;
 mod dev;
 mod health;
 mod message;
+mod partition;
 mod produce;
 mod subscription;
 
@@ -64,6 +65,9 @@ enum Command {
     /// Cluster health: nameservers, brokers, stores and their leases.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
+    /// Operator decisions about one partition (recover a damaged one).
+    #[command(subcommand)]
+    Partition(partition::PartitionCommand),
     /// Produce records: arguments, or one per line from stdin.
     Produce(produce::ProduceArgs),
     /// Consume records to stdout, in a group or from an offset.
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             Command::Subscription(command) => subscription::run(config, command).await,
             Command::Group(command) => admin::group(config, command).await,
             Command::Cluster(command) => admin::cluster(config, command).await,
+            Command::Partition(command) => partition::run(config, command).await,
             Command::Produce(args) => produce::run(config, args).await,
             Command::Consume(args) => consume::run(config, args).await,
             Command::Bench(command) => bench::run(config, command).await,

@@ -300,6 +300,37 @@ impl Admin {
         }
     }
 
+    /// An operator's decision for a partition that is offline because a
+    /// range of its open segment is damaged on every copy (`sluice
+    /// partition recover`): with `accept_data_loss`, the partition goes on
+    /// after the highest offset any copy reports (or `resume_at_offset`,
+    /// 0 for none; needed when every copy lost the segment), the damaged
+    /// range is skipped for good and readers get an error there. Without
+    /// it the nameserver refuses and explains. Answers the segments marked.
+    pub async fn accept_data_loss(
+        &self,
+        topic: &str,
+        partition: u32,
+        accept_data_loss: bool,
+        resume_at_offset: u64,
+    ) -> Result<Vec<u64>, ClientError> {
+        check_topic(topic)?;
+        let request = v1::AcceptDataLossRequest {
+            topic: topic.to_string(),
+            partition,
+            accept_data_loss,
+            resume_at_offset,
+        };
+        let answer = self
+            .cluster
+            .call_nameserver("AcceptDataLoss", |mut client| {
+                let request = request.clone();
+                async move { client.accept_data_loss(request).await }
+            })
+            .await?;
+        Ok(answer.segment_ids)
+    }
+
     /// Nodes and partition health as seen by a nameserver.
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse, ClientError> {
         self.cluster

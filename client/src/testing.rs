@@ -854,6 +854,13 @@ impl name_server_server::NameServer for FakeNameServer {
         Err(Status::unimplemented("delete_segments is not faked"))
     }
 
+    async fn accept_data_loss(
+        &self,
+        _request: Request<sluice_proto::v1::AcceptDataLossRequest>,
+    ) -> Result<Response<sluice_proto::v1::AcceptDataLossResponse>, Status> {
+        Err(Status::unimplemented("accept_data_loss is not faked"))
+    }
+
     async fn register_group(
         &self,
         _request: Request<RegisterGroupRequest>,

@@ -5,17 +5,18 @@
 use crate::handler::{NameServerHandler, RouteStream};
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AllocateProducerIdRequest, AllocateProducerIdResponse, CloseSegmentRequest,
-    ClusterStatusRequest, ClusterStatusResponse, CreateSegmentRequest, CreateSubscriptionRequest,
-    CreateTopicRequest, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
-    DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
-    DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest,
-    HeartbeatRequest, HeartbeatResponse, ListGroupsRequest, ListGroupsResponse,
-    ListSegmentsRequest, ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
-    ListTopicsRequest, ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse,
-    RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, Subscription, Topic,
-    UpdateSegmentReplicasRequest, WatchRoutesRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
+    AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CreateSegmentRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteSegmentsRequest,
+    DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
+    DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest,
+    HeartbeatResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
+    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
+    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
+    WatchRoutesRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -155,6 +156,14 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<DeleteSegmentsResponse> {
         self.do_delete_segments(request.into_inner()).await?;
         Ok(Response::new(DeleteSegmentsResponse {}))
+    }
+
+    async fn accept_data_loss(
+        &self,
+        request: Request<AcceptDataLossRequest>,
+    ) -> ServiceResult<AcceptDataLossResponse> {
+        let segment_ids = self.do_accept_data_loss(request.into_inner()).await?;
+        Ok(Response::new(AcceptDataLossResponse { segment_ids }))
     }
 
     async fn register_group(

@@ -59,6 +59,7 @@ fn close_segment_request(
         end_offset,
         size_bytes,
         max_timestamp_ms,
+        ..CloseSegmentRequest::default()
     }
 }
 

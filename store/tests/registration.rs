@@ -152,6 +152,12 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<DeleteSegmentsResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn accept_data_loss(
+        &self,
+        _request: Request<sluice_proto::v1::AcceptDataLossRequest>,
+    ) -> Result<Response<sluice_proto::v1::AcceptDataLossResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
     async fn register_group(
         &self,
         _request: Request<RegisterGroupRequest>,

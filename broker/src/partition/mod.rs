@@ -63,6 +63,9 @@ pub struct PartitionStatus {
     pub generation: u64,
     /// True once high watermark and log start are known from a takeover.
     pub loaded: bool,
+    /// Why the partition cannot be taken over without an operator (a range
+    /// damaged on every copy), while that is so.
+    pub offline: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +156,7 @@ impl Partition {
                 log_start_offset: 0,
                 generation: 0,
                 loaded: false,
+                offline: None,
             }),
             jobs,
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
@@ -260,10 +264,13 @@ impl Partition {
             Phase::Serving => {}
             Phase::Stopped => return Err(self.not_owner()),
             Phase::Loading | Phase::Recovering => {
+                if let Some(reason) = status.offline {
+                    return Err(BrokerError::PartitionOffline(reason));
+                }
                 return Err(BrokerError::Recovering {
                     topic: self.key.topic.clone(),
                     partition: self.key.partition,
-                })
+                });
             }
         }
         if generation != status.generation {

@@ -7,17 +7,20 @@ use super::task::Backoff;
 use super::{never, Partition};
 use crate::clients::{nameserver_call, request};
 use crate::decisions::{closing_would_rewind, segment_for_offset};
-use crate::decisions::{effective_ack_quorum, fence_quorum, recovered_copy, FencedCopy};
+use crate::decisions::{effective_ack_quorum, fence_quorum, recover_segment};
+use crate::decisions::{FencedCopy, OffsetRange, SegmentRecovery};
 use crate::error::BrokerError;
+use crate::recovery_plan::Piece;
 use crate::replica_io::{copy_range, open_append_stream, read_segment, CopyRange};
 use crate::Shared;
 use futures::stream::{BoxStream, FuturesUnordered, SelectAll};
 use futures::StreamExt;
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest,
+    AppendRequest, AppendResponse, CloseSegmentRequest, CreateSegmentRequest, DamagedRange,
     DeleteSegmentsRequest, Durability, ListSegmentsRequest, SealSegmentRequest, SegmentInfo,
     SegmentState, StoreCreateSegmentRequest, TopicConfig,
 };
+use sluice_proto::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -54,35 +57,35 @@ struct RecoveredSegment {
     end_offset: u64,
     size_bytes: u64,
     max_timestamp_ms: i64,
+    /// Ranges no copy held intact, closed over because an operator
+    /// accepted their loss.
+    lost: Vec<OffsetRange>,
 }
 
-/// Fences an open segment and recovers its end (ADR 0008): seals it on its
-/// replicas in parallel, waits for a fence quorum (and briefly for the
-/// rest), takes the longest fenced copy as the segment's content, and
-/// copies the missing tail to every other fenced replica so the recovered
-/// entries are on as many copies as answered. Replicas that did not answer
-/// are left to repair.
-async fn fence_and_recover(
+/// The answers to sealing an open segment's replicas.
+#[derive(Default)]
+struct Seals {
+    copies: Vec<FencedCopy>,
+    /// Replicas whose store answered STORAGE_CORRUPT: it lost the segment
+    /// (fenced, but holding nothing).
+    lost: Vec<usize>,
+    last_error: Option<BrokerError>,
+}
+
+/// Seals `segment` on its replicas in parallel and collects the answers:
+/// all of them, or those in by `fence_grace_ms` after a fence quorum.
+async fn seal_replicas(
     shared: &Shared,
     partition: &Partition,
     segment: &SegmentInfo,
-) -> Result<RecoveredSegment, BrokerError> {
-    let epoch = partition.epoch;
+    quorum: usize,
+) -> Seals {
     let replicas = &segment.replicas;
-    if replicas.is_empty() {
-        return Ok(RecoveredSegment {
-            end_offset: segment.base_offset,
-            size_bytes: 0,
-            max_timestamp_ms: segment.max_timestamp_ms,
-        });
-    }
-    let ack_quorum = effective_ack_quorum(partition.config.ack_quorum, replicas.len());
-    let quorum = fence_quorum(replicas.len(), ack_quorum);
     let mut seals = FuturesUnordered::new();
     for (index, replica) in replicas.iter().enumerate() {
         let seal = SealSegmentRequest {
             segment_id: segment.segment_id,
-            writer_epoch: epoch,
+            writer_epoch: partition.epoch,
             topic: partition.key.topic.clone(),
             partition: partition.key.partition,
             base_offset: segment.base_offset,
@@ -102,8 +105,7 @@ async fn fence_and_recover(
             (index, answer)
         });
     }
-    let mut fenced: Vec<FencedCopy> = Vec::new();
-    let mut last_error: Option<BrokerError> = None;
+    let mut answers = Seals::default();
     let grace = Duration::from_millis(shared.config.replication.fence_grace_ms);
     let mut grace_deadline: Option<Instant> = None;
     loop {
@@ -112,77 +114,188 @@ async fn fence_and_recover(
             _ = tokio::time::sleep_until(grace_deadline.unwrap_or_else(never)), if grace_deadline.is_some() => None,
         };
         let Some((index, answer)) = next else { break };
+        let store = &replicas[index].store_id;
         match answer {
             Ok(status) => {
-                let usable_end = status
-                    .corrupt_from_offset
-                    .map_or(status.end_offset, |corrupt| corrupt.min(status.end_offset))
-                    .max(segment.base_offset);
-                if status.corrupt_from_offset.is_some() {
-                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, usable_end, "fenced copy is damaged; using it only up to the damage");
+                let copy = FencedCopy::from_status(index, &status);
+                if !copy.damaged.is_empty() {
+                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, %store, end_offset = copy.end_offset, damaged = ?copy.damaged, "fenced copy is damaged; it counts for the end, not for serving its damage");
                 }
-                fenced.push(FencedCopy {
-                    replica: index,
-                    end_offset: usable_end,
-                    size_bytes: status.size_bytes,
-                    max_timestamp_ms: status.max_timestamp_ms,
-                });
-                if fenced.len() >= quorum && grace_deadline.is_none() {
-                    grace_deadline = Some(Instant::now() + grace);
-                }
+                answers.copies.push(copy);
+            }
+            Err(error) if error.code() == ErrorCode::StorageCorrupt => {
+                tracing::error!(partition = %partition.key, segment = segment.segment_id, %store, %error, "the store lost its copy of an open segment");
+                answers.lost.push(index);
             }
             Err(error) => {
-                tracing::warn!(partition = %partition.key, segment = segment.segment_id, store = %replicas[index].store_id, %error, "cannot fence a replica");
-                last_error = Some(error);
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, %store, %error, "cannot fence a replica");
+                answers.last_error = Some(error);
             }
         }
-    }
-    let Some(longest) = recovered_copy(&fenced, quorum) else {
-        return Err(BrokerError::Unavailable(format!(
-            "fenced {} of the {} replicas of segment {} of {}, need {quorum}{}",
-            fenced.len(),
-            replicas.len(),
-            segment.segment_id,
-            partition.key,
-            last_error
-                .map(|error| format!(" (last error: {error})"))
-                .unwrap_or_default()
-        )));
-    };
-    for copy in &fenced {
-        if copy.end_offset < longest.end_offset {
-            copy_tail(shared, partition, segment, &longest, copy).await?;
+        if answers.copies.len() + answers.lost.len() >= quorum && grace_deadline.is_none() {
+            grace_deadline = Some(Instant::now() + grace);
         }
     }
-    Ok(RecoveredSegment {
-        end_offset: longest.end_offset,
-        size_bytes: longest.size_bytes,
-        max_timestamp_ms: longest.max_timestamp_ms,
-    })
+    answers
 }
 
-/// Copies `[to.end_offset, from.end_offset)` of a fenced segment from one
-/// replica to another.
-async fn copy_tail(
+/// Fences an open segment and recovers its end (ADR 0008): seals it on its
+/// replicas in parallel, waits for a fence quorum (and briefly for the
+/// rest), and decides with [`recover_segment`]: the segment ends at the
+/// highest end a fenced copy reports (damage never shortens it, so no
+/// offset is reused), the undamaged short copies get the missing tail,
+/// and damaged copies are left to repair (which deletes and recopies them
+/// on their store once the segment is closed). A range no fenced copy
+/// holds intact keeps the partition offline
+/// ([`BrokerError::PartitionOffline`]) until an operator accepts its loss.
+async fn fence_and_recover(
     shared: &Shared,
     partition: &Partition,
     segment: &SegmentInfo,
-    from: &FencedCopy,
-    to: &FencedCopy,
+) -> Result<RecoveredSegment, BrokerError> {
+    let replicas = &segment.replicas;
+    if replicas.is_empty() {
+        return Ok(RecoveredSegment {
+            end_offset: segment.base_offset,
+            size_bytes: 0,
+            max_timestamp_ms: segment.max_timestamp_ms,
+            lost: Vec::new(),
+        });
+    }
+    let ack_quorum = effective_ack_quorum(partition.config.ack_quorum, replicas.len());
+    let quorum = fence_quorum(replicas.len(), ack_quorum);
+    let seals = seal_replicas(shared, partition, segment, quorum).await;
+    let decision = recover_segment(
+        segment.base_offset,
+        &seals.copies,
+        seals.lost.len(),
+        quorum,
+        segment.data_loss_accepted,
+        segment.accepted_end_offset,
+    );
+    match decision {
+        SegmentRecovery::Unfenced { answered, quorum } => Err(BrokerError::Unavailable(format!(
+            "fenced {answered} of the {} replicas of segment {} of {}, need {quorum}{}",
+            replicas.len(),
+            segment.segment_id,
+            partition.key,
+            seals
+                .last_error
+                .map(|error| format!(" (last error: {error})"))
+                .unwrap_or_default()
+        ))),
+        SegmentRecovery::Offline {
+            end_offset,
+            unreadable,
+            end_unknown,
+        } => Err(BrokerError::PartitionOffline(offline_reason(
+            partition,
+            segment,
+            &seals,
+            (end_offset, &unreadable, end_unknown),
+        ))),
+        SegmentRecovery::Close {
+            end_offset,
+            size_bytes,
+            max_timestamp_ms,
+            fills,
+            lost,
+            damaged_copies,
+        } => {
+            for fill in &fills {
+                for piece in &fill.pieces {
+                    copy_piece(shared, partition, segment, piece, fill.target).await?;
+                }
+            }
+            if !damaged_copies.is_empty() || !lost.is_empty() {
+                let stores: Vec<&str> = damaged_copies
+                    .iter()
+                    .map(|index| replicas[*index].store_id.as_str())
+                    .collect();
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, end_offset, damaged_stores = ?stores, lost = ?lost, "closing a segment with damaged copies at the highest end reported; repair recopies them");
+            }
+            Ok(RecoveredSegment {
+                end_offset,
+                size_bytes,
+                max_timestamp_ms,
+                lost,
+            })
+        }
+    }
+}
+
+/// The operator's explanation of an offline partition: the segment, the
+/// stores, the damaged ranges and what decides.
+fn offline_reason(
+    partition: &Partition,
+    segment: &SegmentInfo,
+    seals: &Seals,
+    (end_offset, unreadable, end_unknown): (u64, &[OffsetRange], bool),
+) -> String {
+    let replicas = &segment.replicas;
+    let damaged: Vec<String> = seals
+        .copies
+        .iter()
+        .filter(|copy| !copy.damaged.is_empty())
+        .map(|copy| {
+            let ranges: Vec<String> = copy.damaged.iter().map(ToString::to_string).collect();
+            format!(
+                "{} damaged at {}",
+                replicas[copy.replica].store_id,
+                ranges.join(", ")
+            )
+        })
+        .chain(
+            seals
+                .lost
+                .iter()
+                .map(|index| format!("{} lost the segment", replicas[*index].store_id)),
+        )
+        .collect();
+    let ranges: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+    let what = if end_unknown {
+        format!(
+            "too few copies survive to know where it ends (at least {end_offset}); recover with --resume-at-offset at or beyond the highest offset ever produced"
+        )
+    } else {
+        format!(
+            "offsets {} are held intact by no copy; its copies end at {end_offset}",
+            ranges.join(", ")
+        )
+    };
+    format!(
+        "partition {} is offline: segment {} (base offset {}): {what} ({}). An operator decides: `sluice partition recover {} {} --accept-data-loss` continues the log after offset {end_offset} without those offsets",
+        partition.key,
+        segment.segment_id,
+        segment.base_offset,
+        damaged.join("; "),
+        partition.key.topic,
+        partition.key.partition
+    )
+}
+
+/// Copies one piece of a fenced segment's missing tail from one replica
+/// to another.
+async fn copy_piece(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    piece: &Piece,
+    target: usize,
 ) -> Result<(), BrokerError> {
-    let source = &segment.replicas[from.replica];
-    let target = &segment.replicas[to.replica];
+    let source = &segment.replicas[piece.source];
+    let target = &segment.replicas[target];
     let range = CopyRange {
         segment_id: segment.segment_id,
         source,
         target,
-        from_offset: to.end_offset,
-        end_offset: from.end_offset,
+        from_offset: piece.start,
+        end_offset: piece.end,
         fence_epoch: partition.epoch,
         chunk_bytes: u32::try_from(shared.config.fetch.max_bytes).unwrap_or(u32::MAX),
     };
     copy_range(&shared.clients, &range, &shared.repair.bytes_copied).await?;
-    tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = to.end_offset, end = from.end_offset, "re-replicated the tail of a fenced segment");
+    tracing::info!(partition = %partition.key, segment = segment.segment_id, from = %source.store_id, to = %target.store_id, start = piece.start, end = piece.end, "re-replicated the tail of a fenced segment");
     Ok(())
 }
 
@@ -244,6 +357,7 @@ pub(super) async fn open_segment(
                 end_offset: recovered.end_offset,
                 size_bytes: recovered.size_bytes,
                 max_timestamp_ms: recovered.max_timestamp_ms,
+                lost_ranges: lost_ranges(&recovered.lost),
             }
         )?;
         previous_end = Some(segment.end_offset);
@@ -279,6 +393,17 @@ pub(super) async fn open_segment(
         status.loaded = true;
     });
     Ok(opened)
+}
+
+/// Lost ranges as the nameserver records them.
+fn lost_ranges(lost: &[OffsetRange]) -> Vec<DamagedRange> {
+    lost.iter()
+        .map(|range| DamagedRange {
+            start_offset: range.start,
+            end_offset: range.end,
+            detail: "accepted as lost by an operator".to_string(),
+        })
+        .collect()
 }
 
 /// Refuses to close a segment shorter than what this broker already
@@ -418,6 +543,7 @@ pub(super) async fn close_rolled_segment(
                     end_offset: recovered.end_offset,
                     size_bytes: recovered.size_bytes,
                     max_timestamp_ms: recovered.max_timestamp_ms,
+                    lost_ranges: lost_ranges(&recovered.lost),
                 }
             )
         };
@@ -469,11 +595,28 @@ pub(super) async fn rebuild_producer_states(
                 partition.key
             )));
         };
+        if let Some(lost) = segment
+            .lost_ranges
+            .iter()
+            .find(|range| range.start_offset <= offset && offset < range.end_offset)
+        {
+            // Accepted as lost: nothing to read there (idempotence has no
+            // state from it, like a batch older than the window).
+            offset = lost.end_offset;
+            continue;
+        }
         let end_offset = if segment.state() == SegmentState::Open {
             high_watermark
         } else {
             segment.end_offset.min(high_watermark)
         };
+        // Stop a read before the next lost range.
+        let end_offset = segment
+            .lost_ranges
+            .iter()
+            .map(|range| range.start_offset)
+            .filter(|start| *start > offset)
+            .fold(end_offset, u64::min);
         let batches = read_segment(
             &shared.clients,
             &partition.key,

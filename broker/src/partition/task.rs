@@ -92,7 +92,7 @@ pub(super) async fn run(
                 match taken {
                     Ok(segment) => segment,
                     Err(error) => {
-                        tracing::warn!(partition = %partition.key, epoch = partition.epoch, %error, "takeover failed; retrying");
+                        report_offline(&partition, &error);
                         fail_generation(&partition, &mut jobs, &error);
                         let delay = carried.backoff.next();
                         tokio::select! {
@@ -133,12 +133,30 @@ async fn take_over(
     super::takeover::rebuild_producer_states(shared, partition).await?;
     log_roll(partition, &segment, carried.roll_pause.take(), false);
     tracing::info!(partition = %partition.key, epoch = partition.epoch, segment = segment.info.segment_id, base_offset = segment.info.base_offset, "serving");
-    partition
-        .status
-        .send_modify(|status| status.phase = Phase::Serving);
+    partition.status.send_modify(|status| {
+        status.phase = Phase::Serving;
+        status.offline = None;
+    });
     carried.backoff.reset();
     carried.excluded.clear();
     Ok(segment)
+}
+
+/// Logs a failed takeover; one that found the partition damaged on every
+/// copy marks it offline (reported to the nameserver, answered to
+/// producers) until a takeover succeeds.
+fn report_offline(partition: &Partition, error: &BrokerError) {
+    let BrokerError::PartitionOffline(reason) = error else {
+        tracing::warn!(partition = %partition.key, epoch = partition.epoch, %error, "takeover failed; retrying");
+        return;
+    };
+    let first = partition.status().offline.as_deref() != Some(reason.as_str());
+    if first {
+        tracing::error!(partition = %partition.key, epoch = partition.epoch, %reason, "partition offline: an operator must decide");
+    }
+    partition
+        .status
+        .send_modify(|status| status.offline = Some(reason.clone()));
 }
 
 /// After a roll: how long appends paused, and how the next segment came.

@@ -295,6 +295,17 @@ pub struct Cluster {
     pub store_stop: watch::Sender<bool>,
     pub store_address: String,
     pub store_directory: std::path::PathBuf,
+    /// Stores beyond the first (`Cluster::start_replicated`).
+    pub more_stores: Vec<StoreNode>,
+}
+
+/// A store of a replicated cluster beyond the first.
+pub struct StoreNode {
+    pub node_id: String,
+    pub address: String,
+    pub directory: std::path::PathBuf,
+    pub stop: watch::Sender<bool>,
+    pub task: JoinHandle<Result<(), sluice_store::StoreError>>,
 }
 
 pub fn spawn_store(
@@ -306,9 +317,28 @@ pub fn spawn_store(
     watch::Sender<bool>,
     JoinHandle<Result<(), sluice_store::StoreError>>,
 ) {
+    spawn_store_as(
+        "test-store",
+        nameserver_url,
+        store_address,
+        store_directory,
+        store_listener,
+    )
+}
+
+pub fn spawn_store_as(
+    node_id: &str,
+    nameserver_url: &str,
+    store_address: &str,
+    store_directory: &std::path::Path,
+    store_listener: TcpListener,
+) -> (
+    watch::Sender<bool>,
+    JoinHandle<Result<(), sluice_store::StoreError>>,
+) {
     let (stop, stopped) = watch::channel(false);
     let config = sluice_store::StoreConfig {
-        node_id: "test-store".into(),
+        node_id: node_id.into(),
         listen_address: store_address.to_string(),
         nameservers: vec![nameserver_url.to_string()],
         data_dir: store_directory.to_path_buf(),
@@ -343,6 +373,43 @@ impl Cluster {
             ack_quorum: 1,
             ..topic_defaults
         };
+        Self::start_shaped(directory, topic_defaults).await
+    }
+
+    /// Three stores (`test-store`, `test-store-1`, `test-store-2`) and
+    /// topics placed on all three, acknowledged by two (3/3/2).
+    pub async fn start_replicated(directory: &std::path::Path) -> Cluster {
+        let topic_defaults = TopicDefaults {
+            ensemble_size: 3,
+            write_quorum: 3,
+            ack_quorum: 2,
+            ..TopicDefaults::default()
+        };
+        let mut cluster = Self::start_shaped(directory, topic_defaults).await;
+        for index in 1..3 {
+            let listener = listener().await;
+            let address = listener.local_addr().expect("store address").to_string();
+            let node_id = format!("test-store-{index}");
+            let store_directory = directory.join(&node_id);
+            let (stop, task) = spawn_store_as(
+                &node_id,
+                &cluster.nameserver_url,
+                &address,
+                &store_directory,
+                listener,
+            );
+            cluster.more_stores.push(StoreNode {
+                node_id,
+                address,
+                directory: store_directory,
+                stop,
+                task,
+            });
+        }
+        cluster
+    }
+
+    async fn start_shaped(directory: &std::path::Path, topic_defaults: TopicDefaults) -> Cluster {
         let (stop_cluster, cluster_stopped) = watch::channel(false);
 
         let nameserver_listener = listener().await;
@@ -393,6 +460,7 @@ impl Cluster {
             store_stop,
             store_address,
             store_directory,
+            more_stores: Vec::new(),
         }
     }
 
@@ -434,9 +502,39 @@ impl Cluster {
         self.store = task;
     }
 
+    /// Stops store `index` of [`Cluster::more_stores`] and starts it again
+    /// on the same address and data.
+    pub async fn restart_more_store(&mut self, index: usize, while_down: impl Future<Output = ()>) {
+        let nameserver_url = self.nameserver_url.clone();
+        let node = &mut self.more_stores[index];
+        node.stop.send_replace(true);
+        let stopped = (&mut node.task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(()))),
+            "store stops cleanly: {stopped:?}"
+        );
+        while_down.await;
+        let listener = TcpListener::bind(&node.address)
+            .await
+            .expect("rebind the store address");
+        let (stop, task) = spawn_store_as(
+            &node.node_id,
+            &nameserver_url,
+            &node.address,
+            &node.directory,
+            listener,
+        );
+        node.stop = stop;
+        node.task = task;
+    }
+
     pub async fn stop(self) {
         self.stop.send_replace(true);
         self.store_stop.send_replace(true);
+        for node in self.more_stores {
+            node.stop.send_replace(true);
+            let _ = node.task.await;
+        }
         let _ = self.store.await;
         let _ = self.nameserver.await;
     }

@@ -1,12 +1,13 @@
 //! The nameserver's request handling, one file per resource: `nodes`
 //! (registration, heartbeats, load), `topics`, `topic_config` (filling and
 //! checking a topic's config), `segments`, `routes` (routes, route
-//! watches, coordinator lookup), `groups` (groups and producer ids) and
-//! `status`; subscriptions are in `crate::subscriptions`. Everything is
+//! watches, coordinator lookup), `groups` (groups and producer ids),
+//! `data_loss` (an operator's acceptance of data loss) and `status`; subscriptions are in `crate::subscriptions`. Everything is
 //! answered from the metadata store, so any nameserver can answer any
 //! request. This file holds the shared state and the reads several
 //! resources use; `crate::service` maps the gRPC trait onto it.
 
+mod data_loss;
 mod groups;
 mod nodes;
 mod routes;

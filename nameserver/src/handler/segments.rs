@@ -187,6 +187,7 @@ impl NameServerHandler {
                 .collect(),
             writer_epoch: request.epoch,
             created_at_ms: now_ms(),
+            ..SegmentInfo::default()
         };
         // Placement never returns fewer stores than the ack quorum (>= 1).
         debug_assert!(!segment.replicas.is_empty(), "a segment without replicas");
@@ -241,7 +242,9 @@ impl NameServerHandler {
                     request.segment_id, segment.end_offset
                 )));
             }
+            check_lost_ranges(segment, &request)?;
             segment.state = SegmentState::Closed as i32;
+            segment.lost_ranges = request.lost_ranges.clone();
             segment.end_offset = request.end_offset;
             segment.size_bytes = request.size_bytes;
             segment.max_timestamp_ms = request.max_timestamp_ms;
@@ -353,6 +356,39 @@ impl NameServerHandler {
 }
 
 /// A replica list from repair: not empty, valid store ids, none twice.
+/// Lost ranges may be recorded only on a segment an operator accepted
+/// loss for, and only inside the closed segment.
+fn check_lost_ranges(
+    segment: &SegmentInfo,
+    request: &CloseSegmentRequest,
+) -> Result<(), NameServerError> {
+    if request.lost_ranges.is_empty() {
+        return Ok(());
+    }
+    if !segment.data_loss_accepted {
+        return Err(invalid(format!(
+            "segment {} may not be closed over lost ranges: no operator accepted data loss for it",
+            segment.segment_id
+        )));
+    }
+    for range in &request.lost_ranges {
+        if range.start_offset >= range.end_offset
+            || range.start_offset < segment.base_offset
+            || range.end_offset > request.end_offset
+        {
+            return Err(invalid(format!(
+                "lost range [{}, {}) is not inside segment {} [{}, {})",
+                range.start_offset,
+                range.end_offset,
+                segment.segment_id,
+                segment.base_offset,
+                request.end_offset
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn validate_replicas(replicas: &[SegmentReplica]) -> Result<(), NameServerError> {
     if replicas.is_empty() {
         return Err(invalid("a segment needs at least one replica".to_string()));
@@ -403,6 +439,40 @@ mod tests {
                     Err(NameServerError::InvalidArgument(_))
                 ),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lost_ranges_need_an_operator_and_must_lie_inside_the_segment() {
+        use sluice_proto::v1::DamagedRange;
+        let lost = |start_offset, end_offset| DamagedRange {
+            start_offset,
+            end_offset,
+            detail: String::new(),
+        };
+        let mut segment = SegmentInfo {
+            segment_id: 7,
+            base_offset: 100,
+            ..SegmentInfo::default()
+        };
+        let mut request = CloseSegmentRequest {
+            end_offset: 4000,
+            ..CloseSegmentRequest::default()
+        };
+        assert!(check_lost_ranges(&segment, &request).is_ok());
+        request.lost_ranges = vec![lost(2980, 3000)];
+        assert!(
+            check_lost_ranges(&segment, &request).is_err(),
+            "no operator accepted the loss"
+        );
+        segment.data_loss_accepted = true;
+        assert!(check_lost_ranges(&segment, &request).is_ok());
+        for (start, end) in [(99, 200), (3990, 4001), (10, 10), (u64::MAX, 0)] {
+            request.lost_ranges = vec![lost(start, end)];
+            assert!(
+                check_lost_ranges(&segment, &request).is_err(),
+                "{start}..{end}"
             );
         }
     }

@@ -23,17 +23,50 @@ struct SegmentCounts {
     under_replicated: u32,
 }
 
-fn count_partitions(routes: &GetRoutesResponse) -> PartitionCounts {
+/// Counts partitions over `routes`: offline when no live broker owns one,
+/// or when its owner reports it offline (`reported`: (broker, topic,
+/// partition) from the brokers' load; a range damaged on every copy).
+fn count_partitions(
+    routes: &GetRoutesResponse,
+    reported: &HashSet<(&str, &str, u32)>,
+) -> PartitionCounts {
     let mut counts = PartitionCounts::default();
     for topic in &routes.topics {
         for route in &topic.partitions {
             counts.partitions += 1;
-            if route.broker_id.is_empty() {
+            let owner_reports = reported.contains(&(
+                route.broker_id.as_str(),
+                topic.topic.as_str(),
+                route.partition,
+            ));
+            if route.broker_id.is_empty() || owner_reports {
                 counts.offline += 1;
             }
         }
     }
     counts
+}
+
+/// The partitions live brokers report offline, as (broker, topic,
+/// partition).
+fn reported_offline(brokers: &[NodeInfo]) -> HashSet<(&str, &str, u32)> {
+    brokers
+        .iter()
+        .filter(|broker| broker.lease_remaining_ms >= 0)
+        .flat_map(|broker| {
+            broker
+                .load
+                .iter()
+                .flat_map(|load| load.offline_partitions.iter())
+                .map(|offline| {
+                    (
+                        broker.node_id.as_str(),
+                        offline.topic.as_str(),
+                        offline.partition,
+                    )
+                })
+        })
+        .collect()
 }
 
 impl NameServerHandler {
@@ -66,7 +99,7 @@ impl NameServerHandler {
         } else {
             self.compute_routes(&all_names).await?
         };
-        let partitions = count_partitions(&all_routes);
+        let partitions = count_partitions(&all_routes, &reported_offline(&brokers));
         let live_stores: HashSet<&str> =
             stores.iter().map(|store| store.node_id.as_str()).collect();
         let segments = self.count_segments(&topics, &live_stores).await?;
@@ -143,7 +176,51 @@ mod tests {
             ],
         };
         assert_eq!(
-            count_partitions(&routes),
+            count_partitions(&routes, &HashSet::new()),
+            PartitionCounts {
+                partitions: 3,
+                offline: 2
+            }
+        );
+    }
+
+    #[test]
+    fn partitions_their_owner_reports_offline_count_as_offline() {
+        use sluice_proto::v1::{NodeLoad, OfflinePartition};
+        let route = |partition: u32, broker: &str| PartitionRoute {
+            partition,
+            broker_id: broker.to_string(),
+            ..PartitionRoute::default()
+        };
+        let routes = GetRoutesResponse {
+            topics: vec![TopicRoute {
+                topic: "orders".into(),
+                partitions: vec![route(0, "b1"), route(1, "b1"), route(2, "")],
+                ..TopicRoute::default()
+            }],
+        };
+        let broker = |id: &str, lease_remaining_ms: i64, partition: u32| NodeInfo {
+            node_id: id.into(),
+            lease_remaining_ms,
+            load: Some(NodeLoad {
+                offline_partitions: vec![OfflinePartition {
+                    topic: "orders".into(),
+                    partition,
+                    reason: "damaged".into(),
+                }],
+                ..NodeLoad::default()
+            }),
+            ..NodeInfo::default()
+        };
+        // b1 reports partition 1; a stale report by a previous owner of
+        // partition 0 and one from an expired lease do not count.
+        let brokers = vec![
+            broker("b1", 1000, 1),
+            broker("b0", 1000, 0),
+            broker("b1", -1, 0),
+        ];
+        assert_eq!(
+            count_partitions(&routes, &reported_offline(&brokers)),
             PartitionCounts {
                 partitions: 3,
                 offline: 2

@@ -72,6 +72,7 @@ impl SegmentHandle {
             max_timestamp_ms: log.max_timestamp_ms,
             writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
             corrupt_from_offset: log.corrupt_from_offset(),
+            damaged_ranges: Vec::new(),
         }
     }
 }

@@ -1,0 +1,419 @@
+//! Issue 11 item 3: a partition never rewinds over a damaged copy of its
+//! open segment. Real stores in this process on temp dirs; the damage is
+//! done to a stopped store's segment file (a flipped bit mid-segment or a
+//! file cut mid-batch), then the broker takes the partition over again.
+//!
+//! - One copy (1/1/1): the partition goes offline with an error naming the
+//!   segment and the damaged range, counted by cluster status, and never
+//!   accepts produce at a reused offset; after the operator's
+//!   `AcceptDataLoss` it continues at 4000 and reads up to the damage.
+//! - Three copies (3/3/2): the takeover continues at 4000 with nothing
+//!   lost, reads of the damaged range are served from a healthy copy and
+//!   repair recopies the damaged one.
+
+#[allow(dead_code)] // the kit serves every scenario file; this one uses part of it
+mod common;
+
+use common::*;
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::store_client::StoreClient;
+use sluice_proto::v1::{
+    AcceptDataLossRequest, ClusterStatusRequest, ListSegmentsRequest, SegmentInfo,
+    SegmentStatusRequest,
+};
+use sluice_proto::ErrorCode;
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+const RECORDS: usize = 4000;
+const RECORDS_PER_BATCH: usize = 20;
+
+fn value(index: usize) -> String {
+    format!("record-{index:05}")
+}
+
+/// Produces `RECORDS` records in batches of `RECORDS_PER_BATCH`, all
+/// acknowledged at offsets 0..RECORDS.
+async fn produce_records(client: &mut BrokerClient<Channel>) {
+    let mut requests = Vec::new();
+    for (batch_index, start) in (0..RECORDS).step_by(RECORDS_PER_BATCH).enumerate() {
+        let values: Vec<String> = (start..start + RECORDS_PER_BATCH).map(value).collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        requests.push(produce_request(
+            batch_index as u64 + 100,
+            TOPIC,
+            batch_at(&values, 1_000),
+        ));
+    }
+    for (index, answer) in produce(client, requests).await.iter().enumerate() {
+        assert_eq!(
+            answer.error,
+            ErrorCode::None as i32,
+            "{}",
+            answer.error_message
+        );
+        assert_eq!(answer.base_offset, (index * RECORDS_PER_BATCH) as u64);
+    }
+}
+
+fn nameserver(cluster: &Cluster) -> NameServerClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(cluster.nameserver_url.clone())
+        .expect("valid nameserver url")
+        .connect_lazy();
+    NameServerClient::new(channel)
+}
+
+async fn segments(cluster: &Cluster) -> Vec<SegmentInfo> {
+    nameserver(cluster)
+        .list_segments(ListSegmentsRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+        })
+        .await
+        .expect("list segments")
+        .into_inner()
+        .segments
+}
+
+/// The segment log file holding the most data in a store directory, and
+/// how many bytes of data it holds (files are preallocated with zeros).
+fn largest_segment_file(store_directory: &Path) -> (PathBuf, usize) {
+    let mut best: Option<(PathBuf, usize)> = None;
+    for entry in walk(store_directory) {
+        if entry.extension().is_none_or(|extension| extension != "log") {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).expect("read segment file");
+        let data = bytes
+            .iter()
+            .rposition(|byte| *byte != 0)
+            .map_or(0, |last| last + 1);
+        if best.as_ref().is_none_or(|(_, size)| data > *size) {
+            best = Some((entry, data));
+        }
+    }
+    best.expect("a segment file")
+}
+
+fn walk(directory: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Flips one bit in the middle of the data of the largest segment file.
+fn flip_a_bit_mid_segment(store_directory: &Path) {
+    let (path, data) = largest_segment_file(store_directory);
+    let mut bytes = std::fs::read(&path).expect("read segment");
+    bytes[data / 2] ^= 0x10;
+    std::fs::write(&path, bytes).expect("write segment");
+}
+
+/// Cuts the largest segment file in the middle of a batch, 3/4 in.
+fn truncate_mid_batch(store_directory: &Path) {
+    let (path, data) = largest_segment_file(store_directory);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open segment");
+    file.set_len((data * 3 / 4) as u64 + 7).expect("truncate");
+}
+
+/// Fetches from `offset` until the first error or the end, returning the
+/// values read and the error (code, message) that stopped it.
+async fn read_from(
+    client: &mut BrokerClient<Channel>,
+    mut offset: u64,
+    end: u64,
+) -> (Vec<String>, Option<(i32, String)>) {
+    let mut read = Vec::new();
+    while offset < end {
+        let fetched = fetch(client, offset, 0).await;
+        let partition = &fetched.partitions[0];
+        if partition.error != ErrorCode::None as i32 {
+            return (
+                read,
+                Some((partition.error, partition.error_message.clone())),
+            );
+        }
+        let batch_values = values(&partition.batches);
+        if batch_values.is_empty() {
+            return (read, Some((0, "no data".into())));
+        }
+        offset += batch_values.len() as u64;
+        read.extend(batch_values);
+    }
+    (read, None)
+}
+
+fn expected(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(value).collect()
+}
+
+/// Produces one record; never may it be accepted below `RECORDS`.
+async fn produce_one(client: &BrokerClient<Channel>, request_id: u64) -> (i32, String, u64) {
+    let mut client = client.clone();
+    let answer = produce(
+        &mut client,
+        vec![produce_request(
+            request_id,
+            TOPIC,
+            batch_at(&["after"], 2_000),
+        )],
+    )
+    .await;
+    let answer = &answer[0];
+    if answer.error == ErrorCode::None as i32 {
+        assert!(
+            answer.base_offset >= RECORDS as u64,
+            "accepted at offset {}, reusing an acknowledged offset below {RECORDS}",
+            answer.base_offset
+        );
+    }
+    (
+        answer.error,
+        answer.error_message.clone(),
+        answer.base_offset,
+    )
+}
+
+/// The single-copy scenario after the damage: offline, visible, never
+/// reusing an offset; then the operator accepts the loss.
+async fn single_copy_goes_offline_until_recovered(cluster: &Cluster) {
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let client = broker_client(&broker.address).await;
+    let reason = eventually("the partition to be reported offline", || {
+        let client = client.clone();
+        async move {
+            let (code, message, _) = produce_one(&client, 1).await;
+            (code == ErrorCode::StorageCorrupt as i32).then_some(message)
+        }
+    })
+    .await;
+    assert!(reason.contains("offline"), "{reason}");
+    assert!(reason.contains("segment"), "{reason}");
+    assert!(reason.contains("test-store"), "{reason}");
+    assert!(reason.contains("--accept-data-loss"), "{reason}");
+    // Still offline a while later: takeover retries do not give up and
+    // rewind.
+    for request_id in 2..5 {
+        let (code, _, _) = produce_one(&client, request_id).await;
+        assert_eq!(code, ErrorCode::StorageCorrupt as i32);
+    }
+    let mut admin = nameserver(cluster);
+    eventually("cluster status to count the offline partition", || {
+        let mut admin = admin.clone();
+        async move {
+            let status = admin
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let reported = status.brokers.iter().any(|broker| {
+                broker.load.as_ref().is_some_and(|load| {
+                    load.offline_partitions
+                        .iter()
+                        .any(|offline| offline.topic == TOPIC && offline.reason.contains("offline"))
+                })
+            });
+            (status.offline_partitions >= 1 && reported).then_some(())
+        }
+    })
+    .await;
+
+    // Without accepting loss the operator's command refuses and explains.
+    let refused = admin
+        .accept_data_loss(AcceptDataLossRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            accept_data_loss: false,
+            resume_at_offset: 0,
+        })
+        .await
+        .expect_err("refused without --accept-data-loss");
+    assert!(
+        refused.message().contains("--accept-data-loss"),
+        "{refused:?}"
+    );
+    admin
+        .accept_data_loss(AcceptDataLossRequest {
+            topic: TOPIC.into(),
+            partition: 0,
+            accept_data_loss: true,
+            resume_at_offset: 0,
+        })
+        .await
+        .expect("loss accepted");
+    let resumed = produce_until_accepted(&client, 10, "resumed", "produce after recovery").await;
+    assert_eq!(
+        resumed.base_offset, RECORDS as u64,
+        "the log continues after the highest offset ever assigned"
+    );
+    let closed = segments(cluster).await;
+    let lost: Vec<_> = closed
+        .iter()
+        .flat_map(|segment| segment.lost_ranges.clone())
+        .collect();
+    assert!(!lost.is_empty(), "the lost range is recorded: {closed:?}");
+    let damage_start = lost[0].start_offset as usize;
+    assert!(damage_start > 0 && damage_start < RECORDS, "{lost:?}");
+
+    // Earlier data reads back up to the damage; the damage is an error.
+    let mut reader = client.clone();
+    let (read, error) = read_from(&mut reader, 0, RECORDS as u64).await;
+    assert_eq!(read, expected(0..damage_start));
+    let (code, message) = error.expect("the damaged range is not served");
+    assert_ne!(code, ErrorCode::None as i32, "{message}");
+    let after = fetch(&mut reader, RECORDS as u64, 0).await;
+    assert_eq!(values(&after.partitions[0].batches), vec!["resumed"]);
+    broker.stop_cleanly().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_damaged_copy_takes_the_partition_offline_and_never_reuses_offsets() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(directory.path()).await;
+    cluster.create_one_partition_topic().await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    wait_until_serving(&client).await;
+    produce_records(&mut client).await;
+    broker.stop_cleanly().await;
+    let store_directory = cluster.store_directory.clone();
+    cluster
+        .restart_store(async move { flip_a_bit_mid_segment(&store_directory) })
+        .await;
+    single_copy_goes_offline_until_recovered(&cluster).await;
+    cluster.stop().await;
+}
+
+/// Waits until the partition serves, without producing anything.
+async fn wait_until_serving(client: &BrokerClient<Channel>) {
+    eventually("the partition to serve", || {
+        let mut client = client.clone();
+        async move {
+            let fetched = fetch(&mut client, 0, 0).await;
+            (fetched.partitions[0].error == ErrorCode::None as i32).then_some(())
+        }
+    })
+    .await;
+}
+
+/// 3/3/2: the copy on `test-store-1` is damaged by `damage` while its
+/// store is down; the new owner continues at `RECORDS` with nothing lost,
+/// serves every record, and repair restores an undamaged full copy.
+async fn one_damaged_replica_of_three_loses_nothing(damage: fn(&Path)) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start_replicated(directory.path()).await;
+    cluster.create_one_partition_topic().await;
+    let fast_repair = |config: &mut sluice_broker::BrokerConfig| {
+        config.replication.repair_interval_ms = 200;
+    };
+    let broker = start_broker_configured(&cluster.nameserver_url, fast_repair).await;
+    let mut client = broker_client(&broker.address).await;
+    wait_until_serving(&client).await;
+    produce_records(&mut client).await;
+    broker.stop_cleanly().await;
+    let damaged_directory = cluster.more_stores[0].directory.clone();
+    cluster
+        .restart_more_store(0, async move { damage(&damaged_directory) })
+        .await;
+
+    let broker = start_broker_configured(&cluster.nameserver_url, fast_repair).await;
+    let mut client = broker_client(&broker.address).await;
+    let resumed = produce_until_accepted(&client, 10, "resumed", "produce after takeover").await;
+    assert_eq!(
+        resumed.base_offset, RECORDS as u64,
+        "nothing lost, nothing reused"
+    );
+    let (read, error) = read_from(&mut client, 0, RECORDS as u64 + 1).await;
+    assert_eq!(error, None, "every record is served from some copy");
+    let mut all = expected(0..RECORDS);
+    all.push("resumed".into());
+    assert_eq!(read, all);
+
+    let first = segments(&cluster)
+        .await
+        .into_iter()
+        .find(|segment| segment.base_offset == 0)
+        .expect("the first segment");
+    assert_eq!(first.end_offset, RECORDS as u64);
+    let damaged = &cluster.more_stores[0];
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", damaged.address))
+        .expect("store url")
+        .connect_lazy();
+    let store = StoreClient::new(channel);
+    let nameserver_cluster = &cluster;
+    eventually("repair to restore the damaged copy", || {
+        let mut store = store.clone();
+        let node_id = damaged.node_id.clone();
+        async move {
+            let listed = segments(nameserver_cluster).await;
+            let segment = listed
+                .iter()
+                .find(|segment| segment.segment_id == first.segment_id)?;
+            if !segment
+                .replicas
+                .iter()
+                .any(|replica| replica.store_id == node_id)
+            {
+                return Some(()); // replaced elsewhere
+            }
+            let status = store
+                .get_segment_status(SegmentStatusRequest {
+                    segment_id: first.segment_id,
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (status.corrupt_from_offset.is_none()
+                && status.damaged_ranges.is_empty()
+                && status.end_offset == RECORDS as u64)
+                .then_some(())
+        }
+    })
+    .await;
+    broker.stop_cleanly().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_on_one_of_three_copies_loses_nothing_and_is_repaired() {
+    one_damaged_replica_of_three_loses_nothing(flip_a_bit_mid_segment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_three_cut_mid_batch_loses_nothing_and_is_repaired() {
+    one_damaged_replica_of_three_loses_nothing(truncate_mid_batch).await;
+}
+
+/// With one copy cut mid-batch the store (today) reports a shorter,
+/// undamaged segment: only a store that remembers its highest durable end
+/// (`SegmentStatus.end_offset` never lowered by damage, the store side of
+/// issue 11) lets the takeover see the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the store to report the end it made durable, never lowered by damage (branch storedamage)"]
+async fn a_single_copy_cut_mid_batch_takes_the_partition_offline_and_never_reuses_offsets() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let mut cluster = Cluster::start(directory.path()).await;
+    cluster.create_one_partition_topic().await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let mut client = broker_client(&broker.address).await;
+    wait_until_serving(&client).await;
+    produce_records(&mut client).await;
+    broker.stop_cleanly().await;
+    let store_directory = cluster.store_directory.clone();
+    cluster
+        .restart_store(async move { truncate_mid_batch(&store_directory) })
+        .await;
+    single_copy_goes_offline_until_recovered(&cluster).await;
+    cluster.stop().await;
+}

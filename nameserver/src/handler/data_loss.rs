@@ -1,0 +1,131 @@
+//! An operator's acceptance of data loss on a partition whose open segment
+//! is damaged on every copy (`sluice partition recover --accept-data-loss`,
+//! issue 11): the open segments are marked, durably, so the owner's next
+//! takeover closes them at the highest end any copy reports (or the
+//! operator's floor) and goes on after it. Offsets are never reused.
+
+use super::{invalid, lookup_topic_name, NameServerHandler};
+use crate::error::NameServerError;
+use crate::keys;
+use crate::metadata::{Compare, KeyValue, Put, Transaction};
+use sluice_proto::v1::{AcceptDataLossRequest, SegmentInfo, SegmentState};
+
+/// Checks an acceptance before anything is written.
+fn check_request(request: &AcceptDataLossRequest) -> Result<(), NameServerError> {
+    if !request.accept_data_loss {
+        return Err(invalid(format!(
+            "refusing to recover {}/{} without accepting data loss: the ranges of its open segment that no copy holds intact would be skipped for good (readers get an error there, the log continues after the highest offset any copy reports). Repair or bring back a store holding an intact copy if you can; otherwise repeat with --accept-data-loss",
+            request.topic, request.partition
+        )));
+    }
+    if request.resume_at_offset > sluice_proto::limits::MAX_OFFSET {
+        return Err(invalid(format!(
+            "resume offset {} is beyond the largest offset {}",
+            request.resume_at_offset,
+            sluice_proto::limits::MAX_OFFSET
+        )));
+    }
+    Ok(())
+}
+
+/// Marks `segment` (open) as accepting loss with the floor `resume_at`.
+fn mark(segment: &mut SegmentInfo, resume_at: u64) {
+    segment.data_loss_accepted = true;
+    segment.accepted_end_offset = segment.accepted_end_offset.max(resume_at);
+}
+
+impl NameServerHandler {
+    /// Marks every open segment of the partition as accepting data loss;
+    /// answers their ids. Each write is conditional on the segment not
+    /// having changed since it was read (a concurrent close answers a
+    /// conflict: ask again).
+    pub(crate) async fn do_accept_data_loss(
+        &self,
+        request: AcceptDataLossRequest,
+    ) -> Result<Vec<u64>, NameServerError> {
+        lookup_topic_name(&request.topic)?;
+        let (topic, _) = self.get_topic(&request.topic).await?;
+        let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
+        if request.partition >= partitions {
+            return Err(NameServerError::UnknownPartition {
+                topic: request.topic.clone(),
+                partition: request.partition,
+            });
+        }
+        check_request(&request)?;
+        let prefix = keys::segments_of(&request.topic, request.partition);
+        let mut marked = Vec::new();
+        for KeyValue {
+            key,
+            value,
+            mod_revision,
+            ..
+        } in self.store.range(&prefix).await?
+        {
+            let mut segment: SegmentInfo = keys::decode(&key, &value)?;
+            if segment.state != SegmentState::Open as i32 {
+                continue;
+            }
+            mark(&mut segment, request.resume_at_offset);
+            let transaction = Transaction {
+                compares: vec![Compare::ModRevisionEquals(key.clone(), mod_revision)],
+                puts: vec![Put::new(key, keys::encode(&segment))],
+                deletes: Vec::new(),
+            };
+            if !self.store.commit(transaction).await? {
+                return Err(NameServerError::Conflict(format!(
+                    "segment {} of {}/{} changed meanwhile; retry",
+                    segment.segment_id, request.topic, request.partition
+                )));
+            }
+            marked.push(segment.segment_id);
+        }
+        tracing::warn!(topic = %request.topic, partition = request.partition, segments = ?marked, resume_at_offset = request.resume_at_offset, "an operator accepted data loss");
+        Ok(marked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_must_be_explicit_and_the_floor_bounded() {
+        let request = AcceptDataLossRequest {
+            topic: "orders".into(),
+            partition: 0,
+            accept_data_loss: false,
+            resume_at_offset: 0,
+        };
+        let refused = check_request(&request).expect_err("refused");
+        assert!(
+            refused.to_string().contains("--accept-data-loss"),
+            "{refused}"
+        );
+        let accepted = AcceptDataLossRequest {
+            accept_data_loss: true,
+            ..request
+        };
+        assert!(check_request(&accepted).is_ok());
+        let beyond = AcceptDataLossRequest {
+            resume_at_offset: u64::MAX,
+            ..accepted.clone()
+        };
+        assert!(check_request(&beyond).is_err());
+        let top = AcceptDataLossRequest {
+            resume_at_offset: sluice_proto::limits::MAX_OFFSET,
+            ..accepted
+        };
+        assert!(check_request(&top).is_ok());
+    }
+
+    #[test]
+    fn the_floor_only_rises() {
+        let mut segment = SegmentInfo::default();
+        mark(&mut segment, 50);
+        assert!(segment.data_loss_accepted);
+        assert_eq!(segment.accepted_end_offset, 50);
+        mark(&mut segment, 0);
+        assert_eq!(segment.accepted_end_offset, 50);
+    }
+}
