@@ -2,7 +2,7 @@
 //! committed groups to the segment files, completes their commands and
 //! hands checkpoints to the checkpoint thread (`checkpoint.rs`).
 
-use super::checkpoint::{CheckpointJob, CheckpointWriter};
+use super::checkpoint::{CheckpointJob, CheckpointWriter, SegmentEnd};
 use super::registry::{self, Registry, SegmentHandle};
 use super::segment_files::SegmentFiles;
 use super::writer::{complete_all_unknown, read_failure, record_failure, Command, Failure};
@@ -84,21 +84,31 @@ impl SegmentApplier {
             failure: self.failure.clone(),
             busy,
             spares: self.spares.clone(),
+            last_written: std::sync::Mutex::new(None),
         }
     }
 
     /// Takes every dirty segment file (a duplicate handle) and marks it
     /// clean: whatever is written after this is dirty again and belongs to
-    /// a later checkpoint.
-    fn take_dirty_files(&self) -> Result<Vec<(u64, Arc<File>)>, StoreError> {
-        let handles = registry::all_handles(&self.registry);
+    /// a later checkpoint. With them, the end of every segment whose
+    /// metadata records none: once the files taken now are fsynced, each
+    /// is durable up to there (what was written before was taken by an
+    /// earlier checkpoint, which fsynced it or latched the failure).
+    fn take_dirty_files(&self) -> (Vec<(u64, Arc<File>)>, Vec<SegmentEnd>) {
+        let mut handles = registry::all_handles(&self.registry);
+        handles.sort_by_key(|handle| handle.id);
         let mut files = Vec::new();
+        let mut ends = Vec::new();
         for handle in handles {
-            if let Some(file) = handle.lock_log().take_dirty_file() {
+            let mut log = handle.lock_log();
+            if let Some(file) = log.take_dirty_file() {
                 files.push((handle.id, file));
             }
+            if !handle.meta_has_end.load(Ordering::SeqCst) {
+                ends.push((handle.id, log.end_offset, log.size_bytes));
+            }
         }
-        Ok(files)
+        (files, ends)
     }
 
     fn apply(
@@ -202,23 +212,11 @@ impl SegmentApplier {
             // tick covers this one's data too.
             return;
         }
-        let files = match self.take_dirty_files() {
-            Ok(files) => files,
-            Err(error) => {
-                // Nothing was fsynced or recorded; the next one retries.
-                tracing::warn!(%error, "checkpoint skipped");
-                if let Some(done) = done {
-                    let _ = done.send(Err(error));
-                }
-                if periodic {
-                    busy.store(false, Ordering::Release);
-                }
-                return;
-            }
-        };
+        let (files, ends) = self.take_dirty_files();
         let (journal_sequence, journal_position) = position;
         let job = CheckpointJob {
             files,
+            ends,
             journal_sequence,
             journal_position,
             done,
@@ -240,9 +238,9 @@ impl SegmentApplier {
         journal_sequence: u64,
         journal_position: u64,
     ) -> Result<(), StoreError> {
-        let files = self.take_dirty_files()?;
+        let (files, ends) = self.take_dirty_files();
         self.checkpoint_writer(Arc::new(AtomicBool::new(false)))
-            .finish(files, journal_sequence, journal_position)
+            .finish(files, ends, (journal_sequence, journal_position))
     }
 }
 

@@ -34,20 +34,54 @@ pub(super) struct SegmentHandle {
     pub(super) control: tokio::sync::Mutex<Control>,
     pub(super) sealed: AtomicBool,
     pub(super) fence_epoch: AtomicU64,
+    /// The metadata file records the segment's final end (written at
+    /// seal): checkpoints need not record it.
+    pub(super) meta_has_end: AtomicBool,
     log: Mutex<SegmentLog>,
 }
 
 impl SegmentHandle {
+    /// The metadata to write now; once sealed, with the log's final end.
     pub(super) fn meta(&self) -> SegmentMeta {
+        let sealed = self.sealed.load(Ordering::SeqCst);
+        let (end_offset, size_bytes) = if sealed {
+            let log = self.lock_log();
+            (Some(log.end_offset), Some(log.size_bytes))
+        } else {
+            (None, None)
+        };
         SegmentMeta {
             segment_id: self.id,
             topic: self.topic.clone(),
             partition: self.partition,
             base_offset: self.base_offset,
             writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
-            sealed: self.sealed.load(Ordering::SeqCst),
+            sealed,
             durability: self.durability as i32,
+            end_offset,
+            size_bytes,
+            checksum: None,
         }
+    }
+
+    /// Why a writer may not append: the segment has damaged ranges.
+    pub(super) fn damage(&self) -> Option<String> {
+        let log = self.lock_log();
+        let first = log
+            .corrupt_regions
+            .iter()
+            .min_by_key(|region| region.start_offset)?;
+        Some(format!(
+            "offsets [{}, {}) are damaged ({}){}; writes are refused until the copy is repaired or replaced",
+            first.start_offset,
+            first.end_offset,
+            first.describe(),
+            if log.corrupt_regions.len() > 1 {
+                format!(" and {} more ranges", log.corrupt_regions.len() - 1)
+            } else {
+                String::new()
+            }
+        ))
     }
 
     pub(super) fn lock_log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
@@ -72,6 +106,7 @@ impl SegmentHandle {
             max_timestamp_ms: log.max_timestamp_ms,
             writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
             corrupt_from_offset: log.corrupt_from_offset(),
+            damaged_ranges: log.damaged_ranges(),
         }
     }
 }
@@ -105,6 +140,7 @@ pub(super) fn handle_from(
 ) -> SegmentHandle {
     log.preallocate_chunk_bytes = options.segment_preallocate_bytes;
     let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
+    let meta_has_end = meta.sealed && meta.end_offset.is_some();
     SegmentHandle {
         id: meta.segment_id,
         topic: meta.topic,
@@ -117,6 +153,7 @@ pub(super) fn handle_from(
         }),
         sealed: AtomicBool::new(meta.sealed),
         fence_epoch: AtomicU64::new(meta.writer_epoch),
+        meta_has_end: AtomicBool::new(meta_has_end),
         log: Mutex::new(log),
     }
 }
@@ -157,6 +194,7 @@ pub(super) fn create_segment_files(
 pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
     for path in [
         segment::meta_path(segments_dir, segment_id),
+        segment::meta_copy_path(segments_dir, segment_id),
         segment::log_path(segments_dir, segment_id),
     ] {
         match std::fs::remove_file(&path) {
@@ -182,6 +220,9 @@ pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -
         writer_epoch: 1,
         sealed: false,
         durability: Durability::Fsync as i32,
+        end_offset: None,
+        size_bytes: None,
+        checksum: None,
     };
     let files = SegmentFiles::new(directory, 4);
     let log = create_segment_files(directory, &meta, 4096, &files).expect("create segment files");
