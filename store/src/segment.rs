@@ -791,6 +791,101 @@ mod tests {
         }
     }
 
+    fn recorded(end_offset: u64, size_bytes: u64) -> Option<DurableEnd> {
+        Some(DurableEnd {
+            end_offset,
+            size_bytes,
+        })
+    }
+
+    #[test]
+    fn without_a_recorded_end_a_torn_tail_is_cut() {
+        let tail = decide_tail(100, 50, 130, None);
+        assert_eq!((tail.end_offset, tail.size_bytes), (50, 100));
+        assert_eq!((tail.cut_to, tail.missing), (Some(100), None));
+        let whole = decide_tail(100, 50, 100, None);
+        assert_eq!((whole.cut_to, whole.missing), (None, None));
+        let empty = decide_tail(0, 0, 0, None);
+        assert_eq!((empty.end_offset, empty.cut_to), (0, None));
+    }
+
+    #[test]
+    fn a_tail_beyond_the_recorded_end_is_cut() {
+        for end in [recorded(50, 100), recorded(40, 80), recorded(0, 0)] {
+            let tail = decide_tail(100, 50, 130, end);
+            assert_eq!((tail.end_offset, tail.size_bytes), (50, 100));
+            assert_eq!((tail.cut_to, tail.missing), (Some(100), None));
+        }
+    }
+
+    #[test]
+    fn data_missing_below_the_recorded_end_is_a_damaged_range_never_a_shorter_end() {
+        // Truncated mid-batch: the file ends inside the recorded size.
+        let tail = decide_tail(100, 50, 120, recorded(80, 160));
+        assert_eq!(
+            (tail.end_offset, tail.size_bytes, tail.cut_to),
+            (80, 160, None)
+        );
+        let missing = tail.missing.expect("a damaged range");
+        assert_eq!(
+            (missing.start_offset, missing.end_offset),
+            (50, 80),
+            "[scan end, recorded end)"
+        );
+        assert_eq!((missing.start_position, missing.end_position), (100, 160));
+        assert!(
+            missing.describe().contains("truncated"),
+            "{}",
+            missing.describe()
+        );
+        // Garbage up to the recorded size and more beyond it: the bytes up
+        // to the recorded size are kept, the rest cut.
+        let tail = decide_tail(100, 50, 200, recorded(80, 160));
+        assert_eq!((tail.end_offset, tail.cut_to), (80, Some(160)));
+        let missing = tail.missing.expect("a damaged range");
+        assert!(
+            missing.describe().contains("damaged tail"),
+            "{}",
+            missing.describe()
+        );
+        // The log file is gone.
+        let tail = decide_tail(0, 7, 0, recorded(u64::MAX, u64::MAX));
+        assert_eq!((tail.end_offset, tail.size_bytes), (u64::MAX, u64::MAX));
+        assert_eq!(tail.missing.map(|m| m.start_offset), Some(7));
+    }
+
+    #[test]
+    fn a_recorded_size_below_the_scanned_position_never_shrinks_the_log() {
+        // Inconsistent records (offsets beyond, size behind): the data
+        // scanned is kept and the range starts where it ends.
+        let tail = decide_tail(100, 50, 100, recorded(80, 10));
+        assert_eq!((tail.size_bytes, tail.cut_to), (100, None));
+        let missing = tail.missing.expect("a damaged range");
+        assert_eq!((missing.start_position, missing.end_position), (100, 100));
+    }
+
+    #[test]
+    fn scan_keeps_a_truncated_file_at_its_recorded_end() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("s.log");
+        let mut contents = Vec::new();
+        for index in 0..4 {
+            contents.extend_from_slice(&make_batch(index * 3, 3, 10));
+        }
+        let full = contents.len() as u64;
+        contents.truncate(contents.len() - 20);
+        std::fs::write(&path, &contents).expect("write");
+        let outcome = scan_log(&path, 9, 0, 4096, recorded(12, full)).expect("scan");
+        assert_eq!((outcome.log.end_offset, outcome.log.size_bytes), (12, full));
+        assert_eq!(outcome.log.corrupt_from_offset(), Some(9));
+        assert_eq!(outcome.truncated_bytes, 0);
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            contents.len() as u64,
+            "the damaged bytes are kept for inspection"
+        );
+    }
+
     #[test]
     fn scan_truncates_torn_tail_and_reports_middle_damage() {
         let directory = tempfile::tempdir().expect("temp dir");

@@ -3,7 +3,7 @@
 //! hands checkpoints to the checkpoint thread (`checkpoint.rs`).
 
 use super::checkpoint::{CheckpointJob, CheckpointWriter, SegmentEnd};
-use super::registry::{self, Registry, SegmentHandle};
+use super::registry::{self, DamagedRegistry, Registry, SegmentHandle};
 use super::segment_files::SegmentFiles;
 use super::writer::{complete_all_unknown, read_failure, record_failure, Command, Failure};
 use super::JournalStats;
@@ -38,6 +38,9 @@ pub(super) struct SegmentApplier {
     pub(super) journal_dir: PathBuf,
     pub(super) segments_dir: PathBuf,
     pub(super) registry: Arc<Registry>,
+    /// Segments whose metadata is unusable: their recorded ends are
+    /// carried into every checkpoint.
+    pub(super) damaged: Arc<DamagedRegistry>,
     pub(super) stats: Arc<JournalStats>,
     pub(super) failure: Failure,
     pub(super) spares: JournalSpares,
@@ -108,6 +111,16 @@ impl SegmentApplier {
                 ends.push((handle.id, log.end_offset, log.size_bytes));
             }
         }
+        let damaged = self
+            .damaged
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (segment_id, damaged) in damaged.iter() {
+            if let Some(end) = damaged.recorded_end {
+                ends.push((*segment_id, end.end_offset, end.size_bytes));
+            }
+        }
+        ends.sort_unstable();
         (files, ends)
     }
 

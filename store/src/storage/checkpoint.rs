@@ -172,9 +172,53 @@ impl CheckpointWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::Checkpoint;
     use crate::journal;
     use crate::storage::tests::{make_batch, new_segment, options};
     use crate::storage::{Storage, StorageOptions, JOURNAL_DIR};
+
+    #[test]
+    fn a_checkpoint_of_an_older_version_without_ends_still_loads() {
+        let old: Checkpoint =
+            serde_json::from_slice(br#"{"journal_sequence":3,"position":4096}"#).expect("old");
+        assert_eq!((old.journal_sequence, old.position), (3, 4096));
+        assert!(old.ends.is_empty());
+        let new = Checkpoint {
+            ends: vec![(1, u64::MAX, 0), (2, 0, u64::MAX)],
+            ..old
+        };
+        let encoded = serde_json::to_vec(&new).expect("encode");
+        let decoded: Checkpoint = serde_json::from_slice(&encoded).expect("decode");
+        assert_eq!(decoded.ends, new.ends);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_checkpoint_is_not_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
+        storage
+            .append(1, 5, make_batch(0, 1, 1))
+            .await
+            .expect("append");
+        let path = directory.path().join(super::CHECKPOINT_FILE);
+        storage.checkpoint().await.expect("checkpoint");
+        let written = std::fs::metadata(&path).expect("stat").ino();
+        storage.checkpoint().await.expect("checkpoint");
+        assert_eq!(std::fs::metadata(&path).expect("stat").ino(), written);
+        storage
+            .append(1, 5, make_batch(1, 1, 1))
+            .await
+            .expect("append");
+        storage.checkpoint().await.expect("checkpoint");
+        let contents: Checkpoint =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("checkpoint");
+        assert_eq!(contents.ends, vec![(1, 2, contents.ends[0].2)]);
+    }
 
     #[tokio::test]
     async fn checkpoint_deletes_old_journal_files_and_data_survives() {

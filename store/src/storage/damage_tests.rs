@@ -496,3 +496,43 @@ async fn a_truncated_sealed_segment_is_refilled_from_the_journal_when_it_holds_t
         .batches
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_log_file_is_one_damaged_range_up_to_the_recorded_end() {
+    for state in [State::Sealed, State::Checkpointed] {
+        let directory = tempfile::tempdir().expect("temp dir");
+        write_segment(directory.path(), state).await;
+        std::fs::remove_file(log_file(directory.path())).expect("remove");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        let status = storage.segment_status(SEGMENT).expect("status");
+        assert_eq!(
+            (status.end_offset, status.corrupt_from_offset),
+            (END, Some(BASE)),
+            "{state:?}"
+        );
+        assert_damaged_error(storage.read(SEGMENT, BASE, 0, 0), "truncated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorded_end_of_a_segment_with_unusable_metadata_is_not_forgotten() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_segment(directory.path(), State::Checkpointed).await;
+    let dir = segments_dir(directory.path());
+    let intact = std::fs::read(segment::meta_path(&dir, SEGMENT)).expect("read");
+    random_bytes(&segment::meta_path(&dir, SEGMENT));
+    random_bytes(&segment::meta_copy_path(&dir, SEGMENT));
+    {
+        // Opened (and checkpointed) while the metadata is unusable.
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        assert_eq!(storage.damaged_segments().len(), 1);
+        storage.checkpoint().await.expect("checkpoint");
+    }
+    // An operator restores the metadata; the log lost its tail meanwhile.
+    std::fs::write(segment::meta_path(&dir, SEGMENT), &intact).expect("write");
+    let last_whole = BASE + 3000;
+    truncate(&log_file(directory.path()), written.at(last_whole).1 + 10);
+    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+    assert!(storage.damaged_segments().is_empty());
+    assert_damaged_range(&storage, &written, (last_whole, END)).await;
+}

@@ -66,11 +66,10 @@ use crate::journal_spares::JournalSpares;
 use crate::segment::{self, SegmentMeta};
 use applier::SegmentApplier;
 use bytes::Bytes;
-use registry::{Registry, SegmentHandle};
+use registry::{DamagedRegistry, Registry, SegmentHandle};
 use segment_files::SegmentFiles;
 use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::v1::{DamagedSegment, Durability, SegmentStatus};
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,7 +198,7 @@ struct Inner {
     /// Segments whose metadata is unusable, by id, with the reason: every
     /// request for them answers STORAGE_CORRUPT (`SegmentDamaged`), and
     /// their id is never created anew (only a delete removes them).
-    damaged: RwLock<BTreeMap<u64, String>>,
+    damaged: Arc<DamagedRegistry>,
     /// The write path in use; `None` while the healer replaces it. Every
     /// write holds it shared while it uses it (until its command is
     /// queued, or for metadata until it completes); the healer takes it
@@ -288,7 +287,7 @@ impl Storage {
         let directory_lock = lock_directory(directory)?;
         let files = Arc::new(open_file_budget(&layout.segments_dir, &options));
         let mut report = RecoveryReport::default();
-        let mut recovered = recovery::recover(
+        let recovered = recovery::recover(
             directory,
             &layout.segments_dir,
             &layout.journal_dir,
@@ -296,14 +295,14 @@ impl Storage {
             &files,
             &mut report,
         )?;
-        let registry: Arc<Registry> =
-            Arc::new(RwLock::new(std::mem::take(&mut recovered.segments)));
+        let registry: Arc<Registry> = Arc::new(RwLock::new(recovered.segments));
+        let damaged: Arc<DamagedRegistry> = Arc::new(RwLock::new(recovered.damaged));
         let stats = Arc::new(JournalStats::default());
         let write_path = start_write_path(
             &layout,
             recovered.next_sequence,
             &options,
-            &registry,
+            (&registry, &damaged),
             &stats,
             &files,
         )?;
@@ -315,7 +314,7 @@ impl Storage {
             layout,
             options,
             registry,
-            damaged: RwLock::new(recovered.damaged),
+            damaged,
             write_path: tokio::sync::RwLock::new(Some(write_path)),
             files,
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
@@ -390,10 +389,11 @@ impl Storage {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         damaged
             .get(&segment_id)
-            .map(|reason| StoreError::SegmentDamaged {
+            .map(|damaged| StoreError::SegmentDamaged {
                 segment_id,
                 detail: format!(
-                    "{reason}; its files are kept for inspection: repair the metadata and restart the store, or delete the segment"
+                    "{}; its files are kept for inspection: repair the metadata and restart the store, or delete the segment",
+                    damaged.reason
                 ),
             })
     }
@@ -406,9 +406,9 @@ impl Storage {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
-            .map(|(segment_id, detail)| DamagedSegment {
+            .map(|(segment_id, damaged)| DamagedSegment {
                 segment_id: *segment_id,
-                detail: detail.clone(),
+                detail: damaged.reason.clone(),
             })
             .collect()
     }
@@ -837,7 +837,7 @@ impl Inner {
             layout,
             recovered.next_sequence,
             &self.options,
-            &self.registry,
+            (&self.registry, &self.damaged),
             &self.stats,
             &self.files,
         )?);
@@ -855,7 +855,7 @@ fn start_write_path(
     layout: &Layout,
     next_sequence: u64,
     options: &StorageOptions,
-    registry: &Arc<Registry>,
+    (registry, damaged): (&Arc<Registry>, &Arc<DamagedRegistry>),
     stats: &Arc<JournalStats>,
     files: &Arc<SegmentFiles>,
 ) -> Result<WritePath, StoreError> {
@@ -873,6 +873,7 @@ fn start_write_path(
         journal_dir: layout.journal_dir.clone(),
         segments_dir: layout.segments_dir.clone(),
         registry: registry.clone(),
+        damaged: damaged.clone(),
         stats: stats.clone(),
         failure: failure.clone(),
         spares: spares.clone(),

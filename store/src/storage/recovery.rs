@@ -6,7 +6,7 @@
 //! report what was found in a [`RecoveryReport`].
 
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
-use super::registry::{handle_from, remove_segment_files, SegmentHandle};
+use super::registry::{handle_from, remove_segment_files, DamagedMeta, SegmentHandle};
 use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
@@ -63,7 +63,7 @@ impl RecoveryReport {
 pub(super) struct Recovered {
     pub(super) segments: HashMap<u64, Arc<SegmentHandle>>,
     /// Segments whose metadata is unusable, by id, with the reason.
-    pub(super) damaged: BTreeMap<u64, String>,
+    pub(super) damaged: BTreeMap<u64, DamagedMeta>,
     pub(super) next_sequence: u64,
 }
 
@@ -108,7 +108,7 @@ pub(super) fn recover(
     report.segments_loaded = segments.len();
     report.damaged_segments = damaged
         .iter()
-        .map(|(segment_id, reason)| (*segment_id, reason.clone()))
+        .map(|(segment_id, damaged)| (*segment_id, damaged.reason.clone()))
         .collect();
     Ok(Recovered {
         segments,
@@ -188,6 +188,9 @@ fn higher_end(first: Option<DurableEnd>, second: Option<DurableEnd>) -> Option<D
     }
 }
 
+/// The segments loaded from their files, by id, and the damaged ones.
+type Loaded = (HashMap<u64, Arc<SegmentHandle>>, BTreeMap<u64, DamagedMeta>);
+
 /// Loads every segment with a metadata file (either copy): the usable
 /// ones, and the damaged ones (metadata unusable) by id with the reason.
 fn load_segments(
@@ -195,7 +198,7 @@ fn load_segments(
     options: &StorageOptions,
     recorded_ends: &HashMap<u64, DurableEnd>,
     report: &mut RecoveryReport,
-) -> Result<(HashMap<u64, Arc<SegmentHandle>>, BTreeMap<u64, String>), StoreError> {
+) -> Result<Loaded, StoreError> {
     let mut segments = HashMap::new();
     let mut damaged = BTreeMap::new();
     for segment_id in list_meta_files(segments_dir)? {
@@ -206,7 +209,14 @@ fn load_segments(
             }
             Err(reason) => {
                 tracing::error!(segment_id, %reason, "segment is damaged: its metadata is unusable; every request for it is refused and its files are kept");
-                damaged.insert(segment_id, reason);
+                let recorded_end = recorded;
+                damaged.insert(
+                    segment_id,
+                    DamagedMeta {
+                        reason,
+                        recorded_end,
+                    },
+                );
             }
         }
     }
@@ -353,7 +363,7 @@ struct Replay<'a> {
     files: &'a SegmentFiles,
     segments: &'a mut HashMap<u64, Arc<SegmentHandle>>,
     /// Segments whose metadata is unusable: a create record restores it.
-    damaged: &'a mut BTreeMap<u64, String>,
+    damaged: &'a mut BTreeMap<u64, DamagedMeta>,
     report: &'a mut RecoveryReport,
     /// Segments the replay wrote to, fsynced once it is done.
     touched: HashMap<u64, ()>,

@@ -6,9 +6,9 @@
 use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
-use crate::segment::{self, SegmentLog, SegmentMeta};
+use crate::segment::{self, DurableEnd, SegmentLog, SegmentMeta};
 use sluice_proto::v1::{Durability, SegmentStatus};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -113,6 +113,20 @@ impl SegmentHandle {
 
 /// Every segment held, by id.
 pub(super) type Registry = RwLock<HashMap<u64, Arc<SegmentHandle>>>;
+
+/// A segment held whose metadata is unusable: only its id is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DamagedMeta {
+    /// What is wrong with each metadata copy (or the log).
+    pub(super) reason: String,
+    /// The durable end the checkpoint recorded for it, carried into every
+    /// later checkpoint so that it is not forgotten while the metadata is
+    /// being repaired.
+    pub(super) recorded_end: Option<DurableEnd>,
+}
+
+/// The segments held whose metadata is unusable, by id.
+pub(super) type DamagedRegistry = RwLock<BTreeMap<u64, DamagedMeta>>;
 
 /// The segment `segment_id`, if held.
 pub(super) fn lookup(registry: &Registry, segment_id: u64) -> Option<Arc<SegmentHandle>> {
