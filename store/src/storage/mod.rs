@@ -15,9 +15,14 @@
 //! segment file up to its recorded size is acknowledged or journaled.
 //!
 //! Checkpoints fsync dirty segment files, durably record the journal
-//! position they cover and delete older journal files. Recovery scans the
-//! segment files (truncating torn tails, reporting damaged middles) and
-//! replays the journal from the checkpoint.
+//! position they cover and each unsealed segment's durable end, and delete
+//! older journal files. Recovery scans the segment files (reporting
+//! damaged middles, and data missing below the durable end recorded at
+//! seal or checkpoint as damaged ranges, never a shorter end; cutting torn
+//! tails beyond it) and replays the journal from the checkpoint. A
+//! segment's metadata is written twice with a checksum; a bad copy is
+//! restored from the other, and with both unusable the segment is held as
+//! damaged (every request for it answers STORAGE_CORRUPT).
 //!
 //! One file per stage:
 //! - `mod.rs`: the [`Storage`] API (open, create, append, seal, delete,
@@ -33,7 +38,8 @@
 //!   over a fresh recovery once the cause is gone (when to try);
 //! - `applier.rs`: the applier thread writing committed groups to the
 //!   segment files and completing them;
-//! - `checkpoint.rs`: the checkpoint thread and the checkpoint file;
+//! - `checkpoint.rs`: the checkpoint thread and the checkpoint file
+//!   (journal position and durable segment ends);
 //! - `reads.rs`: reads and the timestamp lookup ([`ReadOutcome`]);
 //! - `file_budget.rs`: the budget of open segment files (pure LRU);
 //! - `segment_files.rs`: segment files opened on demand within it.

@@ -1,7 +1,11 @@
 //! Crash recovery, run by [`Storage::open`](super::Storage::open) before
-//! anything is accepted: scan the segment files (truncating torn tails,
-//! reporting damaged middles), read the checkpoint, replay the journal
-//! from it (re-appending batches the segment files lack, rewriting damaged
+//! anything is accepted (and again in-process by the healer, so all of it
+//! is idempotent): read the checkpoint, load each segment's metadata (the
+//! good one of its two copies, rewriting the other; neither usable: the
+//! segment is held as damaged), scan the segment files against their
+//! recorded durable ends (see `segment::decide_tail`: damage below it is a
+//! damaged range, a torn tail beyond it is cut), replay the journal
+//! from the checkpoint (re-appending batches the segment files lack, rewriting damaged
 //! ranges the journal still holds, redoing creates, seals and deletes) and
 //! report what was found in a [`RecoveryReport`].
 
