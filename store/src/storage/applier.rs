@@ -107,7 +107,7 @@ impl SegmentApplier {
             if let Some(file) = log.take_dirty_file() {
                 files.push((handle.id, file));
             }
-            if !handle.meta_has_end.load(Ordering::SeqCst) {
+            if !handle.end_recorded_in_meta(log.end_offset) {
                 ends.push((handle.id, log.end_offset, log.size_bytes));
             }
         }

@@ -536,3 +536,73 @@ async fn the_recorded_end_of_a_segment_with_unusable_metadata_is_not_forgotten()
     assert!(storage.damaged_segments().is_empty());
     assert_damaged_range(&storage, &written, (last_whole, END)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_segment_of_an_older_version_gets_its_end_recorded_once() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_segment(directory.path(), State::Sealed).await;
+    let dir = segments_dir(directory.path());
+    // Metadata as an older version wrote it: no end, no checksum, one copy.
+    let old = SegmentMeta {
+        end_offset: None,
+        size_bytes: None,
+        ..crate::segment_meta::decode_meta(
+            SEGMENT,
+            &std::fs::read(segment::meta_path(&dir, SEGMENT)).expect("read"),
+        )
+        .expect("decode")
+    };
+    std::fs::write(
+        segment::meta_path(&dir, SEGMENT),
+        serde_json::to_vec(&old).expect("encode"),
+    )
+    .expect("write");
+    std::fs::remove_file(segment::meta_copy_path(&dir, SEGMENT)).expect("remove");
+    drop(Storage::open(directory.path(), options()).expect("open"));
+    for path in [
+        segment::meta_path(&dir, SEGMENT),
+        segment::meta_copy_path(&dir, SEGMENT),
+    ] {
+        let meta = crate::segment_meta::decode_meta(SEGMENT, &std::fs::read(path).expect("read"))
+            .expect("decode");
+        assert_eq!(meta.end_offset, Some(END));
+    }
+    let last_whole = BASE + 100;
+    truncate(&log_file(directory.path()), written.at(last_whole).1 + 5);
+    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+    assert_damaged_range(&storage, &written, (last_whole, END)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_copied_into_a_sealed_segment_is_covered_by_the_checkpoint() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let copied_end = 200;
+    let cut_at;
+    {
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage
+            .create_segment(super::tests::new_segment(SEGMENT, 0))
+            .await
+            .expect("create");
+        storage
+            .append(SEGMENT, 5, make_batch(0, 100, 1))
+            .await
+            .expect("append");
+        storage.seal_segment(SEGMENT, 6).await.expect("seal");
+        cut_at = storage.segment_status(SEGMENT).expect("status").size_bytes;
+        let copied = make_batch(100, 100, 1);
+        let status = storage
+            .recovery_append(SEGMENT, 6, copied)
+            .await
+            .expect("copy");
+        assert_eq!(status.end_offset, copied_end);
+        storage.checkpoint().await.expect("checkpoint");
+    }
+    truncate(&log_file(directory.path()), cut_at);
+    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+    let status = storage.segment_status(SEGMENT).expect("status");
+    assert_eq!(
+        (status.end_offset, status.corrupt_from_offset),
+        (copied_end, Some(100))
+    );
+}

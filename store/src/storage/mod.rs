@@ -682,7 +682,7 @@ impl Storage {
         let files = self.inner.files.clone();
         tokio::task::spawn_blocking(move || {
             segment::write_meta(&segments_dir, &meta)?;
-            sealed_segment.meta_has_end.store(true, Ordering::SeqCst);
+            sealed_segment.meta_written(&meta);
             // Every append accepted before the seal is applied by now (the
             // seal record completed after them), so the file is final.
             let released = files.get(segment_id).and_then(|file| {

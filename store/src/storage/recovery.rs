@@ -304,7 +304,30 @@ fn load_segment(
             .truncated_segment_tails
             .push((segment_id, outcome.truncated_bytes));
     }
+    let meta = record_sealed_end(segments_dir, meta, &outcome.log);
     Ok(Ok(handle_from(meta, outcome.log, options)))
+}
+
+/// A sealed segment whose metadata records no end (written by an older
+/// version) gets the end its scan found (fsynced by the scan) recorded
+/// once, so that checkpoints need not carry it. A failure is logged and
+/// leaves the metadata as it was (the checkpoint then carries the end).
+fn record_sealed_end(segments_dir: &Path, meta: SegmentMeta, log: &SegmentLog) -> SegmentMeta {
+    if !meta.sealed || meta.end_offset.is_some() {
+        return meta;
+    }
+    let upgraded = SegmentMeta {
+        end_offset: Some(log.end_offset),
+        size_bytes: Some(log.size_bytes),
+        ..meta.clone()
+    };
+    match segment::write_meta(segments_dir, &upgraded) {
+        Ok(()) => upgraded,
+        Err(error) => {
+            tracing::warn!(segment_id = meta.segment_id, %error, "cannot record the end of a sealed segment in its metadata");
+            meta
+        }
+    }
 }
 
 /// Rewrites the metadata copies `chosen` says are bad from the good one.
@@ -599,8 +622,9 @@ impl Replay<'_> {
             handle
                 .fence_epoch
                 .store(old_fence.max(epoch), Ordering::SeqCst);
-            segment::write_meta(self.segments_dir, &handle.meta())?;
-            handle.meta_has_end.store(true, Ordering::SeqCst);
+            let meta = handle.meta();
+            segment::write_meta(self.segments_dir, &meta)?;
+            handle.meta_written(&meta);
         }
         Ok(())
     }

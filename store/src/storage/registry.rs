@@ -34,13 +34,30 @@ pub(super) struct SegmentHandle {
     pub(super) control: tokio::sync::Mutex<Control>,
     pub(super) sealed: AtomicBool,
     pub(super) fence_epoch: AtomicU64,
-    /// The metadata file records the segment's final end (written at
-    /// seal): checkpoints need not record it.
-    pub(super) meta_has_end: AtomicBool,
+    /// The end the metadata file records (written at seal), or
+    /// [`NO_META_END`]: checkpoints record the segment's end while it is
+    /// beyond this (unsealed, or copied into after the seal).
+    meta_end: AtomicU64,
     log: Mutex<SegmentLog>,
 }
 
+/// [`SegmentHandle`]'s `meta_end` when the metadata records no end.
+const NO_META_END: u64 = u64::MAX;
+
 impl SegmentHandle {
+    /// Whether the metadata file records `end_offset` (or more) as the
+    /// segment's durable end.
+    pub(super) fn end_recorded_in_meta(&self, end_offset: u64) -> bool {
+        let recorded = self.meta_end.load(Ordering::SeqCst);
+        recorded != NO_META_END && recorded >= end_offset
+    }
+
+    /// Notes that `meta` was written durably to the metadata file.
+    pub(super) fn meta_written(&self, meta: &SegmentMeta) {
+        self.meta_end
+            .store(recorded_meta_end(meta), Ordering::SeqCst);
+    }
+
     /// The metadata to write now; once sealed, with the log's final end.
     pub(super) fn meta(&self) -> SegmentMeta {
         let sealed = self.sealed.load(Ordering::SeqCst);
@@ -147,6 +164,14 @@ pub(super) fn all_handles(registry: &Registry) -> Vec<Arc<SegmentHandle>> {
         .collect()
 }
 
+/// The end `meta` records as durable, or [`NO_META_END`].
+fn recorded_meta_end(meta: &SegmentMeta) -> u64 {
+    match meta.end_offset {
+        Some(end_offset) if meta.sealed => end_offset.min(NO_META_END - 1),
+        _ => NO_META_END,
+    }
+}
+
 pub(super) fn handle_from(
     meta: SegmentMeta,
     mut log: SegmentLog,
@@ -154,7 +179,7 @@ pub(super) fn handle_from(
 ) -> SegmentHandle {
     log.preallocate_chunk_bytes = options.segment_preallocate_bytes;
     let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
-    let meta_has_end = meta.sealed && meta.end_offset.is_some();
+    let meta_end = recorded_meta_end(&meta);
     SegmentHandle {
         id: meta.segment_id,
         topic: meta.topic,
@@ -167,7 +192,7 @@ pub(super) fn handle_from(
         }),
         sealed: AtomicBool::new(meta.sealed),
         fence_epoch: AtomicU64::new(meta.writer_epoch),
-        meta_has_end: AtomicBool::new(meta_has_end),
+        meta_end: AtomicU64::new(meta_end),
         log: Mutex::new(log),
     }
 }
