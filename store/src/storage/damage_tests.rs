@@ -606,3 +606,36 @@ async fn data_copied_into_a_sealed_segment_is_covered_by_the_checkpoint() {
         (copied_end, Some(100))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_segment_whose_metadata_files_are_gone_is_damaged_not_unknown() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    write_segment(directory.path(), State::Checkpointed).await;
+    let dir = segments_dir(directory.path());
+    std::fs::remove_file(segment::meta_path(&dir, SEGMENT)).expect("remove");
+    std::fs::remove_file(segment::meta_copy_path(&dir, SEGMENT)).expect("remove");
+    let needle = format!("segment {SEGMENT}");
+    check_everywhere(directory.path(), |storage| {
+        let needle = needle.clone();
+        async move {
+            assert_eq!(storage.damaged_segments().len(), 1);
+            assert!(storage.damaged_segments()[0].detail.contains("missing"));
+            assert_damaged_error(storage.segment_status(SEGMENT), &needle);
+            let recreate = super::tests::new_segment(SEGMENT, 0);
+            assert_damaged_error(storage.create_segment(recreate).await, &needle);
+        }
+    })
+    .await;
+    assert!(log_file(directory.path()).exists(), "the log is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_metadata_copy_of_an_older_version_is_written_without_alarm() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    write_segment(directory.path(), State::Checkpointed).await;
+    let dir = segments_dir(directory.path());
+    std::fs::remove_file(segment::meta_copy_path(&dir, SEGMENT)).expect("remove");
+    let (_storage, report) = Storage::open(directory.path(), options()).expect("open");
+    assert!(report.is_clean(), "{report:?}");
+    assert!(segment::meta_copy_path(&dir, SEGMENT).exists());
+}

@@ -224,7 +224,27 @@ fn load_segments(
             }
         }
     }
+    for (segment_id, recorded) in recorded_ends {
+        if !segments.contains_key(segment_id) && !damaged.contains_key(segment_id) {
+            damaged.insert(*segment_id, metadata_lost(*segment_id, *recorded));
+        }
+    }
     Ok((segments, damaged))
+}
+
+/// A segment the checkpoint recorded (so it existed and was not deleted
+/// before it) whose metadata files are both gone: damaged, not unknown,
+/// so that its id is never created anew empty.
+fn metadata_lost(segment_id: u64, recorded: DurableEnd) -> DamagedMeta {
+    let reason = format!(
+        "metadata unusable: both metadata files are missing, but the checkpoint recorded the segment with durable end offset {} ({} bytes)",
+        recorded.end_offset, recorded.size_bytes
+    );
+    tracing::error!(segment_id, %reason, "segment is damaged: its metadata is missing; every request for it is refused");
+    DamagedMeta {
+        reason,
+        recorded_end: Some(recorded),
+    }
 }
 
 /// The ids of the segments with a metadata file (either copy) in
@@ -273,12 +293,15 @@ fn load_segment(
         primary.describe(),
         copy.describe()
     );
+    // Only the copy missing: written by an older version (or a create
+    // interrupted between the two writes), not damage.
+    let damage = !(matches!(primary, MetaCopy::Good(_)) && copy == MetaCopy::Missing);
     let chosen = match choose_meta(primary, copy) {
         Ok(chosen) => chosen,
         Err(reason) => return Ok(Err(reason)),
     };
     if chosen.rewrite_primary || chosen.rewrite_copy {
-        restore_meta_copies(segments_dir, &chosen, problem, report);
+        restore_meta_copies(segments_dir, &chosen, (problem, damage), report);
     }
     let meta = chosen.meta;
     let sealed_end = match (meta.end_offset, meta.size_bytes) {
@@ -336,7 +359,7 @@ fn record_sealed_end(segments_dir: &Path, meta: SegmentMeta, log: &SegmentLog) -
 fn restore_meta_copies(
     segments_dir: &Path,
     chosen: &ChosenMeta,
-    problem: String,
+    (problem, damage): (String, bool),
     report: &mut RecoveryReport,
 ) {
     let segment_id = chosen.meta.segment_id;
@@ -353,6 +376,9 @@ fn restore_meta_copies(
             .try_for_each(|path| segment::write_file_durably(path, &encoded))
     });
     match written {
+        Ok(()) if !damage => {
+            tracing::info!(segment_id, "segment metadata copy written")
+        }
         Ok(()) => {
             tracing::warn!(segment_id, %problem, "segment metadata copy restored from the other copy")
         }
@@ -360,7 +386,9 @@ fn restore_meta_copies(
             tracing::error!(segment_id, %problem, %error, "cannot restore a segment metadata copy; the segment is served from the other")
         }
     }
-    report.restored_metadata.push((segment_id, problem));
+    if damage {
+        report.restored_metadata.push((segment_id, problem));
+    }
 }
 
 fn read_checkpoint(directory: &Path, report: &mut RecoveryReport) -> Option<Checkpoint> {
