@@ -8,7 +8,9 @@ use crate::error::StoreError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Durable identity and state of a segment (JSON).
+/// Durable identity and state of a segment (JSON). The checksum is
+/// verified by re-encoding what was parsed, so a field added later must be
+/// an `Option` skipped when `None` (older files then still verify).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentMeta {
