@@ -39,12 +39,16 @@ pub enum StoreError {
     InvalidBatch(BatchError),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    #[error("segment {segment_id}: data at offset {offset} failed its checksum: {detail}")]
+    #[error("segment {segment_id}: data at offset {offset} is damaged: {detail}")]
     StorageCorrupt {
         segment_id: u64,
         offset: u64,
         detail: String,
     },
+    /// The segment as a whole cannot take the request: its metadata is
+    /// unusable, or (for writer appends) it has damaged ranges.
+    #[error("segment {segment_id} is damaged: {detail}")]
+    SegmentDamaged { segment_id: u64, detail: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -111,7 +115,9 @@ impl StoreError {
             StoreError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             StoreError::InvalidBatch(BatchError::TooLarge { .. }) => ErrorCode::TooLarge,
             StoreError::InvalidBatch(_) => ErrorCode::CorruptBatch,
-            StoreError::StorageCorrupt { .. } => ErrorCode::StorageCorrupt,
+            StoreError::StorageCorrupt { .. } | StoreError::SegmentDamaged { .. } => {
+                ErrorCode::StorageCorrupt
+            }
             StoreError::Io { .. }
             | StoreError::Failed(_)
             | StoreError::Serve { .. }

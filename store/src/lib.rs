@@ -16,6 +16,7 @@ mod journal_file;
 mod journal_spares;
 pub mod message_index;
 pub mod segment;
+pub mod segment_meta;
 pub mod storage;
 
 pub use config::StoreConfig;

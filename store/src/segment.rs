@@ -3,7 +3,7 @@
 //! the recovery scan that rebuilds them.
 
 use crate::error::StoreError;
-use serde::{Deserialize, Serialize};
+pub use crate::segment_meta::{meta_copy_path, meta_path, write_meta, SegmentMeta};
 use sluice_proto::batch::{self, BatchHeader, HEADER_BYTES};
 use std::fs::File;
 use std::io::Write;
@@ -15,29 +15,9 @@ use std::sync::Arc;
 /// more is corruption.
 pub const MAX_BATCH_BYTES_ON_DISK: usize = sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 
-/// Durable identity and state of a segment (`{id:020}.meta`, JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegmentMeta {
-    pub segment_id: u64,
-    pub topic: String,
-    pub partition: u32,
-    pub base_offset: u64,
-    /// Fence epoch: appends with an older writer epoch are refused.
-    pub writer_epoch: u64,
-    pub sealed: bool,
-    /// `sluice.v1.Durability` value.
-    pub durability: i32,
-}
-
 /// Path of the log file of `segment_id`.
 pub fn log_path(segments_dir: &Path, segment_id: u64) -> PathBuf {
     segments_dir.join(format!("{segment_id:020}.log"))
-}
-
-/// Path of the metadata file of `segment_id`.
-pub fn meta_path(segments_dir: &Path, segment_id: u64) -> PathBuf {
-    segments_dir.join(format!("{segment_id:020}.meta"))
 }
 
 /// fsyncs a directory so that created, renamed and removed entries are
@@ -62,17 +42,6 @@ pub fn write_file_durably(path: &Path, contents: &[u8]) -> Result<(), StoreError
     })();
     result.map_err(|error| StoreError::io(format!("write {}", path.display()), error))?;
     sync_directory(directory)
-}
-
-/// Writes the metadata file of a segment durably.
-pub fn write_meta(segments_dir: &Path, meta: &SegmentMeta) -> Result<(), StoreError> {
-    let encoded = serde_json::to_vec_pretty(meta).map_err(|error| {
-        StoreError::io(
-            "encode segment metadata",
-            std::io::Error::other(error.to_string()),
-        )
-    })?;
-    write_file_durably(&meta_path(segments_dir, meta.segment_id), &encoded)
 }
 
 /// Whether `fallocate` was refused as unsupported once already (logged
@@ -170,8 +139,23 @@ pub struct TimeIndexEntry {
     pub position: u64,
 }
 
-/// A byte range of the log file that failed its checksum while valid
-/// batches follow it; never served.
+/// What is wrong with a [`CorruptRegion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// Bytes that fail their checksum or framing, with valid batches
+    /// after them.
+    Checksum,
+    /// The end of the file's valid data lies below the durable end the
+    /// store recorded (seal metadata or checkpoint): a truncated file, or
+    /// a damaged tail.
+    BelowDurableEnd {
+        /// The file's length when recovery scanned it.
+        file_length: u64,
+    },
+}
+
+/// A byte range of the log file that is damaged (see [`DamageKind`]):
+/// never served, and no writer appends after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorruptRegion {
     pub start_offset: u64,
@@ -181,6 +165,86 @@ pub struct CorruptRegion {
     /// How far journal replay has rewritten the region (offset, position).
     pub repaired_offset: u64,
     pub repaired_position: u64,
+    pub kind: DamageKind,
+}
+
+impl CorruptRegion {
+    /// What is wrong, and where in the file, for operators.
+    pub fn describe(&self) -> String {
+        let (start, end) = (self.start_position, self.end_position);
+        match self.kind {
+            DamageKind::Checksum => format!(
+                "bytes [{start}, {end}) of the segment file fail their checksum"
+            ),
+            DamageKind::BelowDurableEnd { file_length } if file_length < end => format!(
+                "the segment file is truncated: {file_length} bytes, below its recorded durable end (offset {}, byte {end}); its valid data ends at byte {start}",
+                self.end_offset
+            ),
+            DamageKind::BelowDurableEnd { .. } => format!(
+                "no valid batch from byte {start} up to the recorded durable end (offset {}, byte {end}): damaged tail",
+                self.end_offset
+            ),
+        }
+    }
+}
+
+/// The end a segment was made durable up to, recorded apart from its log
+/// file (seal metadata or checkpoint): recovery never ends the segment
+/// below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableEnd {
+    pub end_offset: u64,
+    pub size_bytes: u64,
+}
+
+/// Where the scan of a log file leaves the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanTail {
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    /// Cut the file to this length (bytes past the end that are torn,
+    /// damaged or never acknowledged).
+    pub cut_to: Option<u64>,
+    /// The offsets missing below the recorded durable end.
+    pub missing: Option<CorruptRegion>,
+}
+
+/// Decides the end of a segment whose scan found valid data up to byte
+/// `position` / offset `scanned_end` in a file of `file_length` bytes,
+/// given the durable end recorded for it, if any. Below the recorded end,
+/// the rest is a damaged range up to it (the bytes kept for inspection),
+/// never a shorter end; beyond it (or without one), a torn tail is cut.
+pub fn decide_tail(
+    position: u64,
+    scanned_end: u64,
+    file_length: u64,
+    recorded: Option<DurableEnd>,
+) -> ScanTail {
+    match recorded {
+        Some(recorded) if recorded.end_offset > scanned_end => {
+            let end_position = recorded.size_bytes.max(position);
+            ScanTail {
+                end_offset: recorded.end_offset,
+                size_bytes: end_position,
+                cut_to: (file_length > end_position).then_some(end_position),
+                missing: Some(CorruptRegion {
+                    start_offset: scanned_end,
+                    end_offset: recorded.end_offset,
+                    start_position: position,
+                    end_position,
+                    repaired_offset: scanned_end,
+                    repaired_position: position,
+                    kind: DamageKind::BelowDurableEnd { file_length },
+                }),
+            }
+        }
+        _ => ScanTail {
+            end_offset: scanned_end,
+            size_bytes: position,
+            cut_to: (file_length > position).then_some(position),
+            missing: None,
+        },
+    }
 }
 
 /// What is known about the contents of a segment's log file. Everything
@@ -375,7 +439,11 @@ impl SegmentLog {
     /// this process reserved nothing: an earlier one may have, before a
     /// restart.
     pub fn release_preallocation(&mut self, file: &File) -> std::io::Result<()> {
-        file.set_len(self.size_bytes)?;
+        // A file shorter than the log (a damaged tail) is not extended;
+        // truncating to the same length frees blocks reserved past it.
+        if file.metadata()?.len() >= self.size_bytes {
+            file.set_len(self.size_bytes)?;
+        }
         self.allocated_bytes = self.size_bytes;
         Ok(())
     }
@@ -410,6 +478,20 @@ impl SegmentLog {
         self.corrupt_regions
             .iter()
             .find(|region| offset >= region.start_offset && offset < region.end_offset)
+    }
+
+    /// The damaged offset ranges, by start offset, for the status.
+    pub fn damaged_ranges(&self) -> Vec<sluice_proto::v1::DamagedRange> {
+        let mut regions = self.corrupt_regions.clone();
+        regions.sort_by_key(|region| region.start_offset);
+        regions
+            .iter()
+            .map(|region| sluice_proto::v1::DamagedRange {
+                start_offset: region.start_offset,
+                end_offset: region.end_offset,
+                detail: region.describe(),
+            })
+            .collect()
     }
 
     /// First corrupt offset, if any region is not repaired.
@@ -509,14 +591,15 @@ fn find_resume(
 }
 
 /// Reads a log file batch by batch (memory: one batch plus a resync
-/// window), validates every batch and rebuilds the indexes. A damaged tail
-/// is truncated; damage followed by valid batches becomes a
-/// [`CorruptRegion`].
+/// window), validates every batch and rebuilds the indexes. Damage followed
+/// by valid batches becomes a [`CorruptRegion`]; where the valid data ends
+/// is settled by [`decide_tail`] against the `recorded` durable end.
 pub fn scan_log(
     path: &Path,
     segment_id: u64,
     base_offset: u64,
     index_interval_bytes: u64,
+    recorded: Option<DurableEnd>,
 ) -> Result<ScanOutcome, StoreError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -530,11 +613,46 @@ pub fn scan_log(
         .map_err(|error| io_error(path, "stat", error))?
         .len();
     let mut log = SegmentLog::new(base_offset, index_interval_bytes);
+    let (position, scanned_end) = scan_batches(&file, path, segment_id, file_length, &mut log)?;
+    let tail = decide_tail(position, scanned_end, file_length, recorded);
+    let truncated_bytes = tail.cut_to.map_or(0, |cut| file_length - cut);
+    let zero_tail = truncated_bytes > 0
+        && is_zero_range(&file, file_length - truncated_bytes, file_length)
+            .map_err(|error| io_error(path, "read", error))?;
+    log_tail(segment_id, &tail, truncated_bytes, zero_tail);
+    // A previous process may have written this file without fsync (its
+    // journal covered it): fsynced here, before anything deletes that
+    // journal, and then closed, so that loading many segments holds no
+    // files open.
+    let synced = match tail.cut_to {
+        Some(cut) => file.set_len(cut).and_then(|()| file.sync_all()),
+        None => file.sync_data(),
+    };
+    synced.map_err(|error| io_error(path, "truncate or fsync", error))?;
+    log.corrupt_regions.extend(tail.missing);
+    log.size_bytes = tail.size_bytes;
+    log.end_offset = tail.end_offset;
+    Ok(ScanOutcome {
+        log,
+        truncated_bytes,
+        zero_tail,
+    })
+}
+
+/// Scans the valid batches of `file` into `log` (indexes, damaged middles);
+/// the position and offset where the valid data ends.
+fn scan_batches(
+    file: &File,
+    path: &Path,
+    segment_id: u64,
+    file_length: u64,
+    log: &mut SegmentLog,
+) -> Result<(u64, u64), StoreError> {
     let mut buffer = Vec::new();
     let mut position = 0u64;
-    let mut expected_offset = base_offset;
+    let mut expected_offset = log.base_offset;
     while position < file_length {
-        let found = valid_batch_at(&file, position, file_length, &mut buffer)
+        let found = valid_batch_at(file, position, file_length, &mut buffer)
             .map_err(|error| io_error(path, "read", error))?;
         if let Some(header) = found {
             if header.base_offset == expected_offset {
@@ -545,7 +663,7 @@ pub fn scan_log(
             }
         }
         // Damage at `position`: is there a valid continuation after it?
-        let resume = find_resume(&file, position, file_length, expected_offset, &mut buffer)
+        let resume = find_resume(file, position, file_length, expected_offset, &mut buffer)
             .map_err(|error| io_error(path, "read", error))?;
         let Some((resume_position, header)) = resume else {
             break;
@@ -563,46 +681,39 @@ pub fn scan_log(
             end_position: resume_position,
             repaired_offset: expected_offset,
             repaired_position: position,
+            kind: DamageKind::Checksum,
         });
         position = resume_position;
         expected_offset = header.base_offset;
     }
-    let truncated_bytes = file_length - position;
-    let zero_tail = truncated_bytes > 0
-        && is_zero_range(&file, position, file_length)
-            .map_err(|error| io_error(path, "read", error))?;
+    Ok((position, expected_offset))
+}
+
+fn log_tail(segment_id: u64, tail: &ScanTail, truncated_bytes: u64, zero_tail: bool) {
+    if let Some(missing) = &tail.missing {
+        tracing::error!(
+            segment_id,
+            start_offset = missing.start_offset,
+            end_offset = missing.end_offset,
+            detail = %missing.describe(),
+            "segment file lacks data below its recorded durable end; the range is damaged and not served"
+        );
+    }
     if zero_tail {
         tracing::info!(
             segment_id,
             truncated_bytes,
-            end_offset = expected_offset,
+            end_offset = tail.end_offset,
             "cutting an unwritten (all zero) tail off a segment file"
         );
     } else if truncated_bytes > 0 {
         tracing::warn!(
             segment_id,
             truncated_bytes,
-            end_offset = expected_offset,
+            end_offset = tail.end_offset,
             "truncating a torn or damaged tail of a segment file"
         );
     }
-    // A previous process may have written this file without fsync (its
-    // journal covered it): fsynced here, before anything deletes that
-    // journal, and then closed, so that loading many segments holds no
-    // files open.
-    let synced = if truncated_bytes > 0 {
-        file.set_len(position).and_then(|()| file.sync_all())
-    } else {
-        file.sync_data()
-    };
-    synced.map_err(|error| io_error(path, "truncate or fsync", error))?;
-    log.size_bytes = position;
-    log.end_offset = expected_offset;
-    Ok(ScanOutcome {
-        log,
-        truncated_bytes,
-        zero_tail,
-    })
 }
 
 #[cfg(test)]
@@ -680,6 +791,101 @@ mod tests {
         }
     }
 
+    fn recorded(end_offset: u64, size_bytes: u64) -> Option<DurableEnd> {
+        Some(DurableEnd {
+            end_offset,
+            size_bytes,
+        })
+    }
+
+    #[test]
+    fn without_a_recorded_end_a_torn_tail_is_cut() {
+        let tail = decide_tail(100, 50, 130, None);
+        assert_eq!((tail.end_offset, tail.size_bytes), (50, 100));
+        assert_eq!((tail.cut_to, tail.missing), (Some(100), None));
+        let whole = decide_tail(100, 50, 100, None);
+        assert_eq!((whole.cut_to, whole.missing), (None, None));
+        let empty = decide_tail(0, 0, 0, None);
+        assert_eq!((empty.end_offset, empty.cut_to), (0, None));
+    }
+
+    #[test]
+    fn a_tail_beyond_the_recorded_end_is_cut() {
+        for end in [recorded(50, 100), recorded(40, 80), recorded(0, 0)] {
+            let tail = decide_tail(100, 50, 130, end);
+            assert_eq!((tail.end_offset, tail.size_bytes), (50, 100));
+            assert_eq!((tail.cut_to, tail.missing), (Some(100), None));
+        }
+    }
+
+    #[test]
+    fn data_missing_below_the_recorded_end_is_a_damaged_range_never_a_shorter_end() {
+        // Truncated mid-batch: the file ends inside the recorded size.
+        let tail = decide_tail(100, 50, 120, recorded(80, 160));
+        assert_eq!(
+            (tail.end_offset, tail.size_bytes, tail.cut_to),
+            (80, 160, None)
+        );
+        let missing = tail.missing.expect("a damaged range");
+        assert_eq!(
+            (missing.start_offset, missing.end_offset),
+            (50, 80),
+            "[scan end, recorded end)"
+        );
+        assert_eq!((missing.start_position, missing.end_position), (100, 160));
+        assert!(
+            missing.describe().contains("truncated"),
+            "{}",
+            missing.describe()
+        );
+        // Garbage up to the recorded size and more beyond it: the bytes up
+        // to the recorded size are kept, the rest cut.
+        let tail = decide_tail(100, 50, 200, recorded(80, 160));
+        assert_eq!((tail.end_offset, tail.cut_to), (80, Some(160)));
+        let missing = tail.missing.expect("a damaged range");
+        assert!(
+            missing.describe().contains("damaged tail"),
+            "{}",
+            missing.describe()
+        );
+        // The log file is gone.
+        let tail = decide_tail(0, 7, 0, recorded(u64::MAX, u64::MAX));
+        assert_eq!((tail.end_offset, tail.size_bytes), (u64::MAX, u64::MAX));
+        assert_eq!(tail.missing.map(|m| m.start_offset), Some(7));
+    }
+
+    #[test]
+    fn a_recorded_size_below_the_scanned_position_never_shrinks_the_log() {
+        // Inconsistent records (offsets beyond, size behind): the data
+        // scanned is kept and the range starts where it ends.
+        let tail = decide_tail(100, 50, 100, recorded(80, 10));
+        assert_eq!((tail.size_bytes, tail.cut_to), (100, None));
+        let missing = tail.missing.expect("a damaged range");
+        assert_eq!((missing.start_position, missing.end_position), (100, 100));
+    }
+
+    #[test]
+    fn scan_keeps_a_truncated_file_at_its_recorded_end() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("s.log");
+        let mut contents = Vec::new();
+        for index in 0..4 {
+            contents.extend_from_slice(&make_batch(index * 3, 3, 10));
+        }
+        let full = contents.len() as u64;
+        contents.truncate(contents.len() - 20);
+        std::fs::write(&path, &contents).expect("write");
+        let outcome = scan_log(&path, 9, 0, 4096, recorded(12, full)).expect("scan");
+        assert_eq!((outcome.log.end_offset, outcome.log.size_bytes), (12, full));
+        assert_eq!(outcome.log.corrupt_from_offset(), Some(9));
+        assert_eq!(outcome.truncated_bytes, 0);
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            contents.len() as u64,
+            "the damaged bytes are kept for inspection"
+        );
+    }
+
     #[test]
     fn scan_truncates_torn_tail_and_reports_middle_damage() {
         let directory = tempfile::tempdir().expect("temp dir");
@@ -698,7 +904,7 @@ mod tests {
         contents[starts[2] + 70] ^= 0xff;
         contents.extend_from_slice(&make_batch(15, 3, 10)[..30]);
         std::fs::write(&path, &contents).expect("write");
-        let outcome = scan_log(&path, 9, 0, 4096).expect("scan");
+        let outcome = scan_log(&path, 9, 0, 4096, None).expect("scan");
         assert_eq!(outcome.truncated_bytes, 30);
         assert_eq!(outcome.log.end_offset, 15);
         assert_eq!(outcome.log.size_bytes, full as u64);

@@ -322,6 +322,7 @@ impl Store for StoreService {
     ) -> Result<Response<StoreListSegmentsResponse>, Status> {
         Ok(Response::new(StoreListSegmentsResponse {
             segments: self.storage.list_segments(),
+            damaged_segments: self.storage.damaged_segments(),
         }))
     }
 }

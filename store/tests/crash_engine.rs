@@ -93,6 +93,12 @@ fn meta_path(directory: &Path, segment_id: u64) -> PathBuf {
         .join(format!("{segment_id:020}.meta"))
 }
 
+fn meta_copy_path(directory: &Path, segment_id: u64) -> PathBuf {
+    directory
+        .join("segments")
+        .join(format!("{segment_id:020}.meta.copy"))
+}
+
 fn latest_journal(directory: &Path) -> PathBuf {
     let mut files: Vec<PathBuf> = std::fs::read_dir(directory.join("journal"))
         .expect("journal dir")
@@ -338,25 +344,37 @@ fn flipped_bit_in_the_tail_is_cut_and_refilled_from_the_journal() {
 }
 
 #[test]
-fn garbage_meta_file_is_reported_and_restored_from_the_journal() {
+fn garbage_meta_file_is_reported_and_restored_from_its_copy() {
     let directory = tempfile::tempdir().expect("temp dir");
     let written = write_entries(directory.path(), None);
     std::fs::write(meta_path(directory.path(), 11), b"\x00\xffnot json{{{").expect("write");
     let (storage, report) = reopen(directory.path());
-    assert_eq!(report.skipped_segments.len(), 1, "{report:?}");
-    // The journal still holds the create record, so the segment is back.
+    assert_eq!(report.restored_metadata.len(), 1, "{report:?}");
     assert_everything_readable(&storage, &written);
 }
 
 #[test]
-fn garbage_meta_file_after_checkpoint_skips_only_that_segment() {
+fn both_meta_copies_garbage_before_checkpoint_are_restored_from_the_journal() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let written = write_entries(directory.path(), None);
+    std::fs::write(meta_path(directory.path(), 11), b"\x00\xffnot json{{{").expect("write");
+    std::fs::write(meta_copy_path(directory.path(), 11), b"garbage").expect("write");
+    let (storage, report) = reopen(directory.path());
+    // The journal still holds the create record, so the segment is back.
+    assert!(report.damaged_segments.is_empty(), "{report:?}");
+    assert_everything_readable(&storage, &written);
+}
+
+#[test]
+fn both_meta_copies_garbage_after_checkpoint_hold_only_that_segment_as_damaged() {
     let directory = tempfile::tempdir().expect("temp dir");
     let written = write_entries(directory.path(), Some(BATCHES_PER_SEGMENT));
     std::fs::write(meta_path(directory.path(), 11), b"garbage").expect("write");
+    std::fs::write(meta_copy_path(directory.path(), 11), b"").expect("write");
     let (storage, report) = reopen(directory.path());
-    assert_eq!(report.skipped_segments.len(), 1, "{report:?}");
-    let error = storage.segment_status(11).expect_err("segment skipped");
-    assert_eq!(error.code(), ErrorCode::UnknownSegment);
+    assert_eq!(report.damaged_segments.len(), 1, "{report:?}");
+    let error = storage.segment_status(11).expect_err("segment damaged");
+    assert_eq!(error.code(), ErrorCode::StorageCorrupt);
     let mut rest = written.clone();
     rest.remove(&11);
     assert_everything_readable(&storage, &rest);

@@ -24,7 +24,10 @@ struct Server {
 }
 
 async fn start_server() -> Server {
-    let directory = tempfile::tempdir().expect("temp dir");
+    start_server_in(tempfile::tempdir().expect("temp dir")).await
+}
+
+async fn start_server_in(directory: tempfile::TempDir) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -338,4 +341,106 @@ async fn random_bytes_on_the_port_do_not_stop_the_server() {
         .await
         .expect("server task")
         .expect("server stopped cleanly");
+}
+
+/// Writes segments 1 and 2 (20 batches each, 2 sealed) with the engine,
+/// then makes both metadata copies of 1 garbage and truncates 2's log.
+async fn damaged_directory() -> tempfile::TempDir {
+    use sluice_store::{NewSegment, Storage, StorageOptions};
+    let directory = tempfile::tempdir().expect("temp dir");
+    {
+        let (storage, _) =
+            Storage::open(directory.path(), StorageOptions::default()).expect("open");
+        for segment_id in [1, 2] {
+            storage
+                .create_segment(NewSegment {
+                    segment_id,
+                    topic: "t".to_string(),
+                    partition: 0,
+                    base_offset: 0,
+                    writer_epoch: 1,
+                    durability: Durability::Fsync,
+                })
+                .await
+                .expect("create");
+            for index in 0..20 {
+                storage
+                    .append(segment_id, 1, make_batch(index * 2, 2, 1))
+                    .await
+                    .expect("append");
+            }
+        }
+        storage.seal_segment(2, 1).await.expect("seal");
+        storage.close().await.expect("close");
+    }
+    let segments = directory.path().join("segments");
+    for name in [
+        "00000000000000000001.meta",
+        "00000000000000000001.meta.copy",
+    ] {
+        std::fs::write(segments.join(name), b"garbage").expect("write");
+    }
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segments.join("00000000000000000002.log"))
+        .expect("open log");
+    let length = log.metadata().expect("stat").len();
+    log.set_len(length / 2).expect("truncate");
+    directory
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_segments_are_listed_and_refused_with_storage_corrupt() {
+    let server = start_server_in(damaged_directory().await).await;
+    let mut client = connect_store(&server.address).await;
+    let listed = client
+        .list_segments(StoreListSegmentsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.damaged_segments.len(), 1, "{listed:?}");
+    assert_eq!(listed.damaged_segments[0].segment_id, 1);
+    assert!(
+        listed.damaged_segments[0]
+            .detail
+            .contains("metadata unusable"),
+        "{listed:?}"
+    );
+    assert_eq!(listed.segments.len(), 1, "{listed:?}");
+    let truncated = &listed.segments[0];
+    assert_eq!((truncated.segment_id, truncated.end_offset), (2, 40));
+    assert_eq!(truncated.damaged_ranges.len(), 1, "{truncated:?}");
+    let range = &truncated.damaged_ranges[0];
+    assert_eq!(range.end_offset, 40);
+    assert_eq!(truncated.corrupt_from_offset, Some(range.start_offset));
+    let error = client
+        .get_segment_status(SegmentStatusRequest { segment_id: 1 })
+        .await
+        .expect_err("damaged");
+    assert_eq!(code_of(&error), ErrorCode::StorageCorrupt, "{error:?}");
+    assert!(error.message().contains("segment 1"), "{error:?}");
+    let error = client
+        .create_segment(StoreCreateSegmentRequest {
+            segment_id: 1,
+            topic: "t".to_string(),
+            partition: 0,
+            base_offset: 0,
+            writer_epoch: 1,
+            durability: Durability::Fsync as i32,
+        })
+        .await
+        .expect_err("never recreated empty");
+    assert_eq!(code_of(&error), ErrorCode::StorageCorrupt, "{error:?}");
+    let error = client
+        .read(ReadRequest {
+            segment_id: 2,
+            offset: range.start_offset,
+            ..ReadRequest::default()
+        })
+        .await
+        .expect_err("damaged range");
+    assert_eq!(code_of(&error), ErrorCode::StorageCorrupt, "{error:?}");
+    let range_text = format!("[{}, 40)", range.start_offset);
+    assert!(error.message().contains(&range_text), "{error:?}");
+    assert_still_serving(&mut client).await;
 }

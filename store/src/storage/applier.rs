@@ -2,8 +2,8 @@
 //! committed groups to the segment files, completes their commands and
 //! hands checkpoints to the checkpoint thread (`checkpoint.rs`).
 
-use super::checkpoint::{CheckpointJob, CheckpointWriter};
-use super::registry::{self, Registry, SegmentHandle};
+use super::checkpoint::{CheckpointJob, CheckpointWriter, SegmentEnd};
+use super::registry::{self, DamagedRegistry, Registry, SegmentHandle};
 use super::segment_files::SegmentFiles;
 use super::writer::{complete_all_unknown, read_failure, record_failure, Command, Failure};
 use super::JournalStats;
@@ -38,6 +38,9 @@ pub(super) struct SegmentApplier {
     pub(super) journal_dir: PathBuf,
     pub(super) segments_dir: PathBuf,
     pub(super) registry: Arc<Registry>,
+    /// Segments whose metadata is unusable: their recorded ends are
+    /// carried into every checkpoint.
+    pub(super) damaged: Arc<DamagedRegistry>,
     pub(super) stats: Arc<JournalStats>,
     pub(super) failure: Failure,
     pub(super) spares: JournalSpares,
@@ -84,21 +87,41 @@ impl SegmentApplier {
             failure: self.failure.clone(),
             busy,
             spares: self.spares.clone(),
+            last_written: std::sync::Mutex::new(None),
         }
     }
 
     /// Takes every dirty segment file (a duplicate handle) and marks it
     /// clean: whatever is written after this is dirty again and belongs to
-    /// a later checkpoint.
-    fn take_dirty_files(&self) -> Result<Vec<(u64, Arc<File>)>, StoreError> {
-        let handles = registry::all_handles(&self.registry);
+    /// a later checkpoint. With them, the end of every segment whose
+    /// metadata records none: once the files taken now are fsynced, each
+    /// is durable up to there (what was written before was taken by an
+    /// earlier checkpoint, which fsynced it or latched the failure).
+    fn take_dirty_files(&self) -> (Vec<(u64, Arc<File>)>, Vec<SegmentEnd>) {
+        let mut handles = registry::all_handles(&self.registry);
+        handles.sort_by_key(|handle| handle.id);
         let mut files = Vec::new();
+        let mut ends = Vec::new();
         for handle in handles {
-            if let Some(file) = handle.lock_log().take_dirty_file() {
+            let mut log = handle.lock_log();
+            if let Some(file) = log.take_dirty_file() {
                 files.push((handle.id, file));
             }
+            if !handle.end_recorded_in_meta(log.end_offset) {
+                ends.push((handle.id, log.end_offset, log.size_bytes));
+            }
         }
-        Ok(files)
+        let damaged = self
+            .damaged
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (segment_id, damaged) in damaged.iter() {
+            if let Some(end) = damaged.recorded_end {
+                ends.push((*segment_id, end.end_offset, end.size_bytes));
+            }
+        }
+        ends.sort_unstable();
+        (files, ends)
     }
 
     fn apply(
@@ -202,23 +225,11 @@ impl SegmentApplier {
             // tick covers this one's data too.
             return;
         }
-        let files = match self.take_dirty_files() {
-            Ok(files) => files,
-            Err(error) => {
-                // Nothing was fsynced or recorded; the next one retries.
-                tracing::warn!(%error, "checkpoint skipped");
-                if let Some(done) = done {
-                    let _ = done.send(Err(error));
-                }
-                if periodic {
-                    busy.store(false, Ordering::Release);
-                }
-                return;
-            }
-        };
+        let (files, ends) = self.take_dirty_files();
         let (journal_sequence, journal_position) = position;
         let job = CheckpointJob {
             files,
+            ends,
             journal_sequence,
             journal_position,
             done,
@@ -240,9 +251,9 @@ impl SegmentApplier {
         journal_sequence: u64,
         journal_position: u64,
     ) -> Result<(), StoreError> {
-        let files = self.take_dirty_files()?;
+        let (files, ends) = self.take_dirty_files();
         self.checkpoint_writer(Arc::new(AtomicBool::new(false)))
-            .finish(files, journal_sequence, journal_position)
+            .finish(files, ends, (journal_sequence, journal_position))
     }
 }
 

@@ -3,7 +3,7 @@
 //! segment files; recovery replays the journal from there (see
 //! `recovery.rs`), and journal files before it are deleted or recycled.
 
-use super::writer::{record_failure, Failure};
+use super::writer::{read_failure, record_failure, Failure};
 use super::JournalStats;
 use crate::error::StoreError;
 use crate::fault::{self, FileOp};
@@ -20,18 +20,31 @@ use tokio::sync::oneshot;
 /// Name of the checkpoint file in the storage directory.
 pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
 
-/// Contents of the checkpoint file: the journal position it covers.
+/// Contents of the checkpoint file: the journal position it covers, and
+/// the durable end of every segment whose metadata does not record one.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Checkpoint {
     pub(super) journal_sequence: u64,
     pub(super) position: u64,
+    /// `[segment id, end offset, size in bytes]` of each segment not
+    /// sealed with its end in its metadata: its log file was fsynced up to
+    /// there by this checkpoint or an earlier one (so recovery never ends
+    /// it lower). Absent in checkpoints of older versions.
+    #[serde(default)]
+    pub(super) ends: Vec<SegmentEnd>,
 }
+
+/// `(segment id, end offset, size in bytes)`, encoded as a JSON array.
+pub(super) type SegmentEnd = (u64, u64, u64);
 
 /// A checkpoint handed from the applier to the checkpointer thread: the
 /// segment files that were dirty when the applier reached the journal
 /// position, to be fsynced before that position is recorded.
 pub(super) struct CheckpointJob {
     pub(super) files: Vec<(u64, Arc<File>)>,
+    /// The ends to record once `files` are fsynced (see
+    /// [`Checkpoint::ends`]).
+    pub(super) ends: Vec<SegmentEnd>,
     pub(super) journal_sequence: u64,
     pub(super) journal_position: u64,
     pub(super) done: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -51,13 +64,17 @@ pub(super) struct CheckpointWriter {
     pub(super) busy: Arc<AtomicBool>,
     /// Takes obsolete journal files for reuse instead of deleting them.
     pub(super) spares: JournalSpares,
+    /// The contents last written to the checkpoint file by this writer:
+    /// an identical checkpoint is not written again.
+    pub(super) last_written: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl CheckpointWriter {
     pub(super) fn run(self, jobs: std::sync::mpsc::Receiver<CheckpointJob>) {
         while let Ok(job) = jobs.recv() {
             let periodic = job.done.is_none();
-            let outcome = self.finish(job.files, job.journal_sequence, job.journal_position);
+            let position = (job.journal_sequence, job.journal_position);
+            let outcome = self.finish(job.files, job.ends, position);
             if let Err(error) = &outcome {
                 tracing::warn!(%error, "checkpoint failed; the next one retries");
             }
@@ -82,8 +99,8 @@ impl CheckpointWriter {
     pub(super) fn finish(
         &self,
         files: Vec<(u64, Arc<File>)>,
-        journal_sequence: u64,
-        journal_position: u64,
+        ends: Vec<SegmentEnd>,
+        (journal_sequence, journal_position): (u64, u64),
     ) -> Result<(), StoreError> {
         if let Err(error) = self.sync_segments(files) {
             // Out of file handles to open the directory: nothing failed to
@@ -93,15 +110,17 @@ impl CheckpointWriter {
             }
             return Err(error);
         }
+        // A failure since this job was taken (an earlier job's fsync) may
+        // have lost data this checkpoint would cover.
+        if let Some(reason) = read_failure(&self.failure) {
+            return Err(StoreError::WritesSuspended(reason));
+        }
         let checkpoint = Checkpoint {
             journal_sequence,
             position: journal_position,
+            ends,
         };
-        let encoded = serde_json::to_vec(&checkpoint)
-            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
-        fault::check(&self.directory.join(CHECKPOINT_FILE), FileOp::Write)
-            .map_err(|error| StoreError::io("write the checkpoint file", error))?;
-        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        self.write_checkpoint(&checkpoint)?;
         // The writer may have rolled on to newer files meanwhile; only
         // files before the recorded one are covered.
         for sequence in journal::list_journal_files(&self.journal_dir)? {
@@ -119,6 +138,26 @@ impl CheckpointWriter {
         Ok(())
     }
 
+    /// Writes the checkpoint file durably, unless this writer last wrote
+    /// the same contents.
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let encoded = serde_json::to_vec(checkpoint)
+            .map_err(|error| StoreError::io("encode checkpoint", std::io::Error::other(error)))?;
+        let mut last = self
+            .last_written
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.as_deref() == Some(encoded.as_slice()) {
+            return Ok(());
+        }
+        fault::check(&self.directory.join(CHECKPOINT_FILE), FileOp::Write)
+            .map_err(|error| StoreError::io("write the checkpoint file", error))?;
+        *last = None;
+        segment::write_file_durably(&self.directory.join(CHECKPOINT_FILE), &encoded)?;
+        *last = Some(encoded);
+        Ok(())
+    }
+
     fn sync_segments(&self, files: Vec<(u64, Arc<File>)>) -> Result<(), StoreError> {
         for (segment_id, file) in files {
             fault::check(&self.segments_dir, FileOp::Sync)
@@ -133,9 +172,53 @@ impl CheckpointWriter {
 
 #[cfg(test)]
 mod tests {
+    use super::Checkpoint;
     use crate::journal;
     use crate::storage::tests::{make_batch, new_segment, options};
     use crate::storage::{Storage, StorageOptions, JOURNAL_DIR};
+
+    #[test]
+    fn a_checkpoint_of_an_older_version_without_ends_still_loads() {
+        let old: Checkpoint =
+            serde_json::from_slice(br#"{"journal_sequence":3,"position":4096}"#).expect("old");
+        assert_eq!((old.journal_sequence, old.position), (3, 4096));
+        assert!(old.ends.is_empty());
+        let new = Checkpoint {
+            ends: vec![(1, u64::MAX, 0), (2, 0, u64::MAX)],
+            ..old
+        };
+        let encoded = serde_json::to_vec(&new).expect("encode");
+        let decoded: Checkpoint = serde_json::from_slice(&encoded).expect("decode");
+        assert_eq!(decoded.ends, new.ends);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_checkpoint_is_not_written_again() {
+        use std::os::unix::fs::MetadataExt;
+        let directory = tempfile::tempdir().expect("temp dir");
+        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+        storage
+            .create_segment(new_segment(1, 0))
+            .await
+            .expect("create");
+        storage
+            .append(1, 5, make_batch(0, 1, 1))
+            .await
+            .expect("append");
+        let path = directory.path().join(super::CHECKPOINT_FILE);
+        storage.checkpoint().await.expect("checkpoint");
+        let written = std::fs::metadata(&path).expect("stat").ino();
+        storage.checkpoint().await.expect("checkpoint");
+        assert_eq!(std::fs::metadata(&path).expect("stat").ino(), written);
+        storage
+            .append(1, 5, make_batch(1, 1, 1))
+            .await
+            .expect("append");
+        storage.checkpoint().await.expect("checkpoint");
+        let contents: Checkpoint =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("checkpoint");
+        assert_eq!(contents.ends, vec![(1, 2, contents.ends[0].2)]);
+    }
 
     #[tokio::test]
     async fn checkpoint_deletes_old_journal_files_and_data_survives() {

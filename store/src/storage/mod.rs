@@ -15,9 +15,14 @@
 //! segment file up to its recorded size is acknowledged or journaled.
 //!
 //! Checkpoints fsync dirty segment files, durably record the journal
-//! position they cover and delete older journal files. Recovery scans the
-//! segment files (truncating torn tails, reporting damaged middles) and
-//! replays the journal from the checkpoint.
+//! position they cover and each unsealed segment's durable end, and delete
+//! older journal files. Recovery scans the segment files (reporting
+//! damaged middles, and data missing below the durable end recorded at
+//! seal or checkpoint as damaged ranges, never a shorter end; cutting torn
+//! tails beyond it) and replays the journal from the checkpoint. A
+//! segment's metadata is written twice with a checksum; a bad copy is
+//! restored from the other, and with both unusable the segment is held as
+//! damaged (every request for it answers STORAGE_CORRUPT).
 //!
 //! One file per stage:
 //! - `mod.rs`: the [`Storage`] API (open, create, append, seal, delete,
@@ -33,7 +38,8 @@
 //!   over a fresh recovery once the cause is gone (when to try);
 //! - `applier.rs`: the applier thread writing committed groups to the
 //!   segment files and completing them;
-//! - `checkpoint.rs`: the checkpoint thread and the checkpoint file;
+//! - `checkpoint.rs`: the checkpoint thread and the checkpoint file
+//!   (journal position and durable segment ends);
 //! - `reads.rs`: reads and the timestamp lookup ([`ReadOutcome`]);
 //! - `file_budget.rs`: the budget of open segment files (pure LRU);
 //! - `segment_files.rs`: segment files opened on demand within it.
@@ -42,6 +48,8 @@ mod applier;
 #[cfg(test)]
 mod budget_tests;
 mod checkpoint;
+#[cfg(test)]
+mod damage_tests;
 #[cfg(test)]
 mod fault_tests;
 mod file_budget;
@@ -64,10 +72,10 @@ use crate::journal_spares::JournalSpares;
 use crate::segment::{self, SegmentMeta};
 use applier::SegmentApplier;
 use bytes::Bytes;
-use registry::{Registry, SegmentHandle};
+use registry::{DamagedRegistry, Registry, SegmentHandle};
 use segment_files::SegmentFiles;
 use sluice_proto::batch::{self, BatchIter};
-use sluice_proto::v1::{Durability, SegmentStatus};
+use sluice_proto::v1::{DamagedSegment, Durability, SegmentStatus};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -193,6 +201,10 @@ struct Inner {
     layout: Layout,
     options: StorageOptions,
     registry: Arc<Registry>,
+    /// Segments whose metadata is unusable, by id, with the reason: every
+    /// request for them answers STORAGE_CORRUPT (`SegmentDamaged`), and
+    /// their id is never created anew (only a delete removes them).
+    damaged: Arc<DamagedRegistry>,
     /// The write path in use; `None` while the healer replaces it. Every
     /// write holds it shared while it uses it (until its command is
     /// queued, or for metadata until it completes); the healer takes it
@@ -290,12 +302,13 @@ impl Storage {
             &mut report,
         )?;
         let registry: Arc<Registry> = Arc::new(RwLock::new(recovered.segments));
+        let damaged: Arc<DamagedRegistry> = Arc::new(RwLock::new(recovered.damaged));
         let stats = Arc::new(JournalStats::default());
         let write_path = start_write_path(
             &layout,
             recovered.next_sequence,
             &options,
-            &registry,
+            (&registry, &damaged),
             &stats,
             &files,
         )?;
@@ -307,6 +320,7 @@ impl Storage {
             layout,
             options,
             registry,
+            damaged,
             write_path: tokio::sync::RwLock::new(Some(write_path)),
             files,
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
@@ -364,8 +378,45 @@ impl Storage {
     }
 
     fn segment(&self, segment_id: u64) -> Result<Arc<SegmentHandle>, StoreError> {
-        registry::lookup(&self.inner.registry, segment_id)
-            .ok_or(StoreError::UnknownSegment { segment_id })
+        if let Some(handle) = registry::lookup(&self.inner.registry, segment_id) {
+            return Ok(handle);
+        }
+        Err(self
+            .damaged_error(segment_id)
+            .unwrap_or(StoreError::UnknownSegment { segment_id }))
+    }
+
+    /// The error for a segment whose metadata is unusable, if it is one.
+    fn damaged_error(&self, segment_id: u64) -> Option<StoreError> {
+        let damaged = self
+            .inner
+            .damaged
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        damaged
+            .get(&segment_id)
+            .map(|damaged| StoreError::SegmentDamaged {
+                segment_id,
+                detail: format!(
+                    "{}; its files are kept for inspection: repair the metadata and restart the store, or delete the segment",
+                    damaged.reason
+                ),
+            })
+    }
+
+    /// Segments held whose metadata is unusable (not in
+    /// [`Storage::list_segments`]), by id.
+    pub fn damaged_segments(&self) -> Vec<DamagedSegment> {
+        self.inner
+            .damaged
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(segment_id, damaged)| DamagedSegment {
+                segment_id: *segment_id,
+                detail: damaged.reason.clone(),
+            })
+            .collect()
     }
 
     async fn journal_metadata(
@@ -404,6 +455,9 @@ impl Storage {
             )));
         }
         let _admin = self.inner.admin_lock.lock().await;
+        if let Some(error) = self.damaged_error(new.segment_id) {
+            return Err(error);
+        }
         if let Ok(existing) = self.segment(new.segment_id) {
             if existing.topic == new.topic
                 && existing.partition == new.partition
@@ -436,6 +490,9 @@ impl Storage {
             writer_epoch: new.writer_epoch,
             sealed: false,
             durability: durability as i32,
+            end_offset: None,
+            size_bytes: None,
+            checksum: None,
         };
         let segments_dir = self.inner.layout.segments_dir.clone();
         let index_interval_bytes = self.inner.options.index_interval_bytes;
@@ -504,6 +561,11 @@ impl Storage {
         }
         if mode == AppendMode::Writer && segment.sealed.load(Ordering::SeqCst) {
             return Err(StoreError::SegmentSealed { segment_id });
+        }
+        if mode == AppendMode::Writer {
+            if let Some(detail) = segment.damage() {
+                return Err(StoreError::SegmentDamaged { segment_id, detail });
+            }
         }
         let fence_epoch = segment.fence_epoch.load(Ordering::SeqCst);
         if writer_epoch < fence_epoch {
@@ -620,6 +682,7 @@ impl Storage {
         let files = self.inner.files.clone();
         tokio::task::spawn_blocking(move || {
             segment::write_meta(&segments_dir, &meta)?;
+            sealed_segment.meta_written(&meta);
             // Every append accepted before the seal is applied by now (the
             // seal record completed after them), so the file is final.
             let released = files.get(segment_id).and_then(|file| {
@@ -640,10 +703,14 @@ impl Storage {
         Ok(segment.status())
     }
 
-    /// Deletes a segment and its files, durably.
+    /// Deletes a segment and its files, durably; also one whose metadata
+    /// is unusable (an explicit decision to drop that copy).
     pub async fn delete_segment(&self, segment_id: u64) -> Result<(), StoreError> {
         let path = self.writable()?;
         let _admin = self.inner.admin_lock.lock().await;
+        if self.damaged_error(segment_id).is_some() {
+            return self.delete_damaged_segment(&path, segment_id).await;
+        }
         let segment = self.segment(segment_id)?;
         let mut control = segment.control.lock().await;
         if control.deleted {
@@ -666,6 +733,28 @@ impl Storage {
         .map_err(|error| StoreError::Failed(format!("delete task failed: {error}")))?;
         drop(path);
         removed
+    }
+
+    /// Deletes a segment whose metadata is unusable: journaled (a
+    /// recovery redoes it), then its files removed.
+    async fn delete_damaged_segment(
+        &self,
+        path: &WritePath,
+        segment_id: u64,
+    ) -> Result<(), StoreError> {
+        Self::journal_metadata(path, RecordKind::Delete, segment_id, Vec::new()).await?;
+        self.inner
+            .damaged
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&segment_id);
+        self.inner.files.forget(segment_id);
+        let segments_dir = self.inner.layout.segments_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            registry::remove_segment_files(&segments_dir, segment_id)
+        })
+        .await
+        .map_err(|error| StoreError::Failed(format!("delete task failed: {error}")))?
     }
 
     /// Status of one segment.
@@ -746,11 +835,15 @@ impl Inner {
             .registry
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = recovered.segments;
+        *self
+            .damaged
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = recovered.damaged;
         *slot = Some(start_write_path(
             layout,
             recovered.next_sequence,
             &self.options,
-            &self.registry,
+            (&self.registry, &self.damaged),
             &self.stats,
             &self.files,
         )?);
@@ -768,7 +861,7 @@ fn start_write_path(
     layout: &Layout,
     next_sequence: u64,
     options: &StorageOptions,
-    registry: &Arc<Registry>,
+    (registry, damaged): (&Arc<Registry>, &Arc<DamagedRegistry>),
     stats: &Arc<JournalStats>,
     files: &Arc<SegmentFiles>,
 ) -> Result<WritePath, StoreError> {
@@ -786,6 +879,7 @@ fn start_write_path(
         journal_dir: layout.journal_dir.clone(),
         segments_dir: layout.segments_dir.clone(),
         registry: registry.clone(),
+        damaged: damaged.clone(),
         stats: stats.clone(),
         failure: failure.clone(),
         spares: spares.clone(),

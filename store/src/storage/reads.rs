@@ -205,8 +205,13 @@ impl Storage {
         {
             return Err(corrupt(
                 segment_id,
-                region.start_offset,
-                "the range failed its checksum during recovery".to_string(),
+                offset,
+                format!(
+                    "offsets [{}, {}) are damaged: {}",
+                    region.start_offset,
+                    region.end_offset,
+                    region.describe()
+                ),
             ));
         }
         let (first_position, first) = view.find_batch(segment_id, offset)?;

@@ -1,20 +1,25 @@
 //! Crash recovery, run by [`Storage::open`](super::Storage::open) before
-//! anything is accepted: scan the segment files (truncating torn tails,
-//! reporting damaged middles), read the checkpoint, replay the journal
-//! from it (re-appending batches the segment files lack, rewriting damaged
+//! anything is accepted (and again in-process by the healer, so all of it
+//! is idempotent): read the checkpoint, load each segment's metadata (the
+//! good one of its two copies, rewriting the other; neither usable: the
+//! segment is held as damaged), scan the segment files against their
+//! recorded durable ends (see `segment::decide_tail`: damage below it is a
+//! damaged range, a torn tail beyond it is cut), replay the journal
+//! from the checkpoint (re-appending batches the segment files lack, rewriting damaged
 //! ranges the journal still holds, redoing creates, seals and deletes) and
 //! report what was found in a [`RecoveryReport`].
 
 use super::checkpoint::{Checkpoint, CHECKPOINT_FILE};
-use super::registry::{handle_from, remove_segment_files, SegmentHandle};
+use super::registry::{handle_from, remove_segment_files, DamagedMeta, SegmentHandle};
 use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
 use crate::journal::{self, RecordKind};
-use crate::segment::{self, SegmentLog, SegmentMeta};
+use crate::segment::{self, DurableEnd, SegmentLog, SegmentMeta};
+use crate::segment_meta::{self, choose_meta, meta_file_segment_id, ChosenMeta, MetaCopy};
 use sluice_proto::batch::{self, BatchHeader};
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,9 +27,13 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segments_loaded: usize,
-    /// Metadata files that could not be used, with the reason; their
-    /// segments are not served (unless the journal recreated them).
-    pub skipped_segments: Vec<(PathBuf, String)>,
+    /// `(segment id, reason)`: segments with both metadata copies
+    /// unusable, held as damaged (every request answers STORAGE_CORRUPT;
+    /// files kept). Not listed when the journal recreated the metadata.
+    pub damaged_segments: Vec<(u64, String)>,
+    /// `(segment id, what was wrong)`: a metadata copy rewritten from the
+    /// other.
+    pub restored_metadata: Vec<(u64, String)>,
     /// `(segment id, bytes)` cut off damaged or torn segment tails.
     pub truncated_segment_tails: Vec<(u64, u64)>,
     /// `(segment id, first corrupt offset)` still corrupt after replay.
@@ -44,7 +53,8 @@ pub struct RecoveryReport {
 impl RecoveryReport {
     /// True when recovery found nothing wrong beyond a torn journal tail.
     pub fn is_clean(&self) -> bool {
-        self.skipped_segments.is_empty()
+        self.damaged_segments.is_empty()
+            && self.restored_metadata.is_empty()
             && self.truncated_segment_tails.is_empty()
             && self.corrupt_segments.is_empty()
             && self.journal_corruptions.is_empty()
@@ -56,6 +66,8 @@ impl RecoveryReport {
 /// sequence number for the next journal file.
 pub(super) struct Recovered {
     pub(super) segments: HashMap<u64, Arc<SegmentHandle>>,
+    /// Segments whose metadata is unusable, by id, with the reason.
+    pub(super) damaged: BTreeMap<u64, DamagedMeta>,
     pub(super) next_sequence: u64,
 }
 
@@ -69,14 +81,16 @@ pub(super) fn recover(
     files: &SegmentFiles,
     report: &mut RecoveryReport,
 ) -> Result<Recovered, StoreError> {
-    let mut segments = load_segments(segments_dir, options, report)?;
     let checkpoint = read_checkpoint(directory, report);
+    let recorded_ends = checkpoint_ends(checkpoint.as_ref());
+    let (mut segments, mut damaged) = load_segments(segments_dir, options, &recorded_ends, report)?;
     let ends_at_load = segment_ends(&segments);
     let mut replay = Replay {
         segments_dir,
         options,
         files,
         segments: &mut segments,
+        damaged: &mut damaged,
         report,
         touched: HashMap::new(),
         deleted: HashSet::new(),
@@ -96,8 +110,13 @@ pub(super) fn recover(
     }
     report.corrupt_segments.sort_unstable();
     report.segments_loaded = segments.len();
+    report.damaged_segments = damaged
+        .iter()
+        .map(|(segment_id, damaged)| (*segment_id, damaged.reason.clone()))
+        .collect();
     Ok(Recovered {
         segments,
+        damaged,
         next_sequence,
     })
 }
@@ -140,97 +159,236 @@ fn debug_assert_replay_kept_ends(
     }
 }
 
+/// The durable ends the checkpoint recorded, by segment id.
+fn checkpoint_ends(checkpoint: Option<&Checkpoint>) -> HashMap<u64, DurableEnd> {
+    checkpoint
+        .map(|checkpoint| {
+            checkpoint
+                .ends
+                .iter()
+                .map(|&(segment_id, end_offset, size_bytes)| {
+                    (
+                        segment_id,
+                        DurableEnd {
+                            end_offset,
+                            size_bytes,
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The higher of two recorded durable ends.
+fn higher_end(first: Option<DurableEnd>, second: Option<DurableEnd>) -> Option<DurableEnd> {
+    match (first, second) {
+        (Some(first), Some(second)) => Some(if second.end_offset > first.end_offset {
+            second
+        } else {
+            first
+        }),
+        (first, second) => first.or(second),
+    }
+}
+
+/// The segments loaded from their files, by id, and the damaged ones.
+type Loaded = (HashMap<u64, Arc<SegmentHandle>>, BTreeMap<u64, DamagedMeta>);
+
+/// Loads every segment with a metadata file (either copy): the usable
+/// ones, and the damaged ones (metadata unusable) by id with the reason.
 fn load_segments(
     segments_dir: &Path,
     options: &StorageOptions,
+    recorded_ends: &HashMap<u64, DurableEnd>,
     report: &mut RecoveryReport,
-) -> Result<HashMap<u64, Arc<SegmentHandle>>, StoreError> {
+) -> Result<Loaded, StoreError> {
     let mut segments = HashMap::new();
-    for path in list_meta_files(segments_dir)? {
-        if let Some(handle) = load_segment(&path, segments_dir, options, report) {
-            segments.insert(handle.id, Arc::new(handle));
+    let mut damaged = BTreeMap::new();
+    for segment_id in list_meta_files(segments_dir)? {
+        let recorded = recorded_ends.get(&segment_id).copied();
+        match load_segment(segment_id, segments_dir, options, recorded, report)? {
+            Ok(handle) => {
+                segments.insert(segment_id, Arc::new(handle));
+            }
+            Err(reason) => {
+                tracing::error!(segment_id, %reason, "segment is damaged: its metadata is unusable; every request for it is refused and its files are kept");
+                let recorded_end = recorded;
+                damaged.insert(
+                    segment_id,
+                    DamagedMeta {
+                        reason,
+                        recorded_end,
+                    },
+                );
+            }
         }
     }
-    Ok(segments)
+    for (segment_id, recorded) in recorded_ends {
+        if !segments.contains_key(segment_id) && !damaged.contains_key(segment_id) {
+            damaged.insert(*segment_id, metadata_lost(*segment_id, *recorded));
+        }
+    }
+    Ok((segments, damaged))
 }
 
-/// The metadata files in `segments_dir`, sorted, after removing the temp
-/// files of interrupted metadata writes.
-fn list_meta_files(segments_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+/// A segment the checkpoint recorded (so it existed and was not deleted
+/// before it) whose metadata files are both gone: damaged, not unknown,
+/// so that its id is never created anew empty.
+fn metadata_lost(segment_id: u64, recorded: DurableEnd) -> DamagedMeta {
+    let reason = format!(
+        "metadata unusable: both metadata files are missing, but the checkpoint recorded the segment with durable end offset {} ({} bytes)",
+        recorded.end_offset, recorded.size_bytes
+    );
+    tracing::error!(segment_id, %reason, "segment is damaged: its metadata is missing; every request for it is refused");
+    DamagedMeta {
+        reason,
+        recorded_end: Some(recorded),
+    }
+}
+
+/// The ids of the segments with a metadata file (either copy) in
+/// `segments_dir`, sorted, after removing the temp files of interrupted
+/// metadata writes.
+fn list_meta_files(segments_dir: &Path) -> Result<BTreeSet<u64>, StoreError> {
     let entries = std::fs::read_dir(segments_dir)
         .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
-    let mut meta_paths = Vec::new();
+    let mut segment_ids = BTreeSet::new();
     for entry in entries {
         let entry = entry
             .map_err(|error| StoreError::io(format!("list {}", segments_dir.display()), error))?;
         let path = entry.path();
-        match path.extension().and_then(|extension| extension.to_str()) {
-            Some("meta") => meta_paths.push(path),
-            Some("tmp") => {
-                // An interrupted metadata write; the previous file is intact.
-                if let Err(error) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), %error, "cannot remove temp file");
-                }
+        if path.extension().and_then(|extension| extension.to_str()) == Some("tmp") {
+            // An interrupted metadata write; the previous file is intact.
+            if let Err(error) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove temp file");
             }
-            _ => {}
+            continue;
+        }
+        if let Some(segment_id) = entry.file_name().to_str().and_then(meta_file_segment_id) {
+            segment_ids.insert(segment_id);
         }
     }
-    meta_paths.sort();
-    Ok(meta_paths)
+    Ok(segment_ids)
 }
 
-/// The segment described by the metadata file at `path`, with its log
-/// scanned; `None` (and a report entry) if either is unusable.
+/// The segment `segment_id` from its metadata (the good copy; a bad one
+/// is rewritten) with its log scanned against the recorded durable end;
+/// `Ok(Err(reason))` if the metadata or the log is unusable. Only running
+/// out of file handles fails the recovery (it is retriable).
 fn load_segment(
-    path: &Path,
+    segment_id: u64,
     segments_dir: &Path,
     options: &StorageOptions,
+    recorded: Option<DurableEnd>,
     report: &mut RecoveryReport,
-) -> Option<SegmentHandle> {
-    let skip = |report: &mut RecoveryReport, reason: String| {
-        tracing::error!(path = %path.display(), %reason, "skipping segment with unusable metadata");
-        report.skipped_segments.push((path.to_path_buf(), reason));
+) -> Result<Result<SegmentHandle, String>, StoreError> {
+    let primary = MetaCopy::read(segment_id, &segment::meta_path(segments_dir, segment_id));
+    let copy = MetaCopy::read(
+        segment_id,
+        &segment::meta_copy_path(segments_dir, segment_id),
+    );
+    let problem = format!(
+        "meta: {}; meta.copy: {}",
+        primary.describe(),
+        copy.describe()
+    );
+    // Only the copy missing: written by an older version (or a create
+    // interrupted between the two writes), not damage.
+    let damage = !(matches!(primary, MetaCopy::Good(_)) && copy == MetaCopy::Missing);
+    let chosen = match choose_meta(primary, copy) {
+        Ok(chosen) => chosen,
+        Err(reason) => return Ok(Err(reason)),
     };
-    let contents = match std::fs::read(path) {
-        Ok(contents) => contents,
-        Err(error) => {
-            skip(report, format!("unreadable: {error}"));
-            return None;
-        }
-    };
-    let meta: SegmentMeta = match serde_json::from_slice(&contents) {
-        Ok(meta) => meta,
-        Err(error) => {
-            skip(report, format!("not valid metadata: {error}"));
-            return None;
-        }
-    };
-    let expected_name = segment::meta_path(segments_dir, meta.segment_id);
-    if expected_name != path {
-        skip(
-            report,
-            format!("names segment {} but file name differs", meta.segment_id),
-        );
-        return None;
+    if chosen.rewrite_primary || chosen.rewrite_copy {
+        restore_meta_copies(segments_dir, &chosen, (problem, damage), report);
     }
+    let meta = chosen.meta;
+    let sealed_end = match (meta.end_offset, meta.size_bytes) {
+        (Some(end_offset), Some(size_bytes)) => Some(DurableEnd {
+            end_offset,
+            size_bytes,
+        }),
+        _ => None,
+    };
     let outcome = match segment::scan_log(
-        &segment::log_path(segments_dir, meta.segment_id),
-        meta.segment_id,
+        &segment::log_path(segments_dir, segment_id),
+        segment_id,
         meta.base_offset,
         options.index_interval_bytes,
+        higher_end(sealed_end, recorded),
     ) {
         Ok(outcome) => outcome,
-        Err(error) => {
-            skip(report, format!("log unusable: {error}"));
-            return None;
-        }
+        Err(error @ StoreError::FileLimit { .. }) => return Err(error),
+        Err(error) => return Ok(Err(format!("log unusable: {error}"))),
     };
     if outcome.truncated_bytes > 0 && !outcome.zero_tail {
         report
             .truncated_segment_tails
-            .push((meta.segment_id, outcome.truncated_bytes));
+            .push((segment_id, outcome.truncated_bytes));
     }
-    Some(handle_from(meta, outcome.log, options))
+    let meta = record_sealed_end(segments_dir, meta, &outcome.log);
+    Ok(Ok(handle_from(meta, outcome.log, options)))
+}
+
+/// A sealed segment whose metadata records no end (written by an older
+/// version) gets the end its scan found (fsynced by the scan) recorded
+/// once, so that checkpoints need not carry it. A failure is logged and
+/// leaves the metadata as it was (the checkpoint then carries the end).
+fn record_sealed_end(segments_dir: &Path, meta: SegmentMeta, log: &SegmentLog) -> SegmentMeta {
+    if !meta.sealed || meta.end_offset.is_some() {
+        return meta;
+    }
+    let upgraded = SegmentMeta {
+        end_offset: Some(log.end_offset),
+        size_bytes: Some(log.size_bytes),
+        ..meta.clone()
+    };
+    match segment::write_meta(segments_dir, &upgraded) {
+        Ok(()) => upgraded,
+        Err(error) => {
+            tracing::warn!(segment_id = meta.segment_id, %error, "cannot record the end of a sealed segment in its metadata");
+            meta
+        }
+    }
+}
+
+/// Rewrites the metadata copies `chosen` says are bad from the good one.
+/// A failure leaves the segment usable (one good copy) and is logged; the
+/// next recovery tries again.
+fn restore_meta_copies(
+    segments_dir: &Path,
+    chosen: &ChosenMeta,
+    (problem, damage): (String, bool),
+    report: &mut RecoveryReport,
+) {
+    let segment_id = chosen.meta.segment_id;
+    let written = segment_meta::encode_meta(&chosen.meta).and_then(|encoded| {
+        let mut targets = Vec::new();
+        if chosen.rewrite_primary {
+            targets.push(segment::meta_path(segments_dir, segment_id));
+        }
+        if chosen.rewrite_copy {
+            targets.push(segment::meta_copy_path(segments_dir, segment_id));
+        }
+        targets
+            .iter()
+            .try_for_each(|path| segment::write_file_durably(path, &encoded))
+    });
+    match written {
+        Ok(()) if !damage => {
+            tracing::info!(segment_id, "segment metadata copy written")
+        }
+        Ok(()) => {
+            tracing::warn!(segment_id, %problem, "segment metadata copy restored from the other copy")
+        }
+        Err(error) => {
+            tracing::error!(segment_id, %problem, %error, "cannot restore a segment metadata copy; the segment is served from the other")
+        }
+    }
+    if damage {
+        report.restored_metadata.push((segment_id, problem));
+    }
 }
 
 fn read_checkpoint(directory: &Path, report: &mut RecoveryReport) -> Option<Checkpoint> {
@@ -259,6 +417,8 @@ struct Replay<'a> {
     options: &'a StorageOptions,
     files: &'a SegmentFiles,
     segments: &'a mut HashMap<u64, Arc<SegmentHandle>>,
+    /// Segments whose metadata is unusable: a create record restores it.
+    damaged: &'a mut BTreeMap<u64, DamagedMeta>,
     report: &'a mut RecoveryReport,
     /// Segments the replay wrote to, fsynced once it is done.
     touched: HashMap<u64, ()>,
@@ -381,6 +541,7 @@ impl Replay<'_> {
             RecordKind::Seal => self.replay_seal(segment_id, record.payload),
             RecordKind::Delete => {
                 self.segments.remove(&segment_id);
+                self.damaged.remove(&segment_id);
                 self.touched.remove(&segment_id);
                 self.deleted.insert(segment_id);
                 self.files.forget(segment_id);
@@ -452,12 +613,15 @@ impl Replay<'_> {
         // The metadata file is missing or was unusable: rebuild it
         // from the journal and keep whatever log data is valid.
         segment::write_meta(self.segments_dir, &meta)?;
+        // Created after the checkpoint: no durable end recorded for it.
         let outcome = segment::scan_log(
             &segment::log_path(self.segments_dir, segment_id),
             segment_id,
             meta.base_offset,
             self.options.index_interval_bytes,
+            None,
         )?;
+        self.damaged.remove(&segment_id);
         if outcome.truncated_bytes > 0 && !outcome.zero_tail {
             self.report
                 .truncated_segment_tails
@@ -486,7 +650,9 @@ impl Replay<'_> {
             handle
                 .fence_epoch
                 .store(old_fence.max(epoch), Ordering::SeqCst);
-            segment::write_meta(self.segments_dir, &handle.meta())?;
+            let meta = handle.meta();
+            segment::write_meta(self.segments_dir, &meta)?;
+            handle.meta_written(&meta);
         }
         Ok(())
     }

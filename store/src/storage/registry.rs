@@ -6,9 +6,9 @@
 use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
-use crate::segment::{self, SegmentLog, SegmentMeta};
+use crate::segment::{self, DurableEnd, SegmentLog, SegmentMeta};
 use sluice_proto::v1::{Durability, SegmentStatus};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,20 +34,71 @@ pub(super) struct SegmentHandle {
     pub(super) control: tokio::sync::Mutex<Control>,
     pub(super) sealed: AtomicBool,
     pub(super) fence_epoch: AtomicU64,
+    /// The end the metadata file records (written at seal), or
+    /// [`NO_META_END`]: checkpoints record the segment's end while it is
+    /// beyond this (unsealed, or copied into after the seal).
+    meta_end: AtomicU64,
     log: Mutex<SegmentLog>,
 }
 
+/// [`SegmentHandle`]'s `meta_end` when the metadata records no end.
+const NO_META_END: u64 = u64::MAX;
+
 impl SegmentHandle {
+    /// Whether the metadata file records `end_offset` (or more) as the
+    /// segment's durable end.
+    pub(super) fn end_recorded_in_meta(&self, end_offset: u64) -> bool {
+        let recorded = self.meta_end.load(Ordering::SeqCst);
+        recorded != NO_META_END && recorded >= end_offset
+    }
+
+    /// Notes that `meta` was written durably to the metadata file.
+    pub(super) fn meta_written(&self, meta: &SegmentMeta) {
+        self.meta_end
+            .store(recorded_meta_end(meta), Ordering::SeqCst);
+    }
+
+    /// The metadata to write now; once sealed, with the log's final end.
     pub(super) fn meta(&self) -> SegmentMeta {
+        let sealed = self.sealed.load(Ordering::SeqCst);
+        let (end_offset, size_bytes) = if sealed {
+            let log = self.lock_log();
+            (Some(log.end_offset), Some(log.size_bytes))
+        } else {
+            (None, None)
+        };
         SegmentMeta {
             segment_id: self.id,
             topic: self.topic.clone(),
             partition: self.partition,
             base_offset: self.base_offset,
             writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
-            sealed: self.sealed.load(Ordering::SeqCst),
+            sealed,
             durability: self.durability as i32,
+            end_offset,
+            size_bytes,
+            checksum: None,
         }
+    }
+
+    /// Why a writer may not append: the segment has damaged ranges.
+    pub(super) fn damage(&self) -> Option<String> {
+        let log = self.lock_log();
+        let first = log
+            .corrupt_regions
+            .iter()
+            .min_by_key(|region| region.start_offset)?;
+        Some(format!(
+            "offsets [{}, {}) are damaged ({}){}; writes are refused until the copy is repaired or replaced",
+            first.start_offset,
+            first.end_offset,
+            first.describe(),
+            if log.corrupt_regions.len() > 1 {
+                format!(" and {} more ranges", log.corrupt_regions.len() - 1)
+            } else {
+                String::new()
+            }
+        ))
     }
 
     pub(super) fn lock_log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
@@ -72,13 +123,27 @@ impl SegmentHandle {
             max_timestamp_ms: log.max_timestamp_ms,
             writer_epoch: self.fence_epoch.load(Ordering::SeqCst),
             corrupt_from_offset: log.corrupt_from_offset(),
-            damaged_ranges: Vec::new(),
+            damaged_ranges: log.damaged_ranges(),
         }
     }
 }
 
 /// Every segment held, by id.
 pub(super) type Registry = RwLock<HashMap<u64, Arc<SegmentHandle>>>;
+
+/// A segment held whose metadata is unusable: only its id is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DamagedMeta {
+    /// What is wrong with each metadata copy (or the log).
+    pub(super) reason: String,
+    /// The durable end the checkpoint recorded for it, carried into every
+    /// later checkpoint so that it is not forgotten while the metadata is
+    /// being repaired.
+    pub(super) recorded_end: Option<DurableEnd>,
+}
+
+/// The segments held whose metadata is unusable, by id.
+pub(super) type DamagedRegistry = RwLock<BTreeMap<u64, DamagedMeta>>;
 
 /// The segment `segment_id`, if held.
 pub(super) fn lookup(registry: &Registry, segment_id: u64) -> Option<Arc<SegmentHandle>> {
@@ -99,6 +164,14 @@ pub(super) fn all_handles(registry: &Registry) -> Vec<Arc<SegmentHandle>> {
         .collect()
 }
 
+/// The end `meta` records as durable, or [`NO_META_END`].
+fn recorded_meta_end(meta: &SegmentMeta) -> u64 {
+    match meta.end_offset {
+        Some(end_offset) if meta.sealed => end_offset.min(NO_META_END - 1),
+        _ => NO_META_END,
+    }
+}
+
 pub(super) fn handle_from(
     meta: SegmentMeta,
     mut log: SegmentLog,
@@ -106,6 +179,7 @@ pub(super) fn handle_from(
 ) -> SegmentHandle {
     log.preallocate_chunk_bytes = options.segment_preallocate_bytes;
     let durability = Durability::try_from(meta.durability).unwrap_or(Durability::Fsync);
+    let meta_end = recorded_meta_end(&meta);
     SegmentHandle {
         id: meta.segment_id,
         topic: meta.topic,
@@ -118,6 +192,7 @@ pub(super) fn handle_from(
         }),
         sealed: AtomicBool::new(meta.sealed),
         fence_epoch: AtomicU64::new(meta.writer_epoch),
+        meta_end: AtomicU64::new(meta_end),
         log: Mutex::new(log),
     }
 }
@@ -158,6 +233,7 @@ pub(super) fn create_segment_files(
 pub(super) fn remove_segment_files(segments_dir: &Path, segment_id: u64) -> Result<(), StoreError> {
     for path in [
         segment::meta_path(segments_dir, segment_id),
+        segment::meta_copy_path(segments_dir, segment_id),
         segment::log_path(segments_dir, segment_id),
     ] {
         match std::fs::remove_file(&path) {
@@ -183,6 +259,9 @@ pub(super) fn test_handle(directory: &Path, segment_id: u64, base_offset: u64) -
         writer_epoch: 1,
         sealed: false,
         durability: Durability::Fsync as i32,
+        end_offset: None,
+        size_bytes: None,
+        checksum: None,
     };
     let files = SegmentFiles::new(directory, 4);
     let log = create_segment_files(directory, &meta, 4096, &files).expect("create segment files");
