@@ -264,7 +264,14 @@ async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentRep
                 },
             }
         }
-        Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {
+        // A copy the store lost, or holds only as damaged (its metadata
+        // unusable): recopied like any other damaged copy.
+        Err(status)
+            if matches!(
+                SluiceError::from_status(&status).code,
+                ErrorCode::UnknownSegment | ErrorCode::StorageCorrupt
+            ) =>
+        {
             CopyState::Damaged
         }
         Err(_) => CopyState::Unreachable,
