@@ -400,7 +400,6 @@ async fn a_copy_of_three_cut_mid_batch_loses_nothing_and_is_repaired() {
 /// (`SegmentStatus.end_offset` never lowered by damage, the store side of
 /// issue 11) lets the takeover see the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the store to report the end it made durable, never lowered by damage (branch storedamage)"]
 async fn a_single_copy_cut_mid_batch_takes_the_partition_offline_and_never_reuses_offsets() {
     let directory = tempfile::tempdir().expect("temp dir");
     let mut cluster = Cluster::start(directory.path()).await;
