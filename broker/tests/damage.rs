@@ -395,10 +395,10 @@ async fn a_copy_of_three_cut_mid_batch_loses_nothing_and_is_repaired() {
     one_damaged_replica_of_three_loses_nothing(truncate_mid_batch).await;
 }
 
-/// With one copy cut mid-batch the store (today) reports a shorter,
-/// undamaged segment: only a store that remembers its highest durable end
-/// (`SegmentStatus.end_offset` never lowered by damage, the store side of
-/// issue 11) lets the takeover see the cut.
+/// One copy cut mid-batch: the store keeps the end it made durable
+/// (`SegmentStatus.end_offset` is never lowered by damage) and reports the
+/// cut as a damaged range, so the takeover sees it, and with no other copy
+/// the partition goes offline instead of reusing the cut offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_copy_cut_mid_batch_takes_the_partition_offline_and_never_reuses_offsets() {
     let directory = tempfile::tempdir().expect("temp dir");
