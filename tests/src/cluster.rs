@@ -371,10 +371,7 @@ impl Cluster {
                     .map(|nameserver| format!("\"{}\"", nameserver.url()))
                     .collect();
                 let body = if kind == ServiceKind::Store {
-                    let data = match self.store_filesystems.get(index) {
-                        Some(filesystem) => filesystem.path().join("data"),
-                        None => self.directory.path().join(&node_id).join("data"),
-                    };
+                    let data = self.store_data_dir(index);
                     let own = format!(
                         "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nnameservers = [{}]\n\
                          data_dir = \"{}\"\n",
@@ -516,6 +513,18 @@ impl Cluster {
         }
         self.dump_logs();
         panic!("cluster not ready within {READY_TIMEOUT_MS} ms: {last}");
+    }
+
+    /// Where store `index` keeps its data.
+    pub fn store_data_dir(&self, index: usize) -> PathBuf {
+        match self.store_filesystems.get(index) {
+            Some(filesystem) => filesystem.path().join("data"),
+            None => self
+                .directory
+                .path()
+                .join(format!("store-{}", index + 1))
+                .join("data"),
+        }
     }
 
     /// Store `index`'s own file system, with `store_filesystem_bytes`.

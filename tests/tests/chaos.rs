@@ -1,8 +1,8 @@
-//! Process-level chaos test: a short seeded schedule of at least 10 faults
+//! Process-level chaos test: a short seeded schedule of 11 faults
 //! (kill -9 of stores, of partition owners and of the active nameserver,
 //! SIGSTOP of an owner beyond its lease, network cuts, graceful restarts,
 //! a store's disk filled, a store's file handles used up by idle
-//! connections)
+//! connections, a byte of a store's segment flipped while it is down)
 //! while producers write unique values and a consumer group commits; then
 //! heal, drain every partition from 0 and check the history. Every anomaly
 //! count must be zero.
@@ -19,8 +19,8 @@ use sluice_tests::etcd::Etcd;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-const FAULTS: usize = 10;
-const FAULT_DURATION_MS: u64 = 60_000;
+const FAULTS: usize = 11;
+const FAULT_DURATION_MS: u64 = 66_000;
 const PARTITIONS: u32 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -87,16 +87,20 @@ pub enum FaultKind {
     RestartStore,
     FillStoreDisk,
     ExhaustStoreFiles,
+    CorruptStoreSegment,
 }
 
 impl FaultKind {
     /// Kinds only the process backend can apply (the compose backend's
     /// containers have no shell to fill a disk with, and their file limits
     /// are the engine's).
-    pub const PROCESS_ONLY: [FaultKind; 2] =
-        [FaultKind::FillStoreDisk, FaultKind::ExhaustStoreFiles];
+    pub const PROCESS_ONLY: [FaultKind; 3] = [
+        FaultKind::FillStoreDisk,
+        FaultKind::ExhaustStoreFiles,
+        FaultKind::CorruptStoreSegment,
+    ];
 
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillStore,
         FaultKind::KillPartitionOwner,
         FaultKind::KillActiveNameserver,
@@ -107,6 +111,7 @@ impl FaultKind {
         FaultKind::RestartStore,
         FaultKind::FillStoreDisk,
         FaultKind::ExhaustStoreFiles,
+        FaultKind::CorruptStoreSegment,
     ];
 }
 
@@ -140,6 +145,10 @@ pub enum Fault {
     /// Hold idle connections to a store until it is out of file handles,
     /// close them when healed.
     ExhaustStoreFiles { store: usize },
+    /// `kill -9` a store and flip one byte in the middle of one of its
+    /// segment files; restart it when healed (its recovery finds the
+    /// damage; the other copies serve and repair it).
+    CorruptStoreSegment { store: usize },
 }
 
 impl fmt::Display for Fault {
@@ -168,6 +177,13 @@ impl fmt::Display for Fault {
             }
             Fault::ExhaustStoreFiles { store } => {
                 write!(formatter, "exhaust the file handles of store-{}", store + 1)
+            }
+            Fault::CorruptStoreSegment { store } => {
+                write!(
+                    formatter,
+                    "kill -9 store-{} and flip a byte of a segment",
+                    store + 1
+                )
             }
         }
     }
@@ -227,6 +243,8 @@ pub fn usable_kinds(config: &ScheduleConfig) -> Vec<FaultKind> {
             | FaultKind::RestartStore
             | FaultKind::FillStoreDisk
             | FaultKind::ExhaustStoreFiles => config.topology.stores > 0,
+            // The damaged copy is served and repaired from the others.
+            FaultKind::CorruptStoreSegment => config.topology.stores > 1,
             FaultKind::KillPartitionOwner
             | FaultKind::PausePartitionOwner
             | FaultKind::RestartBroker => config.topology.brokers > 0 && config.partitions > 0,
@@ -306,6 +324,9 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<ScheduledFault> {
                 FaultKind::ExhaustStoreFiles => Fault::ExhaustStoreFiles {
                     store: random.random_range(0..topology.stores),
                 },
+                FaultKind::CorruptStoreSegment => Fault::CorruptStoreSegment {
+                    store: random.random_range(0..topology.stores),
+                },
                 FaultKind::KillPartitionOwner => Fault::KillPartitionOwner {
                     partition: random.random_range(0..config.partitions),
                 },
@@ -383,6 +404,10 @@ pub trait FaultTarget {
     fn free_disk(&mut self, node: Node) -> anyhow::Result<()> {
         bail!("this backend cannot free {node}'s disk")
     }
+    /// Kill the node and damage its stored data while it is down.
+    fn kill_and_corrupt(&mut self, node: Node) -> anyhow::Result<()> {
+        bail!("this backend cannot corrupt {node}'s data")
+    }
     /// Use up the node's file handles with idle connections.
     fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
         bail!("this backend cannot exhaust {node}'s file handles")
@@ -448,6 +473,9 @@ impl<T: FaultTarget + ?Sized> FaultTarget for &mut T {
     }
     fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
         (**self).exhaust_files(node)
+    }
+    fn kill_and_corrupt(&mut self, node: Node) -> anyhow::Result<()> {
+        (**self).kill_and_corrupt(node)
     }
     fn release_files(&mut self, node: Node) -> anyhow::Result<()> {
         (**self).release_files(node)
@@ -547,7 +575,8 @@ impl<T: FaultTarget> Nemesis<T> {
             Fault::KillStore { store }
             | Fault::RestartStore { store }
             | Fault::FillStoreDisk { store }
-            | Fault::ExhaustStoreFiles { store } => Node {
+            | Fault::ExhaustStoreFiles { store }
+            | Fault::CorruptStoreSegment { store } => Node {
                 kind: NodeKind::Store,
                 index: store,
             },
@@ -625,6 +654,9 @@ impl<T: FaultTarget> Nemesis<T> {
             Fault::FillStoreDisk { .. } => (self.target.fill_disk(node), Heal::FreeDisk(node)),
             Fault::ExhaustStoreFiles { .. } => {
                 (self.target.exhaust_files(node), Heal::ReleaseFiles(node))
+            }
+            Fault::CorruptStoreSegment { .. } => {
+                (self.target.kill_and_corrupt(node), Heal::Start(node))
             }
         };
         match result {
@@ -882,6 +914,17 @@ impl FaultTarget for ProcessTarget<'_> {
         std::fs::remove_file(&filler).with_context(|| format!("remove {}", filler.display()))
     }
 
+    fn kill_and_corrupt(&mut self, node: Node) -> anyhow::Result<()> {
+        if node.kind != NodeKind::Store {
+            bail!("only a store's data is corrupted");
+        }
+        self.kill(node)?;
+        let segments = self.cluster.store_data_dir(node.index).join("segments");
+        let damaged = flip_a_byte_of_the_largest_segment(&segments)?;
+        eprintln!("[chaos] flipped a byte of {damaged}");
+        Ok(())
+    }
+
     fn exhaust_files(&mut self, node: Node) -> anyhow::Result<()> {
         if node.kind != NodeKind::Store {
             bail!("only a store's file handles are exhausted");
@@ -906,6 +949,39 @@ impl FaultTarget for ProcessTarget<'_> {
             .map(drop)
             .context("no idle connections were held")
     }
+}
+
+/// Flips every bit of the byte in the middle of the largest segment log
+/// file in `segments` (a batch's records, most likely, well inside the
+/// durable data); returns which file and where.
+fn flip_a_byte_of_the_largest_segment(segments: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut largest: Option<(u64, PathBuf)> = None;
+    let entries =
+        std::fs::read_dir(segments).with_context(|| format!("list {}", segments.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|extension| extension != "log") {
+            continue;
+        }
+        let length = std::fs::metadata(&path)?.len();
+        if largest.as_ref().is_none_or(|(size, _)| length > *size) {
+            largest = Some((length, path));
+        }
+    }
+    let Some((length, path)) = largest.filter(|(length, _)| *length > 0) else {
+        bail!("no segment file with data in {}", segments.display());
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let position = length / 2;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, position)?;
+    file.write_all_at(&[!byte[0]], position)?;
+    file.sync_all()?;
+    Ok(format!("{} at byte {position} of {length}", path.display()))
 }
 
 /// Runs a command, failing with its output when it does not succeed.
@@ -1240,9 +1316,10 @@ mod tests {
                 Fault::RestartStore { .. } => "restart-store",
                 Fault::FillStoreDisk { .. } => "fill-disk",
                 Fault::ExhaustStoreFiles { .. } => "exhaust-files",
+                Fault::CorruptStoreSegment { .. } => "corrupt-segment",
             })
             .collect();
-        assert_eq!(kinds.len(), 9, "{kinds:?}");
+        assert_eq!(kinds.len(), 10, "{kinds:?}");
         assert!(!kinds.contains("kill-etcd"));
         let mut three_members = config(1, 16);
         three_members.topology.etcd_members = 3;
