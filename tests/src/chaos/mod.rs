@@ -5,7 +5,8 @@
 //! checker counts lost, duplicated, reordered and inconsistent data.
 //!
 //! `history` logs operations, `checker` is the pure checker, `faults` the
-//! schedule and the process backend, `compose` the Docker Compose backend,
+//! schedule, the backend interface and the nemesis, `process` the process
+//! backend, `compose` the Docker Compose backend,
 //! `workload` the SDK side, `runner` ties them together for the
 //! process-level test and the `sluice-chaos` binary.
 
@@ -13,5 +14,6 @@ pub mod checker;
 pub mod compose;
 pub mod faults;
 pub mod history;
+pub mod process;
 pub mod runner;
 pub mod workload;
