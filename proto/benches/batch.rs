@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice_proto::batch::{
-    assign, decode, validate, validate_compressed, BatchBuilder, Compression, RecordData,
+    assign, decode, validate_compressed, validate_produced, BatchBuilder, Compression, RecordData,
 };
 use sluice_proto::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 use std::hint::black_box;
@@ -55,7 +55,7 @@ fn codec(criterion: &mut Criterion) {
         let batch = build(compression);
         group.bench_function(format!("broker_validate_and_assign/{name}"), |bencher| {
             bencher.iter(|| {
-                let header = validate(&batch, 64 << 20).expect("valid batch");
+                let header = validate_produced(&batch, 64 << 20).expect("valid batch");
                 validate_compressed(&batch, &header, MAX_UNCOMPRESSED_RECORDS_BYTES)
                     .expect("valid records");
                 let mut copy = BytesMut::from(&batch[..]);

@@ -257,6 +257,20 @@ impl BatchHeader {
 /// `max_batch_bytes` whose CRC matches. This is what brokers and stores do
 /// to every batch they receive or read back from disk.
 pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    let header = validate_frame(bytes, max_batch_bytes)?;
+    if header.compression == Compression::None {
+        walk_records(
+            &bytes[HEADER_BYTES..],
+            header.record_count,
+            |_, _, _| Ok(()),
+        )?;
+    }
+    Ok(header)
+}
+
+/// The size, length and CRC checks of [`validate`], without walking the
+/// records.
+fn validate_frame(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     if bytes.len() > max_batch_bytes {
         return Err(BatchError::TooLarge {
             length: bytes.len(),
@@ -277,9 +291,6 @@ pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
             actual,
         });
     }
-    if header.compression == Compression::None {
-        walk_records(&bytes[HEADER_BYTES..], header.record_count)?;
-    }
     Ok(header)
 }
 
@@ -291,9 +302,11 @@ pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
 /// Not applied to data read back from stores, which was accepted under
 /// earlier rules and must stay readable.
 pub fn validate_produced(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
-    let header = validate(bytes, max_batch_bytes)?;
+    let header = validate_frame(bytes, max_batch_bytes)?;
     check_header_timestamps(&header)?;
     if header.compression == Compression::None {
+        // One walk checks the framing and the sequence together (the hot
+        // path of every produce).
         check_record_sequence(&bytes[HEADER_BYTES..], &header)?;
     }
     Ok(header)
@@ -325,33 +338,26 @@ fn check_header_timestamps(header: &BatchHeader) -> Result<(), BatchError> {
 /// [`walk_records`] already accepted: offset deltas 0, 1, 2, ... and
 /// timestamps in range, their largest equal to the header's
 /// `max_timestamp`.
-fn check_record_sequence(mut records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+fn check_record_sequence(records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
     let mut largest = MIN_TIMESTAMP_MS;
-    for index in 0..header.record_count {
-        let mut reader = Reader {
-            bytes: records,
-            index,
-        };
-        let length = usize::try_from(reader.varint()?).map_err(|_| reader.fail("huge length"))?;
-        let mut record = Reader {
-            bytes: reader.take(length)?,
-            index,
-        };
-        records = reader.bytes;
-        let timestamp_delta = record.zigzag()?;
-        let offset_delta = record.varint()?;
-        if offset_delta != u64::from(index) {
-            return Err(BatchError::BadOffsetDelta {
-                index,
-                delta: offset_delta,
-            });
-        }
-        let timestamp_ms = header
-            .first_timestamp_ms
-            .checked_add(timestamp_delta)
-            .unwrap_or(i64::MAX);
-        largest = largest.max(accepted_timestamp("record timestamp", timestamp_ms)?);
-    }
+    walk_records(
+        records,
+        header.record_count,
+        |index, timestamp_delta, offset_delta| {
+            if offset_delta != u64::from(index) {
+                return Err(BatchError::BadOffsetDelta {
+                    index,
+                    delta: offset_delta,
+                });
+            }
+            let timestamp_ms = header
+                .first_timestamp_ms
+                .checked_add(timestamp_delta)
+                .unwrap_or(i64::MAX);
+            largest = largest.max(accepted_timestamp("record timestamp", timestamp_ms)?);
+            Ok(())
+        },
+    )?;
     if largest != header.max_timestamp_ms {
         return Err(BatchError::MaxTimestampMismatch {
             declared: header.max_timestamp_ms,
@@ -721,7 +727,13 @@ fn zig(value: i64) -> u64 {
 
 /// Checks the framing of `record_count` uncompressed records without
 /// allocating.
-fn walk_records(mut bytes: &[u8], record_count: u32) -> Result<(), BatchError> {
+/// Checks the framing of `record_count` records, calling `each` with every
+/// record's index, timestamp delta and offset delta.
+fn walk_records(
+    mut bytes: &[u8],
+    record_count: u32,
+    mut each: impl FnMut(u32, i64, u64) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
     for index in 0..record_count {
         let mut reader = Reader { bytes, index };
         let length = reader.varint()?;
@@ -729,7 +741,11 @@ fn walk_records(mut bytes: &[u8], record_count: u32) -> Result<(), BatchError> {
         let body = reader.take(length)?;
         bytes = reader.bytes;
         let mut record = Reader { bytes: body, index };
-        parse_record_body(&mut record, |_, _, _, _, _, _| ())?;
+        let (timestamp_delta, offset_delta) =
+            parse_record_body(&mut record, |timestamp_delta, offset_delta, _, _, _, _| {
+                (timestamp_delta, offset_delta)
+            })?;
+        each(index, timestamp_delta, offset_delta)?;
     }
     if !bytes.is_empty() {
         return Err(BatchError::BadRecord {
