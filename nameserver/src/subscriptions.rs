@@ -652,233 +652,112 @@ mod tests {
         type Set = fn(&mut Subscription, u64);
         type Get = fn(&Subscription) -> u64;
         let day = 86_400_000;
-        /// (field, setter, getter, value, stored value or field named)
-        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
-        let rows: Vec<Row> = vec![
+        /// (field, setter, getter, [(value, stored value or field named)])
+        type Field<'a> = (&'a str, Set, Get, Vec<(u64, Result<u64, &'a str>)>);
+        let fields: Vec<Field> = vec![
             (
                 "ack_timeout_ms",
                 |s, v| s.ack_timeout_ms = v,
                 |s| s.ack_timeout_ms,
-                0,
-                Ok(DEFAULT_ACK_TIMEOUT_MS),
-            ),
-            (
-                "ack_timeout_ms",
-                |s, v| s.ack_timeout_ms = v,
-                |s| s.ack_timeout_ms,
-                1,
-                Err("ack_timeout_ms"),
-            ),
-            (
-                "ack_timeout_ms",
-                |s, v| s.ack_timeout_ms = v,
-                |s| s.ack_timeout_ms,
-                MIN_ACK_TIMEOUT_MS,
-                Ok(MIN_ACK_TIMEOUT_MS),
-            ),
-            (
-                "ack_timeout_ms",
-                |s, v| s.ack_timeout_ms = v,
-                |s| s.ack_timeout_ms,
-                day,
-                Ok(day),
-            ),
-            (
-                "ack_timeout_ms",
-                |s, v| s.ack_timeout_ms = v,
-                |s| s.ack_timeout_ms,
-                day + 1,
-                Err("ack_timeout_ms"),
-            ),
-            (
-                "ack_timeout_ms",
-                |s, v| s.ack_timeout_ms = v,
-                |s| s.ack_timeout_ms,
-                u64::MAX,
-                Err("ack_timeout_ms"),
+                vec![
+                    (0, Ok(DEFAULT_ACK_TIMEOUT_MS)),
+                    (1, Err("ack_timeout_ms")),
+                    (MIN_ACK_TIMEOUT_MS, Ok(MIN_ACK_TIMEOUT_MS)),
+                    (day, Ok(day)),
+                    (day + 1, Err("ack_timeout_ms")),
+                    (u64::MAX, Err("ack_timeout_ms")),
+                ],
             ),
             (
                 "redelivery_backoff_initial_ms",
                 |s, v| s.redelivery_backoff_initial_ms = v,
                 |s| s.redelivery_backoff_initial_ms,
-                0,
-                Ok(DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS),
-            ),
-            (
-                "redelivery_backoff_initial_ms",
-                |s, v| s.redelivery_backoff_initial_ms = v,
-                |s| s.redelivery_backoff_initial_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "redelivery_backoff_initial_ms",
-                |s, v| s.redelivery_backoff_initial_ms = v,
-                |s| s.redelivery_backoff_initial_ms,
-                u64::MAX,
-                Err("redelivery_backoff_initial_ms"),
+                vec![
+                    (0, Ok(DEFAULT_REDELIVERY_BACKOFF_INITIAL_MS)),
+                    (1, Ok(1)),
+                    (u64::MAX, Err("redelivery_backoff_initial_ms")),
+                ],
             ),
             (
                 "redelivery_backoff_max_ms",
                 |s, v| s.redelivery_backoff_max_ms = v,
                 |s| s.redelivery_backoff_max_ms,
-                0,
-                Ok(DEFAULT_REDELIVERY_BACKOFF_MAX_MS),
-            ),
-            (
-                "redelivery_backoff_max_ms",
-                |s, v| s.redelivery_backoff_max_ms = v,
-                |s| s.redelivery_backoff_max_ms,
-                1,
-                Err("redelivery_backoff_max_ms"),
-            ),
-            (
-                "redelivery_backoff_max_ms",
-                |s, v| s.redelivery_backoff_max_ms = v,
-                |s| s.redelivery_backoff_max_ms,
-                MAX_REDELIVERY_BACKOFF_MS,
-                Ok(MAX_REDELIVERY_BACKOFF_MS),
-            ),
-            (
-                "redelivery_backoff_max_ms",
-                |s, v| s.redelivery_backoff_max_ms = v,
-                |s| s.redelivery_backoff_max_ms,
-                u64::MAX,
-                Err("redelivery_backoff_max_ms"),
+                vec![
+                    (0, Ok(DEFAULT_REDELIVERY_BACKOFF_MAX_MS)),
+                    (1, Err("redelivery_backoff_max_ms")),
+                    (MAX_REDELIVERY_BACKOFF_MS, Ok(MAX_REDELIVERY_BACKOFF_MS)),
+                    (u64::MAX, Err("redelivery_backoff_max_ms")),
+                ],
             ),
             (
                 "max_deliveries",
                 |s, v| s.max_deliveries = v as u32,
                 |s| s.max_deliveries.into(),
-                0,
-                Ok(0),
-            ),
-            (
-                "max_deliveries",
-                |s, v| s.max_deliveries = v as u32,
-                |s| s.max_deliveries.into(),
-                1,
-                Ok(1),
-            ),
-            (
-                "max_deliveries",
-                |s, v| s.max_deliveries = v as u32,
-                |s| s.max_deliveries.into(),
-                LARGEST_MAX_DELIVERIES.into(),
-                Ok(LARGEST_MAX_DELIVERIES.into()),
-            ),
-            (
-                "max_deliveries",
-                |s, v| s.max_deliveries = v as u32,
-                |s| s.max_deliveries.into(),
-                u32::MAX.into(),
-                Err("max_deliveries"),
+                vec![
+                    (0, Ok(0)),
+                    (1, Ok(1)),
+                    (
+                        LARGEST_MAX_DELIVERIES.into(),
+                        Ok(LARGEST_MAX_DELIVERIES.into()),
+                    ),
+                    (u32::MAX.into(), Err("max_deliveries")),
+                ],
             ),
             (
                 "backlog_quota_bytes",
                 |s, v| s.backlog_quota_bytes = v,
                 |s| s.backlog_quota_bytes,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_bytes",
-                |s, v| s.backlog_quota_bytes = v,
-                |s| s.backlog_quota_bytes,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_bytes",
-                |s, v| s.backlog_quota_bytes = v,
-                |s| s.backlog_quota_bytes,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_quota_messages",
                 |s, v| s.backlog_quota_messages = v,
                 |s| s.backlog_quota_messages,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_messages",
-                |s, v| s.backlog_quota_messages = v,
-                |s| s.backlog_quota_messages,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_messages",
-                |s, v| s.backlog_quota_messages = v,
-                |s| s.backlog_quota_messages,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_quota_age_ms",
                 |s, v| s.backlog_quota_age_ms = v,
                 |s| s.backlog_quota_age_ms,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_age_ms",
-                |s, v| s.backlog_quota_age_ms = v,
-                |s| s.backlog_quota_age_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_age_ms",
-                |s, v| s.backlog_quota_age_ms = v,
-                |s| s.backlog_quota_age_ms,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_policy",
                 |s, v| s.backlog_policy = v as i32,
                 |s| s.backlog_policy as u64,
-                99,
-                Err("backlog policy"),
+                vec![(99, Err("backlog policy"))],
             ),
             (
                 "type",
                 |s, v| s.r#type = v as i32,
                 |s| s.r#type as u64,
-                0,
-                Err("subscription type"),
-            ),
-            (
-                "type",
-                |s, v| s.r#type = v as i32,
-                |s| s.r#type as u64,
-                u64::MAX,
-                Err("subscription type"),
+                vec![
+                    (0, Err("subscription type")),
+                    (u64::MAX, Err("subscription type")),
+                ],
             ),
             (
                 "initial_position",
                 |s, v| s.initial_position = v as i32,
                 |s| s.initial_position as u64,
-                99,
-                Err("initial position"),
+                vec![(99, Err("initial position"))],
             ),
         ];
-        for (field, set, get, value, expected) in rows {
-            let mut given = request();
-            set(&mut given, value);
-            match (complete_subscription(given), expected) {
-                (Ok(completed), Ok(stored)) => {
-                    assert_eq!(get(&completed), stored, "{field} = {value}")
-                }
-                (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
-                    message.contains(named),
-                    "{field} = {value}: message {message:?} does not name {named}"
-                ),
-                (result, expected) => {
-                    panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+        for (field, set, get, cases) in fields {
+            for (value, expected) in cases {
+                let mut given = request();
+                set(&mut given, value);
+                match (complete_subscription(given), expected) {
+                    (Ok(completed), Ok(stored)) => {
+                        assert_eq!(get(&completed), stored, "{field} = {value}")
+                    }
+                    (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
+                        message.contains(named),
+                        "{field} = {value}: message {message:?} does not name {named}"
+                    ),
+                    (result, expected) => {
+                        panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+                    }
                 }
             }
         }

@@ -232,398 +232,187 @@ mod tests {
         let grpc_limit = sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES;
         let largest_batch = u64::from(sluice_proto::limits::largest_max_batch_bytes(grpc_limit));
         let ttl = sluice_proto::headers::MAX_TTL_MS;
-        /// (field, setter, getter, value, stored value or field named)
-        type Row<'a> = (&'a str, Set, Get, u64, Result<u64, &'a str>);
-        let rows: Vec<Row> = vec![
+        /// (field, setter, getter, [(value, stored value or field named)])
+        type Field<'a> = (&'a str, Set, Get, Vec<(u64, Result<u64, &'a str>)>);
+        let fields: Vec<Field> = vec![
             (
                 "partitions",
                 |c, v| c.partitions = v as u32,
                 |c| c.partitions.into(),
-                0,
-                Err("partitions"),
-            ),
-            (
-                "partitions",
-                |c, v| c.partitions = v as u32,
-                |c| c.partitions.into(),
-                1,
-                Ok(1),
-            ),
-            (
-                "partitions",
-                |c, v| c.partitions = v as u32,
-                |c| c.partitions.into(),
-                4096,
-                Ok(4096),
-            ),
-            (
-                "partitions",
-                |c, v| c.partitions = v as u32,
-                |c| c.partitions.into(),
-                4097,
-                Err("partitions"),
-            ),
-            (
-                "partitions",
-                |c, v| c.partitions = v as u32,
-                |c| c.partitions.into(),
-                u32::MAX.into(),
-                Err("partitions"),
+                vec![
+                    (0, Err("partitions")),
+                    (1, Ok(1)),
+                    (4096, Ok(4096)),
+                    (4097, Err("partitions")),
+                    (u32::MAX.into(), Err("partitions")),
+                ],
             ),
             (
                 "retention_ms",
                 |c, v| c.retention_ms = v,
                 |c| c.retention_ms,
-                0,
-                Ok(defaults.retention_ms),
-            ),
-            (
-                "retention_ms",
-                |c, v| c.retention_ms = v,
-                |c| c.retention_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "retention_ms",
-                |c, v| c.retention_ms = v,
-                |c| c.retention_ms,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![
+                    (0, Ok(defaults.retention_ms)),
+                    (1, Ok(1)),
+                    (u64::MAX, Ok(u64::MAX)),
+                ],
             ),
             (
                 "retention_bytes",
                 |c, v| c.retention_bytes = v,
                 |c| c.retention_bytes,
-                0,
-                Ok(defaults.retention_bytes),
-            ),
-            (
-                "retention_bytes",
-                |c, v| c.retention_bytes = v,
-                |c| c.retention_bytes,
-                1,
-                Ok(1),
-            ),
-            (
-                "retention_bytes",
-                |c, v| c.retention_bytes = v,
-                |c| c.retention_bytes,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![
+                    (0, Ok(defaults.retention_bytes)),
+                    (1, Ok(1)),
+                    (u64::MAX, Ok(u64::MAX)),
+                ],
             ),
             (
                 "durability",
                 |c, v| c.durability = v as i32,
                 |c| c.durability as u64,
-                99,
-                Err("durability"),
+                vec![(99, Err("durability"))],
             ),
             (
                 "segment_bytes",
                 |c, v| c.segment_bytes = v,
                 |c| c.segment_bytes,
-                0,
-                Ok(defaults.segment_bytes),
-            ),
-            (
-                "segment_bytes",
-                |c, v| c.segment_bytes = v,
-                |c| c.segment_bytes,
-                1,
-                Ok(1),
-            ),
-            (
-                "segment_bytes",
-                |c, v| c.segment_bytes = v,
-                |c| c.segment_bytes,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![
+                    (0, Ok(defaults.segment_bytes)),
+                    (1, Ok(1)),
+                    (u64::MAX, Ok(u64::MAX)),
+                ],
             ),
             (
                 "segment_ms",
                 |c, v| c.segment_ms = v,
                 |c| c.segment_ms,
-                0,
-                Ok(defaults.segment_ms),
-            ),
-            (
-                "segment_ms",
-                |c, v| c.segment_ms = v,
-                |c| c.segment_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "segment_ms",
-                |c, v| c.segment_ms = v,
-                |c| c.segment_ms,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![
+                    (0, Ok(defaults.segment_ms)),
+                    (1, Ok(1)),
+                    (u64::MAX, Ok(u64::MAX)),
+                ],
             ),
             (
                 "replication",
                 replication,
                 |c| c.ensemble_size.into(),
-                1,
-                Ok(1),
-            ),
-            (
-                "replication",
-                replication,
-                |c| c.ensemble_size.into(),
-                sluice_proto::limits::MAX_ENSEMBLE_SIZE.into(),
-                Ok(sluice_proto::limits::MAX_ENSEMBLE_SIZE.into()),
-            ),
-            (
-                "replication",
-                replication,
-                |c| c.ensemble_size.into(),
-                u64::from(sluice_proto::limits::MAX_ENSEMBLE_SIZE) + 1,
-                Err("ensemble_size"),
-            ),
-            (
-                "replication",
-                replication,
-                |c| c.ensemble_size.into(),
-                u32::MAX.into(),
-                Err("ensemble_size"),
+                vec![
+                    (1, Ok(1)),
+                    (
+                        sluice_proto::limits::MAX_ENSEMBLE_SIZE.into(),
+                        Ok(sluice_proto::limits::MAX_ENSEMBLE_SIZE.into()),
+                    ),
+                    (
+                        u64::from(sluice_proto::limits::MAX_ENSEMBLE_SIZE) + 1,
+                        Err("ensemble_size"),
+                    ),
+                    (u32::MAX.into(), Err("ensemble_size")),
+                ],
             ),
             (
                 "ack_quorum",
                 |c, v| c.ack_quorum = v as u32,
                 |c| c.ack_quorum.into(),
-                u32::MAX.into(),
-                Err("ack_quorum"),
+                vec![(u32::MAX.into(), Err("ack_quorum"))],
             ),
             (
                 "max_batch_bytes",
                 |c, v| c.max_batch_bytes = v as u32,
                 |c| c.max_batch_bytes.into(),
-                0,
-                Ok(defaults.max_batch_bytes.into()),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                1,
-                Err("max_batch_bytes"),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                sluice_proto::limits::MIN_MAX_BATCH_BYTES.into(),
-                Ok(sluice_proto::limits::MIN_MAX_BATCH_BYTES.into()),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                largest_batch,
-                Ok(largest_batch),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                largest_batch + 1,
-                Err("max_batch_bytes"),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                grpc_limit as u64,
-                Err("max_batch_bytes"),
-            ),
-            (
-                "max_batch_bytes",
-                |c, v| c.max_batch_bytes = v as u32,
-                |c| c.max_batch_bytes.into(),
-                u32::MAX.into(),
-                Err("max_batch_bytes"),
+                vec![
+                    (0, Ok(defaults.max_batch_bytes.into())),
+                    (1, Err("max_batch_bytes")),
+                    (
+                        sluice_proto::limits::MIN_MAX_BATCH_BYTES.into(),
+                        Ok(sluice_proto::limits::MIN_MAX_BATCH_BYTES.into()),
+                    ),
+                    (largest_batch, Ok(largest_batch)),
+                    (largest_batch + 1, Err("max_batch_bytes")),
+                    (grpc_limit as u64, Err("max_batch_bytes")),
+                    (u32::MAX.into(), Err("max_batch_bytes")),
+                ],
             ),
             (
                 "message_ttl_ms",
                 |c, v| c.message_ttl_ms = v,
                 |c| c.message_ttl_ms,
-                0,
-                Ok(0),
-            ),
-            (
-                "message_ttl_ms",
-                |c, v| c.message_ttl_ms = v,
-                |c| c.message_ttl_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "message_ttl_ms",
-                |c, v| c.message_ttl_ms = v,
-                |c| c.message_ttl_ms,
-                ttl,
-                Ok(ttl),
-            ),
-            (
-                "message_ttl_ms",
-                |c, v| c.message_ttl_ms = v,
-                |c| c.message_ttl_ms,
-                u64::MAX,
-                Err("message_ttl_ms"),
+                vec![
+                    (0, Ok(0)),
+                    (1, Ok(1)),
+                    (ttl, Ok(ttl)),
+                    (u64::MAX, Err("message_ttl_ms")),
+                ],
             ),
             (
                 "backlog_quota_bytes",
                 |c, v| c.backlog_quota_bytes = v,
                 |c| c.backlog_quota_bytes,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_bytes",
-                |c, v| c.backlog_quota_bytes = v,
-                |c| c.backlog_quota_bytes,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_bytes",
-                |c, v| c.backlog_quota_bytes = v,
-                |c| c.backlog_quota_bytes,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_quota_messages",
                 |c, v| c.backlog_quota_messages = v,
                 |c| c.backlog_quota_messages,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_messages",
-                |c, v| c.backlog_quota_messages = v,
-                |c| c.backlog_quota_messages,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_messages",
-                |c, v| c.backlog_quota_messages = v,
-                |c| c.backlog_quota_messages,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_quota_age_ms",
                 |c, v| c.backlog_quota_age_ms = v,
                 |c| c.backlog_quota_age_ms,
-                0,
-                Ok(0),
-            ),
-            (
-                "backlog_quota_age_ms",
-                |c, v| c.backlog_quota_age_ms = v,
-                |c| c.backlog_quota_age_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_quota_age_ms",
-                |c, v| c.backlog_quota_age_ms = v,
-                |c| c.backlog_quota_age_ms,
-                u64::MAX,
-                Ok(u64::MAX),
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
             ),
             (
                 "backlog_warn_ratio_percent",
                 |c, v| c.backlog_warn_ratio_percent = v as u32,
                 |c| c.backlog_warn_ratio_percent.into(),
-                0,
-                Ok(80),
-            ),
-            (
-                "backlog_warn_ratio_percent",
-                |c, v| c.backlog_warn_ratio_percent = v as u32,
-                |c| c.backlog_warn_ratio_percent.into(),
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_warn_ratio_percent",
-                |c, v| c.backlog_warn_ratio_percent = v as u32,
-                |c| c.backlog_warn_ratio_percent.into(),
-                100,
-                Ok(100),
-            ),
-            (
-                "backlog_warn_ratio_percent",
-                |c, v| c.backlog_warn_ratio_percent = v as u32,
-                |c| c.backlog_warn_ratio_percent.into(),
-                u32::MAX.into(),
-                Err("backlog_warn_ratio_percent"),
+                vec![
+                    (0, Ok(80)),
+                    (1, Ok(1)),
+                    (100, Ok(100)),
+                    (u32::MAX.into(), Err("backlog_warn_ratio_percent")),
+                ],
             ),
             (
                 "backlog_policy",
                 |c, v| c.backlog_policy = v as i32,
                 |c| c.backlog_policy as u64,
-                99,
-                Err("backlog_policy"),
-            ),
-            (
-                "backlog_policy",
-                |c, v| c.backlog_policy = v as i32,
-                |c| c.backlog_policy as u64,
-                u64::MAX,
-                Err("backlog_policy"),
+                vec![
+                    (99, Err("backlog_policy")),
+                    (u64::MAX, Err("backlog_policy")),
+                ],
             ),
             (
                 "backlog_hold_timeout_ms",
                 |c, v| c.backlog_hold_timeout_ms = v,
                 |c| c.backlog_hold_timeout_ms,
-                0,
-                Ok(30_000),
-            ),
-            (
-                "backlog_hold_timeout_ms",
-                |c, v| c.backlog_hold_timeout_ms = v,
-                |c| c.backlog_hold_timeout_ms,
-                1,
-                Ok(1),
-            ),
-            (
-                "backlog_hold_timeout_ms",
-                |c, v| c.backlog_hold_timeout_ms = v,
-                |c| c.backlog_hold_timeout_ms,
-                600_000,
-                Ok(600_000),
-            ),
-            (
-                "backlog_hold_timeout_ms",
-                |c, v| c.backlog_hold_timeout_ms = v,
-                |c| c.backlog_hold_timeout_ms,
-                u64::MAX,
-                Err("backlog_hold_timeout_ms"),
+                vec![
+                    (0, Ok(30_000)),
+                    (1, Ok(1)),
+                    (600_000, Ok(600_000)),
+                    (u64::MAX, Err("backlog_hold_timeout_ms")),
+                ],
             ),
         ];
-        for (field, set, get, value, expected) in rows {
-            let mut given = TopicConfig {
-                partitions: 1,
-                ..TopicConfig::default()
-            };
-            set(&mut given, value);
-            let result = complete_topic_config(Some(given), &defaults, grpc_limit);
-            match (result, expected) {
-                (Ok(config), Ok(stored)) => {
-                    assert_eq!(get(&config), stored, "{field} = {value}")
-                }
-                (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
-                    message.contains(named),
-                    "{field} = {value}: message {message:?} does not name {named}"
-                ),
-                (result, expected) => {
-                    panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+        for (field, set, get, cases) in fields {
+            for (value, expected) in cases {
+                let mut given = TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                };
+                set(&mut given, value);
+                let result = complete_topic_config(Some(given), &defaults, grpc_limit);
+                match (result, expected) {
+                    (Ok(config), Ok(stored)) => {
+                        assert_eq!(get(&config), stored, "{field} = {value}")
+                    }
+                    (Err(NameServerError::InvalidArgument(message)), Err(named)) => assert!(
+                        message.contains(named),
+                        "{field} = {value}: message {message:?} does not name {named}"
+                    ),
+                    (result, expected) => {
+                        panic!("{field} = {value}: got {result:?}, expected {expected:?}")
+                    }
                 }
             }
         }
