@@ -69,6 +69,12 @@ pub enum BrokerError {
     /// The message names the segment, stores, range and command.
     #[error("{0}")]
     PartitionOffline(String),
+    /// An append was sent to the stores but failed before an ack quorum
+    /// made it durable (the pipeline failed or the partition stopped):
+    /// recovery may or may not make it part of the log, at the offset it
+    /// was given. Retriable; an idempotent producer's retry finds it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// An error decided elsewhere in this broker, passed on with its code.
     #[error("{}", .0.message)]
     Relayed(SluiceError),
@@ -123,6 +129,7 @@ impl BrokerError {
             BrokerError::InvalidSelector(_) => ErrorCode::InvalidSelector,
             BrokerError::CursorFenced(_) => ErrorCode::Fenced,
             BrokerError::PartitionOffline(_) => ErrorCode::StorageCorrupt,
+            BrokerError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             BrokerError::Relayed(error) => error.code,
         }
     }

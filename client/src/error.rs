@@ -88,6 +88,7 @@ impl ClientError {
                     | ErrorCode::ShuttingDown
                     | ErrorCode::Fenced
                     | ErrorCode::SegmentSealed
+                    | ErrorCode::OutcomeUnknown
             ),
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
             _ => false,

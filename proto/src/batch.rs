@@ -40,7 +40,7 @@ use crate::limits::{
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 mod validate_compressed;
-pub use validate_compressed::{validate_compressed, validate_records};
+pub use validate_compressed::validate_compressed;
 
 pub const MAGIC: u8 = 1;
 /// Bytes of the fixed batch header.
@@ -119,6 +119,7 @@ impl BatchError {
         matches!(
             self,
             BatchError::BadRecord { .. }
+                | BatchError::BadOffsetDelta { .. }
                 | BatchError::DecompressionBomb { .. }
                 | BatchError::Decompression(_)
                 | BatchError::RecordCountMismatch { .. }
@@ -334,11 +335,11 @@ fn check_header_timestamps(header: &BatchHeader) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// The per-record checks of an uncompressed records section whose framing
-/// [`walk_records`] already accepted: offset deltas 0, 1, 2, ... and
-/// timestamps in range, their largest equal to the header's
-/// `max_timestamp`.
-fn check_record_sequence(records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+/// Walks a records section (uncompressed, or decompressed) checking its
+/// framing and the sequence together: exactly `record_count` well-framed
+/// records, offset deltas 0, 1, 2, ..., timestamps in range, their largest
+/// equal to the header's `max_timestamp`, nothing after the last.
+pub(crate) fn check_record_sequence(records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
     let mut largest = MIN_TIMESTAMP_MS;
     walk_records(
         records,
@@ -725,16 +726,22 @@ fn zig(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
-/// Checks the framing of `record_count` uncompressed records without
-/// allocating.
-/// Checks the framing of `record_count` records, calling `each` with every
-/// record's index, timestamp delta and offset delta.
+/// Checks the framing of `record_count` records without allocating,
+/// calling `each` with every record's index, timestamp delta and offset
+/// delta: the one walk over the records of a produced batch, compressed
+/// (after decompression) or not.
 fn walk_records(
     mut bytes: &[u8],
     record_count: u32,
     mut each: impl FnMut(u32, i64, u64) -> Result<(), BatchError>,
 ) -> Result<(), BatchError> {
     for index in 0..record_count {
+        if bytes.is_empty() {
+            return Err(BatchError::RecordCountMismatch {
+                declared: record_count,
+                actual: index,
+            });
+        }
         let mut reader = Reader { bytes, index };
         let length = reader.varint()?;
         let length = usize::try_from(length).map_err(|_| reader.fail("huge length"))?;

@@ -223,6 +223,11 @@ pub struct ClusterSpec {
     /// tests so failover happens quickly.
     pub lease_ttl_ms: u64,
     pub heartbeat_interval_ms: u64,
+    /// Leave the nameserver's lease, heartbeat and reconcile settings at
+    /// the service defaults (ignoring `lease_ttl_ms` and
+    /// `heartbeat_interval_ms`), as an operator's cluster runs: for
+    /// measuring failover as users get it. Default false.
+    pub default_timings: bool,
     pub offsets_partitions: u32,
     /// Members of the etcd cluster; every nameserver is given all of their
     /// client URLs. Default 1.
@@ -266,6 +271,7 @@ impl Default for ClusterSpec {
             stores: 1,
             lease_ttl_ms: 3000,
             heartbeat_interval_ms: 500,
+            default_timings: false,
             offsets_partitions: 4,
             etcd_members: 1,
             broker_config: String::new(),
@@ -338,13 +344,19 @@ impl Cluster {
         let (prefix, body) = match kind {
             ServiceKind::Nameserver => {
                 let node_id = format!("nameserver-{}", index + 1);
+                let timings = if self.spec.default_timings {
+                    String::new()
+                } else {
+                    format!(
+                        "lease_ttl_ms = {}\nheartbeat_interval_ms = {}\nreconcile_interval_ms = 300\n",
+                        self.spec.lease_ttl_ms, self.spec.heartbeat_interval_ms
+                    )
+                };
                 let body = format!(
-                    "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nlease_ttl_ms = {lease}\n\
-                     heartbeat_interval_ms = {heartbeat}\nreconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
+                    "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\n{timings}\
+                     offsets_partitions = {offsets}\n\
                      [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n\
                      [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
-                    lease = self.spec.lease_ttl_ms,
-                    heartbeat = self.spec.heartbeat_interval_ms,
                     offsets = self.spec.offsets_partitions,
                     etcd = self
                         .etcd

@@ -21,7 +21,9 @@
 //!   `replica_ack_timeout`.
 //! - After a drop, while `ack_quorum` healthy replicas remain the pipeline
 //!   rolls; otherwise every in-flight append fails and the pipeline ends
-//!   `Failed` (recovery then fences the segment).
+//!   `Failed` (recovery then fences the segment). Appends that fail in
+//!   flight (failure or stop) answer `OutcomeUnknown`: they were sent, and
+//!   recovery may keep them.
 //! - It also rolls once the segment holds `segment_bytes`, once it is
 //!   `segment_age` old and holds data, and, on a degraded ensemble (fewer
 //!   replicas than `ensemble_size`), at the first periodic check that finds
@@ -33,6 +35,16 @@
 
 use crate::error::BrokerError;
 use std::collections::VecDeque;
+
+/// What an append in flight answers when the pipeline fails or stops: it
+/// was sent to every healthy replica, so recovery may make it part of the
+/// log (ADR 0008, point 5) — neither "written" nor "not written".
+fn outcome_unknown(cause: &BrokerError) -> BrokerError {
+    BrokerError::OutcomeUnknown(format!(
+        "{cause}; the append reached fewer than the ack quorum of stores and may \
+         become part of the log at the offset it was given"
+    ))
+}
 use std::time::{Duration, Instant};
 
 /// What the pipeline is configured with for one segment.
@@ -282,6 +294,7 @@ impl<J> AppendPipeline<J> {
     /// The partition stopped: every append in flight fails with `error`.
     /// Returns nothing; the failures are effects.
     pub fn stop(&mut self, error: BrokerError) {
+        let error = outcome_unknown(&error);
         for entry in self.in_flight.drain(..) {
             self.effects
                 .push_back(Effect::Fail(entry.job, error.clone()));
@@ -457,10 +470,11 @@ impl<J> AppendPipeline<J> {
             return;
         }
         // Appends that reached the ack quorum completed already; the rest
-        // cannot.
+        // cannot, but were sent: recovery may keep them.
+        let unknown = outcome_unknown(&error);
         for entry in self.in_flight.drain(..) {
             self.effects
-                .push_back(Effect::Fail(entry.job, error.clone()));
+                .push_back(Effect::Fail(entry.job, unknown.clone()));
         }
         self.end = Some(End::Failed {
             error,

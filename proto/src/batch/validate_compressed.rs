@@ -14,16 +14,21 @@
 //!   block may not declare a size lz4 cannot expand its bytes to, so a
 //!   76-byte batch cannot make the broker allocate 64 MiB;
 //! - it holds exactly `record_count` records, each well framed, with no
-//!   trailing bytes ([`validate_records`]);
+//!   trailing bytes;
 //! - each record's offset delta is its index in the batch, so every record
-//!   lies inside the offsets the header takes (`base .. base + count`).
+//!   lies inside the offsets the header takes (`base .. base + count`);
+//! - each record's timestamp is in the accepted range and the largest is
+//!   the header's `max_timestamp`, as for an uncompressed batch.
+//!
+//! The records are walked by the same function as an uncompressed batch's
+//! (`check_record_sequence`), so both kinds are held to the same rules.
 //!
 //! Stores do not call this: they hold batches as opaque bytes and check
 //! the CRC only; consumers meet what bypassed a broker (see the SDK's
 //! `CorruptBatchPolicy`).
 
 use super::HEADER_BYTES;
-use super::{parse_record_body, read_u32, BatchError, BatchHeader, Compression, Reader};
+use super::{check_record_sequence, read_u32, BatchError, BatchHeader, Compression};
 use crate::limits::MAX_UNCOMPRESSED_RECORDS_BYTES;
 use std::cell::RefCell;
 use std::io::Read;
@@ -56,46 +61,7 @@ pub fn validate_compressed(
     };
     let limit = max_uncompressed_bytes.min(MAX_UNCOMPRESSED_RECORDS_BYTES);
     let records = decompress_bounded(header.compression, block, limit)?;
-    validate_records(&records, header.record_count)
-}
-
-/// Walks `record_count` uncompressed records: each well framed, its offset
-/// delta equal to its index, nothing after the last. The same walk serves
-/// records that were compressed (after decompression) and records that
-/// were not.
-pub fn validate_records(mut records: &[u8], record_count: u32) -> Result<(), BatchError> {
-    for index in 0..record_count {
-        if records.is_empty() {
-            return Err(BatchError::RecordCountMismatch {
-                declared: record_count,
-                actual: index,
-            });
-        }
-        let mut reader = Reader {
-            bytes: records,
-            index,
-        };
-        let length = reader.varint()?;
-        let length = usize::try_from(length).map_err(|_| reader.fail("huge length"))?;
-        let body = reader.take(length)?;
-        records = reader.bytes;
-        let mut record = Reader { bytes: body, index };
-        let offset_delta =
-            parse_record_body(&mut record, |_, offset_delta, _, _, _, _| offset_delta)?;
-        if offset_delta != u64::from(index) {
-            return Err(BatchError::BadRecord {
-                index,
-                reason: "offset delta is not the record's index in the batch",
-            });
-        }
-    }
-    if !records.is_empty() {
-        return Err(BatchError::BadRecord {
-            index: record_count,
-            reason: "trailing bytes after the last record",
-        });
-    }
-    Ok(())
+    check_record_sequence(&records, header)
 }
 
 /// Decompresses a records block to at most `limit` bytes; more is a

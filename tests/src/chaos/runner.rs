@@ -81,6 +81,7 @@ pub fn cluster_spec() -> ClusterSpec {
         stores: 3,
         lease_ttl_ms: 3_000,
         heartbeat_interval_ms: 500,
+        default_timings: false,
         offsets_partitions: 4,
         etcd_members: 3,
         broker_config: String::new(),

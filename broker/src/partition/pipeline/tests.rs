@@ -585,3 +585,46 @@ fn randomized_runs_complete_in_order_only_what_a_quorum_acknowledged() {
         );
     }
 }
+
+/// The codes of the failures among the effects.
+fn failure_codes(pipeline: &mut AppendPipeline<&'static str>) -> Vec<sluice_proto::ErrorCode> {
+    let mut codes = Vec::new();
+    while let Some(effect) = pipeline.next_effect() {
+        if let Effect::Fail(_, error) = effect {
+            codes.push(error.code());
+        }
+    }
+    codes
+}
+
+/// An append that was sent but not made durable by a quorum may still
+/// become part of the log through recovery: its producer must hear
+/// "outcome unknown", never a plain failure, whatever ended the pipeline.
+#[test]
+fn appends_failed_in_flight_answer_outcome_unknown() {
+    use sluice_proto::ErrorCode::OutcomeUnknown;
+    let now = Instant::now();
+    let mut failed = pipeline(settings(), 3, now);
+    failed.append("a", 1, 1, now);
+    failed.acknowledged(0, 1, now);
+    failed.replica_failed(1, BrokerError::Unavailable("x".into()), now);
+    failed.replica_failed(2, BrokerError::Unavailable("y".into()), now);
+    assert_eq!(failure_codes(&mut failed), vec![OutcomeUnknown]);
+
+    let mut stopped = pipeline(settings(), 3, now);
+    stopped.append("a", 1, 1, now);
+    stopped.append("b", 1, 1, now);
+    stopped.stop(BrokerError::NotOwner {
+        topic: "t".into(),
+        partition: 0,
+    });
+    assert_eq!(
+        failure_codes(&mut stopped),
+        vec![OutcomeUnknown, OutcomeUnknown]
+    );
+
+    let mut ended = pipeline(settings(), 3, now);
+    ended.append("a", 1, 1, now);
+    ended.streams_ended(BrokerError::Unavailable("closed".into()));
+    assert_eq!(failure_codes(&mut ended), vec![OutcomeUnknown]);
+}

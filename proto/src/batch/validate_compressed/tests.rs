@@ -10,6 +10,45 @@ use rand::{Rng, SeedableRng};
 const COMPRESSED: [Compression; 2] = [Compression::Lz4, Compression::Zstd];
 const MIB: usize = 1024 * 1024;
 
+/// The records check of a section of `record_count` records whose
+/// timestamps are all the test batches' 1_700_000_000_000.
+fn validate_records(records: &[u8], record_count: u32) -> Result<(), BatchError> {
+    let header = BatchHeader {
+        base_offset: 0,
+        batch_length: 0,
+        writer_epoch: 0,
+        crc: 0,
+        compression: Compression::None,
+        record_count,
+        first_timestamp_ms: 1_700_000_000_000,
+        max_timestamp_ms: 1_700_000_000_000,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+    check_record_sequence(records, &header)
+}
+
+/// One record encoded by hand with timestamp delta `delta_ms` (offset
+/// delta 0, value "v").
+fn record_with_timestamp_delta(delta_ms: i64) -> Vec<u8> {
+    let mut zigzag = ((delta_ms << 1) ^ (delta_ms >> 63)) as u64;
+    let mut body = Vec::new();
+    loop {
+        let byte = (zigzag & 0x7f) as u8;
+        zigzag >>= 7;
+        if zigzag == 0 {
+            body.push(byte);
+            break;
+        }
+        body.push(byte | 0x80);
+    }
+    body.extend_from_slice(&[0, 1, 2, b'v', 0, 0]);
+    let mut record = vec![u8::try_from(body.len()).expect("a short record")];
+    record.extend_from_slice(&body);
+    record
+}
+
 /// What the broker's produce path runs.
 fn broker_check(batch: &[u8], limit: usize) -> Result<(), BatchError> {
     let header = validate(batch, 16 * MIB)?;
@@ -144,7 +183,7 @@ fn offset_deltas_must_be_each_records_index() {
         assert!(
             matches!(
                 validate_records(&records, 2),
-                Err(BatchError::BadRecord { .. })
+                Err(BatchError::BadOffsetDelta { index: _, delta: _ })
             ),
             "deltas {first}, {second}"
         );
@@ -206,5 +245,34 @@ fn random_blocks_never_panic_and_never_pass_with_a_lying_count() {
                 "{compression:?} cut at {cut}"
             );
         }
+    }
+}
+
+/// A compressed batch's record timestamps are held to the rules of an
+/// uncompressed one: in the accepted range, the largest equal to the
+/// header's `max_timestamp`.
+#[test]
+fn compressed_records_with_bad_timestamps_are_refused() {
+    for compression in COMPRESSED {
+        let sound = compress(compression, &record_with_timestamp_delta(0));
+        assert_eq!(
+            broker_check(&forged_batch(compression, 1, &sound), MIB),
+            Ok(())
+        );
+        let later = compress(compression, &record_with_timestamp_delta(5));
+        assert!(matches!(
+            broker_check(&forged_batch(compression, 1, &later), MIB),
+            Err(BatchError::MaxTimestampMismatch { .. })
+        ));
+        let far = compress(compression, &record_with_timestamp_delta(1 << 50));
+        assert!(matches!(
+            broker_check(&forged_batch(compression, 1, &far), MIB),
+            Err(BatchError::BadTimestamp { .. })
+        ));
+        let before = compress(compression, &record_with_timestamp_delta(-(1 << 50)));
+        assert!(matches!(
+            broker_check(&forged_batch(compression, 1, &before), MIB),
+            Err(BatchError::BadTimestamp { .. })
+        ));
     }
 }
