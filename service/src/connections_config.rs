@@ -8,6 +8,13 @@ use serde::{Deserialize, Serialize};
 /// The section's name in every service's TOML file.
 pub const SECTION: &str = "connections";
 
+/// TCP keepalive times are set in whole seconds (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`), at least 1 s and at most 32767 s (Linux refuses
+/// more); in milliseconds here like every other duration.
+pub const MIN_TCP_KEEPALIVE_MS: u64 = 1_000;
+/// See [`MIN_TCP_KEEPALIVE_MS`].
+pub const MAX_TCP_KEEPALIVE_MS: u64 = 32_767_000;
+
 /// `[connections]`: limits of the gRPC server's connections.
 ///
 /// Request memory is bounded by (see ARCHITECTURE.md, Limits):
@@ -40,10 +47,11 @@ pub struct ConnectionsConfig {
     pub http2_keepalive_interval_ms: u64,
     /// A PING unanswered this long closes the connection. Default 20000.
     pub http2_keepalive_timeout_ms: u64,
-    /// TCP keepalive: idle time before the first probe; 0 turns TCP
-    /// keepalive off. Default 60000.
+    /// TCP keepalive: idle time before the first probe, in whole seconds
+    /// (1000 ..= 32767000); 0 turns TCP keepalive off. Default 60000.
     pub tcp_keepalive_ms: u64,
-    /// TCP keepalive: interval between probes. Default 10000.
+    /// TCP keepalive: interval between probes, in whole seconds
+    /// (1000 ..= 32767000). Default 10000.
     pub tcp_keepalive_interval_ms: u64,
     /// TCP keepalive: unanswered probes before the connection is dropped.
     /// Default 3.
@@ -102,11 +110,18 @@ impl ConnectionsConfig {
                 &key("http2_keepalive_timeout_ms"),
                 self.http2_keepalive_timeout_ms,
             ),
-            KeyRange::duration_ms(&key("tcp_keepalive_ms"), self.tcp_keepalive_ms)
-                .or_zero("TCP keepalive off"),
-            KeyRange::duration_ms(
+            KeyRange::new(
+                &key("tcp_keepalive_ms"),
+                self.tcp_keepalive_ms,
+                MIN_TCP_KEEPALIVE_MS,
+                MAX_TCP_KEEPALIVE_MS,
+            )
+            .or_zero("TCP keepalive off"),
+            KeyRange::new(
                 &key("tcp_keepalive_interval_ms"),
                 self.tcp_keepalive_interval_ms,
+                MIN_TCP_KEEPALIVE_MS,
+                MAX_TCP_KEEPALIVE_MS,
             ),
             KeyRange::new(
                 &key("tcp_keepalive_retries"),
@@ -210,5 +225,32 @@ mod tests {
                 "[connections] max_inflight_request_bytes",
             ]
         );
+    }
+
+    /// Every key at the smallest and largest value it accepts, and just
+    /// outside them, set through TOML as a config file would.
+    #[test]
+    fn every_key_at_its_extremes() {
+        use figment::providers::{Format, Serialized, Toml};
+        let load = |key: &str, value: u64| -> Vec<String> {
+            let figment = figment::Figment::from(Serialized::defaults(ConnectionsConfig::default()))
+                .merge(Toml::string(&format!("{key} = {value}")));
+            match figment.extract::<ConnectionsConfig>() {
+                Ok(config) => out_of_range(&config.ranges()),
+                Err(error) => vec![error.to_string()],
+            }
+        };
+        for range in ConnectionsConfig::default().ranges() {
+            let key = range.key.trim_start_matches("[connections] ");
+            for value in [range.min, range.max] {
+                assert_eq!(load(key, value), Vec::<String>::new(), "{key} = {value}");
+            }
+            assert_ne!(load(key, range.max + 1), Vec::<String>::new(), "{key} above max");
+            if range.min > 0 {
+                let below = load(key, range.min - 1);
+                let zero_allowed = range.min == 1 && range.zero_means.is_some();
+                assert_eq!(below.is_empty(), zero_allowed, "{key} below min: {below:?}");
+            }
+        }
     }
 }

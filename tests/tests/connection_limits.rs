@@ -277,15 +277,23 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
 const IDLE_TIMEOUT_MS: u64 = 6_000;
 const PER_CONNECTION_BUDGET: u64 = 64 * MIB;
 
+/// Fixed cost of one connection counted in the bound, in bytes: four times
+/// the measured 16 KiB of an idle HTTP/2 connection (its buffers, state and
+/// task), so the bound stays well below what the flood reaches without
+/// the budget (692 MiB of growth).
+const CONNECTION_COST_BYTES: u64 = 64 * 1024;
+
 /// The bound on the server's memory growth this test states, from the
 /// documented formula: the flood connection's in-flight budget, twice
 /// (tonic's decode buffer grows by doubling, so a message's buffer may
 /// have up to twice its bytes allocated while it arrives), plus its HTTP/2
-/// connection window, plus the connections' fixed cost (256 KiB each,
-/// generous: measured about 30 KiB, see BENCHMARKS.md), plus a 64 MiB
+/// connection window, plus the connections' fixed cost, plus a 64 MiB
 /// margin for the allocator.
 fn memory_bound(connections: u64) -> u64 {
-    2 * PER_CONNECTION_BUDGET + CONNECTION_WINDOW_BYTES + connections * 256 * 1024 + 64 * MIB
+    2 * PER_CONNECTION_BUDGET
+        + CONNECTION_WINDOW_BYTES
+        + connections * CONNECTION_COST_BYTES
+        + 64 * MIB
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,9 +314,11 @@ async fn a_flood_of_streams_and_connections_stays_within_its_memory_bound() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let served = tokio::spawn(well_behaved(client, stopped));
 
-    let mut exhausted = flood(server.port, FLOOD_STREAMS).await;
     let silent = silent_connections(server.port, SILENT_CONNECTIONS).await;
     let idle = idle_h2_connections(server.port, IDLE_CONNECTIONS).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_connections = server.rss_bytes();
+    let mut exhausted = flood(server.port, FLOOD_STREAMS).await;
 
     // The streams beyond what the budget holds fail; at most
     // budget / (message - 1 KiB) = 4 stay open, holding their bytes.
@@ -341,12 +351,18 @@ async fn a_flood_of_streams_and_connections_stays_within_its_memory_bound() {
     let connections = (SILENT_CONNECTIONS + IDLE_CONNECTIONS + 2) as u64;
     let growth = peak.saturating_sub(baseline);
     eprintln!(
-        "baseline {} MiB, peak {} MiB (growth {} MiB, bound {} MiB); {failed} flood streams \
-         failed; {calls} well-behaved calls, slowest {slowest:?}",
+        "baseline {} MiB, {} KiB per idle connection, peak {} MiB (growth {} MiB, bound {} \
+         MiB); {failed} flood streams failed; {calls} well-behaved calls, slowest {slowest:?}; \
+         silent connections closed after {:?}..{:?}, idle ones after {:?}..{:?}",
         baseline / MIB,
+        with_connections.saturating_sub(baseline) / 1024 / (connections - 2),
         peak / MIB,
         growth / MIB,
-        memory_bound(connections) / MIB
+        memory_bound(connections) / MIB,
+        silent.iter().min(),
+        silent.iter().max(),
+        idle.iter().min(),
+        idle.iter().max(),
     );
     assert!(
         growth <= memory_bound(connections),
@@ -472,4 +488,56 @@ async fn unary_of(
     let status = grpc_status(response).await.expect("a grpc-status");
     drop(body);
     status
+}
+
+/// Sends the HTTP/2 preface and an empty SETTINGS frame, then reads
+/// without ever answering (no SETTINGS or PING acknowledgement); the time
+/// until the server closes it, or `None` if still open after `wait`.
+async fn unanswering_peer(port: u16, wait: Duration) -> Option<Duration> {
+    use tokio::io::AsyncWriteExt;
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    tcp.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    let mut buffer = [0u8; 4096];
+    let closed = async {
+        while let Ok(read) = tcp.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(wait, closed)
+        .await
+        .ok()
+        .map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_closes_a_silent_peer_and_without_it_nothing_does() {
+    // Idle connections never closed (0): only the keepalive can.
+    let pinging = Server::start(
+        "connection_idle_timeout_ms = 0\n\
+         http2_keepalive_interval_ms = 1000\n\
+         http2_keepalive_timeout_ms = 1000\n",
+    );
+    let _ready = pinging.client().await;
+    let closed = unanswering_peer(pinging.port, PATIENCE).await;
+    let closed = closed.expect("an unanswered PING closes the connection");
+    assert!(closed >= Duration::from_secs(2), "closed after {closed:?}");
+
+    let silent = Server::start(
+        "connection_idle_timeout_ms = 0\n\
+         http2_keepalive_interval_ms = 0\n\
+         handshake_timeout_ms = 1000\n",
+    );
+    let _ready = silent.client().await;
+    // Past the handshake timeout and the would-be keepalive: still open.
+    assert_eq!(unanswering_peer(silent.port, Duration::from_secs(5)).await, None);
 }
