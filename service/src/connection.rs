@@ -4,7 +4,7 @@
 //! timeouts, which end it by reading end-of-file (the server then closes
 //! it; no stream is lost, as an idle connection has none).
 
-use crate::byte_budget::ByteBudget;
+use crate::budget::Budget;
 use crate::connection_deadline::{verdict, CloseReason, ConnectionActivity, Timeouts, Verdict};
 use crate::handshake::{Handshake, HandshakeProgress};
 use std::future::Future;
@@ -25,7 +25,7 @@ pub struct ConnectionState {
     open_streams: AtomicUsize,
     idle_since: Mutex<Instant>,
     /// Bytes of request messages in progress on this connection.
-    pub budget: ByteBudget,
+    pub budget: Budget,
     /// Whether an exhausted budget was logged for this connection.
     pub exhaustion_logged: AtomicBool,
 }
@@ -35,7 +35,7 @@ impl ConnectionState {
         Self {
             open_streams: AtomicUsize::new(0),
             idle_since: Mutex::new(now),
-            budget: ByteBudget::new(budget_bytes),
+            budget: Budget::new(budget_bytes),
             exhaustion_logged: AtomicBool::new(false),
         }
     }

@@ -90,7 +90,17 @@ mod tests {
 
     fn settings_frame(payload: usize) -> Vec<u8> {
         let length = (payload as u32).to_be_bytes();
-        let mut frame = vec![length[1], length[2], length[3], SETTINGS_FRAME_TYPE, 0, 0, 0, 0, 0];
+        let mut frame = vec![
+            length[1],
+            length[2],
+            length[3],
+            SETTINGS_FRAME_TYPE,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         frame.extend(std::iter::repeat_n(0u8, payload));
         frame
     }
@@ -109,7 +119,11 @@ mod tests {
                 let mut progress = HandshakeProgress::default();
                 let first = progress.advance(&bytes[..split]);
                 if split < bytes.len() {
-                    assert_eq!(first, Handshake::InProgress, "payload {payload} split {split}");
+                    assert_eq!(
+                        first,
+                        Handshake::InProgress,
+                        "payload {payload} split {split}"
+                    );
                 }
                 assert_eq!(progress.advance(&bytes[split..]), Handshake::Done);
             }

@@ -13,7 +13,7 @@
 //!   its storage, for `sluice dev`).
 //! - [`main`]: a service binary's whole `main` around its `run`.
 
-mod byte_budget;
+mod budget;
 mod config;
 mod connection;
 mod connection_deadline;
@@ -28,10 +28,10 @@ mod signal;
 mod stream_limits;
 
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
+pub use connection::{Connection, ConnectionInfo};
+pub use connections_config::ConnectionsConfig;
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
-pub use connection::{Connection, ConnectionInfo};
-pub use connections_config::ConnectionsConfig;
 pub use server::{Incoming, LimitedServer, ServerLimits, ACCEPT_PAUSE_MS};
 pub use signal::shutdown_signal;

@@ -32,8 +32,9 @@ impl MessageProgress {
                 bytes = &bytes[taken..];
                 if self.prefix_len == PREFIX_BYTES {
                     let length = &self.prefix[1..];
-                    self.payload_remaining =
-                        u64::from(u32::from_be_bytes([length[0], length[1], length[2], length[3]]));
+                    self.payload_remaining = u64::from(u32::from_be_bytes([
+                        length[0], length[1], length[2], length[3],
+                    ]));
                 }
             } else {
                 let taken = (bytes.len() as u64).min(self.payload_remaining);

@@ -4,7 +4,7 @@
 //! request bytes), a trace span per request continuing the caller's trace,
 //! and Nagle off on accepted connections.
 
-use crate::byte_budget::ByteBudget;
+use crate::budget::Budget;
 use crate::connection::Connection;
 use crate::connection_deadline::Timeouts;
 use crate::connections_config::ConnectionsConfig;
@@ -35,12 +35,12 @@ pub const ACCEPT_PAUSE_MS: u64 = 100;
 pub struct ServerLimits {
     config: ConnectionsConfig,
     slots: Arc<Semaphore>,
-    global: Arc<ByteBudget>,
+    global: Arc<Budget>,
+    streams: Arc<Budget>,
 }
 
 /// The tonic server [`ServerLimits::grpc_server`] builds.
-pub type LimitedServer =
-    Server<tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>>;
+pub type LimitedServer = Server<tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>>;
 
 fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
@@ -54,7 +54,8 @@ impl ServerLimits {
         Self {
             config: config.clone(),
             slots: Arc::new(Semaphore::new(slots)),
-            global: Arc::new(ByteBudget::new(config.max_inflight_request_bytes)),
+            global: Arc::new(Budget::new(config.max_inflight_request_bytes)),
+            streams: Arc::new(Budget::new(u64::from(config.max_concurrent_streams))),
         }
     }
 
@@ -64,6 +65,11 @@ impl ServerLimits {
         slots
             .min(Semaphore::MAX_PERMITS)
             .saturating_sub(self.slots.available_permits())
+    }
+
+    /// Streams open over all connections.
+    pub fn open_streams(&self) -> u64 {
+        self.streams.used()
     }
 
     /// Bytes of request messages in progress over all connections.
@@ -84,7 +90,10 @@ impl ServerLimits {
             .http2_keepalive_interval(millis(config.http2_keepalive_interval_ms))
             .http2_keepalive_timeout(millis(config.http2_keepalive_timeout_ms))
             .trace_fn(sluice_telemetry::grpc_server_span)
-            .layer(StreamLimitsLayer::new(self.global.clone()))
+            .layer(StreamLimitsLayer::new(
+                self.global.clone(),
+                self.streams.clone(),
+            ))
     }
 
     /// The connections accepted on `listener`, with Nagle off (pipelined

@@ -1,10 +1,12 @@
-//! The tower layer every request passes: counts the connection's open
-//! streams (for its idle timeout) while the request or its response is
-//! alive, and charges the bytes of request messages in progress to the
+//! The tower layer every request passes: counts the server's and the
+//! connection's open streams while the request or its response is alive
+//! (answering a stream beyond `max_concurrent_streams` RESOURCE_EXHAUSTED
+//! at once, unread; the connection's count drives its idle timeout), and
+//! charges the bytes of request messages in progress to the
 //! connection's and the server's in-flight budgets, failing the stream
 //! with RESOURCE_EXHAUSTED when either is exhausted.
 
-use crate::byte_budget::ByteBudget;
+use crate::budget::Budget;
 use crate::connection::{ConnectionInfo, ConnectionState};
 use crate::message_progress::MessageProgress;
 use bytes::Bytes;
@@ -22,12 +24,15 @@ use tower_service::Service;
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct StreamLimitsLayer {
-    global: Arc<ByteBudget>,
+    global: Arc<Budget>,
+    streams: Arc<Budget>,
 }
 
 impl StreamLimitsLayer {
-    pub fn new(global: Arc<ByteBudget>) -> Self {
-        Self { global }
+    /// `global`: the server's in-flight request bytes; `streams`: its open
+    /// streams.
+    pub fn new(global: Arc<Budget>, streams: Arc<Budget>) -> Self {
+        Self { global, streams }
     }
 }
 
@@ -38,6 +43,7 @@ impl<S> Layer<S> for StreamLimitsLayer {
         StreamLimits {
             inner,
             global: self.global.clone(),
+            streams: self.streams.clone(),
         }
     }
 }
@@ -46,7 +52,8 @@ impl<S> Layer<S> for StreamLimitsLayer {
 #[derive(Debug, Clone)]
 pub struct StreamLimits<S> {
     inner: S,
-    global: Arc<ByteBudget>,
+    global: Arc<Budget>,
+    streams: Arc<Budget>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -55,6 +62,7 @@ impl<S, ResBody> Service<http::Request<Body>> for StreamLimits<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
@@ -76,7 +84,14 @@ where
             request.extensions_mut().insert(info.tcp.clone());
         }
         let state = connection.map(|info| info.state);
-        let stream = Arc::new(OpenStream::new(state.clone()));
+        let Some(stream) = OpenStream::new(self.streams.clone(), state.clone()) else {
+            log_exhausted(state.as_deref(), "max_concurrent_streams");
+            let status = Status::resource_exhausted(
+                "too many streams open on this server (max_concurrent_streams); retry later",
+            );
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        let stream = Arc::new(stream);
         let request = request.map(|body| {
             Body::new(BudgetedBody {
                 inner: body,
@@ -101,26 +116,49 @@ where
     }
 }
 
-/// One open stream of a connection, while its request or response lives.
+/// One open stream of the server and of its connection, while its request
+/// or response lives.
 #[derive(Debug)]
 struct OpenStream {
+    streams: Arc<Budget>,
     connection: Option<Arc<ConnectionState>>,
 }
 
 impl OpenStream {
-    fn new(connection: Option<Arc<ConnectionState>>) -> Self {
+    /// `None` at `max_concurrent_streams`.
+    fn new(streams: Arc<Budget>, connection: Option<Arc<ConnectionState>>) -> Option<Self> {
+        if !streams.try_reserve(1) {
+            return None;
+        }
         if let Some(connection) = &connection {
             connection.stream_opened();
         }
-        Self { connection }
+        Some(Self {
+            streams,
+            connection,
+        })
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
+        self.streams.release(1);
         if let Some(connection) = &self.connection {
             connection.stream_closed();
         }
+    }
+}
+
+/// Logs a limit reached, once per connection (an attacker's streams would
+/// otherwise flood the log).
+fn log_exhausted(connection: Option<&ConnectionState>, limit: &'static str) {
+    let first_on_connection = connection
+        .is_none_or(|connection| !connection.exhaustion_logged.swap(true, Ordering::AcqRel));
+    if first_on_connection {
+        tracing::warn!(
+            limit,
+            "limit reached: failing streams with RESOURCE_EXHAUSTED (logged once per connection)"
+        );
     }
 }
 
@@ -160,7 +198,7 @@ struct BudgetedBody {
     /// Bytes reserved from both budgets.
     held: u64,
     connection: Option<Arc<ConnectionState>>,
-    global: Arc<ByteBudget>,
+    global: Arc<Budget>,
     /// Failed for an exhausted budget: ends without reading more.
     failed: bool,
     _stream: Arc<OpenStream>,
@@ -176,7 +214,10 @@ impl BudgetedBody {
         let more = held - self.held;
         if let Some(connection) = &self.connection {
             if !connection.budget.try_reserve(more) {
-                self.log_exhausted("connection");
+                log_exhausted(
+                    self.connection.as_deref(),
+                    "max_inflight_request_bytes_per_connection",
+                );
                 return false;
             }
         }
@@ -184,7 +225,7 @@ impl BudgetedBody {
             if let Some(connection) = &self.connection {
                 connection.budget.release(more);
             }
-            self.log_exhausted("server");
+            log_exhausted(self.connection.as_deref(), "max_inflight_request_bytes");
             return false;
         }
         self.held = held;
@@ -197,19 +238,6 @@ impl BudgetedBody {
         }
         self.global.release(bytes);
         self.held -= bytes;
-    }
-
-    fn log_exhausted(&self, budget: &'static str) {
-        let first_on_connection = self.connection.as_ref().is_none_or(|connection| {
-            !connection.exhaustion_logged.swap(true, Ordering::AcqRel)
-        });
-        if first_on_connection {
-            tracing::warn!(
-                budget,
-                "in-flight request bytes exhausted: failing streams with RESOURCE_EXHAUSTED \
-                 (logged once per connection)"
-            );
-        }
     }
 }
 

@@ -87,7 +87,11 @@ impl Server {
                 .await
             {
                 let mut client = NameServerClient::new(channel);
-                if client.list_topics(ListTopicsRequest::default()).await.is_ok() {
+                if client
+                    .list_topics(ListTopicsRequest::default())
+                    .await
+                    .is_ok()
+                {
                     return client;
                 }
             }
@@ -300,7 +304,9 @@ fn memory_bound(connections: u64) -> u64 {
 async fn a_flood_of_streams_and_connections_stays_within_its_memory_bound() {
     let limit = sluice_service::raise_open_file_limit().expect("raise the test's file limit");
     assert!(
-        limit.soft.is_none_or(|soft| soft >= (SILENT_CONNECTIONS + IDLE_CONNECTIONS + 64) as u64),
+        limit
+            .soft
+            .is_none_or(|soft| soft >= (SILENT_CONNECTIONS + IDLE_CONNECTIONS + 64) as u64),
         "the test needs more open files than {limit:?}"
     );
     let server = Server::start(&format!(
@@ -333,7 +339,11 @@ async fn a_flood_of_streams_and_connections_stays_within_its_memory_bound() {
         );
         match tokio::time::timeout(Duration::from_millis(100), exhausted.recv()).await {
             Ok(Some(code)) => {
-                assert_eq!(code, tonic::Code::ResourceExhausted as u32, "flood stream status");
+                assert_eq!(
+                    code,
+                    tonic::Code::ResourceExhausted as u32,
+                    "flood stream status"
+                );
                 failed += 1;
             }
             Ok(None) => panic!("the flood ended"),
@@ -373,10 +383,16 @@ async fn a_flood_of_streams_and_connections_stays_within_its_memory_bound() {
     let handshake = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
     let idle_timeout = Duration::from_millis(IDLE_TIMEOUT_MS);
     for time in &silent {
-        assert!(*time >= handshake, "a silent connection closed after {time:?}");
+        assert!(
+            *time >= handshake,
+            "a silent connection closed after {time:?}"
+        );
     }
     for time in &idle {
-        assert!(*time >= idle_timeout, "an idle connection closed after {time:?}");
+        assert!(
+            *time >= idle_timeout,
+            "an idle connection closed after {time:?}"
+        );
     }
 }
 
@@ -410,7 +426,9 @@ async fn beyond_max_connections_new_connections_are_closed_and_open_ones_served(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_limit_is_advertised_at_its_extremes() {
     for limit in [1u32, u32::MAX] {
-        let server = Server::start(&format!("max_concurrent_streams_per_connection = {limit}\n"));
+        let server = Server::start(&format!(
+            "max_concurrent_streams_per_connection = {limit}\n"
+        ));
         let _ready = server.client().await;
         let (send, _closed) = h2_connection(server.port).await;
         let mut send = send.ready().await.expect("ready");
@@ -440,7 +458,13 @@ async fn a_message_as_large_as_the_budget_passes_and_a_larger_one_fails() {
     let (send, _closed) = h2_connection(server.port).await;
     // A whole message of the largest size: decoded (and refused by the
     // handler as a bad request, not by the budget).
-    let status = unary_of(send.clone(), server.port, MESSAGE_BYTES as u32, MESSAGE_BYTES).await;
+    let status = unary_of(
+        send.clone(),
+        server.port,
+        MESSAGE_BYTES as u32,
+        MESSAGE_BYTES,
+    )
+    .await;
     assert_ne!(status, tonic::Code::ResourceExhausted as u32);
     // Two almost whole messages at once on one connection: together over
     // the budget once both are more than half sent; one fails (the other
@@ -539,5 +563,99 @@ async fn keepalive_closes_a_silent_peer_and_without_it_nothing_does() {
     );
     let _ready = silent.client().await;
     // Past the handshake timeout and the would-be keepalive: still open.
-    assert_eq!(unanswering_peer(silent.port, Duration::from_secs(5)).await, None);
+    assert_eq!(
+        unanswering_peer(silent.port, Duration::from_secs(5)).await,
+        None
+    );
+}
+
+/// Open streams each holding a little of a message: the server's memory
+/// per open stream, for the documented formula (and bounded here,
+/// generously, at 64 KiB a stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_cost_a_bounded_amount_each() {
+    const STREAMS: usize = 4000;
+    const SENT: usize = 1024;
+    let server = Server::start("");
+    let _ready = server.client().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = server.rss_bytes();
+    let (send, _closed) = h2_connection(server.port).await;
+    let mut prefix = vec![0u8];
+    prefix.extend((MIB as u32).to_be_bytes());
+    let prefix = Bytes::from(prefix);
+    let payload = Bytes::from(vec![0u8; SENT]);
+    let mut open = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut send = send.clone().ready().await.expect("stream capacity");
+        let request = http::Request::post(format!(
+            "http://127.0.0.1:{}/sluice.v1.NameServer/CreateTopic",
+            server.port
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+        let (response, mut body) = send.send_request(request, false).expect("open stream");
+        let _ = body.send_data(prefix.clone(), false);
+        let _ = body.send_data(payload.clone(), false);
+        open.push((response, body));
+    }
+    // Until the server has taken them all (its memory stops growing).
+    let mut previous = 0;
+    let mut now = server.rss_bytes();
+    let deadline = Instant::now() + PATIENCE;
+    while now != previous && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        previous = now;
+        now = server.rss_bytes();
+    }
+    let per_stream = now.saturating_sub(baseline) / STREAMS as u64;
+    eprintln!(
+        "{STREAMS} open streams holding {SENT} bytes each: {} MiB, {} KiB a stream",
+        now.saturating_sub(baseline) / MIB,
+        per_stream / 1024
+    );
+    assert!(per_stream <= 64 * 1024, "{per_stream} bytes a stream");
+    // The server still answers on another connection.
+    server
+        .client()
+        .await
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .expect("served");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_concurrent_streams_new_streams_are_refused_at_once() {
+    let server = Server::start("max_concurrent_streams = 1\n");
+    let mut client = server.client().await;
+    // One stream held open by another connection: a message never
+    // completed.
+    let (send, _closed) = h2_connection(server.port).await;
+    let held = tokio::spawn(unary_of(send, server.port, MIB as u32, 1024));
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = client.list_topics(ListTopicsRequest::default()).await;
+        match answer {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => break,
+            // The held stream may not be open yet.
+            Ok(_) => assert!(Instant::now() < deadline, "never refused"),
+            Err(status) => panic!("{status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once it ends, streams are served again.
+    held.abort();
+    let _ = held.await;
+    let deadline = Instant::now() + PATIENCE;
+    while client
+        .list_topics(ListTopicsRequest::default())
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "not served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

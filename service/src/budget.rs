@@ -1,18 +1,19 @@
-//! A budget of bytes shared between tasks: reserve before holding bytes,
-//! release after; a reservation that would exceed the limit is refused
-//! (never waited for: a waiting stream would keep HTTP/2 flow-control
-//! windows closed that the streams holding the budget need to finish).
+//! A budget shared between tasks (of bytes, or of open streams): reserve
+//! before holding, release after; a reservation that would exceed the
+//! limit is refused (never waited for: a stream waiting for bytes would
+//! keep HTTP/2 flow-control windows closed that the streams holding the
+//! budget need to finish).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// At most `limit` bytes reserved at once.
+/// At most `limit` units reserved at once.
 #[derive(Debug)]
-pub struct ByteBudget {
+pub struct Budget {
     limit: u64,
     used: AtomicU64,
 }
 
-impl ByteBudget {
+impl Budget {
     pub fn new(limit: u64) -> Self {
         Self {
             limit,
@@ -24,26 +25,26 @@ impl ByteBudget {
         self.limit
     }
 
-    /// Bytes reserved now.
+    /// Units reserved now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Reserves `bytes` if that keeps the total within the limit.
-    pub fn try_reserve(&self, bytes: u64) -> bool {
+    /// Reserves `units` if that keeps the total within the limit.
+    pub fn try_reserve(&self, units: u64) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
+                used.checked_add(units).filter(|total| *total <= self.limit)
             })
             .is_ok()
     }
 
-    /// Returns `bytes` reserved earlier.
-    pub fn release(&self, bytes: u64) {
+    /// Returns `units` reserved earlier.
+    pub fn release(&self, units: u64) {
         let _ = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(bytes))
+                Some(used.saturating_sub(units))
             });
     }
 }
@@ -54,13 +55,16 @@ mod tests {
 
     #[test]
     fn reservations_up_to_the_limit_and_not_beyond() {
-        let budget = ByteBudget::new(10);
+        let budget = Budget::new(10);
         assert!(budget.try_reserve(4));
         assert!(budget.try_reserve(6));
         assert!(!budget.try_reserve(1), "the limit is reached");
         assert_eq!(budget.used(), 10);
         budget.release(6);
-        assert!(!budget.try_reserve(7), "a refused reservation takes nothing");
+        assert!(
+            !budget.try_reserve(7),
+            "a refused reservation takes nothing"
+        );
         assert!(budget.try_reserve(6));
         budget.release(10);
         assert_eq!(budget.used(), 0);
@@ -71,7 +75,7 @@ mod tests {
 
     #[test]
     fn concurrent_reservations_never_exceed_the_limit() {
-        let budget = std::sync::Arc::new(ByteBudget::new(1000));
+        let budget = std::sync::Arc::new(Budget::new(1000));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let budget = budget.clone();
