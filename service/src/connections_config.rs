@@ -17,11 +17,13 @@ pub const MAX_TCP_KEEPALIVE_MS: u64 = 32_767_000;
 
 /// `[connections]`: limits of the gRPC server's connections.
 ///
-/// Request memory is bounded by (see ARCHITECTURE.md, Limits):
-/// `max_inflight_request_bytes` (bytes of gRPC messages being received)
-/// + `max_connections` x the HTTP/2 connection window (16 MiB, bytes
-/// received that no handler has taken yet) + `max_connections` x the
-/// fixed cost of a connection + open streams x the fixed cost of a stream.
+/// Request memory is bounded by the sum of (see ARCHITECTURE.md, Limits):
+/// - `max_inflight_request_bytes` (bytes of gRPC messages being received;
+///   up to twice that allocated while decode buffers grow),
+/// - `max_connections` x the HTTP/2 connection window (16 MiB: bytes
+///   received that no handler has taken yet),
+/// - `max_connections` x the fixed cost of a connection (about 16 KiB),
+/// - `max_concurrent_streams` x the fixed cost of a stream (about 17 KiB).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionsConfig {

@@ -4,13 +4,16 @@
 //! at once, unread; the connection's count drives its idle timeout), and
 //! charges the bytes of request messages in progress to the
 //! connection's and the server's in-flight budgets, failing the stream
-//! with RESOURCE_EXHAUSTED when either is exhausted.
+//! with RESOURCE_EXHAUSTED when either is exhausted. Both refusals carry
+//! Sluice's THROTTLED code: clients retry them.
 
 use crate::budget::Budget;
 use crate::connection::{ConnectionInfo, ConnectionState};
 use crate::message_progress::MessageProgress;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use sluice_proto::v1::ErrorCode;
+use sluice_proto::SluiceError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -75,10 +78,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let connection = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .map(|info| info.clone());
+        let connection = request.extensions().get::<ConnectionInfo>().cloned();
         if let Some(info) = &connection {
             // What tonic's `Request::remote_addr` looks for.
             request.extensions_mut().insert(info.tcp.clone());
@@ -86,8 +86,9 @@ where
         let state = connection.map(|info| info.state);
         let Some(stream) = OpenStream::new(self.streams.clone(), state.clone()) else {
             log_exhausted(state.as_deref(), "max_concurrent_streams");
-            let status = Status::resource_exhausted(
-                "too many streams open on this server (max_concurrent_streams); retry later",
+            let status = throttled(
+                "too many streams open on this server ([connections] max_concurrent_streams); \
+                 retry later",
             );
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
@@ -147,6 +148,12 @@ impl Drop for OpenStream {
             connection.stream_closed();
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED carrying Sluice's THROTTLED code, which clients
+/// retry (a bare RESOURCE_EXHAUSTED reads as TOO_LARGE, which they do not).
+fn throttled(message: &str) -> Status {
+    SluiceError::new(ErrorCode::Throttled, message).into()
 }
 
 /// Logs a limit reached, once per connection (an attacker's streams would
@@ -264,8 +271,9 @@ impl HttpBody for BudgetedBody {
                 let held = self.held;
                 self.release(held);
                 self.failed = true;
-                return Poll::Ready(Some(Err(Status::resource_exhausted(
-                    "in-flight request bytes exhausted on this server; retry later",
+                return Poll::Ready(Some(Err(throttled(
+                    "in-flight request bytes exhausted on this server ([connections] \
+                     max_inflight_request_bytes(_per_connection)); retry later",
                 ))));
             }
         }

@@ -9,6 +9,15 @@ use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
+/// The store's default in-flight request budgets, per connection and in
+/// all, in bytes (1 GiB; the other services: 64 MiB and 256 MiB). A
+/// broker's append streams to one store share one connection, and HTTP/2
+/// interleaves their messages frame by frame (1 MiB frames): with N
+/// partitions appending at once, up to about N x 1 MiB of messages are in
+/// progress on it. A refused append ends its stream, which the broker
+/// takes as a failed replica (as for a store that closed its stream).
+pub const STORE_INFLIGHT_REQUEST_BYTES: u64 = 1 << 30;
+
 /// Every setting of a store node. See `config/store.toml` for an annotated
 /// copy with the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,7 +124,9 @@ pub struct StoreConfig {
     /// Most candidate batches in one `FindInSegment` answer. Default 1024.
     pub message_index_max_candidate_batches: u32,
     /// `[connections]`: limits of the gRPC server's connections, streams
-    /// and in-flight request bytes (shared by every service).
+    /// and in-flight request bytes (shared by every service), with the
+    /// store's own defaults of in-flight request bytes: 1 GiB per
+    /// connection and in all ([`STORE_INFLIGHT_REQUEST_BYTES`]).
     pub connections: ConnectionsConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -158,7 +169,11 @@ impl Default for StoreConfig {
             message_index_max_terms_per_segment: message_index.max_terms_per_segment,
             message_index_max_postings_per_segment: message_index.max_postings_per_segment,
             message_index_max_candidate_batches: message_index.max_candidate_batches,
-            connections: ConnectionsConfig::default(),
+            connections: ConnectionsConfig {
+                max_inflight_request_bytes_per_connection: STORE_INFLIGHT_REQUEST_BYTES,
+                max_inflight_request_bytes: STORE_INFLIGHT_REQUEST_BYTES,
+                ..ConnectionsConfig::default()
+            },
             telemetry: TelemetryConfig::default(),
         }
     }
