@@ -639,7 +639,13 @@ async fn beyond_max_concurrent_streams_new_streams_are_refused_at_once() {
     loop {
         let answer = client.list_topics(ListTopicsRequest::default()).await;
         match answer {
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                // THROTTLED, which clients retry (not TOO_LARGE).
+                let error = sluice_proto::SluiceError::from_status(&status);
+                assert_eq!(error.code, sluice_proto::ErrorCode::Throttled, "{status}");
+                assert!(error.is_retriable());
+                break;
+            }
             // The held stream may not be open yet.
             Ok(_) => assert!(Instant::now() < deadline, "never refused"),
             Err(status) => panic!("{status}"),
