@@ -665,3 +665,46 @@ async fn beyond_max_concurrent_streams_new_streams_are_refused_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_an_idle_timeout_after_its_last_stream_ended() {
+    const IDLE_MS: u64 = 2_000;
+    let server = Server::start(&format!("connection_idle_timeout_ms = {IDLE_MS}\n"));
+    let _ready = server.client().await;
+    let (send, closed_at) = h2_connection(server.port).await;
+    // Streams for 3 s (past the idle timeout): the connection stays open.
+    let busy_until = Instant::now() + Duration::from_millis(IDLE_MS + 1_000);
+    let mut last_ended = Instant::now();
+    while Instant::now() < busy_until {
+        let status = list_topics_on(send.clone(), server.port).await;
+        assert_eq!(status, tonic::Code::Ok as u32);
+        last_ended = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed_at = tokio::time::timeout(PATIENCE, closed_at)
+        .await
+        .expect("closed within the patience")
+        .expect("the driver reports");
+    let idle = closed_at - last_ended;
+    assert!(
+        idle >= Duration::from_millis(IDLE_MS),
+        "closed {idle:?} after its last stream ended"
+    );
+    drop(send);
+}
+
+/// One whole ListTopics call (an empty message) on `send`; its grpc-status.
+async fn list_topics_on(send: h2::client::SendRequest<Bytes>, port: u16) -> u32 {
+    let mut send = send.ready().await.expect("ready");
+    let request = http::Request::post(format!(
+        "http://127.0.0.1:{port}/sluice.v1.NameServer/ListTopics"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let (response, mut body) = send.send_request(request, false).expect("open stream");
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send the message");
+    grpc_status(response).await.expect("a grpc-status")
+}
