@@ -23,7 +23,8 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
     let subscriptions = &config.subscriptions;
     let backlog = &config.backlog;
     let largest_batch = u64::from(largest_max_batch_bytes(server.max_grpc_message_bytes));
-    vec![
+    let mut ranges = config.connections.ranges();
+    ranges.extend([
         KeyRange::new(
             "[server] max_grpc_message_bytes",
             server.max_grpc_message_bytes,
@@ -169,13 +170,16 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             backlog.subscriptions_refresh_ms,
         ),
         KeyRange::duration_ms("[backlog] rate_window_ms", backlog.rate_window_ms),
-    ]
+    ]);
+    ranges
 }
 
 /// Rules between keys.
 pub fn cross_checks(config: &BrokerConfig) -> Vec<String> {
     let groups = &config.groups;
-    let mut broken = Vec::new();
+    let mut broken = config
+        .connections
+        .cross_checks(config.server.max_grpc_message_bytes);
     if !(groups.min_session_timeout_ms <= groups.session_timeout_ms
         && groups.session_timeout_ms <= groups.max_session_timeout_ms)
     {

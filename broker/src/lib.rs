@@ -308,10 +308,12 @@ pub async fn run(
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let served = sluice_service::grpc_server()
+    let limits = sluice_service::ServerLimits::new(&shared.config.connections);
+    let served = limits
+        .grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(sluice_service::incoming(listener), stop_on_shutdown)
+        .serve_with_incoming_shutdown(limits.incoming(listener), stop_on_shutdown)
         .await;
     drop(stop_receiver);
     background_stop.send_replace(true);

@@ -404,10 +404,19 @@ async fn produce_loop(
 }
 
 /// The status a produce stream ends with after its inbound side failed:
-/// a request over the gRPC message limit (tonic refuses to decode it and
-/// the stream cannot go on) is TOO_LARGE naming the limit; anything else
-/// (the client went away) needs no answer.
+/// a refusal carrying a Sluice code (the server's `[connections]` limits
+/// answer THROTTLED, which the client retries) is relayed as it is; a
+/// request over the gRPC message limit (tonic refuses to decode it and the
+/// stream cannot go on) is TOO_LARGE naming the limit; anything else (the
+/// client went away) needs no answer.
 fn inbound_failure(shared: &Shared, status: &Status) -> Option<Status> {
+    if status
+        .metadata()
+        .get(sluice_proto::error::ERROR_CODE_METADATA_KEY)
+        .is_some()
+    {
+        return Some(status.clone());
+    }
     if !matches!(
         status.code(),
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::v1::{Durability, TopicConfig};
-use sluice_service::{ConfigError, ServiceConfig};
+use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -194,6 +194,9 @@ pub struct NameServerConfig {
     pub max_subscriptions_per_topic: u32,
     /// gRPC message size limit, both directions. Default 16777216.
     pub max_grpc_message_bytes: usize,
+    /// `[connections]`: limits of the gRPC server's connections, streams
+    /// and in-flight request bytes (shared by every service).
+    pub connections: ConnectionsConfig,
     pub topic_defaults: TopicDefaults,
     pub telemetry: TelemetryConfig,
 }
@@ -220,6 +223,7 @@ impl Default for NameServerConfig {
             max_cas_retries: 16,
             max_subscriptions_per_topic: 1_000,
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            connections: ConnectionsConfig::default(),
             topic_defaults: TopicDefaults::default(),
             telemetry: TelemetryConfig::default(),
         }

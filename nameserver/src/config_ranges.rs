@@ -17,7 +17,8 @@ pub const MAX_GRPC_MESSAGE_BYTES: u64 = u32::MAX as u64;
 
 pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
     let metadata = &config.metadata;
-    vec![
+    let mut ranges = config.connections.ranges();
+    ranges.extend([
         KeyRange::duration_ms("[metadata] connect_timeout_ms", metadata.connect_timeout_ms),
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),
         KeyRange::duration_ms("lease_ttl_ms", config.lease_ttl_ms),
@@ -57,12 +58,15 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
             MIN_GRPC_MESSAGE_BYTES,
             MAX_GRPC_MESSAGE_BYTES,
         ),
-    ]
+    ]);
+    ranges
 }
 
 /// Rules between keys, and `[topic_defaults]` as a whole.
 pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
-    let mut broken = Vec::new();
+    let mut broken = config
+        .connections
+        .cross_checks(config.max_grpc_message_bytes);
     if config.heartbeat_interval_ms >= config.lease_ttl_ms {
         broken.push(format!(
             "heartbeat_interval_ms ({}) must be below lease_ttl_ms ({})",

@@ -166,10 +166,12 @@ pub async fn run_with_store(
         // Ends watch streams and background loops so the server can drain.
         let _ = stop_sender.send(true);
     };
-    let served = sluice_service::grpc_server()
+    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let served = limits
+        .grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(sluice_service::incoming(listener), signal)
+        .serve_with_incoming_shutdown(limits.incoming(listener), signal)
         .await;
     for task in [reconciler, election, registration] {
         if let Err(error) = task.await {

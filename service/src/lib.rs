@@ -5,23 +5,33 @@
 //!   `SLUICE_<SERVICE>_*` variables) with unknown keys refused, naming the
 //!   key, and keys of an earlier layout refused with where they went.
 //! - [`shutdown_signal`]: ctrl-c or SIGTERM.
-//! - [`grpc_server`] and [`incoming`]: the tonic server with Sluice's
-//!   HTTP/2 limits and request tracing, and its listener.
+//! - [`ServerLimits`]: the tonic server with Sluice's HTTP/2 limits, the
+//!   `[connections]` limits ([`ConnectionsConfig`]) and request tracing,
+//!   and its listener.
 //! - [`raise_open_file_limit`]: the soft limit of open files raised to
 //!   the hard limit (done by [`main`], and by the store before it opens
 //!   its storage, for `sluice dev`).
 //! - [`main`]: a service binary's whole `main` around its `run`.
 
+mod budget;
 mod config;
+mod connection;
+mod connection_deadline;
+mod connections_config;
 mod file_limit;
+mod handshake;
 mod main_wiring;
+mod message_progress;
 mod ranges;
 mod server;
 mod signal;
+mod stream_limits;
 
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
+pub use connection::{Connection, ConnectionInfo};
+pub use connections_config::ConnectionsConfig;
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
-pub use server::{grpc_server, incoming, Incoming};
+pub use server::{Incoming, LimitedServer, ServerLimits, ACCEPT_PAUSE_MS};
 pub use signal::shutdown_signal;

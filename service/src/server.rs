@@ -1,12 +1,20 @@
 //! The gRPC server every Sluice service runs: HTTP/2 windows and frame size
-//! from [`sluice_proto::limits`], a trace span per request continuing the
-//! caller's trace, and Nagle off on accepted connections.
+//! from [`sluice_proto::limits`], the `[connections]` limits (connections,
+//! streams per connection, handshake and idle timeouts, keepalive, in-flight
+//! request bytes), a trace span per request continuing the caller's trace,
+//! and Nagle off on accepted connections.
 
+use crate::budget::Budget;
+use crate::connection::Connection;
+use crate::connection_deadline::Timeouts;
+use crate::connections_config::ConnectionsConfig;
+use crate::stream_limits::StreamLimitsLayer;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
@@ -19,35 +27,112 @@ use tonic::transport::Server;
 /// file limit spun a core on failed accepts.
 pub const ACCEPT_PAUSE_MS: u64 = 100;
 
-/// A server builder with Sluice's HTTP/2 limits and request tracing; add
-/// the services (each with its message size limits) and serve it on
-/// [`incoming`].
-pub fn grpc_server() -> Server {
-    Server::builder()
-        .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
-        .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
-        .trace_fn(sluice_telemetry::grpc_server_span)
+/// The server's `[connections]` limits and the state they share: the
+/// connection slots and the server-wide in-flight byte budget. Build one per
+/// server, then its [`ServerLimits::grpc_server`] and
+/// [`ServerLimits::incoming`].
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    config: ConnectionsConfig,
+    slots: Arc<Semaphore>,
+    global: Arc<Budget>,
+    streams: Arc<Budget>,
 }
 
-/// The connections accepted on `listener`, with Nagle off (pipelined small
-/// responses must not wait for delayed ACKs), pausing
-/// [`ACCEPT_PAUSE_MS`] after an accept that failed for lack of a resource
-/// while connections already open go on being served.
-pub fn incoming(listener: tokio::net::TcpListener) -> Incoming {
-    Incoming {
-        inner: TcpIncoming::from(listener).with_nodelay(Some(true)),
-        pause: None,
-        refused: 0,
+/// The tonic server [`ServerLimits::grpc_server`] builds.
+pub type LimitedServer = Server<tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>>;
+
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+impl ServerLimits {
+    pub fn new(config: &ConnectionsConfig) -> Self {
+        let slots = usize::try_from(config.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            config: config.clone(),
+            slots: Arc::new(Semaphore::new(slots)),
+            global: Arc::new(Budget::new(config.max_inflight_request_bytes)),
+            streams: Arc::new(Budget::new(u64::from(config.max_concurrent_streams))),
+        }
+    }
+
+    /// Connections being served now.
+    pub fn open_connections(&self) -> usize {
+        let slots = usize::try_from(self.config.max_connections).unwrap_or(usize::MAX);
+        slots
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// Streams open over all connections.
+    pub fn open_streams(&self) -> u64 {
+        self.streams.used()
+    }
+
+    /// Bytes of request messages in progress over all connections.
+    pub fn inflight_request_bytes(&self) -> u64 {
+        self.global.used()
+    }
+
+    /// A server builder with Sluice's HTTP/2 limits, these limits and
+    /// request tracing; add the services (each with its message size
+    /// limits) and serve it on [`ServerLimits::incoming`].
+    pub fn grpc_server(&self) -> LimitedServer {
+        let config = &self.config;
+        Server::builder()
+            .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
+            .max_concurrent_streams(config.max_concurrent_streams_per_connection)
+            .http2_keepalive_interval(millis(config.http2_keepalive_interval_ms))
+            .http2_keepalive_timeout(millis(config.http2_keepalive_timeout_ms))
+            .trace_fn(sluice_telemetry::grpc_server_span)
+            .layer(StreamLimitsLayer::new(
+                self.global.clone(),
+                self.streams.clone(),
+            ))
+    }
+
+    /// The connections accepted on `listener`, with Nagle off (pipelined
+    /// small responses must not wait for delayed ACKs) and TCP keepalive;
+    /// a connection beyond `max_connections` is closed at once; accepts
+    /// pause [`ACCEPT_PAUSE_MS`] after one failed for lack of a resource
+    /// while connections already open go on being served.
+    pub fn incoming(&self, listener: tokio::net::TcpListener) -> Incoming {
+        let config = &self.config;
+        let keepalive = millis(config.tcp_keepalive_ms);
+        let inner = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(keepalive)
+            .with_keepalive_interval(keepalive.and(millis(config.tcp_keepalive_interval_ms)))
+            .with_keepalive_retries(keepalive.map(|_| config.tcp_keepalive_retries));
+        Incoming {
+            inner,
+            limits: self.clone(),
+            timeouts: Timeouts {
+                handshake: Duration::from_millis(config.handshake_timeout_ms),
+                idle: millis(config.connection_idle_timeout_ms),
+            },
+            pause: None,
+            refused: 0,
+            over_limit: 0,
+        }
     }
 }
 
-/// See [`incoming`].
+/// See [`ServerLimits::incoming`].
 pub struct Incoming {
     inner: TcpIncoming,
+    limits: ServerLimits,
+    timeouts: Timeouts,
     pause: Option<Pin<Box<Sleep>>>,
     /// Accepts refused for lack of a resource since the last success.
     refused: u64,
+    /// Connections closed at `max_connections` since one was last served.
+    over_limit: u64,
 }
 
 /// Accept errors that last until a resource is freed (as opposed to one
@@ -59,34 +144,75 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
     )
 }
 
+impl Incoming {
+    /// A connection slot for `stream`, or `None` (and `stream` closed) at
+    /// `max_connections`.
+    fn admit(&mut self, stream: tokio::net::TcpStream) -> Option<Connection> {
+        match self.limits.slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                if self.over_limit > 0 {
+                    tracing::info!(closed = self.over_limit, "serving new connections again");
+                    self.over_limit = 0;
+                }
+                let budget = self.limits.config.max_inflight_request_bytes_per_connection;
+                Some(Connection::new(stream, slot, self.timeouts, budget))
+            }
+            Err(_) => {
+                if self.over_limit == 0 {
+                    tracing::warn!(
+                        max_connections = self.limits.config.max_connections,
+                        "at max_connections: closing new connections until some end"
+                    );
+                }
+                self.over_limit += 1;
+                None
+            }
+        }
+    }
+
+    fn note_accept_error(&mut self, error: &std::io::Error) {
+        if !is_resource_exhaustion(error) {
+            return;
+        }
+        if self.refused == 0 {
+            tracing::warn!(%error, pause_ms = ACCEPT_PAUSE_MS, "cannot accept connections; pausing accepts until the resource is freed");
+        }
+        self.refused += 1;
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(
+            ACCEPT_PAUSE_MS,
+        ))));
+    }
+}
+
 impl Stream for Incoming {
-    type Item = std::io::Result<TcpStream>;
+    type Item = std::io::Result<Connection>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(pause) = self.pause.as_mut() {
-            if pause.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.pause = None;
-        }
-        let polled = Pin::new(&mut self.inner).poll_next(cx);
-        match &polled {
-            Poll::Ready(Some(Err(error))) if is_resource_exhaustion(error) => {
-                if self.refused == 0 {
-                    tracing::warn!(%error, pause_ms = ACCEPT_PAUSE_MS, "cannot accept connections; pausing accepts until the resource is freed");
+        loop {
+            if let Some(pause) = self.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                self.refused += 1;
-                self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(
-                    ACCEPT_PAUSE_MS,
-                ))));
+                self.pause = None;
             }
-            Poll::Ready(Some(Ok(_))) if self.refused > 0 => {
+            let stream = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(stream))) => stream,
+                Poll::Ready(Some(Err(error))) => {
+                    self.note_accept_error(&error);
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            if self.refused > 0 {
                 tracing::info!(refused = self.refused, "accepting connections again");
                 self.refused = 0;
             }
-            _ => {}
+            // Over the limit: dropped (closed) here, and the next accepted.
+            if let Some(connection) = self.admit(stream) {
+                return Poll::Ready(Some(Ok(connection)));
+            }
         }
-        polled
     }
 }
 

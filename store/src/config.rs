@@ -5,9 +5,18 @@
 use crate::message_index::MessageIndexLimits;
 use crate::storage::StorageOptions;
 use serde::{Deserialize, Serialize};
-use sluice_service::{ConfigError, ServiceConfig};
+use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
+
+/// The store's default in-flight request budgets, per connection and in
+/// all, in bytes (1 GiB; the other services: 64 MiB and 256 MiB). A
+/// broker's append streams to one store share one connection, and HTTP/2
+/// interleaves their messages frame by frame (1 MiB frames): with N
+/// partitions appending at once, up to about N x 1 MiB of messages are in
+/// progress on it. A refused append ends its stream, which the broker
+/// takes as a failed replica (as for a store that closed its stream).
+pub const STORE_INFLIGHT_REQUEST_BYTES: u64 = 1 << 30;
 
 /// Every setting of a store node. See `config/store.toml` for an annotated
 /// copy with the defaults.
@@ -114,6 +123,11 @@ pub struct StoreConfig {
     pub message_index_max_postings_per_segment: usize,
     /// Most candidate batches in one `FindInSegment` answer. Default 1024.
     pub message_index_max_candidate_batches: u32,
+    /// `[connections]`: limits of the gRPC server's connections, streams
+    /// and in-flight request bytes (shared by every service), with the
+    /// store's own defaults of in-flight request bytes: 1 GiB per
+    /// connection and in all ([`STORE_INFLIGHT_REQUEST_BYTES`]).
+    pub connections: ConnectionsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -155,6 +169,11 @@ impl Default for StoreConfig {
             message_index_max_terms_per_segment: message_index.max_terms_per_segment,
             message_index_max_postings_per_segment: message_index.max_postings_per_segment,
             message_index_max_candidate_batches: message_index.max_candidate_batches,
+            connections: ConnectionsConfig {
+                max_inflight_request_bytes_per_connection: STORE_INFLIGHT_REQUEST_BYTES,
+                max_inflight_request_bytes: STORE_INFLIGHT_REQUEST_BYTES,
+                ..ConnectionsConfig::default()
+            },
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -236,14 +255,18 @@ mod tests {
         let directory = tempfile::tempdir().expect("temp dir");
         let path = directory.path().join("store.toml");
         for range in crate::config_ranges::ranges(&StoreConfig::default()) {
+            let (section, key) = match range.key.trim_start_matches('[').split_once("] ") {
+                Some((section, key)) => (format!("[{section}]\n"), key.to_string()),
+                None => (String::new(), range.key.clone()),
+            };
             for value in [0, i64::MAX] {
-                std::fs::write(&path, format!("{} = {value}\n", range.key)).expect("write");
+                std::fs::write(&path, format!("{section}{key} = {value}\n")).expect("write");
                 let loaded = StoreConfig::load(Some(&path));
                 let accepted = value == 0 && range.zero_means.is_some();
                 match (&loaded, accepted) {
                     (Ok(_), true) => {}
                     (Err(error), false) => assert!(
-                        error.to_string().contains(&range.key),
+                        error.to_string().contains(&key),
                         "{} = {value}: {error}",
                         range.key
                     ),

@@ -14,7 +14,8 @@ pub const MAX_GRPC_MESSAGE_BYTES: u64 = u32::MAX as u64;
 
 pub fn ranges(config: &StoreConfig) -> Vec<KeyRange> {
     let c = config;
-    vec![
+    let mut ranges = config.connections.ranges();
+    ranges.extend([
         KeyRange::bytes("journal_file_max_bytes", c.journal_file_max_bytes),
         KeyRange::bytes("segment_preallocate_bytes", c.segment_preallocate_bytes)
             .or_zero("no preallocation"),
@@ -73,12 +74,15 @@ pub fn ranges(config: &StoreConfig) -> Vec<KeyRange> {
             "message_index_max_candidate_batches",
             c.message_index_max_candidate_batches,
         ),
-    ]
+    ]);
+    ranges
 }
 
 /// Rules between keys.
 pub fn cross_checks(config: &StoreConfig) -> Vec<String> {
-    let mut broken = Vec::new();
+    let mut broken = config
+        .connections
+        .cross_checks(config.max_grpc_message_bytes);
     if config.register_retry_initial_backoff_ms > config.register_retry_max_backoff_ms {
         broken.push(format!(
             "register_retry_initial_backoff_ms ({}) must be at most \

@@ -115,10 +115,12 @@ pub async fn run(
         stop_receiver.clone(),
     ));
     let mut serve_stop = stop_receiver.clone();
-    let serve = sluice_service::grpc_server()
+    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let serve = limits
+        .grpc_server()
         .add_service(server)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(sluice_service::incoming(listener), async move {
+        .serve_with_incoming_shutdown(limits.incoming(listener), async move {
             let _ = serve_stop.wait_for(|stopping| *stopping).await;
         });
     tokio::pin!(serve);
