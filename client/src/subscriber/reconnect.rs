@@ -54,6 +54,12 @@ impl ReconnectState {
         error.is_retriable() || error.needs_route_refresh()
     }
 
+    /// The stream was ended because the partition moved: the new owner
+    /// is opened at once, and its failures back off from the start.
+    pub fn moved(&mut self) {
+        self.consecutive_failures = 0;
+    }
+
     pub fn failed(&mut self, error: &ClientError) -> Reaction {
         let attempt = self.consecutive_failures;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
