@@ -309,7 +309,9 @@ impl Cluster {
         lock(&self.routes).get(topic).cloned().ok_or_else(|| {
             ClientError::Server(SluiceError::new(
                 ErrorCode::UnknownTopic,
-                format!("topic '{topic}' does not exist (create it with `sluice topic create {topic}`)"),
+                format!(
+                    "topic '{topic}' does not exist (create it with `sluice topic create {topic}`)"
+                ),
             ))
         })
     }
@@ -386,11 +388,17 @@ impl Cluster {
 
     /// The nameserver a new call starts with, and how many there are.
     pub(crate) fn preferred_nameserver(&self) -> (usize, usize) {
-        (*lock(&self.preferred_nameserver), self.config.bootstrap.len())
+        (
+            *lock(&self.preferred_nameserver),
+            self.config.bootstrap.len(),
+        )
     }
 
     /// A client of bootstrap nameserver `index`, and its address.
-    pub(crate) fn nameserver_at(&self, index: usize) -> Result<(NameServerGrpc, String), ClientError> {
+    pub(crate) fn nameserver_at(
+        &self,
+        index: usize,
+    ) -> Result<(NameServerGrpc, String), ClientError> {
         let address = self
             .config
             .bootstrap

@@ -153,7 +153,10 @@ mod tests {
         let started = cache.begin_fetch(&["t".to_string()], now);
         // The owner moves; the watch says so before the fetch answers
         // with what it read before the move.
-        assert_eq!(cache.apply(route("t", "b", 2), Source::Watch), Applied::Changed);
+        assert_eq!(
+            cache.apply(route("t", "b", 2), Source::Watch),
+            Applied::Changed
+        );
         assert_eq!(
             cache.apply(route("t", "a", 1), Source::Fetch { started }),
             Applied::Stale
@@ -188,12 +191,18 @@ mod tests {
     #[test]
     fn watch_messages_always_apply_and_report_changes_only() {
         let mut cache = RouteCache::default();
-        assert_eq!(cache.apply(route("t", "a", 1), Source::Watch), Applied::Changed);
+        assert_eq!(
+            cache.apply(route("t", "a", 1), Source::Watch),
+            Applied::Changed
+        );
         assert_eq!(
             cache.apply(route("t", "a", 1), Source::Watch),
             Applied::Unchanged
         );
-        assert_eq!(cache.apply(route("t", "a", 2), Source::Watch), Applied::Changed);
+        assert_eq!(
+            cache.apply(route("t", "a", 2), Source::Watch),
+            Applied::Changed
+        );
         let gone = TopicRoute {
             topic: "t".to_string(),
             partitions: Vec::new(),

@@ -106,8 +106,7 @@ pub(crate) async fn run(cluster: Weak<Cluster>, mut changes: watch::Receiver<u64
         match watch_once(&cluster, &mut changes, &mut retry, topics).await {
             Ended::Dropped => return,
             Ended::TopicsChanged => {
-                tokio::time::sleep(Duration::from_millis(ROUTE_WATCH_REOPEN_MIN_INTERVAL_MS))
-                    .await;
+                tokio::time::sleep(Duration::from_millis(ROUTE_WATCH_REOPEN_MIN_INTERVAL_MS)).await;
             }
             Ended::Failed(error) => {
                 let nameserver = retry.nameserver();

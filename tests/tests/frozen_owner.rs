@@ -44,8 +44,8 @@ async fn owner_of(admin: &Admin, partition: u32) -> Option<String> {
     described
         .partitions
         .iter()
-        .find(|described| described.partition == partition)
-        .and_then(|described| described.route.as_ref())
+        .filter_map(|described| described.route.as_ref())
+        .find(|route| route.partition == partition)
         .map(|route| route.broker_id.clone())
         .filter(|owner| !owner.is_empty())
 }
@@ -102,7 +102,8 @@ async fn all_settled(outcomes: &Mutex<Outcomes>, before: Instant, deadline: Inst
                 .iter()
                 .filter(|(_, at)| **at < before)
                 .filter(|(value, _)| {
-                    !outcomes.acknowledged.contains_key(value) && !outcomes.failed.contains_key(value)
+                    !outcomes.acknowledged.contains_key(value)
+                        && !outcomes.failed.contains_key(value)
                 })
                 .count()
         };
@@ -147,7 +148,10 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
     // Acknowledgements flow before the freeze.
     let warm = Instant::now() + Duration::from_secs(30);
     while outcomes.lock().expect("lock").acknowledged.len() < 200 {
-        assert!(Instant::now() < warm, "no acknowledgements before the freeze");
+        assert!(
+            Instant::now() < warm,
+            "no acknowledgements before the freeze"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let frozen_id = owner_of(&admin, 0).await.expect("partition 0 has an owner");
@@ -161,7 +165,10 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
 
     // Another broker takes partition 0 over (routes show it).
     let new_owner = loop {
-        if let Some(owner) = owner_of(&admin, 0).await.filter(|owner| *owner != frozen_id) {
+        if let Some(owner) = owner_of(&admin, 0)
+            .await
+            .filter(|owner| *owner != frozen_id)
+        {
             break owner;
         }
         assert!(
@@ -217,7 +224,10 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
         .filter(|(_, count)| **count > 1)
         .map(|(value, _)| *value)
         .collect();
-    assert!(duplicates.is_empty(), "written more than once: {duplicates:?}");
+    assert!(
+        duplicates.is_empty(),
+        "written more than once: {duplicates:?}"
+    );
     for (value, (partition, offset)) in &outcomes.acknowledged {
         assert_eq!(
             written.at.get(&(*partition, *offset)),

@@ -380,9 +380,16 @@ mod tests {
         );
         // The old owner's late answers, success or failure, match nothing.
         assert_eq!(pipeline.on_answer(1, Answer::Success, now), Effect::Unknown);
-        assert_eq!(pipeline.on_answer(2, Answer::Retriable, now), Effect::Unknown);
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Retriable, now),
+            Effect::Unknown
+        );
         assert_eq!(pipeline.on_answer(3, Answer::Fatal, now), Effect::Unknown);
-        assert_eq!(pipeline.backoff_until(), None, "ignored answers start no drain");
+        assert_eq!(
+            pipeline.backoff_until(),
+            None,
+            "ignored answers start no drain"
+        );
         for (request, batch) in [(4, "a"), (5, "b"), (6, "c")] {
             assert_eq!(
                 pipeline.on_answer(request, Answer::Success, now),
@@ -405,8 +412,14 @@ mod tests {
         let mut id = 0;
         send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
         // "a" delivered, "c" failed (drain starts), "b" and "d" in flight.
-        assert_eq!(pipeline.on_answer(1, Answer::Success, now), Effect::Delivered("a"));
-        assert_eq!(pipeline.on_answer(3, Answer::Retriable, now), Effect::Pending);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(3, Answer::Retriable, now),
+            Effect::Pending
+        );
         assert!(!pipeline.can_send(now));
         assert_eq!(
             pipeline.on_route(&owner("b", 2)),
@@ -428,7 +441,10 @@ mod tests {
         let mut id = 0;
         send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
         // The old owner refused it (it is shutting down): a backoff runs.
-        assert_eq!(pipeline.on_answer(1, Answer::Retriable, now), Effect::Pending);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Retriable, now),
+            Effect::Pending
+        );
         assert!(pipeline.backoff_until().is_some());
         assert!(!pipeline.can_send(now));
         assert_eq!(
@@ -452,7 +468,10 @@ mod tests {
         pipeline.push("b");
         let mut id = 0;
         send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
-        assert!(matches!(pipeline.on_route(&owner("b", 2)), Moved::Yes { .. }));
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
         let mut at = now;
         for _ in 0..5 {
             send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
@@ -463,7 +482,10 @@ mod tests {
         }
         // Once the new owner delivered, failures back off as usual again.
         send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
-        assert_eq!(pipeline.on_answer(id, Answer::Success, at), Effect::Delivered("a"));
+        assert_eq!(
+            pipeline.on_answer(id, Answer::Success, at),
+            Effect::Delivered("a")
+        );
         for expected in [10, 20] {
             send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
             pipeline.on_answer(id, Answer::Retriable, at);
@@ -482,7 +504,10 @@ mod tests {
         }
         let mut id = 0;
         send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
-        assert!(matches!(pipeline.on_route(&owner("b", 2)), Moved::Yes { .. }));
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
         // Before anything was resent to b, c took over from b: nothing is
         // in flight to b, so there is nothing more to abandon.
         assert_eq!(pipeline.on_route(&owner("c", 3)), Moved::No);
@@ -504,10 +529,19 @@ mod tests {
         );
         assert_eq!(pipeline.moves(), 2);
         for stale in 1..=4 {
-            assert_eq!(pipeline.on_answer(stale, Answer::Success, now), Effect::Unknown);
+            assert_eq!(
+                pipeline.on_answer(stale, Answer::Success, now),
+                Effect::Unknown
+            );
         }
-        assert_eq!(pipeline.on_answer(5, Answer::Success, now), Effect::Delivered("a"));
-        assert_eq!(pipeline.on_answer(6, Answer::Success, now), Effect::Delivered("b"));
+        assert_eq!(
+            pipeline.on_answer(5, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(6, Answer::Success, now),
+            Effect::Delivered("b")
+        );
         assert!(pipeline.is_idle());
     }
 
@@ -521,7 +555,10 @@ mod tests {
         let mut id = 0;
         let first = owner("a", 1);
         send_all_to(&mut pipeline, now, &mut id, &first);
-        assert!(matches!(pipeline.on_route(&owner("b", 2)), Moved::Yes { .. }));
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
         send_all_to(&mut pipeline, now, &mut id, &owner("b", 2));
         // a took the partition back (a new takeover, a higher epoch).
         let back = owner("a", 3);
@@ -538,10 +575,19 @@ mod tests {
         // The first attempts on a and those on b are all ignored; only the
         // latest ones count.
         for stale in 1..=4 {
-            assert_eq!(pipeline.on_answer(stale, Answer::Success, now), Effect::Unknown);
+            assert_eq!(
+                pipeline.on_answer(stale, Answer::Success, now),
+                Effect::Unknown
+            );
         }
-        assert_eq!(pipeline.on_answer(5, Answer::Success, now), Effect::Delivered("a"));
-        assert_eq!(pipeline.on_answer(6, Answer::Success, now), Effect::Delivered("b"));
+        assert_eq!(
+            pipeline.on_answer(5, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(6, Answer::Success, now),
+            Effect::Delivered("b")
+        );
     }
 
     #[test]

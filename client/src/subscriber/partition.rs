@@ -164,7 +164,10 @@ enum SessionEnd {
     Failed(ClientError),
     /// The route names another owner: reopen there at once, without
     /// waiting for the old owner (which may be frozen) to end the stream.
-    Moved { from: String, to: String },
+    Moved {
+        from: String,
+        to: String,
+    },
 }
 
 /// Runs the partition's streams until the subscriber closes.
