@@ -568,6 +568,87 @@ mod tests {
         assert!(cluster.refresh_routes(&["t".to_string()]).await.is_ok());
     }
 
+    /// Waits up to 10 s for `condition`.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_route_watch_follows_owner_changes_fails_over_and_grows_with_the_topics() {
+        use crate::testing::FakeNameServer;
+        let nameserver = FakeNameServer::default();
+        {
+            let mut state = nameserver.lock();
+            state.routes.insert("t".into(), vec!["http://a:1".into()]);
+            state.routes.insert("u".into(), vec!["http://a:1".into()]);
+        }
+        let live = nameserver.start().await;
+        let cluster = Cluster::unconnected(ClientConfig {
+            // The first nameserver is down: the watch goes on to the next.
+            bootstrap: vec![dead_address().await, live],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        });
+        cluster.start_route_watch();
+        let mut changes = cluster.route_changes();
+        cluster.topic_routes("t").await.expect("routes of t");
+        eventually("a watch on t", || nameserver.lock().watch_calls >= 1).await;
+        // An owner change reaches the cache without any request failing.
+        nameserver.move_topic("t", "http://b:2");
+        eventually("the move to b", || {
+            cluster.cached_address("t", 0).as_deref() == Some("http://b:2")
+        })
+        .await;
+        assert!(
+            changes.has_changed().expect("sender alive"),
+            "users are told"
+        );
+        changes.mark_unchanged();
+        // A topic used later joins the watch (one reopening).
+        let watches = nameserver.lock().watch_calls;
+        cluster.topic_routes("u").await.expect("routes of u");
+        eventually("the watch reopened with u", || {
+            nameserver.lock().watch_calls > watches
+        })
+        .await;
+        nameserver.move_topic("u", "http://c:3");
+        eventually("the move of u", || {
+            cluster.cached_address("u", 0).as_deref() == Some("http://c:3")
+        })
+        .await;
+        eventually("the previous watch closed", || {
+            nameserver.lock().open_watches == 1
+        })
+        .await;
+        // Dropping the handle ends the watch: its stream closes.
+        drop(cluster);
+        eventually("the watch closed", || nameserver.lock().open_watches == 0).await;
+    }
+
+    #[tokio::test]
+    async fn no_route_watch_when_turned_off() {
+        use crate::testing::FakeNameServer;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec!["http://a:1".into()]);
+        let cluster = Cluster::unconnected(ClientConfig {
+            bootstrap: vec![nameserver.start().await],
+            route_watch_max_topics: 0,
+            ..ClientConfig::default()
+        });
+        cluster.start_route_watch();
+        cluster.topic_routes("t").await.expect("routes of t");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(nameserver.lock().watch_calls, 0);
+        assert_eq!(cluster.watched_topics(), Vec::<String>::new());
+    }
+
     #[test]
     fn instant_after_saturates() {
         let now = Instant::now();

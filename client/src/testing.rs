@@ -765,6 +765,8 @@ pub(crate) struct FakeNameServerState {
     pub epoch: u64,
     /// `WatchRoutes` calls so far.
     pub watch_calls: u64,
+    /// `WatchRoutes` streams open now.
+    pub open_watches: u64,
     pub coordinator: String,
     pub get_routes_calls: u64,
     pub created: Vec<String>,
@@ -885,7 +887,11 @@ impl name_server_server::NameServer for FakeNameServer {
         // Like the real nameserver: the current routes, then every change
         // (polled every 10 ms).
         let topics = request.into_inner().topics;
-        self.lock().watch_calls += 1;
+        {
+            let mut state = self.lock();
+            state.watch_calls += 1;
+            state.open_watches += 1;
+        }
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let server = self.clone();
         tokio::spawn(async move {
@@ -895,14 +901,15 @@ impl name_server_server::NameServer for FakeNameServer {
                 if last.as_ref() != Some(&routes) {
                     last = Some(routes.clone());
                     if sender.send(Ok(routes)).await.is_err() {
-                        return;
+                        break;
                     }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = sender.closed() => return,
+                    _ = sender.closed() => break,
                 }
             }
+            server.lock().open_watches -= 1;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),

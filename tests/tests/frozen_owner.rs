@@ -210,7 +210,7 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
     }
     producer.flush().await.expect("flush");
 
-    let outcomes = outcomes.lock().expect("lock");
+    let outcomes = std::mem::take(&mut *outcomes.lock().expect("lock"));
     assert!(
         outcomes.failed.is_empty(),
         "{} record(s) failed, e.g. {:?}",

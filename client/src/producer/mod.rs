@@ -1195,7 +1195,11 @@ impl Dispatcher {
             let Moved::Yes { abandoned } = sender.pipeline.on_route(&route) else {
                 continue;
             };
-            tracing::info!(%partition, from = %old, to = %route.address, epoch = route.epoch, resent = abandoned.len(), "partition moved; resending its in-flight batches to the new owner");
+            if abandoned.is_empty() {
+                tracing::debug!(%partition, from = %old, to = %route.address, epoch = route.epoch, "partition moved");
+            } else {
+                tracing::info!(%partition, from = %old, to = %route.address, epoch = route.epoch, resent = abandoned.len(), moves = sender.pipeline.moves(), "partition moved; resending its in-flight batches to the new owner");
+            }
             // The new owner's stream may hold this partition poisoned from
             // an earlier stay there.
             sender.needs_resume = true;
