@@ -36,6 +36,25 @@ struct Outcomes {
     /// value -> (partition, offset) of acknowledged ones.
     acknowledged: HashMap<u64, (u32, u64)>,
     failed: HashMap<u64, String>,
+    /// When each acknowledgement arrived.
+    acknowledged_at: HashMap<u64, Instant>,
+}
+
+impl Outcomes {
+    /// The first acknowledgement on `partition` after `since`.
+    fn first_ack_after(&self, partition: u32, since: Instant) -> Option<Instant> {
+        self.acknowledged_at
+            .iter()
+            .filter(|(value, at)| {
+                **at > since
+                    && self
+                        .acknowledged
+                        .get(value)
+                        .is_some_and(|(acked, _)| *acked == partition)
+            })
+            .map(|(_, at)| *at)
+            .min()
+    }
 }
 
 /// The broker owning `partition` of the test topic, if any.
@@ -78,6 +97,7 @@ fn start_writer(
                         outcomes
                             .acknowledged
                             .insert(sent, (metadata.partition, metadata.offset));
+                        outcomes.acknowledged_at.insert(sent, Instant::now());
                     }
                     Err(error) => {
                         outcomes.failed.insert(sent, error.to_string());
@@ -120,6 +140,12 @@ async fn all_settled(outcomes: &Mutex<Outcomes>, before: Instant, deadline: Inst
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
+    // The producer's "partition moved" lines (with --no-capture) date its
+    // part of the wait.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sluice_client::producer=info")
+        .with_test_writer()
+        .try_init();
     let mut cluster = Cluster::start(ClusterSpec {
         brokers: 2,
         stores: 1,
@@ -196,10 +222,33 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
             "the producer stayed stalled: records enqueued before the route change were not acknowledged within {RESUME_BOUND:?} of it"
         );
     }
+    let first_ack = outcomes
+        .lock()
+        .expect("lock")
+        .first_ack_after(0, moved_at)
+        .map(|at| at.duration_since(moved_at).as_millis());
     eprintln!(
-        "every record enqueued before the route change settled {} ms after it",
-        resumed_after.as_millis()
+        "partition 0 acknowledged again {first_ack:?} ms after the route change; every record enqueued before it (the backlog of the freeze) settled {} ms after it (route change seen at {:?}, unix)",
+        resumed_after.as_millis(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(resumed_after)
     );
+    // When the new owner started serving, to tell its takeover from the
+    // producer's share of the wait.
+    let new_index = cluster
+        .brokers
+        .iter()
+        .position(|broker| broker.node_id == new_owner)
+        .expect("the new owner is one of the cluster's brokers");
+    let log = std::fs::read_to_string(cluster.brokers[new_index].log_path()).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|line| line.contains("serving") && line.contains(TOPIC))
+    {
+        eprintln!("{new_owner}: {line}");
+    }
 
     cluster.brokers[frozen].resume();
     // Write on for a while with the old owner back.
