@@ -92,6 +92,22 @@ mod tests {
     }
 
     #[test]
+    fn a_move_starts_the_backoff_over() {
+        let mut state = ReconnectState::new(100, 1000);
+        for _ in 0..4 {
+            state.failed(&server(ErrorCode::Unavailable));
+        }
+        assert!(state.failed(&server(ErrorCode::Unavailable)).delay > Duration::from_millis(100));
+        // The stream moved to a new owner: its first refusal (still taking
+        // over) waits only the initial backoff.
+        state.moved();
+        assert_eq!(
+            state.failed(&server(ErrorCode::Unavailable)).delay,
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
     fn owner_changes_reopen_with_growing_backoff() {
         let mut state = ReconnectState::new(100, 1000);
         for code in [
