@@ -1,13 +1,16 @@
 //! Connections and cluster metadata shared by every client object: the
 //! nameserver list with fail-over, one gRPC channel per broker address, the
-//! route cache (rate-limited refresh) and group-coordinator lookup.
+//! route cache (kept current by a route watch, with a rate-limited refresh
+//! as the fallback; see `route_watch`), and group-coordinator lookup.
 
-use crate::fast_hash::FastHashMap;
+use crate::route_cache::{Applied, RouteCache, Source};
 use crate::{ClientConfig, ClientError};
 use sluice_proto::limits;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
-use sluice_proto::v1::{FindCoordinatorRequest, GetRoutesRequest, PartitionRoute};
+use sluice_proto::v1::{
+    FindCoordinatorRequest, GetRoutesRequest, GetRoutesResponse, PartitionRoute,
+};
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,12 +59,6 @@ pub(crate) struct TopicRoutes {
     pub partitions: Vec<PartitionRoute>,
 }
 
-struct RouteCache {
-    /// Looked up for every produced record, hence the fast hasher.
-    topics: FastHashMap<String, Arc<TopicRoutes>>,
-    last_refresh: HashMap<String, Instant>,
-}
-
 /// Shared connection state.
 pub(crate) struct Cluster {
     pub config: ClientConfig,
@@ -71,6 +68,20 @@ pub(crate) struct Cluster {
     routes: Mutex<RouteCache>,
     /// Minimum time between refreshes of one topic.
     route_refresh_min_interval: Duration,
+    /// Counts route changes: clients following partition owners (producer
+    /// pipelines, fetchers, subscription streams) wait on it.
+    route_changes: tokio::sync::watch::Sender<u64>,
+    /// The route watch task, once started; ended when the cluster handle is
+    /// dropped.
+    route_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.route_watch).take() {
+            task.abort();
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,11 +115,10 @@ impl Cluster {
             config: config.clone(),
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
-            routes: Mutex::new(RouteCache {
-                topics: FastHashMap::default(),
-                last_refresh: HashMap::new(),
-            }),
+            routes: Mutex::new(RouteCache::default()),
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
+            route_changes: tokio::sync::watch::Sender::new(0),
+            route_watch: Mutex::new(None),
         });
         let mut tried = Vec::new();
         let mut last = String::new();
@@ -143,11 +153,10 @@ impl Cluster {
             config,
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
-            routes: Mutex::new(RouteCache {
-                topics: FastHashMap::default(),
-                last_refresh: HashMap::new(),
-            }),
+            routes: Mutex::new(RouteCache::default()),
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
+            route_changes: tokio::sync::watch::Sender::new(0),
+            route_watch: Mutex::new(None),
         })
     }
 
@@ -164,9 +173,22 @@ impl Cluster {
                 epoch: 1,
             })
             .collect();
-        lock(&self.routes)
-            .topics
-            .insert(topic.to_string(), Arc::new(TopicRoutes { partitions }));
+        self.set_partition_routes(topic, partitions);
+    }
+
+    /// Replaces the cached routes of a topic, as a route watch would.
+    #[cfg(test)]
+    pub fn set_partition_routes(&self, topic: &str, partitions: Vec<PartitionRoute>) {
+        self.apply_routes(
+            GetRoutesResponse {
+                topics: vec![sluice_proto::v1::TopicRoute {
+                    topic: topic.to_string(),
+                    partitions,
+                    error: 0,
+                }],
+            },
+            Source::Watch,
+        );
     }
 
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
@@ -280,14 +302,16 @@ impl Cluster {
 
     /// Routes of `topic`, from the cache or fetched.
     pub async fn topic_routes(&self, topic: &str) -> Result<Arc<TopicRoutes>, ClientError> {
-        if let Some(routes) = lock(&self.routes).topics.get(topic) {
+        if let Some(routes) = lock(&self.routes).get(topic) {
             return Ok(routes.clone());
         }
         self.fetch_routes(&[topic.to_string()]).await?;
-        lock(&self.routes).topics.get(topic).cloned().ok_or_else(|| {
+        lock(&self.routes).get(topic).cloned().ok_or_else(|| {
             ClientError::Server(SluiceError::new(
                 ErrorCode::UnknownTopic,
-                format!("topic '{topic}' does not exist (create it with `sluice topic create {topic}`)"),
+                format!(
+                    "topic '{topic}' does not exist (create it with `sluice topic create {topic}`)"
+                ),
             ))
         })
     }
@@ -295,28 +319,98 @@ impl Cluster {
     /// The cached route of one partition, if any.
     pub fn cached_route(&self, topic: &str, partition: u32) -> Option<PartitionRoute> {
         lock(&self.routes)
-            .topics
             .get(topic)
             .and_then(|routes| routes.partitions.get(partition as usize).cloned())
+    }
+
+    /// The cached broker address of one partition (normalized), if it has
+    /// an owner.
+    pub fn cached_address(&self, topic: &str, partition: u32) -> Option<String> {
+        self.cached_route(topic, partition)
+            .filter(|route| !route.broker_address.is_empty())
+            .map(|route| normalize_address(&route.broker_address))
+    }
+
+    /// Notified on every route change (the value counts them).
+    pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route_changes.subscribe()
+    }
+
+    /// The topics a route watch covers: the cached ones, at most
+    /// `route_watch_max_topics` (in name order).
+    pub(crate) fn watched_topics(&self) -> Vec<String> {
+        let mut names = lock(&self.routes).topic_names();
+        names.truncate(self.config.route_watch_max_topics);
+        names
+    }
+
+    /// Starts the route watch (once; not for admin clients, which follow
+    /// no owners). Without `route_watch_max_topics` routes are refreshed
+    /// only after errors.
+    pub fn start_route_watch(self: &Arc<Self>) {
+        if self.config.route_watch_max_topics == 0 {
+            return;
+        }
+        let mut task = lock(&self.route_watch);
+        if task.is_none() {
+            *task = Some(tokio::spawn(crate::route_watch::run(
+                Arc::downgrade(self),
+                self.route_changes(),
+            )));
+        }
+    }
+
+    /// Applies routes from a watch message or a `GetRoutes` answer;
+    /// returns the error entries (topics removed from the cache).
+    pub(crate) fn apply_routes(
+        &self,
+        response: GetRoutesResponse,
+        source: Source,
+    ) -> Vec<(String, i32)> {
+        let mut changed = false;
+        let mut errors = Vec::new();
+        {
+            let mut cache = lock(&self.routes);
+            for route in response.topics {
+                let (topic, error) = (route.topic.clone(), route.error);
+                let applied = cache.apply(route, source);
+                changed |= applied == Applied::Changed;
+                if error != ErrorCode::None as i32 && applied != Applied::Stale {
+                    errors.push((topic, error));
+                }
+            }
+        }
+        if changed {
+            self.route_changes.send_modify(|count| *count += 1);
+        }
+        errors
+    }
+
+    /// The nameserver a new call starts with, and how many there are.
+    pub(crate) fn preferred_nameserver(&self) -> (usize, usize) {
+        (
+            *lock(&self.preferred_nameserver),
+            self.config.bootstrap.len(),
+        )
+    }
+
+    /// A client of bootstrap nameserver `index`, and its address.
+    pub(crate) fn nameserver_at(
+        &self,
+        index: usize,
+    ) -> Result<(NameServerGrpc, String), ClientError> {
+        let address = self
+            .config
+            .bootstrap
+            .get(index)
+            .ok_or_else(|| ClientError::InvalidArgument(format!("no nameserver #{index}")))?;
+        Ok((self.nameserver(address)?, address.clone()))
     }
 
     /// Refreshes `topics` unless each was refreshed within
     /// [`ROUTE_REFRESH_MIN_INTERVAL_MS`].
     pub async fn refresh_routes(&self, topics: &[String]) -> Result<(), ClientError> {
-        let due: Vec<String> = {
-            let cache = lock(&self.routes);
-            let now = Instant::now();
-            topics
-                .iter()
-                .filter(|topic| {
-                    cache
-                        .last_refresh
-                        .get(*topic)
-                        .is_none_or(|at| now.duration_since(*at) >= self.route_refresh_min_interval)
-                })
-                .cloned()
-                .collect()
-        };
+        let due = lock(&self.routes).due(topics, Instant::now(), self.route_refresh_min_interval);
         if due.is_empty() {
             return Ok(());
         }
@@ -324,13 +418,7 @@ impl Cluster {
     }
 
     async fn fetch_routes(&self, topics: &[String]) -> Result<(), ClientError> {
-        {
-            let mut cache = lock(&self.routes);
-            let now = Instant::now();
-            for topic in topics {
-                cache.last_refresh.insert(topic.clone(), now);
-            }
-        }
+        let started = lock(&self.routes).begin_fetch(topics, Instant::now());
         let request = GetRoutesRequest {
             topics: topics.to_vec(),
         };
@@ -340,24 +428,13 @@ impl Cluster {
                 async move { client.get_routes(request).await }
             })
             .await?;
-        let mut cache = lock(&self.routes);
-        let mut first_error = None;
-        for route in response.topics {
-            if let Some(error) =
-                ClientError::from_code(route.error, format!("topic '{}'", route.topic))
-            {
-                cache.topics.remove(&route.topic);
-                if first_error.is_none() && topics.len() == 1 {
-                    first_error = Some(error);
-                }
-                continue;
+        let errors = self.apply_routes(response, Source::Fetch { started });
+        let first_error = match errors.first() {
+            Some((topic, code)) if topics.len() == 1 => {
+                ClientError::from_code(*code, format!("topic '{topic}'"))
             }
-            let mut partitions = route.partitions;
-            partitions.sort_by_key(|partition| partition.partition);
-            cache
-                .topics
-                .insert(route.topic, Arc::new(TopicRoutes { partitions }));
-        }
+            _ => None,
+        };
         match first_error {
             Some(ClientError::Server(error)) if error.code == ErrorCode::UnknownTopic => {
                 Err(ClientError::Server(SluiceError::new(
@@ -489,6 +566,87 @@ mod tests {
         // skipped without calling anyone.
         assert!(cluster.refresh_routes(&["t".to_string()]).await.is_err());
         assert!(cluster.refresh_routes(&["t".to_string()]).await.is_ok());
+    }
+
+    /// Waits up to 10 s for `condition`.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what} within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_route_watch_follows_owner_changes_fails_over_and_grows_with_the_topics() {
+        use crate::testing::FakeNameServer;
+        let nameserver = FakeNameServer::default();
+        {
+            let mut state = nameserver.lock();
+            state.routes.insert("t".into(), vec!["http://a:1".into()]);
+            state.routes.insert("u".into(), vec!["http://a:1".into()]);
+        }
+        let live = nameserver.start().await;
+        let cluster = Cluster::unconnected(ClientConfig {
+            // The first nameserver is down: the watch goes on to the next.
+            bootstrap: vec![dead_address().await, live],
+            connect_timeout_ms: 500,
+            ..ClientConfig::default()
+        });
+        cluster.start_route_watch();
+        let mut changes = cluster.route_changes();
+        cluster.topic_routes("t").await.expect("routes of t");
+        eventually("a watch on t", || nameserver.lock().watch_calls >= 1).await;
+        // An owner change reaches the cache without any request failing.
+        nameserver.move_topic("t", "http://b:2");
+        eventually("the move to b", || {
+            cluster.cached_address("t", 0).as_deref() == Some("http://b:2")
+        })
+        .await;
+        assert!(
+            changes.has_changed().expect("sender alive"),
+            "users are told"
+        );
+        changes.mark_unchanged();
+        // A topic used later joins the watch (one reopening).
+        let watches = nameserver.lock().watch_calls;
+        cluster.topic_routes("u").await.expect("routes of u");
+        eventually("the watch reopened with u", || {
+            nameserver.lock().watch_calls > watches
+        })
+        .await;
+        nameserver.move_topic("u", "http://c:3");
+        eventually("the move of u", || {
+            cluster.cached_address("u", 0).as_deref() == Some("http://c:3")
+        })
+        .await;
+        eventually("the previous watch closed", || {
+            nameserver.lock().open_watches == 1
+        })
+        .await;
+        // Dropping the handle ends the watch: its stream closes.
+        drop(cluster);
+        eventually("the watch closed", || nameserver.lock().open_watches == 0).await;
+    }
+
+    #[tokio::test]
+    async fn no_route_watch_when_turned_off() {
+        use crate::testing::FakeNameServer;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec!["http://a:1".into()]);
+        let cluster = Cluster::unconnected(ClientConfig {
+            bootstrap: vec![nameserver.start().await],
+            route_watch_max_topics: 0,
+            ..ClientConfig::default()
+        });
+        cluster.start_route_watch();
+        cluster.topic_routes("t").await.expect("routes of t");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(nameserver.lock().watch_calls, 0);
+        assert_eq!(cluster.watched_topics(), Vec::<String>::new());
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub struct ClientConfig {
     /// Largest gRPC message encoded or decoded, in bytes. Default:
     /// `sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES` (16 MiB).
     pub max_grpc_message_bytes: usize,
+    /// Most topics one route watch covers. Producers, consumers and
+    /// subscribers keep one `WatchRoutes` stream open to a nameserver for
+    /// the topics they use, so they follow partition owners as they change
+    /// (instead of after a request fails or times out); topics beyond this
+    /// many are refreshed only after errors. 0 turns the watch off.
+    /// Default: 1024.
+    pub route_watch_max_topics: usize,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +47,7 @@ impl Default for ClientConfig {
             request_timeout_ms: 30_000,
             connect_timeout_ms: 5_000,
             max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
+            route_watch_max_topics: 1024,
         }
     }
 }

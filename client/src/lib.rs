@@ -4,9 +4,11 @@
 //!
 //! All of them start from a [`ClientConfig`] naming bootstrap nameservers
 //! (tried in turn; any one can answer). Routes to partition owners are
-//! looked up with `GetRoutes`, cached, and refreshed (rate-limited) when a
-//! broker says it no longer owns a partition, is unavailable, or cannot be
-//! reached. There is one gRPC channel per server address, with explicit
+//! looked up with `GetRoutes`, cached, kept current by a `WatchRoutes`
+//! stream (producers, consumers and subscribers follow an owner change as
+//! soon as the nameserver reports it, without waiting for an error or a
+//! timeout), and refreshed (rate-limited) when a broker says it no longer
+//! owns a partition, is unavailable, or cannot be reached. There is one gRPC channel per server address, with explicit
 //! message-size limits and timeouts, and W3C trace context is injected into
 //! every request.
 //!
@@ -15,7 +17,10 @@
 //! - **Producer**: at least once. Records of one partition are written in
 //!   the order they were enqueued, retries included: after a failure the
 //!   producer waits for every in-flight batch of the partition to answer,
-//!   then resends the failed ones in order (flagged `resume`). A retry after
+//!   then resends the failed ones in order (flagged `resume`). When the
+//!   route watch reports that a partition's owner changed, the batches in
+//!   flight to the old owner are resent to the new one at once, in order,
+//!   without waiting for the old owner's answers (which are ignored). A retry after
 //!   an unknown outcome (connection lost, timeout) can write a batch twice
 //!   until idempotent produce exists. Memory is bounded by
 //!   `memory_limit_bytes` (backpressure in `send`/`enqueue`).
@@ -98,6 +103,8 @@ mod error;
 mod fast_hash;
 pub mod lag;
 mod producer;
+mod route_cache;
+mod route_watch;
 mod subscriber;
 mod subscription_create;
 #[cfg(test)]

@@ -113,6 +113,11 @@ pub(crate) struct FakeBroker {
     pub refuse_fetch: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of batches this server returned from fetches.
     pub fetched_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// While set, this server takes produce and fetch requests and
+    /// answers them only once thawed (SIGSTOP, then SIGCONT).
+    pub frozen: Arc<std::sync::atomic::AtomicBool>,
+    /// Produce requests taken off streams (answered or not yet).
+    pub taken: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeBroker {
@@ -120,6 +125,13 @@ impl FakeBroker {
         self.state
             .lock()
             .expect("fake broker state lock (test code)")
+    }
+
+    /// Returns once the server is not frozen.
+    pub async fn wait_while_frozen(&self) {
+        while self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Serves on a free local port; returns the address.
@@ -251,6 +263,11 @@ impl Broker for FakeBroker {
         let broker = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(request)) = inbound.message().await {
+                broker
+                    .taken
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Taken and left until thawed, then answered (SIGCONT).
+                broker.wait_while_frozen().await;
                 let response = broker.produce_one(request);
                 if sender.send(Ok(response)).await.is_err() {
                     return;
@@ -266,6 +283,7 @@ impl Broker for FakeBroker {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        self.wait_while_frozen().await;
         let request = request.into_inner();
         let mut answer = FetchResponse::default();
         let mut any = false;
@@ -522,6 +540,11 @@ impl Broker for FakeBroker {
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_millis(2)) => {
+                        if broker.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                            // Silent while frozen; a stream the client
+                            // drops still ends (the kernel keeps talking).
+                            continue;
+                        }
                         let (broken, status, delivery) = broker.subscribe_tick(&key, stream, &mut permits);
                         if let Some(code) = broken {
                             broker.end_stream(stream);
@@ -737,6 +760,13 @@ pub(crate) struct FakeNameServer {
 pub(crate) struct FakeNameServerState {
     /// Broker address of each partition, per topic.
     pub routes: HashMap<String, Vec<String>>,
+    /// Ownership epoch of every route (0 is answered as 1); bump it when
+    /// moving partitions, as a takeover does.
+    pub epoch: u64,
+    /// `WatchRoutes` calls so far.
+    pub watch_calls: u64,
+    /// `WatchRoutes` streams open now.
+    pub open_watches: u64,
     pub coordinator: String,
     pub get_routes_calls: u64,
     pub created: Vec<String>,
@@ -751,6 +781,46 @@ impl FakeNameServer {
         self.state
             .lock()
             .expect("fake nameserver state lock (test code)")
+    }
+
+    /// Routes of `topics` as `GetRoutes` and `WatchRoutes` answer them.
+    fn routes_of(&self, topics: &[String]) -> GetRoutesResponse {
+        let state = self.lock();
+        let topics = topics
+            .iter()
+            .map(|topic| match state.routes.get(topic) {
+                Some(addresses) => TopicRoute {
+                    topic: topic.clone(),
+                    partitions: addresses
+                        .iter()
+                        .enumerate()
+                        .map(|(partition, address)| PartitionRoute {
+                            partition: partition as u32,
+                            broker_id: format!("broker-{address}"),
+                            broker_address: address.clone(),
+                            epoch: state.epoch.max(1),
+                        })
+                        .collect(),
+                    error: 0,
+                },
+                None => TopicRoute {
+                    topic: topic.clone(),
+                    partitions: Vec::new(),
+                    error: ErrorCode::UnknownTopic as i32,
+                },
+            })
+            .collect();
+        GetRoutesResponse { topics }
+    }
+
+    /// Moves every partition of `topic` to `address` at a new epoch.
+    pub fn move_topic(&self, topic: &str, address: &str) {
+        let mut state = self.lock();
+        state.epoch = state.epoch.max(1) + 1;
+        let partitions = state.routes.get(topic).map_or(1, Vec::len);
+        state
+            .routes
+            .insert(topic.to_string(), vec![address.to_string(); partitions]);
     }
 
     pub async fn start(&self) -> String {
@@ -812,9 +882,38 @@ impl name_server_server::NameServer for FakeNameServer {
 
     async fn watch_routes(
         &self,
-        _request: Request<WatchRoutesRequest>,
+        request: Request<WatchRoutesRequest>,
     ) -> Result<Response<RoutesStream>, Status> {
-        Err(Status::unimplemented("watch_routes is not faked"))
+        // Like the real nameserver: the current routes, then every change
+        // (polled every 10 ms).
+        let topics = request.into_inner().topics;
+        {
+            let mut state = self.lock();
+            state.watch_calls += 1;
+            state.open_watches += 1;
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let routes = server.routes_of(&topics);
+                if last.as_ref() != Some(&routes) {
+                    last = Some(routes.clone());
+                    if sender.send(Ok(routes)).await.is_err() {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = sender.closed() => break,
+                }
+            }
+            server.lock().open_watches -= 1;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn list_segments(
@@ -935,34 +1034,8 @@ impl name_server_server::NameServer for FakeNameServer {
         request: Request<GetRoutesRequest>,
     ) -> Result<Response<GetRoutesResponse>, Status> {
         let request = request.into_inner();
-        let mut state = self.lock();
-        state.get_routes_calls += 1;
-        let topics = request
-            .topics
-            .iter()
-            .map(|topic| match state.routes.get(topic) {
-                Some(addresses) => TopicRoute {
-                    topic: topic.clone(),
-                    partitions: addresses
-                        .iter()
-                        .enumerate()
-                        .map(|(partition, address)| PartitionRoute {
-                            partition: partition as u32,
-                            broker_id: format!("broker-{address}"),
-                            broker_address: address.clone(),
-                            epoch: 1,
-                        })
-                        .collect(),
-                    error: 0,
-                },
-                None => TopicRoute {
-                    topic: topic.clone(),
-                    partitions: Vec::new(),
-                    error: ErrorCode::UnknownTopic as i32,
-                },
-            })
-            .collect();
-        Ok(Response::new(GetRoutesResponse { topics }))
+        self.lock().get_routes_calls += 1;
+        Ok(Response::new(self.routes_of(&request.topics)))
     }
 
     async fn find_coordinator(

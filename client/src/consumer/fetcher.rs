@@ -126,6 +126,7 @@ pub(crate) async fn run_manager(
     output: mpsc::UnboundedSender<Fetched>,
 ) {
     let mut fetchers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut route_changes = cluster.route_changes();
     while !shared.closed.load(Ordering::Acquire) {
         let partitions: Vec<TopicPartition> = shared.lock().partitions.keys().cloned().collect();
         let mut addresses = HashSet::new();
@@ -161,6 +162,8 @@ pub(crate) async fn run_manager(
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(MANAGER_INTERVAL_MS)) => {}
             _ = shared.wake.notified() => {}
+            // A partition moved: start fetching from its new owner now.
+            _ = route_changes.changed() => {}
         }
     }
     for (_, task) in fetchers {
@@ -280,11 +283,21 @@ async fn run_fetcher(
                 min_bytes: 1,
                 max_bytes,
             };
+            let moved_away = || {
+                to_fetch
+                    .iter()
+                    .all(|(partition, _, _)| !routed_to(&cluster, partition, &address))
+            };
             let result = match cluster.broker(&address) {
                 Ok(mut client) => {
-                    cluster
-                        .unary("Fetch", &address, client.fetch(request))
-                        .await
+                    let fetch = cluster.unary("Fetch", &address, client.fetch(request));
+                    match until_moved_away(fetch, cluster.route_changes(), moved_away).await {
+                        Some(result) => result,
+                        // Every partition asked for has a new owner, which
+                        // its own fetcher reads from: this (long, or stuck)
+                        // fetch is not waited for.
+                        None => continue,
+                    }
                 }
                 Err(error) => Err(error),
             };
@@ -336,6 +349,29 @@ async fn run_fetcher(
             .await;
         } else {
             failures = 0;
+        }
+    }
+}
+
+/// Runs `call` unless, at a route change, `moved_away` says it is no
+/// longer worth waiting for (then `None`).
+async fn until_moved_away<T>(
+    call: impl std::future::Future<Output = T>,
+    mut route_changes: tokio::sync::watch::Receiver<u64>,
+    moved_away: impl Fn() -> bool,
+) -> Option<T> {
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => return Some(result),
+            changed = route_changes.changed() => {
+                if changed.is_err() {
+                    return Some(call.await);
+                }
+                if moved_away() {
+                    return None;
+                }
+            }
         }
     }
 }

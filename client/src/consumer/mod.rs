@@ -205,6 +205,7 @@ impl Consumer {
             ));
         }
         let cluster = Cluster::connect(config.client.clone()).await?;
+        cluster.start_route_watch();
         Self::subscribe_on(cluster, config, group_name, topics, None).await
     }
 
@@ -248,6 +249,7 @@ impl Consumer {
         partitions: Vec<(String, u32, StartOffset)>,
     ) -> Result<Consumer, ClientError> {
         let cluster = Cluster::connect(config.client.clone()).await?;
+        cluster.start_route_watch();
         Self::assign_on(cluster, config, partitions).await
     }
 
@@ -1138,6 +1140,60 @@ mod tests {
         assert_eq!(offsets_of(&records, 1), (0..5).collect::<Vec<_>>());
         consumer.close().await.expect("close");
         assert_eq!(broker.lock().committed.get(&("t".to_string(), 0)), Some(&5));
+    }
+
+    #[tokio::test]
+    async fn fetching_moves_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
+        use crate::testing::FakeNameServer;
+        let (old_owner, _, old_address) = broker_with_data(200).await;
+        // Same log, another server.
+        let new_owner = FakeBroker {
+            state: old_owner.state.clone(),
+            ..FakeBroker::default()
+        };
+        let new_address = new_owner.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![old_address.clone(), old_address]);
+        let nameserver_address = nameserver.start().await;
+        let config = ConsumerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                // Far beyond `receive`'s 10 s: waiting out a fetch to the
+                // frozen owner would fail the test.
+                request_timeout_ms: 120_000,
+                ..test_client_config()
+            },
+            ..small_buffer_config()
+        };
+        let mut consumer = Consumer::assign(config, vec![("t".into(), 0, StartOffset::Earliest)])
+            .await
+            .expect("assigned");
+        let first = receive(&mut consumer, 10).await;
+        old_owner
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        nameserver.move_topic("t", &new_address);
+        let rest = receive(&mut consumer, 190).await;
+        let offsets: Vec<u64> = first
+            .iter()
+            .chain(&rest)
+            .map(|record| record.offset)
+            .collect();
+        assert_eq!(offsets, (0..200).collect::<Vec<_>>());
+        assert!(
+            new_owner
+                .fetched_bytes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0,
+            "the new owner served data"
+        );
+        old_owner
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        consumer.close().await.expect("close");
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use accumulator::{Accumulator, BatchLimits, ClosedBatch};
 use bytes::Bytes;
 use completion::{BatchCompletion, Completer};
 use partitioner::{choose_partition, StickyPartitioner};
-use pipeline::{Answer, Effect, Pipeline};
+use pipeline::{Answer, Effect, Moved, Owner, Pipeline};
 use pressure::PressureTracker;
 pub use pressure::{Pressure, PressureEvent, PressureLevel, PressureListener, PressureMetrics};
 use sluice_proto::batch::{BatchBuilder, Compression, RecordData};
@@ -385,6 +385,7 @@ impl Producer {
             )));
         }
         let cluster = Cluster::connect(config.client.clone()).await?;
+        cluster.start_route_watch();
         let producer_id = if config.idempotence {
             Some(allocate_producer_id(&cluster).await?)
         } else {
@@ -767,10 +768,10 @@ impl ReadyBatch {
 }
 
 struct PartitionSender {
+    /// Also knows the broker the in-flight batches went to: nothing is
+    /// sent elsewhere until they answered or the route says the partition
+    /// moved (then they are resent, in order, to the new owner).
     pipeline: Pipeline<ReadyBatch>,
-    /// Broker the in-flight batches went to; nothing is sent elsewhere
-    /// until they answered, or a move could reorder.
-    in_flight_address: Option<String>,
     /// A request failed: the broker refuses this partition's requests on
     /// the stream until one says `resume`, which the first one sent after
     /// the failed round does.
@@ -803,6 +804,10 @@ struct Dispatcher {
     flush_waiters: Vec<oneshot::Sender<()>>,
     refreshing: bool,
     pressure: Arc<PressureTracker>,
+    /// Route changes seen by the cluster handle (route watch, refreshes).
+    route_changes: tokio::sync::watch::Receiver<u64>,
+    /// A route changed since the pipelines last looked.
+    routes_changed: bool,
 }
 
 impl Dispatcher {
@@ -813,7 +818,10 @@ impl Dispatcher {
         wake: Arc<Notify>,
     ) -> Self {
         let (events, event_receiver) = mpsc::unbounded_channel();
+        let route_changes = cluster.route_changes();
         Self {
+            route_changes,
+            routes_changed: false,
             cluster,
             batching,
             wake,
@@ -869,9 +877,16 @@ impl Dispatcher {
                         }
                     }
                 }
+                changed = self.route_changes.changed() => {
+                    // The sender lives in the cluster handle this task holds.
+                    self.routes_changed = changed.is_ok();
+                }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
+            if std::mem::take(&mut self.routes_changed) {
+                self.follow_routes();
+            }
             self.take_ready_batches(now, !(self.flush_waiters.is_empty() && accepting));
             self.expire_deliveries(now);
             self.expire_stalled_streams(now);
@@ -955,7 +970,6 @@ impl Dispatcher {
                     Duration::from_millis(config.retry_backoff_ms),
                     Duration::from_millis(config.retry_backoff_max_ms),
                 ),
-                in_flight_address: None,
                 needs_resume: false,
                 last_error: None,
             })
@@ -1037,10 +1051,11 @@ impl Dispatcher {
             return;
         }
         let Some((partition, _)) = stream.in_flight.remove(&response.request_id) else {
-            tracing::warn!(
+            // Abandoned when its partition moved (resent to the new owner).
+            tracing::debug!(
                 address,
                 request_id = response.request_id,
-                "produce answer for an unknown request"
+                "produce answer for an abandoned or unknown request"
             );
             return;
         };
@@ -1082,8 +1097,11 @@ impl Dispatcher {
         let effect = sender
             .pipeline
             .on_answer(request_id, answer, Instant::now());
-        if sender.pipeline.in_flight_count() == 0 {
-            sender.in_flight_address = None;
+        if matches!(effect, Effect::Unknown) {
+            // An attempt abandoned when the partition moved: its batch was
+            // resent to the new owner, whose answer counts.
+            tracing::debug!(%partition, request_id, "answer to an abandoned attempt ignored");
+            return;
         }
         let needs_refresh = error.as_ref().is_some_and(ClientError::needs_route_refresh);
         if let Some(error) = &error {
@@ -1152,6 +1170,47 @@ impl Dispatcher {
         });
     }
 
+    /// Lets every pipeline that has sent something see its partition's
+    /// current route: those whose owner changed abandon their in-flight
+    /// attempts (forgotten by the old owner's stream too) and resend.
+    fn follow_routes(&mut self) {
+        for (partition, sender) in &mut self.partitions {
+            let Some(old) = sender.pipeline.sent_to().map(|owner| owner.address.clone()) else {
+                continue;
+            };
+            let Some(route) = self
+                .cluster
+                .cached_route(&partition.topic, partition.partition)
+            else {
+                continue;
+            };
+            let route = Owner {
+                address: if route.broker_address.is_empty() {
+                    String::new()
+                } else {
+                    normalize_address(&route.broker_address)
+                },
+                epoch: route.epoch,
+            };
+            let Moved::Yes { abandoned } = sender.pipeline.on_route(&route) else {
+                continue;
+            };
+            if abandoned.is_empty() {
+                tracing::debug!(%partition, from = %old, to = %route.address, epoch = route.epoch, "partition moved");
+            } else {
+                tracing::info!(%partition, from = %old, to = %route.address, epoch = route.epoch, resent = abandoned.len(), moves = sender.pipeline.moves(), "partition moved; resending its in-flight batches to the new owner");
+            }
+            // The new owner's stream may hold this partition poisoned from
+            // an earlier stay there.
+            sender.needs_resume = true;
+            if let Some(stream) = self.streams.get_mut(&old) {
+                for request_id in abandoned {
+                    stream.in_flight.remove(&request_id);
+                }
+            }
+        }
+    }
+
     /// Sends whatever the pipelines allow.
     fn pump(&mut self, now: Instant) {
         let mut missing_routes = FastHashSet::default();
@@ -1161,29 +1220,27 @@ impl Dispatcher {
                 if !sender.pipeline.can_send(now) {
                     break;
                 }
-                let address = match self
+                let owner = match self
                     .cluster
                     .cached_route(&partition.topic, partition.partition)
                 {
-                    Some(route) if !route.broker_address.is_empty() => {
-                        normalize_address(&route.broker_address)
-                    }
+                    Some(route) if !route.broker_address.is_empty() => Owner {
+                        address: normalize_address(&route.broker_address),
+                        epoch: route.epoch,
+                    },
                     _ => {
                         missing_routes.insert(partition.topic.clone());
                         break;
                     }
                 };
-                if sender
-                    .in_flight_address
-                    .as_ref()
-                    .is_some_and(|in_flight| *in_flight != address)
-                {
-                    // The partition moved; wait for the old owner's answers.
+                if !sender.pipeline.may_send_to(&owner.address) {
+                    // Routes moved without a newer epoch: wait for the old
+                    // owner's answers rather than risk a reorder.
                     break;
                 }
                 let request_id = self.next_request_id;
                 self.next_request_id += 1;
-                let Some(batch) = sender.pipeline.send_next(request_id) else {
+                let Some(batch) = sender.pipeline.send_next(request_id, &owner) else {
                     break;
                 };
                 let request = ProduceRequest {
@@ -1193,7 +1250,7 @@ impl Dispatcher {
                     batch: batch.data.clone(),
                     resume: std::mem::take(&mut sender.needs_resume),
                 };
-                sender.in_flight_address = Some(address.clone());
+                let address = owner.address;
                 let stream = match self.stream(&address) {
                     Ok(stream) => stream,
                     Err(error) => {
@@ -1677,6 +1734,113 @@ mod tests {
         ));
     }
 
+    /// Enqueues `values` and returns their deliveries.
+    async fn enqueue_values(
+        producer: &Producer,
+        values: std::ops::Range<u32>,
+    ) -> Vec<DeliveryFuture> {
+        let mut deliveries = Vec::new();
+        for index in values {
+            deliveries.push(
+                producer
+                    .enqueue(Record::new("t", format!("{index}")))
+                    .await
+                    .expect("enqueued"),
+            );
+        }
+        deliveries
+    }
+
+    fn logged_values(broker: &FakeBroker) -> Vec<String> {
+        broker
+            .values("t", 0)
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn resends_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
+        use crate::testing::FakeNameServer;
+        let old_owner = FakeBroker::default();
+        let new_owner = FakeBroker::default();
+        let old_address = old_owner.start().await;
+        let new_address = new_owner.start().await;
+        let nameserver = FakeNameServer::default();
+        nameserver
+            .lock()
+            .routes
+            .insert("t".into(), vec![old_address]);
+        let nameserver_address = nameserver.start().await;
+        let config = ProducerConfig {
+            client: ClientConfig {
+                bootstrap: vec![nameserver_address],
+                // Far beyond the bound below: waiting for the frozen owner
+                // would fail the test.
+                request_timeout_ms: 120_000,
+                ..test_client_config()
+            },
+            delivery_timeout_ms: 120_000,
+            batch_max_records: 5,
+            ..fast_config()
+        };
+        let producer = Producer::new(config).await.expect("producer");
+        for delivery in enqueue_values(&producer, 0..20).await {
+            delivery.await.expect("delivered before the freeze");
+        }
+        // The owner freezes with batches in flight.
+        old_owner
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let taken = || old_owner.taken.load(std::sync::atomic::Ordering::SeqCst);
+        let before = taken();
+        let deliveries = enqueue_values(&producer, 20..60).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while taken() == before {
+            assert!(Instant::now() < deadline, "batches reach the frozen owner");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Another broker takes the partition over (a higher epoch).
+        nameserver.move_topic("t", &new_address);
+        let all = async {
+            let mut offsets = Vec::new();
+            for delivery in deliveries {
+                offsets.push(delivery.await.expect("delivered by the new owner").offset);
+            }
+            offsets
+        };
+        let offsets = tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("acknowledged again within 10 s while the old owner stays frozen");
+        assert_eq!(
+            offsets,
+            (0..40).collect::<Vec<u64>>(),
+            "offsets are the new owner's"
+        );
+        let resent: Vec<String> = (20..60).map(|index| index.to_string()).collect();
+        assert_eq!(logged_values(&new_owner), resent, "in order, once each");
+        // The old owner thaws and answers its abandoned attempts late
+        // (successfully: this fake has no fencing): they change nothing.
+        old_owner
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for delivery in enqueue_values(&producer, 60..70).await {
+            delivery.await.expect("delivered after the thaw");
+        }
+        producer.flush().await.expect("flush");
+        let mut expected = resent;
+        expected.extend((60..70).map(|index| index.to_string()));
+        assert_eq!(logged_values(&new_owner), expected);
+        let old_log = logged_values(&old_owner);
+        assert!(
+            old_log
+                .iter()
+                .all(|value| value.parse::<u32>().is_ok_and(|value| value < 60)),
+            "nothing went to the old owner after the move: {old_log:?}"
+        );
+        producer.close().await.expect("close");
+    }
+
     #[tokio::test]
     async fn follows_a_partition_to_its_new_owner_in_order() {
         use crate::testing::FakeNameServer;
@@ -1748,9 +1912,10 @@ mod tests {
             values, expected,
             "old owner's log then new owner's log is the send order"
         );
+        let state = nameserver.lock();
         assert!(
-            nameserver.lock().get_routes_calls >= 2,
-            "routes were refreshed"
+            state.get_routes_calls >= 2 || state.watch_calls >= 1,
+            "routes were refreshed (after the refusal, or by the route watch)"
         );
     }
 

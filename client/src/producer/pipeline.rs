@@ -7,6 +7,20 @@
 //! has answered, then puts the failed batches back at the front of the
 //! queue in their original order and resumes after a backoff. Resending in
 //! order therefore never reorders records.
+//!
+//! When the partition's owner changes (the route names another broker at
+//! a higher epoch), the pipeline does not wait for the old owner's
+//! answers: it abandons every in-flight attempt and puts the batches back
+//! at the front of the queue in their original order, to be resent to the
+//! new owner at once. Each attempt has its own request id, never reused,
+//! so a late answer to an abandoned attempt matches nothing and is
+//! ignored ([`Effect::Unknown`]). This is safe because the new owner took
+//! the partition over by fencing the old owner's segment and rebuilding
+//! the idempotent producers' state from the log before serving: a resent
+//! batch the old owner made durable is recognised and answered with its
+//! original offset; one it did not is appended, after the earlier ones,
+//! which are resent first. Without idempotence a resend may write a batch
+//! twice, as any retry after an unknown outcome does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,6 +48,33 @@ pub(crate) enum Effect<B> {
     Unknown,
 }
 
+/// The broker an attempt went to: its address and the ownership epoch of
+/// the route it was sent under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub address: String,
+    pub epoch: u64,
+}
+
+impl Owner {
+    /// Whether `route` names a different owner that took the partition
+    /// over since this one (a higher epoch): an older or equal epoch is a
+    /// stale route, and the same address answers its own requests.
+    pub fn moved_to(&self, route: &Owner) -> bool {
+        !route.address.is_empty() && route.address != self.address && route.epoch > self.epoch
+    }
+}
+
+/// What a route change did to the pipeline.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// The owner is the same (or the route is offline or stale).
+    No,
+    /// The owner changed: these in-flight attempts (request ids) were
+    /// abandoned and their batches queued again, in order, in front.
+    Yes { abandoned: Vec<u64> },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Sending,
@@ -57,6 +98,17 @@ pub(crate) struct Pipeline<B> {
     state: State,
     /// Consecutive failed rounds, for the backoff.
     attempts: u32,
+    /// Where the last attempt went; kept after it answered, so a route
+    /// change during a backoff is noticed too.
+    sent_to: Option<Owner>,
+    /// Owner changes followed so far (each abandons the attempts then in
+    /// flight).
+    moves: u64,
+    /// Moved and nothing delivered since: the new owner is most likely
+    /// still taking the partition over (answering UNAVAILABLE), so its
+    /// retries wait the base backoff without doubling; the first delivery
+    /// ends this.
+    fresh_owner: bool,
 }
 
 impl<B> Pipeline<B> {
@@ -71,6 +123,9 @@ impl<B> Pipeline<B> {
             to_retry: BTreeMap::new(),
             state: State::Sending,
             attempts: 0,
+            sent_to: None,
+            moves: 0,
+            fresh_owner: false,
         }
     }
 
@@ -94,16 +149,66 @@ impl<B> Pipeline<B> {
             && self.in_flight.len() < self.max_in_flight
     }
 
-    /// Moves the next queued batch to in-flight under `request_id`. Call
-    /// only after [`Pipeline::can_send`] said yes.
-    pub fn send_next(&mut self, request_id: u64) -> Option<&B> {
+    /// Moves the next queued batch to in-flight under `request_id`, sent
+    /// to `owner`. Call only after [`Pipeline::can_send`] said yes and
+    /// [`Pipeline::may_send_to`] agreed.
+    pub fn send_next(&mut self, request_id: u64, owner: &Owner) -> Option<&B> {
         let (sequence, batch) = self.queued.pop_front()?;
+        if self.sent_to.as_ref() != Some(owner) {
+            self.sent_to = Some(owner.clone());
+        }
         self.in_flight.insert(request_id, (sequence, batch));
         self.in_flight.get(&request_id).map(|(_, batch)| batch)
     }
 
-    pub fn in_flight_count(&self) -> usize {
-        self.in_flight.len()
+    /// Whether a batch may go to `address` now: not while earlier ones
+    /// are in flight to another broker (they answer first, or are
+    /// abandoned by [`Pipeline::on_route`]), or a move could reorder.
+    pub fn may_send_to(&self, address: &str) -> bool {
+        self.in_flight.is_empty()
+            || self
+                .sent_to
+                .as_ref()
+                .is_none_or(|owner| owner.address == address)
+    }
+
+    /// The partition's route is now `route`. If it names a new owner
+    /// ([`Owner::moved_to`]), every in-flight attempt is abandoned and its
+    /// batch queued again in front, in original order, with the ones
+    /// waiting for a retry; a running backoff ends (the new owner has not
+    /// failed anything yet).
+    pub fn on_route(&mut self, route: &Owner) -> Moved {
+        let moved = self
+            .sent_to
+            .as_ref()
+            .is_some_and(|owner| owner.moved_to(route));
+        if !moved {
+            return Moved::No;
+        }
+        self.sent_to = None;
+        self.moves += 1;
+        let abandoned: Vec<u64> = self.in_flight.keys().copied().collect();
+        for (_, (sequence, batch)) in std::mem::take(&mut self.in_flight) {
+            self.to_retry.insert(sequence, batch);
+        }
+        let retry = std::mem::take(&mut self.to_retry);
+        for (sequence, batch) in retry.into_iter().rev() {
+            self.queued.push_front((sequence, batch));
+        }
+        self.state = State::Sending;
+        self.attempts = 0;
+        self.fresh_owner = true;
+        Moved::Yes { abandoned }
+    }
+
+    /// Where the last attempt went.
+    pub fn sent_to(&self) -> Option<&Owner> {
+        self.sent_to.as_ref()
+    }
+
+    /// Owner changes followed so far.
+    pub fn moves(&self) -> u64 {
+        self.moves
     }
 
     /// True when nothing is queued, in flight or waiting for a retry.
@@ -129,6 +234,7 @@ impl<B> Pipeline<B> {
                 if self.state == State::Sending {
                     self.attempts = 0;
                 }
+                self.fresh_owner = false;
                 Effect::Delivered(batch)
             }
             Answer::Fatal if self.state == State::Sending => {
@@ -167,7 +273,9 @@ impl<B> Pipeline<B> {
             self.backoff_base.as_millis() as u64,
             self.backoff_max.as_millis() as u64,
         );
-        self.attempts = self.attempts.saturating_add(1);
+        if !self.fresh_owner {
+            self.attempts = self.attempts.saturating_add(1);
+        }
         self.state = State::Backoff(crate::cluster::instant_after(now, delay));
     }
 
@@ -204,18 +312,282 @@ mod tests {
         )
     }
 
+    fn owner(address: &str, epoch: u64) -> Owner {
+        Owner {
+            address: address.to_string(),
+            epoch,
+        }
+    }
+
     fn send_all(
         pipeline: &mut Pipeline<&'static str>,
         now: Instant,
         next_id: &mut u64,
     ) -> Vec<(u64, &'static str)> {
+        send_all_to(pipeline, now, next_id, &owner("a", 1))
+    }
+
+    fn send_all_to(
+        pipeline: &mut Pipeline<&'static str>,
+        now: Instant,
+        next_id: &mut u64,
+        to: &Owner,
+    ) -> Vec<(u64, &'static str)> {
         let mut sent = Vec::new();
-        while pipeline.can_send(now) {
+        while pipeline.can_send(now) && pipeline.may_send_to(&to.address) {
             *next_id += 1;
-            let batch = *pipeline.send_next(*next_id).expect("can_send said yes");
+            let batch = *pipeline.send_next(*next_id, to).expect("can_send said yes");
             sent.push((*next_id, batch));
         }
         sent
+    }
+
+    #[test]
+    fn owner_change_mid_flight_resends_in_order_at_once_and_ignores_the_old_answers() {
+        let mut pipeline = pipeline(3);
+        let now = Instant::now();
+        for batch in ["a", "b", "c", "d"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        let (old, new) = (owner("a", 1), owner("b", 2));
+        assert_eq!(send_all_to(&mut pipeline, now, &mut id, &old).len(), 3);
+        // Nothing goes to another broker while attempts are in flight to
+        // the old one, unless the route says it moved.
+        assert!(!pipeline.may_send_to("b"));
+        assert_eq!(pipeline.on_route(&old), Moved::No, "same owner");
+        assert_eq!(
+            pipeline.on_route(&owner("b", 1)),
+            Moved::No,
+            "a route at no higher epoch is stale"
+        );
+        assert_eq!(
+            pipeline.on_route(&owner("", 2)),
+            Moved::No,
+            "offline: nowhere to resend"
+        );
+        assert_eq!(
+            pipeline.on_route(&new),
+            Moved::Yes {
+                abandoned: vec![1, 2, 3]
+            }
+        );
+        assert_eq!(pipeline.moves(), 1);
+        // Resent at once (no backoff), in order, then the rest.
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &new),
+            vec![(4, "a"), (5, "b"), (6, "c")]
+        );
+        // The old owner's late answers, success or failure, match nothing.
+        assert_eq!(pipeline.on_answer(1, Answer::Success, now), Effect::Unknown);
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Retriable, now),
+            Effect::Unknown
+        );
+        assert_eq!(pipeline.on_answer(3, Answer::Fatal, now), Effect::Unknown);
+        assert_eq!(
+            pipeline.backoff_until(),
+            None,
+            "ignored answers start no drain"
+        );
+        for (request, batch) in [(4, "a"), (5, "b"), (6, "c")] {
+            assert_eq!(
+                pipeline.on_answer(request, Answer::Success, now),
+                Effect::Delivered(batch)
+            );
+        }
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &new),
+            vec![(7, "d")]
+        );
+    }
+
+    #[test]
+    fn owner_change_while_draining_merges_failed_and_in_flight_in_order() {
+        let mut pipeline = pipeline(4);
+        let now = Instant::now();
+        for batch in ["a", "b", "c", "d", "e"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
+        // "a" delivered, "c" failed (drain starts), "b" and "d" in flight.
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(3, Answer::Retriable, now),
+            Effect::Pending
+        );
+        assert!(!pipeline.can_send(now));
+        assert_eq!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes {
+                abandoned: vec![2, 4]
+            }
+        );
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &owner("b", 2)),
+            vec![(5, "b"), (6, "c"), (7, "d"), (8, "e")]
+        );
+    }
+
+    #[test]
+    fn owner_change_during_a_backoff_ends_it() {
+        let mut pipeline = pipeline(1);
+        let now = Instant::now();
+        pipeline.push("a");
+        let mut id = 0;
+        send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
+        // The old owner refused it (it is shutting down): a backoff runs.
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Retriable, now),
+            Effect::Pending
+        );
+        assert!(pipeline.backoff_until().is_some());
+        assert!(!pipeline.can_send(now));
+        assert_eq!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes {
+                abandoned: Vec::new()
+            }
+        );
+        assert_eq!(pipeline.backoff_until(), None);
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &owner("b", 2)),
+            vec![(2, "a")]
+        );
+    }
+
+    #[test]
+    fn a_new_owner_still_taking_over_is_retried_at_the_base_backoff() {
+        let mut pipeline = pipeline(1);
+        let now = Instant::now();
+        pipeline.push("a");
+        pipeline.push("b");
+        let mut id = 0;
+        send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
+        let mut at = now;
+        for _ in 0..5 {
+            send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
+            pipeline.on_answer(id, Answer::Retriable, at);
+            let until = pipeline.backoff_until().expect("backoff");
+            assert_eq!(until - at, Duration::from_millis(10), "no doubling");
+            at = until;
+        }
+        // Once the new owner delivered, failures back off as usual again.
+        send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
+        assert_eq!(
+            pipeline.on_answer(id, Answer::Success, at),
+            Effect::Delivered("a")
+        );
+        for expected in [10, 20] {
+            send_all_to(&mut pipeline, at, &mut id, &owner("b", 2));
+            pipeline.on_answer(id, Answer::Retriable, at);
+            let until = pipeline.backoff_until().expect("backoff");
+            assert_eq!(until - at, Duration::from_millis(expected));
+            at = until;
+        }
+    }
+
+    #[test]
+    fn two_owner_changes_in_a_row_resend_to_the_latest_only() {
+        let mut pipeline = pipeline(2);
+        let now = Instant::now();
+        for batch in ["a", "b"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        send_all_to(&mut pipeline, now, &mut id, &owner("a", 1));
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
+        // Before anything was resent to b, c took over from b: nothing is
+        // in flight to b, so there is nothing more to abandon.
+        assert_eq!(pipeline.on_route(&owner("c", 3)), Moved::No);
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &owner("c", 3)),
+            vec![(3, "a"), (4, "b")]
+        );
+        // After resending to c, d takes over: the attempts on c are
+        // abandoned too.
+        assert_eq!(
+            pipeline.on_route(&owner("d", 4)),
+            Moved::Yes {
+                abandoned: vec![3, 4]
+            }
+        );
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &owner("d", 4)),
+            vec![(5, "a"), (6, "b")]
+        );
+        assert_eq!(pipeline.moves(), 2);
+        for stale in 1..=4 {
+            assert_eq!(
+                pipeline.on_answer(stale, Answer::Success, now),
+                Effect::Unknown
+            );
+        }
+        assert_eq!(
+            pipeline.on_answer(5, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(6, Answer::Success, now),
+            Effect::Delivered("b")
+        );
+        assert!(pipeline.is_idle());
+    }
+
+    #[test]
+    fn a_route_flapping_back_to_the_first_owner_resends_there_again() {
+        let mut pipeline = pipeline(2);
+        let now = Instant::now();
+        for batch in ["a", "b"] {
+            pipeline.push(batch);
+        }
+        let mut id = 0;
+        let first = owner("a", 1);
+        send_all_to(&mut pipeline, now, &mut id, &first);
+        assert!(matches!(
+            pipeline.on_route(&owner("b", 2)),
+            Moved::Yes { .. }
+        ));
+        send_all_to(&mut pipeline, now, &mut id, &owner("b", 2));
+        // a took the partition back (a new takeover, a higher epoch).
+        let back = owner("a", 3);
+        assert_eq!(
+            pipeline.on_route(&back),
+            Moved::Yes {
+                abandoned: vec![3, 4]
+            }
+        );
+        assert_eq!(
+            send_all_to(&mut pipeline, now, &mut id, &back),
+            vec![(5, "a"), (6, "b")]
+        );
+        // The first attempts on a and those on b are all ignored; only the
+        // latest ones count.
+        for stale in 1..=4 {
+            assert_eq!(
+                pipeline.on_answer(stale, Answer::Success, now),
+                Effect::Unknown
+            );
+        }
+        assert_eq!(
+            pipeline.on_answer(5, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        assert_eq!(
+            pipeline.on_answer(6, Answer::Success, now),
+            Effect::Delivered("b")
+        );
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl Subscriber {
     pub async fn connect(config: SubscriberConfig) -> Result<Subscriber, ClientError> {
         config.validate()?;
         let cluster = Cluster::connect(config.client.clone()).await?;
+        cluster.start_route_watch();
         if config.create_if_missing {
             create_subscription(&cluster, &config).await?;
         }

@@ -162,6 +162,12 @@ enum SessionEnd {
     /// Closed on request (or the subscriber went away).
     Closed,
     Failed(ClientError),
+    /// The route names another owner: reopen there at once, without
+    /// waiting for the old owner (which may be frozen) to end the stream.
+    Moved {
+        from: String,
+        to: String,
+    },
 }
 
 /// Runs the partition's streams until the subscriber closes.
@@ -204,6 +210,11 @@ pub(crate) async fn run(
         let error = match end {
             SessionEnd::Closed => return,
             SessionEnd::Failed(error) => error,
+            SessionEnd::Moved { from, to } => {
+                tracing::info!(%topic, partition = index, %from, %to, discarded, "partition moved; reopening the subscription stream at its new owner");
+                reconnect.moved();
+                continue;
+            }
         };
         if !ReconnectState::is_retriable(&error) {
             if let Some(first_open) = first_open.take() {
@@ -240,6 +251,27 @@ pub(crate) async fn run(
                     }
                     Some(command) => refuse_ended(command),
                 },
+            }
+        }
+    }
+}
+
+/// Resolves, with the new owner's address, once the route of partition
+/// `index` names an owner other than `address`; pending forever if route
+/// changes can no longer be seen.
+async fn moved_from(
+    route_changes: &mut tokio::sync::watch::Receiver<u64>,
+    shared: &Shared,
+    index: u32,
+    address: &str,
+) -> String {
+    loop {
+        if route_changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if let Some(owner) = shared.cluster.cached_address(&shared.config.topic, index) {
+            if owner != address {
+                return owner;
             }
         }
     }
@@ -319,7 +351,18 @@ impl Session<'_> {
         first_open: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
         reconnect: &mut ReconnectState,
     ) -> SessionEnd {
-        let (requests, mut responses, address) = match self.open(permits).await {
+        let mut route_changes = self.shared.cluster.route_changes();
+        let address = match self.owner_address().await {
+            Ok(address) => address,
+            Err(error) => return SessionEnd::Failed(error),
+        };
+        let opened = tokio::select! {
+            opened = self.open(&address, permits) => opened,
+            to = moved_from(&mut route_changes, self.shared, self.partition.index, &address) => {
+                return SessionEnd::Moved { from: address, to };
+            }
+        };
+        let (requests, mut responses) = match opened {
             Ok(opened) => opened,
             Err(error) => return SessionEnd::Failed(error),
         };
@@ -390,6 +433,9 @@ impl Session<'_> {
                         break SessionEnd::Failed(error);
                     }
                 },
+                to = moved_from(&mut route_changes, self.shared, partition.index, &address), if closing.is_none() => {
+                    break SessionEnd::Moved { from: address.clone(), to };
+                },
                 _ = sleep_until_some(close_deadline) => {
                     tracing::warn!(
                         topic = %self.shared.config.topic, partition = self.partition.index,
@@ -401,7 +447,9 @@ impl Session<'_> {
         };
         let why = match &end {
             SessionEnd::Closed => "the subscriber closed before the broker's receipt",
-            SessionEnd::Failed(_) => "the subscription stream ended before the broker's receipt",
+            SessionEnd::Failed(_) | SessionEnd::Moved { .. } => {
+                "the subscription stream ended before the broker's receipt"
+            }
         };
         for (waiter, result) in self.acks.fail_all(|offset| delivery_expired(offset, why)) {
             answer(waiter, result);
@@ -412,19 +460,19 @@ impl Session<'_> {
         end
     }
 
-    /// Opens the stream and waits for `opened`.
+    /// Opens the stream at `address` and waits for `opened`.
     async fn open(
-        &mut self,
+        &self,
+        address: &str,
         permits: u32,
     ) -> Result<
         (
             mpsc::Sender<SubscribeRequest>,
             tonic::Streaming<SubscribeResponse>,
-            String,
         ),
         ClientError,
     > {
-        let address = self.owner_address().await?;
+        let address = address.to_string();
         let config = &self.shared.config;
         let (requests, outgoing) = mpsc::channel(OUTGOING_REQUESTS_CAPACITY);
         let open = SubscribeRequest {
@@ -474,7 +522,7 @@ impl Session<'_> {
         self.partition
             .active
             .store(opened.active, Ordering::Release);
-        Ok((requests, responses, address))
+        Ok((requests, responses))
     }
 
     fn on_command(&mut self, command: Command) {

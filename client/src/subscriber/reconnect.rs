@@ -54,6 +54,12 @@ impl ReconnectState {
         error.is_retriable() || error.needs_route_refresh()
     }
 
+    /// The stream was ended because the partition moved: the new owner
+    /// is opened at once, and its failures back off from the start.
+    pub fn moved(&mut self) {
+        self.consecutive_failures = 0;
+    }
+
     pub fn failed(&mut self, error: &ClientError) -> Reaction {
         let attempt = self.consecutive_failures;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
@@ -83,6 +89,22 @@ mod tests {
 
     fn server(code: ErrorCode) -> ClientError {
         ClientError::Server(SluiceError::new(code, "test"))
+    }
+
+    #[test]
+    fn a_move_starts_the_backoff_over() {
+        let mut state = ReconnectState::new(100, 1000);
+        for _ in 0..4 {
+            state.failed(&server(ErrorCode::Unavailable));
+        }
+        assert!(state.failed(&server(ErrorCode::Unavailable)).delay > Duration::from_millis(100));
+        // The stream moved to a new owner: its first refusal (still taking
+        // over) waits only the initial backoff.
+        state.moved();
+        assert_eq!(
+            state.failed(&server(ErrorCode::Unavailable)).delay,
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use super::*;
 use crate::testing::{FakeBroker, FakeNameServer};
 use crate::{Producer, ProducerConfig, Record};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Offsets handled, per (partition, key).
 type OffsetsByKey = HashMap<(u32, String), Vec<u64>>;
@@ -593,4 +593,63 @@ async fn listener_settings_are_checked() {
         .err()
         .expect("zero concurrency is refused");
     assert!(matches!(error, ClientError::InvalidArgument(_)));
+}
+
+#[tokio::test]
+async fn a_stream_moves_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
+    let (old_owner, cluster) = fake_topic(1, 40, 0).await;
+    // Same subscription state, another server.
+    let new_owner = FakeBroker {
+        state: old_owner.state.clone(),
+        ..FakeBroker::default()
+    };
+    let new_address = new_owner.start().await;
+    let config = SubscriberConfig {
+        receiver_queue_size: 4,
+        ..test_config()
+    };
+    let subscriber = subscriber_on(&cluster, config).await;
+    let mut seen = BTreeSet::new();
+    let limit = Duration::from_millis(WAIT_LIMIT_MS);
+    while seen.len() < 5 {
+        let message = subscriber
+            .recv_timeout(limit)
+            .await
+            .expect("recv")
+            .expect("a message from the first owner");
+        seen.insert(message.offset);
+    }
+    old_owner
+        .frozen
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let opens = old_owner.lock().subscription.opens;
+    // A takeover: the route names another broker at a higher epoch. The
+    // frozen owner never ends its stream; the subscriber must not wait for
+    // it (nor for any request timeout).
+    cluster.set_partition_routes(
+        "t",
+        vec![sluice_proto::v1::PartitionRoute {
+            partition: 0,
+            broker_id: "new".into(),
+            broker_address: new_address,
+            epoch: 2,
+        }],
+    );
+    while seen.len() < 40 {
+        let message = subscriber
+            .recv_timeout(limit)
+            .await
+            .expect("recv")
+            .expect("messages keep coming from the new owner");
+        seen.insert(message.offset);
+    }
+    assert_eq!(seen, (0..40).collect::<BTreeSet<u64>>());
+    assert!(
+        old_owner.lock().subscription.opens > opens,
+        "a stream was opened at the new owner"
+    );
+    old_owner
+        .frozen
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    subscriber.close().await.expect("close");
 }
