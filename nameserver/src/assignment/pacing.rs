@@ -45,6 +45,13 @@ impl BalancePacing {
         }
     }
 
+    /// When balance moves are next allowed (`None`: now). A reconcile loop
+    /// that runs on events must still run a round then while the layout is
+    /// not settled, or a returning broker stops halfway.
+    pub fn next_move_at(&self) -> Option<Instant> {
+        self.last_moved_at.map(|at| at + self.interval)
+    }
+
     /// Records that a round ending at `now` applied `balance_moves` moves.
     pub fn record(&mut self, now: Instant, balance_moves: usize) {
         if balance_moves > 0 {
@@ -63,6 +70,7 @@ mod tests {
     fn the_first_round_may_move() {
         let pacing = BalancePacing::new(INTERVAL);
         assert_eq!(pacing.moves_allowed(Instant::now(), 4), 4);
+        assert_eq!(pacing.next_move_at(), None);
     }
 
     #[test]
@@ -76,6 +84,7 @@ mod tests {
             0
         );
         assert_eq!(pacing.moves_allowed(start + INTERVAL, 4), 4);
+        assert_eq!(pacing.next_move_at(), Some(start + INTERVAL));
     }
 
     #[test]

@@ -62,8 +62,9 @@ pub fn plan(
         layout.place(index, target);
         changed.insert(index, ChangeReason::Orphaned);
     }
+    // One move per topic, so the topics moved are the moves made.
     let mut moved_topics: HashSet<usize> = HashSet::new();
-    while moved_topics.len() < max_moves {
+    for _ in 0..max_moves {
         let Some(step) = layout.best_move(&moved_topics, &changed) else {
             break;
         };
@@ -543,7 +544,7 @@ mod tests {
         let brokers = [broker("a", 1), broker("b", 2), broker("c", 3)];
         let offsets_owner = |p: u32| match p {
             6 | 7 => ("c", 3, 1),
-            _ if p % 2 == 0 => ("a", 1, 1),
+            _ if p.is_multiple_of(2) => ("a", 1, 1),
             _ => ("b", 2, 1),
         };
         let mut states: Vec<_> = (0..8)
