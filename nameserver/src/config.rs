@@ -168,8 +168,16 @@ pub struct NameServerConfig {
     /// expire. At most a third of `election_lease_ttl_ms`. Default 500.
     pub election_check_interval_ms: u64,
     /// Upper bound on balancing moves per reconcile round (orphaned
-    /// partitions are always reassigned). Default 4.
+    /// partitions are always reassigned). A round also moves at most one
+    /// partition of each topic. Default 4.
     pub max_moves_per_reconcile: u32,
+    /// Least time between two reconcile rounds that move partitions between
+    /// live brokers, so a broker that returns or joins takes its share back
+    /// gradually (at most one partition per topic and
+    /// `max_moves_per_reconcile` in all per interval); orphaned partitions
+    /// are reassigned in every round regardless. 0 = no spacing. Default
+    /// 5000.
+    pub balance_interval_ms: u64,
     /// Partitions of the internal `__consumer_offsets` topic, created at
     /// startup when missing. Default 8.
     pub offsets_partitions: u32,
@@ -215,6 +223,7 @@ impl Default for NameServerConfig {
             election_lease_ttl_ms: 3_000,
             election_check_interval_ms: 500,
             max_moves_per_reconcile: 4,
+            balance_interval_ms: 5_000,
             offsets_partitions: 8,
             max_transaction_operations: 128,
             max_segments_per_delete: 100,

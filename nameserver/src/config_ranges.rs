@@ -32,6 +32,8 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         ),
         KeyRange::count("max_moves_per_reconcile", config.max_moves_per_reconcile)
             .or_zero("no balancing moves (orphaned partitions are still reassigned)"),
+        KeyRange::duration_ms("balance_interval_ms", config.balance_interval_ms)
+            .or_zero("rounds that move partitions are not spaced"),
         KeyRange::new(
             "offsets_partitions",
             config.offsets_partitions,

@@ -200,6 +200,8 @@ async fn reconcile_loop(
 ) {
     let interval = Duration::from_millis(handler.config.reconcile_interval_ms);
     let max_moves = usize::try_from(handler.config.max_moves_per_reconcile).unwrap_or(usize::MAX);
+    let mut pacing =
+        assignment::BalancePacing::new(Duration::from_millis(handler.config.balance_interval_ms));
     let mut offsets_topic_ready = false;
     loop {
         if !offsets_topic_ready {
@@ -213,10 +215,10 @@ async fn reconcile_loop(
         let current = *leadership.borrow();
         if let Some(current) = current.filter(|current| current.is_valid_at(Instant::now())) {
             let fence = current.token.fence();
-            if let Err(error) =
-                assignment::reconcile_once(handler.store.as_ref(), max_moves, &fence).await
-            {
-                tracing::warn!(%error, "reconcile round failed");
+            let moves = pacing.moves_allowed(Instant::now(), max_moves);
+            match assignment::reconcile_round(handler.store.as_ref(), moves, &fence).await {
+                Ok(outcome) => pacing.record(Instant::now(), outcome.balance_moves),
+                Err(error) => tracing::warn!(%error, "reconcile round failed"),
             }
         }
         tokio::select! {

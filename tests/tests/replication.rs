@@ -52,6 +52,30 @@ async fn wait_for_acks(acknowledged: &Acknowledged, target: usize, what: &str) -
     started.elapsed()
 }
 
+/// A store holding partition 0's open segment, once there is one.
+async fn open_segment_replica_of_partition_0(admin: &Admin) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = admin.describe_topic(TOPIC).await.expect("describe");
+        let replica = described
+            .partitions
+            .iter()
+            .flat_map(|partition| partition.segments.iter())
+            .filter(|segment| segment.partition == 0 && segment.state() == SegmentState::Open)
+            .flat_map(|segment| segment.replicas.iter())
+            .map(|replica| replica.store_id.clone())
+            .next();
+        if let Some(store) = replica {
+            return store;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 has no open segment with replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn acknowledged_count(acknowledged: &Acknowledged) -> usize {
     acknowledged.lock().expect("lock").len()
 }
@@ -190,17 +214,11 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     wait_for_acks(&acknowledged, target, "after the broker restarted").await;
 
     // Kill for good a store that holds the open segment of partition 0, so
-    // repair has copies to replace.
-    let described = admin.describe_topic(TOPIC).await.expect("describe");
-    let victim = described
-        .partitions
-        .iter()
-        .flat_map(|partition| partition.segments.iter())
-        .filter(|segment| segment.partition == 0 && segment.state() == SegmentState::Open)
-        .flat_map(|segment| segment.replicas.iter())
-        .map(|replica| replica.store_id.clone())
-        .next()
-        .expect("partition 0 has an open segment with replicas");
+    // repair has copies to replace. The restarted broker takes partitions
+    // back one at a time, seconds apart (the nameserver's
+    // balance_interval_ms); while partition 0 changes hands it has no open
+    // segment for a moment, so look again until it has one.
+    let victim = open_segment_replica_of_partition_0(&admin).await;
     let victim_index = cluster
         .stores
         .iter()
