@@ -113,15 +113,21 @@ impl DevProcess {
     /// Waits until `sluice cluster status` shows one broker, one store and
     /// no offline partition.
     pub fn wait_ready(&mut self) {
+        self.wait_status(&["brokers (1)", "stores (1)", "offline partitions: 0"]);
+    }
+
+    /// Waits until `sluice cluster status` shows one broker and one store
+    /// (partitions may still be being taken over).
+    pub fn wait_serving(&mut self) {
+        self.wait_status(&["brokers (1)", "stores (1)"]);
+    }
+
+    fn wait_status(&mut self, wanted: &[&str]) {
         let deadline = Instant::now() + Duration::from_millis(READY_TIMEOUT_MS);
         loop {
             let output = self.sluice(&["cluster", "status"]);
             let text = String::from_utf8_lossy(&output.stdout).to_string();
-            if output.status.success()
-                && text.contains("brokers (1)")
-                && text.contains("stores (1)")
-                && text.contains("offline partitions: 0")
-            {
+            if output.status.success() && wanted.iter().all(|part| text.contains(part)) {
                 return;
             }
             assert!(
