@@ -8,7 +8,7 @@ use crate::keys;
 use sluice_proto::v1::{
     ClusterStatusResponse, GetRoutesResponse, NodeInfo, NodeKind, SegmentInfo, Topic,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Partitions counted over routes, and how many of them have no live broker.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -96,10 +96,16 @@ impl NameServerHandler {
         let stores = self.nodes_with_ttl(NodeKind::Store).await?;
         let topics = self.all_topics().await?;
         let all_names: Vec<String> = topics.iter().map(|(topic, _)| topic.name.clone()).collect();
+        // Routes from the topics just read, not read a second time.
         let all_routes = if all_names.is_empty() {
             GetRoutesResponse::default()
         } else {
-            self.compute_routes(&all_names).await?
+            let by_name: BTreeMap<String, Topic> = topics
+                .iter()
+                .map(|(topic, _)| (topic.name.clone(), topic.clone()))
+                .collect();
+            let owners = self.owners(keys::PARTITIONS).await?;
+            self.routes_from(&by_name, owners, &all_names).await?
         };
         let partitions = count_partitions(&all_routes, &reported_offline(&brokers));
         let live_stores: HashSet<&str> =
