@@ -77,7 +77,6 @@ pub async fn run(client: ClientConfig, args: TopicsBenchArgs) -> Result<()> {
         .map(|index| {
             let name = format!("{}-{index:05}", args.prefix);
             let admin = &admin;
-            let config = config.clone();
             async move {
                 let result = admin.create_topic(&name, config).await;
                 (name, result, start.elapsed())
