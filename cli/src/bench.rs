@@ -1,4 +1,4 @@
-//! `sluice bench produce|consume|e2e`: throughput and latency against a
+//! `sluice bench produce|consume|e2e` (and `topics`, in `bench_topics.rs`): throughput and latency against a
 //! running cluster.
 //!
 //! Latencies go into an HdrHistogram (microsecond resolution). With
@@ -32,6 +32,8 @@ pub enum BenchCommand {
     Subscribe(crate::bench_subscription::SubscribeBenchArgs),
     /// Delayed delivery: schedule messages, measure the timing error of firing.
     Delay(crate::bench_delay::DelayBenchArgs),
+    /// Metadata scale: create many topics, time each thousand and `ClusterStatus`.
+    Topics(crate::bench_topics::TopicsBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -110,6 +112,7 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
         }
         BenchCommand::Subscribe(args) => crate::bench_subscription::run(client, args).await?,
         BenchCommand::Delay(args) => crate::bench_delay::run(client, args).await?,
+        BenchCommand::Topics(args) => crate::bench_topics::run(client, args).await?,
     }
     Ok(())
 }

@@ -126,21 +126,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
         signal(stopped.clone()),
     ));
 
-    println!(
-        "Sluice dev cluster running (data in {})",
-        data_dir.display()
-    );
-    println!("  nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)");
-    println!("  broker:     http://127.0.0.1:{}", args.broker_port);
-    println!("  store:      http://127.0.0.1:{}", args.store_port);
-    println!("Press ctrl-c to stop.");
+    say(&format!(
+        "Sluice dev cluster running (data in {})\n  \
+         nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)\n  \
+         broker:     http://127.0.0.1:{}\n  \
+         store:      http://127.0.0.1:{}\n\
+         Press ctrl-c to stop.",
+        data_dir.display(),
+        args.broker_port,
+        args.store_port
+    ));
 
     tokio::select! {
         result = tokio::signal::ctrl_c() => {
             result.context("waiting for ctrl-c")?;
-            eprintln!("stopping...");
+            tell("stopping...");
         }
-        _ = terminate() => eprintln!("SIGTERM: stopping..."),
+        _ = terminate() => tell("SIGTERM: stopping..."),
     }
     let _ = stop.send(true);
     let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS), async {
@@ -162,6 +164,20 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
         Err(_) => anyhow::bail!("services did not stop within {SHUTDOWN_TIMEOUT_MS} ms"),
     }
+}
+
+/// Prints a line to stdout; a closed or broken stdout (the terminal or
+/// the reading end of a pipe went away) drops it: the cluster keeps
+/// serving, unlike `println!`, which panics on EPIPE.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Like [`say`], on stderr.
+fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 async fn terminate() {

@@ -14,6 +14,7 @@ mod admin;
 mod bench;
 mod bench_delay;
 mod bench_subscription;
+mod bench_topics;
 mod consume;
 mod dead_letters;
 mod dev;
@@ -82,6 +83,16 @@ enum Command {
     Message(message::MessageCommand),
 }
 
+impl Command {
+    /// Whether a closed stdout should end the process at once (SIGPIPE's
+    /// default), as for any printing tool. Not for `dev`: a long-running
+    /// cluster whose terminal or log pipe goes away keeps serving, ignores
+    /// EPIPE (Rust's default disposition) and drops what it cannot print.
+    fn ends_quietly_on_a_closed_pipe(&self) -> bool {
+        !matches!(self, Command::Dev(_))
+    }
+}
+
 /// Turns `host:port` into `http://host:port` and splits the list.
 pub fn parse_bootstrap(bootstrap: &str) -> Vec<String> {
     bootstrap
@@ -125,15 +136,18 @@ fn explain(error: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    // Like other Unix tools, end quietly when the reader of stdout goes
-    // away (`sluice cluster status | head -3`) instead of panicking in
-    // `println!` on EPIPE: Rust ignores SIGPIPE by default.
-    // SAFETY: called first thing on the main thread, before any other
-    // thread exists; restores the default disposition of one signal.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    if cli.command.ends_quietly_on_a_closed_pipe() {
+        // Like other Unix tools, end quietly when the reader of stdout goes
+        // away (`sluice cluster status | head -3`) instead of panicking in
+        // `println!` on EPIPE: Rust ignores SIGPIPE by default.
+        // SAFETY: called on the main thread before any other thread exists
+        // (parsing arguments starts none); restores the default
+        // disposition of one signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -182,6 +196,16 @@ mod tests {
                 "http://a:1".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn only_printing_commands_die_of_a_closed_pipe() {
+        let dev = Cli::parse_from(["sluice", "dev"]);
+        assert!(!dev.command.ends_quietly_on_a_closed_pipe());
+        let status = Cli::parse_from(["sluice", "cluster", "status"]);
+        assert!(status.command.ends_quietly_on_a_closed_pipe());
+        let consume = Cli::parse_from(["sluice", "consume", "orders", "--group", "g"]);
+        assert!(consume.command.ends_quietly_on_a_closed_pipe());
     }
 
     #[test]

@@ -355,3 +355,102 @@ async fn embedded_store_reports_a_corrupt_file() {
         Ok(_) => panic!("a corrupt file must not open"),
     }
 }
+
+async fn expect_corrupt(directory: &std::path::Path, file: &str) {
+    match EmbeddedMetadataStore::open(directory).await {
+        Err(MetadataError::Corrupt(message)) => {
+            assert!(message.contains(file), "{message}")
+        }
+        Err(other) => panic!("expected Corrupt, got {other:?}"),
+        Ok(_) => panic!("a damaged {file} must not open"),
+    }
+}
+
+#[tokio::test]
+async fn embedded_store_reports_a_garbage_database_file() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        directory.path().join("metadata.redb"),
+        vec![0xab_u8; 64 * 1024],
+    )
+    .expect("write");
+    expect_corrupt(directory.path(), "metadata.redb").await;
+}
+
+#[tokio::test]
+async fn embedded_store_reports_a_truncated_database_file() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    {
+        let store = embedded_store(&directory).await;
+        for index in 0..200 {
+            store
+                .put(&format!("many/{index:04}"), vec![7; 512], None)
+                .await
+                .expect("put");
+        }
+    }
+    let path = directory.path().join("metadata.redb");
+    let length = std::fs::metadata(&path).expect("stat").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for truncation");
+    file.set_len(length / 3).expect("truncate");
+    drop(file);
+    expect_corrupt(directory.path(), "metadata.redb").await;
+}
+
+#[tokio::test]
+async fn embedded_store_migrates_the_json_file_of_an_earlier_version() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let legacy = r#"{"version":1,"revision":41,"next_lease_id":3,"entries":[
+        {"key":"topics/old","value":[104,105],"mod_revision":40,"create_revision":12}]}"#;
+    std::fs::write(directory.path().join("metadata.json"), legacy).expect("write");
+    {
+        let store = embedded_store(&directory).await;
+        let entry = store
+            .get("topics/old")
+            .await
+            .expect("get")
+            .expect("migrated");
+        assert_eq!(entry.value, b"hi");
+        assert_eq!((entry.create_revision, entry.mod_revision), (12, 40));
+        let next = store
+            .put("topics/new", b"n".to_vec(), None)
+            .await
+            .expect("put");
+        assert!(
+            next > 41,
+            "revisions continue after the migrated ones: {next}"
+        );
+    }
+    assert!(!directory.path().join("metadata.json").exists());
+    assert!(directory.path().join("metadata.json.migrated").exists());
+    // Reopened from the database alone.
+    let store = embedded_store(&directory).await;
+    assert_eq!(store.range("topics/").await.expect("range").len(), 2);
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_thousands_of_keys_and_deletes_across_reopen() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    {
+        let store = embedded_store(&directory).await;
+        for index in 0..3_000 {
+            store
+                .put(
+                    &format!("bulk/{index:05}"),
+                    index.to_string().into_bytes(),
+                    None,
+                )
+                .await
+                .expect("put");
+        }
+        assert_eq!(store.delete_prefix("bulk/000").await.expect("delete"), 100);
+    }
+    let store = embedded_store(&directory).await;
+    let left = store.range("bulk/").await.expect("range");
+    assert_eq!(left.len(), 2_900);
+    assert_eq!(left[0].key, "bulk/00100");
+    assert_eq!(left[0].value, b"100");
+}

@@ -69,8 +69,14 @@ impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             // Export failures at exit are not worth more than a log line.
+            // `eprintln!` would panic with stderr closed (a log pipe whose
+            // reader went away); the line is dropped then.
             if let Err(error) = provider.shutdown() {
-                eprintln!("telemetry: span export shutdown failed: {error}");
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "telemetry: span export shutdown failed: {error}"
+                );
             }
         }
     }
@@ -90,11 +96,16 @@ pub fn init(
         reason: error.to_string(),
     })?;
     let fmt_layer = match config.log_format {
+        // Log lines that cannot be written (stderr is a pipe whose reader
+        // went away) are dropped: the subscriber's default reports each
+        // failure with `eprintln!`, which panics in the logging task.
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .log_internal_errors(false)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            .log_internal_errors(false)
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -3,6 +3,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod dev;
 pub mod etcd;
 pub mod read_back;
 pub mod small_fs;

@@ -138,10 +138,11 @@ impl NameServerHandler {
         Ok(stores)
     }
 
-    /// Every partition owner record, keyed by (topic, partition).
-    async fn owners(&self) -> Result<HashMap<(String, u32), PartitionOwner>, NameServerError> {
+    /// The partition owner records under `prefix` (all of them under
+    /// [`keys::PARTITIONS`]), keyed by (topic, partition).
+    async fn owners(&self, prefix: &str) -> Result<OwnerMap, NameServerError> {
         let mut owners = HashMap::new();
-        for entry in self.store.range(keys::PARTITIONS).await? {
+        for entry in self.store.range(prefix).await? {
             let Some(parsed) = keys::parse_partition(&entry.key) else {
                 tracing::warn!(key = entry.key, "ignoring malformed partition key");
                 continue;
@@ -153,6 +154,9 @@ impl NameServerHandler {
         Ok(owners)
     }
 }
+
+/// Partition owner records keyed by (topic, partition).
+pub(crate) type OwnerMap = HashMap<(String, u32), PartitionOwner>;
 
 /// First cap of the jittered pause between attempts of a contended
 /// counter increment; it doubles per attempt up to [`CAS_BACKOFF_MAX_MS`].

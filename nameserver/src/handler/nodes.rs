@@ -202,7 +202,7 @@ impl NameServerHandler {
             .map(|(topic, _)| (topic.name.clone(), topic))
             .collect();
         let mut owned: Vec<((String, u32), PartitionOwner)> = self
-            .owners()
+            .owners(keys::PARTITIONS)
             .await?
             .into_iter()
             .filter(|(_, owner)| owner.broker_id == broker_id && owner.broker_session == session)

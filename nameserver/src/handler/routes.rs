@@ -2,7 +2,7 @@
 //! polled by `GetRoutes`, streamed on change by `WatchRoutes`, and the
 //! coordinator lookup (the broker owning a group's offsets partition).
 
-use super::{invalid, lookup_topic_name, LiveBrokers, NameServerHandler};
+use super::{invalid, lookup_topic_name, LiveBrokers, NameServerHandler, OwnerMap};
 use crate::config::NameServerConfig;
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+/// Most topics whose routes are read key by key rather than with one scan
+/// of every topic and owner record.
+const TARGETED_ROUTE_READS_MAX_TOPICS: usize = 8;
 
 /// Messages buffered per `WatchRoutes` stream before the sender waits.
 const WATCH_ROUTES_CHANNEL_CAPACITY: usize = 4;
@@ -46,17 +50,61 @@ fn route(partition: u32, owner: Option<&PartitionOwner>, brokers: &LiveBrokers) 
 impl NameServerHandler {
     /// Routes of `names` (every non-internal topic when empty); a name that
     /// is unknown or invalid gets an error entry instead of partitions.
+    /// A few names are read key by key (a route watch polls its topics
+    /// every `watch_routes_interval_ms`; with 10,000 topics a full scan per
+    /// poll reads every topic and owner record); more are read in one scan.
     pub(crate) async fn compute_routes(
         &self,
         names: &[String],
     ) -> Result<GetRoutesResponse, NameServerError> {
+        if !names.is_empty() && names.len() <= TARGETED_ROUTE_READS_MAX_TOPICS {
+            let (topics, owners) = self.read_named_topics(names).await?;
+            return self.routes_from(&topics, owners, names).await;
+        }
         let topics: BTreeMap<String, Topic> = self
             .all_topics()
             .await?
             .into_iter()
             .map(|(topic, _)| (topic.name.clone(), topic))
             .collect();
-        let owners = self.owners().await?;
+        let owners = self.owners(keys::PARTITIONS).await?;
+        self.routes_from(&topics, owners, names).await
+    }
+
+    /// The records of the topics `names` that exist, and their owners.
+    async fn read_named_topics(
+        &self,
+        names: &[String],
+    ) -> Result<(BTreeMap<String, Topic>, OwnerMap), NameServerError> {
+        let mut topics = BTreeMap::new();
+        let mut owners = OwnerMap::new();
+        for name in names {
+            if lookup_topic_name(name).is_err() || topics.contains_key(name) {
+                continue;
+            }
+            let key = keys::topic(name);
+            let Some(entry) = self.store.get(&key).await? else {
+                continue;
+            };
+            match keys::decode::<Topic>(&key, &entry.value) {
+                Ok(topic) => {
+                    topics.insert(name.clone(), topic);
+                    owners.extend(self.owners(&keys::partitions_of(name)).await?);
+                }
+                Err(error) => tracing::warn!(%error, "skipping undecodable topic"),
+            }
+        }
+        Ok((topics, owners))
+    }
+
+    /// Routes of `names` (every non-internal topic of `topics` when empty)
+    /// from records already read.
+    pub(crate) async fn routes_from(
+        &self,
+        topics: &BTreeMap<String, Topic>,
+        owners: OwnerMap,
+        names: &[String],
+    ) -> Result<GetRoutesResponse, NameServerError> {
         let brokers = self.live_brokers().await?;
         let wanted: Vec<String> = if names.is_empty() {
             topics

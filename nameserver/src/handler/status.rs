@@ -5,8 +5,10 @@
 use super::{lease_of, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys;
-use sluice_proto::v1::{ClusterStatusResponse, GetRoutesResponse, NodeInfo, NodeKind, Topic};
-use std::collections::HashSet;
+use sluice_proto::v1::{
+    ClusterStatusResponse, GetRoutesResponse, NodeInfo, NodeKind, SegmentInfo, Topic,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Partitions counted over routes, and how many of them have no live broker.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -94,10 +96,16 @@ impl NameServerHandler {
         let stores = self.nodes_with_ttl(NodeKind::Store).await?;
         let topics = self.all_topics().await?;
         let all_names: Vec<String> = topics.iter().map(|(topic, _)| topic.name.clone()).collect();
+        // Routes from the topics just read, not read a second time.
         let all_routes = if all_names.is_empty() {
             GetRoutesResponse::default()
         } else {
-            self.compute_routes(&all_names).await?
+            let by_name: BTreeMap<String, Topic> = topics
+                .iter()
+                .map(|(topic, _)| (topic.name.clone(), topic.clone()))
+                .collect();
+            let owners = self.owners(keys::PARTITIONS).await?;
+            self.routes_from(&by_name, owners, &all_names).await?
         };
         let partitions = count_partitions(&all_routes, &reported_offline(&brokers));
         let live_stores: HashSet<&str> =
@@ -121,41 +129,92 @@ impl NameServerHandler {
         })
     }
 
+    /// Counts every segment with one range read of all segment keys (not
+    /// one read per topic: at 10,000 topics that was 10,000 round trips to
+    /// etcd).
     async fn count_segments(
         &self,
         topics: &[(Topic, i64)],
         live_stores: &HashSet<&str>,
     ) -> Result<SegmentCounts, NameServerError> {
-        let mut counts = SegmentCounts::default();
-        for (topic, _) in topics {
-            let ensemble_size = topic
-                .config
-                .as_ref()
-                .map_or(1, |config| config.ensemble_size.max(1))
-                as usize;
-            for segment in self
-                .segments_of(&keys::segments_of_topic(&topic.name))
-                .await?
-            {
-                counts.segments = counts.segments.saturating_add(1);
-                let usable = segment
-                    .replicas
-                    .iter()
-                    .filter(|replica| live_stores.contains(replica.store_id.as_str()))
-                    .count();
-                if usable < ensemble_size {
-                    counts.under_replicated = counts.under_replicated.saturating_add(1);
-                }
-            }
-        }
-        Ok(counts)
+        let ensemble_sizes: HashMap<&str, usize> = topics
+            .iter()
+            .map(|(topic, _)| (topic.name.as_str(), ensemble_size(topic)))
+            .collect();
+        let segments = self.segments_of(keys::SEGMENTS).await?;
+        Ok(count_segments(&ensemble_sizes, &segments, live_stores))
     }
+}
+
+fn ensemble_size(topic: &Topic) -> usize {
+    topic
+        .config
+        .as_ref()
+        .map_or(1, |config| config.ensemble_size.max(1)) as usize
+}
+
+/// Counts the segments of existing topics (`ensemble_sizes`; left-overs of
+/// deleted topics are not counted): under-replicated when fewer of its
+/// replicas are on live stores than its topic's ensemble size.
+fn count_segments(
+    ensemble_sizes: &HashMap<&str, usize>,
+    segments: &[SegmentInfo],
+    live_stores: &HashSet<&str>,
+) -> SegmentCounts {
+    let mut counts = SegmentCounts::default();
+    for segment in segments {
+        let Some(ensemble_size) = ensemble_sizes.get(segment.topic.as_str()) else {
+            continue;
+        };
+        counts.segments = counts.segments.saturating_add(1);
+        let usable = segment
+            .replicas
+            .iter()
+            .filter(|replica| live_stores.contains(replica.store_id.as_str()))
+            .count();
+        if usable < *ensemble_size {
+            counts.under_replicated = counts.under_replicated.saturating_add(1);
+        }
+    }
+    counts
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_proto::v1::{PartitionRoute, TopicRoute};
+
+    #[test]
+    fn segments_count_per_topic_ensemble_and_leftovers_do_not_count() {
+        use sluice_proto::v1::SegmentReplica;
+        let segment = |topic: &str, stores: &[&str]| SegmentInfo {
+            topic: topic.into(),
+            replicas: stores
+                .iter()
+                .map(|store| SegmentReplica {
+                    store_id: store.to_string(),
+                    ..SegmentReplica::default()
+                })
+                .collect(),
+            ..SegmentInfo::default()
+        };
+        let ensemble_sizes: HashMap<&str, usize> = [("a", 2), ("b", 1)].into_iter().collect();
+        let live: HashSet<&str> = ["s1", "s2"].into_iter().collect();
+        let segments = vec![
+            segment("a", &["s1", "s2"]),
+            segment("a", &["s1", "s3"]),
+            segment("b", &["s3"]),
+            segment("b", &["s2"]),
+            segment("deleted", &[]),
+        ];
+        assert_eq!(
+            count_segments(&ensemble_sizes, &segments, &live),
+            SegmentCounts {
+                segments: 4,
+                under_replicated: 2
+            }
+        );
+    }
 
     #[test]
     fn partitions_without_a_broker_count_as_offline() {
