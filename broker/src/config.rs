@@ -74,6 +74,12 @@ pub struct ClusterConfig {
     pub register_backoff_max_ms: u64,
     /// How long cached topic partition counts (from GetRoutes) are trusted. Default 10000.
     pub route_refresh_interval_ms: u64,
+    /// The broker stops serving this share (percent) of the nameserver's
+    /// `session_timeout_ms` before the session could end, counted from
+    /// when its last successful heartbeat was sent: room for the two
+    /// machines' clocks running at different rates (ADR 0014). 10 to 50.
+    /// Default 20.
+    pub session_fence_margin_percent: u32,
 }
 
 impl Default for ClusterConfig {
@@ -85,6 +91,7 @@ impl Default for ClusterConfig {
             nameserver_request_timeout_ms: 5_000,
             register_backoff_max_ms: 5_000,
             route_refresh_interval_ms: 10_000,
+            session_fence_margin_percent: 20,
         }
     }
 }

@@ -22,6 +22,11 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),
         KeyRange::duration_ms("lease_ttl_ms", config.lease_ttl_ms),
         KeyRange::duration_ms("heartbeat_interval_ms", config.heartbeat_interval_ms),
+        KeyRange::duration_ms("session_timeout_ms", config.session_timeout_ms),
+        KeyRange::duration_ms(
+            "session_check_interval_ms",
+            config.session_check_interval_ms,
+        ),
         KeyRange::duration_ms("load_update_interval_ms", config.load_update_interval_ms),
         KeyRange::duration_ms("reconcile_interval_ms", config.reconcile_interval_ms),
         KeyRange::duration_ms("election_lease_ttl_ms", config.election_lease_ttl_ms),
@@ -69,6 +74,7 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
             config.heartbeat_interval_ms, config.lease_ttl_ms
         ));
     }
+    broken.extend(session_checks(config));
     let check_interval = config.election_check_interval_ms;
     if check_interval.saturating_mul(3) > config.election_lease_ttl_ms {
         broken.push(format!(
@@ -96,6 +102,34 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
     broken
 }
 
+/// Rules between the session keys (ADR 0014): three heartbeats fit in a
+/// session timeout, the check interval is below it, and the etcd lease
+/// (the backstop) is at least twice it, so a nameserver always ends a
+/// silent session before etcd would.
+fn session_checks(config: &NameServerConfig) -> Vec<String> {
+    let mut broken = Vec::new();
+    let timeout = config.session_timeout_ms;
+    if config.heartbeat_interval_ms.saturating_mul(3) > timeout {
+        broken.push(format!(
+            "heartbeat_interval_ms ({}) must be at most a third of session_timeout_ms ({timeout})",
+            config.heartbeat_interval_ms
+        ));
+    }
+    if config.session_check_interval_ms >= timeout {
+        broken.push(format!(
+            "session_check_interval_ms ({}) must be below session_timeout_ms ({timeout})",
+            config.session_check_interval_ms
+        ));
+    }
+    if config.lease_ttl_ms < timeout.saturating_mul(2) {
+        broken.push(format!(
+            "lease_ttl_ms ({}) must be at least twice session_timeout_ms ({timeout})",
+            config.lease_ttl_ms
+        ));
+    }
+    broken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +146,7 @@ mod tests {
     fn topic_defaults_at_their_extremes() {
         type Change = fn(&mut NameServerConfig);
         // (change, refused)
-        let cases: [(Change, bool); 8] = [
+        let cases: [(Change, bool); 11] = [
             (|c| c.topic_defaults.retention_ms = 0, false),
             (|c| c.topic_defaults.retention_ms = u64::MAX, false),
             (|c| c.topic_defaults.segment_bytes = 1, false),
@@ -121,6 +155,9 @@ mod tests {
             (|c| c.topic_defaults.ensemble_size = 0, true),
             (|c| c.topic_defaults.ack_quorum = u32::MAX, true),
             (|c| c.heartbeat_interval_ms = c.lease_ttl_ms, true),
+            (|c| c.heartbeat_interval_ms = c.session_timeout_ms / 2, true),
+            (|c| c.session_check_interval_ms = c.session_timeout_ms, true),
+            (|c| c.lease_ttl_ms = c.session_timeout_ms * 2 - 1, true),
         ];
         for (index, (change, refused)) in cases.into_iter().enumerate() {
             let mut config = NameServerConfig::default();

@@ -9,6 +9,7 @@
 //! [`metadata::EmbeddedMetadataStore`] inside `sluice dev`).
 
 pub mod assignment;
+pub mod assignment_index;
 pub mod config;
 mod config_ranges;
 pub mod election;
@@ -18,8 +19,10 @@ pub mod keys;
 pub mod metadata;
 mod placement;
 mod service;
+pub mod session_monitor;
 pub mod subscription_start;
 pub mod subscriptions;
+mod watches;
 
 pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};
 pub use error::NameServerError;
@@ -84,10 +87,13 @@ pub async fn run_with_store(
     if config.heartbeat_interval_ms == 0
         || config.lease_ttl_ms <= config.heartbeat_interval_ms
         || config.reconcile_interval_ms == 0
+        || config.session_check_interval_ms == 0
+        || config.session_timeout_ms <= config.heartbeat_interval_ms
     {
         return Err(NameServerError::Config(format!(
-            "need 0 < heartbeat_interval_ms ({}) < lease_ttl_ms ({}) and reconcile_interval_ms > 0",
-            config.heartbeat_interval_ms, config.lease_ttl_ms
+            "need 0 < heartbeat_interval_ms ({}) < session_timeout_ms ({}), heartbeat_interval_ms < \
+             lease_ttl_ms ({}), and reconcile_interval_ms and session_check_interval_ms above 0",
+            config.heartbeat_interval_ms, config.session_timeout_ms, config.lease_ttl_ms
         )));
     }
     let election_timings = election::ElectionTimings {
@@ -126,6 +132,15 @@ pub async fn run_with_store(
         handler.clone(),
         leadership,
         became_leader,
+        stopping.clone(),
+    ));
+    let sessions = tokio::spawn(watches::session_loop(handler.clone(), stopping.clone()));
+    let departures = tokio::spawn(watches::broker_departures(
+        handler.clone(),
+        stopping.clone(),
+    ));
+    let index = tokio::spawn(watches::assignment_index_loop(
+        handler.clone(),
         stopping.clone(),
     ));
     let registration = tokio::spawn(self_registration_loop(
@@ -171,7 +186,14 @@ pub async fn run_with_store(
         .add_service(health_service)
         .serve_with_incoming_shutdown(sluice_service::incoming(listener), signal)
         .await;
-    for task in [reconciler, election, registration] {
+    for task in [
+        reconciler,
+        election,
+        registration,
+        sessions,
+        departures,
+        index,
+    ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "nameserver background task failed");
         }

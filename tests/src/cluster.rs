@@ -219,10 +219,16 @@ pub struct ClusterSpec {
     pub nameservers: usize,
     pub brokers: usize,
     pub stores: usize,
-    /// Registration lease of brokers and stores, in milliseconds. Short in
-    /// tests so failover happens quickly.
+    /// etcd lease behind brokers' and stores' sessions, in milliseconds:
+    /// the backstop when no nameserver watches a session. At least twice
+    /// `session_timeout_ms`. Default 3000.
     pub lease_ttl_ms: u64,
+    /// Default 250, as in production.
     pub heartbeat_interval_ms: u64,
+    /// The nameservers' `session_timeout_ms`: a broker or store silent for
+    /// this long loses its session (ADR 0014). Default 1500, as in
+    /// production.
+    pub session_timeout_ms: u64,
     pub offsets_partitions: u32,
     /// Members of the etcd cluster; every nameserver is given all of their
     /// client URLs. Default 1.
@@ -265,7 +271,8 @@ impl Default for ClusterSpec {
             brokers: 1,
             stores: 1,
             lease_ttl_ms: 3000,
-            heartbeat_interval_ms: 500,
+            heartbeat_interval_ms: 250,
+            session_timeout_ms: 1500,
             offsets_partitions: 4,
             etcd_members: 1,
             broker_config: String::new(),
@@ -340,11 +347,13 @@ impl Cluster {
                 let node_id = format!("nameserver-{}", index + 1);
                 let body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\nlease_ttl_ms = {lease}\n\
-                     heartbeat_interval_ms = {heartbeat}\nreconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
+                     heartbeat_interval_ms = {heartbeat}\nsession_timeout_ms = {session}\n\
+                     reconcile_interval_ms = 300\noffsets_partitions = {offsets}\n\
                      [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n\
                      [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
                     lease = self.spec.lease_ttl_ms,
                     heartbeat = self.spec.heartbeat_interval_ms,
+                    session = self.spec.session_timeout_ms,
                     offsets = self.spec.offsets_partitions,
                     etcd = self
                         .etcd

@@ -7,7 +7,7 @@
 //! persisted: their leases would be gone after a restart anyway. A corrupt
 //! file is reported as [`MetadataError::Corrupt`].
 
-use super::{Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Transaction};
+use super::{Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Transaction, WatchEvents};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -278,6 +278,29 @@ impl EmbeddedMetadataStore {
     }
 }
 
+/// The mod revision of every key under `prefix`, unless the store's
+/// revision is still `since` (nothing changed); for the embedded watch.
+async fn read_prefix(
+    state: &Mutex<State>,
+    prefix: &str,
+    since: i64,
+) -> Option<super::embedded_watch::Snapshot> {
+    let mut state = state.lock().await;
+    state.expire_leases(Instant::now());
+    if state.revision == since {
+        return None;
+    }
+    Some(super::embedded_watch::Snapshot {
+        revision: state.revision,
+        keys: state
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(key, entry)| (key.clone(), entry.mod_revision))
+            .collect(),
+    })
+}
+
 fn to_key_value(key: &str, entry: &Entry) -> KeyValue {
     KeyValue {
         key: key.to_string(),
@@ -361,7 +384,7 @@ impl MetadataStore for EmbeddedMetadataStore {
         Ok(keys.len() as u64)
     }
 
-    async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError> {
+    async fn commit_at(&self, transaction: Transaction) -> Result<Option<i64>, MetadataError> {
         let mut state = self.state.lock().await;
         state.expire_leases(Instant::now());
         if !transaction
@@ -369,7 +392,7 @@ impl MetadataStore for EmbeddedMetadataStore {
             .iter()
             .all(|compare| state.compare_holds(compare))
         {
-            return Ok(false);
+            return Ok(None);
         }
         for put in &transaction.puts {
             if let Some(id) = put.lease {
@@ -382,7 +405,7 @@ impl MetadataStore for EmbeddedMetadataStore {
             }
         }
         if transaction.puts.is_empty() && transaction.deletes.is_empty() {
-            return Ok(true);
+            return Ok(Some(state.revision));
         }
         state.revision += 1;
         let revision = state.revision;
@@ -393,7 +416,18 @@ impl MetadataStore for EmbeddedMetadataStore {
             state.put_at(&put.key, put.value, put.lease, revision);
         }
         self.persist(&state).await?;
-        Ok(true)
+        Ok(Some(revision))
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<WatchEvents, MetadataError> {
+        let state = Arc::downgrade(&self.state);
+        let prefix = prefix.to_string();
+        let read = move |since: i64| {
+            let state = state.clone();
+            let prefix = prefix.clone();
+            async move { Some(read_prefix(&*state.upgrade()?, &prefix, since).await) }
+        };
+        super::embedded_watch::spawn(read).await
     }
 
     async fn grant(&self, ttl_ms: u64) -> Result<LeaseId, MetadataError> {

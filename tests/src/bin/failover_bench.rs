@@ -34,12 +34,17 @@ struct Arguments {
     /// Number of kill/measure trials.
     #[arg(long, default_value_t = 20)]
     trials: usize,
-    /// Broker and store registration lease, in milliseconds.
-    #[arg(long, default_value_t = 3_000)]
+    /// etcd lease behind broker and store sessions (the backstop), in
+    /// milliseconds; the production default.
+    #[arg(long, default_value_t = 5_000)]
     lease_ttl_ms: u64,
-    /// Heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    /// Heartbeat interval, in milliseconds; the production default.
+    #[arg(long, default_value_t = 250)]
     heartbeat_interval_ms: u64,
+    /// Nameserver session timeout (ADR 0014), in milliseconds; the
+    /// production default.
+    #[arg(long, default_value_t = 1_500)]
+    session_timeout_ms: u64,
     /// Pause between trials so the restarted broker registers, in milliseconds.
     #[arg(long, default_value_t = 3_000)]
     settle_ms: u64,
@@ -56,6 +61,7 @@ async fn main() {
         stores: 3,
         lease_ttl_ms: arguments.lease_ttl_ms,
         heartbeat_interval_ms: arguments.heartbeat_interval_ms,
+        session_timeout_ms: arguments.session_timeout_ms,
         ..ClusterSpec::default()
     })
     .await;
@@ -157,13 +163,15 @@ async fn main() {
     };
     println!(
         "failover over {} trials: median {:.0} ms, p99 {:.0} ms, max {:.0} ms, min {:.0} ms \
-         (lease_ttl_ms {}, heartbeat_interval_ms {}, nameserver reconcile_interval_ms 300)",
+         (lease_ttl_ms {}, heartbeat_interval_ms {}, session_timeout_ms {}, \
+         nameserver reconcile_interval_ms 300)",
         samples_ms.len(),
         at(0.5),
         at(0.99),
         samples_ms.last().copied().unwrap_or(0.0),
         samples_ms.first().copied().unwrap_or(0.0),
         arguments.lease_ttl_ms,
-        arguments.heartbeat_interval_ms
+        arguments.heartbeat_interval_ms,
+        arguments.session_timeout_ms
     );
 }
