@@ -413,6 +413,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "route_refresh_interval_ms",
     ),
     moved(
+        "session_fence_margin_percent",
+        "cluster",
+        "session_fence_margin_percent",
+    ),
+    moved(
         "max_in_flight_bytes_per_connection",
         "produce",
         "max_in_flight_bytes_per_connection",

@@ -247,23 +247,25 @@ fn an_ending_and_a_claim_racing_for_the_same_revision_one_wins() {
 }
 
 #[test]
-fn a_claim_of_its_own_ending_session_supersedes_the_ending() {
-    // A heartbeat that read a newer revision (someone else wrote) while
-    // this nameserver was ending the older one: the claim wins the key,
-    // the ending's compare fails, and `finished` keeps the claim.
+fn while_ending_even_a_heartbeat_that_read_a_newer_revision_is_refused() {
+    // Someone else wrote the key (revision 5) while this nameserver was
+    // ending the session at revision 1: its delete will fail, but the
+    // heartbeat here is refused all the same (the node registers again;
+    // a rare race, and never an answer "renewed" for an ending session).
     let base = Instant::now();
     let mut monitor = SessionMonitor::new(TIMEOUT);
     monitor.wrote(KEY, 7, 1, base);
     let due = monitor.due(at(base, 1_500));
     assert_eq!(
         monitor.heartbeat(KEY, 7, 5, at(base, 1_500)),
-        HeartbeatVerdict::Claim
+        HeartbeatVerdict::Expired
     );
-    monitor.wrote(KEY, 7, 6, at(base, 1_500));
     monitor.finished(&due[0]);
+    assert!(monitor.is_empty());
+    // The next heartbeat claims afresh.
     assert_eq!(
-        monitor.heartbeat(KEY, 7, 6, at(base, 1_600)),
-        HeartbeatVerdict::Renewed
+        monitor.heartbeat(KEY, 7, 5, at(base, 1_600)),
+        HeartbeatVerdict::Claim
     );
 }
 
