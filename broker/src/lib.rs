@@ -10,6 +10,7 @@
 //! Public API: [`BrokerConfig`], [`BrokerError`] and [`run`].
 
 mod assignment;
+mod assignment_watch;
 mod backlog;
 mod clients;
 mod commit_check;

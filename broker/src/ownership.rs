@@ -17,7 +17,7 @@ use sluice_proto::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Smallest heartbeat interval honoured, whatever the nameserver says.
@@ -150,6 +150,15 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
     }
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the heartbeat loop does next with a session.
 enum Next {
     Register,
@@ -197,6 +206,14 @@ async fn heartbeat_session(
     shared.serving.serve_until(serving_until.into_std());
     let mut last_success = session.sent_at;
     let mut meter = RateMeter::new(shared);
+    // Assignment changes pushed by the nameserver wake the loop for an
+    // early heartbeat (ADR 0014); the follower ends with the session.
+    let assignments_changed = Arc::new(Notify::new());
+    let _follower = AbortOnDrop(tokio::spawn(crate::assignment_watch::follow(
+        shared.clone(),
+        session.session_id,
+        assignments_changed.clone(),
+    )));
     loop {
         // The lease was renewed no earlier than the request left.
         let sent_at = Instant::now();
@@ -236,6 +253,7 @@ async fn heartbeat_session(
         let next = (sent_at + session.heartbeat_interval).min(serving_until);
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
+            _ = assignments_changed.notified() => {}
             _ = crate::wait_until_set(shutdown) => return Next::Shutdown,
         }
     }

@@ -194,6 +194,10 @@ pub struct NameServerConfig {
     pub watch_routes_interval_ms: u64,
     /// Upper bound on concurrently open `WatchRoutes` streams. Default 1024.
     pub max_route_watches: u32,
+    /// Upper bound on concurrently open `WatchAssignments` streams (one per
+    /// broker session; ADR 0014). 0 = refused (brokers then learn their
+    /// assignments from heartbeats only). Default 1024.
+    pub max_assignment_watches: u32,
     /// Upper bound on retries of a lost compare-and-set (segment id
     /// counter). Default 16.
     pub max_cas_retries: u32,
@@ -230,6 +234,7 @@ impl Default for NameServerConfig {
             max_segments_per_delete: 100,
             watch_routes_interval_ms: 500,
             max_route_watches: 1024,
+            max_assignment_watches: 1024,
             max_cas_retries: 16,
             max_subscriptions_per_topic: 1_000,
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,

@@ -50,6 +50,8 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms("watch_routes_interval_ms", config.watch_routes_interval_ms),
         KeyRange::count("max_route_watches", config.max_route_watches)
             .or_zero("WatchRoutes is refused"),
+        KeyRange::count("max_assignment_watches", config.max_assignment_watches)
+            .or_zero("WatchAssignments is refused (heartbeats bring assignments)"),
         KeyRange::count("max_cas_retries", config.max_cas_retries),
         KeyRange::count(
             "max_subscriptions_per_topic",

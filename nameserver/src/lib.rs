@@ -30,6 +30,7 @@ pub use handler::NameServerHandler;
 pub use metadata::{EmbeddedMetadataStore, EtcdMetadataStore, MetadataStore};
 
 use metadata::{EtcdOptions, LeaseId, MetadataError};
+use sluice_proto::v1::assignment_watch_server::AssignmentWatchServer;
 use sluice_proto::v1::name_server_server::NameServerServer;
 use sluice_proto::v1::{NodeInfo, NodeKind};
 use std::future::Future;
@@ -150,6 +151,9 @@ pub async fn run_with_store(
         stopping.clone(),
     ));
 
+    let assignment_watch = AssignmentWatchServer::from_arc(handler.clone())
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
     let service = NameServerServer::from_arc(handler)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);
@@ -183,6 +187,7 @@ pub async fn run_with_store(
     };
     let served = sluice_service::grpc_server()
         .add_service(service)
+        .add_service(assignment_watch)
         .add_service(health_service)
         .serve_with_incoming_shutdown(sluice_service::incoming(listener), signal)
         .await;

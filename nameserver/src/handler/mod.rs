@@ -7,6 +7,7 @@
 //! request. This file holds the shared state and the reads several
 //! resources use; `crate::service` maps the gRPC trait onto it.
 
+mod assignment_watch;
 mod data_loss;
 mod groups;
 mod nodes;
@@ -17,6 +18,7 @@ mod status;
 mod topic_config;
 mod topics;
 
+pub(crate) use assignment_watch::AssignmentStream;
 pub(crate) use routes::RouteStream;
 pub(crate) use topic_config::complete_topic_config;
 
@@ -42,6 +44,7 @@ pub struct NameServerHandler {
     /// etcd every time. One entry per registered node key.
     load_written_at: std::sync::Mutex<HashMap<String, Instant>>,
     watch_permits: Arc<Semaphore>,
+    assignment_watch_permits: Arc<Semaphore>,
     stopping: watch::Receiver<bool>,
     /// Wakes the reconciler early (after a topic is created, or when a
     /// broker's session ends).
@@ -88,6 +91,8 @@ impl NameServerHandler {
         stopping: watch::Receiver<bool>,
     ) -> Self {
         let permits = usize::try_from(config.max_route_watches).unwrap_or(usize::MAX);
+        let assignment_permits =
+            usize::try_from(config.max_assignment_watches).unwrap_or(usize::MAX);
         Self {
             sessions: std::sync::Mutex::new(SessionMonitor::new(std::time::Duration::from_millis(
                 config.session_timeout_ms,
@@ -96,6 +101,7 @@ impl NameServerHandler {
             store,
             load_written_at: std::sync::Mutex::new(HashMap::new()),
             watch_permits: Arc::new(Semaphore::new(permits)),
+            assignment_watch_permits: Arc::new(Semaphore::new(assignment_permits)),
             stopping,
             reconcile_now: Notify::new(),
             assignment_index: watch::Sender::new(None),
