@@ -190,7 +190,9 @@ pub struct NameServerConfig {
     pub max_transaction_operations: u32,
     /// Upper bound on segments deleted by one `DeleteSegments`. Default 100.
     pub max_segments_per_delete: u32,
-    /// How often `WatchRoutes` re-reads routes. Default 500.
+    /// How often `WatchRoutes` re-reads routes when nothing woke it
+    /// earlier (owner and topic changes wake it at once, ADR 0014).
+    /// Default 500.
     pub watch_routes_interval_ms: u64,
     /// Upper bound on concurrently open `WatchRoutes` streams. Default 1024.
     pub max_route_watches: u32,

@@ -14,6 +14,10 @@
 //! revision, and a nameserver the node left can no longer delete it: its
 //! compare fails and it forgets the session.
 //!
+//! **A metadata outage pauses the clocks.** Nodes cannot renew while
+//! the store is unavailable, so when an ending fails for that reason every
+//! session gets a new timeout ([`SessionMonitor::paused`]).
+//!
 //! **No heartbeat is answered for a session being ended.** Once
 //! [`SessionMonitor::due`] picked a session, heartbeats for it get
 //! [`HeartbeatVerdict::Expired`] until the IO finished, so a heartbeat
@@ -92,6 +96,31 @@ impl SessionMonitor {
                 HeartbeatVerdict::Renewed
             }
             _ => HeartbeatVerdict::Claim,
+        }
+    }
+
+    /// A heartbeat of `session` arrived but could not be renewed in the
+    /// metadata store (unavailable). The node is alive and talks to this
+    /// nameserver, so this nameserver does not end the session for
+    /// silence meanwhile; ending later is always safe (the node fences
+    /// itself by its own last *successful* heartbeat), and a session that
+    /// moved elsewhere is unaffected (this nameserver's delete fails).
+    pub fn heard(&mut self, key: &str, session: u64, now: Instant) {
+        if let Some(tracked) = self.sessions.get_mut(key) {
+            if tracked.session == session && !tracked.ending {
+                tracked.renewed_at = now;
+            }
+        }
+    }
+
+    /// The metadata store did not answer an ending: an outage pauses
+    /// every session's silence clock (nodes cannot renew meanwhile, and
+    /// ending later is always safe), and sessions being ended are picked
+    /// again only after a new timeout.
+    pub fn paused(&mut self, now: Instant) {
+        for tracked in self.sessions.values_mut() {
+            tracked.renewed_at = tracked.renewed_at.max(now);
+            tracked.ending = false;
         }
     }
 

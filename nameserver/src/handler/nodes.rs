@@ -170,7 +170,10 @@ impl NameServerHandler {
             Err(MetadataError::LeaseExpired(_)) => {
                 return Err(NameServerError::SessionExpired(session))
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                self.session_heard(key, session);
+                return Err(error.into());
+            }
         }
         let Some(entry) = self.store.get(key).await? else {
             self.session_gone(key, session);

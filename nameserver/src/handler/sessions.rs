@@ -9,7 +9,12 @@ use crate::error::NameServerError;
 use crate::metadata::{Compare, KeyValue, MetadataError, Put, Transaction};
 use crate::session_monitor::{Expiry, HeartbeatVerdict, SessionMonitor};
 use std::sync::MutexGuard;
+use std::time::Duration;
 use tokio::time::Instant;
+
+/// Longest wait for the metadata store to end one session; beyond it the
+/// store counts as unavailable (an outage pauses session clocks).
+const END_ATTEMPT_TIMEOUT_MS: u64 = 500;
 
 impl NameServerHandler {
     fn monitor(&self) -> MutexGuard<'_, SessionMonitor> {
@@ -21,6 +26,11 @@ impl NameServerHandler {
     /// This nameserver wrote `key` for `session` at `revision`.
     pub(super) fn session_written(&self, key: &str, session: u64, revision: i64) {
         self.monitor().wrote(key, session, revision, Instant::now());
+    }
+
+    /// A heartbeat arrived but the metadata store could not renew it.
+    pub(super) fn session_heard(&self, key: &str, session: u64) {
+        self.monitor().heard(key, session, Instant::now());
     }
 
     pub(super) fn session_gone(&self, key: &str, session: u64) {
@@ -88,7 +98,14 @@ impl NameServerHandler {
     pub async fn end_silent_sessions(&self) {
         let due = self.monitor().due(Instant::now());
         for expiry in due {
-            match self.end_session(&expiry).await {
+            let attempt = Duration::from_millis(END_ATTEMPT_TIMEOUT_MS);
+            let ended = match tokio::time::timeout(attempt, self.end_session(&expiry)).await {
+                Ok(ended) => ended,
+                Err(_) => Err(MetadataError::Unavailable(format!(
+                    "ending a session took over {END_ATTEMPT_TIMEOUT_MS} ms"
+                ))),
+            };
+            match ended {
                 Ok(ended) => {
                     if ended {
                         tracing::info!(
@@ -106,9 +123,12 @@ impl NameServerHandler {
                     }
                     self.monitor().finished(&expiry);
                 }
-                // Retried next check; heartbeats for it are refused meanwhile.
+                // Nodes could not renew either: every session gets a new
+                // timeout, and this one is tried again after it.
                 Err(error) => {
-                    tracing::warn!(%error, key = expiry.key, "cannot end a timed-out session yet")
+                    tracing::warn!(%error, key = expiry.key, "cannot end a timed-out session; metadata unavailable, session clocks paused");
+                    self.monitor().paused(Instant::now());
+                    return;
                 }
             }
         }

@@ -297,3 +297,41 @@ fn a_new_session_of_the_same_node_is_not_forgotten_with_the_old() {
         HeartbeatVerdict::Renewed
     );
 }
+
+#[test]
+fn heartbeats_that_reach_it_during_a_metadata_outage_keep_the_session() {
+    let base = Instant::now();
+    let mut monitor = SessionMonitor::new(TIMEOUT);
+    monitor.wrote(KEY, 7, 1, base);
+    monitor.heard(KEY, 7, at(base, 1_000));
+    assert!(monitor.due(at(base, 2_499)).is_empty());
+    // Another session, or one being ended, is not kept alive.
+    monitor.heard(KEY, 8, at(base, 2_400));
+    assert_eq!(monitor.due(at(base, 2_500)).len(), 1);
+    monitor.heard(KEY, 7, at(base, 2_600));
+    assert_eq!(
+        monitor.heartbeat(KEY, 7, 1, at(base, 2_600)),
+        HeartbeatVerdict::Expired
+    );
+}
+
+#[test]
+fn a_metadata_outage_gives_every_session_a_new_timeout() {
+    let base = Instant::now();
+    let mut monitor = SessionMonitor::new(TIMEOUT);
+    monitor.wrote(KEY, 7, 1, base);
+    monitor.wrote("nodes/store/s1", 9, 2, at(base, 1_000));
+    assert_eq!(monitor.due(at(base, 1_500)).len(), 1);
+    // Ending failed: the store is unavailable.
+    monitor.paused(at(base, 2_000));
+    assert_eq!(
+        monitor.heartbeat(KEY, 7, 1, at(base, 2_100)),
+        HeartbeatVerdict::Renewed
+    );
+    assert!(monitor.due(at(base, 3_499)).is_empty());
+    assert_eq!(
+        monitor.due(at(base, 3_500)).len(),
+        1,
+        "only the store is silent"
+    );
+}
