@@ -99,12 +99,13 @@ impl SessionMonitor {
         }
     }
 
-    /// A heartbeat of `session` arrived but could not be renewed in the
-    /// metadata store (unavailable). The node is alive and talks to this
-    /// nameserver, so this nameserver does not end the session for
-    /// silence meanwhile; ending later is always safe (the node fences
-    /// itself by its own last *successful* heartbeat), and a session that
-    /// moved elsewhere is unaffected (this nameserver's delete fails).
+    /// A heartbeat of `session` arrived (before the store renewed it, which
+    /// may fail while the store is unavailable). The node is alive and
+    /// talks to this nameserver, so this nameserver does not end the
+    /// session for silence meanwhile; ending later is always safe (the
+    /// node fences itself by its own last *successful* heartbeat), and a
+    /// session that moved elsewhere is unaffected (this nameserver's
+    /// delete fails).
     pub fn heard(&mut self, key: &str, session: u64, now: Instant) {
         if let Some(tracked) = self.sessions.get_mut(key) {
             if tracked.session == session && !tracked.ending {

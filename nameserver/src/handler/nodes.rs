@@ -128,6 +128,9 @@ impl NameServerHandler {
         validate_node_id(&request.node_id)?;
         let session = request.session_id;
         let key = keys::node(kind, &request.node_id);
+        // The node is talking to us: its silence clock restarts even if
+        // the store cannot renew it now (ending later is always safe).
+        self.session_heard(&key, session);
         let (entry, info) = self.renew_session(&key, session).await?;
         let revision = self.renew_in_monitor(&key, session, &entry).await?;
         if let Some(load) = request.load {
@@ -170,10 +173,7 @@ impl NameServerHandler {
             Err(MetadataError::LeaseExpired(_)) => {
                 return Err(NameServerError::SessionExpired(session))
             }
-            Err(error) => {
-                self.session_heard(key, session);
-                return Err(error.into());
-            }
+            Err(error) => return Err(error.into()),
         }
         let Some(entry) = self.store.get(key).await? else {
             self.session_gone(key, session);
