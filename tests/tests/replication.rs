@@ -191,16 +191,28 @@ async fn replicated_writes_survive_store_and_broker_failures() {
 
     // Kill for good a store that holds the open segment of partition 0, so
     // repair has copies to replace.
-    let described = admin.describe_topic(TOPIC).await.expect("describe");
-    let victim = described
-        .partitions
-        .iter()
-        .flat_map(|partition| partition.segments.iter())
-        .filter(|segment| segment.partition == 0 && segment.state() == SegmentState::Open)
-        .flat_map(|segment| segment.replicas.iter())
-        .map(|replica| replica.store_id.clone())
-        .next()
-        .expect("partition 0 has an open segment with replicas");
+    // Polled: the restarted broker may be taking partition 0 back (a
+    // balancing move), between closing the old open segment and opening
+    // the next.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let victim = loop {
+        let described = admin.describe_topic(TOPIC).await.expect("describe");
+        let open = described
+            .partitions
+            .iter()
+            .flat_map(|partition| partition.segments.iter())
+            .filter(|segment| segment.partition == 0 && segment.state() == SegmentState::Open)
+            .flat_map(|segment| segment.replicas.iter())
+            .map(|replica| replica.store_id.clone())
+            .next();
+        match open {
+            Some(victim) => break victim,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("partition 0 has no open segment with replicas"),
+        }
+    };
     let victim_index = cluster
         .stores
         .iter()
