@@ -198,6 +198,10 @@ async fn a_frozen_owner_is_replaced_and_refuses_once_resumed() {
     let broker = &cluster.brokers[index_of(&cluster, &victim)];
     broker.pause();
     let frozen_at = Instant::now();
+    // SIGSTOP takes effect asynchronously (on a loaded VM a request sent
+    // right after kill() was once answered before the process stopped):
+    // send the requests once the process is surely frozen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let buffered_fetch = tokio::spawn(fetch_code(to_victim.clone(), 0));
     let buffered_produce = tokio::spawn(produce_code(to_victim.clone(), 0, "while-frozen"));
 
