@@ -97,13 +97,18 @@ impl Clients {
         Ok(channel)
     }
 
-    /// The nameserver currently preferred.
-    pub fn nameserver(&self) -> Result<NameServerClient<Channel>, BrokerError> {
+    /// The channel to the nameserver currently preferred.
+    pub fn nameserver_channel(&self) -> Result<Channel, BrokerError> {
         if self.nameservers.is_empty() {
             return Err(BrokerError::Unavailable("no nameservers configured".into()));
         }
         let index = self.current_nameserver.load(Ordering::Relaxed) % self.nameservers.len();
-        let channel = self.channel(&self.nameservers[index])?;
+        self.channel(&self.nameservers[index])
+    }
+
+    /// The nameserver currently preferred.
+    pub fn nameserver(&self) -> Result<NameServerClient<Channel>, BrokerError> {
+        let channel = self.nameserver_channel()?;
         Ok(NameServerClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))

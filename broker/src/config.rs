@@ -77,6 +77,12 @@ pub struct ClusterConfig {
     pub register_backoff_max_ms: u64,
     /// How long cached topic partition counts (from GetRoutes) are trusted. Default 10000.
     pub route_refresh_interval_ms: u64,
+    /// The broker stops serving this share (percent) of the nameserver's
+    /// `session_timeout_ms` before the session could end, counted from
+    /// when its last successful heartbeat was sent: room for the two
+    /// machines' clocks running at different rates (ADR 0014). 10 to 50.
+    /// Default 20.
+    pub session_fence_margin_percent: u32,
 }
 
 impl Default for ClusterConfig {
@@ -88,6 +94,7 @@ impl Default for ClusterConfig {
             nameserver_request_timeout_ms: 5_000,
             register_backoff_max_ms: 5_000,
             route_refresh_interval_ms: 10_000,
+            session_fence_margin_percent: 20,
         }
     }
 }
@@ -407,6 +414,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "route_refresh_interval_ms",
         "cluster",
         "route_refresh_interval_ms",
+    ),
+    moved(
+        "session_fence_margin_percent",
+        "cluster",
+        "session_fence_margin_percent",
     ),
     moved(
         "max_in_flight_bytes_per_connection",

@@ -44,6 +44,12 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             "[cluster] route_refresh_interval_ms",
             cluster.route_refresh_interval_ms,
         ),
+        KeyRange::new(
+            "[cluster] session_fence_margin_percent",
+            cluster.session_fence_margin_percent,
+            crate::session_fence::MIN_MARGIN_PERCENT.into(),
+            crate::session_fence::MAX_MARGIN_PERCENT.into(),
+        ),
         KeyRange::bytes(
             "[produce] max_in_flight_bytes_per_connection",
             produce.max_in_flight_bytes_per_connection,

@@ -10,6 +10,7 @@
 //! Public API: [`BrokerConfig`], [`BrokerError`] and [`run`].
 
 mod assignment;
+mod assignment_watch;
 mod backlog;
 mod clients;
 mod commit_check;
@@ -29,6 +30,7 @@ mod repair;
 mod replica_io;
 mod retention;
 mod service;
+mod session_fence;
 mod subscription;
 mod tail_cache;
 
@@ -76,6 +78,9 @@ pub(crate) struct Shared {
     pub subscriptions: subscription::Registry,
     /// Backlog measurements and pressure per partition (ADR 0012).
     pub backlog: backlog::Monitor,
+    /// Until when the last successful heartbeat lets this broker serve
+    /// (ADR 0014); past it no partition is found for any request.
+    pub serving: session_fence::ServingLease,
 }
 
 impl Shared {
@@ -83,7 +88,13 @@ impl Shared {
         self.live_stores.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The partition if this broker serves it now: owned, and within the
+    /// session's serving lease (a broker resumed after a freeze refuses at
+    /// once, before its heartbeat loop noticed).
     pub fn partition(&self, key: &PartitionKey) -> Option<Arc<Partition>> {
+        if !self.serving.is_serving() {
+            return None;
+        }
         self.partitions
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -270,6 +281,7 @@ pub async fn run(
         repair: repair::RepairProgress::default(),
         subscriptions: subscription::Registry::default(),
         backlog: backlog::Monitor::default(),
+        serving: session_fence::ServingLease::default(),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,

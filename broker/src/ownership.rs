@@ -1,11 +1,12 @@
 //! Registration with the nameservers, the heartbeat loop, and turning each
 //! heartbeat's assignment list into started and stopped partitions.
-//! Self-fences (stops every partition) when no heartbeat succeeded for a
-//! whole lease TTL.
+//! Serves only within the session fence of the last successful heartbeat
+//! (`session_fence`, ADR 0014): past it, stops every partition.
 
 use crate::clients::nameserver_call;
 use crate::error::BrokerError;
 use crate::partition::Partition;
+use crate::session_fence::SessionTerms;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_proto::v1::{
@@ -16,7 +17,7 @@ use sluice_proto::ErrorCode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// Smallest heartbeat interval honoured, whatever the nameserver says.
@@ -25,8 +26,10 @@ const INITIAL_REGISTER_BACKOFF_MS: u64 = 50;
 
 struct Session {
     session_id: u64,
-    lease_ttl: Duration,
     heartbeat_interval: Duration,
+    terms: SessionTerms,
+    /// When the registration that created the session was sent.
+    sent_at: Instant,
 }
 
 /// Turns the broker's running count of produce bytes into a rate between
@@ -101,6 +104,7 @@ fn load(shared: &Shared, meter: &mut RateMeter) -> NodeLoad {
 async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option<Session> {
     let mut backoff_ms = INITIAL_REGISTER_BACKOFF_MS;
     loop {
+        let sent_at = Instant::now();
         let attempt = nameserver_call!(
             &shared.clients,
             register_node,
@@ -117,14 +121,20 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
                 tracing::info!(
                     session = answer.session_id,
                     lease_ttl_ms = answer.lease_ttl_ms,
+                    session_timeout_ms = answer.session_timeout_ms,
                     "registered with the nameserver"
                 );
                 return Some(Session {
                     session_id: answer.session_id,
-                    lease_ttl: Duration::from_millis(answer.lease_ttl_ms.max(1)),
                     heartbeat_interval: Duration::from_millis(
                         answer.heartbeat_interval_ms.max(MIN_HEARTBEAT_INTERVAL_MS),
                     ),
+                    terms: SessionTerms::new(
+                        answer.session_timeout_ms,
+                        answer.lease_ttl_ms,
+                        shared.config.cluster.session_fence_margin_percent,
+                    ),
+                    sent_at,
                 });
             }
             Err(error) => {
@@ -140,82 +150,32 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
     }
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the heartbeat loop does next with a session.
+enum Next {
+    Register,
+    Shutdown,
+}
+
 /// Registers, heartbeats and applies assignments until shutdown; then
 /// stops every partition and deregisters.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut last_session = None;
-    'registration: while let Some(session) = register(&shared, &mut shutdown).await {
+    while let Some(session) = register(&shared, &mut shutdown).await {
         last_session = Some(session.session_id);
-        let mut last_success = Instant::now();
-        let mut meter = RateMeter::new(&shared);
-        loop {
-            // A heartbeat may not outlive the lease: past it the broker
-            // must already have fenced itself.
-            let fence_at = last_success + session.lease_ttl;
-            // The lease was renewed no earlier than the request left.
-            let sent_at = Instant::now();
-            let heartbeat = async {
-                nameserver_call!(
-                    &shared.clients,
-                    heartbeat,
-                    HeartbeatRequest {
-                        kind: NodeKind::Broker as i32,
-                        node_id: shared.config.cluster.node_id.clone(),
-                        session_id: session.session_id,
-                        load: Some(load(&shared, &mut meter)),
-                    }
-                )
-            };
-            // One attempt may take a third of the lease, so a nameserver
-            // that hangs (cut off, or stuck on a lost etcd member) leaves
-            // time to try the next one before the lease runs out.
-            let attempt_deadline = fence_at.min(sent_at + session.lease_ttl / 3);
-            let answer = match tokio::time::timeout_at(attempt_deadline, heartbeat).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    shared.clients.next_nameserver();
-                    Err(BrokerError::Timeout("heartbeat".into()))
-                }
-            };
-            match answer {
-                Ok(answer) => {
-                    last_success = sent_at;
-                    shared.live_stores.store(
-                        usize::try_from(answer.live_stores).unwrap_or(usize::MAX),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    reconcile(&shared, &answer.assignments);
-                }
-                Err(error) if error.remote_code() == Some(ErrorCode::SessionExpired) => {
-                    tracing::warn!(
-                        "session expired; dropping all partitions and registering again"
-                    );
-                    stop_all(&shared);
-                    continue 'registration;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "heartbeat failed");
-                    if last_success.elapsed() >= session.lease_ttl {
-                        // The lease is gone (or as good as): stop serving,
-                        // and get a new session rather than heartbeating an
-                        // old one forever (every later heartbeat would be
-                        // past its fence deadline before it is sent).
-                        if shared.partition_count() > 0 {
-                            tracing::error!(
-                                "no heartbeat succeeded for a whole lease; self-fencing"
-                            );
-                            stop_all(&shared);
-                        }
-                        continue 'registration;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(session.heartbeat_interval) => {}
-                _ = crate::wait_until_set(&mut shutdown) => break 'registration,
-            }
+        if let Next::Shutdown = heartbeat_session(&shared, &session, &mut shutdown).await {
+            break;
         }
     }
+    shared.serving.stop();
     stop_all(&shared);
     if let Some(session_id) = last_session {
         let result: Result<_, BrokerError> = nameserver_call!(
@@ -230,6 +190,109 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if let Err(error) = result {
             tracing::warn!(%error, "deregistration failed; the lease will expire");
         }
+    }
+}
+
+/// Heartbeats one session until it ends or shutdown. Serves only until
+/// the fence of the last successful heartbeat (ADR 0014): past it, stops
+/// every partition and registers anew, as when the session expired.
+async fn heartbeat_session(
+    shared: &Arc<Shared>,
+    session: &Session,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Next {
+    let terms = session.terms;
+    let mut serving_until = Instant::from_std(terms.serving_until(session.sent_at.into_std()));
+    shared.serving.serve_until(serving_until.into_std());
+    let mut last_success = session.sent_at;
+    let mut meter = RateMeter::new(shared);
+    // Assignment changes pushed by the nameserver wake the loop for an
+    // early heartbeat (ADR 0014); the follower ends with the session.
+    let assignments_changed = Arc::new(Notify::new());
+    let _follower = AbortOnDrop(tokio::spawn(crate::assignment_watch::follow(
+        shared.clone(),
+        session.session_id,
+        assignments_changed.clone(),
+    )));
+    loop {
+        // The lease was renewed no earlier than the request left.
+        let sent_at = Instant::now();
+        let deadline = terms.attempt_deadline(sent_at.into_std(), Some(serving_until.into_std()));
+        let deadline = Instant::from_std(deadline);
+        let answer = heartbeat_once(shared, session, &mut meter, deadline).await;
+        match answer {
+            Ok(answer) => {
+                last_success = sent_at;
+                let until = terms.serving_until(sent_at.into_std());
+                shared.serving.serve_until(until);
+                serving_until = Instant::from_std(until);
+                shared.live_stores.store(
+                    usize::try_from(answer.live_stores).unwrap_or(usize::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                reconcile(shared, &answer.assignments);
+            }
+            Err(error) if error.remote_code() == Some(ErrorCode::SessionExpired) => {
+                tracing::warn!("session expired; dropping all partitions and registering again");
+                fence(shared);
+                return Next::Register;
+            }
+            Err(error) => tracing::warn!(%error, "heartbeat failed"),
+        }
+        if Instant::now() >= serving_until {
+            // The nameserver may end the session any moment: stop, and
+            // take a new session (new epochs) rather than restart the
+            // partitions under this one.
+            tracing::error!(
+                since_last_success_ms = last_success.elapsed().as_millis() as u64,
+                "no heartbeat succeeded in time; self-fencing"
+            );
+            fence(shared);
+            return Next::Register;
+        }
+        let next = (sent_at + session.heartbeat_interval).min(serving_until);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = assignments_changed.notified() => {}
+            _ = crate::wait_until_set(shutdown) => return Next::Shutdown,
+        }
+    }
+}
+
+/// One heartbeat, given up at `deadline` (then the next nameserver is tried).
+async fn heartbeat_once(
+    shared: &Shared,
+    session: &Session,
+    meter: &mut RateMeter,
+    deadline: Instant,
+) -> Result<sluice_proto::v1::HeartbeatResponse, BrokerError> {
+    let heartbeat = async {
+        nameserver_call!(
+            &shared.clients,
+            heartbeat,
+            HeartbeatRequest {
+                kind: NodeKind::Broker as i32,
+                node_id: shared.config.cluster.node_id.clone(),
+                session_id: session.session_id,
+                load: Some(load(shared, meter)),
+            }
+        )
+    };
+    match tokio::time::timeout_at(deadline, heartbeat).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            shared.clients.next_nameserver();
+            Err(BrokerError::Timeout("heartbeat".into()))
+        }
+    }
+}
+
+/// Stops serving: the lease check first (every request refuses at once),
+/// then every partition.
+fn fence(shared: &Shared) {
+    shared.serving.stop();
+    if shared.partition_count() > 0 {
+        stop_all(shared);
     }
 }
 

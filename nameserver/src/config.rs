@@ -145,12 +145,23 @@ pub struct NameServerConfig {
     /// Address others should use; default unset = the bound address.
     pub advertised_address: Option<String>,
     pub metadata: MetadataConfig,
-    /// Lease granted to registered nodes; a node that does not heartbeat
-    /// for this long loses its session. Default 10000.
+    /// etcd lease granted to registered nodes: the backstop that ends a
+    /// session when no nameserver watches it any more (all of them down or
+    /// restarted). etcd rounds it up to whole seconds. At least twice
+    /// `session_timeout_ms`. Default 5000.
     pub lease_ttl_ms: u64,
-    /// Heartbeat interval told to nodes (and used for our own lease).
-    /// Default 2000.
+    /// Heartbeat interval told to nodes (and used for our own lease). At
+    /// most a third of `session_timeout_ms`. Default 250.
     pub heartbeat_interval_ms: u64,
+    /// A node that sent this nameserver no heartbeat for this long loses
+    /// its session: the nameserver deletes its key and revokes its lease
+    /// (conditional on no other nameserver having taken the session over,
+    /// ADR 0014). Brokers stop serving a margin before it. Default 1500.
+    pub session_timeout_ms: u64,
+    /// How often the nameserver looks for sessions past
+    /// `session_timeout_ms`; detection takes at most the timeout plus this.
+    /// Below `session_timeout_ms`. Default 50.
+    pub session_check_interval_ms: u64,
     /// Minimum time between writes of a node's reported load into its key.
     /// Default 5000.
     pub load_update_interval_ms: u64,
@@ -187,10 +198,16 @@ pub struct NameServerConfig {
     pub max_transaction_operations: u32,
     /// Upper bound on segments deleted by one `DeleteSegments`. Default 100.
     pub max_segments_per_delete: u32,
-    /// How often `WatchRoutes` re-reads routes. Default 500.
+    /// How often `WatchRoutes` re-reads routes when nothing woke it
+    /// earlier (owner and topic changes wake it at once, ADR 0014).
+    /// Default 500.
     pub watch_routes_interval_ms: u64,
     /// Upper bound on concurrently open `WatchRoutes` streams. Default 1024.
     pub max_route_watches: u32,
+    /// Upper bound on concurrently open `WatchAssignments` streams (one per
+    /// broker session; ADR 0014). 0 = refused (brokers then learn their
+    /// assignments from heartbeats only). Default 1024.
+    pub max_assignment_watches: u32,
     /// Upper bound on retries of a lost compare-and-set (segment id
     /// counter). Default 16.
     pub max_cas_retries: u32,
@@ -216,8 +233,10 @@ impl Default for NameServerConfig {
             listen_address: "127.0.0.1:7400".to_string(),
             advertised_address: None,
             metadata: MetadataConfig::default(),
-            lease_ttl_ms: 10_000,
-            heartbeat_interval_ms: 2_000,
+            lease_ttl_ms: 5_000,
+            heartbeat_interval_ms: 250,
+            session_timeout_ms: 1_500,
+            session_check_interval_ms: 50,
             load_update_interval_ms: 5_000,
             reconcile_interval_ms: 1_000,
             election_lease_ttl_ms: 3_000,
@@ -229,6 +248,7 @@ impl Default for NameServerConfig {
             max_segments_per_delete: 100,
             watch_routes_interval_ms: 500,
             max_route_watches: 1024,
+            max_assignment_watches: 1024,
             max_cas_retries: 16,
             max_subscriptions_per_topic: 1_000,
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,

@@ -23,6 +23,11 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),
         KeyRange::duration_ms("lease_ttl_ms", config.lease_ttl_ms),
         KeyRange::duration_ms("heartbeat_interval_ms", config.heartbeat_interval_ms),
+        KeyRange::duration_ms("session_timeout_ms", config.session_timeout_ms),
+        KeyRange::duration_ms(
+            "session_check_interval_ms",
+            config.session_check_interval_ms,
+        ),
         KeyRange::duration_ms("load_update_interval_ms", config.load_update_interval_ms),
         KeyRange::duration_ms("reconcile_interval_ms", config.reconcile_interval_ms),
         KeyRange::duration_ms("election_lease_ttl_ms", config.election_lease_ttl_ms),
@@ -48,6 +53,8 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms("watch_routes_interval_ms", config.watch_routes_interval_ms),
         KeyRange::count("max_route_watches", config.max_route_watches)
             .or_zero("WatchRoutes is refused"),
+        KeyRange::count("max_assignment_watches", config.max_assignment_watches)
+            .or_zero("WatchAssignments is refused (heartbeats bring assignments)"),
         KeyRange::count("max_cas_retries", config.max_cas_retries),
         KeyRange::count(
             "max_subscriptions_per_topic",
@@ -75,6 +82,7 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
             config.heartbeat_interval_ms, config.lease_ttl_ms
         ));
     }
+    broken.extend(session_checks(config));
     let check_interval = config.election_check_interval_ms;
     if check_interval.saturating_mul(3) > config.election_lease_ttl_ms {
         broken.push(format!(
@@ -102,6 +110,34 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
     broken
 }
 
+/// Rules between the session keys (ADR 0014): three heartbeats fit in a
+/// session timeout, the check interval is below it, and the etcd lease
+/// (the backstop) is at least twice it, so a nameserver always ends a
+/// silent session before etcd would.
+fn session_checks(config: &NameServerConfig) -> Vec<String> {
+    let mut broken = Vec::new();
+    let timeout = config.session_timeout_ms;
+    if config.heartbeat_interval_ms.saturating_mul(3) > timeout {
+        broken.push(format!(
+            "heartbeat_interval_ms ({}) must be at most a third of session_timeout_ms ({timeout})",
+            config.heartbeat_interval_ms
+        ));
+    }
+    if config.session_check_interval_ms >= timeout {
+        broken.push(format!(
+            "session_check_interval_ms ({}) must be below session_timeout_ms ({timeout})",
+            config.session_check_interval_ms
+        ));
+    }
+    if config.lease_ttl_ms < timeout.saturating_mul(2) {
+        broken.push(format!(
+            "lease_ttl_ms ({}) must be at least twice session_timeout_ms ({timeout})",
+            config.lease_ttl_ms
+        ));
+    }
+    broken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +154,7 @@ mod tests {
     fn topic_defaults_at_their_extremes() {
         type Change = fn(&mut NameServerConfig);
         // (change, refused)
-        let cases: [(Change, bool); 8] = [
+        let cases: [(Change, bool); 11] = [
             (|c| c.topic_defaults.retention_ms = 0, false),
             (|c| c.topic_defaults.retention_ms = u64::MAX, false),
             (|c| c.topic_defaults.segment_bytes = 1, false),
@@ -127,6 +163,9 @@ mod tests {
             (|c| c.topic_defaults.ensemble_size = 0, true),
             (|c| c.topic_defaults.ack_quorum = u32::MAX, true),
             (|c| c.heartbeat_interval_ms = c.lease_ttl_ms, true),
+            (|c| c.heartbeat_interval_ms = c.session_timeout_ms / 2, true),
+            (|c| c.session_check_interval_ms = c.session_timeout_ms, true),
+            (|c| c.lease_ttl_ms = c.session_timeout_ms * 2 - 1, true),
         ];
         for (index, (change, refused)) in cases.into_iter().enumerate() {
             let mut config = NameServerConfig::default();

@@ -9,6 +9,7 @@
 //! [`metadata::EmbeddedMetadataStore`] inside `sluice dev`).
 
 pub mod assignment;
+pub mod assignment_index;
 pub mod config;
 mod config_ranges;
 pub mod election;
@@ -18,8 +19,10 @@ pub mod keys;
 pub mod metadata;
 mod placement;
 mod service;
+pub mod session_monitor;
 pub mod subscription_start;
 pub mod subscriptions;
+mod watches;
 
 pub use config::{MetadataBackend, NameServerConfig, TopicDefaults};
 pub use error::NameServerError;
@@ -27,6 +30,7 @@ pub use handler::NameServerHandler;
 pub use metadata::{EmbeddedMetadataStore, EtcdMetadataStore, MetadataStore};
 
 use metadata::{EtcdOptions, LeaseId, MetadataError};
+use sluice_proto::v1::assignment_watch_server::AssignmentWatchServer;
 use sluice_proto::v1::name_server_server::NameServerServer;
 use sluice_proto::v1::{NodeInfo, NodeKind};
 use std::future::Future;
@@ -84,10 +88,13 @@ pub async fn run_with_store(
     if config.heartbeat_interval_ms == 0
         || config.lease_ttl_ms <= config.heartbeat_interval_ms
         || config.reconcile_interval_ms == 0
+        || config.session_check_interval_ms == 0
+        || config.session_timeout_ms <= config.heartbeat_interval_ms
     {
         return Err(NameServerError::Config(format!(
-            "need 0 < heartbeat_interval_ms ({}) < lease_ttl_ms ({}) and reconcile_interval_ms > 0",
-            config.heartbeat_interval_ms, config.lease_ttl_ms
+            "need 0 < heartbeat_interval_ms ({}) < session_timeout_ms ({}), heartbeat_interval_ms < \
+             lease_ttl_ms ({}), and reconcile_interval_ms and session_check_interval_ms above 0",
+            config.heartbeat_interval_ms, config.session_timeout_ms, config.lease_ttl_ms
         )));
     }
     let election_timings = election::ElectionTimings {
@@ -128,6 +135,15 @@ pub async fn run_with_store(
         became_leader,
         stopping.clone(),
     ));
+    let sessions = tokio::spawn(watches::session_loop(handler.clone(), stopping.clone()));
+    let departures = tokio::spawn(watches::broker_departures(
+        handler.clone(),
+        stopping.clone(),
+    ));
+    let index = tokio::spawn(watches::assignment_index_loop(
+        handler.clone(),
+        stopping.clone(),
+    ));
     let registration = tokio::spawn(self_registration_loop(
         store.clone(),
         config.clone(),
@@ -135,6 +151,9 @@ pub async fn run_with_store(
         stopping.clone(),
     ));
 
+    let assignment_watch = AssignmentWatchServer::from_arc(handler.clone())
+        .max_decoding_message_size(config.max_grpc_message_bytes)
+        .max_encoding_message_size(config.max_grpc_message_bytes);
     let service = NameServerServer::from_arc(handler)
         .max_decoding_message_size(config.max_grpc_message_bytes)
         .max_encoding_message_size(config.max_grpc_message_bytes);
@@ -170,10 +189,18 @@ pub async fn run_with_store(
     let served = limits
         .grpc_server()
         .add_service(service)
+        .add_service(assignment_watch)
         .add_service(health_service)
         .serve_with_incoming_shutdown(limits.incoming(listener), signal)
         .await;
-    for task in [reconciler, election, registration] {
+    for task in [
+        reconciler,
+        election,
+        registration,
+        sessions,
+        departures,
+        index,
+    ] {
         if let Err(error) = task.await {
             tracing::error!(%error, "nameserver background task failed");
         }

@@ -1,8 +1,9 @@
-//! The `NameServer` gRPC service: each method unpacks its request, calls
+//! The `NameServer` and `AssignmentWatch` gRPC services: each method unpacks its request, calls
 //! the handler (`crate::handler`, one file per resource; subscriptions in
 //! `crate::subscriptions`) and maps its error to a status.
 
-use crate::handler::{NameServerHandler, RouteStream};
+use crate::handler::{AssignmentStream, NameServerHandler, RouteStream};
+use sluice_proto::v1::assignment_watch_server::AssignmentWatch;
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
     AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
@@ -16,7 +17,7 @@ use sluice_proto::v1::{
     ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
     ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
     RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
-    WatchRoutesRequest,
+    WatchAssignmentsRequest, WatchRoutesRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -236,5 +237,20 @@ impl NameServer for NameServerHandler {
         self.do_delete_subscription(&request.topic, &request.name)
             .await?;
         Ok(Response::new(DeleteSubscriptionResponse {}))
+    }
+}
+
+/// `AssignmentWatch` (ADR 0014), served next to `NameServer`.
+#[tonic::async_trait]
+impl AssignmentWatch for NameServerHandler {
+    type WatchAssignmentsStream = AssignmentStream;
+
+    async fn watch_assignments(
+        &self,
+        request: Request<WatchAssignmentsRequest>,
+    ) -> ServiceResult<Self::WatchAssignmentsStream> {
+        Ok(Response::new(
+            self.do_watch_assignments(request.into_inner()).await?,
+        ))
     }
 }

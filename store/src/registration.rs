@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Used when a nameserver answers with a zero heartbeat interval.
 const FALLBACK_HEARTBEAT_INTERVAL_MS: u64 = 1000;
+/// Shortest wait for one heartbeat answer, whatever the session timeout.
+const MIN_HEARTBEAT_ATTEMPT_MS: u64 = 50;
 
 /// Total and free bytes of the file system holding `path`.
 pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
@@ -82,6 +84,10 @@ struct Session {
     client: NameServerClient<Channel>,
     session_id: u64,
     heartbeat_interval: Duration,
+    /// Longest wait for one heartbeat's answer: a quarter of the
+    /// nameserver's session timeout (ADR 0014), or the request timeout
+    /// when the nameserver announces none.
+    attempt_timeout: Duration,
 }
 
 async fn register(
@@ -113,10 +119,16 @@ async fn register(
         interval_ms,
         "registered with the nameserver"
     );
+    let attempt_timeout_ms = if response.session_timeout_ms == 0 {
+        config.nameserver_request_timeout_ms
+    } else {
+        (response.session_timeout_ms / 4).max(MIN_HEARTBEAT_ATTEMPT_MS)
+    };
     Ok(Session {
         client,
         session_id: response.session_id,
         heartbeat_interval: Duration::from_millis(interval_ms),
+        attempt_timeout: Duration::from_millis(attempt_timeout_ms.max(1)),
     })
 }
 
@@ -175,15 +187,20 @@ pub async fn run(
         if sleep_or_shutdown(current.heartbeat_interval, &mut shutdown).await {
             break;
         }
-        let result = current
-            .client
-            .heartbeat(HeartbeatRequest {
-                kind: NodeKind::Store as i32,
-                node_id: config.node_id.clone(),
-                session_id: current.session_id,
-                load: Some(current_load(&config, &storage)),
-            })
-            .await;
+        let heartbeat = current.client.heartbeat(HeartbeatRequest {
+            kind: NodeKind::Store as i32,
+            node_id: config.node_id.clone(),
+            session_id: current.session_id,
+            load: Some(current_load(&config, &storage)),
+        });
+        // A hung nameserver must not cost the session (ADR 0014): give up
+        // on it in time to try the next one.
+        let result = match tokio::time::timeout(current.attempt_timeout, heartbeat).await {
+            Ok(result) => result,
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "heartbeat attempt timed out",
+            )),
+        };
         match result {
             Ok(_) => backoff = initial_backoff,
             Err(status) => {

@@ -40,6 +40,7 @@ impl NameServer for FakeNameServer {
             session_id: seen.registrations.len() as u64,
             lease_ttl_ms: 1000,
             heartbeat_interval_ms: 30,
+            session_timeout_ms: 1000,
         }))
     }
 

@@ -219,14 +219,20 @@ pub struct ClusterSpec {
     pub nameservers: usize,
     pub brokers: usize,
     pub stores: usize,
-    /// Registration lease of brokers and stores, in milliseconds. Short in
-    /// tests so failover happens quickly.
+    /// etcd lease behind brokers' and stores' sessions, in milliseconds:
+    /// the backstop when no nameserver watches a session. At least twice
+    /// `session_timeout_ms`. Default 3000.
     pub lease_ttl_ms: u64,
+    /// Default 250, as in production.
     pub heartbeat_interval_ms: u64,
-    /// Leave the nameserver's lease, heartbeat and reconcile settings at
-    /// the service defaults (ignoring `lease_ttl_ms` and
-    /// `heartbeat_interval_ms`), as an operator's cluster runs: for
-    /// measuring failover as users get it. Default false.
+    /// The nameservers' `session_timeout_ms`: a broker or store silent for
+    /// this long loses its session (ADR 0014). Default 1500, as in
+    /// production.
+    pub session_timeout_ms: u64,
+    /// Leave the nameserver's lease, heartbeat, session and reconcile
+    /// settings at the service defaults (ignoring the three fields above),
+    /// as an operator's cluster runs: for measuring failover as users get
+    /// it. Default false.
     pub default_timings: bool,
     pub offsets_partitions: u32,
     /// Members of the etcd cluster; every nameserver is given all of their
@@ -270,7 +276,8 @@ impl Default for ClusterSpec {
             brokers: 1,
             stores: 1,
             lease_ttl_ms: 3000,
-            heartbeat_interval_ms: 500,
+            heartbeat_interval_ms: 250,
+            session_timeout_ms: 1500,
             default_timings: false,
             offsets_partitions: 4,
             etcd_members: 1,
@@ -348,8 +355,11 @@ impl Cluster {
                     String::new()
                 } else {
                     format!(
-                        "lease_ttl_ms = {}\nheartbeat_interval_ms = {}\nreconcile_interval_ms = 300\n",
-                        self.spec.lease_ttl_ms, self.spec.heartbeat_interval_ms
+                        "lease_ttl_ms = {}\nheartbeat_interval_ms = {}\nsession_timeout_ms = {}\n\
+                         reconcile_interval_ms = 300\n",
+                        self.spec.lease_ttl_ms,
+                        self.spec.heartbeat_interval_ms,
+                        self.spec.session_timeout_ms
                     )
                 };
                 let body = format!(

@@ -270,9 +270,13 @@ async fn losing_one_etcd_member_is_invisible_to_clients() {
     // leader, etcd answers nothing until it elected a new one (1 to 3 s on
     // a loaded test machine), so a broker lease must outlast that, as the
     // default 10 s does. The tests' usual 3 s lease does not.
+    // A session ends when its nameserver cannot renew it, which needs
+    // etcd's leader too (ADR 0014), so the session timeout must outlast
+    // the election here; the 1.5 s default does not on a loaded machine.
     let mut cluster = Cluster::start(ClusterSpec {
         lease_ttl_ms: 10_000,
         heartbeat_interval_ms: 1_000,
+        session_timeout_ms: 4_000,
         ..spec()
     })
     .await;

@@ -125,14 +125,30 @@ async fn take_over(
     partition: &Arc<Partition>,
     carried: &mut Carried,
 ) -> Result<OpenSegment, BrokerError> {
+    // Timed in parts (fence, recover, close and open; offsets replay;
+    // producer state) so failover costs can be read from the log (ADR 0014).
+    let started = Instant::now();
     let segment = open_segment(shared, partition, &mut carried.excluded).await?;
+    let segment_ms = started.elapsed().as_millis() as u64;
     if !carried.replayed {
         shared.coordinator.load_partition(partition).await?;
         carried.replayed = true;
     }
+    let replayed_ms = started.elapsed().as_millis() as u64;
     super::takeover::rebuild_producer_states(shared, partition).await?;
+    let total_ms = started.elapsed().as_millis() as u64;
     log_roll(partition, &segment, carried.roll_pause.take(), false);
-    tracing::info!(partition = %partition.key, epoch = partition.epoch, segment = segment.info.segment_id, base_offset = segment.info.base_offset, "serving");
+    tracing::info!(
+        partition = %partition.key,
+        epoch = partition.epoch,
+        segment = segment.info.segment_id,
+        base_offset = segment.info.base_offset,
+        segment_ms,
+        offsets_replay_ms = replayed_ms - segment_ms,
+        producer_state_ms = total_ms - replayed_ms,
+        total_ms,
+        "serving"
+    );
     partition.status.send_modify(|status| {
         status.phase = Phase::Serving;
         status.offline = None;

@@ -7,23 +7,28 @@
 //! request. This file holds the shared state and the reads several
 //! resources use; `crate::service` maps the gRPC trait onto it.
 
+mod assignment_watch;
 mod data_loss;
 mod groups;
 mod nodes;
 mod routes;
 mod segments;
+mod sessions;
 mod status;
 mod topic_config;
 mod topics;
 
+pub(crate) use assignment_watch::AssignmentStream;
 pub(crate) use routes::RouteStream;
 pub(crate) use topic_config::complete_topic_config;
 
 use crate::assignment;
+use crate::assignment_index::AssignmentIndex;
 use crate::config::NameServerConfig;
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
 use crate::metadata::{LeaseId, MetadataStore};
+use crate::session_monitor::SessionMonitor;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::{NodeInfo, NodeKind, Topic};
 use std::collections::HashMap;
@@ -39,9 +44,16 @@ pub struct NameServerHandler {
     /// etcd every time. One entry per registered node key.
     load_written_at: std::sync::Mutex<HashMap<String, Instant>>,
     watch_permits: Arc<Semaphore>,
+    assignment_watch_permits: Arc<Semaphore>,
     stopping: watch::Receiver<bool>,
-    /// Wakes the reconciler early (after a topic is created).
+    /// Wakes the reconciler early (after a topic is created, or when a
+    /// broker's session ends).
     pub(crate) reconcile_now: Notify,
+    /// The sessions whose heartbeats come here (ADR 0014).
+    sessions: std::sync::Mutex<SessionMonitor>,
+    /// Every broker session's assignments, reloaded when the metadata
+    /// watch reports a change of topics or owners; `None` until loaded.
+    pub(crate) assignment_index: watch::Sender<Option<Arc<AssignmentIndex>>>,
     /// Subscription creations of one topic run one at a time on this
     /// nameserver (a topic hashes to one of these), so they do not race
     /// each other for the topic's subscription guard; nameservers still
@@ -79,13 +91,20 @@ impl NameServerHandler {
         stopping: watch::Receiver<bool>,
     ) -> Self {
         let permits = usize::try_from(config.max_route_watches).unwrap_or(usize::MAX);
+        let assignment_permits =
+            usize::try_from(config.max_assignment_watches).unwrap_or(usize::MAX);
         Self {
+            sessions: std::sync::Mutex::new(SessionMonitor::new(std::time::Duration::from_millis(
+                config.session_timeout_ms,
+            ))),
             config,
             store,
             load_written_at: std::sync::Mutex::new(HashMap::new()),
             watch_permits: Arc::new(Semaphore::new(permits)),
+            assignment_watch_permits: Arc::new(Semaphore::new(assignment_permits)),
             stopping,
             reconcile_now: Notify::new(),
+            assignment_index: watch::Sender::new(None),
             subscription_creation: (0..SUBSCRIPTION_CREATION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

@@ -68,7 +68,7 @@ impl NameServerHandler {
         }
     }
 
-    fn forget_load(&self, key: &str) {
+    pub(super) fn forget_load(&self, key: &str) {
         if let Ok(mut written) = self.load_written_at.lock() {
             written.remove(key);
         }
@@ -96,9 +96,11 @@ impl NameServerHandler {
             lease_remaining_ms: 0,
             rack: request.rack,
         };
-        self.store
+        let revision = self
+            .store
             .put(&key, keys::encode(&info), Some(lease))
             .await?;
+        self.session_written(&key, lease as u64, revision);
         if let Some(previous) = previous {
             if let Ok(old) = keys::decode::<NodeInfo>(&key, &previous.value) {
                 if lease_of(old.session_id) != lease {
@@ -114,6 +116,7 @@ impl NameServerHandler {
             session_id: lease as u64,
             lease_ttl_ms: self.config.lease_ttl_ms,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            session_timeout_ms: self.config.session_timeout_ms,
         })
     }
 
@@ -125,17 +128,36 @@ impl NameServerHandler {
         validate_node_id(&request.node_id)?;
         let session = request.session_id;
         let key = keys::node(kind, &request.node_id);
+        // The node is talking to us: its silence clock restarts even if
+        // the store cannot renew it now (ending later is always safe).
+        self.session_heard(&key, session);
         let (entry, info) = self.renew_session(&key, session).await?;
+        let revision = self.renew_in_monitor(&key, session, &entry).await?;
         if let Some(load) = request.load {
-            self.record_load(&key, &entry, info, load).await;
+            self.record_load(&key, revision, info, load).await;
         }
         let mut response = HeartbeatResponse::default();
         if kind == NodeKind::Broker {
             response.live_stores =
                 u32::try_from(self.live_stores().await?.len()).unwrap_or(u32::MAX);
-            response.assignments = self.assignments_of(&request.node_id, session).await?;
+            response.assignments = match self.cached_assignments(&request.node_id, session) {
+                Some(assignments) => assignments,
+                None => self.assignments_of(&request.node_id, session).await?,
+            };
         }
         Ok(response)
+    }
+
+    /// The broker's assignments from the index kept by the metadata watch
+    /// (ADR 0014): proportional to what the broker owns, not to the
+    /// cluster. `None` until the index is first loaded.
+    fn cached_assignments(
+        &self,
+        broker_id: &str,
+        session: u64,
+    ) -> Option<Vec<PartitionAssignment>> {
+        let index = self.assignment_index.borrow().clone()?;
+        Some(index.of(broker_id, session))
     }
 
     /// Keeps `session` alive and returns the node's registration under
@@ -154,10 +176,12 @@ impl NameServerHandler {
             Err(error) => return Err(error.into()),
         }
         let Some(entry) = self.store.get(key).await? else {
+            self.session_gone(key, session);
             return Err(NameServerError::SessionExpired(session));
         };
         let info: NodeInfo = keys::decode(key, &entry.value)?;
         if info.session_id != session {
+            self.session_gone(key, session);
             return Err(NameServerError::SessionExpired(session));
         }
         Ok((entry, info))
@@ -165,17 +189,17 @@ impl NameServerHandler {
 
     /// Writes a changed load report, at most once per
     /// `load_update_interval_ms` per node; losing a race only delays it.
-    async fn record_load(&self, key: &str, entry: &KeyValue, mut info: NodeInfo, load: NodeLoad) {
+    /// `revision` is the key's as this nameserver holds it; the write's new
+    /// revision goes to the session monitor.
+    async fn record_load(&self, key: &str, revision: i64, mut info: NodeInfo, load: NodeLoad) {
         if info.load.as_ref() == Some(&load) || !self.should_write_load(key) {
             return;
         }
         let lease = lease_of(info.session_id);
+        let session = info.session_id;
         info.load = Some(load);
         let transaction = Transaction {
-            compares: vec![Compare::ModRevisionEquals(
-                key.to_string(),
-                entry.mod_revision,
-            )],
+            compares: vec![Compare::ModRevisionEquals(key.to_string(), revision)],
             puts: vec![Put {
                 key: key.to_string(),
                 value: keys::encode(&info),
@@ -183,8 +207,10 @@ impl NameServerHandler {
             }],
             deletes: Vec::new(),
         };
-        if let Err(error) = self.store.commit(transaction).await {
-            tracing::debug!(%error, key, "load update failed");
+        match self.store.commit_at(transaction).await {
+            Ok(Some(written)) => self.session_written(key, session, written),
+            Ok(None) => tracing::debug!(key, "load update lost a race"),
+            Err(error) => tracing::debug!(%error, key, "load update failed"),
         }
     }
 
@@ -235,6 +261,7 @@ impl NameServerHandler {
             let info: NodeInfo = keys::decode(&key, &entry.value)?;
             if info.session_id == request.session_id {
                 self.store.revoke(lease_of(request.session_id)).await?;
+                self.session_gone(&key, request.session_id);
                 self.forget_load(&key);
                 tracing::info!(key, "node deregistered");
             }

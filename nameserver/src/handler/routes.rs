@@ -3,6 +3,7 @@
 //! coordinator lookup (the broker owning a group's offsets partition).
 
 use super::{invalid, lookup_topic_name, LiveBrokers, NameServerHandler, OwnerMap};
+use crate::assignment_index::AssignmentIndex;
 use crate::config::NameServerConfig;
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
@@ -147,7 +148,10 @@ impl NameServerHandler {
     }
 
     /// Starts a route watch on `topics`: the current routes first, then
-    /// every change (polled). At most `max_route_watches` at once.
+    /// every change: re-read when the metadata watch reports an owner or
+    /// topic change, and polled every `watch_routes_interval_ms` as the
+    /// backstop (a broker's address or liveness). At most
+    /// `max_route_watches` at once.
     pub(crate) async fn do_watch_routes(
         &self,
         topics: Vec<String>,
@@ -166,6 +170,7 @@ impl NameServerHandler {
             store: self.store.clone(),
             config: self.config.clone(),
             stopping: self.stopping.clone(),
+            assignments: self.assignment_index.subscribe(),
         };
         tokio::spawn(async move {
             let _permit = permit;
@@ -221,6 +226,9 @@ struct WatchContext {
     store: Arc<dyn MetadataStore>,
     config: NameServerConfig,
     stopping: watch::Receiver<bool>,
+    /// Changes when the metadata watch saw owners or topics change
+    /// (ADR 0014): routes are re-read at once, not at the next poll.
+    assignments: watch::Receiver<Option<Arc<AssignmentIndex>>>,
 }
 
 impl WatchContext {
@@ -241,10 +249,14 @@ impl WatchContext {
             return;
         }
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = self.stopping.wait_for(|stopping| *stopping) => return,
-                _ = sender.closed() => return,
+            let stop = tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                changed = self.assignments.changed() => changed.is_err(),
+                _ = self.stopping.wait_for(|stopping| *stopping) => true,
+                _ = sender.closed() => true,
+            };
+            if stop {
+                return;
             }
             match reader.compute_routes(&topics).await {
                 Ok(routes) if routes != last => {

@@ -5,10 +5,14 @@
 //! `Unavailable` instead of a stuck request. Keys live under a prefix
 //! (`/sluice/v1/` by default).
 
-use super::{Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Transaction};
+use super::{
+    Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Transaction, WatchEvent, WatchEvents,
+    WATCH_CHANNEL_EVENTS,
+};
 use async_trait::async_trait;
 use etcd_client::{
-    Client, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    Client, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn,
+    TxnOp, WatchOptions,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -160,6 +164,45 @@ impl EtcdMetadataStore {
         self.call(what, retry, attempt)
             .await
             .map_err(CallError::into_unavailable)
+    }
+}
+
+impl EtcdMetadataStore {
+    /// Passes a watch's events on until the watch breaks, the consumer is
+    /// gone, or it falls [`WATCH_CHANNEL_EVENTS`] behind; dropping the
+    /// sender tells the consumer to watch again.
+    async fn forward_watch(
+        &self,
+        mut stream: etcd_client::WatchStream,
+        sender: tokio::sync::mpsc::Sender<WatchEvent>,
+    ) {
+        loop {
+            let response = tokio::select! {
+                response = stream.message() => response,
+                _ = sender.closed() => return,
+            };
+            let response = match response {
+                Ok(Some(response)) if !response.canceled() => response,
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "etcd watch broke");
+                    return;
+                }
+            };
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Ok(key) = self.relative_key(kv.key()) else {
+                    continue;
+                };
+                let event = match event.event_type() {
+                    EventType::Put => WatchEvent::Put(key),
+                    EventType::Delete => WatchEvent::Delete(key),
+                };
+                if sender.try_send(event).is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -339,7 +382,7 @@ impl MetadataStore for EtcdMetadataStore {
         Ok(u64::try_from(response.deleted()).unwrap_or(0))
     }
 
-    async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError> {
+    async fn commit_at(&self, transaction: Transaction) -> Result<Option<i64>, MetadataError> {
         let mut compares: Vec<etcd_client::Compare> = transaction
             .compares
             .iter()
@@ -395,7 +438,15 @@ impl MetadataStore for EtcdMetadataStore {
             })
             .await;
         match result {
-            Ok(response) => Ok(response.succeeded()),
+            // A transaction's header revision is the store's revision after
+            // it: the mod revision of the keys it wrote.
+            Ok(response) if response.succeeded() => Ok(Some(
+                response
+                    .header()
+                    .map(|header| header.revision())
+                    .unwrap_or(0),
+            )),
+            Ok(_) => Ok(None),
             Err(CallError::Etcd(error)) if is_lease_not_found(&error) => {
                 Err(MetadataError::Conflict(error.to_string()))
             }
@@ -474,6 +525,32 @@ impl MetadataStore for EtcdMetadataStore {
             Err(CallError::Etcd(error)) if is_lease_not_found(&error) => Ok(None),
             Err(error) => Err(error.into_unavailable()),
         }
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<WatchEvents, MetadataError> {
+        let full_prefix = self.full_key(prefix);
+        let mut client = self.client.watch_client();
+        let options = WatchOptions::new().with_prefix();
+        let established = async {
+            let mut stream = client.watch(full_prefix, Some(options)).await?;
+            // Events count from the watch's creation: wait for etcd to
+            // confirm it, so a consumer re-reading after this call misses
+            // nothing.
+            match stream.message().await? {
+                Some(response) if response.created() && !response.canceled() => Ok(stream),
+                _ => Err(etcd_client::Error::WatchError(
+                    "etcd did not create the watch".to_string(),
+                )),
+            }
+        };
+        let stream = tokio::time::timeout(self.request_timeout, established)
+            .await
+            .map_err(|_| MetadataError::Unavailable("etcd watch: no answer".to_string()))?
+            .map_err(unavailable)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_CHANNEL_EVENTS);
+        let store = self.clone();
+        tokio::spawn(async move { store.forward_watch(stream, sender).await });
+        Ok(receiver)
     }
 
     fn backend_name(&self) -> &'static str {

@@ -8,6 +8,7 @@
 //! expiry removes the keys attached to them.
 
 mod embedded;
+mod embedded_watch;
 mod etcd;
 
 pub use embedded::EmbeddedMetadataStore;
@@ -93,6 +94,23 @@ pub enum MetadataError {
     LeaseExpired(LeaseId),
 }
 
+/// Most change notifications a watch holds for its consumer; beyond it
+/// the watch is closed (the consumer watches again and re-reads).
+pub const WATCH_CHANNEL_EVENTS: usize = 1024;
+
+/// A change under a watched prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The key was written.
+    Put(String),
+    /// The key was deleted (also by its lease ending).
+    Delete(String),
+}
+
+/// The receiving end of [`MetadataStore::watch_prefix`]; `None` from
+/// `recv` means the watch broke.
+pub type WatchEvents = tokio::sync::mpsc::Receiver<WatchEvent>;
+
 /// What the nameserver needs from a metadata backend. Object safe: the
 /// nameserver holds an `Arc<dyn MetadataStore>`.
 #[async_trait]
@@ -113,7 +131,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, MetadataError>;
     /// Applies the transaction; `Ok(false)` when a compare failed (nothing
     /// was written).
-    async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError>;
+    async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError> {
+        Ok(self.commit_at(transaction).await?.is_some())
+    }
+    /// Applies the transaction and returns the revision it wrote at (the
+    /// new mod revision of every key it put); `Ok(None)` when a compare
+    /// failed.
+    async fn commit_at(&self, transaction: Transaction) -> Result<Option<i64>, MetadataError>;
+    /// Change notifications for every key starting with `prefix`, from now
+    /// on. A trigger, not a replica: consumers re-read what they need. The
+    /// channel holds at most [`WATCH_CHANNEL_EVENTS`] events; a watch that
+    /// breaks (backend failure, consumer too slow) closes the channel, and
+    /// the consumer watches again and re-reads.
+    async fn watch_prefix(&self, prefix: &str) -> Result<WatchEvents, MetadataError>;
     /// Grants a lease that expires after `ttl_ms` unless kept alive.
     async fn grant(&self, ttl_ms: u64) -> Result<LeaseId, MetadataError>;
     /// Renews the lease; returns the remaining TTL in milliseconds, or

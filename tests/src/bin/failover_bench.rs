@@ -67,8 +67,12 @@ struct Arguments {
     #[arg(long)]
     lease_ttl_ms: Option<u64>,
     /// Heartbeat interval, in milliseconds (only with `--lease-ttl-ms`).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 250)]
     heartbeat_interval_ms: u64,
+    /// Nameserver session timeout (ADR 0014), in milliseconds (only with
+    /// `--lease-ttl-ms`).
+    #[arg(long, default_value_t = 1_500)]
+    session_timeout_ms: u64,
     /// Pause between trials so the restarted broker registers and takes
     /// partitions back, in milliseconds.
     #[arg(long, default_value_t = 8_000)]
@@ -223,6 +227,7 @@ async fn main() {
         default_timings: arguments.lease_ttl_ms.is_none(),
         lease_ttl_ms: arguments.lease_ttl_ms.unwrap_or(0),
         heartbeat_interval_ms: arguments.heartbeat_interval_ms,
+        session_timeout_ms: arguments.session_timeout_ms,
         ..ClusterSpec::default()
     })
     .await;
@@ -264,8 +269,8 @@ async fn main() {
     let timings = match arguments.lease_ttl_ms {
         None => "the services' default lease, heartbeat and reconcile settings".to_string(),
         Some(lease) => format!(
-            "lease_ttl_ms {lease}, heartbeat_interval_ms {}, reconcile_interval_ms 300",
-            arguments.heartbeat_interval_ms
+            "lease_ttl_ms {lease}, heartbeat_interval_ms {}, session_timeout_ms {}, reconcile_interval_ms 300",
+            arguments.heartbeat_interval_ms, arguments.session_timeout_ms
         ),
     };
     for (fault, samples_ms) in results {

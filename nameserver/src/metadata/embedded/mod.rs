@@ -24,7 +24,7 @@ mod leases;
 mod migrate;
 mod state;
 
-use super::{KeyValue, LeaseId, MetadataError, MetadataStore, Put, Transaction};
+use super::{KeyValue, LeaseId, MetadataError, MetadataStore, Put, Transaction, WatchEvents};
 use async_trait::async_trait;
 use disk::Disk;
 use group_commit::{Journal, Step};
@@ -227,6 +227,27 @@ fn report(migration: migrate::Migration, data_dir: &std::path::Path) {
     }
 }
 
+/// For the watch: `None` when the store is gone, `Some(None)` when its
+/// revision is still `since`, else the (key, mod revision) pairs under
+/// `prefix` now. Memory only: a trigger need not wait for the disk.
+fn read_prefix(
+    shared: &Weak<Shared>,
+    prefix: &str,
+    since: i64,
+) -> Option<Option<super::embedded_watch::Snapshot>> {
+    let shared = shared.upgrade()?;
+    let mut inner = shared.inner.lock().ok()?;
+    inner.expire(Instant::now());
+    let revision = inner.state.revision();
+    if revision == since {
+        return Some(None);
+    }
+    Some(Some(super::embedded_watch::Snapshot {
+        revision,
+        keys: inner.state.mod_revisions(prefix),
+    }))
+}
+
 /// Every [`LEASE_SWEEP_INTERVAL_MS`], drops expired leases and their keys,
 /// until the store is gone.
 async fn sweep_leases(shared: Weak<Shared>) {
@@ -316,7 +337,7 @@ impl MetadataStore for EmbeddedMetadataStore {
         .await
     }
 
-    async fn commit(&self, transaction: Transaction) -> Result<bool, MetadataError> {
+    async fn commit_at(&self, transaction: Transaction) -> Result<Option<i64>, MetadataError> {
         self.run(move |inner, _| {
             let leases = &inner.leases;
             let outcome = inner
@@ -325,12 +346,30 @@ impl MetadataStore for EmbeddedMetadataStore {
             // A refused or empty transaction answered from state that is not
             // durable yet waits for it too.
             Ok(match outcome {
-                Outcome::CompareFailed => (false, inner.journal.queued()),
-                Outcome::Nothing => (true, inner.journal.queued()),
-                Outcome::Write(write) => (true, inner.write(write)),
+                Outcome::CompareFailed => (None, inner.journal.queued()),
+                Outcome::Nothing => (Some(inner.state.revision()), inner.journal.queued()),
+                Outcome::Write(write) => {
+                    let revision = write.revision;
+                    (Some(revision), inner.write(write))
+                }
             })
         })
         .await
+    }
+
+    async fn watch_prefix(&self, prefix: &str) -> Result<WatchEvents, MetadataError> {
+        let shared = Arc::downgrade(&self.shared);
+        let prefix = prefix.to_string();
+        let read = move |since: i64| {
+            let (shared, prefix) = (shared.clone(), prefix.clone());
+            async move {
+                tokio::task::spawn_blocking(move || read_prefix(&shared, &prefix, since))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        super::embedded_watch::spawn(read).await
     }
 
     async fn grant(&self, ttl_ms: u64) -> Result<LeaseId, MetadataError> {

@@ -77,9 +77,15 @@ impl State {
         Self { revision, entries }
     }
 
-    #[cfg(test)]
     pub(super) fn revision(&self) -> i64 {
         self.revision
+    }
+
+    /// The mod revision of every key under `prefix` (for the watch).
+    pub(super) fn mod_revisions(&self, prefix: &str) -> BTreeMap<String, i64> {
+        self.keys_with_prefix(prefix)
+            .map(|(key, entry)| (key.clone(), entry.mod_revision))
+            .collect()
     }
 
     pub(super) fn get(&self, key: &str) -> Option<KeyValue> {
