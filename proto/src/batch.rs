@@ -339,7 +339,10 @@ fn check_header_timestamps(header: &BatchHeader) -> Result<(), BatchError> {
 /// framing and the sequence together: exactly `record_count` well-framed
 /// records, offset deltas 0, 1, 2, ..., timestamps in range, their largest
 /// equal to the header's `max_timestamp`, nothing after the last.
-pub(crate) fn check_record_sequence(records: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+pub(crate) fn check_record_sequence(
+    records: &[u8],
+    header: &BatchHeader,
+) -> Result<(), BatchError> {
     let mut largest = MIN_TIMESTAMP_MS;
     walk_records(
         records,
