@@ -7,8 +7,8 @@
 //! partition (the idempotent producer's resends are deduplicated by the
 //! new owner, which rebuilt the producer state from the log on takeover).
 //!
-//! The cluster uses a short lease (2000 ms, heartbeat 300 ms) so the test
-//! does not depend on the default lease; the producer uses the SDK's
+//! The cluster uses the production session settings (heartbeat 250 ms,
+//! session timeout 1500 ms, ADR 0014); the producer uses the SDK's
 //! defaults but for `linger_ms`.
 
 use sluice_client::{Admin, Producer, ProducerConfig, Record};
@@ -149,8 +149,7 @@ async fn producer_follows_the_new_owner_while_the_old_one_is_frozen() {
     let mut cluster = Cluster::start(ClusterSpec {
         brokers: 2,
         stores: 1,
-        lease_ttl_ms: 2_000,
-        heartbeat_interval_ms: 300,
+        // The harness's session settings: the production ones (ADR 0014).
         ..ClusterSpec::default()
     })
     .await;
