@@ -127,6 +127,33 @@ fn truncate_mid_batch(store_directory: &Path) {
     file.set_len((data * 3 / 4) as u64 + 7).expect("truncate");
 }
 
+/// Overwrites the metadata of the largest segment: `{id}.meta` only, or
+/// both it and `{id}.meta.copy`, with garbage of the same length.
+fn garbage_in_metadata(store_directory: &Path, both_copies: bool) {
+    let (log, _) = largest_segment_file(store_directory);
+    let mut targets = vec![log.with_extension("meta")];
+    if both_copies {
+        targets.push(log.with_extension("meta.copy"));
+    }
+    for path in targets {
+        let length = std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .len() as usize;
+        let garbage: Vec<u8> = (0..length.max(16))
+            .map(|index| (index as u8).wrapping_mul(37) ^ 0xA5)
+            .collect();
+        std::fs::write(&path, garbage).expect("write garbage metadata");
+    }
+}
+
+fn garbage_in_one_metadata_copy(store_directory: &Path) {
+    garbage_in_metadata(store_directory, false);
+}
+
+fn garbage_in_both_metadata_copies(store_directory: &Path) {
+    garbage_in_metadata(store_directory, true);
+}
+
 /// Fetches from `offset` until the first error or the end, returning the
 /// values read and the error (code, message) that stopped it.
 async fn read_from(
@@ -393,6 +420,24 @@ async fn a_flipped_bit_on_one_of_three_copies_loses_nothing_and_is_repaired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_three_cut_mid_batch_loses_nothing_and_is_repaired() {
     one_damaged_replica_of_three_loses_nothing(truncate_mid_batch).await;
+}
+
+/// Garbage in a segment's metadata file on one of three copies (the
+/// issue's finding: the segment was moved aside and the partition restarted
+/// at offset 0): the store restores it from the other copy; nothing is
+/// lost and no offset is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_one_metadata_file_of_one_of_three_copies_loses_nothing() {
+    one_damaged_replica_of_three_loses_nothing(garbage_in_one_metadata_copy).await;
+}
+
+/// Garbage in both metadata copies on one of three stores: the store
+/// rebuilds the metadata from its journal or holds the segment as damaged
+/// by id; either way the broker reads the other copies, loses nothing,
+/// reuses no offset, and the damaged copy ends repaired or replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_both_metadata_files_of_one_of_three_copies_loses_nothing() {
+    one_damaged_replica_of_three_loses_nothing(garbage_in_both_metadata_copies).await;
 }
 
 /// One copy cut mid-batch: the store keeps the end it made durable
