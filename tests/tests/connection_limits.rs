@@ -633,11 +633,14 @@ async fn beyond_max_concurrent_streams_new_streams_are_refused_at_once() {
     let mut client = server.client().await;
     // One stream held open by another connection: a message never
     // completed.
-    let hold = || async {
-        let (send, _closed) = h2_connection(server.port).await;
-        tokio::spawn(unary_of(send, server.port, MIB as u32, 1024))
+    let port = server.port;
+    let hold = move || {
+        tokio::spawn(async move {
+            let (send, _closed) = h2_connection(port).await;
+            unary_of(send, port, MIB as u32, 1024).await
+        })
     };
-    let mut held = hold().await;
+    let mut held = hold();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let answer = client.list_topics(ListTopicsRequest::default()).await;
@@ -655,7 +658,7 @@ async fn beyond_max_concurrent_streams_new_streams_are_refused_at_once() {
             Ok(_) => {
                 assert!(Instant::now() < deadline, "never refused");
                 if held.is_finished() {
-                    held = hold().await;
+                    held = hold();
                 }
             }
             Err(status) => panic!("{status}"),
