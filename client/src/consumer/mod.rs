@@ -1142,55 +1142,92 @@ mod tests {
         assert_eq!(broker.lock().committed.get(&("t".to_string(), 0)), Some(&5));
     }
 
+    /// Partition t/0 with 200 records on an old owner and, with the same
+    /// log, on a new one; a fake nameserver routing to the old owner.
+    struct MovingPartition {
+        old_owner: FakeBroker,
+        new_owner: FakeBroker,
+        new_address: String,
+        nameserver: crate::testing::FakeNameServer,
+        nameserver_address: String,
+    }
+
+    impl MovingPartition {
+        async fn start() -> Self {
+            let (old_owner, _, old_address) = broker_with_data(200).await;
+            let new_owner = FakeBroker {
+                state: old_owner.state.clone(),
+                ..FakeBroker::default()
+            };
+            let new_address = new_owner.start().await;
+            let nameserver = crate::testing::FakeNameServer::default();
+            nameserver
+                .lock()
+                .routes
+                .insert("t".into(), vec![old_address.clone(), old_address]);
+            let nameserver_address = nameserver.start().await;
+            Self {
+                old_owner,
+                new_owner,
+                new_address,
+                nameserver,
+                nameserver_address,
+            }
+        }
+
+        /// A consumer of t/0 from the start, through the fake nameserver.
+        async fn consumer(&self, request_timeout_ms: Option<u64>) -> Consumer {
+            let mut client = ClientConfig {
+                bootstrap: vec![self.nameserver_address.clone()],
+                ..test_client_config()
+            };
+            if let Some(timeout_ms) = request_timeout_ms {
+                client.request_timeout_ms = timeout_ms;
+            }
+            let config = ConsumerConfig {
+                client,
+                ..small_buffer_config()
+            };
+            Consumer::assign(config, vec![("t".into(), 0, StartOffset::Earliest)])
+                .await
+                .expect("assigned")
+        }
+
+        /// Reads the rest after `first` and checks every offset came once,
+        /// in order, and the new owner served data.
+        async fn read_the_rest(&self, consumer: &mut Consumer, first: Vec<ConsumerRecord>) {
+            let rest = receive(consumer, 190).await;
+            let offsets: Vec<u64> = first
+                .iter()
+                .chain(&rest)
+                .map(|record| record.offset)
+                .collect();
+            assert_eq!(offsets, (0..200).collect::<Vec<_>>());
+            assert!(
+                self.new_owner
+                    .fetched_bytes
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0,
+                "the new owner served data"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn fetching_moves_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
-        use crate::testing::FakeNameServer;
-        let (old_owner, _, old_address) = broker_with_data(200).await;
-        // Same log, another server.
-        let new_owner = FakeBroker {
-            state: old_owner.state.clone(),
-            ..FakeBroker::default()
-        };
-        let new_address = new_owner.start().await;
-        let nameserver = FakeNameServer::default();
-        nameserver
-            .lock()
-            .routes
-            .insert("t".into(), vec![old_address.clone(), old_address]);
-        let nameserver_address = nameserver.start().await;
-        let config = ConsumerConfig {
-            client: ClientConfig {
-                bootstrap: vec![nameserver_address],
-                // Far beyond `receive`'s 10 s: waiting out a fetch to the
-                // frozen owner would fail the test.
-                request_timeout_ms: 120_000,
-                ..test_client_config()
-            },
-            ..small_buffer_config()
-        };
-        let mut consumer = Consumer::assign(config, vec![("t".into(), 0, StartOffset::Earliest)])
-            .await
-            .expect("assigned");
+        let moving = MovingPartition::start().await;
+        // Far beyond `receive`'s 10 s: waiting out a fetch to the frozen
+        // owner would fail the test.
+        let mut consumer = moving.consumer(Some(120_000)).await;
         let first = receive(&mut consumer, 10).await;
-        old_owner
+        moving
+            .old_owner
             .frozen
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        nameserver.move_topic("t", &new_address);
-        let rest = receive(&mut consumer, 190).await;
-        let offsets: Vec<u64> = first
-            .iter()
-            .chain(&rest)
-            .map(|record| record.offset)
-            .collect();
-        assert_eq!(offsets, (0..200).collect::<Vec<_>>());
-        assert!(
-            new_owner
-                .fetched_bytes
-                .load(std::sync::atomic::Ordering::SeqCst)
-                > 0,
-            "the new owner served data"
-        );
-        old_owner
+        moving.nameserver.move_topic("t", &moving.new_address);
+        moving.read_the_rest(&mut consumer, first).await;
+        moving
+            .old_owner
             .frozen
             .store(false, std::sync::atomic::Ordering::SeqCst);
         consumer.close().await.expect("close");
@@ -1198,52 +1235,20 @@ mod tests {
 
     #[tokio::test]
     async fn fetching_follows_a_partition_to_its_new_owner() {
-        use crate::testing::FakeNameServer;
-        let (old_owner, _, old_address) = broker_with_data(200).await;
-        // Same log, another server.
-        let new_owner = FakeBroker {
-            state: old_owner.state.clone(),
-            ..FakeBroker::default()
-        };
-        let new_address = new_owner.start().await;
-        let nameserver = FakeNameServer::default();
-        nameserver
-            .lock()
-            .routes
-            .insert("t".into(), vec![old_address.clone(), old_address]);
-        let nameserver_address = nameserver.start().await;
-        let config = ConsumerConfig {
-            client: ClientConfig {
-                bootstrap: vec![nameserver_address],
-                ..test_client_config()
-            },
-            ..small_buffer_config()
-        };
-        let mut consumer = Consumer::assign(config, vec![("t".into(), 0, StartOffset::Earliest)])
-            .await
-            .expect("assigned");
+        let moving = MovingPartition::start().await;
+        let mut consumer = moving.consumer(None).await;
         let first = receive(&mut consumer, 10).await;
-        old_owner
+        moving
+            .old_owner
             .refuse_fetch
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        nameserver
+        let new_address = moving.new_address.clone();
+        moving
+            .nameserver
             .lock()
             .routes
             .insert("t".into(), vec![new_address.clone(), new_address]);
-        let rest = receive(&mut consumer, 190).await;
-        let offsets: Vec<u64> = first
-            .iter()
-            .chain(&rest)
-            .map(|record| record.offset)
-            .collect();
-        assert_eq!(offsets, (0..200).collect::<Vec<_>>());
-        assert!(
-            new_owner
-                .fetched_bytes
-                .load(std::sync::atomic::Ordering::SeqCst)
-                > 0,
-            "the new owner served data"
-        );
+        moving.read_the_rest(&mut consumer, first).await;
         consumer.close().await.expect("close");
     }
 }
