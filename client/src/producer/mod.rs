@@ -1759,19 +1759,39 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn resends_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
-        use crate::testing::FakeNameServer;
+    /// An old and a new owner of topic t (one partition) and a fake
+    /// nameserver routing to the old one; returns them with the new
+    /// owner's and the nameserver's addresses.
+    async fn two_owners() -> (
+        FakeBroker,
+        FakeBroker,
+        String,
+        crate::testing::FakeNameServer,
+        String,
+    ) {
         let old_owner = FakeBroker::default();
         let new_owner = FakeBroker::default();
         let old_address = old_owner.start().await;
         let new_address = new_owner.start().await;
-        let nameserver = FakeNameServer::default();
+        let nameserver = crate::testing::FakeNameServer::default();
         nameserver
             .lock()
             .routes
             .insert("t".into(), vec![old_address]);
         let nameserver_address = nameserver.start().await;
+        (
+            old_owner,
+            new_owner,
+            new_address,
+            nameserver,
+            nameserver_address,
+        )
+    }
+
+    #[tokio::test]
+    async fn resends_to_the_new_owner_without_waiting_for_a_frozen_old_one() {
+        let (old_owner, new_owner, new_address, nameserver, nameserver_address) =
+            two_owners().await;
         let config = ProducerConfig {
             client: ClientConfig {
                 bootstrap: vec![nameserver_address],
@@ -1843,17 +1863,8 @@ mod tests {
 
     #[tokio::test]
     async fn follows_a_partition_to_its_new_owner_in_order() {
-        use crate::testing::FakeNameServer;
-        let old_owner = FakeBroker::default();
-        let new_owner = FakeBroker::default();
-        let old_address = old_owner.start().await;
-        let new_address = new_owner.start().await;
-        let nameserver = FakeNameServer::default();
-        nameserver
-            .lock()
-            .routes
-            .insert("t".into(), vec![old_address]);
-        let nameserver_address = nameserver.start().await;
+        let (old_owner, new_owner, new_address, nameserver, nameserver_address) =
+            two_owners().await;
         let config = ProducerConfig {
             client: ClientConfig {
                 bootstrap: vec![nameserver_address],
