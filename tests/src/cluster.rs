@@ -608,3 +608,19 @@ pub async fn wait_until_writable(client: sluice_client::ClientConfig, topic: &st
     }
     panic!("{topic} not writable within {READY_TIMEOUT_MS} ms: {last}");
 }
+
+/// The broker owning each partition of a described topic, by partition
+/// number (empty while a partition has no serving owner).
+pub fn partition_owners(description: &sluice_proto::v1::DescribeTopicResponse) -> Vec<String> {
+    description
+        .partitions
+        .iter()
+        .map(|partition| {
+            partition
+                .route
+                .as_ref()
+                .map(|route| route.broker_id.clone())
+                .unwrap_or_default()
+        })
+        .collect()
+}

@@ -77,19 +77,7 @@ fn index_of(cluster: &Cluster, node_id: &str) -> usize {
 async fn owners(client: &ClientConfig, topic: &str) -> Option<Vec<String>> {
     let admin = Admin::connect(client.clone()).await.ok()?;
     let description = admin.describe_topic(topic).await.ok()?;
-    Some(
-        description
-            .partitions
-            .iter()
-            .map(|partition| {
-                partition
-                    .route
-                    .as_ref()
-                    .map(|route| route.broker_id.clone())
-                    .unwrap_or_default()
-            })
-            .collect(),
-    )
+    Some(sluice_tests::cluster::partition_owners(&description))
 }
 
 /// Sends `count` records tagged with `label` and returns how many failed.

@@ -87,17 +87,7 @@ async fn observe(client: &ClientConfig, topics: &[&str]) -> Option<Observation> 
     let mut owners = BTreeMap::new();
     for topic in topics {
         let description = admin.describe_topic(topic).await.ok()?;
-        let routes = description
-            .partitions
-            .iter()
-            .map(|partition| {
-                partition
-                    .route
-                    .as_ref()
-                    .map(|route| route.broker_id.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let routes = sluice_tests::cluster::partition_owners(&description);
         owners.insert((*topic).to_string(), routes);
     }
     Some(Observation {

@@ -130,17 +130,7 @@ fn note_ack(watch: &SharedWatch, partition: u32, enqueued_at: Instant, now: Inst
 /// Owner of each partition of the topic (empty while offline).
 async fn owners(admin: &Admin) -> Vec<String> {
     let described = admin.describe_topic(TOPIC).await.expect("describe topic");
-    described
-        .partitions
-        .iter()
-        .map(|partition| {
-            partition
-                .route
-                .as_ref()
-                .map(|route| route.broker_id.clone())
-                .unwrap_or_default()
-        })
-        .collect()
+    sluice_tests::cluster::partition_owners(&described)
 }
 
 /// The broker owning the most partitions, and how many.
