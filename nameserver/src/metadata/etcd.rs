@@ -239,14 +239,19 @@ impl Retry {
 }
 
 /// Connection-level or leader-election failures: another attempt (maybe
-/// on another member) can succeed.
+/// on another member) can succeed. `Cancelled` is what a call gets when
+/// the connection it rode closes under it (the member died mid-call:
+/// "operation was canceled ... connection closed", seen in CI).
 fn is_transient(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(status) => {
             matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
             ) && !status.message().contains("lease not found")
         }
         etcd_client::Error::LeaseKeepAliveError(message) => !message.contains("lease not found"),
@@ -555,5 +560,41 @@ impl MetadataStore for EtcdMetadataStore {
 
     fn backend_name(&self) -> &'static str {
         "etcd"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
+    #[test]
+    fn a_call_cut_off_with_its_connection_is_repeated_only_when_idempotent() {
+        let cut = status(tonic::Code::Cancelled, "operation was canceled");
+        assert!(Retry::Idempotent.allows(&cut));
+        // A transaction may have reached the log before the connection
+        // closed: its outcome is unknown, so it is not sent again.
+        assert!(!Retry::NotApplied.allows(&cut));
+    }
+
+    #[test]
+    fn refused_before_the_log_is_repeated_for_every_call() {
+        let refused = status(tonic::Code::Unavailable, "etcdserver: no leader");
+        assert!(Retry::Idempotent.allows(&refused));
+        assert!(Retry::NotApplied.allows(&refused));
+    }
+
+    #[test]
+    fn an_unknown_lease_and_a_failed_precondition_are_final() {
+        let lease = status(tonic::Code::NotFound, "etcdserver: requested lease not found");
+        assert!(!Retry::Idempotent.allows(&lease));
+        let lease_unavailable = status(tonic::Code::Unavailable, "requested lease not found");
+        assert!(!Retry::Idempotent.allows(&lease_unavailable));
+        let invalid = status(tonic::Code::InvalidArgument, "etcdserver: key is not provided");
+        assert!(!Retry::Idempotent.allows(&invalid));
+        assert!(!Retry::NotApplied.allows(&invalid));
     }
 }
