@@ -589,11 +589,17 @@ mod tests {
 
     #[test]
     fn an_unknown_lease_and_a_failed_precondition_are_final() {
-        let lease = status(tonic::Code::NotFound, "etcdserver: requested lease not found");
+        let lease = status(
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found",
+        );
         assert!(!Retry::Idempotent.allows(&lease));
         let lease_unavailable = status(tonic::Code::Unavailable, "requested lease not found");
         assert!(!Retry::Idempotent.allows(&lease_unavailable));
-        let invalid = status(tonic::Code::InvalidArgument, "etcdserver: key is not provided");
+        let invalid = status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided",
+        );
         assert!(!Retry::Idempotent.allows(&invalid));
         assert!(!Retry::NotApplied.allows(&invalid));
     }
