@@ -591,6 +591,17 @@ impl ServiceConfig for BrokerConfig {
 mod tests {
     use super::*;
 
+    /// `config/broker.toml` states each numeric key's range as loading
+    /// enforces it (`SLUICE_UPDATE_CONFIG_DOCS=1` rewrites the file).
+    #[test]
+    fn example_file_states_every_range() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
+        let ranges = crate::config_ranges::ranges(&BrokerConfig::default());
+        if let Err(error) = sluice_service::check_example_config(&path, &ranges) {
+            panic!("{error}");
+        }
+    }
+
     #[test]
     fn example_file_matches_defaults() {
         figment::Jail::expect_with(|_| {

@@ -290,6 +290,17 @@ impl ServiceConfig for NameServerConfig {
 mod tests {
     use super::*;
 
+    /// `config/nameserver.toml` states each numeric key's range as loading
+    /// enforces it (`SLUICE_UPDATE_CONFIG_DOCS=1` rewrites the file).
+    #[test]
+    fn example_file_states_every_range() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nameserver.toml");
+        let ranges = crate::config_ranges::ranges(&NameServerConfig::default());
+        if let Err(error) = sluice_service::check_example_config(&path, &ranges) {
+            panic!("{error}");
+        }
+    }
+
     #[test]
     fn example_file_matches_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nameserver.toml");

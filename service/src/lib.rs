@@ -12,12 +12,15 @@
 //!   the hard limit (done by [`main`], and by the store before it opens
 //!   its storage, for `sluice dev`).
 //! - [`main`]: a service binary's whole `main` around its `run`.
+//! - [`check_example_config`]: the shipped `config/*.toml` state every
+//!   numeric key's range, from the same [`KeyRange`]s loading enforces.
 
 mod budget;
 mod config;
 mod connection;
 mod connection_deadline;
 mod connections_config;
+mod documented_ranges;
 mod file_limit;
 mod handshake;
 mod main_wiring;
@@ -30,6 +33,9 @@ mod stream_limits;
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use connection::{Connection, ConnectionInfo};
 pub use connections_config::ConnectionsConfig;
+pub use documented_ranges::{
+    check_example_config, document_ranges, range_line, UPDATE_CONFIG_DOCS_VARIABLE,
+};
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};

@@ -240,6 +240,17 @@ impl StoreConfig {
 mod tests {
     use super::*;
 
+    /// `config/store.toml` states each numeric key's range as loading
+    /// enforces it (`SLUICE_UPDATE_CONFIG_DOCS=1` rewrites the file).
+    #[test]
+    fn example_file_states_every_range() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/store.toml");
+        let ranges = crate::config_ranges::ranges(&StoreConfig::default());
+        if let Err(error) = sluice_service::check_example_config(&path, &ranges) {
+            panic!("{error}");
+        }
+    }
+
     #[test]
     fn shipped_example_lists_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/store.toml");
