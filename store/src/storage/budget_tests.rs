@@ -2,7 +2,7 @@
 //! the budget are written, read, recovered and deleted, and the files the
 //! process really holds open (`/proc/self/fd`) stay within the budget.
 
-use super::tests::{make_batch, new_segment, options};
+use super::tests::{make_batch, new_segment, options, storage_with_segment_one};
 use super::*;
 use sluice_proto::ErrorCode;
 
@@ -147,12 +147,7 @@ async fn recovery_of_more_segments_than_the_budget_replays_within_it() {
 
 #[tokio::test]
 async fn a_deleted_and_recreated_segment_never_uses_the_old_file() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (storage, _) = Storage::open(directory.path(), budgeted()).expect("open");
-    storage
-        .create_segment(new_segment(1, 0))
-        .await
-        .expect("create");
+    let (directory, storage) = storage_with_segment_one(budgeted()).await;
     storage
         .append(1, 5, make_batch(0, 2, 1))
         .await

@@ -174,7 +174,7 @@ impl CheckpointWriter {
 mod tests {
     use super::Checkpoint;
     use crate::journal;
-    use crate::storage::tests::{make_batch, new_segment, options};
+    use crate::storage::tests::{make_batch, new_segment, options, storage_with_segment_one};
     use crate::storage::{Storage, StorageOptions, JOURNAL_DIR};
 
     #[test]
@@ -195,12 +195,7 @@ mod tests {
     #[tokio::test]
     async fn an_unchanged_checkpoint_is_not_written_again() {
         use std::os::unix::fs::MetadataExt;
-        let directory = tempfile::tempdir().expect("temp dir");
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let (directory, storage) = storage_with_segment_one(options()).await;
         storage
             .append(1, 5, make_batch(0, 1, 1))
             .await

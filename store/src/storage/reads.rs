@@ -294,7 +294,7 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::tests::{make_batch, new_segment, options};
+    use crate::storage::tests::{make_batch, new_segment, options, storage_with_segment_one};
     use sluice_proto::ErrorCode;
 
     #[tokio::test]
@@ -342,12 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn find_offset_uses_batch_max_timestamps() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let (_directory, storage) = storage_with_segment_one(options()).await;
         for index in 0..50u64 {
             storage
                 .append(1, 5, make_batch(index * 2, 2, 1000 + index as i64 * 100))

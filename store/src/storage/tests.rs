@@ -41,6 +41,28 @@ pub(super) fn options() -> StorageOptions {
     }
 }
 
+/// A storage opened with `options` in a new temporary directory (kept
+/// alive by the returned guard), holding segment 1 at base offset 0 as
+/// [`new_segment`] describes it.
+pub(super) async fn storage_with_segment_one(
+    options: StorageOptions,
+) -> (tempfile::TempDir, Storage) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let storage = open_with_segment_one(directory.path(), options).await;
+    (directory, storage)
+}
+
+/// A storage opened with `options` in `directory`, with segment 1 created
+/// (idempotent if it is there already).
+pub(super) async fn open_with_segment_one(directory: &Path, options: StorageOptions) -> Storage {
+    let (storage, _) = Storage::open(directory, options).expect("open");
+    storage
+        .create_segment(new_segment(1, 0))
+        .await
+        .expect("create");
+    storage
+}
+
 #[tokio::test]
 async fn segment_files_grow_in_preallocated_chunks_released_at_seal() {
     use std::os::unix::fs::MetadataExt;
@@ -309,11 +331,7 @@ async fn offsets_beyond_the_offset_range_are_refused_and_ends_never_overflow() {
 async fn seal_fences_and_is_idempotent_and_durable() {
     let directory = tempfile::tempdir().expect("temp dir");
     {
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let storage = open_with_segment_one(directory.path(), options()).await;
         // Creating again with the same identity is fine; otherwise not.
         storage
             .create_segment(new_segment(1, 0))
@@ -354,11 +372,7 @@ async fn recovery_append_fills_a_sealed_copy_for_the_fencing_owner_only() {
     let directory = tempfile::tempdir().expect("temp dir");
     let tail = [make_batch(2, 2, 20), make_batch(4, 3, 30)].concat();
     {
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let storage = open_with_segment_one(directory.path(), options()).await;
         storage
             .append(1, 5, make_batch(0, 2, 10))
             .await
@@ -409,12 +423,7 @@ async fn recovery_append_fills_a_sealed_copy_for_the_fencing_owner_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_racing_seal_is_either_included_or_refused() {
-    let directory = tempfile::tempdir().expect("temp dir");
-    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-    storage
-        .create_segment(new_segment(1, 0))
-        .await
-        .expect("create");
+    let (_directory, storage) = storage_with_segment_one(options()).await;
     let appender = {
         let storage = storage.clone();
         tokio::spawn(async move {
@@ -441,11 +450,7 @@ async fn append_racing_seal_is_either_included_or_refused() {
 async fn delete_removes_durably() {
     let directory = tempfile::tempdir().expect("temp dir");
     {
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let storage = open_with_segment_one(directory.path(), options()).await;
         storage
             .create_segment(new_segment(2, 0))
             .await

@@ -418,7 +418,7 @@ impl JournalWriter {
 
 #[cfg(test)]
 mod tests {
-    use crate::storage::tests::{make_batch, new_segment, options};
+    use crate::storage::tests::{make_batch, new_segment, options, storage_with_segment_one};
     use crate::storage::{NewSegment, Storage};
     use sluice_proto::v1::Durability;
     use std::sync::atomic::Ordering;
@@ -473,12 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn sequential_fsync_appends_each_wait_for_an_fsync() {
-        let directory = tempfile::tempdir().expect("temp dir");
-        let (storage, _) = Storage::open(directory.path(), options()).expect("open");
-        storage
-            .create_segment(new_segment(1, 0))
-            .await
-            .expect("create");
+        let (_directory, storage) = storage_with_segment_one(options()).await;
         let fsyncs_before = storage.journal_stats().fsyncs.load(Ordering::SeqCst);
         for offset in 0..10 {
             storage
