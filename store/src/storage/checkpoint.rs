@@ -12,7 +12,7 @@ use crate::journal_spares::JournalSpares;
 use crate::segment;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -102,7 +102,14 @@ impl CheckpointWriter {
         ends: Vec<SegmentEnd>,
         (journal_sequence, journal_position): (u64, u64),
     ) -> Result<(), StoreError> {
-        if let Err(error) = self.sync_segments(files) {
+        if let Err(error) = sync_segment_files(&self.segments_dir, files) {
+            // Whatever the error (even one that reads like a file limit),
+            // these files are no longer marked dirty: only a recovery may
+            // cover them now.
+            record_failure(&self.failure, format!("checkpoint: {error}"));
+            return Err(error);
+        }
+        if let Err(error) = sync_segments_directory(&self.segments_dir) {
             // Out of file handles to open the directory: nothing failed to
             // reach the disk, so skip without latching.
             if !matches!(error, StoreError::FileLimit { .. }) {
@@ -157,17 +164,23 @@ impl CheckpointWriter {
         *last = Some(encoded);
         Ok(())
     }
+}
 
-    fn sync_segments(&self, files: Vec<(u64, Arc<File>)>) -> Result<(), StoreError> {
-        for (segment_id, file) in files {
-            fault::check(&self.segments_dir, FileOp::Sync)
-                .and_then(|()| file.sync_data())
-                .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
-        }
-        fault::check(&self.segments_dir, FileOp::Sync)
-            .map_err(|error| StoreError::io("fsync the segments directory", error))?;
-        segment::sync_directory(&self.segments_dir)
+/// fsyncs the segment files a checkpoint covers.
+fn sync_segment_files(segments_dir: &Path, files: Vec<(u64, Arc<File>)>) -> Result<(), StoreError> {
+    for (segment_id, file) in files {
+        fault::check(&segment::log_path(segments_dir, segment_id), FileOp::Sync)
+            .and_then(|()| file.sync_data())
+            .map_err(|error| StoreError::io(format!("fsync segment {segment_id}"), error))?;
     }
+    Ok(())
+}
+
+/// fsyncs the segments directory (new and renamed segment files).
+fn sync_segments_directory(segments_dir: &Path) -> Result<(), StoreError> {
+    fault::check(segments_dir, FileOp::Sync)
+        .map_err(|error| StoreError::io("fsync the segments directory", error))?;
+    segment::sync_directory(segments_dir)
 }
 
 #[cfg(test)]

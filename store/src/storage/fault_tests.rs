@@ -211,6 +211,45 @@ async fn no_file_handles_at_a_checkpoint_skips_it_without_suspending_writes() {
     );
 }
 
+/// A segment file's fsync failing with a file-limit error (no kernel
+/// returns that; the point is that the error's kind does not matter)
+/// latches like any other failed fsync: the files are no longer marked
+/// dirty, so a skipped checkpoint would let a later one cover pages that
+/// never reached the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_failed_segment_fsync_suspends_writes_until_recovery() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let storage = open_with_segment(directory.path()).await;
+    let first = make_batch(0, 3, 1);
+    storage.append(1, 5, first.clone()).await.expect("append");
+    let injection = fault::inject(
+        &crate::segment::log_path(&directory.path().join(SEGMENTS_DIR), 1),
+        FileOp::Sync,
+        libc::EMFILE,
+        Some(1),
+    );
+    storage.checkpoint().await.expect_err("the fsync fails");
+    drop(injection);
+    wait_until_writable(&storage).await;
+    assert_eq!(
+        storage
+            .journal_stats()
+            .write_path_recoveries
+            .load(Ordering::Relaxed),
+        1,
+        "a failed segment fsync latches the write path until a recovery"
+    );
+    let second = make_batch(3, 2, 1);
+    storage.append(1, 5, second.clone()).await.expect("append");
+    storage.checkpoint().await.expect("checkpoint");
+    drop(storage);
+    let (reopened, _) = Storage::open(directory.path(), options()).expect("reopen");
+    assert_eq!(
+        read_all(&reopened, 1),
+        BTreeMap::from([(0, first), (3, second)])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_segment_fsync_is_never_covered_by_a_later_checkpoint() {
     let directory = tempfile::tempdir().expect("temp dir");
