@@ -9,6 +9,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
+use sluice_client::{ClientError, Consumer, ConsumerConfig, CorruptBatchPolicy, StartOffset};
 use sluice_proto::batch::{assign, BatchIter, Compression};
 use sluice_proto::test_util::poison::{compress, forged_batch, poison_batches, records_section};
 use sluice_proto::test_util::BatchSpec;
@@ -109,18 +110,8 @@ async fn poison_compressed_batches_are_refused_without_taking_offsets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_batch_written_straight_to_the_store_does_not_wedge_a_subscription() {
     let directory = tempfile::tempdir().expect("temp dir");
-    let (cluster, broker, _client) = one_partition_holding_a(directory.path()).await;
-    broker.stop_cleanly().await;
-    let poison_end = append_past_the_broker(&cluster).await;
-
-    let broker = start_broker(&cluster.nameserver_url).await;
+    let (cluster, broker, poison_end, resumed) = partition_with_poison(directory.path()).await;
     let mut client = broker_client(&broker.address).await;
-    let resumed = produce_until_accepted(&client, 2, "d", "the new owner to serve").await;
-    assert_eq!(
-        resumed.base_offset,
-        poison_end + 1,
-        "the log kept the poison batch"
-    );
     // Fetch serves it as stored: consumers meet it (the SDK's policy).
     let fetched = fetch(&mut client, 1, 0).await;
     let first = BatchIter::new(&fetched.partitions[0].batches)
@@ -135,6 +126,100 @@ async fn a_poison_batch_written_straight_to_the_store_does_not_wedge_a_subscript
 
     broker.stop_cleanly().await;
     cluster.stop().await;
+}
+
+/// The SDK consumer against a real broker serving a poison batch: with
+/// `on_corrupt_batch = Fail` it reports the batch's offsets once, the other
+/// records stay readable and a seek past the batch goes on; with `Skip` it
+/// reads every record around the batch, in order, and counts the skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_consumer_reports_or_skips_a_poison_batch_and_reads_on() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (cluster, broker, poison_end, resumed) = partition_with_poison(directory.path()).await;
+    let after = [poison_end, resumed.base_offset];
+
+    let mut failing = sdk_consumer(&cluster, CorruptBatchPolicy::Fail).await;
+    assert_eq!(next_offset(&mut failing).await, Ok(0));
+    assert_eq!(
+        next_offset(&mut failing).await,
+        Err((1, poison_end)),
+        "Fail reports the poison batch's offsets"
+    );
+    failing
+        .seek(TOPIC, 0, StartOffset::Offset(poison_end))
+        .await
+        .expect("seek past the poison batch");
+    for offset in after {
+        assert_eq!(next_offset(&mut failing).await, Ok(offset));
+    }
+    assert_eq!(failing.skipped_corrupt_batches(), 0);
+    failing.close().await.expect("close");
+
+    let mut skipping = sdk_consumer(&cluster, CorruptBatchPolicy::Skip).await;
+    for offset in [0, after[0], after[1]] {
+        assert_eq!(next_offset(&mut skipping).await, Ok(offset));
+    }
+    assert_eq!(skipping.skipped_corrupt_batches(), 1);
+    skipping.close().await.expect("close");
+
+    broker.stop_cleanly().await;
+    cluster.stop().await;
+}
+
+/// A one-partition topic holding "a" at 0, a poison batch at 1..1001
+/// written straight to the store while no broker ran, "c" at 1001, and "d"
+/// produced through the broker that then took the partition over; returns
+/// that broker, the poison batch's end and the answer to "d".
+async fn partition_with_poison(
+    directory: &std::path::Path,
+) -> (
+    Cluster,
+    RunningBroker,
+    u64,
+    sluice_proto::v1::ProduceResponse,
+) {
+    let (cluster, broker, _client) = one_partition_holding_a(directory).await;
+    broker.stop_cleanly().await;
+    let poison_end = append_past_the_broker(&cluster).await;
+    let broker = start_broker(&cluster.nameserver_url).await;
+    let client = broker_client(&broker.address).await;
+    let resumed = produce_until_accepted(&client, 2, "d", "the new owner to serve").await;
+    assert_eq!(
+        resumed.base_offset,
+        poison_end + 1,
+        "the log kept the poison batch"
+    );
+    (cluster, broker, poison_end, resumed)
+}
+
+async fn sdk_consumer(cluster: &Cluster, policy: CorruptBatchPolicy) -> Consumer {
+    let config = ConsumerConfig {
+        client: client_config(&cluster.nameserver_url),
+        on_corrupt_batch: policy,
+        ..ConsumerConfig::default()
+    };
+    Consumer::assign(config, vec![(TOPIC.into(), 0, StartOffset::Earliest)])
+        .await
+        .expect("assign the partition")
+}
+
+/// The next record's offset, or a corrupt batch's offsets.
+async fn next_offset(consumer: &mut Consumer) -> Result<u64, (u64, u64)> {
+    let next = tokio::time::timeout(
+        std::time::Duration::from_millis(DEADLINE_MS),
+        consumer.recv(),
+    )
+    .await
+    .expect("the consumer answers within the deadline");
+    match next {
+        Ok(record) => Ok(record.offset),
+        Err(ClientError::CorruptBatch {
+            base_offset,
+            end_offset,
+            ..
+        }) => Err((base_offset, end_offset)),
+        Err(other) => panic!("unexpected consumer error: {other}"),
+    }
 }
 
 /// Appends a poison batch (a block of three records claiming 1000) at
