@@ -7,6 +7,7 @@
 use crate::budget::Budget;
 use crate::connection_deadline::{verdict, CloseReason, ConnectionActivity, Timeouts, Verdict};
 use crate::handshake::{Handshake, HandshakeProgress};
+use crate::server_io::ServerIo;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -14,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// What the connection's streams share with it.
@@ -64,11 +65,13 @@ impl ConnectionState {
 pub struct ConnectionInfo {
     pub tcp: TcpConnectInfo,
     pub state: Arc<ConnectionState>,
+    /// The client's certificate chain (mutual TLS), its own first.
+    pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
 }
 
 /// See the module documentation.
 pub struct Connection {
-    stream: TcpStream,
+    stream: ServerIo,
     info: ConnectionInfo,
     handshake: HandshakeProgress,
     timeouts: Timeouts,
@@ -80,18 +83,20 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(
-        stream: TcpStream,
+        stream: ServerIo,
         slot: OwnedSemaphorePermit,
         timeouts: Timeouts,
         budget_bytes: u64,
     ) -> Self {
         let now = Instant::now();
-        let tcp = stream.connect_info();
+        let tcp = stream.tcp_info();
+        let peer_certificates = stream.peer_certificates();
         Self {
             stream,
             info: ConnectionInfo {
                 tcp,
                 state: Arc::new(ConnectionState::new(budget_bytes, now)),
+                peer_certificates,
             },
             handshake: HandshakeProgress::default(),
             timeouts,

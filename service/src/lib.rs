@@ -27,8 +27,10 @@ mod main_wiring;
 mod message_progress;
 mod ranges;
 mod server;
+mod server_io;
 mod signal;
 mod stream_limits;
+mod tls;
 
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use connection::{Connection, ConnectionInfo};
@@ -41,3 +43,4 @@ pub use main_wiring::{main, Binary, Shutdown};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use server::{Incoming, LimitedServer, ServerLimits, ACCEPT_PAUSE_MS};
 pub use signal::shutdown_signal;
+pub use tls::{ServerTls, TlsConfig, TlsError, RELOAD_CHECK_INTERVAL_RANGE_MS};

@@ -8,7 +8,10 @@ use crate::budget::Budget;
 use crate::connection::Connection;
 use crate::connection_deadline::Timeouts;
 use crate::connections_config::ConnectionsConfig;
+use crate::server_io::ServerIo;
 use crate::stream_limits::StreamLimitsLayer;
+use crate::tls::ServerTls;
+use futures::stream::FuturesUnordered;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,6 +122,8 @@ impl ServerLimits {
             pause: None,
             refused: 0,
             over_limit: 0,
+            tls: None,
+            handshakes: FuturesUnordered::new(),
         }
     }
 }
@@ -133,6 +138,11 @@ pub struct Incoming {
     refused: u64,
     /// Connections closed at `max_connections` since one was last served.
     over_limit: u64,
+    /// With TLS: every connection is served only after its TLS handshake.
+    tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes in progress, each holding its connection slot; at
+    /// most `max_connections` with the connections being served.
+    handshakes: FuturesUnordered<Pin<Box<dyn Future<Output = Option<Connection>> + Send>>>,
 }
 
 /// Accept errors that last until a resource is freed (as opposed to one
@@ -145,18 +155,20 @@ fn is_resource_exhaustion(error: &std::io::Error) -> bool {
 }
 
 impl Incoming {
+    /// Serve TLS only, with `tls`'s certificates (see `tls.rs`): a client
+    /// that does not complete a TLS handshake within the handshake timeout
+    /// is closed, and only then does the HTTP/2 handshake timeout start.
+    pub fn with_tls(mut self, tls: Arc<ServerTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// A connection slot for `stream`, or `None` (and `stream` closed) at
-    /// `max_connections`.
+    /// `max_connections`; with TLS the connection comes out of
+    /// `handshakes` once its handshake is done.
     fn admit(&mut self, stream: tokio::net::TcpStream) -> Option<Connection> {
-        match self.limits.slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                if self.over_limit > 0 {
-                    tracing::info!(closed = self.over_limit, "serving new connections again");
-                    self.over_limit = 0;
-                }
-                let budget = self.limits.config.max_inflight_request_bytes_per_connection;
-                Some(Connection::new(stream, slot, self.timeouts, budget))
-            }
+        let slot = match self.limits.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
             Err(_) => {
                 if self.over_limit == 0 {
                     tracing::warn!(
@@ -165,9 +177,44 @@ impl Incoming {
                     );
                 }
                 self.over_limit += 1;
-                None
+                return None;
             }
+        };
+        if self.over_limit > 0 {
+            tracing::info!(closed = self.over_limit, "serving new connections again");
+            self.over_limit = 0;
         }
+        let budget = self.limits.config.max_inflight_request_bytes_per_connection;
+        let timeouts = self.timeouts;
+        let Some(tls) = &self.tls else {
+            return Some(Connection::new(
+                ServerIo::Plain(stream),
+                slot,
+                timeouts,
+                budget,
+            ));
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        self.handshakes.push(Box::pin(async move {
+            let peer = stream.peer_addr().ok();
+            match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => Some(Connection::new(
+                    ServerIo::Tls(Box::new(tls)),
+                    slot,
+                    timeouts,
+                    budget,
+                )),
+                Ok(Err(error)) => {
+                    tracing::info!(?peer, %error, "TLS handshake failed (a plaintext client, or a certificate this server does not trust?); connection closed");
+                    None
+                }
+                Err(_) => {
+                    tracing::info!(?peer, timeout_ms = timeouts.handshake.as_millis() as u64, "TLS handshake not done within the handshake timeout; connection closed");
+                    None
+                }
+            }
+        }));
+        None
     }
 
     fn note_accept_error(&mut self, error: &std::io::Error) {
@@ -189,6 +236,11 @@ impl Stream for Incoming {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            while let Poll::Ready(Some(handshaken)) = Pin::new(&mut self.handshakes).poll_next(cx) {
+                if let Some(connection) = handshaken {
+                    return Poll::Ready(Some(Ok(connection)));
+                }
+            }
             if let Some(pause) = self.pause.as_mut() {
                 if pause.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
@@ -208,7 +260,8 @@ impl Stream for Incoming {
                 tracing::info!(refused = self.refused, "accepting connections again");
                 self.refused = 0;
             }
-            // Over the limit: dropped (closed) here, and the next accepted.
+            // Over the limit: dropped (closed) here, and the next accepted;
+            // with TLS, polled among the handshakes at the loop's start.
             if let Some(connection) = self.admit(stream) {
                 return Poll::Ready(Some(Ok(connection)));
             }
