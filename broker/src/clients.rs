@@ -8,11 +8,12 @@ use sluice_proto::limits;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
+use sluice_service::PeerTls;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Most distinct peer addresses kept connected; beyond it the pool is reset
 /// (channels reconnect lazily), so a churning cluster cannot grow it forever.
@@ -23,6 +24,8 @@ const MAX_CACHED_CHANNELS: usize = 1024;
 const STORE_SUSPECT_MS: u64 = 10_000;
 
 pub struct Clients {
+    /// Plaintext, or TLS to every peer (`[tls]`).
+    peer_tls: PeerTls,
     channels: Mutex<HashMap<String, Channel>>,
     /// Store address -> when it last failed a request (bounded like the
     /// channel pool).
@@ -50,17 +53,10 @@ pub fn stream_request<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-fn with_scheme(address: &str) -> String {
-    if address.starts_with("http://") || address.starts_with("https://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    }
-}
-
 impl Clients {
-    pub fn new(config: &BrokerConfig) -> Self {
+    pub fn new(config: &BrokerConfig, peer_tls: PeerTls) -> Self {
         Self {
+            peer_tls,
             channels: Mutex::new(HashMap::new()),
             suspect_stores: Mutex::new(HashMap::new()),
             nameservers: config.cluster.nameservers.clone(),
@@ -83,10 +79,10 @@ impl Clients {
         if channels.len() >= MAX_CACHED_CHANNELS {
             channels.clear();
         }
-        let endpoint = Endpoint::from_shared(with_scheme(address))
-            .map_err(|error| {
-                BrokerError::InvalidArgument(format!("bad peer address {address:?}: {error}"))
-            })?
+        let endpoint = self
+            .peer_tls
+            .endpoint(address)
+            .map_err(BrokerError::InvalidArgument)?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
@@ -211,18 +207,12 @@ mod tests {
 
     #[test]
     fn reads_try_recently_failed_stores_last() {
-        let clients = Clients::new(&BrokerConfig::default());
+        let clients = Clients::new(&BrokerConfig::default(), PeerTls::plaintext());
         let stores = ["a:1", "b:1", "c:1"];
         assert_eq!(clients.read_order(stores.iter().copied()), [0, 1, 2]);
         clients.store_failed("a:1");
         assert_eq!(clients.read_order(stores.iter().copied()), [1, 2, 0]);
         clients.store_failed("c:1");
         assert_eq!(clients.read_order(stores.iter().copied()), [1, 0, 2]);
-    }
-
-    #[test]
-    fn addresses_get_a_scheme() {
-        assert_eq!(with_scheme("127.0.0.1:1"), "http://127.0.0.1:1");
-        assert_eq!(with_scheme("http://a:1"), "http://a:1");
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES, MAX_UNCOMPRESSED_RECORDS_BYTES,
 };
-use sluice_service::{ConfigError, ConnectionsConfig, MovedKey, ServiceConfig};
+use sluice_service::{ConfigError, ConnectionsConfig, MovedKey, ServiceConfig, TlsConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
 
@@ -23,6 +23,9 @@ pub struct BrokerConfig {
     /// `[connections]`: limits of the gRPC server's connections, streams
     /// and in-flight request bytes (shared by every service).
     pub connections: ConnectionsConfig,
+    /// `[tls]`: TLS for this server and for its connections to other
+    /// services (off by default; see `sluice_service::TlsConfig`).
+    pub tls: TlsConfig,
     pub cluster: ClusterConfig,
     pub produce: ProduceConfig,
     pub replication: ReplicationConfig,
@@ -718,7 +721,7 @@ mod tests {
         let mut section_keys = 0;
         for (section, keys) in sections {
             // Sections that never had flat keys.
-            if section == "telemetry" || section == "connections" {
+            if section == "telemetry" || section == "connections" || section == "tls" {
                 continue;
             }
             section_keys += keys.as_object().expect("a section").len();

@@ -24,6 +24,7 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
     let backlog = &config.backlog;
     let largest_batch = u64::from(largest_max_batch_bytes(server.max_grpc_message_bytes));
     let mut ranges = config.connections.ranges();
+    ranges.extend(config.tls.ranges());
     ranges.extend([
         KeyRange::new(
             "[server] max_grpc_message_bytes",
@@ -186,6 +187,7 @@ pub fn cross_checks(config: &BrokerConfig) -> Vec<String> {
     let mut broken = config
         .connections
         .cross_checks(config.server.max_grpc_message_bytes);
+    broken.extend(config.tls.cross_checks());
     if !(groups.min_session_timeout_ms <= groups.session_timeout_ms
         && groups.session_timeout_ms <= groups.max_session_timeout_ms)
     {

@@ -264,9 +264,15 @@ pub async fn run(
         .advertised_address
         .clone()
         .unwrap_or_else(|| local_address.to_string());
+    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let incoming = limits
+        .incoming_with_tls(listener, &config.tls)
+        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+    let peer_tls = sluice_service::PeerTls::from_config(&config.tls)
+        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
     let (stop_sender, stop_receiver) = watch::channel(false);
     let shared = Arc::new(Shared {
-        clients: Arc::new(Clients::new(&config)),
+        clients: Arc::new(Clients::new(&config, peer_tls)),
         coordinator: Coordinator::new(&config.groups),
         tail_cache: SharedTailCache::new(config.fetch.tail_cache_bytes),
         read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -320,12 +326,11 @@ pub async fn run(
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let limits = sluice_service::ServerLimits::new(&shared.config.connections);
     let served = limits
         .grpc_server()
         .add_service(service)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(limits.incoming(listener), stop_on_shutdown)
+        .serve_with_incoming_shutdown(incoming, stop_on_shutdown)
         .await;
     drop(stop_receiver);
     background_stop.send_replace(true);

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::v1::{Durability, TopicConfig};
-use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig};
+use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -222,6 +222,9 @@ pub struct NameServerConfig {
     /// `[connections]`: limits of the gRPC server's connections, streams
     /// and in-flight request bytes (shared by every service).
     pub connections: ConnectionsConfig,
+    /// `[tls]`: TLS for this server and for its connections to other
+    /// services (off by default; see `sluice_service::TlsConfig`).
+    pub tls: TlsConfig,
     pub topic_defaults: TopicDefaults,
     pub telemetry: TelemetryConfig,
 }
@@ -253,6 +256,7 @@ impl Default for NameServerConfig {
             max_subscriptions_per_topic: 1_000,
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             connections: ConnectionsConfig::default(),
+            tls: TlsConfig::default(),
             topic_defaults: TopicDefaults::default(),
             telemetry: TelemetryConfig::default(),
         }

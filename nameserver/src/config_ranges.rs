@@ -18,6 +18,7 @@ pub const MAX_GRPC_MESSAGE_BYTES: u64 = u32::MAX as u64;
 pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
     let metadata = &config.metadata;
     let mut ranges = config.connections.ranges();
+    ranges.extend(config.tls.ranges());
     ranges.extend([
         KeyRange::duration_ms("[metadata] connect_timeout_ms", metadata.connect_timeout_ms),
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),
@@ -76,6 +77,7 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
     let mut broken = config
         .connections
         .cross_checks(config.max_grpc_message_bytes);
+    broken.extend(config.tls.cross_checks());
     if config.heartbeat_interval_ms >= config.lease_ttl_ms {
         broken.push(format!(
             "heartbeat_interval_ms ({}) must be below lease_ttl_ms ({})",

@@ -105,6 +105,10 @@ pub async fn run_with_store(
         .validate()
         .map_err(NameServerError::Config)?;
     let local_address = listener.local_addr()?;
+    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let incoming = limits
+        .incoming_with_tls(listener, &config.tls)
+        .map_err(|error| NameServerError::Config(error.to_string()))?;
     let advertised_address = config
         .advertised_address
         .clone()
@@ -185,13 +189,12 @@ pub async fn run_with_store(
         // Ends watch streams and background loops so the server can drain.
         let _ = stop_sender.send(true);
     };
-    let limits = sluice_service::ServerLimits::new(&config.connections);
     let served = limits
         .grpc_server()
         .add_service(service)
         .add_service(assignment_watch)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(limits.incoming(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await;
     for task in [
         reconciler,

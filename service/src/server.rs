@@ -99,6 +99,19 @@ impl ServerLimits {
             ))
     }
 
+    /// [`ServerLimits::incoming`], with TLS when `tls` is enabled.
+    pub fn incoming_with_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: &crate::tls::TlsConfig,
+    ) -> Result<Incoming, crate::tls::TlsError> {
+        let incoming = self.incoming(listener);
+        if !tls.enabled {
+            return Ok(incoming);
+        }
+        Ok(incoming.with_tls(Arc::new(ServerTls::load(tls)?)))
+    }
+
     /// The connections accepted on `listener`, with Nagle off (pipelined
     /// small responses must not wait for delayed ACKs) and TCP keepalive;
     /// a connection beyond `max_connections` is closed at once; accepts

@@ -15,7 +15,7 @@
 //!   in use, with a warning naming the reason; they are tried again at the
 //!   next look.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,15 +27,21 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub const RELOAD_CHECK_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// A server's `[tls]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Serve TLS only; no plaintext fallback. Default: false.
+    /// Serve TLS only, and connect to other services with TLS only; no
+    /// plaintext fallback. Default: false.
     pub enabled: bool,
-    /// PEM certificate chain, the server's own certificate first.
+    /// PEM certificate chain, this node's own certificate first: served to
+    /// clients, and presented to other services it connects to.
     pub cert_file: PathBuf,
     /// PEM private key of the first certificate.
     pub key_file: PathBuf,
+    /// PEM CA certificates this node trusts when it connects to other
+    /// services (required with `enabled` on a node that connects out).
+    /// Default: none.
+    pub ca_file: Option<PathBuf>,
     /// PEM CA certificates; when set, clients must present a certificate
     /// one of them signed (mutual TLS). Default: none.
     pub client_ca_file: Option<PathBuf>,
@@ -46,12 +52,36 @@ pub struct TlsConfig {
     pub reload_check_interval_ms: u64,
 }
 
+impl TlsConfig {
+    /// Every numeric key with its range (see [`crate::KeyRange`]).
+    pub fn ranges(&self) -> Vec<crate::KeyRange> {
+        vec![crate::KeyRange::new(
+            "[tls] reload_check_interval_ms",
+            self.reload_check_interval_ms,
+            *RELOAD_CHECK_INTERVAL_RANGE_MS.start(),
+            *RELOAD_CHECK_INTERVAL_RANGE_MS.end(),
+        )]
+    }
+
+    /// Rules between keys.
+    pub fn cross_checks(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        if self.enabled
+            && (self.cert_file.as_os_str().is_empty() || self.key_file.as_os_str().is_empty())
+        {
+            broken.push("[tls] enabled = true needs cert_file and key_file".to_string());
+        }
+        broken
+    }
+}
+
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             enabled: false,
             cert_file: PathBuf::new(),
             key_file: PathBuf::new(),
+            ca_file: None,
             client_ca_file: None,
             allow_tls12: false,
             reload_check_interval_ms: 1_000,

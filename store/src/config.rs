@@ -5,7 +5,7 @@
 use crate::message_index::MessageIndexLimits;
 use crate::storage::StorageOptions;
 use serde::{Deserialize, Serialize};
-use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig};
+use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -128,6 +128,9 @@ pub struct StoreConfig {
     /// store's own defaults of in-flight request bytes: 1 GiB per
     /// connection and in all ([`STORE_INFLIGHT_REQUEST_BYTES`]).
     pub connections: ConnectionsConfig,
+    /// `[tls]`: TLS for this server and for its connections to other
+    /// services (off by default; see `sluice_service::TlsConfig`).
+    pub tls: TlsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -174,6 +177,7 @@ impl Default for StoreConfig {
                 max_inflight_request_bytes: STORE_INFLIGHT_REQUEST_BYTES,
                 ..ConnectionsConfig::default()
             },
+            tls: TlsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }

@@ -59,6 +59,10 @@ pub async fn run(
             config.max_grpc_message_bytes
         )));
     }
+    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let incoming = limits
+        .incoming_with_tls(listener, &config.tls)
+        .map_err(|error| StoreError::InvalidArgument(error.to_string()))?;
     // Before the file budget is derived from it (done by the service's
     // `main` already, but not in `sluice dev`); a refusal is logged.
     let _ = sluice_service::raise_open_file_limit();
@@ -115,12 +119,11 @@ pub async fn run(
         stop_receiver.clone(),
     ));
     let mut serve_stop = stop_receiver.clone();
-    let limits = sluice_service::ServerLimits::new(&config.connections);
     let serve = limits
         .grpc_server()
         .add_service(server)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(limits.incoming(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = serve_stop.wait_for(|stopping| *stopping).await;
         });
     tokio::pin!(serve);

@@ -13,7 +13,7 @@ use sluice_proto::{ErrorCode, SluiceError};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Used when a nameserver answers with a zero heartbeat interval.
 const FALLBACK_HEARTBEAT_INTERVAL_MS: u64 = 1000;
@@ -60,7 +60,12 @@ async fn connect(
     address: &str,
 ) -> Result<NameServerClient<Channel>, SluiceError> {
     let timeout = Duration::from_millis(config.nameserver_request_timeout_ms.max(1));
-    let endpoint = Endpoint::from_shared(address.to_string())
+    // Read at every connect: a rotated certificate is used from the next
+    // reconnection on.
+    let peer_tls = sluice_service::PeerTls::from_config(&config.tls)
+        .map_err(|error| SluiceError::new(ErrorCode::InvalidArgument, error.to_string()))?;
+    let endpoint = peer_tls
+        .endpoint(address)
         .map_err(|error| {
             SluiceError::new(
                 ErrorCode::InvalidArgument,
