@@ -143,7 +143,10 @@ mod tests {
 
     #[test]
     fn adjacent_ranges_are_one_gap() {
-        let segments = [segment(0, 100, &[(40, 60), (60, 70)]), segment(100, 200, &[])];
+        let segments = [
+            segment(0, 100, &[(40, 60), (60, 70)]),
+            segment(100, 200, &[]),
+        ];
         assert_eq!(lost_range_at(&segments, 45), range(40, 70));
         assert_eq!(lost_range_at(&segments, 65), range(60, 70));
         assert_eq!(lost_range_at(&segments, 70), None);
