@@ -2,11 +2,13 @@
 //! background fetching, tracked positions and commits.
 
 mod corrupt;
+mod data_loss;
 mod fetcher;
 mod group;
 mod positions;
 
 pub use corrupt::CorruptBatchPolicy;
+pub use data_loss::DataLossPolicy;
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};
@@ -96,6 +98,11 @@ pub struct ConsumerConfig {
     /// offsets; seek past it to go on) or skip it. See
     /// [`CorruptBatchPolicy`]. Default: `Fail`.
     pub on_corrupt_batch: CorruptBatchPolicy,
+    /// What to do at a range of the log an operator accepted as lost:
+    /// skip it (logged, counted in [`Consumer::skipped_lost_offsets`]) or
+    /// stop the partition with [`ClientError::DataLost`] (seek past it to
+    /// go on). See [`DataLossPolicy`]. Default: `Skip`.
+    pub on_data_loss: DataLossPolicy,
 }
 
 impl Default for ConsumerConfig {
@@ -112,6 +119,7 @@ impl Default for ConsumerConfig {
             fetch_max_wait_ms: 500,
             max_buffered_bytes: 64 * 1024 * 1024,
             on_corrupt_batch: CorruptBatchPolicy::Fail,
+            on_data_loss: DataLossPolicy::Skip,
         }
     }
 }
@@ -439,6 +447,12 @@ impl Consumer {
     /// (each also logged at error level with its offsets).
     pub fn skipped_corrupt_batches(&self) -> u64 {
         self.fetch.skipped_corrupt_batches.load(Ordering::Relaxed)
+    }
+
+    /// Offsets skipped so far at ranges accepted as lost, under
+    /// [`DataLossPolicy::Skip`] (each range also logged at warn level).
+    pub fn skipped_lost_offsets(&self) -> u64 {
+        self.fetch.skipped_lost_offsets.load(Ordering::Relaxed)
     }
 
     /// The partitions this consumer reads now.
