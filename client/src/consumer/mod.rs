@@ -3,6 +3,8 @@
 
 mod corrupt;
 mod data_loss;
+#[cfg(test)]
+mod data_loss_tests;
 mod fetcher;
 mod group;
 mod positions;
@@ -706,7 +708,7 @@ mod tests {
 
     /// A fake broker owning both partitions of topic `t`, each holding
     /// `per_partition` records valued `{partition}-{index}`.
-    async fn broker_with_data(per_partition: u32) -> (FakeBroker, Arc<Cluster>, String) {
+    pub(super) async fn broker_with_data(per_partition: u32) -> (FakeBroker, Arc<Cluster>, String) {
         let broker = FakeBroker::default();
         let address = broker.start().await;
         let cluster = Cluster::unconnected(test_client_config());
@@ -840,7 +842,7 @@ mod tests {
         consumer.close().await.expect("close");
     }
 
-    fn small_buffer_config() -> ConsumerConfig {
+    pub(super) fn small_buffer_config() -> ConsumerConfig {
         ConsumerConfig {
             client: test_client_config(),
             fetch_max_wait_ms: 10,
@@ -851,7 +853,7 @@ mod tests {
         }
     }
 
-    async fn receive(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
+    pub(super) async fn receive(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
         let mut records = Vec::new();
         while records.len() < count {
             match consumer.recv_timeout(Duration::from_secs(10)).await {
@@ -863,7 +865,7 @@ mod tests {
         records
     }
 
-    fn offsets_of(records: &[ConsumerRecord], partition: u32) -> Vec<u64> {
+    pub(super) fn offsets_of(records: &[ConsumerRecord], partition: u32) -> Vec<u64> {
         records
             .iter()
             .filter(|record| record.partition == partition)
