@@ -20,7 +20,7 @@ mod common;
 
 use common::*;
 use sluice_client::{
-    ClientError, Consumer, ConsumerConfig, DataLossPolicy, StartOffset, Subscriber,
+    Admin, ClientError, Consumer, ConsumerConfig, DataLossPolicy, StartOffset, Subscriber,
     SubscriberConfig,
 };
 use sluice_proto::v1::broker_client::BrokerClient;
@@ -415,6 +415,21 @@ async fn consumers_read_across_the_loss(cluster: &Cluster, (start, end): (u64, u
     .expect("subscriber connects");
     let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
     receive_exactly(&subscriber, &wanted).await;
+    let admin = Admin::connect(client_config(&cluster.nameserver_url))
+        .await
+        .expect("admin");
+    let admin = &admin;
+    eventually(
+        "the subscription to count the lost offsets it skipped",
+        || async move {
+            let lag = admin
+                .describe_subscription(TOPIC, "from-earliest")
+                .await
+                .ok()?;
+            (lag.partitions.first()?.lost_offsets == end - start).then_some(())
+        },
+    )
+    .await;
     subscriber.close().await.expect("close");
 }
 
