@@ -24,6 +24,7 @@
 
 use crate::clients::nameserver_call;
 use crate::error::BrokerError;
+use crate::lost_ranges::LostRange;
 use crate::partition::{Partition, Phase};
 use crate::subscription::{self, AckedRanges, CursorSnapshot, SubscriptionStats};
 use crate::tail_cache::PartitionKey;
@@ -60,6 +61,11 @@ const DEFAULT_WARN_RATIO_PERCENT: u32 = 80;
 const DEFAULT_HOLD_TIMEOUT_MS: u64 = 30_000;
 /// Bytes read at the mark-delete offset to learn its timestamp.
 const OLDEST_READ_BYTES: usize = 64 * 1024;
+/// Most accepted-lost ranges the oldest-offset read steps over in one
+/// measurement (each needs a read; the rest wait for the next pass).
+const MAX_LOST_RANGES_STEPPED: usize = 8;
+/// Names the oldest-offset read in a partition's tally of skipped lost offsets.
+const OLDEST_READER: &str = "backlog oldest read";
 /// Most partitions one DescribeSubscription may name.
 const MAX_DESCRIBE_PARTITIONS: usize = sluice_proto::limits::MAX_PARTITIONS_PER_TOPIC as usize;
 
@@ -804,12 +810,27 @@ fn closed_segments_bytes_per_offset(partition: &Partition) -> Option<f64> {
 
 /// The first timestamp of the batch holding `offset`, and that batch's
 /// bytes per offset.
+/// An offset in a range accepted as lost is read after the range (the
+/// oldest message anyone can still read), stepping over at most
+/// [`MAX_LOST_RANGES_STEPPED`] ranges.
 async fn first_batch_at(partition: &Partition, offset: u64) -> Option<(i64, Option<f64>)> {
-    let bytes = match partition.read(offset, OLDEST_READ_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            tracing::debug!(partition = %partition.key, offset, %error, "cannot read the oldest unacknowledged batch");
-            return None;
+    let mut offset = offset;
+    let mut stepped = 0;
+    let bytes = loop {
+        match partition.read(offset, OLDEST_READ_BYTES).await {
+            Ok(bytes) => break bytes,
+            Err(BrokerError::DataLost { start, end, .. }) if stepped < MAX_LOST_RANGES_STEPPED => {
+                let range = LostRange { start, end };
+                if partition.lost_skips.skipped(OLDEST_READER, range) {
+                    tracing::warn!(partition = %partition.key, lost = %range, "the oldest unacknowledged offset lies in a range accepted as lost; measuring from its end");
+                }
+                offset = offset.max(end);
+                stepped += 1;
+            }
+            Err(error) => {
+                tracing::debug!(partition = %partition.key, offset, %error, "cannot read the oldest unacknowledged batch");
+                return None;
+            }
         }
     };
     let header = sluice_proto::batch::BatchIter::new(&bytes)
@@ -1053,6 +1074,9 @@ async fn describe_partition(
             0
         },
         measured_at_ms: measurement.measured_at_ms,
+        lost_offsets: stats
+            .as_ref()
+            .map_or(0, |stats| stats.counters.lost_offsets),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::assignment::{balance_backlog, compute_targets, grantable, MemberInput
 use crate::clients::{nameserver_call, request};
 use crate::commit_record::{self, CommittedOffset};
 use crate::error::BrokerError;
+use crate::lost_ranges::LostRange;
 use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes read per store request while replaying an offsets partition.
 const REPLAY_READ_BYTES: usize = 1024 * 1024;
+/// Names the offsets replay in a partition's tally of skipped lost offsets.
+const REPLAY_READER: &str = "offsets replay";
 /// Most topics one member may subscribe to.
 const MAX_TOPICS_PER_MEMBER: usize = 1000;
 
@@ -197,7 +200,20 @@ impl Coordinator {
         let end = status.high_watermark;
         let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
         while offset < end {
-            let bytes = partition.read(offset, REPLAY_READ_BYTES).await?;
+            let bytes = match partition.read(offset, REPLAY_READ_BYTES).await {
+                Ok(bytes) => bytes,
+                Err(BrokerError::DataLost { start, end, .. }) => {
+                    // Commits in an accepted loss are gone: their groups
+                    // fall back to earlier commits (or their reset policy).
+                    let range = LostRange { start, end };
+                    if partition.lost_skips.skipped(REPLAY_READER, range) {
+                        tracing::warn!(partition = %partition.key, lost = %range, "offsets replay skips a range accepted as lost; commits in it are gone");
+                    }
+                    offset = offset.max(end);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if bytes.is_empty() {
                 return Err(BrokerError::Unavailable(format!(
                     "replay of {} found no data at offset {offset} below the high watermark {end}",
@@ -235,7 +251,8 @@ impl Coordinator {
             }
         }
         state.loaded.insert(partition.key.partition);
-        tracing::info!(partition = %partition.key, records = replayed.len(), "offsets partition replayed; coordinating its groups");
+        let lost_offsets = partition.lost_skips.skipped_offsets(REPLAY_READER);
+        tracing::info!(partition = %partition.key, records = replayed.len(), lost_offsets, "offsets partition replayed; coordinating its groups");
         Ok(())
     }
 

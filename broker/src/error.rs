@@ -75,6 +75,16 @@ pub enum BrokerError {
     /// was given. Retriable; an idempotent producer's retry finds it.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The offset lies in `[start, end)` of the partition's log, which an
+    /// operator accepted as lost: nothing is read from the stores, and a
+    /// reader resumes at `end`.
+    #[error("offsets {start}..{end} of {topic}/{partition} were accepted as lost (no copy held them intact; `sluice partition recover --accept-data-loss`); readable data resumes at offset {end}")]
+    DataLost {
+        topic: String,
+        partition: u32,
+        start: u64,
+        end: u64,
+    },
     /// An error decided elsewhere in this broker, passed on with its code.
     #[error("{}", .0.message)]
     Relayed(SluiceError),
@@ -130,7 +140,16 @@ impl BrokerError {
             BrokerError::CursorFenced(_) => ErrorCode::Fenced,
             BrokerError::PartitionOffline(_) => ErrorCode::StorageCorrupt,
             BrokerError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            BrokerError::DataLost { .. } => ErrorCode::DataLost,
             BrokerError::Relayed(error) => error.code,
+        }
+    }
+
+    /// Where readable data resumes, for a read of an accepted loss.
+    pub fn lost_end_offset(&self) -> Option<u64> {
+        match self {
+            BrokerError::DataLost { end, .. } => Some(*end),
+            _ => None,
         }
     }
 
@@ -171,6 +190,22 @@ mod tests {
             actual: 2,
         });
         assert_eq!(bad_crc.code(), ErrorCode::CorruptBatch);
+    }
+
+    #[test]
+    fn a_read_of_an_accepted_loss_names_the_range_and_where_to_resume() {
+        let error = BrokerError::DataLost {
+            topic: "orders".into(),
+            partition: 3,
+            start: 40,
+            end: 60,
+        };
+        assert_eq!(error.code(), ErrorCode::DataLost);
+        assert_eq!(error.lost_end_offset(), Some(60));
+        let message = error.to_string();
+        assert!(message.contains("40..60"), "{message}");
+        assert!(message.contains("orders/3"), "{message}");
+        assert_eq!(BrokerError::ShuttingDown.lost_end_offset(), None);
     }
 
     #[test]

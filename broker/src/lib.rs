@@ -22,6 +22,7 @@ mod decisions;
 pub mod error;
 mod idempotence;
 mod lookup;
+mod lost_ranges;
 mod ownership;
 mod partition;
 mod read_ahead;

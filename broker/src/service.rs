@@ -466,6 +466,7 @@ impl BrokerService {
                 any_error = true;
                 fetched.error = error.code() as i32;
                 fetched.error_message = error.to_string();
+                fetched.lost_end_offset = error.lost_end_offset().unwrap_or(0);
             }
             used_bytes += fetched.batches.len();
             response.partitions.push(fetched);

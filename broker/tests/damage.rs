@@ -6,7 +6,11 @@
 //! - One copy (1/1/1): the partition goes offline with an error naming the
 //!   segment and the damaged range, counted by cluster status, and never
 //!   accepts produce at a reused offset; after the operator's
-//!   `AcceptDataLoss` it continues at 4000 and reads up to the damage.
+//!   `AcceptDataLoss` it continues at 4000; fetches of the lost range
+//!   answer DATA_LOST with where data resumes, fetches before it stop at
+//!   it, the SDK's consumer skips it by default (and fails on it when told
+//!   to), and a subscription from the earliest position delivers every
+//!   intact message.
 //! - Three copies (3/3/2): the takeover continues at 4000 with nothing
 //!   lost, reads of the damaged range are served from a healthy copy and
 //!   repair recopies the damaged one.
@@ -15,15 +19,20 @@
 mod common;
 
 use common::*;
+use sluice_client::{
+    Admin, ClientError, Consumer, ConsumerConfig, DataLossPolicy, StartOffset, Subscriber,
+    SubscriberConfig,
+};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
 use sluice_proto::v1::{
-    AcceptDataLossRequest, ClusterStatusRequest, ListSegmentsRequest, SegmentInfo,
+    AcceptDataLossRequest, ClusterStatusRequest, InitialPosition, ListSegmentsRequest, SegmentInfo,
     SegmentStatusRequest,
 };
 use sluice_proto::ErrorCode;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 const RECORDS: usize = 4000;
@@ -293,15 +302,148 @@ async fn single_copy_goes_offline_until_recovered(cluster: &Cluster) {
     let damage_start = lost[0].start_offset as usize;
     assert!(damage_start > 0 && damage_start < RECORDS, "{lost:?}");
 
-    // Earlier data reads back up to the damage; the damage is an error.
+    // Earlier data reads back up to the damage; the damage is DATA_LOST.
     let mut reader = client.clone();
     let (read, error) = read_from(&mut reader, 0, RECORDS as u64).await;
     assert_eq!(read, expected(0..damage_start));
     let (code, message) = error.expect("the damaged range is not served");
-    assert_ne!(code, ErrorCode::None as i32, "{message}");
+    assert_eq!(code, ErrorCode::DataLost as i32, "{message}");
     let after = fetch(&mut reader, RECORDS as u64, 0).await;
     assert_eq!(values(&after.partitions[0].batches), vec!["resumed"]);
+    let lost = (lost[0].start_offset, lost[0].end_offset);
+    fetches_around_the_loss(&mut reader, lost).await;
+    consumers_read_across_the_loss(cluster, lost).await;
     broker.stop_cleanly().await;
+}
+
+/// Every intact record of the scenario in log order: those before and
+/// after the lost range, then the one produced after recovery.
+fn intact((start, end): (u64, u64)) -> Vec<String> {
+    let mut intact = expected(0..start as usize);
+    intact.extend(expected(end as usize..RECORDS));
+    intact.push("resumed".to_string());
+    intact
+}
+
+/// Issue 11: a fetch inside the accepted loss answers DATA_LOST with where
+/// data resumes, a fetch from before it stops at its start.
+async fn fetches_around_the_loss(client: &mut BrokerClient<Channel>, (start, end): (u64, u64)) {
+    for offset in [start, (start + end) / 2, end - 1] {
+        let fetched = fetch(client, offset, 0).await;
+        let partition = &fetched.partitions[0];
+        assert_eq!(
+            partition.error,
+            ErrorCode::DataLost as i32,
+            "fetch at {offset}: {}",
+            partition.error_message
+        );
+        assert_eq!(partition.lost_end_offset, end, "fetch at {offset}");
+        assert!(partition.batches.is_empty());
+        assert!(
+            partition.error_message.contains(&format!("{start}..{end}")),
+            "{}",
+            partition.error_message
+        );
+    }
+    let before = start - RECORDS_PER_BATCH as u64;
+    let fetched = fetch(client, before, 0).await;
+    let partition = &fetched.partitions[0];
+    assert_eq!(partition.error, ErrorCode::None as i32);
+    assert_eq!(partition.lost_end_offset, 0);
+    assert_eq!(
+        values(&partition.batches),
+        expected(before as usize..start as usize),
+        "a fetch before the loss stops at its start"
+    );
+    if end < RECORDS as u64 {
+        let fetched = fetch(client, end, 0).await;
+        let first = values(&fetched.partitions[0].batches);
+        assert_eq!(first.first(), Some(&value(end as usize)));
+    }
+}
+
+/// Issue 11: the SDK's consumer skips the loss by default (every intact
+/// record once, in order, the range counted) or stops with an error naming
+/// it; a subscription from the earliest position delivers every intact
+/// message without stalling at it.
+async fn consumers_read_across_the_loss(cluster: &Cluster, (start, end): (u64, u64)) {
+    let wanted = intact((start, end));
+    let mut skipping = consumer_from_earliest(cluster, DataLossPolicy::default()).await;
+    let mut read = Vec::new();
+    while read.len() < wanted.len() {
+        let record = skipping
+            .recv_timeout(Duration::from_secs(30))
+            .await
+            .expect("the default policy reads on")
+            .unwrap_or_else(|| panic!("only {} of {} records", read.len(), wanted.len()));
+        read.push(
+            String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned(),
+        );
+    }
+    assert_eq!(read, wanted, "every intact record, in order, none twice");
+    assert_eq!(skipping.skipped_lost_offsets(), end - start);
+    skipping.close().await.expect("close");
+
+    let mut failing = consumer_from_earliest(cluster, DataLossPolicy::Fail).await;
+    let mut before = 0;
+    let error = loop {
+        match failing.recv_timeout(Duration::from_secs(30)).await {
+            Ok(Some(_)) => before += 1,
+            Ok(None) => panic!("no error after {before} records"),
+            Err(error) => break error,
+        }
+    };
+    let ClientError::DataLost {
+        partition: 0,
+        start_offset,
+        end_offset,
+        ..
+    } = error
+    else {
+        panic!("not a data-loss error: {error}");
+    };
+    assert_eq!((start_offset, end_offset), (start, end));
+    assert_eq!(before, start, "every record before the loss came first");
+    failing.close().await.expect("close");
+
+    let subscriber = Subscriber::connect(SubscriberConfig {
+        client: client_config(&cluster.nameserver_url),
+        initial_position: InitialPosition::Earliest,
+        ..SubscriberConfig::new(TOPIC, "from-earliest")
+    })
+    .await
+    .expect("subscriber connects");
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    receive_exactly(&subscriber, &wanted).await;
+    let admin = Admin::connect(client_config(&cluster.nameserver_url))
+        .await
+        .expect("admin");
+    let admin = &admin;
+    eventually(
+        "the subscription to count the lost offsets it skipped",
+        || async move {
+            let lag = admin
+                .describe_subscription(TOPIC, "from-earliest")
+                .await
+                .ok()?;
+            (lag.partitions.first()?.lost_offsets == end - start).then_some(())
+        },
+    )
+    .await;
+    subscriber.close().await.expect("close");
+}
+
+async fn consumer_from_earliest(cluster: &Cluster, on_data_loss: DataLossPolicy) -> Consumer {
+    Consumer::assign(
+        ConsumerConfig {
+            client: client_config(&cluster.nameserver_url),
+            on_data_loss,
+            ..ConsumerConfig::default()
+        },
+        vec![(TOPIC.to_string(), 0, StartOffset::Earliest)],
+    )
+    .await
+    .expect("consumer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,22 @@ pub enum ClientError {
         end_offset: u64,
         reason: String,
     },
+    /// Offsets `start_offset..end_offset` of `topic`/`partition` lie in a
+    /// range an operator accepted as lost (`sluice partition recover
+    /// --accept-data-loss`): they will never be readable. Returned under
+    /// `ConsumerConfig::on_data_loss = Fail` (the default skips them);
+    /// `start_offset` is where this consumer was reading (the range's start
+    /// when it read up to it). The partition stops; seek it to
+    /// `end_offset` to go on.
+    #[error("{topic}/{partition}: offsets {start_offset}..{end_offset} were accepted as lost and will never be readable; seek to {end_offset} to go on")]
+    DataLost {
+        topic: String,
+        partition: u32,
+        /// The first offset that could not be read.
+        start_offset: u64,
+        /// One past the lost range: where readable data resumes.
+        end_offset: u64,
+    },
 }
 
 impl ClientError {
@@ -60,6 +76,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server(error) => Some(error.code),
+            ClientError::DataLost { .. } => Some(ErrorCode::DataLost),
             _ => None,
         }
     }
@@ -73,7 +90,8 @@ impl ClientError {
             | ClientError::InvalidArgument(_)
             | ClientError::Closed
             | ClientError::Decode(_)
-            | ClientError::CorruptBatch { .. } => false,
+            | ClientError::CorruptBatch { .. }
+            | ClientError::DataLost { .. } => false,
         }
     }
 

@@ -112,7 +112,9 @@ mod testing;
 
 pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, StartOffset,
+};
 pub use error::ClientError;
 pub use lag::SubscriptionLag;
 pub use producer::{

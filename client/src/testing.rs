@@ -27,6 +27,9 @@ pub(crate) struct FakeState {
     /// Appended batches per partition (base offsets assigned).
     pub logs: HashMap<(String, u32), Vec<Bytes>>,
     pub next_offset: HashMap<(String, u32), u64>,
+    /// A range accepted as lost per partition: fetches inside it answer
+    /// DATA_LOST with its end, fetches before it stop at its start.
+    pub lost: HashMap<(String, u32), (u64, u64)>,
     /// Produce requests seen so far (all partitions), to script failures.
     pub produce_requests: u64,
     /// Fail the produce request with this 1-based number with this code.
@@ -302,7 +305,21 @@ impl Broker for FakeBroker {
                     fetched.error = ErrorCode::NotOwner as i32;
                 } else if wanted.offset > end {
                     fetched.error = ErrorCode::OffsetOutOfRange as i32;
+                } else if let Some((start, lost_end)) =
+                    state.lost.get(&key).filter(|(start, lost_end)| {
+                        *start <= wanted.offset && wanted.offset < *lost_end
+                    })
+                {
+                    fetched.error = ErrorCode::DataLost as i32;
+                    fetched.error_message = format!("offsets {start}..{lost_end} were lost");
+                    fetched.lost_end_offset = *lost_end;
                 } else {
+                    let stop = state
+                        .lost
+                        .get(&key)
+                        .map(|(start, _)| *start)
+                        .filter(|start| *start > wanted.offset)
+                        .unwrap_or(u64::MAX);
                     let mut bytes = Vec::new();
                     for batch in state.logs.get(&key).into_iter().flatten() {
                         let header = BatchIter::new(batch)
@@ -312,6 +329,9 @@ impl Broker for FakeBroker {
                             .1;
                         if header.end_offset() <= wanted.offset {
                             continue;
+                        }
+                        if header.end_offset() > stop {
+                            break;
                         }
                         if !bytes.is_empty()
                             && bytes.len() + batch.len() > wanted.max_bytes as usize

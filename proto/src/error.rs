@@ -96,7 +96,7 @@ impl ErrorCode {
             | ErrorCode::ShuttingDown
             | ErrorCode::OutcomeUnknown => Code::Unavailable,
             ErrorCode::Timeout => Code::DeadlineExceeded,
-            ErrorCode::StorageCorrupt => Code::DataLoss,
+            ErrorCode::StorageCorrupt | ErrorCode::DataLost => Code::DataLoss,
         }
     }
 
@@ -163,6 +163,7 @@ mod tests {
             ErrorCode::UnknownMessage,
             ErrorCode::DeliveryExpired,
             ErrorCode::BacklogQuotaExceeded,
+            ErrorCode::DataLost,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);
@@ -176,6 +177,18 @@ mod tests {
         // The application decides what to do with a rejected batch; an
         // automatic retry would turn REJECT into an unbounded HOLD.
         assert!(!ErrorCode::BacklogQuotaExceeded.is_retriable());
+    }
+
+    #[test]
+    fn data_lost_travels_as_data_loss_and_is_not_retried() {
+        // Retrying a read of an accepted loss gives the same answer
+        // forever: the reader must move on to `lost_end_offset`.
+        assert!(!ErrorCode::DataLost.is_retriable());
+        assert_eq!(ErrorCode::DataLost.grpc_code(), tonic::Code::DataLoss);
+        let status: tonic::Status = SluiceError::new(ErrorCode::DataLost, "lost").into();
+        let back = SluiceError::from_status(&status);
+        assert_eq!(back.code, ErrorCode::DataLost);
+        assert!(!back.is_retriable());
     }
 
     #[test]

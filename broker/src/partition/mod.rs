@@ -31,6 +31,7 @@ mod task;
 use crate::clients::Clients;
 use crate::error::BrokerError;
 use crate::idempotence::ProducerStates;
+use crate::lost_ranges::{lost_range_at, read_end_before_lost, LostRange, LostSkips};
 use crate::read_ahead::ReadAhead;
 use crate::tail_cache::{PartitionKey, SharedTailCache};
 use crate::Shared;
@@ -112,6 +113,8 @@ pub struct Partition {
     producers: Mutex<ProducerStates>,
     /// The store read started ahead of a sequential reader's next fetch.
     read_ahead: ReadAhead,
+    /// What the broker's own readers stepped over in accepted-lost ranges.
+    pub lost_skips: LostSkips,
     io: PartitionIo,
 }
 
@@ -167,6 +170,7 @@ impl Partition {
                 shared.config.produce.max_producer_states_per_partition,
             )),
             read_ahead: ReadAhead::default(),
+            lost_skips: LostSkips::default(),
             io: PartitionIo::of(&shared),
         });
         tokio::spawn(task::run(shared, partition.clone(), jobs_receiver));
@@ -187,6 +191,25 @@ impl Partition {
             Ok(segments) => segments.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Where a read from `offset` must stop (`end`, or the start of the
+    /// next accepted-lost range), or [`BrokerError::DataLost`] when
+    /// `offset` itself lies in one.
+    pub fn read_limit(&self, offset: u64, end: u64) -> Result<u64, BrokerError> {
+        let segments = self
+            .segments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(LostRange { start, end }) = lost_range_at(&segments, offset) {
+            return Err(BrokerError::DataLost {
+                topic: self.key.topic.clone(),
+                partition: self.key.partition,
+                start,
+                end,
+            });
+        }
+        Ok(read_end_before_lost(&segments, offset, end))
     }
 
     fn set_segments(&self, segments: Vec<SegmentInfo>) {

@@ -8,6 +8,7 @@ use super::{Partition, PartitionStatus};
 use crate::clients::request;
 use crate::decisions::{prefix_within_high_watermark, segment_for_offset, whole_batches_within};
 use crate::error::BrokerError;
+use crate::lost_ranges::{lost_range_at, read_end_before_lost};
 use crate::replica_io::read_segment;
 use bytes::Bytes;
 use sluice_proto::v1::{FindOffsetRequest, SegmentInfo, SegmentState};
@@ -15,8 +16,10 @@ use sluice_proto::v1::{FindOffsetRequest, SegmentInfo, SegmentState};
 impl Partition {
     /// Whole batches from `offset` (the first contains it), at most
     /// `max_bytes` unless one batch is larger, never beyond the high
-    /// watermark: from the tail cache if it covers `offset`, else from the
-    /// store of the segment holding it.
+    /// watermark nor into a range accepted as lost: from the tail cache if
+    /// it covers `offset`, else from the store of the segment holding it.
+    /// An `offset` inside a lost range is [`BrokerError::DataLost`], with
+    /// no store asked.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Bytes, BrokerError> {
         self.read_from(false, offset, max_bytes).await
     }
@@ -43,12 +46,20 @@ impl Partition {
         if offset >= high_watermark {
             return Ok(Bytes::new());
         }
+        // Never a byte of an accepted loss: an offset inside one answers
+        // DATA_LOST, a read from before one stops at its start.
+        let limit = self.read_limit(offset, high_watermark)?;
         if let Some(cached) = self.io.tail_cache.read(&self.key, offset, max_bytes) {
-            return Ok(cached);
+            if limit == high_watermark {
+                return Ok(cached);
+            }
+            let prefix = prefix_within_high_watermark(&cached, limit);
+            if prefix.length > 0 {
+                return Ok(cached.slice(..prefix.length));
+            }
         }
         let segments = self.segments();
-        let Some((segment, end_offset)) = readable_segment(&segments, offset, high_watermark)
-        else {
+        let Some((segment, end_offset)) = readable_segment(&segments, offset, limit) else {
             return Ok(Bytes::new());
         };
         let (pending, sequential) = if read_ahead {
@@ -76,7 +87,7 @@ impl Partition {
                 .await?
             }
         };
-        let prefix = prefix_within_high_watermark(&batches, high_watermark);
+        let prefix = prefix_within_high_watermark(&batches, limit);
         if let (true, Some(next_offset)) = (read_ahead, prefix.end_offset) {
             self.read_ahead.read_ended(next_offset);
             if sequential {
@@ -95,7 +106,11 @@ impl Partition {
         high_watermark: u64,
         max_bytes: usize,
     ) {
-        let Some((segment, end_offset)) = readable_segment(segments, offset, high_watermark) else {
+        if lost_range_at(segments, offset).is_some() {
+            return;
+        }
+        let limit = read_end_before_lost(segments, offset, high_watermark);
+        let Some((segment, end_offset)) = readable_segment(segments, offset, limit) else {
             return;
         };
         let Ok(permits) = u32::try_from(max_bytes) else {

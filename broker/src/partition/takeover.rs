@@ -10,6 +10,7 @@ use crate::decisions::{closing_would_rewind, segment_for_offset};
 use crate::decisions::{effective_ack_quorum, fence_quorum, recover_segment};
 use crate::decisions::{FencedCopy, OffsetRange, SegmentRecovery};
 use crate::error::BrokerError;
+use crate::lost_ranges::{lost_range_at, read_end_before_lost};
 use crate::recovery_plan::Piece;
 use crate::replica_io::{copy_range, open_append_stream, read_segment, CopyRange};
 use crate::Shared;
@@ -595,14 +596,10 @@ pub(super) async fn rebuild_producer_states(
                 partition.key
             )));
         };
-        if let Some(lost) = segment
-            .lost_ranges
-            .iter()
-            .find(|range| range.start_offset <= offset && offset < range.end_offset)
-        {
+        if let Some(lost) = lost_range_at(&segments, offset) {
             // Accepted as lost: nothing to read there (idempotence has no
             // state from it, like a batch older than the window).
-            offset = lost.end_offset;
+            offset = lost.end;
             continue;
         }
         let end_offset = if segment.state() == SegmentState::Open {
@@ -611,12 +608,7 @@ pub(super) async fn rebuild_producer_states(
             segment.end_offset.min(high_watermark)
         };
         // Stop a read before the next lost range.
-        let end_offset = segment
-            .lost_ranges
-            .iter()
-            .map(|range| range.start_offset)
-            .filter(|start| *start > offset)
-            .fold(end_offset, u64::min);
+        let end_offset = read_end_before_lost(&segments, offset, end_offset);
         let batches = read_segment(
             &shared.clients,
             &partition.key,

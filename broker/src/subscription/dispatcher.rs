@@ -196,6 +196,9 @@ pub struct Counters {
     /// Stored batches stepped over because their records cannot be
     /// decoded (poison batches that bypassed the produce path's check).
     pub undecodable_batches: u64,
+    /// Offsets stepped over because an operator accepted them as lost
+    /// (`sluice partition recover --accept-data-loss`).
+    pub lost_offsets: u64,
 }
 
 /// How a message was handled without an acknowledgement.
@@ -514,6 +517,24 @@ impl Dispatcher {
     pub fn skip_undecodable(&mut self, end_offset: u64) {
         self.counters.undecodable_batches += 1;
         self.skip_to(end_offset);
+    }
+
+    /// Steps the scan over a range of the log accepted as lost, up to
+    /// `end_offset`: its offsets count as acknowledged (nobody can read
+    /// them) and as lost, instead of stalling the subscription there.
+    pub fn skip_lost(&mut self, end_offset: u64) {
+        self.counters.lost_offsets += end_offset.saturating_sub(self.read_position);
+        self.skip_to(end_offset);
+    }
+
+    /// A message scanned before its range was accepted as lost cannot be
+    /// read back for delivery: it is done with (counted as lost) instead
+    /// of being redelivered forever.
+    pub fn lost_after_scan(&mut self, offset: u64) {
+        if self.entries.contains_key(&offset) {
+            self.complete(offset);
+            self.counters.lost_offsets += 1;
+        }
     }
 
     pub fn skip_to(&mut self, offset: u64) {

@@ -651,7 +651,14 @@ impl Task {
             {
                 return Ok(());
             }
-            let bytes = self.partition.read(position, SCAN_READ_BYTES).await?;
+            let bytes = match self.partition.read(position, SCAN_READ_BYTES).await {
+                Ok(bytes) => bytes,
+                Err(BrokerError::DataLost { start, end, .. }) => {
+                    self.skip_lost(position, start, end);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if bytes.is_empty() {
                 return Ok(());
             }
@@ -702,6 +709,15 @@ impl Task {
                 return Ok(());
             }
         }
+    }
+
+    /// Steps the scan at `position` over the accepted-lost `start..end`
+    /// (warned once per pass, counted in the subscription's stats).
+    fn skip_lost(&mut self, position: u64, start: u64, end: u64) {
+        tracing::warn!(partition = %self.key, subscription = %self.subscription.name,
+            lost_start = start, lost_end = end, skipped = end.saturating_sub(position),
+            "skipping offsets accepted as lost; the subscription resumes after them");
+        self.dispatcher.skip_lost(end);
     }
 
     fn classify(&self, records: &[Record], batch_end: u64) -> Vec<Scanned> {
@@ -831,6 +847,12 @@ impl Task {
                                 .insert(header.base_offset, (header.end_offset(), batch));
                         }
                     }
+                }
+                Err(BrokerError::DataLost { start, end, .. }) => {
+                    tracing::warn!(partition = %self.key, subscription = %self.subscription.name,
+                        offset, lost_start = start, lost_end = end,
+                        "a scanned message lies in a range accepted as lost since; it is not delivered");
+                    self.dispatcher.lost_after_scan(*offset);
                 }
                 Err(error) => {
                     tracing::debug!(partition = %self.key, offset, %error, "cannot read a due message back; it is retried after its ack timeout");

@@ -5,6 +5,7 @@
 //! pipelined: the next offset is read from the batch headers, so the next
 //! fetch is in flight while the previous response is decoded.
 
+use super::data_loss::{data_loss_action, DataLossAction};
 use super::{ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
 use crate::cluster::{backoff, normalize_address, Cluster, TopicPartition};
 use crate::ClientError;
@@ -90,6 +91,9 @@ pub(crate) struct FetchShared {
     pub closed: AtomicBool,
     /// Corrupt batches skipped under [`CorruptBatchPolicy::Skip`].
     pub skipped_corrupt_batches: AtomicU64,
+    /// Offsets of accepted-lost ranges skipped under
+    /// [`super::DataLossPolicy::Skip`].
+    pub skipped_lost_offsets: AtomicU64,
 }
 
 impl FetchShared {
@@ -99,6 +103,7 @@ impl FetchShared {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             skipped_corrupt_batches: AtomicU64::new(0),
+            skipped_lost_offsets: AtomicU64::new(0),
         }
     }
 
@@ -589,6 +594,14 @@ fn handle_partition(
             position.unresolved = Some(config.reset);
             return Handled::Ok;
         }
+        let error = if error.code() == Some(ErrorCode::DataLost) {
+            let Some(error) = on_data_lost(config, shared, partition, position, &fetched) else {
+                return Handled::Ok;
+            };
+            error
+        } else {
+            error
+        };
         if error.is_retriable() || error.needs_route_refresh() {
             tracing::debug!(%partition, %error, "retriable fetch error");
             return Handled::Refresh;
@@ -637,6 +650,37 @@ fn handle_partition(
         }
     }
     Handled::Ok
+}
+
+/// A fetch at `position` answered DATA_LOST: under
+/// [`super::DataLossPolicy::Skip`] moves the position to where readable data
+/// resumes (logged, counted) and gives None; under `Fail` the error that
+/// stops the partition.
+fn on_data_lost(
+    config: &ConsumerConfig,
+    shared: &FetchShared,
+    partition: &TopicPartition,
+    position: &mut FetchPosition,
+    fetched: &FetchedPartition,
+) -> Option<ClientError> {
+    let offset = position.offset;
+    match data_loss_action(config.on_data_loss, offset, fetched.lost_end_offset) {
+        DataLossAction::Skip { to, skipped } => {
+            tracing::warn!(%partition, offset, resumes_at = to, skipped, message = %fetched.error_message,
+                "skipping offsets accepted as lost (on_data_loss = Skip)");
+            position.offset = to;
+            shared
+                .skipped_lost_offsets
+                .fetch_add(skipped, Ordering::Relaxed);
+            None
+        }
+        DataLossAction::Fail { end_offset } => Some(ClientError::DataLost {
+            topic: partition.topic.clone(),
+            partition: partition.partition,
+            start_offset: offset,
+            end_offset,
+        }),
+    }
 }
 
 /// The offset after the last of the concatenated `batches` fetched at

@@ -2,11 +2,15 @@
 //! background fetching, tracked positions and commits.
 
 mod corrupt;
+mod data_loss;
+#[cfg(test)]
+mod data_loss_tests;
 mod fetcher;
 mod group;
 mod positions;
 
 pub use corrupt::CorruptBatchPolicy;
+pub use data_loss::DataLossPolicy;
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};
@@ -96,6 +100,11 @@ pub struct ConsumerConfig {
     /// offsets; seek past it to go on) or skip it. See
     /// [`CorruptBatchPolicy`]. Default: `Fail`.
     pub on_corrupt_batch: CorruptBatchPolicy,
+    /// What to do at a range of the log an operator accepted as lost:
+    /// skip it (logged, counted in [`Consumer::skipped_lost_offsets`]) or
+    /// stop the partition with [`ClientError::DataLost`] (seek past it to
+    /// go on). See [`DataLossPolicy`]. Default: `Skip`.
+    pub on_data_loss: DataLossPolicy,
 }
 
 impl Default for ConsumerConfig {
@@ -112,6 +121,7 @@ impl Default for ConsumerConfig {
             fetch_max_wait_ms: 500,
             max_buffered_bytes: 64 * 1024 * 1024,
             on_corrupt_batch: CorruptBatchPolicy::Fail,
+            on_data_loss: DataLossPolicy::Skip,
         }
     }
 }
@@ -441,6 +451,12 @@ impl Consumer {
         self.fetch.skipped_corrupt_batches.load(Ordering::Relaxed)
     }
 
+    /// Offsets skipped so far at ranges accepted as lost, under
+    /// [`DataLossPolicy::Skip`] (each range also logged at warn level).
+    pub fn skipped_lost_offsets(&self) -> u64 {
+        self.fetch.skipped_lost_offsets.load(Ordering::Relaxed)
+    }
+
     /// The partitions this consumer reads now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         let mut partitions: Vec<(String, u32)> = self
@@ -692,7 +708,7 @@ mod tests {
 
     /// A fake broker owning both partitions of topic `t`, each holding
     /// `per_partition` records valued `{partition}-{index}`.
-    async fn broker_with_data(per_partition: u32) -> (FakeBroker, Arc<Cluster>, String) {
+    pub(super) async fn broker_with_data(per_partition: u32) -> (FakeBroker, Arc<Cluster>, String) {
         let broker = FakeBroker::default();
         let address = broker.start().await;
         let cluster = Cluster::unconnected(test_client_config());
@@ -826,7 +842,7 @@ mod tests {
         consumer.close().await.expect("close");
     }
 
-    fn small_buffer_config() -> ConsumerConfig {
+    pub(super) fn small_buffer_config() -> ConsumerConfig {
         ConsumerConfig {
             client: test_client_config(),
             fetch_max_wait_ms: 10,
@@ -837,7 +853,7 @@ mod tests {
         }
     }
 
-    async fn receive(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
+    pub(super) async fn receive(consumer: &mut Consumer, count: usize) -> Vec<ConsumerRecord> {
         let mut records = Vec::new();
         while records.len() < count {
             match consumer.recv_timeout(Duration::from_secs(10)).await {
@@ -849,7 +865,7 @@ mod tests {
         records
     }
 
-    fn offsets_of(records: &[ConsumerRecord], partition: u32) -> Vec<u64> {
+    pub(super) fn offsets_of(records: &[ConsumerRecord], partition: u32) -> Vec<u64> {
         records
             .iter()
             .filter(|record| record.partition == partition)

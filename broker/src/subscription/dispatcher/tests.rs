@@ -782,3 +782,42 @@ fn an_undecodable_batch_is_stepped_over_counted_and_not_delivered() {
     durable(&mut dispatcher);
     assert_eq!(dispatcher.mark_delete(), 1004, "the cursor passes it");
 }
+
+#[test]
+fn a_lost_range_is_stepped_over_counted_and_not_delivered() {
+    let mut dispatcher = fresh(settings(SubscriptionType::Shared));
+    dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
+    dispatcher.add_scanned(&scanned(0..2, 0), 0);
+    // 2..40 was accepted as lost: the scan steps to its end.
+    dispatcher.skip_lost(40);
+    dispatcher.add_scanned(&scanned(40..42, 0), 0);
+    let given: Vec<u64> = delivered(&dispatcher.dispatch(0))[&1]
+        .iter()
+        .map(|(offset, _)| *offset)
+        .collect();
+    assert_eq!(given, vec![0, 1, 40, 41]);
+    assert_eq!(dispatcher.counters().lost_offsets, 38);
+    for offset in given {
+        dispatcher.ack(1, offset).expect("the holder acknowledges");
+    }
+    durable(&mut dispatcher);
+    assert_eq!(dispatcher.mark_delete(), 42, "the cursor passes the gap");
+}
+
+#[test]
+fn a_message_lost_after_it_was_scanned_is_done_with() {
+    let mut dispatcher = fresh(settings(SubscriptionType::Shared));
+    dispatcher.add_consumer(1, "a".into(), 0, 100).unwrap();
+    dispatcher.add_scanned(&scanned(0..3, 0), 0);
+    let given = delivered(&dispatcher.dispatch(0))[&1].len();
+    assert_eq!(given, 3);
+    // Its batch cannot be read back: the range was accepted as lost.
+    dispatcher.lost_after_scan(1);
+    dispatcher.lost_after_scan(1);
+    assert_eq!(dispatcher.counters().lost_offsets, 1, "counted once");
+    dispatcher.ack(1, 0).expect("ack");
+    dispatcher.ack(1, 2).expect("ack");
+    durable(&mut dispatcher);
+    assert_eq!(dispatcher.mark_delete(), 3);
+    assert_eq!(dispatcher.unacknowledged(), 0);
+}
