@@ -30,16 +30,22 @@ pub struct HealthArgs {
     pub quiet: bool,
 }
 
-pub async fn run(args: HealthArgs) -> Result<()> {
+pub async fn run(args: HealthArgs, tls: Option<sluice_client::ClientTls>) -> Result<()> {
     let address = crate::parse_bootstrap(&args.address)
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("--address is empty: give host:port or http://host:port"))?;
+    let address = sluice_client::with_scheme(&address, tls.is_some());
     let timeout = Duration::from_millis(args.timeout_ms);
-    let endpoint = Endpoint::from_shared(address.clone())
+    let mut endpoint = Endpoint::from_shared(address.clone())
         .with_context(|| format!("{address:?} is not a valid address"))?
         .connect_timeout(timeout)
         .timeout(timeout);
+    if let Some(tls) = &tls {
+        endpoint = endpoint
+            .tls_config(tls.tonic_config())
+            .with_context(|| format!("TLS settings for {address}"))?;
+    }
     let status = tokio::time::timeout(timeout, async {
         let channel = endpoint
             .connect()
@@ -113,7 +119,7 @@ mod tests {
     #[tokio::test]
     async fn serving_server_passes() {
         let (address, _reporter, _stop) = health_server().await;
-        run(args(&address, ""))
+        run(args(&address, ""), None)
             .await
             .expect("a serving server passes");
     }
@@ -124,7 +130,7 @@ mod tests {
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        let error = run(args(&address, ""))
+        let error = run(args(&address, ""), None)
             .await
             .expect_err("NOT_SERVING must fail");
         assert!(error.to_string().contains("NOT_SERVING"), "{error:#}");
@@ -133,7 +139,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_service_fails() {
         let (address, _reporter, _stop) = health_server().await;
-        let error = run(args(&address, "sluice.v1.NoSuchService"))
+        let error = run(args(&address, "sluice.v1.NoSuchService"), None)
             .await
             .expect_err("an unregistered service must fail");
         assert!(
@@ -149,7 +155,7 @@ mod tests {
             .expect("bind a loopback port");
         let address = listener.local_addr().expect("bound address").to_string();
         drop(listener);
-        let error = run(args(&address, ""))
+        let error = run(args(&address, ""), None)
             .await
             .expect_err("nothing listens there");
         assert!(error.to_string().contains("cannot connect"), "{error:#}");

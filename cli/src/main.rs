@@ -15,6 +15,7 @@ mod bench;
 mod bench_delay;
 mod bench_subscription;
 mod bench_topics;
+mod certs;
 mod consume;
 mod dead_letters;
 mod dev;
@@ -45,6 +46,18 @@ struct Cli {
     /// Timeout of each request to the cluster, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000)]
     request_timeout_ms: u64,
+
+    /// PEM CA certificates to trust: connect with TLS (see `sluice certs`).
+    #[arg(long, global = true, env = "SLUICE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --tls-key and --tls-ca).
+    #[arg(long, global = true, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -81,6 +94,9 @@ enum Command {
     /// Look messages up by id, key, tag or time; ask why one was (not) delivered.
     #[command(subcommand)]
     Message(message::MessageCommand),
+    /// Create a development CA and certificates for a TLS cluster.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 impl Command {
@@ -109,12 +125,24 @@ pub fn parse_bootstrap(bootstrap: &str) -> Vec<String> {
         .collect()
 }
 
-fn client_config(cli: &Cli) -> ClientConfig {
-    ClientConfig {
+fn client_config(cli: &Cli) -> Result<ClientConfig, ClientError> {
+    let tls = match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (None, None, None) => None,
+        (None, _, _) => return Err(ClientError::InvalidArgument(
+            "--tls-cert and --tls-key need --tls-ca (the CA that signed the servers' certificates)"
+                .into(),
+        )),
+        (Some(ca), cert, key) => Some(sluice_client::ClientTls::from_files(
+            ca,
+            cert.as_ref().zip(key.as_ref()),
+        )?),
+    };
+    Ok(ClientConfig {
         bootstrap: parse_bootstrap(&cli.bootstrap),
         request_timeout_ms: cli.request_timeout_ms,
+        tls,
         ..ClientConfig::default()
-    }
+    })
 }
 
 /// Adds what a person can do about an error to its message.
@@ -158,7 +186,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = client_config(&cli);
+    let config = match client_config(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
@@ -170,7 +204,8 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(config, args).await,
             Command::Consume(args) => consume::run(config, args).await,
             Command::Bench(command) => bench::run(config, command).await,
-            Command::Health(args) => health::run(args).await,
+            Command::Health(args) => health::run(args, config.tls).await,
+            Command::Certs(command) => certs::run(command),
             Command::Message(command) => message::run(config, command).await,
         }
     });

@@ -139,7 +139,7 @@ impl Cluster {
                 }
                 Err(error) => {
                     tracing::warn!(nameserver = %url, %error, "nameserver did not accept a connection");
-                    last = format!("{url}: {error}");
+                    last = format!("{url}: {}", crate::error::error_chain(&error));
                 }
             }
         }
@@ -192,10 +192,15 @@ impl Cluster {
     }
 
     fn endpoint(&self, address: &str) -> Result<Endpoint, ClientError> {
-        let address = normalize_address(address);
-        let endpoint = Endpoint::from_shared(address.clone()).map_err(|error| {
+        let address = crate::tls::with_scheme(address, self.config.tls.is_some());
+        let mut endpoint = Endpoint::from_shared(address.clone()).map_err(|error| {
             ClientError::InvalidArgument(format!("bad server address '{address}': {error}"))
         })?;
+        if let Some(tls) = &self.config.tls {
+            endpoint = endpoint.tls_config(tls.tonic_config()).map_err(|error| {
+                ClientError::InvalidArgument(format!("TLS settings for '{address}': {error}"))
+            })?;
+        }
         Ok(endpoint
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .tcp_nodelay(true)

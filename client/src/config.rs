@@ -37,6 +37,9 @@ pub struct ClientConfig {
     /// many are refreshed only after errors. 0 turns the watch off.
     /// Default: 1024.
     pub route_watch_max_topics: usize,
+    /// TLS to every server (the CA to trust, and a certificate for mutual
+    /// TLS); `None` is plaintext. Default: `None`.
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -48,6 +51,7 @@ impl Default for ClientConfig {
             connect_timeout_ms: 5_000,
             max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             route_watch_max_topics: 1024,
+            tls: None,
         }
     }
 }

@@ -128,7 +128,7 @@ impl ClientError {
         {
             return ClientError::Transport {
                 address: address.to_string(),
-                message: status.message().to_string(),
+                message: error_chain(status),
             };
         }
         ClientError::Server(SluiceError::from_status(status))
@@ -143,6 +143,22 @@ impl ClientError {
             Some(ClientError::Server(SluiceError::new(code, message)))
         }
     }
+}
+
+/// `error` and each of its sources, as one line, repeats left out: a
+/// transport error's own text is only "transport error"; its cause (a
+/// refused certificate, a reset connection) is in the chain.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -109,6 +109,7 @@ mod subscriber;
 mod subscription_create;
 #[cfg(test)]
 mod testing;
+mod tls;
 
 pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
@@ -127,6 +128,7 @@ pub use subscriber::{
     AckFuture, ListenerConfig, ListenerHandle, Message, MessageId, Ordering, Subscriber,
     SubscriberConfig, MAX_LISTENER_CONCURRENCY, MAX_RECEIVER_QUEUE_SIZE,
 };
+pub use tls::{with_scheme, ClientTls};
 
 #[cfg(test)]
 mod tests {

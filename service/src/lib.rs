@@ -26,6 +26,7 @@ mod handshake;
 mod main_wiring;
 mod message_progress;
 mod peer_tls;
+mod plaintext_refusal;
 mod ranges;
 mod server;
 mod server_io;
@@ -42,6 +43,7 @@ pub use documented_ranges::{
 pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
 pub use peer_tls::PeerTls;
+pub use plaintext_refusal::TLS_REQUIRED_MESSAGE;
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use server::{Incoming, LimitedServer, ServerLimits, ACCEPT_PAUSE_MS};
 pub use signal::shutdown_signal;

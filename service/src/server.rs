@@ -158,6 +158,22 @@ pub struct Incoming {
     handshakes: FuturesUnordered<Pin<Box<dyn Future<Output = Option<Connection>> + Send>>>,
 }
 
+/// Whether the client's first byte opens a TLS handshake record (0x16),
+/// as opposed to plaintext (an HTTP/2 preface starts with `P`). A client
+/// that sends nothing by `deadline`, or fails, counts as TLS: the TLS
+/// handshake then ends it.
+async fn starts_with_tls(stream: &tokio::net::TcpStream, deadline: tokio::time::Instant) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+        _ => true,
+    }
+}
+
+/// The content type of a TLS handshake record, every TLS client's first
+/// byte.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Accept errors that last until a resource is freed (as opposed to one
 /// connection's failure, such as a reset before it was accepted).
 fn is_resource_exhaustion(error: &std::io::Error) -> bool {
@@ -210,7 +226,13 @@ impl Incoming {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         self.handshakes.push(Box::pin(async move {
             let peer = stream.peer_addr().ok();
-            match tokio::time::timeout(timeouts.handshake, acceptor.accept(stream)).await {
+            let deadline = tokio::time::Instant::now() + timeouts.handshake;
+            if !starts_with_tls(&stream, deadline).await {
+                crate::plaintext_refusal::refuse(stream, deadline).await;
+                tracing::info!(?peer, "a plaintext client on a TLS port was told to use TLS; connection closed");
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => Some(Connection::new(
                     ServerIo::Tls(Box::new(tls)),
                     slot,

@@ -174,7 +174,11 @@ async fn only_clients_that_trust_the_server_are_served() {
         Ok(channel) => check(channel).await,
         Err(error) => Err(format!("{error:?}")),
     };
-    assert!(answer.is_err(), "a plaintext client is not served");
+    let refused = answer.expect_err("a plaintext client is not served");
+    assert!(
+        refused.contains("Unavailable") && refused.contains("accepts TLS only"),
+        "a plaintext client is told to use TLS: {refused}"
+    );
 
     let stranger = ca("another CA");
     let refused = served(&server, &stranger, None).await;

@@ -65,6 +65,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `sluice certs create` into `directory` (certificates for
+/// `localhost` and `127.0.0.1`).
+pub fn create_certificates(directory: &Path) {
+    let output = std::process::Command::new(binary("sluice"))
+        .args(["certs", "create", "--out-dir"])
+        .arg(directory)
+        .output()
+        .expect("run sluice certs create");
+    assert!(
+        output.status.success(),
+        "sluice certs create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// One service process.
 pub struct Service {
     pub kind: ServiceKind,
@@ -254,6 +269,12 @@ pub struct ClusterSpec {
     /// directory ([`SmallFilesystem`]; needs root), so a test can fill
     /// one store's disk. Default `None`: the cluster's temp directory.
     pub store_filesystem_bytes: Option<u64>,
+    /// Run every hop with mutual TLS: `sluice certs create` makes a CA and
+    /// certificates in the cluster's directory, every service gets
+    /// `[tls]` (client certificates required), and
+    /// [`Cluster::client_config`] connects with the client certificate.
+    /// Default false.
+    pub tls: bool,
 }
 
 impl ClusterSpec {
@@ -285,6 +306,7 @@ impl Default for ClusterSpec {
             store_config: String::new(),
             store_file_limit: None,
             store_filesystem_bytes: None,
+            tls: false,
         }
     }
 }
@@ -317,6 +339,9 @@ impl Cluster {
             store_filesystems: Vec::new(),
             directory,
         };
+        if spec.tls {
+            create_certificates(&cluster.tls_dir());
+        }
         if let Some(bytes) = spec.store_filesystem_bytes {
             cluster.store_filesystems = (0..spec.stores)
                 .map(|_| SmallFilesystem::mount(bytes))
@@ -412,6 +437,11 @@ impl Cluster {
                 (node_id, body)
             }
         };
+        let body = if self.spec.tls {
+            merge_toml(&body, &self.tls_section())
+        } else {
+            body
+        };
         let config_path = self.directory.path().join(format!("{prefix}.toml"));
         fs::write(&config_path, body).expect("write service config");
         Service {
@@ -489,10 +519,39 @@ impl Cluster {
     }
 
     pub fn client_config(&self) -> sluice_client::ClientConfig {
+        let tls = self.spec.tls.then(|| {
+            let dir = self.tls_dir();
+            sluice_client::ClientTls::from_files(
+                dir.join("ca.pem"),
+                Some((dir.join("client.pem"), dir.join("client.key"))),
+            )
+            .expect("the harness's certificates are readable")
+        });
         sluice_client::ClientConfig {
             bootstrap: self.bootstrap(),
+            tls,
             ..sluice_client::ClientConfig::default()
         }
+    }
+
+    /// Where `sluice certs create` put the cluster's CA and certificates
+    /// (with [`ClusterSpec::tls`]).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.directory.path().join("tls")
+    }
+
+    /// The `[tls]` section every service gets with [`ClusterSpec::tls`].
+    fn tls_section(&self) -> String {
+        let dir = self.tls_dir();
+        let file = |name: &str| dir.join(name).display().to_string();
+        format!(
+            "[tls]\nenabled = true\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             client_ca_file = \"{}\"\nreload_check_interval_ms = 200\n",
+            file("node.pem"),
+            file("node.key"),
+            file("ca.pem"),
+            file("ca.pem")
+        )
     }
 
     /// Waits until the nameserver sees every running broker and store.

@@ -90,6 +90,7 @@ pub fn cluster_spec() -> ClusterSpec {
             .to_string(),
         store_file_limit: Some(256),
         store_filesystem_bytes: Some(256 * 1024 * 1024),
+        tls: false,
     }
 }
 
