@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::limits::{
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES, MAX_UNCOMPRESSED_RECORDS_BYTES,
 };
-use sluice_service::{ConfigError, ConnectionsConfig, MovedKey, ServiceConfig, TlsConfig};
+use sluice_service::{
+    AuthConfig, ConfigError, ConnectionsConfig, MovedKey, ServiceConfig, TlsConfig,
+};
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
 
@@ -26,6 +28,9 @@ pub struct BrokerConfig {
     /// `[tls]`: TLS for this server and for its connections to other
     /// services (off by default; see `sluice_service::TlsConfig`).
     pub tls: TlsConfig,
+    /// `[auth]`: authorisation of every request (off by default; see
+    /// `sluice_service::AuthConfig`).
+    pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub produce: ProduceConfig,
     pub replication: ReplicationConfig,
@@ -721,7 +726,11 @@ mod tests {
         let mut section_keys = 0;
         for (section, keys) in sections {
             // Sections that never had flat keys.
-            if section == "telemetry" || section == "connections" || section == "tls" {
+            if section == "telemetry"
+                || section == "connections"
+                || section == "tls"
+                || section == "auth"
+            {
                 continue;
             }
             section_keys += keys.as_object().expect("a section").len();

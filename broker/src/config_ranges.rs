@@ -188,6 +188,7 @@ pub fn cross_checks(config: &BrokerConfig) -> Vec<String> {
         .connections
         .cross_checks(config.server.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
+    broken.extend(config.auth.cross_checks(&config.tls));
     if !(groups.min_session_timeout_ms <= groups.session_timeout_ms
         && groups.session_timeout_ms <= groups.max_session_timeout_ms)
     {

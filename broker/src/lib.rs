@@ -265,7 +265,10 @@ pub async fn run(
         .advertised_address
         .clone()
         .unwrap_or_else(|| local_address.to_string());
-    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
+        .map_err(BrokerError::InvalidArgument)?;
+    let limits =
+        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;

@@ -26,6 +26,28 @@ pub const MAX_VALID_DAYS: u32 = 3650;
 pub enum CertsCommand {
     /// Create a development CA, a node certificate and a client certificate.
     Create(CreateArgs),
+    /// Issue one more client certificate from the CA `create` made (its
+    /// principal is `User:<name>`).
+    Issue(IssueArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct IssueArgs {
+    /// Directory holding the CA's `ca.pem` and `ca.key`.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// The certificate's common name: the principal is `User:<name>`.
+    #[arg(long)]
+    pub name: String,
+    /// Directory to write `<name>.pem` and `<name>.key` to.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Validity, in days (1 ..= 3650).
+    #[arg(long, default_value_t = 365)]
+    pub valid_days: u32,
+    /// Replace files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -49,6 +71,7 @@ pub struct CreateArgs {
 pub fn run(command: CertsCommand) -> Result<()> {
     match command {
         CertsCommand::Create(args) => create(&args),
+        CertsCommand::Issue(args) => issue(&args),
     }
 }
 
@@ -148,6 +171,82 @@ fn create(args: &CreateArgs) -> Result<()> {
          clients:\n  sluice --tls-ca {dir}/ca.pem --tls-cert {dir}/client.pem --tls-key {dir}/client.key ...",
         args.valid_days,
         hosts.join(", ")
+    );
+    Ok(())
+}
+
+/// The development CA's parameters (the same on every run, so `issue`
+/// can sign with a CA `create` made).
+fn ca_params() -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Sluice development CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+fn client_certificate(
+    name: &str,
+    valid_days: u32,
+    issuer: &Issuer<'_, &KeyPair>,
+) -> Result<(rcgen::Certificate, KeyPair)> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, valid_days);
+    let key = KeyPair::generate()?;
+    let certificate = params.signed_by(&key, issuer)?;
+    Ok((certificate, key))
+}
+
+fn issue(args: &IssueArgs) -> Result<()> {
+    if !(1..=MAX_VALID_DAYS).contains(&args.valid_days) {
+        bail!(
+            "--valid-days must be 1 ..= {MAX_VALID_DAYS}, got {}",
+            args.valid_days
+        );
+    }
+    if args.name.is_empty()
+        || !args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "--name must be letters, digits, '-', '_' or '.', got {:?}",
+            args.name
+        );
+    }
+    let key_path = args.ca_dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("cannot read the CA key {}", key_path.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+    let params = ca_params()?;
+    let issuer = Issuer::from_params(&params, &ca_key);
+    let (certificate, key) = client_certificate(&args.name, args.valid_days, &issuer)?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let cert_path = args.out_dir.join(format!("{}.pem", args.name));
+    let key_path = args.out_dir.join(format!("{}.key", args.name));
+    if !args.force {
+        if let Some(existing) = [&cert_path, &key_path].into_iter().find(|p| p.exists()) {
+            bail!("{} exists; pass --force to replace it", existing.display());
+        }
+    }
+    write(&cert_path, &certificate.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    println!(
+        "wrote {} and {} (principal User:{})",
+        cert_path.display(),
+        key_path.display(),
+        args.name
     );
     Ok(())
 }

@@ -128,7 +128,7 @@ impl ClientError {
         {
             return ClientError::Transport {
                 address: address.to_string(),
-                message: error_chain(status),
+                message: status_text(status),
             };
         }
         ClientError::Server(SluiceError::from_status(status))
@@ -142,6 +142,18 @@ impl ClientError {
         } else {
             Some(ClientError::Server(SluiceError::new(code, message)))
         }
+    }
+}
+
+/// A status's message and the causes under it (a transport failure's
+/// message alone is "transport error").
+fn status_text(status: &tonic::Status) -> String {
+    let message = status.message().to_string();
+    match std::error::Error::source(status).map(error_chain) {
+        Some(chain) if !chain.is_empty() && !message.contains(&chain) => {
+            format!("{message}: {chain}")
+        }
+        _ => message,
     }
 }
 

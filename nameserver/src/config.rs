@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::v1::{Durability, TopicConfig};
-use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
+use sluice_service::{AuthConfig, ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -225,6 +225,9 @@ pub struct NameServerConfig {
     /// `[tls]`: TLS for this server and for its connections to other
     /// services (off by default; see `sluice_service::TlsConfig`).
     pub tls: TlsConfig,
+    /// `[auth]`: authorisation of every request (off by default; see
+    /// `sluice_service::AuthConfig`).
+    pub auth: AuthConfig,
     pub topic_defaults: TopicDefaults,
     pub telemetry: TelemetryConfig,
 }
@@ -257,6 +260,7 @@ impl Default for NameServerConfig {
             max_grpc_message_bytes: limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             connections: ConnectionsConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             topic_defaults: TopicDefaults::default(),
             telemetry: TelemetryConfig::default(),
         }

@@ -78,6 +78,7 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
         .connections
         .cross_checks(config.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
+    broken.extend(config.auth.cross_checks(&config.tls));
     if config.heartbeat_interval_ms >= config.lease_ttl_ms {
         broken.push(format!(
             "heartbeat_interval_ms ({}) must be below lease_ttl_ms ({})",

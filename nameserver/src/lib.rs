@@ -105,7 +105,10 @@ pub async fn run_with_store(
         .validate()
         .map_err(NameServerError::Config)?;
     let local_address = listener.local_addr()?;
-    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let authorization =
+        sluice_service::AuthorizationLayer::new(&config.auth).map_err(NameServerError::Config)?;
+    let limits =
+        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| NameServerError::Config(error.to_string()))?;

@@ -97,6 +97,8 @@ impl ErrorCode {
             | ErrorCode::OutcomeUnknown => Code::Unavailable,
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::StorageCorrupt | ErrorCode::DataLost => Code::DataLoss,
+            ErrorCode::NotAuthorized => Code::PermissionDenied,
+            ErrorCode::NotAuthenticated => Code::Unauthenticated,
         }
     }
 
@@ -164,6 +166,8 @@ mod tests {
             ErrorCode::DeliveryExpired,
             ErrorCode::BacklogQuotaExceeded,
             ErrorCode::DataLost,
+            ErrorCode::NotAuthorized,
+            ErrorCode::NotAuthenticated,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -67,6 +67,11 @@ pub struct ConnectionInfo {
     pub state: Arc<ConnectionState>,
     /// The client's certificate chain (mutual TLS), its own first.
     pub peer_certificates: Option<Arc<[CertificateDer<'static>]>>,
+    /// Who the connection's requests come from (see `principal.rs`).
+    pub principal: sluice_acl::Principal,
+    /// The server wants a client certificate and this client gave none:
+    /// every request but health checks is refused.
+    pub missing_client_certificate: bool,
 }
 
 /// See the module documentation.
@@ -91,12 +96,15 @@ impl Connection {
         let now = Instant::now();
         let tcp = stream.tcp_info();
         let peer_certificates = stream.peer_certificates();
+        let principal = crate::principal::principal_of(peer_certificates.as_deref());
         Self {
             stream,
             info: ConnectionInfo {
                 tcp,
                 state: Arc::new(ConnectionState::new(budget_bytes, now)),
                 peer_certificates,
+                principal,
+                missing_client_certificate: false,
             },
             handshake: HandshakeProgress::default(),
             timeouts,
@@ -105,6 +113,12 @@ impl Connection {
             closed: None,
             _slot: slot,
         }
+    }
+
+    /// Marks a TLS client that gave no certificate where one is required.
+    pub fn with_missing_client_certificate(mut self, missing: bool) -> Self {
+        self.info.missing_client_certificate = missing;
+        self
     }
 
     /// Whether the connection is to be closed now; otherwise arms the

@@ -15,6 +15,8 @@
 //! - [`check_example_config`]: the shipped `config/*.toml` state every
 //!   numeric key's range, from the same [`KeyRange`]s loading enforces.
 
+mod auth_config;
+mod authorization;
 mod budget;
 mod config;
 mod connection;
@@ -27,6 +29,7 @@ mod main_wiring;
 mod message_progress;
 mod peer_tls;
 mod plaintext_refusal;
+mod principal;
 mod ranges;
 mod server;
 mod server_io;
@@ -34,6 +37,8 @@ mod signal;
 mod stream_limits;
 mod tls;
 
+pub use auth_config::{AuthConfig, MAX_SUPER_USERS};
+pub use authorization::{AuthorizationLayer, AUDIT_TARGET};
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};
 pub use connection::{Connection, ConnectionInfo};
 pub use connections_config::ConnectionsConfig;
@@ -44,6 +49,7 @@ pub use file_limit::{raise_open_file_limit, raised_soft_limit, FileLimit};
 pub use main_wiring::{main, Binary, Shutdown};
 pub use peer_tls::PeerTls;
 pub use plaintext_refusal::TLS_REQUIRED_MESSAGE;
+pub use principal::{principal_of, ANONYMOUS};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use server::{Incoming, LimitedServer, ServerLimits, ACCEPT_PAUSE_MS};
 pub use signal::shutdown_signal;

@@ -4,6 +4,7 @@
 //! request bytes), a trace span per request continuing the caller's trace,
 //! and Nagle off on accepted connections.
 
+use crate::authorization::AuthorizationLayer;
 use crate::budget::Budget;
 use crate::connection::Connection;
 use crate::connection_deadline::Timeouts;
@@ -37,13 +38,20 @@ pub const ACCEPT_PAUSE_MS: u64 = 100;
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     config: ConnectionsConfig,
+    /// Who may call what (`[auth]`); off unless set.
+    authorization: AuthorizationLayer,
     slots: Arc<Semaphore>,
     global: Arc<Budget>,
     streams: Arc<Budget>,
 }
 
 /// The tonic server [`ServerLimits::grpc_server`] builds.
-pub type LimitedServer = Server<tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>>;
+pub type LimitedServer = Server<
+    tower_layer::Stack<
+        AuthorizationLayer,
+        tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>,
+    >,
+>;
 
 fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
@@ -56,10 +64,18 @@ impl ServerLimits {
             .min(Semaphore::MAX_PERMITS);
         Self {
             config: config.clone(),
+            authorization: AuthorizationLayer::disabled(),
             slots: Arc::new(Semaphore::new(slots)),
             global: Arc::new(Budget::new(config.max_inflight_request_bytes)),
             streams: Arc::new(Budget::new(u64::from(config.max_concurrent_streams))),
         }
+    }
+
+    /// Authorise every request with `authorization` (see
+    /// `authorization.rs`).
+    pub fn with_authorization(mut self, authorization: AuthorizationLayer) -> Self {
+        self.authorization = authorization;
+        self
     }
 
     /// Connections being served now.
@@ -97,6 +113,7 @@ impl ServerLimits {
                 self.global.clone(),
                 self.streams.clone(),
             ))
+            .layer(self.authorization.clone())
     }
 
     /// [`ServerLimits::incoming`], with TLS when `tls` is enabled.
@@ -224,6 +241,7 @@ impl Incoming {
             ));
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let requires_certificate = tls.requires_client_certificate();
         self.handshakes.push(Box::pin(async move {
             let peer = stream.peer_addr().ok();
             let deadline = tokio::time::Instant::now() + timeouts.handshake;
@@ -233,12 +251,13 @@ impl Incoming {
                 return None;
             }
             match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => Some(Connection::new(
-                    ServerIo::Tls(Box::new(tls)),
-                    slot,
-                    timeouts,
-                    budget,
-                )),
+                Ok(Ok(tls)) => {
+                    let missing =
+                        requires_certificate && tls.get_ref().1.peer_certificates().is_none();
+                    let io = ServerIo::Tls(Box::new(tls));
+                    let connection = Connection::new(io, slot, timeouts, budget);
+                    Some(connection.with_missing_client_certificate(missing))
+                }
                 Ok(Err(error)) => {
                     tracing::info!(?peer, %error, "TLS handshake failed (a plaintext client, or a certificate this server does not trust?); connection closed");
                     None

@@ -8,7 +8,10 @@
 //! - TLS 1.3 only, unless `allow_tls12`. ALPN `h2` (gRPC).
 //! - With `client_ca_file`, every client must present a certificate that
 //!   CA signed (mTLS); the chain is in each request's
-//!   [`crate::connection::ConnectionInfo`].
+//!   [`crate::connection::ConnectionInfo`]. A certificate from another CA
+//!   fails the handshake; a client with none is answered UNAUTHENTICATED
+//!   on every request (a failed handshake reads as an opaque transport
+//!   error in TLS 1.3 clients).
 //! - The files are looked at (size and modification time) at most every
 //!   `reload_check_interval_ms`, on an accept. Changed files that do not
 //!   load (half-written, a key that does not match) keep the configuration
@@ -144,6 +147,11 @@ impl ServerTls {
         })
     }
 
+    /// Whether clients must present a certificate (`client_ca_file`).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.config.client_ca_file.is_some()
+    }
+
     /// The configuration for a connection accepted now.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
@@ -231,10 +239,15 @@ fn build_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
                     .add(certificate)
                     .map_err(|error| TlsError::Config(format!("{}: {error}", path.display())))?;
             }
+            // A client without a certificate completes the handshake and
+            // has every request answered UNAUTHENTICATED, saying why
+            // (`authorization.rs`); a certificate from another CA still
+            // fails the handshake.
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
+            .allow_unauthenticated()
             .build()
             .map_err(|error| TlsError::Config(error.to_string()))?;
             builder.with_client_cert_verifier(verifier)

@@ -150,6 +150,25 @@ async fn check(channel: Channel) -> Result<(), String> {
         .map_err(|status| format!("{status:?}"))
 }
 
+/// A call of a method this test server does not have (a store RPC): past
+/// the connection's checks it is answered UNIMPLEMENTED.
+async fn store_call(channel: Channel) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/sluice.v1.Store/GetSegmentStatus");
+    let codec = tonic_prost::ProstCodec::<
+        sluice_proto::v1::SegmentStatusRequest,
+        sluice_proto::v1::SegmentStatus,
+    >::default();
+    grpc.unary(
+        tonic::Request::new(sluice_proto::v1::SegmentStatusRequest::default()),
+        path,
+        codec,
+    )
+    .await
+    .expect_err("no such method on this server")
+}
+
 async fn served(
     server: &Server,
     trusted: &Ca,
@@ -214,22 +233,39 @@ async fn mutual_tls_needs_a_client_certificate_from_the_client_ca() {
     let clients = ca("clients CA");
     let server = serve(&tls_files(directory.path(), &authority, Some(&clients))).await;
 
-    // TLS 1.3 clients learn of a refused certificate at their first request.
+    // Without a certificate: the handshake completes, health checks (open
+    // to container probes) are answered, every other request is refused
+    // saying why.
+    let anonymous = channel(&server, &authority, None)
+        .await
+        .expect("TLS without a certificate");
+    check(anonymous.clone())
+        .await
+        .expect("health checks are open");
+    let refused = store_call(anonymous).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     assert!(
-        served(&server, &authority, None).await.is_err(),
-        "no client certificate"
+        refused.message().contains("requires a client certificate"),
+        "{refused:?}"
     );
     let forged = leaf(&ca("someone else's CA"), "broker-1");
     assert!(
         served(&server, &authority, Some(forged)).await.is_err(),
         "a certificate from another CA"
     );
-    served(&server, &authority, Some(leaf(&clients, "broker-1")))
+    let with_certificate = channel(&server, &authority, Some(leaf(&clients, "broker-1")))
         .await
         .expect("a certificate from the client CA");
+    check(with_certificate.clone()).await.expect("served");
+    let passed = store_call(with_certificate).await;
+    assert_eq!(
+        passed.code(),
+        tonic::Code::Unimplemented,
+        "past the check: {passed:?}"
+    );
     assert_eq!(
         server.seen.lock().expect("lock").as_slice(),
-        [Some(1)],
+        [None, Some(1)],
         "the server sees the client's chain"
     );
 }

@@ -5,7 +5,7 @@
 use crate::message_index::MessageIndexLimits;
 use crate::storage::StorageOptions;
 use serde::{Deserialize, Serialize};
-use sluice_service::{ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
+use sluice_service::{AuthConfig, ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -131,6 +131,9 @@ pub struct StoreConfig {
     /// `[tls]`: TLS for this server and for its connections to other
     /// services (off by default; see `sluice_service::TlsConfig`).
     pub tls: TlsConfig,
+    /// `[auth]`: authorisation of every request (off by default; see
+    /// `sluice_service::AuthConfig`).
+    pub auth: AuthConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -178,6 +181,7 @@ impl Default for StoreConfig {
                 ..ConnectionsConfig::default()
             },
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }

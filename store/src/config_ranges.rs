@@ -85,6 +85,7 @@ pub fn cross_checks(config: &StoreConfig) -> Vec<String> {
         .connections
         .cross_checks(config.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
+    broken.extend(config.auth.cross_checks(&config.tls));
     if config.register_retry_initial_backoff_ms > config.register_retry_max_backoff_ms {
         broken.push(format!(
             "register_retry_initial_backoff_ms ({}) must be at most \

@@ -59,7 +59,10 @@ pub async fn run(
             config.max_grpc_message_bytes
         )));
     }
-    let limits = sluice_service::ServerLimits::new(&config.connections);
+    let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
+        .map_err(StoreError::InvalidArgument)?;
+    let limits =
+        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| StoreError::InvalidArgument(error.to_string()))?;

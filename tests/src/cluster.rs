@@ -269,9 +269,10 @@ pub struct ClusterSpec {
     /// directory ([`SmallFilesystem`]; needs root), so a test can fill
     /// one store's disk. Default `None`: the cluster's temp directory.
     pub store_filesystem_bytes: Option<u64>,
-    /// Run every hop with mutual TLS: `sluice certs create` makes a CA and
-    /// certificates in the cluster's directory, every service gets
-    /// `[tls]` (client certificates required), and
+    /// Run every hop with mutual TLS and authorisation: `sluice certs
+    /// create` makes a CA and certificates in the cluster's directory,
+    /// every service gets `[tls]` (client certificates required) and
+    /// `[auth]` (the node and client certificates are super users), and
     /// [`Cluster::client_config`] connects with the client certificate.
     /// Default false.
     pub tls: bool,
@@ -540,13 +541,15 @@ impl Cluster {
         self.directory.path().join("tls")
     }
 
-    /// The `[tls]` section every service gets with [`ClusterSpec::tls`].
+    /// The `[tls]` and `[auth]` sections every service gets with
+    /// [`ClusterSpec::tls`].
     fn tls_section(&self) -> String {
         let dir = self.tls_dir();
         let file = |name: &str| dir.join(name).display().to_string();
         format!(
             "[tls]\nenabled = true\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-             client_ca_file = \"{}\"\nreload_check_interval_ms = 200\n",
+             client_ca_file = \"{}\"\nreload_check_interval_ms = 200\n\
+             [auth]\nenabled = true\nsuper_users = [\"User:sluice-node\", \"User:sluice-client\"]\n",
             file("node.pem"),
             file("node.key"),
             file("ca.pem"),

@@ -1,17 +1,78 @@
-//! A whole cluster with mutual TLS on every hop (issue 13): certificates
-//! from `sluice certs create`, client certificates required by every
-//! service. Brokers reach stores and nameservers, stores reach nameservers,
-//! and an SDK client with the client certificate produces and reads back;
-//! clients without TLS or without a certificate get an error and the
-//! cluster keeps serving the others. `sluice health` works over TLS.
+//! A whole cluster with mutual TLS on every hop and authorisation on
+//! (issue 13): certificates from `sluice certs create`, client
+//! certificates required by every service, the node and client
+//! certificates super users. Brokers reach stores and nameservers, stores
+//! reach nameservers, and an SDK client with the client certificate
+//! produces and reads back; clients without TLS or without a certificate
+//! get an error naming the cause, and a client with a valid certificate of
+//! another principal cannot use the store or registration RPCs (the
+//! attacks of issue 13: deleting a live segment, registering a fake node)
+//! while the cluster keeps serving. `sluice health` works over TLS.
 
 use sluice_client::{Admin, ClientConfig, ClientTls, Record};
+use sluice_proto::v1::name_server_client::NameServerClient;
+use sluice_proto::v1::store_client::StoreClient;
+use sluice_proto::v1::{NodeKind, RegisterNodeRequest, StoreDeleteSegmentRequest};
 use sluice_tests::cluster::{binary, Cluster, ClusterSpec};
 use sluice_tests::read_back::read_back;
 
 const TOPIC: &str = "secured";
 const PARTITIONS: u32 = 2;
 const RECORDS: u64 = 200;
+
+/// A certificate from the cluster's CA for `User:intruder` gets TLS, but
+/// neither a store's nor the nameserver's cluster-only RPCs.
+async fn intruder_is_refused(cluster: &Cluster) {
+    let dir = cluster.tls_dir();
+    let output = std::process::Command::new(binary("sluice"))
+        .args(["certs", "issue", "--name", "intruder", "--ca-dir"])
+        .arg(&dir)
+        .arg("--out-dir")
+        .arg(&dir)
+        .output()
+        .expect("run sluice certs issue");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tls = ClientTls::from_files(
+        dir.join("ca.pem"),
+        Some((dir.join("intruder.pem"), dir.join("intruder.key"))),
+    )
+    .expect("intruder certificate");
+    let channel = |address: String| {
+        tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&address, true))
+            .expect("endpoint")
+            .tls_config(tls.tonic_config())
+            .expect("tls")
+            .connect_lazy()
+    };
+    let mut store = StoreClient::new(channel(cluster.stores[0].url()));
+    for segment_id in 0..4 {
+        let refused = store
+            .delete_segment(StoreDeleteSegmentRequest { segment_id })
+            .await
+            .expect_err("an intruder cannot delete a segment");
+        assert_refused(&refused);
+    }
+    let mut nameserver = NameServerClient::new(channel(cluster.nameservers[0].url()));
+    let refused = nameserver
+        .register_node(RegisterNodeRequest {
+            kind: NodeKind::Broker as i32,
+            node_id: "broker-1".into(),
+            address: "127.0.0.1:1".into(),
+            ..RegisterNodeRequest::default()
+        })
+        .await
+        .expect_err("an intruder cannot register as a broker");
+    assert_refused(&refused);
+}
+
+fn assert_refused(status: &tonic::Status) {
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("User:intruder"), "{status:?}");
+}
 
 /// Connects and asks for the topics (a TLS 1.3 client learns that its
 /// certificate was refused, or a plaintext one that the port wants TLS, at
@@ -66,6 +127,8 @@ async fn every_hop_runs_mutual_tls() {
     list_topics(cluster.client_config())
         .await
         .expect("while the others are served");
+
+    intruder_is_refused(&cluster).await;
 
     let read = read_back(cluster.client_config(), TOPIC, PARTITIONS).await;
     assert_eq!(
