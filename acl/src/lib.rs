@@ -21,6 +21,7 @@
 //! - `authorizer.rs`: the index of bindings and the decision, with the
 //!   binding that decided it (for the audit log).
 //! - `prefix_trie.rs`: every stored prefix of a name in one walk.
+//! - `wire.rs`: bindings as they travel and are stored.
 //! - `methods.rs`: every gRPC method's operation and resource; a test fails
 //!   when the proto gains a method without an entry.
 //!
@@ -32,6 +33,7 @@ mod authorizer;
 mod methods;
 mod model;
 mod prefix_trie;
+mod wire;
 
 pub use authorizer::{Authorizer, Decision, DecisionReason, Request};
 pub use methods::{method_rule, MethodRule, ResourceSource, METHOD_RULES};
@@ -39,3 +41,4 @@ pub use model::{
     AclBinding, AclError, Host, Operation, PatternType, Permission, Principal, ResourcePattern,
     ResourceType, CLUSTER_RESOURCE_NAME, MAX_NAME_BYTES,
 };
+pub use wire::{canonical, MAX_BINDINGS, MAX_BINDINGS_PER_REQUEST};

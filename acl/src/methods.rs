@@ -128,6 +128,10 @@ pub const METHOD_RULES: &[MethodRule] = &[
         Delete,
         Subscription,
     ),
+    // Nameserver: ACLs.
+    rule("/sluice.v1.NameServer/CreateAcls", Alter, Cluster),
+    rule("/sluice.v1.NameServer/ListAcls", Describe, Cluster),
+    rule("/sluice.v1.NameServer/DeleteAcls", Alter, Cluster),
     // Broker.
     rule("/sluice.v1.Broker/Produce", Write, Topic),
     rule("/sluice.v1.Broker/Fetch", Read, Topic),

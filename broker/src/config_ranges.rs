@@ -25,6 +25,7 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
     let largest_batch = u64::from(largest_max_batch_bytes(server.max_grpc_message_bytes));
     let mut ranges = config.connections.ranges();
     ranges.extend(config.tls.ranges());
+    ranges.extend(config.auth.ranges());
     ranges.extend([
         KeyRange::new(
             "[server] max_grpc_message_bytes",

@@ -267,14 +267,30 @@ pub async fn run(
         .unwrap_or_else(|| local_address.to_string());
     let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
         .map_err(BrokerError::InvalidArgument)?;
-    let limits =
-        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
+    let limits = sluice_service::ServerLimits::new(&config.connections)
+        .with_authorization(authorization.clone());
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
     let peer_tls = sluice_service::PeerTls::from_config(&config.tls)
         .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
     let (stop_sender, stop_receiver) = watch::channel(false);
+    if config.auth.enabled {
+        let nameservers = config.cluster.nameservers.clone();
+        let peer_tls = peer_tls.clone();
+        let timeout = Duration::from_millis(config.cluster.nameserver_request_timeout_ms);
+        tokio::spawn(sluice_service::run_acl_refresh(
+            authorization.clone(),
+            Duration::from_millis(config.auth.acl_refresh_interval_ms),
+            stop_receiver.clone(),
+            move || {
+                let (nameservers, peer_tls) = (nameservers.clone(), peer_tls.clone());
+                async move {
+                    sluice_service::read_from_nameservers(&nameservers, &peer_tls, timeout).await
+                }
+            },
+        ));
+    }
     let shared = Arc::new(Shared {
         clients: Arc::new(Clients::new(&config, peer_tls)),
         coordinator: Coordinator::new(&config.groups),

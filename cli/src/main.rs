@@ -10,6 +10,7 @@
 //! Every command finds the cluster through `--bootstrap` or
 //! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
 
+mod acl;
 mod admin;
 mod bench;
 mod bench_delay;
@@ -97,6 +98,9 @@ enum Command {
     /// Create a development CA and certificates for a TLS cluster.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Add, list and remove ACL bindings (who may do what).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
 }
 
 impl Command {
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
             Command::Bench(command) => bench::run(config, command).await,
             Command::Health(args) => health::run(args, config.tls).await,
             Command::Certs(command) => certs::run(command),
+            Command::Acl(command) => acl::run(config, command).await,
             Command::Message(command) => message::run(config, command).await,
         }
     });

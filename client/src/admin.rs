@@ -331,6 +331,42 @@ impl Admin {
         Ok(answer.segment_ids)
     }
 
+    /// Adds ACL bindings (issue 13); returns how many were new. Needs
+    /// `Alter` on the cluster where authorisation is on.
+    pub async fn create_acls(&self, bindings: Vec<v1::AclBinding>) -> Result<u32, ClientError> {
+        let answer = self
+            .cluster
+            .call_nameserver("CreateAcls", |mut client| {
+                let bindings = bindings.clone();
+                async move { client.create_acls(v1::CreateAclsRequest { bindings }).await }
+            })
+            .await?;
+        Ok(answer.created)
+    }
+
+    /// Every ACL binding.
+    pub async fn list_acls(&self) -> Result<Vec<v1::AclBinding>, ClientError> {
+        let answer = self
+            .cluster
+            .call_nameserver("ListAcls", |mut client| async move {
+                client.list_acls(v1::ListAclsRequest {}).await
+            })
+            .await?;
+        Ok(answer.bindings)
+    }
+
+    /// Removes exactly these bindings; returns how many existed.
+    pub async fn delete_acls(&self, bindings: Vec<v1::AclBinding>) -> Result<u32, ClientError> {
+        let answer = self
+            .cluster
+            .call_nameserver("DeleteAcls", |mut client| {
+                let bindings = bindings.clone();
+                async move { client.delete_acls(v1::DeleteAclsRequest { bindings }).await }
+            })
+            .await?;
+        Ok(answer.deleted)
+    }
+
     /// Nodes and partition health as seen by a nameserver.
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse, ClientError> {
         self.cluster

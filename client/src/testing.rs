@@ -1153,4 +1153,25 @@ impl name_server_server::NameServer for FakeNameServer {
             ),
         }
     }
+
+    async fn create_acls(
+        &self,
+        _request: Request<sluice_proto::v1::CreateAclsRequest>,
+    ) -> Result<Response<sluice_proto::v1::CreateAclsResponse>, Status> {
+        Err(Status::unimplemented("the fake nameserver keeps no ACLs"))
+    }
+
+    async fn list_acls(
+        &self,
+        _request: Request<sluice_proto::v1::ListAclsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListAclsResponse>, Status> {
+        Err(Status::unimplemented("the fake nameserver keeps no ACLs"))
+    }
+
+    async fn delete_acls(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteAclsRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteAclsResponse>, Status> {
+        Err(Status::unimplemented("the fake nameserver keeps no ACLs"))
+    }
 }

@@ -19,6 +19,7 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
     let metadata = &config.metadata;
     let mut ranges = config.connections.ranges();
     ranges.extend(config.tls.ranges());
+    ranges.extend(config.auth.ranges());
     ranges.extend([
         KeyRange::duration_ms("[metadata] connect_timeout_ms", metadata.connect_timeout_ms),
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),

@@ -11,6 +11,7 @@ pub const SEGMENTS: &str = "segments/";
 pub const GROUPS: &str = "groups/";
 pub const SUBSCRIPTIONS: &str = "subscriptions/";
 pub const SUBSCRIPTION_GUARDS: &str = "subscription-guards/";
+pub const ACLS: &str = "acls/";
 pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
 pub const PRODUCER_ID_COUNTER: &str = "counters/producer_id";
 
@@ -82,6 +83,17 @@ pub fn segments_of(topic: &str, partition: u32) -> String {
 
 pub fn segment(topic: &str, partition: u32, segment_id: u64) -> String {
     format!("{SEGMENTS}{topic}/{partition:05}/{segment_id:020}")
+}
+
+/// Key of an ACL binding: its canonical text, hex-encoded (no `/`).
+pub fn acl(binding: &sluice_acl::AclBinding) -> String {
+    let canonical = sluice_acl::canonical(binding);
+    let mut key = String::with_capacity(ACLS.len() + canonical.len() * 2);
+    key.push_str(ACLS);
+    for byte in canonical.bytes() {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
 }
 
 pub fn group(group: &str) -> String {

@@ -107,8 +107,8 @@ pub async fn run_with_store(
     let local_address = listener.local_addr()?;
     let authorization =
         sluice_service::AuthorizationLayer::new(&config.auth).map_err(NameServerError::Config)?;
-    let limits =
-        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
+    let limits = sluice_service::ServerLimits::new(&config.connections)
+        .with_authorization(authorization.clone());
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| NameServerError::Config(error.to_string()))?;
@@ -117,6 +117,22 @@ pub async fn run_with_store(
         .clone()
         .unwrap_or_else(|| local_address.to_string());
     let (stop_sender, stopping) = watch::channel(false);
+    if config.auth.enabled {
+        let acls = store.clone();
+        tokio::spawn(sluice_service::run_acl_refresh(
+            authorization,
+            Duration::from_millis(config.auth.acl_refresh_interval_ms),
+            stopping.clone(),
+            move || {
+                let acls = acls.clone();
+                async move {
+                    handler::read_acls(acls.as_ref())
+                        .await
+                        .map_err(|error| error.to_string())
+                }
+            },
+        ));
+    }
     let handler = Arc::new(NameServerHandler::new(
         config.clone(),
         store.clone(),

@@ -8,16 +8,17 @@ use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
     AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
     AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CreateSegmentRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteSegmentsRequest,
+    CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest, CreateSubscriptionRequest,
+    CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse, DeleteSegmentsRequest,
     DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
     DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
     DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest,
-    HeartbeatResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
-    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
-    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
-    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
-    WatchAssignmentsRequest, WatchRoutesRequest,
+    HeartbeatResponse, ListAclsRequest, ListAclsResponse, ListGroupsRequest, ListGroupsResponse,
+    ListSegmentsRequest, ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
+    ListTopicsRequest, ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse,
+    RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, Subscription, Topic,
+    UpdateSegmentReplicasRequest, WatchAssignmentsRequest, WatchRoutesRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -165,6 +166,30 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<AcceptDataLossResponse> {
         let segment_ids = self.do_accept_data_loss(request.into_inner()).await?;
         Ok(Response::new(AcceptDataLossResponse { segment_ids }))
+    }
+
+    async fn create_acls(
+        &self,
+        request: Request<CreateAclsRequest>,
+    ) -> ServiceResult<CreateAclsResponse> {
+        let created = self.do_create_acls(&request.into_inner().bindings).await?;
+        Ok(Response::new(CreateAclsResponse { created }))
+    }
+
+    async fn list_acls(
+        &self,
+        _request: Request<ListAclsRequest>,
+    ) -> ServiceResult<ListAclsResponse> {
+        let bindings = self.do_list_acls().await?;
+        Ok(Response::new(ListAclsResponse { bindings }))
+    }
+
+    async fn delete_acls(
+        &self,
+        request: Request<DeleteAclsRequest>,
+    ) -> ServiceResult<DeleteAclsResponse> {
+        let deleted = self.do_delete_acls(&request.into_inner().bindings).await?;
+        Ok(Response::new(DeleteAclsResponse { deleted }))
     }
 
     async fn register_group(

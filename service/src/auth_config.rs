@@ -5,7 +5,7 @@ use crate::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 use sluice_acl::Principal;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Authorise every request: a principal may do only what a super user
@@ -16,6 +16,21 @@ pub struct AuthConfig {
     /// certificate (`User:sluice-node` from `sluice certs create`).
     /// Default: none.
     pub super_users: Vec<String>,
+    /// How often the ACLs are read again (from the metadata store on a
+    /// nameserver, from a nameserver elsewhere): a change takes effect
+    /// on every node within about this long, in milliseconds. Range:
+    /// 100 ..= 60,000. Default: 500.
+    pub acl_refresh_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            super_users: Vec::new(),
+            acl_refresh_interval_ms: 500,
+        }
+    }
 }
 
 /// Most super users a config may name.
@@ -31,6 +46,16 @@ impl AuthConfig {
                 Principal::new(written).map_err(|error| format!("[auth] super_users: {error}"))
             })
             .collect()
+    }
+
+    /// Every numeric key with its range.
+    pub fn ranges(&self) -> Vec<crate::KeyRange> {
+        vec![crate::KeyRange::new(
+            "[auth] acl_refresh_interval_ms",
+            self.acl_refresh_interval_ms,
+            100,
+            60_000,
+        )]
     }
 
     /// Rules between keys, `[tls]` included.
@@ -65,6 +90,7 @@ mod tests {
         let on = AuthConfig {
             enabled: true,
             super_users: vec!["User:sluice-node".into()],
+            ..AuthConfig::default()
         };
         assert_eq!(on.cross_checks(&TlsConfig::default()).len(), 1);
         let tls = TlsConfig {

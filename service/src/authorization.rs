@@ -14,19 +14,20 @@
 //! - Refusals answer `PERMISSION_DENIED` with Sluice's `NOT_AUTHORIZED`
 //!   code, and are written to the audit log (target `sluice_audit`).
 //!
+//! Bindings come from the metadata store (`CreateAcls`, `sluice acl`),
+//! reloaded every `[auth] acl_refresh_interval_ms` (`acl_refresh.rs`).
 //! Not yet here (issue 13): rules on topics, groups and subscriptions
-//! need the resource names inside the request, which handlers check; ACLs
-//! other than super users need their store (etcd, through the nameserver).
+//! need the resource names inside the request, which handlers check.
 
 use crate::auth_config::AuthConfig;
 use crate::connection::ConnectionInfo;
 use sluice_acl::{
-    method_rule, Authorizer, DecisionReason, Principal, Request, ResourceSource, ResourceType,
-    CLUSTER_RESOURCE_NAME,
+    method_rule, AclBinding, Authorizer, DecisionReason, Principal, Request, ResourceSource,
+    ResourceType, CLUSTER_RESOURCE_NAME,
 };
 use sluice_proto::v1::ErrorCode;
 use sluice_proto::SluiceError;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tower_layer::Layer;
@@ -39,7 +40,9 @@ pub const AUDIT_TARGET: &str = "sluice_audit";
 #[derive(Debug, Clone)]
 pub struct AuthorizationLayer {
     enabled: bool,
-    authorizer: Arc<Authorizer>,
+    super_users: Arc<Vec<Principal>>,
+    /// Replaced whole when the ACLs change (`acl_refresh.rs`).
+    authorizer: Arc<RwLock<Arc<Authorizer>>>,
 }
 
 impl AuthorizationLayer {
@@ -47,7 +50,11 @@ impl AuthorizationLayer {
         let super_users = config.super_user_principals()?;
         Ok(Self {
             enabled: config.enabled,
-            authorizer: Arc::new(Authorizer::new([], super_users)),
+            authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::new(
+                [],
+                super_users.clone(),
+            )))),
+            super_users: Arc::new(super_users),
         })
     }
 
@@ -55,8 +62,31 @@ impl AuthorizationLayer {
     pub fn disabled() -> Self {
         Self {
             enabled: false,
-            authorizer: Arc::new(Authorizer::default()),
+            super_users: Arc::new(Vec::new()),
+            authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::default()))),
         }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Decides with `bindings` (and the super users) from now on.
+    pub fn replace_bindings(&self, bindings: Vec<AclBinding>) {
+        let authorizer = Arc::new(Authorizer::new(bindings, self.super_users.iter().cloned()));
+        *self.authorizer.write().unwrap_or_else(|e| e.into_inner()) = authorizer;
+    }
+
+    /// The bindings decided with now.
+    pub fn bindings(&self) -> Vec<AclBinding> {
+        self.current().bindings().to_vec()
+    }
+
+    fn current(&self) -> Arc<Authorizer> {
+        self.authorizer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -104,7 +134,8 @@ fn decide(
         resource_type: ResourceType::Cluster,
         resource_name: CLUSTER_RESOURCE_NAME,
     };
-    let decision = layer.authorizer.authorize(&request);
+    let authorizer = layer.current();
+    let decision = authorizer.authorize(&request);
     if decision.allowed {
         return Ok(());
     }
@@ -178,6 +209,7 @@ mod tests {
         AuthorizationLayer::new(&AuthConfig {
             enabled: true,
             super_users: super_users.iter().map(|s| s.to_string()).collect(),
+            ..AuthConfig::default()
         })
         .expect("valid")
     }

@@ -15,6 +15,7 @@
 //! - [`check_example_config`]: the shipped `config/*.toml` state every
 //!   numeric key's range, from the same [`KeyRange`]s loading enforces.
 
+mod acl_refresh;
 mod auth_config;
 mod authorization;
 mod budget;
@@ -37,6 +38,7 @@ mod signal;
 mod stream_limits;
 mod tls;
 
+pub use acl_refresh::{read_from_nameservers, run as run_acl_refresh};
 pub use auth_config::{AuthConfig, MAX_SUPER_USERS};
 pub use authorization::{AuthorizationLayer, AUDIT_TARGET};
 pub use config::{load_config, ConfigError, KeyOrigin, MovedKey, MovedKeyUse, ServiceConfig};

@@ -16,6 +16,7 @@ pub fn ranges(config: &StoreConfig) -> Vec<KeyRange> {
     let c = config;
     let mut ranges = config.connections.ranges();
     ranges.extend(config.tls.ranges());
+    ranges.extend(config.auth.ranges());
     ranges.extend([
         KeyRange::bytes("journal_file_max_bytes", c.journal_file_max_bytes),
         KeyRange::bytes("segment_preallocate_bytes", c.segment_preallocate_bytes)

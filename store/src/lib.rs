@@ -61,8 +61,8 @@ pub async fn run(
     }
     let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
         .map_err(StoreError::InvalidArgument)?;
-    let limits =
-        sluice_service::ServerLimits::new(&config.connections).with_authorization(authorization);
+    let limits = sluice_service::ServerLimits::new(&config.connections)
+        .with_authorization(authorization.clone());
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| StoreError::InvalidArgument(error.to_string()))?;
@@ -89,6 +89,23 @@ pub async fn run(
         );
     }
     let (stop_sender, stop_receiver) = watch::channel(false);
+    if config.auth.enabled {
+        let nameservers = config.nameservers.clone();
+        let peer_tls = sluice_service::PeerTls::from_config(&config.tls)
+            .map_err(|error| StoreError::InvalidArgument(error.to_string()))?;
+        let timeout = Duration::from_millis(config.nameserver_request_timeout_ms.max(1));
+        tokio::spawn(sluice_service::run_acl_refresh(
+            authorization,
+            Duration::from_millis(config.auth.acl_refresh_interval_ms),
+            stop_receiver.clone(),
+            move || {
+                let (nameservers, peer_tls) = (nameservers.clone(), peer_tls.clone());
+                async move {
+                    sluice_service::read_from_nameservers(&nameservers, &peer_tls, timeout).await
+                }
+            },
+        ));
+    }
     let service = service::StoreService::new(
         storage.clone(),
         service::AppendStreamLimits {

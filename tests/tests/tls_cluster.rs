@@ -12,13 +12,125 @@
 use sluice_client::{Admin, ClientConfig, ClientTls, Record};
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
-use sluice_proto::v1::{NodeKind, RegisterNodeRequest, StoreDeleteSegmentRequest};
+use sluice_proto::v1::{
+    ClusterStatusRequest, NodeKind, RegisterNodeRequest, SegmentStatusRequest,
+    StoreDeleteSegmentRequest,
+};
 use sluice_tests::cluster::{binary, Cluster, ClusterSpec};
 use sluice_tests::read_back::read_back;
+use tonic::transport::Channel;
 
 const TOPIC: &str = "secured";
 const PARTITIONS: u32 = 2;
 const RECORDS: u64 = 200;
+
+/// `sluice acl` as a super user; panics unless it succeeds.
+fn sluice_acl(cluster: &Cluster, args: &[&str]) {
+    let dir = cluster.tls_dir();
+    let output = std::process::Command::new(binary("sluice"))
+        .arg("--bootstrap")
+        .arg(cluster.nameservers[0].url())
+        .arg("--tls-ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--tls-cert")
+        .arg(dir.join("client.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("client.key"))
+        .arg("acl")
+        .args(args)
+        .output()
+        .expect("run sluice acl");
+    assert!(
+        output.status.success(),
+        "sluice acl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits until `check` holds, returning how long it took.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{what} within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// ACLs added and removed with `sluice acl` reach the nameserver (from
+/// etcd) and the stores (from a nameserver) within about
+/// `acl_refresh_interval_ms`; a deny wins over an allow.
+async fn acls_take_effect_on_every_node(cluster: &Cluster) {
+    let (mut nameserver, mut store) = intruder_clients(cluster);
+    let mut status_allowed = async || {
+        nameserver
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .is_ok()
+    };
+    assert!(!status_allowed().await, "no ACL yet");
+    let principal = ["--principal", "User:intruder"];
+    let describe = [&principal[..], &["--operation", "Describe", "--cluster"]].concat();
+    sluice_acl(cluster, &[&["add"][..], &describe].concat());
+    let took = until("the nameserver applies the ACL", &mut status_allowed).await;
+    eprintln!("ACL on the nameserver after {} ms", took.as_millis());
+
+    let mut store_allowed = async |allowed: bool| {
+        let answer = store
+            .get_segment_status(SegmentStatusRequest {
+                segment_id: 1 << 40,
+            })
+            .await;
+        let denied =
+            matches!(&answer, Err(status) if status.code() == tonic::Code::PermissionDenied);
+        denied != allowed
+    };
+    let action = [
+        &principal[..],
+        &["--operation", "ClusterAction", "--cluster"],
+    ]
+    .concat();
+    sluice_acl(cluster, &[&["add"][..], &action].concat());
+    let took = until("the store applies the ACL", async || {
+        store_allowed(true).await
+    })
+    .await;
+    eprintln!("ACL on a store after {} ms", took.as_millis());
+    sluice_acl(cluster, &[&["add", "--deny"][..], &action].concat());
+    until("a deny wins on the store", async || {
+        store_allowed(false).await
+    })
+    .await;
+
+    sluice_acl(cluster, &[&["remove"][..], &describe].concat());
+    until("the nameserver drops the ACL", async || {
+        !status_allowed().await
+    })
+    .await;
+}
+
+fn intruder_clients(cluster: &Cluster) -> (NameServerClient<Channel>, StoreClient<Channel>) {
+    let dir = cluster.tls_dir();
+    let tls = ClientTls::from_files(
+        dir.join("ca.pem"),
+        Some((dir.join("intruder.pem"), dir.join("intruder.key"))),
+    )
+    .expect("intruder certificate");
+    let channel = |address: String| {
+        tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&address, true))
+            .expect("endpoint")
+            .tls_config(tls.tonic_config())
+            .expect("tls")
+            .connect_lazy()
+    };
+    (
+        NameServerClient::new(channel(cluster.nameservers[0].url())),
+        StoreClient::new(channel(cluster.stores[0].url())),
+    )
+}
 
 /// A certificate from the cluster's CA for `User:intruder` gets TLS, but
 /// neither a store's nor the nameserver's cluster-only RPCs.
@@ -129,6 +241,7 @@ async fn every_hop_runs_mutual_tls() {
         .expect("while the others are served");
 
     intruder_is_refused(&cluster).await;
+    acls_take_effect_on_every_node(&cluster).await;
 
     let read = read_back(cluster.client_config(), TOPIC, PARTITIONS).await;
     assert_eq!(

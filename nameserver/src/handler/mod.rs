@@ -7,6 +7,8 @@
 //! request. This file holds the shared state and the reads several
 //! resources use; `crate::service` maps the gRPC trait onto it.
 
+mod acls;
+pub(crate) use acls::read_acls;
 mod assignment_watch;
 mod data_loss;
 mod groups;
