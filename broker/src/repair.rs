@@ -11,13 +11,15 @@
 //! pure decision (`plan`); this module's loop is the IO around it.
 
 use crate::clients::{nameserver_call, request};
+use crate::closed_damage::{self, Holding};
 use crate::partition::{Partition, Phase};
+use crate::recovery_plan::damaged_ranges;
 use crate::replica_io::{copy_range, CopyRange};
 use crate::Shared;
 use sluice_proto::v1::{
-    ClusterStatusRequest, NodeInfo, SealSegmentRequest, SegmentInfo, SegmentReplica, SegmentState,
-    SegmentStatusRequest, StoreCreateSegmentRequest, StoreDeleteSegmentRequest,
-    UpdateSegmentReplicasRequest,
+    CloseSegmentRequest, ClusterStatusRequest, ListSegmentsRequest, NodeInfo, SealSegmentRequest,
+    SegmentInfo, SegmentReplica, SegmentState, SegmentStatusRequest, StoreCreateSegmentRequest,
+    StoreDeleteSegmentRequest, UpdateSegmentReplicasRequest,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::{HashMap, HashSet};
@@ -173,7 +175,12 @@ async fn repair_partition(
     let ensemble_size = (partition.config.ensemble_size as usize).max(1);
     let grace = Duration::from_millis(shared.config.replication.repair_dead_store_grace_ms);
     let mut repairs = 0;
-    for segment in partition.segments() {
+    let segments = partition.segments();
+    let segment_ids: Vec<u64> = segments.iter().map(|segment| segment.segment_id).collect();
+    shared
+        .closed_damage
+        .retain_segments(&partition.key, &segment_ids);
+    for segment in segments {
         // Empty closed segments are repaired too: their replica list is
         // what the cluster status counts, and an empty copy is cheap.
         if segment.state() != SegmentState::Closed {
@@ -183,6 +190,7 @@ async fn repair_partition(
             break;
         }
         let mut states = Vec::with_capacity(segment.replicas.len());
+        let mut holdings = Vec::with_capacity(segment.replicas.len());
         for replica in &segment.replicas {
             let gone = missing_since
                 .get(&replica.store_id)
@@ -190,14 +198,17 @@ async fn repair_partition(
             let live = live_stores
                 .iter()
                 .any(|store| store.node_id == replica.store_id);
-            states.push(if gone {
-                CopyState::Gone
+            let (state, holding) = if gone {
+                (CopyState::Gone, Holding::Unknown)
             } else if !live {
-                CopyState::Unreachable
+                (CopyState::Unreachable, Holding::Unknown)
             } else {
                 copy_state(shared, &segment, replica).await
-            });
+            };
+            states.push(state);
+            holdings.push(holding);
         }
+        check_closed_damage(shared, partition, &segment, &holdings).await;
         let replica_ids: Vec<String> = segment
             .replicas
             .iter()
@@ -219,7 +230,8 @@ async fn repair_partition(
             continue;
         }
         if repair.source.is_none() {
-            tracing::error!(partition = %partition.key, segment = segment.segment_id, ?states, "segment has no complete copy to repair from");
+            // Ranges no copy holds are reported by `check_closed_damage`.
+            tracing::debug!(partition = %partition.key, segment = segment.segment_id, ?states, "segment has no complete copy to repair from");
             continue;
         }
         repairs += 1;
@@ -241,10 +253,124 @@ async fn repair_partition(
     }
 }
 
-/// Asks one store for its copy of a closed segment.
-async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentReplica) -> CopyState {
+/// Finds the ranges of a closed segment that no copy holds intact (not
+/// yet accepted as lost), reports them in the heartbeat's
+/// `damaged_partitions`, and once an operator accepted the loss (the
+/// segment is marked `data_loss_accepted`) records them as lost.
+async fn check_closed_damage(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) {
+    if !closed_damage::all_known(holdings) {
+        // A store that is away may hold what the others lack: its copy is
+        // under-replication (counted in cluster status), not damage. A
+        // report made before stays until every copy answers again.
+        return;
+    }
+    let unreadable = closed_damage::unreadable_ranges(
+        segment.base_offset,
+        segment.end_offset,
+        holdings,
+        &closed_damage::lost_of(segment),
+    );
+    if unreadable.is_empty() {
+        shared
+            .closed_damage
+            .set(&partition.key, segment.segment_id, None);
+        return;
+    }
+    let report = closed_damage::report(&partition.key, segment, &unreadable);
+    if shared
+        .closed_damage
+        .set(&partition.key, segment.segment_id, Some(report.clone()))
+    {
+        tracing::error!(partition = %partition.key, segment = segment.segment_id, reason = %report.reason, "closed segment damaged on every copy");
+    }
+    match record_accepted_loss(shared, partition, segment.segment_id, holdings).await {
+        Ok(Some(recorded)) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, lost = ?recorded.lost_ranges, "recorded the ranges no copy holds as lost, as an operator accepted");
+            let left = closed_damage::unreadable_ranges(
+                recorded.base_offset,
+                recorded.end_offset,
+                holdings,
+                &closed_damage::lost_of(&recorded),
+            );
+            let report = (!left.is_empty())
+                .then(|| closed_damage::report(&partition.key, &recorded, &left));
+            shared
+                .closed_damage
+                .set(&partition.key, segment.segment_id, report);
+            partition.segment_updated(recorded);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "recording accepted lost ranges failed; retrying next round")
+        }
+    }
+}
+
+/// If an operator accepted the loss of the closed segment (the metadata,
+/// read now, marks it), records the ranges no copy holds intact as lost:
+/// CloseSegment again at its end with them, fenced by this owner's epoch.
+/// Answers the segment as recorded, or None when nothing was accepted.
+async fn record_accepted_loss(
+    shared: &Shared,
+    partition: &Partition,
+    segment_id: u64,
+    holdings: &[Holding],
+) -> Result<Option<SegmentInfo>, crate::error::BrokerError> {
+    let listed = nameserver_call!(
+        &shared.clients,
+        list_segments,
+        ListSegmentsRequest {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+        }
+    )?;
+    let Some(current) = listed
+        .segments
+        .into_iter()
+        .find(|segment| segment.segment_id == segment_id)
+    else {
+        return Ok(None);
+    };
+    if !current.data_loss_accepted || current.state() != SegmentState::Closed {
+        return Ok(None);
+    }
+    let lost = closed_damage::unreadable_ranges(
+        current.base_offset,
+        current.end_offset,
+        holdings,
+        &closed_damage::lost_of(&current),
+    );
+    let recorded = nameserver_call!(
+        &shared.clients,
+        close_segment,
+        CloseSegmentRequest {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+            epoch: partition.epoch,
+            segment_id,
+            end_offset: current.end_offset,
+            size_bytes: current.size_bytes,
+            max_timestamp_ms: current.max_timestamp_ms,
+            lost_ranges: closed_damage::as_lost_ranges(&lost),
+        }
+    )?;
+    Ok(Some(recorded))
+}
+
+/// Asks one store for its copy of a closed segment: its state for repair
+/// and what it holds intact.
+async fn copy_state(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    replica: &SegmentReplica,
+) -> (CopyState, Holding) {
     let Ok(mut store) = shared.clients.store(&replica.address) else {
-        return CopyState::Unreachable;
+        return (CopyState::Unreachable, Holding::Unknown);
     };
     let asked = SegmentStatusRequest {
         segment_id: segment.segment_id,
@@ -255,14 +381,19 @@ async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentRep
     {
         Ok(response) => {
             let status = response.into_inner();
-            match status.corrupt_from_offset {
+            let holding = Holding::Copy {
+                end_offset: status.end_offset,
+                damaged: damaged_ranges(&status),
+            };
+            let state = match status.corrupt_from_offset {
                 Some(corrupt) if corrupt < segment.end_offset => CopyState::Damaged,
                 _ if status.end_offset >= segment.end_offset => CopyState::Complete,
                 _ if status.end_offset < segment.base_offset => CopyState::Damaged,
                 _ => CopyState::Incomplete {
                     end_offset: status.end_offset,
                 },
-            }
+            };
+            (state, holding)
         }
         // A copy the store lost, or holds only as damaged (its metadata
         // unusable): recopied like any other damaged copy.
@@ -272,9 +403,9 @@ async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentRep
                 ErrorCode::UnknownSegment | ErrorCode::StorageCorrupt
             ) =>
         {
-            CopyState::Damaged
+            (CopyState::Damaged, Holding::Nothing)
         }
-        Err(_) => CopyState::Unreachable,
+        Err(_) => (CopyState::Unreachable, Holding::Unknown),
     }
 }
 
