@@ -3,18 +3,22 @@
 //! issue 11): the open segments are marked, durably, so the owner's next
 //! takeover closes them at the highest end any copy reports (or the
 //! operator's floor) and goes on after it. Offsets are never reused.
+//! Closed segments a broker reports damaged on every copy
+//! (`NodeLoad.damaged_partitions`) are marked too: the owner's next repair
+//! round records what no copy holds as lost (fenced by its epoch).
 
 use super::{invalid, lookup_topic_name, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys;
 use crate::metadata::{Compare, KeyValue, Put, Transaction};
-use sluice_proto::v1::{AcceptDataLossRequest, SegmentInfo, SegmentState};
+use sluice_proto::v1::{AcceptDataLossRequest, NodeInfo, NodeKind, SegmentInfo, SegmentState};
+use std::collections::HashSet;
 
 /// Checks an acceptance before anything is written.
 fn check_request(request: &AcceptDataLossRequest) -> Result<(), NameServerError> {
     if !request.accept_data_loss {
         return Err(invalid(format!(
-            "refusing to recover {}/{} without accepting data loss: the ranges of its open segment that no copy holds intact would be skipped for good (readers get an error there, the log continues after the highest offset any copy reports). Repair or bring back a store holding an intact copy if you can; otherwise repeat with --accept-data-loss",
+            "refusing to recover {}/{} without accepting data loss: the ranges of its segments that no copy holds intact would be skipped for good (readers get an error there, the log continues after the highest offset any copy reports). Repair or bring back a store holding an intact copy if you can; otherwise repeat with --accept-data-loss",
             request.topic, request.partition
         )));
     }
@@ -32,6 +36,31 @@ fn check_request(request: &AcceptDataLossRequest) -> Result<(), NameServerError>
 fn mark(segment: &mut SegmentInfo, resume_at: u64) {
     segment.data_loss_accepted = true;
     segment.accepted_end_offset = segment.accepted_end_offset.max(resume_at);
+}
+
+/// Whether the acceptance marks `segment`: every open one, and the closed
+/// ones a broker reports damaged on every copy (`reported`), unless
+/// marked already. Other closed segments are not: an acceptance is for
+/// the damage known now, not for damage found later.
+fn marks(segment: &SegmentInfo, reported: &HashSet<u64>) -> bool {
+    if segment.state == SegmentState::Open as i32 {
+        return true;
+    }
+    segment.state == SegmentState::Closed as i32
+        && !segment.data_loss_accepted
+        && reported.contains(&segment.segment_id)
+}
+
+/// The closed segments of `topic`/`partition` that registered brokers
+/// report damaged on every copy, from their last heartbeat's load.
+fn reported_damaged(brokers: &[NodeInfo], topic: &str, partition: u32) -> HashSet<u64> {
+    brokers
+        .iter()
+        .filter_map(|broker| broker.load.as_ref())
+        .flat_map(|load| load.damaged_partitions.iter())
+        .filter(|damaged| damaged.topic == topic && damaged.partition == partition)
+        .map(|damaged| damaged.segment_id)
+        .collect()
 }
 
 impl NameServerHandler {
@@ -53,6 +82,18 @@ impl NameServerHandler {
             });
         }
         check_request(&request)?;
+        let mut brokers = Vec::new();
+        for entry in self
+            .store
+            .range(&keys::nodes_of_kind(NodeKind::Broker))
+            .await?
+        {
+            match keys::decode::<NodeInfo>(&entry.key, &entry.value) {
+                Ok(broker) => brokers.push(broker),
+                Err(error) => tracing::warn!(%error, "skipping undecodable broker"),
+            }
+        }
+        let reported = reported_damaged(&brokers, &request.topic, request.partition);
         let prefix = keys::segments_of(&request.topic, request.partition);
         let mut marked = Vec::new();
         for KeyValue {
@@ -63,10 +104,14 @@ impl NameServerHandler {
         } in self.store.range(&prefix).await?
         {
             let mut segment: SegmentInfo = keys::decode(&key, &value)?;
-            if segment.state != SegmentState::Open as i32 {
+            if !marks(&segment, &reported) {
                 continue;
             }
-            mark(&mut segment, request.resume_at_offset);
+            if segment.state == SegmentState::Open as i32 {
+                mark(&mut segment, request.resume_at_offset);
+            } else {
+                segment.data_loss_accepted = true;
+            }
             let transaction = Transaction {
                 compares: vec![Compare::ModRevisionEquals(key.clone(), mod_revision)],
                 puts: vec![Put::new(key, keys::encode(&segment))],
@@ -117,6 +162,37 @@ mod tests {
             ..accepted
         };
         assert!(check_request(&top).is_ok());
+    }
+
+    #[test]
+    fn open_segments_and_reported_closed_ones_are_marked() {
+        use sluice_proto::v1::{DamagedPartition, NodeLoad};
+        let broker = |topic: &str, partition, segment_id| NodeInfo {
+            load: Some(NodeLoad {
+                damaged_partitions: vec![DamagedPartition {
+                    topic: topic.into(),
+                    partition,
+                    segment_id,
+                    reason: String::new(),
+                }],
+                ..NodeLoad::default()
+            }),
+            ..NodeInfo::default()
+        };
+        let brokers = [broker("orders", 0, 7), broker("orders", 1, 8), broker("other", 0, 9)];
+        let reported = reported_damaged(&brokers, "orders", 0);
+        assert_eq!(reported, HashSet::from([7]));
+        let segment = |segment_id, state: SegmentState| SegmentInfo {
+            segment_id,
+            state: state as i32,
+            ..SegmentInfo::default()
+        };
+        assert!(marks(&segment(3, SegmentState::Open), &reported));
+        assert!(marks(&segment(7, SegmentState::Closed), &reported));
+        assert!(!marks(&segment(8, SegmentState::Closed), &reported));
+        let mut marked_already = segment(7, SegmentState::Closed);
+        marked_already.data_loss_accepted = true;
+        assert!(!marks(&marked_already, &reported));
     }
 
     #[test]
