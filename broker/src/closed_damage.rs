@@ -127,23 +127,35 @@ pub fn as_lost_ranges(ranges: &[OffsetRange]) -> Vec<DamagedRange> {
 
 /// The report of one closed segment with unreadable `ranges`: names the
 /// segment, its stores, the ranges and the operator's command.
-pub fn report(key: &PartitionKey, segment: &SegmentInfo, ranges: &[OffsetRange]) -> DamagedPartition {
+pub fn report(
+    key: &PartitionKey,
+    segment: &SegmentInfo,
+    ranges: &[OffsetRange],
+) -> DamagedPartition {
     let stores: Vec<&str> = segment
         .replicas
         .iter()
         .map(|replica| replica.store_id.as_str())
         .collect();
-    let ranges: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+    let listed: Vec<String> = ranges.iter().map(ToString::to_string).collect();
     DamagedPartition {
         topic: key.topic.clone(),
         partition: key.partition,
         segment_id: segment.segment_id,
+        ranges: ranges
+            .iter()
+            .map(|range| DamagedRange {
+                start_offset: range.start,
+                end_offset: range.end,
+                detail: "damaged on every copy".to_string(),
+            })
+            .collect(),
         reason: format!(
             "closed segment {} [{}, {}): offsets {} are damaged on every copy (stores {}); reads there fail, the rest of the partition is served. Bring back or repair an intact copy if one exists; otherwise accept the loss: sluice partition recover {} {} --accept-data-loss",
             segment.segment_id,
             segment.base_offset,
             segment.end_offset,
-            ranges.join(", "),
+            listed.join(", "),
             stores.join(", "),
             key.topic,
             key.partition
@@ -166,7 +178,12 @@ impl DamageReports {
 
     /// Sets (or with `None` clears) a segment's report; answers whether
     /// it is a new report (not the same as before).
-    pub fn set(&self, key: &PartitionKey, segment_id: u64, report: Option<DamagedPartition>) -> bool {
+    pub fn set(
+        &self,
+        key: &PartitionKey,
+        segment_id: u64,
+        report: Option<DamagedPartition>,
+    ) -> bool {
         let mut reports = self.lock();
         let entry = (key.clone(), segment_id);
         match report {
@@ -213,7 +230,10 @@ mod tests {
     fn copy(end_offset: u64, damaged: &[(u64, u64)]) -> Holding {
         Holding::Copy {
             end_offset,
-            damaged: damaged.iter().map(|(start, end)| range(*start, *end)).collect(),
+            damaged: damaged
+                .iter()
+                .map(|(start, end)| range(*start, *end))
+                .collect(),
         }
     }
 
@@ -261,17 +281,17 @@ mod tests {
     #[test]
     fn accepted_ranges_are_not_reported_again_and_ranges_stay_inside() {
         let copies = [copy(100, &[(10, 30)]), copy(100, &[(10, 30)])];
-        assert_eq!(
-            unreadable_ranges(0, 100, &copies, &[range(10, 30)]),
-            vec![]
-        );
+        assert_eq!(unreadable_ranges(0, 100, &copies, &[range(10, 30)]), vec![]);
         assert_eq!(
             unreadable_ranges(0, 100, &copies, &[range(10, 20)]),
             vec![range(20, 30)]
         );
         // Damage a store reports beyond the segment is clipped to it.
         let copies = [copy(150, &[(90, 140)])];
-        assert_eq!(unreadable_ranges(0, 100, &copies, &[]), vec![range(90, 100)]);
+        assert_eq!(
+            unreadable_ranges(0, 100, &copies, &[]),
+            vec![range(90, 100)]
+        );
     }
 
     #[test]
@@ -288,9 +308,18 @@ mod tests {
         };
         let key = PartitionKey::new("orders", 3);
         let report = report(&key, &segment, &[range(10, 20)]);
-        for part in ["segment 7", "[10, 20)", "s1", "recover orders 3 --accept-data-loss"] {
+        for part in [
+            "segment 7",
+            "[10, 20)",
+            "s1",
+            "recover orders 3 --accept-data-loss",
+        ] {
             assert!(report.reason.contains(part), "{part}: {}", report.reason);
         }
+        assert_eq!(
+            (report.ranges[0].start_offset, report.ranges[0].end_offset),
+            (10, 20)
+        );
         let reports = DamageReports::default();
         assert!(reports.set(&key, 7, Some(report.clone())));
         assert!(!reports.set(&key, 7, Some(report)), "unchanged");

@@ -297,8 +297,8 @@ async fn check_closed_damage(
                 holdings,
                 &closed_damage::lost_of(&recorded),
             );
-            let report = (!left.is_empty())
-                .then(|| closed_damage::report(&partition.key, &recorded, &left));
+            let report =
+                (!left.is_empty()).then(|| closed_damage::report(&partition.key, &recorded, &left));
             shared
                 .closed_damage
                 .set(&partition.key, segment.segment_id, report);

@@ -60,7 +60,10 @@ async fn handler_with_closed_segment(
         puts: vec![
             Put::new(keys::topic("orders"), keys::encode(&topic)),
             Put::new(keys::partition("orders", 0), keys::encode(&owner)),
-            Put::new(keys::segment("orders", 0, SEGMENT_ID), keys::encode(&segment)),
+            Put::new(
+                keys::segment("orders", 0, SEGMENT_ID),
+                keys::encode(&segment),
+            ),
         ],
         deletes: Vec::new(),
     };

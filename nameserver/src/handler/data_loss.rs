@@ -179,7 +179,11 @@ mod tests {
             }),
             ..NodeInfo::default()
         };
-        let brokers = [broker("orders", 0, 7), broker("orders", 1, 8), broker("other", 0, 9)];
+        let brokers = [
+            broker("orders", 0, 7),
+            broker("orders", 1, 8),
+            broker("other", 0, 9),
+        ];
         let reported = reported_damaged(&brokers, "orders", 0);
         assert_eq!(reported, HashSet::from([7]));
         let segment = |segment_id, state: SegmentState| SegmentInfo {
