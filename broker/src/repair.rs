@@ -13,8 +13,7 @@
 use crate::clients::{nameserver_call, request};
 use crate::closed_damage::{self, Holding};
 use crate::partition::{Partition, Phase};
-use crate::recovery_plan::damaged_ranges;
-use crate::replica_io::{copy_range, CopyRange};
+use crate::replica_io::{copy_range, holding_of, CopyRange};
 use crate::Shared;
 use sluice_proto::v1::{
     CloseSegmentRequest, ClusterStatusRequest, ListSegmentsRequest, NodeInfo, SealSegmentRequest,
@@ -381,10 +380,7 @@ async fn copy_state(
     {
         Ok(response) => {
             let status = response.into_inner();
-            let holding = Holding::Copy {
-                end_offset: status.end_offset,
-                damaged: damaged_ranges(&status),
-            };
+            let holding = holding_of(&status);
             let state = match status.corrupt_from_offset {
                 Some(corrupt) if corrupt < segment.end_offset => CopyState::Damaged,
                 _ if status.end_offset >= segment.end_offset => CopyState::Complete,
