@@ -6,7 +6,7 @@
 //! The partition stays online: reads of such a range answer
 //! STORAGE_CORRUPT, reads elsewhere and produce keep working.
 
-use crate::recovery_plan::OffsetRange;
+use crate::recovery_plan::{OffsetRange, Piece};
 use crate::tail_cache::PartitionKey;
 use sluice_proto::v1::{DamagedPartition, DamagedRange, SegmentInfo};
 use std::collections::HashMap;
@@ -98,6 +98,64 @@ pub fn unreadable_ranges(
         .iter()
         .all(|range| base <= range.start && range.start < range.end && range.end <= end));
     unreadable
+}
+
+/// With no copy holding the whole closed segment `[base, end)` intact
+/// (else repair copies from that one) but every offset held by some copy:
+/// a copy to rebuild and the pieces of the other copies to rebuild it
+/// from, in order. The copy rebuilt is the first whose offsets the others
+/// hold between them, so deleting it loses nothing; once it is whole,
+/// repair fills the rest from it. None while a copy is unknown.
+pub fn rebuild_plan(base: u64, end: u64, copies: &[Holding]) -> Option<(usize, Vec<Piece>)> {
+    if !all_known(copies) || base >= end {
+        return None;
+    }
+    let whole = |copy: &Holding| pieces(base, end, std::slice::from_ref(copy)).is_some();
+    if copies.iter().any(whole) {
+        return None;
+    }
+    (0..copies.len()).find_map(|target| {
+        let others: Vec<Holding> = copies
+            .iter()
+            .enumerate()
+            .map(|(index, copy)| {
+                if index == target {
+                    Holding::Nothing
+                } else {
+                    copy.clone()
+                }
+            })
+            .collect();
+        pieces(base, end, &others).map(|pieces| (target, pieces))
+    })
+}
+
+/// `[base, end)` as pieces of the copies holding them (the lowest-index
+/// copy holding each part), adjacent pieces of one copy merged; None when
+/// some offset is held by no copy.
+fn pieces(base: u64, end: u64, copies: &[Holding]) -> Option<Vec<Piece>> {
+    let mut cuts: Vec<u64> = copies
+        .iter()
+        .flat_map(Holding::boundaries)
+        .chain([base, end])
+        .filter(|cut| (base..=end).contains(cut))
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut pieces: Vec<Piece> = Vec::new();
+    for part in cuts.windows(2) {
+        let (start, stop) = (part[0], part[1]);
+        let source = copies.iter().position(|copy| copy.holds(start))?;
+        match pieces.last_mut() {
+            Some(last) if last.source == source && last.end == start => last.end = stop,
+            _ => pieces.push(Piece {
+                start,
+                end: stop,
+                source,
+            }),
+        }
+    }
+    Some(pieces)
 }
 
 /// A segment's recorded lost ranges, as offset ranges.
@@ -276,6 +334,37 @@ mod tests {
         assert!(!all_known(&copies));
         // An empty segment has nothing to lose.
         assert_eq!(unreadable_ranges(40, 40, &[Holding::Nothing], &[]), vec![]);
+    }
+
+    fn piece(start: u64, end: u64, source: usize) -> Piece {
+        Piece { start, end, source }
+    }
+
+    #[test]
+    fn a_copy_is_rebuilt_from_the_others_when_no_copy_is_whole() {
+        // Disjoint damage on every copy: the first copy is rebuilt from
+        // pieces of the other two, never from itself.
+        let copies = [
+            copy(100, &[(10, 20)]),
+            copy(100, &[(40, 50)]),
+            copy(100, &[(70, 80)]),
+        ];
+        let (target, pieces) = rebuild_plan(0, 100, &copies).expect("a rebuild");
+        assert_eq!(target, 0);
+        assert_eq!(pieces, vec![piece(0, 40, 1), piece(40, 50, 2), piece(50, 100, 1)]);
+        // Not when a copy is whole (repair copies it), a copy is
+        // unknown, or some offset is on no copy.
+        let whole = [copy(100, &[(10, 20)]), copy(100, &[])];
+        assert_eq!(rebuild_plan(0, 100, &whole), None);
+        let unknown = [copies[0].clone(), copies[1].clone(), Holding::Unknown];
+        assert_eq!(rebuild_plan(0, 100, &unknown), None);
+        let overlapping = [copy(100, &[(10, 20)]), copy(100, &[(15, 25)])];
+        assert_eq!(rebuild_plan(0, 100, &overlapping), None);
+        // Two copies with disjoint damage: each holds what the other
+        // lacks, so neither may be deleted to be rebuilt (a known gap:
+        // that needs a third store or a repair of the range in place).
+        let two = [copy(100, &[(10, 20)]), copy(100, &[(40, 50)])];
+        assert_eq!(rebuild_plan(0, 100, &two), None);
     }
 
     #[test]

@@ -225,12 +225,13 @@ async fn repair_partition(
         });
         let spare_ids: Vec<String> = spares.iter().map(|store| store.node_id.clone()).collect();
         let repair = plan(&states, &replica_ids, ensemble_size, &spare_ids);
-        if repair.is_empty() {
+        if repair.source.is_none() {
+            // Ranges no copy holds are reported by `check_closed_damage`;
+            // a copy the others cover between them is rebuilt from them.
+            repairs += rebuild_round(shared, partition, &segment, &holdings).await;
             continue;
         }
-        if repair.source.is_none() {
-            // Ranges no copy holds are reported by `check_closed_damage`.
-            tracing::debug!(partition = %partition.key, segment = segment.segment_id, ?states, "segment has no complete copy to repair from");
+        if repair.is_empty() {
             continue;
         }
         repairs += 1;
@@ -431,23 +432,7 @@ async fn apply(
     }
     for index in &repair.recopy {
         let target = &segment.replicas[*index];
-        let mut store = shared.clients.store(&target.address)?;
-        let delete = StoreDeleteSegmentRequest {
-            segment_id: segment.segment_id,
-        };
-        match store
-            .delete_segment(request(delete, shared.clients.store_timeout))
-            .await
-        {
-            Ok(_) => {}
-            Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {}
-            Err(status) => {
-                return Err(crate::error::BrokerError::remote(
-                    "store DeleteSegment (repair)",
-                    &status,
-                ))
-            }
-        }
+        delete_copy(shared, segment, target).await?;
         create_sealed_copy(shared, partition, segment, source, target).await?;
     }
     let mut replicas: Vec<SegmentReplica> = segment
@@ -485,12 +470,103 @@ async fn apply(
     Ok(())
 }
 
+/// Deletes a copy so that it can be created again (a copy already gone
+/// is fine).
+async fn delete_copy(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let mut store = shared.clients.store(&target.address)?;
+    let delete = StoreDeleteSegmentRequest {
+        segment_id: segment.segment_id,
+    };
+    match store
+        .delete_segment(request(delete, shared.clients.store_timeout))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {
+            Ok(())
+        }
+        Err(status) => Err(crate::error::BrokerError::remote(
+            "store DeleteSegment (repair)",
+            &status,
+        )),
+    }
+}
+
+/// [`rebuild_from_pieces`] counted in the repair progress; answers the
+/// number of segments repaired (0 or 1).
+async fn rebuild_round(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) -> usize {
+    shared.repair.in_progress.fetch_add(1, Ordering::Relaxed);
+    let outcome = rebuild_from_pieces(shared, partition, segment, holdings).await;
+    shared.repair.in_progress.fetch_sub(1, Ordering::Relaxed);
+    match outcome {
+        Ok(true) => {
+            shared
+                .repair
+                .repaired_segments
+                .fetch_add(1, Ordering::Relaxed);
+            1
+        }
+        Ok(false) => 0,
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "rebuilding a damaged copy from pieces failed; retrying next round");
+            0
+        }
+    }
+}
+
+/// With no whole copy of a closed segment but every offset on some copy:
+/// deletes one copy the others cover between them and rebuilds it from
+/// their pieces (`closed_damage::rebuild_plan`). Answers whether it did.
+async fn rebuild_from_pieces(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) -> Result<bool, crate::error::BrokerError> {
+    let Some((target, pieces)) =
+        closed_damage::rebuild_plan(segment.base_offset, segment.end_offset, holdings)
+    else {
+        return Ok(false);
+    };
+    let target = &segment.replicas[target];
+    let pieces: Vec<(&SegmentReplica, u64, u64)> = pieces
+        .iter()
+        .map(|piece| (&segment.replicas[piece.source], piece.start, piece.end))
+        .collect();
+    delete_copy(shared, segment, target).await?;
+    create_sealed_copy_from_pieces(shared, partition, segment, &pieces, target).await?;
+    tracing::info!(partition = %partition.key, segment = segment.segment_id, store = %target.store_id, pieces = pieces.len(), "rebuilt a damaged copy from pieces of the other copies");
+    Ok(true)
+}
+
 /// Creates an empty copy on `target`, fills it from `source`, and seals it.
 async fn create_sealed_copy(
     shared: &Shared,
     partition: &Partition,
     segment: &SegmentInfo,
     source: &SegmentReplica,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let whole = [(source, segment.base_offset, segment.end_offset)];
+    create_sealed_copy_from_pieces(shared, partition, segment, &whole, target).await
+}
+
+/// Creates an empty copy on `target`, fills it piece by piece (`source`,
+/// `[start, end)`, in offset order, covering the segment), and seals it.
+async fn create_sealed_copy_from_pieces(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    pieces: &[(&SegmentReplica, u64, u64)],
     target: &SegmentReplica,
 ) -> Result<(), crate::error::BrokerError> {
     let mut store = shared.clients.store(&target.address)?;
@@ -508,14 +584,16 @@ async fn create_sealed_copy(
         .map_err(|status| {
             crate::error::BrokerError::remote("store CreateSegment (repair)", &status)
         })?;
-    copy(
-        shared,
-        partition,
-        segment.segment_id,
-        (source, target),
-        (segment.base_offset, segment.end_offset),
-    )
-    .await?;
+    for (source, start, end) in pieces {
+        copy(
+            shared,
+            partition,
+            segment.segment_id,
+            (source, target),
+            (*start, *end),
+        )
+        .await?;
+    }
     seal_copy(shared, partition, segment, target).await
 }
 

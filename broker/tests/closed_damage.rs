@@ -340,9 +340,25 @@ async fn a_closed_segment_damaged_on_every_copy_is_reported_and_its_loss_can_be_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disjoint_damage_on_two_of_three_closed_copies_loses_nothing_and_is_repaired() {
+    // Repair recopies both whole from the intact third copy.
+    disjoint_damage_loses_nothing_and_is_repaired(&[(0, 25), (1, 75)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disjoint_damage_on_all_three_closed_copies_loses_nothing_and_is_repaired() {
+    // No copy is whole: repair rebuilds one from pieces of the other two,
+    // then recopies the others from it.
+    disjoint_damage_loses_nothing_and_is_repaired(&[(0, 20), (1, 50), (2, 80)]).await;
+}
+
+/// The first segment damaged at a different point on each store of
+/// `targets` (store, percent of its data): every record is still served,
+/// nothing is reported damaged or recorded lost, and repair ends with
+/// every copy whole.
+async fn disjoint_damage_loses_nothing_and_is_repaired(targets: &[(usize, usize)]) {
     let directory = tempfile::tempdir().expect("temp dir");
     let (mut cluster, first) = cluster_with_a_closed_segment(directory.path()).await;
-    damage(&mut cluster, first.segment_id, &[(0, 25), (1, 75)]).await;
+    damage(&mut cluster, first.segment_id, targets).await;
     let broker = start_broker_configured(&cluster.nameserver_url, fast_repair).await;
     let mut client = broker_client(&broker.address).await;
     wait_until_serving(&client).await;
@@ -350,15 +366,19 @@ async fn disjoint_damage_on_two_of_three_closed_copies_loses_nothing_and_is_repa
     assert_eq!(error, None, "every record is served from some copy");
     assert_eq!(read, expected_at(0..RECORDS as u64 + 1));
 
-    let damaged = [
-        ("test-store".to_string(), cluster.store_address.clone()),
-        (
-            cluster.more_stores[0].node_id.clone(),
-            cluster.more_stores[0].address.clone(),
-        ),
-    ];
+    let damaged: Vec<(String, String)> = targets
+        .iter()
+        .map(|&(store, _)| {
+            if store == 0 {
+                ("test-store".to_string(), cluster.store_address.clone())
+            } else {
+                let node = &cluster.more_stores[store - 1];
+                (node.node_id.clone(), node.address.clone())
+            }
+        })
+        .collect();
     let cluster_ref = &cluster;
-    eventually("repair to restore both damaged copies", || {
+    eventually("repair to restore every damaged copy", || {
         let damaged = damaged.clone();
         async move {
             // Never reported damaged on every copy meanwhile.
