@@ -351,7 +351,10 @@ mod tests {
         ];
         let (target, pieces) = rebuild_plan(0, 100, &copies).expect("a rebuild");
         assert_eq!(target, 0);
-        assert_eq!(pieces, vec![piece(0, 40, 1), piece(40, 50, 2), piece(50, 100, 1)]);
+        assert_eq!(
+            pieces,
+            vec![piece(0, 40, 1), piece(40, 50, 2), piece(50, 100, 1)]
+        );
         // Not when a copy is whole (repair copies it), a copy is
         // unknown, or some offset is on no copy.
         let whole = [copy(100, &[(10, 20)]), copy(100, &[])];
