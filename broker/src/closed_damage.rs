@@ -56,7 +56,7 @@ impl Holding {
 /// Whether every copy answered, so that the unreadable ranges are certain
 /// (not merely unreadable while a store is away).
 pub fn all_known(copies: &[Holding]) -> bool {
-    !copies.iter().any(|copy| *copy == Holding::Unknown)
+    !copies.contains(&Holding::Unknown)
 }
 
 /// The ranges of the closed segment `[base, end)` that no copy holds

@@ -173,7 +173,7 @@ mod tests {
                     topic: topic.into(),
                     partition,
                     segment_id,
-                    reason: String::new(),
+                    ..DamagedPartition::default()
                 }],
                 ..NodeLoad::default()
             }),
