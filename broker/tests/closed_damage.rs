@@ -284,13 +284,16 @@ async fn a_closed_segment_damaged_on_every_copy_is_reported_and_its_loss_can_be_
         "{}",
         broken.partitions[0].error_message
     );
-    assert!(
-        broken.partitions[0]
-            .error_message
-            .contains(&format!("segment {}", first.segment_id)),
-        "{}",
-        broken.partitions[0].error_message
-    );
+    for part in [
+        format!("segment {}", first.segment_id),
+        format!("[{start}, {end})"),
+    ] {
+        assert!(
+            broken.partitions[0].error_message.contains(&part),
+            "{part}: {}",
+            broken.partitions[0].error_message
+        );
+    }
     assert!(first_segment(&cluster).await.lost_ranges.is_empty());
 
     let accepted = nameserver(&cluster)
