@@ -306,9 +306,10 @@ async fn a_closed_segment_damaged_on_every_copy_is_reported_and_its_loss_can_be_
         .await
         .expect("loss accepted")
         .into_inner();
-    assert!(
-        accepted.segment_ids.contains(&first.segment_id),
-        "{accepted:?}"
+    assert_eq!(
+        accepted.segment_ids,
+        vec![first.segment_id],
+        "the damaged closed segment only, not the healthy open one"
     );
     let recorded = eventually("the owner to record the lost range", || {
         let cluster = &cluster;

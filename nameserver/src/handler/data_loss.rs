@@ -38,17 +38,36 @@ fn mark(segment: &mut SegmentInfo, resume_at: u64) {
     segment.accepted_end_offset = segment.accepted_end_offset.max(resume_at);
 }
 
-/// Whether the acceptance marks `segment`: every open one, and the closed
-/// ones a broker reports damaged on every copy (`reported`), unless
-/// marked already. Other closed segments are not: an acceptance is for
-/// the damage known now, not for damage found later.
-fn marks(segment: &SegmentInfo, reported: &HashSet<u64>) -> bool {
+/// What the brokers report about the partition an operator decides on.
+struct Reported {
+    /// Closed segments damaged on every copy.
+    damaged: HashSet<u64>,
+    /// Whether its owner reports it offline.
+    offline: bool,
+}
+
+/// Whether the acceptance marks `segment`: the closed ones a broker
+/// reports damaged on every copy, unless marked already, and the open
+/// ones, except when the only damage reported is in closed segments and
+/// the partition is not offline (accepting that loss does not also accept
+/// whatever a later takeover of the healthy open segment finds). Other
+/// closed segments are not: an acceptance is for the damage known now.
+fn marks(segment: &SegmentInfo, reported: &Reported) -> bool {
     if segment.state == SegmentState::Open as i32 {
-        return true;
+        return reported.offline || reported.damaged.is_empty();
     }
     segment.state == SegmentState::Closed as i32
         && !segment.data_loss_accepted
-        && reported.contains(&segment.segment_id)
+        && reported.damaged.contains(&segment.segment_id)
+}
+
+/// Whether registered brokers report `topic`/`partition` offline.
+fn reported_offline(brokers: &[NodeInfo], topic: &str, partition: u32) -> bool {
+    brokers
+        .iter()
+        .filter_map(|broker| broker.load.as_ref())
+        .flat_map(|load| load.offline_partitions.iter())
+        .any(|offline| offline.topic == topic && offline.partition == partition)
 }
 
 /// The closed segments of `topic`/`partition` that registered brokers
@@ -93,7 +112,10 @@ impl NameServerHandler {
                 Err(error) => tracing::warn!(%error, "skipping undecodable broker"),
             }
         }
-        let reported = reported_damaged(&brokers, &request.topic, request.partition);
+        let reported = Reported {
+            damaged: reported_damaged(&brokers, &request.topic, request.partition),
+            offline: reported_offline(&brokers, &request.topic, request.partition),
+        };
         let prefix = keys::segments_of(&request.topic, request.partition);
         let mut marked = Vec::new();
         for KeyValue {
@@ -184,15 +206,45 @@ mod tests {
             broker("orders", 1, 8),
             broker("other", 0, 9),
         ];
-        let reported = reported_damaged(&brokers, "orders", 0);
-        assert_eq!(reported, HashSet::from([7]));
+        let damaged = reported_damaged(&brokers, "orders", 0);
+        assert_eq!(damaged, HashSet::from([7]));
+        let reported = Reported {
+            damaged,
+            offline: false,
+        };
         let segment = |segment_id, state: SegmentState| SegmentInfo {
             segment_id,
             state: state as i32,
             ..SegmentInfo::default()
         };
-        assert!(marks(&segment(3, SegmentState::Open), &reported));
         assert!(marks(&segment(7, SegmentState::Closed), &reported));
+        // Only closed damage reported, not offline: the open segment is
+        // left alone; offline, or nothing reported, it is marked.
+        assert!(!marks(&segment(3, SegmentState::Open), &reported));
+        let offline = Reported {
+            damaged: HashSet::from([7]),
+            offline: true,
+        };
+        assert!(marks(&segment(3, SegmentState::Open), &offline));
+        let nothing = Reported {
+            damaged: HashSet::new(),
+            offline: false,
+        };
+        assert!(marks(&segment(3, SegmentState::Open), &nothing));
+        assert!(!marks(&segment(7, SegmentState::Closed), &nothing));
+        let offline_broker = NodeInfo {
+            load: Some(NodeLoad {
+                offline_partitions: vec![sluice_proto::v1::OfflinePartition {
+                    topic: "orders".into(),
+                    partition: 1,
+                    reason: String::new(),
+                }],
+                ..NodeLoad::default()
+            }),
+            ..NodeInfo::default()
+        };
+        assert!(reported_offline(&[offline_broker.clone()], "orders", 1));
+        assert!(!reported_offline(&[offline_broker], "orders", 0));
         assert!(!marks(&segment(8, SegmentState::Closed), &reported));
         let mut marked_already = segment(7, SegmentState::Closed);
         marked_already.data_loss_accepted = true;
