@@ -235,7 +235,7 @@ impl DamageReports {
     }
 
     /// Sets (or with `None` clears) a segment's report; answers whether
-    /// it is a new report (not the same as before).
+    /// that changed it (a new or different report, or one cleared).
     pub fn set(
         &self,
         key: &PartitionKey,
@@ -245,10 +245,7 @@ impl DamageReports {
         let mut reports = self.lock();
         let entry = (key.clone(), segment_id);
         match report {
-            None => {
-                reports.remove(&entry);
-                false
-            }
+            None => reports.remove(&entry).is_some(),
             Some(report) => reports.insert(entry, report.clone()).as_ref() != Some(&report),
         }
     }
@@ -414,7 +411,10 @@ mod tests {
         );
         let reports = DamageReports::default();
         assert!(reports.set(&key, 7, Some(report.clone())));
-        assert!(!reports.set(&key, 7, Some(report)), "unchanged");
+        assert!(!reports.set(&key, 7, Some(report.clone())), "unchanged");
+        assert!(reports.set(&key, 7, None), "cleared");
+        assert!(!reports.set(&key, 7, None), "nothing to clear");
+        reports.set(&key, 7, Some(report));
         assert_eq!(reports.of(|_| true).len(), 1);
         assert!(reports.of(|_| false).is_empty());
         reports.retain_segments(&key, &[8]);

@@ -276,9 +276,12 @@ async fn check_closed_damage(
         &closed_damage::lost_of(segment),
     );
     if unreadable.is_empty() {
-        shared
+        let cleared = shared
             .closed_damage
             .set(&partition.key, segment.segment_id, None);
+        if cleared {
+            use_up_acceptance(shared, partition, segment.segment_id, holdings).await;
+        }
         return;
     }
     let report = closed_damage::report(&partition.key, segment, &unreadable);
@@ -307,6 +310,24 @@ async fn check_closed_damage(
         Ok(None) => {}
         Err(error) => {
             tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "recording accepted lost ranges failed; retrying next round")
+        }
+    }
+}
+
+/// The damage of a reported segment went away (a copy came back or was
+/// repaired) before an operator's acceptance was recorded: the acceptance
+/// is used up, recording nothing, so that it does not cover later damage.
+async fn use_up_acceptance(
+    shared: &Shared,
+    partition: &Partition,
+    segment_id: u64,
+    holdings: &[Holding],
+) {
+    match record_accepted_loss(shared, partition, segment_id, holdings).await {
+        Ok(Some(recorded)) => partition.segment_updated(recorded),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment_id, %error, "using up an acceptance of damage that went away failed")
         }
     }
 }

@@ -155,3 +155,22 @@ async fn without_an_acceptance_no_loss_is_recorded_on_a_closed_segment() {
     assert!(matches!(refused, NameServerError::InvalidArgument(_)));
     assert!(stored(&handler).await.lost_ranges.is_empty());
 }
+
+#[tokio::test]
+async fn an_acceptance_whose_damage_went_away_is_used_up_recording_nothing() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (handler, _stop) = handler_with_closed_segment(directory.path(), true).await;
+    let refused = handler
+        .do_close_segment(close_again(OWNER_EPOCH - 1, Vec::new()))
+        .await
+        .expect_err("a stale owner is refused");
+    assert!(matches!(refused, NameServerError::Fenced { .. }));
+    assert!(stored(&handler).await.data_loss_accepted);
+    handler
+        .do_close_segment(close_again(OWNER_EPOCH, Vec::new()))
+        .await
+        .expect("the owner uses it up");
+    let now = stored(&handler).await;
+    assert!(!now.data_loss_accepted);
+    assert!(now.lost_ranges.is_empty());
+}
