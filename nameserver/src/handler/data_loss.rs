@@ -243,7 +243,11 @@ mod tests {
             }),
             ..NodeInfo::default()
         };
-        assert!(reported_offline(&[offline_broker.clone()], "orders", 1));
+        assert!(reported_offline(
+            std::slice::from_ref(&offline_broker),
+            "orders",
+            1
+        ));
         assert!(!reported_offline(&[offline_broker], "orders", 0));
         assert!(!marks(&segment(8, SegmentState::Closed), &reported));
         let mut marked_already = segment(7, SegmentState::Closed);
