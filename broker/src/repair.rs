@@ -13,7 +13,7 @@
 use crate::clients::{nameserver_call, request};
 use crate::closed_damage::{self, Holding};
 use crate::partition::{Partition, Phase};
-use crate::replica_io::{copy_range, holding_of, CopyRange};
+use crate::replica_io::{copy_range, holding_of, holding_on_error, CopyRange};
 use crate::Shared;
 use sluice_proto::v1::{
     CloseSegmentRequest, ClusterStatusRequest, ListSegmentsRequest, NodeInfo, SealSegmentRequest,
@@ -188,25 +188,8 @@ async fn repair_partition(
         if repairs >= MAX_REPAIRS_PER_PARTITION_PER_ROUND {
             break;
         }
-        let mut states = Vec::with_capacity(segment.replicas.len());
-        let mut holdings = Vec::with_capacity(segment.replicas.len());
-        for replica in &segment.replicas {
-            let gone = missing_since
-                .get(&replica.store_id)
-                .is_some_and(|since| since.elapsed() >= grace);
-            let live = live_stores
-                .iter()
-                .any(|store| store.node_id == replica.store_id);
-            let (state, holding) = if gone {
-                (CopyState::Gone, Holding::Unknown)
-            } else if !live {
-                (CopyState::Unreachable, Holding::Unknown)
-            } else {
-                copy_state(shared, &segment, replica).await
-            };
-            states.push(state);
-            holdings.push(holding);
-        }
+        let (states, holdings) =
+            check_copies(shared, &segment, live_stores, missing_since, grace).await;
         check_closed_damage(shared, partition, &segment, &holdings).await;
         let replica_ids: Vec<String> = segment
             .replicas
@@ -251,6 +234,37 @@ async fn repair_partition(
             }
         }
     }
+}
+
+/// Each copy's state for repair and what it holds intact, in replica
+/// order: stores gone for `grace` or not live now are not asked.
+async fn check_copies(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    live_stores: &[NodeInfo],
+    missing_since: &HashMap<String, Instant>,
+    grace: Duration,
+) -> (Vec<CopyState>, Vec<Holding>) {
+    let mut states = Vec::with_capacity(segment.replicas.len());
+    let mut holdings = Vec::with_capacity(segment.replicas.len());
+    for replica in &segment.replicas {
+        let gone = missing_since
+            .get(&replica.store_id)
+            .is_some_and(|since| since.elapsed() >= grace);
+        let live = live_stores
+            .iter()
+            .any(|store| store.node_id == replica.store_id);
+        let (state, holding) = if gone {
+            (CopyState::Gone, Holding::Unknown)
+        } else if !live {
+            (CopyState::Unreachable, Holding::Unknown)
+        } else {
+            copy_state(shared, segment, replica).await
+        };
+        states.push(state);
+        holdings.push(holding);
+    }
+    (states, holdings)
 }
 
 /// Finds the ranges of a closed segment that no copy holds intact (not
@@ -415,15 +429,10 @@ async fn copy_state(
         }
         // A copy the store lost, or holds only as damaged (its metadata
         // unusable): recopied like any other damaged copy.
-        Err(status)
-            if matches!(
-                SluiceError::from_status(&status).code,
-                ErrorCode::UnknownSegment | ErrorCode::StorageCorrupt
-            ) =>
-        {
-            (CopyState::Damaged, Holding::Nothing)
-        }
-        Err(_) => (CopyState::Unreachable, Holding::Unknown),
+        Err(status) => match holding_on_error(&status) {
+            Holding::Nothing => (CopyState::Damaged, Holding::Nothing),
+            _ => (CopyState::Unreachable, Holding::Unknown),
+        },
     }
 }
 
