@@ -13,6 +13,7 @@ mod assignment;
 mod assignment_watch;
 mod backlog;
 mod clients;
+mod closed_damage;
 mod commit_check;
 mod commit_record;
 pub mod config;
@@ -75,6 +76,9 @@ pub(crate) struct Shared {
     pub live_stores: std::sync::atomic::AtomicUsize,
     /// Counters of the segment repair task, reported in heartbeats.
     pub repair: repair::RepairProgress,
+    /// Closed segments of owned partitions damaged on every copy, as
+    /// repair last found them; reported in heartbeats.
+    pub closed_damage: closed_damage::DamageReports,
     /// Subscription dispatchers running here (ADR 0011).
     pub subscriptions: subscription::Registry,
     /// Backlog measurements and pressure per partition (ADR 0012).
@@ -305,6 +309,7 @@ pub async fn run(
         produced_bytes: std::sync::atomic::AtomicU64::new(0),
         live_stores: std::sync::atomic::AtomicUsize::new(0),
         repair: repair::RepairProgress::default(),
+        closed_damage: closed_damage::DamageReports::default(),
         subscriptions: subscription::Registry::default(),
         backlog: backlog::Monitor::default(),
         serving: session_fence::ServingLease::default(),

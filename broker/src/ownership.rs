@@ -80,8 +80,14 @@ fn offline_partitions(shared: &Shared) -> Vec<OfflinePartition> {
 }
 
 fn load(shared: &Shared, meter: &mut RateMeter) -> NodeLoad {
+    let owned: Vec<PartitionKey> = shared
+        .partitions()
+        .iter()
+        .map(|partition| partition.key.clone())
+        .collect();
     NodeLoad {
         offline_partitions: offline_partitions(shared),
+        damaged_partitions: shared.closed_damage.of(|key| owned.contains(key)),
         partitions: u32::try_from(shared.partition_count()).unwrap_or(u32::MAX),
         bytes_in_per_sec: meter.bytes_per_sec(shared),
         healthy: true,

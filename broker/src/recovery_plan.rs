@@ -78,7 +78,7 @@ impl FencedCopy {
 }
 
 impl OffsetRange {
-    fn contains(&self, offset: u64) -> bool {
+    pub(crate) fn contains(&self, offset: u64) -> bool {
         self.start <= offset && offset < self.end
     }
 }

@@ -11,13 +11,14 @@
 //! pure decision (`plan`); this module's loop is the IO around it.
 
 use crate::clients::{nameserver_call, request};
+use crate::closed_damage::{self, Holding};
 use crate::partition::{Partition, Phase};
-use crate::replica_io::{copy_range, CopyRange};
+use crate::replica_io::{copy_range, holding_of, holding_on_error, CopyRange};
 use crate::Shared;
 use sluice_proto::v1::{
-    ClusterStatusRequest, NodeInfo, SealSegmentRequest, SegmentInfo, SegmentReplica, SegmentState,
-    SegmentStatusRequest, StoreCreateSegmentRequest, StoreDeleteSegmentRequest,
-    UpdateSegmentReplicasRequest,
+    CloseSegmentRequest, ClusterStatusRequest, ListSegmentsRequest, NodeInfo, SealSegmentRequest,
+    SegmentInfo, SegmentReplica, SegmentState, SegmentStatusRequest, StoreCreateSegmentRequest,
+    StoreDeleteSegmentRequest, UpdateSegmentReplicasRequest,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::{HashMap, HashSet};
@@ -173,7 +174,12 @@ async fn repair_partition(
     let ensemble_size = (partition.config.ensemble_size as usize).max(1);
     let grace = Duration::from_millis(shared.config.replication.repair_dead_store_grace_ms);
     let mut repairs = 0;
-    for segment in partition.segments() {
+    let segments = partition.segments();
+    let segment_ids: Vec<u64> = segments.iter().map(|segment| segment.segment_id).collect();
+    shared
+        .closed_damage
+        .retain_segments(&partition.key, &segment_ids);
+    for segment in segments {
         // Empty closed segments are repaired too: their replica list is
         // what the cluster status counts, and an empty copy is cheap.
         if segment.state() != SegmentState::Closed {
@@ -182,22 +188,9 @@ async fn repair_partition(
         if repairs >= MAX_REPAIRS_PER_PARTITION_PER_ROUND {
             break;
         }
-        let mut states = Vec::with_capacity(segment.replicas.len());
-        for replica in &segment.replicas {
-            let gone = missing_since
-                .get(&replica.store_id)
-                .is_some_and(|since| since.elapsed() >= grace);
-            let live = live_stores
-                .iter()
-                .any(|store| store.node_id == replica.store_id);
-            states.push(if gone {
-                CopyState::Gone
-            } else if !live {
-                CopyState::Unreachable
-            } else {
-                copy_state(shared, &segment, replica).await
-            });
-        }
+        let (states, holdings) =
+            check_copies(shared, &segment, live_stores, missing_since, grace).await;
+        check_closed_damage(shared, partition, &segment, &holdings).await;
         let replica_ids: Vec<String> = segment
             .replicas
             .iter()
@@ -215,11 +208,13 @@ async fn repair_partition(
         });
         let spare_ids: Vec<String> = spares.iter().map(|store| store.node_id.clone()).collect();
         let repair = plan(&states, &replica_ids, ensemble_size, &spare_ids);
-        if repair.is_empty() {
+        if repair.source.is_none() {
+            // Ranges no copy holds are reported by `check_closed_damage`;
+            // a copy the others cover between them is rebuilt from them.
+            repairs += rebuild_round(shared, partition, &segment, &holdings).await;
             continue;
         }
-        if repair.source.is_none() {
-            tracing::error!(partition = %partition.key, segment = segment.segment_id, ?states, "segment has no complete copy to repair from");
+        if repair.is_empty() {
             continue;
         }
         repairs += 1;
@@ -241,10 +236,176 @@ async fn repair_partition(
     }
 }
 
-/// Asks one store for its copy of a closed segment.
-async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentReplica) -> CopyState {
+/// Each copy's state for repair and what it holds intact, in replica
+/// order: stores gone for `grace` or not live now are not asked.
+async fn check_copies(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    live_stores: &[NodeInfo],
+    missing_since: &HashMap<String, Instant>,
+    grace: Duration,
+) -> (Vec<CopyState>, Vec<Holding>) {
+    let mut states = Vec::with_capacity(segment.replicas.len());
+    let mut holdings = Vec::with_capacity(segment.replicas.len());
+    for replica in &segment.replicas {
+        let gone = missing_since
+            .get(&replica.store_id)
+            .is_some_and(|since| since.elapsed() >= grace);
+        let live = live_stores
+            .iter()
+            .any(|store| store.node_id == replica.store_id);
+        let (state, holding) = if gone {
+            (CopyState::Gone, Holding::Unknown)
+        } else if !live {
+            (CopyState::Unreachable, Holding::Unknown)
+        } else {
+            copy_state(shared, segment, replica).await
+        };
+        states.push(state);
+        holdings.push(holding);
+    }
+    (states, holdings)
+}
+
+/// Finds the ranges of a closed segment that no copy holds intact (not
+/// yet accepted as lost), reports them in the heartbeat's
+/// `damaged_partitions`, and once an operator accepted the loss (the
+/// segment is marked `data_loss_accepted`) records them as lost.
+async fn check_closed_damage(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) {
+    if !closed_damage::all_known(holdings) {
+        // A store that is away may hold what the others lack: its copy is
+        // under-replication (counted in cluster status), not damage. A
+        // report made before stays until every copy answers again.
+        return;
+    }
+    let unreadable = closed_damage::unreadable_ranges(
+        segment.base_offset,
+        segment.end_offset,
+        holdings,
+        &closed_damage::lost_of(segment),
+    );
+    if unreadable.is_empty() {
+        let cleared = shared
+            .closed_damage
+            .set(&partition.key, segment.segment_id, None);
+        if cleared {
+            use_up_acceptance(shared, partition, segment.segment_id, holdings).await;
+        }
+        return;
+    }
+    let report = closed_damage::report(&partition.key, segment, &unreadable);
+    if shared
+        .closed_damage
+        .set(&partition.key, segment.segment_id, Some(report.clone()))
+    {
+        tracing::error!(partition = %partition.key, segment = segment.segment_id, reason = %report.reason, "closed segment damaged on every copy");
+    }
+    match record_accepted_loss(shared, partition, segment.segment_id, holdings).await {
+        Ok(Some(recorded)) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, lost = ?recorded.lost_ranges, "recorded the ranges no copy holds as lost, as an operator accepted");
+            let left = closed_damage::unreadable_ranges(
+                recorded.base_offset,
+                recorded.end_offset,
+                holdings,
+                &closed_damage::lost_of(&recorded),
+            );
+            let report =
+                (!left.is_empty()).then(|| closed_damage::report(&partition.key, &recorded, &left));
+            shared
+                .closed_damage
+                .set(&partition.key, segment.segment_id, report);
+            partition.segment_updated(recorded);
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "recording accepted lost ranges failed; retrying next round")
+        }
+    }
+}
+
+/// The damage of a reported segment went away (a copy came back or was
+/// repaired) before an operator's acceptance was recorded: the acceptance
+/// is used up, recording nothing, so that it does not cover later damage.
+async fn use_up_acceptance(
+    shared: &Shared,
+    partition: &Partition,
+    segment_id: u64,
+    holdings: &[Holding],
+) {
+    match record_accepted_loss(shared, partition, segment_id, holdings).await {
+        Ok(Some(recorded)) => partition.segment_updated(recorded),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment_id, %error, "using up an acceptance of damage that went away failed")
+        }
+    }
+}
+
+/// If an operator accepted the loss of the closed segment (the metadata,
+/// read now, marks it), records the ranges no copy holds intact as lost:
+/// CloseSegment again at its end with them, fenced by this owner's epoch.
+/// Answers the segment as recorded, or None when nothing was accepted.
+async fn record_accepted_loss(
+    shared: &Shared,
+    partition: &Partition,
+    segment_id: u64,
+    holdings: &[Holding],
+) -> Result<Option<SegmentInfo>, crate::error::BrokerError> {
+    let listed = nameserver_call!(
+        &shared.clients,
+        list_segments,
+        ListSegmentsRequest {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+        }
+    )?;
+    let Some(current) = listed
+        .segments
+        .into_iter()
+        .find(|segment| segment.segment_id == segment_id)
+    else {
+        return Ok(None);
+    };
+    if !current.data_loss_accepted || current.state() != SegmentState::Closed {
+        return Ok(None);
+    }
+    let lost = closed_damage::unreadable_ranges(
+        current.base_offset,
+        current.end_offset,
+        holdings,
+        &closed_damage::lost_of(&current),
+    );
+    let recorded = nameserver_call!(
+        &shared.clients,
+        close_segment,
+        CloseSegmentRequest {
+            topic: partition.key.topic.clone(),
+            partition: partition.key.partition,
+            epoch: partition.epoch,
+            segment_id,
+            end_offset: current.end_offset,
+            size_bytes: current.size_bytes,
+            max_timestamp_ms: current.max_timestamp_ms,
+            lost_ranges: closed_damage::as_lost_ranges(&lost),
+        }
+    )?;
+    Ok(Some(recorded))
+}
+
+/// Asks one store for its copy of a closed segment: its state for repair
+/// and what it holds intact.
+async fn copy_state(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    replica: &SegmentReplica,
+) -> (CopyState, Holding) {
     let Ok(mut store) = shared.clients.store(&replica.address) else {
-        return CopyState::Unreachable;
+        return (CopyState::Unreachable, Holding::Unknown);
     };
     let asked = SegmentStatusRequest {
         segment_id: segment.segment_id,
@@ -255,26 +416,23 @@ async fn copy_state(shared: &Shared, segment: &SegmentInfo, replica: &SegmentRep
     {
         Ok(response) => {
             let status = response.into_inner();
-            match status.corrupt_from_offset {
+            let holding = holding_of(&status);
+            let state = match status.corrupt_from_offset {
                 Some(corrupt) if corrupt < segment.end_offset => CopyState::Damaged,
                 _ if status.end_offset >= segment.end_offset => CopyState::Complete,
                 _ if status.end_offset < segment.base_offset => CopyState::Damaged,
                 _ => CopyState::Incomplete {
                     end_offset: status.end_offset,
                 },
-            }
+            };
+            (state, holding)
         }
         // A copy the store lost, or holds only as damaged (its metadata
         // unusable): recopied like any other damaged copy.
-        Err(status)
-            if matches!(
-                SluiceError::from_status(&status).code,
-                ErrorCode::UnknownSegment | ErrorCode::StorageCorrupt
-            ) =>
-        {
-            CopyState::Damaged
-        }
-        Err(_) => CopyState::Unreachable,
+        Err(status) => match holding_on_error(&status) {
+            Holding::Nothing => (CopyState::Damaged, Holding::Nothing),
+            _ => (CopyState::Unreachable, Holding::Unknown),
+        },
     }
 }
 
@@ -304,23 +462,7 @@ async fn apply(
     }
     for index in &repair.recopy {
         let target = &segment.replicas[*index];
-        let mut store = shared.clients.store(&target.address)?;
-        let delete = StoreDeleteSegmentRequest {
-            segment_id: segment.segment_id,
-        };
-        match store
-            .delete_segment(request(delete, shared.clients.store_timeout))
-            .await
-        {
-            Ok(_) => {}
-            Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {}
-            Err(status) => {
-                return Err(crate::error::BrokerError::remote(
-                    "store DeleteSegment (repair)",
-                    &status,
-                ))
-            }
-        }
+        delete_copy(shared, segment, target).await?;
         create_sealed_copy(shared, partition, segment, source, target).await?;
     }
     let mut replicas: Vec<SegmentReplica> = segment
@@ -358,12 +500,103 @@ async fn apply(
     Ok(())
 }
 
+/// Deletes a copy so that it can be created again (a copy already gone
+/// is fine).
+async fn delete_copy(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let mut store = shared.clients.store(&target.address)?;
+    let delete = StoreDeleteSegmentRequest {
+        segment_id: segment.segment_id,
+    };
+    match store
+        .delete_segment(request(delete, shared.clients.store_timeout))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(status) if SluiceError::from_status(&status).code == ErrorCode::UnknownSegment => {
+            Ok(())
+        }
+        Err(status) => Err(crate::error::BrokerError::remote(
+            "store DeleteSegment (repair)",
+            &status,
+        )),
+    }
+}
+
+/// [`rebuild_from_pieces`] counted in the repair progress; answers the
+/// number of segments repaired (0 or 1).
+async fn rebuild_round(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) -> usize {
+    shared.repair.in_progress.fetch_add(1, Ordering::Relaxed);
+    let outcome = rebuild_from_pieces(shared, partition, segment, holdings).await;
+    shared.repair.in_progress.fetch_sub(1, Ordering::Relaxed);
+    match outcome {
+        Ok(true) => {
+            shared
+                .repair
+                .repaired_segments
+                .fetch_add(1, Ordering::Relaxed);
+            1
+        }
+        Ok(false) => 0,
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, segment = segment.segment_id, %error, "rebuilding a damaged copy from pieces failed; retrying next round");
+            0
+        }
+    }
+}
+
+/// With no whole copy of a closed segment but every offset on some copy:
+/// deletes one copy the others cover between them and rebuilds it from
+/// their pieces (`closed_damage::rebuild_plan`). Answers whether it did.
+async fn rebuild_from_pieces(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    holdings: &[Holding],
+) -> Result<bool, crate::error::BrokerError> {
+    let Some((target, pieces)) =
+        closed_damage::rebuild_plan(segment.base_offset, segment.end_offset, holdings)
+    else {
+        return Ok(false);
+    };
+    let target = &segment.replicas[target];
+    let pieces: Vec<(&SegmentReplica, u64, u64)> = pieces
+        .iter()
+        .map(|piece| (&segment.replicas[piece.source], piece.start, piece.end))
+        .collect();
+    delete_copy(shared, segment, target).await?;
+    create_sealed_copy_from_pieces(shared, partition, segment, &pieces, target).await?;
+    tracing::info!(partition = %partition.key, segment = segment.segment_id, store = %target.store_id, pieces = pieces.len(), "rebuilt a damaged copy from pieces of the other copies");
+    Ok(true)
+}
+
 /// Creates an empty copy on `target`, fills it from `source`, and seals it.
 async fn create_sealed_copy(
     shared: &Shared,
     partition: &Partition,
     segment: &SegmentInfo,
     source: &SegmentReplica,
+    target: &SegmentReplica,
+) -> Result<(), crate::error::BrokerError> {
+    let whole = [(source, segment.base_offset, segment.end_offset)];
+    create_sealed_copy_from_pieces(shared, partition, segment, &whole, target).await
+}
+
+/// Creates an empty copy on `target`, fills it piece by piece (`source`,
+/// `[start, end)`, in offset order, covering the segment), and seals it.
+async fn create_sealed_copy_from_pieces(
+    shared: &Shared,
+    partition: &Partition,
+    segment: &SegmentInfo,
+    pieces: &[(&SegmentReplica, u64, u64)],
     target: &SegmentReplica,
 ) -> Result<(), crate::error::BrokerError> {
     let mut store = shared.clients.store(&target.address)?;
@@ -381,14 +614,16 @@ async fn create_sealed_copy(
         .map_err(|status| {
             crate::error::BrokerError::remote("store CreateSegment (repair)", &status)
         })?;
-    copy(
-        shared,
-        partition,
-        segment.segment_id,
-        (source, target),
-        (segment.base_offset, segment.end_offset),
-    )
-    .await?;
+    for (source, start, end) in pieces {
+        copy(
+            shared,
+            partition,
+            segment.segment_id,
+            (source, target),
+            (*start, *end),
+        )
+        .await?;
+    }
     seal_copy(shared, partition, segment, target).await
 }
 

@@ -6,13 +6,16 @@
 //! another.
 
 use crate::clients::{request, stream_request, Clients};
+use crate::closed_damage::Holding;
 use crate::error::BrokerError;
+use crate::recovery_plan::damaged_ranges;
 use crate::tail_cache::PartitionKey;
 use bytes::Bytes;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, ReadRequest, RecoveryAppendRequest, SegmentInfo, SegmentReplica,
-    StoreCreateSegmentRequest,
+    SegmentStatus, SegmentStatusRequest, StoreCreateSegmentRequest,
 };
+use sluice_proto::{ErrorCode, SluiceError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,6 +69,48 @@ pub(crate) async fn read_segment(
         }
     }
     Err(last_error)
+}
+
+/// What each replica of a closed segment holds intact, asked now: a
+/// store that lost the segment or holds it unusable holds nothing, one
+/// that does not answer is unknown.
+pub(crate) async fn holdings(clients: &Clients, segment: &SegmentInfo) -> Vec<Holding> {
+    let mut holdings = Vec::with_capacity(segment.replicas.len());
+    for replica in &segment.replicas {
+        let Ok(mut store) = clients.store(&replica.address) else {
+            holdings.push(Holding::Unknown);
+            continue;
+        };
+        let asked = SegmentStatusRequest {
+            segment_id: segment.segment_id,
+        };
+        holdings.push(
+            match store
+                .get_segment_status(request(asked, clients.store_timeout))
+                .await
+            {
+                Ok(status) => holding_of(&status.into_inner()),
+                Err(status) => holding_on_error(&status),
+            },
+        );
+    }
+    holdings
+}
+
+/// What a copy holds by its store's status.
+pub(crate) fn holding_of(status: &SegmentStatus) -> Holding {
+    Holding::Copy {
+        end_offset: status.end_offset,
+        damaged: damaged_ranges(status),
+    }
+}
+
+/// What a copy holds by its store's refusal to tell.
+pub(crate) fn holding_on_error(status: &tonic::Status) -> Holding {
+    match SluiceError::from_status(status).code {
+        ErrorCode::UnknownSegment | ErrorCode::StorageCorrupt => Holding::Nothing,
+        _ => Holding::Unknown,
+    }
 }
 
 /// A range of a segment to copy from one replica to another.

@@ -271,9 +271,22 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             );
             println!("backlog quota: {}", format_backlog_quota(&config));
             println!();
+            // The owners' reports of offline and damaged partitions; the
+            // description is still shown when they cannot be read.
+            let brokers = admin
+                .cluster_status()
+                .await
+                .ok()
+                .map(|status| status.brokers);
             let mut rows = Vec::new();
+            let mut explanations = Vec::new();
             for partition in description.partitions {
+                let health =
+                    crate::partition_state::health(&topic.name, &partition, brokers.as_deref());
                 let route = partition.route.unwrap_or_default();
+                if let Some(explanation) = health.explanation {
+                    explanations.push(format!("  {}: {explanation}", route.partition));
+                }
                 let open = partition
                     .segments
                     .iter()
@@ -307,6 +320,8 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     open.to_string(),
                     start.to_string(),
                     stores.join(","),
+                    health.state,
+                    health.lost,
                 ]);
             }
             print_table(
@@ -318,9 +333,17 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     "OPEN",
                     "LOG-START",
                     "STORES",
+                    "STATE",
+                    "LOST",
                 ],
                 &rows,
             );
+            if !explanations.is_empty() {
+                println!("\nwhy (and what to do):");
+                for explanation in explanations {
+                    println!("{explanation}");
+                }
+            }
         }
         TopicCommand::Delete { name } => {
             admin.delete_topic(&name).await?;
@@ -489,8 +512,11 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
             };
             println!("active nameserver (assigner): {assigner}");
             println!(
-                "topics: {}  partitions: {}  offline partitions: {}",
-                status.topics, status.partitions, status.offline_partitions
+                "topics: {}  partitions: {}  offline partitions: {}  damaged partitions: {}",
+                status.topics,
+                status.partitions,
+                status.offline_partitions,
+                damaged_partition_count(&status.brokers)
             );
             let repairing: u32 = status
                 .brokers
@@ -536,9 +562,45 @@ pub async fn cluster(config: ClientConfig, command: ClusterCommand) -> Result<()
                 print_table(&header, &node_rows(nodes));
             }
             print_offline_partitions(&status.brokers);
+            print_damaged_partitions(&status.brokers);
         }
     }
     Ok(())
+}
+
+/// Distinct partitions live brokers report with closed segments damaged
+/// on every copy.
+fn damaged_partition_count(brokers: &[NodeInfo]) -> usize {
+    let partitions: std::collections::HashSet<(&str, u32)> = brokers
+        .iter()
+        .filter_map(|broker| broker.load.as_ref())
+        .flat_map(|load| load.damaged_partitions.iter())
+        .map(|damaged| (damaged.topic.as_str(), damaged.partition))
+        .collect();
+    partitions.len()
+}
+
+/// The closed segments brokers report damaged on every copy (the
+/// partitions stay online), each with the range and what to do.
+fn print_damaged_partitions(brokers: &[NodeInfo]) {
+    let damaged: Vec<_> = brokers
+        .iter()
+        .filter_map(|broker| broker.load.as_ref())
+        .flat_map(|load| load.damaged_partitions.iter())
+        .collect();
+    if damaged.is_empty() {
+        return;
+    }
+    println!(
+        "\ndamaged partitions ({}; online, a range unreadable)",
+        damaged_partition_count(brokers)
+    );
+    for partition in damaged {
+        println!(
+            "  {}/{}: {}",
+            partition.topic, partition.partition, partition.reason
+        );
+    }
 }
 
 /// The partitions brokers report offline, each with why and what to do.

@@ -23,6 +23,7 @@ mod dev;
 mod health;
 mod message;
 mod partition;
+mod partition_state;
 mod produce;
 mod subscription;
 

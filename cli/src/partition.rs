@@ -10,8 +10,10 @@ pub enum PartitionCommand {
     /// is damaged on every copy (`cluster status` shows it and why). With
     /// --accept-data-loss the log continues after the highest offset any
     /// copy reports, never reusing an offset; the damaged range is lost
-    /// (reads there fail). Without it, nothing changes and the refusal
-    /// explains.
+    /// (reads there fail). Closed segments listed under damaged
+    /// partitions are accepted too: their owner records the range as
+    /// lost and stops reporting it. Without the flag, nothing changes and
+    /// the refusal explains.
     Recover {
         topic: String,
         partition: u32,
@@ -39,10 +41,12 @@ pub async fn run(config: ClientConfig, command: PartitionCommand) -> Result<()> 
                 .accept_data_loss(&topic, partition, accept_data_loss, resume_at_offset)
                 .await?;
             if segments.is_empty() {
-                println!("{topic}/{partition} has no open segment: nothing to decide");
+                println!(
+                    "{topic}/{partition} has no open segment and no closed one reported damaged on every copy: nothing to decide"
+                );
             } else {
                 println!(
-                    "{topic}/{partition}: data loss accepted for segments {segments:?}; its owner continues after the highest offset any copy reports (see `sluice cluster status`)"
+                    "{topic}/{partition}: data loss accepted for segments {segments:?}; its owner continues after the highest offset any copy reports and records the unreadable ranges as lost (see `sluice cluster status`, `sluice topic describe`)"
                 );
             }
         }

@@ -306,7 +306,9 @@ impl Admin {
     /// after the highest offset any copy reports (or `resume_at_offset`,
     /// 0 for none; needed when every copy lost the segment), the damaged
     /// range is skipped for good and readers get an error there. Without
-    /// it the nameserver refuses and explains. Answers the segments marked.
+    /// it the nameserver refuses and explains. Closed segments the owner
+    /// reports damaged on every copy are marked too (their owner records
+    /// the ranges as lost). Answers the segments marked.
     pub async fn accept_data_loss(
         &self,
         topic: &str,

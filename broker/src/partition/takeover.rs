@@ -6,6 +6,7 @@
 use super::task::Backoff;
 use super::{never, Partition};
 use crate::clients::{nameserver_call, request};
+use crate::closed_damage;
 use crate::decisions::{closing_would_rewind, segment_for_offset};
 use crate::decisions::{effective_ack_quorum, fence_quorum, recover_segment};
 use crate::decisions::{FencedCopy, OffsetRange, SegmentRecovery};
@@ -570,6 +571,35 @@ pub(super) async fn close_rolled_segment(
     tracing::warn!(partition = %key, segment = segment.segment_id, "giving up closing a rolled segment; the next takeover closes it");
 }
 
+/// After a failed read at `offset` of a closed segment: where the range
+/// holding it ends if no copy holds it intact (every copy answered; a
+/// closed segment damaged on every copy, reported by repair), so that the
+/// partition serves without the producer state from that range rather
+/// than not at all. None for any other failure.
+async fn unreadable_on_every_copy(
+    shared: &Shared,
+    segment: &SegmentInfo,
+    offset: u64,
+    error: &BrokerError,
+) -> Option<u64> {
+    if segment.state() != SegmentState::Closed || error.code() != ErrorCode::StorageCorrupt {
+        return None;
+    }
+    let holdings = crate::replica_io::holdings(&shared.clients, segment).await;
+    if !closed_damage::all_known(&holdings) {
+        return None;
+    }
+    closed_damage::unreadable_ranges(
+        segment.base_offset,
+        segment.end_offset,
+        &holdings,
+        &closed_damage::lost_of(segment),
+    )
+    .into_iter()
+    .find(|range| range.contains(offset))
+    .map(|range| range.end)
+}
+
 /// Restores the producer states of a partition whose pipeline just
 /// (re)opened after a takeover or a failure, from the batch headers in the
 /// tail of its log (read from the stores, like a fetch). Does nothing after
@@ -609,7 +639,7 @@ pub(super) async fn rebuild_producer_states(
         };
         // Stop a read before the next lost range.
         let end_offset = read_end_before_lost(&segments, offset, end_offset);
-        let batches = read_segment(
+        let read = read_segment(
             &shared.clients,
             &partition.key,
             segment,
@@ -617,7 +647,18 @@ pub(super) async fn rebuild_producer_states(
             end_offset,
             REBUILD_READ_BYTES as usize,
         )
-        .await?;
+        .await;
+        let batches = match read {
+            Ok(batches) => batches,
+            Err(error) => match unreadable_on_every_copy(shared, segment, offset, &error).await {
+                Some(damage_end) => {
+                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, from_offset = offset, to_offset = damage_end, "producer state not rebuilt from a range of a closed segment damaged on every copy: a producer's retry of a batch there is not recognised as a duplicate");
+                    offset = damage_end;
+                    continue;
+                }
+                None => return Err(error),
+            },
+        };
         let next = partition
             .producer_states(|states| states.apply_log(&batches, offset))
             .map_err(|error| {

@@ -234,17 +234,14 @@ impl NameServerHandler {
                 )));
             }
             if segment.state == SegmentState::Closed as i32 {
-                if segment.end_offset == request.end_offset {
-                    return Ok(false);
-                }
-                return Err(NameServerError::Conflict(format!(
-                    "segment {} is already closed at {}",
-                    request.segment_id, segment.end_offset
-                )));
+                return record_on_closed(segment, &request);
             }
             check_lost_ranges(segment, &request)?;
             segment.state = SegmentState::Closed as i32;
             segment.lost_ranges = request.lost_ranges.clone();
+            // The acceptance was for this close; a closed segment's flag
+            // means an acceptance repair has yet to record.
+            segment.data_loss_accepted = false;
             segment.end_offset = request.end_offset;
             segment.size_bytes = request.size_bytes;
             segment.max_timestamp_ms = request.max_timestamp_ms;
@@ -355,7 +352,34 @@ impl NameServerHandler {
     }
 }
 
-/// A replica list from repair: not empty, valid store ids, none twice.
+/// Closing a closed segment again: at the same end a no-op, unless it
+/// brings lost ranges (repair of a closed segment damaged on every copy,
+/// after an operator accepted): recorded like at the first close, and
+/// the acceptance is used up. At another end a conflict.
+fn record_on_closed(
+    segment: &mut SegmentInfo,
+    request: &CloseSegmentRequest,
+) -> Result<bool, NameServerError> {
+    if segment.end_offset != request.end_offset {
+        return Err(NameServerError::Conflict(format!(
+            "segment {} is already closed at {}",
+            request.segment_id, segment.end_offset
+        )));
+    }
+    if request.lost_ranges.is_empty() && !segment.data_loss_accepted {
+        return Ok(false);
+    }
+    check_lost_ranges(segment, request)?;
+    for range in &request.lost_ranges {
+        if !segment.lost_ranges.contains(range) {
+            segment.lost_ranges.push(range.clone());
+        }
+    }
+    segment.lost_ranges.sort_by_key(|range| range.start_offset);
+    segment.data_loss_accepted = false;
+    Ok(true)
+}
+
 /// Lost ranges may be recorded only on a segment an operator accepted
 /// loss for, and only inside the closed segment.
 fn check_lost_ranges(
@@ -389,6 +413,7 @@ fn check_lost_ranges(
     Ok(())
 }
 
+/// A replica list from repair: not empty, valid store ids, none twice.
 fn validate_replicas(replicas: &[SegmentReplica]) -> Result<(), NameServerError> {
     if replicas.is_empty() {
         return Err(invalid("a segment needs at least one replica".to_string()));
@@ -477,3 +502,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "closed_loss_tests.rs"]
+mod closed_loss_tests;
