@@ -132,6 +132,25 @@ impl Authorizer {
         &self.bindings
     }
 
+    /// Whether some binding allows `request.operation` on some resource
+    /// of `request.resource_type` (its name is ignored): Kafka's rule that
+    /// `Write` on any topic lets a producer be idempotent. A linear scan,
+    /// for rare requests only.
+    pub fn allows_some(&self, request: &Request<'_>) -> bool {
+        if self.super_users.contains(request.principal) {
+            return true;
+        }
+        let wildcard = request.principal.wildcard_of_type();
+        self.bindings.iter().any(|binding| {
+            binding.permission == Permission::Allow
+                && (binding.principal == *request.principal
+                    || binding.principal.as_str() == wildcard)
+                && host_matches(&binding.host, request.host)
+                && binding.pattern.resource_type == request.resource_type
+                && binding.operation.allows(request.operation)
+        })
+    }
+
     pub fn authorize(&self, request: &Request<'_>) -> Decision<'_> {
         if self.super_users.contains(request.principal) {
             return Decision {

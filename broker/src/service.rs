@@ -12,6 +12,7 @@ use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
+use sluice_acl::{Operation, ResourceType};
 use sluice_proto::batch;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
@@ -23,6 +24,7 @@ use sluice_proto::v1::{
     OffsetSpec, ProduceRequest, ProduceResponse,
 };
 use sluice_proto::ErrorCode;
+use sluice_service::RequestAuthorizer;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -282,6 +284,7 @@ async fn produce_loop(
     shared: Arc<Shared>,
     mut inbound: Streaming<ProduceRequest>,
     responses: mpsc::Sender<Result<ProduceResponse, Status>>,
+    authorizer: RequestAuthorizer,
 ) {
     let max_in_flight_bytes = shared
         .config
@@ -361,6 +364,10 @@ async fn produce_loop(
                 match message {
                     Ok(Some(produce)) => {
                         in_flight_bytes += produce.batch.len() as u64;
+                        if let Err(refused) = authorizer.check(Operation::Write, ResourceType::Topic, &produce.topic) {
+                            refuse_held(&mut pending, &mut streams, produce, &BrokerError::Relayed(refused));
+                            continue;
+                        }
                         shared
                             .produced_bytes
                             .fetch_add(produce.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -551,6 +558,17 @@ fn loaded_status(partition: &Partition) -> Result<PartitionStatus, BrokerError> 
     Ok(status)
 }
 
+/// [`RequestAuthorizer::checked`] with the broker's error.
+fn checked<T>(
+    request: Request<T>,
+    operation: Operation,
+    resource_type: ResourceType,
+    names: impl FnOnce(&T) -> Vec<String>,
+) -> Result<T, BrokerError> {
+    RequestAuthorizer::checked(request, operation, resource_type, names)
+        .map_err(BrokerError::Relayed)
+}
+
 #[tonic::async_trait]
 impl Broker for BrokerService {
     type ProduceStream = ProduceResponseStream;
@@ -559,9 +577,15 @@ impl Broker for BrokerService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStream>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel(PRODUCE_RESPONSE_QUEUE);
-        tokio::spawn(produce_loop(self.shared.clone(), inbound, sender));
+        tokio::spawn(produce_loop(
+            self.shared.clone(),
+            inbound,
+            sender,
+            authorizer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -569,7 +593,13 @@ impl Broker for BrokerService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let request = request.into_inner();
+        for wanted in &request.partitions {
+            authorizer
+                .check(Operation::Read, ResourceType::Topic, &wanted.topic)
+                .map_err(BrokerError::Relayed)?;
+        }
         if request.partitions.len() > MAX_FETCH_PARTITIONS {
             return Err(BrokerError::InvalidArgument(format!(
                 "a fetch may name at most {MAX_FETCH_PARTITIONS} partitions"
@@ -629,7 +659,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let request = request.into_inner();
+        authorizer
+            .check(Operation::Describe, ResourceType::Topic, &request.topic)
+            .map_err(BrokerError::Relayed)?;
         let spec = OffsetSpec::try_from(request.spec)
             .ok()
             .filter(|spec| *spec != OffsetSpec::Unspecified)
@@ -663,11 +697,11 @@ impl Broker for BrokerService {
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let shared = &self.shared;
+        let request = checked(request, Operation::Read, ResourceType::Group, |r| {
+            vec![r.group.clone()]
+        })?;
         Ok(Response::new(
-            shared
-                .coordinator
-                .heartbeat(shared, request.into_inner())
-                .await?,
+            shared.coordinator.heartbeat(shared, request).await?,
         ))
     }
 
@@ -676,11 +710,18 @@ impl Broker for BrokerService {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let shared = &self.shared;
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        authorizer
+            .check(Operation::Read, ResourceType::Group, &request.group)
+            .map_err(BrokerError::Relayed)?;
+        for offset in &request.offsets {
+            authorizer
+                .check(Operation::Read, ResourceType::Topic, &offset.topic)
+                .map_err(BrokerError::Relayed)?;
+        }
         Ok(Response::new(
-            shared
-                .coordinator
-                .commit(shared, request.into_inner())
-                .await?,
+            shared.coordinator.commit(shared, request).await?,
         ))
     }
 
@@ -689,10 +730,11 @@ impl Broker for BrokerService {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let shared = &self.shared;
+        let request = checked(request, Operation::Describe, ResourceType::Group, |r| {
+            vec![r.group.clone()]
+        })?;
         Ok(Response::new(
-            shared
-                .coordinator
-                .fetch_offsets(shared, request.into_inner())?,
+            shared.coordinator.fetch_offsets(shared, request)?,
         ))
     }
 
@@ -701,11 +743,11 @@ impl Broker for BrokerService {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let shared = &self.shared;
+        let request = checked(request, Operation::Describe, ResourceType::Group, |r| {
+            vec![r.group.clone()]
+        })?;
         Ok(Response::new(
-            shared
-                .coordinator
-                .describe(shared, request.into_inner())
-                .await?,
+            shared.coordinator.describe(shared, request).await?,
         ))
     }
 
@@ -714,7 +756,13 @@ impl Broker for BrokerService {
         request: Request<sluice_proto::v1::GetMessageRequest>,
     ) -> Result<Response<sluice_proto::v1::GetMessageResponse>, Status> {
         Ok(Response::new(
-            crate::lookup::get_message(&self.shared, request.into_inner()).await?,
+            crate::lookup::get_message(
+                &self.shared,
+                checked(request, Operation::Read, ResourceType::Topic, |r| {
+                    vec![r.topic.clone()]
+                })?,
+            )
+            .await?,
         ))
     }
 
@@ -723,7 +771,13 @@ impl Broker for BrokerService {
         request: Request<sluice_proto::v1::FindMessagesRequest>,
     ) -> Result<Response<sluice_proto::v1::FindMessagesResponse>, Status> {
         Ok(Response::new(
-            crate::lookup::find_messages(&self.shared, request.into_inner()).await?,
+            crate::lookup::find_messages(
+                &self.shared,
+                checked(request, Operation::Read, ResourceType::Topic, |r| {
+                    vec![r.topic.clone()]
+                })?,
+            )
+            .await?,
         ))
     }
 
@@ -732,7 +786,13 @@ impl Broker for BrokerService {
         request: Request<sluice_proto::v1::ExplainMessageRequest>,
     ) -> Result<Response<sluice_proto::v1::ExplainMessageResponse>, Status> {
         Ok(Response::new(
-            crate::lookup::explain_message(&self.shared, request.into_inner()).await?,
+            crate::lookup::explain_message(
+                &self.shared,
+                checked(request, Operation::Describe, ResourceType::Topic, |r| {
+                    vec![r.topic.clone()]
+                })?,
+            )
+            .await?,
         ))
     }
 
@@ -741,7 +801,16 @@ impl Broker for BrokerService {
         request: Request<DescribeSubscriptionRequest>,
     ) -> Result<Response<DescribeSubscriptionResponse>, Status> {
         Ok(Response::new(
-            backlog::describe(&self.shared, request.into_inner()).await?,
+            backlog::describe(
+                &self.shared,
+                checked(
+                    request,
+                    Operation::Describe,
+                    ResourceType::Subscription,
+                    |r| vec![format!("{}/{}", r.topic, r.name)],
+                )?,
+            )
+            .await?,
         ))
     }
 
@@ -751,9 +820,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<tonic::Streaming<sluice_proto::v1::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         Ok(Response::new(subscription::serve(
             self.shared.clone(),
             request.into_inner(),
+            authorizer,
         )))
     }
 }

@@ -3,6 +3,7 @@
 //! `crate::subscriptions`) and maps its error to a status.
 
 use crate::handler::{AssignmentStream, NameServerHandler, RouteStream};
+use sluice_acl::{Operation, ResourceType};
 use sluice_proto::v1::assignment_watch_server::AssignmentWatch;
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
@@ -20,9 +21,20 @@ use sluice_proto::v1::{
     RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, Subscription, Topic,
     UpdateSegmentReplicasRequest, WatchAssignmentsRequest, WatchRoutesRequest,
 };
+use sluice_service::RequestAuthorizer;
 use tonic::{Request, Response, Status};
 
 type ServiceResult<T> = Result<Response<T>, Status>;
+
+/// [`RequestAuthorizer::checked`] with the refusal as a status.
+fn checked<T>(
+    request: Request<T>,
+    operation: Operation,
+    resource_type: ResourceType,
+    names: impl FnOnce(&T) -> Vec<String>,
+) -> Result<T, Status> {
+    RequestAuthorizer::checked(request, operation, resource_type, names).map_err(Status::from)
+}
 
 #[tonic::async_trait]
 impl NameServer for NameServerHandler {
@@ -51,18 +63,23 @@ impl NameServer for NameServerHandler {
     }
 
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> ServiceResult<Topic> {
-        Ok(Response::new(
-            self.do_create_topic(request.into_inner()).await?,
-        ))
+        let request = checked(request, Operation::Create, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_create_topic(request).await?))
     }
 
     async fn list_topics(
         &self,
         request: Request<ListTopicsRequest>,
     ) -> ServiceResult<ListTopicsResponse> {
-        let topics = self
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let mut topics = self
             .do_list_topics(request.into_inner().include_internal)
             .await?;
+        topics.retain(|topic| {
+            authorizer.allows(Operation::Describe, ResourceType::Topic, &topic.name)
+        });
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
@@ -70,16 +87,20 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> ServiceResult<DescribeTopicResponse> {
-        Ok(Response::new(
-            self.do_describe_topic(&request.into_inner().name).await?,
-        ))
+        let request = checked(request, Operation::Describe, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_describe_topic(&request.name).await?))
     }
 
     async fn delete_topic(
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> ServiceResult<DeleteTopicResponse> {
-        self.do_delete_topic(&request.into_inner().name).await?;
+        let request = checked(request, Operation::Delete, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        self.do_delete_topic(&request.name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
@@ -87,9 +108,10 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<GetRoutesRequest>,
     ) -> ServiceResult<GetRoutesResponse> {
-        Ok(Response::new(
-            self.compute_routes(&request.into_inner().topics).await?,
-        ))
+        let request = checked(request, Operation::Describe, ResourceType::Topic, |r| {
+            r.topics.clone()
+        })?;
+        Ok(Response::new(self.compute_routes(&request.topics).await?))
     }
 
     type WatchRoutesStream = RouteStream;
@@ -98,18 +120,21 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<WatchRoutesRequest>,
     ) -> ServiceResult<Self::WatchRoutesStream> {
-        Ok(Response::new(
-            self.do_watch_routes(request.into_inner().topics).await?,
-        ))
+        let request = checked(request, Operation::Describe, ResourceType::Topic, |r| {
+            r.topics.clone()
+        })?;
+        Ok(Response::new(self.do_watch_routes(request.topics).await?))
     }
 
     async fn find_coordinator(
         &self,
         request: Request<FindCoordinatorRequest>,
     ) -> ServiceResult<FindCoordinatorResponse> {
+        let request = checked(request, Operation::Describe, ResourceType::Group, |r| {
+            vec![r.group.clone()]
+        })?;
         Ok(Response::new(
-            self.do_find_coordinator(&request.into_inner().group)
-                .await?,
+            self.do_find_coordinator(&request.group).await?,
         ))
     }
 
@@ -117,7 +142,9 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<ListSegmentsRequest>,
     ) -> ServiceResult<ListSegmentsResponse> {
-        let request = request.into_inner();
+        let request = checked(request, Operation::Describe, ResourceType::Topic, |r| {
+            vec![r.topic.clone()]
+        })?;
         let segments = self
             .do_list_segments(&request.topic, request.partition)
             .await?;
@@ -164,7 +191,10 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<AcceptDataLossRequest>,
     ) -> ServiceResult<AcceptDataLossResponse> {
-        let segment_ids = self.do_accept_data_loss(request.into_inner()).await?;
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.topic.clone()]
+        })?;
+        let segment_ids = self.do_accept_data_loss(request).await?;
         Ok(Response::new(AcceptDataLossResponse { segment_ids }))
     }
 
@@ -202,9 +232,14 @@ impl NameServer for NameServerHandler {
 
     async fn list_groups(
         &self,
-        _request: Request<ListGroupsRequest>,
+        request: Request<ListGroupsRequest>,
     ) -> ServiceResult<ListGroupsResponse> {
-        Ok(Response::new(self.do_list_groups().await?))
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let mut listing = self.do_list_groups().await?;
+        listing.groups.retain(|group| {
+            authorizer.allows(Operation::Describe, ResourceType::Group, &group.group)
+        });
+        Ok(Response::new(listing))
     }
 
     async fn cluster_status(
@@ -227,9 +262,19 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<CreateSubscriptionRequest>,
     ) -> ServiceResult<Subscription> {
+        let request = checked(
+            request,
+            Operation::Create,
+            ResourceType::Subscription,
+            |r| {
+                r.subscription
+                    .iter()
+                    .map(|s| format!("{}/{}", s.topic, s.name))
+                    .collect()
+            },
+        )?;
         Ok(Response::new(
-            self.do_create_subscription(request.into_inner().subscription)
-                .await?,
+            self.do_create_subscription(request.subscription).await?,
         ))
     }
 
@@ -237,7 +282,12 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<GetSubscriptionRequest>,
     ) -> ServiceResult<Subscription> {
-        let request = request.into_inner();
+        let request = checked(
+            request,
+            Operation::Describe,
+            ResourceType::Subscription,
+            |r| vec![format!("{}/{}", r.topic, r.name)],
+        )?;
         Ok(Response::new(
             self.do_get_subscription(&request.topic, &request.name)
                 .await?,
@@ -248,9 +298,14 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<ListSubscriptionsRequest>,
     ) -> ServiceResult<ListSubscriptionsResponse> {
-        let subscriptions = self
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let mut subscriptions = self
             .do_list_subscriptions(&request.into_inner().topic)
             .await?;
+        subscriptions.retain(|s| {
+            let name = format!("{}/{}", s.topic, s.name);
+            authorizer.allows(Operation::Describe, ResourceType::Subscription, &name)
+        });
         Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
@@ -258,7 +313,12 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<DeleteSubscriptionRequest>,
     ) -> ServiceResult<DeleteSubscriptionResponse> {
-        let request = request.into_inner();
+        let request = checked(
+            request,
+            Operation::Delete,
+            ResourceType::Subscription,
+            |r| vec![format!("{}/{}", r.topic, r.name)],
+        )?;
         self.do_delete_subscription(&request.topic, &request.name)
             .await?;
         Ok(Response::new(DeleteSubscriptionResponse {}))

@@ -21,9 +21,10 @@
 
 use crate::auth_config::AuthConfig;
 use crate::connection::ConnectionInfo;
+use crate::request_authorizer::RequestAuthorizer;
 use sluice_acl::{
-    method_rule, AclBinding, Authorizer, DecisionReason, Principal, Request, ResourceSource,
-    ResourceType, CLUSTER_RESOURCE_NAME,
+    method_rule, AclBinding, Authorizer, DecisionReason, Operation, Principal, Request,
+    ResourceSource, ResourceType, CLUSTER_RESOURCE_NAME,
 };
 use sluice_proto::v1::ErrorCode;
 use sluice_proto::SluiceError;
@@ -139,6 +140,17 @@ fn decide(
     if decision.allowed {
         return Ok(());
     }
+    // Kafka's rule: a principal that may write some topic may be an
+    // idempotent producer.
+    let writes_some_topic = Request {
+        operation: Operation::Write,
+        resource_type: ResourceType::Topic,
+        resource_name: "",
+        ..request
+    };
+    if rule.operation == Operation::IdempotentWrite && authorizer.allows_some(&writes_some_topic) {
+        return Ok(());
+    }
     let why = match decision.reason {
         DecisionReason::DeniedBy(binding) => format!("denied by the ACL '{binding}'"),
         _ => "no ACL allows it".to_string(),
@@ -188,6 +200,12 @@ where
         }
         match decide(&self.layer, &path, &principal, &host) {
             Ok(()) => {
+                let authorizer = self.layer.enabled.then(|| self.layer.current());
+                request.extensions_mut().insert(RequestAuthorizer::new(
+                    principal.clone(),
+                    host,
+                    authorizer,
+                ));
                 request.extensions_mut().insert(principal);
                 futures::future::Either::Left(self.inner.call(request))
             }

@@ -9,13 +9,15 @@
 //! attacks of issue 13: deleting a live segment, registering a fake node)
 //! while the cluster keeps serving. `sluice health` works over TLS.
 
-use sluice_client::{Admin, ClientConfig, ClientTls, Record};
+use sluice_client::{Admin, ClientConfig, ClientTls, Producer, ProducerConfig, Record};
+use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
 use sluice_proto::v1::{
     ClusterStatusRequest, NodeKind, RegisterNodeRequest, SegmentStatusRequest,
     StoreDeleteSegmentRequest,
 };
+use sluice_proto::v1::{FetchPartition, FetchRequest};
 use sluice_tests::cluster::{binary, Cluster, ClusterSpec};
 use sluice_tests::read_back::read_back;
 use tonic::transport::Channel;
@@ -45,6 +47,128 @@ fn sluice_acl(cluster: &Cluster, args: &[&str]) {
         "sluice acl {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A certificate for `name` from the cluster's CA (`sluice certs issue`),
+/// as SDK settings.
+fn issue_client(cluster: &Cluster, name: &str) -> ClientConfig {
+    let dir = cluster.tls_dir();
+    let output = std::process::Command::new(binary("sluice"))
+        .args(["certs", "issue", "--name", name, "--ca-dir"])
+        .arg(&dir)
+        .arg("--out-dir")
+        .arg(&dir)
+        .output()
+        .expect("run sluice certs issue");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tls = ClientTls::from_files(
+        dir.join("ca.pem"),
+        Some((
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        )),
+    )
+    .expect("client certificate");
+    ClientConfig {
+        tls: Some(tls),
+        request_timeout_ms: 3_000,
+        ..cluster.client_config()
+    }
+}
+
+/// `User:alice` may write one topic: she produces to it (as an idempotent
+/// producer: Write on a topic implies it), sees only it in the topic list,
+/// and can neither produce to another topic nor read hers.
+async fn topic_acls_are_enforced(cluster: &Cluster) {
+    cluster.create_topic("other", 1).await;
+    let alice = issue_client(cluster, "alice");
+    sluice_acl(
+        cluster,
+        &[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "Write",
+            "--topic",
+            TOPIC,
+        ],
+    );
+    let send = async |topic: &str| -> Result<(), sluice_client::ClientError> {
+        let producer = Producer::new(ProducerConfig {
+            client: alice.clone(),
+            ..ProducerConfig::default()
+        })
+        .await?;
+        let sent = producer
+            .enqueue(Record::new(topic, "from alice").with_partition(0))
+            .await?
+            .await
+            .map(|_| ());
+        let _ = producer.close().await;
+        sent
+    };
+    let took = until("alice may write her topic", async || {
+        send(TOPIC).await.is_ok()
+    })
+    .await;
+    eprintln!("topic ACL in force after {} ms", took.as_millis());
+    let refused = send("other")
+        .await
+        .expect_err("alice may not write another topic");
+    assert!(
+        refused.to_string().contains("User:alice may not"),
+        "{refused}"
+    );
+
+    let topics = Admin::connect(alice.clone())
+        .await
+        .expect("connect")
+        .list_topics(false)
+        .await
+        .expect("list topics");
+    let names: Vec<&str> = topics.iter().map(|topic| topic.name.as_str()).collect();
+    assert_eq!(names, [TOPIC], "alice sees only what she may describe");
+
+    let route = Admin::connect(alice.clone())
+        .await
+        .expect("connect")
+        .describe_topic(TOPIC)
+        .await
+        .expect("describe");
+    let owner = route.partitions[0]
+        .route
+        .as_ref()
+        .map(|route| route.broker_address.clone())
+        .expect("partition 0 has an owner");
+    let dir = cluster.tls_dir();
+    let tls = ClientTls::from_files(
+        dir.join("ca.pem"),
+        Some((dir.join("alice.pem"), dir.join("alice.key"))),
+    )
+    .expect("alice");
+    let channel = tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&owner, true))
+        .expect("endpoint")
+        .tls_config(tls.tonic_config())
+        .expect("tls")
+        .connect_lazy();
+    let refused = BrokerClient::new(channel)
+        .fetch(FetchRequest {
+            partitions: vec![FetchPartition {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 1024,
+            }],
+            ..FetchRequest::default()
+        })
+        .await
+        .expect_err("alice may not read");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
 
 /// Waits until `check` holds, returning how long it took.
@@ -293,4 +417,7 @@ async fn every_hop_runs_mutual_tls() {
         !health(false).status.success(),
         "plaintext health check refused"
     );
+
+    // Last: alice's record is not a number, as read_back expects.
+    topic_acls_are_enforced(&cluster).await;
 }

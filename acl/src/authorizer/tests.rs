@@ -322,3 +322,23 @@ fn the_index_decides_as_the_rules_say_and_deny_always_wins() {
         }
     }
 }
+
+#[test]
+fn writing_some_topic_is_found_whatever_its_name() {
+    let alice = user("alice");
+    let bob = user("bob");
+    let authorizer = Authorizer::new([allow_topic("User:alice", Operation::Write, "orders")], []);
+    let some_topic = |principal| Request {
+        principal,
+        host: "10.0.0.1",
+        operation: Operation::Write,
+        resource_type: ResourceType::Topic,
+        resource_name: "",
+    };
+    assert!(authorizer.allows_some(&some_topic(&alice)));
+    assert!(!authorizer.allows_some(&some_topic(&bob)));
+    assert!(!authorizer.allows_some(&Request {
+        operation: Operation::Read,
+        ..some_topic(&alice)
+    }));
+}

@@ -261,13 +261,14 @@ enum Command {
 pub fn serve(
     shared: Arc<Shared>,
     requests: Streaming<SubscribeRequest>,
+    authorizer: sluice_service::RequestAuthorizer,
 ) -> SubscribeResponseStream {
     let capacity = usize::try_from(shared.config.subscriptions.max_permits_per_consumer)
         .unwrap_or(usize::MAX)
         .saturating_add(RESPONSE_QUEUE_SLACK);
     let (responses, receiver) = mpsc::channel(capacity);
     tokio::spawn(async move {
-        if let Err(error) = run_consumer(shared, requests, responses.clone()).await {
+        if let Err(error) = run_consumer(shared, requests, responses.clone(), authorizer).await {
             tracing::debug!(%error, "subscribe stream ends with an error");
             let _ = responses.send(Err(error.into())).await;
         }
@@ -279,6 +280,7 @@ async fn run_consumer(
     shared: Arc<Shared>,
     mut requests: Streaming<SubscribeRequest>,
     responses: mpsc::Sender<Result<SubscribeResponse, Status>>,
+    authorizer: sluice_service::RequestAuthorizer,
 ) -> Result<(), BrokerError> {
     let first = tokio::time::timeout(OPEN_TIMEOUT, requests.message())
         .await
@@ -305,6 +307,13 @@ async fn run_consumer(
             sluice_proto::limits::MAX_NAME_BYTES
         )));
     }
+    authorizer
+        .check(
+            sluice_acl::Operation::Read,
+            sluice_acl::ResourceType::Subscription,
+            &format!("{}/{}", open.topic, open.subscription),
+        )
+        .map_err(BrokerError::Relayed)?;
     let key = PartitionKey::new(topic.as_str(), open.partition);
     let Some(partition) = shared.partition(&key) else {
         return Err(shared
