@@ -130,7 +130,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "Sluice dev cluster running (data in {})\n  \
          nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)\n  \
          broker:     http://127.0.0.1:{}\n  \
-         store:      http://127.0.0.1:{}\n\
+         store:      http://127.0.0.1:{}\n  \
+         plaintext on loopback: no TLS, no authorisation (for a secured cluster see `sluice certs`)\n\
          Press ctrl-c to stop.",
         data_dir.display(),
         args.broker_port,
