@@ -715,6 +715,17 @@ impl Broker for BrokerService {
         authorizer
             .check(Operation::Read, ResourceType::Group, &request.group)
             .map_err(BrokerError::Relayed)?;
+        // Internal groups (subscription cursors) are written by the
+        // partitions' owners only: an ACL on every group does not open them.
+        if request.group.starts_with("__") {
+            authorizer
+                .check(
+                    Operation::ClusterAction,
+                    ResourceType::Cluster,
+                    sluice_acl::CLUSTER_RESOURCE_NAME,
+                )
+                .map_err(BrokerError::Relayed)?;
+        }
         for offset in &request.offsets {
             authorizer
                 .check(Operation::Read, ResourceType::Topic, &offset.topic)

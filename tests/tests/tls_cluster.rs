@@ -17,7 +17,7 @@ use sluice_proto::v1::{
     ClusterStatusRequest, NodeKind, RegisterNodeRequest, SegmentStatusRequest,
     StoreDeleteSegmentRequest,
 };
-use sluice_proto::v1::{FetchPartition, FetchRequest};
+use sluice_proto::v1::{CommitOffsetsRequest, FetchPartition, FetchRequest, PartitionOffset};
 use sluice_tests::cluster::{binary, Cluster, ClusterSpec};
 use sluice_tests::read_back::read_back;
 use tonic::transport::Channel;
@@ -156,7 +156,7 @@ async fn topic_acls_are_enforced(cluster: &Cluster) {
         .tls_config(tls.tonic_config())
         .expect("tls")
         .connect_lazy();
-    let refused = BrokerClient::new(channel)
+    let refused = BrokerClient::new(channel.clone())
         .fetch(FetchRequest {
             partitions: vec![FetchPartition {
                 topic: TOPIC.into(),
@@ -169,6 +169,44 @@ async fn topic_acls_are_enforced(cluster: &Cluster) {
         .await
         .expect_err("alice may not read");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Read on every group does not open the internal ones (subscription
+    // cursors): the attack of issue 13 committed one at u64::MAX.
+    sluice_acl(
+        cluster,
+        &[
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "Read",
+            "--group",
+            "*",
+        ],
+    );
+    let coordinator = BrokerClient::new(channel);
+    let commit = |group: &str| {
+        let mut coordinator = coordinator.clone();
+        let request = CommitOffsetsRequest {
+            group: group.into(),
+            member_id: String::new(),
+            member_epoch: -1,
+            offsets: vec![PartitionOffset {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: u64::MAX,
+                ..PartitionOffset::default()
+            }],
+        };
+        async move { coordinator.commit_offsets(request).await }
+    };
+    until("alice's group ACL is in force", async || {
+        !matches!(commit("ordinary").await, Err(status) if status.message().contains("Group"))
+    })
+    .await;
+    let refused = commit("__sub.audit").await.expect_err("internal group");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("ClusterAction"), "{refused:?}");
 }
 
 /// Waits until `check` holds, returning how long it took.
