@@ -558,6 +558,22 @@ fn loaded_status(partition: &Partition) -> Result<PartitionStatus, BrokerError> 
     Ok(status)
 }
 
+/// Internal groups (subscription cursors, `__…`) are joined and written
+/// by the partitions' owners only: an ACL on every group does not open
+/// them.
+fn check_internal_group(authorizer: &RequestAuthorizer, group: &str) -> Result<(), BrokerError> {
+    if !group.starts_with("__") {
+        return Ok(());
+    }
+    authorizer
+        .check(
+            Operation::ClusterAction,
+            ResourceType::Cluster,
+            sluice_acl::CLUSTER_RESOURCE_NAME,
+        )
+        .map_err(BrokerError::Relayed)
+}
+
 /// [`RequestAuthorizer::checked`] with the broker's error.
 fn checked<T>(
     request: Request<T>,
@@ -697,9 +713,11 @@ impl Broker for BrokerService {
         request: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let shared = &self.shared;
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let request = checked(request, Operation::Read, ResourceType::Group, |r| {
             vec![r.group.clone()]
         })?;
+        check_internal_group(&authorizer, &request.group)?;
         Ok(Response::new(
             shared.coordinator.heartbeat(shared, request).await?,
         ))
@@ -715,17 +733,7 @@ impl Broker for BrokerService {
         authorizer
             .check(Operation::Read, ResourceType::Group, &request.group)
             .map_err(BrokerError::Relayed)?;
-        // Internal groups (subscription cursors) are written by the
-        // partitions' owners only: an ACL on every group does not open them.
-        if request.group.starts_with("__") {
-            authorizer
-                .check(
-                    Operation::ClusterAction,
-                    ResourceType::Cluster,
-                    sluice_acl::CLUSTER_RESOURCE_NAME,
-                )
-                .map_err(BrokerError::Relayed)?;
-        }
+        check_internal_group(&authorizer, &request.group)?;
         for offset in &request.offsets {
             authorizer
                 .check(Operation::Read, ResourceType::Topic, &offset.topic)
