@@ -12,7 +12,9 @@
 #
 # Prints, per command, the CPU seconds of the client, the broker and the
 # stores. NO_BUILD=1 skips the build, BIN=<dir> takes the binaries from
-# <dir>, LOGS=<dir> keeps the services' logs.
+# <dir>, LOGS=<dir> keeps the services' logs. TLS=1 runs every hop with
+# mutual TLS (certificates from `sluice certs create`; the CLI and the
+# bench connect with the client certificate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
@@ -31,6 +33,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+tls_section=""
+if [ -n "${TLS:-}" ]; then
+  "$bin/sluice" certs create --out-dir "$work/tls" >/dev/null
+  tls_section="[tls]
+enabled = true
+cert_file = \"$work/tls/node.pem\"
+key_file = \"$work/tls/node.key\"
+ca_file = \"$work/tls/ca.pem\"
+client_ca_file = \"$work/tls/ca.pem\""
+  export SLUICE_TLS_CA="$work/tls/ca.pem" SLUICE_TLS_CERT="$work/tls/client.pem" SLUICE_TLS_KEY="$work/tls/client.key"
+fi
+
 etcd --name bench --data-dir "$work/etcd" --listen-client-urls http://127.0.0.1:23790 \
   --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
   --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster bench=http://127.0.0.1:23800 \
@@ -48,6 +62,7 @@ endpoints = ["http://127.0.0.1:23790"]
 ensemble_size = $ensemble
 write_quorum = $ensemble
 ack_quorum = $ack
+$tls_section
 TOML
 for index in $(seq 1 "$stores"); do
   cat >"$work/store-$index.toml" <<TOML
@@ -55,6 +70,7 @@ node_id = "store-$index"
 listen_address = "127.0.0.1:$(( 27410 + index ))"
 nameservers = ["http://127.0.0.1:27400"]
 data_dir = "$work/store-$index"
+$tls_section
 TOML
 done
 cat >"$work/broker.toml" <<TOML
@@ -62,6 +78,7 @@ cat >"$work/broker.toml" <<TOML
 listen_address = "127.0.0.1:27401"
 [cluster]
 nameservers = ["http://127.0.0.1:27400"]
+$tls_section
 TOML
 sleep 1
 "$bin/sluice-nameserver" --config "$work/nameserver.toml" >"$work/nameserver.log" 2>&1 &
