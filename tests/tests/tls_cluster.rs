@@ -65,6 +65,12 @@ fn issue_client(cluster: &Cluster, name: &str) -> ClientConfig {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    client_of(cluster, name)
+}
+
+/// SDK settings with `name`'s certificate (issued by [`issue_client`]).
+fn client_of(cluster: &Cluster, name: &str) -> ClientConfig {
+    let dir = cluster.tls_dir();
     let tls = ClientTls::from_files(
         dir.join("ca.pem"),
         Some((
@@ -78,6 +84,16 @@ fn issue_client(cluster: &Cluster, name: &str) -> ClientConfig {
         request_timeout_ms: 3_000,
         ..cluster.client_config()
     }
+}
+
+/// A raw gRPC channel to `address` with `config`'s TLS settings.
+fn tls_channel(config: &ClientConfig, address: &str) -> Channel {
+    let tls = config.tls.as_ref().expect("TLS settings");
+    tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(address, true))
+        .expect("endpoint")
+        .tls_config(tls.tonic_config())
+        .expect("tls")
+        .connect_lazy()
 }
 
 /// `User:alice` may write one topic: she produces to it (as an idempotent
@@ -145,17 +161,7 @@ async fn topic_acls_are_enforced(cluster: &Cluster) {
         .as_ref()
         .map(|route| route.broker_address.clone())
         .expect("partition 0 has an owner");
-    let dir = cluster.tls_dir();
-    let tls = ClientTls::from_files(
-        dir.join("ca.pem"),
-        Some((dir.join("alice.pem"), dir.join("alice.key"))),
-    )
-    .expect("alice");
-    let channel = tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&owner, true))
-        .expect("endpoint")
-        .tls_config(tls.tonic_config())
-        .expect("tls")
-        .connect_lazy();
+    let channel = tls_channel(&alice, &owner);
     let refused = BrokerClient::new(channel.clone())
         .fetch(FetchRequest {
             partitions: vec![FetchPartition {
@@ -274,55 +280,21 @@ async fn acls_take_effect_on_every_node(cluster: &Cluster) {
     .await;
 }
 
+/// The intruder's clients of the first nameserver and the first store
+/// (its certificate issued by [`intruder_is_refused`]).
 fn intruder_clients(cluster: &Cluster) -> (NameServerClient<Channel>, StoreClient<Channel>) {
-    let dir = cluster.tls_dir();
-    let tls = ClientTls::from_files(
-        dir.join("ca.pem"),
-        Some((dir.join("intruder.pem"), dir.join("intruder.key"))),
-    )
-    .expect("intruder certificate");
-    let channel = |address: String| {
-        tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&address, true))
-            .expect("endpoint")
-            .tls_config(tls.tonic_config())
-            .expect("tls")
-            .connect_lazy()
-    };
+    let intruder = client_of(cluster, "intruder");
     (
-        NameServerClient::new(channel(cluster.nameservers[0].url())),
-        StoreClient::new(channel(cluster.stores[0].url())),
+        NameServerClient::new(tls_channel(&intruder, &cluster.nameservers[0].url())),
+        StoreClient::new(tls_channel(&intruder, &cluster.stores[0].url())),
     )
 }
 
 /// A certificate from the cluster's CA for `User:intruder` gets TLS, but
 /// neither a store's nor the nameserver's cluster-only RPCs.
 async fn intruder_is_refused(cluster: &Cluster) {
-    let dir = cluster.tls_dir();
-    let output = std::process::Command::new(binary("sluice"))
-        .args(["certs", "issue", "--name", "intruder", "--ca-dir"])
-        .arg(&dir)
-        .arg("--out-dir")
-        .arg(&dir)
-        .output()
-        .expect("run sluice certs issue");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let tls = ClientTls::from_files(
-        dir.join("ca.pem"),
-        Some((dir.join("intruder.pem"), dir.join("intruder.key"))),
-    )
-    .expect("intruder certificate");
-    let channel = |address: String| {
-        tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(&address, true))
-            .expect("endpoint")
-            .tls_config(tls.tonic_config())
-            .expect("tls")
-            .connect_lazy()
-    };
-    let mut store = StoreClient::new(channel(cluster.stores[0].url()));
+    issue_client(cluster, "intruder");
+    let (mut nameserver, mut store) = intruder_clients(cluster);
     for segment_id in 0..4 {
         let refused = store
             .delete_segment(StoreDeleteSegmentRequest { segment_id })
@@ -330,7 +302,6 @@ async fn intruder_is_refused(cluster: &Cluster) {
             .expect_err("an intruder cannot delete a segment");
         assert_refused(&refused);
     }
-    let mut nameserver = NameServerClient::new(channel(cluster.nameservers[0].url()));
     let refused = nameserver
         .register_node(RegisterNodeRequest {
             kind: NodeKind::Broker as i32,
