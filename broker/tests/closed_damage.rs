@@ -109,32 +109,6 @@ fn flip_a_bit(store_directory: &Path, segment_id: u64, percent: usize) {
     std::fs::write(&path, bytes).expect("write segment");
 }
 
-/// Fetches from `offset` until the first error or `end`.
-async fn read_from(
-    client: &mut BrokerClient<Channel>,
-    mut offset: u64,
-    end: u64,
-) -> (Vec<String>, Option<(i32, String)>) {
-    let mut read = Vec::new();
-    while offset < end {
-        let fetched = fetch(client, offset, 0).await;
-        let partition = &fetched.partitions[0];
-        if partition.error != ErrorCode::None as i32 {
-            return (
-                read,
-                Some((partition.error, partition.error_message.clone())),
-            );
-        }
-        let batch_values = values(&partition.batches);
-        if batch_values.is_empty() {
-            return (read, Some((0, "no data".into())));
-        }
-        offset += batch_values.len() as u64;
-        read.extend(batch_values);
-    }
-    (read, None)
-}
-
 /// Three stores; `RECORDS` produced; the first segment closed at
 /// `RECORDS` by a second owner's takeover, which continues at `RECORDS`
 /// with one record. No broker runs on return.

@@ -236,6 +236,33 @@ pub async fn fetch_topic(
         .into_inner()
 }
 
+/// Fetches from `offset` until the first error or the end, returning the
+/// values read and the error (code, message) that stopped it.
+pub async fn read_from(
+    client: &mut BrokerClient<Channel>,
+    mut offset: u64,
+    end: u64,
+) -> (Vec<String>, Option<(i32, String)>) {
+    let mut read = Vec::new();
+    while offset < end {
+        let fetched = fetch(client, offset, 0).await;
+        let partition = &fetched.partitions[0];
+        if partition.error != ErrorCode::None as i32 {
+            return (
+                read,
+                Some((partition.error, partition.error_message.clone())),
+            );
+        }
+        let batch_values = values(&partition.batches);
+        if batch_values.is_empty() {
+            return (read, Some((0, "no data".into())));
+        }
+        offset += batch_values.len() as u64;
+        read.extend(batch_values);
+    }
+    (read, None)
+}
+
 pub fn values(batches: &Bytes) -> Vec<String> {
     let mut output = Vec::new();
     for item in BatchIter::new(batches) {
