@@ -8,3 +8,7 @@ bash scripts/install-deps.sh --with-etcd
 # The cluster tests spawn the service binaries; build them first.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# Part of the process suite once more with mutual TLS and authorisation on
+# every hop (ClusterSpec::tls), so security does not live only in its own
+# tests.
+SLUICE_TEST_TLS=1 cargo test -p sluice-tests --test replication --test failover --test subscriptions

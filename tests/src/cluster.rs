@@ -228,6 +228,11 @@ fn merge_toml(base: &str, extra: &str) -> String {
     toml::to_string(&table).expect("a TOML table serializes")
 }
 
+/// Set (to anything), every cluster runs with [`ClusterSpec::tls`] unless
+/// its test says otherwise: how `scripts/test.sh` runs part of the process
+/// suite a second time with mutual TLS and authorisation on.
+pub const TLS_VARIABLE: &str = "SLUICE_TEST_TLS";
+
 /// Shape of a test cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -274,7 +279,7 @@ pub struct ClusterSpec {
     /// every service gets `[tls]` (client certificates required) and
     /// `[auth]` (the node and client certificates are super users), and
     /// [`Cluster::client_config`] connects with the client certificate.
-    /// Default false.
+    /// Default: whether [`TLS_VARIABLE`] is set.
     pub tls: bool,
 }
 
@@ -307,7 +312,7 @@ impl Default for ClusterSpec {
             store_config: String::new(),
             store_file_limit: None,
             store_filesystem_bytes: None,
-            tls: false,
+            tls: std::env::var_os(TLS_VARIABLE).is_some(),
         }
     }
 }
@@ -533,6 +538,39 @@ impl Cluster {
             tls,
             ..sluice_client::ClientConfig::default()
         }
+    }
+
+    /// The `sluice` CLI with `--bootstrap` set to this cluster and, when
+    /// it runs TLS, the client certificate.
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(binary("sluice"));
+        command.arg("--bootstrap").arg(self.bootstrap().join(","));
+        if self.spec.tls {
+            let dir = self.tls_dir();
+            command
+                .arg("--tls-ca")
+                .arg(dir.join("ca.pem"))
+                .arg("--tls-cert")
+                .arg(dir.join("client.pem"))
+                .arg("--tls-key")
+                .arg(dir.join("client.key"));
+        }
+        command
+    }
+
+    /// A channel to the service at `address` as this cluster's clients
+    /// connect: TLS with the client certificate when the cluster runs
+    /// TLS. Connects at first use.
+    pub fn channel(&self, address: &str) -> tonic::transport::Channel {
+        let config = self.client_config();
+        let url = sluice_client::with_scheme(address, config.tls.is_some());
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url).expect("a service address");
+        if let Some(tls) = &config.tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic_config())
+                .expect("the harness's TLS settings");
+        }
+        endpoint.connect_lazy()
     }
 
     /// Where `sluice certs create` put the cluster's CA and certificates

@@ -61,10 +61,8 @@ async fn owners(admin: &Admin) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn connect(address: &str) -> BrokerClient<Channel> {
-    BrokerClient::connect(address.to_string())
-        .await
-        .expect("connect broker")
+fn connect(cluster: &Cluster, address: &str) -> BrokerClient<Channel> {
+    BrokerClient::new(cluster.channel(address))
 }
 
 /// One produce request on a fresh stream of `client`; the answer's code.
@@ -134,7 +132,7 @@ async fn wait_for_takeover(
             let owner = current.get(partition as usize).cloned().unwrap_or_default();
             let served = !owner.0.is_empty()
                 && owner.0 != old
-                && produce_code(connect(&owner.1).await, partition, "after").await
+                && produce_code(connect(cluster, &owner.1), partition, "after").await
                     == ErrorCode::None;
             if !served {
                 still.push(partition);
@@ -192,7 +190,7 @@ async fn a_frozen_owner_is_replaced_and_refuses_once_resumed() {
         .collect();
     // Connected before the freeze: the requests below wait in the frozen
     // process's socket buffers.
-    let to_victim = connect(&victim_address).await;
+    let to_victim = connect(&cluster, &victim_address);
     assert_eq!(fetch_code(to_victim.clone(), 0).await, ErrorCode::None);
 
     let broker = &cluster.brokers[index_of(&cluster, &victim)];

@@ -293,11 +293,11 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     // (the dead store no longer listed), as each store itself reports,
     // and the cluster status shows nothing under-replicated.
     let dead = victim.clone();
-    wait_until_repaired(&admin, &dead).await;
+    wait_until_repaired(&cluster, &admin, &dead).await;
     // Brokers report repair counts with their load, which the nameserver
     // records at most every `load_update_interval_ms`.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while wait_until_repaired(&admin, &dead).await == 0 {
+    while wait_until_repaired(&cluster, &admin, &dead).await == 0 {
         assert!(
             Instant::now() < deadline,
             "no broker reported a repair, but the failures above needed some"
@@ -317,7 +317,7 @@ async fn replicated_writes_survive_store_and_broker_failures() {
     let corrupted = corrupt_largest_segment(&data_dir);
     eprintln!("flipped a byte in {}", corrupted.display());
     cluster.stores[damaged_index].start();
-    wait_until_repaired(&admin, &dead).await;
+    wait_until_repaired(&cluster, &admin, &dead).await;
     let again = read_back(cluster.client_config(), TOPIC, PARTITIONS)
         .await
         .at;
@@ -330,10 +330,10 @@ async fn replicated_writes_survive_store_and_broker_failures() {
 /// Waits until every segment has 3 complete, undamaged copies on live
 /// stores and the nameserver counts none under-replicated; returns the
 /// segments repaired by the brokers since they started.
-async fn wait_until_repaired(admin: &Admin, dead_store: &str) -> u64 {
+async fn wait_until_repaired(cluster: &Cluster, admin: &Admin, dead_store: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let problems = replication_problems(admin, dead_store).await;
+        let problems = replication_problems(cluster, admin, dead_store).await;
         if !problems.is_empty() {
             eprintln!("waiting for repair: {problems:?}");
         }
@@ -379,7 +379,7 @@ fn corrupt_largest_segment(data_dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Every way the topic's segments fall short of 3 complete copies on live
 /// stores, as the stores report them.
-async fn replication_problems(admin: &Admin, dead_store: &str) -> Vec<String> {
+async fn replication_problems(cluster: &Cluster, admin: &Admin, dead_store: &str) -> Vec<String> {
     let described = admin.describe_topic(TOPIC).await.expect("describe");
     let mut problems = Vec::new();
     for partition in &described.partitions {
@@ -403,23 +403,12 @@ async fn replication_problems(admin: &Admin, dead_store: &str) -> Vec<String> {
                 if segment.state() != SegmentState::Closed {
                     continue;
                 }
-                let url = if replica.address.contains("://") {
-                    replica.address.clone()
-                } else {
-                    format!("http://{}", replica.address)
-                };
-                let answer = match StoreClient::connect(url).await {
-                    Ok(mut store) => store
-                        .get_segment_status(SegmentStatusRequest {
-                            segment_id: segment.segment_id,
-                        })
-                        .await
-                        .map(|response| response.into_inner()),
-                    Err(error) => {
-                        problems.push(format!("cannot reach {}: {error}", replica.store_id));
-                        continue;
-                    }
-                };
+                let answer = StoreClient::new(cluster.channel(&replica.address))
+                    .get_segment_status(SegmentStatusRequest {
+                        segment_id: segment.segment_id,
+                    })
+                    .await
+                    .map(|response| response.into_inner());
                 match answer {
                     Ok(status)
                         if status.end_offset >= segment.end_offset

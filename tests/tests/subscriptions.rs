@@ -433,8 +433,8 @@ async fn nacked_messages_come_back_and_go_to_the_dead_letter_topic_after_max_del
 
     // Replayed from the dead-letter topic, the letters come back to the
     // subscription as new messages, without their dead-letter history.
-    let output = std::process::Command::new(sluice_tests::cluster::binary("sluice"))
-        .args(["--bootstrap", &cluster.bootstrap().join(",")])
+    let output = cluster
+        .cli()
         .args(["subscription", "replay-dead-letters", "payments", "settle"])
         .output()
         .expect("run sluice");
@@ -628,9 +628,7 @@ async fn raw_stream(
         .and_then(|partition| partition.route)
         .map(|route| route.broker_address)
         .unwrap_or_else(|| cluster.brokers[0].url().replace("http://", ""));
-    let mut client = BrokerClient::connect(format!("http://{address}"))
-        .await
-        .expect("connect broker");
+    let mut client = BrokerClient::new(cluster.channel(&address));
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     sender.send(first).await.expect("queue first request");
     let responses = client

@@ -1030,10 +1030,20 @@ async fn write_dead_letter(
         .subscriptions
         .dead_letter_producer
         .get_or_try_init(|| async {
+            // With [tls], as the broker itself connects: its certificate.
+            let tls_config = &shared.config.tls;
+            let tls = if tls_config.enabled {
+                let ca_file = tls_config.ca_file.clone().unwrap_or_default();
+                let identity = Some((&tls_config.cert_file, &tls_config.key_file));
+                Some(sluice_client::ClientTls::from_files(ca_file, identity)?)
+            } else {
+                None
+            };
             let config = sluice_client::ProducerConfig {
                 client: sluice_client::ClientConfig {
                     bootstrap: shared.config.cluster.nameservers.clone(),
                     client_id: format!("{}-dead-letters", shared.config.cluster.node_id),
+                    tls,
                     ..sluice_client::ClientConfig::default()
                 },
                 ..sluice_client::ProducerConfig::default()
