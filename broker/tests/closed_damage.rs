@@ -32,7 +32,7 @@ const RECORDS: usize = 4000;
 const RECORDS_PER_BATCH: usize = 20;
 
 fn value(index: usize) -> String {
-    format!("record-{index:05}")
+    numbered_value(index)
 }
 
 fn fast_repair(config: &mut sluice_broker::BrokerConfig) {
@@ -135,25 +135,7 @@ async fn cluster_with_a_closed_segment(directory: &Path) -> (Cluster, SegmentInf
 /// `RECORDS` more records after the one at offset 0: record `i` (of the
 /// batches) at offset `i + 1`.
 async fn produce_records_after_first(client: &mut BrokerClient<Channel>) {
-    let mut requests = Vec::new();
-    for (batch_index, start) in (0..RECORDS).step_by(RECORDS_PER_BATCH).enumerate() {
-        let values: Vec<String> = (start..start + RECORDS_PER_BATCH).map(value).collect();
-        let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        requests.push(produce_request(
-            batch_index as u64 + 100,
-            TOPIC,
-            batch_at(&values, 1_000),
-        ));
-    }
-    for (index, answer) in produce(client, requests).await.iter().enumerate() {
-        assert_eq!(
-            answer.error,
-            ErrorCode::None as i32,
-            "{}",
-            answer.error_message
-        );
-        assert_eq!(answer.base_offset, (index * RECORDS_PER_BATCH) as u64 + 1);
-    }
+    produce_numbered(client, RECORDS, RECORDS_PER_BATCH, 1).await;
 }
 
 /// Waits until the partition serves, without producing anything.

@@ -39,31 +39,12 @@ const RECORDS: usize = 4000;
 const RECORDS_PER_BATCH: usize = 20;
 
 fn value(index: usize) -> String {
-    format!("record-{index:05}")
+    numbered_value(index)
 }
 
-/// Produces `RECORDS` records in batches of `RECORDS_PER_BATCH`, all
-/// acknowledged at offsets 0..RECORDS.
+/// Produces `RECORDS` records, all acknowledged at offsets 0..RECORDS.
 async fn produce_records(client: &mut BrokerClient<Channel>) {
-    let mut requests = Vec::new();
-    for (batch_index, start) in (0..RECORDS).step_by(RECORDS_PER_BATCH).enumerate() {
-        let values: Vec<String> = (start..start + RECORDS_PER_BATCH).map(value).collect();
-        let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        requests.push(produce_request(
-            batch_index as u64 + 100,
-            TOPIC,
-            batch_at(&values, 1_000),
-        ));
-    }
-    for (index, answer) in produce(client, requests).await.iter().enumerate() {
-        assert_eq!(
-            answer.error,
-            ErrorCode::None as i32,
-            "{}",
-            answer.error_message
-        );
-        assert_eq!(answer.base_offset, (index * RECORDS_PER_BATCH) as u64);
-    }
+    produce_numbered(client, RECORDS, RECORDS_PER_BATCH, 0).await;
 }
 
 fn nameserver(cluster: &Cluster) -> NameServerClient<Channel> {

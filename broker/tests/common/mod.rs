@@ -263,6 +263,44 @@ pub async fn read_from(
     (read, None)
 }
 
+/// The value of numbered record `index` in the damage scenarios.
+pub fn numbered_value(index: usize) -> String {
+    format!("record-{index:05}")
+}
+
+/// Produces `records` numbered records (`numbered_value`) in batches of
+/// `per_batch`, checking each batch is acknowledged where the log was
+/// expected to be: record `i` at `first_offset + i`.
+pub async fn produce_numbered(
+    client: &mut BrokerClient<Channel>,
+    records: usize,
+    per_batch: usize,
+    first_offset: u64,
+) {
+    let mut requests = Vec::new();
+    for (batch_index, start) in (0..records).step_by(per_batch).enumerate() {
+        let values: Vec<String> = (start..start + per_batch).map(numbered_value).collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        requests.push(produce_request(
+            batch_index as u64 + 100,
+            TOPIC,
+            batch_at(&values, 1_000),
+        ));
+    }
+    for (index, answer) in produce(client, requests).await.iter().enumerate() {
+        assert_eq!(
+            answer.error,
+            ErrorCode::None as i32,
+            "{}",
+            answer.error_message
+        );
+        assert_eq!(
+            answer.base_offset,
+            (index * per_batch) as u64 + first_offset
+        );
+    }
+}
+
 pub fn values(batches: &Bytes) -> Vec<String> {
     let mut output = Vec::new();
     for item in BatchIter::new(batches) {
