@@ -10,7 +10,8 @@
 #   benchmarks/run-sluice.sh "cli:topic create big --segment-bytes 1073741824" "produce --topic big"
 #   STORES=3 benchmarks/run-sluice.sh "produce --messages 1000000 --batch 100"
 #
-# Prints, per command, the CPU seconds of the client, the broker and the
+# Prints, per command, the bytes the stores wrote to disk and the CPU
+# seconds of the client, the broker and the
 # stores. NO_BUILD=1 skips the build, BIN=<dir> takes the binaries from
 # <dir>, LOGS=<dir> keeps the services' logs. TLS=1 runs every hop with
 # mutual TLS (certificates from `sluice certs create`; the CLI and the
@@ -101,9 +102,16 @@ cpu_seconds() {
   for pid in "$@"; do cat "/proc/$pid/stat"; done |
     awk -v tick="$(getconf CLK_TCK)" '{total += $14 + $15} END {printf "%.2f", total / tick}'
 }
+# Bytes the processes had written to the device (/proc/PID/io write_bytes),
+# summed: issue 16 tracks disk bytes written per payload byte.
+disk_bytes_written() {
+  local pid
+  for pid in "$@"; do grep '^write_bytes' "/proc/$pid/io"; done | awk '{total += $2} END {printf "%.0f", total}'
+}
 for command in "$@"; do
   broker_cpu_before=$(cpu_seconds "$broker")
   stores_cpu_before=$(cpu_seconds "${store_pids[@]}")
+  stores_written_before=$(disk_bytes_written "${store_pids[@]}")
   case "$command" in
     cli:*)  # a plain CLI command, e.g. "cli:topic create t --partitions 1 --segment-bytes 1073741824"
       echo "== sluice ${command#cli:}"
@@ -119,6 +127,8 @@ for command in "$@"; do
   awk -v broker="$(cpu_seconds "$broker")" -v broker_before="$broker_cpu_before" \
     -v stores="$(cpu_seconds "${store_pids[@]}")" -v stores_before="$stores_cpu_before" \
     'BEGIN {printf "  broker CPU: %.2f s, stores CPU: %.2f s\n", broker - broker_before, stores - stores_before}'
+  awk -v after="$(disk_bytes_written "${store_pids[@]}")" -v before="$stores_written_before" \
+    'BEGIN {printf "  stores wrote to disk: %.1f MB\n", (after - before) / 1e6}'
 done
 store_memory=""
 for pid in "${store_pids[@]}"; do

@@ -11,7 +11,8 @@
 # `ldd` reports for them (and the dynamic loader), a passwd/group entry for
 # the unprivileged user 65532, and nothing else (no shell). Every service
 # image also carries the `sluice` CLI, whose `sluice health` is the compose
-# healthcheck.
+# healthcheck; the CLI image has /etc/sluice/tls owned by that user, where
+# compose's `certs` service writes the cluster's certificates.
 #
 # Run it once, and again after changing the code; it is idempotent (Docker's
 # build cache makes an unchanged image a no-op). Users who can pull from a
@@ -227,7 +228,10 @@ service_image store sluice-store 7402 /var/lib/sluice/store
 
 cli_context=$(new_context sluice)
 copy_with_libraries "$cli_context/rootfs" target/release/sluice /usr/local/bin/sluice
-write_dockerfile "$cli_context" "" "" '["/usr/local/bin/sluice"]' "sluice CLI" "$sluice_revision"
+# /etc/sluice/tls owned by the run user: compose.yaml's one-shot `certs`
+# service writes the cluster's certificates there, into a new named volume,
+# which takes the directory's owner from the image.
+write_dockerfile "$cli_context" /etc/sluice/tls "" '["/usr/local/bin/sluice"]' "sluice CLI" "$sluice_revision"
 build_image "$cli_context" "sluice/sluice:$image_tag"
 
 etcd_context=$(new_context etcd)

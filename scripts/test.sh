@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --with-etcd
 # The cluster tests spawn the service binaries; build them first.
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
+# The whole log is kept so that, on failure, each failed test's panic is
+# repeated at the end (CI shows only the tail of the output).
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! cargo test --workspace --no-fail-fast 2>&1 | tee "$log"; then
+  python3 scripts/failure-summary.py "$log"
+  exit 101
+fi
 # Part of the process suite once more with mutual TLS and authorisation on
 # every hop (ClusterSpec::tls), so security does not live only in its own
 # tests.

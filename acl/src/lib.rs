@@ -22,6 +22,8 @@
 //!   binding that decided it (for the audit log).
 //! - `prefix_trie.rs`: every stored prefix of a name in one walk.
 //! - `wire.rs`: bindings as they travel and are stored.
+//! - `producer_id.rs`: producer ids bound to the principal they were
+//!   issued to (a keyed tag in the id's low bits; ADR 0015).
 //! - `methods.rs`: every gRPC method's operation and resource; a test fails
 //!   when the proto gains a method without an entry.
 //!
@@ -33,6 +35,7 @@ mod authorizer;
 mod methods;
 mod model;
 mod prefix_trie;
+mod producer_id;
 mod wire;
 
 pub use authorizer::{Authorizer, Decision, DecisionReason, Request};
@@ -40,5 +43,9 @@ pub use methods::{method_rule, MethodRule, ResourceSource, METHOD_RULES};
 pub use model::{
     AclBinding, AclError, Host, Operation, PatternType, Permission, Principal, ResourcePattern,
     ResourceType, CLUSTER_RESOURCE_NAME, MAX_NAME_BYTES,
+};
+pub use producer_id::{
+    ProducerIdError, ProducerIdKey, MAX_PRODUCER_ID_COUNTER, PRODUCER_ID_KEY_BYTES,
+    PRODUCER_ID_TAG_BITS,
 };
 pub use wire::{canonical, MAX_BINDINGS, MAX_BINDINGS_PER_REQUEST};

@@ -109,6 +109,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
         Cluster,
     ),
     rule(
+        "/sluice.v1.NameServer/GetProducerIdKey",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
         "/sluice.v1.NameServer/CreateSubscription",
         Create,
         Subscription,
@@ -149,6 +154,8 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/GetMessage", Read, Topic),
     rule("/sluice.v1.Broker/FindMessages", Read, Topic),
     rule("/sluice.v1.Broker/ExplainMessage", Describe, Topic),
+    // Transaction markers: from transaction coordinators (ADR 0016).
+    rule("/sluice.v1.Broker/WriteTxnMarkers", ClusterAction, Cluster),
     // Store: only other services.
     rule("/sluice.v1.Store/CreateSegment", ClusterAction, Cluster),
     rule("/sluice.v1.Store/Append", ClusterAction, Cluster),
@@ -224,6 +231,7 @@ mod tests {
         for rule in METHOD_RULES {
             let internal = rule.path.starts_with("/sluice.v1.Store/")
                 || rule.path.starts_with("/sluice.v1.AssignmentWatch/")
+                || rule.path == "/sluice.v1.Broker/WriteTxnMarkers"
                 || [
                     "RegisterNode",
                     "Heartbeat",
@@ -233,6 +241,7 @@ mod tests {
                     "UpdateSegmentReplicas",
                     "DeleteSegments",
                     "RegisterGroup",
+                    "GetProducerIdKey",
                 ]
                 .iter()
                 .any(|name| rule.path == format!("/sluice.v1.NameServer/{name}"));

@@ -283,6 +283,21 @@ pub struct Measurement {
     pub measured_at_ms: u64,
 }
 
+/// One subscription on one partition, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSample {
+    pub topic: String,
+    pub subscription: String,
+    pub backlog_messages: u64,
+    pub oldest_age_ms: u64,
+    pub in_flight: u64,
+    /// Since this broker's dispatcher for the partition started.
+    pub redelivered: u64,
+    pub dead_lettered: u64,
+    /// `PressureLevel`: 0 OK, 1 WARN, 2 LIMIT.
+    pub level: i32,
+}
+
 #[derive(Default)]
 struct SubscriptionState {
     created_at_ms: u64,
@@ -369,6 +384,37 @@ impl Monitor {
             floor = floor.min(measurement.latest.mark_delete);
         }
         Some(floor)
+    }
+
+    /// Every subscription's latest measurement on every partition
+    /// measured here, for the metrics (read at scrape time).
+    pub fn samples(&self) -> Vec<SubscriptionSample> {
+        let partitions: Vec<(PartitionKey, Arc<PartitionState>)> = self
+            .read()
+            .iter()
+            .map(|(key, state)| (key.clone(), state.clone()))
+            .collect();
+        let mut samples = Vec::new();
+        for (key, state) in partitions {
+            for (name, measured) in state.lock().iter() {
+                let latest = &measured.latest;
+                if latest.measured_at_ms == 0 {
+                    continue;
+                }
+                let counters = latest.stats.as_ref().map(|stats| &stats.counters);
+                samples.push(SubscriptionSample {
+                    topic: key.topic.clone(),
+                    subscription: name.clone(),
+                    backlog_messages: latest.backlog_messages,
+                    oldest_age_ms: latest.oldest_age_ms,
+                    in_flight: latest.stats.as_ref().map_or(0, |stats| stats.in_flight),
+                    redelivered: counters.map_or(0, |counters| counters.redelivered),
+                    dead_lettered: counters.map_or(0, |counters| counters.dead_lettered),
+                    level: latest.level.map_or(0, |(level, _)| level as i32),
+                });
+            }
+        }
+        samples
     }
 
     /// Changes of a partition's pressure, for HOLD.
@@ -813,7 +859,10 @@ fn closed_segments_bytes_per_offset(partition: &Partition) -> Option<f64> {
 /// An offset in a range accepted as lost is read after the range (the
 /// oldest message anyone can still read), stepping over at most
 /// [`MAX_LOST_RANGES_STEPPED`] ranges.
-async fn first_batch_at(partition: &Partition, offset: u64) -> Option<(i64, Option<f64>)> {
+pub(crate) async fn first_batch_at(
+    partition: &Partition,
+    offset: u64,
+) -> Option<(i64, Option<f64>)> {
     let mut offset = offset;
     let mut stepped = 0;
     let bytes = loop {

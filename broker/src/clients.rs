@@ -79,15 +79,19 @@ impl Clients {
         if channels.len() >= MAX_CACHED_CHANNELS {
             channels.clear();
         }
+        let connect_timeout = self.connect_timeout;
         let endpoint = self
             .peer_tls
             .endpoint(address)
             .map_err(BrokerError::InvalidArgument)?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
-            .max_frame_size(limits::HTTP2_MAX_FRAME_BYTES);
+            .configure(|endpoint| {
+                endpoint
+                    .connect_timeout(connect_timeout)
+                    .tcp_nodelay(true)
+                    .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
+                    .max_frame_size(limits::HTTP2_MAX_FRAME_BYTES)
+            });
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

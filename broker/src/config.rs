@@ -11,8 +11,9 @@ use sluice_proto::limits::{
     DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_GRPC_MESSAGE_BYTES, MAX_UNCOMPRESSED_RECORDS_BYTES,
 };
 use sluice_service::{
-    AuthConfig, ConfigError, ConnectionsConfig, MovedKey, ServiceConfig, TlsConfig,
+    AuthConfig, ConfigError, ConnectionsConfig, MovedKey, QuotasConfig, ServiceConfig, TlsConfig,
 };
+use sluice_telemetry::metrics::MetricsConfig;
 use sluice_telemetry::TelemetryConfig;
 use std::path::Path;
 
@@ -31,6 +32,9 @@ pub struct BrokerConfig {
     /// `[auth]`: authorisation of every request (off by default; see
     /// `sluice_service::AuthConfig`).
     pub auth: AuthConfig,
+    /// `[quotas]`: per-principal limits (none by default; see
+    /// `sluice_service::QuotasConfig`).
+    pub quotas: QuotasConfig,
     pub cluster: ClusterConfig,
     pub produce: ProduceConfig,
     pub replication: ReplicationConfig,
@@ -40,6 +44,10 @@ pub struct BrokerConfig {
     pub retention: RetentionConfig,
     pub subscriptions: SubscriptionsConfig,
     pub backlog: BacklogConfig,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen_address`
+    /// is set) and the label cardinality bound.
+    pub metrics: MetricsConfig,
+    pub transactions: TransactionsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -143,6 +151,10 @@ pub struct ProduceConfig {
     /// (client `delivery_timeout_ms`, default 30 s; ADR 0010). Default
     /// 64 MiB.
     pub producer_state_rebuild_bytes: u64,
+    /// Transactions open (or being verified) at once on one partition
+    /// (ADR 0016); a producer's first batch beyond it is refused with
+    /// THROTTLED. Default 1000.
+    pub max_open_transactions_per_partition: usize,
 }
 
 impl Default for ProduceConfig {
@@ -155,6 +167,7 @@ impl Default for ProduceConfig {
             max_decompressed_batch_bytes: MAX_UNCOMPRESSED_RECORDS_BYTES as u64,
             max_producer_states_per_partition: 10_000,
             producer_state_rebuild_bytes: 64 * 1024 * 1024,
+            max_open_transactions_per_partition: 1000,
         }
     }
 }
@@ -184,6 +197,12 @@ pub struct ReplicationConfig {
     pub degraded_ensemble_check_interval_ms: u64,
     /// Cap of the exponential backoff between takeover/recovery attempts. Default 5000.
     pub takeover_backoff_max_ms: u64,
+    /// Most partitions taking over at once (listing, fencing and closing
+    /// segments, opening a new one); the others wait their turn. A broker
+    /// given 1,000 partitions at once otherwise sends the nameserver and
+    /// the stores 1,000 takeovers together, and its own heartbeats time
+    /// out behind them. Default 32.
+    pub max_concurrent_takeovers: u32,
     /// How often the repair task checks the copies of the closed segments
     /// of served partitions and repairs those short of the ensemble size.
     /// Default 30000.
@@ -202,6 +221,7 @@ impl Default for ReplicationConfig {
             fence_grace_ms: 200,
             degraded_ensemble_check_interval_ms: 10_000,
             takeover_backoff_max_ms: 5_000,
+            max_concurrent_takeovers: 32,
             repair_interval_ms: 30_000,
             repair_dead_store_grace_ms: 60_000,
         }
@@ -393,6 +413,31 @@ impl Default for BacklogConfig {
     }
 }
 
+/// `[transactions]`: transactional produce (ADR 0016).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionsConfig {
+    /// Accept transactional batches and transaction markers. Off until the
+    /// transaction coordinator ships (ADR 0016 stage 3): while off, a
+    /// transactional batch is refused with INVALID_ARGUMENT and
+    /// WriteTxnMarkers with INVALID_ARGUMENT; read-committed reads work
+    /// either way (the LSO is then the high watermark). Default false.
+    pub enabled: bool,
+    /// How long a partition waits for the transaction coordinator to
+    /// verify a producer's first batch of a transaction before failing
+    /// its held batches (retriable). Default 5000.
+    pub verification_timeout_ms: u64,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            verification_timeout_ms: 5000,
+        }
+    }
+}
+
 const fn moved(old: &'static str, section: &'static str, key: &'static str) -> MovedKey {
     MovedKey { old, section, key }
 }
@@ -456,6 +501,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "producer_state_rebuild_bytes",
     ),
     moved(
+        "max_open_transactions_per_partition",
+        "produce",
+        "max_open_transactions_per_partition",
+    ),
+    moved(
         "store_request_timeout_ms",
         "replication",
         "store_request_timeout_ms",
@@ -475,6 +525,12 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "takeover_backoff_max_ms",
         "replication",
         "takeover_backoff_max_ms",
+    ),
+    // Never flat; listed so the flat spelling is refused with its section.
+    moved(
+        "max_concurrent_takeovers",
+        "replication",
+        "max_concurrent_takeovers",
     ),
     moved("repair_interval_ms", "replication", "repair_interval_ms"),
     moved(
@@ -631,9 +687,12 @@ mod tests {
                 .trim_start_matches('[')
                 .split_once("] ")
                 .expect("[section] key");
+            // A nested section (`auth.jwt`) is a nested variable.
+            let section = section.replace('.', "__");
             let variable = format!("SLUICE_BROKER_{}__{}", section, key).to_uppercase();
             for value in [0, u64::MAX] {
-                let accepted = value == 0 && range.zero_means.is_some();
+                let accepted = (value == 0 && range.zero_means.is_some())
+                    || (range.min..=range.max).contains(&value);
                 figment::Jail::expect_with(|jail| {
                     jail.set_env(&variable, value);
                     let loaded = BrokerConfig::load(None);
@@ -730,6 +789,9 @@ mod tests {
                 || section == "connections"
                 || section == "tls"
                 || section == "auth"
+                || section == "quotas"
+                || section == "metrics"
+                || section == "transactions"
             {
                 continue;
             }

@@ -24,8 +24,10 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
     let backlog = &config.backlog;
     let largest_batch = u64::from(largest_max_batch_bytes(server.max_grpc_message_bytes));
     let mut ranges = config.connections.ranges();
+    ranges.extend(sluice_service::metrics_ranges(&config.metrics));
     ranges.extend(config.tls.ranges());
     ranges.extend(config.auth.ranges());
+    ranges.extend(config.quotas.ranges(true));
     ranges.extend([
         KeyRange::new(
             "[server] max_grpc_message_bytes",
@@ -78,6 +80,14 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             "[produce] producer_state_rebuild_bytes",
             produce.producer_state_rebuild_bytes,
         ),
+        KeyRange::count(
+            "[produce] max_open_transactions_per_partition",
+            produce.max_open_transactions_per_partition,
+        ),
+        KeyRange::duration_ms(
+            "[transactions] verification_timeout_ms",
+            config.transactions.verification_timeout_ms,
+        ),
         KeyRange::duration_ms(
             "[replication] store_request_timeout_ms",
             replication.store_request_timeout_ms,
@@ -95,6 +105,10 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
         KeyRange::duration_ms(
             "[replication] takeover_backoff_max_ms",
             replication.takeover_backoff_max_ms,
+        ),
+        KeyRange::count(
+            "[replication] max_concurrent_takeovers",
+            replication.max_concurrent_takeovers,
         ),
         KeyRange::duration_ms(
             "[replication] repair_interval_ms",
@@ -190,6 +204,7 @@ pub fn cross_checks(config: &BrokerConfig) -> Vec<String> {
         .cross_checks(config.server.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
     broken.extend(config.auth.cross_checks(&config.tls));
+    broken.extend(config.quotas.cross_checks(true));
     if !(groups.min_session_timeout_ms <= groups.session_timeout_ms
         && groups.session_timeout_ms <= groups.max_session_timeout_ms)
     {

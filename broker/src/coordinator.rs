@@ -8,10 +8,13 @@ use crate::assignment::{balance_backlog, compute_targets, grantable, MemberInput
 use crate::clients::{nameserver_call, request};
 use crate::commit_record::{self, CommittedOffset};
 use crate::error::BrokerError;
+use crate::group_lag_age;
 use crate::lost_ranges::LostRange;
+use crate::member_identity::{check_member_principal, new_member_id};
 use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
+use sluice_acl::Principal;
 use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::partitioning::offsets_partition_for_group;
@@ -44,6 +47,8 @@ struct Member {
     granted: BTreeSet<TopicPartition>,
     last_heartbeat: Instant,
     session_timeout: Duration,
+    /// Who joined: only it may heartbeat, leave or commit as this member.
+    principal: Principal,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +72,20 @@ struct State {
     /// refreshed ([`Coordinator::refresh_backlog`]): weighs assignment
     /// (ADR 0012).
     backlog: HashMap<String, BTreeMap<TopicPartition, u64>>,
+    /// Lag per committed partition of every group, as last refreshed; the
+    /// `group_lag` metrics.
+    lag: HashMap<String, BTreeMap<TopicPartition, u64>>,
+    /// First timestamps at lagging groups' committed offsets, kept until
+    /// they commit past them (`group_lag_age.rs`).
+    lag_timestamps: group_lag_age::Timestamps,
+    /// Lag in seconds per (group, topic), as last refreshed.
+    lag_seconds: BTreeMap<(String, String), f64>,
 }
+
+/// Every group's committed offsets, as (group, [(partition, offset)]).
+type CommittedOffsets = Vec<(String, Vec<(TopicPartition, u64)>)>;
+/// The partitions assigned in each group with several members.
+type AssignedPartitions = HashMap<String, BTreeSet<TopicPartition>>;
 
 /// Most partitions whose lag one backlog refresh looks up (over all groups).
 const MAX_BACKLOG_REFRESH_PARTITIONS: usize = 10_000;
@@ -328,6 +346,7 @@ impl Coordinator {
         &self,
         shared: &Shared,
         request: GroupHeartbeatRequest,
+        principal: &Principal,
     ) -> Result<GroupHeartbeatResponse, BrokerError> {
         GroupName::new(&request.group)
             .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
@@ -351,7 +370,8 @@ impl Coordinator {
         let partition_counts = shared.partition_counts(&topics).await?;
         let (response, register) = {
             let mut state = lock(&self.state);
-            let response = self.apply_heartbeat(&mut state, &request, &partition_counts)?;
+            let response =
+                self.apply_heartbeat(&mut state, &request, &partition_counts, principal)?;
             let register = !state.registered.contains(&request.group);
             (response, register)
         };
@@ -380,10 +400,19 @@ impl Coordinator {
         state: &mut State,
         request: &GroupHeartbeatRequest,
         partition_counts: &BTreeMap<String, u32>,
+        principal: &Principal,
     ) -> Result<GroupHeartbeatResponse, BrokerError> {
         let now = Instant::now();
         let session_timeout = self.session_timeout(request.session_timeout_ms);
         let group = state.groups.entry(request.group.clone()).or_default();
+        if let Some(member) = group.members.get(&request.member_id) {
+            check_member_principal(
+                &request.group,
+                &request.member_id,
+                &member.principal,
+                principal,
+            )?;
+        }
         let owned = flatten(&request.owned);
         if request.member_epoch == -1 {
             if group.members.remove(&request.member_id).is_some() {
@@ -403,13 +432,7 @@ impl Coordinator {
                     "joining needs member epoch 0".into(),
                 ));
             }
-            let prefix = if request.client_id.is_empty() {
-                "member"
-            } else {
-                request.client_id.as_str()
-            };
-            let prefix: String = prefix.chars().take(64).collect();
-            format!("{prefix}-{:016x}", rand::random::<u64>())
+            new_member_id(&request.client_id)
         } else {
             request.member_id.clone()
         };
@@ -438,6 +461,7 @@ impl Coordinator {
                     granted: BTreeSet::new(),
                     last_heartbeat: now,
                     session_timeout,
+                    principal: principal.clone(),
                 },
             );
             group.generation += 1;
@@ -578,6 +602,7 @@ impl Coordinator {
         &self,
         shared: &Shared,
         request: CommitOffsetsRequest,
+        principal: &Principal,
     ) -> Result<CommitOffsetsResponse, BrokerError> {
         GroupName::new(&request.group)
             .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
@@ -618,6 +643,12 @@ impl Coordinator {
                         group: request.group.clone(),
                         member_id: request.member_id.clone(),
                     })?;
+                check_member_principal(
+                    &request.group,
+                    &request.member_id,
+                    &member.principal,
+                    principal,
+                )?;
                 if request.member_epoch != member.epoch
                     && request.member_epoch != member.previous_epoch
                 {
@@ -714,36 +745,44 @@ impl Coordinator {
         Ok(FetchOffsetsResponse { offsets })
     }
 
-    /// Refreshes the lag of the partitions assigned in groups with more
-    /// than one member (committed offset against the high watermark), so
-    /// heartbeats can weigh assignment by backlog (ADR 0012). Partitions
-    /// without a committed offset weigh nothing.
+    /// Refreshes the lag of every group's committed partitions (committed
+    /// offset against the high watermark, at most
+    /// `MAX_BACKLOG_REFRESH_PARTITIONS` partitions): the `group_lag`
+    /// metrics read all of it; heartbeats weigh assignment by the lag of
+    /// the partitions assigned in groups with more than one member
+    /// (ADR 0012). Partitions without a committed offset weigh nothing.
     pub async fn refresh_backlog(&self, shared: &Shared) {
-        let wanted: Vec<(String, BTreeMap<TopicPartition, u64>)> = {
+        let (committed, assigned): (CommittedOffsets, AssignedPartitions) = {
             let state = lock(&self.state);
-            state
+            let committed = state
+                .committed
+                .iter()
+                .map(|(group, offsets)| {
+                    let offsets = offsets
+                        .iter()
+                        .map(|(partition, (offset, _))| (partition.clone(), *offset))
+                        .collect();
+                    (group.clone(), offsets)
+                })
+                .collect();
+            let assigned = state
                 .groups
                 .iter()
                 .filter(|(_, group)| group.members.len() > 1)
                 .map(|(name, group)| {
-                    let committed = state.committed.get(name);
-                    let assigned: BTreeMap<TopicPartition, u64> = group
+                    let partitions = group
                         .members
                         .values()
-                        .flat_map(|member| member.target.iter())
-                        .filter_map(|partition| {
-                            committed
-                                .and_then(|offsets| offsets.get(partition))
-                                .map(|(offset, _)| (partition.clone(), *offset))
-                        })
+                        .flat_map(|member| member.target.iter().cloned())
                         .collect();
-                    (name.clone(), assigned)
+                    (name.clone(), partitions)
                 })
-                .collect()
+                .collect();
+            (committed, assigned)
         };
-        let partitions: BTreeSet<TopicPartition> = wanted
+        let partitions: BTreeSet<TopicPartition> = committed
             .iter()
-            .flat_map(|(_, assigned)| assigned.keys().cloned())
+            .flat_map(|(_, offsets)| offsets.iter().map(|(partition, _)| partition.clone()))
             .take(MAX_BACKLOG_REFRESH_PARTITIONS)
             .collect();
         let high_watermarks = if partitions.is_empty() {
@@ -751,21 +790,74 @@ impl Coordinator {
         } else {
             high_watermarks(shared, &partitions).await
         };
-        let mut state = lock(&self.state);
-        state.backlog = wanted
+        let lagging: group_lag_age::Lagging = committed
             .into_iter()
-            .map(|(group, assigned)| {
-                let lag = assigned
+            .map(|(group, offsets)| {
+                let lag = offsets
                     .into_iter()
                     .filter_map(|(partition, committed)| {
                         high_watermarks
                             .get(&partition)
-                            .map(|end| (partition, end.saturating_sub(committed)))
+                            .map(|end| (partition, committed, end.saturating_sub(committed)))
                     })
                     .collect();
                 (group, lag)
             })
             .collect();
+        let previous = lock(&self.state).lag_timestamps.clone();
+        let timestamps = group_lag_age::timestamps(shared, &lagging, &previous).await;
+        let now_ms = sluice_proto::now_unix_ms();
+        let lag_seconds = group_lag_age::ages(&lagging, &timestamps, now_ms);
+        let lag: HashMap<String, BTreeMap<TopicPartition, u64>> = lagging
+            .into_iter()
+            .map(|(group, partitions)| {
+                let lag = partitions
+                    .into_iter()
+                    .map(|(partition, _, lag)| (partition, lag))
+                    .collect();
+                (group, lag)
+            })
+            .collect();
+        let mut state = lock(&self.state);
+        state.lag_timestamps = timestamps;
+        state.lag_seconds = lag_seconds;
+        state.backlog = lag
+            .iter()
+            .filter_map(|(group, lag)| {
+                let assigned = assigned.get(group)?;
+                let lag = lag
+                    .iter()
+                    .filter(|(partition, _)| assigned.contains(*partition))
+                    .map(|(partition, lag)| (partition.clone(), *lag))
+                    .collect();
+                Some((group.clone(), lag))
+            })
+            .collect();
+        state.lag = lag;
+    }
+
+    /// Lag in seconds per (group, topic) as of the last
+    /// [`Self::refresh_backlog`] (see `group_lag_age.rs`); for metrics.
+    pub fn lag_seconds_by_group_and_topic(&self) -> Vec<((String, String), f64)> {
+        lock(&self.state)
+            .lag_seconds
+            .iter()
+            .map(|(key, age)| (key.clone(), *age))
+            .collect()
+    }
+
+    /// Lag in records per (group, topic), summed over the partitions whose
+    /// end the last [`Self::refresh_backlog`] could read; for metrics.
+    pub fn lag_by_group_and_topic(&self) -> Vec<((String, String), u64)> {
+        let state = lock(&self.state);
+        let mut summed: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (group, partitions) in &state.lag {
+            for ((topic, _), lag) in partitions {
+                let entry = summed.entry((group.clone(), topic.clone())).or_insert(0);
+                *entry = entry.saturating_add(*lag);
+            }
+        }
+        summed.into_iter().collect()
     }
 
     pub async fn describe(
@@ -892,6 +984,7 @@ async fn high_watermarks(
                         partition: partition.1,
                         spec: OffsetSpec::Latest as i32,
                         timestamp_ms: 0,
+                        isolation: sluice_proto::v1::IsolationLevel::ReadUncommitted as i32,
                     },
                     shared.clients.store_timeout,
                 ))
@@ -913,208 +1006,4 @@ async fn high_watermarks(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::GroupsConfig;
-
-    fn coordinator() -> Coordinator {
-        Coordinator::new(&GroupsConfig {
-            min_session_timeout_ms: 1,
-            ..GroupsConfig::default()
-        })
-    }
-
-    fn counts() -> BTreeMap<String, u32> {
-        [("t".to_string(), 4)].into_iter().collect()
-    }
-
-    fn beat(
-        coordinator: &Coordinator,
-        state: &mut State,
-        member_id: &str,
-        member_epoch: i64,
-        owned: &BTreeSet<TopicPartition>,
-    ) -> Result<GroupHeartbeatResponse, BrokerError> {
-        coordinator.apply_heartbeat(
-            state,
-            &GroupHeartbeatRequest {
-                group: "g".into(),
-                member_id: member_id.into(),
-                member_epoch,
-                topics: vec!["t".into()],
-                owned: group_topic_partitions(owned),
-                session_timeout_ms: 0,
-                client_id: "c".into(),
-            },
-            &counts(),
-        )
-    }
-
-    fn assigned(response: &GroupHeartbeatResponse) -> BTreeSet<TopicPartition> {
-        flatten(&response.assignment)
-    }
-
-    #[test]
-    fn partitions_move_only_after_release() {
-        let coordinator = coordinator();
-        let mut state = State::default();
-        let first = beat(&coordinator, &mut state, "", 0, &BTreeSet::new()).expect("join");
-        assert_eq!(first.member_epoch, 1);
-        let a = first.member_id.clone();
-        let a_owned = assigned(&first);
-        assert_eq!(a_owned.len(), 4);
-        let a_again = beat(&coordinator, &mut state, &a, 1, &a_owned).expect("heartbeat");
-        assert_eq!(a_again.member_epoch, 1, "no change, no new epoch");
-
-        let joined = beat(&coordinator, &mut state, "", 0, &BTreeSet::new()).expect("join b");
-        let b = joined.member_id.clone();
-        assert!(assigned(&joined).is_empty(), "a still owns everything");
-
-        // a is told to keep only its half, with a new epoch.
-        let a_revoked = beat(&coordinator, &mut state, &a, 1, &a_owned).expect("a heartbeat");
-        assert_eq!(a_revoked.member_epoch, 2);
-        let a_kept = assigned(&a_revoked);
-        assert_eq!(a_kept.len(), 2);
-        // a has not released yet: b still gets nothing.
-        let b_waiting = beat(
-            &coordinator,
-            &mut state,
-            &b,
-            joined.member_epoch,
-            &BTreeSet::new(),
-        )
-        .expect("b heartbeat");
-        assert!(assigned(&b_waiting).is_empty());
-        // a released; now b gets the other half, disjoint from a's.
-        beat(&coordinator, &mut state, &a, 2, &a_kept).expect("a released");
-        let b_granted = beat(
-            &coordinator,
-            &mut state,
-            &b,
-            b_waiting.member_epoch,
-            &BTreeSet::new(),
-        )
-        .expect("b heartbeat");
-        let b_owned = assigned(&b_granted);
-        assert_eq!(b_owned.len(), 2);
-        assert!(b_owned.is_disjoint(&a_kept));
-        assert!(b_granted.member_epoch > b_waiting.member_epoch);
-
-        // a leaves: b gets everything once it heartbeats.
-        let left = beat(&coordinator, &mut state, &a, -1, &BTreeSet::new()).expect("leave");
-        assert_eq!(left.member_epoch, -1);
-        let b_all = beat(
-            &coordinator,
-            &mut state,
-            &b,
-            b_granted.member_epoch,
-            &b_owned,
-        )
-        .expect("b heartbeat");
-        assert_eq!(assigned(&b_all).len(), 4);
-    }
-
-    #[test]
-    fn stale_and_unknown_members_are_refused() {
-        let coordinator = coordinator();
-        let mut state = State::default();
-        let joined = beat(&coordinator, &mut state, "", 0, &BTreeSet::new()).expect("join");
-        let stale = beat(
-            &coordinator,
-            &mut state,
-            &joined.member_id,
-            5,
-            &BTreeSet::new(),
-        );
-        assert!(matches!(stale, Err(BrokerError::StaleMemberEpoch { .. })));
-        let unknown = beat(&coordinator, &mut state, "ghost", 3, &BTreeSet::new());
-        assert!(matches!(unknown, Err(BrokerError::UnknownMember { .. })));
-        // Rejoining with a known id and epoch 0 is allowed (coordinator moved).
-        let rejoined = beat(&coordinator, &mut state, "returning", 0, &BTreeSet::new())
-            .expect("rejoin with an id");
-        assert_eq!(rejoined.member_id, "returning");
-    }
-
-    #[test]
-    fn expired_members_are_evicted_and_their_partitions_reassigned() {
-        let coordinator = coordinator();
-        let mut state = State::default();
-        let join = |state: &mut State, member_id: &str, epoch: i64, timeout: u32| {
-            coordinator.apply_heartbeat(
-                state,
-                &GroupHeartbeatRequest {
-                    group: "g".into(),
-                    member_id: member_id.into(),
-                    member_epoch: epoch,
-                    topics: vec!["t".into()],
-                    owned: vec![],
-                    session_timeout_ms: timeout,
-                    client_id: String::new(),
-                },
-                &counts(),
-            )
-        };
-        let short = join(&mut state, "", 0, 1).expect("join short-lived");
-        let long = join(&mut state, "", 0, 60_000).expect("join long-lived");
-        assert!(!short.member_id.is_empty() && !long.member_id.is_empty());
-        *lock(&coordinator.state) = state;
-        std::thread::sleep(Duration::from_millis(20));
-        coordinator.evict_expired_members();
-        let mut state = std::mem::take(&mut *lock(&coordinator.state));
-        let members: Vec<String> = state.groups["g"].members.keys().cloned().collect();
-        assert_eq!(members, vec![long.member_id.clone()]);
-        let after = beat(
-            &coordinator,
-            &mut state,
-            &long.member_id,
-            long.member_epoch,
-            &BTreeSet::new(),
-        )
-        .expect("heartbeat");
-        assert_eq!(assigned(&after).len(), 4);
-    }
-
-    #[test]
-    fn a_cursor_from_an_older_owner_epoch_is_refused() {
-        use crate::subscription::{AckedRanges, CursorSnapshot};
-        let cursor = |epoch: u64, mark: u64| {
-            CursorSnapshot {
-                epoch,
-                subscription_created_at_ms: 1,
-                acked: AckedRanges::new(mark),
-                delivery_counts: Default::default(),
-                parked_keys: Default::default(),
-            }
-            .encode()
-        };
-        let offset = |bytes: Vec<u8>| PartitionOffset {
-            topic: "t".into(),
-            partition: 0,
-            cursor: bytes.into(),
-            ..PartitionOffset::default()
-        };
-        let mut state = State::default();
-        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(5, 10))).is_ok());
-        apply_commits(
-            &mut state,
-            "__sub.s",
-            &[CommittedOffset {
-                topic: "t".into(),
-                partition: 0,
-                offset: 10,
-                metadata: String::new(),
-                cursor: encode_base64(&cursor(5, 10)),
-            }],
-        );
-        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(5, 12))).is_ok());
-        assert!(check_cursor_epoch(&state, "__sub.s", &offset(cursor(6, 12))).is_ok());
-        assert!(matches!(
-            check_cursor_epoch(&state, "__sub.s", &offset(cursor(4, 20))),
-            Err(BrokerError::CursorFenced(_))
-        ));
-        assert!(matches!(
-            check_cursor_epoch(&state, "__sub.s", &offset(vec![1, 2, 3])),
-            Err(BrokerError::InvalidArgument(_))
-        ));
-    }
-}
+mod tests;

@@ -88,6 +88,15 @@ pub enum BrokerError {
     /// An error decided elsewhere in this broker, passed on with its code.
     #[error("{}", .0.message)]
     Relayed(SluiceError),
+    /// ADR 0016: the producer's transaction cannot go on here.
+    #[error("transaction abortable: {0}")]
+    TransactionAbortable(String),
+    /// ADR 0016: out of order for the transaction's state.
+    #[error("invalid transaction state: {0}")]
+    InvalidTransactionState(String),
+    /// ADR 0016: a previous transaction or a marker is still completing.
+    #[error("{0}")]
+    ConcurrentTransactions(String),
 }
 
 impl BrokerError {
@@ -142,6 +151,9 @@ impl BrokerError {
             BrokerError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
             BrokerError::DataLost { .. } => ErrorCode::DataLost,
             BrokerError::Relayed(error) => error.code,
+            BrokerError::TransactionAbortable(_) => ErrorCode::TransactionAbortable,
+            BrokerError::InvalidTransactionState(_) => ErrorCode::InvalidTransactionState,
+            BrokerError::ConcurrentTransactions(_) => ErrorCode::ConcurrentTransactions,
         }
     }
 
@@ -149,6 +161,14 @@ impl BrokerError {
     pub fn lost_end_offset(&self) -> Option<u64> {
         match self {
             BrokerError::DataLost { end, .. } => Some(*end),
+            _ => None,
+        }
+    }
+
+    /// How long a throttled client must wait, for a quota's refusal.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            BrokerError::Relayed(error) => error.retry_after_ms,
             _ => None,
         }
     }
@@ -164,7 +184,10 @@ impl BrokerError {
 
 impl From<BrokerError> for SluiceError {
     fn from(error: BrokerError) -> Self {
-        SluiceError::new(error.code(), error.to_string())
+        let retry_after_ms = error.retry_after_ms();
+        let mut converted = SluiceError::new(error.code(), error.to_string());
+        converted.retry_after_ms = retry_after_ms;
+        converted
     }
 }
 

@@ -13,7 +13,7 @@
 use sluice_proto::batch::{BatchError, BatchHeader, BatchIter};
 use sluice_proto::limits::MAX_IN_FLIGHT_BATCHES_PER_IDEMPOTENT_PRODUCER;
 use sluice_proto::v1::{SegmentInfo, SegmentState};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Batches remembered per producer and partition. A producer resends only
 /// batches it had in flight, at most this many (the SDK refuses a larger
@@ -107,6 +107,10 @@ pub struct ProducerStates {
     /// True once rebuilt from the log after a takeover; until then the
     /// state knows nothing of what earlier owners appended.
     loaded: bool,
+    /// Producers with a transaction open on the partition (ADR 0016
+    /// §3.2): never evicted, or a resend mid-transaction would be taken as
+    /// new. At most `[produce] max_open_transactions_per_partition`.
+    protected: HashSet<i64>,
 }
 
 /// The sequence of the last record of a batch, if it fits.
@@ -123,6 +127,23 @@ impl ProducerStates {
             recency: BTreeMap::new(),
             clock: 0,
             loaded: false,
+            protected: HashSet::new(),
+        }
+    }
+
+    /// Sets the producers whose state must not be evicted (those with an
+    /// open transaction).
+    pub fn set_protected(&mut self, producers: impl IntoIterator<Item = i64>) {
+        self.protected = producers.into_iter().collect();
+    }
+
+    /// Protects (`true`) or releases one producer; see
+    /// [`ProducerStates::set_protected`].
+    pub fn protect(&mut self, producer_id: i64, protected: bool) {
+        if protected {
+            self.protected.insert(producer_id);
+        } else {
+            self.protected.remove(&producer_id);
         }
     }
 
@@ -132,15 +153,23 @@ impl ProducerStates {
     }
 
     /// Marks `producer_id` most recently used, creating its state (and
-    /// evicting the least recently used one beyond the bound).
+    /// evicting the least recently used unprotected one beyond the bound;
+    /// with every one protected, the bound gives way to the bound on open
+    /// transactions).
     fn touch(&mut self, producer_id: i64, epoch: i16) -> &mut ProducerState {
         self.clock += 1;
         let tick = self.clock;
         if !self.producers.contains_key(&producer_id) {
             while self.producers.len() >= self.max_producers {
-                let Some((_, evicted)) = self.recency.pop_first() else {
+                let victim = self
+                    .recency
+                    .iter()
+                    .find(|(_, producer)| !self.protected.contains(producer))
+                    .map(|(&tick, &producer)| (tick, producer));
+                let Some((victim_tick, evicted)) = victim else {
                     break;
                 };
+                self.recency.remove(&victim_tick);
                 self.producers.remove(&evicted);
             }
         }
@@ -549,6 +578,30 @@ mod tests {
         assert!(states.remembered(4).is_some());
         // Evicted: the resend is taken as new (the documented cost).
         assert_eq!(states.check(&header(2, 0, 0, 1), 5), Verdict::Accept);
+    }
+
+    #[test]
+    fn producers_with_an_open_transaction_are_not_evicted() {
+        let mut states = ProducerStates::new(2);
+        append(&mut states, &header(1, 0, 0, 1), 1);
+        append(&mut states, &header(2, 0, 0, 1), 2);
+        states.protect(1, true);
+        append(&mut states, &header(3, 0, 0, 1), 3);
+        assert!(states.remembered(1).is_some(), "1 is protected");
+        assert!(states.remembered(2).is_none(), "2 went instead");
+        // Every one protected: the bound gives way rather than forget one.
+        states.set_protected([1, 3]);
+        append(&mut states, &header(4, 0, 0, 1), 4);
+        assert_eq!(states.len(), 3);
+        assert!(matches!(
+            states.check(&header(1, 0, 0, 1), 10),
+            Verdict::Duplicate(_)
+        ));
+        // Released: evictable again.
+        states.protect(1, false);
+        states.set_protected([3, 4]);
+        append(&mut states, &header(5, 0, 0, 1), 5);
+        assert!(states.remembered(1).is_none());
     }
 
     /// A log of concatenated batches as stores hold them (offsets assigned).

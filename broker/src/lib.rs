@@ -21,12 +21,18 @@ mod config_ranges;
 mod coordinator;
 mod decisions;
 pub mod error;
+mod group_lag_age;
 mod idempotence;
 mod lookup;
 mod lost_ranges;
+mod member_identity;
+mod metrics;
 mod ownership;
 mod partition;
+mod producer_ids;
+mod quota_charge;
 mod read_ahead;
+mod read_committed;
 mod recovery_plan;
 mod repair;
 mod replica_io;
@@ -35,6 +41,8 @@ mod service;
 mod session_fence;
 mod subscription;
 mod tail_cache;
+mod txn_markers;
+mod txn_verifier;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;
@@ -67,6 +75,8 @@ pub(crate) struct Shared {
     pub tail_cache: SharedTailCache,
     /// Bytes all partitions' fetch read-aheads may hold (`[fetch] read_ahead_bytes`).
     pub read_ahead_budget: Arc<tokio::sync::Semaphore>,
+    /// Partitions taking over at once (`[replication] max_concurrent_takeovers`).
+    pub takeovers: tokio::sync::Semaphore,
     /// Topic → partition count (None: no such topic), and when learned.
     partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
     /// Produce bytes accepted since start; the heartbeat reports the rate
@@ -86,6 +96,18 @@ pub(crate) struct Shared {
     /// Until when the last successful heartbeat lets this broker serve
     /// (ADR 0014); past it no partition is found for any request.
     pub serving: session_fence::ServingLease,
+    /// Checks that produced batches' producer ids belong to their sender
+    /// (ADR 0015); its key is fetched before the first registration.
+    pub producer_ids: producer_ids::ProducerIdVerifier,
+    /// `[quotas]`: produce and fetch bytes per second per principal are
+    /// charged here (`quota_charge.rs`); requests per second and
+    /// connections by the server's layers.
+    pub quotas: sluice_service::Quotas,
+    /// Prometheus series (`metrics.rs`).
+    pub metrics: metrics::BrokerMetrics,
+    /// Verifies a producer's first transactional batch at a partition with
+    /// its transaction coordinator (ADR 0016 §3.3); stage 1 accepts all.
+    pub txn_verifier: Arc<dyn txn_verifier::TxnVerifier>,
 }
 
 impl Shared {
@@ -255,11 +277,27 @@ impl Shared {
 }
 
 /// Serves the broker on `listener` until `shutdown` completes, then stops
-/// serving partitions and deregisters.
+/// serving partitions and deregisters. Serves its metrics on `[metrics]
+/// listen_address` when set.
 pub async fn run(
     config: BrokerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BrokerError> {
+    let registry = sluice_telemetry::metrics::MetricsRegistry::new();
+    let _endpoint = sluice_service::start_metrics_endpoint(&config.metrics, &registry)
+        .await
+        .map_err(BrokerError::InvalidArgument)?;
+    run_with_metrics(config, listener, shutdown, registry).await
+}
+
+/// [`run`], with the broker's series registered in `registry` (which the
+/// caller serves, e.g. `sluice dev`) and no endpoint of its own.
+pub async fn run_with_metrics(
+    config: BrokerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: sluice_telemetry::metrics::MetricsRegistry,
 ) -> Result<(), BrokerError> {
     let local_address = listener
         .local_addr()
@@ -271,8 +309,10 @@ pub async fn run(
         .unwrap_or_else(|| local_address.to_string());
     let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
         .map_err(BrokerError::InvalidArgument)?;
+    let quotas = sluice_service::Quotas::for_server(&config.quotas, &config.auth);
     let limits = sluice_service::ServerLimits::new(&config.connections)
-        .with_authorization(authorization.clone());
+        .with_authorization(authorization.clone())
+        .with_quotas(quotas.clone());
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
@@ -304,6 +344,11 @@ pub async fn run(
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        takeovers: tokio::sync::Semaphore::new(
+            usize::try_from(config.replication.max_concurrent_takeovers)
+                .unwrap_or(usize::MAX)
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ),
         partitions: RwLock::new(HashMap::new()),
         partition_counts: Mutex::new(HashMap::new()),
         produced_bytes: std::sync::atomic::AtomicU64::new(0),
@@ -313,10 +358,16 @@ pub async fn run(
         subscriptions: subscription::Registry::default(),
         backlog: backlog::Monitor::default(),
         serving: session_fence::ServingLease::default(),
+        producer_ids: producer_ids::ProducerIdVerifier::default(),
+        quotas,
+        metrics: metrics::BrokerMetrics::new(&config.metrics),
+        txn_verifier: Arc::new(txn_verifier::AcceptingVerifier),
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,
     });
+    shared.metrics.register(&registry, &shared);
+    limits.register_metrics(&registry, "sluice_broker");
     tracing::info!(node_id = %shared.config.cluster.node_id, address = %advertised_address, "broker starting");
     // Partitions keep serving until the server drained its requests, so
     // accepted appends still get their answers during shutdown.

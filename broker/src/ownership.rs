@@ -10,8 +10,8 @@ use crate::session_fence::SessionTerms;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_proto::v1::{
-    DeregisterNodeRequest, HeartbeatRequest, NodeKind, NodeLoad, OfflinePartition,
-    PartitionAssignment, RegisterNodeRequest, TopicConfig,
+    DeregisterNodeRequest, GetProducerIdKeyRequest, HeartbeatRequest, NodeKind, NodeLoad,
+    OfflinePartition, PartitionAssignment, RegisterNodeRequest, TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;
@@ -111,17 +111,20 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
     let mut backoff_ms = INITIAL_REGISTER_BACKOFF_MS;
     loop {
         let sent_at = Instant::now();
-        let attempt = nameserver_call!(
-            &shared.clients,
-            register_node,
-            RegisterNodeRequest {
-                kind: NodeKind::Broker as i32,
-                node_id: shared.config.cluster.node_id.clone(),
-                address: shared.advertised_address.clone(),
-                load: Some(load(shared, &mut RateMeter::new(shared))),
-                rack: shared.config.cluster.rack.clone(),
-            }
-        );
+        let attempt = match load_producer_id_key(shared).await {
+            Ok(()) => nameserver_call!(
+                &shared.clients,
+                register_node,
+                RegisterNodeRequest {
+                    kind: NodeKind::Broker as i32,
+                    node_id: shared.config.cluster.node_id.clone(),
+                    address: shared.advertised_address.clone(),
+                    load: Some(load(shared, &mut RateMeter::new(shared))),
+                    rack: shared.config.cluster.rack.clone(),
+                }
+            ),
+            Err(error) => Err(error),
+        };
         match attempt {
             Ok(answer) => {
                 tracing::info!(
@@ -154,6 +157,20 @@ async fn register(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Opti
         }
         backoff_ms = (backoff_ms * 2).min(shared.config.cluster.register_backoff_max_ms.max(1));
     }
+}
+
+/// Fetches the producer-id key (ADR 0015) unless already known: no
+/// partition is served before it, so every produce can be checked.
+async fn load_producer_id_key(shared: &Shared) -> Result<(), BrokerError> {
+    if shared.producer_ids.is_loaded() {
+        return Ok(());
+    }
+    let answer = nameserver_call!(
+        &shared.clients,
+        get_producer_id_key,
+        GetProducerIdKeyRequest {}
+    )?;
+    shared.producer_ids.load(&answer.key)
 }
 
 /// Aborts the task when dropped.

@@ -12,7 +12,7 @@ use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt};
-use sluice_acl::{Operation, ResourceType};
+use sluice_acl::{Operation, Principal, ResourceType};
 use sluice_proto::batch;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
@@ -20,8 +20,9 @@ use sluice_proto::v1::{
     BacklogPolicy, CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest,
     DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
     FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FetchedPartition,
-    GroupHeartbeatRequest, GroupHeartbeatResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetSpec, ProduceRequest, ProduceResponse,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, IsolationLevel, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetSpec, ProduceRequest, ProduceResponse, WriteTxnMarkersRequest,
+    WriteTxnMarkersResponse,
 };
 use sluice_proto::ErrorCode;
 use sluice_service::RequestAuthorizer;
@@ -55,6 +56,7 @@ fn error_response(request_id: u64, error: &BrokerError) -> ProduceResponse {
         request_id,
         error: error.code() as i32,
         error_message: error.to_string(),
+        retry_after_ms: error.retry_after_ms().unwrap_or(0),
         ..Default::default()
     }
 }
@@ -78,6 +80,7 @@ fn submit_produce(
     shared: &Arc<Shared>,
     produce: ProduceRequest,
     streams: &mut HashMap<PartitionKey, StreamPartition>,
+    principal: &Principal,
 ) -> PendingProduce {
     let request_id = produce.request_id;
     let size = produce.batch.len() as u64;
@@ -139,13 +142,28 @@ fn submit_produce(
             return async move { (error_response(request_id, &error), size, key) }.boxed();
         }
     };
+    // Before the partition sees the batch: a forged producer id changes
+    // no idempotence state (ADR 0015).
+    if let Err(error) = shared.producer_ids.check(header.producer_id, principal) {
+        return async move { (error_response(request_id, &error), size, key) }.boxed();
+    }
+    if let Err(error) = check_transactional(shared, &header, &produce.transactional_id) {
+        return async move { (error_response(request_id, &error), size, key) }.boxed();
+    }
     let current = partition.status().generation;
     if first_outstanding {
         entry.generation = current;
     }
     // An earlier request of this stream is still pending under an older
     // generation: it failed (or will), so this one must not overtake it.
-    let submitted = partition.submit(produce.batch, header, entry.generation, None);
+    let records = u64::from(header.record_count);
+    let started = std::time::Instant::now();
+    let submitted = partition.submit_produced(
+        produce.batch,
+        header,
+        entry.generation,
+        produce.transactional_id,
+    );
     async move {
         let outcome = match submitted {
             Ok(receiver) => receiver.await.unwrap_or_else(|_| {
@@ -153,6 +171,9 @@ fn submit_produce(
             }),
             Err(error) => Err(error),
         };
+        if outcome.is_ok() {
+            partition.series.count_produced(size, records, started);
+        }
         let response = match outcome {
             Ok(outcome) => ProduceResponse {
                 request_id,
@@ -168,6 +189,37 @@ fn submit_produce(
         (response, size, key)
     }
     .boxed()
+}
+
+/// A transactional batch (ADR 0016) needs transactions on and a valid
+/// transactional id; a plain batch may not carry an id.
+fn check_transactional(
+    shared: &Shared,
+    header: &batch::BatchHeader,
+    transactional_id: &str,
+) -> Result<(), BrokerError> {
+    if !header.transactional {
+        if !transactional_id.is_empty() {
+            return Err(BrokerError::InvalidArgument(
+                "a transactional_id came with a batch without the transactional attribute".into(),
+            ));
+        }
+        return Ok(());
+    }
+    if !shared.config.transactions.enabled {
+        return Err(BrokerError::InvalidArgument(
+            "transactional produce is not enabled on this broker ([transactions] enabled = false)"
+                .into(),
+        ));
+    }
+    let length = transactional_id.len();
+    if length == 0 || length > sluice_proto::limits::MAX_NAME_BYTES {
+        return Err(BrokerError::InvalidArgument(format!(
+            "a transactional batch needs a transactional_id of 1..={} bytes; got {length}",
+            sluice_proto::limits::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
 }
 
 fn backlog_quota_error(message: String) -> BrokerError {
@@ -262,7 +314,15 @@ fn refuse_held(
     let response = error_response(produce.request_id, error);
     let size = produce.batch.len() as u64;
     let key = PartitionKey::new(&produce.topic, produce.partition);
-    streams.entry(key.clone()).or_default().outstanding += 1;
+    let entry = streams.entry(key.clone()).or_default();
+    entry.outstanding += 1;
+    // Poisoned now, not when this answer leaves the ordered queue (behind
+    // the answers of earlier requests still being appended): a later
+    // request of the partition arriving meanwhile, admitted by a quota
+    // that refilled, must not be appended before this one is resent.
+    if error.code().is_retriable() {
+        entry.poisoned = Some(error.code());
+    }
     pending.push_back(async move { (response, size, key) }.boxed());
 }
 
@@ -314,7 +374,7 @@ async fn produce_loop(
                     if let Some(partition) = held.remove(&key) {
                         held_requests -= partition.queue.len();
                         for (produce, _) in partition.queue {
-                            pending.push_back(submit_produce(&shared, produce, &mut streams));
+                            pending.push_back(submit_produce(&shared, produce, &mut streams, &authorizer.principal));
                         }
                     }
                 } else if let Some(partition) = held.get_mut(&key) {
@@ -368,6 +428,11 @@ async fn produce_loop(
                             refuse_held(&mut pending, &mut streams, produce, &BrokerError::Relayed(refused));
                             continue;
                         }
+                        let bytes = produce.batch.len() as u64;
+                        if let Some(throttled) = crate::quota_charge::produce_refusal(&shared.quotas, authorizer.principal.as_str(), bytes) {
+                            refuse_held(&mut pending, &mut streams, produce, &throttled);
+                            continue;
+                        }
                         shared
                             .produced_bytes
                             .fetch_add(produce.batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -385,7 +450,7 @@ async fn produce_loop(
                             held_requests += 1;
                             continue;
                         }
-                        pending.push_back(submit_produce(&shared, produce, &mut streams));
+                        pending.push_back(submit_produce(&shared, produce, &mut streams, &authorizer.principal));
                     }
                     Ok(None) => inbound_open = false,
                     Err(status) => {
@@ -452,6 +517,7 @@ impl BrokerService {
         let mut response = FetchResponse::default();
         let mut used_bytes = 0usize;
         let mut any_error = false;
+        let read_committed = request.isolation == IsolationLevel::ReadCommitted as i32;
         for wanted in &request.partitions {
             let mut fetched = FetchedPartition {
                 topic: wanted.topic.clone(),
@@ -460,10 +526,13 @@ impl BrokerService {
             };
             let result = self
                 .fetch_partition(
-                    wanted.offset,
-                    &wanted.topic,
-                    wanted.partition,
-                    wanted.max_bytes,
+                    FetchAt {
+                        offset: wanted.offset,
+                        topic: &wanted.topic,
+                        partition: wanted.partition,
+                        max_bytes: wanted.max_bytes,
+                        read_committed,
+                    },
                     total_max_bytes,
                     used_bytes,
                     &mut fetched,
@@ -481,21 +550,37 @@ impl BrokerService {
         (response, used_bytes, any_error)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_partition(
         &self,
-        offset: u64,
-        topic: &str,
-        partition_index: u32,
-        partition_max_bytes: u32,
+        at: FetchAt<'_>,
         total_max_bytes: usize,
         used_bytes: usize,
         fetched: &mut FetchedPartition,
     ) -> Result<(), BrokerError> {
+        let FetchAt {
+            offset,
+            topic,
+            partition: partition_index,
+            max_bytes: partition_max_bytes,
+            read_committed,
+        } = at;
         let partition = self.served(topic, partition_index).await?;
         let status = loaded_status(&partition)?;
         fetched.high_watermark = status.high_watermark;
         fetched.log_start_offset = status.log_start_offset;
+        fetched.last_stable_offset = status.last_stable_offset;
+        // Read-committed reads stop at the last stable offset, which is
+        // unknown (nothing served) until the transaction state is rebuilt.
+        let stable_end = match (read_committed, status.last_stable_offset) {
+            (false, _) => None,
+            (true, Some(lso)) => Some(lso.max(status.log_start_offset)),
+            (true, None) => {
+                return Err(BrokerError::Recovering {
+                    topic: topic.to_string(),
+                    partition: partition_index,
+                })
+            }
+        };
         match fetch_decision(offset, status.log_start_offset, status.high_watermark) {
             FetchDecision::OutOfRange => Err(BrokerError::OffsetOutOfRange {
                 offset,
@@ -513,16 +598,35 @@ impl BrokerService {
                 if partition_limit == 0 && used_bytes > 0 {
                     return Ok(());
                 }
+                if stable_end.is_some_and(|end| offset >= end) {
+                    return Ok(());
+                }
+                let started = Instant::now();
                 let batches = partition
                     .read_for_fetch(offset, partition_limit.max(1))
                     .await?;
                 // Only the first data of the response may exceed the limits
                 // (one whole batch always goes out).
-                fetched.batches = if used_bytes == 0 {
+                let batches = if used_bytes == 0 {
                     batches
                 } else {
                     whole_batches_within(batches, partition_limit, false)
                 };
+                match stable_end {
+                    None => fetched.batches = batches,
+                    Some(end) => {
+                        let filtered = crate::read_committed::filter(&batches, end, |from, to| {
+                            partition.aborted_in(from, to)
+                        });
+                        fetched.batches = filtered.bytes;
+                        fetched.next_offset = filtered.next_offset;
+                    }
+                }
+                self.shared
+                    .metrics
+                    .fetch_latency
+                    .observe_duration(started.elapsed());
+                partition.series.count_fetched(&fetched.batches);
                 Ok(())
             }
         }
@@ -536,6 +640,31 @@ impl BrokerService {
             None => Err(self.shared.not_served_error(topic, partition).await),
         }
     }
+}
+
+/// A read-committed answer dropped everything it read of a partition
+/// (markers, aborted batches) but moved its `next_offset`: answered at
+/// once, so the reader moves on instead of waiting out the long poll.
+fn skipped_ahead(request: &FetchRequest, response: &FetchResponse) -> bool {
+    request
+        .partitions
+        .iter()
+        .zip(&response.partitions)
+        .any(|(wanted, fetched)| {
+            fetched.batches.is_empty()
+                && fetched
+                    .next_offset
+                    .is_some_and(|next_offset| next_offset > wanted.offset)
+        })
+}
+
+/// One partition of a fetch.
+struct FetchAt<'a> {
+    offset: u64,
+    topic: &'a str,
+    partition: u32,
+    max_bytes: u32,
+    read_committed: bool,
 }
 
 fn loaded_status(partition: &Partition) -> Result<PartitionStatus, BrokerError> {
@@ -634,6 +763,21 @@ impl Broker for BrokerService {
         };
         let min_bytes = (request.min_bytes as usize).max(1);
         let mut shutdown = self.shared.shutdown.clone();
+        let principal = authorizer.principal.as_str();
+        let quotas = &self.shared.quotas;
+        let throttle_ms = crate::quota_charge::fetch_wait_ms(quotas, principal);
+        if throttle_ms > 0 {
+            let (hold, throttle_time_ms) =
+                crate::quota_charge::fetch_hold(throttle_ms, wait.as_millis() as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = crate::wait_until_set(&mut shutdown) => {}
+            }
+            return Ok(Response::new(FetchResponse {
+                throttle_time_ms,
+                ..Default::default()
+            }));
+        }
         loop {
             // Subscribe before reading so a wake-up between read and wait
             // is not lost.
@@ -653,9 +797,11 @@ impl Broker for BrokerService {
                 self.fetch_once(&request, total_max_bytes).await;
             if used_bytes >= min_bytes
                 || any_error
+                || skipped_ahead(&request, &response)
                 || watchers.is_empty()
                 || Instant::now() >= deadline
             {
+                crate::quota_charge::charge_fetch(quotas, principal, used_bytes);
                 return Ok(Response::new(response));
             }
             let changed = futures::future::select_all(
@@ -666,7 +812,10 @@ impl Broker for BrokerService {
             tokio::select! {
                 _ = changed => {}
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = crate::wait_until_set(&mut shutdown) => return Ok(Response::new(response)),
+                _ = crate::wait_until_set(&mut shutdown) => {
+                    crate::quota_charge::charge_fetch(quotas, principal, used_bytes);
+                    return Ok(Response::new(response));
+                }
             }
         }
     }
@@ -692,9 +841,21 @@ impl Broker for BrokerService {
             })?;
         let partition = self.served(&request.topic, request.partition).await?;
         let status = loaded_status(&partition)?;
+        let read_committed = request.isolation == IsolationLevel::ReadCommitted as i32;
+        let latest = match (read_committed, status.last_stable_offset) {
+            (false, _) => status.high_watermark,
+            (true, Some(lso)) => lso.max(status.log_start_offset),
+            (true, None) => {
+                return Err(BrokerError::Recovering {
+                    topic: request.topic.clone(),
+                    partition: request.partition,
+                }
+                .into())
+            }
+        };
         let offset = match spec {
             OffsetSpec::Earliest => status.log_start_offset,
-            OffsetSpec::Latest | OffsetSpec::Unspecified => status.high_watermark,
+            OffsetSpec::Latest | OffsetSpec::Unspecified => latest,
             OffsetSpec::Timestamp => {
                 partition
                     .offset_for_timestamp(&status, request.timestamp_ms)
@@ -705,6 +866,7 @@ impl Broker for BrokerService {
             offset,
             log_start_offset: status.log_start_offset,
             high_watermark: status.high_watermark,
+            last_stable_offset: status.last_stable_offset,
         }))
     }
 
@@ -719,7 +881,10 @@ impl Broker for BrokerService {
         })?;
         check_internal_group(&authorizer, &request.group)?;
         Ok(Response::new(
-            shared.coordinator.heartbeat(shared, request).await?,
+            shared
+                .coordinator
+                .heartbeat(shared, request, &authorizer.principal)
+                .await?,
         ))
     }
 
@@ -740,7 +905,10 @@ impl Broker for BrokerService {
                 .map_err(BrokerError::Relayed)?;
         }
         Ok(Response::new(
-            shared.coordinator.commit(shared, request).await?,
+            shared
+                .coordinator
+                .commit(shared, request, &authorizer.principal)
+                .await?,
         ))
     }
 
@@ -845,5 +1013,94 @@ impl Broker for BrokerService {
             request.into_inner(),
             authorizer,
         )))
+    }
+
+    async fn write_txn_markers(
+        &self,
+        request: Request<WriteTxnMarkersRequest>,
+    ) -> Result<Response<WriteTxnMarkersResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        authorizer
+            .check(
+                Operation::ClusterAction,
+                ResourceType::Cluster,
+                sluice_acl::CLUSTER_RESOURCE_NAME,
+            )
+            .map_err(BrokerError::Relayed)?;
+        let request = request.into_inner();
+        Ok(Response::new(
+            crate::txn_markers::write(&self.shared, request).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::v1::FetchPartition;
+
+    /// A request refused at intake (a produce quota) poisons its partition
+    /// on the stream at once: a later request arriving before the refusal's
+    /// answer leaves the ordered queue (behind an append still in progress)
+    /// is refused too, never appended ahead of the resend. Found by
+    /// `quotas.rs` failing with OUT_OF_ORDER_SEQUENCE on a loaded machine.
+    #[test]
+    fn a_refusal_at_intake_poisons_the_partition_at_once() {
+        let mut pending = FuturesOrdered::new();
+        let mut streams = HashMap::new();
+        let request = |request_id| ProduceRequest {
+            request_id,
+            topic: "orders".to_string(),
+            partition: 0,
+            ..Default::default()
+        };
+        let throttled = BrokerError::Throttled("over the produce quota".to_string());
+        refuse_held(&mut pending, &mut streams, request(1), &throttled);
+        let entry = &streams[&PartitionKey::new("orders", 0)];
+        assert_eq!(entry.poisoned, Some(ErrorCode::Throttled));
+        assert_eq!(entry.outstanding, 1);
+        // Not retriable: the request fails for good and poisons nothing.
+        let refused = BrokerError::InvalidArgument("not allowed".to_string());
+        refuse_held(&mut pending, &mut streams, request(2), &refused);
+        let mut other = HashMap::new();
+        refuse_held(&mut pending, &mut other, request(3), &refused);
+        assert_eq!(other[&PartitionKey::new("orders", 0)].poisoned, None);
+    }
+
+    #[test]
+    fn an_answer_that_dropped_everything_but_moved_on_is_not_held() {
+        let request = FetchRequest {
+            partitions: vec![
+                FetchPartition {
+                    offset: 5,
+                    ..Default::default()
+                },
+                FetchPartition {
+                    offset: 7,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let answer = |next: [Option<u64>; 2], data: bool| FetchResponse {
+            partitions: next
+                .iter()
+                .map(|&next_offset| FetchedPartition {
+                    next_offset,
+                    batches: if data {
+                        bytes::Bytes::from_static(b"x")
+                    } else {
+                        bytes::Bytes::new()
+                    },
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(!skipped_ahead(&request, &answer([None, None], false)));
+        assert!(!skipped_ahead(&request, &answer([Some(5), Some(7)], false)));
+        assert!(skipped_ahead(&request, &answer([None, Some(9)], false)));
+        // Data goes out through min_bytes anyway.
+        assert!(!skipped_ahead(&request, &answer([Some(6), Some(8)], true)));
     }
 }

@@ -15,9 +15,9 @@ use sluice_proto::test_util;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{
-    CommitOffsetsRequest, CreateSegmentRequest, InitialPosition, ListOffsetsRequest,
-    ListSegmentsRequest, MessageState, OffsetSpec, PartitionOffset, Subscription, SubscriptionType,
-    TopicConfig,
+    AllocateProducerIdRequest, CommitOffsetsRequest, CreateSegmentRequest, InitialPosition,
+    ListOffsetsRequest, ListSegmentsRequest, MessageState, OffsetSpec, PartitionOffset,
+    Subscription, SubscriptionType, TopicConfig,
 };
 use sluice_proto::ErrorCode;
 use std::time::Duration;
@@ -210,6 +210,7 @@ async fn bad_produce_requests_get_their_codes_and_the_stream_keeps_serving(
             partition: 0,
             spec: OffsetSpec::Latest as i32,
             timestamp_ms: 0,
+            ..Default::default()
         })
         .await
         .expect("list offsets")
@@ -620,6 +621,7 @@ async fn commits_survive_retention_of_the_offsets_topic() {
                     partition: offsets_partition,
                     spec: OffsetSpec::Earliest as i32,
                     timestamp_ms: 0,
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -703,6 +705,21 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
     cluster.stop().await;
 }
 
+/// A producer id issued to this test's principal (ADR 0015: brokers
+/// refuse ids issued to another).
+async fn allocate_producer_id(nameserver_url: &str) -> i64 {
+    let channel = tonic::transport::Endpoint::from_shared(nameserver_url.to_string())
+        .expect("valid nameserver url")
+        .connect_lazy();
+    let id = NameServerClient::new(channel)
+        .allocate_producer_id(AllocateProducerIdRequest {})
+        .await
+        .expect("a producer id")
+        .into_inner()
+        .producer_id;
+    i64::try_from(id).expect("producer ids fit a batch's signed field")
+}
+
 /// Idempotence (ADR 0010): a resent identical batch is answered with the
 /// original's offset and stored once, on the same broker and after another
 /// broker took the partition over (state rebuilt from the log).
@@ -710,8 +727,9 @@ async fn a_failed_partition_stays_refused_on_its_stream_until_resume() {
 async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
     let directory = tempfile::tempdir().expect("temp dir");
     let (cluster, broker, mut client) = one_partition_holding_a(directory.path()).await;
-    let first = idempotent_batch(&["x", "y"], 42, 0);
-    let second = idempotent_batch(&["z"], 42, 2);
+    let producer_id = allocate_producer_id(&cluster.nameserver_url).await;
+    let first = idempotent_batch(&["x", "y"], producer_id, 0);
+    let second = idempotent_batch(&["z"], producer_id, 2);
 
     let answers = produce(&mut client, vec![produce_request(2, TOPIC, first.clone())]).await;
     assert_eq!(
@@ -751,7 +769,11 @@ async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
     // cannot be placed: refused, not appended.
     let overlapping = produce(
         &mut client,
-        vec![produce_request(5, TOPIC, idempotent_batch(&["w"], 42, 1))],
+        vec![produce_request(
+            5,
+            TOPIC,
+            idempotent_batch(&["w"], producer_id, 1),
+        )],
     )
     .await;
     assert_eq!(overlapping[0].error, ErrorCode::OutOfOrderSequence as i32);
@@ -778,7 +800,7 @@ async fn a_resent_batch_gets_its_original_offset_and_is_stored_once() {
         vec![produce_request(
             7,
             TOPIC,
-            idempotent_batch(&["after"], 42, 3),
+            idempotent_batch(&["after"], producer_id, 3),
         )],
     )
     .await;

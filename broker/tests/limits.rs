@@ -169,6 +169,7 @@ async fn list_offsets_refuses_an_unknown_spec(client: &mut BrokerClient<Channel>
                 partition: 0,
                 spec,
                 timestamp_ms: 0,
+                ..Default::default()
             })
             .await;
         match result {

@@ -1,8 +1,10 @@
 //! `sluice bench topics`: how the metadata store scales with the number of
 //! topics. Creates `--count` topics through the SDK, `--concurrency` at a
 //! time, reports the time of each thousand (a store that slows down with
-//! its size shows here), then times `ClusterStatus`, which reads every
-//! topic, partition owner and segment.
+//! its size shows here), optionally waits until every partition of every
+//! created topic is writable (`--wait-writable-s`: create-to-writable time
+//! of a many-partition topic), then times `ClusterStatus`, which reads
+//! every topic, partition owner and segment.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -15,6 +17,8 @@ use std::time::{Duration, Instant};
 const MAX_CONCURRENCY: usize = 256;
 /// Most `ClusterStatus` calls timed.
 const MAX_STATUS_CALLS: u32 = 100;
+/// Longest wait for the created topics to become writable.
+const MAX_WAIT_WRITABLE_S: u64 = 3_600;
 
 #[derive(Args, Clone)]
 pub struct TopicsBenchArgs {
@@ -33,6 +37,10 @@ pub struct TopicsBenchArgs {
     /// `ClusterStatus` calls timed after the creations (1 to 100).
     #[arg(long, default_value_t = 5)]
     pub status_calls: u32,
+    /// After creating, wait at most this many seconds until every partition of every created
+    /// topic is writable and report when it was (0: do not wait; at most 3600).
+    #[arg(long, default_value_t = 0)]
+    pub wait_writable_s: u64,
 }
 
 /// Checks the arguments' ranges.
@@ -45,6 +53,9 @@ fn check(args: &TopicsBenchArgs) -> Result<()> {
     }
     if !(1..=MAX_STATUS_CALLS).contains(&args.status_calls) {
         bail!("--status-calls must be 1 to {MAX_STATUS_CALLS}");
+    }
+    if args.wait_writable_s > MAX_WAIT_WRITABLE_S {
+        bail!("--wait-writable-s must be 0 to {MAX_WAIT_WRITABLE_S}");
     }
     Ok(())
 }
@@ -103,7 +114,30 @@ pub async fn run(client: ClientConfig, args: TopicsBenchArgs) -> Result<()> {
         .map(|duration| format!("{:.2}", duration.as_secs_f64()))
         .collect();
     println!("seconds per 1,000 topics, in order: {}", groups.join(" "));
+    if args.wait_writable_s > 0 {
+        wait_writable(&admin, &args, start).await?;
+    }
     time_status(&admin, args.status_calls).await
+}
+
+/// Waits until every created topic is writable (one after the other, all
+/// within `--wait-writable-s`) and prints the time since the first
+/// creation started.
+async fn wait_writable(admin: &Admin, args: &TopicsBenchArgs, start: Instant) -> Result<()> {
+    let deadline = start + Duration::from_secs(args.wait_writable_s);
+    for index in 0..args.count {
+        let name = format!("{}-{index:05}", args.prefix);
+        let left = deadline.saturating_duration_since(Instant::now());
+        admin
+            .wait_until_writable(&name, left)
+            .await
+            .with_context(|| format!("waiting for every partition of {name} to be writable"))?;
+    }
+    println!(
+        "every partition writable {:.2} s after the first creation started",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Times `ClusterStatus` and prints each call's latency.
@@ -150,6 +184,7 @@ mod tests {
             concurrency: 16,
             prefix: "t".into(),
             status_calls: 5,
+            wait_writable_s: 0,
         };
         assert!(check(&args).is_ok());
         assert!(check(&TopicsBenchArgs {
@@ -169,6 +204,16 @@ mod tests {
         .is_err());
         assert!(check(&TopicsBenchArgs {
             status_calls: 0,
+            ..args.clone()
+        })
+        .is_err());
+        assert!(check(&TopicsBenchArgs {
+            wait_writable_s: 3_600,
+            ..args.clone()
+        })
+        .is_ok());
+        assert!(check(&TopicsBenchArgs {
+            wait_writable_s: 3_601,
             ..args
         })
         .is_err());

@@ -33,6 +33,9 @@ pub struct DevArgs {
     pub broker_port: u16,
     #[arg(long, default_value_t = 7402)]
     pub store_port: u16,
+    /// Prometheus endpoint port (GET /metrics, the three services' series in one); 0 serves none.
+    #[arg(long, default_value_t = 7403)]
+    pub metrics_port: u16,
     /// Log filter (tracing directives): `warn` keeps the terminal quiet, `info` shows what each service does.
     #[arg(long, default_value = "warn")]
     pub log_filter: String,
@@ -66,6 +69,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let nameserver_listener = bind(args.nameserver_port, "nameserver").await?;
     let store_listener = bind(args.store_port, "store").await?;
     let broker_listener = bind(args.broker_port, "broker").await?;
+    let registry = sluice_telemetry::metrics::MetricsRegistry::new();
+    let _metrics_endpoint = if args.metrics_port == 0 {
+        None
+    } else {
+        let listener = bind(args.metrics_port, "metrics").await?;
+        sluice_telemetry::metrics::process::register(&registry);
+        Some(tokio::spawn(sluice_telemetry::metrics::serve(
+            listener,
+            registry.clone(),
+            std::future::pending::<()>(),
+        )))
+    };
     let nameserver_url = format!("http://127.0.0.1:{}", args.nameserver_port);
 
     let nameserver_config = NameServerConfig {
@@ -110,32 +125,31 @@ pub async fn run(args: DevArgs) -> Result<()> {
         // Either a stop was sent or every sender is gone: both mean stop.
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let nameserver = tokio::spawn(sluice_nameserver::run(
+    let nameserver = tokio::spawn(sluice_nameserver::run_with_metrics(
         nameserver_config,
         nameserver_listener,
         signal(stopped.clone()),
+        registry.clone(),
     ));
-    let store = tokio::spawn(sluice_store::run(
+    let store = tokio::spawn(sluice_store::run_with_metrics(
         store_config,
         store_listener,
         signal(stopped.clone()),
+        registry.clone(),
     ));
-    let broker = tokio::spawn(sluice_broker::run(
+    let broker = tokio::spawn(sluice_broker::run_with_metrics(
         broker_config,
         broker_listener,
         signal(stopped.clone()),
+        registry.clone(),
     ));
 
-    say(&format!(
-        "Sluice dev cluster running (data in {})\n  \
-         nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)\n  \
-         broker:     http://127.0.0.1:{}\n  \
-         store:      http://127.0.0.1:{}\n  \
-         plaintext on loopback: no TLS, no authorisation (for a secured cluster see `sluice certs`)\n\
-         Press ctrl-c to stop.",
-        data_dir.display(),
+    say(&banner(
+        &data_dir,
+        &nameserver_url,
         args.broker_port,
-        args.store_port
+        args.store_port,
+        args.metrics_port,
     ));
 
     tokio::select! {
@@ -167,6 +181,34 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
 }
 
+/// What `sluice dev` prints once it serves: where each service listens,
+/// and that it is plaintext on loopback with no authentication or
+/// authorisation (issue 13: `sluice dev` stays zero-config and says so).
+fn banner(
+    data_dir: &std::path::Path,
+    nameserver_url: &str,
+    broker_port: u16,
+    store_port: u16,
+    metrics_port: u16,
+) -> String {
+    let metrics = if metrics_port == 0 {
+        "off (--metrics-port)".to_string()
+    } else {
+        format!("http://127.0.0.1:{metrics_port}/metrics   <- Prometheus scrapes here")
+    };
+    format!(
+        "Sluice dev cluster running (data in {})\n  \
+         nameserver: {nameserver_url}   <- clients bootstrap here (the CLI's default)\n  \
+         broker:     http://127.0.0.1:{broker_port}\n  \
+         store:      http://127.0.0.1:{store_port}\n  \
+         metrics:    {metrics}\n  \
+         plaintext on loopback: no TLS, no authentication, no authorisation \
+         (for a secured cluster see `sluice certs` and compose.yaml)\n\
+         Press ctrl-c to stop.",
+        data_dir.display(),
+    )
+}
+
 /// Prints a line to stdout; a closed or broken stdout (the terminal or
 /// the reading end of a pipe went away) drops it: the cluster keeps
 /// serving, unlike `println!`, which panics on EPIPE.
@@ -187,5 +229,42 @@ async fn terminate() {
             signal.recv().await;
         }
         Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_says_plaintext_on_loopback_without_authentication() {
+        let text = banner(
+            std::path::Path::new("/tmp/data"),
+            "http://127.0.0.1:7400",
+            7401,
+            7402,
+            7403,
+        );
+        for wanted in [
+            "plaintext on loopback",
+            "no TLS",
+            "no authentication",
+            "no authorisation",
+            "http://127.0.0.1:7400",
+            "http://127.0.0.1:7401",
+            "http://127.0.0.1:7402",
+            "http://127.0.0.1:7403/metrics",
+        ] {
+            assert!(text.contains(wanted), "banner lacks {wanted:?}:\n{text}");
+        }
+        assert!(!text.contains("https://"), "{text}");
+        let off = banner(
+            std::path::Path::new("/tmp/data"),
+            "http://127.0.0.1:7400",
+            7401,
+            7402,
+            0,
+        );
+        assert!(off.contains("metrics:    off"), "{off}");
     }
 }

@@ -61,6 +61,11 @@ struct Cli {
     #[arg(long, global = true, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
 
+    /// File holding a bearer token (JWT) sent with every request, for
+    /// servers with [auth.jwt]; read again when it changes. Needs --tls-ca.
+    #[arg(long, global = true, env = "SLUICE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -142,10 +147,19 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, ClientError> {
             cert.as_ref().zip(key.as_ref()),
         )?),
     };
+    if cli.token_file.is_some() && tls.is_none() {
+        return Err(ClientError::InvalidArgument(
+            "--token-file needs --tls-ca: a token must not travel in plaintext".into(),
+        ));
+    }
     Ok(ClientConfig {
         bootstrap: parse_bootstrap(&cli.bootstrap),
         request_timeout_ms: cli.request_timeout_ms,
         tls,
+        credentials: cli
+            .token_file
+            .clone()
+            .map(sluice_client::Credentials::TokenFile),
         ..ClientConfig::default()
     })
 }

@@ -802,13 +802,14 @@ pub(crate) async fn list_offsets(
                 partition,
                 spec: spec as i32,
                 timestamp_ms,
+                isolation: v1::IsolationLevel::ReadUncommitted as i32,
             };
             cluster
                 .unary("ListOffsets", &address, client.list_offsets(request))
                 .await
         };
         match result {
-            Err(error) if error.needs_route_refresh() && attempt < 3 => {
+            Err(error) if error.retry_soon() && attempt < 3 => {
                 tracing::debug!(topic, partition, %error, "refreshing routes for ListOffsets");
                 tokio::time::sleep(crate::cluster::backoff(attempt, 50, 1000)).await;
                 cluster.refresh_routes(&[topic.to_string()]).await?;

@@ -3,7 +3,9 @@
 //! route cache (kept current by a route watch, with a rate-limited refresh
 //! as the fallback; see `route_watch`), and group-coordinator lookup.
 
+use crate::credentials::{RequestInterceptor, TokenSource};
 use crate::route_cache::{Applied, RouteCache, Source};
+use crate::tls_reload::TlsSource;
 use crate::{ClientConfig, ClientError};
 use sluice_proto::limits;
 use sluice_proto::v1::broker_client::BrokerClient;
@@ -14,6 +16,7 @@ use sluice_proto::v1::{
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
@@ -24,11 +27,8 @@ use tonic::transport::{Channel, Endpoint};
 /// into a storm of `GetRoutes` calls.
 pub(crate) const ROUTE_REFRESH_MIN_INTERVAL_MS: u64 = 100;
 
-/// The interceptor that injects W3C trace context into every request.
-pub(crate) type TraceInterceptor =
-    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-pub(crate) type BrokerGrpc = BrokerClient<InterceptedService<Channel, TraceInterceptor>>;
-pub(crate) type NameServerGrpc = NameServerClient<InterceptedService<Channel, TraceInterceptor>>;
+pub(crate) type BrokerGrpc = BrokerClient<InterceptedService<Channel, RequestInterceptor>>;
+pub(crate) type NameServerGrpc = NameServerClient<InterceptedService<Channel, RequestInterceptor>>;
 
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +74,12 @@ pub(crate) struct Cluster {
     /// The route watch task, once started; ended when the cluster handle is
     /// dropped.
     route_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The token sent with every request (`ClientConfig::credentials`).
+    token: Option<Arc<TokenSource>>,
+    /// `ClientConfig::tls`, its files looked at again (`tls_reload.rs`).
+    tls: Option<TlsSource>,
+    /// The TLS generation the cached channels were opened with.
+    channels_tls_generation: AtomicU64,
 }
 
 impl Drop for Cluster {
@@ -111,7 +117,12 @@ impl Cluster {
                     .into(),
             ));
         }
+        let token = match &config.credentials {
+            None => None,
+            Some(credentials) => Some(Arc::new(TokenSource::new(credentials)?)),
+        };
         let cluster = Arc::new(Cluster {
+            token,
             config: config.clone(),
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
@@ -119,6 +130,8 @@ impl Cluster {
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
             route_changes: tokio::sync::watch::Sender::new(0),
             route_watch: Mutex::new(None),
+            tls: config.tls.as_ref().map(TlsSource::new),
+            channels_tls_generation: AtomicU64::new(0),
         });
         let mut tried = Vec::new();
         let mut last = String::new();
@@ -150,13 +163,16 @@ impl Cluster {
     #[cfg(test)]
     pub fn unconnected(config: ClientConfig) -> Arc<Cluster> {
         Arc::new(Cluster {
-            config,
+            token: None,
             preferred_nameserver: Mutex::new(0),
             channels: Mutex::new(HashMap::new()),
             routes: Mutex::new(RouteCache::default()),
             route_refresh_min_interval: Duration::from_millis(ROUTE_REFRESH_MIN_INTERVAL_MS),
             route_changes: tokio::sync::watch::Sender::new(0),
             route_watch: Mutex::new(None),
+            tls: config.tls.as_ref().map(TlsSource::new),
+            channels_tls_generation: AtomicU64::new(0),
+            config,
         })
     }
 
@@ -196,10 +212,12 @@ impl Cluster {
         let mut endpoint = Endpoint::from_shared(address.clone()).map_err(|error| {
             ClientError::InvalidArgument(format!("bad server address '{address}': {error}"))
         })?;
-        if let Some(tls) = &self.config.tls {
-            endpoint = endpoint.tls_config(tls.tonic_config()).map_err(|error| {
-                ClientError::InvalidArgument(format!("TLS settings for '{address}': {error}"))
-            })?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.current().0.tonic_config())
+                .map_err(|error| {
+                    ClientError::InvalidArgument(format!("TLS settings for '{address}': {error}"))
+                })?;
         }
         Ok(endpoint
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
@@ -211,9 +229,22 @@ impl Cluster {
             .keep_alive_while_idle(true))
     }
 
-    /// The (lazily connected) channel to `address`, one per address.
+    /// The (lazily connected) channel to `address`, one per address;
+    /// new ones once the TLS files changed (channels handed out before
+    /// keep theirs).
     pub fn channel(&self, address: &str) -> Result<Channel, ClientError> {
         let address = normalize_address(address);
+        if let Some(tls) = &self.tls {
+            let generation = tls.current().1;
+            let mut channels = lock(&self.channels);
+            if self
+                .channels_tls_generation
+                .swap(generation, Ordering::AcqRel)
+                != generation
+            {
+                channels.clear();
+            }
+        }
         if let Some(channel) = lock(&self.channels).get(&address) {
             return Ok(channel.clone());
         }
@@ -226,18 +257,25 @@ impl Cluster {
 
     pub fn broker(&self, address: &str) -> Result<BrokerGrpc, ClientError> {
         let channel = self.channel(address)?;
-        let interceptor: TraceInterceptor = sluice_telemetry::inject_interceptor;
-        Ok(BrokerClient::with_interceptor(channel, interceptor)
+        Ok(BrokerClient::with_interceptor(channel, self.interceptor())
             .max_decoding_message_size(self.config.max_grpc_message_bytes)
             .max_encoding_message_size(self.config.max_grpc_message_bytes))
     }
 
     fn nameserver(&self, address: &str) -> Result<NameServerGrpc, ClientError> {
         let channel = self.channel(address)?;
-        let interceptor: TraceInterceptor = sluice_telemetry::inject_interceptor;
-        Ok(NameServerClient::with_interceptor(channel, interceptor)
-            .max_decoding_message_size(self.config.max_grpc_message_bytes)
-            .max_encoding_message_size(self.config.max_grpc_message_bytes))
+        Ok(
+            NameServerClient::with_interceptor(channel, self.interceptor())
+                .max_decoding_message_size(self.config.max_grpc_message_bytes)
+                .max_encoding_message_size(self.config.max_grpc_message_bytes),
+        )
+    }
+
+    /// Trace context and the token on every request.
+    fn interceptor(&self) -> RequestInterceptor {
+        RequestInterceptor {
+            token: self.token.clone(),
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -256,7 +294,15 @@ impl Cluster {
     {
         match tokio::time::timeout(self.request_timeout(), call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(ClientError::from_status(address, &status)),
+            Ok(Err(status)) => {
+                let error = ClientError::from_status(address, &status);
+                // Throttled by a quota: the error is returned after the
+                // wait the server named, so every retry loop honours it.
+                if let Some(wait_ms) = error.retry_after_ms() {
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                }
+                Err(error)
+            }
             Err(_) => Err(ClientError::Timeout {
                 what: format!("{what} at {address}"),
                 timeout_ms: self.config.request_timeout_ms,
@@ -488,6 +534,15 @@ pub(crate) fn instant_after(start: Instant, duration: Duration) -> Instant {
         .unwrap_or(start)
 }
 
+/// How long to sleep after a fetch answered `throttle_time_ms` (over the
+/// principal's fetch quota, the broker read nothing and held the answer
+/// for part of the wait): the rest, bounded so a broken server cannot
+/// stall a consumer for long. A throttled consumer neither spins nor
+/// loses data.
+pub(crate) fn throttle_wait(throttle_time_ms: u64) -> Duration {
+    Duration::from_millis(throttle_time_ms.min(sluice_proto::error::MAX_RETRY_AFTER_MS))
+}
+
 /// Exponential backoff: `base_ms * 2^attempt`, capped at `max_ms`.
 pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
     let factor = 1u64.checked_shl(attempt.min(30)).unwrap_or(u64::MAX);
@@ -497,6 +552,16 @@ pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_wait_is_as_told_and_bounded() {
+        assert_eq!(throttle_wait(0), Duration::ZERO);
+        assert_eq!(throttle_wait(1500), Duration::from_millis(1500));
+        assert_eq!(
+            throttle_wait(u64::MAX),
+            Duration::from_millis(sluice_proto::error::MAX_RETRY_AFTER_MS)
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

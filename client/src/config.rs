@@ -40,6 +40,11 @@ pub struct ClientConfig {
     /// TLS to every server (the CA to trust, and a certificate for mutual
     /// TLS); `None` is plaintext. Default: `None`.
     pub tls: Option<crate::ClientTls>,
+    /// A bearer token (JWT), or a file holding one that is read again when
+    /// it changes, sent with every request (`authorization: Bearer ...`);
+    /// servers with `[auth.jwt]` take the token's principal. Use with
+    /// `tls`: a token must not travel in plaintext. Default: `None`.
+    pub credentials: Option<crate::Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +57,7 @@ impl Default for ClientConfig {
             max_grpc_message_bytes: sluice_proto::limits::DEFAULT_MAX_GRPC_MESSAGE_BYTES,
             route_watch_max_topics: 1024,
             tls: None,
+            credentials: None,
         }
     }
 }

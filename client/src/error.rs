@@ -81,6 +81,17 @@ impl ClientError {
         }
     }
 
+    /// A throttled request's wait before retrying, in milliseconds, as the
+    /// server said (at most `sluice_proto::error::MAX_RETRY_AFTER_MS`).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ClientError::Server(error) if error.code == ErrorCode::Throttled => {
+                error.retry_after_ms
+            }
+            _ => None,
+        }
+    }
+
     /// True when a retry (after refreshing routes or backing off) can succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
@@ -93,6 +104,12 @@ impl ClientError {
             | ClientError::CorruptBatch { .. }
             | ClientError::DataLost { .. } => false,
         }
+    }
+
+    /// Worth an immediate retry of the same call: routes are stale, or a
+    /// quota throttled it (and its wait was already waited out).
+    pub(crate) fn retry_soon(&self) -> bool {
+        self.needs_route_refresh() || self.retry_after_ms().is_some()
     }
 
     /// True when the error suggests cached routes are stale.
@@ -132,6 +149,21 @@ impl ClientError {
             };
         }
         ClientError::Server(SluiceError::from_status(status))
+    }
+
+    /// [`ClientError::from_code`] with the wait a throttled item was told
+    /// (0: none).
+    pub(crate) fn from_code_with_wait(
+        code: i32,
+        message: impl Into<String>,
+        retry_after_ms: u64,
+    ) -> Option<Self> {
+        match Self::from_code(code, message)? {
+            ClientError::Server(error) if retry_after_ms > 0 => Some(ClientError::Server(
+                error.with_retry_after_ms(retry_after_ms),
+            )),
+            other => Some(other),
+        }
     }
 
     /// A per-item error code inside a response.

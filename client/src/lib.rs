@@ -99,6 +99,7 @@ mod admin;
 mod cluster;
 mod config;
 mod consumer;
+mod credentials;
 mod error;
 mod fast_hash;
 pub mod lag;
@@ -110,12 +111,15 @@ mod subscription_create;
 #[cfg(test)]
 mod testing;
 mod tls;
+mod tls_reload;
 
 pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, StartOffset,
+    Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, Isolation,
+    StartOffset,
 };
+pub use credentials::{Credentials, MAX_TOKEN_FILE_BYTES, TOKEN_FILE_CHECK_INTERVAL_MS};
 pub use error::ClientError;
 pub use lag::SubscriptionLag;
 pub use producer::{
@@ -128,7 +132,8 @@ pub use subscriber::{
     AckFuture, ListenerConfig, ListenerHandle, Message, MessageId, Ordering, Subscriber,
     SubscriberConfig, MAX_LISTENER_CONCURRENCY, MAX_RECEIVER_QUEUE_SIZE,
 };
-pub use tls::{with_scheme, ClientTls};
+pub use tls::{with_scheme, ClientTls, ClientTlsFiles, TLS_FILES_CHECK_INTERVAL_MS};
+pub use tls_reload::MAX_TLS_FILE_BYTES;
 
 #[cfg(test)]
 mod tests {

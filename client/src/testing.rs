@@ -373,6 +373,7 @@ impl Broker for FakeBroker {
             offset,
             log_start_offset: 0,
             high_watermark: end,
+            ..Default::default()
         }))
     }
 
@@ -500,6 +501,13 @@ impl Broker for FakeBroker {
         _request: Request<sluice_proto::v1::DescribeSubscriptionRequest>,
     ) -> Result<Response<sluice_proto::v1::DescribeSubscriptionResponse>, Status> {
         Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn write_txn_markers(
+        &self,
+        _request: Request<WriteTxnMarkersRequest>,
+    ) -> Result<Response<WriteTxnMarkersResponse>, Status> {
+        Err(Status::unimplemented("brokers only"))
     }
 
     type SubscribeStream =
@@ -1010,6 +1018,13 @@ impl name_server_server::NameServer for FakeNameServer {
         Ok(Response::new(AllocateProducerIdResponse {
             producer_id: 1000 + state.allocated_producer_ids,
         }))
+    }
+
+    async fn get_producer_id_key(
+        &self,
+        _request: Request<sluice_proto::v1::GetProducerIdKeyRequest>,
+    ) -> Result<Response<sluice_proto::v1::GetProducerIdKeyResponse>, Status> {
+        Err(Status::unimplemented("get_producer_id_key is not faked"))
     }
 
     async fn create_topic(

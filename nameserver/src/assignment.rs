@@ -5,22 +5,28 @@
 //! writes.
 //!
 //! Only the elected assigner runs the reconciler (see `election.rs`). Each
-//! write is a CAS on the partition key's mod revision and on the topic key
+//! change is a CAS on the partition key's mod revision and on the topic key
 //! (so a deleted topic is never resurrected), and carries the election
 //! fence, so a deposed assigner's writes are refused by the metadata store
-//! even if it still believes it leads. A lost race is re-planned next round.
+//! even if it still believes it leads. Changes are written in transactions
+//! of up to `max_transaction_operations` compares (`batch.rs`); a refused
+//! transaction is written again one change at a time, so one lost race
+//! does not hold back the others, unless the fence no longer holds. A lost
+//! race is re-planned next round.
 
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
-use crate::metadata::{Compare, KeyValue, MetadataStore, Put, Transaction};
+use crate::metadata::{Compare, KeyValue, MetadataStore, Transaction};
 use sluice_proto::v1::{NodeInfo, NodeKind, Topic};
 use std::collections::HashMap;
 
+mod batch;
 mod pacing;
 mod plan;
 #[cfg(test)]
 mod plan_properties;
 
+pub use batch::chunks as transaction_chunks;
 pub use pacing::BalancePacing;
 pub use plan::plan;
 
@@ -93,16 +99,26 @@ pub struct RoundOutcome {
     pub balance_moves: usize,
 }
 
+/// How much one reconcile round may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundLimits {
+    /// Balance moves (orphans are always reassigned).
+    pub max_moves: usize,
+    /// Compares (and puts) in one owner transaction; etcd's
+    /// `--max-txn-ops`.
+    pub max_transaction_operations: usize,
+}
+
 /// One reconcile round: read, [`plan`], CAS-write. Every transaction also
 /// carries `fence` (the assigner's election token as a compare), so nothing
 /// is written once this nameserver no longer leads. Returns how many
 /// changes were applied (lost races are retried next round).
 pub async fn reconcile_once(
     store: &dyn MetadataStore,
-    max_moves: usize,
+    limits: RoundLimits,
     fence: &Compare,
 ) -> Result<usize, NameServerError> {
-    let outcome = reconcile_round(store, max_moves, fence).await?;
+    let outcome = reconcile_round(store, limits, fence).await?;
     Ok(outcome.orphans_assigned + outcome.balance_moves)
 }
 
@@ -110,7 +126,7 @@ pub async fn reconcile_once(
 /// (the caller spaces rounds that moved, see [`BalancePacing`]).
 pub async fn reconcile_round(
     store: &dyn MetadataStore,
-    max_moves: usize,
+    limits: RoundLimits,
     fence: &Compare,
 ) -> Result<RoundOutcome, NameServerError> {
     let topics = store.range(keys::TOPICS).await?;
@@ -125,14 +141,25 @@ pub async fn reconcile_round(
         })
         .collect();
     let (states, topic_revisions) = partition_states(&topics, &owners);
+    let changes: Vec<Change> = plan(&states, &brokers, limits.max_moves)
+        .into_iter()
+        .filter(|change| topic_revisions.contains_key(&change.topic))
+        .collect();
     let mut outcome = RoundOutcome::default();
-    // Each change is its own transaction so one lost race does not block
-    // the others.
-    for change in plan(&states, &brokers, max_moves) {
-        let Some(topic_revision) = topic_revisions.get(&change.topic) else {
-            continue;
+    for group in batch::chunks(&changes, limits.max_transaction_operations) {
+        let transaction = batch::transaction(group, &topic_revisions, fence);
+        let written: Vec<&Change> = if store.commit(transaction).await? {
+            group.iter().collect()
+        } else if fence_holds(store, fence).await? {
+            // A lost race on some key: the others one at a time, so it
+            // does not hold them back.
+            write_one_by_one(store, group, &topic_revisions, fence).await?
+        } else {
+            tracing::info!("no longer the assigner; the round's remaining changes are dropped");
+            return Ok(outcome);
         };
-        if write_change(store, &change, *topic_revision, fence).await? {
+        for change in written {
+            log_change(change);
             match change.reason {
                 ChangeReason::Orphaned => outcome.orphans_assigned += 1,
                 ChangeReason::Balance => outcome.balance_moves += 1,
@@ -140,6 +167,42 @@ pub async fn reconcile_round(
         }
     }
     Ok(outcome)
+}
+
+/// Whether `fence` still holds: a transaction with only that compare.
+async fn fence_holds(store: &dyn MetadataStore, fence: &Compare) -> Result<bool, NameServerError> {
+    let check = Transaction {
+        compares: vec![fence.clone()],
+        ..Transaction::default()
+    };
+    Ok(store.commit(check).await?)
+}
+
+/// Writes each change of `group` in its own transaction; the ones
+/// committed.
+async fn write_one_by_one<'a>(
+    store: &dyn MetadataStore,
+    group: &'a [Change],
+    topic_revisions: &HashMap<String, i64>,
+    fence: &Compare,
+) -> Result<Vec<&'a Change>, NameServerError> {
+    let mut written = Vec::new();
+    for change in group {
+        let single = std::slice::from_ref(change);
+        if store
+            .commit(batch::transaction(single, topic_revisions, fence))
+            .await?
+        {
+            written.push(change);
+        } else {
+            tracing::debug!(
+                topic = %change.topic,
+                partition = change.partition,
+                "partition assignment refused (lost a race, or no longer the assigner); re-planning next round"
+            );
+        }
+    }
+    Ok(written)
 }
 
 /// Every partition of every topic with its owner record as read, and each
@@ -188,43 +251,13 @@ fn partition_states(
     (states, topic_revisions)
 }
 
-/// Writes one change: CAS on the owner key and the topic key, fenced by the
-/// election. `false` when a compare failed (re-planned next round).
-async fn write_change(
-    store: &dyn MetadataStore,
-    change: &Change,
-    topic_revision: i64,
-    fence: &Compare,
-) -> Result<bool, NameServerError> {
-    let key = keys::partition(&change.topic, change.partition);
-    let owner_compare = match change.expected_mod_revision {
-        Some(revision) => Compare::ModRevisionEquals(key.clone(), revision),
-        None => Compare::Absent(key.clone()),
-    };
-    let transaction = Transaction {
-        compares: vec![
-            owner_compare,
-            Compare::ModRevisionEquals(keys::topic(&change.topic), topic_revision),
-            fence.clone(),
-        ],
-        puts: vec![Put::new(key.clone(), keys::encode(&change.new_owner))],
-        deletes: Vec::new(),
-    };
-    let committed = store.commit(transaction).await?;
-    if committed {
-        tracing::info!(
-            topic = %change.topic,
-            partition = change.partition,
-            broker = %change.new_owner.broker_id,
-            epoch = change.new_owner.epoch,
-            reason = ?change.reason,
-            "partition assigned"
-        );
-    } else {
-        tracing::debug!(
-            key,
-            "partition assignment refused (lost a race, or no longer the assigner); re-planning next round"
-        );
-    }
-    Ok(committed)
+fn log_change(change: &Change) {
+    tracing::info!(
+        topic = %change.topic,
+        partition = change.partition,
+        broker = %change.new_owner.broker_id,
+        epoch = change.new_owner.epoch,
+        reason = ?change.reason,
+        "partition assigned"
+    );
 }

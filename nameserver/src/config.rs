@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 use sluice_proto::limits;
 use sluice_proto::v1::{Durability, TopicConfig};
-use sluice_service::{AuthConfig, ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
+use sluice_service::{
+    AuthConfig, ConfigError, ConnectionsConfig, QuotasConfig, ServiceConfig, TlsConfig,
+};
+use sluice_telemetry::metrics::MetricsConfig;
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +39,24 @@ pub struct MetadataConfig {
     /// Directory of the embedded store's file; required with
     /// `backend = "embedded"`. Default unset.
     pub data_dir: Option<PathBuf>,
+    /// PEM CA certificates that signed etcd's server certificate; required
+    /// with `https://` endpoints, refused with `http://` ones. Default unset.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to etcd (its
+    /// `--client-cert-auth`); with `tls_key_file`. Default unset.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`. Default unset.
+    pub tls_key_file: Option<PathBuf>,
+    /// How often the `tls_*` files are looked at for changes, in
+    /// milliseconds (rotated files are used for new etcd requests without a
+    /// restart). Default 1000.
+    pub tls_reload_check_interval_ms: u64,
+    /// etcd user (etcd's own authentication, `etcdctl auth enable`); with
+    /// `password_file` and `https://` endpoints. Default unset.
+    pub user: Option<String>,
+    /// File holding `user`'s password (one line; read once at start, at most
+    /// `metadata_security::MAX_PASSWORD_FILE_BYTES`). Default unset.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for MetadataConfig {
@@ -47,6 +68,12 @@ impl Default for MetadataConfig {
             request_timeout_ms: 5_000,
             key_prefix: crate::metadata::etcd_default_key_prefix().to_string(),
             data_dir: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_reload_check_interval_ms: 1_000,
+            user: None,
+            password_file: None,
         }
     }
 }
@@ -192,9 +219,11 @@ pub struct NameServerConfig {
     /// Partitions of the internal `__consumer_offsets` topic, created at
     /// startup when missing. Default 8.
     pub offsets_partitions: u32,
-    /// Largest number of operations put into one metadata transaction
-    /// (etcd's `--max-txn-ops` defaults to 128); deleting a topic's keys is
-    /// split into transactions of at most this many. Default 128.
+    /// Largest number of compares, and of puts or deletes, put into one
+    /// metadata transaction (etcd's `--max-txn-ops` defaults to 128 and
+    /// refuses larger ones): the assigner's batches of owner changes and
+    /// the deletion of a topic's keys are split into transactions of at
+    /// most this many. Default 128.
     pub max_transaction_operations: u32,
     /// Upper bound on segments deleted by one `DeleteSegments`. Default 100.
     pub max_segments_per_delete: u32,
@@ -228,7 +257,13 @@ pub struct NameServerConfig {
     /// `[auth]`: authorisation of every request (off by default; see
     /// `sluice_service::AuthConfig`).
     pub auth: AuthConfig,
+    /// `[quotas]`: per-principal limits (none by default; see
+    /// `sluice_service::QuotasConfig`).
+    pub quotas: QuotasConfig,
     pub topic_defaults: TopicDefaults,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen_address`
+    /// is set) and the label cardinality bound.
+    pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -261,7 +296,9 @@ impl Default for NameServerConfig {
             connections: ConnectionsConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            quotas: QuotasConfig::default(),
             topic_defaults: TopicDefaults::default(),
+            metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -345,7 +382,8 @@ mod tests {
             for value in [0, i64::MAX] {
                 std::fs::write(&path, format!("{section}{key} = {value}\n")).expect("write");
                 let loaded = NameServerConfig::load(Some(&path));
-                let accepted = value == 0 && range.zero_means.is_some();
+                let accepted = (value == 0 && range.zero_means.is_some())
+                    || (range.min..=range.max).contains(&(value as u64));
                 match (&loaded, accepted) {
                     (Ok(_), true) => {}
                     (Err(error), false) => {
@@ -355,6 +393,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The `[metadata]` TLS rules (`metadata_security.rs`) run at load.
+    #[test]
+    fn etcd_tls_settings_are_checked_at_load() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let path = directory.path().join("ns.toml");
+        std::fs::write(
+            &path,
+            "[metadata]\nendpoints = [\"https://127.0.0.1:2379\"]\n",
+        )
+        .expect("write config");
+        let error = NameServerConfig::load(Some(&path)).expect_err("no CA");
+        assert!(error.to_string().contains("tls_ca_file"), "{error}");
+        std::fs::write(
+            &path,
+            "[metadata]\nendpoints = [\"https://127.0.0.1:2379\"]\ntls_ca_file = \"/tls/ca.pem\"\n\
+             tls_cert_file = \"/tls/node.pem\"\ntls_key_file = \"/tls/node.key\"\n",
+        )
+        .expect("write config");
+        let loaded = NameServerConfig::load(Some(&path)).expect("mutual TLS loads");
+        assert_eq!(
+            loaded.metadata.tls_key_file,
+            Some(PathBuf::from("/tls/node.key"))
+        );
     }
 
     #[test]

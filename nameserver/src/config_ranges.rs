@@ -18,8 +18,11 @@ pub const MAX_GRPC_MESSAGE_BYTES: u64 = u32::MAX as u64;
 pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
     let metadata = &config.metadata;
     let mut ranges = config.connections.ranges();
+    ranges.extend(sluice_service::metrics_ranges(&config.metrics));
     ranges.extend(config.tls.ranges());
     ranges.extend(config.auth.ranges());
+    ranges.extend(config.quotas.ranges(false));
+    ranges.extend(crate::metadata_security::ranges(metadata));
     ranges.extend([
         KeyRange::duration_ms("[metadata] connect_timeout_ms", metadata.connect_timeout_ms),
         KeyRange::duration_ms("[metadata] request_timeout_ms", metadata.request_timeout_ms),
@@ -80,6 +83,8 @@ pub fn cross_checks(config: &NameServerConfig) -> Vec<String> {
         .cross_checks(config.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
     broken.extend(config.auth.cross_checks(&config.tls));
+    broken.extend(config.quotas.cross_checks(false));
+    broken.extend(crate::metadata_security::checks(&config.metadata));
     if config.heartbeat_interval_ms >= config.lease_ttl_ms {
         broken.push(format!(
             "heartbeat_interval_ms ({}) must be below lease_ttl_ms ({})",

@@ -57,6 +57,9 @@ pub enum NameServerError {
     CorruptValue { key: String, reason: String },
     #[error("refused: {0}")]
     Refused(String),
+    /// The principal may not do this (audit-logged where raised).
+    #[error("{0}")]
+    NotAuthorized(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("gRPC server: {0}")]
@@ -75,6 +78,7 @@ impl From<NameServerError> for SluiceError {
             NameServerError::InvalidArgument(_) | NameServerError::Refused(_) => {
                 ErrorCode::InvalidArgument
             }
+            NameServerError::NotAuthorized(_) => ErrorCode::NotAuthorized,
             NameServerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
             NameServerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             NameServerError::UnknownSegment { .. } => ErrorCode::UnknownSegment,

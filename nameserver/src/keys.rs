@@ -14,6 +14,9 @@ pub const SUBSCRIPTION_GUARDS: &str = "subscription-guards/";
 pub const ACLS: &str = "acls/";
 pub const SEGMENT_ID_COUNTER: &str = "counters/segment_id";
 pub const PRODUCER_ID_COUNTER: &str = "counters/producer_id";
+/// The 32-byte key binding producer ids to principals (ADR 0015): written
+/// once, never logged.
+pub const PRODUCER_ID_KEY: &str = "secrets/producer_id_key";
 
 /// Owner of a partition: written only by the reconciler, with a CAS on the
 /// key's mod revision. An empty `broker_id` means "never assigned".

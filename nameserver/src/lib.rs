@@ -17,6 +17,8 @@ pub mod error;
 mod handler;
 pub mod keys;
 pub mod metadata;
+pub mod metadata_security;
+mod metrics;
 mod placement;
 mod service;
 pub mod session_monitor;
@@ -50,6 +52,14 @@ pub async fn build_store(
                 connect_timeout_ms: config.metadata.connect_timeout_ms,
                 request_timeout_ms: config.metadata.request_timeout_ms,
                 key_prefix: config.metadata.key_prefix.clone(),
+                security: metadata::EtcdSecurity {
+                    tls_ca_file: config.metadata.tls_ca_file.clone(),
+                    tls_cert_file: config.metadata.tls_cert_file.clone(),
+                    tls_key_file: config.metadata.tls_key_file.clone(),
+                    tls_reload_check_interval_ms: config.metadata.tls_reload_check_interval_ms,
+                    user: config.metadata.user.clone(),
+                    password_file: config.metadata.password_file.clone(),
+                },
             })
             .await?;
             Ok(Arc::new(store))
@@ -67,13 +77,35 @@ pub async fn build_store(
 
 /// Runs the nameserver on `listener` with the store from `config` until
 /// `shutdown` completes.
+/// Serves its metrics on `[metrics] listen_address` when set.
 pub async fn run(
     config: NameServerConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NameServerError> {
-    let store = build_store(&config).await?;
-    run_with_store(config, store, listener, shutdown).await
+    let registry = sluice_telemetry::metrics::MetricsRegistry::new();
+    let _endpoint = sluice_service::start_metrics_endpoint(&config.metrics, &registry)
+        .await
+        .map_err(NameServerError::Config)?;
+    run_with_metrics(config, listener, shutdown, registry).await
+}
+
+/// [`run`], with the nameserver's series registered in `registry` (which
+/// the caller serves, e.g. `sluice dev`) and no endpoint of its own.
+pub async fn run_with_metrics(
+    config: NameServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: sluice_telemetry::metrics::MetricsRegistry,
+) -> Result<(), NameServerError> {
+    // A store that authenticates to etcd waits for it; a shutdown meanwhile
+    // ends the wait.
+    let mut shutdown = Box::pin(shutdown);
+    let store = tokio::select! {
+        store = build_store(&config) => store?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    run_with_store_and_metrics(config, store, listener, shutdown, registry).await
 }
 
 /// Runs the nameserver on `listener` with an already-built store until
@@ -84,6 +116,19 @@ pub async fn run_with_store(
     store: Arc<dyn MetadataStore>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NameServerError> {
+    let registry = sluice_telemetry::metrics::MetricsRegistry::new();
+    run_with_store_and_metrics(config, store, listener, shutdown, registry).await
+}
+
+/// [`run_with_store`], with the nameserver's series registered in
+/// `registry`.
+pub async fn run_with_store_and_metrics(
+    config: NameServerConfig,
+    store: Arc<dyn MetadataStore>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: sluice_telemetry::metrics::MetricsRegistry,
 ) -> Result<(), NameServerError> {
     if config.heartbeat_interval_ms == 0
         || config.lease_ttl_ms <= config.heartbeat_interval_ms
@@ -108,7 +153,11 @@ pub async fn run_with_store(
     let authorization =
         sluice_service::AuthorizationLayer::new(&config.auth).map_err(NameServerError::Config)?;
     let limits = sluice_service::ServerLimits::new(&config.connections)
-        .with_authorization(authorization.clone());
+        .with_authorization(authorization.clone())
+        .with_quotas(sluice_service::Quotas::for_server(
+            &config.quotas,
+            &config.auth,
+        ));
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| NameServerError::Config(error.to_string()))?;
@@ -152,10 +201,20 @@ pub async fn run_with_store(
         became_leader.clone(),
         stopping.clone(),
     ));
+    let metrics = metrics::NameServerMetrics::default();
+    metrics.register(&registry, leadership.clone());
+    limits.register_metrics(&registry, "sluice_nameserver");
+    let cluster_gauges = tokio::spawn(metrics::cluster_gauges_loop(
+        handler.clone(),
+        metrics.clone(),
+        leadership.clone(),
+        stopping.clone(),
+    ));
     let reconciler = tokio::spawn(reconcile_loop(
         handler.clone(),
         leadership,
         became_leader,
+        metrics,
         stopping.clone(),
     ));
     let sessions = tokio::spawn(watches::session_loop(handler.clone(), stopping.clone()));
@@ -217,6 +276,7 @@ pub async fn run_with_store(
         .await;
     for task in [
         reconciler,
+        cluster_gauges,
         election,
         registration,
         sessions,
@@ -245,10 +305,13 @@ async fn reconcile_loop(
     handler: Arc<NameServerHandler>,
     leadership: watch::Receiver<Option<election::Leadership>>,
     became_leader: Arc<tokio::sync::Notify>,
+    metrics: metrics::NameServerMetrics,
     mut stopping: watch::Receiver<bool>,
 ) {
     let interval = Duration::from_millis(handler.config.reconcile_interval_ms);
     let max_moves = usize::try_from(handler.config.max_moves_per_reconcile).unwrap_or(usize::MAX);
+    let max_transaction_operations =
+        usize::try_from(handler.config.max_transaction_operations).unwrap_or(usize::MAX);
     let mut pacing =
         assignment::BalancePacing::new(Duration::from_millis(handler.config.balance_interval_ms));
     let mut offsets_topic_ready = false;
@@ -265,8 +328,15 @@ async fn reconcile_loop(
         if let Some(current) = current.filter(|current| current.is_valid_at(Instant::now())) {
             let fence = current.token.fence();
             let moves = pacing.moves_allowed(Instant::now(), max_moves);
-            match assignment::reconcile_round(handler.store.as_ref(), moves, &fence).await {
-                Ok(outcome) => pacing.record(Instant::now(), outcome.balance_moves),
+            let limits = assignment::RoundLimits {
+                max_moves: moves,
+                max_transaction_operations,
+            };
+            match assignment::reconcile_round(handler.store.as_ref(), limits, &fence).await {
+                Ok(outcome) => {
+                    metrics.record_moves(outcome.orphans_assigned, outcome.balance_moves);
+                    pacing.record(Instant::now(), outcome.balance_moves)
+                }
                 Err(error) => tracing::warn!(%error, "reconcile round failed"),
             }
         }
@@ -296,6 +366,8 @@ async fn register_self(
         }),
         lease_remaining_ms: 0,
         rack: String::new(),
+        // Written by the nameserver itself, never through RegisterNode.
+        principal: String::new(),
     };
     store
         .put(

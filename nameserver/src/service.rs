@@ -14,12 +14,13 @@ use sluice_proto::v1::{
     DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
     DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
     DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GetRoutesRequest, GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest,
-    HeartbeatResponse, ListAclsRequest, ListAclsResponse, ListGroupsRequest, ListGroupsResponse,
-    ListSegmentsRequest, ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse,
-    ListTopicsRequest, ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse,
-    RegisterNodeRequest, RegisterNodeResponse, SegmentInfo, Subscription, Topic,
-    UpdateSegmentReplicasRequest, WatchAssignmentsRequest, WatchRoutesRequest,
+    GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest, GetRoutesResponse,
+    GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse, ListAclsRequest, ListAclsResponse,
+    ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest, ListSegmentsResponse,
+    ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest, ListTopicsResponse,
+    RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest, RegisterNodeResponse,
+    SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest, WatchAssignmentsRequest,
+    WatchRoutesRequest,
 };
 use sluice_service::RequestAuthorizer;
 use tonic::{Request, Response, Status};
@@ -42,15 +43,19 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<RegisterNodeRequest>,
     ) -> ServiceResult<RegisterNodeResponse> {
-        Ok(Response::new(self.do_register(request.into_inner()).await?))
+        let principal = RequestAuthorizer::of(request.extensions()).principal;
+        Ok(Response::new(
+            self.do_register(request.into_inner(), &principal).await?,
+        ))
     }
 
     async fn heartbeat(
         &self,
         request: Request<HeartbeatRequest>,
     ) -> ServiceResult<HeartbeatResponse> {
+        let principal = RequestAuthorizer::of(request.extensions()).principal;
         Ok(Response::new(
-            self.do_heartbeat(request.into_inner()).await?,
+            self.do_heartbeat(request.into_inner(), &principal).await?,
         ))
     }
 
@@ -58,7 +63,8 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<DeregisterNodeRequest>,
     ) -> ServiceResult<DeregisterNodeResponse> {
-        self.do_deregister(request.into_inner()).await?;
+        let principal = RequestAuthorizer::of(request.extensions()).principal;
+        self.do_deregister(request.into_inner(), &principal).await?;
         Ok(Response::new(DeregisterNodeResponse {}))
     }
 
@@ -251,10 +257,20 @@ impl NameServer for NameServerHandler {
 
     async fn allocate_producer_id(
         &self,
-        _request: Request<AllocateProducerIdRequest>,
+        request: Request<AllocateProducerIdRequest>,
     ) -> ServiceResult<AllocateProducerIdResponse> {
+        let principal = RequestAuthorizer::of(request.extensions()).principal;
         Ok(Response::new(AllocateProducerIdResponse {
-            producer_id: self.do_allocate_producer_id().await?,
+            producer_id: self.do_allocate_producer_id(&principal).await?,
+        }))
+    }
+
+    async fn get_producer_id_key(
+        &self,
+        _request: Request<GetProducerIdKeyRequest>,
+    ) -> ServiceResult<GetProducerIdKeyResponse> {
+        Ok(Response::new(GetProducerIdKeyResponse {
+            key: self.do_get_producer_id_key().await?.into(),
         }))
     }
 

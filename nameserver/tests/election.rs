@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LEASE_TTL: Duration = Duration::from_millis(3_000);
+const LIMITS: assignment::RoundLimits = assignment::RoundLimits {
+    max_moves: 4,
+    max_transaction_operations: 128,
+};
 
 fn candidate(id: &str) -> Candidate {
     Candidate {
@@ -142,7 +146,7 @@ async fn stale_reconciler_writes_nothing(store: Arc<dyn MetadataStore>) {
     store.revoke(stale.lease).await.expect("revoke");
     let current = win(store.as_ref(), "ns-2").await;
 
-    let applied = assignment::reconcile_once(store.as_ref(), 4, &stale.fence())
+    let applied = assignment::reconcile_once(store.as_ref(), LIMITS, &stale.fence())
         .await
         .expect("round");
     assert_eq!(applied, 0, "a deposed assigner assigned partitions");
@@ -152,12 +156,12 @@ async fn stale_reconciler_writes_nothing(store: Arc<dyn MetadataStore>) {
         .expect("range")
         .is_empty());
 
-    let applied = assignment::reconcile_once(store.as_ref(), 4, &current.fence())
+    let applied = assignment::reconcile_once(store.as_ref(), LIMITS, &current.fence())
         .await
         .expect("round");
     assert_eq!(applied, 2);
     // A second round has nothing to do.
-    let applied = assignment::reconcile_once(store.as_ref(), 4, &current.fence())
+    let applied = assignment::reconcile_once(store.as_ref(), LIMITS, &current.fence())
         .await
         .expect("round");
     assert_eq!(applied, 0);

@@ -299,6 +299,7 @@ async fn etcd_down_is_unavailable_not_a_hang() {
         connect_timeout_ms: 1_000,
         request_timeout_ms: 1_000,
         key_prefix: DEFAULT_KEY_PREFIX.to_string(),
+        ..EtcdOptions::default()
     })
     .await
     .expect("connect");

@@ -13,8 +13,9 @@
 //!     12    4 writer_epoch     ownership epoch of the appending broker; set by the broker
 //!     16    1 magic            format version, currently 1
 //!     17    4 crc              CRC-32C of bytes [21, batch_length)
-//!     21    2 attributes       bits 0-2: compression (0 none, 1 lz4, 2 zstd); rest reserved, must be 0
-//!     23    4 record_count     >= 1
+//!     21    2 attributes       bits 0-2: compression (0 none, 1 lz4, 2 zstd); bit 3 transactional;
+//!                              bit 4 control (brokers only); bits 5-15 reserved, must be 0
+//!     23    4 record_count     >= 1; for a control batch the offsets it occupies
 //!     27    8 first_timestamp  unix ms of the first record
 //!     35    8 max_timestamp    largest record timestamp, unix ms
 //!     43    8 producer_id      idempotent producer's id (ADR 0010); -1 when not idempotent
@@ -39,6 +40,7 @@ use crate::limits::{
 };
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub mod control;
 mod validate_compressed;
 mod validate_produced;
 pub use validate_compressed::validate_compressed;
@@ -64,6 +66,13 @@ const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 
 const COMPRESSION_MASK: u16 = 0b111;
+/// Attribute bit 3: the batch holds a transaction's records (ADR 0016).
+pub const TRANSACTIONAL_BIT: u16 = 1 << 3;
+/// Attribute bit 4: a control batch (transaction marker or compaction gap),
+/// written by brokers only.
+pub const CONTROL_BIT: u16 = 1 << 4;
+/// Every attribute bit this format version defines.
+const KNOWN_ATTRIBUTES: u16 = COMPRESSION_MASK | TRANSACTIONAL_BIT | CONTROL_BIT;
 
 /// Why bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +93,10 @@ pub enum BatchError {
     BadBaseOffset(u64),
     #[error("unknown batch attributes {0:#06x}")]
     BadAttributes(u16),
+    #[error("malformed transactional or control batch: {0}")]
+    BadControl(&'static str),
+    #[error("control batches are written by brokers only; a producer may not send one")]
+    ControlFromProducer,
     #[error("record {index} is malformed: {reason}")]
     BadRecord { index: u32, reason: &'static str },
     #[error(
@@ -140,15 +153,12 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn from_attributes(attributes: u16) -> Result<Self, BatchError> {
-        if attributes & !COMPRESSION_MASK != 0 {
-            return Err(BatchError::BadAttributes(attributes));
-        }
-        match attributes & COMPRESSION_MASK {
-            0 => Ok(Compression::None),
-            1 => Ok(Compression::Lz4),
-            2 => Ok(Compression::Zstd),
-            _ => Err(BatchError::BadAttributes(attributes)),
+    fn from_bits(bits: u16) -> Option<Self> {
+        match bits & COMPRESSION_MASK {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Lz4),
+            2 => Some(Compression::Zstd),
+            _ => None,
         }
     }
 
@@ -171,6 +181,49 @@ impl Compression {
     }
 }
 
+/// The attribute bits of a batch header, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attributes {
+    pub compression: Compression,
+    /// Bit 3: a transaction's records.
+    pub transactional: bool,
+    /// Bit 4: a control batch (brokers only).
+    pub control: bool,
+}
+
+impl Attributes {
+    /// Parses the attribute bits, refusing reserved bits, an unknown
+    /// compression, a compressed control batch and a control batch that
+    /// also claims to be transactional.
+    pub fn parse(bits: u16) -> Result<Self, BatchError> {
+        if bits & !KNOWN_ATTRIBUTES != 0 {
+            return Err(BatchError::BadAttributes(bits));
+        }
+        let compression = Compression::from_bits(bits).ok_or(BatchError::BadAttributes(bits))?;
+        let attributes = Self {
+            compression,
+            transactional: bits & TRANSACTIONAL_BIT != 0,
+            control: bits & CONTROL_BIT != 0,
+        };
+        if attributes.control && (attributes.transactional || compression != Compression::None) {
+            return Err(BatchError::BadAttributes(bits));
+        }
+        Ok(attributes)
+    }
+
+    /// The bits, as [`Attributes::parse`] reads them.
+    pub fn bits(self) -> u16 {
+        let mut bits = self.compression.attributes();
+        if self.transactional {
+            bits |= TRANSACTIONAL_BIT;
+        }
+        if self.control {
+            bits |= CONTROL_BIT;
+        }
+        bits
+    }
+}
+
 /// The fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -179,6 +232,11 @@ pub struct BatchHeader {
     pub writer_epoch: u32,
     pub crc: u32,
     pub compression: Compression,
+    /// Attribute bit 3: a transaction's records (producer id and epoch set).
+    pub transactional: bool,
+    /// Attribute bit 4: a control batch; see [`control`].
+    pub control: bool,
+    /// Records in the batch, or for a control batch the offsets it occupies.
     pub record_count: u32,
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
@@ -219,7 +277,7 @@ impl BatchHeader {
             });
         }
         let attributes = u16::from_le_bytes([bytes[ATTRIBUTES_AT], bytes[ATTRIBUTES_AT + 1]]);
-        let compression = Compression::from_attributes(attributes)?;
+        let attributes = Attributes::parse(attributes)?;
         let record_count = read_u32(bytes, RECORD_COUNT_AT);
         if record_count == 0 || record_count > MAX_RECORDS_PER_BATCH {
             return Err(BatchError::BadRecordCount(record_count));
@@ -228,20 +286,27 @@ impl BatchHeader {
         if base_offset > MAX_OFFSET {
             return Err(BatchError::BadBaseOffset(base_offset));
         }
+        let producer_id = read_u64(bytes, PRODUCER_ID_AT) as i64;
+        let producer_epoch =
+            i16::from_le_bytes([bytes[PRODUCER_EPOCH_AT], bytes[PRODUCER_EPOCH_AT + 1]]);
+        if attributes.transactional && (producer_id < 0 || producer_epoch < 0) {
+            return Err(BatchError::BadControl(
+                "a transactional batch needs a producer id and epoch",
+            ));
+        }
         Ok(Self {
             base_offset,
             batch_length,
             writer_epoch: read_u32(bytes, WRITER_EPOCH_AT),
             crc: read_u32(bytes, CRC_AT),
-            compression,
+            compression: attributes.compression,
+            transactional: attributes.transactional,
+            control: attributes.control,
             record_count,
             first_timestamp_ms: read_u64(bytes, FIRST_TIMESTAMP_AT) as i64,
             max_timestamp_ms: read_u64(bytes, MAX_TIMESTAMP_AT) as i64,
-            producer_id: read_u64(bytes, PRODUCER_ID_AT) as i64,
-            producer_epoch: i16::from_le_bytes([
-                bytes[PRODUCER_EPOCH_AT],
-                bytes[PRODUCER_EPOCH_AT + 1],
-            ]),
+            producer_id,
+            producer_epoch,
             base_sequence: read_u32(bytes, BASE_SEQUENCE_AT) as i32,
         })
     }
@@ -255,6 +320,26 @@ impl BatchHeader {
     pub fn last_offset(&self) -> u64 {
         self.end_offset() - 1
     }
+
+    /// The attribute bits, parsed.
+    pub fn attributes(&self) -> Attributes {
+        Attributes {
+            compression: self.compression,
+            transactional: self.transactional,
+            control: self.control,
+        }
+    }
+
+    /// Records the records section holds: `record_count`, except a control
+    /// batch, which holds exactly one record however many offsets it
+    /// occupies.
+    pub fn records_held(&self) -> u32 {
+        if self.control {
+            1
+        } else {
+            self.record_count
+        }
+    }
 }
 
 /// Checks that `bytes` is exactly one well-formed batch of at most
@@ -263,11 +348,12 @@ impl BatchHeader {
 pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let header = validate_frame(bytes, max_batch_bytes)?;
     if header.compression == Compression::None {
-        walk_records(
-            &bytes[HEADER_BYTES..],
-            header.record_count,
-            |_, _, _| Ok(()),
-        )?;
+        walk_records(&bytes[HEADER_BYTES..], header.records_held(), |_, _, _| {
+            Ok(())
+        })?;
+    }
+    if header.control {
+        control::parse(bytes, &header)?;
     }
     Ok(header)
 }
@@ -481,6 +567,12 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    /// Attribute bit 3 (ADR 0016).
+    transactional: bool,
+    /// Attribute bit 4; set only by [`control`]'s builders.
+    control: bool,
+    /// For a control batch, the offsets it occupies (its `record_count`).
+    control_offsets: u32,
 }
 
 impl BatchBuilder {
@@ -502,6 +594,9 @@ impl BatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            transactional: false,
+            control: false,
+            control_offsets: 0,
         }
     }
 
@@ -516,6 +611,14 @@ impl BatchBuilder {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Marks the batch as a transaction's records (attribute bit 3,
+    /// ADR 0016); needs [`BatchBuilder::with_producer`] with an id and
+    /// epoch, else brokers refuse it.
+    pub fn transactional(mut self) -> Self {
+        self.transactional = true;
         self
     }
 
@@ -602,7 +705,18 @@ impl BatchBuilder {
 
     /// Writes the header into `batch[..HEADER_BYTES]` and the CRC over the
     /// rest; `batch` is the whole batch.
-    fn seal(&self, batch: &mut [u8], attributes: u16) {
+    fn seal(&self, batch: &mut [u8], compression: Compression) {
+        let attributes = Attributes {
+            compression,
+            transactional: self.transactional,
+            control: self.control,
+        }
+        .bits();
+        let record_count = if self.control {
+            self.control_offsets
+        } else {
+            self.record_count
+        };
         let batch_length = batch.len() as u32;
         let mut header = &mut batch[..HEADER_BYTES];
         header.put_u64_le(0); // base offset: the broker assigns it
@@ -611,7 +725,7 @@ impl BatchBuilder {
         header.put_u8(MAGIC);
         header.put_u32_le(0); // CRC, filled below
         header.put_u16_le(attributes);
-        header.put_u32_le(self.record_count);
+        header.put_u32_le(record_count);
         header.put_i64_le(self.first_timestamp_ms);
         header.put_i64_le(self.max_timestamp_ms);
         header.put_i64_le(self.producer_id);
@@ -628,6 +742,7 @@ impl BatchBuilder {
         assert!(self.record_count > 0, "a batch needs at least one record");
         let compressed = match self.compression {
             Compression::None => None,
+            _ if self.control => None,
             Compression::Lz4 => Some(lz4_flex::block::compress_prepend_size(
                 &self.buffer[HEADER_BYTES..],
             )),
@@ -638,14 +753,14 @@ impl BatchBuilder {
         match compressed {
             None => {
                 let mut buffer = std::mem::take(&mut self.buffer);
-                self.seal(&mut buffer, Compression::None.attributes());
+                self.seal(&mut buffer, Compression::None);
                 buffer.freeze()
             }
             Some(records) => {
                 let mut batch = BytesMut::with_capacity(HEADER_BYTES + records.len());
                 batch.put_bytes(0, HEADER_BYTES);
                 batch.put_slice(&records);
-                self.seal(&mut batch, self.compression.attributes());
+                self.seal(&mut batch, self.compression);
                 batch.freeze()
             }
         }
@@ -758,6 +873,10 @@ pub fn decode_selected(
     wanted: impl Fn(u64) -> bool,
 ) -> Result<(BatchHeader, Vec<Record>), BatchError> {
     let header = validate(batch, max_batch_bytes)?;
+    if header.control {
+        // A control batch holds no application records (ADR 0016 §3.1).
+        return Ok((header, Vec::new()));
+    }
     let records = match header.compression {
         Compression::None => batch.slice(HEADER_BYTES..),
         compression => Bytes::from(decompress(compression, &batch[HEADER_BYTES..])?),

@@ -14,11 +14,22 @@ use tonic::metadata::MetadataValue;
 /// Metadata key carrying the stable error code name.
 pub const ERROR_CODE_METADATA_KEY: &str = "sluice-error-code";
 
+/// Metadata key carrying how long a throttled client must wait before
+/// retrying, in milliseconds (decimal).
+pub const RETRY_AFTER_METADATA_KEY: &str = "sluice-retry-after-ms";
+
+/// Longest wait a client honours from [`RETRY_AFTER_METADATA_KEY`], in
+/// milliseconds: a larger value (a broken or hostile server) is cut to it.
+pub const MAX_RETRY_AFTER_MS: u64 = 300_000;
+
 /// An error with a stable code and a message a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SluiceError {
     pub code: ErrorCode,
     pub message: String,
+    /// THROTTLED by a quota: wait this long, in milliseconds, then retry
+    /// (at most [`MAX_RETRY_AFTER_MS`]).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl SluiceError {
@@ -26,7 +37,14 @@ impl SluiceError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// The same error telling the client to wait `wait_ms` before retrying.
+    pub fn with_retry_after_ms(mut self, wait_ms: u64) -> Self {
+        self.retry_after_ms = Some(wait_ms.min(MAX_RETRY_AFTER_MS));
+        self
     }
 
     /// Reads the Sluice code from a status; statuses that do not carry one
@@ -45,9 +63,16 @@ impl SluiceError {
                 tonic::Code::ResourceExhausted => ErrorCode::TooLarge,
                 _ => ErrorCode::Internal,
             });
+        let retry_after_ms = status
+            .metadata()
+            .get(RETRY_AFTER_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+            .map(|wait_ms| wait_ms.min(MAX_RETRY_AFTER_MS));
         Self {
             code,
             message: status.message().to_string(),
+            retry_after_ms,
         }
     }
 
@@ -98,7 +123,10 @@ impl ErrorCode {
             ErrorCode::Timeout => Code::DeadlineExceeded,
             ErrorCode::StorageCorrupt | ErrorCode::DataLost => Code::DataLoss,
             ErrorCode::NotAuthorized => Code::PermissionDenied,
-            ErrorCode::NotAuthenticated => Code::Unauthenticated,
+            ErrorCode::NotAuthenticated | ErrorCode::CredentialsExpired => Code::Unauthenticated,
+            ErrorCode::TransactionAbortable => Code::Aborted,
+            ErrorCode::InvalidTransactionState => Code::FailedPrecondition,
+            ErrorCode::ConcurrentTransactions => Code::Unavailable,
         }
     }
 
@@ -120,6 +148,8 @@ impl ErrorCode {
                 | ErrorCode::UnknownPartition
                 | ErrorCode::DuplicateInFlight
                 | ErrorCode::OutcomeUnknown
+                | ErrorCode::CredentialsExpired
+                | ErrorCode::ConcurrentTransactions
         )
     }
 }
@@ -131,6 +161,11 @@ impl From<SluiceError> for tonic::Status {
             ERROR_CODE_METADATA_KEY,
             MetadataValue::from_static(error.code.as_str_name()),
         );
+        if let Some(wait_ms) = error.retry_after_ms {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA_KEY, MetadataValue::from(wait_ms));
+        }
         status
     }
 }
@@ -167,12 +202,45 @@ mod tests {
             ErrorCode::BacklogQuotaExceeded,
             ErrorCode::DataLost,
             ErrorCode::NotAuthorized,
+            ErrorCode::TransactionAbortable,
+            ErrorCode::InvalidTransactionState,
+            ErrorCode::ConcurrentTransactions,
             ErrorCode::NotAuthenticated,
+            ErrorCode::CredentialsExpired,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);
             assert_eq!(back.code, code);
             assert_eq!(back.message, "why");
+        }
+    }
+
+    #[test]
+    fn the_wait_of_a_throttled_request_survives_a_round_trip_and_is_bounded() {
+        let status: tonic::Status = SluiceError::new(ErrorCode::Throttled, "slow down")
+            .with_retry_after_ms(1234)
+            .into();
+        let back = SluiceError::from_status(&status);
+        assert_eq!(back.code, ErrorCode::Throttled);
+        assert_eq!(back.retry_after_ms, Some(1234));
+        let plain: tonic::Status = SluiceError::new(ErrorCode::Throttled, "x").into();
+        assert_eq!(SluiceError::from_status(&plain).retry_after_ms, None);
+        for (written, read) in [
+            ("99999999999999999999", None),
+            ("-5", None),
+            ("soon", None),
+            ("400000", Some(MAX_RETRY_AFTER_MS)),
+        ] {
+            let mut status = tonic::Status::resource_exhausted("x");
+            status.metadata_mut().insert(
+                RETRY_AFTER_METADATA_KEY,
+                MetadataValue::try_from(written).expect("ascii"),
+            );
+            assert_eq!(
+                SluiceError::from_status(&status).retry_after_ms,
+                read,
+                "{written}"
+            );
         }
     }
 

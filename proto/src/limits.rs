@@ -29,6 +29,12 @@ pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// of seven.
 pub const HTTP2_MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
+/// Largest header block (all metadata of one request, decoded) a Sluice
+/// server accepts: headers arrive before a request is authenticated, so
+/// this bounds what an unauthenticated peer makes a server hold per
+/// stream. Room for a bearer token and Sluice's own metadata.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+
 /// Largest decompressed size of one batch's records, in bytes; guards
 /// against compression bombs.
 pub const MAX_UNCOMPRESSED_RECORDS_BYTES: usize = 64 * 1024 * 1024;

@@ -79,8 +79,7 @@ pub async fn read_from_nameservers(
     for address in nameservers {
         let endpoint = peer_tls
             .endpoint(address)?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+            .configure(|endpoint| endpoint.connect_timeout(timeout).timeout(timeout));
         let attempt = async {
             let channel = endpoint
                 .connect()

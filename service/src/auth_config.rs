@@ -1,6 +1,7 @@
-//! A server's `[auth]` section: whether every request is authorised, and
-//! who may do everything.
+//! A server's `[auth]` section: whether every request is authorised, who
+//! may do everything, and bearer tokens (`[auth.jwt]`, `jwt_config.rs`).
 
+use crate::jwt_config::JwtConfig;
 use crate::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 use sluice_acl::Principal;
@@ -10,7 +11,8 @@ use sluice_acl::Principal;
 pub struct AuthConfig {
     /// Authorise every request: a principal may do only what a super user
     /// may, or what an ACL allows (default-deny). Needs `[tls]` with
-    /// `client_ca_file`, which is how principals are known. Default: false.
+    /// `client_ca_file` or `[auth.jwt]`, which are how principals are
+    /// known. Default: false.
     pub enabled: bool,
     /// Principals allowed everything, such as the services' own
     /// certificate (`User:sluice-node` from `sluice certs create`).
@@ -21,6 +23,8 @@ pub struct AuthConfig {
     /// on every node within about this long, in milliseconds. Range:
     /// 100 ..= 60,000. Default: 500.
     pub acl_refresh_interval_ms: u64,
+    /// Bearer tokens (JWT) as client identities (`[auth.jwt]`).
+    pub jwt: JwtConfig,
 }
 
 impl Default for AuthConfig {
@@ -29,6 +33,7 @@ impl Default for AuthConfig {
             enabled: false,
             super_users: Vec::new(),
             acl_refresh_interval_ms: 500,
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -50,12 +55,14 @@ impl AuthConfig {
 
     /// Every numeric key with its range.
     pub fn ranges(&self) -> Vec<crate::KeyRange> {
-        vec![crate::KeyRange::new(
+        let mut ranges = vec![crate::KeyRange::new(
             "[auth] acl_refresh_interval_ms",
             self.acl_refresh_interval_ms,
             100,
             60_000,
-        )]
+        )];
+        ranges.extend(self.jwt.ranges());
+        ranges
     }
 
     /// Rules between keys, `[tls]` included.
@@ -70,13 +77,15 @@ impl AuthConfig {
                 self.super_users.len()
             ));
         }
-        if self.enabled && !(tls.enabled && tls.client_ca_file.is_some()) {
+        let identities = tls.client_ca_file.is_some() || self.jwt.enabled;
+        if self.enabled && !(tls.enabled && identities) {
             broken.push(
-                "[auth] enabled = true needs [tls] enabled = true with client_ca_file: \
-                 principals come from client certificates"
+                "[auth] enabled = true needs [tls] enabled = true with client_ca_file or \
+                 [auth.jwt] enabled: principals come from client certificates or tokens"
                     .to_string(),
             );
         }
+        broken.extend(self.jwt.cross_checks(tls.enabled));
         broken
     }
 }
@@ -105,5 +114,34 @@ mod tests {
         };
         let broken = bad.cross_checks(&tls);
         assert!(broken[0].contains("sluice-node"), "{broken:?}");
+    }
+
+    #[test]
+    fn tokens_are_enough_over_tls_without_client_certificates() {
+        let tls_only = TlsConfig {
+            enabled: true,
+            cert_file: "server.pem".into(),
+            key_file: "server.key".into(),
+            ..TlsConfig::default()
+        };
+        let mut on = AuthConfig {
+            enabled: true,
+            ..AuthConfig::default()
+        };
+        assert_eq!(
+            on.cross_checks(&tls_only).len(),
+            1,
+            "no way to know principals"
+        );
+        on.jwt = JwtConfig {
+            enabled: true,
+            jwks_file: "jwks.json".into(),
+            issuer: "https://issuer.example".into(),
+            audience: "sluice".into(),
+            ..JwtConfig::default()
+        };
+        assert_eq!(on.cross_checks(&tls_only), Vec::<String>::new());
+        let broken = on.cross_checks(&TlsConfig::default());
+        assert!(broken.iter().any(|b| b.contains("plaintext")), "{broken:?}");
     }
 }

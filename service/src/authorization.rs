@@ -8,9 +8,13 @@
 //!   heartbeats, segment metadata writes, producer ids, cluster status)
 //!   needs that operation on the cluster resource, from a super user or an
 //!   ACL; gRPC health checks are open (container probes).
-//! - A TLS client without the certificate the server requires is refused
-//!   every request but health checks, `UNAUTHENTICATED` with Sluice's
-//!   `NOT_AUTHENTICATED` code, whether or not authorisation is on.
+//! - Who the request comes from is decided first (`authentication.rs`:
+//!   the connection's certificate, or with `[auth.jwt]` a bearer token);
+//!   a request that proves no acceptable identity (a TLS client without
+//!   the certificate the server requires, an invalid token, neither token
+//!   nor certificate where tokens are on) is refused every request but
+//!   health checks, `UNAUTHENTICATED` with Sluice's `NOT_AUTHENTICATED`
+//!   code, audit-logged, whether or not authorisation is on.
 //! - Refusals answer `PERMISSION_DENIED` with Sluice's `NOT_AUTHORIZED`
 //!   code, and are written to the audit log (target `sluice_audit`).
 //!
@@ -20,8 +24,12 @@
 //! need the resource names inside the request, which handlers check.
 
 use crate::auth_config::AuthConfig;
+use crate::authentication::{authenticate, Credentials};
 use crate::connection::ConnectionInfo;
+use crate::credential_expiry::end_when_expired;
 use crate::request_authorizer::RequestAuthorizer;
+use crate::revocable_body::end_when_revoked;
+use crate::token_auth::TokenAuthenticator;
 use sluice_acl::{
     method_rule, AclBinding, Authorizer, DecisionReason, Operation, Principal, Request,
     ResourceSource, ResourceType, CLUSTER_RESOURCE_NAME,
@@ -44,12 +52,21 @@ pub struct AuthorizationLayer {
     super_users: Arc<Vec<Principal>>,
     /// Replaced whole when the ACLs change (`acl_refresh.rs`).
     authorizer: Arc<RwLock<Arc<Authorizer>>>,
+    /// Bearer tokens (`[auth.jwt]`), when on.
+    tokens: Option<Arc<TokenAuthenticator>>,
 }
 
 impl AuthorizationLayer {
+    /// With `[auth.jwt]` on, loads its JWKS file (an error names it).
     pub fn new(config: &AuthConfig) -> Result<Self, String> {
         let super_users = config.super_user_principals()?;
+        let tokens = if config.jwt.enabled {
+            Some(Arc::new(TokenAuthenticator::load(&config.jwt)?))
+        } else {
+            None
+        };
         Ok(Self {
+            tokens,
             enabled: config.enabled,
             authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::new(
                 [],
@@ -65,6 +82,7 @@ impl AuthorizationLayer {
             enabled: false,
             super_users: Arc::new(Vec::new()),
             authorizer: Arc::new(RwLock::new(Arc::new(Authorizer::default()))),
+            tokens: None,
         }
     }
 
@@ -106,6 +124,20 @@ impl<S> Layer<S> for AuthorizationLayer {
 pub struct Authorization<S> {
     inner: S,
     layer: AuthorizationLayer,
+}
+
+type Answer<F, E> = futures::future::Either<
+    F,
+    futures::future::Either<
+        std::future::Ready<Result<http::Response<Body>, E>>,
+        futures::future::BoxFuture<'static, Result<http::Response<Body>, E>>,
+    >,
+>;
+
+fn refused<F, E>(status: tonic::Status) -> Answer<F, E> {
+    futures::future::Either::Right(futures::future::Either::Left(std::future::ready(Ok(
+        status.into_http(),
+    ))))
 }
 
 fn is_health_check(path: &str) -> bool {
@@ -165,13 +197,11 @@ impl<S> Service<http::Request<Body>> for Authorization<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<http::Response<Body>, S::Error>>,
-    >;
+    type Future = Answer<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -179,25 +209,37 @@ where
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let connection = request.extensions().get::<ConnectionInfo>();
-        let principal = connection
-            .map(|info| info.principal.clone())
-            .unwrap_or_else(crate::principal::anonymous);
+        // A stream on a connection with a client certificate ends if that
+        // certificate is revoked (`revocable_body.rs`).
+        let revocable = connection
+            .filter(|info| info.peer_certificates.is_some())
+            .map(|info| info.state.clone());
         let host = connection
             .and_then(|info| info.tcp.remote_addr())
             .map(|address| address.ip().to_string())
             .unwrap_or_default();
         let path = request.uri().path().to_string();
-        let missing_certificate = connection.is_some_and(|info| info.missing_client_certificate);
-        if missing_certificate && !is_health_check(&path) {
-            tracing::info!(target: AUDIT_TARGET, %host, method = %path, "refused: no client certificate");
-            let status: tonic::Status = SluiceError::new(
-                ErrorCode::NotAuthenticated,
-                "this server requires a client certificate (mutual TLS): connect with one its \
-                 client CA signed (SDK: ClientTls identity; CLI: --tls-cert and --tls-key)",
-            )
-            .into();
-            return futures::future::Either::Right(std::future::ready(Ok(status.into_http())));
-        }
+        let credentials = Credentials {
+            connection,
+            authorization: request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|value| value.as_bytes()),
+            health_check: is_health_check(&path),
+        };
+        let (principal, valid_until_ms) = match authenticate(
+            self.layer.tokens.as_deref(),
+            self.layer.enabled,
+            credentials,
+        ) {
+            Ok(proved) => (proved.principal, proved.valid_until_ms),
+            Err(refusal) => {
+                tracing::info!(target: AUDIT_TARGET, %host, method = %path, reason = %refusal.message, "{}", refusal.audit);
+                let status: tonic::Status =
+                    SluiceError::new(ErrorCode::NotAuthenticated, refusal.message).into();
+                return refused(status);
+            }
+        };
         match decide(&self.layer, &path, &principal, &host) {
             Ok(()) => {
                 let authorizer = self.layer.enabled.then(|| self.layer.current());
@@ -207,13 +249,28 @@ where
                     authorizer,
                 ));
                 request.extensions_mut().insert(principal);
-                futures::future::Either::Left(self.inner.call(request))
+                let answer = self.inner.call(request);
+                if valid_until_ms.is_none() && revocable.is_none() {
+                    return futures::future::Either::Left(answer);
+                }
+                futures::future::Either::Right(futures::future::Either::Right(Box::pin(
+                    async move {
+                        let mut response = answer.await?;
+                        if let Some(valid_until_ms) = valid_until_ms {
+                            response = end_when_expired(response, valid_until_ms);
+                        }
+                        if let Some(state) = revocable {
+                            response = end_when_revoked(response, state);
+                        }
+                        Ok(response)
+                    },
+                )))
             }
             Err(reason) => {
                 tracing::info!(target: AUDIT_TARGET, principal = %principal, %host, method = %path, %reason, "denied");
                 let status: tonic::Status =
                     SluiceError::new(ErrorCode::NotAuthorized, reason).into();
-                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
+                refused(status)
             }
         }
     }
@@ -250,6 +307,63 @@ mod tests {
         }
         let anonymous = crate::principal::anonymous();
         assert!(decide(&layer, "/sluice.v1.Store/Read", &anonymous, "").is_err());
+    }
+
+    /// Every store RPC and every registration, session and segment
+    /// metadata write is refused to a client that may do anything to every
+    /// topic, group and subscription but holds no `ClusterAction` (the
+    /// lesson of Kafka CVE-2018-1288), and allowed to the nodes.
+    #[test]
+    fn every_method_between_services_needs_cluster_action() {
+        use sluice_acl::{Host, PatternType, Permission, ResourcePattern, METHOD_RULES};
+        let node = Principal::user("sluice-node").expect("valid");
+        let client = Principal::user("client").expect("valid");
+        let layer = layer(&["User:sluice-node"]);
+        let everything_but_the_cluster: Vec<AclBinding> = [
+            ResourceType::Topic,
+            ResourceType::Group,
+            ResourceType::Subscription,
+        ]
+        .into_iter()
+        .map(|resource_type| AclBinding {
+            principal: client.clone(),
+            host: Host::Any,
+            operation: Operation::All,
+            permission: Permission::Allow,
+            pattern: ResourcePattern::new(resource_type, "*", PatternType::Literal).expect("valid"),
+        })
+        .collect();
+        layer.replace_bindings(everything_but_the_cluster);
+        let between_services: Vec<&str> = METHOD_RULES
+            .iter()
+            .filter(|rule| rule.operation == Operation::ClusterAction)
+            .map(|rule| rule.path)
+            .collect();
+        for must in [
+            "/sluice.v1.Store/",
+            "/sluice.v1.NameServer/RegisterNode",
+            "/sluice.v1.NameServer/Heartbeat",
+            "/sluice.v1.NameServer/DeregisterNode",
+            "/sluice.v1.NameServer/CreateSegment",
+            "/sluice.v1.NameServer/CloseSegment",
+            "/sluice.v1.NameServer/DeleteSegments",
+            "/sluice.v1.NameServer/GetProducerIdKey",
+        ] {
+            let covered = METHOD_RULES
+                .iter()
+                .filter(|rule| rule.path.starts_with(must));
+            let mut count = 0;
+            for rule in covered {
+                assert_eq!(rule.operation, Operation::ClusterAction, "{}", rule.path);
+                count += 1;
+            }
+            assert!(count > 0, "no rule for {must}");
+        }
+        for path in between_services {
+            assert!(decide(&layer, path, &node, "10.0.0.1").is_ok(), "{path}");
+            let refused = decide(&layer, path, &client, "10.0.0.1").expect_err(path);
+            assert!(refused.contains("ClusterAction"), "{path}: {refused}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum CloseReason {
     NotHttp2,
     /// No open stream for the idle timeout.
     Idle,
+    /// Over its principal's connection quota, and told so.
+    OverQuota,
+    /// Its client certificate is no longer trusted (`connection_trust.rs`).
+    Revoked,
 }
 
 /// What to do with a connection now.

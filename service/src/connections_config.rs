@@ -30,6 +30,10 @@ pub struct ConnectionsConfig {
     /// Connections served at once; a connection accepted beyond it is
     /// closed at once (open ones go on being served). Default 4096.
     pub max_connections: u32,
+    /// Connections served at once from one client IP address; one
+    /// accepted beyond it is closed at once (WARN at most every 10 s).
+    /// Range: 1 ..= 4,294,967,295. Default: 1024.
+    pub max_connections_per_ip: u32,
     /// Streams (requests) one connection may have open at once, advertised
     /// in HTTP/2 SETTINGS; a client opening more waits for one to end.
     /// Must exceed the long-lived streams a peer keeps on one connection:
@@ -72,12 +76,19 @@ pub struct ConnectionsConfig {
     /// The same bytes over all connections. At least
     /// `max_grpc_message_bytes`. Default 256 MiB.
     pub max_inflight_request_bytes: u64,
+    /// TLS handshakes in progress at once (peers not yet authenticated);
+    /// a connection accepted beyond it is closed at once, while
+    /// handshaken connections go on being served. Each costs rustls's
+    /// handshake buffers (at most about 64 KiB, whatever lengths the peer
+    /// claims). Only with `[tls]`. Default 1024.
+    pub max_tls_handshakes: u32,
 }
 
 impl Default for ConnectionsConfig {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_connections_per_ip: 1024,
             max_concurrent_streams_per_connection: 16_384,
             max_concurrent_streams: 65_536,
             connection_idle_timeout_ms: 600_000,
@@ -89,6 +100,7 @@ impl Default for ConnectionsConfig {
             tcp_keepalive_retries: 3,
             max_inflight_request_bytes_per_connection: 64 * 1024 * 1024,
             max_inflight_request_bytes: 256 * 1024 * 1024,
+            max_tls_handshakes: 1024,
         }
     }
 }
@@ -99,11 +111,13 @@ impl ConnectionsConfig {
         let key = |name: &str| format!("[{SECTION}] {name}");
         vec![
             KeyRange::count(&key("max_connections"), self.max_connections),
+            KeyRange::count(&key("max_connections_per_ip"), self.max_connections_per_ip),
             KeyRange::count(
                 &key("max_concurrent_streams_per_connection"),
                 self.max_concurrent_streams_per_connection,
             ),
             KeyRange::count(&key("max_concurrent_streams"), self.max_concurrent_streams),
+            KeyRange::count(&key("max_tls_handshakes"), self.max_tls_handshakes),
             KeyRange::duration_ms(
                 &key("connection_idle_timeout_ms"),
                 self.connection_idle_timeout_ms,
@@ -211,6 +225,7 @@ mod tests {
     fn zero_is_refused_where_it_means_nothing() {
         let zeroed = ConnectionsConfig {
             max_connections: 0,
+            max_connections_per_ip: 0,
             max_concurrent_streams_per_connection: 0,
             max_concurrent_streams: 0,
             connection_idle_timeout_ms: 0,
@@ -222,6 +237,7 @@ mod tests {
             tcp_keepalive_retries: 0,
             max_inflight_request_bytes_per_connection: 0,
             max_inflight_request_bytes: 0,
+            max_tls_handshakes: 0,
         };
         let refused: Vec<String> = out_of_range(&zeroed.ranges())
             .into_iter()
@@ -231,8 +247,10 @@ mod tests {
             refused,
             [
                 "[connections] max_connections",
+                "[connections] max_connections_per_ip",
                 "[connections] max_concurrent_streams_per_connection",
                 "[connections] max_concurrent_streams",
+                "[connections] max_tls_handshakes",
                 "[connections] handshake_timeout_ms",
                 "[connections] http2_keepalive_timeout_ms",
                 "[connections] tcp_keepalive_interval_ms",

@@ -1,21 +1,35 @@
 //! How a service connects to other services: plaintext, or (with `[tls]`
 //! enabled) TLS only, trusting `ca_file` and presenting its own certificate
-//! for mutual TLS. The scheme follows the setting, whatever an address
-//! says, so turning TLS on does not mean editing every peer address.
+//! for mutual TLS — the current one: rotated certificate files are
+//! presented from the next handshake on (`client_cert.rs`), by channels
+//! opened before the rotation too. The scheme follows the setting,
+//! whatever an address says, so turning TLS on does not mean editing every
+//! peer address.
+//!
+//! A channel is made with [`PeerTls::endpoint`], tuned with
+//! [`PeerEndpoint::configure`] and opened with [`PeerEndpoint::connect`] or
+//! [`PeerEndpoint::connect_lazy`]: the TLS lives in the connector
+//! (`peer_connector.rs`), so the tonic `Endpoint` inside is never connected
+//! on its own.
 
-use crate::tls::{TlsConfig, TlsError};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use crate::client_cert::ReloadingClientCert;
+use crate::peer_connector::PeerConnector;
+use crate::tls::{read_certificates, TlsConfig, TlsError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Clone, Default)]
 pub struct PeerTls {
-    tls: Option<ClientTlsConfig>,
+    tls: Option<PeerConnector>,
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|error| TlsError::Read {
-        path: path.to_path_buf(),
-        error: error.to_string(),
-    })
+/// A peer's endpoint: tonic's settings and, with TLS, the connector.
+#[derive(Debug, Clone)]
+pub struct PeerEndpoint {
+    endpoint: Endpoint,
+    tls: Option<PeerConnector>,
 }
 
 impl PeerTls {
@@ -25,7 +39,8 @@ impl PeerTls {
     }
 
     /// From a `[tls]` section: plaintext unless `enabled`; with it,
-    /// `ca_file` is required and the node's certificate and key are read.
+    /// `ca_file` is required and the node's certificate and key are read
+    /// (and read again when they change).
     pub fn from_config(config: &TlsConfig) -> Result<Self, TlsError> {
         if !config.enabled {
             return Ok(Self::plaintext());
@@ -35,11 +50,31 @@ impl PeerTls {
                 "[tls] ca_file is required with enabled = true: the CA this node trusts when it connects to other services".into(),
             )
         })?;
-        let identity = Identity::from_pem(read(&config.cert_file)?, read(&config.key_file)?);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca_file)?))
-            .identity(identity);
-        Ok(Self { tls: Some(tls) })
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in read_certificates(ca_file, "PEM CA certificate")? {
+            roots
+                .add(certificate)
+                .map_err(|error| TlsError::Config(format!("{}: {error}", ca_file.display())))?;
+        }
+        let provider = crate::crypto_provider::provider();
+        let certificate = ReloadingClientCert::load(
+            &config.cert_file,
+            &config.key_file,
+            Duration::from_millis(config.reload_check_interval_ms),
+            provider.clone(),
+        )?;
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| TlsError::Config(error.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::new(certificate));
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed session would present the certificate of the session
+        // it resumes, not a rotated one (`peer_connector.rs`).
+        client.resumption = rustls::client::Resumption::disabled();
+        Ok(Self {
+            tls: Some(PeerConnector::new(Arc::new(client))),
+        })
     }
 
     pub fn is_tls(&self) -> bool {
@@ -47,21 +82,59 @@ impl PeerTls {
     }
 
     /// An endpoint for `address` (`host:port`, with or without a scheme):
-    /// `https://` and TLS when enabled (the certificate must name the
-    /// host), `http://` otherwise.
-    pub fn endpoint(&self, address: &str) -> Result<Endpoint, String> {
+    /// TLS when enabled (the certificate must name the host), plaintext
+    /// otherwise.
+    pub fn endpoint(&self, address: &str) -> Result<PeerEndpoint, String> {
         let host_and_port = address
             .strip_prefix("http://")
             .or_else(|| address.strip_prefix("https://"))
             .unwrap_or(address);
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{host_and_port}"))
+        // `http` in both cases: with TLS the connector encrypts, and tonic
+        // refuses an `https` address it is not doing TLS for itself.
+        let endpoint = Endpoint::from_shared(format!("http://{host_and_port}"))
             .map_err(|error| format!("bad peer address {address:?}: {error}"))?;
+        Ok(PeerEndpoint {
+            endpoint,
+            tls: self.tls.clone(),
+        })
+    }
+}
+
+impl PeerEndpoint {
+    /// Tonic's settings (timeouts, windows, frame size); not TLS.
+    pub fn configure(self, settings: impl FnOnce(Endpoint) -> Endpoint) -> Self {
+        Self {
+            endpoint: settings(self.endpoint),
+            tls: self.tls,
+        }
+    }
+
+    pub fn uri(&self) -> &http::Uri {
+        self.endpoint.uri()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A channel that connects when first used, and again after its
+    /// connection fails.
+    pub fn connect_lazy(&self) -> Channel {
         match &self.tls {
-            None => Ok(endpoint),
-            Some(tls) => endpoint
-                .tls_config(tls.clone())
-                .map_err(|error| format!("tls for {address:?}: {error}")),
+            None => self.endpoint.connect_lazy(),
+            Some(connector) => self.endpoint.connect_with_connector_lazy(connector.clone()),
+        }
+    }
+
+    /// A channel connected now.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            None => self.endpoint.connect().await,
+            Some(connector) => {
+                self.endpoint
+                    .connect_with_connector(connector.clone())
+                    .await
+            }
         }
     }
 }
@@ -80,6 +153,7 @@ mod tests {
         ] {
             let endpoint = plain.endpoint(address).expect("valid");
             assert_eq!(endpoint.uri().scheme_str(), Some("http"), "{address}");
+            assert!(!endpoint.is_tls());
         }
         assert!(plain.endpoint("not an address").is_err());
     }

@@ -4,11 +4,15 @@
 //! request bytes), a trace span per request continuing the caller's trace,
 //! and Nagle off on accepted connections.
 
+use crate::audit::AuditLayer;
 use crate::authorization::AuthorizationLayer;
 use crate::budget::Budget;
-use crate::connection::Connection;
+use crate::connection::{Connection, CountedPlace};
+use crate::connection_counts::ConnectionCounts;
 use crate::connection_deadline::Timeouts;
 use crate::connections_config::ConnectionsConfig;
+use crate::quota::layer::QuotaLayer;
+use crate::quota::Quotas;
 use crate::server_io::ServerIo;
 use crate::stream_limits::StreamLimitsLayer;
 use crate::tls::ServerTls;
@@ -43,13 +47,25 @@ pub struct ServerLimits {
     slots: Arc<Semaphore>,
     global: Arc<Budget>,
     streams: Arc<Budget>,
+    /// `[quotas]`: none unless set.
+    quotas: Quotas,
+    /// Connections open per client address (`max_connections_per_ip`).
+    per_address: ConnectionCounts<std::net::IpAddr>,
+    /// Connections open per principal (`[quotas] connections`).
+    per_principal: ConnectionCounts<String>,
 }
 
 /// The tonic server [`ServerLimits::grpc_server`] builds.
 pub type LimitedServer = Server<
     tower_layer::Stack<
-        AuthorizationLayer,
-        tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>,
+        AuditLayer,
+        tower_layer::Stack<
+            QuotaLayer,
+            tower_layer::Stack<
+                AuthorizationLayer,
+                tower_layer::Stack<StreamLimitsLayer, tower_layer::Identity>,
+            >,
+        >,
     >,
 >;
 
@@ -68,7 +84,17 @@ impl ServerLimits {
             slots: Arc::new(Semaphore::new(slots)),
             global: Arc::new(Budget::new(config.max_inflight_request_bytes)),
             streams: Arc::new(Budget::new(u64::from(config.max_concurrent_streams))),
+            quotas: Quotas::unlimited(),
+            per_address: ConnectionCounts::default(),
+            per_principal: ConnectionCounts::default(),
         }
+    }
+
+    /// Limit every principal by `quotas` (see `quota/`): requests per
+    /// second and connections here, bytes in the broker's handlers.
+    pub fn with_quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
     }
 
     /// Authorise every request with `authorization` (see
@@ -105,6 +131,7 @@ impl ServerLimits {
             .initial_stream_window_size(sluice_proto::limits::HTTP2_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(sluice_proto::limits::HTTP2_CONNECTION_WINDOW_BYTES)
             .max_frame_size(sluice_proto::limits::HTTP2_MAX_FRAME_BYTES)
+            .http2_max_header_list_size(sluice_proto::limits::HTTP2_MAX_HEADER_LIST_BYTES)
             .max_concurrent_streams(config.max_concurrent_streams_per_connection)
             .http2_keepalive_interval(millis(config.http2_keepalive_interval_ms))
             .http2_keepalive_timeout(millis(config.http2_keepalive_timeout_ms))
@@ -114,6 +141,8 @@ impl ServerLimits {
                 self.streams.clone(),
             ))
             .layer(self.authorization.clone())
+            .layer(QuotaLayer::new(self.quotas.clone()))
+            .layer(AuditLayer)
     }
 
     /// [`ServerLimits::incoming`], with TLS when `tls` is enabled.
@@ -152,8 +181,37 @@ impl ServerLimits {
             pause: None,
             refused: 0,
             over_limit: 0,
+            over_handshake_limit: 0,
+            over_address_limit: 0,
+            address_warned_at: None,
             tls: None,
+            reload_tick: None,
             handshakes: FuturesUnordered::new(),
+        }
+    }
+}
+
+/// Shortest time between two WARNs about connections closed at
+/// `max_connections_per_ip`, in milliseconds.
+pub const ADDRESS_WARN_INTERVAL_MS: u64 = 10_000;
+
+/// `connection` with its place among its principal's connections, or
+/// marked over its principal's `[quotas] connections` limit (its requests
+/// are then refused and it is closed: see `quota/layer.rs`).
+fn count_principal(
+    connection: Connection,
+    quotas: &Quotas,
+    per_principal: &ConnectionCounts<String>,
+) -> Connection {
+    let principal = connection.info().principal.as_str().to_string();
+    let Some(limit) = quotas.limits_of(&principal).connections else {
+        return connection;
+    };
+    match per_principal.try_open(&principal, limit) {
+        Some(guard) => connection.holding(CountedPlace::Principal(guard)),
+        None => {
+            tracing::info!(%principal, limit, "a connection beyond the principal's [quotas] connections limit is refused");
+            connection.over_connection_quota(limit)
         }
     }
 }
@@ -168,8 +226,18 @@ pub struct Incoming {
     refused: u64,
     /// Connections closed at `max_connections` since one was last served.
     over_limit: u64,
+    /// Connections closed at `max_tls_handshakes` since one was admitted.
+    over_handshake_limit: u64,
+    /// Connections closed at `max_connections_per_ip` since the last WARN.
+    over_address_limit: u64,
+    address_warned_at: Option<tokio::time::Instant>,
     /// With TLS: every connection is served only after its TLS handshake.
     tls: Option<Arc<ServerTls>>,
+    /// With TLS: looks at the certificate files every
+    /// `reload_check_interval_ms`, new connections or not, so that open
+    /// connections learn of a rotated client CA (made at the first poll,
+    /// inside the runtime).
+    reload_tick: Option<tokio::time::Interval>,
     /// TLS handshakes in progress, each holding its connection slot; at
     /// most `max_connections` with the connections being served.
     handshakes: FuturesUnordered<Pin<Box<dyn Future<Output = Option<Connection>> + Send>>>,
@@ -213,6 +281,7 @@ impl Incoming {
     /// `max_connections`; with TLS the connection comes out of
     /// `handshakes` once its handshake is done.
     fn admit(&mut self, stream: tokio::net::TcpStream) -> Option<Connection> {
+        let address = self.address_place(&stream)?;
         let slot = match self.limits.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -232,16 +301,23 @@ impl Incoming {
         }
         let budget = self.limits.config.max_inflight_request_bytes_per_connection;
         let timeouts = self.timeouts;
+        let quotas = self.limits.quotas.clone();
+        let per_principal = self.limits.per_principal.clone();
+        if self.tls.is_some() && self.at_handshake_cap() {
+            return None;
+        }
         let Some(tls) = &self.tls else {
-            return Some(Connection::new(
-                ServerIo::Plain(stream),
-                slot,
-                timeouts,
-                budget,
+            let connection = Connection::new(ServerIo::Plain(stream), slot, timeouts, budget);
+            return Some(count_principal(
+                connection.holding(address),
+                &quotas,
+                &per_principal,
             ));
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let (server_config, generation) = tls.current_with_generation();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
         let requires_certificate = tls.requires_client_certificate();
+        let trust = tls.client_trust();
         self.handshakes.push(Box::pin(async move {
             let peer = stream.peer_addr().ok();
             let deadline = tokio::time::Instant::now() + timeouts.handshake;
@@ -255,8 +331,11 @@ impl Incoming {
                     let missing =
                         requires_certificate && tls.get_ref().1.peer_certificates().is_none();
                     let io = ServerIo::Tls(Box::new(tls));
-                    let connection = Connection::new(io, slot, timeouts, budget);
-                    Some(connection.with_missing_client_certificate(missing))
+                    let connection = Connection::new(io, slot, timeouts, budget)
+                        .with_missing_client_certificate(missing)
+                        .with_trust_watch(trust, generation)
+                        .holding(address);
+                    Some(count_principal(connection, &quotas, &per_principal))
                 }
                 Ok(Err(error)) => {
                     tracing::info!(?peer, %error, "TLS handshake failed (a plaintext client, or a certificate this server does not trust?); connection closed");
@@ -269,6 +348,77 @@ impl Incoming {
             }
         }));
         None
+    }
+
+    /// Whether `max_tls_handshakes` are in progress (then the new
+    /// connection is closed), logging the first closed and the recovery.
+    fn at_handshake_cap(&mut self) -> bool {
+        if self.handshakes.len() >= self.limits.config.max_tls_handshakes as usize {
+            if self.over_handshake_limit == 0 {
+                tracing::warn!(
+                    max_tls_handshakes = self.limits.config.max_tls_handshakes,
+                    "at max_tls_handshakes: closing new connections until handshakes end"
+                );
+            }
+            self.over_handshake_limit += 1;
+            return true;
+        }
+        if self.over_handshake_limit > 0 {
+            tracing::info!(
+                closed = self.over_handshake_limit,
+                "TLS handshakes below max_tls_handshakes again"
+            );
+            self.over_handshake_limit = 0;
+        }
+        false
+    }
+
+    /// `stream`'s place among its address's connections, or `None` (and
+    /// `stream` closed) at `max_connections_per_ip`, with a WARN at most
+    /// every [`ADDRESS_WARN_INTERVAL_MS`].
+    fn address_place(&mut self, stream: &tokio::net::TcpStream) -> Option<CountedPlace> {
+        let ip = stream
+            .peer_addr()
+            .map(|address| address.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let limit = u64::from(self.limits.config.max_connections_per_ip);
+        if let Some(guard) = self.limits.per_address.try_open(&ip, limit) {
+            return Some(CountedPlace::Address(guard));
+        }
+        self.over_address_limit += 1;
+        let now = tokio::time::Instant::now();
+        let interval = Duration::from_millis(ADDRESS_WARN_INTERVAL_MS);
+        if self
+            .address_warned_at
+            .is_none_or(|warned| now.duration_since(warned) >= interval)
+        {
+            tracing::warn!(
+                %ip,
+                max_connections_per_ip = limit,
+                closed = self.over_address_limit,
+                "at max_connections_per_ip: closing this address's new connections until some end"
+            );
+            self.address_warned_at = Some(now);
+            self.over_address_limit = 0;
+        }
+        None
+    }
+
+    /// Looks at the TLS files when the reload timer fires (waking this
+    /// stream at the next tick).
+    fn poll_reload(&mut self, cx: &mut Context<'_>) {
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        let tick = self.reload_tick.get_or_insert_with(|| {
+            let period = tls.reload_check_interval();
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        while tick.poll_tick(cx).is_ready() {
+            tls.reload_now();
+        }
     }
 
     fn note_accept_error(&mut self, error: &std::io::Error) {
@@ -289,6 +439,7 @@ impl Stream for Incoming {
     type Item = std::io::Result<Connection>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_reload(cx);
         loop {
             while let Poll::Ready(Some(handshaken)) = Pin::new(&mut self.handshakes).poll_next(cx) {
                 if let Some(connection) = handshaken {

@@ -1,5 +1,7 @@
 //! The byte stream under one accepted connection: plain TCP, or TLS over
-//! TCP once its handshake is done (see `tls.rs`).
+//! TCP once its handshake is done (see `tls.rs`). Every call is passed on
+//! as it is, vectored writes included, so hyper writes its frames as it
+//! would to plain TCP.
 
 use std::io;
 use std::pin::Pin;

@@ -12,19 +12,29 @@
 //!   fails the handshake; a client with none is answered UNAUTHENTICATED
 //!   on every request (a failed handshake reads as an opaque transport
 //!   error in TLS 1.3 clients).
-//! - The files are looked at (size and modification time) at most every
-//!   `reload_check_interval_ms`, on an accept. Changed files that do not
-//!   load (half-written, a key that does not match) keep the configuration
-//!   in use, with a warning naming the reason; they are tried again at the
-//!   next look.
+//! - The files are looked at (size and modification time) every
+//!   `reload_check_interval_ms` by the accept loop (`server.rs`: a timer,
+//!   so without new connections too) and on an accept at most that often.
+//!   Changed files that do not load (half-written, a key that does not
+//!   match) keep the configuration in use, with a warning naming the
+//!   reason; they are tried again at the next look.
+//! - When the trusted client CAs change, the new client-certificate
+//!   verifier is published ([`ServerTls::client_trust`]): every open
+//!   connection with a client certificate verifies its chain again, and
+//!   one that no longer verifies is revoked and closed
+//!   (`client_trust.rs`, `connection_trust.rs`). Connections whose chain
+//!   still verifies are untouched.
 
+use crate::client_trust::ClientTrust;
+use crate::watched_files::WatchedFiles;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 
 /// Least and most time between looks at the files, in milliseconds.
 pub const RELOAD_CHECK_INTERVAL_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
@@ -102,13 +112,18 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Size and modification time of each file, to notice changes.
-type Stamps = Vec<Option<(u64, SystemTime)>>;
-
 struct Loaded {
     server_config: Arc<rustls::ServerConfig>,
-    stamps: Stamps,
-    looked_at: Instant,
+    files: WatchedFiles,
+    /// The trusted client CAs the published verifier was built from.
+    client_roots: Vec<CertificateDer<'static>>,
+}
+
+/// What one load of the files gives.
+struct Built {
+    server_config: Arc<rustls::ServerConfig>,
+    client_roots: Vec<CertificateDer<'static>>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// The server configuration of a `[tls]` section, loaded again when its
@@ -116,6 +131,8 @@ struct Loaded {
 pub struct ServerTls {
     config: TlsConfig,
     loaded: Mutex<Loaded>,
+    /// The client-certificate verifier in force, for open connections.
+    trust: tokio::sync::watch::Sender<Arc<ClientTrust>>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -135,16 +152,42 @@ impl ServerTls {
                 config.reload_check_interval_ms
             )));
         }
-        let stamps = stamps(config);
-        let server_config = build_server_config(config)?;
+        let files = WatchedFiles::new(
+            watched_paths(config),
+            Duration::from_millis(config.reload_check_interval_ms),
+        );
+        let built = build_server_config(config)?;
+        let trust = ClientTrust {
+            generation: 0,
+            verifier: built.verifier,
+        };
         Ok(Self {
             config: config.clone(),
             loaded: Mutex::new(Loaded {
-                server_config,
-                stamps,
-                looked_at: Instant::now(),
+                server_config: built.server_config,
+                files,
+                client_roots: built.client_roots,
             }),
+            trust: tokio::sync::watch::Sender::new(Arc::new(trust)),
         })
+    }
+
+    /// How often the accept loop looks at the files.
+    pub fn reload_check_interval(&self) -> Duration {
+        Duration::from_millis(self.config.reload_check_interval_ms)
+    }
+
+    /// The client-certificate verifier in force, and its changes.
+    pub fn client_trust(&self) -> tokio::sync::watch::Receiver<Arc<ClientTrust>> {
+        self.trust.subscribe()
+    }
+
+    /// Looks at the files now (the accept loop's timer) and loads them if
+    /// they changed.
+    pub fn reload_now(&self) {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let stamps = loaded.files.look(Instant::now());
+        self.load_changed(&mut loaded, stamps);
     }
 
     /// Whether clients must present a certificate (`client_ca_file`).
@@ -154,45 +197,60 @@ impl ServerTls {
 
     /// The configuration for a connection accepted now.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.current_with_generation().0
+    }
+
+    /// The configuration for a connection accepted now, and the
+    /// generation of its client-certificate verifier.
+    pub fn current_with_generation(&self) -> (Arc<rustls::ServerConfig>, u64) {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let interval = Duration::from_millis(self.config.reload_check_interval_ms);
-        if loaded.looked_at.elapsed() >= interval {
-            loaded.looked_at = Instant::now();
-            let now = stamps(&self.config);
-            if now != loaded.stamps {
-                match build_server_config(&self.config) {
-                    Ok(server_config) => {
-                        tracing::info!(cert_file = %self.config.cert_file.display(), "tls: certificate files changed; new connections use them");
-                        loaded.server_config = server_config;
-                        loaded.stamps = now;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "tls: changed certificate files do not load; still using the previous ones");
-                    }
-                }
+        let stamps = loaded.files.changed(Instant::now());
+        self.load_changed(&mut loaded, stamps);
+        (loaded.server_config.clone(), self.trust.borrow().generation)
+    }
+
+    /// Loads the files with `stamps` (when some changed), publishing the
+    /// client-certificate verifier if the trusted CAs changed.
+    fn load_changed(&self, loaded: &mut Loaded, stamps: Option<crate::watched_files::Stamps>) {
+        let Some(stamps) = stamps else {
+            return;
+        };
+        let built = match build_server_config(&self.config) {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::warn!(%error, "tls: changed certificate files do not load; still using the previous ones");
+                return;
             }
+        };
+        tracing::info!(cert_file = %self.config.cert_file.display(), "tls: certificate files changed; new connections use them");
+        loaded.server_config = built.server_config;
+        loaded.files.accept(stamps);
+        if built.client_roots == loaded.client_roots {
+            return;
         }
-        loaded.server_config.clone()
+        loaded.client_roots = built.client_roots;
+        let generation = self.trust.borrow().generation.saturating_add(1);
+        tracing::info!(generation, "tls: the trusted client CAs changed; open connections verify their client certificates again");
+        self.trust.send_replace(Arc::new(ClientTrust {
+            generation,
+            verifier: built.verifier,
+        }));
     }
 }
 
-fn stamps(config: &TlsConfig) -> Stamps {
-    let files = [
+fn watched_paths(config: &TlsConfig) -> Vec<PathBuf> {
+    [
         Some(&config.cert_file),
         Some(&config.key_file),
         config.client_ca_file.as_ref(),
-    ];
-    files
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            let metadata = std::fs::metadata(path).ok()?;
-            Some((metadata.len(), metadata.modified().ok()?))
-        })
-        .collect()
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect()
 }
 
-fn read_certificates(
+pub(crate) fn read_certificates(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -211,17 +269,17 @@ fn read_certificates(
     Ok(certificates)
 }
 
-fn build_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = read_certificates(&config.cert_file, "PEM certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|error| TlsError::Read {
-        path: config.key_file.clone(),
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| TlsError::Read {
+        path: path.to_path_buf(),
         error: error.to_string(),
-    })?;
-    // ring, as tonic's `tls-ring` clients use. rustls 0.23.48 deprecates it
-    // for lacking post-quantum key exchange; moving every hop to aws-lc-rs
-    // is to be measured with the TLS benchmarks (issue 13).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    })
+}
+
+fn build_server_config(config: &TlsConfig) -> Result<Built, TlsError> {
+    let chain = read_certificates(&config.cert_file, "PEM certificate")?;
+    let key = read_private_key(&config.key_file)?;
+    let provider = crate::crypto_provider::provider();
     let versions: &[&rustls::SupportedProtocolVersion] = if config.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -230,13 +288,16 @@ fn build_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut client_roots = Vec::new();
+    let mut client_verifier = None;
     let builder = match &config.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
-            for certificate in read_certificates(path, "PEM CA certificate")? {
+            client_roots = read_certificates(path, "PEM CA certificate")?;
+            for certificate in &client_roots {
                 roots
-                    .add(certificate)
+                    .add(certificate.clone())
                     .map_err(|error| TlsError::Config(format!("{}: {error}", path.display())))?;
             }
             // A client without a certificate completes the handshake and
@@ -250,6 +311,7 @@ fn build_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
             .allow_unauthenticated()
             .build()
             .map_err(|error| TlsError::Config(error.to_string()))?;
+            client_verifier = Some(verifier.clone());
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -261,5 +323,11 @@ fn build_server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, 
         ))
     })?;
     server_config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(server_config))
+    // Our cipher suite order, not the client's (`crypto_provider.rs`).
+    server_config.ignore_client_order = true;
+    Ok(Built {
+        server_config: Arc::new(server_config),
+        client_roots,
+        verifier: client_verifier,
+    })
 }

@@ -2,153 +2,19 @@
 //! the server's CA are served; plaintext clients, clients trusting another
 //! CA and (with mutual TLS) clients without a certificate are refused while
 //! the server goes on serving; certificates rotate without a restart and
-//! without dropping an open connection; bad files are refused by name.
+//! without dropping an open connection; bad files are refused by name; a
+//! client CA removed from the trust file, or a client certificate that
+//! expires, cuts the connections it authenticated and no other.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use sluice_service::{ConnectionInfo, ConnectionsConfig, ServerLimits, ServerTls, TlsConfig};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod tls_kit;
+
+use sluice_service::{ServerTls, TlsConfig};
 use std::time::Duration;
+use tls_kit::{ca, channel, check, leaf, leaf_expiring, replace, serve, served, tls_files};
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
-
-struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = KeyPair::generate().expect("key");
-    let pem = params.self_signed(&key).expect("self-signed").pem();
-    Ca { params, key, pem }
-}
-
-/// A certificate for `name` signed by `ca`: (certificate PEM, key PEM).
-fn leaf(ca: &Ca, name: &str) -> (String, String) {
-    let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().expect("key");
-    let issuer = Issuer::from_params(&ca.params, &ca.key);
-    let certificate = params.signed_by(&key, &issuer).expect("signed");
-    (certificate.pem(), key.serialize_pem())
-}
-
-/// Writes `contents` to `path` as a replacement would: whole, by rename.
-fn replace(path: &Path, contents: &str) {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, contents).expect("write");
-    std::fs::rename(&temporary, path).expect("rename");
-}
-
-struct Server {
-    address: SocketAddr,
-    /// Per request served: the length of the client's certificate chain.
-    seen: Arc<Mutex<Vec<Option<usize>>>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-fn tls_files(directory: &Path, ca: &Ca, client_ca: Option<&Ca>) -> TlsConfig {
-    let (certificate, key) = leaf(ca, "localhost");
-    replace(&directory.join("server.pem"), &certificate);
-    replace(&directory.join("server.key"), &key);
-    let client_ca_file = client_ca.map(|client_ca| {
-        let path = directory.join("clients-ca.pem");
-        replace(&path, &client_ca.pem);
-        path
-    });
-    TlsConfig {
-        enabled: true,
-        cert_file: directory.join("server.pem"),
-        key_file: directory.join("server.key"),
-        client_ca_file,
-        reload_check_interval_ms: 100,
-        ..TlsConfig::default()
-    }
-}
-
-async fn serve(config: &TlsConfig) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let limits = ServerLimits::new(&ConnectionsConfig {
-        handshake_timeout_ms: 500,
-        ..ConnectionsConfig::default()
-    });
-    let tls = Arc::new(ServerTls::load(config).expect("tls files load"));
-    let incoming = limits.incoming(listener).with_tls(tls);
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let recorded = seen.clone();
-    let health = tonic::service::interceptor::InterceptedService::new(
-        health,
-        move |request: tonic::Request<()>| {
-            let chain = request
-                .extensions()
-                .get::<ConnectionInfo>()
-                .and_then(|info| info.peer_certificates.as_ref().map(|chain| chain.len()));
-            recorded.lock().expect("lock").push(chain);
-            Ok(request)
-        },
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = limits.grpc_server().add_service(health);
-    tokio::spawn(async move {
-        let _ = server
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Server {
-        address,
-        seen,
-        _stop: stop,
-    }
-}
-
-async fn channel(
-    server: &Server,
-    trusted: &Ca,
-    identity: Option<(String, String)>,
-) -> Result<Channel, String> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&trusted.pem))
-        .domain_name("localhost");
-    if let Some((certificate, key)) = identity {
-        tls = tls.identity(Identity::from_pem(certificate, key));
-    }
-    let endpoint = Endpoint::from_shared(format!("https://{}", server.address))
-        .expect("endpoint")
-        .tls_config(tls)
-        .map_err(|error| error.to_string())?
-        .connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect()
-        .await
-        .map_err(|error| format!("{error:?}"))
-}
-
-async fn check(channel: Channel) -> Result<(), String> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map(|_| ())
-        .map_err(|status| format!("{status:?}"))
-}
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// A call of a method this test server does not have (a store RPC): past
 /// the connection's checks it is answered UNIMPLEMENTED.
@@ -167,14 +33,6 @@ async fn store_call(channel: Channel) -> tonic::Status {
     )
     .await
     .expect_err("no such method on this server")
-}
-
-async fn served(
-    server: &Server,
-    trusted: &Ca,
-    identity: Option<(String, String)>,
-) -> Result<(), String> {
-    check(channel(server, trusted, identity).await?).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +211,203 @@ fn bad_files_are_refused_naming_them() {
         };
         assert!(ServerTls::load(&in_range).is_ok(), "{interval}");
     }
+}
+
+/// The server picks by its own order, AES-128-GCM first
+/// (`crypto_provider.rs`), even for a client that lists AES-256-GCM first
+/// (rustls's default order, which the SDK's tonic uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_chooses_aes_128_gcm_whatever_the_client_prefers() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let authority = ca("sluice test CA");
+    let server = serve(&tls_files(directory.path(), &authority, None)).await;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client prefers AES-256-GCM"
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls::pki_types::CertificateDer::from_pem_slice(authority.pem.as_bytes())
+                .expect("pem"),
+        )
+        .expect("root");
+    let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    let (_, session) = stream.get_ref();
+    assert_eq!(
+        session.negotiated_cipher_suite().map(|suite| suite.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+}
+
+/// A health `Watch` stream on `channel`, its first answer read.
+async fn open_watch(channel: Channel) -> tonic::Streaming<HealthCheckResponse> {
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("first answer")
+        .expect("an answer");
+    stream
+}
+
+/// Health checks on `channel` every 10 ms until one is refused (at most
+/// `within`): the refusal.
+async fn first_refusal(channel: &Channel, within: Duration) -> tonic::Status {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let answer = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if let Err(status) = answer {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still served {within:?} later"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the server has `count` connections open (at most `within`).
+async fn wait_for_connections(server: &tls_kit::Server, count: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while server.limits.open_connections() != count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections open, not {count}, {within:?} later",
+            server.limits.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The bounds these tests state: the files are looked at every 100 ms, a
+/// revoked connection is refused from then on and closed
+/// `REVOKED_CLOSE_GRACE_MS` (1 s) later; seconds of slack for a loaded CI
+/// machine (measured: refused 15–115 ms and closed 1.00–1.10 s after the
+/// rewrite).
+const REVOKED_REFUSED_WITHIN: Duration = Duration::from_millis(3_000);
+const REVOKED_CLOSED_WITHIN: Duration = Duration::from_millis(3_000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_rotated_away_cuts_its_open_connections_and_keeps_the_others() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let authority = ca("server CA");
+    let (first, second) = (ca("clients CA 1"), ca("clients CA 2"));
+    let config = tls_files(directory.path(), &authority, Some(&first));
+    let client_ca_file = config.client_ca_file.clone().expect("mutual TLS");
+    replace(&client_ca_file, &format!("{}{}", first.pem, second.pem));
+    let server = serve(&config).await;
+    let a_identity = leaf(&first, "client-a");
+    let a = channel(&server, &authority, Some(a_identity.clone()))
+        .await
+        .expect("A connects");
+    let b = channel(&server, &authority, Some(leaf(&second, "client-b")))
+        .await
+        .expect("B connects");
+    let mut a_stream = open_watch(a.clone()).await;
+    let mut b_stream = open_watch(b.clone()).await;
+    assert_eq!(server.limits.open_connections(), 2);
+
+    let rotated_at = std::time::Instant::now();
+    replace(&client_ca_file, &second.pem);
+    let refused = first_refusal(&a, REVOKED_REFUSED_WITHIN).await;
+    let refused_after = rotated_at.elapsed();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("no longer trusted by this server")
+            && refused.message().contains("client_ca_file changed"),
+        "A is told why: {refused:?}"
+    );
+    let cut = tokio::time::timeout(REVOKED_CLOSED_WITHIN, a_stream.message())
+        .await
+        .expect("A's open stream is cut")
+        .expect_err("A's stream ends with an error");
+    assert_eq!(cut.code(), tonic::Code::Unauthenticated, "{cut:?}");
+    assert!(
+        cut.message().contains("no longer trusted by this server"),
+        "A's stream is told why: {cut:?}"
+    );
+    wait_for_connections(&server, 1, REVOKED_CLOSED_WITHIN).await;
+    let closed_after = rotated_at.elapsed();
+    eprintln!("A refused {refused_after:?} and closed {closed_after:?} after the rotation; its stream: {cut:?}");
+    assert!(closed_after < REVOKED_CLOSED_WITHIN + REVOKED_REFUSED_WITHIN);
+
+    assert!(
+        served(&server, &authority, Some(a_identity)).await.is_err(),
+        "A's certificate no longer passes a handshake"
+    );
+    // B: the same connection (its stream could not survive another) goes
+    // on answering, on its open stream and to new requests.
+    server
+        .health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let update = tokio::time::timeout(Duration::from_secs(5), b_stream.message())
+        .await
+        .expect("B's stream answers")
+        .expect("no error")
+        .expect("an update");
+    assert_eq!(update.status, 2, "NOT_SERVING: {update:?}");
+    check(b).await.expect("B is still served");
+    // A's refused handshake may still hold its slot for a moment.
+    wait_for_connections(&server, 1, Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_that_expires_while_connected_is_cut() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let authority = ca("server CA");
+    let clients = ca("clients CA");
+    let server = serve(&tls_files(directory.path(), &authority, Some(&clients))).await;
+    let short = channel(
+        &server,
+        &authority,
+        Some(leaf_expiring(&clients, "short-lived", 2)),
+    )
+    .await
+    .expect("connects while valid");
+    let long = channel(&server, &authority, Some(leaf(&clients, "long-lived")))
+        .await
+        .expect("connects");
+    check(short.clone()).await.expect("served while valid");
+    // Its notAfter is 2 s away (whole seconds), looked at 1 s past it.
+    let refused = first_refusal(&short, Duration::from_secs(8)).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+    wait_for_connections(&server, 1, REVOKED_CLOSED_WITHIN).await;
+    check(long).await.expect("the other client goes on");
 }

@@ -5,7 +5,10 @@
 use crate::message_index::MessageIndexLimits;
 use crate::storage::StorageOptions;
 use serde::{Deserialize, Serialize};
-use sluice_service::{AuthConfig, ConfigError, ConnectionsConfig, ServiceConfig, TlsConfig};
+use sluice_service::{
+    AuthConfig, ConfigError, ConnectionsConfig, QuotasConfig, ServiceConfig, TlsConfig,
+};
+use sluice_telemetry::metrics::MetricsConfig;
 use sluice_telemetry::TelemetryConfig;
 use std::path::{Path, PathBuf};
 
@@ -134,6 +137,12 @@ pub struct StoreConfig {
     /// `[auth]`: authorisation of every request (off by default; see
     /// `sluice_service::AuthConfig`).
     pub auth: AuthConfig,
+    /// `[quotas]`: per-principal limits (none by default; see
+    /// `sluice_service::QuotasConfig`).
+    pub quotas: QuotasConfig,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen_address`
+    /// is set) and the label cardinality bound.
+    pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -182,6 +191,8 @@ impl Default for StoreConfig {
             },
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            quotas: QuotasConfig::default(),
+            metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -281,7 +292,8 @@ mod tests {
             for value in [0, i64::MAX] {
                 std::fs::write(&path, format!("{section}{key} = {value}\n")).expect("write");
                 let loaded = StoreConfig::load(Some(&path));
-                let accepted = value == 0 && range.zero_means.is_some();
+                let accepted = (value == 0 && range.zero_means.is_some())
+                    || (range.min..=range.max).contains(&(value as u64));
                 match (&loaded, accepted) {
                     (Ok(_), true) => {}
                     (Err(error), false) => assert!(

@@ -15,8 +15,10 @@ pub const MAX_GRPC_MESSAGE_BYTES: u64 = u32::MAX as u64;
 pub fn ranges(config: &StoreConfig) -> Vec<KeyRange> {
     let c = config;
     let mut ranges = config.connections.ranges();
+    ranges.extend(sluice_service::metrics_ranges(&config.metrics));
     ranges.extend(config.tls.ranges());
     ranges.extend(config.auth.ranges());
+    ranges.extend(config.quotas.ranges(false));
     ranges.extend([
         KeyRange::bytes("journal_file_max_bytes", c.journal_file_max_bytes),
         KeyRange::bytes("segment_preallocate_bytes", c.segment_preallocate_bytes)
@@ -87,6 +89,7 @@ pub fn cross_checks(config: &StoreConfig) -> Vec<String> {
         .cross_checks(config.max_grpc_message_bytes);
     broken.extend(config.tls.cross_checks());
     broken.extend(config.auth.cross_checks(&config.tls));
+    broken.extend(config.quotas.cross_checks(false));
     if config.register_retry_initial_backoff_ms > config.register_retry_max_backoff_ms {
         broken.push(format!(
             "register_retry_initial_backoff_ms ({}) must be at most \

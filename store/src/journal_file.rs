@@ -102,9 +102,10 @@ impl JournalFile {
         Self::open(options, path, direct_io)
     }
 
-    /// Opens the existing, all-zero file at `path` (a recycled spare, see
-    /// `journal_spares.rs`) to write from its start, like [`Self::create`].
-    pub(crate) fn open_zeroed(path: &Path, direct_io: bool) -> std::io::Result<Self> {
+    /// Opens the existing file at `path` (a reused spare, see
+    /// `journal_spares.rs`) to write over from its start, like
+    /// [`Self::create`] without truncating it.
+    pub(crate) fn open_reused(path: &Path, direct_io: bool) -> std::io::Result<Self> {
         let mut options = std::fs::OpenOptions::new();
         options.write(true);
         Self::open(options, path, direct_io)

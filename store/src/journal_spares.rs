@@ -1,4 +1,4 @@
-//! Recycled journal files.
+//! Reused journal files.
 //!
 //! A checkpoint makes the journal files before it obsolete. Deleting them
 //! frees their blocks, and on a file system mounted with `discard` (as the
@@ -7,47 +7,46 @@
 //! 64 MiB journal file per roll put the 3/3/2 acknowledgement p99 at
 //! 11–24 ms instead of 5 (BENCHMARKS.md, session 4). So obsolete files are
 //! kept as spares instead (at most [`MAX_SPARES`]; beyond that they are
-//! deleted as before): a background thread overwrites a spare with zeros
-//! and fsyncs it, and the journal writer renames a zeroed spare to its
-//! next journal file instead of creating and preallocating one. Its blocks
-//! are then already written, so the journal's fsyncs also carry no extent
+//! deleted as before), and the journal writer renames a spare to its next
+//! journal file instead of creating and preallocating one. Its blocks are
+//! already written, so the journal's fsyncs also carry no extent
 //! conversions.
 //!
-//! Safety: a spare becomes a journal file only once it is all zeros on
-//! disk, so after the rename it reads exactly like a freshly preallocated
-//! file (records, then zeros), and a write torn in it leaves zeros after
-//! the tear. Spares are named `spare-*`, which recovery never reads, and
-//! every spare left by an earlier process (possibly half zeroed) is
-//! deleted when the storage opens.
+//! Spares are not zeroed (ADR 0017; until then a background thread wrote
+//! every spare over with zeros, a third of the store's disk writes): every
+//! record carries the stamp of its file's use, so what an earlier use left
+//! after the new records is recognised (`journal_use.rs`).
+//!
+//! Safety: only a file whose first record is a version 2 record of its own
+//! sequence is kept. A file of an earlier version (version 1 records) is
+//! deleted instead: reused, a crash before its first new write would leave
+//! a version 1 record at its start, which reads as a version 1 file full
+//! of stale records. Spares are named `spare-*`, which recovery never
+//! reads, and every spare left by an earlier process is deleted when the
+//! storage opens.
 
-use crate::journal_file::{open_maybe_direct, DirectBuffer, BLOCK_BYTES};
+use crate::journal;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-/// Spares kept at most (being zeroed or ready); obsolete files beyond
-/// these are deleted.
+/// Spares kept at most; obsolete files beyond these are deleted.
 pub const MAX_SPARES: usize = 2;
-/// Pause after each zeroed piece: a spare zeroed in one burst would queue
-/// 64 MiB of writes in front of the journal's next fsync; paced, each
-/// fsync waits behind at most one piece. (A 64 MiB file takes ~130 ms,
-/// still well within a journal file's life at full speed.)
-const ZERO_PAUSE_MS: u64 = 1;
-/// How often an idle zeroing thread checks whether its storage is gone.
-const IDLE_CHECK_MS: u64 = 200;
+/// Most bytes read to check a file's first record: a first record longer
+/// than this (a batch of over 16 MiB) makes the file deleted rather than
+/// kept, which costs only the discard.
+const FIRST_RECORD_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Unique spare names within this process (storages reopened in one
-/// directory, as tests do, never reuse a name an old thread still has).
+/// directory, as tests do, never reuse a name).
 static NEXT_SPARE_ID: AtomicU64 = AtomicU64::new(0);
 
 const SPARE_PREFIX: &str = "spare-";
-const ZEROING_SUFFIX: &str = ".zeroing";
 const READY_SUFFIX: &str = ".ready";
 
 /// The spares of one journal directory, shared by the checkpointer (which
-/// offers obsolete files), the journal writer (which takes zeroed ones)
-/// and the zeroing thread.
+/// offers obsolete files) and the journal writer (which takes them).
 #[derive(Clone)]
 pub(crate) struct JournalSpares {
     inner: Arc<Inner>,
@@ -55,31 +54,12 @@ pub(crate) struct JournalSpares {
 
 struct Inner {
     journal_dir: PathBuf,
-    direct_io: bool,
-    state: Mutex<State>,
-    work: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    /// Renamed out of the journal, not yet zeroed.
-    to_zero: Vec<PathBuf>,
-    /// Zeroed and fsynced: can become the next journal file.
-    ready: Vec<PathBuf>,
-    /// Being zeroed by the thread right now.
-    zeroing: usize,
-}
-
-impl State {
-    fn count(&self) -> usize {
-        self.to_zero.len() + self.ready.len() + self.zeroing
-    }
+    ready: Mutex<Vec<PathBuf>>,
 }
 
 impl JournalSpares {
-    /// Deletes spares an earlier process left in `journal_dir` and starts
-    /// the zeroing thread (which ends once every handle is dropped).
-    pub(crate) fn start(journal_dir: &Path, direct_io: bool) -> std::io::Result<Self> {
+    /// Deletes spares an earlier process left in `journal_dir`.
+    pub(crate) fn start(journal_dir: &Path) -> std::io::Result<Self> {
         for entry in std::fs::read_dir(journal_dir)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -89,209 +69,159 @@ impl JournalSpares {
             {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => {}
-                    // Gone since it was listed: the zeroing thread of an
-                    // engine on this directory that was just dropped (in
-                    // this process; it ends on its own) renamed or removed
-                    // it. What it leaves is removed at the next start.
+                    // Gone since it was listed (a storage on this directory
+                    // just dropped, in this process).
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                     Err(error) => return Err(error),
                 }
             }
         }
-        let inner = Arc::new(Inner {
-            journal_dir: journal_dir.to_path_buf(),
-            direct_io,
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-        });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("sluice-journal-spares".to_string())
-            .spawn(move || zero_spares(weak))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                journal_dir: journal_dir.to_path_buf(),
+                ready: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
         self.inner
-            .state
+            .ready
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the obsolete journal file at `path` as a spare (renaming it
-    /// out of the journal) if fewer than [`MAX_SPARES`] are kept; false
+    /// Takes the obsolete journal file `sequence` at `path` as a spare
+    /// (renaming it out of the journal) if fewer than [`MAX_SPARES`] are
+    /// kept and its first record is a version 2 record of its own; false
     /// when the caller should delete it.
-    pub(crate) fn offer(&self, path: &Path) -> bool {
-        let mut state = self.state();
-        if state.count() >= MAX_SPARES {
+    pub(crate) fn offer(&self, path: &Path, sequence: u64) -> bool {
+        // Read before the lock: the journal writer takes spares under it
+        // when it rolls, and must not wait for this read.
+        if self.ready().len() >= MAX_SPARES || !starts_with_own_record(path, sequence) {
+            return false;
+        }
+        let mut ready = self.ready();
+        if ready.len() >= MAX_SPARES {
             return false;
         }
         let id = NEXT_SPARE_ID.fetch_add(1, Ordering::Relaxed);
         let spare = self.inner.journal_dir.join(format!(
-            "{SPARE_PREFIX}{}-{id:020}{ZEROING_SUFFIX}",
+            "{SPARE_PREFIX}{}-{id:020}{READY_SUFFIX}",
             std::process::id()
         ));
         if let Err(error) = std::fs::rename(path, &spare) {
             tracing::warn!(path = %path.display(), %error, "cannot keep an obsolete journal file as a spare; deleting it");
             return false;
         }
-        state.to_zero.push(spare);
-        self.inner.work.notify_one();
+        ready.push(spare);
         true
     }
 
-    /// A zeroed spare, if one is ready.
+    /// A spare, if one is kept.
     pub(crate) fn take(&self) -> Option<PathBuf> {
-        self.state().ready.pop()
+        self.ready().pop()
     }
 }
 
-/// The zeroing thread: overwrites each offered spare with zeros, fsyncs it
-/// and marks it ready; a spare that cannot be zeroed is deleted.
-fn zero_spares(inner: Weak<Inner>) {
-    loop {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let next = {
-            let mut state = inner
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if state.to_zero.is_empty() {
-                let (guard, _) = inner
-                    .work
-                    .wait_timeout(state, Duration::from_millis(IDLE_CHECK_MS))
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                state = guard;
-            }
-            let next = state.to_zero.pop();
-            if next.is_some() {
-                state.zeroing += 1;
-            }
-            next
-        };
-        let Some(path) = next else {
-            continue;
-        };
-        let ready = match zero_file(&path, inner.direct_io) {
-            Ok(()) => {
-                let ready_name = path
-                    .to_str()
-                    .and_then(|name| name.strip_suffix(ZEROING_SUFFIX))
-                    .map(|stem| PathBuf::from(format!("{stem}{READY_SUFFIX}")));
-                match ready_name {
-                    Some(ready_path) => std::fs::rename(&path, &ready_path)
-                        .map(|()| ready_path)
-                        .map_err(|error| error.to_string()),
-                    None => Err("unexpected spare name".to_string()),
-                }
-            }
-            Err(error) => Err(error.to_string()),
-        };
-        let mut state = inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.zeroing -= 1;
-        match ready {
-            Ok(ready_path) => state.ready.push(ready_path),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "cannot zero a spare journal file; deleting it");
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+/// Whether the file at `path` starts with a valid version 2 record of
+/// journal file `sequence`.
+fn starts_with_own_record(path: &Path, sequence: u64) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut header = [0u8; journal::RECORD_HEADER_BYTES];
+    let mut reader = file.take(FIRST_RECORD_MAX_BYTES);
+    if reader.read_exact(&mut header).is_err() {
+        return false;
     }
-}
-
-/// Overwrites the whole file at `path` with zeros and fsyncs it, in
-/// pieces of one (all-zero) direct-write buffer.
-fn zero_file(path: &Path, direct_io: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    let (file, _) = open_maybe_direct(options, path, direct_io)?;
-    let length = file.metadata()?.len();
-    let end = length.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64;
-    let mut zeros = DirectBuffer::new();
-    let zeros = zeros.window();
-    let mut position = 0u64;
-    while position < end {
-        let piece = (end - position).min(zeros.len() as u64) as usize;
-        file.write_all_at(&zeros[..piece], position)?;
-        position += piece as u64;
-        std::thread::sleep(Duration::from_millis(ZERO_PAUSE_MS));
+    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+    let record_bytes = length.saturating_add(8);
+    if record_bytes > FIRST_RECORD_MAX_BYTES || record_bytes < header.len() as u64 {
+        return false;
     }
-    if end > length {
-        // Padding to a whole block grew the file: keep its length.
-        file.set_len(length)?;
+    let mut record = header.to_vec();
+    record.resize(record_bytes as usize, 0);
+    if reader.read_exact(&mut record[header.len()..]).is_err() {
+        return false;
     }
-    file.sync_data()
+    journal::decode_any_record(&record)
+        .is_ok_and(|record| record.stamp.is_some_and(|stamp| stamp.sequence == sequence))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal_file::DIRECT_BUFFER_BYTES;
-    use std::time::Instant;
+    use crate::journal::{encode_legacy_record, encode_record, FileStamp, RecordKind};
 
-    fn wait_for_ready(spares: &JournalSpares) -> PathBuf {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(path) = spares.take() {
-                return path;
-            }
-            assert!(Instant::now() < deadline, "no spare became ready");
-            std::thread::sleep(Duration::from_millis(5));
+    fn journal_file(directory: &Path, sequence: u64, version_2: bool) -> PathBuf {
+        let path = journal::journal_file_path(directory, sequence);
+        let mut bytes = Vec::new();
+        if version_2 {
+            let stamp = FileStamp::new_use(sequence);
+            encode_record(&mut bytes, RecordKind::Append, 1, stamp, &[5u8; 5000]);
+        } else {
+            encode_legacy_record(&mut bytes, RecordKind::Append, 1, &[5u8; 5000]);
         }
+        bytes.resize(256 * 1024, 0xab);
+        std::fs::write(&path, &bytes).expect("write");
+        path
     }
 
     #[test]
-    fn an_offered_file_comes_back_zeroed_under_a_name_recovery_ignores() {
+    fn an_offered_file_is_kept_as_it_is_under_a_name_recovery_ignores() {
         let directory = tempfile::tempdir().expect("temp dir");
         // Left by an earlier process: deleted at start.
-        std::fs::write(directory.path().join("spare-1-7.zeroing"), b"old").expect("write");
-        let spares = JournalSpares::start(directory.path(), true).expect("start");
-        assert!(!directory.path().join("spare-1-7.zeroing").exists());
-        let mut paths = Vec::new();
-        for index in 0..MAX_SPARES + 1 {
-            let path = directory.path().join(format!("{index:020}.journal"));
-            std::fs::write(&path, vec![0xabu8; 3 * DIRECT_BUFFER_BYTES / 2 + 123]).expect("write");
-            paths.push(path);
-        }
-        for path in &paths[..MAX_SPARES] {
-            assert!(spares.offer(path), "room for a spare");
+        std::fs::write(directory.path().join("spare-1-7.ready"), b"old").expect("write");
+        let spares = JournalSpares::start(directory.path()).expect("start");
+        assert!(!directory.path().join("spare-1-7.ready").exists());
+        let paths: Vec<PathBuf> = (0..MAX_SPARES as u64 + 1)
+            .map(|sequence| journal_file(directory.path(), sequence, true))
+            .collect();
+        let contents = std::fs::read(&paths[0]).expect("read");
+        for (sequence, path) in paths[..MAX_SPARES].iter().enumerate() {
+            assert!(spares.offer(path, sequence as u64), "room for a spare");
             assert!(!path.exists(), "renamed out of the journal");
         }
         assert!(
-            !spares.offer(&paths[MAX_SPARES]),
+            !spares.offer(&paths[MAX_SPARES], MAX_SPARES as u64),
             "at most MAX_SPARES are kept"
         );
         assert!(
             paths[MAX_SPARES].exists(),
             "a refused file stays for the caller"
         );
-        for _ in 0..MAX_SPARES {
-            let ready = wait_for_ready(&spares);
-            let name = ready
+        let mut taken = Vec::new();
+        while let Some(spare) = spares.take() {
+            let name = spare
                 .file_name()
                 .and_then(|name| name.to_str())
                 .expect("name");
             assert!(name.starts_with(SPARE_PREFIX) && name.ends_with(READY_SUFFIX));
-            let bytes = std::fs::read(&ready).expect("read spare");
-            assert_eq!(
-                bytes.len(),
-                3 * DIRECT_BUFFER_BYTES / 2 + 123,
-                "length kept"
-            );
-            assert!(bytes.iter().all(|byte| *byte == 0), "all zeros");
+            taken.push(std::fs::read(&spare).expect("read spare"));
         }
+        assert_eq!(taken.len(), MAX_SPARES);
+        assert!(taken.contains(&contents), "kept byte for byte, not zeroed");
         assert_eq!(
-            crate::journal::list_journal_files(directory.path()).expect("list"),
+            journal::list_journal_files(directory.path()).expect("list"),
             vec![MAX_SPARES as u64],
             "spares are not journal files"
         );
         // Taken spares no longer count: there is room again.
-        assert!(spares.offer(&paths[MAX_SPARES]));
+        assert!(spares.offer(&paths[MAX_SPARES], MAX_SPARES as u64));
+    }
+
+    #[test]
+    fn files_of_an_earlier_version_or_of_another_sequence_are_not_kept() {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let spares = JournalSpares::start(directory.path()).expect("start");
+        let legacy = journal_file(directory.path(), 1, false);
+        assert!(!spares.offer(&legacy, 1), "version 1: deleted, not kept");
+        let renamed = journal_file(directory.path(), 2, true);
+        assert!(!spares.offer(&renamed, 3), "not a record of file 3");
+        let empty = journal::journal_file_path(directory.path(), 4);
+        std::fs::write(&empty, vec![0u8; 8192]).expect("write");
+        assert!(!spares.offer(&empty, 4), "never written");
+        assert!(spares.take().is_none());
     }
 }

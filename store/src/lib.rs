@@ -14,7 +14,9 @@ pub mod fault;
 pub mod journal;
 mod journal_file;
 mod journal_spares;
+pub mod journal_use;
 pub mod message_index;
+mod metrics;
 pub mod segment;
 pub mod segment_meta;
 pub mod storage;
@@ -41,10 +43,26 @@ const READ_ENVELOPE_BYTES: usize = 64 * 1024;
 /// service on `listener`, registers with the nameserver in the background,
 /// and on `shutdown` stops accepting, drains in-flight appends,
 /// checkpoints and deregisters.
+/// Serves its metrics on `[metrics] listen_address` when set.
 pub async fn run(
     config: StoreConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StoreError> {
+    let registry = sluice_telemetry::metrics::MetricsRegistry::new();
+    let _endpoint = sluice_service::start_metrics_endpoint(&config.metrics, &registry)
+        .await
+        .map_err(StoreError::InvalidArgument)?;
+    run_with_metrics(config, listener, shutdown, registry).await
+}
+
+/// [`run`], with the store's series registered in `registry` (which the
+/// caller serves, e.g. `sluice dev`) and no endpoint of its own.
+pub async fn run_with_metrics(
+    config: StoreConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    registry: sluice_telemetry::metrics::MetricsRegistry,
 ) -> Result<(), StoreError> {
     let local_address = listener
         .local_addr()
@@ -62,7 +80,11 @@ pub async fn run(
     let authorization = sluice_service::AuthorizationLayer::new(&config.auth)
         .map_err(StoreError::InvalidArgument)?;
     let limits = sluice_service::ServerLimits::new(&config.connections)
-        .with_authorization(authorization.clone());
+        .with_authorization(authorization.clone())
+        .with_quotas(sluice_service::Quotas::for_server(
+            &config.quotas,
+            &config.auth,
+        ));
     let incoming = limits
         .incoming_with_tls(listener, &config.tls)
         .map_err(|error| StoreError::InvalidArgument(error.to_string()))?;
@@ -77,6 +99,8 @@ pub async fn run(
     if !report.is_clean() {
         tracing::warn!(?report, "recovery found damage; see the report");
     }
+    metrics::register(&registry, &storage, config.data_dir.clone());
+    limits.register_metrics(&registry, "sluice_store");
     let message_indexes = std::sync::Arc::new(message_index::MessageIndexes::with_directory(
         config.message_index_limits(),
         config.data_dir.join(MESSAGE_INDEX_DIR),

@@ -72,8 +72,7 @@ async fn connect(
                 format!("bad nameserver address {address}: {error}"),
             )
         })?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+        .configure(|endpoint| endpoint.connect_timeout(timeout).timeout(timeout));
     let channel = endpoint.connect().await.map_err(|error| {
         SluiceError::new(
             ErrorCode::Unavailable,

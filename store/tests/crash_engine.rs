@@ -10,6 +10,7 @@ use common::{make_batch, read_all};
 use rand::{Rng, SeedableRng};
 use sluice_proto::v1::Durability;
 use sluice_proto::ErrorCode;
+use sluice_store::journal;
 use sluice_store::storage::{NewSegment, Storage, StorageOptions};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -103,6 +104,10 @@ fn latest_journal(directory: &Path) -> PathBuf {
     let mut files: Vec<PathBuf> = std::fs::read_dir(directory.join("journal"))
         .expect("journal dir")
         .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "journal")
+        })
         .collect();
     files.sort();
     files.pop().expect("a journal file exists")
@@ -112,8 +117,12 @@ fn latest_journal(directory: &Path) -> PathBuf {
 /// so what follows the last record is zero fill up to the file length.
 fn journal_data_end(path: &Path) -> u64 {
     let bytes = std::fs::read(path).expect("read journal");
+    let Ok(first) = journal::decode_any_record(&bytes) else {
+        return 0;
+    };
+    let accept = journal::Accept::Stamped(first.stamp.expect("version 2 records"));
     let mut position = 0;
-    while let Ok(record) = sluice_store::journal::decode_record(&bytes[position..]) {
+    while let Ok(record) = journal::decode_record(&bytes[position..], accept) {
         position += record.encoded_bytes;
     }
     position as u64

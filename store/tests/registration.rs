@@ -185,6 +185,13 @@ impl NameServer for FakeNameServer {
         Err(Status::unimplemented("fake nameserver"))
     }
 
+    async fn get_producer_id_key(
+        &self,
+        _request: Request<sluice_proto::v1::GetProducerIdKeyRequest>,
+    ) -> Result<Response<sluice_proto::v1::GetProducerIdKeyResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+
     async fn create_subscription(
         &self,
         _request: Request<sluice_proto::v1::CreateSubscriptionRequest>,

@@ -7,6 +7,10 @@
 //! (or use [`inject_interceptor`]) and servers build their per-request span
 //! with [`grpc_server_span`], so a produce is one trace from client through
 //! broker to store.
+//!
+//! [`metrics`] holds the Prometheus plumbing every service shares.
+
+pub mod metrics;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;

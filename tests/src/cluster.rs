@@ -7,7 +7,7 @@
 //! executable; the README's test command builds them first (`cargo build
 //! --bins`). A missing binary fails the test with that instruction.
 
-use crate::etcd::{free_port, EtcdCluster};
+use crate::etcd::{free_port, EtcdCluster, EtcdTls};
 use crate::small_fs::SmallFilesystem;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,11 +80,30 @@ pub fn create_certificates(directory: &Path) {
     );
 }
 
+/// The certificate nameservers present to a TLS etcd, in
+/// [`Cluster::tls_dir`]: a copy of the node certificate.
+pub const ETCD_CLIENT_CERT: &str = "etcd-client.pem";
+/// Its key.
+pub const ETCD_CLIENT_KEY: &str = "etcd-client.key";
+
+/// etcd serving TLS with the node certificate of `sluice certs create`
+/// (it names 127.0.0.1) and requiring client certificates of its CA.
+pub fn etcd_tls(tls_dir: &Path) -> EtcdTls {
+    EtcdTls {
+        ca_file: tls_dir.join("ca.pem"),
+        cert_file: tls_dir.join("node.pem"),
+        key_file: tls_dir.join("node.key"),
+    }
+}
+
 /// One service process.
 pub struct Service {
     pub kind: ServiceKind,
     pub node_id: String,
     pub port: u16,
+    /// Its Prometheus endpoint's port (`[metrics] listen_address`); 0
+    /// unless [`ClusterSpec::metrics`].
+    pub metrics_port: u16,
     config_path: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
@@ -96,6 +115,11 @@ impl Service {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT` of its metrics endpoint.
+    pub fn metrics_address(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
 
     /// Starts (or restarts) the process.
@@ -276,11 +300,25 @@ pub struct ClusterSpec {
     pub store_filesystem_bytes: Option<u64>,
     /// Run every hop with mutual TLS and authorisation: `sluice certs
     /// create` makes a CA and certificates in the cluster's directory,
-    /// every service gets `[tls]` (client certificates required) and
-    /// `[auth]` (the node and client certificates are super users), and
+    /// etcd serves `https://` with the node certificate and requires
+    /// client certificates (`--client-cert-auth`; nameservers present a
+    /// copy of the node certificate, [`ETCD_CLIENT_CERT`], through
+    /// `[metadata] tls_*`), every service gets
+    /// `[tls]` (client certificates required) and `[auth]` (the node and
+    /// client certificates are super users), and
     /// [`Cluster::client_config`] connects with the client certificate.
     /// Default: whether [`TLS_VARIABLE`] is set.
     pub tls: bool,
+    /// Extra TOML merged into every nameserver's and broker's config
+    /// after the harness's own and the [`ClusterSpec::tls`] sections (e.g.
+    /// `[auth.jwt]` with a test's JWKS file). Default empty.
+    pub auth_config: String,
+    /// Give every service a Prometheus endpoint on a free port
+    /// ([`Service::metrics_address`]). Default off: each port is picked
+    /// free and bound later by the service, and another process can take
+    /// it in between (a broker once failed to start so), so only the tests
+    /// that scrape ask for them.
+    pub metrics: bool,
 }
 
 impl ClusterSpec {
@@ -313,6 +351,8 @@ impl Default for ClusterSpec {
             store_file_limit: None,
             store_filesystem_bytes: None,
             tls: std::env::var_os(TLS_VARIABLE).is_some(),
+            auth_config: String::new(),
+            metrics: false,
         }
     }
 }
@@ -334,8 +374,20 @@ impl Cluster {
     /// Starts etcd and every service, and waits until all brokers and stores
     /// are registered.
     pub async fn start(spec: ClusterSpec) -> Self {
-        let etcd = EtcdCluster::start(spec.etcd_members);
         let directory = tempfile::tempdir().expect("create cluster temp dir");
+        let etcd_tls = spec.tls.then(|| {
+            let tls_dir = directory.path().join("tls");
+            create_certificates(&tls_dir);
+            // The nameservers' own copy, so a test can rotate it alone.
+            for (from, to) in [
+                ("node.pem", ETCD_CLIENT_CERT),
+                ("node.key", ETCD_CLIENT_KEY),
+            ] {
+                fs::copy(tls_dir.join(from), tls_dir.join(to)).expect("copy the node certificate");
+            }
+            etcd_tls(&tls_dir)
+        });
+        let etcd = EtcdCluster::start_with(spec.etcd_members, etcd_tls);
         let mut cluster = Self {
             etcd,
             nameservers: Vec::new(),
@@ -345,9 +397,6 @@ impl Cluster {
             store_filesystems: Vec::new(),
             directory,
         };
-        if spec.tls {
-            create_certificates(&cluster.tls_dir());
-        }
         if let Some(bytes) = spec.store_filesystem_bytes {
             cluster.store_filesystems = (0..spec.stores)
                 .map(|_| SmallFilesystem::mount(bytes))
@@ -396,7 +445,7 @@ impl Cluster {
                 let body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\n{timings}\
                      offsets_partitions = {offsets}\n\
-                     [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n\
+                     [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n{etcd_tls}\
                      [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
                     offsets = self.spec.offsets_partitions,
                     etcd = self
@@ -406,6 +455,7 @@ impl Cluster {
                         .map(|url| format!("\"{url}\""))
                         .collect::<Vec<_>>()
                         .join(", "),
+                    etcd_tls = self.metadata_tls_keys(),
                     ensemble = self.spec.ensemble_size(),
                     ack = self.spec.ack_quorum(),
                 );
@@ -443,10 +493,24 @@ impl Cluster {
                 (node_id, body)
             }
         };
+        let metrics_port = if self.spec.metrics { free_port() } else { 0 };
+        let body = if self.spec.metrics {
+            merge_toml(
+                &body,
+                &format!("[metrics]\nlisten_address = \"127.0.0.1:{metrics_port}\"\n"),
+            )
+        } else {
+            body
+        };
         let body = if self.spec.tls {
             merge_toml(&body, &self.tls_section())
         } else {
             body
+        };
+        let body = if kind == ServiceKind::Store {
+            body
+        } else {
+            merge_toml(&body, &self.spec.auth_config)
         };
         let config_path = self.directory.path().join(format!("{prefix}.toml"));
         fs::write(&config_path, body).expect("write service config");
@@ -454,6 +518,7 @@ impl Cluster {
             kind,
             node_id: prefix.clone(),
             port,
+            metrics_port,
             config_path,
             log_path: self.directory.path().join(format!("{prefix}.log")),
             child: None,
@@ -462,6 +527,17 @@ impl Cluster {
                 _ => None,
             },
         }
+    }
+
+    /// `ClusterStatus` as the cluster's client sees it; panics if the
+    /// nameserver does not answer.
+    pub async fn status(&self) -> sluice_proto::v1::ClusterStatusResponse {
+        sluice_client::Admin::connect(self.client_config())
+            .await
+            .expect("admin")
+            .cluster_status()
+            .await
+            .expect("cluster status")
     }
 
     /// Creates a topic with default settings and waits until every
@@ -558,6 +634,21 @@ impl Cluster {
         command
     }
 
+    /// The `sluice` CLI with `--bootstrap` set to this cluster, TLS
+    /// trusting the cluster's CA without a client certificate, and
+    /// `--token-file token_file` (clusters with `[auth.jwt]`).
+    pub fn cli_with_token(&self, token_file: &Path) -> Command {
+        let mut command = Command::new(binary("sluice"));
+        command
+            .arg("--bootstrap")
+            .arg(self.bootstrap().join(","))
+            .arg("--tls-ca")
+            .arg(self.tls_dir().join("ca.pem"))
+            .arg("--token-file")
+            .arg(token_file);
+        command
+    }
+
     /// A channel to the service at `address` as this cluster's clients
     /// connect: TLS with the client certificate when the cluster runs
     /// TLS. Connects at first use.
@@ -577,6 +668,21 @@ impl Cluster {
     /// (with [`ClusterSpec::tls`]).
     pub fn tls_dir(&self) -> PathBuf {
         self.directory.path().join("tls")
+    }
+
+    /// The nameservers' `[metadata]` keys for the cluster's etcd: mutual TLS
+    /// with the node certificate when etcd serves TLS, none otherwise.
+    pub fn metadata_tls_keys(&self) -> String {
+        match self.etcd.tls() {
+            Some(tls) => format!(
+                "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
+                 tls_reload_check_interval_ms = 200\n",
+                tls.ca_file.display(),
+                self.tls_dir().join(ETCD_CLIENT_CERT).display(),
+                self.tls_dir().join(ETCD_CLIENT_KEY).display()
+            ),
+            None => String::new(),
+        }
     }
 
     /// The `[tls]` and `[auth]` sections every service gets with

@@ -20,6 +20,7 @@ pub struct DevProcess {
     child: Child,
     bootstrap: String,
     ports: (u16, u16, u16),
+    metrics_port: u16,
 }
 
 impl DevProcess {
@@ -37,12 +38,14 @@ impl DevProcess {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Self {
+        let metrics_port = free_port();
         let child = Command::new(binary("sluice"))
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--nameserver-port", &ports.0.to_string()])
             .args(["--broker-port", &ports.1.to_string()])
             .args(["--store-port", &ports.2.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string()])
             .args(["--log-filter", log_filter])
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -53,6 +56,7 @@ impl DevProcess {
             child,
             bootstrap: format!("127.0.0.1:{}", ports.0),
             ports,
+            metrics_port,
         }
     }
 
@@ -68,6 +72,11 @@ impl DevProcess {
 
     pub fn ports(&self) -> (u16, u16, u16) {
         self.ports
+    }
+
+    /// `host:port` of its metrics endpoint (`--metrics-port`).
+    pub fn metrics_address(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
 
     /// The nameserver address for `--bootstrap` and the SDK.

@@ -5,6 +5,11 @@
 //!
 //! If the binary is missing the test fails and says how to install it; it
 //! never skips.
+//!
+//! With [`EtcdTls`] a cluster serves clients over TLS only (`https://`
+//! client URLs) and requires client certificates of the CA
+//! (`--client-cert-auth`); health is then read over plain HTTP on a
+//! metrics port of its own. Peers speak plaintext on loopback.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -139,17 +144,40 @@ impl Drop for Etcd {
     }
 }
 
+/// The certificate files of an etcd serving TLS to its clients.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA whose certificates clients must present (`--trusted-ca-file`).
+    pub ca_file: PathBuf,
+    /// etcd's certificate, naming 127.0.0.1 (`--cert-file`).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 /// One member of an [`EtcdCluster`].
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and metrics) port, with TLS.
+    metrics_port: u16,
+    tls: bool,
     child: Option<Child>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The port answering plain-HTTP `/health`.
+    fn health_port(&self) -> u16 {
+        if self.tls {
+            self.metrics_port
+        } else {
+            self.client_port
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -161,16 +189,17 @@ impl Member {
 /// directory and log, all killed and deleted on drop.
 pub struct EtcdCluster {
     members: Vec<Member>,
+    tls: Option<EtcdTls>,
     initial_cluster: String,
     cluster_token: String,
     directory: tempfile::TempDir,
 }
 
-/// Whether etcd at `client_port` reports itself healthy (it has a leader
-/// and serves reads), through its plain-HTTP `/health` endpoint.
-fn is_healthy(client_port: u16) -> bool {
+/// Whether etcd reports itself healthy (it has a leader and serves reads),
+/// through its plain-HTTP `/health` endpoint at `port`.
+fn is_healthy(port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", client_port)) else {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(2_000)));
@@ -190,6 +219,12 @@ impl EtcdCluster {
     /// Starts `size` members with a static `--initial-cluster` and waits
     /// until every one of them reports healthy.
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, None)
+    }
+
+    /// [`EtcdCluster::start`], serving clients over mutual TLS with `tls`
+    /// when given.
+    pub fn start_with(size: usize, tls: Option<EtcdTls>) -> Self {
         assert!(size >= 1, "an etcd cluster needs at least one member");
         let binary = etcd_binary();
         let mut last_error = String::new();
@@ -200,6 +235,8 @@ impl EtcdCluster {
                     name: format!("etcd-{}", index + 1),
                     client_port: free_port(),
                     peer_port: free_port(),
+                    metrics_port: free_port(),
+                    tls: tls.is_some(),
                     child: None,
                 })
                 .collect();
@@ -210,6 +247,7 @@ impl EtcdCluster {
                 .join(",");
             let mut cluster = Self {
                 members,
+                tls: tls.clone(),
                 initial_cluster,
                 cluster_token: format!("sluice-test-{}-{attempt}", std::process::id()),
                 directory,
@@ -243,7 +281,20 @@ impl EtcdCluster {
             .path()
             .join(format!("{}.data", self.members[index].name));
         let member = &self.members[index];
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca_file)
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", member.metrics_port));
+        }
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -288,7 +339,7 @@ impl EtcdCluster {
                         ));
                     }
                 }
-                if is_healthy(self.members[index].client_port) {
+                if is_healthy(self.members[index].health_port()) {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -311,6 +362,11 @@ impl EtcdCluster {
     /// Number of members (running or not).
     pub fn size(&self) -> usize {
         self.members.len()
+    }
+
+    /// The certificate files, when the cluster serves TLS.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     /// Every member's client URL, for clients that fail over between them.

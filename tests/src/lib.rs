@@ -5,5 +5,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod dev;
 pub mod etcd;
+pub mod metrics;
 pub mod read_back;
+pub mod security;
 pub mod small_fs;

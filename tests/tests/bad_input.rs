@@ -60,6 +60,7 @@ async fn produce_raw(
         partition,
         batch,
         resume: false,
+        ..Default::default()
     };
     match client.produce(tokio_stream::iter(vec![request])).await {
         Ok(response) => {
@@ -282,6 +283,7 @@ async fn bad_input_gets_clear_errors_and_servers_keep_serving() {
                 max_wait_ms: 0,
                 min_bytes: 0,
                 max_bytes: 1 << 20,
+                ..Default::default()
             })
             .await;
         match response {

@@ -26,6 +26,7 @@ impl Dev {
             .args(["--nameserver-port", &ports.0.to_string()])
             .args(["--broker-port", &ports.1.to_string()])
             .args(["--store-port", &ports.2.to_string()])
+            .args(["--metrics-port", &free_port().to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

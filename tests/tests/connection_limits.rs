@@ -34,13 +34,17 @@ struct Server {
 }
 
 impl Server {
+    /// Every client here is on loopback, one address: the per-address
+    /// limit (tested in `service/tests/quotas.rs`) is lifted so that the
+    /// limits under test are the ones reached.
     fn start(connections: &str) -> Self {
         let directory = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        const MAX_COUNT: u32 = u32::MAX;
         let config = format!(
             "node_id = \"connlimits\"\nlisten_address = \"127.0.0.1:{port}\"\n\
              [metadata]\nbackend = \"embedded\"\ndata_dir = \"{}\"\n\
-             [connections]\n{connections}\n",
+             [connections]\nmax_connections_per_ip = {MAX_COUNT}\n{connections}\n",
             directory.path().join("metadata").display()
         );
         let config_path = directory.path().join("nameserver.toml");

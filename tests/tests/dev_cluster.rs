@@ -15,14 +15,36 @@ const TOPICS: u32 = 2_000;
 /// Creations in flight at once in the restart test.
 const CONCURRENCY: usize = 16;
 
-/// Reads the banner's first line, so the process certainly wrote to the
-/// pipe before its reader goes away.
+/// Lines of the banner, at most (it ends with "Press ctrl-c").
+const BANNER_MAX_LINES: usize = 20;
+
+/// Reads the whole banner, so the process certainly wrote to the pipe
+/// before its reader goes away, and checks it says the cluster is
+/// plaintext on loopback without authentication (issue 13).
 fn read_banner(stdout: std::process::ChildStdout) {
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the banner");
-    assert!(line.contains("Sluice dev cluster running"), "{line:?}");
+    let mut reader = BufReader::new(stdout);
+    let mut banner = String::new();
+    for _ in 0..BANNER_MAX_LINES {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read the banner") == 0 {
+            break;
+        }
+        banner.push_str(&line);
+        if line.contains("Press ctrl-c") {
+            break;
+        }
+    }
+    for wanted in [
+        "Sluice dev cluster running",
+        "plaintext on loopback",
+        "no authentication",
+        "Press ctrl-c",
+    ] {
+        assert!(
+            banner.contains(wanted),
+            "the banner lacks {wanted:?}: {banner:?}"
+        );
+    }
 }
 
 /// A topic, records in, the same records out, with the CLI.

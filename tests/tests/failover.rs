@@ -73,6 +73,7 @@ async fn produce_code(mut client: BrokerClient<Channel>, partition: u32, value: 
         partition,
         batch: batch(&[value]),
         resume: false,
+        ..Default::default()
     };
     match client.produce(tokio_stream::iter(vec![request])).await {
         Ok(response) => match response.into_inner().message().await {
@@ -96,6 +97,7 @@ async fn fetch_code(mut client: BrokerClient<Channel>, partition: u32) -> ErrorC
         max_wait_ms: 0,
         min_bytes: 0,
         max_bytes: 1 << 20,
+        ..Default::default()
     };
     match client.fetch(request).await {
         Ok(response) => response

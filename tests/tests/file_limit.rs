@@ -51,12 +51,7 @@ async fn a_store_serves_more_topics_than_its_file_limit() {
         assert_eq!(values, expected, "topic {}", topic(index));
     }
 
-    let status = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin")
-        .cluster_status()
-        .await
-        .expect("cluster status");
+    let status = cluster.status().await;
     let load = status.stores[0].load.clone().expect("store load");
     assert!(load.healthy, "{load:?}");
     assert_eq!(load.max_open_segment_files, FILE_LIMIT / 2, "{load:?}");

@@ -4,97 +4,24 @@
 //! certificates super users. Brokers reach stores and nameservers, stores
 //! reach nameservers, and an SDK client with the client certificate
 //! produces and reads back; clients without TLS or without a certificate
-//! get an error naming the cause, and a client with a valid certificate of
-//! another principal cannot use the store or registration RPCs (the
-//! attacks of issue 13: deleting a live segment, registering a fake node)
-//! while the cluster keeps serving. `sluice health` works over TLS.
+//! get an error naming the cause; ACLs take effect on every node. The
+//! attacks of issue 13 by a client with a valid certificate of another
+//! principal are in `attacks.rs`. `sluice health` works over TLS.
 
 use sluice_client::{Admin, ClientConfig, ClientTls, Producer, ProducerConfig, Record};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::store_client::StoreClient;
-use sluice_proto::v1::{
-    ClusterStatusRequest, NodeKind, RegisterNodeRequest, SegmentStatusRequest,
-    StoreDeleteSegmentRequest,
-};
-use sluice_proto::v1::{CommitOffsetsRequest, FetchPartition, FetchRequest, PartitionOffset};
+use sluice_proto::v1::{ClusterStatusRequest, SegmentStatusRequest};
+use sluice_proto::v1::{FetchPartition, FetchRequest};
 use sluice_tests::cluster::{binary, Cluster, ClusterSpec};
 use sluice_tests::read_back::read_back;
+use sluice_tests::security::{client_of, issue_client, sluice_acl, tls_channel, until};
 use tonic::transport::Channel;
 
 const TOPIC: &str = "secured";
 const PARTITIONS: u32 = 2;
 const RECORDS: u64 = 200;
-
-/// `sluice acl` as a super user; panics unless it succeeds.
-fn sluice_acl(cluster: &Cluster, args: &[&str]) {
-    let dir = cluster.tls_dir();
-    let output = std::process::Command::new(binary("sluice"))
-        .arg("--bootstrap")
-        .arg(cluster.nameservers[0].url())
-        .arg("--tls-ca")
-        .arg(dir.join("ca.pem"))
-        .arg("--tls-cert")
-        .arg(dir.join("client.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("client.key"))
-        .arg("acl")
-        .args(args)
-        .output()
-        .expect("run sluice acl");
-    assert!(
-        output.status.success(),
-        "sluice acl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A certificate for `name` from the cluster's CA (`sluice certs issue`),
-/// as SDK settings.
-fn issue_client(cluster: &Cluster, name: &str) -> ClientConfig {
-    let dir = cluster.tls_dir();
-    let output = std::process::Command::new(binary("sluice"))
-        .args(["certs", "issue", "--name", name, "--ca-dir"])
-        .arg(&dir)
-        .arg("--out-dir")
-        .arg(&dir)
-        .output()
-        .expect("run sluice certs issue");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    client_of(cluster, name)
-}
-
-/// SDK settings with `name`'s certificate (issued by [`issue_client`]).
-fn client_of(cluster: &Cluster, name: &str) -> ClientConfig {
-    let dir = cluster.tls_dir();
-    let tls = ClientTls::from_files(
-        dir.join("ca.pem"),
-        Some((
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        )),
-    )
-    .expect("client certificate");
-    ClientConfig {
-        tls: Some(tls),
-        request_timeout_ms: 3_000,
-        ..cluster.client_config()
-    }
-}
-
-/// A raw gRPC channel to `address` with `config`'s TLS settings.
-fn tls_channel(config: &ClientConfig, address: &str) -> Channel {
-    let tls = config.tls.as_ref().expect("TLS settings");
-    tonic::transport::Endpoint::from_shared(sluice_client::with_scheme(address, true))
-        .expect("endpoint")
-        .tls_config(tls.tonic_config())
-        .expect("tls")
-        .connect_lazy()
-}
 
 /// `User:alice` may write one topic: she produces to it (as an idempotent
 /// producer: Write on a topic implies it), sees only it in the topic list,
@@ -162,7 +89,7 @@ async fn topic_acls_are_enforced(cluster: &Cluster) {
         .map(|route| route.broker_address.clone())
         .expect("partition 0 has an owner");
     let channel = tls_channel(&alice, &owner);
-    let refused = BrokerClient::new(channel.clone())
+    let refused = BrokerClient::new(channel)
         .fetch(FetchRequest {
             partitions: vec![FetchPartition {
                 topic: TOPIC.into(),
@@ -175,57 +102,6 @@ async fn topic_acls_are_enforced(cluster: &Cluster) {
         .await
         .expect_err("alice may not read");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-
-    // Read on every group does not open the internal ones (subscription
-    // cursors): the attack of issue 13 committed one at u64::MAX.
-    sluice_acl(
-        cluster,
-        &[
-            "add",
-            "--principal",
-            "User:alice",
-            "--operation",
-            "Read",
-            "--group",
-            "*",
-        ],
-    );
-    let coordinator = BrokerClient::new(channel);
-    let commit = |group: &str| {
-        let mut coordinator = coordinator.clone();
-        let request = CommitOffsetsRequest {
-            group: group.into(),
-            member_id: String::new(),
-            member_epoch: -1,
-            offsets: vec![PartitionOffset {
-                topic: TOPIC.into(),
-                partition: 0,
-                offset: u64::MAX,
-                ..PartitionOffset::default()
-            }],
-        };
-        async move { coordinator.commit_offsets(request).await }
-    };
-    until("alice's group ACL is in force", async || {
-        !matches!(commit("ordinary").await, Err(status) if status.message().contains("Group"))
-    })
-    .await;
-    let refused = commit("__sub.audit").await.expect_err("internal group");
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("ClusterAction"), "{refused:?}");
-}
-
-/// Waits until `check` holds, returning how long it took.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) -> std::time::Duration {
-    let start = std::time::Instant::now();
-    while !check().await {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(10),
-            "{what} within 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 /// ACLs added and removed with `sluice acl` reach the nameserver (from
@@ -281,42 +157,13 @@ async fn acls_take_effect_on_every_node(cluster: &Cluster) {
 }
 
 /// The intruder's clients of the first nameserver and the first store
-/// (its certificate issued by [`intruder_is_refused`]).
+/// (its certificate issued first).
 fn intruder_clients(cluster: &Cluster) -> (NameServerClient<Channel>, StoreClient<Channel>) {
     let intruder = client_of(cluster, "intruder");
     (
         NameServerClient::new(tls_channel(&intruder, &cluster.nameservers[0].url())),
         StoreClient::new(tls_channel(&intruder, &cluster.stores[0].url())),
     )
-}
-
-/// A certificate from the cluster's CA for `User:intruder` gets TLS, but
-/// neither a store's nor the nameserver's cluster-only RPCs.
-async fn intruder_is_refused(cluster: &Cluster) {
-    issue_client(cluster, "intruder");
-    let (mut nameserver, mut store) = intruder_clients(cluster);
-    for segment_id in 0..4 {
-        let refused = store
-            .delete_segment(StoreDeleteSegmentRequest { segment_id })
-            .await
-            .expect_err("an intruder cannot delete a segment");
-        assert_refused(&refused);
-    }
-    let refused = nameserver
-        .register_node(RegisterNodeRequest {
-            kind: NodeKind::Broker as i32,
-            node_id: "broker-1".into(),
-            address: "127.0.0.1:1".into(),
-            ..RegisterNodeRequest::default()
-        })
-        .await
-        .expect_err("an intruder cannot register as a broker");
-    assert_refused(&refused);
-}
-
-fn assert_refused(status: &tonic::Status) {
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("User:intruder"), "{status:?}");
 }
 
 /// Connects and asks for the topics (a TLS 1.3 client learns that its
@@ -373,7 +220,7 @@ async fn every_hop_runs_mutual_tls() {
         .await
         .expect("while the others are served");
 
-    intruder_is_refused(&cluster).await;
+    issue_client(&cluster, "intruder");
     acls_take_effect_on_every_node(&cluster).await;
 
     let read = read_back(cluster.client_config(), TOPIC, PARTITIONS).await;

@@ -20,13 +20,20 @@
 //!   segment;
 //! - `pipeline.rs`: the quorum append pipeline as a pure state machine;
 //! - `serve.rs`: the IO loop that feeds the pipeline and carries out its
-//!   effects.
+//!   effects;
+//! - `transactions.rs`: the partition's transactions (ADR 0016) as a pure
+//!   state machine: open transactions, verification, markers, the last
+//!   stable offset and the aborted transactions;
+//! - `txn_io.rs`: its IO edge: admitting data and markers into the
+//!   pipeline, verifications in flight, rebuilding it from the log.
 
 mod pipeline;
 mod reads;
 mod serve;
 mod takeover;
 mod task;
+pub mod transactions;
+mod txn_io;
 
 use crate::clients::Clients;
 use crate::error::BrokerError;
@@ -36,11 +43,13 @@ use crate::read_ahead::ReadAhead;
 use crate::tail_cache::{PartitionKey, SharedTailCache};
 use crate::Shared;
 use bytes::Bytes;
+use sluice_proto::batch::control::Marker;
 use sluice_proto::batch::BatchHeader;
 use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{SegmentInfo, TopicConfig};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use transactions::{AbortedTxn, PartitionTransactions};
 
 /// Where the partition is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,11 @@ pub struct PartitionStatus {
     /// Why the partition cannot be taken over without an operator (a range
     /// damaged on every copy), while that is so.
     pub offline: Option<String>,
+    /// Offsets below it belong to no open transaction (ADR 0016 §3.4):
+    /// min(high watermark, first offsets of open transactions). `None`
+    /// until the transaction state is rebuilt after a takeover; nothing is
+    /// served read-committed before.
+    pub last_stable_offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,11 +90,22 @@ pub struct AppendOutcome {
     pub epoch: u64,
 }
 
+/// What an append carries.
+enum JobKind {
+    /// A batch from a producer (or the group coordinator); a transactional
+    /// one with its transactional id.
+    Data { transactional_id: String },
+    /// A transaction marker; its control batch is built when the pipeline
+    /// admits it (it records the transaction's first offset here).
+    Marker(Marker),
+}
+
 /// Runs inside the pipeline, in log order, once an append is durable; gets
 /// its base offset.
 pub type OnDurable = Box<dyn FnOnce(u64) + Send>;
 
 struct AppendJob {
+    kind: JobKind,
     batch: Bytes,
     header: BatchHeader,
     generation: u64,
@@ -111,10 +136,15 @@ pub struct Partition {
     /// Idempotent producers' latest batches (ADR 0010); used by the
     /// pipeline task only.
     producers: Mutex<ProducerStates>,
+    /// Transactions of this partition (ADR 0016): changed by the pipeline
+    /// task only, read by read-committed fetches (aborted ranges).
+    transactions: Mutex<PartitionTransactions<AppendJob>>,
     /// The store read started ahead of a sequential reader's next fetch.
     read_ahead: ReadAhead,
     /// What the broker's own readers stepped over in accepted-lost ranges.
     pub lost_skips: LostSkips,
+    /// This topic's produce and fetch counters, looked up once here.
+    pub series: crate::metrics::TopicSeries,
     io: PartitionIo,
 }
 
@@ -149,6 +179,7 @@ impl Partition {
         let queue_permits = usize::try_from(shared.config.produce.partition_queue_bytes)
             .unwrap_or(usize::MAX)
             .clamp(1, Semaphore::MAX_PERMITS);
+        let series = shared.metrics.topic(&key.topic);
         let partition = Arc::new(Partition {
             key,
             epoch,
@@ -160,6 +191,7 @@ impl Partition {
                 generation: 0,
                 loaded: false,
                 offline: None,
+                last_stable_offset: None,
             }),
             jobs,
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
@@ -169,8 +201,14 @@ impl Partition {
             producers: Mutex::new(ProducerStates::new(
                 shared.config.produce.max_producer_states_per_partition,
             )),
+            transactions: Mutex::new(PartitionTransactions::new(transactions::Limits {
+                max_open: shared.config.produce.max_open_transactions_per_partition,
+                max_ended: transactions::MAX_ENDED_PRODUCERS,
+                max_aborted: transactions::MAX_ABORTED_TRANSACTIONS,
+            })),
             read_ahead: ReadAhead::default(),
             lost_skips: LostSkips::default(),
+            series,
             io: PartitionIo::of(&shared),
         });
         tokio::spawn(task::run(shared, partition.clone(), jobs_receiver));
@@ -241,6 +279,7 @@ impl Partition {
             self.status.send_modify(|status| {
                 status.log_start_offset = status.log_start_offset.max(base);
             });
+            self.transactions(|state| state.forget_aborted_before(base));
         }
         self.set_segments(segments);
     }
@@ -282,6 +321,63 @@ impl Partition {
         generation: u64,
         on_durable: Option<OnDurable>,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
+        self.submit_job(
+            JobKind::Data {
+                transactional_id: String::new(),
+            },
+            batch,
+            header,
+            generation,
+            on_durable,
+        )
+    }
+
+    /// [`Partition::submit`] of a producer's batch, with the transactional
+    /// id it came with (required for a transactional batch).
+    pub fn submit_produced(
+        &self,
+        batch: Bytes,
+        header: BatchHeader,
+        generation: u64,
+        transactional_id: String,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
+        let kind = JobKind::Data { transactional_id };
+        self.submit_job(kind, batch, header, generation, None)
+    }
+
+    /// Queues a transaction marker (ADR 0016 §3.4), answered once durable
+    /// or when found already applied.
+    pub fn submit_marker(
+        &self,
+        marker: Marker,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
+        // The header is a placeholder until the pipeline builds the batch.
+        let placeholder =
+            sluice_proto::batch::control::build_marker(&marker, 0).ok_or_else(|| {
+                BrokerError::InvalidArgument(format!(
+                    "a marker needs a producer id >= 0 and a transaction epoch in 0..{}",
+                    i16::MAX
+                ))
+            })?;
+        let header = BatchHeader::parse(&placeholder).map_err(BrokerError::Batch)?;
+        let generation = self.status().generation;
+        self.submit_job(
+            JobKind::Marker(marker),
+            placeholder,
+            header,
+            generation,
+            None,
+        )
+    }
+
+    fn submit_job(
+        &self,
+        kind: JobKind,
+        batch: Bytes,
+        header: BatchHeader,
+        generation: u64,
+        on_durable: Option<OnDurable>,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
         let status = self.status();
         match status.phase {
             Phase::Serving => {}
@@ -318,6 +414,7 @@ impl Partition {
         let (reply, receiver) = oneshot::channel();
         self.jobs
             .send(AppendJob {
+                kind,
                 batch,
                 header,
                 generation,
@@ -340,6 +437,26 @@ impl Partition {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         access(&mut states)
+    }
+}
+
+impl Partition {
+    /// Runs `access` on the transaction state.
+    fn transactions<R>(
+        &self,
+        access: impl FnOnce(&mut PartitionTransactions<AppendJob>) -> R,
+    ) -> R {
+        let mut state = self
+            .transactions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        access(&mut state)
+    }
+
+    /// Aborted transactions whose ranges meet `[from, to)` (read-committed
+    /// fetches).
+    pub fn aborted_in(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
+        self.transactions(|state| state.aborted_in(from, to))
     }
 }
 

@@ -6,7 +6,8 @@
 
 use super::pipeline::{AppendPipeline, Effect, End, Entry, Settings};
 use super::takeover::{create_and_open, OpenSegment};
-use super::{never, AppendJob, AppendOutcome, Partition};
+use super::txn_io::{self, TxnIo};
+use super::{never, AppendJob, AppendOutcome, JobKind, Partition};
 use crate::decisions::effective_ack_quorum;
 use crate::error::BrokerError;
 use crate::idempotence::Verdict;
@@ -92,6 +93,7 @@ pub(super) async fn serve(
     partition: &Partition,
     segment: OpenSegment,
     jobs: &mut mpsc::UnboundedReceiver<AppendJob>,
+    txn: &mut TxnIo,
 ) -> ServeEnd {
     let OpenSegment {
         info,
@@ -126,16 +128,27 @@ pub(super) async fn serve(
         if let Some(end) = pipeline.take_end() {
             return finish(end, info, prepared);
         }
+        // Batches a verification released go before anything newly
+        // queued (ADR 0016 §3.3).
+        if pipeline.accepts_appends() {
+            if let Some(job) = txn.take_released() {
+                append(shared, partition, &mut pipeline, &info, &senders, txn, job);
+                continue;
+            }
+        }
         let deadline = pipeline.next_deadline().map(Instant::from_std);
         tokio::select! {
             _ = crate::wait_until_set(&mut stopped) => {
                 return stop(partition, &mut pipeline);
             }
-            job = jobs.recv(), if pipeline.accepts_appends() => {
+            job = jobs.recv(), if pipeline.accepts_appends() && !txn.has_released() => {
                 let Some(job) = job else {
                     return stop(partition, &mut pipeline);
                 };
-                append(partition, &mut pipeline, &info, &senders, job);
+                append(shared, partition, &mut pipeline, &info, &senders, txn, job);
+            }
+            answer = txn.next_answer(), if txn.has_verifications() => {
+                txn_io::answered(partition, txn, answer);
             }
             // Polled while idle too, so a store that dies between appends
             // is dropped (and the segment rolled) at once.
@@ -232,13 +245,17 @@ fn finish(end: End, info: SegmentInfo, prepared: Option<OpenSegment>) -> ServeEn
 }
 
 /// Takes one queued append into the pipeline: refuses it after an earlier
-/// failure, answers it from the producer state when it is a resend, else
-/// stamps its offset and epoch and sends it to every healthy replica.
+/// failure, admits it by the transaction rules (holding it for a
+/// verification, answering an applied marker), answers it from the
+/// producer state when it is a resend, else stamps its offset and epoch
+/// and sends it to every healthy replica.
 fn append(
+    shared: &Shared,
     partition: &Partition,
     pipeline: &mut AppendPipeline<Appending>,
     info: &SegmentInfo,
     senders: &[mpsc::Sender<AppendRequest>],
+    txn: &mut TxnIo,
     job: AppendJob,
 ) {
     if job.generation != partition.status().generation {
@@ -248,9 +265,20 @@ fn append(
         });
         return;
     }
-    let base_offset = pipeline.next_offset();
-    let Some(mut job) = deduplicate(partition, job, base_offset) else {
+    let Some(job) = txn_io::admit(shared, partition, txn, job) else {
         return;
+    };
+    let base_offset = pipeline.next_offset();
+    let mut job = match job.kind {
+        // Markers bypass idempotence (their sequence is -1).
+        JobKind::Marker(_) => job,
+        JobKind::Data { .. } => {
+            let Some(job) = deduplicate(partition, job, base_offset) else {
+                return;
+            };
+            txn_io::appending(partition, &job.header, base_offset);
+            job
+        }
     };
     // Stamped in place when this is the only reference to the batch's
     // memory (the request it came in is gone); copied otherwise, since a
@@ -350,9 +378,12 @@ fn complete(shared: &Shared, partition: &Partition, done: Entry<Appending>) {
     shared
         .tail_cache
         .insert(&partition.key, base_offset, end_offset, appending.bytes);
-    partition
-        .status
-        .send_modify(|status| status.high_watermark = end_offset);
+    let last_stable_offset =
+        txn_io::completed(partition, &appending.job.kind, base_offset, end_offset);
+    partition.status.send_modify(|status| {
+        status.high_watermark = end_offset;
+        status.last_stable_offset = last_stable_offset;
+    });
     partition.producer_states(|states| {
         states.appended(&appending.job.header, base_offset, appending.append_time_ms)
     });

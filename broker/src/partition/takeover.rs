@@ -600,85 +600,145 @@ async fn unreadable_on_every_copy(
     .map(|range| range.end)
 }
 
-/// Restores the producer states of a partition whose pipeline just
-/// (re)opened after a takeover or a failure, from the batch headers in the
-/// tail of its log (read from the stores, like a fetch). Does nothing after
-/// a plain roll, where the state is exact. An error fails the takeover,
-/// which is retried: serving without the state could append duplicates.
-pub(super) async fn rebuild_producer_states(
+/// Restores the producer states and the transaction state (ADR 0016 §3.6)
+/// of a partition whose pipeline just (re)opened after a takeover or a
+/// failure, from the batch headers of its log (read from the stores, like
+/// a fetch), in one pass from the earlier of the two starts. Does nothing
+/// after a plain roll, where both are exact. An error fails the takeover,
+/// which is retried: serving without the state could append duplicates or
+/// serve an open transaction's records read-committed.
+pub(super) async fn rebuild_partition_state(
     shared: &Shared,
     partition: &Partition,
 ) -> Result<(), BrokerError> {
     let status = partition.status();
     let segments = partition.segments();
     let window_bytes = shared.config.produce.producer_state_rebuild_bytes;
-    let Some(start) = partition.producer_states(|states| {
+    let producer_start = partition.producer_states(|states| {
         states.rebuild_start(&segments, status.log_start_offset, window_bytes)
-    }) else {
+    });
+    let window = crate::idempotence::window_start(&segments, window_bytes);
+    let txn_start = super::txn_io::rebuild_start(shared, partition, window);
+    let Some(start) = producer_start.into_iter().chain(txn_start).min() else {
+        // Both exact; the high watermark may have moved (the seal).
+        super::txn_io::finish_rebuild(partition);
         return Ok(());
     };
+    if txn_start.is_some() {
+        super::txn_io::reset(
+            partition,
+            &BrokerError::Recovering {
+                topic: partition.key.topic.clone(),
+                partition: partition.key.partition,
+            },
+        );
+    }
     let high_watermark = status.high_watermark;
     let mut offset = start;
     while offset < high_watermark {
-        let Some(segment) = segment_for_offset(&segments, offset) else {
-            return Err(BrokerError::Internal(format!(
-                "no segment of {} holds offset {offset} below the high watermark {high_watermark}",
-                partition.key
-            )));
-        };
-        if let Some(lost) = lost_range_at(&segments, offset) {
-            // Accepted as lost: nothing to read there (idempotence has no
-            // state from it, like a batch older than the window).
-            offset = lost.end;
+        let Some(batches) = read_for_rebuild(shared, partition, &segments, &mut offset).await?
+        else {
             continue;
-        }
-        let end_offset = if segment.state() == SegmentState::Open {
-            high_watermark
-        } else {
-            segment.end_offset.min(high_watermark)
         };
-        // Stop a read before the next lost range.
-        let end_offset = read_end_before_lost(&segments, offset, end_offset);
-        let read = read_segment(
-            &shared.clients,
-            &partition.key,
-            segment,
-            offset,
-            end_offset,
-            REBUILD_READ_BYTES as usize,
-        )
-        .await;
-        let batches = match read {
-            Ok(batches) => batches,
-            Err(error) => match unreadable_on_every_copy(shared, segment, offset, &error).await {
-                Some(damage_end) => {
-                    tracing::warn!(partition = %partition.key, segment = segment.segment_id, from_offset = offset, to_offset = damage_end, "producer state not rebuilt from a range of a closed segment damaged on every copy: a producer's retry of a batch there is not recognised as a duplicate");
-                    offset = damage_end;
-                    continue;
-                }
-                None => return Err(error),
-            },
-        };
-        let next = partition
-            .producer_states(|states| states.apply_log(&batches, offset))
-            .map_err(|error| {
-                BrokerError::Internal(format!(
-                    "rebuilding producer state of {} at offset {offset}: {error}",
-                    partition.key
-                ))
-            })?;
+        let next = apply_rebuild_read(partition, &batches, offset, producer_start, txn_start)?;
         if next <= offset {
             return Err(BrokerError::Unavailable(format!(
-                "stores of segment {} of {} returned nothing at offset {offset} (end {end_offset})",
-                segment.segment_id, partition.key
+                "stores of {} returned nothing at offset {offset}",
+                partition.key
             )));
         }
         offset = next;
     }
     let producers = partition.producer_states(|states| {
-        states.finish_rebuild();
+        if producer_start.is_some() {
+            states.finish_rebuild();
+        }
         states.len()
     });
-    tracing::info!(partition = %partition.key, from_offset = start, high_watermark, producers, "producer state rebuilt from the log");
+    let (last_stable_offset, open_transactions) = super::txn_io::finish_rebuild(partition);
+    tracing::info!(partition = %partition.key, from_offset = start, high_watermark, producers, ?last_stable_offset, open_transactions, "producer and transaction state rebuilt from the log");
     Ok(())
+}
+
+/// One read of the rebuild at `offset`: `None` (with `offset` moved past
+/// it) for a range accepted as lost or damaged on every copy.
+async fn read_for_rebuild(
+    shared: &Shared,
+    partition: &Partition,
+    segments: &[SegmentInfo],
+    offset: &mut u64,
+) -> Result<Option<bytes::Bytes>, BrokerError> {
+    let high_watermark = partition.status().high_watermark;
+    let Some(segment) = segment_for_offset(segments, *offset) else {
+        return Err(BrokerError::Internal(format!(
+            "no segment of {} holds offset {offset} below the high watermark {high_watermark}",
+            partition.key
+        )));
+    };
+    if let Some(lost) = lost_range_at(segments, *offset) {
+        // Accepted as lost: nothing to read there (idempotence has no
+        // state from it, like a batch older than the window).
+        *offset = lost.end;
+        return Ok(None);
+    }
+    let end_offset = if segment.state() == SegmentState::Open {
+        high_watermark
+    } else {
+        segment.end_offset.min(high_watermark)
+    };
+    // Stop a read before the next lost range.
+    let end_offset = read_end_before_lost(segments, *offset, end_offset);
+    let read = read_segment(
+        &shared.clients,
+        &partition.key,
+        segment,
+        *offset,
+        end_offset,
+        REBUILD_READ_BYTES as usize,
+    )
+    .await;
+    match read {
+        Ok(batches) => Ok(Some(batches)),
+        Err(error) => match unreadable_on_every_copy(shared, segment, *offset, &error).await {
+            Some(damage_end) => {
+                tracing::warn!(partition = %partition.key, segment = segment.segment_id, from_offset = *offset, to_offset = damage_end, "producer and transaction state not rebuilt from a range of a closed segment damaged on every copy: a producer's retry of a batch there is not recognised as a duplicate, and a transaction open there is not known");
+                *offset = damage_end;
+                Ok(None)
+            }
+            None => Err(error),
+        },
+    }
+}
+
+/// Feeds one read to the states that are being rebuilt; returns the offset
+/// after its last batch.
+fn apply_rebuild_read(
+    partition: &Partition,
+    batches: &[u8],
+    offset: u64,
+    producer_start: Option<u64>,
+    txn_start: Option<u64>,
+) -> Result<u64, BrokerError> {
+    let failed = |error: sluice_proto::batch::BatchError| {
+        BrokerError::Internal(format!(
+            "rebuilding the state of {} at offset {offset}: {error}",
+            partition.key
+        ))
+    };
+    let mut next = offset;
+    for item in sluice_proto::batch::BatchIter::new(batches) {
+        let (_, header, _) = item.map_err(failed)?;
+        next = next.max(header.end_offset());
+    }
+    if let Some(producer_start) = producer_start {
+        // Only from its own start: older batches would be remembered
+        // after newer ones.
+        partition
+            .producer_states(|states| states.apply_log(batches, offset.max(producer_start)))
+            .map_err(failed)?;
+    }
+    if let Some(txn_start) = txn_start {
+        super::txn_io::apply_log(partition, batches, offset.max(txn_start));
+    }
+    Ok(next)
 }

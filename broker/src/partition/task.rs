@@ -7,6 +7,7 @@
 
 use super::serve::{serve, ServeEnd};
 use super::takeover::{close_rolled_segment, open_segment, OpenSegment};
+use super::txn_io::{self, TxnIo};
 use super::{AppendJob, Partition, Phase};
 use crate::error::BrokerError;
 use crate::Shared;
@@ -60,6 +61,9 @@ struct Carried {
     roll_pause: Option<(Instant, Instant)>,
     /// The next segment when a roll prepared it: served without a takeover.
     next_segment: Option<OpenSegment>,
+    /// Transaction verifications in flight and the batches they released
+    /// (ADR 0016): they outlive a roll.
+    txn: TxnIo,
 }
 
 pub(super) async fn run(
@@ -74,6 +78,7 @@ pub(super) async fn run(
         excluded: Vec::new(),
         roll_pause: None,
         next_segment: None,
+        txn: TxnIo::default(),
     };
     loop {
         if *stopped.borrow() {
@@ -103,7 +108,7 @@ pub(super) async fn run(
                 }
             }
         };
-        match serve(&shared, &partition, segment, &mut jobs).await {
+        match serve(&shared, &partition, segment, &mut jobs, &mut carried.txn).await {
             ServeEnd::Stopped => break,
             end => handle_end(&shared, &partition, end, &mut jobs, &mut carried),
         }
@@ -113,6 +118,8 @@ pub(super) async fn run(
         .send_modify(|status| status.phase = Phase::Stopped);
     jobs.close();
     drain_queue(&mut jobs, &partition.not_owner());
+    carried.txn.fail_all(&partition.not_owner());
+    txn_io::reset(&partition, &partition.not_owner());
     tracing::info!(partition = %partition.key, epoch = partition.epoch, "stopped serving");
 }
 
@@ -125,18 +132,23 @@ async fn take_over(
     partition: &Arc<Partition>,
     carried: &mut Carried,
 ) -> Result<OpenSegment, BrokerError> {
-    // Timed in parts (fence, recover, close and open; offsets replay;
-    // producer state) so failover costs can be read from the log (ADR 0014).
+    // Timed in parts (waiting for a turn; fence, recover, close and open;
+    // offsets replay; producer state) so failover costs can be read from
+    // the log (ADR 0014).
     let started = Instant::now();
+    // Never closed, so this cannot fail; without a turn, take over anyway.
+    let _turn = shared.takeovers.acquire().await.ok();
+    let queued_ms = started.elapsed().as_millis() as u64;
     let segment = open_segment(shared, partition, &mut carried.excluded).await?;
-    let segment_ms = started.elapsed().as_millis() as u64;
+    let segment_ms = (started.elapsed().as_millis() as u64).saturating_sub(queued_ms);
     if !carried.replayed {
         shared.coordinator.load_partition(partition).await?;
         carried.replayed = true;
     }
-    let replayed_ms = started.elapsed().as_millis() as u64;
-    super::takeover::rebuild_producer_states(shared, partition).await?;
+    let replayed_ms = (started.elapsed().as_millis() as u64).saturating_sub(queued_ms);
+    super::takeover::rebuild_partition_state(shared, partition).await?;
     let total_ms = started.elapsed().as_millis() as u64;
+    let worked_ms = total_ms.saturating_sub(queued_ms);
     log_roll(partition, &segment, carried.roll_pause.take(), false);
     tracing::info!(
         partition = %partition.key,
@@ -144,8 +156,9 @@ async fn take_over(
         segment = segment.info.segment_id,
         base_offset = segment.info.base_offset,
         segment_ms,
-        offsets_replay_ms = replayed_ms - segment_ms,
-        producer_state_ms = total_ms - replayed_ms,
+        offsets_replay_ms = replayed_ms.saturating_sub(segment_ms),
+        producer_state_ms = worked_ms.saturating_sub(replayed_ms),
+        queued_ms,
         total_ms,
         "serving"
     );
@@ -262,6 +275,7 @@ fn handle_end(
                 status.generation += 1;
             });
             drain_queue(jobs, &error);
+            carried.txn.fail_all(&error);
         }
     }
 }

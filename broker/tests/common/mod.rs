@@ -202,6 +202,7 @@ pub fn produce_request(request_id: u64, topic: &str, batch: Bytes) -> ProduceReq
         partition: 0,
         batch,
         resume: false,
+        ..Default::default()
     }
 }
 
@@ -230,6 +231,7 @@ pub async fn fetch_topic(
             max_wait_ms,
             min_bytes: 1,
             max_bytes: 4 * 1024 * 1024,
+            ..Default::default()
         })
         .await
         .expect("fetch answers")
@@ -617,6 +619,7 @@ pub async fn list_offsets(
             partition: 0,
             spec: spec as i32,
             timestamp_ms,
+            ..Default::default()
         })
         .await
         .expect("list offsets")

@@ -238,8 +238,7 @@ async fn run_fetcher(
         }
         let mut to_fetch = to_fetch;
         if !to_fetch.is_empty() {
-            // The broker fills the response in request order; rotating the
-            // order keeps a busy partition from starving the others.
+            // Filled in request order: rotating keeps a busy partition from starving others.
             to_fetch.sort_by(|left, right| left.0.cmp(&right.0));
             let shift = round % to_fetch.len();
             to_fetch.rotate_left(shift);
@@ -287,6 +286,7 @@ async fn run_fetcher(
                 max_wait_ms: config.fetch_max_wait_ms,
                 min_bytes: 1,
                 max_bytes,
+                isolation: config.isolation.level() as i32,
             };
             let moved_away = || {
                 to_fetch
@@ -298,9 +298,8 @@ async fn run_fetcher(
                     let fetch = cluster.unary("Fetch", &address, client.fetch(request));
                     match until_moved_away(fetch, cluster.route_changes(), moved_away).await {
                         Some(result) => result,
-                        // Every partition asked for has a new owner, which
-                        // its own fetcher reads from: this (long, or stuck)
-                        // fetch is not waited for.
+                        // Every partition asked for has a new owner (its own
+                        // fetcher reads there): this long or stuck fetch is dropped.
                         None => continue,
                     }
                 }
@@ -308,6 +307,8 @@ async fn run_fetcher(
             };
             match result {
                 Ok(response) => {
+                    tokio::time::sleep(crate::cluster::throttle_wait(response.throttle_time_ms))
+                        .await;
                     let requested: HashMap<TopicPartition, (u64, u64)> = to_fetch
                         .into_iter()
                         .map(|(partition, offset, generation)| (partition, (offset, generation)))
@@ -455,12 +456,13 @@ async fn run_decoder(
                     shared.release(batches.len());
                     continue;
                 }
-                let decoded = decode_batches(
+                let decoded = decode_batches_with_gaps(
                     &partition,
                     &batches,
                     start,
                     config.client.max_grpc_message_bytes,
                     config.on_corrupt_batch,
+                    config.isolation.allows_gaps(),
                 );
                 decoded_items(
                     &shared,
@@ -616,7 +618,16 @@ fn handle_partition(
         return Handled::Ok;
     }
     let bytes = fetched.batches.len();
-    let scanned = next_offset_after(partition, &fetched.batches, offset);
+    let gaps = config.isolation.allows_gaps();
+    // A read-committed answer may leave out offsets (markers, aborted
+    // batches), even all it read: the broker's next_offset says where the
+    // next fetch starts.
+    let scanned = scan_with_gaps(partition, &fetched.batches, offset, gaps).map(|scanned| {
+        match fetched.next_offset.filter(|_| gaps) {
+            Some(next_offset) => scanned.max(next_offset),
+            None => scanned,
+        }
+    });
     let mut state = shared.lock();
     let Some(position) = state.partitions.get_mut(partition) else {
         return Handled::Ok;
@@ -631,6 +642,9 @@ fn handle_partition(
                 return Handled::Ok;
             }
             position.offset = next_offset;
+            if fetched.batches.is_empty() {
+                return Handled::Ok;
+            }
             state.buffered_bytes += bytes;
             let _ = output.send(DecoderInput::Decode {
                 partition: partition.clone(),
@@ -687,10 +701,22 @@ fn on_data_lost(
 /// `offset`, from their headers alone (framing checked, CRCs not: the
 /// decoder checks them); stops at a hole like [`decode_batches`], so both
 /// agree on where the fetched data ends.
+#[cfg(test)]
 pub(crate) fn next_offset_after(
     partition: &TopicPartition,
     batches: &Bytes,
     offset: u64,
+) -> Result<u64, ClientError> {
+    scan_with_gaps(partition, batches, offset, false)
+}
+
+/// [`next_offset_after`]; with `gaps` (a read-committed answer, whose
+/// batches may leave out offsets) it reads past holes.
+fn scan_with_gaps(
+    partition: &TopicPartition,
+    batches: &Bytes,
+    offset: u64,
+    gaps: bool,
 ) -> Result<u64, ClientError> {
     let mut next_offset = offset;
     for item in BatchIter::new(batches) {
@@ -699,7 +725,7 @@ pub(crate) fn next_offset_after(
                 "{partition} at offset {offset}: malformed batch: {error}"
             ))
         })?;
-        if header.base_offset > next_offset {
+        if header.base_offset > next_offset && !gaps {
             break;
         }
         next_offset = next_offset.max(header.end_offset());
@@ -726,12 +752,27 @@ pub(crate) struct DecodedRange {
 /// whose header or CRC is bad fails the whole range (it may be damage in
 /// transit; the partition is paused); a sound batch whose records cannot
 /// be decoded is a corrupt batch, handled as `policy` says.
+#[cfg(test)]
 pub(crate) fn decode_batches(
     partition: &TopicPartition,
     batches: &Bytes,
     offset: u64,
     max_batch_bytes: usize,
     policy: CorruptBatchPolicy,
+) -> Result<DecodedRange, ClientError> {
+    decode_batches_with_gaps(partition, batches, offset, max_batch_bytes, policy, false)
+}
+
+/// [`decode_batches`]; with `gaps` (a read-committed answer, whose batches
+/// may leave out offsets: markers, aborted transactions) a hole is not
+/// an error.
+pub(crate) fn decode_batches_with_gaps(
+    partition: &TopicPartition,
+    batches: &Bytes,
+    offset: u64,
+    max_batch_bytes: usize,
+    policy: CorruptBatchPolicy,
+    gaps: bool,
 ) -> Result<DecodedRange, ClientError> {
     let mut decoded = DecodedRange {
         records: Vec::new(),
@@ -745,7 +786,7 @@ pub(crate) fn decode_batches(
                 "{partition} at offset {offset}: malformed batch: {error}"
             ))
         })?;
-        if header.base_offset > decoded.next_offset {
+        if header.base_offset > decoded.next_offset && !gaps {
             // Batches of a partition are contiguous; a hole means the
             // response is wrong. Keep what precedes it and fetch again from
             // the hole rather than skip offsets.

@@ -369,9 +369,10 @@ impl Dispatcher {
             );
             return;
         };
-        let error = ClientError::from_code(
+        let error = ClientError::from_code_with_wait(
             response.error,
             format!("{partition} at {address}: {}", response.error_message),
+            response.retry_after_ms,
         );
         // Other errors come from brokers that did not look at the
         // partition's backlog (not the owner, shutting down).
@@ -401,8 +402,11 @@ impl Dispatcher {
         };
         let answer = match &error {
             None => Answer::Success,
-            Some(error) if error.is_retriable() => Answer::Retriable,
-            Some(_) => Answer::Fatal,
+            Some(error) => match error.retry_after_ms() {
+                Some(wait_ms) => Answer::Throttled(Duration::from_millis(wait_ms)),
+                None if error.is_retriable() => Answer::Retriable,
+                None => Answer::Fatal,
+            },
         };
         let effect = sender
             .pipeline
@@ -559,6 +563,8 @@ impl Dispatcher {
                     partition: partition.partition,
                     batch: batch.data.clone(),
                     resume: std::mem::take(&mut sender.needs_resume),
+                    // Transactional produce comes with ADR 0016 stage 3.
+                    transactional_id: String::new(),
                 };
                 let address = owner.address;
                 let stream = match self.stream(&address) {

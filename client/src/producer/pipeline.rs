@@ -31,6 +31,10 @@ pub(crate) enum Answer {
     Success,
     /// Worth retrying (after refreshing routes and a backoff).
     Retriable,
+    /// Refused by a quota, nothing written: resend after exactly this
+    /// wait (the server's `retry_after_ms`), which is not a failure (the
+    /// backoff does not grow).
+    Throttled(Duration),
     /// Retrying cannot help; the batch fails.
     Fatal,
 }
@@ -109,6 +113,9 @@ pub(crate) struct Pipeline<B> {
     /// retries wait the base backoff without doubling; the first delivery
     /// ends this.
     fresh_owner: bool,
+    /// The latest end of the waits throttled answers named during this
+    /// drain: the resend waits for it instead of the backoff.
+    throttled_until: Option<Instant>,
 }
 
 impl<B> Pipeline<B> {
@@ -126,6 +133,7 @@ impl<B> Pipeline<B> {
             sent_to: None,
             moves: 0,
             fresh_owner: false,
+            throttled_until: None,
         }
     }
 
@@ -198,6 +206,7 @@ impl<B> Pipeline<B> {
         self.state = State::Sending;
         self.attempts = 0;
         self.fresh_owner = true;
+        self.throttled_until = None;
         Moved::Yes { abandoned }
     }
 
@@ -243,6 +252,13 @@ impl<B> Pipeline<B> {
                 self.state = State::Draining;
                 Effect::Failed(batch)
             }
+            Answer::Throttled(wait) => {
+                let until = crate::cluster::instant_after(now, wait);
+                self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+                self.state = State::Draining;
+                self.to_retry.insert(sequence, batch);
+                Effect::Pending
+            }
             // While draining, an error is most likely the broker failing a
             // request behind the first failure, so it is retried.
             Answer::Fatal | Answer::Retriable => {
@@ -267,6 +283,12 @@ impl<B> Pipeline<B> {
         let retry = std::mem::take(&mut self.to_retry);
         for (sequence, batch) in retry.into_iter().rev() {
             self.queued.push_front((sequence, batch));
+        }
+        if let Some(until) = self.throttled_until.take() {
+            // Throttled: resend when the server said, no sooner and no
+            // later; the requests behind it failed only because of it.
+            self.state = State::Backoff(until);
+            return;
         }
         let delay = crate::cluster::backoff(
             self.attempts,
@@ -657,6 +679,62 @@ mod tests {
             ));
         }
         assert_eq!(send_all(&mut pipeline, until, &mut id), vec![(7, "d")]);
+    }
+
+    #[test]
+    fn a_throttled_batch_among_many_in_flight_is_resent_in_order_after_exactly_its_wait() {
+        let mut pipeline = pipeline(4);
+        for batch in ["a", "b", "c", "d", "e"] {
+            pipeline.push(batch);
+        }
+        let now = Instant::now();
+        let mut id = 0;
+        let sent = send_all(&mut pipeline, now, &mut id);
+        assert_eq!(sent, vec![(1, "a"), (2, "b"), (3, "c"), (4, "d")]);
+        assert_eq!(
+            pipeline.on_answer(1, Answer::Success, now),
+            Effect::Delivered("a")
+        );
+        // b is throttled for 1.5 s; c and d are refused behind it (the
+        // broker's stream is poisoned), some with a shorter wait.
+        let wait = Duration::from_millis(1500);
+        assert_eq!(
+            pipeline.on_answer(2, Answer::Throttled(wait), now),
+            Effect::Pending
+        );
+        assert_eq!(
+            pipeline.on_answer(4, Answer::Retriable, now),
+            Effect::Pending
+        );
+        assert!(!pipeline.can_send(now), "nothing is sent while draining");
+        assert_eq!(
+            pipeline.on_answer(3, Answer::Throttled(Duration::from_millis(10)), now),
+            Effect::Pending
+        );
+        assert_eq!(
+            pipeline.backoff_until(),
+            Some(now + wait),
+            "exactly the longest wait"
+        );
+        assert!(!pipeline.can_send(now + wait - Duration::from_millis(1)));
+        let resent = send_all(&mut pipeline, now + wait, &mut id);
+        assert_eq!(resent, vec![(5, "b"), (6, "c"), (7, "d"), (8, "e")]);
+        for (id, batch) in resent {
+            assert_eq!(
+                pipeline.on_answer(id, Answer::Success, now + wait),
+                Effect::Delivered(batch)
+            );
+        }
+        assert!(pipeline.is_idle());
+        // Throttling is not a failure: a later error backs off from the base.
+        pipeline.push("f");
+        let later = now + wait * 2;
+        assert_eq!(send_all(&mut pipeline, later, &mut id), vec![(9, "f")]);
+        pipeline.on_answer(9, Answer::Retriable, later);
+        assert_eq!(
+            pipeline.backoff_until(),
+            Some(later + Duration::from_millis(10))
+        );
     }
 
     #[test]

@@ -1,5 +1,4 @@
-//! Consumer groups (registered for listing) and producer ids (a
-//! cluster-wide counter).
+//! Consumer groups (registered for listing).
 
 use super::{invalid, now_ms, NameServerHandler};
 use crate::error::NameServerError;
@@ -38,46 +37,5 @@ impl NameServerHandler {
             }
         }
         Ok(ListGroupsResponse { groups })
-    }
-
-    /// Hands out the next producer id: a compare-and-set increment of
-    /// `counters/producer_id`, so concurrent nameservers never give out the
-    /// same id and an id is never reused (a restarted producer gets a new
-    /// one, and brokers never confuse its sequences with the old ones).
-    pub(crate) async fn do_allocate_producer_id(&self) -> Result<u64, NameServerError> {
-        let key = keys::PRODUCER_ID_COUNTER;
-        for attempt in 0..self.config.max_cas_retries.max(1) {
-            // Producers starting together all race for this one key.
-            super::pause_before_cas_retry(attempt).await;
-            let entry = self.store.get(key).await?;
-            let (next, compare) = match entry {
-                Some(entry) => (
-                    keys::decode::<keys::ProducerIdCounter>(key, &entry.value)?.next_producer_id,
-                    Compare::ModRevisionEquals(key.to_string(), entry.mod_revision),
-                ),
-                None => (0, Compare::Absent(key.to_string())),
-            };
-            // Record batches carry the id as a signed 64-bit field.
-            if next >= i64::MAX as u64 {
-                return Err(NameServerError::Refused(
-                    "producer ids are exhausted".to_string(),
-                ));
-            }
-            let following = keys::ProducerIdCounter {
-                next_producer_id: next + 1,
-            };
-            let transaction = Transaction {
-                compares: vec![compare],
-                puts: vec![Put::new(key, keys::encode(&following))],
-                deletes: Vec::new(),
-            };
-            if self.store.commit(transaction).await? {
-                return Ok(next);
-            }
-        }
-        Err(NameServerError::Conflict(format!(
-            "producer id counter contended for {} attempts",
-            self.config.max_cas_retries
-        )))
     }
 }

@@ -1,7 +1,7 @@
 //! The nameserver's request handling, one file per resource: `nodes`
 //! (registration, heartbeats, load), `topics`, `topic_config` (filling and
 //! checking a topic's config), `segments`, `routes` (routes, route
-//! watches, coordinator lookup), `groups` (groups and producer ids),
+//! watches, coordinator lookup), `groups`, `producer_ids` (ids bound to principals, ADR 0015),
 //! `data_loss` (an operator's acceptance of data loss) and `status`; subscriptions are in `crate::subscriptions`. Everything is
 //! answered from the metadata store, so any nameserver can answer any
 //! request. This file holds the shared state and the reads several
@@ -12,8 +12,11 @@ pub(crate) use acls::read_acls;
 mod assignment_watch;
 mod data_loss;
 mod groups;
+mod node_identity;
 mod nodes;
+mod producer_ids;
 mod routes;
+mod segment_ids;
 mod segments;
 mod sessions;
 mod status;
@@ -61,6 +64,14 @@ pub struct NameServerHandler {
     /// each other for the topic's subscription guard; nameservers still
     /// race, and the guard's compare-and-set decides.
     pub(crate) subscription_creation: Vec<tokio::sync::Mutex<()>>,
+    /// The producer-id key, read from (or first written to) the metadata
+    /// store once.
+    producer_id_key: tokio::sync::OnceCell<producer_ids::ProducerIdSecret>,
+    /// Which principal registered each node session (issue 13).
+    session_principals: std::sync::Mutex<node_identity::SessionPrincipals>,
+    /// `CreateSegment`s waiting for a segment id: one counter increment
+    /// serves all of them.
+    segment_ids: segment_ids::SegmentIdQueue,
 }
 
 /// Stripes of [`NameServerHandler::subscription_creation`].
@@ -110,6 +121,9 @@ impl NameServerHandler {
             subscription_creation: (0..SUBSCRIPTION_CREATION_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            producer_id_key: tokio::sync::OnceCell::new(),
+            session_principals: std::sync::Mutex::default(),
+            segment_ids: segment_ids::SegmentIdQueue::default(),
         }
     }
 

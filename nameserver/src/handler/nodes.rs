@@ -2,10 +2,12 @@
 //! heartbeats (which carry load reports and, for brokers, return the
 //! partitions they own) and deregistration.
 
+use super::node_identity::{check_node_principal, SessionPrincipals};
 use super::{invalid, lease_of, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
 use crate::metadata::{Compare, KeyValue, MetadataError, Put, Transaction};
+use sluice_acl::Principal;
 use sluice_proto::names;
 use sluice_proto::v1::{
     DeregisterNodeRequest, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeKind, NodeLoad,
@@ -53,6 +55,12 @@ fn validate_address(address: &str) -> Result<(), NameServerError> {
 }
 
 impl NameServerHandler {
+    fn known_principals(&self) -> std::sync::MutexGuard<'_, SessionPrincipals> {
+        self.session_principals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn should_write_load(&self, key: &str) -> bool {
         let interval = Duration::from_millis(self.config.load_update_interval_ms);
         let Ok(mut written) = self.load_written_at.lock() else {
@@ -77,6 +85,7 @@ impl NameServerHandler {
     pub(crate) async fn do_register(
         &self,
         request: RegisterNodeRequest,
+        principal: &Principal,
     ) -> Result<RegisterNodeResponse, NameServerError> {
         let kind = node_kind(request.kind)?;
         validate_node_id(&request.node_id)?;
@@ -84,9 +93,15 @@ impl NameServerHandler {
         if request.rack.len() > sluice_proto::limits::MAX_NAME_BYTES {
             return Err(invalid("rack name too long"));
         }
-        let lease = self.store.grant(self.config.lease_ttl_ms).await?;
         let key = keys::node(kind, &request.node_id);
         let previous = self.store.get(&key).await?;
+        let previous_info = previous
+            .as_ref()
+            .and_then(|entry| keys::decode::<NodeInfo>(&key, &entry.value).ok());
+        if let Some(old) = &previous_info {
+            check_node_principal(&key, &old.principal, principal, "register")?;
+        }
+        let lease = self.store.grant(self.config.lease_ttl_ms).await?;
         let info = NodeInfo {
             kind: kind as i32,
             node_id: request.node_id.clone(),
@@ -95,18 +110,19 @@ impl NameServerHandler {
             load: request.load,
             lease_remaining_ms: 0,
             rack: request.rack,
+            principal: principal.to_string(),
         };
         let revision = self
             .store
             .put(&key, keys::encode(&info), Some(lease))
             .await?;
         self.session_written(&key, lease as u64, revision);
-        if let Some(previous) = previous {
-            if let Ok(old) = keys::decode::<NodeInfo>(&key, &previous.value) {
-                if lease_of(old.session_id) != lease {
-                    if let Err(error) = self.store.revoke(lease_of(old.session_id)).await {
-                        tracing::warn!(%error, key, "could not revoke the previous session");
-                    }
+        self.known_principals()
+            .learn(lease as u64, principal.as_str());
+        if let Some(old) = previous_info {
+            if lease_of(old.session_id) != lease {
+                if let Err(error) = self.store.revoke(lease_of(old.session_id)).await {
+                    tracing::warn!(%error, key, "could not revoke the previous session");
                 }
             }
         }
@@ -123,15 +139,22 @@ impl NameServerHandler {
     pub(crate) async fn do_heartbeat(
         &self,
         request: HeartbeatRequest,
+        principal: &Principal,
     ) -> Result<HeartbeatResponse, NameServerError> {
         let kind = node_kind(request.kind)?;
         validate_node_id(&request.node_id)?;
         let session = request.session_id;
         let key = keys::node(kind, &request.node_id);
+        let known = self.known_principals().of(session).map(str::to_string);
+        if let Some(recorded) = known {
+            check_node_principal(&key, &recorded, principal, "heartbeat")?;
+        }
         // The node is talking to us: its silence clock restarts even if
         // the store cannot renew it now (ending later is always safe).
         self.session_heard(&key, session);
         let (entry, info) = self.renew_session(&key, session).await?;
+        self.known_principals().learn(session, &info.principal);
+        check_node_principal(&key, &info.principal, principal, "heartbeat")?;
         let revision = self.renew_in_monitor(&key, session, &entry).await?;
         if let Some(load) = request.load {
             self.record_load(&key, revision, info, load).await;
@@ -252,6 +275,7 @@ impl NameServerHandler {
     pub(crate) async fn do_deregister(
         &self,
         request: DeregisterNodeRequest,
+        principal: &Principal,
     ) -> Result<(), NameServerError> {
         let kind = node_kind(request.kind)?;
         validate_node_id(&request.node_id)?;
@@ -260,7 +284,9 @@ impl NameServerHandler {
         if let Some(entry) = self.store.get(&key).await? {
             let info: NodeInfo = keys::decode(&key, &entry.value)?;
             if info.session_id == request.session_id {
+                check_node_principal(&key, &info.principal, principal, "deregister")?;
                 self.store.revoke(lease_of(request.session_id)).await?;
+                self.known_principals().forget(request.session_id);
                 self.session_gone(&key, request.session_id);
                 self.forget_load(&key);
                 tracing::info!(key, "node deregistered");

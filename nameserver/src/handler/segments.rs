@@ -2,7 +2,7 @@
 //! delete, and replica updates by repair. Every write is pinned to the
 //! caller's partition epoch, so a fenced owner changes nothing.
 
-use super::{invalid, lookup_topic_name, now_ms, NameServerHandler};
+use super::{invalid, lookup_topic_name, now_ms, segment_ids, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner, SegmentIdCounter};
 use crate::metadata::{Compare, KeyValue, Put, Transaction};
@@ -112,9 +112,19 @@ impl NameServerHandler {
         }
     }
 
-    /// The next segment id: a compare-and-set increment of the cluster-wide
-    /// counter, so ids are never handed out twice and only increase.
+    /// The next segment id, from a compare-and-set increment of the
+    /// cluster-wide counter shared by every request waiting on this
+    /// nameserver (`segment_ids.rs`), so ids are never handed out twice and
+    /// only increase.
     async fn allocate_segment_id(&self) -> Result<u64, NameServerError> {
+        self.segment_ids
+            .next(|count| self.increment_segment_id_counter(count))
+            .await
+    }
+
+    /// Raises the segment-id counter by `count`; the first of the `count`
+    /// ids it reserved.
+    async fn increment_segment_id_counter(&self, count: u64) -> Result<u64, NameServerError> {
         for attempt in 0..self.config.max_cas_retries.max(1) {
             super::pause_before_cas_retry(attempt).await;
             let entry = self.store.get(keys::SEGMENT_ID_COUNTER).await?;
@@ -132,7 +142,7 @@ impl NameServerHandler {
             };
             // The counter comes from the metadata store: an exhausted one
             // is refused rather than wrapped, which would reuse ids.
-            let Some(next_segment_id) = next.checked_add(1) else {
+            let Some(next_segment_id) = segment_ids::following(next, count) else {
                 return Err(NameServerError::Refused(
                     "segment ids are exhausted".to_string(),
                 ));

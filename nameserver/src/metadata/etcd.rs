@@ -4,75 +4,98 @@
 //! is bounded by `request_timeout_ms` so a hung etcd turns into
 //! `Unavailable` instead of a stuck request. Keys live under a prefix
 //! (`/sluice/v1/` by default).
+//!
+//! TLS, client certificates and etcd's own authentication are set up in
+//! `etcd_connect.rs`; the client in use is replaced when its TLS files
+//! rotate (`etcd_rotation.rs`), so every request takes the current one.
 
+use super::etcd_connect::Connector;
+use super::etcd_credentials::EtcdSecurity;
+use super::etcd_refusal::chain;
+use super::etcd_rotation::{follow_tls_files, ClientSlot};
 use super::{
     Compare, KeyValue, LeaseId, MetadataError, MetadataStore, Transaction, WatchEvent, WatchEvents,
     WATCH_CHANNEL_EVENTS,
 };
 use async_trait::async_trait;
 use etcd_client::{
-    Client, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn,
-    TxnOp, WatchOptions,
+    Client, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use sluice_service::WatchedFiles;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The key prefix every Sluice key lives under in etcd.
 pub const DEFAULT_KEY_PREFIX: &str = "/sluice/v1/";
 
 /// How to reach etcd.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     pub key_prefix: String,
+    /// TLS and authentication (none by default: plaintext).
+    pub security: EtcdSecurity,
 }
 
 /// etcd-backed metadata store.
 #[derive(Clone)]
 pub struct EtcdMetadataStore {
-    client: Client,
+    /// The client in use: replaced when the TLS files rotate
+    /// (`etcd_rotation.rs`).
+    client: Arc<ClientSlot>,
     request_timeout: Duration,
     key_prefix: String,
 }
 
 fn unavailable(error: etcd_client::Error) -> MetadataError {
-    MetadataError::Unavailable(error.to_string())
+    MetadataError::Unavailable(chain(&error))
 }
 
 impl EtcdMetadataStore {
-    /// Builds the client. The channel connects lazily, so this succeeds
-    /// while etcd is still down; calls fail with `Unavailable` until it is up.
+    /// Builds the client (see `etcd_connect.rs`): plaintext connects
+    /// lazily, so this succeeds while etcd is still down; with TLS or a
+    /// user, settings etcd refuses are an error naming the cause.
     pub async fn connect(options: EtcdOptions) -> Result<Self, MetadataError> {
         if options.endpoints.is_empty() {
             return Err(MetadataError::Unavailable(
                 "no etcd endpoints configured".to_string(),
             ));
         }
-        let connect_options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(options.connect_timeout_ms))
-            .with_timeout(Duration::from_millis(options.request_timeout_ms))
-            .with_keep_alive(
-                Duration::from_millis(options.request_timeout_ms),
-                Duration::from_millis(options.request_timeout_ms),
-            );
-        let connect = Client::connect(options.endpoints.clone(), Some(connect_options));
-        let client =
-            tokio::time::timeout(Duration::from_millis(options.connect_timeout_ms), connect)
-                .await
-                .map_err(|_| {
-                    MetadataError::Unavailable(format!(
-                        "connecting to etcd {:?} timed out after {} ms",
-                        options.endpoints, options.connect_timeout_ms
-                    ))
-                })?
-                .map_err(unavailable)?;
+        let connector = Connector::new(
+            options.endpoints.clone(),
+            Duration::from_millis(options.connect_timeout_ms),
+            Duration::from_millis(options.request_timeout_ms),
+            options.key_prefix.clone(),
+            options.security.clone(),
+        )
+        .map_err(|error| MetadataError::Unavailable(error.to_string()))?;
+        // Stamped before the files are read, so a change during the read
+        // is seen at the next look.
+        let files = WatchedFiles::new(
+            options.security.tls_files(),
+            Duration::from_millis(options.security.tls_reload_check_interval_ms),
+        );
+        let client = connector
+            .first_client()
+            .await
+            .map_err(|error| MetadataError::Unavailable(error.to_string()))?;
+        let slot = Arc::new(ClientSlot::new(client));
+        if options.security.is_tls() {
+            tokio::spawn(follow_tls_files(Arc::downgrade(&slot), connector, files));
+        }
         Ok(Self {
-            client,
+            client: slot,
             request_timeout: Duration::from_millis(options.request_timeout_ms),
             key_prefix: options.key_prefix,
         })
+    }
+
+    /// The client for a request starting now.
+    fn client(&self) -> Arc<Client> {
+        self.client.get()
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -305,7 +328,7 @@ impl MetadataStore for EtcdMetadataStore {
         let full_key = self.full_key(key);
         let response = self
             .bounded("get", Retry::Idempotent, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let full_key = full_key.clone();
                 async move { kv.get(full_key, None).await }
             })
@@ -321,7 +344,7 @@ impl MetadataStore for EtcdMetadataStore {
         let full_prefix = self.full_key(prefix);
         let response = self
             .bounded("range", Retry::Idempotent, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let full_prefix = full_prefix.clone();
                 async move {
                     kv.get(full_prefix, Some(GetOptions::new().with_prefix()))
@@ -341,7 +364,7 @@ impl MetadataStore for EtcdMetadataStore {
         let full_key = self.full_key(key);
         let result = self
             .call("put", Retry::Idempotent, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let options = lease.map(|lease| PutOptions::new().with_lease(lease));
                 let full_key = full_key.clone();
                 let value = value.clone();
@@ -364,7 +387,7 @@ impl MetadataStore for EtcdMetadataStore {
         let full_key = self.full_key(key);
         let response = self
             .bounded("delete", Retry::Idempotent, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let full_key = full_key.clone();
                 async move { kv.delete(full_key, None).await }
             })
@@ -376,7 +399,7 @@ impl MetadataStore for EtcdMetadataStore {
         let full_prefix = self.full_key(prefix);
         let response = self
             .bounded("delete_prefix", Retry::Idempotent, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let full_prefix = full_prefix.clone();
                 async move {
                     kv.delete(full_prefix, Some(DeleteOptions::new().with_prefix()))
@@ -437,7 +460,7 @@ impl MetadataStore for EtcdMetadataStore {
         let txn = Txn::new().when(compares).and_then(operations);
         let result = self
             .call("transaction", Retry::NotApplied, || {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.client().kv_client();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
@@ -465,7 +488,7 @@ impl MetadataStore for EtcdMetadataStore {
         let ttl_seconds = i64::try_from(ttl_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX);
         let response = self
             .bounded("lease grant", Retry::Idempotent, || {
-                let mut lease = self.client.lease_client();
+                let mut lease = self.client().lease_client();
                 async move { lease.grant(ttl_seconds, None).await }
             })
             .await?;
@@ -475,7 +498,7 @@ impl MetadataStore for EtcdMetadataStore {
     async fn keep_alive(&self, lease_id: LeaseId) -> Result<u64, MetadataError> {
         let result = self
             .call("lease keep-alive", Retry::Idempotent, || {
-                let mut lease = self.client.lease_client();
+                let mut lease = self.client().lease_client();
                 async move {
                     let (mut keeper, mut stream) = lease.keep_alive(lease_id).await?;
                     keeper.keep_alive().await?;
@@ -504,7 +527,7 @@ impl MetadataStore for EtcdMetadataStore {
     async fn revoke(&self, lease_id: LeaseId) -> Result<(), MetadataError> {
         let result = self
             .call("lease revoke", Retry::Idempotent, || {
-                let mut lease = self.client.lease_client();
+                let mut lease = self.client().lease_client();
                 async move { lease.revoke(lease_id).await }
             })
             .await;
@@ -518,7 +541,7 @@ impl MetadataStore for EtcdMetadataStore {
     async fn time_to_live(&self, lease_id: LeaseId) -> Result<Option<u64>, MetadataError> {
         let result = self
             .call("lease time-to-live", Retry::Idempotent, || {
-                let mut lease = self.client.lease_client();
+                let mut lease = self.client().lease_client();
                 async move { lease.time_to_live(lease_id, None).await }
             })
             .await;
@@ -534,7 +557,7 @@ impl MetadataStore for EtcdMetadataStore {
 
     async fn watch_prefix(&self, prefix: &str) -> Result<WatchEvents, MetadataError> {
         let full_prefix = self.full_key(prefix);
-        let mut client = self.client.watch_client();
+        let mut client = self.client().watch_client();
         let options = WatchOptions::new().with_prefix();
         let established = async {
             let mut stream = client.watch(full_prefix, Some(options)).await?;

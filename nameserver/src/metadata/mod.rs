@@ -10,9 +10,15 @@
 mod embedded;
 mod embedded_watch;
 mod etcd;
+mod etcd_connect;
+mod etcd_credentials;
+mod etcd_diagnosis;
+mod etcd_refusal;
+mod etcd_rotation;
 
 pub use embedded::EmbeddedMetadataStore;
 pub use etcd::{EtcdMetadataStore, EtcdOptions, DEFAULT_KEY_PREFIX};
+pub use etcd_credentials::EtcdSecurity;
 
 /// The etcd key prefix used when none is configured.
 pub fn etcd_default_key_prefix() -> &'static str {

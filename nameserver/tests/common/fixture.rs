@@ -40,6 +40,7 @@ pub async fn etcd_store(endpoints: Vec<String>) -> Arc<dyn MetadataStore> {
             connect_timeout_ms: 5_000,
             request_timeout_ms: 5_000,
             key_prefix: DEFAULT_KEY_PREFIX.to_string(),
+            ..EtcdOptions::default()
         })
         .await
         .expect("connect to the spawned etcd"),

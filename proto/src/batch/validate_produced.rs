@@ -14,10 +14,14 @@ use super::{
 /// [`MIN_TIMESTAMP_MS`]..=[`MAX_TIMESTAMP_MS`], and for uncompressed
 /// batches record offset deltas exactly 0..record_count in order, every
 /// record timestamp in that range and `max_timestamp` equal to the largest.
+/// A control batch (ADR 0016 §3.1) is refused: only brokers write them.
 /// Not applied to data read back from stores, which was accepted under
 /// earlier rules and must stay readable.
 pub fn validate_produced(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let header = validate_frame(bytes, max_batch_bytes)?;
+    if header.control {
+        return Err(BatchError::ControlFromProducer);
+    }
     check_header_timestamps(&header)?;
     if header.compression == Compression::None {
         // One walk checks the framing and the sequence together (the hot

@@ -133,7 +133,7 @@ impl CheckpointWriter {
         for sequence in journal::list_journal_files(&self.journal_dir)? {
             if sequence < journal_sequence {
                 let path = journal::journal_file_path(&self.journal_dir, sequence);
-                if self.spares.offer(&path) {
+                if self.spares.offer(&path, sequence) {
                     continue;
                 }
                 std::fs::remove_file(&path)

@@ -76,6 +76,7 @@ use registry::{DamagedRegistry, Registry, SegmentHandle};
 use segment_files::SegmentFiles;
 use sluice_proto::batch::{self, BatchIter};
 use sluice_proto::v1::{DamagedSegment, Durability, SegmentStatus};
+use sluice_telemetry::metrics::{AtomicHistogram, COUNT_BUCKETS};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,6 +86,10 @@ use tokio::sync::{mpsc, oneshot, RwLockReadGuard, Semaphore};
 use writer::{read_failure, Command, Failure, JournalWriter, WriterThread};
 
 const SEGMENTS_DIR: &str = "segments";
+/// Stripes of the per-segment-id create/delete lock: up to this many
+/// segments are created (their files written and synced, their journal
+/// records group-committed) at once.
+const ADMIN_LOCK_STRIPES: usize = 64;
 const JOURNAL_DIR: &str = "journal";
 
 /// Default [`StorageOptions::journal_file_max_bytes`]: 64 MiB.
@@ -169,7 +174,7 @@ impl Default for StorageOptions {
 }
 
 /// Counters for observing the journal, e.g. how well group commit works.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JournalStats {
     pub fsyncs: AtomicU64,
     pub appends: AtomicU64,
@@ -177,6 +182,24 @@ pub struct JournalStats {
     pub checkpoints: AtomicU64,
     /// Write paths replaced after a failure (see `healer.rs`).
     pub write_path_recoveries: AtomicU64,
+    /// Seconds each successful journal fsync took.
+    pub fsync_latency: AtomicHistogram,
+    /// Appends per group commit (groups with at least one).
+    pub group_commit_appends: AtomicHistogram,
+}
+
+impl Default for JournalStats {
+    fn default() -> Self {
+        Self {
+            fsyncs: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            write_path_recoveries: AtomicU64::new(0),
+            fsync_latency: AtomicHistogram::latency_seconds(),
+            group_commit_appends: AtomicHistogram::new(COUNT_BUCKETS),
+        }
+    }
 }
 
 /// Arguments of [`Storage::create_segment`].
@@ -215,8 +238,10 @@ struct Inner {
     queue_bytes: Arc<Semaphore>,
     closing: AtomicBool,
     stats: Arc<JournalStats>,
-    /// Serializes create and delete so two creates of one id agree.
-    admin_lock: tokio::sync::Mutex<()>,
+    /// Serializes creates and deletes of one segment id (striped by id,
+    /// [`ADMIN_LOCK_STRIPES`]) so two creates of one id agree; creates of
+    /// different segments run side by side and share journal syncs.
+    admin_locks: Vec<tokio::sync::Mutex<()>>,
     /// Held (flock) for the storage's life: one storage per directory.
     /// Declared after `write_path`, so it is released only once the write
     /// path's threads were joined and no longer touch the directory.
@@ -326,7 +351,9 @@ impl Storage {
             queue_bytes: Arc::new(Semaphore::new(queue_permits)),
             closing: AtomicBool::new(false),
             stats,
-            admin_lock: tokio::sync::Mutex::new(()),
+            admin_locks: (0..ADMIN_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             _directory_lock: directory_lock,
         });
         healer::start(Arc::downgrade(&inner))?;
@@ -438,6 +465,12 @@ impl Storage {
         completion.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
+    /// The lock serializing creates and deletes of `segment_id`.
+    fn admin_lock(&self, segment_id: u64) -> &tokio::sync::Mutex<()> {
+        let stripe = usize::try_from(segment_id % ADMIN_LOCK_STRIPES as u64).unwrap_or(0);
+        &self.inner.admin_locks[stripe]
+    }
+
     /// Creates a segment; succeeds without change if it exists with the
     /// same topic, partition and base offset.
     pub async fn create_segment(&self, new: NewSegment) -> Result<(), StoreError> {
@@ -454,7 +487,7 @@ impl Storage {
                 sluice_proto::limits::MAX_OFFSET
             )));
         }
-        let _admin = self.inner.admin_lock.lock().await;
+        let _admin = self.admin_lock(new.segment_id).lock().await;
         if let Some(error) = self.damaged_error(new.segment_id) {
             return Err(error);
         }
@@ -707,7 +740,7 @@ impl Storage {
     /// is unusable (an explicit decision to drop that copy).
     pub async fn delete_segment(&self, segment_id: u64) -> Result<(), StoreError> {
         let path = self.writable()?;
-        let _admin = self.inner.admin_lock.lock().await;
+        let _admin = self.admin_lock(segment_id).lock().await;
         if self.damaged_error(segment_id).is_some() {
             return self.delete_damaged_segment(&path, segment_id).await;
         }
@@ -872,7 +905,7 @@ fn start_write_path(
         options.journal_file_max_bytes,
         options.journal_direct_io,
     )?;
-    let spares = JournalSpares::start(&layout.journal_dir, options.journal_direct_io)
+    let spares = JournalSpares::start(&layout.journal_dir)
         .map_err(|error| StoreError::io("start recycling journal files", error))?;
     let applier = SegmentApplier {
         directory: layout.directory.clone(),
@@ -898,6 +931,7 @@ fn start_write_path(
         journal_dir: layout.journal_dir.clone(),
         file: journal_file,
         sequence: next_sequence,
+        stamp: crate::journal::FileStamp::new_use(next_sequence),
         journal_unsynced: false,
         file_max_bytes: options.journal_file_max_bytes.max(1),
         direct_io: options.journal_direct_io,

@@ -14,7 +14,8 @@ use super::registry::{handle_from, remove_segment_files, DamagedMeta, SegmentHan
 use super::segment_files::SegmentFiles;
 use super::StorageOptions;
 use crate::error::StoreError;
-use crate::journal::{self, RecordKind};
+use crate::journal::{self, Accept, RecordKind};
+use crate::journal_use::{self, FileUse};
 use crate::segment::{self, DurableEnd, SegmentLog, SegmentMeta};
 use crate::segment_meta::{self, choose_meta, meta_file_segment_id, ChosenMeta, MetaCopy};
 use sluice_proto::batch::{self, BatchHeader};
@@ -449,7 +450,7 @@ impl Replay<'_> {
             } else {
                 0
             };
-            self.replay_file(&path, start)?;
+            self.replay_file(&path, sequence, start)?;
         }
         self.sync_touched()?;
         let last = sequences.last().copied().unwrap_or(0).max(start_sequence);
@@ -472,42 +473,91 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// Replays the records of the journal file at `path` from
-    /// `start_position`, skipping damaged records and truncating a torn
-    /// tail.
-    fn replay_file(&mut self, path: &Path, start_position: u64) -> Result<(), StoreError> {
+    /// Replays the records of journal file `sequence` at `path` from
+    /// `start_position`: those of its current use only (`journal_use.rs`),
+    /// skipping damaged records and truncating a torn tail.
+    fn replay_file(
+        &mut self,
+        path: &Path,
+        sequence: u64,
+        start_position: u64,
+    ) -> Result<(), StoreError> {
         let bytes = std::fs::read(path)
             .map_err(|error| StoreError::io(format!("read {}", path.display()), error))?;
+        let (accept, first) = match journal_use::classify(&bytes, sequence) {
+            FileUse::Unwritten => return Ok(()),
+            FileUse::Unreadable => {
+                let message = format!(
+                    "{}: no readable record of this file (its first record is damaged)",
+                    path.display()
+                );
+                tracing::error!(%message, "damaged journal file");
+                self.report.journal_corruptions.push(message);
+                return Ok(());
+            }
+            FileUse::Records { accept, first } => (accept, first),
+        };
         let mut position = (start_position as usize).min(bytes.len());
+        if first > position {
+            let message = format!(
+                "{}: damaged first record; skipped {} bytes",
+                path.display(),
+                first - position
+            );
+            tracing::error!(%message, "damaged journal record");
+            self.report.journal_corruptions.push(message);
+            position = first;
+        }
         while position < bytes.len() {
-            let record = match journal::decode_record(&bytes[position..]) {
-                Ok(record) => record,
-                // The preallocated, never written rest of the file: the
-                // end of the journal, not a torn record.
-                Err(_) if journal::is_zero_fill(&bytes[position..]) => break,
-                Err(reason) => match journal::find_next_valid_record(&bytes, position + 1) {
-                    Some(next) => {
-                        let message = format!(
-                            "{}: {reason} at {position}; skipped {} bytes",
-                            path.display(),
-                            next - position
-                        );
-                        tracing::error!(%message, "damaged journal record");
-                        self.report.journal_corruptions.push(message);
-                        position = next;
-                        continue;
-                    }
-                    None => {
-                        self.truncate_torn_tail(path, &bytes, position)?;
-                        break;
-                    }
-                },
+            let error = match journal::decode_record(&bytes[position..], accept) {
+                Ok(record) => {
+                    position += record.encoded_bytes;
+                    self.report.journal_records_replayed += 1;
+                    self.apply_record(&record)?;
+                    continue;
+                }
+                Err(error) => error,
             };
-            position += record.encoded_bytes;
-            self.report.journal_records_replayed += 1;
-            self.apply_record(&record)?;
+            match journal::find_next_valid_record(&bytes, position + 1, accept) {
+                // Damage in the middle: later records are still replayed.
+                Some(next) if !journal::is_zero_fill(&bytes[position..]) => {
+                    let message = format!(
+                        "{}: {error} at {position}; skipped {} bytes",
+                        path.display(),
+                        next - position
+                    );
+                    tracing::error!(%message, "damaged journal record");
+                    self.report.journal_corruptions.push(message);
+                    position = next;
+                }
+                _ => {
+                    if self.ends_torn(&bytes, position, accept, error) {
+                        self.truncate_torn_tail(path, &bytes, position)?;
+                    }
+                    break;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether the failed record at `position`, with no record of the
+    /// file's use after it, is a torn tail (cut) rather than the end.
+    fn ends_torn(
+        &self,
+        bytes: &[u8],
+        position: usize,
+        accept: Accept,
+        error: journal::DecodeError,
+    ) -> bool {
+        match accept {
+            // The preallocated, never written rest of the file is the
+            // end, not a torn record.
+            Accept::Legacy => !journal::is_zero_fill(&bytes[position..]),
+            Accept::Stamped(_) => {
+                journal_use::tail_end(bytes, position, error) == journal_use::TailEnd::Torn
+            }
+        }
     }
 
     /// Cuts the journal file at `path` (contents `bytes`) at `position`,

@@ -471,10 +471,10 @@ async fn delete_removes_durably() {
     assert_eq!(listed, vec![2]);
 }
 
-/// Obsolete journal files come back as the next ones (zeroed first);
-/// after a crash, recovery finds exactly the records written since,
-/// never the stale ones they held before (here: records of a segment
-/// that was deleted, behind the few new records of a reused file).
+/// Obsolete journal files come back as the next ones, not zeroed (ADR
+/// 0017); after a crash, recovery finds exactly the records written since,
+/// never the stale ones they still hold (here: records of a segment that
+/// was deleted, behind the few new records of a reused file).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recycled_journal_files_replay_only_their_new_records_after_a_crash() {
     let directory = tempfile::tempdir().expect("temp dir");
@@ -510,7 +510,7 @@ async fn recycled_journal_files_replay_only_their_new_records_after_a_crash() {
         storage.checkpoint().await.expect("checkpoint");
         let deadline = Instant::now() + Duration::from_secs(10);
         while count_ready_spares() < crate::journal_spares::MAX_SPARES {
-            assert!(Instant::now() < deadline, "spares were not zeroed");
+            assert!(Instant::now() < deadline, "no spares kept");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         storage
@@ -536,6 +536,22 @@ async fn recycled_journal_files_replay_only_their_new_records_after_a_crash() {
         }
         // Dropped without close: like a crash, the journal holds it all.
     }
+    let newest = crate::journal::list_journal_files(&journal_dir)
+        .expect("list")
+        .pop()
+        .expect("a journal file");
+    let bytes = std::fs::read(crate::journal::journal_file_path(&journal_dir, newest))
+        .expect("read the reused file");
+    let first = crate::journal::decode_any_record(&bytes).expect("a first record");
+    let accept = crate::journal::Accept::Stamped(first.stamp.expect("version 2"));
+    let mut records_end = 0;
+    while let Ok(record) = crate::journal::decode_record(&bytes[records_end..], accept) {
+        records_end += record.encoded_bytes;
+    }
+    assert!(
+        !crate::journal::is_zero_fill(&bytes[records_end..]),
+        "the reused file still holds what its earlier use wrote"
+    );
     let (storage, report) = Storage::open(directory.path(), small_journal).expect("reopen");
     assert!(report.is_clean(), "{report:?}");
     assert!(
@@ -550,4 +566,54 @@ async fn recycled_journal_files_replay_only_their_new_records_after_a_crash() {
         .read(2, end_offset - 1, 0, end_offset)
         .expect("read");
     assert_eq!(last.batches, make_batch(end_offset - 1, 1, 3));
+}
+
+/// Creates of different segments do not wait for each other (a broker
+/// taking over 1,000 partitions creates 1,000 segments at once); creates
+/// and deletes of one segment id still go one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_of_different_segments_do_not_wait_for_each_other() {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let (storage, _) = Storage::open(directory.path(), options()).expect("open");
+    let stripes = ADMIN_LOCK_STRIPES as u64;
+    // As if a create of segment 1 were in progress.
+    let held = storage.admin_lock(1).lock().await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        storage.create_segment(new_segment(2, 0)),
+    )
+    .await
+    .expect("segment 2 was created while segment 1's create was in progress")
+    .expect("create 2");
+    // Segment 1 + stripes shares segment 1's lock: it waits.
+    let same_stripe = storage.create_segment(new_segment(1 + stripes, 0));
+    tokio::pin!(same_stripe);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut same_stripe)
+            .await
+            .is_err(),
+        "a create went ahead of another of its stripe"
+    );
+    drop(held);
+    same_stripe
+        .await
+        .expect("create after the lock is released");
+    // Concurrent creates of one id agree: the first one's partition wins,
+    // the same create again is a no-op, another partition a conflict.
+    let partitions: Vec<u32> = (0..8).map(|index| index % 2).collect();
+    let racing = futures::future::join_all(partitions.iter().map(|partition| {
+        let mut new = new_segment(3, 0);
+        new.partition = *partition;
+        storage.create_segment(new)
+    }))
+    .await;
+    let created = storage.segment(3).expect("segment 3").partition;
+    for (partition, result) in partitions.into_iter().zip(racing) {
+        if partition == created {
+            result.expect("the same create again is a no-op");
+        } else {
+            let error = result.expect_err("another partition under the same id");
+            assert_eq!(error.code(), ErrorCode::Conflict, "{error}");
+        }
+    }
 }

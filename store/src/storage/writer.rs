@@ -197,11 +197,14 @@ pub(super) struct JournalWriter {
     /// record goes (the file itself is preallocated past it).
     pub(super) file: JournalFile,
     pub(super) sequence: u64,
+    /// The stamp of this use of the file, in every record written to it
+    /// (ADR 0017): drawn again whenever a file is started.
+    pub(super) stamp: journal::FileStamp,
     pub(super) journal_unsynced: bool,
     pub(super) file_max_bytes: u64,
     /// Whether new journal files are opened with direct I/O.
     pub(super) direct_io: bool,
-    /// Zeroed obsolete journal files, reused instead of new ones.
+    /// Obsolete journal files, reused instead of new ones.
     pub(super) spares: JournalSpares,
     pub(super) stats: Arc<JournalStats>,
     pub(super) failure: Failure,
@@ -273,6 +276,11 @@ impl JournalWriter {
         self.stats
             .appends
             .fetch_add(written.appends, Ordering::Relaxed);
+        if written.appends > 0 {
+            self.stats
+                .group_commit_appends
+                .observe(written.appends as f64);
+        }
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         let committed = CommittedGroup {
             commands: group,
@@ -336,7 +344,7 @@ impl JournalWriter {
                 Command::Checkpoint { .. } => continue,
             };
             chunk.push((
-                journal::encode_record_header(kind, segment_id, payload),
+                journal::encode_record_header(kind, segment_id, self.stamp, payload),
                 payload,
             ));
             chunk_bytes += journal::RECORD_HEADER_BYTES + payload.len();
@@ -370,7 +378,10 @@ impl JournalWriter {
 
     fn sync_journal(&self) -> std::io::Result<()> {
         fault::check(&self.journal_dir, FileOp::Sync)?;
-        self.file.sync_data()
+        let started = std::time::Instant::now();
+        self.file.sync_data()?;
+        self.stats.fsync_latency.observe_duration(started.elapsed());
+        Ok(())
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
@@ -381,6 +392,7 @@ impl JournalWriter {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         self.sequence += 1;
+        self.stamp = journal::FileStamp::new_use(self.sequence);
         if let Some(spare) = self.spares.take() {
             match self.reuse_spare(&spare) {
                 Ok(file) => {
@@ -402,8 +414,12 @@ impl JournalWriter {
         Ok(())
     }
 
-    /// Makes the zeroed spare at `spare` the journal file for the current
-    /// sequence (durably renamed before anything is written to it).
+    /// Makes the spare at `spare` the journal file for the current
+    /// sequence (durably renamed before anything is written to it). It is
+    /// written over from its start; what its earlier use left after the
+    /// new records is told apart by their stamp (`journal_use.rs`). A
+    /// spare shorter than the journal file size (cut at a torn tail once)
+    /// gets the rest of its space first.
     fn reuse_spare(&self, spare: &Path) -> Result<JournalFile, StoreError> {
         let path = journal::journal_file_path(&self.journal_dir, self.sequence);
         fault::check(&path, FileOp::Rename)
@@ -411,8 +427,19 @@ impl JournalWriter {
         std::fs::rename(spare, &path)
             .map_err(|error| StoreError::io(format!("rename {}", spare.display()), error))?;
         segment::sync_directory(&self.journal_dir)?;
-        JournalFile::open_zeroed(&path, self.direct_io)
-            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))
+        let file = JournalFile::open_reused(&path, self.direct_io)
+            .map_err(|error| StoreError::io(format!("open {}", path.display()), error))?;
+        let length = file
+            .file()
+            .metadata()
+            .map_err(|error| StoreError::io(format!("stat {}", path.display()), error))?
+            .len();
+        if length < self.file_max_bytes {
+            segment::try_preallocate(file.file(), 0, self.file_max_bytes, false).map_err(
+                |error| StoreError::io(format!("preallocate {}", path.display()), error),
+            )?;
+        }
+        Ok(file)
     }
 }
 
@@ -436,6 +463,8 @@ mod tests {
                 .expect("create");
         }
         let fsyncs_before = storage.journal_stats().fsyncs.load(Ordering::SeqCst);
+        let timed_before = storage.journal_stats().fsync_latency.count();
+        let grouped_before = storage.journal_stats().group_commit_appends.sum();
         let mut tasks = Vec::new();
         for segment_id in 0..segments {
             let storage = storage.clone();
@@ -464,6 +493,15 @@ mod tests {
         assert!(
             fsyncs * 4 <= appends,
             "{fsyncs} fsyncs for {appends} appends: group commit is not grouping"
+        );
+        // The metrics saw the same: every fsync timed, every append in a
+        // group commit's size.
+        let stats = storage.journal_stats();
+        assert_eq!(stats.fsync_latency.count() - timed_before, fsyncs);
+        let grouped = stats.group_commit_appends.sum() - grouped_before;
+        assert!(
+            (grouped - appends as f64).abs() < 1e-6,
+            "{grouped} of {appends}"
         );
         for segment_id in 0..segments {
             let status = storage.segment_status(segment_id).expect("status");

@@ -9,6 +9,11 @@
 //! The stack runs under its own project name with every published port
 //! chosen free on this host, so it does not collide with a `docker compose
 //! up` someone else runs; it is taken down (with its volumes) on drop.
+//!
+//! The stack runs mutual TLS and authorisation: its one-shot `certs`
+//! service makes a CA and an admin certificate (principal `User:admin`, a
+//! super user); `up` copies them out of that container (`docker cp`) and
+//! every client of the run uses them.
 
 use super::faults::{FaultTarget, Node, NodeKind, Topology};
 use crate::etcd::free_port;
@@ -23,6 +28,12 @@ const READY_TIMEOUT_MS: u64 = 180_000;
 
 /// Grace period of `docker-compose stop`, in seconds.
 const STOP_TIMEOUT_S: u64 = 10;
+
+/// Where the `certs` service of `compose.yaml` writes the certificates.
+const CERTS_DIRECTORY: &str = "/etc/sluice/tls";
+
+/// The one-shot service that makes the certificates (never faulted).
+const CERTS_SERVICE: &str = "certs";
 
 /// The published-port variables of `compose.yaml`.
 const PORT_VARIABLES: [&str; 5] = [
@@ -42,6 +53,11 @@ pub struct ComposeTarget {
     services: Vec<String>,
     /// service -> container id (ids survive stop, start, kill and pause).
     containers: std::collections::BTreeMap<String, String>,
+    /// The CA and the admin certificate, read from the copies in
+    /// `certificates`.
+    tls: Option<sluice_client::ClientTls>,
+    /// The files copied out of the `certs` container.
+    certificates: tempfile::TempDir,
     /// Leave the stack running on drop (for inspection).
     pub keep: bool,
 }
@@ -97,18 +113,21 @@ impl ComposeTarget {
             ports,
             services: Vec::new(),
             containers: std::collections::BTreeMap::new(),
+            tls: None,
+            certificates: tempfile::tempdir().context("a directory for the certificates")?,
             keep: false,
         };
         target.services = target
             .compose(&["config", "--services"])?
             .lines()
             .map(str::to_string)
-            .filter(|service| service != "cli")
+            .filter(|service| service != "cli" && service != CERTS_SERVICE)
             .collect();
         let mut arguments = vec!["up", "-d"];
         let services = target.services.clone();
         arguments.extend(services.iter().map(String::as_str));
         target.compose(&arguments)?;
+        target.tls = Some(target.copy_certificates()?);
         // The plain docker CLI is much faster than compose's: faults go
         // through it, by container id.
         let label = format!("label=com.docker.compose.project={}", target.project);
@@ -129,6 +148,27 @@ impl ComposeTarget {
         }
         target.wait_ready().await?;
         Ok(target)
+    }
+
+    /// Copies the certificates out of the (exited) `certs` container and
+    /// reads the CA and the admin certificate (`client.pem`).
+    fn copy_certificates(&self) -> anyhow::Result<sluice_client::ClientTls> {
+        let id = self.compose(&["ps", "-a", "-q", CERTS_SERVICE])?;
+        let id = id.trim();
+        if id.is_empty() {
+            bail!(
+                "{} has no {CERTS_SERVICE} container: compose.yaml's TLS setup is missing",
+                self.file.display()
+            );
+        }
+        let directory = self.certificates.path().join("tls");
+        let source = format!("{id}:{CERTS_DIRECTORY}");
+        self.docker(&["cp", &source, &directory.display().to_string()])?;
+        sluice_client::ClientTls::from_files(
+            directory.join("ca.pem"),
+            Some((directory.join("client.pem"), directory.join("client.key"))),
+        )
+        .with_context(|| format!("the certificates copied from {source}"))
     }
 
     fn compose(&self, arguments: &[&str]) -> anyhow::Result<String> {
@@ -159,13 +199,22 @@ impl ComposeTarget {
             .expect("every port variable was given a port in `up`")
     }
 
-    /// Client settings for the stack's published nameservers.
+    /// Client settings for the stack's published nameservers: mutual TLS
+    /// as `User:admin`.
     pub fn client_config(&self) -> sluice_client::ClientConfig {
+        let tls = self.tls.is_some();
         sluice_client::ClientConfig {
             bootstrap: vec![
-                format!("http://127.0.0.1:{}", self.port(PORT_VARIABLES[0])),
-                format!("http://127.0.0.1:{}", self.port(PORT_VARIABLES[1])),
+                sluice_client::with_scheme(
+                    &format!("127.0.0.1:{}", self.port(PORT_VARIABLES[0])),
+                    tls,
+                ),
+                sluice_client::with_scheme(
+                    &format!("127.0.0.1:{}", self.port(PORT_VARIABLES[1])),
+                    tls,
+                ),
             ],
+            tls: self.tls.clone(),
             ..sluice_client::ClientConfig::default()
         }
     }

@@ -91,6 +91,8 @@ pub fn cluster_spec() -> ClusterSpec {
         store_file_limit: Some(256),
         store_filesystem_bytes: Some(256 * 1024 * 1024),
         tls: false,
+        auth_config: String::new(),
+        metrics: false,
     }
 }
 

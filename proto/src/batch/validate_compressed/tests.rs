@@ -19,6 +19,8 @@ fn validate_records(records: &[u8], record_count: u32) -> Result<(), BatchError>
         writer_epoch: 0,
         crc: 0,
         compression: Compression::None,
+        transactional: false,
+        control: false,
         record_count,
         first_timestamp_ms: 1_700_000_000_000,
         max_timestamp_ms: 1_700_000_000_000,

@@ -1,0 +1,98 @@
+//! `WriteTxnMarkers` (ADR 0016 §3.4): a transaction coordinator (or an
+//! operator ending a hanging transaction, §9) writes a transaction's
+//! outcome into the participating partitions this broker owns. Each
+//! marker goes through its partition's append pipeline, where the
+//! partition's transaction rules admit, refuse or answer it as already
+//! applied; the answer per partition comes once the marker is durable.
+
+use crate::error::BrokerError;
+use crate::tail_cache::PartitionKey;
+use crate::Shared;
+use sluice_proto::batch::control::Marker;
+use sluice_proto::v1::{TxnMarkerResult, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
+use sluice_proto::ErrorCode;
+
+/// Most partitions one request may name.
+pub const MAX_MARKERS_PER_REQUEST: usize = 1_000;
+
+/// Checks the request as a whole.
+fn check(shared: &Shared, request: &WriteTxnMarkersRequest) -> Result<Marker, BrokerError> {
+    if !shared.config.transactions.enabled {
+        return Err(BrokerError::InvalidArgument(
+            "transactions are not enabled on this broker ([transactions] enabled = false)".into(),
+        ));
+    }
+    let count: usize = request
+        .participants
+        .iter()
+        .map(|entry| entry.partitions.len())
+        .sum();
+    if count == 0 || count > MAX_MARKERS_PER_REQUEST {
+        return Err(BrokerError::InvalidArgument(format!(
+            "WriteTxnMarkers names {count} partitions; give 1..={MAX_MARKERS_PER_REQUEST}"
+        )));
+    }
+    let txn_epoch = i16::try_from(request.txn_epoch)
+        .ok()
+        .filter(|epoch| (0..i16::MAX).contains(epoch))
+        .ok_or_else(|| {
+            BrokerError::InvalidArgument(format!(
+                "txn_epoch {} is outside 0..{}",
+                request.txn_epoch,
+                i16::MAX
+            ))
+        })?;
+    if request.producer_id < 0 {
+        return Err(BrokerError::InvalidArgument(format!(
+            "producer_id {} is negative",
+            request.producer_id
+        )));
+    }
+    Ok(Marker {
+        producer_id: request.producer_id,
+        txn_epoch,
+        commit: request.commit,
+        coordinator_epoch: request.coordinator_epoch,
+        first_offset: None,
+    })
+}
+
+/// Writes the markers; each partition's result says whether its marker is
+/// durable (or was already), or why not.
+pub async fn write(
+    shared: &Shared,
+    request: WriteTxnMarkersRequest,
+) -> Result<WriteTxnMarkersResponse, BrokerError> {
+    let marker = check(shared, &request)?;
+    let mut pending = Vec::new();
+    for entry in &request.participants {
+        for &index in &entry.partitions {
+            let key = PartitionKey::new(&entry.topic, index);
+            let submitted = match shared.partition(&key) {
+                Some(partition) => partition.submit_marker(marker),
+                None => Err(shared.not_served_error(&entry.topic, index).await),
+            };
+            pending.push(async move {
+                let outcome = match submitted {
+                    Ok(receiver) => receiver.await.unwrap_or_else(|_| {
+                        Err(BrokerError::Unavailable("append pipeline stopped".into()))
+                    }),
+                    Err(error) => Err(error),
+                };
+                let (error, error_message) = match outcome {
+                    Ok(_) => (ErrorCode::None, String::new()),
+                    Err(error) => (error.code(), error.to_string()),
+                };
+                TxnMarkerResult {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    error: error as i32,
+                    error_message,
+                }
+            });
+        }
+    }
+    Ok(WriteTxnMarkersResponse {
+        results: futures::future::join_all(pending).await,
+    })
+}
