@@ -11,6 +11,7 @@
 use super::tests::{make_batch, options};
 use super::writer::record_failure;
 use super::*;
+use crate::segment::SegmentMeta;
 use sluice_proto::test_util::eventually_true;
 use sluice_proto::ErrorCode;
 
