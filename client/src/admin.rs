@@ -772,12 +772,28 @@ where
 
 /// `ListOffsets` at the partition's owner, refreshing routes and retrying
 /// once when the owner is stale.
+/// [`list_offsets_isolated`] read-uncommitted: `Latest` is the high
+/// watermark.
 pub(crate) async fn list_offsets(
     cluster: &Cluster,
     topic: &str,
     partition: u32,
     spec: v1::OffsetSpec,
     timestamp_ms: i64,
+) -> Result<v1::ListOffsetsResponse, ClientError> {
+    let isolation = v1::IsolationLevel::ReadUncommitted;
+    list_offsets_isolated(cluster, topic, partition, (spec, timestamp_ms), isolation).await
+}
+
+/// ListOffsets at the partition's owner, refreshing routes and retrying
+/// (3 attempts) while it moves; `(spec, timestamp_ms)` as in the request.
+/// Read-committed, `Latest` is the last stable offset.
+pub(crate) async fn list_offsets_isolated(
+    cluster: &Cluster,
+    topic: &str,
+    partition: u32,
+    (spec, timestamp_ms): (v1::OffsetSpec, i64),
+    isolation: v1::IsolationLevel,
 ) -> Result<v1::ListOffsetsResponse, ClientError> {
     let mut attempt = 0;
     loop {
@@ -802,7 +818,7 @@ pub(crate) async fn list_offsets(
                 partition,
                 spec: spec as i32,
                 timestamp_ms,
-                isolation: v1::IsolationLevel::ReadUncommitted as i32,
+                isolation: isolation as i32,
             };
             cluster
                 .unary("ListOffsets", &address, client.list_offsets(request))

@@ -27,6 +27,9 @@ pub(crate) struct FakeState {
     /// Appended batches per partition (base offsets assigned).
     pub logs: HashMap<(String, u32), Vec<Bytes>>,
     pub next_offset: HashMap<(String, u32), u64>,
+    /// A last stable offset below the end per partition (an open
+    /// transaction): read-committed `Latest` answers it.
+    pub last_stable: HashMap<(String, u32), u64>,
     /// A range accepted as lost per partition: fetches inside it answer
     /// DATA_LOST with its end, fetches before it stop at its start.
     pub lost: HashMap<(String, u32), (u64, u64)>,
@@ -359,15 +362,16 @@ impl Broker for FakeBroker {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let request = request.into_inner();
-        let end = *self
-            .lock()
-            .next_offset
-            .get(&(request.topic, request.partition))
-            .unwrap_or(&0);
-        let offset = if request.spec == OffsetSpec::Latest as i32 {
-            end
-        } else {
-            0
+        let key = (request.topic, request.partition);
+        let state = self.lock();
+        let end = *state.next_offset.get(&key).unwrap_or(&0);
+        let stable = *state.last_stable.get(&key).unwrap_or(&end);
+        drop(state);
+        let committed = request.isolation == IsolationLevel::ReadCommitted as i32;
+        let offset = match OffsetSpec::try_from(request.spec) {
+            Ok(OffsetSpec::Latest) if committed => stable,
+            Ok(OffsetSpec::Latest) => end,
+            _ => 0,
         };
         Ok(Response::new(ListOffsetsResponse {
             offset,

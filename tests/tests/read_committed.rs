@@ -192,6 +192,31 @@ async fn read(cluster: &Cluster, isolation: Isolation, expected: usize) -> Vec<S
     values
 }
 
+/// Waits until `consumer` resolved its start position (its first fetch
+/// went out), polling briefly: nothing is readable yet.
+async fn wait_for_start(consumer: &mut Consumer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.position(TOPIC, 0).is_none() {
+        assert!(Instant::now() < deadline, "the start was never resolved");
+        let nothing = consumer.recv_timeout(Duration::from_millis(200)).await;
+        assert!(matches!(nothing, Ok(None)), "{nothing:?}");
+    }
+}
+
+/// The next `count` record values `consumer` receives, within 60 s.
+async fn receive(consumer: &mut Consumer, count: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    while values.len() < count {
+        let record = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a record in time")
+            .expect("read");
+        let value = record.value.expect("a value");
+        values.push(String::from_utf8(value.to_vec()).expect("utf8"));
+    }
+    values
+}
+
 async fn latest(cluster: &Cluster, isolation: IsolationLevel) -> (u64, Option<u64>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -308,7 +333,29 @@ async fn read_committed_never_sees_aborted_or_open_transactions_across_a_broker_
     let late = produce(&cluster, batch("b2", Some((b, 0, 1)), true), tx).await;
     assert_eq!(late, ErrorCode::TransactionAbortable, "after the takeover");
 
+    // A read-committed consumer starting at Latest while C is open starts
+    // at the last stable offset (4), not the high watermark (8): once C
+    // commits, it reads C's record and the plain one after it.
+    let mut from_latest = Consumer::assign(
+        ConsumerConfig {
+            client: cluster.client_config(),
+            group: None,
+            isolation: Isolation::ReadCommitted,
+            ..ConsumerConfig::default()
+        },
+        vec![(TOPIC.to_string(), 0, StartOffset::Latest)],
+    )
+    .await
+    .expect("consumer from latest");
+    wait_for_start(&mut from_latest).await;
+
     assert_eq!(marker(&cluster, c, true).await, ErrorCode::None);
+    assert_eq!(
+        receive(&mut from_latest, 2).await,
+        strings(&["c1", "p1"]),
+        "a read-committed consumer from Latest gets the transaction open when it started"
+    );
+    from_latest.close().await.expect("close");
     let all_but_aborted = strings(&["p0", "a1", "a2", "c1", "p1"]);
     assert_eq!(
         read(&cluster, Isolation::ReadCommitted, 5).await,

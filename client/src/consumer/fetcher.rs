@@ -6,7 +6,7 @@
 //! fetch is in flight while the previous response is decoded.
 
 use super::data_loss::{data_loss_action, DataLossAction};
-use super::{ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, StartOffset};
+use super::{ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, Isolation, StartOffset};
 use crate::cluster::{backoff, normalize_address, Cluster, TopicPartition};
 use crate::ClientError;
 use bytes::Bytes;
@@ -32,6 +32,8 @@ pub(crate) struct FetchPosition {
     pub offset: u64,
     /// Set while the start still has to be resolved with `ListOffsets`.
     pub unresolved: Option<StartOffset>,
+    /// Where this generation started fetching, once known.
+    pub start: Option<u64>,
     /// Changes on every seek/assignment; fetched data of an older
     /// generation is dropped.
     pub generation: u64,
@@ -59,6 +61,7 @@ impl FetchState {
             partition,
             FetchPosition {
                 offset,
+                start: unresolved.is_none().then_some(offset),
                 unresolved,
                 generation: self.next_generation,
                 paused: false,
@@ -246,13 +249,14 @@ async fn run_fetcher(
         }
         let mut failed = false;
         for (partition, start, generation) in to_resolve {
-            match resolve_start(&cluster, &partition, start).await {
+            match resolve_start(&cluster, &partition, start, config.isolation).await {
                 Ok(offset) => {
                     let mut state = shared.lock();
                     if let Some(position) = state.partitions.get_mut(&partition) {
                         if position.generation == generation {
                             tracing::debug!(%partition, offset, ?start, "start position resolved");
                             position.offset = offset;
+                            position.start = Some(offset);
                             position.unresolved = None;
                         }
                     }
@@ -392,10 +396,14 @@ fn requested_topics(shared: &FetchShared) -> Vec<String> {
     topics.into_iter().collect()
 }
 
+/// The offset `start` names. `Latest` is the last stable offset for a
+/// read-committed consumer (ADR 0016 §4): starting at the high watermark
+/// would skip the records of a transaction open below it once it commits.
 async fn resolve_start(
     cluster: &Cluster,
     partition: &TopicPartition,
     start: StartOffset,
+    isolation: Isolation,
 ) -> Result<u64, ClientError> {
     let (spec, timestamp_ms) = match start {
         StartOffset::Offset(offset) => return Ok(offset),
@@ -403,12 +411,12 @@ async fn resolve_start(
         StartOffset::Latest => (OffsetSpec::Latest, 0),
         StartOffset::Timestamp(timestamp_ms) => (OffsetSpec::Timestamp, timestamp_ms),
     };
-    let response = crate::admin::list_offsets(
+    let response = crate::admin::list_offsets_isolated(
         cluster,
         &partition.topic,
         partition.partition,
-        spec,
-        timestamp_ms,
+        (spec, timestamp_ms),
+        isolation.level(),
     )
     .await?;
     Ok(response.offset)
@@ -594,6 +602,7 @@ fn handle_partition(
                 reset = ?config.reset, "offset out of range; applying the reset policy"
             );
             position.unresolved = Some(config.reset);
+            position.start = None;
             return Handled::Ok;
         }
         let error = if error.code() == Some(ErrorCode::DataLost) {

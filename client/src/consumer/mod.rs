@@ -465,6 +465,18 @@ impl Consumer {
         self.fetch.skipped_lost_offsets.load(Ordering::Relaxed)
     }
 
+    /// The offset of the next record [`Consumer::recv`] returns from
+    /// `topic`/`partition`: past the last record it returned, or where
+    /// fetching started when none was returned since the assignment or the
+    /// last seek. `None` while a start (`Earliest`, `Latest`, a timestamp)
+    /// is not resolved yet, or when the partition is not assigned.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        let partition = TopicPartition::new(topic, partition);
+        let state = self.fetch.lock();
+        let fetching = state.partitions.get(&partition)?;
+        self.positions.position(&partition).or(fetching.start)
+    }
+
     /// The partitions this consumer reads now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         let mut partitions: Vec<(String, u32)> = self

@@ -276,7 +276,47 @@ async fn latest_starts_at_the_end() {
             .expect("no error"),
         None
     );
+    sluice_proto::test_util::eventually_true(
+        "the start is resolved",
+        Duration::from_secs(10),
+        || consumer.position("t", 0).is_some(),
+    )
+    .await;
+    assert_eq!(consumer.position("t", 0), Some(10));
+    assert_eq!(consumer.position("t", 1), None, "not assigned");
     consumer.close().await.expect("close");
+}
+
+/// Read-committed, `Latest` is the last stable offset: starting at the
+/// end would skip the records of a transaction open below it once it
+/// commits. Read-uncommitted, it is the end.
+#[tokio::test]
+async fn latest_read_committed_starts_at_the_last_stable_offset() {
+    let (broker, cluster, _) = broker_with_data(10).await;
+    broker.lock().last_stable.insert(("t".into(), 0), 4);
+    for (isolation, start) in [
+        (Isolation::ReadCommitted, 4),
+        (Isolation::ReadUncommitted, 10),
+    ] {
+        let consumer = Consumer::assign_on(
+            cluster.clone(),
+            ConsumerConfig {
+                isolation,
+                ..small_buffer_config()
+            },
+            vec![("t".into(), 0, StartOffset::Latest)],
+        )
+        .await
+        .expect("assigned");
+        sluice_proto::test_util::eventually_true(
+            "the start is resolved",
+            Duration::from_secs(10),
+            || consumer.position("t", 0).is_some(),
+        )
+        .await;
+        assert_eq!(consumer.position("t", 0), Some(start), "{isolation:?}");
+        consumer.close().await.expect("close");
+    }
 }
 
 #[tokio::test]
