@@ -9,12 +9,29 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use sluice_client::{
-    Admin, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, InitialPosition, Message,
-    SelectorKind, StartOffset, Subscriber, SubscriberConfig, SubscriptionType,
+    Admin, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, InitialPosition, Isolation,
+    Message, SelectorKind, StartOffset, Subscriber, SubscriberConfig, SubscriptionType,
 };
 use std::future::IntoFuture;
 use std::io::Write;
 use std::time::Duration;
+
+/// `--isolation` (ADR 0016 §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum IsolationArg {
+    ReadCommitted,
+    ReadUncommitted,
+}
+
+impl IsolationArg {
+    fn isolation(self) -> Isolation {
+        match self {
+            IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+            IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct ConsumeArgs {
@@ -43,6 +60,12 @@ pub struct ConsumeArgs {
     /// Without --follow: stop after this long without a record, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub idle_timeout_ms: u64,
+    /// Records of transactions: read_committed (the default) shows only
+    /// committed ones and nothing past an open transaction;
+    /// read_uncommitted shows every record, aborted ones included. Not
+    /// with --subscription.
+    #[arg(long, value_enum, conflicts_with = "subscription")]
+    pub isolation: Option<IsolationArg>,
     /// Print `key<TAB>value`.
     #[arg(long)]
     pub print_key: bool,
@@ -132,6 +155,9 @@ pub async fn run(client: ClientConfig, args: ConsumeArgs) -> Result<()> {
         client: client.clone(),
         group: args.group.clone(),
         reset: start,
+        isolation: args
+            .isolation
+            .map_or(Isolation::ReadCommitted, IsolationArg::isolation),
         ..ConsumerConfig::default()
     };
     let mut consumer = match &args.group {

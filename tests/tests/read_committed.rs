@@ -192,6 +192,26 @@ async fn read(cluster: &Cluster, isolation: Isolation, expected: usize) -> Vec<S
     values
 }
 
+/// The record values `sluice consume --isolation ISOLATION` prints from
+/// offset 0 (it stops after 3 s without a record).
+fn cli_consume(cluster: &Cluster, isolation: &str) -> Vec<String> {
+    let output = cluster
+        .cli()
+        .args(["consume", TOPIC, "--partition", "0", "--offset", "0"])
+        .args(["--isolation", isolation])
+        .output()
+        .expect("run sluice consume");
+    assert!(
+        output.status.success(),
+        "sluice consume --isolation {isolation}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Waits until `consumer` resolved its start position (its first fetch
 /// went out), polling briefly: nothing is readable yet.
 async fn wait_for_start(consumer: &mut Consumer) {
@@ -307,6 +327,9 @@ async fn read_committed_never_sees_aborted_or_open_transactions_across_a_broker_
         read(&cluster, Isolation::ReadUncommitted, 6).await,
         everything
     );
+    // The CLI's --isolation: the same two views.
+    assert_eq!(cli_consume(&cluster, "read_committed"), committed);
+    assert_eq!(cli_consume(&cluster, "read_uncommitted"), everything);
     // c1 is at offset 4: the last stable offset.
     assert_eq!(
         latest(&cluster, IsolationLevel::ReadCommitted).await,
