@@ -1,6 +1,7 @@
 //! Fixtures shared by the tests of every crate (feature `test-util`, for
-//! dev-dependencies only): record batches built from values, and
-//! [`eventually`] for conditions a test waits for.
+//! dev-dependencies only): record batches built from values,
+//! [`eventually`] for conditions a test waits for, and [`free_port`] for
+//! the servers tests start.
 
 pub mod poison;
 
@@ -108,9 +109,61 @@ pub async fn eventually_true(what: &str, timeout: Duration, mut condition: impl 
     .await
 }
 
+/// Ports handed to test servers: below Linux's ephemeral range (32768 and
+/// up by default), so an outgoing connection of some other test can never
+/// take a port between the check and the server's bind (seen in CI as
+/// "Address already in use").
+pub const TEST_PORTS: std::ops::Range<u16> = 15_000..32_000;
+
+/// Picks a port free on 127.0.0.1 in [`TEST_PORTS`], at random, and never
+/// one this process handed out before: parallel tests of one binary
+/// (threads) could otherwise both pick a port before either server bound
+/// it. Test binaries run one after another, and the bind check rules out
+/// ports in use.
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+    for attempt in 0..1000u64 {
+        // A fresh random seed per hasher: random enough to spread picks.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let offset = u16::try_from(hasher.finish() % span).unwrap_or(0);
+        let port = TEST_PORTS.start + offset;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!(
+        "no free port in {TEST_PORTS:?} on 127.0.0.1 after 1,000 tries ({} handed out by this process)",
+        handed_out.len()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // 300 random picks from 17,000 ports collide about twice on
+        // average without the record of what was handed out.
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..75).map(|_| free_port()).collect::<Vec<u16>>()))
+            .collect();
+        let mut ports = std::collections::BTreeSet::new();
+        for thread in threads {
+            for port in thread.join().expect("picker thread") {
+                assert!(TEST_PORTS.contains(&port), "{port}");
+                assert!(ports.insert(port), "port {port} handed out twice");
+            }
+        }
+    }
     use crate::batch::BatchHeader;
 
     #[test]

@@ -11,7 +11,6 @@
 //! (`--client-cert-auth`); health is then read over plain HTTP on a
 //! metrics port of its own. Peers speak plaintext on loopback.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,28 +25,7 @@ pub struct Etcd {
     _data_dir: tempfile::TempDir,
 }
 
-/// Ports handed to test services: below Linux's ephemeral range (32768 and
-/// up by default), so an outgoing connection of some other test can never
-/// take a port between our check and the service's bind (seen in CI as
-/// "Address already in use").
-const TEST_PORTS: std::ops::Range<u16> = 15_000..32_000;
-
-/// Picks a port free on 127.0.0.1 outside the ephemeral range (at random,
-/// so parallel tests rarely pick the same one; the bind check rules out
-/// ports in use).
-pub fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let port = rand::random_range(TEST_PORTS);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
-    listener
-        .local_addr()
-        .expect("ephemeral listener has an address")
-        .port()
-}
+pub use sluice_proto::test_util::free_port;
 
 /// The etcd binary: `SLUICE_TEST_ETCD` or `etcd` on PATH.
 pub fn etcd_binary() -> PathBuf {

@@ -97,14 +97,9 @@ fn offset_start(bytes: &[u8]) -> u64 {
         .base_offset
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local address")
-        .port()
-}
+// Not every test binary that includes this module picks ports.
+#[allow(unused_imports)]
+pub use sluice_proto::test_util::free_port;
 
 /// Connects a `Store` client to `address`, retrying while the server
 /// starts (up to about 20 s).
