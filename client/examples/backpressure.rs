@@ -9,10 +9,10 @@
 //! `cargo run -p sluice-client --example backpressure`.
 //! Set SLUICE_BOOTSTRAP to use another nameserver.
 
+use sluice_client::ErrorCode;
 use sluice_client::{
     ClientConfig, ClientError, PressureLevel, PressureListener, Producer, ProducerConfig, Record,
 };
-use sluice_proto::ErrorCode;
 use std::time::Duration;
 
 /// Pause between records while a partition is past its warning line.

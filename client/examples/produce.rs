@@ -4,8 +4,7 @@
 //! Set SLUICE_BOOTSTRAP to use another nameserver.
 
 use sluice_client::{Admin, ClientConfig, ClientError, Producer, ProducerConfig, Record};
-use sluice_proto::v1::TopicConfig;
-use sluice_proto::ErrorCode;
+use sluice_client::{ErrorCode, TopicConfig};
 
 fn client_config() -> ClientConfig {
     let mut config = ClientConfig {

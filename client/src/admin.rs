@@ -17,7 +17,7 @@ const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
 ///
 /// ```no_run
 /// use sluice_client::{Admin, ClientConfig};
-/// use sluice_proto::v1::TopicConfig;
+/// use sluice_client::TopicConfig;
 ///
 /// # async fn example() -> Result<(), sluice_client::ClientError> {
 /// let admin = Admin::connect(ClientConfig::default()).await?;
@@ -158,7 +158,8 @@ impl Admin {
     /// fails with the retriable `UNAVAILABLE`).
     ///
     /// ```no_run
-    /// use sluice_proto::v1::{SelectorKind, Subscription, SubscriptionType};
+    /// use sluice_client::proto::Subscription;
+    /// use sluice_client::{SelectorKind, SubscriptionType};
     /// # async fn demo(admin: &sluice_client::Admin) -> Result<(), sluice_client::ClientError> {
     /// let created = admin
     ///     .create_subscription(Subscription {

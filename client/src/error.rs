@@ -7,7 +7,7 @@ use sluice_proto::{ErrorCode, SluiceError};
 ///
 /// ```
 /// use sluice_client::ClientError;
-/// use sluice_proto::{ErrorCode, SluiceError};
+/// use sluice_client::{ErrorCode, SluiceError};
 ///
 /// let error = ClientError::Server(SluiceError::new(ErrorCode::NotOwner, "moved"));
 /// assert!(error.is_retriable());
@@ -20,16 +20,31 @@ pub enum ClientError {
     Server(SluiceError),
     /// Could not talk to `address` at all.
     #[error("cannot reach {address}: {message} (is the server running and the address right?)")]
-    Transport { address: String, message: String },
+    Transport {
+        /// The server's address as the client dialled it.
+        address: String,
+        /// What the transport said.
+        message: String,
+    },
     /// No bootstrap nameserver answered.
     #[error("no nameserver answered (tried {}): {last}; check `bootstrap` in the client config and that a nameserver is running", tried.join(", "))]
-    NoNameserver { tried: Vec<String>, last: String },
+    NoNameserver {
+        /// Every bootstrap address tried, in order.
+        tried: Vec<String>,
+        /// The last error seen.
+        last: String,
+    },
     /// The caller passed something impossible.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// `what` did not finish within `timeout_ms`.
     #[error("{what} timed out after {timeout_ms} ms")]
-    Timeout { what: String, timeout_ms: u64 },
+    Timeout {
+        /// The operation that timed out.
+        what: String,
+        /// The timeout that passed, in milliseconds.
+        timeout_ms: u64,
+    },
     /// The producer or consumer was closed.
     #[error("the client is closed")]
     Closed,
@@ -45,12 +60,15 @@ pub enum ClientError {
     /// seek the partition to `end_offset`.
     #[error("{topic}/{partition}: the batch at offsets {base_offset}..{end_offset} cannot be decoded ({reason}); seek to {end_offset} to skip it")]
     CorruptBatch {
+        /// The topic of the batch.
         topic: String,
+        /// The partition of the batch.
         partition: u32,
         /// Offset of the batch's first record.
         base_offset: u64,
         /// One past the batch's last offset: where to seek to skip it.
         end_offset: u64,
+        /// Why it cannot be decoded.
         reason: String,
     },
     /// Offsets `start_offset..end_offset` of `topic`/`partition` lie in a
@@ -62,7 +80,9 @@ pub enum ClientError {
     /// `end_offset` to go on.
     #[error("{topic}/{partition}: offsets {start_offset}..{end_offset} were accepted as lost and will never be readable; seek to {end_offset} to go on")]
     DataLost {
+        /// The topic of the lost range.
         topic: String,
+        /// The partition of the lost range.
         partition: u32,
         /// The first offset that could not be read.
         start_offset: u64,

@@ -127,7 +127,15 @@ pub use producer::{
     Producer, ProducerConfig, Record, RecordMetadata,
 };
 pub use sluice_proto::batch::Compression;
-pub use sluice_proto::v1::{InitialPosition, SelectorKind, SubscriptionType};
+pub use sluice_proto::now_unix_ms;
+/// The wire types the [`Admin`] API takes and returns (topic configs and
+/// descriptions, cluster status, subscriptions, ACL bindings, offsets), so
+/// that applications need not depend on `sluice-proto` themselves.
+pub use sluice_proto::v1 as proto;
+pub use sluice_proto::v1::{
+    Durability, InitialPosition, OffsetSpec, SelectorKind, SubscriptionType, TopicConfig,
+};
+pub use sluice_proto::{ErrorCode, SluiceError};
 pub use subscriber::{
     AckFuture, ListenerConfig, ListenerHandle, Message, MessageId, Ordering, Subscriber,
     SubscriberConfig, MAX_LISTENER_CONCURRENCY, MAX_RECEIVER_QUEUE_SIZE,

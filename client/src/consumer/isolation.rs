@@ -16,8 +16,10 @@ use sluice_proto::v1::IsolationLevel;
 /// records under either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Isolation {
+    /// Only committed records, up to the last stable offset (the default).
     #[default]
     ReadCommitted,
+    /// Every record up to the high watermark, aborted ones included.
     ReadUncommitted,
 }
 

@@ -38,7 +38,7 @@ const ASSIGNMENT_RETRY_BACKOFF_MS: u64 = 100;
 ///
 /// ```
 /// use sluice_client::StartOffset;
-/// let from_an_hour_ago = StartOffset::Timestamp(sluice_proto::now_unix_ms() - 3_600_000);
+/// let from_an_hour_ago = StartOffset::Timestamp(sluice_client::now_unix_ms() - 3_600_000);
 /// # let _ = from_an_hour_ago;
 /// assert_eq!(StartOffset::default(), StartOffset::Earliest);
 /// ```
@@ -68,6 +68,7 @@ pub enum StartOffset {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    /// Bootstrap nameservers, TLS and credentials, timeouts.
     pub client: ClientConfig,
     /// Consumer group; required by [`Consumer::subscribe`], optional for
     /// [`Consumer::assign`] (then commits go to this group from outside
@@ -143,13 +144,22 @@ impl Default for ConsumerConfig {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
+    /// The topic it was read from.
     pub topic: String,
+    /// The partition of `topic` it was read from.
     pub partition: u32,
+    /// Its offset in the partition: unique, never reused.
     pub offset: u64,
+    /// The record's timestamp as its producer gave or stamped it, in
+    /// milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The record's key, if it has one (`None` is not an empty key).
     pub key: Option<Bytes>,
+    /// The record's value; `None` for a tombstone.
     pub value: Option<Bytes>,
+    /// Application headers, in the order the producer gave them.
     pub headers: Vec<(String, Bytes)>,
+    /// Tags for subscription selectors.
     pub tags: Vec<String>,
 }
 

@@ -57,13 +57,18 @@ const PRODUCE_ENVELOPE_BYTES: usize = 64 * 1024;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
+    /// The topic to write to.
     pub topic: String,
     /// Explicit partition; otherwise chosen by key hash, or sticky for
     /// unkeyed records.
     pub partition: Option<u32>,
+    /// The key: records with one key go to one partition, in order.
     pub key: Option<Bytes>,
+    /// The value; `None` writes a tombstone.
     pub value: Option<Bytes>,
+    /// Application headers, kept in this order.
     pub headers: Vec<(String, Bytes)>,
+    /// Tags that subscription selectors match (`tagA || tagB`).
     pub tags: Vec<String>,
     /// Unix ms; the producer stamps the enqueue time when `None`.
     pub timestamp_ms: Option<i64>,
@@ -79,26 +84,33 @@ impl Record {
         }
     }
 
+    /// This record with `key`.
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// This record with one more header (names may repeat).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
 
+    /// This record with one more tag.
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.tags.push(tag.into());
         self
     }
 
+    /// This record for `partition` explicitly (no key hash, no sticky
+    /// choice).
     pub fn with_partition(mut self, partition: u32) -> Self {
         self.partition = Some(partition);
         self
     }
 
+    /// This record with its own timestamp, in milliseconds since the Unix
+    /// epoch (instead of the enqueue time).
     pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
         self.timestamp_ms = Some(timestamp_ms);
         self
@@ -172,8 +184,11 @@ impl Record {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
+    /// The record's topic.
     pub topic: String,
+    /// The partition it was written to.
     pub partition: u32,
+    /// The offset it was given: its durable, never reused position.
     pub offset: u64,
     /// The record's timestamp (given or stamped at enqueue), unix ms.
     pub timestamp_ms: i64,
@@ -185,7 +200,7 @@ pub struct RecordMetadata {
 ///
 /// ```
 /// use sluice_client::{ClientConfig, ProducerConfig};
-/// use sluice_proto::batch::Compression;
+/// use sluice_client::Compression;
 ///
 /// let config = ProducerConfig {
 ///     client: ClientConfig::default(),
@@ -197,6 +212,7 @@ pub struct RecordMetadata {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
+    /// Bootstrap nameservers, TLS and credentials, timeouts.
     pub client: ClientConfig,
     /// How long a batch waits for more records before it is sent, in
     /// milliseconds. Default: 5.

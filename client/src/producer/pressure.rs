@@ -17,9 +17,14 @@ use std::sync::{Arc, Mutex};
 /// A partition's pressure level changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PressureEvent {
+    /// The partition's topic.
     pub topic: String,
+    /// The partition whose level changed.
     pub partition: u32,
+    /// Its level before this acknowledgement.
     pub previous: PressureLevel,
+    /// Its pressure as of this acknowledgement (the new level and the
+    /// backlog against the quota).
     pub pressure: Pressure,
 }
 
@@ -30,6 +35,7 @@ pub struct PressureEvent {
 pub struct PressureListener(pub Arc<dyn Fn(PressureEvent) + Send + Sync>);
 
 impl PressureListener {
+    /// A listener calling `listener` for every level change.
     pub fn new(listener: impl Fn(PressureEvent) + Send + Sync + 'static) -> Self {
         Self(Arc::new(listener))
     }
@@ -44,13 +50,17 @@ impl fmt::Debug for PressureListener {
 /// Counters of acknowledgements by level, since the producer started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PressureMetrics {
+    /// Acknowledgements at level OK.
     pub acknowledgements_ok: u64,
+    /// Acknowledgements at level WARN.
     pub acknowledgements_warn: u64,
+    /// Acknowledgements at level LIMIT.
     pub acknowledgements_limit: u64,
     /// Level changes reported to the listener (or that would have been).
     pub level_changes: u64,
-    /// Partitions whose latest level is WARN or LIMIT.
+    /// Partitions whose latest level is WARN.
     pub partitions_warn: u64,
+    /// Partitions whose latest level is LIMIT.
     pub partitions_limit: u64,
 }
 

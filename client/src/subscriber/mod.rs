@@ -53,7 +53,9 @@ const COMMAND_QUEUE_CAPACITY: usize = 1024;
 /// ```
 #[derive(Debug, Clone)]
 pub struct SubscriberConfig {
+    /// Bootstrap nameservers, TLS and credentials, timeouts.
     pub client: ClientConfig,
+    /// The topic the subscription reads.
     pub topic: String,
     /// The subscription's name (same rules as topic names).
     pub subscription: String,
@@ -79,10 +81,12 @@ pub struct SubscriberConfig {
     pub max_deliveries: u32,
     /// Dead-letter topic; `None` means `<topic>-<subscription>-DLQ`.
     pub dead_letter_topic: Option<String>,
-    /// First and largest delay before a negatively acknowledged message is
-    /// delivered again, in milliseconds; 0 means the server defaults
-    /// (1000 and 60000).
+    /// First delay before a negatively acknowledged message is delivered
+    /// again, in milliseconds, doubling with each redelivery; 0 means the
+    /// server default (1000).
     pub redelivery_backoff_initial_ms: u64,
+    /// Largest such delay, in milliseconds; 0 means the server default
+    /// (60000).
     pub redelivery_backoff_max_ms: u64,
     /// This consumer's name (diagnostics; orders failover standbys).
     /// Default: empty, meaning `<client.client_id>-<8 random hex digits>`.
@@ -103,9 +107,10 @@ pub struct SubscriberConfig {
     /// Acknowledgements sent or queued and not yet answered by a receipt;
     /// `ack` waits for room above it. Default: 10000.
     pub max_pending_acks: usize,
-    /// First and largest pause before reopening a broken stream, in
-    /// milliseconds (doubling in between). Defaults: 100 and 5000.
+    /// First pause before reopening a broken stream, in milliseconds,
+    /// doubling with each failed attempt. Default: 100.
     pub reconnect_backoff_initial_ms: u64,
+    /// Largest such pause, in milliseconds. Default: 5000.
     pub reconnect_backoff_max_ms: u64,
     /// How long `connect` waits for every partition's stream to open, in
     /// milliseconds; partitions still retrying then (owner moving) keep
@@ -207,8 +212,11 @@ impl Default for SubscriberConfig {
 /// Identifies a message: its topic, partition and offset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId {
+    /// The message's topic.
     pub topic: String,
+    /// Its partition.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: u64,
 }
 
@@ -227,13 +235,22 @@ impl std::fmt::Display for MessageId {
 /// the subscription's ack timeout, or at once when its stream closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The topic it was read from.
     pub topic: String,
+    /// The partition it was read from.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: u64,
+    /// The record's timestamp as its producer gave or stamped it, in
+    /// milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The record's key, if it has one.
     pub key: Option<Bytes>,
+    /// The record's value; `None` for a tombstone.
     pub value: Option<Bytes>,
+    /// Application headers, in the order the producer gave them.
     pub headers: Vec<(String, Bytes)>,
+    /// The record's tags (what selectors match).
     pub tags: Vec<String>,
     /// 1 on the first delivery, then one more for each redelivery.
     pub delivery_count: u32,
@@ -260,6 +277,8 @@ impl Message {
         }
     }
 
+    /// The message's id (topic, partition, offset), e.g. for
+    /// `Admin::explain_message`.
     pub fn id(&self) -> MessageId {
         MessageId {
             topic: self.topic.clone(),
@@ -656,10 +675,13 @@ impl Subscriber {
             .find_map(PartitionShared::subscription)
     }
 
+    /// The topic this subscriber reads.
     pub fn topic(&self) -> &str {
         &self.shared.config.topic
     }
 
+    /// This consumer's name, as the broker knows it (given, or made from
+    /// the client id).
     pub fn consumer_name(&self) -> &str {
         &self.shared.config.consumer_name
     }
