@@ -111,6 +111,8 @@ impl Admin {
         }
     }
 
+    /// A topic's config, partitions with their owners (routes) and
+    /// segments, as the nameserver holds them.
     pub async fn describe_topic(
         &self,
         name: &str,
@@ -607,13 +609,17 @@ const MAX_PARALLEL_PARTITION_CALLS: usize = 16;
 /// What [`Admin::find_messages`] looks for: every filter given must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageQuery {
+    /// The topic searched.
     pub topic: String,
     /// `None`: every partition.
     pub partitions: Option<Vec<u32>>,
+    /// Only records with this key.
     pub key: Option<bytes::Bytes>,
+    /// Only records with this tag.
     pub tag: Option<String>,
-    /// Inclusive bounds on record timestamps, unix milliseconds.
+    /// Inclusive lower bound on record timestamps, unix milliseconds.
     pub from_time_ms: Option<i64>,
+    /// Inclusive upper bound on record timestamps, unix milliseconds.
     pub to_time_ms: Option<i64>,
     /// Most messages returned. Default 100.
     pub limit: u32,
@@ -639,11 +645,13 @@ impl MessageQuery {
         }
     }
 
+    /// Only records with `key`.
     pub fn key(mut self, key: impl Into<bytes::Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// Only records with `tag`.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.tag = Some(tag.into());
         self
@@ -656,11 +664,13 @@ impl MessageQuery {
         self
     }
 
+    /// Only these partitions.
     pub fn partitions(mut self, partitions: Vec<u32>) -> Self {
         self.partitions = Some(partitions);
         self
     }
 
+    /// At most `limit` messages (up to [`MAX_FIND_LIMIT`]).
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = limit;
         self

@@ -19,18 +19,24 @@ const MAX_ATTEMPTS: u32 = 3;
 /// A subscription's lag over all partitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionLag {
+    /// The subscription's topic.
     pub topic: String,
+    /// The subscription's name.
     pub name: String,
+    /// How it hands out messages.
     pub subscription_type: SubscriptionType,
     /// Per partition, ascending; a partition whose owner could not answer
     /// carries the error.
     pub partitions: Vec<v1::SubscriptionPartitionLag>,
+    /// Messages not yet acknowledged, over the partitions that answered.
     pub backlog_messages: u64,
+    /// Their estimated bytes.
     pub backlog_bytes: u64,
     /// The oldest unacknowledged message over all partitions.
     pub oldest_unacknowledged_age_ms: u64,
-    /// Messages per second.
+    /// Messages acknowledged per second.
     pub drain_rate: f64,
+    /// Messages arriving per second.
     pub incoming_rate: f64,
     /// Time to work off the backlog at the current rate; None when nothing
     /// drains.
@@ -42,7 +48,9 @@ pub struct SubscriptionLag {
     pub recommended_consumers: u32,
     /// The worst pressure level of any partition, and why.
     pub pressure: PressureLevel,
+    /// Why the pressure is at that level (which quota, how close).
     pub pressure_reason: String,
+    /// Messages dropped by the EVICT backlog policy, over the partitions.
     pub evicted: u64,
 }
 
@@ -120,14 +128,20 @@ fn drain_estimate(backlog: u64, rate: f64) -> Option<u64> {
 /// What the recommendation is computed from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Demand {
+    /// The subscription's type (exclusive and failover use one consumer
+    /// per partition at most).
     pub subscription_type: SubscriptionType,
+    /// The topic's partition count.
     pub partitions: u32,
     /// Connected now.
     pub consumers: u32,
+    /// Messages not yet acknowledged, all partitions.
     pub backlog_messages: u64,
     /// Messages per second, all partitions.
     pub drain_rate: f64,
+    /// Messages arriving per second, all partitions.
     pub incoming_rate: f64,
+    /// The time to work the backlog off within, in milliseconds.
     pub target_drain_ms: u64,
 }
 
