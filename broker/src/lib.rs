@@ -41,6 +41,7 @@ mod service;
 mod session_fence;
 mod subscription;
 mod tail_cache;
+pub mod transaction;
 mod txn_markers;
 mod txn_verifier;
 
