@@ -334,6 +334,7 @@ async fn groups_find_their_coordinator(cluster: &Cluster, client: &mut Client) {
             let response = client
                 .find_coordinator(FindCoordinatorRequest {
                     group: "billing".to_string(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -351,6 +352,7 @@ async fn groups_find_their_coordinator(cluster: &Cluster, client: &mut Client) {
     let bad_group = client
         .find_coordinator(FindCoordinatorRequest {
             group: "../etc".to_string(),
+            ..Default::default()
         })
         .await
         .expect_err("bad group");
@@ -771,6 +773,7 @@ async fn two_nameservers_on_one_etcd_agree() {
         client
             .find_coordinator(FindCoordinatorRequest {
                 group: "g".to_string(),
+                ..Default::default()
             })
             .await
             .expect(via)
