@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod read_back;
 pub mod security;
 pub mod small_fs;
+pub mod transactions;
