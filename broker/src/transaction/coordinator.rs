@@ -278,6 +278,7 @@ impl TxnCoordinator {
         };
         if let Some(record) = &plan.record {
             self.append(&partition, id, record).await?;
+            tracing::debug!(transactional_id = %id, event = ?event, state = ?record.state, producer_id = record.producer_id, epoch = record.epoch, "transaction record durable");
             if plan.write_markers {
                 tokio::spawn(markers::deliver(shared.clone(), id.clone(), record.clone()));
             }
