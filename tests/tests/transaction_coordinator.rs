@@ -315,6 +315,18 @@ async fn commit_abort_fencing_expiry_and_bad_input() {
         code(end(&cluster, "never-initialised", (first.0, 0), true).await),
         ErrorCode::InvalidTransactionState
     );
+    let unknown = DescribeTransactionRequest {
+        transactional_id: "never-initialised".into(),
+    };
+    let described = at_coordinator(&cluster, "never-initialised", |mut client| {
+        let request = unknown.clone();
+        async move { client.describe_transaction(request).await }
+    })
+    .await;
+    assert_eq!(
+        described.map(|_| ()).map_err(|error| error.code),
+        Err(ErrorCode::InvalidTransactionState)
+    );
     let overlong = "x".repeat(250);
     assert_eq!(
         code(init(&cluster, &overlong, 1_000).await),

@@ -106,8 +106,9 @@ fn with_fresh(event: &mut Event, fresh: i64) {
         }
         | Event::Abort {
             fresh_producer_id, ..
-        } => *fresh_producer_id = Some(fresh),
-        Event::Add { .. } | Event::MarkersWritten { .. } | Event::Expire => {}
+        }
+        | Event::Expire { fresh_producer_id } => *fresh_producer_id = Some(fresh),
+        Event::Add { .. } | Event::MarkersWritten { .. } => {}
     }
 }
 
@@ -200,6 +201,18 @@ impl TxnCoordinator {
     /// The durable state of `id`, when coordinated here.
     pub fn describe(&self, id: &str) -> Option<TxnMeta> {
         lock(&self.loaded).ids.get(id).cloned()
+    }
+
+    /// `id`'s state for a look from outside: `NOT_COORDINATOR` when its log
+    /// partition is not served here, `INVALID_TRANSACTION_STATE` when it is
+    /// and the id has no state.
+    pub fn look_up(&self, shared: &Shared, id: &TransactionalId) -> Result<TxnMeta, BrokerError> {
+        self.log_partition(shared, id)?;
+        self.describe(id.as_str()).ok_or_else(|| {
+            BrokerError::InvalidTransactionState(format!(
+                "transactional id {id} has no state: it was never initialised (InitProducerId)"
+            ))
+        })
     }
 
     /// Every id coordinated here with its state.
@@ -395,7 +408,9 @@ async fn abort_one(shared: &Arc<Shared>, id: &str, meta: &TxnMeta, reason: EndRe
         return;
     };
     let event = match reason {
-        EndReason::Timeout => Event::Expire,
+        EndReason::Timeout => Event::Expire {
+            fresh_producer_id: None,
+        },
         reason => Event::Abort {
             reason,
             fresh_producer_id: None,

@@ -205,10 +205,7 @@ pub fn describe(
     enabled(shared)?;
     let id = transactional_id(&request.transactional_id)?;
     authorize(authorizer, Operation::Describe, &id)?;
-    let meta = shared
-        .transactions
-        .describe(id.as_str())
-        .ok_or_else(|| BrokerError::NotCoordinator(id.to_string()))?;
+    let meta = shared.transactions.look_up(shared, &id)?;
     Ok(DescribeTransactionResponse {
         transaction: Some(description(shared, id.as_str(), &meta)),
     })

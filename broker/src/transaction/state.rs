@@ -146,8 +146,9 @@ pub enum Event {
     },
     /// Every marker of the transaction at `txn_epoch` is acknowledged.
     MarkersWritten { txn_epoch: i16 },
-    /// The periodic timeout check.
-    Expire,
+    /// The periodic timeout check; `fresh_producer_id` as for `Init` (an
+    /// abort at [`MAX_EPOCH`] needs one).
+    Expire { fresh_producer_id: Option<i64> },
     /// Abort the open transaction (takeover replay or operator).
     Abort {
         reason: EndReason,
@@ -259,7 +260,7 @@ pub fn transition(
             now_ms,
         ),
         Event::MarkersWritten { txn_epoch } => Ok(markers_written(meta, *txn_epoch, now_ms)),
-        Event::Expire => Ok(expire(meta, now_ms)),
+        Event::Expire { fresh_producer_id } => expire(meta, *fresh_producer_id, now_ms),
         Event::Abort {
             reason,
             fresh_producer_id,
@@ -544,23 +545,17 @@ fn markers_written(meta: Option<&TxnMeta>, txn_epoch: i16, now_ms: u64) -> Plan 
     }
 }
 
-fn expire(meta: Option<&TxnMeta>, now_ms: u64) -> Plan {
+fn expire(meta: Option<&TxnMeta>, fresh: Option<i64>, now_ms: u64) -> Result<Plan, TxnError> {
     let Some(meta) = meta else {
-        return Plan::reply(Reply::Nothing);
+        return Ok(Plan::reply(Reply::Nothing));
     };
     let deadline = meta.started_at_ms.saturating_add(meta.timeout_ms);
     if meta.state != TxnState::Ongoing || now_ms < deadline {
-        return Plan::reply(Reply::Nothing);
+        return Ok(Plan::reply(Reply::Nothing));
     }
-    // At MAX_EPOCH the abort needs a fresh producer id: the next Init or a
-    // takeover provides one; until then the transaction stays open (its
-    // partitions hold the LSO), which is reported by the caller.
-    decide(meta, false, EndReason::Timeout, None, now_ms)
-        .map(|mut plan| {
-            plan.reply = Reply::Done;
-            plan
-        })
-        .unwrap_or_else(|_| Plan::reply(Reply::Nothing))
+    let mut plan = decide(meta, false, EndReason::Timeout, fresh, now_ms)?;
+    plan.reply = Reply::Done;
+    Ok(plan)
 }
 
 fn abort(

@@ -7,6 +7,10 @@ const LIMITS: Limits = Limits {
     max_participants: 4,
 };
 
+const EXPIRE: Event = Event::Expire {
+    fresh_producer_id: None,
+};
+
 fn part(topic: &str, partition: u32) -> Participant {
     Participant {
         topic: topic.into(),
@@ -217,9 +221,9 @@ fn a_timed_out_transaction_is_aborted_and_its_producer_told_to_abort() {
     let mut meta = None;
     apply(&mut meta, &init("a", Some(1)), 0).unwrap();
     apply(&mut meta, &add(1, 0, 0), 100).unwrap();
-    let early = apply(&mut meta, &Event::Expire, 1_099).unwrap();
+    let early = apply(&mut meta, &EXPIRE, 1_099).unwrap();
     assert_eq!(early.record, None);
-    let plan = apply(&mut meta, &Event::Expire, 1_100).unwrap();
+    let plan = apply(&mut meta, &EXPIRE, 1_100).unwrap();
     assert!(plan.write_markers);
     let aborted = meta.clone().unwrap();
     assert_eq!(
@@ -282,6 +286,32 @@ fn the_epoch_overflows_into_a_fresh_producer_id() {
     // A retry with the old id is recognised.
     let retried = apply(&mut meta, &end(1, MAX_EPOCH, true), 3).unwrap();
     assert_eq!(producer(&retried), (9, 0));
+}
+
+#[test]
+fn a_timeout_at_the_last_epoch_aborts_with_a_fresh_producer_id() {
+    let mut meta = None;
+    apply(&mut meta, &init("a", Some(1)), 0).unwrap();
+    if let Some(meta) = meta.as_mut() {
+        meta.epoch = MAX_EPOCH;
+    }
+    apply(&mut meta, &add(1, MAX_EPOCH, 0), 0).unwrap();
+    assert_eq!(
+        apply(&mut meta, &EXPIRE, 5_000),
+        Err(TxnError::NeedsProducerId),
+        "never left open for want of an epoch"
+    );
+    let with_fresh = Event::Expire {
+        fresh_producer_id: Some(2),
+    };
+    apply(&mut meta, &with_fresh, 5_000).unwrap();
+    let aborted = meta.unwrap();
+    assert_eq!(aborted.state, TxnState::Prepare { commit: false });
+    assert_eq!(
+        (aborted.txn_producer_id(), aborted.txn_epoch),
+        (1, MAX_EPOCH)
+    );
+    assert_eq!((aborted.producer_id, aborted.epoch), (2, 0));
 }
 
 #[test]
@@ -383,13 +413,13 @@ fn randomised_events_keep_the_invariants() {
                     let txn_epoch = meta.as_ref().map_or(0, |meta| meta.txn_epoch);
                     Event::MarkersWritten { txn_epoch }
                 }
-                7 => Event::Expire,
+                7 => EXPIRE,
                 8 => Event::Abort {
                     reason: EndReason::Takeover,
                     fresh_producer_id: None,
                 },
                 _ => match history.len() {
-                    0 => Event::Expire,
+                    0 => EXPIRE,
                     len => {
                         // A delayed duplicate, attributed to its sender.
                         let (sender, event) = history[rng.random_range(0..len)].clone();
@@ -427,6 +457,9 @@ fn randomised_events_keep_the_invariants() {
                     },
                     Event::Abort { reason, .. } => Event::Abort {
                         reason,
+                        fresh_producer_id: fresh,
+                    },
+                    Event::Expire { .. } => Event::Expire {
                         fresh_producer_id: fresh,
                     },
                     other => panic!("seed {seed} step {step}: {other:?} asked for a pid"),
