@@ -247,115 +247,9 @@ async fn commit_abort_fencing_expiry_and_bad_input() {
         ErrorCode::None
     );
 
-    // Commit at epoch 0, abort at epoch 1.
-    let first = init(&cluster, id, 30_000).await.expect("init");
-    assert_eq!(first.1, 0);
-    assert_eq!(
-        produce(&cluster, id, 0, first, 0, "c1").await,
-        ErrorCode::None
-    );
-    assert_eq!(
-        produce(&cluster, id, 1, first, 0, "c2").await,
-        ErrorCode::None
-    );
-    let second = end(&cluster, id, first, true).await.expect("commit");
-    assert_eq!(second, (first.0, 1), "every end bumps the epoch");
-    // A retried commit is answered from the record; the other decision is refused.
-    assert_eq!(end(&cluster, id, first, true).await.expect("retry"), second);
-    assert_eq!(
-        code(end(&cluster, id, first, false).await),
-        ErrorCode::InvalidTransactionState
-    );
-    assert_eq!(
-        produce(&cluster, id, 0, second, 0, "a1").await,
-        ErrorCode::None
-    );
-    // Delayed writes of epoch 0 after epoch 1 began: refused at a partition
-    // of the open transaction and at one that asks the coordinator.
-    assert_eq!(
-        produce(&cluster, id, 0, first, 1, "late-0").await,
-        ErrorCode::TransactionAbortable
-    );
-    assert_ne!(
-        produce(&cluster, id, 2, first, 0, "late-2").await,
-        ErrorCode::None
-    );
-    let third = end(&cluster, id, second, false).await.expect("abort");
-    assert_eq!(third, (first.0, 2));
-
-    // Fencing: an open transaction at epoch 2, then a second instance.
-    assert_eq!(
-        produce(&cluster, id, 2, third, 0, "z1").await,
-        ErrorCode::None
-    );
-    let fourth = init(&cluster, id, 30_000).await.expect("second instance");
-    assert_eq!(fourth.0, first.0);
-    assert!(fourth.1 > third.1, "{fourth:?} after {third:?}");
-    assert_eq!(
-        produce(&cluster, id, 3, third, 0, "z2").await,
-        ErrorCode::ProducerFenced
-    );
-    assert_eq!(
-        produce(&cluster, id, 2, third, 1, "z3").await,
-        ErrorCode::TransactionAbortable
-    );
-    assert_eq!(
-        code(end(&cluster, id, third, true).await),
-        ErrorCode::ProducerFenced
-    );
-    assert_eq!(
-        produce(&cluster, id, 3, fourth, 0, "n1").await,
-        ErrorCode::None
-    );
-    let fifth = end(&cluster, id, fourth, true).await.expect("commit");
-    assert_eq!(fifth, (first.0, fourth.1 + 1));
-
-    // Bad input.
-    assert_eq!(
-        code(end(&cluster, "never-initialised", (first.0, 0), true).await),
-        ErrorCode::InvalidTransactionState
-    );
-    let unknown = DescribeTransactionRequest {
-        transactional_id: "never-initialised".into(),
-    };
-    let described = at_coordinator(&cluster, "never-initialised", |mut client| {
-        let request = unknown.clone();
-        async move { client.describe_transaction(request).await }
-    })
-    .await;
-    assert_eq!(
-        described.map(|_| ()).map_err(|error| error.code),
-        Err(ErrorCode::InvalidTransactionState)
-    );
-    let overlong = "x".repeat(250);
-    assert_eq!(
-        code(init(&cluster, &overlong, 1_000).await),
-        ErrorCode::InvalidArgument
-    );
-    let too_long = init(&cluster, "bad-timeout", 60_001)
-        .await
-        .expect_err("above the maximum");
-    assert_eq!(too_long.code, ErrorCode::InvalidArgument);
-    assert!(too_long.message.contains("max_timeout_ms"), "{too_long:?}");
-    assert_eq!(
-        code(init(&cluster, "bad-timeout", 0).await),
-        ErrorCode::InvalidArgument
-    );
-    let wide = "wide-1";
-    let producer = init(&cluster, wide, 30_000).await.expect("init");
-    for partition in 0..3 {
-        let value = format!("w{partition}");
-        assert_eq!(
-            produce(&cluster, wide, partition, producer, 0, &value).await,
-            ErrorCode::None
-        );
-    }
-    assert_eq!(
-        produce(&cluster, wide, 3, producer, 0, "w3").await,
-        ErrorCode::TransactionAbortable,
-        "a fourth participant (max_participants_per_transaction = 3)"
-    );
-    end(&cluster, wide, producer, false).await.expect("abort");
+    let ended = commit_then_abort(&cluster, id).await;
+    fencing(&cluster, id, ended).await;
+    bad_input(&cluster).await;
 
     // The expired transaction was aborted by its coordinator.
     let expired = wait_for_state(&cluster, expiring, TransactionState::CompleteAbort).await;
@@ -375,6 +269,125 @@ async fn commit_abort_fencing_expiry_and_bad_input() {
         describe(&cluster, id).await.state,
         TransactionState::CompleteCommit as i32
     );
+}
+
+/// Commits c1, c2 at epoch 0 and aborts a1 at epoch 1, with delayed writes
+/// of epoch 0 refused; the producer after both ends.
+async fn commit_then_abort(cluster: &Cluster, id: &str) -> (i64, i16) {
+    let first = init(cluster, id, 30_000).await.expect("init");
+    assert_eq!(first.1, 0);
+    assert_eq!(
+        produce(cluster, id, 0, first, 0, "c1").await,
+        ErrorCode::None
+    );
+    assert_eq!(
+        produce(cluster, id, 1, first, 0, "c2").await,
+        ErrorCode::None
+    );
+    let second = end(cluster, id, first, true).await.expect("commit");
+    assert_eq!(second, (first.0, 1), "every end bumps the epoch");
+    // A retried commit is answered from the record; the other decision is refused.
+    assert_eq!(end(cluster, id, first, true).await.expect("retry"), second);
+    assert_eq!(
+        code(end(cluster, id, first, false).await),
+        ErrorCode::InvalidTransactionState
+    );
+    assert_eq!(
+        produce(cluster, id, 0, second, 0, "a1").await,
+        ErrorCode::None
+    );
+    // Delayed writes of epoch 0 after epoch 1 began: refused at a partition
+    // of the open transaction and at one that asks the coordinator.
+    assert_eq!(
+        produce(cluster, id, 0, first, 1, "late-0").await,
+        ErrorCode::TransactionAbortable
+    );
+    assert_ne!(
+        produce(cluster, id, 2, first, 0, "late-2").await,
+        ErrorCode::None
+    );
+    let third = end(cluster, id, second, false).await.expect("abort");
+    assert_eq!(third, (first.0, 2));
+    third
+}
+
+/// An open transaction at `third`'s epoch, then a second instance: the
+/// first is fenced; the second commits n1.
+async fn fencing(cluster: &Cluster, id: &str, third: (i64, i16)) {
+    assert_eq!(
+        produce(cluster, id, 2, third, 0, "z1").await,
+        ErrorCode::None
+    );
+    let fourth = init(cluster, id, 30_000).await.expect("second instance");
+    assert_eq!(fourth.0, third.0);
+    assert!(fourth.1 > third.1, "{fourth:?} after {third:?}");
+    assert_eq!(
+        produce(cluster, id, 3, third, 0, "z2").await,
+        ErrorCode::ProducerFenced
+    );
+    assert_eq!(
+        produce(cluster, id, 2, third, 1, "z3").await,
+        ErrorCode::TransactionAbortable
+    );
+    assert_eq!(
+        code(end(cluster, id, third, true).await),
+        ErrorCode::ProducerFenced
+    );
+    assert_eq!(
+        produce(cluster, id, 3, fourth, 0, "n1").await,
+        ErrorCode::None
+    );
+    let fifth = end(cluster, id, fourth, true).await.expect("commit");
+    assert_eq!(fifth, (third.0, fourth.1 + 1));
+}
+
+/// Clear refusals that leave nothing behind.
+async fn bad_input(cluster: &Cluster) {
+    assert_eq!(
+        code(end(cluster, "never-initialised", (1, 0), true).await),
+        ErrorCode::InvalidTransactionState
+    );
+    let unknown = DescribeTransactionRequest {
+        transactional_id: "never-initialised".into(),
+    };
+    let described = at_coordinator(cluster, "never-initialised", |mut client| {
+        let request = unknown.clone();
+        async move { client.describe_transaction(request).await }
+    })
+    .await;
+    assert_eq!(
+        described.map(|_| ()).map_err(|error| error.code),
+        Err(ErrorCode::InvalidTransactionState)
+    );
+    let overlong = "x".repeat(250);
+    assert_eq!(
+        code(init(cluster, &overlong, 1_000).await),
+        ErrorCode::InvalidArgument
+    );
+    let too_long = init(cluster, "bad-timeout", 60_001)
+        .await
+        .expect_err("above the maximum");
+    assert_eq!(too_long.code, ErrorCode::InvalidArgument);
+    assert!(too_long.message.contains("max_timeout_ms"), "{too_long:?}");
+    assert_eq!(
+        code(init(cluster, "bad-timeout", 0).await),
+        ErrorCode::InvalidArgument
+    );
+    let wide = "wide-1";
+    let producer = init(cluster, wide, 30_000).await.expect("init");
+    for partition in 0..3 {
+        let value = format!("w{partition}");
+        assert_eq!(
+            produce(cluster, wide, partition, producer, 0, &value).await,
+            ErrorCode::None
+        );
+    }
+    assert_eq!(
+        produce(cluster, wide, 3, producer, 0, "w3").await,
+        ErrorCode::TransactionAbortable,
+        "a fourth participant (max_participants_per_transaction = 3)"
+    );
+    end(cluster, wide, producer, false).await.expect("abort");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -280,6 +280,37 @@ fn bump(meta: &TxnMeta, fresh: Option<i64>) -> Result<(i64, i16, i64), TxnError>
     }
 }
 
+/// The first `Init` of an id: a fresh producer id at epoch 0.
+fn first_init(
+    timeout_ms: u64,
+    principal: &str,
+    fresh: Option<i64>,
+    now_ms: u64,
+) -> Result<Plan, TxnError> {
+    let pid = fresh
+        .filter(|pid| *pid >= 0)
+        .ok_or(TxnError::NeedsProducerId)?;
+    let next = TxnMeta {
+        producer_id: pid,
+        epoch: 0,
+        previous_producer_id: -1,
+        previous_epoch: -1,
+        state: TxnState::Empty,
+        txn_epoch: -1,
+        reason: EndReason::Client,
+        participants: BTreeSet::new(),
+        timeout_ms,
+        started_at_ms: 0,
+        updated_at_ms: now_ms,
+        principal: principal.to_string(),
+    };
+    let reply = Reply::Producer {
+        producer_id: pid,
+        epoch: 0,
+    };
+    Ok(Plan::record(next, reply))
+}
+
 fn init(
     meta: Option<&TxnMeta>,
     timeout_ms: u64,
@@ -295,28 +326,7 @@ fn init(
         )));
     }
     let Some(meta) = meta else {
-        let pid = fresh
-            .filter(|pid| *pid >= 0)
-            .ok_or(TxnError::NeedsProducerId)?;
-        let next = TxnMeta {
-            producer_id: pid,
-            epoch: 0,
-            previous_producer_id: -1,
-            previous_epoch: -1,
-            state: TxnState::Empty,
-            txn_epoch: -1,
-            reason: EndReason::Client,
-            participants: BTreeSet::new(),
-            timeout_ms,
-            started_at_ms: 0,
-            updated_at_ms: now_ms,
-            principal: principal.to_string(),
-        };
-        let reply = Reply::Producer {
-            producer_id: pid,
-            epoch: 0,
-        };
-        return Ok(Plan::record(next, reply));
+        return first_init(timeout_ms, principal, fresh, now_ms);
     };
     match meta.state {
         TxnState::Prepare { .. } => Err(TxnError::Concurrent(format!(

@@ -354,11 +354,45 @@ struct Instance {
 /// - no answered epoch exceeds [`MAX_EPOCH`], and no Init answer repeats.
 #[test]
 fn randomised_events_keep_the_invariants() {
-    // (commit decisions, abort decisions, fenced refusals, fresh ids)
-    let mut seen = [0usize; 4];
+    let mut seen = Coverage::default();
     for seed in 0..400u64 {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut meta: Option<TxnMeta> = None;
+        let mut run = Run::new(seed);
+        for step in 0..200 {
+            run.step(step, &mut seen);
+        }
+    }
+    // The run must reach what it checks.
+    let counts = [seen.commits, seen.aborts, seen.fenced, seen.fresh_ids];
+    assert!(counts.iter().all(|count| *count > 50), "coverage {seen:?}");
+}
+
+/// How often the randomised runs reached what they check.
+#[derive(Debug, Default)]
+struct Coverage {
+    commits: usize,
+    aborts: usize,
+    fenced: usize,
+    fresh_ids: usize,
+}
+
+/// One randomised run: the id's durable state, the instances and what
+/// has been observed so far.
+struct Run {
+    seed: u64,
+    rng: rand::rngs::StdRng,
+    meta: Option<TxnMeta>,
+    instances: Vec<Instance>,
+    latest_init: Option<usize>,
+    next_pid: i64,
+    now: u64,
+    decisions: HashMap<(i64, i16), bool>,
+    init_answers: HashSet<(i64, i16)>,
+    highest: BTreeMap<i64, i16>,
+    history: Vec<(usize, Event)>,
+}
+
+impl Run {
+    fn new(seed: u64) -> Self {
         let mut instances = vec![
             Instance {
                 principal: "a",
@@ -367,175 +401,173 @@ fn randomised_events_keep_the_invariants() {
             3
         ];
         instances[2].principal = "b";
-        let mut latest_init: Option<usize> = None;
-        let mut next_pid = 100i64;
-        let mut now = 0u64;
-        let mut decisions: HashMap<(i64, i16), bool> = HashMap::new();
-        let mut init_answers: HashSet<(i64, i16)> = HashSet::new();
-        let mut highest: BTreeMap<i64, i16> = BTreeMap::new();
-        let mut history: Vec<(usize, Event)> = Vec::new();
-        if seed % 4 == 0 {
-            // Start near the epoch limit to exercise the overflow.
-            meta = Some(TxnMeta {
-                producer_id: next_pid,
-                epoch: MAX_EPOCH - 2,
-                previous_producer_id: -1,
-                previous_epoch: -1,
-                state: TxnState::Empty,
-                txn_epoch: -1,
-                reason: EndReason::Client,
-                participants: BTreeSet::new(),
-                timeout_ms: 1_000,
-                started_at_ms: 0,
-                updated_at_ms: 0,
-                principal: "a".into(),
-            });
-            next_pid += 1;
-        }
-        for step in 0..200 {
-            now += rng.random_range(0..400);
-            let mut who = rng.random_range(0..instances.len());
-            let event = match rng.random_range(0..10) {
-                0 => Event::Init {
-                    timeout_ms: 1_000,
-                    principal: instances[who].principal.into(),
-                    fresh_producer_id: None,
-                },
-                1..=3 => {
-                    let (pid, epoch) = instances[who].held.unwrap_or((100, 0));
-                    add(pid, epoch, rng.random_range(0..6))
-                }
-                4 | 5 => {
-                    let (pid, epoch) = instances[who].held.unwrap_or((100, 0));
-                    end(pid, epoch, rng.random_bool(0.5))
-                }
-                6 => {
-                    let txn_epoch = meta.as_ref().map_or(0, |meta| meta.txn_epoch);
-                    Event::MarkersWritten { txn_epoch }
-                }
-                7 => EXPIRE,
-                8 => Event::Abort {
-                    reason: EndReason::Takeover,
-                    fresh_producer_id: None,
-                },
-                _ => match history.len() {
-                    0 => EXPIRE,
-                    len => {
-                        // A delayed duplicate, attributed to its sender.
-                        let (sender, event) = history[rng.random_range(0..len)].clone();
-                        who = sender;
-                        event
-                    }
-                },
-            };
-            history.push((who, event.clone()));
-            let before = meta.clone();
-            let mut outcome = transition(meta.as_ref(), &event, &LIMITS, now);
-            if outcome == Err(TxnError::NeedsProducerId) {
-                next_pid += 1;
-                let fresh = Some(next_pid);
-                let with_fresh = match event.clone() {
-                    Event::Init {
-                        timeout_ms,
-                        principal,
-                        ..
-                    } => Event::Init {
-                        timeout_ms,
-                        principal,
-                        fresh_producer_id: fresh,
-                    },
-                    Event::End {
-                        producer_id,
-                        epoch,
-                        commit,
-                        ..
-                    } => Event::End {
-                        producer_id,
-                        epoch,
-                        commit,
-                        fresh_producer_id: fresh,
-                    },
-                    Event::Abort { reason, .. } => Event::Abort {
-                        reason,
-                        fresh_producer_id: fresh,
-                    },
-                    Event::Expire { .. } => Event::Expire {
-                        fresh_producer_id: fresh,
-                    },
-                    other => panic!("seed {seed} step {step}: {other:?} asked for a pid"),
-                };
-                outcome = transition(meta.as_ref(), &with_fresh, &LIMITS, now);
-                seen[3] += usize::from(outcome.is_ok());
-            }
-            seen[2] += usize::from(matches!(outcome, Err(TxnError::ProducerFenced(_))));
-            let Ok(plan) = outcome else { continue };
-            if let Some(record) = &plan.record {
-                check_record(
-                    seed,
-                    step,
-                    before.as_ref(),
-                    record,
-                    &mut decisions,
-                    &mut highest,
-                );
-                if let TxnState::Prepare { commit: true } | TxnState::Complete { commit: true } =
-                    record.state
-                {
-                    if decision_of(before.as_ref()) != decision_of(Some(record)) {
-                        seen[0] += 1;
-                        // A new commit decision: it must come from the
-                        // latest initialiser at the epoch it holds.
-                        let Event::End {
-                            producer_id, epoch, ..
-                        } = &event
-                        else {
-                            panic!("seed {seed} step {step}: commit decided by {event:?}");
-                        };
-                        assert_eq!(
-                            latest_init,
-                            Some(who),
-                            "seed {seed} step {step}: zombie commit"
-                        );
-                        assert_eq!(instances[who].held, Some((*producer_id, *epoch)));
-                    }
-                }
-                if matches!(
-                    record.state,
-                    TxnState::Prepare { commit: false } | TxnState::Complete { commit: false }
-                ) && decision_of(before.as_ref()) != decision_of(Some(record))
-                {
-                    seen[1] += 1;
-                }
-                meta = Some(record.clone());
-            }
-            if let Reply::Producer { producer_id, epoch } = plan.reply {
-                assert!((0..=MAX_EPOCH).contains(&epoch), "seed {seed} step {step}");
-                if let Event::Init { .. } = event {
-                    assert!(
-                        init_answers.insert((producer_id, epoch)),
-                        "seed {seed} step {step}: Init answered ({producer_id}, {epoch}) twice"
-                    );
-                    latest_init = Some(who);
-                }
-                // A replayed End of an epoch its sender left behind
-                // tells the sender nothing new.
-                let own = match &event {
-                    Event::End {
-                        producer_id: pid,
-                        epoch: e,
-                        ..
-                    } => instances[who].held == Some((*pid, *e)),
-                    _ => true,
-                };
-                if own {
-                    instances[who].held = Some((producer_id, epoch));
-                }
-            }
+        // A quarter of the runs start near the epoch limit (overflow).
+        let meta = (seed % 4 == 0).then(|| TxnMeta {
+            producer_id: 100,
+            epoch: MAX_EPOCH - 2,
+            previous_producer_id: -1,
+            previous_epoch: -1,
+            state: TxnState::Empty,
+            txn_epoch: -1,
+            reason: EndReason::Client,
+            participants: BTreeSet::new(),
+            timeout_ms: 1_000,
+            started_at_ms: 0,
+            updated_at_ms: 0,
+            principal: "a".into(),
+        });
+        Self {
+            seed,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            meta,
+            instances,
+            latest_init: None,
+            next_pid: 101,
+            now: 0,
+            decisions: HashMap::new(),
+            init_answers: HashSet::new(),
+            highest: BTreeMap::new(),
+            history: Vec::new(),
         }
     }
-    // The run must reach what it checks.
-    assert!(seen.iter().all(|count| *count > 50), "coverage {seen:?}");
-    eprintln!("coverage {seen:?}");
+
+    /// A random event and the instance that sends it (a replayed one is
+    /// attributed to its original sender).
+    fn next_event(&mut self) -> (usize, Event) {
+        let who = self.rng.random_range(0..self.instances.len());
+        let held = self.instances[who].held.unwrap_or((100, 0));
+        let event = match self.rng.random_range(0..10) {
+            0 => Event::Init {
+                timeout_ms: 1_000,
+                principal: self.instances[who].principal.into(),
+                fresh_producer_id: None,
+            },
+            1..=3 => add(held.0, held.1, self.rng.random_range(0..6)),
+            4 | 5 => end(held.0, held.1, self.rng.random_bool(0.5)),
+            6 => Event::MarkersWritten {
+                txn_epoch: self.meta.as_ref().map_or(0, |meta| meta.txn_epoch),
+            },
+            7 => EXPIRE,
+            8 => Event::Abort {
+                reason: EndReason::Takeover,
+                fresh_producer_id: None,
+            },
+            _ if self.history.is_empty() => EXPIRE,
+            _ => {
+                let index = self.rng.random_range(0..self.history.len());
+                return self.history[index].clone();
+            }
+        };
+        (who, event)
+    }
+
+    /// `event` with a fresh producer id, as the IO edge redelivers it.
+    fn with_fresh(&mut self, event: &Event) -> Event {
+        self.next_pid += 1;
+        let fresh = Some(self.next_pid);
+        let mut event = event.clone();
+        match &mut event {
+            Event::Init {
+                fresh_producer_id, ..
+            }
+            | Event::End {
+                fresh_producer_id, ..
+            }
+            | Event::Abort {
+                fresh_producer_id, ..
+            }
+            | Event::Expire { fresh_producer_id } => *fresh_producer_id = fresh,
+            other => panic!("seed {}: {other:?} asked for a pid", self.seed),
+        }
+        event
+    }
+
+    fn step(&mut self, step: usize, seen: &mut Coverage) {
+        self.now += self.rng.random_range(0..400);
+        let (who, event) = self.next_event();
+        self.history.push((who, event.clone()));
+        let mut outcome = transition(self.meta.as_ref(), &event, &LIMITS, self.now);
+        if outcome == Err(TxnError::NeedsProducerId) {
+            let with_fresh = self.with_fresh(&event);
+            outcome = transition(self.meta.as_ref(), &with_fresh, &LIMITS, self.now);
+            seen.fresh_ids += usize::from(outcome.is_ok());
+        }
+        seen.fenced += usize::from(matches!(outcome, Err(TxnError::ProducerFenced(_))));
+        let Ok(plan) = outcome else { return };
+        let at = format!("seed {} step {step}", self.seed);
+        if let Some(record) = &plan.record {
+            self.check_decision(&at, who, &event, record, seen);
+            check_record(
+                &at,
+                self.meta.as_ref(),
+                record,
+                &mut self.decisions,
+                &mut self.highest,
+            );
+            self.meta = Some(record.clone());
+        }
+        if let Reply::Producer { producer_id, epoch } = plan.reply {
+            self.answered(&at, who, &event, (producer_id, epoch));
+        }
+    }
+
+    /// A new commit decision comes only from the latest initialiser, at
+    /// the epoch it holds (no zombie commits).
+    fn check_decision(
+        &self,
+        at: &str,
+        who: usize,
+        event: &Event,
+        record: &TxnMeta,
+        seen: &mut Coverage,
+    ) {
+        let decided = decision_of(Some(record));
+        if decided.is_none() || decision_of(self.meta.as_ref()) == decided {
+            return;
+        }
+        if let TxnState::Prepare { commit: false } | TxnState::Complete { commit: false } =
+            record.state
+        {
+            seen.aborts += 1;
+            return;
+        }
+        seen.commits += 1;
+        let Event::End {
+            producer_id, epoch, ..
+        } = event
+        else {
+            panic!("{at}: commit decided by {event:?}");
+        };
+        assert_eq!(self.latest_init, Some(who), "{at}: zombie commit");
+        assert_eq!(
+            self.instances[who].held,
+            Some((*producer_id, *epoch)),
+            "{at}"
+        );
+    }
+
+    /// Records what the instance was told.
+    fn answered(&mut self, at: &str, who: usize, event: &Event, answer: (i64, i16)) {
+        assert!((0..=MAX_EPOCH).contains(&answer.1), "{at}");
+        if let Event::Init { .. } = event {
+            assert!(
+                self.init_answers.insert(answer),
+                "{at}: Init answered {answer:?} twice"
+            );
+            self.latest_init = Some(who);
+        }
+        // A replayed End of an epoch its sender left behind tells the
+        // sender nothing new.
+        let own = match event {
+            Event::End {
+                producer_id, epoch, ..
+            } => self.instances[who].held == Some((*producer_id, *epoch)),
+            _ => true,
+        };
+        if own {
+            self.instances[who].held = Some(answer);
+        }
+    }
 }
 
 /// The decision a state records, as (producer id, epoch ended, commit).
@@ -550,14 +582,12 @@ fn decision_of(meta: Option<&TxnMeta>) -> Option<(i64, i16, bool)> {
 }
 
 fn check_record(
-    seed: u64,
-    step: usize,
+    at: &str,
     before: Option<&TxnMeta>,
     record: &TxnMeta,
     decisions: &mut HashMap<(i64, i16), bool>,
     highest: &mut BTreeMap<i64, i16>,
 ) {
-    let at = format!("seed {seed} step {step}");
     if let Some(before) = before {
         if let TxnState::Prepare { commit } = before.state {
             assert_eq!(
