@@ -402,7 +402,7 @@ impl Run {
         ];
         instances[2].principal = "b";
         // A quarter of the runs start near the epoch limit (overflow).
-        let meta = (seed % 4 == 0).then(|| TxnMeta {
+        let meta = seed.is_multiple_of(4).then(|| TxnMeta {
             producer_id: 100,
             epoch: MAX_EPOCH - 2,
             previous_producer_id: -1,
