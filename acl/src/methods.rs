@@ -29,6 +29,8 @@ pub enum ResourceSource {
     Group,
     /// The subscription the request names, as `<topic>/<subscription>`.
     Subscription,
+    /// The transactional id the request names (ADR 0016 §1).
+    TransactionalId,
     /// A listing: allowed to any authenticated principal, answered with
     /// only the entries it may `Describe`.
     Filtered,
@@ -51,7 +53,7 @@ const fn rule(path: &'static str, operation: Operation, resource: ResourceSource
 }
 
 use Operation::{Alter, ClusterAction, Create, Delete, Describe, IdempotentWrite, Read, Write};
-use ResourceSource::{Cluster, Filtered, Group, Subscription, Topic};
+use ResourceSource::{Cluster, Filtered, Group, Subscription, Topic, TransactionalId};
 
 /// Every method of every Sluice service.
 pub const METHOD_RULES: &[MethodRule] = &[
@@ -156,6 +158,23 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/ExplainMessage", Describe, Topic),
     // Transaction markers: from transaction coordinators (ADR 0016).
     rule("/sluice.v1.Broker/WriteTxnMarkers", ClusterAction, Cluster),
+    // Transaction coordinator (ADR 0016 §1): `Write` on the id to use it,
+    // `Describe` (filtered) to look, `Alter` to abort; partition owners
+    // verifying a first write are brokers.
+    rule("/sluice.v1.Broker/InitProducerId", Write, TransactionalId),
+    rule("/sluice.v1.Broker/EndTransaction", Write, TransactionalId),
+    rule(
+        "/sluice.v1.Broker/AddTransactionParticipants",
+        ClusterAction,
+        Cluster,
+    ),
+    rule("/sluice.v1.Broker/ListTransactions", Describe, Filtered),
+    rule(
+        "/sluice.v1.Broker/DescribeTransaction",
+        Describe,
+        TransactionalId,
+    ),
+    rule("/sluice.v1.Broker/AbortTransaction", Alter, TransactionalId),
     // Store: only other services.
     rule("/sluice.v1.Store/CreateSegment", ClusterAction, Cluster),
     rule("/sluice.v1.Store/Append", ClusterAction, Cluster),
@@ -232,6 +251,7 @@ mod tests {
             let internal = rule.path.starts_with("/sluice.v1.Store/")
                 || rule.path.starts_with("/sluice.v1.AssignmentWatch/")
                 || rule.path == "/sluice.v1.Broker/WriteTxnMarkers"
+                || rule.path == "/sluice.v1.Broker/AddTransactionParticipants"
                 || [
                     "RegisterNode",
                     "Heartbeat",

@@ -9,13 +9,12 @@ use crate::clients::{nameserver_call, request};
 use crate::commit_record::{self, CommittedOffset};
 use crate::error::BrokerError;
 use crate::group_lag_age;
-use crate::lost_ranges::LostRange;
 use crate::member_identity::{check_member_principal, new_member_id};
 use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_acl::Principal;
-use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::batch;
 use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::partitioning::offsets_partition_for_group;
 use sluice_proto::v1::{
@@ -29,8 +28,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Bytes read per store request while replaying an offsets partition.
-const REPLAY_READ_BYTES: usize = 1024 * 1024;
 /// Names the offsets replay in a partition's tally of skipped lost offsets.
 const REPLAY_READER: &str = "offsets replay";
 /// Most topics one member may subscribe to.
@@ -212,54 +209,17 @@ impl Coordinator {
     /// Replays an offsets partition from its log start to its high
     /// watermark, then starts coordinating its groups.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
-        let status = partition.status();
         let partition_count = partition.config.partitions;
-        let mut offset = status.log_start_offset;
-        let end = status.high_watermark;
         let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
-        while offset < end {
-            let bytes = match partition.read(offset, REPLAY_READ_BYTES).await {
-                Ok(bytes) => bytes,
-                Err(BrokerError::DataLost { start, end, .. }) => {
-                    // Commits in an accepted loss are gone: their groups
-                    // fall back to earlier commits (or their reset policy).
-                    let range = LostRange { start, end };
-                    if partition.lost_skips.skipped(REPLAY_READER, range) {
-                        tracing::warn!(partition = %partition.key, lost = %range, "offsets replay skips a range accepted as lost; commits in it are gone");
-                    }
-                    offset = offset.max(end);
-                    continue;
+        crate::internal_log::replay(partition, REPLAY_READER, |offset, key, value| {
+            match commit_record::decode(key, value) {
+                Ok(decoded) => replayed.push(decoded),
+                Err(error) => {
+                    tracing::warn!(partition = %partition.key, offset, %error, "skipping undecodable commit record")
                 }
-                Err(error) => return Err(error),
-            };
-            if bytes.is_empty() {
-                return Err(BrokerError::Unavailable(format!(
-                    "replay of {} found no data at offset {offset} below the high watermark {end}",
-                    partition.key
-                )));
             }
-            for item in BatchIter::new(&bytes) {
-                let (position, header, slice) = item.map_err(BrokerError::Batch)?;
-                let batch = bytes.slice(position..position + slice.len());
-                match batch::decode(&batch, usize::MAX) {
-                    Ok((_, records)) => {
-                        for record in records.iter().filter(|record| record.offset >= offset) {
-                            match commit_record::decode(record.key.as_ref(), record.value.as_ref())
-                            {
-                                Ok(decoded) => replayed.push(decoded),
-                                Err(error) => {
-                                    tracing::warn!(partition = %partition.key, offset = record.offset, %error, "skipping undecodable commit record")
-                                }
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, "skipping undecodable offsets batch");
-                    }
-                }
-                offset = offset.max(header.end_offset());
-            }
-        }
+        })
+        .await?;
         let mut state = lock(&self.state);
         state.offsets_partitions = partition_count;
         for (group, offsets) in &replayed {

@@ -97,6 +97,9 @@ pub enum BrokerError {
     /// ADR 0016: a previous transaction or a marker is still completing.
     #[error("{0}")]
     ConcurrentTransactions(String),
+    /// ADR 0016: another instance took the transactional id.
+    #[error("{0}")]
+    ProducerFenced(String),
 }
 
 impl BrokerError {
@@ -154,6 +157,7 @@ impl BrokerError {
             BrokerError::TransactionAbortable(_) => ErrorCode::TransactionAbortable,
             BrokerError::InvalidTransactionState(_) => ErrorCode::InvalidTransactionState,
             BrokerError::ConcurrentTransactions(_) => ErrorCode::ConcurrentTransactions,
+            BrokerError::ProducerFenced(_) => ErrorCode::ProducerFenced,
         }
     }
 

@@ -379,6 +379,9 @@ fn stop_partition(shared: &Shared, key: &PartitionKey) {
         if partition.is_offsets_topic() {
             shared.coordinator.unload_partition(key.partition);
         }
+        if partition.is_transaction_log() {
+            shared.transactions.unload_partition(key.partition);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::BrokerError;
 use crate::partition::{Partition, PartitionStatus, Phase};
 use crate::subscription;
 use crate::tail_cache::PartitionKey;
+use crate::transaction::rpc;
 use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -16,6 +17,12 @@ use sluice_acl::{Operation, Principal, ResourceType};
 use sluice_proto::batch;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
+use sluice_proto::v1::{
+    AbortTransactionRequest, AbortTransactionResponse, AddTransactionParticipantsRequest,
+    AddTransactionParticipantsResponse, DescribeTransactionRequest, DescribeTransactionResponse,
+    EndTransactionRequest, EndTransactionResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListTransactionsRequest, ListTransactionsResponse,
+};
 use sluice_proto::v1::{
     BacklogPolicy, CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest,
     DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
@@ -1030,6 +1037,76 @@ impl Broker for BrokerService {
         let request = request.into_inner();
         Ok(Response::new(
             crate::txn_markers::write(&self.shared, request).await?,
+        ))
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::init_producer_id(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn add_transaction_participants(
+        &self,
+        request: Request<AddTransactionParticipantsRequest>,
+    ) -> Result<Response<AddTransactionParticipantsResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::add_participants(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<EndTransactionRequest>,
+    ) -> Result<Response<EndTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::end_transaction(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(rpc::list(
+            &self.shared,
+            request,
+            &authorizer,
+        )?))
+    }
+
+    async fn describe_transaction(
+        &self,
+        request: Request<DescribeTransactionRequest>,
+    ) -> Result<Response<DescribeTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(rpc::describe(
+            &self.shared,
+            request,
+            &authorizer,
+        )?))
+    }
+
+    async fn abort_transaction(
+        &self,
+        request: Request<AbortTransactionRequest>,
+    ) -> Result<Response<AbortTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::abort(&self.shared, request, &authorizer).await?,
         ))
     }
 }

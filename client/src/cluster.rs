@@ -505,6 +505,7 @@ impl Cluster {
     pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
         let request = FindCoordinatorRequest {
             group: group.to_string(),
+            ..Default::default()
         };
         let response = self
             .call_nameserver("FindCoordinator", |mut client| {

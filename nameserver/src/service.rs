@@ -9,18 +9,18 @@ use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
     AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
     AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest, CreateSubscriptionRequest,
-    CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse, DeleteSegmentsRequest,
-    DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
-    DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest, GetRoutesResponse,
-    GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse, ListAclsRequest, ListAclsResponse,
-    ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest, ListSegmentsResponse,
-    ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest, ListTopicsResponse,
-    RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest, RegisterNodeResponse,
-    SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest, WatchAssignmentsRequest,
-    WatchRoutesRequest,
+    CoordinatorKind, CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest,
+    CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
+    DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
+    DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest,
+    GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse,
+    ListAclsRequest, ListAclsResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
+    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
+    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
+    WatchAssignmentsRequest, WatchRoutesRequest,
 };
 use sluice_service::RequestAuthorizer;
 use tonic::{Request, Response, Status};
@@ -136,12 +136,22 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<FindCoordinatorRequest>,
     ) -> ServiceResult<FindCoordinatorResponse> {
-        let request = checked(request, Operation::Describe, ResourceType::Group, |r| {
-            vec![r.group.clone()]
-        })?;
-        Ok(Response::new(
-            self.do_find_coordinator(&request.group).await?,
-        ))
+        // A transaction coordinator is looked up by whoever may Describe
+        // the transactional id (ADR 0016 §1), a group's by its readers.
+        let transactional = request.get_ref().kind == CoordinatorKind::Transaction as i32;
+        let request = if transactional {
+            checked(
+                request,
+                Operation::Describe,
+                ResourceType::TransactionalId,
+                |r| vec![r.key.clone()],
+            )?
+        } else {
+            checked(request, Operation::Describe, ResourceType::Group, |r| {
+                vec![r.group.clone()]
+            })?
+        };
+        Ok(Response::new(self.do_find_coordinator(&request).await?))
     }
 
     async fn list_segments(

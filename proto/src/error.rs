@@ -127,6 +127,7 @@ impl ErrorCode {
             ErrorCode::TransactionAbortable => Code::Aborted,
             ErrorCode::InvalidTransactionState => Code::FailedPrecondition,
             ErrorCode::ConcurrentTransactions => Code::Unavailable,
+            ErrorCode::ProducerFenced => Code::FailedPrecondition,
         }
     }
 
@@ -205,6 +206,7 @@ mod tests {
             ErrorCode::TransactionAbortable,
             ErrorCode::InvalidTransactionState,
             ErrorCode::ConcurrentTransactions,
+            ErrorCode::ProducerFenced,
             ErrorCode::NotAuthenticated,
             ErrorCode::CredentialsExpired,
         ] {

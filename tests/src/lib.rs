@@ -10,3 +10,4 @@ pub mod read_back;
 pub mod security;
 pub mod small_fs;
 pub mod subscription_kit;
+pub mod transactions;

@@ -704,6 +704,7 @@ async fn commit_from_outside(cluster: &Cluster, group: &str, topic: &str, partit
             let coordinator = nameserver
                 .find_coordinator(FindCoordinatorRequest {
                     group: group.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|status| status.to_string())?

@@ -45,7 +45,7 @@ use crate::Shared;
 use bytes::Bytes;
 use sluice_proto::batch::control::Marker;
 use sluice_proto::batch::BatchHeader;
-use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
+use sluice_proto::names::{CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use sluice_proto::v1::{SegmentInfo, TopicConfig};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -286,6 +286,12 @@ impl Partition {
 
     pub fn is_offsets_topic(&self) -> bool {
         self.key.topic == CONSUMER_OFFSETS_TOPIC
+    }
+
+    /// A partition of the transaction log (ADR 0016 §2.1): replayed into
+    /// the transaction coordinator before it serves.
+    pub fn is_transaction_log(&self) -> bool {
+        self.key.topic == TRANSACTION_STATE_TOPIC
     }
 
     /// Largest batch accepted for this topic.

@@ -1167,6 +1167,7 @@ async fn coordinator_client(
         find_coordinator,
         FindCoordinatorRequest {
             group: group.to_string(),
+            ..Default::default()
         }
     )?;
     if coordinator.broker_address.is_empty() {
