@@ -73,6 +73,8 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.NameServer/ListTopics", Describe, Filtered),
     rule("/sluice.v1.NameServer/DescribeTopic", Describe, Topic),
     rule("/sluice.v1.NameServer/DeleteTopic", Delete, Topic),
+    rule("/sluice.v1.NameServer/AlterTopic", Alter, Topic),
+    rule("/sluice.v1.NameServer/AddPartitions", Alter, Topic),
     rule("/sluice.v1.NameServer/GetRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/WatchRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/FindCoordinator", Describe, Group),

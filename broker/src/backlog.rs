@@ -565,7 +565,7 @@ async fn check(
         .backlog
         .subscriptions_of(shared, &partition.key.topic, refresh_subscriptions)
         .await?;
-    let topic_quota = Quota::of(&partition.config);
+    let topic_quota = Quota::of(&partition.config());
     let running: HashMap<String, SubscriptionStats> = shared
         .subscriptions
         .stats(&partition.key)

@@ -213,7 +213,7 @@ impl Coordinator {
     /// watermark, then starts coordinating its groups.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
         let status = partition.status();
-        let partition_count = partition.config.partitions;
+        let partition_count = partition.config().partitions;
         let mut offset = status.log_start_offset;
         let end = status.high_watermark;
         let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();

@@ -265,7 +265,7 @@ fn hold_for(
     if !holds(&shared.backlog.pressure(key)) {
         return None;
     }
-    let quota = backlog::Quota::of(&partition.config);
+    let quota = backlog::Quota::of(&partition.config());
     Some((
         Duration::from_millis(quota.hold_timeout_ms),
         shared.backlog.watch(&partition),

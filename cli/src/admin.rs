@@ -20,6 +20,10 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+    /// Change settings of a topic (only the flags given; applied to running partitions).
+    Alter(crate::alter::AlterTopicArgs),
+    /// Grow a topic to more partitions (keys hash to different partitions from then on).
+    AddPartitions(crate::alter::AddPartitionsArgs),
 }
 
 #[derive(Args)]
@@ -237,6 +241,8 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     .unwrap_or_default()
             );
         }
+        TopicCommand::Alter(args) => crate::alter::alter_topic(&admin, args).await?,
+        TopicCommand::AddPartitions(args) => crate::alter::add_partitions(&admin, args).await?,
         TopicCommand::List { internal } => {
             let topics = admin.list_topics(internal).await?;
             let rows: Vec<Vec<String>> = topics

@@ -12,6 +12,7 @@
 
 mod acl;
 mod admin;
+mod alter;
 mod bench;
 mod bench_delay;
 mod bench_subscription;

@@ -8,6 +8,9 @@ use sluice_proto::v1;
 use sluice_proto::ErrorCode;
 use std::sync::Arc;
 
+mod alter;
+pub use alter::KEY_ORDER_NOTICE;
+
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
 

@@ -113,7 +113,7 @@ mod testing;
 mod tls;
 mod tls_reload;
 
-pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
+pub use admin::{Admin, FoundMessages, MessageQuery, KEY_ORDER_NOTICE, MAX_FIND_LIMIT};
 pub use config::ClientConfig;
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, Isolation,

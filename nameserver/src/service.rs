@@ -7,20 +7,20 @@ use sluice_acl::{Operation, ResourceType};
 use sluice_proto::v1::assignment_watch_server::AssignmentWatch;
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
-    AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest, CreateSubscriptionRequest,
-    CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse, DeleteSegmentsRequest,
-    DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
-    DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest, GetRoutesResponse,
-    GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse, ListAclsRequest, ListAclsResponse,
-    ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest, ListSegmentsResponse,
-    ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest, ListTopicsResponse,
-    RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest, RegisterNodeResponse,
-    SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest, WatchAssignmentsRequest,
-    WatchRoutesRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AddPartitionsRequest, AllocateProducerIdRequest,
+    AllocateProducerIdResponse, AlterTopicRequest, CloseSegmentRequest, ClusterStatusRequest,
+    ClusterStatusResponse, CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest,
+    CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse,
+    DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
+    DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
+    DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest,
+    GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse,
+    ListAclsRequest, ListAclsResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
+    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
+    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
+    WatchAssignmentsRequest, WatchRoutesRequest,
 };
 use sluice_service::RequestAuthorizer;
 use tonic::{Request, Response, Status};
@@ -108,6 +108,20 @@ impl NameServer for NameServerHandler {
         })?;
         self.do_delete_topic(&request.name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn alter_topic(&self, request: Request<AlterTopicRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_alter_topic(request).await?))
+    }
+
+    async fn add_partitions(&self, request: Request<AddPartitionsRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_add_partitions(request).await?))
     }
 
     async fn get_routes(
