@@ -908,6 +908,20 @@ impl name_server_server::NameServer for FakeNameServer {
         Err(Status::unimplemented("delete_topic is not faked"))
     }
 
+    async fn alter_topic(
+        &self,
+        _request: Request<sluice_proto::v1::AlterTopicRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("alter_topic is not faked"))
+    }
+
+    async fn add_partitions(
+        &self,
+        _request: Request<sluice_proto::v1::AddPartitionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("add_partitions is not faked"))
+    }
+
     async fn watch_routes(
         &self,
         request: Request<WatchRoutesRequest>,

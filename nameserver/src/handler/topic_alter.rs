@@ -203,14 +203,19 @@ impl NameServerHandler {
         request: AlterTopicRequest,
     ) -> Result<Topic, NameServerError> {
         let changes = request.changes.unwrap_or_default();
-        if let Some(ensemble_size) = changes.ensemble_size {
-            // As in CreateTopic: no new segment could be placed otherwise.
-            placement::check_ensemble_fits(ensemble_size, self.live_stores().await?.len())?;
-        }
+        let live_stores = match changes.ensemble_size {
+            Some(_) => self.live_stores().await?.len(),
+            None => 0,
+        };
         let max_message_bytes = self.config.max_grpc_message_bytes;
         let topic = self
             .change_topic(&request.name, |current| {
-                altered_config(current, &changes, max_message_bytes)
+                let config = altered_config(current, &changes, max_message_bytes)?;
+                if changes.ensemble_size.is_some() {
+                    // As in CreateTopic: no new segment could be placed otherwise.
+                    placement::check_ensemble_fits(config.ensemble_size, live_stores)?;
+                }
+                Ok(config)
             })
             .await?;
         tracing::info!(topic = %topic.name, ?changes, "topic altered");

@@ -1,0 +1,408 @@
+//! Alter operations of issue 15 against a real cluster: a topic's settings
+//! changed while its partitions serve (retention applied by the running
+//! owner), concurrent alters that must not lose each other, partitions
+//! added and produced to, and what an attacker or a careless operator
+//! tries (a topic that does not exist, shrinking, 0 and u64::MAX, an
+//! internal topic, a principal without `Alter`).
+
+use bytes::Bytes;
+use sluice_client::{Admin, ClientError, Record};
+use sluice_proto::v1::{OffsetSpec, TopicConfig, TopicConfigChanges};
+use sluice_proto::ErrorCode;
+use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use sluice_tests::security::{allow, issue_client, until};
+use std::time::{Duration, Instant};
+
+/// Longest any condition below is waited for.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `check` until it is `Some`, at most [`WAIT`].
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what} not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn records(topic: &str, partition: Option<u32>, count: usize, bytes: usize) -> Vec<Record> {
+    (0..count)
+        .map(|index| Record {
+            topic: topic.to_string(),
+            partition,
+            value: Some(Bytes::from(format!("{index:0>bytes$}"))),
+            ..Record::default()
+        })
+        .collect()
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
+    match result {
+        Ok(value) => panic!("expected a refusal, got {value:?}"),
+        Err(error) => error.code(),
+    }
+}
+
+fn cluster_spec() -> ClusterSpec {
+    ClusterSpec {
+        broker_config: "[retention]\ncheck_interval_ms = 200\n".into(),
+        ..ClusterSpec::default()
+    }
+}
+
+/// Retention by size set after the data was written deletes the running
+/// partition's oldest segments; the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn altered_retention_applies_to_a_running_partition() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-retention";
+    cluster
+        .create_topic_with(
+            topic,
+            TopicConfig {
+                partitions: 1,
+                segment_bytes: 2048,
+                retention_ms: u64::MAX,
+                retention_bytes: u64::MAX,
+                ..TopicConfig::default()
+            },
+        )
+        .await;
+    // One record per batch (produced one after another), about 512 bytes
+    // each: several closed segments.
+    let producer = cluster.producer().await;
+    for record in records(topic, Some(0), 40, 512) {
+        producer.send(record).await.expect("acknowledged");
+    }
+    producer.close().await.expect("close");
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let earliest = async || {
+        admin
+            .list_offsets(topic, 0, OffsetSpec::Earliest, 0)
+            .await
+            .expect("list offsets")
+            .log_start_offset
+    };
+    let before = admin.describe_topic(topic).await.expect("describe");
+    let segments_before = before.partitions[0].segments.len();
+    assert!(segments_before >= 4, "{segments_before} segments");
+    assert_eq!(earliest().await, 0);
+    // The retention check runs every 200 ms: nothing was deleted under
+    // u64::MAX, so the alter is what deletes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(earliest().await, 0, "deleted before the alter");
+
+    let altered = admin
+        .alter_topic(
+            topic,
+            TopicConfigChanges {
+                retention_bytes: Some(1),
+                ..TopicConfigChanges::default()
+            },
+        )
+        .await
+        .expect("alter");
+    let config = altered.config.expect("config");
+    assert_eq!(config.retention_bytes, 1);
+    assert_eq!(config.retention_ms, u64::MAX, "untouched");
+    let described = admin.describe_topic(topic).await.expect("describe");
+    assert_eq!(
+        described.topic.and_then(|topic| topic.config),
+        Some(config),
+        "describe shows the altered config"
+    );
+    let start = eventually("retention deleting the oldest segments", async || {
+        let start = earliest().await;
+        (start > 0).then_some(start)
+    })
+    .await;
+    // Every closed segment may go (only the open one is always kept);
+    // nothing acknowledged beyond the log start was lost.
+    assert!(start <= 40, "start {start} beyond the high watermark");
+    let latest = admin
+        .list_offsets(topic, 0, OffsetSpec::Latest, 0)
+        .await
+        .expect("list offsets");
+    assert_eq!(latest.high_watermark, 40);
+    // Still serving: a new record is acknowledged after the kept ones.
+    let metadata = cluster
+        .produce_acknowledged(records(topic, Some(0), 1, 8))
+        .await;
+    assert_eq!(metadata[0].offset, 40);
+}
+
+/// Alters of different settings at once all land (compare-and-swap on the
+/// topic key, applied again on a conflict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_alters_do_not_lose_each_other() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-concurrent";
+    cluster.create_topic(topic, 1).await;
+    let admin = std::sync::Arc::new(
+        Admin::connect(cluster.client_config())
+            .await
+            .expect("admin"),
+    );
+    let changes: Vec<TopicConfigChanges> = vec![
+        TopicConfigChanges {
+            retention_ms: Some(111_111),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            retention_bytes: Some(222_222),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            segment_bytes: Some(333_333),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            segment_ms: Some(444_444),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            message_ttl_ms: Some(555_555),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            backlog_quota_messages: Some(666_666),
+            ..TopicConfigChanges::default()
+        },
+    ];
+    let tasks: Vec<_> = changes
+        .into_iter()
+        .map(|change| {
+            let admin = admin.clone();
+            tokio::spawn(async move { admin.alter_topic(topic, change).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("alter");
+    }
+    let config = admin
+        .describe_topic(topic)
+        .await
+        .expect("describe")
+        .topic
+        .and_then(|topic| topic.config)
+        .expect("config");
+    assert_eq!(
+        (
+            config.retention_ms,
+            config.retention_bytes,
+            config.segment_bytes,
+            config.segment_ms,
+            config.message_ttl_ms,
+            config.backlog_quota_messages
+        ),
+        (111_111, 222_222, 333_333, 444_444, 555_555, 666_666)
+    );
+}
+
+/// `topic add-partitions` grows the topic, says what happens to key
+/// order, and the new partition is served and takes records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn added_partitions_are_served_and_take_records() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-grow";
+    cluster.create_topic(topic, 1).await;
+    let output = cluster
+        .cli()
+        .args(["topic", "add-partitions", topic, "--count", "3"])
+        .output()
+        .expect("sluice runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("now has 3 partitions"), "{stdout}");
+    assert!(
+        stdout.contains("keys hash to different partitions"),
+        "{stdout}"
+    );
+    wait_until_writable(cluster.client_config(), topic).await;
+    let metadata = cluster
+        .produce_acknowledged(records(topic, Some(2), 3, 8))
+        .await;
+    assert_eq!(
+        metadata
+            .iter()
+            .map(|m| (m.partition, m.offset))
+            .collect::<Vec<_>>(),
+        vec![(2, 0), (2, 1), (2, 2)]
+    );
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let read = admin.get_message(topic, 2, 1).await.expect("read back");
+    assert_eq!(read.value, Some(Bytes::from(format!("{:0>8}", 1))));
+
+    // Shrinking, the same count and past the limit are refused; the
+    // topic keeps its 3 partitions.
+    for count in ["1", "3", "4097"] {
+        let output = cluster
+            .cli()
+            .args(["topic", "add-partitions", topic, "--count", count])
+            .output()
+            .expect("sluice runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{count} partitions accepted");
+        assert!(stderr.contains("partitions"), "{count}: {stderr}");
+    }
+    let described = admin.describe_topic(topic).await.expect("describe");
+    assert_eq!(described.partitions.len(), 3);
+}
+
+/// What a careless operator or an attacker tries gets a clear refusal and
+/// leaves the topic and the nameserver as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_alters_are_refused_and_change_nothing() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-bad";
+    cluster.create_topic(topic, 2).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let config_now = async || {
+        admin
+            .describe_topic(topic)
+            .await
+            .expect("describe")
+            .topic
+            .and_then(|topic| topic.config)
+            .expect("config")
+    };
+    let before = config_now().await;
+    let retention = |ms| TopicConfigChanges {
+        retention_ms: Some(ms),
+        ..TopicConfigChanges::default()
+    };
+    assert_eq!(
+        code(admin.alter_topic("no-such-topic", retention(1)).await),
+        Some(ErrorCode::UnknownTopic)
+    );
+    assert_eq!(
+        code(admin.add_partitions("no-such-topic", 4).await),
+        Some(ErrorCode::UnknownTopic)
+    );
+    for bad in [
+        retention(0),
+        TopicConfigChanges::default(),
+        TopicConfigChanges {
+            message_ttl_ms: Some(u64::MAX),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            ensemble_size: Some(u32::MAX),
+            ..TopicConfigChanges::default()
+        },
+        TopicConfigChanges {
+            durability: Some(7),
+            ..TopicConfigChanges::default()
+        },
+    ] {
+        assert_eq!(
+            code(admin.alter_topic(topic, bad).await),
+            Some(ErrorCode::InvalidArgument),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        code(admin.add_partitions(topic, 1).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    match admin.alter_topic("__consumer_offsets", retention(1)).await {
+        Err(error) => {
+            assert_eq!(error.code(), Some(ErrorCode::InvalidArgument), "{error}");
+            assert!(error.to_string().contains("internal topic"), "{error}");
+        }
+        Ok(topic) => panic!("the offsets topic was altered: {topic:?}"),
+    }
+    assert_eq!(config_now().await, before, "nothing changed");
+    // u64::MAX is "forever", accepted.
+    let forever = admin
+        .alter_topic(topic, retention(u64::MAX))
+        .await
+        .expect("u64::MAX retention");
+    assert_eq!(forever.config.map(|c| c.retention_ms), Some(u64::MAX));
+    // The CLI says what is wrong with 0.
+    let output = cluster
+        .cli()
+        .args(["topic", "alter", topic, "--retention-ms", "0"])
+        .output()
+        .expect("sluice runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("retention_ms 0"), "{stderr}");
+    let output = cluster
+        .cli()
+        .args(["topic", "alter", topic, "--segment-ms", "60000"])
+        .output()
+        .expect("sluice runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("segment_ms:                      60000"),
+        "{stdout}"
+    );
+}
+
+/// A principal that may describe and write the topic but holds no
+/// `Alter` on it is refused NOT_AUTHORIZED, and the topic is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn altering_needs_the_alter_acl() {
+    let cluster = Cluster::start(ClusterSpec {
+        tls: true,
+        ..cluster_spec()
+    })
+    .await;
+    let topic = "alter-acl";
+    cluster.create_topic(topic, 1).await;
+    let mallory = issue_client(&cluster, "mallory");
+    allow(&cluster, "User:mallory", "Write", &["--topic", topic]);
+    allow(&cluster, "User:mallory", "Describe", &["--topic", topic]);
+    let admin = Admin::connect(mallory).await.expect("admin");
+    until("mallory may describe the topic", async || {
+        admin.describe_topic(topic).await.is_ok()
+    })
+    .await;
+    let before = admin.describe_topic(topic).await.expect("describe").topic;
+    let refused = admin
+        .alter_topic(
+            topic,
+            TopicConfigChanges {
+                retention_ms: Some(1),
+                ..TopicConfigChanges::default()
+            },
+        )
+        .await;
+    assert_eq!(code(refused), Some(ErrorCode::NotAuthorized));
+    assert_eq!(
+        code(admin.add_partitions(topic, 2).await),
+        Some(ErrorCode::NotAuthorized)
+    );
+    let after = admin.describe_topic(topic).await.expect("describe").topic;
+    assert_eq!(before, after);
+    // With the ACL it works.
+    allow(&cluster, "User:mallory", "Alter", &["--topic", topic]);
+    until("mallory may alter the topic", async || {
+        admin
+            .alter_topic(
+                topic,
+                TopicConfigChanges {
+                    retention_ms: Some(7_200_000),
+                    ..TopicConfigChanges::default()
+                },
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+}
