@@ -166,6 +166,8 @@ pub enum GroupCommand {
     List,
     /// Members, assignment, committed offsets and lag of a group.
     Describe { group: String },
+    /// Move an inactive group's committed offsets on a topic (--dry-run shows the plan).
+    ResetOffsets(crate::group_offsets::ResetOffsetsArgs),
 }
 
 #[derive(Subcommand)]
@@ -383,6 +385,9 @@ fn format_retention(retention_ms: u64, retention_bytes: u64) -> String {
 pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
     let admin = Admin::connect(config).await?;
     match command {
+        GroupCommand::ResetOffsets(args) => {
+            crate::group_offsets::reset_offsets(&admin, args).await?
+        }
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
             let rows: Vec<Vec<String>> = groups

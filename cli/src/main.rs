@@ -21,6 +21,7 @@ mod certs;
 mod consume;
 mod dead_letters;
 mod dev;
+mod group_offsets;
 mod health;
 mod message;
 mod partition;

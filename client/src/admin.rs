@@ -9,7 +9,9 @@ use sluice_proto::ErrorCode;
 use std::sync::Arc;
 
 mod alter;
+mod group_offsets;
 pub use alter::KEY_ORDER_NOTICE;
+pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
 
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;

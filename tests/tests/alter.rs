@@ -3,10 +3,13 @@
 //! owner), concurrent alters that must not lose each other, partitions
 //! added and produced to, and what an attacker or a careless operator
 //! tries (a topic that does not exist, shrinking, 0 and u64::MAX, an
-//! internal topic, a principal without `Alter`).
+//! internal topic, a principal without `Alter`); a group's offsets reset
+//! while it is inactive and refused while it is not.
 
 use bytes::Bytes;
-use sluice_client::{Admin, ClientError, Record};
+use sluice_client::{
+    Admin, ClientError, Consumer, ConsumerConfig, OffsetReset, Record, StartOffset,
+};
 use sluice_proto::v1::{OffsetSpec, TopicConfig, TopicConfigChanges};
 use sluice_proto::ErrorCode;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
@@ -405,4 +408,174 @@ async fn altering_needs_the_alter_acl() {
             .is_ok()
     })
     .await;
+}
+
+/// A group consumer of `topic` in `group` that reads `count` records
+/// (earliest when nothing is committed) and commits them; answers the
+/// (partition, offset) pairs read, in order, and the still-joined consumer.
+async fn consume_in_group(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    count: usize,
+) -> (Vec<(u32, u64)>, Consumer) {
+    let config = ConsumerConfig {
+        client: cluster.client_config(),
+        group: Some(group.to_string()),
+        auto_commit: false,
+        reset: StartOffset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(config, &[topic])
+        .await
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < count {
+        assert!(Instant::now() < deadline, "read {seen:?} of {count}");
+        if let Some(record) = consumer
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .expect("recv")
+        {
+            seen.push((record.partition, record.offset));
+        }
+    }
+    consumer.commit().await.expect("commit");
+    (seen, consumer)
+}
+
+/// The group's committed offset per partition of `topic`, as its
+/// coordinator reports them.
+async fn committed(admin: &Admin, group: &str, topic: &str) -> Vec<(u32, i64)> {
+    let mut offsets: Vec<(u32, i64)> = admin
+        .describe_group(group)
+        .await
+        .expect("describe group")
+        .lag
+        .into_iter()
+        .filter(|lag| lag.topic == topic)
+        .map(|lag| (lag.partition, lag.committed_offset))
+        .collect();
+    offsets.sort();
+    offsets
+}
+
+/// Reset offsets of an inactive group, through the CLI and the SDK: a dry
+/// run changes nothing, a reset to an offset is where the group reads
+/// from next, an active group and an offset beyond the end are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_offsets_reset_for_an_inactive_group() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let (topic, group) = ("alter-group", "billing");
+    cluster.create_topic(topic, 2).await;
+    let mut produced = records(topic, Some(0), 10, 8);
+    produced.extend(records(topic, Some(1), 10, 8));
+    cluster.produce_acknowledged(produced).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+
+    let (_, consumer) = consume_in_group(&cluster, group, topic, 20).await;
+    assert_eq!(
+        committed(&admin, group, topic).await,
+        vec![(0, 10), (1, 10)]
+    );
+    // Active: refused, naming why, and nothing changes.
+    let refused = admin
+        .reset_group_offsets(group, topic, OffsetReset::Earliest, false)
+        .await
+        .expect_err("the group has a member");
+    assert!(refused.to_string().contains("is active"), "{refused}");
+    consumer.close().await.expect("leave");
+    eventually("the group empty", async || {
+        let description = admin.describe_group(group).await.expect("describe");
+        description.members.is_empty().then_some(())
+    })
+    .await;
+
+    let cli = |args: &[&str]| {
+        let output = cluster
+            .cli()
+            .args(["group", "reset-offsets", group, "--topic", topic])
+            .args(args)
+            .output()
+            .expect("sluice runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, output) = cli(&["--to-offset", "4", "--dry-run"]);
+    assert!(ok, "{output}");
+    assert!(output.contains("would reset (dry run)"), "{output}");
+    assert_eq!(
+        committed(&admin, group, topic).await,
+        vec![(0, 10), (1, 10)]
+    );
+    for beyond in ["11", "18446744073709551615"] {
+        let (ok, output) = cli(&["--to-offset", beyond]);
+        assert!(!ok && output.contains("outside"), "{beyond}: {output}");
+    }
+    let (ok, output) = cli(&["--to-time", "not-a-time"]);
+    assert!(!ok && output.contains("RFC 3339"), "{output}");
+    assert_eq!(
+        committed(&admin, group, topic).await,
+        vec![(0, 10), (1, 10)]
+    );
+
+    let (ok, output) = cli(&["--to-offset", "4"]);
+    assert!(ok, "{output}");
+    assert_eq!(committed(&admin, group, topic).await, vec![(0, 4), (1, 4)]);
+    // The group reads from there.
+    let (seen, consumer) = consume_in_group(&cluster, group, topic, 12).await;
+    for partition in [0, 1] {
+        let offsets: Vec<u64> = seen
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, offset)| *offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            (4..10).collect::<Vec<u64>>(),
+            "partition {partition}"
+        );
+    }
+    consumer.close().await.expect("leave");
+    eventually("the group empty again", async || {
+        let description = admin.describe_group(group).await.expect("describe");
+        description.members.is_empty().then_some(())
+    })
+    .await;
+
+    let reset = async |reset| {
+        let plan = admin
+            .reset_group_offsets(group, topic, reset, false)
+            .await
+            .expect("reset");
+        assert!(plan.applied);
+        committed(&admin, group, topic).await
+    };
+    assert_eq!(reset(OffsetReset::ShiftBy(-3)).await, vec![(0, 7), (1, 7)]);
+    assert_eq!(
+        reset(OffsetReset::ShiftBy(i64::MAX)).await,
+        vec![(0, 10), (1, 10)]
+    );
+    assert_eq!(reset(OffsetReset::Earliest).await, vec![(0, 0), (1, 0)]);
+    assert_eq!(reset(OffsetReset::Latest).await, vec![(0, 10), (1, 10)]);
+    assert_eq!(reset(OffsetReset::Time(0)).await, vec![(0, 0), (1, 0)]);
+    assert_eq!(
+        reset(OffsetReset::Time(i64::MAX)).await,
+        vec![(0, 10), (1, 10)]
+    );
+    // A group that never committed cannot be shifted.
+    let never = admin
+        .reset_group_offsets("never-committed", topic, OffsetReset::ShiftBy(1), false)
+        .await
+        .expect_err("nothing to shift");
+    assert!(
+        never.to_string().contains("nothing is committed"),
+        "{never}"
+    );
 }
