@@ -103,6 +103,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
         ClusterAction,
         Cluster,
     ),
+    rule(
+        "/sluice.v1.NameServer/UnregisterGroup",
+        ClusterAction,
+        Cluster,
+    ),
     rule("/sluice.v1.NameServer/ListGroups", Describe, Filtered),
     rule("/sluice.v1.NameServer/ClusterStatus", Describe, Cluster),
     rule(
@@ -147,6 +152,7 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/CommitOffsets", Read, Group),
     rule("/sluice.v1.Broker/FetchOffsets", Describe, Group),
     rule("/sluice.v1.Broker/DescribeGroup", Describe, Group),
+    rule("/sluice.v1.Broker/DeleteGroup", Delete, Group),
     rule("/sluice.v1.Broker/Subscribe", Read, Subscription),
     rule(
         "/sluice.v1.Broker/DescribeSubscription",
@@ -243,6 +249,7 @@ mod tests {
                     "UpdateSegmentReplicas",
                     "DeleteSegments",
                     "RegisterGroup",
+                    "UnregisterGroup",
                     "GetProducerIdKey",
                 ]
                 .iter()

@@ -151,6 +151,15 @@ fn apply_commits(state: &mut State, group: &str, offsets: &[CommittedOffset]) {
     }
 }
 
+/// Forgets everything committed for `group` (it was deleted).
+fn forget_group(state: &mut State, group: &str) {
+    state.committed.remove(group);
+    state.cursors.remove(group);
+    state.backlog.remove(group);
+    state.lag.remove(group);
+    state.lag_seconds.retain(|(lagging, _), _| lagging != group);
+}
+
 /// Refuses a subscription cursor written under an older ownership epoch
 /// than the one held: a deposed partition owner must not roll a cursor
 /// back (ADR 0011).
@@ -216,7 +225,7 @@ impl Coordinator {
         let partition_count = partition.config().partitions;
         let mut offset = status.log_start_offset;
         let end = status.high_watermark;
-        let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
+        let mut replayed: Vec<(String, commit_record::CommitRecord)> = Vec::new();
         while offset < end {
             let bytes = match partition.read(offset, REPLAY_READ_BYTES).await {
                 Ok(bytes) => bytes,
@@ -262,10 +271,14 @@ impl Coordinator {
         }
         let mut state = lock(&self.state);
         state.offsets_partitions = partition_count;
-        for (group, offsets) in &replayed {
+        for (group, record) in &replayed {
             if offsets_partition_for_group(group, partition_count.max(1)) == partition.key.partition
             {
-                apply_commits(&mut state, group, offsets);
+                if record.deleted {
+                    forget_group(&mut state, group);
+                } else {
+                    apply_commits(&mut state, group, &record.offsets);
+                }
             }
         }
         state.loaded.insert(partition.key.partition);
@@ -1005,5 +1018,6 @@ async fn high_watermarks(
     result
 }
 
+mod delete;
 #[cfg(test)]
 mod tests;

@@ -938,6 +938,24 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn delete_group(
+        &self,
+        request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        let shared = &self.shared;
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        authorizer
+            .check(Operation::Delete, ResourceType::Group, &request.group)
+            .map_err(BrokerError::Relayed)?;
+        check_internal_group(&authorizer, &request.group)?;
+        shared
+            .coordinator
+            .delete_group(shared, &request.group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::DeleteGroupResponse {}))
+    }
+
     async fn get_message(
         &self,
         request: Request<sluice_proto::v1::GetMessageRequest>,

@@ -168,6 +168,8 @@ pub enum GroupCommand {
     Describe { group: String },
     /// Move an inactive group's committed offsets on a topic (--dry-run shows the plan).
     ResetOffsets(crate::group_offsets::ResetOffsetsArgs),
+    /// Delete an inactive group's committed offsets and listing.
+    Delete { group: String },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +390,7 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
         GroupCommand::ResetOffsets(args) => {
             crate::group_offsets::reset_offsets(&admin, args).await?
         }
+        GroupCommand::Delete { group } => crate::group_offsets::delete(&admin, &group).await?,
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
             let rows: Vec<Vec<String>> = groups

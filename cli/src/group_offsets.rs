@@ -1,5 +1,6 @@
-//! `sluice group reset-offsets` (issue 15): moves an inactive group's
-//! committed offsets on a topic, or with `--dry-run` shows the plan.
+//! `sluice group reset-offsets` and `sluice group delete` (issue 15):
+//! moves an inactive group's committed offsets on a topic (with
+//! `--dry-run` only shows the plan), or deletes the group.
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
@@ -152,6 +153,16 @@ pub async fn reset_offsets(admin: &Admin, args: ResetOffsetsArgs) -> Result<()> 
         .await
         .with_context(|| format!("resetting the offsets of group {:?}", args.group))?;
     print_plan(&plan);
+    Ok(())
+}
+
+/// `sluice group delete`.
+pub async fn delete(admin: &Admin, group: &str) -> Result<()> {
+    admin
+        .delete_group(group)
+        .await
+        .with_context(|| format!("deleting group {group:?}"))?;
+    println!("deleted group {group}");
     Ok(())
 }
 

@@ -475,6 +475,13 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn delete_group(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     async fn get_message(
         &self,
         _request: Request<sluice_proto::v1::GetMessageRequest>,
@@ -906,6 +913,13 @@ impl name_server_server::NameServer for FakeNameServer {
         _request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("delete_topic is not faked"))
+    }
+
+    async fn unregister_group(
+        &self,
+        _request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
+        Err(Status::unimplemented("unregister_group is not faked"))
     }
 
     async fn alter_topic(

@@ -250,6 +250,15 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(RegisterGroupResponse {}))
     }
 
+    async fn unregister_group(
+        &self,
+        request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> ServiceResult<sluice_proto::v1::UnregisterGroupResponse> {
+        self.do_unregister_group(&request.into_inner().group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::UnregisterGroupResponse {}))
+    }
+
     async fn list_groups(
         &self,
         request: Request<ListGroupsRequest>,

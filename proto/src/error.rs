@@ -125,7 +125,9 @@ impl ErrorCode {
             ErrorCode::NotAuthorized => Code::PermissionDenied,
             ErrorCode::NotAuthenticated | ErrorCode::CredentialsExpired => Code::Unauthenticated,
             ErrorCode::TransactionAbortable => Code::Aborted,
-            ErrorCode::InvalidTransactionState => Code::FailedPrecondition,
+            ErrorCode::InvalidTransactionState | ErrorCode::GroupNotEmpty => {
+                Code::FailedPrecondition
+            }
             ErrorCode::ConcurrentTransactions => Code::Unavailable,
         }
     }
@@ -207,6 +209,7 @@ mod tests {
             ErrorCode::ConcurrentTransactions,
             ErrorCode::NotAuthenticated,
             ErrorCode::CredentialsExpired,
+            ErrorCode::GroupNotEmpty,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -105,6 +105,12 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn unregister_group(
+        &self,
+        _request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
     async fn alter_topic(
         &self,
         _request: Request<sluice_proto::v1::AlterTopicRequest>,

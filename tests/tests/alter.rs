@@ -466,7 +466,7 @@ async fn committed(admin: &Admin, group: &str, topic: &str) -> Vec<(u32, i64)> {
 /// from next, an active group and an offset beyond the end are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_offsets_reset_for_an_inactive_group() {
-    let cluster = Cluster::start(cluster_spec()).await;
+    let mut cluster = Cluster::start(cluster_spec()).await;
     let (topic, group) = ("alter-group", "billing");
     cluster.create_topic(topic, 2).await;
     let mut produced = records(topic, Some(0), 10, 8);
@@ -487,6 +487,15 @@ async fn group_offsets_reset_for_an_inactive_group() {
         .await
         .expect_err("the group has a member");
     assert!(refused.to_string().contains("is active"), "{refused}");
+    assert_eq!(refused.code(), Some(ErrorCode::GroupNotEmpty));
+    let output = cluster
+        .cli()
+        .args(["group", "delete", group])
+        .output()
+        .expect("sluice runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "an active group was deleted");
+    assert!(stderr.contains("GROUP_NOT_EMPTY"), "{stderr}");
     consumer.close().await.expect("leave");
     eventually("the group empty", async || {
         let description = admin.describe_group(group).await.expect("describe");
@@ -578,4 +587,54 @@ async fn group_offsets_reset_for_an_inactive_group() {
         never.to_string().contains("nothing is committed"),
         "{never}"
     );
+
+    // Deleting the inactive group forgets its offsets and listing, also
+    // after the coordinator replays the offsets partition.
+    let output = cluster
+        .cli()
+        .args(["group", "delete", group])
+        .output()
+        .expect("sluice runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(committed(&admin, group, topic).await, vec![]);
+    let listed = admin.list_groups().await.expect("list groups");
+    assert!(
+        listed.iter().all(|listing| listing.group != group),
+        "{listed:?}"
+    );
+    assert_eq!(
+        code(admin.delete_group(group).await),
+        Some(ErrorCode::UnknownGroup)
+    );
+    cluster.brokers[0].stop(Duration::from_secs(10));
+    cluster.brokers[0].start();
+    wait_until_writable(cluster.client_config(), topic).await;
+    let after_restart = eventually("the coordinator back", async || {
+        admin
+            .describe_group(group)
+            .await
+            .ok()
+            .map(|description| description.lag)
+    })
+    .await;
+    assert!(after_restart.is_empty(), "{after_restart:?}");
+    // The group starts again from its reset policy (earliest).
+    let (seen, consumer) = consume_in_group(&cluster, group, topic, 20).await;
+    for partition in [0, 1] {
+        let offsets: Vec<u64> = seen
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, offset)| *offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..10).collect::<Vec<u64>>(),
+            "partition {partition}"
+        );
+    }
+    consumer.close().await.expect("leave");
 }

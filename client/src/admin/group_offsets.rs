@@ -4,12 +4,13 @@
 //! to the group's coordinator from outside the group (empty member id,
 //! epoch -1), which the coordinator refuses while the group has members:
 //! the coordinator stays the only writer of `__consumer_offsets`, and the
-//! "inactive" check is made where the members are.
+//! "inactive" check is made where the members are. Deleting a group is
+//! one `DeleteGroup` to its coordinator, which refuses it the same way.
 
 use super::{Admin, MAX_COORDINATOR_ATTEMPTS};
 use crate::ClientError;
 use sluice_proto::v1;
-use sluice_proto::ErrorCode;
+use sluice_proto::{ErrorCode, SluiceError};
 
 /// Where [`Admin::reset_group_offsets`] moves each partition of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +104,14 @@ fn check_inactive(group: &str, description: &v1::DescribeGroupResponse) -> Resul
         .take(5)
         .map(|member| member.member_id.as_str())
         .collect();
-    Err(ClientError::InvalidArgument(format!(
-        "group {group:?} is active ({} member(s): {}); stop its consumers (and wait for their \
-         sessions to end) before changing its offsets",
-        description.members.len(),
-        members.join(", ")
+    Err(ClientError::Server(SluiceError::new(
+        ErrorCode::GroupNotEmpty,
+        format!(
+            "group {group:?} is active ({} member(s): {}); stop its consumers (and wait for \
+             their sessions to end) before changing its offsets",
+            description.members.len(),
+            members.join(", ")
+        ),
     )))
 }
 
@@ -151,9 +155,12 @@ impl Admin {
         };
         match self.commit_from_outside(request).await {
             Err(error) if error.code() == Some(ErrorCode::UnknownMember) => {
-                Err(ClientError::InvalidArgument(format!(
-                    "group {group:?} became active while its offsets were reset; nothing was \
-                     changed ({error})"
+                Err(ClientError::Server(SluiceError::new(
+                    ErrorCode::GroupNotEmpty,
+                    format!(
+                        "group {group:?} became active while its offsets were reset; nothing \
+                         was changed ({error})"
+                    ),
                 )))
             }
             Err(error) => Err(error),
@@ -161,6 +168,31 @@ impl Admin {
                 applied: true,
                 ..plan
             }),
+        }
+    }
+
+    /// Deletes inactive group `group`: its committed offsets and its
+    /// listing. Refused with GROUP_NOT_EMPTY while it has members,
+    /// UNKNOWN_GROUP when nothing is known of it, INVALID_ARGUMENT for a
+    /// subscription's cursor group.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        sluice_proto::names::GroupName::new(group)
+            .map_err(|error| ClientError::InvalidArgument(format!("group '{group}': {error}")))?;
+        let request = v1::DeleteGroupRequest {
+            group: group.to_string(),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let address = self.cluster.find_coordinator(group).await?;
+            let mut client = self.cluster.broker(&address)?;
+            let call = client.delete_group(request.clone());
+            match self.cluster.unary("DeleteGroup", &address, call).await {
+                Err(error) if attempt < MAX_COORDINATOR_ATTEMPTS && coordinator_moved(&error) => {
+                    tokio::time::sleep(crate::cluster::backoff(attempt, 50, 1000)).await;
+                }
+                result => return result.map(|_| ()),
+            }
         }
     }
 
@@ -395,6 +427,7 @@ mod tests {
             ..v1::GroupMember::default()
         });
         let refused = check_inactive("g", &description).expect_err("active");
+        assert_eq!(refused.code(), Some(ErrorCode::GroupNotEmpty));
         assert!(refused.to_string().contains("m-1"), "{refused}");
         assert!(refused.to_string().contains("active"), "{refused}");
     }
