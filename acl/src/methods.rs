@@ -154,6 +154,7 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/DescribeGroup", Describe, Group),
     rule("/sluice.v1.Broker/DeleteGroup", Delete, Group),
     rule("/sluice.v1.Broker/Subscribe", Read, Subscription),
+    rule("/sluice.v1.Broker/SkipSubscription", Alter, Subscription),
     rule(
         "/sluice.v1.Broker/DescribeSubscription",
         Describe,

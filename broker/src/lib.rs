@@ -40,6 +40,7 @@ mod retention;
 mod service;
 mod session_fence;
 mod subscription;
+mod subscription_skip;
 mod tail_cache;
 mod txn_markers;
 mod txn_verifier;

@@ -28,6 +28,7 @@ mod partition;
 mod partition_state;
 mod produce;
 mod subscription;
+mod subscription_skip;
 
 use clap::{Parser, Subcommand};
 use sluice_client::{ClientConfig, ClientError};

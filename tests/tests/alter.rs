@@ -4,13 +4,17 @@
 //! added and produced to, and what an attacker or a careless operator
 //! tries (a topic that does not exist, shrinking, 0 and u64::MAX, an
 //! internal topic, a principal without `Alter`); a group's offsets reset
-//! while it is inactive and refused while it is not.
+//! while it is inactive and refused while it is not, and deleted; a
+//! subscription skipped and cleared.
 
 use bytes::Bytes;
 use sluice_client::{
-    Admin, ClientError, Consumer, ConsumerConfig, OffsetReset, Record, StartOffset,
+    Admin, ClientError, Consumer, ConsumerConfig, OffsetReset, Record, StartOffset, Subscriber,
+    SubscriberConfig, SubscriptionSkip,
 };
-use sluice_proto::v1::{OffsetSpec, TopicConfig, TopicConfigChanges};
+use sluice_proto::v1::{
+    InitialPosition, OffsetSpec, Subscription, SubscriptionType, TopicConfig, TopicConfigChanges,
+};
 use sluice_proto::ErrorCode;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use sluice_tests::security::{allow, issue_client, until};
@@ -637,4 +641,120 @@ async fn group_offsets_reset_for_an_inactive_group() {
         );
     }
     consumer.close().await.expect("leave");
+}
+
+/// Receives `count` messages of `subscriber`, acknowledging each; their
+/// offsets in order.
+async fn receive_and_ack(subscriber: &Subscriber, count: usize) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    while offsets.len() < count {
+        let message = tokio::time::timeout(WAIT, subscriber.recv())
+            .await
+            .unwrap_or_else(|_| panic!("received only {offsets:?}"))
+            .expect("recv");
+        subscriber.ack(&message).await.expect("ack");
+        offsets.push(message.offset);
+    }
+    offsets
+}
+
+/// `subscription skip` and `clear` move the cursor forward only: what
+/// was skipped is never delivered, what comes after is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_skip_and_clear() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let (topic, name) = ("alter-sub", "work");
+    cluster.create_topic(topic, 1).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_subscription(Subscription {
+            topic: topic.into(),
+            name: name.into(),
+            r#type: SubscriptionType::Shared as i32,
+            initial_position: InitialPosition::Earliest as i32,
+            ..Subscription::default()
+        })
+        .await
+        .expect("create subscription");
+    cluster
+        .produce_acknowledged(records(topic, Some(0), 20, 8))
+        .await;
+    let cli = |args: &[&str]| {
+        let output = cluster
+            .cli()
+            .arg("subscription")
+            .args(args)
+            .output()
+            .expect("sluice runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    // No consumer yet: the committed cursor moves.
+    let (ok, output) = cli(&["skip", topic, name, "--count", "5"]);
+    assert!(ok, "{output}");
+    assert!(output.contains("skipped 5 unacknowledged"), "{output}");
+    let config = SubscriberConfig {
+        client: cluster.client_config(),
+        subscription_type: SubscriptionType::Shared,
+        initial_position: InitialPosition::Earliest,
+        ack_timeout_ms: 30_000,
+        ..SubscriberConfig::new(topic, name)
+    };
+    let subscriber = Subscriber::connect(config.clone()).await.expect("connect");
+    assert_eq!(receive_and_ack(&subscriber, 5).await, vec![5, 6, 7, 8, 9]);
+    subscriber.close().await.expect("close");
+
+    let (ok, output) = cli(&["clear", topic, name]);
+    assert!(ok, "{output}");
+    assert!(output.contains("skipped 10 unacknowledged"), "{output}");
+    // Cleared: skipping again moves nothing, and never back.
+    let again = admin
+        .skip_subscription(topic, name, SubscriptionSkip::Messages(u64::MAX))
+        .await
+        .expect("skip");
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].1.skipped, again[0].1.mark_delete),
+        (0, 20),
+        "{again:?}"
+    );
+    cluster
+        .produce_acknowledged(records(topic, Some(0), 3, 8))
+        .await;
+    let subscriber = Subscriber::connect(config).await.expect("reconnect");
+    assert_eq!(receive_and_ack(&subscriber, 3).await, vec![20, 21, 22]);
+    assert!(
+        subscriber
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .expect("recv")
+            .is_none(),
+        "something skipped or acknowledged came back"
+    );
+    subscriber.close().await.expect("close");
+
+    // Careless input.
+    let (ok, output) = cli(&["skip", topic, name, "--count", "0"]);
+    assert!(!ok && output.contains("skips nothing"), "{output}");
+    assert_eq!(
+        code(
+            admin
+                .skip_subscription(topic, "no-such", SubscriptionSkip::All)
+                .await
+        ),
+        Some(ErrorCode::UnknownSubscription)
+    );
+    assert_eq!(
+        code(
+            admin
+                .skip_subscription("no-such-topic", name, SubscriptionSkip::All)
+                .await
+        ),
+        Some(ErrorCode::UnknownTopic)
+    );
 }
