@@ -75,6 +75,8 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.NameServer/ListTopics", Describe, Filtered),
     rule("/sluice.v1.NameServer/DescribeTopic", Describe, Topic),
     rule("/sluice.v1.NameServer/DeleteTopic", Delete, Topic),
+    rule("/sluice.v1.NameServer/AlterTopic", Alter, Topic),
+    rule("/sluice.v1.NameServer/AddPartitions", Alter, Topic),
     rule("/sluice.v1.NameServer/GetRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/WatchRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/FindCoordinator", Describe, Group),
@@ -100,6 +102,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
     // Nameserver: groups, status, producer ids, subscriptions.
     rule(
         "/sluice.v1.NameServer/RegisterGroup",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
+        "/sluice.v1.NameServer/UnregisterGroup",
         ClusterAction,
         Cluster,
     ),
@@ -147,7 +154,9 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/CommitOffsets", Read, Group),
     rule("/sluice.v1.Broker/FetchOffsets", Describe, Group),
     rule("/sluice.v1.Broker/DescribeGroup", Describe, Group),
+    rule("/sluice.v1.Broker/DeleteGroup", Delete, Group),
     rule("/sluice.v1.Broker/Subscribe", Read, Subscription),
+    rule("/sluice.v1.Broker/SkipSubscription", Alter, Subscription),
     rule(
         "/sluice.v1.Broker/DescribeSubscription",
         Describe,
@@ -261,6 +270,7 @@ mod tests {
                     "UpdateSegmentReplicas",
                     "DeleteSegments",
                     "RegisterGroup",
+                    "UnregisterGroup",
                     "GetProducerIdKey",
                 ]
                 .iter()

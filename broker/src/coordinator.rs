@@ -148,6 +148,15 @@ fn apply_commits(state: &mut State, group: &str, offsets: &[CommittedOffset]) {
     }
 }
 
+/// Forgets everything committed for `group` (it was deleted).
+fn forget_group(state: &mut State, group: &str) {
+    state.committed.remove(group);
+    state.cursors.remove(group);
+    state.backlog.remove(group);
+    state.lag.remove(group);
+    state.lag_seconds.retain(|(lagging, _), _| lagging != group);
+}
+
 /// Refuses a subscription cursor written under an older ownership epoch
 /// than the one held: a deposed partition owner must not roll a cursor
 /// back (ADR 0011).
@@ -209,8 +218,8 @@ impl Coordinator {
     /// Replays an offsets partition from its log start to its high
     /// watermark, then starts coordinating its groups.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
-        let partition_count = partition.config.partitions;
-        let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
+        let partition_count = partition.config().partitions;
+        let mut replayed: Vec<(String, commit_record::CommitRecord)> = Vec::new();
         crate::internal_log::replay(partition, REPLAY_READER, |offset, key, value| {
             match commit_record::decode(key, value) {
                 Ok(decoded) => replayed.push(decoded),
@@ -222,10 +231,14 @@ impl Coordinator {
         .await?;
         let mut state = lock(&self.state);
         state.offsets_partitions = partition_count;
-        for (group, offsets) in &replayed {
+        for (group, record) in &replayed {
             if offsets_partition_for_group(group, partition_count.max(1)) == partition.key.partition
             {
-                apply_commits(&mut state, group, offsets);
+                if record.deleted {
+                    forget_group(&mut state, group);
+                } else {
+                    apply_commits(&mut state, group, &record.offsets);
+                }
             }
         }
         state.loaded.insert(partition.key.partition);
@@ -965,5 +978,6 @@ async fn high_watermarks(
     result
 }
 
+mod delete;
 #[cfg(test)]
 mod tests;

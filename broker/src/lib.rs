@@ -41,6 +41,7 @@ mod retention;
 mod service;
 mod session_fence;
 mod subscription;
+mod subscription_skip;
 mod tail_cache;
 mod transaction;
 mod txn_markers;

@@ -272,7 +272,7 @@ fn hold_for(
     if !holds(&shared.backlog.pressure(key)) {
         return None;
     }
-    let quota = backlog::Quota::of(&partition.config);
+    let quota = backlog::Quota::of(&partition.config());
     Some((
         Duration::from_millis(quota.hold_timeout_ms),
         shared.backlog.watch(&partition),
@@ -945,6 +945,24 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn delete_group(
+        &self,
+        request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        let shared = &self.shared;
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        authorizer
+            .check(Operation::Delete, ResourceType::Group, &request.group)
+            .map_err(BrokerError::Relayed)?;
+        check_internal_group(&authorizer, &request.group)?;
+        shared
+            .coordinator
+            .delete_group(shared, &request.group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::DeleteGroupResponse {}))
+    }
+
     async fn get_message(
         &self,
         request: Request<sluice_proto::v1::GetMessageRequest>,
@@ -1005,6 +1023,18 @@ impl Broker for BrokerService {
                 )?,
             )
             .await?,
+        ))
+    }
+
+    async fn skip_subscription(
+        &self,
+        request: Request<sluice_proto::v1::SkipSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        let request = checked(request, Operation::Alter, ResourceType::Subscription, |r| {
+            vec![format!("{}/{}", r.topic, r.name)]
+        })?;
+        Ok(Response::new(
+            crate::subscription_skip::skip(&self.shared, request).await?,
         ))
     }
 

@@ -20,6 +20,10 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+    /// Change settings of a topic (only the flags given; applied to running partitions).
+    Alter(crate::alter::AlterTopicArgs),
+    /// Grow a topic to more partitions (keys hash to different partitions from then on).
+    AddPartitions(crate::alter::AddPartitionsArgs),
 }
 
 #[derive(Args)]
@@ -162,6 +166,10 @@ pub enum GroupCommand {
     List,
     /// Members, assignment, committed offsets and lag of a group.
     Describe { group: String },
+    /// Move an inactive group's committed offsets on a topic (--dry-run shows the plan).
+    ResetOffsets(crate::group_offsets::ResetOffsetsArgs),
+    /// Delete an inactive group's committed offsets and listing.
+    Delete { group: String },
 }
 
 #[derive(Subcommand)]
@@ -237,6 +245,8 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     .unwrap_or_default()
             );
         }
+        TopicCommand::Alter(args) => crate::alter::alter_topic(&admin, args).await?,
+        TopicCommand::AddPartitions(args) => crate::alter::add_partitions(&admin, args).await?,
         TopicCommand::List { internal } => {
             let topics = admin.list_topics(internal).await?;
             let rows: Vec<Vec<String>> = topics
@@ -377,6 +387,10 @@ fn format_retention(retention_ms: u64, retention_bytes: u64) -> String {
 pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
     let admin = Admin::connect(config).await?;
     match command {
+        GroupCommand::ResetOffsets(args) => {
+            crate::group_offsets::reset_offsets(&admin, args).await?
+        }
+        GroupCommand::Delete { group } => crate::group_offsets::delete(&admin, &group).await?,
         GroupCommand::List => {
             let groups = admin.list_groups().await?;
             let rows: Vec<Vec<String>> = groups

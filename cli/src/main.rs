@@ -12,6 +12,7 @@
 
 mod acl;
 mod admin;
+mod alter;
 mod bench;
 mod bench_delay;
 mod bench_subscription;
@@ -20,12 +21,14 @@ mod certs;
 mod consume;
 mod dead_letters;
 mod dev;
+mod group_offsets;
 mod health;
 mod message;
 mod partition;
 mod partition_state;
 mod produce;
 mod subscription;
+mod subscription_skip;
 
 use clap::{Parser, Subcommand};
 use sluice_client::{ClientConfig, ClientError};

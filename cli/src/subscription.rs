@@ -21,6 +21,16 @@ pub enum SubscriptionCommand {
     Describe { topic: String, name: String },
     /// Delete a subscription; created again it starts afresh.
     Delete { topic: String, name: String },
+    /// Skip the next messages on every partition (never delivered; the cursor only moves forward).
+    Skip {
+        topic: String,
+        name: String,
+        /// Offsets to skip past each partition's acknowledged position.
+        #[arg(long)]
+        count: u64,
+    },
+    /// Skip everything not yet acknowledged, up to each partition's end.
+    Clear { topic: String, name: String },
     /// Write the subscription's dead letters back to the topic they came
     /// from (each acknowledged in the dead-letter topic once written).
     ReplayDeadLetters {
@@ -189,6 +199,12 @@ impl CreateSubscriptionArgs {
 pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<()> {
     let admin = Admin::connect(config.clone()).await?;
     match command {
+        SubscriptionCommand::Skip { topic, name, count } => {
+            crate::subscription_skip::skip(&admin, &topic, &name, Some(count)).await?
+        }
+        SubscriptionCommand::Clear { topic, name } => {
+            crate::subscription_skip::skip(&admin, &topic, &name, None).await?
+        }
         SubscriptionCommand::ReplayDeadLetters {
             topic,
             name,

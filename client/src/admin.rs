@@ -8,6 +8,13 @@ use sluice_proto::v1;
 use sluice_proto::ErrorCode;
 use std::sync::Arc;
 
+mod alter;
+mod group_offsets;
+mod subscription_skip;
+pub use alter::KEY_ORDER_NOTICE;
+pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
+pub use subscription_skip::SubscriptionSkip;
+
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
 

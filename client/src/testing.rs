@@ -479,6 +479,20 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn skip_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::SkipSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn delete_group(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     async fn get_message(
         &self,
         _request: Request<sluice_proto::v1::GetMessageRequest>,
@@ -910,6 +924,27 @@ impl name_server_server::NameServer for FakeNameServer {
         _request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("delete_topic is not faked"))
+    }
+
+    async fn unregister_group(
+        &self,
+        _request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
+        Err(Status::unimplemented("unregister_group is not faked"))
+    }
+
+    async fn alter_topic(
+        &self,
+        _request: Request<sluice_proto::v1::AlterTopicRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("alter_topic is not faked"))
+    }
+
+    async fn add_partitions(
+        &self,
+        _request: Request<sluice_proto::v1::AddPartitionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("add_partitions is not faked"))
     }
 
     async fn watch_routes(

@@ -7,9 +7,9 @@ use sluice_acl::{Operation, ResourceType};
 use sluice_proto::v1::assignment_watch_server::AssignmentWatch;
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
-    AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CoordinatorKind, CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AddPartitionsRequest, AllocateProducerIdRequest,
+    AllocateProducerIdResponse, AlterTopicRequest, CloseSegmentRequest, ClusterStatusRequest,
+    ClusterStatusResponse, CoordinatorKind, CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest,
     CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse,
     DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
     DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
@@ -108,6 +108,20 @@ impl NameServer for NameServerHandler {
         })?;
         self.do_delete_topic(&request.name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn alter_topic(&self, request: Request<AlterTopicRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_alter_topic(request).await?))
+    }
+
+    async fn add_partitions(&self, request: Request<AddPartitionsRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_add_partitions(request).await?))
     }
 
     async fn get_routes(
@@ -244,6 +258,15 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<RegisterGroupResponse> {
         self.do_register_group(&request.into_inner().group).await?;
         Ok(Response::new(RegisterGroupResponse {}))
+    }
+
+    async fn unregister_group(
+        &self,
+        request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> ServiceResult<sluice_proto::v1::UnregisterGroupResponse> {
+        self.do_unregister_group(&request.into_inner().group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::UnregisterGroupResponse {}))
     }
 
     async fn list_groups(

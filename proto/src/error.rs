@@ -125,7 +125,9 @@ impl ErrorCode {
             ErrorCode::NotAuthorized => Code::PermissionDenied,
             ErrorCode::NotAuthenticated | ErrorCode::CredentialsExpired => Code::Unauthenticated,
             ErrorCode::TransactionAbortable => Code::Aborted,
-            ErrorCode::InvalidTransactionState => Code::FailedPrecondition,
+            ErrorCode::InvalidTransactionState | ErrorCode::GroupNotEmpty => {
+                Code::FailedPrecondition
+            }
             ErrorCode::ConcurrentTransactions => Code::Unavailable,
             ErrorCode::ProducerFenced => Code::FailedPrecondition,
         }
@@ -209,6 +211,7 @@ mod tests {
             ErrorCode::ProducerFenced,
             ErrorCode::NotAuthenticated,
             ErrorCode::CredentialsExpired,
+            ErrorCode::GroupNotEmpty,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -8,7 +8,7 @@ fn user(name: &str) -> Principal {
     Principal::user(name).expect("valid")
 }
 
-fn coordinator() -> Coordinator {
+pub(super) fn coordinator() -> Coordinator {
     Coordinator::new(&GroupsConfig {
         min_session_timeout_ms: 1,
         ..GroupsConfig::default()
@@ -40,6 +40,11 @@ fn beat(
         &counts(),
         &user("alice"),
     )
+}
+
+/// A first member of group "g" joins.
+pub(super) fn join(coordinator: &Coordinator, state: &mut State) {
+    beat(coordinator, state, "", 0, &BTreeSet::new()).expect("join");
 }
 
 fn assigned(response: &GroupHeartbeatResponse) -> BTreeSet<TopicPartition> {

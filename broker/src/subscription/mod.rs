@@ -732,7 +732,7 @@ impl Task {
     fn classify(&self, records: &[Record], batch_end: u64) -> Vec<Scanned> {
         let from = self.dispatcher.read_position();
         let now_ms = self.now_ms();
-        let topic_ttl_ms = self.partition.config.message_ttl_ms;
+        let topic_ttl_ms = self.partition.config().message_ttl_ms;
         records
             .iter()
             .filter(|record| record.offset >= from)

@@ -20,6 +20,7 @@ mod segment_ids;
 mod segments;
 mod sessions;
 mod status;
+mod topic_alter;
 mod topic_config;
 mod topics;
 
