@@ -48,6 +48,9 @@ async fn bind(port: u16, what: &str) -> Result<TcpListener> {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
+    // First of all: a directory another `sluice dev` uses is refused
+    // before any banner, listener or file of the cluster.
+    let _lock = crate::dev_lock::lock(&args.data_dir)?;
     let _telemetry = sluice_telemetry::init(
         "sluice-dev",
         &TelemetryConfig {

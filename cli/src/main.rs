@@ -17,15 +17,21 @@ mod bench_delay;
 mod bench_subscription;
 mod bench_topics;
 mod certs;
+mod cluster_status;
 mod consume;
 mod dead_letters;
 mod dev;
+mod dev_lock;
+mod diagnose;
 mod health;
 mod message;
+mod output;
 mod partition;
 mod partition_state;
 mod produce;
 mod subscription;
+mod units;
+mod views;
 
 use clap::{Parser, Subcommand};
 use sluice_client::{ClientConfig, ClientError};
@@ -65,6 +71,14 @@ struct Cli {
     /// servers with [auth.jwt]; read again when it changes. Needs --tls-ca.
     #[arg(long, global = true, env = "SLUICE_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+
+    /// How listings and descriptions print: `table` for people, `json` for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = output::OutputFormat::Table)]
+    output: output::OutputFormat,
+
+    /// Client debug logging on stderr (`-vv`: trace). RUST_LOG, when set, chooses instead.
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 
     #[command(subcommand)]
     command: Command,
@@ -107,6 +121,11 @@ enum Command {
     /// Add, list and remove ACL bindings (who may do what).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Print a shell completion script (e.g. `sluice completion bash > /etc/bash_completion.d/sluice`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -182,8 +201,26 @@ fn explain(error: &anyhow::Error) -> String {
     text
 }
 
+/// The log filter of a client command: RUST_LOG when set, else debug
+/// logging of the SDK and this tool with `-v` (trace with `-vv`), else
+/// none (warnings only).
+fn client_log_filter(verbose: u8, rust_log: Option<&str>) -> String {
+    match (rust_log.filter(|filter| !filter.is_empty()), verbose) {
+        (Some(filter), _) => filter.to_string(),
+        (None, 0) => "warn".to_string(),
+        (None, 1) => "warn,sluice_client=debug,sluice=debug".to_string(),
+        (None, _) => "info,sluice_client=trace,sluice=trace,tonic=debug".to_string(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::set_format(cli.output);
+    if let Command::Completion { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     if cli.command.ends_quietly_on_a_closed_pipe() {
         // Like other Unix tools, end quietly when the reader of stdout goes
         // away (`sluice cluster status | head -3`) instead of panicking in
@@ -212,6 +249,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `sluice dev` sets up its own logging (--log-filter).
+    let _telemetry = if matches!(cli.command, Command::Dev(_)) {
+        None
+    } else {
+        let filter = client_log_filter(cli.verbose, std::env::var("RUST_LOG").ok().as_deref());
+        let telemetry = sluice_telemetry::TelemetryConfig {
+            log_filter: filter,
+            ..sluice_telemetry::TelemetryConfig::default()
+        };
+        match sluice_telemetry::init("sluice", &telemetry) {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
@@ -227,12 +281,19 @@ fn main() -> ExitCode {
             Command::Certs(command) => certs::run(command),
             Command::Acl(command) => acl::run(config, command).await,
             Command::Message(command) => message::run(config, command).await,
+            Command::Completion { .. } => Ok(()),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{}", explain(&error));
+            let mut text = explain(&error);
+            if let Some(ClientError::NoNameserver { tried, .. }) =
+                error.downcast_ref::<ClientError>()
+            {
+                text.push_str(&runtime.block_on(diagnose::explain_addresses(tried)));
+            }
+            eprintln!("{text}");
             ExitCode::FAILURE
         }
     }
@@ -261,6 +322,105 @@ mod tests {
         assert!(status.command.ends_quietly_on_a_closed_pipe());
         let consume = Cli::parse_from(["sluice", "consume", "orders", "--group", "g"]);
         assert!(consume.command.ends_quietly_on_a_closed_pipe());
+    }
+
+    #[test]
+    fn verbose_turns_on_client_debug_logs_and_rust_log_wins() {
+        assert_eq!(client_log_filter(0, None), "warn");
+        assert!(client_log_filter(1, None).contains("sluice_client=debug"));
+        assert!(client_log_filter(2, None).contains("sluice_client=trace"));
+        assert_eq!(client_log_filter(1, Some("tonic=trace")), "tonic=trace");
+        assert_eq!(client_log_filter(0, Some("")), "warn");
+    }
+
+    #[test]
+    fn output_and_verbose_are_global_and_json_is_a_listed_value() {
+        let cli = Cli::parse_from(["sluice", "topic", "list", "--output", "json", "-v"]);
+        assert_eq!(cli.output, output::OutputFormat::Json);
+        assert_eq!(cli.verbose, 1);
+        let bad = Cli::try_parse_from(["sluice", "topic", "list", "--output", "yaml"]);
+        let text = bad.err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(text.contains("table") && text.contains("json"), "{text}");
+    }
+
+    #[test]
+    fn enumerated_flags_list_their_values_in_help() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        for (path, flag, values) in [
+            (
+                &["topic", "create"][..],
+                "durability",
+                &["fsync", "periodic"][..],
+            ),
+            (
+                &["topic", "create"][..],
+                "backlog-policy",
+                &["hold", "reject", "evict"][..],
+            ),
+            (
+                &["produce"][..],
+                "compression",
+                &["none", "lz4", "zstd"][..],
+            ),
+            (
+                &["bench", "produce"][..],
+                "compression",
+                &["none", "lz4", "zstd"][..],
+            ),
+            (
+                &["subscription", "create"][..],
+                "type",
+                &["exclusive", "shared"][..],
+            ),
+            (
+                &["subscription", "create"][..],
+                "selector-kind",
+                &["sql"][..],
+            ),
+        ] {
+            let mut sub = &mut command;
+            for name in path {
+                sub = sub.find_subcommand_mut(name).expect("subcommand");
+            }
+            let help = sub.render_long_help().to_string();
+            let at = help.find(&format!("--{flag}")).expect("flag in help");
+            let section = &help[at..];
+            for value in values {
+                assert!(
+                    section.contains(value),
+                    "--{flag} lacks {value}:\n{section}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn human_durations_and_sizes_reach_the_topic_config() {
+        let cli = Cli::parse_from([
+            "sluice",
+            "topic",
+            "create",
+            "t",
+            "--retention",
+            "7d",
+            "--segment-size",
+            "64MiB",
+            "--retention-bytes",
+            "1048576",
+            "--ttl",
+            "90s",
+        ]);
+        let Command::Topic(admin::TopicCommand::Create(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.retention_ms, 7 * 86_400_000);
+        assert_eq!(args.segment_bytes, 64 << 20);
+        assert_eq!(args.retention_bytes, 1 << 20);
+        assert_eq!(args.message_ttl_ms, 90_000);
+        let bad =
+            Cli::try_parse_from(["sluice", "topic", "create", "t", "--retention", "7 parsecs"]);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub struct ProduceArgs {
     /// Send to this partition instead of choosing by key.
     #[arg(long)]
     pub partition: Option<u32>,
-    /// `none`, `lz4` or `zstd`.
-    #[arg(long, default_value = "none")]
+    /// Batch compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     pub compression: String,
     /// Print partition and offset of every record.
     #[arg(long)]

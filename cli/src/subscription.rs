@@ -212,6 +212,13 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .list_subscriptions(&topic)
                 .await
                 .with_context(|| format!("listing subscriptions of {topic:?}"))?;
+            if crate::output::json() {
+                let list: Vec<serde_json::Value> = subscriptions
+                    .iter()
+                    .map(crate::views::subscription)
+                    .collect();
+                return crate::output::print_json(&serde_json::json!({ "subscriptions": list }));
+            }
             let rows: Vec<Vec<String>> = subscriptions
                 .iter()
                 .map(|subscription| {
@@ -245,6 +252,14 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .get_subscription(&topic, &name)
                 .await
                 .with_context(|| format!("describing subscription {name:?} of {topic:?}"))?;
+            if crate::output::json() {
+                let mut document = crate::views::subscription(&subscription);
+                document["backlog"] = match admin.describe_subscription(&topic, &name).await {
+                    Ok(lag) => crate::views::subscription_lag(&lag),
+                    Err(error) => serde_json::json!({ "error": error.to_string() }),
+                };
+                return crate::output::print_json(&document);
+            }
             print!("{}", describe(&subscription));
             match admin.describe_subscription(&topic, &name).await {
                 Ok(lag) => print!("\n{}", lag_report(&lag)),

@@ -85,12 +85,17 @@ impl NameServerHandler {
                     Some(remaining) => i64::try_from(remaining).unwrap_or(i64::MAX),
                     None => -1,
                 };
+            info.last_heartbeat_ms_ago = self
+                .session_silent_for(&entry.key, info.session_id)
+                .map(|silent| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(-1);
             nodes.push(info);
         }
         Ok(nodes)
     }
 
     pub(crate) async fn do_cluster_status(&self) -> Result<ClusterStatusResponse, NameServerError> {
+        let now_unix_ms = sluice_proto::now_unix_ms();
         let nameservers = self.nodes_with_ttl(NodeKind::Nameserver).await?;
         let brokers = self.nodes_with_ttl(NodeKind::Broker).await?;
         let stores = self.nodes_with_ttl(NodeKind::Store).await?;
@@ -122,6 +127,9 @@ impl NameServerHandler {
             topics: u32::try_from(topics.len()).unwrap_or(u32::MAX),
             partitions: partitions.partitions,
             offline_partitions: partitions.offline,
+            down_nodes: self.down_nodes(now_unix_ms).await?,
+            session_timeout_ms: self.config.session_timeout_ms,
+            now_unix_ms,
             metadata_backend: self.store.backend_name().to_string(),
             active_assigner: crate::election::active_assigner(self.store.as_ref())
                 .await?
