@@ -166,6 +166,17 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, ClientError> {
             cert.as_ref().zip(key.as_ref()),
         )?),
     };
+    if tls.is_none() {
+        if let Some(address) = parse_bootstrap(&cli.bootstrap)
+            .into_iter()
+            .find(|address| address.starts_with("https://"))
+        {
+            return Err(ClientError::InvalidArgument(format!(
+                "{address} asks for TLS but no --tls-ca was given (the CA that signed the \
+                 servers' certificates); for a plaintext server use http://"
+            )));
+        }
+    }
     if cli.token_file.is_some() && tls.is_none() {
         return Err(ClientError::InvalidArgument(
             "--token-file needs --tls-ca: a token must not travel in plaintext".into(),
@@ -203,22 +214,82 @@ fn explain(error: &anyhow::Error) -> String {
 
 /// The log filter of a client command: RUST_LOG when set, else debug
 /// logging of the SDK and this tool with `-v` (trace with `-vv`), else
-/// none (warnings only).
+/// errors only (a failed command says why on its own).
 fn client_log_filter(verbose: u8, rust_log: Option<&str>) -> String {
     match (rust_log.filter(|filter| !filter.is_empty()), verbose) {
         (Some(filter), _) => filter.to_string(),
-        (None, 0) => "warn".to_string(),
+        (None, 0) => "error".to_string(),
         (None, 1) => "warn,sluice_client=debug,sluice=debug".to_string(),
         (None, _) => "info,sluice_client=trace,sluice=trace,tonic=debug".to_string(),
     }
 }
 
+/// Global flags each command has no use for, hidden from its help (they
+/// are still accepted, e.g. from the environment).
+fn unused_global_flags(command: &str) -> &'static [&'static str] {
+    const CONNECTION: [&str; 8] = [
+        "bootstrap",
+        "request_timeout_ms",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "token_file",
+        "verbose",
+        "output",
+    ];
+    match command {
+        "dev" | "certs" | "completion" => &CONNECTION,
+        "topic" | "group" | "subscription" | "cluster" | "acl" => &[],
+        _ => &["output"],
+    }
+}
+
+/// The command line definition, with each subcommand's help listing only
+/// the flags it uses: a subcommand gets hidden copies of the global flags
+/// it has no use for (clap propagates a global flag only to subcommands
+/// without one of the same id; the copies stay global, so values still
+/// reach `Cli` and nested subcommands inherit the hiding).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let globals: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .cloned()
+        .collect();
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_string())
+        .collect();
+    for name in names {
+        let hidden = unused_global_flags(&name);
+        let copies: Vec<clap::Arg> = globals
+            .iter()
+            .filter(|arg| hidden.contains(&arg.get_id().as_str()))
+            .map(|arg| arg.clone().hide(true))
+            .collect();
+        if !copies.is_empty() {
+            command = command.mut_subcommand(&name, |sub| sub.args(copies));
+        }
+    }
+    command
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches;
+        match Cli::from_arg_matches(&command().get_matches()) {
+            Ok(cli) => cli,
+            Err(error) => error.exit(),
+        }
+    };
     output::set_format(cli.output);
     if let Command::Completion { shell } = cli.command {
-        use clap::CommandFactory;
-        clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command(), "sluice", &mut script);
+        use std::io::Write;
+        // A closed stdout (`| head`) ends quietly.
+        let _ = std::io::stdout().lock().write_all(&script);
         return ExitCode::SUCCESS;
     }
     if cli.command.ends_quietly_on_a_closed_pipe() {
@@ -326,11 +397,11 @@ mod tests {
 
     #[test]
     fn verbose_turns_on_client_debug_logs_and_rust_log_wins() {
-        assert_eq!(client_log_filter(0, None), "warn");
+        assert_eq!(client_log_filter(0, None), "error");
         assert!(client_log_filter(1, None).contains("sluice_client=debug"));
         assert!(client_log_filter(2, None).contains("sluice_client=trace"));
         assert_eq!(client_log_filter(1, Some("tonic=trace")), "tonic=trace");
-        assert_eq!(client_log_filter(0, Some("")), "warn");
+        assert_eq!(client_log_filter(0, Some("")), "error");
     }
 
     #[test]
@@ -345,8 +416,8 @@ mod tests {
 
     #[test]
     fn enumerated_flags_list_their_values_in_help() {
-        use clap::CommandFactory;
-        let mut command = Cli::command();
+        let mut command = command();
+        command.build();
         for (path, flag, values) in [
             (
                 &["topic", "create"][..],
@@ -421,6 +492,43 @@ mod tests {
         let bad =
             Cli::try_parse_from(["sluice", "topic", "create", "t", "--retention", "7 parsecs"]);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn subcommands_list_only_the_flags_they_use() {
+        let mut command = command();
+        command.build();
+        let certs = command
+            .find_subcommand_mut("certs")
+            .and_then(|certs| certs.find_subcommand_mut("create"))
+            .expect("certs create")
+            .render_long_help()
+            .to_string();
+        assert!(!certs.contains("--bootstrap"), "{certs}");
+        assert!(!certs.contains("--output"), "{certs}");
+        let dev = command.find_subcommand_mut("dev").expect("dev");
+        let dev = dev.render_long_help().to_string();
+        assert!(!dev.contains("--tls-ca") && dev.contains("--data-dir"), "{dev}");
+        let produce = command.find_subcommand_mut("produce").expect("produce");
+        let produce = produce.render_long_help().to_string();
+        assert!(produce.contains("--bootstrap") && !produce.contains("--output"), "{produce}");
+        let list = command
+            .find_subcommand_mut("topic")
+            .and_then(|topic| topic.find_subcommand_mut("list"))
+            .expect("topic list")
+            .render_long_help()
+            .to_string();
+        assert!(list.contains("--output") && list.contains("--bootstrap"), "{list}");
+    }
+
+    #[test]
+    fn completion_scripts_are_generated_for_each_shell() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command(), "sluice", &mut script);
+            let script = String::from_utf8(script).expect("utf-8");
+            assert!(script.contains("subscription") && script.contains("output"), "{shell}");
+        }
     }
 
     #[test]

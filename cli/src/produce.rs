@@ -32,7 +32,7 @@ pub struct ProduceArgs {
     pub compression: String,
     /// Print partition and offset of every record.
     #[arg(long)]
-    pub verbose: bool,
+    pub print_offsets: bool,
 }
 
 fn parse_header(header: &str) -> Result<(String, Bytes)> {
@@ -94,7 +94,7 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
             // Report as we go and keep the list of waiting acks short.
             if pending.len() >= 10_000 {
-                report(std::mem::take(&mut pending), args.verbose, &mut partitions).await?;
+                report(std::mem::take(&mut pending), args.print_offsets, &mut partitions).await?;
             }
         }
     } else {
@@ -103,7 +103,7 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
         }
     }
-    report(pending, args.verbose, &mut partitions).await?;
+    report(pending, args.print_offsets, &mut partitions).await?;
     // The alert of ADR 0012: consumers are falling behind on a partition.
     for partition in &partitions {
         let Some(pressure) = producer.pressure(&args.topic, *partition) else {
