@@ -508,26 +508,42 @@ mod tests {
         assert!(!certs.contains("--output"), "{certs}");
         let dev = command.find_subcommand_mut("dev").expect("dev");
         let dev = dev.render_long_help().to_string();
-        assert!(!dev.contains("--tls-ca") && dev.contains("--data-dir"), "{dev}");
+        assert!(
+            !dev.contains("--tls-ca") && dev.contains("--data-dir"),
+            "{dev}"
+        );
         let produce = command.find_subcommand_mut("produce").expect("produce");
         let produce = produce.render_long_help().to_string();
-        assert!(produce.contains("--bootstrap") && !produce.contains("--output"), "{produce}");
+        assert!(
+            produce.contains("--bootstrap") && !produce.contains("--output"),
+            "{produce}"
+        );
         let list = command
             .find_subcommand_mut("topic")
             .and_then(|topic| topic.find_subcommand_mut("list"))
             .expect("topic list")
             .render_long_help()
             .to_string();
-        assert!(list.contains("--output") && list.contains("--bootstrap"), "{list}");
+        assert!(
+            list.contains("--output") && list.contains("--bootstrap"),
+            "{list}"
+        );
     }
 
     #[test]
     fn completion_scripts_are_generated_for_each_shell() {
-        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut command(), "sluice", &mut script);
             let script = String::from_utf8(script).expect("utf-8");
-            assert!(script.contains("subscription") && script.contains("output"), "{shell}");
+            assert!(
+                script.contains("subscription") && script.contains("output"),
+                "{shell}"
+            );
         }
     }
 

@@ -94,7 +94,12 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
             // Report as we go and keep the list of waiting acks short.
             if pending.len() >= 10_000 {
-                report(std::mem::take(&mut pending), args.print_offsets, &mut partitions).await?;
+                report(
+                    std::mem::take(&mut pending),
+                    args.print_offsets,
+                    &mut partitions,
+                )
+                .await?;
             }
         }
     } else {
