@@ -239,7 +239,7 @@ fn unused_global_flags(command: &str) -> &'static [&'static str] {
     ];
     match command {
         "dev" | "certs" | "completion" => &CONNECTION,
-        "topic" | "group" | "subscription" | "cluster" | "acl" => &[],
+        "topic" | "group" | "subscription" | "cluster" | "acl" | "message" => &[],
         _ => &["output"],
     }
 }

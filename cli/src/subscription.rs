@@ -408,7 +408,12 @@ fn describe(subscription: &Subscription) -> String {
         ),
         ("dead letters", dead_letters),
         ("backlog quota", subscription_quota_text(subscription)),
-        ("created at ms", subscription.created_at_ms.to_string()),
+        (
+            "created at",
+            crate::units::format_unix_ms(
+                i64::try_from(subscription.created_at_ms).unwrap_or(i64::MAX),
+            ),
+        ),
     ];
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 1;
     rows.iter()

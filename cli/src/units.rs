@@ -118,7 +118,7 @@ pub fn format_duration_ms(ms: u64) -> String {
     if ms == 0 {
         return "0".into();
     }
-    if ms < 1_000 || ms % 1_000 != 0 && ms < 60_000 {
+    if ms < 1_000 || !ms.is_multiple_of(1_000) && ms < 60_000 {
         return if ms < 1_000 {
             format!("{ms}ms")
         } else {
