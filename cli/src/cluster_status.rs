@@ -353,3 +353,86 @@ fn print_offline_partitions(brokers: &[NodeInfo]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(lease_remaining_ms: i64, last_heartbeat_ms_ago: i64, healthy: bool) -> NodeInfo {
+        NodeInfo {
+            node_id: "b1".into(),
+            lease_remaining_ms,
+            last_heartbeat_ms_ago,
+            load: Some(NodeLoad {
+                healthy,
+                detail: if healthy {
+                    String::new()
+                } else {
+                    "disk full".into()
+                },
+                ..NodeLoad::default()
+            }),
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_node_that_missed_heartbeats_is_late_with_how_long_and_when_it_ends() {
+        // Timeout 1500 ms: heartbeats at most every 500 ms.
+        assert_eq!(condition(&node(3000, 100, true), 1500).status, "up");
+        assert_eq!(condition(&node(3000, 500, true), 1500).status, "up");
+        let late = condition(&node(3000, 900, true), 1500);
+        assert_eq!(late.status, "late");
+        assert!(
+            late.detail.contains("no heartbeat for 900ms"),
+            "{}",
+            late.detail
+        );
+        assert!(late.detail.contains("ends in 600ms"), "{}", late.detail);
+        // Past the timeout (the ending is under way): ends in 0.
+        let overdue = condition(&node(3000, 4000, true), 1500);
+        assert!(overdue.detail.contains("ends in 0"), "{}", overdue.detail);
+    }
+
+    #[test]
+    fn unknown_heartbeat_age_or_timeout_does_not_make_a_node_late() {
+        // -1: another nameserver holds the session; 0: an older nameserver.
+        assert_eq!(condition(&node(3000, -1, true), 1500).status, "up");
+        assert_eq!(condition(&node(3000, 99_999, true), 0).status, "up");
+    }
+
+    #[test]
+    fn a_gone_lease_and_an_unhealthy_report_are_named() {
+        assert_eq!(condition(&node(-1, 10, true), 1500).status, "expiring");
+        let unhealthy = condition(&node(3000, 10, false), 1500);
+        assert_eq!(
+            (unhealthy.status, unhealthy.detail.as_str()),
+            ("unhealthy", "disk full")
+        );
+        // Late wins over unhealthy: the report is stale anyway.
+        assert_eq!(condition(&node(3000, 1000, false), 1500).status, "late");
+    }
+
+    #[test]
+    fn down_nodes_show_since_when_and_for_how_long() {
+        let down = DownNode {
+            kind: sluice_proto::v1::NodeKind::Broker as i32,
+            node_id: "broker-2".into(),
+            address: "http://127.0.0.1:7411".into(),
+            down_since_unix_ms: 1_700_000_000_000,
+            reason: "no heartbeat for 1500 ms; session ended".into(),
+        };
+        let rows = down_rows(&[down], 1_700_000_090_000);
+        assert_eq!(
+            rows[0],
+            [
+                "broker-2",
+                "broker",
+                "http://127.0.0.1:7411",
+                "2023-11-14T22:13:20.000Z",
+                "1m 30s",
+                "no heartbeat for 1500 ms; session ended"
+            ]
+        );
+    }
+}

@@ -294,3 +294,55 @@ pub fn subscription_lag(lag: &SubscriptionLag) -> Value {
         "partitions": partitions,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_lag_is_null_with_its_reason_never_zero() {
+        let unknown = PartitionLag {
+            topic: "t".into(),
+            partition: 1,
+            committed_offset: 5,
+            lag_unknown: true,
+            lag_unknown_reason: "owner http://b2: unavailable".into(),
+            ..PartitionLag::default()
+        };
+        let value = partition_lag(&unknown, None);
+        assert!(
+            value["lag"].is_null() && value["high_watermark"].is_null(),
+            "{value}"
+        );
+        assert_eq!(value["lag_unknown_reason"], "owner http://b2: unavailable");
+        let known = PartitionLag {
+            committed_offset: -1,
+            high_watermark: 9,
+            lag: 9,
+            ..PartitionLag::default()
+        };
+        let value = partition_lag(&known, Some(1200));
+        assert_eq!(
+            (value["lag"].as_u64(), value["high_watermark"].as_u64()),
+            (Some(9), Some(9))
+        );
+        assert!(value["committed_offset"].is_null() && value["lag_unknown_reason"].is_null());
+        assert_eq!(value["lag_time_ms"], 1200);
+        let group = group(
+            &DescribeGroupResponse {
+                lag: vec![unknown, known],
+                ..DescribeGroupResponse::default()
+            },
+            &[],
+        );
+        assert_eq!(group["total_lag"], 9);
+        assert_eq!(group["partitions_with_unknown_lag"], 1);
+    }
+
+    #[test]
+    fn unset_times_are_null_and_set_ones_rfc3339() {
+        assert!(time_or_null(0).is_null());
+        assert!(time_or_null(-5).is_null());
+        assert_eq!(time_or_null(1_000), "1970-01-01T00:00:01.000Z");
+    }
+}
