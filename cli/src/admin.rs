@@ -160,10 +160,10 @@ pub(crate) fn backlog_quota_limits(messages: u64, bytes: u64, age_ms: u64) -> Ve
         limits.push(format!("{messages} messages"));
     }
     if bytes > 0 {
-        limits.push(format!("{bytes} bytes"));
+        limits.push(format_bytes(bytes));
     }
     if age_ms > 0 {
-        limits.push(format!("{age_ms} ms old"));
+        limits.push(format!("{} old", format_duration_ms(age_ms)));
     }
     limits
 }
@@ -182,7 +182,10 @@ fn format_backlog_quota(config: &TopicConfig) -> String {
         BacklogPolicy::Reject => "reject".to_string(),
         BacklogPolicy::Evict => "evict".to_string(),
         BacklogPolicy::Hold | BacklogPolicy::Unspecified => {
-            format!("hold up to {} ms", config.backlog_hold_timeout_ms)
+            format!(
+                "hold up to {}",
+                format_duration_ms(config.backlog_hold_timeout_ms)
+            )
         }
     };
     format!(

@@ -51,8 +51,8 @@ struct Cli {
     #[arg(long, global = true, env = "SLUICE_BOOTSTRAP", default_value = DEFAULT_BOOTSTRAP)]
     bootstrap: String,
 
-    /// Timeout of each request to the cluster, in milliseconds.
-    #[arg(long, global = true, default_value_t = 10_000)]
+    /// Timeout of each request to the cluster (`10s`, or milliseconds).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10000", value_parser = units::parse_duration_ms)]
     request_timeout_ms: u64,
 
     /// PEM CA certificates to trust: connect with TLS (see `sluice certs`).

@@ -253,7 +253,7 @@ pub fn subscription_lag(lag: &SubscriptionLag) -> Value {
         .map(|partition| {
             if partition.error != ErrorCode::None as i32 {
                 let code = ErrorCode::try_from(partition.error)
-                    .map(|code| code.as_str_name())
+                    .map(|code| code.as_str_name().trim_start_matches("ERROR_CODE_"))
                     .unwrap_or("ERROR");
                 return json!({
                     "partition": partition.partition,
@@ -282,6 +282,7 @@ pub fn subscription_lag(lag: &SubscriptionLag) -> Value {
         .collect();
     json!({
         "backlog_messages": lag.backlog_messages,
+        "partitions_unknown": lag.partitions.iter().filter(|partition| partition.error != ErrorCode::None as i32).count(),
         "backlog_bytes": lag.backlog_bytes,
         "oldest_unacknowledged_age_ms": lag.oldest_unacknowledged_age_ms,
         "drain_rate_per_sec": lag.drain_rate,
