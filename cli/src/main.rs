@@ -224,6 +224,53 @@ fn client_log_filter(verbose: u8, rust_log: Option<&str>) -> String {
     }
 }
 
+/// Like other Unix tools, end quietly when the reader of stdout goes away
+/// (`sluice cluster status | head -3`): a `println!` that fails with a
+/// broken pipe dies of SIGPIPE instead of panicking. SIGPIPE itself stays
+/// ignored (Rust's default), so a network peer closing a socket under a
+/// write (an HTTP server given as the bootstrap hangs up on the gRPC
+/// preface) is an error to report, not a silent death.
+fn end_quietly_on_a_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if is_closed_stdout(message) {
+            die_of_sigpipe();
+        }
+        default_hook(info);
+    }));
+}
+
+/// Whether a panic message is `println!`'s on a closed stdout.
+fn is_closed_stdout(panic_message: &str) -> bool {
+    panic_message.starts_with("failed printing to stdout") && panic_message.contains("Broken pipe")
+}
+
+fn die_of_sigpipe() -> ! {
+    // SAFETY: restores the default disposition of one signal and raises
+    // it in this process; no memory is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
+
+/// Whether `error` is a write to a closed stdout (a `writeln!` to a
+/// locked stdout that returned the error instead of panicking).
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Global flags each command has no use for, hidden from its help (they
 /// are still accepted, e.g. from the environment).
 fn unused_global_flags(command: &str) -> &'static [&'static str] {
@@ -292,16 +339,9 @@ fn main() -> ExitCode {
         let _ = std::io::stdout().lock().write_all(&script);
         return ExitCode::SUCCESS;
     }
-    if cli.command.ends_quietly_on_a_closed_pipe() {
-        // Like other Unix tools, end quietly when the reader of stdout goes
-        // away (`sluice cluster status | head -3`) instead of panicking in
-        // `println!` on EPIPE: Rust ignores SIGPIPE by default.
-        // SAFETY: called on the main thread before any other thread exists
-        // (parsing arguments starts none); restores the default
-        // disposition of one signal.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+    let ends_quietly = cli.command.ends_quietly_on_a_closed_pipe();
+    if ends_quietly {
+        end_quietly_on_a_closed_stdout();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -357,6 +397,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) && ends_quietly => die_of_sigpipe(),
         Err(error) => {
             let mut text = explain(&error);
             if let Some(ClientError::NoNameserver { tried, .. }) =
@@ -545,6 +586,20 @@ mod tests {
                 "{shell}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_closed_stdout_counts_as_the_reader_going_away() {
+        assert!(is_closed_stdout(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(!is_closed_stdout(
+            "failed printing to stderr: Broken pipe (os error 32)"
+        ));
+        assert!(!is_closed_stdout("index out of bounds"));
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::new(io).context("writing")));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("Broken pipe")));
     }
 
     #[test]

@@ -64,6 +64,20 @@ pub(super) fn split_down_nodes(
     (report, stale)
 }
 
+/// The down records of nodes not among `live` (read after them: a node
+/// listed live registered again, or its record is from before a restart
+/// whose registration has not deleted it yet).
+pub(super) fn not_live(down: Vec<DownNode>, live: [&Vec<NodeInfo>; 3]) -> Vec<DownNode> {
+    down.into_iter()
+        .filter(|record| {
+            !live
+                .iter()
+                .flat_map(|nodes| nodes.iter())
+                .any(|node| node.kind == record.kind && node.node_id == record.node_id)
+        })
+        .collect()
+}
+
 impl NameServerHandler {
     /// The down nodes to report; deletes records past the window (best
     /// effort: a failed delete is retried by the next status).
@@ -129,6 +143,25 @@ mod tests {
         let ids: Vec<&str> = report.iter().map(|node| node.node_id.as_str()).collect();
         assert_eq!(ids, ["skewed", "b", "a", "edge"]);
         assert_eq!(stale, [keys::down_node(NodeKind::Broker, "old")]);
+    }
+
+    #[test]
+    fn a_node_read_live_after_its_down_record_is_not_reported_down() {
+        let down = vec![record("b1", 5).1, record("b2", 5).1];
+        let live_broker = NodeInfo {
+            kind: NodeKind::Broker as i32,
+            node_id: "b2".into(),
+            ..NodeInfo::default()
+        };
+        // A store of the same id is another node.
+        let store = NodeInfo {
+            kind: NodeKind::Store as i32,
+            node_id: "b1".into(),
+            ..NodeInfo::default()
+        };
+        let left = not_live(down, [&vec![], &vec![live_broker], &vec![store]]);
+        let ids: Vec<&str> = left.iter().map(|node| node.node_id.as_str()).collect();
+        assert_eq!(ids, ["b1"]);
     }
 
     #[test]

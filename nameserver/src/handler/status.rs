@@ -96,9 +96,13 @@ impl NameServerHandler {
 
     pub(crate) async fn do_cluster_status(&self) -> Result<ClusterStatusResponse, NameServerError> {
         let now_unix_ms = sluice_proto::now_unix_ms();
+        // Down nodes before live ones: a node that registered again in
+        // between shows live (the later read), never both.
+        let down = self.down_nodes(now_unix_ms).await?;
         let nameservers = self.nodes_with_ttl(NodeKind::Nameserver).await?;
         let brokers = self.nodes_with_ttl(NodeKind::Broker).await?;
         let stores = self.nodes_with_ttl(NodeKind::Store).await?;
+        let down_nodes = super::down_nodes::not_live(down, [&nameservers, &brokers, &stores]);
         let topics = self.all_topics().await?;
         let all_names: Vec<String> = topics.iter().map(|(topic, _)| topic.name.clone()).collect();
         // Routes from the topics just read, not read a second time.
@@ -127,7 +131,7 @@ impl NameServerHandler {
             topics: u32::try_from(topics.len()).unwrap_or(u32::MAX),
             partitions: partitions.partitions,
             offline_partitions: partitions.offline,
-            down_nodes: self.down_nodes(now_unix_ms).await?,
+            down_nodes,
             session_timeout_ms: self.config.session_timeout_ms,
             now_unix_ms,
             metadata_backend: self.store.backend_name().to_string(),
