@@ -489,3 +489,140 @@ fn completion_scripts_for_bash_zsh_and_fish() {
         .expect("run sluice completion");
     assert!(!bad.status.success());
 }
+
+/// The broker coordinating `group` (its id), asked of the nameserver.
+async fn coordinator_of(cluster: &Cluster, group: &str) -> String {
+    use sluice_proto::v1::name_server_client::NameServerClient;
+    use sluice_proto::v1::FindCoordinatorRequest;
+    let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let mut nameserver = NameServerClient::new(cluster.channel(&cluster.bootstrap()[0]));
+        let answer = nameserver
+            .find_coordinator(FindCoordinatorRequest {
+                group: group.to_string(),
+            })
+            .await;
+        match answer {
+            Ok(answer) if !answer.get_ref().broker_id.is_empty() => {
+                return answer.into_inner().broker_id
+            }
+            other => assert!(Instant::now() < deadline, "no coordinator: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cli_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let output = cluster.cli().args(args).output().expect("run sluice");
+    assert!(
+        output.status.success(),
+        "`sluice {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lag_is_unknown_not_zero_where_the_partition_owner_is_down() {
+    // Long sessions: the dead broker keeps its partitions for the test.
+    let mut cluster = Cluster::start(ClusterSpec {
+        brokers: 2,
+        session_timeout_ms: 20_000,
+        lease_ttl_ms: 40_000,
+        ..ClusterSpec::default()
+    })
+    .await;
+    cluster.wait_ready().await;
+    cluster.create_topic("lagged", 4).await;
+    sluice_tests::cluster::wait_until_writable(cluster.client_config(), "lagged").await;
+    for partition in 0..4 {
+        let partition = partition.to_string();
+        cli_ok(
+            &cluster,
+            &[
+                "produce",
+                "lagged",
+                "--partition",
+                &partition,
+                "a",
+                "b",
+                "c",
+            ],
+        );
+    }
+    cli_ok(
+        &cluster,
+        &[
+            "consume",
+            "lagged",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--max-messages",
+            "12",
+        ],
+    );
+    // Committed on every partition (a group lists its committed ones),
+    // then one more record each.
+    for partition in 0..4 {
+        let partition = partition.to_string();
+        cli_ok(
+            &cluster,
+            &["produce", "lagged", "--partition", &partition, "d"],
+        );
+    }
+    let coordinator = coordinator_of(&cluster, "g").await;
+    let admin = sluice_client::Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    let owners = sluice_tests::cluster::partition_owners(
+        &admin.describe_topic("lagged").await.expect("describe"),
+    );
+    let victim_index = cluster
+        .brokers
+        .iter()
+        .position(|broker| broker.node_id != coordinator)
+        .expect("a broker that does not coordinate the group");
+    let victim = cluster.brokers[victim_index].node_id.clone();
+    let victims: Vec<u64> = (0..4u64)
+        .filter(|partition| owners[*partition as usize] == victim)
+        .collect();
+    assert!(!victims.is_empty(), "{victim} owns none of {owners:?}");
+    let before: Value =
+        serde_json::from_str(&cli_ok(&cluster, &["-o", "json", "group", "describe", "g"]))
+            .expect("JSON");
+    assert_eq!(before["partitions_with_unknown_lag"], 0, "{before}");
+    assert_eq!(
+        before["total_lag"], 4,
+        "one unconsumed record each: {before}"
+    );
+
+    cluster.brokers[victim_index].kill();
+    let after: Value =
+        serde_json::from_str(&cli_ok(&cluster, &["-o", "json", "group", "describe", "g"]))
+            .expect("JSON");
+    let rows = after["partitions"].as_array().expect("rows");
+    for row in rows {
+        let partition = row["partition"].as_u64().expect("partition");
+        if victims.contains(&partition) {
+            assert!(
+                row["lag"].is_null(),
+                "lag of {partition} must be unknown: {after}"
+            );
+            assert!(row["lag_unknown_reason"]
+                .as_str()
+                .is_some_and(|why| !why.is_empty()));
+        } else {
+            assert!(row["lag"].is_u64(), "lag of {partition} is known: {after}");
+        }
+    }
+    assert_eq!(
+        after["partitions_with_unknown_lag"].as_u64(),
+        Some(victims.len() as u64),
+        "{after}"
+    );
+    let table = cli_ok(&cluster, &["group", "describe", "g"]);
+    assert!(table.contains("unknown"), "{table}");
+    assert!(table.contains("total lag: at least"), "{table}");
+}
