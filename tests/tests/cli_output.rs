@@ -446,10 +446,26 @@ fn a_wrong_address_gets_an_error_naming_the_cause() {
         "{dns}"
     );
     // -v turns on the client's debug log.
-    let verbose = failure_text(&sluice_at(&format!("127.0.0.1:{}", free_port()), &["-v"]));
     assert!(
-        verbose.contains("DEBUG") || verbose.contains("WARN"),
+        !refused.contains("DEBUG") && !refused.contains("WARN"),
+        "quiet without -v: {refused}"
+    );
+    let verbose = failure_text(&sluice_at(&format!("127.0.0.1:{}", free_port()), &["-v"]));
+    assert!(verbose.contains("DEBUG sluice_client"), "{verbose}");
+    assert!(
+        verbose.contains("connecting to a bootstrap nameserver"),
         "{verbose}"
+    );
+    let logged = Command::new(binary("sluice"))
+        .env("RUST_LOG", "sluice_client=debug")
+        .args(["--bootstrap", dev.bootstrap(), "topic", "list"])
+        .output()
+        .expect("run sluice");
+    assert!(logged.status.success());
+    let logged = String::from_utf8_lossy(&logged.stderr);
+    assert!(
+        logged.contains("DEBUG sluice_client") && logged.contains("connected"),
+        "{logged}"
     );
     assert!(
         !verbose.contains('\u{1b}'),
