@@ -271,9 +271,10 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Global flags each command has no use for, hidden from its help (they
-/// are still accepted, e.g. from the environment).
-fn unused_global_flags(command: &str) -> &'static [&'static str] {
+/// Global flags the command at `path` (`["topic", "create"]`) has no use
+/// for, hidden from its help (they are still accepted, e.g. from the
+/// environment). A flag hidden on a command is hidden on its subcommands.
+fn unused_global_flags(path: &[&str]) -> &'static [&'static str] {
     const CONNECTION: [&str; 8] = [
         "bootstrap",
         "request_timeout_ms",
@@ -284,10 +285,14 @@ fn unused_global_flags(command: &str) -> &'static [&'static str] {
         "verbose",
         "output",
     ];
-    match command {
-        "dev" | "certs" | "completion" => &CONNECTION,
-        "topic" | "group" | "subscription" | "cluster" | "acl" | "message" => &[],
-        _ => &["output"],
+    match path {
+        ["dev" | "certs" | "completion"] => &CONNECTION,
+        ["topic", "create" | "delete"]
+        | ["subscription", "create" | "delete" | "replay-dead-letters"]
+        | ["acl", "add" | "remove"] => &["output"],
+        ["topic" | "group" | "subscription" | "cluster" | "acl" | "message", ..] => &[],
+        [_] => &["output"],
+        _ => &[],
     }
 }
 
@@ -298,26 +303,32 @@ fn unused_global_flags(command: &str) -> &'static [&'static str] {
 /// reach `Cli` and nested subcommands inherit the hiding).
 fn command() -> clap::Command {
     use clap::CommandFactory;
-    let mut command = Cli::command();
+    let command = Cli::command();
     let globals: Vec<clap::Arg> = command
         .get_arguments()
         .filter(|arg| arg.is_global_set())
         .cloned()
         .collect();
+    hide_unused(command, &[], &globals)
+}
+
+fn hide_unused(mut command: clap::Command, path: &[&str], globals: &[clap::Arg]) -> clap::Command {
     let names: Vec<String> = command
         .get_subcommands()
         .map(|sub| sub.get_name().to_string())
         .collect();
     for name in names {
-        let hidden = unused_global_flags(&name);
+        let mut sub_path = path.to_vec();
+        sub_path.push(name.as_str());
+        let hidden = unused_global_flags(&sub_path);
         let copies: Vec<clap::Arg> = globals
             .iter()
             .filter(|arg| hidden.contains(&arg.get_id().as_str()))
             .map(|arg| arg.clone().hide(true))
             .collect();
-        if !copies.is_empty() {
-            command = command.mut_subcommand(&name, |sub| sub.args(copies));
-        }
+        command = command.mut_subcommand(&name, |sub| {
+            hide_unused(sub.args(copies), &sub_path, globals)
+        });
     }
     command
 }
@@ -568,6 +579,16 @@ mod tests {
         assert!(
             list.contains("--output") && list.contains("--bootstrap"),
             "{list}"
+        );
+        let create = command
+            .find_subcommand_mut("topic")
+            .and_then(|topic| topic.find_subcommand_mut("create"))
+            .expect("topic create")
+            .render_long_help()
+            .to_string();
+        assert!(
+            !create.contains("--output") && create.contains("--bootstrap"),
+            "{create}"
         );
     }
 
