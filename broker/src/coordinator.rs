@@ -771,6 +771,7 @@ impl Coordinator {
                     .filter_map(|(partition, committed)| {
                         high_watermarks
                             .get(&partition)
+                            .and_then(|end| end.as_ref().ok())
                             .map(|end| (partition, committed, end.saturating_sub(committed)))
                     })
                     .collect();
@@ -888,34 +889,65 @@ impl Coordinator {
         let high_watermarks = high_watermarks(shared, &partitions).await;
         for partition in partitions {
             let committed_offset = committed.get(&partition).map(|(offset, _)| *offset);
-            let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
-            response.lag.push(PartitionLag {
-                topic: partition.0.clone(),
-                partition: partition.1,
-                committed_offset: committed_offset
-                    .map(|offset| i64::try_from(offset).unwrap_or(i64::MAX))
-                    .unwrap_or(-1),
-                high_watermark,
-                lag: high_watermark.saturating_sub(committed_offset.unwrap_or(0)),
-                member_id: owners.get(&partition).cloned().unwrap_or_default(),
-            });
+            let member_id = owners.get(&partition).cloned().unwrap_or_default();
+            response.lag.push(partition_lag(
+                &partition,
+                committed_offset,
+                high_watermarks.get(&partition),
+                member_id,
+            ));
         }
         Ok(response)
     }
 }
 
+/// One partition's lag. Without a high watermark (its owner could not be
+/// asked) the lag is unknown, not 0 (issue 15: a lag of 120,046 was shown
+/// where about 360,000 records were unconsumed).
+fn partition_lag(
+    partition: &TopicPartition,
+    committed_offset: Option<u64>,
+    high_watermark: Option<&Result<u64, String>>,
+    member_id: String,
+) -> PartitionLag {
+    let mut lag = PartitionLag {
+        topic: partition.0.clone(),
+        partition: partition.1,
+        committed_offset: committed_offset
+            .map(|offset| i64::try_from(offset).unwrap_or(i64::MAX))
+            .unwrap_or(-1),
+        member_id,
+        ..PartitionLag::default()
+    };
+    match high_watermark {
+        Some(Ok(high_watermark)) => {
+            lag.high_watermark = *high_watermark;
+            lag.lag = high_watermark.saturating_sub(committed_offset.unwrap_or(0));
+        }
+        Some(Err(reason)) => {
+            lag.lag_unknown = true;
+            lag.lag_unknown_reason = reason.clone();
+        }
+        None => {
+            lag.lag_unknown = true;
+            lag.lag_unknown_reason = "no high watermark".into();
+        }
+    }
+    lag
+}
+
 /// High watermarks of `partitions`: local ones from their status, others
-/// from their owners' `ListOffsets`. Unknown ones are left out (logged).
+/// from their owners' `ListOffsets`; why, for those that could not be had.
 async fn high_watermarks(
     shared: &Shared,
     partitions: &BTreeSet<TopicPartition>,
-) -> HashMap<TopicPartition, u64> {
+) -> HashMap<TopicPartition, Result<u64, String>> {
     let mut result = HashMap::new();
     let mut remote: Vec<&TopicPartition> = Vec::new();
     for partition in partitions {
         match shared.partition(&PartitionKey::new(&partition.0, partition.1)) {
             Some(local) if local.status().loaded => {
-                result.insert(partition.clone(), local.status().high_watermark);
+                result.insert(partition.clone(), Ok(local.status().high_watermark));
             }
             _ => remote.push(partition),
         }
@@ -933,6 +965,12 @@ async fn high_watermarks(
         Ok(routes) => routes,
         Err(error) => {
             tracing::warn!(%error, "describe group: routes unavailable; lag incomplete");
+            for partition in remote {
+                result.insert(
+                    partition.clone(),
+                    Err(format!("routes unavailable: {error}")),
+                );
+            }
             return result;
         }
     };
@@ -948,7 +986,10 @@ async fn high_watermarks(
             })
             .map(|entry| entry.broker_address.clone())
             .filter(|address| !address.is_empty());
-        let Some(address) = address else { continue };
+        let Some(address) = address else {
+            result.insert(partition.clone(), Err("the partition has no owner".into()));
+            continue;
+        };
         let answer = match shared.clients.broker(&address) {
             Ok(mut broker) => broker
                 .list_offsets(request(
@@ -968,10 +1009,11 @@ async fn high_watermarks(
         };
         match answer {
             Ok(high_watermark) => {
-                result.insert(partition.clone(), high_watermark);
+                result.insert(partition.clone(), Ok(high_watermark));
             }
             Err(error) => {
-                tracing::warn!(topic = %partition.0, partition = partition.1, %error, "describe group: high watermark unavailable")
+                tracing::warn!(topic = %partition.0, partition = partition.1, %error, "describe group: high watermark unavailable");
+                result.insert(partition.clone(), Err(format!("owner {address}: {error}")));
             }
         }
     }

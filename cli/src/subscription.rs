@@ -131,8 +131,9 @@ pub struct CreateSubscriptionArgs {
     /// Where the subscription starts.
     #[arg(long, value_enum, default_value = "latest")]
     pub initial_position: InitialPositionArg,
-    /// Redeliver a message not acknowledged within this many milliseconds (0: server default, 30000).
-    #[arg(long, default_value_t = 0)]
+    /// Redeliver a message not acknowledged within this time (`30s`, or milliseconds; 0: server
+    /// default, 30000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub ack_timeout_ms: u64,
     /// Move a message to the dead-letter topic after this many deliveries (0: never).
     #[arg(long, default_value_t = 0)]
@@ -140,20 +141,22 @@ pub struct CreateSubscriptionArgs {
     /// Where dead letters go (default TOPIC-NAME-DLQ, created when missing).
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
-    /// First redelivery delay after a negative acknowledgement, in milliseconds (0: server default, 1000).
-    #[arg(long, default_value_t = 0)]
+    /// First redelivery delay after a negative acknowledgement (`1s`, or milliseconds; 0: server
+    /// default, 1000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub redelivery_backoff_initial_ms: u64,
-    /// Largest redelivery delay, in milliseconds (0: server default, 60000).
-    #[arg(long, default_value_t = 0)]
+    /// Largest redelivery delay (`1m`, or milliseconds; 0: server default, 60000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub redelivery_backoff_max_ms: u64,
     /// This subscription's backlog quota in messages, replacing the topic's (0: the topic's).
     #[arg(long, default_value_t = 0)]
     pub backlog_quota_messages: u64,
-    /// This subscription's backlog quota in (estimated) bytes (0: the topic's).
-    #[arg(long, default_value_t = 0)]
+    /// This subscription's backlog quota in (estimated) bytes (`1GiB`, or bytes; 0: the topic's).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = crate::units::parse_bytes)]
     pub backlog_quota_bytes: u64,
-    /// This subscription's quota on the oldest unacknowledged message's age (0: the topic's).
-    #[arg(long, default_value_t = 0)]
+    /// This subscription's quota on the oldest unacknowledged message's age (`1h`, or
+    /// milliseconds; 0: the topic's).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub backlog_quota_age_ms: u64,
     /// At this subscription's quota (default: the topic's policy).
     #[arg(long, value_enum)]
@@ -228,6 +231,13 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .list_subscriptions(&topic)
                 .await
                 .with_context(|| format!("listing subscriptions of {topic:?}"))?;
+            if crate::output::json() {
+                let list: Vec<serde_json::Value> = subscriptions
+                    .iter()
+                    .map(crate::views::subscription)
+                    .collect();
+                return crate::output::print_json(&serde_json::json!({ "subscriptions": list }));
+            }
             let rows: Vec<Vec<String>> = subscriptions
                 .iter()
                 .map(|subscription| {
@@ -261,6 +271,14 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .get_subscription(&topic, &name)
                 .await
                 .with_context(|| format!("describing subscription {name:?} of {topic:?}"))?;
+            if crate::output::json() {
+                let mut document = crate::views::subscription(&subscription);
+                document["backlog"] = match admin.describe_subscription(&topic, &name).await {
+                    Ok(lag) => crate::views::subscription_lag(&lag),
+                    Err(error) => serde_json::json!({ "error": error.to_string() }),
+                };
+                return crate::output::print_json(&document);
+            }
             print!("{}", describe(&subscription));
             match admin.describe_subscription(&topic, &name).await {
                 Ok(lag) => print!("\n{}", lag_report(&lag)),
@@ -409,7 +427,12 @@ fn describe(subscription: &Subscription) -> String {
         ),
         ("dead letters", dead_letters),
         ("backlog quota", subscription_quota_text(subscription)),
-        ("created at ms", subscription.created_at_ms.to_string()),
+        (
+            "created at",
+            crate::units::format_unix_ms(
+                i64::try_from(subscription.created_at_ms).unwrap_or(i64::MAX),
+            ),
+        ),
     ];
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 1;
     rows.iter()
@@ -438,6 +461,16 @@ fn level_name(level: i32) -> &'static str {
 /// backlog crossed a quota's warning line (ADR 0012).
 fn lag_report(lag: &SubscriptionLag) -> String {
     let mut out = String::new();
+    let unknown = lag
+        .partitions
+        .iter()
+        .filter(|partition| partition.error != ErrorCode::None as i32)
+        .count();
+    if unknown > 0 {
+        out.push_str(&format!(
+            "{unknown} partition(s) unknown (their owners could not be asked): the totals below are lower bounds\n"
+        ));
+    }
     out.push_str(&format!(
         "backlog: {} messages, ~{} bytes, oldest unacknowledged {} old
 ",
@@ -774,5 +807,12 @@ mod tests {
         assert!(report.contains("quota kind: messages"), "{report}");
         assert!(report.contains("UNAVAILABLE: no owner"), "{report}");
         assert!(!report.contains("WARNING: partition 1"), "{report}");
+        assert!(
+            report.contains("1 partition(s) unknown") && report.contains("lower bounds"),
+            "{report}"
+        );
+        let json = crate::views::subscription_lag(&lag);
+        assert_eq!(json["partitions_unknown"], 1, "{json}");
+        assert_eq!(json["partitions"][1]["error"], "UNAVAILABLE", "{json}");
     }
 }
