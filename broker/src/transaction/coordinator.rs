@@ -128,7 +128,7 @@ impl TxnCoordinator {
     /// Replays a transaction-log partition; [`recover`] finishes its
     /// transactions once it serves.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
-        let count = partition.config.partitions.max(1);
+        let count = partition.config().partitions.max(1);
         let index = partition.key.partition;
         let mut ids: HashMap<String, TxnMeta> = HashMap::new();
         let records = crate::internal_log::replay(partition, REPLAY_READER, |offset, key, value| {
