@@ -6,6 +6,7 @@
 //! - `sluice bench`: throughput and latency measurements.
 //! - `sluice health`: whether one node is serving (container healthchecks).
 //! - `sluice message get|find|why`: message lookup (ADR 0013).
+//! - `sluice console`: a web UI on localhost (no authentication of its own).
 //!
 //! Every command finds the cluster through `--bootstrap` or
 //! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
@@ -17,6 +18,7 @@ mod bench_delay;
 mod bench_subscription;
 mod bench_topics;
 mod certs;
+mod console;
 mod consume;
 mod dead_letters;
 mod dev;
@@ -107,6 +109,8 @@ enum Command {
     /// Add, list and remove ACL bindings (who may do what).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Serve a web UI on localhost: cluster, topics, consumers, messages (no authentication of its own).
+    Console(console::ConsoleArgs),
 }
 
 impl Command {
@@ -115,7 +119,7 @@ impl Command {
     /// cluster whose terminal or log pipe goes away keeps serving, ignores
     /// EPIPE (Rust's default disposition) and drops what it cannot print.
     fn ends_quietly_on_a_closed_pipe(&self) -> bool {
-        !matches!(self, Command::Dev(_))
+        !matches!(self, Command::Dev(_) | Command::Console(_))
     }
 }
 
@@ -227,6 +231,7 @@ fn main() -> ExitCode {
             Command::Certs(command) => certs::run(command),
             Command::Acl(command) => acl::run(config, command).await,
             Command::Message(command) => message::run(config, command).await,
+            Command::Console(args) => console::run(config, args).await,
         }
     });
     match result {
