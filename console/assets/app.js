@@ -93,7 +93,7 @@ function show(render, live) {
     try {
       const nodes = await render();
       if (mine !== generation) return;
-      view.replaceChildren(...nodes);
+      view.replaceChildren(...nodes.filter((node) => node));
       setStatus("updated " + new Date().toLocaleTimeString(), false);
     } catch (error) {
       if (mine === generation) setStatus("error: " + error.message, true);
@@ -110,7 +110,8 @@ async function clusterView() {
     node.kind, node.node_id, node.address,
     el("span", { class: "health-" + node.health.replace(/ /g, "-") }, node.health),
     duration(node.lease_remaining_ms), node.partitions, node.segments,
-    bytes(node.disk_free_bytes) + " / " + bytes(node.disk_total_bytes), node.detail,
+    node.disk_total_bytes ? bytes(node.disk_free_bytes) + " / " + bytes(node.disk_total_bytes) : "",
+    node.detail,
   ]);
   const down = cluster.down_nodes.map((node) => [
     node.kind, node.node_id, node.address,
@@ -303,11 +304,12 @@ function browseView(params) {
     const next = new URLSearchParams(params);
     next.delete("time");
     next.set("offset", page.next_offset);
-    results.replaceChildren(
+    results.replaceChildren(...[
       el("p", { class: "muted" }, "partition " + page.partition + ": offsets " + page.log_start_offset +
         " to " + page.high_watermark + "; showing " + page.first_offset + " to " + page.next_offset),
       body,
-      page.next_offset < page.high_watermark ? el("a", { href: "#browse?" + next.toString(), id: "browse-next" }, "next page") : null);
+      page.next_offset < page.high_watermark ? el("a", { href: "#browse?" + next.toString(), id: "browse-next" }, "next page") : null,
+    ].filter((node) => node));
     return [el("h2", {}, "Messages"), form, results];
   };
   return load;

@@ -146,19 +146,20 @@ async fn route(console: &Console, request: Request<hyper::body::Incoming>) -> Re
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     if method == Method::POST {
-        let body =
-            match Limited::new(request.into_body(), MAX_REQUEST_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(error) => return shape::error_response(
+        let body = match Limited::new(request.into_body(), MAX_REQUEST_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return shape::error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!(
                         "request body refused (at most {MAX_REQUEST_BODY_BYTES} bytes): {error}"
                     ),
-                ),
-            };
+                )
+            }
+        };
         return actions::handle(console, &path, &body).await;
     }
     if method != Method::GET {
