@@ -16,6 +16,8 @@ pub const MAX_PARTITIONS_WITH_OFFSETS: usize = 64;
 pub const MAX_GROUPS_DESCRIBED: usize = 50;
 /// Subscriptions `/api/consumers` describes (with lag).
 pub const MAX_SUBSCRIPTIONS_DESCRIBED: usize = 50;
+/// Topics `/api/consumers` asks for their subscriptions.
+pub const MAX_TOPICS_SCANNED: usize = 500;
 
 /// Answers a GET under `/api/`.
 pub async fn handle(console: &Console, path: &str) -> Response<Body> {
@@ -105,7 +107,15 @@ async fn consumers(console: &Console) -> Answer {
     }
     let mut subscriptions = Vec::new();
     let mut cut = false;
-    for topic in console.admin.list_topics(false).await? {
+    let topics = console.admin.list_topics(false).await?;
+    if topics.len() > MAX_TOPICS_SCANNED {
+        cut = true;
+    }
+    for topic in topics.into_iter().take(MAX_TOPICS_SCANNED) {
+        if subscriptions.len() >= MAX_SUBSCRIPTIONS_DESCRIBED {
+            cut = true;
+            break;
+        }
         let listed = match console.admin.list_subscriptions(&topic.name).await {
             Ok(listed) => listed,
             Err(error) => {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 const TOPIC: &str = "browsed";
 const CREATED: &str = "made-in-browser";
+const SUBSCRIPTION: &str = "billing-sub";
+const GROUP: &str = "console-group";
 /// The value's markup would set `window.__pwned` if it ever ran.
 const VALUE: &str = "console-marker-7f3a <script>window.__pwned=1</script>\
                      <img src=x onerror=\"window.__pwned=2\">";
@@ -58,6 +60,22 @@ fn start_console(bootstrap: &str, port: u16) -> ConsoleProcess {
     console
 }
 
+async fn produce(config: sluice_client::ClientConfig, record: Record) {
+    let producer = sluice_client::Producer::new(sluice_client::ProducerConfig {
+        client: config,
+        ..Default::default()
+    })
+    .await
+    .expect("producer");
+    producer
+        .enqueue(record)
+        .await
+        .expect("enqueue")
+        .await
+        .expect("acknowledged");
+    producer.close().await.expect("close producer");
+}
+
 async fn produce_marked_message(admin_config: sluice_client::ClientConfig) {
     let admin = Admin::connect(admin_config.clone()).await.expect("admin");
     admin
@@ -91,6 +109,16 @@ async fn produce_marked_message(admin_config: sluice_client::ClientConfig) {
         .await
         .expect("acknowledged");
     producer.close().await.expect("close producer");
+    admin
+        .create_subscription(sluice_proto::v1::Subscription {
+            topic: TOPIC.into(),
+            name: SUBSCRIPTION.into(),
+            r#type: sluice_proto::v1::SubscriptionType::Shared as i32,
+            initial_position: sluice_proto::v1::InitialPosition::Earliest as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("create subscription");
 }
 
 async fn save_screenshot(browser: &mut Browser, name: &str) {
@@ -110,6 +138,19 @@ async fn open(browser: &mut Browser, url: &str, ready: &str) {
         .wait_for(ready, BODY_TEXT, PAGE_TIMEOUT)
         .await
         .unwrap_or_else(|error| panic!("{url}: {error:#}"));
+}
+
+/// True once the consumers page shows the group's lag of 1 record and the
+/// subscription's backlog of 2.
+fn lag_shown() -> String {
+    format!(
+        "(() => {{ const rows = Array.from(document.querySelectorAll('main table tbody tr'))\
+           .map((row) => Array.from(row.children).map((cell) => cell.textContent)); \
+           return rows.some((r) => r[0] === {group} && r[3] === '1') \
+             && rows.some((r) => r[1] === {subscription} && r[3] === '2'); }})()",
+        group = json!(GROUP),
+        subscription = json!(SUBSCRIPTION)
+    )
 }
 
 fn text_contains(selector: &str, text: &str) -> String {
@@ -135,6 +176,22 @@ async fn the_console_works_in_a_real_browser() {
     );
     dev.wait_ready();
     produce_marked_message(dev.client_config()).await;
+    // A group that consumed the marked message, then one more record: lag 1
+    // for the group, a backlog of 2 for the subscription.
+    dev.ok(&[
+        "consume",
+        TOPIC,
+        "--group",
+        GROUP,
+        "--from-beginning",
+        "--max-messages",
+        "1",
+    ]);
+    produce(
+        dev.client_config(),
+        Record::new(TOPIC, "second").with_partition(0),
+    )
+    .await;
     let port = free_port();
     let _console = start_console(dev.bootstrap(), port);
     let base = format!("http://127.0.0.1:{port}/");
@@ -180,12 +237,9 @@ async fn the_console_works_in_a_real_browser() {
         json!(true),
         "partitions and segments are shown"
     );
-    open(
-        &mut browser,
-        &format!("{base}#consumers"),
-        &text_contains("h2", "Consumer groups"),
-    )
-    .await;
+    save_screenshot(&mut browser, "topic").await;
+    open(&mut browser, &format!("{base}#consumers"), &lag_shown()).await;
+    save_screenshot(&mut browser, "consumers").await;
 
     let browse = format!("{base}#browse?topic={TOPIC}&partition=0&offset=0");
     open(
@@ -215,6 +269,8 @@ async fn the_console_works_in_a_real_browser() {
         "no markup of the message became elements, none of it ran"
     );
 
+    by_time(&mut browser, &base).await;
+    refused_requests(port).await;
     create_and_delete_from_the_page(&mut browser, &base, dev.client_config()).await;
 }
 
@@ -307,4 +363,90 @@ async fn create_and_delete_from_the_page(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The browser from a time: the start of time shows the message, an hour
+/// ahead shows an empty page.
+async fn by_time(browser: &mut Browser, base: &str) {
+    let from_start = format!("{base}#browse?topic={TOPIC}&partition=0&time=0");
+    open(
+        browser,
+        &from_start,
+        &text_contains("#browse-results", "console-marker-7f3a"),
+    )
+    .await;
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 3_600_000;
+    let ahead = format!("{base}#browse?topic={TOPIC}&partition=0&time={later}");
+    open(
+        browser,
+        &ahead,
+        &text_contains("#browse-results", "showing 2 to 2"),
+    )
+    .await;
+    assert_eq!(
+        browser
+            .evaluate(&text_contains("#browse-results", "console-marker-7f3a"))
+            .await
+            .unwrap(),
+        json!(false)
+    );
+}
+
+/// The status line of a raw HTTP/1.1 request to the console.
+async fn raw_status(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PAGE_TIMEOUT, stream.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// What another web page (a form post, a rebound DNS name) could send is
+/// refused, and the console goes on serving.
+async fn refused_requests(port: u16) {
+    let body = format!(r#"{{"name":"{CREATED}","partitions":1}}"#);
+    let post = |host: &str, content_type: &str, origin: &str| {
+        format!(
+            "POST /api/actions/create-topic HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{origin}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let own = format!("127.0.0.1:{port}");
+    let rebound = format!("attacker.example:{port}");
+    for request in [
+        post(&own, "text/plain", ""),
+        post(&own, "application/x-www-form-urlencoded", ""),
+        post(&rebound, "application/json", ""),
+        post(
+            &own,
+            "application/json",
+            "Origin: http://attacker.example\r\n",
+        ),
+    ] {
+        let status = raw_status(port, &request).await;
+        assert!(status.contains(" 403 "), "{status} for {request}");
+    }
+    let rebound_read =
+        format!("GET /api/cluster HTTP/1.1\r\nHost: {rebound}\r\nConnection: close\r\n\r\n");
+    assert!(raw_status(port, &rebound_read).await.contains(" 403 "));
+    let own_read = format!("GET /api/cluster HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n");
+    assert!(
+        raw_status(port, &own_read).await.contains(" 200 "),
+        "still serving"
+    );
 }
