@@ -198,9 +198,18 @@ async fn the_console_works_in_a_real_browser() {
     let profile = root.path().join("chromium");
     std::fs::create_dir_all(&profile).expect("profile dir");
     let mut browser = Browser::start(&profile).await.expect("start chromium");
+    pages_load(&mut browser, &base).await;
+    message_shown_as_text(&mut browser, &base).await;
+    by_time(&mut browser, &base).await;
+    refused_requests(port).await;
+    create_and_delete_from_the_page(&mut browser, &base, dev.client_config()).await;
+    live_refresh(&mut browser, &base, dev.client_config()).await;
+}
 
+/// Cluster, topics, a topic, consumers (with lag): each page loads.
+async fn pages_load(browser: &mut Browser, base: &str) {
     open(
-        &mut browser,
+        browser,
         &format!("{base}#cluster"),
         &text_contains("main", "dev-broker"),
     )
@@ -213,18 +222,18 @@ async fn the_console_works_in_a_real_browser() {
             == json!(true),
         "the assigner is shown"
     );
-    save_screenshot(&mut browser, "cluster").await;
+    save_screenshot(browser, "cluster").await;
 
     open(
-        &mut browser,
+        browser,
         &format!("{base}#topics"),
         &text_contains("#topic-list", TOPIC),
     )
     .await;
-    save_screenshot(&mut browser, "topics").await;
+    save_screenshot(browser, "topics").await;
 
     open(
-        &mut browser,
+        browser,
         &format!("{base}#topic/{TOPIC}"),
         &text_contains("h2", &format!("Topic {TOPIC}")),
     )
@@ -237,18 +246,21 @@ async fn the_console_works_in_a_real_browser() {
         json!(true),
         "partitions and segments are shown"
     );
-    save_screenshot(&mut browser, "topic").await;
-    open(&mut browser, &format!("{base}#consumers"), &lag_shown()).await;
-    save_screenshot(&mut browser, "consumers").await;
+    save_screenshot(browser, "topic").await;
+    open(browser, &format!("{base}#consumers"), &lag_shown()).await;
+    save_screenshot(browser, "consumers").await;
+}
 
+/// The marked message in the browser: its markup shown as text, none run.
+async fn message_shown_as_text(browser: &mut Browser, base: &str) {
     let browse = format!("{base}#browse?topic={TOPIC}&partition=0&offset=0");
     open(
-        &mut browser,
+        browser,
         &browse,
         &text_contains("#browse-results", "console-marker-7f3a"),
     )
     .await;
-    save_screenshot(&mut browser, "messages").await;
+    save_screenshot(browser, "messages").await;
     for shown in [VALUE, KEY, "<i>header-5</i>", "vip"] {
         assert_eq!(
             browser
@@ -268,10 +280,38 @@ async fn the_console_works_in_a_real_browser() {
         json!([null, 0]),
         "no markup of the message became elements, none of it ran"
     );
+}
 
-    by_time(&mut browser, &base).await;
-    refused_requests(port).await;
-    create_and_delete_from_the_page(&mut browser, &base, dev.client_config()).await;
+/// A record produced while a topic's page is open shows up there without
+/// a reload (the page polls).
+async fn live_refresh(browser: &mut Browser, base: &str, config: sluice_client::ClientConfig) {
+    open(browser, &format!("{base}#topic/{TOPIC}"), &watermark_is(2)).await;
+    browser
+        .evaluate("window.__notReloaded = true; true")
+        .await
+        .unwrap();
+    produce(config, Record::new(TOPIC, "third").with_partition(0)).await;
+    browser
+        .wait_for(&watermark_is(3), BODY_TEXT, PAGE_TIMEOUT)
+        .await
+        .expect("the high watermark refreshes");
+    assert_eq!(
+        browser
+            .evaluate("window.__notReloaded === true")
+            .await
+            .unwrap(),
+        json!(true),
+        "refreshed in place, not reloaded"
+    );
+}
+
+/// True when partition 0's row on a topic page shows high watermark `n`.
+fn watermark_is(n: u64) -> String {
+    format!(
+        "(() => {{ const row = document.querySelector('main table tbody tr'); \
+           return row !== null && row.children[0].textContent === '0' \
+             && row.children[5].textContent === '{n}'; }})()"
+    )
 }
 
 async fn create_and_delete_from_the_page(
