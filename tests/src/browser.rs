@@ -27,7 +27,14 @@ const WINDOW_SIZE: &str = "1280,900";
 /// found on `PATH`.
 pub fn chromium_binary() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("SLUICE_CHROMIUM") {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "SLUICE_CHROMIUM names {}, which is not a file",
+                path.display()
+            );
+        }
+        return Ok(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for name in ["chromium", "chromium-browser", "google-chrome"] {
