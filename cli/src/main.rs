@@ -6,6 +6,7 @@
 //! - `sluice bench`: throughput and latency measurements.
 //! - `sluice health`: whether one node is serving (container healthchecks).
 //! - `sluice message get|find|why`: message lookup (ADR 0013).
+//! - `sluice console`: a web UI on localhost (no authentication of its own).
 //!
 //! Every command finds the cluster through `--bootstrap` or
 //! `SLUICE_BOOTSTRAP`, defaulting to where `sluice dev` listens.
@@ -19,6 +20,7 @@ mod bench_subscription;
 mod bench_topics;
 mod certs;
 mod cluster_status;
+mod console;
 mod consume;
 mod dead_letters;
 mod dev;
@@ -129,6 +131,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Serve a web UI on localhost: cluster, topics, consumers, messages (no authentication of its own).
+    Console(console::ConsoleArgs),
 }
 
 impl Command {
@@ -137,7 +141,7 @@ impl Command {
     /// cluster whose terminal or log pipe goes away keeps serving, ignores
     /// EPIPE (Rust's default disposition) and drops what it cannot print.
     fn ends_quietly_on_a_closed_pipe(&self) -> bool {
-        !matches!(self, Command::Dev(_))
+        !matches!(self, Command::Dev(_) | Command::Console(_))
     }
 }
 
@@ -407,6 +411,7 @@ fn main() -> ExitCode {
             Command::Acl(command) => acl::run(config, command).await,
             Command::Message(command) => message::run(config, command).await,
             Command::Completion { .. } => Ok(()),
+            Command::Console(args) => console::run(config, args).await,
         }
     });
     match result {

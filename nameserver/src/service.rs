@@ -9,9 +9,9 @@ use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
     AcceptDataLossRequest, AcceptDataLossResponse, AddPartitionsRequest, AllocateProducerIdRequest,
     AllocateProducerIdResponse, AlterTopicRequest, CloseSegmentRequest, ClusterStatusRequest,
-    ClusterStatusResponse, CoordinatorKind, CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest,
-    CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse,
-    DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
+    ClusterStatusResponse, CoordinatorKind, CreateAclsRequest, CreateAclsResponse,
+    CreateSegmentRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest,
+    DeleteAclsResponse, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
     DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
     DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest,

@@ -1,6 +1,7 @@
 //! Test harness for Sluice clusters: a real etcd and real service processes
 //! on loopback, cleaned up on drop.
 
+pub mod browser;
 pub mod chaos;
 pub mod cluster;
 pub mod dev;
