@@ -516,6 +516,7 @@ async fn coordinator_of(cluster: &Cluster, group: &str) -> String {
         let answer = nameserver
             .find_coordinator(FindCoordinatorRequest {
                 group: group.to_string(),
+                ..FindCoordinatorRequest::default()
             })
             .await;
         match answer {
