@@ -528,6 +528,60 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("brokers only"))
     }
 
+    // The fake coordinates no transactions (the SDK's transactional
+    // producer is ADR 0016 stage 3).
+    async fn init_producer_id(
+        &self,
+        _request: Request<sluice_proto::v1::InitProducerIdRequest>,
+    ) -> Result<Response<sluice_proto::v1::InitProducerIdResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn add_transaction_participants(
+        &self,
+        _request: Request<sluice_proto::v1::AddTransactionParticipantsRequest>,
+    ) -> Result<Response<sluice_proto::v1::AddTransactionParticipantsResponse>, Status> {
+        Err(Status::unimplemented("brokers only"))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::EndTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::EndTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn list_transactions(
+        &self,
+        _request: Request<sluice_proto::v1::ListTransactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListTransactionsResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn describe_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::DescribeTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::DescribeTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn abort_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::AbortTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::AbortTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
     type SubscribeStream =
         Pin<Box<dyn Stream<Item = Result<sluice_proto::v1::SubscribeResponse, Status>> + Send>>;
 
