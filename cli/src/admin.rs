@@ -483,6 +483,79 @@ impl LagTotal {
     }
 }
 
+/// `group describe` as tables; `ages` (time lag, ms) parallel to the lag.
+fn print_group(description: &sluice_proto::v1::DescribeGroupResponse, ages: &[Option<u64>]) {
+    println!("group:      {}", description.group);
+    println!("state:      {}", description.state);
+    println!("generation: {}", description.generation);
+    println!("topics:     {}", description.topics.join(", "));
+    println!("members:    {}", description.members.len());
+    for member in &description.members {
+        let owned: Vec<String> = member
+            .assignment
+            .iter()
+            .map(|topic| format!("{}{:?}", topic.topic, topic.partitions))
+            .collect();
+        println!(
+            "  {} ({}) epoch {} last heartbeat {} ms ago: {}",
+            member.member_id,
+            member.client_id,
+            member.member_epoch,
+            member.last_heartbeat_ms_ago,
+            owned.join(" ")
+        );
+    }
+    println!();
+    let total = LagTotal::of(&description.lag);
+    let rows: Vec<Vec<String>> = description
+        .lag
+        .iter()
+        .zip(ages)
+        .map(|(lag, age)| {
+            vec![
+                lag.topic.clone(),
+                lag.partition.to_string(),
+                if lag.committed_offset < 0 {
+                    "-".to_string()
+                } else {
+                    lag.committed_offset.to_string()
+                },
+                if lag.lag_unknown {
+                    "unknown".to_string()
+                } else {
+                    lag.high_watermark.to_string()
+                },
+                if lag.lag_unknown {
+                    "unknown".to_string()
+                } else {
+                    lag.lag.to_string()
+                },
+                age.map_or_else(|| "-".to_string(), format_duration_ms),
+                lag.member_id.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "TOPIC",
+            "PARTITION",
+            "COMMITTED",
+            "END",
+            "LAG",
+            "LAG_TIME",
+            "MEMBER",
+        ],
+        &rows,
+    );
+    println!("total lag: {}", total.text());
+    for lag in description.lag.iter().filter(|lag| lag.lag_unknown) {
+        println!(
+            "  {}/{}: lag unknown: {}",
+            lag.topic, lag.partition, lag.lag_unknown_reason
+        );
+    }
+}
+
 pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
     let admin = Admin::connect(config).await?;
     match command {
@@ -511,75 +584,7 @@ pub async fn group(config: ClientConfig, command: GroupCommand) -> Result<()> {
             if json() {
                 return print_json(&crate::views::group(&description, &ages));
             }
-            println!("group:      {}", description.group);
-            println!("state:      {}", description.state);
-            println!("generation: {}", description.generation);
-            println!("topics:     {}", description.topics.join(", "));
-            println!("members:    {}", description.members.len());
-            for member in &description.members {
-                let owned: Vec<String> = member
-                    .assignment
-                    .iter()
-                    .map(|topic| format!("{}{:?}", topic.topic, topic.partitions))
-                    .collect();
-                println!(
-                    "  {} ({}) epoch {} last heartbeat {} ms ago: {}",
-                    member.member_id,
-                    member.client_id,
-                    member.member_epoch,
-                    member.last_heartbeat_ms_ago,
-                    owned.join(" ")
-                );
-            }
-            println!();
-            let total = LagTotal::of(&description.lag);
-            let rows: Vec<Vec<String>> = description
-                .lag
-                .iter()
-                .zip(ages)
-                .map(|(lag, age)| {
-                    vec![
-                        lag.topic.clone(),
-                        lag.partition.to_string(),
-                        if lag.committed_offset < 0 {
-                            "-".to_string()
-                        } else {
-                            lag.committed_offset.to_string()
-                        },
-                        if lag.lag_unknown {
-                            "unknown".to_string()
-                        } else {
-                            lag.high_watermark.to_string()
-                        },
-                        if lag.lag_unknown {
-                            "unknown".to_string()
-                        } else {
-                            lag.lag.to_string()
-                        },
-                        age.map_or_else(|| "-".to_string(), format_duration_ms),
-                        lag.member_id.clone(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "TOPIC",
-                    "PARTITION",
-                    "COMMITTED",
-                    "END",
-                    "LAG",
-                    "LAG_TIME",
-                    "MEMBER",
-                ],
-                &rows,
-            );
-            println!("total lag: {}", total.text());
-            for lag in description.lag.iter().filter(|lag| lag.lag_unknown) {
-                println!(
-                    "  {}/{}: lag unknown: {}",
-                    lag.topic, lag.partition, lag.lag_unknown_reason
-                );
-            }
+            print_group(&description, &ages);
         }
     }
     Ok(())

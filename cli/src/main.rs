@@ -350,11 +350,7 @@ fn main() -> ExitCode {
     };
     output::set_format(cli.output);
     if let Command::Completion { shell } = cli.command {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut command(), "sluice", &mut script);
-        use std::io::Write;
-        // A closed stdout (`| head`) ends quietly.
-        let _ = std::io::stdout().lock().write_all(&script);
+        print_completion(shell);
         return ExitCode::SUCCESS;
     }
     let ends_quietly = cli.command.ends_quietly_on_a_closed_pipe();
@@ -378,21 +374,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // `sluice dev` sets up its own logging (--log-filter).
-    let _telemetry = if matches!(cli.command, Command::Dev(_)) {
-        None
-    } else {
-        let filter = client_log_filter(cli.verbose, std::env::var("RUST_LOG").ok().as_deref());
-        let telemetry = sluice_telemetry::TelemetryConfig {
-            log_filter: filter,
-            ..sluice_telemetry::TelemetryConfig::default()
-        };
-        match sluice_telemetry::init("sluice", &telemetry) {
-            Ok(guard) => Some(guard),
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::FAILURE;
-            }
+    let _telemetry = match init_client_logging(&cli) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async move {
@@ -428,6 +414,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice completion SHELL`: the script on stdout (a closed stdout, as
+/// in `| head`, ends quietly).
+fn print_completion(shell: clap_complete::Shell) {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "sluice", &mut script);
+    let _ = std::io::stdout().lock().write_all(&script);
+}
+
+/// Logging of a client command on stderr (see [`client_log_filter`]);
+/// `sluice dev` sets up its own (--log-filter).
+fn init_client_logging(
+    cli: &Cli,
+) -> Result<Option<sluice_telemetry::TelemetryGuard>, sluice_telemetry::TelemetryError> {
+    if matches!(cli.command, Command::Dev(_)) {
+        return Ok(None);
+    }
+    let telemetry = sluice_telemetry::TelemetryConfig {
+        log_filter: client_log_filter(cli.verbose, std::env::var("RUST_LOG").ok().as_deref()),
+        ..sluice_telemetry::TelemetryConfig::default()
+    };
+    sluice_telemetry::init("sluice", &telemetry).map(Some)
 }
 
 #[cfg(test)]
