@@ -133,10 +133,12 @@ impl Admin {
             .await
     }
 
-    /// Deletes a topic and (eventually) its data.
+    /// Deletes a topic and (eventually) its data, and the dead-letter
+    /// topics of its subscriptions (see [`Admin::delete_topic_with`]).
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let request = v1::DeleteTopicRequest {
             name: name.to_string(),
+            keep_dead_letters: false,
         };
         self.cluster
             .call_nameserver("DeleteTopic", |mut client| {

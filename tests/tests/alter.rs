@@ -758,3 +758,77 @@ async fn subscriptions_skip_and_clear() {
         Some(ErrorCode::UnknownTopic)
     );
 }
+
+/// Deleting a topic deletes its subscriptions' dead-letter topics, keeps
+/// one another topic's subscription also uses, and keeps them all when
+/// asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_topic_deletes_its_dead_letter_topics() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    for topic in ["alter-dlq", "alter-other", "alter-kept"] {
+        cluster.create_topic(topic, 1).await;
+    }
+    let subscribe = async |topic: &str, name: &str, dead_letters: &str| {
+        admin
+            .create_subscription(Subscription {
+                topic: topic.into(),
+                name: name.into(),
+                r#type: SubscriptionType::Shared as i32,
+                max_deliveries: 3,
+                dead_letter_topic: dead_letters.into(),
+                ..Subscription::default()
+            })
+            .await
+            .expect("create subscription")
+            .dead_letter_topic
+    };
+    assert_eq!(
+        subscribe("alter-dlq", "work", "").await,
+        "alter-dlq-work-DLQ"
+    );
+    subscribe("alter-dlq", "audit", "shared-errors").await;
+    subscribe("alter-other", "audit", "shared-errors").await;
+    subscribe("alter-kept", "work", "").await;
+    let exists = async |topic: &str| match admin.describe_topic(topic).await {
+        Ok(_) => true,
+        Err(error) if error.code() == Some(ErrorCode::UnknownTopic) => false,
+        Err(error) => panic!("describe {topic}: {error}"),
+    };
+    assert!(exists("alter-dlq-work-DLQ").await && exists("shared-errors").await);
+
+    let output = cluster
+        .cli()
+        .args(["topic", "delete", "alter-dlq"])
+        .output()
+        .expect("sluice runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("deleted its dead-letter topic alter-dlq-work-DLQ"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kept dead-letter topic shared-errors (also"),
+        "{stdout}"
+    );
+    assert!(!exists("alter-dlq").await);
+    assert!(
+        !exists("alter-dlq-work-DLQ").await,
+        "the DLQ outlived its topic"
+    );
+    assert!(exists("shared-errors").await, "a shared DLQ was deleted");
+
+    let kept = admin
+        .delete_topic_with("alter-kept", true)
+        .await
+        .expect("delete keeping dead letters");
+    assert!(kept.deleted_dead_letter_topics.is_empty(), "{kept:?}");
+    assert!(exists("alter-kept-work-DLQ").await);
+    assert_eq!(
+        code(admin.delete_topic_with("alter-kept", false).await),
+        Some(ErrorCode::UnknownTopic)
+    );
+}
