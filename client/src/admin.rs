@@ -13,7 +13,7 @@ mod group_offsets;
 mod subscription_skip;
 pub use alter::KEY_ORDER_NOTICE;
 pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
-pub use subscription_skip::SubscriptionSkip;
+pub use subscription_skip::{SubscriptionReset, SubscriptionSkip};
 
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
