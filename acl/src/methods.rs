@@ -158,6 +158,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/Subscribe", Read, Subscription),
     rule("/sluice.v1.Broker/SkipSubscription", Alter, Subscription),
     rule(
+        "/sluice.v1.Broker/ResetSubscriptionCursor",
+        Alter,
+        Subscription,
+    ),
+    rule(
         "/sluice.v1.Broker/DescribeSubscription",
         Describe,
         Subscription,

@@ -1026,6 +1026,18 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn reset_subscription_cursor(
+        &self,
+        request: Request<sluice_proto::v1::ResetSubscriptionCursorRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        let request = checked(request, Operation::Alter, ResourceType::Subscription, |r| {
+            vec![format!("{}/{}", r.topic, r.name)]
+        })?;
+        Ok(Response::new(
+            crate::subscription_skip::reset_cursor(&self.shared, request).await?,
+        ))
+    }
+
     async fn skip_subscription(
         &self,
         request: Request<sluice_proto::v1::SkipSubscriptionRequest>,

@@ -1,19 +1,29 @@
-//! `SkipSubscription` (issue 15): an operator moves a subscription's
+//! `SkipSubscription` and `ResetSubscriptionCursor` (issue 15): an
+//! operator moves a subscription's cursor. `SkipSubscription`
 //! cursor forward on a partition this broker owns: skip the next N
 //! offsets, or clear the backlog up to the high watermark. It is the
 //! backlog monitor's EVICT (ADR 0012) on request: the running dispatcher
 //! skips the range and commits its cursor, or without one the committed
-//! cursor is rewritten. The cursor only moves forward, so no acknowledged
-//! message is delivered again and no offset is reused.
+//! cursor is rewritten; it only moves forward, so no acknowledged message
+//! is delivered again. `ResetSubscriptionCursor` sets the cursor to an
+//! offset or a time, back as well (the operator asked for the rewind),
+//! only while no dispatcher of the subscription runs on the partition:
+//! the registry holds off new ones until the cursor is committed.
 
 use crate::backlog::{committed_cursor, evict_committed};
 use crate::error::BrokerError;
+use crate::partition::Partition;
 use crate::partition::Phase;
 use crate::subscription::start::initial_offset;
+use crate::subscription::{cursor_group, AckedRanges, CursorSnapshot};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
-use sluice_proto::v1::{SkipSubscriptionRequest, SkipSubscriptionResponse};
+use sluice_proto::v1::{
+    ResetSubscriptionCursorRequest, SkipSubscriptionRequest, SkipSubscriptionResponse, Subscription,
+};
 use sluice_proto::ErrorCode;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where the skip moves the cursor's mark-delete position from `mark`:
 /// `count` offsets on, or with `clear` to the high watermark; never past
@@ -32,36 +42,10 @@ pub async fn skip(
     shared: &Shared,
     request: SkipSubscriptionRequest,
 ) -> Result<SkipSubscriptionResponse, BrokerError> {
-    sluice_proto::names::TopicName::any(&request.topic)
-        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
-    let key = PartitionKey::new(&request.topic, request.partition);
-    let Some(partition) = shared.partition(&key) else {
-        return Err(shared
-            .not_served_error(&request.topic, request.partition)
-            .await);
-    };
+    let (partition, subscription) =
+        served(shared, &request.topic, request.partition, &request.name).await?;
+    let key = partition.key.clone();
     let status = partition.status();
-    if status.phase != Phase::Serving {
-        return Err(BrokerError::NotOwner {
-            topic: key.topic.clone(),
-            partition: key.partition,
-        });
-    }
-    let subscription = shared
-        .backlog
-        .subscriptions_of(shared, &request.topic, true)
-        .await?
-        .into_iter()
-        .find(|subscription| subscription.name == request.name)
-        .ok_or_else(|| {
-            BrokerError::Relayed(sluice_proto::SluiceError::new(
-                ErrorCode::UnknownSubscription,
-                format!(
-                    "topic {:?} has no subscription {:?}",
-                    request.topic, request.name
-                ),
-            ))
-        })?;
     let running = shared
         .subscriptions
         .stats(&key)
@@ -97,6 +81,91 @@ pub async fn skip(
     tracing::info!(partition = %key, subscription = %request.name, from = mark, to = target, skipped, "subscription skipped by an operator");
     Ok(SkipSubscriptionResponse {
         skipped,
+        mark_delete: target,
+        high_watermark: status.high_watermark,
+    })
+}
+
+/// The serving partition and the subscription a request names.
+async fn served(
+    shared: &Shared,
+    topic: &str,
+    partition: u32,
+    name: &str,
+) -> Result<(Arc<Partition>, Subscription), BrokerError> {
+    sluice_proto::names::TopicName::any(topic)
+        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+    let key = PartitionKey::new(topic, partition);
+    let Some(served) = shared.partition(&key) else {
+        return Err(shared.not_served_error(topic, partition).await);
+    };
+    if served.status().phase != Phase::Serving {
+        return Err(BrokerError::NotOwner {
+            topic: key.topic.clone(),
+            partition,
+        });
+    }
+    let subscription = shared
+        .backlog
+        .subscriptions_of(shared, topic, true)
+        .await?
+        .into_iter()
+        .find(|subscription| subscription.name == name)
+        .ok_or_else(|| {
+            BrokerError::Relayed(sluice_proto::SluiceError::new(
+                ErrorCode::UnknownSubscription,
+                format!("topic {topic:?} has no subscription {name:?}"),
+            ))
+        })?;
+    Ok((served, subscription))
+}
+
+/// Sets the cursor of `request.name` on the partition to an offset or a
+/// time; refused while a dispatcher of it runs here.
+pub async fn reset_cursor(
+    shared: &Arc<Shared>,
+    request: ResetSubscriptionCursorRequest,
+) -> Result<SkipSubscriptionResponse, BrokerError> {
+    let (partition, subscription) =
+        served(shared, &request.topic, request.partition, &request.name).await?;
+    let status = partition.status();
+    let target = match request.timestamp_ms {
+        Some(time_ms) => partition.offset_for_timestamp(&status, time_ms).await?,
+        None => request.offset,
+    };
+    if !(status.log_start_offset..=status.high_watermark).contains(&target) {
+        return Err(BrokerError::OffsetOutOfRange {
+            offset: target,
+            log_start_offset: status.log_start_offset,
+            high_watermark: status.high_watermark,
+        });
+    }
+    let snapshot = CursorSnapshot {
+        epoch: partition.epoch,
+        subscription_created_at_ms: subscription.created_at_ms,
+        acked: AckedRanges::new(target),
+        delivery_counts: BTreeMap::new(),
+        parked_keys: Default::default(),
+    };
+    let group = cursor_group(&subscription.name)?;
+    let key = partition.key.clone();
+    let commit = crate::subscription::commit_cursor(shared, &group, &key, &snapshot);
+    let committed = shared
+        .subscriptions
+        .without_dispatcher(shared, &key, &subscription.name, partition.clone(), commit)
+        .await
+        .ok_or_else(|| {
+            BrokerError::InvalidArgument(format!(
+                "subscription {:?} is being consumed on {key} (or was until moments ago); \
+                 close its consumers and retry once its dispatcher stopped \
+                 ([subscriptions] idle_stop_ms after the last consumer)",
+                subscription.name
+            ))
+        })?;
+    committed?;
+    tracing::info!(partition = %key, subscription = %subscription.name, to = target, "subscription cursor reset by an operator");
+    Ok(SkipSubscriptionResponse {
+        skipped: 0,
         mark_delete: target,
         high_watermark: status.high_watermark,
     })

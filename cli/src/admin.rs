@@ -23,8 +23,13 @@ pub enum TopicCommand {
     },
     /// Show a topic's configuration, partitions, owners and segments.
     Describe { name: String },
-    /// Delete a topic and its data.
-    Delete { name: String },
+    /// Delete a topic and its data, and its subscriptions' dead-letter topics.
+    Delete {
+        name: String,
+        /// Keep the dead-letter topics of the topic's subscriptions.
+        #[arg(long)]
+        keep_dead_letters: bool,
+    },
     /// Change settings of a topic (only the flags given; applied to running partitions).
     Alter(crate::alter::AlterTopicArgs),
     /// Grow a topic to more partitions (keys hash to different partitions from then on).
@@ -383,10 +388,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 }
             }
         }
-        TopicCommand::Delete { name } => {
-            admin.delete_topic(&name).await?;
-            println!("deleted topic {name}");
-        }
+        TopicCommand::Delete {
+            name,
+            keep_dead_letters,
+        } => crate::alter::delete_topic(&admin, &name, keep_dead_letters).await?,
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `sluice topic alter` and `sluice topic add-partitions` (issue 15):
-//! changing a topic after its creation through the SDK's `Admin`.
+//! `sluice topic alter`, `sluice topic add-partitions` and `sluice topic
+//! delete` (issue 15): changing or deleting a topic through the SDK's
+//! `Admin`.
 
 use crate::admin::{BacklogPolicyArg, DurabilityArg};
 use crate::units::{parse_bytes, parse_bytes_u32, parse_duration_ms};
@@ -180,6 +181,23 @@ pub async fn add_partitions(admin: &Admin, args: AddPartitionsArgs) -> Result<()
     let partitions = topic.config.unwrap_or_default().partitions;
     println!("topic {} now has {partitions} partitions", topic.name);
     println!("note: {KEY_ORDER_NOTICE}");
+    Ok(())
+}
+
+/// `sluice topic delete`: the topic and, unless kept, its dead-letter
+/// topics; says which went and which stayed.
+pub async fn delete_topic(admin: &Admin, name: &str, keep_dead_letters: bool) -> Result<()> {
+    let answer = admin
+        .delete_topic_with(name, keep_dead_letters)
+        .await
+        .with_context(|| format!("deleting topic {name:?}"))?;
+    println!("deleted topic {name}");
+    for dead_letters in &answer.deleted_dead_letter_topics {
+        println!("deleted its dead-letter topic {dead_letters}");
+    }
+    for kept in &answer.kept_dead_letter_topics {
+        println!("kept dead-letter topic {kept}");
+    }
     Ok(())
 }
 

@@ -31,6 +31,18 @@ pub enum SubscriptionCommand {
     },
     /// Skip everything not yet acknowledged, up to each partition's end.
     Clear { topic: String, name: String },
+    /// Set the cursor to an offset or a time on every partition (rewinds too); the
+    /// subscription must have no consumers.
+    Reset {
+        topic: String,
+        name: String,
+        /// The offset to deliver from.
+        #[arg(long, conflicts_with = "to_time")]
+        to_offset: Option<u64>,
+        /// Deliver from the first record at or after this RFC 3339 time.
+        #[arg(long)]
+        to_time: Option<String>,
+    },
     /// Write the subscription's dead letters back to the topic they came
     /// from (each acknowledged in the dead-letter topic once written).
     ReplayDeadLetters {
@@ -207,6 +219,15 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
         }
         SubscriptionCommand::Clear { topic, name } => {
             crate::subscription_skip::skip(&admin, &topic, &name, None).await?
+        }
+        SubscriptionCommand::Reset {
+            topic,
+            name,
+            to_offset,
+            to_time,
+        } => {
+            crate::subscription_skip::reset(&admin, &topic, &name, to_offset, to_time.as_deref())
+                .await?
         }
         SubscriptionCommand::ReplayDeadLetters {
             topic,

@@ -1,8 +1,8 @@
-//! `sluice subscription skip` and `sluice subscription clear` (issue 15):
-//! move a subscription's cursor forward on every partition.
+//! `sluice subscription skip`, `clear` and `reset` (issue 15): move a
+//! subscription's cursor on every partition.
 
 use anyhow::{bail, Context, Result};
-use sluice_client::{Admin, SubscriptionSkip};
+use sluice_client::{Admin, SubscriptionReset, SubscriptionSkip};
 
 /// Skips `count` messages (or with `None` the whole backlog) of
 /// subscription `name` of `topic`, and prints each partition's result.
@@ -26,5 +26,36 @@ pub async fn skip(admin: &Admin, topic: &str, name: &str, count: Option<u64>) ->
         );
     }
     println!("skipped {total} unacknowledged message(s) of {topic}/{name}");
+    Ok(())
+}
+
+/// `sluice subscription reset`: the cursor to `offset` or to the first
+/// record at or after `time` (RFC 3339) on every partition.
+pub async fn reset(
+    admin: &Admin,
+    topic: &str,
+    name: &str,
+    offset: Option<u64>,
+    time: Option<&str>,
+) -> Result<()> {
+    let reset = match (offset, time) {
+        (Some(offset), None) => SubscriptionReset::Offset(offset),
+        (None, Some(time)) => {
+            SubscriptionReset::Time(crate::group_offsets::parse_rfc3339_ms(time)?)
+        }
+        _ => bail!("give one of --to-offset and --to-time"),
+    };
+    let answers = admin
+        .reset_subscription_cursor(topic, name, reset)
+        .await
+        .with_context(|| format!("resetting subscription {name:?} of {topic:?}"))?;
+    println!("PARTITION  ACKNOWLEDGED-BELOW  END");
+    for (partition, answer) in answers {
+        println!(
+            "{partition}  {}  {}",
+            answer.mark_delete, answer.high_watermark
+        );
+    }
+    println!("reset the cursor of {topic}/{name}; delivery goes on from there");
     Ok(())
 }

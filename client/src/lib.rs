@@ -115,7 +115,7 @@ mod tls_reload;
 
 pub use admin::{
     reset_target, Admin, FoundMessages, MessageQuery, OffsetReset, OffsetResetPlan, PartitionReset,
-    SubscriptionSkip, KEY_ORDER_NOTICE, MAX_FIND_LIMIT,
+    SubscriptionReset, SubscriptionSkip, KEY_ORDER_NOTICE, MAX_FIND_LIMIT,
 };
 pub use config::ClientConfig;
 pub use consumer::{

@@ -479,6 +479,13 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn reset_subscription_cursor(
+        &self,
+        _request: Request<sluice_proto::v1::ResetSubscriptionCursorRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     async fn skip_subscription(
         &self,
         _request: Request<sluice_proto::v1::SkipSubscriptionRequest>,

@@ -103,11 +103,16 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> ServiceResult<DeleteTopicResponse> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let request = checked(request, Operation::Delete, ResourceType::Topic, |r| {
             vec![r.name.clone()]
         })?;
-        self.do_delete_topic(&request.name).await?;
-        Ok(Response::new(DeleteTopicResponse {}))
+        let may_delete =
+            |topic: &str| authorizer.allows(Operation::Delete, ResourceType::Topic, topic);
+        Ok(Response::new(
+            self.do_delete_topic_and_dead_letters(&request, may_delete)
+                .await?,
+        ))
     }
 
     async fn alter_topic(&self, request: Request<AlterTopicRequest>) -> ServiceResult<Topic> {

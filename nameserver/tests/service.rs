@@ -419,6 +419,7 @@ async fn deleted_topics_are_gone(cluster: &Cluster, client: &mut Client) {
     let internal = client
         .delete_topic(DeleteTopicRequest {
             name: "__consumer_offsets".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect_err("internal topic");
@@ -426,6 +427,7 @@ async fn deleted_topics_are_gone(cluster: &Cluster, client: &mut Client) {
     client
         .delete_topic(DeleteTopicRequest {
             name: "orders".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect("delete topic");
@@ -988,6 +990,7 @@ async fn wide_topics_and_recreated_topics() {
     client
         .delete_topic(DeleteTopicRequest {
             name: "wide".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect("delete");

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use sluice_client::{
     Admin, ClientError, Consumer, ConsumerConfig, OffsetReset, Record, StartOffset, Subscriber,
-    SubscriberConfig, SubscriptionSkip,
+    SubscriberConfig, SubscriptionReset, SubscriptionSkip,
 };
 use sluice_proto::v1::{
     InitialPosition, OffsetSpec, Subscription, SubscriptionType, TopicConfig, TopicConfigChanges,
@@ -757,4 +757,175 @@ async fn subscriptions_skip_and_clear() {
         ),
         Some(ErrorCode::UnknownTopic)
     );
+}
+
+/// Deleting a topic deletes its subscriptions' dead-letter topics, keeps
+/// one another topic's subscription also uses, and keeps them all when
+/// asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_topic_deletes_its_dead_letter_topics() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    for topic in ["alter-dlq", "alter-other", "alter-kept"] {
+        cluster.create_topic(topic, 1).await;
+    }
+    let subscribe = async |topic: &str, name: &str, dead_letters: &str| {
+        admin
+            .create_subscription(Subscription {
+                topic: topic.into(),
+                name: name.into(),
+                r#type: SubscriptionType::Shared as i32,
+                max_deliveries: 3,
+                dead_letter_topic: dead_letters.into(),
+                ..Subscription::default()
+            })
+            .await
+            .expect("create subscription")
+            .dead_letter_topic
+    };
+    assert_eq!(
+        subscribe("alter-dlq", "work", "").await,
+        "alter-dlq-work-DLQ"
+    );
+    subscribe("alter-dlq", "audit", "shared-errors").await;
+    subscribe("alter-other", "audit", "shared-errors").await;
+    subscribe("alter-kept", "work", "").await;
+    let exists = async |topic: &str| match admin.describe_topic(topic).await {
+        Ok(_) => true,
+        Err(error) if error.code() == Some(ErrorCode::UnknownTopic) => false,
+        Err(error) => panic!("describe {topic}: {error}"),
+    };
+    assert!(exists("alter-dlq-work-DLQ").await && exists("shared-errors").await);
+
+    let output = cluster
+        .cli()
+        .args(["topic", "delete", "alter-dlq"])
+        .output()
+        .expect("sluice runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("deleted its dead-letter topic alter-dlq-work-DLQ"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("kept dead-letter topic shared-errors (also"),
+        "{stdout}"
+    );
+    assert!(!exists("alter-dlq").await);
+    assert!(
+        !exists("alter-dlq-work-DLQ").await,
+        "the DLQ outlived its topic"
+    );
+    assert!(exists("shared-errors").await, "a shared DLQ was deleted");
+
+    let kept = admin
+        .delete_topic_with("alter-kept", true)
+        .await
+        .expect("delete keeping dead letters");
+    assert!(kept.deleted_dead_letter_topics.is_empty(), "{kept:?}");
+    assert!(exists("alter-kept-work-DLQ").await);
+    assert_eq!(
+        code(admin.delete_topic_with("alter-kept", false).await),
+        Some(ErrorCode::UnknownTopic)
+    );
+}
+
+/// `subscription reset` sets the cursor to an offset (back as well: the
+/// operator asked to rewind) or a time, only while nobody consumes the
+/// subscription on the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscription_cursor_reset_rewinds_an_idle_subscription() {
+    let cluster = Cluster::start(ClusterSpec {
+        broker_config: "[subscriptions]\nidle_stop_ms = 300\n".into(),
+        ..ClusterSpec::default()
+    })
+    .await;
+    let (topic, name) = ("alter-rewind", "work");
+    cluster.create_topic(topic, 1).await;
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .create_subscription(Subscription {
+            topic: topic.into(),
+            name: name.into(),
+            r#type: SubscriptionType::Shared as i32,
+            initial_position: InitialPosition::Earliest as i32,
+            ..Subscription::default()
+        })
+        .await
+        .expect("create subscription");
+    cluster
+        .produce_acknowledged(records(topic, Some(0), 10, 8))
+        .await;
+    let config = SubscriberConfig {
+        client: cluster.client_config(),
+        subscription_type: SubscriptionType::Shared,
+        initial_position: InitialPosition::Earliest,
+        ack_timeout_ms: 30_000,
+        ..SubscriberConfig::new(topic, name)
+    };
+    let subscriber = Subscriber::connect(config.clone()).await.expect("connect");
+    assert_eq!(
+        receive_and_ack(&subscriber, 10).await,
+        (0..10).collect::<Vec<u64>>()
+    );
+    // Consumed: refused, nothing changes.
+    let refused = admin
+        .reset_subscription_cursor(topic, name, SubscriptionReset::Offset(3))
+        .await
+        .expect_err("a consumer is connected");
+    assert!(refused.to_string().contains("being consumed"), "{refused}");
+    subscriber.close().await.expect("close");
+    let reset = eventually("the dispatcher stopping", async || {
+        admin
+            .reset_subscription_cursor(topic, name, SubscriptionReset::Offset(3))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(reset[0].1.mark_delete, 3);
+    assert_eq!(
+        code(
+            admin
+                .reset_subscription_cursor(topic, name, SubscriptionReset::Offset(11))
+                .await
+        ),
+        Some(ErrorCode::OffsetOutOfRange)
+    );
+    // Rewound: 3..10 are delivered again, and nothing below 3.
+    let subscriber = Subscriber::connect(config.clone()).await.expect("connect");
+    assert_eq!(
+        receive_and_ack(&subscriber, 7).await,
+        (3..10).collect::<Vec<u64>>()
+    );
+    subscriber.close().await.expect("close");
+    // To a time after every record: the end.
+    let output = eventually("the dispatcher stopping again", async || {
+        let output = cluster
+            .cli()
+            .args(["subscription", "reset", topic, name, "--to-time"])
+            .arg("2100-01-01T00:00:00Z")
+            .output()
+            .expect("sluice runs");
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).to_string())
+    })
+    .await;
+    assert!(output.contains("0  10  10"), "{output}");
+    let subscriber = Subscriber::connect(config).await.expect("connect");
+    assert!(
+        subscriber
+            .recv_timeout(Duration::from_millis(500))
+            .await
+            .expect("recv")
+            .is_none(),
+        "a message below the reset position was delivered"
+    );
+    subscriber.close().await.expect("close");
 }

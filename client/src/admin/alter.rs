@@ -1,4 +1,5 @@
-//! Changing what exists (issue 15): topic settings and partition count.
+//! Changing what exists (issue 15): topic settings, partition count, and
+//! deleting a topic with its dead-letter topics.
 //! The methods belong to [`Admin`]; this file keeps them out of
 //! `admin.rs`.
 
@@ -48,6 +49,28 @@ impl Admin {
             .call_nameserver("AlterTopic", |mut client| {
                 let request = request.clone();
                 async move { client.alter_topic(request).await }
+            })
+            .await
+    }
+
+    /// Deletes topic `name` and, unless `keep_dead_letters`, the
+    /// dead-letter topics its subscriptions name (not one another topic's
+    /// subscription names too, nor one the caller may not delete; the
+    /// answer lists what was deleted and what was kept, with why).
+    /// [`Admin::delete_topic`] is this without keeping them.
+    pub async fn delete_topic_with(
+        &self,
+        name: &str,
+        keep_dead_letters: bool,
+    ) -> Result<v1::DeleteTopicResponse, ClientError> {
+        let request = v1::DeleteTopicRequest {
+            name: name.to_string(),
+            keep_dead_letters,
+        };
+        self.cluster
+            .call_nameserver("DeleteTopic", |mut client| {
+                let request = request.clone();
+                async move { client.delete_topic(request).await }
             })
             .await
     }

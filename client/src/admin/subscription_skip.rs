@@ -1,6 +1,8 @@
-//! Moving a subscription's cursor forward (issue 15): skip the next N
-//! offsets on every partition, or clear the backlog. Each partition's
-//! owner does it (`SkipSubscription`); the cursor never moves back.
+//! Moving a subscription's cursor (issue 15): skip the next N offsets on
+//! every partition or clear the backlog (`SkipSubscription`, never back),
+//! or set it to an offset or a time (`ResetSubscriptionCursor`, a rewind
+//! too, refused while the subscription is consumed). Each partition's
+//! owner does it.
 
 use super::Admin;
 use crate::ClientError;
@@ -17,7 +19,59 @@ pub enum SubscriptionSkip {
     All,
 }
 
+/// Where [`Admin::reset_subscription_cursor`] sets the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionReset {
+    /// This offset on every partition (refused outside a partition's log).
+    Offset(u64),
+    /// The first record at or after this time (unix ms) on each partition.
+    Time(i64),
+}
+
+/// One partition's request.
+enum CursorMove {
+    Skip(v1::SkipSubscriptionRequest),
+    Reset(v1::ResetSubscriptionCursorRequest),
+}
+
 impl Admin {
+    /// Sets the cursor of subscription `name` of `topic` on every
+    /// partition, in partition order: what lies below is acknowledged, and
+    /// everything from there is delivered (again, when it rewinds). Refused
+    /// on a partition where the subscription is being consumed (close its
+    /// consumers; the broker's dispatcher stops `[subscriptions]
+    /// idle_stop_ms` later); partitions before a refused one stay reset.
+    /// Needs `Alter` on the subscription.
+    pub async fn reset_subscription_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+        reset: SubscriptionReset,
+    ) -> Result<Vec<(u32, v1::SkipSubscriptionResponse)>, ClientError> {
+        let count = self.cluster.topic_routes(topic).await?.partitions.len();
+        let mut answers = Vec::with_capacity(count);
+        for partition in 0..u32::try_from(count).unwrap_or(u32::MAX) {
+            let request = v1::ResetSubscriptionCursorRequest {
+                topic: topic.to_string(),
+                name: name.to_string(),
+                partition,
+                offset: match reset {
+                    SubscriptionReset::Offset(offset) => offset,
+                    SubscriptionReset::Time(_) => 0,
+                },
+                timestamp_ms: match reset {
+                    SubscriptionReset::Offset(_) => None,
+                    SubscriptionReset::Time(time_ms) => Some(time_ms),
+                },
+            };
+            let answer = self
+                .move_on_owner(topic, partition, CursorMove::Reset(request))
+                .await?;
+            answers.push((partition, answer));
+        }
+        Ok(answers)
+    }
+
     /// Skips messages of subscription `name` of `topic` on every
     /// partition, in partition order; answers each partition's result
     /// (skipped count, new mark-delete position, high watermark). Messages
@@ -44,44 +98,57 @@ impl Admin {
                 },
                 clear: skip == SubscriptionSkip::All,
             };
-            answers.push((partition, self.skip_on_owner(request).await?));
+            let answer = self
+                .move_on_owner(topic, partition, CursorMove::Skip(request))
+                .await?;
+            answers.push((partition, answer));
         }
         Ok(answers)
     }
 
-    /// One `SkipSubscription` at the partition's owner, routes refreshed
-    /// and retried while the partition has no owner or the broker asked is
-    /// not it (NOT_OWNER: it did not act); any other failure is returned,
-    /// so a count is never skipped twice by a retry here.
-    async fn skip_on_owner(
+    /// One cursor move at the partition's owner, routes refreshed and
+    /// retried while the partition has no owner or the broker asked is not
+    /// it (NOT_OWNER: it did not act); any other failure is returned, so a
+    /// count is never skipped twice by a retry here.
+    async fn move_on_owner(
         &self,
-        request: v1::SkipSubscriptionRequest,
+        topic: &str,
+        partition: u32,
+        request: CursorMove,
     ) -> Result<v1::SkipSubscriptionResponse, ClientError> {
-        let topic = request.topic.clone();
+        let topic = topic.to_string();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let routes = self.cluster.topic_routes(&topic).await?;
             let address = routes
                 .partitions
-                .get(request.partition as usize)
+                .get(partition as usize)
                 .map(|route| route.broker_address.clone())
                 .unwrap_or_default();
             if address.is_empty() {
                 if attempt >= 5 {
                     return Err(ClientError::Server(sluice_proto::SluiceError::new(
                         sluice_proto::ErrorCode::Unavailable,
-                        format!(
-                            "partition {topic}/{} has no live owner right now",
-                            request.partition
-                        ),
+                        format!("partition {topic}/{partition} has no live owner right now"),
                     )));
                 }
             } else {
                 let address = crate::cluster::normalize_address(&address);
                 let mut client = self.cluster.broker(&address)?;
-                let call = client.skip_subscription(request.clone());
-                match self.cluster.unary("SkipSubscription", &address, call).await {
+                let answer = match &request {
+                    CursorMove::Skip(skip) => {
+                        let call = client.skip_subscription(skip.clone());
+                        self.cluster.unary("SkipSubscription", &address, call).await
+                    }
+                    CursorMove::Reset(reset) => {
+                        let call = client.reset_subscription_cursor(reset.clone());
+                        self.cluster
+                            .unary("ResetSubscriptionCursor", &address, call)
+                            .await
+                    }
+                };
+                match answer {
                     Err(error)
                         if attempt < 5
                             && error.code() == Some(sluice_proto::ErrorCode::NotOwner) => {}

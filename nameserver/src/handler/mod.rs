@@ -11,6 +11,7 @@ mod acls;
 pub(crate) use acls::read_acls;
 mod assignment_watch;
 mod data_loss;
+mod dead_letter_cleanup;
 mod down_nodes;
 mod groups;
 mod node_identity;
