@@ -235,10 +235,18 @@ function topicView(name) {
   };
 }
 
+// A group's lag: unknown partitions (their owner could not be asked) are
+// never counted as 0.
+function groupLag(group) {
+  if (group.lag !== null && group.lag !== undefined) return group.lag;
+  if (group.lag_at_least === undefined) return "";
+  return "at least " + group.lag_at_least + " (" + group.lag_unknown_partitions + " partitions unknown)";
+}
+
 async function consumersView() {
   const answer = await getJson("/api/consumers");
   const groups = answer.groups.map((group) => [group.group, group.error || group.state || "",
-    group.members ?? "", group.lag ?? "", (group.topics || []).join(", ")]);
+    group.members ?? "", groupLag(group), (group.topics || []).join(", ")]);
   const subscriptions = answer.subscriptions.map((sub) => [sub.topic, sub.name || "", sub.error || sub.type,
     sub.backlog_messages ?? "", duration(sub.oldest_unacknowledged_age_ms),
     sub.drain_rate === undefined ? "" : sub.drain_rate.toFixed(1) + "/s",

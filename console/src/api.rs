@@ -149,6 +149,9 @@ async fn consumers(console: &Console) -> Answer {
 }
 
 /// A consumer group with its lag in records, per partition and in total.
+/// A partition whose owner could not be asked has lag `null` (unknown, not
+/// 0) with the reason; the total is then `null` too, and `lag_at_least`
+/// sums the partitions that are known.
 pub fn group_json(description: &v1::DescribeGroupResponse) -> Value {
     let partitions: Vec<Value> = description
         .lag
@@ -157,22 +160,28 @@ pub fn group_json(description: &v1::DescribeGroupResponse) -> Value {
             json!({
                 "topic": lag.topic, "partition": lag.partition,
                 "committed_offset": lag.committed_offset,
-                "high_watermark": lag.high_watermark, "lag": lag.lag,
+                "high_watermark": lag.high_watermark,
+                "lag": (!lag.lag_unknown).then_some(lag.lag),
+                "lag_unknown_reason": lag.lag_unknown.then_some(&lag.lag_unknown_reason),
                 "member_id": lag.member_id,
             })
         })
         .collect();
-    let total: u64 = description
+    let known = description
         .lag
         .iter()
+        .filter(|lag| !lag.lag_unknown)
         .fold(0u64, |sum, lag| sum.saturating_add(lag.lag));
+    let unknown = description.lag.iter().filter(|lag| lag.lag_unknown).count();
     json!({
         "group": description.group,
         "state": description.state,
         "generation": description.generation,
         "members": description.members.len(),
         "topics": description.topics,
-        "lag": total,
+        "lag": (unknown == 0).then_some(known),
+        "lag_at_least": known,
+        "lag_unknown_partitions": unknown,
         "partitions": partitions,
     })
 }
@@ -215,6 +224,7 @@ mod tests {
             high_watermark: lag,
             lag,
             member_id: String::new(),
+            ..Default::default()
         };
         let description = v1::DescribeGroupResponse {
             group: "g".into(),
@@ -225,6 +235,37 @@ mod tests {
         assert_eq!(shaped["lag"], u64::MAX);
         assert_eq!(shaped["partitions"][0]["committed_offset"], -1);
         assert_eq!(shaped["partitions"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_partition_lag_is_null_not_zero() {
+        let known = v1::PartitionLag {
+            topic: "t".into(),
+            partition: 0,
+            lag: 5,
+            ..Default::default()
+        };
+        let unknown = v1::PartitionLag {
+            topic: "t".into(),
+            partition: 1,
+            lag_unknown: true,
+            lag_unknown_reason: "owner broker-2 did not answer".into(),
+            ..Default::default()
+        };
+        let description = v1::DescribeGroupResponse {
+            group: "g".into(),
+            lag: vec![known, unknown],
+            ..Default::default()
+        };
+        let shaped = group_json(&description);
+        assert!(shaped["lag"].is_null(), "{shaped}");
+        assert_eq!(shaped["lag_at_least"], 5);
+        assert_eq!(shaped["lag_unknown_partitions"], 1);
+        assert!(shaped["partitions"][1]["lag"].is_null());
+        assert_eq!(
+            shaped["partitions"][1]["lag_unknown_reason"],
+            "owner broker-2 did not answer"
+        );
     }
 
     #[test]
