@@ -29,6 +29,8 @@ pub enum ResourceSource {
     Group,
     /// The subscription the request names, as `<topic>/<subscription>`.
     Subscription,
+    /// The transactional id the request names (ADR 0016 §1).
+    TransactionalId,
     /// A listing: allowed to any authenticated principal, answered with
     /// only the entries it may `Describe`.
     Filtered,
@@ -51,7 +53,7 @@ const fn rule(path: &'static str, operation: Operation, resource: ResourceSource
 }
 
 use Operation::{Alter, ClusterAction, Create, Delete, Describe, IdempotentWrite, Read, Write};
-use ResourceSource::{Cluster, Filtered, Group, Subscription, Topic};
+use ResourceSource::{Cluster, Filtered, Group, Subscription, Topic, TransactionalId};
 
 /// Every method of every Sluice service.
 pub const METHOD_RULES: &[MethodRule] = &[
@@ -73,6 +75,8 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.NameServer/ListTopics", Describe, Filtered),
     rule("/sluice.v1.NameServer/DescribeTopic", Describe, Topic),
     rule("/sluice.v1.NameServer/DeleteTopic", Delete, Topic),
+    rule("/sluice.v1.NameServer/AlterTopic", Alter, Topic),
+    rule("/sluice.v1.NameServer/AddPartitions", Alter, Topic),
     rule("/sluice.v1.NameServer/GetRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/WatchRoutes", Describe, Topic),
     rule("/sluice.v1.NameServer/FindCoordinator", Describe, Group),
@@ -98,6 +102,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
     // Nameserver: groups, status, producer ids, subscriptions.
     rule(
         "/sluice.v1.NameServer/RegisterGroup",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
+        "/sluice.v1.NameServer/UnregisterGroup",
         ClusterAction,
         Cluster,
     ),
@@ -145,7 +154,14 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/CommitOffsets", Read, Group),
     rule("/sluice.v1.Broker/FetchOffsets", Describe, Group),
     rule("/sluice.v1.Broker/DescribeGroup", Describe, Group),
+    rule("/sluice.v1.Broker/DeleteGroup", Delete, Group),
     rule("/sluice.v1.Broker/Subscribe", Read, Subscription),
+    rule("/sluice.v1.Broker/SkipSubscription", Alter, Subscription),
+    rule(
+        "/sluice.v1.Broker/ResetSubscriptionCursor",
+        Alter,
+        Subscription,
+    ),
     rule(
         "/sluice.v1.Broker/DescribeSubscription",
         Describe,
@@ -156,6 +172,23 @@ pub const METHOD_RULES: &[MethodRule] = &[
     rule("/sluice.v1.Broker/ExplainMessage", Describe, Topic),
     // Transaction markers: from transaction coordinators (ADR 0016).
     rule("/sluice.v1.Broker/WriteTxnMarkers", ClusterAction, Cluster),
+    // Transaction coordinator (ADR 0016 §1): `Write` on the id to use it,
+    // `Describe` (filtered) to look, `Alter` to abort; partition owners
+    // verifying a first write are brokers.
+    rule("/sluice.v1.Broker/InitProducerId", Write, TransactionalId),
+    rule("/sluice.v1.Broker/EndTransaction", Write, TransactionalId),
+    rule(
+        "/sluice.v1.Broker/AddTransactionParticipants",
+        ClusterAction,
+        Cluster,
+    ),
+    rule("/sluice.v1.Broker/ListTransactions", Describe, Filtered),
+    rule(
+        "/sluice.v1.Broker/DescribeTransaction",
+        Describe,
+        TransactionalId,
+    ),
+    rule("/sluice.v1.Broker/AbortTransaction", Alter, TransactionalId),
     // Store: only other services.
     rule("/sluice.v1.Store/CreateSegment", ClusterAction, Cluster),
     rule("/sluice.v1.Store/Append", ClusterAction, Cluster),
@@ -232,6 +265,7 @@ mod tests {
             let internal = rule.path.starts_with("/sluice.v1.Store/")
                 || rule.path.starts_with("/sluice.v1.AssignmentWatch/")
                 || rule.path == "/sluice.v1.Broker/WriteTxnMarkers"
+                || rule.path == "/sluice.v1.Broker/AddTransactionParticipants"
                 || [
                     "RegisterNode",
                     "Heartbeat",
@@ -241,6 +275,7 @@ mod tests {
                     "UpdateSegmentReplicas",
                     "DeleteSegments",
                     "RegisterGroup",
+                    "UnregisterGroup",
                     "GetProducerIdKey",
                 ]
                 .iter()

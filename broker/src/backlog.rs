@@ -443,7 +443,7 @@ impl Monitor {
         self.write().retain(|key, _| served.contains(key));
     }
 
-    async fn subscriptions_of(
+    pub(crate) async fn subscriptions_of(
         &self,
         shared: &Shared,
         topic: &str,
@@ -565,7 +565,7 @@ async fn check(
         .backlog
         .subscriptions_of(shared, &partition.key.topic, refresh_subscriptions)
         .await?;
-    let topic_quota = Quota::of(&partition.config);
+    let topic_quota = Quota::of(&partition.config());
     let running: HashMap<String, SubscriptionStats> = shared
         .subscriptions
         .stats(&partition.key)
@@ -733,7 +733,7 @@ async fn cursor_position(
 
 /// The cursor committed for this subscription (None when never consumed,
 /// or committed by an earlier subscription of the same name).
-async fn committed_cursor(
+pub(crate) async fn committed_cursor(
     shared: &Shared,
     partition: &Partition,
     subscription: &Subscription,
@@ -943,7 +943,7 @@ async fn evict(
 /// EVICT without a running dispatcher: rewrites the committed cursor.
 /// (A dispatcher starting meanwhile may commit its older cursor over it;
 /// the next check then evicts again.)
-async fn evict_committed(
+pub(crate) async fn evict_committed(
     shared: &Shared,
     partition: &Partition,
     subscription: &Subscription,

@@ -23,6 +23,11 @@ pub struct CommittedOffset {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRecord {
     pub offsets: Vec<CommittedOffset>,
+    /// The group was deleted (issue 15): replay forgets every offset and
+    /// cursor committed before. Absent in older records; a broker that
+    /// does not know the field reads an empty commit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +44,29 @@ pub enum CommitRecordError {
 
 /// One batch holding one commit record for `group`.
 pub fn encode(group: &str, offsets: &[CommittedOffset]) -> Result<Bytes, CommitRecordError> {
-    let value = serde_json::to_vec(&CommitRecord {
-        offsets: offsets.to_vec(),
-    })
-    .map_err(|error| CommitRecordError::Value(error.to_string()))?;
+    encode_record(
+        group,
+        &CommitRecord {
+            offsets: offsets.to_vec(),
+            deleted: false,
+        },
+    )
+}
+
+/// One batch holding the deletion record of `group`.
+pub fn encode_deletion(group: &str) -> Result<Bytes, CommitRecordError> {
+    encode_record(
+        group,
+        &CommitRecord {
+            offsets: Vec::new(),
+            deleted: true,
+        },
+    )
+}
+
+fn encode_record(group: &str, record: &CommitRecord) -> Result<Bytes, CommitRecordError> {
+    let value =
+        serde_json::to_vec(record).map_err(|error| CommitRecordError::Value(error.to_string()))?;
     let mut builder = BatchBuilder::new(Compression::None);
     builder.push(&RecordData {
         key: Some(Bytes::copy_from_slice(group.as_bytes())),
@@ -52,11 +76,11 @@ pub fn encode(group: &str, offsets: &[CommittedOffset]) -> Result<Bytes, CommitR
     Ok(builder.build())
 }
 
-/// The group and offsets of one decoded record.
+/// The group and the record of one decoded commit or deletion.
 pub fn decode(
     key: Option<&Bytes>,
     value: Option<&Bytes>,
-) -> Result<(String, Vec<CommittedOffset>), CommitRecordError> {
+) -> Result<(String, CommitRecord), CommitRecordError> {
     let key = key.ok_or(CommitRecordError::MissingKey)?;
     let group = std::str::from_utf8(key)
         .map_err(|_| CommitRecordError::KeyNotUtf8)?
@@ -64,7 +88,7 @@ pub fn decode(
     let value = value.ok_or(CommitRecordError::MissingValue)?;
     let record: CommitRecord = serde_json::from_slice(value)
         .map_err(|error| CommitRecordError::Value(error.to_string()))?;
-    Ok((group, record.offsets))
+    Ok((group, record))
 }
 
 #[cfg(test)]
@@ -95,7 +119,22 @@ mod tests {
         let (group, decoded) =
             decode(records[0].key.as_ref(), records[0].value.as_ref()).expect("decodes");
         assert_eq!(group, "billing");
-        assert_eq!(decoded, offsets);
+        assert_eq!(decoded.offsets, offsets);
+        assert!(!decoded.deleted);
+    }
+
+    #[test]
+    fn a_deletion_round_trips_and_older_records_read_as_commits() {
+        let batch = encode_deletion("billing").expect("encodes");
+        let (_, records) = sluice_proto::batch::decode(&batch, usize::MAX).expect("a valid batch");
+        let (group, decoded) =
+            decode(records[0].key.as_ref(), records[0].value.as_ref()).expect("decodes");
+        assert_eq!(group, "billing");
+        assert!(decoded.deleted && decoded.offsets.is_empty());
+        // A commit written before the field existed.
+        let key = Bytes::from_static(b"g");
+        let old = Bytes::from_static(br#"{"offsets":[]}"#);
+        assert!(!decode(Some(&key), Some(&old)).expect("decodes").1.deleted);
     }
 
     #[test]

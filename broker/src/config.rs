@@ -417,16 +417,32 @@ impl Default for BacklogConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransactionsConfig {
-    /// Accept transactional batches and transaction markers. Off until the
-    /// transaction coordinator ships (ADR 0016 stage 3): while off, a
-    /// transactional batch is refused with INVALID_ARGUMENT and
-    /// WriteTxnMarkers with INVALID_ARGUMENT; read-committed reads work
-    /// either way (the LSO is then the high watermark). Default false.
+    /// Coordinate transactions and accept transactional batches (each
+    /// verified with its coordinator) and transaction markers. Off until
+    /// the SDK's transactional producer ships (ADR 0016 stage 3): while
+    /// off, a transactional batch, WriteTxnMarkers and the coordinator RPCs
+    /// are refused with INVALID_ARGUMENT; read-committed reads work either
+    /// way (the LSO is then the high watermark). Default false.
     pub enabled: bool,
     /// How long a partition waits for the transaction coordinator to
     /// verify a producer's first batch of a transaction before failing
     /// its held batches (retriable). Default 5000.
     pub verification_timeout_ms: u64,
+    /// Largest `transaction_timeout_ms` an `InitProducerId` may ask for;
+    /// larger is INVALID_ARGUMENT. Open transactions past their timeout
+    /// are aborted by their coordinator. Default 300000.
+    pub max_timeout_ms: u64,
+    /// How often the coordinator looks for transactions past their
+    /// timeout. Default 500.
+    pub timeout_check_interval_ms: u64,
+    /// Most partitions one transaction may touch; a first write to one
+    /// more is refused TRANSACTION_ABORTABLE. Default 1000.
+    pub max_participants_per_transaction: usize,
+    /// How long the coordinator lets an InitProducerId, or the first write
+    /// of the next transaction, wait for the previous transaction's
+    /// markers before answering CONCURRENT_TRANSACTIONS (retriable).
+    /// Default 5000.
+    pub end_wait_ms: u64,
 }
 
 impl Default for TransactionsConfig {
@@ -434,6 +450,10 @@ impl Default for TransactionsConfig {
         Self {
             enabled: false,
             verification_timeout_ms: 5000,
+            max_timeout_ms: 300_000,
+            timeout_check_interval_ms: 500,
+            max_participants_per_transaction: 1000,
+            end_wait_ms: 5000,
         }
     }
 }

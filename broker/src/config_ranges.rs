@@ -88,6 +88,26 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             "[transactions] verification_timeout_ms",
             config.transactions.verification_timeout_ms,
         ),
+        KeyRange::new(
+            "[transactions] max_timeout_ms",
+            config.transactions.max_timeout_ms,
+            1_000,
+            crate::transaction::log_record::MAX_RECORD_TIMEOUT_MS,
+        ),
+        KeyRange::duration_ms(
+            "[transactions] timeout_check_interval_ms",
+            config.transactions.timeout_check_interval_ms,
+        ),
+        KeyRange::new(
+            "[transactions] max_participants_per_transaction",
+            config.transactions.max_participants_per_transaction as u64,
+            1,
+            crate::transaction::log_record::MAX_RECORD_PARTICIPANTS as u64,
+        ),
+        KeyRange::duration_ms(
+            "[transactions] end_wait_ms",
+            config.transactions.end_wait_ms,
+        ),
         KeyRange::duration_ms(
             "[replication] store_request_timeout_ms",
             replication.store_request_timeout_ms,

@@ -9,13 +9,12 @@ use crate::clients::{nameserver_call, request};
 use crate::commit_record::{self, CommittedOffset};
 use crate::error::BrokerError;
 use crate::group_lag_age;
-use crate::lost_ranges::LostRange;
 use crate::member_identity::{check_member_principal, new_member_id};
 use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_acl::Principal;
-use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::batch;
 use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
 use sluice_proto::partitioning::offsets_partition_for_group;
 use sluice_proto::v1::{
@@ -29,8 +28,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Bytes read per store request while replaying an offsets partition.
-const REPLAY_READ_BYTES: usize = 1024 * 1024;
 /// Names the offsets replay in a partition's tally of skipped lost offsets.
 const REPLAY_READER: &str = "offsets replay";
 /// Most topics one member may subscribe to.
@@ -151,6 +148,15 @@ fn apply_commits(state: &mut State, group: &str, offsets: &[CommittedOffset]) {
     }
 }
 
+/// Forgets everything committed for `group` (it was deleted).
+fn forget_group(state: &mut State, group: &str) {
+    state.committed.remove(group);
+    state.cursors.remove(group);
+    state.backlog.remove(group);
+    state.lag.remove(group);
+    state.lag_seconds.retain(|(lagging, _), _| lagging != group);
+}
+
 /// Refuses a subscription cursor written under an older ownership epoch
 /// than the one held: a deposed partition owner must not roll a cursor
 /// back (ADR 0011).
@@ -212,60 +218,27 @@ impl Coordinator {
     /// Replays an offsets partition from its log start to its high
     /// watermark, then starts coordinating its groups.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
-        let status = partition.status();
-        let partition_count = partition.config.partitions;
-        let mut offset = status.log_start_offset;
-        let end = status.high_watermark;
-        let mut replayed: Vec<(String, Vec<CommittedOffset>)> = Vec::new();
-        while offset < end {
-            let bytes = match partition.read(offset, REPLAY_READ_BYTES).await {
-                Ok(bytes) => bytes,
-                Err(BrokerError::DataLost { start, end, .. }) => {
-                    // Commits in an accepted loss are gone: their groups
-                    // fall back to earlier commits (or their reset policy).
-                    let range = LostRange { start, end };
-                    if partition.lost_skips.skipped(REPLAY_READER, range) {
-                        tracing::warn!(partition = %partition.key, lost = %range, "offsets replay skips a range accepted as lost; commits in it are gone");
-                    }
-                    offset = offset.max(end);
-                    continue;
+        let partition_count = partition.config().partitions;
+        let mut replayed: Vec<(String, commit_record::CommitRecord)> = Vec::new();
+        crate::internal_log::replay(partition, REPLAY_READER, |offset, key, value| {
+            match commit_record::decode(key, value) {
+                Ok(decoded) => replayed.push(decoded),
+                Err(error) => {
+                    tracing::warn!(partition = %partition.key, offset, %error, "skipping undecodable commit record")
                 }
-                Err(error) => return Err(error),
-            };
-            if bytes.is_empty() {
-                return Err(BrokerError::Unavailable(format!(
-                    "replay of {} found no data at offset {offset} below the high watermark {end}",
-                    partition.key
-                )));
             }
-            for item in BatchIter::new(&bytes) {
-                let (position, header, slice) = item.map_err(BrokerError::Batch)?;
-                let batch = bytes.slice(position..position + slice.len());
-                match batch::decode(&batch, usize::MAX) {
-                    Ok((_, records)) => {
-                        for record in records.iter().filter(|record| record.offset >= offset) {
-                            match commit_record::decode(record.key.as_ref(), record.value.as_ref())
-                            {
-                                Ok(decoded) => replayed.push(decoded),
-                                Err(error) => {
-                                    tracing::warn!(partition = %partition.key, offset = record.offset, %error, "skipping undecodable commit record")
-                                }
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, "skipping undecodable offsets batch");
-                    }
-                }
-                offset = offset.max(header.end_offset());
-            }
-        }
+        })
+        .await?;
         let mut state = lock(&self.state);
         state.offsets_partitions = partition_count;
-        for (group, offsets) in &replayed {
+        for (group, record) in &replayed {
             if offsets_partition_for_group(group, partition_count.max(1)) == partition.key.partition
             {
-                apply_commits(&mut state, group, offsets);
+                if record.deleted {
+                    forget_group(&mut state, group);
+                } else {
+                    apply_commits(&mut state, group, &record.offsets);
+                }
             }
         }
         state.loaded.insert(partition.key.partition);
@@ -798,6 +771,7 @@ impl Coordinator {
                     .filter_map(|(partition, committed)| {
                         high_watermarks
                             .get(&partition)
+                            .and_then(|end| end.as_ref().ok())
                             .map(|end| (partition, committed, end.saturating_sub(committed)))
                     })
                     .collect();
@@ -915,34 +889,65 @@ impl Coordinator {
         let high_watermarks = high_watermarks(shared, &partitions).await;
         for partition in partitions {
             let committed_offset = committed.get(&partition).map(|(offset, _)| *offset);
-            let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
-            response.lag.push(PartitionLag {
-                topic: partition.0.clone(),
-                partition: partition.1,
-                committed_offset: committed_offset
-                    .map(|offset| i64::try_from(offset).unwrap_or(i64::MAX))
-                    .unwrap_or(-1),
-                high_watermark,
-                lag: high_watermark.saturating_sub(committed_offset.unwrap_or(0)),
-                member_id: owners.get(&partition).cloned().unwrap_or_default(),
-            });
+            let member_id = owners.get(&partition).cloned().unwrap_or_default();
+            response.lag.push(partition_lag(
+                &partition,
+                committed_offset,
+                high_watermarks.get(&partition),
+                member_id,
+            ));
         }
         Ok(response)
     }
 }
 
+/// One partition's lag. Without a high watermark (its owner could not be
+/// asked) the lag is unknown, not 0 (issue 15: a lag of 120,046 was shown
+/// where about 360,000 records were unconsumed).
+fn partition_lag(
+    partition: &TopicPartition,
+    committed_offset: Option<u64>,
+    high_watermark: Option<&Result<u64, String>>,
+    member_id: String,
+) -> PartitionLag {
+    let mut lag = PartitionLag {
+        topic: partition.0.clone(),
+        partition: partition.1,
+        committed_offset: committed_offset
+            .map(|offset| i64::try_from(offset).unwrap_or(i64::MAX))
+            .unwrap_or(-1),
+        member_id,
+        ..PartitionLag::default()
+    };
+    match high_watermark {
+        Some(Ok(high_watermark)) => {
+            lag.high_watermark = *high_watermark;
+            lag.lag = high_watermark.saturating_sub(committed_offset.unwrap_or(0));
+        }
+        Some(Err(reason)) => {
+            lag.lag_unknown = true;
+            lag.lag_unknown_reason = reason.clone();
+        }
+        None => {
+            lag.lag_unknown = true;
+            lag.lag_unknown_reason = "no high watermark".into();
+        }
+    }
+    lag
+}
+
 /// High watermarks of `partitions`: local ones from their status, others
-/// from their owners' `ListOffsets`. Unknown ones are left out (logged).
+/// from their owners' `ListOffsets`; why, for those that could not be had.
 async fn high_watermarks(
     shared: &Shared,
     partitions: &BTreeSet<TopicPartition>,
-) -> HashMap<TopicPartition, u64> {
+) -> HashMap<TopicPartition, Result<u64, String>> {
     let mut result = HashMap::new();
     let mut remote: Vec<&TopicPartition> = Vec::new();
     for partition in partitions {
         match shared.partition(&PartitionKey::new(&partition.0, partition.1)) {
             Some(local) if local.status().loaded => {
-                result.insert(partition.clone(), local.status().high_watermark);
+                result.insert(partition.clone(), Ok(local.status().high_watermark));
             }
             _ => remote.push(partition),
         }
@@ -960,6 +965,12 @@ async fn high_watermarks(
         Ok(routes) => routes,
         Err(error) => {
             tracing::warn!(%error, "describe group: routes unavailable; lag incomplete");
+            for partition in remote {
+                result.insert(
+                    partition.clone(),
+                    Err(format!("routes unavailable: {error}")),
+                );
+            }
             return result;
         }
     };
@@ -975,7 +986,10 @@ async fn high_watermarks(
             })
             .map(|entry| entry.broker_address.clone())
             .filter(|address| !address.is_empty());
-        let Some(address) = address else { continue };
+        let Some(address) = address else {
+            result.insert(partition.clone(), Err("the partition has no owner".into()));
+            continue;
+        };
         let answer = match shared.clients.broker(&address) {
             Ok(mut broker) => broker
                 .list_offsets(request(
@@ -995,15 +1009,17 @@ async fn high_watermarks(
         };
         match answer {
             Ok(high_watermark) => {
-                result.insert(partition.clone(), high_watermark);
+                result.insert(partition.clone(), Ok(high_watermark));
             }
             Err(error) => {
-                tracing::warn!(topic = %partition.0, partition = partition.1, %error, "describe group: high watermark unavailable")
+                tracing::warn!(topic = %partition.0, partition = partition.1, %error, "describe group: high watermark unavailable");
+                result.insert(partition.clone(), Err(format!("owner {address}: {error}")));
             }
         }
     }
     result
 }
 
+mod delete;
 #[cfg(test)]
 mod tests;

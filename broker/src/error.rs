@@ -28,6 +28,10 @@ pub enum BrokerError {
     NotCoordinator(String),
     #[error("unknown member {member_id:?} of group {group:?}")]
     UnknownMember { group: String, member_id: String },
+    #[error("group {group:?} has {members} member(s); stop its consumers (and wait for their sessions to end) first")]
+    GroupNotEmpty { group: String, members: usize },
+    #[error("group {0:?} has no committed offsets here (unknown group)")]
+    UnknownGroup(String),
     #[error("member {member_id:?} has epoch {current}, request carried {requested}")]
     StaleMemberEpoch {
         member_id: String,
@@ -97,6 +101,9 @@ pub enum BrokerError {
     /// ADR 0016: a previous transaction or a marker is still completing.
     #[error("{0}")]
     ConcurrentTransactions(String),
+    /// ADR 0016: another instance took the transactional id.
+    #[error("{0}")]
+    ProducerFenced(String),
 }
 
 impl BrokerError {
@@ -121,6 +128,8 @@ impl BrokerError {
             BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             BrokerError::NotCoordinator(_) => ErrorCode::NotCoordinator,
             BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
+            BrokerError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
+            BrokerError::UnknownGroup(_) => ErrorCode::UnknownGroup,
             BrokerError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
             BrokerError::Throttled(_) => ErrorCode::Throttled,
             BrokerError::EarlierRequestFailed { .. } => ErrorCode::Unavailable,
@@ -154,6 +163,7 @@ impl BrokerError {
             BrokerError::TransactionAbortable(_) => ErrorCode::TransactionAbortable,
             BrokerError::InvalidTransactionState(_) => ErrorCode::InvalidTransactionState,
             BrokerError::ConcurrentTransactions(_) => ErrorCode::ConcurrentTransactions,
+            BrokerError::ProducerFenced(_) => ErrorCode::ProducerFenced,
         }
     }
 

@@ -23,6 +23,7 @@ mod decisions;
 pub mod error;
 mod group_lag_age;
 mod idempotence;
+mod internal_log;
 mod lookup;
 mod lost_ranges;
 mod member_identity;
@@ -40,7 +41,9 @@ mod retention;
 mod service;
 mod session_fence;
 mod subscription;
+mod subscription_skip;
 mod tail_cache;
+mod transaction;
 mod txn_markers;
 mod txn_verifier;
 
@@ -69,6 +72,9 @@ pub(crate) struct Shared {
     pub advertised_address: String,
     pub clients: Arc<Clients>,
     pub coordinator: Coordinator,
+    /// The transaction coordinator of the ids whose `__transaction_state`
+    /// partition is served here (ADR 0016 §2).
+    pub transactions: transaction::TxnCoordinator,
     /// Becomes true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
@@ -106,7 +112,9 @@ pub(crate) struct Shared {
     /// Prometheus series (`metrics.rs`).
     pub metrics: metrics::BrokerMetrics,
     /// Verifies a producer's first transactional batch at a partition with
-    /// its transaction coordinator (ADR 0016 §3.3); stage 1 accepts all.
+    /// its transaction coordinator (ADR 0016 §3.3): the coordinators when
+    /// `[transactions] enabled`; otherwise no transactional batch reaches
+    /// it.
     pub txn_verifier: Arc<dyn txn_verifier::TxnVerifier>,
 }
 
@@ -335,9 +343,10 @@ pub async fn run_with_metrics(
             },
         ));
     }
-    let shared = Arc::new(Shared {
+    let shared = Arc::new_cyclic(|weak| Shared {
         clients: Arc::new(Clients::new(&config, peer_tls)),
         coordinator: Coordinator::new(&config.groups),
+        transactions: transaction::TxnCoordinator::new(&config.transactions),
         tail_cache: SharedTailCache::new(config.fetch.tail_cache_bytes),
         read_ahead_budget: Arc::new(tokio::sync::Semaphore::new(
             usize::try_from(config.fetch.read_ahead_bytes)
@@ -361,7 +370,13 @@ pub async fn run_with_metrics(
         producer_ids: producer_ids::ProducerIdVerifier::default(),
         quotas,
         metrics: metrics::BrokerMetrics::new(&config.metrics),
-        txn_verifier: Arc::new(txn_verifier::AcceptingVerifier),
+        txn_verifier: if config.transactions.enabled {
+            Arc::new(transaction::verifier::CoordinatorVerifier::new(
+                weak.clone(),
+            ))
+        } else {
+            Arc::new(txn_verifier::DisabledVerifier)
+        },
         shutdown: stop_receiver.clone(),
         advertised_address: advertised_address.clone(),
         config,
@@ -375,6 +390,12 @@ pub async fn run_with_metrics(
     let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
     let retention = tokio::spawn(retention::run(shared.clone(), background_stopped.clone()));
     let backlog = tokio::spawn(backlog::run(shared.clone(), background_stopped.clone()));
+    let expiry = shared.config.transactions.enabled.then(|| {
+        tokio::spawn(transaction::coordinator::run_expiry(
+            shared.clone(),
+            background_stopped.clone(),
+        ))
+    });
     let repair = tokio::spawn(repair::run(shared.clone(), background_stopped));
     // grpc.health.v1 for orchestrators (the compose healthcheck runs
     // `sluice health`): SERVING from here on, NOT_SERVING once shutdown starts.
@@ -412,6 +433,9 @@ pub async fn run_with_metrics(
     background_stop.send_replace(true);
     let _ = retention.await;
     let _ = repair.await;
+    if let Some(expiry) = expiry {
+        let _ = expiry.await;
+    }
     let _ = backlog.await;
     let deregister_timeout = shared.clients.nameserver_timeout * 2;
     if tokio::time::timeout(deregister_timeout, ownership)

@@ -363,6 +363,15 @@ fn reconcile(shared: &Arc<Shared>, assignments: &[PartitionAssignment]) {
     for key in stop {
         stop_partition(shared, &key);
     }
+    // Partitions kept under the same epoch take an altered topic's config.
+    for assignment in assignments {
+        let key = PartitionKey::new(&assignment.topic, assignment.partition);
+        if let (Some(partition), Some(config)) = (shared.partition(&key), assignment.config) {
+            if partition.epoch == assignment.epoch && partition.set_config(config) {
+                tracing::info!(partition = %key, "topic config altered; applied");
+            }
+        }
+    }
     for (key, epoch, config) in start {
         tracing::info!(partition = %key, epoch, "assigned; taking over");
         shared.tail_cache.add_partition(key.clone());
@@ -378,6 +387,9 @@ fn stop_partition(shared: &Shared, key: &PartitionKey) {
         shared.tail_cache.remove_partition(key);
         if partition.is_offsets_topic() {
             shared.coordinator.unload_partition(key.partition);
+        }
+        if partition.is_transaction_log() {
+            shared.transactions.unload_partition(key.partition);
         }
     }
 }

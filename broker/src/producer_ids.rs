@@ -37,6 +37,18 @@ impl ProducerIdVerifier {
         Ok(())
     }
 
+    /// A producer id for `counter` bound to `principal` (the transaction
+    /// coordinator issuing one for a transactional id, ADR 0016 §1).
+    pub fn issue(&self, counter: u64, principal: &Principal) -> Result<i64, BrokerError> {
+        let Some(key) = self.key.get() else {
+            return Err(BrokerError::Unavailable(
+                "this broker has not loaded the producer-id key yet".into(),
+            ));
+        };
+        key.issue(counter, principal)
+            .map_err(|error| BrokerError::Unavailable(error.to_string()))
+    }
+
     /// `Ok` when `producer_id` is −1 or was issued to `principal`.
     pub fn check(&self, producer_id: i64, principal: &Principal) -> Result<(), BrokerError> {
         if producer_id == -1 {

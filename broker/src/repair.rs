@@ -171,7 +171,7 @@ async fn repair_partition(
     live_stores: &[NodeInfo],
     missing_since: &HashMap<String, Instant>,
 ) {
-    let ensemble_size = (partition.config.ensemble_size as usize).max(1);
+    let ensemble_size = (partition.config().ensemble_size as usize).max(1);
     let grace = Duration::from_millis(shared.config.replication.repair_dead_store_grace_ms);
     let mut repairs = 0;
     let segments = partition.segments();
@@ -606,7 +606,7 @@ async fn create_sealed_copy_from_pieces(
         partition: partition.key.partition,
         base_offset: segment.base_offset,
         writer_epoch: partition.epoch,
-        durability: partition.config.durability,
+        durability: partition.config().durability,
     };
     store
         .create_segment(request(create, shared.clients.store_timeout))

@@ -33,7 +33,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn apply(shared: &Shared, partition: &Partition) {
-    let config = &partition.config;
+    let config = partition.config();
     if config.retention_ms == 0 && config.retention_bytes == 0 {
         return;
     }

@@ -8,6 +8,7 @@ use crate::error::BrokerError;
 use crate::partition::{Partition, PartitionStatus, Phase};
 use crate::subscription;
 use crate::tail_cache::PartitionKey;
+use crate::transaction::rpc;
 use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -16,6 +17,12 @@ use sluice_acl::{Operation, Principal, ResourceType};
 use sluice_proto::batch;
 use sluice_proto::names::TopicName;
 use sluice_proto::v1::broker_server::Broker;
+use sluice_proto::v1::{
+    AbortTransactionRequest, AbortTransactionResponse, AddTransactionParticipantsRequest,
+    AddTransactionParticipantsResponse, DescribeTransactionRequest, DescribeTransactionResponse,
+    EndTransactionRequest, EndTransactionResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListTransactionsRequest, ListTransactionsResponse,
+};
 use sluice_proto::v1::{
     BacklogPolicy, CommitOffsetsRequest, CommitOffsetsResponse, DescribeGroupRequest,
     DescribeGroupResponse, DescribeSubscriptionRequest, DescribeSubscriptionResponse,
@@ -265,7 +272,7 @@ fn hold_for(
     if !holds(&shared.backlog.pressure(key)) {
         return None;
     }
-    let quota = backlog::Quota::of(&partition.config);
+    let quota = backlog::Quota::of(&partition.config());
     Some((
         Duration::from_millis(quota.hold_timeout_ms),
         shared.backlog.watch(&partition),
@@ -938,6 +945,24 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn delete_group(
+        &self,
+        request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        let shared = &self.shared;
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        authorizer
+            .check(Operation::Delete, ResourceType::Group, &request.group)
+            .map_err(BrokerError::Relayed)?;
+        check_internal_group(&authorizer, &request.group)?;
+        shared
+            .coordinator
+            .delete_group(shared, &request.group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::DeleteGroupResponse {}))
+    }
+
     async fn get_message(
         &self,
         request: Request<sluice_proto::v1::GetMessageRequest>,
@@ -1001,6 +1026,30 @@ impl Broker for BrokerService {
         ))
     }
 
+    async fn reset_subscription_cursor(
+        &self,
+        request: Request<sluice_proto::v1::ResetSubscriptionCursorRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        let request = checked(request, Operation::Alter, ResourceType::Subscription, |r| {
+            vec![format!("{}/{}", r.topic, r.name)]
+        })?;
+        Ok(Response::new(
+            crate::subscription_skip::reset_cursor(&self.shared, request).await?,
+        ))
+    }
+
+    async fn skip_subscription(
+        &self,
+        request: Request<sluice_proto::v1::SkipSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        let request = checked(request, Operation::Alter, ResourceType::Subscription, |r| {
+            vec![format!("{}/{}", r.topic, r.name)]
+        })?;
+        Ok(Response::new(
+            crate::subscription_skip::skip(&self.shared, request).await?,
+        ))
+    }
+
     type SubscribeStream = subscription::SubscribeResponseStream;
 
     async fn subscribe(
@@ -1030,6 +1079,76 @@ impl Broker for BrokerService {
         let request = request.into_inner();
         Ok(Response::new(
             crate::txn_markers::write(&self.shared, request).await?,
+        ))
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::init_producer_id(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn add_transaction_participants(
+        &self,
+        request: Request<AddTransactionParticipantsRequest>,
+    ) -> Result<Response<AddTransactionParticipantsResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::add_participants(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn end_transaction(
+        &self,
+        request: Request<EndTransactionRequest>,
+    ) -> Result<Response<EndTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::end_transaction(&self.shared, request, &authorizer).await?,
+        ))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(rpc::list(
+            &self.shared,
+            request,
+            &authorizer,
+        )?))
+    }
+
+    async fn describe_transaction(
+        &self,
+        request: Request<DescribeTransactionRequest>,
+    ) -> Result<Response<DescribeTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(rpc::describe(
+            &self.shared,
+            request,
+            &authorizer,
+        )?))
+    }
+
+    async fn abort_transaction(
+        &self,
+        request: Request<AbortTransactionRequest>,
+    ) -> Result<Response<AbortTransactionResponse>, Status> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
+        let request = request.into_inner();
+        Ok(Response::new(
+            rpc::abort(&self.shared, request, &authorizer).await?,
         ))
     }
 }

@@ -4,11 +4,10 @@
 //! id to add the partition to transaction `(pid, epoch)`, and appends the
 //! producer's held batches only once that add is durable there.
 //!
-//! Stage 1 has no coordinator yet: the partition side is built and tested
-//! against this trait, and [`AcceptingVerifier`] (every add accepted) is
-//! what a broker with `[transactions] enabled = true` uses, for tests only;
-//! production keeps `enabled = false` until the coordinator (stage 2) and
-//! the SDK (stage 3) ship, so no transactional batch is accepted there.
+//! The coordinators' verifier is `transaction/verifier.rs`, used when
+//! `[transactions] enabled`; with transactions off no transactional batch
+//! reaches verification (produce refuses it first), and
+//! [`DisabledVerifier`] refuses anything that would.
 
 use crate::error::BrokerError;
 use futures::future::BoxFuture;
@@ -30,13 +29,17 @@ pub trait TxnVerifier: Send + Sync {
     fn verify(&self, verification: Verification) -> BoxFuture<'static, Result<(), BrokerError>>;
 }
 
-/// Accepts every verification: stage 1's stand-in for the coordinator,
-/// for tests (see the module doc).
+/// Refuses every verification: transactions are off on this broker.
 #[derive(Debug, Default)]
-pub struct AcceptingVerifier;
+pub struct DisabledVerifier;
 
-impl TxnVerifier for AcceptingVerifier {
+impl TxnVerifier for DisabledVerifier {
     fn verify(&self, _verification: Verification) -> BoxFuture<'static, Result<(), BrokerError>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async {
+            Err(BrokerError::InvalidArgument(
+                "transactions are not enabled on this broker ([transactions] enabled = false)"
+                    .into(),
+            ))
+        })
     }
 }

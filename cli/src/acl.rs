@@ -105,19 +105,49 @@ pub async fn run(config: ClientConfig, command: AclCommand) -> Result<()> {
         }
         AclCommand::List => {
             let bindings = admin.list_acls().await?;
-            println!("PERMISSION  PRINCIPAL  OPERATION  RESOURCE  PATTERN  NAME  HOST");
-            for binding in bindings {
-                println!(
-                    "{}  {}  {}  {}  {}  {}  {}",
-                    binding.permission,
-                    binding.principal,
-                    binding.operation,
-                    binding.resource_type,
-                    binding.pattern_type,
-                    binding.resource_name,
-                    binding.host
-                );
+            if crate::output::json() {
+                let list: Vec<serde_json::Value> = bindings
+                    .iter()
+                    .map(|binding| {
+                        serde_json::json!({
+                            "permission": binding.permission,
+                            "principal": binding.principal,
+                            "operation": binding.operation,
+                            "resource_type": binding.resource_type,
+                            "pattern_type": binding.pattern_type,
+                            "resource_name": binding.resource_name,
+                            "host": binding.host,
+                        })
+                    })
+                    .collect();
+                return crate::output::print_json(&serde_json::json!({ "bindings": list }));
             }
+            let rows: Vec<Vec<String>> = bindings
+                .into_iter()
+                .map(|binding| {
+                    vec![
+                        binding.permission,
+                        binding.principal,
+                        binding.operation,
+                        binding.resource_type,
+                        binding.pattern_type,
+                        binding.resource_name,
+                        binding.host,
+                    ]
+                })
+                .collect();
+            crate::output::print_table(
+                &[
+                    "PERMISSION",
+                    "PRINCIPAL",
+                    "OPERATION",
+                    "RESOURCE",
+                    "PATTERN",
+                    "NAME",
+                    "HOST",
+                ],
+                &rows,
+            );
         }
     }
     Ok(())

@@ -36,6 +36,28 @@ pub enum BenchCommand {
     Topics(crate::bench_topics::TopicsBenchArgs),
 }
 
+/// When the first and the last record of a consume run arrived.
+#[derive(Debug, Default, Clone, Copy)]
+struct ActiveSpan {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl ActiveSpan {
+    fn record(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// From the first record to the last (0 with fewer than two).
+    fn elapsed(&self) -> Duration {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => last.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Topic to use; created with --partitions if missing.
@@ -70,11 +92,11 @@ pub struct BenchArgs {
     /// Producer linger in milliseconds.
     #[arg(long, default_value_t = 1)]
     pub linger_ms: u64,
-    /// `none`, `lz4` or `zstd`.
-    #[arg(long, default_value = "none")]
+    /// Batch compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     pub compression: String,
-    /// Topic durability when creating it: `fsync` or `periodic`.
-    #[arg(long, default_value = "fsync")]
+    /// Topic durability when creating it.
+    #[arg(long, default_value = "fsync", value_parser = ["fsync", "periodic"])]
     pub durability: String,
     /// Producer memory limit in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
@@ -401,7 +423,7 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
     let received = Arc::new(AtomicU64::new(0));
     let progress = spawn_progress("consume", received.clone(), args.messages);
     let mut latency_us = new_histogram();
-    let mut started: Option<Instant> = None;
+    let mut span = ActiveSpan::default();
     let mut count = 0u64;
     let idle = Duration::from_secs(10);
     while count < args.messages {
@@ -412,7 +434,7 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
             );
             break;
         };
-        started.get_or_insert_with(Instant::now);
+        span.record(Instant::now());
         count += 1;
         received.store(count, Ordering::Relaxed);
         if from_latest {
@@ -427,7 +449,9 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
             }
         }
     }
-    let elapsed = started.map(|started| started.elapsed()).unwrap_or_default();
+    // First to last record: the idle wait that ends a short run is not
+    // consuming time and would understate the throughput.
+    let elapsed = span.elapsed();
     progress.abort();
     consumer.close().await?;
     Ok(Report {
@@ -436,4 +460,22 @@ async fn consume(client: &ClientConfig, args: &BenchArgs, from_latest: bool) -> 
         latency_us,
         errors: 0,
     })
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+
+    #[test]
+    fn the_idle_tail_after_the_last_record_is_not_counted() {
+        let start = Instant::now();
+        let mut span = ActiveSpan::default();
+        assert_eq!(span.elapsed(), Duration::ZERO);
+        span.record(start);
+        assert_eq!(span.elapsed(), Duration::ZERO);
+        span.record(start + Duration::from_millis(1_500));
+        span.record(start + Duration::from_millis(2_000));
+        // The consumer then waits 10 s for more and gives up: not counted.
+        assert_eq!(span.elapsed(), Duration::from_millis(2_000));
+    }
 }

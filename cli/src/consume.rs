@@ -57,8 +57,8 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records instead of stopping when idle.
     #[arg(long)]
     pub follow: bool,
-    /// Without --follow: stop after this long without a record, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
+    /// Without --follow: stop after this long without a record (`3s`, or milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "3000", value_parser = crate::units::parse_duration_ms)]
     pub idle_timeout_ms: u64,
     /// Records of transactions: read_committed (the default) shows only
     /// committed ones and nothing past an open transaction;

@@ -48,6 +48,9 @@ async fn bind(port: u16, what: &str) -> Result<TcpListener> {
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
+    // First of all: a directory another `sluice dev` uses is refused
+    // before any banner, listener or file of the cluster.
+    let _lock = crate::dev_lock::lock(&args.data_dir)?;
     let _telemetry = sluice_telemetry::init(
         "sluice-dev",
         &TelemetryConfig {
@@ -120,7 +123,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ..BrokerConfig::default()
     };
 
-    let (stop, stopped) = watch::channel(false);
+    // One stop per service, sent in order on shutdown: the broker first
+    // (it flushes appends to the store and deregisters at the
+    // nameserver), then the store, then the nameserver, so that a clean
+    // stop has nothing to warn about.
+    let (stop_broker, broker_stopped) = watch::channel(false);
+    let (stop_store, store_stopped) = watch::channel(false);
+    let (stop_nameserver, nameserver_stopped) = watch::channel(false);
     let signal = |mut receiver: watch::Receiver<bool>| async move {
         // Either a stop was sent or every sender is gone: both mean stop.
         let _ = receiver.wait_for(|stop| *stop).await;
@@ -128,19 +137,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let nameserver = tokio::spawn(sluice_nameserver::run_with_metrics(
         nameserver_config,
         nameserver_listener,
-        signal(stopped.clone()),
+        signal(nameserver_stopped),
         registry.clone(),
     ));
     let store = tokio::spawn(sluice_store::run_with_metrics(
         store_config,
         store_listener,
-        signal(stopped.clone()),
+        signal(store_stopped),
         registry.clone(),
     ));
     let broker = tokio::spawn(sluice_broker::run_with_metrics(
         broker_config,
         broker_listener,
-        signal(stopped.clone()),
+        signal(broker_stopped),
         registry.clone(),
     ));
 
@@ -159,11 +168,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
         _ = terminate() => tell("SIGTERM: stopping..."),
     }
-    let _ = stop.send(true);
+    let _ = stop_broker.send(true);
     let drained = tokio::time::timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS), async {
-        // Broker first: it flushes appends to the store and deregisters.
         let broker = broker.await;
+        let _ = stop_store.send(true);
         let store = store.await;
+        let _ = stop_nameserver.send(true);
         let nameserver = nameserver.await;
         (broker, store, nameserver)
     })

@@ -81,11 +81,26 @@ pub async fn run(client: ClientConfig, command: MessageCommand) -> Result<()> {
             offset,
         } => {
             let record = admin.get_message(&topic, partition, offset).await?;
+            if crate::output::json() {
+                return crate::output::print_json(&record_json(&record));
+            }
             print_record(&record, &mut out)?;
         }
         MessageCommand::Find(args) => {
             let query = query_of(&args)?;
             let found = admin.find_messages(query).await?;
+            if crate::output::json() {
+                let continue_from: Vec<serde_json::Value> = found
+                    .continue_from
+                    .iter()
+                    .map(|(partition, offset)| serde_json::json!({"partition": partition, "offset": offset}))
+                    .collect();
+                return crate::output::print_json(&serde_json::json!({
+                    "messages": found.records.iter().map(record_json).collect::<Vec<_>>(),
+                    "notes": found.notes,
+                    "continue_from": continue_from,
+                }));
+            }
             for record in &found.records {
                 print_record(record, &mut out)?;
             }
@@ -114,6 +129,17 @@ pub async fn run(client: ClientConfig, command: MessageCommand) -> Result<()> {
             let why = admin
                 .explain_message(&topic, partition, offset, &subscription)
                 .await?;
+            if crate::output::json() {
+                return crate::output::print_json(&serde_json::json!({
+                    "state": state_name(why.state()).to_ascii_lowercase(),
+                    "explanation": why.explanation,
+                    "delivery_count": why.delivery_count,
+                    "log_start_offset": why.log_start_offset,
+                    "high_watermark": why.high_watermark,
+                    "mark_delete": why.mark_delete,
+                    "from_dispatcher": why.from_dispatcher,
+                }));
+            }
             writeln!(out, "{}: {}", state_name(why.state()), why.explanation)?;
             if why.delivery_count > 0 {
                 writeln!(out, "deliveries: {}", why.delivery_count)?;
@@ -167,6 +193,31 @@ fn query_of(args: &FindArgs) -> Result<MessageQuery> {
 
 /// `PARTITION OFFSET TIMESTAMP_MS key=K tags=a,b VALUE [header=value...]`,
 /// tab separated.
+/// A record for `--output json`: key and value as (lossy) UTF-8 text.
+fn record_json(record: &ConsumerRecord) -> serde_json::Value {
+    let text = |bytes: Option<&[u8]>| bytes.map(|bytes| String::from_utf8_lossy(bytes).to_string());
+    let headers: serde_json::Map<String, serde_json::Value> = record
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.clone(),
+                String::from_utf8_lossy(value).to_string().into(),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": crate::units::format_unix_ms(record.timestamp_ms),
+        "key": text(record.key.as_deref()),
+        "value": text(record.value.as_deref()),
+        "tags": record.tags,
+        "headers": headers,
+    })
+}
+
 fn print_record(record: &ConsumerRecord, out: &mut impl Write) -> std::io::Result<()> {
     let key = record
         .key
@@ -183,7 +234,7 @@ fn print_record(record: &ConsumerRecord, out: &mut impl Write) -> std::io::Resul
         "{}\t{}\t{}\tkey={key}\ttags={}\t{value}",
         record.partition,
         record.offset,
-        record.timestamp_ms,
+        crate::units::format_unix_ms(record.timestamp_ms),
         record.tags.join(",")
     )?;
     for (name, value) in &record.headers {
@@ -263,7 +314,7 @@ mod tests {
         print_record(&record, &mut out).expect("print");
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
-            "2\t9\t1000\tkey=k\ttags=a,b\thello\th=v\n"
+            "2\t9\t1970-01-01T00:00:01.000Z\tkey=k\ttags=a,b\thello\th=v\n"
         );
     }
 }

@@ -27,12 +27,12 @@ pub struct ProduceArgs {
     /// Send to this partition instead of choosing by key.
     #[arg(long)]
     pub partition: Option<u32>,
-    /// `none`, `lz4` or `zstd`.
-    #[arg(long, default_value = "none")]
+    /// Batch compression.
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
     pub compression: String,
     /// Print partition and offset of every record.
     #[arg(long)]
-    pub verbose: bool,
+    pub print_offsets: bool,
 }
 
 fn parse_header(header: &str) -> Result<(String, Bytes)> {
@@ -94,7 +94,12 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
             // Report as we go and keep the list of waiting acks short.
             if pending.len() >= 10_000 {
-                report(std::mem::take(&mut pending), args.verbose, &mut partitions).await?;
+                report(
+                    std::mem::take(&mut pending),
+                    args.print_offsets,
+                    &mut partitions,
+                )
+                .await?;
             }
         }
     } else {
@@ -103,7 +108,7 @@ pub async fn run(client: ClientConfig, args: ProduceArgs) -> Result<()> {
             count += 1;
         }
     }
-    report(pending, args.verbose, &mut partitions).await?;
+    report(pending, args.print_offsets, &mut partitions).await?;
     // The alert of ADR 0012: consumers are falling behind on a partition.
     for partition in &partitions {
         let Some(pressure) = producer.pressure(&args.topic, *partition) else {

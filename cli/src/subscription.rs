@@ -21,6 +21,28 @@ pub enum SubscriptionCommand {
     Describe { topic: String, name: String },
     /// Delete a subscription; created again it starts afresh.
     Delete { topic: String, name: String },
+    /// Skip the next messages on every partition (never delivered; the cursor only moves forward).
+    Skip {
+        topic: String,
+        name: String,
+        /// Offsets to skip past each partition's acknowledged position.
+        #[arg(long)]
+        count: u64,
+    },
+    /// Skip everything not yet acknowledged, up to each partition's end.
+    Clear { topic: String, name: String },
+    /// Set the cursor to an offset or a time on every partition (rewinds too); the
+    /// subscription must have no consumers.
+    Reset {
+        topic: String,
+        name: String,
+        /// The offset to deliver from.
+        #[arg(long, conflicts_with = "to_time")]
+        to_offset: Option<u64>,
+        /// Deliver from the first record at or after this RFC 3339 time.
+        #[arg(long)]
+        to_time: Option<String>,
+    },
     /// Write the subscription's dead letters back to the topic they came
     /// from (each acknowledged in the dead-letter topic once written).
     ReplayDeadLetters {
@@ -121,8 +143,9 @@ pub struct CreateSubscriptionArgs {
     /// Where the subscription starts.
     #[arg(long, value_enum, default_value = "latest")]
     pub initial_position: InitialPositionArg,
-    /// Redeliver a message not acknowledged within this many milliseconds (0: server default, 30000).
-    #[arg(long, default_value_t = 0)]
+    /// Redeliver a message not acknowledged within this time (`30s`, or milliseconds; 0: server
+    /// default, 30000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub ack_timeout_ms: u64,
     /// Move a message to the dead-letter topic after this many deliveries (0: never).
     #[arg(long, default_value_t = 0)]
@@ -130,20 +153,22 @@ pub struct CreateSubscriptionArgs {
     /// Where dead letters go (default TOPIC-NAME-DLQ, created when missing).
     #[arg(long)]
     pub dead_letter_topic: Option<String>,
-    /// First redelivery delay after a negative acknowledgement, in milliseconds (0: server default, 1000).
-    #[arg(long, default_value_t = 0)]
+    /// First redelivery delay after a negative acknowledgement (`1s`, or milliseconds; 0: server
+    /// default, 1000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub redelivery_backoff_initial_ms: u64,
-    /// Largest redelivery delay, in milliseconds (0: server default, 60000).
-    #[arg(long, default_value_t = 0)]
+    /// Largest redelivery delay (`1m`, or milliseconds; 0: server default, 60000).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub redelivery_backoff_max_ms: u64,
     /// This subscription's backlog quota in messages, replacing the topic's (0: the topic's).
     #[arg(long, default_value_t = 0)]
     pub backlog_quota_messages: u64,
-    /// This subscription's backlog quota in (estimated) bytes (0: the topic's).
-    #[arg(long, default_value_t = 0)]
+    /// This subscription's backlog quota in (estimated) bytes (`1GiB`, or bytes; 0: the topic's).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = crate::units::parse_bytes)]
     pub backlog_quota_bytes: u64,
-    /// This subscription's quota on the oldest unacknowledged message's age (0: the topic's).
-    #[arg(long, default_value_t = 0)]
+    /// This subscription's quota on the oldest unacknowledged message's age (`1h`, or
+    /// milliseconds; 0: the topic's).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::units::parse_duration_ms)]
     pub backlog_quota_age_ms: u64,
     /// At this subscription's quota (default: the topic's policy).
     #[arg(long, value_enum)]
@@ -189,6 +214,21 @@ impl CreateSubscriptionArgs {
 pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<()> {
     let admin = Admin::connect(config.clone()).await?;
     match command {
+        SubscriptionCommand::Skip { topic, name, count } => {
+            crate::subscription_skip::skip(&admin, &topic, &name, Some(count)).await?
+        }
+        SubscriptionCommand::Clear { topic, name } => {
+            crate::subscription_skip::skip(&admin, &topic, &name, None).await?
+        }
+        SubscriptionCommand::Reset {
+            topic,
+            name,
+            to_offset,
+            to_time,
+        } => {
+            crate::subscription_skip::reset(&admin, &topic, &name, to_offset, to_time.as_deref())
+                .await?
+        }
         SubscriptionCommand::ReplayDeadLetters {
             topic,
             name,
@@ -212,6 +252,13 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .list_subscriptions(&topic)
                 .await
                 .with_context(|| format!("listing subscriptions of {topic:?}"))?;
+            if crate::output::json() {
+                let list: Vec<serde_json::Value> = subscriptions
+                    .iter()
+                    .map(crate::views::subscription)
+                    .collect();
+                return crate::output::print_json(&serde_json::json!({ "subscriptions": list }));
+            }
             let rows: Vec<Vec<String>> = subscriptions
                 .iter()
                 .map(|subscription| {
@@ -245,6 +292,14 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
                 .get_subscription(&topic, &name)
                 .await
                 .with_context(|| format!("describing subscription {name:?} of {topic:?}"))?;
+            if crate::output::json() {
+                let mut document = crate::views::subscription(&subscription);
+                document["backlog"] = match admin.describe_subscription(&topic, &name).await {
+                    Ok(lag) => crate::views::subscription_lag(&lag),
+                    Err(error) => serde_json::json!({ "error": error.to_string() }),
+                };
+                return crate::output::print_json(&document);
+            }
             print!("{}", describe(&subscription));
             match admin.describe_subscription(&topic, &name).await {
                 Ok(lag) => print!("\n{}", lag_report(&lag)),
@@ -393,7 +448,12 @@ fn describe(subscription: &Subscription) -> String {
         ),
         ("dead letters", dead_letters),
         ("backlog quota", subscription_quota_text(subscription)),
-        ("created at ms", subscription.created_at_ms.to_string()),
+        (
+            "created at",
+            crate::units::format_unix_ms(
+                i64::try_from(subscription.created_at_ms).unwrap_or(i64::MAX),
+            ),
+        ),
     ];
     let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 1;
     rows.iter()
@@ -422,6 +482,16 @@ fn level_name(level: i32) -> &'static str {
 /// backlog crossed a quota's warning line (ADR 0012).
 fn lag_report(lag: &SubscriptionLag) -> String {
     let mut out = String::new();
+    let unknown = lag
+        .partitions
+        .iter()
+        .filter(|partition| partition.error != ErrorCode::None as i32)
+        .count();
+    if unknown > 0 {
+        out.push_str(&format!(
+            "{unknown} partition(s) unknown (their owners could not be asked): the totals below are lower bounds\n"
+        ));
+    }
     out.push_str(&format!(
         "backlog: {} messages, ~{} bytes, oldest unacknowledged {} old
 ",
@@ -758,5 +828,12 @@ mod tests {
         assert!(report.contains("quota kind: messages"), "{report}");
         assert!(report.contains("UNAVAILABLE: no owner"), "{report}");
         assert!(!report.contains("WARNING: partition 1"), "{report}");
+        assert!(
+            report.contains("1 partition(s) unknown") && report.contains("lower bounds"),
+            "{report}"
+        );
+        let json = crate::views::subscription_lag(&lag);
+        assert_eq!(json["partitions_unknown"], 1, "{json}");
+        assert_eq!(json["partitions"][1]["error"], "UNAVAILABLE", "{json}");
     }
 }

@@ -8,6 +8,13 @@ use sluice_proto::v1;
 use sluice_proto::ErrorCode;
 use std::sync::Arc;
 
+mod alter;
+mod group_offsets;
+mod subscription_skip;
+pub use alter::KEY_ORDER_NOTICE;
+pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
+pub use subscription_skip::{SubscriptionReset, SubscriptionSkip};
+
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
 
@@ -128,10 +135,12 @@ impl Admin {
             .await
     }
 
-    /// Deletes a topic and (eventually) its data.
+    /// Deletes a topic and (eventually) its data, and the dead-letter
+    /// topics of its subscriptions (see [`Admin::delete_topic_with`]).
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let request = v1::DeleteTopicRequest {
             name: name.to_string(),
+            keep_dead_letters: false,
         };
         self.cluster
             .call_nameserver("DeleteTopic", |mut client| {

@@ -144,8 +144,10 @@ impl Cluster {
                     continue;
                 }
             };
+            tracing::debug!(nameserver = %url, tls = config.tls.is_some(), "connecting to a bootstrap nameserver");
             match endpoint.connect().await {
                 Ok(channel) => {
+                    tracing::debug!(nameserver = %url, "connected");
                     lock(&cluster.channels).insert(normalize_address(url), channel);
                     *lock(&cluster.preferred_nameserver) = index;
                     return Ok(cluster);
@@ -505,6 +507,7 @@ impl Cluster {
     pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
         let request = FindCoordinatorRequest {
             group: group.to_string(),
+            ..Default::default()
         };
         let response = self
             .call_nameserver("FindCoordinator", |mut client| {

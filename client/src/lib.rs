@@ -113,7 +113,10 @@ mod testing;
 mod tls;
 mod tls_reload;
 
-pub use admin::{Admin, FoundMessages, MessageQuery, MAX_FIND_LIMIT};
+pub use admin::{
+    reset_target, Admin, FoundMessages, MessageQuery, OffsetReset, OffsetResetPlan, PartitionReset,
+    SubscriptionReset, SubscriptionSkip, KEY_ORDER_NOTICE, MAX_FIND_LIMIT,
+};
 pub use config::ClientConfig;
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, Isolation,

@@ -479,6 +479,27 @@ impl Broker for FakeBroker {
         Err(Status::unimplemented("not needed by the SDK tests"))
     }
 
+    async fn reset_subscription_cursor(
+        &self,
+        _request: Request<sluice_proto::v1::ResetSubscriptionCursorRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn skip_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::SkipSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::SkipSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
+    async fn delete_group(
+        &self,
+        _request: Request<sluice_proto::v1::DeleteGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("not needed by the SDK tests"))
+    }
+
     async fn get_message(
         &self,
         _request: Request<sluice_proto::v1::GetMessageRequest>,
@@ -512,6 +533,60 @@ impl Broker for FakeBroker {
         _request: Request<WriteTxnMarkersRequest>,
     ) -> Result<Response<WriteTxnMarkersResponse>, Status> {
         Err(Status::unimplemented("brokers only"))
+    }
+
+    // The fake coordinates no transactions (the SDK's transactional
+    // producer is ADR 0016 stage 3).
+    async fn init_producer_id(
+        &self,
+        _request: Request<sluice_proto::v1::InitProducerIdRequest>,
+    ) -> Result<Response<sluice_proto::v1::InitProducerIdResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn add_transaction_participants(
+        &self,
+        _request: Request<sluice_proto::v1::AddTransactionParticipantsRequest>,
+    ) -> Result<Response<sluice_proto::v1::AddTransactionParticipantsResponse>, Status> {
+        Err(Status::unimplemented("brokers only"))
+    }
+
+    async fn end_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::EndTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::EndTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn list_transactions(
+        &self,
+        _request: Request<sluice_proto::v1::ListTransactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListTransactionsResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn describe_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::DescribeTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::DescribeTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
+    }
+
+    async fn abort_transaction(
+        &self,
+        _request: Request<sluice_proto::v1::AbortTransactionRequest>,
+    ) -> Result<Response<sluice_proto::v1::AbortTransactionResponse>, Status> {
+        Err(Status::unimplemented(
+            "no transaction coordinator in the fake",
+        ))
     }
 
     type SubscribeStream =
@@ -910,6 +985,27 @@ impl name_server_server::NameServer for FakeNameServer {
         _request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("delete_topic is not faked"))
+    }
+
+    async fn unregister_group(
+        &self,
+        _request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
+        Err(Status::unimplemented("unregister_group is not faked"))
+    }
+
+    async fn alter_topic(
+        &self,
+        _request: Request<sluice_proto::v1::AlterTopicRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("alter_topic is not faked"))
+    }
+
+    async fn add_partitions(
+        &self,
+        _request: Request<sluice_proto::v1::AddPartitionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("add_partitions is not faked"))
     }
 
     async fn watch_routes(

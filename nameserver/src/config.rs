@@ -219,6 +219,10 @@ pub struct NameServerConfig {
     /// Partitions of the internal `__consumer_offsets` topic, created at
     /// startup when missing. Default 8.
     pub offsets_partitions: u32,
+    /// Partitions of the internal `__transaction_state` topic (ADR 0016
+    /// §2.1: the transaction coordinators' log), created at startup when
+    /// missing. Default 8.
+    pub transaction_log_partitions: u32,
     /// Largest number of compares, and of puts or deletes, put into one
     /// metadata transaction (etcd's `--max-txn-ops` defaults to 128 and
     /// refuses larger ones): the assigner's batches of owner changes and
@@ -285,6 +289,7 @@ impl Default for NameServerConfig {
             max_moves_per_reconcile: 4,
             balance_interval_ms: 5_000,
             offsets_partitions: 8,
+            transaction_log_partitions: 8,
             max_transaction_operations: 128,
             max_segments_per_delete: 100,
             watch_routes_interval_ms: 500,

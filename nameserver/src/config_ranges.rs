@@ -50,6 +50,12 @@ pub fn ranges(config: &NameServerConfig) -> Vec<KeyRange> {
             1,
             MAX_PARTITIONS_PER_TOPIC.into(),
         ),
+        KeyRange::new(
+            "transaction_log_partitions",
+            config.transaction_log_partitions,
+            1,
+            MAX_PARTITIONS_PER_TOPIC.into(),
+        ),
         KeyRange::count(
             "max_transaction_operations",
             config.max_transaction_operations,

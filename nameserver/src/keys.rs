@@ -5,6 +5,10 @@ use crate::error::NameServerError;
 use sluice_proto::v1::NodeKind;
 
 pub const NODES: &str = "nodes/";
+/// Nodes whose session was ended for silence (`DownNode` values, no
+/// lease): one key per node id, deleted when it registers again or by
+/// `ClusterStatus` once older than the report window.
+pub const DOWN_NODES: &str = "down-nodes/";
 pub const TOPICS: &str = "topics/";
 pub const PARTITIONS: &str = "partitions/";
 pub const SEGMENTS: &str = "segments/";
@@ -62,6 +66,10 @@ pub fn nodes_of_kind(kind: NodeKind) -> String {
 
 pub fn node(kind: NodeKind, node_id: &str) -> String {
     format!("{NODES}{}/{node_id}", kind_segment(kind))
+}
+
+pub fn down_node(kind: NodeKind, node_id: &str) -> String {
+    format!("{DOWN_NODES}{}/{node_id}", kind_segment(kind))
 }
 
 pub fn topic(topic: &str) -> String {

@@ -365,6 +365,7 @@ async fn register_self(
             ..Default::default()
         }),
         lease_remaining_ms: 0,
+        last_heartbeat_ms_ago: -1,
         rack: String::new(),
         // Written by the nameserver itself, never through RegisterNode.
         principal: String::new(),

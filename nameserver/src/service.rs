@@ -7,20 +7,20 @@ use sluice_acl::{Operation, ResourceType};
 use sluice_proto::v1::assignment_watch_server::AssignmentWatch;
 use sluice_proto::v1::name_server_server::NameServer;
 use sluice_proto::v1::{
-    AcceptDataLossRequest, AcceptDataLossResponse, AllocateProducerIdRequest,
-    AllocateProducerIdResponse, CloseSegmentRequest, ClusterStatusRequest, ClusterStatusResponse,
-    CreateAclsRequest, CreateAclsResponse, CreateSegmentRequest, CreateSubscriptionRequest,
-    CreateTopicRequest, DeleteAclsRequest, DeleteAclsResponse, DeleteSegmentsRequest,
-    DeleteSegmentsResponse, DeleteSubscriptionRequest, DeleteSubscriptionResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest, DeregisterNodeResponse,
-    DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest, GetRoutesResponse,
-    GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse, ListAclsRequest, ListAclsResponse,
-    ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest, ListSegmentsResponse,
-    ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest, ListTopicsResponse,
-    RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest, RegisterNodeResponse,
-    SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest, WatchAssignmentsRequest,
-    WatchRoutesRequest,
+    AcceptDataLossRequest, AcceptDataLossResponse, AddPartitionsRequest, AllocateProducerIdRequest,
+    AllocateProducerIdResponse, AlterTopicRequest, CloseSegmentRequest, ClusterStatusRequest,
+    ClusterStatusResponse, CoordinatorKind, CreateAclsRequest, CreateAclsResponse,
+    CreateSegmentRequest, CreateSubscriptionRequest, CreateTopicRequest, DeleteAclsRequest,
+    DeleteAclsResponse, DeleteSegmentsRequest, DeleteSegmentsResponse, DeleteSubscriptionRequest,
+    DeleteSubscriptionResponse, DeleteTopicRequest, DeleteTopicResponse, DeregisterNodeRequest,
+    DeregisterNodeResponse, DescribeTopicRequest, DescribeTopicResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GetProducerIdKeyRequest, GetProducerIdKeyResponse, GetRoutesRequest,
+    GetRoutesResponse, GetSubscriptionRequest, HeartbeatRequest, HeartbeatResponse,
+    ListAclsRequest, ListAclsResponse, ListGroupsRequest, ListGroupsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, ListSubscriptionsRequest, ListSubscriptionsResponse, ListTopicsRequest,
+    ListTopicsResponse, RegisterGroupRequest, RegisterGroupResponse, RegisterNodeRequest,
+    RegisterNodeResponse, SegmentInfo, Subscription, Topic, UpdateSegmentReplicasRequest,
+    WatchAssignmentsRequest, WatchRoutesRequest,
 };
 use sluice_service::RequestAuthorizer;
 use tonic::{Request, Response, Status};
@@ -103,11 +103,30 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> ServiceResult<DeleteTopicResponse> {
+        let authorizer = RequestAuthorizer::of(request.extensions());
         let request = checked(request, Operation::Delete, ResourceType::Topic, |r| {
             vec![r.name.clone()]
         })?;
-        self.do_delete_topic(&request.name).await?;
-        Ok(Response::new(DeleteTopicResponse {}))
+        let may_delete =
+            |topic: &str| authorizer.allows(Operation::Delete, ResourceType::Topic, topic);
+        Ok(Response::new(
+            self.do_delete_topic_and_dead_letters(&request, may_delete)
+                .await?,
+        ))
+    }
+
+    async fn alter_topic(&self, request: Request<AlterTopicRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_alter_topic(request).await?))
+    }
+
+    async fn add_partitions(&self, request: Request<AddPartitionsRequest>) -> ServiceResult<Topic> {
+        let request = checked(request, Operation::Alter, ResourceType::Topic, |r| {
+            vec![r.name.clone()]
+        })?;
+        Ok(Response::new(self.do_add_partitions(request).await?))
     }
 
     async fn get_routes(
@@ -136,12 +155,22 @@ impl NameServer for NameServerHandler {
         &self,
         request: Request<FindCoordinatorRequest>,
     ) -> ServiceResult<FindCoordinatorResponse> {
-        let request = checked(request, Operation::Describe, ResourceType::Group, |r| {
-            vec![r.group.clone()]
-        })?;
-        Ok(Response::new(
-            self.do_find_coordinator(&request.group).await?,
-        ))
+        // A transaction coordinator is looked up by whoever may Describe
+        // the transactional id (ADR 0016 §1), a group's by its readers.
+        let transactional = request.get_ref().kind == CoordinatorKind::Transaction as i32;
+        let request = if transactional {
+            checked(
+                request,
+                Operation::Describe,
+                ResourceType::TransactionalId,
+                |r| vec![r.key.clone()],
+            )?
+        } else {
+            checked(request, Operation::Describe, ResourceType::Group, |r| {
+                vec![r.group.clone()]
+            })?
+        };
+        Ok(Response::new(self.do_find_coordinator(&request).await?))
     }
 
     async fn list_segments(
@@ -234,6 +263,15 @@ impl NameServer for NameServerHandler {
     ) -> ServiceResult<RegisterGroupResponse> {
         self.do_register_group(&request.into_inner().group).await?;
         Ok(Response::new(RegisterGroupResponse {}))
+    }
+
+    async fn unregister_group(
+        &self,
+        request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> ServiceResult<sluice_proto::v1::UnregisterGroupResponse> {
+        self.do_unregister_group(&request.into_inner().group)
+            .await?;
+        Ok(Response::new(sluice_proto::v1::UnregisterGroupResponse {}))
     }
 
     async fn list_groups(

@@ -187,6 +187,16 @@ impl SessionMonitor {
         }
     }
 
+    /// How long `session` under `key` has been silent here (since its
+    /// last heartbeat, this nameserver's write, or a metadata outage);
+    /// `None` when another nameserver holds it.
+    pub fn silent_for(&self, key: &str, session: u64, now: Instant) -> Option<Duration> {
+        self.sessions
+            .get(key)
+            .filter(|tracked| tracked.session == session)
+            .map(|tracked| now.saturating_duration_since(tracked.renewed_at))
+    }
+
     /// How many sessions are watched here.
     pub fn len(&self) -> usize {
         self.sessions.len()

@@ -5,11 +5,12 @@ mod common;
 
 use common::{code, eventually, topic_request, Client, Cluster, Fixture};
 use sluice_proto::v1::{
-    CloseSegmentRequest, ClusterStatusRequest, CreateSegmentRequest, CreateTopicRequest,
-    DeleteSegmentsRequest, DeleteTopicRequest, DeregisterNodeRequest, DescribeTopicRequest,
-    FindCoordinatorRequest, GetRoutesRequest, HeartbeatRequest, ListGroupsRequest,
-    ListSegmentsRequest, ListTopicsRequest, NodeKind, PartitionAssignment, RegisterGroupRequest,
-    RegisterNodeRequest, SegmentInfo, SegmentState, TopicConfig, WatchRoutesRequest,
+    CloseSegmentRequest, ClusterStatusRequest, CoordinatorKind, CreateSegmentRequest,
+    CreateTopicRequest, DeleteSegmentsRequest, DeleteTopicRequest, DeregisterNodeRequest,
+    DescribeTopicRequest, FindCoordinatorRequest, GetRoutesRequest, HeartbeatRequest,
+    ListGroupsRequest, ListSegmentsRequest, ListTopicsRequest, NodeKind, PartitionAssignment,
+    RegisterGroupRequest, RegisterNodeRequest, SegmentInfo, SegmentState, TopicConfig,
+    WatchRoutesRequest,
 };
 use sluice_proto::ErrorCode;
 use std::collections::HashMap;
@@ -217,6 +218,9 @@ async fn routes_and_listing_show_the_assignment(
     assert!(all
         .iter()
         .any(|t| t.name == "__consumer_offsets" && t.internal));
+    assert!(all
+        .iter()
+        .any(|t| t.name == "__transaction_state" && t.internal));
 }
 
 /// Segments of orders/0 created, closed, listed, described and deleted by
@@ -334,6 +338,7 @@ async fn groups_find_their_coordinator(cluster: &Cluster, client: &mut Client) {
             let response = client
                 .find_coordinator(FindCoordinatorRequest {
                     group: "billing".to_string(),
+                    ..Default::default()
                 })
                 .await
                 .ok()?
@@ -351,10 +356,46 @@ async fn groups_find_their_coordinator(cluster: &Cluster, client: &mut Client) {
     let bad_group = client
         .find_coordinator(FindCoordinatorRequest {
             group: "../etc".to_string(),
+            ..Default::default()
         })
         .await
         .expect_err("bad group");
     assert_eq!(code(&bad_group), ErrorCode::InvalidArgument);
+    // Transaction coordinators live in __transaction_state (ADR 0016).
+    let transactional = eventually("coordinator of copier-7 is live", || {
+        let mut client = client.clone();
+        async move {
+            let response = client
+                .find_coordinator(FindCoordinatorRequest {
+                    kind: CoordinatorKind::Transaction as i32,
+                    key: "copier-7".to_string(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (!response.broker_id.is_empty()).then_some(response)
+        }
+    })
+    .await;
+    assert_eq!(transactional.broker_id, "broker-1");
+    assert_eq!(transactional.offsets_partition, 0, "one log partition");
+    for (kind, key) in [
+        (CoordinatorKind::Transaction as i32, "a b".to_string()),
+        (CoordinatorKind::Transaction as i32, "x".repeat(250)),
+        (CoordinatorKind::Transaction as i32, String::new()),
+        (7, "copier-7".to_string()),
+    ] {
+        let refused = client
+            .find_coordinator(FindCoordinatorRequest {
+                kind,
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad transactional lookup");
+        assert_eq!(code(&refused), ErrorCode::InvalidArgument, "{kind} {key}");
+    }
 }
 
 async fn status_counts_nodes_topics_and_partitions(client: &mut Client) {
@@ -366,8 +407,9 @@ async fn status_counts_nodes_topics_and_partitions(client: &mut Client) {
     assert_eq!(status.metadata_backend, "etcd");
     assert_eq!(status.brokers.len(), 1);
     assert_eq!(status.stores.len(), 1);
-    assert_eq!(status.topics, 2);
-    assert_eq!(status.partitions, 5);
+    // events (3), __consumer_offsets (2), __transaction_state (1).
+    assert_eq!(status.topics, 3);
+    assert_eq!(status.partitions, 6);
     assert!(status.brokers[0].lease_remaining_ms > 0);
 }
 
@@ -377,6 +419,7 @@ async fn deleted_topics_are_gone(cluster: &Cluster, client: &mut Client) {
     let internal = client
         .delete_topic(DeleteTopicRequest {
             name: "__consumer_offsets".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect_err("internal topic");
@@ -384,6 +427,7 @@ async fn deleted_topics_are_gone(cluster: &Cluster, client: &mut Client) {
     client
         .delete_topic(DeleteTopicRequest {
             name: "orders".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect("delete topic");
@@ -771,6 +815,7 @@ async fn two_nameservers_on_one_etcd_agree() {
         client
             .find_coordinator(FindCoordinatorRequest {
                 group: "g".to_string(),
+                ..Default::default()
             })
             .await
             .expect(via)
@@ -945,6 +990,7 @@ async fn wide_topics_and_recreated_topics() {
     client
         .delete_topic(DeleteTopicRequest {
             name: "wide".to_string(),
+            ..DeleteTopicRequest::default()
         })
         .await
         .expect("delete");

@@ -337,8 +337,8 @@ async fn deleted_subscriptions_can_be_created_afresh(client: &mut Client) {
     );
 }
 
-/// Deleting the topic deletes its subscriptions (and only its own: the
-/// dead-letter topics and their own subscriptions stay).
+/// Deleting the topic deletes its subscriptions (and only its own: asked
+/// to keep them, the dead-letter topics and their own subscriptions stay).
 async fn deleting_the_topic_deletes_its_subscriptions(
     client: &mut Client,
     store: &dyn MetadataStore,
@@ -360,6 +360,7 @@ async fn deleting_the_topic_deletes_its_subscriptions(
     client
         .delete_topic(DeleteTopicRequest {
             name: "orders".to_string(),
+            keep_dead_letters: true,
         })
         .await
         .expect("delete topic");

@@ -125,8 +125,11 @@ impl ErrorCode {
             ErrorCode::NotAuthorized => Code::PermissionDenied,
             ErrorCode::NotAuthenticated | ErrorCode::CredentialsExpired => Code::Unauthenticated,
             ErrorCode::TransactionAbortable => Code::Aborted,
-            ErrorCode::InvalidTransactionState => Code::FailedPrecondition,
+            ErrorCode::InvalidTransactionState | ErrorCode::GroupNotEmpty => {
+                Code::FailedPrecondition
+            }
             ErrorCode::ConcurrentTransactions => Code::Unavailable,
+            ErrorCode::ProducerFenced => Code::FailedPrecondition,
         }
     }
 
@@ -205,8 +208,10 @@ mod tests {
             ErrorCode::TransactionAbortable,
             ErrorCode::InvalidTransactionState,
             ErrorCode::ConcurrentTransactions,
+            ErrorCode::ProducerFenced,
             ErrorCode::NotAuthenticated,
             ErrorCode::CredentialsExpired,
+            ErrorCode::GroupNotEmpty,
         ] {
             let status: tonic::Status = SluiceError::new(code, "why").into();
             let back = SluiceError::from_status(&status);

@@ -117,6 +117,28 @@ impl fmt::Display for GroupName {
     }
 }
 
+/// A transactional id (ADR 0016 §1) that passed validation: the rules of
+/// a group name (it is an ACL resource name and a log record key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransactionalId(String);
+
+impl TransactionalId {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        validate("transactional id", name)?;
+        Ok(Self(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TransactionalId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
 /// A subscription name that passed validation: the same rules as a
 /// user-supplied topic name (it ends up in the key
 /// `subscriptions/{topic}/{name}` and in the default dead-letter topic's
@@ -154,6 +176,10 @@ pub fn validate_node_id(node_id: &str) -> Result<(), NameError> {
 
 /// The internal topic holding consumer-group commits.
 pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The internal topic holding transaction coordinators' state (ADR 0016
+/// §2.1).
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +231,7 @@ mod tests {
         let error = SubscriptionName::new("a b").unwrap_err().to_string();
         assert!(error.starts_with("subscription name"), "{error}");
         assert!(TopicName::any(CONSUMER_OFFSETS_TOPIC).is_ok());
+        assert!(TopicName::any(TRANSACTION_STATE_TOPIC).is_ok());
     }
 
     #[test]

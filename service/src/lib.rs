@@ -80,7 +80,7 @@ pub use main_wiring::{main, Binary, Shutdown};
 pub use metrics_endpoint::{metrics_ranges, start_metrics_endpoint, MetricsEndpoint};
 pub use peer_tls::{PeerEndpoint, PeerTls};
 pub use plaintext_refusal::TLS_REQUIRED_MESSAGE;
-pub use principal::{principal_of, ANONYMOUS};
+pub use principal::{anonymous, principal_of, ANONYMOUS};
 pub use quota::{QuotaKind, QuotaLimits, QuotaTable, Quotas, QuotasConfig};
 pub use ranges::{out_of_range, KeyRange, MAX_COUNT, MAX_DURATION_MS, MAX_SIZE_BYTES};
 pub use request_authorizer::RequestAuthorizer;

@@ -105,6 +105,24 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn unregister_group(
+        &self,
+        _request: Request<sluice_proto::v1::UnregisterGroupRequest>,
+    ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+    async fn alter_topic(
+        &self,
+        _request: Request<sluice_proto::v1::AlterTopicRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+    async fn add_partitions(
+        &self,
+        _request: Request<sluice_proto::v1::AddPartitionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::Topic>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
     async fn get_routes(
         &self,
         _request: Request<GetRoutesRequest>,

@@ -103,8 +103,11 @@ pub fn init(
         // Log lines that cannot be written (stderr is a pipe whose reader
         // went away) are dropped: the subscriber's default reports each
         // failure with `eprintln!`, which panics in the logging task.
+        // Colour codes only on a terminal: a log file or a pipe gets
+        // plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .log_internal_errors(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

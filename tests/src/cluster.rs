@@ -279,6 +279,9 @@ pub struct ClusterSpec {
     /// it. Default false.
     pub default_timings: bool,
     pub offsets_partitions: u32,
+    /// Partitions of `__transaction_state` (ADR 0016); small, since every
+    /// cluster creates it.
+    pub transaction_log_partitions: u32,
     /// Members of the etcd cluster; every nameserver is given all of their
     /// client URLs. Default 1.
     pub etcd_members: usize,
@@ -345,6 +348,7 @@ impl Default for ClusterSpec {
             session_timeout_ms: 1500,
             default_timings: false,
             offsets_partitions: 4,
+            transaction_log_partitions: 2,
             etcd_members: 1,
             broker_config: String::new(),
             store_config: String::new(),
@@ -444,10 +448,11 @@ impl Cluster {
                 };
                 let body = format!(
                     "node_id = \"{node_id}\"\nlisten_address = \"127.0.0.1:{port}\"\n{timings}\
-                     offsets_partitions = {offsets}\n\
+                     offsets_partitions = {offsets}\ntransaction_log_partitions = {transaction_log}\n\
                      [metadata]\nbackend = \"etcd\"\nendpoints = [{etcd}]\n{etcd_tls}\
                      [topic_defaults]\nensemble_size = {ensemble}\nwrite_quorum = {ensemble}\nack_quorum = {ack}\n",
                     offsets = self.spec.offsets_partitions,
+                    transaction_log = self.spec.transaction_log_partitions,
                     etcd = self
                         .etcd
                         .client_urls()

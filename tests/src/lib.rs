@@ -1,6 +1,7 @@
 //! Test harness for Sluice clusters: a real etcd and real service processes
 //! on loopback, cleaned up on drop.
 
+pub mod browser;
 pub mod chaos;
 pub mod cluster;
 pub mod dev;
@@ -10,3 +11,4 @@ pub mod read_back;
 pub mod security;
 pub mod small_fs;
 pub mod subscription_kit;
+pub mod transactions;

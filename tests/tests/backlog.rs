@@ -677,15 +677,23 @@ async fn group_describe_shows_the_time_lag_of_a_streaming_group() {
         .find(|line| line.starts_with("clicks"))
         .unwrap_or_else(|| panic!("no row for clicks: {described}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
-    // TOPIC PARTITION COMMITTED END LAG LAG_TIME [MEMBER]
+    // TOPIC PARTITION COMMITTED END LAG LAG_TIME [MEMBER]; the time lag
+    // in human form (`10m`), in milliseconds in JSON.
     assert_eq!(&cells[..5], ["clicks", "0", "5", "20", "15"], "{described}");
-    let lag_ms: i64 = cells[5]
-        .strip_suffix("ms")
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("no time lag in {row:?}"));
+    assert!(cells[5].ends_with('m'), "no time lag in {row:?}");
+    let json = sluice_cli(
+        &cluster,
+        &["--output", "json", "group", "describe", "readers"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let lag_ms = json["partitions"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["topic"] == "clicks"))
+        .and_then(|row| row["lag_time_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no time lag in {json}"));
     assert!(
         lag_ms >= 600_000,
-        "the first unconsumed record is ten minutes old: {row}"
+        "the first unconsumed record is ten minutes old: {json}"
     );
 }
 
@@ -704,6 +712,7 @@ async fn commit_from_outside(cluster: &Cluster, group: &str, topic: &str, partit
             let coordinator = nameserver
                 .find_coordinator(FindCoordinatorRequest {
                     group: group.to_string(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(|status| status.to_string())?

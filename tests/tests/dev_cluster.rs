@@ -182,12 +182,13 @@ fn two_thousand_topics_survive_a_restart_of_dev() {
     assert_eq!(runtime.block_on(listed_topics(&dev)), created);
     let status = dev.ok(&["cluster", "status"]);
     assert!(status.contains("metadata backend: embedded"), "{status}");
-    // The topics and the internal __consumer_offsets, with their partitions.
+    // The topics and the internal __consumer_offsets and
+    // __transaction_state (8 partitions each), with their partitions.
     assert!(
         status.contains(&format!(
             "topics: {}  partitions: {}",
-            TOPICS + 1,
-            TOPICS + 8
+            TOPICS + 2,
+            TOPICS + 16
         )),
         "{status}"
     );

@@ -1,8 +1,11 @@
 //! ADR 0016 stage 1 at process level: transactional batches, markers
-//! written through `WriteTxnMarkers` (there is no transaction coordinator
-//! yet; the brokers run `[transactions] enabled = true`, which accepts every
-//! verification), and read-committed reads, across `kill -9` of the
-//! partition's owner.
+//! written by hand through `WriteTxnMarkers` (as a coordinator would), and
+//! read-committed reads, across `kill -9` of the partition's owner. The
+//! brokers run `[transactions] enabled = true`, so each producer takes its
+//! id from `InitProducerId` and the partition verifies its first batch
+//! with the coordinator (stage 2); the coordinators' own markers stay out
+//! of the way (long timeouts, and the open transaction's coordinator is
+//! not the broker killed).
 //!
 //! The log of one partition gets, interleaved, a plain record, a committed
 //! transaction (A), an aborted one (B), an open one (C) and a plain record
@@ -24,10 +27,13 @@ use sluice_proto::v1::{
 };
 use sluice_proto::ErrorCode;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
+use sluice_tests::transactions;
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "ledger";
 const TRANSACTIONAL_ID: &str = "test-transactions";
+/// Longer than the test: the coordinators never abort by timeout here.
+const TRANSACTION_TIMEOUT_MS: u64 = 300_000;
 
 /// `(broker id, address)` of the partition's serving owner, waiting for
 /// one.
@@ -274,19 +280,47 @@ async fn read_committed_never_sees_aborted_or_open_transactions_across_a_broker_
     .await;
     cluster.create_topic(TOPIC, 1).await;
     wait_until_writable(cluster.client_config(), TOPIC).await;
+    // C stays open across the kill: its coordinator must survive it, or
+    // the takeover would abort C (ADR 0016 §2.3).
+    let (ledger_owner, _) = owner(&cluster).await;
+    let mut c_id = None;
+    for candidate in 0..64 {
+        let name = format!("{TRANSACTIONAL_ID}-c{candidate}");
+        let (coordinator, _) = transactions::coordinator(&cluster, &name)
+            .await
+            .expect("a coordinator");
+        if coordinator != ledger_owner {
+            c_id = Some(name);
+            break;
+        }
+    }
+    let c_id = c_id.expect("a transactional id coordinated away from the ledger's owner");
+    let (a_id, b_id) = (
+        format!("{TRANSACTIONAL_ID}-a"),
+        format!("{TRANSACTIONAL_ID}-b"),
+    );
+    let init = |id: String| {
+        let cluster = &cluster;
+        async move {
+            let (producer_id, epoch) = transactions::init(cluster, &id, TRANSACTION_TIMEOUT_MS)
+                .await
+                .expect("InitProducerId");
+            assert_eq!(epoch, 0, "a new transactional id starts at epoch 0");
+            producer_id
+        }
+    };
     let (a, b, c, plain) = (
-        producer_id(&cluster).await,
-        producer_id(&cluster).await,
-        producer_id(&cluster).await,
+        init(a_id.clone()).await,
+        init(b_id.clone()).await,
+        init(c_id.clone()).await,
         producer_id(&cluster).await,
     );
-    let tx = TRANSACTIONAL_ID;
     let steps: [Step; 6] = [
         ("p0", Some((plain, 0, 0)), false, ""),
-        ("a1", Some((a, 0, 0)), true, tx),
-        ("b1", Some((b, 0, 0)), true, tx),
-        ("a2", Some((a, 0, 1)), true, tx),
-        ("c1", Some((c, 0, 0)), true, tx),
+        ("a1", Some((a, 0, 0)), true, &a_id),
+        ("b1", Some((b, 0, 0)), true, &b_id),
+        ("a2", Some((a, 0, 1)), true, &a_id),
+        ("c1", Some((c, 0, 0)), true, &c_id),
         ("p1", Some((plain, 0, 1)), false, ""),
     ];
     for (value, producer, transactional, id) in steps {
@@ -301,7 +335,7 @@ async fn read_committed_never_sees_aborted_or_open_transactions_across_a_broker_
     // Bad input: a delayed batch of the aborted transaction, a plain
     // batch of a producer whose transaction is open, a transactional batch
     // without an id, a control batch from a client.
-    let late = produce(&cluster, batch("b2", Some((b, 0, 1)), true), tx).await;
+    let late = produce(&cluster, batch("b2", Some((b, 0, 1)), true), &b_id).await;
     assert_eq!(late, ErrorCode::TransactionAbortable);
     let plain_of_open = produce(&cluster, batch("c-plain", Some((c, 0, 1)), false), "").await;
     assert_eq!(plain_of_open, ErrorCode::InvalidTransactionState);
@@ -353,7 +387,7 @@ async fn read_committed_never_sees_aborted_or_open_transactions_across_a_broker_
     );
     let (new_owner, _) = owner(&cluster).await;
     assert_ne!(new_owner, victim, "the partition moved");
-    let late = produce(&cluster, batch("b2", Some((b, 0, 1)), true), tx).await;
+    let late = produce(&cluster, batch("b2", Some((b, 0, 1)), true), &b_id).await;
     assert_eq!(late, ErrorCode::TransactionAbortable, "after the takeover");
 
     // A read-committed consumer starting at Latest while C is open starts

@@ -8,7 +8,7 @@ fn user(name: &str) -> Principal {
     Principal::user(name).expect("valid")
 }
 
-fn coordinator() -> Coordinator {
+pub(super) fn coordinator() -> Coordinator {
     Coordinator::new(&GroupsConfig {
         min_session_timeout_ms: 1,
         ..GroupsConfig::default()
@@ -40,6 +40,11 @@ fn beat(
         &counts(),
         &user("alice"),
     )
+}
+
+/// A first member of group "g" joins.
+pub(super) fn join(coordinator: &Coordinator, state: &mut State) {
+    beat(coordinator, state, "", 0, &BTreeSet::new()).expect("join");
 }
 
 fn assigned(response: &GroupHeartbeatResponse) -> BTreeSet<TopicPartition> {
@@ -260,4 +265,35 @@ fn another_principal_cannot_act_as_a_member() {
     )
     .expect("the member itself goes on");
     assert_eq!(assigned(&again).len(), 4);
+}
+
+#[test]
+fn lag_of_a_partition_whose_owner_did_not_answer_is_unknown_not_zero() {
+    let partition: TopicPartition = ("t".to_string(), 3);
+    let known = partition_lag(&partition, Some(40), Some(&Ok(100)), "m".into());
+    assert_eq!(
+        (known.lag, known.high_watermark, known.lag_unknown),
+        (60, 100, false)
+    );
+    assert_eq!(known.committed_offset, 40);
+    let nothing_committed = partition_lag(&partition, None, Some(&Ok(7)), String::new());
+    assert_eq!(
+        (nothing_committed.lag, nothing_committed.committed_offset),
+        (7, -1)
+    );
+    let refused = partition_lag(
+        &partition,
+        Some(40),
+        Some(&Err("owner http://b2: unavailable".into())),
+        "m".into(),
+    );
+    assert!(refused.lag_unknown);
+    assert_eq!(refused.lag, 0);
+    assert!(
+        refused.lag_unknown_reason.contains("b2"),
+        "{}",
+        refused.lag_unknown_reason
+    );
+    let missing = partition_lag(&partition, Some(40), None, "m".into());
+    assert!(missing.lag_unknown && !missing.lag_unknown_reason.is_empty());
 }

@@ -513,7 +513,7 @@ pub async fn find_messages(
 /// topic's `message_ttl_ms`, shortened by the message's own `sluice-ttl-ms`
 /// header, counted from the record timestamp (as the dispatcher does).
 fn expires_at_ms(partition: &Partition, record: &Record) -> Option<u64> {
-    let topic_ttl_ms = partition.config.message_ttl_ms;
+    let topic_ttl_ms = partition.config().message_ttl_ms;
     let message_ttl_ms =
         headers::number(&record.headers, headers::TTL_MS).map(|ttl| ttl.min(headers::MAX_TTL_MS));
     let ttl_ms = match (topic_ttl_ms, message_ttl_ms) {

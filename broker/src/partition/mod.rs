@@ -45,7 +45,7 @@ use crate::Shared;
 use bytes::Bytes;
 use sluice_proto::batch::control::Marker;
 use sluice_proto::batch::BatchHeader;
-use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
+use sluice_proto::names::{CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use sluice_proto::v1::{SegmentInfo, TopicConfig};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -124,7 +124,9 @@ impl AppendJob {
 pub struct Partition {
     pub key: PartitionKey,
     pub epoch: u64,
-    pub config: TopicConfig,
+    /// The topic's config; replaced while serving when the topic is
+    /// altered (issue 15), so read it through [`Self::config`].
+    config: watch::Sender<TopicConfig>,
     status: watch::Sender<PartitionStatus>,
     jobs: mpsc::UnboundedSender<AppendJob>,
     queue_bytes: Arc<Semaphore>,
@@ -183,7 +185,7 @@ impl Partition {
         let partition = Arc::new(Partition {
             key,
             epoch,
-            config,
+            config: watch::Sender::new(config),
             status: watch::Sender::new(PartitionStatus {
                 phase: Phase::Loading,
                 high_watermark: 0,
@@ -213,6 +215,28 @@ impl Partition {
         });
         tokio::spawn(task::run(shared, partition.clone(), jobs_receiver));
         partition
+    }
+
+    /// The topic's current config.
+    pub fn config(&self) -> TopicConfig {
+        *self.config.borrow()
+    }
+
+    /// Changes whenever the topic's config is replaced.
+    pub fn watch_config(&self) -> watch::Receiver<TopicConfig> {
+        self.config.subscribe()
+    }
+
+    /// Replaces the topic's config (the topic was altered); `false` when
+    /// it is unchanged. The new settings apply from the next decision
+    /// that reads them: retention's next check, the next segment created,
+    /// the open segment's roll limits at once (`serve.rs`).
+    pub fn set_config(&self, config: TopicConfig) -> bool {
+        self.config.send_if_modified(|current| {
+            let changed = *current != config;
+            *current = config;
+            changed
+        })
     }
 
     pub fn status(&self) -> PartitionStatus {
@@ -288,12 +312,17 @@ impl Partition {
         self.key.topic == CONSUMER_OFFSETS_TOPIC
     }
 
+    /// A partition of the transaction log (ADR 0016 §2.1): replayed into
+    /// the transaction coordinator before it serves.
+    pub fn is_transaction_log(&self) -> bool {
+        self.key.topic == TRANSACTION_STATE_TOPIC
+    }
+
     /// Largest batch accepted for this topic.
     pub fn max_batch_bytes(&self, default_bytes: u32) -> usize {
-        if self.config.max_batch_bytes == 0 {
-            default_bytes as usize
-        } else {
-            self.config.max_batch_bytes as usize
+        match self.config.borrow().max_batch_bytes {
+            0 => default_bytes as usize,
+            bytes => bytes as usize,
         }
     }
 

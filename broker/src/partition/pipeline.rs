@@ -147,6 +147,7 @@ pub(crate) struct AppendPipeline<J> {
     /// Send times of appends some healthy replica has not acknowledged.
     unacknowledged: VecDeque<(u64, Instant)>,
     size_bytes: u64,
+    opened_at: Instant,
     roll_at: Option<Instant>,
     degraded_check_at: Option<Instant>,
     rolling: Option<Rolling>,
@@ -191,6 +192,7 @@ impl<J> AppendPipeline<J> {
             in_flight: VecDeque::new(),
             unacknowledged: VecDeque::new(),
             size_bytes: 0,
+            opened_at,
             roll_at,
             degraded_check_at,
             rolling: None,
@@ -252,6 +254,28 @@ impl<J> AppendPipeline<J> {
             .filter(|index| !self.replicas[*index].failed)
             .collect();
         (self.sequence, healthy)
+    }
+
+    /// The topic was altered (issue 15): roll by the new size and age
+    /// limits from now on, counted from when the segment was opened. A
+    /// segment already past the new size starts rolling at once; one past
+    /// the new age, at the next tick.
+    pub fn set_roll_limits(
+        &mut self,
+        segment_bytes: u64,
+        segment_age: Option<Duration>,
+        now: Instant,
+    ) {
+        self.settings.segment_bytes = segment_bytes;
+        self.settings.segment_age = segment_age;
+        self.roll_at = segment_age.and_then(|age| self.opened_at.checked_add(age));
+        if self.end.is_none()
+            && self.rolling.is_none()
+            && segment_bytes > 0
+            && self.size_bytes >= segment_bytes
+        {
+            self.start_rolling(now);
+        }
     }
 
     /// A replica could not take a send: it fell behind or its stream closed.

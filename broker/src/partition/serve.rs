@@ -15,7 +15,7 @@ use crate::Shared;
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_proto::batch::assign;
-use sluice_proto::v1::{AppendRequest, AppendResponse, SegmentInfo};
+use sluice_proto::v1::{AppendRequest, AppendResponse, SegmentInfo, TopicConfig};
 use sluice_proto::{ErrorCode, SluiceError};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -62,7 +62,7 @@ type PreparingSegment<'a> = std::pin::Pin<
 >;
 
 fn settings(shared: &Shared, partition: &Partition, replicas: usize) -> Settings {
-    let config = &partition.config;
+    let config = partition.config();
     Settings {
         ack_quorum: effective_ack_quorum(config.ack_quorum, replicas),
         max_in_flight: shared
@@ -74,7 +74,7 @@ fn settings(shared: &Shared, partition: &Partition, replicas: usize) -> Settings
             shared.config.replication.replica_ack_timeout_ms.max(1),
         ),
         segment_bytes: config.segment_bytes,
-        segment_age: (config.segment_ms > 0).then(|| Duration::from_millis(config.segment_ms)),
+        segment_age: segment_age(&config),
         ensemble_size: (config.ensemble_size as usize).max(1),
         degraded_check_every: Duration::from_millis(
             shared
@@ -84,6 +84,11 @@ fn settings(shared: &Shared, partition: &Partition, replicas: usize) -> Settings
                 .max(1),
         ),
     }
+}
+
+/// How old a segment may grow; `None` = no limit.
+fn segment_age(config: &TopicConfig) -> Option<Duration> {
+    (config.segment_ms > 0).then(|| Duration::from_millis(config.segment_ms))
 }
 
 /// The pipeline over one open segment until it must roll, fails or stops
@@ -121,6 +126,9 @@ pub(super) async fn serve(
     let mut pipeline =
         AppendPipeline::new(settings, store_ids, high_watermark, opened_at.into_std());
     let mut stopped = partition.stopped.subscribe();
+    // An altered topic's roll limits apply to the open segment at once.
+    let mut config_changes = partition.watch_config();
+    config_changes.mark_unchanged();
     let mut preparing: Option<PreparingSegment<'_>> = None;
     let mut prepared: Option<OpenSegment> = None;
     loop {
@@ -154,6 +162,10 @@ pub(super) async fn serve(
             // is dropped (and the segment rolled) at once.
             response = responses.next() => {
                 answered(partition, &mut pipeline, &info, response);
+            }
+            Ok(()) = config_changes.changed() => {
+                let config = *config_changes.borrow_and_update();
+                pipeline.set_roll_limits(config.segment_bytes, segment_age(&config), std::time::Instant::now());
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => {
                 pipeline.tick(std::time::Instant::now(), shared.live_stores());

@@ -91,7 +91,7 @@ async fn seal_replicas(
             topic: partition.key.topic.clone(),
             partition: partition.key.partition,
             base_offset: segment.base_offset,
-            durability: durability(&partition.config),
+            durability: durability(&partition.config()),
         };
         let store = shared.clients.store(&replica.address);
         let timeout = shared.clients.store_timeout;
@@ -164,7 +164,7 @@ async fn fence_and_recover(
             lost: Vec::new(),
         });
     }
-    let ack_quorum = effective_ack_quorum(partition.config.ack_quorum, replicas.len());
+    let ack_quorum = effective_ack_quorum(partition.config().ack_quorum, replicas.len());
     let quorum = fence_quorum(replicas.len(), ack_quorum);
     let seals = seal_replicas(shared, partition, segment, quorum).await;
     let decision = recover_segment(
@@ -470,7 +470,7 @@ pub(super) async fn create_and_open(
         partition: key.partition,
         base_offset: created.base_offset,
         writer_epoch: partition.epoch,
-        durability: durability(&partition.config),
+        durability: durability(&partition.config()),
     };
     let opened = futures::future::join_all(created.replicas.iter().map(|replica| {
         open_append_stream(&shared.clients, create.clone(), &replica.address, capacity)

@@ -52,8 +52,8 @@ fn drain_queue(jobs: &mut mpsc::UnboundedReceiver<AppendJob>, error: &BrokerErro
 /// What the task carries from one segment to the next.
 struct Carried {
     backoff: Backoff,
-    /// The offsets log was replayed into the coordinator (offsets
-    /// partitions only; true from the start for others).
+    /// The internal log was replayed into its coordinator (offsets and
+    /// transaction-log partitions only; true from the start for others).
     replayed: bool,
     /// Stores that just failed this partition: kept out of the next ensemble.
     excluded: Vec<String>,
@@ -74,7 +74,7 @@ pub(super) async fn run(
     let mut stopped = partition.stopped.subscribe();
     let mut carried = Carried {
         backoff: Backoff::new(shared.config.replication.takeover_backoff_max_ms),
-        replayed: !partition.is_offsets_topic(),
+        replayed: !partition.is_offsets_topic() && !partition.is_transaction_log(),
         excluded: Vec::new(),
         roll_pause: None,
         next_segment: None,
@@ -142,7 +142,17 @@ async fn take_over(
     let segment = open_segment(shared, partition, &mut carried.excluded).await?;
     let segment_ms = (started.elapsed().as_millis() as u64).saturating_sub(queued_ms);
     if !carried.replayed {
-        shared.coordinator.load_partition(partition).await?;
+        if partition.is_transaction_log() {
+            shared.transactions.load_partition(partition).await?;
+            // Finishes decided transactions and aborts open ones once the
+            // partition serves (ADR 0016 §2.3).
+            tokio::spawn(crate::transaction::coordinator::recover(
+                shared.clone(),
+                partition.clone(),
+            ));
+        } else {
+            shared.coordinator.load_partition(partition).await?;
+        }
         carried.replayed = true;
     }
     let replayed_ms = (started.elapsed().as_millis() as u64).saturating_sub(queued_ms);

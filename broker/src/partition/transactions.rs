@@ -74,6 +74,9 @@ pub enum Refusal {
     Throttled(String),
     /// A marker ending a transaction older than the one open here.
     Hanging(String),
+    /// `PRODUCER_FENCED`: the coordinator refused the verification because
+    /// another instance holds the transactional id (relayed, ADR 0016 §2.2).
+    Fenced(String),
 }
 
 /// What to do with a data batch.

@@ -77,6 +77,7 @@ pub(super) fn refusal_error(refusal: Refusal) -> BrokerError {
             BrokerError::InvalidTransactionState(reason)
         }
         Refusal::Throttled(reason) => BrokerError::Throttled(reason),
+        Refusal::Fenced(reason) => BrokerError::ProducerFenced(reason),
     }
 }
 
@@ -87,6 +88,7 @@ fn refusal_of(error: BrokerError) -> Refusal {
         ErrorCode::TransactionAbortable => Refusal::Abortable(reason),
         ErrorCode::InvalidTransactionState => Refusal::InvalidState(reason),
         ErrorCode::Throttled => Refusal::Throttled(reason),
+        ErrorCode::ProducerFenced => Refusal::Fenced(reason),
         _ => Refusal::Concurrent(format!("verification failed: {reason}")),
     }
 }

@@ -125,6 +125,44 @@ impl Registry {
         sender
     }
 
+    /// Runs `change` while no dispatcher of (`key`, `subscription`) runs
+    /// here and none can start (issue 15: a cursor reset); consumers
+    /// opening meanwhile queue for the dispatcher started after it, which
+    /// loads the cursor `change` committed. `None` (nothing done) while a
+    /// dispatcher runs: it stops `[subscriptions] idle_stop_ms` after its
+    /// last consumer closed.
+    pub(crate) async fn without_dispatcher<T>(
+        &self,
+        shared: &Arc<Shared>,
+        key: &PartitionKey,
+        subscription: &str,
+        partition: Arc<Partition>,
+        change: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+        {
+            let mut dispatchers = self.lock();
+            let map_key = (key.clone(), subscription.to_string());
+            if dispatchers
+                .get(&map_key)
+                .is_some_and(|running| !running.is_closed())
+            {
+                return None;
+            }
+            dispatchers.insert(map_key, sender.clone());
+        }
+        let result = change.await;
+        tokio::spawn(run_dispatcher(
+            shared.clone(),
+            key.clone(),
+            subscription.to_string(),
+            partition,
+            receiver,
+            sender,
+        ));
+        Some(result)
+    }
+
     fn remove(&self, key: &PartitionKey, subscription: &str, sender: &mpsc::Sender<Command>) {
         let mut dispatchers = self.lock();
         let map_key = (key.clone(), subscription.to_string());
@@ -732,7 +770,7 @@ impl Task {
     fn classify(&self, records: &[Record], batch_end: u64) -> Vec<Scanned> {
         let from = self.dispatcher.read_position();
         let now_ms = self.now_ms();
-        let topic_ttl_ms = self.partition.config.message_ttl_ms;
+        let topic_ttl_ms = self.partition.config().message_ttl_ms;
         records
             .iter()
             .filter(|record| record.offset >= from)
@@ -1167,6 +1205,7 @@ async fn coordinator_client(
         find_coordinator,
         FindCoordinatorRequest {
             group: group.to_string(),
+            ..Default::default()
         }
     )?;
     if coordinator.broker_address.is_empty() {

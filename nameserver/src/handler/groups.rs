@@ -28,6 +28,21 @@ impl NameServerHandler {
         Ok(())
     }
 
+    /// Forgets `group`'s listing (its coordinator deleted it); absent is
+    /// fine, so a retried deletion succeeds.
+    pub(crate) async fn do_unregister_group(&self, group: &str) -> Result<(), NameServerError> {
+        GroupName::new(group).map_err(|error| invalid(error.to_string()))?;
+        self.store
+            .commit(Transaction {
+                compares: Vec::new(),
+                puts: Vec::new(),
+                deletes: vec![keys::group(group)],
+            })
+            .await?;
+        tracing::info!(group, "group unregistered");
+        Ok(())
+    }
+
     pub(crate) async fn do_list_groups(&self) -> Result<ListGroupsResponse, NameServerError> {
         let mut groups = Vec::new();
         for entry in self.store.range(keys::GROUPS).await? {

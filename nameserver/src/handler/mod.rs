@@ -11,6 +11,8 @@ mod acls;
 pub(crate) use acls::read_acls;
 mod assignment_watch;
 mod data_loss;
+mod dead_letter_cleanup;
+mod down_nodes;
 mod groups;
 mod node_identity;
 mod nodes;
@@ -20,6 +22,7 @@ mod segment_ids;
 mod segments;
 mod sessions;
 mod status;
+mod topic_alter;
 mod topic_config;
 mod topics;
 

@@ -109,6 +109,7 @@ impl NameServerHandler {
             session_id: lease as u64,
             load: request.load,
             lease_remaining_ms: 0,
+            last_heartbeat_ms_ago: -1,
             rack: request.rack,
             principal: principal.to_string(),
         };
@@ -127,6 +128,7 @@ impl NameServerHandler {
             }
         }
         self.forget_load(&key);
+        self.forget_down_node(kind, &request.node_id).await;
         tracing::info!(key, session = lease, address = %request.address, "node registered");
         Ok(RegisterNodeResponse {
             session_id: lease as u64,

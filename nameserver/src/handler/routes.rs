@@ -8,9 +8,12 @@ use crate::config::NameServerConfig;
 use crate::error::NameServerError;
 use crate::keys::{self, PartitionOwner};
 use crate::metadata::{MetadataError, MetadataStore};
-use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
+use sluice_proto::names::{
+    GroupName, TransactionalId, CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC,
+};
 use sluice_proto::v1::{
-    ErrorCode, FindCoordinatorResponse, GetRoutesResponse, PartitionRoute, Topic, TopicRoute,
+    CoordinatorKind, ErrorCode, FindCoordinatorRequest, FindCoordinatorResponse, GetRoutesResponse,
+    PartitionRoute, Topic, TopicRoute,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -183,31 +186,44 @@ impl NameServerHandler {
     /// (empty while that partition is offline).
     pub(crate) async fn do_find_coordinator(
         &self,
-        group: &str,
+        request: &FindCoordinatorRequest,
     ) -> Result<FindCoordinatorResponse, NameServerError> {
-        GroupName::new(group).map_err(|error| invalid(error.to_string()))?;
-        let (topic, _) =
-            self.get_topic(CONSUMER_OFFSETS_TOPIC)
-                .await
-                .map_err(|error| match error {
-                    NameServerError::UnknownTopic(_) => {
-                        NameServerError::Metadata(MetadataError::Unavailable(format!(
-                            "{CONSUMER_OFFSETS_TOPIC} is not created yet"
-                        )))
-                    }
-                    other => other,
-                })?;
+        let (topic_name, key) = match CoordinatorKind::try_from(request.kind) {
+            Ok(CoordinatorKind::Group) => {
+                GroupName::new(&request.group).map_err(|error| invalid(error.to_string()))?;
+                (CONSUMER_OFFSETS_TOPIC, request.group.as_str())
+            }
+            Ok(CoordinatorKind::Transaction) => {
+                TransactionalId::new(&request.key).map_err(|error| invalid(error.to_string()))?;
+                (TRANSACTION_STATE_TOPIC, request.key.as_str())
+            }
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown coordinator kind {}",
+                    request.kind
+                )))
+            }
+        };
+        let (topic, _) = self
+            .get_topic(topic_name)
+            .await
+            .map_err(|error| match error {
+                NameServerError::UnknownTopic(_) => NameServerError::Metadata(
+                    MetadataError::Unavailable(format!("{topic_name} is not created yet")),
+                ),
+                other => other,
+            })?;
         let partitions = topic.config.as_ref().map_or(0, |config| config.partitions);
         if partitions == 0 {
             return Err(NameServerError::CorruptValue {
-                key: keys::topic(CONSUMER_OFFSETS_TOPIC),
+                key: keys::topic(topic_name),
                 reason: "zero partitions".to_string(),
             });
         }
-        let partition = sluice_proto::partitioning::offsets_partition_for_group(group, partitions);
-        let key = keys::partition(CONSUMER_OFFSETS_TOPIC, partition);
-        let owner = match self.store.get(&key).await? {
-            Some(entry) => Some(keys::decode::<PartitionOwner>(&key, &entry.value)?),
+        let partition = sluice_proto::partitioning::offsets_partition_for_group(key, partitions);
+        let owner_key = keys::partition(topic_name, partition);
+        let owner = match self.store.get(&owner_key).await? {
+            Some(entry) => Some(keys::decode::<PartitionOwner>(&owner_key, &entry.value)?),
             None => None,
         };
         let brokers = self.live_brokers().await?;

@@ -8,6 +8,7 @@ use super::{lease_of, NameServerHandler};
 use crate::error::NameServerError;
 use crate::metadata::{Compare, KeyValue, MetadataError, Put, Transaction};
 use crate::session_monitor::{Expiry, HeartbeatVerdict, SessionMonitor};
+use sluice_proto::v1::NodeInfo;
 use std::sync::MutexGuard;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -31,6 +32,12 @@ impl NameServerHandler {
     /// A heartbeat arrived but the metadata store could not renew it.
     pub(super) fn session_heard(&self, key: &str, session: u64) {
         self.monitor().heard(key, session, Instant::now());
+    }
+
+    /// How long ago this nameserver last heard `session` (None: another
+    /// nameserver holds it).
+    pub(super) fn session_silent_for(&self, key: &str, session: u64) -> Option<Duration> {
+        self.monitor().silent_for(key, session, Instant::now())
     }
 
     pub(super) fn session_gone(&self, key: &str, session: u64) {
@@ -137,12 +144,27 @@ impl NameServerHandler {
     /// Deletes the key if this nameserver still holds its revision, then
     /// revokes the lease; whether the key was deleted.
     async fn end_session(&self, expiry: &Expiry) -> Result<bool, MetadataError> {
+        // The node as this nameserver wrote it, recorded as down in the
+        // same transaction (issue 15: `cluster status` names it).
+        let down = self
+            .store
+            .get(&expiry.key)
+            .await?
+            .filter(|entry| entry.mod_revision == expiry.revision)
+            .and_then(|entry| crate::keys::decode::<NodeInfo>(&entry.key, &entry.value).ok())
+            .map(|info| {
+                super::down_nodes::down_node_put(
+                    &info,
+                    sluice_proto::now_unix_ms(),
+                    self.config.session_timeout_ms,
+                )
+            });
         let transaction = Transaction {
             compares: vec![Compare::ModRevisionEquals(
                 expiry.key.clone(),
                 expiry.revision,
             )],
-            puts: Vec::new(),
+            puts: down.into_iter().collect(),
             deletes: vec![expiry.key.clone()],
         };
         if self.store.commit_at(transaction).await?.is_none() {

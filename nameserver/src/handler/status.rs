@@ -85,15 +85,24 @@ impl NameServerHandler {
                     Some(remaining) => i64::try_from(remaining).unwrap_or(i64::MAX),
                     None => -1,
                 };
+            info.last_heartbeat_ms_ago = self
+                .session_silent_for(&entry.key, info.session_id)
+                .map(|silent| i64::try_from(silent.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(-1);
             nodes.push(info);
         }
         Ok(nodes)
     }
 
     pub(crate) async fn do_cluster_status(&self) -> Result<ClusterStatusResponse, NameServerError> {
+        let now_unix_ms = sluice_proto::now_unix_ms();
+        // Down nodes before live ones: a node that registered again in
+        // between shows live (the later read), never both.
+        let down = self.down_nodes(now_unix_ms).await?;
         let nameservers = self.nodes_with_ttl(NodeKind::Nameserver).await?;
         let brokers = self.nodes_with_ttl(NodeKind::Broker).await?;
         let stores = self.nodes_with_ttl(NodeKind::Store).await?;
+        let down_nodes = super::down_nodes::not_live(down, [&nameservers, &brokers, &stores]);
         let topics = self.all_topics().await?;
         let all_names: Vec<String> = topics.iter().map(|(topic, _)| topic.name.clone()).collect();
         // Routes from the topics just read, not read a second time.
@@ -122,6 +131,9 @@ impl NameServerHandler {
             topics: u32::try_from(topics.len()).unwrap_or(u32::MAX),
             partitions: partitions.partitions,
             offline_partitions: partitions.offline,
+            down_nodes,
+            session_timeout_ms: self.config.session_timeout_ms,
+            now_unix_ms,
             metadata_backend: self.store.backend_name().to_string(),
             active_assigner: crate::election::active_assigner(self.store.as_ref())
                 .await?

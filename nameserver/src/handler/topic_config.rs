@@ -52,7 +52,7 @@ pub(crate) fn complete_topic_config(
 /// request under the gRPC message limit can carry (the limit less the
 /// request envelope): a larger one would let producers build batches the
 /// broker cannot even decode.
-fn check_max_batch_bytes(
+pub(super) fn check_max_batch_bytes(
     max_batch_bytes: u32,
     max_message_bytes: usize,
 ) -> Result<(), NameServerError> {
@@ -112,7 +112,7 @@ fn fill_nonzero_fields(
 
 /// `MAX_ENSEMBLE_SIZE >= ensemble_size >= write_quorum >= ack_quorum >= 1`,
 /// and no striping.
-fn check_quorums(config: &TopicConfig) -> Result<(), NameServerError> {
+pub(super) fn check_quorums(config: &TopicConfig) -> Result<(), NameServerError> {
     if config.ensemble_size > MAX_ENSEMBLE_SIZE {
         return Err(invalid(format!(
             "ensemble_size must be between 1 and {MAX_ENSEMBLE_SIZE}, got {}",
@@ -138,6 +138,13 @@ fn check_quorums(config: &TopicConfig) -> Result<(), NameServerError> {
         )));
     }
     Ok(())
+}
+
+/// Checks the backlog quota settings of a complete config (an altered
+/// one): the same ranges as [`complete_backlog_quota`].
+pub(super) fn check_backlog_quota(config: &TopicConfig) -> Result<(), NameServerError> {
+    let mut checked = *config;
+    complete_backlog_quota(config, &mut checked)
 }
 
 /// Copies the backlog quota settings (ADR 0012) from `given`, filling

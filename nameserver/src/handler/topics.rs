@@ -8,7 +8,7 @@ use crate::error::NameServerError;
 use crate::keys;
 use crate::metadata::{Compare, MetadataError, Put, Transaction};
 use crate::placement;
-use sluice_proto::names::{TopicName, CONSUMER_OFFSETS_TOPIC};
+use sluice_proto::names::{TopicName, CONSUMER_OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use sluice_proto::v1::{
     CreateTopicRequest, DescribeTopicResponse, PartitionDescription, SegmentInfo, Topic,
 };
@@ -111,31 +111,33 @@ impl NameServerHandler {
         Ok(true)
     }
 
-    /// Creates `__consumer_offsets` when missing.
+    /// Creates `__consumer_offsets` and `__transaction_state` when missing.
     pub(crate) async fn ensure_offsets_topic(&self) -> Result<(), NameServerError> {
-        if self
-            .store
-            .get(&keys::topic(CONSUMER_OFFSETS_TOPIC))
-            .await?
-            .is_some()
-        {
+        self.ensure_internal_topic(CONSUMER_OFFSETS_TOPIC, self.config.offsets_partitions)
+            .await?;
+        self.ensure_internal_topic(
+            TRANSACTION_STATE_TOPIC,
+            self.config.transaction_log_partitions,
+        )
+        .await
+    }
+
+    async fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<(), NameServerError> {
+        if self.store.get(&keys::topic(name)).await?.is_some() {
             return Ok(());
         }
         let topic = Topic {
-            name: CONSUMER_OFFSETS_TOPIC.to_string(),
-            config: Some(
-                self.config
-                    .topic_defaults
-                    .topic_config(self.config.offsets_partitions.max(1)),
-            ),
+            name: name.to_string(),
+            config: Some(self.config.topic_defaults.topic_config(partitions.max(1))),
             created_at_ms: now_ms(),
             internal: true,
         };
         if self.write_new_topic(&topic).await? {
-            tracing::info!(
-                partitions = self.config.offsets_partitions,
-                "created {CONSUMER_OFFSETS_TOPIC}"
-            );
+            tracing::info!(partitions, "created {name}");
         }
         Ok(())
     }

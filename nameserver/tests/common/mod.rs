@@ -41,6 +41,7 @@ pub fn test_config(etcd_url: &str, node_id: &str) -> NameServerConfig {
         heartbeat_interval_ms: 300,
         reconcile_interval_ms: 200,
         offsets_partitions: 2,
+        transaction_log_partitions: 1,
         watch_routes_interval_ms: 100,
         ..NameServerConfig::default()
     };

@@ -84,6 +84,7 @@ pub fn cluster_spec() -> ClusterSpec {
         session_timeout_ms: 1_500,
         default_timings: false,
         offsets_partitions: 4,
+        transaction_log_partitions: 2,
         etcd_members: 3,
         broker_config: String::new(),
         store_config: "journal_file_max_bytes = 8388608\nsegment_preallocate_bytes = 1048576\n"

@@ -628,3 +628,37 @@ fn appends_failed_in_flight_answer_outcome_unknown() {
     ended.streams_ended(BrokerError::Unavailable("closed".into()));
     assert_eq!(failure_codes(&mut ended), vec![OutcomeUnknown]);
 }
+
+#[test]
+fn an_altered_segment_size_rolls_a_segment_already_past_it() {
+    let now = Instant::now();
+    let mut pipeline = pipeline(settings(), 3, now);
+    pipeline.append("a", 1, 50, now);
+    pipeline.set_roll_limits(100, None, now);
+    assert!(drain(&mut pipeline).prepare.is_empty(), "50 bytes < 100");
+    pipeline.set_roll_limits(40, None, now);
+    assert_eq!(drain(&mut pipeline).prepare, vec![(101, Vec::new())]);
+    assert!(!pipeline.accepts_appends(), "rolling");
+}
+
+#[test]
+fn an_altered_segment_age_counts_from_the_segment_opening() {
+    let start = Instant::now();
+    let mut pipeline = pipeline(settings(), 3, start);
+    pipeline.append("a", 1, 1, start);
+    for replica in 0..3 {
+        pipeline.acknowledged(replica, 1, start);
+    }
+    drain(&mut pipeline);
+    assert_eq!(pipeline.next_deadline(), None, "no age limit yet");
+    pipeline.set_roll_limits(0, Some(10 * MS), start + 5 * MS);
+    assert_eq!(pipeline.next_deadline(), Some(start + 10 * MS));
+    pipeline.tick(start + 10 * MS, 3);
+    assert_eq!(drain(&mut pipeline).prepare, vec![(101, Vec::new())]);
+    // Lifting the limit again on a new pipeline leaves it without a roll.
+    let mut unlimited = pipeline_with_age(10 * MS, start);
+    unlimited.append("b", 1, 1, start);
+    unlimited.set_roll_limits(0, None, start);
+    unlimited.tick(start + 20 * MS, 3);
+    assert!(drain(&mut unlimited).prepare.is_empty());
+}

@@ -1,0 +1,15 @@
+//! The transaction coordinator (ADR 0016 §2): the pure decisions of one
+//! transactional id ([`state`]), the transaction-log record that makes
+//! them durable ([`log_record`]), the IO edge that appends them and
+//! replays them on takeover ([`coordinator`]), marker delivery
+//! ([`markers`]), the coordinator RPCs ([`rpc`]) and the partition side's
+//! verification through it ([`verifier`]).
+
+pub mod coordinator;
+pub mod log_record;
+pub mod markers;
+pub mod rpc;
+pub mod state;
+pub mod verifier;
+
+pub use coordinator::TxnCoordinator;
