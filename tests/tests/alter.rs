@@ -929,3 +929,60 @@ async fn subscription_cursor_reset_rewinds_an_idle_subscription() {
     );
     subscriber.close().await.expect("close");
 }
+
+/// A producer and a group consumer running before `add-partitions` see
+/// the new partitions through their routes: the producer writes to one,
+/// and the group is assigned it and reads the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn running_clients_see_added_partitions() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-grow-live";
+    cluster.create_topic(topic, 1).await;
+    let producer = cluster.producer().await;
+    let config = ConsumerConfig {
+        client: cluster.client_config(),
+        group: Some("grow".to_string()),
+        auto_commit: false,
+        reset: StartOffset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(config, &[topic])
+        .await
+        .expect("subscribe");
+    producer
+        .send(records(topic, Some(0), 1, 8).remove(0))
+        .await
+        .expect("acknowledged");
+    let first = consumer.recv_timeout(WAIT).await.expect("recv");
+    assert_eq!(
+        first.map(|record| (record.partition, record.offset)),
+        Some((0, 0))
+    );
+
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .add_partitions(topic, 3)
+        .await
+        .expect("add partitions");
+    let written = eventually("the producer writing to partition 2", async || {
+        producer
+            .send(records(topic, Some(2), 1, 8).remove(0))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!((written.partition, written.offset), (2, 0));
+    let read = eventually("the group reading partition 2", async || {
+        consumer
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("recv")
+            .map(|record| (record.partition, record.offset))
+    })
+    .await;
+    assert_eq!(read, (2, 0));
+    consumer.close().await.expect("close");
+    producer.close().await.expect("close producer");
+}
