@@ -659,7 +659,8 @@ async fn receive_and_ack(subscriber: &Subscriber, count: usize) -> Vec<u64> {
 }
 
 /// `subscription skip` and `clear` move the cursor forward only: what
-/// was skipped is never delivered, what comes after is.
+/// was skipped is never delivered, what comes after is; `update` changes
+/// settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_skip_and_clear() {
     let cluster = Cluster::start(cluster_spec()).await;
@@ -756,6 +757,39 @@ async fn subscriptions_skip_and_clear() {
                 .await
         ),
         Some(ErrorCode::UnknownTopic)
+    );
+
+    // Settings: only the given ones change; 0 and a dead-letter count
+    // without a dead-letter topic are refused.
+    let before = admin.get_subscription(topic, name).await.expect("get");
+    let (ok, output) = cli(&[
+        "update",
+        topic,
+        name,
+        "--ack-timeout-ms",
+        "5000",
+        "--backlog-quota-messages",
+        "7",
+    ]);
+    assert!(ok && output.contains("ack timeout 5000 ms"), "{output}");
+    let after = admin.get_subscription(topic, name).await.expect("get");
+    assert_eq!(
+        after,
+        Subscription {
+            ack_timeout_ms: 5000,
+            backlog_quota_messages: 7,
+            ..before.clone()
+        }
+    );
+    let (ok, output) = cli(&["update", topic, name, "--ack-timeout-ms", "0"]);
+    assert!(!ok && output.contains("ack_timeout_ms 0"), "{output}");
+    let (ok, output) = cli(&["update", topic, name, "--max-deliveries", "2"]);
+    assert!(!ok && output.contains("dead-letter topic"), "{output}");
+    let (ok, output) = cli(&["update", topic, "no-such", "--max-deliveries", "0"]);
+    assert!(!ok && output.contains("UNKNOWN_SUBSCRIPTION"), "{output}");
+    assert_eq!(
+        admin.get_subscription(topic, name).await.expect("get"),
+        after
     );
 }
 
