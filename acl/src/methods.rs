@@ -142,6 +142,11 @@ pub const METHOD_RULES: &[MethodRule] = &[
         Delete,
         Subscription,
     ),
+    rule(
+        "/sluice.v1.NameServer/UpdateSubscription",
+        Alter,
+        Subscription,
+    ),
     // Nameserver: ACLs.
     rule("/sluice.v1.NameServer/CreateAcls", Alter, Cluster),
     rule("/sluice.v1.NameServer/ListAcls", Describe, Cluster),

@@ -31,6 +31,8 @@ pub enum SubscriptionCommand {
     },
     /// Skip everything not yet acknowledged, up to each partition's end.
     Clear { topic: String, name: String },
+    /// Change a subscription's delivery settings and backlog quotas (the flags given).
+    Update(crate::subscription_skip::UpdateSubscriptionArgs),
     /// Set the cursor to an offset or a time on every partition (rewinds too); the
     /// subscription must have no consumers.
     Reset {
@@ -220,6 +222,7 @@ pub async fn run(config: ClientConfig, command: SubscriptionCommand) -> Result<(
         SubscriptionCommand::Clear { topic, name } => {
             crate::subscription_skip::skip(&admin, &topic, &name, None).await?
         }
+        SubscriptionCommand::Update(args) => crate::subscription_skip::update(&admin, args).await?,
         SubscriptionCommand::Reset {
             topic,
             name,

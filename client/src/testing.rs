@@ -994,6 +994,13 @@ impl name_server_server::NameServer for FakeNameServer {
         Err(Status::unimplemented("unregister_group is not faked"))
     }
 
+    async fn update_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::UpdateSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented("update_subscription is not faked"))
+    }
+
     async fn alter_topic(
         &self,
         _request: Request<sluice_proto::v1::AlterTopicRequest>,

@@ -363,6 +363,16 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(ListSubscriptionsResponse { subscriptions }))
     }
 
+    async fn update_subscription(
+        &self,
+        request: Request<sluice_proto::v1::UpdateSubscriptionRequest>,
+    ) -> ServiceResult<Subscription> {
+        let request = checked(request, Operation::Alter, ResourceType::Subscription, |r| {
+            vec![format!("{}/{}", r.topic, r.name)]
+        })?;
+        Ok(Response::new(self.do_update_subscription(request).await?))
+    }
+
     async fn delete_subscription(
         &self,
         request: Request<DeleteSubscriptionRequest>,

@@ -111,6 +111,12 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<sluice_proto::v1::UnregisterGroupResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn update_subscription(
+        &self,
+        _request: Request<sluice_proto::v1::UpdateSubscriptionRequest>,
+    ) -> Result<Response<sluice_proto::v1::Subscription>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
     async fn alter_topic(
         &self,
         _request: Request<sluice_proto::v1::AlterTopicRequest>,

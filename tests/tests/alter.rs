@@ -659,7 +659,8 @@ async fn receive_and_ack(subscriber: &Subscriber, count: usize) -> Vec<u64> {
 }
 
 /// `subscription skip` and `clear` move the cursor forward only: what
-/// was skipped is never delivered, what comes after is.
+/// was skipped is never delivered, what comes after is; `update` changes
+/// settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_skip_and_clear() {
     let cluster = Cluster::start(cluster_spec()).await;
@@ -756,6 +757,39 @@ async fn subscriptions_skip_and_clear() {
                 .await
         ),
         Some(ErrorCode::UnknownTopic)
+    );
+
+    // Settings: only the given ones change; 0 and a dead-letter count
+    // without a dead-letter topic are refused.
+    let before = admin.get_subscription(topic, name).await.expect("get");
+    let (ok, output) = cli(&[
+        "update",
+        topic,
+        name,
+        "--ack-timeout-ms",
+        "5000",
+        "--backlog-quota-messages",
+        "7",
+    ]);
+    assert!(ok && output.contains("ack timeout 5000 ms"), "{output}");
+    let after = admin.get_subscription(topic, name).await.expect("get");
+    assert_eq!(
+        after,
+        Subscription {
+            ack_timeout_ms: 5000,
+            backlog_quota_messages: 7,
+            ..before.clone()
+        }
+    );
+    let (ok, output) = cli(&["update", topic, name, "--ack-timeout-ms", "0"]);
+    assert!(!ok && output.contains("ack_timeout_ms 0"), "{output}");
+    let (ok, output) = cli(&["update", topic, name, "--max-deliveries", "2"]);
+    assert!(!ok && output.contains("dead-letter topic"), "{output}");
+    let (ok, output) = cli(&["update", topic, "no-such", "--max-deliveries", "0"]);
+    assert!(!ok && output.contains("UNKNOWN_SUBSCRIPTION"), "{output}");
+    assert_eq!(
+        admin.get_subscription(topic, name).await.expect("get"),
+        after
     );
 }
 
@@ -928,4 +962,61 @@ async fn subscription_cursor_reset_rewinds_an_idle_subscription() {
         "a message below the reset position was delivered"
     );
     subscriber.close().await.expect("close");
+}
+
+/// A producer and a group consumer running before `add-partitions` see
+/// the new partitions through their routes: the producer writes to one,
+/// and the group is assigned it and reads the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn running_clients_see_added_partitions() {
+    let cluster = Cluster::start(cluster_spec()).await;
+    let topic = "alter-grow-live";
+    cluster.create_topic(topic, 1).await;
+    let producer = cluster.producer().await;
+    let config = ConsumerConfig {
+        client: cluster.client_config(),
+        group: Some("grow".to_string()),
+        auto_commit: false,
+        reset: StartOffset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(config, &[topic])
+        .await
+        .expect("subscribe");
+    producer
+        .send(records(topic, Some(0), 1, 8).remove(0))
+        .await
+        .expect("acknowledged");
+    let first = consumer.recv_timeout(WAIT).await.expect("recv");
+    assert_eq!(
+        first.map(|record| (record.partition, record.offset)),
+        Some((0, 0))
+    );
+
+    let admin = Admin::connect(cluster.client_config())
+        .await
+        .expect("admin");
+    admin
+        .add_partitions(topic, 3)
+        .await
+        .expect("add partitions");
+    let written = eventually("the producer writing to partition 2", async || {
+        producer
+            .send(records(topic, Some(2), 1, 8).remove(0))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!((written.partition, written.offset), (2, 0));
+    let read = eventually("the group reading partition 2", async || {
+        consumer
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .expect("recv")
+            .map(|record| (record.partition, record.offset))
+    })
+    .await;
+    assert_eq!(read, (2, 0));
+    consumer.close().await.expect("close");
+    producer.close().await.expect("close producer");
 }

@@ -75,6 +75,32 @@ impl Admin {
             .await
     }
 
+    /// Changes the delivery settings and backlog quotas of subscription
+    /// `name` of `topic`: each field set in `changes` replaces the stored
+    /// value. Quotas apply at the backlog monitor's next refresh; delivery
+    /// settings when the subscription's dispatcher on a partition next
+    /// starts (after its consumers have been gone for `[subscriptions]
+    /// idle_stop_ms`, or when the partition moves). Returns the stored
+    /// subscription. Needs `Alter` on the subscription.
+    pub async fn update_subscription(
+        &self,
+        topic: &str,
+        name: &str,
+        changes: v1::SubscriptionChanges,
+    ) -> Result<v1::Subscription, ClientError> {
+        let request = v1::UpdateSubscriptionRequest {
+            topic: topic.to_string(),
+            name: name.to_string(),
+            changes: Some(changes),
+        };
+        self.cluster
+            .call_nameserver("UpdateSubscription", |mut client| {
+                let request = request.clone();
+                async move { client.update_subscription(request).await }
+            })
+            .await
+    }
+
     /// Grows topic `name` to `partitions` partitions in total (more than
     /// now, at most 4096). The new partitions get owners within the
     /// assigner's next round; producers and consumers see them through

@@ -361,7 +361,7 @@ fn stripe_of(topic: &str, stripes: usize) -> usize {
     usize::try_from(hasher.finish() % stripes.max(1) as u64).unwrap_or(0)
 }
 
-fn lookup_names(topic: &str, name: &str) -> Result<(), NameServerError> {
+pub(super) fn lookup_names(topic: &str, name: &str) -> Result<(), NameServerError> {
     TopicName::any(topic).map_err(|error| invalid(error.to_string()))?;
     SubscriptionName::new(name).map_err(|error| invalid(error.to_string()))?;
     Ok(())
@@ -626,3 +626,4 @@ impl NameServerHandler {
 
 #[cfg(test)]
 mod tests;
+mod update;
