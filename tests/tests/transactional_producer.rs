@@ -12,6 +12,9 @@
 //! - Bad input and misuse: an overlong id, a timeout above the brokers'
 //!   maximum, commit without begin, a send outside a transaction, begin
 //!   twice, two concurrent commits, transactions on a plain producer.
+//! - A transaction open past `transaction_timeout_ms`: its commit is
+//!   refused TRANSACTION_ABORTABLE, the abort succeeds (whether or not the
+//!   coordinator expired it first), the next transaction commits.
 
 use sluice_client::{
     ClientError, Consumer, ConsumerConfig, Isolation, Producer, ProducerConfig, Record, StartOffset,
@@ -158,7 +161,13 @@ async fn commit_abort_zombie_and_misuse() {
     let committed = commit_then_abort(&cluster).await;
     let fenced_winner = zombie(&cluster).await;
     let misuse_committed = misuse(&cluster).await;
-    let committed = merge(&[&committed, &fenced_winner, &misuse_committed]);
+    let after_timeout = timed_out(&cluster).await;
+    let committed = merge(&[
+        &committed,
+        &fenced_winner,
+        &misuse_committed,
+        &after_timeout,
+    ]);
     let seen = read(&cluster, Isolation::ReadCommitted, count(&committed)).await;
     assert_eq!(
         seen, committed,
@@ -323,4 +332,40 @@ async fn misuse(cluster: &Cluster) -> Log {
     );
     producer.close().await.expect("close");
     Log::from([((TOPICS[1].to_string(), 1), vec!["m-1".to_string()])])
+}
+
+/// A transaction past its timeout cannot commit; abort and redo works.
+async fn timed_out(cluster: &Cluster) -> Log {
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        transactional_id: Some("slow-1".into()),
+        transaction_timeout_ms: 1_000,
+        delivery_timeout_ms: 1_000,
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    let began = Instant::now();
+    producer.begin_transaction().expect("begin");
+    // The first record may take longer than the timeout on a loaded
+    // machine: then it is refused, which is as good for this test.
+    let _ = producer
+        .send(Record::new(TOPICS[1], "t-old").with_partition(0))
+        .await;
+    // The precondition (not an assertion): the timeout has passed.
+    tokio::time::sleep(Duration::from_millis(1_500).saturating_sub(began.elapsed())).await;
+    let refused = producer.commit_transaction().await;
+    assert!(
+        matches!(refused, Err(ClientError::TransactionAbortable { .. })),
+        "{refused:?}"
+    );
+    producer.abort_transaction().await.expect("abort");
+    producer.begin_transaction().expect("begin again");
+    producer
+        .send(Record::new(TOPICS[1], "t-new").with_partition(0))
+        .await
+        .expect("sent");
+    producer.commit_transaction().await.expect("commit");
+    producer.close().await.expect("close");
+    Log::from([((TOPICS[1].to_string(), 0), vec!["t-new".to_string()])])
 }

@@ -122,19 +122,9 @@ impl Transaction {
         if let Some(error) = self.fenced_error() {
             return Err(error);
         }
+        self.expire(now);
         match &mut self.state {
-            State::InTransaction { started_at, sent } => {
-                if now.duration_since(*started_at) > self.timeout {
-                    let reason = format!(
-                        "the transaction has been open longer than transaction_timeout_ms ({} ms) and the coordinator aborts it",
-                        self.timeout.as_millis()
-                    );
-                    self.state = State::Abortable {
-                        reason: reason.clone(),
-                        sent: true,
-                    };
-                    return Err(ClientError::TransactionAbortable { reason });
-                }
+            State::InTransaction { sent, .. } => {
                 *sent = true;
                 Ok(())
             }
@@ -149,6 +139,25 @@ impl Transaction {
             )),
             State::Fenced { .. } => Err(invalid("fenced")),
         }
+    }
+
+    /// Past the transaction timeout an open transaction becomes abortable
+    /// (the coordinator aborts it anyway); whether it just did.
+    fn expire(&mut self, now: Instant) -> bool {
+        let State::InTransaction { started_at, .. } = &self.state else {
+            return false;
+        };
+        if now.duration_since(*started_at) <= self.timeout {
+            return false;
+        }
+        self.state = State::Abortable {
+            reason: format!(
+                "the transaction has been open longer than transaction_timeout_ms ({} ms) and the coordinator aborts it",
+                self.timeout.as_millis()
+            ),
+            sent: true,
+        };
+        true
     }
 
     /// A batch of the transaction failed (or `PRODUCER_FENCED` came back
@@ -173,9 +182,12 @@ impl Transaction {
     /// `commit_transaction` (`commit`) or `abort_transaction`: moves to
     /// Ending and says what to do, or refuses. A second concurrent call
     /// finds Ending and is refused.
-    pub fn start_end(&mut self, commit: bool) -> Result<EndPlan, ClientError> {
+    pub fn start_end(&mut self, commit: bool, now: Instant) -> Result<EndPlan, ClientError> {
         if let Some(error) = self.fenced_error() {
             return Err(error);
+        }
+        if commit {
+            self.expire(now);
         }
         let verb = if commit { "commit" } else { "abort" };
         let (flush, sent) = match &self.state {
@@ -289,7 +301,7 @@ mod tests {
         let now = Instant::now();
         let mut transaction = open(now);
         transaction.check_enqueue(now).expect("in a transaction");
-        let plan = transaction.start_end(true).expect("commit");
+        let plan = transaction.start_end(true, now).expect("commit");
         assert_eq!(
             plan,
             EndPlan {
@@ -311,7 +323,7 @@ mod tests {
     fn an_empty_transaction_ends_without_the_coordinator() {
         let now = Instant::now();
         let mut transaction = open(now);
-        let plan = transaction.start_end(false).expect("abort");
+        let plan = transaction.start_end(false, now).expect("abort");
         assert!(!plan.call_coordinator);
         transaction.ended(None);
         assert_eq!(transaction.identity(), (7, 3));
@@ -326,23 +338,23 @@ mod tests {
             "send before begin"
         );
         assert!(
-            is_invalid(transaction.start_end(true)),
+            is_invalid(transaction.start_end(true, now)),
             "commit without begin"
         );
         assert!(
-            is_invalid(transaction.start_end(false)),
+            is_invalid(transaction.start_end(false, now)),
             "abort without begin"
         );
         transaction.begin(now).expect("begin");
         assert!(is_invalid(transaction.begin(now)), "begin twice");
         transaction.check_enqueue(now).expect("send");
-        transaction.start_end(true).expect("commit");
+        transaction.start_end(true, now).expect("commit");
         assert!(
-            is_invalid(transaction.start_end(true)),
+            is_invalid(transaction.start_end(true, now)),
             "a concurrent commit"
         );
         assert!(
-            is_invalid(transaction.start_end(false)),
+            is_invalid(transaction.start_end(false, now)),
             "a concurrent abort"
         );
         assert!(
@@ -355,7 +367,7 @@ mod tests {
             is_invalid(transaction.check_enqueue(now)),
             "send after commit"
         );
-        assert!(is_invalid(transaction.start_end(true)), "commit twice");
+        assert!(is_invalid(transaction.start_end(true, now)), "commit twice");
     }
 
     #[test]
@@ -368,7 +380,7 @@ mod tests {
             timeout_ms: 1,
         });
         assert!(matches!(
-            transaction.start_end(true),
+            transaction.start_end(true, now),
             Err(ClientError::TransactionAbortable { .. })
         ));
         assert!(matches!(
@@ -376,7 +388,7 @@ mod tests {
             Err(ClientError::TransactionAbortable { .. })
         ));
         assert!(is_invalid(transaction.begin(now)));
-        let plan = transaction.start_end(false).expect("abort is allowed");
+        let plan = transaction.start_end(false, now).expect("abort is allowed");
         assert!(plan.call_coordinator && !plan.commit);
         transaction.ended(Some((7, 4)));
         transaction.begin(now).expect("begin after the abort");
@@ -387,7 +399,7 @@ mod tests {
         let now = Instant::now();
         let mut transaction = open(now);
         transaction.check_enqueue(now).expect("send");
-        transaction.start_end(true).expect("commit");
+        transaction.start_end(true, now).expect("commit");
         transaction.on_failure(&ClientError::Server(SluiceError::new(
             ErrorCode::TooLarge,
             "big",
@@ -396,7 +408,7 @@ mod tests {
             transaction.flushed(),
             Err(ClientError::TransactionAbortable { .. })
         ));
-        transaction.start_end(false).expect("abort");
+        transaction.start_end(false, now).expect("abort");
     }
 
     #[test]
@@ -408,15 +420,15 @@ mod tests {
         let fenced =
             |result: Result<(), ClientError>| matches!(result, Err(ClientError::ProducerFenced(_)));
         assert!(fenced(transaction.check_enqueue(now)));
-        assert!(fenced(transaction.start_end(true).map(|_| ())));
-        assert!(fenced(transaction.start_end(false).map(|_| ())));
+        assert!(fenced(transaction.start_end(true, now).map(|_| ())));
+        assert!(fenced(transaction.start_end(false, now).map(|_| ())));
         assert!(fenced(transaction.begin(now)));
         transaction.ended(None);
         // `ended` is only called after an allowed end; fencing from the
         // coordinator's answer sticks too.
         let mut transaction = open(now);
         transaction.check_enqueue(now).expect("send");
-        transaction.start_end(true).expect("commit");
+        transaction.start_end(true, now).expect("commit");
         let error = transaction.end_failed(true, ClientError::ProducerFenced("x".into()));
         assert!(matches!(error, ClientError::ProducerFenced(_)));
         assert!(fenced(transaction.begin(now)));
@@ -427,18 +439,18 @@ mod tests {
         let now = Instant::now();
         let mut transaction = open(now);
         transaction.check_enqueue(now).expect("send");
-        transaction.start_end(true).expect("commit");
+        transaction.start_end(true, now).expect("commit");
         let timeout = ClientError::Timeout {
             what: "EndTransaction".into(),
             timeout_ms: 1,
         };
         transaction.end_failed(true, timeout);
         assert!(
-            is_invalid(transaction.start_end(false)),
+            is_invalid(transaction.start_end(false, now)),
             "the other decision"
         );
         assert!(is_invalid(transaction.begin(now)));
-        let retry = transaction.start_end(true).expect("commit again");
+        let retry = transaction.start_end(true, now).expect("commit again");
         assert!(!retry.flush && retry.call_coordinator);
         assert_eq!(retry.epoch, 3, "the retry ends the same epoch");
         transaction.ended(Some((7, 4)));
@@ -450,13 +462,13 @@ mod tests {
         let now = Instant::now();
         let mut transaction = open(now);
         transaction.check_enqueue(now).expect("send");
-        transaction.start_end(true).expect("commit");
+        transaction.start_end(true, now).expect("commit");
         let refused = ClientError::TransactionAbortable {
             reason: "expired".into(),
         };
         transaction.end_failed(true, refused);
         assert!(matches!(transaction.state(), State::Abortable { .. }));
-        transaction.start_end(false).expect("abort");
+        transaction.start_end(false, now).expect("abort");
     }
 
     #[test]
@@ -472,7 +484,7 @@ mod tests {
         ));
         assert!(
             transaction
-                .start_end(false)
+                .start_end(false, now)
                 .expect("abort")
                 .call_coordinator
         );

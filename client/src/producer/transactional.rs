@@ -66,7 +66,8 @@ impl Producer {
 
     async fn end_transaction(&self, commit: bool) -> Result<(), ClientError> {
         let id = self.transactional_id()?.to_string();
-        let plan = self.with_transaction(|transaction| transaction.start_end(commit))?;
+        let plan =
+            self.with_transaction(|transaction| transaction.start_end(commit, Instant::now()))?;
         if let Err(error) = self.flush_for_end(&plan).await {
             return Err(
                 self.with_transaction(|transaction| Ok(transaction.end_failed(commit, error)))?
