@@ -44,6 +44,26 @@ impl Producer {
     /// first partition written). Refused with
     /// [`ClientError::InvalidTransactionState`] while one is open or ending,
     /// [`ClientError::ProducerFenced`] once fenced.
+    ///
+    /// ```no_run
+    /// use sluice_client::{ClientError, Producer, ProducerConfig, Record};
+    ///
+    /// # async fn demo() -> Result<(), ClientError> {
+    /// let producer = Producer::new(ProducerConfig {
+    ///     transactional_id: Some("copier-7".into()), // fences older instances with this id
+    ///     transaction_timeout_ms: 60_000,
+    ///     ..ProducerConfig::default()
+    /// }).await?;
+    /// producer.begin_transaction()?;
+    /// producer.enqueue(Record::new("orders", "paid")).await?;
+    /// producer.enqueue(Record::new("audit", "order paid")).await?;
+    /// match producer.commit_transaction().await {
+    ///     Ok(()) => {}
+    ///     Err(ClientError::TransactionAbortable { .. }) => producer.abort_transaction().await?, // then redo
+    ///     Err(error) => return Err(error), // ProducerFenced: another instance took over; stop
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn begin_transaction(&self) -> Result<(), ClientError> {
         self.with_transaction(|transaction| transaction.begin(Instant::now()))
     }
