@@ -70,6 +70,10 @@ pub enum ClientError {
     /// redo its work in a new transaction.
     #[error("the transaction cannot commit ({reason}): abort it and redo it")]
     TransactionAbortable { reason: String },
+    /// The record's transaction was aborted before the record was sent:
+    /// it was never written.
+    #[error("the transaction was aborted before this record was sent; it was not written")]
+    TransactionAborted,
     /// A transactional call out of order (commit without begin, a send
     /// outside a transaction, begin twice, concurrent begin/commit).
     #[error("invalid transaction state: {0}")]
@@ -122,6 +126,7 @@ impl ClientError {
             | ClientError::DataLost { .. }
             | ClientError::ProducerFenced(_)
             | ClientError::TransactionAbortable { .. }
+            | ClientError::TransactionAborted
             | ClientError::InvalidTransactionState(_) => false,
         }
     }

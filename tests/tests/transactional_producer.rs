@@ -15,6 +15,8 @@
 //! - A transaction open past `transaction_timeout_ms`: its commit is
 //!   refused TRANSACTION_ABORTABLE, the abort succeeds (whether or not the
 //!   coordinator expired it first), the next transaction commits.
+//! - An abort drops records still lingering unsent: their futures fail
+//!   `TransactionAborted` and none of them is ever read.
 
 use sluice_client::{
     ClientError, Consumer, ConsumerConfig, Isolation, Producer, ProducerConfig, Record, StartOffset,
@@ -162,11 +164,13 @@ async fn commit_abort_zombie_and_misuse() {
     let fenced_winner = zombie(&cluster).await;
     let misuse_committed = misuse(&cluster).await;
     let after_timeout = timed_out(&cluster).await;
+    let after_drop = abort_drops_unsent(&cluster).await;
     let committed = merge(&[
         &committed,
         &fenced_winner,
         &misuse_committed,
         &after_timeout,
+        &after_drop,
     ]);
     let seen = read(&cluster, Isolation::ReadCommitted, count(&committed)).await;
     assert_eq!(
@@ -368,4 +372,43 @@ async fn timed_out(cluster: &Cluster) -> Log {
     producer.commit_transaction().await.expect("commit");
     producer.close().await.expect("close");
     Log::from([((TOPICS[1].to_string(), 0), vec!["t-new".to_string()])])
+}
+
+/// Records lingering in open batches when the transaction aborts are
+/// dropped, never written; the next transaction commits.
+async fn abort_drops_unsent(cluster: &Cluster) -> Log {
+    let producer = Producer::new(ProducerConfig {
+        client: cluster.client_config(),
+        transactional_id: Some("lingering-1".into()),
+        linger_ms: 600_000,
+        ..ProducerConfig::default()
+    })
+    .await
+    .expect("producer");
+    producer.begin_transaction().expect("begin");
+    let mut deliveries = Vec::new();
+    for index in 0..3 {
+        let record = Record::new(TOPICS[0], format!("l-old-{index}")).with_partition(0);
+        deliveries.push(producer.enqueue(record).await.expect("enqueued"));
+    }
+    producer.abort_transaction().await.expect("abort");
+    for delivery in deliveries {
+        let outcome = delivery.await;
+        assert!(
+            matches!(outcome, Err(ClientError::TransactionAborted)),
+            "{outcome:?}"
+        );
+    }
+    producer.begin_transaction().expect("begin again");
+    let delivery = producer
+        .enqueue(Record::new(TOPICS[0], "l-new").with_partition(0))
+        .await
+        .expect("enqueued");
+    producer
+        .commit_transaction()
+        .await
+        .expect("commit sends lingering records");
+    delivery.await.expect("acknowledged by the commit");
+    producer.close().await.expect("close");
+    Log::from([((TOPICS[0].to_string(), 0), vec!["l-new".to_string()])])
 }

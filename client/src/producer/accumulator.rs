@@ -275,6 +275,12 @@ impl<T> Accumulator<T> {
         }));
     }
 
+    /// Drops every open batch unsent (an aborted transaction's), returning
+    /// their attachments; no sequence was assigned to them.
+    pub fn discard_open(&mut self) -> Vec<T> {
+        self.open.drain().map(|(_, open)| open.attachment).collect()
+    }
+
     /// When the oldest open batch's linger ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
@@ -533,6 +539,24 @@ mod tests {
             })
             .collect();
         assert_eq!(seen, vec![(9, 4, 0), (9, 4, 2), (9, 5, 0)]);
+    }
+
+    #[test]
+    fn discarded_batches_take_no_sequence() {
+        let mut harness = Harness::new(limits(1 << 20, 10, 1000));
+        harness.accumulator.set_transactional(9, 4);
+        let now = Instant::now();
+        harness.append(tp(), &record(1), 1, now);
+        harness.append(tp(), &record(1), 2, now);
+        let discarded = harness.accumulator.discard_open();
+        assert_eq!(discarded, vec![vec![(1, 0), (2, 1)]]);
+        assert!(harness.accumulator.is_empty());
+        harness.accumulator.set_transactional(9, 5);
+        harness.append(tp(), &record(1), 3, now);
+        harness.accumulator.drain(&mut harness.closed);
+        let closed = harness.take_closed();
+        let (header, _) = decode(&closed[0].data, 1 << 20).expect("valid batch");
+        assert_eq!((header.producer_epoch, header.base_sequence), (5, 0));
     }
 
     #[test]

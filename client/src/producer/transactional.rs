@@ -78,8 +78,10 @@ impl Producer {
         self.end_transaction(true).await
     }
 
-    /// Sends what is buffered, waits for every record in flight, then aborts
-    /// the transaction: no read-committed reader ever sees its records.
+    /// Drops the records not yet handed to a broker stream (their futures
+    /// fail [`ClientError::TransactionAborted`]), waits for those in
+    /// flight, then aborts the transaction: no read-committed reader ever
+    /// sees its records.
     pub async fn abort_transaction(&self) -> Result<(), ClientError> {
         self.end_transaction(false).await
     }
@@ -125,11 +127,40 @@ impl Producer {
         }
     }
 
+    /// An abort's records not yet handed to the dispatcher are dropped:
+    /// their futures fail [`ClientError::TransactionAborted`]. Batches the
+    /// dispatcher holds are sent and waited for (they are aborted all the
+    /// same).
+    fn discard_unsent(&self) {
+        let (open, ready) = {
+            let mut batching = lock(&self.batching);
+            let open = batching.accumulator.discard_open();
+            let ready: Vec<_> = batching.ready.drain(..).collect();
+            (open, ready)
+        };
+        let dropped = open.len() + ready.len();
+        for attachment in open
+            .into_iter()
+            .chain(ready.into_iter().map(|batch| batch.attachment))
+        {
+            attachment.completer.fail(ClientError::TransactionAborted);
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                batches = dropped,
+                "aborted transaction: unsent batches dropped"
+            );
+        }
+    }
+
     /// Flushes the transaction's batches (unless the plan is a retry) and
     /// says whether the end may go on.
     async fn flush_for_end(&self, plan: &EndPlan) -> Result<(), ClientError> {
         if !plan.flush {
             return Ok(());
+        }
+        if !plan.commit {
+            self.discard_unsent();
         }
         self.flush().await?;
         self.with_transaction(|transaction| transaction.flushed())
