@@ -343,8 +343,10 @@ async fn timed_out(cluster: &Cluster) -> Log {
     let producer = Producer::new(ProducerConfig {
         client: cluster.client_config(),
         transactional_id: Some("slow-1".into()),
-        transaction_timeout_ms: 1_000,
-        delivery_timeout_ms: 1_000,
+        // Short enough to pass in a test, long enough for a loaded machine
+        // to send one record within it.
+        transaction_timeout_ms: 3_000,
+        delivery_timeout_ms: 3_000,
         ..ProducerConfig::default()
     })
     .await
@@ -357,7 +359,7 @@ async fn timed_out(cluster: &Cluster) -> Log {
         .send(Record::new(TOPICS[1], "t-old").with_partition(0))
         .await;
     // The precondition (not an assertion): the timeout has passed.
-    tokio::time::sleep(Duration::from_millis(1_500).saturating_sub(began.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(began.elapsed())).await;
     let refused = producer.commit_transaction().await;
     assert!(
         matches!(refused, Err(ClientError::TransactionAbortable { .. })),
