@@ -526,6 +526,35 @@ impl Cluster {
         }
         Ok(normalize_address(&response.broker_address))
     }
+
+    /// The address of the transaction coordinator of `transactional_id`
+    /// (ADR 0016 §2.1).
+    pub async fn find_transaction_coordinator(
+        &self,
+        transactional_id: &str,
+    ) -> Result<String, ClientError> {
+        let request = FindCoordinatorRequest {
+            kind: sluice_proto::v1::CoordinatorKind::Transaction as i32,
+            key: transactional_id.to_string(),
+            ..Default::default()
+        };
+        let response = self
+            .call_nameserver("FindCoordinator", |mut client| {
+                let request = request.clone();
+                async move { client.find_coordinator(request).await }
+            })
+            .await?;
+        if response.broker_address.is_empty() {
+            return Err(ClientError::Server(SluiceError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "transactional id '{transactional_id}' has no coordinator right now (transaction log partition {} has no live owner); retry shortly",
+                    response.offsets_partition
+                ),
+            )));
+        }
+        Ok(normalize_address(&response.broker_address))
+    }
 }
 
 /// `start + duration`, saturating far in the future instead of panicking

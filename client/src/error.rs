@@ -78,6 +78,24 @@ pub enum ClientError {
     /// `start_offset` is where this consumer was reading (the range's start
     /// when it read up to it). The partition stops; seek it to
     /// `end_offset` to go on.
+    /// Another instance of this transactional producer took its id (ADR
+    /// 0016): fatal; stop and drop this producer, it refuses every call.
+    #[error(
+        "producer fenced: {0}; another instance took this transactional id: stop this producer"
+    )]
+    ProducerFenced(String),
+    /// The open transaction cannot commit: call `abort_transaction`, then
+    /// redo its work in a new transaction.
+    #[error("the transaction cannot commit ({reason}): abort it and redo it")]
+    TransactionAbortable { reason: String },
+    /// The record's transaction was aborted before the record was sent:
+    /// it was never written.
+    #[error("the transaction was aborted before this record was sent; it was not written")]
+    TransactionAborted,
+    /// A transactional call out of order (commit without begin, a send
+    /// outside a transaction, begin twice, concurrent begin/commit).
+    #[error("invalid transaction state: {0}")]
+    InvalidTransactionState(String),
     #[error("{topic}/{partition}: offsets {start_offset}..{end_offset} were accepted as lost and will never be readable; seek to {end_offset} to go on")]
     DataLost {
         /// The topic of the lost range.
@@ -97,6 +115,9 @@ impl ClientError {
         match self {
             ClientError::Server(error) => Some(error.code),
             ClientError::DataLost { .. } => Some(ErrorCode::DataLost),
+            ClientError::ProducerFenced(_) => Some(ErrorCode::ProducerFenced),
+            ClientError::TransactionAbortable { .. } => Some(ErrorCode::TransactionAbortable),
+            ClientError::InvalidTransactionState(_) => Some(ErrorCode::InvalidTransactionState),
             _ => None,
         }
     }
@@ -122,7 +143,11 @@ impl ClientError {
             | ClientError::Closed
             | ClientError::Decode(_)
             | ClientError::CorruptBatch { .. }
-            | ClientError::DataLost { .. } => false,
+            | ClientError::DataLost { .. }
+            | ClientError::ProducerFenced(_)
+            | ClientError::TransactionAbortable { .. }
+            | ClientError::TransactionAborted
+            | ClientError::InvalidTransactionState(_) => false,
         }
     }
 
@@ -168,7 +193,21 @@ impl ClientError {
                 message: status_text(status),
             };
         }
-        ClientError::Server(SluiceError::from_status(status))
+        Self::from_server(SluiceError::from_status(status))
+    }
+
+    /// A server's error, as the transaction variants for their codes.
+    pub(crate) fn from_server(error: SluiceError) -> Self {
+        match error.code {
+            ErrorCode::ProducerFenced => ClientError::ProducerFenced(error.message),
+            ErrorCode::TransactionAbortable => ClientError::TransactionAbortable {
+                reason: error.message,
+            },
+            ErrorCode::InvalidTransactionState => {
+                ClientError::InvalidTransactionState(error.message)
+            }
+            _ => ClientError::Server(error),
+        }
     }
 
     /// [`ClientError::from_code`] with the wait a throttled item was told
@@ -192,7 +231,7 @@ impl ClientError {
         if code == ErrorCode::None {
             None
         } else {
-            Some(ClientError::Server(SluiceError::new(code, message)))
+            Some(Self::from_server(SluiceError::new(code, message)))
         }
     }
 }
@@ -243,6 +282,26 @@ mod tests {
         let error = ClientError::from_status("a", &status);
         assert_eq!(error.code(), Some(ErrorCode::TooLarge));
         assert!(!error.is_retriable());
+    }
+
+    #[test]
+    fn transaction_codes_become_their_variants() {
+        let fenced =
+            ClientError::from_code(ErrorCode::ProducerFenced as i32, "epoch 4").expect("an error");
+        assert!(matches!(fenced, ClientError::ProducerFenced(_)));
+        assert_eq!(fenced.code(), Some(ErrorCode::ProducerFenced));
+        assert!(!fenced.is_retriable());
+        let status: tonic::Status =
+            SluiceError::new(ErrorCode::TransactionAbortable, "expired").into();
+        let abortable = ClientError::from_status("a", &status);
+        assert!(matches!(
+            abortable,
+            ClientError::TransactionAbortable { .. }
+        ));
+        assert!(abortable.to_string().contains("abort it"));
+        let status: tonic::Status =
+            SluiceError::new(ErrorCode::ConcurrentTransactions, "ending").into();
+        assert!(ClientError::from_status("a", &status).is_retriable());
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub(crate) struct Sequencer {
     producer_id: i64,
     /// partition -> (producer epoch, next sequence; up to `i32::MAX + 1`).
     next: FastHashMap<TopicPartition, (i16, i64)>,
+    /// A transactional producer's epoch (ADR 0016 §1): every partition
+    /// uses it, sequences restart at 0 when it changes, batches carry the
+    /// transactional bit, and the overflow bump is off.
+    transactional_epoch: Option<i16>,
 }
 
 impl Sequencer {
@@ -76,7 +80,16 @@ impl Sequencer {
         Self {
             producer_id,
             next: FastHashMap::default(),
+            transactional_epoch: None,
         }
+    }
+
+    /// Starts a new transactional epoch (after `InitProducerId` or an end):
+    /// sequences restart at 0 on every partition.
+    pub fn set_transactional(&mut self, producer_id: i64, epoch: i16) {
+        self.producer_id = producer_id;
+        self.transactional_epoch = Some(epoch);
+        self.next.clear();
     }
 
     /// (epoch, base sequence) of the next batch of `records` records on
@@ -86,8 +99,12 @@ impl Sequencer {
     /// takes as a fresh start of that producer.
     pub fn assign(&mut self, partition: &TopicPartition, records: u32) -> (i16, i32) {
         let records = i64::from(records.max(1));
-        let (epoch, next) = self.next.entry(partition.clone()).or_insert((0, 0));
-        if *next + records - 1 > i64::from(i32::MAX) {
+        let start = self.transactional_epoch.unwrap_or(0);
+        let (epoch, next) = self.next.entry(partition.clone()).or_insert((start, 0));
+        // A transaction's epoch never moves under it: 2^31 records of one
+        // transaction on one partition saturate the sequence, which the
+        // broker refuses (the transaction becomes abortable).
+        if self.transactional_epoch.is_none() && *next + records - 1 > i64::from(i32::MAX) {
             *epoch = epoch.saturating_add(1);
             *next = 0;
         }
@@ -111,6 +128,14 @@ impl<T> Accumulator<T> {
     pub fn idempotent(mut self, producer_id: i64) -> Self {
         self.sequencer = Some(Sequencer::new(producer_id));
         self
+    }
+
+    /// A transactional producer's `(producer_id, epoch)` from now on; open
+    /// batches must have been drained (they belong to the ended epoch).
+    pub fn set_transactional(&mut self, producer_id: i64, epoch: i16) {
+        self.sequencer
+            .get_or_insert_with(|| Sequencer::new(producer_id))
+            .set_transactional(producer_id, epoch);
     }
 
     fn fits(&self, open: &OpenBatch<T>, record_bytes: usize) -> bool {
@@ -250,6 +275,12 @@ impl<T> Accumulator<T> {
         }));
     }
 
+    /// Drops every open batch unsent (an aborted transaction's), returning
+    /// their attachments; no sequence was assigned to them.
+    pub fn discard_open(&mut self) -> Vec<T> {
+        self.open.drain().map(|(_, open)| open.attachment).collect()
+    }
+
     /// When the oldest open batch's linger ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
@@ -273,8 +304,14 @@ fn close<T>(
     let builder = match sequencer {
         Some(sequencer) => {
             let (epoch, base_sequence) = sequencer.assign(&partition, open.records);
-            open.builder
-                .with_producer(sequencer.producer_id, epoch, base_sequence)
+            let builder = open
+                .builder
+                .with_producer(sequencer.producer_id, epoch, base_sequence);
+            if sequencer.transactional_epoch.is_some() {
+                builder.transactional()
+            } else {
+                builder
+            }
         }
         None => open.builder,
     };
@@ -474,6 +511,63 @@ mod tests {
         seen.sort();
         // Partition 0: 3 + 3 + 1 records; partition 1 counts on its own.
         assert_eq!(seen, vec![(0, 0, 3), (0, 3, 3), (0, 6, 1), (1, 0, 1)]);
+    }
+
+    #[test]
+    fn transactional_batches_carry_the_epoch_the_bit_and_restart_sequences() {
+        let mut harness = Harness::new(limits(1 << 20, 2, 1000));
+        harness.accumulator.set_transactional(9, 4);
+        let now = Instant::now();
+        for id in 0..3 {
+            harness.append(tp(), &record(1), id, now);
+        }
+        harness.accumulator.drain(&mut harness.closed);
+        harness.accumulator.set_transactional(9, 5);
+        harness.append(tp(), &record(1), 3, now);
+        harness.accumulator.drain(&mut harness.closed);
+        let seen: Vec<_> = harness
+            .take_closed()
+            .iter()
+            .map(|batch| {
+                let (header, _) = decode(&batch.data, 1 << 20).expect("valid batch");
+                assert!(header.transactional);
+                (
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                )
+            })
+            .collect();
+        assert_eq!(seen, vec![(9, 4, 0), (9, 4, 2), (9, 5, 0)]);
+    }
+
+    #[test]
+    fn discarded_batches_take_no_sequence() {
+        let mut harness = Harness::new(limits(1 << 20, 10, 1000));
+        harness.accumulator.set_transactional(9, 4);
+        let now = Instant::now();
+        harness.append(tp(), &record(1), 1, now);
+        harness.append(tp(), &record(1), 2, now);
+        let discarded = harness.accumulator.discard_open();
+        assert_eq!(discarded, vec![vec![(1, 0), (2, 1)]]);
+        assert!(harness.accumulator.is_empty());
+        harness.accumulator.set_transactional(9, 5);
+        harness.append(tp(), &record(1), 3, now);
+        harness.accumulator.drain(&mut harness.closed);
+        let closed = harness.take_closed();
+        let (header, _) = decode(&closed[0].data, 1 << 20).expect("valid batch");
+        assert_eq!((header.producer_epoch, header.base_sequence), (5, 0));
+    }
+
+    #[test]
+    fn a_transactional_sequence_never_bumps_the_epoch() {
+        let mut sequencer = Sequencer::new(5);
+        sequencer.set_transactional(5, 3);
+        let partition = tp();
+        sequencer
+            .next
+            .insert(partition.clone(), (3, i64::from(i32::MAX)));
+        assert_eq!(sequencer.assign(&partition, 2).0, 3);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(super) struct Batching {
     pub(super) accumulator: Accumulator<BatchAttachment>,
     pub(super) ready: VecDeque<ClosedBatch<BatchAttachment>>,
+    /// A transactional producer's state (ADR 0016 §7), under the same
+    /// lock so a record is appended only while its transaction is open.
+    pub(super) transaction: Option<super::transaction::Transaction>,
 }
 
 /// What a batch carries for its records besides their bytes.

@@ -256,7 +256,9 @@ impl Dispatcher {
     fn take_ready_batches(&mut self, now: Instant, all: bool) {
         {
             let mut batching = lock(&self.batching);
-            let Batching { accumulator, ready } = &mut *batching;
+            let Batching {
+                accumulator, ready, ..
+            } = &mut *batching;
             if all {
                 accumulator.drain(ready);
             } else {
@@ -308,7 +310,7 @@ impl Dispatcher {
                     ),
                     timeout_ms: self.config.delivery_timeout_ms,
                 };
-                fail_batch(batch, error);
+                fail_batch(&self.batching, batch, error);
             }
         }
     }
@@ -437,7 +439,7 @@ impl Dispatcher {
                     ))
                 });
                 tracing::warn!(%partition, %error, records = batch.records, "produce failed; not retriable");
-                fail_batch(batch, error);
+                fail_batch(&self.batching, batch, error);
             }
             Effect::Pending | Effect::Unknown => {}
         }
@@ -563,8 +565,7 @@ impl Dispatcher {
                     partition: partition.partition,
                     batch: batch.data.clone(),
                     resume: std::mem::take(&mut sender.needs_resume),
-                    // Transactional produce comes with ADR 0016 stage 3.
-                    transactional_id: String::new(),
+                    transactional_id: self.config.transactional_id.clone().unwrap_or_default(),
                 };
                 let address = owner.address;
                 let stream = match self.stream(&address) {
@@ -623,7 +624,12 @@ impl Dispatcher {
     }
 }
 
-fn fail_batch(batch: ReadyBatch, error: ClientError) {
+/// Fails a batch's records; a transactional producer's open transaction
+/// can then no longer commit (or is fenced).
+fn fail_batch(batching: &Mutex<Batching>, batch: ReadyBatch, error: ClientError) {
+    if let Some(transaction) = &mut lock(batching).transaction {
+        transaction.on_failure(&error);
+    }
     batch.completer.fail(error);
 }
 

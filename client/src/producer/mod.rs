@@ -17,6 +17,9 @@ mod memory_budget;
 mod partitioner;
 mod pipeline;
 mod pressure;
+mod transaction;
+mod transactional;
+mod txn_coordinator;
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};
@@ -38,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
+use transaction::Transaction;
 
 /// Room left in a gRPC message for the produce request around its batch
 /// (request id, topic name, framing), in bytes.
@@ -253,6 +257,17 @@ pub struct ProducerConfig {
     /// Called when a partition's backlog pressure level (ADR 0012)
     /// changes, as seen in produce acknowledgements. Default: none.
     pub on_pressure: Option<PressureListener>,
+    /// Makes the producer transactional (ADR 0016; brokers need
+    /// `[transactions] enabled = true`): `Producer::new` calls
+    /// `InitProducerId`, which fences every older instance with the same
+    /// id; records are sent only between `begin_transaction` and
+    /// `commit_transaction`/`abort_transaction`. 1 to 249 bytes of letters,
+    /// digits, `.`, `_`, `-`. Requires `idempotence`. Default: none.
+    pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the coordinator aborts
+    /// it, in milliseconds; at most the brokers' `[transactions]
+    /// max_timeout_ms` and at least `delivery_timeout_ms`. Default: 60000.
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for ProducerConfig {
@@ -270,6 +285,8 @@ impl Default for ProducerConfig {
             retry_backoff_max_ms: 1_000,
             idempotence: true,
             on_pressure: None,
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
         }
     }
 }
@@ -394,8 +411,24 @@ impl Producer {
                 config.max_in_flight_per_partition
             )));
         }
+        if let Some(id) = &config.transactional_id {
+            check_transactional(&config, id)?;
+        }
         let cluster = Cluster::connect(config.client.clone()).await?;
         cluster.start_route_watch();
+        if let Some(id) = config.transactional_id.clone() {
+            let bound = Duration::from_millis(config.delivery_timeout_ms);
+            let (producer_id, epoch) =
+                txn_coordinator::init(&cluster, &id, config.transaction_timeout_ms, bound).await?;
+            let timeout = Duration::from_millis(config.transaction_timeout_ms);
+            let producer = Self::with_identity(cluster, config, Some(producer_id));
+            {
+                let mut batching = lock(&producer.batching);
+                batching.accumulator.set_transactional(producer_id, epoch);
+                batching.transaction = Some(Transaction::new(producer_id, epoch, timeout));
+            }
+            return Ok(producer);
+        }
         let producer_id = if config.idempotence {
             Some(allocate_producer_id(&cluster).await?)
         } else {
@@ -431,6 +464,7 @@ impl Producer {
         let batching = Arc::new(Mutex::new(Batching {
             accumulator,
             ready: VecDeque::new(),
+            transaction: None,
         }));
         let wake = Arc::new(Notify::new());
         let pressure = Arc::new(PressureTracker::default());
@@ -470,6 +504,11 @@ impl Producer {
         record.check_timing_headers()?;
         if self.commands.is_closed() {
             return Err(ClientError::Closed);
+        }
+        // Refused early (before waiting for memory); checked again when
+        // the record is appended.
+        if let Some(transaction) = &mut lock(&self.batching).transaction {
+            transaction.check_enqueue(Instant::now())?;
         }
         let timestamp_ms = record
             .timestamp_ms
@@ -527,7 +566,14 @@ impl Producer {
         })?;
         let (delivery, wake) = {
             let mut batching = lock(&self.batching);
-            let Batching { accumulator, ready } = &mut *batching;
+            let Batching {
+                accumulator,
+                ready,
+                transaction,
+            } = &mut *batching;
+            if let Some(transaction) = transaction {
+                transaction.check_enqueue(Instant::now())?;
+            }
             let had_ready = !ready.is_empty();
             let appended = accumulator.append(
                 TopicPartition::new(record.topic, partition),
@@ -581,6 +627,29 @@ impl Producer {
             ClientError::Closed
         })
     }
+}
+
+/// The settings a transactional producer needs (ADR 0016 §7).
+fn check_transactional(config: &ProducerConfig, id: &str) -> Result<(), ClientError> {
+    sluice_proto::names::TransactionalId::new(id)
+        .map_err(|error| ClientError::InvalidArgument(format!("transactional_id: {error}")))?;
+    if !config.idempotence {
+        return Err(ClientError::InvalidArgument(
+            "a transactional producer is idempotent: set idempotence to true".into(),
+        ));
+    }
+    if config.transaction_timeout_ms == 0 {
+        return Err(ClientError::InvalidArgument(
+            "transaction_timeout_ms must be above zero".into(),
+        ));
+    }
+    if config.delivery_timeout_ms > config.transaction_timeout_ms {
+        return Err(ClientError::InvalidArgument(format!(
+            "delivery_timeout_ms ({}) must not exceed transaction_timeout_ms ({}): a record could be retried after its transaction was aborted",
+            config.delivery_timeout_ms, config.transaction_timeout_ms
+        )));
+    }
+    Ok(())
 }
 
 /// A new producer id from the nameservers (ADR 0010).
