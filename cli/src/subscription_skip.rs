@@ -2,24 +2,26 @@
 //! subscription's cursor on every partition; `update`: change its
 //! delivery settings and backlog quotas.
 
+use crate::admin::BacklogPolicyArg;
+use crate::units::{parse_bytes, parse_duration_ms};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sluice_client::{Admin, SubscriptionReset, SubscriptionSkip};
-use sluice_proto::v1::SubscriptionChanges;
+use sluice_proto::v1::{BacklogPolicy, SubscriptionChanges};
 
 /// `subscription update TOPIC NAME`: each flag left out keeps its value.
 #[derive(Args, Debug, Default)]
 pub struct UpdateSubscriptionArgs {
     pub topic: String,
     pub name: String,
-    /// Redeliver a message not acknowledged within this long (1000..=86400000 ms).
-    #[arg(long)]
+    /// Redeliver a message not acknowledged within this long (`30s`, or 1000..=86400000 ms).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
     pub ack_timeout_ms: Option<u64>,
-    /// First redelivery delay after a negative acknowledgement (ms).
-    #[arg(long)]
+    /// First redelivery delay after a negative acknowledgement (`1s`, or milliseconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
     pub redelivery_backoff_initial_ms: Option<u64>,
-    /// Longest redelivery delay (ms).
-    #[arg(long)]
+    /// Longest redelivery delay (`1m`, or milliseconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
     pub redelivery_backoff_max_ms: Option<u64>,
     /// Dead-letter after this many deliveries (0: never; above 0 needs a dead-letter topic).
     #[arg(long)]
@@ -27,15 +29,16 @@ pub struct UpdateSubscriptionArgs {
     /// This subscription's backlog quota in messages (0: the topic's).
     #[arg(long)]
     pub backlog_quota_messages: Option<u64>,
-    /// This subscription's backlog quota in bytes (0: the topic's).
-    #[arg(long)]
+    /// This subscription's backlog quota in bytes (`1GiB`, or bytes; 0: the topic's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
     pub backlog_quota_bytes: Option<u64>,
-    /// This subscription's backlog quota on the oldest message's age, ms (0: the topic's).
-    #[arg(long)]
+    /// This subscription's backlog quota on the oldest message's age (`1h`, or milliseconds;
+    /// 0: the topic's).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
     pub backlog_quota_age_ms: Option<u64>,
-    /// `hold`, `reject` or `evict`.
-    #[arg(long)]
-    pub backlog_policy: Option<String>,
+    /// At the backlog quota.
+    #[arg(long, value_enum)]
+    pub backlog_policy: Option<BacklogPolicyArg>,
 }
 
 /// The request's changes from the flags; at least one must be given.
@@ -50,10 +53,7 @@ fn changes_of(args: &UpdateSubscriptionArgs) -> Result<SubscriptionChanges> {
         backlog_quota_age_ms: args.backlog_quota_age_ms,
         backlog_policy: args
             .backlog_policy
-            .as_deref()
-            .map(crate::admin::parse_backlog_policy)
-            .transpose()?
-            .map(|policy| policy as i32),
+            .map(|policy| BacklogPolicy::from(policy) as i32),
     };
     if changes == SubscriptionChanges::default() {
         bail!("nothing to change: give at least one setting (see `sluice subscription update --help`)");
@@ -151,17 +151,13 @@ mod tests {
     fn update_flags_become_changes_and_none_is_refused() {
         let args = UpdateSubscriptionArgs {
             ack_timeout_ms: Some(5_000),
-            backlog_policy: Some("evict".into()),
+            backlog_policy: Some(BacklogPolicyArg::Evict),
             ..UpdateSubscriptionArgs::default()
         };
         let changes = changes_of(&args).expect("valid");
         assert_eq!(changes.ack_timeout_ms, Some(5_000));
+        assert_eq!(changes.backlog_policy, Some(BacklogPolicy::Evict as i32));
         assert_eq!(changes.max_deliveries, None);
         assert!(changes_of(&UpdateSubscriptionArgs::default()).is_err());
-        assert!(changes_of(&UpdateSubscriptionArgs {
-            backlog_policy: Some("drop".into()),
-            ..UpdateSubscriptionArgs::default()
-        })
-        .is_err());
     }
 }

@@ -71,13 +71,6 @@ pub enum ClientError {
         /// Why it cannot be decoded.
         reason: String,
     },
-    /// Offsets `start_offset..end_offset` of `topic`/`partition` lie in a
-    /// range an operator accepted as lost (`sluice partition recover
-    /// --accept-data-loss`): they will never be readable. Returned under
-    /// `ConsumerConfig::on_data_loss = Fail` (the default skips them);
-    /// `start_offset` is where this consumer was reading (the range's start
-    /// when it read up to it). The partition stops; seek it to
-    /// `end_offset` to go on.
     /// Another instance of this transactional producer took its id (ADR
     /// 0016): fatal; stop and drop this producer, it refuses every call.
     #[error(
@@ -87,7 +80,10 @@ pub enum ClientError {
     /// The open transaction cannot commit: call `abort_transaction`, then
     /// redo its work in a new transaction.
     #[error("the transaction cannot commit ({reason}): abort it and redo it")]
-    TransactionAbortable { reason: String },
+    TransactionAbortable {
+        /// Why it cannot commit.
+        reason: String,
+    },
     /// The record's transaction was aborted before the record was sent:
     /// it was never written.
     #[error("the transaction was aborted before this record was sent; it was not written")]
@@ -96,6 +92,13 @@ pub enum ClientError {
     /// outside a transaction, begin twice, concurrent begin/commit).
     #[error("invalid transaction state: {0}")]
     InvalidTransactionState(String),
+    /// Offsets `start_offset..end_offset` of `topic`/`partition` lie in a
+    /// range an operator accepted as lost (`sluice partition recover
+    /// --accept-data-loss`): they will never be readable. Returned under
+    /// `ConsumerConfig::on_data_loss = Fail` (the default skips them);
+    /// `start_offset` is where this consumer was reading (the range's start
+    /// when it read up to it). The partition stops; seek it to
+    /// `end_offset` to go on.
     #[error("{topic}/{partition}: offsets {start_offset}..{end_offset} were accepted as lost and will never be readable; seek to {end_offset} to go on")]
     DataLost {
         /// The topic of the lost range.

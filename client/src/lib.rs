@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! The Sluice SDK: [`Producer`], [`Consumer`] (log consumption in
 //! consumer groups), [`Subscriber`] (queue consumption: durable
 //! subscriptions with per-message acknowledgements) and [`Admin`].
