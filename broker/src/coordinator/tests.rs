@@ -1,6 +1,7 @@
 //! Coordinator membership, commits and cursor fencing, decided on the
 //! state directly (no partitions or network).
 
+use super::lag::partition_lag;
 use super::*;
 use crate::config::GroupsConfig;
 
