@@ -571,6 +571,13 @@ impl Cluster {
         wait_until_writable(self.client_config(), name).await;
     }
 
+    /// An `Admin` on this cluster (with its TLS settings).
+    pub async fn admin(&self) -> sluice_client::Admin {
+        sluice_client::Admin::connect(self.client_config())
+            .await
+            .expect("connect an Admin to the cluster")
+    }
+
     /// A producer with the SDK's default settings against this cluster.
     pub async fn producer(&self) -> sluice_client::Producer {
         sluice_client::Producer::new(sluice_client::ProducerConfig {

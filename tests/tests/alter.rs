@@ -85,9 +85,7 @@ async fn altered_retention_applies_to_a_running_partition() {
         producer.send(record).await.expect("acknowledged");
     }
     producer.close().await.expect("close");
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
     let earliest = async || {
         admin
             .list_offsets(topic, 0, OffsetSpec::Earliest, 0)
@@ -150,11 +148,7 @@ async fn concurrent_alters_do_not_lose_each_other() {
     let cluster = Cluster::start(cluster_spec()).await;
     let topic = "alter-concurrent";
     cluster.create_topic(topic, 1).await;
-    let admin = std::sync::Arc::new(
-        Admin::connect(cluster.client_config())
-            .await
-            .expect("admin"),
-    );
+    let admin = std::sync::Arc::new(cluster.admin().await);
     let changes: Vec<TopicConfigChanges> = vec![
         TopicConfigChanges {
             retention_ms: Some(111_111),
@@ -245,9 +239,7 @@ async fn added_partitions_are_served_and_take_records() {
             .collect::<Vec<_>>(),
         vec![(2, 0), (2, 1), (2, 2)]
     );
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
     let read = admin.get_message(topic, 2, 1).await.expect("read back");
     assert_eq!(read.value, Some(Bytes::from(format!("{:0>8}", 1))));
 
@@ -274,9 +266,7 @@ async fn bad_alters_are_refused_and_change_nothing() {
     let cluster = Cluster::start(cluster_spec()).await;
     let topic = "alter-bad";
     cluster.create_topic(topic, 2).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
     let config_now = async || {
         admin
             .describe_topic(topic)
@@ -476,9 +466,7 @@ async fn group_offsets_reset_for_an_inactive_group() {
     let mut produced = records(topic, Some(0), 10, 8);
     produced.extend(records(topic, Some(1), 10, 8));
     cluster.produce_acknowledged(produced).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
 
     let (_, consumer) = consume_in_group(&cluster, group, topic, 20).await;
     assert_eq!(
@@ -508,17 +496,9 @@ async fn group_offsets_reset_for_an_inactive_group() {
     .await;
 
     let cli = |args: &[&str]| {
-        let output = cluster
-            .cli()
-            .args(["group", "reset-offsets", group, "--topic", topic])
-            .args(args)
-            .output()
-            .expect("sluice runs");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
+        let mut command = cluster.cli();
+        command.args(["group", "reset-offsets", group, "--topic", topic]);
+        run_cli(command, args)
     };
     let (ok, output) = cli(&["--to-offset", "4", "--dry-run"]);
     assert!(ok, "{output}");
@@ -665,35 +645,11 @@ async fn receive_and_ack(subscriber: &Subscriber, count: usize) -> Vec<u64> {
 async fn subscriptions_skip_and_clear() {
     let cluster = Cluster::start(cluster_spec()).await;
     let (topic, name) = ("alter-sub", "work");
-    cluster.create_topic(topic, 1).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
-    admin
-        .create_subscription(Subscription {
-            topic: topic.into(),
-            name: name.into(),
-            r#type: SubscriptionType::Shared as i32,
-            initial_position: InitialPosition::Earliest as i32,
-            ..Subscription::default()
-        })
-        .await
-        .expect("create subscription");
-    cluster
-        .produce_acknowledged(records(topic, Some(0), 20, 8))
-        .await;
+    let admin = topic_with_subscription(&cluster, topic, name, 20).await;
     let cli = |args: &[&str]| {
-        let output = cluster
-            .cli()
-            .arg("subscription")
-            .args(args)
-            .output()
-            .expect("sluice runs");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
+        let mut command = cluster.cli();
+        command.arg("subscription");
+        run_cli(command, args)
     };
     // No consumer yet: the committed cursor moves.
     let (ok, output) = cli(&["skip", topic, name, "--count", "5"]);
@@ -799,9 +755,7 @@ async fn subscriptions_skip_and_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_a_topic_deletes_its_dead_letter_topics() {
     let cluster = Cluster::start(cluster_spec()).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
     for topic in ["alter-dlq", "alter-other", "alter-kept"] {
         cluster.create_topic(topic, 1).await;
     }
@@ -878,23 +832,7 @@ async fn subscription_cursor_reset_rewinds_an_idle_subscription() {
     })
     .await;
     let (topic, name) = ("alter-rewind", "work");
-    cluster.create_topic(topic, 1).await;
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
-    admin
-        .create_subscription(Subscription {
-            topic: topic.into(),
-            name: name.into(),
-            r#type: SubscriptionType::Shared as i32,
-            initial_position: InitialPosition::Earliest as i32,
-            ..Subscription::default()
-        })
-        .await
-        .expect("create subscription");
-    cluster
-        .produce_acknowledged(records(topic, Some(0), 10, 8))
-        .await;
+    let admin = topic_with_subscription(&cluster, topic, name, 10).await;
     let config = SubscriberConfig {
         client: cluster.client_config(),
         subscription_type: SubscriptionType::Shared,
@@ -993,9 +931,7 @@ async fn running_clients_see_added_partitions() {
         Some((0, 0))
     );
 
-    let admin = Admin::connect(cluster.client_config())
-        .await
-        .expect("admin");
+    let admin = cluster.admin().await;
     admin
         .add_partitions(topic, 3)
         .await
@@ -1019,4 +955,41 @@ async fn running_clients_see_added_partitions() {
     assert_eq!(read, (2, 0));
     consumer.close().await.expect("close");
     producer.close().await.expect("close producer");
+}
+
+/// A one-partition `topic` with a shared subscription `name` from the
+/// earliest record, and `count` records produced to it.
+async fn topic_with_subscription(
+    cluster: &Cluster,
+    topic: &str,
+    name: &str,
+    count: usize,
+) -> Admin {
+    cluster.create_topic(topic, 1).await;
+    let admin = cluster.admin().await;
+    admin
+        .create_subscription(Subscription {
+            topic: topic.into(),
+            name: name.into(),
+            r#type: SubscriptionType::Shared as i32,
+            initial_position: InitialPosition::Earliest as i32,
+            ..Subscription::default()
+        })
+        .await
+        .expect("create subscription");
+    cluster
+        .produce_acknowledged(records(topic, Some(0), count, 8))
+        .await;
+    admin
+}
+
+/// Runs `command` with `args`: whether it succeeded, and its stdout then
+/// stderr.
+fn run_cli(mut command: std::process::Command, args: &[&str]) -> (bool, String) {
+    let output = command.args(args).output().expect("sluice runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
 }
