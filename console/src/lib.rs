@@ -29,13 +29,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};
 use sluice_client::{Admin, ClientConfig, ClientError};
-use std::convert::Infallible;
+use sluice_telemetry::http1::Http1Limits;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Where `sluice console` listens unless told otherwise (loopback only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
@@ -87,40 +86,16 @@ async fn serve(
     console: Arc<Console>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "console: accept failed");
-                // EMFILE and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // dropped: closed at once
-        };
+    let limits = Http1Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout_ms: HEADER_READ_TIMEOUT_MS,
+        connection_timeout_ms: CONNECTION_TIMEOUT_MS,
+    };
+    let handler = move |request| {
         let console = console.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let console = console.clone();
-                async move { Ok::<_, Infallible>(answer(&console, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_millis(CONNECTION_TIMEOUT_MS), connection)
-                .await;
-            drop(permit);
-        });
-    }
+        async move { answer(&console, request).await }
+    };
+    sluice_telemetry::http1::serve(listener, limits, "console", handler, shutdown).await;
 }
 
 async fn answer(console: &Console, request: Request<hyper::body::Incoming>) -> Response<Body> {

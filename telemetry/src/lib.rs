@@ -10,6 +10,7 @@
 //!
 //! [`metrics`] holds the Prometheus plumbing every service shares.
 
+pub mod http1;
 pub mod metrics;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};

@@ -5,15 +5,12 @@
 //! connection at most [`CONNECTION_TIMEOUT_MS`].
 
 use super::MetricsRegistry;
+use crate::http1::Http1Limits;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 /// Scrape connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -31,40 +28,16 @@ pub async fn serve(
     registry: MetricsRegistry,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "metrics endpoint: accept failed");
-                // EMFILE and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // dropped: closed at once
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let registry = registry.clone();
-                async move { Ok::<_, Infallible>(answer(&registry, &request)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_millis(CONNECTION_TIMEOUT_MS), connection)
-                .await;
-            drop(permit);
-        });
-    }
+    let limits = Http1Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_read_timeout_ms: HEADER_READ_TIMEOUT_MS,
+        connection_timeout_ms: CONNECTION_TIMEOUT_MS,
+    };
+    let handler = move |request: Request<hyper::body::Incoming>| {
+        let answer = answer(&registry, &request);
+        async move { answer }
+    };
+    crate::http1::serve(listener, limits, "metrics endpoint", handler, shutdown).await;
 }
 
 fn answer<B>(registry: &MetricsRegistry, request: &Request<B>) -> Response<Full<Bytes>> {
