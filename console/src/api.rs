@@ -3,6 +3,7 @@
 //! their lag). Each answer is bounded (see the limits below) and says
 //! when it was cut.
 
+use crate::rates::{drain_estimate_ms, Series};
 use crate::shape::{self, client_error_response, json_response};
 use crate::{Body, Console};
 use hyper::{Response, StatusCode};
@@ -18,6 +19,9 @@ pub const MAX_GROUPS_DESCRIBED: usize = 50;
 pub const MAX_SUBSCRIPTIONS_DESCRIBED: usize = 50;
 /// Topics `/api/consumers` asks for their subscriptions.
 pub const MAX_TOPICS_SCANNED: usize = 500;
+/// Partitions whose oldest unconsumed record `/api/consumers` reads, over
+/// all groups, to show lag in time; the rest show no time.
+pub const MAX_TIME_LAG_READS: usize = 32;
 
 /// Answers a GET under `/api/`.
 pub async fn handle(console: &Console, path: &str) -> Response<Body> {
@@ -84,6 +88,7 @@ async fn topic(console: &Console, name: &str) -> Answer {
         }
     }
     shaped["offsets_cut"] = json!(partition_count > MAX_PARTITIONS_WITH_OFFSETS);
+    shaped["records_per_second"] = json!(topic_rate(console, name, &shaped));
     let subscriptions = match console.admin.list_subscriptions(name).await {
         Ok(list) => list.iter().map(|sub| json!(sub.name)).collect(),
         Err(error) => vec![json!({ "error": error.to_string() })],
@@ -92,16 +97,89 @@ async fn topic(console: &Console, name: &str) -> Answer {
     Ok(shaped)
 }
 
+/// Records written per second to `name`, from the sum of its partitions'
+/// high watermarks; `None` while unknown (a partition's offsets missing or
+/// cut, or the first sample).
+fn topic_rate(console: &Console, name: &str, shaped: &Value) -> Option<f64> {
+    if shaped["offsets_cut"].as_bool() != Some(false) {
+        return None;
+    }
+    let mut written = 0u64;
+    for partition in shaped["partitions"].as_array()? {
+        written = written.saturating_add(partition["high_watermark"].as_u64()?);
+    }
+    let mut rates = console.rates.lock().ok()?;
+    rates.observe(Series::TopicRecords(name.to_string()), written, now_ms())
+}
+
+/// Adds a group's consume rate, drain estimate and lag in time (the age of
+/// the oldest unconsumed record over its partitions, read while `reads`
+/// last).
+async fn add_group_rates(
+    console: &Console,
+    description: &v1::DescribeGroupResponse,
+    shaped: &mut Value,
+    reads: &mut usize,
+) {
+    let consumed = description
+        .lag
+        .iter()
+        .filter_map(|lag| u64::try_from(lag.committed_offset).ok())
+        .fold(0u64, u64::saturating_add);
+    let rate = console.rates.lock().ok().and_then(|mut rates| {
+        let series = Series::GroupConsumed(description.group.clone());
+        rates.observe(series, consumed, now_ms())
+    });
+    shaped["consume_rate"] = json!(rate);
+    let lag = shaped["lag"].as_u64();
+    shaped["estimated_drain_ms"] = json!(lag.and_then(|lag| drain_estimate_ms(lag, rate)));
+    let mut oldest_ms: Option<i64> = None;
+    let mut complete = true;
+    for lag in description
+        .lag
+        .iter()
+        .filter(|lag| lag.lag > 0 && !lag.lag_unknown)
+    {
+        let Ok(offset) = u64::try_from(lag.committed_offset) else {
+            continue; // nothing committed: where it starts is its own reset policy
+        };
+        if *reads == 0 {
+            complete = false;
+            break;
+        }
+        *reads -= 1;
+        match console
+            .admin
+            .get_message(&lag.topic, lag.partition, offset)
+            .await
+        {
+            Ok(record) => {
+                oldest_ms =
+                    Some(oldest_ms.map_or(record.timestamp_ms, |t| t.min(record.timestamp_ms)))
+            }
+            Err(_) => complete = false,
+        }
+    }
+    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    shaped["time_lag_ms"] = json!(oldest_ms.map(|oldest| now.saturating_sub(oldest).max(0)));
+    shaped["time_lag_complete"] = json!(complete);
+}
+
 async fn consumers(console: &Console) -> Answer {
     let groups = console.admin.list_groups().await?;
     let mut shaped_groups = Vec::new();
+    let mut reads = MAX_TIME_LAG_READS;
     for (index, listing) in groups.iter().enumerate() {
         if index >= MAX_GROUPS_DESCRIBED {
             shaped_groups.push(json!({ "group": listing.group, "described": false }));
             continue;
         }
         shaped_groups.push(match console.admin.describe_group(&listing.group).await {
-            Ok(description) => group_json(&description),
+            Ok(description) => {
+                let mut shaped = group_json(&description);
+                add_group_rates(console, &description, &mut shaped, &mut reads).await;
+                shaped
+            }
             Err(error) => json!({ "group": listing.group, "error": error.to_string() }),
         });
     }

@@ -1,8 +1,9 @@
 //! `sluice console`: a web UI on localhost over the SDK's [`Admin`].
 //!
 //! [`run`] serves the bundled page ([`pages`]), a JSON API over the cluster
-//! ([`api`]), a message browser ([`browse`]) and topic actions
-//! ([`actions`]). It has **no authentication of its own**: whoever reaches
+//! ([`api`]), a message browser ([`browse`]), a search by key or tag and
+//! `why` for a subscription ([`search`]), and actions that change topics,
+//! groups and subscriptions ([`actions`]). It has **no authentication of its own**: whoever reaches
 //! the listener acts with the console's cluster identity (its TLS client
 //! certificate or token). So it binds to loopback by default, refuses
 //! requests whose `Host` is not the listener (DNS rebinding), and takes
@@ -23,6 +24,8 @@ pub mod guard;
 pub mod nodes;
 pub mod pages;
 pub mod params;
+pub mod rates;
+pub mod search;
 pub mod shape;
 
 use bytes::Bytes;
@@ -56,6 +59,8 @@ pub struct Console {
     pub local_addr: SocketAddr,
     /// Nodes seen in earlier cluster status answers, to report those gone.
     pub nodes: Mutex<nodes::NodeTracker>,
+    /// Earlier samples of topic and group counters, for rates.
+    pub rates: Mutex<rates::RateTracker>,
 }
 
 /// A response body: the whole answer at once.
@@ -76,6 +81,7 @@ pub async fn run(
         admin,
         local_addr,
         nodes: Mutex::new(nodes::NodeTracker::default()),
+        rates: Mutex::new(rates::RateTracker::default()),
     });
     serve(listener, console, shutdown).await;
     Ok(())
@@ -145,6 +151,8 @@ async fn route(console: &Console, request: Request<hyper::body::Incoming>) -> Re
     }
     match path.as_str() {
         "/api/messages" => browse::handle(&console.admin, &query).await,
+        "/api/messages/find" => search::find(&console.admin, &query).await,
+        "/api/messages/why" => search::why(&console.admin, &query).await,
         _ if path.starts_with("/api/") => api::handle(console, &path).await,
         _ => shape::error_response(StatusCode::NOT_FOUND, "no such page"),
     }

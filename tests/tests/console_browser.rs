@@ -4,7 +4,11 @@
 //! produced message whose key, value and header carry markup and script
 //! shows up in the DOM as text, and none of its script ran; creating a
 //! topic from the page (after its confirmation step) creates it in the
-//! cluster, and deleting it needs its name typed again.
+//! cluster, and deleting it needs its name typed again. Messages are found
+//! by tag and a subscription says why about one; a topic's settings and
+//! partition count, a group's offsets (after a dry-run plan) and a
+//! subscription's backlog are changed from the pages and checked in the
+//! cluster.
 //!
 //! With `SLUICE_CONSOLE_SCREENSHOTS=DIR` the test also saves PNGs of the
 //! main pages there (`docs/console/` holds the committed ones); it always
@@ -204,6 +208,9 @@ async fn the_console_works_in_a_real_browser() {
     refused_requests(port).await;
     create_and_delete_from_the_page(&mut browser, &base, dev.client_config()).await;
     live_refresh(&mut browser, &base, dev.client_config()).await;
+    find_and_why(&mut browser, &base).await;
+    alter_from_the_page(&mut browser, &base, dev.client_config()).await;
+    reset_group_from_the_page(&mut browser, &base, dev.client_config()).await;
 }
 
 /// Cluster, topics, a topic, consumers (with lag): each page loads.
@@ -489,4 +496,208 @@ async fn refused_requests(port: u16) {
         raw_status(port, &own_read).await.contains(" 200 "),
         "still serving"
     );
+}
+
+/// Sets the `value` of the input or select with `id` (and fires `input`).
+fn set_value(id: &str, value: &str) -> String {
+    format!(
+        "(() => {{ const input = document.getElementById({}); input.value = {}; \
+           input.dispatchEvent(new Event('input')); return true; }})()",
+        json!(id),
+        json!(value)
+    )
+}
+
+/// Clicks the element with `id`, then waits for `selector` to hold `text`.
+async fn click_until(browser: &mut Browser, id: &str, selector: &str, text: &str) {
+    let click = format!("document.getElementById({}).click(); true", json!(id));
+    browser.evaluate(&click).await.expect("click");
+    browser
+        .wait_for(&text_contains(selector, text), BODY_TEXT, PAGE_TIMEOUT)
+        .await
+        .unwrap_or_else(|error| panic!("after clicking {id}: {error:#}"));
+}
+
+/// Asks and confirms the action whose elements start with `id`, then
+/// waits for its message to say `done`.
+async fn ask_and_confirm(browser: &mut Browser, id: &str, question: &str, done: &str) {
+    click_until(
+        browser,
+        &format!("{id}-ask"),
+        &format!("#{id}-question"),
+        question,
+    )
+    .await;
+    click_until(
+        browser,
+        &format!("{id}-confirm"),
+        &format!("#{id}-message"),
+        done,
+    )
+    .await;
+}
+
+/// Finding by tag lists the marked message with its partition; `why` for
+/// the subscription answers what it did with offset 0.
+async fn find_and_why(browser: &mut Browser, base: &str) {
+    let find = format!("{base}#browse?topic={TOPIC}&tag=vip");
+    open(
+        browser,
+        &find,
+        &text_contains("#find-summary", "1 message(s) with tag"),
+    )
+    .await;
+    assert_eq!(
+        browser
+            .evaluate(&text_contains("#browse-results", "console-marker-7f3a"))
+            .await
+            .unwrap(),
+        json!(true),
+        "the tagged message is found"
+    );
+    let missing = format!("{base}#browse?topic={TOPIC}&tag=no-such-tag");
+    open(
+        browser,
+        &missing,
+        &text_contains("#find-summary", "0 message(s)"),
+    )
+    .await;
+    let why =
+        format!("{base}#browse?topic={TOPIC}&partition=0&offset=0&subscription={SUBSCRIPTION}");
+    open(
+        browser,
+        &why,
+        &text_contains("#browse-results", "console-marker-7f3a"),
+    )
+    .await;
+    browser
+        .evaluate("document.querySelector('#browse-results button.why').click(); true")
+        .await
+        .unwrap();
+    let answered =
+        "(() => { const answer = document.querySelector('#browse-results .why-answer'); \
+                    return answer !== null && answer.querySelector('strong') !== null; })()";
+    browser
+        .wait_for(answered, BODY_TEXT, PAGE_TIMEOUT)
+        .await
+        .expect("why answers with a state");
+    save_screenshot(browser, "why").await;
+}
+
+/// A topic's retention and partition count changed from its page, and a
+/// subscription's backlog skipped: each seen in the cluster.
+async fn alter_from_the_page(
+    browser: &mut Browser,
+    base: &str,
+    config: sluice_client::ClientConfig,
+) {
+    let admin = Admin::connect(config).await.expect("admin");
+    open(browser, &format!("{base}#topic/{TOPIC}"), &watermark_is(3)).await;
+    browser
+        .evaluate(&set_value("alter-retention_ms", "0"))
+        .await
+        .unwrap();
+    click_until(browser, "alter-ask", "#alter-question", "retention_ms to 0").await;
+    click_until(
+        browser,
+        "alter-confirm",
+        "#alter-message",
+        "must be a whole number from 1",
+    )
+    .await;
+    browser
+        .evaluate(&set_value("alter-retention_ms", "3600000"))
+        .await
+        .unwrap();
+    ask_and_confirm(
+        browser,
+        "alter",
+        "retention_ms to 3600000",
+        "settings changed",
+    )
+    .await;
+    let config = admin.describe_topic(TOPIC).await.expect("describe").topic;
+    let retention = config
+        .and_then(|topic| topic.config)
+        .map(|config| config.retention_ms);
+    assert_eq!(
+        retention,
+        Some(3_600_000),
+        "the retention reached the cluster"
+    );
+
+    browser
+        .evaluate(&set_value("grow-partitions", "2"))
+        .await
+        .unwrap();
+    ask_and_confirm(browser, "grow", "order is not kept", "now 2 partitions").await;
+    let partitions = admin
+        .describe_topic(TOPIC)
+        .await
+        .expect("describe")
+        .partitions
+        .len();
+    assert_eq!(partitions, 2, "the partition was added");
+
+    browser
+        .evaluate(&set_value("skip-name", SUBSCRIPTION))
+        .await
+        .unwrap();
+    browser
+        .evaluate(&set_value("skip-count", "1"))
+        .await
+        .unwrap();
+    ask_and_confirm(browser, "skip", "Skip the next 1 message(s)", "skipped 1").await;
+}
+
+/// A group's offsets reset to the earliest: the dry run shows the plan and
+/// commits nothing; applying it commits offset 0.
+async fn reset_group_from_the_page(
+    browser: &mut Browser,
+    base: &str,
+    config: sluice_client::ClientConfig,
+) {
+    let admin = Admin::connect(config).await.expect("admin");
+    let committed = |description: sluice_proto::v1::DescribeGroupResponse| {
+        description
+            .lag
+            .iter()
+            .find(|lag| lag.topic == TOPIC && lag.partition == 0)
+            .map(|lag| lag.committed_offset)
+    };
+    let before = committed(admin.describe_group(GROUP).await.expect("describe group"));
+    assert_eq!(before, Some(1), "the group consumed one record");
+    open(
+        browser,
+        &format!("{base}#consumers"),
+        &lag_shown_for_group(),
+    )
+    .await;
+    browser
+        .evaluate(&set_value("reset-group", GROUP))
+        .await
+        .unwrap();
+    browser
+        .evaluate(&set_value("reset-topic", TOPIC))
+        .await
+        .unwrap();
+    browser
+        .evaluate(&set_value("reset-to", "earliest"))
+        .await
+        .unwrap();
+    click_until(browser, "reset-preview", "#reset-plan", "Dry run").await;
+    let after_preview = committed(admin.describe_group(GROUP).await.expect("describe group"));
+    assert_eq!(after_preview, Some(1), "a dry run commits nothing");
+    ask_and_confirm(browser, "reset", "Commit these offsets", "offsets reset").await;
+    let after = committed(admin.describe_group(GROUP).await.expect("describe group"));
+    assert_eq!(after, Some(0), "the reset reached the group");
+}
+
+/// True once the consumers page lists the group.
+fn lag_shown_for_group() -> String {
+    format!(
+        "Array.from(document.querySelectorAll('main table tbody tr')).some((row) => \
+           row.children[0].textContent === {})",
+        json!(GROUP)
+    )
 }

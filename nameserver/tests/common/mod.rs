@@ -11,6 +11,7 @@
 #[path = "../../../tests/src/etcd.rs"]
 pub mod etcd;
 pub mod fixture;
+pub mod requests;
 
 // Each test binary uses a different part.
 #[allow(unused_imports)]
