@@ -43,6 +43,7 @@ mod session_fence;
 mod subscription;
 mod subscription_skip;
 mod tail_cache;
+pub mod takeover_turns;
 mod transaction;
 mod txn_markers;
 mod txn_verifier;
@@ -81,8 +82,8 @@ pub(crate) struct Shared {
     pub tail_cache: SharedTailCache,
     /// Bytes all partitions' fetch read-aheads may hold (`[fetch] read_ahead_bytes`).
     pub read_ahead_budget: Arc<tokio::sync::Semaphore>,
-    /// Partitions taking over at once (`[replication] max_concurrent_takeovers`).
-    pub takeovers: tokio::sync::Semaphore,
+    /// Turns for partition takeovers (`[replication] max_concurrent_takeovers`).
+    pub takeovers: takeover_turns::TakeoverTurns,
     /// Topic → partition count (None: no such topic), and when learned.
     partition_counts: Mutex<HashMap<String, (Option<u32>, Instant)>>,
     /// Produce bytes accepted since start; the heartbeat reports the rate
@@ -353,11 +354,7 @@ pub async fn run_with_metrics(
                 .unwrap_or(usize::MAX)
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
-        takeovers: tokio::sync::Semaphore::new(
-            usize::try_from(config.replication.max_concurrent_takeovers)
-                .unwrap_or(usize::MAX)
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-        ),
+        takeovers: takeover_turns::TakeoverTurns::new(config.replication.max_concurrent_takeovers),
         partitions: RwLock::new(HashMap::new()),
         partition_counts: Mutex::new(HashMap::new()),
         produced_bytes: std::sync::atomic::AtomicU64::new(0),

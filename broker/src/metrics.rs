@@ -214,6 +214,20 @@ impl BrokerMetrics {
             }),
         );
         registry.register(
+            "sluice_broker_takeovers_running",
+            "Partition takeovers running (at most [replication] max_concurrent_takeovers)",
+            read(Arc::downgrade(shared), |shared| {
+                shared.takeovers.running() as f64
+            }),
+        );
+        registry.register(
+            "sluice_broker_takeovers_waiting",
+            "Partition takeovers waiting for a turn",
+            read(Arc::downgrade(shared), |shared| {
+                shared.takeovers.waiting() as f64
+            }),
+        );
+        registry.register(
             "sluice_broker_live_stores",
             "Stores with a live session, as of the last heartbeat",
             read(Arc::downgrade(shared), |shared| shared.live_stores() as f64),

@@ -242,3 +242,46 @@ async fn commits_beyond_the_log_or_of_unknown_partitions_are_refused(
     assert_eq!(committed.offsets.len(), 1, "{committed:?}");
     assert_eq!(committed.offsets[0].offset, end);
 }
+
+/// `[replication] max_concurrent_takeovers` at its least (1 turn; 0 is
+/// refused by the config check and means 1 in `TakeoverTurns`): a broker
+/// handed twelve partitions at once takes them over one at a time and
+/// still serves every one of them (no takeover waits on another's turn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_takeover_at_a_time_still_serves_every_partition() {
+    const PARTITIONS: u32 = 12;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster::start(directory.path()).await;
+    let broker = start_broker_configured(&cluster.nameserver_url, |config| {
+        config.replication.max_concurrent_takeovers = 1;
+    })
+    .await;
+    let wide = sluice_proto::v1::TopicConfig {
+        partitions: PARTITIONS,
+        ..Default::default()
+    };
+    cluster.create_topic(TOPIC, wide).await;
+    let producer = sluice_client::Producer::new(sluice_client::ProducerConfig {
+        client: client_config(&cluster.nameserver_url),
+        ..Default::default()
+    })
+    .await
+    .expect("producer");
+    let mut acknowledgements = Vec::new();
+    for partition in 0..PARTITIONS {
+        let record = sluice_client::Record::new(TOPIC, format!("p{partition}"))
+            .with_partition(partition);
+        acknowledgements.push(producer.enqueue(record).await.expect("enqueue"));
+    }
+    for (partition, acknowledgement) in acknowledgements.into_iter().enumerate() {
+        let written = acknowledgement.await.expect("acknowledged");
+        assert_eq!(
+            (written.partition, written.offset),
+            (partition as u32, 0),
+            "partition {partition}"
+        );
+    }
+    producer.close().await.expect("close producer");
+    broker.stop_cleanly().await;
+    cluster.stop().await;
+}

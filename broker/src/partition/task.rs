@@ -136,8 +136,7 @@ async fn take_over(
     // offsets replay; producer state) so failover costs can be read from
     // the log (ADR 0014).
     let started = Instant::now();
-    // Never closed, so this cannot fail; without a turn, take over anyway.
-    let _turn = shared.takeovers.acquire().await.ok();
+    let _turn = shared.takeovers.turn().await;
     let queued_ms = started.elapsed().as_millis() as u64;
     let segment = open_segment(shared, partition, &mut carried.excluded).await?;
     let segment_ms = (started.elapsed().as_millis() as u64).saturating_sub(queued_ms);
