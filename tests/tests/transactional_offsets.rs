@@ -559,6 +559,39 @@ async fn a_new_owner_waits_for_the_pending_offsets_of_its_partition() {
     producer.close().await.expect("close");
 }
 
+fn context(id: &str, producer_id: i64, epoch: i32) -> TransactionContext {
+    TransactionContext {
+        transactional_id: id.into(),
+        producer_id,
+        producer_epoch: epoch,
+    }
+}
+
+/// A valid transaction's commit refused for who commits or what: a
+/// subscription cursor, a commit from outside the group, a member epoch
+/// the member never had.
+async fn refused_members(cluster: &Cluster, member: &GroupMetadata, valid: TransactionContext) {
+    let cursor = raw_transactional_commit(cluster, member, valid.clone(), b"\x01").await;
+    assert_eq!(cursor, ErrorCode::InvalidArgument, "a subscription cursor");
+    let outsider = GroupMetadata {
+        member_id: String::new(),
+        member_epoch: -1,
+        ..member.clone()
+    };
+    let outside = raw_transactional_commit(cluster, &outsider, valid.clone(), b"").await;
+    assert_ne!(outside, ErrorCode::None, "a commit from outside the group");
+    let stale = GroupMetadata {
+        member_epoch: member.member_epoch + 7,
+        ..member.clone()
+    };
+    let stale = raw_transactional_commit(cluster, &stale, valid, b"").await;
+    assert_eq!(
+        stale,
+        ErrorCode::StaleMemberEpoch,
+        "an epoch the member never had"
+    );
+}
+
 /// A raw transactional CommitOffsets of `INPUT`/0 at offset 1: its code.
 async fn raw_transactional_commit(
     cluster: &Cluster,
@@ -602,95 +635,53 @@ async fn forged_or_malformed_transactional_commits_are_refused_and_leave_nothing
     let producer = producer(&cluster, "forged-1").await;
     let (producer_id, epoch) = producer.transactional_identity().expect("transactional");
     let (other_id, _) = other.transactional_identity().expect("transactional");
-    let context = |id: &str, producer_id: i64, epoch: i32| TransactionContext {
-        transactional_id: id.into(),
-        producer_id,
-        producer_epoch: epoch,
-    };
     let epoch = i32::from(epoch);
+    // Another id's producer id, and an epoch the coordinator never handed
+    // out: the offsets partition's verification refuses them.
     let cases = [
-        (
-            "no id",
-            context("", producer_id, epoch),
-            ErrorCode::InvalidArgument,
-        ),
+        ("no id", "", producer_id, epoch, ErrorCode::InvalidArgument),
         (
             "bad id",
-            context("a b", producer_id, epoch),
+            "a b",
+            producer_id,
+            epoch,
             ErrorCode::InvalidArgument,
         ),
         (
             "epoch too large",
-            context("forged-1", producer_id, 40_000),
+            "forged-1",
+            producer_id,
+            40_000,
             ErrorCode::InvalidArgument,
         ),
         (
             "negative epoch",
-            context("forged-1", producer_id, -1),
+            "forged-1",
+            producer_id,
+            -1,
             ErrorCode::InvalidArgument,
         ),
-        // Another id's producer id, and an epoch the coordinator never
-        // handed out: the offsets partition's verification refuses them.
         (
             "another id's producer",
-            context("forged-1", other_id, epoch),
+            "forged-1",
+            other_id,
+            epoch,
             ErrorCode::ProducerFenced,
         ),
         (
             "a future epoch",
-            context("forged-1", producer_id, epoch + 5),
+            "forged-1",
+            producer_id,
+            epoch + 5,
             ErrorCode::InvalidTransactionState,
         ),
     ];
-    for (name, context, expected) in cases {
-        assert_eq!(
-            raw_transactional_commit(&cluster, &member, context, b"").await,
-            expected,
-            "{name}"
-        );
+    for (name, id, producer_id, epoch, expected) in cases {
+        let context = context(id, producer_id, epoch);
+        let code = raw_transactional_commit(&cluster, &member, context, b"").await;
+        assert_eq!(code, expected, "{name}");
     }
-    assert_eq!(
-        raw_transactional_commit(
-            &cluster,
-            &member,
-            context("forged-1", producer_id, epoch),
-            b"\x01"
-        )
-        .await,
-        ErrorCode::InvalidArgument,
-        "a subscription cursor"
-    );
-    let outsider = GroupMetadata {
-        member_id: String::new(),
-        member_epoch: -1,
-        ..member.clone()
-    };
-    assert_ne!(
-        raw_transactional_commit(
-            &cluster,
-            &outsider,
-            context("forged-1", producer_id, epoch),
-            b""
-        )
-        .await,
-        ErrorCode::None,
-        "a commit from outside the group"
-    );
-    let stale = GroupMetadata {
-        member_epoch: member.member_epoch + 7,
-        ..member.clone()
-    };
-    assert_eq!(
-        raw_transactional_commit(
-            &cluster,
-            &stale,
-            context("forged-1", producer_id, epoch),
-            b""
-        )
-        .await,
-        ErrorCode::StaleMemberEpoch,
-        "an epoch the member never had"
-    );
+    refused_members(&cluster, &member, context("forged-1", producer_id, epoch)).await;
     // Nothing of it is pending or committed.
     assert_eq!(fetch_offsets(&cluster, group, true).await, Answer::new());
     // The real producer's commit goes through.
