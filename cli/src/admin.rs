@@ -429,7 +429,9 @@ async fn topic_description_json(
             let mut view = crate::views::partition(partition, &health);
             let index = partition.route.as_ref().map_or(0, |route| route.partition);
             let lso = lso_lags.get(index as usize);
-            view["high_watermark"] = json!(lso.filter(|lag| lag.error.is_none()).map(|lag| lag.high_watermark));
+            view["high_watermark"] = json!(lso
+                .filter(|lag| lag.error.is_none())
+                .map(|lag| lag.high_watermark));
             view["last_stable_offset"] = json!(lso.and_then(|lag| lag.last_stable_offset));
             view["lso_lag"] = json!(lso.and_then(|lag| lag.lag_records));
             view["oldest_open_transaction_ms"] =

@@ -132,12 +132,9 @@ pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
         }) => {
             ensure_topic(&client, &args).await?;
             if transactional {
-                let (report, commits) = crate::bench_transactional::produce(
-                    &client,
-                    &args,
-                    transaction_interval_ms,
-                )
-                .await?;
+                let (report, commits) =
+                    crate::bench_transactional::produce(&client, &args, transaction_interval_ms)
+                        .await?;
                 report.print("produce (transactional)", args.size);
                 commits.print();
             } else {

@@ -50,9 +50,8 @@ impl CommitReport {
             self.committed, self.aborted
         );
         if !self.commit_latency_us.is_empty() {
-            let ms = |quantile: f64| {
-                self.commit_latency_us.value_at_quantile(quantile) as f64 / 1000.0
-            };
+            let ms =
+                |quantile: f64| self.commit_latency_us.value_at_quantile(quantile) as f64 / 1000.0;
             println!(
                 "  commit latency ms: p50 {:.2}  p99 {:.2}  max {:.2}",
                 ms(0.5),
@@ -86,9 +85,9 @@ pub async fn produce(
             interval: Duration::from_millis(interval_ms),
             acknowledged: acknowledged.clone(),
         };
-        tasks.push(tokio::spawn(
-            async move { produce_one(config, run, share).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            produce_one(config, run, share).await
+        }));
     }
     let mut latency_us = new_histogram();
     let mut commits = CommitReport {
@@ -99,7 +98,9 @@ pub async fn produce(
     let mut errors = 0;
     for task in tasks {
         let outcome = task.await.context("producer task panicked")??;
-        latency_us.add(&outcome.latency_us).context("merging histograms")?;
+        latency_us
+            .add(&outcome.latency_us)
+            .context("merging histograms")?;
         commits
             .commit_latency_us
             .add(&outcome.commits.commit_latency_us)

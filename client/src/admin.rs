@@ -11,9 +11,9 @@ mod alter;
 mod group_offsets;
 mod messages;
 mod subscription_skip;
-mod transactions;
 #[cfg(test)]
 mod tests;
+mod transactions;
 pub use alter::KEY_ORDER_NOTICE;
 pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
 pub use messages::{FoundMessages, MessageQuery, MAX_FIND_LIMIT};

@@ -17,7 +17,9 @@
 //! - On a cluster with transactions off, `transaction list` says so.
 
 use serde_json::Value;
-use sluice_client::{Consumer, ConsumerConfig, Isolation, Producer, ProducerConfig, Record, StartOffset};
+use sluice_client::{
+    Consumer, ConsumerConfig, Isolation, Producer, ProducerConfig, Record, StartOffset,
+};
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -62,7 +64,12 @@ fn fails(cluster: &Cluster, args: &[&str]) -> String {
 }
 
 /// Polls `check` on the CLI's JSON until it holds or [`EVENTUALLY`].
-fn eventually(cluster: &Cluster, args: &[&str], what: &str, check: impl Fn(&Value) -> bool) -> Value {
+fn eventually(
+    cluster: &Cluster,
+    args: &[&str],
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + EVENTUALLY;
     loop {
         let value = json(cluster, args);
@@ -145,9 +152,8 @@ async fn read_committed(cluster: &Cluster, at_least: usize) -> Vec<String> {
             Duration::from_millis(500)
         };
         match consumer.recv_timeout(wait).await.expect("read") {
-            Some(record) => values.push(
-                String::from_utf8(record.value.expect("a value").to_vec()).expect("utf-8"),
-            ),
+            Some(record) => values
+                .push(String::from_utf8(record.value.expect("a value").to_vec()).expect("utf-8")),
             None if values.len() >= at_least => break,
             None => assert!(Instant::now() < deadline, "only {values:?} arrived"),
         }
@@ -168,9 +174,12 @@ async fn list_describe_abort_lso_lag_and_bench() {
     wait_until_writable(cluster.client_config(), TOPIC).await;
 
     // Before any transaction: no lag anywhere.
-    let described = eventually(&cluster, &["topic", "describe", TOPIC], "no LSO lag", |value| {
-        lso_lags(value) == vec![(Value::from(0), Value::Null); 2]
-    });
+    let described = eventually(
+        &cluster,
+        &["topic", "describe", TOPIC],
+        "no LSO lag",
+        |value| lso_lags(value) == vec![(Value::from(0), Value::Null); 2],
+    );
     assert_eq!(described["partitions"][0]["last_stable_offset"], 0);
 
     // An open transaction: 3 records on partition 0, 2 on partition 1.
@@ -186,12 +195,24 @@ async fn list_describe_abort_lso_lag_and_bench() {
     assert_eq!(entry["producer_id"], producer_id, "{entry}");
     assert_eq!(entry["producer_epoch"], i32::from(epoch), "{entry}");
     assert_eq!(listing["unanswered_log_partitions"], Value::Array(vec![]));
-    let ongoing = json(&cluster, &["transaction", "list", "--state", "ongoing,prepare-abort"]);
+    let ongoing = json(
+        &cluster,
+        &["transaction", "list", "--state", "ongoing,prepare-abort"],
+    );
     assert!(listed(&ongoing, "cli-open").is_some(), "{ongoing:#}");
-    let committed = json(&cluster, &["transaction", "list", "--state", "complete-commit"]);
-    assert!(listed(&committed, "cli-open").is_none(), "filtered out: {committed:#}");
+    let committed = json(
+        &cluster,
+        &["transaction", "list", "--state", "complete-commit"],
+    );
+    assert!(
+        listed(&committed, "cli-open").is_none(),
+        "filtered out: {committed:#}"
+    );
     let table = ok(&cluster, &["transaction", "list"]);
-    assert!(table.contains("TRANSACTIONAL-ID") && table.contains("cli-open"), "{table}");
+    assert!(
+        table.contains("TRANSACTIONAL-ID") && table.contains("cli-open"),
+        "{table}"
+    );
 
     let described = json(&cluster, &["transaction", "describe", "cli-open"]);
     assert_eq!(described["state"], "ongoing", "{described}");
@@ -200,13 +221,24 @@ async fn list_describe_abort_lso_lag_and_bench() {
         .as_array()
         .expect("participants")
         .iter()
-        .map(|p| (p["topic"].as_str().unwrap_or_default().to_string(), p["partition"].as_u64().unwrap_or(99)))
+        .map(|p| {
+            (
+                p["topic"].as_str().unwrap_or_default().to_string(),
+                p["partition"].as_u64().unwrap_or(99),
+            )
+        })
         .collect();
     participants.sort();
-    assert_eq!(participants, vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)]);
+    assert_eq!(
+        participants,
+        vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)]
+    );
     assert!(described["open_for_ms"].is_u64(), "{described}");
     let text = ok(&cluster, &["transaction", "describe", "cli-open"]);
-    assert!(text.contains("state:            ongoing") && text.contains(&format!("{TOPIC}/1")), "{text}");
+    assert!(
+        text.contains("state:            ongoing") && text.contains(&format!("{TOPIC}/1")),
+        "{text}"
+    );
 
     // The open transaction holds the LSO at its first offsets.
     let described = json(&cluster, &["topic", "describe", TOPIC]);
@@ -214,23 +246,43 @@ async fn list_describe_abort_lso_lag_and_bench() {
     assert_eq!(lags[0].0, 3, "{described:#}");
     assert_eq!(lags[1].0, 2, "{described:#}");
     for (_, age) in &lags {
-        let age = age.as_u64().unwrap_or_else(|| panic!("an age: {described:#}"));
-        assert!(age < 600_000, "the transaction began in this test: {age} ms");
+        let age = age
+            .as_u64()
+            .unwrap_or_else(|| panic!("an age: {described:#}"));
+        assert!(
+            age < 600_000,
+            "the transaction began in this test: {age} ms"
+        );
     }
     let table = ok(&cluster, &["topic", "describe", TOPIC]);
-    assert!(table.contains("LSO-LAG") && table.contains("OPEN-TXN"), "{table}");
+    assert!(
+        table.contains("LSO-LAG") && table.contains("OPEN-TXN"),
+        "{table}"
+    );
 
     // The operator aborts it.
     ok(&cluster, &["transaction", "abort", "cli-open"]);
-    let ended = eventually(&cluster, &["transaction", "describe", "cli-open"], "abort completes", |value| {
-        value["state"] == "complete_abort"
-    });
+    let ended = eventually(
+        &cluster,
+        &["transaction", "describe", "cli-open"],
+        "abort completes",
+        |value| value["state"] == "complete_abort",
+    );
     assert_eq!(ended["end_reason"], "admin", "{ended}");
-    assert!(ended["producer_epoch"].as_i64() > Some(i64::from(epoch)), "the epoch moved: {ended}");
-    assert!(open.commit_transaction().await.is_err(), "the aborted transaction cannot commit");
-    eventually(&cluster, &["topic", "describe", TOPIC], "the LSO catches up", |value| {
-        lso_lags(value) == vec![(Value::from(0), Value::Null); 2]
-    });
+    assert!(
+        ended["producer_epoch"].as_i64() > Some(i64::from(epoch)),
+        "the epoch moved: {ended}"
+    );
+    assert!(
+        open.commit_transaction().await.is_err(),
+        "the aborted transaction cannot commit"
+    );
+    eventually(
+        &cluster,
+        &["topic", "describe", TOPIC],
+        "the LSO catches up",
+        |value| lso_lags(value) == vec![(Value::from(0), Value::Null); 2],
+    );
     // Aborting again: nothing is open.
     let again = fails(&cluster, &["transaction", "abort", "cli-open"]);
     assert!(again.contains("no open transaction"), "{again}");
@@ -249,7 +301,10 @@ async fn list_describe_abort_lso_lag_and_bench() {
     // Unknown and malformed ids.
     for action in ["describe", "abort"] {
         let error = fails(&cluster, &["transaction", action, "no-such-id"]);
-        assert!(error.contains("unknown transactional id 'no-such-id'"), "{action}: {error}");
+        assert!(
+            error.contains("unknown transactional id 'no-such-id'"),
+            "{action}: {error}"
+        );
     }
     let error = fails(&cluster, &["transaction", "describe", &"x".repeat(250)]);
     assert!(error.contains("transactional id"), "{error}");
@@ -258,8 +313,19 @@ async fn list_describe_abort_lso_lag_and_bench() {
     let bench = ok(
         &cluster,
         &[
-            "bench", "produce", "--topic", "cli-bench", "--partitions", "2", "--messages", "2000",
-            "--size", "100", "--transactional", "--transaction-interval-ms", "50",
+            "bench",
+            "produce",
+            "--topic",
+            "cli-bench",
+            "--partitions",
+            "2",
+            "--messages",
+            "2000",
+            "--size",
+            "100",
+            "--transactional",
+            "--transaction-interval-ms",
+            "50",
         ],
     );
     eprintln!("{bench}");
@@ -286,9 +352,18 @@ async fn transactions_off_is_said_plainly() {
             assert!(error.contains("enabled = true"), "a hint: {error}");
             break;
         }
-        assert!(error.contains("live owner") && Instant::now() < deadline, "{error}");
+        assert!(
+            error.contains("live owner") && Instant::now() < deadline,
+            "{error}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let error = fails(&cluster, &["bench", "produce", "--transaction-interval-ms", "50"]);
-    assert!(error.contains("--transactional"), "the interval needs the mode: {error}");
+    let error = fails(
+        &cluster,
+        &["bench", "produce", "--transaction-interval-ms", "50"],
+    );
+    assert!(
+        error.contains("--transactional"),
+        "the interval needs the mode: {error}"
+    );
 }

@@ -200,13 +200,7 @@ impl Admin {
         let routes = self.cluster.topic_routes(topic).await?;
         let partitions = u32::try_from(routes.partitions.len()).unwrap_or(u32::MAX);
         let answers = futures::future::join_all((0..partitions).map(|partition| {
-            super::list_offsets(
-                &self.cluster,
-                topic,
-                partition,
-                v1::OffsetSpec::Latest,
-                0,
-            )
+            super::list_offsets(&self.cluster, topic, partition, v1::OffsetSpec::Latest, 0)
         }))
         .await;
         Ok((0..partitions)
@@ -359,8 +353,14 @@ mod tests {
     fn an_id_reported_by_two_owners_keeps_its_later_state() {
         // The old owner still lists epoch 3; the new owner has epoch 4.
         for answers in [
-            vec![vec![described("t", 7, 3, 99)], vec![described("t", 7, 4, 50)]],
-            vec![vec![described("t", 7, 4, 50)], vec![described("t", 7, 3, 99)]],
+            vec![
+                vec![described("t", 7, 3, 99)],
+                vec![described("t", 7, 4, 50)],
+            ],
+            vec![
+                vec![described("t", 7, 4, 50)],
+                vec![described("t", 7, 3, 99)],
+            ],
         ] {
             let merged = merge_listings(answers);
             assert_eq!(merged.len(), 1);
@@ -400,13 +400,18 @@ mod tests {
             ),
         );
         let text = named.to_string();
-        assert!(text.contains("unknown transactional id 'copier-7'"), "{text}");
+        assert!(
+            text.contains("unknown transactional id 'copier-7'"),
+            "{text}"
+        );
         assert_eq!(named.code(), Some(ErrorCode::InvalidTransactionState));
         let other = unknown_id(
             "copier-7",
             ClientError::InvalidTransactionState("the transaction is already committing".into()),
         );
-        assert!(matches!(other, ClientError::InvalidTransactionState(ref m) if m.contains("committing")));
+        assert!(
+            matches!(other, ClientError::InvalidTransactionState(ref m) if m.contains("committing"))
+        );
         assert!(transactional_id("").is_err());
         assert!(transactional_id(&"x".repeat(250)).is_err());
         assert!(transactional_id("copier-7").is_ok());
