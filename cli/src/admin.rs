@@ -327,6 +327,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             for partition in description.partitions {
                 let health =
                     crate::partition_state::health(&topic.name, &partition, brokers.as_deref());
+                let lso = partition
+                    .route
+                    .as_ref()
+                    .and_then(|route| lso_lags.get(route.partition as usize));
                 let route = partition.route.unwrap_or_default();
                 if let Some(explanation) = health.explanation {
                     explanations.push(format!("  {}: {explanation}", route.partition));
@@ -352,7 +356,6 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                             .collect()
                     })
                     .unwrap_or_default();
-                let lso = lso_lags.get(route.partition as usize);
                 rows.push(vec![
                     route.partition.to_string(),
                     if route.broker_id.is_empty() {
@@ -427,8 +430,10 @@ async fn topic_description_json(
         .map(|partition| {
             let health = crate::partition_state::health(&topic.name, partition, brokers.as_deref());
             let mut view = crate::views::partition(partition, &health);
-            let index = partition.route.as_ref().map_or(0, |route| route.partition);
-            let lso = lso_lags.get(index as usize);
+            let lso = partition
+                .route
+                .as_ref()
+                .and_then(|route| lso_lags.get(route.partition as usize));
             view["high_watermark"] = json!(lso
                 .filter(|lag| lag.error.is_none())
                 .map(|lag| lag.high_watermark));

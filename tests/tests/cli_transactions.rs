@@ -184,37 +184,51 @@ async fn list_describe_abort_lso_lag_and_bench() {
 
     // An open transaction: 3 records on partition 0, 2 on partition 1.
     let open = producer(&cluster, "cli-open").await;
-    let (producer_id, epoch) = open.transactional_identity().expect("transactional");
+    let identity = open.transactional_identity().expect("transactional");
     open.begin_transaction().expect("begin");
     send(&open, 0, &["aborted-0", "aborted-1", "aborted-2"]).await;
     send(&open, 1, &["aborted-3", "aborted-4"]).await;
+    listed_while_open(&cluster, identity);
+    described_while_open(&cluster, identity.0);
+    lso_lag_while_open(&cluster);
+    aborted_by_the_operator(&cluster, &open, identity.1).await;
+    only_committed_records_are_read(&cluster).await;
+    unknown_ids_are_named(&cluster);
+    a_short_transactional_bench(&cluster);
+}
 
-    let listing = json(&cluster, &["transaction", "list"]);
+/// `transaction list` shows the open transaction, in JSON and as a table,
+/// and `--state` filters.
+fn listed_while_open(cluster: &Cluster, (producer_id, epoch): (i64, i16)) {
+    let listing = json(cluster, &["transaction", "list"]);
     let entry = listed(&listing, "cli-open").unwrap_or_else(|| panic!("not listed: {listing:#}"));
     assert_eq!(entry["state"], "ongoing", "{entry}");
     assert_eq!(entry["producer_id"], producer_id, "{entry}");
     assert_eq!(entry["producer_epoch"], i32::from(epoch), "{entry}");
     assert_eq!(listing["unanswered_log_partitions"], Value::Array(vec![]));
     let ongoing = json(
-        &cluster,
+        cluster,
         &["transaction", "list", "--state", "ongoing,prepare-abort"],
     );
     assert!(listed(&ongoing, "cli-open").is_some(), "{ongoing:#}");
     let committed = json(
-        &cluster,
+        cluster,
         &["transaction", "list", "--state", "complete-commit"],
     );
     assert!(
         listed(&committed, "cli-open").is_none(),
         "filtered out: {committed:#}"
     );
-    let table = ok(&cluster, &["transaction", "list"]);
+    let table = ok(cluster, &["transaction", "list"]);
     assert!(
         table.contains("TRANSACTIONAL-ID") && table.contains("cli-open"),
         "{table}"
     );
+}
 
-    let described = json(&cluster, &["transaction", "describe", "cli-open"]);
+/// `transaction describe` shows its state, producer and participants.
+fn described_while_open(cluster: &Cluster, producer_id: i64) {
+    let described = json(cluster, &["transaction", "describe", "cli-open"]);
     assert_eq!(described["state"], "ongoing", "{described}");
     assert_eq!(described["producer_id"], producer_id, "{described}");
     let mut participants: Vec<(String, u64)> = described["participants"]
@@ -234,14 +248,16 @@ async fn list_describe_abort_lso_lag_and_bench() {
         vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)]
     );
     assert!(described["open_for_ms"].is_u64(), "{described}");
-    let text = ok(&cluster, &["transaction", "describe", "cli-open"]);
+    let text = ok(cluster, &["transaction", "describe", "cli-open"]);
     assert!(
         text.contains("state:            ongoing") && text.contains(&format!("{TOPIC}/1")),
         "{text}"
     );
+}
 
-    // The open transaction holds the LSO at its first offsets.
-    let described = json(&cluster, &["topic", "describe", TOPIC]);
+/// The open transaction holds each partition's LSO at its first offset.
+fn lso_lag_while_open(cluster: &Cluster) {
+    let described = json(cluster, &["topic", "describe", TOPIC]);
     let lags = lso_lags(&described);
     assert_eq!(lags[0].0, 3, "{described:#}");
     assert_eq!(lags[1].0, 2, "{described:#}");
@@ -254,16 +270,19 @@ async fn list_describe_abort_lso_lag_and_bench() {
             "the transaction began in this test: {age} ms"
         );
     }
-    let table = ok(&cluster, &["topic", "describe", TOPIC]);
+    let table = ok(cluster, &["topic", "describe", TOPIC]);
     assert!(
         table.contains("LSO-LAG") && table.contains("OPEN-TXN"),
         "{table}"
     );
+}
 
-    // The operator aborts it.
-    ok(&cluster, &["transaction", "abort", "cli-open"]);
+/// `transaction abort` ends it for good: ADMIN reason, a new epoch, the
+/// producer's commit refused, the LSO caught up, a second abort refused.
+async fn aborted_by_the_operator(cluster: &Cluster, open: &Producer, epoch: i16) {
+    ok(cluster, &["transaction", "abort", "cli-open"]);
     let ended = eventually(
-        &cluster,
+        cluster,
         &["transaction", "describe", "cli-open"],
         "abort completes",
         |value| value["state"] == "complete_abort",
@@ -278,40 +297,46 @@ async fn list_describe_abort_lso_lag_and_bench() {
         "the aborted transaction cannot commit"
     );
     eventually(
-        &cluster,
+        cluster,
         &["topic", "describe", TOPIC],
         "the LSO catches up",
         |value| lso_lags(value) == vec![(Value::from(0), Value::Null); 2],
     );
     // Aborting again: nothing is open.
-    let again = fails(&cluster, &["transaction", "abort", "cli-open"]);
+    let again = fails(cluster, &["transaction", "abort", "cli-open"]);
     assert!(again.contains("no open transaction"), "{again}");
+}
 
-    // A later committed transaction is all a read-committed reader sees.
-    let done = producer(&cluster, "cli-done").await;
+/// A later committed transaction is all a read-committed reader sees.
+async fn only_committed_records_are_read(cluster: &Cluster) {
+    let done = producer(cluster, "cli-done").await;
     done.begin_transaction().expect("begin");
     send(&done, 0, &["committed-0"]).await;
     send(&done, 1, &["committed-1"]).await;
     done.commit_transaction().await.expect("commit");
-    let mut seen = read_committed(&cluster, 2).await;
+    let mut seen = read_committed(cluster, 2).await;
     seen.sort();
     assert_eq!(seen, ["committed-0", "committed-1"], "no aborted record");
     done.close().await.expect("close");
+}
 
-    // Unknown and malformed ids.
+/// Unknown and malformed ids fail with a non-zero exit naming them.
+fn unknown_ids_are_named(cluster: &Cluster) {
     for action in ["describe", "abort"] {
-        let error = fails(&cluster, &["transaction", action, "no-such-id"]);
+        let error = fails(cluster, &["transaction", action, "no-such-id"]);
         assert!(
             error.contains("unknown transactional id 'no-such-id'"),
             "{action}: {error}"
         );
     }
-    let error = fails(&cluster, &["transaction", "describe", &"x".repeat(250)]);
+    let error = fails(cluster, &["transaction", "describe", &"x".repeat(250)]);
     assert!(error.contains("transactional id"), "{error}");
+}
 
-    // A short transactional bench.
+/// A short transactional bench prints commit latency and commits.
+fn a_short_transactional_bench(cluster: &Cluster) {
     let bench = ok(
-        &cluster,
+        cluster,
         &[
             "bench",
             "produce",

@@ -227,10 +227,12 @@ impl Admin {
     }
 }
 
-async fn list_transactions(
+/// The owners of the `__transaction_state` partitions (address → the
+/// partitions it owns) from fresh routes, the partitions without a live
+/// owner, and the partition count.
+async fn log_partition_owners(
     cluster: &Cluster,
-    states: &[TransactionState],
-) -> Result<TransactionListing, ClientError> {
+) -> Result<(LogOwners, Vec<UnansweredLogPartition>, usize), ClientError> {
     let topic = TRANSACTION_STATE_TOPIC.to_string();
     // Fresh routes: a broker that stopped serving a log partition no longer
     // lists its ids, so a stale owner would hide them.
@@ -246,7 +248,7 @@ async fn list_transactions(
         }
         routes => routes?,
     };
-    let mut owners: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut owners = LogOwners::new();
     let mut unanswered = Vec::new();
     for (index, route) in routes.partitions.iter().enumerate() {
         let partition = u32::try_from(index).unwrap_or(u32::MAX);
@@ -260,6 +262,17 @@ async fn list_transactions(
             owners.entry(address).or_default().push(partition);
         }
     }
+    Ok((owners, unanswered, routes.partitions.len()))
+}
+
+/// Broker address → the `__transaction_state` partitions it owns.
+type LogOwners = BTreeMap<String, Vec<u32>>;
+
+async fn list_transactions(
+    cluster: &Cluster,
+    states: &[TransactionState],
+) -> Result<TransactionListing, ClientError> {
+    let (owners, mut unanswered, log_partitions) = log_partition_owners(cluster).await?;
     let request = v1::ListTransactionsRequest {
         states: states.iter().map(|state| *state as i32).collect(),
     };
@@ -297,9 +310,8 @@ async fn list_transactions(
             ClientError::Server(SluiceError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "none of the {} {TRANSACTION_STATE_TOPIC} partitions has a live owner right \
-                     now; retry shortly",
-                    routes.partitions.len()
+                    "none of the {log_partitions} {TRANSACTION_STATE_TOPIC} partitions has a \
+                     live owner right now; retry shortly"
                 ),
             ))
         }));
