@@ -8,7 +8,7 @@ use super::faults::{
 };
 use super::history::History;
 use super::txn_checker::{check_transactions, TxnCheckReport};
-use super::txn_history::TxnHistory;
+use super::txn_history::{TxnHistory, TxnOutcome};
 use super::txn_workload::{drain_committed, wait_stable, TxnWorkload, TxnWorkloadConfig};
 use super::workload::{drain, Workload, WorkloadConfig};
 use crate::cluster::{wait_until_writable, Cluster, ClusterSpec};
@@ -61,7 +61,7 @@ pub const TRANSACTIONS_BROKER_CONFIG: &str =
     "[transactions]\nenabled = true\nmax_timeout_ms = 60000\n";
 
 /// Quiet time that ends the transactional drain, in milliseconds.
-const TXN_DRAIN_IDLE_MS: u64 = 5_000;
+const TXN_DRAIN_IDLE_MS: u64 = 3_000;
 
 impl ChaosOptions {
     /// The CI run: `faults` faults over `fault_duration_ms`.
@@ -488,25 +488,33 @@ pub async fn run_with<T: FaultTarget>(
         recovery_problems.push(problem);
     }
     tokio::time::sleep(Duration::from_millis(options.quiet_after_ms)).await;
-    workload.stop_producers().await;
-    workload.stop_consumers().await;
-    let mut drain_problems = Vec::new();
-    let txn_check = match (&mut txn_workload, &options.transactions) {
-        (Some(running), Some(config)) => {
-            running.stop().await;
-            let (check, problems) = check_txn_workload(&client, config, &txn_history).await;
-            drain_problems.extend(problems);
-            Some(check)
-        }
-        _ => None,
+    // The transactional part stops, drains and is checked beside the main
+    // workload's stop and drain, not after them.
+    let main_part = async {
+        workload.stop_producers().await;
+        workload.stop_consumers().await;
+        drain(
+            client.clone(),
+            &topic,
+            options.partitions,
+            Duration::from_millis(DRAIN_IDLE_TIMEOUT_MS),
+        )
+        .await
     };
-    let drained = drain(
-        client,
-        &topic,
-        options.partitions,
-        Duration::from_millis(DRAIN_IDLE_TIMEOUT_MS),
-    )
-    .await;
+    let txn_part = async {
+        match (&mut txn_workload, &options.transactions) {
+            (Some(running), Some(config)) => {
+                running.stop().await;
+                Some(check_txn_workload(&client, config, &txn_history).await)
+            }
+            _ => None,
+        }
+    };
+    let (drained, txn_outcome) = tokio::join!(main_part, txn_part);
+    let (txn_check, drain_problems) = match txn_outcome {
+        Some((check, problems)) => (Some(check), problems),
+        None => (None, Vec::new()),
+    };
     let operations = history.operations();
     let deliveries = history.deliveries();
     let commits = history.commits();
@@ -569,9 +577,15 @@ async fn check_txn_workload(
         .into_iter()
         .collect();
     let idle = Duration::from_millis(TXN_DRAIN_IDLE_MS);
-    let (drained, drain_problems) = drain_committed(client.clone(), config, idle).await;
+    let transactions = history.transactions();
+    let expected = transactions
+        .iter()
+        .filter(|txn| txn.outcome == TxnOutcome::Committed)
+        .map(|txn| txn.values.len())
+        .sum();
+    let (drained, drain_problems) = drain_committed(client.clone(), config, (expected, idle)).await;
     problems.extend(drain_problems);
-    let check = check_transactions(&history.transactions(), &history.reads(), &drained);
+    let check = check_transactions(&transactions, &history.reads(), &drained);
     (check, problems)
 }
 

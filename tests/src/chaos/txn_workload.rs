@@ -21,6 +21,9 @@ const RECONNECT_BACKOFF_MS: u64 = 500;
 const READER_POLL_MS: u64 = 200;
 /// Longest the final drain runs, in milliseconds.
 const DRAIN_MAX_MS: u64 = 60_000;
+/// Quiet time that ends the drain once it read as many values as the
+/// committed transactions wrote, in milliseconds.
+const DRAIN_QUIET_AFTER_EXPECTED_MS: u64 = 1_000;
 
 /// What the transactional workload does.
 #[derive(Debug, Clone)]
@@ -292,13 +295,14 @@ async fn read(
 }
 
 /// The final read-committed drain: every value of every partition from
-/// the start, once nothing new arrived for `idle` (bounded by
-/// [`DRAIN_MAX_MS`]). Problems (a reader that cannot start or fails) are
-/// returned beside the values.
+/// the start, once nothing new arrived for `idle` (for
+/// [`DRAIN_QUIET_AFTER_EXPECTED_MS`] once `expected` values were read;
+/// bounded by [`DRAIN_MAX_MS`]). Problems (a reader that cannot start or
+/// fails) are returned beside the values.
 pub async fn drain_committed(
     client: ClientConfig,
     config: &TxnWorkloadConfig,
-    idle: Duration,
+    (expected, idle): (usize, Duration),
 ) -> (Vec<String>, Vec<String>) {
     let mut values = Vec::new();
     let mut problems = Vec::new();
@@ -311,7 +315,16 @@ pub async fn drain_committed(
     };
     let deadline = Instant::now() + Duration::from_millis(DRAIN_MAX_MS);
     let mut last = Instant::now();
-    while last.elapsed() < idle {
+    // Once the committed values are all in, a short quiet time suffices
+    // (the rest of the log is already there to read).
+    let quiet = |read: usize| {
+        if read >= expected {
+            idle.min(Duration::from_millis(DRAIN_QUIET_AFTER_EXPECTED_MS))
+        } else {
+            idle
+        }
+    };
+    while last.elapsed() < quiet(values.len()) {
         if Instant::now() >= deadline {
             problems.push(format!(
                 "the transactional drain ran past {DRAIN_MAX_MS} ms"
