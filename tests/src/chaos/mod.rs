@@ -9,8 +9,8 @@
 //! backend, `compose` the Docker Compose backend,
 //! `workload` the SDK side, `runner` ties them together for the
 //! process-level test and the `sluice-chaos` binary. With
-//! `ChaosOptions::transactions` (the binary's `--transactional`; off in
-//! CI) transactional producers and a read-committed reader run on their
+//! `ChaosOptions::transactions` (the binary's `--transactional`, and the
+//! CI run) transactional producers and a read-committed reader run on their
 //! own topic as well (`txn_workload`, recorded in `txn_history`) and
 //! `txn_checker` looks for aborted and uncommitted reads and lost,
 //! duplicated or partial committed transactions.

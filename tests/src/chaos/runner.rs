@@ -52,7 +52,8 @@ pub struct ChaosOptions {
     pub workload: WorkloadConfig,
     /// Transactional producers and a read-committed reader on their own
     /// topic as well (ADR 0016); needs brokers with `[transactions]
-    /// enabled = true` ([`TRANSACTIONS_BROKER_CONFIG`]). Off in CI.
+    /// enabled = true` ([`TRANSACTIONS_BROKER_CONFIG`]). On in the CI run
+    /// (`tests/tests/chaos.rs`).
     pub transactions: Option<TxnWorkloadConfig>,
 }
 
