@@ -15,7 +15,9 @@
 # stores. NO_BUILD=1 skips the build, BIN=<dir> takes the binaries from
 # <dir>, LOGS=<dir> keeps the services' logs. TLS=1 runs every hop with
 # mutual TLS (certificates from `sluice certs create`; the CLI and the
-# bench connect with the client certificate).
+# bench connect with the client certificate). TRANSACTIONS=1 starts the
+# broker with `[transactions] enabled = true` (for `bench produce
+# --transactional`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v etcd >/dev/null || { echo "etcd missing: apt-get install etcd-server" >&2; exit 1; }
@@ -74,12 +76,17 @@ data_dir = "$work/store-$index"
 $tls_section
 TOML
 done
+transactions_section=""
+if [ -n "${TRANSACTIONS:-}" ]; then
+  transactions_section=$'[transactions]\nenabled = true'
+fi
 cat >"$work/broker.toml" <<TOML
 [server]
 listen_address = "127.0.0.1:27401"
 [cluster]
 nameservers = ["http://127.0.0.1:27400"]
 $tls_section
+$transactions_section
 TOML
 sleep 1
 "$bin/sluice-nameserver" --config "$work/nameserver.toml" >"$work/nameserver.log" 2>&1 &

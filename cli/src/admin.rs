@@ -321,11 +321,16 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 .await
                 .ok()
                 .map(|status| status.brokers);
+            let lso_lags = lso_lags(&admin, &topic.name).await;
             let mut rows = Vec::new();
             let mut explanations = Vec::new();
             for partition in description.partitions {
                 let health =
                     crate::partition_state::health(&topic.name, &partition, brokers.as_deref());
+                let lso = partition
+                    .route
+                    .as_ref()
+                    .and_then(|route| lso_lags.get(route.partition as usize));
                 let route = partition.route.unwrap_or_default();
                 if let Some(explanation) = health.explanation {
                     explanations.push(format!("  {}: {explanation}", route.partition));
@@ -365,6 +370,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     stores.join(","),
                     health.state,
                     health.lost,
+                    lso.and_then(|lag| lag.lag_records)
+                        .map_or("-".into(), |records| records.to_string()),
+                    lso.and_then(|lag| lag.oldest_open_transaction_ms)
+                        .map_or("-".into(), format_duration_ms),
                 ]);
             }
             print_table(
@@ -378,6 +387,8 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                     "STORES",
                     "STATE",
                     "LOST",
+                    "LSO-LAG",
+                    "OPEN-TXN",
                 ],
                 &rows,
             );
@@ -412,17 +423,43 @@ async fn topic_description_json(
         .await
         .ok()
         .map(|status| status.brokers);
+    let lso_lags = lso_lags(admin, &topic.name).await;
     let partitions: Vec<serde_json::Value> = description
         .partitions
         .iter()
         .map(|partition| {
             let health = crate::partition_state::health(&topic.name, partition, brokers.as_deref());
-            crate::views::partition(partition, &health)
+            let mut view = crate::views::partition(partition, &health);
+            let lso = partition
+                .route
+                .as_ref()
+                .and_then(|route| lso_lags.get(route.partition as usize));
+            view["high_watermark"] = json!(lso
+                .filter(|lag| lag.error.is_none())
+                .map(|lag| lag.high_watermark));
+            view["last_stable_offset"] = json!(lso.and_then(|lag| lag.last_stable_offset));
+            view["lso_lag"] = json!(lso.and_then(|lag| lag.lag_records));
+            view["oldest_open_transaction_ms"] =
+                json!(lso.and_then(|lag| lag.oldest_open_transaction_ms));
+            view
         })
         .collect();
     let mut document = crate::views::topic(&topic);
     document["partitions"] = serde_json::Value::Array(partitions);
     document
+}
+
+/// Each partition's LSO lag from its owner (ADR 0016 §9), indexed by
+/// partition; empty when the owners cannot be asked (the description is
+/// still shown, with unknown lags).
+async fn lso_lags(admin: &Admin, topic: &str) -> Vec<sluice_client::LsoLag> {
+    match admin.lso_lag(topic).await {
+        Ok(lags) => lags,
+        Err(error) => {
+            tracing::debug!(topic, %error, "no LSO lag");
+            Vec::new()
+        }
+    }
 }
 
 fn or_default(value: u64, show: impl Fn(u64) -> String) -> String {

@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Produce as fast as allowed and report acknowledgement latency.
-    Produce(BenchArgs),
+    /// Produce as fast as allowed and report acknowledgement latency
+    /// (`--transactional`: and commit latency).
+    Produce(ProduceBenchArgs),
     /// Read a backlog as fast as possible.
     Consume(BenchArgs),
     /// Produce and consume at once; latency is send → receive.
@@ -107,12 +108,39 @@ pub struct BenchArgs {
     pub fetch_partition_max_bytes: Option<u32>,
 }
 
+/// `bench produce`: the common flags and the transactional mode.
+#[derive(Args, Clone)]
+pub struct ProduceBenchArgs {
+    #[command(flatten)]
+    pub common: BenchArgs,
+    /// Transactional producers (ADR 0016): each commits every
+    /// --transaction-interval-ms; commit latency is reported.
+    #[arg(long)]
+    pub transactional: bool,
+    /// With --transactional: how long each transaction takes in records
+    /// before it commits (`100ms`, `1s`, or milliseconds; at most 30 s).
+    #[arg(long, value_name = "DURATION", default_value = "100", requires = "transactional", value_parser = crate::bench_transactional::parse_interval_ms)]
+    pub transaction_interval_ms: u64,
+}
+
 pub async fn run(client: ClientConfig, command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Produce(args) => {
+        BenchCommand::Produce(ProduceBenchArgs {
+            common: args,
+            transactional,
+            transaction_interval_ms,
+        }) => {
             ensure_topic(&client, &args).await?;
-            let report = produce(&client, &args, false).await?;
-            report.print("produce", args.size);
+            if transactional {
+                let (report, commits) =
+                    crate::bench_transactional::produce(&client, &args, transaction_interval_ms)
+                        .await?;
+                report.print("produce (transactional)", args.size);
+                commits.print();
+            } else {
+                let report = produce(&client, &args, false).await?;
+                report.print("produce", args.size);
+            }
         }
         BenchCommand::Consume(args) => {
             ensure_topic(&client, &args).await?;
@@ -183,14 +211,14 @@ async fn wait_until_writable(admin: &Admin, topic: &str) -> Result<()> {
 }
 
 pub struct Report {
-    messages: u64,
-    elapsed: Duration,
-    latency_us: Histogram<u64>,
-    errors: u64,
+    pub(crate) messages: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) errors: u64,
 }
 
 impl Report {
-    fn print(&self, what: &str, size: usize) {
+    pub(crate) fn print(&self, what: &str, size: usize) {
         let seconds = self.elapsed.as_secs_f64().max(1e-9);
         let rate = self.messages as f64 / seconds;
         let megabytes = rate * size as f64 / 1_000_000.0;
@@ -215,13 +243,13 @@ impl Report {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // 1 µs to 1 hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
 }
 
 /// Prints progress every second until `done` is set.
-fn spawn_progress(
+pub(crate) fn spawn_progress(
     label: &'static str,
     counter: Arc<AtomicU64>,
     total: u64,

@@ -18,6 +18,7 @@ mod bench;
 mod bench_delay;
 mod bench_subscription;
 mod bench_topics;
+mod bench_transactional;
 mod certs;
 mod cluster_status;
 mod console;
@@ -35,6 +36,7 @@ mod partition_state;
 mod produce;
 mod subscription;
 mod subscription_skip;
+mod transaction;
 mod units;
 mod views;
 
@@ -126,6 +128,9 @@ enum Command {
     /// Add, list and remove ACL bindings (who may do what).
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// List, describe and abort transactions (exactly-once producers).
+    #[command(subcommand)]
+    Transaction(transaction::TransactionCommand),
     /// Print a shell completion script (e.g. `sluice completion bash > /etc/bash_completion.d/sluice`).
     Completion {
         #[arg(value_enum)]
@@ -297,7 +302,9 @@ fn unused_global_flags(path: &[&str]) -> &'static [&'static str] {
         ["topic", "create" | "delete"]
         | ["subscription", "create" | "delete" | "replay-dead-letters"]
         | ["acl", "add" | "remove"] => &["output"],
-        ["topic" | "group" | "subscription" | "cluster" | "acl" | "message", ..] => &[],
+        ["topic" | "group" | "subscription" | "cluster" | "acl" | "message" | "transaction", ..] => {
+            &[]
+        }
         [_] => &["output"],
         _ => &[],
     }
@@ -395,6 +402,7 @@ fn main() -> ExitCode {
             Command::Health(args) => health::run(args, config.tls).await,
             Command::Certs(command) => certs::run(command),
             Command::Acl(command) => acl::run(config, command).await,
+            Command::Transaction(command) => transaction::run(config, command).await,
             Command::Message(command) => message::run(config, command).await,
             Command::Completion { .. } => Ok(()),
             Command::Console(args) => console::run(config, args).await,

@@ -13,10 +13,14 @@ mod messages;
 mod subscription_skip;
 #[cfg(test)]
 mod tests;
+mod transactions;
 pub use alter::KEY_ORDER_NOTICE;
 pub use group_offsets::{reset_target, OffsetReset, OffsetResetPlan, PartitionReset};
 pub use messages::{FoundMessages, MessageQuery, MAX_FIND_LIMIT};
 pub use subscription_skip::{SubscriptionReset, SubscriptionSkip};
+pub use transactions::{
+    lso_lag_records, merge_listings, LsoLag, TransactionListing, UnansweredLogPartition,
+};
 
 /// Attempts at a group call that keeps meeting NOT_COORDINATOR.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;

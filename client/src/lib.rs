@@ -115,8 +115,9 @@ mod tls;
 mod tls_reload;
 
 pub use admin::{
-    reset_target, Admin, FoundMessages, MessageQuery, OffsetReset, OffsetResetPlan, PartitionReset,
-    SubscriptionReset, SubscriptionSkip, KEY_ORDER_NOTICE, MAX_FIND_LIMIT,
+    lso_lag_records, merge_listings, reset_target, Admin, FoundMessages, LsoLag, MessageQuery,
+    OffsetReset, OffsetResetPlan, PartitionReset, SubscriptionReset, SubscriptionSkip,
+    TransactionListing, UnansweredLogPartition, KEY_ORDER_NOTICE, MAX_FIND_LIMIT,
 };
 pub use config::ClientConfig;
 pub use consumer::{

@@ -519,6 +519,15 @@ impl Partition {
     pub fn aborted_in(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
         self.transactions(|state| state.aborted_in(from, to))
     }
+
+    /// Age in milliseconds at `now_ms` of the open transaction holding the
+    /// LSO back below `high_watermark` (its first record's timestamp here,
+    /// the producer's clock; ADR 0016 §9); `None` when none does.
+    pub fn oldest_open_transaction_ms(&self, high_watermark: u64, now_ms: i64) -> Option<u64> {
+        let (first_offset, first_timestamp_ms) = self.transactions(|state| state.holding_lso())?;
+        (first_offset < high_watermark)
+            .then(|| u64::try_from(now_ms.saturating_sub(first_timestamp_ms)).unwrap_or(0))
+    }
 }
 
 /// Far enough in the future to stand for "never" in a `select!`.

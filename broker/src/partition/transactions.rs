@@ -121,6 +121,9 @@ struct Open {
     epoch: i16,
     /// Where its first batch here was placed; `None` until one is.
     first_offset: Option<u64>,
+    /// That batch's first timestamp (the producer's clock), for the age
+    /// of the oldest open transaction (ADR 0016 §9); 0 until it is placed.
+    first_timestamp_ms: i64,
     /// Its marker is in the pipeline: no more data.
     ending: bool,
 }
@@ -329,6 +332,7 @@ impl<J> PartitionTransactions<J> {
         self.ongoing.entry(producer_id).or_insert(Open {
             epoch,
             first_offset: None,
+            first_timestamp_ms: 0,
             ending: false,
         });
         (jobs, Ok(()))
@@ -343,6 +347,7 @@ impl<J> PartitionTransactions<J> {
         if let Some(open) = self.ongoing.get_mut(&header.producer_id) {
             if open.epoch == header.producer_epoch && open.first_offset.is_none() {
                 open.first_offset = Some(base_offset);
+                open.first_timestamp_ms = header.first_timestamp_ms;
                 self.by_first_offset
                     .insert((base_offset, header.producer_id));
             }
@@ -461,6 +466,15 @@ impl<J> PartitionTransactions<J> {
         Some(first_open.map_or(high_watermark, |first| first.min(high_watermark)))
     }
 
+    /// The open transaction holding the LSO back (the lowest first offset
+    /// here): `(first_offset, first_timestamp_ms)`; `None` when no open
+    /// transaction has data here. O(log n).
+    pub fn holding_lso(&self) -> Option<(u64, i64)> {
+        let &(first_offset, producer_id) = self.by_first_offset.first()?;
+        let open = self.ongoing.get(&producer_id)?;
+        Some((first_offset, open.first_timestamp_ms))
+    }
+
     /// Aborted transactions whose range meets `[from, to)`, by marker
     /// offset.
     pub fn aborted_in(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
@@ -514,18 +528,20 @@ impl<J> PartitionTransactions<J> {
                 if let Some(first) = first {
                     self.by_first_offset.remove(&(first, producer_id));
                 }
-                self.open_at(producer_id, epoch, header.base_offset);
+                self.open_at(producer_id, epoch, header);
             }
-            None => self.open_at(producer_id, epoch, header.base_offset),
+            None => self.open_at(producer_id, epoch, header),
         }
     }
 
-    fn open_at(&mut self, producer_id: i64, epoch: i16, first_offset: u64) {
+    fn open_at(&mut self, producer_id: i64, epoch: i16, first: &BatchHeader) {
+        let first_offset = first.base_offset;
         self.ongoing.insert(
             producer_id,
             Open {
                 epoch,
                 first_offset: Some(first_offset),
+                first_timestamp_ms: first.first_timestamp_ms,
                 ending: false,
             },
         );

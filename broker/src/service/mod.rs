@@ -237,6 +237,8 @@ impl Broker for BrokerService {
             log_start_offset: status.log_start_offset,
             high_watermark: status.high_watermark,
             last_stable_offset: status.last_stable_offset,
+            oldest_open_transaction_ms: partition
+                .oldest_open_transaction_ms(status.high_watermark, sluice_proto::now_unix_ms()),
         }))
     }
 

@@ -19,7 +19,7 @@ mod pipeline;
 mod pressure;
 mod transaction;
 mod transactional;
-mod txn_coordinator;
+pub(crate) mod txn_coordinator;
 mod txn_offsets;
 
 use crate::cluster::{Cluster, TopicPartition};

@@ -29,7 +29,7 @@ fn moving(error: &ClientError) -> bool {
 
 /// Calls the coordinator of `id` until it answers something final or
 /// `bound` passes (then the last error, a retriable one).
-async fn at_coordinator<T, F, Fut>(
+pub(crate) async fn at_coordinator<T, F, Fut>(
     cluster: &Cluster,
     id: &str,
     what: &str,

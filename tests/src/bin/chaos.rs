@@ -7,6 +7,11 @@
 //! (build the service binaries first: `cargo build -p sluice-nameserver
 //! -p sluice-broker -p sluice-store --bins`).
 //!
+//! With `--transactional` transactional producers and a read-committed
+//! reader run on a topic of their own as well (brokers with
+//! `[transactions] enabled = true`), checked for aborted and uncommitted
+//! reads and lost, duplicated or partial committed transactions.
+//!
 //! With `--compose compose.yaml` the same run targets the Docker Compose
 //! stack instead (images from `scripts/build-images.sh`): containers are
 //! killed, paused, stopped and disconnected from the network. The stack
@@ -17,7 +22,9 @@ use sluice_tests::chaos::compose::ComposeTarget;
 use sluice_tests::chaos::faults::FaultKind;
 use sluice_tests::chaos::runner::{
     cluster_spec, parse_seed, run, run_with, save_logs, ChaosOptions, Deployment, DEFAULT_SEED,
+    TRANSACTIONS_BROKER_CONFIG,
 };
+use sluice_tests::chaos::txn_workload::TxnWorkloadConfig;
 use sluice_tests::cluster::Cluster;
 
 #[derive(Debug, Parser)]
@@ -48,6 +55,11 @@ struct Arguments {
     /// Leave out the network cut (it needs root, iptables and cgroup v2).
     #[arg(long)]
     no_network: bool,
+    /// Transactional producers and a read-committed reader as well, on
+    /// their own topic (process clusters only: the brokers get
+    /// `[transactions] enabled = true`).
+    #[arg(long, conflicts_with = "compose")]
+    transactional: bool,
     /// Print the tail of every service log at the end, pass or fail.
     #[arg(long)]
     dump_logs: bool,
@@ -97,6 +109,9 @@ fn main() -> std::process::ExitCode {
         options.workload.producers = arguments.producers;
         options.workload.group_members = arguments.group_members;
         options.overlapping = arguments.overlap;
+        if arguments.transactional {
+            options.transactions = Some(TxnWorkloadConfig::default());
+        }
         if arguments.no_network {
             options.kinds.retain(|kind| *kind != FaultKind::CutNode);
         }
@@ -108,7 +123,11 @@ fn main() -> std::process::ExitCode {
         }
         // The cluster is dropped (every process killed, files removed)
         // before the exit code is returned.
-        let mut cluster = Cluster::start(cluster_spec()).await;
+        let mut spec = cluster_spec();
+        if arguments.transactional {
+            spec.broker_config.push_str(TRANSACTIONS_BROKER_CONFIG);
+        }
+        let mut cluster = Cluster::start(spec).await;
         let outcome = run(&mut cluster, options).await;
         match outcome {
             Ok(report) => {

@@ -8,7 +8,12 @@
 //! schedule, the backend interface and the nemesis, `process` the process
 //! backend, `compose` the Docker Compose backend,
 //! `workload` the SDK side, `runner` ties them together for the
-//! process-level test and the `sluice-chaos` binary.
+//! process-level test and the `sluice-chaos` binary. With
+//! `ChaosOptions::transactions` (the binary's `--transactional`, and the
+//! CI run) transactional producers and a read-committed reader run on their
+//! own topic as well (`txn_workload`, recorded in `txn_history`) and
+//! `txn_checker` looks for aborted and uncommitted reads and lost,
+//! duplicated or partial committed transactions.
 
 pub mod checker;
 pub mod compose;
@@ -16,4 +21,7 @@ pub mod faults;
 pub mod history;
 pub mod process;
 pub mod runner;
+pub mod txn_checker;
+pub mod txn_history;
+pub mod txn_workload;
 pub mod workload;

@@ -7,6 +7,9 @@ use super::faults::{
     ScheduleConfig, ScheduledFault, Topology,
 };
 use super::history::History;
+use super::txn_checker::{check_transactions, TxnCheckReport};
+use super::txn_history::{TxnHistory, TxnOutcome};
+use super::txn_workload::{drain_committed, wait_stable, TxnWorkload, TxnWorkloadConfig};
 use super::workload::{drain, Workload, WorkloadConfig};
 use crate::cluster::{wait_until_writable, Cluster, ClusterSpec};
 use anyhow::Context;
@@ -47,7 +50,19 @@ pub struct ChaosOptions {
     /// Let faults overlap (see [`ScheduleConfig::overlapping`]).
     pub overlapping: bool,
     pub workload: WorkloadConfig,
+    /// Transactional producers and a read-committed reader on their own
+    /// topic as well (ADR 0016); needs brokers with `[transactions]
+    /// enabled = true` ([`TRANSACTIONS_BROKER_CONFIG`]). On in the CI run
+    /// (`tests/tests/chaos.rs`).
+    pub transactions: Option<TxnWorkloadConfig>,
 }
+
+/// Broker configuration a run with [`ChaosOptions::transactions`] needs.
+pub const TRANSACTIONS_BROKER_CONFIG: &str =
+    "[transactions]\nenabled = true\nmax_timeout_ms = 60000\n";
+
+/// Quiet time that ends the transactional drain, in milliseconds.
+const TXN_DRAIN_IDLE_MS: u64 = 3_000;
 
 impl ChaosOptions {
     /// The CI run: `faults` faults over `fault_duration_ms`.
@@ -61,6 +76,7 @@ impl ChaosOptions {
             kinds: FaultKind::ALL.to_vec(),
             overlapping: false,
             workload: WorkloadConfig::default(),
+            transactions: None,
         }
     }
 
@@ -130,13 +146,18 @@ pub struct ChaosReport {
     pub recovery_problems: Vec<String>,
     pub drain_problems: Vec<String>,
     pub check: CheckReport,
+    /// The transactional workload's check, when it ran.
+    pub txn_check: Option<TxnCheckReport>,
     pub elapsed_ms: u64,
 }
 
 impl ChaosReport {
     /// Every anomaly count is zero and every fault was applied and healed.
     pub fn passed(&self) -> bool {
-        self.check.is_valid() && self.fault_errors.is_empty() && self.recovery_problems.is_empty()
+        self.check.is_valid()
+            && self.txn_check.as_ref().is_none_or(TxnCheckReport::is_valid)
+            && self.fault_errors.is_empty()
+            && self.recovery_problems.is_empty()
     }
 }
 
@@ -177,6 +198,9 @@ impl fmt::Display for ChaosReport {
             writeln!(formatter, "drain problem: {problem}")?;
         }
         writeln!(formatter, "{}", self.check)?;
+        if let Some(txn_check) = &self.txn_check {
+            writeln!(formatter, "{txn_check}")?;
+        }
         if !self.check.is_valid() {
             writeln!(
                 formatter,
@@ -387,6 +411,18 @@ pub async fn run_with<T: FaultTarget>(
 
     let history = History::new();
     let mut workload = Workload::start(client.clone(), options.workload.clone(), history.clone());
+    let txn_history = TxnHistory::new();
+    let mut txn_workload = match &options.transactions {
+        Some(config) => {
+            create_txn_topic(&admin, &client, config, replication).await?;
+            Some(TxnWorkload::start(
+                client.clone(),
+                config.clone(),
+                txn_history.clone(),
+            ))
+        }
+        None => None,
+    };
     let topology = target.topology();
     let schedule_config = ScheduleConfig {
         seed: options.seed,
@@ -453,15 +489,33 @@ pub async fn run_with<T: FaultTarget>(
         recovery_problems.push(problem);
     }
     tokio::time::sleep(Duration::from_millis(options.quiet_after_ms)).await;
-    workload.stop_producers().await;
-    workload.stop_consumers().await;
-    let drained = drain(
-        client,
-        &topic,
-        options.partitions,
-        Duration::from_millis(DRAIN_IDLE_TIMEOUT_MS),
-    )
-    .await;
+    // The transactional part stops, drains and is checked beside the main
+    // workload's stop and drain, not after them.
+    let main_part = async {
+        workload.stop_producers().await;
+        workload.stop_consumers().await;
+        drain(
+            client.clone(),
+            &topic,
+            options.partitions,
+            Duration::from_millis(DRAIN_IDLE_TIMEOUT_MS),
+        )
+        .await
+    };
+    let txn_part = async {
+        match (&mut txn_workload, &options.transactions) {
+            (Some(running), Some(config)) => {
+                running.stop().await;
+                Some(check_txn_workload(&client, config, &txn_history).await)
+            }
+            _ => None,
+        }
+    };
+    let (drained, txn_outcome) = tokio::join!(main_part, txn_part);
+    let (txn_check, drain_problems) = match txn_outcome {
+        Some((check, problems)) => (Some(check), problems),
+        None => (None, Vec::new()),
+    };
     let operations = history.operations();
     let deliveries = history.deliveries();
     let commits = history.commits();
@@ -480,10 +534,60 @@ pub async fn run_with<T: FaultTarget>(
         fault_log,
         fault_errors,
         recovery_problems,
-        drain_problems: drained.problems,
+        drain_problems: drained.problems.into_iter().chain(drain_problems).collect(),
         check,
+        txn_check,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+async fn create_txn_topic(
+    admin: &Admin,
+    client: &sluice_client::ClientConfig,
+    config: &TxnWorkloadConfig,
+    replication: (u32, u32, u32),
+) -> anyhow::Result<()> {
+    admin
+        .create_topic(
+            &config.topic,
+            sluice_proto::v1::TopicConfig {
+                partitions: config.partitions,
+                ensemble_size: replication.0,
+                write_quorum: replication.1,
+                ack_quorum: replication.2,
+                ..sluice_proto::v1::TopicConfig::default()
+            },
+        )
+        .await
+        .context("create the transactional chaos topic")?;
+    wait_until_writable(client.clone(), &config.topic).await;
+    Ok(())
+}
+
+/// After the transactional producers stopped: waits until no transaction
+/// holds an LSO back (bounded by the transaction timeout and 10 s), drains
+/// read-committed and checks; the problems met on the way.
+async fn check_txn_workload(
+    client: &sluice_client::ClientConfig,
+    config: &TxnWorkloadConfig,
+    history: &TxnHistory,
+) -> (TxnCheckReport, Vec<String>) {
+    let bound = Duration::from_millis(config.transaction_timeout_ms + 10_000);
+    let mut problems: Vec<String> = wait_stable(client.clone(), config, bound)
+        .await
+        .into_iter()
+        .collect();
+    let idle = Duration::from_millis(TXN_DRAIN_IDLE_MS);
+    let transactions = history.transactions();
+    let expected = transactions
+        .iter()
+        .filter(|txn| txn.outcome == TxnOutcome::Committed)
+        .map(|txn| txn.values.len())
+        .sum();
+    let (drained, drain_problems) = drain_committed(client.clone(), config, (expected, idle)).await;
+    problems.extend(drain_problems);
+    let check = check_transactions(&transactions, &history.reads(), &drained);
+    (check, problems)
 }
 
 #[cfg(test)]

@@ -598,3 +598,55 @@ fn random_schedules_keep_the_invariants_and_rebuild_to_the_same_state() {
         );
     }
 }
+
+#[test]
+fn the_transaction_holding_the_lso_carries_its_first_timestamp_live_and_rebuilt() {
+    let stamped = |producer_id: i64, epoch: i16, offset: u64, timestamp_ms: i64| BatchHeader {
+        first_timestamp_ms: timestamp_ms,
+        max_timestamp_ms: timestamp_ms,
+        ..header(producer_id, epoch, true, offset)
+    };
+    let mut state = loaded();
+    assert_eq!(state.holding_lso(), None);
+    // Verified but no batch placed yet: nothing holds the LSO.
+    let first = stamped(7, 0, 5, 1_000);
+    assert_eq!(
+        state.check_data(&first),
+        DataVerdict::Verify {
+            producer_id: 7,
+            epoch: 0
+        }
+    );
+    state.hold(7, 0, 1);
+    let _ = state.verified(7, 0, Ok(()));
+    assert_eq!(state.holding_lso(), None);
+    state.data_appending(&first, 5);
+    // A later batch of the same transaction does not move its start.
+    state.data_appending(&stamped(7, 0, 6, 9_000), 6);
+    assert_eq!(state.holding_lso(), Some((5, 1_000)));
+    // A second transaction starting later: the first still holds the LSO.
+    let second = stamped(8, 0, 7, 2_000);
+    let _ = state.check_data(&second);
+    state.hold(8, 0, 2);
+    let _ = state.verified(8, 0, Ok(()));
+    state.data_appending(&second, 7);
+    assert_eq!(state.holding_lso(), Some((5, 1_000)));
+    // The first ends: the second holds it.
+    let end = marker(7, 0, true);
+    let _ = state.check_marker(&end);
+    state.marker_durable(&end, 8);
+    assert_eq!(state.holding_lso(), Some((7, 2_000)));
+    let end = marker(8, 0, false);
+    let _ = state.check_marker(&end);
+    state.marker_durable(&end, 9);
+    assert_eq!(state.holding_lso(), None);
+    // Rebuilt from the log: the same answer from the batches' timestamps.
+    let mut rebuilt = State::new(LIMITS);
+    rebuilt.apply_log(&stamped(7, 0, 5, 1_000), None);
+    rebuilt.apply_log(&stamped(8, 0, 7, 2_000), None);
+    rebuilt.apply_log(&stamped(7, 0, 6, 9_000), None);
+    rebuilt.finish_rebuild();
+    assert_eq!(rebuilt.holding_lso(), Some((5, 1_000)));
+    rebuilt.apply_log(&marker_header(7, 0, 8), Some(&marker(7, 0, true)));
+    assert_eq!(rebuilt.holding_lso(), Some((7, 2_000)));
+}
