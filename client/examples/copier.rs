@@ -1,0 +1,363 @@
+//! An exactly-once copier (ADR 0016): consumes `--input` in the consumer
+//! group `--group` (read-committed), writes every record unchanged (key,
+//! value, same partition number) to `--output` inside a transaction, and
+//! commits the group's offsets *in the same transaction*
+//! (`send_offsets_to_transaction`), every `--commit-every` records or
+//! `--commit-interval-ms`, whichever comes first. Each output record gets
+//! the header `copier-txn` = `<producer id>.<epoch>` of its transaction
+//! (unique per transaction), so a checker can tell which transaction wrote
+//! it.
+//!
+//! Through a crash of this process or of any single Sluice service, every
+//! input record shows in the output exactly once for read-committed readers:
+//! a transaction's output and its input offsets commit together or not at
+//! all. On `TRANSACTION_ABORTABLE`, a lost partition (rebalance) or a
+//! failed send it aborts, rewinds to the committed offsets and goes on; on
+//! `PRODUCER_FENCED` (another instance took `--transactional-id`) it exits
+//! with status 3. Run one instance per transactional id (`copier-1`,
+//! `copier-2`, ...); a restarted instance reuses its id, which fences the
+//! old one.
+//!
+//! Brokers need `[transactions] enabled = true`; the output topic needs at
+//! least as many partitions as the input. Against `sluice dev`:
+//!
+//! ```sh
+//! cargo run -p sluice-client --example copier -- --input orders --output orders-copy \
+//!     --group copier --transactional-id copier-1
+//! ```
+//!
+//! Every flag can also be given as an environment variable
+//! (`--commit-every` as `COPIER_COMMIT_EVERY`); `--bootstrap` defaults to
+//! `SLUICE_BOOTSTRAP`, then `http://127.0.0.1:7400`.
+//!
+//! Progress goes to stdout, one line per event, `key=value` separated by
+//! spaces (what `tests/tests/copier.rs` parses):
+//! `copier id=copier-1 event=started|committed|aborted|fenced ...`.
+
+use sluice_client::{
+    ClientConfig, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Isolation, Producer,
+    ProducerConfig, Record,
+};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Exit status when another instance took the transactional id.
+const EXIT_FENCED: i32 = 3;
+/// Exit status on a bad argument or an error retrying cannot fix.
+const EXIT_FAILED: i32 = 1;
+/// Attempts of a commit whose outcome is unknown (`Timeout`), and of an
+/// abort, before giving up.
+const MAX_END_ATTEMPTS: u32 = 5;
+/// Largest `--commit-every`, in records (a transaction stays small).
+const MAX_COMMIT_EVERY: usize = 100_000;
+/// Header naming the transaction that wrote an output record.
+const TXN_HEADER: &str = "copier-txn";
+
+#[derive(Debug, Clone)]
+struct Args {
+    bootstrap: Vec<String>,
+    input: String,
+    output: String,
+    group: String,
+    transactional_id: String,
+    /// Records per transaction at most.
+    commit_every: usize,
+    /// Longest a transaction stays open collecting records, in ms.
+    commit_interval_ms: u64,
+    /// The coordinator aborts a transaction open longer, in ms.
+    transaction_timeout_ms: u64,
+    /// The group evicts this member after this long without a heartbeat,
+    /// in ms.
+    session_timeout_ms: u32,
+}
+
+/// The value of `--name` from the command line, else of `COPIER_NAME`.
+fn flag(argv: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    if let Some(index) = argv.iter().position(|arg| *arg == long) {
+        return argv.get(index + 1).cloned();
+    }
+    let variable = format!("COPIER_{}", name.to_uppercase().replace('-', "_"));
+    std::env::var(variable).ok()
+}
+
+fn required(argv: &[String], name: &str) -> Result<String, String> {
+    flag(argv, name).ok_or_else(|| format!("--{name} is required"))
+}
+
+fn number<T: std::str::FromStr>(argv: &[String], name: &str, default: T) -> Result<T, String> {
+    match flag(argv, name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| format!("--{name}: '{text}' is not a number")),
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let bootstrap = flag(&argv, "bootstrap")
+        .or_else(|| std::env::var("SLUICE_BOOTSTRAP").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:7400".into());
+    let args = Args {
+        bootstrap: bootstrap.split(',').map(str::to_string).collect(),
+        input: required(&argv, "input")?,
+        output: required(&argv, "output")?,
+        group: required(&argv, "group")?,
+        transactional_id: required(&argv, "transactional-id")?,
+        commit_every: number(&argv, "commit-every", 750)?,
+        commit_interval_ms: number(&argv, "commit-interval-ms", 100)?,
+        transaction_timeout_ms: number(&argv, "transaction-timeout-ms", 60_000)?,
+        session_timeout_ms: number(&argv, "session-timeout-ms", 10_000)?,
+    };
+    if args.commit_every == 0 || args.commit_every > MAX_COMMIT_EVERY {
+        return Err(format!("--commit-every must be 1..={MAX_COMMIT_EVERY}"));
+    }
+    if args.commit_interval_ms == 0 || args.commit_interval_ms >= args.transaction_timeout_ms {
+        return Err("--commit-interval-ms must be above 0 and below --transaction-timeout-ms".into());
+    }
+    Ok(args)
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug)]
+enum Failure {
+    /// Abort, rewind to the committed offsets, go on.
+    Abort(String),
+    /// Stop.
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::ProducerFenced(_)
+            | ClientError::CorruptBatch { .. }
+            | ClientError::DataLost { .. }
+            | ClientError::InvalidArgument(_)
+            | ClientError::Closed => Failure::Fatal(error),
+            other => Failure::Abort(other.to_string()),
+        }
+    }
+}
+
+/// One progress line on stdout.
+fn progress(id: &str, event: &str, details: &str) {
+    println!("copier id={id} event={event} {details}");
+}
+
+struct Copier {
+    args: Args,
+    consumer: Consumer,
+    producer: Producer,
+    committed_records: u64,
+}
+
+impl Copier {
+    async fn start(args: Args) -> Result<Self, ClientError> {
+        let client = ClientConfig {
+            bootstrap: args.bootstrap.clone(),
+            client_id: args.transactional_id.clone(),
+            ..ClientConfig::default()
+        };
+        // Fences every older instance with this id before reading anything.
+        let producer = Producer::new(ProducerConfig {
+            client: client.clone(),
+            transactional_id: Some(args.transactional_id.clone()),
+            transaction_timeout_ms: args.transaction_timeout_ms,
+            delivery_timeout_ms: args.transaction_timeout_ms.min(30_000),
+            ..ProducerConfig::default()
+        })
+        .await?;
+        let consumer = Consumer::subscribe(
+            ConsumerConfig {
+                client,
+                group: Some(args.group.clone()),
+                // Offsets are committed inside the transactions only.
+                auto_commit: false,
+                isolation: Isolation::ReadCommitted,
+                session_timeout_ms: args.session_timeout_ms,
+                ..ConsumerConfig::default()
+            },
+            &[args.input.as_str()],
+        )
+        .await?;
+        Ok(Self {
+            args,
+            consumer,
+            producer,
+            committed_records: 0,
+        })
+    }
+
+    /// Copies one transaction's worth of records: how many and the
+    /// transaction's tag; `None` when no record arrived within the commit
+    /// interval (no transaction was opened).
+    async fn copy_transaction(&mut self) -> Result<Option<(u64, String)>, Failure> {
+        let interval = Duration::from_millis(self.args.commit_interval_ms);
+        // Wait for input outside a transaction: idle time must not count
+        // towards the transaction timeout.
+        let Some(first) = self.consumer.recv_timeout(interval).await? else {
+            return Ok(None);
+        };
+        self.producer.begin_transaction()?;
+        let tag = match self.producer.transactional_identity() {
+            Some((producer_id, epoch)) => format!("{producer_id}.{epoch}"),
+            None => return Err(Failure::Abort("no transactional identity".into())),
+        };
+        let mut touched = BTreeSet::new();
+        let deadline = Instant::now() + interval;
+        let mut next = Some(first);
+        let mut copied = 0;
+        while let Some(record) = next.take() {
+            touched.insert((record.topic.clone(), record.partition));
+            self.copy(record, &tag).await?;
+            copied += 1;
+            if copied >= self.args.commit_every as u64 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            next = self.consumer.recv_timeout(left).await?;
+        }
+        self.commit(&touched).await?;
+        Ok(Some((copied, tag)))
+    }
+
+    async fn copy(&self, record: ConsumerRecord, tag: &str) -> Result<(), ClientError> {
+        let mut output = Record::new(self.args.output.clone(), record.value.unwrap_or_default())
+            .with_partition(record.partition)
+            .with_header(TXN_HEADER, tag.to_string());
+        if let Some(key) = record.key {
+            output = output.with_key(key);
+        }
+        for (name, value) in record.headers {
+            output = output.with_header(name, value);
+        }
+        // The delivery future is not awaited: `commit_transaction` waits
+        // for every acknowledgement and fails if one failed.
+        drop(self.producer.enqueue(output).await?);
+        Ok(())
+    }
+
+    /// Adds the consumed offsets to the transaction and commits it. A
+    /// partition that was taken away while its records were in this
+    /// transaction aborts it: its next owner starts from the committed
+    /// offset and copies those records again.
+    async fn commit(&mut self, touched: &BTreeSet<(String, u32)>) -> Result<(), Failure> {
+        let owned: BTreeSet<(String, u32)> = self.consumer.assignment().into_iter().collect();
+        if let Some(lost) = touched.difference(&owned).next() {
+            return Err(Failure::Abort(format!(
+                "partition {}/{} was reassigned during the transaction",
+                lost.0, lost.1
+            )));
+        }
+        let mut attempt = 1;
+        loop {
+            match self.producer.commit_transaction().await {
+                Ok(()) => break,
+                // The outcome is unknown: the commit is idempotent, ask again.
+                Err(ClientError::Timeout { .. }) if attempt < MAX_END_ATTEMPTS => attempt += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // INTERIM (before txn4): non-atomic.
+        self.consumer.commit().await?;
+        Ok(())
+    }
+
+    /// Aborts the open transaction (if any) and rewinds every partition to
+    /// its committed offset.
+    async fn abort(&mut self) -> Result<(), ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.producer.abort_transaction().await {
+                Ok(()) => break,
+                // Nothing was open (the failure came before `begin`).
+                Err(ClientError::InvalidTransactionState(_)) => break,
+                Err(ClientError::ProducerFenced(reason)) => {
+                    return Err(ClientError::ProducerFenced(reason))
+                }
+                Err(error) if attempt < MAX_END_ATTEMPTS => {
+                    tracing::warn!(%error, attempt, "abort failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        // INTERIM (before txn4): rejoin to rewind.
+        let fresh = Copier::start(self.args.clone()).await?;
+        self.consumer = fresh.consumer;
+        self.producer = fresh.producer;
+        Ok(())
+    }
+
+    async fn run(mut self) -> i32 {
+        let id = self.args.transactional_id.clone();
+        progress(&id, "started", &format!("group={}", self.args.group));
+        loop {
+            let failure = match self.copy_transaction().await {
+                Ok(None) => continue,
+                Ok(Some((copied, tag))) => {
+                    self.committed_records += copied;
+                    progress(
+                        &id,
+                        "committed",
+                        &format!("txn={tag} records={copied} total={}", self.committed_records),
+                    );
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            let reason = match failure {
+                Failure::Fatal(ClientError::ProducerFenced(reason)) => {
+                    progress(&id, "fenced", &format!("reason={reason:?}"));
+                    return EXIT_FENCED;
+                }
+                Failure::Fatal(error) => {
+                    progress(&id, "failed", &format!("reason={:?}", error.to_string()));
+                    return EXIT_FAILED;
+                }
+                Failure::Abort(reason) => reason,
+            };
+            match self.abort().await {
+                Ok(()) => progress(&id, "aborted", &format!("reason={reason:?}")),
+                Err(ClientError::ProducerFenced(fenced)) => {
+                    progress(&id, "fenced", &format!("reason={fenced:?}"));
+                    return EXIT_FENCED;
+                }
+                Err(error) => {
+                    progress(&id, "failed", &format!("reason={:?}", error.to_string()));
+                    return EXIT_FAILED;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("copier: {message}");
+            std::process::exit(EXIT_FAILED);
+        }
+    };
+    let id = args.transactional_id.clone();
+    let status = match Copier::start(args).await {
+        Ok(copier) => copier.run().await,
+        Err(ClientError::ProducerFenced(reason)) => {
+            progress(&id, "fenced", &format!("reason={reason:?}"));
+            EXIT_FENCED
+        }
+        Err(error) => {
+            progress(&id, "failed", &format!("reason={:?}", error.to_string()));
+            EXIT_FAILED
+        }
+    };
+    std::process::exit(status);
+}
