@@ -19,10 +19,11 @@
 //! old one.
 //!
 //! Brokers need `[transactions] enabled = true`; the output topic needs at
-//! least as many partitions as the input. Against `sluice dev`:
+//! least as many partitions as the input. Against `sluice dev
+//! --transactions`:
 //!
 //! ```sh
-//! cargo run -p sluice-client --example copier -- --input orders --output orders-copy \
+//! cargo run -p sluice-client --example copier -- --input payments --output payments-copy \
 //!     --group copier --transactional-id copier-1
 //! ```
 //!
@@ -114,7 +115,9 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!("--commit-every must be 1..={MAX_COMMIT_EVERY}"));
     }
     if args.commit_interval_ms == 0 || args.commit_interval_ms >= args.transaction_timeout_ms {
-        return Err("--commit-interval-ms must be above 0 and below --transaction-timeout-ms".into());
+        return Err(
+            "--commit-interval-ms must be above 0 and below --transaction-timeout-ms".into(),
+        );
     }
     Ok(args)
 }
@@ -306,7 +309,10 @@ impl Copier {
                     progress(
                         &id,
                         "committed",
-                        &format!("txn={tag} records={copied} total={}", self.committed_records),
+                        &format!(
+                            "txn={tag} records={copied} total={}",
+                            self.committed_records
+                        ),
                     );
                     continue;
                 }

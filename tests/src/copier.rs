@@ -210,7 +210,9 @@ impl CopierProcess {
     /// Whether the current incarnation still runs (`Some(status)` once it
     /// exited).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Every progress line so far, all incarnations.

@@ -86,7 +86,9 @@ fn check_order(input: &Input, output: &Output) -> Result<(), String> {
     for (partition, values) in input {
         let copied = output.get(partition).unwrap_or(&empty);
         let copied: Vec<&str> = copied.iter().map(|record| record.value.as_str()).collect();
-        if let Some(at) = (0..values.len()).find(|index| copied.get(*index) != Some(&&*values[*index])) {
+        if let Some(at) =
+            (0..values.len()).find(|index| copied.get(*index) != Some(&&*values[*index]))
+        {
             return Err(format!(
                 "partition {partition}: output position {at} holds {:?}, the input has {:?} there",
                 copied.get(at),
@@ -101,8 +103,13 @@ fn check_order(input: &Input, output: &Output) -> Result<(), String> {
             ));
         }
     }
-    match output.keys().find(|partition| !input.contains_key(partition)) {
-        Some(partition) => Err(format!("output partition {partition} has no input partition")),
+    match output
+        .keys()
+        .find(|partition| !input.contains_key(partition))
+    {
+        Some(partition) => Err(format!(
+            "output partition {partition} has no input partition"
+        )),
         None => Ok(()),
     }
 }
@@ -117,7 +124,12 @@ pub fn check_concurrent_reads(during: &Output, last: &Output) -> Result<usize, S
     for (partition, records) in during {
         let finals: HashMap<u64, &Copied> = last
             .get(partition)
-            .map(|records| records.iter().map(|record| (record.offset, record)).collect())
+            .map(|records| {
+                records
+                    .iter()
+                    .map(|record| (record.offset, record))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut previous: Option<u64> = None;
         for record in records {
@@ -170,7 +182,11 @@ mod tests {
         Output::from([
             (
                 0,
-                vec![copied(0, "a0", "t1"), copied(3, "a1", "t2"), copied(4, "a2", "t2")],
+                vec![
+                    copied(0, "a0", "t1"),
+                    copied(3, "a1", "t2"),
+                    copied(4, "a2", "t2"),
+                ],
             ),
             (1, vec![copied(1, "b0", "t1"), copied(2, "b1", "t1")]),
         ])
@@ -197,7 +213,10 @@ mod tests {
             .expect("partition 1")
             .push(copied(9, "a0", "t3"));
         let error = check_exactly_once(&input(), &output).expect_err("duplicated");
-        assert!(error.contains("duplicated") && error.contains("a0 ×2"), "{error}");
+        assert!(
+            error.contains("duplicated") && error.contains("a0 ×2"),
+            "{error}"
+        );
     }
 
     #[test]

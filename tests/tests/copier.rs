@@ -28,7 +28,9 @@ use sluice_client::{
 };
 use sluice_tests::cluster::{partition_owners, wait_until_writable, Cluster, ClusterSpec};
 use sluice_tests::copier::{CopierProcess, CopierSpec};
-use sluice_tests::copier_check::{check_concurrent_reads, check_exactly_once, Copied, Input, Output};
+use sluice_tests::copier_check::{
+    check_concurrent_reads, check_exactly_once, Copied, Input, Output,
+};
 use sluice_tests::transactions::coordinator;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -373,7 +375,11 @@ async fn copier_copies_exactly_once_through_kill_9() {
     let mut copiers: Vec<CopierProcess> = (1..=2)
         .map(|n| {
             let id = format!("copier-{n}");
-            CopierProcess::start(spec(&cluster, TOPICS, &id, 10_000), cluster.directory(), &id)
+            CopierProcess::start(
+                spec(&cluster, TOPICS, &id, 10_000),
+                cluster.directory(),
+                &id,
+            )
         })
         .collect();
     for (fraction, fault) in FAULTS {
@@ -420,7 +426,10 @@ async fn copier_copies_exactly_once_through_kill_9() {
         .iter()
         .filter(|value| !stored.contains(value))
         .collect();
-    assert!(unstored.is_empty(), "acknowledged inputs lost: {unstored:?}");
+    assert!(
+        unstored.is_empty(),
+        "acknowledged inputs lost: {unstored:?}"
+    );
     let output = drain(client, TOPICS[1], stored.len()).await;
     if let Err(problem) = check_exactly_once(&input, &output) {
         fail(&cluster, &copiers, &format!("output != input: {problem}"));
@@ -484,7 +493,9 @@ async fn a_zombie_copier_is_fenced_and_nothing_it_writes_shows() {
         );
     }
     assert!(
-        after_resume.iter().any(|progress| progress.event == "fenced"),
+        after_resume
+            .iter()
+            .any(|progress| progress.event == "fenced"),
         "{after_resume:?}"
     );
     // At most the commit it was inside of when stopped (decided before the
