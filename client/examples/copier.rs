@@ -39,7 +39,7 @@ use sluice_client::{
     ClientConfig, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Isolation, Producer,
     ProducerConfig, Record,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Exit status when another instance took the transactional id.
@@ -138,6 +138,8 @@ impl From<ClientError> for Failure {
             | ClientError::CorruptBatch { .. }
             | ClientError::DataLost { .. }
             | ClientError::InvalidArgument(_)
+            // Out of order: a bug here, not a state to retry from.
+            | ClientError::InvalidTransactionState(_)
             | ClientError::Closed => Failure::Fatal(error),
             other => Failure::Abort(other.to_string()),
         }
@@ -153,6 +155,8 @@ struct Copier {
     args: Args,
     consumer: Consumer,
     producer: Producer,
+    /// A transaction is open (begun, not yet committed or aborted).
+    open: bool,
     committed_records: u64,
 }
 
@@ -189,6 +193,7 @@ impl Copier {
             args,
             consumer,
             producer,
+            open: false,
             committed_records: 0,
         })
     }
@@ -204,16 +209,32 @@ impl Copier {
             return Ok(None);
         };
         self.producer.begin_transaction()?;
+        self.open = true;
         let tag = match self.producer.transactional_identity() {
             Some((producer_id, epoch)) => format!("{producer_id}.{epoch}"),
             None => return Err(Failure::Abort("no transactional identity".into())),
         };
-        let mut touched = BTreeSet::new();
+        // Each partition's next offset after the records copied in this
+        // transaction.
+        let mut touched: BTreeMap<(String, u32), u64> = BTreeMap::new();
         let deadline = Instant::now() + interval;
         let mut next = Some(first);
         let mut copied = 0;
         while let Some(record) = next.take() {
-            touched.insert((record.topic.clone(), record.partition));
+            let partition = (record.topic.clone(), record.partition);
+            // Offsets only move forward within one ownership (skipping
+            // aborted records and markers); going back means the partition
+            // was revoked and given back inside one `recv`, restarting at
+            // the committed offset: the records copied so far would be
+            // copied twice.
+            if let Some(expected) = touched.insert(partition, record.offset + 1) {
+                if record.offset < expected {
+                    return Err(Failure::Abort(format!(
+                        "partition {}/{} went back from {expected} to {} (reassigned)",
+                        record.topic, record.partition, record.offset
+                    )));
+                }
+            }
             self.copy(record, &tag).await?;
             copied += 1;
             if copied >= self.args.commit_every as u64 {
@@ -249,9 +270,9 @@ impl Copier {
     /// partition that was taken away while its records were in this
     /// transaction aborts it: its next owner starts from the committed
     /// offset and copies those records again.
-    async fn commit(&mut self, touched: &BTreeSet<(String, u32)>) -> Result<(), Failure> {
+    async fn commit(&mut self, touched: &BTreeMap<(String, u32), u64>) -> Result<(), Failure> {
         let owned: BTreeSet<(String, u32)> = self.consumer.assignment().into_iter().collect();
-        if let Some(lost) = touched.difference(&owned).next() {
+        if let Some(lost) = touched.keys().find(|partition| !owned.contains(*partition)) {
             return Err(Failure::Abort(format!(
                 "partition {}/{} was reassigned during the transaction",
                 lost.0, lost.1
@@ -266,6 +287,7 @@ impl Copier {
                 Err(error) => return Err(error.into()),
             }
         }
+        self.open = false;
         // INTERIM (before txn4): non-atomic.
         self.consumer.commit().await?;
         Ok(())
@@ -275,23 +297,37 @@ impl Copier {
     /// its committed offset.
     async fn abort(&mut self) -> Result<(), ClientError> {
         let mut attempt = 1;
-        loop {
+        while self.open {
             match self.producer.abort_transaction().await {
-                Ok(()) => break,
-                // Nothing was open (the failure came before `begin`).
-                Err(ClientError::InvalidTransactionState(_)) => break,
+                Ok(()) => self.open = false,
                 Err(ClientError::ProducerFenced(reason)) => {
                     return Err(ClientError::ProducerFenced(reason))
                 }
                 Err(error) if attempt < MAX_END_ATTEMPTS => {
-                    tracing::warn!(%error, attempt, "abort failed; retrying");
+                    eprintln!("copier: abort failed ({error}); retrying");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
                 Err(error) => return Err(error),
             }
         }
-        // INTERIM (before txn4): rejoin to rewind.
+        let mut attempt = 1;
+        loop {
+            match self.rejoin().await {
+                Ok(()) => return Ok(()),
+                // The group coordinator moving, offsets still pending.
+                Err(error) if error.is_retriable() && attempt < MAX_END_ATTEMPTS => {
+                    eprintln!("copier: rewind failed ({error}); retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    // INTERIM (before txn4): rejoin to rewind.
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
         let fresh = Copier::start(self.args.clone()).await?;
         self.consumer = fresh.consumer;
         self.producer = fresh.producer;

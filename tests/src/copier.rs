@@ -187,23 +187,18 @@ impl CopierProcess {
         }
     }
 
-    /// Hands the running incarnation over (to wait for it elsewhere); the
-    /// process can then be restarted.
-    pub fn detach(&mut self) -> Option<Child> {
-        self.child.take()
-    }
-
-    /// Its exit status once it exits within `timeout`, else `None`.
-    pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    /// The current incarnation's exit status once it exits within
+    /// `timeout`, else `None` (it keeps running; drop kills it).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = self.exited() {
                 return Some(status);
             }
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

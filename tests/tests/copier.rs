@@ -482,8 +482,7 @@ async fn a_zombie_copier_is_fenced_and_nothing_it_writes_shows() {
     wait_for_commits(&cluster, &copiers[1..], 0).await;
     copiers[0].resume();
     eprintln!("zombie resumed after {:?}", paused.elapsed());
-    let mut zombie = copiers[0].detach().expect("the zombie runs");
-    let status = CopierProcess::wait_exit(&mut zombie, EVENTUALLY);
+    let status = copiers[0].wait_exit(EVENTUALLY).await;
     let after_resume: Vec<_> = copiers[0].progress()[before_fence..].to_vec();
     if status.and_then(|status| status.code()) != Some(3) {
         fail(
