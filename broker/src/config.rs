@@ -300,6 +300,10 @@ pub struct GroupsConfig {
     pub max_offsets_per_commit: usize,
     /// Longest commit metadata string, in bytes. Default 4096.
     pub max_commit_metadata_bytes: usize,
+    /// Most partitions of one group with transactional offsets waiting for
+    /// their transaction's marker (ADR 0016 §5); a transactional commit
+    /// beyond is refused THROTTLED. Default 10000.
+    pub max_pending_offsets_per_group: usize,
 }
 
 impl Default for GroupsConfig {
@@ -312,6 +316,7 @@ impl Default for GroupsConfig {
             max_members: 1000,
             max_offsets_per_commit: 10_000,
             max_commit_metadata_bytes: 4096,
+            max_pending_offsets_per_group: 10_000,
         }
     }
 }
@@ -587,6 +592,11 @@ pub const MOVED_KEYS: &[MovedKey] = &[
         "max_commit_metadata_bytes",
         "groups",
         "max_commit_metadata_bytes",
+    ),
+    moved(
+        "max_pending_offsets_per_group",
+        "groups",
+        "max_pending_offsets_per_group",
     ),
     moved(
         "retention_check_interval_ms",

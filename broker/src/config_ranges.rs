@@ -165,6 +165,10 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             "[groups] max_offsets_per_commit",
             groups.max_offsets_per_commit,
         ),
+        KeyRange::count(
+            "[groups] max_pending_offsets_per_group",
+            groups.max_pending_offsets_per_group,
+        ),
         KeyRange::bytes(
             "[groups] max_commit_metadata_bytes",
             groups.max_commit_metadata_bytes,

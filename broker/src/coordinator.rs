@@ -6,13 +6,15 @@
 
 use crate::assignment::{balance_backlog, compute_targets, grantable, MemberInput, TopicPartition};
 use crate::clients::{nameserver_call, request};
-use crate::commit_record::{self, CommittedOffset};
+use crate::commit_record::{self, CommitRecord, CommittedOffset};
 use crate::error::BrokerError;
 use crate::group_lag_age;
+use crate::internal_log::LogEntry;
 use crate::member_identity::{check_member_principal, new_member_id};
 use crate::partition::{Partition, Phase};
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
+use pending::{PendingOffsets, TxnKey};
 use sluice_acl::Principal;
 use sluice_proto::batch;
 use sluice_proto::names::{GroupName, CONSUMER_OFFSETS_TOPIC};
@@ -62,6 +64,9 @@ struct State {
     offsets_partitions: u32,
     groups: HashMap<String, Group>,
     committed: HashMap<String, BTreeMap<TopicPartition, (u64, String)>>,
+    /// Transactional offsets waiting for their marker (ADR 0016 §5), by
+    /// offsets partition.
+    pending: HashMap<u32, PendingOffsets>,
     /// Subscription cursors (base64, as committed) by group and partition.
     cursors: HashMap<String, BTreeMap<TopicPartition, String>>,
     registered: HashSet<String>,
@@ -96,6 +101,7 @@ pub struct Coordinator {
     max_members: usize,
     max_offsets_per_commit: usize,
     max_metadata_bytes: usize,
+    max_pending_offsets_per_group: usize,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -157,6 +163,169 @@ fn forget_group(state: &mut State, group: &str) {
     state.lag_seconds.retain(|(lagging, _), _| lagging != group);
 }
 
+/// The live member a commit names (`None` for a commit from outside the
+/// group, allowed only while the group has no members), checked for its
+/// principal and its current or previous epoch.
+fn member_for_commit<'a>(
+    state: &'a State,
+    request: &CommitOffsetsRequest,
+    principal: &Principal,
+) -> Result<Option<&'a Member>, BrokerError> {
+    let members = state.groups.get(&request.group).map(|group| &group.members);
+    let has_members = members.is_some_and(|members| !members.is_empty());
+    if request.member_id.is_empty() {
+        if request.member_epoch != -1 || has_members {
+            return Err(BrokerError::UnknownMember {
+                group: request.group.clone(),
+                member_id: String::new(),
+            });
+        }
+        return Ok(None);
+    }
+    let member = members
+        .and_then(|members| members.get(&request.member_id))
+        .ok_or_else(|| BrokerError::UnknownMember {
+            group: request.group.clone(),
+            member_id: request.member_id.clone(),
+        })?;
+    check_member_principal(
+        &request.group,
+        &request.member_id,
+        &member.principal,
+        principal,
+    )?;
+    if request.member_epoch != member.epoch && request.member_epoch != member.previous_epoch {
+        return Err(BrokerError::StaleMemberEpoch {
+            member_id: request.member_id.clone(),
+            current: member.epoch,
+            requested: request.member_epoch,
+        });
+    }
+    Ok(Some(member))
+}
+
+/// A plain commit naming a partition with transactional offsets pending is
+/// refused (ADR 0016 §5): the marker decides, not a race.
+fn check_not_pending(
+    state: &State,
+    request: &CommitOffsetsRequest,
+    offsets_partition: u32,
+) -> Result<(), BrokerError> {
+    let Some(pending) = state.pending.get(&offsets_partition) else {
+        return Ok(());
+    };
+    for offset in &request.offsets {
+        let key = (offset.topic.clone(), offset.partition);
+        if let Some((producer_id, epoch)) = pending.holder(&request.group, &key) {
+            return Err(BrokerError::ConcurrentTransactions(format!(
+                "{}/{} of group {:?} has transactional offsets of producer {producer_id} epoch {epoch} pending; retry after its transaction ends",
+                offset.topic, offset.partition, request.group
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A request's offsets as the records hold them (cursors in base64).
+fn to_committed(offsets: &[PartitionOffset]) -> Vec<CommittedOffset> {
+    offsets
+        .iter()
+        .map(|offset| CommittedOffset {
+            topic: offset.topic.clone(),
+            partition: offset.partition,
+            offset: offset.offset,
+            metadata: offset.metadata.clone(),
+            cursor: if offset.cursor.is_empty() {
+                String::new()
+            } else {
+                encode_base64(&offset.cursor)
+            },
+        })
+        .collect()
+}
+
+/// The answer to a commit whose offsets are all durable.
+fn accepted(offsets: Vec<PartitionOffset>) -> CommitOffsetsResponse {
+    CommitOffsetsResponse {
+        offsets: offsets
+            .into_iter()
+            .map(|offset| PartitionOffset {
+                error: ErrorCode::None as i32,
+                ..offset
+            })
+            .collect(),
+    }
+}
+
+/// One entry of an offsets partition's replay.
+enum Replayed {
+    Record {
+        group: String,
+        record: CommitRecord,
+        /// The transaction of a transactional commit.
+        txn: Option<TxnKey>,
+    },
+    Marker {
+        txn: TxnKey,
+        commit: bool,
+    },
+}
+
+/// The commit records of a replayed batch, or its marker.
+fn replayed_entry(partition: &Partition, entry: LogEntry<'_>) -> Vec<Replayed> {
+    match entry {
+        LogEntry::Marker(marker) => vec![Replayed::Marker {
+            txn: (marker.producer_id, marker.txn_epoch),
+            commit: marker.commit,
+        }],
+        LogEntry::Records { header, records } => {
+            let txn = header
+                .transactional
+                .then_some((header.producer_id, header.producer_epoch));
+            records
+                .iter()
+                .filter_map(|record| {
+                    match commit_record::decode(record.key.as_ref(), record.value.as_ref()) {
+                        Ok((group, record)) => Some(Replayed::Record { group, record, txn }),
+                        Err(error) => {
+                            tracing::warn!(partition = %partition.key, offset = record.offset, %error, "skipping undecodable commit record");
+                            None
+                        }
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// Applies one replayed record: a transactional commit's offsets wait for
+/// its marker, others are committed (or forgotten) at once.
+fn apply_record(
+    state: &mut State,
+    pending: &mut PendingOffsets,
+    group: &str,
+    record: &CommitRecord,
+    txn: Option<TxnKey>,
+) {
+    match (record, txn) {
+        (CommitRecord::Offsets(offsets), Some(txn)) => pending.install(group, txn, offsets),
+        (CommitRecord::Offsets(offsets), None) => apply_commits(state, group, offsets),
+        (CommitRecord::Removed { topic, partition }, _) => {
+            let key = (topic.clone(), *partition);
+            if let Some(committed) = state.committed.get_mut(group) {
+                committed.remove(&key);
+            }
+            if let Some(cursors) = state.cursors.get_mut(group) {
+                cursors.remove(&key);
+            }
+        }
+        (CommitRecord::GroupDeleted, _) => {
+            forget_group(state, group);
+            pending.forget_group(group);
+        }
+    }
+}
+
 /// Refuses a subscription cursor written under an older ownership epoch
 /// than the one held: a deposed partition owner must not roll a cursor
 /// back (ADR 0011).
@@ -212,38 +381,44 @@ impl Coordinator {
             max_members: config.max_members,
             max_offsets_per_commit: config.max_offsets_per_commit,
             max_metadata_bytes: config.max_commit_metadata_bytes,
+            max_pending_offsets_per_group: config.max_pending_offsets_per_group,
         }
     }
 
     /// Replays an offsets partition from its log start to its high
-    /// watermark, then starts coordinating its groups.
+    /// watermark, then starts coordinating its groups. Transactional
+    /// commits go to the pending offsets and the markers resolve them, as
+    /// live (ADR 0016 §5); what is pending at the end waits for its marker.
     pub async fn load_partition(&self, partition: &Partition) -> Result<(), BrokerError> {
         let partition_count = partition.config().partitions;
-        let mut replayed: Vec<(String, commit_record::CommitRecord)> = Vec::new();
-        crate::internal_log::replay(partition, REPLAY_READER, |offset, key, value| {
-            match commit_record::decode(key, value) {
-                Ok(decoded) => replayed.push(decoded),
-                Err(error) => {
-                    tracing::warn!(partition = %partition.key, offset, %error, "skipping undecodable commit record")
-                }
-            }
+        let index = partition.key.partition;
+        let mut replayed: Vec<Replayed> = Vec::new();
+        crate::internal_log::replay_entries(partition, REPLAY_READER, |entry| {
+            replayed.extend(replayed_entry(partition, entry));
         })
         .await?;
         let mut state = lock(&self.state);
         state.offsets_partitions = partition_count;
-        for (group, record) in &replayed {
-            if offsets_partition_for_group(group, partition_count.max(1)) == partition.key.partition
-            {
-                if record.deleted {
-                    forget_group(&mut state, group);
-                } else {
-                    apply_commits(&mut state, group, &record.offsets);
+        let mut pending = PendingOffsets::default();
+        for entry in &replayed {
+            match entry {
+                Replayed::Record { group, record, txn } => {
+                    if offsets_partition_for_group(group, partition_count.max(1)) == index {
+                        apply_record(&mut state, &mut pending, group, record, *txn);
+                    }
+                }
+                Replayed::Marker { txn, commit } => {
+                    for (group, offsets) in pending.resolve(*txn, *commit) {
+                        apply_commits(&mut state, &group, &offsets);
+                    }
                 }
             }
         }
-        state.loaded.insert(partition.key.partition);
+        let still_pending = pending.len();
+        state.pending.insert(index, pending);
+        state.loaded.insert(index);
         let lost_offsets = partition.lost_skips.skipped_offsets(REPLAY_READER);
-        tracing::info!(partition = %partition.key, records = replayed.len(), lost_offsets, "offsets partition replayed; coordinating its groups");
+        tracing::info!(partition = %partition.key, records = replayed.len(), still_pending, lost_offsets, "offsets partition replayed; coordinating its groups");
         Ok(())
     }
 
@@ -255,6 +430,7 @@ impl Coordinator {
         let belongs =
             |group: &str| offsets_partition_for_group(group, partitions) == offsets_partition;
         state.groups.retain(|group, _| !belongs(group));
+        state.pending.remove(&offsets_partition);
         state.committed.retain(|group, _| !belongs(group));
         state.cursors.retain(|group, _| !belongs(group));
         state.registered.retain(|group| !belongs(group));
@@ -557,7 +733,7 @@ impl Coordinator {
         };
         let generation = partition.status().generation;
         let mut pending = Vec::with_capacity(snapshot.len());
-        for (group, offsets) in &snapshot {
+        for (group, offsets) in snapshot.iter().filter(|(_, offsets)| !offsets.is_empty()) {
             let batch = commit_record::encode(group, offsets)
                 .map_err(|error| BrokerError::Internal(error.to_string()))?;
             let header = batch::validate(&batch, usize::MAX).map_err(BrokerError::Batch)?;
@@ -598,40 +774,18 @@ impl Coordinator {
         let partition = self.offsets_partition(shared, &request.group)?;
         crate::commit_check::check_commits(shared, &request.offsets).await?;
         self.evict_expired_members();
+        if request.transaction.is_some() {
+            return self
+                .commit_transactional(shared, request, &partition, principal)
+                .await;
+        }
         {
             let state = lock(&self.state);
-            let members = state.groups.get(&request.group).map(|group| &group.members);
-            let has_members = members.is_some_and(|members| !members.is_empty());
-            if request.member_id.is_empty() {
-                if request.member_epoch != -1 || has_members {
-                    return Err(BrokerError::UnknownMember {
-                        group: request.group.clone(),
-                        member_id: String::new(),
-                    });
-                }
-            } else {
-                let member = members
-                    .and_then(|members| members.get(&request.member_id))
-                    .ok_or_else(|| BrokerError::UnknownMember {
-                        group: request.group.clone(),
-                        member_id: request.member_id.clone(),
-                    })?;
-                check_member_principal(
-                    &request.group,
-                    &request.member_id,
-                    &member.principal,
-                    principal,
-                )?;
-                if request.member_epoch != member.epoch
-                    && request.member_epoch != member.previous_epoch
-                {
-                    return Err(BrokerError::StaleMemberEpoch {
-                        member_id: request.member_id.clone(),
-                        current: member.epoch,
-                        requested: request.member_epoch,
-                    });
-                }
-            }
+            member_for_commit(&state, &request, principal)?;
+            check_not_pending(&state, &request, partition.key.partition)?;
+        }
+        if request.offsets.is_empty() {
+            return Ok(CommitOffsetsResponse::default());
         }
         {
             let state = lock(&self.state);
@@ -643,21 +797,7 @@ impl Coordinator {
                 check_cursor_epoch(&state, &request.group, offset)?;
             }
         }
-        let offsets: Vec<CommittedOffset> = request
-            .offsets
-            .iter()
-            .map(|offset| CommittedOffset {
-                topic: offset.topic.clone(),
-                partition: offset.partition,
-                offset: offset.offset,
-                metadata: offset.metadata.clone(),
-                cursor: if offset.cursor.is_empty() {
-                    String::new()
-                } else {
-                    encode_base64(&offset.cursor)
-                },
-            })
-            .collect();
+        let offsets = to_committed(&request.offsets);
         let batch = commit_record::encode(&request.group, &offsets)
             .map_err(|error| BrokerError::Internal(error.to_string()))?;
         let header = batch::validate(&batch, usize::MAX).map_err(BrokerError::Batch)?;
@@ -671,16 +811,7 @@ impl Coordinator {
         receiver
             .await
             .map_err(|_| BrokerError::Unavailable("offsets partition stopped".into()))??;
-        Ok(CommitOffsetsResponse {
-            offsets: request
-                .offsets
-                .into_iter()
-                .map(|offset| PartitionOffset {
-                    error: ErrorCode::None as i32,
-                    ..offset
-                })
-                .collect(),
-        })
+        Ok(accepted(request.offsets))
     }
 
     pub fn fetch_offsets(
@@ -688,37 +819,58 @@ impl Coordinator {
         shared: &Shared,
         request: FetchOffsetsRequest,
     ) -> Result<FetchOffsetsResponse, BrokerError> {
-        self.offsets_partition(shared, &request.group)?;
+        let partition = self.offsets_partition(shared, &request.group)?;
         let wanted = flatten(&request.partitions);
         let state = lock(&self.state);
-        let offsets = state
-            .committed
-            .get(&request.group)
-            .map(|committed| {
-                committed
-                    .iter()
-                    .filter(|(key, _)| wanted.is_empty() || wanted.contains(*key))
-                    .map(|((topic, partition), (offset, metadata))| PartitionOffset {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: *offset,
-                        metadata: metadata.clone(),
-                        error: ErrorCode::None as i32,
-                        cursor: state
-                            .cursors
-                            .get(&request.group)
-                            .and_then(|cursors| cursors.get(&(topic.clone(), *partition)))
-                            .and_then(|text| decode_base64(text).ok())
-                            .map(bytes::Bytes::from)
-                            .unwrap_or_default(),
-                    })
-                    .collect()
+        let pending = state.pending.get(&partition.key.partition);
+        let is_pending = |key: &TopicPartition| {
+            request.require_stable
+                && pending.is_some_and(|pending| pending.holder(&request.group, key).is_some())
+        };
+        let committed = state.committed.get(&request.group);
+        let mut offsets: Vec<PartitionOffset> = committed
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| wanted.is_empty() || wanted.contains(*key))
+            .filter(|(key, _)| !is_pending(key))
+            .map(|((topic, partition), (offset, metadata))| PartitionOffset {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                metadata: metadata.clone(),
+                error: ErrorCode::None as i32,
+                cursor: state
+                    .cursors
+                    .get(&request.group)
+                    .and_then(|cursors| cursors.get(&(topic.clone(), *partition)))
+                    .and_then(|text| decode_base64(text).ok())
+                    .map(bytes::Bytes::from)
+                    .unwrap_or_default(),
             })
-            .unwrap_or_default();
+            .collect();
+        // A pending partition answers UNSTABLE_OFFSET_COMMIT whether or not
+        // an older offset is committed: its next owner must wait for the
+        // marker, not start from the offset before the transaction.
+        if let Some(pending) = pending.filter(|_| request.require_stable) {
+            offsets.extend(
+                pending
+                    .partitions_of(&request.group)
+                    .into_iter()
+                    .filter(|key| wanted.is_empty() || wanted.contains(key))
+                    .map(|(topic, partition)| PartitionOffset {
+                        topic,
+                        partition,
+                        error: ErrorCode::UnstableOffsetCommit as i32,
+                        ..Default::default()
+                    }),
+            );
+        }
         Ok(FetchOffsetsResponse { offsets })
     }
 }
 mod delete;
 mod lag;
+mod pending;
 #[cfg(test)]
 mod tests;
+mod txn_commit;

@@ -38,6 +38,10 @@ pub enum BrokerError {
         current: i64,
         requested: i64,
     },
+    /// A transactional commit names a partition the member is not granted
+    /// now (ADR 0016 §5); answered as STALE_MEMBER_EPOCH.
+    #[error("{0}")]
+    NotGranted(String),
     #[error("{0}")]
     Throttled(String),
     #[error("earlier request for {topic}/{partition} on this stream failed; retry in order")]
@@ -130,7 +134,9 @@ impl BrokerError {
             BrokerError::UnknownMember { .. } => ErrorCode::UnknownMember,
             BrokerError::GroupNotEmpty { .. } => ErrorCode::GroupNotEmpty,
             BrokerError::UnknownGroup(_) => ErrorCode::UnknownGroup,
-            BrokerError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
+            BrokerError::StaleMemberEpoch { .. } | BrokerError::NotGranted(_) => {
+                ErrorCode::StaleMemberEpoch
+            }
             BrokerError::Throttled(_) => ErrorCode::Throttled,
             BrokerError::EarlierRequestFailed { .. } => ErrorCode::Unavailable,
             // Ownership errors from the nameserver or a fence from a store

@@ -10,17 +10,48 @@ use crate::error::BrokerError;
 use crate::lost_ranges::LostRange;
 use crate::partition::Partition;
 use bytes::Bytes;
-use sluice_proto::batch::{self, BatchIter};
+use sluice_proto::batch::control::{self, ControlRecord, Marker};
+use sluice_proto::batch::{self, BatchHeader, BatchIter, Record};
 
 /// Bytes read per store request while replaying.
 const REPLAY_READ_BYTES: usize = 1024 * 1024;
 
+/// What the replay hands over, batch by batch, in offset order.
+pub enum LogEntry<'a> {
+    /// The records of a data batch at or after the replay's position.
+    Records {
+        header: &'a BatchHeader,
+        records: &'a [Record],
+    },
+    /// A transaction marker (ADR 0016 §3.4).
+    Marker(Marker),
+}
+
 /// Hands every record of `partition` below its high watermark to `each`
-/// as `(offset, key, value)`; returns how many.
+/// as `(offset, key, value)`; returns how many. Control batches are
+/// passed over.
 pub async fn replay(
     partition: &Partition,
     reader: &'static str,
     mut each: impl FnMut(u64, Option<&Bytes>, Option<&Bytes>),
+) -> Result<usize, BrokerError> {
+    replay_entries(partition, reader, |entry| {
+        if let LogEntry::Records { records, .. } = entry {
+            for record in records {
+                each(record.offset, record.key.as_ref(), record.value.as_ref());
+            }
+        }
+    })
+    .await
+}
+
+/// Hands every data batch (its records) and every transaction marker of
+/// `partition` below its high watermark to `each`, in offset order;
+/// returns how many records.
+pub async fn replay_entries(
+    partition: &Partition,
+    reader: &'static str,
+    mut each: impl FnMut(LogEntry<'_>),
 ) -> Result<usize, BrokerError> {
     let status = partition.status();
     let mut offset = status.log_start_offset;
@@ -47,20 +78,46 @@ pub async fn replay(
         }
         for item in BatchIter::new(&bytes) {
             let (position, header, slice) = item.map_err(BrokerError::Batch)?;
-            let batch = bytes.slice(position..position + slice.len());
-            match batch::decode(&batch, usize::MAX) {
-                Ok((_, records)) => {
-                    for record in records.iter().filter(|record| record.offset >= offset) {
-                        records_seen += 1;
-                        each(record.offset, record.key.as_ref(), record.value.as_ref());
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, reader, "skipping an undecodable batch");
-                }
+            if header.end_offset() > offset {
+                let batch = bytes.slice(position..position + slice.len());
+                records_seen += replay_batch(partition, reader, &header, &batch, offset, &mut each);
             }
             offset = offset.max(header.end_offset());
         }
     }
     Ok(records_seen)
+}
+
+/// One batch of the replay: a marker, or the records at or after `from`.
+fn replay_batch(
+    partition: &Partition,
+    reader: &'static str,
+    header: &BatchHeader,
+    batch: &Bytes,
+    from: u64,
+    each: &mut impl FnMut(LogEntry<'_>),
+) -> usize {
+    if header.control {
+        match control::parse(batch, header) {
+            Ok(ControlRecord::Marker(marker)) => each(LogEntry::Marker(marker)),
+            // A gap holds nothing.
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, reader, "skipping an unparsable control batch");
+            }
+        }
+        return 0;
+    }
+    match batch::decode(batch, usize::MAX) {
+        Ok((_, records)) => {
+            let first = records.partition_point(|record| record.offset < from);
+            let records = &records[first..];
+            each(LogEntry::Records { header, records });
+            records.len()
+        }
+        Err(error) => {
+            tracing::warn!(partition = %partition.key, offset = header.base_offset, %error, reader, "skipping an undecodable batch");
+            0
+        }
+    }
 }

@@ -9,6 +9,7 @@ use crate::error::BrokerError;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use sluice_proto::batch::control::Marker;
+use sluice_proto::names::CONSUMER_OFFSETS_TOPIC;
 use sluice_proto::v1::{TxnMarkerResult, WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use sluice_proto::ErrorCode;
 
@@ -68,8 +69,12 @@ pub async fn write(
     for entry in &request.participants {
         for &index in &entry.partitions {
             let key = PartitionKey::new(&entry.topic, index);
+            // On a group's offsets partition the durable marker also
+            // resolves the transaction's pending offsets (ADR 0016 §5).
+            let on_durable = (entry.topic == CONSUMER_OFFSETS_TOPIC)
+                .then(|| shared.coordinator.marker_hook(index, &marker));
             let submitted = match shared.partition(&key) {
-                Some(partition) => partition.submit_marker(marker),
+                Some(partition) => partition.submit_marker_then(marker, on_durable),
                 None => Err(shared.not_served_error(&entry.topic, index).await),
             };
             pending.push(async move {

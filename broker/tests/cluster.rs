@@ -260,6 +260,7 @@ async fn a_group_member_joins_commits_and_is_described(client: &mut BrokerClient
                 error: 0,
                 ..Default::default()
             }],
+            transaction: None,
         })
         .await
         .expect("commit accepted");
@@ -603,6 +604,7 @@ async fn commits_survive_retention_of_the_offsets_topic() {
                         error: 0,
                         ..Default::default()
                     }],
+                    transaction: None,
                 })
                 .await
                 .ok()

@@ -195,6 +195,7 @@ fn commit(topic: &str, partition: u32, offset: u64) -> CommitOffsetsRequest {
             offset,
             ..Default::default()
         }],
+        transaction: None,
     }
 }
 
@@ -235,6 +236,7 @@ async fn commits_beyond_the_log_or_of_unknown_partitions_are_refused(
         .fetch_offsets(sluice_proto::v1::FetchOffsetsRequest {
             group: "limits-group".into(),
             partitions: Vec::new(),
+            require_stable: false,
         })
         .await
         .expect("fetch offsets")

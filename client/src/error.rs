@@ -305,6 +305,9 @@ mod tests {
         let status: tonic::Status =
             SluiceError::new(ErrorCode::ConcurrentTransactions, "ending").into();
         assert!(ClientError::from_status("a", &status).is_retriable());
+        let status: tonic::Status =
+            SluiceError::new(ErrorCode::UnstableOffsetCommit, "pending").into();
+        assert!(ClientError::from_status("a", &status).is_retriable());
     }
 
     #[test]

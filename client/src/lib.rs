@@ -120,8 +120,8 @@ pub use admin::{
 };
 pub use config::ClientConfig;
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, Isolation,
-    StartOffset,
+    Consumer, ConsumerConfig, ConsumerRecord, CorruptBatchPolicy, DataLossPolicy, GroupMetadata,
+    Isolation, StartOffset, TopicPartitionOffset,
 };
 pub use credentials::{Credentials, MAX_TOKEN_FILE_BYTES, TOKEN_FILE_CHECK_INTERVAL_MS};
 pub use error::ClientError;

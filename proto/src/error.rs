@@ -128,7 +128,9 @@ impl ErrorCode {
             ErrorCode::InvalidTransactionState | ErrorCode::GroupNotEmpty => {
                 Code::FailedPrecondition
             }
-            ErrorCode::ConcurrentTransactions => Code::Unavailable,
+            ErrorCode::ConcurrentTransactions | ErrorCode::UnstableOffsetCommit => {
+                Code::Unavailable
+            }
             ErrorCode::ProducerFenced => Code::FailedPrecondition,
         }
     }
@@ -153,6 +155,7 @@ impl ErrorCode {
                 | ErrorCode::OutcomeUnknown
                 | ErrorCode::CredentialsExpired
                 | ErrorCode::ConcurrentTransactions
+                | ErrorCode::UnstableOffsetCommit
         )
     }
 }
@@ -209,6 +212,7 @@ mod tests {
             ErrorCode::InvalidTransactionState,
             ErrorCode::ConcurrentTransactions,
             ErrorCode::ProducerFenced,
+            ErrorCode::UnstableOffsetCommit,
             ErrorCode::NotAuthenticated,
             ErrorCode::CredentialsExpired,
             ErrorCode::GroupNotEmpty,

@@ -98,6 +98,7 @@ async fn setup(cluster: &Cluster) -> Actors {
             .fetch_offsets(FetchOffsetsRequest {
                 group: "any-group".into(),
                 partitions: Vec::new(),
+                require_stable: false,
             })
             .await
             .is_ok();
@@ -354,6 +355,7 @@ async fn internal_groups_are_refused(cluster: &Cluster, actors: &Actors) {
                 cursor: cursor.into(),
                 ..PartitionOffset::default()
             }],
+            transaction: None,
         })
         .await
         .expect_err("mallory cannot commit a cursor");
@@ -367,6 +369,7 @@ async fn internal_groups_are_refused(cluster: &Cluster, actors: &Actors) {
         .fetch_offsets(FetchOffsetsRequest {
             group,
             partitions: Vec::new(),
+            require_stable: false,
         })
         .await
         .expect("fetch the cursor group's offsets")
@@ -549,6 +552,7 @@ async fn members_cannot_be_impersonated(actors: &Actors) {
                 offset: 5,
                 ..PartitionOffset::default()
             }],
+            transaction: None,
         })
         .await
         .expect_err("mallory cannot commit as the victim's member");

@@ -741,6 +741,7 @@ async fn commit_from_outside(cluster: &Cluster, group: &str, topic: &str, partit
                             ..PartitionOffset::default()
                         })
                         .collect(),
+                    transaction: None,
                 })
                 .await
                 .map_err(|status| status.to_string())?

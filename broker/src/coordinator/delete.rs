@@ -38,6 +38,15 @@ fn check_deletable(state: &State, group: &str) -> Result<(), BrokerError> {
             "group {group:?} holds subscription cursors; delete the subscription instead"
         )));
     }
+    if state
+        .pending
+        .values()
+        .any(|pending| pending.group_has_pending(group))
+    {
+        return Err(BrokerError::ConcurrentTransactions(format!(
+            "group {group:?} has transactional offsets waiting for their transaction's marker; retry after it ends"
+        )));
+    }
     let known = state.committed.contains_key(group)
         || state.groups.contains_key(group)
         || state.registered.contains(group);
@@ -63,6 +72,10 @@ impl Coordinator {
         let apply = Box::new(move |_base_offset: u64| {
             let mut state = lock(&state);
             forget_group(&mut state, &name);
+            // As the replay does: a deletion forgets pending offsets too.
+            for pending in state.pending.values_mut() {
+                pending.forget_group(&name);
+            }
             if state
                 .groups
                 .get(&name)

@@ -93,8 +93,14 @@ pub struct AppendOutcome {
 /// What an append carries.
 enum JobKind {
     /// A batch from a producer (or the group coordinator); a transactional
-    /// one with its transactional id.
-    Data { transactional_id: String },
+    /// one with its transactional id. `coordinator_commit`: a group
+    /// coordinator's transactional offset commit (ADR 0016 §5), sequence
+    /// −1, which the idempotence check skips (re-applying an offset is
+    /// harmless); never set for a producer's batch.
+    Data {
+        transactional_id: String,
+        coordinator_commit: bool,
+    },
     /// A transaction marker; its control batch is built when the pipeline
     /// admits it (it records the transaction's first offset here).
     Marker(Marker),
@@ -353,6 +359,7 @@ impl Partition {
         self.submit_job(
             JobKind::Data {
                 transactional_id: String::new(),
+                coordinator_commit: false,
             },
             batch,
             header,
@@ -370,15 +377,40 @@ impl Partition {
         generation: u64,
         transactional_id: String,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
-        let kind = JobKind::Data { transactional_id };
+        let kind = JobKind::Data {
+            transactional_id,
+            coordinator_commit: false,
+        };
         self.submit_job(kind, batch, header, generation, None)
     }
 
+    /// [`Partition::submit`] of a group coordinator's transactional offset
+    /// commit (ADR 0016 §5): verified with the transaction coordinator
+    /// like any transactional batch (the participant is this offsets
+    /// partition), not checked for idempotence (its sequence is −1).
+    pub fn submit_transactional_commit(
+        &self,
+        batch: Bytes,
+        header: BatchHeader,
+        generation: u64,
+        transactional_id: String,
+        on_durable: OnDurable,
+    ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
+        let kind = JobKind::Data {
+            transactional_id,
+            coordinator_commit: true,
+        };
+        self.submit_job(kind, batch, header, generation, Some(on_durable))
+    }
+
     /// Queues a transaction marker (ADR 0016 §3.4), answered once durable
-    /// or when found already applied.
-    pub fn submit_marker(
+    /// or when found already applied; `on_durable` runs in log order once
+    /// the marker is appended and durable (not when it was found already
+    /// applied: its effect was installed then).
+    pub fn submit_marker_then(
         &self,
         marker: Marker,
+        on_durable: Option<OnDurable>,
     ) -> Result<oneshot::Receiver<Result<AppendOutcome, BrokerError>>, BrokerError> {
         // The header is a placeholder until the pipeline builds the batch.
         let placeholder =
@@ -395,7 +427,7 @@ impl Partition {
             placeholder,
             header,
             generation,
-            None,
+            on_durable,
         )
     }
 

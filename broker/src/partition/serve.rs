@@ -282,8 +282,16 @@ fn append(
     };
     let base_offset = pipeline.next_offset();
     let mut job = match job.kind {
-        // Markers bypass idempotence (their sequence is -1).
+        // Markers bypass idempotence (their sequence is -1), and so do a
+        // group coordinator's transactional offset commits.
         JobKind::Marker(_) => job,
+        JobKind::Data {
+            coordinator_commit: true,
+            ..
+        } => {
+            txn_io::appending(partition, &job.header, base_offset);
+            job
+        }
         JobKind::Data { .. } => {
             let Some(job) = deduplicate(partition, job, base_offset) else {
                 return;

@@ -127,7 +127,9 @@ fn admit_data(
         }
         DataVerdict::Verify { producer_id, epoch } => {
             let transactional_id = match &job.kind {
-                JobKind::Data { transactional_id } => transactional_id.clone(),
+                JobKind::Data {
+                    transactional_id, ..
+                } => transactional_id.clone(),
                 JobKind::Marker(_) => String::new(),
             };
             let verification = Verification {

@@ -274,6 +274,20 @@ impl Broker for BrokerService {
                 .check(Operation::Read, ResourceType::Topic, &offset.topic)
                 .map_err(BrokerError::Relayed)?;
         }
+        if let Some(transaction) = &request.transaction {
+            // As for a transactional produce (ADR 0016 §1, 0015): Write on
+            // the transactional id, and a producer id issued to the caller.
+            authorizer
+                .check(
+                    Operation::Write,
+                    ResourceType::TransactionalId,
+                    &transaction.transactional_id,
+                )
+                .map_err(BrokerError::Relayed)?;
+            shared
+                .producer_ids
+                .check(transaction.producer_id, &authorizer.principal)?;
+        }
         Ok(Response::new(
             shared
                 .coordinator

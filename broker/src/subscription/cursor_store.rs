@@ -125,6 +125,7 @@ pub(crate) async fn fetch_cursor(
                     topic: key.topic.clone(),
                     partitions: vec![key.partition],
                 }],
+                require_stable: false,
             },
             shared.clients.nameserver_timeout,
         ))
@@ -177,6 +178,7 @@ pub(super) async fn commit_encoded_cursor(
                     error: 0,
                     cursor,
                 }],
+                transaction: None,
             },
             shared.clients.nameserver_timeout,
         ))

@@ -342,6 +342,7 @@ pub async fn committed_offset(client: &mut BrokerClient<Channel>) -> Option<u64>
         .fetch_offsets(FetchOffsetsRequest {
             group: "billing".into(),
             partitions: vec![],
+            require_stable: false,
         })
         .await
         .ok()?

@@ -152,6 +152,7 @@ impl Admin {
             member_id: String::new(),
             member_epoch: -1,
             offsets,
+            transaction: None,
         };
         match self.commit_from_outside(request).await {
             Err(error) if error.code() == Some(ErrorCode::UnknownMember) => {
@@ -271,6 +272,7 @@ impl Admin {
                 topic: topic.to_string(),
                 partitions: (0..count).collect(),
             }],
+            require_stable: false,
         };
         let mut attempt = 0;
         loop {

@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 
 /// Attempts of one commit/fetch-offsets call while the coordinator moves.
 const MAX_COORDINATOR_ATTEMPTS: u32 = 4;
+/// Retries of a fetch of committed offsets while a partition's offsets are
+/// pending in a transaction (50 ms doubling to 1 s: about 16 s in all).
+const MAX_UNSTABLE_ATTEMPTS: u32 = 20;
 /// Backoff between failed heartbeats, in milliseconds (first and largest).
 const HEARTBEAT_RETRY_BACKOFF_MS: u64 = 100;
 const HEARTBEAT_RETRY_BACKOFF_MAX_MS: u64 = 2_000;
@@ -362,6 +365,7 @@ pub(crate) async fn commit(
                     ..Default::default()
                 })
                 .collect(),
+            transaction: None,
         };
         let result = async {
             let address = offsets_coordinator(cluster, target).await?;
@@ -404,18 +408,96 @@ pub(crate) async fn commit(
     }
 }
 
-/// Committed offsets of `partitions`; absent ones have none.
+/// Commits `offsets` of `group` into the transaction `context` (ADR 0016
+/// §5) at the group's coordinator, found by name; retried while the
+/// coordinator moves or another transaction's offsets are pending
+/// (`CONCURRENT_TRANSACTIONS`), until `deadline`.
+pub(crate) async fn commit_transactional(
+    cluster: &Cluster,
+    group: &crate::GroupMetadata,
+    offsets: &[crate::TopicPartitionOffset],
+    context: sluice_proto::v1::TransactionContext,
+    deadline: tokio::time::Instant,
+) -> Result<(), ClientError> {
+    let request = CommitOffsetsRequest {
+        group: group.group.clone(),
+        member_id: group.member_id.clone(),
+        member_epoch: group.member_epoch,
+        offsets: offsets
+            .iter()
+            .map(|offset| PartitionOffset {
+                topic: offset.topic.clone(),
+                partition: offset.partition,
+                offset: offset.offset,
+                ..Default::default()
+            })
+            .collect(),
+        transaction: Some(context),
+    };
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let address = cluster.find_coordinator(&group.group).await?;
+            let mut client = cluster.broker(&address)?;
+            let response = cluster
+                .unary(
+                    "CommitOffsets",
+                    &address,
+                    client.commit_offsets(request.clone()),
+                )
+                .await?;
+            for offset in response.offsets {
+                let context = format!(
+                    "transactional commit of {}/{} at {} for group '{}'",
+                    offset.topic, offset.partition, offset.offset, group.group
+                );
+                if let Some(error) = ClientError::from_code(offset.error, context) {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let retry = match &result {
+            Err(error) => {
+                coordinator_lost(error)
+                    || matches!(
+                        error.code(),
+                        Some(ErrorCode::ConcurrentTransactions | ErrorCode::Throttled)
+                    )
+            }
+            Ok(()) => false,
+        };
+        let pause = backoff(attempt, 50, 1_000);
+        if !retry || tokio::time::Instant::now() + pause >= deadline {
+            return result;
+        }
+        tracing::debug!(group = %group.group, attempt, "transactional offset commit retried");
+        tokio::time::sleep(pause).await;
+        attempt += 1;
+    }
+}
+
+/// Committed offsets of `partitions`; absent ones have none. Asks for
+/// stable offsets (ADR 0016 §5): a partition whose offsets a transaction
+/// committed and whose marker has not arrived answers
+/// `UNSTABLE_OFFSET_COMMIT`, retried here up to
+/// [`MAX_UNSTABLE_ATTEMPTS`] times with a backoff, then returned
+/// (retriable), so a partition's next owner starts where the previous
+/// owner's transaction ends.
 pub(crate) async fn fetch_committed(
     cluster: &Cluster,
     target: &OffsetTarget<'_>,
     partitions: &BTreeSet<TopicPartition>,
 ) -> Result<BTreeMap<TopicPartition, u64>, ClientError> {
     let mut attempt = 0;
+    let mut unstable_attempt = 0;
     loop {
         attempt += 1;
         let request = FetchOffsetsRequest {
             group: target.group.to_string(),
             partitions: to_topic_partitions(partitions),
+            require_stable: true,
         };
         let result = async {
             let address = offsets_coordinator(cluster, target).await?;
@@ -426,16 +508,15 @@ pub(crate) async fn fetch_committed(
         }
         .await;
         match result {
-            Ok(response) => {
-                let mut committed = BTreeMap::new();
-                for offset in response.offsets {
-                    let partition = TopicPartition::new(offset.topic, offset.partition);
-                    if offset.error == 0 && partitions.contains(&partition) {
-                        committed.insert(partition, offset.offset);
-                    }
+            Ok(response) => match stable_offsets(response.offsets, partitions) {
+                Ok(committed) => return Ok(committed),
+                Err(error) if unstable_attempt < MAX_UNSTABLE_ATTEMPTS => {
+                    tracing::debug!(group = target.group, %error, "committed offsets not stable yet; retrying");
+                    tokio::time::sleep(backoff(unstable_attempt, 50, 1_000)).await;
+                    unstable_attempt += 1;
                 }
-                return Ok(committed);
-            }
+                Err(error) => return Err(error),
+            },
             Err(error) if coordinator_lost(&error) && attempt < MAX_COORDINATOR_ATTEMPTS => {
                 forget_coordinator(target);
                 tokio::time::sleep(backoff(attempt - 1, 50, 1_000)).await;
@@ -443,6 +524,31 @@ pub(crate) async fn fetch_committed(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The committed offsets of an answer, or the error of the first
+/// partition that is not stable. Pure.
+pub(crate) fn stable_offsets(
+    offsets: Vec<PartitionOffset>,
+    partitions: &BTreeSet<TopicPartition>,
+) -> Result<BTreeMap<TopicPartition, u64>, ClientError> {
+    let mut committed = BTreeMap::new();
+    for offset in offsets {
+        let partition = TopicPartition::new(offset.topic, offset.partition);
+        if !partitions.contains(&partition) {
+            continue;
+        }
+        if offset.error == ErrorCode::UnstableOffsetCommit as i32 {
+            return Err(ClientError::Server(sluice_proto::SluiceError::new(
+                ErrorCode::UnstableOffsetCommit,
+                format!("{partition}: a transaction committed offsets and its marker has not arrived yet"),
+            )));
+        }
+        if offset.error == 0 {
+            committed.insert(partition, offset.offset);
+        }
+    }
+    Ok(committed)
 }
 
 #[cfg(test)]
@@ -492,5 +598,42 @@ mod tests {
         assert_eq!(list[0].topic, "a");
         assert_eq!(list[0].partitions, vec![0, 1]);
         assert_eq!(from_topic_partitions(&list), set);
+    }
+
+    #[test]
+    fn an_unstable_partition_fails_the_fetch_and_others_are_taken() {
+        let wanted: BTreeSet<_> = [TopicPartition::new("a", 0), TopicPartition::new("a", 1)]
+            .into_iter()
+            .collect();
+        let entry = |partition: u32, offset: u64, error: ErrorCode| PartitionOffset {
+            topic: "a".into(),
+            partition,
+            offset,
+            error: error as i32,
+            ..Default::default()
+        };
+        let stable = stable_offsets(
+            vec![entry(0, 5, ErrorCode::None), entry(7, 1, ErrorCode::None)],
+            &wanted,
+        )
+        .expect("stable");
+        assert_eq!(
+            stable.into_iter().collect::<Vec<_>>(),
+            vec![(TopicPartition::new("a", 0), 5)]
+        );
+        let unstable = stable_offsets(
+            vec![
+                entry(0, 5, ErrorCode::None),
+                entry(1, 0, ErrorCode::UnstableOffsetCommit),
+            ],
+            &wanted,
+        )
+        .expect_err("unstable");
+        assert_eq!(unstable.code(), Some(ErrorCode::UnstableOffsetCommit));
+        assert!(unstable.is_retriable());
+        // A partition not asked for does not matter.
+        assert!(
+            stable_offsets(vec![entry(9, 0, ErrorCode::UnstableOffsetCommit)], &wanted).is_ok()
+        );
     }
 }

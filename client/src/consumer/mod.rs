@@ -11,10 +11,13 @@ mod isolation;
 mod positions;
 #[cfg(test)]
 mod tests;
+mod txn_offsets;
 
 pub use corrupt::CorruptBatchPolicy;
 pub use data_loss::DataLossPolicy;
+pub(crate) use group::commit_transactional;
 pub use isolation::Isolation;
+pub use txn_offsets::{GroupMetadata, TopicPartitionOffset};
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};

@@ -20,6 +20,7 @@ mod pressure;
 mod transaction;
 mod transactional;
 mod txn_coordinator;
+mod txn_offsets;
 
 use crate::cluster::{Cluster, TopicPartition};
 use crate::{ClientConfig, ClientError};

@@ -119,13 +119,24 @@ impl Transaction {
     /// Past the transaction timeout the transaction becomes abortable: the
     /// coordinator aborts it anyway.
     pub fn check_enqueue(&mut self, now: Instant) -> Result<(), ClientError> {
+        self.check_in_transaction(now, true)
+    }
+
+    /// A transaction is open and may still commit (nothing joins it).
+    pub fn check_open(&mut self, now: Instant) -> Result<(), ClientError> {
+        self.check_in_transaction(now, false)
+    }
+
+    /// Whether something may join the open transaction now; `joins`: it
+    /// does (the end then needs the coordinator).
+    fn check_in_transaction(&mut self, now: Instant, joins: bool) -> Result<(), ClientError> {
         if let Some(error) = self.fenced_error() {
             return Err(error);
         }
         self.expire(now);
         match &mut self.state {
             State::InTransaction { sent, .. } => {
-                *sent = true;
+                *sent |= joins;
                 Ok(())
             }
             State::Abortable { reason, .. } => Err(ClientError::TransactionAbortable {
@@ -163,13 +174,28 @@ impl Transaction {
     /// A batch of the transaction failed (or `PRODUCER_FENCED` came back
     /// from anywhere): the transaction cannot commit.
     pub fn on_failure(&mut self, error: &ClientError) {
+        self.failed(
+            format!("a record of the transaction failed: {error}"),
+            error,
+        );
+    }
+
+    /// `send_offsets_to_transaction` failed: the transaction cannot commit
+    /// (its offsets would be missing).
+    pub fn on_offsets_failure(&mut self, error: &ClientError) {
+        self.failed(
+            format!("the transaction's offset commit failed: {error}"),
+            error,
+        );
+    }
+
+    fn failed(&mut self, reason: String, error: &ClientError) {
         if let ClientError::ProducerFenced(message) = error {
             self.state = State::Fenced {
                 message: message.clone(),
             };
             return;
         }
-        let reason = format!("a record of the transaction failed: {error}");
         match &self.state {
             State::InTransaction { .. } | State::Ending { commit: true, .. } => {
                 self.state = State::Abortable { reason, sent: true };
@@ -327,6 +353,46 @@ mod tests {
         assert!(!plan.call_coordinator);
         transaction.ended(None);
         assert_eq!(transaction.identity(), (7, 3));
+    }
+
+    #[test]
+    fn a_failed_offset_commit_makes_the_transaction_abortable() {
+        let now = Instant::now();
+        let mut transaction = open(now);
+        // Offsets join the transaction: the end needs the coordinator even
+        // without records.
+        transaction.check_enqueue(now).expect("offsets may join");
+        let error = ClientError::Server(SluiceError::new(ErrorCode::StaleMemberEpoch, "lost"));
+        transaction.on_offsets_failure(&error);
+        match transaction.start_end(true, now) {
+            Err(ClientError::TransactionAbortable { reason }) => {
+                assert!(reason.contains("offset commit"), "{reason}")
+            }
+            other => panic!("the commit must be refused, got {other:?}"),
+        }
+        let plan = transaction.start_end(false, now).expect("abort");
+        assert!(plan.call_coordinator);
+    }
+
+    #[test]
+    fn checking_an_open_transaction_adds_nothing_to_it() {
+        let now = Instant::now();
+        let mut transaction = open(now);
+        transaction.check_open(now).expect("open");
+        assert!(
+            !transaction
+                .start_end(true, now)
+                .expect("commit")
+                .call_coordinator
+        );
+        let mut ready = Transaction::new(7, 3, TIMEOUT);
+        assert!(is_invalid(ready.check_open(now)));
+        let mut fenced = open(now);
+        fenced.on_offsets_failure(&ClientError::ProducerFenced("taken".into()));
+        assert!(matches!(
+            fenced.check_open(now),
+            Err(ClientError::ProducerFenced(_))
+        ));
     }
 
     #[test]

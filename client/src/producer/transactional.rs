@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 impl Producer {
     /// Runs `step` on the transaction state; refuses a producer built
     /// without `transactional_id`.
-    fn with_transaction<R>(
+    pub(super) fn with_transaction<R>(
         &self,
         step: impl FnOnce(&mut Transaction) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
@@ -23,7 +23,7 @@ impl Producer {
     }
 
     /// The transactional id, or the refusal of a plain producer.
-    fn transactional_id(&self) -> Result<&str, ClientError> {
+    pub(super) fn transactional_id(&self) -> Result<&str, ClientError> {
         self.config.transactional_id.as_deref().ok_or_else(|| {
             ClientError::InvalidTransactionState(
                 "this producer has no transactional_id: set ProducerConfig::transactional_id to use transactions".into(),
