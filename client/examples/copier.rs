@@ -37,7 +37,7 @@
 
 use sluice_client::{
     ClientConfig, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Isolation, Producer,
-    ProducerConfig, Record,
+    ProducerConfig, Record, TopicPartitionOffset,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -278,6 +278,13 @@ impl Copier {
                 lost.0, lost.1
             )));
         }
+        let Some(group) = self.consumer.group_metadata() else {
+            return Err(Failure::Abort("not a member of the group".into()));
+        };
+        let offsets: Vec<TopicPartitionOffset> = self.consumer.uncommitted_offsets();
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group)
+            .await?;
         let mut attempt = 1;
         loop {
             match self.producer.commit_transaction().await {
@@ -288,8 +295,7 @@ impl Copier {
             }
         }
         self.open = false;
-        // INTERIM (before txn4): non-atomic.
-        self.consumer.commit().await?;
+        self.consumer.mark_committed(&offsets);
         Ok(())
     }
 
@@ -313,7 +319,7 @@ impl Copier {
         }
         let mut attempt = 1;
         loop {
-            match self.rejoin().await {
+            match self.consumer.rewind_to_committed().await {
                 Ok(()) => return Ok(()),
                 // The group coordinator moving, offsets still pending.
                 Err(error) if error.is_retriable() && attempt < MAX_END_ATTEMPTS => {
@@ -324,14 +330,6 @@ impl Copier {
                 Err(error) => return Err(error),
             }
         }
-    }
-
-    // INTERIM (before txn4): rejoin to rewind.
-    async fn rejoin(&mut self) -> Result<(), ClientError> {
-        let fresh = Copier::start(self.args.clone()).await?;
-        self.consumer = fresh.consumer;
-        self.producer = fresh.producer;
-        Ok(())
     }
 
     async fn run(mut self) -> i32 {
