@@ -27,13 +27,19 @@
 //!     --group copier --transactional-id copier-1
 //! ```
 //!
-//! Every flag can also be given as an environment variable
-//! (`--commit-every` as `COPIER_COMMIT_EVERY`); `--bootstrap` defaults to
-//! `SLUICE_BOOTSTRAP`, then `http://127.0.0.1:7400`.
+//! Flags (defaults): `--bootstrap URL[,URL]`, `--input TOPIC`, `--output
+//! TOPIC`, `--group GROUP`, `--transactional-id ID`, `--commit-every N`
+//! (750, at most 100,000), `--commit-interval-ms MS` (100),
+//! `--transaction-timeout-ms MS` (60,000), `--session-timeout-ms MS`
+//! (10,000), and for tests `--exit-after-commits N` (exit with status 9
+//! right after the Nth commit, before anything else runs). Every flag can
+//! also be given as an environment variable (`--commit-every` as
+//! `COPIER_COMMIT_EVERY`); `--bootstrap` defaults to `SLUICE_BOOTSTRAP`,
+//! then `http://127.0.0.1:7400`.
 //!
 //! Progress goes to stdout, one line per event, `key=value` separated by
 //! spaces (what `tests/tests/copier.rs` parses):
-//! `copier id=copier-1 event=started|committed|aborted|fenced ...`.
+//! `copier id=copier-1 event=started|committed|aborted|fenced|failed|crashed ...`.
 
 use sluice_client::{
     ClientConfig, ClientError, Consumer, ConsumerConfig, ConsumerRecord, Isolation, Producer,
@@ -46,6 +52,8 @@ use std::time::{Duration, Instant};
 const EXIT_FENCED: i32 = 3;
 /// Exit status on a bad argument or an error retrying cannot fix.
 const EXIT_FAILED: i32 = 1;
+/// Exit status of the crash `--exit-after-commits` asks for.
+const EXIT_CRASHED: i32 = 9;
 /// Attempts of a commit whose outcome is unknown (`Timeout`), and of an
 /// abort, before giving up.
 const MAX_END_ATTEMPTS: u32 = 5;
@@ -70,6 +78,11 @@ struct Args {
     /// The group evicts this member after this long without a heartbeat,
     /// in ms.
     session_timeout_ms: u32,
+    /// Fault injection for tests: exit (status 9, nothing cleaned up)
+    /// right after this many transactions committed, before anything
+    /// else happens: the worst moment to crash, when the output is
+    /// committed and nothing after it ran.
+    exit_after_commits: Option<u64>,
 }
 
 /// The value of `--name` from the command line, else of `COPIER_NAME`.
@@ -110,6 +123,10 @@ fn parse_args() -> Result<Args, String> {
         commit_interval_ms: number(&argv, "commit-interval-ms", 100)?,
         transaction_timeout_ms: number(&argv, "transaction-timeout-ms", 60_000)?,
         session_timeout_ms: number(&argv, "session-timeout-ms", 10_000)?,
+        exit_after_commits: match flag(&argv, "exit-after-commits") {
+            None => None,
+            Some(_) => Some(number(&argv, "exit-after-commits", 0)?),
+        },
     };
     if args.commit_every == 0 || args.commit_every > MAX_COMMIT_EVERY {
         return Err(format!("--commit-every must be 1..={MAX_COMMIT_EVERY}"));
@@ -158,6 +175,8 @@ struct Copier {
     /// A transaction is open (begun, not yet committed or aborted).
     open: bool,
     committed_records: u64,
+    /// Transactions committed by this process.
+    commits: u64,
 }
 
 impl Copier {
@@ -195,6 +214,7 @@ impl Copier {
             producer,
             open: false,
             committed_records: 0,
+            commits: 0,
         })
     }
 
@@ -295,6 +315,12 @@ impl Copier {
             }
         }
         self.open = false;
+        self.commits += 1;
+        if self.args.exit_after_commits == Some(self.commits) {
+            let id = &self.args.transactional_id;
+            progress(id, "crashed", &format!("commits={}", self.commits));
+            std::process::exit(EXIT_CRASHED);
+        }
         self.consumer.mark_committed(&offsets);
         Ok(())
     }

@@ -42,6 +42,8 @@ pub struct CopierSpec {
     pub commit_interval_ms: u64,
     pub transaction_timeout_ms: u64,
     pub session_timeout_ms: u32,
+    /// `--exit-after-commits`: crash right after this many commits.
+    pub exit_after_commits: Option<u64>,
 }
 
 /// One progress line, parsed.
@@ -136,6 +138,12 @@ impl CopierProcess {
                 &spec.transaction_timeout_ms.to_string(),
             ])
             .args(["--session-timeout-ms", &spec.session_timeout_ms.to_string()])
+            .args(
+                spec.exit_after_commits
+                    .map(|commits| ["--exit-after-commits".to_string(), commits.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

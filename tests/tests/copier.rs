@@ -9,7 +9,10 @@
 //!   Two copiers in one group copy it to an output topic in transactions
 //!   (every 750 records or 100 ms) with their offsets committed in the same
 //!   transaction. During the run: `kill -9` of a copier three times (each
-//!   restarted with its transactional id), of the broker coordinating
+//!   restarted with its transactional id; after the second, the copier
+//!   crashes right after its third commit — where a copier committing its
+//!   offsets outside the transaction duplicates — and is restarted
+//!   again), of the broker coordinating
 //!   copier-1's transactions, of the owner of an output partition and of a
 //!   store (each restarted). A read-committed reader runs throughout. At
 //!   the end a read-committed drain of the output equals the input as a
@@ -102,6 +105,7 @@ fn spec(cluster: &Cluster, topics: [&str; 2], id: &str, timeout_ms: u64) -> Copi
         commit_interval_ms: 100,
         transaction_timeout_ms: timeout_ms,
         session_timeout_ms: 4_000,
+        exit_after_commits: None,
     }
 }
 
@@ -282,6 +286,11 @@ async fn wait_for_commits(cluster: &Cluster, copiers: &[CopierProcess], since: u
 enum Fault {
     /// `kill -9` of copier `n`, restarted with its transactional id.
     Copier(usize),
+    /// `kill -9` of copier `n`, restarted to crash right after its third
+    /// commit (`--exit-after-commits`: the moment a copier committing its
+    /// offsets outside the transaction would duplicate output), restarted
+    /// again.
+    CopierThenCrashAfterCommit(usize),
     /// `kill -9` of the broker coordinating copier-1's transactions.
     Coordinator,
     /// `kill -9` of the broker owning output partition 0.
@@ -294,7 +303,7 @@ enum Fault {
 const FAULTS: [(f64, Fault); 6] = [
     (0.10, Fault::Copier(0)),
     (0.22, Fault::Coordinator),
-    (0.34, Fault::Copier(1)),
+    (0.34, Fault::CopierThenCrashAfterCommit(1)),
     (0.46, Fault::OutputOwner),
     (0.58, Fault::Store),
     (0.70, Fault::Copier(0)),
@@ -323,6 +332,26 @@ async fn strike(
             copiers[index].kill();
             copiers[index].restart();
             format!("copier {}", copiers[index].id())
+        }
+        Fault::CopierThenCrashAfterCommit(index) => {
+            copiers[index].kill();
+            copiers[index].spec.exit_after_commits = Some(3);
+            copiers[index].restart();
+            let status = copiers[index].wait_exit(EVENTUALLY).await;
+            if status.and_then(|status| status.code()) != Some(9) {
+                fail(
+                    cluster,
+                    copiers,
+                    &format!("no crash after 3 commits: {status:?}"),
+                );
+            }
+            copiers[index].kill();
+            copiers[index].spec.exit_after_commits = None;
+            copiers[index].restart();
+            format!(
+                "copier {}, then its crash after 3 commits",
+                copiers[index].id()
+            )
         }
         Fault::Coordinator => {
             let (broker, _) = coordinator(cluster, copiers[0].id())
