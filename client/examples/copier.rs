@@ -336,7 +336,7 @@ impl Copier {
                     return Err(ClientError::ProducerFenced(reason))
                 }
                 Err(error) if attempt < MAX_END_ATTEMPTS => {
-                    eprintln!("copier: abort failed ({error}); retrying");
+                    tracing::warn!(%error, attempt, "abort failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
@@ -349,7 +349,7 @@ impl Copier {
                 Ok(()) => return Ok(()),
                 // The group coordinator moving, offsets still pending.
                 Err(error) if error.is_retriable() && attempt < MAX_END_ATTEMPTS => {
-                    eprintln!("copier: rewind failed ({error}); retrying");
+                    tracing::warn!(%error, attempt, "rewind failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                 }
@@ -406,6 +406,14 @@ impl Copier {
 
 #[tokio::main]
 async fn main() {
+    // The SDK's warnings (retries, failovers) to stderr; `RUST_LOG` filters.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {

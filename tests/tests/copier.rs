@@ -377,6 +377,72 @@ async fn strike(
     }
 }
 
+/// Waits until the concurrent reader read `expected` records.
+async fn wait_until_read(
+    cluster: &Cluster,
+    copiers: &[CopierProcess],
+    read: &AtomicUsize,
+    expected: usize,
+) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while read.load(Ordering::Acquire) < expected {
+        if Instant::now() > deadline {
+            let read = read.load(Ordering::Acquire);
+            let message = format!(
+                "the concurrent reader saw {read} of {expected} inputs copied within {EVENTUALLY:?}"
+            );
+            fail(cluster, copiers, &message);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drains input and output read-committed: every acknowledged input is
+/// stored, and the output is an exact copy of the input. The output.
+async fn check_copy(
+    cluster: &Cluster,
+    copiers: &[CopierProcess],
+    topics: [&str; 2],
+    acknowledged: &[String],
+) -> Output {
+    let client = cluster.client_config();
+    let input = values(&drain(client.clone(), topics[0], acknowledged.len()).await);
+    let stored: BTreeSet<&String> = input.values().flatten().collect();
+    let unstored: Vec<&String> = acknowledged
+        .iter()
+        .filter(|value| !stored.contains(value))
+        .collect();
+    assert!(
+        unstored.is_empty(),
+        "acknowledged inputs lost: {unstored:?}"
+    );
+    let output = drain(client, topics[1], stored.len()).await;
+    if let Err(problem) = check_exactly_once(&input, &output) {
+        fail(cluster, copiers, &format!("output != input: {problem}"));
+    }
+    output
+}
+
+/// Every visible output record comes from a transaction a copier reported
+/// committed.
+fn check_reported(copiers: &[CopierProcess], output: &Output) {
+    let reported: BTreeSet<String> = copiers
+        .iter()
+        .flat_map(CopierProcess::progress)
+        .filter_map(|progress| progress.txn)
+        .collect();
+    let unreported: BTreeSet<&String> = output
+        .values()
+        .flatten()
+        .map(|record| &record.tag)
+        .filter(|tag| !reported.contains(*tag))
+        .collect();
+    assert!(
+        unreported.is_empty(),
+        "visible records of transactions no copier reported committed: {unreported:?}"
+    );
+}
+
 /// The copy under faults; see the module comment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copier_copies_exactly_once_through_kill_9() {
@@ -425,22 +491,7 @@ async fn copier_copies_exactly_once_through_kill_9() {
         wait_for_commits(&cluster, &copiers, committed(&copiers)).await;
     }
     let acknowledged = writer.await.expect("the input writer");
-    let deadline = Instant::now() + EVENTUALLY;
-    while read.load(Ordering::Acquire) < acknowledged.len() {
-        if Instant::now() > deadline {
-            stop.store(true, Ordering::Release);
-            fail(
-                &cluster,
-                &copiers,
-                &format!(
-                    "the concurrent reader saw {} of {} inputs copied within {EVENTUALLY:?}",
-                    read.load(Ordering::Acquire),
-                    acknowledged.len()
-                ),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_read(&cluster, &copiers, &read, acknowledged.len()).await;
     // Late duplicates would show within QUIET (the drains wait that long).
     tokio::time::sleep(QUIET).await;
     stop.store(true, Ordering::Release);
@@ -449,26 +500,13 @@ async fn copier_copies_exactly_once_through_kill_9() {
         assert!(copier.exited().is_none(), "{}", copier.describe());
         copier.kill();
     }
-    let input = values(&drain(client.clone(), TOPICS[0], acknowledged.len()).await);
-    let stored: BTreeSet<&String> = input.values().flatten().collect();
-    let unstored: Vec<&String> = acknowledged
-        .iter()
-        .filter(|value| !stored.contains(value))
-        .collect();
-    assert!(
-        unstored.is_empty(),
-        "acknowledged inputs lost: {unstored:?}"
-    );
-    let output = drain(client, TOPICS[1], stored.len()).await;
-    if let Err(problem) = check_exactly_once(&input, &output) {
-        fail(&cluster, &copiers, &format!("output != input: {problem}"));
-    }
+    let output = check_copy(&cluster, &copiers, TOPICS, &acknowledged).await;
     let seen = check_concurrent_reads(&during, &output)
         .unwrap_or_else(|problem| fail(&cluster, &copiers, &problem));
     eprintln!(
         "copied {} inputs exactly once in {:?}: {} transactions committed, {} aborted, \
          the concurrent reader saw {seen}",
-        stored.len(),
+        acknowledged.len(),
         started.elapsed(),
         events(&copiers, "committed"),
         events(&copiers, "aborted"),
@@ -534,24 +572,6 @@ async fn a_zombie_copier_is_fenced_and_nothing_it_writes_shows() {
         .count();
     assert!(late_commits <= 1, "{after_resume:?}");
     let acknowledged = writer.await.expect("the input writer");
-    let input = values(&drain(client.clone(), TOPICS[0], acknowledged.len()).await);
-    let output = drain(client, TOPICS[1], acknowledged.len()).await;
-    if let Err(problem) = check_exactly_once(&input, &output) {
-        fail(&cluster, &copiers, &format!("output != input: {problem}"));
-    }
-    let reported: BTreeSet<String> = copiers
-        .iter()
-        .flat_map(CopierProcess::progress)
-        .filter_map(|progress| progress.txn)
-        .collect();
-    let unreported: BTreeSet<&String> = output
-        .values()
-        .flatten()
-        .map(|record| &record.tag)
-        .filter(|tag| !reported.contains(*tag))
-        .collect();
-    assert!(
-        unreported.is_empty(),
-        "visible records of transactions no copier reported committed: {unreported:?}"
-    );
+    let output = check_copy(&cluster, &copiers, TOPICS, &acknowledged).await;
+    check_reported(&copiers, &output);
 }
