@@ -54,11 +54,22 @@ const EXIT_FENCED: i32 = 3;
 const EXIT_FAILED: i32 = 1;
 /// Exit status of the crash `--exit-after-commits` asks for.
 const EXIT_CRASHED: i32 = 9;
-/// Attempts of a commit whose outcome is unknown (`Timeout`), and of an
-/// abort, before giving up.
+/// Attempts of a commit whose outcome is unknown (`Timeout`) before the
+/// transaction is aborted.
 const MAX_END_ATTEMPTS: u32 = 5;
 /// Largest `--commit-every`, in records (a transaction stays small).
 const MAX_COMMIT_EVERY: usize = 100_000;
+/// Pause after an abort, doubled per abort in a row up to the largest, in
+/// ms: a cluster refusing every transaction is not hammered.
+const ABORT_BACKOFF_MS: u64 = 50;
+const ABORT_BACKOFF_MAX_MS: u64 = 2_000;
+/// How long starting (InitProducerId, joining the group), and an abort or
+/// rewind, are retried while the cluster answers "not yet" (coordinators
+/// moving or loading), in ms.
+const RECOVERY_TIMEOUT_MS: u64 = 120_000;
+/// First and largest pause between such attempts, in ms.
+const RECOVERY_BACKOFF_MS: u64 = 100;
+const RECOVERY_BACKOFF_MAX_MS: u64 = 2_000;
 /// Header naming the transaction that wrote an output record.
 const TXN_HEADER: &str = "copier-txn";
 
@@ -163,9 +174,39 @@ impl From<ClientError> for Failure {
     }
 }
 
+/// Retries of a step that must eventually work (start, abort, rewind):
+/// retriable errors are waited out with a doubling backoff for at most
+/// [`RECOVERY_TIMEOUT_MS`].
+struct Recovery {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Recovery {
+    fn new() -> Self {
+        Self {
+            deadline: Instant::now() + Duration::from_millis(RECOVERY_TIMEOUT_MS),
+            backoff: Duration::from_millis(RECOVERY_BACKOFF_MS),
+        }
+    }
+
+    /// Waits before the next attempt, or gives `error` back when it is not
+    /// retriable or the time is up.
+    async fn after(&mut self, error: ClientError, what: &str) -> Result<(), ClientError> {
+        if !error.is_retriable() || Instant::now() >= self.deadline {
+            return Err(error);
+        }
+        tracing::warn!(%error, "{what} failed; retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(RECOVERY_BACKOFF_MAX_MS));
+        Ok(())
+    }
+}
+
 /// One progress line on stdout.
 fn progress(id: &str, event: &str, details: &str) {
-    println!("copier id={id} event={event} {details}");
+    let at_ms = sluice_client::now_unix_ms();
+    println!("copier id={id} event={event} at_ms={at_ms} {details}");
 }
 
 struct Copier {
@@ -180,6 +221,18 @@ struct Copier {
 }
 
 impl Copier {
+    /// [`Copier::start`], retried while the error is retriable, for at
+    /// most [`RECOVERY_TIMEOUT_MS`].
+    async fn start_retrying(args: Args) -> Result<Self, ClientError> {
+        let mut retry = Recovery::new();
+        loop {
+            match Copier::start(args.clone()).await {
+                Ok(copier) => return Ok(copier),
+                Err(error) => retry.after(error, "start").await?,
+            }
+        }
+    }
+
     async fn start(args: Args) -> Result<Self, ClientError> {
         let client = ClientConfig {
             bootstrap: args.bootstrap.clone(),
@@ -328,32 +381,19 @@ impl Copier {
     /// Aborts the open transaction (if any) and rewinds every partition to
     /// its committed offset.
     async fn abort(&mut self) -> Result<(), ClientError> {
-        let mut attempt = 1;
+        let mut retry = Recovery::new();
         while self.open {
             match self.producer.abort_transaction().await {
                 Ok(()) => self.open = false,
-                Err(ClientError::ProducerFenced(reason)) => {
-                    return Err(ClientError::ProducerFenced(reason))
-                }
-                Err(error) if attempt < MAX_END_ATTEMPTS => {
-                    tracing::warn!(%error, attempt, "abort failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-                Err(error) => return Err(error),
+                Err(error) => retry.after(error, "abort").await?,
             }
         }
-        let mut attempt = 1;
+        let mut retry = Recovery::new();
         loop {
+            // The group coordinator moving, offsets still pending.
             match self.consumer.rewind_to_committed().await {
                 Ok(()) => return Ok(()),
-                // The group coordinator moving, offsets still pending.
-                Err(error) if error.is_retriable() && attempt < MAX_END_ATTEMPTS => {
-                    tracing::warn!(%error, attempt, "rewind failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-                Err(error) => return Err(error),
+                Err(error) => retry.after(error, "rewind").await?,
             }
         }
     }
@@ -361,10 +401,12 @@ impl Copier {
     async fn run(mut self) -> i32 {
         let id = self.args.transactional_id.clone();
         progress(&id, "started", &format!("group={}", self.args.group));
+        let mut aborts_in_a_row: u32 = 0;
         loop {
             let failure = match self.copy_transaction().await {
                 Ok(None) => continue,
                 Ok(Some((copied, tag))) => {
+                    aborts_in_a_row = 0;
                     self.committed_records += copied;
                     progress(
                         &id,
@@ -390,7 +432,13 @@ impl Copier {
                 Failure::Abort(reason) => reason,
             };
             match self.abort().await {
-                Ok(()) => progress(&id, "aborted", &format!("reason={reason:?}")),
+                Ok(()) => {
+                    progress(&id, "aborted", &format!("reason={reason:?}"));
+                    let backoff = ABORT_BACKOFF_MS << aborts_in_a_row.min(6);
+                    aborts_in_a_row += 1;
+                    let backoff = Duration::from_millis(backoff.min(ABORT_BACKOFF_MAX_MS));
+                    tokio::time::sleep(backoff).await;
+                }
                 Err(ClientError::ProducerFenced(fenced)) => {
                     progress(&id, "fenced", &format!("reason={fenced:?}"));
                     return EXIT_FENCED;
@@ -422,7 +470,7 @@ async fn main() {
         }
     };
     let id = args.transactional_id.clone();
-    let status = match Copier::start(args).await {
+    let status = match Copier::start_retrying(args).await {
         Ok(copier) => copier.run().await,
         Err(ClientError::ProducerFenced(reason)) => {
             progress(&id, "fenced", &format!("reason={reason:?}"));

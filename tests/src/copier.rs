@@ -1,7 +1,7 @@
 //! The exactly-once copier example (`client/examples/copier.rs`) as a child
 //! process of a test: start, `kill -9`, SIGSTOP/SIGCONT, restart with the
 //! same transactional id, and its progress lines on stdout
-//! (`copier id=… event=committed txn=… records=… total=…`).
+//! (`copier id=… event=committed at_ms=… txn=… records=… total=…`).
 //!
 //! The example is built by `cargo build --examples` (scripts/test.sh does it
 //! with the service binaries); a missing one fails with that instruction.
@@ -266,7 +266,8 @@ mod tests {
 
     #[test]
     fn progress_lines_parse() {
-        let line = "copier id=copier-1 event=committed txn=4294967296.3 records=750 total=1500";
+        let line =
+            "copier id=copier-1 event=committed at_ms=1 txn=4294967296.3 records=750 total=1500";
         let parsed = parse_progress(2, line).expect("a progress line");
         assert_eq!(parsed.event, "committed");
         assert_eq!(parsed.txn.as_deref(), Some("4294967296.3"));

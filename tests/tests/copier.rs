@@ -267,10 +267,18 @@ fn fail(cluster: &Cluster, copiers: &[CopierProcess], message: &str) -> ! {
     panic!("{message}");
 }
 
-/// Waits until the copiers committed more than `since` records.
-async fn wait_for_commits(cluster: &Cluster, copiers: &[CopierProcess], since: u64) {
+/// Waits until the copiers committed more than `since` records; fails
+/// at once if a copier exited.
+async fn wait_for_commits(cluster: &Cluster, copiers: &mut [CopierProcess], since: u64) {
     let deadline = Instant::now() + EVENTUALLY;
     while committed(copiers) <= since {
+        if let Some((id, status)) = copiers.iter_mut().find_map(|copier| {
+            copier
+                .exited()
+                .map(|status| (copier.id().to_string(), status))
+        }) {
+            fail(cluster, copiers, &format!("copier {id} exited: {status:?}"));
+        }
         if Instant::now() > deadline {
             fail(
                 cluster,
@@ -488,7 +496,8 @@ async fn copier_copies_exactly_once_through_kill_9() {
             started.elapsed(),
             written.load(Ordering::Acquire)
         );
-        wait_for_commits(&cluster, &copiers, committed(&copiers)).await;
+        let since = committed(&copiers);
+        wait_for_commits(&cluster, &mut copiers, since).await;
     }
     let acknowledged = writer.await.expect("the input writer");
     wait_until_read(&cluster, &copiers, &read, acknowledged.len()).await;
@@ -535,7 +544,7 @@ async fn a_zombie_copier_is_fenced_and_nothing_it_writes_shows() {
         cluster.directory(),
         "zombie-1",
     )];
-    wait_for_commits(&cluster, &copiers, 0).await;
+    wait_for_commits(&cluster, &mut copiers, 0).await;
     copiers[0].pause();
     let paused = Instant::now();
     // Past the timeout: the coordinator aborts the open transaction.
@@ -546,7 +555,7 @@ async fn a_zombie_copier_is_fenced_and_nothing_it_writes_shows() {
         cluster.directory(),
         "zombie-1-replacement",
     ));
-    wait_for_commits(&cluster, &copiers[1..], 0).await;
+    wait_for_commits(&cluster, &mut copiers[1..], 0).await;
     copiers[0].resume();
     eprintln!("zombie resumed after {:?}", paused.elapsed());
     let status = copiers[0].wait_exit(EVENTUALLY).await;
