@@ -26,7 +26,7 @@ use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use sluice_proto::v1::{
     CommitOffsetsRequest, FetchOffsetsRequest, FindCoordinatorRequest, PartitionOffset,
-    TopicPartitions,
+    TopicPartitions, TransactionContext,
 };
 use sluice_proto::SluiceError;
 use sluice_tests::cluster::{wait_until_writable, Cluster, ClusterSpec};
@@ -524,10 +524,16 @@ async fn a_new_owner_waits_for_the_pending_offsets_of_its_partition() {
         c[0].assignment().len() == 1
     })
     .await;
-    assert!(
-        second.assignment().is_empty(),
-        "the new owner started a partition whose offsets are pending"
-    );
+    // Its target arrives within a few heartbeats; for these it keeps
+    // asking for stable offsets without starting the partition.
+    let hold = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < hold {
+        let _ = second.recv_timeout(POLL).await;
+        assert!(
+            second.assignment().is_empty(),
+            "the new owner started a partition whose offsets are pending"
+        );
+    }
     producer.commit_transaction().await.expect("commit");
     // A record past the committed offsets on every partition.
     let more = (0..PARTITIONS)
@@ -551,4 +557,153 @@ async fn a_new_owner_waits_for_the_pending_offsets_of_its_partition() {
     assert!(expected > 0);
     assert_eq!(record.offset, expected, "partition {}", record.partition);
     producer.close().await.expect("close");
+}
+
+/// A raw transactional CommitOffsets of `INPUT`/0 at offset 1: its code.
+async fn raw_transactional_commit(
+    cluster: &Cluster,
+    member: &GroupMetadata,
+    context: TransactionContext,
+    cursor: &'static [u8],
+) -> ErrorCode {
+    let (_, address) = group_coordinator(cluster, &member.group).await;
+    let answer = BrokerClient::new(cluster.channel(&address))
+        .commit_offsets(CommitOffsetsRequest {
+            group: member.group.clone(),
+            member_id: member.member_id.clone(),
+            member_epoch: member.member_epoch,
+            offsets: vec![PartitionOffset {
+                topic: INPUT.into(),
+                partition: 0,
+                offset: 1,
+                cursor: bytes::Bytes::from_static(cursor),
+                ..Default::default()
+            }],
+            transaction: Some(context),
+        })
+        .await;
+    match answer {
+        Ok(_) => ErrorCode::None,
+        Err(status) => SluiceError::from_status(&status).code,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_or_malformed_transactional_commits_are_refused_and_leave_nothing() {
+    let cluster = start(2).await;
+    let group = "forged";
+    let mut input = consumer(&cluster, group).await;
+    drive_until(&mut [&mut input], |c| {
+        c[0].assignment().len() == PARTITIONS as usize
+    })
+    .await;
+    let member = metadata(&mut input).await;
+    let other = producer(&cluster, "forged-2").await;
+    let producer = producer(&cluster, "forged-1").await;
+    let (producer_id, epoch) = producer.transactional_identity().expect("transactional");
+    let (other_id, _) = other.transactional_identity().expect("transactional");
+    let context = |id: &str, producer_id: i64, epoch: i32| TransactionContext {
+        transactional_id: id.into(),
+        producer_id,
+        producer_epoch: epoch,
+    };
+    let epoch = i32::from(epoch);
+    let cases = [
+        (
+            "no id",
+            context("", producer_id, epoch),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "bad id",
+            context("a b", producer_id, epoch),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "epoch too large",
+            context("forged-1", producer_id, 40_000),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            "negative epoch",
+            context("forged-1", producer_id, -1),
+            ErrorCode::InvalidArgument,
+        ),
+        // Another id's producer id, and an epoch the coordinator never
+        // handed out: the offsets partition's verification refuses them.
+        (
+            "another id's producer",
+            context("forged-1", other_id, epoch),
+            ErrorCode::ProducerFenced,
+        ),
+        (
+            "a future epoch",
+            context("forged-1", producer_id, epoch + 5),
+            ErrorCode::InvalidTransactionState,
+        ),
+    ];
+    for (name, context, expected) in cases {
+        assert_eq!(
+            raw_transactional_commit(&cluster, &member, context, b"").await,
+            expected,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        raw_transactional_commit(
+            &cluster,
+            &member,
+            context("forged-1", producer_id, epoch),
+            b"\x01"
+        )
+        .await,
+        ErrorCode::InvalidArgument,
+        "a subscription cursor"
+    );
+    let outsider = GroupMetadata {
+        member_id: String::new(),
+        member_epoch: -1,
+        ..member.clone()
+    };
+    assert_ne!(
+        raw_transactional_commit(
+            &cluster,
+            &outsider,
+            context("forged-1", producer_id, epoch),
+            b""
+        )
+        .await,
+        ErrorCode::None,
+        "a commit from outside the group"
+    );
+    let stale = GroupMetadata {
+        member_epoch: member.member_epoch + 7,
+        ..member.clone()
+    };
+    assert_eq!(
+        raw_transactional_commit(
+            &cluster,
+            &stale,
+            context("forged-1", producer_id, epoch),
+            b""
+        )
+        .await,
+        ErrorCode::StaleMemberEpoch,
+        "an epoch the member never had"
+    );
+    // Nothing of it is pending or committed.
+    assert_eq!(fetch_offsets(&cluster, group, true).await, Answer::new());
+    // The real producer's commit goes through.
+    producer.begin_transaction().expect("begin");
+    let offset = TopicPartitionOffset {
+        topic: INPUT.into(),
+        partition: 0,
+        offset: 3,
+    };
+    producer
+        .send_offsets_to_transaction(std::slice::from_ref(&offset), &member)
+        .await
+        .expect("offsets");
+    producer.commit_transaction().await.expect("commit");
+    wait_for_stable(&cluster, group, &committed(&[offset])).await;
 }
