@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --with-etcd
-# The cluster tests spawn the service binaries; build them first.
-cargo build --workspace --bins
+# The cluster tests spawn the service binaries and the copier example
+# (tests/tests/copier.rs); build them first.
+cargo build --workspace --bins --examples
 # The whole log is kept so that, on failure, each failed test's panic is
 # repeated at the end (CI shows only the tail of the output).
 log="$(mktemp)"

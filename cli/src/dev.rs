@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sluice_broker::config::{ClusterConfig, ServerConfig};
+use sluice_broker::config::{ClusterConfig, ServerConfig, TransactionsConfig};
 use sluice_broker::BrokerConfig;
 use sluice_nameserver::config::{MetadataBackend, MetadataConfig};
 use sluice_nameserver::{NameServerConfig, TopicDefaults};
@@ -39,6 +39,12 @@ pub struct DevArgs {
     /// Log filter (tracing directives): `warn` keeps the terminal quiet, `info` shows what each service does.
     #[arg(long, default_value = "warn")]
     pub log_filter: String,
+    /// Run the broker with `[transactions] enabled = true` (ADR 0016):
+    /// transactional producers, offsets committed in transactions
+    /// (`client/examples/copier.rs`). A takeover then replays each
+    /// partition's whole log.
+    #[arg(long)]
+    pub transactions: bool,
 }
 
 async fn bind(port: u16, what: &str) -> Result<TcpListener> {
@@ -119,6 +125,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
             node_id: "dev-broker".to_string(),
             nameservers: vec![nameserver_url.clone()],
             ..ClusterConfig::default()
+        },
+        transactions: TransactionsConfig {
+            enabled: args.transactions,
+            ..TransactionsConfig::default()
         },
         ..BrokerConfig::default()
     };

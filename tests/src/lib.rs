@@ -4,6 +4,8 @@
 pub mod browser;
 pub mod chaos;
 pub mod cluster;
+pub mod copier;
+pub mod copier_check;
 pub mod dev;
 pub mod etcd;
 pub mod metrics;
