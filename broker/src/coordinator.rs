@@ -442,7 +442,7 @@ impl Coordinator {
         shared: &Shared,
         group: &str,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let not_coordinator = || BrokerError::NotCoordinator(group.to_string());
+        let not_coordinator = || BrokerError::NotCoordinator(format!("group {group:?}"));
         let partition_count = {
             let state = lock(&self.state);
             state.offsets_partitions

@@ -24,7 +24,8 @@ pub enum BrokerError {
         log_start_offset: u64,
         high_watermark: u64,
     },
-    #[error("this broker is not the coordinator of group {0:?}")]
+    /// Names what it is not the coordinator of: `group "g"`, `transactional id "t"`.
+    #[error("this broker is not the coordinator of {0}")]
     NotCoordinator(String),
     #[error("unknown member {member_id:?} of group {group:?}")]
     UnknownMember { group: String, member_id: String },

@@ -271,8 +271,8 @@ async fn one_takeover_at_a_time_still_serves_every_partition() {
     .expect("producer");
     let mut acknowledgements = Vec::new();
     for partition in 0..PARTITIONS {
-        let record = sluice_client::Record::new(TOPIC, format!("p{partition}"))
-            .with_partition(partition);
+        let record =
+            sluice_client::Record::new(TOPIC, format!("p{partition}")).with_partition(partition);
         acknowledgements.push(producer.enqueue(record).await.expect("enqueue"));
     }
     for (partition, acknowledgement) in acknowledgements.into_iter().enumerate() {

@@ -180,7 +180,7 @@ impl TxnCoordinator {
         shared: &Shared,
         id: &TransactionalId,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let not_coordinator = || BrokerError::NotCoordinator(id.to_string());
+        let not_coordinator = || BrokerError::NotCoordinator(format!("transactional id {id:?}"));
         let (index, loaded) = {
             let loaded = lock(&self.loaded);
             if loaded.log_partitions == 0 {

@@ -80,7 +80,7 @@ async fn verify(shared: &Arc<Shared>, verification: Verification) -> Result<(), 
         .flat_map(|route| route.partitions.iter())
         .find(|partition| partition.partition == index && !partition.broker_address.is_empty())
         .map(|partition| partition.broker_address.clone())
-        .ok_or_else(|| BrokerError::NotCoordinator(id.to_string()))?;
+        .ok_or_else(|| BrokerError::NotCoordinator(format!("transactional id {id:?}")))?;
     let request = AddTransactionParticipantsRequest {
         transactional_id: id.to_string(),
         producer_id: verification.producer_id,
