@@ -68,8 +68,8 @@ pub struct AlterTopicArgs {
     /// `true`: retention deletes by time and size alone, even what a subscription has not consumed.
     #[arg(long)]
     pub retention_ignores_subscriptions: Option<bool>,
-    /// `delete`, `compact` or `compact,delete` (applied at each partition's next takeover for the
-    /// compaction task; produce checks keys at once).
+    /// `delete`, `compact` or `compact,delete` (produce checks keys at once; retention and
+    /// compaction follow from their next round; records already written without a key stay).
     #[arg(long, value_name = "POLICY", value_parser = parse_cleanup_policy)]
     pub cleanup_policy: Option<CleanupPolicy>,
     /// How long a tombstone stays readable once compaction reached it (`1d`, or milliseconds; 1 ..).

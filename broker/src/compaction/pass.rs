@@ -355,6 +355,9 @@ async fn swap(
     )?;
     let replaced: Vec<u64> = group.iter().map(|segment| segment.segment_id).collect();
     partition.segments_replaced(&replaced, installed.segments);
+    // Reads of the range now go to the compacted segments.
+    let end = group.last().map_or(0, |segment| segment.end_offset);
+    context.shared.tail_cache.evict_below(&partition.key, end);
     Ok(())
 }
 

@@ -89,8 +89,8 @@ pub(crate) fn altered_config(
 }
 
 /// The compaction settings (ADR 0016 §8): a policy, a tombstone retention
-/// of at least 1 ms, any lag, a dirty ratio in 1 ..= 100. Brokers apply a
-/// changed policy at the partition's next takeover.
+/// of at least 1 ms, any lag, a dirty ratio in 1 ..= 100. Owners apply a
+/// changed policy as soon as their assignment brings the new config.
 fn alter_compaction(
     config: &mut TopicConfig,
     changes: &TopicConfigChanges,
