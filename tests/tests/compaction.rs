@@ -4,7 +4,8 @@
 //! then sees exactly the latest value of every live key and nothing of a
 //! deleted key once its tombstone's retention passed, at strictly
 //! increasing offsets; a producer writing throughout never fails; a
-//! keyless record is refused.
+//! keyless record is refused; retention (1 ms) deletes nothing of a
+//! COMPACT-only topic.
 
 use sluice_client::{
     ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, StartOffset,
@@ -156,7 +157,8 @@ async fn compaction_keeps_the_latest_value_of_every_live_key() {
     let mut cluster = Cluster::start(ClusterSpec {
         stores: 4,
         broker_config: "[compaction]\ncheck_interval_ms = 300\ndelete_delay_ms = 1000\n\
-                        [produce]\nproducer_state_rebuild_bytes = 1\n"
+                        [produce]\nproducer_state_rebuild_bytes = 1\n\
+                        [retention]\ncheck_interval_ms = 300\n"
             .into(),
         ..ClusterSpec::default()
     })
@@ -167,6 +169,9 @@ async fn compaction_keeps_the_latest_value_of_every_live_key() {
             TopicConfig {
                 partitions: 1,
                 cleanup_policy: CleanupPolicy::Compact as i32,
+                // Retention would delete every closed segment at once; a
+                // COMPACT-only topic ignores it.
+                retention_ms: 1,
                 segment_bytes: 16 * 1024,
                 delete_retention_ms: DELETE_RETENTION_MS,
                 min_cleanable_dirty_ratio_percent: 10,

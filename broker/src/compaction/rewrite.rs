@@ -315,7 +315,8 @@ impl<'a> Rewriter<'a> {
             .map
             .latest(key)
             .is_some_and(|latest| latest > record.offset);
-        !superseded && !(record.tombstone && self.tombstones_expired)
+        let expired_tombstone = record.tombstone && self.tombstones_expired;
+        !(superseded || expired_tombstone)
     }
 
     fn keep_verbatim(&mut self, header: &BatchHeader, bytes: Bytes, output: &mut Vec<Bytes>) {

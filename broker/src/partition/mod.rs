@@ -310,12 +310,16 @@ impl Partition {
 
     /// Swaps compacted segments into the cached list (ADR 0016 §8): the
     /// `replaced` ids go, `installed` (same offsets) come in.
+    /// Done under the write lock, so a concurrent change of other segments
+    /// (a roll, retention) is not lost.
     pub fn segments_replaced(&self, replaced: &[u64], installed: Vec<SegmentInfo>) {
-        let mut segments = self.segments();
+        let mut segments = self
+            .segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         segments.retain(|segment| !replaced.contains(&segment.segment_id));
         segments.extend(installed);
         segments.sort_by_key(|segment| (segment.base_offset, segment.end_offset));
-        self.set_segments(segments);
     }
 
     pub fn is_offsets_topic(&self) -> bool {

@@ -4,6 +4,9 @@ use sluice_proto::batch::control::Marker;
 use sluice_proto::batch::Compression;
 use std::collections::HashMap;
 
+/// A record's nullable key and value.
+type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// One record of the model log: its offset, key, value (None =
 /// tombstone) and whether it is committed.
 #[derive(Debug, Clone)]
@@ -26,7 +29,7 @@ struct Log {
 impl Log {
     fn data(
         &mut self,
-        records: &[(Option<&[u8]>, Option<&[u8]>)],
+        records: &[KeyValue<'_>],
         compression: Compression,
         txn: Option<(i64, bool)>,
     ) {
@@ -158,24 +161,23 @@ fn latest_values_stay_and_superseded_aborted_and_control_records_go() {
     assert_eq!(map.latest(b"c"), None, "aborted records are not mapped");
     let (output, stats) = rewrite_all(&log, &map, false).expect("rewrites");
     let records = records_of(&output, log.next);
-    let kept: Vec<(u64, Option<&[u8]>, Option<&[u8]>)> = records
+    let kept: Vec<(u64, KeyValue<'_>)> = records
         .iter()
         .map(|record| {
             (
                 record.offset,
-                record.key.as_deref(),
-                record.value.as_deref(),
+                (record.key.as_deref(), record.value.as_deref()),
             )
         })
         .collect();
     assert_eq!(
         kept,
         vec![
-            (2, Some(&b"a"[..]), Some(&b"2"[..])),
-            (5, Some(&b"b"[..]), Some(&b"2"[..])),
-            (6, Some(&b"d"[..]), None),
-            (8, Some(&b"e"[..]), Some(&b""[..])),
-            (9, None, Some(&b"keyless"[..])),
+            (2, (Some(&b"a"[..]), Some(&b"2"[..]))),
+            (5, (Some(&b"b"[..]), Some(&b"2"[..]))),
+            (6, (Some(&b"d"[..]), None)),
+            (8, (Some(&b"e"[..]), Some(&b""[..]))),
+            (9, (None, Some(&b"keyless"[..]))),
         ]
     );
     assert_eq!(stats.kept_records, 5);
@@ -344,7 +346,7 @@ fn randomised_logs_keep_exactly_the_latest_committed_records() {
                     (key, value)
                 })
                 .collect();
-            let borrowed: Vec<(Option<&[u8]>, Option<&[u8]>)> = records
+            let borrowed: Vec<KeyValue<'_>> = records
                 .iter()
                 .map(|(key, value)| (Some(key.as_slice()), value.as_deref()))
                 .collect();
