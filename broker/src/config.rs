@@ -847,6 +847,7 @@ mod tests {
                 || section == "quotas"
                 || section == "metrics"
                 || section == "transactions"
+                || section == "compaction"
             {
                 continue;
             }
