@@ -73,9 +73,11 @@ async fn write_rounds(
     highest
 }
 
-/// Every record from offset 0 up to `end` (exclusive): (offset, key,
-/// value).
-async fn read_all(cluster: &Cluster, end: u64) -> Vec<(u64, String, Option<String>)> {
+/// A record read: offset, key, value.
+type Read = (u64, String, Option<String>);
+
+/// Every record from offset 0 up to `end` (exclusive).
+async fn read_all(cluster: &Cluster, end: u64) -> Vec<Read> {
     let mut consumer = Consumer::assign(
         ConsumerConfig {
             client: cluster.client_config(),
@@ -152,9 +154,10 @@ async fn compacted_segments(cluster: &Cluster) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compaction_keeps_the_latest_value_of_every_live_key() {
-    let mut cluster = Cluster::start(ClusterSpec {
+/// A cluster of 4 stores (a store may die while placements go on), short
+/// intervals, and the compacted topic (3/3/2, 16 KiB segments).
+async fn start() -> Cluster {
+    let cluster = Cluster::start(ClusterSpec {
         stores: 4,
         broker_config: "[compaction]\ncheck_interval_ms = 300\ndelete_delay_ms = 1000\n\
                         [produce]\nproducer_state_rebuild_bytes = 1\n\
@@ -182,10 +185,12 @@ async fn compaction_keeps_the_latest_value_of_every_live_key() {
             },
         )
         .await;
-    let writer = producer(&cluster).await;
+    cluster
+}
 
-    // Keyless records are refused, clearly.
-    let probe = producer(&cluster).await;
+/// A keyless record is refused INVALID_ARGUMENT, saying why.
+async fn keyless_is_refused(cluster: &Cluster) {
+    let probe = producer(cluster).await;
     let keyless = probe
         .send(Record::new(TOPIC, "no key").with_partition(0))
         .await;
@@ -201,31 +206,112 @@ async fn compaction_keeps_the_latest_value_of_every_live_key() {
         }
         other => panic!("a keyless record on a compacted topic: {other:?}"),
     }
+}
 
+/// A writer of its own key, never deleted, sending one record at a time
+/// throughout; its key's latest value.
+async fn concurrent_writer(
+    cluster: &Cluster,
+) -> tokio::task::JoinHandle<BTreeMap<String, Option<String>>> {
+    let writer = producer(cluster).await;
+    tokio::spawn(async move {
+        let mut latest = BTreeMap::new();
+        for round in 0..40 {
+            let record = Record::new(TOPIC, format!("other-{round}"))
+                .with_key("other")
+                .with_partition(0);
+            latest.insert("other".to_string(), Some(format!("other-{round}")));
+            writer
+                .send(record)
+                .await
+                .expect("concurrent produce keeps working");
+        }
+        writer.close().await.expect("close");
+        latest
+    })
+}
+
+/// Panics, with the segments and the services' logs, if a key appears
+/// twice below the compacted end.
+async fn check_unique_below(cluster: &Cluster, records: &[Read], compacted_end: u64) {
+    let mut seen = BTreeMap::new();
+    let twice: Vec<(u64, u64, String)> = records
+        .iter()
+        .filter(|(offset, _, _)| *offset < compacted_end)
+        .filter_map(|(offset, key, _)| {
+            seen.insert(key.clone(), *offset)
+                .map(|earlier| (earlier, *offset, key.clone()))
+        })
+        .collect();
+    if twice.is_empty() {
+        return;
+    }
+    let described = cluster
+        .admin()
+        .await
+        .describe_topic(TOPIC)
+        .await
+        .expect("describe");
+    let segments: Vec<_> = described.partitions[0]
+        .segments
+        .iter()
+        .map(|segment| {
+            (
+                segment.segment_id,
+                segment.base_offset,
+                segment.end_offset,
+                segment.first_compacted_at_ms,
+            )
+        })
+        .collect();
+    cluster.dump_logs();
+    panic!("keys twice below the compacted end {compacted_end}: {twice:?}; segments {segments:?}");
+}
+
+/// Reads from 0 until the deleted keys are gone and a compacted range
+/// exists (writing a round of the live keys between tries, so the
+/// tombstones' segments are compacted again past their horizon); the
+/// records and the end read to.
+async fn read_once_compacted(
+    cluster: &Cluster,
+    writer: &Producer,
+    mut end: u64,
+    latest: &mut BTreeMap<String, Option<String>>,
+) -> (Vec<Read>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let compacted_end = compacted_end(cluster).await;
+        let records = read_all(cluster, end).await;
+        check_unique_below(cluster, &records, compacted_end).await;
+        let deleted_seen = records.iter().any(|(_, key, _)| {
+            DELETED
+                .iter()
+                .any(|deleted| *key == format!("key-{deleted:02}"))
+        });
+        if !deleted_seen && compacted_end > 0 {
+            return (records, end);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted keys never went: {} records, compacted up to {compacted_end}",
+            records.len()
+        );
+        end = write_rounds(writer, 60..61, None, latest).await + 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_keeps_the_latest_value_of_every_live_key() {
+    let mut cluster = start().await;
+    keyless_is_refused(&cluster).await;
+    let writer = producer(&cluster).await;
     let mut latest = BTreeMap::new();
     write_rounds(&writer, 0..20, Some(5), &mut latest).await;
     // A store dies (kill -9) while passes run and produce goes on.
     let victim = 1;
     cluster.stores[victim].kill();
-    let background = {
-        let writer = producer(&cluster).await;
-        tokio::spawn(async move {
-            let mut latest = BTreeMap::new();
-            // Keys of their own, never deleted: a concurrent writer.
-            for round in 0..40 {
-                let record = Record::new(TOPIC, format!("other-{round}"))
-                    .with_key("other")
-                    .with_partition(0);
-                latest.insert("other".to_string(), Some(format!("other-{round}")));
-                writer
-                    .send(record)
-                    .await
-                    .expect("concurrent produce keeps working");
-            }
-            writer.close().await.expect("close");
-            latest
-        })
-    };
+    let background = concurrent_writer(&cluster).await;
     write_rounds(&writer, 20..40, Some(5), &mut latest).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while compacted_segments(&cluster).await == 0 {
@@ -237,61 +323,8 @@ async fn compaction_keeps_the_latest_value_of_every_live_key() {
     // Past the tombstones' retention, more updates make the log dirty
     // again: the next pass drops the expired tombstones.
     tokio::time::sleep(Duration::from_millis(DELETE_RETENTION_MS + 500)).await;
-    let mut end = write_rounds(&writer, 40..60, Some(5), &mut latest).await + 1;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let records = loop {
-        let compacted_end = compacted_end(&cluster).await;
-        let records = read_all(&cluster, end).await;
-        let deleted_seen = records.iter().any(|(_, key, _)| {
-            DELETED
-                .iter()
-                .any(|deleted| *key == format!("key-{deleted:02}"))
-        });
-        // Below the compacted end every key appears at most once.
-        let mut seen = BTreeMap::new();
-        let twice: Vec<(u64, u64, String)> = records
-            .iter()
-            .filter(|(offset, _, _)| *offset < compacted_end)
-            .filter_map(|(offset, key, _)| {
-                seen.insert(key.clone(), *offset)
-                    .map(|earlier| (earlier, *offset, key.clone()))
-            })
-            .collect();
-        if !twice.is_empty() {
-            let described = cluster
-                .admin()
-                .await
-                .describe_topic(TOPIC)
-                .await
-                .expect("describe");
-            let segments: Vec<_> = described.partitions[0]
-                .segments
-                .iter()
-                .map(|segment| {
-                    (
-                        segment.segment_id,
-                        segment.base_offset,
-                        segment.end_offset,
-                        segment.first_compacted_at_ms,
-                    )
-                })
-                .collect();
-            cluster.dump_logs();
-            panic!("keys twice below the compacted end {compacted_end}: {twice:?}; segments {segments:?}");
-        }
-        if !deleted_seen && compacted_end > 0 {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deleted keys never went: {} records, compacted up to {compacted_end}",
-            records.len()
-        );
-        // Keep the log moving so the tombstones' segments are compacted
-        // again past their horizon.
-        end = write_rounds(&writer, 60..61, None, &mut latest).await + 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let end = write_rounds(&writer, 40..60, Some(5), &mut latest).await + 1;
+    let (records, end) = read_once_compacted(&cluster, &writer, end, &mut latest).await;
     writer.close().await.expect("close");
 
     // Strictly increasing offsets; the latest value of every live key

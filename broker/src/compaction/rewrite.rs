@@ -18,7 +18,9 @@
 
 use super::key_map::{KeyMap, MapFull};
 use bytes::Bytes;
-use sluice_proto::batch::{self, control, BatchBuilder, BatchHeader, BatchIter, RecordData};
+use sluice_proto::batch::{
+    self, control, BatchBuilder, BatchHeader, BatchIter, Record, RecordData,
+};
 use sluice_proto::limits::MAX_RECORDS_PER_BATCH;
 
 /// An aborted transaction's range at the partition: its batches of
@@ -263,6 +265,19 @@ impl<'a> Rewriter<'a> {
             self.keep_verbatim(header, owned, output);
             return Ok(());
         }
+        self.write_runs(header, &records, &keep, output);
+        Ok(())
+    }
+
+    /// Each run of consecutive kept records as one rebuilt batch at its
+    /// offsets; each run of removed ones into the pending gap.
+    fn write_runs(
+        &mut self,
+        header: &BatchHeader,
+        records: &[Record],
+        keep: &[bool],
+        output: &mut Vec<Bytes>,
+    ) {
         let mut index = 0;
         while index < records.len() {
             let run_end = keep[index..]
@@ -301,7 +316,6 @@ impl<'a> Rewriter<'a> {
             }
             index = run_end;
         }
-        Ok(())
     }
 
     /// The rule for one committed record.

@@ -109,6 +109,27 @@ impl NameServerHandler {
             puts: Vec::new(),
             deletes: Vec::new(),
         };
+        self.retire_replaced(&request, &mut transaction).await?;
+        let installed = self.install_compacted(&request, &mut transaction).await?;
+        if !self.store.commit(transaction).await? {
+            // A concurrent change of a segment or the ownership.
+            return Err(self
+                .explain_failed_commit(topic, partition, request.epoch)
+                .await);
+        }
+        tracing::info!(topic, partition, replaced = ?request.replaced.iter().map(|segment| segment.segment_id).collect::<Vec<_>>(), installed = ?installed.iter().map(|segment| segment.segment_id).collect::<Vec<_>>(), "compaction swapped segments");
+        Ok(installed)
+    }
+
+    /// Adds to `transaction` the removal of each replaced segment (as the
+    /// owner read it, unchanged since: compared by revision) and its
+    /// `deleted/` record.
+    async fn retire_replaced(
+        &self,
+        request: &ReplaceSegmentsRequest,
+        transaction: &mut Transaction,
+    ) -> Result<(), NameServerError> {
+        let (topic, partition) = (request.topic.as_str(), request.partition);
         let now = now_ms();
         for old in &request.replaced {
             let key = keys::segment(topic, partition, old.segment_id);
@@ -136,6 +157,17 @@ impl NameServerHandler {
                 keys::encode(&deleted),
             ));
         }
+        Ok(())
+    }
+
+    /// Adds to `transaction` each compacted segment, CLOSED, in place of its
+    /// placement record (compared by revision); the segments installed.
+    async fn install_compacted(
+        &self,
+        request: &ReplaceSegmentsRequest,
+        transaction: &mut Transaction,
+    ) -> Result<Vec<SegmentInfo>, NameServerError> {
+        let (topic, partition) = (request.topic.as_str(), request.partition);
         let mut installed = Vec::with_capacity(request.compacted.len());
         for new in &request.compacted {
             let key = keys::compaction(topic, partition, new.segment_id);
@@ -168,13 +200,6 @@ impl NameServerHandler {
                 .push(Put::new(segment_key, keys::encode(&segment)));
             installed.push(segment);
         }
-        if !self.store.commit(transaction).await? {
-            // A concurrent change of a segment or the ownership.
-            return Err(self
-                .explain_failed_commit(topic, partition, request.epoch)
-                .await);
-        }
-        tracing::info!(topic, partition, replaced = ?request.replaced.iter().map(|segment| segment.segment_id).collect::<Vec<_>>(), installed = ?installed.iter().map(|segment| segment.segment_id).collect::<Vec<_>>(), "compaction swapped segments");
         Ok(installed)
     }
 
