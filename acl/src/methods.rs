@@ -98,6 +98,26 @@ pub const METHOD_RULES: &[MethodRule] = &[
         ClusterAction,
         Cluster,
     ),
+    rule(
+        "/sluice.v1.NameServer/PlaceCompactedSegment",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
+        "/sluice.v1.NameServer/ReplaceSegments",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
+        "/sluice.v1.NameServer/ListCompactions",
+        ClusterAction,
+        Cluster,
+    ),
+    rule(
+        "/sluice.v1.NameServer/ForgetCompactions",
+        ClusterAction,
+        Cluster,
+    ),
     rule("/sluice.v1.NameServer/AcceptDataLoss", Alter, Topic),
     // Nameserver: groups, status, producer ids, subscriptions.
     rule(
@@ -279,6 +299,10 @@ mod tests {
                     "CloseSegment",
                     "UpdateSegmentReplicas",
                     "DeleteSegments",
+                    "PlaceCompactedSegment",
+                    "ReplaceSegments",
+                    "ListCompactions",
+                    "ForgetCompactions",
                     "RegisterGroup",
                     "UnregisterGroup",
                     "GetProducerIdKey",

@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     /// is set) and the label cardinality bound.
     pub metrics: MetricsConfig,
     pub transactions: TransactionsConfig,
+    /// `[compaction]`: compacted topics (ADR 0016 §8).
+    pub compaction: CompactionConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -334,6 +336,39 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             check_interval_ms: 60_000,
+        }
+    }
+}
+
+/// `[compaction]`: the compaction task of compacted topics' partitions
+/// served here (ADR 0016 §8). One partition is compacted at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// How often the task looks for a partition due for a pass. Default
+    /// 15000.
+    pub check_interval_ms: u64,
+    /// Memory of one pass's key map (32 bytes a key: 64 MiB hold about 2.1
+    /// million keys). Default 64 MiB.
+    pub key_map_bytes: u64,
+    /// Most bytes a pass reads and writes per second, together. Default
+    /// 32 MiB.
+    pub max_bytes_per_second: u64,
+    /// Most bytes one store read of a pass returns. Default 1 MiB.
+    pub read_chunk_bytes: u64,
+    /// How long replaced segments' copies stay on the stores after a swap
+    /// (for reads under way). Default 60000.
+    pub delete_delay_ms: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_ms: 15_000,
+            key_map_bytes: 64 << 20,
+            max_bytes_per_second: 32 << 20,
+            read_chunk_bytes: 1 << 20,
+            delete_delay_ms: 60_000,
         }
     }
 }
@@ -822,6 +857,7 @@ mod tests {
                 || section == "quotas"
                 || section == "metrics"
                 || section == "transactions"
+                || section == "compaction"
             {
                 continue;
             }

@@ -178,6 +178,28 @@ pub fn ranges(config: &BrokerConfig) -> Vec<KeyRange> {
             "[retention] check_interval_ms",
             config.retention.check_interval_ms,
         ),
+        KeyRange::duration_ms(
+            "[compaction] check_interval_ms",
+            config.compaction.check_interval_ms,
+        ),
+        KeyRange::bytes(
+            "[compaction] key_map_bytes",
+            config.compaction.key_map_bytes,
+        ),
+        KeyRange::bytes(
+            "[compaction] max_bytes_per_second",
+            config.compaction.max_bytes_per_second,
+        ),
+        KeyRange::new(
+            "[compaction] read_chunk_bytes",
+            config.compaction.read_chunk_bytes,
+            1 << 10,
+            64 << 20,
+        ),
+        KeyRange::duration_ms(
+            "[compaction] delete_delay_ms",
+            config.compaction.delete_delay_ms,
+        ),
         KeyRange::count(
             "[subscriptions] window_messages",
             subscriptions.window_messages,

@@ -128,6 +128,7 @@ impl BrokerError {
             BrokerError::UnknownTopic(_) => ErrorCode::UnknownTopic,
             BrokerError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
             BrokerError::Batch(BatchError::TooLarge { .. }) => ErrorCode::TooLarge,
+            BrokerError::Batch(BatchError::KeylessRecord { .. }) => ErrorCode::InvalidArgument,
             BrokerError::Batch(_) => ErrorCode::CorruptBatch,
             BrokerError::InvalidArgument(_) => ErrorCode::InvalidArgument,
             BrokerError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,

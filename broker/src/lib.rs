@@ -16,6 +16,7 @@ mod clients;
 mod closed_damage;
 mod commit_check;
 mod commit_record;
+mod compaction;
 pub mod config;
 mod config_ranges;
 mod coordinator;
@@ -386,6 +387,7 @@ pub async fn run_with_metrics(
     let (background_stop, background_stopped) = watch::channel(false);
     let ownership = tokio::spawn(ownership::run(shared.clone(), background_stopped.clone()));
     let retention = tokio::spawn(retention::run(shared.clone(), background_stopped.clone()));
+    let compaction = tokio::spawn(compaction::run(shared.clone(), background_stopped.clone()));
     let backlog = tokio::spawn(backlog::run(shared.clone(), background_stopped.clone()));
     let expiry = shared.config.transactions.enabled.then(|| {
         tokio::spawn(transaction::coordinator::run_expiry(
@@ -429,6 +431,7 @@ pub async fn run_with_metrics(
     drop(stop_receiver);
     background_stop.send_replace(true);
     let _ = retention.await;
+    let _ = compaction.await;
     let _ = repair.await;
     if let Some(expiry) = expiry {
         let _ = expiry.await;

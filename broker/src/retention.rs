@@ -37,6 +37,11 @@ async fn apply(shared: &Shared, partition: &Partition) {
     if config.retention_ms == 0 && config.retention_bytes == 0 {
         return;
     }
+    // A COMPACT-only topic keeps every key's latest record however old or
+    // large the partition is (ADR 0016 §8); compaction bounds it instead.
+    if !sluice_proto::cleanup::deletes_by_retention(&config) {
+        return;
+    }
     let segments = partition.segments();
     let mut doomed = select_for_deletion(
         &segments,

@@ -119,6 +119,25 @@ impl TailCache {
         self.enforce_budget();
     }
 
+    /// Drops the cached batches that start below `end_offset`: a
+    /// compaction swap replaced that range (ADR 0016 §8), and readers must
+    /// get the compacted segments from the stores, not the old bytes.
+    pub fn evict_below(&mut self, key: &PartitionKey, end_offset: u64) {
+        let Some(tail) = self.partitions.get_mut(key) else {
+            return;
+        };
+        while tail
+            .batches
+            .front()
+            .is_some_and(|batch| batch.base_offset < end_offset)
+        {
+            if let Some(evicted) = tail.batches.pop_front() {
+                tail.size_bytes -= evicted.bytes.len() as u64;
+                self.total_bytes -= evicted.bytes.len() as u64;
+            }
+        }
+    }
+
     /// Evicts from partitions above their share until the total fits (the
     /// share shrinks when partitions are added).
     fn enforce_budget(&mut self) {
@@ -198,6 +217,10 @@ impl SharedTailCache {
         self.lock().add_partition(key);
     }
 
+    pub fn evict_below(&self, key: &PartitionKey, end_offset: u64) {
+        self.lock().evict_below(key, end_offset);
+    }
+
     pub fn remove_partition(&self, key: &PartitionKey) {
         self.lock().remove_partition(key);
     }
@@ -209,6 +232,27 @@ mod tests {
 
     fn batch(size: usize) -> Bytes {
         Bytes::from(vec![7u8; size])
+    }
+
+    #[test]
+    fn a_compacted_range_is_no_longer_served_from_the_cache() {
+        let key = PartitionKey::new("t", 0);
+        let mut cache = TailCache::new(1 << 20);
+        cache.add_partition(key.clone());
+        cache.insert(&key, 0, 10, batch(100));
+        cache.insert(&key, 10, 20, batch(100));
+        cache.insert(&key, 20, 30, batch(100));
+        cache.evict_below(&key, 20);
+        assert!(cache.read(&key, 5, 1 << 20).is_none());
+        assert!(cache.read(&key, 15, 1 << 20).is_none());
+        assert_eq!(
+            cache.read(&key, 25, 1 << 20).map(|bytes| bytes.len()),
+            Some(100)
+        );
+        assert_eq!(cache.total_bytes(), 100);
+        cache.evict_below(&key, u64::MAX);
+        assert_eq!(cache.total_bytes(), 0);
+        cache.evict_below(&PartitionKey::new("other", 0), 5);
     }
 
     #[test]

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sluice_client::{Admin, ClientConfig};
-use sluice_proto::v1::{BacklogPolicy, Durability, PartitionLag, SegmentState, TopicConfig};
+use sluice_proto::v1::{
+    BacklogPolicy, CleanupPolicy, Durability, PartitionLag, SegmentState, TopicConfig,
+};
 
 #[derive(Subcommand)]
 pub enum TopicCommand {
@@ -94,6 +96,29 @@ pub struct CreateTopicArgs {
     /// Retention deletes by time and size alone, even what a subscription has not consumed.
     #[arg(long)]
     pub retention_ignores_subscriptions: bool,
+    /// `delete` (retention by time and size), `compact` (keep each key's latest record; records
+    /// need keys) or `compact,delete` (both).
+    #[arg(long, value_name = "POLICY", default_value = "delete", value_parser = parse_cleanup_policy)]
+    pub cleanup_policy: CleanupPolicy,
+    /// Compacted topics: how long a tombstone stays readable once compaction reached it (`1d`,
+    /// or milliseconds; 0: one day).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
+    pub delete_retention_ms: u64,
+    /// Compacted topics: records younger than this are never compacted (`1h`, or
+    /// milliseconds; 0: no lag).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
+    pub min_compaction_lag_ms: u64,
+    /// Compacted topics: compact once this percentage of the log is not yet compacted
+    /// (1..=100; 0: 50).
+    #[arg(long, default_value_t = 0)]
+    pub min_cleanable_dirty_ratio_percent: u32,
+}
+
+/// `--cleanup-policy`: `delete`, `compact` or `compact,delete`.
+pub(crate) fn parse_cleanup_policy(name: &str) -> Result<CleanupPolicy, String> {
+    sluice_proto::cleanup::parse(name).ok_or_else(|| {
+        format!("unknown cleanup policy {name:?}: use `delete`, `compact` or `compact,delete`")
+    })
 }
 
 /// `--durability`.
@@ -248,6 +273,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 backlog_hold_timeout_ms: args.backlog_hold_timeout_ms,
                 message_ttl_ms: args.message_ttl_ms,
                 retention_ignores_subscriptions: args.retention_ignores_subscriptions,
+                cleanup_policy: args.cleanup_policy as i32,
+                delete_retention_ms: args.delete_retention_ms,
+                min_compaction_lag_ms: args.min_compaction_lag_ms,
+                min_cleanable_dirty_ratio_percent: args.min_cleanable_dirty_ratio_percent,
                 ..TopicConfig::default()
             };
             let topic = admin
@@ -313,6 +342,10 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
                 config.ensemble_size, config.write_quorum, config.ack_quorum
             );
             println!("backlog quota: {}", format_backlog_quota(&config));
+            println!(
+                "cleanup:      {}",
+                sluice_proto::cleanup::name(sluice_proto::cleanup::policy(&config))
+            );
             println!();
             // The owners' reports of offline and damaged partitions; the
             // description is still shown when they cannot be read.

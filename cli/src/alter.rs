@@ -2,12 +2,14 @@
 //! delete` (issue 15): changing or deleting a topic through the SDK's
 //! `Admin`.
 
-use crate::admin::{BacklogPolicyArg, DurabilityArg};
+use crate::admin::{parse_cleanup_policy, BacklogPolicyArg, DurabilityArg};
 use crate::units::{parse_bytes, parse_bytes_u32, parse_duration_ms};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sluice_client::{Admin, KEY_ORDER_NOTICE};
-use sluice_proto::v1::{BacklogPolicy, Durability, Topic, TopicConfig, TopicConfigChanges};
+use sluice_proto::v1::{
+    BacklogPolicy, CleanupPolicy, Durability, Topic, TopicConfig, TopicConfigChanges,
+};
 
 /// The settings `topic alter` changes; each flag left out keeps the
 /// topic's value. The flags mirror `topic create`, but 0 is refused where
@@ -66,6 +68,19 @@ pub struct AlterTopicArgs {
     /// `true`: retention deletes by time and size alone, even what a subscription has not consumed.
     #[arg(long)]
     pub retention_ignores_subscriptions: Option<bool>,
+    /// `delete`, `compact` or `compact,delete` (produce checks keys at once; retention and
+    /// compaction follow from their next round; records already written without a key stay).
+    #[arg(long, value_name = "POLICY", value_parser = parse_cleanup_policy)]
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// How long a tombstone stays readable once compaction reached it (`1d`, or milliseconds; 1 ..).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub delete_retention_ms: Option<u64>,
+    /// Records younger than this are never compacted (`1h`, or milliseconds; 0: no lag).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub min_compaction_lag_ms: Option<u64>,
+    /// Compact once this percentage of the log is not yet compacted (1..=100).
+    #[arg(long)]
+    pub min_cleanable_dirty_ratio_percent: Option<u32>,
 }
 
 /// `topic add-partitions NAME --count N`.
@@ -101,6 +116,10 @@ fn changes_of(args: &AlterTopicArgs) -> Result<TopicConfigChanges> {
             .backlog_policy
             .map(|policy| BacklogPolicy::from(policy) as i32),
         backlog_hold_timeout_ms: args.backlog_hold_timeout_ms,
+        cleanup_policy: args.cleanup_policy.map(|policy| policy as i32),
+        delete_retention_ms: args.delete_retention_ms,
+        min_compaction_lag_ms: args.min_compaction_lag_ms,
+        min_cleanable_dirty_ratio_percent: args.min_cleanable_dirty_ratio_percent,
     };
     if changes == TopicConfigChanges::default() {
         bail!("nothing to change: give at least one setting (see `sluice topic alter --help`)");
@@ -150,6 +169,13 @@ fn settings_lines(config: &TopicConfig) -> Vec<String> {
         format!(
             "backlog:                         warn from {}%, policy {policy}, hold up to {} ms",
             config.backlog_warn_ratio_percent, config.backlog_hold_timeout_ms
+        ),
+        format!(
+            "cleanup:                         {}, tombstones kept {} ms, lag {} ms, dirty ratio {}%",
+            sluice_proto::cleanup::name(sluice_proto::cleanup::policy(config)),
+            config.delete_retention_ms,
+            config.min_compaction_lag_ms,
+            config.min_cleanable_dirty_ratio_percent
         ),
     ]
 }
@@ -213,6 +239,8 @@ mod tests {
             durability: Some(DurabilityArg::Periodic),
             backlog_policy: Some(BacklogPolicyArg::Evict),
             retention_ignores_subscriptions: Some(false),
+            cleanup_policy: Some(CleanupPolicy::CompactDelete),
+            min_compaction_lag_ms: Some(0),
             ..AlterTopicArgs::default()
         };
         let changes = changes_of(&args).expect("valid");
@@ -223,6 +251,8 @@ mod tests {
                 durability: Some(Durability::Periodic as i32),
                 backlog_policy: Some(BacklogPolicy::Evict as i32),
                 retention_ignores_subscriptions: Some(false),
+                cleanup_policy: Some(CleanupPolicy::CompactDelete as i32),
+                min_compaction_lag_ms: Some(0),
                 ..TopicConfigChanges::default()
             }
         );

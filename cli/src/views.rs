@@ -78,6 +78,10 @@ pub fn topic_config(config: &TopicConfig) -> Value {
         "backlog_warn_percent": config.backlog_warn_ratio_percent,
         "backlog_policy": backlog_policy(config.backlog_policy),
         "backlog_hold_timeout_ms": config.backlog_hold_timeout_ms,
+        "cleanup_policy": sluice_proto::cleanup::name(sluice_proto::cleanup::policy(config)),
+        "delete_retention_ms": config.delete_retention_ms,
+        "min_compaction_lag_ms": config.min_compaction_lag_ms,
+        "min_cleanable_dirty_ratio_percent": config.min_cleanable_dirty_ratio_percent,
     })
 }
 

@@ -12,6 +12,9 @@ pub const DOWN_NODES: &str = "down-nodes/";
 pub const TOPICS: &str = "topics/";
 pub const PARTITIONS: &str = "partitions/";
 pub const SEGMENTS: &str = "segments/";
+/// Compaction's placed segments and replaced ones awaiting the deletion
+/// of their copies (ADR 0016 §8).
+pub const COMPACTIONS: &str = "compactions/";
 pub const GROUPS: &str = "groups/";
 pub const SUBSCRIPTIONS: &str = "subscriptions/";
 pub const SUBSCRIPTION_GUARDS: &str = "subscription-guards/";
@@ -94,6 +97,25 @@ pub fn segments_of(topic: &str, partition: u32) -> String {
 
 pub fn segment(topic: &str, partition: u32, segment_id: u64) -> String {
     format!("{SEGMENTS}{topic}/{partition:05}/{segment_id:020}")
+}
+
+pub fn compactions_of_topic(topic: &str) -> String {
+    format!("{COMPACTIONS}{topic}/")
+}
+
+/// Every compaction record of a partition (placed and replaced).
+pub fn compactions_of(topic: &str, partition: u32) -> String {
+    format!("{COMPACTIONS}{topic}/{partition:05}/")
+}
+
+/// A segment placed by a compaction pass, not yet swapped in.
+pub fn compaction(topic: &str, partition: u32, segment_id: u64) -> String {
+    format!("{COMPACTIONS}{topic}/{partition:05}/{segment_id:020}")
+}
+
+/// A segment a swap replaced; its copies are deleted after the delay.
+pub fn compaction_deleted(topic: &str, partition: u32, segment_id: u64) -> String {
+    format!("{COMPACTIONS}{topic}/{partition:05}/deleted/{segment_id:020}")
 }
 
 /// Key of an ACL binding: its canonical text, hex-encoded (no `/`).

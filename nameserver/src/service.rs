@@ -222,6 +222,46 @@ impl NameServer for NameServerHandler {
         Ok(Response::new(DeleteSegmentsResponse {}))
     }
 
+    async fn place_compacted_segment(
+        &self,
+        request: Request<sluice_proto::v1::PlaceCompactedSegmentRequest>,
+    ) -> ServiceResult<SegmentInfo> {
+        Ok(Response::new(
+            self.do_place_compacted_segment(request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn replace_segments(
+        &self,
+        request: Request<sluice_proto::v1::ReplaceSegmentsRequest>,
+    ) -> ServiceResult<sluice_proto::v1::ReplaceSegmentsResponse> {
+        let segments = self.do_replace_segments(request.into_inner()).await?;
+        Ok(Response::new(sluice_proto::v1::ReplaceSegmentsResponse {
+            segments,
+        }))
+    }
+
+    async fn list_compactions(
+        &self,
+        request: Request<sluice_proto::v1::ListCompactionsRequest>,
+    ) -> ServiceResult<sluice_proto::v1::ListCompactionsResponse> {
+        let records = self.do_list_compactions(request.into_inner()).await?;
+        Ok(Response::new(sluice_proto::v1::ListCompactionsResponse {
+            records,
+        }))
+    }
+
+    async fn forget_compactions(
+        &self,
+        request: Request<sluice_proto::v1::ForgetCompactionsRequest>,
+    ) -> ServiceResult<sluice_proto::v1::ForgetCompactionsResponse> {
+        self.do_forget_compactions(request.into_inner()).await?;
+        Ok(Response::new(
+            sluice_proto::v1::ForgetCompactionsResponse {},
+        ))
+    }
+
     async fn accept_data_loss(
         &self,
         request: Request<AcceptDataLossRequest>,

@@ -43,9 +43,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub mod control;
 mod validate_compressed;
 mod validate_produced;
-pub use validate_compressed::validate_compressed;
+pub use validate_compressed::{validate_compressed, validate_compressed_keyed};
 pub(crate) use validate_produced::check_record_sequence;
-pub use validate_produced::validate_produced;
+pub use validate_produced::{validate_produced, validate_produced_keyed};
 
 pub const MAGIC: u8 = 1;
 /// Bytes of the fixed batch header.
@@ -97,6 +97,11 @@ pub enum BatchError {
     BadControl(&'static str),
     #[error("control batches are written by brokers only; a producer may not send one")]
     ControlFromProducer,
+    #[error(
+        "record {index} has no key; a compacted topic keeps the latest record of each key, \
+         so every record produced to it needs one (a tombstone is a key with a null value)"
+    )]
+    KeylessRecord { index: u32 },
     #[error("record {index} is malformed: {reason}")]
     BadRecord { index: u32, reason: &'static str },
     #[error(
@@ -348,9 +353,7 @@ impl BatchHeader {
 pub fn validate(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let header = validate_frame(bytes, max_batch_bytes)?;
     if header.compression == Compression::None {
-        walk_records(&bytes[HEADER_BYTES..], header.records_held(), |_, _, _| {
-            Ok(())
-        })?;
+        walk_records(&bytes[HEADER_BYTES..], header.records_held(), |_, _| Ok(()))?;
     }
     if header.control {
         control::parse(bytes, &header)?;
@@ -771,14 +774,22 @@ fn zig(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
+/// What [`walk_records`] tells of each record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalkedRecord {
+    pub timestamp_delta: i64,
+    pub offset_delta: u64,
+    pub has_key: bool,
+}
+
 /// Checks the framing of `record_count` records without allocating,
-/// calling `each` with every record's index, timestamp delta and offset
-/// delta: the one walk over the records of a produced batch, compressed
-/// (after decompression) or not.
+/// calling `each` with every record's index, timestamp delta, offset
+/// delta and whether it has a key: the one walk over the records of a
+/// produced batch, compressed (after decompression) or not.
 fn walk_records(
     mut bytes: &[u8],
     record_count: u32,
-    mut each: impl FnMut(u32, i64, u64) -> Result<(), BatchError>,
+    mut each: impl FnMut(u32, WalkedRecord) -> Result<(), BatchError>,
 ) -> Result<(), BatchError> {
     for index in 0..record_count {
         if bytes.is_empty() {
@@ -793,11 +804,15 @@ fn walk_records(
         let body = reader.take(length)?;
         bytes = reader.bytes;
         let mut record = Reader { bytes: body, index };
-        let (timestamp_delta, offset_delta) =
-            parse_record_body(&mut record, |timestamp_delta, offset_delta, _, _, _, _| {
-                (timestamp_delta, offset_delta)
-            })?;
-        each(index, timestamp_delta, offset_delta)?;
+        let walked = parse_record_body(
+            &mut record,
+            |timestamp_delta, offset_delta, key, _, _, _| WalkedRecord {
+                timestamp_delta,
+                offset_delta,
+                has_key: key.is_some(),
+            },
+        )?;
+        each(index, walked)?;
     }
     if !bytes.is_empty() {
         return Err(BatchError::BadRecord {

@@ -2,6 +2,7 @@
 //!
 //! - [`v1`]: generated gRPC messages and services (package `sluice.v1`).
 //! - [`batch`]: the binary record-batch format, with CRC-32C and compression.
+//! - [`cleanup`]: what a topic's cleanup policy (delete, compact) means.
 //! - [`error`]: stable error codes and their one mapping to `tonic::Status`.
 //! - [`headers`]: record headers with a meaning to Sluice (delays, TTL, dead letters).
 //! - [`names`]: validated topic and group names.
@@ -13,6 +14,7 @@
 //! services and the SDK agree by construction.
 
 pub mod batch;
+pub mod cleanup;
 pub mod error;
 pub mod headers;
 pub mod limits;

@@ -177,6 +177,34 @@ impl NameServer for FakeNameServer {
     ) -> Result<Response<DeleteSegmentsResponse>, Status> {
         Err(Status::unimplemented("fake nameserver"))
     }
+    async fn place_compacted_segment(
+        &self,
+        _request: Request<sluice_proto::v1::PlaceCompactedSegmentRequest>,
+    ) -> Result<Response<sluice_proto::v1::SegmentInfo>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+
+    async fn replace_segments(
+        &self,
+        _request: Request<sluice_proto::v1::ReplaceSegmentsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ReplaceSegmentsResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+
+    async fn list_compactions(
+        &self,
+        _request: Request<sluice_proto::v1::ListCompactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListCompactionsResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+
+    async fn forget_compactions(
+        &self,
+        _request: Request<sluice_proto::v1::ForgetCompactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ForgetCompactionsResponse>, Status> {
+        Err(Status::unimplemented("fake nameserver"))
+    }
+
     async fn accept_data_loss(
         &self,
         _request: Request<sluice_proto::v1::AcceptDataLossRequest>,

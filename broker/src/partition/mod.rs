@@ -314,6 +314,20 @@ impl Partition {
         self.set_segments(segments);
     }
 
+    /// Swaps compacted segments into the cached list (ADR 0016 §8): the
+    /// `replaced` ids go, `installed` (same offsets) come in.
+    /// Done under the write lock, so a concurrent change of other segments
+    /// (a roll, retention) is not lost.
+    pub fn segments_replaced(&self, replaced: &[u64], installed: Vec<SegmentInfo>) {
+        let mut segments = self
+            .segments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        segments.retain(|segment| !replaced.contains(&segment.segment_id));
+        segments.extend(installed);
+        segments.sort_by_key(|segment| (segment.base_offset, segment.end_offset));
+    }
+
     pub fn is_offsets_topic(&self) -> bool {
         self.key.topic == CONSUMER_OFFSETS_TOPIC
     }
@@ -330,6 +344,11 @@ impl Partition {
             0 => default_bytes as usize,
             bytes => bytes as usize,
         }
+    }
+
+    /// Produced records need keys: the topic is compacted (ADR 0016 §8).
+    pub fn keys_required(&self) -> bool {
+        sluice_proto::cleanup::compacts(&self.config.borrow())
     }
 
     /// Stops serving: pending appends fail with NOT_OWNER.

@@ -113,9 +113,19 @@ fn submit_produce(
     // Uncompressed records are walked by `validate_produced`; compressed
     // ones are decompressed and walked here, once, so no batch whose
     // records cannot be decoded takes offsets (issue 11).
-    let checked = batch::validate_produced(&produce.batch, max_batch_bytes).and_then(|header| {
-        batch::validate_compressed(&produce.batch, &header, max_decompressed_bytes).map(|()| header)
-    });
+    // A compacted topic's records need keys (ADR 0016 §8), checked in
+    // the same walk.
+    let keys_required = partition.keys_required();
+    let checked = batch::validate_produced_keyed(&produce.batch, max_batch_bytes, keys_required)
+        .and_then(|header| {
+            batch::validate_compressed_keyed(
+                &produce.batch,
+                &header,
+                max_decompressed_bytes,
+                keys_required,
+            )
+            .map(|()| header)
+        });
     let header = match checked {
         Ok(header) => header,
         Err(error) => {

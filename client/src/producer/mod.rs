@@ -89,6 +89,25 @@ impl Record {
         }
     }
 
+    /// A tombstone for `key` (ADR 0016 §8): a keyed record with a *null*
+    /// value, which a compacted topic's compaction keeps for the topic's
+    /// `delete_retention_ms` and then removes together with every earlier
+    /// record of the key. An empty value (`Record::new(topic, "")`) is an
+    /// ordinary live record, not a tombstone.
+    pub fn tombstone(topic: impl Into<String>, key: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: Some(key.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Whether this record deletes its key in a compacted topic: keyed,
+    /// with a null value.
+    pub fn is_tombstone(&self) -> bool {
+        self.key.is_some() && self.value.is_none()
+    }
+
     /// This record with `key`.
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());

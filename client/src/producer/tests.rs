@@ -280,6 +280,29 @@ fn record_builders() {
     assert_eq!(record.timestamp_ms, Some(5));
 }
 
+#[test]
+fn a_tombstone_is_a_key_with_a_null_value_unlike_an_empty_value() {
+    use sluice_proto::batch::{decode, BatchBuilder, Compression, RecordData};
+    let tombstone = Record::tombstone("t", "k");
+    assert!(tombstone.is_tombstone());
+    assert_eq!(tombstone.key.as_deref(), Some(&b"k"[..]));
+    let empty = Record::new("t", "").with_key("k");
+    assert!(!empty.is_tombstone());
+    assert!(!Record::new("t", "v").is_tombstone());
+    let mut builder = BatchBuilder::new(Compression::None);
+    for record in [&tombstone, &empty] {
+        builder.push(&RecordData {
+            key: record.key.clone(),
+            value: record.value.clone(),
+            timestamp_ms: Some(1),
+            ..RecordData::default()
+        });
+    }
+    let (_, records) = decode(&builder.build(), 1 << 20).expect("valid");
+    assert_eq!(records[0].value, None, "the null flag (length -1) survives");
+    assert_eq!(records[1].value.as_deref(), Some(&b""[..]));
+}
+
 #[tokio::test]
 async fn idempotent_producer_numbers_records_and_resends_batches_unchanged() {
     use crate::testing::FakeNameServer;

@@ -235,6 +235,34 @@ impl name_server_server::NameServer for FakeNameServer {
         Err(Status::unimplemented("delete_segments is not faked"))
     }
 
+    async fn place_compacted_segment(
+        &self,
+        _request: Request<sluice_proto::v1::PlaceCompactedSegmentRequest>,
+    ) -> Result<Response<sluice_proto::v1::SegmentInfo>, Status> {
+        Err(Status::unimplemented("compaction is not faked"))
+    }
+
+    async fn replace_segments(
+        &self,
+        _request: Request<sluice_proto::v1::ReplaceSegmentsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ReplaceSegmentsResponse>, Status> {
+        Err(Status::unimplemented("compaction is not faked"))
+    }
+
+    async fn list_compactions(
+        &self,
+        _request: Request<sluice_proto::v1::ListCompactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ListCompactionsResponse>, Status> {
+        Err(Status::unimplemented("compaction is not faked"))
+    }
+
+    async fn forget_compactions(
+        &self,
+        _request: Request<sluice_proto::v1::ForgetCompactionsRequest>,
+    ) -> Result<Response<sluice_proto::v1::ForgetCompactionsResponse>, Status> {
+        Err(Status::unimplemented("compaction is not faked"))
+    }
+
     async fn accept_data_loss(
         &self,
         _request: Request<sluice_proto::v1::AcceptDataLossRequest>,

@@ -1,6 +1,6 @@
 //! The nameserver's request handling, one file per resource: `nodes`
 //! (registration, heartbeats, load), `topics`, `topic_config` (filling and
-//! checking a topic's config), `segments`, `routes` (routes, route
+//! checking a topic's config), `segments`, `compactions` (compaction's segment swaps, ADR 0016 §8), `routes` (routes, route
 //! watches, coordinator lookup), `groups`, `producer_ids` (ids bound to principals, ADR 0015),
 //! `data_loss` (an operator's acceptance of data loss) and `status`; subscriptions are in `crate::subscriptions`. Everything is
 //! answered from the metadata store, so any nameserver can answer any
@@ -10,6 +10,7 @@
 mod acls;
 pub(crate) use acls::read_acls;
 mod assignment_watch;
+mod compactions;
 mod data_loss;
 mod dead_letter_cleanup;
 mod down_nodes;

@@ -45,7 +45,7 @@ impl NameServerHandler {
 
     /// Reads the partition owner and checks the caller's epoch is current;
     /// returns the compare that pins that ownership in a transaction.
-    async fn check_epoch(
+    pub(super) async fn check_epoch(
         &self,
         topic: &str,
         partition: u32,
@@ -82,7 +82,7 @@ impl NameServerHandler {
 
     /// After a failed ownership-pinned transaction: fenced if the epoch
     /// moved, otherwise a plain conflict.
-    async fn explain_failed_commit(
+    pub(super) async fn explain_failed_commit(
         &self,
         topic: &str,
         partition: u32,
@@ -98,7 +98,7 @@ impl NameServerHandler {
 
     /// Commits `transaction` (pinned to the caller's ownership); a refused
     /// commit is explained as fenced or as a conflict.
-    async fn commit_as_owner(
+    pub(super) async fn commit_as_owner(
         &self,
         transaction: Transaction,
         topic: &str,
@@ -116,7 +116,7 @@ impl NameServerHandler {
     /// cluster-wide counter shared by every request waiting on this
     /// nameserver (`segment_ids.rs`), so ids are never handed out twice and
     /// only increase.
-    async fn allocate_segment_id(&self) -> Result<u64, NameServerError> {
+    pub(super) async fn allocate_segment_id(&self) -> Result<u64, NameServerError> {
         self.segment_ids
             .next(|count| self.increment_segment_id_counter(count))
             .await

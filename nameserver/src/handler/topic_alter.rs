@@ -8,7 +8,10 @@
 //! change and the assignment watch wakes each owner), routes show the new
 //! partitions, and the assigner gives them owners.
 
-use super::topic_config::{check_backlog_quota, check_max_batch_bytes, check_quorums};
+use super::topic_config::{
+    check_backlog_quota, check_compaction, check_max_batch_bytes, check_quorums,
+    DEFAULT_DELETE_RETENTION_MS, DEFAULT_MIN_CLEANABLE_DIRTY_RATIO_PERCENT,
+};
 use super::{invalid, lookup_topic_name, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys;
@@ -81,7 +84,37 @@ pub(crate) fn altered_config(
         config.retention_ignores_subscriptions = ignores;
     }
     alter_backlog_quota(&mut config, changes)?;
+    alter_compaction(&mut config, changes)?;
     Ok(config)
+}
+
+/// The compaction settings (ADR 0016 §8): a policy, a tombstone retention
+/// of at least 1 ms, any lag, a dirty ratio in 1 ..= 100. Owners apply a
+/// changed policy as soon as their assignment brings the new config.
+fn alter_compaction(
+    config: &mut TopicConfig,
+    changes: &TopicConfigChanges,
+) -> Result<(), NameServerError> {
+    // Topics created before these settings existed store 0 for both.
+    if config.delete_retention_ms == 0 {
+        config.delete_retention_ms = DEFAULT_DELETE_RETENTION_MS;
+    }
+    if config.min_cleanable_dirty_ratio_percent == 0 {
+        config.min_cleanable_dirty_ratio_percent = DEFAULT_MIN_CLEANABLE_DIRTY_RATIO_PERCENT;
+    }
+    if let Some(policy) = changes.cleanup_policy {
+        config.cleanup_policy = policy;
+    }
+    if let Some(retention) = changes.delete_retention_ms {
+        config.delete_retention_ms = retention;
+    }
+    if let Some(lag) = changes.min_compaction_lag_ms {
+        config.min_compaction_lag_ms = lag;
+    }
+    if let Some(ratio) = changes.min_cleanable_dirty_ratio_percent {
+        config.min_cleanable_dirty_ratio_percent = ratio;
+    }
+    check_compaction(config)
 }
 
 /// Replaces `field` with `given` when given; 0 is refused (CreateTopic

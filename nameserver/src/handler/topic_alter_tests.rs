@@ -260,3 +260,92 @@ fn partitions_only_grow_up_to_the_limit() {
         "nothing but the count changes"
     );
 }
+
+#[test]
+fn compaction_settings_at_their_extremes() {
+    let ok = |changes: TopicConfigChanges| altered_config(&stored(), &changes, GRPC_LIMIT);
+    let altered = ok(TopicConfigChanges {
+        cleanup_policy: Some(sluice_proto::v1::CleanupPolicy::CompactDelete as i32),
+        delete_retention_ms: Some(1),
+        min_compaction_lag_ms: Some(0),
+        min_cleanable_dirty_ratio_percent: Some(100),
+        ..TopicConfigChanges::default()
+    })
+    .expect("every value in range");
+    assert_eq!(
+        (
+            altered.cleanup_policy,
+            altered.delete_retention_ms,
+            altered.min_compaction_lag_ms,
+            altered.min_cleanable_dirty_ratio_percent
+        ),
+        (2, 1, 0, 100)
+    );
+    let altered = ok(TopicConfigChanges {
+        delete_retention_ms: Some(u64::MAX),
+        min_compaction_lag_ms: Some(u64::MAX),
+        min_cleanable_dirty_ratio_percent: Some(1),
+        ..TopicConfigChanges::default()
+    })
+    .expect("every value in range");
+    assert_eq!(altered.delete_retention_ms, u64::MAX);
+    assert_eq!(altered.min_cleanable_dirty_ratio_percent, 1);
+    // A topic stored before these settings existed (zeros) can still be
+    // altered: its zeros read as the defaults.
+    let old = TopicConfig {
+        delete_retention_ms: 0,
+        min_cleanable_dirty_ratio_percent: 0,
+        ..stored()
+    };
+    let altered = altered_config(
+        &old,
+        &TopicConfigChanges {
+            retention_ms: Some(5),
+            ..TopicConfigChanges::default()
+        },
+        GRPC_LIMIT,
+    )
+    .expect("an old topic alters");
+    assert_eq!(altered.delete_retention_ms, 86_400_000);
+    assert_eq!(altered.min_cleanable_dirty_ratio_percent, 50);
+    let zero = TopicConfigChanges::default;
+    for (changes, named) in [
+        (
+            TopicConfigChanges {
+                cleanup_policy: Some(3),
+                ..zero()
+            },
+            "cleanup_policy",
+        ),
+        (
+            TopicConfigChanges {
+                cleanup_policy: Some(-1),
+                ..zero()
+            },
+            "cleanup_policy",
+        ),
+        (
+            TopicConfigChanges {
+                delete_retention_ms: Some(0),
+                ..zero()
+            },
+            "delete_retention_ms",
+        ),
+        (
+            TopicConfigChanges {
+                min_cleanable_dirty_ratio_percent: Some(0),
+                ..zero()
+            },
+            "min_cleanable_dirty_ratio_percent",
+        ),
+        (
+            TopicConfigChanges {
+                min_cleanable_dirty_ratio_percent: Some(101),
+                ..zero()
+            },
+            "min_cleanable_dirty_ratio_percent",
+        ),
+    ] {
+        refused_naming(changes, named);
+    }
+}

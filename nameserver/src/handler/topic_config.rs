@@ -8,13 +8,18 @@ use crate::error::NameServerError;
 use sluice_proto::limits::{
     largest_max_batch_bytes, MAX_ENSEMBLE_SIZE, MIN_MAX_BATCH_BYTES, PRODUCE_ENVELOPE_BYTES,
 };
-use sluice_proto::v1::{BacklogPolicy, Durability, TopicConfig};
+use sluice_proto::v1::{BacklogPolicy, CleanupPolicy, Durability, TopicConfig};
 
 /// Default warning line of a backlog quota, in percent (ADR 0012).
 const DEFAULT_BACKLOG_WARN_RATIO_PERCENT: u32 = 80;
 /// Default and largest time a HOLD policy holds a batch (ADR 0012).
 const DEFAULT_BACKLOG_HOLD_TIMEOUT_MS: u64 = 30_000;
 const MAX_BACKLOG_HOLD_TIMEOUT_MS: u64 = 600_000;
+/// Default time a tombstone stays readable after compaction reached it
+/// (ADR 0016 §8): one day.
+pub(crate) const DEFAULT_DELETE_RETENTION_MS: u64 = 86_400_000;
+/// Default share of the cleanable log that must be dirty before a pass.
+pub(crate) const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO_PERCENT: u32 = 50;
 
 /// Fills zero fields of `given` from `defaults` and checks the result;
 /// `max_message_bytes` is the nameserver's gRPC message limit.
@@ -44,8 +49,54 @@ pub(crate) fn complete_topic_config(
     config.retention_ignores_subscriptions = given.retention_ignores_subscriptions;
     check_quorums(&config)?;
     complete_backlog_quota(&given, &mut config)?;
+    complete_compaction(&given, &mut config)?;
     check_max_batch_bytes(config.max_batch_bytes, max_message_bytes)?;
     Ok(config)
+}
+
+/// Copies the compaction settings (ADR 0016 §8) from `given`, filling
+/// defaults (`delete_retention_ms` 0 = one day, the dirty ratio 0 = 50 %)
+/// and refusing an unknown policy or a ratio above 100.
+fn complete_compaction(
+    given: &TopicConfig,
+    config: &mut TopicConfig,
+) -> Result<(), NameServerError> {
+    config.cleanup_policy = given.cleanup_policy;
+    config.delete_retention_ms = match given.delete_retention_ms {
+        0 => DEFAULT_DELETE_RETENTION_MS,
+        given => given,
+    };
+    config.min_compaction_lag_ms = given.min_compaction_lag_ms;
+    config.min_cleanable_dirty_ratio_percent = match given.min_cleanable_dirty_ratio_percent {
+        0 => DEFAULT_MIN_CLEANABLE_DIRTY_RATIO_PERCENT,
+        ratio => ratio,
+    };
+    check_compaction(config)
+}
+
+/// The compaction settings of a complete config: a known policy, a
+/// dirty ratio in 1 ..= 100 and a tombstone retention of at least 1 ms.
+pub(super) fn check_compaction(config: &TopicConfig) -> Result<(), NameServerError> {
+    if CleanupPolicy::try_from(config.cleanup_policy).is_err() {
+        return Err(invalid(format!(
+            "unknown cleanup_policy {}; give CLEANUP_POLICY_DELETE (0), \
+             CLEANUP_POLICY_COMPACT (1) or CLEANUP_POLICY_COMPACT_DELETE (2)",
+            config.cleanup_policy
+        )));
+    }
+    if !(1..=100).contains(&config.min_cleanable_dirty_ratio_percent) {
+        return Err(invalid(format!(
+            "min_cleanable_dirty_ratio_percent must be between 1 and 100 (0 means \
+             {DEFAULT_MIN_CLEANABLE_DIRTY_RATIO_PERCENT}), got {}",
+            config.min_cleanable_dirty_ratio_percent
+        )));
+    }
+    if config.delete_retention_ms == 0 {
+        return Err(invalid(
+            "delete_retention_ms must be at least 1 (u64::MAX keeps tombstones forever), got 0",
+        ));
+    }
+    Ok(())
 }
 
 /// A batch limit between [`MIN_MAX_BATCH_BYTES`] and what a produce
@@ -398,6 +449,46 @@ mod tests {
                     (1, Ok(1)),
                     (600_000, Ok(600_000)),
                     (u64::MAX, Err("backlog_hold_timeout_ms")),
+                ],
+            ),
+            (
+                "cleanup_policy",
+                |c, v| c.cleanup_policy = v as i32,
+                |c| c.cleanup_policy as u64,
+                vec![
+                    (0, Ok(0)),
+                    (1, Ok(1)),
+                    (2, Ok(2)),
+                    (3, Err("cleanup_policy")),
+                    (u64::MAX, Err("cleanup_policy")),
+                ],
+            ),
+            (
+                "delete_retention_ms",
+                |c, v| c.delete_retention_ms = v,
+                |c| c.delete_retention_ms,
+                vec![
+                    (0, Ok(DEFAULT_DELETE_RETENTION_MS)),
+                    (1, Ok(1)),
+                    (u64::MAX, Ok(u64::MAX)),
+                ],
+            ),
+            (
+                "min_compaction_lag_ms",
+                |c, v| c.min_compaction_lag_ms = v,
+                |c| c.min_compaction_lag_ms,
+                vec![(0, Ok(0)), (1, Ok(1)), (u64::MAX, Ok(u64::MAX))],
+            ),
+            (
+                "min_cleanable_dirty_ratio_percent",
+                |c, v| c.min_cleanable_dirty_ratio_percent = v as u32,
+                |c| c.min_cleanable_dirty_ratio_percent.into(),
+                vec![
+                    (0, Ok(50)),
+                    (1, Ok(1)),
+                    (100, Ok(100)),
+                    (101, Err("min_cleanable_dirty_ratio_percent")),
+                    (u32::MAX.into(), Err("min_cleanable_dirty_ratio_percent")),
                 ],
             ),
         ];

@@ -87,6 +87,7 @@ impl NameServerHandler {
         for prefix in [
             keys::partitions_of(name),
             keys::segments_of_topic(name),
+            keys::compactions_of_topic(name),
             keys::subscriptions_of(name),
             keys::subscription_guard_of(name),
         ] {

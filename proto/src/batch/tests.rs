@@ -282,3 +282,42 @@ fn iterator_splits_concatenated_batches() {
     let truncated: Vec<_> = BatchIter::new(&joined[..joined.len() - 1]).collect();
     assert!(truncated[1].is_err());
 }
+
+#[test]
+fn compacted_topics_refuse_keyless_records_in_every_compression() {
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let keyed = |keys: &[Option<&'static str>], value: Option<&'static str>| {
+            let mut builder = BatchBuilder::new(compression);
+            for key in keys {
+                builder.push(&RecordData {
+                    key: key.map(|key| Bytes::from_static(key.as_bytes())),
+                    value: value.map(|value| Bytes::from_static(value.as_bytes())),
+                    timestamp_ms: Some(1_000),
+                    ..RecordData::default()
+                });
+            }
+            builder.build()
+        };
+        let check = |batch: &Bytes, keys_required: bool| {
+            validate_produced_keyed(batch, 1 << 20, keys_required).and_then(|header| {
+                validate_compressed_keyed(batch, &header, 1 << 20, keys_required)
+            })
+        };
+        // A tombstone (null value) and an empty key are keyed records.
+        let all_keyed = keyed(&[Some("a"), Some("")], None);
+        check(&all_keyed, true).expect("keyed records and tombstones pass");
+        // The last record alone without a key is enough to refuse.
+        let last_keyless = keyed(&[Some("a"), Some("b"), None], Some("v"));
+        assert_eq!(
+            check(&last_keyless, true),
+            Err(BatchError::KeylessRecord { index: 2 }),
+            "{compression:?}"
+        );
+        check(&last_keyless, false).expect("other topics take keyless records");
+        let one_keyless = keyed(&[None], Some("v"));
+        assert!(matches!(
+            check(&one_keyless, true),
+            Err(BatchError::KeylessRecord { index: 0 })
+        ));
+    }
+}

@@ -50,6 +50,17 @@ pub fn validate_compressed(
     header: &BatchHeader,
     max_uncompressed_bytes: usize,
 ) -> Result<(), BatchError> {
+    validate_compressed_keyed(batch, header, max_uncompressed_bytes, false)
+}
+
+/// [`validate_compressed`]; with `keys_required` (a compacted topic) a
+/// record without a key is [`BatchError::KeylessRecord`].
+pub fn validate_compressed_keyed(
+    batch: &[u8],
+    header: &BatchHeader,
+    max_uncompressed_bytes: usize,
+    keys_required: bool,
+) -> Result<(), BatchError> {
     if header.compression == Compression::None {
         return Ok(());
     }
@@ -61,7 +72,7 @@ pub fn validate_compressed(
     };
     let limit = max_uncompressed_bytes.min(MAX_UNCOMPRESSED_RECORDS_BYTES);
     let records = decompress_bounded(header.compression, block, limit)?;
-    check_record_sequence(&records, header)
+    check_record_sequence(&records, header, keys_required)
 }
 
 /// Decompresses a records block to at most `limit` bytes; more is a

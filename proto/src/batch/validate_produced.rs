@@ -18,6 +18,19 @@ use super::{
 /// Not applied to data read back from stores, which was accepted under
 /// earlier rules and must stay readable.
 pub fn validate_produced(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    validate_produced_keyed(bytes, max_batch_bytes, false)
+}
+
+/// [`validate_produced`]; with `keys_required` (a compacted topic, ADR
+/// 0016 §8) an uncompressed record without a key is also
+/// [`BatchError::KeylessRecord`]. Compressed records are checked by
+/// [`super::validate_compressed_keyed`] in the same walk that checks their
+/// sequence.
+pub fn validate_produced_keyed(
+    bytes: &[u8],
+    max_batch_bytes: usize,
+    keys_required: bool,
+) -> Result<BatchHeader, BatchError> {
     let header = validate_frame(bytes, max_batch_bytes)?;
     if header.control {
         return Err(BatchError::ControlFromProducer);
@@ -26,7 +39,7 @@ pub fn validate_produced(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHe
     if header.compression == Compression::None {
         // One walk checks the framing and the sequence together (the hot
         // path of every produce).
-        check_record_sequence(&bytes[HEADER_BYTES..], &header)?;
+        check_record_sequence(&bytes[HEADER_BYTES..], &header, keys_required)?;
     }
     Ok(header)
 }
@@ -56,30 +69,31 @@ fn check_header_timestamps(header: &BatchHeader) -> Result<(), BatchError> {
 /// Walks a records section (uncompressed, or decompressed) checking its
 /// framing and the sequence together: exactly `record_count` well-framed
 /// records, offset deltas 0, 1, 2, ..., timestamps in range, their largest
-/// equal to the header's `max_timestamp`, nothing after the last.
+/// equal to the header's `max_timestamp`, nothing after the last; with
+/// `keys_required`, every record keyed.
 pub(crate) fn check_record_sequence(
     records: &[u8],
     header: &BatchHeader,
+    keys_required: bool,
 ) -> Result<(), BatchError> {
     let mut largest = MIN_TIMESTAMP_MS;
-    walk_records(
-        records,
-        header.record_count,
-        |index, timestamp_delta, offset_delta| {
-            if offset_delta != u64::from(index) {
-                return Err(BatchError::BadOffsetDelta {
-                    index,
-                    delta: offset_delta,
-                });
-            }
-            let timestamp_ms = header
-                .first_timestamp_ms
-                .checked_add(timestamp_delta)
-                .unwrap_or(i64::MAX);
-            largest = largest.max(accepted_timestamp("record timestamp", timestamp_ms)?);
-            Ok(())
-        },
-    )?;
+    walk_records(records, header.record_count, |index, record| {
+        if record.offset_delta != u64::from(index) {
+            return Err(BatchError::BadOffsetDelta {
+                index,
+                delta: record.offset_delta,
+            });
+        }
+        if keys_required && !record.has_key {
+            return Err(BatchError::KeylessRecord { index });
+        }
+        let timestamp_ms = header
+            .first_timestamp_ms
+            .checked_add(record.timestamp_delta)
+            .unwrap_or(i64::MAX);
+        largest = largest.max(accepted_timestamp("record timestamp", timestamp_ms)?);
+        Ok(())
+    })?;
     if largest != header.max_timestamp_ms {
         return Err(BatchError::MaxTimestampMismatch {
             declared: header.max_timestamp_ms,

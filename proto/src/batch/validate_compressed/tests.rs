@@ -28,7 +28,7 @@ fn validate_records(records: &[u8], record_count: u32) -> Result<(), BatchError>
         producer_epoch: -1,
         base_sequence: -1,
     };
-    check_record_sequence(records, &header)
+    check_record_sequence(records, &header, false)
 }
 
 /// One record encoded by hand with timestamp delta `delta_ms` (offset
