@@ -322,30 +322,7 @@ pub async fn topic(config: ClientConfig, command: TopicCommand) -> Result<()> {
             }
             let topic = description.topic.unwrap_or_default();
             let config = topic.config.unwrap_or_default();
-            println!("topic:        {}", topic.name);
-            println!("partitions:   {}", config.partitions);
-            println!("durability:   {}", durability_name(config.durability));
-            println!(
-                "retention:    {}",
-                format_retention(config.retention_ms, config.retention_bytes)
-            );
-            println!(
-                "segment size: {}",
-                or_default(config.segment_bytes, format_bytes)
-            );
-            println!(
-                "message ttl:  {}",
-                or_none(config.message_ttl_ms, format_duration_ms)
-            );
-            println!(
-                "replication:  ensemble {} / write {} / ack {}",
-                config.ensemble_size, config.write_quorum, config.ack_quorum
-            );
-            println!("backlog quota: {}", format_backlog_quota(&config));
-            println!(
-                "cleanup:      {}",
-                sluice_proto::cleanup::name(sluice_proto::cleanup::policy(&config))
-            );
+            print_topic_settings(&topic.name, &config);
             println!();
             // The owners' reports of offline and damaged partitions; the
             // description is still shown when they cannot be read.
@@ -495,9 +472,54 @@ async fn lso_lags(admin: &Admin, topic: &str) -> Vec<sluice_client::LsoLag> {
     }
 }
 
+/// The settings block of `topic describe`.
+fn print_topic_settings(name: &str, config: &sluice_proto::v1::TopicConfig) {
+    println!("topic:        {name}");
+    println!("partitions:   {}", config.partitions);
+    println!("durability:   {}", durability_name(config.durability));
+    println!(
+        "retention:    {}",
+        format_retention(config.retention_ms, config.retention_bytes)
+    );
+    println!(
+        "segment size: {}",
+        or_default(config.segment_bytes, |bytes| or_never(bytes, format_bytes))
+    );
+    println!(
+        "segment age:  {}",
+        or_default(config.segment_ms, |ms| or_never(ms, format_duration_ms))
+    );
+    println!(
+        "max batch:    {}",
+        or_default(u64::from(config.max_batch_bytes), format_bytes)
+    );
+    println!(
+        "message ttl:  {}",
+        or_none(config.message_ttl_ms, format_duration_ms)
+    );
+    println!(
+        "replication:  ensemble {} / write {} / ack {}",
+        config.ensemble_size, config.write_quorum, config.ack_quorum
+    );
+    println!("backlog quota: {}", format_backlog_quota(config));
+    println!(
+        "cleanup:      {}",
+        sluice_proto::cleanup::name(sluice_proto::cleanup::policy(config))
+    );
+}
+
 fn or_default(value: u64, show: impl Fn(u64) -> String) -> String {
     if value == 0 {
         "server default".into()
+    } else {
+        show(value)
+    }
+}
+
+/// `u64::MAX` means "never" for the roll settings.
+fn or_never(value: u64, show: impl Fn(u64) -> String) -> String {
+    if value == u64::MAX {
+        "never".into()
     } else {
         show(value)
     }

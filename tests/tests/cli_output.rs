@@ -73,6 +73,8 @@ fn every_listing_and_description_prints_one_json_document() {
         "1GiB",
         "--ttl",
         "90s",
+        "--max-batch-bytes",
+        "2MiB",
     ]);
     dev.ok(&["produce", "orders", "--key", "k", "a", "b", "c"]);
     dev.ok(&[
@@ -190,6 +192,8 @@ fn every_listing_and_description_prints_one_json_document() {
     );
     assert!(table.contains("segment size: 64 MiB"), "{table}");
     assert!(table.contains("message ttl:  1m 30s"), "{table}");
+    assert!(table.contains("max batch:    2 MiB"), "{table}");
+    assert!(table.contains("segment age:  "), "{table}");
 
     // A bad human value is refused before anything is sent.
     let bad = dev.sluice(&["topic", "create", "x", "--retention", "7 parsecs"]);
