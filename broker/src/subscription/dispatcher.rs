@@ -28,17 +28,24 @@
 //! - A delayed message waits until its delivery time (it does not hold its
 //!   key: delays reorder by design). An expired message (TTL) is never
 //!   delivered; it counts as handled.
+//! - Transactional acknowledgements (ADR 0016 §6, `pending.rs`): a held
+//!   message acknowledged inside a transaction is *pending* until the
+//!   transaction's marker: never redelivered, no ack timeout, its key
+//!   (key-shared) still held, acks by anyone else refused. Commit makes it
+//!   acknowledged, abort makes it ready again with its delivery count.
 //! - Time is Unix milliseconds, passed in by the caller.
 
-use super::cursor::{AckedRanges, CursorSnapshot};
+use super::cursor::{AckedRanges, CursorSnapshot, PendingTransaction};
 use sluice_proto::v1::SubscriptionType;
 use sluice_proto::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 mod dispatch;
 mod explain;
+mod pending;
 
 pub use explain::{Counters, Explanation, Handled};
+pub use pending::TxnAck;
 
 pub type ConsumerId = u64;
 
@@ -98,6 +105,12 @@ enum State {
         until_ms: u64,
     },
     DeadLettering,
+    /// Acknowledged inside transaction `(producer_id, epoch)`, waiting for
+    /// its marker.
+    PendingAck {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +190,16 @@ pub struct Dispatcher {
     /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
     /// answers "why was this not delivered" for recent messages.
     recently_handled: std::collections::VecDeque<(u64, Handled)>,
+    /// Acknowledgements pending in transactions, by `(producer_id, epoch)`
+    /// (scanned or not yet: restored from the cursor), and the transaction
+    /// of each pending offset.
+    pending: BTreeMap<(i64, i16), PendingTransaction>,
+    pending_index: BTreeMap<u64, (i64, i16)>,
+    /// Producer id → the lowest epoch whose transaction has not ended here
+    /// (a marker of `e` sets `e + 1`): a verification answered after the
+    /// marker must not open a pending acknowledgement. At most
+    /// `pending::MAX_ENDED_PRODUCERS`.
+    ended_transactions: BTreeMap<i64, i16>,
 }
 
 impl Dispatcher {
@@ -207,6 +230,13 @@ impl Dispatcher {
             keys_in_commit: Vec::new(),
             counters: Counters::default(),
             recently_handled: std::collections::VecDeque::new(),
+            pending_index: pending::index_of(&snapshot.pending),
+            pending: snapshot
+                .pending
+                .into_iter()
+                .map(|transaction| ((transaction.producer_id, transaction.epoch), transaction))
+                .collect(),
+            ended_transactions: BTreeMap::new(),
         }
     }
 
@@ -323,6 +353,7 @@ impl Dispatcher {
             acked: self.acked.clone(),
             delivery_counts,
             parked_keys: self.parked_keys.clone(),
+            pending: self.pending.values().cloned().collect(),
         }
     }
 
@@ -336,6 +367,12 @@ impl Dispatcher {
             }
             self.read_position = message.offset + 1;
             if self.acked.contains(message.offset) {
+                continue;
+            }
+            if self.add_restored_pending(message) {
+                // Pending in a transaction (restored from the cursor): it
+                // waits for the marker whatever its selector, delay or TTL
+                // say now.
                 continue;
             }
             if !message.selected {
@@ -397,7 +434,7 @@ impl Dispatcher {
                 State::InFlight { deadline_ms, .. } => {
                     self.deadlines.remove(&(deadline_ms, offset));
                 }
-                State::Ready | State::DeadLettering => {}
+                State::Ready | State::DeadLettering | State::PendingAck { .. } => {}
             }
         }
         self.complete(offset);
@@ -438,6 +475,7 @@ impl Dispatcher {
         if offset <= self.read_position {
             return;
         }
+        self.forget_pending_in(self.read_position, offset);
         self.acked.insert_range(self.read_position, offset);
         self.read_position = offset;
         self.dirty = true;
@@ -534,6 +572,7 @@ impl Dispatcher {
     fn make_ready(&mut self, offset: u64) {
         if let Some(state) = self.entries.get(&offset).map(|entry| entry.state) {
             self.leave_flight(state);
+            self.forget_pending(offset, state);
         }
         if let Some(entry) = self.entries.get_mut(&offset) {
             if matches!(entry.state, State::Delayed { .. }) {
@@ -623,6 +662,7 @@ impl Dispatcher {
     fn complete(&mut self, offset: u64) {
         if let Some(entry) = self.entries.remove(&offset) {
             self.leave_flight(entry.state);
+            self.forget_pending(offset, entry.state);
             self.ready.remove(&offset);
             if entry.deliveries >= 2 {
                 self.redelivered.remove(&offset);

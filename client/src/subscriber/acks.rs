@@ -101,6 +101,7 @@ impl<W> AckTracker<W> {
             request_id,
             offsets,
             cumulative_offset,
+            transaction: None,
         })
     }
 

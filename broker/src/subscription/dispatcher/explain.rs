@@ -59,6 +59,14 @@ pub enum Explanation {
     BeingDeadLettered {
         deliveries: u32,
     },
+    /// Acknowledged inside an open transaction, waiting for its commit
+    /// (acknowledged) or abort (delivered again).
+    PendingTransaction {
+        deliveries: u32,
+        transactional_id: String,
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 impl Dispatcher {
@@ -84,6 +92,16 @@ impl Dispatcher {
                 State::Delayed { until_ms } => Explanation::Delayed { until_ms },
                 State::DeadLettering => Explanation::BeingDeadLettered {
                     deliveries: entry.deliveries,
+                },
+                State::PendingAck { producer_id, epoch } => Explanation::PendingTransaction {
+                    deliveries: entry.deliveries,
+                    transactional_id: self
+                        .pending
+                        .get(&(producer_id, epoch))
+                        .map(|transaction| transaction.transactional_id.clone())
+                        .unwrap_or_default(),
+                    producer_id,
+                    epoch,
                 },
             };
         }
