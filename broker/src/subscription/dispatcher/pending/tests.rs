@@ -496,5 +496,8 @@ fn randomised_pending_acks_against_a_model() {
             }
         }
     }
-    assert!(resolved_total > 500, "the run resolved only {resolved_total} pending acks");
+    assert!(
+        resolved_total > 500,
+        "the run resolved only {resolved_total} pending acks"
+    );
 }
