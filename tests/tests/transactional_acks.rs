@@ -32,6 +32,7 @@ use sluice_tests::cluster::{binary, wait_until_writable, Cluster, ClusterSpec};
 use sluice_tests::subscription_kit::{
     open_request, produce, raw_stream, stream_error, subscriber_config, value_of,
 };
+use sluice_tests::transactions::coordinator;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -162,13 +163,21 @@ async fn outputs(cluster: &Cluster, isolation: Isolation, at_least: usize) -> Ve
 }
 
 /// Nothing arrives at `subscriber` for `quiet`.
-async fn nothing_comes(subscriber: &Subscriber, quiet: Duration) {
-    if let Some(message) = subscriber.recv_timeout(quiet).await.expect("recv") {
-        panic!(
-            "offset {} (value {}) was delivered again",
-            message.offset,
-            value_of(&message)
-        );
+#[track_caller]
+fn nothing_comes(
+    subscriber: &Subscriber,
+    quiet: Duration,
+) -> impl std::future::Future<Output = ()> + '_ {
+    let caller = std::panic::Location::caller();
+    async move {
+        if let Some(message) = subscriber.recv_timeout(quiet).await.expect("recv") {
+            panic!(
+                "offset {} (value {}, delivery {}) was delivered again (checked at {caller})",
+                message.offset,
+                value_of(&message),
+                message.delivery_count
+            );
+        }
     }
 }
 
@@ -459,4 +468,95 @@ async fn only_the_holder_acknowledges_in_a_transaction_and_bad_input_is_refused(
         held[1..].iter().map(value_of).collect::<BTreeSet<_>>()
     );
     nothing_comes(&next, Duration::from_secs(3)).await;
+}
+
+/// The broker owning the input partition.
+async fn input_owner(cluster: &Cluster) -> String {
+    cluster
+        .admin()
+        .await
+        .describe_topic(INPUTS)
+        .await
+        .expect("describe")
+        .partitions
+        .first()
+        .and_then(|partition| partition.route.as_ref())
+        .map(|route| route.broker_id.clone())
+        .expect("an owner")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_owner_keeps_acks_pending_until_the_marker() {
+    const MESSAGES: u64 = 20;
+    const TAKEN: usize = 5;
+    let mut cluster = start().await;
+    produce(&cluster, INPUTS, MESSAGES, |_| None, |_, record| record).await;
+    // A transactional id coordinated by the broker that survives, so the
+    // transaction stays open across the kill (a killed coordinator's
+    // successor aborts open transactions at once).
+    let victim = input_owner(&cluster).await;
+    let mut transactional_id = None;
+    for attempt in 0..64 {
+        let id = format!("worker-o-{attempt}");
+        let (coordinator, _) = coordinator(&cluster, &id).await.expect("coordinator");
+        if coordinator != victim {
+            transactional_id = Some(id);
+            break;
+        }
+    }
+    let transactional_id = transactional_id.expect("an id coordinated elsewhere");
+    let worker = subscriber(&cluster).await;
+    let producer = producer(&cluster, &transactional_id).await;
+    let taken = take(&worker, TAKEN).await;
+    producer.begin_transaction().expect("begin");
+    for message in &taken {
+        producer
+            .enqueue(Record::new(OUTPUTS, format!("owner-{}", value_of(message))))
+            .await
+            .expect("enqueue");
+        worker
+            .ack_in_transaction(message, &producer)
+            .await
+            .expect("ack in the transaction");
+    }
+    drop(worker);
+    let pending: BTreeSet<u64> = taken.iter().map(value_of).collect();
+
+    // Kill -9 the owner of the input partition; the other broker takes it
+    // over, loads the cursor with its pending section and waits for the
+    // marker: the pending inputs are not delivered, the others are.
+    cluster
+        .brokers
+        .iter_mut()
+        .find(|broker| broker.node_id == victim)
+        .expect("the owner is one of ours")
+        .kill();
+    let replacement = subscriber(&cluster).await;
+    let others = take(&replacement, MESSAGES as usize - TAKEN).await;
+    assert!(
+        others
+            .iter()
+            .all(|message| !pending.contains(&value_of(message))),
+        "a pending input was delivered by the new owner before its marker"
+    );
+    nothing_comes(&replacement, Duration::from_secs(2)).await;
+
+    // The commit's marker reaches the new owner: the inputs are
+    // acknowledged for good and the outputs visible.
+    let mut committed = producer.commit_transaction().await;
+    for _attempt in 0..5 {
+        match &committed {
+            Err(error) if error.is_retriable() => {
+                committed = producer.commit_transaction().await;
+            }
+            _ => break,
+        }
+    }
+    committed.expect("commit");
+    nothing_comes(&replacement, Duration::from_secs(3)).await;
+    let visible = outputs(&cluster, Isolation::ReadCommitted, TAKEN).await;
+    assert_eq!(
+        visible.into_iter().collect::<BTreeSet<_>>(),
+        expected("owner", pending.iter().copied())
+    );
 }
