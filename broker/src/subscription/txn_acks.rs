@@ -23,6 +23,11 @@ use sluice_proto::ErrorCode;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// Most transactional-ack verifications in flight per dispatcher (each
+/// one coordinator call bounded by `verification_timeout_ms`); beyond it
+/// an ack request is refused `THROTTLED` (retriable) instead of queued.
+pub(super) const MAX_VERIFICATIONS_IN_FLIGHT: usize = 1_024;
+
 /// A verification's answer, handed back to the task.
 pub(super) struct VerifiedAck {
     consumer: ConsumerId,
@@ -68,6 +73,15 @@ impl Task {
                     error: code as i32,
                 }),
             }
+        }
+        if self.verifications.len() >= MAX_VERIFICATIONS_IN_FLIGHT {
+            let code = ErrorCode::Throttled as i32;
+            receipt
+                .rejected
+                .extend(allowed.drain(..).map(|offset| AckResult {
+                    offset,
+                    error: code,
+                }));
         }
         if allowed.is_empty() {
             self.send(consumer, ToConsumer::AckReceipt(receipt));

@@ -31,7 +31,7 @@ impl Subscriber {
     /// # async fn demo(subscriber: Subscriber, producer: Producer) -> Result<(), ClientError> {
     /// let message = subscriber.recv().await?;
     /// producer.begin_transaction()?;
-    /// producer.enqueue(Record::new("results", message.value.clone())).await?;
+    /// producer.enqueue(Record::new("results", message.value.clone().unwrap_or_default())).await?;
     /// subscriber.ack_in_transaction(&message, &producer).await?;
     /// producer.commit_transaction().await?; // output visible and input acknowledged, or neither
     /// # Ok(()) }
