@@ -146,6 +146,7 @@ pub async fn reset_cursor(
         acked: AckedRanges::new(target),
         delivery_counts: BTreeMap::new(),
         parked_keys: Default::default(),
+        pending: Vec::new(),
     };
     let group = cursor_group(&subscription.name)?;
     let key = partition.key.clone();

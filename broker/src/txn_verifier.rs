@@ -20,6 +20,9 @@ pub struct Verification {
     pub epoch: i16,
     pub topic: String,
     pub partition: u32,
+    /// Empty for the partition's log; else the subscription whose
+    /// acknowledgements join the transaction (ADR 0016 §6).
+    pub subscription: String,
 }
 
 /// Asks the transaction coordinator to add a partition to a transaction.

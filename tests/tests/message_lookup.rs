@@ -533,6 +533,7 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
                 request_id: 1,
                 offsets: vec![0],
                 cumulative_offset: None,
+                transaction: None,
             })),
         })
         .await
@@ -566,6 +567,7 @@ async fn explain_tells_where_a_message_stands_in_a_subscription() {
                 request_id: 1,
                 offsets: acked.clone(),
                 cumulative_offset: None,
+                transaction: None,
             })),
         })
         .await

@@ -138,6 +138,7 @@ async fn marker(cluster: &Cluster, producer_id: i64, commit: bool) -> ErrorCode 
                 topic: TOPIC.into(),
                 partitions: vec![0],
             }],
+            subscriptions: Vec::new(),
         };
         let code = match broker(cluster).await.write_txn_markers(request).await {
             Ok(answer) => answer

@@ -570,6 +570,7 @@ async fn bad_input_on_the_subscribe_stream_gets_clear_errors() {
                 request_id: 7,
                 offsets: vec![delivered[0], 1_000_000, u64::MAX],
                 cumulative_offset: Some(5),
+                transaction: None,
             })),
         })
         .await
@@ -603,6 +604,7 @@ async fn bad_input_on_the_subscribe_stream_gets_clear_errors() {
                 request_id: 8,
                 offsets: vec![0; 20_000],
                 cumulative_offset: None,
+                transaction: None,
             })),
         })
         .await

@@ -72,6 +72,7 @@ pub(crate) async fn evict_committed(
             acked: AckedRanges::new(status.log_start_offset),
             delivery_counts: BTreeMap::new(),
             parked_keys: Default::default(),
+            pending: Vec::new(),
         },
     };
     if snapshot.epoch > partition.epoch {
@@ -84,6 +85,7 @@ pub(crate) async fn evict_committed(
     snapshot.epoch = partition.epoch;
     let mark = snapshot.acked.mark_delete();
     snapshot.acked.insert_range(mark, target);
+    snapshot.drop_pending_acknowledged();
     snapshot.delivery_counts = snapshot.delivery_counts.split_off(&target);
     let after = backlog_of_cursor(&snapshot.acked, status.high_watermark);
     let group = subscription::cursor_group(&subscription.name)?;

@@ -183,6 +183,7 @@ fn a_cursor_from_an_older_owner_epoch_is_refused() {
             acked: AckedRanges::new(mark),
             delivery_counts: Default::default(),
             parked_keys: Default::default(),
+            pending: Vec::new(),
         }
         .encode()
     };

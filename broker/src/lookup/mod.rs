@@ -876,6 +876,22 @@ fn from_dispatcher(explanation: Explanation, now_ms: u64, name: &str) -> Explain
             response.delivery_count = deliveries;
             response
         }
+        Explanation::PendingTransaction {
+            deliveries,
+            transactional_id,
+            producer_id,
+            epoch,
+        } => {
+            let mut response = answer(
+                MessageState::InFlight,
+                format!(
+                    "delivered {} in subscription {name:?} and acknowledged inside transaction {transactional_id:?} (producer id {producer_id}, epoch {epoch}): acknowledged if it commits, delivered again if it aborts",
+                    times(deliveries)
+                ),
+            );
+            response.delivery_count = deliveries;
+            response
+        }
     }
 }
 

@@ -138,6 +138,7 @@ fn admit_data(
                 epoch,
                 topic: partition.key.topic.clone(),
                 partition: partition.key.partition,
+                subscription: String::new(),
             };
             let timeout = Duration::from_millis(shared.config.transactions.verification_timeout_ms);
             let pending = shared.txn_verifier.verify(verification);

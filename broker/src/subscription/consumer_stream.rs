@@ -2,6 +2,7 @@
 //! requests forwarded to the dispatcher as commands.
 
 use super::dispatcher::ConsumerId;
+use super::dispatcher::TxnAck;
 use super::{
     cursor_group, Command, SubscribeResponseStream, MAX_NACK_DELAY_MS, MAX_OFFSETS_PER_REQUEST,
     OPEN_TIMEOUT, RESPONSE_QUEUE_SLACK,
@@ -9,9 +10,9 @@ use super::{
 use crate::error::BrokerError;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
-use sluice_proto::names::{GroupName, TopicName};
+use sluice_proto::names::{GroupName, TopicName, TransactionalId};
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
-use sluice_proto::v1::{SubscribeRequest, SubscribeResponse};
+use sluice_proto::v1::{SubscribeRequest, SubscribeResponse, TransactionContext};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -107,7 +108,15 @@ async fn run_consumer(
         .await
         .map_err(|_| not_owner())?;
     opened.await.map_err(|_| not_owner())??;
-    let result = forward_requests(consumer, &mut requests, &responses, &dispatcher).await;
+    let result = forward_requests(
+        &shared,
+        &authorizer,
+        consumer,
+        &mut requests,
+        &responses,
+        &dispatcher,
+    )
+    .await;
     // Whatever ended the stream, the consumer is gone: what it held is
     // delivered again.
     let _ = dispatcher.send(Command::Close { consumer }).await;
@@ -115,6 +124,8 @@ async fn run_consumer(
 }
 
 async fn forward_requests(
+    shared: &Shared,
+    authorizer: &sluice_service::RequestAuthorizer,
     consumer: ConsumerId,
     requests: &mut Streaming<SubscribeRequest>,
     responses: &mpsc::Sender<Result<SubscribeResponse, Status>>,
@@ -134,16 +145,29 @@ async fn forward_requests(
                 return Ok(());
             }
         };
-        let command =
-            match request.request {
-                Some(ConsumerRequest::Flow(flow)) => Command::Flow {
-                    consumer,
-                    permits: u64::from(flow.permits),
-                },
-                Some(ConsumerRequest::Ack(ack)) => {
-                    if ack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
-                        return Err(too_many_offsets(ack.offsets.len()));
+        let command = match request.request {
+            Some(ConsumerRequest::Flow(flow)) => Command::Flow {
+                consumer,
+                permits: u64::from(flow.permits),
+            },
+            Some(ConsumerRequest::Ack(ack)) => {
+                if ack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
+                    return Err(too_many_offsets(ack.offsets.len()));
+                }
+                if let Some(context) = &ack.transaction {
+                    if ack.cumulative_offset.is_some() {
+                        return Err(BrokerError::InvalidArgument(
+                                "a transactional acknowledgement names individual offsets; cumulative_offset is not allowed with a transaction".into(),
+                            ));
                     }
+                    let transaction = transaction_of(shared, authorizer, context)?;
+                    Command::TxnAck {
+                        consumer,
+                        request_id: ack.request_id,
+                        offsets: ack.offsets,
+                        transaction,
+                    }
+                } else {
                     Command::Ack {
                         consumer,
                         request_id: ack.request_id,
@@ -151,30 +175,82 @@ async fn forward_requests(
                         cumulative: ack.cumulative_offset,
                     }
                 }
-                Some(ConsumerRequest::Nack(nack)) => {
-                    if nack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
-                        return Err(too_many_offsets(nack.offsets.len()));
-                    }
-                    Command::Nack {
-                        consumer,
-                        offsets: nack.offsets,
-                        delay_ms: nack.delay_ms.min(MAX_NACK_DELAY_MS),
-                    }
+            }
+            Some(ConsumerRequest::Nack(nack)) => {
+                if nack.offsets.len() > MAX_OFFSETS_PER_REQUEST {
+                    return Err(too_many_offsets(nack.offsets.len()));
                 }
-                Some(ConsumerRequest::Open(_)) => return Err(BrokerError::InvalidArgument(
+                Command::Nack {
+                    consumer,
+                    offsets: nack.offsets,
+                    delay_ms: nack.delay_ms.min(MAX_NACK_DELAY_MS),
+                }
+            }
+            Some(ConsumerRequest::Open(_)) => {
+                return Err(BrokerError::InvalidArgument(
                     "a subscribe stream is opened once; start a new stream for another partition"
                         .into(),
-                )),
-                None => {
-                    return Err(BrokerError::InvalidArgument(
-                        "empty subscribe request".into(),
-                    ))
-                }
-            };
+                ))
+            }
+            None => {
+                return Err(BrokerError::InvalidArgument(
+                    "empty subscribe request".into(),
+                ))
+            }
+        };
         if dispatcher.send(command).await.is_err() {
             return Ok(());
         }
     }
+}
+
+/// The transaction an acknowledgement joins, once its fields are valid,
+/// transactions are on, the principal may write the transactional id and
+/// the producer id was issued to it (ADR 0015); the coordinator checks the
+/// rest (the id's producer id and epoch) when it adds the participant.
+fn transaction_of(
+    shared: &Shared,
+    authorizer: &sluice_service::RequestAuthorizer,
+    context: &TransactionContext,
+) -> Result<TxnAck, BrokerError> {
+    if !shared.config.transactions.enabled {
+        return Err(BrokerError::InvalidArgument(
+            "transactional acknowledgements need transactions enabled on this broker ([transactions] enabled = false)".into(),
+        ));
+    }
+    let id = TransactionalId::new(&context.transactional_id)
+        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
+    let epoch = i16::try_from(context.producer_epoch)
+        .ok()
+        .filter(|epoch| (0..i16::MAX).contains(epoch))
+        .ok_or_else(|| {
+            BrokerError::InvalidArgument(format!(
+                "producer_epoch {} is outside 0..{}",
+                context.producer_epoch,
+                i16::MAX
+            ))
+        })?;
+    if context.producer_id < 0 {
+        return Err(BrokerError::InvalidArgument(format!(
+            "producer_id {} is negative",
+            context.producer_id
+        )));
+    }
+    authorizer
+        .check(
+            sluice_acl::Operation::Write,
+            sluice_acl::ResourceType::TransactionalId,
+            id.as_str(),
+        )
+        .map_err(BrokerError::Relayed)?;
+    shared
+        .producer_ids
+        .check(context.producer_id, &authorizer.principal)?;
+    Ok(TxnAck {
+        transactional_id: id.to_string(),
+        producer_id: context.producer_id,
+        epoch,
+    })
 }
 
 fn too_many_offsets(count: usize) -> BrokerError {

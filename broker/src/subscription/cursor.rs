@@ -13,11 +13,24 @@
 //! range_count varint, then per range: gap_from_previous_end varint, length varint
 //! count_entries varint, then per entry: offset_minus_mark_delete varint, deliveries varint
 //! parked_key_count varint, then per key: key_hash u64
+//! version 2 only (transactional acknowledgements pending, ADR 0016 §6):
+//! transaction_count varint, then per transaction:
+//!   id_length varint, transactional_id (UTF-8), producer_id u64, epoch u16,
+//!   offset_count varint, then per offset: gap varint, deliveries varint
+//!   (gap: from the mark-delete offset for the first, from the previous
+//!   offset, at least 1, for the others)
 //! ```
+//!
+//! A cursor without pending acknowledgements is written as version 1, so a
+//! broker of the previous release still reads it; version 1 reads as a
+//! cursor with nothing pending.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Without a pending section.
 const VERSION: u8 = 1;
+/// With the pending section of transactional acknowledgements.
+const VERSION_PENDING: u8 = 2;
 /// Fixed part: version, epoch, created-at, mark-delete.
 const FIXED_BYTES: usize = 1 + 8 + 8 + 8;
 /// Most ranges, delivery counts or parked keys a decoded cursor may hold;
@@ -135,13 +148,26 @@ pub struct CursorSnapshot {
     /// Key hashes parked by a key-shared subscription: their messages go
     /// to the dead-letter topic in order.
     pub parked_keys: BTreeSet<u64>,
+    /// Acknowledgements pending in open transactions, one entry per
+    /// transaction (distinct offsets across entries, none acknowledged).
+    pub pending: Vec<PendingTransaction>,
+}
+
+/// Messages acknowledged inside one transaction, waiting for its marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTransaction {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Offset → deliveries so far (kept if the transaction aborts).
+    pub offsets: BTreeMap<u64, u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CursorError {
     #[error("cursor is {0} bytes, shorter than its fixed header")]
     Truncated(usize),
-    #[error("cursor version {0} is not known (expected {VERSION})")]
+    #[error("cursor version {0} is not known (expected {VERSION} or {VERSION_PENDING})")]
     Version(u8),
     #[error("cursor field {0} is malformed")]
     Malformed(&'static str),
@@ -152,7 +178,11 @@ impl CursorSnapshot {
         let mut out = Vec::with_capacity(
             FIXED_BYTES + 4 + self.acked.range_count() * 4 + self.delivery_counts.len() * 4,
         );
-        out.push(VERSION);
+        out.push(if self.pending.is_empty() {
+            VERSION
+        } else {
+            VERSION_PENDING
+        });
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&self.subscription_created_at_ms.to_le_bytes());
         out.extend_from_slice(&self.acked.mark_delete().to_le_bytes());
@@ -172,7 +202,41 @@ impl CursorSnapshot {
         for key in &self.parked_keys {
             out.extend_from_slice(&key.to_le_bytes());
         }
+        if !self.pending.is_empty() {
+            self.encode_pending(&mut out);
+        }
         out
+    }
+
+    /// Forgets pending acknowledgements of offsets now acknowledged (an
+    /// operator's eviction moved the mark past them): a later marker finds
+    /// nothing to resolve for them.
+    pub fn drop_pending_acknowledged(&mut self) {
+        let acked = &self.acked;
+        for transaction in &mut self.pending {
+            transaction
+                .offsets
+                .retain(|offset, _| !acked.contains(*offset));
+        }
+        self.pending
+            .retain(|transaction| !transaction.offsets.is_empty());
+    }
+
+    fn encode_pending(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.pending.len() as u64);
+        for transaction in &self.pending {
+            put_varint(out, transaction.transactional_id.len() as u64);
+            out.extend_from_slice(transaction.transactional_id.as_bytes());
+            out.extend_from_slice(&(transaction.producer_id as u64).to_le_bytes());
+            out.extend_from_slice(&(transaction.epoch as u16).to_le_bytes());
+            put_varint(out, transaction.offsets.len() as u64);
+            let mut previous = self.acked.mark_delete();
+            for (offset, deliveries) in &transaction.offsets {
+                put_varint(out, offset.saturating_sub(previous));
+                put_varint(out, u64::from(*deliveries));
+                previous = *offset;
+            }
+        }
     }
 
     /// The epoch of an encoded cursor, without decoding the rest.
@@ -180,7 +244,7 @@ impl CursorSnapshot {
         if bytes.len() < FIXED_BYTES {
             return Err(CursorError::Truncated(bytes.len()));
         }
-        if bytes[0] != VERSION {
+        if bytes[0] != VERSION && bytes[0] != VERSION_PENDING {
             return Err(CursorError::Version(bytes[0]));
         }
         Ok(read_u64(&bytes[1..9]))
@@ -227,6 +291,11 @@ impl CursorSnapshot {
         for _ in 0..parked_count {
             parked_keys.insert(reader.u64("parked key")?);
         }
+        let pending = if bytes[0] == VERSION_PENDING {
+            decode_pending(&mut reader, &acked)?
+        } else {
+            Vec::new()
+        };
         if reader.position != bytes.len() {
             return Err(CursorError::Malformed("trailing bytes"));
         }
@@ -236,8 +305,70 @@ impl CursorSnapshot {
             acked,
             delivery_counts,
             parked_keys,
+            pending,
         })
     }
+}
+
+/// The pending section: every transaction well-formed, offsets above the
+/// mark-delete, not acknowledged, and in one transaction only.
+fn decode_pending(
+    reader: &mut Reader<'_>,
+    acked: &AckedRanges,
+) -> Result<Vec<PendingTransaction>, CursorError> {
+    let count = reader.count("pending transaction count")?;
+    if count == 0 {
+        return Err(CursorError::Malformed("empty pending section"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut pending = Vec::new();
+    for _ in 0..count {
+        let id_length = reader.count("transactional id length")?;
+        if id_length == 0 || id_length > sluice_proto::limits::MAX_NAME_BYTES as u64 {
+            return Err(CursorError::Malformed("transactional id length"));
+        }
+        let id_bytes = reader.take("transactional id", id_length as usize)?;
+        let transactional_id = String::from_utf8(id_bytes.to_vec())
+            .map_err(|_| CursorError::Malformed("transactional id"))?;
+        let producer_id = reader.u64("producer id")? as i64;
+        let epoch = reader.u16("producer epoch")? as i16;
+        if producer_id < 0 || epoch < 0 || epoch == i16::MAX {
+            return Err(CursorError::Malformed("pending producer id or epoch"));
+        }
+        let offset_count = reader.count("pending offset count")?;
+        if offset_count == 0 {
+            return Err(CursorError::Malformed(
+                "pending transaction without offsets",
+            ));
+        }
+        let mut offsets = BTreeMap::new();
+        let mut previous = acked.mark_delete();
+        for index in 0..offset_count {
+            let gap = reader.varint("pending offset")?;
+            if index > 0 && gap == 0 {
+                return Err(CursorError::Malformed("pending offsets out of order"));
+            }
+            let offset = previous
+                .checked_add(gap)
+                .ok_or(CursorError::Malformed("pending offset"))?;
+            let deliveries = u32::try_from(reader.varint("pending deliveries")?)
+                .map_err(|_| CursorError::Malformed("pending deliveries"))?;
+            if acked.contains(offset) || !seen.insert(offset) {
+                return Err(CursorError::Malformed(
+                    "pending offset already acknowledged",
+                ));
+            }
+            offsets.insert(offset, deliveries);
+            previous = offset;
+        }
+        pending.push(PendingTransaction {
+            transactional_id,
+            producer_id,
+            epoch,
+            offsets,
+        });
+    }
+    Ok(pending)
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
@@ -287,13 +418,25 @@ impl Reader<'_> {
     }
 
     fn u64(&mut self, field: &'static str) -> Result<u64, CursorError> {
-        let end = self.position + 8;
+        Ok(read_u64(self.take(field, 8)?))
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, CursorError> {
+        let slice = self.take(field, 2)?;
+        Ok(u16::from_le_bytes([slice[0], slice[1]]))
+    }
+
+    fn take(&mut self, field: &'static str, length: usize) -> Result<&[u8], CursorError> {
+        let end = self
+            .position
+            .checked_add(length)
+            .ok_or(CursorError::Malformed(field))?;
         let slice = self
             .bytes
             .get(self.position..end)
             .ok_or(CursorError::Malformed(field))?;
         self.position = end;
-        Ok(read_u64(slice))
+        Ok(slice)
     }
 }
 
@@ -380,6 +523,7 @@ mod tests {
             acked,
             delivery_counts: BTreeMap::from([(1_001, 3), (1_500, 2)]),
             parked_keys: BTreeSet::from([42, u64::MAX]),
+            pending: Vec::new(),
         };
         let bytes = snapshot.encode();
         assert_eq!(CursorSnapshot::peek_epoch(&bytes), Ok(7));
@@ -394,6 +538,7 @@ mod tests {
             acked: AckedRanges::new(5),
             delivery_counts: BTreeMap::new(),
             parked_keys: BTreeSet::new(),
+            pending: Vec::new(),
         };
         let bytes = snapshot.encode();
         assert!(matches!(
@@ -421,6 +566,136 @@ mod tests {
                 garbage.push((seed >> 33) as u8);
             }
             let _ = CursorSnapshot::decode(&garbage);
+        }
+    }
+
+    fn with_pending() -> CursorSnapshot {
+        let mut acked = AckedRanges::new(100);
+        acked.insert(103);
+        CursorSnapshot {
+            epoch: 3,
+            subscription_created_at_ms: 9,
+            acked,
+            delivery_counts: BTreeMap::from([(101, 2)]),
+            parked_keys: BTreeSet::from([7]),
+            pending: vec![
+                PendingTransaction {
+                    transactional_id: "worker-1".into(),
+                    producer_id: 1 << 40,
+                    epoch: 5,
+                    offsets: BTreeMap::from([(100, 1), (102, 3)]),
+                },
+                PendingTransaction {
+                    transactional_id: "w\u{e9}".into(),
+                    producer_id: 0,
+                    epoch: 0,
+                    offsets: BTreeMap::from([(104, 1)]),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn version_2_round_trips_its_pending_section() {
+        let snapshot = with_pending();
+        let bytes = snapshot.encode();
+        assert_eq!(bytes[0], VERSION_PENDING);
+        assert_eq!(CursorSnapshot::peek_epoch(&bytes), Ok(3));
+        assert_eq!(CursorSnapshot::decode(&bytes), Ok(snapshot));
+    }
+
+    #[test]
+    fn a_cursor_without_pending_acks_stays_version_1_and_old_cursors_read() {
+        let mut snapshot = with_pending();
+        snapshot.pending.clear();
+        let bytes = snapshot.encode();
+        assert_eq!(bytes[0], VERSION, "readable by the previous release");
+        assert_eq!(CursorSnapshot::decode(&bytes), Ok(snapshot.clone()));
+        // A version-1 cursor with a pending section appended is refused:
+        // the section belongs to version 2 only.
+        let mut with_tail = bytes.clone();
+        with_pending().encode_pending(&mut with_tail);
+        assert!(CursorSnapshot::decode(&with_tail).is_err());
+        // Version 2 with no transactions is not written, and refused.
+        let mut empty_section = bytes;
+        empty_section[0] = VERSION_PENDING;
+        put_varint(&mut empty_section, 0);
+        assert_eq!(
+            CursorSnapshot::decode(&empty_section),
+            Err(CursorError::Malformed("empty pending section"))
+        );
+    }
+
+    #[test]
+    fn corrupt_pending_sections_are_refused() {
+        let refused = |change: &dyn Fn(&mut CursorSnapshot)| {
+            let mut snapshot = with_pending();
+            change(&mut snapshot);
+            CursorSnapshot::decode(&snapshot.encode()).is_err()
+        };
+        // An offset acknowledged already, or pending in two transactions.
+        assert!(refused(&|s| {
+            s.pending[0].offsets.insert(103, 1);
+        }));
+        assert!(refused(&|s| {
+            s.pending[1].offsets.insert(100, 1);
+        }));
+        // Offsets out of order (a zero gap after the first).
+        let mut plain = with_pending();
+        plain.pending.clear();
+        let mut out_of_order = plain.encode();
+        out_of_order[0] = VERSION_PENDING;
+        put_varint(&mut out_of_order, 1);
+        put_varint(&mut out_of_order, 1);
+        out_of_order.push(b'w');
+        out_of_order.extend_from_slice(&1u64.to_le_bytes());
+        out_of_order.extend_from_slice(&0u16.to_le_bytes());
+        put_varint(&mut out_of_order, 2);
+        for _ in 0..2 {
+            put_varint(&mut out_of_order, 0);
+            put_varint(&mut out_of_order, 1);
+        }
+        assert_eq!(
+            CursorSnapshot::decode(&out_of_order),
+            Err(CursorError::Malformed("pending offsets out of order"))
+        );
+        assert!(refused(&|s| s.pending[0].producer_id = -1));
+        assert!(refused(&|s| s.pending[0].epoch = -2));
+        assert!(refused(&|s| s.pending[0].epoch = i16::MAX));
+        assert!(refused(&|s| s.pending[0].transactional_id.clear()));
+        assert!(refused(&|s| s.pending[0].transactional_id = "x".repeat(250)));
+        assert!(refused(&|s| s.pending[1].offsets.clear()));
+        // Not UTF-8.
+        let bytes = with_pending().encode();
+        let at = bytes
+            .windows(8)
+            .position(|window| window == b"worker-1")
+            .expect("id in the bytes");
+        let mut not_utf8 = bytes.clone();
+        not_utf8[at] = 0xff;
+        assert_eq!(
+            CursorSnapshot::decode(&not_utf8),
+            Err(CursorError::Malformed("transactional id"))
+        );
+        // Every truncation and random damage decode or fail, never panic.
+        for cut in 0..bytes.len() {
+            assert!(CursorSnapshot::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        }
+        let mut seed = 7u64;
+        for _ in 0..5_000 {
+            let mut damaged = bytes.clone();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let index = FIXED_BYTES + (seed >> 33) as usize % (bytes.len() - FIXED_BYTES);
+            damaged[index] = (seed >> 17) as u8;
+            if let Ok(decoded) = CursorSnapshot::decode(&damaged) {
+                let mut offsets = BTreeSet::new();
+                for transaction in &decoded.pending {
+                    for offset in transaction.offsets.keys() {
+                        assert!(!decoded.acked.contains(*offset));
+                        assert!(offsets.insert(*offset), "an offset in two transactions");
+                    }
+                }
+            }
         }
     }
 }

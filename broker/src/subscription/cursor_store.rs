@@ -80,6 +80,7 @@ pub(super) async fn load(
                 acked: AckedRanges::new(start),
                 delivery_counts: BTreeMap::new(),
                 parked_keys: Default::default(),
+                pending: Vec::new(),
             };
             // Pinned before anyone consumes, so a subscription created
             // before `start_offsets` existed keeps its "latest" after a

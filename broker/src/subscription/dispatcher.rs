@@ -28,22 +28,27 @@
 //! - A delayed message waits until its delivery time (it does not hold its
 //!   key: delays reorder by design). An expired message (TTL) is never
 //!   delivered; it counts as handled.
+//! - Transactional acknowledgements (ADR 0016 §6, `pending.rs`): a held
+//!   message acknowledged inside a transaction is *pending* until the
+//!   transaction's marker: never redelivered, no ack timeout, its key
+//!   (key-shared) still held, acks by anyone else refused. Commit makes it
+//!   acknowledged, abort makes it ready again with its delivery count.
 //! - Time is Unix milliseconds, passed in by the caller.
 
-use super::cursor::{AckedRanges, CursorSnapshot};
+use super::cursor::{AckedRanges, CursorSnapshot, PendingTransaction};
 use sluice_proto::v1::SubscriptionType;
 use sluice_proto::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+mod dispatch;
+mod explain;
+mod pending;
+
+pub use explain::{Counters, Explanation, Handled};
+pub use pending::TxnAck;
+
 pub type ConsumerId = u64;
 
-/// Most consecutive messages handed to one shared consumer before the next
-/// one gets a turn: large enough to keep whole batches together, small
-/// enough to spread load.
-const SHARED_RUN_MESSAGES: u64 = 100;
-/// Key-shared: ready messages looked at per pass beyond the available
-/// credit (messages of busy keys are skipped), bounding each pass's work.
-const KEY_SHARED_LOOK_AHEAD: usize = 4096;
 /// Most parked keys remembered per subscription and partition; beyond it
 /// the oldest parking is forgotten (those keys flow again).
 pub const MAX_PARKED_KEYS: usize = 10_000;
@@ -100,6 +105,12 @@ enum State {
         until_ms: u64,
     },
     DeadLettering,
+    /// Acknowledged inside transaction `(producer_id, epoch)`, waiting for
+    /// its marker.
+    PendingAck {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,63 +190,16 @@ pub struct Dispatcher {
     /// dead-lettered), newest last, at most `RECENTLY_HANDLED` of them:
     /// answers "why was this not delivered" for recent messages.
     recently_handled: std::collections::VecDeque<(u64, Handled)>,
-}
-
-/// Most offsets remembered in [`Dispatcher`]'s recently-handled list.
-const RECENTLY_HANDLED: usize = 10_000;
-
-/// Totals since the dispatcher started (rates are derived by the caller).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub delivered: u64,
-    pub redelivered: u64,
-    pub acknowledged: u64,
-    pub filtered: u64,
-    pub expired: u64,
-    pub dead_lettered: u64,
-    /// Stored batches stepped over because their records cannot be
-    /// decoded (poison batches that bypassed the produce path's check).
-    pub undecodable_batches: u64,
-    /// Offsets stepped over because an operator accepted them as lost
-    /// (`sluice partition recover --accept-data-loss`).
-    pub lost_offsets: u64,
-}
-
-/// How a message was handled without an acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
-    Filtered,
-    Expired,
-    DeadLettered { deliveries: u32 },
-}
-
-/// Where one message stands in a subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Explanation {
-    /// Below the cursor's read position and handled: acknowledged, or
-    /// handled as said when still remembered.
-    Handled(Option<Handled>),
-    /// Not read by the subscription yet (beyond its read-ahead).
-    NotYetRead,
-    /// Read and waiting to be delivered (first time or again).
-    Ready {
-        deliveries: u32,
-    },
-    InFlight {
-        consumer: ConsumerId,
-        deliveries: u32,
-        ack_deadline_ms: u64,
-    },
-    WaitingForRedelivery {
-        deliveries: u32,
-        until_ms: u64,
-    },
-    Delayed {
-        until_ms: u64,
-    },
-    BeingDeadLettered {
-        deliveries: u32,
-    },
+    /// Acknowledgements pending in transactions, by `(producer_id, epoch)`
+    /// (scanned or not yet: restored from the cursor), and the transaction
+    /// of each pending offset.
+    pending: BTreeMap<(i64, i16), PendingTransaction>,
+    pending_index: BTreeMap<u64, (i64, i16)>,
+    /// Producer id → the lowest epoch whose transaction has not ended here
+    /// (a marker of `e` sets `e + 1`): a verification answered after the
+    /// marker must not open a pending acknowledgement. At most
+    /// `pending::MAX_ENDED_PRODUCERS`.
+    ended_transactions: BTreeMap<i64, i16>,
 }
 
 impl Dispatcher {
@@ -266,55 +230,18 @@ impl Dispatcher {
             keys_in_commit: Vec::new(),
             counters: Counters::default(),
             recently_handled: std::collections::VecDeque::new(),
+            pending_index: pending::index_of(&snapshot.pending),
+            pending: snapshot
+                .pending
+                .into_iter()
+                .map(|transaction| ((transaction.producer_id, transaction.epoch), transaction))
+                .collect(),
+            ended_transactions: BTreeMap::new(),
         }
     }
 
     pub fn counters(&self) -> Counters {
         self.counters
-    }
-
-    /// Where `offset` stands (`now_ms` on the dispatcher's clock).
-    pub fn explain(&self, offset: u64) -> Explanation {
-        if let Some(entry) = self.entries.get(&offset) {
-            return match entry.state {
-                State::Ready => Explanation::Ready {
-                    deliveries: entry.deliveries,
-                },
-                State::InFlight {
-                    consumer,
-                    deadline_ms,
-                } => Explanation::InFlight {
-                    consumer,
-                    deliveries: entry.deliveries,
-                    ack_deadline_ms: deadline_ms,
-                },
-                State::Waiting { until_ms } => Explanation::WaitingForRedelivery {
-                    deliveries: entry.deliveries,
-                    until_ms,
-                },
-                State::Delayed { until_ms } => Explanation::Delayed { until_ms },
-                State::DeadLettering => Explanation::BeingDeadLettered {
-                    deliveries: entry.deliveries,
-                },
-            };
-        }
-        if offset >= self.read_position && !self.acked.contains(offset) {
-            return Explanation::NotYetRead;
-        }
-        Explanation::Handled(
-            self.recently_handled
-                .iter()
-                .rev()
-                .find(|(handled, _)| *handled == offset)
-                .map(|(_, how)| *how),
-        )
-    }
-
-    fn remember_handled(&mut self, offset: u64, how: Handled) {
-        if self.recently_handled.len() >= RECENTLY_HANDLED {
-            self.recently_handled.pop_front();
-        }
-        self.recently_handled.push_back((offset, how));
     }
 
     pub fn kind(&self) -> SubscriptionType {
@@ -426,6 +353,7 @@ impl Dispatcher {
             acked: self.acked.clone(),
             delivery_counts,
             parked_keys: self.parked_keys.clone(),
+            pending: self.pending.values().cloned().collect(),
         }
     }
 
@@ -439,6 +367,12 @@ impl Dispatcher {
             }
             self.read_position = message.offset + 1;
             if self.acked.contains(message.offset) {
+                continue;
+            }
+            if self.add_restored_pending(message) {
+                // Pending in a transaction (restored from the cursor): it
+                // waits for the marker whatever its selector, delay or TTL
+                // say now.
                 continue;
             }
             if !message.selected {
@@ -500,7 +434,7 @@ impl Dispatcher {
                 State::InFlight { deadline_ms, .. } => {
                     self.deadlines.remove(&(deadline_ms, offset));
                 }
-                State::Ready | State::DeadLettering => {}
+                State::Ready | State::DeadLettering | State::PendingAck { .. } => {}
             }
         }
         self.complete(offset);
@@ -541,6 +475,7 @@ impl Dispatcher {
         if offset <= self.read_position {
             return;
         }
+        self.forget_pending_in(self.read_position, offset);
         self.acked.insert_range(self.read_position, offset);
         self.read_position = offset;
         self.dirty = true;
@@ -637,6 +572,7 @@ impl Dispatcher {
     fn make_ready(&mut self, offset: u64) {
         if let Some(state) = self.entries.get(&offset).map(|entry| entry.state) {
             self.leave_flight(state);
+            self.forget_pending(offset, state);
         }
         if let Some(entry) = self.entries.get_mut(&offset) {
             if matches!(entry.state, State::Delayed { .. }) {
@@ -726,6 +662,7 @@ impl Dispatcher {
     fn complete(&mut self, offset: u64) {
         if let Some(entry) = self.entries.remove(&offset) {
             self.leave_flight(entry.state);
+            self.forget_pending(offset, entry.state);
             self.ready.remove(&offset);
             if entry.deliveries >= 2 {
                 self.redelivered.remove(&offset);
@@ -842,251 +779,6 @@ impl Dispatcher {
             (a, b) => a.or(b),
         }
     }
-
-    /// Failover and exclusive: the consumer that gets the messages.
-    fn preferred_active(&self) -> Option<ConsumerId> {
-        self.consumers
-            .iter()
-            .min_by(|(id_a, a), (id_b, b)| {
-                (a.priority, &a.name, *id_a).cmp(&(b.priority, &b.name, *id_b))
-            })
-            .map(|(id, _)| *id)
-    }
-
-    /// Decides deliveries, dead letters and failover switches for now.
-    pub fn dispatch(&mut self, now_ms: u64) -> Vec<Action> {
-        self.tick(now_ms);
-        let mut actions = Vec::new();
-        if matches!(
-            self.settings.kind,
-            SubscriptionType::Failover | SubscriptionType::Exclusive
-        ) {
-            let preferred = self.preferred_active();
-            if preferred != self.active {
-                if let Some(previous) = self.active {
-                    if self.consumers.contains_key(&previous) {
-                        self.release_held_by(previous);
-                        actions.push(Action::Status {
-                            consumer: previous,
-                            active: false,
-                        });
-                    }
-                }
-                if let Some(next) = preferred {
-                    actions.push(Action::Status {
-                        consumer: next,
-                        active: true,
-                    });
-                }
-                self.active = preferred;
-            }
-        }
-        let mut deliveries: BTreeMap<ConsumerId, Vec<(u64, u32)>> = BTreeMap::new();
-        // Keys that must not move in this pass (an earlier message of the
-        // key is waiting for its consumer's credit).
-        let mut blocked_keys: BTreeSet<u64> = BTreeSet::new();
-        // Bounded work per pass: as many candidates as there is credit
-        // (key-shared may skip blocked keys, so it looks further).
-        let mut permits_left = self.total_permits();
-        let look_ahead = if self.settings.kind == SubscriptionType::KeyShared {
-            KEY_SHARED_LOOK_AHEAD
-        } else {
-            0
-        };
-        let limit = usize::try_from(permits_left)
-            .unwrap_or(usize::MAX)
-            .saturating_add(look_ahead);
-        let candidates: Vec<u64> = self.ready.iter().take(limit).copied().collect();
-        for offset in candidates {
-            if permits_left == 0 {
-                break;
-            }
-            let Some(entry) = self.entries.get(&offset).copied() else {
-                continue;
-            };
-            if entry.expire_at_ms.is_some_and(|at| at <= now_ms) {
-                self.expire(offset);
-                continue;
-            }
-            let key_shared = self.settings.kind == SubscriptionType::KeyShared;
-            if key_shared {
-                if let Some(key) = entry.key_hash {
-                    if blocked_keys.contains(&key)
-                        || self
-                            .held_keys
-                            .get(&key)
-                            .is_some_and(|holder| *holder != offset)
-                    {
-                        continue;
-                    }
-                }
-            }
-            let exhausted = self.settings.max_deliveries > 0
-                && entry.deliveries >= self.settings.max_deliveries;
-            let parked = key_shared
-                && entry
-                    .key_hash
-                    .is_some_and(|key| self.parked_keys.contains(&key));
-            if exhausted || parked {
-                self.ready.remove(&offset);
-                if let Some(entry) = self.entries.get_mut(&offset) {
-                    entry.state = State::DeadLettering;
-                }
-                if key_shared {
-                    if let Some(key) = entry.key_hash {
-                        self.held_keys.insert(key, offset);
-                        self.park(key);
-                    }
-                }
-                actions.push(Action::DeadLetter {
-                    offset,
-                    deliveries: entry.deliveries,
-                });
-                continue;
-            }
-            let Some(consumer) = self.choose_consumer(&entry) else {
-                if let Some(key) = entry.key_hash.filter(|_| key_shared) {
-                    blocked_keys.insert(key);
-                    continue;
-                }
-                if key_shared {
-                    continue;
-                }
-                break;
-            };
-            let deadline_ms = now_ms.saturating_add(self.settings.ack_timeout_ms);
-            let deliveries_now = entry.deliveries.saturating_add(1);
-            if let Some(entry) = self.entries.get_mut(&offset) {
-                entry.deliveries = deliveries_now;
-                entry.state = State::InFlight {
-                    consumer,
-                    deadline_ms,
-                };
-            }
-            self.ready.remove(&offset);
-            self.deadlines.insert((deadline_ms, offset));
-            self.counters.delivered += 1;
-            if deliveries_now > 1 {
-                self.counters.redelivered += 1;
-                self.redelivered.insert(offset);
-            }
-            permits_left -= 1;
-            self.turn_at_batch_end = entry.ends_batch;
-            if let Some(key) = entry.key_hash.filter(|_| key_shared) {
-                self.held_keys.insert(key, offset);
-            }
-            if let Some(state) = self.consumers.get_mut(&consumer) {
-                state.permits -= 1;
-                state.in_flight += 1;
-            }
-            deliveries
-                .entry(consumer)
-                .or_default()
-                .push((offset, deliveries_now));
-        }
-        actions.extend(
-            deliveries
-                .into_iter()
-                .map(|(consumer, messages)| Action::Deliver { consumer, messages }),
-        );
-        actions
-    }
-
-    fn park(&mut self, key: u64) {
-        if self.parked_keys.insert(key) {
-            self.dirty = true;
-            if self.parked_keys.len() > MAX_PARKED_KEYS {
-                // Forget an arbitrary (the smallest) parking: bounded memory
-                // beats remembering every key forever.
-                self.parked_keys.pop_first();
-            }
-        }
-    }
-
-    fn total_permits(&self) -> u64 {
-        self.consumers.values().fold(0u64, |total, consumer| {
-            total.saturating_add(consumer.permits)
-        })
-    }
-
-    fn choose_consumer(&mut self, entry: &Entry) -> Option<ConsumerId> {
-        match self.settings.kind {
-            SubscriptionType::Exclusive | SubscriptionType::Failover => self.active.filter(|id| {
-                self.consumers
-                    .get(id)
-                    .is_some_and(|c| can_take(c, self.settings.max_unacknowledged_per_consumer))
-            }),
-            SubscriptionType::KeyShared if entry.key_hash.is_some() => {
-                let key = entry.key_hash.unwrap_or_default();
-                // Rendezvous hashing: a key stays with its consumer while
-                // the set of consumers does not change.
-                let chosen = self
-                    .consumers
-                    .keys()
-                    .max_by_key(|id| mix(key ^ mix(**id)))
-                    .copied()?;
-                self.consumers
-                    .get(&chosen)
-                    .filter(|consumer| {
-                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
-                    })
-                    .map(|_| chosen)
-            }
-            _ => self.next_shared_consumer(),
-        }
-    }
-
-    /// Shared: runs of up to `SHARED_RUN_MESSAGES` per consumer, in turn.
-    fn next_shared_consumer(&mut self) -> Option<ConsumerId> {
-        if let Some((id, given)) = self.turn {
-            let run_may_go_on = given < SHARED_RUN_MESSAGES
-                || (!self.turn_at_batch_end && given < SHARED_RUN_MESSAGES * 4);
-            if run_may_go_on
-                && self
-                    .consumers
-                    .get(&id)
-                    .is_some_and(|c| can_take(c, self.settings.max_unacknowledged_per_consumer))
-            {
-                self.turn = Some((id, given + 1));
-                return Some(id);
-            }
-        }
-        let after = self.turn.map(|(id, _)| id);
-        let next = after
-            .and_then(|after| {
-                self.consumers
-                    .range(after + 1..)
-                    .find(|(_, consumer)| {
-                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
-                    })
-                    .map(|(id, _)| *id)
-            })
-            .or_else(|| {
-                self.consumers
-                    .iter()
-                    .find(|(_, consumer)| {
-                        can_take(consumer, self.settings.max_unacknowledged_per_consumer)
-                    })
-                    .map(|(id, _)| *id)
-            })?;
-        self.turn = Some((next, 1));
-        Some(next)
-    }
-}
-
-/// Whether a consumer may be given one more message: it has credit and is
-/// below the limit of unacknowledged messages (0: none).
-fn can_take(consumer: &Consumer, max_unacknowledged: u64) -> bool {
-    consumer.permits > 0 && (max_unacknowledged == 0 || consumer.in_flight < max_unacknowledged)
-}
-
-/// A 64-bit mixer (splitmix64's finaliser) for rendezvous hashing.
-fn mix(mut value: u64) -> u64 {
-    value ^= value >> 30;
-    value = value.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    value ^= value >> 27;
-    value = value.wrapping_mul(0x94d0_49bb_1331_11eb);
-    value ^ (value >> 31)
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@
 //! - `dead_letter.rs`: writing a dead letter with the SDK's producer;
 //! - `sparse_delivery.rs`: a few records of a large batch sent as
 //!   single-record batches;
+//! - `txn_acks.rs`: transactional acknowledgements (ADR 0016 §6): their
+//!   verification with the transaction's coordinator and the transaction
+//!   markers handed to the dispatcher;
 //! - `dispatcher.rs` the pure state machine, `cursor.rs` acknowledged
 //!   ranges and the persisted cursor, `start.rs` where reading starts.
 
@@ -39,11 +42,12 @@ mod sparse_delivery;
 pub mod start;
 mod task;
 mod task_loop;
+mod txn_acks;
 
 pub use consumer_stream::serve;
 pub use cursor::{AckedRanges, CursorSnapshot};
 pub(crate) use cursor_store::{commit_cursor, fetch_cursor};
-pub use dispatcher::{Counters, Explanation, Handled};
+pub use dispatcher::{Counters, Explanation, Handled, TxnAck};
 
 use crate::error::BrokerError;
 use crate::partition::Partition;
@@ -51,6 +55,7 @@ use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use dispatcher::ConsumerId;
 use futures::Stream;
+use sluice_proto::batch::control::Marker;
 use sluice_proto::v1::{SubscribeResponse, Subscription};
 use sluice_selector::{Selector, SelectorKind};
 use std::collections::HashMap;
@@ -231,6 +236,37 @@ impl Registry {
         answer.await.ok()
     }
 
+    /// The marker of a transaction in which `subscription` acknowledged
+    /// messages of partition `key` (ADR 0016 §6): its dispatcher (started
+    /// here if none runs) resolves them; answered once the resolution is
+    /// durable in the cursor.
+    pub(crate) async fn resolve_transaction(
+        &self,
+        shared: &Arc<Shared>,
+        key: &PartitionKey,
+        subscription: &str,
+        marker: Marker,
+    ) -> Result<(), BrokerError> {
+        sluice_proto::names::GroupName::new(subscription).map_err(|error| {
+            BrokerError::InvalidArgument(error.to_string().replace("group", "subscription"))
+        })?;
+        cursor_group(subscription)?;
+        let Some(partition) = shared.partition(key) else {
+            return Err(shared.not_served_error(&key.topic, key.partition).await);
+        };
+        let not_owner = || BrokerError::NotOwner {
+            topic: key.topic.clone(),
+            partition: key.partition,
+        };
+        let sender = self.dispatcher(shared, key, subscription, partition);
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Command::Marker { marker, reply })
+            .await
+            .map_err(|_| not_owner())?;
+        answer.await.map_err(|_| not_owner())?
+    }
+
     /// Where message `offset` of partition `key` stands in `subscription`,
     /// if its dispatcher runs here.
     pub async fn explain(
@@ -304,6 +340,20 @@ enum Command {
     Evict {
         offset: u64,
         reply: oneshot::Sender<u64>,
+    },
+    /// Acknowledgements inside a transaction (checked, then verified with
+    /// the transaction's coordinator).
+    TxnAck {
+        consumer: ConsumerId,
+        request_id: u64,
+        offsets: Vec<u64>,
+        transaction: TxnAck,
+    },
+    /// The marker of a transaction this subscription may take part in;
+    /// answered once its resolution is durable.
+    Marker {
+        marker: Marker,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
     },
 }
 

@@ -5,12 +5,14 @@
 use super::dead_letter::{write_dead_letter, DeadLetters};
 use super::dispatcher::{Action, ConsumerId, Dispatcher, Scanned};
 use super::sparse_delivery::{single_record_batch, sparse_batches};
+use super::txn_acks::{MarkerReply, Verifying};
 use super::{Command, SubscriptionStats, SCAN_READ_BYTES};
 use crate::error::BrokerError;
 use crate::partition::Partition;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::FutureExt;
 use sluice_proto::batch::{self, BatchIter, Record};
 use sluice_proto::headers;
@@ -60,6 +62,12 @@ pub(super) struct Task {
     pub(super) delayed_records_bytes: u64,
     /// Acknowledgements applied but not yet in a started cursor commit.
     pub(super) receipts_waiting: Vec<(ConsumerId, AckReceipt)>,
+    /// Transactional acknowledgements being verified with their
+    /// coordinators (at most one per ack request of a connected consumer,
+    /// each bounded by `verification_timeout_ms`).
+    pub(super) verifications: FuturesUnordered<Verifying>,
+    /// Transaction markers resolved, answered after the next cursor commit.
+    pub(super) markers_waiting: Vec<MarkerReply>,
 }
 
 impl Task {
@@ -217,6 +225,13 @@ impl Task {
             Command::Evict { offset, reply } => {
                 let _ = reply.send(self.dispatcher.evict_before(offset));
             }
+            Command::TxnAck {
+                consumer,
+                request_id,
+                offsets,
+                transaction,
+            } => self.handle_txn_ack(consumer, request_id, offsets, transaction),
+            Command::Marker { marker, reply } => self.handle_marker(marker, reply),
         }
     }
 

@@ -6,6 +6,7 @@ use super::cursor_store::{commit_cursor, commit_encoded_cursor, load};
 use super::dead_letter::DeadLetters;
 use super::dispatcher::{ConsumerId, Dispatcher, Settings};
 use super::task::Task;
+use super::txn_acks::{answer_markers, MarkerReply};
 use super::{
     selector_of, Command, COMMANDS_PER_STEP, CURSOR_COMMIT_BYTES_PER_SECOND, LOAD_TIMEOUT,
     RETRY_BACKOFF,
@@ -27,6 +28,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 type CommitFuture = BoxFuture<'static, Result<(), BrokerError>>;
+/// A cursor commit in flight, with the receipts and marker answers that
+/// wait for it to be durable.
+type InFlightCommit = (
+    CommitFuture,
+    Vec<(ConsumerId, AckReceipt)>,
+    Vec<MarkerReply>,
+);
 
 /// The dispatcher task of one (partition, subscription).
 pub(super) async fn run_dispatcher(
@@ -91,6 +99,8 @@ pub(super) async fn run_dispatcher(
                 delayed_records: HashMap::new(),
                 delayed_records_bytes: 0,
                 receipts_waiting: Vec::new(),
+                verifications: FuturesUnordered::new(),
+                markers_waiting: Vec::new(),
             }
         }
         Err(error) => {
@@ -107,6 +117,7 @@ pub(super) async fn run_dispatcher(
         consumers = task.dispatcher.consumer_count(),
         unacknowledged = task.dispatcher.unacknowledged(),
         in_flight = task.dispatcher.in_flight(),
+        pending_acks = task.dispatcher.pending_acks(),
         mark_delete = task.dispatcher.mark_delete(),
         "subscription dispatcher stops"
     );
@@ -130,8 +141,14 @@ async fn refuse_remaining(
     shared.subscriptions.remove(key, name, own_sender);
     commands.close();
     while let Some(command) = commands.recv().await {
-        if let Command::Open { opened, .. } = command {
-            let _ = opened.send(Err(BrokerError::Relayed(error.clone())));
+        match command {
+            Command::Open { opened, .. } => {
+                let _ = opened.send(Err(BrokerError::Relayed(error.clone())));
+            }
+            Command::Marker { reply, .. } => {
+                let _ = reply.send(Err(BrokerError::Relayed(error.clone())));
+            }
+            _ => {}
         }
     }
 }
@@ -147,7 +164,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
     let mut shutdown = task.shared.shutdown.clone();
     let mut dead_letters: DeadLetters = FuturesUnordered::new();
     let mut dead_letter_retries: Vec<(Instant, u64)> = Vec::new();
-    let mut commit: Option<(CommitFuture, Vec<(ConsumerId, AckReceipt)>)> = None;
+    let mut commit: Option<InFlightCommit> = None;
     let mut last_commit = Instant::now();
     let mut commit_gap = flush_interval;
     let mut retry_at: Option<Instant> = None;
@@ -182,7 +199,9 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
         let actions = task.dispatcher.dispatch(task.now_ms());
         task.execute(actions, &mut dead_letters).await;
         task.prune_batches();
-        let wants_commit = task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty();
+        let wants_commit = task.dispatcher.is_dirty()
+            || !task.receipts_waiting.is_empty()
+            || !task.markers_waiting.is_empty();
         if commit.is_none() && wants_commit && now >= last_commit + commit_gap {
             let snapshot = task.dispatcher.snapshot();
             let mark_delete = snapshot.acked.mark_delete();
@@ -193,6 +212,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                 encoded.len() as f64 / CURSOR_COMMIT_BYTES_PER_SECOND,
             ));
             let receipts = std::mem::take(&mut task.receipts_waiting);
+            let markers = std::mem::take(&mut task.markers_waiting);
             let shared = task.shared.clone();
             let group = task.group.clone();
             let key = task.key.clone();
@@ -203,6 +223,7 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                     }
                     .boxed(),
                     receipts,
+                    markers,
                 ));
             last_commit = now;
         }
@@ -212,6 +233,8 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                 && commit.is_none()
                 && !task.dispatcher.is_dirty()
                 && dead_letters.is_empty()
+                && task.verifications.is_empty()
+                && task.markers_waiting.is_empty()
             {
                 return;
             }
@@ -254,21 +277,27 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
             }
             result = async {
                 match commit.as_mut() {
-                    Some((future, _)) => future.await,
+                    Some((future, _, _)) => future.await,
                     None => std::future::pending().await,
                 }
             }, if commit.is_some() => {
-                let receipts = commit.take().map(|(_, receipts)| receipts).unwrap_or_default();
+                let (receipts, markers) = commit
+                    .take()
+                    .map(|(_, receipts, markers)| (receipts, markers))
+                    .unwrap_or_default();
                 match result {
                     Ok(()) => {
                         task.dispatcher.commit_succeeded();
                         for (consumer, receipt) in receipts {
                             task.send(consumer, ToConsumer::AckReceipt(receipt));
                         }
+                        answer_markers(markers, &Ok(()));
                     }
                     Err(error) if error.code() == ErrorCode::NotOwner => {
                         // A newer owner committed this cursor: we are deposed.
                         tracing::info!(partition = %task.key, %error, "cursor commit fenced; stopping the subscription here");
+                        answer_markers(markers, &Err(clone_broker_error(&error)));
+                        answer_markers(std::mem::take(&mut task.markers_waiting), &Err(clone_broker_error(&error)));
                         task.fail_all(error);
                         return;
                     }
@@ -277,10 +306,16 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                         let mut receipts = receipts;
                         receipts.append(&mut task.receipts_waiting);
                         task.receipts_waiting = receipts;
+                        let mut markers = markers;
+                        markers.append(&mut task.markers_waiting);
+                        task.markers_waiting = markers;
                         task.dispatcher.commit_failed();
                         last_commit = Instant::now() + RETRY_BACKOFF;
                     }
                 }
+            }
+            Some(verified) = task.verifications.next(), if !task.verifications.is_empty() => {
+                task.txn_ack_verified(verified);
             }
             Some((offset, result)) = dead_letters.next(), if !dead_letters.is_empty() => {
                 match result {
@@ -292,20 +327,27 @@ async fn serve_dispatcher(task: &mut Task, commands: &mut mpsc::Receiver<Command
                 }
             }
             _ = crate::wait_until_set(&mut shutdown) => {
-                if let Some((future, receipts)) = commit.take() {
-                    if future.await.is_ok() {
+                if let Some((future, receipts, markers)) = commit.take() {
+                    let outcome = future.await;
+                    if outcome.is_ok() {
                         for (consumer, receipt) in receipts {
                             task.send(consumer, ToConsumer::AckReceipt(receipt));
                         }
                     }
+                    answer_markers(markers, &outcome);
                 }
-                if task.dispatcher.is_dirty() || !task.receipts_waiting.is_empty() {
+                if task.dispatcher.is_dirty()
+                    || !task.receipts_waiting.is_empty()
+                    || !task.markers_waiting.is_empty()
+                {
                     let snapshot = task.dispatcher.snapshot();
-                    if commit_cursor(&task.shared, &task.group, &task.key, &snapshot).await.is_ok() {
+                    let outcome = commit_cursor(&task.shared, &task.group, &task.key, &snapshot).await;
+                    if outcome.is_ok() {
                         for (consumer, receipt) in std::mem::take(&mut task.receipts_waiting) {
                             task.send(consumer, ToConsumer::AckReceipt(receipt));
                         }
                     }
+                    answer_markers(std::mem::take(&mut task.markers_waiting), &outcome);
                 }
                 task.fail_all(BrokerError::ShuttingDown);
                 return;

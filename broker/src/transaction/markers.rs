@@ -16,7 +16,9 @@ use crate::txn_markers::MAX_MARKERS_PER_REQUEST;
 use crate::Shared;
 use futures::future::BoxFuture;
 use sluice_proto::names::TransactionalId;
-use sluice_proto::v1::{TopicPartitions, TopicRoute, WriteTxnMarkersRequest};
+use sluice_proto::v1::{
+    TopicPartitions, TopicRoute, TransactionParticipant, WriteTxnMarkersRequest,
+};
 use sluice_proto::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -93,7 +95,16 @@ pub fn requests(
         .chunks(MAX_MARKERS_PER_REQUEST)
         .map(|chunk| {
             let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+            let mut subscriptions = Vec::new();
             for participant in chunk {
+                if !participant.subscription.is_empty() {
+                    subscriptions.push(TransactionParticipant {
+                        topic: participant.topic.clone(),
+                        partition: participant.partition,
+                        subscription: participant.subscription.clone(),
+                    });
+                    continue;
+                }
                 by_topic
                     .entry(&participant.topic)
                     .or_default()
@@ -112,6 +123,7 @@ pub fn requests(
                         partitions,
                     })
                     .collect(),
+                subscriptions,
             }
         })
         .collect()
@@ -150,7 +162,7 @@ async fn send(
         .map(|result| Participant {
             topic: result.topic,
             partition: result.partition,
-            subscription: String::new(),
+            subscription: result.subscription,
         })
         .collect())
 }

@@ -116,11 +116,6 @@ pub async fn add_participants(
         .participants
         .iter()
         .map(|participant| {
-            if !participant.subscription.is_empty() {
-                return Err(BrokerError::InvalidArgument(
-                    "transactional acknowledgements (subscription participants) are not supported yet".into(),
-                ));
-            }
             participant_from_proto(participant)
                 .map_err(|error| BrokerError::InvalidArgument(error.to_string()))
         })

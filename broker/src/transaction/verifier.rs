@@ -63,7 +63,7 @@ async fn verify(shared: &Arc<Shared>, verification: Verification) -> Result<(), 
             participants: vec![Participant {
                 topic: verification.topic.clone(),
                 partition: verification.partition,
-                subscription: String::new(),
+                subscription: verification.subscription.clone(),
             }],
         };
         let principal = sluice_service::anonymous();
@@ -88,7 +88,7 @@ async fn verify(shared: &Arc<Shared>, verification: Verification) -> Result<(), 
         participants: vec![TransactionParticipant {
             topic: verification.topic,
             partition: verification.partition,
-            subscription: String::new(),
+            subscription: verification.subscription,
         }],
     };
     let timeout = Duration::from_millis(shared.config.transactions.verification_timeout_ms);

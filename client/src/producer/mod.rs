@@ -391,6 +391,9 @@ pub struct Producer {
     commands: mpsc::UnboundedSender<Command>,
     dispatcher: tokio::task::JoinHandle<()>,
     pressure: Arc<PressureTracker>,
+    /// Signalled when a subscription acknowledgement that joined the
+    /// transaction got its receipt (commit waits for all of them).
+    txn_acks_done: Arc<Notify>,
 }
 
 impl Producer {
@@ -506,6 +509,7 @@ impl Producer {
             commands,
             dispatcher,
             pressure,
+            txn_acks_done: Arc::new(Notify::new()),
         }
     }
 

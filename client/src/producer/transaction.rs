@@ -57,6 +57,10 @@ pub(crate) struct Transaction {
     producer_id: i64,
     epoch: i16,
     timeout: Duration,
+    /// Subscription acknowledgements joining the open transaction whose
+    /// receipt has not come yet (bounded by the subscribers'
+    /// `max_pending_acks`); the end waits for them.
+    acks_in_flight: u32,
 }
 
 fn invalid(message: impl Into<String>) -> ClientError {
@@ -71,6 +75,7 @@ impl Transaction {
             producer_id,
             epoch,
             timeout,
+            acks_in_flight: 0,
         }
     }
 
@@ -152,6 +157,31 @@ impl Transaction {
         }
     }
 
+    /// A subscription acknowledgement joins the transaction (same rules
+    /// as a record: only while it is open); returns the `(producer_id,
+    /// epoch)` it carries. Its receipt must be reported with
+    /// [`Self::ack_finished`].
+    pub fn begin_ack(&mut self, now: Instant) -> Result<(i64, i16), ClientError> {
+        self.check_enqueue(now)?;
+        self.acks_in_flight = self.acks_in_flight.saturating_add(1);
+        Ok((self.producer_id, self.epoch))
+    }
+
+    /// The receipt of an acknowledgement that joined the transaction: a
+    /// refusal (or no receipt) makes the transaction abortable, since the
+    /// message is not acknowledged in it.
+    pub fn ack_finished(&mut self, error: Option<&ClientError>) {
+        self.acks_in_flight = self.acks_in_flight.saturating_sub(1);
+        if let Some(error) = error {
+            self.on_failure(error);
+        }
+    }
+
+    /// Acknowledgements joining the transaction still without a receipt.
+    pub fn acks_in_flight(&self) -> u32 {
+        self.acks_in_flight
+    }
+
     /// Past the transaction timeout an open transaction becomes abortable
     /// (the coordinator aborts it anyway); whether it just did.
     fn expire(&mut self, now: Instant) -> bool {
@@ -175,7 +205,7 @@ impl Transaction {
     /// from anywhere): the transaction cannot commit.
     pub fn on_failure(&mut self, error: &ClientError) {
         self.failed(
-            format!("a record of the transaction failed: {error}"),
+            format!("a record or acknowledgement of the transaction failed: {error}"),
             error,
         );
     }
@@ -553,6 +583,49 @@ mod tests {
                 .start_end(false, now)
                 .expect("abort")
                 .call_coordinator
+        );
+    }
+
+    #[test]
+    fn subscription_acks_join_only_an_open_transaction_and_a_failed_one_makes_it_abortable() {
+        let now = Instant::now();
+        let mut transaction = Transaction::new(7, 3, TIMEOUT);
+        assert!(
+            is_invalid(transaction.begin_ack(now)),
+            "no transaction open"
+        );
+        transaction.begin(now).expect("begin");
+        assert_eq!(transaction.begin_ack(now).expect("joins"), (7, 3));
+        assert_eq!(transaction.begin_ack(now).expect("joins"), (7, 3));
+        assert_eq!(transaction.acks_in_flight(), 2);
+        transaction.ack_finished(None);
+        let refused = ClientError::Server(SluiceError::new(ErrorCode::DeliveryExpired, "not held"));
+        transaction.ack_finished(Some(&refused));
+        assert_eq!(transaction.acks_in_flight(), 0);
+        assert!(matches!(
+            transaction.start_end(true, now),
+            Err(ClientError::TransactionAbortable { .. })
+        ));
+        let plan = transaction.start_end(false, now).expect("abort allowed");
+        assert!(
+            plan.call_coordinator,
+            "an ack joined: the coordinator knows the transaction"
+        );
+        transaction.ended(Some((7, 4)));
+        assert!(is_invalid(transaction.begin_ack(now)), "ended");
+    }
+
+    #[test]
+    fn an_ack_alone_makes_the_commit_call_the_coordinator() {
+        let now = Instant::now();
+        let mut transaction = open(now);
+        transaction.begin_ack(now).expect("joins");
+        transaction.ack_finished(None);
+        let plan = transaction.start_end(true, now).expect("commit");
+        assert!(plan.call_coordinator);
+        assert!(
+            is_invalid(transaction.begin_ack(now)),
+            "no ack joins an ending transaction"
         );
     }
 }

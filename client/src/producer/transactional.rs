@@ -1,11 +1,52 @@
 //! The transactional producer's calls (ADR 0016 §7): begin, commit and
 //! abort around the pure [`Transaction`](super::transaction::Transaction).
 
-use super::batching::lock;
+use super::batching::{lock, Batching};
 use super::transaction::{EndPlan, Transaction};
 use super::{txn_coordinator, Producer};
 use crate::ClientError;
+use sluice_proto::v1::TransactionContext;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// A subscription acknowledgement that joined the producer's open
+/// transaction ([`crate::Subscriber::ack_in_transaction`]): report its
+/// receipt with [`TxnAckTicket::finish`]; dropped unfinished (the caller
+/// gave up waiting), it makes the transaction abortable, since whether the
+/// message is pending in it is unknown.
+pub(crate) struct TxnAckTicket {
+    batching: Arc<Mutex<Batching>>,
+    done: Arc<Notify>,
+    pub context: TransactionContext,
+    finished: bool,
+}
+
+impl TxnAckTicket {
+    pub fn finish(mut self, outcome: &Result<(), ClientError>) {
+        self.report(outcome.as_ref().err());
+    }
+
+    fn report(&mut self, error: Option<&ClientError>) {
+        self.finished = true;
+        if let Some(transaction) = &mut lock(&self.batching).transaction {
+            transaction.ack_finished(error);
+        }
+        self.done.notify_waiters();
+    }
+}
+
+impl Drop for TxnAckTicket {
+    fn drop(&mut self) {
+        if !self.finished {
+            let abandoned = ClientError::Timeout {
+                what: "a transactional acknowledgement's receipt (abandoned by its caller)".into(),
+                timeout_ms: 0,
+            };
+            self.report(Some(&abandoned));
+        }
+    }
+}
 
 impl Producer {
     /// Runs `step` on the transaction state; refuses a producer built
@@ -40,6 +81,42 @@ impl Producer {
             .map(Transaction::identity)
     }
 
+    /// Joins a subscription acknowledgement to the open transaction: the
+    /// context it carries, and the ticket that reports its receipt.
+    pub(crate) fn join_transaction_ack(&self) -> Result<TxnAckTicket, ClientError> {
+        let id = self.transactional_id()?.to_string();
+        let (producer_id, epoch) =
+            self.with_transaction(|transaction| transaction.begin_ack(Instant::now()))?;
+        Ok(TxnAckTicket {
+            batching: self.batching.clone(),
+            done: self.txn_acks_done.clone(),
+            context: TransactionContext {
+                transactional_id: id,
+                producer_id,
+                producer_epoch: i32::from(epoch),
+            },
+            finished: false,
+        })
+    }
+
+    /// Waits until every acknowledgement that joined the transaction has
+    /// its receipt (each is bounded by its subscriber's request timeout).
+    async fn wait_for_txn_acks(&self) {
+        loop {
+            let notified = self.txn_acks_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let in_flight = lock(&self.batching)
+                .transaction
+                .as_ref()
+                .map_or(0, Transaction::acks_in_flight);
+            if in_flight == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Opens a transaction (local: the coordinator learns of it from the
     /// first partition written). Refused with
     /// [`ClientError::InvalidTransactionState`] while one is open or ending,
@@ -69,8 +146,12 @@ impl Producer {
     }
 
     /// Sends every record of the transaction, waits for all their
-    /// acknowledgements, then commits it with the coordinator; the records
-    /// become visible to read-committed readers. On
+    /// acknowledgements and for the receipts of subscription
+    /// acknowledgements made with
+    /// [`Subscriber::ack_in_transaction`](crate::Subscriber::ack_in_transaction),
+    /// then commits it with the coordinator; the records become visible to
+    /// read-committed readers and the acknowledged messages are never
+    /// delivered again. On
     /// [`ClientError::TransactionAbortable`] call `abort_transaction` and
     /// redo the work; on [`ClientError::ProducerFenced`] stop; on
     /// [`ClientError::Timeout`] the outcome is unknown: call it again.
@@ -163,6 +244,9 @@ impl Producer {
             self.discard_unsent();
         }
         self.flush().await?;
+        // Subscription acknowledgements in the transaction: their receipts
+        // say they are durably pending (a refusal made it abortable).
+        self.wait_for_txn_acks().await;
         self.with_transaction(|transaction| transaction.flushed())
     }
 }

@@ -6,7 +6,7 @@
 //! in the SDK, a number in tests).
 
 use crate::ClientError;
-use sluice_proto::v1::{AckReceipt, SubscribeAck};
+use sluice_proto::v1::{AckReceipt, SubscribeAck, TransactionContext};
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::{HashMap, HashSet};
 
@@ -25,6 +25,9 @@ pub(crate) struct AckTracker<W> {
     next_request_id: u64,
     pending: Vec<(u64, W)>,
     pending_cumulative: Vec<(u64, W)>,
+    /// Acknowledgements inside a transaction (ADR 0016 §6), sent in
+    /// requests of their own, one transaction each.
+    pending_transactional: Vec<(u64, TransactionContext, W)>,
     in_flight: HashMap<u64, InFlight<W>>,
 }
 
@@ -34,6 +37,7 @@ impl<W> Default for AckTracker<W> {
             next_request_id: 1,
             pending: Vec::new(),
             pending_cumulative: Vec::new(),
+            pending_transactional: Vec::new(),
             in_flight: HashMap::new(),
         }
     }
@@ -54,8 +58,55 @@ impl<W> AckTracker<W> {
         self.pending_cumulative.push((offset, waiter));
     }
 
+    /// Queues an acknowledgement inside `transaction`.
+    pub fn add_transactional(&mut self, offset: u64, transaction: TransactionContext, waiter: W) {
+        self.pending_transactional
+            .push((offset, transaction, waiter));
+    }
+
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.pending_cumulative.is_empty()
+        !self.pending.is_empty()
+            || !self.pending_cumulative.is_empty()
+            || !self.pending_transactional.is_empty()
+    }
+
+    /// The next transactional request: the queued acknowledgements of the
+    /// oldest one's transaction, at most `max_offsets` (duplicates sent
+    /// once).
+    pub fn take_transactional_request(&mut self, max_offsets: usize) -> Option<SubscribeAck> {
+        let transaction = self.pending_transactional.first()?.1.clone();
+        let mut individual = Vec::new();
+        let mut offsets = Vec::new();
+        let mut seen = HashSet::new();
+        let mut rest = Vec::new();
+        for (offset, context, waiter) in self.pending_transactional.drain(..) {
+            let fits = seen.contains(&offset) || offsets.len() < max_offsets.max(1);
+            if context != transaction || !fits {
+                rest.push((offset, context, waiter));
+                continue;
+            }
+            if seen.insert(offset) {
+                offsets.push(offset);
+            }
+            individual.push((offset, waiter));
+        }
+        self.pending_transactional = rest;
+        offsets.sort_unstable();
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        self.in_flight.insert(
+            request_id,
+            InFlight {
+                individual,
+                cumulative: Vec::new(),
+            },
+        );
+        Some(SubscribeAck {
+            request_id,
+            offsets,
+            cumulative_offset: None,
+            transaction: Some(transaction),
+        })
     }
 
     /// Nothing waits to be sent or for a receipt.
@@ -67,7 +118,7 @@ impl<W> AckTracker<W> {
     /// offsets (duplicates sent once) and every cumulative acknowledgement
     /// (the highest offset covers the others).
     pub fn take_request(&mut self, max_offsets: usize) -> Option<SubscribeAck> {
-        if !self.has_pending() {
+        if self.pending.is_empty() && self.pending_cumulative.is_empty() {
             return None;
         }
         let mut individual = Vec::new();
@@ -101,6 +152,7 @@ impl<W> AckTracker<W> {
             request_id,
             offsets,
             cumulative_offset,
+            transaction: None,
         })
     }
 
@@ -166,10 +218,16 @@ impl<W> AckTracker<W> {
     pub fn fail_all(&mut self, error: impl Fn(u64) -> ClientError) -> Vec<AckOutcome<W>> {
         let mut outcomes = Vec::new();
         let in_flight = std::mem::take(&mut self.in_flight);
+        let transactional: Vec<(u64, W)> = self
+            .pending_transactional
+            .drain(..)
+            .map(|(offset, _, waiter)| (offset, waiter))
+            .collect();
         let waiters = self
             .pending
             .drain(..)
             .chain(self.pending_cumulative.drain(..))
+            .chain(transactional)
             .chain(
                 in_flight
                     .into_values()
@@ -328,6 +386,59 @@ mod tests {
                 (1, Some(ErrorCode::DeliveryExpired)),
                 (2, Some(ErrorCode::DeliveryExpired)),
                 (3, Some(ErrorCode::DeliveryExpired))
+            ]
+        );
+        assert!(tracker.is_idle());
+    }
+
+    #[test]
+    fn transactional_acks_go_in_requests_of_their_own_transaction() {
+        let context = |epoch: i32| TransactionContext {
+            transactional_id: "worker".into(),
+            producer_id: 9,
+            producer_epoch: epoch,
+        };
+        let mut tracker = AckTracker::default();
+        tracker.add(1, 10u32);
+        tracker.add_transactional(2, context(0), 20);
+        tracker.add_transactional(3, context(1), 30);
+        tracker.add_transactional(4, context(0), 40);
+        let plain = tracker.take_request(100).expect("plain request");
+        assert_eq!((plain.offsets.clone(), plain.transaction), (vec![1], None));
+        assert!(
+            tracker.take_request(100).is_none(),
+            "transactional acks are not mixed in"
+        );
+        let first = tracker
+            .take_transactional_request(100)
+            .expect("first transaction");
+        assert_eq!(first.offsets, vec![2, 4]);
+        assert_eq!(first.transaction, Some(context(0)));
+        assert_eq!(first.cumulative_offset, None);
+        let second = tracker
+            .take_transactional_request(1)
+            .expect("second transaction");
+        assert_eq!(second.offsets, vec![3]);
+        assert_eq!(second.transaction, Some(context(1)));
+        assert!(tracker.take_transactional_request(100).is_none());
+        let answered = codes(tracker.on_receipt(&AckReceipt {
+            request_id: first.request_id,
+            acknowledged: vec![2],
+            rejected: vec![AckResult {
+                offset: 4,
+                error: ErrorCode::ProducerFenced as i32,
+            }],
+        }));
+        assert_eq!(
+            answered,
+            vec![(20, None), (40, Some(ErrorCode::ProducerFenced))]
+        );
+        let failed = codes(tracker.fail_all(|offset| delivery_expired(offset, "gone")));
+        assert_eq!(
+            failed,
+            vec![
+                (10, Some(ErrorCode::DeliveryExpired)),
+                (30, Some(ErrorCode::DeliveryExpired))
             ]
         );
         assert!(tracker.is_idle());

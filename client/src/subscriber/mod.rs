@@ -15,6 +15,7 @@ mod credit;
 mod listener;
 mod partition;
 mod reconnect;
+mod transactional;
 
 pub use listener::{ListenerConfig, ListenerHandle, Ordering, MAX_LISTENER_CONCURRENCY};
 

@@ -16,7 +16,7 @@ use sluice_proto::v1::subscribe_request::Request as Outgoing;
 use sluice_proto::v1::subscribe_response::Response as Incoming;
 use sluice_proto::v1::{
     Delivery, SubscribeFlow, SubscribeNack, SubscribeOpen, SubscribeRequest, SubscribeResponse,
-    Subscription,
+    Subscription, TransactionContext,
 };
 use sluice_proto::{ErrorCode, SluiceError};
 use std::collections::BTreeMap;
@@ -46,6 +46,14 @@ pub(crate) enum Command {
         offset: u64,
         session: u64,
         delay_ms: u64,
+    },
+    /// An acknowledgement inside a producer's transaction (ADR 0016 §6).
+    TxnAck {
+        offset: u64,
+        session: u64,
+        transaction: TransactionContext,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+        slot: OwnedSemaphorePermit,
     },
     /// Flush acknowledgements, wait for their receipts and end.
     Close { reply: oneshot::Sender<()> },
@@ -281,6 +289,15 @@ async fn moved_from(
 fn refuse_ended(command: Command) {
     match command {
         Command::Ack {
+            offset,
+            reply,
+            slot,
+            ..
+        } => answer(
+            (reply, slot),
+            Err(delivery_expired(offset, "its subscription stream ended")),
+        ),
+        Command::TxnAck {
             offset,
             reply,
             slot,
@@ -545,6 +562,23 @@ impl Session<'_> {
                     self.acks.add(offset, (reply, slot));
                 }
             }
+            Command::TxnAck {
+                offset,
+                session,
+                transaction,
+                reply,
+                slot,
+            } => {
+                if session == self.session {
+                    self.acks
+                        .add_transactional(offset, transaction, (reply, slot));
+                } else {
+                    answer(
+                        (reply, slot),
+                        Err(delivery_expired(offset, "its subscription stream ended")),
+                    );
+                }
+            }
             Command::Nack {
                 offset,
                 session,
@@ -640,6 +674,12 @@ impl Session<'_> {
         requests: &mpsc::Sender<SubscribeRequest>,
     ) -> Result<(), ClientError> {
         while let Some(ack) = self.acks.take_request(MAX_ACK_OFFSETS_PER_REQUEST) {
+            self.send(requests, Outgoing::Ack(ack)).await?;
+        }
+        while let Some(ack) = self
+            .acks
+            .take_transactional_request(MAX_ACK_OFFSETS_PER_REQUEST)
+        {
             self.send(requests, Outgoing::Ack(ack)).await?;
         }
         let nacks = std::mem::take(&mut self.nacks);

@@ -28,6 +28,7 @@ fn fresh(settings: Settings) -> Dispatcher {
             acked: AckedRanges::new(0),
             delivery_counts: BTreeMap::new(),
             parked_keys: BTreeSet::new(),
+            pending: Vec::new(),
         },
     )
 }
