@@ -16,36 +16,20 @@ use crate::assignment::TopicPartition;
 use crate::commit_record;
 use crate::error::BrokerError;
 use crate::partition::{OnDurable, Partition};
+use crate::transaction::context::checked_context;
 use crate::Shared;
 use sluice_acl::Principal;
 use sluice_proto::batch::{self, control::Marker};
 use sluice_proto::names::TransactionalId;
 use sluice_proto::v1::{CommitOffsetsRequest, CommitOffsetsResponse, TransactionContext};
 
-/// The transaction of a commit, checked: a valid id, a producer id and an
-/// epoch a transaction can have.
-pub(crate) fn checked_context(
+/// The transaction of a commit, checked (see [`checked_context`]), with
+/// its key among the pending offsets.
+pub(crate) fn checked_context_key(
     context: &TransactionContext,
 ) -> Result<(TransactionalId, TxnKey), BrokerError> {
-    let id = TransactionalId::new(&context.transactional_id)
-        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
-    let epoch = i16::try_from(context.producer_epoch)
-        .ok()
-        .filter(|epoch| (0..i16::MAX).contains(epoch))
-        .ok_or_else(|| {
-            BrokerError::InvalidArgument(format!(
-                "producer_epoch {} is outside 0..{}",
-                context.producer_epoch,
-                i16::MAX
-            ))
-        })?;
-    if context.producer_id < 0 {
-        return Err(BrokerError::InvalidArgument(format!(
-            "producer_id {} is negative",
-            context.producer_id
-        )));
-    }
-    Ok((id, (context.producer_id, epoch)))
+    let (id, producer_id, epoch) = checked_context(context)?;
+    Ok((id, (producer_id, epoch)))
 }
 
 impl Coordinator {
@@ -65,7 +49,7 @@ impl Coordinator {
             ));
         }
         let context = request.transaction.clone().unwrap_or_default();
-        let (id, txn) = checked_context(&context)?;
+        let (id, txn) = checked_context_key(&context)?;
         if request.offsets.is_empty() {
             return Err(BrokerError::InvalidArgument(
                 "a transactional commit needs at least one offset".into(),

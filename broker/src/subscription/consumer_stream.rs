@@ -10,7 +10,7 @@ use super::{
 use crate::error::BrokerError;
 use crate::tail_cache::PartitionKey;
 use crate::Shared;
-use sluice_proto::names::{GroupName, TopicName, TransactionalId};
+use sluice_proto::names::{GroupName, TopicName};
 use sluice_proto::v1::subscribe_request::Request as ConsumerRequest;
 use sluice_proto::v1::{SubscribeRequest, SubscribeResponse, TransactionContext};
 use std::sync::atomic::Ordering;
@@ -218,24 +218,7 @@ fn transaction_of(
             "transactional acknowledgements need transactions enabled on this broker ([transactions] enabled = false)".into(),
         ));
     }
-    let id = TransactionalId::new(&context.transactional_id)
-        .map_err(|error| BrokerError::InvalidArgument(error.to_string()))?;
-    let epoch = i16::try_from(context.producer_epoch)
-        .ok()
-        .filter(|epoch| (0..i16::MAX).contains(epoch))
-        .ok_or_else(|| {
-            BrokerError::InvalidArgument(format!(
-                "producer_epoch {} is outside 0..{}",
-                context.producer_epoch,
-                i16::MAX
-            ))
-        })?;
-    if context.producer_id < 0 {
-        return Err(BrokerError::InvalidArgument(format!(
-            "producer_id {} is negative",
-            context.producer_id
-        )));
-    }
+    let (id, _, epoch) = crate::transaction::context::checked_context(context)?;
     authorizer
         .check(
             sluice_acl::Operation::Write,
