@@ -19,11 +19,9 @@ use super::{invalid, now_ms, NameServerHandler};
 use crate::error::NameServerError;
 use crate::keys;
 use crate::metadata::{Compare, KeyValue, Put, Transaction};
-use crate::placement::{self, EnsembleShape};
 use sluice_proto::v1::{
     CompactionRecord, CompactionRecordKind, ForgetCompactionsRequest, ListCompactionsRequest,
-    PlaceCompactedSegmentRequest, ReplaceSegmentsRequest, SegmentInfo, SegmentReplica,
-    SegmentState,
+    PlaceCompactedSegmentRequest, ReplaceSegmentsRequest, SegmentInfo, SegmentState,
 };
 
 /// Most segments one `ReplaceSegments` swaps on each side (one etcd
@@ -45,33 +43,16 @@ impl NameServerHandler {
                 request.base_offset, request.end_offset
             )));
         }
-        let (topic, ownership) = self
-            .check_epoch(&request.topic, request.partition, request.epoch)
-            .await?;
-        let stores = placement::choose_ensemble(
-            self.live_stores().await?,
-            &request.exclude_store_ids,
-            EnsembleShape::of(topic.config.as_ref()),
-        )?;
-        let segment_id = self.allocate_segment_id().await?;
-        let segment = SegmentInfo {
-            segment_id,
-            topic: request.topic.clone(),
+        let placed = super::segments::NewSegment {
+            topic: &request.topic,
             partition: request.partition,
-            state: SegmentState::Open as i32,
+            epoch: request.epoch,
             base_offset: request.base_offset,
             end_offset: request.end_offset,
-            replicas: stores
-                .into_iter()
-                .map(|store| SegmentReplica {
-                    store_id: store.node_id,
-                    address: store.address,
-                })
-                .collect(),
-            writer_epoch: request.epoch,
-            created_at_ms: now_ms(),
-            ..SegmentInfo::default()
+            exclude_store_ids: &request.exclude_store_ids,
         };
+        let (segment, ownership) = self.place_segment(placed).await?;
+        let segment_id = segment.segment_id;
         let record = CompactionRecord {
             segment: Some(segment.clone()),
             kind: CompactionRecordKind::Placed as i32,

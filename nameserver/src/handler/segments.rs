@@ -170,35 +170,16 @@ impl NameServerHandler {
         &self,
         request: CreateSegmentRequest,
     ) -> Result<SegmentInfo, NameServerError> {
-        let (topic, ownership) = self
-            .check_epoch(&request.topic, request.partition, request.epoch)
-            .await?;
-        let stores = placement::choose_ensemble(
-            self.live_stores().await?,
-            &request.exclude_store_ids,
-            EnsembleShape::of(topic.config.as_ref()),
-        )?;
-        let segment_id = self.allocate_segment_id().await?;
-        let segment = SegmentInfo {
-            segment_id,
-            topic: request.topic.clone(),
+        let placed = NewSegment {
+            topic: &request.topic,
             partition: request.partition,
-            state: SegmentState::Open as i32,
+            epoch: request.epoch,
             base_offset: request.base_offset,
             end_offset: request.base_offset,
-            size_bytes: 0,
-            max_timestamp_ms: 0,
-            replicas: stores
-                .into_iter()
-                .map(|store| SegmentReplica {
-                    store_id: store.node_id,
-                    address: store.address,
-                })
-                .collect(),
-            writer_epoch: request.epoch,
-            created_at_ms: now_ms(),
-            ..SegmentInfo::default()
+            exclude_store_ids: &request.exclude_store_ids,
         };
+        let (segment, ownership) = self.place_segment(placed).await?;
+        let segment_id = segment.segment_id;
         // Placement never returns fewer stores than the ack quorum (>= 1).
         debug_assert!(!segment.replicas.is_empty(), "a segment without replicas");
         let key = keys::segment(&request.topic, request.partition, segment_id);
@@ -516,3 +497,52 @@ mod tests {
 #[cfg(test)]
 #[path = "closed_loss_tests.rs"]
 mod closed_loss_tests;
+
+/// A segment to place: the owner's epoch and the range it covers.
+pub(super) struct NewSegment<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub epoch: u64,
+    pub base_offset: u64,
+    pub end_offset: u64,
+    pub exclude_store_ids: &'a [String],
+}
+
+impl NameServerHandler {
+    /// Checks the owner's epoch, chooses an ensemble of live stores (not
+    /// those excluded) and allocates an id: the OPEN segment to record, and
+    /// the owner's compare for the transaction that records it. Shared by
+    /// `CreateSegment` and `PlaceCompactedSegment`.
+    pub(super) async fn place_segment(
+        &self,
+        new: NewSegment<'_>,
+    ) -> Result<(SegmentInfo, Compare), NameServerError> {
+        let (topic, ownership) = self
+            .check_epoch(new.topic, new.partition, new.epoch)
+            .await?;
+        let stores = placement::choose_ensemble(
+            self.live_stores().await?,
+            new.exclude_store_ids,
+            EnsembleShape::of(topic.config.as_ref()),
+        )?;
+        let segment = SegmentInfo {
+            segment_id: self.allocate_segment_id().await?,
+            topic: new.topic.to_string(),
+            partition: new.partition,
+            state: SegmentState::Open as i32,
+            base_offset: new.base_offset,
+            end_offset: new.end_offset,
+            replicas: stores
+                .into_iter()
+                .map(|store| SegmentReplica {
+                    store_id: store.node_id,
+                    address: store.address,
+                })
+                .collect(),
+            writer_epoch: new.epoch,
+            created_at_ms: now_ms(),
+            ..SegmentInfo::default()
+        };
+        Ok((segment, ownership))
+    }
+}
